@@ -1,0 +1,13 @@
+//! ringway: a WebSocket reverse proxy on io_uring, one worker thread per core.
+#![deny(unsafe_code)]
+#![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+pub mod config;
+pub mod http;
+pub mod session;
+pub mod tools;
+pub mod upstream;
+#[allow(unsafe_code)]
+pub mod uring;
+pub mod worker;
+pub mod ws;

@@ -1,0 +1,115 @@
+//! A hashed timer wheel, one per worker.
+//!
+//! Entries are `(slot, generation)` keys with an absolute due time in milliseconds. Entries are
+//! never removed early: the owner keeps its current deadline itself and, when an entry fires,
+//! checks it (re-inserting when the deadline has moved later). That makes "push the idle timeout
+//! out" a plain store on the data path, with no wheel operation at all.
+
+/// A timer key: slab slot and generation of the session that set it.
+pub type TimerKey = (u32, u32);
+
+pub struct TimerWheel {
+    tick_ms: u64,
+    slots: Vec<Vec<(TimerKey, u64)>>,
+    /// Last tick processed.
+    tick: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    /// A wheel of `slots` slots of `tick_ms` milliseconds, starting at time `now_ms`.
+    pub fn new(tick_ms: u64, slots: usize, now_ms: u64) -> TimerWheel {
+        assert!(tick_ms > 0 && slots > 0);
+        TimerWheel {
+            tick_ms,
+            slots: (0..slots).map(|_| Vec::new()).collect(),
+            tick: now_ms / tick_ms,
+            len: 0,
+        }
+    }
+
+    /// Milliseconds per tick.
+    pub fn tick_ms(&self) -> u64 {
+        self.tick_ms
+    }
+
+    /// Entries in the wheel (including ones their owner no longer cares about).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fire `key` at or after `due_ms` (within one tick).
+    pub fn insert(&mut self, key: TimerKey, due_ms: u64) {
+        let t = (due_ms.div_ceil(self.tick_ms)).max(self.tick + 1);
+        let n = self.slots.len() as u64;
+        self.slots[(t % n) as usize].push((key, due_ms));
+        self.len += 1;
+    }
+
+    /// Move time to `now_ms`; append every key whose due time has passed to `fired`.
+    pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<TimerKey>) {
+        let now_tick = now_ms / self.tick_ms;
+        if now_tick <= self.tick {
+            return;
+        }
+        let n = self.slots.len() as u64;
+        let steps = (now_tick - self.tick).min(n);
+        for i in 1..=steps {
+            let idx = ((self.tick + i) % n) as usize;
+            let slot = &mut self.slots[idx];
+            let before = slot.len();
+            slot.retain(|&(key, due)| {
+                if due <= now_ms {
+                    fired.push(key);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= before - slot.len();
+        }
+        self.tick = now_tick;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_at_due_time_not_before() {
+        let mut w = TimerWheel::new(10, 8, 1000);
+        w.insert((1, 0), 1055);
+        w.insert((2, 0), 1500); // beyond one rotation: stays until its round comes
+        let mut f = Vec::new();
+        w.advance(1050, &mut f);
+        assert!(f.is_empty());
+        w.advance(1060, &mut f);
+        assert_eq!(f, vec![(1, 0)]);
+        f.clear();
+        for t in (1070..1500).step_by(10) {
+            w.advance(t, &mut f);
+            assert!(f.is_empty(), "fired early at {t}");
+        }
+        w.advance(1500, &mut f);
+        assert_eq!(f, vec![(2, 0)]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn past_due_fires_next_tick_and_big_jumps_visit_all() {
+        let mut w = TimerWheel::new(10, 4, 0);
+        w.insert((1, 1), 0);
+        for k in 0..20u32 {
+            w.insert((k + 10, 0), u64::from(k) * 7);
+        }
+        let mut f = Vec::new();
+        w.advance(10_000, &mut f);
+        assert_eq!(f.len(), 21);
+        assert!(w.is_empty());
+    }
+}

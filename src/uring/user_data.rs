@@ -1,0 +1,139 @@
+//! The SQE `user_data` word: which slot, which incarnation of it, which op on which side.
+//!
+//! Layout: `| slot: u32 | generation: u24 | side: 1 bit | op: 7 bits |`. One place encodes and
+//! decodes it, so a late completion for a reused slab slot is recognised by its generation and
+//! dropped instead of being applied to the wrong connection.
+
+/// What kind of operation a completion belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Multishot accept on a listener (slot = listener index).
+    Accept = 1,
+    /// Receive with a buffer picked from the provided-buffer ring.
+    Recv = 2,
+    /// Send of a chunk (pool buffer or heap bytes).
+    Send = 3,
+    /// Outgoing TCP connect.
+    Connect = 4,
+    /// An `AsyncCancel` we issued; its own completion only balances the in-flight count.
+    Cancel = 5,
+    /// A `Shutdown(SHUT_WR)` passing a half-close on.
+    Shutdown = 6,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Connect,
+            5 => Op::Cancel,
+            6 => Op::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// Which socket of a session an op runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The client connection (downstream).
+    Down,
+    /// The backend connection (upstream).
+    Up,
+}
+
+impl Side {
+    /// The other side: where bytes received on `self` are sent.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Down => Side::Up,
+            Side::Up => Side::Down,
+        }
+    }
+}
+
+/// Largest generation value; generations wrap to 0 after it.
+pub const GENERATION_MAX: u32 = (1 << 24) - 1;
+
+/// Slot value for core-owned ops that belong to no session (listeners use their index).
+pub const SLOT_CORE: u32 = u32::MAX;
+
+/// An encoded SQE `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserData(pub u64);
+
+impl UserData {
+    /// Encode. `generation` must be at most [`GENERATION_MAX`].
+    pub fn new(slot: u32, generation: u32, op: Op, side: Side) -> UserData {
+        debug_assert!(generation <= GENERATION_MAX);
+        let side_bit = match side {
+            Side::Down => 0u64,
+            Side::Up => 0x80,
+        };
+        UserData(
+            (u64::from(slot) << 32)
+                | (u64::from(generation & GENERATION_MAX) << 8)
+                | side_bit
+                | op as u64,
+        )
+    }
+
+    pub fn slot(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    pub fn generation(self) -> u32 {
+        ((self.0 >> 8) as u32) & GENERATION_MAX
+    }
+
+    pub fn side(self) -> Side {
+        if self.0 & 0x80 != 0 { Side::Up } else { Side::Down }
+    }
+
+    /// The op kind, or `None` for a word we never encoded (counted as corrupt by callers).
+    pub fn op(self) -> Option<Op> {
+        Op::from_u8((self.0 & 0x7f) as u8)
+    }
+}
+
+/// The next generation after `g`, wrapping inside 24 bits.
+pub fn next_generation(g: u32) -> u32 {
+    if g >= GENERATION_MAX { 0 } else { g + 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_edges() {
+        for slot in [0, 1, 12345, u32::MAX - 1, u32::MAX] {
+            for generation in [0, 1, GENERATION_MAX] {
+                for op in [Op::Accept, Op::Recv, Op::Send, Op::Connect, Op::Cancel, Op::Shutdown] {
+                    for side in [Side::Down, Side::Up] {
+                        let ud = UserData::new(slot, generation, op, side);
+                        assert_eq!(ud.slot(), slot);
+                        assert_eq!(ud.generation(), generation);
+                        assert_eq!(ud.op(), Some(op));
+                        assert_eq!(ud.side(), side);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_op_is_none() {
+        assert_eq!(UserData(0).op(), None);
+        assert_eq!(UserData(0x7f).op(), None);
+    }
+
+    #[test]
+    fn generation_wraps() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(GENERATION_MAX), 0);
+    }
+}
