@@ -1,1 +1,589 @@
-//! config
+//! The TOML configuration: what the user wrote (`raw`, read by serde) and what the workers run
+//! on (`Config`, resolved: addresses parsed, durations converted, names turned into indices,
+//! everything checked). A worker never sees a string it must interpret.
+//!
+//! Every error names the file, line, column and field, like `nginx -t`.
+
+pub mod units;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use units::{fmt_duration, parse_duration, parse_size};
+
+/// A configuration error: where, which field, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted path of the field, e.g. `server[0].location[1].upstream`; empty when the TOML
+    /// itself does not parse.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.col, self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+mod raw {
+    //! The file as written. Unknown keys are errors (`deny_unknown_fields`).
+    use super::*;
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub runtime: Runtime,
+        #[serde(default)]
+        pub upstream: Vec<Spanned<Upstream>>,
+        #[serde(default)]
+        pub server: Vec<Spanned<Server>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Runtime {
+        pub workers: Option<Spanned<toml::Value>>,
+        pub max_connections: Option<Spanned<i64>>,
+        pub shutdown_grace: Option<Spanned<String>>,
+        pub buffer_size: Option<Spanned<toml::Value>>,
+        pub buffers: Option<Spanned<i64>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Upstream {
+        pub name: Spanned<String>,
+        pub balance: Option<Spanned<String>>,
+        pub servers: Spanned<Vec<Spanned<Peer>>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Peer {
+        pub addr: Spanned<String>,
+        pub weight: Option<Spanned<i64>>,
+        #[serde(default)]
+        pub backup: bool,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub listen: Spanned<Vec<Spanned<String>>>,
+        #[serde(default)]
+        pub server_name: Vec<Spanned<String>>,
+        pub header_timeout: Option<Spanned<String>>,
+        pub header_max: Option<Spanned<toml::Value>>,
+        #[serde(default)]
+        pub location: Vec<Spanned<Location>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Location {
+        pub path: Spanned<String>,
+        pub upstream: Spanned<String>,
+        pub connect_timeout: Option<Spanned<String>>,
+        pub read_timeout: Option<Spanned<String>>,
+        pub send_timeout: Option<Spanned<String>>,
+    }
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// Worker threads (one per core with "auto").
+    pub workers: usize,
+    /// Sessions per process, split evenly across workers.
+    pub max_connections: u32,
+    /// How long shutdown waits for sessions before closing them.
+    pub shutdown_grace: Duration,
+    /// Bytes per provided buffer.
+    pub buffer_size: u32,
+    /// Provided buffers per worker (a power of two).
+    pub buffers: u16,
+}
+
+/// One backend address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+/// How an upstream picks a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// nginx's smooth weighted round robin.
+    RoundRobin,
+}
+
+/// A named group of backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub peers: Vec<Peer>,
+}
+
+/// A path prefix routed to an upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    pub path: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+/// A virtual server: listen addresses, names, locations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    /// Indices into `Config::listeners`.
+    pub listen: Vec<usize>,
+    /// Lower-cased names; `*.example.com` matches any subdomain.
+    pub names: Vec<String>,
+    pub header_timeout: Duration,
+    pub header_max: u32,
+    /// Sorted longest path first, so the first match is the longest prefix.
+    pub locations: Vec<Location>,
+}
+
+/// The resolved configuration the workers run on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, for messages.
+    pub source: String,
+    pub runtime: Runtime,
+    /// Distinct listen addresses; each worker opens one SO_REUSEPORT socket per entry.
+    pub listeners: Vec<SocketAddr>,
+    pub servers: Vec<Server>,
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Defaults: the safe production values for long-lived WebSockets, not nginx's 60 s.
+pub mod defaults {
+    use std::time::Duration;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const SEND_TIMEOUT: Duration = Duration::from_secs(3600);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEADER_MAX: u32 = 16 * 1024;
+    pub const MAX_CONNECTIONS: u32 = 200_000;
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+    pub const BUFFER_SIZE: u32 = 16 * 1024;
+    pub const BUFFERS: u16 = 4096;
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: std::ops::Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError { file: self.file.to_string(), line, col, field: field.into(), message: message.into() }
+    }
+
+    fn duration(&self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), field, m)),
+        }
+    }
+
+    fn size(&self, v: &Option<Spanned<toml::Value>>, field: &str, default: u64) -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match s.get_ref() {
+                toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+                toml::Value::String(t) => parse_size(t).map_err(|m| self.err(s.span(), field, m)),
+                _ => Err(self.err(s.span(), field, "expected a size such as \"16k\" or a number of bytes")),
+            },
+        }
+    }
+}
+
+/// 1-based line and column of byte offset `pos`.
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let pos = pos.min(text.len());
+    let before = &text[..pos];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let col = pos - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // nginx accepts a bare port for `listen 80`.
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    Err(format!(
+        "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)"
+    ))
+}
+
+/// Number of CPUs this process may run on.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Config {
+    /// Read and resolve a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    /// Parse and resolve config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file, text };
+        let raw: raw::File = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            cx.err(span, "", e.message().trim().to_string())
+        })?;
+        resolve(&cx, raw)
+    }
+}
+
+fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
+    let rt = &raw.runtime;
+    let workers = match &rt.workers {
+        None => available_cpus(),
+        Some(w) => match w.get_ref() {
+            toml::Value::String(s) if s == "auto" => available_cpus(),
+            toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
+            _ => return Err(cx.err(w.span(), "runtime.workers", "expected \"auto\" or a number from 1 to 1024")),
+        },
+    };
+    let max_connections = match &rt.max_connections {
+        None => defaults::MAX_CONNECTIONS,
+        Some(m) if (1..=100_000_000).contains(m.get_ref()) => *m.get_ref() as u32,
+        Some(m) => return Err(cx.err(m.span(), "runtime.max_connections", "expected a number from 1 to 100000000")),
+    };
+    let shutdown_grace = cx.duration(&rt.shutdown_grace, "runtime.shutdown_grace", defaults::SHUTDOWN_GRACE)?;
+    let buffer_size = cx.size(&rt.buffer_size, "runtime.buffer_size", u64::from(defaults::BUFFER_SIZE))?;
+    if !(1024..=1 << 20).contains(&buffer_size) {
+        let span = rt.buffer_size.as_ref().map_or(0..0, |s| s.span());
+        return Err(cx.err(span, "runtime.buffer_size", "must be between 1k and 1m"));
+    }
+    let buffers = match &rt.buffers {
+        None => defaults::BUFFERS,
+        Some(b) => {
+            let n = *b.get_ref();
+            if !(16..=32768).contains(&n) || !(n as u64).is_power_of_two() {
+                return Err(cx.err(b.span(), "runtime.buffers", "must be a power of two from 16 to 32768"));
+            }
+            n as u16
+        }
+    };
+    let runtime = Runtime { workers, max_connections, shutdown_grace, buffer_size: buffer_size as u32, buffers };
+
+    let mut upstreams = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (ui, u) in raw.upstream.iter().enumerate() {
+        let u = u.get_ref();
+        let f = format!("upstream[{ui}]");
+        let name = u.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
+        }
+        if by_name.insert(name.clone(), ui).is_some() {
+            return Err(cx.err(u.name.span(), format!("{f}.name"), format!("duplicate upstream name {name:?}")));
+        }
+        let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some(other) => {
+                let span = u.balance.as_ref().map_or(0..0, |b| b.span());
+                let msg = if ["least_conn", "ip_hash", "hash"].contains(&other) {
+                    format!("balance {other:?} is not available in this version; use \"round_robin\"")
+                } else {
+                    format!("unknown balance {other:?}; expected \"round_robin\"")
+                };
+                return Err(cx.err(span, format!("{f}.balance"), msg));
+            }
+        };
+        if u.servers.get_ref().is_empty() {
+            return Err(cx.err(u.servers.span(), format!("{f}.servers"), "needs at least one server"));
+        }
+        let mut peers = Vec::new();
+        for (pi, p) in u.servers.get_ref().iter().enumerate() {
+            let p = p.get_ref();
+            let pf = format!("{f}.servers[{pi}]");
+            let addr = parse_addr(p.addr.get_ref()).map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
+            let weight = match &p.weight {
+                None => 1,
+                Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref() as u32,
+                Some(w) => return Err(cx.err(w.span(), format!("{pf}.weight"), "must be from 1 to 1000")),
+            };
+            peers.push(Peer { addr, weight, backup: p.backup });
+        }
+        if peers.iter().all(|p| p.backup) {
+            return Err(cx.err(u.servers.span(), format!("{f}.servers"), "needs at least one server that is not a backup"));
+        }
+        upstreams.push(Upstream { name, balance, peers });
+    }
+
+    let mut listeners: Vec<SocketAddr> = Vec::new();
+    let mut servers = Vec::new();
+    if raw.server.is_empty() {
+        return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
+    }
+    for (si, s) in raw.server.iter().enumerate() {
+        let s = s.get_ref();
+        let f = format!("server[{si}]");
+        if s.listen.get_ref().is_empty() {
+            return Err(cx.err(s.listen.span(), format!("{f}.listen"), "needs at least one address"));
+        }
+        let mut listen = Vec::new();
+        for (li, l) in s.listen.get_ref().iter().enumerate() {
+            let addr = parse_addr(l.get_ref()).map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
+            let idx = match listeners.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    listeners.push(addr);
+                    listeners.len() - 1
+                }
+            };
+            listen.push(idx);
+        }
+        let mut names = Vec::new();
+        for (ni, n) in s.server_name.iter().enumerate() {
+            let name = n.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
+                return Err(cx.err(n.span(), format!("{f}.server_name[{ni}]"), format!("invalid server name {:?}", n.get_ref())));
+            }
+            names.push(name);
+        }
+        let header_timeout = cx.duration(&s.header_timeout, &format!("{f}.header_timeout"), defaults::HEADER_TIMEOUT)?;
+        let header_max = cx.size(&s.header_max, &format!("{f}.header_max"), u64::from(defaults::HEADER_MAX))?;
+        if !(1024..=1 << 20).contains(&header_max) {
+            let span = s.header_max.as_ref().map_or(0..0, |h| h.span());
+            return Err(cx.err(span, format!("{f}.header_max"), "must be between 1k and 1m"));
+        }
+        let mut locations = Vec::new();
+        for (li, l) in s.location.iter().enumerate() {
+            let l = l.get_ref();
+            let lf = format!("{f}.location[{li}]");
+            let path = l.path.get_ref().clone();
+            if !path.starts_with('/') {
+                return Err(cx.err(l.path.span(), format!("{lf}.path"), format!("path {path:?} must start with '/'")));
+            }
+            if locations.iter().any(|x: &Location| x.path == path) {
+                return Err(cx.err(l.path.span(), format!("{lf}.path"), format!("duplicate location {path:?}")));
+            }
+            let name = l.upstream.get_ref();
+            let upstream = *by_name.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> = by_name.keys().map(|s| s.as_str()).collect();
+                known.sort();
+                cx.err(
+                    l.upstream.span(),
+                    format!("{lf}.upstream"),
+                    format!("unknown upstream {name:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                )
+            })?;
+            locations.push(Location {
+                path,
+                upstream,
+                connect_timeout: cx.duration(&l.connect_timeout, &format!("{lf}.connect_timeout"), defaults::CONNECT_TIMEOUT)?,
+                read_timeout: cx.duration(&l.read_timeout, &format!("{lf}.read_timeout"), defaults::READ_TIMEOUT)?,
+                send_timeout: cx.duration(&l.send_timeout, &format!("{lf}.send_timeout"), defaults::SEND_TIMEOUT)?,
+            });
+        }
+        if locations.is_empty() {
+            return Err(cx.err(0..0, format!("{f}.location"), "a server needs at least one [[server.location]]"));
+        }
+        locations.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        servers.push(Server { listen, names, header_timeout, header_max: header_max as u32, locations });
+    }
+    Ok(Config { source: cx.file.to_string(), runtime, listeners, servers, upstreams })
+}
+
+impl Config {
+    /// The server for a request that arrived on `listener` with Host `host` (already without
+    /// port, any case): exact name, then `*.` wildcard, then the first server on that listener.
+    pub fn find_server(&self, listener: usize, host: &[u8]) -> Option<usize> {
+        let on: Vec<usize> = (0..self.servers.len()).filter(|&i| self.servers[i].listen.contains(&listener)).collect();
+        let matches = |name: &str| -> bool {
+            if let Some(suffix) = name.strip_prefix("*.") {
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len() - 1] == b'.'
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            } else {
+                host.eq_ignore_ascii_case(name.as_bytes())
+            }
+        };
+        on.iter()
+            .copied()
+            .find(|&i| self.servers[i].names.iter().any(|n| !n.starts_with("*.") && matches(n)))
+            .or_else(|| on.iter().copied().find(|&i| self.servers[i].names.iter().any(|n| matches(n))))
+            .or_else(|| on.first().copied())
+    }
+
+    /// The location of `server` with the longest prefix of `path`.
+    pub fn find_location(&self, server: usize, path: &[u8]) -> Option<usize> {
+        self.servers[server].locations.iter().position(|l| path.starts_with(l.path.as_bytes()))
+    }
+
+    /// What `ringway check` prints: the configuration as understood, with defaults filled in.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let r = &self.runtime;
+        let _ = writeln!(o, "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B",
+            r.workers, r.max_connections, fmt_duration(r.shutdown_grace), r.buffers, r.buffer_size);
+        for u in &self.upstreams {
+            let _ = writeln!(o, "upstream {:?} balance={:?}", u.name, u.balance);
+            for p in &u.peers {
+                let _ = writeln!(o, "  server {} weight={}{}", p.addr, p.weight, if p.backup { " backup" } else { "" });
+            }
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            let listen: Vec<String> = s.listen.iter().map(|&l| self.listeners[l].to_string()).collect();
+            let names = if s.names.is_empty() { "(default)".to_string() } else { s.names.join(" ") };
+            let _ = writeln!(o, "server[{i}] listen={} server_name={} header_timeout={} header_max={}",
+                listen.join(","), names, fmt_duration(s.header_timeout), s.header_max);
+            for l in &s.locations {
+                let _ = writeln!(o, "  location {:?} -> {} connect={} read={} send={}", l.path,
+                    self.upstreams[l.upstream].name, fmt_duration(l.connect_timeout),
+                    fmt_duration(l.read_timeout), fmt_duration(l.send_timeout));
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[runtime]
+workers = 2
+max_connections = 1000
+
+[[upstream]]
+name = "ws"
+servers = [
+  { addr = "127.0.0.1:9001", weight = 3 },
+  { addr = "127.0.0.1:9002" },
+  { addr = "127.0.0.1:9003", backup = true },
+]
+
+[[server]]
+listen = ["127.0.0.1:8080"]
+server_name = ["ws.example.com", "*.example.org"]
+
+[[server.location]]
+path = "/"
+upstream = "ws"
+
+[[server.location]]
+path = "/ws/"
+upstream = "ws"
+read_timeout = "7d"
+
+[[server]]
+listen = ["127.0.0.1:8080", "8081"]
+server_name = ["other.example.com"]
+[[server.location]]
+path = "/"
+upstream = "ws"
+"#;
+
+    #[test]
+    fn good_config_resolves() {
+        let c = Config::parse("t.toml", GOOD).unwrap();
+        assert_eq!(c.runtime.workers, 2);
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.upstreams[0].peers[0].weight, 3);
+        assert!(c.upstreams[0].peers[2].backup);
+        assert_eq!(c.servers[0].locations[0].path, "/ws/");
+        assert_eq!(c.servers[0].locations[0].read_timeout, Duration::from_secs(7 * 86400));
+        assert_eq!(c.servers[0].locations[1].read_timeout, defaults::READ_TIMEOUT);
+        assert_eq!(c.servers[0].header_max, defaults::HEADER_MAX);
+        assert_eq!(c.find_location(0, b"/ws/chat"), Some(0));
+        assert_eq!(c.find_location(0, b"/other"), Some(1));
+        assert_eq!(c.find_server(0, b"WS.example.com"), Some(0));
+        assert_eq!(c.find_server(0, b"other.example.com"), Some(1));
+        assert_eq!(c.find_server(0, b"a.example.org"), Some(0));
+        assert_eq!(c.find_server(0, b"unknown"), Some(0));
+        assert_eq!(c.find_server(1, b"unknown"), Some(1));
+        assert!(c.describe().contains("location \"/ws/\" -> ws"));
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse("t.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = err("[runtime]\nworkers = 1\nbogus = 3\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn unknown_upstream_names_field_and_line() {
+        let t = GOOD.replace("path = \"/ws/\"\nupstream = \"ws\"", "path = \"/ws/\"\nupstream = \"nope\"");
+        let e = err(&t);
+        assert_eq!(e.field, "server[0].location[1].upstream");
+        let line = t.lines().position(|l| l.contains("\"nope\"")).unwrap() + 1;
+        assert_eq!(e.line, line);
+        assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+        assert!(e.message.contains("defined: ws"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_and_duration() {
+        let e = err(&GOOD.replace("127.0.0.1:9002", "localhost:9002"));
+        assert_eq!(e.field, "upstream[0].servers[1].addr");
+        let e = err(&GOOD.replace("\"7d\"", "\"7 days\""));
+        assert_eq!(e.field, "server[0].location[1].read_timeout");
+        assert!(e.message.contains("unknown unit"), "{e}");
+        let e = err(&GOOD.replace("workers = 2", "workers = \"many\""));
+        assert_eq!(e.field, "runtime.workers");
+        assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn other_errors() {
+        assert!(err("").message.contains("[[server]]"));
+        let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nbalance = \"ip_hash\""));
+        assert!(e.message.contains("not available"), "{e}");
+        let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"ws\""));
+        assert!(e.message.contains("must start with"), "{e}");
+        let e = err("[[server]\n");
+        assert_eq!(e.line, 1);
+    }
+}

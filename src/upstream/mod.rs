@@ -1,1 +1,112 @@
-//! upstream
+//! Picking a backend: nginx's smooth weighted round robin over the primary servers, the backup
+//! servers only when every primary has been tried for this request.
+
+use crate::config::Upstream;
+
+/// Per-worker balancer state for one upstream (nginx keeps it per worker too).
+#[derive(Clone, Debug)]
+pub struct RoundRobin {
+    current: Vec<i64>,
+    /// Next backup to start from, so backups share the load too.
+    backup_next: usize,
+}
+
+/// Which servers a request has already tried (bit per server; at most 64 servers per upstream
+/// take part in retries, the rest are still balanced over).
+pub type Tried = u64;
+
+fn bit(i: usize) -> Tried {
+    if i < 64 { 1 << i } else { 0 }
+}
+
+impl RoundRobin {
+    pub fn new(u: &Upstream) -> RoundRobin {
+        RoundRobin { current: vec![0; u.peers.len()], backup_next: 0 }
+    }
+
+    /// The next server to try, skipping those in `tried`; `None` when all were tried.
+    pub fn pick(&mut self, u: &Upstream, tried: Tried) -> Option<usize> {
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, p) in u.peers.iter().enumerate() {
+            if p.backup || tried & bit(i) != 0 {
+                continue;
+            }
+            let w = i64::from(p.weight);
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        if let Some(b) = best {
+            self.current[b] -= total;
+            return Some(b);
+        }
+        let n = u.peers.len();
+        for k in 0..n {
+            let i = (self.backup_next + k) % n;
+            if u.peers[i].backup && tried & bit(i) == 0 {
+                self.backup_next = i + 1;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Mark server `i` as tried.
+    pub fn tried(tried: Tried, i: usize) -> Tried {
+        tried | bit(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Balance, Peer};
+
+    fn up(weights: &[(u32, bool)]) -> Upstream {
+        Upstream {
+            name: "u".into(),
+            balance: Balance::RoundRobin,
+            peers: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &(weight, backup))| Peer { addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(), weight, backup })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn smooth_sequence_matches_nginx() {
+        // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
+        let u = up(&[(5, false), (1, false), (1, false)]);
+        let mut rr = RoundRobin::new(&u);
+        let seq: Vec<usize> = (0..7).map(|_| rr.pick(&u, 0).unwrap()).collect();
+        assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn weights_hold_over_many_picks() {
+        let u = up(&[(3, false), (2, false), (1, true)]);
+        let mut rr = RoundRobin::new(&u);
+        let mut count = [0; 3];
+        for _ in 0..500 {
+            count[rr.pick(&u, 0).unwrap()] += 1;
+        }
+        assert_eq!(count, [300, 200, 0]);
+    }
+
+    #[test]
+    fn retries_skip_tried_then_use_backup_then_give_up() {
+        let u = up(&[(1, false), (1, false), (1, true)]);
+        let mut rr = RoundRobin::new(&u);
+        let a = rr.pick(&u, 0).unwrap();
+        let t = RoundRobin::tried(0, a);
+        let b = rr.pick(&u, t).unwrap();
+        assert_ne!(a, b);
+        let t = RoundRobin::tried(t, b);
+        assert_eq!(rr.pick(&u, t), Some(2));
+        assert_eq!(rr.pick(&u, RoundRobin::tried(t, 2)), None);
+    }
+}

@@ -1,1 +1,269 @@
-//! ws
+//! RFC 6455 pieces: the accept key, frame headers, masking, and the frame tracker that knows
+//! where frame boundaries fall in a byte stream without buffering payloads.
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// Opcodes.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub fin: bool,
+    /// RSV1..3 as the top three bits of the low nibble (RSV1 = 0x4).
+    pub rsv: u8,
+    pub opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    pub len: u64,
+    /// Bytes the header itself took.
+    pub header_len: usize,
+}
+
+/// A frame header that breaks RFC 6455.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameError(pub &'static str);
+
+/// Longest possible header: 2 + 8 (length) + 4 (mask).
+pub const MAX_HEADER: usize = 14;
+
+/// Decode a header at the start of `buf`; `Ok(None)` when more bytes are needed.
+pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let rsv = (buf[0] >> 4) & 0x7;
+    let opcode = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    let len7 = buf[1] & 0x7f;
+    let mut n = 2;
+    let len = match len7 {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            n = 4;
+            u64::from(u16::from_be_bytes([buf[2], buf[3]]))
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            n = 10;
+            let l = u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes"));
+            if l >> 63 != 0 {
+                return Err(FrameError("frame length has the top bit set"));
+            }
+            l
+        }
+        l => u64::from(l),
+    };
+    if opcode >= 0x8 {
+        if !fin {
+            return Err(FrameError("fragmented control frame"));
+        }
+        if len > 125 {
+            return Err(FrameError("control frame longer than 125 bytes"));
+        }
+    }
+    if matches!(opcode, 0x3..=0x7 | 0xB..=0xF) {
+        return Err(FrameError("reserved opcode"));
+    }
+    let mask = if masked {
+        if buf.len() < n + 4 {
+            return Ok(None);
+        }
+        let m = [buf[n], buf[n + 1], buf[n + 2], buf[n + 3]];
+        n += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Some(FrameHeader { fin, rsv, opcode, mask, len, header_len: n }))
+}
+
+/// Append a frame header to `out`.
+pub fn write_header(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, len: u64) {
+    out.push(if fin { 0x80 } else { 0 } | (rsv & 7) << 4 | (opcode & 0x0f));
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(m | len as u8);
+    } else if len <= 0xffff {
+        out.push(m | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    if let Some(k) = mask {
+        out.extend_from_slice(&k);
+    }
+}
+
+/// XOR `data` with `mask`, where `data[0]` is byte `offset` of the payload.
+pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
+    let rot = (offset % 4) as usize;
+    let m = [mask[rot], mask[(rot + 1) % 4], mask[(rot + 2) % 4], mask[(rot + 3) % 4]];
+    let word = u32::from_ne_bytes(m);
+    let mut chunks = data.chunks_exact_mut(4);
+    for c in &mut chunks {
+        let v = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= m[i];
+    }
+}
+
+/// A complete frame (header + payload), masked with `mask` if given.
+pub fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER);
+    write_header(&mut out, true, 0, opcode, mask, payload.len() as u64);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(m) = mask {
+        apply_mask(&mut out[start..], m, 0);
+    }
+    out
+}
+
+/// A Close frame payload: code and reason.
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    p
+}
+
+/// Tracks frame boundaries in one direction of a tunnel: header bytes are looked at, payload
+/// bytes are skipped by count. It never copies payload and never rewrites anything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameTracker {
+    hdr: [u8; MAX_HEADER],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    left: u64,
+    /// Frames completed so far.
+    pub frames: u64,
+}
+
+impl FrameTracker {
+    /// At a frame boundary: nothing of a frame is pending, so a new frame may be inserted here.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.left == 0
+    }
+
+    /// Account for `data` passing by.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let skip = (data.len() as u64).min(self.left);
+                self.left -= skip;
+                data = &data[skip as usize..];
+                if self.left == 0 {
+                    self.frames += 1;
+                }
+                continue;
+            }
+            let have = usize::from(self.have);
+            let take = (MAX_HEADER - have).min(data.len());
+            self.hdr[have..have + take].copy_from_slice(&data[..take]);
+            match parse_header(&self.hdr[..have + take])? {
+                None => {
+                    self.have += take as u8;
+                    data = &data[take..];
+                }
+                Some(h) => {
+                    let used = h.header_len - have;
+                    data = &data[used..];
+                    self.have = 0;
+                    self.left = h.len;
+                    if h.len == 0 {
+                        self.frames += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6455_sample_key() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn header_round_trip_all_lengths() {
+        for len in [0u64, 1, 125, 126, 65535, 65536, 1 << 40] {
+            for mask in [None, Some([1, 2, 3, 4])] {
+                let mut out = Vec::new();
+                write_header(&mut out, true, 4, opcode::BINARY, mask, len);
+                let h = parse_header(&out).unwrap().unwrap();
+                assert_eq!((h.len, h.mask, h.header_len, h.rsv, h.fin), (len, mask, out.len(), 4, true));
+                for cut in 0..out.len() {
+                    assert_eq!(parse_header(&out[..cut]), Ok(None));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_headers() {
+        assert!(parse_header(&[0x09, 0x00]).is_err()); // fragmented ping
+        assert!(parse_header(&[0x89, 126, 0, 200]).is_err()); // long ping
+        assert!(parse_header(&[0x83, 0]).is_err()); // reserved opcode
+        assert!(parse_header(&[0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn mask_is_an_involution_at_any_offset() {
+        let orig: Vec<u8> = (0..=255).collect();
+        let mut d = orig.clone();
+        apply_mask(&mut d, [9, 8, 7, 6], 0);
+        assert_ne!(d, orig);
+        // unmask in two pieces with an odd split
+        let (a, b) = d.split_at_mut(7);
+        apply_mask(a, [9, 8, 7, 6], 0);
+        apply_mask(b, [9, 8, 7, 6], 7);
+        assert_eq!(d, orig);
+    }
+
+    #[test]
+    fn tracker_finds_boundaries_in_any_split() {
+        let mut stream = Vec::new();
+        for (i, len) in [0usize, 5, 125, 126, 70000].iter().enumerate() {
+            stream.extend(frame(opcode::BINARY, &vec![i as u8; *len], Some([1, 2, 3, 4])));
+        }
+        for step in [1, 2, 3, 13, 14, 1000, stream.len()] {
+            let mut t = FrameTracker::default();
+            for piece in stream.chunks(step) {
+                t.feed(piece).unwrap();
+            }
+            assert_eq!(t.frames, 5, "step {step}");
+            assert!(t.at_boundary());
+        }
+        let mut t = FrameTracker::default();
+        t.feed(&stream[..20]).unwrap();
+        assert!(!t.at_boundary());
+    }
+}

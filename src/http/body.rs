@@ -1,0 +1,214 @@
+//! Message body framing (RFC 9112 §6): where a request or response body ends, without
+//! rewriting it. Chunked bodies are tracked byte by byte through a small state machine so that
+//! a keep-alive connection knows where the next message starts.
+
+/// How a message's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body (GET without length, HEAD responses, 1xx/204/304).
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Response without a length: the body ends when the upstream closes.
+    UntilClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Size { digits: u8, value: u64 },
+    Ext { value: u64 },
+    SizeLf { value: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLineLf,
+    FinalLf,
+}
+
+/// A malformed chunked body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyError(pub &'static str);
+
+/// Counts off a body as its bytes go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyTracker {
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+impl BodyTracker {
+    pub fn new(kind: BodyKind) -> BodyTracker {
+        let state = match kind {
+            BodyKind::None | BodyKind::Length(0) => State::Done,
+            BodyKind::Length(n) => State::Length(n),
+            BodyKind::Chunked => State::Chunked(Chunk::Size { digits: 0, value: 0 }),
+            BodyKind::UntilClose => State::UntilClose,
+        };
+        BodyTracker { state }
+    }
+
+    /// The body is complete; bytes after it belong to the next message.
+    pub fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The body ends only when the connection closes.
+    pub fn until_close(&self) -> bool {
+        self.state == State::UntilClose
+    }
+
+    /// Feed bytes; returns how many of them belong to this body (all of them until it is done).
+    pub fn feed(&mut self, data: &[u8]) -> Result<usize, BodyError> {
+        match self.state {
+            State::Done => Ok(0),
+            State::UntilClose => Ok(data.len()),
+            State::Length(left) => {
+                let take = (data.len() as u64).min(left);
+                let left = left - take;
+                self.state = if left == 0 { State::Done } else { State::Length(left) };
+                Ok(take as usize)
+            }
+            State::Chunked(mut c) => {
+                let mut i = 0;
+                while i < data.len() {
+                    let b = data[i];
+                    c = match c {
+                        Chunk::Size { digits, value } => match hex(b) {
+                            Some(d) => {
+                                if digits >= 15 {
+                                    return Err(BodyError("chunk size too large"));
+                                }
+                                Chunk::Size { digits: digits + 1, value: value << 4 | u64::from(d) }
+                            }
+                            None if digits == 0 => return Err(BodyError("chunk size missing")),
+                            None if b == b'\r' => Chunk::SizeLf { value },
+                            // Extensions (and the whitespace some servers put before them)
+                            // run to the end of the line.
+                            None if b == b';' || b == b' ' || b == b'\t' => Chunk::Ext { value },
+                            None => return Err(BodyError("invalid chunk size")),
+                        },
+                        Chunk::Ext { value } => {
+                            if b == b'\r' { Chunk::SizeLf { value } } else { Chunk::Ext { value } }
+                        }
+                        Chunk::SizeLf { value } => {
+                            if b != b'\n' {
+                                return Err(BodyError("expected LF after chunk size"));
+                            }
+                            if value == 0 { Chunk::TrailerStart } else { Chunk::Data(value) }
+                        }
+                        Chunk::Data(left) => {
+                            let take = ((data.len() - i) as u64).min(left);
+                            i += take as usize;
+                            let left = left - take;
+                            c = if left == 0 { Chunk::DataCr } else { Chunk::Data(left) };
+                            continue;
+                        }
+                        Chunk::DataCr => {
+                            if b != b'\r' {
+                                return Err(BodyError("expected CRLF after chunk data"));
+                            }
+                            Chunk::DataLf
+                        }
+                        Chunk::DataLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("expected CRLF after chunk data"));
+                            }
+                            Chunk::Size { digits: 0, value: 0 }
+                        }
+                        Chunk::TrailerStart => {
+                            if b == b'\r' { Chunk::FinalLf } else { Chunk::TrailerLine }
+                        }
+                        Chunk::TrailerLine => {
+                            if b == b'\r' { Chunk::TrailerLineLf } else { Chunk::TrailerLine }
+                        }
+                        Chunk::TrailerLineLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("expected LF in trailer"));
+                            }
+                            Chunk::TrailerStart
+                        }
+                        Chunk::FinalLf => {
+                            if b != b'\n' {
+                                return Err(BodyError("expected LF after last chunk"));
+                            }
+                            self.state = State::Done;
+                            return Ok(i + 1);
+                        }
+                    };
+                    i += 1;
+                }
+                self.state = State::Chunked(c);
+                Ok(data.len())
+            }
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(kind: BodyKind, data: &[u8], step: usize) -> Result<(usize, bool), BodyError> {
+        let mut t = BodyTracker::new(kind);
+        let mut used = 0;
+        for piece in data.chunks(step.max(1)) {
+            if t.done() {
+                break;
+            }
+            used += t.feed(piece)?;
+        }
+        Ok((used, t.done()))
+    }
+
+    #[test]
+    fn content_length() {
+        assert_eq!(feed_all(BodyKind::Length(5), b"helloGET /", 3).unwrap(), (5, true));
+        assert_eq!(feed_all(BodyKind::Length(5), b"hel", 1).unwrap(), (3, false));
+        assert!(BodyTracker::new(BodyKind::Length(0)).done());
+        assert!(BodyTracker::new(BodyKind::None).done());
+    }
+
+    #[test]
+    fn chunked_in_every_split() {
+        let body = b"5\r\nhello\r\n1a;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        let mut data = body.to_vec();
+        data.extend_from_slice(b"NEXT");
+        for step in 1..data.len() {
+            assert_eq!(feed_all(BodyKind::Chunked, &data, step).unwrap(), (body.len(), true), "step {step}");
+        }
+    }
+
+    #[test]
+    fn chunked_errors() {
+        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\nhello", b"\r\n", b"ffffffffffffffffff\r\n"] {
+            assert!(feed_all(BodyKind::Chunked, bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn until_close_never_ends() {
+        let mut t = BodyTracker::new(BodyKind::UntilClose);
+        assert_eq!(t.feed(b"abc").unwrap(), 3);
+        assert!(!t.done() && t.until_close());
+    }
+}
