@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod runtime;
 pub mod session;
 pub mod tools;
 pub mod upstream;

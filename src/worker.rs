@@ -1,1 +1,402 @@
-//! worker
+//! One worker: its ring, its listening sockets (SO_REUSEPORT), its session slab, its timer wheel.
+//! The loop submits, copies out a bounded batch of completions, then dispatches them
+//! (TigerBeetle's `flush`), so no handler runs inside another.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::session::{AccessLog, Env, Io, Listen, Session};
+use crate::upstream::RoundRobin;
+use crate::uring::timer::TimerWheel;
+use crate::uring::slots::Slots;
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side, Src, UserData};
+
+/// Completions copied out per loop turn.
+const CQE_BATCH: usize = 256;
+/// Timer wheel resolution.
+pub const TICK_MS: u64 = 50;
+const WHEEL_SLOTS: usize = 4096;
+
+/// Counters a worker publishes (read by the main thread; relaxed atomics, written by one thread).
+#[derive(Default, Debug)]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub rejected: AtomicU64,
+    pub stale_cqes: AtomicU64,
+}
+
+struct Slot {
+    session: Session,
+    /// Heap id of the address of the connect in flight, if any.
+    connect_addr: Option<u32>,
+}
+
+/// A listening socket opened with SO_REUSEPORT, so each worker (and each ringway process on
+/// the same port) gets its own accept queue and the kernel spreads connections.
+pub fn listen_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s)
+}
+
+/// Per-process settings every worker shares.
+pub struct WorkerSpec {
+    pub id: usize,
+    pub cfg: Arc<Config>,
+    pub max_sessions: usize,
+    pub backlog: i32,
+    /// Pin the thread to this CPU.
+    pub cpu: Option<usize>,
+    pub stop: Arc<AtomicBool>,
+    pub stats: Arc<WorkerStats>,
+}
+
+pub struct Worker {
+    ring: Ring,
+    spec: WorkerSpec,
+    rr: Vec<RoundRobin>,
+    listeners: Vec<(Socket, Listen)>,
+    slots: Slots<Slot>,
+    wheel: TimerWheel,
+    parked: VecDeque<(u32, u32, Side)>,
+    epoch: Instant,
+    now_ms: u64,
+    cqes: Vec<Cqe>,
+    fired: Vec<((u32, u32), u64)>,
+    accept_paused: bool,
+}
+
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+impl Worker {
+    /// Open this worker's listening sockets (on the calling thread, so bind errors surface
+    /// before anything starts).
+    pub fn listen(cfg: &Config, backlog: i32) -> anyhow::Result<Vec<Socket>> {
+        use anyhow::Context;
+        cfg.listeners
+            .iter()
+            .map(|addr| listen_socket(*addr, backlog).with_context(|| format!("listening on {addr}")))
+            .collect()
+    }
+
+    /// Set up the ring. Call on the worker's own thread: with SINGLE_ISSUER the thread that
+    /// creates the ring is the only one allowed to submit to it.
+    pub fn new(spec: WorkerSpec, sockets: Vec<Socket>) -> anyhow::Result<Worker> {
+        use anyhow::Context;
+        let cfg = spec.cfg.clone();
+        let ring = Ring::new(RingConfig { sq_entries: 1024, buffers: cfg.runtime.buffers, buf_size: cfg.runtime.buffer_size })
+            .context("setting up io_uring")?;
+        let mut listeners = Vec::new();
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let server = cfg.servers.iter().find(|s| s.listen.contains(&i)).expect("every listener belongs to a server");
+            let listen = Listen {
+                index: i,
+                header_timeout_ms: server.header_timeout.as_millis() as u64,
+                header_max: server.header_max as usize,
+                tls: false,
+            };
+            listeners.push((sock, listen));
+        }
+        let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
+        Ok(Worker {
+            ring,
+            rr,
+            listeners,
+            slots: Slots::with_capacity(spec.max_sessions.min(1 << 16)),
+            wheel: TimerWheel::new(TICK_MS, WHEEL_SLOTS, 0),
+            parked: VecDeque::new(),
+            epoch: Instant::now(),
+            now_ms: 0,
+            cqes: Vec::with_capacity(CQE_BATCH),
+            fired: Vec::new(),
+            accept_paused: false,
+            spec,
+        })
+    }
+
+    fn arm_accepts(&mut self) {
+        for (i, (sock, _)) in self.listeners.iter().enumerate() {
+            use std::os::fd::AsRawFd;
+            self.ring.accept_multi(sock.as_raw_fd(), UserData::new(i as u32, 0, Op::Accept, Side::Down));
+        }
+    }
+
+    /// Run until the stop flag is set and every session has closed.
+    pub fn run(mut self) -> anyhow::Result<()> {
+        if let Some(cpu) = self.spec.cpu {
+            pin(cpu);
+        }
+        self.arm_accepts();
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if stopping.is_none() && self.spec.stop.load(Ordering::Relaxed) {
+                stopping = Some(Instant::now());
+                // Stop accepting: closing the listeners ends their multishot accepts.
+                self.listeners.clear();
+                for k in self.slots.keys() {
+                    self.with_session(k, |s, io, env| s.shutdown(io, env));
+                }
+            }
+            if let Some(t) = stopping {
+                if self.slots.is_empty() || t.elapsed() > Duration::from_secs(5) {
+                    return Ok(());
+                }
+            }
+            let next_tick = TICK_MS - (self.now_ms % TICK_MS);
+            self.ring.submit_and_wait(Duration::from_millis(next_tick))?;
+            self.now_ms = self.epoch.elapsed().as_millis() as u64;
+            let mut cqes = std::mem::take(&mut self.cqes);
+            self.ring.reap(&mut cqes);
+            for c in &cqes {
+                self.dispatch(*c);
+            }
+            self.cqes = cqes;
+            self.timers();
+            self.unpark();
+            if self.accept_paused && self.slots.len() < self.spec.max_sessions && stopping.is_none() {
+                self.accept_paused = false;
+                self.arm_accepts();
+            }
+        }
+    }
+
+    fn dispatch(&mut self, c: Cqe) {
+        let Some(op) = c.ud.op() else {
+            self.spec.stats.stale_cqes.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if c.ud.slot() == SLOT_CORE {
+            // Our own cancel-everything at drop time; nothing to do.
+            return;
+        }
+        if op == Op::Accept {
+            return self.on_accept(c);
+        }
+        let slot = c.ud.slot();
+        let Some(entry) = self.slots.get_mut(slot, c.ud.generation()) else {
+            // A completion for a slot that has been freed and maybe reused. Release any buffer
+            // it carries; count it (it means a close did not wait for all its ops).
+            if let Some(bid) = c.buf_id() {
+                self.ring.pool.release(bid);
+            }
+            debug_assert!(false, "stale completion {:?}", c);
+            self.spec.stats.stale_cqes.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let side = c.ud.side();
+        if op == Op::Connect {
+            if let Some(id) = entry.connect_addr.take() {
+                self.ring.connect_done(id);
+            }
+        }
+        self.with_session(slot, |s, io, env| match op {
+            Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
+            Op::Send => s.on_send(side, c.res, io, env),
+            Op::Connect => s.on_connect(c.res, io, env),
+            Op::Shutdown => s.on_shutdown(side, io, env),
+            Op::Cancel => s.on_cancel(io, env),
+            Op::Accept => unreachable!("handled above"),
+        });
+    }
+
+    /// Run a session handler with an `Io` over this worker's ring, then free or reschedule.
+    fn with_session(&mut self, slot: u32, f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>)) {
+        let Some((generation, entry)) = self.slots.get_any_mut(slot) else { return };
+        let mut io = WorkerIo {
+            ring: &mut self.ring,
+            slot,
+            generation,
+            now_ms: self.now_ms,
+            parked: &mut self.parked,
+            connect_addr: &mut entry.connect_addr,
+        };
+        let mut env = Env { cfg: &self.spec.cfg, rr: &mut self.rr };
+        f(&mut entry.session, &mut io, &mut env);
+        if entry.session.finished() {
+            self.slots.remove(slot);
+            self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(d) = entry.session.deadline() {
+            if entry.session.timer_at == 0 || d < entry.session.timer_at {
+                self.wheel.insert((slot, generation), d);
+                entry.session.timer_at = d;
+            }
+        }
+    }
+
+    fn on_accept(&mut self, c: Cqe) {
+        let li = c.ud.slot() as usize;
+        if !c.more() && li < self.listeners.len() && !self.spec.stop.load(Ordering::Relaxed) {
+            if self.slots.len() < self.spec.max_sessions {
+                use std::os::fd::AsRawFd;
+                self.ring.accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
+            } else {
+                self.accept_paused = true;
+            }
+        }
+        if c.res < 0 {
+            match -c.res {
+                libc::ECANCELED | libc::EBADF | libc::EINVAL => {}
+                e => tracing::warn!("accept failed: {} (check `ringway preflight` limits)", crate::session::errno_name(e)),
+            }
+            return;
+        }
+        let fd: RawFd = c.res;
+        if li >= self.listeners.len() || self.slots.len() >= self.spec.max_sessions {
+            // Over the session cap (or stopping): refuse instead of failing later.
+            self.spec.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = nix::unistd::close(fd);
+            return;
+        }
+        let sock = crate::uring::socket_from_accepted(fd);
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let fd = sock.into_raw_fd();
+        let listen = self.listeners[li].1;
+        let now = self.now_ms;
+        let (key, _) = self.slots.insert(|_, _| Slot { session: Session::new(fd, peer, listen, now), connect_addr: None });
+        self.spec.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        self.spec.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.with_session(key, |s, io, _| s.start(io));
+    }
+
+    fn timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel.advance(self.now_ms, &mut fired);
+        for &((slot, generation), due) in &fired {
+            let Some(entry) = self.slots.get_mut(slot, generation) else { continue };
+            if entry.session.timer_at != due {
+                continue; // superseded by an earlier entry, or the slot was reused
+            }
+            entry.session.timer_at = 0;
+            self.with_session(slot, |s, io, env| s.on_timer(io, env));
+        }
+        self.fired = fired;
+    }
+
+    /// Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
+    fn unpark(&mut self) {
+        while !self.parked.is_empty() && self.ring.pool.available() > self.ring.pool.count() / 8 {
+            let Some((slot, generation, side)) = self.parked.pop_front() else { break };
+            if self.slots.get_mut(slot, generation).is_some() {
+                self.with_session(slot, |s, io, env| s.unpark(side, io, env));
+            }
+        }
+    }
+}
+
+struct WorkerIo<'a> {
+    ring: &'a mut Ring,
+    slot: u32,
+    generation: u32,
+    now_ms: u64,
+    parked: &'a mut VecDeque<(u32, u32, Side)>,
+    connect_addr: &'a mut Option<u32>,
+}
+
+impl WorkerIo<'_> {
+    fn ud(&self, op: Op, side: Side) -> UserData {
+        UserData::new(self.slot, self.generation, op, side)
+    }
+}
+
+impl Io for WorkerIo<'_> {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn data(&self, bid: u16, len: u32) -> &[u8] {
+        self.ring.pool.bytes(bid, len)
+    }
+
+    fn put(&mut self, bytes: Vec<u8>) -> Chunk {
+        let len = bytes.len() as u32;
+        Chunk { src: Src::Heap(self.ring.heap.put(bytes)), off: 0, len }
+    }
+
+    fn release(&mut self, c: Chunk) {
+        match c.src {
+            Src::Pool(bid) => self.ring.pool.release(bid),
+            Src::Heap(id) => self.ring.heap.free(id),
+        }
+    }
+
+    fn sent(&mut self, c: Chunk) {
+        self.ring.send_done(c);
+    }
+
+    fn recv(&mut self, fd: RawFd, side: Side) {
+        let ud = self.ud(Op::Recv, side);
+        self.ring.recv_multi(fd, ud);
+    }
+
+    fn cancel_recv(&mut self, side: Side) {
+        let (target, ud) = (self.ud(Op::Recv, side), self.ud(Op::Cancel, side));
+        self.ring.cancel_op(target, ud);
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd, side: Side) {
+        let ud = self.ud(Op::Cancel, side);
+        self.ring.cancel_fd(fd, ud);
+    }
+
+    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
+        let ud = self.ud(Op::Send, side);
+        self.ring.send(fd, c, ud);
+    }
+
+    fn connect(&mut self, addr: SocketAddr) -> Result<RawFd, i32> {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let _ = sock.set_tcp_nodelay(true);
+        let fd = sock.into_raw_fd();
+        let ud = self.ud(Op::Connect, Side::Up);
+        *self.connect_addr = Some(self.ring.connect(fd, addr, ud));
+        Ok(fd)
+    }
+
+    fn shutdown(&mut self, fd: RawFd, side: Side) {
+        let ud = self.ud(Op::Shutdown, side);
+        self.ring.shutdown_write(fd, ud);
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        let _ = nix::unistd::close(fd);
+    }
+
+    fn park(&mut self, side: Side) {
+        self.parked.push_back((self.slot, self.generation, side));
+    }
+
+    fn log(&mut self, l: &AccessLog<'_>) {
+        let upstream = l.upstream.map_or("-".to_string(), |a| a.to_string());
+        let status = if l.status == 0 { "-".to_string() } else { l.status.to_string() };
+        tracing::info!(
+            target: "access",
+            "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}",
+            l.client, l.method, l.path, l.host, status, upstream, l.duration_ms, l.bytes_in, l.bytes_out,
+            if l.tunnel { "ws " } else { "" }, l.end
+        );
+    }
+}

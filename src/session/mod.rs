@@ -1,1 +1,1074 @@
-//! session
+//! The session state machine: one client connection and (at most) one upstream connection.
+//!
+//! `Request → Connecting → Proxy (response head, then HTTP relay) | Tunnel → Closing`.
+//!
+//! Handlers decide; they never touch the ring. Every effect goes through [`Io`], which the
+//! worker implements over its ring and the tests implement with a recording fake. See
+//! `LIFECYCLE.md` beside this file for the phases and invariants.
+
+pub mod pipe;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use crate::config::Config;
+use crate::http::{self, BodyTracker, ClientConnection, HeadError};
+use crate::upstream::{RoundRobin, Tried};
+use crate::uring::{Chunk, Side, Src};
+pub use pipe::{Pipe, QUEUE, Recv, Shut};
+
+/// Largest response head accepted from an upstream.
+pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
+
+/// Effects a handler asks for. Implemented by the worker over its ring.
+pub trait Io {
+    /// Coarse monotonic milliseconds (one reading per event-loop turn).
+    fn now_ms(&self) -> u64;
+    /// Bytes of a received pool buffer.
+    fn data(&self, bid: u16, len: u32) -> &[u8];
+    /// Store bytes for sending; returns a chunk covering all of them.
+    fn put(&mut self, bytes: Vec<u8>) -> Chunk;
+    /// Give a chunk's memory back (pool buffer to the ring, heap bytes freed).
+    fn release(&mut self, c: Chunk);
+    /// The send of `c` has completed (called first thing on every send completion).
+    fn sent(&mut self, c: Chunk);
+    /// Arm a multishot recv on `fd`.
+    fn recv(&mut self, fd: RawFd, side: Side);
+    /// Cancel the recv armed on `side`.
+    fn cancel_recv(&mut self, side: Side);
+    /// Cancel every op on `fd`.
+    fn cancel_fd(&mut self, fd: RawFd, side: Side);
+    fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
+    /// Create an upstream socket and start connecting it; the errno when the socket cannot be
+    /// made.
+    fn connect(&mut self, addr: SocketAddr) -> Result<RawFd, i32>;
+    /// `shutdown(SHUT_WR)` on `fd`.
+    fn shutdown(&mut self, fd: RawFd, side: Side);
+    /// Close an fd that has no op in flight.
+    fn close(&mut self, fd: RawFd);
+    /// Put the session on the wait list for buffers (its recv hit ENOBUFS).
+    fn park(&mut self, side: Side);
+    /// Emit an access-log line.
+    fn log(&mut self, line: &AccessLog);
+}
+
+/// What a handler needs from the worker besides I/O: the config and the balancers.
+pub struct Env<'a> {
+    pub cfg: &'a Config,
+    /// One balancer per upstream, indexed like `cfg.upstreams`.
+    pub rr: &'a mut [RoundRobin],
+}
+
+/// Why a request or session ended (the access log's last field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Response complete (HTTP) or both sides closed (tunnel).
+    Done,
+    /// The client closed or reset.
+    ClientClosed,
+    /// The upstream closed (tunnel) or closed before the response was complete.
+    UpstreamClosed,
+    /// Socket error, with errno.
+    ClientError(i32),
+    UpstreamError(i32),
+    /// Not HTTP, or broken framing: 400.
+    BadRequest(&'static str),
+    /// Head over the limit: 431.
+    HeadTooLarge,
+    /// No location matched: 404.
+    NoRoute,
+    /// Every server refused or timed out: 502.
+    NoUpstream,
+    /// The upstream's response could not be used: 502.
+    BadResponse(&'static str),
+    /// The upstream said nothing within read_timeout: 504.
+    UpstreamTimeout,
+    /// The client did not finish its head within header_timeout.
+    HeaderTimeout,
+    /// No bytes either way within read_timeout.
+    IdleTimeout,
+    /// A send made no progress within send_timeout.
+    SendTimeout,
+    /// The worker is stopping.
+    Shutdown,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Done => write!(f, "done"),
+            End::ClientClosed => write!(f, "client-closed"),
+            End::UpstreamClosed => write!(f, "upstream-closed"),
+            End::ClientError(e) => write!(f, "client-error:{}", errno_name(*e)),
+            End::UpstreamError(e) => write!(f, "upstream-error:{}", errno_name(*e)),
+            End::BadRequest(why) => write!(f, "bad-request:{}", why.replace(' ', "-")),
+            End::HeadTooLarge => write!(f, "head-too-large"),
+            End::NoRoute => write!(f, "no-route"),
+            End::NoUpstream => write!(f, "no-upstream"),
+            End::BadResponse(why) => write!(f, "bad-response:{}", why.replace(' ', "-")),
+            End::UpstreamTimeout => write!(f, "upstream-timeout"),
+            End::HeaderTimeout => write!(f, "header-timeout"),
+            End::IdleTimeout => write!(f, "idle-timeout"),
+            End::SendTimeout => write!(f, "send-timeout"),
+            End::Shutdown => write!(f, "shutdown"),
+        }
+    }
+}
+
+/// A short name for the errnos sockets end with.
+pub fn errno_name(e: i32) -> String {
+    match e {
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::EPIPE => "EPIPE".into(),
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::ECANCELED => "ECANCELED".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL".into(),
+        libc::EMFILE => "EMFILE".into(),
+        libc::ENFILE => "ENFILE".into(),
+        libc::ENOBUFS => "ENOBUFS".into(),
+        e => format!("errno{e}"),
+    }
+}
+
+/// One access-log line.
+#[derive(Debug)]
+pub struct AccessLog<'a> {
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub duration_ms: u64,
+    /// Bytes from the client.
+    pub bytes_in: u64,
+    /// Bytes from the upstream.
+    pub bytes_out: u64,
+    pub end: End,
+    pub tunnel: bool,
+}
+
+/// Phase of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading (and parsing) a request head.
+    Request,
+    /// Connecting to an upstream server.
+    Connecting,
+    /// Connected: request going up, response head or body coming down.
+    Proxy,
+    /// 101 seen: bytes flow both ways untouched.
+    Tunnel,
+    /// Sending our own response (error page), then closing.
+    Respond,
+    /// Cancelling ops and closing sockets.
+    Closing,
+}
+
+/// What bytes from the client are, at this point.
+#[derive(Debug)]
+enum Upward {
+    /// Part of a request head.
+    Head(Vec<u8>),
+    /// The request body, counted off.
+    Body(BodyTracker),
+    /// Tunnel (or an upgrade request): all forwarded.
+    Stream,
+    /// After the body: the next request, kept until the response is done.
+    Hold,
+    /// Ignored (we are answering with an error and closing).
+    Discard,
+}
+
+/// What bytes from the upstream are.
+#[derive(Debug)]
+enum Downward {
+    /// Nothing expected yet.
+    Idle,
+    Head(Vec<u8>),
+    Body(BodyTracker),
+    Stream,
+    Discard,
+}
+
+/// Per-request state, boxed so an idle session stays small.
+#[derive(Debug)]
+struct Req {
+    method: String,
+    host: String,
+    path: String,
+    upgrade: bool,
+    keep_alive: bool,
+    is_head: bool,
+    upstream: usize,
+    peer: Option<usize>,
+    tried: Tried,
+    connect_ms: u64,
+    read_ms: u64,
+    send_ms: u64,
+    status: u16,
+    /// Response bytes have been queued to the client.
+    responded: bool,
+    logged: bool,
+    /// A 101 turned this request into a tunnel.
+    tunnel: bool,
+    started_ms: u64,
+    /// Bytes from the client for this request (head included).
+    bytes_in: u64,
+    /// Bytes from the upstream for this request.
+    bytes_out: u64,
+    /// Pipelined bytes after this request's body: the next request's head.
+    stash: Vec<u8>,
+}
+
+impl Req {
+    /// A request whose head could not be parsed (logged with `-` fields).
+    fn unparsed(started_ms: u64, bytes_in: u64) -> Req {
+        Req {
+            method: "-".into(),
+            host: "-".into(),
+            path: "-".into(),
+            upgrade: false,
+            keep_alive: false,
+            is_head: false,
+            upstream: usize::MAX,
+            peer: None,
+            tried: 0,
+            connect_ms: 0,
+            read_ms: 0,
+            send_ms: 0,
+            status: 0,
+            responded: false,
+            logged: false,
+            tunnel: false,
+            started_ms,
+            bytes_in,
+            bytes_out: 0,
+            stash: Vec::new(),
+        }
+    }
+}
+
+/// Settings fixed for a session when it is accepted (from its listener's default server).
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    pub index: usize,
+    pub header_timeout_ms: u64,
+    pub header_max: usize,
+    /// `X-Forwarded-Proto` value.
+    pub tls: bool,
+}
+
+/// A session: client socket, upstream socket, and where the exchange between them stands.
+#[derive(Debug)]
+pub struct Session {
+    pub stage: Stage,
+    pub down: Pipe,
+    pub up: Pipe,
+    /// Cancel ops in flight for this session.
+    pub cancels: u8,
+    upward: Upward,
+    downward: Downward,
+    listen: Listen,
+    client: SocketAddr,
+    req: Option<Box<Req>>,
+    /// When the current phase's clock started (head read, connect).
+    phase_ms: u64,
+    last_up_ms: u64,
+    last_down_ms: u64,
+    /// The connect attempt timed out; its cancel is on its way.
+    connect_timed_out: bool,
+    /// A connect is waiting for the previous upstream socket to finish closing.
+    connect_waiting: bool,
+    /// Close once everything queued for the client is sent.
+    close_after_flush: bool,
+    end: Option<End>,
+    /// At least one request was answered on this connection.
+    served: bool,
+    /// The time this session is scheduled at in the worker's timer wheel (0: not scheduled).
+    pub timer_at: u64,
+}
+
+impl Session {
+    /// A session for a freshly accepted client socket.
+    pub fn new(fd: RawFd, client: SocketAddr, listen: Listen, now_ms: u64) -> Session {
+        Session {
+            stage: Stage::Request,
+            down: Pipe::new(fd),
+            up: Pipe::new(-1),
+            cancels: 0,
+            upward: Upward::Head(Vec::new()),
+            downward: Downward::Idle,
+            listen,
+            client,
+            req: None,
+            phase_ms: now_ms,
+            last_up_ms: now_ms,
+            last_down_ms: now_ms,
+            connect_timed_out: false,
+            connect_waiting: false,
+            close_after_flush: false,
+            end: None,
+            served: false,
+            timer_at: 0,
+        }
+    }
+
+    /// Start: arm the client recv.
+    pub fn start(&mut self, io: &mut impl Io) {
+        self.sync_recv(io);
+    }
+
+    /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
+    pub fn finished(&self) -> bool {
+        self.stage == Stage::Closing && self.down.fd < 0 && self.up.fd < 0 && self.cancels == 0
+    }
+
+    /// Why it ended (once closing).
+    pub fn end(&self) -> Option<End> {
+        self.end
+    }
+
+    fn pipe(&mut self, side: Side) -> &mut Pipe {
+        match side {
+            Side::Down => &mut self.down,
+            Side::Up => &mut self.up,
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    /// A recv completion. `bid` is the pool buffer when `res > 0`.
+    pub fn on_recv(&mut self, side: Side, res: i32, more: bool, bid: Option<u16>, io: &mut impl Io, env: &mut Env<'_>) {
+        {
+            let p = self.pipe(side);
+            if !more {
+                p.ops -= 1;
+                p.recv = Recv::Off;
+            }
+        }
+        if res > 0 {
+            let bid = bid.expect("recv with data carries a buffer");
+            self.on_data(side, bid, res as u32, io, env);
+        } else if let Some(bid) = bid {
+            // A buffer with no data: just give it back.
+            io.release(Chunk { src: Src::Pool(bid), off: 0, len: 0 });
+        }
+        if res == 0 {
+            self.on_eof(side, io, env);
+        } else if res < 0 {
+            match -res {
+                libc::ECANCELED => {}
+                libc::ENOBUFS => {
+                    let p = self.pipe(side);
+                    if p.open() && !p.parked {
+                        p.parked = true;
+                        io.park(side);
+                    }
+                }
+                e => self.on_error(side, e, io),
+            }
+        }
+        self.after(io, env);
+    }
+
+    /// A send completion.
+    pub fn on_send(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) {
+        let now = io.now_ms();
+        let closing = self.stage == Stage::Closing;
+        let p = self.pipe(side);
+        p.ops -= 1;
+        let mut c = p.sending.take().expect("send completion without a send");
+        io.sent(c);
+        if res < 0 || closing || p.retiring {
+            io.release(c);
+            if res < 0 && !closing && res != -libc::ECANCELED {
+                self.on_error(side, -res, io);
+            }
+        } else if (res as u32) < c.len {
+            // Short send: the rest goes before anything else.
+            c.off += res as u32;
+            c.len -= res as u32;
+            p.send_since_ms = now;
+            p.sending = Some(c);
+            p.ops += 1;
+            io.send(p.fd, side, c);
+        } else {
+            io.release(c);
+            self.kick(side, io);
+        }
+        self.after(io, env);
+    }
+
+    /// The upstream connect completed.
+    pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) {
+        self.up.ops -= 1;
+        if self.stage == Stage::Closing || self.up.retiring {
+            self.after(io, env);
+            return;
+        }
+        if res == 0 && !self.connect_timed_out {
+            self.up.ready = true;
+            self.stage = Stage::Proxy;
+            self.downward = Downward::Head(Vec::new());
+            self.last_up_ms = io.now_ms();
+            self.kick(Side::Up, io);
+        } else {
+            let why = if self.connect_timed_out { "connect timeout".to_string() } else { errno_name(-res) };
+            let peer = self.peer_addr(env);
+            tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
+            self.connect_timed_out = false;
+            // Close it through retire/maybe_close_fd (after any cancel aimed at it is back),
+            // then the next server is tried, keeping the queued request.
+            self.connect_waiting = true;
+            self.retire(Side::Up, io);
+        }
+        self.after(io, env);
+    }
+
+    /// A shutdown completion.
+    pub fn on_shutdown(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) {
+        self.pipe(side).ops -= 1;
+        self.after(io, env);
+    }
+
+    /// A cancel completion.
+    pub fn on_cancel(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        self.cancels -= 1;
+        self.after(io, env);
+    }
+
+    /// Buffers are back: re-arm a recv parked on ENOBUFS.
+    pub fn unpark(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) {
+        self.pipe(side).parked = false;
+        self.after(io, env);
+    }
+
+    /// The worker is stopping: close now.
+    pub fn shutdown(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        self.close(End::Shutdown, io);
+        self.after(io, env);
+    }
+
+    /// The earliest time something must happen if nothing arrives before.
+    pub fn deadline(&self) -> Option<u64> {
+        let r = self.req.as_deref();
+        let phase = match self.stage {
+            Stage::Request => Some(self.phase_ms + self.listen.header_timeout_ms),
+            Stage::Connecting if !self.connect_timed_out => r.map(|r| self.phase_ms + r.connect_ms),
+            Stage::Connecting => None,
+            Stage::Proxy => r.map(|r| self.last_up_ms + r.read_ms),
+            Stage::Tunnel => r.map(|r| self.last_up_ms.max(self.last_down_ms) + r.read_ms),
+            Stage::Respond | Stage::Closing => None,
+        };
+        let send_ms = r.map_or(self.listen.header_timeout_ms, |r| r.send_ms);
+        let send = [&self.down, &self.up]
+            .iter()
+            .filter(|p| p.sending.is_some() && self.stage != Stage::Closing)
+            .map(|p| p.send_since_ms + send_ms)
+            .min();
+        match (phase, send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer wheel fired for this session.
+    pub fn on_timer(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        let now = io.now_ms();
+        let Some(d) = self.deadline() else { return };
+        if now < d {
+            return;
+        }
+        let r = self.req.as_deref();
+        let send_ms = r.map_or(self.listen.header_timeout_ms, |r| r.send_ms);
+        let stuck = [&self.down, &self.up].iter().any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
+        if stuck {
+            self.close(End::SendTimeout, io);
+        } else {
+            match self.stage {
+                Stage::Request => self.close(End::HeaderTimeout, io),
+                Stage::Connecting => {
+                    self.connect_timed_out = true;
+                    self.cancels += 1;
+                    io.cancel_fd(self.up.fd, Side::Up);
+                }
+                Stage::Proxy if matches!(self.downward, Downward::Head(_)) => self.respond(504, End::UpstreamTimeout, io),
+                Stage::Proxy | Stage::Tunnel => self.close(End::IdleTimeout, io),
+                Stage::Respond | Stage::Closing => {}
+            }
+        }
+        self.after(io, env);
+    }
+
+    // ---- data ----------------------------------------------------------------------------
+
+    fn on_data(&mut self, side: Side, bid: u16, len: u32, io: &mut impl Io, env: &mut Env<'_>) {
+        let chunk = Chunk { src: Src::Pool(bid), off: 0, len };
+        let now = io.now_ms();
+        if self.stage == Stage::Closing || self.pipe(side).retiring {
+            io.release(chunk);
+            return;
+        }
+        self.pipe(side).bytes_in += u64::from(len);
+        if let Some(r) = self.req.as_mut() {
+            match side {
+                Side::Down => r.bytes_in += u64::from(len),
+                Side::Up => r.bytes_out += u64::from(len),
+            }
+        }
+        match side {
+            Side::Down => {
+                self.last_down_ms = now;
+                match &mut self.upward {
+                    Upward::Head(v) => {
+                        v.extend_from_slice(io.data(bid, len));
+                        io.release(chunk);
+                        self.try_request(io, env);
+                    }
+                    Upward::Body(t) => match t.feed(io.data(bid, len)) {
+                        Ok(n) => {
+                            let done = t.done();
+                            if (n as u32) < len {
+                                let rest = io.data(bid, len)[n..].to_vec();
+                                if let Some(r) = self.req.as_mut() {
+                                    r.stash.extend_from_slice(&rest);
+                                }
+                            }
+                            if done {
+                                self.upward = Upward::Hold;
+                            }
+                            if n > 0 {
+                                self.forward(Side::Down, Chunk { len: n as u32, ..chunk }, io);
+                            } else {
+                                io.release(chunk);
+                            }
+                        }
+                        Err(e) => {
+                            io.release(chunk);
+                            self.respond(400, End::BadRequest(e.0), io);
+                        }
+                    },
+                    Upward::Stream => self.forward(Side::Down, chunk, io),
+                    Upward::Hold => {
+                        let max = self.listen.header_max;
+                        if let Some(r) = self.req.as_mut() {
+                            if r.stash.len() < max {
+                                r.stash.extend_from_slice(io.data(bid, len));
+                            }
+                        }
+                        io.release(chunk);
+                    }
+                    Upward::Discard => io.release(chunk),
+                }
+            }
+            Side::Up => {
+                self.last_up_ms = now;
+                match &mut self.downward {
+                    Downward::Head(v) => {
+                        v.extend_from_slice(io.data(bid, len));
+                        io.release(chunk);
+                        self.try_response(io, env);
+                    }
+                    Downward::Body(t) => match t.feed(io.data(bid, len)) {
+                        Ok(n) => {
+                            let done = t.done();
+                            if n > 0 {
+                                self.forward(Side::Up, Chunk { len: n as u32, ..chunk }, io);
+                            } else {
+                                io.release(chunk);
+                            }
+                            if done {
+                                self.response_done(io, env);
+                            }
+                        }
+                        Err(e) => {
+                            io.release(chunk);
+                            self.close(End::BadResponse(e.0), io);
+                        }
+                    },
+                    Downward::Stream => self.forward(Side::Up, chunk, io),
+                    Downward::Idle | Downward::Discard => io.release(chunk),
+                }
+            }
+        }
+    }
+
+    /// Queue `c`, received on `from`, for sending on the other side.
+    fn forward(&mut self, from: Side, c: Chunk, io: &mut impl Io) {
+        let to = from.peer();
+        // Toward an upstream still being connected (or reconnected), bytes wait in the queue.
+        let connecting = to == Side::Up && self.stage == Stage::Connecting;
+        if !connecting && !self.pipe(to).open() {
+            io.release(c);
+            return;
+        }
+        if to == Side::Down {
+            if let Some(r) = self.req.as_mut() {
+                r.responded = true;
+            }
+        }
+        self.pipe(to).push(c);
+        self.kick(to, io);
+    }
+
+    /// Start the next send on `side` if none is in flight; pass a pending half-close on.
+    fn kick(&mut self, side: Side, io: &mut impl Io) {
+        let now = io.now_ms();
+        let p = self.pipe(side);
+        if p.sending.is_some() || !p.open() || !p.ready {
+            return;
+        }
+        if let Some(c) = p.pop() {
+            p.sending = Some(c);
+            p.send_since_ms = now;
+            p.ops += 1;
+            io.send(p.fd, side, c);
+        } else if p.shut == Shut::Pending {
+            p.shut = Shut::Done;
+            p.ops += 1;
+            io.shutdown(p.fd, side);
+        }
+    }
+
+    // ---- request ---------------------------------------------------------------------------
+
+    fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        let Upward::Head(buf) = &self.upward else { return };
+        let req = match http::parse_request(buf, self.listen.header_max) {
+            Ok(None) => return,
+            Ok(Some(r)) => r,
+            Err(HeadError::TooLarge) => return self.respond(431, End::HeadTooLarge, io),
+            Err(HeadError::Invalid(why)) => return self.respond(400, End::BadRequest(why), io),
+        };
+        let Upward::Head(buf) = std::mem::replace(&mut self.upward, Upward::Discard) else { unreachable!() };
+        let now = io.now_ms();
+        let cfg = env.cfg;
+        let route = cfg
+            .find_server(self.listen.index, req.host_name())
+            .and_then(|s| cfg.find_location(s, req.path.as_bytes()).map(|l| &cfg.servers[s].locations[l]));
+        let ms = |d: std::time::Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
+        let mut r = Box::new(Req {
+            method: req.method.clone(),
+            host: req.host.clone().unwrap_or_default(),
+            path: req.path.clone(),
+            upgrade: req.upgrade,
+            keep_alive: req.keep_alive,
+            is_head: req.is_head(),
+            upstream: route.map_or(0, |l| l.upstream),
+            peer: None,
+            tried: 0,
+            connect_ms: route.map_or(0, |l| ms(l.connect_timeout)),
+            read_ms: route.map_or(0, |l| ms(l.read_timeout)),
+            send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms(l.send_timeout)),
+            status: 0,
+            responded: false,
+            logged: false,
+            tunnel: false,
+            started_ms: self.phase_ms,
+            bytes_in: buf.len() as u64,
+            bytes_out: 0,
+            stash: Vec::new(),
+        });
+        let Some(loc) = route else {
+            self.req = Some(r);
+            return self.respond(404, End::NoRoute, io);
+        };
+        let mut out = Vec::with_capacity(req.head_len + 256);
+        let fwd = http::Forwarded {
+            client_ip: self.client.ip(),
+            proto: if self.listen.tls { "https" } else { "http" },
+            default_host: &cfg.upstreams[loc.upstream].name,
+        };
+        if let Err(HeadError::Invalid(why)) = http::rewrite_request(&buf[..req.head_len], &fwd, &mut out) {
+            self.req = Some(r);
+            return self.respond(400, End::BadRequest(why), io);
+        }
+        let extra = &buf[req.head_len..];
+        if req.upgrade {
+            out.extend_from_slice(extra);
+            self.upward = Upward::Stream;
+        } else {
+            let mut t = BodyTracker::new(req.body);
+            match t.feed(extra) {
+                Ok(n) => {
+                    out.extend_from_slice(&extra[..n]);
+                    r.stash.extend_from_slice(&extra[n..]);
+                }
+                Err(e) => {
+                    self.req = Some(r);
+                    return self.respond(400, End::BadRequest(e.0), io);
+                }
+            }
+            self.upward = if t.done() { Upward::Hold } else { Upward::Body(t) };
+        }
+        self.req = Some(r);
+        let head = io.put(out);
+        self.up.push_front(head);
+        self.phase_ms = now;
+        self.connect_next(io, env);
+    }
+
+    /// Pick the next server not yet tried and start connecting; 502 when none is left.
+    fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        if self.up.fd >= 0 {
+            // The previous request's upstream socket is still closing.
+            self.connect_waiting = true;
+            self.stage = Stage::Connecting;
+            return;
+        }
+        self.connect_waiting = false;
+        let Some(r) = self.req.as_mut() else { return };
+        let u = &env.cfg.upstreams[r.upstream];
+        loop {
+            let Some(i) = env.rr[r.upstream].pick(u, r.tried) else {
+                return self.respond(502, End::NoUpstream, io);
+            };
+            r.tried = RoundRobin::tried(r.tried, i);
+            r.peer = Some(i);
+            match io.connect(u.peers[i].addr) {
+                Ok(fd) => {
+                    self.up.reset_fd(fd);
+                    self.up.ops = 1;
+                    self.stage = Stage::Connecting;
+                    self.phase_ms = io.now_ms();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, errno_name(e));
+                }
+            }
+        }
+    }
+
+    fn peer_addr(&self, env: &Env<'_>) -> Option<SocketAddr> {
+        let r = self.req.as_deref()?;
+        Some(env.cfg.upstreams.get(r.upstream)?.peers.get(r.peer?)?.addr)
+    }
+
+    // ---- response --------------------------------------------------------------------------
+
+    fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        loop {
+            let Downward::Head(buf) = &mut self.downward else { return };
+            let Some(r) = self.req.as_mut() else { return };
+            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
+                Ok(None) => return,
+                Ok(Some(resp)) => resp,
+                Err(HeadError::TooLarge) => return self.respond(502, End::BadResponse("response head too large"), io),
+                Err(HeadError::Invalid(why)) => return self.respond(502, End::BadResponse(why), io),
+            };
+            if (100..200).contains(&resp.status) && resp.status != 101 {
+                // 100 Continue and friends: pass on as they are, then read the real head.
+                let info: Vec<u8> = buf.drain(..resp.head_len).collect();
+                let c = io.put(info);
+                r.responded = true;
+                self.down.push(c);
+                self.kick(Side::Down, io);
+                continue;
+            }
+            let buf = std::mem::take(buf);
+            r.status = resp.status;
+            let mut out = Vec::with_capacity(resp.head_len + 64);
+            if resp.status == 101 {
+                if !r.upgrade {
+                    return self.respond(502, End::BadResponse("101 to a request that did not ask to upgrade"), io);
+                }
+                let _ = http::rewrite_response(&buf[..resp.head_len], ClientConnection::Upgrade, &mut out);
+                out.extend_from_slice(&buf[resp.head_len..]);
+                self.downward = Downward::Stream;
+                r.tunnel = true;
+                if !matches!(self.upward, Upward::Stream) {
+                    self.upward = Upward::Stream;
+                }
+                self.stage = Stage::Tunnel;
+            } else {
+                let mut t = BodyTracker::new(resp.body);
+                let request_framed = !matches!(self.upward, Upward::Stream | Upward::Discard);
+                let keep = r.keep_alive && request_framed && !t.until_close() && !self.down.eof;
+                r.keep_alive = keep;
+                let conn = if keep { ClientConnection::KeepAlive } else { ClientConnection::Close };
+                let _ = http::rewrite_response(&buf[..resp.head_len], conn, &mut out);
+                let rest = &buf[resp.head_len..];
+                match t.feed(rest) {
+                    Ok(n) => out.extend_from_slice(&rest[..n]),
+                    Err(e) => return self.close(End::BadResponse(e.0), io),
+                }
+                self.downward = Downward::Body(t);
+            }
+            r.responded = true;
+            let c = io.put(out);
+            self.down.push(c);
+            self.kick(Side::Down, io);
+            if let Downward::Body(t) = &self.downward {
+                if t.done() {
+                    self.response_done(io, env);
+                }
+            }
+            return;
+        }
+    }
+
+    /// The response body is complete (or the upstream closed a close-delimited one).
+    fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        let body_sent = matches!(self.upward, Upward::Hold);
+        self.log_request(End::Done, io, env);
+        self.retire(Side::Up, io);
+        self.downward = Downward::Idle;
+        let keep = self.req.as_ref().is_some_and(|r| r.keep_alive) && body_sent && !self.down.eof;
+        if !keep {
+            self.upward = Upward::Discard;
+            self.close_after_flush = true;
+            self.stage = Stage::Respond;
+            self.end.get_or_insert(End::Done);
+            return;
+        }
+        let stash = self.req.take().map(|r| r.stash).unwrap_or_default();
+        self.served = true;
+        self.upward = Upward::Head(stash);
+        self.stage = Stage::Request;
+        self.phase_ms = io.now_ms();
+        self.try_request(io, env);
+    }
+
+    fn log_request(&mut self, end: End, io: &mut impl Io, env: &Env<'_>) {
+        let peer = self.peer_addr(env);
+        let now = io.now_ms();
+        let Some(r) = self.req.as_mut() else { return };
+        if r.logged {
+            return;
+        }
+        r.logged = true;
+        io.log(&AccessLog {
+            client: self.client,
+            method: &r.method,
+            host: &r.host,
+            path: &r.path,
+            upstream: peer,
+            status: r.status,
+            duration_ms: now.saturating_sub(r.started_ms),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            end,
+            tunnel: r.tunnel,
+        });
+    }
+
+    // ---- endings ---------------------------------------------------------------------------
+
+    fn on_eof(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) {
+        if self.stage == Stage::Closing || self.pipe(side).retiring {
+            return;
+        }
+        self.pipe(side).eof = true;
+        match (self.stage, side) {
+            (Stage::Tunnel, _) => {
+                // Pass the half-close on once what is queued has gone out.
+                let to = self.pipe(side.peer());
+                if to.shut == Shut::Open {
+                    to.shut = Shut::Pending;
+                }
+                self.kick(side.peer(), io);
+            }
+            (_, Side::Down) => match self.upward {
+                Upward::Head(ref v) if v.is_empty() && self.req.is_none() => self.close(End::ClientClosed, io),
+                Upward::Head(_) | Upward::Body(_) => self.close(End::ClientClosed, io),
+                // The request is complete: finish the response, then close.
+                _ => {}
+            },
+            (_, Side::Up) => match &self.downward {
+                Downward::Body(t) if t.until_close() => {
+                    if let Some(r) = self.req.as_mut() {
+                        r.keep_alive = false;
+                    }
+                    self.response_done(io, env);
+                }
+                Downward::Head(v) => {
+                    let why = if v.is_empty() { "upstream closed without a response" } else { "upstream closed inside the response head" };
+                    self.respond(502, End::BadResponse(why), io);
+                }
+                Downward::Body(_) => self.close(End::UpstreamClosed, io),
+                _ => {}
+            },
+        }
+    }
+
+    fn on_error(&mut self, side: Side, errno: i32, io: &mut impl Io) {
+        if self.stage == Stage::Closing {
+            return;
+        }
+        let normal = matches!(errno, libc::ECONNRESET | libc::EPIPE);
+        let end = match (side, normal) {
+            (Side::Down, true) => End::ClientClosed,
+            (Side::Down, false) => End::ClientError(errno),
+            (Side::Up, true) => End::UpstreamClosed,
+            (Side::Up, false) => End::UpstreamError(errno),
+        };
+        if side == Side::Up && matches!(self.downward, Downward::Head(_)) {
+            self.respond(502, end, io);
+        } else {
+            self.close(end, io);
+        }
+    }
+
+    /// Answer with our own response and close after it (if nothing was sent yet; else close).
+    fn respond(&mut self, status: u16, end: End, io: &mut impl Io) {
+        if self.stage == Stage::Closing {
+            return;
+        }
+        if self.req.as_ref().is_some_and(|r| r.responded) {
+            return self.close(end, io);
+        }
+        let now = io.now_ms();
+        let started = self.phase_ms;
+        let bytes_in = match &self.upward {
+            Upward::Head(v) => v.len() as u64,
+            _ => 0,
+        };
+        let r = self.req.get_or_insert_with(|| Box::new(Req::unparsed(started.min(now), bytes_in)));
+        r.status = status;
+        self.end.get_or_insert(end);
+        let c = io.put(http::error_response(status));
+        self.down.push(c);
+        self.upward = Upward::Discard;
+        self.downward = Downward::Discard;
+        self.close_after_flush = true;
+        self.stage = Stage::Respond;
+        self.retire(Side::Up, io);
+        self.kick(Side::Down, io);
+    }
+
+    /// Close both sockets: cancel what is in flight; the fds close when the last completion
+    /// has arrived.
+    fn close(&mut self, end: End, io: &mut impl Io) {
+        if self.stage == Stage::Closing {
+            return;
+        }
+        // A connection that sent part of a head, or never completed its first one, gets a
+        // log line; an idle keep-alive connection closing does not (as in nginx).
+        let partial = matches!(&self.upward, Upward::Head(v) if !v.is_empty());
+        if self.req.is_none() && (partial || (end == End::HeaderTimeout && !self.served)) {
+            let bytes_in = match &self.upward {
+                Upward::Head(v) => v.len() as u64,
+                _ => 0,
+            };
+            self.req = Some(Box::new(Req::unparsed(self.phase_ms, bytes_in)));
+        }
+        self.end.get_or_insert(end);
+        self.stage = Stage::Closing;
+        self.retire(Side::Down, io);
+        self.retire(Side::Up, io);
+    }
+
+    /// Stop using one socket: cancel its ops; it closes when they are all back.
+    fn retire(&mut self, side: Side, io: &mut impl Io) {
+        let p = self.pipe(side);
+        if p.fd < 0 || p.retiring {
+            return;
+        }
+        p.retiring = true;
+        let (fd, ops) = (p.fd, p.ops);
+        if ops > 0 {
+            self.cancels += 1;
+            io.cancel_fd(fd, side);
+        }
+    }
+
+    fn maybe_close_fd(&mut self, side: Side, io: &mut impl Io) {
+        // A cancel by fd still in flight could hit a new socket that reuses the fd number:
+        // close only when every cancel is back.
+        let cancels = self.cancels;
+        let keep_queue = side == Side::Up && self.connect_waiting && self.stage == Stage::Connecting;
+        let p = self.pipe(side);
+        if p.fd < 0 || !p.retiring || p.ops > 0 || cancels > 0 {
+            return;
+        }
+        let fd = p.fd;
+        if !keep_queue {
+            let queued: Vec<Chunk> = p.drain().collect();
+            for c in queued {
+                io.release(c);
+            }
+        }
+        io.close(fd);
+        let p = self.pipe(side);
+        p.reset_fd(-1);
+        p.retiring = false;
+    }
+
+    /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
+    /// finish a flush-then-close, start a waiting connect, log the end.
+    fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        if self.close_after_flush && self.stage != Stage::Closing && self.down.flushed() {
+            let end = self.end.unwrap_or(End::Done);
+            self.close(end, io);
+        }
+        if self.stage == Stage::Tunnel && self.down.eof && self.up.eof && self.down.flushed() && self.up.flushed() {
+            self.close(End::Done, io);
+        }
+        self.maybe_close_fd(Side::Down, io);
+        self.maybe_close_fd(Side::Up, io);
+        if self.connect_waiting && self.up.fd < 0 && self.stage == Stage::Connecting {
+            self.connect_next(io, env);
+        }
+        if self.stage == Stage::Closing {
+            let end = self.end.unwrap_or(End::Done);
+            self.log_request(end, io, env);
+            return;
+        }
+        self.sync_recv(io);
+    }
+
+    /// Whether `side` should have a recv armed right now.
+    fn want_recv(&self, side: Side) -> bool {
+        let (p, peer) = match side {
+            Side::Down => (&self.down, &self.up),
+            Side::Up => (&self.up, &self.down),
+        };
+        if !p.open() || !p.ready || p.eof || p.parked || self.stage == Stage::Closing {
+            return false;
+        }
+        // Hysteresis: stop at QUEUE pending on the other side, resume when it is nearly drained.
+        let room = if p.recv == Recv::On { peer.pending() < QUEUE } else { peer.pending() <= 1 };
+        match side {
+            Side::Down => match self.upward {
+                Upward::Head(_) => true,
+                Upward::Body(_) | Upward::Stream => room,
+                Upward::Hold => self.req.as_ref().is_some_and(|r| r.stash.len() < self.listen.header_max),
+                Upward::Discard => false,
+            },
+            Side::Up => match self.downward {
+                Downward::Head(_) => true,
+                Downward::Body(_) | Downward::Stream => room,
+                Downward::Idle | Downward::Discard => false,
+            },
+        }
+    }
+
+    fn sync_recv(&mut self, io: &mut impl Io) {
+        for side in [Side::Down, Side::Up] {
+            let want = self.want_recv(side);
+            let p = self.pipe(side);
+            match (want, p.recv) {
+                (true, Recv::Off) => {
+                    p.recv = Recv::On;
+                    p.ops += 1;
+                    io.recv(p.fd, side);
+                }
+                (false, Recv::On) if p.open() && !p.eof => {
+                    p.recv = Recv::Cancelling;
+                    self.cancels += 1;
+                    io.cancel_recv(side);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

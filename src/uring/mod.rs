@@ -5,6 +5,7 @@
 //! kernel may read or write is owned here and tracked: a buffer named by an SQE is never freed or
 //! handed back to the kernel before that SQE's completion has been reaped (asserted).
 
+pub mod slots;
 pub mod timer;
 pub mod user_data;
 
@@ -641,6 +642,14 @@ impl BufPool {
             in_ring: 0,
         }
     }
+}
+
+/// Take ownership of an fd returned by an accept completion.
+pub fn socket_from_accepted(fd: RawFd) -> socket2::Socket {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is the result of an accept CQE: a fresh descriptor that nothing else owns.
+    // The Socket closes it on drop unless the caller takes it back with into_raw_fd.
+    unsafe { socket2::Socket::from_raw_fd(fd) }
 }
 
 /// Why io_uring cannot be used here, in one line, or `Ok` with the setup mode.

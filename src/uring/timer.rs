@@ -50,8 +50,9 @@ impl TimerWheel {
         self.len += 1;
     }
 
-    /// Move time to `now_ms`; append every key whose due time has passed to `fired`.
-    pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<TimerKey>) {
+    /// Move time to `now_ms`; append every key whose due time has passed to `fired`, with the
+    /// due time it was inserted with.
+    pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<(TimerKey, u64)>) {
         let now_tick = now_ms / self.tick_ms;
         if now_tick <= self.tick {
             return;
@@ -64,7 +65,7 @@ impl TimerWheel {
             let before = slot.len();
             slot.retain(|&(key, due)| {
                 if due <= now_ms {
-                    fired.push(key);
+                    fired.push((key, due));
                     false
                 } else {
                     true
@@ -89,14 +90,14 @@ mod tests {
         w.advance(1050, &mut f);
         assert!(f.is_empty());
         w.advance(1060, &mut f);
-        assert_eq!(f, vec![(1, 0)]);
+        assert_eq!(f, vec![((1, 0), 1055)]);
         f.clear();
         for t in (1070..1500).step_by(10) {
             w.advance(t, &mut f);
             assert!(f.is_empty(), "fired early at {t}");
         }
         w.advance(1500, &mut f);
-        assert_eq!(f, vec![(2, 0)]);
+        assert_eq!(f, vec![((2, 0), 1500)]);
         assert!(w.is_empty());
     }
 

@@ -1,0 +1,137 @@
+//! `ringway run`: start one worker per configured core, wait for a signal, stop them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::config::Config;
+use crate::worker::{Worker, WorkerSpec, WorkerStats};
+
+/// File descriptors a session needs: the client socket and the upstream socket.
+pub const FDS_PER_SESSION: u64 = 2;
+/// Descriptors kept aside for listeners, rings, logs and the like.
+pub const FDS_RESERVED: u64 = 64;
+
+/// Raise the soft RLIMIT_NOFILE to `want` (or the hard limit, if lower). Returns the new soft
+/// limit.
+pub fn raise_nofile(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    let target = want.min(hard).max(soft);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        return target;
+    }
+    soft
+}
+
+/// Block the signals the main thread waits for, before any thread is spawned (threads inherit
+/// the mask, so only `sigwait` sees them).
+pub fn block_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    let _ = set.thread_block();
+    // Sends use MSG_NOSIGNAL, so a peer closing under a send cannot raise SIGPIPE; block it as
+    // well for anything else that writes to a socket.
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let _ = pipe.thread_block();
+    set
+}
+
+/// Run the proxy in the foreground until SIGINT or SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Err(why) = crate::uring::probe() {
+        anyhow::bail!("{why}");
+    }
+    let cfg = Arc::new(cfg);
+    let workers = cfg.runtime.workers;
+    let want_fds = u64::from(cfg.runtime.max_connections) * FDS_PER_SESSION + FDS_RESERVED;
+    let nofile = raise_nofile(want_fds);
+    let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
+    let max_connections = if fit < cfg.runtime.max_connections {
+        tracing::warn!(
+            "RLIMIT_NOFILE is {nofile}: room for {fit} sessions, not max_connections = {}; capping at {fit} \
+             (raise LimitNOFILE / `ulimit -n` to {want_fds}; see `ringway preflight`)",
+            cfg.runtime.max_connections
+        );
+        fit
+    } else {
+        cfg.runtime.max_connections
+    };
+    let per_worker = (max_connections as usize).div_ceil(workers).max(1);
+    let signals = block_signals();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = crate::config::available_cpus();
+    let mut handles = Vec::new();
+    let mut all_stats = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    for id in 0..workers {
+        let stats = Arc::new(WorkerStats::default());
+        all_stats.push(stats.clone());
+        let spec = WorkerSpec {
+            id,
+            cfg: cfg.clone(),
+            max_sessions: per_worker,
+            backlog: 4096,
+            cpu: if workers <= cpus { Some(id) } else { None },
+            stop: stop.clone(),
+            stats,
+        };
+        let sockets = Worker::listen(&cfg, spec.backlog)?;
+        let ready = ready_tx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ringway-w{id}"))
+                .spawn(move || match Worker::new(spec, sockets) {
+                    Ok(w) => {
+                        let _ = ready.send(Ok(()));
+                        w.run()
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(anyhow::anyhow!("starting worker {id}: {e:#}")));
+                        Ok(())
+                    }
+                })
+                .context("spawning worker thread")?,
+        );
+    }
+    drop(ready_tx);
+    for r in ready_rx.iter().take(workers) {
+        if let Err(e) = r {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    }
+    let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",
+        env!("CARGO_PKG_VERSION"),
+        listen.join(", ")
+    );
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
+                tracing::warn!("SIGHUP: configuration reload is not available in this version; ignoring");
+            }
+            Ok(sig) => {
+                tracing::info!("{sig}: stopping");
+                break;
+            }
+            Err(e) => anyhow::bail!("waiting for signals: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        match h.join() {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    let accepted: u64 = all_stats.iter().map(|s| s.accepted.load(Ordering::Relaxed)).sum();
+    tracing::info!("stopped after {accepted} connections");
+    Ok(())
+}
