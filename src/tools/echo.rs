@@ -6,7 +6,8 @@
 //! the first one offered is accepted. `permessage-deflate` is accepted with no context takeover
 //! both ways, which makes echoing the compressed payload unchanged valid.
 //! Upgrade on `/headers…` first sends the request head as JSON in a text message; upgrade on
-//! `/push?bytes=N` sends N bytes in 64 KiB binary frames as fast as the client reads.
+//! `/push?bytes=N` sends N bytes in 64 KiB binary frames as fast as the client reads; upgrade
+//! on `/close/CODE` sends a Close with that code (reason "server closing") first.
 //!
 //! HTTP: `GET /health` → 200 `ok`; `GET /headers` → the request head as JSON
 //! (`{"method","path","headers":[[name,value],…]}`, names as sent, in order); `GET /bytes/N` →
@@ -53,6 +54,8 @@ struct WsEcho {
     left: u64,
     offset: u64,
     ctrl: Vec<u8>,
+    /// We sent a Close first (`/close/CODE`); the client's Close ends the connection.
+    close_sent: bool,
 }
 
 #[derive(Debug)]
@@ -494,7 +497,9 @@ fn control_done(w: &mut WsEcho, h: FrameHeader, out: &mut Vec<u8>) -> bool {
     match h.opcode {
         opcode::PING => out.extend(ws::frame(opcode::PONG, &w.ctrl, None)),
         opcode::CLOSE => {
-            out.extend(ws::frame(opcode::CLOSE, &w.ctrl, None));
+            if !w.close_sent {
+                out.extend(ws::frame(opcode::CLOSE, &w.ctrl, None));
+            }
             w.ctrl = b"\xff\xffclosed".to_vec();
             return true;
         }
@@ -548,7 +553,13 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
             let total: u64 = q.parse().map_err(|_| ())?;
             conn.produce = Some((Gen::Frames, 0, total));
         }
-        conn.mode = Mode::Ws(Box::default());
+        let mut w = Box::<WsEcho>::default();
+        if let Some(code) = path.strip_prefix("/close/") {
+            let code: u16 = code.parse().map_err(|_| ())?;
+            out.extend(ws::frame(opcode::CLOSE, &ws::close_payload(code, "server closing"), None));
+            w.close_sent = true;
+        }
+        conn.mode = Mode::Ws(w);
         return Ok(Some(n));
     }
     let conn_hdr = if conn.keep_alive { "keep-alive" } else { "close" };

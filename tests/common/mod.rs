@@ -1,0 +1,272 @@
+//! Test harness: start `ringway echo` and `ringway run` as real processes on loopback, with
+//! real sockets, and stop them (by PID) when the test ends.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringway");
+
+/// io_uring may be unavailable (seccomp, `kernel.io_uring_disabled`): then skip, loudly.
+pub fn uring_ok() -> bool {
+    match ringway::uring::probe() {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("SKIPPED: io_uring unavailable: {why}");
+            false
+        }
+    }
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ringway-test-{}-{}-{}", std::process::id(), name, SEQ.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process, killed (by its PID) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle` (or fail after `secs`).
+    pub fn wait_log(&self, needle: &str, secs: u64) -> String {
+        let t = Instant::now();
+        loop {
+            let s = self.log_text();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(secs), "log never showed {needle:?}:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(args: &[&str], dir: &std::path::Path, name: &str) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(f).spawn().expect("start ringway");
+    Proc { child, log }
+}
+
+/// Wait until `addr` accepts connections.
+pub fn wait_port(addr: SocketAddr, p: &mut Proc) {
+    let t = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("process exited ({status}) before listening on {addr}:\n{}", p.log_text());
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{addr} never listened:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Start an echo backend on each of `addrs`.
+pub fn echo(addrs: &[SocketAddr], dir: &std::path::Path) -> Proc {
+    let mut args = vec!["echo".to_string(), "--workers".into(), "2".into()];
+    for a in addrs {
+        args.push("--listen".into());
+        args.push(a.to_string());
+    }
+    let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let mut p = spawn(&argv, dir, "echo");
+    for a in addrs {
+        wait_port(*a, &mut p);
+    }
+    p
+}
+
+/// A config with one server on `listen` and location `/` to the given upstream servers.
+pub fn config(listen: SocketAddr, servers: &[SocketAddr], extra_location: &str, extra_server: &str, runtime: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("{{ addr = \"{s}\" }}")).collect();
+    format!(
+        "[runtime]\nworkers = 2\nmax_connections = 5000\n{runtime}\n\n[[upstream]]\nname = \"backend\"\nservers = [{}]\n\n[[server]]\nlisten = [\"{listen}\"]\n{extra_server}\n\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n{extra_location}\n",
+        list.join(", ")
+    )
+}
+
+/// Start the proxy on a config text.
+pub fn proxy(cfg: &str, listen: SocketAddr, dir: &std::path::Path) -> Proc {
+    let path = dir.join("ringway.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut p = spawn(&["run", "--config", path.to_str().unwrap()], dir, "proxy");
+    wait_port(listen, &mut p);
+    p
+}
+
+/// Echo backend(s) plus a proxy in front: the usual setup.
+pub struct Stack {
+    pub echo: Proc,
+    pub proxy: Proc,
+    pub listen: SocketAddr,
+    pub backends: Vec<SocketAddr>,
+    pub dir: PathBuf,
+}
+
+pub fn stack(name: &str, extra_location: &str, extra_server: &str, runtime: &str) -> Stack {
+    let dir = scratch(name);
+    let backends = vec![free_addr(), free_addr()];
+    let echo = echo(&backends, &dir);
+    let listen = free_addr();
+    let proxy = proxy(&config(listen, &backends, extra_location, extra_server, runtime), listen, &dir);
+    Stack { echo, proxy, listen, backends, dir }
+}
+
+/// Send raw bytes, read until the peer closes (or `secs` pass), return what came back.
+pub fn raw_exchange(addr: SocketAddr, send: &[u8], secs: u64) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let _ = s.write_all(send);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("no close within {secs}s ({e}); got {:?}", String::from_utf8_lossy(&out)),
+        }
+    }
+    out
+}
+
+/// Status code of a raw HTTP response.
+pub fn status_of(resp: &[u8]) -> u16 {
+    let s = String::from_utf8_lossy(resp);
+    s.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+pub type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// A WebSocket client connected through `addr` to `path`.
+pub fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = stream.set_nodelay(true);
+    let cfg = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (ws, resp) = tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(cfg)).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// One echo round trip of a binary message.
+pub fn ws_echo(ws: &mut Ws, payload: Vec<u8>) {
+    ws.send(tungstenite::Message::binary(payload.clone())).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            tungstenite::Message::Binary(b) => {
+                assert!(b[..] == payload[..], "echo differs: {} vs {} bytes", b.len(), payload.len());
+                return;
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Raw WebSocket over a plain socket, for frame-level checks.
+pub struct RawWs {
+    pub s: TcpStream,
+    pub buf: Vec<u8>,
+    pub head: String,
+}
+
+impl RawWs {
+    pub fn connect(addr: SocketAddr, path: &str, extra_headers: &str) -> RawWs {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut tmp).unwrap();
+            assert!(n > 0, "closed during handshake: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        RawWs { s, buf, head }
+    }
+
+    pub fn send_frame(&mut self, fin: bool, rsv: u8, opcode: u8, payload: &[u8]) {
+        let mut out = Vec::new();
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        ringway::ws::write_header(&mut out, fin, rsv, opcode, Some(mask), payload.len() as u64);
+        let start = out.len();
+        out.extend_from_slice(payload);
+        ringway::ws::apply_mask(&mut out[start..], mask, 0);
+        self.s.write_all(&out).unwrap();
+    }
+
+    /// Read one frame: (fin, rsv, opcode, payload).
+    pub fn read_frame(&mut self) -> (bool, u8, u8, Vec<u8>) {
+        let mut tmp = vec![0u8; 65536];
+        loop {
+            if let Some(h) = ringway::ws::parse_header(&self.buf).unwrap() {
+                let total = h.header_len + h.len as usize;
+                if self.buf.len() >= total {
+                    assert!(h.mask.is_none(), "server frames must not be masked");
+                    let p = self.buf[h.header_len..total].to_vec();
+                    self.buf.drain(..total);
+                    return (h.fin, h.rsv, h.opcode, p);
+                }
+            }
+            let n = self.s.read(&mut tmp).unwrap();
+            assert!(n > 0, "connection closed while reading a frame");
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+}
