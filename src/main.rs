@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringway", version, about = "A WebSocket reverse proxy on io_uring, one worker per core")]
+#[command(
+    name = "ringway",
+    version,
+    about = "A WebSocket reverse proxy on io_uring, one worker per core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -18,7 +18,9 @@ pub const FDS_RESERVED: u64 = 64;
 /// limit.
 pub fn raise_nofile(want: u64) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
     let target = want.min(hard).max(soft);
     if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
         return target;
@@ -115,7 +117,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
-                tracing::warn!("SIGHUP: configuration reload is not available in this version; ignoring");
+                tracing::warn!(
+                    "SIGHUP: configuration reload is not available in this version; ignoring"
+                );
             }
             Ok(sig) => {
                 tracing::info!("{sig}: stopping");
@@ -131,7 +135,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("a worker thread panicked"),
         }
     }
-    let accepted: u64 = all_stats.iter().map(|s| s.accepted.load(Ordering::Relaxed)).sum();
+    let accepted: u64 = all_stats
+        .iter()
+        .map(|s| s.accepted.load(Ordering::Relaxed))
+        .sum();
     tracing::info!("stopped after {accepted} connections");
     Ok(())
 }

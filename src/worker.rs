@@ -14,8 +14,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::session::{AccessLog, Env, Io, Listen, Session};
 use crate::upstream::RoundRobin;
-use crate::uring::timer::TimerWheel;
 use crate::uring::slots::Slots;
+use crate::uring::timer::TimerWheel;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side, Src, UserData};
 
 /// Completions copied out per loop turn.
@@ -94,7 +94,9 @@ impl Worker {
         use anyhow::Context;
         cfg.listeners
             .iter()
-            .map(|addr| listen_socket(*addr, backlog).with_context(|| format!("listening on {addr}")))
+            .map(|addr| {
+                listen_socket(*addr, backlog).with_context(|| format!("listening on {addr}"))
+            })
             .collect()
     }
 
@@ -103,11 +105,19 @@ impl Worker {
     pub fn new(spec: WorkerSpec, sockets: Vec<Socket>) -> anyhow::Result<Worker> {
         use anyhow::Context;
         let cfg = spec.cfg.clone();
-        let ring = Ring::new(RingConfig { sq_entries: 1024, buffers: cfg.runtime.buffers, buf_size: cfg.runtime.buffer_size })
-            .context("setting up io_uring")?;
+        let ring = Ring::new(RingConfig {
+            sq_entries: 1024,
+            buffers: cfg.runtime.buffers,
+            buf_size: cfg.runtime.buffer_size,
+        })
+        .context("setting up io_uring")?;
         let mut listeners = Vec::new();
         for (i, sock) in sockets.into_iter().enumerate() {
-            let server = cfg.servers.iter().find(|s| s.listen.contains(&i)).expect("every listener belongs to a server");
+            let server = cfg
+                .servers
+                .iter()
+                .find(|s| s.listen.contains(&i))
+                .expect("every listener belongs to a server");
             let listen = Listen {
                 index: i,
                 header_timeout_ms: server.header_timeout.as_millis() as u64,
@@ -136,7 +146,10 @@ impl Worker {
     fn arm_accepts(&mut self) {
         for (i, (sock, _)) in self.listeners.iter().enumerate() {
             use std::os::fd::AsRawFd;
-            self.ring.accept_multi(sock.as_raw_fd(), UserData::new(i as u32, 0, Op::Accept, Side::Down));
+            self.ring.accept_multi(
+                sock.as_raw_fd(),
+                UserData::new(i as u32, 0, Op::Accept, Side::Down),
+            );
         }
     }
 
@@ -156,13 +169,14 @@ impl Worker {
                     self.with_session(k, |s, io, env| s.shutdown(io, env));
                 }
             }
-            if let Some(t) = stopping {
-                if self.slots.is_empty() || t.elapsed() > Duration::from_secs(5) {
-                    return Ok(());
-                }
+            if let Some(t) = stopping
+                && (self.slots.is_empty() || t.elapsed() > Duration::from_secs(5))
+            {
+                return Ok(());
             }
             let next_tick = TICK_MS - (self.now_ms % TICK_MS);
-            self.ring.submit_and_wait(Duration::from_millis(next_tick))?;
+            self.ring
+                .submit_and_wait(Duration::from_millis(next_tick))?;
             self.now_ms = self.epoch.elapsed().as_millis() as u64;
             let mut cqes = std::mem::take(&mut self.cqes);
             self.ring.reap(&mut cqes);
@@ -172,7 +186,8 @@ impl Worker {
             self.cqes = cqes;
             self.timers();
             self.unpark();
-            if self.accept_paused && self.slots.len() < self.spec.max_sessions && stopping.is_none() {
+            if self.accept_paused && self.slots.len() < self.spec.max_sessions && stopping.is_none()
+            {
                 self.accept_paused = false;
                 self.arm_accepts();
             }
@@ -203,10 +218,10 @@ impl Worker {
             return;
         };
         let side = c.ud.side();
-        if op == Op::Connect {
-            if let Some(id) = entry.connect_addr.take() {
-                self.ring.connect_done(id);
-            }
+        if op == Op::Connect
+            && let Some(id) = entry.connect_addr.take()
+        {
+            self.ring.connect_done(id);
         }
         self.with_session(slot, |s, io, env| match op {
             Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
@@ -219,8 +234,14 @@ impl Worker {
     }
 
     /// Run a session handler with an `Io` over this worker's ring, then free or reschedule.
-    fn with_session(&mut self, slot: u32, f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>)) {
-        let Some((generation, entry)) = self.slots.get_any_mut(slot) else { return };
+    fn with_session(
+        &mut self,
+        slot: u32,
+        f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>),
+    ) {
+        let Some((generation, entry)) = self.slots.get_any_mut(slot) else {
+            return;
+        };
         let mut io = WorkerIo {
             ring: &mut self.ring,
             slot,
@@ -229,18 +250,21 @@ impl Worker {
             parked: &mut self.parked,
             connect_addr: &mut entry.connect_addr,
         };
-        let mut env = Env { cfg: &self.spec.cfg, rr: &mut self.rr };
+        let mut env = Env {
+            cfg: &self.spec.cfg,
+            rr: &mut self.rr,
+        };
         f(&mut entry.session, &mut io, &mut env);
         if entry.session.finished() {
             self.slots.remove(slot);
             self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        if let Some(d) = entry.session.deadline() {
-            if entry.session.timer_at == 0 || d < entry.session.timer_at {
-                self.wheel.insert((slot, generation), d);
-                entry.session.timer_at = d;
-            }
+        if let Some(d) = entry.session.deadline()
+            && (entry.session.timer_at == 0 || d < entry.session.timer_at)
+        {
+            self.wheel.insert((slot, generation), d);
+            entry.session.timer_at = d;
         }
     }
 
@@ -249,7 +273,8 @@ impl Worker {
         if !c.more() && li < self.listeners.len() && !self.spec.stop.load(Ordering::Relaxed) {
             if self.slots.len() < self.spec.max_sessions {
                 use std::os::fd::AsRawFd;
-                self.ring.accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
+                self.ring
+                    .accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
             } else {
                 self.accept_paused = true;
             }
@@ -257,7 +282,10 @@ impl Worker {
         if c.res < 0 {
             match -c.res {
                 libc::ECANCELED | libc::EBADF | libc::EINVAL => {}
-                e => tracing::warn!("accept failed: {} (check `ringway preflight` limits)", crate::session::errno_name(e)),
+                e => tracing::warn!(
+                    "accept failed: {} (check `ringway preflight` limits)",
+                    crate::session::errno_name(e)
+                ),
             }
             return;
         }
@@ -270,11 +298,18 @@ impl Worker {
         }
         let sock = crate::uring::socket_from_accepted(fd);
         let _ = sock.set_tcp_nodelay(true);
-        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket()).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = sock
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let fd = sock.into_raw_fd();
         let listen = self.listeners[li].1;
         let now = self.now_ms;
-        let (key, _) = self.slots.insert(|_, _| Slot { session: Session::new(fd, peer, listen, now), connect_addr: None });
+        let (key, _) = self.slots.insert(|_, _| Slot {
+            session: Session::new(fd, peer, listen, now),
+            connect_addr: None,
+        });
         self.spec.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.spec.stats.active.fetch_add(1, Ordering::Relaxed);
         self.with_session(key, |s, io, _| s.start(io));
@@ -285,7 +320,9 @@ impl Worker {
         fired.clear();
         self.wheel.advance(self.now_ms, &mut fired);
         for &((slot, generation), due) in &fired {
-            let Some(entry) = self.slots.get_mut(slot, generation) else { continue };
+            let Some(entry) = self.slots.get_mut(slot, generation) else {
+                continue;
+            };
             if entry.session.timer_at != due {
                 continue; // superseded by an earlier entry, or the slot was reused
             }
@@ -298,7 +335,9 @@ impl Worker {
     /// Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
     fn unpark(&mut self) {
         while !self.parked.is_empty() && self.ring.pool.available() > self.ring.pool.count() / 8 {
-            let Some((slot, generation, side)) = self.parked.pop_front() else { break };
+            let Some((slot, generation, side)) = self.parked.pop_front() else {
+                break;
+            };
             if self.slots.get_mut(slot, generation).is_some() {
                 self.with_session(slot, |s, io, env| s.unpark(side, io, env));
             }
@@ -332,7 +371,11 @@ impl Io for WorkerIo<'_> {
 
     fn put(&mut self, bytes: Vec<u8>) -> Chunk {
         let len = bytes.len() as u32;
-        Chunk { src: Src::Heap(self.ring.heap.put(bytes)), off: 0, len }
+        Chunk {
+            src: Src::Heap(self.ring.heap.put(bytes)),
+            off: 0,
+            len,
+        }
     }
 
     fn release(&mut self, c: Chunk) {
@@ -391,7 +434,11 @@ impl Io for WorkerIo<'_> {
 
     fn log(&mut self, l: &AccessLog<'_>) {
         let upstream = l.upstream.map_or("-".to_string(), |a| a.to_string());
-        let status = if l.status == 0 { "-".to_string() } else { l.status.to_string() };
+        let status = if l.status == 0 {
+            "-".to_string()
+        } else {
+            l.status.to_string()
+        };
         tracing::info!(
             target: "access",
             "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}",

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -15,11 +15,23 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 fn headers_of(json: &str) -> Vec<(String, String)> {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    v["headers"].as_array().unwrap().iter().map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string())).collect()
+    v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    hs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    hs.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -36,33 +48,62 @@ fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
     // The client sees the backend's choices, untouched.
     assert!(ws.head.starts_with("HTTP/1.1 101"), "{}", ws.head);
     assert!(ws.head.contains("Connection: upgrade\r\n"), "{}", ws.head);
-    assert!(ws.head.contains("Sec-WebSocket-Protocol: chat\r\n"), "{}", ws.head);
+    assert!(
+        ws.head.contains("Sec-WebSocket-Protocol: chat\r\n"),
+        "{}",
+        ws.head
+    );
     assert!(ws.head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"), "{}", ws.head);
-    assert!(ws.head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{}", ws.head);
+    assert!(
+        ws.head
+            .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{}",
+        ws.head
+    );
     // The backend's first message is the request head it received.
     let (_, _, op, json) = ws.read_frame();
     assert_eq!(op, opcode::TEXT);
     let hs = headers_of(std::str::from_utf8(&json).unwrap());
     assert_eq!(header(&hs, "Host"), Some("test.local"));
     assert_eq!(header(&hs, "X-Real-IP"), Some("127.0.0.1"));
-    assert_eq!(header(&hs, "X-Forwarded-For"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        header(&hs, "X-Forwarded-For"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(header(&hs, "X-Forwarded-Proto"), Some("http"));
     assert_eq!(header(&hs, "Upgrade"), Some("websocket"));
     assert_eq!(header(&hs, "Connection"), Some("upgrade"));
-    assert_eq!(header(&hs, "Sec-WebSocket-Protocol"), Some("chat, superchat"));
-    assert_eq!(header(&hs, "Sec-WebSocket-Extensions"), Some("permessage-deflate; client_max_window_bits"));
-    assert_eq!(header(&hs, "Keep-Alive"), None, "hop-by-hop header forwarded");
+    assert_eq!(
+        header(&hs, "Sec-WebSocket-Protocol"),
+        Some("chat, superchat")
+    );
+    assert_eq!(
+        header(&hs, "Sec-WebSocket-Extensions"),
+        Some("permessage-deflate; client_max_window_bits")
+    );
+    assert_eq!(
+        header(&hs, "Keep-Alive"),
+        None,
+        "hop-by-hop header forwarded"
+    );
     // Names keep their case and order.
     assert!(hs.iter().any(|(n, _)| n == "X-Mixed-Case"));
     let names: Vec<&str> = hs.iter().map(|(n, _)| n.as_str()).collect();
     let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
-    assert!(pos("Host") < pos("Upgrade") && pos("Upgrade") < pos("Sec-WebSocket-Key") && pos("Sec-WebSocket-Key") < pos("X-Mixed-Case"), "{names:?}");
+    assert!(
+        pos("Host") < pos("Upgrade")
+            && pos("Upgrade") < pos("Sec-WebSocket-Key")
+            && pos("Sec-WebSocket-Key") < pos("X-Mixed-Case"),
+        "{names:?}"
+    );
 
     // permessage-deflate (RFC 7692): a compressed frame (RSV1) goes through and comes back.
     use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
     let text = "hello hello hello compressed world ".repeat(20);
     let mut z = Vec::with_capacity(4096);
-    Compress::new(Compression::default(), false).compress_vec(text.as_bytes(), &mut z, FlushCompress::Sync).unwrap();
+    Compress::new(Compression::default(), false)
+        .compress_vec(text.as_bytes(), &mut z, FlushCompress::Sync)
+        .unwrap();
     assert!(z.ends_with(&[0, 0, 0xff, 0xff]));
     z.truncate(z.len() - 4);
     assert!(z.len() < text.len() / 4);
@@ -71,7 +112,9 @@ fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
     assert!(fin && rsv == 0x4 && op == opcode::TEXT);
     back.extend_from_slice(&[0, 0, 0xff, 0xff]);
     let mut plain = Vec::with_capacity(text.len() * 2);
-    Decompress::new(false).decompress_vec(&back, &mut plain, FlushDecompress::Sync).unwrap();
+    Decompress::new(false)
+        .decompress_vec(&back, &mut plain, FlushDecompress::Sync)
+        .unwrap();
     let plain = String::from_utf8(plain).unwrap();
     assert_eq!(plain, text);
 }
@@ -108,7 +151,11 @@ fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) 
                 }
                 fill(s, pending, &mut tmp);
             };
-            let size = usize::from_str_radix(std::str::from_utf8(&pending[..line_end]).unwrap().trim(), 16).unwrap();
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&pending[..line_end]).unwrap().trim(),
+                16,
+            )
+            .unwrap();
             pending.drain(..line_end + 2);
             while pending.len() < size + 2 {
                 fill(s, pending, &mut tmp);
@@ -133,7 +180,8 @@ fn plain_http_is_relayed_with_framing_and_keep_alive() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut pending = Vec::new();
     // Backend sees Connection: close for a plain request (the $connection_upgrade map).
-    s.write_all(b"GET /headers HTTP/1.1\r\nHost: relay.test\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    s.write_all(b"GET /headers HTTP/1.1\r\nHost: relay.test\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     let (head, body) = read_response(&mut s, &mut pending);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("Connection: keep-alive"), "{head}");
@@ -143,16 +191,26 @@ fn plain_http_is_relayed_with_framing_and_keep_alive() {
     assert_eq!(header(&hs, "X-Forwarded-For"), Some("127.0.0.1"));
     // Content-Length and chunked bodies arrive intact, on the same client connection.
     for path in ["/bytes/300000", "/chunked/300000", "/bytes/0"] {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: relay.test\r\n\r\n").as_bytes()).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: relay.test\r\n\r\n").as_bytes())
+            .unwrap();
         let (head, body) = read_response(&mut s, &mut pending);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         let n: usize = path.rsplit('/').next().unwrap().parse().unwrap();
         assert_eq!(body.len(), n, "{path}");
-        assert!(body.iter().enumerate().all(|(i, &b)| b == ringway::tools::echo::pattern(i as u64)), "{path} corrupted");
+        assert!(
+            body.iter()
+                .enumerate()
+                .all(|(i, &b)| b == ringway::tools::echo::pattern(i as u64)),
+            "{path} corrupted"
+        );
     }
     // A request body (Content-Length, then chunked), pipelined with the next request.
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
-    let mut req = format!("POST /echo HTTP/1.1\r\nHost: relay.test\r\nContent-Length: {}\r\n\r\n", payload.len()).into_bytes();
+    let mut req = format!(
+        "POST /echo HTTP/1.1\r\nHost: relay.test\r\nContent-Length: {}\r\n\r\n",
+        payload.len()
+    )
+    .into_bytes();
     req.extend_from_slice(&payload);
     req.extend_from_slice(b"POST /echo HTTP/1.1\r\nHost: relay.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     s.write_all(&req).unwrap();
@@ -166,7 +224,8 @@ fn plain_http_is_relayed_with_framing_and_keep_alive() {
     let out = raw_exchange(st.listen, b"GET /health HTTP/1.0\r\n\r\n", 10);
     assert_eq!(status_of(&out), 200);
     assert!(String::from_utf8_lossy(&out).ends_with("ok\n"));
-    st.proxy.wait_log("\"GET /chunked/300000\" host=relay.test status=200", 5);
+    st.proxy
+        .wait_log("\"GET /chunked/300000\" host=relay.test status=200", 5);
 }
 
 #[test]
@@ -179,7 +238,9 @@ fn echo_of_every_size_text_and_binary() {
     for size in [0usize, 125, 126, 65535, 65536, 1 << 20, 16 << 20] {
         let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
         ws_echo(&mut ws, payload);
-        let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         ws.send(Message::text(text.clone())).unwrap();
         match ws.read().unwrap() {
             Message::Text(t) => assert!(t.as_str() == text, "text of {size} differs"),
@@ -202,9 +263,18 @@ fn fragments_pings_and_close_codes() {
     ws.send_frame(false, 0, opcode::CONTINUATION, b"lo, ");
     ws.send_frame(true, 0, opcode::CONTINUATION, b"world");
     assert_eq!(ws.read_frame(), (false, 0, opcode::TEXT, b"Hel".to_vec()));
-    assert_eq!(ws.read_frame(), (true, 0, opcode::PONG, b"ping payload".to_vec()));
-    assert_eq!(ws.read_frame(), (false, 0, opcode::CONTINUATION, b"lo, ".to_vec()));
-    assert_eq!(ws.read_frame(), (true, 0, opcode::CONTINUATION, b"world".to_vec()));
+    assert_eq!(
+        ws.read_frame(),
+        (true, 0, opcode::PONG, b"ping payload".to_vec())
+    );
+    assert_eq!(
+        ws.read_frame(),
+        (false, 0, opcode::CONTINUATION, b"lo, ".to_vec())
+    );
+    assert_eq!(
+        ws.read_frame(),
+        (true, 0, opcode::CONTINUATION, b"world".to_vec())
+    );
     // Empty ping, then a client close with code and reason: the same Close comes back.
     ws.send_frame(true, 0, opcode::PING, b"");
     assert_eq!(ws.read_frame(), (true, 0, opcode::PONG, vec![]));
@@ -228,7 +298,9 @@ fn fragments_pings_and_close_codes() {
     loop {
         match t.read() {
             Ok(_) => continue,
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => break,
+            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+                break;
+            }
             Err(e) => panic!("{e}"),
         }
     }
@@ -251,7 +323,8 @@ fn thousand_connections_checksummed_echo_no_crosstalk() {
                     for (i, ws) in conns.iter_mut().enumerate() {
                         let id = t * 1000 + i as u32;
                         let len = 16 + ((id * 31 + round * 17) % 3000) as usize;
-                        let mut p: Vec<u8> = (0..len).map(|k| (k as u32 ^ id ^ round) as u8).collect();
+                        let mut p: Vec<u8> =
+                            (0..len).map(|k| (k as u32 ^ id ^ round) as u8).collect();
                         p[..4].copy_from_slice(&id.to_be_bytes());
                         p[4..8].copy_from_slice(&round.to_be_bytes());
                         let sum: u32 = p[8..].iter().map(|&b| u32::from(b)).sum();
@@ -261,7 +334,9 @@ fn thousand_connections_checksummed_echo_no_crosstalk() {
                     }
                     for (ws, p) in conns.iter_mut().zip(&sent) {
                         match ws.read().unwrap() {
-                            Message::Binary(b) => assert!(b[..] == p[..], "cross-talk or corruption"),
+                            Message::Binary(b) => {
+                                assert!(b[..] == p[..], "cross-talk or corruption")
+                            }
                             other => panic!("unexpected {other:?}"),
                         }
                     }
@@ -289,29 +364,34 @@ fn slow_readers_get_everything_and_memory_stays_bounded() {
     let base = st.proxy.rss_kib();
     const TOTAL: u64 = 24 << 20;
     let listen = st.listen;
-    let readers: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut ws = ws_connect(listen, &format!("/push?bytes={TOTAL}"));
-                let mut got = 0u64;
-                let mut n = 0u32;
-                while got < TOTAL {
-                    match ws.read().unwrap() {
-                        Message::Binary(b) => {
-                            assert!(b.iter().enumerate().all(|(i, &x)| x == ringway::tools::echo::pattern(got + i as u64)), "push corrupted at {got}");
-                            got += b.len() as u64;
+    let readers: Vec<_> =
+        (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut ws = ws_connect(listen, &format!("/push?bytes={TOTAL}"));
+                    let mut got = 0u64;
+                    let mut n = 0u32;
+                    while got < TOTAL {
+                        match ws.read().unwrap() {
+                            Message::Binary(b) => {
+                                assert!(
+                                    b.iter().enumerate().all(|(i, &x)| x
+                                        == ringway::tools::echo::pattern(got + i as u64)),
+                                    "push corrupted at {got}"
+                                );
+                                got += b.len() as u64;
+                            }
+                            other => panic!("unexpected {other:?}"),
                         }
-                        other => panic!("unexpected {other:?}"),
+                        n += 1;
+                        if n.is_multiple_of(8) && got < TOTAL / 2 {
+                            std::thread::sleep(Duration::from_millis(5)); // a slow reader
+                        }
                     }
-                    n += 1;
-                    if n % 8 == 0 && got < TOTAL / 2 {
-                        std::thread::sleep(Duration::from_millis(5)); // a slow reader
-                    }
-                }
-                got
+                    got
+                })
             })
-        })
-        .collect();
+            .collect();
     let mut peak = 0;
     while !readers.iter().all(|r| r.is_finished()) {
         peak = peak.max(st.proxy.rss_kib());
@@ -321,5 +401,8 @@ fn slow_readers_get_everything_and_memory_stays_bounded() {
         assert_eq!(r.join().unwrap(), TOTAL);
     }
     // 96 MiB went through; the proxy held no more than its buffers and bookkeeping.
-    assert!(peak < base + 16 * 1024, "proxy RSS grew from {base} KiB to {peak} KiB");
+    assert!(
+        peak < base + 16 * 1024,
+        "proxy RSS grew from {base} KiB to {peak} KiB"
+    );
 }

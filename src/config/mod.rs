@@ -32,9 +32,17 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.field.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.col, self.message
+            )
         } else {
-            write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.col, self.field, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, self.line, self.col, self.field, self.message
+            )
         }
     }
 }
@@ -200,25 +208,50 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: std::ops::Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn err(
+        &self,
+        span: std::ops::Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, col) = line_col(self.text, span.start);
-        ConfigError { file: self.file.to_string(), line, col, field: field.into(), message: message.into() }
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            col,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
-    fn duration(&self, v: &Option<Spanned<String>>, field: &str, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        v: &Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), field, m)),
         }
     }
 
-    fn size(&self, v: &Option<Spanned<toml::Value>>, field: &str, default: u64) -> Result<u64, ConfigError> {
+    fn size(
+        &self,
+        v: &Option<Spanned<toml::Value>>,
+        field: &str,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) => match s.get_ref() {
                 toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
                 toml::Value::String(t) => parse_size(t).map_err(|m| self.err(s.span(), field, m)),
-                _ => Err(self.err(s.span(), field, "expected a size such as \"16k\" or a number of bytes")),
+                _ => Err(self.err(
+                    s.span(),
+                    field,
+                    "expected a size such as \"16k\" or a number of bytes",
+                )),
             },
         }
     }
@@ -248,7 +281,9 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// Number of CPUs this process may run on.
 pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Config {
@@ -283,16 +318,36 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         Some(w) => match w.get_ref() {
             toml::Value::String(s) if s == "auto" => available_cpus(),
             toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
-            _ => return Err(cx.err(w.span(), "runtime.workers", "expected \"auto\" or a number from 1 to 1024")),
+            _ => {
+                return Err(cx.err(
+                    w.span(),
+                    "runtime.workers",
+                    "expected \"auto\" or a number from 1 to 1024",
+                ));
+            }
         },
     };
     let max_connections = match &rt.max_connections {
         None => defaults::MAX_CONNECTIONS,
         Some(m) if (1..=100_000_000).contains(m.get_ref()) => *m.get_ref() as u32,
-        Some(m) => return Err(cx.err(m.span(), "runtime.max_connections", "expected a number from 1 to 100000000")),
+        Some(m) => {
+            return Err(cx.err(
+                m.span(),
+                "runtime.max_connections",
+                "expected a number from 1 to 100000000",
+            ));
+        }
     };
-    let shutdown_grace = cx.duration(&rt.shutdown_grace, "runtime.shutdown_grace", defaults::SHUTDOWN_GRACE)?;
-    let buffer_size = cx.size(&rt.buffer_size, "runtime.buffer_size", u64::from(defaults::BUFFER_SIZE))?;
+    let shutdown_grace = cx.duration(
+        &rt.shutdown_grace,
+        "runtime.shutdown_grace",
+        defaults::SHUTDOWN_GRACE,
+    )?;
+    let buffer_size = cx.size(
+        &rt.buffer_size,
+        "runtime.buffer_size",
+        u64::from(defaults::BUFFER_SIZE),
+    )?;
     if !(1024..=1 << 20).contains(&buffer_size) {
         let span = rt.buffer_size.as_ref().map_or(0..0, |s| s.span());
         return Err(cx.err(span, "runtime.buffer_size", "must be between 1k and 1m"));
@@ -302,12 +357,22 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         Some(b) => {
             let n = *b.get_ref();
             if !(16..=32768).contains(&n) || !(n as u64).is_power_of_two() {
-                return Err(cx.err(b.span(), "runtime.buffers", "must be a power of two from 16 to 32768"));
+                return Err(cx.err(
+                    b.span(),
+                    "runtime.buffers",
+                    "must be a power of two from 16 to 32768",
+                ));
             }
             n as u16
         }
     };
-    let runtime = Runtime { workers, max_connections, shutdown_grace, buffer_size: buffer_size as u32, buffers };
+    let runtime = Runtime {
+        workers,
+        max_connections,
+        shutdown_grace,
+        buffer_size: buffer_size as u32,
+        buffers,
+    };
 
     let mut upstreams = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
@@ -319,14 +384,20 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
         }
         if by_name.insert(name.clone(), ui).is_some() {
-            return Err(cx.err(u.name.span(), format!("{f}.name"), format!("duplicate upstream name {name:?}")));
+            return Err(cx.err(
+                u.name.span(),
+                format!("{f}.name"),
+                format!("duplicate upstream name {name:?}"),
+            ));
         }
         let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
             None | Some("round_robin") => Balance::RoundRobin,
             Some(other) => {
                 let span = u.balance.as_ref().map_or(0..0, |b| b.span());
                 let msg = if ["least_conn", "ip_hash", "hash"].contains(&other) {
-                    format!("balance {other:?} is not available in this version; use \"round_robin\"")
+                    format!(
+                        "balance {other:?} is not available in this version; use \"round_robin\""
+                    )
                 } else {
                     format!("unknown balance {other:?}; expected \"round_robin\"")
                 };
@@ -334,24 +405,43 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             }
         };
         if u.servers.get_ref().is_empty() {
-            return Err(cx.err(u.servers.span(), format!("{f}.servers"), "needs at least one server"));
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                "needs at least one server",
+            ));
         }
         let mut peers = Vec::new();
         for (pi, p) in u.servers.get_ref().iter().enumerate() {
             let p = p.get_ref();
             let pf = format!("{f}.servers[{pi}]");
-            let addr = parse_addr(p.addr.get_ref()).map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
+            let addr = parse_addr(p.addr.get_ref())
+                .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
             let weight = match &p.weight {
                 None => 1,
                 Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref() as u32,
-                Some(w) => return Err(cx.err(w.span(), format!("{pf}.weight"), "must be from 1 to 1000")),
+                Some(w) => {
+                    return Err(cx.err(w.span(), format!("{pf}.weight"), "must be from 1 to 1000"));
+                }
             };
-            peers.push(Peer { addr, weight, backup: p.backup });
+            peers.push(Peer {
+                addr,
+                weight,
+                backup: p.backup,
+            });
         }
         if peers.iter().all(|p| p.backup) {
-            return Err(cx.err(u.servers.span(), format!("{f}.servers"), "needs at least one server that is not a backup"));
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                "needs at least one server that is not a backup",
+            ));
         }
-        upstreams.push(Upstream { name, balance, peers });
+        upstreams.push(Upstream {
+            name,
+            balance,
+            peers,
+        });
     }
 
     let mut listeners: Vec<SocketAddr> = Vec::new();
@@ -363,11 +453,16 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         let s = s.get_ref();
         let f = format!("server[{si}]");
         if s.listen.get_ref().is_empty() {
-            return Err(cx.err(s.listen.span(), format!("{f}.listen"), "needs at least one address"));
+            return Err(cx.err(
+                s.listen.span(),
+                format!("{f}.listen"),
+                "needs at least one address",
+            ));
         }
         let mut listen = Vec::new();
         for (li, l) in s.listen.get_ref().iter().enumerate() {
-            let addr = parse_addr(l.get_ref()).map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
+            let addr = parse_addr(l.get_ref())
+                .map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
             let idx = match listeners.iter().position(|a| *a == addr) {
                 Some(i) => i,
                 None => {
@@ -380,13 +475,26 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         let mut names = Vec::new();
         for (ni, n) in s.server_name.iter().enumerate() {
             let name = n.get_ref().trim().to_ascii_lowercase();
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
-                return Err(cx.err(n.span(), format!("{f}.server_name[{ni}]"), format!("invalid server name {:?}", n.get_ref())));
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':')
+            {
+                return Err(cx.err(
+                    n.span(),
+                    format!("{f}.server_name[{ni}]"),
+                    format!("invalid server name {:?}", n.get_ref()),
+                ));
             }
             names.push(name);
         }
-        let header_timeout = cx.duration(&s.header_timeout, &format!("{f}.header_timeout"), defaults::HEADER_TIMEOUT)?;
-        let header_max = cx.size(&s.header_max, &format!("{f}.header_max"), u64::from(defaults::HEADER_MAX))?;
+        let header_timeout = cx.duration(
+            &s.header_timeout,
+            &format!("{f}.header_timeout"),
+            defaults::HEADER_TIMEOUT,
+        )?;
+        let header_max = cx.size(
+            &s.header_max,
+            &format!("{f}.header_max"),
+            u64::from(defaults::HEADER_MAX),
+        )?;
         if !(1024..=1 << 20).contains(&header_max) {
             let span = s.header_max.as_ref().map_or(0..0, |h| h.span());
             return Err(cx.err(span, format!("{f}.header_max"), "must be between 1k and 1m"));
@@ -397,10 +505,18 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             let lf = format!("{f}.location[{li}]");
             let path = l.path.get_ref().clone();
             if !path.starts_with('/') {
-                return Err(cx.err(l.path.span(), format!("{lf}.path"), format!("path {path:?} must start with '/'")));
+                return Err(cx.err(
+                    l.path.span(),
+                    format!("{lf}.path"),
+                    format!("path {path:?} must start with '/'"),
+                ));
             }
             if locations.iter().any(|x: &Location| x.path == path) {
-                return Err(cx.err(l.path.span(), format!("{lf}.path"), format!("duplicate location {path:?}")));
+                return Err(cx.err(
+                    l.path.span(),
+                    format!("{lf}.path"),
+                    format!("duplicate location {path:?}"),
+                ));
             }
             let name = l.upstream.get_ref();
             let upstream = *by_name.get(name).ok_or_else(|| {
@@ -409,31 +525,68 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                 cx.err(
                     l.upstream.span(),
                     format!("{lf}.upstream"),
-                    format!("unknown upstream {name:?} (defined: {})", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                    format!(
+                        "unknown upstream {name:?} (defined: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
                 )
             })?;
             locations.push(Location {
                 path,
                 upstream,
-                connect_timeout: cx.duration(&l.connect_timeout, &format!("{lf}.connect_timeout"), defaults::CONNECT_TIMEOUT)?,
-                read_timeout: cx.duration(&l.read_timeout, &format!("{lf}.read_timeout"), defaults::READ_TIMEOUT)?,
-                send_timeout: cx.duration(&l.send_timeout, &format!("{lf}.send_timeout"), defaults::SEND_TIMEOUT)?,
+                connect_timeout: cx.duration(
+                    &l.connect_timeout,
+                    &format!("{lf}.connect_timeout"),
+                    defaults::CONNECT_TIMEOUT,
+                )?,
+                read_timeout: cx.duration(
+                    &l.read_timeout,
+                    &format!("{lf}.read_timeout"),
+                    defaults::READ_TIMEOUT,
+                )?,
+                send_timeout: cx.duration(
+                    &l.send_timeout,
+                    &format!("{lf}.send_timeout"),
+                    defaults::SEND_TIMEOUT,
+                )?,
             });
         }
         if locations.is_empty() {
-            return Err(cx.err(0..0, format!("{f}.location"), "a server needs at least one [[server.location]]"));
+            return Err(cx.err(
+                0..0,
+                format!("{f}.location"),
+                "a server needs at least one [[server.location]]",
+            ));
         }
-        locations.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
-        servers.push(Server { listen, names, header_timeout, header_max: header_max as u32, locations });
+        locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
+        servers.push(Server {
+            listen,
+            names,
+            header_timeout,
+            header_max: header_max as u32,
+            locations,
+        });
     }
-    Ok(Config { source: cx.file.to_string(), runtime, listeners, servers, upstreams })
+    Ok(Config {
+        source: cx.file.to_string(),
+        runtime,
+        listeners,
+        servers,
+        upstreams,
+    })
 }
 
 impl Config {
     /// The server for a request that arrived on `listener` with Host `host` (already without
     /// port, any case): exact name, then `*.` wildcard, then the first server on that listener.
     pub fn find_server(&self, listener: usize, host: &[u8]) -> Option<usize> {
-        let on: Vec<usize> = (0..self.servers.len()).filter(|&i| self.servers[i].listen.contains(&listener)).collect();
+        let on: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].listen.contains(&listener))
+            .collect();
         let matches = |name: &str| -> bool {
             if let Some(suffix) = name.strip_prefix("*.") {
                 host.len() > suffix.len() + 1
@@ -445,14 +598,26 @@ impl Config {
         };
         on.iter()
             .copied()
-            .find(|&i| self.servers[i].names.iter().any(|n| !n.starts_with("*.") && matches(n)))
-            .or_else(|| on.iter().copied().find(|&i| self.servers[i].names.iter().any(|n| matches(n))))
+            .find(|&i| {
+                self.servers[i]
+                    .names
+                    .iter()
+                    .any(|n| !n.starts_with("*.") && matches(n))
+            })
+            .or_else(|| {
+                on.iter()
+                    .copied()
+                    .find(|&i| self.servers[i].names.iter().any(|n| matches(n)))
+            })
             .or_else(|| on.first().copied())
     }
 
     /// The location of `server` with the longest prefix of `path`.
     pub fn find_location(&self, server: usize, path: &[u8]) -> Option<usize> {
-        self.servers[server].locations.iter().position(|l| path.starts_with(l.path.as_bytes()))
+        self.servers[server]
+            .locations
+            .iter()
+            .position(|l| path.starts_with(l.path.as_bytes()))
     }
 
     /// What `ringway check` prints: the configuration as understood, with defaults filled in.
@@ -460,23 +625,56 @@ impl Config {
         use std::fmt::Write;
         let mut o = String::new();
         let r = &self.runtime;
-        let _ = writeln!(o, "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B",
-            r.workers, r.max_connections, fmt_duration(r.shutdown_grace), r.buffers, r.buffer_size);
+        let _ = writeln!(
+            o,
+            "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B",
+            r.workers,
+            r.max_connections,
+            fmt_duration(r.shutdown_grace),
+            r.buffers,
+            r.buffer_size
+        );
         for u in &self.upstreams {
             let _ = writeln!(o, "upstream {:?} balance={:?}", u.name, u.balance);
             for p in &u.peers {
-                let _ = writeln!(o, "  server {} weight={}{}", p.addr, p.weight, if p.backup { " backup" } else { "" });
+                let _ = writeln!(
+                    o,
+                    "  server {} weight={}{}",
+                    p.addr,
+                    p.weight,
+                    if p.backup { " backup" } else { "" }
+                );
             }
         }
         for (i, s) in self.servers.iter().enumerate() {
-            let listen: Vec<String> = s.listen.iter().map(|&l| self.listeners[l].to_string()).collect();
-            let names = if s.names.is_empty() { "(default)".to_string() } else { s.names.join(" ") };
-            let _ = writeln!(o, "server[{i}] listen={} server_name={} header_timeout={} header_max={}",
-                listen.join(","), names, fmt_duration(s.header_timeout), s.header_max);
+            let listen: Vec<String> = s
+                .listen
+                .iter()
+                .map(|&l| self.listeners[l].to_string())
+                .collect();
+            let names = if s.names.is_empty() {
+                "(default)".to_string()
+            } else {
+                s.names.join(" ")
+            };
+            let _ = writeln!(
+                o,
+                "server[{i}] listen={} server_name={} header_timeout={} header_max={}",
+                listen.join(","),
+                names,
+                fmt_duration(s.header_timeout),
+                s.header_max
+            );
             for l in &s.locations {
-                let _ = writeln!(o, "  location {:?} -> {} connect={} read={} send={}", l.path,
-                    self.upstreams[l.upstream].name, fmt_duration(l.connect_timeout),
-                    fmt_duration(l.read_timeout), fmt_duration(l.send_timeout));
+                let _ = writeln!(
+                    o,
+                    "  location {:?} -> {} connect={} read={} send={}",
+                    l.path,
+                    self.upstreams[l.upstream].name,
+                    fmt_duration(l.connect_timeout),
+                    fmt_duration(l.read_timeout),
+                    fmt_duration(l.send_timeout)
+                );
             }
         }
         o
@@ -529,8 +727,14 @@ upstream = "ws"
         assert_eq!(c.upstreams[0].peers[0].weight, 3);
         assert!(c.upstreams[0].peers[2].backup);
         assert_eq!(c.servers[0].locations[0].path, "/ws/");
-        assert_eq!(c.servers[0].locations[0].read_timeout, Duration::from_secs(7 * 86400));
-        assert_eq!(c.servers[0].locations[1].read_timeout, defaults::READ_TIMEOUT);
+        assert_eq!(
+            c.servers[0].locations[0].read_timeout,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(
+            c.servers[0].locations[1].read_timeout,
+            defaults::READ_TIMEOUT
+        );
         assert_eq!(c.servers[0].header_max, defaults::HEADER_MAX);
         assert_eq!(c.find_location(0, b"/ws/chat"), Some(0));
         assert_eq!(c.find_location(0, b"/other"), Some(1));
@@ -555,7 +759,10 @@ upstream = "ws"
 
     #[test]
     fn unknown_upstream_names_field_and_line() {
-        let t = GOOD.replace("path = \"/ws/\"\nupstream = \"ws\"", "path = \"/ws/\"\nupstream = \"nope\"");
+        let t = GOOD.replace(
+            "path = \"/ws/\"\nupstream = \"ws\"",
+            "path = \"/ws/\"\nupstream = \"nope\"",
+        );
         let e = err(&t);
         assert_eq!(e.field, "server[0].location[1].upstream");
         let line = t.lines().position(|l| l.contains("\"nope\"")).unwrap() + 1;

@@ -29,7 +29,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 "invalid duration {s:?}: expected a number followed by a unit (ms, s, m, h, d, w), e.g. \"30s\" or \"7d\""
             ));
         }
-        let n: u128 = t[start..i].parse().map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+        let n: u128 = t[start..i]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
         while i < b.len() && b[i] == b' ' {
             i += 1;
         }
@@ -45,12 +47,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "d" => 86_400_000,
             "w" => 604_800_000,
             "" => {
-                return Err(format!("invalid duration {s:?}: missing unit after {n} (ms, s, m, h, d, w)"));
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit after {n} (ms, s, m, h, d, w)"
+                ));
             }
-            u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (ms, s, m, h, d, w)")),
+            u => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {u:?} (ms, s, m, h, d, w)"
+                ));
+            }
         };
         total_ms = total_ms
-            .checked_add(n.checked_mul(unit_ms).ok_or_else(|| format!("invalid duration {s:?}: too large"))?)
+            .checked_add(
+                n.checked_mul(unit_ms)
+                    .ok_or_else(|| format!("invalid duration {s:?}: too large"))?,
+            )
             .ok_or_else(|| format!("invalid duration {s:?}: too large"))?;
     }
     if total_ms > u128::from(u64::MAX / 2) {
@@ -68,11 +79,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some(b'g' | b'G') => (&t[..t.len() - 1], 1u64 << 30),
         _ => (t, 1),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected bytes or a number with k, m or g, e.g. \"16k\""))?;
-    n.checked_mul(mult).ok_or_else(|| format!("invalid size {s:?}: too large"))
+    let n: u64 = num.trim().parse().map_err(|_| {
+        format!("invalid size {s:?}: expected bytes or a number with k, m or g, e.g. \"16k\"")
+    })?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 /// Render a duration the way a user would write it back.
@@ -81,8 +92,13 @@ pub fn fmt_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    for (unit, len) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms % len == 0 {
+    for (unit, len) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms.is_multiple_of(len) {
             return format!("{}{unit}", ms / len);
         }
     }
@@ -97,12 +113,23 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("3600s").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("60").unwrap(), Duration::from_secs(60));
-        for bad in ["", "s", "30x", "30", "-1s", "1.5s", "99999999999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "30x",
+            "30",
+            "-1s",
+            "1.5s",
+            "99999999999999999999999d",
+        ] {
             if bad == "30" {
                 continue;
             }

@@ -52,7 +52,10 @@ impl BodyTracker {
         let state = match kind {
             BodyKind::None | BodyKind::Length(0) => State::Done,
             BodyKind::Length(n) => State::Length(n),
-            BodyKind::Chunked => State::Chunked(Chunk::Size { digits: 0, value: 0 }),
+            BodyKind::Chunked => State::Chunked(Chunk::Size {
+                digits: 0,
+                value: 0,
+            }),
             BodyKind::UntilClose => State::UntilClose,
         };
         BodyTracker { state }
@@ -76,7 +79,11 @@ impl BodyTracker {
             State::Length(left) => {
                 let take = (data.len() as u64).min(left);
                 let left = left - take;
-                self.state = if left == 0 { State::Done } else { State::Length(left) };
+                self.state = if left == 0 {
+                    State::Done
+                } else {
+                    State::Length(left)
+                };
                 Ok(take as usize)
             }
             State::Chunked(mut c) => {
@@ -89,7 +96,10 @@ impl BodyTracker {
                                 if digits >= 15 {
                                     return Err(BodyError("chunk size too large"));
                                 }
-                                Chunk::Size { digits: digits + 1, value: value << 4 | u64::from(d) }
+                                Chunk::Size {
+                                    digits: digits + 1,
+                                    value: value << 4 | u64::from(d),
+                                }
                             }
                             None if digits == 0 => return Err(BodyError("chunk size missing")),
                             None if b == b'\r' => Chunk::SizeLf { value },
@@ -99,19 +109,31 @@ impl BodyTracker {
                             None => return Err(BodyError("invalid chunk size")),
                         },
                         Chunk::Ext { value } => {
-                            if b == b'\r' { Chunk::SizeLf { value } } else { Chunk::Ext { value } }
+                            if b == b'\r' {
+                                Chunk::SizeLf { value }
+                            } else {
+                                Chunk::Ext { value }
+                            }
                         }
                         Chunk::SizeLf { value } => {
                             if b != b'\n' {
                                 return Err(BodyError("expected LF after chunk size"));
                             }
-                            if value == 0 { Chunk::TrailerStart } else { Chunk::Data(value) }
+                            if value == 0 {
+                                Chunk::TrailerStart
+                            } else {
+                                Chunk::Data(value)
+                            }
                         }
                         Chunk::Data(left) => {
                             let take = ((data.len() - i) as u64).min(left);
                             i += take as usize;
                             let left = left - take;
-                            c = if left == 0 { Chunk::DataCr } else { Chunk::Data(left) };
+                            c = if left == 0 {
+                                Chunk::DataCr
+                            } else {
+                                Chunk::Data(left)
+                            };
                             continue;
                         }
                         Chunk::DataCr => {
@@ -124,13 +146,24 @@ impl BodyTracker {
                             if b != b'\n' {
                                 return Err(BodyError("expected CRLF after chunk data"));
                             }
-                            Chunk::Size { digits: 0, value: 0 }
+                            Chunk::Size {
+                                digits: 0,
+                                value: 0,
+                            }
                         }
                         Chunk::TrailerStart => {
-                            if b == b'\r' { Chunk::FinalLf } else { Chunk::TrailerLine }
+                            if b == b'\r' {
+                                Chunk::FinalLf
+                            } else {
+                                Chunk::TrailerLine
+                            }
                         }
                         Chunk::TrailerLine => {
-                            if b == b'\r' { Chunk::TrailerLineLf } else { Chunk::TrailerLine }
+                            if b == b'\r' {
+                                Chunk::TrailerLineLf
+                            } else {
+                                Chunk::TrailerLine
+                            }
                         }
                         Chunk::TrailerLineLf => {
                             if b != b'\n' {
@@ -182,8 +215,14 @@ mod tests {
 
     #[test]
     fn content_length() {
-        assert_eq!(feed_all(BodyKind::Length(5), b"helloGET /", 3).unwrap(), (5, true));
-        assert_eq!(feed_all(BodyKind::Length(5), b"hel", 1).unwrap(), (3, false));
+        assert_eq!(
+            feed_all(BodyKind::Length(5), b"helloGET /", 3).unwrap(),
+            (5, true)
+        );
+        assert_eq!(
+            feed_all(BodyKind::Length(5), b"hel", 1).unwrap(),
+            (3, false)
+        );
         assert!(BodyTracker::new(BodyKind::Length(0)).done());
         assert!(BodyTracker::new(BodyKind::None).done());
     }
@@ -194,14 +233,28 @@ mod tests {
         let mut data = body.to_vec();
         data.extend_from_slice(b"NEXT");
         for step in 1..data.len() {
-            assert_eq!(feed_all(BodyKind::Chunked, &data, step).unwrap(), (body.len(), true), "step {step}");
+            assert_eq!(
+                feed_all(BodyKind::Chunked, &data, step).unwrap(),
+                (body.len(), true),
+                "step {step}"
+            );
         }
     }
 
     #[test]
     fn chunked_errors() {
-        for bad in [&b"x\r\n"[..], b"5\r\nhelloXX", b"5\nhello", b"\r\n", b"ffffffffffffffffff\r\n"] {
-            assert!(feed_all(BodyKind::Chunked, bad, 64).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello",
+            b"\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(
+                feed_all(BodyKind::Chunked, bad, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

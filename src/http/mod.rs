@@ -69,7 +69,9 @@ pub struct Response {
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
-    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn is(name: &str, want: &str) -> bool {
@@ -79,22 +81,32 @@ fn is(name: &str, want: &str) -> bool {
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that are never forwarded as they came.
 /// `Transfer-Encoding` is kept: bodies are forwarded as they are, not re-framed.
 fn hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether `name` is listed in any `Connection` header (and so hop-by-hop for this message).
 fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers.iter().filter(|h| is(h.name, "connection")).any(|h| {
-        h.value.split(|&b| b == b',').any(|t| {
-            let t = t.trim_ascii();
-            !t.eq_ignore_ascii_case(b"upgrade")
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-                && t.eq_ignore_ascii_case(name.as_bytes())
+    headers
+        .iter()
+        .filter(|h| is(h.name, "connection"))
+        .any(|h| {
+            h.value.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !t.eq_ignore_ascii_case(b"upgrade")
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && t.eq_ignore_ascii_case(name.as_bytes())
+            })
         })
-    })
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
@@ -105,7 +117,10 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadE
             if p.is_empty() || p.len() > 18 || !p.iter().all(u8::is_ascii_digit) {
                 return Err(HeadError::Invalid("invalid Content-Length"));
             }
-            let n: u64 = std::str::from_utf8(p).ok().and_then(|s| s.parse().ok()).ok_or(HeadError::Invalid("invalid Content-Length"))?;
+            let n: u64 = std::str::from_utf8(p)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
             if found.is_some_and(|f| f != n) {
                 return Err(HeadError::Invalid("conflicting Content-Length"));
             }
@@ -141,12 +156,22 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadErro
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max { Err(HeadError::TooLarge) } else { Ok(None) };
+            return if buf.len() >= max {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Invalid("unsupported HTTP version")),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Invalid("unsupported HTTP version"));
+        }
         Err(_) => {
-            return Err(if buf.len() >= max { HeadError::TooLarge } else { HeadError::Invalid("malformed request head") });
+            return Err(if buf.len() >= max {
+                HeadError::TooLarge
+            } else {
+                HeadError::Invalid("malformed request head")
+            });
         }
     };
     if head_len > max {
@@ -170,18 +195,41 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadErro
     if version_minor == 1 && host.is_none() {
         return Err(HeadError::Invalid("HTTP/1.1 request without Host"));
     }
-    let conn = |token: &str| hs.iter().filter(|h| is(h.name, "connection")).any(|h| has_token(h.value, token));
-    let upgrade = hs.iter().any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
-    let keep_alive = if version_minor == 1 { !conn("close") } else { conn("keep-alive") };
+    let conn = |token: &str| {
+        hs.iter()
+            .filter(|h| is(h.name, "connection"))
+            .any(|h| has_token(h.value, token))
+    };
+    let upgrade = hs
+        .iter()
+        .any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
+    let keep_alive = if version_minor == 1 {
+        !conn("close")
+    } else {
+        conn("keep-alive")
+    };
     let cl = content_length(hs)?;
     let body = match (chunked(hs), cl) {
-        (Some(_), Some(_)) => return Err(HeadError::Invalid("both Content-Length and Transfer-Encoding")),
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Invalid(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
         (Some(true), None) => BodyKind::Chunked,
         (Some(false), None) => return Err(HeadError::Invalid("unsupported Transfer-Encoding")),
         (None, Some(n)) => BodyKind::Length(n),
         (None, None) => BodyKind::None,
     };
-    Ok(Some(Request { head_len, method, path: path.to_string(), host, version_minor, upgrade, keep_alive, body }))
+    Ok(Some(Request {
+        head_len,
+        method,
+        path: path.to_string(),
+        host,
+        version_minor,
+        upgrade,
+        keep_alive,
+        body,
+    }))
 }
 
 /// What the proxy adds to a request on its way upstream.
@@ -198,7 +246,11 @@ pub struct Forwarded<'a> {
 /// `Connection: upgrade` or `close`, `X-Real-IP`, `X-Forwarded-For` appended,
 /// `X-Forwarded-Proto`; everything else in its place with its case. `head` must have parsed
 /// with [`parse_request`].
-pub fn rewrite_request(head: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> Result<(), HeadError> {
+pub fn rewrite_request(
+    head: &[u8],
+    fwd: &Forwarded<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -206,9 +258,16 @@ pub fn rewrite_request(head: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
     let hs = &*req.headers;
-    let upgrade = hs.iter().any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
+    let upgrade = hs
+        .iter()
+        .any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
     let connection: &[u8] = if upgrade { b"upgrade" } else { b"close" };
-    let _ = write!(out, "{} {} HTTP/1.1\r\n", req.method.unwrap_or("GET"), req.path.unwrap_or("/"));
+    let _ = write!(
+        out,
+        "{} {} HTTP/1.1\r\n",
+        req.method.unwrap_or("GET"),
+        req.path.unwrap_or("/")
+    );
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -228,7 +287,8 @@ pub fn rewrite_request(head: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
         v.extend_from_slice(ip.as_bytes());
         v
     };
-    let (mut did_conn, mut did_real, mut did_xff, mut did_proto, mut did_host) = (false, false, false, false, false);
+    let (mut did_conn, mut did_real, mut did_xff, mut did_proto, mut did_host) =
+        (false, false, false, false, false);
     for h in hs {
         let n = h.name;
         if is(n, "connection") {
@@ -284,13 +344,21 @@ pub fn rewrite_request(head: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) -> R
 }
 
 /// Parse a response head. `head_request`: the request was HEAD (no body follows).
-pub fn parse_response(buf: &[u8], max: usize, head_request: bool) -> Result<Option<Response>, HeadError> {
+pub fn parse_response(
+    buf: &[u8],
+    max: usize,
+    head_request: bool,
+) -> Result<Option<Response>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max { Err(HeadError::TooLarge) } else { Ok(None) };
+            return if buf.len() >= max {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Invalid("malformed response head")),
@@ -312,7 +380,11 @@ pub fn parse_response(buf: &[u8], max: usize, head_request: bool) -> Result<Opti
             },
         }
     };
-    Ok(Some(Response { head_len, status, body }))
+    Ok(Some(Response {
+        head_len,
+        status,
+        body,
+    }))
 }
 
 /// The `Connection` value the proxy gives the client.
@@ -325,14 +397,23 @@ pub enum ClientConnection {
 
 /// Write the response head for the client: status as sent (as HTTP/1.1), hop-by-hop headers
 /// dropped (`Upgrade` kept on a 101), our `Connection` value, everything else untouched.
-pub fn rewrite_response(head: &[u8], conn: ClientConnection, out: &mut Vec<u8>) -> Result<(), HeadError> {
+pub fn rewrite_response(
+    head: &[u8],
+    conn: ClientConnection,
+    out: &mut Vec<u8>,
+) -> Result<(), HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed response head")),
     }
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.code.unwrap_or(502), resp.reason.unwrap_or(""));
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        resp.code.unwrap_or(502),
+        resp.reason.unwrap_or("")
+    );
     let value: &[u8] = match conn {
         ClientConnection::Upgrade => b"upgrade",
         ClientConnection::KeepAlive => b"keep-alive",
@@ -406,7 +487,11 @@ mod tests {
     const WS: &[u8] = b"GET /chat?x=1 HTTP/1.1\r\nhost: ws.example.com:8080\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-extensions: permessage-deflate; client_max_window_bits\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 300\r\nX-Custom-Case: A\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn fwd() -> Forwarded<'static> {
-        Forwarded { client_ip: "10.0.0.7".parse().unwrap(), proto: "http", default_host: "backend" }
+        Forwarded {
+            client_ip: "10.0.0.7".parse().unwrap(),
+            proto: "http",
+            default_host: "backend",
+        }
     }
 
     #[test]
@@ -443,17 +528,32 @@ mod tests {
         let mut out = Vec::new();
         rewrite_request(req, &fwd(), &mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
-        assert_eq!(s, "GET /health HTTP/1.1\r\nConnection: close\r\nX-Real-IP: 10.0.0.7\r\nHost: backend\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n");
+        assert_eq!(
+            s,
+            "GET /health HTTP/1.1\r\nConnection: close\r\nX-Real-IP: 10.0.0.7\r\nHost: backend\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
     }
 
     #[test]
     fn bad_requests() {
-        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(20000));
-        assert_eq!(parse_request(big.as_bytes(), 16384), Err(HeadError::TooLarge));
-        assert_eq!(parse_request(&big.as_bytes()[..17000], 16384), Err(HeadError::TooLarge));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(20000)
+        );
+        assert_eq!(
+            parse_request(big.as_bytes(), 16384),
+            Err(HeadError::TooLarge)
+        );
+        assert_eq!(
+            parse_request(&big.as_bytes()[..17000], 16384),
+            Err(HeadError::TooLarge)
+        );
         let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
-        assert_eq!(parse_request(many.as_bytes(), 65536), Err(HeadError::TooLarge));
+        assert_eq!(
+            parse_request(many.as_bytes(), 65536),
+            Err(HeadError::TooLarge)
+        );
         for bad in [
             &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\n\r\n",
@@ -470,32 +570,71 @@ mod tests {
 
     #[test]
     fn request_bodies() {
-        let r = parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 1024).unwrap().unwrap();
+        let r = parse_request(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.body, BodyKind::Chunked);
-        let r = parse_request(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n", 1024).unwrap().unwrap();
+        let r = parse_request(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.body, BodyKind::Length(12));
     }
 
     #[test]
     fn response_framing_and_rewrite() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 1024, false).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            1024,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((r.status, r.body), (200, BodyKind::Length(5)));
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1024, false).unwrap().unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            1024,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.body, BodyKind::Chunked);
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", 1024, false).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", 1024, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.body, BodyKind::UntilClose);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1024, true).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 1024, true)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.body, BodyKind::None);
-        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\n\r\n", 1024, false).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 304 Not Modified\r\n\r\n", 1024, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.body, BodyKind::None);
 
         let up = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\nKeep-Alive: 5\r\n\r\n";
         let mut out = Vec::new();
         rewrite_response(up, ClientConnection::Upgrade, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        );
         let mut out = Vec::new();
-        rewrite_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", ClientConnection::KeepAlive, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n");
+        rewrite_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            ClientConnection::KeepAlive,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        );
         assert!(parse_response(b"garbage\r\n\r\n", 1024, false).is_err());
     }
 

@@ -343,7 +343,15 @@ impl Session {
     // ---- events -------------------------------------------------------------------------
 
     /// A recv completion. `bid` is the pool buffer when `res > 0`.
-    pub fn on_recv(&mut self, side: Side, res: i32, more: bool, bid: Option<u16>, io: &mut impl Io, env: &mut Env<'_>) {
+    pub fn on_recv(
+        &mut self,
+        side: Side,
+        res: i32,
+        more: bool,
+        bid: Option<u16>,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) {
         {
             let p = self.pipe(side);
             if !more {
@@ -356,7 +364,11 @@ impl Session {
             self.on_data(side, bid, res as u32, io, env);
         } else if let Some(bid) = bid {
             // A buffer with no data: just give it back.
-            io.release(Chunk { src: Src::Pool(bid), off: 0, len: 0 });
+            io.release(Chunk {
+                src: Src::Pool(bid),
+                off: 0,
+                len: 0,
+            });
         }
         if res == 0 {
             self.on_eof(side, io, env);
@@ -418,7 +430,11 @@ impl Session {
             self.last_up_ms = io.now_ms();
             self.kick(Side::Up, io);
         } else {
-            let why = if self.connect_timed_out { "connect timeout".to_string() } else { errno_name(-res) };
+            let why = if self.connect_timed_out {
+                "connect timeout".to_string()
+            } else {
+                errno_name(-res)
+            };
             let peer = self.peer_addr(env);
             tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
             self.connect_timed_out = false;
@@ -486,7 +502,9 @@ impl Session {
         }
         let r = self.req.as_deref();
         let send_ms = r.map_or(self.listen.header_timeout_ms, |r| r.send_ms);
-        let stuck = [&self.down, &self.up].iter().any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
+        let stuck = [&self.down, &self.up]
+            .iter()
+            .any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
         if stuck {
             self.close(End::SendTimeout, io);
         } else {
@@ -497,7 +515,9 @@ impl Session {
                     self.cancels += 1;
                     io.cancel_fd(self.up.fd, Side::Up);
                 }
-                Stage::Proxy if matches!(self.downward, Downward::Head(_)) => self.respond(504, End::UpstreamTimeout, io),
+                Stage::Proxy if matches!(self.downward, Downward::Head(_)) => {
+                    self.respond(504, End::UpstreamTimeout, io)
+                }
                 Stage::Proxy | Stage::Tunnel => self.close(End::IdleTimeout, io),
                 Stage::Respond | Stage::Closing => {}
             }
@@ -508,7 +528,11 @@ impl Session {
     // ---- data ----------------------------------------------------------------------------
 
     fn on_data(&mut self, side: Side, bid: u16, len: u32, io: &mut impl Io, env: &mut Env<'_>) {
-        let chunk = Chunk { src: Src::Pool(bid), off: 0, len };
+        let chunk = Chunk {
+            src: Src::Pool(bid),
+            off: 0,
+            len,
+        };
         let now = io.now_ms();
         if self.stage == Stage::Closing || self.pipe(side).retiring {
             io.release(chunk);
@@ -543,7 +567,14 @@ impl Session {
                                 self.upward = Upward::Hold;
                             }
                             if n > 0 {
-                                self.forward(Side::Down, Chunk { len: n as u32, ..chunk }, io);
+                                self.forward(
+                                    Side::Down,
+                                    Chunk {
+                                        len: n as u32,
+                                        ..chunk
+                                    },
+                                    io,
+                                );
                             } else {
                                 io.release(chunk);
                             }
@@ -556,10 +587,10 @@ impl Session {
                     Upward::Stream => self.forward(Side::Down, chunk, io),
                     Upward::Hold => {
                         let max = self.listen.header_max;
-                        if let Some(r) = self.req.as_mut() {
-                            if r.stash.len() < max {
-                                r.stash.extend_from_slice(io.data(bid, len));
-                            }
+                        if let Some(r) = self.req.as_mut()
+                            && r.stash.len() < max
+                        {
+                            r.stash.extend_from_slice(io.data(bid, len));
                         }
                         io.release(chunk);
                     }
@@ -578,7 +609,14 @@ impl Session {
                         Ok(n) => {
                             let done = t.done();
                             if n > 0 {
-                                self.forward(Side::Up, Chunk { len: n as u32, ..chunk }, io);
+                                self.forward(
+                                    Side::Up,
+                                    Chunk {
+                                        len: n as u32,
+                                        ..chunk
+                                    },
+                                    io,
+                                );
                             } else {
                                 io.release(chunk);
                             }
@@ -607,10 +645,10 @@ impl Session {
             io.release(c);
             return;
         }
-        if to == Side::Down {
-            if let Some(r) = self.req.as_mut() {
-                r.responded = true;
-            }
+        if to == Side::Down
+            && let Some(r) = self.req.as_mut()
+        {
+            r.responded = true;
         }
         self.pipe(to).push(c);
         self.kick(to, io);
@@ -638,19 +676,26 @@ impl Session {
     // ---- request ---------------------------------------------------------------------------
 
     fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
-        let Upward::Head(buf) = &self.upward else { return };
+        let Upward::Head(buf) = &self.upward else {
+            return;
+        };
         let req = match http::parse_request(buf, self.listen.header_max) {
             Ok(None) => return,
             Ok(Some(r)) => r,
             Err(HeadError::TooLarge) => return self.respond(431, End::HeadTooLarge, io),
             Err(HeadError::Invalid(why)) => return self.respond(400, End::BadRequest(why), io),
         };
-        let Upward::Head(buf) = std::mem::replace(&mut self.upward, Upward::Discard) else { unreachable!() };
+        let Upward::Head(buf) = std::mem::replace(&mut self.upward, Upward::Discard) else {
+            unreachable!()
+        };
         let now = io.now_ms();
         let cfg = env.cfg;
         let route = cfg
             .find_server(self.listen.index, req.host_name())
-            .and_then(|s| cfg.find_location(s, req.path.as_bytes()).map(|l| &cfg.servers[s].locations[l]));
+            .and_then(|s| {
+                cfg.find_location(s, req.path.as_bytes())
+                    .map(|l| &cfg.servers[s].locations[l])
+            });
         let ms = |d: std::time::Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
         let mut r = Box::new(Req {
             method: req.method.clone(),
@@ -684,7 +729,9 @@ impl Session {
             proto: if self.listen.tls { "https" } else { "http" },
             default_host: &cfg.upstreams[loc.upstream].name,
         };
-        if let Err(HeadError::Invalid(why)) = http::rewrite_request(&buf[..req.head_len], &fwd, &mut out) {
+        if let Err(HeadError::Invalid(why)) =
+            http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+        {
             self.req = Some(r);
             return self.respond(400, End::BadRequest(why), io);
         }
@@ -704,7 +751,11 @@ impl Session {
                     return self.respond(400, End::BadRequest(e.0), io);
                 }
             }
-            self.upward = if t.done() { Upward::Hold } else { Upward::Body(t) };
+            self.upward = if t.done() {
+                Upward::Hold
+            } else {
+                Upward::Body(t)
+            };
         }
         self.req = Some(r);
         let head = io.put(out);
@@ -754,13 +805,19 @@ impl Session {
 
     fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
         loop {
-            let Downward::Head(buf) = &mut self.downward else { return };
+            let Downward::Head(buf) = &mut self.downward else {
+                return;
+            };
             let Some(r) = self.req.as_mut() else { return };
             let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
                 Ok(None) => return,
                 Ok(Some(resp)) => resp,
-                Err(HeadError::TooLarge) => return self.respond(502, End::BadResponse("response head too large"), io),
-                Err(HeadError::Invalid(why)) => return self.respond(502, End::BadResponse(why), io),
+                Err(HeadError::TooLarge) => {
+                    return self.respond(502, End::BadResponse("response head too large"), io);
+                }
+                Err(HeadError::Invalid(why)) => {
+                    return self.respond(502, End::BadResponse(why), io);
+                }
             };
             if (100..200).contains(&resp.status) && resp.status != 101 {
                 // 100 Continue and friends: pass on as they are, then read the real head.
@@ -776,9 +833,17 @@ impl Session {
             let mut out = Vec::with_capacity(resp.head_len + 64);
             if resp.status == 101 {
                 if !r.upgrade {
-                    return self.respond(502, End::BadResponse("101 to a request that did not ask to upgrade"), io);
+                    return self.respond(
+                        502,
+                        End::BadResponse("101 to a request that did not ask to upgrade"),
+                        io,
+                    );
                 }
-                let _ = http::rewrite_response(&buf[..resp.head_len], ClientConnection::Upgrade, &mut out);
+                let _ = http::rewrite_response(
+                    &buf[..resp.head_len],
+                    ClientConnection::Upgrade,
+                    &mut out,
+                );
                 out.extend_from_slice(&buf[resp.head_len..]);
                 self.downward = Downward::Stream;
                 r.tunnel = true;
@@ -791,7 +856,11 @@ impl Session {
                 let request_framed = !matches!(self.upward, Upward::Stream | Upward::Discard);
                 let keep = r.keep_alive && request_framed && !t.until_close() && !self.down.eof;
                 r.keep_alive = keep;
-                let conn = if keep { ClientConnection::KeepAlive } else { ClientConnection::Close };
+                let conn = if keep {
+                    ClientConnection::KeepAlive
+                } else {
+                    ClientConnection::Close
+                };
                 let _ = http::rewrite_response(&buf[..resp.head_len], conn, &mut out);
                 let rest = &buf[resp.head_len..];
                 match t.feed(rest) {
@@ -804,10 +873,10 @@ impl Session {
             let c = io.put(out);
             self.down.push(c);
             self.kick(Side::Down, io);
-            if let Downward::Body(t) = &self.downward {
-                if t.done() {
-                    self.response_done(io, env);
-                }
+            if let Downward::Body(t) = &self.downward
+                && t.done()
+            {
+                self.response_done(io, env);
             }
             return;
         }
@@ -875,7 +944,9 @@ impl Session {
                 self.kick(side.peer(), io);
             }
             (_, Side::Down) => match self.upward {
-                Upward::Head(ref v) if v.is_empty() && self.req.is_none() => self.close(End::ClientClosed, io),
+                Upward::Head(ref v) if v.is_empty() && self.req.is_none() => {
+                    self.close(End::ClientClosed, io)
+                }
                 Upward::Head(_) | Upward::Body(_) => self.close(End::ClientClosed, io),
                 // The request is complete: finish the response, then close.
                 _ => {}
@@ -888,7 +959,11 @@ impl Session {
                     self.response_done(io, env);
                 }
                 Downward::Head(v) => {
-                    let why = if v.is_empty() { "upstream closed without a response" } else { "upstream closed inside the response head" };
+                    let why = if v.is_empty() {
+                        "upstream closed without a response"
+                    } else {
+                        "upstream closed inside the response head"
+                    };
                     self.respond(502, End::BadResponse(why), io);
                 }
                 Downward::Body(_) => self.close(End::UpstreamClosed, io),
@@ -929,7 +1004,9 @@ impl Session {
             Upward::Head(v) => v.len() as u64,
             _ => 0,
         };
-        let r = self.req.get_or_insert_with(|| Box::new(Req::unparsed(started.min(now), bytes_in)));
+        let r = self
+            .req
+            .get_or_insert_with(|| Box::new(Req::unparsed(started.min(now), bytes_in)));
         r.status = status;
         self.end.get_or_insert(end);
         let c = io.put(http::error_response(status));
@@ -967,7 +1044,15 @@ impl Session {
     /// Stop using one socket: cancel its ops; it closes when they are all back.
     fn retire(&mut self, side: Side, io: &mut impl Io) {
         let p = self.pipe(side);
-        if p.fd < 0 || p.retiring {
+        if p.fd < 0 {
+            // No socket (between upstream attempts): what waited for it goes nowhere.
+            let queued: Vec<Chunk> = p.drain().collect();
+            for c in queued {
+                io.release(c);
+            }
+            return;
+        }
+        if p.retiring {
             return;
         }
         p.retiring = true;
@@ -982,7 +1067,8 @@ impl Session {
         // A cancel by fd still in flight could hit a new socket that reuses the fd number:
         // close only when every cancel is back.
         let cancels = self.cancels;
-        let keep_queue = side == Side::Up && self.connect_waiting && self.stage == Stage::Connecting;
+        let keep_queue =
+            side == Side::Up && self.connect_waiting && self.stage == Stage::Connecting;
         let p = self.pipe(side);
         if p.fd < 0 || !p.retiring || p.ops > 0 || cancels > 0 {
             return;
@@ -1007,7 +1093,12 @@ impl Session {
             let end = self.end.unwrap_or(End::Done);
             self.close(end, io);
         }
-        if self.stage == Stage::Tunnel && self.down.eof && self.up.eof && self.down.flushed() && self.up.flushed() {
+        if self.stage == Stage::Tunnel
+            && self.down.eof
+            && self.up.eof
+            && self.down.flushed()
+            && self.up.flushed()
+        {
             self.close(End::Done, io);
         }
         self.maybe_close_fd(Side::Down, io);
@@ -1033,12 +1124,19 @@ impl Session {
             return false;
         }
         // Hysteresis: stop at QUEUE pending on the other side, resume when it is nearly drained.
-        let room = if p.recv == Recv::On { peer.pending() < QUEUE } else { peer.pending() <= 1 };
+        let room = if p.recv == Recv::On {
+            peer.pending() < QUEUE
+        } else {
+            peer.pending() <= 1
+        };
         match side {
             Side::Down => match self.upward {
                 Upward::Head(_) => true,
                 Upward::Body(_) | Upward::Stream => room,
-                Upward::Hold => self.req.as_ref().is_some_and(|r| r.stash.len() < self.listen.header_max),
+                Upward::Hold => self
+                    .req
+                    .as_ref()
+                    .is_some_and(|r| r.stash.len() < self.listen.header_max),
                 Upward::Discard => false,
             },
             Side::Up => match self.downward {

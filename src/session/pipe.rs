@@ -127,7 +127,11 @@ mod tests {
     use crate::uring::Src;
 
     fn c(i: u16) -> Chunk {
-        Chunk { src: Src::Pool(i), off: 0, len: 1 }
+        Chunk {
+            src: Src::Pool(i),
+            off: 0,
+            len: 1,
+        }
     }
 
     #[test]

@@ -105,21 +105,40 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
     for id in 0..workers {
         let mut listeners = Vec::new();
         for a in listen {
-            listeners.push(crate::worker::listen_socket(*a, 4096).with_context(|| format!("listening on {a}"))?);
+            listeners.push(
+                crate::worker::listen_socket(*a, 4096)
+                    .with_context(|| format!("listening on {a}"))?,
+            );
         }
         let (stop, ready) = (stop.clone(), ready_tx.clone());
-        handles.push(std::thread::Builder::new().name(format!("echo-w{id}")).spawn(move || {
-            // The ring is made on its own thread (SINGLE_ISSUER).
-            let ring = match Ring::new(RingConfig { sq_entries: 1024, buffers: 2048, buf_size: 16 * 1024 }) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = ready.send(Err(anyhow::anyhow!("setting up io_uring: {e}")));
-                    return Ok(());
-                }
-            };
-            let _ = ready.send(Ok(()));
-            EchoWorker { ring, listeners, conns: Slots::with_capacity(1024), spare: Vec::new(), stop, cqes: Vec::with_capacity(256) }.run()
-        })?);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("echo-w{id}"))
+                .spawn(move || {
+                    // The ring is made on its own thread (SINGLE_ISSUER).
+                    let ring = match Ring::new(RingConfig {
+                        sq_entries: 1024,
+                        buffers: 2048,
+                        buf_size: 16 * 1024,
+                    }) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = ready.send(Err(anyhow::anyhow!("setting up io_uring: {e}")));
+                            return Ok(());
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    EchoWorker {
+                        ring,
+                        listeners,
+                        conns: Slots::with_capacity(1024),
+                        spare: Vec::new(),
+                        stop,
+                        cqes: Vec::with_capacity(256),
+                    }
+                    .run()
+                })?,
+        );
     }
     drop(ready_tx);
     for r in ready_rx.iter().take(workers) {
@@ -129,7 +148,10 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
         }
     }
     let addrs: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
-    tracing::info!("echo backend listening on {} with {workers} worker(s)", addrs.join(", "));
+    tracing::info!(
+        "echo backend listening on {} with {workers} worker(s)",
+        addrs.join(", ")
+    );
     loop {
         match signals.wait() {
             Ok(nix::sys::signal::Signal::SIGHUP) => continue,
@@ -139,7 +161,8 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("echo worker panicked"))??;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("echo worker panicked"))??;
     }
     Ok(())
 }
@@ -151,7 +174,10 @@ fn ud(slot: u32, generation: u32, op: Op) -> UserData {
 impl EchoWorker {
     fn run(mut self) -> anyhow::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
-            self.ring.accept_multi(l.as_raw_fd(), UserData::new(i as u32, 0, Op::Accept, Side::Down));
+            self.ring.accept_multi(
+                l.as_raw_fd(),
+                UserData::new(i as u32, 0, Op::Accept, Side::Down),
+            );
         }
         while !self.stop.load(Ordering::Relaxed) {
             self.ring.submit_and_wait(Duration::from_millis(100))?;
@@ -249,7 +275,11 @@ impl EchoWorker {
         let len = out.len() as u32;
         let id = self.ring.heap.put(out);
         let conn = self.conns.get_mut(slot, generation).expect("live");
-        conn.out.push_back(Chunk { src: Src::Heap(id), off: 0, len });
+        conn.out.push_back(Chunk {
+            src: Src::Heap(id),
+            off: 0,
+            len,
+        });
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
@@ -263,7 +293,9 @@ impl EchoWorker {
             conn.out.push_front(ch);
             return;
         }
-        let Src::Heap(id) = ch.src else { unreachable!("echo sends heap bytes only") };
+        let Src::Heap(id) = ch.src else {
+            unreachable!("echo sends heap bytes only")
+        };
         let mut v = self.ring.heap.take(id);
         if res < 0 {
             conn.closing = true;
@@ -282,7 +314,9 @@ impl EchoWorker {
             if conn.closing || conn.out.len() >= 2 {
                 break;
             }
-            let Some((kind, pos, left)) = conn.produce.as_mut() else { break };
+            let Some((kind, pos, left)) = conn.produce.as_mut() else {
+                break;
+            };
             let n = (*left).min(PIECE as u64) as usize;
             let mut out = self.spare.pop().unwrap_or_default();
             match kind {
@@ -323,7 +357,8 @@ impl EchoWorker {
             if conn.recv_on {
                 conn.recv_on = false;
                 conn.ops += 1;
-                self.ring.cancel_fd(conn.fd, ud(slot, generation, Op::Cancel));
+                self.ring
+                    .cancel_fd(conn.fd, ud(slot, generation, Op::Cancel));
             }
             if conn.ops == 0 {
                 let mut conn = self.conns.remove(slot);
@@ -336,15 +371,16 @@ impl EchoWorker {
             }
             return;
         }
-        if conn.sending.is_none() {
-            if let Some(ch) = conn.out.pop_front() {
-                conn.sending = Some(ch);
-                conn.ops += 1;
-                self.ring.send(conn.fd, ch, ud(slot, generation, Op::Send));
-            }
+        if conn.sending.is_none()
+            && let Some(ch) = conn.out.pop_front()
+        {
+            conn.sending = Some(ch);
+            conn.ops += 1;
+            self.ring.send(conn.fd, ch, ud(slot, generation, Op::Send));
         }
         let conn = self.conns.get_mut(slot, generation).expect("live");
-        let paused = conn.out.len() >= OUT_MAX || conn.produce.is_some() || matches!(conn.mode, Mode::Drop);
+        let paused =
+            conn.out.len() >= OUT_MAX || conn.produce.is_some() || matches!(conn.mode, Mode::Drop);
         if !conn.recv_on && !paused {
             conn.recv_on = true;
             conn.ops += 1;
@@ -416,11 +452,11 @@ fn feed(conn: &mut Conn, data: &mut [u8], out: &mut Vec<u8>) {
                     conn.mode = Mode::Drop;
                     conn.close_after_flush = true;
                 }
-                if let Mode::Ws(w) = &conn.mode {
-                    if w.ctrl.as_slice() == b"\xff\xffclosed" {
-                        conn.mode = Mode::Drop;
-                        conn.close_after_flush = true;
-                    }
+                if let Mode::Ws(w) = &conn.mode
+                    && w.ctrl.as_slice() == b"\xff\xffclosed"
+                {
+                    conn.mode = Mode::Drop;
+                    conn.close_after_flush = true;
                 }
                 return;
             }
@@ -458,7 +494,11 @@ fn ws_feed(w: &mut WsEcho, data: &mut [u8], out: &mut Vec<u8>) -> Result<(), ()>
         w.hdr[w.have..w.have + take].copy_from_slice(&data[i..i + take]);
         match ws::parse_header(&w.hdr[..w.have + take]) {
             Err(_) => {
-                out.extend(ws::frame(opcode::CLOSE, &ws::close_payload(1002, "protocol error"), None));
+                out.extend(ws::frame(
+                    opcode::CLOSE,
+                    &ws::close_payload(1002, "protocol error"),
+                    None,
+                ));
                 return Err(());
             }
             Ok(None) => {
@@ -467,7 +507,11 @@ fn ws_feed(w: &mut WsEcho, data: &mut [u8], out: &mut Vec<u8>) -> Result<(), ()>
             }
             Ok(Some(h)) => {
                 if h.mask.is_none() {
-                    out.extend(ws::frame(opcode::CLOSE, &ws::close_payload(1002, "unmasked frame"), None));
+                    out.extend(ws::frame(
+                        opcode::CLOSE,
+                        &ws::close_payload(1002, "unmasked frame"),
+                        None,
+                    ));
                     return Err(());
                 }
                 i += h.header_len - w.have;
@@ -519,29 +563,48 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
     };
     let method = req.method.unwrap_or("");
     let path = req.path.unwrap_or("/");
-    let get = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let close = get("connection").is_some_and(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
+    let get = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let close = get("connection").is_some_and(|v| {
+        v.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
     conn.keep_alive = req.version == Some(1) && !close;
     let json = || {
         let hs: Vec<(String, String)> = req
             .headers
             .iter()
-            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect();
         serde_json::json!({ "method": method, "path": path, "headers": hs }).to_string()
     };
     let upgrade = get("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
     if upgrade {
-        let Some(key) = get("sec-websocket-key") else { return Err(()) };
+        let Some(key) = get("sec-websocket-key") else {
+            return Err(());
+        };
         let mut resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
             ws::accept_key(key.trim_ascii())
         );
         if let Some(p) = get("sec-websocket-protocol") {
-            let first = String::from_utf8_lossy(p.split(|&b| b == b',').next().unwrap_or(b"").trim_ascii()).into_owned();
+            let first =
+                String::from_utf8_lossy(p.split(|&b| b == b',').next().unwrap_or(b"").trim_ascii())
+                    .into_owned();
             resp.push_str(&format!("Sec-WebSocket-Protocol: {first}\r\n"));
         }
-        if get("sec-websocket-extensions").is_some_and(|v| String::from_utf8_lossy(v).contains("permessage-deflate")) {
+        if get("sec-websocket-extensions")
+            .is_some_and(|v| String::from_utf8_lossy(v).contains("permessage-deflate"))
+        {
             resp.push_str("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n");
         }
         resp.push_str("\r\n");
@@ -556,13 +619,21 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
         let mut w = Box::<WsEcho>::default();
         if let Some(code) = path.strip_prefix("/close/") {
             let code: u16 = code.parse().map_err(|_| ())?;
-            out.extend(ws::frame(opcode::CLOSE, &ws::close_payload(code, "server closing"), None));
+            out.extend(ws::frame(
+                opcode::CLOSE,
+                &ws::close_payload(code, "server closing"),
+                None,
+            ));
             w.close_sent = true;
         }
         conn.mode = Mode::Ws(w);
         return Ok(Some(n));
     }
-    let conn_hdr = if conn.keep_alive { "keep-alive" } else { "close" };
+    let conn_hdr = if conn.keep_alive {
+        "keep-alive"
+    } else {
+        "close"
+    };
     let simple = |status: &str, ctype: &str, body: &[u8], out: &mut Vec<u8>| {
         out.extend_from_slice(
             format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n", body.len()).as_bytes(),
@@ -591,8 +662,15 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
             out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n").as_bytes());
             BodyKind::Chunked
         } else {
-            let len: u64 = get("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()).unwrap_or(0);
-            out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: {conn_hdr}\r\n\r\n").as_bytes());
+            let len: u64 = get("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+                .unwrap_or(0);
+            out.extend_from_slice(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: {conn_hdr}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
             BodyKind::Length(len)
         };
         let t = BodyTracker::new(kind);

@@ -21,7 +21,10 @@ fn bit(i: usize) -> Tried {
 
 impl RoundRobin {
     pub fn new(u: &Upstream) -> RoundRobin {
-        RoundRobin { current: vec![0; u.peers.len()], backup_next: 0 }
+        RoundRobin {
+            current: vec![0; u.peers.len()],
+            backup_next: 0,
+        }
     }
 
     /// The next server to try, skipping those in `tried`; `None` when all were tried.
@@ -72,7 +75,11 @@ mod tests {
             peers: weights
                 .iter()
                 .enumerate()
-                .map(|(i, &(weight, backup))| Peer { addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(), weight, backup })
+                .map(|(i, &(weight, backup))| Peer {
+                    addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+                    weight,
+                    backup,
+                })
                 .collect(),
         }
     }

@@ -120,7 +120,10 @@ fn mmap_anon(bytes: usize) -> io::Result<NonNull<u8>> {
 impl BufPool {
     /// Allocate `count` buffers of `buf_size` bytes. `count` is a power of two, at most 32768.
     fn new(count: u16, buf_size: u32) -> io::Result<BufPool> {
-        assert!(count.is_power_of_two() && count <= 32768, "buffer count {count}");
+        assert!(
+            count.is_power_of_two() && count <= 32768,
+            "buffer count {count}"
+        );
         assert!(buf_size >= 512, "buffer size {buf_size}");
         let ring_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
         let data_bytes = usize::from(count) * buf_size as usize;
@@ -173,7 +176,11 @@ impl BufPool {
     /// Give buffer `bid` back to the kernel. It must be held by us and not named by a send.
     pub fn release(&mut self, bid: u16) {
         let i = usize::from(bid);
-        assert_eq!(self.state[i], BufState::Held, "release of buffer {bid} in wrong state");
+        assert_eq!(
+            self.state[i],
+            BufState::Held,
+            "release of buffer {bid} in wrong state"
+        );
         let slot = usize::from(self.tail & self.mask);
         // SAFETY: `slot` < count, inside the ring mapping. The kernel only reads entries between
         // its head and our published tail; this slot is past the tail until we publish below.
@@ -192,7 +199,11 @@ impl BufPool {
     /// A recv completion handed us buffer `bid`.
     pub fn take(&mut self, bid: u16) {
         let i = usize::from(bid);
-        assert_eq!(self.state[i], BufState::InRing, "kernel returned buffer {bid} twice");
+        assert_eq!(
+            self.state[i],
+            BufState::InRing,
+            "kernel returned buffer {bid} twice"
+        );
         self.state[i] = BufState::Held;
         self.in_ring -= 1;
     }
@@ -200,7 +211,10 @@ impl BufPool {
     /// The first `len` bytes of a held buffer.
     pub fn bytes(&self, bid: u16, len: u32) -> &[u8] {
         let i = usize::from(bid);
-        assert!(self.state[i] != BufState::InRing, "read of buffer {bid} owned by kernel");
+        assert!(
+            self.state[i] != BufState::InRing,
+            "read of buffer {bid} owned by kernel"
+        );
         assert!(len <= self.buf_size);
         // SAFETY: the buffer is not in the ring, so the kernel does not write it; the range is
         // inside the data mapping (i < count, len <= buf_size).
@@ -215,7 +229,11 @@ impl BufPool {
     /// A mutable view of a held buffer that no send names (the echo unmasks in place).
     pub fn bytes_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
         let i = usize::from(bid);
-        assert_eq!(self.state[i], BufState::Held, "write of buffer {bid} not held");
+        assert_eq!(
+            self.state[i],
+            BufState::Held,
+            "write of buffer {bid} not held"
+        );
         assert!(len <= self.buf_size);
         // SAFETY: held and not sending, so neither the kernel nor a pending send reads or writes
         // it; the range is inside the data mapping.
@@ -258,7 +276,10 @@ pub struct HeapStore {
 impl HeapStore {
     /// Store bytes to be sent; returns their id.
     pub fn put(&mut self, bytes: Vec<u8>) -> u32 {
-        self.entries.insert(HeapEntry { data: HeapData::Bytes(bytes), in_kernel: false }) as u32
+        self.entries.insert(HeapEntry {
+            data: HeapData::Bytes(bytes),
+            in_kernel: false,
+        }) as u32
     }
 
     /// Length of stored bytes.
@@ -286,13 +307,19 @@ impl HeapStore {
 
     /// Free entry `id`; it must not be named by an op in flight.
     pub fn free(&mut self, id: u32) {
-        assert!(!self.entries[id as usize].in_kernel, "free of heap entry {id} in flight");
+        assert!(
+            !self.entries[id as usize].in_kernel,
+            "free of heap entry {id} in flight"
+        );
         self.entries.remove(id as usize);
     }
 
     /// Take the bytes back out (for reuse), freeing the id.
     pub fn take(&mut self, id: u32) -> Vec<u8> {
-        assert!(!self.entries[id as usize].in_kernel, "take of heap entry {id} in flight");
+        assert!(
+            !self.entries[id as usize].in_kernel,
+            "take of heap entry {id} in flight"
+        );
         match self.entries.remove(id as usize).data {
             HeapData::Bytes(b) => b,
             HeapData::Addr(_) => Vec::new(),
@@ -460,7 +487,11 @@ impl Ring {
         let mut cq = self.uring.completion();
         cq.sync();
         for e in &mut cq {
-            let c = Cqe { ud: UserData(e.user_data()), res: e.result(), flags: e.flags() };
+            let c = Cqe {
+                ud: UserData(e.user_data()),
+                res: e.result(),
+                flags: e.flags(),
+            };
             if !c.more() {
                 self.inflight = self.inflight.saturating_sub(1);
             }
@@ -504,7 +535,11 @@ impl Ring {
         let ptr = match chunk.src {
             Src::Pool(bid) => {
                 let i = usize::from(bid);
-                assert_eq!(self.pool.state[i], BufState::Held, "send of buffer {bid} not held");
+                assert_eq!(
+                    self.pool.state[i],
+                    BufState::Held,
+                    "send of buffer {bid} not held"
+                );
                 assert!(chunk.off + chunk.len <= self.pool.buf_size);
                 self.pool.state[i] = BufState::Sending;
                 // SAFETY: in bounds of the data mapping (checked above); the buffer is now
@@ -543,7 +578,11 @@ impl Ring {
         match chunk.src {
             Src::Pool(bid) => {
                 let i = usize::from(bid);
-                assert_eq!(self.pool.state[i], BufState::Sending, "send_done of buffer {bid}");
+                assert_eq!(
+                    self.pool.state[i],
+                    BufState::Sending,
+                    "send_done of buffer {bid}"
+                );
                 self.pool.state[i] = BufState::Held;
             }
             Src::Heap(id) => self.heap.complete(id),
@@ -554,15 +593,17 @@ impl Ring {
     /// to [`Ring::connect_done`] when the completion arrives.
     pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, ud: UserData) -> u32 {
         let sa = socket2::SockAddr::from(addr);
-        let id = self
-            .heap
-            .entries
-            .insert(HeapEntry { data: HeapData::Addr(sa), in_kernel: true }) as u32;
+        let id = self.heap.entries.insert(HeapEntry {
+            data: HeapData::Addr(sa),
+            in_kernel: true,
+        }) as u32;
         let (ptr, len) = match &self.heap.entries[id as usize].data {
             HeapData::Addr(sa) => (sa.as_ptr(), sa.len()),
             HeapData::Bytes(_) => unreachable!("entry inserted as an address"),
         };
-        let e = opcode::Connect::new(Fd(fd), ptr.cast(), len).build().user_data(ud.0);
+        let e = opcode::Connect::new(Fd(fd), ptr.cast(), len)
+            .build()
+            .user_data(ud.0);
         self.push(e);
         id
     }
@@ -575,7 +616,9 @@ impl Ring {
 
     /// Cancel every op in flight on `fd`.
     pub fn cancel_fd(&mut self, fd: RawFd, ud: UserData) {
-        let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all()).build().user_data(ud.0);
+        let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(ud.0);
         self.push(e);
     }
 
@@ -589,7 +632,9 @@ impl Ring {
 
     /// `shutdown(fd, SHUT_WR)` through the ring (passes a half-close on).
     pub fn shutdown_write(&mut self, fd: RawFd, ud: UserData) {
-        let e = opcode::Shutdown::new(Fd(fd), libc::SHUT_WR).build().user_data(ud.0);
+        let e = opcode::Shutdown::new(Fd(fd), libc::SHUT_WR)
+            .build()
+            .user_data(ud.0);
         self.push(e);
     }
 }
@@ -601,7 +646,9 @@ impl Drop for Ring {
         if self.inflight == 0 {
             return;
         }
-        let e = opcode::AsyncCancel2::new(CancelBuilder::any()).build().user_data(u64::MAX);
+        let e = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(u64::MAX);
         self.push(e);
         let mut out = Vec::with_capacity(256);
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -671,7 +718,9 @@ pub fn probe() -> Result<TaskrunMode, String> {
         Ok(r) => r,
         Err(e) => {
             let why = match e.raw_os_error() {
-                Some(libc::ENOSYS) => "the kernel has no io_uring (ENOSYS): needs Linux 6.1 or later",
+                Some(libc::ENOSYS) => {
+                    "the kernel has no io_uring (ENOSYS): needs Linux 6.1 or later"
+                }
                 Some(libc::EPERM) => {
                     "io_uring_setup is not permitted (EPERM): kernel.io_uring_disabled = 1 \
                      without the io_uring_group, or a seccomp profile (container runtime) \
@@ -684,10 +733,15 @@ pub fn probe() -> Result<TaskrunMode, String> {
     };
     let mut probe = io_uring::Probe::new();
     if let Err(e) = ring.submitter().register_probe(&mut probe) {
-        return Err(format!("io_uring opcode probe failed ({e}): needs Linux 6.1 or later"));
+        return Err(format!(
+            "io_uring opcode probe failed ({e}): needs Linux 6.1 or later"
+        ));
     }
-    let missing: Vec<&str> =
-        OPCODES_USED.iter().filter(|(c, _)| !probe.is_supported(*c)).map(|(_, n)| *n).collect();
+    let missing: Vec<&str> = OPCODES_USED
+        .iter()
+        .filter(|(c, _)| !probe.is_supported(*c))
+        .map(|(_, n)| *n)
+        .collect();
     if !missing.is_empty() {
         return Err(format!(
             "the kernel's io_uring lacks opcodes {}: needs Linux 6.1 or later",
@@ -695,8 +749,12 @@ pub fn probe() -> Result<TaskrunMode, String> {
         ));
     }
     drop(ring);
-    let r = Ring::new(RingConfig { sq_entries: 8, buffers: 8, buf_size: 4096 })
-        .map_err(|e| format!("io_uring buffer ring registration failed ({e}): needs Linux 5.19+"))?;
+    let r = Ring::new(RingConfig {
+        sq_entries: 8,
+        buffers: 8,
+        buf_size: 4096,
+    })
+    .map_err(|e| format!("io_uring buffer ring registration failed ({e}): needs Linux 5.19+"))?;
     Ok(r.mode())
 }
 
@@ -708,7 +766,14 @@ mod tests {
 
     fn ring() -> Option<Ring> {
         match probe() {
-            Ok(_) => Some(Ring::new(RingConfig { sq_entries: 64, buffers: 16, buf_size: 4096 }).unwrap()),
+            Ok(_) => Some(
+                Ring::new(RingConfig {
+                    sq_entries: 64,
+                    buffers: 16,
+                    buf_size: 4096,
+                })
+                .unwrap(),
+            ),
             Err(e) => {
                 eprintln!("skipping: {e}");
                 None
@@ -736,7 +801,11 @@ mod tests {
         };
         assert_eq!(r.pool.bytes(bid, n), b"hello ring");
         assert_eq!(r.pool.available(), 15);
-        let chunk = Chunk { src: Src::Pool(bid), off: 6, len: n - 6 };
+        let chunk = Chunk {
+            src: Src::Pool(bid),
+            off: 6,
+            len: n - 6,
+        };
         let sud = UserData::new(7, 3, Op::Send, Side::Down);
         r.send(s.as_raw_fd(), chunk, sud);
         loop {
@@ -761,7 +830,9 @@ mod tests {
     #[test]
     #[should_panic(expected = "wrong state")]
     fn double_release_is_caught() {
-        let Some(mut r) = ring() else { panic!("wrong state (no io_uring)") };
+        let Some(mut r) = ring() else {
+            panic!("wrong state (no io_uring)")
+        };
         r.pool.release(0);
     }
 }

@@ -12,7 +12,10 @@ pub struct Slots<T> {
 
 impl<T> Slots<T> {
     pub fn with_capacity(n: usize) -> Slots<T> {
-        Slots { slab: Slab::with_capacity(n), generations: Vec::new() }
+        Slots {
+            slab: Slab::with_capacity(n),
+            generations: Vec::new(),
+        }
     }
 
     /// Insert; returns `(slot, generation)`.

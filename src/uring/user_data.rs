@@ -90,7 +90,11 @@ impl UserData {
     }
 
     pub fn side(self) -> Side {
-        if self.0 & 0x80 != 0 { Side::Up } else { Side::Down }
+        if self.0 & 0x80 != 0 {
+            Side::Up
+        } else {
+            Side::Down
+        }
     }
 
     /// The op kind, or `None` for a word we never encoded (counted as corrupt by callers).
@@ -112,7 +116,14 @@ mod tests {
     fn round_trip_edges() {
         for slot in [0, 1, 12345, u32::MAX - 1, u32::MAX] {
             for generation in [0, 1, GENERATION_MAX] {
-                for op in [Op::Accept, Op::Recv, Op::Send, Op::Connect, Op::Cancel, Op::Shutdown] {
+                for op in [
+                    Op::Accept,
+                    Op::Recv,
+                    Op::Send,
+                    Op::Connect,
+                    Op::Cancel,
+                    Op::Shutdown,
+                ] {
                     for side in [Side::Down, Side::Up] {
                         let ud = UserData::new(slot, generation, op, side);
                         assert_eq!(ud.slot(), slot);

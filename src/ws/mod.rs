@@ -95,11 +95,25 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
     } else {
         None
     };
-    Ok(Some(FrameHeader { fin, rsv, opcode, mask, len, header_len: n }))
+    Ok(Some(FrameHeader {
+        fin,
+        rsv,
+        opcode,
+        mask,
+        len,
+        header_len: n,
+    }))
 }
 
 /// Append a frame header to `out`.
-pub fn write_header(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, len: u64) {
+pub fn write_header(
+    out: &mut Vec<u8>,
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    len: u64,
+) {
     out.push(if fin { 0x80 } else { 0 } | (rsv & 7) << 4 | (opcode & 0x0f));
     let m = if mask.is_some() { 0x80 } else { 0 };
     if len < 126 {
@@ -119,7 +133,12 @@ pub fn write_header(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: u8, mask: Opt
 /// XOR `data` with `mask`, where `data[0]` is byte `offset` of the payload.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
     let rot = (offset % 4) as usize;
-    let m = [mask[rot], mask[(rot + 1) % 4], mask[(rot + 2) % 4], mask[(rot + 3) % 4]];
+    let m = [
+        mask[rot],
+        mask[(rot + 1) % 4],
+        mask[(rot + 2) % 4],
+        mask[(rot + 3) % 4],
+    ];
     let word = u32::from_ne_bytes(m);
     let mut chunks = data.chunks_exact_mut(4);
     for c in &mut chunks {
@@ -209,7 +228,10 @@ mod tests {
 
     #[test]
     fn rfc6455_sample_key() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -219,7 +241,10 @@ mod tests {
                 let mut out = Vec::new();
                 write_header(&mut out, true, 4, opcode::BINARY, mask, len);
                 let h = parse_header(&out).unwrap().unwrap();
-                assert_eq!((h.len, h.mask, h.header_len, h.rsv, h.fin), (len, mask, out.len(), 4, true));
+                assert_eq!(
+                    (h.len, h.mask, h.header_len, h.rsv, h.fin),
+                    (len, mask, out.len(), 4, true)
+                );
                 for cut in 0..out.len() {
                     assert_eq!(parse_header(&out[..cut]), Ok(None));
                 }
@@ -252,7 +277,11 @@ mod tests {
     fn tracker_finds_boundaries_in_any_split() {
         let mut stream = Vec::new();
         for (i, len) in [0usize, 5, 125, 126, 70000].iter().enumerate() {
-            stream.extend(frame(opcode::BINARY, &vec![i as u8; *len], Some([1, 2, 3, 4])));
+            stream.extend(frame(
+                opcode::BINARY,
+                &vec![i as u8; *len],
+                Some([1, 2, 3, 4]),
+            ));
         }
         for step in [1, 2, 3, 13, 14, 1000, stream.len()] {
             let mut t = FrameTracker::default();

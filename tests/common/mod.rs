@@ -32,7 +32,12 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh scratch directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ringway-test-{}-{}-{}", std::process::id(), name, SEQ.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "ringway-test-{}-{}-{}",
+        std::process::id(),
+        name,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -62,7 +67,10 @@ impl Proc {
             if s.contains(needle) {
                 return s;
             }
-            assert!(t.elapsed() < Duration::from_secs(secs), "log never showed {needle:?}:\n{s}");
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "log never showed {needle:?}:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,7 +96,12 @@ impl Drop for Proc {
 pub fn spawn(args: &[&str], dir: &std::path::Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
-    let child = Command::new(BIN).args(args).stdout(Stdio::null()).stderr(f).spawn().expect("start ringway");
+    let child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(f)
+        .spawn()
+        .expect("start ringway");
     Proc { child, log }
 }
 
@@ -100,9 +113,16 @@ pub fn wait_port(addr: SocketAddr, p: &mut Proc) {
             return;
         }
         if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("process exited ({status}) before listening on {addr}:\n{}", p.log_text());
+            panic!(
+                "process exited ({status}) before listening on {addr}:\n{}",
+                p.log_text()
+            );
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "{addr} never listened:\n{}", p.log_text());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{addr} never listened:\n{}",
+            p.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -123,8 +143,17 @@ pub fn echo(addrs: &[SocketAddr], dir: &std::path::Path) -> Proc {
 }
 
 /// A config with one server on `listen` and location `/` to the given upstream servers.
-pub fn config(listen: SocketAddr, servers: &[SocketAddr], extra_location: &str, extra_server: &str, runtime: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("{{ addr = \"{s}\" }}")).collect();
+pub fn config(
+    listen: SocketAddr,
+    servers: &[SocketAddr],
+    extra_location: &str,
+    extra_server: &str,
+    runtime: &str,
+) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{{ addr = \"{s}\" }}"))
+        .collect();
     format!(
         "[runtime]\nworkers = 2\nmax_connections = 5000\n{runtime}\n\n[[upstream]]\nname = \"backend\"\nservers = [{}]\n\n[[server]]\nlisten = [\"{listen}\"]\n{extra_server}\n\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n{extra_location}\n",
         list.join(", ")
@@ -154,8 +183,18 @@ pub fn stack(name: &str, extra_location: &str, extra_server: &str, runtime: &str
     let backends = vec![free_addr(), free_addr()];
     let echo = echo(&backends, &dir);
     let listen = free_addr();
-    let proxy = proxy(&config(listen, &backends, extra_location, extra_server, runtime), listen, &dir);
-    Stack { echo, proxy, listen, backends, dir }
+    let proxy = proxy(
+        &config(listen, &backends, extra_location, extra_server, runtime),
+        listen,
+        &dir,
+    );
+    Stack {
+        echo,
+        proxy,
+        listen,
+        backends,
+        dir,
+    }
 }
 
 /// Send raw bytes, read until the peer closes (or `secs` pass), return what came back.
@@ -169,7 +208,10 @@ pub fn raw_exchange(addr: SocketAddr, send: &[u8], secs: u64) -> Vec<u8> {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) => panic!("no close within {secs}s ({e}); got {:?}", String::from_utf8_lossy(&out)),
+            Err(e) => panic!(
+                "no close within {secs}s ({e}); got {:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     out
@@ -178,7 +220,10 @@ pub fn raw_exchange(addr: SocketAddr, send: &[u8], secs: u64) -> Vec<u8> {
 /// Status code of a raw HTTP response.
 pub fn status_of(resp: &[u8]) -> u16 {
     let s = String::from_utf8_lossy(resp);
-    s.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    s.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 pub type Ws = tungstenite::WebSocket<TcpStream>;
@@ -186,23 +231,33 @@ pub type Ws = tungstenite::WebSocket<TcpStream>;
 /// A WebSocket client connected through `addr` to `path`.
 pub fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
     let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let _ = stream.set_nodelay(true);
     let cfg = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    let (ws, resp) = tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(cfg)).expect("handshake");
+    let (ws, resp) =
+        tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(cfg))
+            .expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
 }
 
 /// One echo round trip of a binary message.
 pub fn ws_echo(ws: &mut Ws, payload: Vec<u8>) {
-    ws.send(tungstenite::Message::binary(payload.clone())).unwrap();
+    ws.send(tungstenite::Message::binary(payload.clone()))
+        .unwrap();
     loop {
         match ws.read().unwrap() {
             tungstenite::Message::Binary(b) => {
-                assert!(b[..] == payload[..], "echo differs: {} vs {} bytes", b.len(), payload.len());
+                assert!(
+                    b[..] == payload[..],
+                    "echo differs: {} vs {} bytes",
+                    b.len(),
+                    payload.len()
+                );
                 return;
             }
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
@@ -233,7 +288,11 @@ impl RawWs {
                 break i + 4;
             }
             let n = s.read(&mut tmp).unwrap();
-            assert!(n > 0, "closed during handshake: {:?}", String::from_utf8_lossy(&buf));
+            assert!(
+                n > 0,
+                "closed during handshake: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&tmp[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
