@@ -38,6 +38,115 @@ enum Command {
         #[arg(short, long, default_value = "auto")]
         workers: String,
     },
+    /// WebSocket load generator: throughput, connect rate, or idle connections with heartbeats.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum BenchMode {
+    /// C connections echoing S-byte messages (closed loop, or open loop with --rate).
+    Throughput,
+    /// N full handshakes (each then closed cleanly) at concurrency C.
+    Connect,
+    /// N connections opened at --rate/s and held with heartbeats.
+    Idle,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: BenchMode,
+    /// ws://IP:PORT/path to connect to.
+    #[arg(short, long)]
+    target: String,
+    /// Connections (throughput, idle) or concurrency (connect).
+    #[arg(short, long, default_value_t = 100)]
+    connections: usize,
+    /// Handshakes in total (connect mode).
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    count: usize,
+    /// Message size in bytes (throughput).
+    #[arg(short, long, default_value_t = 64)]
+    size: usize,
+    /// Measured time (throughput).
+    #[arg(short, long, default_value = "10s")]
+    duration: String,
+    /// Time before measuring (throughput).
+    #[arg(long, default_value = "2s")]
+    warmup: String,
+    /// throughput: total messages per second, open loop (0: closed loop). idle: connections opened per second (0: all at once).
+    #[arg(short, long, default_value_t = 0.0)]
+    rate: f64,
+    /// How long to hold the connections (idle).
+    #[arg(long, default_value = "30s")]
+    hold: String,
+    /// Heartbeat period per connection (idle).
+    #[arg(long, default_value = "25s")]
+    interval: String,
+    /// Source addresses for the sockets, as a CIDR (e.g. 127.0.0.0/16).
+    #[arg(long)]
+    source: Option<String>,
+    /// Worker threads ("auto": one per core).
+    #[arg(short, long, default_value = "auto")]
+    workers: String,
+    /// Connect + handshake timeout per connection (also: a heartbeat unanswered this long is lost).
+    #[arg(long, default_value = "10s")]
+    timeout: String,
+    /// idle: write the number of open connections to this file once all are open (holding).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Print one JSON object on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
+    ringway::config::parse_duration(s).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+}
+
+/// Run the load generator; exit 0 when nothing failed, 1 when something did.
+fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    use ringway::tools::bench::{Mode, Opts, Target, parse_source, run};
+    let opts = Opts {
+        mode: match a.mode {
+            BenchMode::Throughput => Mode::Throughput,
+            BenchMode::Connect => Mode::Connect,
+            BenchMode::Idle => Mode::Idle,
+        },
+        target: Target::parse(&a.target)?,
+        connections: a.connections,
+        count: a.count,
+        size: a.size,
+        duration: duration_arg("duration", &a.duration)?,
+        warmup: duration_arg("warmup", &a.warmup)?,
+        rate: a.rate,
+        hold: duration_arg("hold", &a.hold)?,
+        interval: duration_arg("interval", &a.interval)?,
+        source: match &a.source {
+            Some(s) => parse_source(s)?,
+            None => Vec::new(),
+        },
+        workers: workers_arg(&a.workers)?,
+        timeout: duration_arg("timeout", &a.timeout)?,
+        ready_file: a.ready_file,
+        progress: !a.quiet,
+    };
+    let report = run(opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+    }
+    let bad = report.failed > 0 || report.heartbeats_lost > 0 || !report.errors.is_empty();
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn init_logging() {
@@ -83,6 +192,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             }
+        }
+        Command::Bench(a) => {
+            return match bench(a) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("ringway bench: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Echo { listen, workers } => {
             init_logging();

@@ -1,2 +1,3 @@
-//! The tools around the proxy: the echo backend (and, later, the load generator and demo).
+//! The tools around the proxy: the echo backend and the load generator.
+pub mod bench;
 pub mod echo;

@@ -258,13 +258,17 @@ impl Drop for BufPool {
 }
 
 enum HeapData {
+    /// The bytes live in the Vec's own allocation, which stays put when the slab grows.
     Bytes(Vec<u8>),
-    Addr(socket2::SockAddr),
+    /// Boxed for the same reason: the kernel may read the address after the slab has moved.
+    Addr(Box<socket2::SockAddr>),
 }
 
 struct HeapEntry {
     data: HeapData,
-    in_kernel: bool,
+    /// Ops in flight naming this entry. Several sends may read the same bytes at once (a
+    /// frame every connection of the load generator sends); nothing may free it meanwhile.
+    in_kernel: u32,
 }
 
 /// Bytes and socket addresses that an SQE points at, owned here until their completion.
@@ -278,7 +282,7 @@ impl HeapStore {
     pub fn put(&mut self, bytes: Vec<u8>) -> u32 {
         self.entries.insert(HeapEntry {
             data: HeapData::Bytes(bytes),
-            in_kernel: false,
+            in_kernel: 0,
         }) as u32
     }
 
@@ -301,14 +305,17 @@ impl HeapStore {
     /// The op naming entry `id` has completed.
     pub fn complete(&mut self, id: u32) {
         let e = &mut self.entries[id as usize];
-        assert!(e.in_kernel, "completion for heap entry {id} not in flight");
-        e.in_kernel = false;
+        assert!(
+            e.in_kernel > 0,
+            "completion for heap entry {id} not in flight"
+        );
+        e.in_kernel -= 1;
     }
 
     /// Free entry `id`; it must not be named by an op in flight.
     pub fn free(&mut self, id: u32) {
         assert!(
-            !self.entries[id as usize].in_kernel,
+            self.entries[id as usize].in_kernel == 0,
             "free of heap entry {id} in flight"
         );
         self.entries.remove(id as usize);
@@ -317,7 +324,7 @@ impl HeapStore {
     /// Take the bytes back out (for reuse), freeing the id.
     pub fn take(&mut self, id: u32) -> Vec<u8> {
         assert!(
-            !self.entries[id as usize].in_kernel,
+            self.entries[id as usize].in_kernel == 0,
             "take of heap entry {id} in flight"
         );
         match self.entries.remove(id as usize).data {
@@ -553,13 +560,12 @@ impl Ring {
             }
             Src::Heap(id) => {
                 let e = &mut self.heap.entries[id as usize];
-                assert!(!e.in_kernel, "heap entry {id} sent twice");
-                e.in_kernel = true;
+                e.in_kernel += 1;
                 match &e.data {
                     HeapData::Bytes(b) => {
                         assert!((chunk.off + chunk.len) as usize <= b.len());
                         // SAFETY: in bounds (checked); the Vec is neither freed nor resized
-                        // while in_kernel is set (asserted in free/take).
+                        // while in_kernel is non-zero (asserted in free/take).
                         unsafe { b.as_ptr().add(chunk.off as usize) }
                     }
                     HeapData::Addr(_) => panic!("send of an address entry"),
@@ -594,8 +600,8 @@ impl Ring {
     pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, ud: UserData) -> u32 {
         let sa = socket2::SockAddr::from(addr);
         let id = self.heap.entries.insert(HeapEntry {
-            data: HeapData::Addr(sa),
-            in_kernel: true,
+            data: HeapData::Addr(Box::new(sa)),
+            in_kernel: 1,
         }) as u32;
         let (ptr, len) = match &self.heap.entries[id as usize].data {
             HeapData::Addr(sa) => (sa.as_ptr(), sa.len()),

@@ -1,0 +1,1404 @@
+//! `ringway bench`: a WebSocket load generator on the same ring module as the proxy, one
+//! worker per core, so the load side is not the bottleneck.
+//!
+//! Modes (each bounded in time and count, ending by itself):
+//! - `throughput`: C connections, each sending a masked S-byte message and waiting for its
+//!   echo (closed loop), or sending on a fixed total rate (open loop, `--rate`); after a
+//!   warm-up, D seconds are measured: messages/s, bytes/s, latency percentiles (HDR).
+//! - `connect`: N full handshakes at concurrency C, each followed by a clean close;
+//!   handshakes/s and handshake latency percentiles.
+//! - `idle`: N connections opened at `--rate` per second, held for H seconds while each sends a
+//!   `{"type":"ping"}` heartbeat every P seconds; established / alive at the end / errors and
+//!   heartbeat round trips. `--ready-file` is written when all are open (for memory probes).
+//!
+//! Each socket can bind a source address from `--source CIDR` with IP_BIND_ADDRESS_NO_PORT, so
+//! hundreds of thousands of connections are not limited by one address's ephemeral ports.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::uring::slots::Slots;
+use crate::uring::timer::TimerWheel;
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UserData};
+use crate::ws::{self, opcode};
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Throughput,
+    Connect,
+    Idle,
+}
+
+/// A `ws://host:port/path` target.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+impl Target {
+    /// Parse `ws://IP:PORT/path` (host names are not resolved; use an address).
+    pub fn parse(s: &str) -> anyhow::Result<Target> {
+        let rest = s
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow::anyhow!("target {s:?}: expected ws://IP:PORT/path"))?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr: SocketAddr = hostport
+            .parse()
+            .map_err(|_| anyhow::anyhow!("target {s:?}: {hostport:?} is not IP:PORT"))?;
+        Ok(Target {
+            addr,
+            host: hostport.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Source addresses from a CIDR such as `127.0.0.0/16` (network and broadcast skipped when the
+/// block has more than two addresses).
+pub fn parse_source(s: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let (ip, bits) = s.split_once('/').unwrap_or((s, "32"));
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("--source {s:?}: not an IPv4 address"))?;
+    let bits: u32 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b <= 32)
+        .ok_or_else(|| anyhow::anyhow!("--source {s:?}: bad prefix length"))?;
+    let size = 1u64 << (32 - bits);
+    let base = u32::from(ip)
+        & if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+    let (first, last) = if size > 2 { (1, size - 1) } else { (0, size) };
+    let n = (last - first).min(1 << 20);
+    Ok((first..first + n)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i as u32)))
+        .collect())
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub mode: Mode,
+    pub target: Target,
+    pub connections: usize,
+    pub count: usize,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// throughput: total messages/s (0: closed loop); idle: new connections per second.
+    pub rate: f64,
+    pub hold: Duration,
+    pub interval: Duration,
+    pub source: Vec<IpAddr>,
+    pub workers: usize,
+    pub timeout: Duration,
+    pub ready_file: Option<std::path::PathBuf>,
+    pub progress: bool,
+}
+
+// Phases, set by the coordinator, read by workers (0: opening).
+const WARMUP: u8 = 1;
+const MEASURE: u8 = 2;
+const STOP: u8 = 3;
+
+/// Live counters shared by the workers and the coordinator (for progress and phase changes).
+#[derive(Default)]
+struct Shared {
+    phase: AtomicU8,
+    open: AtomicU64,
+    established: AtomicU64,
+    failed: AtomicU64,
+    messages: AtomicU64,
+    done: AtomicU64,
+}
+
+/// A worker's result.
+struct Part {
+    hist: Histogram<u64>,
+    messages: u64,
+    bytes: u64,
+    established: u64,
+    failed: u64,
+    alive: u64,
+    errors: BTreeMap<String, u64>,
+    hb_sent: u64,
+    hb_echoed: u64,
+    hb_lost: u64,
+    closed_clean: u64,
+}
+
+/// The report printed at the end (and as JSON with `--json`).
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub target: String,
+    pub workers: usize,
+    pub connections: usize,
+    pub established: u64,
+    pub failed: u64,
+    pub alive_at_end: u64,
+    pub size: usize,
+    pub seconds: f64,
+    pub messages: u64,
+    pub messages_per_sec: f64,
+    pub bytes_per_sec: f64,
+    pub handshakes_per_sec: f64,
+    pub closed_clean: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_echoed: u64,
+    pub heartbeats_lost: u64,
+    pub latency_us: Latency,
+    pub errors: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Latency {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            count: h.len(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+impl Report {
+    /// The human summary.
+    pub fn human(&self) -> String {
+        let mut o = format!(
+            "{} {}: {} workers, {} connections established, {} failed, {} alive at end\n",
+            self.mode, self.target, self.workers, self.established, self.failed, self.alive_at_end
+        );
+        match self.mode.as_str() {
+            "throughput" => o.push_str(&format!(
+                "  {} messages of {} B in {:.2}s: {:.0} msg/s, {:.1} MB/s\n",
+                self.messages,
+                self.size,
+                self.seconds,
+                self.messages_per_sec,
+                self.bytes_per_sec / 1e6
+            )),
+            "connect" => o.push_str(&format!(
+                "  {} handshakes in {:.2}s: {:.0}/s; {} closed cleanly\n",
+                self.established, self.seconds, self.handshakes_per_sec, self.closed_clean
+            )),
+            _ => o.push_str(&format!(
+                "  heartbeats: {} sent, {} echoed, {} lost\n",
+                self.heartbeats_sent, self.heartbeats_echoed, self.heartbeats_lost
+            )),
+        }
+        let l = &self.latency_us;
+        o.push_str(&format!(
+            "  latency µs: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        ));
+        for (k, v) in &self.errors {
+            o.push_str(&format!("  error {k}: {v}\n"));
+        }
+        o
+    }
+}
+
+/// Raise RLIMIT_NOFILE for `conns` sockets, or explain what to raise.
+fn ensure_fds(conns: usize) -> anyhow::Result<()> {
+    let want = conns as u64 + 64;
+    let got = crate::runtime::raise_nofile(want);
+    if got < want {
+        bail!(
+            "{conns} connections need {want} file descriptors but RLIMIT_NOFILE allows {got}: \
+             raise it (ulimit -n / LimitNOFILE) or split the load over several `ringway bench` processes"
+        );
+    }
+    Ok(())
+}
+
+/// Run a benchmark and return its report.
+pub fn run(opts: Opts) -> anyhow::Result<Report> {
+    if let Err(why) = crate::uring::probe() {
+        bail!("{why}");
+    }
+    let conns_in_use = match opts.mode {
+        Mode::Connect => opts.connections.min(opts.count),
+        _ => opts.connections,
+    };
+    if conns_in_use == 0 {
+        bail!("nothing to do: --connections (and --count for connect) must be > 0");
+    }
+    ensure_fds(conns_in_use)?;
+    let workers = opts.workers.clamp(1, conns_in_use);
+    let shared = Arc::new(Shared::default());
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let share = |n: usize| n / workers + usize::from(w < n % workers);
+        let plan = Plan {
+            conns: share(opts.connections),
+            count: share(opts.count),
+            rate: opts.rate / workers as f64,
+            source: opts
+                .source
+                .iter()
+                .copied()
+                .skip(w)
+                .step_by(workers)
+                .collect(),
+        };
+        let (opts, shared) = (opts.clone(), shared.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("bench-w{w}"))
+                .spawn(move || -> anyhow::Result<Part> {
+                    let ring = Ring::new(RingConfig {
+                        sq_entries: 2048,
+                        buffers: 4096,
+                        buf_size: 16 * 1024,
+                    })
+                    .context("setting up io_uring")?;
+                    BenchWorker::new(ring, opts, plan, shared, start)?.run()
+                })?,
+        );
+    }
+    let seconds = coordinate(&opts, &shared, start, conns_in_use, workers);
+    let mut parts = Vec::new();
+    for h in handles {
+        parts.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("bench worker panicked"))??,
+        );
+    }
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
+    let mut errors = BTreeMap::new();
+    let (mut messages, mut bytes, mut established, mut failed, mut alive) = (0, 0, 0, 0, 0);
+    let (mut hb_sent, mut hb_echoed, mut hb_lost, mut closed_clean) = (0, 0, 0, 0);
+    for p in &parts {
+        hist.add(&p.hist).expect("same bounds");
+        messages += p.messages;
+        bytes += p.bytes;
+        established += p.established;
+        failed += p.failed;
+        alive += p.alive;
+        hb_sent += p.hb_sent;
+        hb_echoed += p.hb_echoed;
+        hb_lost += p.hb_lost;
+        closed_clean += p.closed_clean;
+        for (k, v) in &p.errors {
+            *errors.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    let report = Report {
+        mode: match opts.mode {
+            Mode::Throughput => "throughput",
+            Mode::Connect => "connect",
+            Mode::Idle => "idle",
+        }
+        .into(),
+        target: format!("ws://{}{}", opts.target.host, opts.target.path),
+        workers,
+        connections: opts.connections,
+        established,
+        failed,
+        alive_at_end: alive,
+        size: opts.size,
+        seconds,
+        messages,
+        messages_per_sec: if seconds > 0.0 {
+            messages as f64 / seconds
+        } else {
+            0.0
+        },
+        bytes_per_sec: if seconds > 0.0 {
+            bytes as f64 / seconds
+        } else {
+            0.0
+        },
+        handshakes_per_sec: if opts.mode == Mode::Connect && seconds > 0.0 {
+            established as f64 / seconds
+        } else {
+            0.0
+        },
+        closed_clean,
+        heartbeats_sent: hb_sent,
+        heartbeats_echoed: hb_echoed,
+        heartbeats_lost: hb_lost,
+        latency_us: Latency::of(&hist),
+        errors,
+    };
+    if established == 0 {
+        let why = report
+            .errors
+            .iter()
+            .max_by_key(|(_, v)| **v)
+            .map(|(k, v)| format!("{k} ({v} of {failed})"))
+            .unwrap_or_else(|| "no connection completed".into());
+        bail!("no connection to {} succeeded: {why}", report.target);
+    }
+    Ok(report)
+}
+
+/// Drive the phases; return the measured seconds.
+fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, workers: usize) -> f64 {
+    let total = match opts.mode {
+        Mode::Connect => opts.count as u64,
+        _ => conns as u64,
+    };
+    // Opening may take N/rate plus slack; every wait below is bounded.
+    let open_limit = match opts.mode {
+        Mode::Idle if opts.rate > 0.0 => {
+            Duration::from_secs_f64(total as f64 / opts.rate)
+                + opts.timeout
+                + Duration::from_secs(10)
+        }
+        Mode::Connect => Duration::from_secs(3600),
+        _ => opts.timeout + Duration::from_secs(10),
+    };
+    let mut last_progress = Instant::now();
+    let progress = |label: &str, since: Instant| {
+        if opts.progress {
+            eprintln!(
+                "[{:>6.1}s] {label}: open {} established {} failed {} messages {}",
+                since.elapsed().as_secs_f64(),
+                shared.open.load(Ordering::Relaxed),
+                shared.established.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed),
+                shared.messages.load(Ordering::Relaxed),
+            );
+        }
+    };
+    let tick = |last: &mut Instant, label: &str| {
+        std::thread::sleep(Duration::from_millis(20));
+        if last.elapsed() >= Duration::from_secs(1) {
+            *last = Instant::now();
+            progress(label, start);
+        }
+    };
+    if opts.mode == Mode::Connect {
+        while shared.done.load(Ordering::Relaxed) < workers as u64 && start.elapsed() < open_limit {
+            tick(&mut last_progress, "connect");
+        }
+        let secs = start.elapsed().as_secs_f64();
+        shared.phase.store(STOP, Ordering::Relaxed);
+        return secs;
+    }
+    // Open everything.
+    while shared.established.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < total
+        && start.elapsed() < open_limit
+    {
+        tick(&mut last_progress, "opening");
+    }
+    progress("opened", start);
+    match opts.mode {
+        Mode::Throughput => {
+            shared.phase.store(WARMUP, Ordering::Relaxed);
+            let w = Instant::now();
+            while w.elapsed() < opts.warmup {
+                tick(&mut last_progress, "warm-up");
+            }
+            let m = Instant::now();
+            shared.phase.store(MEASURE, Ordering::Relaxed);
+            while m.elapsed() < opts.duration {
+                tick(&mut last_progress, "measuring");
+            }
+            let secs = m.elapsed().as_secs_f64();
+            shared.phase.store(STOP, Ordering::Relaxed);
+            secs
+        }
+        Mode::Idle => {
+            if let Some(f) = &opts.ready_file {
+                let _ = std::fs::write(
+                    f,
+                    format!("{}\n", shared.established.load(Ordering::Relaxed)),
+                );
+            }
+            shared.phase.store(MEASURE, Ordering::Relaxed);
+            let h = Instant::now();
+            while h.elapsed() < opts.hold {
+                tick(&mut last_progress, "holding");
+            }
+            let secs = h.elapsed().as_secs_f64();
+            shared.phase.store(STOP, Ordering::Relaxed);
+            secs
+        }
+        Mode::Connect => unreachable!(),
+    }
+}
+
+/// One worker's share.
+struct Plan {
+    conns: usize,
+    count: usize,
+    rate: f64,
+    source: Vec<IpAddr>,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    Connecting,
+    Handshake,
+    Open,
+    /// Close frame sent; waiting for the echo of it.
+    Closing,
+    /// Cancelling and closing the socket.
+    Dead,
+}
+
+struct BConn {
+    fd: RawFd,
+    phase: Phase,
+    ops: u8,
+    recv_on: bool,
+    sending: Option<Chunk>,
+    out: VecDeque<Chunk>,
+    head: Vec<u8>,
+    /// Incoming frame header bytes, and what is left of the current frame's payload.
+    rx_hdr: [u8; ws::MAX_HEADER],
+    rx_have: u8,
+    rx_left: u64,
+    rx_op: u8,
+    rx_fin: bool,
+    /// Send times (µs) of messages whose echo has not come back, oldest first.
+    sent_at: VecDeque<u64>,
+    started_us: u64,
+    next_us: u64,
+    timer_at: u64,
+    addr_id: Option<u32>,
+    errored: bool,
+}
+
+struct BenchWorker {
+    ring: Ring,
+    opts: Opts,
+    plan: Plan,
+    shared: Arc<Shared>,
+    conns: Slots<BConn>,
+    wheel: TimerWheel,
+    start: Instant,
+    now_us: u64,
+    /// Shared bytes: the handshake request, the message frame, the heartbeat, a Close.
+    handshake: u32,
+    message: u32,
+    message_len: u32,
+    heartbeat: u32,
+    close: u32,
+    accept_key: String,
+    payload: Vec<u8>,
+    hist: Histogram<u64>,
+    messages: u64,
+    bytes: u64,
+    established: u64,
+    failed: u64,
+    started: usize,
+    errors: BTreeMap<String, u64>,
+    hb_sent: u64,
+    hb_echoed: u64,
+    closed_clean: u64,
+    src_next: usize,
+    cqes: Vec<Cqe>,
+    fired: Vec<((u32, u32), u64)>,
+    next_open_us: u64,
+    alive_at_stop: u64,
+    hb_lost: u64,
+    rearm: Vec<(u32, u32)>,
+    connecting: usize,
+}
+
+const KEY: &str = "cmluZ3dheS1iZW5jaC1rZXk=";
+
+impl BenchWorker {
+    fn new(
+        mut ring: Ring,
+        opts: Opts,
+        plan: Plan,
+        shared: Arc<Shared>,
+        start: Instant,
+    ) -> anyhow::Result<BenchWorker> {
+        let t = &opts.target;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ringway-bench\r\n\r\n",
+            t.path, t.host
+        );
+        let payload: Vec<u8> = (0..opts.size).map(|i| b'a' + (i % 26) as u8).collect();
+        let mask = [0x5a, 0x17, 0xc3, 0x88];
+        let frame = ws::frame(opcode::BINARY, &payload, Some(mask));
+        let message_len = frame.len() as u32;
+        let handshake = ring.heap.put(req.into_bytes());
+        let message = ring.heap.put(frame);
+        let heartbeat = ring
+            .heap
+            .put(ws::frame(opcode::TEXT, br#"{"type":"ping"}"#, Some(mask)));
+        let close = ring.heap.put(ws::frame(
+            opcode::CLOSE,
+            &ws::close_payload(1000, ""),
+            Some(mask),
+        ));
+        let tick = if opts.rate > 0.0 && opts.mode == Mode::Throughput {
+            1
+        } else {
+            10
+        };
+        Ok(BenchWorker {
+            ring,
+            conns: Slots::with_capacity(plan.conns.max(1)),
+            wheel: TimerWheel::new(tick, 8192, 0),
+            start,
+            now_us: start.elapsed().as_micros() as u64,
+            handshake,
+            message,
+            message_len,
+            heartbeat,
+            close,
+            accept_key: ws::accept_key(KEY.as_bytes()),
+            payload,
+            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+            messages: 0,
+            bytes: 0,
+            established: 0,
+            failed: 0,
+            started: 0,
+            errors: BTreeMap::new(),
+            hb_sent: 0,
+            hb_echoed: 0,
+            closed_clean: 0,
+            src_next: 0,
+            cqes: Vec::with_capacity(512),
+            fired: Vec::new(),
+            next_open_us: 0,
+            alive_at_stop: 0,
+            hb_lost: 0,
+            rearm: Vec::new(),
+            connecting: 0,
+            opts,
+            plan,
+            shared,
+        })
+    }
+
+    fn phase(&self) -> u8 {
+        self.shared.phase.load(Ordering::Relaxed)
+    }
+
+    fn error(&mut self, kind: String) {
+        *self.errors.entry(kind).or_insert(0) += 1;
+    }
+
+    /// How many connections this worker should open in total.
+    fn to_open(&self) -> usize {
+        match self.opts.mode {
+            Mode::Connect => self.plan.count,
+            _ => self.plan.conns,
+        }
+    }
+
+    fn run(mut self) -> anyhow::Result<Part> {
+        let tick = Duration::from_millis(self.wheel.tick_ms());
+        let mut stopping = false;
+        let mut reported = false;
+        loop {
+            self.now_us = self.start.elapsed().as_micros() as u64;
+            if !stopping {
+                self.open_more();
+            }
+            if !stopping && self.phase() == STOP {
+                stopping = true;
+                self.tally_at_stop();
+                for k in self.conns.keys() {
+                    self.kill(k, None);
+                }
+            }
+            if stopping && self.conns.is_empty() {
+                break;
+            }
+            if self.opts.mode == Mode::Connect
+                && !reported
+                && self.started >= self.plan.count
+                && self.conns.is_empty()
+            {
+                // This worker's share is done; the coordinator stops when every worker is.
+                reported = true;
+                self.shared.done.fetch_add(1, Ordering::Relaxed);
+            }
+            self.ring.submit_and_wait(tick)?;
+            self.now_us = self.start.elapsed().as_micros() as u64;
+            let mut cqes = std::mem::take(&mut self.cqes);
+            self.ring.reap(&mut cqes);
+            for c in &cqes {
+                self.dispatch(*c);
+            }
+            self.cqes = cqes;
+            self.timers();
+        }
+        Ok(Part {
+            hist: self.hist,
+            messages: self.messages,
+            bytes: self.bytes,
+            established: self.established,
+            failed: self.failed,
+            alive: self.alive_at_stop,
+            errors: self.errors,
+            hb_sent: self.hb_sent,
+            hb_echoed: self.hb_echoed,
+            hb_lost: self.hb_lost,
+            closed_clean: self.closed_clean,
+        })
+    }
+}
+
+fn ud(slot: u32, generation: u32, op: Op) -> UserData {
+    UserData::new(slot, generation, op, Side::Down)
+}
+
+/// The errno's short name, for error kinds.
+fn errno(e: i32) -> String {
+    crate::session::errno_name(e)
+}
+
+impl BenchWorker {
+    /// Start connections as the mode allows: all at once (bounded connects in flight), at a
+    /// rate (idle), or keeping C in flight until N are done (connect).
+    fn open_more(&mut self) {
+        if self.phase() == STOP {
+            return;
+        }
+        const CONNECTING_MAX: usize = 512;
+        let interval_us = if self.opts.mode == Mode::Idle && self.plan.rate > 0.0 {
+            (1e6 / self.plan.rate) as u64
+        } else {
+            0
+        };
+        while self.started < self.to_open() && self.connecting < CONNECTING_MAX {
+            if self.opts.mode == Mode::Connect && self.conns.len() >= self.plan.conns.max(1) {
+                break;
+            }
+            if interval_us > 0 {
+                if self.now_us < self.next_open_us {
+                    break;
+                }
+                self.next_open_us = self
+                    .next_open_us
+                    .max(self.now_us.saturating_sub(interval_us * 8))
+                    + interval_us;
+            }
+            self.started += 1;
+            if let Err(kind) = self.start_conn() {
+                self.failed += 1;
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                self.error(kind);
+            }
+        }
+    }
+
+    fn start_conn(&mut self) -> Result<(), String> {
+        let target = self.opts.target.addr;
+        let sock = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(|e| format!("socket:{}", errno(e.raw_os_error().unwrap_or(0))))?;
+        if !self.plan.source.is_empty() {
+            let src = self.plan.source[self.src_next % self.plan.source.len()];
+            self.src_next += 1;
+            let _ = nix::sys::socket::setsockopt(
+                &sock,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            );
+            sock.bind(&SocketAddr::new(src, 0).into())
+                .map_err(|e| format!("bind:{}", errno(e.raw_os_error().unwrap_or(0))))?;
+        }
+        let _ = sock.set_tcp_nodelay(true);
+        let fd = sock.into_raw_fd();
+        let now = self.now_us;
+        let (slot, generation) = self.conns.insert(|_, _| BConn {
+            fd,
+            phase: Phase::Connecting,
+            ops: 1,
+            recv_on: false,
+            sending: None,
+            out: VecDeque::new(),
+            head: Vec::new(),
+            rx_hdr: [0; ws::MAX_HEADER],
+            rx_have: 0,
+            rx_left: 0,
+            rx_op: 0,
+            rx_fin: false,
+            sent_at: VecDeque::new(),
+            started_us: now,
+            next_us: 0,
+            timer_at: 0,
+            addr_id: None,
+            errored: false,
+        });
+        let id = self
+            .ring
+            .connect(fd, target, ud(slot, generation, Op::Connect));
+        self.conns
+            .get_mut(slot, generation)
+            .expect("just inserted")
+            .addr_id = Some(id);
+        self.connecting += 1;
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
+        self.schedule(slot, generation);
+        Ok(())
+    }
+
+    /// When a connection next needs attention without I/O, in µs.
+    fn deadline(c: &BConn, timeout_us: u64) -> Option<u64> {
+        let t = timeout_us;
+        match c.phase {
+            Phase::Connecting | Phase::Handshake | Phase::Closing => Some(c.started_us + t),
+            Phase::Open if c.next_us > 0 => Some(c.next_us),
+            _ => None,
+        }
+    }
+
+    fn schedule(&mut self, slot: u32, generation: u32) {
+        let t = self.opts.timeout.as_micros() as u64;
+        let Some(c) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(d) = Self::deadline(c, t) else {
+            return;
+        };
+        let d_ms = d.div_ceil(1000);
+        if c.timer_at == 0 || d_ms < c.timer_at {
+            c.timer_at = d_ms;
+            self.wheel.insert((slot, generation), d_ms);
+        }
+    }
+
+    fn timers(&mut self) {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel.advance(self.now_us / 1000, &mut fired);
+        for &((slot, generation), due) in &fired {
+            let Some(c) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            if c.timer_at != due {
+                continue;
+            }
+            c.timer_at = 0;
+            self.on_timer(slot, generation);
+            if self.conns.get_mut(slot, generation).is_some() {
+                self.schedule(slot, generation);
+            }
+        }
+        self.fired = fired;
+        for (slot, generation) in std::mem::take(&mut self.rearm) {
+            if let Some(c) = self.conns.get_mut(slot, generation)
+                && !c.recv_on
+                && c.phase != Phase::Dead
+            {
+                c.recv_on = true;
+                c.ops += 1;
+                let fd = c.fd;
+                self.ring.recv_multi(fd, ud(slot, generation, Op::Recv));
+            }
+        }
+    }
+
+    fn on_timer(&mut self, slot: u32, generation: u32) {
+        let now = self.now_us;
+        let phase = self.phase();
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        match c.phase {
+            Phase::Connecting | Phase::Handshake
+                if now >= c.started_us + self.opts.timeout.as_micros() as u64 =>
+            {
+                let kind = if c.phase == Phase::Connecting {
+                    "connect:timeout"
+                } else {
+                    "handshake:timeout"
+                };
+                self.fail(slot, generation, kind.into());
+            }
+            Phase::Closing if now >= c.started_us + self.opts.timeout.as_micros() as u64 => {
+                self.error("close:timeout".into());
+                self.kill(slot, Some(generation));
+            }
+            Phase::Open if c.next_us > 0 && now >= c.next_us && phase != STOP => {
+                match self.opts.mode {
+                    Mode::Idle => {
+                        let interval = self.opts.interval.as_micros() as u64;
+                        c.next_us += interval.max(1000);
+                        c.sent_at.push_back(now);
+                        self.hb_sent += 1;
+                        let (id, len) = (self.heartbeat, self.ring.heap.len(self.heartbeat) as u32);
+                        self.send(
+                            slot,
+                            generation,
+                            Chunk {
+                                src: Src::Heap(id),
+                                off: 0,
+                                len,
+                            },
+                        );
+                    }
+                    _ => {
+                        // Open loop: every send that fell due, stamped with its scheduled time.
+                        let interval =
+                            (1e6 / (self.plan.rate / self.plan.conns.max(1) as f64)) as u64;
+                        let mut due = Vec::new();
+                        while c.next_us <= now && due.len() < 1000 {
+                            due.push(c.next_us);
+                            c.next_us += interval.max(1);
+                        }
+                        c.sent_at.extend(due.iter().copied());
+                        for _ in due {
+                            self.send(
+                                slot,
+                                generation,
+                                Chunk {
+                                    src: Src::Heap(self.message),
+                                    off: 0,
+                                    len: self.message_len,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A connection failed before (or while) being established.
+    fn fail(&mut self, slot: u32, generation: u32, kind: String) {
+        if let Some(c) = self.conns.get_mut(slot, generation) {
+            if matches!(c.phase, Phase::Connecting | Phase::Handshake) {
+                self.failed += 1;
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            c.errored = true;
+        }
+        self.error(kind);
+        self.kill(slot, Some(generation));
+    }
+
+    /// Close a connection: cancel its ops; the fd is closed when they are back.
+    fn kill(&mut self, slot: u32, generation: Option<u32>) {
+        let Some((g, c)) = self.conns.get_any_mut(slot) else {
+            return;
+        };
+        if generation.is_some_and(|x| x != g) {
+            return;
+        }
+        if c.phase == Phase::Connecting {
+            self.connecting -= 1;
+        }
+        if c.phase != Phase::Dead {
+            c.phase = Phase::Dead;
+            if c.ops > 0 {
+                c.ops += 1;
+                let fd = c.fd;
+                self.ring.cancel_fd(fd, ud(slot, g, Op::Cancel));
+            }
+        }
+        self.reap_conn(slot, g);
+    }
+
+    fn reap_conn(&mut self, slot: u32, generation: u32) {
+        let Some(c) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if c.phase != Phase::Dead || c.ops > 0 {
+            return;
+        }
+        let c = self.conns.remove(slot);
+        for ch in c.out {
+            self.release(ch);
+        }
+        let _ = nix::unistd::close(c.fd);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn is_shared(&self, id: u32) -> bool {
+        id == self.handshake || id == self.message || id == self.heartbeat || id == self.close
+    }
+
+    fn release(&mut self, ch: Chunk) {
+        if let Src::Heap(id) = ch.src
+            && !self.is_shared(id)
+        {
+            self.ring.heap.free(id);
+        }
+    }
+
+    fn send(&mut self, slot: u32, generation: u32, ch: Chunk) {
+        let Some(c) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if c.phase == Phase::Dead {
+            return self.release(ch);
+        }
+        if c.sending.is_some() {
+            c.out.push_back(ch);
+            return;
+        }
+        c.sending = Some(ch);
+        c.ops += 1;
+        let fd = c.fd;
+        self.ring.send(fd, ch, ud(slot, generation, Op::Send));
+    }
+
+    /// Statistics taken when the coordinator says stop: who is alive, which heartbeats are lost.
+    fn tally_at_stop(&mut self) {
+        let t = self.opts.timeout.as_micros() as u64;
+        let now = self.now_us;
+        for k in self.conns.keys() {
+            let Some((_, c)) = self.conns.get_any_mut(k) else {
+                continue;
+            };
+            if c.phase == Phase::Open && !c.errored {
+                self.alive_at_stop += 1;
+            }
+            if self.opts.mode == Mode::Idle {
+                self.hb_lost += c
+                    .sent_at
+                    .iter()
+                    .filter(|&&s| now.saturating_sub(s) > t)
+                    .count() as u64;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cq: Cqe) {
+        let Some(op) = cq.ud.op() else { return };
+        let (slot, generation) = (cq.ud.slot(), cq.ud.generation());
+        if self.conns.get_mut(slot, generation).is_none() {
+            if let Some(bid) = cq.buf_id() {
+                self.ring.pool.release(bid);
+            }
+            return;
+        }
+        match op {
+            Op::Connect => self.on_connect(slot, generation, cq.res),
+            Op::Recv => self.on_recv(slot, generation, cq),
+            Op::Send => self.on_send(slot, generation, cq.res),
+            Op::Cancel => {
+                self.conns.get_mut(slot, generation).expect("live").ops -= 1;
+            }
+            _ => {}
+        }
+        self.reap_conn(slot, generation);
+        self.schedule(slot, generation);
+    }
+
+    fn on_connect(&mut self, slot: u32, generation: u32, res: i32) {
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        c.ops -= 1;
+        if let Some(id) = c.addr_id.take() {
+            self.ring.connect_done(id);
+        }
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        if c.phase != Phase::Connecting {
+            return;
+        }
+        self.connecting -= 1;
+        if res < 0 {
+            c.phase = Phase::Handshake; // counted as failed in fail()
+            return self.fail(slot, generation, format!("connect:{}", errno(-res)));
+        }
+        c.phase = Phase::Handshake;
+        c.recv_on = true;
+        c.ops += 1;
+        let fd = c.fd;
+        self.ring.recv_multi(fd, ud(slot, generation, Op::Recv));
+        let len = self.ring.heap.len(self.handshake) as u32;
+        self.send(
+            slot,
+            generation,
+            Chunk {
+                src: Src::Heap(self.handshake),
+                off: 0,
+                len,
+            },
+        );
+    }
+
+    fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        c.ops -= 1;
+        let mut ch = c.sending.take().expect("send completion without a send");
+        self.ring.send_done(ch);
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        if res > 0 && (res as u32) < ch.len && c.phase != Phase::Dead {
+            ch.off += res as u32;
+            ch.len -= res as u32;
+            c.out.push_front(ch);
+        } else {
+            self.release(ch);
+            if res < 0 && res != -libc::ECANCELED {
+                let c = self.conns.get_mut(slot, generation).expect("live");
+                if c.phase != Phase::Dead {
+                    c.errored = true;
+                    self.error(format!("send:{}", errno(-res)));
+                    return self.kill(slot, Some(generation));
+                }
+            }
+        }
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        if c.phase != Phase::Dead
+            && let Some(next) = c.out.pop_front()
+        {
+            self.send(slot, generation, next);
+        }
+    }
+
+    fn on_recv(&mut self, slot: u32, generation: u32, cq: Cqe) {
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        if !cq.more() {
+            c.ops -= 1;
+            c.recv_on = false;
+        }
+        if cq.res <= 0 {
+            if let Some(bid) = cq.buf_id() {
+                self.ring.pool.release(bid);
+            }
+            let phase = c.phase;
+            match -cq.res {
+                0 => {
+                    if phase == Phase::Closing {
+                        // The server closed after our Close: clean enough.
+                        self.closed_clean += 1;
+                        self.kill(slot, Some(generation));
+                    } else if phase != Phase::Dead {
+                        let kind = if phase == Phase::Handshake {
+                            "handshake:closed"
+                        } else {
+                            "closed-by-peer"
+                        };
+                        if phase == Phase::Handshake {
+                            return self.fail(slot, generation, kind.into());
+                        }
+                        c.errored = true;
+                        self.error(kind.into());
+                        self.kill(slot, Some(generation));
+                    }
+                }
+                libc::ECANCELED => {}
+                libc::ENOBUFS => self.rearm.push((slot, generation)),
+                e => {
+                    if phase == Phase::Handshake {
+                        return self.fail(slot, generation, format!("handshake:{}", errno(e)));
+                    }
+                    if phase != Phase::Dead {
+                        c.errored = true;
+                        self.error(format!("recv:{}", errno(e)));
+                        self.kill(slot, Some(generation));
+                    }
+                }
+            }
+            return;
+        }
+        let bid = cq.buf_id().expect("data comes in a buffer");
+        let data = self.ring.pool.bytes(bid, cq.res as u32).to_vec();
+        self.ring.pool.release(bid);
+        self.on_bytes(slot, generation, &data);
+        if let Some(c) = self.conns.get_mut(slot, generation)
+            && !c.recv_on
+            && c.phase != Phase::Dead
+            && cq.res > 0
+        {
+            self.rearm.push((slot, generation));
+        }
+    }
+
+    fn on_bytes(&mut self, slot: u32, generation: u32, mut data: &[u8]) {
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        if c.phase == Phase::Handshake {
+            c.head.extend_from_slice(data);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            let n = match resp.parse(&c.head) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) if c.head.len() < 16384 => return,
+                _ => return self.fail(slot, generation, "handshake:malformed response".into()),
+            };
+            let status = resp.code.unwrap_or(0);
+            if status != 101 {
+                return self.fail(slot, generation, format!("handshake:HTTP {status}"));
+            }
+            let accept_ok = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("sec-websocket-accept")
+                    && h.value == self.accept_key.as_bytes()
+            });
+            if !accept_ok {
+                return self.fail(
+                    slot,
+                    generation,
+                    "handshake:bad Sec-WebSocket-Accept".into(),
+                );
+            }
+            let rest = c.head.split_off(n);
+            c.head = Vec::new();
+            self.connected(slot, generation);
+            if !rest.is_empty() {
+                self.on_bytes(slot, generation, &rest);
+            }
+            return;
+        }
+        while !data.is_empty() {
+            let Some(c) = self.conns.get_mut(slot, generation) else {
+                return;
+            };
+            if c.phase == Phase::Dead {
+                return;
+            }
+            if c.rx_left > 0 {
+                let n = (data.len() as u64).min(c.rx_left) as usize;
+                if c.rx_op == opcode::BINARY && self.opts.mode == Mode::Throughput {
+                    let pos = (self.payload.len() as u64 - c.rx_left) as usize;
+                    if self.payload.get(pos..pos + n) != Some(&data[..n]) {
+                        c.errored = true;
+                        self.error("echo:corrupt payload".into());
+                        return self.kill(slot, Some(generation));
+                    }
+                }
+                c.rx_left -= n as u64;
+                data = &data[n..];
+                if c.rx_left == 0 {
+                    let (op, fin) = (c.rx_op, c.rx_fin);
+                    self.frame_done(slot, generation, op, fin);
+                }
+                continue;
+            }
+            let have = usize::from(c.rx_have);
+            let take = (ws::MAX_HEADER - have).min(data.len());
+            c.rx_hdr[have..have + take].copy_from_slice(&data[..take]);
+            match ws::parse_header(&c.rx_hdr[..have + take]) {
+                Ok(None) => {
+                    c.rx_have += take as u8;
+                    data = &data[take..];
+                }
+                Ok(Some(h)) => {
+                    data = &data[h.header_len - have..];
+                    c.rx_have = 0;
+                    if h.mask.is_some() {
+                        c.errored = true;
+                        self.error("protocol:masked frame from server".into());
+                        return self.kill(slot, Some(generation));
+                    }
+                    if h.opcode == opcode::BINARY
+                        && self.opts.mode == Mode::Throughput
+                        && h.len != self.payload.len() as u64
+                    {
+                        c.errored = true;
+                        self.error("echo:wrong length".into());
+                        return self.kill(slot, Some(generation));
+                    }
+                    c.rx_left = h.len;
+                    c.rx_op = h.opcode;
+                    c.rx_fin = h.fin;
+                    if h.opcode == opcode::PING {
+                        // Answer with a Pong carrying the same payload (masked, as a client).
+                        let n = (h.len as usize).min(data.len());
+                        let pong = ws::frame(opcode::PONG, &data[..n], Some([1, 2, 3, 4]));
+                        let len = pong.len() as u32;
+                        let id = self.ring.heap.put(pong);
+                        self.send(
+                            slot,
+                            generation,
+                            Chunk {
+                                src: Src::Heap(id),
+                                off: 0,
+                                len,
+                            },
+                        );
+                    }
+                    if h.len == 0 {
+                        self.frame_done(slot, generation, h.opcode, h.fin);
+                    }
+                }
+                Err(_) => {
+                    c.errored = true;
+                    self.error("protocol:bad frame".into());
+                    return self.kill(slot, Some(generation));
+                }
+            }
+        }
+    }
+
+    /// The 101 arrived and checked out.
+    fn connected(&mut self, slot: u32, generation: u32) {
+        let now = self.now_us;
+        self.established += 1;
+        self.shared.established.fetch_add(1, Ordering::Relaxed);
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        let started = c.started_us;
+        c.phase = Phase::Open;
+        match self.opts.mode {
+            Mode::Connect => {
+                let _ = self.hist.record(now.saturating_sub(started).max(1));
+                c.phase = Phase::Closing;
+                c.started_us = now;
+                let len = self.ring.heap.len(self.close) as u32;
+                self.send(
+                    slot,
+                    generation,
+                    Chunk {
+                        src: Src::Heap(self.close),
+                        off: 0,
+                        len,
+                    },
+                );
+            }
+            Mode::Idle => {
+                let interval = self.opts.interval.as_micros().max(1000) as u64;
+                c.next_us = now + (u64::from(slot) * 7919 + generation as u64 * 104729) % interval;
+            }
+            Mode::Throughput if self.plan.rate > 0.0 => {
+                let per_conn = self.plan.rate / self.plan.conns.max(1) as f64;
+                let interval = (1e6 / per_conn) as u64;
+                c.next_us = now + (u64::from(slot) * 7919) % interval.max(1);
+            }
+            Mode::Throughput => {
+                c.sent_at.push_back(now);
+                self.send(
+                    slot,
+                    generation,
+                    Chunk {
+                        src: Src::Heap(self.message),
+                        off: 0,
+                        len: self.message_len,
+                    },
+                );
+            }
+        }
+    }
+
+    fn frame_done(&mut self, slot: u32, generation: u32, op: u8, fin: bool) {
+        let now = self.now_us;
+        let phase = self.phase();
+        let c = self.conns.get_mut(slot, generation).expect("live");
+        match op {
+            opcode::BINARY | opcode::TEXT | opcode::CONTINUATION if fin => {
+                let Some(sent) = c.sent_at.pop_front() else {
+                    return; // a message we did not ask for (e.g. a server greeting)
+                };
+                self.shared.messages.fetch_add(1, Ordering::Relaxed);
+                let record = match self.opts.mode {
+                    Mode::Throughput => phase == MEASURE,
+                    _ => true,
+                };
+                if record {
+                    let _ = self.hist.record(now.saturating_sub(sent).max(1));
+                    self.messages += 1;
+                    self.bytes += self.payload.len() as u64;
+                }
+                if self.opts.mode == Mode::Idle {
+                    self.hb_echoed += 1;
+                }
+                if self.opts.mode == Mode::Throughput && self.plan.rate <= 0.0 && phase != STOP {
+                    c.sent_at.push_back(now);
+                    self.send(
+                        slot,
+                        generation,
+                        Chunk {
+                            src: Src::Heap(self.message),
+                            off: 0,
+                            len: self.message_len,
+                        },
+                    );
+                }
+            }
+            opcode::CLOSE => {
+                if c.phase == Phase::Closing {
+                    self.closed_clean += 1;
+                } else {
+                    c.errored = true;
+                    self.error("closed-by-server".into());
+                }
+                self.kill(slot, Some(generation));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_and_sources() {
+        let t = Target::parse("ws://127.0.0.1:8080/ws/chat").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.path, "/ws/chat");
+        assert_eq!(Target::parse("ws://[::1]:9").unwrap().path, "/");
+        assert!(Target::parse("http://x").is_err());
+        assert!(Target::parse("ws://localhost:80/").is_err());
+        let s = parse_source("127.0.0.0/30").unwrap();
+        assert_eq!(
+            s,
+            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from([127, 0, 0, 2])]
+        );
+        assert_eq!(parse_source("127.0.0.0/16").unwrap().len(), 65534);
+        assert_eq!(
+            parse_source("10.0.0.5").unwrap(),
+            vec![IpAddr::from([10, 0, 0, 5])]
+        );
+        assert!(parse_source("127.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn latency_report_reads_the_histogram() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap();
+        }
+        let l = Latency::of(&h);
+        assert_eq!(l.count, 1000);
+        assert!((499..=501).contains(&l.p50), "{}", l.p50);
+        assert!((989..=991).contains(&l.p99), "{}", l.p99);
+        assert_eq!(l.max, 1000);
+        assert_eq!(Latency::of(&Histogram::<u64>::new(3).unwrap()).count, 0);
+    }
+
+    #[test]
+    fn the_frames_it_sends_are_masked_and_decode() {
+        let payload = b"abc";
+        let f = ws::frame(opcode::BINARY, payload, Some([0x5a, 0x17, 0xc3, 0x88]));
+        let h = ws::parse_header(&f).unwrap().unwrap();
+        assert!(h.mask.is_some());
+        let mut p = f[h.header_len..].to_vec();
+        ws::apply_mask(&mut p, h.mask.unwrap(), 0);
+        assert_eq!(p, payload);
+    }
+}
