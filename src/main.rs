@@ -39,7 +39,7 @@ enum Command {
         workers: String,
     },
     /// WebSocket load generator: throughput, connect rate, or idle connections with heartbeats.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench(a) => {
-            return match bench(a) {
+            return match bench(*a) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("ringway bench: {e:#}");
