@@ -217,3 +217,19 @@ fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
     drop(ws);
     p.wait_log("ws end=done", 5);
 }
+
+#[test]
+fn idle_tunnel_is_closed_after_read_timeout() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack("idle", "read_timeout = \"1s\"", "", "");
+    let mut ws = ws_connect(st.listen, "/ws/");
+    ws_echo(&mut ws, b"active".to_vec());
+    // Nothing either way for read_timeout: the proxy closes both sides.
+    match ws.read() {
+        Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::Io(_)) => {}
+        other => panic!("expected the connection to end, got {other:?}"),
+    }
+    st.proxy.wait_log("ws end=idle-timeout", 5);
+}
