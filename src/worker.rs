@@ -409,9 +409,24 @@ impl Io for WorkerIo<'_> {
         self.ring.send(fd, c, ud);
     }
 
-    fn connect(&mut self, addr: SocketAddr) -> Result<RawFd, i32> {
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<RawFd, i32> {
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            .map_err(errno)?;
+        if let Some(src) = source {
+            // Let connect pick the port per destination (IP_BIND_ADDRESS_NO_PORT) instead of
+            // bind reserving one across every destination.
+            let _ = nix::sys::socket::setsockopt(
+                &sock,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            );
+            sock.bind(&SocketAddr::new(src, 0).into()).map_err(errno)?;
+        }
         let _ = sock.set_tcp_nodelay(true);
         let fd = sock.into_raw_fd();
         let ud = self.ud(Op::Connect, Side::Up);

@@ -7,7 +7,12 @@ use std::process::Command;
 use common::*;
 
 fn bench(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let out = Command::new(BIN).arg("bench").args(args).args(["--json", "--quiet", "--workers", "2"]).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--quiet", "--workers", "2"])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
@@ -24,7 +29,19 @@ fn each_mode_counts_what_it_did() {
     let _echo = echo(&[addr], &dir);
     let target = format!("ws://{addr}/");
 
-    let (code, v, err) = bench(&["throughput", "--target", &target, "-c", "50", "-s", "200", "-d", "1s", "--warmup", "200ms"]);
+    let (code, v, err) = bench(&[
+        "throughput",
+        "--target",
+        &target,
+        "-c",
+        "50",
+        "-s",
+        "200",
+        "-d",
+        "1s",
+        "--warmup",
+        "200ms",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["established"], 50);
     assert_eq!(v["failed"], 0);
@@ -35,7 +52,21 @@ fn each_mode_counts_what_it_did() {
     assert!(v["latency_us"]["p50"].as_u64().unwrap() <= v["latency_us"]["p99"].as_u64().unwrap());
 
     // Open loop at a fixed rate over a source range.
-    let (code, v, err) = bench(&["throughput", "--target", &target, "-c", "20", "--rate", "2000", "-d", "1s", "--warmup", "200ms", "--source", "127.0.0.0/24"]);
+    let (code, v, err) = bench(&[
+        "throughput",
+        "--target",
+        &target,
+        "-c",
+        "20",
+        "--rate",
+        "2000",
+        "-d",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--source",
+        "127.0.0.0/24",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["established"], 20);
     assert!(v["messages"].as_u64().unwrap() > 0);
@@ -48,8 +79,21 @@ fn each_mode_counts_what_it_did() {
 
     let ready = dir.join("ready");
     let (code, v, err) = bench(&[
-        "idle", "--target", &target, "-c", "200", "--rate", "2000", "--hold", "1500ms", "--interval", "300ms", "--source", "127.0.2.0/24",
-        "--ready-file", ready.to_str().unwrap(),
+        "idle",
+        "--target",
+        &target,
+        "-c",
+        "200",
+        "--rate",
+        "2000",
+        "--hold",
+        "1500ms",
+        "--interval",
+        "300ms",
+        "--source",
+        "127.0.2.0/24",
+        "--ready-file",
+        ready.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["established"], 200);
@@ -57,7 +101,10 @@ fn each_mode_counts_what_it_did() {
     assert_eq!(v["heartbeats_lost"], 0);
     let sent = v["heartbeats_sent"].as_u64().unwrap();
     let echoed = v["heartbeats_echoed"].as_u64().unwrap();
-    assert!(sent >= 200 && echoed + 200 >= sent, "sent {sent} echoed {echoed}");
+    assert!(
+        sent >= 200 && echoed + 200 >= sent,
+        "sent {sent} echoed {echoed}"
+    );
     assert_eq!(std::fs::read_to_string(&ready).unwrap().trim(), "200");
 }
 
@@ -67,7 +114,15 @@ fn unreachable_and_refused_targets_fail_clearly() {
         return;
     }
     let dead = free_addr();
-    let (code, _, err) = bench(&["throughput", "--target", &format!("ws://{dead}/"), "-c", "5", "-d", "1s"]);
+    let (code, _, err) = bench(&[
+        "throughput",
+        "--target",
+        &format!("ws://{dead}/"),
+        "-c",
+        "5",
+        "-d",
+        "1s",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("ECONNREFUSED"), "{err}");
 
@@ -80,11 +135,29 @@ fn unreachable_and_refused_targets_fail_clearly() {
         "[[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{backend}\" }}]\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/ws/\"\nupstream = \"b\"\n"
     );
     let _p = proxy(&cfg, listen, &dir);
-    let (code, _, err) = bench(&["throughput", "--target", &format!("ws://{listen}/nope"), "-c", "5", "-d", "1s"]);
+    let (code, _, err) = bench(&[
+        "throughput",
+        "--target",
+        &format!("ws://{listen}/nope"),
+        "-c",
+        "5",
+        "-d",
+        "1s",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("HTTP 404"), "{err}");
     // Through the proxy, the same tool works.
-    let (code, v, err) = bench(&["throughput", "--target", &format!("ws://{listen}/ws/"), "-c", "10", "-d", "1s", "--warmup", "100ms"]);
+    let (code, v, err) = bench(&[
+        "throughput",
+        "--target",
+        &format!("ws://{listen}/ws/"),
+        "-c",
+        "10",
+        "-d",
+        "1s",
+        "--warmup",
+        "100ms",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v["established"], 10);
 }

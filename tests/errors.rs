@@ -228,7 +228,9 @@ fn idle_tunnel_is_closed_after_read_timeout() {
     ws_echo(&mut ws, b"active".to_vec());
     // Nothing either way for read_timeout: the proxy closes both sides.
     match ws.read() {
-        Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::Protocol(_)) | Err(tungstenite::Error::Io(_)) => {}
+        Err(tungstenite::Error::ConnectionClosed)
+        | Err(tungstenite::Error::Protocol(_))
+        | Err(tungstenite::Error::Io(_)) => {}
         other => panic!("expected the connection to end, got {other:?}"),
     }
     st.proxy.wait_log("ws end=idle-timeout", 5);

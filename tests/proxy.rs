@@ -406,3 +406,35 @@ fn slow_readers_get_everything_and_memory_stays_bounded() {
         "proxy RSS grew from {base} KiB to {peak} KiB"
     );
 }
+
+#[test]
+fn upstream_sockets_bind_the_configured_source_addresses() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("source");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let cfg = format!(
+        "[[upstream]]\nname = \"b\"\nsource = \"127.0.3.0/29\"\nservers = [{{ addr = \"{backend}\" }}]\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n"
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let out = raw_exchange(
+            listen,
+            b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            10,
+        );
+        let body = String::from_utf8_lossy(&out);
+        let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let peer: std::net::SocketAddr = v["peer"].as_str().unwrap().parse().unwrap();
+        seen.insert(peer.ip().to_string());
+    }
+    // Six usable addresses in a /29, used in turn.
+    let want: std::collections::BTreeSet<String> =
+        (1..=6).map(|i| format!("127.0.3.{i}")).collect();
+    assert_eq!(seen, want);
+}

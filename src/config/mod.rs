@@ -80,6 +80,7 @@ mod raw {
         pub name: Spanned<String>,
         pub balance: Option<Spanned<String>>,
         pub servers: Spanned<Vec<Spanned<Peer>>>,
+        pub source: Option<Spanned<toml::Value>>,
     }
 
     #[derive(Deserialize)]
@@ -150,6 +151,10 @@ pub struct Upstream {
     pub name: String,
     pub balance: Balance,
     pub peers: Vec<Peer>,
+    /// Local addresses upstream sockets bind to, in turn (nginx's `proxy_bind`, HAProxy's
+    /// `source`); empty: the kernel picks. Each address has its own ephemeral port range, so
+    /// N addresses allow N times ~64k connections to one server.
+    pub source: Vec<std::net::IpAddr>,
 }
 
 /// A path prefix routed to an upstream.
@@ -277,6 +282,37 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     Err(format!(
         "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\" or \"[::1]:8080\" (host names are not resolved)"
     ))
+}
+
+/// Addresses of one `source` item: an IP, or an IPv4 CIDR (network and broadcast addresses
+/// skipped when the block has more than two; at most 65536 addresses).
+pub fn parse_sources(s: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr};
+    let bad = || {
+        format!(
+            "invalid source {s:?}: expected an IP address or an IPv4 CIDR such as \"127.0.1.0/24\""
+        )
+    };
+    let Some((ip, bits)) = s.split_once('/') else {
+        return s
+            .trim()
+            .parse::<IpAddr>()
+            .map(|a| vec![a])
+            .map_err(|_| bad());
+    };
+    let ip: Ipv4Addr = ip.trim().parse().map_err(|_| bad())?;
+    let bits: u32 = bits
+        .trim()
+        .parse()
+        .ok()
+        .filter(|b| (16..=32).contains(b))
+        .ok_or_else(|| format!("invalid source {s:?}: prefix length must be 16 to 32"))?;
+    let size = 1u64 << (32 - bits);
+    let base = u32::from(ip) & (u32::MAX.checked_shl(32 - bits).unwrap_or(0));
+    let (first, last) = if size > 2 { (1, size - 1) } else { (0, size) };
+    Ok((first..last)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i as u32)))
+        .collect())
 }
 
 /// Number of CPUs this process may run on.
@@ -437,10 +473,42 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                 "needs at least one server that is not a backup",
             ));
         }
+        let source = match &u.source {
+            None => Vec::new(),
+            Some(v) => {
+                let field = format!("{f}.source");
+                let items: Vec<String> = match v.get_ref() {
+                    toml::Value::String(s) => vec![s.clone()],
+                    toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
+                        a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
+                    }
+                    _ => return Err(cx.err(v.span(), field, "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses")),
+                };
+                let mut out = Vec::new();
+                for it in &items {
+                    out.extend(parse_sources(it).map_err(|m| cx.err(v.span(), field.clone(), m))?);
+                }
+                if let Some(p) = peers
+                    .iter()
+                    .find(|p| out.iter().any(|s| s.is_ipv4() != p.addr.is_ipv4()))
+                {
+                    return Err(cx.err(
+                        v.span(),
+                        field,
+                        format!(
+                            "source addresses and server {} are of different IP families",
+                            p.addr
+                        ),
+                    ));
+                }
+                out
+            }
+        };
         upstreams.push(Upstream {
             name,
             balance,
             peers,
+            source,
         });
     }
 
@@ -636,6 +704,15 @@ impl Config {
         );
         for u in &self.upstreams {
             let _ = writeln!(o, "upstream {:?} balance={:?}", u.name, u.balance);
+            if !u.source.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "  source {} address(es), {} .. {}",
+                    u.source.len(),
+                    u.source[0],
+                    u.source[u.source.len() - 1]
+                );
+            }
             for p in &u.peers {
                 let _ = writeln!(
                     o,
@@ -781,6 +858,33 @@ upstream = "ws"
         let e = err(&GOOD.replace("workers = 2", "workers = \"many\""));
         assert_eq!(e.field, "runtime.workers");
         assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn upstream_source_addresses() {
+        let t = GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"127.0.1.0/30\"");
+        let c = Config::parse("t.toml", &t).unwrap();
+        assert_eq!(
+            c.upstreams[0].source,
+            vec![
+                "127.0.1.1".parse::<std::net::IpAddr>().unwrap(),
+                "127.0.1.2".parse().unwrap()
+            ]
+        );
+        let t = GOOD.replace(
+            "name = \"ws\"",
+            "name = \"ws\"\nsource = [\"127.0.1.5\", \"127.0.1.9\"]",
+        );
+        assert_eq!(
+            Config::parse("t.toml", &t).unwrap().upstreams[0]
+                .source
+                .len(),
+            2
+        );
+        let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"127.0.1.0/8\""));
+        assert_eq!(e.field, "upstream[0].source");
+        let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"::1\""));
+        assert!(e.message.contains("families"), "{e}");
     }
 
     #[test]

@@ -40,9 +40,10 @@ pub trait Io {
     /// Cancel every op on `fd`.
     fn cancel_fd(&mut self, fd: RawFd, side: Side);
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
-    /// Create an upstream socket and start connecting it; the errno when the socket cannot be
-    /// made.
-    fn connect(&mut self, addr: SocketAddr) -> Result<RawFd, i32>;
+    /// Create an upstream socket (bound to `source` when given) and start connecting it; the
+    /// errno when the socket cannot be made or bound.
+    fn connect(&mut self, addr: SocketAddr, source: Option<std::net::IpAddr>)
+    -> Result<RawFd, i32>;
     /// `shutdown(SHUT_WR)` on `fd`.
     fn shutdown(&mut self, fd: RawFd, side: Side);
     /// Close an fd that has no op in flight.
@@ -781,7 +782,8 @@ impl Session {
             };
             r.tried = RoundRobin::tried(r.tried, i);
             r.peer = Some(i);
-            match io.connect(u.peers[i].addr) {
+            let source = env.rr[r.upstream].next_source(u);
+            match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
                     self.up.reset_fd(fd);
                     self.up.ops = 1;

@@ -102,7 +102,11 @@ impl Io for Fake {
         self.sending[idx(side)] = Some(c);
         self.pending.push(Ev::Send(side));
     }
-    fn connect(&mut self, addr: SocketAddr) -> Result<RawFd, i32> {
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        _source: Option<std::net::IpAddr>,
+    ) -> Result<RawFd, i32> {
         self.next_fd += 1;
         self.open_fds.push(self.next_fd);
         self.connecting = Some(addr);

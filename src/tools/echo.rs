@@ -10,7 +10,8 @@
 //! on `/close/CODE` sends a Close with that code (reason "server closing") first.
 //!
 //! HTTP: `GET /health` → 200 `ok`; `GET /headers` → the request head as JSON
-//! (`{"method","path","headers":[[name,value],…]}`, names as sent, in order); `GET /bytes/N` →
+//! (`{"method","path","peer","headers":[[name,value],…]}`, names as sent, in order; `peer` is
+//! the address the connection came from); `GET /bytes/N` →
 //! N bytes with Content-Length; `GET /chunked/N` → N bytes chunked; `POST /echo` → the body back.
 
 use std::collections::VecDeque;
@@ -585,7 +586,11 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
                 )
             })
             .collect();
-        serde_json::json!({ "method": method, "path": path, "headers": hs }).to_string()
+        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.fd)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        serde_json::json!({ "method": method, "path": path, "peer": peer, "headers": hs })
+            .to_string()
     };
     let upgrade = get("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
     if upgrade {

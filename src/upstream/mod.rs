@@ -9,6 +9,8 @@ pub struct RoundRobin {
     current: Vec<i64>,
     /// Next backup to start from, so backups share the load too.
     backup_next: usize,
+    /// Next `source` address to bind.
+    source_next: usize,
 }
 
 /// Which servers a request has already tried (bit per server; at most 64 servers per upstream
@@ -24,6 +26,7 @@ impl RoundRobin {
         RoundRobin {
             current: vec![0; u.peers.len()],
             backup_next: 0,
+            source_next: 0,
         }
     }
 
@@ -57,6 +60,16 @@ impl RoundRobin {
         None
     }
 
+    /// The local address for the next upstream socket, in turn over `source`.
+    pub fn next_source(&mut self, u: &Upstream) -> Option<std::net::IpAddr> {
+        if u.source.is_empty() {
+            return None;
+        }
+        let a = u.source[self.source_next % u.source.len()];
+        self.source_next = self.source_next.wrapping_add(1);
+        Some(a)
+    }
+
     /// Mark server `i` as tried.
     pub fn tried(tried: Tried, i: usize) -> Tried {
         tried | bit(i)
@@ -81,6 +94,7 @@ mod tests {
                     backup,
                 })
                 .collect(),
+            source: Vec::new(),
         }
     }
 
