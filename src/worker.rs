@@ -119,9 +119,10 @@ impl Worker {
                 .find(|s| s.listen.contains(&i))
                 .expect("every listener belongs to a server");
             let listen = Listen {
-                index: i,
-                header_timeout_ms: server.header_timeout.as_millis() as u64,
-                header_max: server.header_max as usize,
+                index: i as u16,
+                header_timeout_ms: server.header_timeout.as_millis().min(u128::from(u32::MAX))
+                    as u32,
+                header_max: server.header_max,
                 tls: false,
             };
             listeners.push((sock, listen));
@@ -185,6 +186,7 @@ impl Worker {
             }
             self.cqes = cqes;
             self.timers();
+            self.ring.pool.grow_if_low();
             self.unpark();
             if self.accept_paused && self.slots.len() < self.spec.max_sessions && stopping.is_none()
             {
@@ -249,6 +251,7 @@ impl Worker {
             now_ms: self.now_ms,
             parked: &mut self.parked,
             connect_addr: &mut entry.connect_addr,
+            access_log: self.spec.cfg.runtime.access_log,
         };
         let mut env = Env {
             cfg: &self.spec.cfg,
@@ -334,7 +337,7 @@ impl Worker {
 
     /// Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
     fn unpark(&mut self) {
-        while !self.parked.is_empty() && self.ring.pool.available() > self.ring.pool.count() / 8 {
+        while !self.parked.is_empty() && self.ring.pool.available() >= 8 {
             let Some((slot, generation, side)) = self.parked.pop_front() else {
                 break;
             };
@@ -352,6 +355,7 @@ struct WorkerIo<'a> {
     now_ms: u64,
     parked: &'a mut VecDeque<(u32, u32, Side)>,
     connect_addr: &'a mut Option<u32>,
+    access_log: bool,
 }
 
 impl WorkerIo<'_> {
@@ -448,6 +452,9 @@ impl Io for WorkerIo<'_> {
     }
 
     fn log(&mut self, l: &AccessLog<'_>) {
+        if !self.access_log {
+            return;
+        }
         let upstream = l.upstream.map_or("-".to_string(), |a| a.to_string());
         let status = if l.status == 0 {
             "-".to_string()

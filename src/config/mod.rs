@@ -72,6 +72,7 @@ mod raw {
         pub shutdown_grace: Option<Spanned<String>>,
         pub buffer_size: Option<Spanned<toml::Value>>,
         pub buffers: Option<Spanned<i64>>,
+        pub access_log: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -128,6 +129,8 @@ pub struct Runtime {
     pub buffer_size: u32,
     /// Provided buffers per worker (a power of two).
     pub buffers: u16,
+    /// One line per request / WebSocket session on stderr (nginx's `access_log`).
+    pub access_log: bool,
 }
 
 /// One backend address.
@@ -408,6 +411,7 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         shutdown_grace,
         buffer_size: buffer_size as u32,
         buffers,
+        access_log: rt.access_log.unwrap_or(true),
     };
 
     let mut upstreams = Vec::new();
@@ -695,12 +699,13 @@ impl Config {
         let r = &self.runtime;
         let _ = writeln!(
             o,
-            "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B",
+            "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B access_log={}",
             r.workers,
             r.max_connections,
             fmt_duration(r.shutdown_grace),
             r.buffers,
-            r.buffer_size
+            r.buffer_size,
+            r.access_log
         );
         for u in &self.upstreams {
             let _ = writeln!(o, "upstream {:?} balance={:?}", u.name, u.balance);

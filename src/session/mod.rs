@@ -179,8 +179,8 @@ enum Upward {
     Body(BodyTracker),
     /// Tunnel (or an upgrade request): all forwarded.
     Stream,
-    /// After the body: the next request, kept until the response is done.
-    Hold,
+    /// After the body: the next request's bytes, kept until the response is done.
+    Hold(Vec<u8>),
     /// Ignored (we are answering with an error and closing).
     Discard,
 }
@@ -199,18 +199,17 @@ enum Downward {
 /// Per-request state, boxed so an idle session stays small.
 #[derive(Debug)]
 struct Req {
-    method: String,
-    host: String,
-    path: String,
+    /// `METHOD\nHOST\nPATH` in one allocation (none of them can contain a newline).
+    text: Box<str>,
     upgrade: bool,
     keep_alive: bool,
     is_head: bool,
-    upstream: usize,
-    peer: Option<usize>,
+    upstream: u16,
+    peer: Option<u16>,
     tried: Tried,
-    connect_ms: u64,
-    read_ms: u64,
-    send_ms: u64,
+    connect_ms: u32,
+    read_ms: u32,
+    send_ms: u32,
     status: u16,
     /// Response bytes have been queued to the client.
     responded: bool,
@@ -222,21 +221,38 @@ struct Req {
     bytes_in: u64,
     /// Bytes from the upstream for this request.
     bytes_out: u64,
-    /// Pipelined bytes after this request's body: the next request's head.
-    stash: Vec<u8>,
+}
+
+/// Milliseconds of a configured duration, as stored per request (capped at ~49 days).
+fn ms32(d: std::time::Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
 impl Req {
+    fn part(&self, i: usize) -> &str {
+        self.text.split('\n').nth(i).unwrap_or("-")
+    }
+
+    fn method(&self) -> &str {
+        self.part(0)
+    }
+
+    fn host(&self) -> &str {
+        self.part(1)
+    }
+
+    fn path(&self) -> &str {
+        self.part(2)
+    }
+
     /// A request whose head could not be parsed (logged with `-` fields).
     fn unparsed(started_ms: u64, bytes_in: u64) -> Req {
         Req {
-            method: "-".into(),
-            host: "-".into(),
-            path: "-".into(),
+            text: "-\n-\n-".into(),
             upgrade: false,
             keep_alive: false,
             is_head: false,
-            upstream: usize::MAX,
+            upstream: u16::MAX,
             peer: None,
             tried: 0,
             connect_ms: 0,
@@ -249,7 +265,6 @@ impl Req {
             started_ms,
             bytes_in,
             bytes_out: 0,
-            stash: Vec::new(),
         }
     }
 }
@@ -257,9 +272,9 @@ impl Req {
 /// Settings fixed for a session when it is accepted (from its listener's default server).
 #[derive(Clone, Copy, Debug)]
 pub struct Listen {
-    pub index: usize,
-    pub header_timeout_ms: u64,
-    pub header_max: usize,
+    pub index: u16,
+    pub header_timeout_ms: u32,
+    pub header_max: u32,
     /// `X-Forwarded-Proto` value.
     pub tls: bool,
 }
@@ -474,15 +489,18 @@ impl Session {
     /// The earliest time something must happen if nothing arrives before.
     pub fn deadline(&self) -> Option<u64> {
         let r = self.req.as_deref();
+        let ms = u64::from;
         let phase = match self.stage {
-            Stage::Request => Some(self.phase_ms + self.listen.header_timeout_ms),
-            Stage::Connecting if !self.connect_timed_out => r.map(|r| self.phase_ms + r.connect_ms),
+            Stage::Request => Some(self.phase_ms + ms(self.listen.header_timeout_ms)),
+            Stage::Connecting if !self.connect_timed_out => {
+                r.map(|r| self.phase_ms + ms(r.connect_ms))
+            }
             Stage::Connecting => None,
-            Stage::Proxy => r.map(|r| self.last_up_ms + r.read_ms),
-            Stage::Tunnel => r.map(|r| self.last_up_ms.max(self.last_down_ms) + r.read_ms),
+            Stage::Proxy => r.map(|r| self.last_up_ms + ms(r.read_ms)),
+            Stage::Tunnel => r.map(|r| self.last_up_ms.max(self.last_down_ms) + ms(r.read_ms)),
             Stage::Respond | Stage::Closing => None,
         };
-        let send_ms = r.map_or(self.listen.header_timeout_ms, |r| r.send_ms);
+        let send_ms = ms(r.map_or(self.listen.header_timeout_ms, |r| r.send_ms));
         let send = [&self.down, &self.up]
             .iter()
             .filter(|p| p.sending.is_some() && self.stage != Stage::Closing)
@@ -502,7 +520,7 @@ impl Session {
             return;
         }
         let r = self.req.as_deref();
-        let send_ms = r.map_or(self.listen.header_timeout_ms, |r| r.send_ms);
+        let send_ms = u64::from(r.map_or(self.listen.header_timeout_ms, |r| r.send_ms));
         let stuck = [&self.down, &self.up]
             .iter()
             .any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
@@ -539,7 +557,6 @@ impl Session {
             io.release(chunk);
             return;
         }
-        self.pipe(side).bytes_in += u64::from(len);
         if let Some(r) = self.req.as_mut() {
             match side {
                 Side::Down => r.bytes_in += u64::from(len),
@@ -557,15 +574,8 @@ impl Session {
                     }
                     Upward::Body(t) => match t.feed(io.data(bid, len)) {
                         Ok(n) => {
-                            let done = t.done();
-                            if (n as u32) < len {
-                                let rest = io.data(bid, len)[n..].to_vec();
-                                if let Some(r) = self.req.as_mut() {
-                                    r.stash.extend_from_slice(&rest);
-                                }
-                            }
-                            if done {
-                                self.upward = Upward::Hold;
+                            if t.done() {
+                                self.upward = Upward::Hold(io.data(bid, len)[n..].to_vec());
                             }
                             if n > 0 {
                                 self.forward(
@@ -586,12 +596,9 @@ impl Session {
                         }
                     },
                     Upward::Stream => self.forward(Side::Down, chunk, io),
-                    Upward::Hold => {
-                        let max = self.listen.header_max;
-                        if let Some(r) = self.req.as_mut()
-                            && r.stash.len() < max
-                        {
-                            r.stash.extend_from_slice(io.data(bid, len));
+                    Upward::Hold(stash) => {
+                        if stash.len() < self.listen.header_max as usize {
+                            stash.extend_from_slice(io.data(bid, len));
                         }
                         io.release(chunk);
                     }
@@ -680,7 +687,7 @@ impl Session {
         let Upward::Head(buf) = &self.upward else {
             return;
         };
-        let req = match http::parse_request(buf, self.listen.header_max) {
+        let req = match http::parse_request(buf, self.listen.header_max as usize) {
             Ok(None) => return,
             Ok(Some(r)) => r,
             Err(HeadError::TooLarge) => return self.respond(431, End::HeadTooLarge, io),
@@ -692,25 +699,23 @@ impl Session {
         let now = io.now_ms();
         let cfg = env.cfg;
         let route = cfg
-            .find_server(self.listen.index, req.host_name())
+            .find_server(usize::from(self.listen.index), req.host_name())
             .and_then(|s| {
                 cfg.find_location(s, req.path.as_bytes())
                     .map(|l| &cfg.servers[s].locations[l])
             });
-        let ms = |d: std::time::Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
-        let mut r = Box::new(Req {
-            method: req.method.clone(),
-            host: req.host.clone().unwrap_or_default(),
-            path: req.path.clone(),
+        let host = req.host.as_deref().unwrap_or("-");
+        let r = Box::new(Req {
+            text: format!("{}\n{}\n{}", req.method, host.replace('\n', " "), req.path).into(),
             upgrade: req.upgrade,
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
-            upstream: route.map_or(0, |l| l.upstream),
+            upstream: route.map_or(0, |l| l.upstream as u16),
             peer: None,
             tried: 0,
-            connect_ms: route.map_or(0, |l| ms(l.connect_timeout)),
-            read_ms: route.map_or(0, |l| ms(l.read_timeout)),
-            send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms(l.send_timeout)),
+            connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
+            read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
+            send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
             status: 0,
             responded: false,
             logged: false,
@@ -718,7 +723,6 @@ impl Session {
             started_ms: self.phase_ms,
             bytes_in: buf.len() as u64,
             bytes_out: 0,
-            stash: Vec::new(),
         });
         let Some(loc) = route else {
             self.req = Some(r);
@@ -745,22 +749,23 @@ impl Session {
             match t.feed(extra) {
                 Ok(n) => {
                     out.extend_from_slice(&extra[..n]);
-                    r.stash.extend_from_slice(&extra[n..]);
+                    self.upward = if t.done() {
+                        Upward::Hold(extra[n..].to_vec())
+                    } else {
+                        Upward::Body(t)
+                    };
                 }
                 Err(e) => {
                     self.req = Some(r);
                     return self.respond(400, End::BadRequest(e.0), io);
                 }
             }
-            self.upward = if t.done() {
-                Upward::Hold
-            } else {
-                Upward::Body(t)
-            };
         }
         self.req = Some(r);
         let head = io.put(out);
-        self.up.push_front(head);
+        // The head goes first: nothing can be queued toward an upstream not yet chosen.
+        debug_assert!(self.up.flushed());
+        self.up.push(head);
         self.phase_ms = now;
         self.connect_next(io, env);
     }
@@ -775,14 +780,15 @@ impl Session {
         }
         self.connect_waiting = false;
         let Some(r) = self.req.as_mut() else { return };
-        let u = &env.cfg.upstreams[r.upstream];
+        let ui = usize::from(r.upstream);
+        let u = &env.cfg.upstreams[ui];
         loop {
-            let Some(i) = env.rr[r.upstream].pick(u, r.tried) else {
+            let Some(i) = env.rr[ui].pick(u, r.tried) else {
                 return self.respond(502, End::NoUpstream, io);
             };
             r.tried = RoundRobin::tried(r.tried, i);
-            r.peer = Some(i);
-            let source = env.rr[r.upstream].next_source(u);
+            r.peer = Some(i as u16);
+            let source = env.rr[ui].next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
                     self.up.reset_fd(fd);
@@ -800,7 +806,14 @@ impl Session {
 
     fn peer_addr(&self, env: &Env<'_>) -> Option<SocketAddr> {
         let r = self.req.as_deref()?;
-        Some(env.cfg.upstreams.get(r.upstream)?.peers.get(r.peer?)?.addr)
+        Some(
+            env.cfg
+                .upstreams
+                .get(usize::from(r.upstream))?
+                .peers
+                .get(usize::from(r.peer?))?
+                .addr,
+        )
     }
 
     // ---- response --------------------------------------------------------------------------
@@ -886,11 +899,16 @@ impl Session {
 
     /// The response body is complete (or the upstream closed a close-delimited one).
     fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
-        let body_sent = matches!(self.upward, Upward::Hold);
+        let body_sent = matches!(self.upward, Upward::Hold(_));
         self.log_request(End::Done, io, env);
         self.retire(Side::Up, io);
         self.downward = Downward::Idle;
-        let keep = self.req.as_ref().is_some_and(|r| r.keep_alive) && body_sent && !self.down.eof;
+        // Reuse the client connection only when the request went up whole (the upstream may
+        // answer before it has read the body) and nothing else is pending.
+        let keep = self.req.as_ref().is_some_and(|r| r.keep_alive)
+            && body_sent
+            && self.up.flushed()
+            && !self.down.eof;
         if !keep {
             self.upward = Upward::Discard;
             self.close_after_flush = true;
@@ -898,7 +916,11 @@ impl Session {
             self.end.get_or_insert(End::Done);
             return;
         }
-        let stash = self.req.take().map(|r| r.stash).unwrap_or_default();
+        let stash = match std::mem::replace(&mut self.upward, Upward::Discard) {
+            Upward::Hold(v) => v,
+            _ => Vec::new(),
+        };
+        self.req = None;
         self.served = true;
         self.upward = Upward::Head(stash);
         self.stage = Stage::Request;
@@ -916,9 +938,9 @@ impl Session {
         r.logged = true;
         io.log(&AccessLog {
             client: self.client,
-            method: &r.method,
-            host: &r.host,
-            path: &r.path,
+            method: r.method(),
+            host: r.host(),
+            path: r.path(),
             upstream: peer,
             status: r.status,
             duration_ms: now.saturating_sub(r.started_ms),
@@ -1048,7 +1070,7 @@ impl Session {
         let p = self.pipe(side);
         if p.fd < 0 {
             // No socket (between upstream attempts): what waited for it goes nowhere.
-            let queued: Vec<Chunk> = p.drain().collect();
+            let queued = p.drain();
             for c in queued {
                 io.release(c);
             }
@@ -1077,7 +1099,7 @@ impl Session {
         }
         let fd = p.fd;
         if !keep_queue {
-            let queued: Vec<Chunk> = p.drain().collect();
+            let queued = p.drain();
             for c in queued {
                 io.release(c);
             }
@@ -1135,10 +1157,7 @@ impl Session {
             Side::Down => match self.upward {
                 Upward::Head(_) => true,
                 Upward::Body(_) | Upward::Stream => room,
-                Upward::Hold => self
-                    .req
-                    .as_ref()
-                    .is_some_and(|r| r.stash.len() < self.listen.header_max),
+                Upward::Hold(ref stash) => stash.len() < self.listen.header_max as usize,
                 Upward::Discard => false,
             },
             Side::Up => match self.downward {

@@ -574,3 +574,18 @@ fn seeded_random_completions_never_lose_or_reorder_bytes() {
         }
     }
 }
+
+#[test]
+fn an_idle_session_stays_small() {
+    // Memory per idle WebSocket is a headline figure (BENCHMARKS.md): guard the layout.
+    assert!(
+        std::mem::size_of::<Session>() <= 320,
+        "Session grew to {} bytes",
+        std::mem::size_of::<Session>()
+    );
+    assert!(
+        std::mem::size_of::<Req>() <= 80,
+        "Req grew to {} bytes",
+        std::mem::size_of::<Req>()
+    );
+}

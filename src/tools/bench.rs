@@ -661,6 +661,7 @@ impl BenchWorker {
             }
             self.cqes = cqes;
             self.timers();
+            self.ring.pool.grow_if_low();
         }
         Ok(Part {
             hist: self.hist,

@@ -188,6 +188,7 @@ impl EchoWorker {
                 self.dispatch(*c);
             }
             self.cqes = cqes;
+            self.ring.pool.grow_if_low();
         }
         for k in self.conns.keys() {
             if let Some((_, c)) = self.conns.get_any_mut(k) {

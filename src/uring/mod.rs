@@ -95,9 +95,15 @@ pub struct BufPool {
     tail: u16,
     state: Vec<BufState>,
     in_ring: u32,
+    /// Buffers handed to the kernel at least once; the rest of the mapping has never been
+    /// touched and costs no memory. The kernel takes buffers round-robin from the ring, so
+    /// every buffer in circulation gets touched: circulating only as many as the load needs
+    /// keeps the resident set at the peak demand instead of the whole pool.
+    provided: u32,
 }
 
-/// Set when mapping fails; never in a live pool.
+/// Buffers put in circulation at start and at each growth step.
+const POOL_STEP: u32 = 64;
 fn mmap_anon(bytes: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: an anonymous private mapping of `bytes` bytes; no existing memory is touched and
     // the result is checked for MAP_FAILED before use.
@@ -146,7 +152,27 @@ impl BufPool {
             tail: 0,
             state: vec![BufState::Held; usize::from(count)],
             in_ring: 0,
+            provided: 0,
         })
+    }
+
+    /// Put more never-used buffers in circulation when few are left in the ring. Call once per
+    /// event-loop turn; returns how many were added.
+    pub fn grow_if_low(&mut self) -> u32 {
+        if self.in_ring >= POOL_STEP / 2 || self.provided >= self.count() {
+            return 0;
+        }
+        let n = POOL_STEP.min(self.count() - self.provided);
+        for bid in self.provided..self.provided + n {
+            self.release(bid as u16);
+        }
+        self.provided += n;
+        n
+    }
+
+    /// Buffers in circulation (touched at least once).
+    pub fn provided(&self) -> u32 {
+        self.provided
     }
 
     /// Size of every buffer in bytes.
@@ -404,9 +430,7 @@ impl Ring {
                 0,
             )?;
         }
-        for bid in 0..cfg.buffers {
-            pool.release(bid);
-        }
+        pool.grow_if_low();
         Ok(Ring {
             uring,
             backlog: VecDeque::new(),
@@ -693,6 +717,7 @@ impl BufPool {
             tail: 0,
             state: Vec::new(),
             in_ring: 0,
+            provided: 0,
         }
     }
 }
@@ -807,6 +832,7 @@ mod tests {
         };
         assert_eq!(r.pool.bytes(bid, n), b"hello ring");
         assert_eq!(r.pool.available(), 15);
+        assert_eq!(r.pool.provided(), 16);
         let chunk = Chunk {
             src: Src::Pool(bid),
             off: 6,

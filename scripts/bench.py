@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the same loads against direct (no proxy), nginx, HAProxy and ringway.
+
+Run through scripts/bench.sh (which builds ringway and installs nginx and haproxy). Every step is
+bounded in time; every process started here is stopped by its PID at the end.
+
+Fairness on a 2-core machine: the proxy under test is pinned to CPU 0 with one worker
+(nginx worker_processes 1, HAProxy nbthread 1, ringway workers = 1); the load generator and the
+echo backends are pinned to CPU 1. One extra run puts every proxy on all cores. Access logs are
+off for all three proxies.
+
+Figures come from /proc: proxy CPU (utime+stime of all its processes) during a load, divided by
+the messages or handshakes the load completed; proxy RSS (summed over its processes) at rest and
+while holding N idle WebSockets, giving KiB per connection.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "ringway")
+TICK = os.sysconf("SC_CLK_TCK")
+BACKENDS = [f"127.0.1.{i}:9000" for i in range(1, 9)]
+PORTS = {"direct": None, "nginx": 18081, "haproxy": 18082, "ringway": 18083}
+PER_PROCESS = 9000  # proxied sessions one process holds under a 20,000 fd limit, with margin
+
+STARTED = []  # Popen objects, stopped by PID at exit
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def start(cmd, cpu=None, out=None, **kw):
+    if cpu is not None and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(cpu)] + cmd
+    p = subprocess.Popen(cmd, stdout=out or subprocess.DEVNULL, stderr=out or subprocess.DEVNULL, **kw)
+    STARTED.append(p)
+    return p
+
+
+def stop(p, sig=signal.SIGTERM, wait=10):
+    if p.poll() is None:
+        try:
+            p.send_signal(sig)
+            p.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in STARTED:
+        STARTED.remove(p)
+
+
+def stop_all():
+    for p in list(STARTED):
+        stop(p, wait=5)
+
+
+def wait_port(host, port, timeout=10):
+    import socket
+    t = time.time()
+    while time.time() - t < timeout:
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{host}:{port} never listened")
+
+
+def descendants(pid):
+    """pid and every process below it (nginx master + workers)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                ppid = int(st[st.rindex(")") + 2:].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_ticks(pids):
+    """(user, system) clock ticks summed over pids."""
+    u = s = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2:].split()
+            u += int(fields[11])
+            s += int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+    return u, s
+
+
+def rss_kib(pids):
+    total = 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Proxy:
+    """One proxy under test: `instances` processes (or nginx workers) on one port."""
+
+    def __init__(self, kind, workdir, instances=1, workers=1, cpu=0):
+        self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
+        self.procs = []
+        self.port = PORTS[kind]
+
+    def target(self, path="/ws/"):
+        if self.kind == "direct":
+            return f"ws://{BACKENDS[0]}{path}"
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def pids(self):
+        out = []
+        for p in self.procs:
+            out.extend(descendants(p.pid))
+        return out
+
+    def start(self):
+        if self.kind == "direct":
+            return
+        d = os.path.join(self.dir, self.kind)
+        os.makedirs(d, exist_ok=True)
+        errlog = open(os.path.join(d, "stderr.log"), "ab")
+        if self.kind == "ringway":
+            servers = ", ".join(f'{{ addr = "{b}" }}' for b in BACKENDS)
+            cfg = f"""[runtime]
+workers = {self.workers}
+max_connections = {PER_PROCESS + 500}
+access_log = false
+
+[[upstream]]
+name = "echo"
+servers = [{servers}]
+
+[[server]]
+listen = ["127.0.0.1:{self.port}"]
+
+[[server.location]]
+path = "/"
+upstream = "echo"
+read_timeout = "3600s"
+send_timeout = "3600s"
+"""
+            path = os.path.join(d, "ringway.toml")
+            with open(path, "w") as f:
+                f.write(cfg)
+            for _ in range(self.instances):
+                self.procs.append(start([BIN, "run", "--config", path], cpu=self.cpu, out=errlog))
+        elif self.kind == "nginx":
+            servers = "\n".join(f"        server {b};" for b in BACKENDS)
+            for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
+                os.makedirs(os.path.join(d, sub), exist_ok=True)
+            workers = max(self.workers, self.instances)
+            cfg = f"""worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 19500; use epoll; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream websocket_backend {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{self.port} reuseport backlog=65535;
+        location / {{
+            proxy_pass http://websocket_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_connect_timeout 30s;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+            path = os.path.join(d, "nginx.conf")
+            with open(path, "w") as f:
+                f.write(cfg)
+            self.procs.append(start(["nginx", "-p", d, "-e", "stderr", "-c", path, "-g", "daemon off;"], cpu=self.cpu, out=errlog))
+        elif self.kind == "haproxy":
+            servers = "\n".join(f"    server s{i} {b}" for i, b in enumerate(BACKENDS))
+            cfg = f"""global
+    maxconn {PER_PROCESS + 500}
+    nbthread {self.workers}
+    log stderr format raw local0 emerg
+
+defaults
+    mode http
+    timeout connect 30s
+    timeout client 3600s
+    timeout server 3600s
+    timeout tunnel 3600s
+    timeout http-request 10s
+    option forwardfor
+
+frontend ws
+    bind 127.0.0.1:{self.port}
+    default_backend echo
+
+backend echo
+    balance roundrobin
+{servers}
+"""
+            path = os.path.join(d, "haproxy.cfg")
+            with open(path, "w") as f:
+                f.write(cfg)
+            for _ in range(self.instances):
+                self.procs.append(start(["haproxy", "-db", "-f", path], cpu=self.cpu, out=errlog))
+        wait_port("127.0.0.1", self.port)
+        time.sleep(0.3)
+
+    def stop(self):
+        for p in self.procs:
+            stop(p)
+        self.procs = []
+
+
+class Load:
+    def __init__(self, args, workdir):
+        self.args, self.dir = args, workdir
+        self.echos = []
+
+    def start_backends(self, n=1):
+        for _ in range(n):
+            cmd = [BIN, "echo", "--workers", "1"]
+            for b in BACKENDS:
+                cmd += ["--listen", b]
+            self.echos.append(start(cmd, cpu=self.args.load_cpu))
+        for b in BACKENDS:
+            h, p = b.split(":")
+            wait_port(h, int(p))
+
+    def stop_backends(self):
+        for p in self.echos:
+            stop(p)
+        self.echos = []
+
+    def bench(self, mode, target, extra, source="127.2.0.0/16", timeout=600, cpu="load", workers=1):
+        cmd = [BIN, "bench", mode, "--target", target, "--json", "--quiet", "--workers", str(workers), "--source", source] + extra
+        cpu = self.args.load_cpu if cpu == "load" else cpu
+        if cpu is not None and shutil.which("taskset"):
+            cmd = ["taskset", "-c", str(cpu)] + cmd
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        try:
+            return json.loads(r.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"bench failed ({r.returncode}): {r.stderr.strip()[-400:]}")
+
+
+def measured(proxy, fn):
+    """Run fn() and return (its result, user ticks, system ticks) of the proxy meanwhile."""
+    pids = proxy.pids()
+    u0, s0 = cpu_ticks(pids)
+    res = fn()
+    u1, s1 = cpu_ticks(proxy.pids())
+    return res, u1 - u0, s1 - s0
+
+
+def us_per(ticks, n):
+    return ticks / TICK * 1e6 / n if n else float("nan")
+
+
+def throughput(load, proxy, size, secs, conns=100, workers=1, cpu="load"):
+    r, u, s = measured(proxy, lambda: load.bench("throughput", proxy.target(), ["-c", str(conns), "-s", str(size), "-d", f"{secs}s", "--warmup", "0s"], cpu=cpu, workers=workers))
+    # CPU covers connection setup too (100 handshakes: negligible next to the messages).
+    n = r["messages"]
+    return {
+        "msgs_per_sec": r["messages_per_sec"],
+        "p50_us": r["latency_us"]["p50"],
+        "p99_us": r["latency_us"]["p99"],
+        "cpu_us_per_msg": us_per(u + s, n),
+        "user_us_per_msg": us_per(u, n),
+        "errors": r["errors"],
+    }
+
+
+def open_loop(load, proxy, secs):
+    r = load.bench("throughput", proxy.target(), ["-c", "1000", "--rate", "5000", "-s", "64", "-d", f"{secs}s", "--warmup", "1s"])
+    return {"p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"], "p999_us": r["latency_us"]["p999"], "msgs_per_sec": r["messages_per_sec"], "errors": r["errors"]}
+
+
+def handshakes(load, proxy, count):
+    r, u, s = measured(proxy, lambda: load.bench("connect", proxy.target(), ["-c", "50", "-n", str(count)]))
+    return {"per_sec": r["handshakes_per_sec"], "p99_us": r["latency_us"]["p99"], "cpu_us_per_handshake": us_per(u + s, r["established"]), "user_us_per_handshake": us_per(u, r["established"]), "errors": r["errors"]}
+
+
+def idle(load, proxy, n, hold, interval="5s", rate=5000):
+    """Hold n idle WebSockets with heartbeats; RSS per connection from the proxy's /proc."""
+    rest = rss_kib(proxy.pids())
+    per = 18000
+    procs, readies = [], []
+    for i in range((n + per - 1) // per):
+        k = min(per, n - i * per)
+        ready = os.path.join(load.dir, f"ready-{proxy.kind}-{n}-{i}")
+        if os.path.exists(ready):
+            os.remove(ready)
+        readies.append(ready)
+        cmd = [BIN, "bench", "idle", "--target", proxy.target(), "--json", "--quiet", "--workers", "1",
+               "-c", str(k), "--rate", str(max(1, rate // max(1, (n + per - 1) // per))), "--hold", hold,
+               "--interval", interval, "--timeout", "20s", "--source", f"127.{10 + i}.0.0/16", "--ready-file", ready]
+        if shutil.which("taskset") and load.args.load_cpu is not None:
+            cmd = ["taskset", "-c", str(load.args.load_cpu)] + cmd
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    t = time.time()
+    limit = n / rate + 60
+    while not all(os.path.exists(r) for r in readies) and time.time() - t < limit and all(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    holding = rss_kib(proxy.pids())
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=limit + 600)
+        try:
+            results.append(json.loads(out))
+        except json.JSONDecodeError:
+            results.append({"established": 0, "alive_at_end": 0, "heartbeats_sent": 0, "heartbeats_echoed": 0, "heartbeats_lost": 0, "errors": {"bench": err.strip()[-200:]}})
+    est = sum(r["established"] for r in results)
+    errors = {}
+    for r in results:
+        for k, v in r.get("errors", {}).items():
+            errors[k] = errors.get(k, 0) + v
+    return {
+        "connections": n,
+        "established": est,
+        "alive_at_end": sum(r["alive_at_end"] for r in results),
+        "heartbeats_sent": sum(r["heartbeats_sent"] for r in results),
+        "heartbeats_echoed": sum(r["heartbeats_echoed"] for r in results),
+        "heartbeats_lost": sum(r["heartbeats_lost"] for r in results),
+        "rss_rest_kib": rest,
+        "rss_holding_kib": holding,
+        "kib_per_conn": (holding - rest) / est if est else float("nan"),
+        "errors": errors,
+    }
+
+
+def tune():
+    """Benchmark-only sysctls (root): more ports and backlog. Returns what was changed."""
+    want = {
+        "net/ipv4/ip_local_port_range": "1024 65535",
+        "net/core/somaxconn": "65535",
+        "net/ipv4/tcp_max_syn_backlog": "65535",
+        "net/ipv4/tcp_tw_reuse": "1",
+        "net/core/netdev_max_backlog": "65535",
+    }
+    changed = {}
+    for k, v in want.items():
+        p = "/proc/sys/" + k
+        try:
+            with open(p) as f:
+                cur = " ".join(f.read().split())
+            if cur != v:
+                with open(p, "w") as f:
+                    f.write(v)
+                changed[k.replace("/", ".")] = f"{cur} -> {v}"
+        except OSError:
+            pass
+    return changed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    ap.add_argument("--only", default="direct,nginx,haproxy,ringway", help="comma-separated targets")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--json-out", default=None, help="also write the raw results as JSON")
+    ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
+    args = ap.parse_args()
+    ncpu = os.cpu_count() or 1
+    args.load_cpu = 1 if ncpu >= 2 else None
+    args.proxy_cpu = 0 if ncpu >= 2 else None
+    secs = 3 if args.quick else 10
+    hs_count = 5000 if args.quick else 20000
+    small_idle = 10000
+    large_idle = args.idle_large if args.idle_large is not None else (0 if args.quick else 100000)
+    targets = [t for t in args.only.split(",") if t]
+    work = tempfile.mkdtemp(prefix="ringway-bench-")
+    changed = tune()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    load = Load(args, work)
+    results = {}
+    t0 = time.time()
+    try:
+        load.start_backends(1)
+        for kind in targets:
+            log(f"== {kind}")
+            res = results[kind] = {}
+            p = Proxy(kind, work, cpu=args.proxy_cpu)
+            p.start()
+            try:
+                res["tp64"] = throughput(load, p, 64, secs)
+                log(f"   64 B: {res['tp64']['msgs_per_sec']:.0f} msg/s, {res['tp64']['cpu_us_per_msg']:.2f} CPU-µs/msg")
+                res["tp4k"] = throughput(load, p, 4096, secs)
+                log(f"   4 KiB: {res['tp4k']['msgs_per_sec']:.0f} msg/s, {res['tp4k']['cpu_us_per_msg']:.2f} CPU-µs/msg")
+                res["open_loop"] = open_loop(load, p, secs)
+                log(f"   open loop 5000/s: p99 {res['open_loop']['p99_us']} µs")
+                res["connect"] = handshakes(load, p, hs_count)
+                log(f"   handshakes: {res['connect']['per_sec']:.0f}/s, {res['connect']['cpu_us_per_handshake']:.0f} CPU-µs each")
+            finally:
+                p.stop()
+            if kind != "direct":
+                for n in [small_idle] + ([large_idle] if large_idle else []):
+                    inst = (n + PER_PROCESS - 1) // PER_PROCESS
+                    q = Proxy(kind, work, instances=inst, cpu=args.proxy_cpu)
+                    extra_backends = max(0, (n + 17999) // 18000 - 1)
+                    load.start_backends(extra_backends)
+                    q.start()
+                    try:
+                        r = idle(load, q, n, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s")
+                        res[f"idle{n}"] = r
+                        log(f"   idle {n}: {r['established']} established, {r['alive_at_end']} alive, {r['kib_per_conn']:.2f} KiB/conn, {r['heartbeats_lost']} heartbeats lost")
+                    finally:
+                        q.stop()
+                        for e in load.echos[1:]:
+                            stop(e)
+                        load.echos = load.echos[:1]
+            # every proxy on all cores, load unpinned
+            if ncpu >= 2:
+                a = Proxy(kind, work, workers=ncpu, cpu=None)
+                a.start()
+                try:
+                    res["tp64_allcores"] = throughput(load, a, 64, secs, conns=200, workers=ncpu, cpu=None)
+                    log(f"   all cores 64 B: {res['tp64_allcores']['msgs_per_sec']:.0f} msg/s")
+                finally:
+                    a.stop()
+    finally:
+        stop_all()
+    elapsed = time.time() - t0
+    meta = {
+        "kernel": platform.release(),
+        "cpus": ncpu,
+        "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+        "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() if "nginx" in targets else "",
+        "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0] if "haproxy" in targets else "",
+        "rlimit_nofile": hard,
+        "sysctl_changes": changed,
+        "seconds": round(elapsed),
+        "command": "scripts/bench.sh " + " ".join(sys.argv[1:]),
+        "quick": args.quick,
+    }
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    write_markdown(args.out, meta, results, targets, small_idle, large_idle, secs, hs_count)
+    log(f"done in {elapsed:.0f}s; wrote {args.out}")
+
+
+def fmt(v, digits=0):
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, hs_count):
+    cols = [t for t in ["ringway", "nginx", "haproxy", "direct"] if t in targets]
+    names = {"ringway": "ringway", "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct"}
+
+    def get(t, *keys):
+        v = results.get(t, {})
+        for k in keys:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(k)
+        return v
+
+    def ratio(t, *keys):
+        r, o = get("ringway", *keys), get(t, *keys)
+        if not r or not o:
+            return "—"
+        return f"{r / o:.2f}"
+
+    rows = [
+        ("throughput 64 B, msg/s (100 conns, closed loop)", ("tp64", "msgs_per_sec"), 0),
+        ("  p50 / p99 latency µs", None, None),
+        ("proxy CPU-µs per echoed msg, 64 B", ("tp64", "cpu_us_per_msg"), 2),
+        ("  of which user-space", ("tp64", "user_us_per_msg"), 2),
+        ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
+        ("proxy CPU-µs per echoed msg, 4 KiB", ("tp4k", "cpu_us_per_msg"), 2),
+        ("  of which user-space", ("tp4k", "user_us_per_msg"), 2),
+        ("open loop 5,000 msg/s over 1,000 conns, 64 B: p50 µs", ("open_loop", "p50_us"), 0),
+        ("  p99 µs", ("open_loop", "p99_us"), 0),
+        ("handshakes/s (concurrency 50, each closed cleanly)", ("connect", "per_sec"), 0),
+        ("proxy CPU-µs per handshake (incl. upstream connect, close)", ("connect", "cpu_us_per_handshake"), 0),
+        (f"user-space KiB per idle proxied WebSocket at {small_idle:,}", (f"idle{small_idle}", "kib_per_conn"), 2),
+        (f"  established / alive at end / heartbeats lost", None, None),
+    ]
+    if large_idle:
+        rows += [
+            (f"user-space KiB per idle proxied WebSocket at {large_idle:,}", (f"idle{large_idle}", "kib_per_conn"), 2),
+            (f"  established / alive at end / heartbeats lost ", None, None),
+        ]
+    rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
+    out = []
+    out.append("# Benchmarks\n")
+    out.append("ringway beside nginx and HAProxy on the same loads, in one run of `scripts/bench.sh`. "
+               "The proxy under test runs pinned to CPU 0 with one worker; the load generator (`ringway bench`) "
+               "and the echo backends (`ringway echo`, 8 addresses 127.0.1.1–8) run on CPU 1. `direct` is the "
+               "load generator talking to the echo backend with no proxy: the ceiling of the load side. Absolute "
+               "numbers drift between runs on this shared machine; compare within a column set from one run.\n")
+    out.append(f"Command: `{meta['command']}`  \nMachine: {meta['cpus']} × {meta['cpu_model']}, Linux {meta['kernel']}, "
+               f"RLIMIT_NOFILE {meta['rlimit_nofile']}  \nProxies: {meta['nginx']}; {meta['haproxy']}  \n"
+               f"Benchmark sysctls: {', '.join(f'{k} {v}' for k, v in meta['sysctl_changes'].items()) or 'unchanged'}  \n"
+               f"Run length: {secs}s per throughput load, {hs_count:,} handshakes; whole run {meta['seconds']}s.\n")
+    head = "| figure | " + " | ".join(names[c] for c in cols) + " | ringway ÷ nginx | ringway ÷ HAProxy |"
+    out.append(head)
+    out.append("|" + "---|" * (len(cols) + 3))
+    for label, keys, digits in rows:
+        if keys is None:
+            if label.strip().startswith("p50 / p99"):
+                cells = [f"{fmt(get(c, 'tp64', 'p50_us'))} / {fmt(get(c, 'tp64', 'p99_us'))}" for c in cols]
+                out.append(f"| {label} | " + " | ".join(cells) + " | | |")
+            else:
+                key = f"idle{large_idle}" if label.endswith(" ") else f"idle{small_idle}"
+                cells = []
+                for c in cols:
+                    r = get(c, key)
+                    cells.append("—" if not r else f"{fmt(r['established'])} / {fmt(r['alive_at_end'])} / {fmt(r['heartbeats_lost'])}")
+                out.append(f"| {label.rstrip()} | " + " | ".join(cells) + " | | |")
+            continue
+        cells = [fmt(get(c, *keys), digits) for c in cols]
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio('nginx', *keys)} | {ratio('haproxy', *keys)} |")
+    errs = []
+    for c in cols:
+        for k, v in results.get(c, {}).items():
+            if isinstance(v, dict) and v.get("errors"):
+                errs.append(f"- {names[c]} {k}: {v['errors']}")
+    out.append("")
+    if errs:
+        out.append("Errors seen by the load generator:\n")
+        out.extend(errs)
+        out.append("")
+    out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
+               "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
+               "memory is VmRSS summed over the proxy's processes while holding N idle WebSockets (each "
+               "sending a small heartbeat every few seconds) minus the same at rest, divided by N. Runs past "
+               f"~{PER_PROCESS:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
+               "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
+    except Exception:
+        stop_all()
+        raise
