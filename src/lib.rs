@@ -7,6 +7,7 @@ pub mod http;
 pub mod runtime;
 pub mod session;
 pub mod tools;
+pub mod tuning;
 pub mod upstream;
 #[allow(unsafe_code)]
 pub mod uring;

@@ -40,6 +40,24 @@ enum Command {
     },
     /// WebSocket load generator: throughput, connect rate, or idle connections with heartbeats.
     Bench(Box<BenchArgs>),
+    /// Check the kernel and limits against what the configured connections need (exit 1 on a failure).
+    Preflight {
+        /// Size the needs from this config (max_connections, upstreams, listeners).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Size the needs for N connections (default: the config's max_connections, else 200000).
+        #[arg(short = 'n', long)]
+        connections: Option<u64>,
+        /// Write the sysctl fixes through /proc/sys (root); without root, print what it would do.
+        #[arg(long)]
+        apply: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Read /proc from under this directory (for tests).
+        #[arg(long, default_value = "/", hide = true)]
+        root: PathBuf,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -102,6 +120,82 @@ struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     quiet: bool,
+}
+
+fn preflight(
+    config: Option<PathBuf>,
+    connections: Option<u64>,
+    apply: bool,
+    json: bool,
+    root: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use ringway::tuning::{self, Needs, Report, Status};
+    let cfg = match &config {
+        Some(p) => Some(ringway::config::Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let n = connections
+        .or(cfg.as_ref().map(|c| u64::from(c.runtime.max_connections)))
+        .unwrap_or(tuning::NOFILE_RECOMMENDED);
+    let needs = Needs::new(n, cfg.as_ref());
+    let mut state = tuning::read_state(root);
+    state.io_uring = ringway::uring::probe().map(|m| format!("{m:?}"));
+    let mut found = tuning::findings(&state, &needs);
+    let applied = if apply {
+        let a = tuning::apply(&found, root, state.root);
+        if state.root {
+            let mut again = tuning::read_state(root);
+            again.io_uring = state.io_uring.clone();
+            found = tuning::findings(&again, &needs);
+        }
+        Some(a)
+    } else {
+        None
+    };
+    let status = tuning::worst(&found);
+    if json {
+        let r = Report {
+            connections: needs.connections,
+            file_descriptors: needs.fds,
+            status,
+            findings: &found,
+            applied,
+        };
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        if let Some(a) = &applied {
+            for x in a {
+                if x.done {
+                    println!("applied {}: {} -> {}", x.setting, x.before, x.after);
+                } else {
+                    println!(
+                        "not applied {}: {} -> {} ({})",
+                        x.setting, x.before, x.after, x.note
+                    );
+                }
+            }
+            if a.is_empty() {
+                println!("nothing to apply");
+            }
+            println!();
+        }
+        print!("{}", tuning::table(&found, &needs));
+        if state.nofile_hard.is_some_and(|h| h < needs.fds) {
+            println!(
+                "\nThis process can hold about {} sessions: above that, run several ringway processes on the same port (SO_REUSEPORT) or raise LimitNOFILE.",
+                state
+                    .nofile_hard
+                    .unwrap_or(0)
+                    .saturating_sub(tuning::FDS_RESERVED)
+                    / tuning::FDS_PER_SESSION
+            );
+        }
+    }
+    Ok(if status == Status::Fail {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
@@ -198,6 +292,21 @@ fn main() -> ExitCode {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("ringway bench: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Preflight {
+            config,
+            connections,
+            apply,
+            json,
+            root,
+        } => {
+            return match preflight(config, connections, apply, json, &root) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("ringway preflight: {e:#}");
                     ExitCode::from(2)
                 }
             };

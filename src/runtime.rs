@@ -9,10 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::config::Config;
 use crate::worker::{Worker, WorkerSpec, WorkerStats};
 
-/// File descriptors a session needs: the client socket and the upstream socket.
-pub const FDS_PER_SESSION: u64 = 2;
-/// Descriptors kept aside for listeners, rings, logs and the like.
-pub const FDS_RESERVED: u64 = 64;
+use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
 
 /// Raise the soft RLIMIT_NOFILE to `want` (or the hard limit, if lower). Returns the new soft
 /// limit.
@@ -44,6 +41,60 @@ pub fn block_signals() -> SigSet {
     set
 }
 
+/// The preflight table, as log lines: one per setting that is not ok. With
+/// `[tuning] apply = true` and root, the sysctl fixes are written first.
+fn preflight_at_start(cfg: &Config, needs: &tuning::Needs) {
+    let root = std::path::Path::new("/");
+    let mut state = tuning::read_state(root);
+    state.io_uring = crate::uring::probe().map(|m| format!("{m:?}"));
+    let mut found = tuning::findings(&state, needs);
+    if cfg.tuning_apply {
+        if !state.root {
+            tracing::warn!("[tuning] apply = true, but not running as root: nothing applied");
+        } else {
+            for a in tuning::apply(&found, root, true) {
+                if a.done {
+                    tracing::info!("tuning: {} {} -> {}", a.setting, a.before, a.after);
+                } else {
+                    tracing::warn!("tuning: {} not set: {}", a.setting, a.note);
+                }
+            }
+            state = tuning::read_state(root);
+            state.io_uring = Ok(String::new());
+            found = tuning::findings(&state, needs);
+        }
+    }
+    let mut bad = 0;
+    for f in found.iter().filter(|f| f.status != Status::Ok) {
+        bad += 1;
+        let level = if f.status == Status::Fail {
+            "FAIL"
+        } else {
+            "warn"
+        };
+        tracing::warn!(
+            "preflight {level}: {} is {} (needed {}): {}",
+            f.setting,
+            f.current,
+            f.needed,
+            f.why
+        );
+    }
+    if bad == 0 {
+        tracing::info!(
+            "preflight: all {} checks ok for {} connections",
+            found.len(),
+            needs.connections
+        );
+    } else {
+        tracing::warn!(
+            "preflight: {bad} of {} checks need attention; `ringway preflight --config {}` prints the table",
+            found.len(),
+            cfg.source
+        );
+    }
+}
+
 /// Run the proxy in the foreground until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Err(why) = crate::uring::probe() {
@@ -51,7 +102,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let cfg = Arc::new(cfg);
     let workers = cfg.runtime.workers;
-    let want_fds = u64::from(cfg.runtime.max_connections) * FDS_PER_SESSION + FDS_RESERVED;
+    let needs = tuning::Needs::new(u64::from(cfg.runtime.max_connections), Some(&cfg));
+    let want_fds = needs.fds;
+    preflight_at_start(&cfg, &needs);
     let nofile = raise_nofile(want_fds);
     let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
     let max_connections = if fit < cfg.runtime.max_connections {
@@ -78,7 +131,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             id,
             cfg: cfg.clone(),
             max_sessions: per_worker,
-            backlog: 4096,
+            backlog: tuning::LISTEN_BACKLOG as i32,
             cpu: if workers <= cpus { Some(id) } else { None },
             stop: stop.clone(),
             stats,

@@ -59,6 +59,8 @@ mod raw {
         #[serde(default)]
         pub runtime: Runtime,
         #[serde(default)]
+        pub tuning: Tuning,
+        #[serde(default)]
         pub upstream: Vec<Spanned<Upstream>>,
         #[serde(default)]
         pub server: Vec<Spanned<Server>>,
@@ -73,6 +75,12 @@ mod raw {
         pub buffer_size: Option<Spanned<toml::Value>>,
         pub buffers: Option<Spanned<i64>>,
         pub access_log: Option<bool>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tuning {
+        pub apply: Option<bool>,
     }
 
     #[derive(Deserialize)]
@@ -190,6 +198,8 @@ pub struct Config {
     /// The file it came from, for messages.
     pub source: String,
     pub runtime: Runtime,
+    /// `[tuning] apply = true`: write the preflight's sysctl fixes at startup (when root).
+    pub tuning_apply: bool,
     /// Distinct listen addresses; each worker opens one SO_REUSEPORT socket per entry.
     pub listeners: Vec<SocketAddr>,
     pub servers: Vec<Server>,
@@ -646,6 +656,7 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
     Ok(Config {
         source: cx.file.to_string(),
         runtime,
+        tuning_apply: raw.tuning.apply.unwrap_or(false),
         listeners,
         servers,
         upstreams,

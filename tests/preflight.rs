@@ -1,0 +1,205 @@
+//! `ringway preflight` for real on this machine, and the tuning and deploy files.
+
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+fn proc_sys(key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/{key}"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn json_matches_proc_and_exit_code_matches_status() {
+    let out = Command::new(BIN)
+        .args(["preflight", "--json", "--connections", "1000"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["connections"], 1000);
+    assert!(v["file_descriptors"].as_u64().unwrap() >= 2000);
+    let status = v["status"].as_str().unwrap();
+    assert!(["ok", "warn", "fail"].contains(&status));
+    assert_eq!(
+        out.status.code(),
+        Some(if status == "fail" { 1 } else { 0 })
+    );
+    let findings = v["findings"].as_array().unwrap();
+    let get = |s: &str| {
+        findings
+            .iter()
+            .find(|f| f["setting"] == s)
+            .unwrap_or_else(|| panic!("no {s}"))
+    };
+    for f in findings {
+        for k in ["setting", "current", "needed", "status", "why"] {
+            assert!(f[k].is_string(), "{k} missing in {f}");
+        }
+    }
+    for (setting, key) in [
+        ("fs.nr_open", "fs/nr_open"),
+        ("fs.file-max", "fs/file-max"),
+        ("net.core.somaxconn", "net/core/somaxconn"),
+        (
+            "net.ipv4.tcp_max_syn_backlog",
+            "net/ipv4/tcp_max_syn_backlog",
+        ),
+        ("net.core.netdev_max_backlog", "net/core/netdev_max_backlog"),
+        ("net.ipv4.tcp_tw_reuse", "net/ipv4/tcp_tw_reuse"),
+        ("net.ipv4.tcp_fin_timeout", "net/ipv4/tcp_fin_timeout"),
+        (
+            "net.ipv4.ip_local_port_range",
+            "net/ipv4/ip_local_port_range",
+        ),
+    ] {
+        assert_eq!(
+            get(setting)["current"].as_str().unwrap(),
+            proc_sys(key),
+            "{setting}"
+        );
+    }
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let l: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()["Max open files".len()..]
+        .split_whitespace()
+        .collect();
+    // The child raised nothing before reading: it sees the limits it inherited from us.
+    assert_eq!(
+        get("RLIMIT_NOFILE (soft/hard)")["current"]
+            .as_str()
+            .unwrap(),
+        format!("{}/{}", l[0], l[1])
+    );
+    let uring = get("io_uring")["status"].as_str().unwrap();
+    assert_eq!(uring == "ok", ringway::uring::probe().is_ok());
+}
+
+#[test]
+fn failing_fake_host_exits_1_and_apply_without_root_only_says_so() {
+    let d = std::env::temp_dir().join(format!("ringway-pf-{}", std::process::id()));
+    let w = |rel: &str, v: &str| {
+        let p = d.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    };
+    w(
+        "proc/self/limits",
+        "Max open files            1024                 4096                 files     \n",
+    );
+    w(
+        "proc/self/status",
+        "Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n",
+    );
+    w("proc/sys/net/core/somaxconn", "128\n");
+    w("proc/sys/fs/nr_open", "1048576\n");
+    let out = Command::new(BIN)
+        .args([
+            "preflight",
+            "-n",
+            "100000",
+            "--apply",
+            "--root",
+            d.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains("RLIMIT_NOFILE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not applied net.core.somaxconn: 128 -> 65535 (not root: would write this)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("proc/sys/net/core/somaxconn")).unwrap(),
+        "128\n"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn deploy_and_tuning_files_are_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // Kubernetes: every document parses; the Deployment has what operators rely on.
+    let text = std::fs::read_to_string(format!("{root}/deploy/kubernetes.yaml")).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Deployment", "Service"]);
+    let spec = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["terminationGracePeriodSeconds"].as_u64(), Some(60));
+    let sysctls: Vec<&str> = spec["securityContext"]["sysctls"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(sysctls.contains(&"net.core.somaxconn"));
+    let c = &spec["containers"][0];
+    assert!(c["readinessProbe"].is_mapping());
+    assert_eq!(
+        docs[0]["spec"]["selector"]["matchLabels"],
+        docs[0]["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(docs[1]["spec"]["selector"]["app"].as_str(), Some("ringway"));
+    // sysctl.d: every key exists on this kernel and every value has the right shape.
+    for line in std::fs::read_to_string(format!("{root}/tuning/99-ringway.conf"))
+        .unwrap()
+        .lines()
+    {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let (k, v) = l.split_once('=').unwrap();
+        let path = format!("/proc/sys/{}", k.trim().replace('.', "/"));
+        assert!(
+            std::path::Path::new(&path).exists(),
+            "{k} is not a sysctl here"
+        );
+        assert!(
+            v.split_whitespace().all(|x| x.parse::<u64>().is_ok()),
+            "{l}"
+        );
+    }
+    // systemd: stop timeout above the default shutdown grace, SIGTERM, preflight before start.
+    let unit = std::fs::read_to_string(format!("{root}/tuning/ringway.service")).unwrap();
+    let val = |k: &str| {
+        unit.lines()
+            .find(|l| l.starts_with(&format!("{k}=")))
+            .map(|l| l[k.len() + 1..].to_string())
+            .unwrap_or_default()
+    };
+    let stop = ringway::config::parse_duration(&val("TimeoutStopSec")).unwrap();
+    assert!(stop > ringway::config::defaults::SHUTDOWN_GRACE);
+    assert_eq!(val("KillSignal"), "SIGTERM");
+    assert!(val("LimitNOFILE").parse::<u64>().unwrap() >= 200_000);
+    assert!(unit.contains("ExecStartPre=/usr/local/bin/ringway preflight"));
+    assert!(val("ExecReload").contains("-HUP"));
+    // The example config is valid.
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            &format!("{root}/examples/ringway.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
