@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod runtime;

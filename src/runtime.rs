@@ -161,6 +161,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     }
+    let stopping = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = cfg.admin {
+        let state = crate::admin::AdminState {
+            workers: all_stats.clone(),
+            stopping: stopping.clone(),
+            started: std::time::Instant::now(),
+            max_sessions: u64::from(max_connections),
+        };
+        let bound = crate::admin::spawn(addr, state)
+            .with_context(|| format!("admin endpoint on {addr}"))?;
+        tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");
+    }
     let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
     tracing::info!(
         "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",
@@ -181,6 +193,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("waiting for signals: {e}"),
         }
     }
+    stopping.store(true, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         match h.join() {

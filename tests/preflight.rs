@@ -148,7 +148,18 @@ fn deploy_and_tuning_files_are_valid() {
         .collect();
     assert!(sysctls.contains(&"net.core.somaxconn"));
     let c = &spec["containers"][0];
-    assert!(c["readinessProbe"].is_mapping());
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    let admin_port = c["readinessProbe"]["httpGet"]["port"].as_str().unwrap();
+    assert!(
+        c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"].as_str() == Some(admin_port))
+    );
     assert_eq!(
         docs[0]["spec"]["selector"]["matchLabels"],
         docs[0]["spec"]["template"]["metadata"]["labels"]

@@ -408,6 +408,37 @@ fn slow_readers_get_everything_and_memory_stays_bounded() {
 }
 
 #[test]
+fn admin_endpoint_reports_health_status_and_metrics() {
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack("admin", "", "", &format!("[admin]\nlisten = \"{admin}\""));
+    let get = |path: &str| {
+        String::from_utf8(raw_exchange(
+            admin,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+            10,
+        ))
+        .unwrap()
+    };
+    let h = get("/healthz");
+    assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
+    let mut ws = ws_connect(st.listen, "/ws/");
+    ws_echo(&mut ws, b"x".to_vec());
+    let s = get("/status");
+    let json: serde_json::Value =
+        serde_json::from_str(&s[s.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(json["state"], "serving");
+    assert_eq!(json["active"], 1, "{json}");
+    assert!(json["accepted"].as_u64().unwrap() >= 1);
+    let m = get("/metrics");
+    assert!(m.contains("# TYPE ringway_sessions_active gauge"), "{m}");
+    assert!(m.contains("ringway_up 1"), "{m}");
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
 fn upstream_sockets_bind_the_configured_source_addresses() {
     if !uring_ok() {
         return;

@@ -61,6 +61,8 @@ mod raw {
         #[serde(default)]
         pub tuning: Tuning,
         #[serde(default)]
+        pub admin: Admin,
+        #[serde(default)]
         pub upstream: Vec<Spanned<Upstream>>,
         #[serde(default)]
         pub server: Vec<Spanned<Server>>,
@@ -75,6 +77,12 @@ mod raw {
         pub buffer_size: Option<Spanned<toml::Value>>,
         pub buffers: Option<Spanned<i64>>,
         pub access_log: Option<bool>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub listen: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -200,6 +208,8 @@ pub struct Config {
     pub runtime: Runtime,
     /// `[tuning] apply = true`: write the preflight's sysctl fixes at startup (when root).
     pub tuning_apply: bool,
+    /// `[admin] listen`: where `/healthz`, `/status` and `/metrics` are served (none if unset).
+    pub admin: Option<SocketAddr>,
     /// Distinct listen addresses; each worker opens one SO_REUSEPORT socket per entry.
     pub listeners: Vec<SocketAddr>,
     pub servers: Vec<Server>,
@@ -526,6 +536,10 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         });
     }
 
+    let admin = match &raw.admin.listen {
+        None => None,
+        Some(a) => Some(parse_addr(a.get_ref()).map_err(|m| cx.err(a.span(), "admin.listen", m))?),
+    };
     let mut listeners: Vec<SocketAddr> = Vec::new();
     let mut servers = Vec::new();
     if raw.server.is_empty() {
@@ -657,6 +671,7 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         source: cx.file.to_string(),
         runtime,
         tuning_apply: raw.tuning.apply.unwrap_or(false),
+        admin,
         listeners,
         servers,
         upstreams,
