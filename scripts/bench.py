@@ -29,8 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "ringway")
 TICK = os.sysconf("SC_CLK_TCK")
 BACKENDS = [f"127.0.1.{i}:9000" for i in range(1, 9)]
-PORTS = {"direct": None, "nginx": 18081, "haproxy": 18082, "ringway": 18083}
-PER_PROCESS = 9000  # proxied sessions one process holds under a 20,000 fd limit, with margin
+PORTS = {"direct": None, "nginx": 7081, "haproxy": 7082, "ringway": 7083}
+PER_PROCESS = 8000  # proxied sessions per process in idle runs: the kernel's SO_REUSEPORT hash spreads
+                   # unevenly, and one process holds ~9,900 under a 20,000 fd limit
+CAP_PROCESS = 9900  # what each proxy process is configured to hold at most
 
 STARTED = []  # Popen objects, stopped by PID at exit
 
@@ -153,12 +155,14 @@ class Proxy:
             servers = ", ".join(f'{{ addr = "{b}" }}' for b in BACKENDS)
             cfg = f"""[runtime]
 workers = {self.workers}
-max_connections = {PER_PROCESS + 500}
+max_connections = {CAP_PROCESS}
 access_log = false
 
 [[upstream]]
 name = "echo"
 servers = [{servers}]
+# Each local address adds a full ephemeral port range toward every backend address.
+source = "127.3.0.0/16"
 
 [[server]]
 listen = ["127.0.0.1:{self.port}"]
@@ -183,7 +187,7 @@ send_timeout = "3600s"
 worker_rlimit_nofile 20000;
 pid {d}/nginx.pid;
 error_log stderr warn;
-events {{ worker_connections 19500; use epoll; }}
+events {{ worker_connections {2 * CAP_PROCESS}; use epoll; }}
 http {{
     access_log off;
     client_body_temp_path {d}/client_body;
@@ -224,7 +228,7 @@ http {{
         elif self.kind == "haproxy":
             servers = "\n".join(f"    server s{i} {b}" for i, b in enumerate(BACKENDS))
             cfg = f"""global
-    maxconn {PER_PROCESS + 500}
+    maxconn {CAP_PROCESS}
     nbthread {self.workers}
     log stderr format raw local0 emerg
 
@@ -331,7 +335,7 @@ def handshakes(load, proxy, count):
 def idle(load, proxy, n, hold, interval="5s", rate=5000):
     """Hold n idle WebSockets with heartbeats; RSS per connection from the proxy's /proc."""
     rest = rss_kib(proxy.pids())
-    per = 18000
+    per = 18000  # connections per load-generator process (one descriptor each)
     procs, readies = [], []
     for i in range((n + per - 1) // per):
         k = min(per, n - i * per)
@@ -377,14 +381,40 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
     }
 
 
+def idle_run(load, kind, work, args, n, hold, interval, rate=5000):
+    """Start enough proxy processes and backends for n idle WebSockets, hold them, report."""
+    inst = max(1, -(-n // PER_PROCESS))
+    q = Proxy(kind, work, instances=inst, cpu=args.proxy_cpu)
+    extra_backends = max(0, -(-n // 16000) - 1)
+    load.start_backends(extra_backends)
+    q.start()
+    try:
+        r = idle(load, q, n, hold=hold, interval=interval, rate=rate)
+        r["processes"] = inst
+        log(f"   idle {n}: {r['established']} established, {r['alive_at_end']} alive, {r['kib_per_conn']:.2f} KiB/conn, {r['heartbeats_lost']} heartbeats lost ({inst} proxy processes)")
+        return r
+    finally:
+        q.stop()
+        for e in load.echos[1:]:
+            stop(e)
+        load.echos = load.echos[:1]
+
+
 def tune():
     """Benchmark-only sysctls (root): more ports and backlog. Returns what was changed."""
     want = {
-        "net/ipv4/ip_local_port_range": "1024 65535",
+        # The proxies and backends listen on ports below 10240, outside the ephemeral range, so
+        # an outgoing connection can never take a port a listener is about to bind.
+        "net/ipv4/ip_local_port_range": "10240 65535",
         "net/core/somaxconn": "65535",
         "net/ipv4/tcp_max_syn_backlog": "65535",
         "net/ipv4/tcp_tw_reuse": "1",
         "net/core/netdev_max_backlog": "65535",
+        # Each proxied WebSocket is two tracked flows (client and upstream side); the default
+        # table (262144 here) silently drops SYNs past ~130k sessions.
+        "net/netfilter/nf_conntrack_max": "4194304",
+        # Two million loopback sockets: keep TCP out of memory pressure (pages of 4 KiB).
+        "net/ipv4/tcp_mem": "1572864 2097152 3145728",
     }
     changed = {}
     for k, v in want.items():
@@ -408,6 +438,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--json-out", default=None, help="also write the raw results as JSON")
     ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
+    ap.add_argument("--idle-max", type=int, default=None, help="ringway's largest idle run (full: 500000)")
+    ap.add_argument("--idle-max-others", type=int, default=None, help="nginx's and HAProxy's largest idle run (full: 200000)")
+    ap.add_argument("--idle-max-rate", type=int, default=3000, help="connections opened per second in the largest idle runs")
     args = ap.parse_args()
     ncpu = os.cpu_count() or 1
     args.load_cpu = 1 if ncpu >= 2 else None
@@ -416,6 +449,10 @@ def main():
     hs_count = 5000 if args.quick else 20000
     small_idle = 10000
     large_idle = args.idle_large if args.idle_large is not None else (0 if args.quick else 100000)
+    if args.idle_max is None:
+        args.idle_max = 0 if args.quick else 500000
+    if args.idle_max_others is None:
+        args.idle_max_others = 0 if args.quick else 200000
     targets = [t for t in args.only.split(",") if t]
     work = tempfile.mkdtemp(prefix="ringway-bench-")
     changed = tune()
@@ -444,20 +481,7 @@ def main():
                 p.stop()
             if kind != "direct":
                 for n in [small_idle] + ([large_idle] if large_idle else []):
-                    inst = (n + PER_PROCESS - 1) // PER_PROCESS
-                    q = Proxy(kind, work, instances=inst, cpu=args.proxy_cpu)
-                    extra_backends = max(0, (n + 17999) // 18000 - 1)
-                    load.start_backends(extra_backends)
-                    q.start()
-                    try:
-                        r = idle(load, q, n, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s")
-                        res[f"idle{n}"] = r
-                        log(f"   idle {n}: {r['established']} established, {r['alive_at_end']} alive, {r['kib_per_conn']:.2f} KiB/conn, {r['heartbeats_lost']} heartbeats lost")
-                    finally:
-                        q.stop()
-                        for e in load.echos[1:]:
-                            stop(e)
-                        load.echos = load.echos[:1]
+                    res[f"idle{n}"] = idle_run(load, kind, work, args, n, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s")
             # every proxy on all cores, load unpinned
             if ncpu >= 2:
                 a = Proxy(kind, work, workers=ncpu, cpu=None)
@@ -467,6 +491,12 @@ def main():
                     log(f"   all cores 64 B: {res['tp64_allcores']['msgs_per_sec']:.0f} msg/s")
                 finally:
                     a.stop()
+        # The largest idle count held with heartbeats (the scale run): heartbeats every 25s as
+        # the playbook recommends, held for 30s, so every connection sends at least one.
+        for kind, n in [("ringway", args.idle_max), ("nginx", args.idle_max_others), ("haproxy", args.idle_max_others)]:
+            if n and kind in targets:
+                log(f"== {kind} largest idle run")
+                results[kind]["idlemax"] = idle_run(load, kind, work, args, n, hold="30s", interval="25s", rate=args.idle_max_rate)
     finally:
         stop_all()
     elapsed = time.time() - t0
@@ -536,6 +566,10 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
             (f"  established / alive at end / heartbeats lost ", None, None),
         ]
     rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
+    rows += [("largest idle run: connections asked for", ("idlemax", "connections"), 0),
+             ("  established / alive at end / heartbeats lost  ", None, None),
+             ("  user-space KiB per idle proxied WebSocket", ("idlemax", "kib_per_conn"), 2),
+             ("  proxy processes (one port, SO_REUSEPORT)", ("idlemax", "processes"), 0)]
     out = []
     out.append("# Benchmarks\n")
     out.append("ringway beside nginx and HAProxy on the same loads, in one run of `scripts/bench.sh`. "
@@ -556,7 +590,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                 cells = [f"{fmt(get(c, 'tp64', 'p50_us'))} / {fmt(get(c, 'tp64', 'p99_us'))}" for c in cols]
                 out.append(f"| {label} | " + " | ".join(cells) + " | | |")
             else:
-                key = f"idle{large_idle}" if label.endswith(" ") else f"idle{small_idle}"
+                key = "idlemax" if label.endswith("  ") else (f"idle{large_idle}" if label.endswith(" ") else f"idle{small_idle}")
                 cells = []
                 for c in cols:
                     r = get(c, key)
@@ -586,6 +620,8 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
 
 
 if __name__ == "__main__":
+    # SIGTERM (timeout, a CI kill) cleans up like Ctrl-C: every started process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         main()
     except KeyboardInterrupt:

@@ -398,14 +398,9 @@ impl Io for WorkerIo<'_> {
         self.ring.recv_multi(fd, ud);
     }
 
-    fn cancel_recv(&mut self, side: Side) {
-        let (target, ud) = (self.ud(Op::Recv, side), self.ud(Op::Cancel, side));
+    fn cancel(&mut self, side: Side, op: Op) {
+        let (target, ud) = (self.ud(op, side), self.ud(Op::Cancel, side));
         self.ring.cancel_op(target, ud);
-    }
-
-    fn cancel_fd(&mut self, fd: RawFd, side: Side) {
-        let ud = self.ud(Op::Cancel, side);
-        self.ring.cancel_fd(fd, ud);
     }
 
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {

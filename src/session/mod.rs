@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use crate::config::Config;
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
 use crate::upstream::{RoundRobin, Tried};
-use crate::uring::{Chunk, Side, Src};
+use crate::uring::{Chunk, Op, Side, Src};
 pub use pipe::{Pipe, QUEUE, Recv, Shut};
 
 /// Largest response head accepted from an upstream.
@@ -36,9 +36,7 @@ pub trait Io {
     /// Arm a multishot recv on `fd`.
     fn recv(&mut self, fd: RawFd, side: Side);
     /// Cancel the recv armed on `side`.
-    fn cancel_recv(&mut self, side: Side);
-    /// Cancel every op on `fd`.
-    fn cancel_fd(&mut self, fd: RawFd, side: Side);
+    fn cancel(&mut self, side: Side, op: crate::uring::Op);
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
     /// Create an upstream socket (bound to `source` when given) and start connecting it; the
     /// errno when the socket cannot be made or bound.
@@ -532,7 +530,7 @@ impl Session {
                 Stage::Connecting => {
                     self.connect_timed_out = true;
                     self.cancels += 1;
-                    io.cancel_fd(self.up.fd, Side::Up);
+                    io.cancel(Side::Up, Op::Connect);
                 }
                 Stage::Proxy if matches!(self.downward, Downward::Head(_)) => {
                     self.respond(504, End::UpstreamTimeout, io)
@@ -1080,16 +1078,28 @@ impl Session {
             return;
         }
         p.retiring = true;
-        let (fd, ops) = (p.fd, p.ops);
-        if ops > 0 {
+        // Cancel exactly the ops in flight, by their user_data (see `Ring::cancel_op`). A
+        // shutdown in flight completes on its own.
+        let mut ops = Vec::with_capacity(3);
+        if p.recv == Recv::On {
+            p.recv = Recv::Cancelling;
+            ops.push(Op::Recv);
+        }
+        if p.sending.is_some() {
+            ops.push(Op::Send);
+        }
+        if !p.ready && p.ops > 0 {
+            ops.push(Op::Connect);
+        }
+        for op in ops {
             self.cancels += 1;
-            io.cancel_fd(fd, side);
+            io.cancel(side, op);
         }
     }
 
     fn maybe_close_fd(&mut self, side: Side, io: &mut impl Io) {
-        // A cancel by fd still in flight could hit a new socket that reuses the fd number:
-        // close only when every cancel is back.
+        // Close only when every cancel of this session is back, so no cancel can still be
+        // looking for an op of this socket when a new one takes its place.
         let cancels = self.cancels;
         let keep_queue =
             side == Side::Up && self.connect_waiting && self.stage == Stage::Connecting;
@@ -1181,7 +1191,7 @@ impl Session {
                 (false, Recv::On) if p.open() && !p.eof => {
                     p.recv = Recv::Cancelling;
                     self.cancels += 1;
-                    io.cancel_recv(side);
+                    io.cancel(side, Op::Recv);
                 }
                 _ => {}
             }

@@ -15,6 +15,7 @@ use crate::uring::{Chunk, Side, Src};
 enum Ev {
     RecvEnd(Side, i32),
     Send(Side),
+    SendCancelled(Side),
     Connect(i32),
     Shutdown(Side),
     Cancel,
@@ -78,21 +79,36 @@ impl Io for Fake {
         assert!(!self.recv_armed[idx(side)], "two recvs on {side:?}");
         self.recv_armed[idx(side)] = true;
     }
-    fn cancel_recv(&mut self, side: Side) {
-        if std::mem::take(&mut self.recv_armed[idx(side)]) {
-            self.pending.push(Ev::RecvEnd(side, -libc::ECANCELED));
+    fn cancel(&mut self, side: Side, op: crate::uring::Op) {
+        use crate::uring::Op;
+        match op {
+            Op::Recv => {
+                if std::mem::take(&mut self.recv_armed[idx(side)]) {
+                    self.pending.push(Ev::RecvEnd(side, -libc::ECANCELED));
+                }
+            }
+            Op::Send => {
+                if let Some(i) = self.pending.iter().position(|e| *e == Ev::Send(side)) {
+                    self.pending[i] = Ev::SendCancelled(side);
+                }
+            }
+            Op::Connect => {
+                if self.connecting.take().is_some() {
+                    if let Some(i) = self
+                        .pending
+                        .iter()
+                        .position(|e| matches!(e, Ev::Connect(_)))
+                    {
+                        self.pending.remove(i);
+                    }
+                    self.pending.push(Ev::Connect(-libc::ECANCELED));
+                }
+            }
+            other => panic!("cancel of {other:?}"),
         }
         self.pending.push(Ev::Cancel);
     }
-    fn cancel_fd(&mut self, _fd: RawFd, side: Side) {
-        if std::mem::take(&mut self.recv_armed[idx(side)]) {
-            self.pending.push(Ev::RecvEnd(side, -libc::ECANCELED));
-        }
-        if side == Side::Up && self.connecting.take().is_some() {
-            self.pending.push(Ev::Connect(-libc::ECANCELED));
-        }
-        self.pending.push(Ev::Cancel);
-    }
+
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
         assert!(self.open_fds.contains(&fd));
         assert!(
@@ -265,6 +281,11 @@ impl Sim {
                 };
                 self.io.wire[idx(side)].extend_from_slice(&bytes[..n]);
                 self.s.on_send(side, n as i32, &mut self.io, &mut env);
+            }
+            Ev::SendCancelled(side) => {
+                self.io.sending[idx(side)] = None;
+                self.s
+                    .on_send(side, -libc::ECANCELED, &mut self.io, &mut env);
             }
             Ev::Connect(res) => {
                 self.io.connecting = None;

@@ -304,6 +304,10 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
     let mut errors = BTreeMap::new();
+    let planned = match opts.mode {
+        Mode::Connect => opts.count as u64,
+        _ => opts.connections as u64,
+    };
     let (mut messages, mut bytes, mut established, mut failed, mut alive) = (0, 0, 0, 0, 0);
     let (mut hb_sent, mut hb_echoed, mut hb_lost, mut closed_clean) = (0, 0, 0, 0);
     for p in &parts {
@@ -320,6 +324,13 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         for (k, v) in &p.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
         }
+    }
+    if established + failed < planned {
+        // Opening ran out of time (the target could not keep up with --rate): say so.
+        errors.insert(
+            "not-opened-in-time".to_string(),
+            planned - established - failed,
+        );
     }
     let report = Report {
         mode: match opts.mode {
@@ -379,8 +390,9 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
     };
     // Opening may take N/rate plus slack; every wait below is bounded.
     let open_limit = match opts.mode {
+        // Twice the planned opening time; what is not open by then counts as not opened.
         Mode::Idle if opts.rate > 0.0 => {
-            Duration::from_secs_f64(total as f64 / opts.rate)
+            Duration::from_secs_f64(2.0 * total as f64 / opts.rate)
                 + opts.timeout
                 + Duration::from_secs(10)
         }
@@ -924,11 +936,22 @@ impl BenchWorker {
             self.connecting -= 1;
         }
         if c.phase != Phase::Dead {
+            // Cancel each op in flight by its user_data (cancel by fd is O(n) per call).
+            let mut ops = Vec::with_capacity(3);
+            if c.phase == Phase::Connecting {
+                ops.push(Op::Connect);
+            }
+            if c.recv_on {
+                ops.push(Op::Recv);
+            }
+            if c.sending.is_some() {
+                ops.push(Op::Send);
+            }
             c.phase = Phase::Dead;
-            if c.ops > 0 {
-                c.ops += 1;
-                let fd = c.fd;
-                self.ring.cancel_fd(fd, ud(slot, g, Op::Cancel));
+            c.ops += ops.len() as u8;
+            for op in ops {
+                self.ring
+                    .cancel_op(ud(slot, g, op), ud(slot, g, Op::Cancel));
             }
         }
         self.reap_conn(slot, g);

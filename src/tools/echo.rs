@@ -82,6 +82,7 @@ struct Conn {
     sending: Option<Chunk>,
     mode: Mode,
     produce: Option<(Gen, u64, u64)>,
+    send_cancelled: bool,
 }
 
 struct EchoWorker {
@@ -220,6 +221,7 @@ impl EchoWorker {
                     sending: None,
                     mode: Mode::Head(Vec::new()),
                     produce: None,
+                    send_cancelled: false,
                 });
                 self.settle(slot, generation);
             }
@@ -353,14 +355,22 @@ impl EchoWorker {
             conn.closing = true;
         }
         if conn.closing {
-            if conn.ops > 0 && !conn.out.is_empty() {
-                // drop what was not sent
-            }
+            // Cancel each op in flight by its user_data (cancel by fd is O(n) per call).
             if conn.recv_on {
                 conn.recv_on = false;
                 conn.ops += 1;
-                self.ring
-                    .cancel_fd(conn.fd, ud(slot, generation, Op::Cancel));
+                self.ring.cancel_op(
+                    ud(slot, generation, Op::Recv),
+                    ud(slot, generation, Op::Cancel),
+                );
+            }
+            if conn.sending.is_some() && !conn.send_cancelled {
+                conn.send_cancelled = true;
+                conn.ops += 1;
+                self.ring.cancel_op(
+                    ud(slot, generation, Op::Send),
+                    ud(slot, generation, Op::Cancel),
+                );
             }
             if conn.ops == 0 {
                 let mut conn = self.conns.remove(slot);
