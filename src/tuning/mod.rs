@@ -38,6 +38,8 @@ pub struct State {
     pub fin_timeout: Reading,
     pub port_range: Reading,
     pub io_uring_disabled: Reading,
+    /// `net.netfilter.nf_conntrack_max`; absent when connection tracking is not loaded.
+    pub conntrack_max: Reading,
     /// Effective user id 0.
     pub root: bool,
     /// CAP_SYS_RESOURCE in the effective set (needed to raise a hard limit).
@@ -162,6 +164,7 @@ pub fn read_state(root: &Path) -> State {
         fin_timeout: sys("net/ipv4/tcp_fin_timeout"),
         port_range: sys("net/ipv4/ip_local_port_range"),
         io_uring_disabled: sys("kernel/io_uring_disabled"),
+        conntrack_max: sys("net/netfilter/nf_conntrack_max"),
         root: root_user,
         cap_sys_resource: cap,
         io_uring: Ok(String::new()),
@@ -454,6 +457,18 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "could not read it".into(),
             None,
         ),
+    }
+
+    // Connection tracking: every proxied session is two tracked flows (client and upstream).
+    let flows = n.connections * 2;
+    match (&s.conntrack_max, num(&s.conntrack_max)) {
+        (Err(e), _) if e == "not present" => row("net.netfilter.nf_conntrack_max", "(not loaded)".into(), format!(">= {flows}"), Status::Ok, "no connection tracking on this host".into(), None),
+        (_, Some(v)) if v >= flows + flows / 4 => row("net.netfilter.nf_conntrack_max", v.to_string(), format!(">= {flows}"), Status::Ok, "two tracked flows per session, with room".into(), None),
+        (_, Some(v)) => {
+            let status = if v >= flows { Status::Warn } else { Status::Fail };
+            row("net.netfilter.nf_conntrack_max", v.to_string(), format!(">= {flows}"), status, format!("the table holds ~{} sessions (two flows each); past it the kernel drops new connections' SYNs silently", v / 2), Some(("net/netfilter/nf_conntrack_max", (flows * 2).max(262_144).to_string())))
+        }
+        (r, None) => row("net.netfilter.nf_conntrack_max", show(r), format!(">= {flows}"), Status::Warn, "could not read it".into(), None),
     }
 
     // TIME_WAIT and FIN handling.

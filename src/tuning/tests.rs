@@ -31,6 +31,7 @@ fn tree(over: &[(&str, Option<&str>)]) -> Tree {
         ("proc/sys/net/ipv4/tcp_fin_timeout".into(), "15\n".into()),
         ("proc/sys/net/ipv4/ip_local_port_range".into(), "1024\t65535\n".into()),
         ("proc/sys/kernel/io_uring_disabled".into(), "0\n".into()),
+        ("proc/sys/net/netfilter/nf_conntrack_max".into(), "4194304\n".into()),
     ];
     for (k, v) in over {
         files.retain(|(f, _)| f != k);
@@ -159,6 +160,21 @@ fn network_settings_too_low_and_just_enough() {
     assert_eq!(row(&f, "net.ipv4.tcp_tw_reuse").status, Status::Warn);
     assert_eq!(row(&f, "net.ipv4.tcp_fin_timeout").status, Status::Warn);
     assert_eq!(worst(&f), Status::Warn, "warnings alone do not fail");
+}
+
+#[test]
+fn conntrack_table_holds_two_flows_per_session() {
+    // This machine's default: 262144 entries, ~131k sessions.
+    let t = tree(&[("proc/sys/net/netfilter/nf_conntrack_max", Some("262144\n"))]);
+    assert_eq!(row(&run(&t, 100_000), "net.netfilter.nf_conntrack_max").status, Status::Ok);
+    assert_eq!(row(&run(&t, 120_000), "net.netfilter.nf_conntrack_max").status, Status::Warn);
+    let f = run(&t, 500_000);
+    let r = row(&f, "net.netfilter.nf_conntrack_max");
+    assert_eq!(r.status, Status::Fail);
+    assert_eq!(r.fix, Some(("net/netfilter/nf_conntrack_max".into(), "2000000".into())));
+    // Not loaded at all: nothing to track.
+    let t = tree(&[("proc/sys/net/netfilter/nf_conntrack_max", None)]);
+    assert_eq!(row(&run(&t, 500_000), "net.netfilter.nf_conntrack_max").status, Status::Ok);
 }
 
 #[test]
