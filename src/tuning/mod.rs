@@ -462,13 +462,51 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
     // Connection tracking: every proxied session is two tracked flows (client and upstream).
     let flows = n.connections * 2;
     match (&s.conntrack_max, num(&s.conntrack_max)) {
-        (Err(e), _) if e == "not present" => row("net.netfilter.nf_conntrack_max", "(not loaded)".into(), format!(">= {flows}"), Status::Ok, "no connection tracking on this host".into(), None),
-        (_, Some(v)) if v >= flows + flows / 4 => row("net.netfilter.nf_conntrack_max", v.to_string(), format!(">= {flows}"), Status::Ok, "two tracked flows per session, with room".into(), None),
+        (Err(e), _) if e == "not present" => row(
+            "net.netfilter.nf_conntrack_max",
+            "(not loaded)".into(),
+            format!(">= {flows}"),
+            Status::Ok,
+            "no connection tracking on this host".into(),
+            None,
+        ),
+        (_, Some(v)) if v >= flows + flows / 4 => row(
+            "net.netfilter.nf_conntrack_max",
+            v.to_string(),
+            format!(">= {flows}"),
+            Status::Ok,
+            "two tracked flows per session, with room".into(),
+            None,
+        ),
         (_, Some(v)) => {
-            let status = if v >= flows { Status::Warn } else { Status::Fail };
-            row("net.netfilter.nf_conntrack_max", v.to_string(), format!(">= {flows}"), status, format!("the table holds ~{} sessions (two flows each); past it the kernel drops new connections' SYNs silently", v / 2), Some(("net/netfilter/nf_conntrack_max", (flows * 2).max(262_144).to_string())))
+            let status = if v >= flows {
+                Status::Warn
+            } else {
+                Status::Fail
+            };
+            row(
+                "net.netfilter.nf_conntrack_max",
+                v.to_string(),
+                format!(">= {flows}"),
+                status,
+                format!(
+                    "the table holds ~{} sessions (two flows each); past it the kernel drops new connections' SYNs silently",
+                    v / 2
+                ),
+                Some((
+                    "net/netfilter/nf_conntrack_max",
+                    (flows * 2).max(262_144).to_string(),
+                )),
+            )
         }
-        (r, None) => row("net.netfilter.nf_conntrack_max", show(r), format!(">= {flows}"), Status::Warn, "could not read it".into(), None),
+        (r, None) => row(
+            "net.netfilter.nf_conntrack_max",
+            show(r),
+            format!(">= {flows}"),
+            Status::Warn,
+            "could not read it".into(),
+            None,
+        ),
     }
 
     // TIME_WAIT and FIN handling.

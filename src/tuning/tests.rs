@@ -166,15 +166,27 @@ fn network_settings_too_low_and_just_enough() {
 fn conntrack_table_holds_two_flows_per_session() {
     // This machine's default: 262144 entries, ~131k sessions.
     let t = tree(&[("proc/sys/net/netfilter/nf_conntrack_max", Some("262144\n"))]);
-    assert_eq!(row(&run(&t, 100_000), "net.netfilter.nf_conntrack_max").status, Status::Ok);
-    assert_eq!(row(&run(&t, 120_000), "net.netfilter.nf_conntrack_max").status, Status::Warn);
+    assert_eq!(
+        row(&run(&t, 100_000), "net.netfilter.nf_conntrack_max").status,
+        Status::Ok
+    );
+    assert_eq!(
+        row(&run(&t, 120_000), "net.netfilter.nf_conntrack_max").status,
+        Status::Warn
+    );
     let f = run(&t, 500_000);
     let r = row(&f, "net.netfilter.nf_conntrack_max");
     assert_eq!(r.status, Status::Fail);
-    assert_eq!(r.fix, Some(("net/netfilter/nf_conntrack_max".into(), "2000000".into())));
+    assert_eq!(
+        r.fix,
+        Some(("net/netfilter/nf_conntrack_max".into(), "2000000".into()))
+    );
     // Not loaded at all: nothing to track.
     let t = tree(&[("proc/sys/net/netfilter/nf_conntrack_max", None)]);
-    assert_eq!(row(&run(&t, 500_000), "net.netfilter.nf_conntrack_max").status, Status::Ok);
+    assert_eq!(
+        row(&run(&t, 500_000), "net.netfilter.nf_conntrack_max").status,
+        Status::Ok
+    );
 }
 
 #[test]
