@@ -547,6 +547,7 @@ struct BenchWorker {
     hb_lost: u64,
     rearm: Vec<(u32, u32)>,
     connecting: usize,
+    scratch: Vec<u8>,
 }
 
 const KEY: &str = "cmluZ3dheS1iZW5jaC1rZXk=";
@@ -578,10 +579,11 @@ impl BenchWorker {
             &ws::close_payload(1000, ""),
             Some(mask),
         ));
-        let tick = if opts.rate > 0.0 && opts.mode == Mode::Throughput {
-            1
-        } else {
-            10
+        // Open-loop sends need millisecond timers; handshake and heartbeat timers do not.
+        let tick = match opts.mode {
+            Mode::Throughput if opts.rate > 0.0 => 1,
+            Mode::Idle => 50,
+            _ => 10,
         };
         Ok(BenchWorker {
             ring,
@@ -614,6 +616,7 @@ impl BenchWorker {
             hb_lost: 0,
             rearm: Vec::new(),
             connecting: 0,
+            scratch: Vec::with_capacity(16 * 1024),
             opts,
             plan,
             shared,
@@ -1152,9 +1155,14 @@ impl BenchWorker {
             return;
         }
         let bid = cq.buf_id().expect("data comes in a buffer");
-        let data = self.ring.pool.bytes(bid, cq.res as u32).to_vec();
+        // Copy into a reused scratch buffer (no allocation per message) so the pool buffer
+        // goes straight back to the kernel.
+        let mut data = std::mem::take(&mut self.scratch);
+        data.clear();
+        data.extend_from_slice(self.ring.pool.bytes(bid, cq.res as u32));
         self.ring.pool.release(bid);
         self.on_bytes(slot, generation, &data);
+        self.scratch = data;
         if let Some(c) = self.conns.get_mut(slot, generation)
             && !c.recv_on
             && c.phase != Phase::Dead

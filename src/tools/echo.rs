@@ -74,7 +74,10 @@ enum Mode {
 struct Conn {
     fd: RawFd,
     ops: u8,
+    /// A multishot recv is armed (until its final completion).
     recv_on: bool,
+    /// A cancel of that recv is in flight (backpressure or closing).
+    recv_cancel: bool,
     closing: bool,
     close_after_flush: bool,
     keep_alive: bool,
@@ -214,6 +217,7 @@ impl EchoWorker {
                     fd,
                     ops: 0,
                     recv_on: false,
+                    recv_cancel: false,
                     closing: false,
                     close_after_flush: false,
                     keep_alive: true,
@@ -248,13 +252,17 @@ impl EchoWorker {
 
     fn on_recv(&mut self, slot: u32, generation: u32, c: Cqe) {
         let conn = self.conns.get_mut(slot, generation).expect("checked");
-        conn.ops -= 1;
-        conn.recv_on = false;
+        if !c.more() {
+            conn.ops -= 1;
+            conn.recv_on = false;
+            conn.recv_cancel = false;
+        }
         if c.res <= 0 {
             if let Some(bid) = c.buf_id() {
                 self.ring.pool.release(bid);
             }
-            if c.res != -libc::ENOBUFS {
+            // ENOBUFS: re-armed by settle once buffers are back; ECANCELED: our backpressure.
+            if c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
                 conn.closing = true;
             }
             return;
@@ -356,8 +364,8 @@ impl EchoWorker {
         }
         if conn.closing {
             // Cancel each op in flight by its user_data (cancel by fd is O(n) per call).
-            if conn.recv_on {
-                conn.recv_on = false;
+            if conn.recv_on && !conn.recv_cancel {
+                conn.recv_cancel = true;
                 conn.ops += 1;
                 self.ring.cancel_op(
                     ud(slot, generation, Op::Recv),
@@ -393,10 +401,15 @@ impl EchoWorker {
         let conn = self.conns.get_mut(slot, generation).expect("live");
         let paused =
             conn.out.len() >= OUT_MAX || conn.produce.is_some() || matches!(conn.mode, Mode::Drop);
-        if !conn.recv_on && !paused {
+        if paused && conn.recv_on && !conn.recv_cancel {
+            // Backpressure: stop the multishot recv until what we owe the client drains.
+            conn.recv_cancel = true;
+            conn.ops += 1;
+            self.ring.cancel_op(ud(slot, generation, Op::Recv), ud(slot, generation, Op::Cancel));
+        } else if !paused && !conn.recv_on {
             conn.recv_on = true;
             conn.ops += 1;
-            self.ring.recv_once(conn.fd, ud(slot, generation, Op::Recv));
+            self.ring.recv_multi(conn.fd, ud(slot, generation, Op::Recv));
         }
     }
 }

@@ -551,16 +551,6 @@ impl Ring {
         self.push(e);
     }
 
-    /// One recv into a pool buffer picked by the kernel.
-    pub fn recv_once(&mut self, fd: RawFd, ud: UserData) {
-        let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.pool.buf_size)
-            .buf_group(BGID)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(ud.0);
-        self.push(e);
-    }
-
     /// Send `chunk`. The source stays marked in flight until [`Ring::send_done`].
     pub fn send(&mut self, fd: RawFd, chunk: Chunk, ud: UserData) {
         let ptr = match chunk.src {
