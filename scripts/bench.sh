@@ -1,7 +1,8 @@
 #!/bin/sh
 # ringway vs nginx vs HAProxy vs direct, side by side, written to BENCHMARKS.md.
 #   scripts/bench.sh --quick     # under 2 minutes
-#   scripts/bench.sh             # the full run (idle 100k included), under 20 minutes
+#   scripts/bench.sh             # the full run (idle 100k for all; largest idle run: ringway
+#                                # 300k, nginx and HAProxy 200k), under 20 minutes
 # Builds ringway in release, installs nginx and haproxy from Debian if missing. Raises a few
 # network sysctls (port range, backlogs) when run as root; see BENCHMARKS.md for what it changed.
 set -eu
