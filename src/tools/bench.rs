@@ -548,6 +548,10 @@ struct BenchWorker {
     rearm: Vec<(u32, u32)>,
     connecting: usize,
     scratch: Vec<u8>,
+    /// Open loop: when each connection sends next, earliest first. The loop sleeps exactly
+    /// until the first one (a timer wheel's tick would add up to a tick of delay to every send,
+    /// and the latency is measured from the scheduled time).
+    sched: std::collections::BinaryHeap<std::cmp::Reverse<(u64, u32, u32)>>,
 }
 
 const KEY: &str = "cmluZ3dheS1iZW5jaC1rZXk=";
@@ -617,6 +621,7 @@ impl BenchWorker {
             rearm: Vec::new(),
             connecting: 0,
             scratch: Vec::with_capacity(16 * 1024),
+            sched: std::collections::BinaryHeap::new(),
             opts,
             plan,
             shared,
@@ -667,7 +672,11 @@ impl BenchWorker {
                 reported = true;
                 self.shared.done.fetch_add(1, Ordering::Relaxed);
             }
-            self.ring.submit_and_wait(tick)?;
+            let wait = match self.sched.peek() {
+                Some(std::cmp::Reverse((at, _, _))) => Duration::from_micros(at.saturating_sub(self.now_us)).min(tick),
+                None => tick,
+            };
+            self.ring.submit_and_wait(wait)?;
             self.now_us = self.start.elapsed().as_micros() as u64;
             let mut cqes = std::mem::take(&mut self.cqes);
             self.ring.reap(&mut cqes);
@@ -676,6 +685,8 @@ impl BenchWorker {
             }
             self.cqes = cqes;
             self.timers();
+            self.now_us = self.start.elapsed().as_micros() as u64;
+            self.open_loop_sends();
             self.ring.pool.grow_if_low();
         }
         Ok(Part {
@@ -794,11 +805,11 @@ impl BenchWorker {
     }
 
     /// When a connection next needs attention without I/O, in µs.
-    fn deadline(c: &BConn, timeout_us: u64) -> Option<u64> {
+    fn deadline(c: &BConn, timeout_us: u64, idle: bool) -> Option<u64> {
         let t = timeout_us;
         match c.phase {
             Phase::Connecting | Phase::Handshake | Phase::Closing => Some(c.started_us + t),
-            Phase::Open if c.next_us > 0 => Some(c.next_us),
+            Phase::Open if c.next_us > 0 && idle => Some(c.next_us),
             _ => None,
         }
     }
@@ -808,7 +819,7 @@ impl BenchWorker {
         let Some(c) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        let Some(d) = Self::deadline(c, t) else {
+        let Some(d) = Self::deadline(c, t, self.opts.mode == Mode::Idle) else {
             return;
         };
         let d_ms = d.div_ceil(1000);
@@ -886,31 +897,42 @@ impl BenchWorker {
                             },
                         );
                     }
-                    _ => {
-                        // Open loop: every send that fell due, stamped with its scheduled time.
-                        let interval =
-                            (1e6 / (self.plan.rate / self.plan.conns.max(1) as f64)) as u64;
-                        let mut due = Vec::new();
-                        while c.next_us <= now && due.len() < 1000 {
-                            due.push(c.next_us);
-                            c.next_us += interval.max(1);
-                        }
-                        c.sent_at.extend(due.iter().copied());
-                        for _ in due {
-                            self.send(
-                                slot,
-                                generation,
-                                Chunk {
-                                    src: Src::Heap(self.message),
-                                    off: 0,
-                                    len: self.message_len,
-                                },
-                            );
-                        }
-                    }
+                    // Open-loop throughput sends run off the precise schedule, not the wheel.
+                    _ => {}
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Microseconds between two sends of one connection in open-loop mode.
+    fn open_interval_us(&self) -> u64 {
+        let per_conn = self.plan.rate / self.plan.conns.max(1) as f64;
+        ((1e6 / per_conn) as u64).max(1)
+    }
+
+    /// Open loop: send every message that is due, each stamped with its scheduled time (so a
+    /// stall shows up as latency instead of as fewer messages).
+    fn open_loop_sends(&mut self) {
+        if self.phase() == STOP {
+            self.sched.clear();
+            return;
+        }
+        let interval = self.open_interval_us();
+        while let Some(&std::cmp::Reverse((at, slot, generation))) = self.sched.peek() {
+            if at > self.now_us {
+                break;
+            }
+            self.sched.pop();
+            let Some(c) = self.conns.get_mut(slot, generation) else { continue };
+            if c.phase != Phase::Open {
+                continue;
+            }
+            c.sent_at.push_back(at);
+            c.next_us = at + interval;
+            let next = c.next_us;
+            self.send(slot, generation, Chunk { src: Src::Heap(self.message), off: 0, len: self.message_len });
+            self.sched.push(std::cmp::Reverse((next, slot, generation)));
         }
     }
 
@@ -1317,8 +1339,9 @@ impl BenchWorker {
             }
             Mode::Throughput if self.plan.rate > 0.0 => {
                 let per_conn = self.plan.rate / self.plan.conns.max(1) as f64;
-                let interval = (1e6 / per_conn) as u64;
-                c.next_us = now + (u64::from(slot) * 7919) % interval.max(1);
+                let interval = ((1e6 / per_conn) as u64).max(1);
+                c.next_us = now + (u64::from(slot) * 7919) % interval;
+                self.sched.push(std::cmp::Reverse((c.next_us, slot, generation)));
             }
             Mode::Throughput => {
                 c.sent_at.push_back(now);
