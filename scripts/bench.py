@@ -301,7 +301,8 @@ def tcp_in_use():
             for line in f:
                 if line.startswith("TCP:"):
                     parts = line.split()
-                    return int(parts[parts.index("inuse") + 1]) + int(parts[parts.index("tw") + 1])
+                    # Open sockets only: TIME_WAIT entries cost no CPU and linger 60s.
+                    return int(parts[parts.index("inuse") + 1])
     except (OSError, ValueError):
         pass
     return 0
