@@ -161,8 +161,6 @@ access_log = false
 [[upstream]]
 name = "echo"
 servers = [{servers}]
-# Each local address adds a full ephemeral port range toward every backend address.
-source = "127.3.0.0/16"
 
 [[server]]
 listen = ["127.0.0.1:{self.port}"]
@@ -341,6 +339,14 @@ def us_per(ticks, n):
     return ticks / TICK * 1e6 / n if n else float("nan")
 
 
+def no_proxy_cpu(res):
+    """`direct` has no proxy: its CPU figures are not zero, they do not exist."""
+    for k in list(res):
+        if "cpu_us" in k or "user_us" in k:
+            res[k] = None
+    return res
+
+
 def throughput(load, proxy, size, secs, conns=100, workers=1, cpu="load"):
     r, u, s = measured(proxy, lambda: load.bench("throughput", proxy.target(), ["-c", str(conns), "-s", str(size), "-d", f"{secs}s", "--warmup", "0s"], cpu=cpu, workers=workers))
     # CPU covers connection setup too (100 handshakes: negligible next to the messages).
@@ -434,6 +440,10 @@ def idle_run(load, kind, work, args, n, hold, interval, rate=5000):
         load.echos = load.echos[:1]
 
 
+TUNED = ["net.ipv4.ip_local_port_range", "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog",
+         "net.ipv4.tcp_tw_reuse", "net.core.netdev_max_backlog", "net.netfilter.nf_conntrack_max", "net.ipv4.tcp_mem"]
+
+
 def tune():
     """Benchmark-only sysctls (root): more ports and backlog. Returns what was changed."""
     want = {
@@ -508,14 +518,20 @@ def main():
             p.start()
             try:
                 res["tp64"] = median_run(lambda: throughput(load, p, 64, secs), "msgs_per_sec", repeats)
-                log(f"   64 B: {res['tp64']['msgs_per_sec']:.0f} msg/s, {res['tp64']['cpu_us_per_msg']:.2f} CPU-µs/msg")
+                if kind == "direct":
+                    no_proxy_cpu(res["tp64"])
+                log(f"   64 B: {res['tp64']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp64']['cpu_us_per_msg'], 2)} CPU-µs/msg")
                 res["tp4k"] = median_run(lambda: throughput(load, p, 4096, secs), "msgs_per_sec", repeats)
-                log(f"   4 KiB: {res['tp4k']['msgs_per_sec']:.0f} msg/s, {res['tp4k']['cpu_us_per_msg']:.2f} CPU-µs/msg")
+                if kind == "direct":
+                    no_proxy_cpu(res["tp4k"])
+                log(f"   4 KiB: {res['tp4k']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp4k']['cpu_us_per_msg'], 2)} CPU-µs/msg")
                 res["open_loop"] = median_run(lambda: open_loop(load, p, secs), "p99_us", repeats)
                 log(f"   open loop 5000/s: p99 {res['open_loop']['p99_us']} µs")
                 settle()
                 res["connect"] = handshakes(load, p, hs_count)
-                log(f"   handshakes: {res['connect']['per_sec']:.0f}/s, {res['connect']['cpu_us_per_handshake']:.0f} CPU-µs each")
+                if kind == "direct":
+                    no_proxy_cpu(res["connect"])
+                log(f"   handshakes: {res['connect']['per_sec']:.0f}/s, {fmt(res['connect']['cpu_us_per_handshake'])} CPU-µs each")
             finally:
                 p.stop()
             if kind != "direct":
@@ -548,6 +564,7 @@ def main():
         "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0] if "haproxy" in targets else "",
         "rlimit_nofile": hard,
         "sysctl_changes": changed,
+        "sysctls": {k: open("/proc/sys/" + k.replace(".", "/")).read().split() for k in TUNED if os.path.exists("/proc/sys/" + k.replace(".", "/"))},
         "seconds": round(elapsed),
         "command": "scripts/bench.sh " + " ".join(sys.argv[1:]),
         "quick": args.quick,
@@ -588,10 +605,10 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
     rows = [
         ("throughput 64 B, msg/s (100 conns, closed loop)", ("tp64", "msgs_per_sec"), 0),
         ("  p50 / p99 latency µs", None, None),
-        ("proxy CPU-µs per echoed msg, 64 B", ("tp64", "cpu_us_per_msg"), 2),
+        ("proxy CPU-µs per echoed msg, 64 B (= CPU-s per million)", ("tp64", "cpu_us_per_msg"), 2),
         ("  of which user-space", ("tp64", "user_us_per_msg"), 2),
         ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
-        ("proxy CPU-µs per echoed msg, 4 KiB", ("tp4k", "cpu_us_per_msg"), 2),
+        ("proxy CPU-µs per echoed msg, 4 KiB (= CPU-s per million)", ("tp4k", "cpu_us_per_msg"), 2),
         ("  of which user-space", ("tp4k", "user_us_per_msg"), 2),
         ("open loop 5,000 msg/s over 1,000 conns, 64 B: p50 µs", ("open_loop", "p50_us"), 0),
         ("  p99 µs", ("open_loop", "p99_us"), 0),
@@ -606,10 +623,11 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
             (f"  established / alive at end / heartbeats lost ", None, None),
         ]
     rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
-    rows += [("largest idle run: connections asked for", ("idlemax", "connections"), 0),
-             ("  established / alive at end / heartbeats lost  ", None, None),
-             ("  user-space KiB per idle proxied WebSocket", ("idlemax", "kib_per_conn"), 2),
-             ("  proxy processes (one port, SO_REUSEPORT)", ("idlemax", "processes"), 0)]
+    if any("idlemax" in results.get(c, {}) for c in cols):
+        rows += [("largest idle run: connections asked for", ("idlemax", "connections"), 0),
+                 ("  established / alive at end / heartbeats lost  ", None, None),
+                 ("  user-space KiB per idle proxied WebSocket", ("idlemax", "kib_per_conn"), 2),
+                 ("  proxy processes (one port, SO_REUSEPORT)", ("idlemax", "processes"), 0)]
     out = []
     out.append("# Benchmarks\n")
     out.append("ringway beside nginx and HAProxy on the same loads, in one run of `scripts/bench.sh`. "
@@ -617,9 +635,10 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                "and the echo backends (`ringway echo`, 8 addresses 127.0.1.1–8) run on CPU 1. `direct` is the "
                "load generator talking to the echo backend with no proxy: the ceiling of the load side. Absolute "
                "numbers drift between runs on this shared machine; compare within a column set from one run.\n")
+    sysctl_text = ", ".join(k + " = " + " ".join(v) for k, v in meta["sysctls"].items())
     out.append(f"Command: `{meta['command']}`  \nMachine: {meta['cpus']} × {meta['cpu_model']}, Linux {meta['kernel']}, "
                f"RLIMIT_NOFILE {meta['rlimit_nofile']}  \nProxies: {meta['nginx']}; {meta['haproxy']}  \n"
-               f"Benchmark sysctls: {', '.join(f'{k} {v}' for k, v in meta['sysctl_changes'].items()) or 'unchanged'}  \n"
+               f"Sysctls during the run: {sysctl_text}  \n"
                f"Run length: {secs}s per throughput load ({'median of 3 runs' if not meta['quick'] else 'one run'}), {hs_count:,} handshakes; whole run {meta['seconds']}s.\n")
     head = "| figure | " + " | ".join(names[c] for c in cols) + " | ringway ÷ nginx | ringway ÷ HAProxy |"
     out.append(head)

@@ -11,13 +11,24 @@ use crate::worker::{Worker, WorkerSpec, WorkerStats};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
 
-/// Raise the soft RLIMIT_NOFILE to `want` (or the hard limit, if lower). Returns the new soft
-/// limit.
+/// Raise RLIMIT_NOFILE to `want`: the soft limit up to the hard one, and the hard one too (up
+/// to fs.nr_open) when the process may (CAP_SYS_RESOURCE). Returns the new soft limit.
 pub fn raise_nofile(want: u64) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
     };
+    if want > hard {
+        // Root with CAP_SYS_RESOURCE may raise the hard limit as well, up to fs.nr_open.
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(hard);
+        let target = want.min(nr_open);
+        if target > hard && setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
+            return target;
+        }
+    }
     let target = want.min(hard).max(soft);
     if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
         return target;

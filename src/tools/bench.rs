@@ -673,7 +673,9 @@ impl BenchWorker {
                 self.shared.done.fetch_add(1, Ordering::Relaxed);
             }
             let wait = match self.sched.peek() {
-                Some(std::cmp::Reverse((at, _, _))) => Duration::from_micros(at.saturating_sub(self.now_us)).min(tick),
+                Some(std::cmp::Reverse((at, _, _))) => {
+                    Duration::from_micros(at.saturating_sub(self.now_us)).min(tick)
+                }
                 None => tick,
             };
             self.ring.submit_and_wait(wait)?;
@@ -924,14 +926,24 @@ impl BenchWorker {
                 break;
             }
             self.sched.pop();
-            let Some(c) = self.conns.get_mut(slot, generation) else { continue };
+            let Some(c) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
             if c.phase != Phase::Open {
                 continue;
             }
             c.sent_at.push_back(at);
             c.next_us = at + interval;
             let next = c.next_us;
-            self.send(slot, generation, Chunk { src: Src::Heap(self.message), off: 0, len: self.message_len });
+            self.send(
+                slot,
+                generation,
+                Chunk {
+                    src: Src::Heap(self.message),
+                    off: 0,
+                    len: self.message_len,
+                },
+            );
             self.sched.push(std::cmp::Reverse((next, slot, generation)));
         }
     }
@@ -1341,7 +1353,8 @@ impl BenchWorker {
                 let per_conn = self.plan.rate / self.plan.conns.max(1) as f64;
                 let interval = ((1e6 / per_conn) as u64).max(1);
                 c.next_us = now + (u64::from(slot) * 7919) % interval;
-                self.sched.push(std::cmp::Reverse((c.next_us, slot, generation)));
+                self.sched
+                    .push(std::cmp::Reverse((c.next_us, slot, generation)));
             }
             Mode::Throughput => {
                 c.sent_at.push_back(now);

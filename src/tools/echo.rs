@@ -405,11 +405,15 @@ impl EchoWorker {
             // Backpressure: stop the multishot recv until what we owe the client drains.
             conn.recv_cancel = true;
             conn.ops += 1;
-            self.ring.cancel_op(ud(slot, generation, Op::Recv), ud(slot, generation, Op::Cancel));
+            self.ring.cancel_op(
+                ud(slot, generation, Op::Recv),
+                ud(slot, generation, Op::Cancel),
+            );
         } else if !paused && !conn.recv_on {
             conn.recv_on = true;
             conn.ops += 1;
-            self.ring.recv_multi(conn.fd, ud(slot, generation, Op::Recv));
+            self.ring
+                .recv_multi(conn.fd, ud(slot, generation, Op::Recv));
         }
     }
 }

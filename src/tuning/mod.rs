@@ -116,11 +116,30 @@ pub struct Finding {
 fn read(root: &Path, rel: &str) -> Reading {
     std::fs::read_to_string(root.join(rel))
         .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => "not present".to_string(),
-            std::io::ErrorKind::PermissionDenied => "not permitted".to_string(),
-            _ => format!("unreadable ({e})"),
-        })
+        .map_err(|e| read_error(&e))
+}
+
+/// How an unreadable setting is shown.
+fn read_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "not present".to_string(),
+        std::io::ErrorKind::PermissionDenied => "not permitted".to_string(),
+        _ => format!("unreadable ({e})"),
+    }
+}
+
+/// Why a sysctl could not be written.
+fn write_error(key: &str, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => {
+            if key.starts_with("net/") {
+                "cannot be set from here: /proc/sys is read-only in this container or network namespace; set it on the host or in the pod's securityContext.sysctls".to_string()
+            } else {
+                "cannot be set from here: needs the host (not a container)".to_string()
+            }
+        }
+        _ => format!("write failed: {e}"),
+    }
 }
 
 /// Read the host state from `root` (`/` on a real host). `io_uring` is left for the caller.
@@ -714,6 +733,22 @@ pub struct Applied {
 /// says what it would do.
 pub fn apply(f: &[Finding], root: &Path, is_root: bool) -> Vec<Applied> {
     let mut out = Vec::new();
+    // RLIMIT_NOFILE is per process: raising it here would change nothing for the proxy.
+    if let Some(x) = f
+        .iter()
+        .find(|x| x.setting.starts_with("RLIMIT_NOFILE") && x.status != Status::Ok)
+    {
+        out.push(Applied {
+            setting: "RLIMIT_NOFILE".into(),
+            before: x.current.clone(),
+            after: x.current.clone(),
+            done: false,
+            note: format!(
+                "a per-process limit: set LimitNOFILE in the systemd unit (tuning/ringway.service) or nofile in limits.d (tuning/ringway-limits.conf); needed {}",
+                x.needed
+            ),
+        });
+    }
     for x in f.iter().filter(|x| x.status != Status::Ok) {
         let Some((key, value)) = &x.fix else { continue };
         let path: PathBuf = root.join("proc/sys").join(key);
@@ -740,16 +775,7 @@ pub fn apply(f: &[Finding], root: &Path, is_root: bool) -> Vec<Applied> {
                 });
             }
             Err(e) => {
-                let note = match e.raw_os_error() {
-                    Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => {
-                        if key.starts_with("net/") {
-                            "cannot be set from here: /proc/sys is read-only in this container or network namespace; set it on the host or in the pod's securityContext.sysctls".to_string()
-                        } else {
-                            "cannot be set from here: needs the host (not a container)".to_string()
-                        }
-                    }
-                    _ => format!("write failed: {e}"),
-                };
+                let note = write_error(key, &e);
                 out.push(Applied {
                     setting,
                     before: x.current.clone(),

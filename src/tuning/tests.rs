@@ -266,6 +266,40 @@ fn unreadable_and_missing_settings_warn_instead_of_guessing() {
 }
 
 #[test]
+fn not_permitted_reads_and_writes_are_named() {
+    use std::io::{Error, ErrorKind};
+    assert_eq!(
+        read_error(&Error::from(ErrorKind::PermissionDenied)),
+        "not permitted"
+    );
+    assert_eq!(read_error(&Error::from(ErrorKind::NotFound)), "not present");
+    let ro = Error::from_raw_os_error(libc::EROFS);
+    assert!(write_error("net/core/somaxconn", &ro).contains("network namespace"));
+    assert!(
+        write_error("fs/nr_open", &Error::from_raw_os_error(libc::EPERM))
+            .contains("needs the host")
+    );
+    assert!(
+        write_error("fs/nr_open", &Error::from_raw_os_error(libc::EIO)).starts_with("write failed")
+    );
+}
+
+#[test]
+fn apply_points_at_the_unit_for_the_descriptor_limit() {
+    let t = tree(&[(
+        "proc/self/limits",
+        Some("Max open files            1024                 4096                 files     \n"),
+    )]);
+    let f = run(&t, 100_000);
+    let a = apply(&f, &t.0, true);
+    let r = a
+        .iter()
+        .find(|x| x.setting == "RLIMIT_NOFILE")
+        .expect("an entry for the limit");
+    assert!(!r.done && r.note.contains("LimitNOFILE"), "{r:?}");
+}
+
+#[test]
 fn apply_writes_fixes_as_root_and_only_says_so_otherwise() {
     let t = tree(&[
         ("proc/sys/net/core/somaxconn", Some("128\n")),
