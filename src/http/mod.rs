@@ -148,6 +148,15 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// An incomplete head: wait for more, unless it is already at the limit.
+fn partial<T>(buf: &[u8], max: usize) -> Result<Option<T>, HeadError> {
+    if buf.len() >= max {
+        Err(HeadError::TooLarge)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Parse a request head from the start of `buf`. `Ok(None)` means incomplete and still under
 /// `max` bytes; past `max` it is [`HeadError::TooLarge`].
 pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadError> {
@@ -155,13 +164,7 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadErro
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
+        Ok(httparse::Status::Partial) => return partial(buf, max),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(httparse::Error::Version) => {
             return Err(HeadError::Invalid("unsupported HTTP version"));
@@ -353,13 +356,7 @@ pub fn parse_response(
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= max {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
+        Ok(httparse::Status::Partial) => return partial(buf, max),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Invalid("malformed response head")),
     };

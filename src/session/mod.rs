@@ -575,18 +575,7 @@ impl Session {
                             if t.done() {
                                 self.upward = Upward::Hold(io.data(bid, len)[n..].to_vec());
                             }
-                            if n > 0 {
-                                self.forward(
-                                    Side::Down,
-                                    Chunk {
-                                        len: n as u32,
-                                        ..chunk
-                                    },
-                                    io,
-                                );
-                            } else {
-                                io.release(chunk);
-                            }
+                            self.forward_prefix(Side::Down, chunk, n, io);
                         }
                         Err(e) => {
                             io.release(chunk);
@@ -614,18 +603,7 @@ impl Session {
                     Downward::Body(t) => match t.feed(io.data(bid, len)) {
                         Ok(n) => {
                             let done = t.done();
-                            if n > 0 {
-                                self.forward(
-                                    Side::Up,
-                                    Chunk {
-                                        len: n as u32,
-                                        ..chunk
-                                    },
-                                    io,
-                                );
-                            } else {
-                                io.release(chunk);
-                            }
+                            self.forward_prefix(Side::Up, chunk, n, io);
                             if done {
                                 self.response_done(io, env);
                             }
@@ -639,6 +617,16 @@ impl Session {
                     Downward::Idle | Downward::Discard => io.release(chunk),
                 }
             }
+        }
+    }
+
+    /// Forward the first `n` bytes of `c` (the part that belongs to the current message), or
+    /// give the buffer back when none does.
+    fn forward_prefix(&mut self, from: Side, c: Chunk, n: usize, io: &mut impl Io) {
+        if n > 0 {
+            self.forward(from, Chunk { len: n as u32, ..c }, io);
+        } else {
+            io.release(c);
         }
     }
 

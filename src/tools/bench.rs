@@ -881,30 +881,41 @@ impl BenchWorker {
                 self.error("close:timeout".into());
                 self.kill(slot, Some(generation));
             }
-            Phase::Open if c.next_us > 0 && now >= c.next_us && phase != STOP => {
-                match self.opts.mode {
-                    Mode::Idle => {
-                        let interval = self.opts.interval.as_micros() as u64;
-                        c.next_us += interval.max(1000);
-                        c.sent_at.push_back(now);
-                        self.hb_sent += 1;
-                        let (id, len) = (self.heartbeat, self.ring.heap.len(self.heartbeat) as u32);
-                        self.send(
-                            slot,
-                            generation,
-                            Chunk {
-                                src: Src::Heap(id),
-                                off: 0,
-                                len,
-                            },
-                        );
-                    }
-                    // Open-loop throughput sends run off the precise schedule, not the wheel.
-                    _ => {}
-                }
+            // Heartbeats (idle mode); open-loop throughput sends run off the precise schedule,
+            // not the wheel.
+            Phase::Open
+                if c.next_us > 0
+                    && now >= c.next_us
+                    && phase != STOP
+                    && self.opts.mode == Mode::Idle =>
+            {
+                let interval = self.opts.interval.as_micros() as u64;
+                c.next_us += interval.max(1000);
+                c.sent_at.push_back(now);
+                self.hb_sent += 1;
+                let (id, len) = (self.heartbeat, self.ring.heap.len(self.heartbeat) as u32);
+                self.send_heap(slot, generation, id, len);
             }
             _ => {}
         }
+    }
+
+    /// Send `len` bytes of heap entry `id` (shared frames or a private one).
+    fn send_heap(&mut self, slot: u32, generation: u32, id: u32, len: u32) {
+        self.send(
+            slot,
+            generation,
+            Chunk {
+                src: Src::Heap(id),
+                off: 0,
+                len,
+            },
+        );
+    }
+
+    /// Send one load message (the shared, pre-masked frame).
+    fn send_message(&mut self, slot: u32, generation: u32) {
+        self.send_heap(slot, generation, self.message, self.message_len);
     }
 
     /// Microseconds between two sends of one connection in open-loop mode.
@@ -935,15 +946,7 @@ impl BenchWorker {
             c.sent_at.push_back(at);
             c.next_us = at + interval;
             let next = c.next_us;
-            self.send(
-                slot,
-                generation,
-                Chunk {
-                    src: Src::Heap(self.message),
-                    off: 0,
-                    len: self.message_len,
-                },
-            );
+            self.send_message(slot, generation);
             self.sched.push(std::cmp::Reverse((next, slot, generation)));
         }
     }
@@ -1102,15 +1105,7 @@ impl BenchWorker {
         let fd = c.fd;
         self.ring.recv_multi(fd, ud(slot, generation, Op::Recv));
         let len = self.ring.heap.len(self.handshake) as u32;
-        self.send(
-            slot,
-            generation,
-            Chunk {
-                src: Src::Heap(self.handshake),
-                off: 0,
-                len,
-            },
-        );
+        self.send_heap(slot, generation, self.handshake, len);
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
@@ -1298,15 +1293,7 @@ impl BenchWorker {
                         let pong = ws::frame(opcode::PONG, &data[..n], Some([1, 2, 3, 4]));
                         let len = pong.len() as u32;
                         let id = self.ring.heap.put(pong);
-                        self.send(
-                            slot,
-                            generation,
-                            Chunk {
-                                src: Src::Heap(id),
-                                off: 0,
-                                len,
-                            },
-                        );
+                        self.send_heap(slot, generation, id, len);
                     }
                     if h.len == 0 {
                         self.frame_done(slot, generation, h.opcode, h.fin);
@@ -1324,6 +1311,7 @@ impl BenchWorker {
     /// The 101 arrived and checked out.
     fn connected(&mut self, slot: u32, generation: u32) {
         let now = self.now_us;
+        let open_interval = self.open_interval_us();
         self.established += 1;
         self.shared.established.fetch_add(1, Ordering::Relaxed);
         let c = self.conns.get_mut(slot, generation).expect("live");
@@ -1335,38 +1323,21 @@ impl BenchWorker {
                 c.phase = Phase::Closing;
                 c.started_us = now;
                 let len = self.ring.heap.len(self.close) as u32;
-                self.send(
-                    slot,
-                    generation,
-                    Chunk {
-                        src: Src::Heap(self.close),
-                        off: 0,
-                        len,
-                    },
-                );
+                self.send_heap(slot, generation, self.close, len);
             }
             Mode::Idle => {
                 let interval = self.opts.interval.as_micros().max(1000) as u64;
                 c.next_us = now + (u64::from(slot) * 7919 + generation as u64 * 104729) % interval;
             }
             Mode::Throughput if self.plan.rate > 0.0 => {
-                let per_conn = self.plan.rate / self.plan.conns.max(1) as f64;
-                let interval = ((1e6 / per_conn) as u64).max(1);
+                let interval = open_interval;
                 c.next_us = now + (u64::from(slot) * 7919) % interval;
                 self.sched
                     .push(std::cmp::Reverse((c.next_us, slot, generation)));
             }
             Mode::Throughput => {
                 c.sent_at.push_back(now);
-                self.send(
-                    slot,
-                    generation,
-                    Chunk {
-                        src: Src::Heap(self.message),
-                        off: 0,
-                        len: self.message_len,
-                    },
-                );
+                self.send_message(slot, generation);
             }
         }
     }
@@ -1395,15 +1366,7 @@ impl BenchWorker {
                 }
                 if self.opts.mode == Mode::Throughput && self.plan.rate <= 0.0 && phase != STOP {
                     c.sent_at.push_back(now);
-                    self.send(
-                        slot,
-                        generation,
-                        Chunk {
-                            src: Src::Heap(self.message),
-                            off: 0,
-                            len: self.message_len,
-                        },
-                    );
+                    self.send_message(slot, generation);
                 }
             }
             opcode::CLOSE => {
