@@ -400,20 +400,46 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
         _ => opts.timeout + Duration::from_secs(10),
     };
     let mut last_progress = Instant::now();
+    // On a terminal, one live line (indicatif); otherwise a line per second, for logs.
+    let bar = if opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .expect("static template"),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    let last_counts = std::cell::Cell::new((0u64, 0u64));
     let progress = |label: &str, since: Instant| {
-        if opts.progress {
-            eprintln!(
-                "[{:>6.1}s] {label}: open {} established {} failed {} messages {}",
-                since.elapsed().as_secs_f64(),
-                shared.open.load(Ordering::Relaxed),
-                shared.established.load(Ordering::Relaxed),
-                shared.failed.load(Ordering::Relaxed),
-                shared.messages.load(Ordering::Relaxed),
-            );
+        if !opts.progress {
+            return;
+        }
+        let (est, msgs) = (
+            shared.established.load(Ordering::Relaxed),
+            shared.messages.load(Ordering::Relaxed),
+        );
+        let (est0, msgs0) = last_counts.replace((est, msgs));
+        let line = format!(
+            "{label}: open {} established {} (+{}/s) failed {} messages {} ({}/s)",
+            shared.open.load(Ordering::Relaxed),
+            est,
+            est.saturating_sub(est0),
+            shared.failed.load(Ordering::Relaxed),
+            msgs,
+            msgs.saturating_sub(msgs0),
+        );
+        match &bar {
+            Some(b) => b.set_message(line),
+            None => eprintln!("[{:>6.1}s] {line}", since.elapsed().as_secs_f64()),
         }
     };
     let tick = |last: &mut Instant, label: &str| {
         std::thread::sleep(Duration::from_millis(20));
+        if let Some(b) = &bar {
+            b.tick();
+        }
         if last.elapsed() >= Duration::from_secs(1) {
             *last = Instant::now();
             progress(label, start);
