@@ -219,3 +219,24 @@ fn deploy_and_tuning_files_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn run_caps_sessions_to_the_descriptor_limit_and_logs_the_preflight() {
+    if !common::uring_ok() {
+        return;
+    }
+    let dir = common::scratch("cap");
+    let listen = common::free_addr();
+    let backend = common::free_addr();
+    // Far more sessions than RLIMIT_NOFILE can hold here (and than most test machines allow).
+    let cfg = format!(
+        "[runtime]\nmax_connections = 50000000\n[[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{backend}\" }}]\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n"
+    );
+    let p = common::proxy(&cfg, listen, &dir);
+    let log = p.wait_log("capping at", 10);
+    assert!(log.contains("RLIMIT_NOFILE is"), "{log}");
+    assert!(
+        log.contains("preflight"),
+        "the preflight summary is logged at start:\n{log}"
+    );
+}
