@@ -163,6 +163,7 @@ class Proxy:
 workers = {self.workers}
 max_connections = {CAP_PROCESS}
 access_log = false
+shutdown_grace = "2s"
 
 [[upstream]]
 name = "echo"

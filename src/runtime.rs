@@ -7,7 +7,7 @@ use anyhow::Context;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::config::Config;
-use crate::worker::{Worker, WorkerSpec, WorkerStats};
+use crate::worker::{Stop, Worker, WorkerSpec, WorkerStats};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
 
@@ -130,7 +130,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
     let signals = block_signals();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let cpus = crate::config::available_cpus();
     let mut handles = Vec::new();
     let mut all_stats = Vec::new();
@@ -168,7 +168,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(ready_tx);
     for r in ready_rx.iter().take(workers) {
         if let Err(e) = r {
-            stop.store(true, Ordering::Relaxed);
+            stop.now();
             return Err(e);
         }
     }
@@ -190,22 +190,41 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         listen.join(", ")
     );
-    loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => {
-                tracing::warn!(
-                    "SIGHUP: configuration reload is not available in this version; ignoring"
-                );
+    // Signals go to a thread of their own, so a second SIGTERM still lands while the workers
+    // drain (the main thread is joining them).
+    let grace = cfg.runtime.shutdown_grace;
+    let sig_stop = stop.clone();
+    std::thread::Builder::new()
+        .name("ringway-signals".into())
+        .spawn(move || {
+            loop {
+                match signals.wait() {
+                    Ok(Signal::SIGHUP) => tracing::warn!(
+                        "SIGHUP: configuration reload is not available in this version; ignoring"
+                    ),
+                    Ok(sig) if !sig_stop.draining() => {
+                        tracing::info!(
+                            "{sig}: draining: not accepting; /healthz answers 503; sessions have up to \
+                             shutdown_grace = {} to end, then are closed ({sig} again closes them now)",
+                            crate::config::fmt_duration(grace)
+                        );
+                        stopping.store(true, Ordering::Relaxed);
+                        sig_stop.drain();
+                    }
+                    Ok(sig) => {
+                        tracing::info!("{sig} again: closing every session now");
+                        sig_stop.now();
+                    }
+                    Err(e) => {
+                        tracing::error!("waiting for signals: {e}; stopping");
+                        stopping.store(true, Ordering::Relaxed);
+                        sig_stop.now();
+                        return;
+                    }
+                }
             }
-            Ok(sig) => {
-                tracing::info!("{sig}: stopping");
-                break;
-            }
-            Err(e) => anyhow::bail!("waiting for signals: {e}"),
-        }
-    }
-    stopping.store(true, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
+        })
+        .context("spawning the signal thread")?;
     for h in handles {
         match h.join() {
             Ok(r) => r?,

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -53,6 +53,36 @@ pub fn listen_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> 
     Ok(s)
 }
 
+/// How far shutdown has gone, set by the main thread, read by every worker each loop turn.
+#[derive(Default, Debug)]
+pub struct Stop(AtomicU8);
+
+impl Stop {
+    const RUN: u8 = 0;
+    const DRAIN: u8 = 1;
+    const NOW: u8 = 2;
+
+    /// Stop accepting; let sessions finish for up to `runtime.shutdown_grace`.
+    pub fn drain(&self) {
+        let _ =
+            self.0
+                .compare_exchange(Self::RUN, Self::DRAIN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Close every session now.
+    pub fn now(&self) {
+        self.0.store(Self::NOW, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed) >= Self::DRAIN
+    }
+
+    pub fn closing(&self) -> bool {
+        self.0.load(Ordering::Relaxed) >= Self::NOW
+    }
+}
+
 /// Per-process settings every worker shares.
 pub struct WorkerSpec {
     pub id: usize,
@@ -61,7 +91,7 @@ pub struct WorkerSpec {
     pub backlog: i32,
     /// Pin the thread to this CPU.
     pub cpu: Option<usize>,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<Stop>,
     pub stats: Arc<WorkerStats>,
 }
 
@@ -78,6 +108,8 @@ pub struct Worker {
     cqes: Vec<Cqe>,
     fired: Vec<((u32, u32), u64)>,
     accept_paused: bool,
+    /// Shutdown began: no keep-alive, no new sessions.
+    draining: bool,
 }
 
 fn pin(cpu: usize) {
@@ -140,6 +172,7 @@ impl Worker {
             cqes: Vec::with_capacity(CQE_BATCH),
             fired: Vec::new(),
             accept_paused: false,
+            draining: false,
             spec,
         })
     }
@@ -154,25 +187,35 @@ impl Worker {
         }
     }
 
-    /// Run until the stop flag is set and every session has closed.
+    /// Run until shutdown: when the main thread says drain, stop accepting and let sessions
+    /// finish; past `runtime.shutdown_grace` (or when it says now) close what is left; return
+    /// once every session has closed (or 5 s after closing began, whatever is stuck).
     pub fn run(mut self) -> anyhow::Result<()> {
         if let Some(cpu) = self.spec.cpu {
             pin(cpu);
         }
         self.arm_accepts();
-        let mut stopping: Option<Instant> = None;
+        let grace = self.spec.cfg.runtime.shutdown_grace;
+        let mut drain_began: Option<Instant> = None;
+        let mut close_began: Option<Instant> = None;
         loop {
-            if stopping.is_none() && self.spec.stop.load(Ordering::Relaxed) {
-                stopping = Some(Instant::now());
-                // Stop accepting: closing the listeners ends their multishot accepts.
-                self.listeners.clear();
+            if drain_began.is_none() && self.spec.stop.draining() {
+                drain_began = Some(Instant::now());
+                self.begin_drain();
+            }
+            if close_began.is_none()
+                && let Some(t) = drain_began
+                && (self.spec.stop.closing() || t.elapsed() >= grace)
+            {
+                close_began = Some(Instant::now());
                 for k in self.slots.keys() {
                     self.with_session(k, |s, io, env| s.shutdown(io, env));
                 }
             }
-            if let Some(t) = stopping
-                && (self.slots.is_empty() || t.elapsed() > Duration::from_secs(5))
-            {
+            if drain_began.is_some() && self.slots.is_empty() {
+                return Ok(());
+            }
+            if close_began.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
                 return Ok(());
             }
             let next_tick = TICK_MS - (self.now_ms % TICK_MS);
@@ -188,11 +231,29 @@ impl Worker {
             self.timers();
             self.ring.pool.grow_if_low();
             self.unpark();
-            if self.accept_paused && self.slots.len() < self.spec.max_sessions && stopping.is_none()
-            {
+            if self.accept_paused && self.slots.len() < self.spec.max_sessions && !self.draining {
                 self.accept_paused = false;
                 self.arm_accepts();
             }
+        }
+    }
+
+    /// Stop accepting and tell every session. `shutdown(SHUT_RD)` takes each listener out of
+    /// its SO_REUSEPORT group at once (new connections go to the other processes on the port;
+    /// with `net.ipv4.tcp_migrate_req` so do the queued ones) and ends its multishot accept;
+    /// the cancel makes sure, since closing the fd alone would not (the ring holds a reference).
+    fn begin_drain(&mut self) {
+        self.draining = true;
+        for (i, (sock, _)) in self.listeners.iter().enumerate() {
+            let _ = sock.shutdown(std::net::Shutdown::Read);
+            self.ring.cancel_op(
+                UserData::new(i as u32, 0, Op::Accept, Side::Down),
+                UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down),
+            );
+        }
+        self.listeners.clear();
+        for k in self.slots.keys() {
+            self.with_session(k, |s, io, env| s.drain(io, env));
         }
     }
 
@@ -256,6 +317,7 @@ impl Worker {
         let mut env = Env {
             cfg: &self.spec.cfg,
             rr: &mut self.rr,
+            draining: self.draining,
         };
         f(&mut entry.session, &mut io, &mut env);
         if entry.session.finished() {
@@ -273,7 +335,7 @@ impl Worker {
 
     fn on_accept(&mut self, c: Cqe) {
         let li = c.ud.slot() as usize;
-        if !c.more() && li < self.listeners.len() && !self.spec.stop.load(Ordering::Relaxed) {
+        if !c.more() && li < self.listeners.len() && !self.draining {
             if self.slots.len() < self.spec.max_sessions {
                 use std::os::fd::AsRawFd;
                 self.ring

@@ -57,6 +57,9 @@ pub struct Env<'a> {
     pub cfg: &'a Config,
     /// One balancer per upstream, indexed like `cfg.upstreams`.
     pub rr: &'a mut [RoundRobin],
+    /// The worker is draining (shutdown began): answer what is in progress, then close
+    /// instead of keeping the client connection alive.
+    pub draining: bool,
 }
 
 /// Why a request or session ended (the access log's last field).
@@ -478,6 +481,20 @@ impl Session {
         self.after(io, env);
     }
 
+    /// The worker began draining: a connection waiting for a request with nothing received
+    /// (idle keep-alive, or just accepted) closes now; a request in progress is answered and
+    /// its connection then closed (`env.draining`); a tunnel runs on until it ends or the
+    /// worker's grace runs out.
+    pub fn drain(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        if self.stage == Stage::Request
+            && self.req.is_none()
+            && matches!(&self.upward, Upward::Head(v) if v.is_empty())
+        {
+            self.close(End::Shutdown, io);
+        }
+        self.after(io, env);
+    }
+
     /// The worker is stopping: close now.
     pub fn shutdown(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
         self.close(End::Shutdown, io);
@@ -855,7 +872,11 @@ impl Session {
             } else {
                 let mut t = BodyTracker::new(resp.body);
                 let request_framed = !matches!(self.upward, Upward::Stream | Upward::Discard);
-                let keep = r.keep_alive && request_framed && !t.until_close() && !self.down.eof;
+                let keep = r.keep_alive
+                    && request_framed
+                    && !t.until_close()
+                    && !self.down.eof
+                    && !env.draining;
                 r.keep_alive = keep;
                 let conn = if keep {
                     ClientConnection::KeepAlive
@@ -894,7 +915,8 @@ impl Session {
         let keep = self.req.as_ref().is_some_and(|r| r.keep_alive)
             && body_sent
             && self.up.flushed()
-            && !self.down.eof;
+            && !self.down.eof
+            && !env.draining;
         if !keep {
             self.upward = Upward::Discard;
             self.close_after_flush = true;

@@ -155,11 +155,23 @@ impl Io for Fake {
     }
 }
 
+/// The `Env` over a `Sim`'s fields (a macro: it borrows fields, not the whole `Sim`).
+macro_rules! env_of {
+    ($sim:expr) => {
+        Env {
+            cfg: &$sim.cfg,
+            rr: &mut $sim.rr,
+            draining: $sim.draining,
+        }
+    };
+}
+
 struct Sim {
     s: Session,
     io: Fake,
     cfg: Config,
     rr: Vec<RoundRobin>,
+    draining: bool,
     rng: u64,
 }
 
@@ -200,6 +212,7 @@ impl Sim {
             io,
             cfg,
             rr,
+            draining: false,
             rng: seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407)
@@ -220,10 +233,7 @@ impl Sim {
         let bid = self.io.next_bid;
         self.io.next_bid = self.io.next_bid.wrapping_add(1);
         self.io.bufs.insert(bid, bytes.to_vec());
-        let mut env = Env {
-            cfg: &self.cfg,
-            rr: &mut self.rr,
-        };
+        let mut env = env_of!(self);
         self.s.on_recv(
             side,
             bytes.len() as i32,
@@ -236,10 +246,7 @@ impl Sim {
 
     fn eof(&mut self, side: Side) {
         self.io.recv_armed[idx(side)] = false;
-        let mut env = Env {
-            cfg: &self.cfg,
-            rr: &mut self.rr,
-        };
+        let mut env = env_of!(self);
         self.s.on_recv(side, 0, false, None, &mut self.io, &mut env);
     }
 
@@ -255,10 +262,7 @@ impl Sim {
         };
         let ev = self.io.pending.remove(i);
         let short = random && self.rand(3) == 0;
-        let mut env = Env {
-            cfg: &self.cfg,
-            rr: &mut self.rr,
-        };
+        let mut env = env_of!(self);
         match ev {
             Ev::RecvEnd(side, res) => {
                 self.s
@@ -308,10 +312,7 @@ impl Sim {
 
     fn timer(&mut self, at: u64) {
         self.io.now = at;
-        let mut env = Env {
-            cfg: &self.cfg,
-            rr: &mut self.rr,
-        };
+        let mut env = env_of!(self);
         self.s.on_timer(&mut self.io, &mut env);
     }
 
@@ -478,10 +479,7 @@ fn backpressure_stops_the_fast_side() {
         .expect("recv cancelled");
     let ev = sim.io.pending.remove(cancel);
     assert_eq!(ev, Ev::RecvEnd(Side::Up, -libc::ECANCELED));
-    let mut env = Env {
-        cfg: &sim.cfg,
-        rr: &mut sim.rr,
-    };
+    let mut env = env_of!(sim);
     sim.s.on_recv(
         Side::Up,
         -libc::ECANCELED,
@@ -533,6 +531,66 @@ fn keep_alive_runs_pipelined_requests_in_order() {
     sim.run(false);
     sim.assert_clean();
     assert_eq!(sim.io.logs, vec!["POST /a 200 done", "GET /b 200 done"]);
+}
+
+impl Sim {
+    fn drain(&mut self) {
+        self.draining = true;
+        let mut env = env_of!(self);
+        self.s.drain(&mut self.io, &mut env);
+    }
+}
+
+#[test]
+fn draining_closes_idle_keep_alive_at_once() {
+    let mut sim = Sim::new(11);
+    sim.deliver(Side::Down, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    sim.run(false);
+    sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA");
+    sim.run(false);
+    assert_eq!(sim.s.stage, Stage::Request, "kept alive before draining");
+    sim.drain();
+    sim.run(false);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::Shutdown));
+    assert_eq!(sim.io.logs, vec!["GET /a 200 done"]);
+}
+
+#[test]
+fn draining_answers_the_request_in_progress_then_closes() {
+    let mut sim = Sim::new(12);
+    sim.deliver(Side::Down, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    sim.run(false);
+    sim.drain();
+    sim.run(false);
+    assert_eq!(sim.s.stage, Stage::Proxy, "a request in flight is not cut");
+    sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA");
+    sim.run(false);
+    let down = sim.wire(Side::Down);
+    assert!(down.contains("Connection: close\r\n"), "{down}");
+    assert!(down.ends_with("\r\n\r\nA"), "{down}");
+    sim.assert_clean();
+    assert_eq!(sim.io.logs, vec!["GET /a 200 done"]);
+}
+
+#[test]
+fn draining_leaves_a_tunnel_running() {
+    let mut sim = Sim::new(13);
+    sim.deliver(Side::Down, UPGRADE);
+    sim.run(false);
+    sim.deliver(Side::Up, SWITCH);
+    sim.run(false);
+    sim.drain();
+    sim.run(false);
+    assert_eq!(sim.s.stage, Stage::Tunnel);
+    sim.deliver(Side::Down, b"still here");
+    sim.run(false);
+    assert!(sim.wire(Side::Up).ends_with("still here"));
+    let mut env = env_of!(sim);
+    sim.s.shutdown(&mut sim.io, &mut env);
+    sim.run(false);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::Shutdown));
 }
 
 #[test]
