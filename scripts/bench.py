@@ -677,10 +677,11 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         out.append("Errors seen by the load generator:\n")
         out.extend(errs)
         out.append("")
-    out.append("In the largest idle run ringway binds its upstream sockets over 127.3.0.0/16 (`source`, "
-               "nginx's proxy_bind), as a deployment of that size must; without it, past ~200k sessions toward "
-               "8 backend addresses the kernel's free-port search per connect saturates the proxy core. The "
-               "nginx and HAProxy runs (200k) do not need it.\n")
+    if get("ringway", "idlemax"):
+        out.append("In the largest idle run ringway binds its upstream sockets over 127.3.0.0/16 (`source`, "
+                   "nginx's proxy_bind), as a deployment of that size must; without it, past ~200k sessions toward "
+                   "8 backend addresses the kernel's free-port search per connect saturates the proxy core. The "
+                   "nginx and HAProxy runs do not bind a source.\n")
     out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
                "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
                "memory is VmRSS summed over the proxy's processes while holding N idle WebSockets (each "
