@@ -290,7 +290,6 @@ impl Worker {
             Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
             Op::Send => s.on_send(side, c.res, io, env),
             Op::Connect => s.on_connect(c.res, io, env),
-            Op::Shutdown => s.on_shutdown(side, io, env),
             Op::Cancel => s.on_cancel(io, env),
             Op::Accept => unreachable!("handled above"),
         });
@@ -495,9 +494,9 @@ impl Io for WorkerIo<'_> {
         Ok(fd)
     }
 
-    fn shutdown(&mut self, fd: RawFd, side: Side) {
-        let ud = self.ud(Op::Shutdown, side);
-        self.ring.shutdown_write(fd, ud);
+    fn shutdown(&mut self, fd: RawFd) {
+        // An error (the peer already reset) shows up on the socket's recv.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
     }
 
     fn close(&mut self, fd: RawFd) {

@@ -219,6 +219,52 @@ fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
 }
 
 #[test]
+fn client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("halfclose");
+    // A backend that completes the handshake, reads until the client's FIN, then answers
+    // with what it read and closes.
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    let baddr = b.local_addr().unwrap();
+    let backend = std::thread::spawn(move || {
+        let (mut s, _) = b.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n").unwrap();
+        let mut after = Vec::new();
+        s.read_to_end(&mut after).expect("the client's FIN arrives");
+        s.write_all(&after).unwrap();
+        after
+    });
+    let listen = free_addr();
+    let p = proxy(&config(listen, &[baddr], "", "", ""), listen, &dir);
+    let mut ws = RawWs::connect(listen, "/", "");
+    assert!(ws.head.starts_with("HTTP/1.1 101"));
+    ws.send_frame(true, 0, ringway::ws::opcode::BINARY, b"last words");
+    ws.s.shutdown(std::net::Shutdown::Write).unwrap();
+    // The backend only answers once the FIN reached it; the answer still comes back, then
+    // the backend's FIN.
+    let mut back = std::mem::take(&mut ws.buf);
+    ws.s.read_to_end(&mut back)
+        .expect("the answer, then a clean FIN");
+    let seen = backend.join().unwrap();
+    assert_eq!(
+        seen.len(),
+        2 + 4 + 10,
+        "the backend saw the masked frame, then EOF"
+    );
+    assert_eq!(back, seen);
+    p.wait_log("ws end=done", 5);
+}
+
+#[test]
 fn idle_tunnel_is_closed_after_read_timeout() {
     if !uring_ok() {
         return;

@@ -17,7 +17,6 @@ enum Ev {
     Send(Side),
     SendCancelled(Side),
     Connect(i32),
-    Shutdown(Side),
     Cancel,
 }
 
@@ -134,9 +133,10 @@ impl Io for Fake {
         self.pending.push(Ev::Connect(res));
         Ok(self.next_fd)
     }
-    fn shutdown(&mut self, _fd: RawFd, side: Side) {
+    fn shutdown(&mut self, fd: RawFd) {
+        assert!(self.open_fds.contains(&fd), "shutdown of a closed fd");
+        let side = if fd == 100 { Side::Down } else { Side::Up };
         self.shut[idx(side)] = true;
-        self.pending.push(Ev::Shutdown(side));
     }
     fn close(&mut self, fd: RawFd) {
         let i = self
@@ -295,7 +295,6 @@ impl Sim {
                 self.io.connecting = None;
                 self.s.on_connect(res, &mut self.io, &mut env)
             }
-            Ev::Shutdown(side) => self.s.on_shutdown(side, &mut self.io, &mut env),
             Ev::Cancel => self.s.on_cancel(&mut self.io, &mut env),
         }
         true

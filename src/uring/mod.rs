@@ -33,7 +33,6 @@ pub const OPCODES_USED: &[(u8, &str)] = &[
     (opcode::Send::CODE, "SEND"),
     (opcode::Connect::CODE, "CONNECT"),
     (opcode::AsyncCancel2::CODE, "ASYNC_CANCEL"),
-    (opcode::Shutdown::CODE, "SHUTDOWN"),
 ];
 
 /// A completion copied out of the CQ.
@@ -642,14 +641,6 @@ impl Ring {
     /// for minutes; by `user_data` it is immediate.
     pub fn cancel_op(&mut self, target: UserData, ud: UserData) {
         let e = opcode::AsyncCancel2::new(CancelBuilder::user_data(target.0).all())
-            .build()
-            .user_data(ud.0);
-        self.push(e);
-    }
-
-    /// `shutdown(fd, SHUT_WR)` through the ring (passes a half-close on).
-    pub fn shutdown_write(&mut self, fd: RawFd, ud: UserData) {
-        let e = opcode::Shutdown::new(Fd(fd), libc::SHUT_WR)
             .build()
             .user_data(ud.0);
         self.push(e);
