@@ -108,8 +108,9 @@ pub struct Worker {
     cqes: Vec<Cqe>,
     fired: Vec<((u32, u32), u64)>,
     accept_paused: bool,
-    /// Shutdown began: no keep-alive, no new sessions.
-    draining: bool,
+    /// When shutdown began (the main thread said drain): from then on no keep-alive and no
+    /// new sessions.
+    drain_began: Option<Instant>,
 }
 
 fn pin(cpu: usize) {
@@ -172,7 +173,7 @@ impl Worker {
             cqes: Vec::with_capacity(CQE_BATCH),
             fired: Vec::new(),
             accept_paused: false,
-            draining: false,
+            drain_began: None,
             spec,
         })
     }
@@ -196,15 +197,13 @@ impl Worker {
         }
         self.arm_accepts();
         let grace = self.spec.cfg.runtime.shutdown_grace;
-        let mut drain_began: Option<Instant> = None;
         let mut close_began: Option<Instant> = None;
         loop {
-            if drain_began.is_none() && self.spec.stop.draining() {
-                drain_began = Some(Instant::now());
+            if self.drain_began.is_none() && self.spec.stop.draining() {
                 self.begin_drain();
             }
             if close_began.is_none()
-                && let Some(t) = drain_began
+                && let Some(t) = self.drain_began
                 && (self.spec.stop.closing() || t.elapsed() >= grace)
             {
                 close_began = Some(Instant::now());
@@ -212,7 +211,7 @@ impl Worker {
                     self.with_session(k, |s, io, env| s.shutdown(io, env));
                 }
             }
-            if drain_began.is_some() && self.slots.is_empty() {
+            if self.drain_began.is_some() && self.slots.is_empty() {
                 return Ok(());
             }
             if close_began.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
@@ -231,25 +230,25 @@ impl Worker {
             self.timers();
             self.ring.pool.grow_if_low();
             self.unpark();
-            if self.accept_paused && self.slots.len() < self.spec.max_sessions && !self.draining {
+            if self.accept_paused
+                && self.slots.len() < self.spec.max_sessions
+                && self.drain_began.is_none()
+            {
                 self.accept_paused = false;
                 self.arm_accepts();
             }
         }
     }
 
-    /// Stop accepting and tell every session. `shutdown(SHUT_RD)` takes each listener out of
-    /// its SO_REUSEPORT group at once (new connections go to the other processes on the port;
-    /// with `net.ipv4.tcp_migrate_req` so do the queued ones) and ends its multishot accept;
-    /// the cancel makes sure, since closing the fd alone would not (the ring holds a reference).
+    /// Stop accepting and tell every session. `shutdown(SHUT_RD)` stops each listener at once:
+    /// it leaves its SO_REUSEPORT group (new connections go to the other processes on the
+    /// port; with `net.ipv4.tcp_migrate_req` so do the queued ones) and its multishot accept
+    /// ends with EINVAL. Closing the fd alone would not do either: the pending accept holds a
+    /// reference to the socket.
     fn begin_drain(&mut self) {
-        self.draining = true;
-        for (i, (sock, _)) in self.listeners.iter().enumerate() {
+        self.drain_began = Some(Instant::now());
+        for (sock, _) in &self.listeners {
             let _ = sock.shutdown(std::net::Shutdown::Read);
-            self.ring.cancel_op(
-                UserData::new(i as u32, 0, Op::Accept, Side::Down),
-                UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down),
-            );
         }
         self.listeners.clear();
         for k in self.slots.keys() {
@@ -273,9 +272,7 @@ impl Worker {
         let Some(entry) = self.slots.get_mut(slot, c.ud.generation()) else {
             // A completion for a slot that has been freed and maybe reused. Release any buffer
             // it carries; count it (it means a close did not wait for all its ops).
-            if let Some(bid) = c.buf_id() {
-                self.ring.pool.release(bid);
-            }
+            self.ring.pool.release_of(&c);
             debug_assert!(false, "stale completion {:?}", c);
             self.spec.stats.stale_cqes.fetch_add(1, Ordering::Relaxed);
             return;
@@ -316,7 +313,7 @@ impl Worker {
         let mut env = Env {
             cfg: &self.spec.cfg,
             rr: &mut self.rr,
-            draining: self.draining,
+            draining: self.drain_began.is_some(),
         };
         f(&mut entry.session, &mut io, &mut env);
         if entry.session.finished() {
@@ -334,7 +331,7 @@ impl Worker {
 
     fn on_accept(&mut self, c: Cqe) {
         let li = c.ud.slot() as usize;
-        if !c.more() && li < self.listeners.len() && !self.draining {
+        if !c.more() && li < self.listeners.len() && self.drain_began.is_none() {
             if self.slots.len() < self.spec.max_sessions {
                 use std::os::fd::AsRawFd;
                 self.ring

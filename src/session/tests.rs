@@ -135,7 +135,11 @@ impl Io for Fake {
     }
     fn shutdown(&mut self, fd: RawFd) {
         assert!(self.open_fds.contains(&fd), "shutdown of a closed fd");
-        let side = if fd == 100 { Side::Down } else { Side::Up };
+        let side = if fd == CLIENT_FD {
+            Side::Down
+        } else {
+            Side::Up
+        };
         self.shut[idx(side)] = true;
     }
     fn close(&mut self, fd: RawFd) {
@@ -166,6 +170,9 @@ macro_rules! env_of {
     };
 }
 
+/// The simulated client socket (upstream sockets get the numbers after it).
+const CLIENT_FD: RawFd = 100;
+
 struct Sim {
     s: Session,
     io: Fake,
@@ -195,17 +202,17 @@ impl Sim {
         let cfg = Config::parse("t.toml", CFG).unwrap();
         let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
         let mut io = Fake {
-            next_fd: 100,
+            next_fd: CLIENT_FD,
             ..Fake::default()
         };
-        io.open_fds.push(100);
+        io.open_fds.push(CLIENT_FD);
         let listen = Listen {
             index: 0,
             header_timeout_ms: 10_000,
             header_max: 16384,
             tls: false,
         };
-        let mut s = Session::new(100, "10.1.2.3:5555".parse().unwrap(), listen, 0);
+        let mut s = Session::new(CLIENT_FD, "10.1.2.3:5555".parse().unwrap(), listen, 0);
         s.start(&mut io);
         Sim {
             s,

@@ -1092,9 +1092,7 @@ impl BenchWorker {
         let Some(op) = cq.ud.op() else { return };
         let (slot, generation) = (cq.ud.slot(), cq.ud.generation());
         if self.conns.get_mut(slot, generation).is_none() {
-            if let Some(bid) = cq.buf_id() {
-                self.ring.pool.release(bid);
-            }
+            self.ring.pool.release_of(&cq);
             return;
         }
         match op {
@@ -1170,9 +1168,7 @@ impl BenchWorker {
             c.recv_on = false;
         }
         if cq.res <= 0 {
-            if let Some(bid) = cq.buf_id() {
-                self.ring.pool.release(bid);
-            }
+            self.ring.pool.release_of(&cq);
             let phase = c.phase;
             match -cq.res {
                 0 => {

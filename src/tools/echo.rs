@@ -233,9 +233,7 @@ impl EchoWorker {
         }
         let (slot, generation) = (c.ud.slot(), c.ud.generation());
         if self.conns.get_mut(slot, generation).is_none() {
-            if let Some(bid) = c.buf_id() {
-                self.ring.pool.release(bid);
-            }
+            self.ring.pool.release_of(&c);
             return;
         }
         match op {
@@ -258,9 +256,7 @@ impl EchoWorker {
             conn.recv_cancel = false;
         }
         if c.res <= 0 {
-            if let Some(bid) = c.buf_id() {
-                self.ring.pool.release(bid);
-            }
+            self.ring.pool.release_of(&c);
             // ENOBUFS: re-armed by settle once buffers are back; ECANCELED: our backpressure.
             if c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
                 conn.closing = true;

@@ -198,6 +198,14 @@ impl BufPool {
         unsafe { (*tail).store(self.tail, Ordering::Release) };
     }
 
+    /// Give back the buffer a completion carries, if it carries one: for a completion whose
+    /// data nobody will use (its connection is gone, or it ended the recv).
+    pub fn release_of(&mut self, c: &Cqe) {
+        if let Some(bid) = c.buf_id() {
+            self.release(bid);
+        }
+    }
+
     /// Give buffer `bid` back to the kernel. It must be held by us and not named by a send.
     pub fn release(&mut self, bid: u16) {
         let i = usize::from(bid);
