@@ -81,9 +81,9 @@ struct BenchArgs {
     /// Connections (throughput, idle) or concurrency (connect).
     #[arg(short, long, default_value_t = 100)]
     connections: usize,
-    /// Handshakes in total (connect mode).
-    #[arg(short = 'n', long, default_value_t = 10_000)]
-    count: usize,
+    /// Handshakes in total (connect mode only) [default: 10000].
+    #[arg(short = 'n', long)]
+    count: Option<usize>,
     /// Message size in bytes (throughput).
     #[arg(short, long, default_value_t = 64)]
     size: usize,
@@ -205,6 +205,12 @@ fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
 /// Run the load generator; exit 0 when nothing failed, 1 when something did.
 fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     use ringway::tools::bench::{Mode, Opts, Target, parse_source, run};
+    if a.count.is_some() && !matches!(a.mode, BenchMode::Connect) {
+        anyhow::bail!(
+            "--count is the number of handshakes in connect mode; throughput and idle open \
+             --connections (-c) connections"
+        );
+    }
     let opts = Opts {
         mode: match a.mode {
             BenchMode::Throughput => Mode::Throughput,
@@ -213,7 +219,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         },
         target: Target::parse(&a.target)?,
         connections: a.connections,
-        count: a.count,
+        count: a.count.unwrap_or(10_000),
         size: a.size,
         duration: duration_arg("duration", &a.duration)?,
         warmup: duration_arg("warmup", &a.warmup)?,

@@ -126,6 +126,11 @@ fn unreachable_and_refused_targets_fail_clearly() {
     assert_eq!(code, 2);
     assert!(err.contains("ECONNREFUSED"), "{err}");
 
+    // --count belongs to connect mode: in idle mode it is an error, not silently ignored.
+    let (code, _, err) = bench(&["idle", "--target", &format!("ws://{dead}/"), "-n", "5"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--connections"), "{err}");
+
     // A proxy with no matching location answers 404: the handshake is refused.
     let dir = scratch("bench404");
     let backend = free_addr();
