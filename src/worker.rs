@@ -151,13 +151,7 @@ impl Worker {
                 .iter()
                 .find(|s| s.listen.contains(&i))
                 .expect("every listener belongs to a server");
-            let listen = Listen {
-                index: i as u16,
-                header_timeout_ms: server.header_timeout.as_millis().min(u128::from(u32::MAX))
-                    as u32,
-                header_max: server.header_max,
-                tls: false,
-            };
+            let listen = Listen::of(i, server);
             listeners.push((sock, listen));
         }
         let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();

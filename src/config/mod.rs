@@ -73,7 +73,7 @@ mod raw {
     pub struct Runtime {
         pub workers: Option<Spanned<toml::Value>>,
         pub max_connections: Option<Spanned<i64>>,
-        pub shutdown_grace: Option<Spanned<String>>,
+        pub shutdown_grace: Option<Spanned<toml::Value>>,
         pub buffer_size: Option<Spanned<toml::Value>>,
         pub buffers: Option<Spanned<i64>>,
         pub access_log: Option<bool>,
@@ -115,8 +115,12 @@ mod raw {
         pub listen: Spanned<Vec<Spanned<String>>>,
         #[serde(default)]
         pub server_name: Vec<Spanned<String>>,
-        pub header_timeout: Option<Spanned<String>>,
+        pub header_timeout: Option<Spanned<toml::Value>>,
         pub header_max: Option<Spanned<toml::Value>>,
+        pub request_line_max: Option<Spanned<toml::Value>>,
+        pub header_line_max: Option<Spanned<toml::Value>>,
+        pub keepalive_timeout: Option<Spanned<toml::Value>>,
+        pub keepalive_requests: Option<Spanned<i64>>,
         #[serde(default)]
         pub location: Vec<Spanned<Location>>,
     }
@@ -126,9 +130,11 @@ mod raw {
     pub struct Location {
         pub path: Spanned<String>,
         pub upstream: Spanned<String>,
-        pub connect_timeout: Option<Spanned<String>>,
-        pub read_timeout: Option<Spanned<String>>,
-        pub send_timeout: Option<Spanned<String>>,
+        pub connect_timeout: Option<Spanned<toml::Value>>,
+        pub read_timeout: Option<Spanned<toml::Value>>,
+        pub send_timeout: Option<Spanned<toml::Value>>,
+        pub body_timeout: Option<Spanned<toml::Value>>,
+        pub upgrade: Option<Spanned<Vec<Spanned<String>>>>,
     }
 }
 
@@ -148,6 +154,9 @@ pub struct Runtime {
     /// One line per request / WebSocket session on stderr (nginx's `access_log`).
     pub access_log: bool,
 }
+
+/// Most servers one upstream may list (each is tried at most once per request).
+pub const MAX_SERVERS: usize = 1024;
 
 /// One backend address.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +194,12 @@ pub struct Location {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub send_timeout: Duration,
+    /// How long a request body may pause between two reads before 408
+    /// (`client_body_timeout`).
+    pub body_timeout: Duration,
+    /// Upgrade protocols tunnelled (lower case); any other `Upgrade` is dropped and the
+    /// request proxied as plain HTTP.
+    pub upgrade: Vec<String>,
 }
 
 /// A virtual server: listen addresses, names, locations.
@@ -196,6 +211,14 @@ pub struct Server {
     pub names: Vec<String>,
     pub header_timeout: Duration,
     pub header_max: u32,
+    /// Longest request line (414 past it).
+    pub request_line_max: u32,
+    /// Longest single header line (431 past it).
+    pub header_line_max: u32,
+    /// How long an idle keep-alive connection waits for its next request (0: no keep-alive).
+    pub keepalive_timeout: Duration,
+    /// Requests served on one client connection before it is closed.
+    pub keepalive_requests: u32,
     /// Sorted longest path first, so the first match is the longest prefix.
     pub locations: Vec<Location>,
 }
@@ -224,6 +247,14 @@ pub mod defaults {
     pub const SEND_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const HEADER_MAX: u32 = 16 * 1024;
+    /// nginx's `large_client_header_buffers 4 8k`: one line fits one 8k buffer.
+    pub const REQUEST_LINE_MAX: u32 = 8 * 1024;
+    pub const HEADER_LINE_MAX: u32 = 8 * 1024;
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+    pub const KEEPALIVE_REQUESTS: u32 = 1000;
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Largest config file read (a typo pointing at a device or a log must not hang `check`).
+    pub const FILE_MAX: u64 = 16 << 20;
     pub const MAX_CONNECTIONS: u32 = 200_000;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
     pub const BUFFER_SIZE: u32 = 16 * 1024;
@@ -252,16 +283,42 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration: a string such as `"30s"` or `"7d"`, or a bare number of seconds.
     fn duration(
         &self,
-        v: &Option<Spanned<String>>,
+        v: &Option<Spanned<toml::Value>>,
         field: &str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) => parse_duration(s.get_ref()).map_err(|m| self.err(s.span(), field, m)),
+            Some(s) => match s.get_ref() {
+                toml::Value::String(t) => {
+                    parse_duration(t).map_err(|m| self.err(s.span(), field, m))
+                }
+                toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+                _ => Err(self.err(
+                    s.span(),
+                    field,
+                    "expected a duration such as \"30s\" or \"7d\", or a number of seconds",
+                )),
+            },
         }
+    }
+
+    /// A duration that must not be zero (a timeout of zero could never be met).
+    fn timeout(
+        &self,
+        v: &Option<Spanned<toml::Value>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(v, field, default)?;
+        if d.is_zero() {
+            let span = v.as_ref().map_or(0..0, |s| s.span());
+            return Err(self.err(span, field, "must be more than zero"));
+        }
+        Ok(d)
     }
 
     fn size(
@@ -338,6 +395,80 @@ pub fn parse_sources(s: &str) -> Result<Vec<std::net::IpAddr>, String> {
         .collect())
 }
 
+/// Read a regular file of at most `max` bytes as UTF-8. A device (`/dev/zero`), a FIFO or a
+/// directory is refused before anything is read, so a wrong path cannot hang the caller.
+pub fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "file is {} bytes, larger than {max} bytes: not a configuration",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("file grew past {max} bytes while being read"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+}
+
+/// The dotted field a byte offset of a TOML text sits in, for errors the TOML reader reports
+/// without one (a wrong type): the table header above it (with its index among array tables
+/// of the same name) and the key on its line.
+fn field_at(text: &str, pos: usize) -> String {
+    let pos = pos.min(text.len());
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    // The nearest `key =` before the position on its line (inline tables have several).
+    let before = &text[line_start..pos];
+    let key = before
+        .rfind('=')
+        .map(|eq| {
+            let k = before[..eq].trim_end();
+            let start = k
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+                .map_or(0, |i| i + 1);
+            k[start..].to_string()
+        })
+        .unwrap_or_default();
+    let mut table = String::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in text[..line_start].lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            *n += 1;
+            // `server.location` entries count within their server.
+            if name == "server" {
+                counts.remove("server.location");
+            }
+            let n = counts[&name];
+            table = match name.rsplit_once('.') {
+                Some((parent, leaf)) => {
+                    let pi = counts.get(parent).copied().unwrap_or(1);
+                    format!("{parent}[{}].{leaf}[{}]", pi - 1, n - 1)
+                }
+                None => format!("{name}[{}]", n - 1),
+            };
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
 /// Number of CPUs this process may run on.
 pub fn available_cpus() -> usize {
     std::thread::available_parallelism()
@@ -349,13 +480,14 @@ impl Config {
     /// Read and resolve a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let fail = |message: String| ConfigError {
             file: file.clone(),
             line: 0,
             col: 0,
             field: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+            message,
+        };
+        let text = read_bounded(path, defaults::FILE_MAX).map_err(fail)?;
         Config::parse(&file, &text)
     }
 
@@ -364,7 +496,15 @@ impl Config {
         let cx = Ctx { file, text };
         let raw: raw::File = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            cx.err(span, "", e.message().trim().to_string())
+            let message = e.message().trim().to_string();
+            // Wrong types come without a field name: find it from where the value stands.
+            let field =
+                if message.starts_with("invalid type") || message.starts_with("invalid value") {
+                    field_at(text, span.start)
+                } else {
+                    String::new()
+                };
+            cx.err(span, field, message)
         })?;
         resolve(&cx, raw)
     }
@@ -471,6 +611,16 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                 "needs at least one server",
             ));
         }
+        if u.servers.get_ref().len() > MAX_SERVERS {
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                format!(
+                    "{} servers: at most {MAX_SERVERS} per upstream",
+                    u.servers.get_ref().len()
+                ),
+            ));
+        }
         let mut peers = Vec::new();
         for (pi, p) in u.servers.get_ref().iter().enumerate() {
             let p = p.get_ref();
@@ -559,6 +709,13 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
         for (li, l) in s.listen.get_ref().iter().enumerate() {
             let addr = parse_addr(l.get_ref())
                 .map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
+            if addr.port() == 0 {
+                return Err(cx.err(
+                    l.span(),
+                    format!("{f}.listen[{li}]"),
+                    "port 0 is not allowed: each worker would listen on a different random port",
+                ));
+            }
             let idx = match listeners.iter().position(|a| *a == addr) {
                 Some(i) => i,
                 None => {
@@ -581,11 +738,46 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             }
             names.push(name);
         }
-        let header_timeout = cx.duration(
+        let header_timeout = cx.timeout(
             &s.header_timeout,
             &format!("{f}.header_timeout"),
             defaults::HEADER_TIMEOUT,
         )?;
+        let line_limit = |v: &Option<Spanned<toml::Value>>, name: &str, default: u32| {
+            let field = format!("{f}.{name}");
+            let n = cx.size(v, &field, u64::from(default))?;
+            if !(256..=1 << 20).contains(&n) {
+                let span = v.as_ref().map_or(0..0, |h| h.span());
+                return Err(cx.err(span, field, "must be between 256 and 1m"));
+            }
+            Ok(n as u32)
+        };
+        let request_line_max = line_limit(
+            &s.request_line_max,
+            "request_line_max",
+            defaults::REQUEST_LINE_MAX,
+        )?;
+        let header_line_max = line_limit(
+            &s.header_line_max,
+            "header_line_max",
+            defaults::HEADER_LINE_MAX,
+        )?;
+        let keepalive_timeout = cx.duration(
+            &s.keepalive_timeout,
+            &format!("{f}.keepalive_timeout"),
+            defaults::KEEPALIVE_TIMEOUT,
+        )?;
+        let keepalive_requests = match &s.keepalive_requests {
+            None => defaults::KEEPALIVE_REQUESTS,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                return Err(cx.err(
+                    n.span(),
+                    format!("{f}.keepalive_requests"),
+                    "must be 1 or more",
+                ));
+            }
+        };
         let header_max = cx.size(
             &s.header_max,
             &format!("{f}.header_max"),
@@ -631,24 +823,55 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                     ),
                 )
             })?;
+            let upgrade = match &l.upgrade {
+                None => vec!["websocket".to_string()],
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (pi, p) in list.get_ref().iter().enumerate() {
+                        let v = p.get_ref().trim().to_ascii_lowercase();
+                        if v.is_empty()
+                            || !v.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            })
+                        {
+                            return Err(cx.err(
+                                p.span(),
+                                format!("{lf}.upgrade[{pi}]"),
+                                format!(
+                                    "invalid protocol name {:?} (a token such as \"websocket\")",
+                                    p.get_ref()
+                                ),
+                            ));
+                        }
+                        out.push(v);
+                    }
+                    out
+                }
+            };
             locations.push(Location {
                 path,
                 upstream,
-                connect_timeout: cx.duration(
+                connect_timeout: cx.timeout(
                     &l.connect_timeout,
                     &format!("{lf}.connect_timeout"),
                     defaults::CONNECT_TIMEOUT,
                 )?,
-                read_timeout: cx.duration(
+                read_timeout: cx.timeout(
                     &l.read_timeout,
                     &format!("{lf}.read_timeout"),
                     defaults::READ_TIMEOUT,
                 )?,
-                send_timeout: cx.duration(
+                send_timeout: cx.timeout(
                     &l.send_timeout,
                     &format!("{lf}.send_timeout"),
                     defaults::SEND_TIMEOUT,
                 )?,
+                body_timeout: cx.timeout(
+                    &l.body_timeout,
+                    &format!("{lf}.body_timeout"),
+                    defaults::BODY_TIMEOUT,
+                )?,
+                upgrade,
             });
         }
         if locations.is_empty() {
@@ -664,6 +887,10 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
             names,
             header_timeout,
             header_max: header_max as u32,
+            request_line_max,
+            header_line_max,
+            keepalive_timeout,
+            keepalive_requests,
             locations,
         });
     }
@@ -767,21 +994,27 @@ impl Config {
             };
             let _ = writeln!(
                 o,
-                "server[{i}] listen={} server_name={} header_timeout={} header_max={}",
+                "server[{i}] listen={} server_name={} header_timeout={} header_max={} request_line_max={} header_line_max={} keepalive_timeout={} keepalive_requests={}",
                 listen.join(","),
                 names,
                 fmt_duration(s.header_timeout),
-                s.header_max
+                s.header_max,
+                s.request_line_max,
+                s.header_line_max,
+                fmt_duration(s.keepalive_timeout),
+                s.keepalive_requests
             );
             for l in &s.locations {
                 let _ = writeln!(
                     o,
-                    "  location {:?} -> {} connect={} read={} send={}",
+                    "  location {:?} -> {} connect={} read={} send={} body={} upgrade={}",
                     l.path,
                     self.upstreams[l.upstream].name,
                     fmt_duration(l.connect_timeout),
                     fmt_duration(l.read_timeout),
-                    fmt_duration(l.send_timeout)
+                    fmt_duration(l.send_timeout),
+                    fmt_duration(l.body_timeout),
+                    l.upgrade.join(",")
                 );
             }
         }

@@ -17,16 +17,42 @@ pub enum BodyKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
-    Size { digits: u8, value: u64 },
-    Ext { value: u64 },
-    SizeLf { value: u64 },
+    Size {
+        digits: u8,
+        value: u64,
+    },
+    /// Whitespace after the size: only `;` or CRLF may follow.
+    SizeWs {
+        value: u64,
+    },
+    Ext {
+        value: u64,
+    },
+    SizeLf {
+        value: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
     TrailerStart,
+    /// A trailer field's name (a token), up to its colon.
+    TrailerName,
+    /// A trailer field's value, up to CR.
     TrailerLine,
     TrailerLineLf,
     FinalLf,
+}
+
+/// A byte that may stand in a chunk extension or a field value: visible ASCII, SP, HTAB and
+/// obs-text; never CR, LF or another control byte (a bare LF there is read as a line end by
+/// some parsers and not by others).
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// A token character (RFC 9110 §5.6.2): what a field name is made of.
+fn token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A malformed chunked body.
@@ -103,16 +129,25 @@ impl BodyTracker {
                             }
                             None if digits == 0 => return Err(BodyError("chunk size missing")),
                             None if b == b'\r' => Chunk::SizeLf { value },
-                            // Extensions (and the whitespace some servers put before them)
-                            // run to the end of the line.
-                            None if b == b';' || b == b' ' || b == b'\t' => Chunk::Ext { value },
+                            // Extensions run to the end of the line; some servers put
+                            // whitespace before them (BWS).
+                            None if b == b';' => Chunk::Ext { value },
+                            None if b == b' ' || b == b'\t' => Chunk::SizeWs { value },
                             None => return Err(BodyError("invalid chunk size")),
+                        },
+                        Chunk::SizeWs { value } => match b {
+                            b' ' | b'\t' => Chunk::SizeWs { value },
+                            b';' => Chunk::Ext { value },
+                            b'\r' => Chunk::SizeLf { value },
+                            _ => return Err(BodyError("invalid chunk size")),
                         },
                         Chunk::Ext { value } => {
                             if b == b'\r' {
                                 Chunk::SizeLf { value }
-                            } else {
+                            } else if field_byte(b) {
                                 Chunk::Ext { value }
+                            } else {
+                                return Err(BodyError("control byte in chunk extension"));
                             }
                         }
                         Chunk::SizeLf { value } => {
@@ -154,15 +189,28 @@ impl BodyTracker {
                         Chunk::TrailerStart => {
                             if b == b'\r' {
                                 Chunk::FinalLf
+                            } else if token_byte(b) {
+                                Chunk::TrailerName
                             } else {
+                                return Err(BodyError("invalid trailer field"));
+                            }
+                        }
+                        Chunk::TrailerName => {
+                            if b == b':' {
                                 Chunk::TrailerLine
+                            } else if token_byte(b) {
+                                Chunk::TrailerName
+                            } else {
+                                return Err(BodyError("invalid trailer field"));
                             }
                         }
                         Chunk::TrailerLine => {
                             if b == b'\r' {
                                 Chunk::TrailerLineLf
-                            } else {
+                            } else if field_byte(b) {
                                 Chunk::TrailerLine
+                            } else {
+                                return Err(BodyError("control byte in trailer"));
                             }
                         }
                         Chunk::TrailerLineLf => {
@@ -229,7 +277,8 @@ mod tests {
 
     #[test]
     fn chunked_in_every_split() {
-        let body = b"5\r\nhello\r\n1a;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        let body =
+            b"5 \r\nhello\r\n1a ;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
         let mut data = body.to_vec();
         data.extend_from_slice(b"NEXT");
         for step in 1..data.len() {
@@ -249,6 +298,12 @@ mod tests {
             b"5\nhello",
             b"\r\n",
             b"ffffffffffffffffff\r\n",
+            // Bare LF in an extension, in a trailer, after the last chunk.
+            b"5;a=b\nc\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nX-T: 1\nY: 2\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nnot a field\r\n\r\n",
+            b"5 x\r\nhello\r\n",
         ] {
             assert!(
                 feed_all(BodyKind::Chunked, bad, 64).is_err(),

@@ -14,10 +14,36 @@ pub const MAX_HEADERS: usize = 100;
 /// Why a head cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadError {
-    /// Larger than the limit, or too many headers: 431 (request) / 502 (response).
+    /// Larger than the limit, too many headers, or one header line too long: 431 (request) /
+    /// 502 (response).
     TooLarge,
+    /// The request line is longer than its limit: 414.
+    UriTooLong,
     /// Not valid HTTP/1.x: 400 (request) / 502 (response).
     Invalid(&'static str),
+}
+
+/// Size limits for a request head (nginx: `client_header_buffer_size`,
+/// `large_client_header_buffers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// The whole head, request line and headers: past it, 431.
+    pub head_max: usize,
+    /// The request line: past it, 414.
+    pub request_line_max: usize,
+    /// Any one header line: past it, 431.
+    pub header_line_max: usize,
+}
+
+impl HeadLimits {
+    /// One limit for everything (responses, tests).
+    pub const fn flat(max: usize) -> HeadLimits {
+        HeadLimits {
+            head_max: max,
+            request_line_max: max,
+            header_line_max: max,
+        }
+    }
 }
 
 /// What the proxy needs to know about a parsed request head.
@@ -31,8 +57,10 @@ pub struct Request {
     pub host: Option<String>,
     /// HTTP/1.0 (0) or 1.1 (1).
     pub version_minor: u8,
-    /// The client sent a non-empty `Upgrade` (nginx's `map $http_upgrade` rule).
-    pub upgrade: bool,
+    /// The `Upgrade` header's value when the client sent a non-empty one (several headers
+    /// joined with ", "). Whether it is honoured is the location's decision
+    /// ([`upgrade_allowed`]); HTTP/1.0 requests are never upgraded.
+    pub upgrade: Option<String>,
     /// The client allows the connection to be reused after the response.
     pub keep_alive: bool,
     pub body: BodyKind,
@@ -66,6 +94,49 @@ pub struct Response {
     pub head_len: usize,
     pub status: u16,
     pub body: BodyKind,
+    /// The `Upgrade` header's value (checked on a 101 against what the client asked for).
+    pub upgrade: Option<String>,
+    /// Both `Content-Length` and `Transfer-Encoding` came: the length is dropped when
+    /// forwarding (RFC 9112 §6.3), the body framed by the transfer coding.
+    pub drop_length: bool,
+}
+
+/// Whether an `Upgrade` value asks only for protocols in `allowed` (lower-case names, compared
+/// without a `/version`). Anything else (`h2c`, a mix) is not an upgrade: the header is dropped
+/// and the request proxied as plain HTTP, closing the h2c path past the proxy's routing.
+pub fn upgrade_allowed(value: &str, allowed: &[String]) -> bool {
+    let mut any = false;
+    for t in value.split(',') {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        let name = t.split('/').next().unwrap_or("").trim();
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// Whether a 101's `Upgrade` value switches only to protocols the client asked for.
+pub fn upgrade_matches(response: &str, requested: &str) -> bool {
+    let mut any = false;
+    for t in response.split(',') {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if !requested
+            .split(',')
+            .any(|r| r.trim().eq_ignore_ascii_case(t))
+        {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
@@ -130,18 +201,64 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadE
     Ok(found)
 }
 
-/// `Some(true)` when the last transfer coding is chunked, `Some(false)` for another coding.
-fn chunked(headers: &[httparse::Header<'_>]) -> Option<bool> {
-    let mut last: Option<&[u8]> = None;
+/// The message's transfer codings: `Ok(None)` without `Transfer-Encoding`, `Ok(Some(true))`
+/// when the last coding is chunked, `Ok(Some(false))` for another last coding. A header that
+/// lists nothing (`""`, `","`) or applies chunked before another coding is refused: a peer
+/// could read such a message's end differently (RFC 9112 §6.1).
+fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> {
+    let mut seen = false;
+    let mut codings = 0usize;
+    let mut last_chunked = false;
     for h in headers.iter().filter(|h| is(h.name, "transfer-encoding")) {
+        seen = true;
         for t in h.value.split(|&b| b == b',') {
             let t = t.trim_ascii();
-            if !t.is_empty() {
-                last = Some(t);
+            if t.is_empty() {
+                continue;
             }
+            if last_chunked {
+                return Err(HeadError::Invalid(
+                    "chunked is not the last transfer coding",
+                ));
+            }
+            codings += 1;
+            last_chunked = t.eq_ignore_ascii_case(b"chunked");
         }
     }
-    last.map(|t| t.eq_ignore_ascii_case(b"chunked"))
+    match (seen, codings) {
+        (false, _) => Ok(None),
+        (true, 0) => Err(HeadError::Invalid("empty Transfer-Encoding")),
+        _ => Ok(Some(last_chunked)),
+    }
+}
+
+/// Headers a `Connection` header must not name: dropping them as hop-by-hop would change how
+/// the message is framed or routed after the proxy has decided it.
+const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// Whether a `Connection` header names a framing header.
+fn connection_names_framing(headers: &[httparse::Header<'_>]) -> bool {
+    FRAMING.iter().any(|f| named_by_connection(headers, f))
+}
+
+/// Check every line of a (maybe partial) request head against the line limits.
+fn check_lines(buf: &[u8], lim: &HeadLimits) -> Result<(), HeadError> {
+    let mut lines = buf.split(|&b| b == b'\n');
+    if let Some(first) = lines.next() {
+        // An unfinished first line counts too: a client cannot stream an endless target.
+        if first.len() > lim.request_line_max {
+            return Err(HeadError::UriTooLong);
+        }
+    }
+    for line in lines {
+        if line.is_empty() || line == b"\r" {
+            break;
+        }
+        if line.len() > lim.header_line_max {
+            return Err(HeadError::TooLarge);
+        }
+    }
+    Ok(())
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -158,11 +275,20 @@ fn partial<T>(buf: &[u8], max: usize) -> Result<Option<T>, HeadError> {
 }
 
 /// Parse a request head from the start of `buf`. `Ok(None)` means incomplete and still under
-/// `max` bytes; past `max` it is [`HeadError::TooLarge`].
-pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadError> {
+/// the limits; past `lim.head_max` it is [`HeadError::TooLarge`], a request line past
+/// `lim.request_line_max` is [`HeadError::UriTooLong`], a header line past
+/// `lim.header_line_max` is [`HeadError::TooLarge`].
+pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, HeadError> {
+    let max = lim.head_max;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let parsed = req.parse(buf);
+    let scanned = match parsed {
+        Ok(httparse::Status::Complete(n)) => &buf[..n],
+        _ => buf,
+    };
+    check_lines(scanned, lim)?;
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return partial(buf, max),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -203,16 +329,17 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadErro
             .filter(|h| is(h.name, "connection"))
             .any(|h| has_token(h.value, token))
     };
-    let upgrade = hs
-        .iter()
-        .any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
+    let upgrade = upgrade_value(hs);
     let keep_alive = if version_minor == 1 {
         !conn("close")
     } else {
         conn("keep-alive")
     };
+    if connection_names_framing(hs) {
+        return Err(HeadError::Invalid("Connection names a framing header"));
+    }
     let cl = content_length(hs)?;
-    let body = match (chunked(hs), cl) {
+    let body = match (chunked(hs)?, cl) {
         (Some(_), Some(_)) => {
             return Err(HeadError::Invalid(
                 "both Content-Length and Transfer-Encoding",
@@ -235,8 +362,95 @@ pub fn parse_request(buf: &[u8], max: usize) -> Result<Option<Request>, HeadErro
     }))
 }
 
+/// The `Upgrade` headers' values joined, if any is non-empty.
+fn upgrade_value(hs: &[httparse::Header<'_>]) -> Option<String> {
+    let mut v = String::new();
+    for h in hs.iter().filter(|h| is(h.name, "upgrade")) {
+        let t = h.value.trim_ascii();
+        if !t.is_empty() {
+            if !v.is_empty() {
+                v.push_str(", ");
+            }
+            v.push_str(&String::from_utf8_lossy(t));
+        }
+    }
+    (!v.is_empty()).then_some(v)
+}
+
+/// The path a location is matched against, as nginx computes it: the query cut off,
+/// percent-encoded unreserved characters decoded, repeated slashes merged, `.` and `..`
+/// segments resolved. A path that climbs above `/` is refused (400). The request itself is
+/// forwarded as the client sent it.
+pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadError> {
+    use std::borrow::Cow;
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let b = path.as_bytes();
+    let plain = !b.contains(&b'%')
+        && !path.contains("//")
+        && !path.contains("/.")
+        && b.first() == Some(&b'/');
+    if plain || path == "*" {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode %XX where XX is an unreserved character; keep every other escape as it is.
+    let mut dec = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+        {
+            let c = h << 4 | l;
+            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                dec.push(c);
+                i += 3;
+                continue;
+            }
+        }
+        dec.push(b[i]);
+        i += 1;
+    }
+    let mut segs: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for seg in dec.split(|&c| c == b'/') {
+        trailing = false;
+        match seg {
+            b"" => trailing = true,
+            b"." => trailing = true,
+            b".." => {
+                if segs.pop().is_none() {
+                    return Err(HeadError::Invalid("path climbs above /"));
+                }
+                trailing = true;
+            }
+            s => segs.push(s),
+        }
+    }
+    let mut out = Vec::with_capacity(dec.len() + 1);
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
+    }
+    if trailing || segs.is_empty() {
+        out.push(b'/');
+    }
+    Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// What the proxy adds to a request on its way upstream.
 pub struct Forwarded<'a> {
+    /// The request is forwarded as an upgrade (`Upgrade` kept, `Connection: upgrade`);
+    /// otherwise `Upgrade` is dropped and `Connection: close` sent.
+    pub upgrade: bool,
     pub client_ip: IpAddr,
     /// `http` or `https`.
     pub proto: &'a str,
@@ -261,9 +475,7 @@ pub fn rewrite_request(
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
     let hs = &*req.headers;
-    let upgrade = hs
-        .iter()
-        .any(|h| is(h.name, "upgrade") && !h.value.trim_ascii().is_empty());
+    let upgrade = fwd.upgrade;
     let connection: &[u8] = if upgrade { b"upgrade" } else { b"close" };
     let _ = write!(
         out,
@@ -365,22 +577,27 @@ pub fn parse_response(
     }
     let status = resp.code.unwrap_or(0);
     let hs = &*resp.headers;
+    if connection_names_framing(hs) {
+        return Err(HeadError::Invalid("Connection names a framing header"));
+    }
+    let te = chunked(hs)?;
+    let cl = content_length(hs)?;
     let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         BodyKind::None
     } else {
-        match chunked(hs) {
-            Some(true) => BodyKind::Chunked,
-            Some(false) => BodyKind::UntilClose,
-            None => match content_length(hs)? {
-                Some(n) => BodyKind::Length(n),
-                None => BodyKind::UntilClose,
-            },
+        match (te, cl) {
+            (Some(true), _) => BodyKind::Chunked,
+            (Some(false), _) => BodyKind::UntilClose,
+            (None, Some(n)) => BodyKind::Length(n),
+            (None, None) => BodyKind::UntilClose,
         }
     };
     Ok(Some(Response {
         head_len,
         status,
         body,
+        upgrade: upgrade_value(hs),
+        drop_length: te.is_some() && cl.is_some(),
     }))
 }
 
@@ -393,10 +610,12 @@ pub enum ClientConnection {
 }
 
 /// Write the response head for the client: status as sent (as HTTP/1.1), hop-by-hop headers
-/// dropped (`Upgrade` kept on a 101), our `Connection` value, everything else untouched.
+/// dropped (`Upgrade` kept on a 101), our `Connection` value, `Content-Length` dropped when
+/// `drop_length` (it came beside `Transfer-Encoding`), everything else untouched.
 pub fn rewrite_response(
     head: &[u8],
     conn: ClientConnection,
+    drop_length: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -431,6 +650,8 @@ pub fn rewrite_response(
             false
         } else if is(n, "upgrade") {
             conn == ClientConnection::Upgrade
+        } else if drop_length && is(n, "content-length") {
+            false
         } else {
             !hop_by_hop(n) && !named_by_connection(hs, n)
         };
@@ -457,6 +678,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
+        414 => "URI Too Long",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
@@ -485,6 +707,7 @@ mod tests {
 
     fn fwd() -> Forwarded<'static> {
         Forwarded {
+            upgrade: true,
             client_ip: "10.0.0.7".parse().unwrap(),
             proto: "http",
             default_host: "backend",
@@ -493,9 +716,12 @@ mod tests {
 
     #[test]
     fn parses_websocket_request() {
-        let r = parse_request(WS, 16384).unwrap().unwrap();
+        let r = parse_request(WS, &HeadLimits::flat(16384))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.head_len, WS.len());
-        assert!(r.upgrade && r.keep_alive);
+        assert_eq!(r.upgrade.as_deref(), Some("websocket"));
+        assert!(r.keep_alive);
         assert_eq!(r.path, "/chat?x=1");
         assert_eq!(r.host_name(), b"ws.example.com");
         assert_eq!(r.body, BodyKind::None);
@@ -504,7 +730,11 @@ mod tests {
     #[test]
     fn partial_then_complete_at_every_split() {
         for cut in 0..WS.len() {
-            assert_eq!(parse_request(&WS[..cut], 16384), Ok(None), "cut {cut}");
+            assert_eq!(
+                parse_request(&WS[..cut], &HeadLimits::flat(16384)),
+                Ok(None),
+                "cut {cut}"
+            );
         }
     }
 
@@ -520,10 +750,16 @@ mod tests {
     #[test]
     fn plain_get_gets_connection_close_and_default_host() {
         let req = b"GET /health HTTP/1.0\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nX-Real-IP: spoofed\r\n\r\n";
-        let r = parse_request(req, 16384).unwrap().unwrap();
-        assert!(!r.upgrade && r.keep_alive && r.version_minor == 0);
+        let r = parse_request(req, &HeadLimits::flat(16384))
+            .unwrap()
+            .unwrap();
+        assert!(r.upgrade.is_none() && r.keep_alive && r.version_minor == 0);
         let mut out = Vec::new();
-        rewrite_request(req, &fwd(), &mut out).unwrap();
+        let plain = Forwarded {
+            upgrade: false,
+            ..fwd()
+        };
+        rewrite_request(req, &plain, &mut out).unwrap();
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
             s,
@@ -538,17 +774,17 @@ mod tests {
             "a".repeat(20000)
         );
         assert_eq!(
-            parse_request(big.as_bytes(), 16384),
+            parse_request(big.as_bytes(), &HeadLimits::flat(16384)),
             Err(HeadError::TooLarge)
         );
         assert_eq!(
-            parse_request(&big.as_bytes()[..17000], 16384),
+            parse_request(&big.as_bytes()[..17000], &HeadLimits::flat(16384)),
             Err(HeadError::TooLarge)
         );
         let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
         assert_eq!(
-            parse_request(many.as_bytes(), 65536),
+            parse_request(many.as_bytes(), &HeadLimits::flat(65536)),
             Err(HeadError::TooLarge)
         );
         for bad in [
@@ -561,7 +797,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         ] {
-            assert!(matches!(parse_request(bad, 16384), Err(HeadError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+            assert!(matches!(parse_request(bad, &HeadLimits::flat(16384)), Err(HeadError::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
@@ -569,14 +805,14 @@ mod tests {
     fn request_bodies() {
         let r = parse_request(
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            1024,
+            &HeadLimits::flat(1024),
         )
         .unwrap()
         .unwrap();
         assert_eq!(r.body, BodyKind::Chunked);
         let r = parse_request(
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n",
-            1024,
+            &HeadLimits::flat(1024),
         )
         .unwrap()
         .unwrap();
@@ -616,7 +852,7 @@ mod tests {
 
         let up = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\nKeep-Alive: 5\r\n\r\n";
         let mut out = Vec::new();
-        rewrite_response(up, ClientConnection::Upgrade, &mut out).unwrap();
+        rewrite_response(up, ClientConnection::Upgrade, false, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
@@ -625,6 +861,7 @@ mod tests {
         rewrite_response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             ClientConnection::KeepAlive,
+            false,
             &mut out,
         )
         .unwrap();
@@ -633,6 +870,128 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
         );
         assert!(parse_response(b"garbage\r\n\r\n", 1024, false).is_err());
+    }
+
+    #[test]
+    fn location_paths_are_normalised_like_nginx() {
+        for (raw, want) in [
+            ("/ws/chat?x=1", "/ws/chat"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/./b/../c/", "/a/c/"),
+            ("/%77s/chat", "/ws/chat"),
+            ("/%2e%2E/x", ""),
+            ("/a/%2e%2e/admin", "/admin"),
+            ("/a/%2Fb", "/a/%2Fb"),
+            ("/a/..", "/"),
+            ("/", "/"),
+        ] {
+            match normalize_path(raw) {
+                Ok(p) => assert_eq!(p, want, "{raw}"),
+                Err(_) => assert_eq!(want, "", "{raw} refused"),
+            }
+        }
+        assert!(normalize_path("/../etc/passwd").is_err());
+        assert!(normalize_path("/a/../../b").is_err());
+    }
+
+    #[test]
+    fn upgrade_rules() {
+        let ws = vec!["websocket".to_string()];
+        assert!(upgrade_allowed("websocket", &ws));
+        assert!(upgrade_allowed("WebSocket", &ws));
+        assert!(!upgrade_allowed("h2c", &ws));
+        assert!(!upgrade_allowed("websocket, h2c", &ws));
+        assert!(!upgrade_allowed(" , ", &ws));
+        assert!(upgrade_matches("websocket", "websocket"));
+        assert!(upgrade_matches("WebSocket", "websocket"));
+        assert!(!upgrade_matches("h2c", "websocket"));
+        assert!(!upgrade_matches("", "websocket"));
+    }
+
+    #[test]
+    fn framing_is_decided_once() {
+        let lim = HeadLimits::flat(16384);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close, transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request(bad, &lim), Err(HeadError::Invalid(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            1024,
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, BodyKind::Chunked);
+        assert!(r.drop_length);
+        let mut out = Vec::new();
+        rewrite_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ClientConnection::Close,
+            r.drop_length,
+            &mut out,
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        assert!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\n",
+                1024,
+                false
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn line_limits() {
+        let lim = HeadLimits {
+            head_max: 65536,
+            request_line_max: 100,
+            header_line_max: 200,
+        };
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
+        assert_eq!(
+            parse_request(long_target.as_bytes(), &lim),
+            Err(HeadError::UriTooLong)
+        );
+        // Still streaming the request line: refused as soon as it is too long.
+        assert_eq!(
+            parse_request(&long_target.as_bytes()[..150], &lim),
+            Err(HeadError::UriTooLong)
+        );
+        let long_header = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(300)
+        );
+        assert_eq!(
+            parse_request(long_header.as_bytes(), &lim),
+            Err(HeadError::TooLarge)
+        );
+        assert_eq!(
+            parse_request(&long_header.as_bytes()[..290], &lim),
+            Err(HeadError::TooLarge)
+        );
+        let ok = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "b".repeat(150)
+        );
+        assert!(parse_request(ok.as_bytes(), &lim).unwrap().is_some());
     }
 
     #[test]

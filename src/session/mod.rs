@@ -13,13 +13,18 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::config::Config;
-use crate::http::{self, BodyTracker, ClientConnection, HeadError};
+use crate::http::{self, BodyTracker, ClientConnection, HeadError, HeadLimits};
 use crate::upstream::{RoundRobin, Tried};
 use crate::uring::{Chunk, Op, Side, Src};
 pub use pipe::{Pipe, QUEUE, Recv, Shut};
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
+/// Interim (1xx) responses passed on per request: a backend streaming `100 Continue` gets a
+/// 502 past this many, instead of growing what waits for the client.
+pub const INTERIM_MAX: u8 = 8;
+/// Bytes of interim responses passed on per request.
+pub const INTERIM_BYTES_MAX: u32 = 16 * 1024;
 
 /// Effects a handler asks for. Implemented by the worker over its ring.
 pub trait Io {
@@ -78,8 +83,14 @@ pub enum End {
     UpstreamError(i32),
     /// Not HTTP, or broken framing: 400.
     BadRequest(&'static str),
-    /// Head over the limit: 431.
+    /// Head (or one header line) over the limit: 431.
     HeadTooLarge,
+    /// Request line over the limit: 414.
+    UriTooLong,
+    /// The request body stopped arriving for body_timeout: 408.
+    BodyTimeout,
+    /// An idle keep-alive connection reached keepalive_timeout (not logged, as in nginx).
+    KeepaliveTimeout,
     /// No location matched: 404.
     NoRoute,
     /// Every server refused or timed out: 502.
@@ -108,6 +119,9 @@ impl fmt::Display for End {
             End::UpstreamError(e) => write!(f, "upstream-error:{}", errno_name(*e)),
             End::BadRequest(why) => write!(f, "bad-request:{}", why.replace(' ', "-")),
             End::HeadTooLarge => write!(f, "head-too-large"),
+            End::UriTooLong => write!(f, "uri-too-long"),
+            End::BodyTimeout => write!(f, "body-timeout"),
+            End::KeepaliveTimeout => write!(f, "keepalive-timeout"),
             End::NoRoute => write!(f, "no-route"),
             End::NoUpstream => write!(f, "no-upstream"),
             End::BadResponse(why) => write!(f, "bad-response:{}", why.replace(' ', "-")),
@@ -202,18 +216,26 @@ enum Downward {
 /// Per-request state, boxed so an idle session stays small.
 #[derive(Debug)]
 struct Req {
-    /// `METHOD\nHOST\nPATH` in one allocation (none of them can contain a newline).
+    /// `METHOD\nHOST\nPATH\nUPGRADE` in one allocation (none of them can contain a newline);
+    /// UPGRADE is the protocol list the client asked for, empty when this is not an upgrade.
     text: Box<str>,
+    /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1).
     upgrade: bool,
     keep_alive: bool,
     is_head: bool,
     upstream: u16,
-    peer: Option<u16>,
+    /// Index of the server in use; `NO_PEER` before one is chosen (a sentinel, not an
+    /// Option: two bytes less in a struct that lives as long as a tunnel).
+    peer: u16,
     tried: Tried,
     connect_ms: u32,
     read_ms: u32,
     send_ms: u32,
+    body_ms: u32,
     status: u16,
+    /// Interim (1xx) responses passed on, and their bytes.
+    interim: u8,
+    interim_bytes: u16,
     /// Response bytes have been queued to the client.
     responded: bool,
     logged: bool,
@@ -225,6 +247,9 @@ struct Req {
     /// Bytes from the upstream for this request.
     bytes_out: u64,
 }
+
+/// `Req::peer` before a server is chosen.
+const NO_PEER: u16 = u16::MAX;
 
 /// Milliseconds of a configured duration, as stored per request (capped at ~49 days).
 fn ms32(d: std::time::Duration) -> u32 {
@@ -248,20 +273,28 @@ impl Req {
         self.part(2)
     }
 
+    /// The protocols the client asked to upgrade to ("" when not an upgrade).
+    fn upgrade_proto(&self) -> &str {
+        self.text.split('\n').nth(3).unwrap_or("")
+    }
+
     /// A request whose head could not be parsed (logged with `-` fields).
     fn unparsed(started_ms: u64, bytes_in: u64) -> Req {
         Req {
-            text: "-\n-\n-".into(),
+            text: "-\n-\n-\n".into(),
             upgrade: false,
             keep_alive: false,
             is_head: false,
             upstream: u16::MAX,
-            peer: None,
-            tried: 0,
+            peer: NO_PEER,
+            tried: Tried::default(),
             connect_ms: 0,
             read_ms: 0,
             send_ms: 0,
+            body_ms: 0,
             status: 0,
+            interim: 0,
+            interim_bytes: 0,
             responded: false,
             logged: false,
             tunnel: false,
@@ -278,8 +311,38 @@ pub struct Listen {
     pub index: u16,
     pub header_timeout_ms: u32,
     pub header_max: u32,
+    pub request_line_max: u32,
+    pub header_line_max: u32,
+    /// How long an idle keep-alive connection waits for its next request; 0: no keep-alive.
+    pub keepalive_timeout_ms: u32,
+    /// Requests served on one connection before it is closed.
+    pub keepalive_requests: u32,
     /// `X-Forwarded-Proto` value.
     pub tls: bool,
+}
+
+impl Listen {
+    /// The settings of `server` for sessions accepted on listener `index`.
+    pub fn of(index: usize, server: &crate::config::Server) -> Listen {
+        Listen {
+            index: index as u16,
+            header_timeout_ms: ms32(server.header_timeout),
+            header_max: server.header_max,
+            request_line_max: server.request_line_max,
+            header_line_max: server.header_line_max,
+            keepalive_timeout_ms: ms32(server.keepalive_timeout),
+            keepalive_requests: server.keepalive_requests,
+            tls: false,
+        }
+    }
+
+    fn limits(&self) -> HeadLimits {
+        HeadLimits {
+            head_max: self.header_max as usize,
+            request_line_max: self.request_line_max as usize,
+            header_line_max: self.header_line_max as usize,
+        }
+    }
 }
 
 /// A session: client socket, upstream socket, and where the exchange between them stands.
@@ -306,8 +369,8 @@ pub struct Session {
     /// Close once everything queued for the client is sent.
     close_after_flush: bool,
     end: Option<End>,
-    /// At least one request was answered on this connection.
-    served: bool,
+    /// Requests answered on this connection.
+    served: u32,
     /// The time this session is scheduled at in the worker's timer wheel (0: not scheduled).
     pub timer_at: u64,
 }
@@ -332,7 +395,7 @@ impl Session {
             connect_waiting: false,
             close_after_flush: false,
             end: None,
-            served: false,
+            served: 0,
             timer_at: 0,
         }
     }
@@ -502,6 +565,9 @@ impl Session {
         let r = self.req.as_deref();
         let ms = u64::from;
         let phase = match self.stage {
+            Stage::Request if self.idle_keepalive() => {
+                Some(self.phase_ms + ms(self.listen.keepalive_timeout_ms))
+            }
             Stage::Request => Some(self.phase_ms + ms(self.listen.header_timeout_ms)),
             Stage::Connecting if !self.connect_timed_out => {
                 r.map(|r| self.phase_ms + ms(r.connect_ms))
@@ -517,10 +583,24 @@ impl Session {
             .filter(|p| p.sending.is_some() && self.stage != Stage::Closing)
             .map(|p| p.send_since_ms + send_ms)
             .min();
-        match (phase, send) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [phase, send, self.body_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Waiting for the first byte of the next request on a kept-alive connection.
+    fn idle_keepalive(&self) -> bool {
+        self.served > 0 && matches!(&self.upward, Upward::Head(v) if v.is_empty())
+    }
+
+    /// When a request body that stopped arriving gets its 408: only while the proxy is
+    /// reading it (a body held back because the upstream is slow is not the client's fault).
+    fn body_deadline(&self) -> Option<u64> {
+        let r = self.req.as_deref()?;
+        let reading = matches!(self.upward, Upward::Body(_)) && self.down.recv == Recv::On;
+        (reading && matches!(self.stage, Stage::Connecting | Stage::Proxy))
+            .then(|| self.last_down_ms + u64::from(r.body_ms))
     }
 
     /// The timer wheel fired for this session.
@@ -537,8 +617,11 @@ impl Session {
             .any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
         if stuck {
             self.close(End::SendTimeout, io);
+        } else if self.body_deadline().is_some_and(|b| b <= now) {
+            self.respond(408, End::BodyTimeout, io);
         } else {
             match self.stage {
+                Stage::Request if self.idle_keepalive() => self.close(End::KeepaliveTimeout, io),
                 Stage::Request => self.close(End::HeaderTimeout, io),
                 Stage::Connecting => {
                     self.connect_timed_out = true;
@@ -579,6 +662,11 @@ impl Session {
                 self.last_down_ms = now;
                 match &mut self.upward {
                     Upward::Head(v) => {
+                        if v.is_empty() && self.served > 0 {
+                            // The next request on a kept-alive connection: its header clock
+                            // starts with its first byte, as in nginx.
+                            self.phase_ms = now;
+                        }
                         v.extend_from_slice(io.data(bid, len));
                         io.release(chunk);
                         self.try_request(io, env);
@@ -597,9 +685,9 @@ impl Session {
                     },
                     Upward::Stream => self.forward(Side::Down, chunk, io),
                     Upward::Hold(stash) => {
-                        if stash.len() < self.listen.header_max as usize {
-                            stash.extend_from_slice(io.data(bid, len));
-                        }
+                        // Never dropped: `want_recv` stops reading at the bound, so at most
+                        // the completion already on its way lands past it.
+                        stash.extend_from_slice(io.data(bid, len));
                         io.release(chunk);
                     }
                     Upward::Discard => io.release(chunk),
@@ -685,10 +773,11 @@ impl Session {
         let Upward::Head(buf) = &self.upward else {
             return;
         };
-        let req = match http::parse_request(buf, self.listen.header_max as usize) {
+        let req = match http::parse_request(buf, &self.listen.limits()) {
             Ok(None) => return,
             Ok(Some(r)) => r,
             Err(HeadError::TooLarge) => return self.respond(431, End::HeadTooLarge, io),
+            Err(HeadError::UriTooLong) => return self.respond(414, End::UriTooLong, io),
             Err(HeadError::Invalid(why)) => return self.respond(400, End::BadRequest(why), io),
         };
         let Upward::Head(buf) = std::mem::replace(&mut self.upward, Upward::Discard) else {
@@ -696,25 +785,48 @@ impl Session {
         };
         let now = io.now_ms();
         let cfg = env.cfg;
-        let route = cfg
-            .find_server(usize::from(self.listen.index), req.host_name())
-            .and_then(|s| {
-                cfg.find_location(s, req.path.as_bytes())
-                    .map(|l| &cfg.servers[s].locations[l])
-            });
+        // Locations match the normalised path; the request goes up as the client sent it.
+        let norm = http::normalize_path(&req.path);
+        let route = norm.as_ref().ok().and_then(|path| {
+            cfg.find_server(usize::from(self.listen.index), req.host_name())
+                .and_then(|s| {
+                    cfg.find_location(s, path.as_bytes())
+                        .map(|l| &cfg.servers[s].locations[l])
+                })
+        });
+        // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
+        // any other Upgrade is dropped and the request proxied as plain HTTP.
+        let upgrade = match (&req.upgrade, route) {
+            (Some(v), Some(l))
+                if req.version_minor == 1 && http::upgrade_allowed(v, &l.upgrade) =>
+            {
+                v.as_str()
+            }
+            _ => "",
+        };
         let host = req.host.as_deref().unwrap_or("-");
         let r = Box::new(Req {
-            text: format!("{}\n{}\n{}", req.method, host.replace('\n', " "), req.path).into(),
-            upgrade: req.upgrade,
+            text: format!(
+                "{}\n{}\n{}\n{}",
+                req.method,
+                host.replace('\n', " "),
+                req.path,
+                upgrade.replace('\n', " ")
+            )
+            .into(),
+            upgrade: !upgrade.is_empty(),
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
             upstream: route.map_or(0, |l| l.upstream as u16),
-            peer: None,
-            tried: 0,
+            peer: NO_PEER,
+            tried: Tried::new(route.map_or(0, |l| cfg.upstreams[l.upstream].peers.len())),
             connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
             read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
             send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
+            body_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
             status: 0,
+            interim: 0,
+            interim_bytes: 0,
             responded: false,
             logged: false,
             tunnel: false,
@@ -722,12 +834,17 @@ impl Session {
             bytes_in: buf.len() as u64,
             bytes_out: 0,
         });
+        if let Err(HeadError::Invalid(why)) = norm {
+            self.req = Some(r);
+            return self.respond(400, End::BadRequest(why), io);
+        }
         let Some(loc) = route else {
             self.req = Some(r);
             return self.respond(404, End::NoRoute, io);
         };
         let mut out = Vec::with_capacity(req.head_len + 256);
         let fwd = http::Forwarded {
+            upgrade: r.upgrade,
             client_ip: self.client.ip(),
             proto: if self.listen.tls { "https" } else { "http" },
             default_host: &cfg.upstreams[loc.upstream].name,
@@ -738,25 +855,23 @@ impl Session {
             self.req = Some(r);
             return self.respond(400, End::BadRequest(why), io);
         }
+        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
+        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
+        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
         let extra = &buf[req.head_len..];
-        if req.upgrade {
-            out.extend_from_slice(extra);
-            self.upward = Upward::Stream;
-        } else {
-            let mut t = BodyTracker::new(req.body);
-            match t.feed(extra) {
-                Ok(n) => {
-                    out.extend_from_slice(&extra[..n]);
-                    self.upward = if t.done() {
-                        Upward::Hold(extra[n..].to_vec())
-                    } else {
-                        Upward::Body(t)
-                    };
-                }
-                Err(e) => {
-                    self.req = Some(r);
-                    return self.respond(400, End::BadRequest(e.0), io);
-                }
+        let mut t = BodyTracker::new(req.body);
+        match t.feed(extra) {
+            Ok(n) => {
+                out.extend_from_slice(&extra[..n]);
+                self.upward = if t.done() {
+                    Upward::Hold(extra[n..].to_vec())
+                } else {
+                    Upward::Body(t)
+                };
+            }
+            Err(e) => {
+                self.req = Some(r);
+                return self.respond(400, End::BadRequest(e.0), io);
             }
         }
         self.req = Some(r);
@@ -781,11 +896,11 @@ impl Session {
         let ui = usize::from(r.upstream);
         let u = &env.cfg.upstreams[ui];
         loop {
-            let Some(i) = env.rr[ui].pick(u, r.tried) else {
+            let Some(i) = env.rr[ui].pick(u, &r.tried) else {
                 return self.respond(502, End::NoUpstream, io);
             };
-            r.tried = RoundRobin::tried(r.tried, i);
-            r.peer = Some(i as u16);
+            r.tried.mark(i);
+            r.peer = i as u16;
             let source = env.rr[ui].next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
@@ -809,7 +924,7 @@ impl Session {
                 .upstreams
                 .get(usize::from(r.upstream))?
                 .peers
-                .get(usize::from(r.peer?))?
+                .get(usize::from(r.peer).min(usize::from(NO_PEER)))?
                 .addr,
         )
     }
@@ -825,7 +940,7 @@ impl Session {
             let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
                 Ok(None) => return,
                 Ok(Some(resp)) => resp,
-                Err(HeadError::TooLarge) => {
+                Err(HeadError::TooLarge | HeadError::UriTooLong) => {
                     return self.respond(502, End::BadResponse("response head too large"), io);
                 }
                 Err(HeadError::Invalid(why)) => {
@@ -833,7 +948,14 @@ impl Session {
                 }
             };
             if (100..200).contains(&resp.status) && resp.status != 101 {
-                // 100 Continue and friends: pass on as they are, then read the real head.
+                // 100 Continue and friends: pass on as they are, then read the real head;
+                // bounded in number and bytes per request.
+                r.interim += 1;
+                let head_len = u16::try_from(resp.head_len).unwrap_or(u16::MAX);
+                r.interim_bytes = r.interim_bytes.saturating_add(head_len);
+                if r.interim > INTERIM_MAX || u32::from(r.interim_bytes) > INTERIM_BYTES_MAX {
+                    return self.respond(502, End::BadResponse("too many interim responses"), io);
+                }
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
                 let c = io.put(info);
                 r.responded = true;
@@ -842,6 +964,7 @@ impl Session {
                 continue;
             }
             let buf = std::mem::take(buf);
+            let mut tunnel_start = Vec::new();
             r.status = resp.status;
             let mut out = Vec::with_capacity(resp.head_len + 64);
             if resp.status == 101 {
@@ -852,18 +975,37 @@ impl Session {
                         io,
                     );
                 }
+                if !resp
+                    .upgrade
+                    .as_deref()
+                    .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
+                {
+                    return self.respond(
+                        502,
+                        End::BadResponse("101 without the protocol the client asked for"),
+                        io,
+                    );
+                }
+                let Upward::Hold(held) = std::mem::replace(&mut self.upward, Upward::Stream) else {
+                    self.upward = Upward::Discard;
+                    return self.respond(
+                        502,
+                        End::BadResponse("101 before the request body was complete"),
+                        io,
+                    );
+                };
                 let _ = http::rewrite_response(
                     &buf[..resp.head_len],
                     ClientConnection::Upgrade,
+                    false,
                     &mut out,
                 );
                 out.extend_from_slice(&buf[resp.head_len..]);
                 self.downward = Downward::Stream;
                 r.tunnel = true;
-                if !matches!(self.upward, Upward::Stream) {
-                    self.upward = Upward::Stream;
-                }
                 self.stage = Stage::Tunnel;
+                // What the client sent after its request is the start of the tunnel.
+                tunnel_start = held;
             } else {
                 let mut t = BodyTracker::new(resp.body);
                 let request_framed = !matches!(self.upward, Upward::Stream | Upward::Discard);
@@ -871,14 +1013,17 @@ impl Session {
                     && request_framed
                     && !t.until_close()
                     && !self.down.eof
-                    && !env.draining;
+                    && !env.draining
+                    && self.listen.keepalive_timeout_ms > 0
+                    && self.served.saturating_add(1) < self.listen.keepalive_requests;
                 r.keep_alive = keep;
                 let conn = if keep {
                     ClientConnection::KeepAlive
                 } else {
                     ClientConnection::Close
                 };
-                let _ = http::rewrite_response(&buf[..resp.head_len], conn, &mut out);
+                let _ =
+                    http::rewrite_response(&buf[..resp.head_len], conn, resp.drop_length, &mut out);
                 let rest = &buf[resp.head_len..];
                 match t.feed(rest) {
                     Ok(n) => out.extend_from_slice(&rest[..n]),
@@ -890,6 +1035,11 @@ impl Session {
             let c = io.put(out);
             self.down.push(c);
             self.kick(Side::Down, io);
+            if !tunnel_start.is_empty() {
+                let c = io.put(tunnel_start);
+                self.up.push(c);
+                self.kick(Side::Up, io);
+            }
             if let Downward::Body(t) = &self.downward
                 && t.done()
             {
@@ -924,7 +1074,7 @@ impl Session {
             _ => Vec::new(),
         };
         self.req = None;
-        self.served = true;
+        self.served = self.served.saturating_add(1);
         self.upward = Upward::Head(stash);
         self.stage = Stage::Request;
         self.phase_ms = io.now_ms();
@@ -975,8 +1125,12 @@ impl Session {
                     self.close(End::ClientClosed, io)
                 }
                 Upward::Head(_) | Upward::Body(_) => self.close(End::ClientClosed, io),
-                // The request is complete: finish the response, then close.
-                _ => {}
+                // Our own answer is on its way: send it, then close.
+                _ if self.stage == Stage::Respond => {}
+                // Nothing more can be delivered to a client that has gone: the upstream side
+                // ends now (nginx's `proxy_ignore_client_abort off`), whether it is still
+                // connecting, waiting for the head or relaying a body.
+                _ => self.close(End::ClientClosed, io),
             },
             (_, Side::Up) => match &self.downward {
                 Downward::Body(t) if t.until_close() => {
@@ -1055,7 +1209,7 @@ impl Session {
         // A connection that sent part of a head, or never completed its first one, gets a
         // log line; an idle keep-alive connection closing does not (as in nginx).
         let partial = matches!(&self.upward, Upward::Head(v) if !v.is_empty());
-        if self.req.is_none() && (partial || (end == End::HeaderTimeout && !self.served)) {
+        if self.req.is_none() && (partial || (end == End::HeaderTimeout && self.served == 0)) {
             let bytes_in = match &self.upward {
                 Upward::Head(v) => v.len() as u64,
                 _ => 0,
@@ -1186,6 +1340,14 @@ impl Session {
     fn sync_recv(&mut self, io: &mut impl Io) {
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side);
+            if want
+                && side == Side::Down
+                && self.down.recv == Recv::Off
+                && matches!(self.upward, Upward::Body(_))
+            {
+                // The body clock runs only while we read: it restarts when reading resumes.
+                self.last_down_ms = io.now_ms();
+            }
             let p = self.pipe(side);
             match (want, p.recv) {
                 (true, Recv::Off) => {

@@ -13,12 +13,47 @@ pub struct RoundRobin {
     source_next: usize,
 }
 
-/// Which servers a request has already tried (bit per server; at most 64 servers per upstream
-/// take part in retries, the rest are still balanced over).
-pub type Tried = u64;
+/// Which servers a request has already tried: a bit per server, inline for up to 64 servers,
+/// on the heap for larger upstreams (up to `config::MAX_SERVERS`). Every server is tried at
+/// most once per request, whatever the upstream's size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tried {
+    Small(u64),
+    Large(Box<[u64]>),
+}
 
-fn bit(i: usize) -> Tried {
-    if i < 64 { 1 << i } else { 0 }
+impl Default for Tried {
+    fn default() -> Tried {
+        Tried::Small(0)
+    }
+}
+
+impl Tried {
+    /// Nothing tried yet, for an upstream of `servers` servers.
+    pub fn new(servers: usize) -> Tried {
+        if servers <= 64 {
+            Tried::Small(0)
+        } else {
+            Tried::Large(vec![0; servers.div_ceil(64)].into_boxed_slice())
+        }
+    }
+
+    pub fn has(&self, i: usize) -> bool {
+        match self {
+            Tried::Small(b) => i < 64 && b & (1 << i) != 0,
+            Tried::Large(v) => v.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0),
+        }
+    }
+
+    pub fn mark(&mut self, i: usize) {
+        match self {
+            Tried::Small(b) => {
+                assert!(i < 64, "server {i} in an upstream sized for 64");
+                *b |= 1 << i;
+            }
+            Tried::Large(v) => v[i / 64] |= 1 << (i % 64),
+        }
+    }
 }
 
 impl RoundRobin {
@@ -31,11 +66,11 @@ impl RoundRobin {
     }
 
     /// The next server to try, skipping those in `tried`; `None` when all were tried.
-    pub fn pick(&mut self, u: &Upstream, tried: Tried) -> Option<usize> {
+    pub fn pick(&mut self, u: &Upstream, tried: &Tried) -> Option<usize> {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, p) in u.peers.iter().enumerate() {
-            if p.backup || tried & bit(i) != 0 {
+            if p.backup || tried.has(i) {
                 continue;
             }
             let w = i64::from(p.weight);
@@ -52,7 +87,7 @@ impl RoundRobin {
         let n = u.peers.len();
         for k in 0..n {
             let i = (self.backup_next + k) % n;
-            if u.peers[i].backup && tried & bit(i) == 0 {
+            if u.peers[i].backup && !tried.has(i) {
                 self.backup_next = i + 1;
                 return Some(i);
             }
@@ -68,11 +103,6 @@ impl RoundRobin {
         let a = u.source[self.source_next % u.source.len()];
         self.source_next = self.source_next.wrapping_add(1);
         Some(a)
-    }
-
-    /// Mark server `i` as tried.
-    pub fn tried(tried: Tried, i: usize) -> Tried {
-        tried | bit(i)
     }
 }
 
@@ -103,7 +133,9 @@ mod tests {
         // nginx's documented example: weights 5, 1, 1 give a a b a c a a.
         let u = up(&[(5, false), (1, false), (1, false)]);
         let mut rr = RoundRobin::new(&u);
-        let seq: Vec<usize> = (0..7).map(|_| rr.pick(&u, 0).unwrap()).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| rr.pick(&u, &Tried::default()).unwrap())
+            .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -113,7 +145,7 @@ mod tests {
         let mut rr = RoundRobin::new(&u);
         let mut count = [0; 3];
         for _ in 0..500 {
-            count[rr.pick(&u, 0).unwrap()] += 1;
+            count[rr.pick(&u, &Tried::default()).unwrap()] += 1;
         }
         assert_eq!(count, [300, 200, 0]);
     }
@@ -122,12 +154,31 @@ mod tests {
     fn retries_skip_tried_then_use_backup_then_give_up() {
         let u = up(&[(1, false), (1, false), (1, true)]);
         let mut rr = RoundRobin::new(&u);
-        let a = rr.pick(&u, 0).unwrap();
-        let t = RoundRobin::tried(0, a);
-        let b = rr.pick(&u, t).unwrap();
+        let mut t = Tried::new(3);
+        let a = rr.pick(&u, &t).unwrap();
+        t.mark(a);
+        let b = rr.pick(&u, &t).unwrap();
         assert_ne!(a, b);
-        let t = RoundRobin::tried(t, b);
-        assert_eq!(rr.pick(&u, t), Some(2));
-        assert_eq!(rr.pick(&u, RoundRobin::tried(t, 2)), None);
+        t.mark(b);
+        assert_eq!(rr.pick(&u, &t), Some(2));
+        t.mark(2);
+        assert_eq!(rr.pick(&u, &t), None);
+    }
+
+    #[test]
+    fn large_upstreams_try_each_server_once() {
+        // 300 primaries and 10 backups, all failing: each is picked exactly once, then none.
+        let mut w = vec![(1, false); 300];
+        w.extend(vec![(2, true); 10]);
+        let u = up(&w);
+        let mut rr = RoundRobin::new(&u);
+        let mut t = Tried::new(u.peers.len());
+        let mut seen = vec![0u32; u.peers.len()];
+        while let Some(i) = rr.pick(&u, &t) {
+            seen[i] += 1;
+            t.mark(i);
+            assert!(seen[i] == 1, "server {i} picked twice");
+        }
+        assert!(seen.iter().all(|&n| n == 1), "every server tried once");
     }
 }

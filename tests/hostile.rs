@@ -1,0 +1,414 @@
+//! Hostile clients and hostile or broken backends (issue "close the smuggling, zombie-tunnel and
+//! starvation holes"): each test drives the release of one hole with real sockets and checks
+//! that the one connection ends cleanly while every other keeps working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A live WebSocket through the proxy, checked before and after each hostile case.
+fn bystander(listen: SocketAddr) -> Ws {
+    let mut ws = ws_connect(listen, "/ws/");
+    ws_echo(&mut ws, b"before".to_vec());
+    ws
+}
+
+const WS_REQ: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// What a scripted backend does with each request head it reads.
+type Script = dyn Fn(&str) -> Vec<u8> + Send + Sync;
+
+/// Bytes one backend connection received.
+type Record = Arc<Mutex<Vec<u8>>>;
+
+/// A backend on loopback that reads request heads (no bodies) on every connection it accepts,
+/// answers each with `script(head)`, keeps the connection open, and records every byte each
+/// connection received.
+struct Backend {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(script: Arc<Script>) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(true).unwrap();
+        let conns: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, s2) = (conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let rec = Arc::new(Mutex::new(Vec::new()));
+                c2.lock().unwrap().push(rec.clone());
+                let (script, stop) = (script.clone(), s2.clone());
+                std::thread::spawn(move || {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !stop.load(Ordering::Relaxed) {
+                        match s.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                                pending.extend_from_slice(&buf[..n]);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => return,
+                        }
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = pending.drain(..end + 4).collect();
+                            let answer = script(&String::from_utf8_lossy(&head));
+                            if s.write_all(&answer).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Backend { addr, conns, stop }
+    }
+
+    /// Bytes each connection received so far, in accept order.
+    fn received(&self) -> Vec<String> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.lock().unwrap()).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A proxy with `/` on `backend` and `/ws/` on a real echo backend (for the bystander).
+fn proxy_on(
+    name: &str,
+    backend: SocketAddr,
+    location: &str,
+    runtime: &str,
+) -> (Proc, Proc, SocketAddr, std::path::PathBuf) {
+    let dir = scratch(name);
+    let live = free_addr();
+    let echo = echo(&[live], &dir);
+    let listen = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 2\nmax_connections = 5000\n{runtime}\n\
+         [[upstream]]\nname = \"scripted\"\nservers = [{{ addr = \"{backend}\" }}]\n\
+         [[upstream]]\nname = \"live\"\nservers = [{{ addr = \"{live}\" }}]\n\
+         [[server]]\nlisten = [\"{listen}\"]\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"scripted\"\n{location}\n\
+         [[server.location]]\npath = \"/ws/\"\nupstream = \"live\"\n"
+    );
+    let p = proxy(&cfg, listen, &dir);
+    (echo, p, listen, dir)
+}
+
+/// Read one HTTP response with a Content-Length body from `s`.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&got[..end + 4 + len]).into_owned();
+            }
+        }
+        let n = s.read(&mut buf).expect("response");
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Item 1: bytes after an upgrade request wait for the 101. A backend that refuses the upgrade
+/// (426) but keeps its connection never sees the client's next request on that connection: the
+/// proxy parses, routes and rewrites it like any other (its spoofed X-Real-IP replaced).
+#[test]
+fn bytes_after_a_refused_upgrade_are_not_smuggled() {
+    if !uring_ok() {
+        return;
+    }
+    let backend = Backend::start(Arc::new(|head: &str| {
+        if head.to_ascii_lowercase().contains("upgrade: websocket") {
+            b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+        }
+    }));
+    let (_echo, p, listen, _dir) = proxy_on("smuggle", backend.addr, "", "");
+    let mut ws = bystander(listen);
+
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let two = format!(
+        "GET /chat HTTP/1.1\r\nHost: a\r\n{WS_REQ}\r\nGET /admin HTTP/1.1\r\nHost: a\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    );
+    c.write_all(two.as_bytes()).unwrap();
+    let first = read_response(&mut c);
+    assert!(first.starts_with("HTTP/1.1 426"), "{first}");
+    let second = read_response(&mut c);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+
+    let got = backend.received();
+    let upgrade_conn = got
+        .iter()
+        .find(|r| r.contains("GET /chat"))
+        .expect("the upgrade request reached the backend");
+    assert!(
+        !upgrade_conn.contains("/admin"),
+        "the next request was streamed into the refused upgrade's connection:\n{upgrade_conn}"
+    );
+    let admin = got
+        .iter()
+        .find(|r| r.contains("GET /admin"))
+        .expect("the next request was proxied as a request of its own");
+    assert!(
+        admin.contains("X-Real-IP: 127.0.0.1") && !admin.contains("X-Real-IP: 6.6.6.6"),
+        "the next request was not rewritten:\n{admin}"
+    );
+    assert!(
+        admin.contains("X-Forwarded-For: 6.6.6.6, 127.0.0.1"),
+        "{admin}"
+    );
+    // Both requests are in the access log.
+    let log = p.wait_log("\"GET /admin\"", 5);
+    assert!(
+        log.contains("\"GET /chat\"") && log.contains("status=426"),
+        "{log}"
+    );
+    ws_echo(&mut ws, b"after smuggling attempt".to_vec());
+}
+
+/// Item 1: a 101 is accepted only when it names the protocol the client asked for; only
+/// websocket upgrades are tunnelled by default (h2c and HTTP/1.0 upgrades go as plain HTTP).
+#[test]
+fn only_websocket_upgrades_on_http11_are_tunnelled() {
+    if !uring_ok() {
+        return;
+    }
+    // A backend that switches to whatever protocol suits it, or to none.
+    let backend = Backend::start(Arc::new(|head: &str| {
+        if head.contains("GET /wrong-protocol") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec()
+        } else if head.contains("GET /no-upgrade-header") {
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n".to_vec()
+        } else {
+            let body = head.replace("\r\n", "|");
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+    }));
+    let (_echo, _p, listen, _dir) = proxy_on("upgrades", backend.addr, "", "");
+    let mut ws = bystander(listen);
+
+    for path in ["/wrong-protocol", "/no-upgrade-header"] {
+        let out = raw_exchange(
+            listen,
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\n{WS_REQ}\r\n").as_bytes(),
+            10,
+        );
+        assert_eq!(
+            status_of(&out),
+            502,
+            "{path}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    // h2c: the Upgrade header is dropped and the request proxied as plain HTTP.
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /p HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+        .unwrap();
+    let text = read_response(&mut c);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("h2c"), "Upgrade: h2c was forwarded: {text}");
+    assert!(text.contains("Connection: close"), "{text}");
+    // HTTP/1.0 asking for websocket: not an upgrade either.
+    let out = raw_exchange(
+        listen,
+        format!("GET /old HTTP/1.0\r\nHost: a\r\n{WS_REQ}\r\n").as_bytes(),
+        10,
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&out), 200, "{text}");
+    let forwarded_head = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(
+        !forwarded_head
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket"),
+        "an HTTP/1.0 upgrade was forwarded: {text}"
+    );
+    ws_echo(&mut ws, b"after upgrade games".to_vec());
+}
+
+/// Item 1: a location may allow other protocols explicitly.
+#[test]
+fn a_location_can_allow_another_upgrade_protocol() {
+    if !uring_ok() {
+        return;
+    }
+    let backend = Backend::start(Arc::new(|head: &str| {
+        if head.to_ascii_lowercase().contains("upgrade: mqtt") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: mqtt\r\nConnection: Upgrade\r\n\r\nhello"
+                .to_vec()
+        } else {
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec()
+        }
+    }));
+    let (_echo, _p, listen, _dir) = proxy_on(
+        "mqtt",
+        backend.addr,
+        "upgrade = [\"websocket\", \"mqtt\"]",
+        "",
+    );
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /m HTTP/1.1\r\nHost: a\r\nUpgrade: mqtt\r\nConnection: Upgrade\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"hello") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn active(admin: SocketAddr) -> u64 {
+    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).expect("status JSON");
+    v["active"].as_u64().unwrap()
+}
+
+/// Item 2: 1,000 clients send an upgrade request to a backend that never answers and go away
+/// at once (half with FIN, half with RST): within seconds every session is gone, upstream
+/// sockets included, and the process holds no more descriptors than before.
+#[test]
+fn no_session_outlives_its_client() {
+    if !uring_ok() {
+        return;
+    }
+    // A backend that accepts and holds every connection, and counts those the proxy closed.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (closed, stop) = (closed.clone(), stop.clone());
+        mute.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut held: Vec<TcpStream> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                while let Ok((s, _)) = mute.accept() {
+                    s.set_nonblocking(true).unwrap();
+                    held.push(s);
+                }
+                held.retain_mut(|s| {
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                return false;
+                            }
+                            Ok(_) => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                            Err(_) => {
+                                closed.fetch_add(1, Ordering::Relaxed);
+                                return false;
+                            }
+                        }
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    }
+    let admin = free_addr();
+    let (_echo, p, listen, _dir) = proxy_on(
+        "zombies",
+        mute_addr,
+        "",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let mut ws = bystander(listen);
+    assert_eq!(active(admin), 1, "the bystander");
+    let baseline = fd_count(p.pid());
+    let n = 1000;
+    for i in 0..n {
+        let s = TcpStream::connect(listen).unwrap();
+        (&s).write_all(format!("GET /chat HTTP/1.1\r\nHost: a\r\n{WS_REQ}\r\n").as_bytes())
+            .unwrap();
+        if i % 2 == 0 {
+            // RST instead of FIN.
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        drop(s);
+    }
+    let t = Instant::now();
+    let (mut a, mut fds) = (u64::MAX, usize::MAX);
+    while t.elapsed() < Duration::from_secs(10) {
+        a = active(admin);
+        fds = fd_count(p.pid());
+        // The bystander is the one session left.
+        if a <= 1 && fds <= baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "after {n} abandoned upgrades: active {a}, fds {fds} (baseline {baseline}) after {:?}; backend saw {} closed",
+        t.elapsed(),
+        closed.load(Ordering::Relaxed)
+    );
+    assert!(a <= 1, "{a} sessions still active");
+    assert!(fds <= baseline, "{fds} fds open, baseline {baseline}");
+    ws_echo(&mut ws, b"after the storm".to_vec());
+    stop.store(true, Ordering::Relaxed);
+}
