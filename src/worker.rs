@@ -20,6 +20,10 @@ use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side, Src, UserD
 
 /// Completions copied out per loop turn.
 const CQE_BATCH: usize = 256;
+/// The pool's floor, as a fraction of it (1/4): below it only sessions making progress (nothing
+/// waiting toward the other side) and new heads get buffers, so stalled sessions alone cannot
+/// empty the pool (`session/LIFECYCLE.md`, "Buffer budget").
+const POOL_FLOOR_DIV: u32 = 4;
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
@@ -447,7 +451,11 @@ impl Io for WorkerIo<'_> {
 
     fn recv(&mut self, fd: RawFd, side: Side) {
         let ud = self.ud(Op::Recv, side);
-        self.ring.recv_multi(fd, ud);
+        self.ring.recv_one(fd, ud);
+    }
+
+    fn pool_low(&self) -> bool {
+        self.ring.pool.free() <= self.ring.pool.count() / POOL_FLOOR_DIV
     }
 
     fn cancel(&mut self, side: Side, op: Op) {

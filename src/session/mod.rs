@@ -38,8 +38,11 @@ pub trait Io {
     fn release(&mut self, c: Chunk);
     /// The send of `c` has completed (called first thing on every send completion).
     fn sent(&mut self, c: Chunk);
-    /// Arm a multishot recv on `fd`.
+    /// Arm a recv on `fd` that completes once, with at most one pool buffer.
     fn recv(&mut self, fd: RawFd, side: Side);
+    /// The worker's buffer pool is down to its floor: only sessions that are making progress
+    /// may take more.
+    fn pool_low(&self) -> bool;
     /// Cancel the recv armed on `side`.
     fn cancel(&mut self, side: Side, op: crate::uring::Op);
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
@@ -248,6 +251,20 @@ struct Req {
     bytes_out: u64,
 }
 
+/// How long a lingering close waits for the client to finish sending (nginx: lingering_timeout).
+pub const LINGER_MS: u64 = 2000;
+
+/// The lingering close after an error answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Linger {
+    No,
+    /// Linger once the answer is flushed.
+    AfterFlush,
+    /// Write side shut since `phase_ms`; discarding what the client sends until it closes or
+    /// the time is up.
+    On,
+}
+
 /// `Req::peer` before a server is chosen.
 const NO_PEER: u16 = u16::MAX;
 
@@ -368,6 +385,10 @@ pub struct Session {
     connect_waiting: bool,
     /// Close once everything queued for the client is sent.
     close_after_flush: bool,
+    /// Our own error answer went out while the client may still be sending: after the
+    /// flush, half-close and discard what it sends until it closes or `LINGER_MS` pass
+    /// (nginx's lingering close), so the answer is not lost to a reset.
+    linger: Linger,
     end: Option<End>,
     /// Requests answered on this connection.
     served: u32,
@@ -394,6 +415,7 @@ impl Session {
             connect_timed_out: false,
             connect_waiting: false,
             close_after_flush: false,
+            linger: Linger::No,
             end: None,
             served: 0,
             timer_at: 0,
@@ -575,7 +597,9 @@ impl Session {
             Stage::Connecting => None,
             Stage::Proxy => r.map(|r| self.last_up_ms + ms(r.read_ms)),
             Stage::Tunnel => r.map(|r| self.last_up_ms.max(self.last_down_ms) + ms(r.read_ms)),
-            Stage::Respond | Stage::Closing => None,
+            Stage::Respond if self.linger == Linger::On => Some(self.phase_ms + LINGER_MS),
+            Stage::Respond => None,
+            Stage::Closing => None,
         };
         let send_ms = ms(r.map_or(self.listen.header_timeout_ms, |r| r.send_ms));
         let send = [&self.down, &self.up]
@@ -632,7 +656,11 @@ impl Session {
                     self.respond(504, End::UpstreamTimeout, io)
                 }
                 Stage::Proxy | Stage::Tunnel => self.close(End::IdleTimeout, io),
-                Stage::Respond | Stage::Closing => {}
+                Stage::Respond => {
+                    let end = self.end.unwrap_or(End::Done);
+                    self.close(end, io);
+                }
+                Stage::Closing => {}
             }
         }
         self.after(io, env);
@@ -1125,6 +1153,11 @@ impl Session {
                     self.close(End::ClientClosed, io)
                 }
                 Upward::Head(_) | Upward::Body(_) => self.close(End::ClientClosed, io),
+                // Lingering after our answer: the client has finished; close.
+                _ if self.linger == Linger::On => {
+                    let end = self.end.unwrap_or(End::Done);
+                    self.close(end, io);
+                }
                 // Our own answer is on its way: send it, then close.
                 _ if self.stage == Stage::Respond => {}
                 // Nothing more can be delivered to a client that has gone: the upstream side
@@ -1192,6 +1225,9 @@ impl Session {
         self.end.get_or_insert(end);
         let c = io.put(http::error_response(status));
         self.down.push(c);
+        if !self.down.eof {
+            self.linger = Linger::AfterFlush;
+        }
         self.upward = Upward::Discard;
         self.downward = Downward::Discard;
         self.close_after_flush = true;
@@ -1283,8 +1319,16 @@ impl Session {
     /// finish a flush-then-close, start a waiting connect, log the end.
     fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
         if self.close_after_flush && self.stage != Stage::Closing && self.down.flushed() {
-            let end = self.end.unwrap_or(End::Done);
-            self.close(end, io);
+            if self.linger == Linger::AfterFlush && !self.down.eof && self.down.open() {
+                self.close_after_flush = false;
+                self.linger = Linger::On;
+                self.phase_ms = io.now_ms();
+                self.down.shut = Shut::Done;
+                io.shutdown(self.down.fd);
+            } else {
+                let end = self.end.unwrap_or(End::Done);
+                self.close(end, io);
+            }
         }
         if self.stage == Stage::Tunnel
             && self.down.eof
@@ -1307,8 +1351,9 @@ impl Session {
         self.sync_recv(io);
     }
 
-    /// Whether `side` should have a recv armed right now.
-    fn want_recv(&self, side: Side) -> bool {
+    /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
+    /// is at its floor.
+    fn want_recv(&self, side: Side, pool_low: bool) -> bool {
         let (p, peer) = match side {
             Side::Down => (&self.down, &self.up),
             Side::Up => (&self.up, &self.down),
@@ -1316,18 +1361,19 @@ impl Session {
         if !p.open() || !p.ready || p.eof || p.parked || self.stage == Stage::Closing {
             return false;
         }
-        // Hysteresis: stop at QUEUE pending on the other side, resume when it is nearly drained.
-        let room = if p.recv == Recv::On {
-            peer.pending() < QUEUE
-        } else {
-            peer.pending() <= 1
-        };
+        // The per-direction budget: each recv brings at most one buffer and is armed only
+        // while fewer than QUEUE chunks wait toward the other side, so a direction never holds
+        // more than QUEUE pool buffers. Below the pool's floor, a direction whose previous
+        // bytes have not left yet (a slow or stalled reader) waits; one that has drained
+        // everything (making progress) reads on.
+        let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
         match side {
             Side::Down => match self.upward {
                 Upward::Head(_) => true,
                 Upward::Body(_) | Upward::Stream => room,
                 Upward::Hold(ref stash) => stash.len() < self.listen.header_max as usize,
-                Upward::Discard => false,
+                // Read and drop what the client still sends while lingering.
+                Upward::Discard => self.linger == Linger::On,
             },
             Side::Up => match self.downward {
                 Downward::Head(_) => true,
@@ -1338,8 +1384,9 @@ impl Session {
     }
 
     fn sync_recv(&mut self, io: &mut impl Io) {
+        let pool_low = io.pool_low();
         for side in [Side::Down, Side::Up] {
-            let want = self.want_recv(side);
+            let want = self.want_recv(side, pool_low);
             if want
                 && side == Side::Down
                 && self.down.recv == Recv::Off

@@ -184,6 +184,11 @@ impl BufPool {
         self.in_ring
     }
 
+    /// Buffers not held by anyone: in the ring, or never put in circulation yet.
+    pub fn free(&self) -> u32 {
+        self.in_ring + (self.count() - self.provided)
+    }
+
     /// Number of buffers in the pool.
     pub fn count(&self) -> u32 {
         u32::from(self.mask) + 1
@@ -548,6 +553,19 @@ impl Ring {
         let e = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
+            .user_data(ud.0);
+        self.push(e);
+    }
+
+    /// Arm a single recv that draws one buffer from the pool when data arrives (an idle socket
+    /// holds none). One completion, at most one buffer: what a per-session budget needs, which
+    /// a multishot recv cannot give (the kernel may post dozens of buffers before the session
+    /// sees the first and cancels).
+    pub fn recv_one(&mut self, fd: RawFd, ud: UserData) {
+        let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.pool.buf_size())
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(ud.0);
         self.push(e);
     }
