@@ -449,9 +449,9 @@ impl Io for WorkerIo<'_> {
         self.ring.send_done(c);
     }
 
-    fn recv(&mut self, fd: RawFd, side: Side) {
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
         let ud = self.ud(Op::Recv, side);
-        self.ring.recv_one(fd, ud);
+        self.ring.recv_capped(fd, ud, buffers);
     }
 
     fn pool_low(&self) -> bool {

@@ -38,8 +38,9 @@ pub trait Io {
     fn release(&mut self, c: Chunk);
     /// The send of `c` has completed (called first thing on every send completion).
     fn sent(&mut self, c: Chunk);
-    /// Arm a recv on `fd` that completes once, with at most one pool buffer.
-    fn recv(&mut self, fd: RawFd, side: Side);
+    /// Arm a recv on `fd` that brings about `buffers` pool buffers and then ends (its last
+    /// completion without `more`): see `Ring::recv_capped`.
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32);
     /// The worker's buffer pool is down to its floor: only sessions that are making progress
     /// may take more.
     fn pool_low(&self) -> bool;
@@ -1395,12 +1396,23 @@ impl Session {
                 // The body clock runs only while we read: it restarts when reading resumes.
                 self.last_down_ms = io.now_ms();
             }
+            // What this direction may still take: the budget less what waits toward the peer;
+            // one at a time below the pool's floor.
+            let waiting = match side {
+                Side::Down => self.up.pending(),
+                Side::Up => self.down.pending(),
+            };
+            let buffers = if pool_low {
+                1
+            } else {
+                QUEUE.saturating_sub(waiting).max(1) as u32
+            };
             let p = self.pipe(side);
             match (want, p.recv) {
                 (true, Recv::Off) => {
                     p.recv = Recv::On;
                     p.ops += 1;
-                    io.recv(p.fd, side);
+                    io.recv(p.fd, side, buffers);
                 }
                 (false, Recv::On) if p.open() && !p.eof => {
                     p.recv = Recv::Cancelling;

@@ -28,6 +28,8 @@ struct Fake {
     heap: HashMap<u32, Vec<u8>>,
     next_heap: u32,
     recv_armed: [bool; 2],
+    /// Buffers the armed recv may still bring (a capped multishot: `more` until the last).
+    recv_left: [u32; 2],
     sending: [Option<Chunk>; 2],
     connecting: Option<SocketAddr>,
     /// Result the next connect completes with, per address port.
@@ -75,10 +77,12 @@ impl Io for Fake {
         }
     }
     fn sent(&mut self, _c: Chunk) {}
-    fn recv(&mut self, fd: RawFd, side: Side) {
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
         assert!(self.open_fds.contains(&fd), "recv on closed fd");
         assert!(!self.recv_armed[idx(side)], "two recvs on {side:?}");
+        assert!(buffers >= 1);
         self.recv_armed[idx(side)] = true;
+        self.recv_left[idx(side)] = buffers;
     }
     fn pool_low(&self) -> bool {
         self.low
@@ -244,10 +248,13 @@ impl Sim {
     }
 
     /// Bytes arrive on `side` (if a recv is armed; else they wait, as in a socket buffer). A
-    /// recv completes once: the session arms the next one if it wants more.
+    /// capped recv ends with the last buffer it may bring: the session arms the next one if it
+    /// wants more.
     fn deliver(&mut self, side: Side, bytes: &[u8]) {
         assert!(self.io.recv_armed[idx(side)], "no recv armed on {side:?}");
-        self.io.recv_armed[idx(side)] = false;
+        self.io.recv_left[idx(side)] -= 1;
+        let more = self.io.recv_left[idx(side)] > 0;
+        self.io.recv_armed[idx(side)] = more;
         let bid = self.io.next_bid;
         self.io.next_bid = self.io.next_bid.wrapping_add(1);
         self.io.bufs.insert(bid, bytes.to_vec());
@@ -255,7 +262,7 @@ impl Sim {
         self.s.on_recv(
             side,
             bytes.len() as i32,
-            false,
+            more,
             Some(bid),
             &mut self.io,
             &mut env,

@@ -10,7 +10,7 @@ pub mod timer;
 pub mod user_data;
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
@@ -398,6 +398,24 @@ pub struct Ring {
     pub pool: BufPool,
     /// Heap bytes and addresses named by SQEs.
     pub heap: HeapStore,
+    /// The kernel ends a multishot recv after a byte limit (`sqe->optlen`, Linux 6.17+).
+    recv_cap: bool,
+}
+
+/// Byte offset of `optlen` in the kernel's `struct io_uring_sqe` (a union with `file_index`
+/// and `splice_fd_in`), which the io-uring crate's `RecvMulti` does not expose.
+const SQE_OPTLEN: usize = 44;
+
+/// `e` with `sqe->optlen` set.
+fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
+    const _: () = assert!(std::mem::size_of::<squeue::Entry>() == 64);
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe` (size
+    // asserted above), plain data made of integers and unions of integers with no Drop: every
+    // byte pattern is a valid value, so viewing it as bytes and back is sound.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(e) };
+    raw[SQE_OPTLEN..SQE_OPTLEN + 4].copy_from_slice(&optlen.to_ne_bytes());
+    // SAFETY: as above; only the four bytes of `optlen` changed.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(raw) }
 }
 
 /// Sizes of a ring.
@@ -443,14 +461,95 @@ impl Ring {
             )?;
         }
         pool.grow_if_low();
-        Ok(Ring {
+        let mut ring = Ring {
             uring,
             backlog: VecDeque::new(),
             inflight: 0,
             mode,
             pool,
             heap: HeapStore::default(),
-        })
+            recv_cap: false,
+        };
+        ring.recv_cap = ring.probe_recv_cap();
+        Ok(ring)
+    }
+
+    /// Whether this kernel ends a multishot recv at a byte limit. Older kernels ignore
+    /// `sqe->optlen` and keep the recv armed, which is what this looks for: one byte waits on a
+    /// socketpair, a recv capped at one byte reads it, and its completion must say it ended.
+    fn probe_recv_cap(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok((a, b)) = std::os::unix::net::UnixStream::pair() else {
+            return false;
+        };
+        if (&b).write_all(b"x").is_err() {
+            return false;
+        }
+        let ud = UserData::new(SLOT_CORE, 0, Op::Recv, Side::Down);
+        let e = opcode::RecvMulti::new(Fd(a.as_raw_fd()), BGID)
+            .build()
+            .user_data(ud.0);
+        self.push(with_optlen(e, 1));
+        let mut cqes = Vec::with_capacity(8);
+        let mut capped = None;
+        let mut armed = true;
+        for _ in 0..50 {
+            if self.submit_and_wait(Duration::from_millis(100)).is_err() {
+                break;
+            }
+            self.reap(&mut cqes);
+            for c in &cqes {
+                self.pool.release_of(c);
+                if c.ud == ud {
+                    capped.get_or_insert(c.res == 1 && !c.more());
+                    armed = c.more();
+                }
+            }
+            if capped.is_some() {
+                break;
+            }
+        }
+        if armed {
+            // Still armed (the cap was ignored): cancel it and wait for its last completion
+            // before the socket closes.
+            let cancel = UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+            self.cancel_op(ud, cancel);
+            for _ in 0..50 {
+                if self.submit_and_wait(Duration::from_millis(100)).is_err() {
+                    break;
+                }
+                self.reap(&mut cqes);
+                for c in &cqes {
+                    self.pool.release_of(c);
+                    if c.ud == ud && !c.more() {
+                        armed = false;
+                    }
+                }
+                if !armed && self.inflight == 0 {
+                    break;
+                }
+            }
+        }
+        capped.unwrap_or(false)
+    }
+
+    /// Whether multishot recvs here stop at a byte cap ([`Ring::recv_capped`]).
+    pub fn recv_cap(&self) -> bool {
+        self.recv_cap
+    }
+
+    /// Arm a recv for about `buffers` pool buffers: where the kernel supports the cap, a
+    /// multishot recv it ends after `buffers` × buffer-size bytes (exactly `buffers` buffers
+    /// when data is plentiful, which is when a budget matters; a trickle can take a few more
+    /// small ones before the owner sees them and cancels); a single recv (one buffer)
+    /// otherwise. Either way its last completion comes without `IORING_CQE_F_MORE`.
+    pub fn recv_capped(&mut self, fd: RawFd, ud: UserData, buffers: u32) {
+        if !self.recv_cap || buffers <= 1 {
+            return self.recv_one(fd, ud);
+        }
+        let bytes = buffers.saturating_mul(self.pool.buf_size());
+        let e = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(ud.0);
+        self.push(with_optlen(e, bytes));
     }
 
     /// Which taskrun flags the kernel accepted.
@@ -828,6 +927,41 @@ mod tests {
                 eprintln!("skipping: {e}");
                 None
             }
+        }
+    }
+
+    /// A capped recv with plenty of data waiting brings exactly its buffers and ends (on a
+    /// kernel with the cap; a single recv brings one otherwise). What the budget rests on.
+    #[test]
+    fn capped_recv_brings_exactly_its_buffers() {
+        let Some(mut r) = ring() else { return };
+        eprintln!("multishot recv byte cap supported: {}", r.recv_cap());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        c.write_all(&[7u8; 60_000]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let ud = UserData::new(9, 1, Op::Recv, Side::Up);
+        r.recv_capped(s.as_raw_fd(), ud, 3);
+        let want = if r.recv_cap() { 3 } else { 1 };
+        let mut out = Vec::with_capacity(16);
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            r.submit_and_wait(Duration::from_millis(50)).unwrap();
+            r.reap(&mut out);
+            got.extend(out.iter().copied());
+            if got.iter().any(|c| !c.more()) {
+                break;
+            }
+        }
+        assert_eq!(got.len(), want, "{got:?}");
+        assert!(got.iter().all(|c| c.res == 4096), "{got:?}");
+        assert!(
+            !got.last().unwrap().more(),
+            "the last completion ends the recv"
+        );
+        for c in &got {
+            r.pool.release_of(c);
         }
     }
 
