@@ -502,3 +502,316 @@ fn stalled_readers_cannot_starve_the_pool() {
     );
     drop(stalled);
 }
+
+/// Item 5: an upstream of more than 64 servers, all down: every server is tried once, then a
+/// 502 (today's main retried the servers past the 64th for ever).
+#[test]
+fn large_upstreams_all_down_answer_502() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("large-upstream");
+    let live = free_addr();
+    let _echo = echo(&[live], &dir);
+    let dead: Vec<String> = (0..100)
+        .map(|_| format!("{{ addr = \"{}\" }}", free_addr()))
+        .collect();
+    let listen = free_addr();
+    let cfg = format!(
+        "[[upstream]]\nname = \"many\"\nservers = [{}]\n\
+         [[upstream]]\nname = \"live\"\nservers = [{{ addr = \"{live}\" }}]\n\
+         [[server]]\nlisten = [\"{listen}\"]\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"many\"\n\
+         [[server.location]]\npath = \"/ws/\"\nupstream = \"live\"\n",
+        dead.join(", ")
+    );
+    let p = proxy(&cfg, listen, &dir);
+    let mut ws = bystander(listen);
+    let out = raw_exchange(listen, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 20);
+    assert_eq!(status_of(&out), 502, "{}", String::from_utf8_lossy(&out));
+    let log = p.wait_log("end=no-upstream", 5);
+    let refused = log.matches("ECONNREFUSED").count();
+    assert_eq!(refused, 100, "each of the 100 servers tried exactly once");
+    ws_echo(&mut ws, b"after 100 refusals".to_vec());
+
+    // More than the documented maximum is refused by check.
+    let many: Vec<String> = (0..1025)
+        .map(|i| format!("{{ addr = \"127.0.0.1:{}\" }}", 10000 + i))
+        .collect();
+    let path = dir.join("too-many.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[upstream]]\nname = \"u\"\nservers = [{}]\n[[server]]\nlisten = [\"127.0.0.1:1\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n",
+            many.join(", ")
+        ),
+    )
+    .unwrap();
+    let (code, text) = ringway(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("upstream[0].servers") && text.contains("at most 1024"),
+        "{text}"
+    );
+}
+
+/// Run the ringway binary to completion (bounded by 20 s); exit code and all it printed.
+fn ringway(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (status.code(), text);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, format!("ringway {args:?} did not finish in 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Item 6: nginx's limits — 414, per-line 431, body_timeout 408, keepalive_timeout and
+/// keepalive_requests — location matching on the normalised path, and an access log that
+/// escapes what came from the network.
+#[test]
+fn nginx_limits_and_normalised_routing() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("limits");
+    let live = free_addr();
+    let _echo = echo(&[live], &dir);
+    let listen = free_addr();
+    let dead = free_addr();
+    // A backend that reads the request and never answers: only body_timeout can end it.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in mute.incoming().take(4) {
+            held.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    // A backend that answers with the request head it received.
+    let mirror = Backend::start(Arc::new(|head: &str| {
+        let body = head.replace("\r\n", "|");
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }));
+    let mirror_addr = mirror.addr;
+    let cfg = format!(
+        "[[upstream]]\nname = \"live\"\nservers = [{{ addr = \"{live}\" }}]\n\
+         [[upstream]]\nname = \"mirror\"\nservers = [{{ addr = \"{mirror_addr}\" }}]\n\
+         [[upstream]]\nname = \"dead\"\nservers = [{{ addr = \"{dead}\" }}]\n\
+         [[upstream]]\nname = \"mute\"\nservers = [{{ addr = \"{mute_addr}\" }}]\n\
+         [[server]]\nlisten = [\"{listen}\"]\nkeepalive_timeout = \"1s\"\nkeepalive_requests = 2\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"dead\"\n\
+         [[server.location]]\npath = \"/headers\"\nupstream = \"mirror\"\n\
+         [[server.location]]\npath = \"/ws/\"\nupstream = \"live\"\n\
+         [[server.location]]\npath = \"/upload\"\nupstream = \"mute\"\nbody_timeout = \"1s\"\n"
+    );
+    let p = proxy(&cfg, listen, &dir);
+    let mut ws = bystander(listen);
+
+    // A request line over 8k: 414. One header line over 8k (the head under 16k): 431.
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    assert_eq!(status_of(&raw_exchange(listen, long.as_bytes(), 10)), 414);
+    let line = format!(
+        "GET /headers HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(9000)
+    );
+    assert_eq!(status_of(&raw_exchange(listen, line.as_bytes(), 10)), 431);
+
+    // A body that stops arriving: 408 after body_timeout, not held for read_timeout.
+    let out = raw_exchange(
+        listen,
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b",
+        10,
+    );
+    assert_eq!(status_of(&out), 408, "{}", String::from_utf8_lossy(&out));
+
+    // Locations match the normalised path; the request goes up as sent.
+    let get = |path: &str| {
+        let mut c = TcpStream::connect(listen).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let r = get("/a/..//headers");
+    assert!(r.starts_with("HTTP/1.1 200"), "routed to /headers: {r}");
+    assert!(
+        r.contains("GET /a/..//headers HTTP/1.1|"),
+        "forwarded as sent: {r}"
+    );
+    assert!(get("/%68eaders").starts_with("HTTP/1.1 200"));
+    assert!(get("/../headers").starts_with("HTTP/1.1 400"));
+    assert!(get("/x/%2e%2e/%2e%2e/headers").starts_with("HTTP/1.1 400"));
+
+    // keepalive_requests = 2: the second response says close, and the connection ends.
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: a\r\n\r\nGET /headers HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let first = read_response(&mut c);
+    assert!(first.contains("Connection: keep-alive"), "{first}");
+    let second = read_response(&mut c);
+    assert!(second.contains("Connection: close"), "{second}");
+    // keepalive_timeout = 1s: an idle kept-alive connection is closed (header_timeout is 10s).
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    c.write_all(b"GET /headers HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let _ = read_response(&mut c);
+    let mut b = [0u8; 16];
+    assert_eq!(c.read(&mut b).expect("closed, not a read timeout"), 0);
+
+    // The access log escapes what came from the network.
+    let _ = raw_exchange(
+        listen,
+        b"GET /headers HTTP/1.1\r\nHost: a\" status=200 upstream=evil\r\nConnection: close\r\n\r\n",
+        10,
+    );
+    let log = p.wait_log("upstream=evil", 5);
+    let line = log.lines().find(|l| l.contains("upstream=evil")).unwrap();
+    assert!(
+        line.contains("host=a\\x22\\x20status=200\\x20upstream=evil"),
+        "{line}"
+    );
+    assert!(
+        log.contains("status=414") && log.contains("end=uri-too-long"),
+        "{log}"
+    );
+    assert!(
+        log.contains("status=408") && log.contains("end=body-timeout"),
+        "{log}"
+    );
+    ws_echo(&mut ws, b"after the limits".to_vec());
+}
+
+/// Item 7: 100 clients each sending a byte every 1.5 s do not block the admin endpoint:
+/// `/healthz` answers every probe meanwhile.
+#[test]
+fn admin_endpoint_survives_slow_clients() {
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack(
+        "admin-slow",
+        "",
+        "",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow: Vec<_> = (0..100)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(admin) else {
+                    return;
+                };
+                for b in b"GET /healthz HTTP/1.1\r\n".iter() {
+                    if stop.load(Ordering::Relaxed) || s.write_all(&[*b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..10 {
+        // A Kubernetes probe: its own timeout (here 3 s) bounds the answer.
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .expect("probe answered within its timeout");
+        assert_eq!(status_of(&out), 200, "{}", String::from_utf8_lossy(&out));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in slow {
+        t.join().unwrap();
+    }
+    drop(st);
+}
+
+/// Item 9: config mistakes get a precise answer, at once.
+#[test]
+fn config_mistakes_get_precise_answers() {
+    let dir = scratch("config-mistakes");
+    let base = |extra_server: &str, extra_location: &str, runtime: &str| {
+        format!(
+            "[runtime]\n{runtime}\n[[upstream]]\nname = \"u\"\nservers = [{{ addr = \"127.0.0.1:9\" }}]\n[[server]]\nlisten = [\"127.0.0.1:8089\"]\n{extra_server}\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n{extra_location}\n"
+        )
+    };
+    let check = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        ringway(&["check", "--config", path.to_str().unwrap()])
+    };
+    // A bare number is seconds.
+    let (code, text) = check("bare.toml", &base("header_timeout = 5", "", ""));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("header_timeout=5s"), "{text}");
+    // Port 0.
+    let (code, text) = check("port0.toml", &base("", "", "").replace("8089", "0"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("server[0].listen[0]") && text.contains("port 0"),
+        "{text}"
+    );
+    // A zero timeout.
+    let (code, text) = check("zero.toml", &base("", "read_timeout = \"0s\"", ""));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("server[0].location[0].read_timeout") && text.contains("more than zero"),
+        "{text}"
+    );
+    // A type error names its field.
+    let (code, text) = check(
+        "type.toml",
+        &base("", "", "max_connections = 99999999999999999999"),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("runtime.max_connections"), "{text}");
+    let (code, text) = check("type2.toml", &base("", "connect_timeout = true", ""));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("server[0].location[0].connect_timeout"),
+        "{text}"
+    );
+    // Not a regular file: answered at once, not read for ever.
+    let (code, text) = ringway(&["check", "--config", "/dev/zero"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("/dev/zero") && text.contains("not a regular file"),
+        "{text}"
+    );
+}

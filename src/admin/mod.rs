@@ -1,15 +1,22 @@
 //! The admin endpoint: `/healthz` (200 while serving, 503 once stopping), `/status` (JSON) and
-//! `/metrics` (Prometheus text). It runs on its own thread of the main process, one short
-//! request at a time, reading counters the workers publish as relaxed atomics — never on the
-//! data path.
+//! `/metrics` (Prometheus text). It runs on threads of the main process — one per connection,
+//! at most `CONNECTIONS_MAX` at once, each request under an overall `REQUEST_DEADLINE` — so a
+//! slow client cannot hold the probes up; it reads counters the workers publish as relaxed
+//! atomics, never on the data path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::worker::WorkerStats;
+
+/// Admin connections served at once; more are answered 503 and closed at once.
+pub const CONNECTIONS_MAX: usize = 256;
+/// The whole of one request, read and answer, must fit in this (a client sending a byte now
+/// and then is cut off).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the admin thread reports.
 pub struct AdminState {
@@ -23,22 +30,58 @@ pub struct AdminState {
 pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let local = l.local_addr()?;
+    let state = Arc::new(state);
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("ringway-admin".into())
         .spawn(move || {
-            for s in l.incoming().flatten() {
-                let _ = serve(s, &state);
+            for mut s in l.incoming().flatten() {
+                if active.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                    let _ = s.write_all(&answer(503, "text/plain", "busy\n"));
+                    continue;
+                }
+                let (state, mine) = (state.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("ringway-admin-conn".into())
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        let _ = serve(s, &state);
+                        mine.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    // The closure (and the connection) is gone; give its place back.
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         })?;
     Ok(local)
 }
 
+/// A whole response with `Connection: close`.
+fn answer(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        crate::http::reason(status),
+        body.len()
+    )
+    .into_bytes()
+}
+
 fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
     let mut buf = [0u8; 4096];
     let mut n = 0;
     while n < buf.len() {
+        // Each read waits only for what is left of the request's deadline.
+        s.set_read_timeout(Some(left()?))?;
         let k = s.read(&mut buf[n..])?;
         if k == 0 {
             break;
@@ -48,6 +91,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
             break;
         }
     }
+    s.set_write_timeout(Some(left()?))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let (status, ctype, body) = match req.parse(&buf[..n]) {
@@ -57,13 +101,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
         Ok(httparse::Status::Complete(_)) => (405, "text/plain", "only GET\n".to_string()),
         _ => (400, "text/plain", "bad request\n".to_string()),
     };
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        crate::http::reason(status),
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())
+    s.write_all(&answer(status, ctype, &body))
 }
 
 fn sum(st: &AdminState, f: impl Fn(&WorkerStats) -> u64) -> u64 {
