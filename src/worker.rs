@@ -315,6 +315,10 @@ impl Worker {
         };
         f(&mut entry.session, &mut io, &mut env);
         if entry.session.finished() {
+            if entry.session.timer_at != 0 {
+                self.wheel
+                    .remove((slot, generation), entry.session.timer_at);
+            }
             self.slots.remove(slot);
             self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
             return;

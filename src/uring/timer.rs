@@ -3,7 +3,9 @@
 //! Entries are `(slot, generation)` keys with an absolute due time in milliseconds. Entries are
 //! never removed early: the owner keeps its current deadline itself and, when an entry fires,
 //! checks it (re-inserting when the deadline has moved later). That makes "push the idle timeout
-//! out" a plain store on the data path, with no wheel operation at all.
+//! out" a plain store on the data path, with no wheel operation at all. When the owner goes
+//! away it removes its current entry ([`TimerWheel::remove`]), so a storm of short sessions
+//! does not leave an hour's worth of dead entries behind; slot lists shrink when they empty.
 
 /// A timer key: slab slot and generation of the session that set it.
 pub type TimerKey = (u32, u32);
@@ -50,6 +52,21 @@ impl TimerWheel {
         self.len += 1;
     }
 
+    /// Remove the entry `key` inserted with `due_ms`, if it is still there (an entry already
+    /// due may sit in the next tick's slot instead; it fires and is dropped by its owner).
+    pub fn remove(&mut self, key: TimerKey, due_ms: u64) {
+        let n = self.slots.len() as u64;
+        for t in [due_ms.div_ceil(self.tick_ms), self.tick + 1] {
+            let slot = &mut self.slots[(t % n) as usize];
+            if let Some(i) = slot.iter().position(|&e| e == (key, due_ms)) {
+                slot.swap_remove(i);
+                self.len -= 1;
+                shrink(slot);
+                return;
+            }
+        }
+    }
+
     /// Move time to `now_ms`; append every key whose due time has passed to `fired`, with the
     /// due time it was inserted with.
     pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<(TimerKey, u64)>) {
@@ -72,8 +89,16 @@ impl TimerWheel {
                 }
             });
             self.len -= before - slot.len();
+            shrink(slot);
         }
         self.tick = now_tick;
+    }
+}
+
+/// Give back a slot list's memory once a burst has passed (a quarter used, or less).
+fn shrink(slot: &mut Vec<(TimerKey, u64)>) {
+    if slot.capacity() > 16 && slot.len() * 4 <= slot.capacity() {
+        slot.shrink_to(slot.len() * 2);
     }
 }
 
@@ -99,6 +124,29 @@ mod tests {
         w.advance(1500, &mut f);
         assert_eq!(f, vec![((2, 0), 1500)]);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn removed_entries_never_fire_and_lists_shrink() {
+        let mut w = TimerWheel::new(10, 4, 0);
+        for k in 0..1000u32 {
+            w.insert((k, 0), 3_600_000 + u64::from(k));
+        }
+        let grown: usize = w.slots.iter().map(|s| s.capacity()).sum();
+        for k in 0..1000u32 {
+            w.remove((k, 0), 3_600_000 + u64::from(k));
+        }
+        assert!(w.is_empty());
+        let after: usize = w.slots.iter().map(|s| s.capacity()).sum();
+        assert!(
+            after * 10 < grown,
+            "slot lists kept {after} of {grown} entries"
+        );
+        let mut f = Vec::new();
+        w.advance(4_000_000, &mut f);
+        assert!(f.is_empty());
+        // Removing what is not there (already fired) is a no-op.
+        w.remove((1, 0), 5);
     }
 
     #[test]
