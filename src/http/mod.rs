@@ -180,25 +180,30 @@ fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
         })
 }
 
+/// The body length. Repeated values (`5, 5`, or two headers) must be the same text: `017` beside
+/// `17` is refused, as other parsers refuse it, so that no two readers disagree.
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadError> {
-    let mut found: Option<u64> = None;
+    let mut found: Option<&[u8]> = None;
     for h in headers.iter().filter(|h| is(h.name, "content-length")) {
         for part in h.value.split(|&b| b == b',') {
             let p = part.trim_ascii();
             if p.is_empty() || p.len() > 18 || !p.iter().all(u8::is_ascii_digit) {
                 return Err(HeadError::Invalid("invalid Content-Length"));
             }
-            let n: u64 = std::str::from_utf8(p)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(HeadError::Invalid("invalid Content-Length"))?;
-            if found.is_some_and(|f| f != n) {
+            if found.is_some_and(|f| f != p) {
                 return Err(HeadError::Invalid("conflicting Content-Length"));
             }
-            found = Some(n);
+            found = Some(p);
         }
     }
-    Ok(found)
+    found
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(HeadError::Invalid("invalid Content-Length"))
+        })
+        .transpose()
 }
 
 /// The message's transfer codings: `Ok(None)` without `Transfer-Encoding`, `Ok(Some(true))`
@@ -214,7 +219,9 @@ fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> 
         for t in h.value.split(|&b| b == b',') {
             let t = t.trim_ascii();
             if t.is_empty() {
-                continue;
+                // `, chunked` or `chunked,`: RFC 9110 lets a recipient skip empty elements,
+                // but other parsers refuse them; the framing must read the same everywhere.
+                return Err(HeadError::Invalid("empty element in Transfer-Encoding"));
             }
             if last_chunked {
                 return Err(HeadError::Invalid(
@@ -230,6 +237,7 @@ fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> 
         (true, 0) => Err(HeadError::Invalid("empty Transfer-Encoding")),
         _ => Ok(Some(last_chunked)),
     }
+    // (An empty header value has no element at all: the `(true, 0)` arm.)
 }
 
 /// Headers a `Connection` header must not name: dropping them as hop-by-hop would change how
