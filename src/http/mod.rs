@@ -584,6 +584,10 @@ pub fn parse_response(
         return Err(HeadError::TooLarge);
     }
     let status = resp.code.unwrap_or(0);
+    if status < 100 {
+        // `000` parses as a number, but no client can read it back as a status line.
+        return Err(HeadError::Invalid("invalid status code"));
+    }
     let hs = &*resp.headers;
     if connection_names_framing(hs) {
         return Err(HeadError::Invalid("Connection names a framing header"));
