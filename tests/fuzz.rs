@@ -267,7 +267,7 @@ fn fuzz_chunked_body() {
             b"A\r\n0123456789\r\n0;x\r\nT: a\r\nU: b\r\n\r\n",
         ],
         |input| {
-            let mut r = Rng(input.len() as u64 * 2654435761 | 1);
+            let mut r = Rng((input.len() as u64 * 2654435761) | 1);
             let whole = {
                 let mut t = BodyTracker::new(BodyKind::Chunked);
                 t.feed(input).map(|n| (n, t.done()))
@@ -349,7 +349,7 @@ fn fuzz_frame_tracker() {
                 }
             }
         }
-        let mut r = Rng(input.len() as u64 * 40503 | 1);
+        let mut r = Rng((input.len() as u64 * 40503) | 1);
         for _ in 0..4 {
             let mut cuts: Vec<usize> = (0..r.below(8)).map(|_| r.below(input.len() + 1)).collect();
             cuts.sort();
