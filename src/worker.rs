@@ -286,6 +286,7 @@ impl Worker {
             Op::Send => s.on_send(side, c.res, io, env),
             Op::Connect => s.on_connect(c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
+            Op::Hangup => s.on_hangup(side, c.res, io, env),
             Op::Accept => unreachable!("handled above"),
         });
     }
@@ -475,6 +476,11 @@ impl Io for WorkerIo<'_> {
     fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
         let ud = self.ud(Op::Recv, side);
         self.ring.recv_capped(fd, ud, buffers);
+    }
+
+    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
+        let ud = self.ud(Op::Hangup, side);
+        self.ring.poll_hangup(fd, ud);
     }
 
     fn pool_low(&self) -> bool {

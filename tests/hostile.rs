@@ -410,6 +410,36 @@ fn no_session_outlives_its_client() {
     assert!(a <= 1, "{a} sessions still active");
     assert!(fds <= baseline, "{fds} fds open, baseline {baseline}");
     ws_echo(&mut ws, b"after the storm".to_vec());
+
+    // Clients that send more after their request than the proxy holds (so it stops reading
+    // them) and then leave are seen leaving too.
+    let mut full = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.write_all(format!("GET /chat HTTP/1.1\r\nHost: a\r\n{WS_REQ}\r\n").as_bytes())
+            .unwrap();
+        s.write_all(&[b'z'; 64 * 1024]).unwrap();
+        full.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(active(admin) > 1, "the held clients are open");
+    drop(full);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        a = active(admin);
+        fds = fd_count(p.pid());
+        if a <= 1 && fds <= baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "after 100 clients with a full hold left: active {a}, fds {fds} after {:?}",
+        t.elapsed()
+    );
+    assert!(a <= 1, "{a} sessions with a full hold still active");
+    assert!(fds <= baseline, "{fds} fds open, baseline {baseline}");
+    ws_echo(&mut ws, b"after the held clients".to_vec());
     stop.store(true, Ordering::Relaxed);
 }
 

@@ -44,6 +44,8 @@ pub trait Io {
     /// The worker's buffer pool is down to its floor: only sessions that are making progress
     /// may take more.
     fn pool_low(&self) -> bool;
+    /// Arm a one-shot poll that completes when the peer of `fd` hangs up.
+    fn watch_hangup(&mut self, fd: RawFd, side: Side);
     /// Cancel the recv armed on `side`.
     fn cancel(&mut self, side: Side, op: crate::uring::Op);
     fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
@@ -547,6 +549,19 @@ impl Session {
             // then the next server is tried, keeping the queued request.
             self.connect_waiting = true;
             self.retire(Side::Up, io);
+        }
+        self.after(io, env);
+    }
+
+    /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an
+    /// errno (cancelled).
+    pub fn on_hangup(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) {
+        let p = self.pipe(side);
+        p.ops -= 1;
+        p.hup = Recv::Off;
+        if res > 0 && !p.retiring && self.stage != Stage::Closing {
+            self.pipe(side).eof = true;
+            self.close(End::ClientClosed, io);
         }
         self.after(io, env);
     }
@@ -1284,6 +1299,10 @@ impl Session {
         if p.sending.is_some() {
             ops.push(Op::Send);
         }
+        if p.hup == Recv::On {
+            p.hup = Recv::Cancelling;
+            ops.push(Op::Hangup);
+        }
         if !p.ready && p.ops > 0 {
             ops.push(Op::Connect);
         }
@@ -1421,6 +1440,28 @@ impl Session {
                 }
                 _ => {}
             }
+        }
+        // While the client's bytes are held back (its hold is full, or its body waits for a
+        // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
+        // the response: a poll for POLLRDHUP watches for it meanwhile.
+        let watch = matches!(self.stage, Stage::Connecting | Stage::Proxy)
+            && matches!(self.upward, Upward::Hold(_) | Upward::Body(_))
+            && self.down.recv == Recv::Off
+            && self.down.open()
+            && !self.down.eof;
+        let p = &mut self.down;
+        match (watch, p.hup) {
+            (true, Recv::Off) => {
+                p.hup = Recv::On;
+                p.ops += 1;
+                io.watch_hangup(p.fd, Side::Down);
+            }
+            (false, Recv::On) if p.open() => {
+                p.hup = Recv::Cancelling;
+                self.cancels += 1;
+                io.cancel(Side::Down, Op::Hangup);
+            }
+            _ => {}
         }
     }
 }

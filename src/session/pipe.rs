@@ -49,6 +49,8 @@ pub struct Pipe {
     /// The socket is connected and may be sent on.
     pub ready: bool,
     pub sending: Option<Chunk>,
+    /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
+    pub hup: Recv,
     queue: Queue,
     /// When the send in flight was submitted or last made progress (ms).
     pub send_since_ms: u64,
@@ -66,6 +68,7 @@ impl Pipe {
             retiring: false,
             ready: fd >= 0,
             sending: None,
+            hup: Recv::Off,
             queue: Queue::default(),
             send_since_ms: 0,
         }

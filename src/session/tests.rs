@@ -14,6 +14,7 @@ use crate::uring::{Chunk, Side, Src};
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Ev {
     RecvEnd(Side, i32),
+    Hangup(Side, i32),
     Send(Side),
     SendCancelled(Side),
     Connect(i32),
@@ -43,6 +44,8 @@ struct Fake {
     parked: Vec<Side>,
     /// What `pool_low` answers.
     low: bool,
+    /// A hang-up watch is armed on the side.
+    hup_armed: [bool; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -87,6 +90,11 @@ impl Io for Fake {
     fn pool_low(&self) -> bool {
         self.low
     }
+    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
+        assert!(self.open_fds.contains(&fd), "watch on closed fd");
+        assert!(!self.hup_armed[idx(side)], "two watches on {side:?}");
+        self.hup_armed[idx(side)] = true;
+    }
     fn cancel(&mut self, side: Side, op: crate::uring::Op) {
         use crate::uring::Op;
         match op {
@@ -98,6 +106,11 @@ impl Io for Fake {
             Op::Send => {
                 if let Some(i) = self.pending.iter().position(|e| *e == Ev::Send(side)) {
                     self.pending[i] = Ev::SendCancelled(side);
+                }
+            }
+            Op::Hangup => {
+                if std::mem::take(&mut self.hup_armed[idx(side)]) {
+                    self.pending.push(Ev::Hangup(side, -libc::ECANCELED));
                 }
             }
             Op::Connect => {
@@ -326,8 +339,18 @@ impl Sim {
                 self.s.on_connect(res, &mut self.io, &mut env)
             }
             Ev::Cancel => self.s.on_cancel(&mut self.io, &mut env),
+            Ev::Hangup(side, res) => self.s.on_hangup(side, res, &mut self.io, &mut env),
         }
         true
+    }
+
+    /// The client hangs up while its socket is watched, not read.
+    fn hang_up(&mut self) {
+        assert!(self.io.hup_armed[0], "no hang-up watch armed");
+        self.io.hup_armed[0] = false;
+        let mut env = env_of!(self);
+        self.s
+            .on_hangup(Side::Down, libc::POLLRDHUP as i32, &mut self.io, &mut env);
     }
 
     fn run(&mut self, random: bool) {
@@ -555,6 +578,32 @@ fn below_the_pool_floor_only_sessions_making_progress_read() {
     }
     assert_eq!(sim.held(), QUEUE);
     assert!(!sim.io.recv_armed[idx(Side::Up)]);
+}
+
+#[test]
+fn a_client_that_fills_its_hold_and_hangs_up_is_seen() {
+    let mut sim = Sim::new(10);
+    // An upgrade request, then more bytes than the hold takes, then the client hangs up.
+    sim.deliver(Side::Down, UPGRADE);
+    sim.run(false);
+    assert_eq!(sim.s.stage, Stage::Proxy);
+    while sim.io.recv_armed[idx(Side::Down)] {
+        sim.deliver(Side::Down, &[b'z'; 4096]);
+    }
+    sim.run(false);
+    assert!(
+        !sim.io.recv_armed[idx(Side::Down)],
+        "the hold is full: not read"
+    );
+    assert!(sim.io.hup_armed[0], "but watched for a hang-up");
+    assert!(
+        !sim.wire(Side::Up).contains('z'),
+        "held bytes never go up before the 101"
+    );
+    sim.hang_up();
+    sim.run(false);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::ClientClosed));
 }
 
 #[test]
@@ -819,6 +868,9 @@ fn mangled_input_from_both_sides_never_panics_or_leaks() {
                         } else {
                             Side::Up
                         };
+                        if sim.io.hup_armed[0] && sim.rand(3) == 0 {
+                            sim.hang_up();
+                        }
                         if sim.io.recv_armed[idx(side)] {
                             match sim.rand(4) {
                                 0 => sim.fail(side, libc::ECONNRESET),
@@ -856,6 +908,9 @@ fn mangled_input_from_both_sides_never_panics_or_leaks() {
                     if sim.io.recv_armed[idx(side)] {
                         sim.eof(side);
                     }
+                }
+                if sim.io.hup_armed[0] {
+                    sim.hang_up();
                 }
                 while let Some(side) = sim.io.parked.pop() {
                     let mut env = env_of!(sim);

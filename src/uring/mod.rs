@@ -33,6 +33,7 @@ pub const OPCODES_USED: &[(u8, &str)] = &[
     (opcode::Send::CODE, "SEND"),
     (opcode::Connect::CODE, "CONNECT"),
     (opcode::AsyncCancel2::CODE, "ASYNC_CANCEL"),
+    (opcode::PollAdd::CODE, "POLL_ADD"),
 ];
 
 /// A completion copied out of the CQ.
@@ -665,6 +666,17 @@ impl Ring {
             .buf_group(BGID)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(ud.0);
+        self.push(e);
+    }
+
+    /// Arm a one-shot poll that completes when the peer of `fd` hangs up (`POLLRDHUP`, or an
+    /// error or full hang-up), without reading anything: how a socket that is not being read
+    /// (its bytes are held back) still tells us its client has gone, as epoll's EPOLLRDHUP
+    /// tells nginx.
+    pub fn poll_hangup(&mut self, fd: RawFd, ud: UserData) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLRDHUP as u32)
+            .build()
             .user_data(ud.0);
         self.push(e);
     }

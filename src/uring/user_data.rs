@@ -18,6 +18,8 @@ pub enum Op {
     Connect = 4,
     /// An `AsyncCancel` we issued; its own completion only balances the in-flight count.
     Cancel = 5,
+    /// A one-shot poll for the peer hanging up (`POLLRDHUP`), while its socket is not read.
+    Hangup = 6,
 }
 
 impl Op {
@@ -28,6 +30,7 @@ impl Op {
             3 => Op::Send,
             4 => Op::Connect,
             5 => Op::Cancel,
+            6 => Op::Hangup,
             _ => return None,
         })
     }
@@ -113,7 +116,14 @@ mod tests {
     fn round_trip_edges() {
         for slot in [0, 1, 12345, u32::MAX - 1, u32::MAX] {
             for generation in [0, 1, GENERATION_MAX] {
-                for op in [Op::Accept, Op::Recv, Op::Send, Op::Connect, Op::Cancel] {
+                for op in [
+                    Op::Accept,
+                    Op::Recv,
+                    Op::Send,
+                    Op::Connect,
+                    Op::Cancel,
+                    Op::Hangup,
+                ] {
                     for side in [Side::Down, Side::Up] {
                         let ud = UserData::new(slot, generation, op, side);
                         assert_eq!(ud.slot(), slot);
