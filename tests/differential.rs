@@ -12,29 +12,15 @@
 //! `RINGWAY_DIFF_CASES` sets the number of cases (default 4,000; a longer run: 100,000) and
 //! `RINGWAY_DIFF_SEED` the seed.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use common::Rng;
 use ringway::http::{
     BodyKind, BodyTracker, Forwarded, HeadLimits, parse_request, rewrite_request, upgrade_allowed,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[self.below(xs.len())]
-    }
-}
 
 /// One request, maybe malformed.
 fn request(r: &mut Rng) -> Vec<u8> {

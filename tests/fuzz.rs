@@ -10,7 +10,11 @@
 //! `tests/fuzz-corpus/<target>/` and are replayed first on every run; a failing input is
 //! printed as hex so it can be added there.
 
+mod common;
+
 use std::path::Path;
+
+use common::Rng;
 
 use ringway::config::Config;
 use ringway::http::{
@@ -18,20 +22,6 @@ use ringway::http::{
     rewrite_request, rewrite_response,
 };
 use ringway::ws::{FrameTracker, parse_header};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn iters() -> usize {
     std::env::var("RINGWAY_FUZZ_ITERS")

@@ -324,6 +324,22 @@ fn active(admin: SocketAddr) -> u64 {
     v["active"].as_u64().unwrap()
 }
 
+/// Wait (up to 10 s) until only the bystander's session is active and the proxy holds no more
+/// descriptors than `baseline`; what was seen last and how long it took.
+fn wait_for_bystander_only(admin: SocketAddr, pid: u32, baseline: usize) -> (u64, usize, Duration) {
+    let t = Instant::now();
+    let (mut a, mut fds) = (u64::MAX, usize::MAX);
+    while t.elapsed() < Duration::from_secs(10) {
+        a = active(admin);
+        fds = fd_count(pid);
+        if a <= 1 && fds <= baseline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (a, fds, t.elapsed())
+}
+
 /// Item 2: 1,000 clients send an upgrade request to a backend that never answers and go away
 /// at once (half with FIN, half with RST): within seconds every session is gone, upstream
 /// sockets included, and the process holds no more descriptors than before.
@@ -391,20 +407,9 @@ fn no_session_outlives_its_client() {
         }
         drop(s);
     }
-    let t = Instant::now();
-    let (mut a, mut fds) = (u64::MAX, usize::MAX);
-    while t.elapsed() < Duration::from_secs(10) {
-        a = active(admin);
-        fds = fd_count(p.pid());
-        // The bystander is the one session left.
-        if a <= 1 && fds <= baseline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (a, fds, took) = wait_for_bystander_only(admin, p.pid(), baseline);
     eprintln!(
-        "after {n} abandoned upgrades: active {a}, fds {fds} (baseline {baseline}) after {:?}; backend saw {} closed",
-        t.elapsed(),
+        "after {n} abandoned upgrades: active {a}, fds {fds} (baseline {baseline}) after {took:?}; backend saw {} closed",
         closed.load(Ordering::Relaxed)
     );
     assert!(a <= 1, "{a} sessions still active");
@@ -424,19 +429,8 @@ fn no_session_outlives_its_client() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(active(admin) > 1, "the held clients are open");
     drop(full);
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        a = active(admin);
-        fds = fd_count(p.pid());
-        if a <= 1 && fds <= baseline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!(
-        "after 100 clients with a full hold left: active {a}, fds {fds} after {:?}",
-        t.elapsed()
-    );
+    let (a, fds, took) = wait_for_bystander_only(admin, p.pid(), baseline);
+    eprintln!("after 100 clients with a full hold left: active {a}, fds {fds} after {took:?}");
     assert!(a <= 1, "{a} sessions with a full hold still active");
     assert!(fds <= baseline, "{fds} fds open, baseline {baseline}");
     ws_echo(&mut ws, b"after the held clients".to_vec());

@@ -406,7 +406,7 @@ pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadErr
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex_val(b[i + 1]), hex_val(b[i + 2]))
+            && let (Some(h), Some(l)) = (body::hex(b[i + 1]), body::hex(b[i + 2]))
         {
             let c = h << 4 | l;
             if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
@@ -443,15 +443,6 @@ pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadErr
         out.push(b'/');
     }
     Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
-}
-
-fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// What the proxy adds to a request on its way upstream.

@@ -491,47 +491,42 @@ impl Ring {
             .build()
             .user_data(ud.0);
         self.push(with_optlen(e, 1));
-        let mut cqes = Vec::with_capacity(8);
-        let mut capped = None;
-        let mut armed = true;
-        for _ in 0..50 {
-            if self.submit_and_wait(Duration::from_millis(100)).is_err() {
-                break;
-            }
-            self.reap(&mut cqes);
-            for c in &cqes {
-                self.pool.release_of(c);
-                if c.ud == ud {
-                    capped.get_or_insert(c.res == 1 && !c.more());
-                    armed = c.more();
-                }
-            }
-            if capped.is_some() {
-                break;
-            }
-        }
-        if armed {
+        let mut first = None;
+        self.await_op(ud, |c| {
+            first = Some(*c);
+            true
+        });
+        let capped = first.is_some_and(|c| c.res == 1 && !c.more());
+        if first.is_none_or(|c| c.more()) {
             // Still armed (the cap was ignored): cancel it and wait for its last completion
             // before the socket closes.
             let cancel = UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
             self.cancel_op(ud, cancel);
-            for _ in 0..50 {
-                if self.submit_and_wait(Duration::from_millis(100)).is_err() {
-                    break;
-                }
-                self.reap(&mut cqes);
-                for c in &cqes {
-                    self.pool.release_of(c);
-                    if c.ud == ud && !c.more() {
-                        armed = false;
-                    }
-                }
-                if !armed && self.inflight == 0 {
-                    break;
-                }
+            self.await_op(ud, |c| !c.more());
+        }
+        capped
+    }
+
+    /// Submit and reap (for up to about 5 s) until a completion of `ud` makes `done` say so;
+    /// every buffer a completion carries goes back to the pool. For probes, before the ring
+    /// serves anything else.
+    fn await_op(&mut self, ud: UserData, mut done: impl FnMut(&Cqe) -> bool) -> bool {
+        let mut cqes = Vec::with_capacity(8);
+        for _ in 0..50 {
+            if self.submit_and_wait(Duration::from_millis(100)).is_err() {
+                return false;
+            }
+            self.reap(&mut cqes);
+            let mut finished = false;
+            for c in &cqes {
+                self.pool.release_of(c);
+                finished |= c.ud == ud && done(c);
+            }
+            if finished {
+                return true;
             }
         }
-        capped.unwrap_or(false)
+        false
     }
 
     /// Whether multishot recvs here stop at a byte cap ([`Ring::recv_capped`]).
