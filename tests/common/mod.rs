@@ -351,3 +351,48 @@ impl Rng {
         xs[self.below(xs.len())]
     }
 }
+
+/// The headers of a WebSocket upgrade request (after the request line and Host).
+pub const WS_REQ: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// Descriptors the process holds.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Sessions active now, from the admin endpoint's `/status`.
+pub fn active(admin: SocketAddr) -> u64 {
+    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).expect("status JSON");
+    v["active"].as_u64().unwrap()
+}
+
+/// Run the ringway binary to completion (bounded by 20 s); exit code and all it printed.
+pub fn ringway(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (status.code(), text);
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, format!("ringway {args:?} did not finish in 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
