@@ -16,12 +16,7 @@ use std::path::Path;
 
 use common::Rng;
 
-use ringway::config::Config;
-use ringway::http::{
-    BodyKind, BodyTracker, ClientConnection, Forwarded, HeadLimits, parse_request, parse_response,
-    rewrite_request, rewrite_response,
-};
-use ringway::ws::{FrameTracker, parse_header};
+use ringway::fuzzing;
 
 fn iters() -> usize {
     std::env::var("RINGWAY_FUZZ_ITERS")
@@ -131,20 +126,11 @@ fn run(target: &str, seeds: &[&[u8]], check: impl Fn(&[u8]) + std::panic::RefUnw
     eprintln!("{target}: {count} inputs");
 }
 
-/// Feed `data` to a fresh tracker in pieces cut at `cuts`.
-fn feed_split<T>(
-    data: &[u8],
-    cuts: &[usize],
-    mut feed: impl FnMut(&[u8]) -> Result<usize, T>,
-) -> Result<usize, T> {
-    let mut used = 0;
-    let mut start = 0;
-    for &c in cuts.iter().chain(std::iter::once(&data.len())) {
-        let c = c.clamp(start, data.len());
-        used += feed(&data[start..c])?;
-        start = c;
-    }
-    Ok(used)
+/// Up to seven sorted places to cut an input of `len` bytes into reads.
+fn cuts(r: &mut Rng, len: usize) -> Vec<usize> {
+    let mut c: Vec<usize> = (0..r.below(8)).map(|_| r.below(len + 1)).collect();
+    c.sort();
+    c
 }
 
 const REQUESTS: &[&[u8]] = &[
@@ -158,54 +144,7 @@ const REQUESTS: &[&[u8]] = &[
 
 #[test]
 fn fuzz_request_head() {
-    let lim = HeadLimits {
-        head_max: 4096,
-        request_line_max: 1024,
-        header_line_max: 1024,
-    };
-    run("request-head", REQUESTS, |input| {
-        let Ok(Some(req)) = parse_request(input, &lim) else {
-            // Incomplete heads stay incomplete (or fail) when cut shorter.
-            if let Ok(None) = parse_request(input, &lim) {
-                for cut in [0, input.len() / 2, input.len().saturating_sub(1)] {
-                    assert!(
-                        !matches!(parse_request(&input[..cut], &lim), Ok(Some(_))),
-                        "a prefix of an incomplete head parsed complete"
-                    );
-                }
-            }
-            return;
-        };
-        assert!(req.head_len <= input.len() && req.head_len <= lim.head_max);
-        // The head alone reads the same; what follows it does not change it.
-        let again = parse_request(&input[..req.head_len], &lim)
-            .unwrap()
-            .unwrap();
-        assert_eq!(again, req, "the head re-read differently");
-        // The rewritten head is a valid head with the same framing.
-        for upgrade in [false, true] {
-            let mut out = Vec::new();
-            let fwd = Forwarded {
-                upgrade,
-                client_ip: "10.0.0.1".parse().unwrap(),
-                proto: "http",
-                default_host: "backend",
-            };
-            rewrite_request(&input[..req.head_len], &fwd, &mut out).unwrap();
-            let up = parse_request(&out, &HeadLimits::flat(1 << 20))
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "rewritten head refused: {e:?}: {:?}",
-                        String::from_utf8_lossy(&out)
-                    )
-                })
-                .expect("rewritten head complete");
-            assert_eq!(up.head_len, out.len());
-            assert_eq!(up.body, req.body, "framing changed on the way up");
-            assert_eq!((up.method, up.path), (req.method.clone(), req.path.clone()));
-            assert_eq!(up.upgrade.is_some(), upgrade && req.upgrade.is_some());
-        }
-    });
+    run("request-head", REQUESTS, fuzzing::request_head);
 }
 
 const RESPONSES: &[&[u8]] = &[
@@ -218,32 +157,7 @@ const RESPONSES: &[&[u8]] = &[
 
 #[test]
 fn fuzz_response_head() {
-    run("response-head", RESPONSES, |input| {
-        for head_request in [false, true] {
-            let Ok(Some(resp)) = parse_response(input, 4096, head_request) else {
-                continue;
-            };
-            assert!(resp.head_len <= input.len());
-            for conn in [
-                ClientConnection::Upgrade,
-                ClientConnection::KeepAlive,
-                ClientConnection::Close,
-            ] {
-                let mut out = Vec::new();
-                rewrite_response(&input[..resp.head_len], conn, resp.drop_length, &mut out)
-                    .unwrap();
-                let back = parse_response(&out, 1 << 20, head_request)
-                    .unwrap_or_else(|e| panic!("rewritten head refused: {e:?}"))
-                    .expect("rewritten head complete");
-                assert_eq!(back.status, resp.status);
-                assert_eq!(back.body, resp.body, "framing changed on the way down");
-                assert!(
-                    !back.drop_length,
-                    "Content-Length left beside Transfer-Encoding"
-                );
-            }
-        }
-    });
+    run("response-head", RESPONSES, fuzzing::response_head);
 }
 
 #[test]
@@ -258,35 +172,8 @@ fn fuzz_chunked_body() {
         ],
         |input| {
             let mut r = Rng((input.len() as u64 * 2654435761) | 1);
-            let whole = {
-                let mut t = BodyTracker::new(BodyKind::Chunked);
-                t.feed(input).map(|n| (n, t.done()))
-            };
-            // Any split into reads gives the same answer.
             for _ in 0..4 {
-                let mut cuts: Vec<usize> =
-                    (0..r.below(6)).map(|_| r.below(input.len() + 1)).collect();
-                cuts.sort();
-                let mut t = BodyTracker::new(BodyKind::Chunked);
-                let split = feed_split(
-                    input,
-                    &cuts,
-                    |piece| {
-                        if t.done() { Ok(0) } else { t.feed(piece) }
-                    },
-                )
-                .map(|n| (n, t.done()));
-                match (&whole, &split) {
-                    (Ok(a), Ok(b)) => assert_eq!(a, b, "split at {cuts:?}"),
-                    (Err(_), Err(_)) => {}
-                    _ => panic!("split at {cuts:?}: {whole:?} vs {split:?}"),
-                }
-            }
-            if let Ok((n, done)) = whole {
-                assert!(n <= input.len());
-                if !done {
-                    assert_eq!(n, input.len(), "an unfinished body takes every byte");
-                }
+                fuzzing::chunked(input, &cuts(&mut r, input.len()));
             }
         },
     );
@@ -312,44 +199,9 @@ fn fuzz_frame_tracker() {
     seeds.push(joined);
     let seed_refs: Vec<&[u8]> = seeds.iter().map(|s| s.as_slice()).collect();
     run("frame-tracker", &seed_refs, |input| {
-        // Reference: walk the frames with the one-shot header parser.
-        let mut frames = 0u64;
-        let mut pos = 0usize;
-        let mut bad = false;
-        let mut boundary = true;
-        while pos < input.len() {
-            match parse_header(&input[pos..]) {
-                Ok(Some(h)) => {
-                    let end = (pos + h.header_len) as u64 + h.len;
-                    if end <= input.len() as u64 {
-                        frames += 1;
-                        pos = end as usize;
-                    } else {
-                        boundary = false;
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    boundary = false;
-                    break;
-                }
-                Err(_) => {
-                    bad = true;
-                    break;
-                }
-            }
-        }
         let mut r = Rng((input.len() as u64 * 40503) | 1);
         for _ in 0..4 {
-            let mut cuts: Vec<usize> = (0..r.below(8)).map(|_| r.below(input.len() + 1)).collect();
-            cuts.sort();
-            let mut t = FrameTracker::default();
-            let res = feed_split(input, &cuts, |piece| t.feed(piece).map(|()| 0));
-            assert_eq!(res.is_err(), bad, "split at {cuts:?}");
-            if !bad {
-                assert_eq!(t.frames, frames, "split at {cuts:?}");
-                assert_eq!(t.at_boundary(), boundary, "split at {cuts:?}");
-            }
+            fuzzing::frames(input, &cuts(&mut r, input.len()));
         }
     });
 }
@@ -382,24 +234,5 @@ upgrade = ["websocket"]
 
 #[test]
 fn fuzz_config_loader() {
-    run("config", &[CONFIG.as_bytes()], |input| {
-        let Ok(text) = std::str::from_utf8(input) else {
-            return;
-        };
-        match Config::parse("fuzz.toml", text) {
-            Ok(c) => {
-                // What was accepted describes itself without panicking, and routes.
-                let _ = c.describe();
-                for (i, _) in c.servers.iter().enumerate() {
-                    let _ = c.find_location(i, b"/ws/x");
-                }
-            }
-            Err(e) => {
-                // Errors point into the file.
-                let lines = text.lines().count().max(1);
-                assert!(e.line <= lines + 1, "line {} of {lines}: {e}", e.line);
-                assert!(e.to_string().starts_with("fuzz.toml:"), "{e}");
-            }
-        }
-    });
+    run("config", &[CONFIG.as_bytes()], fuzzing::config);
 }

@@ -1,0 +1,188 @@
+//! The properties every fuzz target checks, shared by the mutation fuzzer in `tests/fuzz.rs`
+//! (run by `cargo test`) and the AFL++ harness in `fuzz-afl/` (coverage-guided). Each function
+//! takes one input and panics when a property breaks; none of them is used by the proxy.
+//!
+//! - request and response heads: never a panic; what parses re-reads the same from its head
+//!   alone; the rewritten head parses again with the same framing;
+//! - chunked bodies and WebSocket frames: the same answer whatever the split into reads;
+//! - config: never a panic; an error points into the file.
+
+use crate::config::Config;
+use crate::http::{
+    BodyKind, BodyTracker, ClientConnection, Forwarded, HeadLimits, parse_request, parse_response,
+    rewrite_request, rewrite_response,
+};
+use crate::ws::{FrameTracker, parse_header};
+
+/// Feed `data` in pieces cut at `cuts` (sorted; clamped to the data).
+fn feed_split<T>(
+    data: &[u8],
+    cuts: &[usize],
+    mut feed: impl FnMut(&[u8]) -> Result<usize, T>,
+) -> Result<usize, T> {
+    let mut used = 0;
+    let mut start = 0;
+    for &c in cuts.iter().chain(std::iter::once(&data.len())) {
+        let c = c.clamp(start, data.len());
+        used += feed(&data[start..c])?;
+        start = c;
+    }
+    Ok(used)
+}
+
+/// A request head.
+pub fn request_head(input: &[u8]) {
+    let lim = HeadLimits {
+        head_max: 4096,
+        request_line_max: 1024,
+        header_line_max: 1024,
+    };
+    let Ok(Some(req)) = parse_request(input, &lim) else {
+        // Incomplete heads stay incomplete (or fail) when cut shorter.
+        if let Ok(None) = parse_request(input, &lim) {
+            for cut in [0, input.len() / 2, input.len().saturating_sub(1)] {
+                assert!(
+                    !matches!(parse_request(&input[..cut], &lim), Ok(Some(_))),
+                    "a prefix of an incomplete head parsed complete"
+                );
+            }
+        }
+        return;
+    };
+    assert!(req.head_len <= input.len() && req.head_len <= lim.head_max);
+    let again = parse_request(&input[..req.head_len], &lim)
+        .expect("the head alone parses")
+        .expect("the head alone is complete");
+    assert_eq!(again, req, "the head re-read differently");
+    for upgrade in [false, true] {
+        let mut out = Vec::new();
+        let fwd = Forwarded {
+            upgrade,
+            client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
+            proto: "http",
+            default_host: "backend",
+        };
+        rewrite_request(&input[..req.head_len], &fwd, &mut out).expect("rewrite");
+        let up = parse_request(&out, &HeadLimits::flat(1 << 20))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "rewritten head refused: {e:?}: {:?}",
+                    String::from_utf8_lossy(&out)
+                )
+            })
+            .expect("rewritten head complete");
+        assert_eq!(up.head_len, out.len());
+        assert_eq!(up.body, req.body, "framing changed on the way up");
+        assert_eq!((&up.method, &up.path), (&req.method, &req.path));
+        assert_eq!(up.upgrade.is_some(), upgrade && req.upgrade.is_some());
+    }
+}
+
+/// A response head.
+pub fn response_head(input: &[u8]) {
+    for head_request in [false, true] {
+        let Ok(Some(resp)) = parse_response(input, 4096, head_request) else {
+            continue;
+        };
+        assert!(resp.head_len <= input.len());
+        for conn in [
+            ClientConnection::Upgrade,
+            ClientConnection::KeepAlive,
+            ClientConnection::Close,
+        ] {
+            let mut out = Vec::new();
+            rewrite_response(&input[..resp.head_len], conn, resp.drop_length, &mut out)
+                .expect("rewrite");
+            let back = parse_response(&out, 1 << 20, head_request)
+                .unwrap_or_else(|e| panic!("rewritten head refused: {e:?}"))
+                .expect("rewritten head complete");
+            assert_eq!(back.status, resp.status);
+            assert_eq!(back.body, resp.body, "framing changed on the way down");
+            assert!(
+                !back.drop_length,
+                "Content-Length left beside Transfer-Encoding"
+            );
+        }
+    }
+}
+
+/// A chunked body, read whole and in pieces cut at `cuts` (sorted).
+pub fn chunked(input: &[u8], cuts: &[usize]) {
+    let whole = {
+        let mut t = BodyTracker::new(BodyKind::Chunked);
+        t.feed(input).map(|n| (n, t.done()))
+    };
+    let mut t = BodyTracker::new(BodyKind::Chunked);
+    let split = feed_split(
+        input,
+        cuts,
+        |piece| if t.done() { Ok(0) } else { t.feed(piece) },
+    )
+    .map(|n| (n, t.done()));
+    match (&whole, &split) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "split at {cuts:?}"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("split at {cuts:?}: {whole:?} vs {split:?}"),
+    }
+    if let Ok((n, done)) = whole {
+        assert!(n <= input.len());
+        if !done {
+            assert_eq!(n, input.len(), "an unfinished body takes every byte");
+        }
+    }
+}
+
+/// WebSocket frames, walked with the one-shot header parser and tracked in pieces cut at
+/// `cuts` (sorted).
+pub fn frames(input: &[u8], cuts: &[usize]) {
+    let (mut frames, mut pos, mut bad, mut boundary) = (0u64, 0usize, false, true);
+    while pos < input.len() {
+        match parse_header(&input[pos..]) {
+            Ok(Some(h)) => {
+                let end = (pos + h.header_len) as u64 + h.len;
+                if end <= input.len() as u64 {
+                    frames += 1;
+                    pos = end as usize;
+                } else {
+                    boundary = false;
+                    break;
+                }
+            }
+            Ok(None) => {
+                boundary = false;
+                break;
+            }
+            Err(_) => {
+                bad = true;
+                break;
+            }
+        }
+    }
+    let mut t = FrameTracker::default();
+    let res = feed_split(input, cuts, |piece| t.feed(piece).map(|()| 0));
+    assert_eq!(res.is_err(), bad, "split at {cuts:?}");
+    if !bad {
+        assert_eq!(t.frames, frames, "split at {cuts:?}");
+        assert_eq!(t.at_boundary(), boundary, "split at {cuts:?}");
+    }
+}
+
+/// A config file's text.
+pub fn config(input: &[u8]) {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    match Config::parse("fuzz.toml", text) {
+        Ok(c) => {
+            let _ = c.describe();
+            for i in 0..c.servers.len() {
+                let _ = c.find_location(i, b"/ws/x");
+            }
+        }
+        Err(e) => {
+            let lines = text.lines().count().max(1);
+            assert!(e.line <= lines + 1, "line {} of {lines}: {e}", e.line);
+            assert!(e.to_string().starts_with("fuzz.toml:"), "{e}");
+        }
+    }
+}
