@@ -101,42 +101,33 @@ pub struct Response {
     pub drop_length: bool,
 }
 
+/// Whether a comma-separated list has at least one element and every element passes `ok`.
+fn every_token(value: &str, ok: impl Fn(&str) -> bool) -> bool {
+    let mut tokens = value.split(',').map(str::trim).filter(|t| !t.is_empty());
+    let mut any = false;
+    tokens.all(|t| {
+        any = true;
+        ok(t)
+    }) && any
+}
+
 /// Whether an `Upgrade` value asks only for protocols in `allowed` (lower-case names, compared
 /// without a `/version`). Anything else (`h2c`, a mix) is not an upgrade: the header is dropped
 /// and the request proxied as plain HTTP, closing the h2c path past the proxy's routing.
 pub fn upgrade_allowed(value: &str, allowed: &[String]) -> bool {
-    let mut any = false;
-    for t in value.split(',') {
-        let t = t.trim();
-        if t.is_empty() {
-            continue;
-        }
+    every_token(value, |t| {
         let name = t.split('/').next().unwrap_or("").trim();
-        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
-            return false;
-        }
-        any = true;
-    }
-    any
+        allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+    })
 }
 
 /// Whether a 101's `Upgrade` value switches only to protocols the client asked for.
 pub fn upgrade_matches(response: &str, requested: &str) -> bool {
-    let mut any = false;
-    for t in response.split(',') {
-        let t = t.trim();
-        if t.is_empty() {
-            continue;
-        }
-        if !requested
+    every_token(response, |t| {
+        requested
             .split(',')
             .any(|r| r.trim().eq_ignore_ascii_case(t))
-        {
-            return false;
-        }
-        any = true;
-    }
-    any
+    })
 }
 
 fn has_token(value: &[u8], token: &str) -> bool {
@@ -207,12 +198,11 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<u64>, HeadE
 }
 
 /// The message's transfer codings: `Ok(None)` without `Transfer-Encoding`, `Ok(Some(true))`
-/// when the last coding is chunked, `Ok(Some(false))` for another last coding. A header that
-/// lists nothing (`""`, `","`) or applies chunked before another coding is refused: a peer
-/// could read such a message's end differently (RFC 9112 §6.1).
+/// when the last coding is chunked, `Ok(Some(false))` for another last coding. A header with
+/// an empty element (`""`, `","`, `, chunked`) or chunked before another coding is refused: a
+/// peer could read such a message's end differently (RFC 9112 §6.1).
 fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> {
     let mut seen = false;
-    let mut codings = 0usize;
     let mut last_chunked = false;
     for h in headers.iter().filter(|h| is(h.name, "transfer-encoding")) {
         seen = true;
@@ -228,16 +218,11 @@ fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> 
                     "chunked is not the last transfer coding",
                 ));
             }
-            codings += 1;
             last_chunked = t.eq_ignore_ascii_case(b"chunked");
         }
     }
-    match (seen, codings) {
-        (false, _) => Ok(None),
-        (true, 0) => Err(HeadError::Invalid("empty Transfer-Encoding")),
-        _ => Ok(Some(last_chunked)),
-    }
-    // (An empty header value has no element at all: the `(true, 0)` arm.)
+    // Every header seen had at least one element (an empty value is one empty element).
+    Ok(seen.then_some(last_chunked))
 }
 
 /// Headers a `Connection` header must not name: dropping them as hop-by-hop would change how

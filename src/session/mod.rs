@@ -222,7 +222,8 @@ enum Downward {
 /// Per-request state, boxed so an idle session stays small.
 #[derive(Debug)]
 struct Req {
-    /// `METHOD\nHOST\nPATH\nUPGRADE` in one allocation (none of them can contain a newline);
+    /// `METHOD\nHOST\nPATH\nUPGRADE` in one allocation (none of them can contain a newline:
+    /// httparse refuses one in a request line or a header value);
     /// UPGRADE is the protocol list the client asked for, empty when this is not an upgrade.
     text: Box<str>,
     /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1).
@@ -730,7 +731,7 @@ impl Session {
                     Upward::Stream => self.forward(Side::Down, chunk, io),
                     Upward::Hold(stash) => {
                         // Never dropped: `want_recv` stops reading at the bound, so at most
-                        // the completion already on its way lands past it.
+                        // what the recv already armed may bring (QUEUE buffers) lands past it.
                         stash.extend_from_slice(io.data(bid, len));
                         io.release(chunk);
                     }
@@ -850,14 +851,7 @@ impl Session {
         };
         let host = req.host.as_deref().unwrap_or("-");
         let r = Box::new(Req {
-            text: format!(
-                "{}\n{}\n{}\n{}",
-                req.method,
-                host.replace('\n', " "),
-                req.path,
-                upgrade.replace('\n', " ")
-            )
-            .into(),
+            text: format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into(),
             upgrade: !upgrade.is_empty(),
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
@@ -968,7 +962,7 @@ impl Session {
                 .upstreams
                 .get(usize::from(r.upstream))?
                 .peers
-                .get(usize::from(r.peer).min(usize::from(NO_PEER)))?
+                .get(usize::from(r.peer))?
                 .addr,
         )
     }
@@ -1381,11 +1375,11 @@ impl Session {
         if !p.open() || !p.ready || p.eof || p.parked || self.stage == Stage::Closing {
             return false;
         }
-        // The per-direction budget: each recv brings at most one buffer and is armed only
-        // while fewer than QUEUE chunks wait toward the other side, so a direction never holds
-        // more than QUEUE pool buffers. Below the pool's floor, a direction whose previous
-        // bytes have not left yet (a slow or stalled reader) waits; one that has drained
-        // everything (making progress) reads on.
+        // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
+        // toward the other side, and capped at what is left of the budget (`sync_recv`), so a
+        // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
+        // previous bytes have not left yet (a slow or stalled reader) waits; one that has
+        // drained everything (making progress) reads on.
         let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
         match side {
             Side::Down => match self.upward {
