@@ -707,3 +707,30 @@ fn config_mistakes_get_precise_answers() {
         "{text}"
     );
 }
+
+/// Item 4: a backend that streams `100 Continue` for ever cannot grow the proxy: past 8 interim
+/// responses (or 16 KiB of them) the exchange ends, and every other connection keeps working.
+#[test]
+fn endless_interim_responses_are_cut_off() {
+    if !uring_ok() {
+        return;
+    }
+    let backend = Backend::start(Arc::new(|_head: &str| {
+        b"HTTP/1.1 100 Continue\r\n\r\n".repeat(200_000)
+    }));
+    let (_echo, p, listen, _dir) = proxy_on("interim", backend.addr, "", "");
+    let mut ws = bystander(listen);
+    let rss_before = p.rss_kib();
+    let out = raw_exchange(listen, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    let interim = text.matches("100 Continue").count();
+    eprintln!(
+        "client saw {interim} interim responses ({} bytes); proxy RSS +{} KiB",
+        out.len(),
+        p.rss_kib().saturating_sub(rss_before)
+    );
+    assert!(interim <= 8, "{interim} interim responses passed on");
+    assert!(p.rss_kib().saturating_sub(rss_before) < 8 * 1024);
+    p.wait_log("too-many-interim-responses", 5);
+    ws_echo(&mut ws, b"after the interim flood".to_vec());
+}
