@@ -327,6 +327,13 @@ impl Worker {
         if let Some(d) = entry.session.deadline()
             && (entry.session.timer_at == 0 || d < entry.session.timer_at)
         {
+            // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
+            // later, which the wheel learns lazily when the entry fires): replace the entry,
+            // so a session has one at most and a storm leaves none behind.
+            if entry.session.timer_at != 0 {
+                self.wheel
+                    .remove((slot, generation), entry.session.timer_at);
+            }
             self.wheel.insert((slot, generation), d);
             entry.session.timer_at = d;
         }

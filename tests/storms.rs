@@ -16,9 +16,11 @@ fn memory_returns_after_storms() {
         return;
     }
     let admin = free_addr();
+    // connect_timeout shorter than header_timeout (as in examples/ringway.toml): every session's
+    // deadline moves earlier once, which once left a dead timer entry behind per session.
     let st = stack(
         "storms",
-        "",
+        "connect_timeout = \"5s\"",
         "",
         &format!("access_log = false\n[admin]\nlisten = \"{admin}\""),
     );
