@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod runtime;
 pub mod session;
+pub mod sys;
 pub mod tools;
 pub mod tuning;
 pub mod upstream;

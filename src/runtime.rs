@@ -4,53 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 use crate::config::Config;
 use crate::worker::{Stop, Worker, WorkerSpec, WorkerStats};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
-
-/// Raise RLIMIT_NOFILE to `want`: the soft limit up to the hard one, and the hard one too (up
-/// to fs.nr_open) when the process may (CAP_SYS_RESOURCE). Returns the new soft limit.
-pub fn raise_nofile(want: u64) -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 1024;
-    };
-    if want > hard {
-        // Root with CAP_SYS_RESOURCE may raise the hard limit as well, up to fs.nr_open.
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(hard);
-        let target = want.min(nr_open);
-        if target > hard && setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
-            return target;
-        }
-    }
-    let target = want.min(hard).max(soft);
-    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
-        return target;
-    }
-    soft
-}
-
-/// Block the signals the main thread waits for, before any thread is spawned (threads inherit
-/// the mask, so only `sigwait` sees them).
-pub fn block_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGHUP);
-    let _ = set.thread_block();
-    // Sends use MSG_NOSIGNAL, so a peer closing under a send cannot raise SIGPIPE; block it as
-    // well for anything else that writes to a socket.
-    let mut pipe = SigSet::empty();
-    pipe.add(Signal::SIGPIPE);
-    let _ = pipe.thread_block();
-    set
-}
 
 /// The preflight table, as log lines: one per setting that is not ok. With
 /// `[tuning] apply = true` and root, the sysctl fixes are written first.
@@ -116,7 +75,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let needs = tuning::Needs::new(u64::from(cfg.runtime.max_connections), Some(&cfg));
     let want_fds = needs.fds;
     preflight_at_start(&cfg, &needs);
-    let nofile = raise_nofile(want_fds);
+    let nofile = crate::sys::raise_nofile(want_fds);
     let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
     let max_connections = if fit < cfg.runtime.max_connections {
         tracing::warn!(
@@ -129,7 +88,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.runtime.max_connections
     };
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
-    let signals = block_signals();
+    let signals = crate::sys::block_signals();
     let stop = Arc::new(Stop::default());
     let cpus = crate::config::available_cpus();
     let mut handles = Vec::new();

@@ -4,12 +4,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
 use crate::config::Config;
 use crate::session::{AccessLog, Env, Io, Listen, Session};
@@ -41,20 +41,6 @@ struct Slot {
     session: Session,
     /// Heap id of the address of the connect in flight, if any.
     connect_addr: Option<u32>,
-}
-
-/// A listening socket opened with SO_REUSEPORT, so each worker (and each ringway process on
-/// the same port) gets its own accept queue and the kernel spreads connections.
-pub fn listen_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s)
 }
 
 /// How far shutdown has gone, set by the main thread, read by every worker each loop turn.
@@ -132,7 +118,8 @@ impl Worker {
         cfg.listeners
             .iter()
             .map(|addr| {
-                listen_socket(*addr, backlog).with_context(|| format!("listening on {addr}"))
+                crate::sys::listen_socket(*addr, backlog)
+                    .with_context(|| format!("listening on {addr}"))
             })
             .collect()
     }
@@ -355,7 +342,7 @@ impl Worker {
                 libc::ECANCELED | libc::EBADF | libc::EINVAL => {}
                 e => tracing::warn!(
                     "accept failed: {} (check `ringway preflight` limits)",
-                    crate::session::errno_name(e)
+                    crate::sys::errno_name(e)
                 ),
             }
             return;
@@ -367,14 +354,7 @@ impl Worker {
             let _ = nix::unistd::close(fd);
             return;
         }
-        let sock = crate::uring::socket_from_accepted(fd);
-        let _ = sock.set_tcp_nodelay(true);
-        let peer = sock
-            .peer_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let fd = sock.into_raw_fd();
+        let (fd, peer) = crate::sys::accepted(fd);
         let listen = self.listeners[li].1;
         let now = self.now_ms;
         let (key, _) = self.slots.insert(|_, _| Slot {
@@ -509,21 +489,7 @@ impl Io for WorkerIo<'_> {
         addr: SocketAddr,
         source: Option<std::net::IpAddr>,
     ) -> Result<RawFd, i32> {
-        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .map_err(errno)?;
-        if let Some(src) = source {
-            // Let connect pick the port per destination (IP_BIND_ADDRESS_NO_PORT) instead of
-            // bind reserving one across every destination.
-            let _ = nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::IpBindAddressNoPort,
-                &true,
-            );
-            sock.bind(&SocketAddr::new(src, 0).into()).map_err(errno)?;
-        }
-        let _ = sock.set_tcp_nodelay(true);
-        let fd = sock.into_raw_fd();
+        let fd = crate::sys::connect_socket(addr, source)?;
         let ud = self.ud(Op::Connect, Side::Up);
         *self.connect_addr = Some(self.ring.connect(fd, addr, ud));
         Ok(fd)

@@ -364,37 +364,6 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     ))
 }
 
-/// Addresses of one `source` item: an IP, or an IPv4 CIDR (network and broadcast addresses
-/// skipped when the block has more than two; at most 65536 addresses).
-pub fn parse_sources(s: &str) -> Result<Vec<std::net::IpAddr>, String> {
-    use std::net::{IpAddr, Ipv4Addr};
-    let bad = || {
-        format!(
-            "invalid source {s:?}: expected an IP address or an IPv4 CIDR such as \"127.0.1.0/24\""
-        )
-    };
-    let Some((ip, bits)) = s.split_once('/') else {
-        return s
-            .trim()
-            .parse::<IpAddr>()
-            .map(|a| vec![a])
-            .map_err(|_| bad());
-    };
-    let ip: Ipv4Addr = ip.trim().parse().map_err(|_| bad())?;
-    let bits: u32 = bits
-        .trim()
-        .parse()
-        .ok()
-        .filter(|b| (16..=32).contains(b))
-        .ok_or_else(|| format!("invalid source {s:?}: prefix length must be 16 to 32"))?;
-    let size = 1u64 << (32 - bits);
-    let base = u32::from(ip) & (u32::MAX.checked_shl(32 - bits).unwrap_or(0));
-    let (first, last) = if size > 2 { (1, size - 1) } else { (0, size) };
-    Ok((first..last)
-        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i as u32)))
-        .collect())
-}
-
 /// Read a regular file of at most `max` bytes as UTF-8. A device (`/dev/zero`), a FIFO or a
 /// directory is refused before anything is read, so a wrong path cannot hang the caller.
 pub fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
@@ -660,7 +629,10 @@ fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
                 };
                 let mut out = Vec::new();
                 for it in &items {
-                    out.extend(parse_sources(it).map_err(|m| cx.err(v.span(), field.clone(), m))?);
+                    out.extend(
+                        crate::sys::source_addresses(it, 16)
+                            .map_err(|m| cx.err(v.span(), field.clone(), m))?,
+                    );
                 }
                 if let Some(p) = peers
                     .iter()

@@ -14,6 +14,7 @@ use std::os::fd::RawFd;
 
 use crate::config::Config;
 use crate::http::{self, BodyTracker, ClientConnection, HeadError, HeadLimits};
+pub use crate::sys::errno_name;
 use crate::upstream::{RoundRobin, Tried};
 use crate::uring::{Chunk, Op, Side, Src};
 pub use pipe::{Pipe, QUEUE, Recv, Shut};
@@ -137,24 +138,6 @@ impl fmt::Display for End {
             End::SendTimeout => write!(f, "send-timeout"),
             End::Shutdown => write!(f, "shutdown"),
         }
-    }
-}
-
-/// A short name for the errnos sockets end with.
-pub fn errno_name(e: i32) -> String {
-    match e {
-        libc::ECONNRESET => "ECONNRESET".into(),
-        libc::EPIPE => "EPIPE".into(),
-        libc::ECONNREFUSED => "ECONNREFUSED".into(),
-        libc::ETIMEDOUT => "ETIMEDOUT".into(),
-        libc::ECANCELED => "ECANCELED".into(),
-        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
-        libc::ENETUNREACH => "ENETUNREACH".into(),
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL".into(),
-        libc::EMFILE => "EMFILE".into(),
-        libc::ENFILE => "ENFILE".into(),
-        libc::ENOBUFS => "ENOBUFS".into(),
-        e => format!("errno{e}"),
     }
 }
 

@@ -15,15 +15,14 @@
 //! hundreds of thousands of connections are not limited by one address's ephemeral ports.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{IntoRawFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::uring::slots::Slots;
 use crate::uring::timer::TimerWheel;
@@ -68,29 +67,9 @@ impl Target {
 }
 
 /// Source addresses from a CIDR such as `127.0.0.0/16` (network and broadcast skipped when the
-/// block has more than two addresses).
+/// block has more than two addresses), or one address.
 pub fn parse_source(s: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let (ip, bits) = s.split_once('/').unwrap_or((s, "32"));
-    let ip: Ipv4Addr = ip
-        .parse()
-        .with_context(|| format!("--source {s:?}: not an IPv4 address"))?;
-    let bits: u32 = bits
-        .parse()
-        .ok()
-        .filter(|b| *b <= 32)
-        .ok_or_else(|| anyhow::anyhow!("--source {s:?}: bad prefix length"))?;
-    let size = 1u64 << (32 - bits);
-    let base = u32::from(ip)
-        & if bits == 0 {
-            0
-        } else {
-            u32::MAX << (32 - bits)
-        };
-    let (first, last) = if size > 2 { (1, size - 1) } else { (0, size) };
-    let n = (last - first).min(1 << 20);
-    Ok((first..first + n)
-        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i as u32)))
-        .collect())
+    crate::sys::source_addresses(s, 12).map_err(|m| anyhow::anyhow!("--source: {m}"))
 }
 
 /// Everything a run needs.
@@ -237,7 +216,7 @@ impl Report {
 /// Raise RLIMIT_NOFILE for `conns` sockets, or explain what to raise.
 fn ensure_fds(conns: usize) -> anyhow::Result<()> {
     let want = conns as u64 + 64;
-    let got = crate::runtime::raise_nofile(want);
+    let got = crate::sys::raise_nofile(want);
     if got < want {
         bail!(
             "{conns} connections need {want} file descriptors but RLIMIT_NOFILE allows {got}: \
@@ -739,7 +718,7 @@ fn ud(slot: u32, generation: u32, op: Op) -> UserData {
 
 /// The errno's short name, for error kinds.
 fn errno(e: i32) -> String {
-    crate::session::errno_name(e)
+    crate::sys::errno_name(e)
 }
 
 impl BenchWorker {
@@ -779,25 +758,12 @@ impl BenchWorker {
 
     fn start_conn(&mut self) -> Result<(), String> {
         let target = self.opts.target.addr;
-        let sock = Socket::new(
-            Domain::for_address(target),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(|e| format!("socket:{}", errno(e.raw_os_error().unwrap_or(0))))?;
-        if !self.plan.source.is_empty() {
-            let src = self.plan.source[self.src_next % self.plan.source.len()];
+        let source = (!self.plan.source.is_empty()).then(|| {
             self.src_next += 1;
-            let _ = nix::sys::socket::setsockopt(
-                &sock,
-                nix::sys::socket::sockopt::IpBindAddressNoPort,
-                &true,
-            );
-            sock.bind(&SocketAddr::new(src, 0).into())
-                .map_err(|e| format!("bind:{}", errno(e.raw_os_error().unwrap_or(0))))?;
-        }
-        let _ = sock.set_tcp_nodelay(true);
-        let fd = sock.into_raw_fd();
+            self.plan.source[(self.src_next - 1) % self.plan.source.len()]
+        });
+        let fd = crate::sys::connect_socket(target, source)
+            .map_err(|e| format!("socket:{}", errno(e)))?;
         let now = self.now_us;
         let (slot, generation) = self.conns.insert(|_, _| BConn {
             fd,

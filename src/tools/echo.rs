@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -102,8 +102,8 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
     if let Err(why) = crate::uring::probe() {
         anyhow::bail!("{why}");
     }
-    crate::runtime::raise_nofile(u64::MAX);
-    let signals = crate::runtime::block_signals();
+    crate::sys::raise_nofile(u64::MAX);
+    let signals = crate::sys::block_signals();
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -111,8 +111,7 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
         let mut listeners = Vec::new();
         for a in listen {
             listeners.push(
-                crate::worker::listen_socket(*a, 4096)
-                    .with_context(|| format!("listening on {a}"))?,
+                crate::sys::listen_socket(*a, 4096).with_context(|| format!("listening on {a}"))?,
             );
         }
         let (stop, ready) = (stop.clone(), ready_tx.clone());
@@ -210,9 +209,7 @@ impl EchoWorker {
                 self.ring.accept_multi(self.listeners[li].as_raw_fd(), c.ud);
             }
             if c.res >= 0 {
-                let sock = crate::uring::socket_from_accepted(c.res);
-                let _ = sock.set_tcp_nodelay(true);
-                let fd = sock.into_raw_fd();
+                let (fd, _) = crate::sys::accepted(c.res);
                 let (slot, generation) = self.conns.insert(|_, _| Conn {
                     fd,
                     ops: 0,
