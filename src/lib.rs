@@ -7,6 +7,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod reactor;
 pub mod runtime;
 pub mod session;
 pub mod sys;

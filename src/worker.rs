@@ -1,9 +1,8 @@
-//! One worker: its ring, its listening sockets (SO_REUSEPORT), its session slab, its timer wheel.
-//! The loop submits, copies out a bounded batch of completions, then dispatches them
-//! (TigerBeetle's `flush`), so no handler runs inside another.
+//! One worker: its reactor (ring, slots, timer wheel), its listening sockets (SO_REUSEPORT)
+//! and its sessions. The reactor runs the loop and hands completions here; this room accepts,
+//! runs session handlers with an `Io` over the ring, and is the one end-of-session point.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -12,18 +11,11 @@ use std::time::{Duration, Instant};
 use socket2::Socket;
 
 use crate::config::Config;
-use crate::session::{AccessLog, Env, Io, Listen, Session};
+use crate::reactor::{Handler, Reactor, RingSys, Sys};
+use crate::session::{AccessLog, End, Env, Io, Listen, Next, Session};
 use crate::upstream::RoundRobin;
-use crate::uring::slots::Slots;
-use crate::uring::timer::TimerWheel;
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side, Src, UserData};
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side};
 
-/// Completions copied out per loop turn.
-const CQE_BATCH: usize = 256;
-/// The pool's floor, as a fraction of it (1/4): below it only sessions making progress (nothing
-/// waiting toward the other side) and new heads get buffers, so stalled sessions alone cannot
-/// empty the pool (`session/LIFECYCLE.md`, "Buffer budget").
-const POOL_FLOOR_DIV: u32 = 4;
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
@@ -86,17 +78,15 @@ pub struct WorkerSpec {
 }
 
 pub struct Worker {
-    ring: Ring,
+    reactor: Reactor<Slot>,
+    core: Core,
+}
+
+/// Everything of a worker but its reactor (so the reactor can hand it completions).
+struct Core {
     spec: WorkerSpec,
     rr: Vec<RoundRobin>,
     listeners: Vec<(Socket, Listen)>,
-    slots: Slots<Slot>,
-    wheel: TimerWheel,
-    parked: VecDeque<(u32, u32, Side)>,
-    epoch: Instant,
-    now_ms: u64,
-    cqes: Vec<Cqe>,
-    fired: Vec<((u32, u32), u64)>,
     accept_paused: bool,
     /// When shutdown began (the main thread said drain): from then on no keep-alive and no
     /// new sessions.
@@ -142,86 +132,76 @@ impl Worker {
                 .iter()
                 .find(|s| s.listen.contains(&i))
                 .expect("every listener belongs to a server");
-            let listen = Listen::of(i, server);
-            listeners.push((sock, listen));
+            listeners.push((sock, Listen::of(i, server)));
         }
         let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
         Ok(Worker {
-            ring,
-            rr,
-            listeners,
-            slots: Slots::with_capacity(spec.max_sessions.min(1 << 16)),
-            wheel: TimerWheel::new(TICK_MS, WHEEL_SLOTS, 0),
-            parked: VecDeque::new(),
-            epoch: Instant::now(),
-            now_ms: 0,
-            cqes: Vec::with_capacity(CQE_BATCH),
-            fired: Vec::new(),
-            accept_paused: false,
-            drain_began: None,
-            spec,
+            reactor: Reactor::new(ring, spec.max_sessions.min(1 << 16), TICK_MS, WHEEL_SLOTS),
+            core: Core {
+                rr,
+                listeners,
+                accept_paused: false,
+                drain_began: None,
+                spec,
+            },
         })
-    }
-
-    fn arm_accepts(&mut self) {
-        for (i, (sock, _)) in self.listeners.iter().enumerate() {
-            use std::os::fd::AsRawFd;
-            self.ring.accept_multi(
-                sock.as_raw_fd(),
-                UserData::new(i as u32, 0, Op::Accept, Side::Down),
-            );
-        }
     }
 
     /// Run until shutdown: when the main thread says drain, stop accepting and let sessions
     /// finish; past `runtime.shutdown_grace` (or when it says now) close what is left; return
     /// once every session has closed (or 5 s after closing began, whatever is stuck).
     pub fn run(mut self) -> anyhow::Result<()> {
-        if let Some(cpu) = self.spec.cpu {
+        let (r, core) = (&mut self.reactor, &mut self.core);
+        if let Some(cpu) = core.spec.cpu {
             pin(cpu);
         }
-        self.arm_accepts();
-        let grace = self.spec.cfg.runtime.shutdown_grace;
+        core.arm_accepts(r);
+        let grace = core.spec.cfg.runtime.shutdown_grace;
         let mut close_began: Option<Instant> = None;
         loop {
-            if self.drain_began.is_none() && self.spec.stop.draining() {
-                self.begin_drain();
+            if core.drain_began.is_none() && core.spec.stop.draining() {
+                core.begin_drain(r);
             }
             if close_began.is_none()
-                && let Some(t) = self.drain_began
-                && (self.spec.stop.closing() || t.elapsed() >= grace)
+                && let Some(t) = core.drain_began
+                && (core.spec.stop.closing() || t.elapsed() >= grace)
             {
                 close_began = Some(Instant::now());
-                for k in self.slots.keys() {
-                    self.with_session(k, |s, io, env| s.shutdown(io, env));
+                for k in r.slots.keys() {
+                    core.with_session(r, k, |s, io, env| s.shutdown(io, env));
                 }
             }
-            if self.drain_began.is_some() && self.slots.is_empty() {
+            if core.drain_began.is_some() && r.slots.is_empty() {
                 return Ok(());
             }
             if close_began.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
                 return Ok(());
             }
-            let next_tick = TICK_MS - (self.now_ms % TICK_MS);
-            self.ring
-                .submit_and_wait(Duration::from_millis(next_tick))?;
-            self.now_ms = self.epoch.elapsed().as_millis() as u64;
-            let mut cqes = std::mem::take(&mut self.cqes);
-            self.ring.reap(&mut cqes);
-            for c in &cqes {
-                self.dispatch(*c);
+            r.turn(core, Duration::from_millis(TICK_MS))?;
+            core.spec.stats.stale_cqes.store(r.stale, Ordering::Relaxed);
+            // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
+            while let Some((slot, _, side)) = r.next_unparked(8) {
+                core.with_session(r, slot, |s, io, env| s.unpark(side, io, env));
             }
-            self.cqes = cqes;
-            self.timers();
-            self.ring.pool.grow_if_low();
-            self.unpark();
-            if self.accept_paused
-                && self.slots.len() < self.spec.max_sessions
-                && self.drain_began.is_none()
+            if core.accept_paused
+                && r.slots.len() < core.spec.max_sessions
+                && core.drain_began.is_none()
             {
-                self.accept_paused = false;
-                self.arm_accepts();
+                core.accept_paused = false;
+                core.arm_accepts(r);
             }
+        }
+    }
+}
+
+impl Core {
+    fn arm_accepts(&mut self, r: &mut Reactor<Slot>) {
+        for (i, (sock, _)) in self.listeners.iter().enumerate() {
+            use std::os::fd::AsRawFd;
+            r.ring.accept_multi(
+                sock.as_raw_fd(),
+                crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down),
+            );
         }
     }
 
@@ -230,70 +210,38 @@ impl Worker {
     /// port; with `net.ipv4.tcp_migrate_req` so do the queued ones) and its multishot accept
     /// ends with EINVAL. Closing the fd alone would not do either: the pending accept holds a
     /// reference to the socket.
-    fn begin_drain(&mut self) {
+    fn begin_drain(&mut self, r: &mut Reactor<Slot>) {
         self.drain_began = Some(Instant::now());
         for (sock, _) in &self.listeners {
             let _ = sock.shutdown(std::net::Shutdown::Read);
         }
         self.listeners.clear();
-        for k in self.slots.keys() {
-            self.with_session(k, |s, io, env| s.drain(io, env));
+        for k in r.slots.keys() {
+            self.with_session(r, k, |s, io, env| s.drain(io, env));
         }
     }
 
-    fn dispatch(&mut self, c: Cqe) {
-        let Some(op) = c.ud.op() else {
-            self.spec.stats.stale_cqes.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        if c.ud.slot() == SLOT_CORE {
-            // Our own cancel-everything at drop time; nothing to do.
-            return;
-        }
-        if op == Op::Accept {
-            return self.on_accept(c);
-        }
-        let slot = c.ud.slot();
-        let Some(entry) = self.slots.get_mut(slot, c.ud.generation()) else {
-            // A completion for a slot that has been freed and maybe reused. Release any buffer
-            // it carries; count it (it means a close did not wait for all its ops).
-            self.ring.pool.release_of(&c);
-            debug_assert!(false, "stale completion {:?}", c);
-            self.spec.stats.stale_cqes.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let side = c.ud.side();
-        if op == Op::Connect
-            && let Some(id) = entry.connect_addr.take()
-        {
-            self.ring.connect_done(id);
-        }
-        self.with_session(slot, |s, io, env| match op {
-            Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
-            Op::Send => s.on_send(side, c.res, io, env),
-            Op::Connect => s.on_connect(c.res, io, env),
-            Op::Cancel => s.on_cancel(io, env),
-            Op::Hangup => s.on_hangup(side, c.res, io, env),
-            Op::Accept => unreachable!("handled above"),
-        });
-    }
-
-    /// Run a session handler with an `Io` over this worker's ring, then free or reschedule.
+    /// Run a session handler with an `Io` over this worker's ring, then end the session or
+    /// reschedule its timer.
     fn with_session(
         &mut self,
+        r: &mut Reactor<Slot>,
         slot: u32,
-        f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>),
+        f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
     ) {
-        let Some((generation, entry)) = self.slots.get_any_mut(slot) else {
+        let now_ms = r.now_ms();
+        let Some((generation, entry)) = r.slots.get_any_mut(slot) else {
             return;
         };
         let mut io = WorkerIo {
-            ring: &mut self.ring,
-            slot,
-            generation,
-            now_ms: self.now_ms,
-            parked: &mut self.parked,
-            connect_addr: &mut entry.connect_addr,
+            sys: RingSys {
+                ring: &mut r.ring,
+                slot,
+                generation,
+                now_ms,
+                parked: &mut r.parked,
+                connect_addr: &mut entry.connect_addr,
+            },
             access_log: self.spec.cfg.runtime.access_log,
         };
         let mut env = Env {
@@ -301,38 +249,53 @@ impl Worker {
             rr: &mut self.rr,
             draining: self.drain_began.is_some(),
         };
-        f(&mut entry.session, &mut io, &mut env);
-        if entry.session.finished() {
-            if entry.session.timer_at != 0 {
-                self.wheel
-                    .remove((slot, generation), entry.session.timer_at);
-            }
-            self.slots.remove(slot);
-            self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
-            return;
+        let next = f(&mut entry.session, &mut io, &mut env);
+        if let Next::Close(end) = next {
+            return self.end_session(r, slot, generation, end);
         }
-        if let Some(d) = entry.session.deadline()
-            && (entry.session.timer_at == 0 || d < entry.session.timer_at)
+        let s = &mut entry.session;
+        if let Some(d) = s.deadline()
+            && (s.timer_at == 0 || d < s.timer_at)
         {
             // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
             // later, which the wheel learns lazily when the entry fires): replace the entry,
             // so a session has one at most and a storm leaves none behind.
-            if entry.session.timer_at != 0 {
-                self.wheel
-                    .remove((slot, generation), entry.session.timer_at);
+            if s.timer_at != 0 {
+                r.wheel.remove((slot, generation), s.timer_at);
             }
-            self.wheel.insert((slot, generation), d);
-            entry.session.timer_at = d;
+            r.wheel.insert((slot, generation), d);
+            s.timer_at = d;
         }
     }
 
-    fn on_accept(&mut self, c: Cqe) {
+    /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
+    /// the access log it still owes, releases its timer, its slot and its counters.
+    fn end_session(&mut self, r: &mut Reactor<Slot>, slot: u32, generation: u32, end: End) {
+        let entry = r.slots.remove(slot);
+        let s = &entry.session;
+        debug_assert!(s.finished());
+        if s.timer_at != 0 {
+            r.wheel.remove((slot, generation), s.timer_at);
+        }
+        let env = Env {
+            cfg: &self.spec.cfg,
+            rr: &mut self.rr,
+            draining: self.drain_began.is_some(),
+        };
+        if self.spec.cfg.runtime.access_log
+            && let Some(line) = s.access_log(end, r.now_ms(), &env)
+        {
+            write_access_log(&line);
+        }
+        self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn accept(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
         let li = c.ud.slot() as usize;
         if !c.more() && li < self.listeners.len() && self.drain_began.is_none() {
-            if self.slots.len() < self.spec.max_sessions {
+            if r.slots.len() < self.spec.max_sessions {
                 use std::os::fd::AsRawFd;
-                self.ring
-                    .accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
+                r.ring.accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
             } else {
                 self.accept_paused = true;
             }
@@ -347,52 +310,64 @@ impl Worker {
             }
             return;
         }
-        let fd: RawFd = c.res;
-        if li >= self.listeners.len() || self.slots.len() >= self.spec.max_sessions {
+        if li >= self.listeners.len() || r.slots.len() >= self.spec.max_sessions {
             // Over the session cap (or stopping): refuse instead of failing later.
             self.spec.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = nix::unistd::close(fd);
+            let _ = nix::unistd::close(c.res);
             return;
         }
-        let (fd, peer) = crate::sys::accepted(fd);
+        let (fd, peer): (_, SocketAddr) = crate::sys::accepted(c.res);
         let listen = self.listeners[li].1;
-        let now = self.now_ms;
-        let (key, _) = self.slots.insert(|_, _| Slot {
+        let now = r.now_ms();
+        let (key, _) = r.slots.insert(|_, _| Slot {
             session: Session::new(fd, peer, listen, now),
             connect_addr: None,
         });
         self.spec.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.spec.stats.active.fetch_add(1, Ordering::Relaxed);
-        self.with_session(key, |s, io, _| s.start(io));
+        self.with_session(r, key, |s, io, _| {
+            s.start(io);
+            Next::Continue
+        });
+    }
+}
+
+impl Handler<Slot> for Core {
+    fn on_core(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
+        // Accepts; anything else on the core slot is the ring's own cancel-everything at drop.
+        if c.ud.op() == Some(Op::Accept) && c.ud.slot() != crate::uring::SLOT_CORE {
+            self.accept(r, c);
+        }
     }
 
-    fn timers(&mut self) {
-        let mut fired = std::mem::take(&mut self.fired);
-        fired.clear();
-        self.wheel.advance(self.now_ms, &mut fired);
-        for &((slot, generation), due) in &fired {
-            let Some(entry) = self.slots.get_mut(slot, generation) else {
-                continue;
-            };
-            if entry.session.timer_at != due {
-                continue; // superseded by an earlier entry, or the slot was reused
-            }
-            entry.session.timer_at = 0;
-            self.with_session(slot, |s, io, env| s.on_timer(io, env));
+    fn on_slot(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
+        let (slot, side) = (c.ud.slot(), c.ud.side());
+        let Some(op) = c.ud.op() else { return };
+        if op == Op::Connect
+            && let Some(entry) = r.slots.get_mut(slot, c.ud.generation())
+            && let Some(id) = entry.connect_addr.take()
+        {
+            r.ring.connect_done(id);
         }
-        self.fired = fired;
+        self.with_session(r, slot, |s, io, env| match op {
+            Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
+            Op::Send => s.on_send(side, c.res, io, env),
+            Op::Connect => s.on_connect(c.res, io, env),
+            Op::Cancel => s.on_cancel(io, env),
+            Op::Hangup => s.on_hangup(side, c.res, io, env),
+            Op::Accept => Next::Continue,
+        });
     }
 
-    /// Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
-    fn unpark(&mut self) {
-        while !self.parked.is_empty() && self.ring.pool.available() >= 8 {
-            let Some((slot, generation, side)) = self.parked.pop_front() else {
-                break;
-            };
-            if self.slots.get_mut(slot, generation).is_some() {
-                self.with_session(slot, |s, io, env| s.unpark(side, io, env));
-            }
+    fn on_timer(&mut self, r: &mut Reactor<Slot>, slot: u32, generation: u32, due: u64) {
+        let Some(entry) = r.slots.get_mut(slot, generation) else {
+            return;
+        };
+        if entry.session.timer_at != due {
+            return; // superseded by an earlier entry
         }
+        entry.session.timer_at = 0;
+        self.with_session(r, slot, |s, io, env| s.on_timer(io, env));
     }
 }
 
@@ -415,118 +390,86 @@ pub fn escape_log(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The session's `Io` over the ring: the reactor's socket effects, plus the access log.
 struct WorkerIo<'a> {
-    ring: &'a mut Ring,
-    slot: u32,
-    generation: u32,
-    now_ms: u64,
-    parked: &'a mut VecDeque<(u32, u32, Side)>,
-    connect_addr: &'a mut Option<u32>,
+    sys: RingSys<'a>,
     access_log: bool,
 }
 
-impl WorkerIo<'_> {
-    fn ud(&self, op: Op, side: Side) -> UserData {
-        UserData::new(self.slot, self.generation, op, side)
+impl Sys for WorkerIo<'_> {
+    fn now_ms(&self) -> u64 {
+        self.sys.now_ms()
+    }
+    fn data(&self, bid: u16, len: u32) -> &[u8] {
+        self.sys.data(bid, len)
+    }
+    fn recycle(&mut self, v: Vec<u8>) {
+        self.sys.recycle(v)
+    }
+    fn scratch(&mut self) -> Vec<u8> {
+        self.sys.scratch()
+    }
+    fn put(&mut self, bytes: Vec<u8>) -> Chunk {
+        self.sys.put(bytes)
+    }
+    fn release(&mut self, c: Chunk) {
+        self.sys.release(c)
+    }
+    fn sent(&mut self, c: Chunk) {
+        self.sys.sent(c)
+    }
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
+        self.sys.recv(fd, side, buffers)
+    }
+    fn pool_low(&self) -> bool {
+        self.sys.pool_low()
+    }
+    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
+        self.sys.watch_hangup(fd, side)
+    }
+    fn cancel(&mut self, side: Side, op: Op) {
+        self.sys.cancel(side, op)
+    }
+    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
+        self.sys.send(fd, side, c)
+    }
+    fn connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i32> {
+        self.sys.connect(addr, source)
+    }
+    fn shutdown(&mut self, fd: RawFd) {
+        self.sys.shutdown(fd)
+    }
+    fn close(&mut self, fd: RawFd) {
+        self.sys.close(fd)
+    }
+    fn park(&mut self, side: Side) {
+        self.sys.park(side)
     }
 }
 
 impl Io for WorkerIo<'_> {
-    fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    fn data(&self, bid: u16, len: u32) -> &[u8] {
-        self.ring.pool.bytes(bid, len)
-    }
-
-    fn put(&mut self, bytes: Vec<u8>) -> Chunk {
-        let len = bytes.len() as u32;
-        Chunk {
-            src: Src::Heap(self.ring.heap.put(bytes)),
-            off: 0,
-            len,
-        }
-    }
-
-    fn release(&mut self, c: Chunk) {
-        match c.src {
-            Src::Pool(bid) => self.ring.pool.release(bid),
-            Src::Heap(id) => self.ring.heap.free(id),
-        }
-    }
-
-    fn sent(&mut self, c: Chunk) {
-        self.ring.send_done(c);
-    }
-
-    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
-        let ud = self.ud(Op::Recv, side);
-        self.ring.recv_capped(fd, ud, buffers);
-    }
-
-    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
-        let ud = self.ud(Op::Hangup, side);
-        self.ring.poll_hangup(fd, ud);
-    }
-
-    fn pool_low(&self) -> bool {
-        self.ring.pool.free() <= self.ring.pool.count() / POOL_FLOOR_DIV
-    }
-
-    fn cancel(&mut self, side: Side, op: Op) {
-        let (target, ud) = (self.ud(op, side), self.ud(Op::Cancel, side));
-        self.ring.cancel_op(target, ud);
-    }
-
-    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
-        let ud = self.ud(Op::Send, side);
-        self.ring.send(fd, c, ud);
-    }
-
-    fn connect(
-        &mut self,
-        addr: SocketAddr,
-        source: Option<std::net::IpAddr>,
-    ) -> Result<RawFd, i32> {
-        let fd = crate::sys::connect_socket(addr, source)?;
-        let ud = self.ud(Op::Connect, Side::Up);
-        *self.connect_addr = Some(self.ring.connect(fd, addr, ud));
-        Ok(fd)
-    }
-
-    fn shutdown(&mut self, fd: RawFd) {
-        // An error (the peer already reset) shows up on the socket's recv.
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
-    }
-
-    fn close(&mut self, fd: RawFd) {
-        let _ = nix::unistd::close(fd);
-    }
-
-    fn park(&mut self, side: Side) {
-        self.parked.push_back((self.slot, self.generation, side));
-    }
-
     fn log(&mut self, l: &AccessLog<'_>) {
-        if !self.access_log {
-            return;
+        if self.access_log {
+            write_access_log(l);
         }
-        let upstream = l.upstream.map_or("-".to_string(), |a| a.to_string());
-        let status = if l.status == 0 {
-            "-".to_string()
-        } else {
-            l.status.to_string()
-        };
-        tracing::info!(
-            target: "access",
-            "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}",
-            l.client, escape_log(l.method), escape_log(l.path), escape_log(l.host), status, upstream,
-            l.duration_ms, l.bytes_in, l.bytes_out, if l.tunnel { "ws " } else { "" }, l.end
-        );
     }
 }
 
+/// One access-log line, to the `access` tracing target.
+fn write_access_log(l: &AccessLog<'_>) {
+    let upstream = l.upstream.map_or("-".to_string(), |a| a.to_string());
+    let status = if l.status == 0 {
+        "-".to_string()
+    } else {
+        l.status.to_string()
+    };
+    tracing::info!(
+        target: "access",
+        "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}",
+        l.client, escape_log(l.method), escape_log(l.path), escape_log(l.host), status, upstream,
+        l.duration_ms, l.bytes_in, l.bytes_out, if l.tunnel { "ws " } else { "" }, l.end
+    );
+}
 #[cfg(test)]
 mod tests {
     use super::escape_log;

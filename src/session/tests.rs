@@ -55,13 +55,17 @@ fn idx(side: Side) -> usize {
     }
 }
 
-impl Io for Fake {
+impl Sys for Fake {
     fn now_ms(&self) -> u64 {
         self.now
     }
     fn data(&self, bid: u16, len: u32) -> &[u8] {
         &self.bufs[&bid][..len as usize]
     }
+    fn scratch(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn recycle(&mut self, _v: Vec<u8>) {}
     fn put(&mut self, bytes: Vec<u8>) -> Chunk {
         let id = self.next_heap;
         self.next_heap += 1;
@@ -175,6 +179,9 @@ impl Io for Fake {
     fn park(&mut self, side: Side) {
         self.parked.push(side);
     }
+}
+
+impl Io for Fake {
     fn log(&mut self, l: &AccessLog<'_>) {
         self.logs
             .push(format!("{} {} {} {}", l.method, l.path, l.status, l.end));
@@ -202,6 +209,8 @@ struct Sim {
     rr: Vec<RoundRobin>,
     draining: bool,
     rng: u64,
+    /// The end-of-session point ran.
+    ended: bool,
 }
 
 const CFG: &str = r#"
@@ -246,6 +255,7 @@ impl Sim {
             cfg,
             rr,
             draining: false,
+            ended: false,
             rng: seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407)
@@ -272,7 +282,7 @@ impl Sim {
         self.io.next_bid = self.io.next_bid.wrapping_add(1);
         self.io.bufs.insert(bid, bytes.to_vec());
         let mut env = env_of!(self);
-        self.s.on_recv(
+        let next = self.s.on_recv(
             side,
             bytes.len() as i32,
             more,
@@ -280,6 +290,7 @@ impl Sim {
             &mut self.io,
             &mut env,
         );
+        self.settle(next);
     }
 
     /// Buffers the session holds (received, not yet given back).
@@ -290,7 +301,8 @@ impl Sim {
     fn eof(&mut self, side: Side) {
         self.io.recv_armed[idx(side)] = false;
         let mut env = env_of!(self);
-        self.s.on_recv(side, 0, false, None, &mut self.io, &mut env);
+        let next = self.s.on_recv(side, 0, false, None, &mut self.io, &mut env);
+        self.settle(next);
     }
 
     /// Complete one pending op (a random one when `random`); sends may complete short.
@@ -306,7 +318,7 @@ impl Sim {
         let ev = self.io.pending.remove(i);
         let short = random && self.rand(3) == 0;
         let mut env = env_of!(self);
-        match ev {
+        let next = match ev {
             Ev::RecvEnd(side, res) => {
                 self.s
                     .on_recv(side, res, false, None, &mut self.io, &mut env)
@@ -327,12 +339,12 @@ impl Sim {
                     bytes.len()
                 };
                 self.io.wire[idx(side)].extend_from_slice(&bytes[..n]);
-                self.s.on_send(side, n as i32, &mut self.io, &mut env);
+                self.s.on_send(side, n as i32, &mut self.io, &mut env)
             }
             Ev::SendCancelled(side) => {
                 self.io.sending[idx(side)] = None;
                 self.s
-                    .on_send(side, -libc::ECANCELED, &mut self.io, &mut env);
+                    .on_send(side, -libc::ECANCELED, &mut self.io, &mut env)
             }
             Ev::Connect(res) => {
                 self.io.connecting = None;
@@ -340,7 +352,8 @@ impl Sim {
             }
             Ev::Cancel => self.s.on_cancel(&mut self.io, &mut env),
             Ev::Hangup(side, res) => self.s.on_hangup(side, res, &mut self.io, &mut env),
-        }
+        };
+        self.settle(next);
         true
     }
 
@@ -349,8 +362,30 @@ impl Sim {
         assert!(self.io.hup_armed[0], "no hang-up watch armed");
         self.io.hup_armed[0] = false;
         let mut env = env_of!(self);
-        self.s
+        let next = self
+            .s
             .on_hangup(Side::Down, libc::POLLRDHUP as i32, &mut self.io, &mut env);
+        self.settle(next);
+    }
+
+    /// What the worker's end-of-session point does when a handler says the session ended:
+    /// write the access log it still owes (once: a second end is a bug).
+    fn settle(&mut self, next: Next) {
+        match next {
+            Next::Continue => {}
+            Next::Close(end) => {
+                assert!(self.s.finished(), "Close before closing completed");
+                assert!(!self.ended, "the session ended twice");
+                self.ended = true;
+                let env = env_of!(self);
+                if let Some(line) = self.s.access_log(end, self.io.now, &env) {
+                    let text =
+                        format!("{} {} {} {}", line.method, line.path, line.status, line.end);
+                    self.io.logs.push(text);
+                }
+            }
+            Next::Respond(..) => panic!("Respond leaked out of the session"),
+        }
     }
 
     fn run(&mut self, random: bool) {
@@ -364,8 +399,12 @@ impl Sim {
 
     fn timer(&mut self, at: u64) {
         self.io.now = at;
+        if self.ended {
+            return; // the worker's slot is gone: no timer fires for it
+        }
         let mut env = env_of!(self);
-        self.s.on_timer(&mut self.io, &mut env);
+        let next = self.s.on_timer(&mut self.io, &mut env);
+        self.settle(next);
     }
 
     /// Nothing leaked: no buffer, no heap bytes, no fd.
@@ -373,8 +412,9 @@ impl Sim {
         assert!(
             self.s.finished(),
             "session not finished: {:?}",
-            self.s.stage
+            self.s.stage()
         );
+        assert!(self.ended, "the end-of-session point never ran");
         assert!(
             self.io.bufs.is_empty(),
             "buffers leaked: {:?}",
@@ -415,11 +455,11 @@ fn websocket_session_from_head_to_close() {
     // The head arrives in three pieces.
     sim.deliver(Side::Down, &UPGRADE[..10]);
     sim.deliver(Side::Down, &UPGRADE[10..50]);
-    assert_eq!(sim.s.stage, Stage::Request);
+    assert_eq!(sim.s.stage(), Stage::Request);
     sim.deliver(Side::Down, &UPGRADE[50..]);
-    assert_eq!(sim.s.stage, Stage::Connecting);
+    assert_eq!(sim.s.stage(), Stage::Connecting);
     sim.run(false);
-    assert_eq!(sim.s.stage, Stage::Proxy);
+    assert_eq!(sim.s.stage(), Stage::Proxy);
     assert!(sim.wire(Side::Up).starts_with(
         "GET /ws/chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
     ));
@@ -428,7 +468,7 @@ fn websocket_session_from_head_to_close() {
     let mut resp = SWITCH.to_vec();
     resp.extend_from_slice(b"\x81\x02hi");
     sim.deliver(Side::Up, &resp);
-    assert_eq!(sim.s.stage, Stage::Tunnel);
+    assert_eq!(sim.s.stage(), Stage::Tunnel);
     sim.run(false);
     assert!(sim.io.wire[0].starts_with(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x02hi"));
     // Both ways, then FIN from the client is passed on as a half-close, then upstream FIN.
@@ -440,7 +480,7 @@ fn websocket_session_from_head_to_close() {
     sim.eof(Side::Down);
     sim.run(false);
     assert!(sim.io.shut[idx(Side::Up)], "half-close not passed on");
-    assert_eq!(sim.s.stage, Stage::Tunnel);
+    assert_eq!(sim.s.stage(), Stage::Tunnel);
     sim.eof(Side::Up);
     sim.run(false);
     sim.assert_clean();
@@ -477,7 +517,7 @@ fn refused_connect_tries_the_next_server_then_502() {
     sim.deliver(Side::Down, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
     sim.run(false);
     // One refused, the other accepted: we are connected and the request went up.
-    assert_eq!(sim.s.stage, Stage::Proxy);
+    assert_eq!(sim.s.stage(), Stage::Proxy);
     assert!(sim.wire(Side::Up).starts_with("GET /x HTTP/1.1\r\n"));
 
     let mut sim = Sim::new(4);
@@ -500,7 +540,7 @@ fn silent_upstream_gets_504_and_silent_client_is_closed() {
     sim.run(false);
     assert_eq!(sim.s.deadline(), Some(5000));
     sim.timer(4999);
-    assert_eq!(sim.s.stage, Stage::Proxy);
+    assert_eq!(sim.s.stage(), Stage::Proxy);
     sim.timer(5000);
     sim.run(false);
     assert!(
@@ -586,7 +626,7 @@ fn a_client_that_fills_its_hold_and_hangs_up_is_seen() {
     // An upgrade request, then more bytes than the hold takes, then the client hangs up.
     sim.deliver(Side::Down, UPGRADE);
     sim.run(false);
-    assert_eq!(sim.s.stage, Stage::Proxy);
+    assert_eq!(sim.s.stage(), Stage::Proxy);
     while sim.io.recv_armed[idx(Side::Down)] {
         sim.deliver(Side::Down, &[b'z'; 4096]);
     }
@@ -644,8 +684,12 @@ fn keep_alive_runs_pipelined_requests_in_order() {
 impl Sim {
     fn drain(&mut self) {
         self.draining = true;
+        if self.ended {
+            return;
+        }
         let mut env = env_of!(self);
-        self.s.drain(&mut self.io, &mut env);
+        let next = self.s.drain(&mut self.io, &mut env);
+        self.settle(next);
     }
 }
 
@@ -656,7 +700,7 @@ fn draining_closes_idle_keep_alive_at_once() {
     sim.run(false);
     sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA");
     sim.run(false);
-    assert_eq!(sim.s.stage, Stage::Request, "kept alive before draining");
+    assert_eq!(sim.s.stage(), Stage::Request, "kept alive before draining");
     sim.drain();
     sim.run(false);
     sim.assert_clean();
@@ -671,7 +715,11 @@ fn draining_answers_the_request_in_progress_then_closes() {
     sim.run(false);
     sim.drain();
     sim.run(false);
-    assert_eq!(sim.s.stage, Stage::Proxy, "a request in flight is not cut");
+    assert_eq!(
+        sim.s.stage(),
+        Stage::Proxy,
+        "a request in flight is not cut"
+    );
     sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA");
     sim.run(false);
     let down = sim.wire(Side::Down);
@@ -690,12 +738,13 @@ fn draining_leaves_a_tunnel_running() {
     sim.run(false);
     sim.drain();
     sim.run(false);
-    assert_eq!(sim.s.stage, Stage::Tunnel);
+    assert_eq!(sim.s.stage(), Stage::Tunnel);
     sim.deliver(Side::Down, b"still here");
     sim.run(false);
     assert!(sim.wire(Side::Up).ends_with("still here"));
     let mut env = env_of!(sim);
-    sim.s.shutdown(&mut sim.io, &mut env);
+    let next = sim.s.shutdown(&mut sim.io, &mut env);
+    sim.settle(next);
     sim.run(false);
     sim.assert_clean();
     assert_eq!(sim.s.end(), Some(End::Shutdown));
@@ -818,8 +867,10 @@ impl Sim {
     fn fail(&mut self, side: Side, errno: i32) {
         self.io.recv_armed[idx(side)] = false;
         let mut env = env_of!(self);
-        self.s
+        let next = self
+            .s
             .on_recv(side, -errno, false, None, &mut self.io, &mut env);
+        self.settle(next);
     }
 }
 
@@ -895,7 +946,10 @@ fn mangled_input_from_both_sides_never_panics_or_leaks() {
                 if !sim.io.parked.is_empty() && sim.rand(2) == 0 {
                     let side = sim.io.parked.remove(0);
                     let mut env = env_of!(sim);
-                    sim.s.unpark(side, &mut sim.io, &mut env);
+                    if !sim.ended {
+                        let next = sim.s.unpark(side, &mut sim.io, &mut env);
+                        sim.settle(next);
+                    }
                 }
             }
             // Wind down: both peers go away; whatever still waits times out.
@@ -914,7 +968,10 @@ fn mangled_input_from_both_sides_never_panics_or_leaks() {
                 }
                 while let Some(side) = sim.io.parked.pop() {
                     let mut env = env_of!(sim);
-                    sim.s.unpark(side, &mut sim.io, &mut env);
+                    if !sim.ended {
+                        let next = sim.s.unpark(side, &mut sim.io, &mut env);
+                        sim.settle(next);
+                    }
                 }
                 sim.run(true);
                 let at = sim.io.now + 100_000_000;

@@ -314,7 +314,14 @@ struct HeapEntry {
 #[derive(Default)]
 pub struct HeapStore {
     entries: Slab<HeapEntry>,
+    /// Emptied allocations of freed entries, handed out again by `scratch`, so building a
+    /// response head or an error page does not allocate per message.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Allocations kept for reuse, and the largest one kept.
+const SPARE_MAX: usize = 16;
+const SPARE_CAPACITY_MAX: usize = 4 * 1024;
 
 impl HeapStore {
     /// Store bytes to be sent; returns their id.
@@ -351,13 +358,24 @@ impl HeapStore {
         e.in_kernel -= 1;
     }
 
-    /// Free entry `id`; it must not be named by an op in flight.
+    /// Free entry `id`; it must not be named by an op in flight. Its allocation is kept for
+    /// `scratch` when it is not too large.
     pub fn free(&mut self, id: u32) {
-        assert!(
-            self.entries[id as usize].in_kernel == 0,
-            "free of heap entry {id} in flight"
-        );
-        self.entries.remove(id as usize);
+        let v = self.take(id);
+        self.recycle(v);
+    }
+
+    /// An empty Vec to build bytes in, from a freed entry when there is one.
+    pub fn scratch(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keep `v`'s allocation for `scratch`.
+    pub fn recycle(&mut self, mut v: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && v.capacity() > 0 && v.capacity() <= SPARE_CAPACITY_MAX {
+            v.clear();
+            self.spare.push(v);
+        }
     }
 
     /// Take the bytes back out (for reuse), freeing the id.

@@ -1,0 +1,363 @@
+//! One connection's socket: its fd, its receive state, the queue of chunks waiting to be sent
+//! on it (one send in flight at a time, so bytes stay in order), its half-close, and
+//! cancel-then-close. Every effect goes through [`Sys`], so the same code runs over the ring
+//! (proxy, echo backend, load generator) and under the session simulation's fake.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use super::Sys;
+use crate::uring::{Chunk, Op, Side};
+
+/// Chunks that may wait to be sent on one socket (plus the one in flight). At this many, the
+/// source side's recv is cancelled: backpressure instead of unbounded buffering. The limit is
+/// soft: completions already posted before the cancel lands are still queued (bounded by the
+/// worker's buffer ring).
+pub const QUEUE: usize = 4;
+
+/// State of the (multishot) recv on a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// Not armed.
+    Off,
+    /// Armed; completions will keep coming.
+    On,
+    /// A cancel was submitted; the final completion has not arrived yet.
+    Cancelling,
+}
+
+/// Half-close of the write side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shut {
+    Open,
+    /// Shut down the write side once the queue is empty.
+    Pending,
+    /// `shutdown(SHUT_WR)` submitted or done.
+    Done,
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    pub fd: RawFd,
+    /// Ops in flight on `fd` (a multishot recv counts once until its last completion).
+    pub ops: u8,
+    pub recv: Recv,
+    /// The peer has sent FIN: nothing more will be read.
+    pub eof: bool,
+    /// The recv stopped on ENOBUFS; waiting for buffers.
+    pub parked: bool,
+    pub shut: Shut,
+    /// Being closed: no new ops; fd closed when `ops` reaches 0.
+    pub retiring: bool,
+    /// The socket is connected and may be sent on.
+    pub ready: bool,
+    pub sending: Option<Chunk>,
+    /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
+    pub hup: Recv,
+    queue: Queue,
+    /// When the send in flight was submitted or last made progress (ms).
+    pub send_since_ms: u64,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd) -> Conn {
+        Conn {
+            fd,
+            ops: 0,
+            recv: Recv::Off,
+            eof: false,
+            parked: false,
+            shut: Shut::Open,
+            retiring: false,
+            ready: fd >= 0,
+            sending: None,
+            hup: Recv::Off,
+            queue: Queue::default(),
+            send_since_ms: 0,
+        }
+    }
+
+    /// Chunks queued or in flight.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + usize::from(self.sending.is_some())
+    }
+
+    /// Nothing queued, nothing in flight.
+    pub fn flushed(&self) -> bool {
+        self.pending() == 0
+    }
+
+    pub fn push(&mut self, c: Chunk) {
+        self.queue.push(c);
+    }
+
+    pub fn pop(&mut self) -> Option<Chunk> {
+        self.queue.pop()
+    }
+
+    /// Replace the fd (a new upstream attempt) keeping the queue.
+    pub fn reset_fd(&mut self, fd: RawFd) {
+        let queue = std::mem::take(&mut self.queue);
+        *self = Conn::new(fd);
+        self.ready = false;
+        self.queue = queue;
+    }
+
+    /// Whether the fd is open and usable for new ops.
+    pub fn open(&self) -> bool {
+        self.fd >= 0 && !self.retiring
+    }
+}
+
+/// How a send completion left the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// The chunk went out whole (or its rest was resubmitted); the queue moves on.
+    Ok,
+    /// The send failed with this errno (not a cancel).
+    Failed(i32),
+    /// The connection is going away (or the send was cancelled): the chunk was released.
+    Dropped,
+}
+
+impl Conn {
+    /// A recv completion arrived: a multishot recv without `more` has ended.
+    pub fn recv_ended(&mut self, more: bool) {
+        if !more {
+            self.ops -= 1;
+            self.recv = Recv::Off;
+        }
+    }
+
+    /// Start the next send if none is in flight; pass a pending half-close on once the queue
+    /// is empty.
+    pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
+        if self.sending.is_some() || !self.open() || !self.ready {
+            return;
+        }
+        if let Some(c) = self.pop() {
+            self.sending = Some(c);
+            self.send_since_ms = io.now_ms();
+            self.ops += 1;
+            io.send(self.fd, side, c);
+        } else if self.shut == Shut::Pending {
+            self.shut = Shut::Done;
+            io.shutdown(self.fd);
+        }
+    }
+
+    /// A send completed with `res`. A short send resubmits the rest before anything else;
+    /// `dropping` (the owner is closing) releases the chunk whatever happened.
+    pub fn on_sent(&mut self, io: &mut impl Sys, side: Side, res: i32, dropping: bool) -> Sent {
+        self.ops -= 1;
+        let mut c = self.sending.take().expect("send completion without a send");
+        io.sent(c);
+        if res < 0 || dropping || self.retiring {
+            io.release(c);
+            return if res < 0 && !dropping && res != -libc::ECANCELED {
+                Sent::Failed(-res)
+            } else {
+                Sent::Dropped
+            };
+        }
+        if (res as u32) < c.len {
+            c.off += res as u32;
+            c.len -= res as u32;
+            self.send_since_ms = io.now_ms();
+            self.sending = Some(c);
+            self.ops += 1;
+            io.send(self.fd, side, c);
+        } else {
+            io.release(c);
+            self.kick(io, side);
+        }
+        Sent::Ok
+    }
+
+    /// Arm a recv of up to `buffers` pool buffers when `want` and none is armed; cancel the
+    /// armed one when not `want`. Returns the cancels submitted (0 or 1).
+    pub fn sync_recv(&mut self, io: &mut impl Sys, side: Side, want: bool, buffers: u32) -> u8 {
+        match (want, self.recv) {
+            (true, Recv::Off) => {
+                self.recv = Recv::On;
+                self.ops += 1;
+                io.recv(self.fd, side, buffers);
+                0
+            }
+            (false, Recv::On) if self.open() && !self.eof => {
+                self.recv = Recv::Cancelling;
+                io.cancel(side, Op::Recv);
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// Keep a hang-up watch (a poll for POLLRDHUP) armed exactly while `want`. Returns the
+    /// cancels submitted (0 or 1).
+    pub fn sync_watch(&mut self, io: &mut impl Sys, side: Side, want: bool) -> u8 {
+        match (want, self.hup) {
+            (true, Recv::Off) => {
+                self.hup = Recv::On;
+                self.ops += 1;
+                io.watch_hangup(self.fd, side);
+                0
+            }
+            (false, Recv::On) if self.open() => {
+                self.hup = Recv::Cancelling;
+                io.cancel(side, Op::Hangup);
+                1
+            }
+            _ => 0,
+        }
+    }
+
+    /// The hang-up watch completed.
+    pub fn watch_ended(&mut self) {
+        self.ops -= 1;
+        self.hup = Recv::Off;
+    }
+
+    /// Stop using the socket: cancel exactly the ops in flight, by their user_data (a
+    /// shutdown in flight completes on its own); the fd closes in [`Conn::close_when_done`]
+    /// once they are all back. Without a socket (between upstream attempts), what waited for
+    /// one goes nowhere. Returns the cancels submitted.
+    pub fn retire(&mut self, io: &mut impl Sys, side: Side) -> u8 {
+        if self.fd < 0 {
+            self.release_queue(io);
+            return 0;
+        }
+        if self.retiring {
+            return 0;
+        }
+        self.retiring = true;
+        let mut ops = [None; 4];
+        if self.recv == Recv::On {
+            self.recv = Recv::Cancelling;
+            ops[0] = Some(Op::Recv);
+        }
+        if self.sending.is_some() {
+            ops[1] = Some(Op::Send);
+        }
+        if self.hup == Recv::On {
+            self.hup = Recv::Cancelling;
+            ops[2] = Some(Op::Hangup);
+        }
+        if !self.ready && self.ops > 0 {
+            ops[3] = Some(Op::Connect);
+        }
+        let mut n = 0;
+        for op in ops.into_iter().flatten() {
+            n += 1;
+            io.cancel(side, op);
+        }
+        n
+    }
+
+    /// Close a retired socket once no op of it, and no cancel of its owner (`cancels`), is in
+    /// flight, so no cancel can still be looking for an op of this fd when a new socket takes
+    /// its number. The queue is released unless `keep_queue` (a request waiting for the next
+    /// upstream attempt). Returns whether it closed.
+    pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
+            return false;
+        }
+        if !keep_queue {
+            self.release_queue(io);
+        }
+        io.close(self.fd);
+        self.reset_fd(-1);
+        self.retiring = false;
+        true
+    }
+
+    fn release_queue(&mut self, io: &mut impl Sys) {
+        while let Some(c) = self.queue.pop() {
+            io.release(c);
+        }
+    }
+}
+
+/// A FIFO of chunks: the first lives in the session itself, so a session with at most one
+/// chunk waiting allocates nothing; a burst spills into a heap deque, freed when it drains.
+#[derive(Debug, Default)]
+struct Queue {
+    first: Option<Chunk>,
+    /// Boxed on purpose: 8 bytes in every session instead of a 32-byte `VecDeque`, for the
+    /// rare session that has more than one chunk waiting.
+    #[allow(clippy::box_collection)]
+    spill: Option<Box<VecDeque<Chunk>>>,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.spill.as_ref().map_or(0, |s| s.len())
+    }
+
+    fn push(&mut self, c: Chunk) {
+        if self.first.is_none() {
+            // Invariant: the spill is empty whenever `first` is.
+            self.first = Some(c);
+        } else {
+            self.spill
+                .get_or_insert_with(|| Box::new(VecDeque::with_capacity(QUEUE * 2)))
+                .push_back(c);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Chunk> {
+        let c = self.first.take()?;
+        if let Some(s) = self.spill.as_mut() {
+            self.first = s.pop_front();
+            if s.is_empty() {
+                self.spill = None;
+            }
+        }
+        Some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uring::Src;
+
+    fn c(i: u16) -> Chunk {
+        Chunk {
+            src: Src::Pool(i),
+            off: 0,
+            len: 1,
+        }
+    }
+
+    #[test]
+    fn fifo_through_inline_and_spill() {
+        let mut p = Conn::new(3);
+        let mut next_out = 0;
+        let mut next_in = 0;
+        // Interleave pushes and pops so the queue crosses the inline/spill edge many times.
+        for round in 0..50u16 {
+            for _ in 0..(round % 7) {
+                p.push(c(next_in));
+                next_in += 1;
+            }
+            for _ in 0..(round % 5) {
+                if let Some(x) = p.pop() {
+                    assert_eq!(x, c(next_out));
+                    next_out += 1;
+                }
+            }
+            assert_eq!(p.pending(), usize::from(next_in - next_out));
+        }
+        while let Some(x) = p.pop() {
+            assert_eq!(x, c(next_out));
+            next_out += 1;
+        }
+        assert_eq!(next_in, next_out);
+        assert!(p.flushed());
+        assert!(
+            p.queue.spill.is_none(),
+            "an empty queue holds no heap memory"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! The reactor: what every event loop of ringway shares — the proxy's workers, the echo
+//! backend and the load generator. The loop turn (submit, copy out a bounded batch of
+//! completions, then dispatch: TigerBeetle's `flush`), the slots with their generations, the
+//! timer wheel, and one connection's socket ([`Conn`]: recv arming, the send queue,
+//! half-close, cancel-then-close). Effects on sockets go through [`Sys`], implemented over the
+//! ring by [`RingSys`] and by a recording fake in the session simulation.
+//!
+//! This room knows sockets, buffers and completions; it knows nothing of HTTP, sessions or
+//! configuration.
+
+pub mod conn;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+pub use conn::{Conn, QUEUE, Recv, Sent, Shut};
+
+use crate::uring::slots::Slots;
+use crate::uring::timer::TimerWheel;
+use crate::uring::{Chunk, Cqe, Op, Ring, SLOT_CORE, Side, Src, UserData};
+
+/// Effects on the sockets of one slot. Implemented by [`RingSys`] over a ring, and by the
+/// session simulation's fake.
+pub trait Sys {
+    /// Coarse monotonic milliseconds (one reading per loop turn).
+    fn now_ms(&self) -> u64;
+    /// Bytes of a received pool buffer.
+    fn data(&self, bid: u16, len: u32) -> &[u8];
+    /// The bytes of a received chunk (a pool buffer, from `c.off`).
+    fn data_of(&self, c: Chunk) -> &[u8] {
+        match c.src {
+            Src::Pool(bid) => &self.data(bid, c.off + c.len)[c.off as usize..],
+            Src::Heap(_) => {
+                debug_assert!(false, "received bytes live in pool buffers");
+                &[]
+            }
+        }
+    }
+    /// Give back a buffer from `scratch` that was not sent after all.
+    fn recycle(&mut self, v: Vec<u8>);
+    /// An empty buffer to build bytes to send in (a recycled allocation when there is one).
+    fn scratch(&mut self) -> Vec<u8>;
+    /// Store bytes for sending; returns a chunk covering all of them.
+    fn put(&mut self, bytes: Vec<u8>) -> Chunk;
+    /// Give a chunk's memory back (pool buffer to the ring, heap bytes freed).
+    fn release(&mut self, c: Chunk);
+    /// The send of `c` has completed (called first thing on every send completion).
+    fn sent(&mut self, c: Chunk);
+    /// Arm a recv on `fd` that brings about `buffers` pool buffers and then ends (its last
+    /// completion without `more`): see `Ring::recv_capped`.
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32);
+    /// The buffer pool is down to its floor: only connections that are making progress may
+    /// take more.
+    fn pool_low(&self) -> bool;
+    /// Arm a one-shot poll that completes when the peer of `fd` hangs up.
+    fn watch_hangup(&mut self, fd: RawFd, side: Side);
+    /// Cancel the op `op` in flight on `side`.
+    fn cancel(&mut self, side: Side, op: Op);
+    fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
+    /// Create a socket (bound to `source` when given) and start connecting it; the errno when
+    /// the socket cannot be made or bound.
+    fn connect(&mut self, addr: SocketAddr, source: Option<std::net::IpAddr>)
+    -> Result<RawFd, i32>;
+    /// `shutdown(SHUT_WR)` on `fd`, now. A plain syscall, not an SQE: it only queues a FIN,
+    /// and io_uring always hands IORING_OP_SHUTDOWN to an io-wq thread (REQ_F_FORCE_ASYNC),
+    /// which cost a thread wake-up and ~20% of the proxy's CPU per closed WebSocket.
+    fn shutdown(&mut self, fd: RawFd);
+    /// Close an fd that has no op in flight.
+    fn close(&mut self, fd: RawFd);
+    /// Put the slot on the wait list for buffers (its recv hit ENOBUFS).
+    fn park(&mut self, side: Side);
+}
+
+/// The pool's floor, as a fraction of it (1/4): below it only connections making progress
+/// (nothing waiting toward the other side) and new heads get buffers, so stalled connections
+/// alone cannot empty the pool (`session/LIFECYCLE.md`, "Buffer budget").
+pub const POOL_FLOOR_DIV: u32 = 4;
+
+/// [`Sys`] over a ring, for one slot.
+pub struct RingSys<'a> {
+    pub ring: &'a mut Ring,
+    pub slot: u32,
+    pub generation: u32,
+    pub now_ms: u64,
+    pub parked: &'a mut VecDeque<(u32, u32, Side)>,
+    /// Heap id of the address of the slot's connect in flight.
+    pub connect_addr: &'a mut Option<u32>,
+}
+
+impl RingSys<'_> {
+    fn ud(&self, op: Op, side: Side) -> UserData {
+        UserData::new(self.slot, self.generation, op, side)
+    }
+}
+
+impl Sys for RingSys<'_> {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn data(&self, bid: u16, len: u32) -> &[u8] {
+        self.ring.pool.bytes(bid, len)
+    }
+
+    fn scratch(&mut self) -> Vec<u8> {
+        self.ring.heap.scratch()
+    }
+
+    fn recycle(&mut self, v: Vec<u8>) {
+        self.ring.heap.recycle(v);
+    }
+
+    fn put(&mut self, bytes: Vec<u8>) -> Chunk {
+        let len = bytes.len() as u32;
+        Chunk {
+            src: Src::Heap(self.ring.heap.put(bytes)),
+            off: 0,
+            len,
+        }
+    }
+
+    fn release(&mut self, c: Chunk) {
+        match c.src {
+            Src::Pool(bid) => self.ring.pool.release(bid),
+            Src::Heap(id) => self.ring.heap.free(id),
+        }
+    }
+
+    fn sent(&mut self, c: Chunk) {
+        self.ring.send_done(c);
+    }
+
+    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
+        let ud = self.ud(Op::Recv, side);
+        self.ring.recv_capped(fd, ud, buffers);
+    }
+
+    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
+        let ud = self.ud(Op::Hangup, side);
+        self.ring.poll_hangup(fd, ud);
+    }
+
+    fn pool_low(&self) -> bool {
+        self.ring.pool.free() <= self.ring.pool.count() / POOL_FLOOR_DIV
+    }
+
+    fn cancel(&mut self, side: Side, op: Op) {
+        let (target, ud) = (self.ud(op, side), self.ud(Op::Cancel, side));
+        self.ring.cancel_op(target, ud);
+    }
+
+    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
+        let ud = self.ud(Op::Send, side);
+        self.ring.send(fd, c, ud);
+    }
+
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<RawFd, i32> {
+        let fd = crate::sys::connect_socket(addr, source)?;
+        let ud = self.ud(Op::Connect, side_of_connect());
+        *self.connect_addr = Some(self.ring.connect(fd, addr, ud));
+        Ok(fd)
+    }
+
+    fn shutdown(&mut self, fd: RawFd) {
+        // An error (the peer already reset) shows up on the socket's recv.
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        let _ = nix::unistd::close(fd);
+    }
+
+    fn park(&mut self, side: Side) {
+        self.parked.push_back((self.slot, self.generation, side));
+    }
+}
+
+/// Outgoing connections are the slot's `Up` side.
+fn side_of_connect() -> Side {
+    Side::Up
+}
+
+/// What a loop owner does with the completions and timers the reactor hands it.
+pub trait Handler<T> {
+    /// A completion for a live slot (its generation matched).
+    fn on_slot(&mut self, r: &mut Reactor<T>, c: Cqe);
+    /// A completion that belongs to no slot: accepts (slot = listener index) and the ring's
+    /// own ops.
+    fn on_core(&mut self, r: &mut Reactor<T>, c: Cqe);
+    /// A timer of a live slot fired at `due`.
+    fn on_timer(&mut self, r: &mut Reactor<T>, slot: u32, generation: u32, due: u64);
+}
+
+/// Completions copied out per loop turn.
+pub const CQE_BATCH: usize = 256;
+
+/// One event loop: a ring, its slots, its timer wheel.
+pub struct Reactor<T> {
+    pub ring: Ring,
+    pub slots: Slots<T>,
+    pub wheel: TimerWheel,
+    /// Slots whose recv stopped on an empty buffer ring, re-armed as buffers return.
+    pub parked: VecDeque<(u32, u32, Side)>,
+    epoch: Instant,
+    now_ms: u64,
+    cqes: Vec<Cqe>,
+    fired: Vec<((u32, u32), u64)>,
+    /// Completions for slots that were already freed (a close that did not wait for all its
+    /// ops): a bug, asserted in debug builds and counted in release.
+    pub stale: u64,
+}
+
+impl<T> Reactor<T> {
+    /// `capacity`: slots allocated up front; `tick_ms`: the wheel's resolution.
+    pub fn new(ring: Ring, capacity: usize, tick_ms: u64, wheel_slots: usize) -> Reactor<T> {
+        Reactor {
+            ring,
+            slots: Slots::with_capacity(capacity),
+            wheel: TimerWheel::new(tick_ms, wheel_slots, 0),
+            parked: VecDeque::new(),
+            epoch: Instant::now(),
+            now_ms: 0,
+            cqes: Vec::with_capacity(CQE_BATCH),
+            fired: Vec::new(),
+            stale: 0,
+        }
+    }
+
+    /// Milliseconds since the reactor started, read once per turn.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Microseconds since the reactor started (read now).
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// When the reactor started.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// One turn: submit and wait up to `wait` (or the next tick, whichever is first), copy out
+    /// a batch of completions, dispatch them, fire due timers, top up the buffer ring.
+    pub fn turn(&mut self, h: &mut impl Handler<T>, wait: Duration) -> std::io::Result<()> {
+        let tick = self.wheel.tick_ms();
+        let next_tick = Duration::from_millis(tick - (self.now_ms % tick));
+        self.ring.submit_and_wait(wait.min(next_tick))?;
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        for &c in &cqes {
+            self.dispatch(h, c);
+        }
+        self.cqes = cqes;
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.wheel.advance(self.now_ms, &mut fired);
+        for &((slot, generation), due) in &fired {
+            if self.slots.get_mut(slot, generation).is_some() {
+                h.on_timer(self, slot, generation, due);
+            }
+        }
+        self.fired = fired;
+        self.ring.pool.grow_if_low();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, h: &mut impl Handler<T>, c: Cqe) {
+        let Some(op) = c.ud.op() else {
+            self.stale += 1;
+            return;
+        };
+        if c.ud.slot() == SLOT_CORE || op == Op::Accept {
+            return h.on_core(self, c);
+        }
+        if self.slots.get_mut(c.ud.slot(), c.ud.generation()).is_none() {
+            // A completion for a slot that has been freed and maybe reused. Release any buffer
+            // it carries; count it (it means a close did not wait for all its ops).
+            self.ring.pool.release_of(&c);
+            debug_assert!(false, "stale completion {c:?}");
+            self.stale += 1;
+            return;
+        }
+        h.on_slot(self, c);
+    }
+
+    /// Slots parked on ENOBUFS, taken while buffers last (at least `min_free` available).
+    pub fn next_unparked(&mut self, min_free: u32) -> Option<(u32, u32, Side)> {
+        while self.ring.pool.available() >= min_free {
+            let (slot, generation, side) = self.parked.pop_front()?;
+            if self.slots.get_mut(slot, generation).is_some() {
+                return Some((slot, generation, side));
+            }
+        }
+        None
+    }
+}

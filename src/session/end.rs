@@ -1,0 +1,167 @@
+//! How a request or a session ended, and the access-log line that says so.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::sys::errno_name;
+use crate::uring::Side;
+
+/// Why a request or session ended (the access log's last field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Response complete (HTTP) or both sides closed (tunnel).
+    Done,
+    /// The client closed or reset.
+    ClientClosed,
+    /// The upstream closed (tunnel) or closed before the response was complete.
+    UpstreamClosed,
+    /// Socket error, with errno.
+    ClientError(i32),
+    UpstreamError(i32),
+    /// Not HTTP, or broken framing: 400.
+    BadRequest(&'static str),
+    /// Head (or one header line) over the limit: 431.
+    HeadTooLarge,
+    /// Request line over the limit: 414.
+    UriTooLong,
+    /// The request body stopped arriving for body_timeout: 408.
+    BodyTimeout,
+    /// An idle keep-alive connection reached keepalive_timeout (not logged, as in nginx).
+    KeepaliveTimeout,
+    /// No location matched: 404.
+    NoRoute,
+    /// Every server refused or timed out: 502.
+    NoUpstream,
+    /// The upstream's response could not be used: 502.
+    BadResponse(&'static str),
+    /// The upstream said nothing within read_timeout: 504.
+    UpstreamTimeout,
+    /// The client did not finish its head within header_timeout.
+    HeaderTimeout,
+    /// No bytes either way within read_timeout.
+    IdleTimeout,
+    /// A send made no progress within send_timeout.
+    SendTimeout,
+    /// The worker is stopping.
+    Shutdown,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Done => write!(f, "done"),
+            End::ClientClosed => write!(f, "client-closed"),
+            End::UpstreamClosed => write!(f, "upstream-closed"),
+            End::ClientError(e) => write!(f, "client-error:{}", errno_name(*e)),
+            End::UpstreamError(e) => write!(f, "upstream-error:{}", errno_name(*e)),
+            End::BadRequest(why) => write!(f, "bad-request:{}", why.replace(' ', "-")),
+            End::HeadTooLarge => write!(f, "head-too-large"),
+            End::UriTooLong => write!(f, "uri-too-long"),
+            End::BodyTimeout => write!(f, "body-timeout"),
+            End::KeepaliveTimeout => write!(f, "keepalive-timeout"),
+            End::NoRoute => write!(f, "no-route"),
+            End::NoUpstream => write!(f, "no-upstream"),
+            End::BadResponse(why) => write!(f, "bad-response:{}", why.replace(' ', "-")),
+            End::UpstreamTimeout => write!(f, "upstream-timeout"),
+            End::HeaderTimeout => write!(f, "header-timeout"),
+            End::IdleTimeout => write!(f, "idle-timeout"),
+            End::SendTimeout => write!(f, "send-timeout"),
+            End::Shutdown => write!(f, "shutdown"),
+        }
+    }
+}
+
+/// One access-log line.
+#[derive(Debug)]
+pub struct AccessLog<'a> {
+    pub client: SocketAddr,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub upstream: Option<SocketAddr>,
+    pub status: u16,
+    pub duration_ms: u64,
+    /// Bytes from the client.
+    pub bytes_in: u64,
+    /// Bytes from the upstream.
+    pub bytes_out: u64,
+    pub end: End,
+    pub tunnel: bool,
+}
+
+impl End {
+    /// Which side's socket ended it, when a socket did.
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            End::ClientClosed | End::ClientError(_) => Some(Side::Down),
+            End::UpstreamClosed | End::UpstreamError(_) => Some(Side::Up),
+            _ => None,
+        }
+    }
+
+    /// The socket's errno, when one ended it.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            End::ClientError(e) | End::UpstreamError(e) => Some(*e),
+            _ => None,
+        }
+    }
+
+    /// Whether the request may be tried again on another server (nothing of it reached a
+    /// backend that answered): today a connect that failed or timed out, which the session
+    /// retries itself; the upstream issue's `next_upstream` widens this.
+    pub fn retry_allowed(&self) -> bool {
+        matches!(self, End::NoUpstream)
+    }
+
+    /// A short name per kind, without the errno or reason (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            End::Done => "done",
+            End::ClientClosed => "client-closed",
+            End::UpstreamClosed => "upstream-closed",
+            End::ClientError(_) => "client-error",
+            End::UpstreamError(_) => "upstream-error",
+            End::BadRequest(_) => "bad-request",
+            End::HeadTooLarge => "head-too-large",
+            End::UriTooLong => "uri-too-long",
+            End::BodyTimeout => "body-timeout",
+            End::KeepaliveTimeout => "keepalive-timeout",
+            End::NoRoute => "no-route",
+            End::NoUpstream => "no-upstream",
+            End::BadResponse(_) => "bad-response",
+            End::UpstreamTimeout => "upstream-timeout",
+            End::HeaderTimeout => "header-timeout",
+            End::IdleTimeout => "idle-timeout",
+            End::SendTimeout => "send-timeout",
+            End::Shutdown => "shutdown",
+        }
+    }
+
+    /// Every kind, in the order of [`End::index`] (for per-kind counters).
+    pub const KINDS: usize = 18;
+
+    /// A dense index per kind, below [`End::KINDS`].
+    pub fn index(&self) -> usize {
+        match self {
+            End::Done => 0,
+            End::ClientClosed => 1,
+            End::UpstreamClosed => 2,
+            End::ClientError(_) => 3,
+            End::UpstreamError(_) => 4,
+            End::BadRequest(_) => 5,
+            End::HeadTooLarge => 6,
+            End::UriTooLong => 7,
+            End::BodyTimeout => 8,
+            End::KeepaliveTimeout => 9,
+            End::NoRoute => 10,
+            End::NoUpstream => 11,
+            End::BadResponse(_) => 12,
+            End::UpstreamTimeout => 13,
+            End::HeaderTimeout => 14,
+            End::IdleTimeout => 15,
+            End::SendTimeout => 16,
+            End::Shutdown => 17,
+        }
+    }
+}

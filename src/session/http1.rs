@@ -1,0 +1,484 @@
+//! The HTTP/1 protocol of a session: request heads (parsed, routed, rewritten), bodies,
+//! response heads, keep-alive, the upgrade to a tunnel, and the access log. It sees plaintext
+//! chunks from the transports and hands plaintext chunks back; it returns a [`Next`] instead
+//! of acting on errors itself.
+
+use std::net::SocketAddr;
+
+use super::phase::{Connect, Downward, Exchange, NO_PEER, Phase, Req, Upward, ms32};
+use super::{AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, RESPONSE_HEAD_MAX};
+use super::{Linger, Session};
+use crate::http::{self, BodyTracker, ClientConnection, HeadError};
+use crate::upstream::Tried;
+use crate::uring::{Chunk, Side};
+
+impl Session {
+    /// Plaintext from the client.
+    pub(super) fn on_client_bytes(
+        &mut self,
+        c: Chunk,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) -> Next {
+        let now = io.now_ms();
+        match &mut self.phase {
+            Phase::Request { head } => {
+                if head.is_empty() && self.served > 0 {
+                    // The next request on a kept-alive connection: its header clock starts
+                    // with its first byte, as in nginx.
+                    self.phase_ms = now;
+                }
+                head.extend_from_slice(io.data_of(c));
+                io.release(c);
+                self.try_request(io, env)
+            }
+            Phase::Connecting(x) | Phase::Proxy(x) => match &mut x.upward {
+                Upward::Body(t) => match t.feed(io.data_of(c)) {
+                    Ok(n) => {
+                        if t.done() {
+                            x.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
+                        }
+                        self.forward_prefix(Side::Down, c, n, io);
+                        Next::Continue
+                    }
+                    Err(e) => {
+                        io.release(c);
+                        Next::Respond(400, End::BadRequest(e.0))
+                    }
+                },
+                Upward::Hold(stash) => {
+                    // Never dropped: `want_recv` stops reading at the bound, so at most what
+                    // the recv already armed may bring (QUEUE buffers) lands past it.
+                    stash.extend_from_slice(io.data_of(c));
+                    io.release(c);
+                    Next::Continue
+                }
+            },
+            Phase::Tunnel(_) => {
+                self.forward(Side::Down, c, io);
+                Next::Continue
+            }
+            // Our answer is going out: what the client still sends is dropped.
+            Phase::Respond { .. } | Phase::Closing(_) => {
+                io.release(c);
+                Next::Continue
+            }
+        }
+    }
+
+    /// Plaintext from the upstream.
+    pub(super) fn on_upstream_bytes(
+        &mut self,
+        c: Chunk,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) -> Next {
+        match &mut self.phase {
+            Phase::Proxy(x) => match &mut x.downward {
+                Downward::Head(v) => {
+                    v.extend_from_slice(io.data_of(c));
+                    io.release(c);
+                    self.try_response(io, env)
+                }
+                Downward::Body(t) => match t.feed(io.data_of(c)) {
+                    Ok(n) => {
+                        let done = t.done();
+                        self.forward_prefix(Side::Up, c, n, io);
+                        if done {
+                            return self.response_done(io, env);
+                        }
+                        Next::Continue
+                    }
+                    Err(e) => {
+                        io.release(c);
+                        Next::Close(End::BadResponse(e.0))
+                    }
+                },
+                Downward::Connect(_) => {
+                    io.release(c);
+                    Next::Continue
+                }
+            },
+            Phase::Tunnel(_) => {
+                self.forward(Side::Up, c, io);
+                Next::Continue
+            }
+            _ => {
+                io.release(c);
+                Next::Continue
+            }
+        }
+    }
+
+    // ---- request ---------------------------------------------------------------------------
+
+    pub(super) fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let Phase::Request { head: buf } = &self.phase else {
+            return Next::Continue;
+        };
+        let req = match http::parse_request(buf, &self.listen.limits()) {
+            Ok(None) => return Next::Continue,
+            Ok(Some(r)) => r,
+            Err(HeadError::TooLarge) => return Next::Respond(431, End::HeadTooLarge),
+            Err(HeadError::UriTooLong) => return Next::Respond(414, End::UriTooLong),
+            Err(HeadError::Invalid(why)) => return Next::Respond(400, End::BadRequest(why)),
+        };
+        let Phase::Request { head: buf } = std::mem::replace(&mut self.phase, Phase::Closing(None))
+        else {
+            unreachable!()
+        };
+        let now = io.now_ms();
+        let cfg = env.cfg;
+        // Locations match the normalised path; the request goes up as the client sent it.
+        let norm = http::normalize_path(&req.path);
+        let route = norm.as_ref().ok().and_then(|path| {
+            cfg.find_server(usize::from(self.listen.index), req.host_name())
+                .and_then(|s| {
+                    cfg.find_location(s, path.as_bytes())
+                        .map(|l| &cfg.servers[s].locations[l])
+                })
+        });
+        // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
+        // any other Upgrade is dropped and the request proxied as plain HTTP.
+        let upgrade = match (&req.upgrade, route) {
+            (Some(v), Some(l))
+                if req.version_minor == 1 && http::upgrade_allowed(v, &l.upgrade) =>
+            {
+                v.as_str()
+            }
+            _ => "",
+        };
+        let host = req.host.as_deref().unwrap_or("-");
+        let r = Box::new(Req {
+            text: format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into(),
+            upgrade: !upgrade.is_empty(),
+            keep_alive: req.keep_alive,
+            is_head: req.is_head(),
+            upstream: route.map_or(0, |l| l.upstream as u16),
+            peer: NO_PEER,
+            tried: Tried::new(route.map_or(0, |l| cfg.upstreams[l.upstream].peers.len())),
+            connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
+            read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
+            send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
+            body_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
+            status: 0,
+            interim: 0,
+            interim_bytes: 0,
+            responded: false,
+            logged: false,
+            tunnel: false,
+            started_ms: self.phase_ms,
+            bytes_in: buf.len() as u64,
+            bytes_out: 0,
+        });
+        if let Err(HeadError::Invalid(why)) = norm {
+            self.answer(r, 400, End::BadRequest(why), io);
+            return Next::Continue;
+        }
+        let Some(loc) = route else {
+            self.answer(r, 404, End::NoRoute, io);
+            return Next::Continue;
+        };
+        let mut out = io.scratch();
+        out.reserve(req.head_len + 256);
+        let fwd = http::Forwarded {
+            upgrade: r.upgrade,
+            client_ip: self.client.ip(),
+            proto: if self.listen.tls { "https" } else { "http" },
+            default_host: &cfg.upstreams[loc.upstream].name,
+        };
+        if let Err(HeadError::Invalid(why)) =
+            http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+        {
+            self.answer(r, 400, End::BadRequest(why), io);
+            return Next::Continue;
+        }
+        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
+        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
+        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
+        let extra = &buf[req.head_len..];
+        let mut t = BodyTracker::new(req.body);
+        let upward = match t.feed(extra) {
+            Ok(n) => {
+                out.extend_from_slice(&extra[..n]);
+                if t.done() {
+                    Upward::Hold(extra[n..].to_vec())
+                } else {
+                    Upward::Body(t)
+                }
+            }
+            Err(e) => {
+                self.answer(r, 400, End::BadRequest(e.0), io);
+                return Next::Continue;
+            }
+        };
+        self.phase = Phase::Connecting(Exchange {
+            req: r,
+            upward,
+            downward: Downward::Connect(Connect::default()),
+        });
+        let head = io.put(out);
+        // The head goes first: nothing can be queued toward an upstream not yet chosen.
+        debug_assert!(self.up.flushed());
+        self.up.push(head);
+        self.phase_ms = now;
+        self.connect_next(io, env)
+    }
+
+    /// Pick the next server not yet tried and start connecting; 502 when none is left.
+    pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let Phase::Connecting(x) = &mut self.phase else {
+            return Next::Continue;
+        };
+        if self.up.fd >= 0 {
+            // The previous request's upstream socket is still closing.
+            if let Some(c) = x.connect() {
+                c.waiting = true;
+            }
+            return Next::Continue;
+        }
+        if let Some(c) = x.connect() {
+            c.waiting = false;
+        }
+        let r = &mut x.req;
+        let ui = usize::from(r.upstream);
+        let u = &env.cfg.upstreams[ui];
+        loop {
+            let Some(i) = env.rr[ui].pick(u, &r.tried) else {
+                return Next::Respond(502, End::NoUpstream);
+            };
+            r.tried.mark(i);
+            r.peer = i as u16;
+            let source = env.rr[ui].next_source(u);
+            match io.connect(u.peers[i].addr, source) {
+                Ok(fd) => {
+                    self.up.reset_fd(fd);
+                    self.up.ops = 1;
+                    self.phase_ms = io.now_ms();
+                    return Next::Continue;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, crate::sys::errno_name(e));
+                }
+            }
+        }
+    }
+
+    pub(super) fn peer_addr(&self, env: &Env<'_>) -> Option<SocketAddr> {
+        let r = self.phase.req()?;
+        Some(
+            env.cfg
+                .upstreams
+                .get(usize::from(r.upstream))?
+                .peers
+                .get(usize::from(r.peer))?
+                .addr,
+        )
+    }
+
+    // ---- response --------------------------------------------------------------------------
+
+    fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        loop {
+            let Phase::Proxy(x) = &mut self.phase else {
+                return Next::Continue;
+            };
+            let Downward::Head(buf) = &mut x.downward else {
+                return Next::Continue;
+            };
+            let r = &mut x.req;
+            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
+                Ok(None) => return Next::Continue,
+                Ok(Some(resp)) => resp,
+                Err(HeadError::TooLarge | HeadError::UriTooLong) => {
+                    return Next::Respond(502, End::BadResponse("response head too large"));
+                }
+                Err(HeadError::Invalid(why)) => return Next::Respond(502, End::BadResponse(why)),
+            };
+            if (100..200).contains(&resp.status) && resp.status != 101 {
+                // 100 Continue and friends: pass on as they are, then read the real head;
+                // bounded in number and bytes per request.
+                r.interim += 1;
+                let head_len = u16::try_from(resp.head_len).unwrap_or(u16::MAX);
+                r.interim_bytes = r.interim_bytes.saturating_add(head_len);
+                if r.interim > INTERIM_MAX || u32::from(r.interim_bytes) > INTERIM_BYTES_MAX {
+                    return Next::Respond(502, End::BadResponse("too many interim responses"));
+                }
+                r.responded = true;
+                let info: Vec<u8> = buf.drain(..resp.head_len).collect();
+                let c = io.put(info);
+                self.send_to(Side::Down, c, io);
+                continue;
+            }
+            let buf = std::mem::take(buf);
+            r.status = resp.status;
+            let mut out = io.scratch();
+            out.reserve(resp.head_len + 64);
+            if resp.status == 101 {
+                if !r.upgrade {
+                    return Next::Respond(
+                        502,
+                        End::BadResponse("101 to a request that did not ask to upgrade"),
+                    );
+                }
+                if !resp
+                    .upgrade
+                    .as_deref()
+                    .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
+                {
+                    return Next::Respond(
+                        502,
+                        End::BadResponse("101 without the protocol the client asked for"),
+                    );
+                }
+                if !matches!(x.upward, Upward::Hold(_)) {
+                    return Next::Respond(
+                        502,
+                        End::BadResponse("101 before the request body was complete"),
+                    );
+                }
+                let _ = http::rewrite_response(
+                    &buf[..resp.head_len],
+                    ClientConnection::Upgrade,
+                    false,
+                    &mut out,
+                );
+                out.extend_from_slice(&buf[resp.head_len..]);
+                r.tunnel = true;
+                r.responded = true;
+                let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None))
+                else {
+                    unreachable!()
+                };
+                let Upward::Hold(held) = x.upward else {
+                    unreachable!()
+                };
+                self.phase = Phase::Tunnel(x.req);
+                let c = io.put(out);
+                self.send_to(Side::Down, c, io);
+                // What the client sent after its request is the start of the tunnel.
+                if !held.is_empty() {
+                    let c = io.put(held);
+                    self.send_to(Side::Up, c, io);
+                }
+                return Next::Continue;
+            }
+            let mut t = BodyTracker::new(resp.body);
+            let keep = r.keep_alive
+                && !t.until_close()
+                && !self.down.eof
+                && !env.draining
+                && self.listen.keepalive_timeout_ms > 0
+                && self.served.saturating_add(1) < self.listen.keepalive_requests;
+            r.keep_alive = keep;
+            let conn = if keep {
+                ClientConnection::KeepAlive
+            } else {
+                ClientConnection::Close
+            };
+            let _ = http::rewrite_response(&buf[..resp.head_len], conn, resp.drop_length, &mut out);
+            let rest = &buf[resp.head_len..];
+            match t.feed(rest) {
+                Ok(n) => out.extend_from_slice(&rest[..n]),
+                Err(e) => {
+                    io.recycle(out);
+                    return Next::Close(End::BadResponse(e.0));
+                }
+            }
+            let done = t.done();
+            x.downward = Downward::Body(t);
+            r.responded = true;
+            let c = io.put(out);
+            self.send_to(Side::Down, c, io);
+            if done {
+                return self.response_done(io, env);
+            }
+            return Next::Continue;
+        }
+    }
+
+    /// The response body is complete (or the upstream closed a close-delimited one).
+    fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        self.log_request(End::Done, io, env);
+        self.retire(Side::Up, io);
+        let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
+            unreachable!("a response completes while proxying")
+        };
+        // Reuse the client connection only when the request went up whole (the upstream may
+        // answer before it has read the body) and nothing else is pending.
+        let keep = x.req.keep_alive
+            && matches!(x.upward, Upward::Hold(_))
+            && self.up.flushed()
+            && !self.down.eof
+            && !env.draining;
+        let stash = match x.upward {
+            Upward::Hold(stash) if keep => stash,
+            _ => {
+                self.phase = Phase::Respond {
+                    req: x.req,
+                    linger: Linger::No,
+                };
+                self.end.get_or_insert(End::Done);
+                return Next::Continue;
+            }
+        };
+        self.served = self.served.saturating_add(1);
+        self.phase = Phase::Request { head: stash };
+        self.phase_ms = io.now_ms();
+        self.try_request(io, env)
+    }
+
+    /// The upstream closed (outside a tunnel).
+    pub(super) fn upstream_eof(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let Phase::Proxy(x) = &mut self.phase else {
+            return Next::Continue;
+        };
+        match &x.downward {
+            Downward::Body(t) if t.until_close() => {
+                x.req.keep_alive = false;
+                self.response_done(io, env)
+            }
+            Downward::Head(v) => {
+                let why = if v.is_empty() {
+                    "upstream closed without a response"
+                } else {
+                    "upstream closed inside the response head"
+                };
+                Next::Respond(502, End::BadResponse(why))
+            }
+            Downward::Body(_) => Next::Close(End::UpstreamClosed),
+            Downward::Connect(_) => Next::Continue,
+        }
+    }
+
+    /// Log the request in progress (once).
+    fn log_request(&mut self, end: End, io: &mut impl Io, env: &Env<'_>) {
+        let now = io.now_ms();
+        if let Some(line) = self.access_log(end, now, env) {
+            io.log(&line);
+        }
+        if let Some(r) = self.phase.req_mut() {
+            r.logged = true;
+        }
+    }
+
+    /// The access-log line of the request this session still owes one for, if any: the
+    /// worker writes it at the end of the session; kept-alive requests are logged as each
+    /// response completes.
+    pub fn access_log(&self, end: End, now_ms: u64, env: &Env<'_>) -> Option<AccessLog<'_>> {
+        let r = self.phase.req().filter(|r| !r.logged)?;
+        Some(AccessLog {
+            client: self.client,
+            method: r.method(),
+            host: r.host(),
+            path: r.path(),
+            upstream: self.peer_addr(env),
+            status: r.status,
+            duration_ms: now_ms.saturating_sub(r.started_ms),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            end,
+            tunnel: r.tunnel,
+        })
+    }
+}

@@ -1,0 +1,226 @@
+//! The phases of a session, each owning the data that exists only while it lasts, and the
+//! per-request record. A phase changes by replacing the whole value (`mem::replace`), so no
+//! data of a phase can outlive it or be read in another.
+
+use std::time::Duration;
+
+use crate::http::BodyTracker;
+use crate::upstream::Tried;
+
+/// Where a session stands, with what that phase owns.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Reading (and parsing) a request head: the bytes of it so far (on a kept-alive
+    /// connection, starting with what the client pipelined after the previous request).
+    Request { head: Vec<u8> },
+    /// Connecting to an upstream server (or waiting for the previous socket to close).
+    Connecting(Exchange),
+    /// Connected: the request going up, the response head or body coming down.
+    Proxy(Exchange),
+    /// A 101 turned the request into a tunnel: bytes flow both ways untouched.
+    Tunnel(Box<Req>),
+    /// Sending our own answer (an error page, or the end of a response that does not keep
+    /// the connection), then closing, after a lingering close when `linger` says so.
+    Respond { req: Box<Req>, linger: Linger },
+    /// Cancelling ops and closing sockets; the request to log when the session ends, if any.
+    Closing(Option<Box<Req>>),
+}
+
+/// A request on its way: from the parsed head to the end of the response.
+#[derive(Debug)]
+pub(super) struct Exchange {
+    pub req: Box<Req>,
+    /// What bytes from the client are now.
+    pub upward: Upward,
+    /// What bytes from the upstream are now.
+    pub downward: Downward,
+}
+
+/// Bytes from the client during an exchange.
+#[derive(Debug)]
+pub(super) enum Upward {
+    /// The request body, counted off.
+    Body(BodyTracker),
+    /// After the body: the next request's bytes (or, for an upgrade, the first tunnel bytes),
+    /// kept until the response says which they are.
+    Hold(Vec<u8>),
+}
+
+/// Bytes from the upstream during an exchange.
+#[derive(Debug)]
+pub(super) enum Downward {
+    /// Nothing expected yet: connecting.
+    Connect(Connect),
+    Head(Vec<u8>),
+    Body(BodyTracker),
+}
+
+/// Where a connect attempt stands.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Connect {
+    /// The attempt timed out; its cancel is on its way.
+    pub timed_out: bool,
+    /// Waiting for the previous upstream socket to finish closing.
+    pub waiting: bool,
+}
+
+impl Exchange {
+    /// The connect attempt, while there is one.
+    pub fn connect(&mut self) -> Option<&mut Connect> {
+        match &mut self.downward {
+            Downward::Connect(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn connect_timed_out(&self) -> bool {
+        matches!(self.downward, Downward::Connect(c) if c.timed_out)
+    }
+
+    pub fn connect_waiting(&self) -> bool {
+        matches!(self.downward, Downward::Connect(c) if c.waiting)
+    }
+}
+
+/// The lingering close after an error answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Linger {
+    No,
+    /// Linger once the answer is flushed.
+    AfterFlush,
+    /// Write side shut since `phase_ms`; discarding what the client sends until it closes or
+    /// the time is up.
+    On,
+}
+
+/// Per-request state, boxed so an idle session stays small.
+#[derive(Debug)]
+pub(super) struct Req {
+    /// `METHOD\nHOST\nPATH\nUPGRADE` in one allocation (none of them can contain a newline:
+    /// httparse refuses one in a request line or a header value);
+    /// UPGRADE is the protocol list the client asked for, empty when this is not an upgrade.
+    pub text: Box<str>,
+    /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1).
+    pub upgrade: bool,
+    pub keep_alive: bool,
+    pub is_head: bool,
+    pub upstream: u16,
+    /// Index of the server in use; `NO_PEER` before one is chosen (a sentinel, not an
+    /// Option: two bytes less in a struct that lives as long as a tunnel).
+    pub peer: u16,
+    pub tried: Tried,
+    pub connect_ms: u32,
+    pub read_ms: u32,
+    pub send_ms: u32,
+    pub body_ms: u32,
+    pub status: u16,
+    /// Interim (1xx) responses passed on, and their bytes.
+    pub interim: u8,
+    pub interim_bytes: u16,
+    /// Response bytes have been queued to the client.
+    pub responded: bool,
+    pub logged: bool,
+    /// A 101 turned this request into a tunnel.
+    pub tunnel: bool,
+    pub started_ms: u64,
+    /// Bytes from the client for this request (head included).
+    pub bytes_in: u64,
+    /// Bytes from the upstream for this request.
+    pub bytes_out: u64,
+}
+
+/// `Req::peer` before a server is chosen.
+pub(super) const NO_PEER: u16 = u16::MAX;
+
+/// Milliseconds of a configured duration, as stored per request (capped at ~49 days).
+pub(super) fn ms32(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+impl Req {
+    fn part(&self, i: usize) -> &str {
+        self.text.split('\n').nth(i).unwrap_or("-")
+    }
+
+    pub fn method(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn host(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn path(&self) -> &str {
+        self.part(2)
+    }
+
+    /// The protocols the client asked to upgrade to ("" when not an upgrade).
+    pub fn upgrade_proto(&self) -> &str {
+        self.text.split('\n').nth(3).unwrap_or("")
+    }
+
+    /// A request whose head could not be parsed (logged with `-` fields).
+    pub fn unparsed(started_ms: u64, bytes_in: u64) -> Box<Req> {
+        Box::new(Req {
+            text: "-\n-\n-\n".into(),
+            upgrade: false,
+            keep_alive: false,
+            is_head: false,
+            upstream: u16::MAX,
+            peer: NO_PEER,
+            tried: Tried::default(),
+            connect_ms: 0,
+            read_ms: 0,
+            send_ms: 0,
+            body_ms: 0,
+            status: 0,
+            interim: 0,
+            interim_bytes: 0,
+            responded: false,
+            logged: false,
+            tunnel: false,
+            started_ms,
+            bytes_in,
+            bytes_out: 0,
+        })
+    }
+}
+
+impl Phase {
+    /// The request this phase carries, if any.
+    pub fn req(&self) -> Option<&Req> {
+        match self {
+            Phase::Request { .. } => None,
+            Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
+            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Closing(r) => r.as_deref(),
+        }
+    }
+
+    pub fn req_mut(&mut self) -> Option<&mut Req> {
+        match self {
+            Phase::Request { .. } => None,
+            Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
+            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Closing(r) => r.as_deref_mut(),
+        }
+    }
+
+    /// Take the request out, leaving the phase as `Closing(None)`.
+    pub fn take_req(&mut self) -> Option<Box<Req>> {
+        match std::mem::replace(self, Phase::Closing(None)) {
+            Phase::Request { .. } => None,
+            Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
+            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Closing(r) => r,
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self, Phase::Closing(_))
+    }
+
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self, Phase::Tunnel(_))
+    }
+}
