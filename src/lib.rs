@@ -7,6 +7,8 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod live;
+pub mod metrics;
 pub mod reactor;
 pub mod runtime;
 pub mod session;

@@ -7,7 +7,9 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::worker::{Stop, Worker, WorkerSpec, WorkerStats};
+use crate::live::{Inbox, Live, Msg};
+use crate::metrics::WorkerMetrics;
+use crate::worker::{Worker, WorkerSpec};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
 
@@ -89,22 +91,25 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
     let signals = crate::sys::block_signals();
-    let stop = Arc::new(Stop::default());
+    let live = Live::new(cfg.clone());
     let cpus = crate::config::available_cpus();
     let mut handles = Vec::new();
-    let mut all_stats = Vec::new();
+    let mut all_metrics = Vec::new();
+    let mut inboxes = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     for id in 0..workers {
-        let stats = Arc::new(WorkerStats::default());
-        all_stats.push(stats.clone());
+        let metrics = Arc::new(WorkerMetrics::default());
+        all_metrics.push(metrics.clone());
+        let inbox = Inbox::new().context("creating a worker's inbox (eventfd)")?;
+        inboxes.push(inbox.clone());
         let spec = WorkerSpec {
             id,
-            cfg: cfg.clone(),
+            live: live.clone(),
+            inbox,
             max_sessions: per_worker,
             backlog: tuning::LISTEN_BACKLOG as i32,
             cpu: if workers <= cpus { Some(id) } else { None },
-            stop: stop.clone(),
-            stats,
+            metrics,
         };
         let sockets = Worker::listen(&cfg, spec.backlog)?;
         let ready = ready_tx.clone();
@@ -127,14 +132,14 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     drop(ready_tx);
     for r in ready_rx.iter().take(workers) {
         if let Err(e) = r {
-            stop.now();
+            inboxes.iter().for_each(|i| i.send(Msg::CloseNow));
             return Err(e);
         }
     }
     let stopping = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.admin {
         let state = crate::admin::AdminState {
-            workers: all_stats.clone(),
+            workers: all_metrics.clone(),
             stopping: stopping.clone(),
             started: std::time::Instant::now(),
             max_sessions: u64::from(max_connections),
@@ -152,7 +157,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Signals go to a thread of their own, so a second SIGTERM still lands while the workers
     // drain (the main thread is joining them).
     let grace = cfg.runtime.shutdown_grace;
-    let sig_stop = stop.clone();
+    let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {
@@ -161,23 +166,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                     Ok(Signal::SIGHUP) => tracing::warn!(
                         "SIGHUP: configuration reload is not available in this version; ignoring"
                     ),
-                    Ok(sig) if !sig_stop.draining() => {
+                    Ok(sig) if !stopping.load(Ordering::Relaxed) => {
                         tracing::info!(
                             "{sig}: draining: not accepting; /healthz answers 503; sessions have up to \
                              shutdown_grace = {} to end, then are closed ({sig} again closes them now)",
                             crate::config::fmt_duration(grace)
                         );
                         stopping.store(true, Ordering::Relaxed);
-                        sig_stop.drain();
+                        tell(Msg::Drain);
                     }
                     Ok(sig) => {
                         tracing::info!("{sig} again: closing every session now");
-                        sig_stop.now();
+                        tell(Msg::CloseNow);
                     }
                     Err(e) => {
                         tracing::error!("waiting for signals: {e}; stopping");
                         stopping.store(true, Ordering::Relaxed);
-                        sig_stop.now();
+                        tell(Msg::CloseNow);
                         return;
                     }
                 }
@@ -190,7 +195,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("a worker thread panicked"),
         }
     }
-    let accepted: u64 = all_stats
+    let accepted: u64 = all_metrics
         .iter()
         .map(|s| s.accepted.load(Ordering::Relaxed))
         .sum();

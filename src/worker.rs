@@ -5,76 +5,46 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
 use crate::config::Config;
+use crate::live::{Inbox, Live, Msg};
+use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Reactor, RingSys, Sys};
 use crate::session::{AccessLog, End, Env, Io, Listen, Next, Session};
-use crate::upstream::RoundRobin;
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side};
+use crate::upstream::Balancers;
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side};
 
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
 
-/// Counters a worker publishes (read by the main thread; relaxed atomics, written by one thread).
-#[derive(Default, Debug)]
-pub struct WorkerStats {
-    pub accepted: AtomicU64,
-    pub active: AtomicU64,
-    pub rejected: AtomicU64,
-    pub stale_cqes: AtomicU64,
-}
-
 struct Slot {
     session: Session,
     /// Heap id of the address of the connect in flight, if any.
     connect_addr: Option<u32>,
+    /// The time this session is scheduled at in the timer wheel (0: not scheduled).
+    timer_at: u64,
+    /// When it was accepted (ms on the reactor's clock).
+    accepted_ms: u64,
 }
 
-/// How far shutdown has gone, set by the main thread, read by every worker each loop turn.
-#[derive(Default, Debug)]
-pub struct Stop(AtomicU8);
-
-impl Stop {
-    const RUN: u8 = 0;
-    const DRAIN: u8 = 1;
-    const NOW: u8 = 2;
-
-    /// Stop accepting; let sessions finish for up to `runtime.shutdown_grace`.
-    pub fn drain(&self) {
-        let _ =
-            self.0
-                .compare_exchange(Self::RUN, Self::DRAIN, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Close every session now.
-    pub fn now(&self) {
-        self.0.store(Self::NOW, Ordering::Relaxed);
-    }
-
-    pub fn draining(&self) -> bool {
-        self.0.load(Ordering::Relaxed) >= Self::DRAIN
-    }
-
-    pub fn closing(&self) -> bool {
-        self.0.load(Ordering::Relaxed) >= Self::NOW
-    }
-}
-
-/// Per-process settings every worker shares.
+/// What a worker is started with.
 pub struct WorkerSpec {
     pub id: usize,
-    pub cfg: Arc<Config>,
+    /// The configuration in force, shared with the main thread.
+    pub live: Arc<Live>,
+    /// Where the main thread's messages arrive.
+    pub inbox: Arc<Inbox>,
     pub max_sessions: usize,
     pub backlog: i32,
     /// Pin the thread to this CPU.
     pub cpu: Option<usize>,
-    pub stop: Arc<Stop>,
-    pub stats: Arc<WorkerStats>,
+    /// What this worker publishes (read by the admin endpoint).
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 pub struct Worker {
@@ -85,12 +55,16 @@ pub struct Worker {
 /// Everything of a worker but its reactor (so the reactor can hand it completions).
 struct Core {
     spec: WorkerSpec,
-    rr: Vec<RoundRobin>,
+    /// The configuration new sessions are accepted under.
+    cfg: Arc<Config>,
+    balancers: Balancers,
     listeners: Vec<(Socket, Listen)>,
     accept_paused: bool,
     /// When shutdown began (the main thread said drain): from then on no keep-alive and no
     /// new sessions.
     drain_began: Option<Instant>,
+    /// The main thread said close everything now.
+    close_now: bool,
 }
 
 fn pin(cpu: usize) {
@@ -118,7 +92,7 @@ impl Worker {
     /// creates the ring is the only one allowed to submit to it.
     pub fn new(spec: WorkerSpec, sockets: Vec<Socket>) -> anyhow::Result<Worker> {
         use anyhow::Context;
-        let cfg = spec.cfg.clone();
+        let cfg = spec.live.config();
         let ring = Ring::new(RingConfig {
             sq_entries: 1024,
             buffers: cfg.runtime.buffers,
@@ -134,14 +108,15 @@ impl Worker {
                 .expect("every listener belongs to a server");
             listeners.push((sock, Listen::of(i, server)));
         }
-        let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
         Ok(Worker {
             reactor: Reactor::new(ring, spec.max_sessions.min(1 << 16), TICK_MS, WHEEL_SLOTS),
             core: Core {
-                rr,
+                balancers: Balancers::new(&cfg),
+                cfg,
                 listeners,
                 accept_paused: false,
                 drain_began: None,
+                close_now: false,
                 spec,
             },
         })
@@ -156,15 +131,13 @@ impl Worker {
             pin(cpu);
         }
         core.arm_accepts(r);
-        let grace = core.spec.cfg.runtime.shutdown_grace;
+        core.arm_inbox(r);
         let mut close_began: Option<Instant> = None;
         loop {
-            if core.drain_began.is_none() && core.spec.stop.draining() {
-                core.begin_drain(r);
-            }
+            let grace = core.cfg.runtime.shutdown_grace;
             if close_began.is_none()
                 && let Some(t) = core.drain_began
-                && (core.spec.stop.closing() || t.elapsed() >= grace)
+                && (core.close_now || t.elapsed() >= grace)
             {
                 close_began = Some(Instant::now());
                 for k in r.slots.keys() {
@@ -178,7 +151,10 @@ impl Worker {
                 return Ok(());
             }
             r.turn(core, Duration::from_millis(TICK_MS))?;
-            core.spec.stats.stale_cqes.store(r.stale, Ordering::Relaxed);
+            core.spec
+                .metrics
+                .stale_cqes
+                .store(r.stale, Ordering::Relaxed);
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
             while let Some((slot, _, side)) = r.next_unparked(8) {
                 core.with_session(r, slot, |s, io, env| s.unpark(side, io, env));
@@ -195,6 +171,36 @@ impl Worker {
 }
 
 impl Core {
+    fn arm_inbox(&mut self, r: &mut Reactor<Slot>) {
+        let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Inbox, Side::Down);
+        r.ring.poll_in(self.spec.inbox.fd(), ud);
+    }
+
+    /// Messages from the main thread.
+    fn on_inbox(&mut self, r: &mut Reactor<Slot>) {
+        for m in self.spec.inbox.take() {
+            match m {
+                Msg::Drain => {
+                    if self.drain_began.is_none() {
+                        self.begin_drain(r);
+                    }
+                }
+                Msg::CloseNow => {
+                    if self.drain_began.is_none() {
+                        self.begin_drain(r);
+                    }
+                    self.close_now = true;
+                }
+                Msg::Config => {
+                    self.cfg = self.spec.live.config();
+                    self.balancers.of(&self.cfg);
+                    self.balancers.prune();
+                }
+            }
+        }
+        self.arm_inbox(r);
+    }
+
     fn arm_accepts(&mut self, r: &mut Reactor<Slot>) {
         for (i, (sock, _)) in self.listeners.iter().enumerate() {
             use std::os::fd::AsRawFd;
@@ -233,6 +239,7 @@ impl Core {
         let Some((generation, entry)) = r.slots.get_any_mut(slot) else {
             return;
         };
+        let access_log = entry.session.config().runtime.access_log;
         let mut io = WorkerIo {
             sys: RingSys {
                 ring: &mut r.ring,
@@ -242,19 +249,18 @@ impl Core {
                 parked: &mut r.parked,
                 connect_addr: &mut entry.connect_addr,
             },
-            access_log: self.spec.cfg.runtime.access_log,
+            access_log,
         };
         let mut env = Env {
-            cfg: &self.spec.cfg,
-            rr: &mut self.rr,
+            balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
             return self.end_session(r, slot, generation, end);
         }
-        let s = &mut entry.session;
-        if let Some(d) = s.deadline()
+        let s = entry;
+        if let Some(d) = s.session.deadline()
             && (s.timer_at == 0 || d < s.timer_at)
         {
             // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
@@ -274,20 +280,17 @@ impl Core {
         let entry = r.slots.remove(slot);
         let s = &entry.session;
         debug_assert!(s.finished());
-        if s.timer_at != 0 {
-            r.wheel.remove((slot, generation), s.timer_at);
+        if entry.timer_at != 0 {
+            r.wheel.remove((slot, generation), entry.timer_at);
         }
-        let env = Env {
-            cfg: &self.spec.cfg,
-            rr: &mut self.rr,
-            draining: self.drain_began.is_some(),
-        };
-        if self.spec.cfg.runtime.access_log
-            && let Some(line) = s.access_log(end, r.now_ms(), &env)
+        if s.config().runtime.access_log
+            && let Some(line) = s.access_log(end, r.now_ms())
         {
             write_access_log(&line);
         }
-        self.spec.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let m = &self.spec.metrics;
+        m.session_ended(end, r.now_ms().saturating_sub(entry.accepted_ms));
+        m.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn accept(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
@@ -312,7 +315,7 @@ impl Core {
         }
         if li >= self.listeners.len() || r.slots.len() >= self.spec.max_sessions {
             // Over the session cap (or stopping): refuse instead of failing later.
-            self.spec.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             let _ = nix::unistd::close(c.res);
             return;
         }
@@ -320,11 +323,13 @@ impl Core {
         let listen = self.listeners[li].1;
         let now = r.now_ms();
         let (key, _) = r.slots.insert(|_, _| Slot {
-            session: Session::new(fd, peer, listen, now),
+            session: Session::new(fd, peer, listen, self.cfg.clone(), now),
             connect_addr: None,
+            timer_at: 0,
+            accepted_ms: now,
         });
-        self.spec.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.spec.stats.active.fetch_add(1, Ordering::Relaxed);
+        self.spec.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        self.spec.metrics.active.fetch_add(1, Ordering::Relaxed);
         self.with_session(r, key, |s, io, _| {
             s.start(io);
             Next::Continue
@@ -334,9 +339,12 @@ impl Core {
 
 impl Handler<Slot> for Core {
     fn on_core(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
-        // Accepts; anything else on the core slot is the ring's own cancel-everything at drop.
-        if c.ud.op() == Some(Op::Accept) && c.ud.slot() != crate::uring::SLOT_CORE {
-            self.accept(r, c);
+        // Accepts, the inbox; anything else on the core slot is the ring's own
+        // cancel-everything at drop.
+        match c.ud.op() {
+            Some(Op::Accept) if c.ud.slot() != SLOT_CORE => self.accept(r, c),
+            Some(Op::Inbox) if c.ud.slot() == SLOT_CORE => self.on_inbox(r),
+            _ => {}
         }
     }
 
@@ -355,7 +363,7 @@ impl Handler<Slot> for Core {
             Op::Connect => s.on_connect(c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
             Op::Hangup => s.on_hangup(side, c.res, io, env),
-            Op::Accept => Next::Continue,
+            Op::Accept | Op::Inbox => Next::Continue,
         });
     }
 
@@ -363,10 +371,10 @@ impl Handler<Slot> for Core {
         let Some(entry) = r.slots.get_mut(slot, generation) else {
             return;
         };
-        if entry.session.timer_at != due {
+        if entry.timer_at != due {
             return; // superseded by an earlier entry
         }
-        entry.session.timer_at = 0;
+        entry.timer_at = 0;
         self.with_session(r, slot, |s, io, env| s.on_timer(io, env));
     }
 }

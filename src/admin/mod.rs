@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::worker::WorkerStats;
+use crate::metrics::{DURATION_BOUNDS, WorkerMetrics};
+use crate::session::End;
 
 /// Admin connections served at once; more are answered 503 and closed at once.
 pub const CONNECTIONS_MAX: usize = 256;
@@ -20,7 +21,7 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the admin thread reports.
 pub struct AdminState {
-    pub workers: Vec<Arc<WorkerStats>>,
+    pub workers: Vec<Arc<WorkerMetrics>>,
     pub stopping: Arc<AtomicBool>,
     pub started: Instant,
     pub max_sessions: u64,
@@ -104,7 +105,7 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     s.write_all(&answer(status, ctype, &body))
 }
 
-fn sum(st: &AdminState, f: impl Fn(&WorkerStats) -> u64) -> u64 {
+fn sum(st: &AdminState, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
     st.workers.iter().map(|w| f(w)).sum()
 }
 
@@ -147,7 +148,7 @@ fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
         "/metrics" => {
             let mut o = String::new();
             let mut metric =
-                |name: &str, kind: &str, help: &str, f: &dyn Fn(&WorkerStats) -> u64| {
+                |name: &str, kind: &str, help: &str, f: &dyn Fn(&WorkerMetrics) -> u64| {
                     o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
                     for (i, w) in st.workers.iter().enumerate() {
                         o.push_str(&format!("{name}{{worker=\"{i}\"}} {}\n", f(w)));
@@ -177,6 +178,39 @@ fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
                 "Completions for freed sessions (should stay 0).",
                 &|w| get(&w.stale_cqes),
             );
+            o.push_str(
+                "# HELP ringway_sessions_ended_total Sessions ended, by how they ended.\n\
+                 # TYPE ringway_sessions_ended_total counter\n",
+            );
+            for (i, w) in st.workers.iter().enumerate() {
+                for (k, name) in End::KIND_NAMES.iter().enumerate() {
+                    o.push_str(&format!(
+                        "ringway_sessions_ended_total{{worker=\"{i}\",end=\"{name}\"}} {}\n",
+                        w.ended(k)
+                    ));
+                }
+            }
+            o.push_str(
+                "# HELP ringway_session_duration_seconds How long client connections lasted.\n\
+                 # TYPE ringway_session_duration_seconds histogram\n",
+            );
+            for (i, w) in st.workers.iter().enumerate() {
+                let (buckets, sum) = w.durations();
+                let mut cumulative = 0;
+                for (k, n) in buckets.iter().enumerate() {
+                    cumulative += n;
+                    let le = DURATION_BOUNDS
+                        .get(k)
+                        .map_or("+Inf".to_string(), |b| b.to_string());
+                    o.push_str(&format!(
+                        "ringway_session_duration_seconds_bucket{{worker=\"{i}\",le=\"{le}\"}} {cumulative}\n"
+                    ));
+                }
+                o.push_str(&format!(
+                    "ringway_session_duration_seconds_sum{{worker=\"{i}\"}} {sum}\n\
+                     ringway_session_duration_seconds_count{{worker=\"{i}\"}} {cumulative}\n"
+                ));
+            }
             o.push_str(&format!(
                 "# HELP ringway_up 1 while serving, 0 while stopping.\n# TYPE ringway_up gauge\nringway_up {}\n",
                 u8::from(!stopping)

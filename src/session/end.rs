@@ -116,27 +116,30 @@ impl End {
 
     /// A short name per kind, without the errno or reason (a metrics label).
     pub fn kind(&self) -> &'static str {
-        match self {
-            End::Done => "done",
-            End::ClientClosed => "client-closed",
-            End::UpstreamClosed => "upstream-closed",
-            End::ClientError(_) => "client-error",
-            End::UpstreamError(_) => "upstream-error",
-            End::BadRequest(_) => "bad-request",
-            End::HeadTooLarge => "head-too-large",
-            End::UriTooLong => "uri-too-long",
-            End::BodyTimeout => "body-timeout",
-            End::KeepaliveTimeout => "keepalive-timeout",
-            End::NoRoute => "no-route",
-            End::NoUpstream => "no-upstream",
-            End::BadResponse(_) => "bad-response",
-            End::UpstreamTimeout => "upstream-timeout",
-            End::HeaderTimeout => "header-timeout",
-            End::IdleTimeout => "idle-timeout",
-            End::SendTimeout => "send-timeout",
-            End::Shutdown => "shutdown",
-        }
+        End::KIND_NAMES[self.index()]
     }
+
+    /// The kind names, by [`End::index`].
+    pub const KIND_NAMES: [&'static str; End::KINDS] = [
+        "done",
+        "client-closed",
+        "upstream-closed",
+        "client-error",
+        "upstream-error",
+        "bad-request",
+        "head-too-large",
+        "uri-too-long",
+        "body-timeout",
+        "keepalive-timeout",
+        "no-route",
+        "no-upstream",
+        "bad-response",
+        "upstream-timeout",
+        "header-timeout",
+        "idle-timeout",
+        "send-timeout",
+        "shutdown",
+    ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
     pub const KINDS: usize = 18;

@@ -128,7 +128,7 @@ impl Session {
             unreachable!()
         };
         let now = io.now_ms();
-        let cfg = env.cfg;
+        let cfg = &*self.cfg;
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
         let route = norm.as_ref().ok().and_then(|path| {
@@ -242,14 +242,15 @@ impl Session {
         }
         let r = &mut x.req;
         let ui = usize::from(r.upstream);
-        let u = &env.cfg.upstreams[ui];
+        let u = &self.cfg.upstreams[ui];
+        let rr = &mut env.balancers.of(&self.cfg)[ui];
         loop {
-            let Some(i) = env.rr[ui].pick(u, &r.tried) else {
+            let Some(i) = rr.pick(u, &r.tried) else {
                 return Next::Respond(502, End::NoUpstream);
             };
             r.tried.mark(i);
             r.peer = i as u16;
-            let source = env.rr[ui].next_source(u);
+            let source = rr.next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
                     self.up.reset_fd(fd);
@@ -264,10 +265,10 @@ impl Session {
         }
     }
 
-    pub(super) fn peer_addr(&self, env: &Env<'_>) -> Option<SocketAddr> {
+    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
         let r = self.phase.req()?;
         Some(
-            env.cfg
+            self.cfg
                 .upstreams
                 .get(usize::from(r.upstream))?
                 .peers
@@ -399,7 +400,7 @@ impl Session {
 
     /// The response body is complete (or the upstream closed a close-delimited one).
     fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.log_request(End::Done, io, env);
+        self.log_request(End::Done, io);
         self.retire(Side::Up, io);
         let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
             unreachable!("a response completes while proxying")
@@ -452,9 +453,9 @@ impl Session {
     }
 
     /// Log the request in progress (once).
-    fn log_request(&mut self, end: End, io: &mut impl Io, env: &Env<'_>) {
+    fn log_request(&mut self, end: End, io: &mut impl Io) {
         let now = io.now_ms();
-        if let Some(line) = self.access_log(end, now, env) {
+        if let Some(line) = self.access_log(end, now) {
             io.log(&line);
         }
         if let Some(r) = self.phase.req_mut() {
@@ -465,14 +466,14 @@ impl Session {
     /// The access-log line of the request this session still owes one for, if any: the
     /// worker writes it at the end of the session; kept-alive requests are logged as each
     /// response completes.
-    pub fn access_log(&self, end: End, now_ms: u64, env: &Env<'_>) -> Option<AccessLog<'_>> {
+    pub fn access_log(&self, end: End, now_ms: u64) -> Option<AccessLog<'_>> {
         let r = self.phase.req().filter(|r| !r.logged)?;
         Some(AccessLog {
             client: self.client,
             method: r.method(),
             host: r.host(),
             path: r.path(),
-            upstream: self.peer_addr(env),
+            upstream: self.peer_addr(),
             status: r.status,
             duration_ms: now_ms.saturating_sub(r.started_ms),
             bytes_in: r.bytes_in,

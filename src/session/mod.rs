@@ -16,11 +16,12 @@ pub mod transport;
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
-use crate::upstream::RoundRobin;
+use crate::upstream::Balancers;
 use crate::uring::{Chunk, Op, Side, Src};
 pub use end::{AccessLog, End};
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
@@ -42,11 +43,10 @@ pub trait Io: Sys {
     fn log(&mut self, line: &AccessLog);
 }
 
-/// What a handler needs from the worker besides I/O: the config and the balancers.
+/// What a handler needs from the worker besides I/O: its balancers and whether it drains.
 pub struct Env<'a> {
-    pub cfg: &'a Config,
-    /// One balancer per upstream, indexed like `cfg.upstreams`.
-    pub rr: &'a mut [RoundRobin],
+    /// The worker's balancers, per configuration in use.
+    pub balancers: &'a mut Balancers,
     /// The worker is draining (shutdown began): answer what is in progress, then close
     /// instead of keeping the client connection alive.
     pub draining: bool,
@@ -132,6 +132,8 @@ pub struct Session {
     /// Cancel ops in flight for this session.
     pub cancels: u8,
     phase: Phase,
+    /// The configuration this session was accepted under (a reload cannot change it).
+    cfg: Arc<Config>,
     listen: Listen,
     client: SocketAddr,
     /// When the current phase's clock started (head read, connect, linger).
@@ -141,18 +143,23 @@ pub struct Session {
     end: Option<End>,
     /// Requests answered on this connection.
     served: u32,
-    /// The time this session is scheduled at in the worker's timer wheel (0: not scheduled).
-    pub timer_at: u64,
 }
 
 impl Session {
     /// A session for a freshly accepted client socket.
-    pub fn new(fd: RawFd, client: SocketAddr, listen: Listen, now_ms: u64) -> Session {
+    pub fn new(
+        fd: RawFd,
+        client: SocketAddr,
+        listen: Listen,
+        cfg: Arc<Config>,
+        now_ms: u64,
+    ) -> Session {
         Session {
             down: Transport::plain(fd),
             up: Transport::plain(-1),
             cancels: 0,
             phase: Phase::Request { head: Vec::new() },
+            cfg,
             listen,
             client,
             phase_ms: now_ms,
@@ -160,7 +167,6 @@ impl Session {
             last_down_ms: now_ms,
             end: None,
             served: 0,
-            timer_at: 0,
         }
     }
 
@@ -184,6 +190,11 @@ impl Session {
     /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
     pub fn finished(&self) -> bool {
         self.phase.is_closing() && self.down.fd < 0 && self.up.fd < 0 && self.cancels == 0
+    }
+
+    /// The configuration this session was accepted under.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// Why it ended (once closing).
@@ -294,7 +305,7 @@ impl Session {
                     waiting: true,
                 };
             }
-            let peer = self.peer_addr(env);
+            let peer = self.peer_addr();
             tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
             self.retire(Side::Up, io);
         }

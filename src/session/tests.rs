@@ -192,8 +192,7 @@ impl Io for Fake {
 macro_rules! env_of {
     ($sim:expr) => {
         Env {
-            cfg: &$sim.cfg,
-            rr: &mut $sim.rr,
+            balancers: &mut $sim.balancers,
             draining: $sim.draining,
         }
     };
@@ -205,8 +204,7 @@ const CLIENT_FD: RawFd = 100;
 struct Sim {
     s: Session,
     io: Fake,
-    cfg: Config,
-    rr: Vec<RoundRobin>,
+    balancers: Balancers,
     draining: bool,
     rng: u64,
     /// The end-of-session point ran.
@@ -230,8 +228,8 @@ upstream = "b"
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let cfg = Config::parse("t.toml", CFG).unwrap();
-        let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
+        let cfg = std::sync::Arc::new(Config::parse("t.toml", CFG).unwrap());
+        let balancers = Balancers::new(&cfg);
         let mut io = Fake {
             next_fd: CLIENT_FD,
             ..Fake::default()
@@ -247,13 +245,12 @@ impl Sim {
             keepalive_requests: 1000,
             tls: false,
         };
-        let mut s = Session::new(CLIENT_FD, "10.1.2.3:5555".parse().unwrap(), listen, 0);
+        let mut s = Session::new(CLIENT_FD, "10.1.2.3:5555".parse().unwrap(), listen, cfg, 0);
         s.start(&mut io);
         Sim {
             s,
             io,
-            cfg,
-            rr,
+            balancers,
             draining: false,
             ended: false,
             rng: seed
@@ -377,8 +374,7 @@ impl Sim {
                 assert!(self.s.finished(), "Close before closing completed");
                 assert!(!self.ended, "the session ended twice");
                 self.ended = true;
-                let env = env_of!(self);
-                if let Some(line) = self.s.access_log(end, self.io.now, &env) {
+                if let Some(line) = self.s.access_log(end, self.io.now) {
                     let text =
                         format!("{} {} {} {}", line.method, line.path, line.status, line.end);
                     self.io.logs.push(text);

@@ -1,7 +1,50 @@
 //! Picking a backend: nginx's smooth weighted round robin over the primary servers, the backup
 //! servers only when every primary has been tried for this request.
 
-use crate::config::Upstream;
+use std::sync::Arc;
+
+use crate::config::{Config, Upstream};
+
+/// A worker's balancers, one per upstream, for each configuration its sessions use: a session
+/// accepted under an older configuration (before a reload) picks among that configuration's
+/// servers, with that configuration's balancer state, so no index can point past a list that
+/// a reload shortened.
+#[derive(Debug)]
+pub struct Balancers {
+    sets: Vec<(Arc<Config>, Vec<RoundRobin>)>,
+}
+
+impl Balancers {
+    pub fn new(cfg: &Arc<Config>) -> Balancers {
+        let mut b = Balancers { sets: Vec::new() };
+        b.of(cfg);
+        b
+    }
+
+    /// The balancers for `cfg` (made on first use).
+    pub fn of(&mut self, cfg: &Arc<Config>) -> &mut [RoundRobin] {
+        let i = match self.sets.iter().position(|(c, _)| Arc::ptr_eq(c, cfg)) {
+            Some(i) => i,
+            None => {
+                let rr = cfg.upstreams.iter().map(RoundRobin::new).collect();
+                self.sets.push((cfg.clone(), rr));
+                self.sets.len() - 1
+            }
+        };
+        &mut self.sets[i].1
+    }
+
+    /// Forget the balancers of configurations that no session holds any more (the newest is
+    /// always kept).
+    pub fn prune(&mut self) {
+        let newest = self.sets.len().saturating_sub(1);
+        let mut i = 0;
+        self.sets.retain(|(c, _)| {
+            i += 1;
+            i - 1 == newest || Arc::strong_count(c) > 1
+        });
+    }
+}
 
 /// Per-worker balancer state for one upstream (nginx keeps it per worker too).
 #[derive(Clone, Debug)]

@@ -694,6 +694,14 @@ impl Ring {
         self.push(e);
     }
 
+    /// Arm a one-shot poll that completes when `fd` is readable (an eventfd inbox).
+    pub fn poll_in(&mut self, fd: RawFd, ud: UserData) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud.0);
+        self.push(e);
+    }
+
     /// Arm a multishot recv drawing buffers from the pool.
     pub fn recv_multi(&mut self, fd: RawFd, ud: UserData) {
         let e = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(ud.0);

@@ -20,6 +20,8 @@ pub enum Op {
     Cancel = 5,
     /// A one-shot poll for the peer hanging up (`POLLRDHUP`), while its socket is not read.
     Hangup = 6,
+    /// A poll on the worker's inbox (an eventfd the main thread writes), on `SLOT_CORE`.
+    Inbox = 7,
 }
 
 impl Op {
@@ -31,6 +33,7 @@ impl Op {
             4 => Op::Connect,
             5 => Op::Cancel,
             6 => Op::Hangup,
+            7 => Op::Inbox,
             _ => return None,
         })
     }

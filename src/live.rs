@@ -1,0 +1,113 @@
+//! State shared between the main thread and the workers, read-mostly: the configuration in
+//! force (an `ArcSwap`, so a reload swaps it without stopping anyone; every session keeps the
+//! `Arc` it was accepted under, so no index it holds can be invalidated), and one inbox per
+//! worker, through which the main thread tells it to drain, to close, or that the
+//! configuration changed. The inbox is an eventfd the worker polls on its own ring: a message
+//! wakes it at once, and the data path never takes the inbox's lock.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+
+/// What the process shares with every worker.
+pub struct Live {
+    config: ArcSwap<Config>,
+}
+
+impl Live {
+    pub fn new(cfg: Arc<Config>) -> Arc<Live> {
+        Arc::new(Live {
+            config: ArcSwap::new(cfg),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Put `cfg` in force for what starts from now on (then tell the workers).
+    pub fn swap(&self, cfg: Arc<Config>) {
+        self.config.store(cfg);
+    }
+}
+
+/// A message from the main thread to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// Stop accepting; let sessions finish for up to `runtime.shutdown_grace`.
+    Drain,
+    /// Close every session now.
+    CloseNow,
+    /// `Live::config` changed: new sessions use the new one.
+    Config,
+}
+
+/// One worker's inbox.
+pub struct Inbox {
+    event: OwnedFd,
+    queue: Mutex<VecDeque<Msg>>,
+}
+
+impl Inbox {
+    pub fn new() -> std::io::Result<Arc<Inbox>> {
+        let event = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(Arc::new(Inbox {
+            event: event.into(),
+            queue: Mutex::new(VecDeque::new()),
+        }))
+    }
+
+    /// The fd the worker polls.
+    pub fn fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+
+    /// Leave a message and wake the worker.
+    pub fn send(&self, m: Msg) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(m);
+        let _ = nix::unistd::write(&self.event, &1u64.to_ne_bytes());
+    }
+
+    /// Every message waiting, oldest first (and the wake-up consumed).
+    pub fn take(&self) -> Vec<Msg> {
+        let mut buf = [0u8; 8];
+        let _ = nix::unistd::read(&self.event, &mut buf);
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_keeps_order_and_wakes() {
+        let i = Inbox::new().unwrap();
+        assert!(i.take().is_empty());
+        i.send(Msg::Drain);
+        i.send(Msg::CloseNow);
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&i.event),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        assert_eq!(nix::poll::poll(&mut fds, 0u16).unwrap(), 1, "readable");
+        assert_eq!(i.take(), vec![Msg::Drain, Msg::CloseNow]);
+        assert!(i.take().is_empty());
+    }
+}
