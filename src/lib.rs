@@ -3,6 +3,7 @@
 #![warn(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -10,7 +11,6 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod reactor;
-pub mod runtime;
 pub mod session;
 pub mod sys;
 pub mod tools;

@@ -122,82 +122,6 @@ struct BenchArgs {
     quiet: bool,
 }
 
-fn preflight(
-    config: Option<PathBuf>,
-    connections: Option<u64>,
-    apply: bool,
-    json: bool,
-    root: &std::path::Path,
-) -> anyhow::Result<ExitCode> {
-    use ringway::tuning::{self, Needs, Report, Status};
-    let cfg = match &config {
-        Some(p) => Some(ringway::config::Config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => None,
-    };
-    let n = connections
-        .or(cfg.as_ref().map(|c| u64::from(c.runtime.max_connections)))
-        .unwrap_or(tuning::NOFILE_RECOMMENDED);
-    let needs = Needs::new(n, cfg.as_ref());
-    let mut state = tuning::read_state(root);
-    state.io_uring = ringway::uring::probe().map(|m| format!("{m:?}"));
-    let mut found = tuning::findings(&state, &needs);
-    let applied = if apply {
-        let a = tuning::apply(&found, root, state.root);
-        if state.root {
-            let mut again = tuning::read_state(root);
-            again.io_uring = state.io_uring.clone();
-            found = tuning::findings(&again, &needs);
-        }
-        Some(a)
-    } else {
-        None
-    };
-    let status = tuning::worst(&found);
-    if json {
-        let r = Report {
-            connections: needs.connections,
-            file_descriptors: needs.fds,
-            status,
-            findings: &found,
-            applied,
-        };
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        if let Some(a) = &applied {
-            for x in a {
-                if x.done {
-                    println!("applied {}: {} -> {}", x.setting, x.before, x.after);
-                } else {
-                    println!(
-                        "not applied {}: {} -> {} ({})",
-                        x.setting, x.before, x.after, x.note
-                    );
-                }
-            }
-            if a.is_empty() {
-                println!("nothing to apply");
-            }
-            println!();
-        }
-        print!("{}", tuning::table(&found, &needs));
-        if state.nofile_hard.is_some_and(|h| h < needs.fds) {
-            println!(
-                "\nThis process can hold about {} sessions: above that, run several ringway processes on the same port (SO_REUSEPORT) or raise LimitNOFILE.",
-                state
-                    .nofile_hard
-                    .unwrap_or(0)
-                    .saturating_sub(tuning::FDS_RESERVED)
-                    / tuning::FDS_PER_SESSION
-            );
-        }
-    }
-    Ok(if status == Status::Fail {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
 fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
     ringway::config::parse_duration(s).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
 }
@@ -270,28 +194,10 @@ fn workers_arg(s: &str) -> anyhow::Result<usize> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => {
-            return match ringway::config::Config::load(&config) {
-                Ok(c) => {
-                    print!("{}", c.describe());
-                    println!("{}: configuration OK", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ringway: {e}");
-                    ExitCode::from(1)
-                }
-            };
-        }
+        Command::Check { config } => return ringway::app::check(&config),
         Command::Run { config } => {
             init_logging();
-            match ringway::config::Config::load(&config) {
-                Ok(c) => ringway::runtime::run(c),
-                Err(e) => {
-                    eprintln!("ringway: {e}");
-                    return ExitCode::from(1);
-                }
-            }
+            return ringway::app::run(&config);
         }
         Command::Bench(a) => {
             return match bench(*a) {
@@ -309,7 +215,13 @@ fn main() -> ExitCode {
             json,
             root,
         } => {
-            return match preflight(config, connections, apply, json, &root) {
+            return match ringway::app::preflight::command(
+                config.as_deref(),
+                connections,
+                apply,
+                json,
+                &root,
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("ringway preflight: {e:#}");

@@ -11,61 +11,7 @@ use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
 use crate::worker::{Worker, WorkerSpec};
 
-use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED, Status};
-
-/// The preflight table, as log lines: one per setting that is not ok. With
-/// `[tuning] apply = true` and root, the sysctl fixes are written first.
-fn preflight_at_start(cfg: &Config, needs: &tuning::Needs) {
-    let root = std::path::Path::new("/");
-    let mut state = tuning::read_state(root);
-    state.io_uring = crate::uring::probe().map(|m| format!("{m:?}"));
-    let mut found = tuning::findings(&state, needs);
-    if cfg.tuning_apply {
-        if !state.root {
-            tracing::warn!("[tuning] apply = true, but not running as root: nothing applied");
-        } else {
-            for a in tuning::apply(&found, root, true) {
-                if a.done {
-                    tracing::info!("tuning: {} {} -> {}", a.setting, a.before, a.after);
-                } else {
-                    tracing::warn!("tuning: {} not set: {}", a.setting, a.note);
-                }
-            }
-            state = tuning::read_state(root);
-            state.io_uring = Ok(String::new());
-            found = tuning::findings(&state, needs);
-        }
-    }
-    let mut bad = 0;
-    for f in found.iter().filter(|f| f.status != Status::Ok) {
-        bad += 1;
-        let level = if f.status == Status::Fail {
-            "FAIL"
-        } else {
-            "warn"
-        };
-        tracing::warn!(
-            "preflight {level}: {} is {} (needed {}): {}",
-            f.setting,
-            f.current,
-            f.needed,
-            f.why
-        );
-    }
-    if bad == 0 {
-        tracing::info!(
-            "preflight: all {} checks ok for {} connections",
-            found.len(),
-            needs.connections
-        );
-    } else {
-        tracing::warn!(
-            "preflight: {bad} of {} checks need attention; `ringway preflight --config {}` prints the table",
-            found.len(),
-            cfg.source
-        );
-    }
-}
+use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED};
 
 /// Run the proxy in the foreground until SIGINT or SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -76,7 +22,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let workers = cfg.runtime.workers;
     let needs = tuning::Needs::new(u64::from(cfg.runtime.max_connections), Some(&cfg));
     let want_fds = needs.fds;
-    preflight_at_start(&cfg, &needs);
+    super::preflight::at_start(&cfg, &needs);
     let nofile = crate::sys::raise_nofile(want_fds);
     let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
     let max_connections = if fit < cfg.runtime.max_connections {
