@@ -1,0 +1,86 @@
+//! The file as written. Unknown keys are errors (`deny_unknown_fields`).
+use super::*;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub tuning: Tuning,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub upstream: Vec<Spanned<Upstream>>,
+    #[serde(default)]
+    pub server: Vec<Spanned<Server>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    pub workers: Option<Spanned<toml::Value>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub shutdown_grace: Option<Spanned<toml::Value>>,
+    pub buffer_size: Option<Spanned<toml::Value>>,
+    pub buffers: Option<Spanned<i64>>,
+    pub access_log: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    pub apply: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: Spanned<String>,
+    pub balance: Option<Spanned<String>>,
+    pub servers: Spanned<Vec<Spanned<Peer>>>,
+    pub source: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub addr: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub backup: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub server_name: Vec<Spanned<String>>,
+    pub header_timeout: Option<Spanned<toml::Value>>,
+    pub header_max: Option<Spanned<toml::Value>>,
+    pub request_line_max: Option<Spanned<toml::Value>>,
+    pub header_line_max: Option<Spanned<toml::Value>>,
+    pub keepalive_timeout: Option<Spanned<toml::Value>>,
+    pub keepalive_requests: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub location: Vec<Spanned<Location>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub path: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub connect_timeout: Option<Spanned<toml::Value>>,
+    pub read_timeout: Option<Spanned<toml::Value>>,
+    pub send_timeout: Option<Spanned<toml::Value>>,
+    pub body_timeout: Option<Spanned<toml::Value>>,
+    pub upgrade: Option<Spanned<Vec<Spanned<String>>>>,
+}

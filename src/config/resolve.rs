@@ -1,0 +1,402 @@
+//! Resolving what was written into what the workers run on: addresses parsed, durations
+//! converted, names turned into indices, every cross-reference checked.
+
+use super::*;
+
+pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
+    let rt = &raw.runtime;
+    let workers = match &rt.workers {
+        None => available_cpus(),
+        Some(w) => match w.get_ref() {
+            toml::Value::String(s) if s == "auto" => available_cpus(),
+            toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
+            _ => {
+                return Err(cx.err(
+                    w.span(),
+                    "runtime.workers",
+                    "expected \"auto\" or a number from 1 to 1024",
+                ));
+            }
+        },
+    };
+    let max_connections = match &rt.max_connections {
+        None => defaults::MAX_CONNECTIONS,
+        Some(m) if (1..=100_000_000).contains(m.get_ref()) => *m.get_ref() as u32,
+        Some(m) => {
+            return Err(cx.err(
+                m.span(),
+                "runtime.max_connections",
+                "expected a number from 1 to 100000000",
+            ));
+        }
+    };
+    let shutdown_grace = cx.duration(
+        &rt.shutdown_grace,
+        "runtime.shutdown_grace",
+        defaults::SHUTDOWN_GRACE,
+    )?;
+    let buffer_size = cx.size(
+        &rt.buffer_size,
+        "runtime.buffer_size",
+        u64::from(defaults::BUFFER_SIZE),
+    )?;
+    if !(1024..=1 << 20).contains(&buffer_size) {
+        let span = rt.buffer_size.as_ref().map_or(0..0, |s| s.span());
+        return Err(cx.err(span, "runtime.buffer_size", "must be between 1k and 1m"));
+    }
+    let buffers = match &rt.buffers {
+        None => defaults::BUFFERS,
+        Some(b) => {
+            let n = *b.get_ref();
+            if !(16..=32768).contains(&n) || !(n as u64).is_power_of_two() {
+                return Err(cx.err(
+                    b.span(),
+                    "runtime.buffers",
+                    "must be a power of two from 16 to 32768",
+                ));
+            }
+            n as u16
+        }
+    };
+    let runtime = Runtime {
+        workers,
+        max_connections,
+        shutdown_grace,
+        buffer_size: buffer_size as u32,
+        buffers,
+        access_log: rt.access_log.unwrap_or(true),
+    };
+
+    let mut upstreams = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (ui, u) in raw.upstream.iter().enumerate() {
+        let u = u.get_ref();
+        let f = format!("upstream[{ui}]");
+        let name = u.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
+        }
+        if by_name.insert(name.clone(), ui).is_some() {
+            return Err(cx.err(
+                u.name.span(),
+                format!("{f}.name"),
+                format!("duplicate upstream name {name:?}"),
+            ));
+        }
+        let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
+            None | Some("round_robin") => Balance::RoundRobin,
+            Some(other) => {
+                let span = u.balance.as_ref().map_or(0..0, |b| b.span());
+                let msg = if ["least_conn", "ip_hash", "hash"].contains(&other) {
+                    format!(
+                        "balance {other:?} is not available in this version; use \"round_robin\""
+                    )
+                } else {
+                    format!("unknown balance {other:?}; expected \"round_robin\"")
+                };
+                return Err(cx.err(span, format!("{f}.balance"), msg));
+            }
+        };
+        if u.servers.get_ref().is_empty() {
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                "needs at least one server",
+            ));
+        }
+        if u.servers.get_ref().len() > MAX_SERVERS {
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                format!(
+                    "{} servers: at most {MAX_SERVERS} per upstream",
+                    u.servers.get_ref().len()
+                ),
+            ));
+        }
+        let mut peers = Vec::new();
+        for (pi, p) in u.servers.get_ref().iter().enumerate() {
+            let p = p.get_ref();
+            let pf = format!("{f}.servers[{pi}]");
+            let addr = parse_addr(p.addr.get_ref())
+                .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
+            let weight = match &p.weight {
+                None => 1,
+                Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref() as u32,
+                Some(w) => {
+                    return Err(cx.err(w.span(), format!("{pf}.weight"), "must be from 1 to 1000"));
+                }
+            };
+            peers.push(Peer {
+                addr,
+                weight,
+                backup: p.backup,
+            });
+        }
+        if peers.iter().all(|p| p.backup) {
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                "needs at least one server that is not a backup",
+            ));
+        }
+        let source = match &u.source {
+            None => Vec::new(),
+            Some(v) => {
+                let field = format!("{f}.source");
+                let items: Vec<String> = match v.get_ref() {
+                    toml::Value::String(s) => vec![s.clone()],
+                    toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
+                        a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
+                    }
+                    _ => return Err(cx.err(v.span(), field, "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses")),
+                };
+                let mut out = Vec::new();
+                for it in &items {
+                    out.extend(
+                        crate::sys::source_addresses(it, 16)
+                            .map_err(|m| cx.err(v.span(), field.clone(), m))?,
+                    );
+                }
+                if let Some(p) = peers
+                    .iter()
+                    .find(|p| out.iter().any(|s| s.is_ipv4() != p.addr.is_ipv4()))
+                {
+                    return Err(cx.err(
+                        v.span(),
+                        field,
+                        format!(
+                            "source addresses and server {} are of different IP families",
+                            p.addr
+                        ),
+                    ));
+                }
+                out
+            }
+        };
+        upstreams.push(Upstream {
+            name,
+            balance,
+            peers,
+            source,
+        });
+    }
+
+    let admin = match &raw.admin.listen {
+        None => None,
+        Some(a) => Some(parse_addr(a.get_ref()).map_err(|m| cx.err(a.span(), "admin.listen", m))?),
+    };
+    let mut listeners: Vec<SocketAddr> = Vec::new();
+    let mut servers = Vec::new();
+    if raw.server.is_empty() {
+        return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
+    }
+    for (si, s) in raw.server.iter().enumerate() {
+        let s = s.get_ref();
+        let f = format!("server[{si}]");
+        if s.listen.get_ref().is_empty() {
+            return Err(cx.err(
+                s.listen.span(),
+                format!("{f}.listen"),
+                "needs at least one address",
+            ));
+        }
+        let mut listen = Vec::new();
+        for (li, l) in s.listen.get_ref().iter().enumerate() {
+            let addr = parse_addr(l.get_ref())
+                .map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
+            if addr.port() == 0 {
+                return Err(cx.err(
+                    l.span(),
+                    format!("{f}.listen[{li}]"),
+                    "port 0 is not allowed: each worker would listen on a different random port",
+                ));
+            }
+            let idx = match listeners.iter().position(|a| *a == addr) {
+                Some(i) => i,
+                None => {
+                    listeners.push(addr);
+                    listeners.len() - 1
+                }
+            };
+            listen.push(idx);
+        }
+        let mut names = Vec::new();
+        for (ni, n) in s.server_name.iter().enumerate() {
+            let name = n.get_ref().trim().to_ascii_lowercase();
+            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':')
+            {
+                return Err(cx.err(
+                    n.span(),
+                    format!("{f}.server_name[{ni}]"),
+                    format!("invalid server name {:?}", n.get_ref()),
+                ));
+            }
+            names.push(name);
+        }
+        let header_timeout = cx.timeout(
+            &s.header_timeout,
+            &format!("{f}.header_timeout"),
+            defaults::HEADER_TIMEOUT,
+        )?;
+        let line_limit = |v: &Option<Spanned<toml::Value>>, name: &str, default: u32| {
+            let field = format!("{f}.{name}");
+            let n = cx.size(v, &field, u64::from(default))?;
+            if !(256..=1 << 20).contains(&n) {
+                let span = v.as_ref().map_or(0..0, |h| h.span());
+                return Err(cx.err(span, field, "must be between 256 and 1m"));
+            }
+            Ok(n as u32)
+        };
+        let request_line_max = line_limit(
+            &s.request_line_max,
+            "request_line_max",
+            defaults::REQUEST_LINE_MAX,
+        )?;
+        let header_line_max = line_limit(
+            &s.header_line_max,
+            "header_line_max",
+            defaults::HEADER_LINE_MAX,
+        )?;
+        let keepalive_timeout = cx.duration(
+            &s.keepalive_timeout,
+            &format!("{f}.keepalive_timeout"),
+            defaults::KEEPALIVE_TIMEOUT,
+        )?;
+        let keepalive_requests = match &s.keepalive_requests {
+            None => defaults::KEEPALIVE_REQUESTS,
+            Some(n) if (1..=i64::from(u32::MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                return Err(cx.err(
+                    n.span(),
+                    format!("{f}.keepalive_requests"),
+                    "must be 1 or more",
+                ));
+            }
+        };
+        let header_max = cx.size(
+            &s.header_max,
+            &format!("{f}.header_max"),
+            u64::from(defaults::HEADER_MAX),
+        )?;
+        if !(1024..=1 << 20).contains(&header_max) {
+            let span = s.header_max.as_ref().map_or(0..0, |h| h.span());
+            return Err(cx.err(span, format!("{f}.header_max"), "must be between 1k and 1m"));
+        }
+        let mut locations = Vec::new();
+        for (li, l) in s.location.iter().enumerate() {
+            let l = l.get_ref();
+            let lf = format!("{f}.location[{li}]");
+            let path = l.path.get_ref().clone();
+            if !path.starts_with('/') {
+                return Err(cx.err(
+                    l.path.span(),
+                    format!("{lf}.path"),
+                    format!("path {path:?} must start with '/'"),
+                ));
+            }
+            if locations.iter().any(|x: &Location| x.path == path) {
+                return Err(cx.err(
+                    l.path.span(),
+                    format!("{lf}.path"),
+                    format!("duplicate location {path:?}"),
+                ));
+            }
+            let name = l.upstream.get_ref();
+            let upstream = *by_name.get(name).ok_or_else(|| {
+                let mut known: Vec<&str> = by_name.keys().map(|s| s.as_str()).collect();
+                known.sort();
+                cx.err(
+                    l.upstream.span(),
+                    format!("{lf}.upstream"),
+                    format!(
+                        "unknown upstream {name:?} (defined: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?;
+            let upgrade = match &l.upgrade {
+                None => vec!["websocket".to_string()],
+                Some(list) => {
+                    let mut out = Vec::new();
+                    for (pi, p) in list.get_ref().iter().enumerate() {
+                        let v = p.get_ref().trim().to_ascii_lowercase();
+                        if v.is_empty()
+                            || !v.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            })
+                        {
+                            return Err(cx.err(
+                                p.span(),
+                                format!("{lf}.upgrade[{pi}]"),
+                                format!(
+                                    "invalid protocol name {:?} (a token such as \"websocket\")",
+                                    p.get_ref()
+                                ),
+                            ));
+                        }
+                        out.push(v);
+                    }
+                    out
+                }
+            };
+            locations.push(Location {
+                path,
+                upstream,
+                connect_timeout: cx.timeout(
+                    &l.connect_timeout,
+                    &format!("{lf}.connect_timeout"),
+                    defaults::CONNECT_TIMEOUT,
+                )?,
+                read_timeout: cx.timeout(
+                    &l.read_timeout,
+                    &format!("{lf}.read_timeout"),
+                    defaults::READ_TIMEOUT,
+                )?,
+                send_timeout: cx.timeout(
+                    &l.send_timeout,
+                    &format!("{lf}.send_timeout"),
+                    defaults::SEND_TIMEOUT,
+                )?,
+                body_timeout: cx.timeout(
+                    &l.body_timeout,
+                    &format!("{lf}.body_timeout"),
+                    defaults::BODY_TIMEOUT,
+                )?,
+                upgrade,
+            });
+        }
+        if locations.is_empty() {
+            return Err(cx.err(
+                0..0,
+                format!("{f}.location"),
+                "a server needs at least one [[server.location]]",
+            ));
+        }
+        locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
+        servers.push(Server {
+            listen,
+            names,
+            header_timeout,
+            header_max: header_max as u32,
+            request_line_max,
+            header_line_max,
+            keepalive_timeout,
+            keepalive_requests,
+            locations,
+        });
+    }
+    Ok(Config {
+        source: cx.file.to_string(),
+        runtime,
+        tuning_apply: raw.tuning.apply.unwrap_or(false),
+        admin,
+        listeners,
+        servers,
+        upstreams,
+    })
+}

@@ -1,0 +1,137 @@
+use super::*;
+
+const GOOD: &str = r#"
+[runtime]
+workers = 2
+max_connections = 1000
+
+[[upstream]]
+name = "ws"
+servers = [
+  { addr = "127.0.0.1:9001", weight = 3 },
+  { addr = "127.0.0.1:9002" },
+  { addr = "127.0.0.1:9003", backup = true },
+]
+
+[[server]]
+listen = ["127.0.0.1:8080"]
+server_name = ["ws.example.com", "*.example.org"]
+
+[[server.location]]
+path = "/"
+upstream = "ws"
+
+[[server.location]]
+path = "/ws/"
+upstream = "ws"
+read_timeout = "7d"
+
+[[server]]
+listen = ["127.0.0.1:8080", "8081"]
+server_name = ["other.example.com"]
+[[server.location]]
+path = "/"
+upstream = "ws"
+"#;
+
+#[test]
+fn good_config_resolves() {
+    let c = Config::parse("t.toml", GOOD).unwrap();
+    assert_eq!(c.runtime.workers, 2);
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.upstreams[0].peers[0].weight, 3);
+    assert!(c.upstreams[0].peers[2].backup);
+    assert_eq!(c.servers[0].locations[0].path, "/ws/");
+    assert_eq!(
+        c.servers[0].locations[0].read_timeout,
+        Duration::from_secs(7 * 86400)
+    );
+    assert_eq!(
+        c.servers[0].locations[1].read_timeout,
+        defaults::READ_TIMEOUT
+    );
+    assert_eq!(c.servers[0].header_max, defaults::HEADER_MAX);
+    assert_eq!(c.find_location(0, b"/ws/chat"), Some(0));
+    assert_eq!(c.find_location(0, b"/other"), Some(1));
+    assert_eq!(c.find_server(0, b"WS.example.com"), Some(0));
+    assert_eq!(c.find_server(0, b"other.example.com"), Some(1));
+    assert_eq!(c.find_server(0, b"a.example.org"), Some(0));
+    assert_eq!(c.find_server(0, b"unknown"), Some(0));
+    assert_eq!(c.find_server(1, b"unknown"), Some(1));
+    assert!(c.describe().contains("location \"/ws/\" -> ws"));
+}
+
+fn err(text: &str) -> ConfigError {
+    Config::parse("t.toml", text).unwrap_err()
+}
+
+#[test]
+fn unknown_key_names_line() {
+    let e = err("[runtime]\nworkers = 1\nbogus = 3\n");
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("bogus"), "{e}");
+}
+
+#[test]
+fn unknown_upstream_names_field_and_line() {
+    let t = GOOD.replace(
+        "path = \"/ws/\"\nupstream = \"ws\"",
+        "path = \"/ws/\"\nupstream = \"nope\"",
+    );
+    let e = err(&t);
+    assert_eq!(e.field, "server[0].location[1].upstream");
+    let line = t.lines().position(|l| l.contains("\"nope\"")).unwrap() + 1;
+    assert_eq!(e.line, line);
+    assert!(e.to_string().starts_with(&format!("t.toml:{line}:")), "{e}");
+    assert!(e.message.contains("defined: ws"), "{e}");
+}
+
+#[test]
+fn bad_address_and_duration() {
+    let e = err(&GOOD.replace("127.0.0.1:9002", "localhost:9002"));
+    assert_eq!(e.field, "upstream[0].servers[1].addr");
+    let e = err(&GOOD.replace("\"7d\"", "\"7 days\""));
+    assert_eq!(e.field, "server[0].location[1].read_timeout");
+    assert!(e.message.contains("unknown unit"), "{e}");
+    let e = err(&GOOD.replace("workers = 2", "workers = \"many\""));
+    assert_eq!(e.field, "runtime.workers");
+    assert_eq!(e.line, 3);
+}
+
+#[test]
+fn upstream_source_addresses() {
+    let t = GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"127.0.1.0/30\"");
+    let c = Config::parse("t.toml", &t).unwrap();
+    assert_eq!(
+        c.upstreams[0].source,
+        vec![
+            "127.0.1.1".parse::<std::net::IpAddr>().unwrap(),
+            "127.0.1.2".parse().unwrap()
+        ]
+    );
+    let t = GOOD.replace(
+        "name = \"ws\"",
+        "name = \"ws\"\nsource = [\"127.0.1.5\", \"127.0.1.9\"]",
+    );
+    assert_eq!(
+        Config::parse("t.toml", &t).unwrap().upstreams[0]
+            .source
+            .len(),
+        2
+    );
+    let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"127.0.1.0/8\""));
+    assert_eq!(e.field, "upstream[0].source");
+    let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nsource = \"::1\""));
+    assert!(e.message.contains("families"), "{e}");
+}
+
+#[test]
+fn other_errors() {
+    assert!(err("").message.contains("[[server]]"));
+    let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nbalance = \"ip_hash\""));
+    assert!(e.message.contains("not available"), "{e}");
+    let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"ws\""));
+    assert!(e.message.contains("must start with"), "{e}");
+    let e = err("[[server]\n");
+    assert_eq!(e.line, 1);
+}

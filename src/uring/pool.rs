@@ -1,0 +1,352 @@
+//! The provided-buffer ring (the memory recvs land in) and the heap store (bytes and
+//! addresses that SQEs point at), each owned here until the kernel is done with it.
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use slab::Slab;
+
+use super::Cqe;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BufState {
+    /// Offered to the kernel in the buffer ring; it may write it at any time.
+    InRing,
+    /// Handed to us by a recv completion; ours to read.
+    Held,
+    /// Named by a send in flight; the kernel reads it until the send completes.
+    Sending,
+}
+
+/// The provided-buffer ring (`IORING_REGISTER_PBUF_RING`): fixed memory allocated once, buffers
+/// lent to the kernel and returned by recv completions. An idle connection holds none.
+pub struct BufPool {
+    pub(super) ring: NonNull<BufRingEntry>,
+    pub(super) ring_bytes: usize,
+    pub(super) data: NonNull<u8>,
+    pub(super) data_bytes: usize,
+    pub(super) buf_size: u32,
+    pub(super) mask: u16,
+    pub(super) tail: u16,
+    pub(super) state: Vec<BufState>,
+    pub(super) in_ring: u32,
+    /// Buffers handed to the kernel at least once; the rest of the mapping has never been
+    /// touched and costs no memory. The kernel takes buffers round-robin from the ring, so
+    /// every buffer in circulation gets touched: circulating only as many as the load needs
+    /// keeps the resident set at the peak demand instead of the whole pool.
+    pub(super) provided: u32,
+}
+
+/// Buffers put in circulation at start and at each growth step.
+const POOL_STEP: u32 = 64;
+pub(super) fn mmap_anon(bytes: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping of `bytes` bytes; no existing memory is touched and
+    // the result is checked for MAP_FAILED before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+impl BufPool {
+    /// Allocate `count` buffers of `buf_size` bytes. `count` is a power of two, at most 32768.
+    pub(super) fn new(count: u16, buf_size: u32) -> io::Result<BufPool> {
+        assert!(
+            count.is_power_of_two() && count <= 32768,
+            "buffer count {count}"
+        );
+        assert!(buf_size >= 512, "buffer size {buf_size}");
+        let ring_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
+        let data_bytes = usize::from(count) * buf_size as usize;
+        let ring = mmap_anon(ring_bytes)?.cast::<BufRingEntry>();
+        let data = match mmap_anon(data_bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                // SAFETY: `ring` was mapped just above with `ring_bytes` and is not registered.
+                unsafe { libc::munmap(ring.as_ptr().cast(), ring_bytes) };
+                return Err(e);
+            }
+        };
+        Ok(BufPool {
+            ring,
+            ring_bytes,
+            data,
+            data_bytes,
+            buf_size,
+            mask: count - 1,
+            tail: 0,
+            state: vec![BufState::Held; usize::from(count)],
+            in_ring: 0,
+            provided: 0,
+        })
+    }
+
+    /// Put more never-used buffers in circulation when few are left in the ring. Call once per
+    /// event-loop turn; returns how many were added.
+    pub fn grow_if_low(&mut self) -> u32 {
+        if self.in_ring >= POOL_STEP / 2 || self.provided >= self.count() {
+            return 0;
+        }
+        let n = POOL_STEP.min(self.count() - self.provided);
+        for bid in self.provided..self.provided + n {
+            self.release(bid as u16);
+        }
+        self.provided += n;
+        n
+    }
+
+    /// Buffers in circulation (touched at least once).
+    pub fn provided(&self) -> u32 {
+        self.provided
+    }
+
+    /// Size of every buffer in bytes.
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+
+    /// How many buffers the kernel can pick from right now.
+    pub fn available(&self) -> u32 {
+        self.in_ring
+    }
+
+    /// Buffers not held by anyone: in the ring, or never put in circulation yet.
+    pub fn free(&self) -> u32 {
+        self.in_ring + (self.count() - self.provided)
+    }
+
+    /// Number of buffers in the pool.
+    pub fn count(&self) -> u32 {
+        u32::from(self.mask) + 1
+    }
+
+    pub(super) fn publish_tail(&self) {
+        // SAFETY: `self.ring` is the first entry of a live, page-aligned mapping of `count`
+        // entries; the tail field overlays the first entry's `resv` as the kernel ABI defines.
+        let tail = unsafe { BufRingEntry::tail(self.ring.as_ptr()) } as *const AtomicU16;
+        // SAFETY: the tail is a u16 inside our mapping, shared with the kernel, which only reads
+        // it; a Release store publishes the entries written before it.
+        unsafe { (*tail).store(self.tail, Ordering::Release) };
+    }
+
+    /// Give back the buffer a completion carries, if it carries one: for a completion whose
+    /// data nobody will use (its connection is gone, or it ended the recv).
+    pub fn release_of(&mut self, c: &Cqe) {
+        if let Some(bid) = c.buf_id() {
+            self.release(bid);
+        }
+    }
+
+    /// Give buffer `bid` back to the kernel. It must be held by us and not named by a send.
+    pub fn release(&mut self, bid: u16) {
+        let i = usize::from(bid);
+        assert_eq!(
+            self.state[i],
+            BufState::Held,
+            "release of buffer {bid} in wrong state"
+        );
+        let slot = usize::from(self.tail & self.mask);
+        // SAFETY: `slot` < count, inside the ring mapping. The kernel only reads entries between
+        // its head and our published tail; this slot is past the tail until we publish below.
+        let entry = unsafe { &mut *self.ring.as_ptr().add(slot) };
+        // SAFETY: `i` < count, so the offset stays inside the data mapping.
+        let addr = unsafe { self.data.as_ptr().add(i * self.buf_size as usize) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.buf_size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+        self.publish_tail();
+        self.state[i] = BufState::InRing;
+        self.in_ring += 1;
+    }
+
+    /// A recv completion handed us buffer `bid`.
+    pub fn take(&mut self, bid: u16) {
+        let i = usize::from(bid);
+        assert_eq!(
+            self.state[i],
+            BufState::InRing,
+            "kernel returned buffer {bid} twice"
+        );
+        self.state[i] = BufState::Held;
+        self.in_ring -= 1;
+    }
+
+    /// The first `len` bytes of a held buffer.
+    pub fn bytes(&self, bid: u16, len: u32) -> &[u8] {
+        let i = usize::from(bid);
+        assert!(
+            self.state[i] != BufState::InRing,
+            "read of buffer {bid} owned by kernel"
+        );
+        assert!(len <= self.buf_size);
+        // SAFETY: the buffer is not in the ring, so the kernel does not write it; the range is
+        // inside the data mapping (i < count, len <= buf_size).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.data.as_ptr().add(i * self.buf_size as usize),
+                len as usize,
+            )
+        }
+    }
+
+    /// A mutable view of a held buffer that no send names (the echo unmasks in place).
+    pub fn bytes_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        let i = usize::from(bid);
+        assert_eq!(
+            self.state[i],
+            BufState::Held,
+            "write of buffer {bid} not held"
+        );
+        assert!(len <= self.buf_size);
+        // SAFETY: held and not sending, so neither the kernel nor a pending send reads or writes
+        // it; the range is inside the data mapping.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.data.as_ptr().add(i * self.buf_size as usize),
+                len as usize,
+            )
+        }
+    }
+}
+
+impl Drop for BufPool {
+    fn drop(&mut self) {
+        // SAFETY: both mappings were created in `new` with these sizes. The ring that used them
+        // was drained (Ring::drop) or never created, so the kernel no longer references them.
+        unsafe {
+            libc::munmap(self.ring.as_ptr().cast(), self.ring_bytes);
+            libc::munmap(self.data.as_ptr().cast(), self.data_bytes);
+        }
+    }
+}
+
+pub(super) enum HeapData {
+    /// The bytes live in the Vec's own allocation, which stays put when the slab grows.
+    Bytes(Vec<u8>),
+    /// Boxed for the same reason: the kernel may read the address after the slab has moved.
+    Addr(Box<socket2::SockAddr>),
+}
+
+pub(super) struct HeapEntry {
+    pub(super) data: HeapData,
+    /// Ops in flight naming this entry. Several sends may read the same bytes at once (a
+    /// frame every connection of the load generator sends); nothing may free it meanwhile.
+    pub(super) in_kernel: u32,
+}
+
+/// Bytes and socket addresses that an SQE points at, owned here until their completion.
+#[derive(Default)]
+pub struct HeapStore {
+    pub(super) entries: Slab<HeapEntry>,
+    /// Emptied allocations of freed entries, handed out again by `scratch`, so building a
+    /// response head or an error page does not allocate per message.
+    pub(super) spare: Vec<Vec<u8>>,
+}
+
+/// Allocations kept for reuse, and the largest one kept.
+const SPARE_MAX: usize = 16;
+const SPARE_CAPACITY_MAX: usize = 4 * 1024;
+
+impl HeapStore {
+    /// Store bytes to be sent; returns their id.
+    pub fn put(&mut self, bytes: Vec<u8>) -> u32 {
+        self.entries.insert(HeapEntry {
+            data: HeapData::Bytes(bytes),
+            in_kernel: 0,
+        }) as u32
+    }
+
+    /// Length of stored bytes.
+    pub fn len(&self, id: u32) -> usize {
+        match &self.entries[id as usize].data {
+            HeapData::Bytes(b) => b.len(),
+            HeapData::Addr(_) => 0,
+        }
+    }
+
+    /// Read stored bytes.
+    pub fn bytes(&self, id: u32) -> &[u8] {
+        match &self.entries[id as usize].data {
+            HeapData::Bytes(b) => b,
+            HeapData::Addr(_) => &[],
+        }
+    }
+
+    /// The op naming entry `id` has completed.
+    pub fn complete(&mut self, id: u32) {
+        let e = &mut self.entries[id as usize];
+        assert!(
+            e.in_kernel > 0,
+            "completion for heap entry {id} not in flight"
+        );
+        e.in_kernel -= 1;
+    }
+
+    /// Free entry `id`; it must not be named by an op in flight. Its allocation is kept for
+    /// `scratch` when it is not too large.
+    pub fn free(&mut self, id: u32) {
+        let v = self.take(id);
+        self.recycle(v);
+    }
+
+    /// An empty Vec to build bytes in, from a freed entry when there is one.
+    pub fn scratch(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keep `v`'s allocation for `scratch`.
+    pub fn recycle(&mut self, mut v: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && v.capacity() > 0 && v.capacity() <= SPARE_CAPACITY_MAX {
+            v.clear();
+            self.spare.push(v);
+        }
+    }
+
+    /// Take the bytes back out (for reuse), freeing the id.
+    pub fn take(&mut self, id: u32) -> Vec<u8> {
+        assert!(
+            self.entries[id as usize].in_kernel == 0,
+            "take of heap entry {id} in flight"
+        );
+        match self.entries.remove(id as usize).data {
+            HeapData::Bytes(b) => b,
+            HeapData::Addr(_) => Vec::new(),
+        }
+    }
+
+    /// Entries alive (for tests and leak checks).
+    pub fn live(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl BufPool {
+    /// A pool that owns nothing (used to move a live pool out for leaking).
+    pub(super) fn empty() -> BufPool {
+        BufPool {
+            ring: NonNull::dangling(),
+            ring_bytes: 0,
+            data: NonNull::dangling(),
+            data_bytes: 0,
+            buf_size: 0,
+            mask: 0,
+            tail: 0,
+            state: Vec::new(),
+            in_ring: 0,
+            provided: 0,
+        }
+    }
+}
