@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use crate::uring::slots::Slots;
 use crate::uring::timer::TimerWheel;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UserData};
-use crate::ws::{self, opcode};
+use crate::ws::{self, FrameTracker, opcode};
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -503,11 +503,8 @@ struct BConn {
     out: VecDeque<Chunk>,
     head: Vec<u8>,
     /// Incoming frame header bytes, and what is left of the current frame's payload.
-    rx_hdr: [u8; ws::MAX_HEADER],
-    rx_have: u8,
-    rx_left: u64,
-    rx_op: u8,
-    rx_fin: bool,
+    /// Frames coming from the server.
+    rx: FrameTracker,
     /// Send times (µs) of messages whose echo has not come back, oldest first.
     sent_at: VecDeque<u64>,
     started_us: u64,
@@ -773,11 +770,7 @@ impl BenchWorker {
             sending: None,
             out: VecDeque::new(),
             head: Vec::new(),
-            rx_hdr: [0; ws::MAX_HEADER],
-            rx_have: 0,
-            rx_left: 0,
-            rx_op: 0,
-            rx_fin: false,
+            rx: FrameTracker::default(),
             sent_at: VecDeque::new(),
             started_us: now,
             next_us: 0,
@@ -1230,35 +1223,16 @@ impl BenchWorker {
             if c.phase == Phase::Dead {
                 return;
             }
-            if c.rx_left > 0 {
-                let n = (data.len() as u64).min(c.rx_left) as usize;
-                if c.rx_op == opcode::BINARY && self.opts.mode == Mode::Throughput {
-                    let pos = (self.payload.len() as u64 - c.rx_left) as usize;
-                    if self.payload.get(pos..pos + n) != Some(&data[..n]) {
-                        c.errored = true;
-                        self.error("echo:corrupt payload".into());
-                        return self.kill(slot, Some(generation));
-                    }
-                }
-                c.rx_left -= n as u64;
-                data = &data[n..];
-                if c.rx_left == 0 {
-                    let (op, fin) = (c.rx_op, c.rx_fin);
-                    self.frame_done(slot, generation, op, fin);
-                }
-                continue;
-            }
-            let have = usize::from(c.rx_have);
-            let take = (ws::MAX_HEADER - have).min(data.len());
-            c.rx_hdr[have..have + take].copy_from_slice(&data[..take]);
-            match ws::parse_header(&c.rx_hdr[..have + take]) {
-                Ok(None) => {
-                    c.rx_have += take as u8;
-                    data = &data[take..];
-                }
-                Ok(Some(h)) => {
-                    data = &data[h.header_len - have..];
-                    c.rx_have = 0;
+            let Ok(step) = c.rx.step(data) else {
+                c.errored = true;
+                self.error("protocol:bad frame".into());
+                return self.kill(slot, Some(generation));
+            };
+            let taken = &data[..step.used];
+            data = &data[step.used..];
+            let h = match step.piece {
+                ws::Piece::Partial => continue,
+                ws::Piece::Header(h) => {
                     if h.mask.is_some() {
                         c.errored = true;
                         self.error("protocol:masked frame from server".into());
@@ -1272,9 +1246,6 @@ impl BenchWorker {
                         self.error("echo:wrong length".into());
                         return self.kill(slot, Some(generation));
                     }
-                    c.rx_left = h.len;
-                    c.rx_op = h.opcode;
-                    c.rx_fin = h.fin;
                     if h.opcode == opcode::PING {
                         // Answer with a Pong carrying the same payload (masked, as a client).
                         let n = (h.len as usize).min(data.len());
@@ -1283,15 +1254,22 @@ impl BenchWorker {
                         let id = self.ring.heap.put(pong);
                         self.send_heap(slot, generation, id, len);
                     }
-                    if h.len == 0 {
-                        self.frame_done(slot, generation, h.opcode, h.fin);
+                    h
+                }
+                ws::Piece::Payload { header: h, offset } => {
+                    if h.opcode == opcode::BINARY && self.opts.mode == Mode::Throughput {
+                        let pos = offset as usize;
+                        if self.payload.get(pos..pos + taken.len()) != Some(taken) {
+                            c.errored = true;
+                            self.error("echo:corrupt payload".into());
+                            return self.kill(slot, Some(generation));
+                        }
                     }
+                    h
                 }
-                Err(_) => {
-                    c.errored = true;
-                    self.error("protocol:bad frame".into());
-                    return self.kill(slot, Some(generation));
-                }
+            };
+            if step.end {
+                self.frame_done(slot, generation, h.opcode, h.fin);
             }
         }
     }

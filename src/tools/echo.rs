@@ -27,7 +27,7 @@ use socket2::Socket;
 use crate::http::{BodyKind, BodyTracker};
 use crate::uring::slots::Slots;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UserData};
-use crate::ws::{self, FrameHeader, opcode};
+use crate::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
 
 /// Bytes per generated piece of a large response or push.
 const PIECE: usize = 64 * 1024;
@@ -49,11 +49,7 @@ enum Gen {
 
 #[derive(Debug, Default)]
 struct WsEcho {
-    hdr: [u8; ws::MAX_HEADER],
-    have: usize,
-    cur: Option<FrameHeader>,
-    left: u64,
-    offset: u64,
+    frames: FrameTracker,
     ctrl: Vec<u8>,
     /// We sent a Close first (`/close/CODE`); the client's Close ends the connection.
     close_sent: bool,
@@ -490,44 +486,17 @@ fn feed(conn: &mut Conn, data: &mut [u8], out: &mut Vec<u8>) {
 fn ws_feed(w: &mut WsEcho, data: &mut [u8], out: &mut Vec<u8>) -> Result<(), ()> {
     let mut i = 0;
     while i < data.len() {
-        if let Some(h) = w.cur {
-            let take = ((data.len() - i) as u64).min(w.left) as usize;
-            let piece = &mut data[i..i + take];
-            if let Some(m) = h.mask {
-                ws::apply_mask(piece, m, w.offset);
-            }
-            if h.opcode >= 0x8 {
-                w.ctrl.extend_from_slice(piece);
-            } else {
-                out.extend_from_slice(piece);
-            }
-            w.left -= take as u64;
-            w.offset += take as u64;
-            i += take;
-            if w.left == 0 {
-                w.cur = None;
-                if control_done(w, h, out) {
-                    return Ok(());
-                }
-            }
-            continue;
-        }
-        let take = (ws::MAX_HEADER - w.have).min(data.len() - i);
-        w.hdr[w.have..w.have + take].copy_from_slice(&data[i..i + take]);
-        match ws::parse_header(&w.hdr[..w.have + take]) {
-            Err(_) => {
-                out.extend(ws::frame(
-                    opcode::CLOSE,
-                    &ws::close_payload(1002, "protocol error"),
-                    None,
-                ));
-                return Err(());
-            }
-            Ok(None) => {
-                w.have += take;
-                i += take;
-            }
-            Ok(Some(h)) => {
+        let Ok(step) = w.frames.step(&data[i..]) else {
+            out.extend(ws::frame(
+                opcode::CLOSE,
+                &ws::close_payload(1002, "protocol error"),
+                None,
+            ));
+            return Err(());
+        };
+        let h = match step.piece {
+            Piece::Partial => None,
+            Piece::Header(h) => {
                 if h.mask.is_none() {
                     out.extend(ws::frame(
                         opcode::CLOSE,
@@ -536,23 +505,32 @@ fn ws_feed(w: &mut WsEcho, data: &mut [u8], out: &mut Vec<u8>) -> Result<(), ()>
                     ));
                     return Err(());
                 }
-                i += h.header_len - w.have;
-                w.have = 0;
-                w.left = h.len;
-                w.offset = 0;
                 if h.opcode < 0x8 {
                     ws::write_header(out, h.fin, h.rsv, h.opcode, None, h.len);
                 } else {
                     w.ctrl.clear();
                 }
-                if h.len == 0 {
-                    if control_done(w, h, out) {
-                        return Ok(());
-                    }
-                } else {
-                    w.cur = Some(h);
-                }
+                Some(h)
             }
+            Piece::Payload { header: h, offset } => {
+                let piece = &mut data[i..i + step.used];
+                if let Some(m) = h.mask {
+                    ws::apply_mask(piece, m, offset);
+                }
+                if h.opcode >= 0x8 {
+                    w.ctrl.extend_from_slice(piece);
+                } else {
+                    out.extend_from_slice(piece);
+                }
+                Some(h)
+            }
+        };
+        i += step.used;
+        if step.end
+            && let Some(h) = h
+            && control_done(w, h, out)
+        {
+            return Ok(());
         }
     }
     Ok(())

@@ -169,16 +169,41 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
-/// Tracks frame boundaries in one direction of a tunnel: header bytes are looked at, payload
-/// bytes are skipped by count. It never copies payload and never rewrites anything.
+/// Tracks frames in one byte stream: header bytes are gathered and decoded, payload bytes are
+/// only counted. It never copies payload and never rewrites anything. The proxy uses it to know
+/// where frames end (so a Ping or Close can be put between two frames); the echo backend and
+/// the load generator step through the same pieces to unmask, echo and check payload.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameTracker {
     hdr: [u8; MAX_HEADER],
     have: u8,
     /// Payload bytes of the current frame still to come.
     left: u64,
+    /// The current frame's header (valid while `left > 0`) and payload bytes seen of it.
+    cur: Option<FrameHeader>,
+    offset: u64,
     /// Frames completed so far.
     pub frames: u64,
+}
+
+/// What one step over a byte stream found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Header bytes were taken; the header is not complete yet.
+    Partial,
+    /// A frame header is complete (the bytes taken end it).
+    Header(FrameHeader),
+    /// The bytes taken are payload of `header`'s frame, starting at payload byte `offset`.
+    Payload { header: FrameHeader, offset: u64 },
+}
+
+/// One step: what was found, how many bytes of the input it took, and whether a frame ended
+/// with them (a header of an empty frame, or the last payload byte).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub piece: Piece,
+    pub used: usize,
+    pub end: bool,
 }
 
 impl FrameTracker {
@@ -187,36 +212,60 @@ impl FrameTracker {
         self.have == 0 && self.left == 0
     }
 
+    /// Take the next piece from the front of `data` (not empty).
+    pub fn step(&mut self, data: &[u8]) -> Result<Step, FrameError> {
+        if self.left > 0
+            && let Some(header) = self.cur
+        {
+            let used = (data.len() as u64).min(self.left);
+            let offset = self.offset;
+            self.left -= used;
+            self.offset += used;
+            let end = self.left == 0;
+            if end {
+                self.frames += 1;
+                self.cur = None;
+            }
+            return Ok(Step {
+                piece: Piece::Payload { header, offset },
+                used: used as usize,
+                end,
+            });
+        }
+        let have = usize::from(self.have);
+        let take = (MAX_HEADER - have).min(data.len());
+        self.hdr[have..have + take].copy_from_slice(&data[..take]);
+        match parse_header(&self.hdr[..have + take])? {
+            None => {
+                self.have += take as u8;
+                Ok(Step {
+                    piece: Piece::Partial,
+                    used: take,
+                    end: false,
+                })
+            }
+            Some(h) => {
+                self.have = 0;
+                self.left = h.len;
+                self.offset = 0;
+                self.cur = (h.len > 0).then_some(h);
+                if h.len == 0 {
+                    self.frames += 1;
+                }
+                Ok(Step {
+                    piece: Piece::Header(h),
+                    used: h.header_len - have,
+                    end: h.len == 0,
+                })
+            }
+        }
+    }
+
     /// Account for `data` passing by.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
         while !data.is_empty() {
-            if self.left > 0 {
-                let skip = (data.len() as u64).min(self.left);
-                self.left -= skip;
-                data = &data[skip as usize..];
-                if self.left == 0 {
-                    self.frames += 1;
-                }
-                continue;
-            }
-            let have = usize::from(self.have);
-            let take = (MAX_HEADER - have).min(data.len());
-            self.hdr[have..have + take].copy_from_slice(&data[..take]);
-            match parse_header(&self.hdr[..have + take])? {
-                None => {
-                    self.have += take as u8;
-                    data = &data[take..];
-                }
-                Some(h) => {
-                    let used = h.header_len - have;
-                    data = &data[used..];
-                    self.have = 0;
-                    self.left = h.len;
-                    if h.len == 0 {
-                        self.frames += 1;
-                    }
-                }
-            }
+            let s = self.step(data)?;
+            data = &data[s.used..];
         }
         Ok(())
     }
