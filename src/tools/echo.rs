@@ -14,9 +14,8 @@
 //! the address the connection came from); `GET /bytes/N` →
 //! N bytes with Content-Length; `GET /chunked/N` → N bytes chunked; `POST /echo` → the body back.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,8 +24,8 @@ use anyhow::Context;
 use socket2::Socket;
 
 use crate::http::{BodyKind, BodyTracker};
-use crate::uring::slots::Slots;
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UserData};
+use crate::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
+use crate::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
 use crate::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
 
 /// Bytes per generated piece of a large response or push.
@@ -66,31 +65,24 @@ enum Mode {
     Drop,
 }
 
+/// One client of the echo backend: its socket (the reactor's `Conn`) and what it is doing.
 #[derive(Debug)]
-struct Conn {
-    fd: RawFd,
-    ops: u8,
-    /// A multishot recv is armed (until its final completion).
-    recv_on: bool,
-    /// A cancel of that recv is in flight (backpressure or closing).
-    recv_cancel: bool,
+struct Client {
+    sock: Conn,
+    /// Cancels of this client's ops in flight.
+    cancels: u8,
     closing: bool,
     close_after_flush: bool,
     keep_alive: bool,
-    out: VecDeque<Chunk>,
-    sending: Option<Chunk>,
     mode: Mode,
     produce: Option<(Gen, u64, u64)>,
-    send_cancelled: bool,
 }
 
-struct EchoWorker {
-    ring: Ring,
+/// Everything of an echo worker but its reactor.
+struct EchoCore {
     listeners: Vec<Socket>,
-    conns: Slots<Conn>,
-    spare: Vec<Vec<u8>>,
-    stop: Arc<AtomicBool>,
-    cqes: Vec<Cqe>,
+    /// Heap id of a connect (never used: the echo backend only accepts).
+    no_connect: Option<u32>,
 }
 
 /// Run echo workers on `listen` until SIGINT/SIGTERM.
@@ -128,15 +120,14 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
                         }
                     };
                     let _ = ready.send(Ok(()));
-                    EchoWorker {
-                        ring,
+                    let mut reactor = Reactor::new(ring, 1024, 100, 64);
+                    // Generated pieces are up to 64 KiB: keep that many allocations for reuse.
+                    reactor.ring.heap.keep_spares(64, 4 * PIECE);
+                    let mut core = EchoCore {
                         listeners,
-                        conns: Slots::with_capacity(1024),
-                        spare: Vec::new(),
-                        stop,
-                        cqes: Vec::with_capacity(256),
-                    }
-                    .run()
+                        no_connect: None,
+                    };
+                    core.run(&mut reactor, &stop)
                 })?,
         );
     }
@@ -167,248 +158,177 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ud(slot: u32, generation: u32, op: Op) -> UserData {
-    UserData::new(slot, generation, op, Side::Down)
-}
-
-impl EchoWorker {
-    fn run(mut self) -> anyhow::Result<()> {
+impl EchoCore {
+    fn run(&mut self, r: &mut Reactor<Client>, stop: &AtomicBool) -> anyhow::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
-            self.ring.accept_multi(
+            r.ring.accept_multi(
                 l.as_raw_fd(),
                 UserData::new(i as u32, 0, Op::Accept, Side::Down),
             );
         }
-        while !self.stop.load(Ordering::Relaxed) {
-            self.ring.submit_and_wait(Duration::from_millis(100))?;
-            let mut cqes = std::mem::take(&mut self.cqes);
-            self.ring.reap(&mut cqes);
-            for c in &cqes {
-                self.dispatch(*c);
-            }
-            self.cqes = cqes;
-            self.ring.pool.grow_if_low();
+        while !stop.load(Ordering::Relaxed) {
+            r.turn(self, Duration::from_millis(100))?;
         }
-        for k in self.conns.keys() {
-            if let Some((_, c)) = self.conns.get_any_mut(k) {
-                let _ = nix::unistd::close(c.fd);
+        for k in r.slots.keys() {
+            if let Some((_, c)) = r.slots.get_any_mut(k) {
+                let _ = nix::unistd::close(c.sock.fd);
             }
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, c: Cqe) {
-        let Some(op) = c.ud.op() else { return };
-        if op == Op::Accept {
-            let li = c.ud.slot() as usize;
-            if !c.more() && li < self.listeners.len() {
-                self.ring.accept_multi(self.listeners[li].as_raw_fd(), c.ud);
-            }
-            if c.res >= 0 {
-                let (fd, _) = crate::sys::accepted(c.res);
-                let (slot, generation) = self.conns.insert(|_, _| Conn {
-                    fd,
-                    ops: 0,
-                    recv_on: false,
-                    recv_cancel: false,
-                    closing: false,
-                    close_after_flush: false,
-                    keep_alive: true,
-                    out: VecDeque::new(),
-                    sending: None,
-                    mode: Mode::Head(Vec::new()),
-                    produce: None,
-                    send_cancelled: false,
-                });
-                self.settle(slot, generation);
-            }
+    /// Run `f` on a client with a `Sys` over the ring, then settle it.
+    fn with(
+        &mut self,
+        r: &mut Reactor<Client>,
+        slot: u32,
+        f: impl FnOnce(&mut Client, &mut RingSys<'_>),
+    ) {
+        let now_ms = r.now_ms();
+        let Some((generation, c)) = r.slots.get_any_mut(slot) else {
             return;
-        }
-        let (slot, generation) = (c.ud.slot(), c.ud.generation());
-        if self.conns.get_mut(slot, generation).is_none() {
-            self.ring.pool.release_of(&c);
-            return;
-        }
-        match op {
-            Op::Recv => self.on_recv(slot, generation, c),
-            Op::Send => self.on_send(slot, generation, c.res),
-            Op::Cancel => {
-                let conn = self.conns.get_mut(slot, generation).expect("checked");
-                conn.ops -= 1;
-            }
-            _ => {}
-        }
-        self.settle(slot, generation);
-    }
-
-    fn on_recv(&mut self, slot: u32, generation: u32, c: Cqe) {
-        let conn = self.conns.get_mut(slot, generation).expect("checked");
-        if !c.more() {
-            conn.ops -= 1;
-            conn.recv_on = false;
-            conn.recv_cancel = false;
-        }
-        if c.res <= 0 {
-            self.ring.pool.release_of(&c);
-            // ENOBUFS: re-armed by settle once buffers are back; ECANCELED: our backpressure.
-            if c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
-                conn.closing = true;
-            }
-            return;
-        }
-        let bid = c.buf_id().expect("recv data has a buffer");
-        let n = c.res as u32;
-        let mut out = self.spare.pop().unwrap_or_default();
-        let data = self.ring.pool.bytes_mut(bid, n);
-        let conn = self.conns.get_mut(slot, generation).expect("checked");
-        feed(conn, data, &mut out);
-        self.ring.pool.release(bid);
-        self.queue(slot, generation, out);
-    }
-
-    fn queue(&mut self, slot: u32, generation: u32, out: Vec<u8>) {
-        if out.is_empty() {
-            if self.spare.len() < 64 {
-                self.spare.push(out);
-            }
-            return;
-        }
-        let len = out.len() as u32;
-        let id = self.ring.heap.put(out);
-        let conn = self.conns.get_mut(slot, generation).expect("live");
-        conn.out.push_back(Chunk {
-            src: Src::Heap(id),
-            off: 0,
-            len,
-        });
-    }
-
-    fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
-        let conn = self.conns.get_mut(slot, generation).expect("checked");
-        conn.ops -= 1;
-        let mut ch = conn.sending.take().expect("send completion without a send");
-        self.ring.send_done(ch);
-        if res > 0 && (res as u32) < ch.len {
-            ch.off += res as u32;
-            ch.len -= res as u32;
-            conn.out.push_front(ch);
-            return;
-        }
-        let Src::Heap(id) = ch.src else {
-            unreachable!("echo sends heap bytes only")
         };
-        let mut v = self.ring.heap.take(id);
-        if res < 0 {
-            conn.closing = true;
-        }
-        if self.spare.len() < 64 && v.capacity() <= 4 * PIECE {
-            v.clear();
-            self.spare.push(v);
-        }
-    }
-
-    /// After any event: generate more output, start a send, re-arm the recv, or close.
-    fn settle(&mut self, slot: u32, generation: u32) {
-        // Generated bodies are produced only as fast as they are sent.
-        loop {
-            let conn = self.conns.get_mut(slot, generation).expect("live");
-            if conn.closing || conn.out.len() >= 2 {
-                break;
-            }
-            let Some((kind, pos, left)) = conn.produce.as_mut() else {
-                break;
-            };
-            let n = (*left).min(PIECE as u64) as usize;
-            let mut out = self.spare.pop().unwrap_or_default();
-            match kind {
-                Gen::Raw => out.extend((0..n as u64).map(|i| pattern(*pos + i))),
-                Gen::Chunked => {
-                    if n > 0 {
-                        out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-                        out.extend((0..n as u64).map(|i| pattern(*pos + i)));
-                        out.extend_from_slice(b"\r\n");
-                    }
-                    if *left == n as u64 {
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
-                Gen::Frames => {
-                    ws::write_header(&mut out, true, 0, opcode::BINARY, None, n as u64);
-                    out.extend((0..n as u64).map(|i| pattern(*pos + i)));
-                }
-            }
-            *pos += n as u64;
-            *left -= n as u64;
-            if *left == 0 {
-                conn.produce = None;
-                if !conn.keep_alive && !matches!(conn.mode, Mode::Ws(_)) {
-                    conn.close_after_flush = true;
-                }
-            }
-            self.queue(slot, generation, out);
-        }
-        let conn = self.conns.get_mut(slot, generation).expect("live");
-        if conn.close_after_flush && conn.out.is_empty() && conn.sending.is_none() {
-            conn.closing = true;
-        }
-        if conn.closing {
-            // Cancel each op in flight by its user_data (cancel by fd is O(n) per call).
-            if conn.recv_on && !conn.recv_cancel {
-                conn.recv_cancel = true;
-                conn.ops += 1;
-                self.ring.cancel_op(
-                    ud(slot, generation, Op::Recv),
-                    ud(slot, generation, Op::Cancel),
-                );
-            }
-            if conn.sending.is_some() && !conn.send_cancelled {
-                conn.send_cancelled = true;
-                conn.ops += 1;
-                self.ring.cancel_op(
-                    ud(slot, generation, Op::Send),
-                    ud(slot, generation, Op::Cancel),
-                );
-            }
-            if conn.ops == 0 {
-                let mut conn = self.conns.remove(slot);
-                for ch in conn.out.drain(..) {
-                    if let Src::Heap(id) = ch.src {
-                        self.ring.heap.free(id);
-                    }
-                }
-                let _ = nix::unistd::close(conn.fd);
-            }
-            return;
-        }
-        if conn.sending.is_none()
-            && let Some(ch) = conn.out.pop_front()
-        {
-            conn.sending = Some(ch);
-            conn.ops += 1;
-            self.ring.send(conn.fd, ch, ud(slot, generation, Op::Send));
-        }
-        let conn = self.conns.get_mut(slot, generation).expect("live");
-        let paused =
-            conn.out.len() >= OUT_MAX || conn.produce.is_some() || matches!(conn.mode, Mode::Drop);
-        if paused && conn.recv_on && !conn.recv_cancel {
-            // Backpressure: stop the multishot recv until what we owe the client drains.
-            conn.recv_cancel = true;
-            conn.ops += 1;
-            self.ring.cancel_op(
-                ud(slot, generation, Op::Recv),
-                ud(slot, generation, Op::Cancel),
-            );
-        } else if !paused && !conn.recv_on {
-            conn.recv_on = true;
-            conn.ops += 1;
-            self.ring
-                .recv_multi(conn.fd, ud(slot, generation, Op::Recv));
+        let mut sys = RingSys {
+            ring: &mut r.ring,
+            slot,
+            generation,
+            now_ms,
+            parked: &mut r.parked,
+            connect_addr: &mut self.no_connect,
+        };
+        f(c, &mut sys);
+        if settle(c, &mut sys) {
+            r.slots.remove(slot);
         }
     }
 }
 
+impl Handler<Client> for EchoCore {
+    fn on_core(&mut self, r: &mut Reactor<Client>, c: Cqe) {
+        if c.ud.op() != Some(Op::Accept) || c.ud.slot() == crate::uring::SLOT_CORE {
+            return;
+        }
+        let li = c.ud.slot() as usize;
+        if !c.more() && li < self.listeners.len() {
+            r.ring.accept_multi(self.listeners[li].as_raw_fd(), c.ud);
+        }
+        if c.res >= 0 {
+            let (fd, _) = crate::sys::accepted(c.res);
+            let (slot, _) = r.slots.insert(|_, _| Client {
+                sock: Conn::new(fd),
+                cancels: 0,
+                closing: false,
+                close_after_flush: false,
+                keep_alive: true,
+                mode: Mode::Head(Vec::new()),
+                produce: None,
+            });
+            self.with(r, slot, |_, _| {});
+        }
+    }
+
+    fn on_slot(&mut self, r: &mut Reactor<Client>, c: Cqe) {
+        let slot = c.ud.slot();
+        self.with(r, slot, |client, sys| match c.ud.op() {
+            Some(Op::Recv) => on_recv(client, sys, c),
+            Some(Op::Send) => {
+                let closing = client.closing;
+                if let Sent::Failed(_) = client.sock.on_sent(sys, Side::Down, c.res, closing) {
+                    client.closing = true;
+                }
+            }
+            Some(Op::Cancel) => client.cancels -= 1,
+            _ => {}
+        });
+    }
+
+    fn on_timer(&mut self, _: &mut Reactor<Client>, _: u32, _: u32, _: u64) {}
+}
+
+fn on_recv(client: &mut Client, sys: &mut RingSys<'_>, c: Cqe) {
+    client.sock.recv_ended(c.more());
+    if c.res <= 0 {
+        sys.ring.pool.release_of(&c);
+        // ENOBUFS: re-armed by settle; ECANCELED: our backpressure.
+        if c.res != -libc::ENOBUFS && c.res != -libc::ECANCELED {
+            client.closing = true;
+        }
+        return;
+    }
+    let bid = c.buf_id().expect("recv data has a buffer");
+    let mut out = sys.scratch();
+    let data = sys.ring.pool.bytes_mut(bid, c.res as u32);
+    feed(client, data, &mut out);
+    sys.ring.pool.release(bid);
+    queue(client, sys, out);
+}
+
+fn queue(client: &mut Client, sys: &mut RingSys<'_>, out: Vec<u8>) {
+    if out.is_empty() {
+        sys.recycle(out);
+        return;
+    }
+    let c = sys.put(out);
+    client.sock.push(c);
+}
+
+/// After any event: generate more output, start a send, re-arm the recv, or close. True when
+/// the client is gone (its slot may be freed).
+fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
+    // Generated bodies are produced only as fast as they are sent.
+    while !client.closing && client.sock.pending() < 2 {
+        let Some((kind, pos, left)) = client.produce.as_mut() else {
+            break;
+        };
+        let n = (*left).min(PIECE as u64) as usize;
+        let mut out = sys.scratch();
+        match kind {
+            Gen::Raw => out.extend((0..n as u64).map(|i| pattern(*pos + i))),
+            Gen::Chunked => {
+                if n > 0 {
+                    out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    out.extend((0..n as u64).map(|i| pattern(*pos + i)));
+                    out.extend_from_slice(b"\r\n");
+                }
+                if *left == n as u64 {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+            Gen::Frames => {
+                ws::write_header(&mut out, true, 0, opcode::BINARY, None, n as u64);
+                out.extend((0..n as u64).map(|i| pattern(*pos + i)));
+            }
+        }
+        *pos += n as u64;
+        *left -= n as u64;
+        if *left == 0 {
+            client.produce = None;
+            if !client.keep_alive && !matches!(client.mode, Mode::Ws(_)) {
+                client.close_after_flush = true;
+            }
+        }
+        queue(client, sys, out);
+    }
+    if client.close_after_flush && client.sock.flushed() {
+        client.closing = true;
+    }
+    if client.closing {
+        client.cancels += client.sock.retire(sys, Side::Down);
+        return client.sock.close_when_done(sys, client.cancels, false);
+    }
+    client.sock.kick(sys, Side::Down);
+    // Backpressure: no recv while what we owe the client has not drained.
+    let paused = client.sock.pending() >= OUT_MAX
+        || client.produce.is_some()
+        || matches!(client.mode, Mode::Drop);
+    client.cancels += client
+        .sock
+        .sync_recv(sys, Side::Down, !paused, OUT_MAX as u32);
+    false
+}
+
 /// Process received bytes; append what to send to `out`.
-fn feed(conn: &mut Conn, data: &mut [u8], out: &mut Vec<u8>) {
+fn feed(conn: &mut Client, data: &mut [u8], out: &mut Vec<u8>) {
     let mut rest: &mut [u8] = data;
     loop {
         match &mut conn.mode {
@@ -553,7 +473,7 @@ fn control_done(w: &mut WsEcho, h: FrameHeader, out: &mut Vec<u8>) -> bool {
 }
 
 /// Handle a request head; `Ok(Some(head_len))` when complete.
-fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
+fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     let n = match req.parse(buf) {
@@ -585,7 +505,7 @@ fn http_request(conn: &mut Conn, buf: &[u8], out: &mut Vec<u8>) -> Result<Option
                 )
             })
             .collect();
-        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.fd)
+        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
             .map(|a| a.to_string())
             .unwrap_or_default();
         serde_json::json!({ "method": method, "path": path, "peer": peer, "headers": hs })

@@ -248,17 +248,31 @@ pub(super) struct HeapEntry {
 }
 
 /// Bytes and socket addresses that an SQE points at, owned here until their completion.
-#[derive(Default)]
 pub struct HeapStore {
     pub(super) entries: Slab<HeapEntry>,
     /// Emptied allocations of freed entries, handed out again by `scratch`, so building a
     /// response head or an error page does not allocate per message.
     pub(super) spare: Vec<Vec<u8>>,
+    /// How many allocations `spare` keeps, and the largest it keeps.
+    pub(super) spare_max: usize,
+    pub(super) spare_capacity_max: usize,
 }
 
-/// Allocations kept for reuse, and the largest one kept.
+/// Allocations kept for reuse by default, and the largest one kept: enough for request and
+/// response heads and error pages, little enough to stay out of the memory per connection.
 const SPARE_MAX: usize = 16;
 const SPARE_CAPACITY_MAX: usize = 4 * 1024;
+
+impl Default for HeapStore {
+    fn default() -> HeapStore {
+        HeapStore {
+            entries: Slab::new(),
+            spare: Vec::new(),
+            spare_max: SPARE_MAX,
+            spare_capacity_max: SPARE_CAPACITY_MAX,
+        }
+    }
+}
 
 impl HeapStore {
     /// Store bytes to be sent; returns their id.
@@ -302,6 +316,12 @@ impl HeapStore {
         self.recycle(v);
     }
 
+    /// Keep up to `count` freed allocations of up to `capacity` bytes for reuse.
+    pub fn keep_spares(&mut self, count: usize, capacity: usize) {
+        self.spare_max = count;
+        self.spare_capacity_max = capacity;
+    }
+
     /// An empty Vec to build bytes in, from a freed entry when there is one.
     pub fn scratch(&mut self) -> Vec<u8> {
         self.spare.pop().unwrap_or_default()
@@ -309,7 +329,10 @@ impl HeapStore {
 
     /// Keep `v`'s allocation for `scratch`.
     pub fn recycle(&mut self, mut v: Vec<u8>) {
-        if self.spare.len() < SPARE_MAX && v.capacity() > 0 && v.capacity() <= SPARE_CAPACITY_MAX {
+        if self.spare.len() < self.spare_max
+            && v.capacity() > 0
+            && v.capacity() <= self.spare_capacity_max
+        {
             v.clear();
             self.spare.push(v);
         }
