@@ -252,14 +252,11 @@ impl<T> Reactor<T> {
     pub fn turn(&mut self, h: &mut impl Handler<T>, wait: Duration) -> std::io::Result<()> {
         let tick = self.wheel.tick_ms();
         let next_tick = Duration::from_millis(tick - (self.now_ms % tick));
-        self.ring.submit_and_wait(wait.min(next_tick))?;
-        self.now_ms = self.epoch.elapsed().as_millis() as u64;
-        let mut cqes = std::mem::take(&mut self.cqes);
-        self.ring.reap(&mut cqes);
+        let cqes = self.wait(wait.min(next_tick))?;
         for &c in &cqes {
             self.dispatch(h, c);
         }
-        self.cqes = cqes;
+        self.give_back(cqes);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.wheel.advance(self.now_ms, &mut fired);
@@ -273,23 +270,45 @@ impl<T> Reactor<T> {
         Ok(())
     }
 
-    fn dispatch(&mut self, h: &mut impl Handler<T>, c: Cqe) {
-        let Some(op) = c.ud.op() else {
+    /// The first half of a turn, for a loop that dispatches itself (the load generator, whose
+    /// clock runs in microseconds): submit and wait up to `wait`, then copy out a batch of
+    /// completions. Hand the batch back with `give_back` once dispatched.
+    pub fn wait(&mut self, wait: Duration) -> std::io::Result<Vec<Cqe>> {
+        self.ring.submit_and_wait(wait)?;
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        Ok(cqes)
+    }
+
+    pub fn give_back(&mut self, cqes: Vec<Cqe>) {
+        self.cqes = cqes;
+    }
+
+    /// Whether a slot's completion belongs to a live slot. One for a slot that has been freed
+    /// (and maybe reused) has its buffer released and is counted: it means a close did not wait
+    /// for all its ops, a bug (asserted in debug builds).
+    pub fn is_live(&mut self, c: &Cqe) -> bool {
+        if c.ud.op().is_none() {
             self.stale += 1;
-            return;
-        };
-        if c.ud.slot() == SLOT_CORE || op == Op::Accept {
+            return false;
+        }
+        if self.slots.get_mut(c.ud.slot(), c.ud.generation()).is_some() {
+            return true;
+        }
+        self.ring.pool.release_of(c);
+        debug_assert!(false, "stale completion {c:?}");
+        self.stale += 1;
+        false
+    }
+
+    fn dispatch(&mut self, h: &mut impl Handler<T>, c: Cqe) {
+        if c.ud.slot() == SLOT_CORE || c.ud.op() == Some(Op::Accept) {
             return h.on_core(self, c);
         }
-        if self.slots.get_mut(c.ud.slot(), c.ud.generation()).is_none() {
-            // A completion for a slot that has been freed and maybe reused. Release any buffer
-            // it carries; count it (it means a close did not wait for all its ops).
-            self.ring.pool.release_of(&c);
-            debug_assert!(false, "stale completion {c:?}");
-            self.stale += 1;
-            return;
+        if self.is_live(&c) {
+            h.on_slot(self, c);
         }
-        h.on_slot(self, c);
     }
 
     /// Slots parked on ENOBUFS, taken while buffers last (at least `min_free` available).

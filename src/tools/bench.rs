@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,9 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
-use crate::uring::slots::Slots;
-use crate::uring::timer::TimerWheel;
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UserData};
+use crate::reactor::{Conn, Reactor, Recv, RingSys, Sent, Sys};
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
 use crate::ws::{self, FrameTracker, opcode};
 
 /// What to run.
@@ -495,12 +493,11 @@ enum Phase {
 }
 
 struct BConn {
-    fd: RawFd,
+    /// The socket: recv state, send queue, cancel-then-close.
+    sock: Conn,
+    /// Cancels of this connection's ops in flight.
+    cancels: u8,
     phase: Phase,
-    ops: u8,
-    recv_on: bool,
-    sending: Option<Chunk>,
-    out: VecDeque<Chunk>,
     head: Vec<u8>,
     /// Incoming frame header bytes, and what is left of the current frame's payload.
     /// Frames coming from the server.
@@ -515,12 +512,13 @@ struct BConn {
 }
 
 struct BenchWorker {
-    ring: Ring,
+    /// The ring, the connections' slots, the timer wheel (in ms of `start`).
+    r: Reactor<BConn>,
+    /// The reactor's `Sys` wants a connect-address cell; connects here go to the ring directly.
+    no_connect: Option<u32>,
     opts: Opts,
     plan: Plan,
     shared: Arc<Shared>,
-    conns: Slots<BConn>,
-    wheel: TimerWheel,
     start: Instant,
     now_us: u64,
     /// Shared bytes: the handshake request, the message frame, the heartbeat, a Close.
@@ -542,7 +540,6 @@ struct BenchWorker {
     hb_echoed: u64,
     closed_clean: u64,
     src_next: usize,
-    cqes: Vec<Cqe>,
     fired: Vec<((u32, u32), u64)>,
     next_open_us: u64,
     alive_at_stop: u64,
@@ -557,6 +554,21 @@ struct BenchWorker {
 }
 
 const KEY: &str = "cmluZ3dheS1iZW5jaC1rZXk=";
+
+/// A `Sys` over this worker's ring for one connection (a macro: it borrows the worker's fields,
+/// not the worker, so the connection's slot can be borrowed beside it).
+macro_rules! sys {
+    ($w:expr, $slot:expr, $generation:expr) => {
+        RingSys {
+            ring: &mut $w.r.ring,
+            slot: $slot,
+            generation: $generation,
+            now_ms: $w.now_us / 1000,
+            parked: &mut $w.r.parked,
+            connect_addr: &mut $w.no_connect,
+        }
+    };
+}
 
 impl BenchWorker {
     fn new(
@@ -575,12 +587,12 @@ impl BenchWorker {
         let mask = [0x5a, 0x17, 0xc3, 0x88];
         let frame = ws::frame(opcode::BINARY, &payload, Some(mask));
         let message_len = frame.len() as u32;
-        let handshake = ring.heap.put(req.into_bytes());
-        let message = ring.heap.put(frame);
-        let heartbeat = ring
-            .heap
-            .put(ws::frame(opcode::TEXT, br#"{"type":"ping"}"#, Some(mask)));
-        let close = ring.heap.put(ws::frame(
+        let handshake = ring.heap.put_shared(req.into_bytes());
+        let message = ring.heap.put_shared(frame);
+        let heartbeat =
+            ring.heap
+                .put_shared(ws::frame(opcode::TEXT, br#"{"type":"ping"}"#, Some(mask)));
+        let close = ring.heap.put_shared(ws::frame(
             opcode::CLOSE,
             &ws::close_payload(1000, ""),
             Some(mask),
@@ -592,9 +604,8 @@ impl BenchWorker {
             _ => 10,
         };
         Ok(BenchWorker {
-            ring,
-            conns: Slots::with_capacity(plan.conns.max(1)),
-            wheel: TimerWheel::new(tick, 8192, 0),
+            r: Reactor::new(ring, plan.conns.max(1), tick, 8192),
+            no_connect: None,
             start,
             now_us: start.elapsed().as_micros() as u64,
             handshake,
@@ -615,7 +626,6 @@ impl BenchWorker {
             hb_echoed: 0,
             closed_clean: 0,
             src_next: 0,
-            cqes: Vec::with_capacity(512),
             fired: Vec::new(),
             next_open_us: 0,
             alive_at_stop: 0,
@@ -647,7 +657,7 @@ impl BenchWorker {
     }
 
     fn run(mut self) -> anyhow::Result<Part> {
-        let tick = Duration::from_millis(self.wheel.tick_ms());
+        let tick = Duration::from_millis(self.r.wheel.tick_ms());
         let mut stopping = false;
         let mut reported = false;
         loop {
@@ -658,17 +668,17 @@ impl BenchWorker {
             if !stopping && self.phase() == STOP {
                 stopping = true;
                 self.tally_at_stop();
-                for k in self.conns.keys() {
+                for k in self.r.slots.keys() {
                     self.kill(k, None);
                 }
             }
-            if stopping && self.conns.is_empty() {
+            if stopping && self.r.slots.is_empty() {
                 break;
             }
             if self.opts.mode == Mode::Connect
                 && !reported
                 && self.started >= self.plan.count
-                && self.conns.is_empty()
+                && self.r.slots.is_empty()
             {
                 // This worker's share is done; the coordinator stops when every worker is.
                 reported = true;
@@ -680,18 +690,18 @@ impl BenchWorker {
                 }
                 None => tick,
             };
-            self.ring.submit_and_wait(wait)?;
+            let cqes = self.r.wait(wait)?;
             self.now_us = self.start.elapsed().as_micros() as u64;
-            let mut cqes = std::mem::take(&mut self.cqes);
-            self.ring.reap(&mut cqes);
             for c in &cqes {
-                self.dispatch(*c);
+                if self.r.is_live(c) {
+                    self.dispatch(*c);
+                }
             }
-            self.cqes = cqes;
+            self.r.give_back(cqes);
             self.timers();
             self.now_us = self.start.elapsed().as_micros() as u64;
             self.open_loop_sends();
-            self.ring.pool.grow_if_low();
+            self.r.ring.pool.grow_if_low();
         }
         Ok(Part {
             hist: self.hist,
@@ -732,7 +742,7 @@ impl BenchWorker {
             0
         };
         while self.started < self.to_open() && self.connecting < CONNECTING_MAX {
-            if self.opts.mode == Mode::Connect && self.conns.len() >= self.plan.conns.max(1) {
+            if self.opts.mode == Mode::Connect && self.r.slots.len() >= self.plan.conns.max(1) {
                 break;
             }
             if interval_us > 0 {
@@ -762,13 +772,14 @@ impl BenchWorker {
         let fd = crate::sys::connect_socket(target, source)
             .map_err(|e| format!("socket:{}", errno(e)))?;
         let now = self.now_us;
-        let (slot, generation) = self.conns.insert(|_, _| BConn {
-            fd,
+        let mut sock = Conn::new(fd);
+        // Connecting: not ready to send, the connect counts as an op (cancelled on a kill).
+        sock.ready = false;
+        sock.ops = 1;
+        let (slot, generation) = self.r.slots.insert(|_, _| BConn {
+            sock,
+            cancels: 0,
             phase: Phase::Connecting,
-            ops: 1,
-            recv_on: false,
-            sending: None,
-            out: VecDeque::new(),
             head: Vec::new(),
             rx: FrameTracker::default(),
             sent_at: VecDeque::new(),
@@ -779,9 +790,11 @@ impl BenchWorker {
             errored: false,
         });
         let id = self
+            .r
             .ring
             .connect(fd, target, ud(slot, generation, Op::Connect));
-        self.conns
+        self.r
+            .slots
             .get_mut(slot, generation)
             .expect("just inserted")
             .addr_id = Some(id);
@@ -803,7 +816,7 @@ impl BenchWorker {
 
     fn schedule(&mut self, slot: u32, generation: u32) {
         let t = self.opts.timeout.as_micros() as u64;
-        let Some(c) = self.conns.get_mut(slot, generation) else {
+        let Some(c) = self.r.slots.get_mut(slot, generation) else {
             return;
         };
         let Some(d) = Self::deadline(c, t, self.opts.mode == Mode::Idle) else {
@@ -812,16 +825,16 @@ impl BenchWorker {
         let d_ms = d.div_ceil(1000);
         if c.timer_at == 0 || d_ms < c.timer_at {
             c.timer_at = d_ms;
-            self.wheel.insert((slot, generation), d_ms);
+            self.r.wheel.insert((slot, generation), d_ms);
         }
     }
 
     fn timers(&mut self) {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
-        self.wheel.advance(self.now_us / 1000, &mut fired);
+        self.r.wheel.advance(self.now_us / 1000, &mut fired);
         for &((slot, generation), due) in &fired {
-            let Some(c) = self.conns.get_mut(slot, generation) else {
+            let Some(c) = self.r.slots.get_mut(slot, generation) else {
                 continue;
             };
             if c.timer_at != due {
@@ -829,20 +842,17 @@ impl BenchWorker {
             }
             c.timer_at = 0;
             self.on_timer(slot, generation);
-            if self.conns.get_mut(slot, generation).is_some() {
+            if self.r.slots.get_mut(slot, generation).is_some() {
                 self.schedule(slot, generation);
             }
         }
         self.fired = fired;
         for (slot, generation) in std::mem::take(&mut self.rearm) {
-            if let Some(c) = self.conns.get_mut(slot, generation)
-                && !c.recv_on
+            let mut sys = sys!(self, slot, generation);
+            if let Some(c) = self.r.slots.get_mut(slot, generation)
                 && c.phase != Phase::Dead
             {
-                c.recv_on = true;
-                c.ops += 1;
-                let fd = c.fd;
-                self.ring.recv_multi(fd, ud(slot, generation, Op::Recv));
+                c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
             }
         }
     }
@@ -850,7 +860,7 @@ impl BenchWorker {
     fn on_timer(&mut self, slot: u32, generation: u32) {
         let now = self.now_us;
         let phase = self.phase();
-        let c = self.conns.get_mut(slot, generation).expect("live");
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
         match c.phase {
             Phase::Connecting | Phase::Handshake
                 if now >= c.started_us + self.opts.timeout.as_micros() as u64 =>
@@ -878,7 +888,7 @@ impl BenchWorker {
                 c.next_us += interval.max(1000);
                 c.sent_at.push_back(now);
                 self.hb_sent += 1;
-                let (id, len) = (self.heartbeat, self.ring.heap.len(self.heartbeat) as u32);
+                let (id, len) = (self.heartbeat, self.r.ring.heap.len(self.heartbeat) as u32);
                 self.send_heap(slot, generation, id, len);
             }
             _ => {}
@@ -922,7 +932,7 @@ impl BenchWorker {
                 break;
             }
             self.sched.pop();
-            let Some(c) = self.conns.get_mut(slot, generation) else {
+            let Some(c) = self.r.slots.get_mut(slot, generation) else {
                 continue;
             };
             if c.phase != Phase::Open {
@@ -938,7 +948,7 @@ impl BenchWorker {
 
     /// A connection failed before (or while) being established.
     fn fail(&mut self, slot: u32, generation: u32, kind: String) {
-        if let Some(c) = self.conns.get_mut(slot, generation) {
+        if let Some(c) = self.r.slots.get_mut(slot, generation) {
             if matches!(c.phase, Phase::Connecting | Phase::Handshake) {
                 self.failed += 1;
                 self.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -951,7 +961,7 @@ impl BenchWorker {
 
     /// Close a connection: cancel its ops; the fd is closed when they are back.
     fn kill(&mut self, slot: u32, generation: Option<u32>) {
-        let Some((g, c)) = self.conns.get_any_mut(slot) else {
+        let Some((g, c)) = self.r.slots.get_any_mut(slot) else {
             return;
         };
         if generation.is_some_and(|x| x != g) {
@@ -961,77 +971,43 @@ impl BenchWorker {
             self.connecting -= 1;
         }
         if c.phase != Phase::Dead {
-            // Cancel each op in flight by its user_data (cancel by fd is O(n) per call).
-            let mut ops = Vec::with_capacity(3);
-            if c.phase == Phase::Connecting {
-                ops.push(Op::Connect);
-            }
-            if c.recv_on {
-                ops.push(Op::Recv);
-            }
-            if c.sending.is_some() {
-                ops.push(Op::Send);
-            }
             c.phase = Phase::Dead;
-            c.ops += ops.len() as u8;
-            for op in ops {
-                self.ring
-                    .cancel_op(ud(slot, g, op), ud(slot, g, Op::Cancel));
-            }
+            let mut sys = sys!(self, slot, g);
+            c.cancels += c.sock.retire(&mut sys, Side::Down);
         }
         self.reap_conn(slot, g);
     }
 
+    /// Free a dead connection once its ops and cancels are all back.
     fn reap_conn(&mut self, slot: u32, generation: u32) {
-        let Some(c) = self.conns.get_mut(slot, generation) else {
+        let mut sys = sys!(self, slot, generation);
+        let Some(c) = self.r.slots.get_mut(slot, generation) else {
             return;
         };
-        if c.phase != Phase::Dead || c.ops > 0 {
-            return;
-        }
-        let c = self.conns.remove(slot);
-        for ch in c.out {
-            self.release(ch);
-        }
-        let _ = nix::unistd::close(c.fd);
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    fn is_shared(&self, id: u32) -> bool {
-        id == self.handshake || id == self.message || id == self.heartbeat || id == self.close
-    }
-
-    fn release(&mut self, ch: Chunk) {
-        if let Src::Heap(id) = ch.src
-            && !self.is_shared(id)
-        {
-            self.ring.heap.free(id);
+        if c.phase == Phase::Dead && c.sock.close_when_done(&mut sys, c.cancels, false) {
+            self.r.slots.remove(slot);
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
+    /// Queue `ch` and start sending (shared frames are never freed: see `put_shared`).
     fn send(&mut self, slot: u32, generation: u32, ch: Chunk) {
-        let Some(c) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        if c.phase == Phase::Dead {
-            return self.release(ch);
+        let mut sys = sys!(self, slot, generation);
+        match self.r.slots.get_mut(slot, generation) {
+            Some(c) if c.phase != Phase::Dead => {
+                c.sock.push(ch);
+                c.sock.kick(&mut sys, Side::Down);
+            }
+            _ => sys.release(ch),
         }
-        if c.sending.is_some() {
-            c.out.push_back(ch);
-            return;
-        }
-        c.sending = Some(ch);
-        c.ops += 1;
-        let fd = c.fd;
-        self.ring.send(fd, ch, ud(slot, generation, Op::Send));
     }
 
     /// Statistics taken when the coordinator says stop: who is alive, which heartbeats are lost.
     fn tally_at_stop(&mut self) {
         let t = self.opts.timeout.as_micros() as u64;
         let now = self.now_us;
-        for k in self.conns.keys() {
-            let Some((_, c)) = self.conns.get_any_mut(k) else {
+        for k in self.r.slots.keys() {
+            let Some((_, c)) = self.r.slots.get_any_mut(k) else {
                 continue;
             };
             if c.phase == Phase::Open && !c.errored {
@@ -1050,16 +1026,16 @@ impl BenchWorker {
     fn dispatch(&mut self, cq: Cqe) {
         let Some(op) = cq.ud.op() else { return };
         let (slot, generation) = (cq.ud.slot(), cq.ud.generation());
-        if self.conns.get_mut(slot, generation).is_none() {
-            self.ring.pool.release_of(&cq);
-            return;
-        }
         match op {
             Op::Connect => self.on_connect(slot, generation, cq.res),
             Op::Recv => self.on_recv(slot, generation, cq),
             Op::Send => self.on_send(slot, generation, cq.res),
             Op::Cancel => {
-                self.conns.get_mut(slot, generation).expect("live").ops -= 1;
+                self.r
+                    .slots
+                    .get_mut(slot, generation)
+                    .expect("live")
+                    .cancels -= 1;
             }
             _ => {}
         }
@@ -1068,12 +1044,12 @@ impl BenchWorker {
     }
 
     fn on_connect(&mut self, slot: u32, generation: u32, res: i32) {
-        let c = self.conns.get_mut(slot, generation).expect("live");
-        c.ops -= 1;
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
+        c.sock.ops -= 1;
         if let Some(id) = c.addr_id.take() {
-            self.ring.connect_done(id);
+            self.r.ring.connect_done(id);
         }
-        let c = self.conns.get_mut(slot, generation).expect("live");
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
         if c.phase != Phase::Connecting {
             return;
         }
@@ -1083,51 +1059,29 @@ impl BenchWorker {
             return self.fail(slot, generation, format!("connect:{}", errno(-res)));
         }
         c.phase = Phase::Handshake;
-        c.recv_on = true;
-        c.ops += 1;
-        let fd = c.fd;
-        self.ring.recv_multi(fd, ud(slot, generation, Op::Recv));
-        let len = self.ring.heap.len(self.handshake) as u32;
+        c.sock.ready = true;
+        let mut sys = sys!(self, slot, generation);
+        c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
+        let len = self.r.ring.heap.len(self.handshake) as u32;
         self.send_heap(slot, generation, self.handshake, len);
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
-        let c = self.conns.get_mut(slot, generation).expect("live");
-        c.ops -= 1;
-        let mut ch = c.sending.take().expect("send completion without a send");
-        self.ring.send_done(ch);
-        let c = self.conns.get_mut(slot, generation).expect("live");
-        if res > 0 && (res as u32) < ch.len && c.phase != Phase::Dead {
-            ch.off += res as u32;
-            ch.len -= res as u32;
-            c.out.push_front(ch);
-        } else {
-            self.release(ch);
-            if res < 0 && res != -libc::ECANCELED {
-                let c = self.conns.get_mut(slot, generation).expect("live");
-                if c.phase != Phase::Dead {
-                    c.errored = true;
-                    self.error(format!("send:{}", errno(-res)));
-                    return self.kill(slot, Some(generation));
-                }
-            }
-        }
-        let c = self.conns.get_mut(slot, generation).expect("live");
-        if c.phase != Phase::Dead
-            && let Some(next) = c.out.pop_front()
-        {
-            self.send(slot, generation, next);
+        let mut sys = sys!(self, slot, generation);
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
+        let dead = c.phase == Phase::Dead;
+        if let Sent::Failed(e) = c.sock.on_sent(&mut sys, Side::Down, res, dead) {
+            c.errored = true;
+            self.error(format!("send:{}", errno(e)));
+            self.kill(slot, Some(generation));
         }
     }
 
     fn on_recv(&mut self, slot: u32, generation: u32, cq: Cqe) {
-        let c = self.conns.get_mut(slot, generation).expect("live");
-        if !cq.more() {
-            c.ops -= 1;
-            c.recv_on = false;
-        }
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
+        c.sock.recv_ended(cq.more());
         if cq.res <= 0 {
-            self.ring.pool.release_of(&cq);
+            self.r.ring.pool.release_of(&cq);
             let phase = c.phase;
             match -cq.res {
                 0 => {
@@ -1169,12 +1123,12 @@ impl BenchWorker {
         // goes straight back to the kernel.
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
-        data.extend_from_slice(self.ring.pool.bytes(bid, cq.res as u32));
-        self.ring.pool.release(bid);
+        data.extend_from_slice(self.r.ring.pool.bytes(bid, cq.res as u32));
+        self.r.ring.pool.release(bid);
         self.on_bytes(slot, generation, &data);
         self.scratch = data;
-        if let Some(c) = self.conns.get_mut(slot, generation)
-            && !c.recv_on
+        if let Some(c) = self.r.slots.get_mut(slot, generation)
+            && c.sock.recv == Recv::Off
             && c.phase != Phase::Dead
             && cq.res > 0
         {
@@ -1183,7 +1137,7 @@ impl BenchWorker {
     }
 
     fn on_bytes(&mut self, slot: u32, generation: u32, mut data: &[u8]) {
-        let c = self.conns.get_mut(slot, generation).expect("live");
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
         if c.phase == Phase::Handshake {
             c.head.extend_from_slice(data);
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -1217,7 +1171,7 @@ impl BenchWorker {
             return;
         }
         while !data.is_empty() {
-            let Some(c) = self.conns.get_mut(slot, generation) else {
+            let Some(c) = self.r.slots.get_mut(slot, generation) else {
                 return;
             };
             if c.phase == Phase::Dead {
@@ -1251,7 +1205,7 @@ impl BenchWorker {
                         let n = (h.len as usize).min(data.len());
                         let pong = ws::frame(opcode::PONG, &data[..n], Some([1, 2, 3, 4]));
                         let len = pong.len() as u32;
-                        let id = self.ring.heap.put(pong);
+                        let id = self.r.ring.heap.put(pong);
                         self.send_heap(slot, generation, id, len);
                     }
                     h
@@ -1280,7 +1234,7 @@ impl BenchWorker {
         let open_interval = self.open_interval_us();
         self.established += 1;
         self.shared.established.fetch_add(1, Ordering::Relaxed);
-        let c = self.conns.get_mut(slot, generation).expect("live");
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
         let started = c.started_us;
         c.phase = Phase::Open;
         match self.opts.mode {
@@ -1288,7 +1242,7 @@ impl BenchWorker {
                 let _ = self.hist.record(now.saturating_sub(started).max(1));
                 c.phase = Phase::Closing;
                 c.started_us = now;
-                let len = self.ring.heap.len(self.close) as u32;
+                let len = self.r.ring.heap.len(self.close) as u32;
                 self.send_heap(slot, generation, self.close, len);
             }
             Mode::Idle => {
@@ -1311,7 +1265,7 @@ impl BenchWorker {
     fn frame_done(&mut self, slot: u32, generation: u32, op: u8, fin: bool) {
         let now = self.now_us;
         let phase = self.phase();
-        let c = self.conns.get_mut(slot, generation).expect("live");
+        let c = self.r.slots.get_mut(slot, generation).expect("live");
         match op {
             opcode::BINARY | opcode::TEXT | opcode::CONTINUATION if fin => {
                 let Some(sent) = c.sent_at.pop_front() else {

@@ -323,7 +323,7 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
         || matches!(client.mode, Mode::Drop);
     client.cancels += client
         .sock
-        .sync_recv(sys, Side::Down, !paused, OUT_MAX as u32);
+        .sync_recv(sys, Side::Down, !paused, crate::uring::UNCAPPED);
     false
 }
 

@@ -25,6 +25,10 @@ use pool::{BufState, HeapData, HeapEntry};
 pub use probe::probe;
 pub use user_data::{GENERATION_MAX, Op, SLOT_CORE, Side, UserData, next_generation};
 
+/// `recv_capped` with this many buffers: a multishot recv without a cap, armed until it ends
+/// (ENOBUFS, EOF, an error or a cancel).
+pub const UNCAPPED: u32 = u32::MAX;
+
 /// Buffer group id of the one provided-buffer ring each ring owns.
 const BGID: u16 = 0;
 
@@ -237,6 +241,9 @@ impl Ring {
     /// small ones before the owner sees them and cancels); a single recv (one buffer)
     /// otherwise. Either way its last completion comes without `IORING_CQE_F_MORE`.
     pub fn recv_capped(&mut self, fd: RawFd, ud: UserData, buffers: u32) {
+        if buffers == UNCAPPED {
+            return self.recv_multi(fd, ud);
+        }
         if !self.recv_cap || buffers <= 1 {
             return self.recv_one(fd, ud);
         }
@@ -452,6 +459,7 @@ impl Ring {
         let id = self.heap.entries.insert(HeapEntry {
             data: HeapData::Addr(Box::new(sa)),
             in_kernel: 1,
+            shared: false,
         }) as u32;
         let (ptr, len) = match &self.heap.entries[id as usize].data {
             HeapData::Addr(sa) => (sa.as_ptr(), sa.len()),

@@ -245,6 +245,8 @@ pub(super) struct HeapEntry {
     /// Ops in flight naming this entry. Several sends may read the same bytes at once (a
     /// frame every connection of the load generator sends); nothing may free it meanwhile.
     pub(super) in_kernel: u32,
+    /// Shared by many sends for the ring's whole life (`put_shared`): `free` leaves it.
+    pub(super) shared: bool,
 }
 
 /// Bytes and socket addresses that an SQE points at, owned here until their completion.
@@ -280,7 +282,16 @@ impl HeapStore {
         self.entries.insert(HeapEntry {
             data: HeapData::Bytes(bytes),
             in_kernel: 0,
+            shared: false,
         }) as u32
+    }
+
+    /// Store bytes that many sends share for the ring's whole life (a frame every connection
+    /// of the load generator sends): `free` leaves them.
+    pub fn put_shared(&mut self, bytes: Vec<u8>) -> u32 {
+        let id = self.put(bytes);
+        self.entries[id as usize].shared = true;
+        id
     }
 
     /// Length of stored bytes.
@@ -312,6 +323,9 @@ impl HeapStore {
     /// Free entry `id`; it must not be named by an op in flight. Its allocation is kept for
     /// `scratch` when it is not too large.
     pub fn free(&mut self, id: u32) {
+        if self.entries[id as usize].shared {
+            return;
+        }
         let v = self.take(id);
         self.recycle(v);
     }
