@@ -1003,3 +1003,55 @@ fn an_idle_session_stays_small() {
         std::mem::size_of::<Req>()
     );
 }
+
+/// `LIFECYCLE.md` points at the code with `file.rs:LINE` anchors: each must land on a line
+/// that names what the text names just before it, so the document cannot drift from the code.
+#[test]
+fn lifecycle_anchors_point_at_what_they_name() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("src/session/LIFECYCLE.md")).unwrap();
+    let file_of = |name: &str| match name {
+        "reactor/mod.rs" => "src/reactor/mod.rs".to_string(),
+        "conn.rs" => "src/reactor/conn.rs".to_string(),
+        "worker.rs" => "src/worker.rs".to_string(),
+        other => format!("src/session/{other}"),
+    };
+    let mut checked = 0;
+    for line in doc.lines() {
+        let mut rest = line;
+        while let Some(at) = rest.find(".rs:") {
+            let start = rest[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/'))
+                .map_or(0, |i| i + 1);
+            let file = &rest[start..at + 3];
+            let digits: String = rest[at + 4..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            // The nearest backticked name before the anchor.
+            let before = &rest[..start];
+            let name = before
+                .rsplit('`')
+                .nth(1)
+                .and_then(|n| n.rsplit("::").next())
+                .map(|n| {
+                    n.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            rest = &rest[at + 4 + digits.len()..];
+            let (Ok(n), false) = (digits.parse::<usize>(), name.is_empty()) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(root.join(file_of(file))).unwrap();
+            let code = text.lines().nth(n - 1).unwrap_or("");
+            assert!(
+                code.contains(&name),
+                "LIFECYCLE.md: {file}:{n} should name `{name}`, but it is: {code}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} anchors found");
+}
