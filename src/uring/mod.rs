@@ -23,7 +23,9 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 pub use pool::{BufPool, HeapStore};
 use pool::{BufState, HeapData, HeapEntry};
 pub use probe::probe;
-pub use user_data::{GENERATION_MAX, Op, SLOT_CORE, Side, UserData, next_generation};
+pub use user_data::{
+    CONN_MAX, ConnId, GENERATION_MAX, Op, SLOT_CORE, Side, UserData, next_generation,
+};
 
 /// `recv_capped` with this many buffers: a multishot recv without a cap, armed until it ends
 /// (ENOBUFS, EOF, an error or a cancel).

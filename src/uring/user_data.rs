@@ -1,6 +1,10 @@
-//! The SQE `user_data` word: which slot, which incarnation of it, which op on which side.
+//! The SQE `user_data` word: which slot, which incarnation of it, which op on which of the
+//! slot's connections.
 //!
-//! Layout: `| slot: u32 | generation: u24 | side: 1 bit | op: 7 bits |`. One place encodes and
+//! Layout: `| slot: u32 | generation: u24 | conn: 4 bits | op: 4 bits |`. `conn` 0 is a
+//! session's client connection and 1 its upstream connection ([`Side`]); up to
+//! [`CONN_MAX`] connections of one slot are told apart, so that one client connection can own
+//! several upstream streams (HTTP/2) without a slot each. One place encodes and
 //! decodes it, so a late completion for a reused slab slot is recognised by its generation and
 //! dropped instead of being applied to the wrong connection.
 
@@ -48,6 +52,22 @@ pub enum Side {
     Up,
 }
 
+/// Which connection of a slot an op belongs to (0: the client's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnId(pub u8);
+
+/// Largest connection index in one slot.
+pub const CONN_MAX: u8 = 15;
+
+impl From<Side> for ConnId {
+    fn from(s: Side) -> ConnId {
+        match s {
+            Side::Down => ConnId(0),
+            Side::Up => ConnId(1),
+        }
+    }
+}
+
 impl Side {
     /// The other side: where bytes received on `self` are sent.
     pub fn peer(self) -> Side {
@@ -70,16 +90,14 @@ pub struct UserData(pub u64);
 
 impl UserData {
     /// Encode. `generation` must be at most [`GENERATION_MAX`].
-    pub fn new(slot: u32, generation: u32, op: Op, side: Side) -> UserData {
+    pub fn new(slot: u32, generation: u32, op: Op, conn: impl Into<ConnId>) -> UserData {
         debug_assert!(generation <= GENERATION_MAX);
-        let side_bit = match side {
-            Side::Down => 0u64,
-            Side::Up => 0x80,
-        };
+        let ConnId(conn) = conn.into();
+        debug_assert!(conn <= CONN_MAX);
         UserData(
             (u64::from(slot) << 32)
                 | (u64::from(generation & GENERATION_MAX) << 8)
-                | side_bit
+                | (u64::from(conn & CONN_MAX) << 4)
                 | op as u64,
         )
     }
@@ -92,17 +110,23 @@ impl UserData {
         ((self.0 >> 8) as u32) & GENERATION_MAX
     }
 
+    /// Which connection of the slot.
+    pub fn conn(self) -> ConnId {
+        ConnId(((self.0 >> 4) & 0xf) as u8)
+    }
+
+    /// The side of a two-connection session: the client (conn 0) or its upstream.
     pub fn side(self) -> Side {
-        if self.0 & 0x80 != 0 {
-            Side::Up
-        } else {
+        if self.conn().0 == 0 {
             Side::Down
+        } else {
+            Side::Up
         }
     }
 
     /// The op kind, or `None` for a word we never encoded (counted as corrupt by callers).
     pub fn op(self) -> Option<Op> {
-        Op::from_u8((self.0 & 0x7f) as u8)
+        Op::from_u8((self.0 & 0xf) as u8)
     }
 }
 
@@ -126,6 +150,7 @@ mod tests {
                     Op::Connect,
                     Op::Cancel,
                     Op::Hangup,
+                    Op::Inbox,
                 ] {
                     for side in [Side::Down, Side::Up] {
                         let ud = UserData::new(slot, generation, op, side);
@@ -133,6 +158,12 @@ mod tests {
                         assert_eq!(ud.generation(), generation);
                         assert_eq!(ud.op(), Some(op));
                         assert_eq!(ud.side(), side);
+                    }
+                    for conn in 0..=CONN_MAX {
+                        let ud = UserData::new(slot, generation, op, ConnId(conn));
+                        assert_eq!(ud.conn(), ConnId(conn));
+                        assert_eq!((ud.slot(), ud.generation()), (slot, generation));
+                        assert_eq!(ud.op(), Some(op));
                     }
                 }
             }
