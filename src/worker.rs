@@ -24,8 +24,6 @@ const WHEEL_SLOTS: usize = 4096;
 
 struct Slot {
     session: Session,
-    /// Heap id of the address of the connect in flight, if any.
-    connect_addr: Option<u32>,
     /// The time this session is scheduled at in the timer wheel (0: not scheduled).
     timer_at: u64,
     /// When it was accepted (ms on the reactor's clock).
@@ -235,22 +233,11 @@ impl Core {
         slot: u32,
         f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
     ) {
-        let now_ms = r.now_ms();
-        let Some((generation, entry)) = r.slots.get_any_mut(slot) else {
+        let Some((generation, entry, sys)) = r.split(slot, None) else {
             return;
         };
         let access_log = entry.session.config().runtime.access_log;
-        let mut io = WorkerIo {
-            sys: RingSys {
-                ring: &mut r.ring,
-                slot,
-                generation,
-                now_ms,
-                parked: &mut r.parked,
-                connect_addr: &mut entry.connect_addr,
-            },
-            access_log,
-        };
+        let mut io = WorkerIo { sys, access_log };
         let mut env = Env {
             balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
@@ -259,19 +246,18 @@ impl Core {
         if let Next::Close(end) = next {
             return self.end_session(r, slot, generation, end);
         }
-        let s = entry;
-        if let Some(d) = s.session.deadline()
-            && (s.timer_at == 0 || d < s.timer_at)
-        {
-            // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
-            // later, which the wheel learns lazily when the entry fires): replace the entry,
-            // so a session has one at most and a storm leaves none behind.
-            if s.timer_at != 0 {
-                r.wheel.remove((slot, generation), s.timer_at);
-            }
-            r.wheel.insert((slot, generation), d);
-            s.timer_at = d;
+        // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
+        // later, which the wheel learns lazily when the entry fires): replace the entry, so a
+        // session has one at most and a storm leaves none behind.
+        let old = entry.timer_at;
+        let Some(d) = entry.session.deadline().filter(|&d| old == 0 || d < old) else {
+            return;
+        };
+        entry.timer_at = d;
+        if old != 0 {
+            r.wheel.remove((slot, generation), old);
         }
+        r.wheel.insert((slot, generation), d);
     }
 
     /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
@@ -324,7 +310,6 @@ impl Core {
         let now = r.now_ms();
         let (key, _) = r.slots.insert(|_, _| Slot {
             session: Session::new(fd, peer, listen, self.cfg.clone(), now),
-            connect_addr: None,
             timer_at: 0,
             accepted_ms: now,
         });
@@ -351,12 +336,6 @@ impl Handler<Slot> for Core {
     fn on_slot(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
         let (slot, side) = (c.ud.slot(), c.ud.side());
         let Some(op) = c.ud.op() else { return };
-        if op == Op::Connect
-            && let Some(entry) = r.slots.get_mut(slot, c.ud.generation())
-            && let Some(id) = entry.connect_addr.take()
-        {
-            r.ring.connect_done(id);
-        }
         self.with_session(r, slot, |s, io, env| match op {
             Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
             Op::Send => s.on_send(side, c.res, io, env),

@@ -85,8 +85,6 @@ pub struct RingSys<'a> {
     pub generation: u32,
     pub now_ms: u64,
     pub parked: &'a mut VecDeque<(u32, u32, Side)>,
-    /// Heap id of the address of the slot's connect in flight.
-    pub connect_addr: &'a mut Option<u32>,
 }
 
 impl RingSys<'_> {
@@ -163,7 +161,7 @@ impl Sys for RingSys<'_> {
     ) -> Result<RawFd, i32> {
         let fd = crate::sys::connect_socket(addr, source)?;
         let ud = self.ud(Op::Connect, side_of_connect());
-        *self.connect_addr = Some(self.ring.connect(fd, addr, ud));
+        self.ring.connect(fd, addr, ud);
         Ok(fd)
     }
 
@@ -230,6 +228,27 @@ impl<T> Reactor<T> {
             fired: Vec::new(),
             stale: 0,
         }
+    }
+
+    /// A live slot (any generation when `generation` is `None`): its generation, its value, and
+    /// a [`RingSys`] for it over this reactor's ring.
+    pub fn split(
+        &mut self,
+        slot: u32,
+        generation: Option<u32>,
+    ) -> Option<(u32, &mut T, RingSys<'_>)> {
+        let (g, value) = self.slots.get_any_mut(slot)?;
+        if generation.is_some_and(|x| x != g) {
+            return None;
+        }
+        let sys = RingSys {
+            ring: &mut self.ring,
+            slot,
+            generation: g,
+            now_ms: self.now_ms,
+            parked: &mut self.parked,
+        };
+        Some((g, value, sys))
     }
 
     /// Milliseconds since the reactor started, read once per turn.

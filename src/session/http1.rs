@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::phase::{Connect, Downward, Exchange, NO_PEER, Phase, Req, Upward, ms32};
+use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::{AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, RESPONSE_HEAD_MAX};
 use super::{Linger, Session};
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
@@ -149,27 +149,18 @@ impl Session {
             _ => "",
         };
         let host = req.host.as_deref().unwrap_or("-");
+        let text = format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into();
         let r = Box::new(Req {
-            text: format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into(),
             upgrade: !upgrade.is_empty(),
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
             upstream: route.map_or(0, |l| l.upstream as u16),
-            peer: NO_PEER,
             tried: Tried::new(route.map_or(0, |l| cfg.upstreams[l.upstream].peers.len())),
             connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
             read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
             send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
             body_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
-            status: 0,
-            interim: 0,
-            interim_bytes: 0,
-            responded: false,
-            logged: false,
-            tunnel: false,
-            started_ms: self.phase_ms,
-            bytes_in: buf.len() as u64,
-            bytes_out: 0,
+            ..Req::new(text, self.phase_ms, buf.len() as u64)
         });
         if let Err(HeadError::Invalid(why)) = norm {
             self.answer(r, 400, End::BadRequest(why), io);

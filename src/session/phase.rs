@@ -161,8 +161,13 @@ impl Req {
 
     /// A request whose head could not be parsed (logged with `-` fields).
     pub fn unparsed(started_ms: u64, bytes_in: u64) -> Box<Req> {
-        Box::new(Req {
-            text: "-\n-\n-\n".into(),
+        Box::new(Req::new("-\n-\n-\n".into(), started_ms, bytes_in))
+    }
+
+    /// A request with nothing decided yet but its text, start and head bytes.
+    pub fn new(text: Box<str>, started_ms: u64, bytes_in: u64) -> Req {
+        Req {
+            text,
             upgrade: false,
             keep_alive: false,
             is_head: false,
@@ -182,7 +187,7 @@ impl Req {
             started_ms,
             bytes_in,
             bytes_out: 0,
-        })
+        }
     }
 }
 

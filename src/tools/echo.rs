@@ -81,8 +81,6 @@ struct Client {
 /// Everything of an echo worker but its reactor.
 struct EchoCore {
     listeners: Vec<Socket>,
-    /// Heap id of a connect (never used: the echo backend only accepts).
-    no_connect: Option<u32>,
 }
 
 /// Run echo workers on `listen` until SIGINT/SIGTERM.
@@ -123,10 +121,7 @@ pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
                     let mut reactor = Reactor::new(ring, 1024, 100, 64);
                     // Generated pieces are up to 64 KiB: keep that many allocations for reuse.
                     reactor.ring.heap.keep_spares(64, 4 * PIECE);
-                    let mut core = EchoCore {
-                        listeners,
-                        no_connect: None,
-                    };
+                    let mut core = EchoCore { listeners };
                     core.run(&mut reactor, &stop)
                 })?,
         );
@@ -184,17 +179,8 @@ impl EchoCore {
         slot: u32,
         f: impl FnOnce(&mut Client, &mut RingSys<'_>),
     ) {
-        let now_ms = r.now_ms();
-        let Some((generation, c)) = r.slots.get_any_mut(slot) else {
+        let Some((_, c, mut sys)) = r.split(slot, None) else {
             return;
-        };
-        let mut sys = RingSys {
-            ring: &mut r.ring,
-            slot,
-            generation,
-            now_ms,
-            parked: &mut r.parked,
-            connect_addr: &mut self.no_connect,
         };
         f(c, &mut sys);
         if settle(c, &mut sys) {

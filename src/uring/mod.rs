@@ -104,6 +104,8 @@ pub struct Ring {
     pub heap: HeapStore,
     /// The kernel ends a multishot recv after a byte limit (`sqe->optlen`, Linux 6.17+).
     recv_cap: bool,
+    /// Heap ids of the addresses of connects in flight, by their `user_data`.
+    connecting: std::collections::HashMap<u64, u32>,
 }
 
 /// Byte offset of `optlen` in the kernel's `struct io_uring_sqe` (a union with `file_index`
@@ -173,6 +175,7 @@ impl Ring {
             pool,
             heap: HeapStore::default(),
             recv_cap: false,
+            connecting: std::collections::HashMap::new(),
         };
         ring.recv_cap = ring.probe_recv_cap();
         Ok(ring)
@@ -342,6 +345,13 @@ impl Ring {
             if let Some(bid) = c.buf_id() {
                 self.pool.take(bid);
             }
+            if c.ud.op() == Some(Op::Connect)
+                && let Some(id) = self.connecting.remove(&c.ud.0)
+            {
+                // The kernel is done with the connect's address.
+                self.heap.complete(id);
+                self.heap.free(id);
+            }
             out.push(c);
             if out.len() >= cap {
                 break;
@@ -456,7 +466,7 @@ impl Ring {
 
     /// Start a connect of `fd` to `addr`. Returns the heap id holding the address, to be passed
     /// to [`Ring::connect_done`] when the completion arrives.
-    pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, ud: UserData) -> u32 {
+    pub fn connect(&mut self, fd: RawFd, addr: SocketAddr, ud: UserData) {
         let sa = socket2::SockAddr::from(addr);
         let id = self.heap.entries.insert(HeapEntry {
             data: HeapData::Addr(Box::new(sa)),
@@ -471,13 +481,8 @@ impl Ring {
             .build()
             .user_data(ud.0);
         self.push(e);
-        id
-    }
-
-    /// The connect naming address `id` completed; frees the address.
-    pub fn connect_done(&mut self, id: u32) {
-        self.heap.complete(id);
-        self.heap.free(id);
+        // Freed when the connect's completion is reaped.
+        self.connecting.insert(ud.0, id);
     }
 
     /// Cancel the op(s) submitted with `target`.

@@ -26,12 +26,10 @@ impl BenchWorker {
     }
 
     pub(super) fn on_connect(&mut self, slot: u32, generation: u32, res: i32) {
-        let c = self.r.slots.get_mut(slot, generation).expect("live");
+        let Some((_, c, mut sys)) = self.r.split(slot, Some(generation)) else {
+            return;
+        };
         c.sock.ops -= 1;
-        if let Some(id) = c.addr_id.take() {
-            self.r.ring.connect_done(id);
-        }
-        let c = self.r.slots.get_mut(slot, generation).expect("live");
         if c.phase != Phase::Connecting {
             return;
         }
@@ -42,15 +40,15 @@ impl BenchWorker {
         }
         c.phase = Phase::Handshake;
         c.sock.ready = true;
-        let mut sys = sys!(self, slot, generation);
         c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
         let len = self.r.ring.heap.len(self.handshake) as u32;
         self.send_heap(slot, generation, self.handshake, len);
     }
 
     pub(super) fn on_send(&mut self, slot: u32, generation: u32, res: i32) {
-        let mut sys = sys!(self, slot, generation);
-        let c = self.r.slots.get_mut(slot, generation).expect("live");
+        let Some((_, c, mut sys)) = self.r.split(slot, Some(generation)) else {
+            return;
+        };
         let dead = c.phase == Phase::Dead;
         if let Sent::Failed(e) = c.sock.on_sent(&mut sys, Side::Down, res, dead) {
             c.errored = true;

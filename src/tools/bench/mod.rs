@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
-use crate::reactor::{Conn, Reactor, Recv, RingSys, Sent, Sys};
+use crate::reactor::{Conn, Reactor, Recv, Sent, Sys};
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
 use crate::ws::{self, FrameTracker, opcode};
 
@@ -471,21 +471,6 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
         }
         Mode::Connect => unreachable!(),
     }
-}
-
-/// A `Sys` over this worker's ring for one connection (a macro: it borrows the worker's fields,
-/// not the worker, so the connection's slot can be borrowed beside it).
-macro_rules! sys {
-    ($w:expr, $slot:expr, $generation:expr) => {
-        RingSys {
-            ring: &mut $w.r.ring,
-            slot: $slot,
-            generation: $generation,
-            now_ms: $w.now_us / 1000,
-            parked: &mut $w.r.parked,
-            connect_addr: &mut $w.no_connect,
-        }
-    };
 }
 
 mod completions;

@@ -37,15 +37,12 @@ pub(super) struct BConn {
     pub(super) started_us: u64,
     pub(super) next_us: u64,
     pub(super) timer_at: u64,
-    pub(super) addr_id: Option<u32>,
     pub(super) errored: bool,
 }
 
 pub(super) struct BenchWorker {
     /// The ring, the connections' slots, the timer wheel (in ms of `start`).
     pub(super) r: Reactor<BConn>,
-    /// The reactor's `Sys` wants a connect-address cell; connects here go to the ring directly.
-    pub(super) no_connect: Option<u32>,
     pub(super) opts: Opts,
     pub(super) plan: Plan,
     pub(super) shared: Arc<Shared>,
@@ -120,7 +117,6 @@ impl BenchWorker {
         };
         Ok(BenchWorker {
             r: Reactor::new(ring, plan.conns.max(1), tick, 8192),
-            no_connect: None,
             start,
             now_us: start.elapsed().as_micros() as u64,
             handshake,
@@ -301,18 +297,11 @@ impl BenchWorker {
             started_us: now,
             next_us: 0,
             timer_at: 0,
-            addr_id: None,
             errored: false,
         });
-        let id = self
-            .r
+        self.r
             .ring
             .connect(fd, target, ud(slot, generation, Op::Connect));
-        self.r
-            .slots
-            .get_mut(slot, generation)
-            .expect("just inserted")
-            .addr_id = Some(id);
         self.connecting += 1;
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         self.schedule(slot, generation);
@@ -363,8 +352,7 @@ impl BenchWorker {
         }
         self.fired = fired;
         for (slot, generation) in std::mem::take(&mut self.rearm) {
-            let mut sys = sys!(self, slot, generation);
-            if let Some(c) = self.r.slots.get_mut(slot, generation)
+            if let Some((_, c, mut sys)) = self.r.split(slot, Some(generation))
                 && c.phase != Phase::Dead
             {
                 c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
@@ -476,18 +464,14 @@ impl BenchWorker {
 
     /// Close a connection: cancel its ops; the fd is closed when they are back.
     pub(super) fn kill(&mut self, slot: u32, generation: Option<u32>) {
-        let Some((g, c)) = self.r.slots.get_any_mut(slot) else {
+        let Some((g, c, mut sys)) = self.r.split(slot, generation) else {
             return;
         };
-        if generation.is_some_and(|x| x != g) {
-            return;
-        }
         if c.phase == Phase::Connecting {
             self.connecting -= 1;
         }
         if c.phase != Phase::Dead {
             c.phase = Phase::Dead;
-            let mut sys = sys!(self, slot, g);
             c.cancels += c.sock.retire(&mut sys, Side::Down);
         }
         self.reap_conn(slot, g);
@@ -495,8 +479,7 @@ impl BenchWorker {
 
     /// Free a dead connection once its ops and cancels are all back.
     pub(super) fn reap_conn(&mut self, slot: u32, generation: u32) {
-        let mut sys = sys!(self, slot, generation);
-        let Some(c) = self.r.slots.get_mut(slot, generation) else {
+        let Some((_, c, mut sys)) = self.r.split(slot, Some(generation)) else {
             return;
         };
         if c.phase == Phase::Dead && c.sock.close_when_done(&mut sys, c.cancels, false) {
@@ -507,13 +490,18 @@ impl BenchWorker {
 
     /// Queue `ch` and start sending (shared frames are never freed: see `put_shared`).
     pub(super) fn send(&mut self, slot: u32, generation: u32, ch: Chunk) {
-        let mut sys = sys!(self, slot, generation);
-        match self.r.slots.get_mut(slot, generation) {
-            Some(c) if c.phase != Phase::Dead => {
+        match self.r.split(slot, Some(generation)) {
+            Some((_, c, mut sys)) if c.phase != Phase::Dead => {
                 c.sock.push(ch);
                 c.sock.kick(&mut sys, Side::Down);
             }
-            _ => sys.release(ch),
+            Some((_, _, mut sys)) => sys.release(ch),
+            // Gone: the chunk is a shared frame, or a Pong nothing else names.
+            None => {
+                if let Src::Heap(id) = ch.src {
+                    self.r.ring.heap.free(id);
+                }
+            }
         }
     }
 
