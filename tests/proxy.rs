@@ -436,6 +436,40 @@ fn admin_endpoint_reports_health_status_and_metrics() {
     assert!(m.contains("# TYPE ringway_sessions_active gauge"), "{m}");
     assert!(m.contains("ringway_up 1"), "{m}");
     assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    // Connections per server, across workers: the tunnel counts against its backend while
+    // it is open, and not once it has closed; its end is counted in the metrics.
+    let status = || -> serde_json::Value {
+        let s = get("/status");
+        serde_json::from_str(&s[s.find("\r\n\r\n").unwrap() + 4..]).unwrap()
+    };
+    let upstream_active = |v: &serde_json::Value| -> u64 {
+        v["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|u| u["servers"].as_array().unwrap().iter())
+            .map(|p| p["active"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(upstream_active(&json), 1, "{json}");
+    drop(ws);
+    let t = std::time::Instant::now();
+    let mut v = status();
+    while v["active"] != 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        v = status();
+    }
+    assert_eq!(v["active"], 0, "{v}");
+    assert_eq!(upstream_active(&v), 0, "{v}");
+    let m = get("/metrics");
+    let sum = |prefix: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(sum("ringway_sessions_ended_total{") >= 1, "{m}");
+    assert!(sum("ringway_session_duration_seconds_count{") >= 1, "{m}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::live::Live;
 use crate::metrics::{DURATION_BOUNDS, WorkerMetrics};
 use crate::session::End;
 
@@ -22,6 +23,8 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// What the admin thread reports.
 pub struct AdminState {
     pub workers: Vec<Arc<WorkerMetrics>>,
+    /// The configuration in force (its servers' connection gauges).
+    pub live: Arc<Live>,
     pub stopping: Arc<AtomicBool>,
     pub started: Instant,
     pub max_sessions: u64,
@@ -109,6 +112,24 @@ fn sum(st: &AdminState, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
     st.workers.iter().map(|w| f(w)).sum()
 }
 
+/// Each upstream's servers with the connections open to them now.
+fn upstreams(live: &Live) -> serde_json::Value {
+    let cfg = live.config();
+    cfg.upstreams
+        .iter()
+        .map(|u| {
+            let servers: Vec<serde_json::Value> = u
+                .peers
+                .iter()
+                .map(
+                    |p| serde_json::json!({ "addr": p.addr.to_string(), "active": p.active.get() }),
+                )
+                .collect();
+            serde_json::json!({ "name": u.name, "servers": servers })
+        })
+        .collect()
+}
+
 fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
     let stopping = st.stopping.load(Ordering::Relaxed);
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -142,6 +163,7 @@ fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
                 "active": sum(st, |w| get(&w.active)),
                 "accepted": sum(st, |w| get(&w.accepted)),
                 "workers": workers,
+                "upstreams": upstreams(&st.live),
             });
             (200, "application/json", format!("{v}\n"))
         }

@@ -86,6 +86,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(addr) = cfg.admin {
         let state = crate::admin::AdminState {
             workers: all_metrics.clone(),
+            live: live.clone(),
             stopping: stopping.clone(),
             started: std::time::Instant::now(),
             max_sessions: u64::from(max_connections),

@@ -80,6 +80,41 @@ pub struct Peer {
     pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
+    /// Connections open to this server now, across every worker of the process (what
+    /// `least_conn` will read).
+    pub active: Gauge,
+}
+
+/// A count shared by every worker (a relaxed atomic), carried by the resolved configuration so
+/// that whoever holds the configuration can reach it. Runtime state: it takes no part in
+/// comparing configurations, and a clone shares it.
+#[derive(Clone, Default)]
+pub struct Gauge(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Gauge {
+    pub fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn add(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn sub(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for Gauge {
+    fn eq(&self, _: &Gauge) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Gauge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
 }
 
 /// How an upstream picks a server.

@@ -131,6 +131,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                 addr,
                 weight,
                 backup: p.backup,
+                active: Gauge::default(),
             });
         }
         if peers.iter().all(|p| p.backup) {

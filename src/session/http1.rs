@@ -246,6 +246,7 @@ impl Session {
                 Ok(fd) => {
                     self.up.reset_fd(fd);
                     self.up.ops = 1;
+                    self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
                     return Next::Continue;
                 }

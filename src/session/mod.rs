@@ -143,6 +143,9 @@ pub struct Session {
     end: Option<End>,
     /// Requests answered on this connection.
     served: u32,
+    /// The server (upstream, peer) the upstream socket is counted against in its `active`
+    /// gauge while it is open; `NO_PEER` in both when none.
+    counted: [u16; 2],
 }
 
 impl Session {
@@ -167,6 +170,7 @@ impl Session {
             last_down_ms: now_ms,
             end: None,
             served: 0,
+            counted: [phase::NO_PEER; 2],
         }
     }
 
@@ -682,7 +686,9 @@ impl Session {
         let cancels = self.cancels;
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         self.down.close_when_done(io, cancels, false);
-        self.up.close_when_done(io, cancels, waiting);
+        if self.up.close_when_done(io, cancels, waiting) {
+            self.uncount_peer();
+        }
         if waiting && self.up.fd < 0 {
             let next = self.connect_next(io, env);
             self.apply(next, io);
@@ -695,6 +701,25 @@ impl Session {
         }
         self.sync_recv(io);
         Next::Continue
+    }
+
+    /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
+    fn count_peer(&mut self, upstream: usize, peer: usize) {
+        self.cfg.upstreams[upstream].peers[peer].active.add();
+        self.counted = [upstream as u16, peer as u16];
+    }
+
+    /// The upstream socket closed: uncount it.
+    fn uncount_peer(&mut self) {
+        let [u, p] = std::mem::replace(&mut self.counted, [phase::NO_PEER; 2]);
+        if let Some(peer) = self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|x| x.peers.get(usize::from(p)))
+        {
+            peer.active.sub();
+        }
     }
 
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool

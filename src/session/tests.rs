@@ -411,6 +411,11 @@ impl Sim {
             self.s.stage()
         );
         assert!(self.ended, "the end-of-session point never ran");
+        for u in &self.s.config().upstreams {
+            for p in &u.peers {
+                assert_eq!(p.active.get(), 0, "{} still counted", p.addr);
+            }
+        }
         assert!(
             self.io.bufs.is_empty(),
             "buffers leaked: {:?}",

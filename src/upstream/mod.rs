@@ -162,6 +162,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, &(weight, backup))| Peer {
+                    active: Default::default(),
                     addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     weight,
                     backup,
