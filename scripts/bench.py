@@ -489,6 +489,10 @@ def main():
     ap.add_argument("--only", default="direct,nginx,haproxy,ringway", help="comma-separated targets")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--json-out", default=None, help="also write the raw results as JSON")
+    ap.add_argument("--compare", default=None, metavar="JSON",
+                    help="a previous run's --json-out: add a before/after table of ringway's ratios to nginx")
+    ap.add_argument("--compare-label", default="the previous run",
+                    help="what the --compare run was (e.g. the commit it measured)")
     ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
     ap.add_argument("--idle-max", type=int, default=None, help="ringway's largest idle run (full: 300000)")
     ap.add_argument("--idle-max-others", type=int, default=None, help="nginx's and HAProxy's largest idle run (full: 200000)")
@@ -581,7 +585,8 @@ def main():
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
-    write_markdown(args.out, meta, results, targets, small_idle, large_idle, secs, hs_count)
+    write_markdown(args.out, meta, results, targets, small_idle, large_idle, secs, hs_count,
+                   (args.compare, args.compare_label) if args.compare else None)
     log(f"done in {elapsed:.0f}s; wrote {args.out}")
 
 
@@ -593,7 +598,7 @@ def fmt(v, digits=0):
     return f"{v:,}"
 
 
-def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, hs_count):
+def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, hs_count, compare=None):
     cols = [t for t in ["ringway", "nginx", "haproxy", "direct"] if t in targets]
     names = {"ringway": "ringway", "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct"}
 
@@ -688,8 +693,51 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                "sending a small heartbeat every few seconds) minus the same at rest, divided by N. Runs past "
                f"~{PER_PROCESS:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
                "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
+    if compare:
+        out.extend(before_after(compare, results))
     with open(path, "w") as f:
         f.write("\n".join(out))
+
+
+def before_after(compare, results):
+    """A table of ringway's figures and its ratios to nginx, in a previous run and in this one:
+    each ratio is taken within its own run, so machine drift between the runs cancels out."""
+    path, label = compare
+    with open(path) as f:
+        prev = json.load(f)
+    before = prev["results"]
+    figures = [
+        ("proxy CPU-µs per echoed msg, 64 B", ("tp64", "cpu_us_per_msg"), 2),
+        ("proxy CPU-µs per echoed msg, 4 KiB", ("tp4k", "cpu_us_per_msg"), 2),
+        ("proxy CPU-µs per handshake", ("connect", "cpu_us_per_handshake"), 0),
+        ("throughput 64 B, msg/s", ("tp64", "msgs_per_sec"), 0),
+        ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
+    ]
+    for n in (10000, 100000):
+        figures.append((f"user-space KiB per idle WebSocket at {n:,}", (f"idle{n}", "kib_per_conn"), 2))
+
+    def val(res, t, keys):
+        v = res.get(t, {})
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        return v
+
+    def ratio(res, keys):
+        r, n = val(res, "ringway", keys), val(res, "nginx", keys)
+        return r / n if r and n else None
+
+    out = ["", f"## Before and after: this run beside {label}", "",
+           f"Before: `{prev['meta'].get('command', path)}` ({'quick' if prev['meta'].get('quick') else 'full'} run, "
+           f"{prev['meta'].get('seconds', '?')}s). Ratios are ringway ÷ nginx within each run.", "",
+           "| figure | ringway before | ringway after | ÷ nginx before | ÷ nginx after | after ÷ before, as ratios |",
+           "|---|---|---|---|---|---|"]
+    for name, keys, digits in figures:
+        rb, ra = ratio(before, keys), ratio(results, keys)
+        change = f"{ra / rb:.2f}" if rb and ra else "—"
+        out.append(f"| {name} | {fmt(val(before, 'ringway', keys), digits)} | {fmt(val(results, 'ringway', keys), digits)} "
+                   f"| {'—' if rb is None else f'{rb:.2f}'} | {'—' if ra is None else f'{ra:.2f}'} | {change} |")
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
