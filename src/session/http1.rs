@@ -11,6 +11,7 @@ use super::{Linger, Session};
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
 use crate::upstream::Tried;
 use crate::uring::{Chunk, Side};
+use crate::ws::FrameTracker;
 
 impl Session {
     /// Plaintext from the client.
@@ -54,7 +55,8 @@ impl Session {
                     Next::Continue
                 }
             },
-            Phase::Tunnel(_) => {
+            Phase::Tunnel { frames, .. } => {
+                frames[0].track(io.data_of(c));
                 self.forward(Side::Down, c, io);
                 Next::Continue
             }
@@ -99,7 +101,8 @@ impl Session {
                     Next::Continue
                 }
             },
-            Phase::Tunnel(_) => {
+            Phase::Tunnel { frames, .. } => {
+                frames[1].track(io.data_of(c));
                 self.forward(Side::Up, c, io);
                 Next::Continue
             }
@@ -346,7 +349,12 @@ impl Session {
                 let Upward::Hold(held) = x.upward else {
                     unreachable!()
                 };
-                self.phase = Phase::Tunnel(x.req);
+                // The tunnel's first bytes each way: what the client sent after its request,
+                // and what the upstream sent after its 101.
+                let mut frames = [FrameTracker::default(); 2];
+                frames[0].track(&held);
+                frames[1].track(&buf[resp.head_len..]);
+                self.phase = Phase::Tunnel { req: x.req, frames };
                 let c = io.put(out);
                 self.send_to(Side::Down, c, io);
                 // What the client sent after its request is the start of the tunnel.

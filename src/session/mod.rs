@@ -185,7 +185,7 @@ impl Session {
             Phase::Request { .. } => Stage::Request,
             Phase::Connecting(_) => Stage::Connecting,
             Phase::Proxy(_) => Stage::Proxy,
-            Phase::Tunnel(_) => Stage::Tunnel,
+            Phase::Tunnel { .. } => Stage::Tunnel,
             Phase::Respond { .. } => Stage::Respond,
             Phase::Closing(_) => Stage::Closing,
         }
@@ -382,7 +382,9 @@ impl Session {
             }
             Phase::Connecting(_) => None,
             Phase::Proxy(x) => Some(self.last_up_ms + ms(x.req.read_ms)),
-            Phase::Tunnel(r) => Some(self.last_up_ms.max(self.last_down_ms) + ms(r.read_ms)),
+            Phase::Tunnel { req, .. } => {
+                Some(self.last_up_ms.max(self.last_down_ms) + ms(req.read_ms))
+            }
             Phase::Respond {
                 linger: Linger::On, ..
             } => Some(self.phase_ms + LINGER_MS),
@@ -450,7 +452,7 @@ impl Session {
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => {
                     Next::Respond(504, End::UpstreamTimeout)
                 }
-                Phase::Proxy(_) | Phase::Tunnel(_) => Next::Close(End::IdleTimeout),
+                Phase::Proxy(_) | Phase::Tunnel { .. } => Next::Close(End::IdleTimeout),
                 Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
                 Phase::Closing(_) => Next::Continue,
             }
@@ -749,7 +751,7 @@ impl Session {
                 Downward::Body(_) => room,
                 Downward::Connect(_) => false,
             },
-            (Phase::Tunnel(_), _) => room,
+            (Phase::Tunnel { .. }, _) => room,
             // Read and drop what the client still sends while lingering.
             (Phase::Respond { linger, .. }, Side::Down) => *linger == Linger::On,
             _ => false,

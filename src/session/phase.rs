@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::http::BodyTracker;
 use crate::upstream::Tried;
+use crate::ws::FrameTracker;
 
 /// Where a session stands, with what that phase owns.
 #[derive(Debug)]
@@ -17,8 +18,13 @@ pub(super) enum Phase {
     Connecting(Exchange),
     /// Connected: the request going up, the response head or body coming down.
     Proxy(Exchange),
-    /// A 101 turned the request into a tunnel: bytes flow both ways untouched.
-    Tunnel(Box<Req>),
+    /// A 101 turned the request into a tunnel: bytes flow both ways untouched, and a frame
+    /// tracker per direction (client to upstream, then upstream to client) knows where
+    /// WebSocket frames end, for what will be put between them (pings, Close on drain).
+    Tunnel {
+        req: Box<Req>,
+        frames: [FrameTracker; 2],
+    },
     /// Sending our own answer (an error page, or the end of a response that does not keep
     /// the connection), then closing, after a lingering close when `linger` says so.
     Respond { req: Box<Req>, linger: Linger },
@@ -197,7 +203,7 @@ impl Phase {
         match self {
             Phase::Request { .. } => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
-            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
             Phase::Closing(r) => r.as_deref(),
         }
     }
@@ -206,7 +212,7 @@ impl Phase {
         match self {
             Phase::Request { .. } => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
-            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
             Phase::Closing(r) => r.as_deref_mut(),
         }
     }
@@ -216,7 +222,7 @@ impl Phase {
         match std::mem::replace(self, Phase::Closing(None)) {
             Phase::Request { .. } => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
-            Phase::Tunnel(r) | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
             Phase::Closing(r) => r,
         }
     }
@@ -226,6 +232,6 @@ impl Phase {
     }
 
     pub fn is_tunnel(&self) -> bool {
-        matches!(self, Phase::Tunnel(_))
+        matches!(self, Phase::Tunnel { .. })
     }
 }

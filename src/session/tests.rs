@@ -1060,3 +1060,72 @@ fn lifecycle_anchors_point_at_what_they_name() {
     }
     assert!(checked >= 20, "only {checked} anchors found");
 }
+
+/// The tunnel follows WebSocket frames each way, whatever the reads' splits: at the end of a
+/// frame it is at a boundary, inside one it is not, and the bytes pass unchanged.
+#[test]
+fn the_tunnel_knows_where_frames_end_in_any_split() {
+    use crate::ws::{self, opcode};
+    for seed in 1..200u64 {
+        let mut sim = Sim::new(seed);
+        sim.deliver(Side::Down, UPGRADE);
+        sim.run(true);
+        // The upstream's first frame comes in the 101's read.
+        let mut resp = SWITCH.to_vec();
+        resp.extend_from_slice(&ws::frame(opcode::TEXT, b"welcome", None));
+        sim.deliver(Side::Up, &resp);
+        sim.run(true);
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for i in 0..6usize {
+            let len = [0, 1, 125, 126, 3000, 70_000][i];
+            up.extend(ws::frame(
+                opcode::BINARY,
+                &vec![i as u8; len],
+                Some([1, 2, 3, 4]),
+            ));
+            down.extend(ws::frame(opcode::BINARY, &vec![i as u8; len], None));
+        }
+        // Everything but the last byte of each stream, in random pieces.
+        for (side, bytes) in [(Side::Down, &up), (Side::Up, &down)] {
+            let mut at = 0;
+            for _ in 0..100_000 {
+                if at == bytes.len() - 1 {
+                    break;
+                }
+                let n = (1 + sim.rand(20_000) as usize).min(bytes.len() - 1 - at);
+                if sim.io.recv_armed[idx(side)] {
+                    sim.deliver(side, &bytes[at..at + n]);
+                    at += n;
+                }
+                sim.run(true);
+            }
+            assert_eq!(
+                at,
+                bytes.len() - 1,
+                "seed {seed}: the tunnel stopped reading"
+            );
+        }
+        let Phase::Tunnel { frames, .. } = &sim.s.phase else {
+            panic!("seed {seed}: not a tunnel: {:?}", sim.s.stage());
+        };
+        assert!(
+            !frames[0].at_boundary() && !frames[1].at_boundary(),
+            "seed {seed}"
+        );
+        for (side, bytes) in [(Side::Down, &up), (Side::Up, &down)] {
+            sim.run(true);
+            assert!(sim.io.recv_armed[idx(side)], "seed {seed}: no recv armed");
+            sim.deliver(side, &bytes[bytes.len() - 1..]);
+            sim.run(true);
+        }
+        let Phase::Tunnel { frames, .. } = &sim.s.phase else {
+            panic!("seed {seed}: not a tunnel");
+        };
+        assert!(frames[0].at_boundary() && !frames[0].lost(), "seed {seed}");
+        assert!(frames[1].at_boundary() && !frames[1].lost(), "seed {seed}");
+        // Byte-exact both ways.
+        assert!(sim.io.wire[idx(Side::Up)].ends_with(&up), "seed {seed}");
+        assert!(sim.io.wire[idx(Side::Down)].ends_with(&down), "seed {seed}");
+    }
+}

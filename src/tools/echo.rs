@@ -49,6 +49,9 @@ enum Gen {
 #[derive(Debug, Default)]
 struct WsEcho {
     frames: FrameTracker,
+    /// The frame whose payload is passing, and how much of it has.
+    cur: Option<FrameHeader>,
+    offset: u64,
     ctrl: Vec<u8>,
     /// We sent a Close first (`/close/CODE`); the client's Close ends the connection.
     close_sent: bool,
@@ -416,13 +419,17 @@ fn ws_feed(w: &mut WsEcho, data: &mut [u8], out: &mut Vec<u8>) -> Result<(), ()>
                 } else {
                     w.ctrl.clear();
                 }
+                w.cur = Some(h);
+                w.offset = 0;
                 Some(h)
             }
-            Piece::Payload { header: h, offset } => {
+            Piece::Payload => {
+                let h = w.cur.expect("payload follows its header");
                 let piece = &mut data[i..i + step.used];
                 if let Some(m) = h.mask {
-                    ws::apply_mask(piece, m, offset);
+                    ws::apply_mask(piece, m, w.offset);
                 }
+                w.offset += step.used as u64;
                 if h.opcode >= 0x8 {
                     w.ctrl.extend_from_slice(piece);
                 } else {

@@ -170,21 +170,21 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// Tracks frames in one byte stream: header bytes are gathered and decoded, payload bytes are
-/// only counted. It never copies payload and never rewrites anything. The proxy uses it to know
-/// where frames end (so a Ping or Close can be put between two frames); the echo backend and
-/// the load generator step through the same pieces to unmask, echo and check payload.
+/// only counted. It never copies payload and never rewrites anything, and it is small (24
+/// bytes), so the proxy runs one per direction of every tunnel to know where frames end (so a
+/// Ping or Close can be put between two frames). The echo backend and the load generator step
+/// through the same pieces to unmask, echo and check payload.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameTracker {
-    hdr: [u8; MAX_HEADER],
-    have: u8,
     /// Payload bytes of the current frame still to come.
     left: u64,
-    /// The current frame's header (valid while `left > 0`) and payload bytes seen of it.
-    cur: Option<FrameHeader>,
-    offset: u64,
-    /// Frames completed so far.
-    pub frames: u64,
+    hdr: [u8; MAX_HEADER],
+    /// Header bytes gathered; `LOST` once the stream broke RFC 6455 (tracking stops).
+    have: u8,
 }
+
+/// `FrameTracker::have` of a stream that is not (or no longer) a valid frame stream.
+const LOST: u8 = u8::MAX;
 
 /// What one step over a byte stream found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,8 +193,8 @@ pub enum Piece {
     Partial,
     /// A frame header is complete (the bytes taken end it).
     Header(FrameHeader),
-    /// The bytes taken are payload of `header`'s frame, starting at payload byte `offset`.
-    Payload { header: FrameHeader, offset: u64 },
+    /// The bytes taken are payload of the current frame.
+    Payload,
 }
 
 /// One step: what was found, how many bytes of the input it took, and whether a frame ended
@@ -212,25 +212,35 @@ impl FrameTracker {
         self.have == 0 && self.left == 0
     }
 
+    /// The stream broke RFC 6455 somewhere: frame boundaries are unknown from there on.
+    pub fn lost(&self) -> bool {
+        self.have == LOST
+    }
+
     /// Take the next piece from the front of `data` (not empty).
     pub fn step(&mut self, data: &[u8]) -> Result<Step, FrameError> {
-        if self.left > 0
-            && let Some(header) = self.cur
-        {
+        if self.left > 0 {
             let used = (data.len() as u64).min(self.left);
-            let offset = self.offset;
             self.left -= used;
-            self.offset += used;
-            let end = self.left == 0;
-            if end {
-                self.frames += 1;
-                self.cur = None;
-            }
             return Ok(Step {
-                piece: Piece::Payload { header, offset },
+                piece: Piece::Payload,
                 used: used as usize,
-                end,
+                end: self.left == 0,
             });
+        }
+        if self.lost() {
+            return Err(FrameError("frame stream already broken"));
+        }
+        if self.have == 0 {
+            // The usual case: a whole header at the front of `data`, parsed where it lies.
+            if let Some(h) = parse_header(data)? {
+                self.left = h.len;
+                return Ok(Step {
+                    piece: Piece::Header(h),
+                    used: h.header_len,
+                    end: h.len == 0,
+                });
+            }
         }
         let have = usize::from(self.have);
         let take = (MAX_HEADER - have).min(data.len());
@@ -247,11 +257,6 @@ impl FrameTracker {
             Some(h) => {
                 self.have = 0;
                 self.left = h.len;
-                self.offset = 0;
-                self.cur = (h.len > 0).then_some(h);
-                if h.len == 0 {
-                    self.frames += 1;
-                }
                 Ok(Step {
                     piece: Piece::Header(h),
                     used: h.header_len - have,
@@ -261,18 +266,40 @@ impl FrameTracker {
         }
     }
 
-    /// Account for `data` passing by.
-    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+    /// Account for `data` passing by; returns how many frames ended in it.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<u64, FrameError> {
+        let mut frames = 0;
         while !data.is_empty() {
             let s = self.step(data)?;
+            frames += u64::from(s.end);
             data = &data[s.used..];
         }
-        Ok(())
+        Ok(frames)
+    }
+
+    /// Follow `data` passing by in a tunnel, never failing: bytes that break RFC 6455 (or a
+    /// tunnel that is not WebSocket at all) mark the stream lost, and it is not tracked on.
+    pub fn track(&mut self, data: &[u8]) {
+        if !self.lost() && self.feed(data).is_err() {
+            self.have = LOST;
+            self.left = 0;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_broken_stream_is_lost_not_fatal() {
+        let mut t = FrameTracker::default();
+        t.track(&frame(opcode::TEXT, b"hi", Some([1, 2, 3, 4])));
+        assert!(t.at_boundary() && !t.lost());
+        t.track(b"\x83\x00"); // reserved opcode 3
+        assert!(t.lost());
+        t.track(&frame(opcode::TEXT, b"hi", None));
+        assert!(t.lost(), "once lost, stays lost");
+    }
+
     use super::*;
 
     #[test]
@@ -334,14 +361,19 @@ mod tests {
         }
         for step in [1, 2, 3, 13, 14, 1000, stream.len()] {
             let mut t = FrameTracker::default();
+            let mut frames = 0;
             for piece in stream.chunks(step) {
-                t.feed(piece).unwrap();
+                frames += t.feed(piece).unwrap();
             }
-            assert_eq!(t.frames, 5, "step {step}");
+            assert_eq!(frames, 5, "step {step}");
             assert!(t.at_boundary());
         }
         let mut t = FrameTracker::default();
         t.feed(&stream[..20]).unwrap();
+        assert!(
+            std::mem::size_of::<FrameTracker>() <= 24,
+            "small enough for every tunnel"
+        );
         assert!(!t.at_boundary());
     }
 }

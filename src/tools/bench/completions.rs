@@ -188,16 +188,22 @@ impl BenchWorker {
                         let id = self.r.ring.heap.put(pong);
                         self.send_heap(slot, generation, id, len);
                     }
+                    let c = self.r.slots.get_mut(slot, generation).expect("live");
+                    c.rx_cur = Some(h);
+                    c.rx_offset = 0;
                     h
                 }
-                ws::Piece::Payload { header: h, offset } => {
-                    if h.opcode == opcode::BINARY && self.opts.mode == Mode::Throughput {
-                        let pos = offset as usize;
-                        if self.payload.get(pos..pos + taken.len()) != Some(taken) {
-                            c.errored = true;
-                            self.error("echo:corrupt payload".into());
-                            return self.kill(slot, Some(generation));
-                        }
+                ws::Piece::Payload => {
+                    let Some(h) = c.rx_cur else { continue };
+                    let pos = c.rx_offset as usize;
+                    c.rx_offset += taken.len() as u64;
+                    if h.opcode == opcode::BINARY
+                        && self.opts.mode == Mode::Throughput
+                        && self.payload.get(pos..pos + taken.len()) != Some(taken)
+                    {
+                        c.errored = true;
+                        self.error("echo:corrupt payload".into());
+                        return self.kill(slot, Some(generation));
                     }
                     h
                 }

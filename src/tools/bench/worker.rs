@@ -32,6 +32,9 @@ pub(super) struct BConn {
     /// Incoming frame header bytes, and what is left of the current frame's payload.
     /// Frames coming from the server.
     pub(super) rx: FrameTracker,
+    /// The frame whose payload is arriving, and how much of it has.
+    pub(super) rx_cur: Option<ws::FrameHeader>,
+    pub(super) rx_offset: u64,
     /// Send times (µs) of messages whose echo has not come back, oldest first.
     pub(super) sent_at: VecDeque<u64>,
     pub(super) started_us: u64,
@@ -293,6 +296,8 @@ impl BenchWorker {
             phase: Phase::Connecting,
             head: Vec::new(),
             rx: FrameTracker::default(),
+            rx_cur: None,
+            rx_offset: 0,
             sent_at: VecDeque::new(),
             started_us: now,
             next_us: 0,
