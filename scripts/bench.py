@@ -29,7 +29,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "ringway")
 TICK = os.sysconf("SC_CLK_TCK")
 BACKENDS = [f"127.0.1.{i}:9000" for i in range(1, 9)]
-PORTS = {"direct": None, "nginx": 7081, "haproxy": 7082, "ringway": 7083}
+PORTS = {"direct": None, "nginx": 7081, "haproxy": 7082, "ringway": 7083, "baseline": 7084}
+# --baseline: another ringway binary (an earlier build), measured as a target of its own in the
+# same run, so that "before" and "after" share the machine's state.
+BASELINE = None
 PER_PROCESS = 8000  # proxied sessions per process in idle runs: the kernel's SO_REUSEPORT hash spreads
                    # unevenly, and one process holds ~9,900 under a 20,000 fd limit
 CAP_PROCESS = 9900  # what each proxy process is configured to hold at most
@@ -157,7 +160,7 @@ class Proxy:
         d = os.path.join(self.dir, self.kind)
         os.makedirs(d, exist_ok=True)
         errlog = open(os.path.join(d, "stderr.log"), "ab")
-        if self.kind == "ringway":
+        if self.kind in ("ringway", "baseline"):
             servers = ", ".join(f'{{ addr = "{b}" }}' for b in BACKENDS)
             cfg = f"""[runtime]
 workers = {self.workers}
@@ -183,7 +186,8 @@ send_timeout = "3600s"
             with open(path, "w") as f:
                 f.write(cfg)
             for _ in range(self.instances):
-                self.procs.append(start([BIN, "run", "--config", path], cpu=self.cpu, out=errlog))
+                binary = BASELINE if self.kind == "baseline" else BIN
+                self.procs.append(start([binary, "run", "--config", path], cpu=self.cpu, out=errlog))
         elif self.kind == "nginx":
             servers = "\n".join(f"        server {b};" for b in BACKENDS)
             for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"):
@@ -489,14 +493,11 @@ def main():
     ap.add_argument("--only", default="direct,nginx,haproxy,ringway", help="comma-separated targets")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--json-out", default=None, help="also write the raw results as JSON")
-    ap.add_argument("--compare", default=None, metavar="JSON",
-                    help="a previous run's --json-out: add a before/after table of ringway's ratios to nginx")
-    ap.add_argument("--compare-label", default="the previous run",
-                    help="what the --compare run was (e.g. the commit it measured)")
-    ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
-    ap.add_argument("--idle-max", type=int, default=None, help="ringway's largest idle run (full: 300000)")
-    ap.add_argument("--idle-max-others", type=int, default=None, help="nginx's and HAProxy's largest idle run (full: 200000)")
-    ap.add_argument("--idle-max-rate", type=int, default=2000, help="connections opened per second in the largest idle runs")
+    ap.add_argument("--baseline", default=None, metavar="BINARY",
+                    help="also measure this ringway binary (an earlier build) in the same run: a "
+                         "'ringway before' column and ringway ÷ before")
+    ap.add_argument("--baseline-label", default="an earlier build",
+                    help="what the --baseline binary is (e.g. the commit it was built from)")
     args = ap.parse_args()
     ncpu = os.cpu_count() or 1
     args.load_cpu = 1 if ncpu >= 2 else None
@@ -514,6 +515,10 @@ def main():
     if args.idle_max_others is None:
         args.idle_max_others = 0 if args.quick else 200000
     targets = [t for t in args.only.split(",") if t]
+    if args.baseline:
+        global BASELINE
+        BASELINE = os.path.abspath(args.baseline)
+        targets.insert(targets.index("ringway") + 1 if "ringway" in targets else len(targets), "baseline")
     work = tempfile.mkdtemp(prefix="ringway-bench-")
     changed = tune()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -585,8 +590,8 @@ def main():
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=1)
-    write_markdown(args.out, meta, results, targets, small_idle, large_idle, secs, hs_count,
-                   (args.compare, args.compare_label) if args.compare else None)
+    meta["baseline"] = args.baseline_label if args.baseline else None
+    write_markdown(args.out, meta, results, targets, small_idle, large_idle, secs, hs_count)
     log(f"done in {elapsed:.0f}s; wrote {args.out}")
 
 
@@ -598,9 +603,11 @@ def fmt(v, digits=0):
     return f"{v:,}"
 
 
-def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, hs_count, compare=None):
-    cols = [t for t in ["ringway", "nginx", "haproxy", "direct"] if t in targets]
-    names = {"ringway": "ringway", "nginx": "nginx", "haproxy": "HAProxy", "direct": "direct"}
+def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, hs_count):
+    cols = [t for t in ["ringway", "baseline", "nginx", "haproxy", "direct"] if t in targets]
+    names = {"ringway": "ringway", "baseline": "ringway before", "nginx": "nginx", "haproxy": "HAProxy",
+             "direct": "direct"}
+    extra = ["baseline"] if "baseline" in cols else []
 
     def get(t, *keys):
         v = results.get(t, {})
@@ -653,25 +660,29 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
     out.append(f"Command: `{meta['command']}`  \nMachine: {meta['cpus']} × {meta['cpu_model']}, Linux {meta['kernel']}, "
                f"RLIMIT_NOFILE {meta['rlimit_nofile']}  \nProxies: {meta['nginx']}; {meta['haproxy']}  \n"
                f"Sysctls during the run: {sysctl_text}  \n"
-               f"Run length: {secs}s per throughput load ({'median of 3 runs' if not meta['quick'] else 'one run'}), {hs_count:,} handshakes; whole run {meta['seconds']}s.\n")
-    head = "| figure | " + " | ".join(names[c] for c in cols) + " | ringway ÷ nginx | ringway ÷ HAProxy |"
+               + (f"ringway before: {meta['baseline']}, measured in the same run.  \n" if meta.get("baseline") else "")
+               + f"Run length: {secs}s per throughput load ({'median of 3 runs' if not meta['quick'] else 'one run'}), {hs_count:,} handshakes; whole run {meta['seconds']}s.\n")
+    head = "| figure | " + " | ".join(names[c] for c in cols) + " | ringway ÷ nginx | ringway ÷ HAProxy |" + \
+        "".join(" ringway ÷ before |" for _ in extra)
     out.append(head)
-    out.append("|" + "---|" * (len(cols) + 3))
+    out.append("|" + "---|" * (len(cols) + 3 + len(extra)))
+    blank = " | | |" + " |" * len(extra)
     for label, keys, digits in rows:
         if keys is None:
             if label.strip().startswith("p50 / p99"):
                 cells = [f"{fmt(get(c, 'tp64', 'p50_us'))} / {fmt(get(c, 'tp64', 'p99_us'))}" for c in cols]
-                out.append(f"| {label} | " + " | ".join(cells) + " | | |")
+                out.append(f"| {label} | " + " | ".join(cells) + blank)
             else:
                 key = "idlemax" if label.endswith("  ") else (f"idle{large_idle}" if label.endswith(" ") else f"idle{small_idle}")
                 cells = []
                 for c in cols:
                     r = get(c, key)
                     cells.append("—" if not r else f"{fmt(r['established'])} / {fmt(r['alive_at_end'])} / {fmt(r['heartbeats_lost'])}")
-                out.append(f"| {label.rstrip()} | " + " | ".join(cells) + " | | |")
+                out.append(f"| {label.rstrip()} | " + " | ".join(cells) + blank)
             continue
         cells = [fmt(get(c, *keys), digits) for c in cols]
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio('nginx', *keys)} | {ratio('haproxy', *keys)} |")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {ratio('nginx', *keys)} | {ratio('haproxy', *keys)} |"
+                   + "".join(f" {ratio(t, *keys)} |" for t in extra))
     errs = []
     for c in cols:
         for k, v in results.get(c, {}).items():
@@ -693,51 +704,8 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                "sending a small heartbeat every few seconds) minus the same at rest, divided by N. Runs past "
                f"~{PER_PROCESS:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
                "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
-    if compare:
-        out.extend(before_after(compare, results))
     with open(path, "w") as f:
         f.write("\n".join(out))
-
-
-def before_after(compare, results):
-    """A table of ringway's figures and its ratios to nginx, in a previous run and in this one:
-    each ratio is taken within its own run, so machine drift between the runs cancels out."""
-    path, label = compare
-    with open(path) as f:
-        prev = json.load(f)
-    before = prev["results"]
-    figures = [
-        ("proxy CPU-µs per echoed msg, 64 B", ("tp64", "cpu_us_per_msg"), 2),
-        ("proxy CPU-µs per echoed msg, 4 KiB", ("tp4k", "cpu_us_per_msg"), 2),
-        ("proxy CPU-µs per handshake", ("connect", "cpu_us_per_handshake"), 0),
-        ("throughput 64 B, msg/s", ("tp64", "msgs_per_sec"), 0),
-        ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
-    ]
-    for n in (10000, 100000):
-        figures.append((f"user-space KiB per idle WebSocket at {n:,}", (f"idle{n}", "kib_per_conn"), 2))
-
-    def val(res, t, keys):
-        v = res.get(t, {})
-        for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
-        return v
-
-    def ratio(res, keys):
-        r, n = val(res, "ringway", keys), val(res, "nginx", keys)
-        return r / n if r and n else None
-
-    out = ["", f"## Before and after: this run beside {label}", "",
-           f"Before: `{prev['meta'].get('command', path)}` ({'quick' if prev['meta'].get('quick') else 'full'} run, "
-           f"{prev['meta'].get('seconds', '?')}s). Ratios are ringway ÷ nginx within each run.", "",
-           "| figure | ringway before | ringway after | ÷ nginx before | ÷ nginx after | after ÷ before, as ratios |",
-           "|---|---|---|---|---|---|"]
-    for name, keys, digits in figures:
-        rb, ra = ratio(before, keys), ratio(results, keys)
-        change = f"{ra / rb:.2f}" if rb and ra else "—"
-        out.append(f"| {name} | {fmt(val(before, 'ringway', keys), digits)} | {fmt(val(results, 'ringway', keys), digits)} "
-                   f"| {'—' if rb is None else f'{rb:.2f}'} | {'—' if ra is None else f'{ra:.2f}'} | {change} |")
-    out.append("")
-    return out
 
 
 if __name__ == "__main__":
