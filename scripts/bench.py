@@ -498,6 +498,10 @@ def main():
                          "'ringway before' column and ringway ÷ before")
     ap.add_argument("--baseline-label", default="an earlier build",
                     help="what the --baseline binary is (e.g. the commit it was built from)")
+    ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
+    ap.add_argument("--idle-max", type=int, default=None, help="ringway's largest idle run (full: 300000)")
+    ap.add_argument("--idle-max-others", type=int, default=None, help="nginx's and HAProxy's largest idle run (full: 200000)")
+    ap.add_argument("--idle-max-rate", type=int, default=2000, help="connections opened per second in the largest idle runs")
     args = ap.parse_args()
     ncpu = os.cpu_count() or 1
     args.load_cpu = 1 if ncpu >= 2 else None
