@@ -433,8 +433,10 @@ fn large_upstreams_all_down_answer_502() {
     let dir = scratch("large-upstream");
     let live = free_addr();
     let _echo = echo(&[live], &dir);
-    let dead: Vec<String> = (0..100)
-        .map(|_| format!("{{ addr = \"{}\" }}", free_addr()))
+    // Refused for sure: nothing listens on 127.77.0.0/24 (a port picked by free_addr() could
+    // be bound by another test meanwhile, which then accepts and never answers).
+    let dead: Vec<String> = (1..=100)
+        .map(|i| format!("{{ addr = \"127.77.0.{i}:9\" }}"))
         .collect();
     let listen = free_addr();
     let cfg = format!(
