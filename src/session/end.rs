@@ -107,11 +107,17 @@ impl End {
         }
     }
 
-    /// Whether the request may be tried again on another server (nothing of it reached a
-    /// backend that answered): today a connect that failed or timed out, which the session
-    /// retries itself; the upstream issue's `next_upstream` widens this.
+    /// Whether this end is one a request may be tried again for on another server: the
+    /// upstream failed (socket error, no answer in time, an answer that could not be used)
+    /// rather than the client or ringway ending it. Whether it then is retried also depends on
+    /// the request (nothing of a tunnel or a non-idempotent request went up yet): nginx's
+    /// `proxy_next_upstream error timeout invalid_header`, which the upstream issue's
+    /// `next_upstream` setting decides with this.
     pub fn retry_allowed(&self) -> bool {
-        matches!(self, End::NoUpstream)
+        matches!(
+            self,
+            End::UpstreamError(_) | End::UpstreamTimeout | End::BadResponse(_)
+        )
     }
 
     /// A short name per kind, without the errno or reason (a metrics label).
@@ -166,5 +172,52 @@ impl End {
             End::SendTimeout => 16,
             End::Shutdown => 17,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_end_says_its_kind_side_and_errno() {
+        let all = [
+            End::Done,
+            End::ClientClosed,
+            End::UpstreamClosed,
+            End::ClientError(libc::ECONNRESET),
+            End::UpstreamError(libc::ETIMEDOUT),
+            End::BadRequest("bad head"),
+            End::HeadTooLarge,
+            End::UriTooLong,
+            End::BodyTimeout,
+            End::KeepaliveTimeout,
+            End::NoRoute,
+            End::NoUpstream,
+            End::BadResponse("bad head"),
+            End::UpstreamTimeout,
+            End::HeaderTimeout,
+            End::IdleTimeout,
+            End::SendTimeout,
+            End::Shutdown,
+        ];
+        assert_eq!(all.len(), End::KINDS);
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(e.index(), i);
+            // The log's `end=` field starts with the metrics label.
+            assert!(e.to_string().starts_with(e.kind()), "{e} vs {}", e.kind());
+        }
+        assert_eq!(End::ClientError(libc::ECONNRESET).side(), Some(Side::Down));
+        assert_eq!(End::UpstreamError(libc::ETIMEDOUT).side(), Some(Side::Up));
+        assert_eq!(
+            End::UpstreamError(libc::ETIMEDOUT).errno(),
+            Some(libc::ETIMEDOUT)
+        );
+        assert_eq!(End::NoRoute.side(), None);
+        assert!(End::UpstreamError(libc::ECONNREFUSED).retry_allowed());
+        assert!(End::BadResponse("bad head").retry_allowed());
+        assert!(!End::NoUpstream.retry_allowed(), "nothing left to try");
+        assert!(!End::ClientClosed.retry_allowed());
+        assert!(!End::IdleTimeout.retry_allowed());
     }
 }
