@@ -63,10 +63,6 @@ impl WorkerMetrics {
             self.duration_sum_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         )
     }
-
-    pub fn get(a: &AtomicU64) -> u64 {
-        a.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]

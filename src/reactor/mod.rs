@@ -256,16 +256,6 @@ impl<T> Reactor<T> {
         self.now_ms
     }
 
-    /// Microseconds since the reactor started (read now).
-    pub fn now_us(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
-    }
-
-    /// When the reactor started.
-    pub fn epoch(&self) -> Instant {
-        self.epoch
-    }
-
     /// One turn: submit and wait up to `wait` (or the next tick, whichever is first), copy out
     /// a batch of completions, dispatch them, fire due timers, top up the buffer ring.
     pub fn turn(&mut self, h: &mut impl Handler<T>, wait: Duration) -> std::io::Result<()> {
