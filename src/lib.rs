@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod reactor;
 pub mod session;
 pub mod sys;
+pub mod tls;
 pub mod tools;
 pub mod tuning;
 pub mod upstream;

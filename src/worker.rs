@@ -104,7 +104,17 @@ impl Worker {
                 .iter()
                 .find(|s| s.listen.contains(&i))
                 .expect("every listener belongs to a server");
-            listeners.push((sock, Listen::of(i, server)));
+            let tls = cfg.listener_tls.get(i).is_some_and(Option::is_some);
+            listeners.push((sock, Listen::of(i, server, tls)));
+        }
+        let mut ring = ring;
+        if cfg.listener_tls.iter().any(Option::is_some)
+            || cfg.upstreams.iter().any(|u| u.tls.is_some())
+        {
+            // TLS takes its plaintext and records from recycled allocations: keep enough, and
+            // large enough for a whole buffer's worth plus a record cut in two.
+            ring.heap
+                .keep_spares(256, 2 * cfg.runtime.buffer_size as usize + 1024);
         }
         Ok(Worker {
             reactor: Reactor::new(ring, spec.max_sessions.min(1 << 16), TICK_MS, WHEEL_SLOTS),
@@ -390,6 +400,12 @@ impl Sys for WorkerIo<'_> {
     fn data(&self, bid: u16, len: u32) -> &[u8] {
         self.sys.data(bid, len)
     }
+    fn data_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        self.sys.data_mut(bid, len)
+    }
+    fn heap(&self, id: u32) -> &[u8] {
+        self.sys.heap(id)
+    }
     fn recycle(&mut self, v: Vec<u8>) {
         self.sys.recycle(v)
     }
@@ -450,9 +466,18 @@ fn write_access_log(l: &AccessLog<'_>) {
     } else {
         l.status.to_string()
     };
+    let tls = match &l.tls {
+        None => String::new(),
+        Some(t) => format!(
+            " tls={} cipher={} sni={}",
+            t.version.unwrap_or("-"),
+            t.cipher.unwrap_or("-"),
+            escape_log(t.sni.unwrap_or("-"))
+        ),
+    };
     tracing::info!(
         target: "access",
-        "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}",
+        "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}{tls}",
         l.client, escape_log(l.method), escape_log(l.path), escape_log(l.host), status, upstream,
         l.duration_ms, l.bytes_in, l.bytes_out, if l.tunnel { "ws " } else { "" }, l.end
     );

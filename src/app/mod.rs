@@ -14,6 +14,9 @@ use crate::config::Config;
 pub fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("ringway: warning: {w}");
+            }
             print!("{}", c.describe());
             println!("{}: configuration OK", path.display());
             ExitCode::SUCCESS
@@ -28,7 +31,12 @@ pub fn check(path: &Path) -> ExitCode {
 /// `ringway run`: exit 1 on a configuration error, 2 when the proxy cannot run.
 pub fn run(path: &Path) -> ExitCode {
     let cfg = match Config::load(path) {
-        Ok(c) => c,
+        Ok(c) => {
+            for w in &c.warnings {
+                tracing::warn!("{w}");
+            }
+            c
+        }
         Err(e) => {
             eprintln!("ringway: {e}");
             return ExitCode::from(1);

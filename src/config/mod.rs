@@ -51,6 +51,9 @@ impl std::error::Error for ConfigError {}
 
 mod raw;
 mod resolve;
+pub mod tls;
+
+pub use tls::{ListenerTls, UpstreamTls};
 
 use resolve::resolve;
 
@@ -134,6 +137,8 @@ pub struct Upstream {
     /// `source`); empty: the kernel picks. Each address has its own ephemeral port range, so
     /// N addresses allow N times ~64k connections to one server.
     pub source: Vec<std::net::IpAddr>,
+    /// TLS toward the servers (`wss://`, `https://` backends).
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A path prefix routed to an upstream.
@@ -186,8 +191,12 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Distinct listen addresses; each worker opens one SO_REUSEPORT socket per entry.
     pub listeners: Vec<SocketAddr>,
+    /// Per listener (same index): its TLS, when its servers have `tls`.
+    pub listener_tls: Vec<Option<ListenerTls>>,
     pub servers: Vec<Server>,
     pub upstreams: Vec<Upstream>,
+    /// What `check` and `run` print as warnings (an expired certificate).
+    pub warnings: Vec<String>,
 }
 
 /// Defaults: the safe production values for long-lived WebSockets, not nginx's 60 s.
@@ -430,36 +439,44 @@ impl Config {
     }
 }
 
+/// Among `candidates` (index, names), the first with an exact name equal to `host` (any case),
+/// else the first with a `*.` wildcard matching it.
+pub fn match_name<'a, I>(candidates: I, host: &[u8]) -> Option<usize>
+where
+    I: Iterator<Item = (usize, &'a [String])> + Clone,
+{
+    let matches = |name: &str| -> bool {
+        if let Some(suffix) = name.strip_prefix("*.") {
+            host.len() > suffix.len() + 1
+                && host[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        } else {
+            host.eq_ignore_ascii_case(name.as_bytes())
+        }
+    };
+    candidates
+        .clone()
+        .find(|(_, names)| names.iter().any(|n| !n.starts_with("*.") && matches(n)))
+        .or_else(|| {
+            candidates
+                .clone()
+                .find(|(_, names)| names.iter().any(|n| matches(n)))
+        })
+        .map(|(i, _)| i)
+}
+
 impl Config {
     /// The server for a request that arrived on `listener` with Host `host` (already without
     /// port, any case): exact name, then `*.` wildcard, then the first server on that listener.
     pub fn find_server(&self, listener: usize, host: &[u8]) -> Option<usize> {
-        let on: Vec<usize> = (0..self.servers.len())
-            .filter(|&i| self.servers[i].listen.contains(&listener))
-            .collect();
-        let matches = |name: &str| -> bool {
-            if let Some(suffix) = name.strip_prefix("*.") {
-                host.len() > suffix.len() + 1
-                    && host[host.len() - suffix.len() - 1] == b'.'
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-            } else {
-                host.eq_ignore_ascii_case(name.as_bytes())
-            }
+        let on = || {
+            self.servers
+                .iter()
+                .enumerate()
+                .filter(move |(_, s)| s.listen.contains(&listener))
+                .map(|(i, s)| (i, s.names.as_slice()))
         };
-        on.iter()
-            .copied()
-            .find(|&i| {
-                self.servers[i]
-                    .names
-                    .iter()
-                    .any(|n| !n.starts_with("*.") && matches(n))
-            })
-            .or_else(|| {
-                on.iter()
-                    .copied()
-                    .find(|&i| self.servers[i].names.iter().any(|n| matches(n)))
-            })
-            .or_else(|| on.first().copied())
+        match_name(on(), host).or_else(|| on().next().map(|(i, _)| i))
     }
 
     /// The location of `server` with the longest prefix of `path`.
@@ -510,7 +527,10 @@ impl Config {
             let listen: Vec<String> = s
                 .listen
                 .iter()
-                .map(|&l| self.listeners[l].to_string())
+                .map(|&l| match self.listener_tls[l] {
+                    Some(_) => format!("{} (tls)", self.listeners[l]),
+                    None => self.listeners[l].to_string(),
+                })
                 .collect();
             let names = if s.names.is_empty() {
                 "(default)".to_string()

@@ -46,6 +46,25 @@ pub struct Upstream {
     pub balance: Option<Spanned<String>>,
     pub servers: Spanned<Vec<Spanned<Peer>>>,
     pub source: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<UpstreamTls>>,
+}
+
+/// `[[upstream]] tls = { ca, verify, sni }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub ca: Option<Spanned<String>>,
+    pub verify: Option<bool>,
+    pub sni: Option<Spanned<String>>,
+}
+
+/// `[[server]] tls = { cert, key, protocols }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Spanned<toml::Value>,
+    pub key: Spanned<toml::Value>,
+    pub protocols: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +88,8 @@ pub struct Server {
     pub header_line_max: Option<Spanned<toml::Value>>,
     pub keepalive_timeout: Option<Spanned<toml::Value>>,
     pub keepalive_requests: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<Tls>>,
+    pub strict_sni: Option<bool>,
     #[serde(default)]
     pub location: Vec<Spanned<Location>>,
 }

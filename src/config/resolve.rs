@@ -175,11 +175,16 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                 out
             }
         };
+        let tls = match &u.tls {
+            None => None,
+            Some(t) => Some(tls::upstream(cx, &f, t)?),
+        };
         upstreams.push(Upstream {
             name,
             balance,
             peers,
             source,
+            tls,
         });
     }
 
@@ -189,6 +194,8 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
     };
     let mut listeners: Vec<SocketAddr> = Vec::new();
     let mut servers = Vec::new();
+    let mut warnings = Vec::new();
+    let mut server_tls = Vec::new();
     if raw.server.is_empty() {
         return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
     }
@@ -379,6 +386,10 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             ));
         }
         locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
+        server_tls.push(match &s.tls {
+            None => None,
+            Some(t) => Some(tls::load_server(cx, &f, t, &mut warnings)?),
+        });
         servers.push(Server {
             listen,
             names,
@@ -391,13 +402,31 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             locations,
         });
     }
+    let mut listener_tls = Vec::new();
+    for (li, addr) in listeners.iter().enumerate() {
+        let on: Vec<tls::OnAddress<'_>> = servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.listen.contains(&li))
+            .map(|(si, s)| tls::OnAddress {
+                index: si,
+                names: &s.names,
+                certs: server_tls[si].as_ref(),
+                strict_sni: raw.server[si].get_ref().strict_sni.unwrap_or(false),
+                listen_span: raw.server[si].get_ref().listen.span(),
+            })
+            .collect();
+        listener_tls.push(tls::listener(cx, *addr, &on)?);
+    }
     Ok(Config {
         source: cx.file.to_string(),
         runtime,
         tuning_apply: raw.tuning.apply.unwrap_or(false),
         admin,
         listeners,
+        listener_tls,
         servers,
         upstreams,
+        warnings,
     })
 }

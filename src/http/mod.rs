@@ -678,7 +678,13 @@ pub fn reason(status: u16) -> &'static str {
 
 /// A complete response the proxy sends itself, closing the connection after it.
 pub fn error_response(status: u16) -> Vec<u8> {
-    let body = format!("{status} {}\n", reason(status));
+    error_page(status, reason(status))
+}
+
+/// Our own answer with `detail` as its body (nginx's "The plain HTTP request was sent to HTTPS
+/// port" for plain HTTP on a TLS port).
+pub fn error_page(status: u16, detail: &str) -> Vec<u8> {
+    let body = format!("{status} {detail}\n");
     format!(
         "HTTP/1.1 {status} {}\r\nServer: ringway\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         reason(status),

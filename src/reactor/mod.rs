@@ -28,14 +28,16 @@ pub trait Sys {
     fn now_ms(&self) -> u64;
     /// Bytes of a received pool buffer.
     fn data(&self, bid: u16, len: u32) -> &[u8];
-    /// The bytes of a received chunk (a pool buffer, from `c.off`).
+    /// Bytes of a received pool buffer, to work on in place (TLS decrypts there).
+    fn data_mut(&mut self, bid: u16, len: u32) -> &mut [u8];
+    /// Bytes stored by `put`.
+    fn heap(&self, id: u32) -> &[u8];
+    /// The bytes of a chunk: a received pool buffer, or bytes stored by `put` (the plaintext
+    /// TLS decrypted), from `c.off`.
     fn data_of(&self, c: Chunk) -> &[u8] {
         match c.src {
             Src::Pool(bid) => &self.data(bid, c.off + c.len)[c.off as usize..],
-            Src::Heap(_) => {
-                debug_assert!(false, "received bytes live in pool buffers");
-                &[]
-            }
+            Src::Heap(id) => &self.heap(id)[c.off as usize..(c.off + c.len) as usize],
         }
     }
     /// Give back a buffer from `scratch` that was not sent after all.
@@ -100,6 +102,14 @@ impl Sys for RingSys<'_> {
 
     fn data(&self, bid: u16, len: u32) -> &[u8] {
         self.ring.pool.bytes(bid, len)
+    }
+
+    fn data_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        self.ring.pool.bytes_mut(bid, len)
+    }
+
+    fn heap(&self, id: u32) -> &[u8] {
+        self.ring.heap.bytes(id)
     }
 
     fn scratch(&mut self) -> Vec<u8> {

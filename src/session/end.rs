@@ -44,6 +44,12 @@ pub enum End {
     SendTimeout,
     /// The worker is stopping.
     Shutdown,
+    /// Plain HTTP on a TLS listener: 400 in plain text (nginx's answer).
+    PlainHttp,
+    /// The client's TLS failed (handshake or record); the alert went out, no HTTP answer.
+    ClientTls(&'static str),
+    /// TLS with the upstream failed (a bad certificate, no common protocol): 502.
+    UpstreamTls(&'static str),
 }
 
 impl fmt::Display for End {
@@ -67,6 +73,9 @@ impl fmt::Display for End {
             End::IdleTimeout => write!(f, "idle-timeout"),
             End::SendTimeout => write!(f, "send-timeout"),
             End::Shutdown => write!(f, "shutdown"),
+            End::PlainHttp => write!(f, "plain-http"),
+            End::ClientTls(why) => write!(f, "client-tls:{why}"),
+            End::UpstreamTls(why) => write!(f, "upstream-tls:{why}"),
         }
     }
 }
@@ -87,6 +96,25 @@ pub struct AccessLog<'a> {
     pub bytes_out: u64,
     pub end: End,
     pub tunnel: bool,
+    /// The client connection's TLS (version, cipher, SNI), on a TLS listener.
+    pub tls: Option<crate::tls::Info<'a>>,
+}
+
+/// A short reason for a TLS failure (the log's `end=client-tls:REASON`).
+pub fn tls_reason(e: &rustls::Error) -> &'static str {
+    use rustls::Error as E;
+    match e {
+        E::InvalidMessage(_) => "bad-message",
+        E::PeerIncompatible(_) => "incompatible",
+        E::PeerMisbehaved(_) => "misbehaved",
+        E::AlertReceived(_) => "alert",
+        E::NoCertificatesPresented => "no-certificate",
+        E::InvalidCertificate(_) => "bad-certificate",
+        E::DecryptError => "decrypt",
+        E::NoApplicationProtocol => "no-alpn",
+        E::General(_) => "general",
+        _ => "handshake",
+    }
 }
 
 impl End {
@@ -145,10 +173,13 @@ impl End {
         "idle-timeout",
         "send-timeout",
         "shutdown",
+        "plain-http",
+        "client-tls",
+        "upstream-tls",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 18;
+    pub const KINDS: usize = 21;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -171,6 +202,9 @@ impl End {
             End::IdleTimeout => 15,
             End::SendTimeout => 16,
             End::Shutdown => 17,
+            End::PlainHttp => 18,
+            End::ClientTls(_) => 19,
+            End::UpstreamTls(_) => 20,
         }
     }
 }
@@ -200,6 +234,9 @@ mod tests {
             End::IdleTimeout,
             End::SendTimeout,
             End::Shutdown,
+            End::PlainHttp,
+            End::ClientTls("bad-record"),
+            End::UpstreamTls("bad-certificate"),
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

@@ -214,7 +214,7 @@ impl Session {
         let head = io.put(out);
         // The head goes first: nothing can be queued toward an upstream not yet chosen.
         debug_assert!(self.up.flushed());
-        self.up.push(head);
+        self.up.push(io, head);
         self.phase_ms = now;
         self.connect_next(io, env)
     }
@@ -247,11 +247,23 @@ impl Session {
             let source = rr.next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
-                    self.up.reset_fd(fd);
+                    let tls = u
+                        .tls
+                        .as_ref()
+                        .map(|t| (t.config.clone(), t.name_for(u.peers[i].addr.ip())));
+                    let addr = u.peers[i].addr;
+                    let r = self.up.reset_fd(io, fd, tls);
                     self.up.ops = 1;
                     self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
-                    return Next::Continue;
+                    return match r {
+                        Ok(()) => Next::Continue,
+                        // The socket (its connect in flight) closes through the answer's retire.
+                        Err(e) => {
+                            tracing::warn!(target: "upstream", "TLS toward {addr} failed: {e}");
+                            Next::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
+                        }
+                    };
                 }
                 Err(e) => {
                     tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, crate::sys::errno_name(e));
@@ -480,6 +492,7 @@ impl Session {
             bytes_out: r.bytes_out,
             end,
             tunnel: r.tunnel,
+            tls: self.down.tls_info(),
         })
     }
 }

@@ -99,7 +99,7 @@ pub struct Listen {
 
 impl Listen {
     /// The settings of `server` for sessions accepted on listener `index`.
-    pub fn of(index: usize, server: &crate::config::Server) -> Listen {
+    pub fn of(index: usize, server: &crate::config::Server, tls: bool) -> Listen {
         Listen {
             index: index as u16,
             header_timeout_ms: ms32(server.header_timeout),
@@ -108,7 +108,7 @@ impl Listen {
             header_line_max: server.header_line_max,
             keepalive_timeout_ms: ms32(server.keepalive_timeout),
             keepalive_requests: server.keepalive_requests,
-            tls: false,
+            tls,
         }
     }
 
@@ -157,8 +157,12 @@ impl Session {
         cfg: Arc<Config>,
         now_ms: u64,
     ) -> Session {
+        let down = match cfg.listener_tls.get(usize::from(listen.index)) {
+            Some(Some(t)) => Transport::server(fd, &t.config),
+            _ => Transport::plain(fd),
+        };
         Session {
-            down: Transport::plain(fd),
+            down,
             up: Transport::plain(-1),
             cancels: 0,
             phase: Phase::Request { head: Vec::new() },
@@ -469,8 +473,25 @@ impl Session {
             io.release(c);
             return Next::Continue;
         }
-        let Some(c) = self.conn(side).received(io, c) else {
-            return Next::Continue;
+        let c = match self.conn(side).received(io, side, c) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Next::Continue,
+            Err(crate::tls::Fail::PlainHttp) => return Next::Respond(400, End::PlainHttp),
+            Err(crate::tls::Fail::Tls(e)) => {
+                let why = end::tls_reason(&e);
+                return match side {
+                    Side::Down => {
+                        tracing::info!(target: "tls", "{}: TLS failed: {e}", self.client);
+                        // No HTTP answer: the alert is on its way.
+                        Next::Respond(0, End::ClientTls(why))
+                    }
+                    Side::Up => {
+                        let peer = self.peer_addr();
+                        tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
+                        Next::Respond(502, End::UpstreamTls(why))
+                    }
+                };
+            }
         };
         let now = io.now_ms();
         if let Some(r) = self.phase.req_mut() {
@@ -522,7 +543,7 @@ impl Session {
     /// Queue plaintext on `to` and start sending it.
     fn send_to(&mut self, to: Side, c: Chunk, io: &mut impl Io) {
         let t = self.conn(to);
-        t.push(c);
+        t.push(io, c);
         t.kick(io, to);
     }
 
@@ -630,7 +651,12 @@ impl Session {
         self.phase = Phase::Respond { req, linger };
         self.retire(Side::Up, io);
         self.send_built(Side::Down, io, |out| {
-            out.extend_from_slice(&crate::http::error_response(status))
+            out.extend_from_slice(&match end {
+                End::PlainHttp => {
+                    crate::http::error_page(status, "The plain HTTP request was sent to HTTPS port")
+                }
+                _ => crate::http::error_response(status),
+            })
         });
     }
 

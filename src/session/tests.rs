@@ -62,6 +62,12 @@ impl Sys for Fake {
     fn data(&self, bid: u16, len: u32) -> &[u8] {
         &self.bufs[&bid][..len as usize]
     }
+    fn data_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
+        &mut self.bufs.get_mut(&bid).expect("live buffer")[..len as usize]
+    }
+    fn heap(&self, id: u32) -> &[u8] {
+        &self.heap[&id]
+    }
     fn scratch(&mut self) -> Vec<u8> {
         Vec::new()
     }

@@ -5,19 +5,41 @@
 //! [`Transport::push`]; the protocol code never learns whether a connection is encrypted.
 //!
 //! `Plain` passes the pool buffer through untouched: a received buffer is the chunk that is
-//! sent on the peer, no copy. A `Tls` variant (the TLS issue) decrypts records in place in
-//! the same buffer and encrypts what is pushed, behind the same three calls.
+//! sent on the peer, no copy. `Server` (a client of ringway on a TLS listener) and `Client` (a
+//! TLS upstream) run rustls on the worker's ring ([`crate::tls`]): records are processed in
+//! the buffer they were received into, plaintext comes out as one chunk, and what is pushed
+//! is encrypted into the socket's send queue.
 
 use std::ops::{Deref, DerefMut};
 use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 
 use crate::reactor::{Conn, Sent, Sys};
+use crate::tls::{Fail, Info, Tls};
 use crate::uring::{Chunk, Side};
 
 #[derive(Debug)]
 pub enum Transport {
     /// Plaintext TCP.
     Plain(Conn),
+    /// TLS, ringway the server.
+    Server(Box<Tls<UnbufferedServerConnection>>),
+    /// TLS, ringway the client (toward an upstream).
+    Client(Box<Tls<UnbufferedClientConnection>>),
+}
+
+/// `$e` on the TLS connection, whichever end it is; `$p` on a plain one.
+macro_rules! on_tls {
+    ($self:expr, $t:ident => $e:expr, $c:ident => $p:expr) => {
+        match $self {
+            Transport::Plain($c) => $p,
+            Transport::Server($t) => $e,
+            Transport::Client($t) => $e,
+        }
+    };
 }
 
 impl Transport {
@@ -25,33 +47,134 @@ impl Transport {
         Transport::Plain(Conn::new(fd))
     }
 
-    /// Bytes received on the socket, as plaintext for the protocol (`None`: nothing for it
-    /// yet, the transport kept or consumed them).
-    pub fn received(&mut self, _io: &mut impl Sys, c: Chunk) -> Option<Chunk> {
-        match self {
-            Transport::Plain(_) => Some(c),
-        }
+    /// A client accepted on a TLS listener.
+    pub fn server(fd: RawFd, config: &Arc<rustls::ServerConfig>) -> Transport {
+        let engine = UnbufferedServerConnection::new(config.clone())
+            .expect("a connection was made from this configuration when it was resolved");
+        Transport::Server(Box::new(Tls::new(Conn::new(fd), engine)))
     }
 
-    /// Queue plaintext for sending.
-    pub fn push(&mut self, c: Chunk) {
-        match self {
-            Transport::Plain(conn) => conn.push(c),
+    /// Bytes received on the socket, as plaintext for the protocol (`Ok(None)`: nothing for
+    /// it yet, the transport kept or consumed them).
+    pub fn received(
+        &mut self,
+        io: &mut impl Sys,
+        side: Side,
+        c: Chunk,
+    ) -> Result<Option<Chunk>, Fail> {
+        on_tls!(self, t => t.received(io, side, c), _c => Ok(Some(c)))
+    }
+
+    /// Queue plaintext for sending. A TLS connection that failed drops it.
+    pub fn push(&mut self, io: &mut impl Sys, c: Chunk) {
+        let r = on_tls!(self, t => t.push(io, c), conn => {
+            conn.push(c);
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::debug!(target: "tls", "encrypting failed: {e:?}");
         }
     }
 
     /// Start sending what is queued, if nothing is in flight.
     pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
-        match self {
-            Transport::Plain(conn) => conn.kick(io, side),
-        }
+        on_tls!(self, t => t.kick(io, side), conn => conn.kick(io, side))
     }
 
     /// A send completed.
     pub fn on_sent(&mut self, io: &mut impl Sys, side: Side, res: i32, dropping: bool) -> Sent {
-        match self {
-            Transport::Plain(conn) => conn.on_sent(io, side, res, dropping),
+        self.conn_mut().on_sent(io, side, res, dropping)
+    }
+
+    /// Chunks waiting to be sent (with plaintext a TLS handshake holds back).
+    pub fn pending(&self) -> usize {
+        on_tls!(self, t => t.pending(), conn => conn.pending())
+    }
+
+    /// Nothing waiting, nothing in flight.
+    pub fn flushed(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// Stop using the socket (see [`Conn::retire`]); without one, what waited goes nowhere.
+    pub fn retire(&mut self, io: &mut impl Sys, side: Side) -> u8 {
+        if self.fd < 0 {
+            self.release_tls(io);
         }
+        self.conn_mut().retire(io, side)
+    }
+
+    /// Close a retired socket once nothing is in flight (see [`Conn::close_when_done`]);
+    /// unless `keep_queue`, what the transport holds is given back.
+    pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+        let closed = self.conn_mut().close_when_done(io, cancels, keep_queue);
+        if closed && !keep_queue {
+            self.release_tls(io);
+        }
+        closed
+    }
+
+    /// A new upstream socket `fd` (a new attempt): plaintext that waited for the previous one
+    /// is kept; with `tls`, a new TLS connection is started on it.
+    pub fn reset_fd(
+        &mut self,
+        io: &mut impl Sys,
+        fd: RawFd,
+        tls: Option<(
+            Arc<rustls::ClientConfig>,
+            rustls::pki_types::ServerName<'static>,
+        )>,
+    ) -> Result<(), rustls::Error> {
+        let mut waiting = Vec::new();
+        match self {
+            Transport::Plain(conn) => {
+                while let Some(c) = conn.pop() {
+                    waiting.push(c);
+                }
+            }
+            Transport::Server(t) => {
+                waiting = t.take_held();
+                t.release(io);
+            }
+            Transport::Client(t) => {
+                waiting = t.take_held();
+                t.release(io);
+            }
+        }
+        // What is queued on the old socket (a previous hello) goes nowhere.
+        while let Some(c) = self.conn_mut().pop() {
+            io.release(c);
+        }
+        let mut conn = Conn::new(fd);
+        conn.ready = false;
+        *self = match tls {
+            None => Transport::Plain(conn),
+            Some((config, name)) => match UnbufferedClientConnection::new(config, name) {
+                Ok(engine) => Transport::Client(Box::new(Tls::new(conn, engine))),
+                Err(e) => {
+                    waiting.into_iter().for_each(|c| io.release(c));
+                    *self = Transport::Plain(conn);
+                    return Err(e);
+                }
+            },
+        };
+        for c in waiting {
+            self.push(io, c);
+        }
+        Ok(())
+    }
+
+    /// The negotiated TLS parameters (for the access log); `None` on a plain connection.
+    pub fn tls_info(&self) -> Option<Info<'_>> {
+        on_tls!(self, t => Some(t.info()), _c => None)
+    }
+
+    fn release_tls(&mut self, io: &mut impl Sys) {
+        on_tls!(self, t => t.release(io), _c => {})
+    }
+
+    fn conn_mut(&mut self) -> &mut Conn {
+        on_tls!(self, t => &mut t.conn, conn => conn)
     }
 }
 
@@ -60,16 +183,12 @@ impl Deref for Transport {
     type Target = Conn;
 
     fn deref(&self) -> &Conn {
-        match self {
-            Transport::Plain(conn) => conn,
-        }
+        on_tls!(self, t => &t.conn, conn => conn)
     }
 }
 
 impl DerefMut for Transport {
     fn deref_mut(&mut self) -> &mut Conn {
-        match self {
-            Transport::Plain(conn) => conn,
-        }
+        self.conn_mut()
     }
 }

@@ -169,6 +169,7 @@ mod tests {
                 })
                 .collect(),
             source: Vec::new(),
+            tls: None,
         }
     }
 

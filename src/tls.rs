@@ -1,0 +1,578 @@
+//! TLS on a reactor connection: rustls's unbuffered API driven by the worker that owns the
+//! connection, on its ring, from the buffers the ring received into. No thread, no blocking
+//! call: a received buffer is processed where it lies, the plaintext comes out as one chunk,
+//! handshake records and encrypted application data go out through the connection's send
+//! queue like any other chunk.
+//!
+//! Memory: between records a connection holds only rustls's state. A record cut by the end of
+//! a received buffer is kept (`partial`, a recycled allocation) until the rest arrives, then
+//! given back. The plaintext and ciphertext chunks come from the ring's recycled
+//! allocations (`Sys::scratch`). rustls 0.23 itself still copies each record's plaintext into a
+//! `Vec` of its own on the way in and out (its unbuffered API reserves in-place decryption for
+//! a later version); see `docs/design-notes.md`.
+//!
+//! The room knows sockets and buffers (`reactor`, `uring`), nothing of HTTP or sessions.
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+
+use crate::reactor::{Conn, Sys};
+use crate::uring::{Chunk, Side, Src};
+
+/// The two ends rustls plays: a server (clients of ringway) or a client (TLS upstreams).
+pub trait Engine {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &rustls::CommonState;
+    /// Whether this end speaks first (a client sends its hello as soon as it is connected).
+    const CLIENT: bool;
+}
+
+impl Engine for UnbufferedServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+    const CLIENT: bool = false;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+impl Engine for UnbufferedClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+    const CLIENT: bool = true;
+    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(buf)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+/// Why a TLS connection cannot go on.
+#[derive(Debug)]
+pub enum Fail {
+    /// A server got plain HTTP where a ClientHello belonged (the caller answers it in plain
+    /// text: the transport now passes bytes through untouched).
+    PlainHttp,
+    /// The handshake or a record failed; the alert (if any) is queued on the connection.
+    Tls(rustls::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Handshaking,
+    Open,
+    /// Plain bytes both ways (the answer to plain HTTP on a TLS port).
+    Raw,
+    /// Failed: nothing more is read or encrypted; only what is queued goes out.
+    Failed,
+}
+
+/// The most a connection may hold of records not complete yet: a handshake message may span
+/// records (rustls joins them in the caller's buffer), bounded so a peer cannot grow it.
+const PARTIAL_MAX: usize = 64 * 1024 + 16 * 1024 + 1024;
+
+/// Ciphertext per record beyond its plaintext, with room to spare (TLS 1.2 CBC is not offered).
+const RECORD_OVERHEAD: usize = 64;
+/// Largest plaintext per record.
+const RECORD_MAX: usize = 16 * 1024;
+
+/// A TLS connection over a reactor [`Conn`].
+pub struct Tls<E> {
+    pub conn: Conn,
+    engine: E,
+    state: State,
+    /// Ciphertext received but not processed yet (a record cut by the end of a buffer).
+    partial: Vec<u8>,
+    /// Plaintext queued before the handshake completed, sent (encrypted) once it has.
+    held: Vec<Chunk>,
+    /// A client's hello has been produced.
+    started: bool,
+    /// A close_notify has been queued.
+    notified: bool,
+    /// The server name the client asked for (read from its hello), for the access log.
+    sni: Option<Box<str>>,
+}
+
+impl<E> std::fmt::Debug for Tls<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("conn", &self.conn)
+            .field("state", &self.state)
+            .field("partial", &self.partial.len())
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+/// What to do once the handshake is complete and nothing else is pending.
+enum Then<'a> {
+    Nothing,
+    Encrypt(&'a [u8]),
+    CloseNotify,
+}
+
+impl<E: Engine> Tls<E> {
+    pub fn new(conn: Conn, engine: E) -> Tls<E> {
+        Tls {
+            conn,
+            engine,
+            state: State::Handshaking,
+            partial: Vec::new(),
+            held: Vec::new(),
+            started: false,
+            notified: false,
+            sni: None,
+        }
+    }
+
+    /// The handshake is complete.
+    pub fn open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Chunks waiting: plaintext held for the handshake plus what is queued on the socket.
+    pub fn pending(&self) -> usize {
+        self.held.len() + self.conn.pending()
+    }
+
+    /// Negotiated version, cipher suite and requested server name, once known.
+    pub fn info(&self) -> Info<'_> {
+        let c = self.engine.common();
+        Info {
+            version: c.protocol_version().map(version_name),
+            cipher: c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()),
+            sni: self.sni.as_deref(),
+        }
+    }
+
+    /// Bytes received on the socket: plaintext for the caller, if a record completed.
+    /// Handshake records produced on the way are sent at once.
+    pub fn received(
+        &mut self,
+        io: &mut impl Sys,
+        side: Side,
+        c: Chunk,
+    ) -> Result<Option<Chunk>, Fail> {
+        match self.state {
+            State::Raw => return Ok(Some(c)),
+            State::Failed => {
+                io.release(c);
+                return Ok(None);
+            }
+            State::Handshaking | State::Open => {}
+        }
+        if !E::CLIENT && self.state == State::Handshaking && self.partial.is_empty() {
+            let data = io.data_of(c);
+            // A TLS record starts with its content type (22, handshake); a letter is a
+            // request line: plain HTTP sent to a TLS port.
+            if data.first().is_some_and(|b| b.is_ascii_uppercase()) {
+                self.state = State::Raw;
+                io.release(c);
+                return Err(Fail::PlainHttp);
+            }
+            if let Some(hello) = peek_hello(data) {
+                if hello.old_only {
+                    // Only TLS 1.0/1.1 offered: a protocol_version alert (rustls would say
+                    // handshake_failure), in a record of the version the client spoke.
+                    let alert = [21, 3, 1, 0, 2, 2, 70];
+                    let mut out = io.scratch();
+                    out.extend_from_slice(&alert);
+                    io.release(c);
+                    self.state = State::Failed;
+                    self.queue(io, out);
+                    self.conn.kick(io, side);
+                    return Err(Fail::Tls(rustls::Error::PeerIncompatible(
+                        rustls::PeerIncompatible::Tls12NotOffered,
+                    )));
+                }
+                self.sni = hello.sni.map(Into::into);
+            }
+        }
+        let mut plain = io.scratch();
+        let mut out = io.scratch();
+        let result = match c.src {
+            Src::Pool(bid) if self.partial.is_empty() => {
+                let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
+                let r = drive(&mut self.engine, buf, &mut plain, &mut out, Then::Nothing);
+                if let Ok(used) = r
+                    && used < buf.len()
+                {
+                    self.partial.extend_from_slice(&buf[used..]);
+                }
+                r
+            }
+            _ => {
+                if self.partial.is_empty() {
+                    self.partial = io.scratch();
+                }
+                self.partial.extend_from_slice(io.data_of(c));
+                let r = drive(
+                    &mut self.engine,
+                    &mut self.partial,
+                    &mut plain,
+                    &mut out,
+                    Then::Nothing,
+                );
+                if let Ok(used) = r {
+                    self.partial.drain(..used);
+                }
+                r
+            }
+        };
+        io.release(c);
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            // Idle between records: hold no buffer.
+            io.recycle(std::mem::take(&mut self.partial));
+        }
+        self.queue(io, out);
+        let fail = match result {
+            Ok(_) if self.partial.len() > PARTIAL_MAX => Some(Fail::Tls(rustls::Error::General(
+                "record or handshake message too large".into(),
+            ))),
+            Ok(_) => None,
+            Err(e) => Some(Fail::Tls(e)),
+        };
+        if let Some(f) = fail {
+            io.recycle(plain);
+            self.fail(io);
+            self.conn.kick(io, side);
+            return Err(f);
+        }
+        if self.state == State::Handshaking && !self.engine.common().is_handshaking() {
+            self.state = State::Open;
+            let mut held = std::mem::take(&mut self.held).into_iter();
+            while let Some(c) = held.next() {
+                if let Err(e) = self.push(io, c) {
+                    held.for_each(|c| io.release(c));
+                    io.recycle(plain);
+                    self.conn.kick(io, side);
+                    return Err(e);
+                }
+            }
+        }
+        self.kick(io, side);
+        if plain.is_empty() {
+            io.recycle(plain);
+            Ok(None)
+        } else {
+            Ok(Some(io.put(plain)))
+        }
+    }
+
+    /// Queue plaintext: encrypted now when the handshake is complete, else held until it is.
+    pub fn push(&mut self, io: &mut impl Sys, c: Chunk) -> Result<(), Fail> {
+        match self.state {
+            State::Raw => self.conn.push(c),
+            State::Failed => io.release(c),
+            State::Handshaking => self.held.push(c),
+            State::Open => {
+                let mut out = io.scratch();
+                let mut plain = Vec::new();
+                let r = drive(
+                    &mut self.engine,
+                    &mut [],
+                    &mut plain,
+                    &mut out,
+                    Then::Encrypt(io.data_of(c)),
+                );
+                io.release(c);
+                self.queue(io, out);
+                if let Err(e) = r {
+                    self.fail(io);
+                    return Err(Fail::Tls(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Start sending: a client's hello once connected; a close_notify queued behind the last
+    /// data when a half-close is pending (nothing more is pushed then); then the socket's
+    /// queue.
+    pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
+        if E::CLIENT && !self.started && self.conn.ready && self.conn.open() {
+            self.started = true;
+            let mut out = io.scratch();
+            let r = drive(
+                &mut self.engine,
+                &mut [],
+                &mut Vec::new(),
+                &mut out,
+                Then::Nothing,
+            );
+            self.queue(io, out);
+            if r.is_err() {
+                self.fail(io);
+            }
+        }
+        if self.conn.shut == crate::reactor::Shut::Pending
+            && self.state == State::Open
+            && !self.notified
+        {
+            self.notified = true;
+            let mut out = io.scratch();
+            let _ = drive(
+                &mut self.engine,
+                &mut [],
+                &mut Vec::new(),
+                &mut out,
+                Then::CloseNotify,
+            );
+            self.queue(io, out);
+        }
+        self.conn.kick(io, side);
+    }
+
+    /// Give back what the connection holds besides its socket (on close).
+    pub fn release(&mut self, io: &mut impl Sys) {
+        for c in self.held.drain(..) {
+            io.release(c);
+        }
+        if self.partial.capacity() > 0 {
+            io.recycle(std::mem::take(&mut self.partial));
+        }
+    }
+
+    /// Take back the plaintext not sent yet (a new upstream attempt starts a new connection).
+    pub fn take_held(&mut self) -> Vec<Chunk> {
+        std::mem::take(&mut self.held)
+    }
+
+    fn queue(&mut self, io: &mut impl Sys, out: Vec<u8>) {
+        if out.is_empty() {
+            io.recycle(out);
+        } else {
+            let c = io.put(out);
+            self.conn.push(c);
+        }
+    }
+
+    fn fail(&mut self, io: &mut impl Sys) {
+        self.state = State::Failed;
+        // The alert rustls queued on its error goes out before the close.
+        let mut out = io.scratch();
+        let _ = drive(
+            &mut self.engine,
+            &mut [],
+            &mut Vec::new(),
+            &mut out,
+            Then::Nothing,
+        );
+        self.queue(io, out);
+        for c in self.held.drain(..) {
+            io.release(c);
+        }
+    }
+}
+
+/// Negotiated TLS parameters, for the access log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Info<'a> {
+    pub version: Option<&'static str>,
+    pub cipher: Option<&'static str>,
+    pub sni: Option<&'a str>,
+}
+
+fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    }
+}
+
+/// Run rustls over `buf` until it needs more bytes: plaintext of complete records is appended
+/// to `plain`, records to send to `out`; once the handshake is complete and nothing else is
+/// pending, `then` is done. Returns the bytes of `buf` consumed (the rest is a record not
+/// complete yet, kept by the caller for the next call).
+fn drive<E: Engine>(
+    engine: &mut E,
+    buf: &mut [u8],
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    mut then: Then<'_>,
+) -> Result<usize, rustls::Error> {
+    let mut off = 0;
+    // Each turn either consumes bytes, produces some, or ends; rustls's states are finite
+    // between two, but a bound keeps a bug from spinning the worker.
+    for _ in 0..10_000 {
+        let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..]);
+        let state = state?;
+        let done = match state {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(rec) = r.next_record() {
+                    plain.extend_from_slice(rec?.payload);
+                }
+                false
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                let start = out.len();
+                let mut size = 1024;
+                loop {
+                    out.resize(start + size, 0);
+                    match e.encode(&mut out[start..]) {
+                        Ok(n) => {
+                            out.truncate(start + n);
+                            break;
+                        }
+                        Err(EncodeError::InsufficientSize(s)) => size = s.required_size,
+                        Err(_) => {
+                            out.truncate(start);
+                            break;
+                        }
+                    }
+                }
+                false
+            }
+            // What was encoded is in `out`, which the caller queues on the socket.
+            ConnectionState::TransmitTlsData(t) => {
+                t.done();
+                false
+            }
+            ConnectionState::WriteTraffic(mut w) => {
+                match std::mem::replace(&mut then, Then::Nothing) {
+                    Then::Nothing => {}
+                    Then::Encrypt(data) => {
+                        let start = out.len();
+                        let mut size = data.len() + (data.len() / RECORD_MAX + 1) * RECORD_OVERHEAD;
+                        loop {
+                            out.resize(start + size, 0);
+                            match w.encrypt(data, &mut out[start..]) {
+                                Ok(n) => {
+                                    out.truncate(start + n);
+                                    break;
+                                }
+                                Err(EncryptError::InsufficientSize(s)) => size = s.required_size,
+                                Err(e) => {
+                                    out.truncate(start);
+                                    return Err(rustls::Error::General(e.to_string()));
+                                }
+                            }
+                        }
+                    }
+                    Then::CloseNotify => {
+                        let start = out.len();
+                        out.resize(start + RECORD_OVERHEAD, 0);
+                        let n = w.queue_close_notify(&mut out[start..]).unwrap_or(0);
+                        out.truncate(start + n);
+                    }
+                }
+                true
+            }
+            ConnectionState::PeerClosed => false,
+            // BlockedHandshake, Closed; early data is not enabled.
+            _ => true,
+        };
+        off += discard;
+        if done {
+            if matches!(then, Then::Encrypt(_)) {
+                return Err(rustls::Error::General(
+                    "cannot encrypt in this state".into(),
+                ));
+            }
+            return Ok(off);
+        }
+    }
+    Err(rustls::Error::General(
+        "TLS state machine did not settle".into(),
+    ))
+}
+
+/// What ringway reads itself from a ClientHello.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The server name asked for (for the access log: rustls reads it again for itself).
+    pub sni: Option<&'a str>,
+    /// Only TLS 1.0 or 1.1 offered (legacy version below 1.2, no supported_versions).
+    pub old_only: bool,
+}
+
+/// A ClientHello at the start of `data` (its first record), if it is there whole; anything
+/// unexpected is `None` and left to rustls.
+pub fn peek_hello(data: &[u8]) -> Option<Hello<'_>> {
+    let mut r = Reader(data);
+    // Record: type 22, version, length.
+    if r.u8()? != 22 {
+        return None;
+    }
+    r.take(2)?;
+    let n = r.u16()? as usize;
+    let mut rec = Reader(r.take(n)?);
+    // Handshake: type 1 (ClientHello), 24-bit length.
+    if rec.u8()? != 1 {
+        return None;
+    }
+    let len = (rec.u8()? as usize) << 16 | rec.u16()? as usize;
+    let mut h = Reader(rec.take(len)?);
+    let legacy = h.u16()?;
+    h.take(32)?; // random
+    let n = h.u8()? as usize;
+    h.take(n)?; // session id
+    let n = h.u16()? as usize;
+    h.take(n)?; // cipher suites
+    let n = h.u8()? as usize;
+    h.take(n)?; // compression
+    let mut hello = Hello {
+        sni: None,
+        old_only: legacy < 0x0303,
+    };
+    // Extensions are optional in a TLS 1.0 hello.
+    let n = match h.u16() {
+        Some(n) => n as usize,
+        None => return Some(hello),
+    };
+    let mut ext = Reader(h.take(n)?);
+    while !ext.0.is_empty() {
+        let kind = ext.u16()?;
+        let n = ext.u16()? as usize;
+        let body = ext.take(n)?;
+        match kind {
+            0 => hello.sni = server_name(body),
+            43 => hello.old_only = false,
+            _ => {}
+        }
+    }
+    Some(hello)
+}
+
+/// The host name in a server_name extension.
+fn server_name(body: &[u8]) -> Option<&str> {
+    let mut b = Reader(body);
+    let n = b.u16()? as usize;
+    let mut list = Reader(b.take(n)?);
+    while !list.0.is_empty() {
+        let t = list.u8()?;
+        let n = list.u16()? as usize;
+        let name = list.take(n)?;
+        if t == 0 {
+            return std::str::from_utf8(name)
+                .ok()
+                .filter(|s| s.bytes().all(|c| c.is_ascii_graphic()));
+        }
+    }
+    None
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        let b = self.take(2)?;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+}
