@@ -36,12 +36,21 @@ fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        handshake_rewrite(Mode::Plain);
     }
-    let st = stack("hdrws", "", "", "");
-    let mut ws = RawWs::connect(
-        st.listen,
+}
+
+#[test]
+fn wss_websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
+    if uring_ok() {
+        handshake_rewrite(Mode::Tls);
+    }
+}
+
+fn handshake_rewrite(mode: Mode) {
+    let st = stack_mode(mode, "hdrws", "", "", "");
+    let mut ws = st.raw_ws(
         "/headers",
         "X-Forwarded-For: 203.0.113.9\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nX-Mixed-Case: Value\r\nKeep-Alive: 300\r\n",
     );
@@ -70,7 +79,8 @@ fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
         header(&hs, "X-Forwarded-For"),
         Some("203.0.113.9, 127.0.0.1")
     );
-    assert_eq!(header(&hs, "X-Forwarded-Proto"), Some("http"));
+    let proto = if mode == Mode::Tls { "https" } else { "http" };
+    assert_eq!(header(&hs, "X-Forwarded-Proto"), Some(proto));
     assert_eq!(header(&hs, "Upgrade"), Some("websocket"));
     assert_eq!(header(&hs, "Connection"), Some("upgrade"));
     assert_eq!(
@@ -120,9 +130,9 @@ fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
 }
 
 /// Read one HTTP/1.1 response (head + body by its framing) from a keep-alive connection.
-fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+fn read_response(s: &mut impl Read, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
     let mut tmp = [0u8; 65536];
-    let fill = |s: &mut TcpStream, pending: &mut Vec<u8>, tmp: &mut [u8]| {
+    let fill = |s: &mut dyn Read, pending: &mut Vec<u8>, tmp: &mut [u8]| {
         let n = s.read(tmp).unwrap();
         assert!(n > 0, "closed early");
         pending.extend_from_slice(&tmp[..n]);
@@ -172,11 +182,21 @@ fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) 
 
 #[test]
 fn plain_http_is_relayed_with_framing_and_keep_alive() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        http_relay(Mode::Plain);
     }
-    let st = stack("relay", "", "", "");
-    let mut s = TcpStream::connect(st.listen).unwrap();
+}
+
+#[test]
+fn wss_plain_http_is_relayed_with_framing_and_keep_alive() {
+    if uring_ok() {
+        http_relay(Mode::Tls);
+    }
+}
+
+fn http_relay(mode: Mode) {
+    let st = stack_mode(mode, "relay", "", "", "");
+    let mut s = st.connect();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut pending = Vec::new();
     // Backend sees Connection: close for a plain request (the $connection_upgrade map).
@@ -221,7 +241,11 @@ fn plain_http_is_relayed_with_framing_and_keep_alive() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, b"hello world");
     // HTTP/1.0 without keep-alive: the proxy closes after the response.
-    let out = raw_exchange(st.listen, b"GET /health HTTP/1.0\r\n\r\n", 10);
+    let mut s = st.connect();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
     assert_eq!(status_of(&out), 200);
     assert!(String::from_utf8_lossy(&out).ends_with("ok\n"));
     st.proxy
@@ -230,11 +254,21 @@ fn plain_http_is_relayed_with_framing_and_keep_alive() {
 
 #[test]
 fn echo_of_every_size_text_and_binary() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        echo_sizes(Mode::Plain);
     }
-    let st = stack("sizes", "", "", "");
-    let mut ws = ws_connect(st.listen, "/ws/");
+}
+
+#[test]
+fn wss_echo_of_every_size_text_and_binary() {
+    if uring_ok() {
+        echo_sizes(Mode::Tls);
+    }
+}
+
+fn echo_sizes(mode: Mode) {
+    let st = stack_mode(mode, "sizes", "", "", "");
+    let mut ws = st.ws("/ws/");
     for size in [0usize, 125, 126, 65535, 65536, 1 << 20, 16 << 20] {
         let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
         ws_echo(&mut ws, payload);
@@ -252,11 +286,21 @@ fn echo_of_every_size_text_and_binary() {
 
 #[test]
 fn fragments_pings_and_close_codes() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        frames_pings_closes(Mode::Plain);
     }
-    let st = stack("frames", "", "", "");
-    let mut ws = RawWs::connect(st.listen, "/", "");
+}
+
+#[test]
+fn wss_fragments_pings_and_close_codes() {
+    if uring_ok() {
+        frames_pings_closes(Mode::Tls);
+    }
+}
+
+fn frames_pings_closes(mode: Mode) {
+    let st = stack_mode(mode, "frames", "", "", "");
+    let mut ws = st.raw_ws("/", "");
     // A fragmented message with a ping between its fragments: every frame keeps its boundary.
     ws.send_frame(false, 0, opcode::TEXT, b"Hel");
     ws.send_frame(true, 0, opcode::PING, b"ping payload");
@@ -286,7 +330,7 @@ fn fragments_pings_and_close_codes() {
     assert!(rest.is_empty() && ws.buf.is_empty());
 
     // Server-initiated close with a code and reason reaches the client intact (tungstenite).
-    let mut t = ws_connect(st.listen, "/close/4002");
+    let mut t = st.ws("/close/4002");
     match t.read().unwrap() {
         Message::Close(Some(CloseFrame { code, reason })) => {
             assert_eq!(code, CloseCode::from(4002));
@@ -308,15 +352,27 @@ fn fragments_pings_and_close_codes() {
 
 #[test]
 fn thousand_connections_checksummed_echo_no_crosstalk() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        thousand_connections(Mode::Plain);
     }
-    let st = stack("thousand", "", "", "");
+}
+
+#[test]
+fn wss_thousand_connections_checksummed_echo_no_crosstalk() {
+    if uring_ok() {
+        thousand_connections(Mode::Tls);
+    }
+}
+
+fn thousand_connections(mode: Mode) {
+    let st = stack_mode(mode, "thousand", "", "", "");
     let listen = st.listen;
     let threads: Vec<_> = (0..10u32)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut conns: Vec<Ws> = (0..100).map(|_| ws_connect(listen, "/ws/")).collect();
+                let mut conns: Vec<Ws> = (0..100)
+                    .map(|_| ws_connect_mode(listen, "/ws/", mode))
+                    .collect();
                 for round in 0..20u32 {
                     // Send on every connection first, then read every echo: 100 in flight.
                     let mut sent = Vec::new();
@@ -355,12 +411,22 @@ fn thousand_connections_checksummed_echo_no_crosstalk() {
 
 #[test]
 fn slow_readers_get_everything_and_memory_stays_bounded() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        slow_readers(Mode::Plain);
     }
+}
+
+#[test]
+fn wss_slow_readers_get_everything_and_memory_stays_bounded() {
+    if uring_ok() {
+        slow_readers(Mode::Tls);
+    }
+}
+
+fn slow_readers(mode: Mode) {
     // A tiny buffer ring (16 buffers per worker) so four pushes at once also run the
     // ENOBUFS park/unpark path.
-    let st = stack("slow", "", "", "buffers = 16\nbuffer_size = \"16k\"");
+    let st = stack_mode(mode, "slow", "", "", "buffers = 16\nbuffer_size = \"16k\"");
     let base = st.proxy.rss_kib();
     const TOTAL: u64 = 24 << 20;
     let listen = st.listen;
@@ -368,7 +434,7 @@ fn slow_readers_get_everything_and_memory_stays_bounded() {
         (0..4)
             .map(|_| {
                 std::thread::spawn(move || {
-                    let mut ws = ws_connect(listen, &format!("/push?bytes={TOTAL}"));
+                    let mut ws = ws_connect_mode(listen, &format!("/push?bytes={TOTAL}"), mode);
                     let mut got = 0u64;
                     let mut n = 0u32;
                     while got < TOTAL {

@@ -176,9 +176,26 @@ pub struct Stack {
     pub listen: SocketAddr,
     pub backends: Vec<SocketAddr>,
     pub dir: PathBuf,
+    pub mode: Mode,
 }
 
 pub fn stack(name: &str, extra_location: &str, extra_server: &str, runtime: &str) -> Stack {
+    stack_mode(Mode::Plain, name, extra_location, extra_server, runtime)
+}
+
+/// The usual setup, the proxy's listener plain or TLS (the test certificate).
+pub fn stack_mode(
+    mode: Mode,
+    name: &str,
+    extra_location: &str,
+    extra_server: &str,
+    runtime: &str,
+) -> Stack {
+    let extra_server = match mode {
+        Mode::Plain => extra_server.to_string(),
+        Mode::Tls => format!("{}\n{extra_server}", tls_line()),
+    };
+    let extra_server = extra_server.as_str();
     let dir = scratch(name);
     let backends = vec![free_addr(), free_addr()];
     let echo = echo(&backends, &dir);
@@ -194,6 +211,19 @@ pub fn stack(name: &str, extra_location: &str, extra_server: &str, runtime: &str
         listen,
         backends,
         dir,
+        mode,
+    }
+}
+
+impl Stack {
+    pub fn ws(&self, path: &str) -> Ws {
+        ws_connect_mode(self.listen, path, self.mode)
+    }
+    pub fn raw_ws(&self, path: &str, extra_headers: &str) -> RawWs {
+        RawWs::connect_mode(self.listen, path, extra_headers, self.mode)
+    }
+    pub fn connect(&self) -> Stream {
+        connect(self.listen, self.mode)
     }
 }
 
@@ -226,23 +256,168 @@ pub fn status_of(resp: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-pub type Ws = tungstenite::WebSocket<TcpStream>;
+pub type Ws = tungstenite::WebSocket<Stream>;
 
 /// A WebSocket client connected through `addr` to `path`.
 pub fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
-    let stream = TcpStream::connect(addr).unwrap();
+    ws_connect_mode(addr, path, Mode::Plain)
+}
+
+/// A WebSocket client over `mode` (`ws://` or `wss://`, trusting the test CA).
+pub fn ws_connect_mode(addr: SocketAddr, path: &str, mode: Mode) -> Ws {
+    let stream = connect(addr, mode);
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let _ = stream.set_nodelay(true);
     let cfg = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    let (ws, resp) =
-        tungstenite::client::client_with_config(format!("ws://{addr}{path}"), stream, Some(cfg))
-            .expect("handshake");
+    let scheme = if mode == Mode::Tls { "wss" } else { "ws" };
+    let (ws, resp) = tungstenite::client::client_with_config(
+        format!("{scheme}://localhost:{}{path}", addr.port()),
+        stream,
+        Some(cfg),
+    )
+    .expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
+}
+
+/// Plain TCP or TLS toward the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Plain,
+    Tls,
+}
+
+/// A client connection, plain or TLS (rustls), readable and writable either way.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(d)
+    }
+    /// Half-close: a TLS stream sends its close_notify first.
+    pub fn shutdown(&mut self, how: std::net::Shutdown) -> std::io::Result<()> {
+        if let Stream::Tls(t) = self {
+            t.conn.send_close_notify();
+            t.flush()?;
+        }
+        self.tcp().shutdown(how)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            // A peer that closes without close_notify ends the stream like a FIN.
+            Stream::Tls(t) => match t.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// Connect to `addr`; over TLS with SNI `localhost`, trusting the test CA.
+pub fn connect(addr: SocketAddr, mode: Mode) -> Stream {
+    let s = TcpStream::connect(addr).unwrap();
+    let _ = s.set_nodelay(true);
+    match mode {
+        Mode::Plain => Stream::Plain(s),
+        Mode::Tls => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let c = rustls::ClientConnection::new(pki().client.clone(), name).unwrap();
+            Stream::Tls(Box::new(rustls::StreamOwned::new(c, s)))
+        }
+    }
+}
+
+/// A test CA and a server certificate for `localhost` and 127.0.0.1 (ECDSA P-256), written
+/// once per test process, and a client configuration that trusts the CA.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+pub fn pki() -> &'static Pki {
+    static P: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let dir = scratch("pki");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ringway test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let p = Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            client: {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.der().clone()).unwrap();
+                std::sync::Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            },
+            dir,
+        };
+        std::fs::write(&p.ca, ca.pem()).unwrap();
+        std::fs::write(&p.cert, cert.pem()).unwrap();
+        std::fs::write(&p.key, key.serialize_pem()).unwrap();
+        p
+    })
+}
+
+/// The `tls = …` line of a server using the test certificate.
+pub fn tls_line() -> String {
+    let p = pki();
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        p.cert.display(),
+        p.key.display()
+    )
 }
 
 /// One echo round trip of a binary message.
@@ -266,16 +441,20 @@ pub fn ws_echo(ws: &mut Ws, payload: Vec<u8>) {
     }
 }
 
-/// Raw WebSocket over a plain socket, for frame-level checks.
+/// Raw WebSocket over a socket (plain or TLS), for frame-level checks.
 pub struct RawWs {
-    pub s: TcpStream,
+    pub s: Stream,
     pub buf: Vec<u8>,
     pub head: String,
 }
 
 impl RawWs {
     pub fn connect(addr: SocketAddr, path: &str, extra_headers: &str) -> RawWs {
-        let mut s = TcpStream::connect(addr).unwrap();
+        RawWs::connect_mode(addr, path, extra_headers, Mode::Plain)
+    }
+
+    pub fn connect_mode(addr: SocketAddr, path: &str, extra_headers: &str, mode: Mode) -> RawWs {
+        let mut s = connect(addr, mode);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
