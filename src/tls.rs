@@ -271,19 +271,23 @@ impl<E: Engine> Tls<E> {
             State::Handshaking => self.held.push(c),
             State::Open => {
                 let mut out = io.scratch();
-                let mut plain = Vec::new();
                 let r = drive(
                     &mut self.engine,
-                    &mut [],
-                    &mut plain,
+                    &mut self.partial,
+                    &mut Vec::new(),
                     &mut out,
                     Then::Encrypt(io.data_of(c)),
                 );
                 io.release(c);
                 self.queue(io, out);
-                if let Err(e) = r {
-                    self.fail(io);
-                    return Err(Fail::Tls(e));
+                match r {
+                    Ok(used) => {
+                        self.partial.drain(..used);
+                    }
+                    Err(e) => {
+                        self.fail(io);
+                        return Err(Fail::Tls(e));
+                    }
                 }
             }
         }
@@ -299,14 +303,15 @@ impl<E: Engine> Tls<E> {
             let mut out = io.scratch();
             let r = drive(
                 &mut self.engine,
-                &mut [],
+                &mut self.partial,
                 &mut Vec::new(),
                 &mut out,
                 Then::Nothing,
             );
             self.queue(io, out);
-            if r.is_err() {
-                self.fail(io);
+            match r {
+                Ok(used) => drop(self.partial.drain(..used)),
+                Err(_) => self.fail(io),
             }
         }
         if self.conn.shut == crate::reactor::Shut::Pending
@@ -315,13 +320,15 @@ impl<E: Engine> Tls<E> {
         {
             self.notified = true;
             let mut out = io.scratch();
-            let _ = drive(
+            if let Ok(used) = drive(
                 &mut self.engine,
-                &mut [],
+                &mut self.partial,
                 &mut Vec::new(),
                 &mut out,
                 Then::CloseNotify,
-            );
+            ) {
+                self.partial.drain(..used);
+            }
             self.queue(io, out);
         }
         self.conn.kick(io, side);
@@ -351,18 +358,9 @@ impl<E: Engine> Tls<E> {
         }
     }
 
+    /// Nothing more is read or encrypted (the alert, if any, is already queued: `drive`).
     fn fail(&mut self, io: &mut impl Sys) {
         self.state = State::Failed;
-        // The alert rustls queued on its error goes out before the close.
-        let mut out = io.scratch();
-        let _ = drive(
-            &mut self.engine,
-            &mut [],
-            &mut Vec::new(),
-            &mut out,
-            Then::Nothing,
-        );
-        self.queue(io, out);
         for c in self.held.drain(..) {
             io.release(c);
         }
@@ -389,43 +387,98 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
 /// to `plain`, records to send to `out`; once the handshake is complete and nothing else is
 /// pending, `then` is done. Returns the bytes of `buf` consumed (the rest is a record not
 /// complete yet, kept by the caller for the next call).
+///
+/// rustls may keep positions into `buf` between calls (a handshake message spanning records),
+/// so every call passes what the previous one left (never an empty slice in its place). On an
+/// error, the alert rustls queued is encoded into `out` before the error is returned.
 fn drive<E: Engine>(
     engine: &mut E,
     buf: &mut [u8],
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    mut then: Then<'_>,
+    then: Then<'_>,
 ) -> Result<usize, rustls::Error> {
     let mut off = 0;
+    // rustls's unbuffered state machine asserts on some sequences of calls; a peer must not be
+    // able to reach one and take the worker down, so a panic in it fails this connection only.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let r = turns(engine, buf, &mut off, plain, out, then);
+        if r.is_err() {
+            // The fatal alert rustls queued with the error is the next thing it hands out.
+            // Only that: calling on would read the bad bytes again.
+            let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..]);
+            if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
+                encode(&mut e, out);
+                off += discard;
+            }
+        }
+        r
+    }));
+    match r {
+        Ok(r) => r.map(|()| off),
+        Err(_) => Err(rustls::Error::General("TLS state machine failed".into())),
+    }
+}
+
+/// Handshake bytes rustls has ready, appended to `out`.
+fn encode<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut size = 1024;
+    loop {
+        out.resize(start + size, 0);
+        match e.encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(s)) => size = s.required_size,
+            Err(_) => {
+                out.truncate(start);
+                return;
+            }
+        }
+    }
+}
+
+fn turns<E: Engine>(
+    engine: &mut E,
+    buf: &mut [u8],
+    off: &mut usize,
+    plain: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    mut then: Then<'_>,
+) -> Result<(), rustls::Error> {
     // Each turn either consumes bytes, produces some, or ends; rustls's states are finite
     // between two, but a bound keeps a bug from spinning the worker.
     for _ in 0..10_000 {
-        let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..]);
-        let state = state?;
+        let UnbufferedStatus { discard, state } = engine.process(&mut buf[*off..]);
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                *off += discard;
+                return Err(e);
+            }
+        };
         let done = match state {
             ConnectionState::ReadTraffic(mut r) => {
+                let mut failed = None;
                 while let Some(rec) = r.next_record() {
-                    plain.extend_from_slice(rec?.payload);
-                }
-                false
-            }
-            ConnectionState::EncodeTlsData(mut e) => {
-                let start = out.len();
-                let mut size = 1024;
-                loop {
-                    out.resize(start + size, 0);
-                    match e.encode(&mut out[start..]) {
-                        Ok(n) => {
-                            out.truncate(start + n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(s)) => size = s.required_size,
-                        Err(_) => {
-                            out.truncate(start);
+                    match rec {
+                        Ok(rec) => plain.extend_from_slice(rec.payload),
+                        Err(e) => {
+                            failed = Some(e);
                             break;
                         }
                     }
                 }
+                if let Some(e) = failed {
+                    *off += discard;
+                    return Err(e);
+                }
+                false
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                encode(&mut e, out);
                 false
             }
             // What was encoded is in `out`, which the caller queues on the socket.
@@ -449,6 +502,7 @@ fn drive<E: Engine>(
                                 Err(EncryptError::InsufficientSize(s)) => size = s.required_size,
                                 Err(e) => {
                                     out.truncate(start);
+                                    *off += discard;
                                     return Err(rustls::Error::General(e.to_string()));
                                 }
                             }
@@ -467,14 +521,14 @@ fn drive<E: Engine>(
             // BlockedHandshake, Closed; early data is not enabled.
             _ => true,
         };
-        off += discard;
+        *off += discard;
         if done {
             if matches!(then, Then::Encrypt(_)) {
                 return Err(rustls::Error::General(
                     "cannot encrypt in this state".into(),
                 ));
             }
-            return Ok(off);
+            return Ok(());
         }
     }
     Err(rustls::Error::General(

@@ -366,6 +366,36 @@ pub struct Pki {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client: std::sync::Arc<rustls::ClientConfig>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    /// Another certificate from the test CA: for `names`, with a key of `alg` (ECDSA P-256
+    /// when `None`), valid until `not_after` (a year from now when `None`). Returns (cert PEM,
+    /// key PEM).
+    pub fn leaf(
+        &self,
+        names: &[&str],
+        alg: Option<&'static rcgen::SignatureAlgorithm>,
+        not_after: Option<(i32, u8, u8)>,
+    ) -> (String, String) {
+        let key = match alg {
+            None => rcgen::KeyPair::generate().unwrap(),
+            Some(a) => rcgen::KeyPair::generate_for(a).unwrap(),
+        };
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        if let Some((y, m, d)) = not_after {
+            params.not_before = rcgen::date_time_ymd(y - 1, m, d);
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
 }
 
 pub fn pki() -> &'static Pki {
@@ -380,6 +410,7 @@ pub fn pki() -> &'static Pki {
             .push(rcgen::DnType::CommonName, "ringway test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let ca_pem = ca.pem();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -402,8 +433,9 @@ pub fn pki() -> &'static Pki {
                 )
             },
             dir,
+            issuer,
         };
-        std::fs::write(&p.ca, ca.pem()).unwrap();
+        std::fs::write(&p.ca, ca_pem).unwrap();
         std::fs::write(&p.cert, cert.pem()).unwrap();
         std::fs::write(&p.key, key.serialize_pem()).unwrap();
         p
