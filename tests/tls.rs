@@ -86,7 +86,7 @@ fn sni_picks_the_certificate_and_strict_sni_refuses_unknown_names() {
                 ""
             )
         );
-        let mut p = proxy(&cfg, listen, &dir);
+        let p = proxy(&cfg, listen, &dir);
         let out = s_client(listen, &["-servername", "other.test"], REQUEST);
         assert_eq!(subject_cn(&out), "other.test", "{out}");
         let out = s_client(listen, &["-servername", "localhost"], REQUEST);
