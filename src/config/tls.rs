@@ -13,18 +13,11 @@ use std::sync::{Arc, OnceLock};
 use pki_types::pem::PemObject;
 use pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::SupportedProtocolVersion;
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::{ConfigError, Ctx, Spanned, raw};
-
-/// The crypto provider (aws-lc-rs; see `docs/design-notes.md` for the measurement).
-pub fn provider() -> Arc<CryptoProvider> {
-    static P: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
-}
+use crate::tls::setup::{certs_from_pem, provider};
 
 /// Session resumption state shared by every listener, worker and configuration of the
 /// process: a ticket one worker issued is accepted by any other, and after a reload.
@@ -169,19 +162,14 @@ fn load_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let pem = read(cx, span.clone(), field, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            cx.err(
-                span.clone(),
-                field,
-                format!("{}: not a valid PEM file: {e}", path.display()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(cx.err(span, field, format!("no certificate in {}", path.display())));
-    }
-    Ok(certs)
+    certs_from_pem(&pem).map_err(|e| {
+        let e = if e == "no certificate" {
+            format!("no certificate in {}", path.display())
+        } else {
+            format!("{}: {e}", path.display())
+        };
+        cx.err(span, field, e)
+    })
 }
 
 /// Warn about a certificate outside its validity period.
@@ -473,11 +461,7 @@ pub(super) fn upstream(
             )
         })?),
     };
-    let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| cx.err(span.clone(), format!("{f}.tls"), e.to_string()))?;
-    let (mut config, ca_desc) = if verify {
+    let (config, ca_desc) = if verify {
         let (ca_span, ca_field, ca_path) = match &t.ca {
             Some(c) => (c.span(), format!("{f}.tls.ca"), path_of(cx, c.get_ref())),
             None => (
@@ -493,30 +477,15 @@ pub(super) fn upstream(
                 format!("verify = true needs ca = \"FILE\" (no system CA bundle at {SYSTEM_CA})"),
             ));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(cx, ca_span.clone(), &ca_field, &ca_path)? {
-            roots.add(c).map_err(|e| {
-                cx.err(
-                    ca_span.clone(),
-                    &ca_field,
-                    format!("{}: {e}", ca_path.display()),
-                )
-            })?;
-        }
-        (
-            builder.with_root_certificates(roots).with_no_client_auth(),
-            ca_path.display().to_string(),
-        )
+        let roots = load_certs(cx, ca_span.clone(), &ca_field, &ca_path)?;
+        let config = crate::tls::setup::client_config(Some(&roots))
+            .map_err(|e| cx.err(ca_span, &ca_field, format!("{}: {e}", ca_path.display())))?;
+        (config, ca_path.display().to_string())
     } else {
-        (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-                .with_no_client_auth(),
-            "-".to_string(),
-        )
+        let config = crate::tls::setup::client_config(None)
+            .map_err(|e| cx.err(span.clone(), format!("{f}.tls"), e))?;
+        (config, "-".to_string())
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let desc = format!(
         "ca={ca_desc} verify={verify} sni={:?}",
         t.sni.as_ref().map(|s| s.get_ref())
@@ -530,53 +499,3 @@ pub(super) fn upstream(
 
 /// Debian's bundle of the system's trusted CAs.
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// `verify = false`: any certificate is accepted (nginx's `proxy_ssl_verify off`); the
-/// handshake's signatures are still checked.
-#[derive(Debug)]
-struct NoVerify(Arc<CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}

@@ -3,7 +3,8 @@
 //! `Request → Connecting → Proxy (response head, then HTTP relay) | Tunnel → Respond → Closing`.
 //!
 //! Three layers, each in its own file: the socket of each connection ([`crate::reactor::Conn`]),
-//! the transport over it that gives plaintext in and takes plaintext out ([`transport`]), and
+//! the transport over it that gives plaintext in and takes plaintext out ([`Transport`], in the
+//! `tls` room), and
 //! the HTTP/1 protocol ([`http1`]) with the phases it moves through ([`phase`]). Handlers
 //! decide; they never touch the ring. Every effect goes through [`Io`], which the worker
 //! implements over its ring and the tests implement with a recording fake. Every handler
@@ -12,7 +13,6 @@
 mod end;
 mod http1;
 mod phase;
-pub mod transport;
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -21,11 +21,11 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
+pub use crate::tls::Transport;
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, Op, Side, Src};
 pub use end::{AccessLog, End};
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
-pub use transport::Transport;
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;

@@ -1025,6 +1025,7 @@ fn lifecycle_anchors_point_at_what_they_name() {
         "reactor/mod.rs" => "src/reactor/mod.rs".to_string(),
         "conn.rs" => "src/reactor/conn.rs".to_string(),
         "worker.rs" => "src/worker.rs".to_string(),
+        "tls/transport.rs" => "src/tls/transport.rs".to_string(),
         other => format!("src/session/{other}"),
     };
     let mut checked = 0;

@@ -13,6 +13,11 @@
 //!
 //! The room knows sockets and buffers (`reactor`, `uring`), nothing of HTTP or sessions.
 
+pub mod setup;
+pub mod transport;
+
+pub use transport::Transport;
+
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};

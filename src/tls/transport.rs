@@ -17,8 +17,8 @@ use std::sync::Arc;
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
 
+use super::{Fail, Info, Tls};
 use crate::reactor::{Conn, Sent, Sys};
-use crate::tls::{Fail, Info, Tls};
 use crate::uring::{Chunk, Side};
 
 #[derive(Debug)]
