@@ -132,8 +132,10 @@ def rss_kib(pids):
 class Proxy:
     """One proxy under test: `instances` processes (or nginx workers) on one port."""
 
-    def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False):
+    def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None):
         self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
+        # wss: the same ECDSA P-256 certificate for every proxy, TLS 1.3 only (see TlsCert).
+        self.tls = tls
         # ringway only: bind upstream sockets over a /16 of local addresses (the `source`
         # option, nginx's proxy_bind). Past ~200k sessions toward 8 backend addresses, the
         # kernel's search for a free ephemeral port per connect grows with the table and the
@@ -141,12 +143,12 @@ class Proxy:
         # address has its own port range and connects stay cheap.
         self.upstream_source = upstream_source
         self.procs = []
-        self.port = PORTS[kind]
+        self.port = PORTS[kind] + (100 if tls else 0)
 
     def target(self, path="/ws/"):
         if self.kind == "direct":
             return f"ws://{BACKENDS[0]}{path}"
-        return f"ws://127.0.0.1:{self.port}{path}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}{path}"
 
     def pids(self):
         out = []
@@ -157,8 +159,9 @@ class Proxy:
     def start(self):
         if self.kind == "direct":
             return
-        d = os.path.join(self.dir, self.kind)
+        d = os.path.join(self.dir, self.kind + ("-tls" if self.tls else ""))
         os.makedirs(d, exist_ok=True)
+        t = self.tls
         errlog = open(os.path.join(d, "stderr.log"), "ab")
         if self.kind in ("ringway", "baseline"):
             servers = ", ".join(f'{{ addr = "{b}" }}' for b in BACKENDS)
@@ -175,6 +178,7 @@ servers = [{servers}]
 
 [[server]]
 listen = ["127.0.0.1:{self.port}"]
+{f'tls = {{ cert = "{t.cert}", key = "{t.key}", protocols = ["TLSv1.3"] }}' if t else ''}
 
 [[server.location]]
 path = "/"
@@ -213,7 +217,8 @@ http {{
 {servers}
     }}
     server {{
-        listen 127.0.0.1:{self.port} reuseport backlog=65535;
+        listen 127.0.0.1:{self.port} reuseport backlog=65535{' ssl' if t else ''};
+        {f"ssl_certificate {t.cert}; ssl_certificate_key {t.key}; ssl_protocols TLSv1.3; ssl_session_cache shared:SSL:20m; ssl_session_tickets on;" if t else ""}
         location / {{
             proxy_pass http://websocket_backend;
             proxy_http_version 1.1;
@@ -252,7 +257,7 @@ defaults
     option forwardfor
 
 frontend ws
-    bind 127.0.0.1:{self.port}
+    bind 127.0.0.1:{self.port}{f" ssl crt {t.pem} ssl-min-ver TLSv1.3" if t else ""}
     default_backend echo
 
 backend echo
@@ -271,6 +276,20 @@ backend echo
         for p in self.procs:
             stop(p)
         self.procs = []
+
+
+class TlsCert:
+    """One ECDSA P-256 certificate (for 127.0.0.1) that every proxy serves in the wss rows."""
+
+    def __init__(self, workdir):
+        d = os.path.join(workdir, "tls")
+        os.makedirs(d, exist_ok=True)
+        self.key, self.cert, self.pem = (os.path.join(d, n) for n in ("key.pem", "cert.pem", "both.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", self.key, "-out", self.cert, "-days", "7", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        with open(self.pem, "w") as f:
+            f.write(open(self.cert).read() + open(self.key).read())
 
 
 class Load:
@@ -295,6 +314,8 @@ class Load:
 
     def bench(self, mode, target, extra, source="127.2.0.0/16", timeout=600, cpu="load", workers=1):
         cmd = [BIN, "bench", mode, "--target", target, "--json", "--quiet", "--workers", str(workers), "--source", source] + extra
+        if target.startswith("wss://"):
+            cmd += ["--insecure"]
         cpu = self.args.load_cpu if cpu == "load" else cpu
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(cpu)] + cmd
@@ -378,9 +399,47 @@ def open_loop(load, proxy, secs):
     return {"p50_us": r["latency_us"]["p50"], "p99_us": r["latency_us"]["p99"], "p999_us": r["latency_us"]["p999"], "msgs_per_sec": r["messages_per_sec"], "errors": r["errors"]}
 
 
-def handshakes(load, proxy, count):
-    r, u, s = measured(proxy, lambda: load.bench("connect", proxy.target(), ["-c", "50", "-n", str(count)]))
-    return {"per_sec": r["handshakes_per_sec"], "p99_us": r["latency_us"]["p99"], "cpu_us_per_handshake": us_per(u + s, r["established"]), "user_us_per_handshake": us_per(u, r["established"]), "errors": r["errors"]}
+def handshakes(load, proxy, count, extra=()):
+    r, u, s = measured(proxy, lambda: load.bench("connect", proxy.target(), ["-c", "50", "-n", str(count)] + list(extra)))
+    return {"per_sec": r["handshakes_per_sec"], "p99_us": r["latency_us"]["p99"], "cpu_us_per_handshake": us_per(u + s, r["established"]),
+            "user_us_per_handshake": us_per(u, r["established"]), "errors": r["errors"],
+            "tls_full": r.get("tls_full", 0), "tls_resumed": r.get("tls_resumed", 0), "cpu_ticks": u + s, "established": r["established"]}
+
+
+def tls_rows(load, kind, work, args, cert, secs, repeats, hs_count):
+    """The wss rows: the proxy terminates TLS 1.3 with the same ECDSA P-256 certificate."""
+    res = {}
+    p = Proxy(kind, work, cpu=args.proxy_cpu, tls=cert)
+    p.start()
+    try:
+        settle()
+        res["full"] = handshakes(load, p, hs_count, ["--no-resume"])
+        log(f"   wss full handshakes: {res['full']['per_sec']:.0f}/s, {fmt(res['full']['cpu_us_per_handshake'])} CPU-µs each")
+        settle()
+        mixed = handshakes(load, p, hs_count)
+        # Resumption on: a few handshakes are still full (a ticket is used once); the resumed
+        # ones' CPU is what is left after the full ones, at the full rate measured just before.
+        full_ticks = mixed["tls_full"] * res["full"]["cpu_ticks"] / max(1, res["full"]["established"])
+        mixed["cpu_us_per_resumed"] = us_per(max(0.0, mixed["cpu_ticks"] - full_ticks), mixed["tls_resumed"])
+        res["resumed"] = mixed
+        log(f"   wss resumed handshakes: {mixed['tls_resumed']} of {mixed['established']}, {fmt(mixed['cpu_us_per_resumed'])} CPU-µs each")
+        res["tp64"] = median_run(lambda: throughput(load, p, 64, secs), "msgs_per_sec", repeats)
+        log(f"   wss 64 B: {res['tp64']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp64']['cpu_us_per_msg'], 2)} CPU-µs/msg")
+        res["tp4k"] = median_run(lambda: throughput(load, p, 4096, secs), "msgs_per_sec", repeats)
+        log(f"   wss 4 KiB: {res['tp4k']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp4k']['cpu_us_per_msg'], 2)} CPU-µs/msg")
+        res["open_loop"] = median_run(lambda: open_loop(load, p, secs), "p99_us", repeats)
+        log(f"   wss open loop 5000/s: p99 {res['open_loop']['p99_us']} µs")
+    finally:
+        p.stop()
+    settle()
+    q = Proxy(kind, work, cpu=args.proxy_cpu, tls=cert)
+    q.start()
+    try:
+        res["idle"] = idle(load, q, 10000, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s", rate=2000)
+        log(f"   wss idle 10000: {res['idle']['established']} established, {res['idle']['kib_per_conn']:.2f} KiB/conn")
+    finally:
+        q.stop()
+    return res
 
 
 def idle(load, proxy, n, hold, interval="5s", rate=5000):
@@ -394,7 +453,7 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
         if os.path.exists(ready):
             os.remove(ready)
         readies.append(ready)
-        cmd = [BIN, "bench", "idle", "--target", proxy.target(), "--json", "--quiet", "--workers", "1",
+        cmd = [BIN, "bench", "idle", "--target", proxy.target()] + (["--insecure"] if proxy.tls else []) + ["--json", "--quiet", "--workers", "1",
                "-c", str(k), "--rate", str(max(1, rate // max(1, (n + per - 1) // per))), "--hold", hold,
                "--interval", interval, "--timeout", "20s", "--source", f"127.{10 + i}.0.0/16", "--ready-file", ready]
         if shutil.which("taskset") and load.args.load_cpu is not None:
@@ -498,6 +557,7 @@ def main():
                          "'ringway before' column and ringway ÷ before")
     ap.add_argument("--baseline-label", default="an earlier build",
                     help="what the --baseline binary is (e.g. the commit it was built from)")
+    ap.add_argument("--no-tls", action="store_true", help="skip the wss rows")
     ap.add_argument("--idle-large", type=int, default=None, help="connections for the large idle run (full: 100000)")
     ap.add_argument("--idle-max", type=int, default=None, help="ringway's largest idle run (full: 300000)")
     ap.add_argument("--idle-max-others", type=int, default=None, help="nginx's and HAProxy's largest idle run (full: 200000)")
@@ -528,6 +588,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     load = Load(args, work)
+    cert = TlsCert(work)
     results = {}
     t0 = time.time()
     try:
@@ -555,6 +616,9 @@ def main():
                 log(f"   handshakes: {res['connect']['per_sec']:.0f}/s, {fmt(res['connect']['cpu_us_per_handshake'])} CPU-µs each")
             finally:
                 p.stop()
+            if kind != "direct" and not args.no_tls:
+                log(f"== {kind} wss")
+                res["tls"] = tls_rows(load, kind, work, args, cert, secs, repeats, 2000 if args.quick else 5000)
             if kind != "direct":
                 for n in [small_idle] + ([large_idle] if large_idle else []):
                     res[f"idle{n}"] = idle_run(load, kind, work, args, n, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s")
@@ -648,6 +712,19 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
             (f"  established / alive at end / heartbeats lost ", None, None),
         ]
     rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
+    if any("tls" in results.get(c, {}) for c in cols):
+        rows += [
+            ("**wss://** (TLS 1.3, the same ECDSA P-256 certificate): full handshakes/s", ("tls", "full", "per_sec"), 0),
+            ("  proxy CPU-µs per full TLS handshake (incl. upstream connect, close)", ("tls", "full", "cpu_us_per_handshake"), 0),
+            ("  proxy CPU-µs per resumed TLS handshake", ("tls", "resumed", "cpu_us_per_resumed"), 0),
+            ("  resumed of all handshakes with resumption on", ("tls", "resumed", "tls_resumed"), 0),
+            ("  proxy CPU-µs per echoed wss msg, 64 B", ("tls", "tp64", "cpu_us_per_msg"), 2),
+            ("  wss throughput 64 B, msg/s", ("tls", "tp64", "msgs_per_sec"), 0),
+            ("  proxy CPU-µs per echoed wss msg, 4 KiB", ("tls", "tp4k", "cpu_us_per_msg"), 2),
+            ("  wss throughput 4 KiB, msg/s", ("tls", "tp4k", "msgs_per_sec"), 0),
+            ("  wss open loop 5,000 msg/s, 64 B: p99 µs", ("tls", "open_loop", "p99_us"), 0),
+            ("  user-space KiB per idle wss connection at 10,000", ("tls", "idle", "kib_per_conn"), 2),
+        ]
     if any("idlemax" in results.get(c, {}) for c in cols):
         rows += [("largest idle run: connections asked for", ("idlemax", "connections"), 0),
                  ("  established / alive at end / heartbeats lost  ", None, None),
@@ -692,6 +769,10 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         for k, v in results.get(c, {}).items():
             if isinstance(v, dict) and v.get("errors"):
                 errs.append(f"- {names[c]} {k}: {v['errors']}")
+            if k == "tls":
+                for k2, v2 in v.items():
+                    if isinstance(v2, dict) and v2.get("errors"):
+                        errs.append(f"- {names[c]} wss {k2}: {v2['errors']}")
     out.append("")
     if errs:
         out.append("Errors seen by the load generator:\n")
@@ -702,6 +783,14 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                    "nginx's proxy_bind), as a deployment of that size must; without it, past ~200k sessions toward "
                    "8 backend addresses the kernel's free-port search per connect saturates the proxy core. The "
                    "nginx and HAProxy runs do not bind a source.\n")
+    if any("tls" in results.get(c, {}) for c in cols):
+        out.append("wss rows: each proxy terminates TLS 1.3 (only) with one ECDSA P-256 certificate (nginx: "
+                   "`ssl_session_cache shared:SSL:20m`, tickets on; HAProxy: its defaults; ringway: tickets and "
+                   "its session cache), and talks plain WebSocket to the echo backends. The load generator is "
+                   "`ringway bench` with a `wss://` target (rustls, aws-lc-rs). Full handshakes: `--no-resume`. "
+                   "Resumed: resumption on, where a few handshakes are still full (a TLS 1.3 ticket is used once); "
+                   "the CPU of the resumed ones is what is left after the full ones at the full rate measured "
+                   "just before.\n")
     out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
                "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
                "memory is VmRSS summed over the proxy's processes while holding N idle WebSockets (each "

@@ -75,9 +75,21 @@ struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     mode: BenchMode,
-    /// ws://IP:PORT/path to connect to.
+    /// ws://IP:PORT/path or wss://IP:PORT/path to connect to.
     #[arg(short, long)]
     target: String,
+    /// wss://: verify the server against this CA (PEM).
+    #[arg(long, conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// wss://: accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// wss://: the server name to ask for (SNI) and verify (default: the target's address).
+    #[arg(long)]
+    sni: Option<String>,
+    /// wss://: no session resumption: every handshake is a full one.
+    #[arg(long)]
+    no_resume: bool,
     /// Connections (throughput, idle) or concurrency (connect).
     #[arg(short, long, default_value_t = 100)]
     connections: usize,
@@ -128,20 +140,35 @@ fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
 
 /// Run the load generator; exit 0 when nothing failed, 1 when something did.
 fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    use ringway::tools::bench::{Mode, Opts, Target, parse_source, run};
+    use ringway::tools::bench::{BenchTls, Mode, Opts, Target, parse_source, run};
     if a.count.is_some() && !matches!(a.mode, BenchMode::Connect) {
         anyhow::bail!(
             "--count is the number of handshakes in connect mode; throughput and idle open \
              --connections (-c) connections"
         );
     }
+    let target = Target::parse(&a.target)?;
+    let tls = match (target.tls, &a.ca, a.insecure) {
+        (false, None, false) => None,
+        (false, _, _) => anyhow::bail!("--ca and --insecure are for wss:// targets"),
+        (true, None, false) => {
+            anyhow::bail!("a wss:// target needs --ca FILE (verify) or --insecure (do not)")
+        }
+        (true, ca, _) => Some(BenchTls::new(
+            ca.as_deref(),
+            a.sni.as_deref(),
+            &target,
+            !a.no_resume,
+        )?),
+    };
     let opts = Opts {
+        tls,
         mode: match a.mode {
             BenchMode::Throughput => Mode::Throughput,
             BenchMode::Connect => Mode::Connect,
             BenchMode::Idle => Mode::Idle,
         },
-        target: Target::parse(&a.target)?,
+        target: target.clone(),
         connections: a.connections,
         count: a.count.unwrap_or(10_000),
         size: a.size,

@@ -151,6 +151,7 @@ impl<E: Engine> Tls<E> {
             version: c.protocol_version().map(version_name),
             cipher: c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()),
             sni: self.sni.as_deref(),
+            resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }
     }
 
@@ -378,6 +379,8 @@ pub struct Info<'a> {
     pub version: Option<&'static str>,
     pub cipher: Option<&'static str>,
     pub sni: Option<&'a str>,
+    /// The handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 fn version_name(v: rustls::ProtocolVersion) -> &'static str {

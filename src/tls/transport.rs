@@ -54,6 +54,16 @@ impl Transport {
         Transport::Server(Box::new(Tls::new(Conn::new(fd), engine)))
     }
 
+    /// A TLS client on `fd` (an upstream, or the load generator's connection).
+    pub fn client(
+        fd: RawFd,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Transport, rustls::Error> {
+        let engine = UnbufferedClientConnection::new(config, name)?;
+        Ok(Transport::Client(Box::new(Tls::new(Conn::new(fd), engine))))
+    }
+
     /// Bytes received on the socket, as plaintext for the protocol (`Ok(None)`: nothing for
     /// it yet, the transport kept or consumed them).
     pub fn received(
@@ -145,19 +155,19 @@ impl Transport {
         while let Some(c) = self.conn_mut().pop() {
             io.release(c);
         }
-        let mut conn = Conn::new(fd);
-        conn.ready = false;
         *self = match tls {
-            None => Transport::Plain(conn),
-            Some((config, name)) => match UnbufferedClientConnection::new(config, name) {
-                Ok(engine) => Transport::Client(Box::new(Tls::new(conn, engine))),
+            None => Transport::plain(fd),
+            Some((config, name)) => match Transport::client(fd, config, name) {
+                Ok(t) => t,
                 Err(e) => {
                     waiting.into_iter().for_each(|c| io.release(c));
-                    *self = Transport::Plain(conn);
+                    *self = Transport::plain(fd);
+                    self.ready = false;
                     return Err(e);
                 }
             },
         };
+        self.ready = false;
         for c in waiting {
             self.push(io, c);
         }

@@ -99,12 +99,36 @@ impl BenchWorker {
             return;
         }
         let bid = cq.buf_id().expect("data comes in a buffer");
-        // Copy into a reused scratch buffer (no allocation per message) so the pool buffer
-        // goes straight back to the kernel.
+        // Through the transport (TLS decrypts), then copied into a reused scratch buffer (no
+        // allocation per message) so the buffer goes straight back.
+        let chunk = Chunk {
+            src: Src::Pool(bid),
+            off: 0,
+            len: cq.res as u32,
+        };
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
-        data.extend_from_slice(self.r.ring.pool.bytes(bid, cq.res as u32));
-        self.r.ring.pool.release(bid);
+        let (_, c, mut sys) = self.r.split(slot, Some(generation)).expect("live");
+        match c.sock.received(&mut sys, Side::Down, chunk) {
+            Ok(Some(plain)) => {
+                data.extend_from_slice(sys.data_of(plain));
+                sys.release(plain);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.scratch = data;
+                let why = match e {
+                    crate::tls::Fail::Tls(e) => format!("tls:{e}"),
+                    crate::tls::Fail::PlainHttp => "tls:plain".to_string(),
+                };
+                if c.phase == Phase::Handshake {
+                    return self.fail(slot, generation, why);
+                }
+                c.errored = true;
+                self.error(why);
+                return self.kill(slot, Some(generation));
+            }
+        }
         self.on_bytes(slot, generation, &data);
         self.scratch = data;
         if let Some(c) = self.r.slots.get_mut(slot, generation)
@@ -223,6 +247,13 @@ impl BenchWorker {
         let c = self.r.slots.get_mut(slot, generation).expect("live");
         let started = c.started_us;
         c.phase = Phase::Open;
+        if let Some(info) = c.sock.tls_info() {
+            if info.resumed {
+                self.tls_resumed += 1;
+            } else {
+                self.tls_full += 1;
+            }
+        }
         match self.opts.mode {
             Mode::Connect => {
                 let _ = self.hist.record(now.saturating_sub(started).max(1));

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
-use crate::reactor::{Conn, Reactor, Recv, Sent, Sys};
+use crate::reactor::{Reactor, Recv, Sent, Sys};
+use crate::tls::Transport;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
 use crate::ws::{self, FrameTracker, opcode};
 
@@ -35,20 +36,25 @@ pub enum Mode {
     Idle,
 }
 
-/// A `ws://host:port/path` target.
+/// A `ws://host:port/path` or `wss://host:port/path` target.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// `wss://`.
+    pub tls: bool,
 }
 
 impl Target {
-    /// Parse `ws://IP:PORT/path` (host names are not resolved; use an address).
+    /// Parse `ws://IP:PORT/path` or `wss://IP:PORT/path` (host names are not resolved; use an
+    /// address, and `--sni` for the name TLS asks for).
     pub fn parse(s: &str) -> anyhow::Result<Target> {
-        let rest = s
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow::anyhow!("target {s:?}: expected ws://IP:PORT/path"))?;
+        let (rest, tls) = match (s.strip_prefix("ws://"), s.strip_prefix("wss://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => anyhow::bail!("target {s:?}: expected ws://IP:PORT/path or wss://IP:PORT/path"),
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -60,6 +66,7 @@ impl Target {
             addr,
             host: hostport.to_string(),
             path: path.to_string(),
+            tls,
         })
     }
 }
@@ -89,6 +96,48 @@ pub struct Opts {
     pub timeout: Duration,
     pub ready_file: Option<std::path::PathBuf>,
     pub progress: bool,
+    /// `wss://`: the client configuration and the server name asked for.
+    pub tls: Option<BenchTls>,
+}
+
+/// TLS settings of a `wss://` run.
+#[derive(Clone)]
+pub struct BenchTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for BenchTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BenchTls({:?})", self.name)
+    }
+}
+
+impl BenchTls {
+    /// `ca`: verify the server against it; `None`: accept any certificate (`--insecure`).
+    /// `sni`: the name asked for and verified (default: the target's address, no SNI).
+    /// `resume`: offer session resumption (tickets, session IDs) after the first handshake.
+    pub fn new(
+        ca: Option<&std::path::Path>,
+        sni: Option<&str>,
+        target: &Target,
+        resume: bool,
+    ) -> anyhow::Result<BenchTls> {
+        let mut config =
+            crate::tls::setup::client_config_from(ca).map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        let name = match sni {
+            Some(n) => rustls::pki_types::ServerName::try_from(n.to_string())
+                .map_err(|_| anyhow::anyhow!("--sni {n:?} is not a server name"))?,
+            None => rustls::pki_types::ServerName::IpAddress(target.addr.ip().into()),
+        };
+        Ok(BenchTls {
+            config: Arc::new(config),
+            name,
+        })
+    }
 }
 
 // Phases, set by the coordinator, read by workers (0: opening).
@@ -120,6 +169,8 @@ struct Part {
     hb_echoed: u64,
     hb_lost: u64,
     closed_clean: u64,
+    tls_resumed: u64,
+    tls_full: u64,
 }
 
 /// The report printed at the end (and as JSON with `--json`).
@@ -143,6 +194,9 @@ pub struct Report {
     pub heartbeats_echoed: u64,
     pub heartbeats_lost: u64,
     pub latency_us: Latency,
+    /// wss://: handshakes that resumed an earlier TLS session, and full ones.
+    pub tls_resumed: u64,
+    pub tls_full: u64,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -191,8 +245,19 @@ impl Report {
                 self.bytes_per_sec / 1e6
             )),
             "connect" => o.push_str(&format!(
-                "  {} handshakes in {:.2}s: {:.0}/s; {} closed cleanly\n",
-                self.established, self.seconds, self.handshakes_per_sec, self.closed_clean
+                "  {} handshakes in {:.2}s: {:.0}/s; {} closed cleanly{}\n",
+                self.established,
+                self.seconds,
+                self.handshakes_per_sec,
+                self.closed_clean,
+                if self.tls_full + self.tls_resumed > 0 {
+                    format!(
+                        "; TLS: {} full, {} resumed",
+                        self.tls_full, self.tls_resumed
+                    )
+                } else {
+                    String::new()
+                }
             )),
             _ => o.push_str(&format!(
                 "  heartbeats: {} sent, {} echoed, {} lost\n",
@@ -287,6 +352,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
     };
     let (mut messages, mut bytes, mut established, mut failed, mut alive) = (0, 0, 0, 0, 0);
     let (mut hb_sent, mut hb_echoed, mut hb_lost, mut closed_clean) = (0, 0, 0, 0);
+    let (mut tls_resumed, mut tls_full) = (0, 0);
     for p in &parts {
         hist.add(&p.hist).expect("same bounds");
         messages += p.messages;
@@ -298,6 +364,8 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         hb_echoed += p.hb_echoed;
         hb_lost += p.hb_lost;
         closed_clean += p.closed_clean;
+        tls_resumed += p.tls_resumed;
+        tls_full += p.tls_full;
         for (k, v) in &p.errors {
             *errors.entry(k.clone()).or_insert(0) += v;
         }
@@ -316,7 +384,12 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
             Mode::Idle => "idle",
         }
         .into(),
-        target: format!("ws://{}{}", opts.target.host, opts.target.path),
+        target: format!(
+            "{}://{}{}",
+            if opts.target.tls { "wss" } else { "ws" },
+            opts.target.host,
+            opts.target.path
+        ),
         workers,
         connections: opts.connections,
         established,
@@ -345,6 +418,8 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         heartbeats_echoed: hb_echoed,
         heartbeats_lost: hb_lost,
         latency_us: Latency::of(&hist),
+        tls_resumed,
+        tls_full,
         errors,
     };
     if established == 0 {

@@ -23,8 +23,8 @@ pub(super) enum Phase {
 }
 
 pub(super) struct BConn {
-    /// The socket: recv state, send queue, cancel-then-close.
-    pub(super) sock: Conn,
+    /// The socket (plain or TLS): recv state, send queue, cancel-then-close.
+    pub(super) sock: Transport,
     /// Cancels of this connection's ops in flight.
     pub(super) cancels: u8,
     pub(super) phase: Phase,
@@ -69,6 +69,8 @@ pub(super) struct BenchWorker {
     pub(super) hb_sent: u64,
     pub(super) hb_echoed: u64,
     pub(super) closed_clean: u64,
+    pub(super) tls_resumed: u64,
+    pub(super) tls_full: u64,
     pub(super) src_next: usize,
     pub(super) fired: Vec<((u32, u32), u64)>,
     pub(super) next_open_us: u64,
@@ -139,6 +141,8 @@ impl BenchWorker {
             hb_sent: 0,
             hb_echoed: 0,
             closed_clean: 0,
+            tls_resumed: 0,
+            tls_full: 0,
             src_next: 0,
             fired: Vec::new(),
             next_open_us: 0,
@@ -229,6 +233,8 @@ impl BenchWorker {
             hb_echoed: self.hb_echoed,
             hb_lost: self.hb_lost,
             closed_clean: self.closed_clean,
+            tls_resumed: self.tls_resumed,
+            tls_full: self.tls_full,
         })
     }
 }
@@ -286,7 +292,16 @@ impl BenchWorker {
         let fd = crate::sys::connect_socket(target, source)
             .map_err(|e| format!("socket:{}", errno(e)))?;
         let now = self.now_us;
-        let mut sock = Conn::new(fd);
+        let mut sock = match &self.opts.tls {
+            None => Transport::plain(fd),
+            Some(t) => match Transport::client(fd, t.config.clone(), t.name.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = nix::unistd::close(fd);
+                    return Err(format!("tls:{e}"));
+                }
+            },
+        };
         // Connecting: not ready to send, the connect counts as an op (cancelled on a kill).
         sock.ready = false;
         sock.ops = 1;
@@ -497,7 +512,7 @@ impl BenchWorker {
     pub(super) fn send(&mut self, slot: u32, generation: u32, ch: Chunk) {
         match self.r.split(slot, Some(generation)) {
             Some((_, c, mut sys)) if c.phase != Phase::Dead => {
-                c.sock.push(ch);
+                c.sock.push(&mut sys, ch);
                 c.sock.kick(&mut sys, Side::Down);
             }
             Some((_, _, mut sys)) => sys.release(ch),
