@@ -432,7 +432,7 @@ def tls_rows(load, kind, work, args, cert, secs, repeats, hs_count):
     finally:
         p.stop()
     settle()
-    q = Proxy(kind, work, cpu=args.proxy_cpu, tls=cert)
+    q = Proxy(kind, work, instances=max(1, -(-10000 // PER_PROCESS)), cpu=args.proxy_cpu, tls=cert)
     q.start()
     try:
         res["idle"] = idle(load, q, 10000, hold="3s" if args.quick else "10s", interval="2s" if args.quick else "5s", rate=2000)
