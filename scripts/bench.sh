@@ -2,7 +2,7 @@
 # ringway vs nginx vs HAProxy vs direct, side by side, written to BENCHMARKS.md.
 #   scripts/bench.sh --quick     # under 2 minutes
 #   scripts/bench.sh             # the full run (idle 100k for all; largest idle run: ringway
-#                                # 300k, nginx and HAProxy 200k), under 20 minutes
+#                                # 300k, nginx and HAProxy 200k; wss rows), under 30 minutes
 # Builds ringway in release, installs nginx and haproxy from Debian if missing. Raises a few
 # network sysctls (port range, backlogs) when run as root; see BENCHMARKS.md for what it changed.
 set -eu
@@ -16,4 +16,4 @@ if ! command -v nginx >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; t
         exit 2
     fi
 fi
-exec timeout 1500 python3 scripts/bench.py "$@"
+exec timeout 2100 python3 scripts/bench.py "$@"
