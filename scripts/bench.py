@@ -143,7 +143,7 @@ class Proxy:
         # address has its own port range and connects stay cheap.
         self.upstream_source = upstream_source
         self.procs = []
-        self.port = PORTS[kind] + (100 if tls else 0)
+        self.port = PORTS[kind] + 100 if tls else PORTS[kind]
 
     def target(self, path="/ws/"):
         if self.kind == "direct":
@@ -548,7 +548,7 @@ def tune():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="short runs (about 4 minutes)")
     ap.add_argument("--only", default="direct,nginx,haproxy,ringway", help="comma-separated targets")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--json-out", default=None, help="also write the raw results as JSON")

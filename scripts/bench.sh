@@ -1,6 +1,6 @@
 #!/bin/sh
 # ringway vs nginx vs HAProxy vs direct, side by side, written to BENCHMARKS.md.
-#   scripts/bench.sh --quick     # under 2 minutes
+#   scripts/bench.sh --quick     # about 4 minutes
 #   scripts/bench.sh             # the full run (idle 100k for all; largest idle run: ringway
 #                                # 300k, nginx and HAProxy 200k; wss rows), under 30 minutes
 # Builds ringway in release, installs nginx and haproxy from Debian if missing. Raises a few

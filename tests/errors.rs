@@ -4,25 +4,40 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use common::*;
 
 /// A live WebSocket through the proxy, checked before and after each bad case.
 fn bystander(listen: SocketAddr) -> Ws {
-    let mut ws = ws_connect(listen, "/ws/");
+    bystander_mode(listen, Mode::Plain)
+}
+
+fn bystander_mode(listen: SocketAddr, mode: Mode) -> Ws {
+    let mut ws = ws_connect_mode(listen, "/ws/", mode);
     ws_echo(&mut ws, b"before".to_vec());
     ws
 }
 
 #[test]
 fn garbage_oversized_and_silent_clients() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        bad_clients(Mode::Plain);
     }
-    let st = stack("badreq", "", "header_timeout = \"1s\"", "");
-    let mut ws = bystander(st.listen);
+}
+
+#[test]
+fn wss_garbage_oversized_and_silent_clients() {
+    if uring_ok() {
+        bad_clients(Mode::Tls);
+    }
+}
+
+fn bad_clients(mode: Mode) {
+    let st = stack_mode(mode, "badreq", "", "header_timeout = \"1s\"", "");
+    let mut ws = bystander_mode(st.listen, mode);
+    let raw_exchange = |addr, send: &[u8], secs| raw_exchange_mode(addr, send, secs, mode);
 
     // Not HTTP at all (a TLS ClientHello to a plain port).
     let out = raw_exchange(
@@ -55,11 +70,12 @@ fn garbage_oversized_and_silent_clients() {
     ws_echo(&mut ws, b"after 431".to_vec());
 
     // A client that sends half a head and goes quiet is closed after header_timeout (1s);
-    // one that sends nothing at all, too.
-    let mut slow = TcpStream::connect(st.listen).unwrap();
+    // one that sends nothing at all (not even a TLS hello), too.
+    let mut slow = st.connect();
     slow.write_all(b"GET /ws/ HTTP/1.1\r\nHost: a\r\n").unwrap();
-    let mut silent = TcpStream::connect(st.listen).unwrap();
-    for s in [&mut slow, &mut silent] {
+    slow.flush().unwrap();
+    let silent = connect(st.listen, Mode::Plain);
+    for mut s in [slow, silent] {
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut b = [0u8; 64];
         assert_eq!(s.read(&mut b).expect("closed, not a read timeout"), 0);
@@ -184,9 +200,19 @@ fn silent_upstream_is_504() {
 
 #[test]
 fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        upstream_mid_close(Mode::Plain);
     }
+}
+
+#[test]
+fn wss_upstream_closing_mid_tunnel_ends_the_client_cleanly() {
+    if uring_ok() {
+        upstream_mid_close(Mode::Tls);
+    }
+}
+
+fn upstream_mid_close(mode: Mode) {
     let dir = scratch("midclose");
     // A backend that completes the handshake, sends one frame and closes the TCP connection.
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -204,8 +230,13 @@ fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
         s.write_all(&resp).unwrap();
     });
     let listen = free_addr();
-    let p = proxy(&config(listen, &[baddr], "", "", ""), listen, &dir);
-    let mut ws = RawWs::connect(listen, "/", "");
+    let tls = if mode == Mode::Tls {
+        tls_line()
+    } else {
+        String::new()
+    };
+    let p = proxy(&config(listen, &[baddr], "", &tls, ""), listen, &dir);
+    let mut ws = RawWs::connect_mode(listen, "/", "", mode);
     assert!(ws.head.starts_with("HTTP/1.1 101"));
     assert_eq!(ws.read_frame().3, b"bye");
     backend.join().unwrap();
@@ -220,9 +251,20 @@ fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
 
 #[test]
 fn client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        half_close(Mode::Plain);
     }
+}
+
+/// Over TLS the half-close is a close_notify then a FIN, each way.
+#[test]
+fn wss_client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
+    if uring_ok() {
+        half_close(Mode::Tls);
+    }
+}
+
+fn half_close(mode: Mode) {
     let dir = scratch("halfclose");
     // A backend that completes the handshake, reads until the client's FIN, then answers
     // with what it read and closes.
@@ -244,8 +286,13 @@ fn client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
         after
     });
     let listen = free_addr();
-    let p = proxy(&config(listen, &[baddr], "", "", ""), listen, &dir);
-    let mut ws = RawWs::connect(listen, "/", "");
+    let tls = if mode == Mode::Tls {
+        tls_line()
+    } else {
+        String::new()
+    };
+    let p = proxy(&config(listen, &[baddr], "", &tls, ""), listen, &dir);
+    let mut ws = RawWs::connect_mode(listen, "/", "", mode);
     assert!(ws.head.starts_with("HTTP/1.1 101"));
     ws.send_frame(true, 0, ringway::ws::opcode::BINARY, b"last words");
     ws.s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -266,11 +313,21 @@ fn client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
 
 #[test]
 fn idle_tunnel_is_closed_after_read_timeout() {
-    if !uring_ok() {
-        return;
+    if uring_ok() {
+        idle_tunnel(Mode::Plain);
     }
-    let st = stack("idle", "read_timeout = \"1s\"", "", "");
-    let mut ws = ws_connect(st.listen, "/ws/");
+}
+
+#[test]
+fn wss_idle_tunnel_is_closed_after_read_timeout() {
+    if uring_ok() {
+        idle_tunnel(Mode::Tls);
+    }
+}
+
+fn idle_tunnel(mode: Mode) {
+    let st = stack_mode(mode, "idle", "read_timeout = \"1s\"", "", "");
+    let mut ws = st.ws("/ws/");
     ws_echo(&mut ws, b"active".to_vec());
     // Nothing either way for read_timeout: the proxy closes both sides.
     match ws.read() {

@@ -638,3 +638,86 @@ impl<'a> Reader<'a> {
         Some(u16::from_be_bytes([b[0], b[1]]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record: legacy version, and extensions as (type, body).
+    fn hello(legacy: u16, exts: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&legacy.to_be_bytes());
+        body.extend_from_slice(&[7; 32]); // random
+        body.push(0); // session id
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // null compression
+        let mut e = Vec::new();
+        for (t, b) in exts {
+            e.extend_from_slice(&t.to_be_bytes());
+            e.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            e.extend_from_slice(b);
+        }
+        body.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        body.extend_from_slice(&e);
+        let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    fn sni(name: &str) -> Vec<u8> {
+        let mut list = vec![0, (name.len() >> 8) as u8, name.len() as u8];
+        list.extend_from_slice(name.as_bytes());
+        let mut b = (list.len() as u16).to_be_bytes().to_vec();
+        b.extend_from_slice(&list);
+        b
+    }
+
+    #[test]
+    fn hello_peek_reads_sni_and_old_only_offers() {
+        let modern = hello(0x0303, &[(0, sni("chat.example.com")), (43, vec![2, 3, 4])]);
+        assert_eq!(
+            peek_hello(&modern),
+            Some(Hello {
+                sni: Some("chat.example.com"),
+                old_only: false
+            })
+        );
+        // TLS 1.2 without supported_versions: not old.
+        assert!(!peek_hello(&hello(0x0303, &[])).unwrap().old_only);
+        // TLS 1.0/1.1 only: old, with or without extensions.
+        assert!(
+            peek_hello(&hello(0x0302, &[(0, sni("a"))]))
+                .unwrap()
+                .old_only
+        );
+        assert!(peek_hello(&hello(0x0301, &[])).unwrap().old_only);
+        // A 1.0 legacy version with supported_versions is a modern client.
+        assert!(
+            !peek_hello(&hello(0x0301, &[(43, vec![2, 3, 4])]))
+                .unwrap()
+                .old_only
+        );
+        // A name with a space or control byte is not logged.
+        assert_eq!(
+            peek_hello(&hello(0x0303, &[(0, sni("a b"))])).unwrap().sni,
+            None
+        );
+        // Every cut of a hello, and garbage: no panic, and no answer but None or a prefix's.
+        for n in 0..modern.len() {
+            let _ = peek_hello(&modern[..n]);
+        }
+        assert_eq!(peek_hello(b"GET / HTTP/1.1\r\n"), None);
+        let mut rng = 0x1234_5678u64;
+        for _ in 0..2000 {
+            let mut m = modern.clone();
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let at = (rng as usize) % m.len();
+            m[at] = (rng >> 32) as u8;
+            let _ = peek_hello(&m);
+        }
+    }
+}

@@ -229,7 +229,12 @@ impl Stack {
 
 /// Send raw bytes, read until the peer closes (or `secs` pass), return what came back.
 pub fn raw_exchange(addr: SocketAddr, send: &[u8], secs: u64) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
+    raw_exchange_mode(addr, send, secs, Mode::Plain)
+}
+
+/// `raw_exchange` over plain TCP or TLS.
+pub fn raw_exchange_mode(addr: SocketAddr, send: &[u8], secs: u64, mode: Mode) -> Vec<u8> {
+    let mut s = connect(addr, mode);
     s.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
     let _ = s.write_all(send);
     let mut out = Vec::new();
