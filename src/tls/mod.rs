@@ -4,15 +4,19 @@
 //! handshake records and encrypted application data go out through the connection's send
 //! queue like any other chunk.
 //!
-//! Memory: between records a connection holds only rustls's state. A record cut by the end of
-//! a received buffer is kept (`partial`, a recycled allocation) until the rest arrives, then
-//! given back. The plaintext and ciphertext chunks come from the ring's recycled
-//! allocations (`Sys::scratch`). rustls 0.23 itself still copies each record's plaintext into a
-//! `Vec` of its own on the way in and out (its unbuffered API reserves in-place decryption for
-//! a later version); see `docs/design-notes.md`.
+//! Once a TLS 1.3 handshake is done, rustls hands over the traffic secrets and ringway runs
+//! the records itself ([`records`]): decrypted in place in the pool buffer they arrived in, so
+//! the plaintext goes on to the peer with no copy and no allocation; sealed into one recycled
+//! buffer on the way out. (rustls 0.23's own unbuffered record path copies each record into a
+//! `Vec` of its own both ways; TLS 1.2 connections keep it.) See `docs/design-notes.md`.
+//!
+//! Memory: between records a connection holds its two keys and rustls's small post-handshake
+//! state. A record cut by the end of a received buffer is kept (`partial`, a recycled
+//! allocation) until the rest arrives, then given back.
 //!
 //! The room knows sockets and buffers (`reactor`, `uring`), nothing of HTTP or sessions.
 
+pub mod records;
 pub mod setup;
 pub mod transport;
 
@@ -24,12 +28,16 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 
 use crate::reactor::{Conn, Sys};
 use crate::uring::{Chunk, Side, Src};
+use records::Records;
 
 /// The two ends rustls plays: a server (clients of ringway) or a client (TLS upstreams).
-pub trait Engine {
+pub trait Engine: Sized {
     type Data;
     fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn common(&self) -> &rustls::CommonState;
+    /// The handshake is done: the secrets and rustls's post-handshake state, for ringway's
+    /// own record layer.
+    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error>;
     /// Whether this end speaks first (a client sends its hello as soon as it is connected).
     const CLIENT: bool;
 }
@@ -43,6 +51,10 @@ impl Engine for UnbufferedServerConnection {
     fn common(&self) -> &rustls::CommonState {
         self
     }
+    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
+        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
+        Records::new(secrets, kernel)
+    }
 }
 
 impl Engine for UnbufferedClientConnection {
@@ -54,6 +66,19 @@ impl Engine for UnbufferedClientConnection {
     fn common(&self) -> &rustls::CommonState {
         self
     }
+    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
+        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
+        Records::new(secrets, kernel)
+    }
+}
+
+/// Who runs the records: rustls (the handshake, and TLS 1.2 throughout), or ringway (TLS 1.3
+/// once the handshake is done).
+enum Stage<E: Engine> {
+    Handshake(Box<E>),
+    Records(Box<Records<E::Data>>),
+    /// Between the two (only while handing over).
+    Gone,
 }
 
 /// Why a TLS connection cannot go on.
@@ -86,9 +111,9 @@ const RECORD_OVERHEAD: usize = 64;
 const RECORD_MAX: usize = 16 * 1024;
 
 /// A TLS connection over a reactor [`Conn`].
-pub struct Tls<E> {
+pub struct Tls<E: Engine> {
     pub conn: Conn,
-    engine: E,
+    stage: Stage<E>,
     state: State,
     /// Ciphertext received but not processed yet (a record cut by the end of a buffer).
     partial: Vec<u8>,
@@ -100,9 +125,11 @@ pub struct Tls<E> {
     notified: bool,
     /// The server name the client asked for (read from its hello), for the access log.
     sni: Option<Box<str>>,
+    /// The handshake resumed a session (kept for the log once rustls has handed over).
+    resumed: bool,
 }
 
-impl<E> std::fmt::Debug for Tls<E> {
+impl<E: Engine> std::fmt::Debug for Tls<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
             .field("conn", &self.conn)
@@ -114,23 +141,27 @@ impl<E> std::fmt::Debug for Tls<E> {
 }
 
 /// What to do once the handshake is complete and nothing else is pending.
-enum Then<'a> {
+pub(crate) enum Then<'a> {
     Nothing,
     Encrypt(&'a [u8]),
     CloseNotify,
 }
 
-impl<E: Engine> Tls<E> {
+impl<E: Engine> Tls<E>
+where
+    rustls::kernel::KernelConnection<E::Data>: records::PostHandshake,
+{
     pub fn new(conn: Conn, engine: E) -> Tls<E> {
         Tls {
             conn,
-            engine,
+            stage: Stage::Handshake(Box::new(engine)),
             state: State::Handshaking,
             partial: Vec::new(),
             held: Vec::new(),
             started: false,
             notified: false,
             sni: None,
+            resumed: false,
         }
     }
 
@@ -146,12 +177,22 @@ impl<E: Engine> Tls<E> {
 
     /// Negotiated version, cipher suite and requested server name, once known.
     pub fn info(&self) -> Info<'_> {
-        let c = self.engine.common();
+        let (version, suite) = match &self.stage {
+            Stage::Handshake(e) => (
+                e.common().protocol_version(),
+                e.common().negotiated_cipher_suite(),
+            ),
+            Stage::Records(r) => (
+                Some(r.kernel().protocol_version()),
+                Some(r.kernel().negotiated_cipher_suite()),
+            ),
+            Stage::Gone => (None, None),
+        };
         Info {
-            version: c.protocol_version().map(version_name),
-            cipher: c.negotiated_cipher_suite().and_then(|s| s.suite().as_str()),
+            version: version.map(version_name),
+            cipher: suite.and_then(|s| s.suite().as_str()),
             sni: self.sni.as_deref(),
-            resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            resumed: self.resumed,
         }
     }
 
@@ -170,6 +211,9 @@ impl<E: Engine> Tls<E> {
                 return Ok(None);
             }
             State::Handshaking | State::Open => {}
+        }
+        if matches!(self.stage, Stage::Records(_)) {
+            return self.received_records(io, side, c);
         }
         if !E::CLIENT && self.state == State::Handshaking && self.partial.is_empty() {
             let data = io.data_of(c);
@@ -200,31 +244,29 @@ impl<E: Engine> Tls<E> {
         }
         let mut plain = io.scratch();
         let mut out = io.scratch();
+        let Tls { stage, partial, .. } = self;
+        let Stage::Handshake(engine) = stage else {
+            unreachable!("records are handled above")
+        };
         let result = match c.src {
-            Src::Pool(bid) if self.partial.is_empty() => {
+            Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                let r = drive(&mut self.engine, buf, &mut plain, &mut out, Then::Nothing);
+                let r = drive(&mut **engine, buf, &mut plain, &mut out, Then::Nothing);
                 if let Ok(used) = r
                     && used < buf.len()
                 {
-                    self.partial.extend_from_slice(&buf[used..]);
+                    partial.extend_from_slice(&buf[used..]);
                 }
                 r
             }
             _ => {
-                if self.partial.is_empty() {
-                    self.partial = io.scratch();
+                if partial.is_empty() {
+                    *partial = io.scratch();
                 }
-                self.partial.extend_from_slice(io.data_of(c));
-                let r = drive(
-                    &mut self.engine,
-                    &mut self.partial,
-                    &mut plain,
-                    &mut out,
-                    Then::Nothing,
-                );
+                partial.extend_from_slice(io.data_of(c));
+                let r = drive(&mut **engine, partial, &mut plain, &mut out, Then::Nothing);
                 if let Ok(used) = r {
-                    self.partial.drain(..used);
+                    partial.drain(..used);
                 }
                 r
             }
@@ -248,8 +290,18 @@ impl<E: Engine> Tls<E> {
             self.conn.kick(io, side);
             return Err(f);
         }
-        if self.state == State::Handshaking && !self.engine.common().is_handshaking() {
+        let done = match &self.stage {
+            Stage::Handshake(e) => !e.common().is_handshaking(),
+            _ => false,
+        };
+        if self.state == State::Handshaking && done {
             self.state = State::Open;
+            if let Err(e) = self.hand_over() {
+                io.recycle(plain);
+                self.fail(io);
+                self.conn.kick(io, side);
+                return Err(e);
+            }
             let mut held = std::mem::take(&mut self.held).into_iter();
             while let Some(c) = held.next() {
                 if let Err(e) = self.push(io, c) {
@@ -277,13 +329,18 @@ impl<E: Engine> Tls<E> {
             State::Handshaking => self.held.push(c),
             State::Open => {
                 let mut out = io.scratch();
-                let r = drive(
-                    &mut self.engine,
-                    &mut self.partial,
-                    &mut Vec::new(),
-                    &mut out,
-                    Then::Encrypt(io.data_of(c)),
-                );
+                let Tls { stage, partial, .. } = self;
+                let r = match stage {
+                    Stage::Records(r) => r.seal(io.data_of(c), &mut out).map(|()| 0),
+                    Stage::Handshake(engine) => drive(
+                        &mut **engine,
+                        partial,
+                        &mut Vec::new(),
+                        &mut out,
+                        Then::Encrypt(io.data_of(c)),
+                    ),
+                    Stage::Gone => Err(rustls::Error::General("no record layer".into())),
+                };
                 io.release(c);
                 self.queue(io, out);
                 match r {
@@ -304,16 +361,25 @@ impl<E: Engine> Tls<E> {
     /// data when a half-close is pending (nothing more is pushed then); then the socket's
     /// queue.
     pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
-        if E::CLIENT && !self.started && self.conn.ready && self.conn.open() {
-            self.started = true;
+        if E::CLIENT
+            && !self.started
+            && self.conn.ready
+            && self.conn.open()
+            && let Tls {
+                stage: Stage::Handshake(engine),
+                partial,
+                ..
+            } = self
+        {
             let mut out = io.scratch();
             let r = drive(
-                &mut self.engine,
-                &mut self.partial,
+                &mut **engine,
+                partial,
                 &mut Vec::new(),
                 &mut out,
                 Then::Nothing,
             );
+            self.started = true;
             self.queue(io, out);
             match r {
                 Ok(used) => drop(self.partial.drain(..used)),
@@ -326,14 +392,23 @@ impl<E: Engine> Tls<E> {
         {
             self.notified = true;
             let mut out = io.scratch();
-            if let Ok(used) = drive(
-                &mut self.engine,
-                &mut self.partial,
-                &mut Vec::new(),
-                &mut out,
-                Then::CloseNotify,
-            ) {
-                self.partial.drain(..used);
+            let Tls { stage, partial, .. } = self;
+            match stage {
+                Stage::Records(r) => {
+                    let _ = r.close_notify(&mut out);
+                }
+                Stage::Handshake(engine) => {
+                    if let Ok(used) = drive(
+                        &mut **engine,
+                        partial,
+                        &mut Vec::new(),
+                        &mut out,
+                        Then::CloseNotify,
+                    ) {
+                        partial.drain(..used);
+                    }
+                }
+                Stage::Gone => {}
             }
             self.queue(io, out);
         }
@@ -353,6 +428,103 @@ impl<E: Engine> Tls<E> {
     /// Take back the plaintext not sent yet (a new upstream attempt starts a new connection).
     pub fn take_held(&mut self) -> Vec<Chunk> {
         std::mem::take(&mut self.held)
+    }
+
+    /// The handshake is done: note how it went, and for TLS 1.3 take the records over from
+    /// rustls (TLS 1.2 stays with rustls's record layer).
+    fn hand_over(&mut self) -> Result<(), Fail> {
+        let Stage::Handshake(e) = &self.stage else {
+            return Ok(());
+        };
+        self.resumed = e.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        if e.common().protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return Ok(());
+        }
+        let Stage::Handshake(e) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+            unreachable!()
+        };
+        let r = (*e).into_records().map_err(Fail::Tls)?;
+        self.stage = Stage::Records(Box::new(r));
+        Ok(())
+    }
+
+    /// Records after a TLS 1.3 handshake: decrypted where they arrived; the plaintext is the
+    /// front of the same pool buffer (or of the kept partial record, for one that was cut).
+    fn received_records(
+        &mut self,
+        io: &mut impl Sys,
+        side: Side,
+        c: Chunk,
+    ) -> Result<Option<Chunk>, Fail> {
+        let mut out = io.scratch();
+        let Tls { stage, partial, .. } = self;
+        let Stage::Records(r) = stage else {
+            unreachable!("called for records only")
+        };
+        let result = match c.src {
+            Src::Pool(bid) if partial.is_empty() => {
+                let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
+                r.open(buf, &mut out).map(|(p, u)| (p, u, true))
+            }
+            _ => {
+                if partial.is_empty() {
+                    *partial = io.scratch();
+                }
+                partial.extend_from_slice(io.data_of(c));
+                r.open(partial, &mut out).map(|(p, u)| (p, u, false))
+            }
+        };
+        let plain = match result {
+            Ok((n, used, true)) => {
+                // In the pool buffer: keep the cut record, hand the plaintext on in place.
+                let Src::Pool(bid) = c.src else {
+                    unreachable!()
+                };
+                if used < c.len as usize {
+                    let mut keep = io.scratch();
+                    keep.extend_from_slice(&io.data(bid, c.off + c.len)[c.off as usize + used..]);
+                    self.partial = keep;
+                }
+                if n > 0 {
+                    Some(Chunk { len: n as u32, ..c })
+                } else {
+                    io.release(c);
+                    None
+                }
+            }
+            Ok((n, used, false)) => {
+                io.release(c);
+                let p = if n > 0 {
+                    let mut v = io.scratch();
+                    v.extend_from_slice(&self.partial[..n]);
+                    Some(io.put(v))
+                } else {
+                    None
+                };
+                self.partial.drain(..used);
+                p
+            }
+            Err(e) => {
+                io.release(c);
+                self.queue(io, out);
+                self.fail(io);
+                self.conn.kick(io, side);
+                return Err(Fail::Tls(e));
+            }
+        };
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            io.recycle(std::mem::take(&mut self.partial));
+        }
+        self.queue(io, out);
+        self.kick(io, side);
+        if self.partial.len() > PARTIAL_MAX {
+            if let Some(p) = plain {
+                io.release(p);
+            }
+            self.fail(io);
+            return Err(Fail::Tls(rustls::Error::General("record too large".into())));
+        }
+        Ok(plain)
     }
 
     fn queue(&mut self, io: &mut impl Sys, out: Vec<u8>) {
@@ -399,7 +571,7 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
 /// rustls may keep positions into `buf` between calls (a handshake message spanning records),
 /// so every call passes what the previous one left (never an empty slice in its place). On an
 /// error, the alert rustls queued is encoded into `out` before the error is returned.
-fn drive<E: Engine>(
+pub(crate) fn drive<E: Engine>(
     engine: &mut E,
     buf: &mut [u8],
     plain: &mut Vec<u8>,

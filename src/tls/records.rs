@@ -1,0 +1,429 @@
+//! TLS 1.3 records after the handshake, on the traffic secrets rustls hands over when the
+//! handshake is done (`dangerous_into_kernel_connection`, its kTLS entry point): a received
+//! record is decrypted in place in the buffer it arrived in, and its plaintext moved to the
+//! front of that buffer, so a message goes on to the peer with no copy and no allocation;
+//! plaintext to send is sealed into one buffer from the ring's recycled ones. rustls keeps
+//! what only it can do (new secrets on a key update, session tickets a server sends a client)
+//! in its `KernelConnection`.
+//!
+//! RFC 8446 §5: an outer type of application_data, version 0x0303, a length of at most
+//! 2^14 + 256; the nonce is the IV XOR the record's sequence number; the header is the
+//! additional data; the plaintext ends with its real content type, then zero padding.
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use rustls::kernel::KernelConnection;
+use rustls::{ConnectionTrafficSecrets, Error, ExtractedSecrets};
+
+const HEADER: usize = 5;
+const TAG: usize = 16;
+/// Largest plaintext per record.
+pub const PLAIN_MAX: usize = 16 * 1024;
+/// Largest ciphertext per record (plaintext, content type, padding and tag).
+pub const CIPHER_MAX: usize = PLAIN_MAX + 256;
+/// Records sealed under one key before ringway moves to the next one: far below AES-GCM's
+/// limit of 2^24.5 records per key (RFC 8446 §5.5).
+const KEY_UPDATE_AFTER: u64 = 1 << 23;
+
+const APPLICATION_DATA: u8 = 23;
+const ALERT: u8 = 21;
+const HANDSHAKE: u8 = 22;
+const KEY_UPDATE: u8 = 24;
+const NEW_SESSION_TICKET: u8 = 4;
+
+/// One direction's key, IV and sequence number.
+struct Dir {
+    key: LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl Dir {
+    fn new((seq, s): (u64, ConnectionTrafficSecrets)) -> Result<Dir, Error> {
+        let (alg, key, iv) = match s {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (&aead::CHACHA20_POLY1305, key, iv)
+            }
+            _ => return Err(Error::General("unsupported record cipher".into())),
+        };
+        let key = UnboundKey::new(alg, key.as_ref())
+            .map_err(|_| Error::General("bad traffic key".into()))?;
+        let iv = iv
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::General("bad traffic IV".into()))?;
+        Ok(Dir {
+            key: LessSafeKey::new(key),
+            iv,
+            seq,
+        })
+    }
+
+    /// The nonce of the next record (and the sequence number moves on).
+    fn nonce(&mut self) -> Result<Nonce, Error> {
+        let mut n = self.iv;
+        for (a, b) in n[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *a ^= b;
+        }
+        self.seq = self.seq.checked_add(1).ok_or(Error::EncryptError)?;
+        Ok(Nonce::assume_unique_for_key(n))
+    }
+}
+
+/// What only one end can be sent after the handshake: a client stores session tickets.
+pub trait PostHandshake {
+    fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error>;
+}
+
+impl PostHandshake for KernelConnection<rustls::client::ClientConnectionData> {
+    fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.handle_new_session_ticket(payload)
+    }
+}
+
+impl PostHandshake for KernelConnection<rustls::server::ServerConnectionData> {
+    fn new_session_ticket(&mut self, _payload: &[u8]) -> Result<(), Error> {
+        Err(Error::General("a client sent a session ticket".into()))
+    }
+}
+
+/// A connection's records once the handshake is done.
+pub struct Records<D> {
+    kernel: KernelConnection<D>,
+    tx: Dir,
+    rx: Dir,
+    /// close_notify received: what follows is ignored (RFC 8446 §6.1).
+    pub peer_closed: bool,
+}
+
+impl<D> Records<D>
+where
+    KernelConnection<D>: PostHandshake,
+{
+    pub fn new(
+        secrets: ExtractedSecrets,
+        kernel: KernelConnection<D>,
+    ) -> Result<Records<D>, Error> {
+        Ok(Records {
+            kernel,
+            tx: Dir::new(secrets.tx)?,
+            rx: Dir::new(secrets.rx)?,
+            peer_closed: false,
+        })
+    }
+
+    pub fn kernel(&self) -> &KernelConnection<D> {
+        &self.kernel
+    }
+
+    /// Decrypt the complete records at the start of `buf` in place and move their plaintext
+    /// to its front. Records to send in answer (a key update the peer asked for) are
+    /// appended to `out`. Returns (plaintext bytes now at the front, bytes of `buf` used); the
+    /// rest is a record not complete yet.
+    pub fn open(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<(usize, usize), Error> {
+        let (mut w, mut o) = (0, 0);
+        while buf.len() - o >= HEADER {
+            let h: [u8; HEADER] = buf[o..o + HEADER].try_into().expect("5 bytes");
+            let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+            if h[0] != APPLICATION_DATA || h[1] != 3 || !(TAG + 1..=CIPHER_MAX).contains(&len) {
+                return Err(Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                ));
+            }
+            if buf.len() - o < HEADER + len {
+                break;
+            }
+            let body = &mut buf[o + HEADER..o + HEADER + len];
+            let nonce = self.rx.nonce()?;
+            let plain = self
+                .rx
+                .key
+                .open_in_place(nonce, Aad::from(h), body)
+                .map_err(|_| Error::DecryptError)?;
+            // The content type is the last byte that is not padding.
+            let Some(end) = plain.iter().rposition(|&b| b != 0) else {
+                return Err(Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                ));
+            };
+            let kind = plain[end];
+            let n = end;
+            let start = o + HEADER;
+            o += HEADER + len;
+            if self.peer_closed {
+                continue;
+            }
+            match kind {
+                APPLICATION_DATA => {
+                    buf.copy_within(start..start + n, w);
+                    w += n;
+                }
+                ALERT => {
+                    let alert = &buf[start..start + n];
+                    if alert.len() == 2 && alert[1] == 0 {
+                        self.peer_closed = true;
+                    } else {
+                        return Err(Error::AlertReceived(
+                            alert.get(1).copied().unwrap_or(0).into(),
+                        ));
+                    }
+                }
+                HANDSHAKE => {
+                    let msgs = buf[start..start + n].to_vec();
+                    self.post_handshake(&msgs, out)?;
+                }
+                _ => {
+                    return Err(Error::InvalidMessage(
+                        rustls::InvalidMessage::InvalidContentType,
+                    ));
+                }
+            }
+        }
+        Ok((w, o))
+    }
+
+    /// Handshake messages after the handshake: key updates, session tickets. A message cut
+    /// across records is refused (neither rustls's peers nor browsers send one).
+    fn post_handshake(&mut self, mut m: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        while !m.is_empty() {
+            let &[kind, a, b, c, ref rest @ ..] = m else {
+                return Err(Error::General(
+                    "handshake message cut across records".into(),
+                ));
+            };
+            let len = u32::from_be_bytes([0, a, b, c]) as usize;
+            if rest.len() < len {
+                return Err(Error::General(
+                    "handshake message cut across records".into(),
+                ));
+            }
+            let (body, next) = rest.split_at(len);
+            match kind {
+                KEY_UPDATE if body.len() == 1 && body[0] <= 1 => {
+                    self.rx = Dir::new(self.kernel.update_rx_secret()?)?;
+                    if body[0] == 1 {
+                        self.update_tx(out)?;
+                    }
+                }
+                NEW_SESSION_TICKET => self.kernel.new_session_ticket(body)?,
+                _ => {
+                    return Err(Error::InvalidMessage(
+                        rustls::InvalidMessage::UnexpectedMessage("post-handshake message"),
+                    ));
+                }
+            }
+            m = next;
+        }
+        Ok(())
+    }
+
+    /// Tell the peer we move to the next key (not asking it to), and move.
+    fn update_tx(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.seal_record(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out)?;
+        self.tx = Dir::new(self.kernel.update_tx_secret()?)?;
+        Ok(())
+    }
+
+    /// Seal `plain` into records appended to `out`.
+    pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        out.reserve(plain.len() + plain.len().div_ceil(PLAIN_MAX).max(1) * (HEADER + 1 + TAG));
+        for piece in plain.chunks(PLAIN_MAX) {
+            if self.tx.seq >= KEY_UPDATE_AFTER {
+                self.update_tx(out)?;
+            }
+            self.seal_record(APPLICATION_DATA, piece, out)?;
+        }
+        Ok(())
+    }
+
+    /// A close_notify alert, appended to `out`.
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.seal_record(ALERT, &[1, 0], out)
+    }
+
+    fn seal_record(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let len = data.len() + 1 + TAG;
+        let h = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
+        let start = out.len();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.push(kind);
+        let nonce = self.tx.nonce()?;
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(h), &mut out[start + HEADER..])
+            .map_err(|_| Error::EncryptError)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::server::UnbufferedServerConnection;
+
+    use super::*;
+    use crate::tls::Engine;
+
+    /// A rustls client (buffered, as browsers' stacks are to us: someone else's records) and
+    /// ringway's server side, handshaken in memory; then the server's records are ringway's.
+    fn pair() -> (
+        rustls::ClientConnection,
+        Records<rustls::server::ServerConnectionData>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = pki_types::CertificateDer::from(cert.der().to_vec());
+        let kd = pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let p = crate::tls::setup::provider();
+        let mut sc = rustls::ServerConfig::builder_with_provider(p.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], kd)
+            .unwrap();
+        sc.enable_secret_extraction = true;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let cc = rustls::ClientConfig::builder_with_provider(p)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(cc),
+            pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut server = UnbufferedServerConnection::new(Arc::new(sc)).unwrap();
+        let mut pending = Vec::new();
+        for _ in 0..10 {
+            client.write_tls(&mut pending).unwrap();
+            let mut out = Vec::new();
+            let used = crate::tls::drive(
+                &mut server,
+                &mut pending,
+                &mut Vec::new(),
+                &mut out,
+                crate::tls::Then::Nothing,
+            )
+            .unwrap();
+            pending.drain(..used);
+            client.read_tls(&mut &out[..]).unwrap();
+            client.process_new_packets().unwrap();
+            if !server.common().is_handshaking() && !client.is_handshaking() {
+                break;
+            }
+        }
+        assert!(pending.is_empty());
+        (client, server.into_records().unwrap())
+    }
+
+    fn to_server(client: &mut rustls::ClientConnection) -> Vec<u8> {
+        let mut v = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut v).unwrap();
+        }
+        v
+    }
+
+    fn to_client(client: &mut rustls::ClientConnection, mut bytes: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        while !bytes.is_empty() {
+            client.read_tls(&mut bytes).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut got);
+        }
+        got
+    }
+
+    #[test]
+    fn records_both_ways_with_key_updates_and_close_notify() {
+        let (mut client, mut server) = pair();
+        // The client's records (several in one buffer), opened in place: plaintext first.
+        client.writer().write_all(b"hello, ").unwrap();
+        client.writer().write_all(&vec![7u8; 40_000]).unwrap();
+        let mut wire = to_server(&mut client);
+        let mut out = Vec::new();
+        let (n, used) = server.open(&mut wire, &mut out).unwrap();
+        assert_eq!(used, wire.len());
+        assert_eq!(n, 7 + 40_000);
+        assert_eq!(&wire[..7], b"hello, ");
+        assert!(wire[7..n].iter().all(|&b| b == 7));
+        // A record cut short is left for later, untouched.
+        client.writer().write_all(b"cut").unwrap();
+        let mut wire = to_server(&mut client);
+        let (n, used) = server.open(&mut wire[..10], &mut out).unwrap();
+        assert_eq!((n, used), (0, 0));
+        let (n, _) = server.open(&mut wire, &mut out).unwrap();
+        assert_eq!(&wire[..n], b"cut");
+        // Sealed by ringway, read by rustls.
+        let mut sealed = Vec::new();
+        server.seal(&vec![9u8; 70_000], &mut sealed).unwrap();
+        let got = to_client(&mut client, &sealed);
+        assert!(
+            got.len() == 70_000 && got.iter().all(|&b| b == 9),
+            "{} bytes back",
+            got.len()
+        );
+        // The client moves to new keys and asks us to: we follow both ways.
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"after update").unwrap();
+        let mut wire = to_server(&mut client);
+        let mut answer = Vec::new();
+        let (n, _) = server.open(&mut wire, &mut answer).unwrap();
+        assert_eq!(&wire[..n], b"after update");
+        assert!(!answer.is_empty(), "our own key update goes back");
+        server.seal(b"on new keys", &mut answer).unwrap();
+        assert_eq!(to_client(&mut client, &answer), b"on new keys");
+        // A flipped bit is refused.
+        client.writer().write_all(b"tampered").unwrap();
+        let mut wire = to_server(&mut client);
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        assert!(server.open(&mut wire, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn close_notify_each_way() {
+        let (mut client, mut server) = pair();
+        let mut out = Vec::new();
+        server.close_notify(&mut out).unwrap();
+        client.read_tls(&mut &out[..]).unwrap();
+        let state = client.process_new_packets().unwrap();
+        // (one record: read whole)
+        assert!(state.peer_has_closed());
+        client.send_close_notify();
+        let mut wire = to_server(&mut client);
+        let (n, _) = server.open(&mut wire, &mut Vec::new()).unwrap();
+        assert_eq!(n, 0);
+        assert!(server.peer_closed);
+    }
+
+    #[test]
+    fn garbage_records_are_refused_without_panic() {
+        let (_client, mut server) = pair();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 300) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
+            if len >= 5 {
+                buf[0] = 23;
+                buf[1] = 3;
+                buf[2] = 3;
+            }
+            let _ = server.open(&mut buf, &mut Vec::new());
+        }
+    }
+}
