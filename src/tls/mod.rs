@@ -430,16 +430,12 @@ where
         std::mem::take(&mut self.held)
     }
 
-    /// The handshake is done: note how it went, and for TLS 1.3 take the records over from
-    /// rustls (TLS 1.2 stays with rustls's record layer).
+    /// The handshake is done: note how it went, and take the records over from rustls.
     fn hand_over(&mut self) -> Result<(), Fail> {
         let Stage::Handshake(e) = &self.stage else {
             return Ok(());
         };
         self.resumed = e.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        if e.common().protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-            return Ok(());
-        }
         let Stage::Handshake(e) = std::mem::replace(&mut self.stage, Stage::Gone) else {
             unreachable!()
         };

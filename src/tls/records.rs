@@ -6,9 +6,13 @@
 //! what only it can do (new secrets on a key update, session tickets a server sends a client)
 //! in its `KernelConnection`.
 //!
-//! RFC 8446 §5: an outer type of application_data, version 0x0303, a length of at most
-//! 2^14 + 256; the nonce is the IV XOR the record's sequence number; the header is the
+//! RFC 8446 §5 (TLS 1.3): an outer type of application_data, version 0x0303, a length of at
+//! most 2^14 + 256; the nonce is the IV XOR the record's sequence number; the header is the
 //! additional data; the plaintext ends with its real content type, then zero padding.
+//! TLS 1.2 (RFC 5246 §6.2.3.3, RFC 5288, RFC 7905): the record's own type; the additional data
+//! is sequence number, type, version and plaintext length; AES-GCM carries an 8-byte explicit
+//! nonce after the header (ringway sends the IV XOR the sequence number there, as rustls
+//! does), ChaCha20-Poly1305 uses the IV XOR the sequence number; no key updates.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
@@ -88,9 +92,22 @@ impl PostHandshake for KernelConnection<rustls::server::ServerConnectionData> {
     }
 }
 
+/// The record format in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    Tls13,
+    Tls12Gcm,
+    Tls12ChaCha,
+}
+
+/// TLS 1.2 has no key update: past this many records under one key the connection ends
+/// (as rustls does), below AES-GCM's limit.
+const TLS12_RECORDS_MAX: u64 = 1 << 24;
+
 /// A connection's records once the handshake is done.
 pub struct Records<D> {
     kernel: KernelConnection<D>,
+    form: Form,
     tx: Dir,
     rx: Dir,
     /// close_notify received: what follows is ignored (RFC 8446 §6.1).
@@ -105,12 +122,85 @@ where
         secrets: ExtractedSecrets,
         kernel: KernelConnection<D>,
     ) -> Result<Records<D>, Error> {
+        let form = match (kernel.protocol_version(), &secrets.tx.1) {
+            (rustls::ProtocolVersion::TLSv1_3, _) => Form::Tls13,
+            (
+                rustls::ProtocolVersion::TLSv1_2,
+                ConnectionTrafficSecrets::Chacha20Poly1305 { .. },
+            ) => Form::Tls12ChaCha,
+            (rustls::ProtocolVersion::TLSv1_2, _) => Form::Tls12Gcm,
+            _ => return Err(Error::General("unsupported protocol for records".into())),
+        };
         Ok(Records {
             kernel,
+            form,
             tx: Dir::new(secrets.tx)?,
             rx: Dir::new(secrets.rx)?,
             peer_closed: false,
         })
+    }
+
+    /// TLS 1.2's additional data: sequence number, type, version, plaintext length.
+    fn aad12(seq: u64, kind: u8, len: usize) -> [u8; 13] {
+        let mut a = [0u8; 13];
+        a[..8].copy_from_slice(&seq.to_be_bytes());
+        a[8] = kind;
+        a[9] = 3;
+        a[10] = 3;
+        a[11..].copy_from_slice(&(len as u16).to_be_bytes());
+        a
+    }
+
+    /// Open one record in place: (content type, where the content starts in `body`, its
+    /// length).
+    fn open_record(
+        &mut self,
+        h: [u8; HEADER],
+        body: &mut [u8],
+    ) -> Result<(u8, usize, usize), Error> {
+        let bad = || Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        match self.form {
+            Form::Tls13 => {
+                if h[0] != APPLICATION_DATA {
+                    return Err(bad());
+                }
+                let nonce = self.rx.nonce()?;
+                let plain = self
+                    .rx
+                    .key
+                    .open_in_place(nonce, Aad::from(h), body)
+                    .map_err(|_| Error::DecryptError)?;
+                // The content type is the last byte that is not padding.
+                let end = plain.iter().rposition(|&b| b != 0).ok_or_else(bad)?;
+                Ok((plain[end], 0, end))
+            }
+            Form::Tls12Gcm | Form::Tls12ChaCha => {
+                let explicit = if self.form == Form::Tls12Gcm { 8 } else { 0 };
+                if body.len() < explicit + TAG {
+                    return Err(bad());
+                }
+                let n = body.len() - explicit - TAG;
+                let seq = self.rx.seq;
+                let nonce = if explicit > 0 {
+                    self.rx.seq += 1;
+                    let mut v = [0u8; 12];
+                    v[..4].copy_from_slice(&self.rx.iv[..4]);
+                    v[4..].copy_from_slice(&body[..8]);
+                    Nonce::assume_unique_for_key(v)
+                } else {
+                    self.rx.nonce()?
+                };
+                self.rx
+                    .key
+                    .open_in_place(
+                        nonce,
+                        Aad::from(Self::aad12(seq, h[0], n)),
+                        &mut body[explicit..],
+                    )
+                    .map_err(|_| Error::DecryptError)?;
+                Ok((h[0], explicit, n))
+            }
+        }
     }
 
     pub fn kernel(&self) -> &KernelConnection<D> {
@@ -126,7 +216,7 @@ where
         while buf.len() - o >= HEADER {
             let h: [u8; HEADER] = buf[o..o + HEADER].try_into().expect("5 bytes");
             let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
-            if h[0] != APPLICATION_DATA || h[1] != 3 || !(TAG + 1..=CIPHER_MAX).contains(&len) {
+            if h[1] != 3 || !(TAG + 1..=CIPHER_MAX).contains(&len) {
                 return Err(Error::InvalidMessage(
                     rustls::InvalidMessage::InvalidContentType,
                 ));
@@ -135,21 +225,8 @@ where
                 break;
             }
             let body = &mut buf[o + HEADER..o + HEADER + len];
-            let nonce = self.rx.nonce()?;
-            let plain = self
-                .rx
-                .key
-                .open_in_place(nonce, Aad::from(h), body)
-                .map_err(|_| Error::DecryptError)?;
-            // The content type is the last byte that is not padding.
-            let Some(end) = plain.iter().rposition(|&b| b != 0) else {
-                return Err(Error::InvalidMessage(
-                    rustls::InvalidMessage::InvalidContentType,
-                ));
-            };
-            let kind = plain[end];
-            let n = end;
-            let start = o + HEADER;
+            let (kind, at, n) = self.open_record(h, body)?;
+            let start = o + HEADER + at;
             o += HEADER + len;
             if self.peer_closed {
                 continue;
@@ -169,10 +246,11 @@ where
                         ));
                     }
                 }
-                HANDSHAKE => {
+                HANDSHAKE if self.form == Form::Tls13 => {
                     let msgs = buf[start..start + n].to_vec();
                     self.post_handshake(&msgs, out)?;
                 }
+                // TLS 1.2 renegotiation is refused (as rustls does).
                 _ => {
                     return Err(Error::InvalidMessage(
                         rustls::InvalidMessage::InvalidContentType,
@@ -229,7 +307,7 @@ where
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         out.reserve(plain.len() + plain.len().div_ceil(PLAIN_MAX).max(1) * (HEADER + 1 + TAG));
         for piece in plain.chunks(PLAIN_MAX) {
-            if self.tx.seq >= KEY_UPDATE_AFTER {
+            if self.form == Form::Tls13 && self.tx.seq >= KEY_UPDATE_AFTER {
                 self.update_tx(out)?;
             }
             self.seal_record(APPLICATION_DATA, piece, out)?;
@@ -243,6 +321,9 @@ where
     }
 
     fn seal_record(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.form != Form::Tls13 {
+            return self.seal_record12(kind, data, out);
+        }
         let len = data.len() + 1 + TAG;
         let h = [APPLICATION_DATA, 3, 3, (len >> 8) as u8, len as u8];
         let start = out.len();
@@ -254,6 +335,33 @@ where
             .tx
             .key
             .seal_in_place_separate_tag(nonce, Aad::from(h), &mut out[start + HEADER..])
+            .map_err(|_| Error::EncryptError)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    fn seal_record12(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.tx.seq >= TLS12_RECORDS_MAX {
+            return Err(Error::EncryptError);
+        }
+        let explicit = if self.form == Form::Tls12Gcm { 8 } else { 0 };
+        let len = explicit + data.len() + TAG;
+        let aad = Self::aad12(self.tx.seq, kind, data.len());
+        let nonce = self.tx.nonce()?;
+        let start = out.len();
+        out.extend_from_slice(&[kind, 3, 3, (len >> 8) as u8, len as u8]);
+        if explicit > 0 {
+            out.extend_from_slice(&nonce.as_ref()[4..]);
+        }
+        out.extend_from_slice(data);
+        let tag = self
+            .tx
+            .key
+            .seal_in_place_separate_tag(
+                nonce,
+                Aad::from(aad),
+                &mut out[start + HEADER + explicit..],
+            )
             .map_err(|_| Error::EncryptError)?;
         out.extend_from_slice(tag.as_ref());
         Ok(())
@@ -276,6 +384,17 @@ mod tests {
         rustls::ClientConnection,
         Records<rustls::server::ServerConnectionData>,
     ) {
+        pair_with(&rustls::version::TLS13, None)
+    }
+
+    /// As `pair`, for one protocol version and (for the client) one cipher suite.
+    fn pair_with(
+        version: &'static rustls::SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) -> (
+        rustls::ClientConnection,
+        Records<rustls::server::ServerConnectionData>,
+    ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
             .unwrap()
@@ -284,8 +403,12 @@ mod tests {
         let der = pki_types::CertificateDer::from(cert.der().to_vec());
         let kd = pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
         let p = crate::tls::setup::provider();
+        let mut client_provider = (*p).clone();
+        if let Some(s) = suite {
+            client_provider.cipher_suites = vec![s];
+        }
         let mut sc = rustls::ServerConfig::builder_with_provider(p.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(vec![der.clone()], kd)
@@ -293,8 +416,8 @@ mod tests {
         sc.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
-        let cc = rustls::ClientConfig::builder_with_provider(p)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+        let cc = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -393,6 +516,41 @@ mod tests {
     }
 
     #[test]
+    fn tls12_records_with_aes_gcm_and_chacha20() {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        for suite in [
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (mut client, mut server) = pair_with(&rustls::version::TLS12, Some(suite));
+            assert_eq!(client.negotiated_cipher_suite(), Some(suite));
+            for size in [1usize, 100, 16_384, 40_000] {
+                client.writer().write_all(&vec![5u8; size]).unwrap();
+                let mut wire = to_server(&mut client);
+                let (n, used) = server.open(&mut wire, &mut Vec::new()).unwrap();
+                assert_eq!((n, used), (size, wire.len()), "{suite:?}");
+                assert!(wire[..n].iter().all(|&b| b == 5));
+                let mut sealed = Vec::new();
+                server.seal(&vec![6u8; size], &mut sealed).unwrap();
+                let got = to_client(&mut client, &sealed);
+                assert!(
+                    got.len() == size && got.iter().all(|&b| b == 6),
+                    "{suite:?}"
+                );
+            }
+            let mut out = Vec::new();
+            server.close_notify(&mut out).unwrap();
+            client.read_tls(&mut &out[..]).unwrap();
+            assert!(client.process_new_packets().unwrap().peer_has_closed());
+            client.send_close_notify();
+            let mut wire = to_server(&mut client);
+            server.open(&mut wire, &mut Vec::new()).unwrap();
+            assert!(server.peer_closed);
+        }
+    }
+
+    #[test]
     fn close_notify_each_way() {
         let (mut client, mut server) = pair();
         let mut out = Vec::new();
@@ -410,7 +568,25 @@ mod tests {
 
     #[test]
     fn garbage_records_are_refused_without_panic() {
-        let (_client, mut server) = pair();
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        garbage(pair().1);
+        garbage(
+            pair_with(
+                &rustls::version::TLS12,
+                Some(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+            )
+            .1,
+        );
+        garbage(
+            pair_with(
+                &rustls::version::TLS12,
+                Some(cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256),
+            )
+            .1,
+        );
+    }
+
+    fn garbage(mut server: Records<rustls::server::ServerConnectionData>) {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..2000 {
             seed ^= seed << 13;
@@ -419,7 +595,7 @@ mod tests {
             let len = (seed % 300) as usize;
             let mut buf: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
             if len >= 5 {
-                buf[0] = 23;
+                buf[0] = [23, 21, 22][(seed % 3) as usize];
                 buf[1] = 3;
                 buf[2] = 3;
             }
