@@ -4,11 +4,11 @@
 //! handshake records and encrypted application data go out through the connection's send
 //! queue like any other chunk.
 //!
-//! Once a TLS 1.3 handshake is done, rustls hands over the traffic secrets and ringway runs
-//! the records itself ([`records`]): decrypted in place in the pool buffer they arrived in, so
-//! the plaintext goes on to the peer with no copy and no allocation; sealed into one recycled
-//! buffer on the way out. (rustls 0.23's own unbuffered record path copies each record into a
-//! `Vec` of its own both ways; TLS 1.2 connections keep it.) See `docs/design-notes.md`.
+//! Once the handshake is done (TLS 1.3 or 1.2), rustls hands over the traffic secrets and
+//! ringway runs the records itself ([`records`]): decrypted in place in the pool buffer they
+//! arrived in, so the plaintext goes on to the peer with no copy and no allocation; sealed into
+//! one recycled buffer on the way out. (rustls 0.23's own unbuffered record path copies each
+//! record into a `Vec` of its own both ways.) See `docs/design-notes.md`.
 //!
 //! Memory: between records a connection holds its two keys and rustls's small post-handshake
 //! state. A record cut by the end of a received buffer is kept (`partial`, a recycled
@@ -72,8 +72,7 @@ impl Engine for UnbufferedClientConnection {
     }
 }
 
-/// Who runs the records: rustls (the handshake, and TLS 1.2 throughout), or ringway (TLS 1.3
-/// once the handshake is done).
+/// Who runs the records: rustls during the handshake, ringway once it is done.
 enum Stage<E: Engine> {
     Handshake(Box<E>),
     Records(Box<Records<E::Data>>),

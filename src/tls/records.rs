@@ -1,4 +1,4 @@
-//! TLS 1.3 records after the handshake, on the traffic secrets rustls hands over when the
+//! TLS records after the handshake (1.3 and 1.2), on the traffic secrets rustls hands over when the
 //! handshake is done (`dangerous_into_kernel_connection`, its kTLS entry point): a received
 //! record is decrypted in place in the buffer it arrived in, and its plaintext moved to the
 //! front of that buffer, so a message goes on to the peer with no copy and no allocation;
