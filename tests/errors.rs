@@ -20,19 +20,11 @@ fn bystander_mode(listen: SocketAddr, mode: Mode) -> Ws {
     ws
 }
 
-#[test]
-fn garbage_oversized_and_silent_clients() {
-    if uring_ok() {
-        bad_clients(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_garbage_oversized_and_silent_clients() {
-    if uring_ok() {
-        bad_clients(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    garbage_oversized_and_silent_clients,
+    wss_garbage_oversized_and_silent_clients,
+    bad_clients
+);
 
 fn bad_clients(mode: Mode) {
     let st = stack_mode(mode, "badreq", "", "header_timeout = \"1s\"", "");
@@ -198,19 +190,11 @@ fn silent_upstream_is_504() {
     holder.join().unwrap();
 }
 
-#[test]
-fn upstream_closing_mid_tunnel_ends_the_client_cleanly() {
-    if uring_ok() {
-        upstream_mid_close(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_upstream_closing_mid_tunnel_ends_the_client_cleanly() {
-    if uring_ok() {
-        upstream_mid_close(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    upstream_closing_mid_tunnel_ends_the_client_cleanly,
+    wss_upstream_closing_mid_tunnel_ends_the_client_cleanly,
+    upstream_mid_close
+);
 
 fn upstream_mid_close(mode: Mode) {
     let dir = scratch("midclose");
@@ -249,20 +233,12 @@ fn upstream_mid_close(mode: Mode) {
     p.wait_log("ws end=done", 5);
 }
 
-#[test]
-fn client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
-    if uring_ok() {
-        half_close(Mode::Plain);
-    }
-}
-
-/// Over TLS the half-close is a close_notify then a FIN, each way.
-#[test]
-fn wss_client_half_close_reaches_the_backend_and_bytes_still_flow_back() {
-    if uring_ok() {
-        half_close(Mode::Tls);
-    }
-}
+// Over TLS the half-close is a close_notify then a FIN, each way.
+plain_and_tls!(
+    client_half_close_reaches_the_backend_and_bytes_still_flow_back,
+    wss_client_half_close_reaches_the_backend_and_bytes_still_flow_back,
+    half_close
+);
 
 fn half_close(mode: Mode) {
     let dir = scratch("halfclose");
@@ -311,19 +287,11 @@ fn half_close(mode: Mode) {
     p.wait_log("ws end=done", 5);
 }
 
-#[test]
-fn idle_tunnel_is_closed_after_read_timeout() {
-    if uring_ok() {
-        idle_tunnel(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_idle_tunnel_is_closed_after_read_timeout() {
-    if uring_ok() {
-        idle_tunnel(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    idle_tunnel_is_closed_after_read_timeout,
+    wss_idle_tunnel_is_closed_after_read_timeout,
+    idle_tunnel
+);
 
 fn idle_tunnel(mode: Mode) {
     let st = stack_mode(mode, "idle", "read_timeout = \"1s\"", "", "");

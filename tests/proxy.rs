@@ -33,19 +33,11 @@ fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-#[test]
-fn websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
-    if uring_ok() {
-        handshake_rewrite(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_websocket_handshake_is_rewritten_like_nginx_and_extensions_pass() {
-    if uring_ok() {
-        handshake_rewrite(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    websocket_handshake_is_rewritten_like_nginx_and_extensions_pass,
+    wss_websocket_handshake_is_rewritten_like_nginx_and_extensions_pass,
+    handshake_rewrite
+);
 
 fn handshake_rewrite(mode: Mode) {
     let st = stack_mode(mode, "hdrws", "", "", "");
@@ -179,19 +171,11 @@ fn read_response(s: &mut impl Read, pending: &mut Vec<u8>) -> (String, Vec<u8>) 
     (head, body)
 }
 
-#[test]
-fn plain_http_is_relayed_with_framing_and_keep_alive() {
-    if uring_ok() {
-        http_relay(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_plain_http_is_relayed_with_framing_and_keep_alive() {
-    if uring_ok() {
-        http_relay(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    plain_http_is_relayed_with_framing_and_keep_alive,
+    wss_plain_http_is_relayed_with_framing_and_keep_alive,
+    http_relay
+);
 
 fn http_relay(mode: Mode) {
     let st = stack_mode(mode, "relay", "", "", "");
@@ -251,19 +235,11 @@ fn http_relay(mode: Mode) {
         .wait_log("\"GET /chunked/300000\" host=relay.test status=200", 5);
 }
 
-#[test]
-fn echo_of_every_size_text_and_binary() {
-    if uring_ok() {
-        echo_sizes(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_echo_of_every_size_text_and_binary() {
-    if uring_ok() {
-        echo_sizes(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    echo_of_every_size_text_and_binary,
+    wss_echo_of_every_size_text_and_binary,
+    echo_sizes
+);
 
 fn echo_sizes(mode: Mode) {
     let st = stack_mode(mode, "sizes", "", "", "");
@@ -283,19 +259,11 @@ fn echo_sizes(mode: Mode) {
     ws.close(None).unwrap();
 }
 
-#[test]
-fn fragments_pings_and_close_codes() {
-    if uring_ok() {
-        frames_pings_closes(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_fragments_pings_and_close_codes() {
-    if uring_ok() {
-        frames_pings_closes(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    fragments_pings_and_close_codes,
+    wss_fragments_pings_and_close_codes,
+    frames_pings_closes
+);
 
 fn frames_pings_closes(mode: Mode) {
     let st = stack_mode(mode, "frames", "", "", "");
@@ -349,19 +317,11 @@ fn frames_pings_closes(mode: Mode) {
     }
 }
 
-#[test]
-fn thousand_connections_checksummed_echo_no_crosstalk() {
-    if uring_ok() {
-        thousand_connections(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_thousand_connections_checksummed_echo_no_crosstalk() {
-    if uring_ok() {
-        thousand_connections(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    thousand_connections_checksummed_echo_no_crosstalk,
+    wss_thousand_connections_checksummed_echo_no_crosstalk,
+    thousand_connections
+);
 
 fn thousand_connections(mode: Mode) {
     let st = stack_mode(mode, "thousand", "", "", "");
@@ -408,19 +368,11 @@ fn thousand_connections(mode: Mode) {
     }
 }
 
-#[test]
-fn slow_readers_get_everything_and_memory_stays_bounded() {
-    if uring_ok() {
-        slow_readers(Mode::Plain);
-    }
-}
-
-#[test]
-fn wss_slow_readers_get_everything_and_memory_stays_bounded() {
-    if uring_ok() {
-        slow_readers(Mode::Tls);
-    }
-}
+plain_and_tls!(
+    slow_readers_get_everything_and_memory_stays_bounded,
+    wss_slow_readers_get_everything_and_memory_stays_bounded,
+    slow_readers
+);
 
 fn slow_readers(mode: Mode) {
     // A tiny buffer ring (16 buffers per worker) so four pushes at once also run the

@@ -42,35 +42,39 @@ pub trait Engine: Sized {
     const CLIENT: bool;
 }
 
-impl Engine for UnbufferedServerConnection {
-    type Data = rustls::server::ServerConnectionData;
-    const CLIENT: bool = false;
-    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(buf)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Records::new(secrets, kernel)
-    }
+/// The two ends implement the engine alike; only their types and who speaks first differ.
+macro_rules! engine {
+    ($conn:ty, $data:ty, $client:expr) => {
+        impl Engine for $conn {
+            type Data = $data;
+            const CLIENT: bool = $client;
+            fn process<'c, 'i>(
+                &'c mut self,
+                buf: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(buf)
+            }
+            fn common(&self) -> &rustls::CommonState {
+                self
+            }
+            fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
+                let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
+                Records::new(secrets, kernel)
+            }
+        }
+    };
 }
 
-impl Engine for UnbufferedClientConnection {
-    type Data = rustls::client::ClientConnectionData;
-    const CLIENT: bool = true;
-    fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(buf)
-    }
-    fn common(&self) -> &rustls::CommonState {
-        self
-    }
-    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
-        let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-        Records::new(secrets, kernel)
-    }
-}
+engine!(
+    UnbufferedServerConnection,
+    rustls::server::ServerConnectionData,
+    false
+);
+engine!(
+    UnbufferedClientConnection,
+    rustls::client::ClientConnectionData,
+    true
+);
 
 /// Who runs the records: rustls during the handshake, ringway once it is done.
 enum Stage<E: Engine> {

@@ -288,6 +288,27 @@ pub fn ws_connect_mode(addr: SocketAddr, path: &str, mode: Mode) -> Ws {
     ws
 }
 
+/// Two tests from one body that takes a [`Mode`]: `$plain` over plain TCP, `$tls` over TLS.
+/// (Test files use it after `use common::*;`.)
+#[macro_export]
+macro_rules! plain_and_tls {
+    ($plain:ident, $tls:ident, $body:ident) => {
+        #[test]
+        fn $plain() {
+            if uring_ok() {
+                $body(Mode::Plain);
+            }
+        }
+
+        #[test]
+        fn $tls() {
+            if uring_ok() {
+                $body(Mode::Tls);
+            }
+        }
+    };
+}
+
 /// Plain TCP or TLS toward the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
