@@ -216,7 +216,7 @@ where
             State::Handshaking | State::Open => {}
         }
         if matches!(self.stage, Stage::Records(_)) {
-            return self.received_records(io, side, c);
+            return self.received_records(io, c);
         }
         if !E::CLIENT && self.state == State::Handshaking && self.partial.is_empty() {
             let data = io.data_of(c);
@@ -449,13 +449,7 @@ where
 
     /// Records after a TLS 1.3 handshake: decrypted where they arrived; the plaintext is the
     /// front of the same pool buffer (or of the kept partial record, for one that was cut).
-    fn received_records(
-        &mut self,
-        io: &mut impl Sys,
-        side: Side,
-        c: Chunk,
-    ) -> Result<Option<Chunk>, Fail> {
-        let mut out = io.scratch();
+    fn received_records(&mut self, io: &mut impl Sys, c: Chunk) -> Result<Option<Chunk>, Fail> {
         let Tls { stage, partial, .. } = self;
         let Stage::Records(r) = stage else {
             unreachable!("called for records only")
@@ -463,14 +457,14 @@ where
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                r.open(buf, &mut out).map(|(p, u)| (p, u, true))
+                r.open(buf).map(|(p, u)| (p, u, true))
             }
             _ => {
                 if partial.is_empty() {
                     *partial = io.scratch();
                 }
                 partial.extend_from_slice(io.data_of(c));
-                r.open(partial, &mut out).map(|(p, u)| (p, u, false))
+                r.open(partial).map(|(p, u)| (p, u, false))
             }
         };
         let plain = match result {
@@ -505,17 +499,13 @@ where
             }
             Err(e) => {
                 io.release(c);
-                self.queue(io, out);
                 self.fail(io);
-                self.conn.kick(io, side);
                 return Err(Fail::Tls(e));
             }
         };
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             io.recycle(std::mem::take(&mut self.partial));
         }
-        self.queue(io, out);
-        self.kick(io, side);
         if self.partial.len() > PARTIAL_MAX {
             if let Some(p) = plain {
                 io.release(p);

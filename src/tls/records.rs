@@ -112,6 +112,10 @@ pub struct Records<D> {
     rx: Dir,
     /// close_notify received: what follows is ignored (RFC 8446 §6.1).
     pub peer_closed: bool,
+    /// The peer asked for a key update: ours goes out before our next application data
+    /// (RFC 8446 §4.6.3), once however many requests came, so a peer that asks and never
+    /// reads cannot make us queue anything.
+    update_owed: bool,
 }
 
 impl<D> Records<D>
@@ -137,6 +141,7 @@ where
             tx: Dir::new(secrets.tx)?,
             rx: Dir::new(secrets.rx)?,
             peer_closed: false,
+            update_owed: false,
         })
     }
 
@@ -208,10 +213,10 @@ where
     }
 
     /// Decrypt the complete records at the start of `buf` in place and move their plaintext
-    /// to its front. Records to send in answer (a key update the peer asked for) are
-    /// appended to `out`. Returns (plaintext bytes now at the front, bytes of `buf` used); the
-    /// rest is a record not complete yet.
-    pub fn open(&mut self, buf: &mut [u8], out: &mut Vec<u8>) -> Result<(usize, usize), Error> {
+    /// to its front. Returns (plaintext bytes now at the front, bytes of `buf` used); the rest
+    /// is a record not complete yet. Nothing is sent in answer here: a key update the peer
+    /// asks for goes out before our next data (`seal`).
+    pub fn open(&mut self, buf: &mut [u8]) -> Result<(usize, usize), Error> {
         let (mut w, mut o) = (0, 0);
         while buf.len() - o >= HEADER {
             let h: [u8; HEADER] = buf[o..o + HEADER].try_into().expect("5 bytes");
@@ -248,7 +253,7 @@ where
                 }
                 HANDSHAKE if self.form == Form::Tls13 => {
                     let msgs = buf[start..start + n].to_vec();
-                    self.post_handshake(&msgs, out)?;
+                    self.post_handshake(&msgs)?;
                 }
                 // TLS 1.2 renegotiation is refused (as rustls does).
                 _ => {
@@ -263,7 +268,7 @@ where
 
     /// Handshake messages after the handshake: key updates, session tickets. A message cut
     /// across records is refused (neither rustls's peers nor browsers send one).
-    fn post_handshake(&mut self, mut m: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+    fn post_handshake(&mut self, mut m: &[u8]) -> Result<(), Error> {
         while !m.is_empty() {
             let &[kind, a, b, c, ref rest @ ..] = m else {
                 return Err(Error::General(
@@ -281,7 +286,7 @@ where
                 KEY_UPDATE if body.len() == 1 && body[0] <= 1 => {
                     self.rx = Dir::new(self.kernel.update_rx_secret()?)?;
                     if body[0] == 1 {
-                        self.update_tx(out)?;
+                        self.update_owed = true;
                     }
                 }
                 NEW_SESSION_TICKET => self.kernel.new_session_ticket(body)?,
@@ -307,7 +312,8 @@ where
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         out.reserve(plain.len() + plain.len().div_ceil(PLAIN_MAX).max(1) * (HEADER + 1 + TAG));
         for piece in plain.chunks(PLAIN_MAX) {
-            if self.form == Form::Tls13 && self.tx.seq >= KEY_UPDATE_AFTER {
+            if self.form == Form::Tls13 && (self.update_owed || self.tx.seq >= KEY_UPDATE_AFTER) {
+                self.update_owed = false;
                 self.update_tx(out)?;
             }
             self.seal_record(APPLICATION_DATA, piece, out)?;
@@ -475,8 +481,7 @@ mod tests {
         client.writer().write_all(b"hello, ").unwrap();
         client.writer().write_all(&vec![7u8; 40_000]).unwrap();
         let mut wire = to_server(&mut client);
-        let mut out = Vec::new();
-        let (n, used) = server.open(&mut wire, &mut out).unwrap();
+        let (n, used) = server.open(&mut wire).unwrap();
         assert_eq!(used, wire.len());
         assert_eq!(n, 7 + 40_000);
         assert_eq!(&wire[..7], b"hello, ");
@@ -484,9 +489,9 @@ mod tests {
         // A record cut short is left for later, untouched.
         client.writer().write_all(b"cut").unwrap();
         let mut wire = to_server(&mut client);
-        let (n, used) = server.open(&mut wire[..10], &mut out).unwrap();
+        let (n, used) = server.open(&mut wire[..10]).unwrap();
         assert_eq!((n, used), (0, 0));
-        let (n, _) = server.open(&mut wire, &mut out).unwrap();
+        let (n, _) = server.open(&mut wire).unwrap();
         assert_eq!(&wire[..n], b"cut");
         // Sealed by ringway, read by rustls.
         let mut sealed = Vec::new();
@@ -502,9 +507,15 @@ mod tests {
         client.writer().write_all(b"after update").unwrap();
         let mut wire = to_server(&mut client);
         let mut answer = Vec::new();
-        let (n, _) = server.open(&mut wire, &mut answer).unwrap();
+        let (n, _) = server.open(&mut wire).unwrap();
         assert_eq!(&wire[..n], b"after update");
-        assert!(!answer.is_empty(), "our own key update goes back");
+        assert!(answer.is_empty(), "our update waits for our next data");
+        // Asked again before we sent anything: still one update of ours, before the data.
+        client.refresh_traffic_keys().unwrap();
+        client.writer().write_all(b"again").unwrap();
+        let mut wire = to_server(&mut client);
+        let (n, _) = server.open(&mut wire).unwrap();
+        assert_eq!(&wire[..n], b"again");
         server.seal(b"on new keys", &mut answer).unwrap();
         assert_eq!(to_client(&mut client, &answer), b"on new keys");
         // A flipped bit is refused.
@@ -512,7 +523,7 @@ mod tests {
         let mut wire = to_server(&mut client);
         let last = wire.len() - 1;
         wire[last] ^= 1;
-        assert!(server.open(&mut wire, &mut Vec::new()).is_err());
+        assert!(server.open(&mut wire).is_err());
     }
 
     #[test]
@@ -528,7 +539,7 @@ mod tests {
             for size in [1usize, 100, 16_384, 40_000] {
                 client.writer().write_all(&vec![5u8; size]).unwrap();
                 let mut wire = to_server(&mut client);
-                let (n, used) = server.open(&mut wire, &mut Vec::new()).unwrap();
+                let (n, used) = server.open(&mut wire).unwrap();
                 assert_eq!((n, used), (size, wire.len()), "{suite:?}");
                 assert!(wire[..n].iter().all(|&b| b == 5));
                 let mut sealed = Vec::new();
@@ -545,7 +556,7 @@ mod tests {
             assert!(client.process_new_packets().unwrap().peer_has_closed());
             client.send_close_notify();
             let mut wire = to_server(&mut client);
-            server.open(&mut wire, &mut Vec::new()).unwrap();
+            server.open(&mut wire).unwrap();
             assert!(server.peer_closed);
         }
     }
@@ -561,7 +572,7 @@ mod tests {
         assert!(state.peer_has_closed());
         client.send_close_notify();
         let mut wire = to_server(&mut client);
-        let (n, _) = server.open(&mut wire, &mut Vec::new()).unwrap();
+        let (n, _) = server.open(&mut wire).unwrap();
         assert_eq!(n, 0);
         assert!(server.peer_closed);
     }
@@ -599,7 +610,7 @@ mod tests {
                 buf[1] = 3;
                 buf[2] = 3;
             }
-            let _ = server.open(&mut buf, &mut Vec::new());
+            let _ = server.open(&mut buf);
         }
     }
 }
