@@ -24,7 +24,7 @@ pub use transport::Transport;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 
 use crate::reactor::{Conn, Sys};
 use crate::uring::{Chunk, Side, Src};
@@ -108,11 +108,6 @@ enum State {
 /// records (rustls joins them in the caller's buffer), bounded so a peer cannot grow it.
 const PARTIAL_MAX: usize = 64 * 1024 + 16 * 1024 + 1024;
 
-/// Ciphertext per record beyond its plaintext, with room to spare (TLS 1.2 CBC is not offered).
-const RECORD_OVERHEAD: usize = 64;
-/// Largest plaintext per record.
-const RECORD_MAX: usize = 16 * 1024;
-
 /// A TLS connection over a reactor [`Conn`].
 pub struct Tls<E: Engine> {
     pub conn: Conn,
@@ -141,13 +136,6 @@ impl<E: Engine> std::fmt::Debug for Tls<E> {
             .field("held", &self.held.len())
             .finish()
     }
-}
-
-/// What to do once the handshake is complete and nothing else is pending.
-pub(crate) enum Then<'a> {
-    Nothing,
-    Encrypt(&'a [u8]),
-    CloseNotify,
 }
 
 impl<E: Engine> Tls<E>
@@ -254,7 +242,7 @@ where
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                let r = drive(&mut **engine, buf, &mut plain, &mut out, Then::Nothing);
+                let r = drive(&mut **engine, buf, &mut plain, &mut out);
                 if let Ok(used) = r
                     && used < buf.len()
                 {
@@ -267,7 +255,7 @@ where
                     *partial = io.scratch();
                 }
                 partial.extend_from_slice(io.data_of(c));
-                let r = drive(&mut **engine, partial, &mut plain, &mut out, Then::Nothing);
+                let r = drive(&mut **engine, partial, &mut plain, &mut out);
                 if let Ok(used) = r {
                     partial.drain(..used);
                 }
@@ -324,7 +312,8 @@ where
         }
     }
 
-    /// Queue plaintext: encrypted now when the handshake is complete, else held until it is.
+    /// Queue plaintext: sealed now when the handshake is complete (the records are ringway's
+    /// from then on), else held until it is.
     pub fn push(&mut self, io: &mut impl Sys, c: Chunk) -> Result<(), Fail> {
         match self.state {
             State::Raw => self.conn.push(c),
@@ -332,28 +321,15 @@ where
             State::Handshaking => self.held.push(c),
             State::Open => {
                 let mut out = io.scratch();
-                let Tls { stage, partial, .. } = self;
-                let r = match stage {
-                    Stage::Records(r) => r.seal(io.data_of(c), &mut out).map(|()| 0),
-                    Stage::Handshake(engine) => drive(
-                        &mut **engine,
-                        partial,
-                        &mut Vec::new(),
-                        &mut out,
-                        Then::Encrypt(io.data_of(c)),
-                    ),
-                    Stage::Gone => Err(rustls::Error::General("no record layer".into())),
+                let r = match &mut self.stage {
+                    Stage::Records(r) => r.seal(io.data_of(c), &mut out),
+                    _ => Err(rustls::Error::General("no record layer".into())),
                 };
                 io.release(c);
                 self.queue(io, out);
-                match r {
-                    Ok(used) => {
-                        self.partial.drain(..used);
-                    }
-                    Err(e) => {
-                        self.fail(io);
-                        return Err(Fail::Tls(e));
-                    }
+                if let Err(e) = r {
+                    self.fail(io);
+                    return Err(Fail::Tls(e));
                 }
             }
         }
@@ -375,13 +351,7 @@ where
             } = self
         {
             let mut out = io.scratch();
-            let r = drive(
-                &mut **engine,
-                partial,
-                &mut Vec::new(),
-                &mut out,
-                Then::Nothing,
-            );
+            let r = drive(&mut **engine, partial, &mut Vec::new(), &mut out);
             self.started = true;
             self.queue(io, out);
             match r {
@@ -395,23 +365,8 @@ where
         {
             self.notified = true;
             let mut out = io.scratch();
-            let Tls { stage, partial, .. } = self;
-            match stage {
-                Stage::Records(r) => {
-                    let _ = r.close_notify(&mut out);
-                }
-                Stage::Handshake(engine) => {
-                    if let Ok(used) = drive(
-                        &mut **engine,
-                        partial,
-                        &mut Vec::new(),
-                        &mut out,
-                        Then::CloseNotify,
-                    ) {
-                        partial.drain(..used);
-                    }
-                }
-                Stage::Gone => {}
+            if let Stage::Records(r) = &mut self.stage {
+                let _ = r.close_notify(&mut out);
             }
             self.queue(io, out);
         }
@@ -552,10 +507,10 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     }
 }
 
-/// Run rustls over `buf` until it needs more bytes: plaintext of complete records is appended
-/// to `plain`, records to send to `out`; once the handshake is complete and nothing else is
-/// pending, `then` is done. Returns the bytes of `buf` consumed (the rest is a record not
-/// complete yet, kept by the caller for the next call).
+/// Run rustls's handshake over `buf` until it needs more bytes or is done: plaintext that came
+/// with the handshake (a request after the client's Finished) is appended to `plain`, records
+/// to send to `out`. Returns the bytes of `buf` consumed (the rest is a record not complete
+/// yet, kept by the caller for the next call).
 ///
 /// rustls may keep positions into `buf` between calls (a handshake message spanning records),
 /// so every call passes what the previous one left (never an empty slice in its place). On an
@@ -565,13 +520,12 @@ pub(crate) fn drive<E: Engine>(
     buf: &mut [u8],
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    then: Then<'_>,
 ) -> Result<usize, rustls::Error> {
     let mut off = 0;
     // rustls's unbuffered state machine asserts on some sequences of calls; a peer must not be
     // able to reach one and take the worker down, so a panic in it fails this connection only.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let r = turns(engine, buf, &mut off, plain, out, then);
+        let r = turns(engine, buf, &mut off, plain, out);
         if r.is_err() {
             // The fatal alert rustls queued with the error is the next thing it hands out.
             // Only that: calling on would read the bad bytes again.
@@ -615,7 +569,6 @@ fn turns<E: Engine>(
     off: &mut usize,
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    mut then: Then<'_>,
 ) -> Result<(), rustls::Error> {
     // Each turn either consumes bytes, produces some, or ends; rustls's states are finite
     // between two, but a bound keeps a bug from spinning the worker.
@@ -655,48 +608,14 @@ fn turns<E: Engine>(
                 t.done();
                 false
             }
-            ConnectionState::WriteTraffic(mut w) => {
-                match std::mem::replace(&mut then, Then::Nothing) {
-                    Then::Nothing => {}
-                    Then::Encrypt(data) => {
-                        let start = out.len();
-                        let mut size = data.len() + (data.len() / RECORD_MAX + 1) * RECORD_OVERHEAD;
-                        loop {
-                            out.resize(start + size, 0);
-                            match w.encrypt(data, &mut out[start..]) {
-                                Ok(n) => {
-                                    out.truncate(start + n);
-                                    break;
-                                }
-                                Err(EncryptError::InsufficientSize(s)) => size = s.required_size,
-                                Err(e) => {
-                                    out.truncate(start);
-                                    *off += discard;
-                                    return Err(rustls::Error::General(e.to_string()));
-                                }
-                            }
-                        }
-                    }
-                    Then::CloseNotify => {
-                        let start = out.len();
-                        out.resize(start + RECORD_OVERHEAD, 0);
-                        let n = w.queue_close_notify(&mut out[start..]).unwrap_or(0);
-                        out.truncate(start + n);
-                    }
-                }
-                true
-            }
+            // The handshake is done: the records are ringway's from here (`hand_over`).
+            ConnectionState::WriteTraffic(_) => true,
             ConnectionState::PeerClosed => false,
             // BlockedHandshake, Closed; early data is not enabled.
             _ => true,
         };
         *off += discard;
         if done {
-            if matches!(then, Then::Encrypt(_)) {
-                return Err(rustls::Error::General(
-                    "cannot encrypt in this state".into(),
-                ));
-            }
             return Ok(());
         }
     }

@@ -437,14 +437,8 @@ mod tests {
         for _ in 0..10 {
             client.write_tls(&mut pending).unwrap();
             let mut out = Vec::new();
-            let used = crate::tls::drive(
-                &mut server,
-                &mut pending,
-                &mut Vec::new(),
-                &mut out,
-                crate::tls::Then::Nothing,
-            )
-            .unwrap();
+            let used =
+                crate::tls::drive(&mut server, &mut pending, &mut Vec::new(), &mut out).unwrap();
             pending.drain(..used);
             client.read_tls(&mut &out[..]).unwrap();
             client.process_new_packets().unwrap();
