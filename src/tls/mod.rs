@@ -156,11 +156,6 @@ where
         }
     }
 
-    /// The handshake is complete.
-    pub fn open(&self) -> bool {
-        self.state == State::Open
-    }
-
     /// Chunks waiting: plaintext held for the handshake plus what is queued on the socket.
     pub fn pending(&self) -> usize {
         self.held.len() + self.conn.pending()
