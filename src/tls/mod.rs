@@ -40,14 +40,18 @@ pub trait Engine: Sized {
     fn into_records(self) -> Result<Records<Self::Data>, rustls::Error>;
     /// Whether this end speaks first (a client sends its hello as soon as it is connected).
     const CLIENT: bool;
+    /// The most this end holds of a handshake not complete yet (a handshake message may span
+    /// records; rustls joins them in the caller's buffer).
+    const PARTIAL_MAX: usize;
 }
 
 /// The two ends implement the engine alike; only their types and who speaks first differ.
 macro_rules! engine {
-    ($conn:ty, $data:ty, $client:expr) => {
+    ($conn:ty, $data:ty, $client:expr, $partial_max:expr) => {
         impl Engine for $conn {
             type Data = $data;
             const CLIENT: bool = $client;
+            const PARTIAL_MAX: usize = $partial_max;
             fn process<'c, 'i>(
                 &'c mut self,
                 buf: &'i mut [u8],
@@ -65,15 +69,21 @@ macro_rules! engine {
     };
 }
 
+// A server receives only a client's hello and Finished (a few KiB, a post-quantum key share
+// included): a client sending more is refused at 32 KiB rather than held, up to rustls's 64 KiB
+// message, until `header_timeout`. A client receives the server's certificate chain, which
+// may be larger.
 engine!(
     UnbufferedServerConnection,
     rustls::server::ServerConnectionData,
-    false
+    false,
+    32 * 1024
 );
 engine!(
     UnbufferedClientConnection,
     rustls::client::ClientConnectionData,
-    true
+    true,
+    64 * 1024 + 16 * 1024 + 1024
 );
 
 /// Who runs the records: rustls during the handshake, ringway once it is done.
@@ -103,10 +113,6 @@ enum State {
     /// Failed: nothing more is read or encrypted; only what is queued goes out.
     Failed,
 }
-
-/// The most a connection may hold of records not complete yet: a handshake message may span
-/// records (rustls joins them in the caller's buffer), bounded so a peer cannot grow it.
-const PARTIAL_MAX: usize = 64 * 1024 + 16 * 1024 + 1024;
 
 /// A TLS connection over a reactor [`Conn`].
 pub struct Tls<E: Engine> {
@@ -264,9 +270,9 @@ where
         }
         self.queue(io, out);
         let fail = match result {
-            Ok(_) if self.partial.len() > PARTIAL_MAX => Some(Fail::Tls(rustls::Error::General(
-                "record or handshake message too large".into(),
-            ))),
+            Ok(_) if self.partial.len() > E::PARTIAL_MAX => Some(Fail::Tls(
+                rustls::Error::General("record or handshake message too large".into()),
+            )),
             Ok(_) => None,
             Err(e) => Some(Fail::Tls(e)),
         };
@@ -456,13 +462,7 @@ where
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             io.recycle(std::mem::take(&mut self.partial));
         }
-        if self.partial.len() > PARTIAL_MAX {
-            if let Some(p) = plain {
-                io.release(p);
-            }
-            self.fail(io);
-            return Err(Fail::Tls(rustls::Error::General("record too large".into())));
-        }
+        // (What is kept is less than one record: `open` refuses a length past the largest.)
         Ok(plain)
     }
 
