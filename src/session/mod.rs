@@ -689,6 +689,16 @@ impl Session {
     /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
     /// finish a flush-then-close, start a waiting connect; `Close` once closing is complete.
     fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
+        // nothing more, so the session ends now rather than at read_timeout. (A failure while
+        // opening was answered where it happened: the phase is Respond by now.)
+        if !matches!(self.phase, Phase::Respond { .. } | Phase::Closing(_)) {
+            if self.down.failed() {
+                self.close(End::ClientTls("seal"), io);
+            } else if self.up.failed() {
+                self.close(End::UpstreamTls("seal"), io);
+            }
+        }
         if let Phase::Respond { linger, .. } = &mut self.phase
             && *linger != Linger::On
             && self.down.flushed()

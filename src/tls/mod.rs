@@ -162,6 +162,11 @@ where
         }
     }
 
+    /// TLS failed on this connection: nothing more is read or sealed.
+    pub fn failed(&self) -> bool {
+        self.state == State::Failed
+    }
+
     /// Chunks waiting: plaintext held for the handshake plus what is queued on the socket.
     pub fn pending(&self) -> usize {
         self.held.len() + self.conn.pending()

@@ -548,6 +548,9 @@ mod tests {
             server.close_notify(&mut out).unwrap();
             client.read_tls(&mut &out[..]).unwrap();
             assert!(client.process_new_packets().unwrap().peer_has_closed());
+            // No key update in TLS 1.2: past its records per key, sealing refuses.
+            server.tx.seq = TLS12_RECORDS_MAX;
+            assert!(server.seal(b"one too many", &mut Vec::new()).is_err());
             client.send_close_notify();
             let mut wire = to_server(&mut client);
             server.open(&mut wire).unwrap();

@@ -75,7 +75,8 @@ impl Transport {
         on_tls!(self, t => t.received(io, side, c), _c => Ok(Some(c)))
     }
 
-    /// Queue plaintext for sending. A TLS connection that failed drops it.
+    /// Queue plaintext for sending. A TLS connection that failed drops it, and says so in
+    /// [`Transport::failed`].
     pub fn push(&mut self, io: &mut impl Sys, c: Chunk) {
         let r = on_tls!(self, t => t.push(io, c), conn => {
             conn.push(c);
@@ -172,6 +173,11 @@ impl Transport {
             self.push(io, c);
         }
         Ok(())
+    }
+
+    /// TLS failed on this connection (a record could not be sealed or opened).
+    pub fn failed(&self) -> bool {
+        on_tls!(self, t => t.failed(), _c => false)
     }
 
     /// The negotiated TLS parameters (for the access log); `None` on a plain connection.
