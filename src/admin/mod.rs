@@ -112,20 +112,41 @@ fn sum(st: &AdminState, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
     st.workers.iter().map(|w| f(w)).sum()
 }
 
-/// Each upstream's servers with the connections open to them now.
+/// Each upstream's servers: their state, connections open now, and what happened to them.
 fn upstreams(live: &Live) -> serde_json::Value {
     let cfg = live.config();
+    let now = crate::config::clock_ms();
     cfg.upstreams
         .iter()
         .map(|u| {
             let servers: Vec<serde_json::Value> = u
                 .peers
                 .iter()
-                .map(
-                    |p| serde_json::json!({ "addr": p.addr.to_string(), "active": p.active.get() }),
-                )
+                .map(|p| {
+                    let [requests, failures, checks_ok, checks_failed] = p.state.counts();
+                    serde_json::json!({
+                        "addr": p.addr.to_string(),
+                        "state": p.status(now).name(),
+                        "weight": p.weight,
+                        "backup": p.backup,
+                        "active": p.state.active(),
+                        "max_conns": p.max_conns,
+                        "fails": p.state.fails(),
+                        "requests": requests,
+                        "failures": failures,
+                        "health_checks_passed": checks_ok,
+                        "health_checks_failed": checks_failed,
+                    })
+                })
                 .collect();
-            serde_json::json!({ "name": u.name, "servers": servers })
+            let balance = match &u.balance {
+                crate::config::Balance::RoundRobin => "round_robin",
+                crate::config::Balance::LeastConn => "least_conn",
+                crate::config::Balance::IpHash => "ip_hash",
+                crate::config::Balance::Hash(h) if h.consistent => "hash consistent",
+                crate::config::Balance::Hash(_) => "hash",
+            };
+            serde_json::json!({ "name": u.name, "balance": balance, "servers": servers })
         })
         .collect()
 }

@@ -52,8 +52,12 @@ impl std::error::Error for ConfigError {}
 mod raw;
 mod resolve;
 pub mod tls;
+pub mod upstream;
 
 pub use tls::{ListenerTls, UpstreamTls};
+pub use upstream::{
+    Balance, HashKey, KeyPart, NextUpstream, Peer, PeerState, PeerStatus, clock_ms,
+};
 
 use resolve::resolve;
 
@@ -76,56 +80,6 @@ pub struct Runtime {
 
 /// Most servers one upstream may list (each is tried at most once per request).
 pub const MAX_SERVERS: usize = 1024;
-
-/// One backend address.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub backup: bool,
-    /// Connections open to this server now, across every worker of the process (what
-    /// `least_conn` will read).
-    pub active: Gauge,
-}
-
-/// A count shared by every worker (a relaxed atomic), carried by the resolved configuration so
-/// that whoever holds the configuration can reach it. Runtime state: it takes no part in
-/// comparing configurations, and a clone shares it.
-#[derive(Clone, Default)]
-pub struct Gauge(std::sync::Arc<std::sync::atomic::AtomicU32>);
-
-impl Gauge {
-    pub fn get(&self) -> u32 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn add(&self) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    pub fn sub(&self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl PartialEq for Gauge {
-    fn eq(&self, _: &Gauge) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for Gauge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.get())
-    }
-}
-
-/// How an upstream picks a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    /// nginx's smooth weighted round robin.
-    RoundRobin,
-}
 
 /// A named group of backends.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +110,8 @@ pub struct Location {
     /// Upgrade protocols tunnelled (lower case); any other `Upgrade` is dropped and the
     /// request proxied as plain HTTP.
     pub upgrade: Vec<String>,
+    /// What counts as a server's failure and is tried on the next server.
+    pub next_upstream: NextUpstream,
 }
 
 /// A virtual server: listen addresses, names, locations.

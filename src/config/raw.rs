@@ -44,9 +44,18 @@ pub struct Tuning {
 pub struct Upstream {
     pub name: Spanned<String>,
     pub balance: Option<Spanned<String>>,
+    pub hash: Option<Spanned<Hash>>,
     pub servers: Spanned<Vec<Spanned<Peer>>>,
     pub source: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+}
+
+/// `[[upstream]] hash = { key, consistent }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hash {
+    pub key: Spanned<String>,
+    pub consistent: Option<bool>,
 }
 
 /// `[[upstream]] tls = { ca, verify, sni }`.
@@ -74,6 +83,11 @@ pub struct Peer {
     pub weight: Option<Spanned<i64>>,
     #[serde(default)]
     pub backup: bool,
+    #[serde(default)]
+    pub down: bool,
+    pub max_conns: Option<Spanned<i64>>,
+    pub max_fails: Option<Spanned<i64>>,
+    pub fail_timeout: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -104,4 +118,7 @@ pub struct Location {
     pub send_timeout: Option<Spanned<toml::Value>>,
     pub body_timeout: Option<Spanned<toml::Value>>,
     pub upgrade: Option<Spanned<Vec<Spanned<String>>>>,
+    pub next_upstream: Option<Spanned<Vec<Spanned<String>>>>,
+    pub next_upstream_tries: Option<Spanned<i64>>,
+    pub next_upstream_timeout: Option<Spanned<toml::Value>>,
 }

@@ -71,121 +71,15 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (ui, u) in raw.upstream.iter().enumerate() {
         let u = u.get_ref();
-        let f = format!("upstream[{ui}]");
-        let name = u.name.get_ref().clone();
-        if name.is_empty() {
-            return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
-        }
-        if by_name.insert(name.clone(), ui).is_some() {
+        let up = upstream::resolve(cx, ui, u)?;
+        if by_name.insert(up.name.clone(), ui).is_some() {
             return Err(cx.err(
                 u.name.span(),
-                format!("{f}.name"),
-                format!("duplicate upstream name {name:?}"),
+                format!("upstream[{ui}].name"),
+                format!("duplicate upstream name {:?}", up.name),
             ));
         }
-        let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
-            None | Some("round_robin") => Balance::RoundRobin,
-            Some(other) => {
-                let span = u.balance.as_ref().map_or(0..0, |b| b.span());
-                let msg = if ["least_conn", "ip_hash", "hash"].contains(&other) {
-                    format!(
-                        "balance {other:?} is not available in this version; use \"round_robin\""
-                    )
-                } else {
-                    format!("unknown balance {other:?}; expected \"round_robin\"")
-                };
-                return Err(cx.err(span, format!("{f}.balance"), msg));
-            }
-        };
-        if u.servers.get_ref().is_empty() {
-            return Err(cx.err(
-                u.servers.span(),
-                format!("{f}.servers"),
-                "needs at least one server",
-            ));
-        }
-        if u.servers.get_ref().len() > MAX_SERVERS {
-            return Err(cx.err(
-                u.servers.span(),
-                format!("{f}.servers"),
-                format!(
-                    "{} servers: at most {MAX_SERVERS} per upstream",
-                    u.servers.get_ref().len()
-                ),
-            ));
-        }
-        let mut peers = Vec::new();
-        for (pi, p) in u.servers.get_ref().iter().enumerate() {
-            let p = p.get_ref();
-            let pf = format!("{f}.servers[{pi}]");
-            let addr = parse_addr(p.addr.get_ref())
-                .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
-            let weight = match &p.weight {
-                None => 1,
-                Some(w) if (1..=1000).contains(w.get_ref()) => *w.get_ref() as u32,
-                Some(w) => {
-                    return Err(cx.err(w.span(), format!("{pf}.weight"), "must be from 1 to 1000"));
-                }
-            };
-            peers.push(Peer {
-                addr,
-                weight,
-                backup: p.backup,
-                active: Gauge::default(),
-            });
-        }
-        if peers.iter().all(|p| p.backup) {
-            return Err(cx.err(
-                u.servers.span(),
-                format!("{f}.servers"),
-                "needs at least one server that is not a backup",
-            ));
-        }
-        let source = match &u.source {
-            None => Vec::new(),
-            Some(v) => {
-                let field = format!("{f}.source");
-                let items: Vec<String> = match v.get_ref() {
-                    toml::Value::String(s) => vec![s.clone()],
-                    toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
-                        a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
-                    }
-                    _ => return Err(cx.err(v.span(), field, "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses")),
-                };
-                let mut out = Vec::new();
-                for it in &items {
-                    out.extend(
-                        crate::sys::source_addresses(it, 16)
-                            .map_err(|m| cx.err(v.span(), field.clone(), m))?,
-                    );
-                }
-                if let Some(p) = peers
-                    .iter()
-                    .find(|p| out.iter().any(|s| s.is_ipv4() != p.addr.is_ipv4()))
-                {
-                    return Err(cx.err(
-                        v.span(),
-                        field,
-                        format!(
-                            "source addresses and server {} are of different IP families",
-                            p.addr
-                        ),
-                    ));
-                }
-                out
-            }
-        };
-        let tls = match &u.tls {
-            None => None,
-            Some(t) => Some(tls::upstream(cx, &f, t)?),
-        };
-        upstreams.push(Upstream {
-            name,
-            balance,
-            peers,
-            source,
-            tls,
-        });
+        upstreams.push(up);
     }
 
     let admin = match &raw.admin.listen {
@@ -376,6 +270,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                     defaults::BODY_TIMEOUT,
                 )?,
                 upgrade,
+                next_upstream: upstream::next_upstream(cx, &lf, l)?,
             });
         }
         if locations.is_empty() {

@@ -128,10 +128,46 @@ fn upstream_source_addresses() {
 #[test]
 fn other_errors() {
     assert!(err("").message.contains("[[server]]"));
-    let e = err(&GOOD.replace("name = \"ws\"", "name = \"ws\"\nbalance = \"ip_hash\""));
-    assert!(e.message.contains("not available"), "{e}");
     let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"ws\""));
     assert!(e.message.contains("must start with"), "{e}");
     let e = err("[[server]\n");
     assert_eq!(e.line, 1);
+}
+
+#[test]
+fn upstream_policy_errors_name_the_field() {
+    let with = |extra: &str| GOOD.replace("name = \"ws\"", &format!("name = \"ws\"\n{extra}"));
+    let ok = Config::parse("t.toml", &with("balance = \"least_conn\"")).unwrap();
+    assert_eq!(ok.upstreams[0].balance, Balance::LeastConn);
+    let e = err(&with("balance = \"random\""));
+    assert_eq!(e.field, "upstream[0].balance");
+    assert!(e.message.contains("unknown balance \"random\""), "{e}");
+    let e = err(&with("balance = \"hash\""));
+    assert!(e.message.contains("needs hash = {"), "{e}");
+    let e = err(&with("hash = { key = \"$http_\" }"));
+    assert_eq!(e.field, "upstream[0].hash.key");
+    assert!(e.message.contains("unknown variable $http_"), "{e}");
+    let e = err(&with("hash = { key = \"room\" }"));
+    assert!(e.message.contains("no variable"), "{e}");
+    let e = err(&with("balance = \"ip_hash\"\nhash = { key = \"$arg_x\" }"));
+    assert_eq!(e.field, "upstream[0].hash");
+    let e = err(&with("hash = { key = \"$arg_room\", consistent = true }"));
+    assert_eq!(e.field, "upstream[0].servers[2].backup", "{e}");
+    let e = err(&with("hash = { key = \"$arg_room\", colour = 1 }"));
+    assert!(e.message.contains("colour"), "{e}");
+    let e = err(&GOOD.replace("{ addr = \"127.0.0.1:9002\"", "{ addr = \"127.0.0.1:9002\", max_fails = -1"));
+    assert_eq!(e.field, "upstream[0].servers[1].max_fails");
+    let e = err(&GOOD.replace("{ addr = \"127.0.0.1:9002\"", "{ addr = \"127.0.0.1:9002\", fail_timeout = \"0s\""));
+    assert_eq!(e.field, "upstream[0].servers[1].fail_timeout");
+    let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"error\", \"http_500\"]"));
+    assert_eq!(e.field, "server[0].location[1].next_upstream[1]");
+    let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"off\", \"timeout\"]"));
+    assert!(e.message.contains("cannot be combined"), "{e}");
+    let c = Config::parse(
+        "t.toml",
+        &GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"off\"]\nnext_upstream_tries = 2"),
+    )
+    .unwrap();
+    let l = &c.servers[0].locations[0];
+    assert_eq!((l.next_upstream.when, l.next_upstream.tries), (0, 2));
 }

@@ -5,11 +5,14 @@
 
 use std::net::SocketAddr;
 
-use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
+use super::phase::{Attempt, Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::{AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, RESPONSE_HEAD_MAX};
 use super::{Linger, Session};
-use crate::http::{self, BodyTracker, ClientConnection, HeadError};
-use crate::upstream::Tried;
+use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
+use crate::config::clock_ms;
+use crate::config::NextUpstream;
+use crate::config::upstream::{NEXT_ERROR, NEXT_TIMEOUT};
+use crate::upstream::{Affinity, KeyInput, Pick, Tried};
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
@@ -153,12 +156,27 @@ impl Session {
         };
         let host = req.host.as_deref().unwrap_or("-");
         let text = format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into();
-        let r = Box::new(Req {
+        let mut r = Box::new(Req {
             upgrade: !upgrade.is_empty(),
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
             upstream: route.map_or(0, |l| l.upstream as u16),
-            tried: Tried::new(route.map_or(0, |l| cfg.upstreams[l.upstream].peers.len())),
+            attempt: route.map(|l| {
+                let u = &cfg.upstreams[l.upstream];
+                let input = KeyInput {
+                    client: self.client.ip(),
+                    uri: &req.path,
+                    head: &buf[..req.head_len],
+                };
+                Box::new(Attempt {
+                    tried: Tried::new(u.peers.len()),
+                    affinity: Affinity::new(&u.balance, &input, &mut Vec::new()),
+                    next_when: l.next_upstream.when,
+                    next_tries: l.next_upstream.tries.min(u32::from(u16::MAX)) as u16,
+                    next_ms: ms32(l.next_upstream.timeout),
+                    ..Attempt::default()
+                })
+            }),
             connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
             read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
             send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
@@ -206,6 +224,20 @@ impl Session {
                 return Next::Continue;
             }
         };
+        // Kept to send again to the next server if this one fails after the request went up
+        // (nginx does not resend a non-idempotent request; a body is not kept).
+        let idempotent = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
+            .contains(&req.method.as_str());
+        let servers = cfg.upstreams[loc.upstream].peers.len();
+        if let Some(a) = r.attempt.as_deref_mut()
+            && req.body == BodyKind::None
+            && idempotent
+            && a.next_when != 0
+            && a.next_tries != 1
+            && servers > 1
+        {
+            a.resend = Some(out.as_slice().into());
+        }
         self.phase = Phase::Connecting(Exchange {
             req: r,
             upward,
@@ -231,19 +263,45 @@ impl Session {
             }
             return Next::Continue;
         }
-        if let Some(c) = x.connect() {
+        let resend = x.connect().is_some_and(|c| {
             c.waiting = false;
-        }
-        let r = &mut x.req;
-        let ui = usize::from(r.upstream);
+            std::mem::take(&mut c.resend)
+        });
+        let started_ms = x.req.started_ms;
+        let ui = usize::from(x.req.upstream);
         let u = &self.cfg.upstreams[ui];
+        let Some(a) = x.req.attempt.as_deref_mut() else {
+            return Next::Respond(502, End::NoUpstream);
+        };
+        let now = io.now_ms();
+        // A request that failed on a server goes to the next only within next_upstream's
+        // tries and time.
+        let spent = (a.next_tries > 0 && a.count >= a.next_tries)
+            || (a.next_ms > 0 && a.count > 0 && now >= started_ms + u64::from(a.next_ms));
+        let gave_up = |a: &Attempt| match a.last_fail {
+            NEXT_TIMEOUT => Next::Respond(504, End::UpstreamTimeout),
+            _ => Next::Respond(502, End::NoUpstream),
+        };
+        if spent {
+            return gave_up(a);
+        }
         let rr = &mut env.balancers.of(&self.cfg)[ui];
         loop {
-            let Some(i) = rr.pick(u, &r.tried) else {
-                return Next::Respond(502, End::NoUpstream);
+            let pick = Pick {
+                tried: &a.tried,
+                now: clock_ms(),
+                client: self.client.ip(),
+                affinity: &mut a.affinity,
             };
-            r.tried.mark(i);
-            r.peer = i as u16;
+            let Some(i) = rr.pick(u, pick) else {
+                if a.count == 0 {
+                    tracing::warn!(target: "upstream", "no live server in upstream {:?}", u.name);
+                }
+                return gave_up(a);
+            };
+            a.count += 1;
+            a.tried.mark(i);
+            x.req.peer = i as u16;
             let source = rr.next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
@@ -253,6 +311,12 @@ impl Session {
                         .map(|t| (t.config.clone(), t.name_for(u.peers[i].addr.ip())));
                     let addr = u.peers[i].addr;
                     let r = self.up.reset_fd(io, fd, tls);
+                    if let (true, Some(head)) = (resend, &a.resend) {
+                        let mut v = io.scratch();
+                        v.extend_from_slice(head);
+                        let c = io.put(v);
+                        self.up.push(io, c);
+                    }
                     self.up.ops = 1;
                     self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
@@ -269,6 +333,91 @@ impl Session {
                     tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, crate::sys::errno_name(e));
                 }
             }
+        }
+    }
+
+    /// The server in use failed before its answer reached the client (`kind`: a `NEXT_*`
+    /// bit): count it against the server, and say whether the location lets the request go
+    /// on to the next server.
+    pub(super) fn server_failed(&mut self, kind: u8) -> bool {
+        let Some(r) = self.phase.req_mut() else {
+            return false;
+        };
+        let retry = r.attempt.as_deref_mut().is_some_and(|a| {
+            a.last_fail = kind;
+            a.next_when & kind != 0
+        });
+        let peer = self
+            .cfg
+            .upstreams
+            .get(usize::from(r.upstream))
+            .and_then(|u| u.peers.get(usize::from(r.peer)));
+        if let Some(p) = peer
+            && p.failure(clock_ms())
+        {
+            tracing::warn!(
+                target: "upstream",
+                "server {} taken out for {} after {} failure(s)",
+                p.addr,
+                crate::config::fmt_duration(p.fail_timeout),
+                p.max_fails
+            );
+        }
+        retry
+    }
+
+    /// The server in use failed after the request went up, before anything of its answer
+    /// reached the client: counted against it; the request goes to the next server when the
+    /// location allows it and it can be sent again (then `Continue`), else `answer`.
+    pub(super) fn upstream_failed(&mut self, kind: u8, answer: Next, io: &mut impl Io) -> Next {
+        if self.retry_next(kind, io) {
+            Next::Continue
+        } else {
+            answer
+        }
+    }
+
+    /// See [`Session::upstream_failed`]; true when the request goes to the next server.
+    pub(super) fn retry_next(&mut self, kind: u8, io: &mut impl Io) -> bool {
+        let retry = self.server_failed(kind);
+        let Phase::Proxy(x) = &mut self.phase else {
+            return false;
+        };
+        let resend = x.req.attempt.as_ref().is_some_and(|a| a.resend.is_some());
+        if !retry || !resend || x.req.responded {
+            return false;
+        }
+        x.downward = Downward::Connect(Connect {
+            timed_out: false,
+            waiting: true,
+            resend: true,
+        });
+        let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
+            unreachable!()
+        };
+        self.phase = Phase::Connecting(x);
+        self.phase_ms = io.now_ms();
+        // The socket closes (after what is in flight on it is back), then connect_next.
+        self.retire(Side::Up, io);
+        true
+    }
+
+    /// The server in use answered: what failures it had are forgotten, and the request will
+    /// not go to another server.
+    pub(super) fn server_answered(&mut self) {
+        let Some(r) = self.phase.req_mut() else {
+            return;
+        };
+        r.attempt = None;
+        let peer = self
+            .cfg
+            .upstreams
+            .get(usize::from(r.upstream))
+            .and_then(|u| u.peers.get(usize::from(r.peer)));
+        if let Some(p) = peer
+            && p.success()
+        {
+            tracing::info!(target: "upstream", "server {} answers again", p.addr);
         }
     }
 
@@ -299,9 +448,12 @@ impl Session {
                 Ok(None) => return Next::Continue,
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
-                    return Next::Respond(502, End::BadResponse("response head too large"));
+                    let answer = Next::Respond(502, End::BadResponse("response head too large"));
+                    return self.upstream_failed(0, answer, io);
                 }
-                Err(HeadError::Invalid(why)) => return Next::Respond(502, End::BadResponse(why)),
+                Err(HeadError::Invalid(why)) => {
+                    return self.upstream_failed(0, Next::Respond(502, End::BadResponse(why)), io);
+                }
             };
             if (100..200).contains(&resp.status) && resp.status != 101 {
                 // 100 Continue and friends: pass on as they are, then read the real head;
@@ -318,6 +470,22 @@ impl Session {
                 self.send_to(Side::Down, c, io);
                 continue;
             }
+            let bit = NextUpstream::status_bit(resp.status);
+            if bit != 0 && r.attempt.as_ref().is_some_and(|a| a.next_when & bit != 0) {
+                // A 502/503/504 that next_upstream names: a failure of this server; the next
+                // one gets the request if it can, else this answer goes to the client.
+                if self.retry_next(bit, io) {
+                    return Next::Continue;
+                }
+            } else {
+                self.server_answered();
+            }
+            let Phase::Proxy(x) = &mut self.phase else {
+                unreachable!("still proxying")
+            };
+            let (Downward::Head(buf), r) = (&mut x.downward, &mut x.req) else {
+                unreachable!("still reading the head")
+            };
             let buf = std::mem::take(buf);
             r.status = resp.status;
             let mut out = io.scratch();
@@ -457,7 +625,7 @@ impl Session {
                 } else {
                     "upstream closed inside the response head"
                 };
-                Next::Respond(502, End::BadResponse(why))
+                self.upstream_failed(NEXT_ERROR, Next::Respond(502, End::BadResponse(why)), io)
             }
             Downward::Body(_) => Next::Close(End::UpstreamClosed),
             Downward::Connect(_) => Next::Continue,

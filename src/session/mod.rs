@@ -19,6 +19,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::config::upstream::{NEXT_ERROR, NEXT_TIMEOUT};
 use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
@@ -261,7 +262,7 @@ impl Session {
                     }
                 }
                 e => {
-                    let next = self.on_error(side, e);
+                    let next = self.on_error(side, e, io);
                     self.apply(next, io);
                 }
             }
@@ -273,7 +274,7 @@ impl Session {
     pub fn on_send(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let closing = self.phase.is_closing();
         if let crate::reactor::Sent::Failed(e) = self.conn(side).on_sent(io, side, res, closing) {
-            let next = self.on_error(side, e);
+            let next = self.on_error(side, e, io);
             self.apply(next, io);
         }
         self.after(io, env)
@@ -300,22 +301,33 @@ impl Session {
             self.last_up_ms = io.now_ms();
             self.up.kick(io, Side::Up);
         } else {
-            let why = if x.connect_timed_out() {
+            let timed_out = x.connect_timed_out();
+            let why = if timed_out {
                 "connect timeout".to_string()
             } else {
                 crate::sys::errno_name(-res)
             };
-            // Close it through retire/close_when_done (after any cancel aimed at it is back),
-            // then the next server is tried, keeping the queued request.
-            if let Some(c) = x.connect() {
-                *c = phase::Connect {
-                    timed_out: false,
-                    waiting: true,
-                };
-            }
             let peer = self.peer_addr();
             tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
-            self.retire(Side::Up, io);
+            let kind = if timed_out { NEXT_TIMEOUT } else { NEXT_ERROR };
+            if self.server_failed(kind) {
+                // Close it through retire/close_when_done (after any cancel aimed at it is
+                // back), then the next server is tried, keeping the queued request.
+                if let Phase::Connecting(x) = &mut self.phase
+                    && let Some(c) = x.connect()
+                {
+                    *c = phase::Connect {
+                        timed_out: false,
+                        waiting: true,
+                        resend: false,
+                    };
+                }
+                self.retire(Side::Up, io);
+            } else if timed_out {
+                self.apply(Next::Respond(504, End::UpstreamTimeout), io);
+            } else {
+                self.apply(Next::Respond(502, End::UpstreamError(-res)), io);
+            }
         }
         self.after(io, env)
     }
@@ -454,7 +466,7 @@ impl Session {
                     Next::Continue
                 }
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => {
-                    Next::Respond(504, End::UpstreamTimeout)
+                    self.upstream_failed(NEXT_TIMEOUT, Next::Respond(504, End::UpstreamTimeout), io)
                 }
                 Phase::Proxy(_) | Phase::Tunnel { .. } => Next::Close(End::IdleTimeout),
                 Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
@@ -488,7 +500,7 @@ impl Session {
                     Side::Up => {
                         let peer = self.peer_addr();
                         tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
-                        Next::Respond(502, End::UpstreamTls(why))
+                        self.upstream_failed(NEXT_ERROR, Next::Respond(502, End::UpstreamTls(why)), io)
                     }
                 };
             }
@@ -588,7 +600,7 @@ impl Session {
         }
     }
 
-    fn on_error(&mut self, side: Side, errno: i32) -> Next {
+    fn on_error(&mut self, side: Side, errno: i32, io: &mut impl Io) -> Next {
         if self.phase.is_closing() {
             return Next::Continue;
         }
@@ -602,7 +614,7 @@ impl Session {
         let waiting_head =
             matches!(&self.phase, Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)));
         if side == Side::Up && waiting_head {
-            Next::Respond(502, end)
+            self.upstream_failed(NEXT_ERROR, Next::Respond(502, end), io)
         } else {
             Next::Close(end)
         }
@@ -723,8 +735,9 @@ impl Session {
         }
         let cancels = self.cancels;
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
+        let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
         self.down.close_when_done(io, cancels, false);
-        if self.up.close_when_done(io, cancels, waiting) {
+        if self.up.close_when_done(io, cancels, keep) {
             self.uncount_peer();
         }
         if waiting && self.up.fd < 0 {
@@ -743,7 +756,7 @@ impl Session {
 
     /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
     fn count_peer(&mut self, upstream: usize, peer: usize) {
-        self.cfg.upstreams[upstream].peers[peer].active.add();
+        self.cfg.upstreams[upstream].peers[peer].state.add();
         self.counted = [upstream as u16, peer as u16];
     }
 
@@ -756,7 +769,7 @@ impl Session {
             .get(usize::from(u))
             .and_then(|x| x.peers.get(usize::from(p)))
         {
-            peer.active.sub();
+            peer.state.sub();
         }
     }
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::http::BodyTracker;
-use crate::upstream::Tried;
+use crate::upstream::{Affinity, Tried};
 use crate::ws::FrameTracker;
 
 /// Where a session stands, with what that phase owns.
@@ -42,6 +42,29 @@ pub(super) struct Exchange {
     pub downward: Downward,
 }
 
+/// What choosing a server for one request and going on to the next needs; boxed in the
+/// request from routing until a server answered, so a tunnel does not carry it.
+#[derive(Debug, Default)]
+pub(super) struct Attempt {
+    /// Servers tried.
+    pub tried: Tried,
+    /// The hash balancers' state, kept across retries.
+    pub affinity: Affinity,
+    /// Servers tried so far.
+    pub count: u16,
+    /// The location's `next_upstream`: conditions (`NEXT_*` bits), most tries (0: no limit),
+    /// how long after the request's start a next server may still be tried (0: no limit).
+    pub next_when: u8,
+    pub next_tries: u16,
+    pub next_ms: u32,
+    /// The last failure's kind (`NEXT_*`), for the answer when no server is left.
+    pub last_fail: u8,
+    /// The request head as sent upstream, kept while the request may still go to another
+    /// server after it went up (no body, an idempotent method, `next_upstream` on, more than
+    /// one server).
+    pub resend: Option<Box<[u8]>>,
+}
+
 /// Bytes from the client during an exchange.
 #[derive(Debug)]
 pub(super) enum Upward {
@@ -68,6 +91,9 @@ pub(super) struct Connect {
     pub timed_out: bool,
     /// Waiting for the previous upstream socket to finish closing.
     pub waiting: bool,
+    /// The request went up to a server that then failed: what is left of it on that socket
+    /// is dropped and `Exchange::resend` goes to the next one.
+    pub resend: bool,
 }
 
 impl Exchange {
@@ -85,6 +111,12 @@ impl Exchange {
 
     pub fn connect_waiting(&self) -> bool {
         matches!(self.downward, Downward::Connect(c) if c.waiting)
+    }
+
+    /// The request waits (in the upstream's queue) for the next socket; false when it is
+    /// sent again from `resend`.
+    pub fn keeps_queue(&self) -> bool {
+        matches!(self.downward, Downward::Connect(c) if c.waiting && !c.resend)
     }
 }
 
@@ -114,7 +146,8 @@ pub(super) struct Req {
     /// Index of the server in use; `NO_PEER` before one is chosen (a sentinel, not an
     /// Option: two bytes less in a struct that lives as long as a tunnel).
     pub peer: u16,
-    pub tried: Tried,
+    /// Choosing a server and going on to the next: from routing until a server answered.
+    pub attempt: Option<Box<Attempt>>,
     pub connect_ms: u32,
     pub read_ms: u32,
     pub send_ms: u32,
@@ -179,7 +212,7 @@ impl Req {
             is_head: false,
             upstream: u16::MAX,
             peer: NO_PEER,
-            tried: Tried::default(),
+            attempt: None,
             connect_ms: 0,
             read_ms: 0,
             send_ms: 0,

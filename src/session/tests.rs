@@ -419,7 +419,7 @@ impl Sim {
         assert!(self.ended, "the end-of-session point never ran");
         for u in &self.s.config().upstreams {
             for p in &u.peers {
-                assert_eq!(p.active.get(), 0, "{} still counted", p.addr);
+                assert_eq!(p.state.active(), 0, "{} still counted", p.addr);
             }
         }
         assert!(
@@ -548,14 +548,21 @@ fn silent_upstream_gets_504_and_silent_client_is_closed() {
     assert_eq!(sim.s.deadline(), Some(5000));
     sim.timer(4999);
     assert_eq!(sim.s.stage(), Stage::Proxy);
+    // next_upstream's default "timeout": the request goes again to the other server...
     sim.timer(5000);
+    sim.run(false);
+    assert_eq!(sim.s.stage(), Stage::Proxy);
+    assert_eq!(sim.wire(Side::Up).matches("GET /x HTTP/1.1\r\n").count(), 2);
+    assert_eq!(sim.s.deadline(), Some(10_000));
+    // ... and when that one is silent too, the client gets the 504.
+    sim.timer(10_000);
     sim.run(false);
     assert!(
         sim.wire(Side::Down)
             .starts_with("HTTP/1.1 504 Gateway Timeout\r\n")
     );
     // A client that never closes is let go when the lingering time is up.
-    sim.timer(5000 + LINGER_MS);
+    sim.timer(10_000 + LINGER_MS);
     sim.run(false);
     sim.assert_clean();
 

@@ -10,8 +10,9 @@
 //! on `/close/CODE` sends a Close with that code (reason "server closing") first.
 //!
 //! HTTP: `GET /health` → 200 `ok`; `GET /headers` → the request head as JSON
-//! (`{"method","path","peer","headers":[[name,value],…]}`, names as sent, in order; `peer` is
-//! the address the connection came from); `GET /bytes/N` →
+//! (`{"method","path","peer","local","headers":[[name,value],…]}`, names as sent, in order;
+//! `peer` is the address the connection came from, `local` the echo's own address, which
+//! tells the backends of an upstream apart); `GET /bytes/N` →
 //! N bytes with Content-Length; `GET /chunked/N` → N bytes chunked; `POST /echo` → the body back.
 
 use std::net::SocketAddr;
@@ -501,7 +502,10 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
             .map(|a| a.to_string())
             .unwrap_or_default();
-        serde_json::json!({ "method": method, "path": path, "peer": peer, "headers": hs })
+        let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        serde_json::json!({ "method": method, "path": path, "peer": peer, "local": local, "headers": hs })
             .to_string()
     };
     let upgrade = get("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));

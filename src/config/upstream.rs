@@ -1,0 +1,674 @@
+//! `[[upstream]]`: the servers, how one is picked (`balance`, `hash`), their parameters
+//! (`weight`, `backup`, `down`, `max_conns`, `max_fails`, `fail_timeout`), and the state every
+//! worker shares about each of them (connections, passive failures, health).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use super::*;
+
+/// Most ketama points one consistent-hash upstream may have (160 per unit of weight, as
+/// nginx): 1,024 servers of weight 12 fit; past it the configuration is refused rather than
+/// allocating without bound.
+pub const MAX_POINTS: usize = 2_000_000;
+
+/// One backend address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The address as written (what nginx's consistent hash hashes, so that the same list
+    /// gives the same ring).
+    pub name: String,
+    pub weight: u32,
+    pub backup: bool,
+    /// Marked `down`: never picked.
+    pub down: bool,
+    /// Most connections open to it at once across the process (0: no limit).
+    pub max_conns: u32,
+    /// Failures (as `next_upstream` defines them) that take it out for `fail_timeout`
+    /// (0: never taken out).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// What every worker and the health checker share about it.
+    pub state: PeerState,
+}
+
+/// How an upstream picks a server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Balance {
+    /// nginx's smooth weighted round robin.
+    RoundRobin,
+    /// Fewest open connections relative to weight, across every worker; ties by round robin.
+    LeastConn,
+    /// nginx's `ip_hash`: the first three octets of an IPv4 client, the whole IPv6 address.
+    IpHash,
+    /// nginx's `hash KEY [consistent]`.
+    Hash(HashKey),
+}
+
+/// What `hash` hashes: literal text and variables, and with `consistent` the ketama ring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashKey {
+    pub parts: Vec<KeyPart>,
+    pub consistent: bool,
+    /// `consistent`: the ring as nginx builds it, sorted by point, each with its server index.
+    pub points: Vec<(u32, u16)>,
+}
+
+/// A piece of a hash key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    Text(String),
+    /// `$remote_addr`: the client address as text.
+    RemoteAddr,
+    /// `$binary_remote_addr`: its 4 or 16 bytes.
+    BinaryRemoteAddr,
+    /// `$request_uri`: path and query as the client sent them.
+    RequestUri,
+    /// `$http_NAME` (lower case, `_` for `-`).
+    Header(String),
+    /// `$cookie_NAME`.
+    Cookie(String),
+    /// `$arg_NAME`.
+    Arg(String),
+}
+
+/// What counts as a failure of a server and is tried on the next one (nginx's
+/// `proxy_next_upstream`, `_tries`, `_timeout`), per location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextUpstream {
+    /// `NEXT_*` bits.
+    pub when: u8,
+    /// Most servers tried per request (0: no limit but the number of servers).
+    pub tries: u32,
+    /// How long after the request arrived a next server may still be tried (zero: no limit).
+    pub timeout: Duration,
+}
+
+pub const NEXT_ERROR: u8 = 1;
+pub const NEXT_TIMEOUT: u8 = 2;
+pub const NEXT_502: u8 = 4;
+pub const NEXT_503: u8 = 8;
+pub const NEXT_504: u8 = 16;
+
+impl Default for NextUpstream {
+    fn default() -> NextUpstream {
+        NextUpstream {
+            when: NEXT_ERROR | NEXT_TIMEOUT,
+            tries: 0,
+            timeout: Duration::ZERO,
+        }
+    }
+}
+
+impl NextUpstream {
+    pub fn on(&self, bit: u8) -> bool {
+        self.when & bit != 0
+    }
+
+    /// The bit for an upstream's response status, if `next_upstream` can name it.
+    pub fn status_bit(status: u16) -> u8 {
+        match status {
+            502 => NEXT_502,
+            503 => NEXT_503,
+            504 => NEXT_504,
+            _ => 0,
+        }
+    }
+}
+
+/// Milliseconds on a clock every thread of the process shares (for passive failures, which
+/// every worker reads and writes).
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// A server's shared state: relaxed atomics, written by the workers (connections, passive
+/// failures) and the health checker (health), read by everyone choosing and reporting. Runtime
+/// state: it takes no part in comparing configurations, and a clone shares it.
+#[derive(Clone, Default)]
+pub struct PeerState(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    /// Connections open to the server now.
+    active: AtomicU32,
+    /// Failures since the last success (nginx's `fails`).
+    fails: AtomicU32,
+    /// `clock_ms` (+1, so 0 is "never") of the last failure or of the last try after
+    /// `fail_timeout` (nginx's `checked`).
+    checked: AtomicU64,
+    /// `HEALTH_*`.
+    health: AtomicU8,
+    /// Connections attempted, failures counted, health checks passed and failed.
+    requests: AtomicU64,
+    failures: AtomicU64,
+    checks_ok: AtomicU64,
+    checks_failed: AtomicU64,
+}
+
+/// No active health check, or it passes.
+pub const HEALTH_UP: u8 = 0;
+/// `fall` checks in a row failed (until `rise` pass).
+pub const HEALTH_DOWN: u8 = 1;
+
+/// What a server is, for `/status` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerStatus {
+    Up,
+    /// Marked `down`, or its health check fails.
+    Down,
+    /// Taken out by passive failures for `fail_timeout`.
+    Failed,
+    /// A backup, up, waiting for every primary to fail.
+    Backup,
+}
+
+impl PeerStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerStatus::Up => "up",
+            PeerStatus::Down => "down",
+            PeerStatus::Failed => "failed",
+            PeerStatus::Backup => "backup",
+        }
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl PeerState {
+    pub fn active(&self) -> u32 {
+        self.0.active.load(Ordering::Relaxed)
+    }
+
+    pub fn add(&self) {
+        self.0.active.fetch_add(1, Ordering::Relaxed);
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn sub(&self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn fails(&self) -> u32 {
+        self.0.fails.load(Ordering::Relaxed)
+    }
+
+    pub fn health(&self) -> u8 {
+        self.0.health.load(Ordering::Relaxed)
+    }
+
+    pub fn set_health(&self, h: u8) {
+        self.0.health.store(h, Ordering::Relaxed);
+    }
+
+    /// Connections attempted, failures, health checks passed, health checks failed.
+    pub fn counts(&self) -> [u64; 4] {
+        let s = &self.0;
+        [
+            load(&s.requests),
+            load(&s.failures),
+            load(&s.checks_ok),
+            load(&s.checks_failed),
+        ]
+    }
+
+    pub fn check_done(&self, ok: bool) {
+        let c = if ok {
+            &self.0.checks_ok
+        } else {
+            &self.0.checks_failed
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for PeerState {
+    fn eq(&self, _: &PeerState) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.active())
+    }
+}
+
+impl Peer {
+    fn fail_ms(&self) -> u64 {
+        self.fail_timeout.as_millis() as u64
+    }
+
+    /// Taken out by passive failures at `now` (nginx: `fails >= max_fails` and the last
+    /// failure or try less than `fail_timeout` ago).
+    pub fn failed(&self, now: u64) -> bool {
+        self.max_fails > 0
+            && self.state.fails() >= self.max_fails
+            && now + 1 <= self.state.0.checked.load(Ordering::Relaxed) + self.fail_ms()
+    }
+
+    /// Whether a new connection may go to it at `now`.
+    pub fn usable(&self, now: u64) -> bool {
+        !self.down
+            && self.state.health() == HEALTH_UP
+            && !self.failed(now)
+            && (self.max_conns == 0 || self.state.active() < self.max_conns)
+    }
+
+    /// It was picked at `now`: when it is out of failures' reach again, this is the one try
+    /// per `fail_timeout` that says whether it is back (nginx sets `checked`).
+    pub fn picked(&self, now: u64) {
+        if self.max_fails > 0 && self.state.fails() >= self.max_fails {
+            self.state.0.checked.store(now + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// A failure at `now`; true when it took the server out (the moment to log it).
+    pub fn failure(&self, now: u64) -> bool {
+        let s = &self.state.0;
+        s.failures.fetch_add(1, Ordering::Relaxed);
+        s.checked.store(now + 1, Ordering::Relaxed);
+        let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_fails > 0 && fails == self.max_fails
+    }
+
+    /// A success: its failures are forgotten; true when it had been taken out.
+    pub fn success(&self) -> bool {
+        let s = &self.state.0;
+        if s.fails.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let was = s.fails.swap(0, Ordering::Relaxed);
+        self.max_fails > 0 && was >= self.max_fails
+    }
+
+    pub fn status(&self, now: u64) -> PeerStatus {
+        if self.down || self.state.health() != HEALTH_UP {
+            PeerStatus::Down
+        } else if self.failed(now) {
+            PeerStatus::Failed
+        } else if self.backup {
+            PeerStatus::Backup
+        } else {
+            PeerStatus::Up
+        }
+    }
+}
+
+/// nginx's CRC-32 (the IEEE one) of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// The ketama ring nginx's `hash … consistent` builds: per primary server (in order), its
+/// name split at the last `:` before a run of digits into host and port, 160 points per unit
+/// of weight, each `crc32(host \0 port prev_point_le)`; sorted, equal points kept once.
+pub fn ketama(peers: &[Peer]) -> Vec<(u32, u16)> {
+    let mut points = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        if p.backup {
+            continue;
+        }
+        let s = p.name.as_bytes();
+        let digits = s.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let (host, port): (&[u8], &[u8]) = if digits < s.len() && s[s.len() - digits - 1] == b':'
+        {
+            (&s[..s.len() - digits - 1], &s[s.len() - digits..])
+        } else {
+            (s, b"")
+        };
+        let mut base = crc32fast::Hasher::new();
+        base.update(host);
+        base.update(b"\0");
+        base.update(port);
+        let mut prev = 0u32;
+        for _ in 0..p.weight * 160 {
+            let mut h = base.clone();
+            h.update(&prev.to_le_bytes());
+            prev = h.finalize();
+            points.push((prev, i as u16));
+        }
+    }
+    // nginx sorts by point only (its qsort is not stable; equal points are then merged, the
+    // first kept), so ties between servers are resolved by order here.
+    points.sort_by_key(|&(h, i)| (h, i));
+    points.dedup_by_key(|&mut (h, _)| h);
+    points
+}
+
+/// Parse a `hash` key: literal text and `$name` / `${name}` variables.
+pub fn parse_key(key: &str) -> Result<Vec<KeyPart>, String> {
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = key;
+    while let Some(i) = rest.find('$') {
+        text.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        let (name, after) = if let Some(r) = rest.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed \"${{\" in hash key {key:?}"))?;
+            (&r[..end], &r[end + 1..])
+        } else {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], &rest[end..])
+        };
+        if name.is_empty() {
+            return Err(format!(
+                "\"$\" without a variable name in hash key {key:?}"
+            ));
+        }
+        let field = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .filter(|n| !n.is_empty())
+                .map(|n| n.to_ascii_lowercase())
+        };
+        let part = match name {
+            "remote_addr" => KeyPart::RemoteAddr,
+            "binary_remote_addr" => KeyPart::BinaryRemoteAddr,
+            "request_uri" => KeyPart::RequestUri,
+            _ => {
+                // nginx compares header, cookie and argument names without case.
+                if let Some(h) = field("http_") {
+                    KeyPart::Header(h.replace('_', "-"))
+                } else if let Some(c) = field("cookie_") {
+                    KeyPart::Cookie(c)
+                } else if let Some(a) = field("arg_") {
+                    KeyPart::Arg(a)
+                } else {
+                    return Err(format!(
+                        "unknown variable ${name} in hash key {key:?}; expected $remote_addr, $binary_remote_addr, $request_uri, $http_NAME, $cookie_NAME or $arg_NAME"
+                    ));
+                }
+            }
+        };
+        if !text.is_empty() {
+            parts.push(KeyPart::Text(std::mem::take(&mut text)));
+        }
+        parts.push(part);
+        rest = after;
+    }
+    text.push_str(rest);
+    if !text.is_empty() {
+        parts.push(KeyPart::Text(text));
+    }
+    if parts.iter().all(|p| matches!(p, KeyPart::Text(_))) {
+        return Err(format!(
+            "hash key {key:?} has no variable: every request would go to one server"
+        ));
+    }
+    Ok(parts)
+}
+
+impl NextUpstream {
+    fn parse(
+        cx: &Ctx<'_>,
+        lf: &str,
+        when: &Option<Spanned<Vec<Spanned<String>>>>,
+        tries: &Option<Spanned<i64>>,
+        timeout: &Option<Spanned<toml::Value>>,
+    ) -> Result<NextUpstream, ConfigError> {
+        let mut n = NextUpstream::default();
+        if let Some(list) = when {
+            n.when = 0;
+            let off = list.get_ref().iter().any(|w| w.get_ref() == "off");
+            for (i, w) in list.get_ref().iter().enumerate() {
+                let bit = match w.get_ref().as_str() {
+                    "error" => NEXT_ERROR,
+                    "timeout" => NEXT_TIMEOUT,
+                    "http_502" => NEXT_502,
+                    "http_503" => NEXT_503,
+                    "http_504" => NEXT_504,
+                    "off" => 0,
+                    other => {
+                        return Err(cx.err(
+                            w.span(),
+                            format!("{lf}.next_upstream[{i}]"),
+                            format!("unknown condition {other:?}; expected \"error\", \"timeout\", \"http_502\", \"http_503\", \"http_504\" or \"off\""),
+                        ));
+                    }
+                };
+                if off && bit != 0 {
+                    return Err(cx.err(
+                        w.span(),
+                        format!("{lf}.next_upstream[{i}]"),
+                        "\"off\" cannot be combined with other conditions",
+                    ));
+                }
+                n.when |= bit;
+            }
+        }
+        if let Some(t) = tries {
+            if !(0..=i64::from(u32::MAX)).contains(t.get_ref()) {
+                return Err(cx.err(
+                    t.span(),
+                    format!("{lf}.next_upstream_tries"),
+                    "must be 0 (no limit) or more",
+                ));
+            }
+            n.tries = *t.get_ref() as u32;
+        }
+        n.timeout = cx.duration(
+            timeout,
+            &format!("{lf}.next_upstream_timeout"),
+            Duration::ZERO,
+        )?;
+        Ok(n)
+    }
+}
+
+pub(super) fn next_upstream(cx: &Ctx<'_>, lf: &str, l: &raw::Location) -> Result<NextUpstream, ConfigError> {
+    NextUpstream::parse(
+        cx,
+        lf,
+        &l.next_upstream,
+        &l.next_upstream_tries,
+        &l.next_upstream_timeout,
+    )
+}
+
+/// Resolve `upstream[ui]`.
+pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upstream, ConfigError> {
+    let f = format!("upstream[{ui}]");
+    let name = u.name.get_ref().clone();
+    if name.is_empty() {
+        return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
+    }
+    let balance_span = u.balance.as_ref().map_or(0..0, |b| b.span());
+    let named = u.balance.as_ref().map(|b| b.get_ref().as_str());
+    let mut balance = match (named, &u.hash) {
+        (None | Some("round_robin"), None) => Balance::RoundRobin,
+        (Some("least_conn"), None) => Balance::LeastConn,
+        (Some("ip_hash"), None) => Balance::IpHash,
+        (None | Some("hash"), Some(h)) => {
+            let h = h.get_ref();
+            let parts = parse_key(h.key.get_ref())
+                .map_err(|m| cx.err(h.key.span(), format!("{f}.hash.key"), m))?;
+            Balance::Hash(HashKey {
+                parts,
+                consistent: h.consistent.unwrap_or(false),
+                points: Vec::new(),
+            })
+        }
+        (Some("hash"), None) => {
+            return Err(cx.err(
+                balance_span,
+                format!("{f}.balance"),
+                "balance = \"hash\" needs hash = { key = \"$remote_addr\" } (and consistent = true for ketama)",
+            ));
+        }
+        (Some(b @ ("round_robin" | "least_conn" | "ip_hash")), Some(h)) => {
+            return Err(cx.err(
+                h.span(),
+                format!("{f}.hash"),
+                format!("hash is set but balance is {b:?}; remove one of them"),
+            ));
+        }
+        (Some(other), _) => {
+            return Err(cx.err(
+                balance_span,
+                format!("{f}.balance"),
+                format!("unknown balance {other:?}; expected \"round_robin\", \"least_conn\", \"ip_hash\" or \"hash\""),
+            ));
+        }
+    };
+    if u.servers.get_ref().is_empty() {
+        return Err(cx.err(
+            u.servers.span(),
+            format!("{f}.servers"),
+            "needs at least one server",
+        ));
+    }
+    if u.servers.get_ref().len() > MAX_SERVERS {
+        return Err(cx.err(
+            u.servers.span(),
+            format!("{f}.servers"),
+            format!(
+                "{} servers: at most {MAX_SERVERS} per upstream",
+                u.servers.get_ref().len()
+            ),
+        ));
+    }
+    let mut peers = Vec::new();
+    for (pi, p) in u.servers.get_ref().iter().enumerate() {
+        let p = p.get_ref();
+        let pf = format!("{f}.servers[{pi}]");
+        let addr = parse_addr(p.addr.get_ref())
+            .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
+        let count = |v: &Option<Spanned<i64>>, field: &str, range: std::ops::RangeInclusive<i64>, default: u32| {
+            match v {
+                None => Ok(default),
+                Some(w) if range.contains(w.get_ref()) => Ok(*w.get_ref() as u32),
+                Some(w) => Err(cx.err(
+                    w.span(),
+                    format!("{pf}.{field}"),
+                    format!("must be from {} to {}", range.start(), range.end()),
+                )),
+            }
+        };
+        let weight = count(&p.weight, "weight", 1..=1000, 1)?;
+        let max_conns = count(&p.max_conns, "max_conns", 0..=100_000_000, 0)?;
+        let max_fails = count(&p.max_fails, "max_fails", 0..=1000, 1)?;
+        let fail_timeout = cx.timeout(
+            &p.fail_timeout,
+            &format!("{pf}.fail_timeout"),
+            Duration::from_secs(10),
+        )?;
+        if p.backup && matches!(balance, Balance::Hash(_)) {
+            return Err(cx.err(
+                p.addr.span(),
+                format!("{pf}.backup"),
+                "backup servers cannot be used with balance = \"hash\" (as in nginx): the key decides the server; mark it down or remove it",
+            ));
+        }
+        peers.push(Peer {
+            addr,
+            name: p.addr.get_ref().trim().to_string(),
+            weight,
+            backup: p.backup,
+            down: p.down,
+            max_conns,
+            max_fails,
+            fail_timeout,
+            state: PeerState::default(),
+        });
+    }
+    if peers.iter().all(|p| p.backup) {
+        return Err(cx.err(
+            u.servers.span(),
+            format!("{f}.servers"),
+            "needs at least one server that is not a backup",
+        ));
+    }
+    if let Balance::Hash(h) = &mut balance
+        && h.consistent
+    {
+        let n: usize = peers.iter().map(|p| p.weight as usize * 160).sum();
+        if n > MAX_POINTS {
+            return Err(cx.err(
+                u.servers.span(),
+                format!("{f}.servers"),
+                format!("consistent hash over these weights needs {n} points, more than {MAX_POINTS}: lower the weights"),
+            ));
+        }
+        h.points = ketama(&peers);
+    }
+    let source = match &u.source {
+        None => Vec::new(),
+        Some(v) => {
+            let field = format!("{f}.source");
+            let items: Vec<String> = match v.get_ref() {
+                toml::Value::String(s) => vec![s.clone()],
+                toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
+                    a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
+                }
+                _ => return Err(cx.err(v.span(), field, "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses")),
+            };
+            let mut out = Vec::new();
+            for it in &items {
+                out.extend(
+                    crate::sys::source_addresses(it, 16)
+                        .map_err(|m| cx.err(v.span(), field.clone(), m))?,
+                );
+            }
+            if let Some(p) = peers
+                .iter()
+                .find(|p| out.iter().any(|s| s.is_ipv4() != p.addr.is_ipv4()))
+            {
+                return Err(cx.err(
+                    v.span(),
+                    field,
+                    format!(
+                        "source addresses and server {} are of different IP families",
+                        p.addr
+                    ),
+                ));
+            }
+            out
+        }
+    };
+    let tls = match &u.tls {
+        None => None,
+        Some(t) => Some(tls::upstream(cx, &f, t)?),
+    };
+    Ok(Upstream {
+        name,
+        balance,
+        peers,
+        source,
+        tls,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_into_text_and_variables() {
+        assert_eq!(
+            parse_key("room:$arg_room/${http_x_user_id}").unwrap(),
+            vec![
+                KeyPart::Text("room:".into()),
+                KeyPart::Arg("room".into()),
+                KeyPart::Text("/".into()),
+                KeyPart::Header("x-user-id".into()),
+            ]
+        );
+        assert_eq!(parse_key("$remote_addr").unwrap(), vec![KeyPart::RemoteAddr]);
+        assert_eq!(
+            parse_key("$cookie_SID").unwrap(),
+            vec![KeyPart::Cookie("sid".into())]
+        );
+        for bad in ["", "plain", "$", "${arg_x", "$nope", "$http_", "a$"] {
+            assert!(parse_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
