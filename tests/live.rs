@@ -81,7 +81,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
     let mut ws = ws_connect(listen, "/ws");
     ws_echo(&mut ws, b"before".to_vec());
     assert_eq!(
-        before.upstreams[0].peers[1].active.get(),
+        before.upstreams[0].peers[1].state.active(),
         1,
         "the tunnel on server 1"
     );
@@ -130,7 +130,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
         .iter()
         .chain(&after.upstreams[0].peers)
     {
-        assert_eq!(p.active.get(), 0, "{} still counted", p.addr);
+        assert_eq!(p.state.active(), 0, "{} still counted", p.addr);
     }
     inbox.send(Msg::CloseNow);
     worker.join().unwrap().unwrap();

@@ -155,17 +155,32 @@ fn upstream_policy_errors_name_the_field() {
     assert_eq!(e.field, "upstream[0].servers[2].backup", "{e}");
     let e = err(&with("hash = { key = \"$arg_room\", colour = 1 }"));
     assert!(e.message.contains("colour"), "{e}");
-    let e = err(&GOOD.replace("{ addr = \"127.0.0.1:9002\"", "{ addr = \"127.0.0.1:9002\", max_fails = -1"));
+    let e = err(&GOOD.replace(
+        "{ addr = \"127.0.0.1:9002\"",
+        "{ addr = \"127.0.0.1:9002\", max_fails = -1",
+    ));
     assert_eq!(e.field, "upstream[0].servers[1].max_fails");
-    let e = err(&GOOD.replace("{ addr = \"127.0.0.1:9002\"", "{ addr = \"127.0.0.1:9002\", fail_timeout = \"0s\""));
+    let e = err(&GOOD.replace(
+        "{ addr = \"127.0.0.1:9002\"",
+        "{ addr = \"127.0.0.1:9002\", fail_timeout = \"0s\"",
+    ));
     assert_eq!(e.field, "upstream[0].servers[1].fail_timeout");
-    let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"error\", \"http_500\"]"));
+    let e = err(&GOOD.replace(
+        "path = \"/ws/\"",
+        "path = \"/ws/\"\nnext_upstream = [\"error\", \"http_500\"]",
+    ));
     assert_eq!(e.field, "server[0].location[1].next_upstream[1]");
-    let e = err(&GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"off\", \"timeout\"]"));
+    let e = err(&GOOD.replace(
+        "path = \"/ws/\"",
+        "path = \"/ws/\"\nnext_upstream = [\"off\", \"timeout\"]",
+    ));
     assert!(e.message.contains("cannot be combined"), "{e}");
     let c = Config::parse(
         "t.toml",
-        &GOOD.replace("path = \"/ws/\"", "path = \"/ws/\"\nnext_upstream = [\"off\"]\nnext_upstream_tries = 2"),
+        &GOOD.replace(
+            "path = \"/ws/\"",
+            "path = \"/ws/\"\nnext_upstream = [\"off\"]\nnext_upstream_tries = 2",
+        ),
     )
     .unwrap();
     let l = &c.servers[0].locations[0];

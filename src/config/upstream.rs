@@ -121,7 +121,10 @@ impl NextUpstream {
 /// every worker reads and writes).
 pub fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 /// A server's shared state: relaxed atomics, written by the workers (connections, passive
@@ -249,7 +252,7 @@ impl Peer {
     pub fn failed(&self, now: u64) -> bool {
         self.max_fails > 0
             && self.state.fails() >= self.max_fails
-            && now + 1 <= self.state.0.checked.load(Ordering::Relaxed) + self.fail_ms()
+            && now < self.state.0.checked.load(Ordering::Relaxed) + self.fail_ms()
     }
 
     /// Whether a new connection may go to it at `now`.
@@ -316,8 +319,7 @@ pub fn ketama(peers: &[Peer]) -> Vec<(u32, u16)> {
         }
         let s = p.name.as_bytes();
         let digits = s.iter().rev().take_while(|b| b.is_ascii_digit()).count();
-        let (host, port): (&[u8], &[u8]) = if digits < s.len() && s[s.len() - digits - 1] == b':'
-        {
+        let (host, port): (&[u8], &[u8]) = if digits < s.len() && s[s.len() - digits - 1] == b':' {
             (&s[..s.len() - digits - 1], &s[s.len() - digits..])
         } else {
             (s, b"")
@@ -361,9 +363,7 @@ pub fn parse_key(key: &str) -> Result<Vec<KeyPart>, String> {
             (&rest[..end], &rest[end..])
         };
         if name.is_empty() {
-            return Err(format!(
-                "\"$\" without a variable name in hash key {key:?}"
-            ));
+            return Err(format!("\"$\" without a variable name in hash key {key:?}"));
         }
         let field = |prefix: &str| {
             name.strip_prefix(prefix)
@@ -464,7 +464,11 @@ impl NextUpstream {
     }
 }
 
-pub(super) fn next_upstream(cx: &Ctx<'_>, lf: &str, l: &raw::Location) -> Result<NextUpstream, ConfigError> {
+pub(super) fn next_upstream(
+    cx: &Ctx<'_>,
+    lf: &str,
+    l: &raw::Location,
+) -> Result<NextUpstream, ConfigError> {
     NextUpstream::parse(
         cx,
         lf,
@@ -542,7 +546,10 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
         let pf = format!("{f}.servers[{pi}]");
         let addr = parse_addr(p.addr.get_ref())
             .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
-        let count = |v: &Option<Spanned<i64>>, field: &str, range: std::ops::RangeInclusive<i64>, default: u32| {
+        let count = |v: &Option<Spanned<i64>>,
+                     field: &str,
+                     range: std::ops::RangeInclusive<i64>,
+                     default: u32| {
             match v {
                 None => Ok(default),
                 Some(w) if range.contains(w.get_ref()) => Ok(*w.get_ref() as u32),
@@ -580,6 +587,11 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             state: PeerState::default(),
         });
     }
+    // As nginx: a lone server is never taken out by its failures (there is nowhere else to
+    // send the next request); `down`, `max_conns` and health checks still apply.
+    if let [p] = peers.as_mut_slice() {
+        p.max_fails = 0;
+    }
     if peers.iter().all(|p| p.backup) {
         return Err(cx.err(
             u.servers.span(),
@@ -606,10 +618,15 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             let field = format!("{f}.source");
             let items: Vec<String> = match v.get_ref() {
                 toml::Value::String(s) => vec![s.clone()],
-                toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => {
-                    a.iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
-                }
-                _ => return Err(cx.err(v.span(), field, "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses")),
+                toml::Value::Array(a) if a.iter().all(|x| x.is_str()) => a
+                    .iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect(),
+                _ => return Err(cx.err(
+                    v.span(),
+                    field,
+                    "expected an address, a CIDR such as \"127.0.1.0/24\", or a list of addresses",
+                )),
             };
             let mut out = Vec::new();
             for it in &items {
@@ -662,7 +679,10 @@ mod tests {
                 KeyPart::Header("x-user-id".into()),
             ]
         );
-        assert_eq!(parse_key("$remote_addr").unwrap(), vec![KeyPart::RemoteAddr]);
+        assert_eq!(
+            parse_key("$remote_addr").unwrap(),
+            vec![KeyPart::RemoteAddr]
+        );
         assert_eq!(
             parse_key("$cookie_SID").unwrap(),
             vec![KeyPart::Cookie("sid".into())]

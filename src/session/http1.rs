@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use super::phase::{Attempt, Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::{AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, RESPONSE_HEAD_MAX};
 use super::{Linger, Session};
-use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
-use crate::config::clock_ms;
 use crate::config::NextUpstream;
+use crate::config::clock_ms;
 use crate::config::upstream::{NEXT_ERROR, NEXT_TIMEOUT};
+use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
 use crate::upstream::{Affinity, KeyInput, Pick, Tried};
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
@@ -226,8 +226,8 @@ impl Session {
         };
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
-        let idempotent = ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"]
-            .contains(&req.method.as_str());
+        let idempotent =
+            ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&req.method.as_str());
         let servers = cfg.upstreams[loc.upstream].peers.len();
         if let Some(a) = r.attempt.as_deref_mut()
             && req.body == BodyKind::None

@@ -500,7 +500,11 @@ impl Session {
                     Side::Up => {
                         let peer = self.peer_addr();
                         tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
-                        self.upstream_failed(NEXT_ERROR, Next::Respond(502, End::UpstreamTls(why)), io)
+                        self.upstream_failed(
+                            NEXT_ERROR,
+                            Next::Respond(502, End::UpstreamTls(why)),
+                            io,
+                        )
                     }
                 };
             }

@@ -502,9 +502,10 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let local =
+            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
         serde_json::json!({ "method": method, "path": path, "peer": peer, "local": local, "headers": hs })
             .to_string()
     };
@@ -563,7 +564,7 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
     };
     if method == "GET" && path == "/health" {
         simple("200 OK", "text/plain", b"ok\n", out);
-    } else if method == "GET" && path == "/headers" {
+    } else if method == "GET" && (path == "/headers" || path.starts_with("/headers?")) {
         simple("200 OK", "application/json", json().as_bytes(), out);
     } else if let (Some(num), "GET") = (path.strip_prefix("/bytes/"), method) {
         let total: u64 = num.parse().map_err(|_| ())?;

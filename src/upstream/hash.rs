@@ -245,12 +245,19 @@ mod tests {
         };
         let key = |k: &str| {
             let mut out = Vec::new();
-            eval_key(&crate::config::upstream::parse_key(k).unwrap(), &input, &mut out);
+            eval_key(
+                &crate::config::upstream::parse_key(k).unwrap(),
+                &input,
+                &mut out,
+            );
             String::from_utf8(out).unwrap()
         };
         assert_eq!(key("$cookie_sid|$arg_user|$arg_room"), "abc|ann|7");
         assert_eq!(key("$http_x_tag"), "one, two");
-        assert_eq!(key("$remote_addr $request_uri"), "127.0.0.9 /ws?room=7&User=ann");
+        assert_eq!(
+            key("$remote_addr $request_uri"),
+            "127.0.0.9 /ws?room=7&User=ann"
+        );
         assert_eq!(key("[$arg_missing]"), "[]");
     }
 }
