@@ -412,3 +412,106 @@ fn next_upstream_sends_idempotent_requests_on_after_a_failure_upstream() {
     }
     assert!(statuses.contains(&502), "{statuses:?}");
 }
+
+/// A `/health` endpoint on `addr` answering 200 while `ok`, 503 otherwise.
+fn health_endpoint(addr: SocketAddr, ok: Arc<std::sync::atomic::AtomicBool>) -> Arc<AtomicU32> {
+    let l = TcpListener::bind(addr).unwrap();
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::Relaxed);
+            let mut s = s;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b);
+            let answer = if ok.load(Ordering::Relaxed) {
+                "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+            } else {
+                "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 5\r\n\r\nsick\n"
+            };
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    hits
+}
+
+/// Wait until server `addr` of the first upstream is in `state`; how long it took.
+fn until_state(admin: SocketAddr, addr: SocketAddr, state: &str) -> Duration {
+    let t = Instant::now();
+    while server_status(admin, addr)["state"] != state {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{addr} never became {state}: {}",
+            status_json(admin)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn health_checks_take_a_server_out_and_bring_it_back_while_its_tunnels_echo() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("health");
+    let port = free_addr().port();
+    let (a, b): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        format!("127.0.0.3:{port}").parse().unwrap(),
+    );
+    let _echo = echo(&[a, b], &dir);
+    let hport = free_addr().port();
+    let a_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b_ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    health_endpoint(format!("127.0.0.2:{hport}").parse().unwrap(), a_ok);
+    let b_checks = health_endpoint(format!("127.0.0.3:{hport}").parse().unwrap(), b_ok.clone());
+    let listen = free_addr();
+    let admin = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
+         [[upstream]]\nname = \"u\"\n{}\n\
+         health_check = {{ interval = \"300ms\", rise = 2, fall = 3, timeout = \"200ms\", request = \"GET /health HTTP/1.0\\r\\n\\r\\n\", expect = [\"2xx\"], port = {hport} }}\n\
+         [[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n",
+        servers_toml(&[(a, ""), (b, "")])
+    );
+    let proxy = proxy(&cfg, listen, &dir);
+    let mut tunnels: Vec<(Ws, String)> = (0..10).map(|_| tunnel(listen)).collect();
+    let on_b = tunnels.iter().filter(|t| t.1 == b.to_string()).count();
+    assert!(on_b >= 3, "{on_b} of 10 tunnels on b");
+    // b's /health starts failing: out within interval × fall (0.9 s) plus a check's time.
+    b_ok.store(false, Ordering::Relaxed);
+    let took_down = until_state(admin, b, "down");
+    eprintln!("health: b down {took_down:?} after /health began failing (interval 300ms x fall 3)");
+    for _ in 0..20 {
+        assert_eq!(
+            get(listen, "/headers"),
+            (200, a.to_string()),
+            "a session went to b"
+        );
+    }
+    // Its tunnels were not cut: every one still echoes.
+    for (ws, _) in &mut tunnels {
+        ws_echo(ws, b"still here".to_vec());
+    }
+    b_ok.store(true, Ordering::Relaxed);
+    let took_up = until_state(admin, b, "up");
+    eprintln!("health: b up {took_up:?} after /health recovered (interval 300ms x rise 2)");
+    let back = (0..10)
+        .filter(|_| get(listen, "/headers").1 == b.to_string())
+        .count();
+    assert!(back >= 3, "b got {back} of 10 new sessions back");
+    assert!(b_checks.load(Ordering::Relaxed) >= 5, "b was checked");
+    let log = proxy.log_text();
+    let down = format!(
+        "upstream \"u\" server {b} is down: 3 check(s) in a row failed, the last: status 503"
+    );
+    assert_eq!(log.matches(&down).count(), 1, "{log}");
+    let up = format!("upstream \"u\" server {b} is up: 2 check(s) in a row passed");
+    assert_eq!(log.matches(&up).count(), 1, "{log}");
+    assert!(!log.contains(&format!("server {a} is down")), "{log}");
+    let s = server_status(admin, b);
+    assert!(s["health_checks_failed"].as_u64().unwrap() >= 3, "{s}");
+    assert!(s["health_checks_passed"].as_u64().unwrap() >= 2, "{s}");
+}

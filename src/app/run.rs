@@ -95,6 +95,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("admin endpoint on {addr}"))?;
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");
     }
+    if crate::upstream::health::wanted(&cfg) {
+        crate::upstream::health::spawn(live.clone(), stopping.clone())
+            .context("spawning the health checker")?;
+    }
     let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
     tracing::info!(
         "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",

@@ -56,7 +56,7 @@ pub mod upstream;
 
 pub use tls::{ListenerTls, UpstreamTls};
 pub use upstream::{
-    Balance, HashKey, KeyPart, NextUpstream, Peer, PeerState, PeerStatus, clock_ms,
+    Balance, HashKey, HealthCheck, KeyPart, NextUpstream, Peer, PeerState, PeerStatus, clock_ms,
 };
 
 use resolve::resolve;
@@ -93,6 +93,8 @@ pub struct Upstream {
     pub source: Vec<std::net::IpAddr>,
     /// TLS toward the servers (`wss://`, `https://` backends).
     pub tls: Option<UpstreamTls>,
+    /// Active health checks of the servers.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// A path prefix routed to an upstream.

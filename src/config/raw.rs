@@ -48,6 +48,22 @@ pub struct Upstream {
     pub servers: Spanned<Vec<Spanned<Peer>>>,
     pub source: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    pub health_check: Option<Spanned<HealthCheck>>,
+}
+
+/// `[[upstream]] health_check = { type, interval, rise, fall, timeout, request, expect, port }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub interval: Option<Spanned<toml::Value>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+    pub request: Option<Spanned<String>>,
+    pub expect: Option<Spanned<Vec<Spanned<String>>>>,
+    pub port: Option<Spanned<i64>>,
 }
 
 /// `[[upstream]] hash = { key, consistent }`.

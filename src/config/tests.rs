@@ -186,3 +186,38 @@ fn upstream_policy_errors_name_the_field() {
     let l = &c.servers[0].locations[0];
     assert_eq!((l.next_upstream.when, l.next_upstream.tries), (0, 2));
 }
+
+#[test]
+fn health_check_errors_name_the_field() {
+    let with = |hc: &str| {
+        GOOD.replace(
+            "name = \"ws\"",
+            &format!("name = \"ws\"\nhealth_check = {{ {hc} }}"),
+        )
+    };
+    let c = Config::parse("t.toml", &with("interval = \"3s\", request = \"GET /health HTTP/1.0\\r\\n\\r\\n\", expect = [\"2xx\", \"301\"]")).unwrap();
+    let h = c.upstreams[0].health_check.as_ref().unwrap();
+    assert_eq!(
+        (h.rise, h.fall, h.timeout),
+        (2, 3, std::time::Duration::from_secs(1))
+    );
+    assert!(h.passes(204) && h.passes(301) && !h.passes(302) && !h.passes(503));
+    let e = err(&with("interval = \"1s\", timeout = \"2s\""));
+    assert_eq!(e.field, "upstream[0].health_check.timeout");
+    let e = err(&with("request = \"GET /health\""));
+    assert_eq!(e.field, "upstream[0].health_check.request");
+    let e = err(&with("expect = [\"2xx\", \"ok\"]"));
+    assert_eq!(e.field, "upstream[0].health_check.expect[1]");
+    let e = err(&with("type = \"udp\""));
+    assert!(e.message.contains("unknown type"), "{e}");
+    let e = err(&with(
+        "type = \"tcp\", request = \"GET / HTTP/1.0\\r\\n\\r\\n\"",
+    ));
+    assert!(e.message.contains("tcp check sends nothing"), "{e}");
+    let e = err(&with("fall = 0"));
+    assert_eq!(e.field, "upstream[0].health_check.fall");
+    let e = err(&with("port = 70000"));
+    assert_eq!(e.field, "upstream[0].health_check.port");
+    let e = err(&with("interval = \"10ms\""));
+    assert!(e.message.contains("at least 100ms"), "{e}");
+}

@@ -3,6 +3,7 @@
 //! no primary can be used for this request.
 
 mod hash;
+pub mod health;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -267,6 +268,7 @@ mod tests {
                 .collect(),
             source: Vec::new(),
             tls: None,
+            health_check: None,
         }
     }
 

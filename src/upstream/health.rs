@@ -1,0 +1,393 @@
+//! Active health checks: one thread of the main process probes every server of every upstream
+//! that has `health_check`, once per interval (not once per worker), off the data path. A
+//! probe connects (with TLS when the upstream uses TLS), sends the request and reads the
+//! status line; `fall` failures in a row take the server out, `rise` passes bring it back.
+//! The result is an atomic in the server's shared state, which the workers read when they
+//! choose. Established tunnels are never touched. Transitions are logged once each.
+//!
+//! Sockets are non-blocking and driven by one `poll(2)`, at most `IN_FLIGHT` at once, each
+//! under the check's `timeout`, so a thousand servers, some of them black holes, cost one
+//! thread and a few hundred descriptors at most.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::upstream::{HEALTH_DOWN, HEALTH_UP};
+use crate::config::{Config, HealthCheck, PeerState, UpstreamTls};
+use crate::live::Live;
+
+/// Probes in flight at once (the rest wait for the next turn).
+pub const IN_FLIGHT: usize = 256;
+/// Bytes of an answer read before giving up on finding its status line.
+const ANSWER_MAX: usize = 4096;
+
+/// Start the checker when some upstream of the configuration in force has `health_check`.
+/// It follows the configuration in force (a reload can add or remove checks) and ends when
+/// `stop` is set.
+pub fn spawn(
+    live: Arc<Live>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ringway-health".into())
+        .spawn(move || Checker::default().run(&live, &stop))
+}
+
+/// Whether `cfg` has anything to check.
+pub fn wanted(cfg: &Config) -> bool {
+    cfg.upstreams.iter().any(|u| u.health_check.is_some())
+}
+
+/// One server's record between probes.
+struct Track {
+    next: Instant,
+    passes: u32,
+    fails: u32,
+    busy: bool,
+    /// The configuration's generation it was last seen in (entries of servers no longer
+    /// configured are dropped).
+    seen: u64,
+}
+
+#[derive(Default)]
+struct Checker {
+    tracks: HashMap<(String, SocketAddr), Track>,
+    probes: Vec<Probe>,
+    generation: u64,
+}
+
+/// One probe in flight.
+struct Probe {
+    key: (String, SocketAddr),
+    state: PeerState,
+    check: HealthCheck,
+    sock: std::net::TcpStream,
+    tls: Option<rustls::ClientConnection>,
+    connected: bool,
+    /// What is left to send (plain), or whether the request was handed to TLS.
+    out: Vec<u8>,
+    answer: Vec<u8>,
+    deadline: Instant,
+}
+
+enum Outcome {
+    Pending,
+    Pass,
+    Fail(String),
+}
+
+impl Checker {
+    fn run(mut self, live: &Live, stop: &AtomicBool) {
+        let mut cfg = live.config();
+        while !stop.load(Ordering::Relaxed) {
+            let now_cfg = live.config();
+            if !Arc::ptr_eq(&now_cfg, &cfg) {
+                cfg = now_cfg;
+            }
+            self.generation += 1;
+            self.start_due(&cfg);
+            let wait = self.next_wake().min(Duration::from_millis(200));
+            self.poll(wait);
+        }
+    }
+
+    /// Start the probes that are due (spreading a new server's first probe over its interval,
+    /// so a thousand servers are not probed in the same millisecond).
+    fn start_due(&mut self, cfg: &Config) {
+        let now = Instant::now();
+        let generation = self.generation;
+        for u in &cfg.upstreams {
+            let Some(h) = &u.health_check else { continue };
+            let n = u.peers.len().max(1) as u32;
+            for (i, p) in u.peers.iter().enumerate() {
+                let key = (u.name.clone(), p.addr);
+                let t = self.tracks.entry(key.clone()).or_insert_with(|| Track {
+                    next: now + h.interval * i as u32 / n,
+                    passes: 0,
+                    fails: 0,
+                    busy: false,
+                    seen: generation,
+                });
+                t.seen = generation;
+                if t.busy || t.next > now || self.probes.len() >= IN_FLIGHT {
+                    continue;
+                }
+                t.busy = true;
+                t.next = (t.next + h.interval).max(now);
+                let target = SocketAddr::new(p.addr.ip(), h.port.unwrap_or(p.addr.port()));
+                match Probe::start(key, target, p.state.clone(), h, u.tls.as_ref()) {
+                    Ok(probe) => self.probes.push(probe),
+                    Err((key, why)) => {
+                        let check = h.clone();
+                        self.finish(&key, &p.state, &check, Outcome::Fail(why));
+                    }
+                }
+            }
+        }
+        self.tracks.retain(|_, t| t.seen == generation || t.busy);
+    }
+
+    fn next_wake(&self) -> Duration {
+        let now = Instant::now();
+        let due = self.tracks.values().filter(|t| !t.busy).map(|t| t.next);
+        let deadlines = self.probes.iter().map(|p| p.deadline);
+        due.chain(deadlines)
+            .min()
+            .map_or(Duration::from_millis(200), |t| {
+                t.saturating_duration_since(now)
+            })
+    }
+
+    fn poll(&mut self, wait: Duration) {
+        use nix::poll::{PollFd, PollTimeout, poll};
+        let mut fds: Vec<PollFd<'_>> = self
+            .probes
+            .iter()
+            .map(|p| PollFd::new(p.sock.as_fd(), p.interest()))
+            .collect();
+        let ms =
+            PollTimeout::try_from(wait.as_millis().min(1000) as u32).unwrap_or(PollTimeout::ZERO);
+        if fds.is_empty() {
+            std::thread::sleep(wait);
+        } else {
+            let _ = poll(&mut fds, ms);
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let now = Instant::now();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.probes.len());
+        for (p, &r) in self.probes.iter_mut().zip(&ready) {
+            let o = if r { p.progress() } else { Outcome::Pending };
+            outcomes.push(match o {
+                Outcome::Pending if now >= p.deadline => {
+                    Outcome::Fail(format!("no answer within {:?}", p.check.timeout))
+                }
+                o => o,
+            });
+        }
+        // From the end, so each swap_remove brings in a probe already looked at.
+        for i in (0..outcomes.len()).rev() {
+            let o = std::mem::replace(&mut outcomes[i], Outcome::Pending);
+            if matches!(o, Outcome::Pending) {
+                continue;
+            }
+            let p = self.probes.swap_remove(i);
+            self.finish(&p.key, &p.state, &p.check, o);
+        }
+    }
+
+    /// Record a probe's result; log the transitions.
+    fn finish(
+        &mut self,
+        key: &(String, SocketAddr),
+        state: &PeerState,
+        h: &HealthCheck,
+        o: Outcome,
+    ) {
+        let Some(t) = self.tracks.get_mut(key) else {
+            return;
+        };
+        t.busy = false;
+        match o {
+            Outcome::Pass => {
+                state.check_done(true);
+                t.passes += 1;
+                t.fails = 0;
+                if state.health() == HEALTH_DOWN && t.passes >= h.rise {
+                    state.set_health(HEALTH_UP);
+                    tracing::warn!(target: "health", "upstream {:?} server {} is up: {} check(s) in a row passed", key.0, key.1, t.passes);
+                }
+            }
+            Outcome::Fail(why) => {
+                state.check_done(false);
+                t.fails += 1;
+                t.passes = 0;
+                if state.health() == HEALTH_UP && t.fails >= h.fall {
+                    state.set_health(HEALTH_DOWN);
+                    tracing::warn!(target: "health", "upstream {:?} server {} is down: {} check(s) in a row failed, the last: {why}", key.0, key.1, t.fails);
+                }
+            }
+            Outcome::Pending => {}
+        }
+    }
+}
+
+impl Probe {
+    fn start(
+        key: (String, SocketAddr),
+        target: SocketAddr,
+        state: PeerState,
+        h: &HealthCheck,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Probe, ((String, SocketAddr), String)> {
+        let sock = match crate::sys::tcp_socket_nonblocking(target) {
+            Ok(s) => s,
+            Err(e) => return Err((key, format!("socket: {e}"))),
+        };
+        let tls = match tls {
+            None => None,
+            Some(t) => {
+                match rustls::ClientConnection::new(t.config.clone(), t.name_for(target.ip())) {
+                    Ok(mut c) => {
+                        if let Some(r) = &h.request {
+                            let _ = c.writer().write_all(r);
+                        }
+                        Some(c)
+                    }
+                    Err(e) => return Err((key, format!("TLS: {e}"))),
+                }
+            }
+        };
+        Ok(Probe {
+            key,
+            state,
+            check: h.clone(),
+            out: if tls.is_some() {
+                Vec::new()
+            } else {
+                h.request.clone().unwrap_or_default()
+            },
+            sock,
+            tls,
+            connected: false,
+            answer: Vec::new(),
+            deadline: Instant::now() + h.timeout,
+        })
+    }
+
+    fn interest(&self) -> nix::poll::PollFlags {
+        use nix::poll::PollFlags;
+        let write = !self.connected
+            || !self.out.is_empty()
+            || self.tls.as_ref().is_some_and(|t| t.wants_write());
+        if write {
+            PollFlags::POLLOUT | PollFlags::POLLIN
+        } else {
+            PollFlags::POLLIN
+        }
+    }
+
+    /// Move on as far as the socket allows.
+    fn progress(&mut self) -> Outcome {
+        if !self.connected {
+            match self.sock.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return Outcome::Fail(format!("connect: {e}")),
+            }
+            match self.sock.peer_addr() {
+                Ok(_) => self.connected = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Outcome::Pending,
+                Err(e) => return Outcome::Fail(format!("connect: {e}")),
+            }
+            if self.check.request.is_none() {
+                return Outcome::Pass;
+            }
+        }
+        if let Some(t) = &mut self.tls {
+            while t.wants_write() {
+                match t.write_tls(&mut self.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Outcome::Fail(format!("send: {e}")),
+                }
+            }
+            loop {
+                match t.read_tls(&mut self.sock) {
+                    Ok(0) => return judge(&self.answer, &self.check, true),
+                    Ok(_) => {
+                        if let Err(e) = t.process_new_packets() {
+                            return Outcome::Fail(format!("TLS: {e}"));
+                        }
+                        let mut buf = [0u8; 1024];
+                        loop {
+                            match t.reader().read(&mut buf) {
+                                Ok(0) => return judge(&self.answer, &self.check, true),
+                                Ok(n) => {
+                                    self.answer.extend_from_slice(&buf[..n]);
+                                    if let o @ (Outcome::Pass | Outcome::Fail(_)) =
+                                        judge(&self.answer, &self.check, false)
+                                    {
+                                        return o;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(_) => return judge(&self.answer, &self.check, true),
+                            }
+                        }
+                        // A handshake message may want an answer.
+                        while t.wants_write() {
+                            match t.write_tls(&mut self.sock) {
+                                Ok(_) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Outcome::Fail(format!("send: {e}")),
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        return Outcome::Pending;
+                    }
+                    Err(e) => return Outcome::Fail(format!("receive: {e}")),
+                }
+            }
+        }
+        while !self.out.is_empty() {
+            match self.sock.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
+                Err(e) => return Outcome::Fail(format!("send: {e}")),
+            }
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return judge(&self.answer, &self.check, true),
+                Ok(n) => {
+                    self.answer.extend_from_slice(&buf[..n]);
+                    if let o @ (Outcome::Pass | Outcome::Fail(_)) =
+                        judge(&self.answer, &self.check, false)
+                    {
+                        return o;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
+                Err(e) => return Outcome::Fail(format!("receive: {e}")),
+            }
+        }
+    }
+}
+
+/// Decide on the status line of `a` once it is there (`closed`: nothing more will come).
+fn judge(a: &[u8], check: &HealthCheck, closed: bool) -> Outcome {
+    {
+        let Some(end) = a.windows(2).position(|w| w == b"\r\n") else {
+            if closed {
+                return Outcome::Fail("closed without a status line".into());
+            }
+            if a.len() > ANSWER_MAX {
+                return Outcome::Fail("no status line in the first 4096 bytes".into());
+            }
+            return Outcome::Pending;
+        };
+        let line = String::from_utf8_lossy(&a[..end]);
+        let mut parts = line.splitn(3, ' ');
+        let status = match (parts.next(), parts.next()) {
+            (Some(v), Some(s)) if v.starts_with("HTTP/1.") && s.len() == 3 => s.parse::<u16>().ok(),
+            _ => None,
+        };
+        match status {
+            Some(s) if check.passes(s) => Outcome::Pass,
+            Some(s) => Outcome::Fail(format!("status {s}")),
+            None => Outcome::Fail(format!("not an HTTP status line: {line:?}")),
+        }
+    }
+}
