@@ -8,6 +8,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod reactor;

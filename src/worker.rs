@@ -273,7 +273,8 @@ impl Core {
     /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
     /// the access log it still owes, releases its timer, its slot and its counters.
     fn end_session(&mut self, r: &mut Reactor<Slot>, slot: u32, generation: u32, end: End) {
-        let entry = r.slots.remove(slot);
+        let mut entry = r.slots.remove(slot);
+        entry.session.release_limit();
         let s = &entry.session;
         debug_assert!(s.finished());
         if entry.timer_at != 0 {

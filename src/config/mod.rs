@@ -49,6 +49,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+pub mod limits;
 mod raw;
 mod resolve;
 pub mod tls;
@@ -114,6 +115,10 @@ pub struct Location {
     pub upgrade: Vec<String>,
     /// What counts as a server's failure and is tried on the next server.
     pub next_upstream: NextUpstream,
+    /// Connections per client address at once.
+    pub limit_conn: Option<limits::LimitConn>,
+    /// Requests per client address over time.
+    pub limit_req: Option<limits::LimitReq>,
 }
 
 /// A virtual server: listen addresses, names, locations.
@@ -153,6 +158,10 @@ pub struct Config {
     pub listener_tls: Vec<Option<ListenerTls>>,
     pub servers: Vec<Server>,
     pub upstreams: Vec<Upstream>,
+    /// `[[limit_conn_zone]]`s, shared by every worker.
+    pub conn_zones: Vec<limits::Zone<crate::limits::ConnZone>>,
+    /// `[[limit_req_zone]]`s.
+    pub req_zones: Vec<limits::Zone<crate::limits::ReqZone>>,
     /// What `check` and `run` print as warnings (an expired certificate).
     pub warnings: Vec<String>,
 }

@@ -11,6 +11,10 @@ pub struct File {
     #[serde(default)]
     pub admin: Admin,
     #[serde(default)]
+    pub limit_conn_zone: Vec<Spanned<Zone>>,
+    #[serde(default)]
+    pub limit_req_zone: Vec<Spanned<Zone>>,
+    #[serde(default)]
     pub upstream: Vec<Spanned<Upstream>>,
     #[serde(default)]
     pub server: Vec<Spanned<Server>>,
@@ -64,6 +68,36 @@ pub struct HealthCheck {
     pub request: Option<Spanned<String>>,
     pub expect: Option<Spanned<Vec<Spanned<String>>>>,
     pub port: Option<Spanned<i64>>,
+}
+
+/// `[[limit_conn_zone]]` / `[[limit_req_zone]]`: name, key, size (and rate).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zone {
+    pub name: Spanned<String>,
+    pub key: Option<Spanned<String>>,
+    pub size: Option<Spanned<toml::Value>>,
+    pub rate: Option<Spanned<String>>,
+}
+
+/// `limit_conn = { zone, max, status }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConn {
+    pub zone: Spanned<String>,
+    pub max: Spanned<i64>,
+    pub status: Option<Spanned<i64>>,
+}
+
+/// `limit_req = { zone, rate, burst, nodelay, status }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitReq {
+    pub zone: Spanned<String>,
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub nodelay: Option<bool>,
+    pub status: Option<Spanned<i64>>,
 }
 
 /// `[[upstream]] hash = { key, consistent }`.
@@ -137,4 +171,6 @@ pub struct Location {
     pub next_upstream: Option<Spanned<Vec<Spanned<String>>>>,
     pub next_upstream_tries: Option<Spanned<i64>>,
     pub next_upstream_timeout: Option<Spanned<toml::Value>>,
+    pub limit_conn: Option<Spanned<LimitConn>>,
+    pub limit_req: Option<Spanned<LimitReq>>,
 }

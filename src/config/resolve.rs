@@ -67,6 +67,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         access_log: rt.access_log.unwrap_or(true),
     };
 
+    let (conn_zones, req_zones) = limits::zones(cx, &raw)?;
     let mut upstreams = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     for (ui, u) in raw.upstream.iter().enumerate() {
@@ -271,6 +272,14 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                 )?,
                 upgrade,
                 next_upstream: upstream::next_upstream(cx, &lf, l)?,
+                limit_conn: match &l.limit_conn {
+                    None => None,
+                    Some(x) => Some(limits::limit_conn(cx, &lf, x, &conn_zones)?),
+                },
+                limit_req: match &l.limit_req {
+                    None => None,
+                    Some(x) => Some(limits::limit_req(cx, &lf, x, &req_zones)?),
+                },
             });
         }
         if locations.is_empty() {
@@ -322,6 +331,8 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         listener_tls,
         servers,
         upstreams,
+        conn_zones,
+        req_zones: req_zones.into_iter().map(|(z, _)| z).collect(),
         warnings,
     })
 }

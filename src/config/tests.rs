@@ -221,3 +221,56 @@ fn health_check_errors_name_the_field() {
     let e = err(&with("interval = \"10ms\""));
     assert!(e.message.contains("at least 100ms"), "{e}");
 }
+
+#[test]
+fn limit_errors_name_the_field() {
+    let zones = "[[limit_conn_zone]]\nname = \"perip\"\nkey = \"$binary_remote_addr\"\nsize = \"1m\"\n[[limit_req_zone]]\nname = \"rate\"\nsize = \"1m\"\nrate = \"10r/s\"\n";
+    let with = |loc: &str| {
+        format!(
+            "{zones}{}",
+            GOOD.replace("path = \"/ws/\"", &format!("path = \"/ws/\"\n{loc}"))
+        )
+    };
+    let c = Config::parse(
+        "t.toml",
+        &with("limit_conn = { zone = \"perip\", max = 1000 }\nlimit_req = { zone = \"rate\", burst = 5, nodelay = true, status = 429 }"),
+    )
+    .unwrap();
+    let l = &c.servers[0].locations[0];
+    assert_eq!(l.limit_conn.unwrap().max, 1000);
+    assert_eq!(l.limit_conn.unwrap().status, 503);
+    let r = l.limit_req.unwrap();
+    assert_eq!(
+        (r.rate_milli, r.burst, r.nodelay, r.status),
+        (10_000, 5, true, 429)
+    );
+    let e = err(&with("limit_conn = { zone = \"nope\", max = 10 }"));
+    assert_eq!(e.field, "server[0].location[1].limit_conn.zone");
+    assert!(
+        e.message
+            .contains("not defined by any [[limit_conn_zone]] (defined: perip)"),
+        "{e}"
+    );
+    let e = err(&with("limit_conn = { zone = \"perip\", max = 0 }"));
+    assert_eq!(e.field, "server[0].location[1].limit_conn.max");
+    let e = err(&with("limit_req = { zone = \"rate\", rate = \"fast\" }"));
+    assert_eq!(e.field, "server[0].location[1].limit_req.rate");
+    let e = err(&with("limit_req = { zone = \"rate\", status = 200 }"));
+    assert_eq!(e.field, "server[0].location[1].limit_req.status");
+    let e = err(&format!(
+        "[[limit_conn_zone]]\nname = \"z\"\nkey = \"$http_x\"\n{GOOD}"
+    ));
+    assert_eq!(e.field, "limit_conn_zone[0].key");
+    let e = err(&format!(
+        "[[limit_conn_zone]]\nname = \"z\"\nsize = \"1k\"\n{GOOD}"
+    ));
+    assert_eq!(e.field, "limit_conn_zone[0].size");
+    let e = err(&format!(
+        "[[limit_req_zone]]\nname = \"z\"\n{}",
+        GOOD.replace(
+            "path = \"/ws/\"",
+            "path = \"/ws/\"\nlimit_req = { zone = \"z\" }"
+        )
+    ));
+    assert!(e.message.contains("needs a rate"), "{e}");
+}

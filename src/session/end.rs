@@ -50,6 +50,8 @@ pub enum End {
     ClientTls(&'static str),
     /// TLS with the upstream failed (a bad certificate, no common protocol): 502.
     UpstreamTls(&'static str),
+    /// Over the location's `limit_conn` or `limit_req` (503 or the configured status).
+    Limited,
 }
 
 impl fmt::Display for End {
@@ -76,6 +78,7 @@ impl fmt::Display for End {
             End::PlainHttp => write!(f, "plain-http"),
             End::ClientTls(why) => write!(f, "client-tls:{why}"),
             End::UpstreamTls(why) => write!(f, "upstream-tls:{why}"),
+            End::Limited => write!(f, "limited"),
         }
     }
 }
@@ -135,19 +138,6 @@ impl End {
         }
     }
 
-    /// Whether this end is one a request may be tried again for on another server: the
-    /// upstream failed (socket error, no answer in time, an answer that could not be used)
-    /// rather than the client or ringway ending it. Whether it then is retried also depends on
-    /// the request (nothing of a tunnel or a non-idempotent request went up yet): nginx's
-    /// `proxy_next_upstream error timeout invalid_header`, which the upstream issue's
-    /// `next_upstream` setting decides with this.
-    pub fn retry_allowed(&self) -> bool {
-        matches!(
-            self,
-            End::UpstreamError(_) | End::UpstreamTimeout | End::BadResponse(_)
-        )
-    }
-
     /// A short name per kind, without the errno or reason (a metrics label).
     pub fn kind(&self) -> &'static str {
         End::KIND_NAMES[self.index()]
@@ -176,10 +166,11 @@ impl End {
         "plain-http",
         "client-tls",
         "upstream-tls",
+        "limited",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 21;
+    pub const KINDS: usize = 22;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -205,6 +196,7 @@ impl End {
             End::PlainHttp => 18,
             End::ClientTls(_) => 19,
             End::UpstreamTls(_) => 20,
+            End::Limited => 21,
         }
     }
 }
@@ -237,6 +229,7 @@ mod tests {
             End::PlainHttp,
             End::ClientTls("bad-record"),
             End::UpstreamTls("bad-certificate"),
+            End::Limited,
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {
@@ -251,10 +244,5 @@ mod tests {
             Some(libc::ETIMEDOUT)
         );
         assert_eq!(End::NoRoute.side(), None);
-        assert!(End::UpstreamError(libc::ECONNREFUSED).retry_allowed());
-        assert!(End::BadResponse("bad head").retry_allowed());
-        assert!(!End::NoUpstream.retry_allowed(), "nothing left to try");
-        assert!(!End::ClientClosed.retry_allowed());
-        assert!(!End::IdleTimeout.retry_allowed());
     }
 }

@@ -191,6 +191,13 @@ impl Session {
             self.answer(r, 404, End::NoRoute, io);
             return Next::Continue;
         };
+        let delay_ms = match take_limits(cfg, loc, self.client.ip(), &mut self.limited) {
+            Ok(ms) => ms,
+            Err(status) => {
+                self.answer(r, status, End::Limited, io);
+                return Next::Continue;
+            }
+        };
         let mut out = io.scratch();
         out.reserve(req.head_len + 256);
         let fwd = http::Forwarded {
@@ -248,6 +255,17 @@ impl Session {
         debug_assert!(self.up.flushed());
         self.up.push(io, head);
         self.phase_ms = now;
+        if delay_ms > 0 {
+            // limit_req without nodelay: the request waits its turn (its timer is the
+            // connect deadline until then).
+            if let Phase::Connecting(x) = &mut self.phase
+                && let Some(c) = x.connect()
+            {
+                c.delayed = true;
+            }
+            self.phase_ms = now + delay_ms;
+            return Next::Continue;
+        }
         self.connect_next(io, env)
     }
 
@@ -391,6 +409,7 @@ impl Session {
             timed_out: false,
             waiting: true,
             resend: true,
+            delayed: false,
         });
         let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
             unreachable!()
@@ -662,5 +681,46 @@ impl Session {
             tunnel: r.tunnel,
             tls: self.down.tls_info(),
         })
+    }
+}
+
+/// The location's limits for a request from `ip`: `Ok(delay in ms)` (0: go now), or
+/// `Err(status)` when refused. A connection holds at most one `limit_conn` slot (`held`:
+/// zone + 1), from its first limited request until it ends; a request for another zone
+/// trades it.
+fn take_limits(
+    cfg: &crate::config::Config,
+    loc: &crate::config::Location,
+    ip: std::net::IpAddr,
+    held: &mut u16,
+) -> Result<u64, u16> {
+    let key = crate::limits::key_of(ip);
+    if let Some(lc) = loc.limit_conn
+        && usize::from(*held) != lc.zone + 1
+    {
+        match cfg.conn_zones[lc.zone].table.take(key, lc.max) {
+            crate::limits::Taken::Yes => {
+                if let Some(old) = held.checked_sub(1) {
+                    cfg.conn_zones[usize::from(old)].table.give_back(key);
+                }
+                *held = lc.zone as u16 + 1;
+            }
+            crate::limits::Taken::Over => return Err(lc.status),
+            crate::limits::Taken::Full => {
+                tracing::warn!(target: "limits", "limit_conn_zone {:?} is full ({} addresses): refusing new addresses", cfg.conn_zones[lc.zone].name, cfg.conn_zones[lc.zone].table.capacity());
+                return Err(lc.status);
+            }
+        }
+    }
+    match loc.limit_req {
+        None => Ok(0),
+        Some(lr) => {
+            let z = &cfg.req_zones[lr.zone].table;
+            match z.check(key, clock_ms(), lr.rate_milli, lr.burst, lr.nodelay) {
+                crate::limits::Verdict::Pass => Ok(0),
+                crate::limits::Verdict::Delay(ms) => Ok(ms),
+                crate::limits::Verdict::Refuse => Err(lr.status),
+            }
+        }
     }
 }

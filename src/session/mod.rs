@@ -147,6 +147,8 @@ pub struct Session {
     /// The server (upstream, peer) the upstream socket is counted against in its `active`
     /// gauge while it is open; `NO_PEER` in both when none.
     counted: [u16; 2],
+    /// The `limit_conn` zone (index + 1) this connection is counted in; 0: none.
+    limited: u16,
 }
 
 impl Session {
@@ -176,6 +178,7 @@ impl Session {
             end: None,
             served: 0,
             counted: [phase::NO_PEER; 2],
+            limited: 0,
         }
     }
 
@@ -320,6 +323,7 @@ impl Session {
                         timed_out: false,
                         waiting: true,
                         resend: false,
+                        delayed: false,
                     };
                 }
                 self.retire(Side::Up, io);
@@ -393,6 +397,7 @@ impl Session {
                 Some(self.phase_ms + ms(self.listen.keepalive_timeout_ms))
             }
             Phase::Request { .. } => Some(self.phase_ms + ms(self.listen.header_timeout_ms)),
+            Phase::Connecting(x) if x.delayed() => Some(self.phase_ms),
             Phase::Connecting(x) if !x.connect_timed_out() => {
                 Some(self.phase_ms + ms(x.req.connect_ms))
             }
@@ -457,6 +462,16 @@ impl Session {
             match &mut self.phase {
                 Phase::Request { .. } if idle => Next::Close(End::KeepaliveTimeout),
                 Phase::Request { .. } => Next::Close(End::HeaderTimeout),
+                Phase::Connecting(x) if x.delayed() => {
+                    // limit_req's delay is over: now connect.
+                    if let Some(c) = x.connect() {
+                        c.delayed = false;
+                    }
+                    self.phase_ms = now;
+                    let next = self.connect_next(io, env);
+                    self.apply(next, io);
+                    return self.after(io, env);
+                }
                 Phase::Connecting(x) => {
                     if let Some(c) = x.connect() {
                         c.timed_out = true;
@@ -756,6 +771,19 @@ impl Session {
         }
         self.sync_recv(io);
         Next::Continue
+    }
+
+    /// Give back the `limit_conn` slot this connection holds (the worker calls it once, at the
+    /// session's end; it is idempotent).
+    pub fn release_limit(&mut self) {
+        let z = std::mem::take(&mut self.limited);
+        if let Some(zone) = z
+            .checked_sub(1)
+            .and_then(|z| self.cfg.conn_zones.get(usize::from(z)))
+        {
+            zone.table
+                .give_back(crate::limits::key_of(self.client.ip()));
+        }
     }
 
     /// The upstream socket is open to server `peer` of upstream `upstream`: count it.

@@ -94,6 +94,8 @@ pub(super) struct Connect {
     /// The request went up to a server that then failed: what is left of it on that socket
     /// is dropped and `Exchange::resend` goes to the next one.
     pub resend: bool,
+    /// limit_req delays the request until the phase's clock (no connect started yet).
+    pub delayed: bool,
 }
 
 impl Exchange {
@@ -107,6 +109,10 @@ impl Exchange {
 
     pub fn connect_timed_out(&self) -> bool {
         matches!(self.downward, Downward::Connect(c) if c.timed_out)
+    }
+
+    pub fn delayed(&self) -> bool {
+        matches!(self.downward, Downward::Connect(c) if c.delayed)
     }
 
     pub fn connect_waiting(&self) -> bool {

@@ -1,0 +1,129 @@
+//! limit_conn and limit_req through real processes: per client address, across workers.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A WebSocket handshake through `addr` from source `from`: the status, and the stream (kept
+/// open to hold the connection).
+fn handshake_from(addr: SocketAddr, from: &str, path: &str) -> (u16, TcpStream) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut t: TcpStream = s.into();
+    t.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(t, "GET {path} HTTP/1.1\r\nHost: x\r\n{WS_REQ}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && t.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    (status_of(&head), t)
+}
+
+fn config(listen: SocketAddr, backend: SocketAddr, zones: &str, location: &str) -> String {
+    format!(
+        "[runtime]\nworkers = 2\n{zones}\n[[upstream]]\nname = \"u\"\nservers = [{{ addr = \"{backend}\" }}]\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n{location}\n"
+    )
+}
+
+#[test]
+fn limit_conn_counts_each_address_across_workers_and_gives_back_on_close() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("limit-conn");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let cfg = config(
+        listen,
+        backend,
+        "[[limit_conn_zone]]\nname = \"perip\"\nkey = \"$binary_remote_addr\"\nsize = \"1m\"",
+        "limit_conn = { zone = \"perip\", max = 20 }\n[[server.location]]\npath = \"/strict/\"\nupstream = \"u\"\nlimit_conn = { zone = \"perip\", max = 1, status = 429 }",
+    );
+    let p = proxy(&cfg, listen, &dir);
+    // Twenty tunnels from one address (both workers accept them); the 21st is refused.
+    let mut held: Vec<TcpStream> = (0..20)
+        .map(|i| {
+            let (status, t) = handshake_from(listen, "127.0.0.5", "/");
+            assert_eq!(status, 101, "tunnel {i}");
+            t
+        })
+        .collect();
+    let (status, _) = handshake_from(listen, "127.0.0.5", "/");
+    assert_eq!(status, 503);
+    // Another address has its own count.
+    let (status, other) = handshake_from(listen, "127.0.0.6", "/");
+    assert_eq!(status, 101);
+    // One closes: its slot comes back (once the session has ended).
+    drop(held.pop());
+    let t = Instant::now();
+    loop {
+        let (status, s) = handshake_from(listen, "127.0.0.5", "/");
+        if status == 101 {
+            held.push(s);
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = handshake_from(listen, "127.0.0.5", "/");
+    assert_eq!(status, 503, "exactly one slot came back");
+    // A stricter location counts in the same zone, with its own status.
+    let (status, _) = handshake_from(listen, "127.0.0.6", "/strict/");
+    assert_eq!(status, 429, "127.0.0.6 already holds one");
+    p.wait_log("end=limited", 5);
+    drop(other);
+    drop(held);
+}
+
+#[test]
+fn limit_req_refuses_past_the_burst_and_delays_within_it() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("limit-req");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let cfg = config(
+        listen,
+        backend,
+        "[[limit_req_zone]]\nname = \"hs\"\nsize = \"1m\"\nrate = \"1r/s\"",
+        "limit_req = { zone = \"hs\", burst = 3, nodelay = true, status = 429 }\n[[server.location]]\npath = \"/slow/\"\nupstream = \"u\"\nlimit_req = { zone = \"hs\", rate = \"10r/s\", burst = 2 }",
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    // 1r/s, burst 3, nodelay: four handshakes at once pass, the fifth is refused.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| handshake_from(listen, "127.0.0.7", "/").0)
+        .collect();
+    assert_eq!(statuses, [101, 101, 101, 101, 429]);
+    // Another address is not limited by the first.
+    assert_eq!(handshake_from(listen, "127.0.0.8", "/").0, 101);
+    // 10r/s, burst 2, no nodelay: three at once all pass, the later ones held back (nginx's
+    // delay: 100 and 200 ms; printed, not asserted: the machine is shared).
+    let t = Instant::now();
+    let ts: Vec<std::thread::JoinHandle<(u16, Duration)>> = (0..3)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let s = handshake_from(listen, "127.0.0.9", "/slow/x").0;
+                (s, t.elapsed())
+            })
+        })
+        .collect();
+    let mut got: Vec<(u16, Duration)> = ts.into_iter().map(|h| h.join().unwrap()).collect();
+    got.sort_by_key(|g| g.1);
+    eprintln!("limit_req delays (10r/s, burst 2): {got:?}");
+    assert!(got.iter().all(|g| g.0 == 101), "{got:?}");
+}
