@@ -37,6 +37,10 @@ enum Command {
         /// Worker threads ("auto": one per core).
         #[arg(short, long, default_value = "auto")]
         workers: String,
+        /// `GET /health` answers 503 while this file exists (a backend failing its health
+        /// checks on demand, still echoing).
+        #[arg(long)]
+        health_file: Option<PathBuf>,
     },
     /// WebSocket load generator: throughput, connect rate, or idle connections with heartbeats.
     Bench(Box<BenchArgs>),
@@ -256,9 +260,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Echo { listen, workers } => {
+        Command::Echo {
+            listen,
+            workers,
+            health_file,
+        } => {
             init_logging();
-            workers_arg(&workers).and_then(|w| ringway::tools::echo::run(&listen, w))
+            workers_arg(&workers).and_then(|w| ringway::tools::echo::run(&listen, w, health_file))
         }
     };
     match result {

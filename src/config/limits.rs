@@ -102,10 +102,7 @@ fn zone_common(cx: &Ctx<'_>, f: &str, z: &raw::Zone) -> Result<(String, usize), 
 pub(super) type Zones = (Vec<Zone<ConnZone>>, Vec<(Zone<ReqZone>, Option<u64>)>);
 
 /// The zones, checked (unique names, supported keys, sizes), their tables allocated.
-pub(super) fn zones(
-    cx: &Ctx<'_>,
-    raw: &raw::File,
-) -> Result<Zones, ConfigError> {
+pub(super) fn zones(cx: &Ctx<'_>, raw: &raw::File) -> Result<Zones, ConfigError> {
     let mut conn: Vec<Zone<ConnZone>> = Vec::new();
     for (i, z) in raw.limit_conn_zone.iter().enumerate() {
         let f = format!("limit_conn_zone[{i}]");

@@ -5,11 +5,11 @@
 //! preserved; Ping gets a Pong with its payload; Close gets the same Close back. Subprotocols:
 //! the first one offered is accepted. `permessage-deflate` is accepted with no context takeover
 //! both ways, which makes echoing the compressed payload unchanged valid.
-//! Upgrade on `/headers…` first sends the request head as JSON in a text message; upgrade on
+//! Upgrade on `…/headers` first sends the request head as JSON in a text message; upgrade on
 //! `/push?bytes=N` sends N bytes in 64 KiB binary frames as fast as the client reads; upgrade
 //! on `/close/CODE` sends a Close with that code (reason "server closing") first.
 //!
-//! HTTP: `GET /health` → 200 `ok`; `GET /headers` → the request head as JSON
+//! HTTP: `GET /health` → 200 `ok` (503 while the `--health-file` exists); `GET …/headers` → the request head as JSON
 //! (`{"method","path","peer","local","headers":[[name,value],…]}`, names as sent, in order;
 //! `peer` is the address the connection came from, `local` the echo's own address, which
 //! tells the backends of an upstream apart); `GET /bytes/N` →
@@ -87,8 +87,19 @@ struct EchoCore {
     listeners: Vec<Socket>,
 }
 
+/// While this file exists, `GET /health` answers 503 (`--health-file`: a backend that fails
+/// its health checks on demand, for tests and demos, while it keeps echoing).
+static HEALTH_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
 /// Run echo workers on `listen` until SIGINT/SIGTERM.
-pub fn run(listen: &[SocketAddr], workers: usize) -> anyhow::Result<()> {
+pub fn run(
+    listen: &[SocketAddr],
+    workers: usize,
+    health_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    if let Some(f) = health_file {
+        let _ = HEALTH_FILE.set(f);
+    }
     if let Err(why) = crate::uring::probe() {
         anyhow::bail!("{why}");
     }
@@ -466,6 +477,12 @@ fn control_done(w: &mut WsEcho, h: FrameHeader, out: &mut Vec<u8>) -> bool {
     false
 }
 
+/// `/headers`, also under a prefix (`/chat/headers`) and with a query.
+fn wants_headers(path: &str) -> bool {
+    let p = path.split('?').next().unwrap_or("");
+    p == "/headers" || p.ends_with("/headers")
+}
+
 /// Handle a request head; `Ok(Some(head_len))` when complete.
 fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -531,7 +548,7 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         }
         resp.push_str("\r\n");
         out.extend_from_slice(resp.as_bytes());
-        if path.starts_with("/headers") {
+        if wants_headers(path) {
             out.extend(ws::frame(opcode::TEXT, json().as_bytes(), None));
         }
         if let Some(q) = path.strip_prefix("/push?bytes=") {
@@ -563,8 +580,17 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         out.extend_from_slice(body);
     };
     if method == "GET" && path == "/health" {
-        simple("200 OK", "text/plain", b"ok\n", out);
-    } else if method == "GET" && (path == "/headers" || path.starts_with("/headers?")) {
+        if HEALTH_FILE.get().is_some_and(|f| f.exists()) {
+            simple(
+                "503 Service Unavailable",
+                "text/plain",
+                b"failing on purpose\n",
+                out,
+            );
+        } else {
+            simple("200 OK", "text/plain", b"ok\n", out);
+        }
+    } else if method == "GET" && wants_headers(path) {
         simple("200 OK", "application/json", json().as_bytes(), out);
     } else if let (Some(num), "GET") = (path.strip_prefix("/bytes/"), method) {
         let total: u64 = num.parse().map_err(|_| ())?;

@@ -270,7 +270,17 @@ pub fn ws_connect(addr: SocketAddr, path: &str) -> Ws {
 
 /// A WebSocket client over `mode` (`ws://` or `wss://`, trusting the test CA).
 pub fn ws_connect_mode(addr: SocketAddr, path: &str, mode: Mode) -> Ws {
-    let stream = connect(addr, mode);
+    ws_connect_from(addr, path, mode, None)
+}
+
+/// A WebSocket client from source address `from`.
+pub fn ws_connect_from(
+    addr: SocketAddr,
+    path: &str,
+    mode: Mode,
+    from: Option<std::net::IpAddr>,
+) -> Ws {
+    let stream = connect_from(addr, from, mode);
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -372,7 +382,27 @@ impl Write for Stream {
 
 /// Connect to `addr`; over TLS with SNI `localhost`, trusting the test CA.
 pub fn connect(addr: SocketAddr, mode: Mode) -> Stream {
-    let s = TcpStream::connect(addr).unwrap();
+    connect_from(addr, None, mode)
+}
+
+/// Connect to `addr` from source address `from` (any of 127/8 on loopback), or the kernel's
+/// choice.
+pub fn connect_from(addr: SocketAddr, from: Option<std::net::IpAddr>, mode: Mode) -> Stream {
+    let s = match from {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(ip) => {
+            let s = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )
+            .unwrap();
+            s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            s.connect_timeout(&addr.into(), Duration::from_secs(5))
+                .unwrap();
+            s.into()
+        }
+    };
     let _ = s.set_nodelay(true);
     match mode {
         Mode::Plain => Stream::Plain(s),
