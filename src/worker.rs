@@ -159,10 +159,13 @@ impl Worker {
                 return Ok(());
             }
             r.turn(core, Duration::from_millis(TICK_MS))?;
-            core.spec
-                .metrics
-                .stale_cqes
-                .store(r.stale, Ordering::Relaxed);
+            let m = &core.spec.metrics;
+            m.stale_cqes.store(r.stale, Ordering::Relaxed);
+            let pool = &r.ring.pool;
+            m.pool_buffers
+                .store(u64::from(pool.count()), Ordering::Relaxed);
+            m.pool_in_use
+                .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
             while let Some((slot, _, side)) = r.next_unparked(8) {
                 core.with_session(r, slot, |s, io, env| s.unpark(side, io, env));
@@ -247,10 +250,15 @@ impl Core {
             return;
         };
         let access_log = entry.session.config().runtime.access_log;
-        let mut io = WorkerIo { sys, access_log };
+        let mut io = WorkerIo {
+            sys,
+            access_log,
+            metrics: &self.spec.metrics,
+        };
         let mut env = Env {
             balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
+            metrics: &self.spec.metrics,
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
@@ -280,12 +288,16 @@ impl Core {
         if entry.timer_at != 0 {
             r.wheel.remove((slot, generation), entry.timer_at);
         }
-        if s.config().runtime.access_log
-            && let Some(line) = s.access_log(end, r.now_ms())
-        {
-            write_access_log(&line);
-        }
         let m = &self.spec.metrics;
+        if let Some(line) = s.access_log(end, r.now_ms()) {
+            m.request_done(line.bytes_in, line.bytes_out);
+            if s.config().runtime.access_log {
+                write_access_log(&line);
+            }
+        }
+        if let Some(since) = s.tunnel_since() {
+            m.tunnel_closed(r.now_ms().saturating_sub(since));
+        }
         m.session_ended(end, r.now_ms().saturating_sub(entry.accepted_ms));
         m.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -392,6 +404,7 @@ pub fn escape_log(s: &str) -> std::borrow::Cow<'_, str> {
 struct WorkerIo<'a> {
     sys: RingSys<'a>,
     access_log: bool,
+    metrics: &'a WorkerMetrics,
 }
 
 impl Sys for WorkerIo<'_> {
@@ -453,6 +466,7 @@ impl Sys for WorkerIo<'_> {
 
 impl Io for WorkerIo<'_> {
     fn log(&mut self, l: &AccessLog<'_>) {
+        self.metrics.request_done(l.bytes_in, l.bytes_out);
         if self.access_log {
             write_access_log(l);
         }

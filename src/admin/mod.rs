@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::live::Live;
-use crate::metrics::{DURATION_BOUNDS, WorkerMetrics};
-use crate::session::End;
+use crate::metrics::WorkerMetrics;
+
+mod metrics;
 
 /// Admin connections served at once; more are answered 503 and closed at once.
 pub const CONNECTIONS_MAX: usize = 256;
@@ -28,6 +29,31 @@ pub struct AdminState {
     pub stopping: Arc<AtomicBool>,
     pub started: Instant,
     pub max_sessions: u64,
+    /// What `/metrics` reads (the same workers and configuration).
+    metrics: Arc<metrics::Sources>,
+}
+
+impl AdminState {
+    pub fn new(
+        workers: Vec<Arc<WorkerMetrics>>,
+        live: Arc<Live>,
+        stopping: Arc<AtomicBool>,
+        max_sessions: u64,
+    ) -> AdminState {
+        let metrics = Arc::new(metrics::Sources {
+            workers: workers.clone(),
+            live: live.clone(),
+            stopping: stopping.clone(),
+        });
+        AdminState {
+            workers,
+            live,
+            stopping,
+            started: Instant::now(),
+            max_sessions,
+            metrics,
+        }
+    }
 }
 
 /// Start serving on `addr`; returns the bound address (port 0 picks one).
@@ -100,7 +126,11 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
     let mut req = httparse::Request::new(&mut headers);
     let (status, ctype, body) = match req.parse(&buf[..n]) {
         Ok(httparse::Status::Complete(_)) if req.method == Some("GET") => {
-            route(req.path.unwrap_or("/"), st)
+            let openmetrics = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("accept")
+                    && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
+            });
+            route(req.path.unwrap_or("/"), openmetrics, st)
         }
         Ok(httparse::Status::Complete(_)) => (405, "text/plain", "only GET\n".to_string()),
         _ => (400, "text/plain", "bad request\n".to_string()),
@@ -151,7 +181,7 @@ fn upstreams(live: &Live) -> serde_json::Value {
         .collect()
 }
 
-fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
+fn route(path: &str, openmetrics: bool, st: &AdminState) -> (u16, &'static str, String) {
     let stopping = st.stopping.load(Ordering::Relaxed);
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     match path {
@@ -171,8 +201,13 @@ fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
                     serde_json::json!({
                         "worker": i,
                         "active": get(&w.active),
+                        "tunnels": get(&w.tunnels),
                         "accepted": get(&w.accepted),
                         "rejected": get(&w.rejected),
+                        "limited": w.ended(crate::session::End::Limited.index()),
+                        "bytes_from_client": get(&w.bytes_from_client),
+                        "bytes_from_upstream": get(&w.bytes_from_upstream),
+                        "buffer_pool": { "buffers": get(&w.pool_buffers), "in_use": get(&w.pool_in_use) },
                     })
                 })
                 .collect();
@@ -182,84 +217,28 @@ fn route(path: &str, st: &AdminState) -> (u16, &'static str, String) {
                 "uptime_seconds": st.started.elapsed().as_secs(),
                 "max_sessions": st.max_sessions,
                 "active": sum(st, |w| get(&w.active)),
+                "tunnels": sum(st, |w| get(&w.tunnels)),
                 "accepted": sum(st, |w| get(&w.accepted)),
                 "workers": workers,
                 "upstreams": upstreams(&st.live),
+                "limit_conn_zones": st.live.config().conn_zones.iter().map(|z| serde_json::json!({
+                    "name": z.name, "addresses": z.table.keys(), "capacity": z.table.capacity(),
+                })).collect::<Vec<_>>(),
             });
             (200, "application/json", format!("{v}\n"))
         }
-        "/metrics" => {
-            let mut o = String::new();
-            let mut metric =
-                |name: &str, kind: &str, help: &str, f: &dyn Fn(&WorkerMetrics) -> u64| {
-                    o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-                    for (i, w) in st.workers.iter().enumerate() {
-                        o.push_str(&format!("{name}{{worker=\"{i}\"}} {}\n", f(w)));
-                    }
-                };
-            metric(
-                "ringway_sessions_active",
-                "gauge",
-                "Client connections open now.",
-                &|w| get(&w.active),
-            );
-            metric(
-                "ringway_sessions_accepted_total",
-                "counter",
-                "Client connections accepted.",
-                &|w| get(&w.accepted),
-            );
-            metric(
-                "ringway_sessions_rejected_total",
-                "counter",
-                "Client connections refused over max_connections.",
-                &|w| get(&w.rejected),
-            );
-            metric(
-                "ringway_stale_completions_total",
-                "counter",
-                "Completions for freed sessions (should stay 0).",
-                &|w| get(&w.stale_cqes),
-            );
-            o.push_str(
-                "# HELP ringway_sessions_ended_total Sessions ended, by how they ended.\n\
-                 # TYPE ringway_sessions_ended_total counter\n",
-            );
-            for (i, w) in st.workers.iter().enumerate() {
-                for (k, name) in End::KIND_NAMES.iter().enumerate() {
-                    o.push_str(&format!(
-                        "ringway_sessions_ended_total{{worker=\"{i}\",end=\"{name}\"}} {}\n",
-                        w.ended(k)
-                    ));
-                }
-            }
-            o.push_str(
-                "# HELP ringway_session_duration_seconds How long client connections lasted.\n\
-                 # TYPE ringway_session_duration_seconds histogram\n",
-            );
-            for (i, w) in st.workers.iter().enumerate() {
-                let (buckets, sum) = w.durations();
-                let mut cumulative = 0;
-                for (k, n) in buckets.iter().enumerate() {
-                    cumulative += n;
-                    let le = DURATION_BOUNDS
-                        .get(k)
-                        .map_or("+Inf".to_string(), |b| b.to_string());
-                    o.push_str(&format!(
-                        "ringway_session_duration_seconds_bucket{{worker=\"{i}\",le=\"{le}\"}} {cumulative}\n"
-                    ));
-                }
-                o.push_str(&format!(
-                    "ringway_session_duration_seconds_sum{{worker=\"{i}\"}} {sum}\n\
-                     ringway_session_duration_seconds_count{{worker=\"{i}\"}} {cumulative}\n"
-                ));
-            }
-            o.push_str(&format!(
-                "# HELP ringway_up 1 while serving, 0 while stopping.\n# TYPE ringway_up gauge\nringway_up {}\n",
-                u8::from(!stopping)
-            ));
-            (200, "text/plain; version=0.0.4", o)
-        }
+        // OpenMetrics to a scraper that asks for it (Prometheus does), the classic text format
+        // otherwise (curl, `promtool check metrics`).
+        "/metrics" if openmetrics => (
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics::render(st.metrics.clone()),
+        ),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::classic(&metrics::render(st.metrics.clone())),
+        ),
         _ => (
             404,
             "text/plain",

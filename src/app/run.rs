@@ -84,13 +84,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let stopping = Arc::new(AtomicBool::new(false));
     if let Some(addr) = cfg.admin {
-        let state = crate::admin::AdminState {
-            workers: all_metrics.clone(),
-            live: live.clone(),
-            stopping: stopping.clone(),
-            started: std::time::Instant::now(),
-            max_sessions: u64::from(max_connections),
-        };
+        let state = crate::admin::AdminState::new(
+            all_metrics.clone(),
+            live.clone(),
+            stopping.clone(),
+            u64::from(max_connections),
+        );
         let bound = crate::admin::spawn(addr, state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");

@@ -541,6 +541,8 @@ impl Session {
                 out.extend_from_slice(&buf[resp.head_len..]);
                 r.tunnel = true;
                 r.responded = true;
+                env.metrics
+                    .tunnel_opened(io.now_ms().saturating_sub(r.started_ms));
                 let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None))
                 else {
                     unreachable!()

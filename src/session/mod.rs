@@ -51,6 +51,8 @@ pub struct Env<'a> {
     /// The worker is draining (shutdown began): answer what is in progress, then close
     /// instead of keeping the client connection alive.
     pub draining: bool,
+    /// The worker's metrics (time to 101, connect time, tunnels).
+    pub metrics: &'a crate::metrics::WorkerMetrics,
 }
 
 /// What a handler decided. Inside the session: go on, answer with our own status and close,
@@ -293,6 +295,9 @@ impl Session {
             return self.after(io, env);
         };
         if res == 0 && !x.connect_timed_out() {
+            env.metrics
+                .connect
+                .observe_ms(io.now_ms().saturating_sub(self.phase_ms));
             self.up.ready = true;
             self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
                 Phase::Connecting(mut x) => {
@@ -771,6 +776,11 @@ impl Session {
         }
         self.sync_recv(io);
         Next::Continue
+    }
+
+    /// When the tunnel this session carries began (its upgrade request), if it carries one.
+    pub fn tunnel_since(&self) -> Option<u64> {
+        self.phase.req().filter(|r| r.tunnel).map(|r| r.started_ms)
     }
 
     /// Give back the `limit_conn` slot this connection holds (the worker calls it once, at the

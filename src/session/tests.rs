@@ -200,6 +200,7 @@ macro_rules! env_of {
         Env {
             balancers: &mut $sim.balancers,
             draining: $sim.draining,
+            metrics: &$sim.metrics,
         }
     };
 }
@@ -212,6 +213,7 @@ struct Sim {
     io: Fake,
     balancers: Balancers,
     draining: bool,
+    metrics: crate::metrics::WorkerMetrics,
     rng: u64,
     /// The end-of-session point ran.
     ended: bool,
@@ -258,6 +260,7 @@ impl Sim {
             io,
             balancers,
             draining: false,
+            metrics: Default::default(),
             ended: false,
             rng: seed
                 .wrapping_mul(6364136223846793005)

@@ -1,0 +1,341 @@
+//! `/metrics`: the Prometheus exposition, rendered by the `prometheus-client` crate from a
+//! custom collector that reads, at scrape time, what the workers publish (relaxed atomics)
+//! and the servers' shared state. Nothing on the data path knows about it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::PeerStatus;
+use crate::live::Live;
+use crate::metrics::{Histogram, WorkerMetrics};
+use crate::session::End;
+
+/// What the collector reads.
+pub struct Sources {
+    pub workers: Vec<Arc<WorkerMetrics>>,
+    pub live: Arc<Live>,
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sources({} workers)", self.workers.len())
+    }
+}
+
+/// The whole exposition, in the OpenMetrics text format (which Prometheus scrapes and
+/// `promtool check metrics` reads).
+pub fn render(src: Arc<Sources>) -> String {
+    let mut registry = Registry::with_prefix("ringway");
+    registry.register_collector(Box::new(src));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The same exposition in Prometheus's classic text format (0.0.4): a counter family is
+/// named with its `_total` in `# HELP` and `# TYPE`, and OpenMetrics' `# UNIT` and `# EOF`
+/// lines are left out. Every sample line is as `prometheus-client` wrote it.
+pub fn classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            // Held until the TYPE line says whether the name takes `_total`.
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Sources {
+    fn per_worker(
+        &self,
+        enc: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        f: impl Fn(&WorkerMetrics) -> u64,
+    ) -> fmt::Result {
+        let mut d = enc.encode_descriptor(name, help, None, kind)?;
+        for (i, w) in self.workers.iter().enumerate() {
+            let labels: Labels = vec![("worker", i.to_string())];
+            let m = d.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(f(w)).encode(m)?,
+                _ => ConstGauge::new(f(w) as i64).encode(m)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn histogram(
+        &self,
+        enc: &mut DescriptorEncoder<'_>,
+        name: &str,
+        help: &str,
+        h: impl Fn(&WorkerMetrics) -> &Histogram,
+    ) -> fmt::Result {
+        let mut d =
+            enc.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for (i, w) in self.workers.iter().enumerate() {
+            let labels: Labels = vec![("worker", i.to_string())];
+            let (buckets, sum, count) = h(w).snapshot();
+            d.encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Sources {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let e = &mut enc;
+        self.per_worker(
+            e,
+            "sessions_active",
+            "Client connections open now.",
+            Gauge,
+            |w| get(&w.active),
+        )?;
+        self.per_worker(
+            e,
+            "tunnels_active",
+            "WebSocket tunnels open now.",
+            Gauge,
+            |w| get(&w.tunnels),
+        )?;
+        self.per_worker(
+            e,
+            "sessions_accepted",
+            "Client connections accepted.",
+            Counter,
+            |w| get(&w.accepted),
+        )?;
+        self.per_worker(
+            e,
+            "sessions_rejected",
+            "Client connections refused over max_connections.",
+            Counter,
+            |w| get(&w.rejected),
+        )?;
+        self.per_worker(
+            e,
+            "sessions_limited",
+            "Requests refused by limit_conn or limit_req.",
+            Counter,
+            |w| w.ended(End::Limited.index()),
+        )?;
+        self.per_worker(
+            e,
+            "stale_completions",
+            "Completions for freed sessions (should stay 0).",
+            Counter,
+            |w| get(&w.stale_cqes),
+        )?;
+        {
+            let mut d = e.encode_descriptor(
+                "sessions_ended",
+                "Sessions ended, by how they ended.",
+                None,
+                Counter,
+            )?;
+            for (i, w) in self.workers.iter().enumerate() {
+                for (k, name) in End::KIND_NAMES.iter().enumerate() {
+                    let labels: Labels = vec![("worker", i.to_string()), ("end", name.to_string())];
+                    ConstCounter::new(w.ended(k)).encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut d = e.encode_descriptor(
+                "received",
+                "Bytes received from clients and from upstreams, counted as each request ends.",
+                Some(&Unit::Bytes),
+                Counter,
+            )?;
+            for (i, w) in self.workers.iter().enumerate() {
+                for (from, v) in [
+                    ("client", get(&w.bytes_from_client)),
+                    ("upstream", get(&w.bytes_from_upstream)),
+                ] {
+                    let labels: Labels =
+                        vec![("worker", i.to_string()), ("from", from.to_string())];
+                    ConstCounter::new(v).encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
+        self.histogram(
+            e,
+            "session_duration",
+            "How long client connections lasted.",
+            |w| &w.session_duration,
+        )?;
+        self.histogram(
+            e,
+            "handshake_duration",
+            "From an upgrade request's first byte to its 101 (ms resolution).",
+            |w| &w.handshake,
+        )?;
+        self.histogram(
+            e,
+            "upstream_connect_duration",
+            "Upstream TCP connects, from the attempt to the connection (ms resolution).",
+            |w| &w.connect,
+        )?;
+        self.histogram(
+            e,
+            "tunnel_duration",
+            "WebSocket tunnels, from the upgrade request to the end.",
+            |w| &w.tunnel_lifetime,
+        )?;
+        self.per_worker(
+            e,
+            "buffer_pool_buffers",
+            "Receive buffers in the worker's pool.",
+            Gauge,
+            |w| get(&w.pool_buffers),
+        )?;
+        self.per_worker(
+            e,
+            "buffer_pool_in_use",
+            "Receive buffers held now (by the kernel or waiting to be sent).",
+            Gauge,
+            |w| get(&w.pool_in_use),
+        )?;
+        self.upstreams(e)?;
+        let cfg = self.live.config();
+        {
+            let mut d = e.encode_descriptor(
+                "limit_conn_zone_addresses",
+                "Client addresses counted in each limit_conn zone now.",
+                None,
+                Gauge,
+            )?;
+            for z in &cfg.conn_zones {
+                let labels: Labels = vec![("zone", z.name.clone())];
+                ConstGauge::new(z.table.keys() as i64).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        let d = e.encode_descriptor("up", "1 while serving, 0 while stopping.", None, Gauge)?;
+        ConstGauge::new(i64::from(!self.stopping.load(Ordering::Relaxed))).encode(d)?;
+        Ok(())
+    }
+}
+
+impl Sources {
+    fn upstreams(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let cfg = self.live.config();
+        let now = crate::config::clock_ms();
+        let servers = || {
+            cfg.upstreams.iter().flat_map(|u| {
+                u.peers.iter().map(move |p| {
+                    let labels: Labels =
+                        vec![("upstream", u.name.clone()), ("server", p.addr.to_string())];
+                    (labels, p)
+                })
+            })
+        };
+        {
+            let mut d = e.encode_descriptor(
+                "upstream_server_state",
+                "1 for the state each upstream server is in (up, down, failed, backup).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, p) in servers() {
+                let now_is = p.status(now);
+                for s in [
+                    PeerStatus::Up,
+                    PeerStatus::Down,
+                    PeerStatus::Failed,
+                    PeerStatus::Backup,
+                ] {
+                    let mut l = labels.clone();
+                    l.push(("state", s.name().to_string()));
+                    ConstGauge::new(i64::from(now_is == s)).encode(d.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut d = e.encode_descriptor(
+                "upstream_server_connections",
+                "Connections open to each upstream server now, across workers.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (labels, p) in servers() {
+                ConstGauge::new(i64::from(p.state.active())).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        let counts = [
+            (
+                "upstream_server_requests",
+                "Connections attempted to each upstream server.",
+                0,
+            ),
+            (
+                "upstream_server_failures",
+                "Failures of each upstream server (as next_upstream counts them).",
+                1,
+            ),
+        ];
+        for (name, help, k) in counts {
+            let mut d = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, p) in servers() {
+                ConstCounter::new(p.state.counts()[k]).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        let mut d = e.encode_descriptor(
+            "upstream_server_health_checks",
+            "Active health checks of each upstream server, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (labels, p) in servers() {
+            let [_, _, ok, failed] = p.state.counts();
+            for (result, v) in [("pass", ok), ("fail", failed)] {
+                let mut l = labels.clone();
+                l.push(("result", result.to_string()));
+                ConstCounter::new(v).encode(d.encode_family(&l)?)?;
+            }
+        }
+        Ok(())
+    }
+}

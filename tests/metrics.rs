@@ -1,0 +1,190 @@
+//! `/metrics` read the way an operator's tools read it: `promtool check metrics` lints the
+//! classic text format, Prometheus's own Python parsers read both formats, and the counters
+//! move with traffic.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Samples by `name{sorted labels}`, through prometheus_client's parser for `format`
+/// ("classic" or "openmetrics").
+fn parse(text: &str, format: &str) -> HashMap<String, f64> {
+    let module = match format {
+        "classic" => "prometheus_client.parser",
+        _ => "prometheus_client.openmetrics.parser",
+    };
+    let script = format!(
+        "import sys, json\nfrom {module} import text_string_to_metric_families as p\nout = {{}}\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        out[s.name + '{{' + ','.join(k + '=' + v for k, v in sorted(s.labels.items())) + '}}'] = s.value\nprint(json.dumps(out))\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {format} parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
+    let out = raw_exchange(admin, req.as_bytes(), 10);
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// The sum of every sample whose key starts with `prefix`.
+fn total(m: &HashMap<String, f64>, prefix: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack(
+        "metrics",
+        "limit_conn = { zone = \"perip\", max = 12 }",
+        "",
+        &format!(
+            "[admin]\nlisten = \"{admin}\"\n[[limit_conn_zone]]\nname = \"perip\"\nsize = \"1m\""
+        ),
+    );
+    let (_, before) = scrape(admin, "");
+    let b = parse(&before, "classic");
+    // Traffic: ten tunnels echoing, five plain requests, one refused by limit_conn.
+    let mut tunnels: Vec<Ws> = (0..10).map(|_| st.ws("/")).collect();
+    for ws in &mut tunnels {
+        ws_echo(ws, vec![7u8; 1000]);
+    }
+    for _ in 0..5 {
+        let out = raw_exchange(
+            st.listen,
+            b"GET /bytes/100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            10,
+        );
+        assert_eq!(status_of(&out), 200);
+    }
+    let mut extra: Vec<Ws> = (0..2).map(|_| st.ws("/")).collect();
+    let out = raw_exchange(
+        st.listen,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{WS_REQ}\r\n").as_bytes(),
+        10,
+    );
+    assert_eq!(status_of(&out), 503, "the 13th connection from one address");
+    extra.clear();
+    // The two closed tunnels end (their sessions finish on the proxy's side).
+    let t = std::time::Instant::now();
+    let (head, classic) = loop {
+        let (head, classic) = scrape(admin, "");
+        if total(&parse(&classic, "classic"), "ringway_tunnels_active{") == 10.0 {
+            break (head, classic);
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{classic}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let m = parse(&classic, "classic");
+
+    // promtool lints what Prometheus would scrape.
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let mut p = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(classic.as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
+    }
+    // Prometheus asks for OpenMetrics: the same samples, in that format.
+    let (head, om) = scrape(
+        admin,
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(om.ends_with("# EOF\n"));
+    let o = parse(&om, "openmetrics");
+    assert!(
+        (total(&o, "ringway_tunnels_active{") - total(&m, "ringway_tunnels_active{")).abs() < 0.5
+    );
+
+    let moved = |k: &str| total(&m, k) - total(&b, k);
+    assert_eq!(
+        total(&m, "ringway_tunnels_active{"),
+        10.0,
+        "ten tunnels open"
+    );
+    assert!(moved("ringway_sessions_accepted_total{") >= 18.0);
+    assert!(moved("ringway_handshake_duration_seconds_count{") >= 12.0);
+    assert!(moved("ringway_upstream_connect_duration_seconds_count{") >= 17.0);
+    assert_eq!(moved("ringway_sessions_limited_total{"), 1.0);
+    assert!(moved("ringway_sessions_ended_total{end=done") >= 5.0);
+    assert!(
+        moved("ringway_received_bytes_total{from=upstream") >= 500.0,
+        "the /bytes answers"
+    );
+    assert!(moved("ringway_upstream_server_requests_total{") >= 17.0);
+    // Two tunnels ended: their lifetimes were observed.
+    assert!(moved("ringway_tunnel_duration_seconds_count{") >= 2.0);
+    assert_eq!(
+        total(&m, "ringway_limit_conn_zone_addresses{zone=perip"),
+        1.0
+    );
+    let servers = m
+        .keys()
+        .filter(|k| k.starts_with("ringway_upstream_server_state{") && k.contains("state=up"))
+        .count();
+    assert_eq!(servers, st.backends.len());
+    assert!(total(&m, "ringway_buffer_pool_buffers{") > 0.0);
+    assert_eq!(total(&m, "ringway_up{"), 1.0);
+    // Base units: every histogram is in seconds, every byte count in bytes.
+    for k in m.keys() {
+        if k.ends_with("_bucket") || k.contains("_bucket{") {
+            assert!(k.contains("_seconds_bucket"), "{k}");
+        }
+    }
+    drop(tunnels);
+}
