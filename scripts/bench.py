@@ -132,8 +132,11 @@ def rss_kib(pids):
 class Proxy:
     """One proxy under test: `instances` processes (or nginx workers) on one port."""
 
-    def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None):
+    def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None,
+                 upstream_extra="", port=None):
         self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
+        # ringway only: more lines for the [[upstream]] block (scripts/bench_policy.py: balance).
+        self.upstream_extra = upstream_extra
         # wss: the same ECDSA P-256 certificate for every proxy, TLS 1.3 only (see TlsCert).
         self.tls = tls
         # ringway only: bind upstream sockets over a /16 of local addresses (the `source`
@@ -143,7 +146,7 @@ class Proxy:
         # address has its own port range and connects stay cheap.
         self.upstream_source = upstream_source
         self.procs = []
-        self.port = PORTS[kind] + 100 if tls else PORTS[kind]
+        self.port = port or (PORTS[kind] + 100 if tls else PORTS[kind])
 
     def target(self, path="/ws/"):
         if self.kind == "direct":
@@ -175,6 +178,7 @@ shutdown_grace = "2s"
 name = "echo"
 servers = [{servers}]
 {'source = "127.3.0.0/16"' if self.upstream_source else ''}
+{self.upstream_extra}
 
 [[server]]
 listen = ["127.0.0.1:{self.port}"]
