@@ -104,6 +104,7 @@ def main():
     ap.add_argument("--handshakes", type=int, default=4000)
     ap.add_argument("--servers", type=int, default=1000)
     ap.add_argument("--secs", type=int, default=20)
+    ap.add_argument("--health-only", action="store_true", help="only the health-checker figure")
     args = ap.parse_args()
     b.tune()
     import resource
@@ -112,13 +113,17 @@ def main():
     work = tempfile.mkdtemp(prefix="ringway-policy-")
     load = b.Load(argparse.Namespace(load_cpu=1, proxy_cpu=0, quick=True), work)
     try:
-        load.start_backends(1)
-        cost = balancers(load, work, args.rounds, args.handshakes)
-        load.stop_backends()
+        cost = {"round_robin": 1.0}
+        if not args.health_only:
+            load.start_backends(1)
+            cost = balancers(load, work, args.rounds, args.handshakes)
+            load.stop_backends()
         hc = health(load, work, args.servers, args.secs)
     finally:
         b.stop_all()
     rr = cost["round_robin"]
+    if args.health_only:
+        cost = {}
     print(f"\n`python3 scripts/bench_policy.py --rounds {args.rounds} --handshakes {args.handshakes} "
           f"--servers {args.servers} --secs {args.secs}`: ringway (1 worker on CPU 0) in front of 8 echo "
           f"backends, {args.handshakes} WebSocket handshakes per round (50 at once), each balancer once per "

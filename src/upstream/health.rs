@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::upstream::{HEALTH_DOWN, HEALTH_UP};
-use crate::config::{Config, HealthCheck, PeerState, UpstreamTls};
+use crate::config::{Config, HealthCheck};
 use crate::live::Live;
 
 /// Probes in flight at once (the rest wait for the next turn).
@@ -44,32 +44,34 @@ pub fn wanted(cfg: &Config) -> bool {
 }
 
 /// One server's record between probes.
+#[derive(Clone, Copy)]
 struct Track {
     next: Instant,
     passes: u32,
     fails: u32,
     busy: bool,
-    /// The configuration's generation it was last seen in (entries of servers no longer
-    /// configured are dropped).
-    seen: u64,
 }
 
 #[derive(Default)]
 struct Checker {
-    tracks: HashMap<(String, SocketAddr), Track>,
+    /// The configuration the tracks are for.
+    cfg: Option<Arc<Config>>,
+    /// Per upstream, per server of `cfg` (empty for an upstream without checks).
+    tracks: Vec<Vec<Track>>,
     probes: Vec<Probe>,
-    generation: u64,
+    /// When a probe is next due (`start_due` has nothing to do before).
+    earliest: Option<Instant>,
 }
 
 /// One probe in flight.
 struct Probe {
-    key: (String, SocketAddr),
-    state: PeerState,
-    check: HealthCheck,
+    /// The configuration it was started under and the server in it.
+    cfg: Arc<Config>,
+    at: (usize, usize),
     sock: std::net::TcpStream,
     tls: Option<rustls::ClientConnection>,
     connected: bool,
-    /// What is left to send (plain), or whether the request was handed to TLS.
+    /// What is left to send (plain).
     out: Vec<u8>,
     answer: Vec<u8>,
     deadline: Instant,
@@ -83,60 +85,100 @@ enum Outcome {
 
 impl Checker {
     fn run(mut self, live: &Live, stop: &AtomicBool) {
-        let mut cfg = live.config();
         while !stop.load(Ordering::Relaxed) {
-            let now_cfg = live.config();
-            if !Arc::ptr_eq(&now_cfg, &cfg) {
-                cfg = now_cfg;
+            let cfg = live.config();
+            if !self.cfg.as_ref().is_some_and(|c| Arc::ptr_eq(c, &cfg)) {
+                self.follow(cfg);
             }
-            self.generation += 1;
-            self.start_due(&cfg);
+            self.start_due();
             let wait = self.next_wake().min(Duration::from_millis(200));
             self.poll(wait);
         }
     }
 
-    /// Start the probes that are due (spreading a new server's first probe over its interval,
-    /// so a thousand servers are not probed in the same millisecond).
-    fn start_due(&mut self, cfg: &Config) {
+    /// A configuration came into force: tracks for its servers, carried over by upstream name
+    /// and address from the previous one; a new server's first probe is spread over its
+    /// interval, so a thousand servers are not probed in the same millisecond.
+    fn follow(&mut self, cfg: Arc<Config>) {
         let now = Instant::now();
-        let generation = self.generation;
-        for u in &cfg.upstreams {
+        let mut old: HashMap<(&str, SocketAddr), Track> = HashMap::new();
+        if let Some(prev) = &self.cfg {
+            for (u, ts) in prev.upstreams.iter().zip(&self.tracks) {
+                for (p, t) in u.peers.iter().zip(ts) {
+                    old.insert((u.name.as_str(), p.addr), Track { busy: false, ..*t });
+                }
+            }
+        }
+        let tracks = cfg
+            .upstreams
+            .iter()
+            .map(|u| match &u.health_check {
+                None => Vec::new(),
+                Some(h) => {
+                    let n = u.peers.len().max(1) as u32;
+                    u.peers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            old.get(&(u.name.as_str(), p.addr))
+                                .copied()
+                                .unwrap_or(Track {
+                                    next: now + h.interval * i as u32 / n,
+                                    passes: 0,
+                                    fails: 0,
+                                    busy: false,
+                                })
+                        })
+                        .collect()
+                }
+            })
+            .collect();
+        self.tracks = tracks;
+        self.cfg = Some(cfg);
+        self.earliest = Some(now);
+    }
+
+    /// Start the probes that are due.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        if self.earliest.is_none_or(|e| e > now) {
+            return;
+        }
+        let Some(cfg) = self.cfg.clone() else { return };
+        let mut earliest: Option<Instant> = None;
+        let mut failed = Vec::new();
+        for (ui, u) in cfg.upstreams.iter().enumerate() {
             let Some(h) = &u.health_check else { continue };
-            let n = u.peers.len().max(1) as u32;
-            for (i, p) in u.peers.iter().enumerate() {
-                let key = (u.name.clone(), p.addr);
-                let t = self.tracks.entry(key.clone()).or_insert_with(|| Track {
-                    next: now + h.interval * i as u32 / n,
-                    passes: 0,
-                    fails: 0,
-                    busy: false,
-                    seen: generation,
-                });
-                t.seen = generation;
-                if t.busy || t.next > now || self.probes.len() >= IN_FLIGHT {
+            for (pi, p) in u.peers.iter().enumerate() {
+                let t = &mut self.tracks[ui][pi];
+                if t.busy {
+                    continue;
+                }
+                if t.next > now || self.probes.len() >= IN_FLIGHT {
+                    earliest = Some(earliest.map_or(t.next, |e| e.min(t.next)));
                     continue;
                 }
                 t.busy = true;
                 t.next = (t.next + h.interval).max(now);
                 let target = SocketAddr::new(p.addr.ip(), h.port.unwrap_or(p.addr.port()));
-                match Probe::start(key, target, p.state.clone(), h, u.tls.as_ref()) {
+                match Probe::start(&cfg, (ui, pi), target) {
                     Ok(probe) => self.probes.push(probe),
-                    Err((key, why)) => {
-                        let check = h.clone();
-                        self.finish(&key, &p.state, &check, Outcome::Fail(why));
-                    }
+                    Err(why) => failed.push(((ui, pi), why)),
                 }
             }
         }
-        self.tracks.retain(|_, t| t.seen == generation || t.busy);
+        self.earliest = earliest;
+        for (at, why) in failed {
+            self.finish(&cfg, at, Outcome::Fail(why));
+        }
     }
 
     fn next_wake(&self) -> Duration {
         let now = Instant::now();
-        let due = self.tracks.values().filter(|t| !t.busy).map(|t| t.next);
         let deadlines = self.probes.iter().map(|p| p.deadline);
-        due.chain(deadlines)
+        self.earliest
+            .into_iter()
+            .chain(deadlines)
             .min()
             .map_or(Duration::from_millis(200), |t| {
                 t.saturating_duration_since(now)
@@ -167,9 +209,10 @@ impl Checker {
         for (p, &r) in self.probes.iter_mut().zip(&ready) {
             let o = if r { p.progress() } else { Outcome::Pending };
             outcomes.push(match o {
-                Outcome::Pending if now >= p.deadline => {
-                    Outcome::Fail(format!("no answer within {:?}", p.check.timeout))
-                }
+                Outcome::Pending if now >= p.deadline => Outcome::Fail(format!(
+                    "no answer within {}",
+                    crate::config::fmt_duration(p.check().timeout)
+                )),
                 o => o,
             });
         }
@@ -180,39 +223,40 @@ impl Checker {
                 continue;
             }
             let p = self.probes.swap_remove(i);
-            self.finish(&p.key, &p.state, &p.check, o);
+            self.finish(&p.cfg, p.at, o);
         }
     }
 
-    /// Record a probe's result; log the transitions.
-    fn finish(
-        &mut self,
-        key: &(String, SocketAddr),
-        state: &PeerState,
-        h: &HealthCheck,
-        o: Outcome,
-    ) {
-        let Some(t) = self.tracks.get_mut(key) else {
+    /// Record a probe's result on server `at` of `cfg`; log the transitions.
+    fn finish(&mut self, cfg: &Arc<Config>, at: (usize, usize), o: Outcome) {
+        let u = &cfg.upstreams[at.0];
+        let (p, Some(h)) = (&u.peers[at.1], &u.health_check) else {
             return;
         };
+        let state = &p.state;
+        state.check_done(matches!(o, Outcome::Pass));
+        // A probe of a configuration no longer in force counts on its servers, nothing more.
+        if !self.cfg.as_ref().is_some_and(|c| Arc::ptr_eq(c, cfg)) {
+            return;
+        }
+        let t = &mut self.tracks[at.0][at.1];
         t.busy = false;
+        self.earliest = Some(self.earliest.map_or(t.next, |e| e.min(t.next)));
         match o {
             Outcome::Pass => {
-                state.check_done(true);
                 t.passes += 1;
                 t.fails = 0;
                 if state.health() == HEALTH_DOWN && t.passes >= h.rise {
                     state.set_health(HEALTH_UP);
-                    tracing::warn!(target: "health", "upstream {:?} server {} is up: {} check(s) in a row passed", key.0, key.1, t.passes);
+                    tracing::warn!(target: "health", "upstream {:?} server {} is up: {} check(s) in a row passed", u.name, p.addr, t.passes);
                 }
             }
             Outcome::Fail(why) => {
-                state.check_done(false);
                 t.fails += 1;
                 t.passes = 0;
                 if state.health() == HEALTH_UP && t.fails >= h.fall {
                     state.set_health(HEALTH_DOWN);
-                    tracing::warn!(target: "health", "upstream {:?} server {} is down: {} check(s) in a row failed, the last: {why}", key.0, key.1, t.fails);
+                    tracing::warn!(target: "health", "upstream {:?} server {} is down: {} check(s) in a row failed, the last: {why}", u.name, p.addr, t.fails);
                 }
             }
             Outcome::Pending => {}
@@ -221,39 +265,29 @@ impl Checker {
 }
 
 impl Probe {
-    fn start(
-        key: (String, SocketAddr),
-        target: SocketAddr,
-        state: PeerState,
-        h: &HealthCheck,
-        tls: Option<&UpstreamTls>,
-    ) -> Result<Probe, ((String, SocketAddr), String)> {
-        let sock = match crate::sys::tcp_socket_nonblocking(target) {
-            Ok(s) => s,
-            Err(e) => return Err((key, format!("socket: {e}"))),
-        };
-        let tls = match tls {
+    fn start(cfg: &Arc<Config>, at: (usize, usize), target: SocketAddr) -> Result<Probe, String> {
+        let u = &cfg.upstreams[at.0];
+        let h = u.health_check.as_ref().ok_or("no health_check")?;
+        let sock =
+            crate::sys::tcp_socket_nonblocking(target).map_err(|e| format!("socket: {e}"))?;
+        let tls = match &u.tls {
             None => None,
             Some(t) => {
-                match rustls::ClientConnection::new(t.config.clone(), t.name_for(target.ip())) {
-                    Ok(mut c) => {
-                        if let Some(r) = &h.request {
-                            let _ = c.writer().write_all(r);
-                        }
-                        Some(c)
-                    }
-                    Err(e) => return Err((key, format!("TLS: {e}"))),
+                let mut c =
+                    rustls::ClientConnection::new(t.config.clone(), t.name_for(target.ip()))
+                        .map_err(|e| format!("TLS: {e}"))?;
+                if let Some(r) = &h.request {
+                    let _ = c.writer().write_all(r);
                 }
+                Some(c)
             }
         };
         Ok(Probe {
-            key,
-            state,
-            check: h.clone(),
-            out: if tls.is_some() {
-                Vec::new()
-            } else {
-                h.request.clone().unwrap_or_default()
+            cfg: cfg.clone(),
+            at,
+            out: match (&tls, &h.request) {
+                (None, Some(r)) => r.clone(),
+                _ => Vec::new(),
             },
             sock,
             tls,
@@ -261,6 +295,14 @@ impl Probe {
             answer: Vec::new(),
             deadline: Instant::now() + h.timeout,
         })
+    }
+
+    /// The check this probe runs.
+    fn check(&self) -> &HealthCheck {
+        let u = &self.cfg.upstreams[self.at.0];
+        u.health_check
+            .as_ref()
+            .expect("a probe is started only for an upstream with checks")
     }
 
     fn interest(&self) -> nix::poll::PollFlags {
@@ -287,7 +329,7 @@ impl Probe {
                 Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Outcome::Pending,
                 Err(e) => return Outcome::Fail(format!("connect: {e}")),
             }
-            if self.check.request.is_none() {
+            if self.check().request.is_none() {
                 return Outcome::Pass;
             }
         }
@@ -301,7 +343,16 @@ impl Probe {
             }
             loop {
                 match t.read_tls(&mut self.sock) {
-                    Ok(0) => return judge(&self.answer, &self.check, true),
+                    Ok(0) => {
+                        return judge(
+                            &self.answer,
+                            self.cfg.upstreams[self.at.0]
+                                .health_check
+                                .as_ref()
+                                .expect("checked"),
+                            true,
+                        );
+                    }
                     Ok(_) => {
                         if let Err(e) = t.process_new_packets() {
                             return Outcome::Fail(format!("TLS: {e}"));
@@ -309,17 +360,40 @@ impl Probe {
                         let mut buf = [0u8; 1024];
                         loop {
                             match t.reader().read(&mut buf) {
-                                Ok(0) => return judge(&self.answer, &self.check, true),
+                                Ok(0) => {
+                                    return judge(
+                                        &self.answer,
+                                        self.cfg.upstreams[self.at.0]
+                                            .health_check
+                                            .as_ref()
+                                            .expect("checked"),
+                                        true,
+                                    );
+                                }
                                 Ok(n) => {
                                     self.answer.extend_from_slice(&buf[..n]);
-                                    if let o @ (Outcome::Pass | Outcome::Fail(_)) =
-                                        judge(&self.answer, &self.check, false)
-                                    {
+                                    if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(
+                                        &self.answer,
+                                        self.cfg.upstreams[self.at.0]
+                                            .health_check
+                                            .as_ref()
+                                            .expect("checked"),
+                                        false,
+                                    ) {
                                         return o;
                                     }
                                 }
                                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                                Err(_) => return judge(&self.answer, &self.check, true),
+                                Err(_) => {
+                                    return judge(
+                                        &self.answer,
+                                        self.cfg.upstreams[self.at.0]
+                                            .health_check
+                                            .as_ref()
+                                            .expect("checked"),
+                                        true,
+                                    );
+                                }
                             }
                         }
                         // A handshake message may want an answer.
@@ -350,12 +424,26 @@ impl Probe {
         let mut buf = [0u8; 1024];
         loop {
             match self.sock.read(&mut buf) {
-                Ok(0) => return judge(&self.answer, &self.check, true),
+                Ok(0) => {
+                    return judge(
+                        &self.answer,
+                        self.cfg.upstreams[self.at.0]
+                            .health_check
+                            .as_ref()
+                            .expect("checked"),
+                        true,
+                    );
+                }
                 Ok(n) => {
                     self.answer.extend_from_slice(&buf[..n]);
-                    if let o @ (Outcome::Pass | Outcome::Fail(_)) =
-                        judge(&self.answer, &self.check, false)
-                    {
+                    if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(
+                        &self.answer,
+                        self.cfg.upstreams[self.at.0]
+                            .health_check
+                            .as_ref()
+                            .expect("checked"),
+                        false,
+                    ) {
                         return o;
                     }
                 }
