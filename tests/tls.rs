@@ -582,3 +582,67 @@ fn mutated_handshakes_never_take_the_proxy_down() {
     let log = st.proxy.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `/status` of the first upstream's first server.
+fn first_server(admin: SocketAddr) -> serde_json::Value {
+    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    let v: serde_json::Value =
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    v["upstreams"][0]["servers"][0].clone()
+}
+
+#[test]
+fn health_checks_of_a_tls_upstream_go_over_tls_and_verify_it() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("health-tls");
+    let p = pki();
+    let https = free_addr();
+    let mut py = Proc {
+        child: Command::new("python3")
+            .arg("-c")
+            .arg(PY_HTTPS)
+            .arg(https.port().to_string())
+            .arg(&p.cert)
+            .arg(&p.key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        log: dir.join("none"),
+    };
+    wait_port(https, &mut py);
+    let (other_ca, _) = p.leaf(&["someone-else"], None, None);
+    let other_ca = write(&dir, "other-ca.pem", &other_ca);
+    for (ca, want) in [(p.ca.display().to_string(), "up"), (other_ca, "down")] {
+        let listen = free_addr();
+        let admin = free_addr();
+        let cfg = format!(
+            "[runtime]\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n[[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{https}\" }}]\ntls = {{ ca = \"{ca}\", sni = \"localhost\" }}\nhealth_check = {{ interval = \"200ms\", timeout = \"150ms\", fall = 2, request = \"GET /health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n\" }}\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n"
+        );
+        let d = scratch("health-tls-run");
+        let proxy = proxy(&cfg, listen, &d);
+        let t = std::time::Instant::now();
+        loop {
+            let s = first_server(admin);
+            let (passed, failed) = (
+                s["health_checks_passed"].as_u64().unwrap(),
+                s["health_checks_failed"].as_u64().unwrap(),
+            );
+            if want == "up" && passed >= 3 {
+                assert_eq!((s["state"].as_str(), failed), (Some("up"), 0), "{s}");
+                break;
+            }
+            if want == "down" && s["state"] == "down" {
+                assert_eq!(passed, 0, "{s}");
+                let log = proxy.log_text();
+                assert!(log.contains("is down: 2 check(s) in a row failed, the last: TLS: invalid peer certificate"), "{log}");
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
