@@ -2,29 +2,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A WebSocket handshake through `addr` from source `from`: the status, and the stream (kept
-/// open to hold the connection).
-fn handshake_from(addr: SocketAddr, from: &str, path: &str) -> (u16, TcpStream) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    s.bind(&src.into()).unwrap();
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut t: TcpStream = s.into();
-    t.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(t, "GET {path} HTTP/1.1\r\nHost: x\r\n{WS_REQ}\r\n").unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && t.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
-    (status_of(&head), t)
+fn handshake_from(addr: SocketAddr, from: &str, path: &str) -> (u16, Stream) {
+    upgrade_from(addr, from.parse().unwrap(), path, Mode::Plain)
 }
 
 fn config(listen: SocketAddr, backend: SocketAddr, zones: &str, location: &str) -> String {
@@ -50,7 +34,7 @@ fn limit_conn_counts_each_address_across_workers_and_gives_back_on_close() {
     );
     let p = proxy(&cfg, listen, &dir);
     // Twenty tunnels from one address (both workers accept them); the 21st is refused.
-    let mut held: Vec<TcpStream> = (0..20)
+    let mut held: Vec<Stream> = (0..20)
         .map(|i| {
             let (status, t) = handshake_from(listen, "127.0.0.5", "/");
             assert_eq!(status, 101, "tunnel {i}");
@@ -64,22 +48,12 @@ fn limit_conn_counts_each_address_across_workers_and_gives_back_on_close() {
     assert_eq!(status, 101);
     // One closes: its slot comes back (once the session has ended).
     drop(held.pop());
-    let t = Instant::now();
-    loop {
-        let (status, s) = handshake_from(listen, "127.0.0.5", "/");
-        if status == 101 {
-            held.push(s);
-            break;
-        }
-        assert_eq!(status, 503);
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the slot never came back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (status, _) = handshake_from(listen, "127.0.0.5", "/");
-    assert_eq!(status, 503, "exactly one slot came back");
+    held.push(upgrade_when_slot_returns(
+        listen,
+        "127.0.0.5".parse().unwrap(),
+        "/",
+        Mode::Plain,
+    ));
     // A stricter location counts in the same zone, with its own status.
     let (status, _) = handshake_from(listen, "127.0.0.6", "/strict/");
     assert_eq!(status, 429, "127.0.0.6 already holds one");

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -51,21 +50,9 @@ fn until(admin: SocketAddr, addr: SocketAddr, want: &str) -> Duration {
     t.elapsed()
 }
 
-/// A raw wss upgrade from `from` (no WebSocket library: a thousand of them stay open).
+/// A raw wss upgrade from `from`.
 fn upgrade(listen: SocketAddr, from: IpAddr) -> (u16, Stream) {
-    let mut s = connect_from(listen, Some(from), Mode::Tls);
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET /chat/x HTTP/1.1\r\nHost: ws.example.com\r\n{WS_REQ}\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
-    (status_of(&head), s)
+    upgrade_from(listen, from, "/chat/x", Mode::Tls)
 }
 
 #[test]
@@ -225,21 +212,7 @@ fn the_playbooks_production_config_runs_as_written() {
         "another address"
     );
     drop(held.pop());
-    let t = Instant::now();
-    loop {
-        let (status, s) = upgrade(listen, one);
-        if status == 101 {
-            held.push(s);
-            break;
-        }
-        assert_eq!(status, 503);
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the closed tunnel's slot never came back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(upgrade(listen, one).0, 503, "one slot came back, not more");
+    held.push(upgrade_when_slot_returns(listen, one, "/chat/x", Mode::Tls));
     proxy.wait_log("end=limited", 5);
     drop(held);
 }

@@ -420,14 +420,9 @@ print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-#[test]
-fn tls_to_upstreams_https_and_wss_and_a_bad_certificate_is_502() {
-    if !uring_ok() {
-        return;
-    }
-    let dir = scratch("uptls");
+/// Python's `http.server` over `ssl` with the test certificate: an HTTPS backend not ours.
+fn py_https(dir: &std::path::Path) -> (SocketAddr, Proc) {
     let p = pki();
-    // An HTTPS backend not ours.
     let https = free_addr();
     let mut py = Proc {
         child: Command::new("python3")
@@ -443,6 +438,18 @@ fn tls_to_upstreams_https_and_wss_and_a_bad_certificate_is_502() {
         log: dir.join("none"),
     };
     wait_port(https, &mut py);
+    (https, py)
+}
+
+#[test]
+fn tls_to_upstreams_https_and_wss_and_a_bad_certificate_is_502() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("uptls");
+    let p = pki();
+    // An HTTPS backend not ours.
+    let (https, _py) = py_https(&dir);
     let listen = free_addr();
     let ca = p.ca.display().to_string();
     let cfg = |up: SocketAddr, tls: &str| {
@@ -599,21 +606,7 @@ fn health_checks_of_a_tls_upstream_go_over_tls_and_verify_it() {
     }
     let dir = scratch("health-tls");
     let p = pki();
-    let https = free_addr();
-    let mut py = Proc {
-        child: Command::new("python3")
-            .arg("-c")
-            .arg(PY_HTTPS)
-            .arg(https.port().to_string())
-            .arg(&p.cert)
-            .arg(&p.key)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        log: dir.join("none"),
-    };
-    wait_port(https, &mut py);
+    let (https, _py) = py_https(&dir);
     let (other_ca, _) = p.leaf(&["someone-else"], None, None);
     let other_ca = write(&dir, "other-ca.pem", &other_ca);
     for (ca, want) in [(p.ca.display().to_string(), "up"), (other_ca, "down")] {

@@ -14,12 +14,7 @@ use common::*;
 /// GET `path` through `addr` from source address `from` (any of 127/8); status and the
 /// backend's own address (the echo's `/headers` names it).
 fn get_from(addr: SocketAddr, path: &str, from: &str, extra: &str) -> (u16, String) {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    s.bind(&src.into()).unwrap();
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .unwrap();
-    let mut t: TcpStream = s.into();
+    let mut t = connect_from(addr, Some(from.parse().unwrap()), Mode::Plain);
     t.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         t,

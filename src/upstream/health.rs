@@ -319,6 +319,10 @@ impl Probe {
 
     /// Move on as far as the socket allows.
     fn progress(&mut self) -> Outcome {
+        let check = self.cfg.upstreams[self.at.0]
+            .health_check
+            .as_ref()
+            .expect("a probe is started only for an upstream with checks");
         if !self.connected {
             match self.sock.take_error() {
                 Ok(None) => {}
@@ -329,84 +333,32 @@ impl Probe {
                 Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Outcome::Pending,
                 Err(e) => return Outcome::Fail(format!("connect: {e}")),
             }
-            if self.check().request.is_none() {
+            if check.request.is_none() {
                 return Outcome::Pass;
             }
         }
         if let Some(t) = &mut self.tls {
-            while t.wants_write() {
-                match t.write_tls(&mut self.sock) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Outcome::Fail(format!("send: {e}")),
-                }
-            }
             loop {
+                if let Err(e) = flush_tls(t, &mut self.sock) {
+                    return Outcome::Fail(format!("send: {e}"));
+                }
                 match t.read_tls(&mut self.sock) {
-                    Ok(0) => {
-                        return judge(
-                            &self.answer,
-                            self.cfg.upstreams[self.at.0]
-                                .health_check
-                                .as_ref()
-                                .expect("checked"),
-                            true,
-                        );
-                    }
+                    Ok(0) => return judge(&self.answer, check, true),
                     Ok(_) => {
                         if let Err(e) = t.process_new_packets() {
                             return Outcome::Fail(format!("TLS: {e}"));
                         }
-                        let mut buf = [0u8; 1024];
-                        loop {
-                            match t.reader().read(&mut buf) {
-                                Ok(0) => {
-                                    return judge(
-                                        &self.answer,
-                                        self.cfg.upstreams[self.at.0]
-                                            .health_check
-                                            .as_ref()
-                                            .expect("checked"),
-                                        true,
-                                    );
-                                }
-                                Ok(n) => {
-                                    self.answer.extend_from_slice(&buf[..n]);
-                                    if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(
-                                        &self.answer,
-                                        self.cfg.upstreams[self.at.0]
-                                            .health_check
-                                            .as_ref()
-                                            .expect("checked"),
-                                        false,
-                                    ) {
-                                        return o;
-                                    }
-                                }
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                                Err(_) => {
-                                    return judge(
-                                        &self.answer,
-                                        self.cfg.upstreams[self.at.0]
-                                            .health_check
-                                            .as_ref()
-                                            .expect("checked"),
-                                        true,
-                                    );
-                                }
-                            }
-                        }
-                        // A handshake message may want an answer.
-                        while t.wants_write() {
-                            match t.write_tls(&mut self.sock) {
-                                Ok(_) => {}
-                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                                Err(e) => return Outcome::Fail(format!("send: {e}")),
-                            }
+                        match read_answer(&mut t.reader(), &mut self.answer, check) {
+                            Outcome::Pending => {}
+                            o => return o,
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        return Outcome::Pending;
+                        // A handshake message may want an answer before more comes.
+                        return match flush_tls(t, &mut self.sock) {
+                            Ok(()) => Outcome::Pending,
+                            Err(e) => Outcome::Fail(format!("send: {e}")),
+                        };
                     }
                     Err(e) => return Outcome::Fail(format!("receive: {e}")),
                 }
@@ -421,61 +373,111 @@ impl Probe {
                 Err(e) => return Outcome::Fail(format!("send: {e}")),
             }
         }
-        let mut buf = [0u8; 1024];
-        loop {
-            match self.sock.read(&mut buf) {
-                Ok(0) => {
-                    return judge(
-                        &self.answer,
-                        self.cfg.upstreams[self.at.0]
-                            .health_check
-                            .as_ref()
-                            .expect("checked"),
-                        true,
-                    );
+        read_answer(&mut self.sock, &mut self.answer, check)
+    }
+}
+
+/// Write what TLS has to send, as far as the socket takes it.
+fn flush_tls(
+    t: &mut rustls::ClientConnection,
+    sock: &mut std::net::TcpStream,
+) -> std::io::Result<()> {
+    while t.wants_write() {
+        match t.write_tls(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read what `r` has into `answer` and judge it: `Pending` when nothing more can be read now
+/// and the status line is not there yet.
+fn read_answer(r: &mut impl Read, answer: &mut Vec<u8>, check: &HealthCheck) -> Outcome {
+    let mut buf = [0u8; 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return judge(answer, check, true),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(answer, check, false) {
+                    return o;
                 }
-                Ok(n) => {
-                    self.answer.extend_from_slice(&buf[..n]);
-                    if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(
-                        &self.answer,
-                        self.cfg.upstreams[self.at.0]
-                            .health_check
-                            .as_ref()
-                            .expect("checked"),
-                        false,
-                    ) {
-                        return o;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
-                Err(e) => return Outcome::Fail(format!("receive: {e}")),
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
+            Err(_) => return judge(answer, check, true),
         }
     }
 }
 
 /// Decide on the status line of `a` once it is there (`closed`: nothing more will come).
 fn judge(a: &[u8], check: &HealthCheck, closed: bool) -> Outcome {
-    {
-        let Some(end) = a.windows(2).position(|w| w == b"\r\n") else {
-            if closed {
-                return Outcome::Fail("closed without a status line".into());
-            }
-            if a.len() > ANSWER_MAX {
-                return Outcome::Fail("no status line in the first 4096 bytes".into());
-            }
-            return Outcome::Pending;
-        };
-        let line = String::from_utf8_lossy(&a[..end]);
-        let mut parts = line.splitn(3, ' ');
-        let status = match (parts.next(), parts.next()) {
-            (Some(v), Some(s)) if v.starts_with("HTTP/1.") && s.len() == 3 => s.parse::<u16>().ok(),
-            _ => None,
-        };
-        match status {
-            Some(s) if check.passes(s) => Outcome::Pass,
-            Some(s) => Outcome::Fail(format!("status {s}")),
-            None => Outcome::Fail(format!("not an HTTP status line: {line:?}")),
+    let Some(end) = a.windows(2).position(|w| w == b"\r\n") else {
+        if closed {
+            return Outcome::Fail("closed without a status line".into());
         }
+        if a.len() > ANSWER_MAX {
+            return Outcome::Fail("no status line in the first 4096 bytes".into());
+        }
+        return Outcome::Pending;
+    };
+    let line = String::from_utf8_lossy(&a[..end.min(80)]);
+    let mut parts = line.splitn(3, ' ');
+    let status = match (parts.next(), parts.next()) {
+        (Some(v), Some(s)) if v.starts_with("HTTP/1.") && s.len() == 3 => s.parse::<u16>().ok(),
+        _ => None,
+    };
+    match status {
+        Some(s) if check.passes(s) => Outcome::Pass,
+        Some(s) => Outcome::Fail(format!("status {s}")),
+        None => Outcome::Fail(format!("not an HTTP status line: {line:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(a: &[u8], closed: bool) -> String {
+        let check = HealthCheck {
+            interval: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            timeout: Duration::from_secs(1),
+            request: Some(b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+            expect: vec![crate::config::upstream::Expect::Class(2)],
+            port: None,
+        };
+        match judge(a, &check, closed) {
+            Outcome::Pending => "pending".into(),
+            Outcome::Pass => "pass".into(),
+            Outcome::Fail(why) => why,
+        }
+    }
+
+    #[test]
+    fn status_lines_are_judged_and_garbage_is_bounded() {
+        assert_eq!(verdict(b"HTTP/1.1 204 No Content\r\n", false), "pass");
+        assert_eq!(verdict(b"HTTP/1.0 503 Busy\r\n", false), "status 503");
+        assert_eq!(verdict(b"HTTP/1.1 20", false), "pending");
+        assert_eq!(
+            verdict(b"HTTP/1.1 20", true),
+            "closed without a status line"
+        );
+        assert!(verdict(b"SSH-2.0-OpenSSH\r\n", false).starts_with("not an HTTP status line"));
+        assert_eq!(
+            verdict(&[b'x'; 5000], false),
+            "no status line in the first 4096 bytes"
+        );
+        let long = [b'y'; 3000]
+            .iter()
+            .chain(b"\r\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        assert!(
+            verdict(&long, false).len() < 120,
+            "the log line stays short"
+        );
     }
 }

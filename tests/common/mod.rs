@@ -663,3 +663,51 @@ pub fn ringway(args: &[&str]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A WebSocket upgrade of `path` sent raw through `addr` from source `from` (no WebSocket
+/// library: thousands of these stay open cheaply): the status and the open stream.
+pub fn upgrade_from(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    path: &str,
+    mode: Mode,
+) -> (u16, Stream) {
+    let mut s = connect_from(addr, Some(from), mode);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{WS_REQ}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    (status_of(&head), s)
+}
+
+/// After a limited connection closed: upgrades from `from` are refused (503) until its slot is
+/// given back, then one is accepted; that one, and no more.
+pub fn upgrade_when_slot_returns(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    path: &str,
+    mode: Mode,
+) -> Stream {
+    let t = Instant::now();
+    let s = loop {
+        let (status, s) = upgrade_from(addr, from, path, mode);
+        if status == 101 {
+            break s;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the closed connection's slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        upgrade_from(addr, from, path, mode).0,
+        503,
+        "exactly one slot came back"
+    );
+    s
+}
