@@ -61,6 +61,7 @@ pub fn request_head(input: &[u8]) {
             client_ip: std::net::IpAddr::from([10, 0, 0, 1]),
             proto: "http",
             default_host: "backend",
+            keepalive: false,
         };
         rewrite_request(&input[..req.head_len], &fwd, &mut out).expect("rewrite");
         let up = parse_request(&out, &HeadLimits::flat(1 << 20))

@@ -56,6 +56,8 @@ struct Core {
     /// The configuration new sessions are accepted under.
     cfg: Arc<Config>,
     balancers: Balancers,
+    /// Idle upstream connections (keepalive), for this worker's sessions.
+    pool: crate::upstream::pool::Pool,
     listeners: Vec<(Socket, Listen)>,
     accept_paused: bool,
     /// When shutdown began (the main thread said drain): from then on no keep-alive and no
@@ -120,6 +122,7 @@ impl Worker {
             reactor: Reactor::new(ring, spec.max_sessions.min(1 << 16), TICK_MS, WHEEL_SLOTS),
             core: Core {
                 balancers: Balancers::new(&cfg),
+                pool: Default::default(),
                 cfg,
                 listeners,
                 accept_paused: false,
@@ -159,6 +162,7 @@ impl Worker {
                 return Ok(());
             }
             r.turn(core, Duration::from_millis(TICK_MS))?;
+            core.pool.prune(r.now_ms());
             let m = &core.spec.metrics;
             m.stale_cqes.store(r.stale, Ordering::Relaxed);
             let pool = &r.ring.pool;
@@ -259,6 +263,7 @@ impl Core {
             balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
             metrics: &self.spec.metrics,
+            pool: &mut self.pool,
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {

@@ -242,6 +242,7 @@ fn ringway_view(stream: &[u8]) -> View {
             client_ip: "10.0.0.1".parse().unwrap(),
             proto: "http",
             default_host: "backend",
+            keepalive: false,
         };
         if rewrite_request(&buf[..req.head_len], &fwd, &mut out).is_err() {
             v.stop = "error";

@@ -510,3 +510,138 @@ fn health_checks_take_a_server_out_and_bring_it_back_while_its_tunnels_echo() {
     assert!(s["health_checks_failed"].as_u64().unwrap() >= 3, "{s}");
     assert!(s["health_checks_passed"].as_u64().unwrap() >= 2, "{s}");
 }
+
+/// The upstream address ringway's request came from (the echo's `"peer"`).
+fn peer_of(addr: SocketAddr, path: &str) -> String {
+    let out = raw_exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        10,
+    );
+    assert_eq!(status_of(&out), 200, "{}", String::from_utf8_lossy(&out));
+    let text = String::from_utf8_lossy(&out);
+    let body = text.find('{').map_or("", |i| &text[i..]);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["peer"].as_str().unwrap().to_string()
+}
+
+/// A backend that answers the first request on each connection (keeping it open) and closes
+/// on the second without answering: a kept connection dying under a request. Counts
+/// connections, and requests that came on a connection that had answered one already.
+fn one_request_backend() -> (SocketAddr, Arc<AtomicU32>, Arc<AtomicU32>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = Arc::new(AtomicU32::new(0));
+    let seconds = Arc::new(AtomicU32::new(0));
+    let (c, sec) = (conns.clone(), seconds.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::Relaxed);
+            let sec = sec.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                // The next request (on this kept connection) gets a close, no answer.
+                if s.read(&mut b).is_ok_and(|n| n > 0) {
+                    sec.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, conns, seconds)
+}
+
+#[test]
+fn keepalive_reuses_upstream_connections_and_never_a_dead_one() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("keepalive");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let (dying, dying_conns, dying_seconds) = one_request_backend();
+    let listen = free_addr();
+    let admin = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+         [[upstream]]\nname = \"kept\"\nservers = [{{ addr = \"{backend}\" }}]\nkeepalive = 4\n\
+         [[upstream]]\nname = \"fresh\"\nservers = [{{ addr = \"{backend}\" }}]\n\
+         [[upstream]]\nname = \"few\"\nservers = [{{ addr = \"{backend}\" }}]\nkeepalive = 4\nkeepalive_requests = 3\n\
+         [[upstream]]\nname = \"dying\"\nservers = [{{ addr = \"{dying}\" }}]\nkeepalive = 4\n\
+         [[server]]\nlisten = [\"{listen}\"]\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"kept\"\n\
+         [[server.location]]\npath = \"/fresh/\"\nupstream = \"fresh\"\n\
+         [[server.location]]\npath = \"/few/\"\nupstream = \"few\"\n\
+         [[server.location]]\npath = \"/dying/\"\nupstream = \"dying\"\n"
+    );
+    let _proxy = proxy(&cfg, listen, &dir);
+    // Thirty requests, each from a new client connection: one upstream connection carries
+    // them all with keepalive, thirty without.
+    let kept: std::collections::HashSet<String> =
+        (0..30).map(|_| peer_of(listen, "/headers")).collect();
+    let fresh: std::collections::HashSet<String> =
+        (0..30).map(|_| peer_of(listen, "/fresh/headers")).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(fresh.len(), 30);
+    // keepalive_requests = 3: a connection carries three requests, then a new one is made.
+    let few: Vec<String> = (0..9).map(|_| peer_of(listen, "/few/headers")).collect();
+    let distinct: std::collections::HashSet<&String> = few.iter().collect();
+    assert_eq!(distinct.len(), 3, "{few:?}");
+    // A WebSocket tunnel's connection never goes to the pool.
+    let mut ws = ws_connect(listen, "/headers");
+    let first = ws.read().unwrap();
+    let v: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    let tunnel_peer = v["peer"].as_str().unwrap().to_string();
+    let _ = ws.close(None);
+    while ws.read().is_ok() {}
+    for _ in 0..5 {
+        assert_ne!(peer_of(listen, "/headers"), tunnel_peer);
+    }
+    // A kept connection the backend closes under the next request: that request goes again on
+    // a fresh connection, the client sees nothing of it, and the server is not marked failed.
+    for i in 0..4 {
+        let out = raw_exchange(
+            listen,
+            b"GET /dying/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            10,
+        );
+        assert_eq!(
+            status_of(&out),
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    // Requests 2 to 4 each went first on the kept connection (which died under it), then on
+    // a fresh one.
+    assert_eq!(dying_conns.load(Ordering::Relaxed), 4);
+    assert_eq!(
+        dying_seconds.load(Ordering::Relaxed),
+        3,
+        "each kept connection was used"
+    );
+    let v = status_json(admin);
+    let dying_server = &v["upstreams"][3]["servers"][0];
+    assert_eq!(dying_server["failures"], 0, "{dying_server}");
+    // A POST with a body on such a connection cannot be sent again: 502, nothing twice.
+    let _ = raw_exchange(
+        listen,
+        b"GET /dying/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        10,
+    );
+    let out = raw_exchange(
+        listen,
+        b"POST /dying/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        10,
+    );
+    assert_eq!(status_of(&out), 502, "{}", String::from_utf8_lossy(&out));
+}

@@ -96,6 +96,13 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// Active health checks of the servers.
     pub health_check: Option<HealthCheck>,
+    /// Idle connections kept per worker for plain HTTP requests (nginx's `keepalive`); 0: a
+    /// connection per request.
+    pub keepalive: u32,
+    /// How long an idle kept connection waits for its next request.
+    pub keepalive_timeout: Duration,
+    /// Requests one kept connection carries before it is closed.
+    pub keepalive_requests: u32,
 }
 
 /// A path prefix routed to an upstream.

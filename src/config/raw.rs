@@ -53,6 +53,9 @@ pub struct Upstream {
     pub source: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<UpstreamTls>>,
     pub health_check: Option<Spanned<HealthCheck>>,
+    pub keepalive: Option<Spanned<i64>>,
+    pub keepalive_timeout: Option<Spanned<toml::Value>>,
+    pub keepalive_requests: Option<Spanned<i64>>,
 }
 
 /// `[[upstream]] health_check = { type, interval, rise, fall, timeout, request, expect, port }`.

@@ -274,3 +274,23 @@ fn limit_errors_name_the_field() {
     ));
     assert!(e.message.contains("needs a rate"), "{e}");
 }
+
+#[test]
+fn keepalive_settings_and_errors() {
+    let with = |extra: &str| GOOD.replace("name = \"ws\"", &format!("name = \"ws\"\n{extra}"));
+    let c = Config::parse(
+        "t.toml",
+        &with("keepalive = 16\nkeepalive_timeout = \"30s\""),
+    )
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!((u.keepalive, u.keepalive_requests), (16, 1000));
+    assert_eq!(u.keepalive_timeout, std::time::Duration::from_secs(30));
+    let e = err(&with("keepalive = -1"));
+    assert_eq!(e.field, "upstream[0].keepalive");
+    let e = err(&with("keepalive = 4\nkeepalive_requests = 0"));
+    assert_eq!(e.field, "upstream[0].keepalive_requests");
+    let e = err(&with("keepalive = 4\ntls = { verify = false }"));
+    assert_eq!(e.field, "upstream[0].keepalive");
+    assert!(e.message.contains("not available"), "{e}");
+}

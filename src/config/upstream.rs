@@ -816,6 +816,41 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
         None => None,
         Some(h) => Some(health_check(cx, &f, h)?),
     };
+    let keepalive = match &u.keepalive {
+        None => 0,
+        Some(k) if (0..=10_000).contains(k.get_ref()) => *k.get_ref() as u32,
+        Some(k) => {
+            return Err(cx.err(
+                k.span(),
+                format!("{f}.keepalive"),
+                "must be from 0 to 10000",
+            ));
+        }
+    };
+    if keepalive > 0 && tls.is_some() {
+        let span = u.keepalive.as_ref().map_or(0..0, |k| k.span());
+        return Err(cx.err(
+            span,
+            format!("{f}.keepalive"),
+            "keeping connections to a TLS upstream is not available in this version; remove keepalive or tls",
+        ));
+    }
+    let keepalive_timeout = cx.timeout(
+        &u.keepalive_timeout,
+        &format!("{f}.keepalive_timeout"),
+        Duration::from_secs(60),
+    )?;
+    let keepalive_requests = match &u.keepalive_requests {
+        None => 1000,
+        Some(k) if (1..=65535).contains(k.get_ref()) => *k.get_ref() as u32,
+        Some(k) => {
+            return Err(cx.err(
+                k.span(),
+                format!("{f}.keepalive_requests"),
+                "must be from 1 to 65535",
+            ));
+        }
+    };
     Ok(Upstream {
         name,
         balance,
@@ -823,6 +858,9 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
         source,
         tls,
         health_check,
+        keepalive,
+        keepalive_timeout,
+        keepalive_requests,
     })
 }
 

@@ -99,6 +99,9 @@ pub struct Response {
     /// Both `Content-Length` and `Transfer-Encoding` came: the length is dropped when
     /// forwarding (RFC 9112 §6.3), the body framed by the transfer coding.
     pub drop_length: bool,
+    /// The upstream keeps the connection open after this response (HTTP/1.1 without
+    /// `Connection: close`, and a body that does not end with the connection).
+    pub keep_alive: bool,
 }
 
 /// Whether a comma-separated list has at least one element and every element passes `ok`.
@@ -453,6 +456,9 @@ pub struct Forwarded<'a> {
     /// Host to send when the client sent none (HTTP/1.0): the upstream name, as nginx's
     /// `$proxy_host`.
     pub default_host: &'a str,
+    /// Not an upgrade, and the upstream keeps connections: `Connection: keep-alive` instead
+    /// of `close`.
+    pub keepalive: bool,
 }
 
 /// Write the request head to send upstream into `out`: HTTP/1.1, hop-by-hop headers dropped,
@@ -472,7 +478,11 @@ pub fn rewrite_request(
     }
     let hs = &*req.headers;
     let upgrade = fwd.upgrade;
-    let connection: &[u8] = if upgrade { b"upgrade" } else { b"close" };
+    let connection: &[u8] = match (upgrade, fwd.keepalive) {
+        (true, _) => b"upgrade",
+        (false, true) => b"keep-alive",
+        (false, false) => b"close",
+    };
     let _ = write!(
         out,
         "{} {} HTTP/1.1\r\n",
@@ -592,9 +602,16 @@ pub fn parse_response(
             (None, None) => BodyKind::UntilClose,
         }
     };
+    let close = hs.iter().any(|h| {
+        is(h.name, "connection")
+            && String::from_utf8_lossy(h.value)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    });
     Ok(Some(Response {
         head_len,
         status,
+        keep_alive: resp.version == Some(1) && !close && body != BodyKind::UntilClose,
         body,
         upgrade: upgrade_value(hs),
         drop_length: te.is_some() && cl.is_some(),

@@ -8,6 +8,7 @@ fn fwd() -> Forwarded<'static> {
         client_ip: "10.0.0.7".parse().unwrap(),
         proto: "http",
         default_host: "backend",
+        keepalive: false,
     }
 }
 

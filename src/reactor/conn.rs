@@ -51,6 +51,10 @@ pub struct Conn {
     pub retiring: bool,
     /// The socket is connected and may be sent on.
     pub ready: bool,
+    /// Retiring to be kept open (handed back by `detach_when_done`), not closed.
+    pub keep: bool,
+    /// Requests this connection has carried (for its owner's keepalive limit).
+    pub uses: u16,
     pub sending: Option<Chunk>,
     /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
     pub hup: Recv,
@@ -70,6 +74,8 @@ impl Conn {
             shut: Shut::Open,
             retiring: false,
             ready: fd >= 0,
+            keep: false,
+            uses: 0,
             sending: None,
             hup: Recv::Off,
             queue: Queue::default(),
@@ -269,6 +275,26 @@ impl Conn {
         self.reset_fd(-1);
         self.retiring = false;
         true
+    }
+
+    /// As [`Conn::close_when_done`], but the socket is kept open and handed back (for the
+    /// upstream keepalive pool): its fd once nothing of it is in flight.
+    pub fn detach_when_done(
+        &mut self,
+        io: &mut impl Sys,
+        cancels: u8,
+        keep_queue: bool,
+    ) -> Option<RawFd> {
+        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
+            return None;
+        }
+        if !keep_queue {
+            self.release_queue(io);
+        }
+        let fd = self.fd;
+        self.reset_fd(-1);
+        self.retiring = false;
+        Some(fd)
     }
 
     fn release_queue(&mut self, io: &mut impl Sys) {

@@ -205,6 +205,7 @@ impl Session {
             client_ip: self.client.ip(),
             proto: if self.listen.tls { "https" } else { "http" },
             default_host: &cfg.upstreams[loc.upstream].name,
+            keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
         };
         if let Err(HeadError::Invalid(why)) =
             http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
@@ -241,7 +242,7 @@ impl Session {
             && idempotent
             && a.next_when != 0
             && a.next_tries != 1
-            && servers > 1
+            && (servers > 1 || cfg.upstreams[loc.upstream].keepalive > 0)
         {
             a.resend = Some(out.as_slice().into());
         }
@@ -320,6 +321,24 @@ impl Session {
             a.count += 1;
             a.tried.mark(i);
             x.req.peer = i as u16;
+            if u.keepalive > 0
+                && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
+            {
+                // An idle connection to this server: the request goes up on it at once.
+                let _ = self.up.reset_fd(io, kept.fd, None);
+                a.cached = true;
+                if let (true, Some(head)) = (resend, &a.resend) {
+                    let mut v = io.scratch();
+                    v.extend_from_slice(head);
+                    let c = io.put(v);
+                    self.up.push(io, c);
+                }
+                self.up.uses = u16::try_from(kept.served + 1).unwrap_or(u16::MAX);
+                self.count_peer(ui, i);
+                self.upstream_ready(io);
+                return Next::Continue;
+            }
+            a.cached = false;
             let source = rr.next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
@@ -336,6 +355,7 @@ impl Session {
                         self.up.push(io, c);
                     }
                     self.up.ops = 1;
+                    self.up.uses = 1;
                     self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
                     return match r {
@@ -397,7 +417,20 @@ impl Session {
 
     /// See [`Session::upstream_failed`]; true when the request goes to the next server.
     pub(super) fn retry_next(&mut self, kind: u8, io: &mut impl Io) -> bool {
-        let retry = self.server_failed(kind);
+        // A kept connection the server closed (or reset) before answering: not the server's
+        // failure; the request goes again, to the same server if it is picked, on a fresh or
+        // another kept connection (each kept one is tried once).
+        let mut cached = false;
+        if let Phase::Proxy(x) = &mut self.phase
+            && let Some(a) = x.req.attempt.as_mut()
+            && std::mem::take(&mut a.cached)
+            && kind == NEXT_ERROR
+        {
+            a.tried.unmark(usize::from(x.req.peer));
+            a.count = a.count.saturating_sub(1);
+            cached = true;
+        }
+        let retry = cached || self.server_failed(kind);
         let Phase::Proxy(x) = &mut self.phase else {
             return false;
         };
@@ -507,6 +540,7 @@ impl Session {
             };
             let buf = std::mem::take(buf);
             r.status = resp.status;
+            r.up_keep = resp.keep_alive;
             let mut out = io.scratch();
             out.reserve(resp.head_len + 64);
             if resp.status == 101 {
@@ -602,6 +636,21 @@ impl Session {
     /// The response body is complete (or the upstream closed a close-delimited one).
     fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         self.log_request(End::Done, io);
+        // The upstream connection goes to the keepalive pool when the exchange on it is
+        // whole and clean: the request sent whole, the response whole and not ending with
+        // the connection, nothing else on it.
+        if let Phase::Proxy(x) = &self.phase {
+            let u = &self.cfg.upstreams[usize::from(x.req.upstream)];
+            self.up.keep = u.keepalive > 0
+                && x.req.up_keep
+                && !x.req.upgrade
+                && matches!(x.upward, Upward::Hold(_))
+                && self.up.flushed()
+                && !self.up.eof
+                && self.up.is_plain()
+                && u32::from(self.up.uses) < u.keepalive_requests
+                && !env.draining;
+        }
         self.retire(Side::Up, io);
         let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
             unreachable!("a response completes while proxying")

@@ -53,6 +53,8 @@ pub struct Env<'a> {
     pub draining: bool,
     /// The worker's metrics (time to 101, connect time, tunnels).
     pub metrics: &'a crate::metrics::WorkerMetrics,
+    /// The worker's idle upstream connections (keepalive).
+    pub pool: &'a mut crate::upstream::pool::Pool,
 }
 
 /// What a handler decided. Inside the session: go on, answer with our own status and close,
@@ -298,16 +300,7 @@ impl Session {
             env.metrics
                 .connect
                 .observe_ms(io.now_ms().saturating_sub(self.phase_ms));
-            self.up.ready = true;
-            self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
-                Phase::Connecting(mut x) => {
-                    x.downward = Downward::Head(Vec::new());
-                    Phase::Proxy(x)
-                }
-                other => other,
-            };
-            self.last_up_ms = io.now_ms();
-            self.up.kick(io, Side::Up);
+            self.upstream_ready(io);
         } else {
             let timed_out = x.connect_timed_out();
             let why = if timed_out {
@@ -339,6 +332,21 @@ impl Session {
             }
         }
         self.after(io, env)
+    }
+
+    /// The upstream connection is open (connected, or taken from the keepalive pool): the
+    /// request goes up, the response head is awaited.
+    fn upstream_ready(&mut self, io: &mut impl Io) {
+        self.up.ready = true;
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
+            Phase::Connecting(mut x) => {
+                x.downward = Downward::Head(Vec::new());
+                Phase::Proxy(x)
+            }
+            other => other,
+        };
+        self.last_up_ms = io.now_ms();
+        self.up.kick(io, Side::Up);
     }
 
     /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an
@@ -502,6 +510,10 @@ impl Session {
     /// Bytes received on `side`, through its transport to the protocol.
     fn on_data(&mut self, side: Side, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         if self.phase.is_closing() || self.conn(side).retiring {
+            // Bytes after a whole response: that connection is not clean to reuse.
+            if side == Side::Up {
+                self.up.keep = false;
+            }
             io.release(c);
             return Next::Continue;
         }
@@ -761,7 +773,12 @@ impl Session {
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
         self.down.close_when_done(io, cancels, false);
-        if self.up.close_when_done(io, cancels, keep) {
+        if self.up.keep {
+            let uses = self.up.uses;
+            if let Some(fd) = self.up.detach_when_done(io, cancels, keep) {
+                self.pool_upstream(fd, uses, io, env);
+            }
+        } else if self.up.close_when_done(io, cancels, keep) {
             self.uncount_peer();
         }
         if waiting && self.up.fd < 0 {
@@ -800,6 +817,23 @@ impl Session {
     fn count_peer(&mut self, upstream: usize, peer: usize) {
         self.cfg.upstreams[upstream].peers[peer].state.add();
         self.counted = [upstream as u16, peer as u16];
+    }
+
+    /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
+    fn pool_upstream(&mut self, fd: RawFd, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
+        let [u, p] = self.counted;
+        match self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
+        {
+            Some((up, peer)) => env
+                .pool
+                .put(up, peer.addr, fd, u32::from(uses), io.now_ms()),
+            None => io.close(fd),
+        }
+        self.uncount_peer();
     }
 
     /// The upstream socket closed: uncount it.

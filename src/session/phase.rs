@@ -59,6 +59,9 @@ pub(super) struct Attempt {
     pub next_ms: u32,
     /// The last failure's kind (`NEXT_*`), for the answer when no server is left.
     pub last_fail: u8,
+    /// The connection in use came from the keepalive pool (its failure before an answer is
+    /// the pool's, not the server's: the request goes again on a fresh connection).
+    pub cached: bool,
     /// The request head as sent upstream, kept while the request may still go to another
     /// server after it went up (no body, an idempotent method, `next_upstream` on, more than
     /// one server).
@@ -167,6 +170,8 @@ pub(super) struct Req {
     pub logged: bool,
     /// A 101 turned this request into a tunnel.
     pub tunnel: bool,
+    /// The upstream's response leaves its connection open (for the keepalive pool).
+    pub up_keep: bool,
     pub started_ms: u64,
     /// Bytes from the client for this request (head included).
     pub bytes_in: u64,
@@ -229,6 +234,7 @@ impl Req {
             responded: false,
             logged: false,
             tunnel: false,
+            up_keep: false,
             started_ms,
             bytes_in,
             bytes_out: 0,

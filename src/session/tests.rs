@@ -201,6 +201,7 @@ macro_rules! env_of {
             balancers: &mut $sim.balancers,
             draining: $sim.draining,
             metrics: &$sim.metrics,
+            pool: &mut $sim.pool,
         }
     };
 }
@@ -214,6 +215,7 @@ struct Sim {
     balancers: Balancers,
     draining: bool,
     metrics: crate::metrics::WorkerMetrics,
+    pool: crate::upstream::pool::Pool,
     rng: u64,
     /// The end-of-session point ran.
     ended: bool,
@@ -261,6 +263,7 @@ impl Sim {
             balancers,
             draining: false,
             metrics: Default::default(),
+            pool: Default::default(),
             ended: false,
             rng: seed
                 .wrapping_mul(6364136223846793005)

@@ -125,6 +125,24 @@ impl Transport {
         closed
     }
 
+    /// A plain connection's fd once nothing of it is in flight, kept open for the upstream
+    /// keepalive pool (see [`Conn::detach_when_done`]); a TLS connection is never pooled.
+    pub fn detach_when_done(
+        &mut self,
+        io: &mut impl Sys,
+        cancels: u8,
+        keep_queue: bool,
+    ) -> Option<RawFd> {
+        match self {
+            Transport::Plain(c) => c.detach_when_done(io, cancels, keep_queue),
+            _ => None,
+        }
+    }
+
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Transport::Plain(_))
+    }
+
     /// A new upstream socket `fd` (a new attempt): plaintext that waited for the previous one
     /// is kept; with `tls`, a new TLS connection is started on it.
     pub fn reset_fd(

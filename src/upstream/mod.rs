@@ -4,6 +4,7 @@
 
 mod hash;
 pub mod health;
+pub mod pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -81,6 +82,17 @@ impl Tried {
         match self {
             Tried::Small(b) => i < 64 && b & (1 << i) != 0,
             Tried::Large(v) => v.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0),
+        }
+    }
+
+    pub fn unmark(&mut self, i: usize) {
+        match self {
+            Tried::Small(b) => *b &= !(1u64.checked_shl(i as u32).unwrap_or(0)),
+            Tried::Large(v) => {
+                if let Some(w) = v.get_mut(i / 64) {
+                    *w &= !(1 << (i % 64));
+                }
+            }
         }
     }
 
@@ -269,6 +281,9 @@ mod tests {
             source: Vec::new(),
             tls: None,
             health_check: None,
+            keepalive: 0,
+            keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
         }
     }
 
