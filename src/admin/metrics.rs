@@ -241,6 +241,31 @@ impl Collector for Sources {
         )?;
         self.upstreams(e)?;
         let cfg = self.live.config();
+        let counts = [
+            (
+                "location_requests",
+                "Requests routed to each location, across workers.",
+                0,
+            ),
+            (
+                "location_limited",
+                "Requests each location refused by limit_conn or limit_req.",
+                1,
+            ),
+        ];
+        for (name, help, k) in counts {
+            let mut d = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for s in &cfg.servers {
+                let server_name = s.names.first().map_or("_", String::as_str).to_string();
+                for l in &s.locations {
+                    let labels: Labels = vec![
+                        ("server_name", server_name.clone()),
+                        ("location", l.path.clone()),
+                    ];
+                    ConstCounter::new(l.stats.counts()[k]).encode(d.encode_family(&labels)?)?;
+                }
+            }
+        }
         {
             let mut d = e.encode_descriptor(
                 "limit_conn_zone_addresses",

@@ -126,6 +126,43 @@ pub struct Location {
     pub limit_conn: Option<limits::LimitConn>,
     /// Requests per client address over time.
     pub limit_req: Option<limits::LimitReq>,
+    /// Requests routed here and refused by its limits, across workers (for `/metrics`).
+    pub stats: LocationStats,
+}
+
+/// A location's counters, shared by every worker (relaxed atomics; runtime state: it takes no
+/// part in comparing configurations, and a clone shares it).
+#[derive(Clone, Default)]
+pub struct LocationStats(std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>);
+
+impl LocationStats {
+    /// A request was routed here.
+    pub fn routed(&self) {
+        self.0[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A request here was refused by limit_conn or limit_req.
+    pub fn limited(&self) {
+        self.0[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requests routed, requests limited.
+    pub fn counts(&self) -> [u64; 2] {
+        let get = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        [get(0), get(1)]
+    }
+}
+
+impl PartialEq for LocationStats {
+    fn eq(&self, _: &LocationStats) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for LocationStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.counts())
+    }
 }
 
 /// A virtual server: listen addresses, names, locations.

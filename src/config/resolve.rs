@@ -280,6 +280,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                     None => None,
                     Some(x) => Some(limits::limit_req(cx, &lf, x, &req_zones)?),
                 },
+                stats: LocationStats::default(),
             });
         }
         if locations.is_empty() {

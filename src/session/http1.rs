@@ -191,9 +191,11 @@ impl Session {
             self.answer(r, 404, End::NoRoute, io);
             return Next::Continue;
         };
+        loc.stats.routed();
         let delay_ms = match take_limits(cfg, loc, self.client.ip(), &mut self.limited) {
             Ok(ms) => ms,
             Err(status) => {
+                loc.stats.limited();
                 self.answer(r, status, End::Limited, io);
                 return Next::Continue;
             }
