@@ -639,3 +639,45 @@ fn health_checks_of_a_tls_upstream_go_over_tls_and_verify_it() {
         }
     }
 }
+
+#[test]
+fn a_kept_alive_client_gets_every_answer_through_a_tls_upstream() {
+    if !uring_ok() {
+        return;
+    }
+    // Each request of a kept-alive client goes on a new TLS connection upstream; the next one
+    // arrives while the previous connection is being closed (it used to be sealed under that
+    // connection's keys and lost with it: the client waited for read_timeout).
+    let inner = stack_mode(Mode::Tls, "ka-inner", "", "", "");
+    let dir = scratch("ka-outer");
+    let listen = free_addr();
+    let ca = pki().ca.display().to_string();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{}\" }}]\ntls = {{ ca = \"{ca}\", sni = \"localhost\" }}\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n",
+        inner.listen
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for i in 0..5 {
+        s.write_all(format!("GET /bytes/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        let whole = |got: &[u8]| {
+            got.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|h| got.len() >= h + 4 + i)
+        };
+        while !whole(&got) {
+            let n = s.read(&mut b).unwrap_or(0);
+            assert!(
+                n > 0,
+                "request {i}: no answer; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(status_of(&got), 200, "request {i}");
+    }
+}

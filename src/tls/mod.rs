@@ -325,6 +325,11 @@ where
             State::Raw => self.conn.push(c),
             State::Failed => io.release(c),
             State::Handshaking => self.held.push(c),
+            // A connection being retired sends nothing more: plaintext pushed now (the next
+            // request of a kept-alive client, while the previous upstream connection closes)
+            // waits, unsealed, for the next connection (`take_held`), not sealed under keys
+            // that are going away.
+            State::Open if !self.conn.open() => self.held.push(c),
             State::Open => {
                 let mut out = io.scratch();
                 let r = match &mut self.stage {
