@@ -681,3 +681,43 @@ fn a_kept_alive_client_gets_every_answer_through_a_tls_upstream() {
         assert_eq!(status_of(&got), 200, "request {i}");
     }
 }
+
+#[test]
+fn keepalive_toward_a_tls_upstream_reuses_one_tls_connection() {
+    if !uring_ok() {
+        return;
+    }
+    let inner_admin = free_addr();
+    let inner = stack_mode(
+        Mode::Tls,
+        "ka-tls-inner",
+        "",
+        "",
+        &format!("[admin]\nlisten = \"{inner_admin}\""),
+    );
+    let dir = scratch("ka-tls-outer");
+    let listen = free_addr();
+    let ca = pki().ca.display().to_string();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{}\" }}]\ntls = {{ ca = \"{ca}\", sni = \"localhost\" }}\nkeepalive = 4\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n",
+        inner.listen
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    for i in 0..10 {
+        let out = raw_exchange(
+            listen,
+            format!("GET /bytes/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            10,
+        );
+        assert_eq!(status_of(&out), 200, "request {i}");
+    }
+    // The inner proxy (the TLS upstream) carried the ten requests on one connection (besides
+    // the harness's readiness probe, which sends nothing), still open in the outer's pool.
+    let out = raw_exchange(inner_admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    let v: serde_json::Value =
+        serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    // Without keepalive it would have accepted ten (besides the probe) and kept none open.
+    assert!(v["accepted"].as_u64().unwrap() <= 2, "{v}");
+    assert_eq!(v["active"], 1, "{v}");
+}

@@ -827,14 +827,6 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             ));
         }
     };
-    if keepalive > 0 && tls.is_some() {
-        let span = u.keepalive.as_ref().map_or(0..0, |k| k.span());
-        return Err(cx.err(
-            span,
-            format!("{f}.keepalive"),
-            "keeping connections to a TLS upstream is not available in this version; remove keepalive or tls",
-        ));
-    }
     let keepalive_timeout = cx.timeout(
         &u.keepalive_timeout,
         &format!("{f}.keepalive_timeout"),

@@ -277,26 +277,6 @@ impl Conn {
         true
     }
 
-    /// As [`Conn::close_when_done`], but the socket is kept open and handed back (for the
-    /// upstream keepalive pool): its fd once nothing of it is in flight.
-    pub fn detach_when_done(
-        &mut self,
-        io: &mut impl Sys,
-        cancels: u8,
-        keep_queue: bool,
-    ) -> Option<RawFd> {
-        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
-            return None;
-        }
-        if !keep_queue {
-            self.release_queue(io);
-        }
-        let fd = self.fd;
-        self.reset_fd(-1);
-        self.retiring = false;
-        Some(fd)
-    }
-
     fn release_queue(&mut self, io: &mut impl Sys) {
         while let Some(c) = self.queue.pop() {
             io.release(c);

@@ -327,7 +327,7 @@ impl Session {
                 && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
             {
                 // An idle connection to this server: the request goes up on it at once.
-                let _ = self.up.reset_fd(io, kept.fd, None);
+                self.up.adopt(io, kept.conn);
                 a.cached = true;
                 if let (true, Some(head)) = (resend, &a.resend) {
                     let mut v = io.scratch();
@@ -649,7 +649,7 @@ impl Session {
                 && matches!(x.upward, Upward::Hold(_))
                 && self.up.flushed()
                 && !self.up.eof
-                && self.up.is_plain()
+                && self.up.at_rest()
                 && u32::from(self.up.uses) < u.keepalive_requests
                 && !env.draining;
         }

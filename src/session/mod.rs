@@ -775,8 +775,8 @@ impl Session {
         self.down.close_when_done(io, cancels, false);
         if self.up.keep {
             let uses = self.up.uses;
-            if let Some(fd) = self.up.detach_when_done(io, cancels, keep) {
-                self.pool_upstream(fd, uses, io, env);
+            if let Some(conn) = self.up.detach_when_done(io, cancels, keep) {
+                self.pool_upstream(conn, uses, io, env);
             }
         } else if self.up.close_when_done(io, cancels, keep) {
             self.uncount_peer();
@@ -820,7 +820,7 @@ impl Session {
     }
 
     /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
-    fn pool_upstream(&mut self, fd: RawFd, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
+    fn pool_upstream(&mut self, conn: Transport, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
         let [u, p] = self.counted;
         match self
             .cfg
@@ -830,8 +830,8 @@ impl Session {
         {
             Some((up, peer)) => env
                 .pool
-                .put(up, peer.addr, fd, u32::from(uses), io.now_ms()),
-            None => io.close(fd),
+                .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
+            None => io.close(conn.fd),
         }
         self.uncount_peer();
     }

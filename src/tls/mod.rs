@@ -167,6 +167,16 @@ where
         self.state == State::Failed
     }
 
+    /// Open, nothing held, nothing half-received, no close_notify sent: fit to carry another
+    /// exchange (the upstream keepalive pool).
+    pub fn at_rest(&self) -> bool {
+        self.state == State::Open
+            && self.held.is_empty()
+            && self.partial.is_empty()
+            && !self.notified
+            && matches!(self.stage, Stage::Records(_))
+    }
+
     /// Chunks waiting: plaintext held for the handshake plus what is queued on the socket.
     pub fn pending(&self) -> usize {
         self.held.len() + self.conn.pending()

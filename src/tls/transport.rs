@@ -125,22 +125,66 @@ impl Transport {
         closed
     }
 
-    /// A plain connection's fd once nothing of it is in flight, kept open for the upstream
-    /// keepalive pool (see [`Conn::detach_when_done`]); a TLS connection is never pooled.
+    /// Whether the connection could carry another exchange: plain, or TLS at rest (open,
+    /// nothing held or half-received, no close_notify sent).
+    pub fn at_rest(&self) -> bool {
+        on_tls!(self, t => t.at_rest(), _c => true)
+    }
+
+    /// The connection itself, kept open for the upstream keepalive pool, once nothing of it
+    /// is in flight (as [`Conn::close_when_done`] would close it); plaintext waiting for the
+    /// next connection (`keep_queue`) stays here, on a transport without a socket.
     pub fn detach_when_done(
         &mut self,
         io: &mut impl Sys,
         cancels: u8,
         keep_queue: bool,
-    ) -> Option<RawFd> {
-        match self {
-            Transport::Plain(c) => c.detach_when_done(io, cancels, keep_queue),
-            _ => None,
+    ) -> Option<Transport> {
+        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
+            return None;
+        }
+        let waiting = self.take_waiting(io);
+        let mut out = std::mem::replace(self, Transport::plain(-1));
+        out.retiring = false;
+        out.keep = false;
+        self.ready = false;
+        for c in waiting {
+            if keep_queue {
+                self.conn_mut().push(c);
+            } else {
+                io.release(c);
+            }
+        }
+        Some(out)
+    }
+
+    /// Take a kept connection (from the keepalive pool) in place of this socketless one; the
+    /// plaintext waiting here goes on it.
+    pub fn adopt(&mut self, io: &mut impl Sys, kept: Transport) {
+        let waiting = self.take_waiting(io);
+        *self = kept;
+        for c in waiting {
+            self.push(io, c);
         }
     }
 
-    pub fn is_plain(&self) -> bool {
-        matches!(self, Transport::Plain(_))
+    /// The plaintext not sent yet: held back by a TLS handshake, or in a plain socket's queue
+    /// (what a TLS socket has queued is ciphertext for that connection only: released).
+    fn take_waiting(&mut self, io: &mut impl Sys) -> Vec<Chunk> {
+        let mut waiting = Vec::new();
+        match self {
+            Transport::Plain(conn) => {
+                while let Some(c) = conn.pop() {
+                    waiting.push(c);
+                }
+            }
+            Transport::Server(t) => waiting = t.take_held(),
+            Transport::Client(t) => waiting = t.take_held(),
+        }
+        while let Some(c) = self.conn_mut().pop() {
+            io.release(c);
+        }
+        waiting
     }
 
     /// A new upstream socket `fd` (a new attempt): plaintext that waited for the previous one
@@ -154,26 +198,9 @@ impl Transport {
             rustls::pki_types::ServerName<'static>,
         )>,
     ) -> Result<(), rustls::Error> {
-        let mut waiting = Vec::new();
-        match self {
-            Transport::Plain(conn) => {
-                while let Some(c) = conn.pop() {
-                    waiting.push(c);
-                }
-            }
-            Transport::Server(t) => {
-                waiting = t.take_held();
-                t.release(io);
-            }
-            Transport::Client(t) => {
-                waiting = t.take_held();
-                t.release(io);
-            }
-        }
         // What is queued on the old socket (a previous hello) goes nowhere.
-        while let Some(c) = self.conn_mut().pop() {
-            io.release(c);
-        }
+        let waiting = self.take_waiting(io);
+        self.release_tls(io);
         *self = match tls {
             None => Transport::plain(fd),
             Some((config, name)) => match Transport::client(fd, config, name) {

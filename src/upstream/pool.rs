@@ -1,5 +1,6 @@
 //! Upstream keepalive (nginx's `keepalive` with `proxy_http_version 1.1`): the idle
-//! connections one worker keeps toward its upstreams' servers for plain HTTP requests.
+//! connections one worker keeps toward its upstreams' servers for plain HTTP requests, plain
+//! or TLS (a TLS connection keeps its records state with it).
 //!
 //! A connection enters the pool only after a whole response on it, with the request sent
 //! whole, no op of it in flight and nothing unread; at most `keepalive` per upstream (the
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use crate::config::Upstream;
+use crate::tls::Transport;
 
 /// One idle connection.
 #[derive(Debug)]
@@ -19,7 +21,7 @@ struct Idle {
     /// The upstream (by name) whose `keepalive` it counts against.
     upstream: Box<str>,
     addr: SocketAddr,
-    fd: RawFd,
+    conn: Transport,
     expires_ms: u64,
     /// Requests it has carried.
     served: u32,
@@ -31,10 +33,10 @@ pub struct Pool {
     idle: Vec<Idle>,
 }
 
-/// What `take` found for a connection: its fd and the requests it carried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What `take` found: the connection and the requests it carried.
+#[derive(Debug)]
 pub struct Kept {
-    pub fd: RawFd,
+    pub conn: Transport,
     pub served: u32,
 }
 
@@ -53,13 +55,20 @@ fn alive(fd: RawFd) -> bool {
 }
 
 impl Pool {
-    /// Keep `fd` (to `addr`, of upstream `u`, after `served` requests) until `u`'s
+    /// Keep `conn` (to `addr`, of upstream `u`, after `served` requests) until `u`'s
     /// `keepalive_timeout` from `now_ms`; `u`'s oldest idle connection goes when it has
     /// `keepalive` already.
-    pub fn put(&mut self, u: &Upstream, addr: SocketAddr, fd: RawFd, served: u32, now_ms: u64) {
+    pub fn put(
+        &mut self,
+        u: &Upstream,
+        addr: SocketAddr,
+        conn: Transport,
+        served: u32,
+        now_ms: u64,
+    ) {
         let cap = u.keepalive;
         if cap == 0 {
-            close(fd);
+            close(conn.fd);
             return;
         }
         let full = self
@@ -69,12 +78,12 @@ impl Pool {
             .nth(cap as usize - 1)
             .is_some();
         if full && let Some(oldest) = self.idle.iter().position(|i| *i.upstream == *u.name) {
-            close(self.idle.remove(oldest).fd);
+            close(self.idle.remove(oldest).conn.fd);
         }
         self.idle.push(Idle {
             upstream: u.name.as_str().into(),
             addr,
-            fd,
+            conn,
             expires_ms: now_ms + u.keepalive_timeout.as_millis() as u64,
             served,
         });
@@ -89,13 +98,13 @@ impl Pool {
             .rposition(|i| i.addr == addr && &*i.upstream == upstream)
         {
             let idle = self.idle.remove(i);
-            if idle.expires_ms > now_ms && alive(idle.fd) {
+            if idle.expires_ms > now_ms && alive(idle.conn.fd) {
                 return Some(Kept {
-                    fd: idle.fd,
+                    conn: idle.conn,
                     served: idle.served,
                 });
             }
-            close(idle.fd);
+            close(idle.conn.fd);
         }
         None
     }
@@ -105,7 +114,7 @@ impl Pool {
         self.idle.retain(|i| {
             let keep = i.expires_ms > now_ms;
             if !keep {
-                close(i.fd);
+                close(i.conn.fd);
             }
             keep
         });
@@ -124,7 +133,7 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         for i in self.idle.drain(..) {
-            close(i.fd);
+            close(i.conn.fd);
         }
     }
 }
@@ -163,28 +172,32 @@ mod tests {
         let u = upstream(2);
         let (server_a, a, addr_a) = pair();
         let (_server_b, b, addr_b) = pair();
-        p.put(&u, addr_a, a, 3, 0);
-        p.put(&u, addr_b, b, 1, 0);
-        assert_eq!(p.take("u", addr_b, 10), Some(Kept { fd: b, served: 1 }));
+        p.put(&u, addr_a, Transport::plain(a), 3, 0);
+        p.put(&u, addr_b, Transport::plain(b), 1, 0);
+        let kept = p.take("u", addr_b, 10).unwrap();
+        assert_eq!((kept.conn.fd, kept.served), (b, 1));
         close(b);
         // The backend closed a: found dead, closed, not handed out.
         drop(server_a);
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(p.take("u", addr_a, 10), None);
+        assert!(p.take("u", addr_a, 10).is_none());
         assert!(p.is_empty());
         // A connection with bytes nobody asked for is not reused either.
         let (mut server_c, c, addr_c) = pair();
-        p.put(&u, addr_c, c, 0, 0);
+        p.put(&u, addr_c, Transport::plain(c), 0, 0);
         server_c.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(p.take("u", addr_c, 10), None);
+        assert!(p.take("u", addr_c, 10).is_none());
         // Three for a cap of two: the oldest goes; expiry closes the rest.
         let conns: Vec<_> = (0..3).map(|_| pair()).collect();
         for (i, (_, fd, addr)) in conns.iter().enumerate() {
-            p.put(&u, *addr, *fd, 0, i as u64);
+            p.put(&u, *addr, Transport::plain(*fd), 0, i as u64);
         }
         assert_eq!(p.len(), 2);
-        assert_eq!(p.take("u", conns[0].2, 10), None, "the oldest was closed");
+        assert!(
+            p.take("u", conns[0].2, 10).is_none(),
+            "the oldest was closed"
+        );
         p.prune(5000);
         assert!(p.is_empty());
     }
