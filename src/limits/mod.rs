@@ -29,15 +29,49 @@ fn shard_of(key: u128) -> usize {
     (h >> 58) as usize % SHARDS
 }
 
-/// `limit_conn_zone`: connections per key.
-pub struct ConnZone {
-    shards: Vec<Mutex<HashMap<u128, u32>>>,
+/// A fixed-capacity table of per-key state, split into shards behind their own locks.
+struct Table<V> {
+    shards: Vec<Mutex<HashMap<u128, V>>>,
     per_shard: usize,
 }
 
+impl<V> Table<V> {
+    /// Room for `bytes / ENTRY_BYTES` keys (at least one per shard), allocated now.
+    fn new(bytes: usize) -> Table<V> {
+        let per_shard = (bytes / ENTRY_BYTES / SHARDS).max(1);
+        Table {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_capacity(per_shard)))
+                .collect(),
+            per_shard,
+        }
+    }
+
+    /// The shard of `key`, locked (a poisoned lock still holds consistent counts).
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, V>> {
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+/// `limit_conn_zone`: connections per key.
+pub struct ConnZone(Table<u32>);
+
 impl std::fmt::Debug for ConnZone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnZone({} keys)", self.per_shard * SHARDS)
+        write!(f, "ConnZone({} keys)", self.0.capacity())
     }
 }
 
@@ -54,25 +88,18 @@ pub enum Taken {
 impl ConnZone {
     /// A zone of `bytes` (at least one key per shard).
     pub fn new(bytes: usize) -> ConnZone {
-        let per_shard = (bytes / ENTRY_BYTES / SHARDS).max(1);
-        ConnZone {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_capacity(per_shard)))
-                .collect(),
-            per_shard,
-        }
+        ConnZone(Table::new(bytes))
     }
 
     /// Keys the zone holds at most.
     pub fn capacity(&self) -> usize {
-        self.per_shard * SHARDS
+        self.0.capacity()
     }
 
     /// Count one more connection of `key` unless it has `max` already.
     pub fn take(&self, key: u128, max: u32) -> Taken {
-        let mut s = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let per_shard = self.0.per_shard;
+        let mut s = self.0.shard(key);
         let len = s.len();
         match s.get_mut(&key) {
             Some(n) if *n >= max => Taken::Over,
@@ -80,7 +107,7 @@ impl ConnZone {
                 *n += 1;
                 Taken::Yes
             }
-            None if len >= self.per_shard => Taken::Full,
+            None if len >= per_shard => Taken::Full,
             None if max == 0 => Taken::Over,
             None => {
                 s.insert(key, 1);
@@ -91,9 +118,7 @@ impl ConnZone {
 
     /// One connection of `key` ended.
     pub fn give_back(&self, key: u128) {
-        let mut s = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut s = self.0.shard(key);
         if let Some(n) = s.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -104,31 +129,22 @@ impl ConnZone {
 
     /// Connections counted now for `key`.
     pub fn count(&self, key: u128) -> u32 {
-        let s = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        s.get(&key).copied().unwrap_or(0)
+        self.0.shard(key).get(&key).copied().unwrap_or(0)
     }
 
     /// Keys counted now.
     pub fn keys(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.0.len()
     }
 }
 
 /// `limit_req_zone`: nginx's leaky bucket per key; rates are in requests per 1000 s (so
 /// `10r/s` is 10,000 and `30r/m` is 500).
-pub struct ReqZone {
-    shards: Vec<Mutex<HashMap<u128, Bucket>>>,
-    per_shard: usize,
-}
+pub struct ReqZone(Table<Bucket>);
 
 impl std::fmt::Debug for ReqZone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReqZone({} keys)", self.per_shard * SHARDS)
+        write!(f, "ReqZone({} keys)", self.0.capacity())
     }
 }
 
@@ -152,13 +168,7 @@ pub enum Verdict {
 
 impl ReqZone {
     pub fn new(bytes: usize) -> ReqZone {
-        let per_shard = (bytes / ENTRY_BYTES / SHARDS).max(1);
-        ReqZone {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::with_capacity(per_shard)))
-                .collect(),
-            per_shard,
-        }
+        ReqZone(Table::new(bytes))
     }
 
     /// A request of `key` at `now_ms` with `burst` requests of room: nginx's
@@ -167,15 +177,14 @@ impl ReqZone {
     /// the bucket.
     pub fn check(&self, key: u128, now_ms: u64, rate: u64, burst: u32, nodelay: bool) -> Verdict {
         let rate = rate.max(1);
-        let mut s = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !s.contains_key(&key) && s.len() >= self.per_shard {
+        let per_shard = self.0.per_shard;
+        let mut s = self.0.shard(key);
+        if !s.contains_key(&key) && s.len() >= per_shard {
             // Make room: buckets that have drained are the same as no bucket.
             s.retain(|_, b| {
                 b.excess > rate.saturating_mul(now_ms.saturating_sub(b.last_ms)) / 1000
             });
-            if s.len() >= self.per_shard {
+            if s.len() >= per_shard {
                 return Verdict::Refuse;
             }
         }
@@ -206,7 +215,7 @@ impl ReqZone {
     }
 
     pub fn capacity(&self) -> usize {
-        self.per_shard * SHARDS
+        self.0.capacity()
     }
 }
 

@@ -387,12 +387,7 @@ impl Session {
             a.last_fail = kind;
             a.next_when & kind != 0
         });
-        let peer = self
-            .cfg
-            .upstreams
-            .get(usize::from(r.upstream))
-            .and_then(|u| u.peers.get(usize::from(r.peer)));
-        if let Some(p) = peer
+        if let Some(p) = self.peer()
             && p.failure(clock_ms())
         {
             tracing::warn!(
@@ -463,28 +458,25 @@ impl Session {
             return;
         };
         r.attempt = None;
-        let peer = self
-            .cfg
-            .upstreams
-            .get(usize::from(r.upstream))
-            .and_then(|u| u.peers.get(usize::from(r.peer)));
-        if let Some(p) = peer
+        if let Some(p) = self.peer()
             && p.success()
         {
             tracing::info!(target: "upstream", "server {} answers again", p.addr);
         }
     }
 
-    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
+    /// The server the request in progress went to, if one was chosen.
+    fn peer(&self) -> Option<&crate::config::Peer> {
         let r = self.phase.req()?;
-        Some(
-            self.cfg
-                .upstreams
-                .get(usize::from(r.upstream))?
-                .peers
-                .get(usize::from(r.peer))?
-                .addr,
-        )
+        self.cfg
+            .upstreams
+            .get(usize::from(r.upstream))?
+            .peers
+            .get(usize::from(r.peer))
+    }
+
+    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer().map(|p| p.addr)
     }
 
     // ---- response --------------------------------------------------------------------------
