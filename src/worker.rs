@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Reactor, RingSys, Sys};
-use crate::session::{AccessLog, End, Env, Io, Listen, Next, Session};
+use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session};
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side};
 
@@ -262,7 +262,6 @@ impl Core {
         let mut env = Env {
             balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
-            metrics: &self.spec.metrics,
             pool: &mut self.pool,
         };
         let next = f(&mut entry.session, &mut io, &mut env);
@@ -470,6 +469,13 @@ impl Sys for WorkerIo<'_> {
 }
 
 impl Io for WorkerIo<'_> {
+    fn observe(&mut self, what: Observed) {
+        match what {
+            Observed::Connected(ms) => self.metrics.connect.observe_ms(ms),
+            Observed::TunnelOpened(ms) => self.metrics.tunnel_opened(ms),
+        }
+    }
+
     fn log(&mut self, l: &AccessLog<'_>) {
         self.metrics.request_done(l.bytes_in, l.bytes_out);
         if self.access_log {

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 
 use super::phase::{Attempt, Connect, Downward, Exchange, Phase, Req, Upward, ms32};
-use super::{AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, RESPONSE_HEAD_MAX};
+use super::{
+    AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, Observed, RESPONSE_HEAD_MAX,
+};
 use super::{Linger, Session};
 use crate::config::NextUpstream;
 use crate::config::clock_ms;
@@ -569,8 +571,9 @@ impl Session {
                 out.extend_from_slice(&buf[resp.head_len..]);
                 r.tunnel = true;
                 r.responded = true;
-                env.metrics
-                    .tunnel_opened(io.now_ms().saturating_sub(r.started_ms));
+                io.observe(Observed::TunnelOpened(
+                    io.now_ms().saturating_sub(r.started_ms),
+                ));
                 let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None))
                 else {
                     unreachable!()

@@ -38,10 +38,22 @@ pub const INTERIM_BYTES_MAX: u32 = 16 * 1024;
 /// How long a lingering close waits for the client to finish sending (nginx: lingering_timeout).
 pub const LINGER_MS: u64 = 2000;
 
-/// Effects a handler asks for: the socket effects of [`Sys`], and the access log.
+/// Effects a handler asks for: the socket effects of [`Sys`], the access log, and what the
+/// worker's metrics record.
 pub trait Io: Sys {
     /// Emit an access-log line.
     fn log(&mut self, line: &AccessLog);
+    /// Something worth a metric happened.
+    fn observe(&mut self, what: Observed);
+}
+
+/// What a session tells the worker's metrics, as it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// An upstream connect completed after this many milliseconds.
+    Connected(u64),
+    /// A 101 went to the client this many milliseconds after its request began.
+    TunnelOpened(u64),
 }
 
 /// What a handler needs from the worker besides I/O: its balancers and whether it drains.
@@ -51,8 +63,6 @@ pub struct Env<'a> {
     /// The worker is draining (shutdown began): answer what is in progress, then close
     /// instead of keeping the client connection alive.
     pub draining: bool,
-    /// The worker's metrics (time to 101, connect time, tunnels).
-    pub metrics: &'a crate::metrics::WorkerMetrics,
     /// The worker's idle upstream connections (keepalive).
     pub pool: &'a mut crate::upstream::pool::Pool,
 }
@@ -297,9 +307,9 @@ impl Session {
             return self.after(io, env);
         };
         if res == 0 && !x.connect_timed_out() {
-            env.metrics
-                .connect
-                .observe_ms(io.now_ms().saturating_sub(self.phase_ms));
+            io.observe(Observed::Connected(
+                io.now_ms().saturating_sub(self.phase_ms),
+            ));
             self.upstream_ready(io);
         } else {
             let timed_out = x.connect_timed_out();

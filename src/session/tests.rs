@@ -41,6 +41,8 @@ struct Fake {
     wire: [Vec<u8>; 2],
     shut: [bool; 2],
     logs: Vec<String>,
+    /// What the session told the metrics.
+    observed: Vec<super::Observed>,
     parked: Vec<Side>,
     /// What `pool_low` answers.
     low: bool,
@@ -192,6 +194,9 @@ impl Io for Fake {
         self.logs
             .push(format!("{} {} {} {}", l.method, l.path, l.status, l.end));
     }
+    fn observe(&mut self, what: super::Observed) {
+        self.observed.push(what);
+    }
 }
 
 /// The `Env` over a `Sim`'s fields (a macro: it borrows fields, not the whole `Sim`).
@@ -200,7 +205,6 @@ macro_rules! env_of {
         Env {
             balancers: &mut $sim.balancers,
             draining: $sim.draining,
-            metrics: &$sim.metrics,
             pool: &mut $sim.pool,
         }
     };
@@ -214,7 +218,6 @@ struct Sim {
     io: Fake,
     balancers: Balancers,
     draining: bool,
-    metrics: crate::metrics::WorkerMetrics,
     pool: crate::upstream::pool::Pool,
     rng: u64,
     /// The end-of-session point ran.
@@ -262,7 +265,6 @@ impl Sim {
             io,
             balancers,
             draining: false,
-            metrics: Default::default(),
             pool: Default::default(),
             ended: false,
             rng: seed
@@ -484,6 +486,14 @@ fn websocket_session_from_head_to_close() {
     assert_eq!(sim.s.stage(), Stage::Tunnel);
     sim.run(false);
     assert!(sim.io.wire[0].starts_with(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x02hi"));
+    // The metrics heard of the connect and the 101, once each.
+    assert!(matches!(
+        sim.io.observed[..],
+        [
+            super::Observed::Connected(_),
+            super::Observed::TunnelOpened(_)
+        ]
+    ));
     // Both ways, then FIN from the client is passed on as a half-close, then upstream FIN.
     sim.deliver(Side::Down, b"client bytes");
     sim.deliver(Side::Up, b"server bytes");
