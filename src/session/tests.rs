@@ -237,6 +237,19 @@ read_timeout = "5s"
 [[server.location]]
 path = "/ws/"
 upstream = "b"
+[[server.location]]
+path = "/once/"
+upstream = "b"
+next_upstream_tries = 1
+[[server.location]]
+path = "/off/"
+upstream = "b"
+next_upstream = ["off"]
+[[server.location]]
+path = "/quick/"
+upstream = "b"
+connect_timeout = "2s"
+next_upstream_timeout = "1s"
 "#;
 
 impl Sim {
@@ -554,6 +567,53 @@ fn refused_connect_tries_the_next_server_then_502() {
     sim.client_closes();
     sim.assert_clean();
     assert_eq!(sim.io.logs, vec!["GET /x 502 no-upstream"]);
+}
+
+#[test]
+fn next_upstream_tries_and_off_stop_at_the_first_failed_server() {
+    // Tries spent: every server it may try failed (no-upstream); off: this one's error.
+    for (path, end) in [
+        ("/once/x", "no-upstream"),
+        ("/off/x", "upstream-error:ECONNREFUSED"),
+    ] {
+        let mut sim = Sim::new(3);
+        sim.io.refuse = vec![9001];
+        sim.deliver(
+            Side::Down,
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+        );
+        sim.run(false);
+        // The first server refused; the second is never tried: 502 with the connect's error.
+        assert!(
+            sim.wire(Side::Down)
+                .starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+            "{path}"
+        );
+        assert!(sim.wire(Side::Up).is_empty(), "{path}: nothing went up");
+        sim.client_closes();
+        sim.assert_clean();
+        assert_eq!(sim.io.logs, vec![format!("GET {path} 502 {end}")]);
+    }
+}
+
+#[test]
+fn next_upstream_timeout_stops_the_tries() {
+    let mut sim = Sim::new(3);
+    sim.deliver(Side::Down, b"GET /quick/x HTTP/1.1\r\nHost: h\r\n\r\n");
+    // The server never answers the SYN: its connect stays in flight.
+    sim.io.pending.retain(|e| !matches!(e, Ev::Connect(_)));
+    sim.run(false);
+    assert_eq!(sim.s.stage(), Stage::Connecting);
+    // The connect times out at 2 s, past next_upstream_timeout (1 s): no second server, 504.
+    sim.timer(2000);
+    sim.run(false);
+    assert!(
+        sim.wire(Side::Down)
+            .starts_with("HTTP/1.1 504 Gateway Timeout\r\n")
+    );
+    sim.client_closes();
+    sim.assert_clean();
+    assert_eq!(sim.io.logs, vec!["GET /quick/x 504 upstream-timeout"]);
 }
 
 #[test]
