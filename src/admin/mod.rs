@@ -169,14 +169,7 @@ fn upstreams(live: &Live) -> serde_json::Value {
                     })
                 })
                 .collect();
-            let balance = match &u.balance {
-                crate::config::Balance::RoundRobin => "round_robin",
-                crate::config::Balance::LeastConn => "least_conn",
-                crate::config::Balance::IpHash => "ip_hash",
-                crate::config::Balance::Hash(h) if h.consistent => "hash consistent",
-                crate::config::Balance::Hash(_) => "hash",
-            };
-            serde_json::json!({ "name": u.name, "balance": balance, "servers": servers })
+            serde_json::json!({ "name": u.name, "balance": u.balance.name(), "servers": servers })
         })
         .collect()
 }

@@ -513,8 +513,58 @@ impl Config {
             r.buffer_size,
             r.access_log
         );
+        for z in &self.conn_zones {
+            let _ = writeln!(
+                o,
+                "limit_conn_zone {:?} size={}B ({} addresses)",
+                z.name,
+                z.bytes,
+                z.table.capacity()
+            );
+        }
+        for z in &self.req_zones {
+            let _ = writeln!(
+                o,
+                "limit_req_zone {:?} size={}B ({} addresses)",
+                z.name,
+                z.bytes,
+                z.table.capacity()
+            );
+        }
         for u in &self.upstreams {
-            let _ = writeln!(o, "upstream {:?} balance={:?}", u.name, u.balance);
+            let key = match &u.balance {
+                Balance::Hash(h) => format!(" key={:?}", h.text),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                o,
+                "upstream {:?} balance={}{key} keepalive={} keepalive_timeout={} keepalive_requests={}",
+                u.name,
+                u.balance.name(),
+                u.keepalive,
+                fmt_duration(u.keepalive_timeout),
+                u.keepalive_requests
+            );
+            if let Some(h) = &u.health_check {
+                let _ = writeln!(
+                    o,
+                    "  health_check {} interval={} rise={} fall={} timeout={} expect={}{}",
+                    match &h.request {
+                        Some(r) => format!("{:?}", String::from_utf8_lossy(r)),
+                        None => "tcp".into(),
+                    },
+                    fmt_duration(h.interval),
+                    h.rise,
+                    h.fall,
+                    fmt_duration(h.timeout),
+                    h.expect
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    h.port.map_or(String::new(), |p| format!(" port={p}"))
+                );
+            }
             if !u.source.is_empty() {
                 let _ = writeln!(
                     o,
@@ -527,10 +577,14 @@ impl Config {
             for p in &u.peers {
                 let _ = writeln!(
                     o,
-                    "  server {} weight={}{}",
+                    "  server {} weight={} max_fails={} fail_timeout={} max_conns={}{}{}",
                     p.addr,
                     p.weight,
-                    if p.backup { " backup" } else { "" }
+                    p.max_fails,
+                    fmt_duration(p.fail_timeout),
+                    p.max_conns,
+                    if p.backup { " backup" } else { "" },
+                    if p.down { " down" } else { "" }
                 );
             }
         }
@@ -561,17 +615,39 @@ impl Config {
                 s.keepalive_requests
             );
             for l in &s.locations {
+                let n = &l.next_upstream;
                 let _ = writeln!(
                     o,
-                    "  location {:?} -> {} connect={} read={} send={} body={} upgrade={}",
+                    "  location {:?} -> {} connect={} read={} send={} body={} upgrade={} next_upstream={} tries={} timeout={}",
                     l.path,
                     self.upstreams[l.upstream].name,
                     fmt_duration(l.connect_timeout),
                     fmt_duration(l.read_timeout),
                     fmt_duration(l.send_timeout),
                     fmt_duration(l.body_timeout),
-                    l.upgrade.join(",")
+                    l.upgrade.join(","),
+                    n.names(),
+                    n.tries,
+                    fmt_duration(n.timeout)
                 );
+                if let Some(c) = l.limit_conn {
+                    let _ = writeln!(
+                        o,
+                        "    limit_conn zone={:?} max={} status={}",
+                        self.conn_zones[c.zone].name, c.max, c.status
+                    );
+                }
+                if let Some(r) = l.limit_req {
+                    let _ = writeln!(
+                        o,
+                        "    limit_req zone={:?} rate={}r/s burst={} nodelay={} status={}",
+                        self.req_zones[r.zone].name,
+                        r.rate_milli as f64 / 1000.0,
+                        r.burst,
+                        r.nodelay,
+                        r.status
+                    );
+                }
             }
         }
         o

@@ -296,3 +296,30 @@ fn keepalive_settings_and_errors() {
         "keepalive toward a TLS upstream"
     );
 }
+
+#[test]
+fn check_prints_the_upstream_policy_as_understood() {
+    let t = format!(
+        "[[limit_conn_zone]]\nname = \"perip\"\nsize = \"1m\"\n{}",
+        GOOD.replace(
+            "name = \"ws\"",
+            "name = \"ws\"\nhash = { key = \"$arg_room\", consistent = true }\nkeepalive = 8\nhealth_check = { interval = \"3s\", expect = [\"2xx\", \"301\"], port = 8081 }",
+        )
+        .replace("{ addr = \"127.0.0.1:9003\", backup = true }", "{ addr = \"127.0.0.1:9003\", down = true }")
+        .replace(
+            "path = \"/ws/\"",
+            "path = \"/ws/\"\nnext_upstream = [\"error\", \"http_503\"]\nlimit_conn = { zone = \"perip\", max = 10 }",
+        )
+    );
+    let d = Config::parse("t.toml", &t).unwrap().describe();
+    for want in [
+        "limit_conn_zone \"perip\" size=1048576B (16384 addresses)",
+        "upstream \"ws\" balance=hash consistent key=\"$arg_room\" keepalive=8",
+        "health_check \"GET / HTTP/1.0\\r\\n\\r\\n\" interval=3s rise=2 fall=3 timeout=1s expect=2xx,301 port=8081",
+        "server 127.0.0.1:9003 weight=1 max_fails=1 fail_timeout=10s max_conns=0 down",
+        "next_upstream=error,http_503 tries=0 timeout=0s",
+        "limit_conn zone=\"perip\" max=10 status=503",
+    ] {
+        assert!(d.contains(want), "{want:?} not in:\n{d}");
+    }
+}

@@ -46,9 +46,24 @@ pub enum Balance {
     Hash(HashKey),
 }
 
+impl Balance {
+    /// The name as written in the configuration (`/status`, `check`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::Hash(h) if h.consistent => "hash consistent",
+            Balance::Hash(_) => "hash",
+        }
+    }
+}
+
 /// What `hash` hashes: literal text and variables, and with `consistent` the ketama ring.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HashKey {
+    /// The key as written.
+    pub text: String,
     pub parts: Vec<KeyPart>,
     pub consistent: bool,
     /// `consistent`: the ring as nginx builds it, sorted by point, each with its server index.
@@ -94,6 +109,16 @@ pub struct HealthCheck {
 pub enum Expect {
     Class(u16),
     Status(u16),
+}
+
+impl Expect {
+    /// As written: `2xx` or `204`.
+    pub fn name(&self) -> String {
+        match self {
+            Expect::Class(c) => format!("{c}xx"),
+            Expect::Status(s) => s.to_string(),
+        }
+    }
 }
 
 impl HealthCheck {
@@ -261,6 +286,27 @@ impl Default for NextUpstream {
 impl NextUpstream {
     pub fn on(&self, bit: u8) -> bool {
         self.when & bit != 0
+    }
+
+    /// The conditions as written (`check`).
+    pub fn names(&self) -> String {
+        let all = [
+            (NEXT_ERROR, "error"),
+            (NEXT_TIMEOUT, "timeout"),
+            (NEXT_502, "http_502"),
+            (NEXT_503, "http_503"),
+            (NEXT_504, "http_504"),
+        ];
+        let on: Vec<&str> = all
+            .iter()
+            .filter(|(b, _)| self.on(*b))
+            .map(|(_, n)| *n)
+            .collect();
+        if on.is_empty() {
+            "off".into()
+        } else {
+            on.join(",")
+        }
     }
 
     /// The bit for an upstream's response status, if `next_upstream` can name it.
@@ -653,6 +699,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             let parts = parse_key(h.key.get_ref())
                 .map_err(|m| cx.err(h.key.span(), format!("{f}.hash.key"), m))?;
             Balance::Hash(HashKey {
+                text: h.key.get_ref().clone(),
                 parts,
                 consistent: h.consistent.unwrap_or(false),
                 points: Vec::new(),

@@ -493,6 +493,7 @@ mod tests {
         let make = |n: usize| {
             let mut u = up(&vec![(1, false); n]);
             let mut h = crate::config::HashKey {
+                text: "$request_uri".into(),
                 parts: crate::config::upstream::parse_key("$request_uri").unwrap(),
                 consistent: true,
                 points: Vec::new(),
