@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Reactor, RingSys, Sys};
-use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session};
+use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session, Stage};
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side};
 
@@ -65,6 +65,9 @@ struct Core {
     drain_began: Option<Instant>,
     /// The main thread said close everything now.
     close_now: bool,
+    /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
+    /// over `runtime.drain_spread` from the start of the drain).
+    drain_queue: std::collections::VecDeque<(u32, Instant)>,
 }
 
 fn pin(cpu: usize) {
@@ -128,6 +131,7 @@ impl Worker {
                 accept_paused: false,
                 drain_began: None,
                 close_now: false,
+                drain_queue: Default::default(),
                 spec,
             },
         })
@@ -162,6 +166,7 @@ impl Worker {
                 return Ok(());
             }
             r.turn(core, Duration::from_millis(TICK_MS))?;
+            core.drain_due(r);
             core.pool.prune(r.now_ms());
             let m = &core.spec.metrics;
             m.stale_cqes.store(r.stale, Ordering::Relaxed);
@@ -237,8 +242,37 @@ impl Core {
             let _ = sock.shutdown(std::net::Shutdown::Read);
         }
         self.listeners.clear();
+        let now = Instant::now();
+        let mut tunnels = Vec::new();
         for k in r.slots.keys() {
             self.with_session(r, k, |s, io, env| s.drain(io, env));
+            if r.slots
+                .get_any_mut(k)
+                .is_some_and(|(_, e)| e.session.stage() == Stage::Tunnel)
+            {
+                tunnels.push(k);
+            }
+        }
+        // The spread cut in n equal slots, tunnel i told in the middle of slot i: reconnects
+        // arrive evenly over it.
+        let spread = self.cfg.runtime.drain_spread;
+        let n = tunnels.len().max(1) as u32;
+        self.drain_queue = tunnels
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (k, now + spread * (2 * i as u32 + 1) / (2 * n)))
+            .collect();
+    }
+
+    /// Send the Close of every tunnel whose time in the drain spread has come.
+    fn drain_due(&mut self, r: &mut Reactor<Slot>) {
+        let now = Instant::now();
+        while let Some(&(k, at)) = self.drain_queue.front() {
+            if at > now {
+                break;
+            }
+            self.drain_queue.pop_front();
+            self.with_session(r, k, |s, io, env| s.drain_tunnel(io, env));
         }
     }
 

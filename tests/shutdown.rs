@@ -1,6 +1,7 @@
 //! Shutdown as an operator sees it: SIGTERM stops accepting, `/healthz` turns 503, idle
-//! keep-alive connections close, tunnels run on until `shutdown_grace`, then are closed and
-//! the process exits 0; a second SIGTERM closes everything at once.
+//! keep-alive connections close, tunnels get their Close over `drain_spread`, what is left at
+//! `shutdown_grace` is closed and the process exits 0; a second SIGTERM closes everything at
+//! once.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tungstenite::Message;
 
 fn sigterm(p: &Proc) {
     kill(Pid::from_raw(p.pid() as i32), Signal::SIGTERM).unwrap();
@@ -99,12 +101,14 @@ fn sigterm_drains_then_closes_after_the_grace() {
         "drain",
         "",
         "",
-        &format!("shutdown_grace = \"3s\"\n[admin]\nlisten = \"{admin}\""),
+        &format!("shutdown_grace = \"6s\"\ndrain_spread = \"4s\"\n[admin]\nlisten = \"{admin}\""),
     );
     let health = || status_of(&raw_exchange(admin, b"GET /healthz HTTP/1.1\r\n\r\n", 10));
     assert_eq!(health(), 200);
     let mut ws = ws_connect(st.listen, "/ws/");
     ws_echo(&mut ws, b"before".to_vec());
+    // A client that never answers the proxy's Close.
+    let mut deaf = st.raw_ws("/ws/", "");
     let mut idle = TcpStream::connect(st.listen).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -114,30 +118,46 @@ fn sigterm_drains_then_closes_after_the_grace() {
 
     sigterm(&st.proxy);
     st.proxy.wait_log("draining", 10);
+    // The tunnels are told in the middle of their slots of the 4 s spread (1 s and 3 s): the
+    // first one still carries messages now.
+    ws_echo(&mut ws, b"during the drain".to_vec());
     // No new sessions; the load balancer's probe sees it.
     wait_refused(st.listen, 10);
     assert_eq!(health(), 503);
-    // The idle keep-alive connection is closed; the tunnel still carries messages.
+    // The idle keep-alive connection is closed.
     wait_closed(&mut idle, 10);
-    ws_echo(&mut ws, b"during the drain".to_vec());
-    // Past the grace the tunnel is closed and the process exits cleanly.
+    // The tunnels get a Close 1012 "service restart"; tungstenite answers it and the session
+    // ends by the close handshake.
     ws.get_mut()
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     match ws.read() {
-        Ok(m) => panic!("expected the tunnel to close, got {m:?}"),
-        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            panic!("tunnel not closed 20s into a 3s grace")
+        Ok(Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), 1012);
+            assert_eq!(f.reason.as_str(), "service restart");
         }
-        Err(_) => {}
+        other => panic!("expected the Close, got {other:?}"),
     }
+    assert!(ws.read().is_err(), "then the end");
+    deaf.s
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (_, _, op, payload) = deaf.read_frame();
+    assert_eq!((op, &payload[..2]), (0x8, &1012u16.to_be_bytes()[..]));
+    // The deaf one is closed at the grace, and the process exits cleanly.
+    let mut rest = Vec::new();
+    let _ = deaf.s.read_to_end(&mut rest);
     let status = wait_exit(&mut st.proxy, 20);
     assert!(status.success(), "exit {status}:\n{}", st.proxy.log_text());
     let log = st.proxy.log_text();
+    let tunnels: Vec<&str> = log.lines().filter(|l| l.contains("\"GET /ws/\"")).collect();
     assert!(
-        log.lines()
-            .any(|l| l.contains("\"GET /ws/\"") && l.contains("ws end=shutdown")),
-        "the tunnel's access-log line says shutdown:\n{log}"
+        tunnels.iter().any(|l| l.contains("ws end=drained")),
+        "the answered tunnel ended by its close handshake:\n{log}"
+    );
+    assert!(
+        tunnels.iter().any(|l| l.contains("ws end=shutdown")),
+        "the deaf one at the grace:\n{log}"
     );
 }
 

@@ -77,6 +77,21 @@ pub struct Runtime {
     pub buffers: u16,
     /// One line per request / WebSocket session on stderr (nginx's `access_log`).
     pub access_log: bool,
+    /// On shutdown, the Close frames to tunnels' clients are spread evenly over this window.
+    pub drain_spread: Duration,
+    /// The Close frame's code and reason on shutdown (1012 "service restart" by default).
+    pub drain_code: u16,
+    pub drain_reason: String,
+}
+
+/// A location's heartbeat: ping a peer that has sent nothing for `interval`; close it when it
+/// stays silent for `timeout` after the ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Ping the upstream too (masked frames), when it has sent nothing for this long.
+    pub upstream_interval: Option<Duration>,
 }
 
 /// Most servers one upstream may list (each is tried at most once per request).
@@ -126,6 +141,8 @@ pub struct Location {
     pub limit_conn: Option<limits::LimitConn>,
     /// Requests per client address over time.
     pub limit_req: Option<limits::LimitReq>,
+    /// Pings toward idle tunnel peers.
+    pub heartbeat: Option<Heartbeat>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
 }
@@ -228,6 +245,13 @@ pub mod defaults {
     pub const FILE_MAX: u64 = 16 << 20;
     pub const MAX_CONNECTIONS: u32 = 200_000;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+    /// `drain_spread` is this fraction of `shutdown_grace` unless set: the rest of the grace
+    /// is for the close handshakes and for clients that answer late.
+    pub const DRAIN_SPREAD_DIV: u32 = 2;
+    pub const DRAIN_CODE: u16 = 1012;
+    pub const DRAIN_REASON: &str = "service restart";
+    /// `heartbeat.timeout` unless set.
+    pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
     pub const BUFFER_SIZE: u32 = 16 * 1024;
     pub const BUFFERS: u16 = 4096;
 }
@@ -505,10 +529,13 @@ impl Config {
         let r = &self.runtime;
         let _ = writeln!(
             o,
-            "runtime: workers={} max_connections={} shutdown_grace={} buffers={}x{}B access_log={}",
+            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={}",
             r.workers,
             r.max_connections,
             fmt_duration(r.shutdown_grace),
+            fmt_duration(r.drain_spread),
+            r.drain_code,
+            r.drain_reason,
             r.buffers,
             r.buffer_size,
             r.access_log
@@ -646,6 +673,15 @@ impl Config {
                         r.burst,
                         r.nodelay,
                         r.status
+                    );
+                }
+                if let Some(h) = l.heartbeat {
+                    let _ = writeln!(
+                        o,
+                        "    heartbeat interval={} timeout={} upstream_interval={}",
+                        fmt_duration(h.interval),
+                        fmt_duration(h.timeout),
+                        h.upstream_interval.map_or("-".into(), fmt_duration)
                     );
                 }
             }

@@ -29,6 +29,25 @@ pub struct Runtime {
     pub buffer_size: Option<Spanned<toml::Value>>,
     pub buffers: Option<Spanned<i64>>,
     pub access_log: Option<bool>,
+    pub drain_spread: Option<Spanned<toml::Value>>,
+    pub drain_close: Option<Spanned<DrainClose>>,
+}
+
+/// `[runtime] drain_close = { code, reason }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainClose {
+    pub code: Option<Spanned<i64>>,
+    pub reason: Option<Spanned<String>>,
+}
+
+/// `heartbeat = { interval, timeout, upstream_interval }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub interval: Spanned<toml::Value>,
+    pub timeout: Option<Spanned<toml::Value>>,
+    pub upstream_interval: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -176,4 +195,5 @@ pub struct Location {
     pub next_upstream_timeout: Option<Spanned<toml::Value>>,
     pub limit_conn: Option<Spanned<LimitConn>>,
     pub limit_req: Option<Spanned<LimitReq>>,
+    pub heartbeat: Option<Spanned<Heartbeat>>,
 }

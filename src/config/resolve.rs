@@ -58,6 +58,23 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             n as u16
         }
     };
+    let drain_spread = cx.duration(
+        &rt.drain_spread,
+        "runtime.drain_spread",
+        shutdown_grace / defaults::DRAIN_SPREAD_DIV,
+    )?;
+    if drain_spread > shutdown_grace {
+        let span = rt.drain_spread.as_ref().map_or(0..0, |s| s.span());
+        return Err(cx.err(
+            span,
+            "runtime.drain_spread",
+            format!(
+                "must not be longer than shutdown_grace ({}): what is left at the grace is closed",
+                fmt_duration(shutdown_grace)
+            ),
+        ));
+    }
+    let (drain_code, drain_reason) = drain_close(cx, rt.drain_close.as_ref())?;
     let runtime = Runtime {
         workers,
         max_connections,
@@ -65,6 +82,9 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         buffer_size: buffer_size as u32,
         buffers,
         access_log: rt.access_log.unwrap_or(true),
+        drain_spread,
+        drain_code,
+        drain_reason,
     };
 
     let (conn_zones, req_zones) = limits::zones(cx, &raw)?;
@@ -280,6 +300,10 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                     None => None,
                     Some(x) => Some(limits::limit_req(cx, &lf, x, &req_zones)?),
                 },
+                heartbeat: match &l.heartbeat {
+                    None => None,
+                    Some(h) => Some(heartbeat(cx, &lf, h.get_ref())?),
+                },
                 stats: LocationStats::default(),
             });
         }
@@ -335,5 +359,73 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         conn_zones,
         req_zones: req_zones.into_iter().map(|(z, _)| z).collect(),
         warnings,
+    })
+}
+
+/// `drain_close = { code, reason }`: a code an endpoint may send (RFC 6455 7.4: 1000-1003,
+/// 1007-1014, or 3000-4999) and a reason that fits a control frame.
+fn drain_close(
+    cx: &Ctx<'_>,
+    d: Option<&toml::Spanned<raw::DrainClose>>,
+) -> Result<(u16, String), ConfigError> {
+    let Some(d) = d.map(|d| d.get_ref()) else {
+        return Ok((defaults::DRAIN_CODE, defaults::DRAIN_REASON.to_string()));
+    };
+    let code = match &d.code {
+        None => defaults::DRAIN_CODE,
+        Some(c) => {
+            let n = *c.get_ref();
+            if !matches!(n, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(cx.err(
+                    c.span(),
+                    "runtime.drain_close.code",
+                    "expected a Close code an endpoint may send: 1000-1003, 1007-1014 or 3000-4999 \
+                     (1001 going away, 1012 service restart)",
+                ));
+            }
+            n as u16
+        }
+    };
+    let reason = match &d.reason {
+        None if code == defaults::DRAIN_CODE => defaults::DRAIN_REASON.to_string(),
+        None => String::new(),
+        Some(r) => {
+            if r.get_ref().len() > 123 {
+                return Err(cx.err(
+                    r.span(),
+                    "runtime.drain_close.reason",
+                    "at most 123 bytes (a Close frame carries 125, the code takes 2)",
+                ));
+            }
+            r.get_ref().clone()
+        }
+    };
+    Ok((code, reason))
+}
+
+/// `heartbeat = { interval, timeout, upstream_interval }`.
+fn heartbeat(cx: &Ctx<'_>, lf: &str, h: &raw::Heartbeat) -> Result<Heartbeat, ConfigError> {
+    let interval = cx.timeout(
+        &Some(h.interval.clone()),
+        &format!("{lf}.heartbeat.interval"),
+        Duration::ZERO,
+    )?;
+    let timeout = cx.timeout(
+        &h.timeout,
+        &format!("{lf}.heartbeat.timeout"),
+        defaults::HEARTBEAT_TIMEOUT,
+    )?;
+    let upstream_interval = match &h.upstream_interval {
+        None => None,
+        Some(_) => Some(cx.timeout(
+            &h.upstream_interval,
+            &format!("{lf}.heartbeat.upstream_interval"),
+            Duration::ZERO,
+        )?),
+    };
+    Ok(Heartbeat {
+        interval,
+        timeout,
+        upstream_interval,
     })
 }

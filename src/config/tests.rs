@@ -323,3 +323,46 @@ fn check_prints_the_upstream_policy_as_understood() {
         assert!(d.contains(want), "{want:?} not in:\n{d}");
     }
 }
+
+#[test]
+fn heartbeat_and_drain_close_are_read_and_checked() {
+    let text = "[runtime]\nshutdown_grace = \"40s\"\ndrain_close = { code = 1001, reason = \"bye\" }\n[[upstream]]\nname = \"u\"\nservers = [{ addr = \"127.0.0.1:9\" }]\n[[server]]\nlisten = [\"127.0.0.1:8080\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\nheartbeat = { interval = \"25s\", upstream_interval = \"30s\" }\n";
+    let c = Config::parse("t.toml", text).unwrap();
+    assert_eq!(
+        c.runtime.drain_spread,
+        Duration::from_secs(20),
+        "half the grace"
+    );
+    assert_eq!(
+        (c.runtime.drain_code, c.runtime.drain_reason.as_str()),
+        (1001, "bye")
+    );
+    let h = c.servers[0].locations[0].heartbeat.unwrap();
+    assert_eq!(
+        (h.interval, h.timeout, h.upstream_interval),
+        (
+            Duration::from_secs(25),
+            Duration::from_secs(10),
+            Some(Duration::from_secs(30))
+        )
+    );
+    assert!(
+        c.describe()
+            .contains("heartbeat interval=25s timeout=10s upstream_interval=30s")
+    );
+    for (bad, field) in [
+        ("drain_close = { code = 1005 }", "runtime.drain_close.code"),
+        ("drain_spread = \"2m\"", "runtime.drain_spread"),
+    ] {
+        let t = text.replace("drain_close = { code = 1001, reason = \"bye\" }", bad);
+        let e = Config::parse("t.toml", &t).unwrap_err().to_string();
+        assert!(e.contains(field), "{e}");
+        assert!(e.starts_with("t.toml:3:"), "{e}");
+    }
+    let t = text.replace("interval = \"25s\",", "interval = \"0s\",");
+    let e = Config::parse("t.toml", &t).unwrap_err().to_string();
+    assert!(
+        e.contains("server[0].location[0].heartbeat.interval"),
+        "{e}"
+    );
+}

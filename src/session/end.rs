@@ -52,6 +52,11 @@ pub enum End {
     UpstreamTls(&'static str),
     /// Over the location's `limit_conn` or `limit_req` (503 or the configured status).
     Limited,
+    /// A heartbeat went unanswered: the client (or, with `upstream_interval`, the upstream)
+    /// stayed silent past `heartbeat.timeout` after a ping.
+    HeartbeatTimeout(Side),
+    /// Shutdown: the proxy's Close went to the client and the close handshake completed.
+    Drained,
 }
 
 impl fmt::Display for End {
@@ -79,6 +84,9 @@ impl fmt::Display for End {
             End::ClientTls(why) => write!(f, "client-tls:{why}"),
             End::UpstreamTls(why) => write!(f, "upstream-tls:{why}"),
             End::Limited => write!(f, "limited"),
+            End::HeartbeatTimeout(Side::Down) => write!(f, "heartbeat-timeout"),
+            End::HeartbeatTimeout(Side::Up) => write!(f, "heartbeat-timeout:upstream"),
+            End::Drained => write!(f, "drained"),
         }
     }
 }
@@ -126,6 +134,7 @@ impl End {
         match self {
             End::ClientClosed | End::ClientError(_) => Some(Side::Down),
             End::UpstreamClosed | End::UpstreamError(_) => Some(Side::Up),
+            End::HeartbeatTimeout(side) => Some(*side),
             _ => None,
         }
     }
@@ -167,10 +176,12 @@ impl End {
         "client-tls",
         "upstream-tls",
         "limited",
+        "heartbeat-timeout",
+        "drained",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 22;
+    pub const KINDS: usize = 24;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -197,6 +208,8 @@ impl End {
             End::ClientTls(_) => 19,
             End::UpstreamTls(_) => 20,
             End::Limited => 21,
+            End::HeartbeatTimeout(_) => 22,
+            End::Drained => 23,
         }
     }
 }
@@ -230,6 +243,8 @@ mod tests {
             End::ClientTls("bad-record"),
             End::UpstreamTls("bad-certificate"),
             End::Limited,
+            End::HeartbeatTimeout(Side::Up),
+            End::Drained,
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

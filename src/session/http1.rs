@@ -60,11 +60,7 @@ impl Session {
                     Next::Continue
                 }
             },
-            Phase::Tunnel { frames, .. } => {
-                frames[0].track(io.data_of(c));
-                self.forward(Side::Down, c, io);
-                Next::Continue
-            }
+            Phase::Tunnel { .. } => self.tunnel_bytes(Side::Down, c, io),
             // Our answer is going out: what the client still sends is dropped.
             Phase::Respond { .. } | Phase::Closing(_) => {
                 io.release(c);
@@ -106,11 +102,7 @@ impl Session {
                     Next::Continue
                 }
             },
-            Phase::Tunnel { frames, .. } => {
-                frames[1].track(io.data_of(c));
-                self.forward(Side::Up, c, io);
-                Next::Continue
-            }
+            Phase::Tunnel { .. } => self.tunnel_bytes(Side::Up, c, io),
             _ => {
                 io.release(c);
                 Next::Continue
@@ -140,11 +132,8 @@ impl Session {
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
         let route = norm.as_ref().ok().and_then(|path| {
-            cfg.find_server(usize::from(self.listen.index), req.host_name())
-                .and_then(|s| {
-                    cfg.find_location(s, path.as_bytes())
-                        .map(|l| &cfg.servers[s].locations[l])
-                })
+            let s = cfg.find_server(usize::from(self.listen.index), req.host_name())?;
+            Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
         });
         // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
         // any other Upgrade is dropped and the request proxied as plain HTTP.
@@ -163,6 +152,10 @@ impl Session {
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
             upstream: route.map_or(0, |l| l.upstream as u16),
+            ctl: route
+                .and_then(|l| l.heartbeat.as_ref())
+                .filter(|_| !upgrade.is_empty())
+                .map(|hb| Box::new(super::phase::Control::new(Some(hb)))),
             attempt: route.map(|l| {
                 let u = &cfg.upstreams[l.upstream];
                 let input = KeyInput {
@@ -593,6 +586,10 @@ impl Session {
                 if !held.is_empty() {
                     let c = io.put(held);
                     self.send_to(Side::Up, c, io);
+                }
+                if env.draining {
+                    // Shutdown began while this upgrade was on its way: it is told at once.
+                    self.drain_close(io);
                 }
                 return Next::Continue;
             }

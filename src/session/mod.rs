@@ -13,6 +13,7 @@
 mod end;
 mod http1;
 mod phase;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -427,7 +428,10 @@ impl Session {
             Phase::Connecting(_) => None,
             Phase::Proxy(x) => Some(self.last_up_ms + ms(x.req.read_ms)),
             Phase::Tunnel { req, .. } => {
-                Some(self.last_up_ms.max(self.last_down_ms) + ms(req.read_ms))
+                let idle = self.last_up_ms.max(self.last_down_ms) + ms(req.read_ms);
+                Some(req.ctl.as_ref().map_or(idle, |k| {
+                    idle.min(k.due([self.last_down_ms, self.last_up_ms]))
+                }))
             }
             Phase::Respond {
                 linger: Linger::On, ..
@@ -478,6 +482,8 @@ impl Session {
             .any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
         let next = if stuck {
             Next::Close(End::SendTimeout)
+        } else if self.phase.is_tunnel() {
+            self.tunnel_timer(now, io)
         } else if self.body_deadline().is_some_and(|b| b <= now) {
             Next::Respond(408, End::BodyTimeout)
         } else {
@@ -506,7 +512,8 @@ impl Session {
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => {
                     self.upstream_failed(NEXT_TIMEOUT, Next::Respond(504, End::UpstreamTimeout), io)
                 }
-                Phase::Proxy(_) | Phase::Tunnel { .. } => Next::Close(End::IdleTimeout),
+                Phase::Proxy(_) => Next::Close(End::IdleTimeout),
+                Phase::Tunnel { .. } => unreachable!("tunnel_timer"),
                 Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
                 Phase::Closing(_) => Next::Continue,
             }

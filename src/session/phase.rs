@@ -32,6 +32,49 @@ pub(super) enum Phase {
     Closing(Option<Box<Req>>),
 }
 
+/// What a tunnel does besides forwarding (see `tunnel.rs`). Arrays are indexed by the side a
+/// stream comes *from* (0: the client, 1: the upstream), as `Phase::Tunnel::frames` is.
+#[derive(Debug, Default)]
+pub(super) struct Control {
+    /// Ping a side after this many ms of silence from it (0: never), indexed by that side.
+    pub every: [u32; 2],
+    /// Close a pinged side that stays silent this long after the ping.
+    pub timeout: u32,
+    /// Our ping to a side went out at this ms and nothing came from it since (0: none).
+    pub pinged: [u64; 2],
+    /// The tag of our last ping to a side: a Pong from it carrying that tag, or an earlier
+    /// one of ours, is ours and is taken out of the stream (0: none expected).
+    pub expect: [u64; 2],
+    /// A frame waiting for the next frame boundary of the stream from a side, to go there.
+    pub want: [Inject; 2],
+    /// Opcode of the current frame of the stream from a side (`NO_OP`: not known).
+    pub op: [u8; 2],
+    /// A frame from a side is being gathered, to tell whether it is a Pong of ours.
+    pub gathering: [bool; 2],
+    pub pong: [Vec<u8>; 2],
+    /// A Close of ours went toward a side (nothing more goes to it).
+    pub closed: [bool; 2],
+    /// When the Close toward the client went out (0: not yet).
+    pub closed_ms: u64,
+    /// The client's Close reply has passed up: the close handshake is complete.
+    pub replied: bool,
+}
+
+/// `Control::op` before the slow path has seen the frame's header.
+pub(super) const NO_OP: u8 = 0xff;
+
+/// A frame the proxy puts into a stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Inject {
+    #[default]
+    None,
+    Ping,
+    /// The Close of a shutdown (`runtime.drain_close`).
+    Drain,
+    /// Close 1001 to a peer whose other side stopped answering heartbeats.
+    GoingAway,
+}
+
 /// A request on its way: from the parsed head to the end of the response.
 #[derive(Debug)]
 pub(super) struct Exchange {
@@ -152,6 +195,10 @@ pub(super) struct Req {
     pub keep_alive: bool,
     pub is_head: bool,
     pub upstream: u16,
+    /// A tunnel's heartbeats and the proxy's own Close: only tunnels that ping or are being
+    /// closed by the proxy carry one (here rather than in the phase: the session stays small;
+    /// made when an upgrade is routed to a location with a heartbeat).
+    pub ctl: Option<Box<Control>>,
     /// Index of the server in use; `NO_PEER` before one is chosen (a sentinel, not an
     /// Option: two bytes less in a struct that lives as long as a tunnel).
     pub peer: u16,
@@ -222,6 +269,7 @@ impl Req {
             keep_alive: false,
             is_head: false,
             upstream: u16::MAX,
+            ctl: None,
             peer: NO_PEER,
             attempt: None,
             connect_ms: 0,

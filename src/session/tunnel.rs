@@ -1,0 +1,409 @@
+//! What a tunnel does besides forwarding bytes: heartbeats (a Ping toward a side that has been
+//! silent for `heartbeat.interval`, its Pong taken out of the stream, the side closed when it
+//! stays silent past `heartbeat.timeout`) and the proxy's own Close on shutdown (at a frame
+//! boundary, then the client's Close reply passed up and both sides closed).
+//!
+//! A frame is put into a stream only where a frame of it ends (the frame trackers know where),
+//! and only our own Pong is taken out. While nothing of this is pending for a stream, its bytes
+//! take the fast path (tracked and forwarded as they are, zero-copy); while something is, they
+//! are stepped through frame by frame and copied (a few hundred bytes around a ping, or the
+//! rest of a tunnel that is being closed).
+
+use std::hash::{BuildHasher, Hasher};
+
+use super::phase::{Control, Inject, NO_OP, Phase, ms32};
+use super::{End, Io, Next, Session, Shut};
+use crate::config::Heartbeat;
+use crate::uring::{Chunk, Side};
+use crate::ws::{self, FrameTracker, Piece, opcode};
+
+/// How long the client has to answer the proxy's Close, and both sides to close after the
+/// close handshake, before the connection is closed anyway.
+pub const CLOSE_WAIT_MS: u64 = 10_000;
+
+/// The index of the stream coming from `side` (as `Phase::Tunnel::frames`).
+fn from(side: Side) -> usize {
+    match side {
+        Side::Down => 0,
+        Side::Up => 1,
+    }
+}
+
+fn side_of(i: usize) -> Side {
+    if i == 0 { Side::Down } else { Side::Up }
+}
+
+/// The payload of the ping tagged `tag`: recognised in the Pong that answers it.
+fn ping_payload(tag: u64) -> Vec<u8> {
+    format!("ringway {tag}").into_bytes()
+}
+
+/// A mask for a frame toward the upstream (RFC 6455 5.3: unpredictable): the tag hashed with
+/// the process's random hash keys.
+fn mask_for(tag: u64) -> [u8; 4] {
+    thread_local! {
+        static KEYS: std::collections::hash_map::RandomState = Default::default();
+    }
+    let h = KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write_u64(tag);
+        h.finish()
+    });
+    (h as u32).to_ne_bytes()
+}
+
+impl Control {
+    pub(in crate::session) fn new(hb: Option<&Heartbeat>) -> Control {
+        Control {
+            every: hb.map_or([0; 2], |h| {
+                [ms32(h.interval), h.upstream_interval.map_or(0, ms32)]
+            }),
+            timeout: hb.map_or(0, |h| ms32(h.timeout)),
+            op: [NO_OP; 2],
+            ..Control::default()
+        }
+    }
+
+    /// Bytes from `side` must be stepped through: a frame waits for a boundary in them, a Pong
+    /// in them may be ours, a Close of ours went the way they go, or the client's Close reply
+    /// is awaited in them.
+    fn busy(&self, side: Side) -> bool {
+        let i = from(side);
+        self.want[i] != Inject::None
+            || self.expect[i] != 0
+            || self.gathering[i]
+            || self.closed[1 - i]
+            || (side == Side::Down && self.closed[0])
+    }
+
+    /// The earliest time a heartbeat or the Close wait needs attention (`u64::MAX`: never).
+    /// `last`: when each side last sent something.
+    pub(super) fn due(&self, last: [u64; 2]) -> u64 {
+        let mut d = u64::MAX;
+        if self.closed_ms != 0 {
+            d = self.closed_ms + CLOSE_WAIT_MS;
+        }
+        for (j, &last) in last.iter().enumerate() {
+            // A ping to side j goes into the stream from the other side; while it waits for a
+            // boundary there, its clock has not started.
+            if self.every[j] == 0 || self.want[1 - j] == Inject::Ping || self.closed[j] {
+                continue;
+            }
+            let p = self.pinged[j];
+            d = d.min(if p != 0 && last < p {
+                p + u64::from(self.timeout)
+            } else {
+                last + u64::from(self.every[j])
+            });
+        }
+        d
+    }
+
+    /// Write the frame waiting for the stream from `side` into `out` (it stands at a boundary).
+    fn put(&mut self, side: Side, now: u64, drain: (u16, &str), out: &mut Vec<u8>) {
+        let toward = side.peer();
+        let j = from(toward);
+        let kind = std::mem::take(&mut self.want[from(side)]);
+        if self.closed[j] {
+            return;
+        }
+        let (op, payload) = match kind {
+            Inject::None => return,
+            Inject::Ping => {
+                let tag = now.max(1);
+                self.pinged[j] = tag;
+                self.expect[j] = tag;
+                (opcode::PING, ping_payload(tag))
+            }
+            Inject::Drain => (opcode::CLOSE, ws::close_payload(drain.0, drain.1)),
+            Inject::GoingAway => (opcode::CLOSE, ws::close_payload(1001, "heartbeat timeout")),
+        };
+        if op == opcode::CLOSE {
+            self.closed[j] = true;
+            if toward == Side::Down {
+                self.closed_ms = now.max(1);
+            }
+        }
+        let mask = (toward == Side::Up).then(|| mask_for(now ^ u64::from(op) << 56));
+        out.extend_from_slice(&ws::frame(op, &payload, mask));
+    }
+}
+
+/// Whether the gathered `frame` is a Pong to one of our pings, the last of which was tagged
+/// `tag` (and whether it answers that last one). A peer may answer an earlier ping late (its
+/// Pong queued behind data) or answer only the latest (RFC 6455 5.5.3); tags grow with time.
+fn ours(frame: &[u8], tag: u64) -> Option<bool> {
+    let h = ws::parse_header(frame).ok()??;
+    let mut p = frame[h.header_len..].to_vec();
+    if let Some(m) = h.mask {
+        ws::apply_mask(&mut p, m, 0);
+    }
+    let n: u64 = std::str::from_utf8(p.strip_prefix(b"ringway ")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    (h.opcode == opcode::PONG && n > 0 && n <= tag && ping_payload(n) == p).then_some(n == tag)
+}
+
+/// The slow path over `data` from `side`: copy what goes on into `out`, frame by frame; put
+/// the waiting frame at the first boundary; hold a Pong until it is known to be ours (then
+/// drop it); note the client's Close reply; drop what follows a Close of ours.
+fn pass(
+    t: &mut FrameTracker,
+    k: &mut Control,
+    side: Side,
+    mut data: &[u8],
+    out: &mut Vec<u8>,
+    now: u64,
+    drain: (u16, &str),
+) {
+    let i = from(side);
+    loop {
+        if k.want[i] != Inject::None && t.at_boundary() && !t.lost() {
+            k.put(side, now, drain, out);
+        }
+        if data.is_empty() || k.closed[1 - i] {
+            // What follows a Close of ours toward the other side is not sent.
+            return;
+        }
+        if t.lost() {
+            out.extend_from_slice(data);
+            return;
+        }
+        if t.at_boundary() && k.expect[i] != 0 {
+            // A frame starts: held until its header says whether it can be our Pong.
+            k.gathering[i] = true;
+        }
+        let mut mine = k.gathering[i];
+        let s = match t.step(data) {
+            Ok(s) => s,
+            Err(_) => {
+                // Not RFC 6455 from here on: pass everything as it is, track no more.
+                t.track(data);
+                if mine {
+                    out.append(&mut k.pong[i]);
+                    k.gathering[i] = false;
+                }
+                out.extend_from_slice(data);
+                return;
+            }
+        };
+        let bytes = &data[..s.used];
+        if let Piece::Header(h) = s.piece {
+            k.op[i] = h.opcode;
+            if mine && h.opcode != opcode::PONG {
+                out.append(&mut k.pong[i]);
+                k.gathering[i] = false;
+                mine = false;
+            }
+        }
+        if mine {
+            k.pong[i].extend_from_slice(bytes);
+        } else {
+            out.extend_from_slice(bytes);
+        }
+        if s.end {
+            if mine {
+                match ours(&k.pong[i], k.expect[i]) {
+                    Some(last) => {
+                        if last {
+                            k.expect[i] = 0;
+                        }
+                        k.pong[i].clear();
+                    }
+                    None => out.append(&mut k.pong[i]),
+                }
+                k.gathering[i] = false;
+            }
+            if side == Side::Down && k.closed[0] && k.op[0] == opcode::CLOSE && !k.replied {
+                // The client answered our Close: it goes up, and nothing after it.
+                k.replied = true;
+                k.closed[1] = true;
+            }
+            k.op[i] = NO_OP;
+        }
+        data = &data[s.used..];
+    }
+}
+
+impl Session {
+    /// Bytes from `side` in a tunnel, on to the other side.
+    pub(super) fn tunnel_bytes(&mut self, side: Side, c: Chunk, io: &mut impl Io) -> Next {
+        let now = io.now_ms();
+        let Phase::Tunnel { frames, req } = &mut self.phase else {
+            io.release(c);
+            return Next::Continue;
+        };
+        let t = &mut frames[from(side)];
+        match req.ctl.as_deref_mut() {
+            Some(k) if k.busy(side) => {
+                let replied = k.replied;
+                let mut out = io.scratch();
+                let rt = &self.cfg.runtime;
+                let drain = (rt.drain_code, rt.drain_reason.as_str());
+                pass(t, k, side, io.data_of(c), &mut out, now, drain);
+                let replied = !replied && k.replied;
+                io.release(c);
+                if out.is_empty() {
+                    io.recycle(out);
+                } else {
+                    let c = io.put(out);
+                    self.forward(side, c, io);
+                }
+                if replied {
+                    self.end.get_or_insert(End::Drained);
+                    self.shut_both(io);
+                }
+            }
+            _ => {
+                t.track(io.data_of(c));
+                self.forward(side, c, io);
+            }
+        }
+        Next::Continue
+    }
+
+    /// Put `kind` into the stream from `side` (toward its peer): now if that stream stands at
+    /// a frame boundary, else at its next one (`wait`) or not at all. False when the stream
+    /// is not a WebSocket frame stream (nothing can be put into it).
+    fn inject(&mut self, side: Side, kind: Inject, wait: bool, io: &mut impl Io) -> bool {
+        let now = io.now_ms();
+        let open = self.conn(side.peer()).shut == Shut::Open;
+        let Phase::Tunnel { frames, req } = &mut self.phase else {
+            return false;
+        };
+        let t = &frames[from(side)];
+        if t.lost() || !open {
+            return false;
+        }
+        let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
+        let i = from(side);
+        if kind == Inject::Ping && k.want[i] != Inject::None {
+            return true; // a Close waits there: no ping before it
+        }
+        if !t.at_boundary() {
+            if wait {
+                k.want[i] = kind;
+            }
+            return true;
+        }
+        k.want[i] = kind;
+        let mut out = io.scratch();
+        let rt = &self.cfg.runtime;
+        k.put(
+            side,
+            now,
+            (rt.drain_code, rt.drain_reason.as_str()),
+            &mut out,
+        );
+        if out.is_empty() {
+            io.recycle(out);
+        } else {
+            let c = io.put(out);
+            self.send_to(side.peer(), c, io);
+        }
+        true
+    }
+
+    /// Shutdown reached this tunnel (at its time in `drain_spread`): its client gets the Close of `runtime.drain_close` at the
+    /// next frame boundary; its reply goes up and the session ends. A tunnel that is not a
+    /// WebSocket stream is told the only way it can be: both sides are shut (FIN).
+    pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut super::Env<'_>) -> Next {
+        self.drain_close(io);
+        self.after(io, env)
+    }
+
+    pub(super) fn drain_close(&mut self, io: &mut impl Io) {
+        if !self.phase.is_tunnel() {
+            return;
+        }
+        if !self.inject(Side::Up, Inject::Drain, true, io) {
+            self.end.get_or_insert(End::Shutdown);
+            self.shut_both(io);
+        }
+    }
+
+    /// Both write sides are shut once what is queued has gone; the session ends when both
+    /// peers have closed theirs (within `CLOSE_WAIT_MS`).
+    fn shut_both(&mut self, io: &mut impl Io) {
+        for side in [Side::Down, Side::Up] {
+            let p = self.conn(side);
+            if p.shut == Shut::Open {
+                p.shut = Shut::Pending;
+            }
+            p.kick(io, side);
+        }
+        if let Phase::Tunnel { req, .. } = &mut self.phase {
+            let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
+            if k.closed_ms == 0 {
+                k.closed_ms = io.now_ms().max(1);
+            }
+        }
+    }
+
+    /// The timer fired for a tunnel: idle past `read_timeout`, a heartbeat due or unanswered,
+    /// or the Close wait over.
+    pub(super) fn tunnel_timer(&mut self, now: u64, io: &mut impl Io) -> Next {
+        let last = [self.last_down_ms, self.last_up_ms];
+        let Phase::Tunnel { req, .. } = &mut self.phase else {
+            return Next::Continue;
+        };
+        if now >= last[0].max(last[1]) + u64::from(req.read_ms) {
+            return Next::Close(End::IdleTimeout);
+        }
+        let Some(k) = req.ctl.as_deref_mut() else {
+            return Next::Continue;
+        };
+        if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
+            return Next::Close(if k.replied {
+                End::Drained
+            } else {
+                End::Shutdown
+            });
+        }
+        let mut ping = [false; 2];
+        for j in 0..2 {
+            if k.every[j] == 0 || k.want[1 - j] == Inject::Ping || k.closed[j] {
+                continue;
+            }
+            if k.pinged[j] != 0 && last[j] >= k.pinged[j] {
+                k.pinged[j] = 0; // answered: anything from that side counts
+            }
+            if k.pinged[j] == 0 {
+                ping[j] = now >= last[j] + u64::from(k.every[j]);
+            } else if now >= k.pinged[j] + u64::from(k.timeout) {
+                return self.heartbeat_lost(side_of(j), io);
+            }
+        }
+        for (j, due) in ping.into_iter().enumerate() {
+            // The ping to side j goes into the stream from the other side.
+            if due && !self.inject(side_of(1 - j), Inject::Ping, true, io) {
+                // Not a WebSocket stream: no heartbeat for it.
+                if let Phase::Tunnel { req, .. } = &mut self.phase
+                    && let Some(k) = req.ctl.as_deref_mut()
+                {
+                    k.every[j] = 0;
+                }
+            }
+        }
+        Next::Continue
+    }
+
+    /// `silent` did not answer a ping within `heartbeat.timeout`: both sides get a Close 1001
+    /// where their stream stands at a frame boundary now, and the session ends once that is
+    /// flushed (a peer that does not read is ended by `send_timeout`).
+    fn heartbeat_lost(&mut self, silent: Side, io: &mut impl Io) -> Next {
+        tracing::debug!(
+            "{}: heartbeat unanswered by the {silent:?} side",
+            self.client
+        );
+        self.end.get_or_insert(End::HeartbeatTimeout(silent));
+        for side in [Side::Up, Side::Down] {
+            self.inject(side, Inject::GoingAway, false, io);
+        }
+        self.down.eof = true;
+        self.up.eof = true;
+        self.shut_both(io);
+        Next::Continue
+    }
+}

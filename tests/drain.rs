@@ -1,0 +1,277 @@
+//! SIGTERM with 1,000 tunnels: every client gets exactly one Close with the configured code, at
+//! a frame boundary, the Closes spread over `drain_spread`; what either side sent before the
+//! Close arrives; the client's Close reply reaches the backend; the process exits 0.
+//!
+//! The clients are tungstenite (which rejects a frame cut by another); the backend is a
+//! tungstenite server in this process that records, per client, the last message it received
+//! and the Close it was passed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tungstenite::Message;
+
+const CLIENTS: usize = 1000;
+
+/// What the backend saw of one client: the last sequence number and the Close code passed up.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    last: u64,
+    close: Option<u16>,
+}
+
+/// A WebSocket echo that records what each client (named by its first message) sent.
+fn recording_backend() -> (SocketAddr, Arc<Mutex<HashMap<u32, Seen>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen: Arc<Mutex<HashMap<u32, Seen>>> = Default::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(CLIENTS) {
+            let Ok(s) = s else { return };
+            let seen = seen2.clone();
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    let mut ws = tungstenite::accept(s).unwrap();
+                    let mut id = None;
+                    loop {
+                        match ws.read() {
+                            Ok(Message::Text(t)) => {
+                                let (i, n) = t.split_once(':').unwrap();
+                                let (i, n): (u32, u64) = (i.parse().unwrap(), n.parse().unwrap());
+                                id = Some(i);
+                                seen.lock().unwrap().entry(i).or_default().last = n;
+                                if ws.send(Message::Text(t)).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(Message::Close(f)) => {
+                                if let Some(i) = id {
+                                    seen.lock().unwrap().entry(i).or_default().close =
+                                        Some(f.map_or(0, |f| u16::from(f.code)));
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                })
+                .unwrap();
+        }
+    });
+    (addr, seen)
+}
+
+/// What one client saw: when its Close arrived (since SIGTERM), its code, and whether every
+/// echo came back in order with nothing missing up to it.
+#[derive(Debug)]
+struct Client {
+    close_at: Option<Duration>,
+    code: Option<u16>,
+    closes: u32,
+    sent: u64,
+    echoed: u64,
+    error: Option<String>,
+}
+
+fn client(
+    i: u32,
+    addr: SocketAddr,
+    ready: Arc<Barrier>,
+    term: Arc<Mutex<Option<Instant>>>,
+) -> Client {
+    let mut ws = ws_connect(addr, "/ws/");
+    let mut c = Client {
+        close_at: None,
+        code: None,
+        closes: 0,
+        sent: 1,
+        echoed: 0,
+        error: None,
+    };
+    ws.send(Message::text(format!("{i}:1"))).unwrap();
+    match ws.read() {
+        Ok(Message::Text(t)) if t.as_str() == format!("{i}:1") => c.echoed = 1,
+        other => panic!("first echo: {other:?}"),
+    }
+    ready.wait();
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut next = Duration::from_millis(u64::from(i % 200));
+    loop {
+        if c.closes == 0 && t0.elapsed() >= next {
+            c.sent += 1;
+            if let Err(e) = ws.send(Message::text(format!("{i}:{}", c.sent))) {
+                c.error = Some(format!("send: {e}"));
+                return c;
+            }
+            next += Duration::from_millis(200);
+        }
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let n: u64 = t.split_once(':').unwrap().1.parse().unwrap();
+                if n != c.echoed + 1 {
+                    c.error = Some(format!("echo {n} after {}", c.echoed));
+                }
+                c.echoed = n;
+            }
+            Ok(Message::Close(f)) => {
+                c.closes += 1;
+                c.code = f.map(|f| u16::from(f.code));
+                let t = term.lock().unwrap().expect("a Close only after SIGTERM");
+                c.close_at = Some(t.elapsed());
+            }
+            Ok(m) => c.error = Some(format!("unexpected {m:?}")),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return c,
+            Err(e) => {
+                c.error = Some(format!("read: {e}"));
+                return c;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            c.error = Some("never closed".into());
+            return c;
+        }
+    }
+}
+
+#[test]
+fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
+    if !uring_ok() {
+        return;
+    }
+    ringway::sys::raise_nofile(8 * CLIENTS as u64);
+    let dir = scratch("drain-1000");
+    let (backend, seen) = recording_backend();
+    let listen = free_addr();
+    let admin = free_addr();
+    let mut proxy = proxy(
+        &config(
+            listen,
+            &[backend],
+            "",
+            "",
+            &format!(
+                "shutdown_grace = \"30s\"\ndrain_spread = \"6s\"\ndrain_close = {{ code = 4321, reason = \"moving house\" }}\n[admin]\nlisten = \"{admin}\""
+            ),
+        ),
+        listen,
+        &dir,
+    );
+    let ready = Arc::new(Barrier::new(CLIENTS + 1));
+    let term: Arc<Mutex<Option<Instant>>> = Default::default();
+    let clients: Vec<_> = (0..CLIENTS as u32)
+        .map(|i| {
+            let (ready, term) = (ready.clone(), term.clone());
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || client(i, listen, ready, term))
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    assert_eq!(active(admin), CLIENTS as u64);
+    // Let messages flow both ways for a while, then SIGTERM.
+    std::thread::sleep(Duration::from_secs(1));
+    *term.lock().unwrap() = Some(Instant::now());
+    kill(Pid::from_raw(proxy.pid() as i32), Signal::SIGTERM).unwrap();
+    let results: Vec<Client> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = proxy.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(40), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}");
+
+    let errors: Vec<_> = results.iter().filter(|c| c.error.is_some()).collect();
+    assert!(
+        errors.is_empty(),
+        "{} clients failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        results.iter().all(|c| c.closes == 1),
+        "exactly one Close each"
+    );
+    assert!(
+        results.iter().all(|c| c.code == Some(4321)),
+        "the configured code"
+    );
+    // Client to backend: everything each client sent before its Close reply arrived, and the
+    // reply itself was passed up.
+    let seen = seen.lock().unwrap();
+    for (i, c) in results.iter().enumerate() {
+        let s = &seen[&(i as u32)];
+        assert_eq!(s.last, c.sent, "client {i}: the backend got all it sent");
+        assert_eq!(
+            s.close,
+            Some(4321),
+            "client {i}: its Close reply reached the backend"
+        );
+        assert!(c.echoed >= 1 && c.echoed <= c.sent, "client {i}");
+    }
+    let echoed: u64 = results.iter().map(|c| c.echoed).sum();
+    let sent: u64 = results.iter().map(|c| c.sent).sum();
+    // The arrival times, in tenths of the window.
+    let window = 6.0;
+    let mut bins = [0u32; 12];
+    for c in &results {
+        let at = c.close_at.unwrap().as_secs_f64();
+        bins[((at / window * 10.0) as usize).min(11)] += 1;
+    }
+    eprintln!(
+        "{CLIENTS} tunnels; messages sent {sent}, echoes received {echoed} (in order, none missing)"
+    );
+    eprintln!("Close arrivals after SIGTERM (drain_spread = 6s), per 0.6 s:");
+    for (b, n) in bins.iter().enumerate() {
+        eprintln!(
+            "  {:>4.1}-{:>4.1}s {:>4} {}",
+            b as f64 * 0.6,
+            (b + 1) as f64 * 0.6,
+            n,
+            "#".repeat(*n as usize / 4)
+        );
+    }
+    // Each quarter of the window got a fair share (an even spread gives 25% each).
+    let quarter = |q: usize| -> u32 {
+        results
+            .iter()
+            .filter(|c| {
+                let at = c.close_at.unwrap().as_secs_f64() / window;
+                at >= q as f64 / 4.0 && at < (q + 1) as f64 / 4.0
+            })
+            .count() as u32
+    };
+    for q in 0..4 {
+        assert!(
+            quarter(q) >= CLIENTS as u32 / 10,
+            "quarter {q} of the window got {} Closes: {bins:?}",
+            quarter(q)
+        );
+    }
+    let log = proxy.log_text();
+    assert_eq!(
+        log.matches("ws end=drained").count(),
+        CLIENTS,
+        "every tunnel ended by its close handshake"
+    );
+}
