@@ -51,6 +51,9 @@ pub enum Msg {
 pub struct Inbox {
     event: OwnedFd,
     queue: Mutex<VecDeque<Msg>>,
+    /// Listening sockets the main thread opened for this worker on a reload (taken with
+    /// `Msg::Config`).
+    sockets: Mutex<Vec<(std::net::SocketAddr, socket2::Socket)>>,
 }
 
 impl Inbox {
@@ -63,6 +66,7 @@ impl Inbox {
         Ok(Arc::new(Inbox {
             event: event.into(),
             queue: Mutex::new(VecDeque::new()),
+            sockets: Mutex::new(Vec::new()),
         }))
     }
 
@@ -78,6 +82,19 @@ impl Inbox {
             .unwrap_or_else(|e| e.into_inner())
             .push_back(m);
         let _ = nix::unistd::write(&self.event, &1u64.to_ne_bytes());
+    }
+
+    /// Hand listening sockets over (before `Msg::Config`).
+    pub fn give_sockets(&self, mut s: Vec<(std::net::SocketAddr, socket2::Socket)>) {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut s);
+    }
+
+    /// The sockets handed over, if any.
+    pub fn take_sockets(&self) -> Vec<(std::net::SocketAddr, socket2::Socket)> {
+        std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every message waiting, oldest first (and the wake-up consumed).

@@ -29,6 +29,14 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Reload the running proxy's configuration (as SIGHUP does) and report the outcome: the
+    /// file is checked here, then the proxy (found through the file's [admin] listen) reloads it.
+    /// New sessions use the new configuration; established tunnels keep theirs.
+    Reload {
+        /// The configuration file the proxy runs with.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// A WebSocket echo backend; also answers GET /health and GET /headers.
     Echo {
         /// Address to listen on (repeat for several).
@@ -226,6 +234,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return ringway::app::check(&config),
+        Command::Reload { config } => return ringway::app::reload(&config),
         Command::Run { config } => {
             init_logging();
             return ringway::app::run(&config);

@@ -58,7 +58,9 @@ struct Core {
     balancers: Balancers,
     /// Idle upstream connections (keepalive), for this worker's sessions.
     pool: crate::upstream::pool::Pool,
-    listeners: Vec<(Socket, Listen)>,
+    /// Listening sockets by accept slot (the slot is in the accept's user_data); a listener
+    /// a reload removed leaves `None`, so no slot ever names another socket.
+    listeners: Vec<Option<Listener>>,
     accept_paused: bool,
     /// When shutdown began (the main thread said drain): from then on no keep-alive and no
     /// new sessions.
@@ -68,6 +70,25 @@ struct Core {
     /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
     /// over `runtime.drain_spread` from the start of the drain).
     drain_queue: std::collections::VecDeque<(u32, Instant)>,
+}
+
+/// One listening socket of this worker.
+struct Listener {
+    sock: Socket,
+    addr: SocketAddr,
+    /// Settings of the sessions it accepts (from the configuration in force).
+    listen: Listen,
+}
+
+/// The session settings of listener `i` of `cfg`.
+fn listen_of(cfg: &Config, i: usize) -> Listen {
+    let server = cfg
+        .servers
+        .iter()
+        .find(|s| s.listen.contains(&i))
+        .expect("every listener belongs to a server");
+    let tls = cfg.listener_tls.get(i).is_some_and(Option::is_some);
+    Listen::of(i, server, tls)
 }
 
 fn pin(cpu: usize) {
@@ -102,16 +123,17 @@ impl Worker {
             buf_size: cfg.runtime.buffer_size,
         })
         .context("setting up io_uring")?;
-        let mut listeners = Vec::new();
-        for (i, sock) in sockets.into_iter().enumerate() {
-            let server = cfg
-                .servers
-                .iter()
-                .find(|s| s.listen.contains(&i))
-                .expect("every listener belongs to a server");
-            let tls = cfg.listener_tls.get(i).is_some_and(Option::is_some);
-            listeners.push((sock, Listen::of(i, server, tls)));
-        }
+        let listeners = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, sock)| {
+                Some(Listener {
+                    sock,
+                    addr: cfg.listeners[i],
+                    listen: listen_of(&cfg, i),
+                })
+            })
+            .collect();
         let mut ring = ring;
         if cfg.listener_tls.iter().any(Option::is_some)
             || cfg.upstreams.iter().any(|u| u.tls.is_some())
@@ -215,6 +237,10 @@ impl Core {
                     self.cfg = self.spec.live.config();
                     self.balancers.of(&self.cfg);
                     self.balancers.prune();
+                    let sockets = self.spec.inbox.take_sockets();
+                    if self.drain_began.is_none() {
+                        self.relisten(r, sockets);
+                    }
                 }
             }
         }
@@ -222,12 +248,58 @@ impl Core {
     }
 
     fn arm_accepts(&mut self, r: &mut Reactor<Slot>) {
-        for (i, (sock, _)) in self.listeners.iter().enumerate() {
-            use std::os::fd::AsRawFd;
+        for i in 0..self.listeners.len() {
+            self.arm_accept(r, i);
+        }
+    }
+
+    fn arm_accept(&self, r: &mut Reactor<Slot>, i: usize) {
+        use std::os::fd::AsRawFd;
+        if let Some(Some(l)) = self.listeners.get(i) {
             r.ring.accept_multi(
-                sock.as_raw_fd(),
+                l.sock.as_raw_fd(),
                 crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down),
             );
+        }
+    }
+
+    /// A reload: listeners kept take the new settings, new ones start from the sockets the
+    /// main thread opened for this worker, removed ones leave their SO_REUSEPORT group
+    /// (`shutdown`, as on drain). Sessions already accepted keep the configuration they began
+    /// under.
+    fn relisten(&mut self, r: &mut Reactor<Slot>, mut sockets: Vec<(SocketAddr, Socket)>) {
+        let cfg = self.cfg.clone();
+        for l in self.listeners.iter_mut() {
+            if l.as_ref().is_some_and(|l| !cfg.listeners.contains(&l.addr)) {
+                let gone = l.take().expect("checked");
+                let _ = gone.sock.shutdown(std::net::Shutdown::Read);
+            }
+        }
+        for (i, addr) in cfg.listeners.iter().enumerate() {
+            let listen = listen_of(&cfg, i);
+            if let Some(l) = self
+                .listeners
+                .iter_mut()
+                .flatten()
+                .find(|l| l.addr == *addr)
+            {
+                l.listen = listen;
+            } else if let Some(at) = sockets.iter().position(|(a, _)| a == addr) {
+                let (_, sock) = sockets.swap_remove(at);
+                self.listeners.push(Some(Listener {
+                    sock,
+                    addr: *addr,
+                    listen,
+                }));
+                if !self.accept_paused {
+                    self.arm_accept(r, self.listeners.len() - 1);
+                }
+            } else {
+                tracing::warn!(
+                    "worker {}: no socket for the new listener {addr}",
+                    self.spec.id
+                );
+            }
         }
     }
 
@@ -238,8 +310,8 @@ impl Core {
     /// reference to the socket.
     fn begin_drain(&mut self, r: &mut Reactor<Slot>) {
         self.drain_began = Some(Instant::now());
-        for (sock, _) in &self.listeners {
-            let _ = sock.shutdown(std::net::Shutdown::Read);
+        for l in self.listeners.iter().flatten() {
+            let _ = l.sock.shutdown(std::net::Shutdown::Read);
         }
         self.listeners.clear();
         let now = Instant::now();
@@ -342,10 +414,10 @@ impl Core {
 
     fn accept(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
         let li = c.ud.slot() as usize;
-        if !c.more() && li < self.listeners.len() && self.drain_began.is_none() {
+        let open = matches!(self.listeners.get(li), Some(Some(_)));
+        if !c.more() && open && self.drain_began.is_none() {
             if r.slots.len() < self.spec.max_sessions {
-                use std::os::fd::AsRawFd;
-                r.ring.accept_multi(self.listeners[li].0.as_raw_fd(), c.ud);
+                self.arm_accept(r, li);
             } else {
                 self.accept_paused = true;
             }
@@ -360,14 +432,20 @@ impl Core {
             }
             return;
         }
-        if li >= self.listeners.len() || r.slots.len() >= self.spec.max_sessions {
+        let Some(Some(listener)) = self.listeners.get(li) else {
+            // Its listener is gone (drain, reload): refuse.
+            self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = nix::unistd::close(c.res);
+            return;
+        };
+        let listen = listener.listen;
+        if r.slots.len() >= self.spec.max_sessions {
             // Over the session cap (or stopping): refuse instead of failing later.
             self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             let _ = nix::unistd::close(c.res);
             return;
         }
         let (fd, peer): (_, SocketAddr) = crate::sys::accepted(c.res);
-        let listen = self.listeners[li].1;
         let now = r.now_ms();
         let (key, _) = r.slots.insert(|_, _| Slot {
             session: Session::new(fd, peer, listen, self.cfg.clone(), now),

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -70,86 +70,6 @@ fn recording_backend() -> (SocketAddr, Arc<Mutex<HashMap<u32, Seen>>>) {
     (addr, seen)
 }
 
-/// What one client saw: when its Close arrived (since SIGTERM), its code, and whether every
-/// echo came back in order with nothing missing up to it.
-#[derive(Debug)]
-struct Client {
-    close_at: Option<Duration>,
-    code: Option<u16>,
-    closes: u32,
-    sent: u64,
-    echoed: u64,
-    error: Option<String>,
-}
-
-fn client(
-    i: u32,
-    addr: SocketAddr,
-    ready: Arc<Barrier>,
-    term: Arc<Mutex<Option<Instant>>>,
-) -> Client {
-    let mut ws = ws_connect(addr, "/ws/");
-    let mut c = Client {
-        close_at: None,
-        code: None,
-        closes: 0,
-        sent: 1,
-        echoed: 0,
-        error: None,
-    };
-    ws.send(Message::text(format!("{i}:1"))).unwrap();
-    match ws.read() {
-        Ok(Message::Text(t)) if t.as_str() == format!("{i}:1") => c.echoed = 1,
-        other => panic!("first echo: {other:?}"),
-    }
-    ready.wait();
-    ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let t0 = Instant::now();
-    let mut next = Duration::from_millis(u64::from(i % 200));
-    loop {
-        if c.closes == 0 && t0.elapsed() >= next {
-            c.sent += 1;
-            if let Err(e) = ws.send(Message::text(format!("{i}:{}", c.sent))) {
-                c.error = Some(format!("send: {e}"));
-                return c;
-            }
-            next += Duration::from_millis(200);
-        }
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let n: u64 = t.split_once(':').unwrap().1.parse().unwrap();
-                if n != c.echoed + 1 {
-                    c.error = Some(format!("echo {n} after {}", c.echoed));
-                }
-                c.echoed = n;
-            }
-            Ok(Message::Close(f)) => {
-                c.closes += 1;
-                c.code = f.map(|f| u16::from(f.code));
-                let t = term.lock().unwrap().expect("a Close only after SIGTERM");
-                c.close_at = Some(t.elapsed());
-            }
-            Ok(m) => c.error = Some(format!("unexpected {m:?}")),
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(tungstenite::Error::ConnectionClosed) => return c,
-            Err(e) => {
-                c.error = Some(format!("read: {e}"));
-                return c;
-            }
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            c.error = Some("never closed".into());
-            return c;
-        }
-    }
-}
-
 #[test]
 fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
     if !uring_ok() {
@@ -173,24 +93,14 @@ fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
         listen,
         &dir,
     );
-    let ready = Arc::new(Barrier::new(CLIENTS + 1));
     let term: Arc<Mutex<Option<Instant>>> = Default::default();
-    let clients: Vec<_> = (0..CLIENTS as u32)
-        .map(|i| {
-            let (ready, term) = (ready.clone(), term.clone());
-            std::thread::Builder::new()
-                .stack_size(256 << 10)
-                .spawn(move || client(i, listen, ready, term))
-                .unwrap()
-        })
-        .collect();
-    ready.wait();
+    let clients = chatters(CLIENTS, listen, "/ws/", &Default::default(), &term);
     assert_eq!(active(admin), CLIENTS as u64);
     // Let messages flow both ways for a while, then SIGTERM.
     std::thread::sleep(Duration::from_secs(1));
     *term.lock().unwrap() = Some(Instant::now());
     kill(Pid::from_raw(proxy.pid() as i32), Signal::SIGTERM).unwrap();
-    let results: Vec<Client> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    let results: Vec<Chat> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     let t = Instant::now();
     let status = loop {
         if let Some(s) = proxy.child.try_wait().unwrap() {

@@ -31,7 +31,13 @@ pub struct AdminState {
     pub max_sessions: u64,
     /// What `/metrics` reads (the same workers and configuration).
     metrics: Arc<metrics::Sources>,
+    /// `POST /reload` (what `ringway reload` calls): reload the configuration file; the summary
+    /// or why the configuration in force stays.
+    pub reload: Option<Reload>,
 }
+
+/// A configuration reload, as the admin endpoint calls it.
+pub type Reload = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 impl AdminState {
     pub fn new(
@@ -52,6 +58,7 @@ impl AdminState {
             started: Instant::now(),
             max_sessions,
             metrics,
+            reload: None,
         }
     }
 }
@@ -131,6 +138,28 @@ fn serve(mut s: TcpStream, st: &AdminState) -> std::io::Result<()> {
                     && String::from_utf8_lossy(h.value).contains("application/openmetrics-text")
             });
             route(req.path.unwrap_or("/"), openmetrics, st)
+        }
+        Ok(httparse::Status::Complete(_))
+            if req.method == Some("POST") && req.path == Some("/reload") =>
+        {
+            match &st.reload {
+                None => (404, "text/plain", "not found\n".to_string()),
+                Some(_) if st.stopping.load(Ordering::Relaxed) => {
+                    (503, "text/plain", "stopping: not reloading\n".to_string())
+                }
+                Some(reload) => match reload() {
+                    Ok(done) => {
+                        tracing::info!("admin /reload: {done}");
+                        (200, "text/plain", format!("{done}\n"))
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "admin /reload: reload failed, the configuration in force stays: {e}"
+                        );
+                        (422, "text/plain", format!("{e}\n"))
+                    }
+                },
+            }
         }
         Ok(httparse::Status::Complete(_)) => (405, "text/plain", "only GET\n".to_string()),
         _ => (400, "text/plain", "bad request\n".to_string()),

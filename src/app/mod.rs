@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line and dispatches here or to the tools.
 
 pub mod preflight;
+pub mod reload;
 pub mod run;
 
 use std::path::Path;
@@ -42,11 +43,64 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run::run(cfg) {
+    match run::run(cfg, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringway: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// `ringway reload`: check the file, then ask the running proxy (through its admin endpoint,
+/// `POST /reload`) to reload the file it was started with, and print what it answered. Exit 0
+/// when the new configuration is in force, 1 when the old one stays.
+pub fn reload(path: &Path) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: {e}\nringway: not reloading: the configuration in force stays");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(admin) = cfg.admin else {
+        eprintln!(
+            "ringway: {} has no [admin] listen: `ringway reload` asks the running proxy through it. \
+             Send SIGHUP instead (`kill -HUP <pid>`); the outcome is in its log",
+            path.display()
+        );
+        return ExitCode::from(1);
+    };
+    match post_reload(admin) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprint!("ringway: reload refused ({status}): {body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ringway: asking the proxy on {admin} to reload: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `POST /reload` to the admin endpoint: its status and body.
+fn post_reload(admin: std::net::SocketAddr) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    s.write_all(b"POST /reload HTTP/1.1\r\nHost: ringway\r\nContent-Length: 0\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.take(1 << 20).read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
 }

@@ -13,8 +13,8 @@ use crate::worker::{Worker, WorkerSpec};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED};
 
-/// Run the proxy in the foreground until SIGINT or SIGTERM.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Run the proxy in the foreground until SIGINT or SIGTERM; SIGHUP reloads `path`.
+pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     if let Err(why) = crate::uring::probe() {
         anyhow::bail!("{why}");
     }
@@ -83,13 +83,21 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let stopping = Arc::new(AtomicBool::new(false));
+    let reloader = Arc::new(super::reload::Reloader::new(
+        path.to_path_buf(),
+        live.clone(),
+        inboxes.clone(),
+        tuning::LISTEN_BACKLOG as i32,
+    ));
     if let Some(addr) = cfg.admin {
-        let state = crate::admin::AdminState::new(
+        let mut state = crate::admin::AdminState::new(
             all_metrics.clone(),
             live.clone(),
             stopping.clone(),
             u64::from(max_connections),
         );
+        let r = reloader.clone();
+        state.reload = Some(Box::new(move || r.reload()));
         let bound = crate::admin::spawn(addr, state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");
@@ -113,9 +121,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .spawn(move || {
             loop {
                 match signals.wait() {
-                    Ok(Signal::SIGHUP) => tracing::warn!(
-                        "SIGHUP: configuration reload is not available in this version; ignoring"
-                    ),
+                    Ok(Signal::SIGHUP) if stopping.load(Ordering::Relaxed) => {
+                        tracing::warn!("SIGHUP while stopping: not reloading")
+                    }
+                    Ok(Signal::SIGHUP) => match reloader.reload() {
+                        Ok(done) => tracing::info!("SIGHUP: {done}"),
+                        Err(e) => tracing::error!(
+                            "SIGHUP: reload failed, the configuration in force stays: {e}"
+                        ),
+                    },
                     Ok(sig) if !stopping.load(Ordering::Relaxed) => {
                         tracing::info!(
                             "{sig}: draining: not accepting; /healthz answers 503; sessions have up to \

@@ -692,3 +692,65 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// A reload keeps the counters and shared tables of what stays: each server's state
+    /// (connections, failures, health) by upstream name and address, each zone's table by name
+    /// and size, each location's counters by server and path. Sessions under the old
+    /// configuration keep using theirs, which are then the same ones.
+    pub fn carry_from(&mut self, old: &Config) {
+        for u in &mut self.upstreams {
+            let Some(o) = old.upstreams.iter().find(|o| o.name == u.name) else {
+                continue;
+            };
+            for p in &mut u.peers {
+                if let Some(op) = o.peers.iter().find(|op| op.addr == p.addr) {
+                    p.state = op.state.clone();
+                }
+            }
+        }
+        fn zones<T>(new: &mut [limits::Zone<T>], old: &[limits::Zone<T>]) {
+            for z in new {
+                if let Some(o) = old.iter().find(|o| o.name == z.name && o.bytes == z.bytes) {
+                    z.table = o.table.clone();
+                }
+            }
+        }
+        zones(&mut self.conn_zones, &old.conn_zones);
+        zones(&mut self.req_zones, &old.req_zones);
+        for s in &mut self.servers {
+            let Some(os) = old.servers.iter().find(|o| o.names == s.names) else {
+                continue;
+            };
+            for l in &mut s.locations {
+                if let Some(ol) = os.locations.iter().find(|o| o.path == l.path) {
+                    l.stats = ol.stats.clone();
+                }
+            }
+        }
+    }
+
+    /// What a reload cannot change in a running process (it needs a restart), as warnings.
+    pub fn restart_only(&self, old: &Config) -> Vec<String> {
+        let (r, o) = (&self.runtime, &old.runtime);
+        let mut out = Vec::new();
+        let mut differ = |what: &str, changed: bool| {
+            if changed {
+                out.push(format!(
+                    "{what} changed: it takes effect on restart (or a binary upgrade)"
+                ));
+            }
+        };
+        differ("runtime.workers", r.workers != o.workers);
+        differ(
+            "runtime.max_connections",
+            r.max_connections != o.max_connections,
+        );
+        differ(
+            "runtime.buffers / buffer_size",
+            r.buffers != o.buffers || r.buffer_size != o.buffer_size,
+        );
+        differ("admin.listen", self.admin != old.admin);
+        out
+    }
+}

@@ -711,3 +711,124 @@ pub fn upgrade_when_slot_returns(
     );
     s
 }
+
+/// What one chatting client saw (see [`chatter`]).
+#[derive(Debug, Default)]
+pub struct Chat {
+    /// When the proxy's Close arrived (since the instant in `since`), and its code.
+    pub close_at: Option<Duration>,
+    pub code: Option<u16>,
+    pub closes: u32,
+    /// Messages sent, and echoes received (in order, none missing: else `error`).
+    pub sent: u64,
+    pub echoed: u64,
+    pub error: Option<String>,
+}
+
+/// A tungstenite client on `path` sending `i:N` every 200 ms and checking each echo comes back
+/// in order, until the proxy closes it (its Close answered, as clients do) or `stop` is set
+/// (then it waits for its last echoes and closes). It waits at `ready` once its first echo
+/// came back.
+pub fn chatter(
+    i: u32,
+    addr: SocketAddr,
+    path: &str,
+    ready: std::sync::Arc<std::sync::Barrier>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    since: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) -> Chat {
+    use tungstenite::Message;
+    let mut ws = ws_connect(addr, path);
+    let mut c = Chat {
+        sent: 1,
+        ..Chat::default()
+    };
+    ws.send(Message::text(format!("{i}:1"))).unwrap();
+    match ws.read() {
+        Ok(Message::Text(t)) if t.as_str() == format!("{i}:1") => c.echoed = 1,
+        other => panic!("first echo: {other:?}"),
+    }
+    ready.wait();
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut next = Duration::from_millis(u64::from(i % 200));
+    let mut stopped_at = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && stopped_at.is_none() {
+            stopped_at = Some(Instant::now());
+        }
+        if c.closes == 0 && !stopping && t0.elapsed() >= next {
+            c.sent += 1;
+            if let Err(e) = ws.send(Message::text(format!("{i}:{}", c.sent))) {
+                c.error = Some(format!("send: {e}"));
+                return c;
+            }
+            next += Duration::from_millis(200);
+        }
+        if stopping && c.echoed == c.sent && c.closes == 0 {
+            let _ = ws.close(None);
+            while ws.read().is_ok() {}
+            return c;
+        }
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let n: u64 = t.split_once(':').unwrap().1.parse().unwrap();
+                if n != c.echoed + 1 {
+                    c.error = Some(format!("echo {n} after {}", c.echoed));
+                }
+                c.echoed = n;
+            }
+            Ok(Message::Close(f)) => {
+                c.closes += 1;
+                c.code = f.map(|f| u16::from(f.code));
+                c.close_at = since.lock().unwrap().map(|t| t.elapsed());
+                if c.close_at.is_none() {
+                    c.error = Some("closed by the proxy unasked".into());
+                }
+            }
+            Ok(m) => c.error = Some(format!("unexpected {m:?}")),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return c,
+            Err(e) => {
+                c.error = Some(format!("read: {e}"));
+                return c;
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(300)
+            || stopped_at.is_some_and(|t| t.elapsed() > Duration::from_secs(20))
+        {
+            c.error = Some(format!("still open: sent {} echoed {}", c.sent, c.echoed));
+            return c;
+        }
+    }
+}
+
+/// `n` chatters on `path`, each on a thread of its own; returns once all of them are chatting.
+pub fn chatters(
+    n: usize,
+    addr: SocketAddr,
+    path: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    since: &std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) -> Vec<std::thread::JoinHandle<Chat>> {
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let handles = (0..n as u32)
+        .map(|i| {
+            let (ready, stop, since) = (ready.clone(), stop.clone(), since.clone());
+            let path = path.to_string();
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || chatter(i, addr, &path, ready, stop, since))
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    handles
+}

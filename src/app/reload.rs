@@ -1,0 +1,85 @@
+//! A configuration reload (SIGHUP, `ringway reload`): the file is read and resolved on the main
+//! process's threads; when it is invalid the error (file:line:col: field) is reported and the
+//! configuration in force stays. When it is valid, sockets for new listen addresses are opened
+//! (one per worker, SO_REUSEPORT) before anything changes, the shared state of what stays is
+//! carried over, the new configuration is put in force and every worker told: new sessions use
+//! it, sessions already established keep the one they started under.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::live::{Inbox, Live, Msg};
+
+pub struct Reloader {
+    path: PathBuf,
+    live: Arc<Live>,
+    inboxes: Vec<Arc<Inbox>>,
+    backlog: i32,
+    /// One reload at a time (a signal and `ringway reload` may come together).
+    lock: Mutex<u64>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, live: Arc<Live>, inboxes: Vec<Arc<Inbox>>, backlog: i32) -> Self {
+        Reloader {
+            path,
+            live,
+            inboxes,
+            backlog,
+            lock: Mutex::new(0),
+        }
+    }
+
+    /// Reload; a one-line summary (and warnings) when the new configuration is in force, the
+    /// reason when the old one stays.
+    pub fn reload(&self) -> Result<String, String> {
+        let mut count = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.live.config();
+        let mut new = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let added: Vec<SocketAddr> = new
+            .listeners
+            .iter()
+            .filter(|a| !old.listeners.contains(a))
+            .copied()
+            .collect();
+        let removed = old
+            .listeners
+            .iter()
+            .filter(|a| !new.listeners.contains(a))
+            .count();
+        // Every socket is opened before anything changes: a port in use fails the reload.
+        let mut sockets: Vec<Vec<_>> = Vec::new();
+        for _ in &self.inboxes {
+            let mut mine = Vec::new();
+            for a in &added {
+                let s = crate::sys::listen_socket(*a, self.backlog)
+                    .map_err(|e| format!("listening on {a}: {e}"))?;
+                mine.push((*a, s));
+            }
+            sockets.push(mine);
+        }
+        new.carry_from(&old);
+        let mut warnings = new.restart_only(&old);
+        warnings.append(&mut new.warnings);
+        let summary = format!(
+            "{}: configuration reloaded: {} listener(s) (+{} -{removed}), {} server(s), {} upstream(s)",
+            self.path.display(),
+            new.listeners.len(),
+            added.len(),
+            new.servers.len(),
+            new.upstreams.len()
+        );
+        self.live.swap(Arc::new(new));
+        for (inbox, mine) in self.inboxes.iter().zip(sockets) {
+            inbox.give_sockets(mine);
+            inbox.send(Msg::Config);
+        }
+        *count += 1;
+        Ok(std::iter::once(summary)
+            .chain(warnings.into_iter().map(|w| format!("warning: {w}")))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+}
