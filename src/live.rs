@@ -45,6 +45,9 @@ pub enum Msg {
     CloseNow,
     /// `Live::config` changed: new sessions use the new one.
     Config,
+    /// A new process took the listening sockets over (a binary upgrade): stop accepting
+    /// without closing them for it, then drain as on `Drain`.
+    Handover,
 }
 
 /// One worker's inbox.

@@ -23,6 +23,10 @@ enum Command {
         /// The TOML configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Binary upgrade: take the listening sockets over from the ringway serving the
+        /// configuration's runtime.upgrade_socket; it then drains its tunnels and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a configuration and print what was understood (exit 1 on an error).
     Check {
@@ -235,9 +239,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return ringway::app::check(&config),
         Command::Reload { config } => return ringway::app::reload(&config),
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             init_logging();
-            return ringway::app::run(&config);
+            return ringway::app::run(&config, upgrade);
         }
         Command::Bench(a) => {
             return match bench(*a) {

@@ -43,6 +43,8 @@ pub struct WorkerSpec {
     pub cpu: Option<usize>,
     /// What this worker publishes (read by the admin endpoint).
     pub metrics: Arc<WorkerMetrics>,
+    /// The listening sockets came from systemd (socket activation): never `shutdown` them.
+    pub activated: bool,
 }
 
 pub struct Worker {
@@ -78,6 +80,10 @@ struct Listener {
     addr: SocketAddr,
     /// Settings of the sessions it accepts (from the configuration in force).
     listen: Listen,
+    /// Stopping without closing the socket for others (a new process, or systemd, holds it
+    /// too): its accept is cancelled and the descriptor closed when the accept's last
+    /// completion is in; connections it still brings are served.
+    leaving: bool,
 }
 
 /// The session settings of listener `i` of `cfg`.
@@ -99,22 +105,32 @@ fn pin(cpu: usize) {
 }
 
 impl Worker {
-    /// Open this worker's listening sockets (on the calling thread, so bind errors surface
-    /// before anything starts).
-    pub fn listen(cfg: &Config, backlog: i32) -> anyhow::Result<Vec<Socket>> {
+    /// This worker's listening sockets: its share of the ones handed over (`inherited`), else
+    /// its own SO_REUSEPORT socket per listen address (opened on the calling thread, so bind
+    /// errors surface before anything starts).
+    pub fn listen(
+        cfg: &Config,
+        backlog: i32,
+        id: usize,
+        inherited: &crate::app::upgrade::Inherited,
+    ) -> anyhow::Result<Vec<(SocketAddr, Socket)>> {
         use anyhow::Context;
-        cfg.listeners
-            .iter()
-            .map(|addr| {
-                crate::sys::listen_socket(*addr, backlog)
-                    .with_context(|| format!("listening on {addr}"))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for addr in &cfg.listeners {
+            let mine = inherited.share(*addr, id, cfg.runtime.workers)?;
+            if mine.is_empty() {
+                let s = crate::sys::listen_socket(*addr, backlog)
+                    .with_context(|| format!("listening on {addr}"))?;
+                out.push((*addr, s));
+            }
+            out.extend(mine.into_iter().map(|s| (*addr, s)));
+        }
+        Ok(out)
     }
 
     /// Set up the ring. Call on the worker's own thread: with SINGLE_ISSUER the thread that
     /// creates the ring is the only one allowed to submit to it.
-    pub fn new(spec: WorkerSpec, sockets: Vec<Socket>) -> anyhow::Result<Worker> {
+    pub fn new(spec: WorkerSpec, sockets: Vec<(SocketAddr, Socket)>) -> anyhow::Result<Worker> {
         use anyhow::Context;
         let cfg = spec.live.config();
         let ring = Ring::new(RingConfig {
@@ -125,12 +141,17 @@ impl Worker {
         .context("setting up io_uring")?;
         let listeners = sockets
             .into_iter()
-            .enumerate()
-            .map(|(i, sock)| {
+            .map(|(addr, sock)| {
+                let i = cfg
+                    .listeners
+                    .iter()
+                    .position(|a| *a == addr)
+                    .expect("a socket per listener");
                 Some(Listener {
                     sock,
-                    addr: cfg.listeners[i],
+                    addr,
                     listen: listen_of(&cfg, i),
+                    leaving: false,
                 })
             })
             .collect();
@@ -224,12 +245,17 @@ impl Core {
             match m {
                 Msg::Drain => {
                     if self.drain_began.is_none() {
-                        self.begin_drain(r);
+                        self.begin_drain(r, false);
+                    }
+                }
+                Msg::Handover => {
+                    if self.drain_began.is_none() {
+                        self.begin_drain(r, true);
                     }
                 }
                 Msg::CloseNow => {
                     if self.drain_began.is_none() {
-                        self.begin_drain(r);
+                        self.begin_drain(r, false);
                     }
                     self.close_now = true;
                 }
@@ -290,6 +316,7 @@ impl Core {
                     sock,
                     addr: *addr,
                     listen,
+                    leaving: false,
                 }));
                 if !self.accept_paused {
                     self.arm_accept(r, self.listeners.len() - 1);
@@ -307,13 +334,24 @@ impl Core {
     /// it leaves its SO_REUSEPORT group (new connections go to the other processes on the
     /// port; with `net.ipv4.tcp_migrate_req` so do the queued ones) and its multishot accept
     /// ends with EINVAL. Closing the fd alone would not do either: the pending accept holds a
-    /// reference to the socket.
-    fn begin_drain(&mut self, r: &mut Reactor<Slot>) {
+    /// reference to the socket. On a handover (`hand_over`), and for sockets systemd holds,
+    /// the socket must live on for the other holder: the accept is cancelled instead and the
+    /// descriptor closed once its last completion is in.
+    fn begin_drain(&mut self, r: &mut Reactor<Slot>, hand_over: bool) {
         self.drain_began = Some(Instant::now());
-        for l in self.listeners.iter().flatten() {
-            let _ = l.sock.shutdown(std::net::Shutdown::Read);
+        let keep_open = hand_over || self.spec.activated;
+        for (i, slot) in self.listeners.iter_mut().enumerate() {
+            let Some(l) = slot else { continue };
+            if keep_open {
+                l.leaving = true;
+                let target = crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down);
+                let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+                r.ring.cancel_op(target, ud);
+            } else {
+                let _ = l.sock.shutdown(std::net::Shutdown::Read);
+                *slot = None;
+            }
         }
-        self.listeners.clear();
         let now = Instant::now();
         let mut tunnels = Vec::new();
         for k in r.slots.keys() {
@@ -414,12 +452,21 @@ impl Core {
 
     fn accept(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
         let li = c.ud.slot() as usize;
-        let open = matches!(self.listeners.get(li), Some(Some(_)));
-        if !c.more() && open && self.drain_began.is_none() {
-            if r.slots.len() < self.spec.max_sessions {
-                self.arm_accept(r, li);
-            } else {
-                self.accept_paused = true;
+        let (listen, leaving) = match self.listeners.get(li) {
+            Some(Some(l)) => (Some(l.listen), l.leaving),
+            _ => (None, false),
+        };
+        if !c.more() {
+            if leaving {
+                // Its accept is over: this descriptor closes; the socket lives on for its
+                // other holder. A connection this last completion brings is still served.
+                self.listeners[li] = None;
+            } else if listen.is_some() && self.drain_began.is_none() {
+                if r.slots.len() < self.spec.max_sessions {
+                    self.arm_accept(r, li);
+                } else {
+                    self.accept_paused = true;
+                }
             }
         }
         if c.res < 0 {
@@ -432,15 +479,14 @@ impl Core {
             }
             return;
         }
-        let Some(Some(listener)) = self.listeners.get(li) else {
+        let Some(listen) = listen else {
             // Its listener is gone (drain, reload): refuse.
             self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             let _ = nix::unistd::close(c.res);
             return;
         };
-        let listen = listener.listen;
         if r.slots.len() >= self.spec.max_sessions {
-            // Over the session cap (or stopping): refuse instead of failing later.
+            // Over the session cap: refuse instead of failing later.
             self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             let _ = nix::unistd::close(c.res);
             return;

@@ -63,16 +63,40 @@ impl AdminState {
     }
 }
 
-/// Start serving on `addr`; returns the bound address (port 0 picks one).
-pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr)?;
+/// Stops the admin endpoint (the old process of a binary upgrade leaves its port to the new).
+pub struct AdminStop {
+    l: TcpListener,
+    stop: Arc<AtomicBool>,
+}
+
+impl AdminStop {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = socket2::SockRef::from(&self.l).shutdown(std::net::Shutdown::Read);
+    }
+}
+
+/// Start serving on `addr`; returns the bound address (port 0 picks one). The socket is
+/// SO_REUSEPORT, as the proxy's are: during a binary upgrade both processes hold the port.
+pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<(SocketAddr, AdminStop)> {
+    let l: TcpListener = crate::sys::listen_socket(addr, 128)?.into();
     let local = l.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = AdminStop {
+        l: l.try_clone()?,
+        stop: stop.clone(),
+    };
     let state = Arc::new(state);
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("ringway-admin".into())
         .spawn(move || {
-            for mut s in l.incoming().flatten() {
+            for s in l.incoming() {
+                let mut s = match s {
+                    Ok(s) => s,
+                    Err(_) if stop.load(Ordering::Relaxed) => return,
+                    Err(_) => continue,
+                };
                 if active.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
                     active.fetch_sub(1, Ordering::AcqRel);
                     let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
@@ -93,7 +117,7 @@ pub fn spawn(addr: SocketAddr, state: AdminState) -> std::io::Result<SocketAddr>
                 }
             }
         })?;
-    Ok(local)
+    Ok((local, stopper))
 }
 
 /// A whole response with `Connection: close`.
@@ -234,6 +258,7 @@ fn route(path: &str, openmetrics: bool, st: &AdminState) -> (u16, &'static str, 
                 })
                 .collect();
             let v = serde_json::json!({
+                "pid": std::process::id(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "state": if stopping { "stopping" } else { "serving" },
                 "uptime_seconds": st.started.elapsed().as_secs(),

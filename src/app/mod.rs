@@ -5,6 +5,7 @@
 pub mod preflight;
 pub mod reload;
 pub mod run;
+pub mod upgrade;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,7 +31,7 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 /// `ringway run`: exit 1 on a configuration error, 2 when the proxy cannot run.
-pub fn run(path: &Path) -> ExitCode {
+pub fn run(path: &Path, upgrade: bool) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => {
             for w in &c.warnings {
@@ -43,7 +44,7 @@ pub fn run(path: &Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run::run(cfg, path) {
+    match run::run(cfg, path, upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringway: {e:#}");

@@ -17,17 +17,26 @@ pub struct Reloader {
     live: Arc<Live>,
     inboxes: Vec<Arc<Inbox>>,
     backlog: i32,
+    /// The listening sockets a binary upgrade would hand over: kept up to date.
+    offer: Arc<super::upgrade::Offer>,
     /// One reload at a time (a signal and `ringway reload` may come together).
     lock: Mutex<u64>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Arc<Live>, inboxes: Vec<Arc<Inbox>>, backlog: i32) -> Self {
+    pub fn new(
+        path: PathBuf,
+        live: Arc<Live>,
+        inboxes: Vec<Arc<Inbox>>,
+        backlog: i32,
+        offer: Arc<super::upgrade::Offer>,
+    ) -> Self {
         Reloader {
             path,
             live,
             inboxes,
             backlog,
+            offer,
             lock: Mutex::new(0),
         }
     }
@@ -59,6 +68,13 @@ impl Reloader {
                 mine.push((*a, s));
             }
             sockets.push(mine);
+        }
+        {
+            let mut held = self.offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            held.retain(|(a, _)| new.listeners.contains(a));
+            for (a, s) in sockets.iter().flatten() {
+                held.push((*a, s.try_clone().map_err(|e| format!("keeping {a}: {e}"))?));
+            }
         }
         new.carry_from(&old);
         let mut warnings = new.restart_only(&old);

@@ -13,8 +13,10 @@ use crate::worker::{Worker, WorkerSpec};
 
 use crate::tuning::{self, FDS_PER_SESSION, FDS_RESERVED};
 
-/// Run the proxy in the foreground until SIGINT or SIGTERM; SIGHUP reloads `path`.
-pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
+/// Run the proxy in the foreground until SIGINT or SIGTERM; SIGHUP reloads `path`. With
+/// `upgrade`, take the listening sockets over from the ringway serving
+/// `runtime.upgrade_socket` (a binary upgrade).
+pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     if let Err(why) = crate::uring::probe() {
         anyhow::bail!("{why}");
     }
@@ -37,6 +39,29 @@ pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     };
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
     let signals = crate::sys::block_signals();
+    let (inherited, handover) = if upgrade {
+        let Some(sock) = &cfg.runtime.upgrade_socket else {
+            anyhow::bail!(
+                "--upgrade needs runtime.upgrade_socket in {} (the socket the running ringway serves)",
+                path.display()
+            );
+        };
+        let (i, h) = super::upgrade::take_over(sock)?;
+        (i, Some(h))
+    } else {
+        (super::upgrade::from_systemd()?, None)
+    };
+    if inherited.activated {
+        tracing::info!("socket activation: listening on the sockets systemd passed (LISTEN_FDS)");
+    }
+    for a in inherited.unused(&cfg.listeners) {
+        tracing::warn!(
+            "a listening socket on {a} was handed over but the configuration does not listen there: closing it"
+        );
+    }
+    let offer = Arc::new(super::upgrade::Offer {
+        sockets: Default::default(),
+    });
     let live = Live::new(cfg.clone());
     let cpus = crate::config::available_cpus();
     let mut handles = Vec::new();
@@ -56,8 +81,15 @@ pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
             backlog: tuning::LISTEN_BACKLOG as i32,
             cpu: if workers <= cpus { Some(id) } else { None },
             metrics,
+            activated: inherited.activated,
         };
-        let sockets = Worker::listen(&cfg, spec.backlog)?;
+        let sockets = Worker::listen(&cfg, spec.backlog, id, &inherited)?;
+        {
+            let mut held = offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
+            for (a, s) in &sockets {
+                held.push((*a, s.try_clone().context("keeping a listening socket")?));
+            }
+        }
         let ready = ready_tx.clone();
         handles.push(
             std::thread::Builder::new()
@@ -82,13 +114,22 @@ pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
             return Err(e);
         }
     }
+    drop(inherited);
+    if let Some(h) = handover {
+        let old = h.ready()?;
+        tracing::info!(
+            "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
+        );
+    }
     let stopping = Arc::new(AtomicBool::new(false));
     let reloader = Arc::new(super::reload::Reloader::new(
         path.to_path_buf(),
         live.clone(),
         inboxes.clone(),
         tuning::LISTEN_BACKLOG as i32,
+        offer.clone(),
     ));
+    let mut admin_stop = None;
     if let Some(addr) = cfg.admin {
         let mut state = crate::admin::AdminState::new(
             all_metrics.clone(),
@@ -98,8 +139,9 @@ pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
         );
         let r = reloader.clone();
         state.reload = Some(Box::new(move || r.reload()));
-        let bound = crate::admin::spawn(addr, state)
+        let (bound, stop) = crate::admin::spawn(addr, state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
+        admin_stop = Some(stop);
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");
     }
     if crate::upstream::health::wanted(&cfg) {
@@ -116,6 +158,17 @@ pub fn run(cfg: Config, path: &std::path::Path) -> anyhow::Result<()> {
     // drain (the main thread is joining them).
     let grace = cfg.runtime.shutdown_grace;
     let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
+    let tell = Arc::new(tell);
+    if let Some(sock) = &cfg.runtime.upgrade_socket {
+        let (tell, stopping) = (tell.clone(), stopping.clone());
+        super::upgrade::serve(sock, offer, move || {
+            stopping.store(true, Ordering::Relaxed);
+            tell(Msg::Handover);
+            if let Some(a) = &admin_stop {
+                a.stop();
+            }
+        })?;
+    }
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {

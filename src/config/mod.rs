@@ -82,6 +82,8 @@ pub struct Runtime {
     /// The Close frame's code and reason on shutdown (1012 "service restart" by default).
     pub drain_code: u16,
     pub drain_reason: String,
+    /// Where a new binary asks for the listening sockets (`ringway run --upgrade`).
+    pub upgrade_socket: Option<std::path::PathBuf>,
 }
 
 /// A location's heartbeat: ping a peer that has sent nothing for `interval`; close it when it
@@ -751,6 +753,10 @@ impl Config {
             r.buffers != o.buffers || r.buffer_size != o.buffer_size,
         );
         differ("admin.listen", self.admin != old.admin);
+        differ(
+            "runtime.upgrade_socket",
+            r.upgrade_socket != o.upgrade_socket,
+        );
         out
     }
 }

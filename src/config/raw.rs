@@ -31,6 +31,7 @@ pub struct Runtime {
     pub access_log: Option<bool>,
     pub drain_spread: Option<Spanned<toml::Value>>,
     pub drain_close: Option<Spanned<DrainClose>>,
+    pub upgrade_socket: Option<Spanned<String>>,
 }
 
 /// `[runtime] drain_close = { code, reason }`.

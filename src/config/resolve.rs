@@ -85,6 +85,13 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         drain_spread,
         drain_code,
         drain_reason,
+        upgrade_socket: match &rt.upgrade_socket {
+            None => None,
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(cx.err(p.span(), "runtime.upgrade_socket", "an empty path"));
+            }
+            Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
+        },
     };
 
     let (conn_zones, req_zones) = limits::zones(cx, &raw)?;

@@ -542,5 +542,15 @@ pub fn socket_from_accepted(fd: RawFd) -> socket2::Socket {
     unsafe { socket2::Socket::from_raw_fd(fd) }
 }
 
+/// Take ownership of a descriptor this process was handed: listening sockets received over a
+/// Unix socket (SCM_RIGHTS, a binary upgrade) or inherited from systemd (`LISTEN_FDS`).
+pub fn socket_from_handed(fd: RawFd) -> socket2::Socket {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed `fd` in this process for us (SCM_RIGHTS gives fresh
+    // descriptors; systemd's LISTEN_FDS are ours by contract, checked against LISTEN_PID) and
+    // nothing else in the process owns it; the Socket closes it on drop.
+    unsafe { socket2::Socket::from_raw_fd(fd) }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,275 @@
+//! Listening sockets that outlive a process: a zero-downtime binary upgrade and systemd socket
+//! activation.
+//!
+//! **Upgrade** (as HAProxy's `-x` and Pingora's graceful upgrade): the running process serves
+//! `runtime.upgrade_socket` (a Unix socket). `ringway run --upgrade` connects to it, receives
+//! every listening socket of the running process (SCM_RIGHTS), starts its workers on them —
+//! the very sockets, so nothing queued in them is lost and no port is ever closed — and says
+//! `ready`. The old process then stops accepting without closing the sockets for the new one
+//! (its accepts are cancelled, its descriptors closed, no `shutdown`), drains its tunnels
+//! (Close frames over `drain_spread`) and exits; the new process takes the upgrade socket over.
+//!
+//! **Socket activation**: with `LISTEN_PID` = this process and `LISTEN_FDS` = N, descriptors
+//! 3..3+N are listening sockets opened by systemd; they are used for the configured addresses
+//! they are bound to, and on shutdown they are left open for the next start.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use socket2::Socket;
+
+/// Most descriptors handed over in one upgrade (workers × listeners).
+pub const HANDOVER_MAX: usize = 4096;
+/// How long the old process waits for the new one to say `ready`.
+pub const READY_WAIT: Duration = Duration::from_secs(60);
+
+/// Listening sockets a process starts with instead of binding, by address.
+#[derive(Default)]
+pub struct Inherited {
+    by_addr: HashMap<SocketAddr, Vec<Socket>>,
+    /// From systemd: leave them open on shutdown (for the next start), never `shutdown` them.
+    pub activated: bool,
+}
+
+impl Inherited {
+    fn add(&mut self, sockets: Vec<Socket>) -> anyhow::Result<()> {
+        for s in sockets {
+            let addr = s
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .context("a handed-over descriptor is not a TCP/IP socket")?;
+            self.by_addr.entry(addr).or_default().push(s);
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    /// Worker `id`'s share of the sockets for `addr` (of `workers`): every socket goes to some
+    /// worker (a socket nobody accepts on would hold the connections the kernel gives it);
+    /// when there are fewer sockets than workers, the rest share one (a duplicate descriptor).
+    /// Empty when none was handed over for `addr` (the worker binds its own).
+    pub fn share(
+        &self,
+        addr: SocketAddr,
+        id: usize,
+        workers: usize,
+    ) -> anyhow::Result<Vec<Socket>> {
+        let Some(all) = self.by_addr.get(&addr) else {
+            return Ok(Vec::new());
+        };
+        let mut mine = Vec::new();
+        for (j, s) in all.iter().enumerate() {
+            if j % workers == id {
+                mine.push(s.try_clone()?);
+            }
+        }
+        if mine.is_empty() {
+            mine.push(all[id % all.len()].try_clone()?);
+        }
+        Ok(mine)
+    }
+
+    /// The addresses handed over that the configuration does not listen on.
+    pub fn unused(&self, listeners: &[SocketAddr]) -> Vec<SocketAddr> {
+        self.by_addr
+            .keys()
+            .filter(|a| !listeners.contains(a))
+            .copied()
+            .collect()
+    }
+}
+
+/// systemd socket activation: the listening sockets in `LISTEN_FDS`, when they are ours.
+pub fn from_systemd() -> anyhow::Result<Inherited> {
+    let mut out = Inherited::default();
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(out);
+    };
+    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(out);
+    }
+    let n: RawFd = fds
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (0..HANDOVER_MAX as RawFd).contains(n))
+        .context("LISTEN_FDS is not a count of descriptors")?;
+    let sockets = (3..3 + n)
+        .map(|fd| {
+            let s = crate::uring::socket_from_handed(fd);
+            nix::fcntl::fcntl(
+                &s,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .with_context(|| format!("LISTEN_FDS descriptor {fd}"))?;
+            Ok(s)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    out.add(sockets)?;
+    out.activated = true;
+    Ok(out)
+}
+
+/// The new process's side of an upgrade: the listening sockets of the process serving `path`,
+/// and the connection to say `ready` on.
+pub fn take_over(path: &Path) -> anyhow::Result<(Inherited, Handover)> {
+    let mut s = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to the running ringway's upgrade socket {} (is it running with this \
+             runtime.upgrade_socket?)",
+            path.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"sockets\n")?;
+    let mut fds = Vec::new();
+    let mut count = [0u8; 8];
+    {
+        let mut iov = [IoSliceMut::new(&mut count)];
+        let mut space = nix::cmsg_space!([RawFd; HANDOVER_MAX]);
+        let msg = recvmsg::<()>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("receiving the listening sockets")?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                fds.extend(v);
+            }
+        }
+    }
+    let sockets: Vec<Socket> = fds
+        .into_iter()
+        .map(crate::uring::socket_from_handed)
+        .collect();
+    if sockets.len() as u64 != u64::from_le_bytes(count) {
+        bail!(
+            "the running ringway sent {} of {} listening sockets",
+            sockets.len(),
+            u64::from_le_bytes(count)
+        );
+    }
+    let mut inherited = Inherited::default();
+    inherited.add(sockets)?;
+    Ok((inherited, Handover { conn: s }))
+}
+
+/// The new process's connection to the old one, until it says `ready`.
+pub struct Handover {
+    conn: UnixStream,
+}
+
+impl Handover {
+    /// The workers serve: tell the old process, which answers once it has stopped accepting.
+    /// Returns its pid.
+    pub fn ready(mut self) -> anyhow::Result<u32> {
+        self.conn.write_all(b"ready\n")?;
+        self.conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut answer = String::new();
+        (&mut self.conn)
+            .take(64)
+            .read_to_string(&mut answer)
+            .context("waiting for the running ringway to hand over")?;
+        let pid = answer
+            .strip_prefix("draining ")
+            .and_then(|p| p.trim().parse().ok())
+            .with_context(|| format!("the running ringway answered {answer:?}"))?;
+        Ok(pid)
+    }
+}
+
+/// The old process's side: the sockets it would hand over (one descriptor per worker and
+/// listener, kept up to date by reloads), served on `runtime.upgrade_socket`.
+pub struct Offer {
+    pub sockets: Mutex<Vec<(SocketAddr, Socket)>>,
+}
+
+/// Serve `path`: hand the sockets of `offer` to the process that asks, and when it is ready
+/// call `hand_over` (stop accepting, drain) and say so. One upgrade at a time; a new process
+/// that fails before `ready` changes nothing here.
+pub fn serve(
+    path: &Path,
+    offer: Arc<Offer>,
+    hand_over: impl Fn() + Send + 'static,
+) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("runtime.upgrade_socket: listening on {}", path.display()))?;
+    // Only this user (and root) may take the listening sockets.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("ringway-upgrade".into())
+        .spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                match hand(c, &offer) {
+                    Ok(Some(mut c)) => {
+                        tracing::info!(
+                            "upgrade: the new process is ready; handing over: not accepting, \
+                             draining the tunnels, then exiting"
+                        );
+                        hand_over();
+                        let _ = writeln!(c, "draining {}", std::process::id());
+                        // The new process listens on the upgrade socket from now on.
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("upgrade: {e:#}; still serving"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One upgrade attempt: send the sockets, wait for `ready`. `Some` when the new process is.
+fn hand(mut c: UnixStream, offer: &Offer) -> anyhow::Result<Option<UnixStream>> {
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = [0u8; 8];
+    c.read_exact(&mut line)?;
+    if &line != b"sockets\n" {
+        bail!("unexpected request on the upgrade socket");
+    }
+    let peer = nix::sys::socket::getsockopt(&c, nix::sys::socket::sockopt::PeerCredentials)
+        .map(|p| p.pid())
+        .unwrap_or(0);
+    let sockets = offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
+    let fds: Vec<RawFd> = sockets.iter().map(|(_, s)| s.as_raw_fd()).collect();
+    let count = (fds.len() as u64).to_le_bytes();
+    let iov = [IoSlice::new(&count)];
+    sendmsg::<()>(
+        c.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sending the listening sockets")?;
+    drop(sockets);
+    tracing::info!(
+        "upgrade: pid {peer} took {} listening socket(s); waiting for it to be ready",
+        fds.len()
+    );
+    c.set_read_timeout(Some(READY_WAIT))?;
+    let mut line = [0u8; 6];
+    match c.read_exact(&mut line) {
+        Ok(()) if &line == b"ready\n" => Ok(Some(c)),
+        _ => bail!("pid {peer} did not become ready"),
+    }
+}

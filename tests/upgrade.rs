@@ -1,0 +1,210 @@
+//! Listening sockets that outlive a process.
+//!
+//! A binary upgrade (`ringway run --upgrade`, twice in a row): a client loop connecting
+//! continuously sees no refused or reset connection; the tunnels of the old process get their
+//! Close frames and end; the old process exits 0; the new one serves everything after (its pid
+//! in `/status`) and can itself be upgraded.
+//!
+//! systemd socket activation (`systemd-socket-activate`, the real thing): ringway serves on the
+//! socket it is passed, including the connection that was waiting in it before it started.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+/// One whole WebSocket exchange on a fresh connection: upgrade, one echo, close.
+fn one_exchange(addr: SocketAddr, n: u64) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://localhost:{}/ws/", addr.port()), s)
+        .map_err(|e| format!("handshake: {e}"))?;
+    let m = format!("loop {n}");
+    ws.send(Message::text(m.clone()))
+        .map_err(|e| format!("send: {e}"))?;
+    loop {
+        match ws.read().map_err(|e| format!("read: {e}"))? {
+            Message::Text(t) if t.as_str() == m => break,
+            // Accepted by a process that then began to drain: told to reconnect.
+            Message::Close(_) => return Ok(()),
+            other => return Err(format!("unexpected {other:?}")),
+        }
+    }
+    let _ = ws.close(None);
+    Ok(())
+}
+
+fn status(admin: SocketAddr) -> serde_json::Value {
+    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let text = String::from_utf8_lossy(&out);
+    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
+}
+
+fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "still running:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn binary_upgrade_refuses_nothing_and_drains_the_old_process() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("upgrade");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let (listen, admin) = (free_addr(), free_addr());
+    let sock = dir.join("upgrade.sock");
+    let cfg = config(
+        listen,
+        &[backend],
+        "",
+        "",
+        &format!(
+            "shutdown_grace = \"20s\"\ndrain_spread = \"2s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
+            sock.display()
+        ),
+    );
+    let mut old = proxy(&cfg, listen, &dir);
+    let path = dir.join("ringway.toml");
+    assert_eq!(status(admin)["pid"].as_u64(), Some(u64::from(old.pid())));
+
+    // A client loop connecting all the time, from before the upgrade to after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let looping = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match one_exchange(listen, n) {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failed.lock().unwrap().push(e);
+                        0
+                    }
+                };
+            }
+        })
+    };
+    // Tunnels on the old process.
+    let since: Arc<Mutex<Option<Instant>>> = Default::default();
+    let tunnels = chatters(50, listen, "/ws/", &Default::default(), &since);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut procs = Vec::new();
+    for round in 1..=2 {
+        *since.lock().unwrap() = Some(Instant::now());
+        let before = ok.load(Ordering::Relaxed);
+        let new = spawn(
+            &["run", "--config", path.to_str().unwrap(), "--upgrade"],
+            &dir,
+            &format!("proxy-{round}"),
+        );
+        new.wait_log("upgrade: serving on the listening sockets of pid", 20);
+        old.wait_log("handing over", 10);
+        let status_code = wait_exit(&mut old, 30);
+        assert!(
+            status_code.success(),
+            "the old process exits 0: {status_code}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            status(admin)["pid"].as_u64(),
+            Some(u64::from(new.pid())),
+            "round {round}"
+        );
+        assert!(
+            ok.load(Ordering::Relaxed) > before,
+            "connections went on during round {round}"
+        );
+        procs.push(std::mem::replace(&mut old, new));
+    }
+    stop.store(true, Ordering::Relaxed);
+    looping.join().unwrap();
+    let results: Vec<Chat> = tunnels.into_iter().map(|h| h.join().unwrap()).collect();
+    let failed = failed.lock().unwrap();
+    eprintln!(
+        "client loop: {} exchanges, {} failed {:?}; old tunnels: {} closed with {:?}",
+        ok.load(Ordering::Relaxed),
+        failed.len(),
+        &failed[..failed.len().min(5)],
+        results.iter().filter(|c| c.closes == 1).count(),
+        results
+            .iter()
+            .map(|c| c.code)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(failed.is_empty(), "no connection refused or reset");
+    assert!(
+        results
+            .iter()
+            .all(|c| c.error.is_none() && c.closes == 1 && c.code == Some(1012)),
+        "every tunnel of the old process got its Close"
+    );
+    assert!(
+        old.log_text().contains("listening on"),
+        "the last process runs"
+    );
+}
+
+#[test]
+fn socket_activation_serves_on_the_socket_systemd_passes() {
+    if !uring_ok() {
+        return;
+    }
+    if std::process::Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: systemd-socket-activate is not installed");
+        return;
+    }
+    let dir = scratch("activate");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let path = dir.join("ringway.toml");
+    std::fs::write(&path, config(listen, &[backend], "", "", "")).unwrap();
+    let log = dir.join("activated.log");
+    let child = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &listen.to_string(), BIN, "run", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, log };
+    // The first connection waits in the socket until ringway has started on it.
+    p.wait_log("Listening on", 10);
+    let mut ws = ws_connect(listen, "/ws/");
+    ws_echo(&mut ws, b"through an activated socket".to_vec());
+    p.wait_log(
+        "socket activation: listening on the sockets systemd passed",
+        10,
+    );
+    drop(ws);
+    let mut ws = ws_connect(listen, "/ws/");
+    ws_echo(&mut ws, b"again".to_vec());
+}
