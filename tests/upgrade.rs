@@ -28,13 +28,11 @@ fn one_exchange(addr: SocketAddr, n: u64) -> Result<(), String> {
     let m = format!("loop {n}");
     ws.send(Message::text(m.clone()))
         .map_err(|e| format!("send: {e}"))?;
-    loop {
-        match ws.read().map_err(|e| format!("read: {e}"))? {
-            Message::Text(t) if t.as_str() == m => break,
-            // Accepted by a process that then began to drain: told to reconnect.
-            Message::Close(_) => return Ok(()),
-            other => return Err(format!("unexpected {other:?}")),
-        }
+    match ws.read().map_err(|e| format!("read: {e}"))? {
+        Message::Text(t) if t.as_str() == m => {}
+        // Accepted by a process that then began to drain: told to reconnect.
+        Message::Close(_) => return Ok(()),
+        other => return Err(format!("unexpected {other:?}")),
     }
     let _ = ws.close(None);
     Ok(())
