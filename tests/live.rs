@@ -64,7 +64,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
     let live = Live::new(before.clone());
     let inbox = Inbox::new().unwrap();
     let metrics = Arc::new(WorkerMetrics::default());
-    let sockets = Worker::listen(&before, 128).unwrap();
+    let sockets = Worker::listen(&before, 128, 0, &Default::default()).unwrap();
     let spec = WorkerSpec {
         id: 0,
         live: live.clone(),
@@ -73,6 +73,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
         backlog: 128,
         cpu: None,
         metrics: metrics.clone(),
+        activated: false,
     };
     let worker = std::thread::spawn(move || Worker::new(spec, sockets).unwrap().run());
 
