@@ -93,6 +93,26 @@ pub fn accepted(fd: RawFd) -> (RawFd, SocketAddr) {
     (sock.into_raw_fd(), peer)
 }
 
+/// The address a connected socket's peer has (its TCP peer, whatever a PROXY header said).
+pub fn peer_of(fd: RawFd) -> Option<SocketAddr> {
+    let a: nix::sys::socket::SockaddrStorage = nix::sys::socket::getpeername(fd).ok()?;
+    sockaddr(&a)
+}
+
+/// The local address of a connected socket (what the client connected to).
+pub fn local_of(fd: RawFd) -> Option<SocketAddr> {
+    let a: nix::sys::socket::SockaddrStorage = nix::sys::socket::getsockname(fd).ok()?;
+    sockaddr(&a)
+}
+
+fn sockaddr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
+    }
+    a.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+}
+
 /// Raise RLIMIT_NOFILE to `want`: the soft limit up to the hard one, and the hard one too (up
 /// to fs.nr_open) when the process may (CAP_SYS_RESOURCE). Returns the new soft limit.
 pub fn raise_nofile(want: u64) -> u64 {

@@ -94,7 +94,8 @@ fn listen_of(cfg: &Config, i: usize) -> Listen {
         .find(|s| s.listen.contains(&i))
         .expect("every listener belongs to a server");
     let tls = cfg.listener_tls.get(i).is_some_and(Option::is_some);
-    Listen::of(i, server, tls)
+    let proxy = cfg.listener_proxy.get(i).is_some_and(Option::is_some);
+    Listen::of(i, server, tls, proxy)
 }
 
 fn pin(cpu: usize) {
@@ -492,6 +493,15 @@ impl Core {
             return;
         }
         let (fd, peer): (_, SocketAddr) = crate::sys::accepted(c.res);
+        if let Some(Some(trusted)) = self.cfg.listener_proxy.get(usize::from(listen.index))
+            && !crate::config::trusted(trusted, peer.ip())
+        {
+            // A PROXY protocol listener takes connections from its balancers only.
+            tracing::debug!("{peer}: not in trusted_proxies of a proxy_protocol listener: refused");
+            self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            let _ = nix::unistd::close(fd);
+            return;
+        }
         let now = r.now_ms();
         let (key, _) = r.slots.insert(|_, _| Slot {
             session: Session::new(fd, peer, listen, self.cfg.clone(), now),

@@ -120,6 +120,9 @@ pub struct Upstream {
     pub keepalive_timeout: Duration,
     /// Requests one kept connection carries before it is closed.
     pub keepalive_requests: u32,
+    /// Each connection to a server starts with a PROXY protocol v2 header (the client's
+    /// address and the address it connected to).
+    pub proxy_protocol: bool,
 }
 
 /// A path prefix routed to an upstream.
@@ -203,6 +206,64 @@ pub struct Server {
     pub keepalive_requests: u32,
     /// Sorted longest path first, so the first match is the longest prefix.
     pub locations: Vec<Location>,
+    /// Addresses whose word about the client is taken: a PROXY protocol header on its
+    /// listeners, `real_ip_header`.
+    pub trusted_proxies: Vec<Cidr>,
+    /// nginx's `real_ip_header X-Forwarded-For` (or X-Real-IP): from a trusted proxy, the
+    /// client is the header's last address.
+    pub real_ip_header: Option<String>,
+}
+
+/// An address block (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub net: std::net::IpAddr,
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, bits) = match s.split_once('/') {
+            Some((ip, b)) => (ip, Some(b)),
+            None => (s, None),
+        };
+        let bad = || format!("invalid address block {s:?} (e.g. \"10.0.0.0/8\", \"::1\")");
+        let net: std::net::IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, width) = match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32u32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let bits = u32::from(self.bits);
+        bits == 0 || (a ^ b) >> (width - bits) == 0
+    }
+}
+
+/// Whether any block of `list` holds `ip`.
+pub fn trusted(list: &[Cidr], ip: std::net::IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
 }
 
 /// The resolved configuration the workers run on.
@@ -219,6 +280,9 @@ pub struct Config {
     pub listeners: Vec<SocketAddr>,
     /// Per listener (same index): its TLS, when its servers have `tls`.
     pub listener_tls: Vec<Option<ListenerTls>>,
+    /// Per listener: connections start with a PROXY protocol header, accepted only from these
+    /// addresses (its servers' `trusted_proxies`); `None`: no header.
+    pub listener_proxy: Vec<Option<std::sync::Arc<[Cidr]>>>,
     pub servers: Vec<Server>,
     pub upstreams: Vec<Upstream>,
     /// `[[limit_conn_zone]]`s, shared by every worker.

@@ -72,6 +72,7 @@ pub struct Upstream {
     pub servers: Spanned<Vec<Spanned<Peer>>>,
     pub source: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    pub proxy_protocol: Option<Spanned<String>>,
     pub health_check: Option<Spanned<HealthCheck>>,
     pub keepalive: Option<Spanned<i64>>,
     pub keepalive_timeout: Option<Spanned<toml::Value>>,
@@ -167,6 +168,10 @@ pub struct Peer {
 #[serde(deny_unknown_fields)]
 pub struct Server {
     pub listen: Spanned<Vec<Spanned<String>>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub real_ip_header: Option<Spanned<String>>,
     #[serde(default)]
     pub server_name: Vec<Spanned<String>>,
     pub header_timeout: Option<Spanned<toml::Value>>,

@@ -118,6 +118,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
     let mut servers = Vec::new();
     let mut warnings = Vec::new();
     let mut server_tls = Vec::new();
+    let mut listen_proxy = Vec::new();
     if raw.server.is_empty() {
         return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
     }
@@ -326,7 +327,46 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             None => None,
             Some(t) => Some(tls::load_server(cx, &f, t, &mut warnings)?),
         });
+        let mut trusted_proxies = Vec::new();
+        for (ti, t) in s.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(
+                Cidr::parse(t.get_ref())
+                    .map_err(|m| cx.err(t.span(), format!("{f}.trusted_proxies[{ti}]"), m))?,
+            );
+        }
+        let real_ip_header = match &s.real_ip_header {
+            None => None,
+            Some(h) => {
+                let v = h.get_ref().trim().to_ascii_lowercase();
+                if v != "x-forwarded-for" && v != "x-real-ip" {
+                    return Err(cx.err(
+                        h.span(),
+                        format!("{f}.real_ip_header"),
+                        "expected \"X-Forwarded-For\" or \"X-Real-IP\" (for the PROXY protocol, set proxy_protocol = true)",
+                    ));
+                }
+                Some(v)
+            }
+        };
+        let proxy_protocol = s.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        if (proxy_protocol || real_ip_header.is_some()) && trusted_proxies.is_empty() {
+            let span = s
+                .proxy_protocol
+                .as_ref()
+                .map(|p| p.span())
+                .or(s.real_ip_header.as_ref().map(|h| h.span()))
+                .unwrap_or(0..0);
+            return Err(cx.err(
+                span,
+                format!("{f}.trusted_proxies"),
+                "needed with proxy_protocol or real_ip_header: the addresses of the balancers \
+                 whose word about the client is taken (nginx's set_real_ip_from)",
+            ));
+        }
+        listen_proxy.push((listen.clone(), proxy_protocol, s.listen.span()));
         servers.push(Server {
+            trusted_proxies,
+            real_ip_header,
             listen,
             names,
             header_timeout,
@@ -337,6 +377,29 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             keepalive_requests,
             locations,
         });
+    }
+    let mut listener_proxy = Vec::new();
+    for (li, addr) in listeners.iter().enumerate() {
+        let on: Vec<usize> = (0..servers.len())
+            .filter(|&si| servers[si].listen.contains(&li))
+            .collect();
+        let wants: Vec<bool> = on.iter().map(|&si| listen_proxy[si].1).collect();
+        if wants.iter().any(|w| *w) && !wants.iter().all(|w| *w) {
+            let si = on[wants.iter().position(|w| !*w).unwrap_or(0)];
+            return Err(cx.err(
+                listen_proxy[si].2.clone(),
+                format!("server[{si}].proxy_protocol"),
+                format!(
+                    "{addr} is shared with a server that has proxy_protocol = true: every server \
+                     on one address must agree"
+                ),
+            ));
+        }
+        listener_proxy.push(wants.first().copied().unwrap_or(false).then(|| {
+            on.iter()
+                .flat_map(|&si| servers[si].trusted_proxies.iter().copied())
+                .collect::<std::sync::Arc<[Cidr]>>()
+        }));
     }
     let mut listener_tls = Vec::new();
     for (li, addr) in listeners.iter().enumerate() {
@@ -361,6 +424,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         admin,
         listeners,
         listener_tls,
+        listener_proxy,
         servers,
         upstreams,
         conn_zones,

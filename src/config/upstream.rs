@@ -890,6 +890,17 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             ));
         }
     };
+    let proxy_protocol = match &u.proxy_protocol {
+        None => false,
+        Some(v) if v.get_ref() == "v2" => true,
+        Some(v) => {
+            return Err(cx.err(
+                v.span(),
+                format!("{f}.proxy_protocol"),
+                "expected \"v2\" (the binary PROXY protocol header before each connection's bytes)",
+            ));
+        }
+    };
     Ok(Upstream {
         name,
         balance,
@@ -900,6 +911,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
         keepalive,
         keepalive_timeout,
         keepalive_requests,
+        proxy_protocol,
     })
 }
 

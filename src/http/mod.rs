@@ -2,6 +2,7 @@
 //! `proxy_set_header` block does, keeping header names' case and order.
 
 pub mod body;
+pub mod proxy;
 
 use std::io::Write;
 use std::net::IpAddr;

@@ -128,6 +128,12 @@ impl Session {
             unreachable!()
         };
         let now = io.now_ms();
+        if let Some(si) = self
+            .cfg
+            .find_server(usize::from(self.listen.index), req.host_name())
+        {
+            self.real_ip(si, &buf[..req.head_len]);
+        }
         let cfg = &*self.cfg;
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
@@ -344,7 +350,12 @@ impl Session {
                         .as_ref()
                         .map(|t| (t.config.clone(), t.name_for(u.peers[i].addr.ip())));
                     let addr = u.peers[i].addr;
-                    let r = self.up.reset_fd(io, fd, tls);
+                    // proxy_protocol = "v2": the client and what it connected to, first.
+                    let preface = u.proxy_protocol.then(|| {
+                        let dst = crate::sys::local_of(self.down.fd).unwrap_or(self.client);
+                        crate::http::proxy::v2_header(self.client, dst)
+                    });
+                    let r = self.up.reset_fd(io, fd, tls, preface);
                     if let (true, Some(head)) = (resend, &a.resend) {
                         let mut v = io.scratch();
                         v.extend_from_slice(head);

@@ -13,6 +13,7 @@
 mod end;
 mod http1;
 mod phase;
+mod proxy;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -111,11 +112,18 @@ pub struct Listen {
     pub keepalive_requests: u32,
     /// `X-Forwarded-Proto` value.
     pub tls: bool,
+    /// The connection starts with a PROXY protocol header (still to be read while set).
+    pub proxy_header: bool,
 }
 
 impl Listen {
     /// The settings of `server` for sessions accepted on listener `index`.
-    pub fn of(index: usize, server: &crate::config::Server, tls: bool) -> Listen {
+    pub fn of(
+        index: usize,
+        server: &crate::config::Server,
+        tls: bool,
+        proxy_header: bool,
+    ) -> Listen {
         Listen {
             index: index as u16,
             header_timeout_ms: ms32(server.header_timeout),
@@ -125,6 +133,7 @@ impl Listen {
             keepalive_timeout_ms: ms32(server.keepalive_timeout),
             keepalive_requests: server.keepalive_requests,
             tls,
+            proxy_header,
         }
     }
 
@@ -534,6 +543,10 @@ impl Session {
             io.release(c);
             return Next::Continue;
         }
+        if side == Side::Down && self.listen.proxy_header {
+            // Below TLS: the balancer's PROXY header comes before anything of the client's.
+            return self.proxy_header(c, io, env);
+        }
         let c = match self.conn(side).received(io, side, c) {
             Ok(Some(c)) => c,
             Ok(None) => return Next::Continue,
@@ -844,6 +857,8 @@ impl Session {
             .upstreams
             .get(usize::from(u))
             .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
+            // A connection that began with a client's PROXY header is that client's only.
+            .filter(|(up, _)| !up.proxy_protocol)
         {
             Some((up, peer)) => env
                 .pool

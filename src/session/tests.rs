@@ -270,6 +270,7 @@ impl Sim {
             keepalive_timeout_ms: 75_000,
             keepalive_requests: 1000,
             tls: false,
+            proxy_header: false,
         };
         let mut s = Session::new(CLIENT_FD, "10.1.2.3:5555".parse().unwrap(), listen, cfg, 0);
         s.start(&mut io);

@@ -188,7 +188,8 @@ impl Transport {
     }
 
     /// A new upstream socket `fd` (a new attempt): plaintext that waited for the previous one
-    /// is kept; with `tls`, a new TLS connection is started on it.
+    /// is kept; with `tls`, a new TLS connection is started on it. `preface` goes out first,
+    /// as it is, below any TLS (a PROXY protocol header).
     pub fn reset_fd(
         &mut self,
         io: &mut impl Sys,
@@ -197,6 +198,7 @@ impl Transport {
             Arc<rustls::ClientConfig>,
             rustls::pki_types::ServerName<'static>,
         )>,
+        preface: Option<Vec<u8>>,
     ) -> Result<(), rustls::Error> {
         // What is queued on the old socket (a previous hello) goes nowhere.
         let waiting = self.take_waiting(io);
@@ -214,6 +216,10 @@ impl Transport {
             },
         };
         self.ready = false;
+        if let Some(p) = preface {
+            let c = io.put(p);
+            self.conn_mut().push(c);
+        }
         for c in waiting {
             self.push(io, c);
         }

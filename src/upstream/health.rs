@@ -336,6 +336,14 @@ impl Probe {
             if check.request.is_none() {
                 return Outcome::Pass;
             }
+            if self.cfg.upstreams[self.at.0].proxy_protocol {
+                // The server wants a PROXY header on every connection: a LOCAL one (a check
+                // of the proxy's own, no client). 16 bytes on a fresh socket: written whole.
+                let local = crate::http::proxy::v2_local();
+                if let Err(e) = self.sock.write_all(&local) {
+                    return Outcome::Fail(format!("send: {e}"));
+                }
+            }
         }
         if let Some(t) = &mut self.tls {
             loop {

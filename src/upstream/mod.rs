@@ -284,6 +284,7 @@ mod tests {
             keepalive: 0,
             keepalive_timeout: Duration::from_secs(60),
             keepalive_requests: 1000,
+            proxy_protocol: false,
         }
     }
 

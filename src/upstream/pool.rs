@@ -155,6 +155,7 @@ mod tests {
             keepalive: cap,
             keepalive_timeout: std::time::Duration::from_secs(1),
             keepalive_requests: 1000,
+            proxy_protocol: false,
         }
     }
 
