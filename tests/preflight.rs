@@ -53,6 +53,7 @@ fn json_matches_proc_and_exit_code_matches_status() {
         ("net.core.netdev_max_backlog", "net/core/netdev_max_backlog"),
         ("net.ipv4.tcp_tw_reuse", "net/ipv4/tcp_tw_reuse"),
         ("net.ipv4.tcp_fin_timeout", "net/ipv4/tcp_fin_timeout"),
+        ("net.ipv4.tcp_migrate_req", "net/ipv4/tcp_migrate_req"),
         (
             "net.ipv4.ip_local_port_range",
             "net/ipv4/ip_local_port_range",
@@ -203,7 +204,10 @@ fn deploy_and_tuning_files_are_valid() {
     assert_eq!(val("KillSignal"), "SIGTERM");
     assert!(val("LimitNOFILE").parse::<u64>().unwrap() >= 200_000);
     assert!(unit.contains("ExecStartPre=/usr/local/bin/ringway preflight"));
-    assert!(val("ExecReload").contains("-HUP"));
+    assert_eq!(
+        val("ExecReload"),
+        "/usr/local/bin/ringway reload --config /etc/ringway/ringway.toml"
+    );
     // The example config is valid.
     let out = Command::new(BIN)
         .args([

@@ -658,6 +658,9 @@ impl Config {
                     h.port.map_or(String::new(), |p| format!(" port={p}"))
                 );
             }
+            if u.proxy_protocol {
+                let _ = writeln!(o, "  proxy_protocol v2");
+            }
             if !u.source.is_empty() {
                 let _ = writeln!(
                     o,
@@ -681,13 +684,22 @@ impl Config {
                 );
             }
         }
+        if let Some(p) = &r.upgrade_socket {
+            let _ = writeln!(o, "upgrade_socket {}", p.display());
+        }
         for (i, s) in self.servers.iter().enumerate() {
             let listen: Vec<String> = s
                 .listen
                 .iter()
-                .map(|&l| match self.listener_tls[l] {
-                    Some(_) => format!("{} (tls)", self.listeners[l]),
-                    None => self.listeners[l].to_string(),
+                .map(|&l| {
+                    let mut a = self.listeners[l].to_string();
+                    if self.listener_tls[l].is_some() {
+                        a.push_str(" (tls)");
+                    }
+                    if self.listener_proxy[l].is_some() {
+                        a.push_str(" (proxy_protocol)");
+                    }
+                    a
                 })
                 .collect();
             let names = if s.names.is_empty() {
@@ -707,6 +719,19 @@ impl Config {
                 fmt_duration(s.keepalive_timeout),
                 s.keepalive_requests
             );
+            if !s.trusted_proxies.is_empty() {
+                let blocks: Vec<String> = s
+                    .trusted_proxies
+                    .iter()
+                    .map(|c| format!("{}/{}", c.net, c.bits))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "  trusted_proxies={} real_ip_header={}",
+                    blocks.join(","),
+                    s.real_ip_header.as_deref().unwrap_or("-")
+                );
+            }
             for l in &s.locations {
                 let n = &l.next_upstream;
                 let _ = writeln!(

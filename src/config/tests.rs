@@ -366,3 +366,50 @@ fn heartbeat_and_drain_close_are_read_and_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn proxy_protocol_and_real_ip_are_read_and_checked() {
+    let text = "[[upstream]]\nname = \"u\"\nproxy_protocol = \"v2\"\nservers = [{ addr = \"127.0.0.1:9\" }]\n[[server]]\nlisten = [\"127.0.0.1:8080\"]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n";
+    let c = Config::parse("t.toml", text).unwrap();
+    assert!(c.upstreams[0].proxy_protocol);
+    let t = c.listener_proxy[0].as_ref().unwrap();
+    assert!(trusted(t, "10.9.8.7".parse().unwrap()));
+    assert!(
+        trusted(t, "::ffff:10.0.0.1".parse().unwrap()),
+        "IPv4-mapped"
+    );
+    assert!(trusted(t, "::1".parse().unwrap()));
+    assert!(!trusted(t, "11.0.0.1".parse().unwrap()));
+    let d = c.describe();
+    assert!(d.contains("127.0.0.1:8080 (proxy_protocol)"), "{d}");
+    assert!(d.contains("trusted_proxies=10.0.0.0/8,::1/128"), "{d}");
+    for (from, to, field) in [
+        (
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n",
+            "",
+            "server[0].trusted_proxies",
+        ),
+        ("\"::1\"", "\"10.0.0.0/33\"", "server[0].trusted_proxies[1]"),
+        (
+            "proxy_protocol = \"v2\"",
+            "proxy_protocol = \"v1\"",
+            "upstream[0].proxy_protocol",
+        ),
+        (
+            "proxy_protocol = true\n",
+            "real_ip_header = \"Forwarded\"\n",
+            "server[0].real_ip_header",
+        ),
+    ] {
+        let e = Config::parse("t.toml", &text.replace(from, to))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e}");
+    }
+    // Every server on one address agrees.
+    let two = format!(
+        "{text}[[server]]\nlisten = [\"127.0.0.1:8080\"]\nserver_name = [\"b\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n"
+    );
+    let e = Config::parse("t.toml", &two).unwrap_err().to_string();
+    assert!(e.contains("must agree"), "{e}");
+}

@@ -36,6 +36,9 @@ pub struct State {
     pub netdev_backlog: Reading,
     pub tw_reuse: Reading,
     pub fin_timeout: Reading,
+    /// `net.ipv4.tcp_migrate_req`: a closing SO_REUSEPORT listener hands its queued
+    /// connections to another socket of the group instead of resetting them.
+    pub migrate_req: Reading,
     pub port_range: Reading,
     pub io_uring_disabled: Reading,
     /// `net.netfilter.nf_conntrack_max`; absent when connection tracking is not loaded.
@@ -181,6 +184,7 @@ pub fn read_state(root: &Path) -> State {
         netdev_backlog: sys("net/core/netdev_max_backlog"),
         tw_reuse: sys("net/ipv4/tcp_tw_reuse"),
         fin_timeout: sys("net/ipv4/tcp_fin_timeout"),
+        migrate_req: sys("net/ipv4/tcp_migrate_req"),
         port_range: sys("net/ipv4/ip_local_port_range"),
         io_uring_disabled: sys("kernel/io_uring_disabled"),
         conntrack_max: sys("net/netfilter/nf_conntrack_max"),
@@ -552,6 +556,36 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "1".into(),
             Status::Warn,
             "could not read it".into(),
+            None,
+        ),
+    }
+    // Drain and reload: a listener leaving its SO_REUSEPORT group resets what waits in its
+    // accept queue unless the kernel migrates it to another member (Linux 5.14+).
+    match num(&s.migrate_req) {
+        Some(1) => row(
+            "net.ipv4.tcp_migrate_req",
+            "1".into(),
+            "1".into(),
+            Status::Ok,
+            "queued connections move to another listener when one stops".into(),
+            None,
+        ),
+        Some(v) => row(
+            "net.ipv4.tcp_migrate_req",
+            v.to_string(),
+            "1".into(),
+            Status::Warn,
+            "a draining or removed listener resets the connections still in its accept queue \
+             (another ringway on the port, or a binary upgrade, would take them with 1)"
+                .into(),
+            Some(("net/ipv4/tcp_migrate_req", "1".into())),
+        ),
+        None => row(
+            "net.ipv4.tcp_migrate_req",
+            show(&s.migrate_req),
+            "1".into(),
+            Status::Warn,
+            "not available (kernel before 5.14): queued connections of a stopping listener are reset".into(),
             None,
         ),
     }

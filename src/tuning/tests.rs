@@ -29,6 +29,7 @@ fn tree(over: &[(&str, Option<&str>)]) -> Tree {
         ("proc/sys/net/core/netdev_max_backlog".into(), "65535\n".into()),
         ("proc/sys/net/ipv4/tcp_tw_reuse".into(), "1\n".into()),
         ("proc/sys/net/ipv4/tcp_fin_timeout".into(), "15\n".into()),
+        ("proc/sys/net/ipv4/tcp_migrate_req".into(), "1\n".into()),
         ("proc/sys/net/ipv4/ip_local_port_range".into(), "1024\t65535\n".into()),
         ("proc/sys/kernel/io_uring_disabled".into(), "0\n".into()),
         ("proc/sys/net/netfilter/nf_conntrack_max".into(), "4194304\n".into()),
