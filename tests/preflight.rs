@@ -138,9 +138,35 @@ fn deploy_and_tuning_files_are_valid() {
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Deployment", "Service"]);
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    );
+    // The embedded configuration checks, and the pod's grace covers preStop + shutdown_grace.
+    let toml = docs[0]["data"]["ringway.toml"].as_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("ringway-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ringway.toml"), toml).unwrap();
+    let cfg = ringway::config::Config::load(&dir.join("ringway.toml"))
+        .expect("the ConfigMap's ringway.toml");
+    let _ = std::fs::remove_dir_all(&dir);
+    let docs = &docs[1..];
     let spec = &docs[0]["spec"]["template"]["spec"];
-    assert_eq!(spec["terminationGracePeriodSeconds"].as_u64(), Some(60));
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let pre_stop: u64 = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cfg.runtime.drain_spread < cfg.runtime.shutdown_grace);
+    assert!(
+        pre_stop + cfg.runtime.shutdown_grace.as_secs() < grace,
+        "terminationGracePeriodSeconds covers preStop and shutdown_grace"
+    );
+    assert_eq!(
+        docs[2]["spec"]["selector"]["matchLabels"]["app"].as_str(),
+        Some("ringway")
+    );
     let sysctls: Vec<&str> = spec["securityContext"]["sysctls"]
         .as_sequence()
         .unwrap()
