@@ -95,7 +95,7 @@ fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
     );
     let term: Arc<Mutex<Option<Instant>>> = Default::default();
     let clients = chatters(CLIENTS, listen, "/ws/", &Default::default(), &term);
-    assert_eq!(active(admin), CLIENTS as u64);
+    wait_active(admin, CLIENTS as u64);
     // Let messages flow both ways for a while, then SIGTERM.
     std::thread::sleep(Duration::from_secs(1));
     *term.lock().unwrap() = Some(Instant::now());

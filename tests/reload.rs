@@ -73,7 +73,7 @@ fn a_thousand_tunnels_chat_through_ten_reloads() {
     let stop = Arc::new(AtomicBool::new(false));
     let since: Arc<Mutex<Option<Instant>>> = Default::default();
     let clients = chatters(CLIENTS, listen, "/ws/", &stop, &since);
-    assert_eq!(active(admin), CLIENTS as u64);
+    wait_active(admin, CLIENTS as u64);
 
     for k in 1..=10 {
         let with_extra = (5..8).contains(&k);
@@ -136,7 +136,8 @@ fn a_thousand_tunnels_chat_through_ten_reloads() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(active(admin), CLIENTS as u64, "every tunnel is still there");
+    // Every tunnel is still there.
+    wait_active(admin, CLIENTS as u64);
     stop.store(true, Ordering::Relaxed);
     let results: Vec<Chat> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     let errors: Vec<_> = results

@@ -832,3 +832,20 @@ pub fn chatters(
     ready.wait();
     handles
 }
+
+/// Wait until the proxy reports `n` active sessions (short connections of the test itself end
+/// within moments), failing after 5 s.
+pub fn wait_active(admin: SocketAddr, n: u64) {
+    let t = Instant::now();
+    loop {
+        let now = active(admin);
+        if now == n {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{now} sessions active, expected {n}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
