@@ -49,9 +49,10 @@ pub(super) struct Control {
     pub want: [Inject; 2],
     /// Opcode of the current frame of the stream from a side (`NO_OP`: not known).
     pub op: [u8; 2],
-    /// A frame from a side is being gathered, to tell whether it is a Pong of ours.
+    /// A frame from a side is being gathered, to tell whether it is a Pong of ours (made at
+    /// the first one: an idle tunnel's record stays small).
     pub gathering: [bool; 2],
-    pub pong: [Vec<u8>; 2],
+    pub pong: Option<Box<[Vec<u8>; 2]>>,
     /// A Close of ours went toward a side (nothing more goes to it).
     pub closed: [bool; 2],
     /// When the Close toward the client went out (0: not yet).

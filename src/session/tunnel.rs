@@ -99,6 +99,21 @@ impl Control {
         d
     }
 
+    /// The frame gathered from stream `i` is decided: its bytes go to `out` (or are dropped);
+    /// the gathering buffers go once neither stream gathers.
+    fn stop_gathering(&mut self, i: usize, out: Option<&mut Vec<u8>>) {
+        self.gathering[i] = false;
+        if let (Some(p), Some(out)) = (self.pong.as_mut(), out) {
+            out.append(&mut p[i]);
+        }
+        if let Some(p) = self.pong.as_mut() {
+            p[i].clear();
+        }
+        if !self.gathering.iter().any(|g| *g) {
+            self.pong = None;
+        }
+    }
+
     /// Write the frame waiting for the stream from `side` into `out` (it stands at a boundary).
     fn put(&mut self, side: Side, now: u64, drain: (u16, &str), out: &mut Vec<u8>) {
         let toward = side.peer();
@@ -181,8 +196,7 @@ fn pass(
                 // Not RFC 6455 from here on: pass everything as it is, track no more.
                 t.track(data);
                 if mine {
-                    out.append(&mut k.pong[i]);
-                    k.gathering[i] = false;
+                    k.stop_gathering(i, Some(out));
                 }
                 out.extend_from_slice(data);
                 return;
@@ -192,28 +206,23 @@ fn pass(
         if let Piece::Header(h) = s.piece {
             k.op[i] = h.opcode;
             if mine && h.opcode != opcode::PONG {
-                out.append(&mut k.pong[i]);
-                k.gathering[i] = false;
+                k.stop_gathering(i, Some(out));
                 mine = false;
             }
         }
         if mine {
-            k.pong[i].extend_from_slice(bytes);
+            k.pong.get_or_insert_with(Default::default)[i].extend_from_slice(bytes);
         } else {
             out.extend_from_slice(bytes);
         }
         if s.end {
             if mine {
-                match ours(&k.pong[i], k.expect[i]) {
-                    Some(last) => {
-                        if last {
-                            k.expect[i] = 0;
-                        }
-                        k.pong[i].clear();
-                    }
-                    None => out.append(&mut k.pong[i]),
+                let tag = k.pong.as_ref().and_then(|p| ours(&p[i], k.expect[i]));
+                if tag == Some(true) {
+                    k.expect[i] = 0;
                 }
-                k.gathering[i] = false;
+                // Ours: dropped; else it goes on.
+                k.stop_gathering(i, tag.is_none().then_some(&mut *out));
             }
             if side == Side::Down && k.closed[0] && k.op[0] == opcode::CLOSE && !k.replied {
                 // The client answered our Close: it goes up, and nothing after it.
