@@ -48,6 +48,10 @@ pub enum Msg {
     /// A new process took the listening sockets over (a binary upgrade): stop accepting
     /// without closing them for it, then drain as on `Drain`.
     Handover,
+    /// Re-arm every accept (sent while the process this one took the sockets from winds
+    /// down): a wake-up for a queued connection may have gone to its accept as it was being
+    /// cancelled (accept wake-ups are exclusive); a fresh accept takes what waits at once.
+    Nudge,
 }
 
 /// One worker's inbox.

@@ -203,7 +203,12 @@ impl Worker {
                     core.with_session(r, k, |s, io, env| s.shutdown(io, env));
                 }
             }
-            if core.drain_began.is_some() && r.slots.is_empty() {
+            // Done once no session is left and every accept has ended (on a handover, a
+            // connection its last completion brings is still served).
+            if core.drain_began.is_some()
+                && r.slots.is_empty()
+                && core.listeners.iter().all(Option::is_none)
+            {
                 return Ok(());
             }
             if close_began.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
@@ -260,6 +265,19 @@ impl Core {
                     }
                     self.close_now = true;
                 }
+                Msg::Nudge if self.drain_began.is_none() && !self.accept_paused => {
+                    // Cancelled, each accept ends and `accept` arms a fresh one.
+                    for (i, l) in self.listeners.iter().enumerate() {
+                        if l.as_ref().is_some_and(|l| !l.leaving) {
+                            let target =
+                                crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down);
+                            let ud =
+                                crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+                            r.ring.cancel_op(target, ud);
+                        }
+                    }
+                }
+                Msg::Nudge => {}
                 Msg::Config => {
                     self.cfg = self.spec.live.config();
                     self.balancers.of(&self.cfg);
@@ -341,17 +359,35 @@ impl Core {
     fn begin_drain(&mut self, r: &mut Reactor<Slot>, hand_over: bool) {
         self.drain_began = Some(Instant::now());
         let keep_open = hand_over || self.spec.activated;
+        let mut queued = Vec::new();
         for (i, slot) in self.listeners.iter_mut().enumerate() {
             let Some(l) = slot else { continue };
-            if keep_open {
+            if keep_open && self.accept_paused {
+                // No accept in flight (over max_sessions): the descriptor closes now.
+                *slot = None;
+            } else if keep_open {
                 l.leaving = true;
                 let target = crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down);
                 let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
                 r.ring.cancel_op(target, ud);
             } else {
+                // What already waits in the accept queue would be reset by the shutdown: it
+                // is taken first (the socket is this worker's alone; non-blocking from now on,
+                // so the sweep stops at an empty queue), then served like any connection
+                // accepted during a drain.
+                let _ = l.sock.set_nonblocking(true);
+                let listen = l.listen;
+                while let Ok(fd) =
+                    nix::sys::socket::accept4(&l.sock, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
+                {
+                    queued.push((std::os::fd::IntoRawFd::into_raw_fd(fd), listen));
+                }
                 let _ = l.sock.shutdown(std::net::Shutdown::Read);
                 *slot = None;
             }
+        }
+        for (fd, listen) in queued {
+            self.serve(r, fd, listen);
         }
         let now = Instant::now();
         let mut tunnels = Vec::new();
@@ -486,13 +522,19 @@ impl Core {
             let _ = nix::unistd::close(c.res);
             return;
         };
+        self.serve(r, c.res, listen);
+    }
+
+    /// A connection accepted on a listener with settings `listen`: a session for it (or
+    /// refused, over the cap or from an untrusted peer of a PROXY listener).
+    fn serve(&mut self, r: &mut Reactor<Slot>, raw: RawFd, listen: Listen) {
         if r.slots.len() >= self.spec.max_sessions {
             // Over the session cap: refuse instead of failing later.
             self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-            let _ = nix::unistd::close(c.res);
+            let _ = nix::unistd::close(raw);
             return;
         }
-        let (fd, peer): (_, SocketAddr) = crate::sys::accepted(c.res);
+        let (fd, peer): (_, SocketAddr) = crate::sys::accepted(raw);
         if let Some(Some(trusted)) = self.cfg.listener_proxy.get(usize::from(listen.index))
             && !crate::config::trusted(trusted, peer.ip())
         {

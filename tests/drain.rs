@@ -101,14 +101,7 @@ fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
     *term.lock().unwrap() = Some(Instant::now());
     kill(Pid::from_raw(proxy.pid() as i32), Signal::SIGTERM).unwrap();
     let results: Vec<Chat> = clients.into_iter().map(|h| h.join().unwrap()).collect();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = proxy.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(40), "still running");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut proxy, 40);
     assert!(status.success(), "exit {status}");
 
     let errors: Vec<_> = results.iter().filter(|c| c.error.is_some()).collect();

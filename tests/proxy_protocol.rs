@@ -12,8 +12,8 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -229,14 +229,6 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
     if !uring_ok() {
         return;
     }
-    if std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: haproxy is not installed");
-        return;
-    }
     let dir = scratch("pp-haproxy");
     let backend = free_addr();
     let _echo = echo(&[backend], &dir);
@@ -272,15 +264,14 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
     );
     let hpath = dir.join("haproxy.cfg");
     std::fs::write(&hpath, hcfg).unwrap();
-    let hlog = dir.join("haproxy.log");
-    let child = std::process::Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&hpath)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&hlog).unwrap())
-        .spawn()
-        .unwrap();
-    let mut hp = Proc { child, log: hlog };
+    let Some(mut hp) = tool(
+        "haproxy",
+        &["-db", "-f", hpath.to_str().unwrap()],
+        &dir,
+        "haproxy",
+    ) else {
+        return;
+    };
     wait_port(front, &mut hp);
     std::thread::sleep(Duration::from_millis(600)); // both servers checked up
 
@@ -315,36 +306,13 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
     let since: Arc<Mutex<Option<Instant>>> = Default::default();
     let quiet = Arc::new(AtomicBool::new(false));
     let tunnels = chatters(20, front, "/ws/", &quiet, &since);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(Mutex::new(Vec::<String>::new())),
-    );
-    let looping = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let ip: IpAddr = format!("127.1.{}.{}", n / 200 % 200, n % 200 + 1)
-                    .parse()
-                    .unwrap();
-                let r = std::panic::catch_unwind(|| {
-                    let mut ws = ws_connect_from(front, "/ws/", Mode::Plain, Some(ip));
-                    ws_echo(&mut ws, format!("loop {n}").into_bytes());
-                });
-                match r {
-                    Ok(()) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("exchange {n} from {ip}")),
-                }
-            }
-        })
-    };
+    let looping = ConnectLoop::start(front, |n| {
+        Some(
+            format!("127.1.{}.{}", n / 200 % 200, n % 200 + 1)
+                .parse()
+                .unwrap(),
+        )
+    });
     std::thread::sleep(Duration::from_millis(500));
     *since.lock().unwrap() = Some(Instant::now());
     nix::sys::signal::kill(
@@ -352,27 +320,15 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = rings[0].child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "instance 0 still running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait_exit(&mut rings[0], 30);
     assert!(status.success());
-    let after_exit = ok.load(Ordering::Relaxed);
+    let after_exit = looping.done();
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    looping.join().unwrap();
-    let failed = failed.lock().unwrap();
+    let done = looping.done();
+    let failed = looping.stop();
     eprintln!(
-        "client loop through HAProxy: {} exchanges ({} after instance 0 exited), {} failed",
-        ok.load(Ordering::Relaxed),
-        ok.load(Ordering::Relaxed) - after_exit,
+        "client loop through HAProxy: {done} exchanges ({} after instance 0 exited), {} failed",
+        done - after_exit,
         failed.len()
     );
     assert!(
@@ -380,10 +336,7 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
         "none refused: {:?}",
         &failed[..failed.len().min(5)]
     );
-    assert!(
-        ok.load(Ordering::Relaxed) > after_exit,
-        "instance 1 took the new ones"
-    );
+    assert!(done > after_exit, "instance 1 took the new ones");
     // The tunnels of instance 0 were told (1012) and ended; those of instance 1 chat on.
     quiet.store(true, Ordering::Relaxed);
     let results: Vec<Chat> = tunnels.into_iter().map(|h| h.join().unwrap()).collect();

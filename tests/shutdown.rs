@@ -76,21 +76,6 @@ fn wait_refused(addr: SocketAddr, secs: u64) {
     }
 }
 
-fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "still running {secs}s after shutdown began:\n{}",
-            p.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn sigterm_drains_then_closes_after_the_grace() {
     if !uring_ok() {

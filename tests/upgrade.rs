@@ -10,53 +10,16 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
-
-/// One whole WebSocket exchange on a fresh connection: upgrade, one echo, close.
-fn one_exchange(addr: SocketAddr, n: u64) -> Result<(), String> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (mut ws, _) = tungstenite::client(format!("ws://localhost:{}/ws/", addr.port()), s)
-        .map_err(|e| format!("handshake: {e}"))?;
-    let m = format!("loop {n}");
-    ws.send(Message::text(m.clone()))
-        .map_err(|e| format!("send: {e}"))?;
-    match ws.read().map_err(|e| format!("read: {e}"))? {
-        Message::Text(t) if t.as_str() == m => {}
-        // Accepted by a process that then began to drain: told to reconnect.
-        Message::Close(_) => return Ok(()),
-        other => return Err(format!("unexpected {other:?}")),
-    }
-    let _ = ws.close(None);
-    Ok(())
-}
 
 fn status(admin: SocketAddr) -> serde_json::Value {
     let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
     let text = String::from_utf8_lossy(&out);
     serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-}
-
-fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "still running:\n{}",
-            p.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -84,27 +47,7 @@ fn binary_upgrade_refuses_nothing_and_drains_the_old_process() {
     assert_eq!(status(admin)["pid"].as_u64(), Some(u64::from(old.pid())));
 
     // A client loop connecting all the time, from before the upgrade to after it.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let looping = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                match one_exchange(listen, n) {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        failed.lock().unwrap().push(e);
-                        0
-                    }
-                };
-            }
-        })
-    };
+    let looping = ConnectLoop::start(listen, |_| None);
     // Tunnels on the old process.
     let since: Arc<Mutex<Option<Instant>>> = Default::default();
     let tunnels = chatters(50, listen, "/ws/", &Default::default(), &since);
@@ -113,7 +56,7 @@ fn binary_upgrade_refuses_nothing_and_drains_the_old_process() {
     let mut procs = Vec::new();
     for round in 1..=2 {
         *since.lock().unwrap() = Some(Instant::now());
-        let before = ok.load(Ordering::Relaxed);
+        let before = looping.done();
         let new = spawn(
             &["run", "--config", path.to_str().unwrap(), "--upgrade"],
             &dir,
@@ -133,18 +76,17 @@ fn binary_upgrade_refuses_nothing_and_drains_the_old_process() {
             "round {round}"
         );
         assert!(
-            ok.load(Ordering::Relaxed) > before,
+            looping.done() > before,
             "connections went on during round {round}"
         );
         procs.push(std::mem::replace(&mut old, new));
     }
-    stop.store(true, Ordering::Relaxed);
-    looping.join().unwrap();
+    let done = looping.done();
+    let failed = looping.stop();
     let results: Vec<Chat> = tunnels.into_iter().map(|h| h.join().unwrap()).collect();
-    let failed = failed.lock().unwrap();
     eprintln!(
         "client loop: {} exchanges, {} failed {:?}; old tunnels: {} closed with {:?}",
-        ok.load(Ordering::Relaxed),
+        done,
         failed.len(),
         &failed[..failed.len().min(5)],
         results.iter().filter(|c| c.closes == 1).count(),
@@ -171,29 +113,23 @@ fn socket_activation_serves_on_the_socket_systemd_passes() {
     if !uring_ok() {
         return;
     }
-    if std::process::Command::new("systemd-socket-activate")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: systemd-socket-activate is not installed");
-        return;
-    }
     let dir = scratch("activate");
     let backend = free_addr();
     let _echo = echo(&[backend], &dir);
     let listen = free_addr();
     let path = dir.join("ringway.toml");
     std::fs::write(&path, config(listen, &[backend], "", "", "")).unwrap();
-    let log = dir.join("activated.log");
-    let child = std::process::Command::new("systemd-socket-activate")
-        .args(["-l", &listen.to_string(), BIN, "run", "--config"])
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let p = Proc { child, log };
+    let args = [
+        "-l",
+        &listen.to_string(),
+        BIN,
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    let Some(p) = tool("systemd-socket-activate", &args, &dir, "activated") else {
+        return;
+    };
     // The first connection waits in the socket until ringway has started on it.
     p.wait_log("Listening on", 10);
     let mut ws = ws_connect(listen, "/ws/");

@@ -115,12 +115,16 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         }
     }
     drop(inherited);
-    if let Some(h) = handover {
-        let old = h.ready()?;
-        tracing::info!(
-            "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
-        );
-    }
+    let handed_by = match handover {
+        Some(h) => {
+            let old = h.ready();
+            tracing::info!(
+                "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
+            );
+            Some(old)
+        }
+        None => None,
+    };
     let stopping = Arc::new(AtomicBool::new(false));
     let reloader = Arc::new(super::reload::Reloader::new(
         path.to_path_buf(),
@@ -159,6 +163,25 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     let grace = cfg.runtime.shutdown_grace;
     let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
     let tell = Arc::new(tell);
+    if let Some(old) = handed_by {
+        // While the old process winds down, a wake-up for a connection queued on a shared
+        // socket may go to its accept as that is cancelled: fresh accepts pick such a
+        // connection up (every 100 ms, and once after it is gone).
+        let tell = tell.clone();
+        let until = std::time::Instant::now() + grace + std::time::Duration::from_secs(30);
+        std::thread::Builder::new()
+            .name("ringway-handover".into())
+            .spawn(move || {
+                let pid = nix::unistd::Pid::from_raw(old as i32);
+                while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < until
+                {
+                    tell(Msg::Nudge);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                tell(Msg::Nudge);
+            })
+            .context("spawning the handover thread")?;
+    }
     if let Some(sock) = &cfg.runtime.upgrade_socket {
         let (tell, stopping) = (tell.clone(), stopping.clone());
         super::upgrade::serve(sock, offer, move || {

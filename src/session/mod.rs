@@ -394,12 +394,12 @@ impl Session {
         self.after(io, env)
     }
 
-    /// The worker began draining: a connection waiting for a request with nothing received
-    /// (idle keep-alive, or just accepted) closes now; a request in progress is answered and
-    /// its connection then closed (`env.draining`); a tunnel runs on until it ends or the
-    /// worker's grace runs out.
+    /// The worker began draining: an idle keep-alive connection closes now; a request in
+    /// progress — or the first one of a connection just accepted, which may be on its way —
+    /// is answered and its connection then closed (`env.draining`); a tunnel gets its Close
+    /// at its time in the drain spread.
     pub fn drain(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if matches!(&self.phase, Phase::Request { head } if head.is_empty()) {
+        if self.idle_keepalive() {
             self.close(End::Shutdown, io);
         }
         self.after(io, env)

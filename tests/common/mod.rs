@@ -849,3 +849,128 @@ pub fn wait_active(admin: SocketAddr, n: u64) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Wait for `p` to exit (failing after `secs`, with its log); its exit status.
+pub fn wait_exit(p: &mut Proc, secs: u64) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "still running {secs}s on:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Start an installed program (not ringway) with its stderr in `dir/NAME.log`; `None`, and a
+/// loud SKIPPED, when it is not installed (`.ci/run` installs it).
+pub fn tool(program: &str, args: &[&str], dir: &std::path::Path, name: &str) -> Option<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    match Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+    {
+        Ok(child) => Some(Proc { child, log }),
+        Err(e) => {
+            eprintln!("SKIPPED: {program} cannot be started ({e}); .ci/run installs it");
+            None
+        }
+    }
+}
+
+/// One whole WebSocket exchange on a fresh connection (from `from` when given): upgrade, one
+/// echo, close. `Ok(false)` when the proxy told it to reconnect instead (a Close: it was
+/// accepted just as its process began to drain); `Err` for a refused, reset or broken one.
+pub fn one_exchange(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    n: u64,
+) -> Result<bool, String> {
+    use tungstenite::Message;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| format!("bind: {e}"))?;
+    }
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://localhost:{}/ws/", addr.port()), s)
+        .map_err(|e| format!("handshake: {e}"))?;
+    let m = format!("loop {n}");
+    ws.send(Message::text(m.clone()))
+        .map_err(|e| format!("send: {e}"))?;
+    match ws.read().map_err(|e| format!("read: {e}"))? {
+        Message::Text(t) if t.as_str() == m => {}
+        Message::Close(_) => return Ok(false),
+        other => return Err(format!("unexpected {other:?}")),
+    }
+    let _ = ws.close(None);
+    Ok(true)
+}
+
+/// A client loop making [`one_exchange`]s one after another on a thread, until stopped.
+pub struct ConnectLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConnectLoop {
+    /// Exchange `n` goes from `from(n)`.
+    pub fn start(
+        addr: SocketAddr,
+        from: impl Fn(u64) -> Option<std::net::IpAddr> + Send + 'static,
+    ) -> ConnectLoop {
+        let l = ConnectLoop {
+            stop: Default::default(),
+            ok: Default::default(),
+            failed: Default::default(),
+            thread: None,
+        };
+        let (stop, ok, failed) = (l.stop.clone(), l.ok.clone(), l.failed.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                match one_exchange(addr, from(n), n) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed.lock().unwrap().push(format!("exchange {n}: {e}")),
+                }
+            }
+        });
+        ConnectLoop {
+            thread: Some(thread),
+            ..l
+        }
+    }
+
+    /// Exchanges done so far (echoed, or told to reconnect).
+    pub fn done(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stop; what failed.
+    pub fn stop(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        std::mem::take(&mut *self.failed.lock().unwrap())
+    }
+}
