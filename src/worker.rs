@@ -106,19 +106,19 @@ fn pin(cpu: usize) {
 }
 
 impl Worker {
-    /// This worker's listening sockets: its share of the ones handed over (`inherited`), else
-    /// its own SO_REUSEPORT socket per listen address (opened on the calling thread, so bind
-    /// errors surface before anything starts).
+    /// This worker's listening sockets: for each listen address, the sockets `handed` gives
+    /// it (its share of those handed over by an older process or systemd), else its own
+    /// SO_REUSEPORT socket (opened on the calling thread, so bind errors surface before
+    /// anything starts).
     pub fn listen(
         cfg: &Config,
         backlog: i32,
-        id: usize,
-        inherited: &crate::app::upgrade::Inherited,
+        handed: impl Fn(SocketAddr) -> anyhow::Result<Vec<Socket>>,
     ) -> anyhow::Result<Vec<(SocketAddr, Socket)>> {
         use anyhow::Context;
         let mut out = Vec::new();
         for addr in &cfg.listeners {
-            let mine = inherited.share(*addr, id, cfg.runtime.workers)?;
+            let mine = handed(*addr)?;
             if mine.is_empty() {
                 let s = crate::sys::listen_socket(*addr, backlog)
                     .with_context(|| format!("listening on {addr}"))?;

@@ -35,12 +35,24 @@ fn recording_backend() -> (SocketAddr, Arc<Mutex<HashMap<u32, Seen>>>) {
     let seen2 = seen.clone();
     std::thread::spawn(move || {
         for s in l.incoming().take(CLIENTS) {
-            let Ok(s) = s else { return };
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("recording backend: accept: {e}");
+                    continue;
+                }
+            };
             let seen = seen2.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    let mut ws = tungstenite::accept(s).unwrap();
+                    let mut ws = match tungstenite::accept(s) {
+                        Ok(ws) => ws,
+                        Err(e) => {
+                            eprintln!("recording backend: handshake: {e}");
+                            return;
+                        }
+                    };
                     let mut id = None;
                     loop {
                         match ws.read() {
@@ -63,8 +75,10 @@ fn recording_backend() -> (SocketAddr, Arc<Mutex<HashMap<u32, Seen>>>) {
                             Err(_) => break,
                         }
                     }
-                })
-                .unwrap();
+                });
+            if let Err(e) = spawned {
+                eprintln!("recording backend: thread: {e}");
+            }
         }
     });
     (addr, seen)

@@ -64,7 +64,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
     let live = Live::new(before.clone());
     let inbox = Inbox::new().unwrap();
     let metrics = Arc::new(WorkerMetrics::default());
-    let sockets = Worker::listen(&before, 128, 0, &Default::default()).unwrap();
+    let sockets = Worker::listen(&before, 128, |_| Ok(Vec::new())).unwrap();
     let spec = WorkerSpec {
         id: 0,
         live: live.clone(),

@@ -83,7 +83,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             metrics,
             activated: inherited.activated,
         };
-        let sockets = Worker::listen(&cfg, spec.backlog, id, &inherited)?;
+        let sockets = Worker::listen(&cfg, spec.backlog, |a| inherited.share(a, id, workers))?;
         {
             let mut held = offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
             for (a, s) in &sockets {

@@ -738,17 +738,28 @@ pub fn chatter(
     since: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 ) -> Chat {
     use tungstenite::Message;
-    let mut ws = ws_connect(addr, path);
     let mut c = Chat {
         sent: 1,
         ..Chat::default()
     };
-    ws.send(Message::text(format!("{i}:1"))).unwrap();
-    match ws.read() {
-        Ok(Message::Text(t)) if t.as_str() == format!("{i}:1") => c.echoed = 1,
-        other => panic!("first echo: {other:?}"),
-    }
+    // Whatever happens, the barrier is passed: a failed client is reported, not a hang.
+    let first = std::panic::catch_unwind(|| {
+        let mut ws = ws_connect(addr, path);
+        ws.send(Message::text(format!("{i}:1"))).unwrap();
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == format!("{i}:1") => ws,
+            other => panic!("first echo: {other:?}"),
+        }
+    });
     ready.wait();
+    let mut ws = match first {
+        Ok(ws) => ws,
+        Err(_) => {
+            c.error = Some("could not connect and echo once".into());
+            return c;
+        }
+    };
+    c.echoed = 1;
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(50)))
         .unwrap();
