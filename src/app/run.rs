@@ -161,6 +161,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     // Signals go to a thread of their own, so a second SIGTERM still lands while the workers
     // drain (the main thread is joining them).
     let grace = cfg.runtime.shutdown_grace;
+    let (spread, drain_code) = (cfg.runtime.drain_spread, cfg.runtime.drain_code);
     let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
     let tell = Arc::new(tell);
     if let Some(old) = handed_by {
@@ -208,8 +209,10 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
                     },
                     Ok(sig) if !stopping.load(Ordering::Relaxed) => {
                         tracing::info!(
-                            "{sig}: draining: not accepting; /healthz answers 503; sessions have up to \
-                             shutdown_grace = {} to end, then are closed ({sig} again closes them now)",
+                            "{sig}: draining: not accepting; /healthz answers 503; tunnels get a Close \
+                             {drain_code} spread over drain_spread = {}; what is left at shutdown_grace \
+                             = {} is closed ({sig} again closes everything now)",
+                            crate::config::fmt_duration(spread),
                             crate::config::fmt_duration(grace)
                         );
                         stopping.store(true, Ordering::Relaxed);
