@@ -166,12 +166,16 @@ fn a_client_behind_an_idle_cutoff_stays_connected_through_the_pings_it_answers()
     );
 }
 
-#[test]
-fn a_client_that_stops_answering_is_closed_with_1001() {
-    if !uring_ok() {
-        return;
-    }
-    let st = stack(
+// Over ws:// and over wss:// (the ping, the Close and the pongs go through TLS records).
+plain_and_tls!(
+    a_client_that_stops_answering_is_closed_with_1001,
+    a_wss_client_that_stops_answering_is_closed_with_1001,
+    silent_client
+);
+
+fn silent_client(mode: Mode) {
+    let st = stack_mode(
+        mode,
         "hb-silent",
         &hb_locations("{ interval = \"1s\", timeout = \"2s\" }"),
         "",
