@@ -40,7 +40,8 @@ pub(super) struct Control {
     pub every: [u32; 2],
     /// Close a pinged side that stays silent this long after the ping.
     pub timeout: u32,
-    /// Our ping to a side went out at this ms and nothing came from it since (0: none).
+    /// When our last ping to a side went out (0: none); it is answered once anything came
+    /// from that side after it.
     pub pinged: [u64; 2],
     /// The tag of our last ping to a side: a Pong from it carrying that tag, or an earlier
     /// one of ours, is ours and is taken out of the stream (0: none expected).

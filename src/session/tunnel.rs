@@ -76,27 +76,34 @@ impl Control {
             || (side == Side::Down && self.closed[0])
     }
 
+    /// Side `j`'s heartbeat, given when it last sent something: when its next ping is due
+    /// (`false`), or when it counts as silent past its ping (`true`: a ping out since, and
+    /// nothing from it after). `None`: no heartbeat for it now (none configured, its ping
+    /// waiting for a boundary in the stream toward it — its clock has not started — or a Close
+    /// of ours gone to it).
+    fn beat(&self, j: usize, last: u64) -> Option<(u64, bool)> {
+        if self.every[j] == 0 || self.want[1 - j] == Inject::Ping || self.closed[j] {
+            return None;
+        }
+        let p = self.pinged[j];
+        Some(if p != 0 && last < p {
+            (p + u64::from(self.timeout), true)
+        } else {
+            (last + u64::from(self.every[j]), false)
+        })
+    }
+
     /// The earliest time a heartbeat or the Close wait needs attention (`u64::MAX`: never).
     /// `last`: when each side last sent something.
     pub(super) fn due(&self, last: [u64; 2]) -> u64 {
-        let mut d = u64::MAX;
-        if self.closed_ms != 0 {
-            d = self.closed_ms + CLOSE_WAIT_MS;
-        }
-        for (j, &last) in last.iter().enumerate() {
-            // A ping to side j goes into the stream from the other side; while it waits for a
-            // boundary there, its clock has not started.
-            if self.every[j] == 0 || self.want[1 - j] == Inject::Ping || self.closed[j] {
-                continue;
-            }
-            let p = self.pinged[j];
-            d = d.min(if p != 0 && last < p {
-                p + u64::from(self.timeout)
-            } else {
-                last + u64::from(self.every[j])
-            });
-        }
-        d
+        let close = match self.closed_ms {
+            0 => u64::MAX,
+            t => t + CLOSE_WAIT_MS,
+        };
+        (0..2)
+            .filter_map(|j| self.beat(j, last[j]))
+            .map(|(at, _)| at)
+            .fold(close, u64::min)
     }
 
     /// The frame gathered from stream `i` is decided: its bytes go to `out` (or are dropped);
@@ -372,16 +379,10 @@ impl Session {
         }
         let mut ping = [false; 2];
         for j in 0..2 {
-            if k.every[j] == 0 || k.want[1 - j] == Inject::Ping || k.closed[j] {
-                continue;
-            }
-            if k.pinged[j] != 0 && last[j] >= k.pinged[j] {
-                k.pinged[j] = 0; // answered: anything from that side counts
-            }
-            if k.pinged[j] == 0 {
-                ping[j] = now >= last[j] + u64::from(k.every[j]);
-            } else if now >= k.pinged[j] + u64::from(k.timeout) {
-                return self.heartbeat_lost(side_of(j), io);
+            match k.beat(j, last[j]) {
+                Some((at, true)) if now >= at => return self.heartbeat_lost(side_of(j), io),
+                Some((at, false)) => ping[j] = now >= at,
+                _ => {}
             }
         }
         for (j, due) in ping.into_iter().enumerate() {
