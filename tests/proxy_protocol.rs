@@ -39,12 +39,7 @@ fn header<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 const GET: &[u8] = b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
 fn from(ip: &str, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::new(ip.parse().unwrap(), 0).into())
-        .unwrap();
-    s.connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap();
-    let s: TcpStream = s.into();
+    let s = tcp_from(to, Some(ip.parse().unwrap())).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }

@@ -387,22 +387,22 @@ pub fn connect(addr: SocketAddr, mode: Mode) -> Stream {
 
 /// Connect to `addr` from source address `from` (any of 127/8 on loopback), or the kernel's
 /// choice.
+/// A TCP connection to `addr`, from source address `from` when given.
+pub fn tcp_from(addr: SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    Ok(s.into())
+}
+
 pub fn connect_from(addr: SocketAddr, from: Option<std::net::IpAddr>, mode: Mode) -> Stream {
-    let s = match from {
-        None => TcpStream::connect(addr).unwrap(),
-        Some(ip) => {
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )
-            .unwrap();
-            s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
-            s.connect_timeout(&addr.into(), Duration::from_secs(5))
-                .unwrap();
-            s.into()
-        }
-    };
+    let s = tcp_from(addr, from).unwrap();
     let _ = s.set_nodelay(true);
     match mode {
         Mode::Plain => Stream::Plain(s),
@@ -904,19 +904,7 @@ pub fn one_exchange(
     n: u64,
 ) -> Result<bool, String> {
     use tungstenite::Message;
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    if let Some(ip) = from {
-        s.bind(&SocketAddr::new(ip, 0).into())
-            .map_err(|e| format!("bind: {e}"))?;
-    }
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    let s: TcpStream = s.into();
+    let s = tcp_from(addr, from).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (mut ws, _) = tungstenite::client(format!("ws://localhost:{}/ws/", addr.port()), s)
         .map_err(|e| format!("handshake: {e}"))?;
