@@ -345,3 +345,48 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
     assert_eq!(told + stayed, results.len());
     assert!(told > 0 && stayed > 0);
 }
+
+/// What a peer can make a PROXY listener hold: a header that never ends is cut at
+/// `header_timeout`, one longer than the protocol allows at once; a bystander is unaffected.
+#[test]
+fn a_stalled_or_oversized_proxy_header_is_bounded() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack(
+        "pp-bounds",
+        "",
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\nheader_timeout = \"1s\"",
+        "",
+    );
+    let ends = |send: &[u8]| {
+        let mut s = from("127.0.0.1", st.listen);
+        s.write_all(send).unwrap();
+        let t = Instant::now();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+        t.elapsed()
+    };
+    // v1 cut short and never finished: closed by header_timeout (read timeout here is 10 s).
+    let stalled = ends(b"PROXY TCP4 192.0.2.1 ");
+    // v2 announcing 65,535 bytes of addresses: past the 2,064-byte bound, closed at once.
+    let mut big = ringway::http::proxy::V2_SIG.to_vec();
+    big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
+    let oversized = ends(&big);
+    // v1 without its CRLF past 107 bytes.
+    let long = ends(format!("PROXY TCP4 {}", "1".repeat(200)).as_bytes());
+    eprintln!(
+        "stalled closed after {stalled:?}, oversized after {oversized:?}, long after {long:?}"
+    );
+    // Ended by header_timeout (not by this client's 10 s read timeout): the log says so.
+    st.proxy.wait_log("end=header-timeout", 5);
+    let mut s = from("127.0.0.1", st.listen);
+    s.write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 1 2\r\n")
+        .unwrap();
+    s.write_all(GET).unwrap();
+    assert_eq!(
+        header(&headers_of(&mut s), "X-Real-IP"),
+        Some("203.0.113.9")
+    );
+}
