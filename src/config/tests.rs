@@ -35,6 +35,35 @@ upstream = "ws"
 "#;
 
 #[test]
+fn upstream_names_resolve_at_load_and_unknown_ones_are_errors() {
+    let cfg = |addr: &str| {
+        format!(
+            "[[upstream]]\nname = \"u\"\nservers = [{{ addr = \"{addr}\" }}]\n[[server]]\nlisten = [\"127.0.0.1:8080\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n"
+        )
+    };
+    let c = Config::parse("t.toml", &cfg("localhost:9001")).unwrap();
+    assert!(
+        c.upstreams[0]
+            .peers
+            .iter()
+            .all(|p| p.addr.ip().is_loopback() && p.addr.port() == 9001)
+    );
+    assert_eq!(c.upstreams[0].peers[0].name, "localhost:9001");
+    let e = Config::parse("t.toml", &cfg("no-such-host.invalid:80"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.toml:3:")
+            && e.contains("upstream[0].servers[0].addr: cannot resolve \"no-such-host.invalid\""),
+        "{e}"
+    );
+    let e = Config::parse("t.toml", &cfg("bad_name:80"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid address"), "{e}");
+}
+
+#[test]
 fn good_config_resolves() {
     let c = Config::parse("t.toml", GOOD).unwrap();
     assert_eq!(c.runtime.workers, 2);

@@ -682,6 +682,46 @@ pub(super) fn next_upstream(
 }
 
 /// Resolve `upstream[ui]`.
+/// A server's address: `IP:PORT`, or `NAME:PORT` resolved now (when the configuration is
+/// loaded: `run`, `check`, each reload), one server per address, as nginx does at start.
+fn peer_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(vec![a]);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!(
+            "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\", \"[::1]:8080\" or NAME:PORT"
+        ));
+    };
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !name_ok || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\", \"[::1]:8080\" or NAME:PORT"
+        ));
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in (host, port.parse::<u16>().unwrap_or(0))
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+    {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("cannot resolve {host:?}: no addresses"));
+    }
+    Ok(out)
+}
+
 pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upstream, ConfigError> {
     let f = format!("upstream[{ui}]");
     let name = u.name.get_ref().clone();
@@ -748,7 +788,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
     for (pi, p) in u.servers.get_ref().iter().enumerate() {
         let p = p.get_ref();
         let pf = format!("{f}.servers[{pi}]");
-        let addr = parse_addr(p.addr.get_ref())
+        let addrs = peer_addrs(p.addr.get_ref())
             .map_err(|m| cx.err(p.addr.span(), format!("{pf}.addr"), m))?;
         let count = |v: &Option<Spanned<i64>>,
                      field: &str,
@@ -779,17 +819,29 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
                 "backup servers cannot be used with balance = \"hash\" (as in nginx): the key decides the server; mark it down or remove it",
             ));
         }
-        peers.push(Peer {
-            addr,
-            name: p.addr.get_ref().trim().to_string(),
-            weight,
-            backup: p.backup,
-            down: p.down,
-            max_conns,
-            max_fails,
-            fail_timeout,
-            state: PeerState::default(),
-        });
+        for addr in addrs {
+            peers.push(Peer {
+                addr,
+                name: p.addr.get_ref().trim().to_string(),
+                weight,
+                backup: p.backup,
+                down: p.down,
+                max_conns,
+                max_fails,
+                fail_timeout,
+                state: PeerState::default(),
+            });
+        }
+    }
+    if peers.len() > MAX_SERVERS {
+        return Err(cx.err(
+            u.servers.span(),
+            format!("{f}.servers"),
+            format!(
+                "the names resolve to {} servers: at most {MAX_SERVERS} per upstream",
+                peers.len()
+            ),
+        ));
     }
     // As nginx: a lone server is never taken out by its failures (there is nowhere else to
     // send the next request); `down`, `max_conns` and health checks still apply.
