@@ -681,7 +681,6 @@ pub(super) fn next_upstream(
     )
 }
 
-/// Resolve `upstream[ui]`.
 /// A server's address: `IP:PORT`, or `NAME:PORT` resolved now (when the configuration is
 /// loaded: `run`, `check`, each reload), one server per address, as nginx does at start.
 fn peer_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
@@ -722,6 +721,7 @@ fn peer_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(out)
 }
 
+/// Resolve `upstream[ui]`.
 pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upstream, ConfigError> {
     let f = format!("upstream[{ui}]");
     let name = u.name.get_ref().clone();
