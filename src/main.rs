@@ -41,6 +41,23 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Translate an nginx configuration (following include) into ringway TOML: what maps onto
+    /// a key is written with the nginx line it came from; anything else is a warning naming
+    /// its file and line and what ringway does instead. The result is checked as `ringway
+    /// check` would (exit 1 when it does not check, or on an nginx syntax error).
+    #[command(
+        after_help = "Example:\n  ringway import-nginx /etc/nginx/nginx.conf -o /etc/ringway/ringway.toml"
+    )]
+    ImportNginx {
+        /// The nginx configuration file (nginx.conf, or one conf.d file).
+        file: PathBuf,
+        /// Write the TOML here (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Overwrite the --output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// A WebSocket echo backend; also answers GET /health and GET /headers.
     Echo {
         /// Address to listen on (repeat for several).
@@ -238,6 +255,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return ringway::app::check(&config),
+        Command::ImportNginx {
+            file,
+            output,
+            force,
+        } => return ringway::app::import_nginx(&file, output.as_deref(), force),
         Command::Reload { config } => return ringway::app::reload(&config),
         Command::Run { config, upgrade } => {
             init_logging();

@@ -30,6 +30,59 @@ pub fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// `ringway import-nginx`: translate, write, then check the result as `ringway check` would.
+/// Exit 0 when it checks, 1 on an nginx syntax error or a result that does not check (it is
+/// still written, with the reason on stderr).
+pub fn import_nginx(file: &Path, output: Option<&Path>, force: bool) -> ExitCode {
+    let imported = match crate::tools::nginx::import(file) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("ringway import-nginx: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    let name = match output {
+        Some(out) => {
+            if out.exists() && !force {
+                eprintln!(
+                    "ringway import-nginx: {} exists: choose another --output or add --force",
+                    out.display()
+                );
+                return ExitCode::from(1);
+            }
+            if let Err(e) = std::fs::write(out, &imported.toml) {
+                eprintln!("ringway import-nginx: {}: {e}", out.display());
+                return ExitCode::from(1);
+            }
+            out.display().to_string()
+        }
+        None => {
+            print!("{}", imported.toml);
+            "<stdout>".to_string()
+        }
+    };
+    let checked = match output {
+        Some(out) => Config::load(out),
+        None => Config::parse(&name, &imported.toml),
+    };
+    match checked {
+        Ok(_) => {
+            eprintln!(
+                "{name}: configuration OK ({} warning(s) above); `ringway check --config` prints what it understood",
+                imported.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway import-nginx: the result does not check: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `ringway run`: exit 1 on a configuration error, 2 when the proxy cannot run.
 pub fn run(path: &Path, upgrade: bool) -> ExitCode {
     let cfg = match Config::load(path) {

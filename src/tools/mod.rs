@@ -1,3 +1,4 @@
-//! The tools around the proxy: the echo backend and the load generator.
+//! The tools around the proxy: the echo backend, the load generator, the nginx importer.
 pub mod bench;
 pub mod echo;
+pub mod nginx;

@@ -1,0 +1,132 @@
+//! The TOML the importer writes: tables of `key = value  # where it came from`, values inline.
+
+use std::fmt;
+
+/// A TOML value, written inline.
+#[derive(Clone, Debug)]
+pub enum V {
+    S(String),
+    I(i64),
+    B(bool),
+    L(Vec<V>),
+    T(Vec<(String, V)>),
+}
+
+impl fmt::Display for V {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            V::S(s) => {
+                // A basic string on one line: control characters as escapes.
+                f.write_str("\"")?;
+                for c in s.chars() {
+                    match c {
+                        '"' => f.write_str("\\\"")?,
+                        '\\' => f.write_str("\\\\")?,
+                        '\n' => f.write_str("\\n")?,
+                        '\r' => f.write_str("\\r")?,
+                        '\t' => f.write_str("\\t")?,
+                        c if c.is_control() => write!(f, "\\u{:04X}", c as u32)?,
+                        c => write!(f, "{c}")?,
+                    }
+                }
+                f.write_str("\"")
+            }
+            V::I(n) => write!(f, "{n}"),
+            V::B(b) => write!(f, "{b}"),
+            V::L(l) => {
+                f.write_str("[")?;
+                for (i, v) in l.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                f.write_str("]")
+            }
+            V::T(t) => {
+                f.write_str("{ ")?;
+                for (i, (k, v)) in t.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{k} = {v}")?;
+                }
+                f.write_str(" }")
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub key: String,
+    pub val: V,
+    pub note: String,
+}
+
+impl Row {
+    pub fn new(key: &str, val: V, note: impl Into<String>) -> Row {
+        Row {
+            key: key.into(),
+            val,
+            note: note.into(),
+        }
+    }
+}
+
+/// Rows in the order they were set (a key set again keeps its place), then comment lines.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    pub rows: Vec<Row>,
+    pub comments: Vec<String>,
+}
+
+impl Table {
+    pub fn set(&mut self, key: &str, val: V, note: impl Into<String>) {
+        let row = Row::new(key, val, note);
+        match self.rows.iter_mut().find(|r| r.key == key) {
+            Some(r) => *r = row,
+            None => self.rows.push(row),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.rows.iter().find(|r| r.key == key).map(|r| &r.val)
+    }
+
+    /// The rows as an inline table (their notes are dropped).
+    pub fn inline(self) -> V {
+        V::T(self.rows.into_iter().map(|r| (r.key, r.val)).collect())
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        for r in &self.rows {
+            let line = format!("{} = {}", r.key, r.val);
+            if r.note.is_empty() {
+                o.push_str(&line);
+            } else {
+                o.push_str(&format!("{line:<31} # {}", r.note.replace('\n', " ")));
+            }
+            o.push('\n');
+        }
+        for c in &self.comments {
+            o.push_str(&format!("# {c}\n"));
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::V;
+
+    #[test]
+    fn strings_are_one_line_and_read_back() {
+        let s = "GET /health HTTP/1.0\r\n\r\n \"q\" \\ \t \u{1}";
+        let text = format!("a = {}", V::S(s.into()));
+        assert!(!text.contains('\n'));
+        let back: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(back["a"].as_str(), Some(s));
+    }
+}
