@@ -121,13 +121,13 @@ pub fn nginx_size(s: &str) -> Result<u64, String> {
 fn dur(ms: u64) -> V {
     let s = if ms == 0 {
         "0s".to_string()
-    } else if ms % 86_400_000 == 0 {
+    } else if ms.is_multiple_of(86_400_000) {
         format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -136,9 +136,9 @@ fn dur(ms: u64) -> V {
 }
 
 fn size(bytes: u64) -> V {
-    V::S(if bytes % (1 << 20) == 0 {
+    V::S(if bytes.is_multiple_of(1 << 20) {
         format!("{}m", bytes >> 20)
-    } else if bytes % (1 << 10) == 0 {
+    } else if bytes.is_multiple_of(1 << 10) {
         format!("{}k", bytes >> 10)
     } else {
         bytes.to_string()
@@ -450,8 +450,8 @@ struct Inherit {
     ssl_ca: Option<String>,
     ssl_name: Option<String>,
     // server level
-    certs: Option<Vec<String>>,
-    keys: Option<Vec<String>>,
+    certs: Option<Vec<(String, Where)>>,
+    keys: Option<Vec<(String, Where)>>,
     protocols: Option<Directive>,
     header_timeout: Option<(u64, Where)>,
     header_buffers: Option<(u64, u64, Where)>,
@@ -894,9 +894,9 @@ impl Translator {
                 } else {
                     let p = self.path(&a[0]);
                     if d.name == "ssl_certificate" {
-                        list_push(&mut inh.certs, &mut inh.here, "ssl_certificate", p);
+                        list_push(&mut inh.certs, &mut inh.here, "ssl_certificate", (p, at));
                     } else {
-                        list_push(&mut inh.keys, &mut inh.here, "ssl_certificate_key", p);
+                        list_push(&mut inh.keys, &mut inh.here, "ssl_certificate_key", (p, at));
                     }
                 }
             }
@@ -1223,8 +1223,8 @@ impl Translator {
                                     "regular-expression names ({n}) are not supported: left out"
                                 ),
                             );
-                        } else if n.starts_with('.') {
-                            names.push(V::S(n[1..].to_ascii_lowercase()));
+                        } else if let Some(domain) = n.strip_prefix('.') {
+                            names.push(V::S(domain.to_ascii_lowercase()));
                             names.push(V::S(format!("*{n}").to_ascii_lowercase()));
                         } else if n.ends_with(".*") {
                             self.warn(
@@ -1254,14 +1254,15 @@ impl Translator {
         let mut plain: Vec<V> = Vec::new();
         let mut tls: Vec<V> = Vec::new();
         let mut proxy_protocol = None;
-        let mut default_server = false;
+        let mut default_server = [false; 2];
+        let mut listen_at: [Vec<String>; 2] = [Vec::new(), Vec::new()];
         for (addr, params, at) in &listens {
             let mut is_tls = ssl_on;
             for p in params {
                 let (k, _) = p.split_once('=').unwrap_or((p, ""));
                 match k {
                     "ssl" => is_tls = true,
-                    "default_server" | "default" => default_server = true,
+                    "default_server" | "default" => {}
                     "proxy_protocol" => proxy_protocol = Some(at.clone()),
                     "reuseport" => {}
                     "http2" => self.warnings.push(format!(
@@ -1281,6 +1282,13 @@ impl Translator {
             if params.iter().any(|p| p == "quic" || p == "http3") {
                 continue;
             }
+            if params
+                .iter()
+                .any(|p| p == "default_server" || p == "default")
+            {
+                default_server[usize::from(is_tls)] = true;
+            }
+            listen_at[usize::from(is_tls)].push(at.to_string());
             if is_tls { &mut tls } else { &mut plain }.push(V::S(addr.clone()));
         }
         let mut locations = Vec::new();
@@ -1288,10 +1296,10 @@ impl Translator {
             self.location(e, "", &inh, &mut locations)?;
         }
         if locations.is_empty() {
-            self.warnings.push(format!(
-                "{}: server without a proxy_pass location: nothing of it is imported (ringway proxies; it serves nothing itself)",
-                d.at
-            ));
+            self.warn(
+                d,
+                "a server without a proxy_pass location: not imported (ringway proxies; it serves nothing itself)",
+            );
             return Ok(());
         }
         let mut base = Table::default();
@@ -1385,31 +1393,29 @@ impl Translator {
                 continue;
             }
             let mut t = Table::default();
-            let ats: Vec<String> = listens.iter().map(|(_, _, at)| at.to_string()).collect();
+            let k = usize::from(is_tls);
             t.set(
                 "listen",
                 V::L(addrs),
-                format!("{}: server; listen {}", d.at, ats.join(", ")),
+                format!("{}: server; listen {}", d.at, listen_at[k].join(", ")),
             );
             t.rows.extend(base.rows.iter().cloned());
             if is_tls {
-                t.set(
-                    "tls",
-                    self.server_tls(d, &inh)?,
-                    "ssl_certificate / ssl_certificate_key / ssl_protocols",
-                );
+                let (tls_v, tls_note) = self.server_tls(d, &inh)?;
+                t.set("tls", tls_v, tls_note);
             }
             self.servers.push(Server {
                 at: d.at.clone(),
                 table: t,
                 locations: locations.clone(),
-                default_server,
+                default_server: default_server[k],
             });
         }
         Ok(())
     }
 
-    fn server_tls(&mut self, d: &Directive, inh: &Inherit) -> Result<V, ParseError> {
+    /// The server's `tls` and where it came from.
+    fn server_tls(&mut self, d: &Directive, inh: &Inherit) -> Result<(V, String), ParseError> {
         let certs = inh.certs.clone().unwrap_or_default();
         let keys = inh.keys.clone().unwrap_or_default();
         if certs.is_empty() || keys.is_empty() {
@@ -1424,11 +1430,19 @@ impl Translator {
                 "ssl_certificate and ssl_certificate_key are not paired one to one",
             ));
         }
-        let one = |v: Vec<String>| {
+        let mut note: Vec<String> = certs
+            .iter()
+            .map(|(_, at)| format!("{at}: ssl_certificate"))
+            .chain(
+                keys.iter()
+                    .map(|(_, at)| format!("{at}: ssl_certificate_key")),
+            )
+            .collect();
+        let one = |v: Vec<(String, Where)>| {
             if v.len() == 1 {
-                V::S(v[0].clone())
+                V::S(v[0].0.clone())
             } else {
-                V::L(v.into_iter().map(V::S).collect())
+                V::L(v.into_iter().map(|(p, _)| V::S(p)).collect())
             }
         };
         let mut t: Vec<(String, V)> = vec![("cert".into(), one(certs)), ("key".into(), one(keys))];
@@ -1450,8 +1464,9 @@ impl Translator {
                 ));
             }
             t.push(("protocols".into(), V::L(keep)));
+            note.push(format!("{}: ssl_protocols", p.at));
         }
-        Ok(V::T(t))
+        Ok((V::T(t), note.join(", ")))
     }
 
     fn listen_addr(&mut self, e: &Directive, a: &str) -> Result<String, ParseError> {

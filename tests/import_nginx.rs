@@ -1,0 +1,457 @@
+//! `ringway import-nginx` on the nginx playbook's configurations (tests/reference holds the
+//! playbook as given to the project): each imports, the result checks, nothing in it passes
+//! without a line of the output or a warning naming its file and line, and the imported
+//! section 2 proxies a WebSocket end to end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const PLAYBOOK: &str = include_str!("reference/nginx-websocket-playbook.txt");
+
+/// The text after the heading that starts with `heading` (from its first blank line) up to
+/// `end`.
+fn section(heading: &str, end: &str) -> String {
+    let h = PLAYBOOK.find(heading).expect(heading);
+    let start = h + PLAYBOOK[h..].find("\n\n").unwrap() + 2;
+    let stop = start + PLAYBOOK[start..].find(end).expect(end);
+    PLAYBOOK[start..stop].to_string()
+}
+
+fn s2() -> String {
+    section("2. Basic Reverse", "Key points")
+}
+
+/// Section 3's map and its two location lines, placed where it says they go: the map in
+/// `http`, the lines in section 2's location.
+fn s3() -> String {
+    let text = section("3. Production", "Using the map");
+    let map_start = text.find("map ").unwrap();
+    let map = &text[map_start..map_start + text[map_start..].find("}\n").unwrap() + 2];
+    assert!(text.contains("proxy_set_header Connection $connection_upgrade;"));
+    s2().replacen("http {\n", &format!("http {{\n{map}"), 1)
+        .replace(
+            "proxy_set_header Connection \"upgrade\";",
+            "proxy_set_header Connection $connection_upgrade;",
+        )
+}
+
+/// Section 8's upstream directives inside section 2's upstream.
+fn s8() -> String {
+    let text = section("8. Load", "WebSocket connections are not");
+    let open = text.find("{\n").unwrap() + 2;
+    let close = text.rfind('}').unwrap();
+    s2().replacen(
+        "upstream websocket_backend {\n",
+        &format!("upstream websocket_backend {{\n{}", &text[open..close]),
+        1,
+    )
+}
+
+/// Section 10's nginx lines (its sysctl lines are a sysctl.conf, `ringway preflight`'s
+/// business) at the top of section 2's nginx.conf.
+fn s10() -> String {
+    let text = section("10. Nginx", "net.core.somaxconn");
+    format!("{text}{}", s2())
+}
+
+/// Import `text` written as `dir/name`; (exit code, the TOML written, all printed).
+fn import(dir: &Path, name: &str, text: &str) -> (Option<i32>, String, String) {
+    let file = dir.join(name);
+    std::fs::write(&file, text).unwrap();
+    import_file(&file)
+}
+
+fn import_file(file: &Path) -> (Option<i32>, String, String) {
+    let out = file.with_extension("toml");
+    let _ = std::fs::remove_file(&out);
+    let (code, printed) = ringway(&[
+        "import-nginx",
+        file.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    (
+        code,
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        printed,
+    )
+}
+
+fn check(toml: &Path) -> String {
+    let (code, out) = ringway(&["check", "--config", toml.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "ringway check {}:\n{out}", toml.display());
+    out
+}
+
+/// Every directive of `file` (and what it includes) is named by its file:line in the output
+/// or in a warning, but for the blocks that only hold others and a map's entries.
+fn nothing_silent(file: &Path, toml: &str, printed: &str) {
+    fn walk(list: &[ringway::tools::nginx::Directive], all: &str, missing: &mut Vec<String>) {
+        for d in list {
+            let at = d.at.to_string();
+            let container = matches!(d.name.as_str(), "http" | "events");
+            if !container
+                && !all.contains(&format!("{at}:"))
+                && !all.contains(&format!("{at})"))
+                && !all.contains(&format!("{at},"))
+                && !all.contains(&format!("{at}\n"))
+            {
+                missing.push(format!("{at} {} {:?}", d.name, d.args));
+            }
+            // A block left out as a whole (said so in its warning) covers what is inside.
+            let left_out = all.lines().any(|l| {
+                l.contains(&format!("{at}: `"))
+                    && (l.contains("left out") || l.contains("not imported"))
+            });
+            if d.name != "map"
+                && !left_out
+                && let Some(b) = &d.block
+            {
+                walk(b, all, missing);
+            }
+        }
+    }
+    let list = ringway::tools::nginx::directives(file).unwrap();
+    let all = format!("{toml}\n{printed}\n");
+    let mut missing = Vec::new();
+    walk(&list, &all, &mut missing);
+    assert!(
+        missing.is_empty(),
+        "directives neither translated nor warned about: {missing:#?}\n{all}"
+    );
+}
+
+fn imported(dir: &Path, name: &str, text: &str) -> (String, String) {
+    let (code, toml, printed) = import(dir, name, text);
+    assert_eq!(code, Some(0), "import of {name}:\n{printed}\n{toml}");
+    nothing_silent(&dir.join(name), &toml, &printed);
+    (toml, printed)
+}
+
+#[test]
+fn every_playbook_config_imports_and_checks() {
+    let dir = scratch("import-playbook");
+
+    // 2: the basic configuration.
+    let (toml, printed) = imported(&dir, "s2.conf", &s2());
+    for want in [
+        "name = \"websocket_backend\"",
+        "keepalive = 10",
+        "{ addr = \"192.168.1.100:8080\" }",
+        "{ addr = \"192.168.1.101:8080\" }",
+        "listen = [\"0.0.0.0:80\"]",
+        "server_name = [\"ws.example.com\"]",
+        "path = \"/ws/\"",
+        "read_timeout = \"1h\"",
+        "send_timeout = \"1h\"",
+        "connect_timeout = \"30s\"",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    // Warned about: the constant Connection (section 3's pitfall); noted: buffering, cache.
+    for want in [
+        "s2.conf:14: `proxy_set_header Connection upgrade`: ringway sends Connection: upgrade only with an upgrade",
+        "s2.conf:22: `proxy_buffering off`: what ringway always does",
+        "s2.conf:23: `proxy_cache off`: ringway caches nothing",
+    ] {
+        assert!(printed.contains(want), "{want} missing:\n{printed}");
+    }
+    // Recognised: the forwarding headers ringway sends anyway.
+    assert!(toml.contains("# proxy_set_header Upgrade ("), "{toml}");
+    assert!(!printed.contains("X-Real-IP $remote_addr`"), "{printed}");
+    check(&dir.join("s2.toml"));
+
+    // 3: the map, recognised as ringway's own rule; no Connection warning left.
+    let (toml, printed) = imported(&dir, "s3.conf", &s3());
+    assert!(
+        toml.contains("s3.conf:2: map $http_upgrade $connection_upgrade: ringway's own rule"),
+        "{toml}"
+    );
+    assert!(!printed.contains("Connection"), "{printed}");
+    check(&dir.join("s3.toml"));
+
+    // 4: the production configuration, with a certificate where its paths point.
+    let pki = pki();
+    let s4 = section("4. Full Production", "5. HTTP/2")
+        .replace("/etc/nginx/ssl/example.com.crt", pki.cert.to_str().unwrap())
+        .replace("/etc/nginx/ssl/example.com.key", pki.key.to_str().unwrap());
+    let (toml, printed) = imported(&dir, "s4.conf", &s4);
+    for want in [
+        "balance = \"ip_hash\"",
+        "{ addr = \"10.0.1.10:8080\", weight = 3 }",
+        "{ addr = \"10.0.1.11:8080\", weight = 2 }",
+        "{ addr = \"10.0.1.12:8080\", backup = true }",
+        "health_check = { interval = \"3s\", rise = 2, fall = 3, timeout = \"1s\", type = \"http\", request = \"GET /health HTTP/1.0\\r\\n\\r\\n\", expect = [\"2xx\", \"3xx\"] }",
+        "listen = [\"0.0.0.0:443\"]",
+        "protocols = [\"TLSv1.2\", \"TLSv1.3\"]",
+        "read_timeout = \"1d\"",
+        "limit_conn = { zone = \"ws_conn\", max = 1000 }",
+        "[[limit_conn_zone]]",
+        "size = \"10m\"",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    for want in [
+        "s4.conf:15: listen … http2: ringway offers HTTP/1.1 only",
+        "$connection_upgrade is not defined in this configuration",
+        "ip_hash with a backup server: nginx -t refuses this combination",
+        "outside http { }",
+    ] {
+        assert!(printed.contains(want), "{want} missing:\n{printed}");
+    }
+    let described = check(&dir.join("s4.toml"));
+    assert!(
+        described.contains("balance=ip_hash") && described.contains("health_check"),
+        "{described}"
+    );
+
+    // 6: Docker / Kubernetes: a service name (here one that resolves on any host).
+    let s6 = section("6. Docker", "In cloud").replace("websocket-service", "localhost");
+    let (toml, printed) = imported(&dir, "s6.conf", &s6);
+    assert!(toml.contains("{ addr = \"localhost:8080\" }"), "{toml}");
+    assert!(toml.contains("read_timeout = \"7d\""), "{toml}");
+    assert!(
+        printed.contains("no proxy_set_header Host: nginx would send the upstream's name"),
+        "{printed}"
+    );
+    check(&dir.join("s6.toml"));
+    // As written, the name does not resolve here: the import says where, and exits 1.
+    let (code, _, printed) = import(&dir, "s6-name.conf", &section("6. Docker", "In cloud"));
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("servers[0].addr: cannot resolve \"websocket-service\""),
+        "{printed}"
+    );
+
+    // 8: ip_hash in section 2's upstream.
+    let (toml, _) = imported(&dir, "s8.conf", &s8());
+    assert!(toml.contains("balance = \"ip_hash\""), "{toml}");
+    check(&dir.join("s8.toml"));
+
+    // 10: the process-wide lines.
+    let (toml, printed) = imported(&dir, "s10.conf", &s10());
+    assert!(toml.contains("workers = \"auto\""), "{toml}");
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!(
+        toml.contains(&format!("max_connections = {}", 65535 * cpus / 2)),
+        "{toml}"
+    );
+    for want in [
+        "s10.conf:2: `worker_rlimit_nofile 200000`: ringway does not set its descriptor limit: give the process LimitNOFILE=200000",
+        "s10.conf:5: `use epoll`",
+    ] {
+        assert!(printed.contains(want), "{want} missing:\n{printed}");
+    }
+    check(&dir.join("s10.toml"));
+}
+
+#[test]
+fn the_imported_section_2_proxies_a_websocket() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("import-s2-run");
+    let (b1, b2, listen) = (free_addr(), free_addr(), free_addr());
+    let _echo = echo(&[b1, b2], &dir);
+    let text = s2()
+        .replace("192.168.1.100:8080", &b1.to_string())
+        .replace("192.168.1.101:8080", &b2.to_string())
+        .replace("listen 80;", &format!("listen {listen};"));
+    let (toml, _) = imported(&dir, "nginx.conf", &text);
+    // A process-wide limit this machine can hold (the imported file has none).
+    let toml = format!("[runtime]\nworkers = 2\nmax_connections = 5000\n{toml}");
+    let cfg = dir.join("nginx.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let mut p = spawn(&["run", "--config", cfg.to_str().unwrap()], &dir, "proxy");
+    wait_port(listen, &mut p);
+    for i in 0..4u8 {
+        let mut ws = ws_connect(listen, "/ws/chat");
+        ws_echo(&mut ws, vec![i; 1000 + usize::from(i)]);
+        let _ = ws.close(None);
+    }
+    // Both servers of the imported upstream served (round robin).
+    let log = p.wait_log(&b2.to_string(), 5);
+    assert!(log.contains(&b1.to_string()), "{log}");
+    // Outside /ws/ nothing is proxied (nginx's config has no other location).
+    let resp = raw_exchange(
+        listen,
+        b"GET /other HTTP/1.1\r\nHost: ws.example.com\r\n\r\n",
+        5,
+    );
+    assert_eq!(status_of(&resp), 404);
+}
+
+#[test]
+fn malformed_or_broken_nginx_files_get_a_file_and_line() {
+    let dir = scratch("import-malformed");
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::write(
+        dir.join("conf.d/ws.conf"),
+        "server {\n    listen 80;\n    location /ws/ {\n        proxy_pass http://127.0.0.1:9001\n    }\n}\n",
+    )
+    .unwrap();
+    let main = "http {\n    include conf.d/*.conf;\n}\n";
+    let (code, toml, printed) = import(&dir, "nginx.conf", main);
+    assert_eq!(code, Some(1), "{printed}");
+    let inc = dir.join("conf.d/ws.conf");
+    assert!(
+        printed.contains(&format!(
+            "{}:5: unexpected \"}}\": directive \"proxy_pass\" is not terminated by \";\"",
+            inc.display()
+        )),
+        "{printed}"
+    );
+    assert!(toml.is_empty(), "nothing is written on an error: {toml}");
+
+    let nginx = |name: &str| dir.join(name).display().to_string();
+    for (name, text, want) in [
+        (
+            "brace.conf",
+            "http {\n  server {\n    listen 80;\n",
+            ":4: unexpected end of file, expecting \"}\"",
+        ),
+        ("extra.conf", "http {\n}\n}\n", ":3: unexpected \"}\""),
+        (
+            "quote.conf",
+            "http {\n  server_name \"a;\n}\n",
+            ":2: unterminated quoted string",
+        ),
+        (
+            "time.conf",
+            "http { server { listen 80; location / {\n proxy_pass http://127.0.0.1:1;\n proxy_read_timeout 5x;\n } } }\n",
+            ":3: proxy_read_timeout: invalid time \"5x\"",
+        ),
+        (
+            "args.conf",
+            "http { upstream u {\n server 127.0.0.1:1 weight=x;\n } }\n",
+            ":2: server: invalid number \"x\"",
+        ),
+        (
+            "empty-upstream.conf",
+            "http {\n upstream u { ip_hash; }\n}\n",
+            ":2: no servers are inside upstream \"u\"",
+        ),
+        (
+            "sysctl.conf",
+            "worker_processes auto;\nnet.core.somaxconn = 65535\nnet.ipv4.tcp_fin_timeout = 15\n",
+            ":4: unexpected end of file: directive \"net.core.somaxconn\" is not terminated by \";\"",
+        ),
+        ("missing.conf", "include nowhere.conf;\n", ":1: include"),
+        ("self.conf", "include self.conf;\n", ":1: include of"),
+        (
+            "nocert.conf",
+            "http { server {\n listen 443 ssl;\n location / { proxy_pass http://127.0.0.1:1; }\n} }\n",
+            ":1: server with listen … ssl has no ssl_certificate",
+        ),
+    ] {
+        let (code, _, printed) = import(&dir, name, text);
+        assert_eq!(code, Some(1), "{name}: {printed}");
+        assert!(
+            printed.contains(&format!("{}{want}", nginx(name))),
+            "{name}: want {want:?}:\n{printed}"
+        );
+    }
+    // Not an nginx file at all.
+    let (code, printed) = ringway(&["import-nginx", "/dev/zero"]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(
+        printed.contains("/dev/zero: not a regular file"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn includes_servers_on_two_kinds_of_listener_and_what_has_no_equivalent() {
+    let dir = scratch("import-conf-d");
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    let pki = pki();
+    std::fs::write(
+        dir.join("conf.d/10-upstreams.conf"),
+        "upstream chat {\n    least_conn;\n    server 127.0.0.1:9001 max_fails=2 fail_timeout=5s;\n    server 127.0.0.1:9002 down;\n    server 127.0.0.1:9003 max_conns=100;\n    keepalive 16;\n}\nupstream feed {\n    hash $arg_room consistent;\n    server 127.0.0.1:9004;\n    server 127.0.0.1:9005 backup;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("conf.d/20-chat.conf"),
+        format!(
+            "server {{\n    listen 127.0.0.1:18080;\n    listen 127.0.0.1:18443 ssl default_server;\n    server_name chat.example.com .example.org;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1 TLSv1.2;\n    client_header_timeout 5s;\n    large_client_header_buffers 4 16k;\n    add_header X-Frame-Options DENY;\n    location /chat/ {{\n        proxy_pass http://chat;\n        proxy_set_header X-Request-Id $request_id;\n        proxy_bind 127.0.0.2;\n        limit_req zone=hs burst=20 nodelay;\n        limit_req_status 429;\n        proxy_next_upstream error timeout http_502 non_idempotent;\n    }}\n    location /feed/ {{\n        proxy_pass https://feed;\n    }}\n    location ~ \\.php$ {{\n        fastcgi_pass 127.0.0.1:9000;\n    }}\n    location /static/ {{\n        root /srv;\n    }}\n}}\n",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    )
+    .unwrap();
+    let main = "user www-data;\nworker_processes 4;\nevents {\n    worker_connections 10000;\n    multi_accept on;\n}\nhttp {\n    include conf.d/*.conf;\n    limit_req_zone $binary_remote_addr zone=hs:10m rate=10r/s;\n    gzip on;\n    proxy_read_timeout 120s;\n}\nstream {\n    server { listen 5000; proxy_pass 127.0.0.1:5001; }\n}\n";
+    let (toml, printed) = imported(&dir, "nginx.conf", main);
+    for want in [
+        "workers = 4",
+        "max_connections = 20000",
+        "balance = \"least_conn\"",
+        "max_fails = 2, fail_timeout = \"5s\"",
+        "down = true",
+        "max_conns = 100",
+        "keepalive = 16",
+        "balance = \"hash\"",
+        "hash = { key = \"$arg_room\", consistent = true }",
+        "listen = [\"127.0.0.1:18080\"]",
+        "listen = [\"127.0.0.1:18443\"]",
+        "server_name = [\"chat.example.com\", \"example.org\", \"*.example.org\"]",
+        "protocols = [\"TLSv1.2\"]",
+        "header_timeout = \"5s\"",
+        "header_max = \"64k\"",
+        "header_line_max = \"16k\"",
+        "source = \"127.0.0.2\"",
+        "limit_req = { zone = \"hs\", burst = 20, nodelay = true, status = 429 }",
+        "next_upstream = [\"error\", \"timeout\", \"http_502\"]",
+        "read_timeout = \"2m\"",
+        "tls = { verify = false }",
+        "rate = \"10r/s\"",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    // The TLS server (default_server) comes first; the plain one is its own [[server]].
+    let tls_at = toml.find("listen = [\"127.0.0.1:18443\"]").unwrap();
+    let plain_at = toml.find("listen = [\"127.0.0.1:18080\"]").unwrap();
+    assert!(tls_at < plain_at, "{toml}");
+    let inc = dir.join("conf.d/20-chat.conf").display().to_string();
+    for want in [
+        format!(
+            "{inc}:7: `ssl_protocols TLSv1 TLSv1.2`: TLSv1: rustls speaks TLS 1.2 and 1.3 only"
+        ),
+        format!("{inc}:10: `add_header X-Frame-Options DENY`"),
+        format!(
+            "{inc}:13: `proxy_set_header X-Request-Id $request_id`: ringway sends no headers of its own making"
+        ),
+        format!(
+            "{inc}:17: `proxy_next_upstream error timeout http_502 non_idempotent`: non_idempotent"
+        ),
+        format!("{inc}:22: `location ~ \\.php$`: regular-expression locations are not supported"),
+        format!("{inc}:25: `location /static/`: no proxy_pass"),
+        format!("{inc}:20: `proxy_pass https://feed`: nginx does not verify upstream certificates"),
+        format!("{}:13: `stream`", dir.join("nginx.conf").display()),
+        format!("{}:10: `gzip on`", dir.join("nginx.conf").display()),
+        format!("{}:1: `user www-data`", dir.join("nginx.conf").display()),
+        format!("{}:5: `multi_accept on`", dir.join("nginx.conf").display()),
+    ] {
+        assert!(printed.contains(&want), "{want} missing:\n{printed}");
+    }
+    assert!(
+        printed.contains("backup servers cannot be used with hash"),
+        "{printed}"
+    );
+    check(&dir.join("nginx.toml"));
+    // -o does not overwrite what exists.
+    let out: PathBuf = dir.join("nginx.toml");
+    let (code, printed) = ringway(&[
+        "import-nginx",
+        dir.join("nginx.conf").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        printed.contains("exists: choose another --output or add --force"),
+        "{printed}"
+    );
+}
