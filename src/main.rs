@@ -18,6 +18,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try ringway with nothing to set up: two echo backends and the proxy on free loopback
+    /// ports, a short load through it with a report (messages/s, latency, memory per
+    /// connection), then serving until Ctrl-C, which drains and exits.
+    #[command(
+        after_help = "Examples:\n  ringway demo\n  ringway demo --duration 20s --connections 500\n  ringway demo --no-load"
+    )]
+    Demo {
+        /// How long the load runs (after 1 s of warm-up).
+        #[arg(short, long, default_value = "5s")]
+        duration: String,
+        /// Start the backends and the proxy and serve, without the load and the report.
+        #[arg(long)]
+        no_load: bool,
+        /// WebSockets echoing messages during the load.
+        #[arg(short, long, default_value_t = 100)]
+        connections: usize,
+        /// Idle WebSockets held to measure the proxy's memory per connection.
+        #[arg(long, default_value_t = 2000)]
+        idle: usize,
+    },
     /// Run the proxy in the foreground (logs and access log to stderr).
     Run {
         /// The TOML configuration file.
@@ -255,6 +275,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return ringway::app::check(&config),
+        Command::Demo {
+            duration,
+            no_load,
+            connections,
+            idle,
+        } => {
+            let run = || -> anyhow::Result<ExitCode> {
+                if connections == 0 || idle == 0 {
+                    anyhow::bail!("--connections and --idle must be at least 1");
+                }
+                ringway::app::demo::demo(ringway::app::demo::DemoOpts {
+                    duration: duration_arg("duration", &duration)?,
+                    no_load,
+                    connections,
+                    idle,
+                })
+            };
+            return match run() {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("ringway demo: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::ImportNginx {
             file,
             output,

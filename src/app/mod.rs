@@ -2,6 +2,7 @@
 //! signals), `check` (load and describe a configuration) and `preflight` (the host's table).
 //! `main.rs` only parses the command line and dispatches here or to the tools.
 
+pub mod demo;
 pub mod preflight;
 pub mod reload;
 pub mod run;
