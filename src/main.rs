@@ -39,6 +39,9 @@ enum Command {
         idle: usize,
     },
     /// Run the proxy in the foreground (logs and access log to stderr).
+    #[command(
+        after_help = "Examples:\n  ringway run --config /etc/ringway/ringway.toml\n  ringway run --config /etc/ringway/ringway.toml --upgrade   (a new binary takes over from the running one)"
+    )]
     Run {
         /// The TOML configuration file.
         #[arg(short, long)]
@@ -49,6 +52,7 @@ enum Command {
         upgrade: bool,
     },
     /// Validate a configuration and print what was understood (exit 1 on an error).
+    #[command(after_help = "Example:\n  ringway check --config /etc/ringway/ringway.toml")]
     Check {
         #[arg(short, long)]
         config: PathBuf,
@@ -56,6 +60,7 @@ enum Command {
     /// Reload the running proxy's configuration (as SIGHUP does) and report the outcome: the
     /// file is checked here, then the proxy (found through the file's [admin] listen) reloads it.
     /// New sessions use the new configuration; established tunnels keep theirs.
+    #[command(after_help = "Example:\n  ringway reload --config /etc/ringway/ringway.toml")]
     Reload {
         /// The configuration file the proxy runs with.
         #[arg(short, long)]
@@ -79,6 +84,9 @@ enum Command {
         force: bool,
     },
     /// A WebSocket echo backend; also answers GET /health and GET /headers.
+    #[command(
+        after_help = "Example:\n  ringway echo --listen 127.0.0.1:9001 --listen 127.0.0.1:9002"
+    )]
     Echo {
         /// Address to listen on (repeat for several).
         #[arg(short, long, required = true)]
@@ -92,8 +100,14 @@ enum Command {
         health_file: Option<PathBuf>,
     },
     /// WebSocket load generator: throughput, connect rate, or idle connections with heartbeats.
+    #[command(
+        after_help = "Examples:\n  ringway bench throughput --target ws://127.0.0.1:8080/ws/ -c 100 -d 10s\n  ringway bench connect --target wss://127.0.0.1:8443/ --ca ca.pem -c 50 -n 20000\n  ringway bench idle --target ws://127.0.0.1:8080/ws/ -c 9000 --source 127.0.1.0/24 --hold 60s"
+    )]
     Bench(Box<BenchArgs>),
     /// Check the kernel and limits against what the configured connections need (exit 1 on a failure).
+    #[command(
+        after_help = "Examples:\n  ringway preflight --config /etc/ringway/ringway.toml\n  sudo ringway preflight --connections 200000 --apply"
+    )]
     Preflight {
         /// Size the needs from this config (max_connections, upstreams, listeners).
         #[arg(short, long)]
