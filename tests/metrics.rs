@@ -188,3 +188,95 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     }
     drop(tunnels);
 }
+
+/// Every `expr` in a Grafana dashboard JSON (panels and rows, at any depth).
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match x {
+                    serde_json::Value::String(s) if k == "expr" => out.push(s.clone()),
+                    _ => exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_ringway_exposes() {
+    if !uring_ok() {
+        return;
+    }
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana-dashboard.json")).unwrap();
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    assert!(all.len() >= 15, "{all:?}");
+    // A proxy with everything the metrics describe: a health-checked upstream, a limit zone.
+    let dir = scratch("grafana");
+    let (backend, listen, admin) = (free_addr(), free_addr(), free_addr());
+    let _echo = echo(&[backend], &dir);
+    let cfg = format!(
+        "[runtime]\nworkers = 2\nmax_connections = 1000\n[admin]\nlisten = \"{admin}\"\n[[limit_conn_zone]]\nname = \"z\"\n[[upstream]]\nname = \"u\"\nservers = [{{ addr = \"{backend}\" }}]\nhealth_check = {{ interval = \"200ms\", timeout = \"100ms\" }}\n[[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\nlimit_conn = {{ zone = \"z\", max = 10 }}\n"
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    let mut ws = ws_connect(listen, "/");
+    ws_echo(&mut ws, vec![1; 100]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, text) = scrape(admin, "");
+    let names: std::collections::HashSet<String> = parse(&text, "classic")
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_string())
+        .collect();
+    let mut missing = Vec::new();
+    for e in &all {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while let Some(at) = e[i..].find("ringway_") {
+            let start = i + at;
+            let mut end = start;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            let name = &e[start..end];
+            if !names.contains(name) {
+                missing.push(format!("{name} (in {e})"));
+            }
+            i = end;
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not have: {missing:#?}\nexposed: {names:?}"
+    );
+    // Each query is PromQL Prometheus accepts (promtool reads them as recording rules).
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+        for (i, e) in all.iter().enumerate() {
+            let e = e
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            rules.push_str(&format!(
+                "  - record: dashboard:q{i}\n    expr: {}\n",
+                serde_json::to_string(&e).unwrap()
+            ));
+        }
+        let f = dir.join("rules.yml");
+        std::fs::write(&f, rules).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "rules", f.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check rules: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
+    }
+}
