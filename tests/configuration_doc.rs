@@ -24,7 +24,9 @@ fn structs() -> HashMap<String, Vec<(String, String)>> {
         } else if let (Some(s), Some(rest)) = (&current, t.strip_prefix("pub ")) {
             let (field, ty) = rest.split_once(':').unwrap();
             let name = rename.take().unwrap_or_else(|| field.trim().to_string());
-            out.get_mut(s).unwrap().push((name, ty.trim().trim_end_matches(',').to_string()));
+            out.get_mut(s)
+                .unwrap()
+                .push((name, ty.trim().trim_end_matches(',').to_string()));
         }
     }
     out
@@ -77,7 +79,10 @@ fn the_configuration_reference_lists_every_key_of_the_schema() {
         "tuning.apply",
         "admin.listen",
     ] {
-        assert!(keys.contains(k), "{k} not found in the schema walk: {keys:#?}");
+        assert!(
+            keys.contains(k),
+            "{k} not found in the schema walk: {keys:#?}"
+        );
     }
     assert!(keys.len() > 90, "{}", keys.len());
     let missing: Vec<&String> = keys
@@ -95,9 +100,9 @@ fn the_configuration_reference_lists_every_key_of_the_schema() {
         .filter_map(|l| l.split('`').next())
         .filter(|k| k.contains('.'))
         .collect();
-    let unknown: Vec<&&str> = documented
-        .iter()
-        .filter(|k| !keys.contains(**k))
-        .collect();
-    assert!(unknown.is_empty(), "documented but not in the schema: {unknown:#?}");
+    let unknown: Vec<&&str> = documented.iter().filter(|k| !keys.contains(**k)).collect();
+    assert!(
+        unknown.is_empty(),
+        "documented but not in the schema: {unknown:#?}"
+    );
 }
