@@ -104,6 +104,15 @@ fn after(text: &str, label: &str) -> String {
     rest.split_whitespace().next().unwrap().to_string()
 }
 
+/// The proxy's address, from the `wscat -c ws://ADDR/chat` line the demo prints.
+fn proxy_addr(text: &str) -> SocketAddr {
+    after(text, "wscat -c ")
+        .trim_start_matches("ws://")
+        .trim_end_matches("/chat")
+        .parse()
+        .unwrap()
+}
+
 fn pid_after(text: &str, label: &str) -> i32 {
     let line = text.lines().find(|l| l.contains(label)).unwrap();
     let p = &line[line.find("pid ").unwrap() + 4..];
@@ -135,12 +144,7 @@ fn demo_runs_a_load_reports_serves_and_drains_on_ctrl_c() {
     }
     let rate: f64 = after(&text, "messages/s").parse().unwrap();
     assert!(rate > 0.0, "{text}");
-    let url = after(&text, "wscat -c ");
-    let addr: SocketAddr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/chat")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(&text);
     let (echo_pid, proxy_pid) = (
         pid_after(&text, "echo backends"),
         pid_after(&text, "proxy          ws://"),
@@ -188,12 +192,7 @@ fn demo_no_load_serves_until_sigterm() {
     let mut d = Demo::start(&["--no-load"]);
     let text = d.wait_for("Serving until Ctrl-C", 30);
     assert!(!text.contains("Report"), "{text}");
-    let url = after(&text, "wscat -c ");
-    let addr: SocketAddr = url
-        .trim_start_matches("ws://")
-        .trim_end_matches("/chat")
-        .parse()
-        .unwrap();
+    let addr = proxy_addr(&text);
     let mut ws = ws_connect(addr, "/x");
     ws_echo(&mut ws, vec![7; 70_000]);
     drop(ws);

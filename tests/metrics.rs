@@ -51,6 +51,30 @@ fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// `promtool ARGS` with `input` on stdin must succeed (skipped, saying so, where promtool is not
+/// installed; `.ci/run` installs it).
+fn promtool(args: &[&str], input: &str) {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The sum of every sample whose key starts with `prefix`.
 fn total(m: &HashMap<String, f64>, prefix: &str) -> f64 {
     m.iter()
@@ -116,29 +140,7 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     let m = parse(&classic, "classic");
 
     // promtool lints what Prometheus would scrape.
-    if Command::new("promtool").arg("--version").output().is_ok() {
-        let mut p = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        p.stdin
-            .take()
-            .unwrap()
-            .write_all(classic.as_bytes())
-            .unwrap();
-        let out = p.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
-    }
+    promtool(&["check", "metrics"], &classic);
     // Prometheus asks for OpenMetrics: the same samples, in that format.
     let (head, om) = scrape(
         admin,
@@ -253,30 +255,17 @@ fn the_grafana_dashboard_queries_only_metrics_ringway_exposes() {
         "the dashboard queries metrics /metrics does not have: {missing:#?}\nexposed: {names:?}"
     );
     // Each query is PromQL Prometheus accepts (promtool reads them as recording rules).
-    if Command::new("promtool").arg("--version").output().is_ok() {
-        let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
-        for (i, e) in all.iter().enumerate() {
-            let e = e
-                .replace("$__rate_interval", "5m")
-                .replace("$instance", ".*");
-            rules.push_str(&format!(
-                "  - record: dashboard:q{i}\n    expr: {}\n",
-                serde_json::to_string(&e).unwrap()
-            ));
-        }
-        let f = dir.join("rules.yml");
-        std::fs::write(&f, rules).unwrap();
-        let out = Command::new("promtool")
-            .args(["check", "rules", f.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check rules: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    } else {
-        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (i, e) in all.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules.push_str(&format!(
+            "  - record: dashboard:q{i}\n    expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
     }
+    let f = dir.join("rules.yml");
+    std::fs::write(&f, rules).unwrap();
+    promtool(&["check", "rules", f.to_str().unwrap()], "");
 }

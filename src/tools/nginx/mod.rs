@@ -58,48 +58,10 @@ fn err(at: &Where, m: impl std::fmt::Display) -> ParseError {
     ParseError(format!("{at}: {m}"))
 }
 
-/// nginx's time: `30s`, `7d`, `1h 30m`, `500ms`; a bare number is seconds. In milliseconds.
+/// nginx's time (`30s`, `7d`, `1h 30m`, `500ms`; a bare number is seconds) in milliseconds:
+/// ringway's durations are written the same way.
 pub fn nginx_time(s: &str) -> Result<u64, String> {
-    let bad = || format!("invalid time {s:?}");
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return n.checked_mul(1000).ok_or_else(bad);
-    }
-    let b = t.as_bytes();
-    let (mut i, mut total) = (0, 0u64);
-    while i < b.len() {
-        if b[i] == b' ' {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let n: u64 = t[start..i].parse().map_err(|_| bad())?;
-        let unit = if t[i..].starts_with("ms") {
-            i += 2;
-            1
-        } else {
-            let u = match b.get(i) {
-                Some(b's') => 1000,
-                Some(b'm') => 60_000,
-                Some(b'h') => 3_600_000,
-                Some(b'd') => 86_400_000,
-                Some(b'w') => 7 * 86_400_000,
-                Some(b'M') => 30 * 86_400_000,
-                Some(b'y') => 365 * 86_400_000,
-                _ => return Err(bad()),
-            };
-            i += 1;
-            u
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| v.checked_add(total))
-            .ok_or_else(bad)?;
-    }
-    Ok(total)
+    crate::config::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// nginx's size: `8k`, `10m`, `1g`, bytes.
@@ -570,6 +532,12 @@ impl Translator {
         nginx_time(&a[0]).map_err(|e| err(&d.at, format!("{}: {e}", d.name)))
     }
 
+    /// The directive's one argument, a number.
+    fn one_int(&self, d: &Directive) -> Result<i64, ParseError> {
+        let a = self.args(d, 1..=1)?;
+        self.int(d, &a[0])
+    }
+
     fn int(&self, d: &Directive, s: &str) -> Result<i64, ParseError> {
         s.parse::<i64>()
             .ok()
@@ -613,8 +581,7 @@ impl Translator {
                 "events" if d.block.is_some() => {
                     for e in d.block.as_deref().unwrap_or_default() {
                         if e.name == "worker_connections" {
-                            let a = self.args(e, 1..=1)?;
-                            worker_conns = Some((self.int(e, &a[0])?, e.at.clone()));
+                            worker_conns = Some((self.one_int(e)?, e.at.clone()));
                         } else {
                             self.other(e);
                         }
@@ -640,8 +607,7 @@ impl Translator {
                     }
                 }
                 "worker_rlimit_nofile" => {
-                    let a = self.args(d, 1..=1)?;
-                    let n = self.int(d, &a[0])?;
+                    let n = self.one_int(d)?;
                     self.warn(
                         d,
                         format!(
@@ -836,20 +802,17 @@ impl Translator {
                 list_push(&mut inh.limit_req, &mut inh.here, "limit_req", d.clone());
             }
             "limit_conn_status" => {
-                let a = self.args(d, 1..=1)?;
-                inh.limit_conn_status = Some((self.int(d, &a[0])?, at));
+                inh.limit_conn_status = Some((self.one_int(d)?, at));
             }
             "limit_req_status" => {
-                let a = self.args(d, 1..=1)?;
-                inh.limit_req_status = Some((self.int(d, &a[0])?, at));
+                inh.limit_req_status = Some((self.one_int(d)?, at));
             }
             "proxy_next_upstream" => {
                 self.args(d, 1..=12)?;
                 inh.next_upstream = Some(d.clone());
             }
             "proxy_next_upstream_tries" => {
-                let a = self.args(d, 1..=1)?;
-                inh.next_tries = Some((self.int(d, &a[0])?, at));
+                inh.next_tries = Some((self.one_int(d)?, at));
             }
             "proxy_next_upstream_timeout" => inh.next_timeout = Some((self.time(d)?, at)),
             "proxy_bind" => {
@@ -924,8 +887,7 @@ impl Translator {
                 inh.keepalive_timeout = Some((ms, at));
             }
             "keepalive_requests" => {
-                let a = self.args(d, 1..=1)?;
-                inh.keepalive_requests = Some((self.int(d, &a[0])?, at));
+                inh.keepalive_requests = Some((self.one_int(d)?, at));
             }
             "real_ip_header" => {
                 self.args(d, 1..=1)?;
