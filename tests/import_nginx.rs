@@ -322,7 +322,7 @@ fn malformed_or_broken_nginx_files_get_a_file_and_line() {
         (
             "time.conf",
             "http { server { listen 80; location / {\n proxy_pass http://127.0.0.1:1;\n proxy_read_timeout 5x;\n } } }\n",
-            ":3: proxy_read_timeout: invalid time \"5x\"",
+            ":3: proxy_read_timeout: invalid duration \"5x\"",
         ),
         (
             "args.conf",
