@@ -455,3 +455,85 @@ fn includes_servers_on_two_kinds_of_listener_and_what_has_no_equivalent() {
         "{printed}"
     );
 }
+
+#[test]
+fn mangled_nginx_files_never_panic_the_importer() {
+    let dir = scratch("import-mangled");
+    let seeds = [
+        s2(),
+        s3(),
+        s8(),
+        s10(),
+        section("4. Full Production", "5. HTTP/2"),
+    ];
+    let pieces = [
+        "{",
+        "}",
+        ";",
+        "\"",
+        "'",
+        "\\",
+        "$",
+        "#",
+        "\n",
+        " ",
+        "=",
+        ":",
+        "location",
+        "server",
+        "listen",
+        "ssl",
+        "proxy_pass",
+        "http://",
+        "upstream",
+        "include",
+        "*",
+        "map",
+        "0",
+        "99999999999999999999",
+        "é",
+        "\u{0}",
+    ];
+    let mut rng = Rng(0x5eed_2026);
+    let file = dir.join("m.conf");
+    let (mut ok, mut err) = (0, 0);
+    for i in 0..3000 {
+        let mut t: Vec<char> = seeds[i % seeds.len()].chars().collect();
+        for _ in 0..1 + rng.below(6) {
+            let at = rng.below(t.len() + 1);
+            match rng.below(3) {
+                0 if at < t.len() => {
+                    let n = 1 + rng.below(8).min(t.len() - at - 1);
+                    t.drain(at..at + n);
+                }
+                _ => {
+                    let p = pieces[rng.below(pieces.len())];
+                    for (k, c) in p.chars().enumerate() {
+                        t.insert(at + k, c);
+                    }
+                }
+            }
+        }
+        let text: String = t.into_iter().collect();
+        std::fs::write(&file, &text).unwrap();
+        match ringway::tools::nginx::import(&file) {
+            Ok(out) => {
+                ok += 1;
+                // What it writes is TOML (it may not check: a mangled address, say).
+                assert!(
+                    toml::from_str::<toml::Table>(&out.toml).is_ok(),
+                    "{text}\n{}",
+                    out.toml
+                );
+            }
+            Err(e) => {
+                err += 1;
+                assert!(
+                    e.to_string().starts_with(&format!("{}", file.display())),
+                    "{e}"
+                );
+            }
+        }
+    }
+    assert!(ok > 100 && err > 100, "{ok} imported, {err} refused");
+}

@@ -643,7 +643,7 @@ impl Translator {
         let _ = writeln!(
             o,
             "# Imported from {} by `ringway import-nginx` (ringway {}).",
-            path.display(),
+            toml_out::comment(&path.display().to_string()),
             env!("CARGO_PKG_VERSION")
         );
         let _ = writeln!(
@@ -659,7 +659,7 @@ impl Translator {
                 self.warnings.len()
             );
             for w in &self.warnings {
-                let _ = writeln!(o, "#   {}", w.replace('\n', " "));
+                let _ = writeln!(o, "#   {}", toml_out::comment(w));
             }
         }
         if !self.recognised.is_empty() {
@@ -667,7 +667,7 @@ impl Translator {
             self.recognised.dedup();
             let _ = writeln!(o, "#\n# Recognised as what ringway does anyway:");
             for r in &self.recognised {
-                let _ = writeln!(o, "#   {r}");
+                let _ = writeln!(o, "#   {}", toml_out::comment(r));
             }
         }
         if !self.runtime.rows.is_empty() {
@@ -679,7 +679,7 @@ impl Translator {
             ("limit_req_zone", &self.req_zones),
         ] {
             for (at, t) in zones {
-                let _ = writeln!(o, "\n[[{key}]]   # {at}");
+                let _ = writeln!(o, "\n[[{key}]]   # {}", toml_out::comment(&at.to_string()));
                 o.push_str(&t.render());
             }
         }
@@ -694,7 +694,12 @@ impl Translator {
             o.push_str(&u.table.render());
             let _ = writeln!(o, "servers = [");
             for (s, at) in &u.servers {
-                let _ = writeln!(o, "  {:<40} # {at}", format!("{s},"));
+                let _ = writeln!(
+                    o,
+                    "  {:<40} # {}",
+                    format!("{s},"),
+                    toml_out::comment(&at.to_string())
+                );
             }
             let _ = writeln!(o, "]");
         }
@@ -702,10 +707,18 @@ impl Translator {
         // first; ringway's is the first.
         self.servers.sort_by_key(|s| !s.default_server);
         for s in &self.servers {
-            let _ = writeln!(o, "\n[[server]]   # {}", s.at);
+            let _ = writeln!(
+                o,
+                "\n[[server]]   # {}",
+                toml_out::comment(&s.at.to_string())
+            );
             o.push_str(&s.table.render());
             for (at, l) in &s.locations {
-                let _ = writeln!(o, "\n[[server.location]]   # {at}");
+                let _ = writeln!(
+                    o,
+                    "\n[[server.location]]   # {}",
+                    toml_out::comment(&at.to_string())
+                );
                 o.push_str(&l.render());
             }
         }

@@ -106,15 +106,33 @@ impl Table {
             if r.note.is_empty() {
                 o.push_str(&line);
             } else {
-                o.push_str(&format!("{line:<31} # {}", r.note.replace('\n', " ")));
+                o.push_str(&format!("{line:<31} # {}", comment(&r.note)));
             }
             o.push('\n');
         }
         for c in &self.comments {
-            o.push_str(&format!("# {c}\n"));
+            for l in c.split('\n') {
+                o.push_str(&format!("# {}\n", comment(l.trim_start_matches("# "))));
+            }
         }
         o
     }
+}
+
+/// Text fit for a TOML comment (one line, no control characters but tab): what nginx files
+/// may hold in a word (a stray NUL, a newline inside quotes) shown escaped.
+pub fn comment(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push(' '),
+            c if c.is_control() => o.push_str(&format!("\\u{{{:04X}}}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
 }
 
 #[cfg(test)]
