@@ -299,7 +299,7 @@ fn main() -> ExitCode {
                 if connections == 0 || idle == 0 {
                     anyhow::bail!("--connections and --idle must be at least 1");
                 }
-                ringway::app::demo::demo(ringway::app::demo::DemoOpts {
+                ringway::tools::demo::demo(ringway::tools::demo::DemoOpts {
                     duration: duration_arg("duration", &duration)?,
                     no_load,
                     connections,

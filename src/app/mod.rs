@@ -1,8 +1,8 @@
 //! What the proxy's own subcommands do, once each: `run` (preflight at start, workers, admin,
-//! signals), `check` (load and describe a configuration) and `preflight` (the host's table).
+//! signals), `check` (load and describe a configuration), `reload`, `import-nginx` (translate,
+//! write, then check the result) and `preflight` (the host's table).
 //! `main.rs` only parses the command line and dispatches here or to the tools.
 
-pub mod demo;
 pub mod preflight;
 pub mod reload;
 pub mod run;

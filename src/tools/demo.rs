@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::tools::bench::{self, Mode, Opts, Target};
+use super::bench::{self, Mode, Opts, Target};
 
 /// What the command line sets.
 pub struct DemoOpts {
