@@ -117,7 +117,7 @@ fn unknown_upstream_names_field_and_line() {
 
 #[test]
 fn bad_address_and_duration() {
-    let e = err(&GOOD.replace("127.0.0.1:9002", "localhost:9002"));
+    let e = err(&GOOD.replace("127.0.0.1:9002", "local_host:9002"));
     assert_eq!(e.field, "upstream[0].servers[1].addr");
     let e = err(&GOOD.replace("\"7d\"", "\"7 days\""));
     assert_eq!(e.field, "server[0].location[1].read_timeout");
