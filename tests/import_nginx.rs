@@ -537,3 +537,35 @@ fn mangled_nginx_files_never_panic_the_importer() {
     }
     assert!(ok > 100 && err > 100, "{ok} imported, {err} refused");
 }
+
+#[test]
+fn balancers_in_front_proxy_protocol_and_the_real_client_address() {
+    let dir = scratch("import-real-ip");
+    let text = "http {\n    set_real_ip_from 10.0.0.0/8;\n    set_real_ip_from 192.0.2.7;\n    real_ip_header proxy_protocol;\n    server {\n        listen 127.0.0.1:18081 proxy_protocol;\n        location / { proxy_pass http://127.0.0.1:9001; proxy_set_header Host $host; }\n    }\n    server {\n        listen 127.0.0.1:18082;\n        set_real_ip_from 192.168.0.0/16;\n        real_ip_header X-Forwarded-For;\n        real_ip_recursive on;\n        location / { proxy_pass http://127.0.0.1:9001; proxy_set_header Host $host; }\n    }\n}\n";
+    let (toml, printed) = imported(&dir, "nginx.conf", text);
+    for want in [
+        "proxy_protocol = true",
+        "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]",
+        "trusted_proxies = [\"192.168.0.0/16\"]",
+        "real_ip_header = \"X-Forwarded-For\"",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    assert!(
+        printed.contains("`real_ip_recursive on`: ringway takes the last address"),
+        "{printed}"
+    );
+    check(&dir.join("nginx.toml"));
+    // A PROXY listener without set_real_ip_from: nginx trusts anyone; the import says so.
+    let text = "server {\n    listen 127.0.0.1:18083 proxy_protocol;\n    location / { proxy_pass http://127.0.0.1:9001; proxy_set_header Host $host; }\n}\n";
+    let (toml, printed) = imported(&dir, "open.conf", text);
+    assert!(
+        toml.contains("trusted_proxies = [\"0.0.0.0/0\", \"::/0\"]"),
+        "{toml}"
+    );
+    assert!(
+        printed.contains("no set_real_ip_from: nginx trusts any peer's PROXY header"),
+        "{printed}"
+    );
+    check(&dir.join("open.toml"));
+}

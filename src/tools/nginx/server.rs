@@ -139,7 +139,10 @@ impl Translator {
                 base.set(
                     "trusted_proxies",
                     V::L(v),
-                    format!("{}: set_real_ip_from", list[0].at),
+                    list.iter()
+                        .map(|x| format!("{}: set_real_ip_from", x.at))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 );
             }
             _ if proxy_protocol.is_some() || inh.real_ip_header.is_some() => {
@@ -162,6 +165,11 @@ impl Translator {
                 "proxy_protocol" => {
                     if proxy_protocol.is_none() {
                         self.warn(h, "real_ip_header proxy_protocol without listen … proxy_protocol: no PROXY header to take it from");
+                    } else {
+                        self.recognised.push(format!(
+                            "{}: real_ip_header proxy_protocol: what proxy_protocol = true does (the PROXY header's address is the client)",
+                            h.at
+                        ));
                     }
                 }
                 _ => self.warn(h, "ringway takes the client address from X-Forwarded-For or X-Real-IP (or the PROXY header)"),
