@@ -203,7 +203,7 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
         "  curl -i http://{listen}/headers           what the backend received (X-Real-IP, X-Forwarded-For, …)"
     );
     println!(
-        "  curl http://{admin}/status               sessions, upstream servers, sessions ended by reason"
+        "  curl http://{admin}/status               sessions, tunnels, each upstream server's state"
     );
     println!("  curl http://{admin}/metrics              Prometheus metrics");
     println!("  ringway bench throughput --target ws://{listen}/ -c 100 -d 10s");
