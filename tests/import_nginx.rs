@@ -376,7 +376,7 @@ fn includes_servers_on_two_kinds_of_listener_and_what_has_no_equivalent() {
     std::fs::write(
         dir.join("conf.d/20-chat.conf"),
         format!(
-            "server {{\n    listen 127.0.0.1:18080;\n    listen 127.0.0.1:18443 ssl default_server;\n    server_name chat.example.com .example.org;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1 TLSv1.2;\n    client_header_timeout 5s;\n    large_client_header_buffers 4 16k;\n    add_header X-Frame-Options DENY;\n    location /chat/ {{\n        proxy_pass http://chat;\n        proxy_set_header X-Request-Id $request_id;\n        proxy_bind 127.0.0.2;\n        limit_req zone=hs burst=20 nodelay;\n        limit_req_status 429;\n        proxy_next_upstream error timeout http_502 non_idempotent;\n    }}\n    location /feed/ {{\n        proxy_pass https://feed;\n    }}\n    location ~ \\.php$ {{\n        fastcgi_pass 127.0.0.1:9000;\n    }}\n    location /static/ {{\n        root /srv;\n    }}\n}}\n",
+            "server {{\n    listen 127.0.0.1:18080;\n    listen 127.0.0.1:18443 ssl default_server;\n    server_name chat.example.com .example.org;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1 TLSv1.2;\n    client_header_timeout 5s;\n    large_client_header_buffers 4 16k;\n    add_header X-Frame-Options DENY;\n    location /chat/ {{\n        proxy_pass http://chat;\n        proxy_set_header X-Request-Id $request_id;\n        proxy_bind 127.0.0.2;\n        limit_req zone=hs burst=20 nodelay;\n        limit_req_status 429;\n        proxy_next_upstream error timeout http_502 non_idempotent;\n    }}\n    location /feed/ {{\n        proxy_pass https://feed;\n    }}\n    location ~ \\.php$ {{\n        fastcgi_pass 127.0.0.1:9000;\n    }}\n    location /static/ {{\n        root /srv;\n    }}\n    location /old/ {{\n        proxy_pass http://chat;\n        if ($http_upgrade = \"\") {{\n            return 426;\n        }}\n    }}\n}}\n",
             pki.cert.display(),
             pki.key.display()
         ),
@@ -428,6 +428,8 @@ fn includes_servers_on_two_kinds_of_listener_and_what_has_no_equivalent() {
         ),
         format!("{inc}:22: `location ~ \\.php$`: regular-expression locations are not supported"),
         format!("{inc}:25: `location /static/`: no proxy_pass"),
+        format!("{inc}:30: `if ($http_upgrade = \"\" )`: ringway has no rewriting"),
+        format!("this block and the 1 directive(s) in it are left out"),
         format!("{inc}:20: `proxy_pass https://feed`: nginx does not verify upstream certificates"),
         format!("{}:13: `stream`", dir.join("nginx.conf").display()),
         format!("{}:10: `gzip on`", dir.join("nginx.conf").display()),

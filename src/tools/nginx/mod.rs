@@ -189,8 +189,15 @@ struct Translator {
 
 impl Translator {
     fn warn(&mut self, d: &Directive, m: impl std::fmt::Display) {
-        let words = std::iter::once(d.name.as_str())
-            .chain(d.args.iter().map(String::as_str))
+        // Words as they would be written back: an empty one or one with blanks quoted.
+        let words = std::iter::once(d.name.clone())
+            .chain(d.args.iter().map(|a| {
+                if a.is_empty() || a.contains([' ', '\t']) {
+                    format!("\"{a}\"")
+                } else {
+                    a.clone()
+                }
+            }))
             .collect::<Vec<_>>()
             .join(" ");
         let words = if words.len() > 60 {
@@ -207,12 +214,18 @@ impl Translator {
 
     /// A directive this level does not translate: its note, or "not translated".
     fn other(&mut self, d: &Directive) {
-        match note(&d.name) {
-            Some(n) => self.warn(d, n),
-            None => self.warn(
+        let what = note(&d.name).unwrap_or(
+            "not translated: ringway has no equivalent (or the importer does not know this directive)",
+        );
+        match &d.block {
+            Some(b) => self.warn(
                 d,
-                "not translated: ringway has no equivalent (or the importer does not know this directive)",
+                format!(
+                    "{what}; this block and the {} directive(s) in it are left out",
+                    b.len()
+                ),
             ),
+            None => self.warn(d, what),
         }
     }
 

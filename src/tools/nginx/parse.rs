@@ -372,9 +372,9 @@ impl Parser<'_> {
                 _ => w.push(c),
             }
         }
-        // nginx wants a separator after a quoted word.
+        // nginx wants a separator after a quoted word (or the `)` of an `if (…)`).
         if let Some(&c) = self.b.get(self.i)
-            && !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}')
+            && !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'{' | b'}' | b')')
         {
             return Err(self.err(format!(
                 "unexpected \"{}\" after a quoted string",
