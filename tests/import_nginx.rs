@@ -429,7 +429,7 @@ fn includes_servers_on_two_kinds_of_listener_and_what_has_no_equivalent() {
         format!("{inc}:22: `location ~ \\.php$`: regular-expression locations are not supported"),
         format!("{inc}:25: `location /static/`: no proxy_pass"),
         format!("{inc}:30: `if ($http_upgrade = \"\" )`: ringway has no rewriting"),
-        format!("this block and the 1 directive(s) in it are left out"),
+        "this block and the 1 directive(s) in it are left out".to_string(),
         format!("{inc}:20: `proxy_pass https://feed`: nginx does not verify upstream certificates"),
         format!("{}:13: `stream`", dir.join("nginx.conf").display()),
         format!("{}:10: `gzip on`", dir.join("nginx.conf").display()),
