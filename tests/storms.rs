@@ -26,7 +26,7 @@ fn memory_returns_after_storms() {
     );
     let target = format!("ws://{}/ws/", st.listen);
     let mut rss = Vec::new();
-    for storm in 0..3 {
+    for storm in 0..5 {
         let (code, text) = ringway(&[
             "bench", "connect", "--target", &target, "-c", "50", "-n", "20000", "--json", "--quiet",
         ]);
@@ -40,10 +40,14 @@ fn memory_returns_after_storms() {
         rss.push(st.proxy.rss_kib());
     }
     eprintln!("proxy RSS after each storm (KiB): {rss:?}");
-    // The previous main grew ~400 KiB a storm here (dead timer entries); now it is flat to
-    // within the allocator's slack.
+    // The previous main grew ~400 KiB every storm here (dead timer entries); now it is flat to
+    // within the allocator's slack, which now and then takes one step of a few hundred KiB (an
+    // arena growing) and stays there. A leak grows at every storm: the median growth from one
+    // storm to the next is what is bounded.
+    let mut growth: Vec<i64> = rss.windows(2).map(|w| w[1] as i64 - w[0] as i64).collect();
+    growth.sort_unstable();
     assert!(
-        rss[2] <= rss[0] + 384,
+        growth[growth.len() / 2] <= 150,
         "RSS grew storm after storm: {rss:?} KiB"
     );
 }
