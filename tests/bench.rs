@@ -113,7 +113,7 @@ fn unreachable_and_refused_targets_fail_clearly() {
     if !uring_ok() {
         return;
     }
-    let dead = free_addr();
+    let (dead, _held) = refused_addr();
     let (code, _, err) = bench(&[
         "throughput",
         "--target",

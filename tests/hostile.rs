@@ -489,7 +489,7 @@ fn nginx_limits_and_normalised_routing() {
     let live = free_addr();
     let _echo = echo(&[live], &dir);
     let listen = free_addr();
-    let dead = free_addr();
+    let (dead, _held) = refused_addr();
     // A backend that reads the request and never answers: only body_timeout can end it.
     let mute = TcpListener::bind("127.0.0.1:0").unwrap();
     let mute_addr = mute.local_addr().unwrap();

@@ -92,7 +92,7 @@ fn sessions_keep_the_configuration_they_were_accepted_under() {
     assert_eq!(get(&mut http, "/health"), 200);
 
     // After: one server, and a dead one: index 1 no longer exists, and anything new fails.
-    let dead = free_addr();
+    let (dead, _held) = refused_addr();
     let after = config(&format!("{{ addr = \"{dead}\" }}"));
     live.swap(after.clone());
     inbox.send(Msg::Config);

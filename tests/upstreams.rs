@@ -272,7 +272,8 @@ fn a_failing_server_is_taken_out_for_fail_timeout_and_comes_back() {
         return;
     }
     let dir = scratch("max-fails");
-    let (live, dead) = (free_addr(), free_addr());
+    let live = free_addr();
+    let (dead, held) = refused_addr();
     let _echo = echo(&[live], &dir);
     let listen = free_addr();
     let admin = free_addr();
@@ -296,6 +297,7 @@ fn a_failing_server_is_taken_out_for_fail_timeout_and_comes_back() {
         5,
     );
     // It comes up; once fail_timeout has passed, one request tries it and it is back.
+    drop(held);
     let _revived = echo(&[dead], &dir);
     std::thread::sleep(Duration::from_millis(2100));
     let mut seen = false;

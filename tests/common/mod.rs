@@ -28,6 +28,16 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A loopback address where connects are refused: bound but not listening, and held, so that
+/// no other test's `free_addr` can take the port until the returned socket is dropped.
+pub fn refused_addr() -> (SocketAddr, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (addr, s)
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh scratch directory for one test.
