@@ -253,7 +253,6 @@ const NOTES: &[(&[&str], &str)] = &[
             "worker_cpu_affinity",
             "worker_priority",
             "pcre_jit",
-            "load_module",
             "env",
             "lock_file",
             "timer_resolution",
@@ -265,6 +264,10 @@ const NOTES: &[(&[&str], &str)] = &[
             "ssl_engine",
         ],
         "ringway runs in the foreground as the user that starts it (the systemd unit sets it), one worker thread per core",
+    ),
+    (
+        &["load_module"],
+        "ringway has no dynamic modules: what it does is built in (a module's directives are warned about where they appear)",
     ),
     (
         &[
