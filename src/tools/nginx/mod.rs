@@ -68,39 +68,14 @@ pub fn nginx_time(s: &str) -> Result<u64, String> {
     crate::config::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// nginx's size: `8k`, `10m`, `1g`, bytes.
-pub fn nginx_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.as_bytes().last() {
-        Some(b'k' | b'K') => (&t[..t.len() - 1], 1 << 10),
-        Some(b'm' | b'M') => (&t[..t.len() - 1], 1 << 20),
-        Some(b'g' | b'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("invalid size {s:?}"))
-}
-
-/// Milliseconds as ringway's shortest exact duration: "7d", "30s", "1500ms".
+/// Milliseconds as ringway writes a duration back: "7d", "30s", "1500ms".
 fn dur(ms: u64) -> V {
-    let s = if ms == 0 {
-        "0s".to_string()
-    } else if ms.is_multiple_of(86_400_000) {
-        format!("{}d", ms / 86_400_000)
-    } else if ms.is_multiple_of(3_600_000) {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    };
-    V::S(s)
+    V::S(crate::config::fmt_duration(
+        std::time::Duration::from_millis(ms),
+    ))
 }
 
+/// Bytes as ringway writes a size: "10m", "16k", or bytes.
 fn size(bytes: u64) -> V {
     V::S(if bytes.is_multiple_of(1 << 20) {
         format!("{}m", bytes >> 20)
@@ -463,7 +438,7 @@ impl Translator {
                 name = Some(n.to_string());
                 t.set("name", V::S(n.into()), "");
                 if !sz.is_empty() {
-                    let b = nginx_size(sz).map_err(|e| err(&d.at, e))?;
+                    let b = crate::config::parse_size(sz).map_err(|e| err(&d.at, e))?;
                     t.set("size", size(b), "");
                 }
             } else if let Some(r) = w.strip_prefix("rate=")
@@ -604,7 +579,7 @@ impl Translator {
             "large_client_header_buffers" => {
                 let a = self.args(d, 2..=2)?;
                 let n = self.int(d, &a[0])? as u64;
-                let sz = nginx_size(&a[1]).map_err(|e| err(&d.at, e))?;
+                let sz = crate::config::parse_size(&a[1]).map_err(|e| err(&d.at, e))?;
                 inh.header_buffers = Some((n, sz, at));
             }
             "keepalive_timeout" => {
@@ -802,9 +777,9 @@ mod tests {
         assert_eq!(nginx_time("500ms").unwrap(), 500);
         assert_eq!(nginx_time("60").unwrap(), 60_000);
         assert!(nginx_time("5x").is_err());
-        assert_eq!(nginx_size("10m").unwrap(), 10 << 20);
-        assert_eq!(nginx_size("8k").unwrap(), 8192);
-        assert!(nginx_size("k").is_err());
+        assert_eq!(crate::config::parse_size("10m").unwrap(), 10 << 20);
+        assert_eq!(crate::config::parse_size("8k").unwrap(), 8192);
+        assert!(crate::config::parse_size("k").is_err());
         assert!(matches!(dur(86_400_000), V::S(s) if s == "1d"));
         assert!(matches!(dur(1500), V::S(s) if s == "1500ms"));
     }
