@@ -571,3 +571,29 @@ fn balancers_in_front_proxy_protocol_and_the_real_client_address() {
     );
     check(&dir.join("open.toml"));
 }
+
+#[test]
+fn https_upstreams_send_sni_and_verify_only_as_nginx_was_told() {
+    let dir = scratch("import-ssl-upstream");
+    let ca = pki().ca.display().to_string();
+    let text = format!(
+        "server {{\n    listen 127.0.0.1:18090;\n    proxy_set_header Host $host;\n    location /plain/ {{ proxy_pass https://localhost:8443; }}\n    location /sni/ {{ proxy_pass https://127.0.0.1:8444; proxy_ssl_server_name on; proxy_ssl_name chat.internal; }}\n    location /verify/ {{ proxy_pass https://localhost:8445; proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca}; }}\n}}\n"
+    );
+    let (toml, printed) = imported(&dir, "nginx.conf", &text);
+    for want in [
+        // nginx's defaults: no SNI, no verification.
+        "tls = { verify = false }",
+        "tls = { verify = false, sni = \"chat.internal\" }",
+        &format!("tls = {{ verify = true, ca = \"{ca}\", sni = \"localhost\" }}"),
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    assert!(
+        printed
+            .matches("nginx does not verify upstream certificates")
+            .count()
+            == 2,
+        "{printed}"
+    );
+    check(&dir.join("nginx.toml"));
+}

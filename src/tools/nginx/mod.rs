@@ -106,6 +106,7 @@ struct Inherit {
     ssl_verify: Option<bool>,
     ssl_ca: Option<String>,
     ssl_name: Option<String>,
+    ssl_server_name: Option<bool>,
     // server level
     certs: Option<Vec<(String, Where)>>,
     keys: Option<Vec<(String, Where)>>,
@@ -137,7 +138,6 @@ struct Upstream {
     /// proxy_bind / TLS settings brought by the locations that use it.
     source: Option<(String, String)>,
     tls: Option<(Table, String)>,
-    at: Where,
 }
 
 struct Server {
@@ -536,14 +536,7 @@ impl Translator {
                 let a = self.args(d, 1..=1)?;
                 inh.ssl_name = Some(a[0].clone());
             }
-            "proxy_ssl_server_name" => {
-                if self.on_off(d)? {
-                    self.warn(
-                        d,
-                        "ringway sends SNI toward an upstream when its tls has sni = \"NAME\" (proxy_ssl_name, else the proxy_pass host name)",
-                    );
-                }
-            }
+            "proxy_ssl_server_name" => inh.ssl_server_name = Some(self.on_off(d)?),
             "proxy_http_version" => {
                 let a = self.args(d, 1..=1)?;
                 if a[0] != "1.1" {

@@ -179,7 +179,6 @@ impl Translator {
             servers,
             source: None,
             tls: None,
-            at: d.at.clone(),
         });
         Ok(())
     }
@@ -283,39 +282,38 @@ impl Translator {
                 format!("the URI part ({u}) is not applied: ringway passes the request's path unchanged (nginx would replace {path} with {u})"),
             );
         }
-        let name = if let Some(u) = self.upstreams.iter().position(|u| u.name == host) {
-            self.upstreams[u].name.clone()
-        } else {
-            let name = host.replace([':', '[', ']'], "_");
-            if !self.upstreams.iter().any(|u| u.name == name) {
-                let mut t = Table::default();
-                t.set(
-                    "name",
-                    V::S(name.clone()),
-                    format!("{}: proxy_pass {url} (no upstream block: one server)", d.at),
-                );
-                self.upstreams.push(Upstream {
-                    name: name.clone(),
-                    table: t,
-                    servers: vec![(
-                        V::T(vec![(
-                            "addr".into(),
-                            V::S(with_port(host, if tls { 443 } else { 80 })),
-                        )]),
-                        d.at.clone(),
-                    )],
-                    source: None,
-                    tls: None,
-                    at: d.at.clone(),
-                });
-            }
-            name
+        // An upstream block of that name, else one made from host:port (reused by the next
+        // proxy_pass to the same place).
+        let implicit = host.replace([':', '[', ']'], "_");
+        let ui = match self.upstreams.iter().position(|u| u.name == host) {
+            Some(u) => u,
+            None => match self.upstreams.iter().position(|u| u.name == implicit) {
+                Some(u) => u,
+                None => {
+                    let mut t = Table::default();
+                    t.set(
+                        "name",
+                        V::S(implicit.clone()),
+                        format!("{}: proxy_pass {url} (no upstream block: one server)", d.at),
+                    );
+                    self.upstreams.push(Upstream {
+                        name: implicit,
+                        table: t,
+                        servers: vec![(
+                            V::T(vec![(
+                                "addr".into(),
+                                V::S(with_port(host, if tls { 443 } else { 80 })),
+                            )]),
+                            d.at.clone(),
+                        )],
+                        source: None,
+                        tls: None,
+                    });
+                    self.upstreams.len() - 1
+                }
+            },
         };
-        let ui = self
-            .upstreams
-            .iter()
-            .position(|u| u.name == name)
-            .unwrap_or(0);
+        let name = self.upstreams[ui].name.clone();
         if let Some(b) = &inh.bind {
             let src = b.args[0].clone();
             if src == "off" {
@@ -339,15 +337,18 @@ impl Translator {
             if let Some(ca) = &inh.ssl_ca {
                 t.set("ca", V::S(ca.clone()), "");
             }
+            // nginx sends SNI with proxy_ssl_server_name on and verifies with proxy_ssl_verify
+            // on, both against proxy_ssl_name or else the proxy_pass host; ringway's sni is the
+            // name sent and verified (without it the address is verified, no SNI sent).
             let host_name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let by_name = inh.ssl_server_name.unwrap_or(false) || verify;
             if let Some(n) = inh.ssl_name.clone().or_else(|| {
-                (host_name.parse::<std::net::IpAddr>().is_err()
-                    && !self
-                        .upstreams
-                        .iter()
-                        .any(|u| u.name == host_name && u.at.line != d.at.line))
-                .then(|| host_name.to_string())
-            }) {
+                host_name
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+                    .then(|| host_name.to_string())
+            }) && by_name
+            {
                 t.set("sni", V::S(n), "");
             }
             if !verify {
