@@ -597,3 +597,47 @@ fn https_upstreams_send_sni_and_verify_only_as_nginx_was_told() {
     );
     check(&dir.join("nginx.toml"));
 }
+
+#[test]
+fn what_an_import_reads_is_bounded() {
+    let dir = scratch("import-bounds");
+    let expect = |main: &Path, want: &str| {
+        let (code, printed) = ringway(&["import-nginx", main.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{printed}");
+        assert!(printed.contains(want), "want {want:?}:\n{printed}");
+    };
+    // One file over 4 MiB.
+    let big = dir.join("big.conf");
+    std::fs::write(&big, "#".repeat(5 << 20)).unwrap();
+    expect(&big, "larger than 4194304 bytes");
+    // Files that come to more than 16 MiB together.
+    std::fs::create_dir_all(dir.join("many-big")).unwrap();
+    for i in 0..5 {
+        let f = dir.join(format!("many-big/{i}.conf"));
+        std::fs::write(f, format!("{}\n", "#".repeat(7 << 19))).unwrap();
+    }
+    let main = dir.join("many-big.conf");
+    std::fs::write(&main, "include many-big/*.conf;\n").unwrap();
+    expect(&main, "with it the files included come to more than 16 MiB");
+    // More than 1,000 files.
+    std::fs::create_dir_all(dir.join("many")).unwrap();
+    for i in 0..1001 {
+        std::fs::write(dir.join(format!("many/{i:04}.conf")), "").unwrap();
+    }
+    let main = dir.join("many.conf");
+    std::fs::write(&main, "include many/*.conf;\n").unwrap();
+    expect(&main, "many.conf:1: more than 1000 files included");
+    // A chain of includes deeper than 16.
+    for i in 0..20 {
+        std::fs::write(
+            dir.join(format!("chain{i}.conf")),
+            format!("include chain{}.conf;\n", i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("chain20.conf"), "").unwrap();
+    expect(
+        &dir.join("chain0.conf"),
+        "include nested deeper than 16 files",
+    );
+}

@@ -6,8 +6,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A file larger than this is not an nginx configuration.
+/// A file larger than this is not an nginx configuration; nor are files that come to more
+/// than `TOTAL_MAX` together.
 const FILE_MAX: u64 = 4 << 20;
+const TOTAL_MAX: u64 = 16 << 20;
 /// `include` depth, files in all, and block nesting: a cycle or a runaway glob ends here.
 const INCLUDE_DEPTH: usize = 16;
 const FILES_MAX: usize = 1000;
@@ -45,11 +47,18 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// What has been read so far, against the bounds.
+#[derive(Default)]
+struct Read {
+    files: usize,
+    bytes: u64,
+}
+
 /// Read `path` and every file it includes.
 pub fn read(path: &Path) -> Result<Vec<Directive>, ParseError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut files = 0;
-    file(path, &base, 0, &mut Vec::new(), &mut files)
+    let mut read = Read::default();
+    file(path, &base, 0, &mut Vec::new(), &mut read)
 }
 
 fn file(
@@ -57,12 +66,22 @@ fn file(
     base: &Path,
     depth: usize,
     stack: &mut Vec<PathBuf>,
-    files: &mut usize,
+    read: &mut Read,
 ) -> Result<Vec<Directive>, ParseError> {
     let name: std::rc::Rc<str> = path.display().to_string().into();
-    let text = crate::config::read_bounded(path, FILE_MAX)
-        .map_err(|e| ParseError(format!("{name}: {e}")))?;
-    *files += 1;
+    let left = TOTAL_MAX - read.bytes;
+    let text = crate::config::read_bounded(path, FILE_MAX.min(left)).map_err(|e| {
+        if left < FILE_MAX {
+            ParseError(format!(
+                "{name}: {e}: with it the files included come to more than {} MiB",
+                TOTAL_MAX >> 20
+            ))
+        } else {
+            ParseError(format!("{name}: {e}"))
+        }
+    })?;
+    read.files += 1;
+    read.bytes += text.len() as u64;
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     stack.push(canon);
     let mut p = Parser {
@@ -72,7 +91,7 @@ fn file(
         file: name,
     };
     let out = p.block(0, false)?;
-    let out = expand(out, base, depth, stack, files)?;
+    let out = expand(out, base, depth, stack, read)?;
     stack.pop();
     Ok(out)
 }
@@ -83,7 +102,7 @@ fn expand(
     base: &Path,
     depth: usize,
     stack: &mut Vec<PathBuf>,
-    files: &mut usize,
+    read: &mut Read,
 ) -> Result<Vec<Directive>, ParseError> {
     let mut out = Vec::with_capacity(list.len());
     for mut d in list {
@@ -109,18 +128,18 @@ fn expand(
                         path.display()
                     )));
                 }
-                if *files >= FILES_MAX {
+                if read.files >= FILES_MAX {
                     return Err(ParseError(format!(
                         "{}: more than {FILES_MAX} files included",
                         d.at
                     )));
                 }
-                out.extend(file(&path, base, depth + 1, stack, files)?);
+                out.extend(file(&path, base, depth + 1, stack, read)?);
             }
             continue;
         }
         if let Some(b) = d.block.take() {
-            d.block = Some(expand(b, base, depth, stack, files)?);
+            d.block = Some(expand(b, base, depth, stack, read)?);
         }
         out.push(d);
     }
