@@ -32,12 +32,13 @@ pub struct DemoOpts {
 }
 
 /// The configuration the demo runs the proxy with (ports filled in).
-fn config(echo: [SocketAddr; 2], listen: SocketAddr, admin: SocketAddr) -> String {
+/// `sessions`: what the load will hold at once, with room for a few by hand.
+fn config(echo: [SocketAddr; 2], listen: SocketAddr, admin: SocketAddr, sessions: usize) -> String {
     format!(
         r#"# Written by `ringway demo`; the proxy runs as `ringway run --config <this file>`.
 [runtime]
 workers = "auto"
-max_connections = 5000
+max_connections = {sessions}
 shutdown_grace = "10s"      # on Ctrl-C / SIGTERM: tunnels get a Close 1012 spread over
 drain_spread = "2s"         # drain_spread, and up to shutdown_grace to end
 
@@ -155,7 +156,9 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let [e0, e1, listen, admin] = free_ports::<4>()?;
     let cfg_path = dir.join("ringway.toml");
-    std::fs::write(&cfg_path, config([e0, e1], listen, admin))?;
+    // Split across workers by SO_REUSEPORT's hash: a quarter more for the unevenness.
+    let sessions = (o.connections.max(o.idle) * 5 / 4 + 100).max(5000);
+    std::fs::write(&cfg_path, config([e0, e1], listen, admin, sessions))?;
     crate::config::Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (echo_log, proxy_log) = (dir.join("echo.log"), dir.join("ringway.log"));
     let e0s = e0.to_string();
