@@ -195,7 +195,7 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
     );
     let mut failed = false;
     if !o.no_load {
-        failed = load(&o, listen, proxy_pid)?;
+        failed = load(&o, listen, proxy_pid, &kids.dir)?;
     }
     println!();
     println!("Try it by hand (the backends echo every message):");
@@ -229,11 +229,14 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
     let status = kids.proxy.wait()?;
     let _ = kill(Pid::from_raw(kids.echo.id() as i32), Signal::SIGTERM);
     let echo_status = kids.echo.wait()?;
-    let drained = std::fs::read_to_string(&proxy_log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("end=drained"))
-        .count();
+    let drained = std::fs::File::open(&proxy_log).map_or(0, |f| {
+        use std::io::BufRead;
+        std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.contains("end=drained"))
+            .count()
+    });
     println!(
         "proxy exited ({status}); {drained} WebSocket(s) drained; echo backends exited ({echo_status})"
     );
@@ -250,7 +253,7 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
 }
 
 /// The load and its report; true when a connection failed.
-fn load(o: &DemoOpts, listen: SocketAddr, proxy_pid: u32) -> anyhow::Result<bool> {
+fn load(o: &DemoOpts, listen: SocketAddr, proxy_pid: u32, dir: &Path) -> anyhow::Result<bool> {
     let target = Target::parse(&format!("ws://{listen}/demo"))?;
     let opts = Opts {
         mode: Mode::Throughput,
@@ -277,8 +280,7 @@ fn load(o: &DemoOpts, listen: SocketAddr, proxy_pid: u32) -> anyhow::Result<bool
     );
     let r = bench::run(opts.clone())?;
     // Memory: the proxy's resident size with `idle` WebSockets held open, minus at rest.
-    let ready =
-        std::env::temp_dir().join(format!("ringway-demo-{}/idle-ready", std::process::id()));
+    let ready = dir.join("idle-ready");
     let _ = std::fs::remove_file(&ready);
     let base = rss_kib(proxy_pid);
     let idle = Opts {
