@@ -40,10 +40,11 @@ fn memory_returns_after_storms() {
         rss.push(st.proxy.rss_kib());
     }
     eprintln!("proxy RSS after each storm (KiB): {rss:?}");
-    // The previous main grew ~400 KiB every storm here (dead timer entries); now it is flat to
-    // within the allocator's slack, which now and then takes one step of a few hundred KiB (an
-    // arena growing) and stays there. A leak grows at every storm: the median growth from one
-    // storm to the next is what is bounded.
+    // An earlier main grew ~400 KiB every storm here (dead timer entries); a later one ~20 KiB
+    // (each timer-wheel slot a storm passed through kept its list's memory, up to 2 MiB over
+    // the wheel's 205 s turn), which now and then tipped a malloc arena into a step of ~280 KiB.
+    // Now the live heap is flat (heaptrack) and RSS is within the allocator's slack. A leak
+    // grows at every storm: the median growth from one storm to the next is what is bounded.
     let mut growth: Vec<i64> = rss.windows(2).map(|w| w[1] as i64 - w[0] as i64).collect();
     growth.sort_unstable();
     assert!(
