@@ -184,13 +184,12 @@ impl Translator {
                     .unwrap_or_default(),
             );
         }
-        if let Some((ms, at)) = &inh.header_timeout {
-            base.set(
-                "header_timeout",
-                dur(*ms),
-                format!("{at}: client_header_timeout"),
-            );
-        }
+        base.set_from(
+            "header_timeout",
+            &inh.header_timeout,
+            "client_header_timeout",
+            dur,
+        );
         if let Some((n, sz, at)) = &inh.header_buffers {
             let (n, sz) = (*n, *sz);
             base.set(
@@ -201,20 +200,18 @@ impl Translator {
             base.set("request_line_max", size(sz), "");
             base.set("header_line_max", size(sz), "");
         }
-        if let Some((ms, at)) = &inh.keepalive_timeout {
-            base.set(
-                "keepalive_timeout",
-                dur(*ms),
-                format!("{at}: keepalive_timeout"),
-            );
-        }
-        if let Some((n, at)) = &inh.keepalive_requests {
-            base.set(
-                "keepalive_requests",
-                V::I(*n),
-                format!("{at}: keepalive_requests"),
-            );
-        }
+        base.set_from(
+            "keepalive_timeout",
+            &inh.keepalive_timeout,
+            "keepalive_timeout",
+            dur,
+        );
+        base.set_from(
+            "keepalive_requests",
+            &inh.keepalive_requests,
+            "keepalive_requests",
+            V::I,
+        );
         for (addrs, is_tls) in [(plain, false), (tls, true)] {
             if addrs.is_empty() {
                 continue;
@@ -422,13 +419,7 @@ impl Translator {
         t.set("read_timeout", v, c);
         let (v, c) = timeout(&inh.send, "proxy_send_timeout");
         t.set("send_timeout", v, c);
-        if let Some((ms, at)) = &inh.body {
-            t.set(
-                "body_timeout",
-                dur(*ms),
-                format!("{at}: client_body_timeout"),
-            );
-        }
+        t.set_from("body_timeout", &inh.body, "client_body_timeout", dur);
         if let Some(n) = &inh.next_upstream {
             let mut list = Vec::new();
             for w in &n.args {
@@ -446,20 +437,18 @@ impl Translator {
                 );
             }
         }
-        if let Some((n, at)) = &inh.next_tries {
-            t.set(
-                "next_upstream_tries",
-                V::I(*n),
-                format!("{at}: proxy_next_upstream_tries"),
-            );
-        }
-        if let Some((ms, at)) = &inh.next_timeout {
-            t.set(
-                "next_upstream_timeout",
-                dur(*ms),
-                format!("{at}: proxy_next_upstream_timeout"),
-            );
-        }
+        t.set_from(
+            "next_upstream_tries",
+            &inh.next_tries,
+            "proxy_next_upstream_tries",
+            V::I,
+        );
+        t.set_from(
+            "next_upstream_timeout",
+            &inh.next_timeout,
+            "proxy_next_upstream_timeout",
+            dur,
+        );
         if let Some(list) = &inh.limit_conn {
             for (i, l) in list.iter().enumerate() {
                 if i > 0 {

@@ -90,6 +90,20 @@ impl Table {
         }
     }
 
+    /// `key` from a directive's value (`f` makes it a TOML value) and where the directive was
+    /// written, when it was.
+    pub fn set_from<T: Copy, W: fmt::Display>(
+        &mut self,
+        key: &str,
+        from: &Option<(T, W)>,
+        directive: &str,
+        f: impl FnOnce(T) -> V,
+    ) {
+        if let Some((v, at)) = from {
+            self.set(key, f(*v), format!("{at}: {directive}"));
+        }
+    }
+
     pub fn get(&self, key: &str) -> Option<&V> {
         self.rows.iter().find(|r| r.key == key).map(|r| &r.val)
     }

@@ -57,10 +57,9 @@ impl Translator {
                     "ringway has no random balancing: round robin (the default) is used",
                 ),
                 "keepalive" => {
-                    let a = self.args(e, 1..=1)?;
                     t.set(
                         "keepalive",
-                        V::I(self.int(e, &a[0])?),
+                        V::I(self.one_int(e)?),
                         format!("{}: idle connections kept per worker", e.at),
                     );
                 }
@@ -70,10 +69,9 @@ impl Translator {
                     format!("{}: keepalive_timeout", e.at),
                 ),
                 "keepalive_requests" => {
-                    let a = self.args(e, 1..=1)?;
                     t.set(
                         "keepalive_requests",
-                        V::I(self.int(e, &a[0])?),
+                        V::I(self.one_int(e)?),
                         format!("{}: keepalive_requests", e.at),
                     );
                 }
