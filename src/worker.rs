@@ -374,12 +374,17 @@ impl Core {
                 // What already waits in the accept queue would be reset by the shutdown: it
                 // is taken first (the socket is this worker's alone; non-blocking from now on,
                 // so the sweep stops at an empty queue), then served like any connection
-                // accepted during a drain.
+                // accepted during a drain. At most a backlog's worth: connections arriving
+                // as fast as they are taken do not hold the sweep (or `queued`) without end.
                 let _ = l.sock.set_nonblocking(true);
                 let listen = l.listen;
-                while let Ok(fd) =
-                    nix::sys::socket::accept4(&l.sock, nix::sys::socket::SockFlag::SOCK_CLOEXEC)
-                {
+                for _ in 0..self.spec.backlog.max(1) {
+                    let Ok(fd) = nix::sys::socket::accept4(
+                        &l.sock,
+                        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                    ) else {
+                        break;
+                    };
                     queued.push((std::os::fd::IntoRawFd::into_raw_fd(fd), listen));
                 }
                 let _ = l.sock.shutdown(std::net::Shutdown::Read);
