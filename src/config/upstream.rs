@@ -689,10 +689,13 @@ fn peer_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(vec![a]);
     }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!(
+    let invalid = || {
+        format!(
             "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\", \"[::1]:8080\" or NAME:PORT"
-        ));
+        )
+    };
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(invalid());
     };
     let name_ok = !host.is_empty()
         && host.len() <= 253
@@ -701,13 +704,11 @@ fn peer_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
                 && l.len() <= 63
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    if !name_ok || port.parse::<u16>().is_err() {
-        return Err(format!(
-            "invalid address {s:?}: expected IP:PORT such as \"127.0.0.1:8080\", \"[::1]:8080\" or NAME:PORT"
-        ));
-    }
+    let Some(port) = port.parse::<u16>().ok().filter(|_| name_ok) else {
+        return Err(invalid());
+    };
     let mut out: Vec<SocketAddr> = Vec::new();
-    for a in (host, port.parse::<u16>().unwrap_or(0))
+    for a in (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
     {
