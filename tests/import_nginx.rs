@@ -641,3 +641,26 @@ fn what_an_import_reads_is_bounded() {
         "include nested deeper than 16 files",
     );
 }
+
+#[test]
+fn limits_one_per_location_with_their_status() {
+    let dir = scratch("import-limits");
+    let text = "http {\n    limit_conn_zone $binary_remote_addr zone=per_ip:10m;\n    limit_conn_zone $server_name zone=per_host:1m;\n    limit_req_zone $binary_remote_addr zone=rps:10m rate=20r/s;\n    limit_conn_status 429;\n    limit_conn per_ip 50;\n    server {\n        listen 127.0.0.1:18091;\n        location /a/ {\n            proxy_pass http://127.0.0.1:9001;\n            proxy_set_header Host $host;\n        }\n        location /b/ {\n            limit_conn per_ip 10;\n            limit_conn per_host 1000;\n            limit_req zone=rps burst=40 nodelay;\n            limit_req zone=rps burst=5 delay=2;\n            limit_req_status 503;\n            proxy_pass http://127.0.0.1:9001;\n            proxy_set_header Host $host;\n        }\n    }\n}\n";
+    let (toml, printed) = imported(&dir, "nginx.conf", text);
+    // /a/ inherits the http level's limit_conn and its status; /b/ replaces the list.
+    for want in [
+        "limit_conn = { zone = \"per_ip\", max = 50, status = 429 }",
+        "limit_conn = { zone = \"per_ip\", max = 10, status = 429 }",
+        "limit_req = { zone = \"rps\", burst = 40, nodelay = true, status = 503 }",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    assert!(!toml.contains("per_host\", max"), "{toml}");
+    for want in [
+        "nginx.conf:15: `limit_conn per_host 1000`: ringway takes one limit_conn per location: this one is left out",
+        "nginx.conf:17: `limit_req zone=rps burst=5 delay=2`: ringway takes one limit_req per location: this one is left out",
+    ] {
+        assert!(printed.contains(want), "{want} missing:\n{printed}");
+    }
+    check(&dir.join("nginx.toml"));
+}

@@ -449,55 +449,32 @@ impl Translator {
             "proxy_next_upstream_timeout",
             dur,
         );
-        if let Some(list) = &inh.limit_conn {
-            for (i, l) in list.iter().enumerate() {
-                if i > 0 {
-                    self.warn(
-                        l,
-                        "ringway takes one limit_conn per location: this one is left out",
-                    );
-                    continue;
-                }
-                let mut lt: Vec<(String, V)> = vec![
+        self.limit(
+            &mut t,
+            "limit_conn",
+            &inh.limit_conn,
+            &inh.limit_conn_status,
+            |me, l| {
+                Ok(vec![
                     ("zone".into(), V::S(l.args[0].clone())),
-                    ("max".into(), V::I(self.int(l, &l.args[1])?)),
-                ];
-                let mut note = format!("{}: limit_conn", l.at);
-                if let Some((s, at)) = &inh.limit_conn_status {
-                    lt.push(("status".into(), V::I(*s)));
-                    note += &format!(", {at}: limit_conn_status");
+                    ("max".into(), V::I(me.int(l, &l.args[1])?)),
+                ])
+            },
+        )?;
+        self.limit(&mut t, "limit_req", &inh.limit_req, &inh.limit_req_status, |me, l| {
+            let mut lt = Vec::new();
+            for w in &l.args {
+                let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                match k {
+                    "zone" => lt.push(("zone".into(), V::S(v.into()))),
+                    "burst" => lt.push(("burst".into(), V::I(me.int(l, v)?))),
+                    "nodelay" => lt.push(("nodelay".into(), V::B(true))),
+                    "delay" => me.warn(l, "delay=N: ringway either delays every request within the burst or none (nodelay)"),
+                    _ => return Err(err(&l.at, format!("limit_req: unexpected {w:?}"))),
                 }
-                t.set("limit_conn", V::T(lt), note);
             }
-        }
-        if let Some(list) = &inh.limit_req {
-            for (i, l) in list.iter().enumerate() {
-                if i > 0 {
-                    self.warn(
-                        l,
-                        "ringway takes one limit_req per location: this one is left out",
-                    );
-                    continue;
-                }
-                let mut lt: Vec<(String, V)> = Vec::new();
-                for w in &l.args {
-                    let (k, v) = w.split_once('=').unwrap_or((w, ""));
-                    match k {
-                        "zone" => lt.push(("zone".into(), V::S(v.into()))),
-                        "burst" => lt.push(("burst".into(), V::I(self.int(l, v)?))),
-                        "nodelay" => lt.push(("nodelay".into(), V::B(true))),
-                        "delay" => self.warn(l, "delay=N: ringway either delays every request within the burst or none (nodelay)"),
-                        _ => return Err(err(&l.at, format!("limit_req: unexpected {w:?}"))),
-                    }
-                }
-                let mut note = format!("{}: limit_req", l.at);
-                if let Some((s, at)) = &inh.limit_req_status {
-                    lt.push(("status".into(), V::I(*s)));
-                    note += &format!(", {at}: limit_req_status");
-                }
-                t.set("limit_req", V::T(lt), note);
-            }
-        }
+            Ok(lt)
+        })?;
         self.headers(d, &inh, &mut t);
         if read_ms >= 120_000 {
             t.comments.push(format!(
@@ -506,6 +483,36 @@ impl Translator {
             ));
         }
         out.push((d.at.clone(), t));
+        Ok(())
+    }
+
+    /// `key` (limit_conn, limit_req) in a location: its first directive in force (`fields`
+    /// reads its arguments) with the `*_status` in force; ringway takes one per location, so
+    /// any other is warned about.
+    fn limit(
+        &mut self,
+        t: &mut Table,
+        key: &str,
+        list: &Option<Vec<Directive>>,
+        status: &Option<(i64, Where)>,
+        fields: impl Fn(&mut Self, &Directive) -> Result<Vec<(String, V)>, ParseError>,
+    ) -> Result<(), ParseError> {
+        let Some((first, rest)) = list.as_deref().and_then(<[Directive]>::split_first) else {
+            return Ok(());
+        };
+        for l in rest {
+            self.warn(
+                l,
+                format!("ringway takes one {key} per location: this one is left out"),
+            );
+        }
+        let mut lt = fields(self, first)?;
+        let mut note = format!("{}: {key}", first.at);
+        if let Some((s, at)) = status {
+            lt.push(("status".into(), V::I(*s)));
+            note += &format!(", {at}: {key}_status");
+        }
+        t.set(key, V::T(lt), note);
         Ok(())
     }
 
