@@ -140,18 +140,8 @@ fn read(
     field: &str,
     path: &Path,
 ) -> Result<Vec<u8>, ConfigError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > super::defaults::FILE_MAX => {
-            return Err(cx.err(
-                span,
-                field,
-                format!("{} is too large for a PEM file", path.display()),
-            ));
-        }
-        _ => {}
-    }
-    std::fs::read(path)
-        .map_err(|e| cx.err(span, field, format!("cannot read {}: {e}", path.display())))
+    super::read_bounded_bytes(path, super::defaults::FILE_MAX)
+        .map_err(|e| cx.err(span, field, format!("{}: {e}", path.display())))
 }
 
 /// The certificates (a chain) in a PEM file.

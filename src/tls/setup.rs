@@ -59,7 +59,8 @@ pub fn client_config_from(ca: Option<&Path>) -> Result<rustls::ClientConfig, Str
     let roots = match ca {
         None => None,
         Some(p) => {
-            let pem = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let pem = crate::config::read_bounded_bytes(p, crate::config::defaults::FILE_MAX)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
             Some(certs_from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?)
         }
     };
