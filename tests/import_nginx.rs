@@ -664,3 +664,65 @@ fn limits_one_per_location_with_their_status() {
     }
     check(&dir.join("nginx.toml"));
 }
+
+/// `-o PATH` never writes through a symbolic link at PATH: with `--force` the link itself is
+/// replaced by the new file (its target untouched), and without it a dangling link counts as
+/// something that exists (its target is not created).
+#[test]
+fn output_never_follows_a_link() {
+    let dir = scratch("import-links");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, s2()).unwrap();
+    let conf = conf.to_str().unwrap();
+    // A link to a file that must stay as it is.
+    let precious = dir.join("precious");
+    std::fs::write(&precious, "keep me\n").unwrap();
+    let out = dir.join("out.toml");
+    std::os::unix::fs::symlink(&precious, &out).unwrap();
+    let (code, printed) = ringway(&["import-nginx", conf, "-o", out.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("exists"), "{printed}");
+    let (code, printed) = ringway(&["import-nginx", conf, "-o", out.to_str().unwrap(), "--force"]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced by a file"
+    );
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("[[upstream]]")
+    );
+    // A dangling link: its target is never created.
+    let target = dir.join("created-through-the-link");
+    let dangling = dir.join("dangling.toml");
+    std::os::unix::fs::symlink(&target, &dangling).unwrap();
+    let (code, printed) = ringway(&["import-nginx", conf, "-o", dangling.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{printed}");
+    assert!(printed.contains("exists"), "{printed}");
+    assert!(!target.exists());
+    let (code, printed) = ringway(&[
+        "import-nginx",
+        conf,
+        "-o",
+        dangling.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(code, Some(0), "{printed}");
+    assert!(!target.exists());
+    assert!(
+        std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    // No temporary file is left beside the output.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
