@@ -142,3 +142,78 @@ fn socket_activation_serves_on_the_socket_systemd_passes() {
     let mut ws = ws_connect(listen, "/ws/");
     ws_echo(&mut ws, b"again".to_vec());
 }
+
+/// `runtime.upgrade_socket` is never a way to clobber or follow something: a regular file (a
+/// typo) or a symbolic link at its path is refused before anything starts and left as it is;
+/// the socket it makes is 0600 with no window (it is bound in a private directory and renamed
+/// into place, leaving nothing behind), and every peer that connects is logged with its uid.
+#[test]
+fn the_upgrade_socket_path_is_refused_unless_ours() {
+    if !uring_ok() {
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let dir = scratch("upgrade-path");
+    let backend = free_addr();
+    let listen = free_addr();
+    let sock = dir.join("upgrade.sock");
+    let path = dir.join("ringway.toml");
+    std::fs::write(
+        &path,
+        config(
+            listen,
+            &[backend],
+            "",
+            "",
+            &format!("upgrade_socket = \"{}\"", sock.display()),
+        ),
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    // A regular file.
+    std::fs::write(&sock, "not a socket\n").unwrap();
+    let (code, out) = ringway(&["run", "--config", p]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("exists and is not a socket"), "{out}");
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "not a socket\n");
+    // A symbolic link (to a file that must stay, and dangling).
+    std::fs::remove_file(&sock).unwrap();
+    let target = dir.join("target");
+    std::fs::write(&target, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&target, &sock).unwrap();
+    let (code, out) = ringway(&["run", "--config", p]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is a symbolic link"), "{out}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+    std::fs::remove_file(&target).unwrap();
+    let (code, out) = ringway(&["run", "--config", p]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(!target.exists(), "a dangling link's target is not created");
+    std::fs::remove_file(&sock).unwrap();
+    // Nothing there: a 0600 socket, nothing left beside it.
+    let proc = spawn(&["run", "--config", p], &dir, "proxy");
+    proc.wait_log("listening on", 20);
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.uid(), nix::unistd::geteuid().as_raw());
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".ringway-upgrade"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    // A peer that connects is logged with its uid.
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    use std::io::Write;
+    c.write_all(b"nonsense").unwrap();
+    proc.wait_log(
+        &format!(
+            "a connection on the upgrade socket from pid {}, uid {}",
+            std::process::id(),
+            nix::unistd::getuid().as_raw()
+        ),
+        10,
+    );
+    proc.wait_log("unexpected request on the upgrade socket", 10);
+}

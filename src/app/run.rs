@@ -38,6 +38,13 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         cfg.runtime.max_connections
     };
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
+    if let Some(sock) = &cfg.runtime.upgrade_socket
+        && !upgrade
+    {
+        // Refused before anything starts (the upgrade path checks it once the old process has
+        // handed over).
+        super::upgrade::check_path(sock)?;
+    }
     let signals = crate::sys::block_signals();
     let (inherited, handover) = if upgrade {
         let Some(sock) = &cfg.runtime.upgrade_socket else {

@@ -211,12 +211,8 @@ pub fn serve(
     offer: Arc<Offer>,
     hand_over: impl Fn() + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)
+    let l = bind_private(path)
         .with_context(|| format!("runtime.upgrade_socket: listening on {}", path.display()))?;
-    // Only this user (and root) may take the listening sockets.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     std::thread::Builder::new()
         .name("ringway-upgrade".into())
         .spawn(move || {
@@ -244,17 +240,86 @@ pub fn serve(
     Ok(())
 }
 
+/// Whether `path` may be taken for the upgrade socket: nothing there, or a socket this user
+/// owns (the socket of a previous run, or of the process being upgraded, which has already
+/// handed its sockets over). A symbolic link, a regular file (a typo in the configuration), or
+/// a socket of another user is refused, never followed, deleted or replaced.
+pub fn check_path(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => bail!("runtime.upgrade_socket {}: {e}", path.display()),
+        Ok(m) => m,
+    };
+    let t = meta.file_type();
+    if t.is_symlink() {
+        bail!(
+            "runtime.upgrade_socket {} is a symbolic link: refusing to follow or replace it",
+            path.display()
+        );
+    }
+    if !t.is_socket() {
+        bail!(
+            "runtime.upgrade_socket {} exists and is not a socket: refusing to replace it \
+             (a typo in the path?)",
+            path.display()
+        );
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        bail!(
+            "runtime.upgrade_socket {} is a socket of uid {}, not this user's ({me}): refusing \
+             to replace it",
+            path.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
+}
+
+/// A listening Unix socket at `path` that nobody but this user (and root) can ever connect
+/// to: bound inside a fresh 0700 directory beside `path`, set to 0600 there, then renamed into
+/// place (the rename replaces a socket left at `path`, and never follows a link).
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    check_path(path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let private = dir.join(format!(".ringway-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let inner = private.join("s");
+    let bound = (|| {
+        let l = UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+        check_path(path)?;
+        std::fs::rename(&inner, path)?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    bound
+}
+
 /// One upgrade attempt: send the sockets, wait for `ready`. `Some` when the new process is.
 fn hand(mut c: UnixStream, offer: &Offer) -> anyhow::Result<Option<UnixStream>> {
+    let (peer, uid) =
+        match nix::sys::socket::getsockopt(&c, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(p) => (p.pid(), p.uid()),
+            Err(e) => bail!("a connection on the upgrade socket without credentials: {e}"),
+        };
+    tracing::info!("upgrade: a connection on the upgrade socket from pid {peer}, uid {uid}");
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = [0u8; 8];
     c.read_exact(&mut line)?;
     if &line != b"sockets\n" {
-        bail!("unexpected request on the upgrade socket");
+        bail!("unexpected request on the upgrade socket from pid {peer}, uid {uid}");
     }
-    let peer = nix::sys::socket::getsockopt(&c, nix::sys::socket::sockopt::PeerCredentials)
-        .map(|p| p.pid())
-        .unwrap_or(0);
     let sockets = offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
     let fds: Vec<RawFd> = sockets.iter().map(|(_, s)| s.as_raw_fd()).collect();
     let count = (fds.len() as u64).to_le_bytes();
