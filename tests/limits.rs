@@ -101,3 +101,60 @@ fn limit_req_refuses_past_the_burst_and_delays_within_it() {
     eprintln!("limit_req delays (10r/s, burst 2): {got:?}");
     assert!(got.iter().all(|g| g.0 == 101), "{got:?}");
 }
+
+/// A location's limits hold for every spelling of its path: `/lr%2fx` is `/lr/x` (nginx
+/// decodes `%2F` before matching locations), so it counts in `/lr/`'s limit_req instead of
+/// escaping to `/`; and a Host with a trailing dot selects its server (`b.example.` is
+/// `b.example`), whose own limits then apply.
+#[test]
+fn escaped_slashes_and_trailing_dots_do_not_escape_limits() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("limit-escape");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 2\n[[limit_req_zone]]\nname = \"lr\"\nsize = \"1m\"\nrate = \"1r/m\"\n\
+         [[upstream]]\nname = \"u\"\nservers = [{{ addr = \"{backend}\" }}]\n\
+         [[server]]\nlisten = [\"{listen}\"]\nserver_name = [\"a.example\"]\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"u\"\n\
+         [[server.location]]\npath = \"/lr/\"\nupstream = \"u\"\nlimit_req = {{ zone = \"lr\", burst = 0, nodelay = true, status = 429 }}\n\
+         [[server]]\nlisten = [\"{listen}\"]\nserver_name = [\"b.example\"]\n\
+         [[server.location]]\npath = \"/\"\nupstream = \"u\"\nlimit_req = {{ zone = \"lr\", burst = 0, nodelay = true, status = 429 }}\n"
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    let get = |from: &str, host: &str, path: &str| {
+        let mut s = tcp_from(listen, Some(from.parse().unwrap())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        status_of(&out)
+    };
+    // One request a minute in /lr/, however the path is spelled.
+    assert_eq!(get("127.0.0.21", "a.example", "/lr/headers"), 200);
+    for path in [
+        "/lr/health",
+        "/lr%2fhealth",
+        "/lr%2Fhealth",
+        "/x/..%2flr/health",
+        "//lr//health",
+    ] {
+        assert_eq!(get("127.0.0.21", "a.example", path), 429, "{path}");
+    }
+    // `/` itself is not limited.
+    assert_eq!(get("127.0.0.21", "a.example", "/health"), 200);
+    assert_eq!(get("127.0.0.21", "a.example", "/health"), 200);
+    // b.example limits everything; b.example. is the same server.
+    assert_eq!(get("127.0.0.22", "b.example", "/health"), 200);
+    assert_eq!(get("127.0.0.22", "b.example.", "/health"), 429);
+    assert_eq!(get("127.0.0.22", "B.EXAMPLE.:80", "/health"), 429);
+    assert_eq!(get("127.0.0.23", "b.example.", "/health"), 200);
+    assert_eq!(get("127.0.0.23", "b.example", "/health"), 429);
+}

@@ -573,11 +573,13 @@ impl Config {
 }
 
 /// Among `candidates` (index, names), the first with an exact name equal to `host` (any case),
-/// else the first with a `*.` wildcard matching it.
+/// else the first with a `*.` wildcard matching it. A trailing dot (`b.example.`, the
+/// fully-qualified form) is not part of the name, as in nginx.
 pub fn match_name<'a, I>(candidates: I, host: &[u8]) -> Option<usize>
 where
     I: Iterator<Item = (usize, &'a [String])> + Clone,
 {
+    let host = host.strip_suffix(b".").unwrap_or(host);
     let matches = |name: &str| -> bool {
         if let Some(suffix) = name.strip_prefix("*.") {
             host.len() > suffix.len() + 1

@@ -83,6 +83,8 @@ fn good_config_resolves() {
     assert_eq!(c.find_location(0, b"/ws/chat"), Some(0));
     assert_eq!(c.find_location(0, b"/other"), Some(1));
     assert_eq!(c.find_server(0, b"WS.example.com"), Some(0));
+    assert_eq!(c.find_server(0, b"other.example.com."), Some(1));
+    assert_eq!(c.find_server(0, b"a.example.org."), Some(0));
     assert_eq!(c.find_server(0, b"other.example.com"), Some(1));
     assert_eq!(c.find_server(0, b"a.example.org"), Some(0));
     assert_eq!(c.find_server(0, b"unknown"), Some(0));

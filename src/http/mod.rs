@@ -374,10 +374,11 @@ fn upgrade_value(hs: &[httparse::Header<'_>]) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-/// The path a location is matched against, as nginx computes it: the query cut off,
-/// percent-encoded unreserved characters decoded, repeated slashes merged, `.` and `..`
-/// segments resolved. A path that climbs above `/` is refused (400). The request itself is
-/// forwarded as the client sent it.
+/// The path a location is matched against, as nginx computes it: the query cut off, every
+/// percent-escape decoded once (`%2F` is a `/` and `%2E` a `.`, so they take part in what
+/// follows; `%25` is a `%` and is not decoded again), repeated slashes merged, `.` and `..`
+/// segments resolved. A path that climbs above `/` or holds an escaped NUL is refused (400).
+/// The request itself is forwarded as the client sent it.
 pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadError> {
     use std::borrow::Cow;
     let path = target.split(['?', '#']).next().unwrap_or("");
@@ -389,7 +390,7 @@ pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadErr
     if plain || path == "*" {
         return Ok(Cow::Borrowed(path));
     }
-    // Decode %XX where XX is an unreserved character; keep every other escape as it is.
+    // Decode every %XX once (an escape that is not two hex digits stays as it is).
     let mut dec = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -398,11 +399,12 @@ pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadErr
             && let (Some(h), Some(l)) = (body::hex(b[i + 1]), body::hex(b[i + 2]))
         {
             let c = h << 4 | l;
-            if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
-                dec.push(c);
-                i += 3;
-                continue;
+            if c == 0 {
+                return Err(HeadError::Invalid("escaped NUL in the path"));
             }
+            dec.push(c);
+            i += 3;
+            continue;
         }
         dec.push(b[i]);
         i += 1;
