@@ -105,7 +105,7 @@ pub fn local_of(fd: RawFd) -> Option<SocketAddr> {
     sockaddr(&a)
 }
 
-fn sockaddr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+pub fn sockaddr(a: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
         return Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)));
     }

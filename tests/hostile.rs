@@ -642,7 +642,8 @@ fn admin_endpoint_survives_slow_clients() {
         // A Kubernetes probe: its own timeout (here 3 s) bounds the answer.
         let mut s = TcpStream::connect(admin).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
+            .unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out)
             .expect("probe answered within its timeout");

@@ -44,8 +44,7 @@ fn parse(text: &str, format: &str) -> HashMap<String, f64> {
 }
 
 fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
-    let out = raw_exchange(admin, req.as_bytes(), 10);
+    let out = admin_request(admin, "GET", "/metrics", accept);
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     (head.to_string(), body.to_string())

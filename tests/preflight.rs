@@ -140,17 +140,43 @@ fn deploy_and_tuning_files_are_valid() {
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+        [
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "PodMonitor"
+        ]
     );
-    // The embedded configuration checks, and the pod's grace covers preStop + shutdown_grace.
+    // The embedded configuration checks (with a token where the Secret would put it), and the
+    // pod's grace covers preStop + shutdown_grace.
     let toml = docs[0]["data"]["ringway.toml"].as_str().unwrap();
     let dir = std::env::temp_dir().join(format!("ringway-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ringway.toml"), toml).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o400)).unwrap();
+    const TOKEN_PATH: &str = "/etc/ringway-admin/token";
+    assert!(toml.contains(TOKEN_PATH));
+    std::fs::write(
+        dir.join("ringway.toml"),
+        toml.replace(TOKEN_PATH, token.to_str().unwrap()),
+    )
+    .unwrap();
     let cfg = ringway::config::Config::load(&dir.join("ringway.toml"))
         .expect("the ConfigMap's ringway.toml");
     let _ = std::fs::remove_dir_all(&dir);
+    // The admin endpoint listens for probes and Prometheus, and a token guards it.
+    let admin = cfg
+        .admin
+        .as_ref()
+        .expect("an admin endpoint for the probes");
+    assert!(admin.token.is_some(), "a token guards the admin port");
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     let docs = &docs[1..];
+    check_admin_exposure(docs, admin.listen.port(), TOKEN_PATH);
     let spec = &docs[0]["spec"]["template"]["spec"];
     let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
     let pre_stop: u64 = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1]
@@ -247,6 +273,104 @@ fn deploy_and_tuning_files_are_valid() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the manifest exposes of the admin port (`docs` from the Deployment on): the token
+/// Secret is mounted read-only for the owner at the configured path; the readiness probe
+/// tolerates a miss; no Service carries the admin port; a NetworkPolicy opens the WebSocket port
+/// to all and the admin port only to named peers; Prometheus scrapes with the token.
+fn check_admin_exposure(docs: &[serde_yaml::Value], admin_port: u16, token_path: &str) {
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap()
+    };
+    let spec = &find("Deployment")["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let port_named = |name: &str| -> u64 {
+        c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("container port {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port_named("admin"), u64::from(admin_port));
+    let ready = &c["readinessProbe"];
+    assert!(
+        ready["failureThreshold"].as_u64().unwrap_or(3) >= 2,
+        "the readiness probe tolerates one miss"
+    );
+    assert!(
+        c["livenessProbe"]["httpGet"].is_null(),
+        "liveness does not use /healthz, which is 503 while draining"
+    );
+    // The token Secret, mounted where the configuration reads it, 0400.
+    let dir = std::path::Path::new(token_path).parent().unwrap();
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == dir.to_str())
+        .expect("the token's directory is mounted");
+    let volume = spec["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let secret = volume["secret"]["secretName"].as_str().expect("a Secret");
+    assert_eq!(volume["secret"]["defaultMode"].as_u64(), Some(0o400));
+    // No Service exposes the admin port.
+    for svc in docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Service"))
+    {
+        for p in svc["spec"]["ports"].as_sequence().unwrap() {
+            assert_ne!(p["targetPort"].as_str(), Some("admin"), "{p:?}");
+            assert_ne!(p["targetPort"].as_u64(), Some(u64::from(admin_port)));
+        }
+    }
+    // The NetworkPolicy: ingress limited, the admin port only from named peers.
+    let np = &find("NetworkPolicy")["spec"];
+    assert_eq!(
+        np["podSelector"]["matchLabels"]["app"].as_str(),
+        Some("ringway")
+    );
+    assert!(
+        np["policyTypes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str() == Some("Ingress"))
+    );
+    let rules = np["ingress"].as_sequence().unwrap();
+    let opens = |rule: &serde_yaml::Value, port: &str| {
+        rule["ports"]
+            .as_sequence()
+            .is_none_or(|ps| ps.iter().any(|p| p["port"].as_str() == Some(port)))
+    };
+    assert!(rules.iter().any(|r| opens(r, "ws")));
+    for r in rules.iter().filter(|r| opens(r, "admin")) {
+        let from = r["from"]
+            .as_sequence()
+            .expect("the admin port has a `from`");
+        assert!(!from.is_empty());
+    }
+    assert!(
+        rules.iter().any(|r| opens(r, "admin")),
+        "Prometheus may scrape"
+    );
+    // Prometheus scrapes /metrics with the same Secret.
+    let ep = &find("PodMonitor")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["port"].as_str(), Some("admin"));
+    assert_eq!(ep["path"].as_str(), Some("/metrics"));
+    assert_eq!(
+        ep["authorization"]["credentials"]["name"].as_str(),
+        Some(secret)
     );
 }
 

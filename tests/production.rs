@@ -28,7 +28,7 @@ fn client(n: u32) -> IpAddr {
 }
 
 fn state(admin: SocketAddr, addr: SocketAddr) -> String {
-    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let out = admin_get(admin, "/status");
     let text = String::from_utf8_lossy(&out);
     let v: serde_json::Value =
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();

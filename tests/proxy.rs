@@ -431,14 +431,7 @@ fn admin_endpoint_reports_health_status_and_metrics() {
     }
     let admin = free_addr();
     let st = stack("admin", "", "", &format!("[admin]\nlisten = \"{admin}\""));
-    let get = |path: &str| {
-        String::from_utf8(raw_exchange(
-            admin,
-            format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
-            10,
-        ))
-        .unwrap()
-    };
+    let get = |path: &str| String::from_utf8(admin_get(admin, path)).unwrap();
     let h = get("/healthz");
     assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
     let mut ws = ws_connect(st.listen, "/ws/");

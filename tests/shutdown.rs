@@ -88,7 +88,7 @@ fn sigterm_drains_then_closes_after_the_grace() {
         "",
         &format!("shutdown_grace = \"6s\"\ndrain_spread = \"4s\"\n[admin]\nlisten = \"{admin}\""),
     );
-    let health = || status_of(&raw_exchange(admin, b"GET /healthz HTTP/1.1\r\n\r\n", 10));
+    let health = || status_of(&admin_get(admin, "/healthz"));
     assert_eq!(health(), 200);
     let mut ws = ws_connect(st.listen, "/ws/");
     ws_echo(&mut ws, b"before".to_vec());

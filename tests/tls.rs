@@ -592,7 +592,7 @@ fn mutated_handshakes_never_take_the_proxy_down() {
 
 /// `/status` of the first upstream's first server.
 fn first_server(admin: SocketAddr) -> serde_json::Value {
-    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let out = admin_get(admin, "/status");
     let text = String::from_utf8_lossy(&out);
     let v: serde_json::Value =
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
@@ -713,7 +713,7 @@ fn keepalive_toward_a_tls_upstream_reuses_one_tls_connection() {
     }
     // The inner proxy (the TLS upstream) carried the ten requests on one connection (besides
     // the harness's readiness probe, which sends nothing), still open in the outer's pool.
-    let out = raw_exchange(inner_admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let out = admin_get(inner_admin, "/status");
     let text = String::from_utf8_lossy(&out);
     let v: serde_json::Value =
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();

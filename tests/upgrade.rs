@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn status(admin: SocketAddr) -> serde_json::Value {
-    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let out = admin_get(admin, "/status");
     let text = String::from_utf8_lossy(&out);
     serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }

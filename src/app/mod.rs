@@ -178,7 +178,8 @@ pub fn reload(path: &Path) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    match post_reload(admin) {
+    let to = admin_address(&admin);
+    match post_reload(to, admin.token.as_ref()) {
         Ok((200, body)) => {
             print!("{body}");
             ExitCode::SUCCESS
@@ -188,18 +189,44 @@ pub fn reload(path: &Path) -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("ringway: asking the proxy on {admin} to reload: {e}");
+            eprintln!("ringway: asking the proxy on {to} to reload: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-/// `POST /reload` to the admin endpoint: its status and body.
-fn post_reload(admin: std::net::SocketAddr) -> std::io::Result<(u16, String)> {
+/// Where to reach the admin endpoint from this host: its address, or loopback when it
+/// listens on every address.
+pub fn admin_address(admin: &crate::config::admin::Admin) -> std::net::SocketAddr {
+    let mut to = admin.listen;
+    if to.ip().is_unspecified() {
+        to.set_ip(match to {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    to
+}
+
+/// `POST /reload` to the admin endpoint at `to` (with the bearer token when there is one): its
+/// status and body.
+fn post_reload(
+    to: std::net::SocketAddr,
+    token: Option<&crate::config::admin::Token>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(5))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    s.write_all(b"POST /reload HTTP/1.1\r\nHost: ringway\r\nContent-Length: 0\r\n\r\n")?;
+    let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))?;
+    // The reload runs behind any already queued: give it the time the endpoint gives it.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
+    let mut req =
+        format!("POST /reload HTTP/1.1\r\nHost: {to}\r\nContent-Length: 0\r\n").into_bytes();
+    if let Some(t) = token {
+        req.extend_from_slice(b"Authorization: Bearer ");
+        req.extend_from_slice(t.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    s.write_all(&req)?;
     let mut out = Vec::new();
     s.take(1 << 20).read_to_end(&mut out)?;
     let text = String::from_utf8_lossy(&out);

@@ -141,7 +141,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         offer.clone(),
     ));
     let mut admin_stop = None;
-    if let Some(addr) = cfg.admin {
+    if let Some(admin) = &cfg.admin {
         let mut state = crate::admin::AdminState::new(
             all_metrics.clone(),
             live.clone(),
@@ -149,11 +149,17 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             u64::from(max_connections),
         );
         let r = reloader.clone();
-        state.reload = Some(Box::new(move || r.reload()));
-        let (bound, stop) = crate::admin::spawn(addr, state)
+        state.reload = Some(Arc::new(move || r.reload()));
+        let addr = admin.listen;
+        let (bound, stop) = crate::admin::spawn(admin.clone(), state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
         admin_stop = Some(stop);
-        tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics)");
+        let guard = match (&admin.token, admin.loopback()) {
+            (Some(_), _) => "bearer token required but for /healthz",
+            (None, true) => "loopback, no token",
+            (None, false) => "no token: /reload refused, /status and /metrics open",
+        };
+        tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics; {guard})");
     }
     if crate::upstream::health::wanted(&cfg) {
         crate::upstream::health::spawn(live.clone(), stopping.clone())

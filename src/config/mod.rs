@@ -49,6 +49,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+pub mod admin;
 pub mod limits;
 mod raw;
 mod resolve;
@@ -274,8 +275,9 @@ pub struct Config {
     pub runtime: Runtime,
     /// `[tuning] apply = true`: write the preflight's sysctl fixes at startup (when root).
     pub tuning_apply: bool,
-    /// `[admin] listen`: where `/healthz`, `/status` and `/metrics` are served (none if unset).
-    pub admin: Option<SocketAddr>,
+    /// `[admin]`: where `/healthz`, `/status`, `/metrics` and `POST /reload` are served, and
+    /// what guards them (none if `listen` is unset).
+    pub admin: Option<admin::Admin>,
     /// Distinct listen addresses; each worker opens one SO_REUSEPORT socket per entry.
     pub listeners: Vec<SocketAddr>,
     /// Per listener (same index): its TLS, when its servers have `tls`.
@@ -875,7 +877,10 @@ impl Config {
             "runtime.buffers / buffer_size",
             r.buffers != o.buffers || r.buffer_size != o.buffer_size,
         );
-        differ("admin.listen", self.admin != old.admin);
+        differ(
+            "admin.listen",
+            self.admin.as_ref().map(|a| a.listen) != old.admin.as_ref().map(|a| a.listen),
+        );
         differ(
             "runtime.upgrade_socket",
             r.upgrade_socket != o.upgrade_socket,

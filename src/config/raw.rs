@@ -55,6 +55,8 @@ pub struct Heartbeat {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub server_name: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -110,13 +110,10 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         upstreams.push(up);
     }
 
-    let admin = match &raw.admin.listen {
-        None => None,
-        Some(a) => Some(parse_addr(a.get_ref()).map_err(|m| cx.err(a.span(), "admin.listen", m))?),
-    };
+    let mut warnings = Vec::new();
+    let admin = admin::resolve(cx, &raw.admin, &mut warnings)?;
     let mut listeners: Vec<SocketAddr> = Vec::new();
     let mut servers = Vec::new();
-    let mut warnings = Vec::new();
     let mut server_tls = Vec::new();
     let mut listen_proxy = Vec::new();
     if raw.server.is_empty() {

@@ -101,7 +101,7 @@ pub(super) struct ServerCerts {
 }
 
 /// A path as written, relative to the configuration file's directory.
-fn path_of(cx: &Ctx<'_>, p: &str) -> PathBuf {
+pub(super) fn path_of(cx: &Ctx<'_>, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         return p.to_path_buf();

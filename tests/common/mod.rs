@@ -637,9 +637,29 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// A request to the admin endpoint at `admin`, naming it in `Host` as a client would, with
+/// `extra` header lines (each ending in CRLF): the whole response.
+pub fn admin_request(admin: SocketAddr, method: &str, path: &str, extra: &str) -> Vec<u8> {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {admin}\r\n{extra}\r\n");
+    raw_exchange(admin, req.as_bytes(), 10)
+}
+
+/// `GET path` of the admin endpoint: the whole response.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Vec<u8> {
+    admin_request(admin, "GET", path, "")
+}
+
+/// `/status` of the admin endpoint, parsed.
+pub fn admin_status(admin: SocketAddr) -> serde_json::Value {
+    let out = admin_get(admin, "/status");
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("status JSON: {e}: {text}"))
+}
+
 /// Sessions active now, from the admin endpoint's `/status`.
 pub fn active(admin: SocketAddr) -> u64 {
-    let out = raw_exchange(admin, b"GET /status HTTP/1.1\r\n\r\n", 10);
+    let out = admin_get(admin, "/status");
     let text = String::from_utf8_lossy(&out);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     let v: serde_json::Value = serde_json::from_str(body).expect("status JSON");

@@ -1,0 +1,447 @@
+//! Who may ask the admin endpoint what. Pure decisions over a parsed request head, the
+//! address the connection reached and the `[admin]` policy in force; the event loop does the
+//! rest.
+//!
+//! The model (README, "Limits and defences"; `docs/operations.md`, "The admin endpoint"):
+//! - **Host.** A request names this endpoint: its `Host` is the address the connection reached
+//!   (`127.0.0.1:9900`, `[::1]:9900`, a pod's IP), `localhost` on a loopback listener, or one
+//!   of `admin.server_name`; anything else is 403. A page on another origin that a DNS
+//!   rebinding attack points at this address carries its own name in `Host`, so it cannot read
+//!   `/status` or `/metrics`. HTTP/1.1 without `Host` is 400 (RFC 9112 §3.2); HTTP/1.0 may
+//!   leave it out (HAProxy's and other balancers' plain checks do).
+//! - **No cross-site writes.** A `POST` that carries an `Origin` header (every browser sends
+//!   one with a cross-origin `fetch` or form) or a form's content type
+//!   (`application/x-www-form-urlencoded`, `multipart/form-data`, `text/plain`) is 403:
+//!   `ringway reload` sends neither.
+//! - **Token.** With `admin.token_file`, every endpoint but `/healthz` needs
+//!   `Authorization: Bearer TOKEN` (401 otherwise, compared in constant time).
+//! - **Without a token**, `POST /reload` answers only on a loopback listener (403 elsewhere);
+//!   `ringway check` warns about a non-loopback listener without a token.
+//! - `/healthz` needs neither token nor anything else but a right `Host`: probes must always get
+//!   an answer.
+
+use std::net::SocketAddr;
+
+use crate::config::admin::{Admin, Token};
+
+/// What a request asks for, once allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A `GET` or `HEAD` of one of the reports.
+    Read(Read),
+    /// `POST /reload`.
+    Reload,
+}
+
+/// The reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    Healthz,
+    Status,
+    /// `/metrics`, in OpenMetrics when the scraper asks for it.
+    Metrics {
+        openmetrics: bool,
+    },
+}
+
+/// Why a request is refused: the status and a line for the body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub why: String,
+}
+
+fn refuse(status: u16, why: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        why: why.into(),
+    }
+}
+
+/// The parts of a request head the guard looks at.
+#[derive(Debug, Default)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
+    pub host: Option<&'a [u8]>,
+    /// More than one `Host` header.
+    pub hosts: usize,
+    pub origin: bool,
+    pub content_type: Option<&'a [u8]>,
+    pub authorization: Option<&'a [u8]>,
+    pub openmetrics: bool,
+}
+
+/// Header lines read at most (a longer head is 431 before it gets here).
+pub const HEADERS_MAX: usize = 64;
+
+/// Parse a complete head (ending in an empty line). `Err` for anything httparse refuses.
+pub fn parse<'h>(
+    head: &'h [u8],
+    storage: &'h mut [httparse::Header<'h>; HEADERS_MAX],
+) -> Result<Request<'h>, &'static str> {
+    let mut req = httparse::Request::new(storage);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete request head"),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many header lines"),
+        Err(_) => return Err("malformed request head"),
+    }
+    let mut out = Request {
+        method: req.method.unwrap_or(""),
+        path: req.path.unwrap_or(""),
+        minor: req.version.unwrap_or(0),
+        ..Request::default()
+    };
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            out.hosts += 1;
+            out.host = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case("origin") {
+            out.origin = true;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            out.content_type = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case("accept") {
+            out.openmetrics |= h
+                .value
+                .windows(b"application/openmetrics-text".len())
+                .any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `host` (a `Host` header value) names this endpoint, reached at `local`.
+pub fn host_allowed(host: &[u8], local: SocketAddr, names: &[String]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    // Split off the port: `[v6]:port`, `name:port`, or no port (80 is implied).
+    let (name, port) = match host.rfind(':') {
+        Some(i) if !host.starts_with('[') || host[..i].ends_with(']') => {
+            match host[i + 1..].parse::<u16>() {
+                Ok(p) => (&host[..i], p),
+                Err(_) => return false,
+            }
+        }
+        _ => (host.as_str(), 80),
+    };
+    // An IPv6 literal is bracketed (RFC 3986 §3.2.2).
+    if port != local.port() || (name.contains(':') && !name.starts_with('[')) {
+        return false;
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let ip = match local {
+        SocketAddr::V4(a) => a.ip().to_string(),
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("[{}]", a.ip()),
+        },
+    };
+    // A literal address is compared as an address (`[::0001]` is `[::1]`).
+    let same_ip = match name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        Ok(a) => a == local.ip() || ip == a.to_string(),
+        Err(_) => false,
+    };
+    same_ip
+        || name == ip
+        || (name == "localhost" && local.ip().is_loopback())
+        || names.iter().any(|n| n == name)
+}
+
+/// Decide what `req`, which reached `local`, may have. `token` is the token in force (read
+/// from `admin.token_file`), if any.
+pub fn check(
+    req: &Request<'_>,
+    local: SocketAddr,
+    policy: &Admin,
+    token: Option<&Token>,
+) -> Result<Endpoint, Refusal> {
+    match (req.host, req.hosts) {
+        (_, n) if n > 1 => return Err(refuse(400, "more than one Host header")),
+        (None, _) if req.minor >= 1 => return Err(refuse(400, "HTTP/1.1 without Host")),
+        (Some(h), _) if !host_allowed(h, local, &policy.server_name) => {
+            return Err(refuse(
+                403,
+                format!(
+                    "Host {:?} is not this admin endpoint ({local}) nor one of admin.server_name",
+                    String::from_utf8_lossy(h)
+                ),
+            ));
+        }
+        _ => {}
+    }
+    let path = req.path.split('?').next().unwrap_or("");
+    let read = matches!(req.method, "GET" | "HEAD");
+    let endpoint = match path {
+        "/healthz" if read => Endpoint::Read(Read::Healthz),
+        "/status" if read => Endpoint::Read(Read::Status),
+        "/metrics" if read => Endpoint::Read(Read::Metrics {
+            openmetrics: req.openmetrics,
+        }),
+        "/reload" if req.method == "POST" => Endpoint::Reload,
+        "/healthz" | "/status" | "/metrics" => {
+            return Err(refuse(405, "only GET and HEAD here"));
+        }
+        "/reload" => return Err(refuse(405, "only POST here")),
+        _ => return Err(refuse(404, "not found: try /healthz, /status or /metrics")),
+    };
+    if req.method == "POST" {
+        if req.origin {
+            return Err(refuse(
+                403,
+                "a POST with an Origin header (a browser's cross-site request) is refused",
+            ));
+        }
+        if req.content_type.is_some_and(form_type) {
+            return Err(refuse(
+                403,
+                "a POST with a form's content type (a browser's cross-site request) is refused",
+            ));
+        }
+    }
+    if endpoint == Endpoint::Read(Read::Healthz) {
+        return Ok(endpoint);
+    }
+    match token {
+        Some(t) => {
+            let offered = req
+                .authorization
+                .and_then(|a| bearer(a))
+                .unwrap_or_default();
+            if !t.matches(offered) {
+                return Err(refuse(
+                    401,
+                    "this endpoint needs Authorization: Bearer <the token in admin.token_file>",
+                ));
+            }
+        }
+        None if endpoint == Endpoint::Reload && !policy.loopback() => {
+            return Err(refuse(
+                403,
+                "POST /reload needs admin.token_file on an admin listener that is not loopback",
+            ));
+        }
+        None => {}
+    }
+    Ok(endpoint)
+}
+
+/// The credentials of `Authorization: Bearer CREDENTIALS` (the scheme in any case).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+}
+
+/// The content types an HTML form (or a "simple" cross-origin request) can send.
+fn form_type(ct: &[u8]) -> bool {
+    let essence = ct.split(|&b| b == b';').next().unwrap_or(b"").trim_ascii();
+    [
+        &b"application/x-www-form-urlencoded"[..],
+        b"multipart/form-data",
+        b"text/plain",
+    ]
+    .iter()
+    .any(|f| essence.eq_ignore_ascii_case(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(listen: &str, token: bool) -> (Admin, Option<Token>) {
+        let t = token.then(|| Token::new(b"0123456789abcdef0123456789abcdef"));
+        (
+            Admin {
+                listen: listen.parse().unwrap(),
+                token: t.clone(),
+                token_file: None,
+                server_name: vec!["admin.internal".into()],
+            },
+            t,
+        )
+    }
+
+    fn ask(head: &str, local: &str, listen: &str, token: bool) -> Result<Endpoint, u16> {
+        let (p, t) = policy(listen, token);
+        let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let req = parse(head.as_bytes(), &mut storage).map_err(|_| 400u16)?;
+        check(&req, local.parse().unwrap(), &p, t.as_ref()).map_err(|r| r.status)
+    }
+
+    const LO: &str = "127.0.0.1:9900";
+    const STATUS: Endpoint = Endpoint::Read(Read::Status);
+    const HEALTHZ: Endpoint = Endpoint::Read(Read::Healthz);
+
+    #[test]
+    fn host_must_name_this_endpoint() {
+        let get = |host: &str| {
+            ask(
+                &format!("GET /status HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                LO,
+                LO,
+                false,
+            )
+        };
+        assert_eq!(get("127.0.0.1:9900"), Ok(STATUS));
+        assert_eq!(get("localhost:9900"), Ok(STATUS));
+        assert_eq!(get("LOCALHOST.:9900"), Ok(STATUS));
+        assert_eq!(get("admin.internal:9900"), Ok(STATUS));
+        assert_eq!(get("evil.example:9900"), Err(403));
+        assert_eq!(get("127.0.0.1:9901"), Err(403));
+        assert_eq!(get("127.0.0.1"), Err(403), "port 80 implied");
+        assert_eq!(get("127.0.0.1:x"), Err(403));
+        assert_eq!(get(""), Err(403));
+        // HTTP/1.0 may leave Host out; HTTP/1.1 may not; two are refused.
+        assert_eq!(
+            ask("GET /healthz HTTP/1.0\r\n\r\n", LO, LO, false),
+            Ok(HEALTHZ)
+        );
+        assert_eq!(
+            ask("GET /healthz HTTP/1.1\r\n\r\n", LO, LO, false),
+            Err(400)
+        );
+        assert_eq!(
+            ask(
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:9900\r\nHost: evil\r\n\r\n",
+                LO,
+                LO,
+                false
+            ),
+            Err(400)
+        );
+        // A listener on every address: the address the connection reached.
+        let pod = |host: &str| {
+            ask(
+                &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                "10.1.2.3:9900",
+                "0.0.0.0:9900",
+                false,
+            )
+        };
+        assert_eq!(pod("10.1.2.3:9900"), Ok(HEALTHZ));
+        assert_eq!(pod("localhost:9900"), Err(403), "not a loopback connection");
+        let v6 = |host: &str| {
+            ask(
+                &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                "[::1]:9900",
+                "[::1]:9900",
+                false,
+            )
+        };
+        assert_eq!(v6("[::1]:9900"), Ok(HEALTHZ));
+        assert_eq!(v6("[0:0::1]:9900"), Ok(HEALTHZ));
+        assert_eq!(v6("[::2]:9900"), Err(403));
+        assert_eq!(v6("::1:9900"), Err(403));
+    }
+
+    #[test]
+    fn cross_site_writes_are_refused() {
+        let post = |extra: &str| {
+            ask(
+                &format!("POST /reload HTTP/1.1\r\nHost: {LO}\r\n{extra}\r\n"),
+                LO,
+                LO,
+                false,
+            )
+        };
+        assert_eq!(post(""), Ok(Endpoint::Reload));
+        assert_eq!(post("Content-Length: 0\r\n"), Ok(Endpoint::Reload));
+        assert_eq!(post("Origin: http://127.0.0.1:9900\r\n"), Err(403));
+        assert_eq!(post("Origin: null\r\n"), Err(403));
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Multipart/Form-Data; boundary=x",
+            "text/plain;charset=UTF-8",
+        ] {
+            assert_eq!(post(&format!("Content-Type: {ct}\r\n")), Err(403), "{ct}");
+        }
+        assert_eq!(
+            post("Content-Type: application/json\r\n"),
+            Ok(Endpoint::Reload)
+        );
+    }
+
+    #[test]
+    fn the_token_guards_all_but_healthz() {
+        let req = |method: &str, path: &str, auth: &str| {
+            ask(
+                &format!("{method} {path} HTTP/1.1\r\nHost: {LO}\r\n{auth}\r\n"),
+                "10.0.0.1:9900",
+                "0.0.0.0:9900",
+                true,
+            )
+        };
+        let good = "Authorization: Bearer 0123456789abcdef0123456789abcdef\r\n";
+        assert_eq!(
+            req("GET", "/healthz", ""),
+            Err(403),
+            "Host is the listener's"
+        );
+        let req = |method: &str, path: &str, auth: &str| {
+            ask(
+                &format!("{method} {path} HTTP/1.1\r\nHost: 10.0.0.1:9900\r\n{auth}\r\n"),
+                "10.0.0.1:9900",
+                "0.0.0.0:9900",
+                true,
+            )
+        };
+        assert_eq!(req("GET", "/healthz", ""), Ok(HEALTHZ));
+        assert_eq!(req("GET", "/status", ""), Err(401));
+        assert_eq!(req("GET", "/metrics", ""), Err(401));
+        assert_eq!(req("POST", "/reload", ""), Err(401));
+        assert_eq!(req("GET", "/nothing", ""), Err(404));
+        assert_eq!(req("GET", "/status", good), Ok(STATUS));
+        assert_eq!(
+            req("GET", "/status", &good.replace("Bearer", "bearer")),
+            Ok(STATUS)
+        );
+        assert_eq!(req("POST", "/reload", good), Ok(Endpoint::Reload));
+        for bad in [
+            "Authorization: Bearer 0123456789abcdef0123456789abcdeF\r\n",
+            "Authorization: Bearer 0123456789abcdef0123456789abcde\r\n",
+            "Authorization: Bearer \r\n",
+            "Authorization: Basic MDEyMzQ1Njc4OWFiY2RlZg==\r\n",
+        ] {
+            assert_eq!(req("GET", "/status", bad), Err(401), "{bad}");
+        }
+        assert_eq!(req("DELETE", "/status", good), Err(405));
+        assert_eq!(req("GET", "/reload", good), Err(405));
+    }
+
+    #[test]
+    fn without_a_token_reload_is_for_loopback_only() {
+        let post = |local: &str, listen: &str| {
+            ask(
+                &format!("POST /reload HTTP/1.1\r\nHost: {local}\r\n\r\n"),
+                local,
+                listen,
+                false,
+            )
+        };
+        assert_eq!(post(LO, LO), Ok(Endpoint::Reload));
+        assert_eq!(post("10.0.0.1:9900", "0.0.0.0:9900"), Err(403));
+        // Reading stays open (check warns about it).
+        assert_eq!(
+            ask(
+                "GET /status HTTP/1.1\r\nHost: 10.0.0.1:9900\r\n\r\n",
+                "10.0.0.1:9900",
+                "0.0.0.0:9900",
+                false
+            ),
+            Ok(STATUS)
+        );
+    }
+}
