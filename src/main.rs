@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Every heap byte is counted: `/status` shows `heap_bytes`, the exact figure memory tests use.
+#[global_allocator]
+static HEAP: ringway::uring::counting::Counting = ringway::uring::counting::Counting;
+
 #[derive(Parser)]
 #[command(
     name = "ringway",

@@ -156,3 +156,139 @@ fn a_thousand_tunnels_chat_through_ten_reloads() {
     assert_eq!(log.matches("configuration reloaded").count(), 10);
     let _ = proxy.child.kill();
 }
+
+/// Thousands of reloads of the same file (a plain and a TLS listener, two workers) leave the
+/// process's live heap where it was: each used to keep a whole configuration (4.6 KB plain,
+/// 9 KB with TLS) alive for good. `heap_bytes` (a counting allocator, exact) is bounded; RSS,
+/// which moves in the allocator's steps, is the coarse second check (within 1 MiB).
+#[test]
+fn reloads_leak_nothing() {
+    if !uring_ok() {
+        return;
+    }
+    const RELOADS: usize = 5000;
+    let dir = scratch("reload-leak");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let (listen, tls_listen, admin) = (free_addr(), free_addr(), free_addr());
+    let cfg = format!(
+        "[runtime]\nworkers = 2\nmax_connections = 1000\n[admin]\nlisten = \"{admin}\"\n\
+         [[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{backend}\" }}]\n\
+         [[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n\
+         [[server]]\nlisten = [\"{tls_listen}\"]\n{}\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n",
+        tls_line()
+    );
+    let p = proxy(&cfg, listen, &dir);
+    let mut ws = ws_connect_mode(tls_listen, "/ws/", Mode::Tls);
+    ws_echo(&mut ws, b"before".to_vec());
+    let reload = || {
+        let out = admin_request(admin, "POST", "/reload", "");
+        assert_eq!(status_of(&out), 200, "{}", String::from_utf8_lossy(&out));
+    };
+    // Warm up what is made once (a first reload's allocations, the allocator's arenas).
+    for _ in 0..50 {
+        reload();
+    }
+    let heap = || admin_status(admin)["heap_bytes"].as_u64().unwrap();
+    let (heap0, rss0) = (heap(), p.rss_kib());
+    let t = Instant::now();
+    for _ in 0..RELOADS {
+        reload();
+    }
+    ws_echo(&mut ws, b"after".to_vec());
+    std::thread::sleep(Duration::from_millis(300));
+    let (heap1, rss1) = (heap(), p.rss_kib());
+    eprintln!(
+        "{RELOADS} reloads in {:?}: heap {heap0} -> {heap1} bytes, RSS {rss0} -> {rss1} KiB",
+        t.elapsed()
+    );
+    assert!(
+        heap1 < heap0 + 256 * 1024,
+        "live heap grew {} bytes over {RELOADS} reloads",
+        heap1 as i64 - heap0 as i64
+    );
+    assert!(
+        rss1 < rss0 + 1024,
+        "RSS grew {} KiB over {RELOADS} reloads",
+        rss1 as i64 - rss0 as i64
+    );
+}
+
+/// Health checks follow reloads: a check added to a process that started without any runs
+/// within its interval (a failing server goes down), and a check removed lets the server up.
+#[test]
+fn health_checks_added_or_removed_by_a_reload_take_effect() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("reload-health");
+    let (good, bad) = (free_addr(), free_addr());
+    let _echo = echo(&[good], &dir);
+    let sick = dir.join("sick");
+    std::fs::write(&sick, "").unwrap();
+    let mut bad_echo = spawn(
+        &[
+            "echo",
+            "--listen",
+            &bad.to_string(),
+            "--health-file",
+            sick.to_str().unwrap(),
+        ],
+        &dir,
+        "bad-echo",
+    );
+    wait_port(bad, &mut bad_echo);
+    let (listen, admin) = (free_addr(), free_addr());
+    let version = |check: &str| {
+        format!(
+            "[runtime]\nworkers = 2\n[admin]\nlisten = \"{admin}\"\n\
+             [[upstream]]\nname = \"b\"\nservers = [{{ addr = \"{good}\" }}, {{ addr = \"{bad}\" }}]\n{check}\n\
+             [[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"b\"\n"
+        )
+    };
+    let p = proxy(&version(""), listen, &dir);
+    let path = dir.join("ringway.toml");
+    let state_of = |addr: SocketAddr| -> String {
+        let v = admin_status(admin);
+        v["upstreams"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["addr"] == addr.to_string())
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let wait_state = |addr: SocketAddr, want: &str, secs: u64| {
+        let t = Instant::now();
+        while state_of(addr) != want {
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "{addr} never became {want}: {}",
+                p.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(state_of(bad), "up", "nothing checks it yet");
+    // Added: within an interval (500ms) the failing server is down, the other stays up.
+    std::fs::write(
+        &path,
+        version(
+            "health_check = { interval = \"500ms\", rise = 1, fall = 1, timeout = \"400ms\", request = \"GET /health HTTP/1.0\\r\\n\\r\\n\" }",
+        ),
+    )
+    .unwrap();
+    let (code, out) = ringway(&["reload", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    wait_state(bad, "down", 5);
+    assert_eq!(state_of(good), "up");
+    // Removed: the server is no longer held down.
+    std::fs::write(&path, version("")).unwrap();
+    let (code, out) = ringway(&["reload", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    wait_state(bad, "up", 5);
+    p.wait_log("its health check was removed", 5);
+}

@@ -352,7 +352,9 @@ fn check_names_the_file_line_and_field_of_certificate_problems() {
     ));
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("t.toml:7:") && out.contains("server[0].tls.cert: cannot read"),
+        out.contains("t.toml:7:")
+            && out.contains("server[0].tls.cert: ")
+            && out.contains("missing.pem: cannot read: No such file"),
         "{out}"
     );
     let (code, out) = run(&format!(

@@ -168,6 +168,7 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                 "version": env!("CARGO_PKG_VERSION"),
                 "state": if stopping { "stopping" } else { "serving" },
                 "uptime_seconds": st.started.elapsed().as_secs(),
+                "heap_bytes": crate::uring::counting::live_bytes(),
                 "max_sessions": st.max_sessions,
                 "active": sum(st, |w| get(&w.active)),
                 "tunnels": sum(st, |w| get(&w.tunnels)),

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
 use super::AdminState;
 use super::guard::{self, Endpoint};
 use crate::config::admin::{Admin, Token};
@@ -137,7 +139,8 @@ struct AdminLoop {
     listener: std::net::TcpListener,
     stop: Arc<AtomicBool>,
     desk: Desk,
-    reload_rx: Option<Receiver<ReloadDone>>,
+    /// Finished reloads, and the eventfd the reload thread wakes the loop with.
+    reload_rx: Option<(Receiver<ReloadDone>, Arc<EventFd>)>,
 }
 
 /// Start the loop's thread on `listener`.
@@ -152,6 +155,11 @@ pub(super) fn start(
         Some(reload) => {
             let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, u32)>(RELOADS_QUEUED);
             let (done_tx, done_rx) = std::sync::mpsc::channel::<ReloadDone>();
+            let wake = Arc::new(
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                    .map_err(std::io::Error::from)?,
+            );
+            let waker = wake.clone();
             std::thread::Builder::new()
                 .name("ringway-reload".into())
                 .spawn(move || {
@@ -160,9 +168,10 @@ pub(super) fn start(
                         if done_tx.send((who, reload())).is_err() {
                             return;
                         }
+                        let _ = waker.write(1);
                     }
                 })?;
-            (Some(tx), Some(done_rx))
+            (Some(tx), Some((done_rx, wake)))
         }
     };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
@@ -219,6 +228,11 @@ fn accept_ud() -> UserData {
     UserData::new(0, 0, Op::Accept, Side::Down)
 }
 
+/// The poll on the reload thread's eventfd.
+fn wake_ud() -> UserData {
+    UserData::new(crate::uring::SLOT_CORE, 0, Op::Inbox, Side::Down)
+}
+
 /// Run `f` on a live client with a `Sys` over the ring, then settle it; free its slot when it
 /// is gone, and keep its timer entry at its deadline when that moved earlier.
 fn with(
@@ -253,16 +267,22 @@ fn c_armed(r: &mut Reactor<Client>, slot: u32, generation: u32, at: u64) {
 impl AdminLoop {
     fn run(&mut self, r: &mut Reactor<Client>) -> std::io::Result<()> {
         r.ring.accept_multi(self.listener.as_raw_fd(), accept_ud());
+        if let Some((_, wake)) = &self.reload_rx {
+            r.ring.poll_in(wake.as_raw_fd(), wake_ud());
+        }
         while !self.stop.load(Ordering::Relaxed) {
             r.turn(self, Duration::from_millis(TICK_MS))?;
-            self.reloads_done(r);
         }
         Ok(())
     }
 
-    /// Answer the connections whose reload has finished.
+    /// Answer the connections whose reload has finished (the reload thread woke the loop).
     fn reloads_done(&mut self, r: &mut Reactor<Client>) {
-        let Some(rx) = &self.reload_rx else { return };
+        let Some((rx, wake)) = &self.reload_rx else {
+            return;
+        };
+        let _ = wake.read();
+        r.ring.poll_in(wake.as_raw_fd(), wake_ud());
         let done: Vec<ReloadDone> = rx.try_iter().collect();
         for ((slot, generation), result) in done {
             let (status, body) = match result {
@@ -459,6 +479,9 @@ impl Client {
 
 impl Handler<Client> for AdminLoop {
     fn on_core(&mut self, r: &mut Reactor<Client>, c: Cqe) {
+        if c.ud == wake_ud() {
+            return self.reloads_done(r);
+        }
         if c.ud != accept_ud() {
             return;
         }

@@ -161,10 +161,8 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         };
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics; {guard})");
     }
-    if crate::upstream::health::wanted(&cfg) {
-        crate::upstream::health::spawn(live.clone(), stopping.clone())
-            .context("spawning the health checker")?;
-    }
+    crate::upstream::health::spawn(live.clone(), stopping.clone())
+        .context("spawning the health checker")?;
     let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
     tracing::info!(
         "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",

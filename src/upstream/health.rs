@@ -26,9 +26,10 @@ pub const IN_FLIGHT: usize = 256;
 /// Bytes of an answer read before giving up on finding its status line.
 const ANSWER_MAX: usize = 4096;
 
-/// Start the checker when some upstream of the configuration in force has `health_check`.
-/// It follows the configuration in force (a reload can add or remove checks) and ends when
-/// `stop` is set.
+/// Start the checker. It runs whether or not the configuration in force has any
+/// `health_check` (a reload can add some, and they must run within one interval), follows the
+/// configuration in force (checks added, changed or removed by a reload) and ends when `stop`
+/// is set. With nothing to check it wakes five times a second to look.
 pub fn spawn(
     live: Arc<Live>,
     stop: Arc<AtomicBool>,
@@ -36,11 +37,6 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ringway-health".into())
         .spawn(move || Checker::default().run(&live, &stop))
-}
-
-/// Whether `cfg` has anything to check.
-pub fn wanted(cfg: &Config) -> bool {
-    cfg.upstreams.iter().any(|u| u.health_check.is_some())
 }
 
 /// One server's record between probes.
@@ -121,7 +117,11 @@ impl Checker {
                         .enumerate()
                         .map(|(i, p)| {
                             old.get(&(u.name.as_str(), p.addr))
-                                .copied()
+                                // A check whose interval shrank is due within the new one.
+                                .map(|t| Track {
+                                    next: t.next.min(now + h.interval),
+                                    ..*t
+                                })
                                 .unwrap_or(Track {
                                     next: now + h.interval * i as u32 / n,
                                     passes: 0,
@@ -133,6 +133,15 @@ impl Checker {
                 }
             })
             .collect();
+        // A server whose checks were removed is no longer held down by them.
+        for u in cfg.upstreams.iter().filter(|u| u.health_check.is_none()) {
+            for p in &u.peers {
+                if p.state.health() == HEALTH_DOWN {
+                    p.state.set_health(HEALTH_UP);
+                    tracing::warn!(target: "health", "upstream {:?} server {} is up: its health check was removed", u.name, p.addr);
+                }
+            }
+        }
         self.tracks = tracks;
         self.cfg = Some(cfg);
         self.earliest = Some(now);

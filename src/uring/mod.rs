@@ -5,6 +5,7 @@
 //! kernel may read or write is owned here and tracked: a buffer named by an SQE is never freed or
 //! handed back to the kernel before that SQE's completion has been reaped (asserted).
 
+pub mod counting;
 mod pool;
 mod probe;
 pub mod slots;
