@@ -399,3 +399,57 @@ fn frames_stay_byte_exact_around_injected_pings_and_our_pongs_go_no_further() {
     assert_eq!(count(10), 0, "the client's Pongs to our pings are ours");
     assert!(count(9) >= 3, "the upstream was pinged too");
 }
+
+/// A client that sends the header of a huge frame (the echo mirrors it back, so the stream
+/// toward the client stops mid-frame and no ping can be put in it) and then goes silent is
+/// closed once it and the stream toward it have been still for interval + timeout, not held
+/// for `read_timeout` (10 minutes here).
+#[test]
+fn a_client_silent_mid_frame_is_closed_without_a_ping() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack(
+        "hb-midframe",
+        &hb_locations("{ interval = \"1s\", timeout = \"1s\" }"),
+        "",
+        "",
+    );
+    let mut ws = st.raw_ws("/hb/", "");
+    // The header of a 1 MiB binary frame and its first ten bytes; then nothing.
+    let mut out = Vec::new();
+    let mask = [1, 2, 3, 4];
+    ringway::ws::write_header(
+        &mut out,
+        true,
+        0,
+        ringway::ws::opcode::BINARY,
+        Some(mask),
+        1 << 20,
+    );
+    out.extend_from_slice(&[0u8; 10]);
+    ws.s.write_all(&out).unwrap();
+    let t = Instant::now();
+    ws.s.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        match ws.s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) => panic!("not closed after {:?}: {e}", t.elapsed()),
+        }
+    }
+    let closed = t.elapsed();
+    eprintln!(
+        "closed after {closed:?} (interval 1s + timeout 1s), {} bytes mirrored",
+        got.len()
+    );
+    assert!(closed < Duration::from_secs(15), "held for {closed:?}");
+    // What came back is the mirrored frame's start, nothing injected into it.
+    let h = ringway::ws::parse_header(&got).unwrap().unwrap();
+    assert_eq!(h.len, 1 << 20);
+    assert_eq!(got.len(), h.header_len + 10);
+    st.proxy.wait_log("end=heartbeat-timeout", 10);
+}

@@ -76,20 +76,30 @@ impl Control {
             || (side == Side::Down && self.closed[0])
     }
 
-    /// Side `j`'s heartbeat, given when it last sent something: when its next ping is due
-    /// (`false`), or when it counts as silent past its ping (`true`: a ping out since, and
-    /// nothing from it after). `None`: no heartbeat for it now (none configured, its ping
-    /// waiting for a boundary in the stream toward it — its clock has not started — or a Close
-    /// of ours gone to it).
-    fn beat(&self, j: usize, last: u64) -> Option<(u64, bool)> {
-        if self.every[j] == 0 || self.want[1 - j] == Inject::Ping || self.closed[j] {
+    /// Side `j`'s heartbeat, given when each side last sent something: when its next ping is
+    /// due (`false`), or when it counts as silent past its ping (`true`: a ping out since, and
+    /// nothing from it after). `None`: no heartbeat for it now (none configured, or a Close of
+    /// ours gone to it).
+    ///
+    /// A ping that waits for a frame boundary in the stream toward `j` (a frame is halfway
+    /// through) cannot prove anything, so the silence is judged without it: `j` is lost once
+    /// neither it nor the stream toward it has moved for `interval + timeout`. A peer that
+    /// sends the header of a huge frame (which an echoing backend mirrors back) and goes quiet
+    /// is closed then, not held for `read_timeout`; one that is reading a long message is not.
+    fn beat(&self, j: usize, last: [u64; 2]) -> Option<(u64, bool)> {
+        if self.every[j] == 0 || self.closed[j] {
             return None;
         }
+        let wait = u64::from(self.timeout);
+        if self.want[1 - j] == Inject::Ping {
+            let moved = last[j].max(last[1 - j]);
+            return Some((moved + u64::from(self.every[j]) + wait, true));
+        }
         let p = self.pinged[j];
-        Some(if p != 0 && last < p {
-            (p + u64::from(self.timeout), true)
+        Some(if p != 0 && last[j] < p {
+            (p + wait, true)
         } else {
-            (last + u64::from(self.every[j]), false)
+            (last[j] + u64::from(self.every[j]), false)
         })
     }
 
@@ -101,7 +111,7 @@ impl Control {
             t => t + CLOSE_WAIT_MS,
         };
         (0..2)
-            .filter_map(|j| self.beat(j, last[j]))
+            .filter_map(|j| self.beat(j, last))
             .map(|(at, _)| at)
             .fold(close, u64::min)
     }
@@ -379,7 +389,7 @@ impl Session {
         }
         let mut ping = [false; 2];
         for j in 0..2 {
-            match k.beat(j, last[j]) {
+            match k.beat(j, last) {
                 Some((at, true)) if now >= at => return self.heartbeat_lost(side_of(j), io),
                 Some((at, false)) => ping[j] = now >= at,
                 _ => {}
