@@ -678,6 +678,9 @@ impl Sys for WorkerIo<'_> {
     fn close(&mut self, fd: RawFd) {
         self.sys.close(fd)
     }
+    fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool {
+        self.sys.send_now(fd, bytes)
+    }
     fn park(&mut self, side: Side) {
         self.sys.park(side)
     }

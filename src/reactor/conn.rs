@@ -61,6 +61,10 @@ pub struct Conn {
     queue: Queue,
     /// When the send in flight was submitted or last made progress (ms).
     pub send_since_ms: u64,
+    /// Bytes queued for this socket were dropped unsent (a send cut short, a queue released):
+    /// the peer did not get the whole stream, so nothing may claim it did (no TLS
+    /// close_notify after it).
+    pub torn: bool,
 }
 
 impl Conn {
@@ -80,6 +84,7 @@ impl Conn {
             hup: Recv::Off,
             queue: Queue::default(),
             send_since_ms: 0,
+            torn: false,
         }
     }
 
@@ -159,6 +164,9 @@ impl Conn {
         let mut c = self.sending.take().expect("send completion without a send");
         io.sent(c);
         if res < 0 || dropping || self.retiring {
+            if res < 0 || (res as u32) < c.len {
+                self.torn = true;
+            }
             io.release(c);
             return if res < 0 && !dropping && res != -libc::ECANCELED {
                 Sent::Failed(-res)
@@ -279,6 +287,7 @@ impl Conn {
 
     fn release_queue(&mut self, io: &mut impl Sys) {
         while let Some(c) = self.queue.pop() {
+            self.torn = true;
             io.release(c);
         }
     }

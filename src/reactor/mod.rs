@@ -71,6 +71,11 @@ pub trait Sys {
     fn shutdown(&mut self, fd: RawFd);
     /// Close an fd that has no op in flight.
     fn close(&mut self, fd: RawFd);
+    /// Write `bytes` on `fd` now, without waiting (`MSG_DONTWAIT`): whether all of them went.
+    /// Only for a socket with nothing in flight, about to close (a TLS close_notify, which
+    /// fits in any socket buffer that is not full): a plain syscall, not an SQE, as nothing
+    /// comes after it.
+    fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool;
     /// Put the slot on the wait list for buffers (its recv hit ENOBUFS).
     fn park(&mut self, side: Side);
 }
@@ -182,6 +187,12 @@ impl Sys for RingSys<'_> {
 
     fn close(&mut self, fd: RawFd) {
         let _ = nix::unistd::close(fd);
+    }
+
+    fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool {
+        use nix::sys::socket::MsgFlags;
+        nix::sys::socket::send(fd, bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
+            .is_ok_and(|n| n == bytes.len())
     }
 
     fn park(&mut self, side: Side) {

@@ -784,8 +784,9 @@ impl Session {
             if *linger == Linger::AfterFlush && !self.down.eof && self.down.open() {
                 *linger = Linger::On;
                 self.phase_ms = io.now_ms();
-                self.down.shut = Shut::Done;
-                io.shutdown(self.down.fd);
+                // Half-close behind what is queued (a TLS close_notify goes first).
+                self.down.shut = Shut::Pending;
+                self.down.kick(io, Side::Down);
             } else {
                 let end = self.end.unwrap_or(End::Done);
                 self.close(end, io);

@@ -176,6 +176,10 @@ impl Sys for Fake {
         };
         self.shut[idx(side)] = true;
     }
+    fn send_now(&mut self, fd: RawFd, _bytes: &[u8]) -> bool {
+        assert!(self.open_fds.contains(&fd), "send_now on a closed fd");
+        true
+    }
     fn close(&mut self, fd: RawFd) {
         let i = self
             .open_fds

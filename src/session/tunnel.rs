@@ -388,10 +388,10 @@ impl Session {
             });
         }
         let mut ping = [false; 2];
-        for j in 0..2 {
+        for (j, due) in ping.iter_mut().enumerate() {
             match k.beat(j, last) {
                 Some((at, true)) if now >= at => return self.heartbeat_lost(side_of(j), io),
-                Some((at, false)) => ping[j] = now >= at,
+                Some((at, false)) => *due = now >= at,
                 _ => {}
             }
         }

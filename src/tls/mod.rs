@@ -29,6 +29,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use crate::reactor::{Conn, Sys};
 use crate::uring::{Chunk, Side, Src};
 use records::Records;
+use rustls::kernel::KernelConnection;
 
 /// The two ends rustls plays: a server (clients of ringway) or a client (TLS upstreams).
 pub trait Engine: Sized {
@@ -37,7 +38,7 @@ pub trait Engine: Sized {
     fn common(&self) -> &rustls::CommonState;
     /// The handshake is done: the secrets and rustls's post-handshake state, for ringway's
     /// own record layer.
-    fn into_records(self) -> Result<Records<Self::Data>, rustls::Error>;
+    fn into_records(self) -> Result<Records<KernelConnection<Self::Data>>, rustls::Error>;
     /// Whether this end speaks first (a client sends its hello as soon as it is connected).
     const CLIENT: bool;
     /// The most this end holds of a handshake not complete yet (a handshake message may span
@@ -61,7 +62,7 @@ macro_rules! engine {
             fn common(&self) -> &rustls::CommonState {
                 self
             }
-            fn into_records(self) -> Result<Records<Self::Data>, rustls::Error> {
+            fn into_records(self) -> Result<Records<KernelConnection<Self::Data>>, rustls::Error> {
                 let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
                 Records::new(secrets, kernel)
             }
@@ -89,7 +90,7 @@ engine!(
 /// Who runs the records: rustls during the handshake, ringway once it is done.
 enum Stage<E: Engine> {
     Handshake(Box<E>),
-    Records(Box<Records<E::Data>>),
+    Records(Box<Records<KernelConnection<E::Data>>>),
     /// Between the two (only while handing over).
     Gone,
 }
@@ -121,6 +122,8 @@ pub struct Tls<E: Engine> {
     state: State,
     /// Ciphertext received but not processed yet (a record cut by the end of a buffer).
     partial: Vec<u8>,
+    /// Bytes at the front of `partial` that rustls has seen and not discarded (see `drive`).
+    shown: usize,
     /// Plaintext queued before the handshake completed, sent (encrypted) once it has.
     held: Vec<Chunk>,
     /// A client's hello has been produced.
@@ -146,7 +149,7 @@ impl<E: Engine> std::fmt::Debug for Tls<E> {
 
 impl<E: Engine> Tls<E>
 where
-    rustls::kernel::KernelConnection<E::Data>: records::PostHandshake,
+    KernelConnection<E::Data>: records::Kernel,
 {
     pub fn new(conn: Conn, engine: E) -> Tls<E> {
         Tls {
@@ -154,6 +157,7 @@ where
             stage: Stage::Handshake(Box::new(engine)),
             state: State::Handshaking,
             partial: Vec::new(),
+            shown: 0,
             held: Vec::new(),
             started: false,
             notified: false,
@@ -251,14 +255,19 @@ where
         }
         let mut plain = io.scratch();
         let mut out = io.scratch();
-        let Tls { stage, partial, .. } = self;
+        let Tls {
+            stage,
+            partial,
+            shown,
+            ..
+        } = self;
         let Stage::Handshake(engine) = stage else {
             unreachable!("records are handled above")
         };
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                let r = drive(&mut **engine, buf, &mut plain, &mut out);
+                let r = drive(&mut **engine, buf, shown, &mut plain, &mut out);
                 if let Ok(used) = r
                     && used < buf.len()
                 {
@@ -271,7 +280,7 @@ where
                     *partial = io.scratch();
                 }
                 partial.extend_from_slice(io.data_of(c));
-                let r = drive(&mut **engine, partial, &mut plain, &mut out);
+                let r = drive(&mut **engine, partial, shown, &mut plain, &mut out);
                 if let Ok(used) = r {
                     partial.drain(..used);
                 }
@@ -279,13 +288,14 @@ where
             }
         };
         io.release(c);
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
-            // Idle between records: hold no buffer.
-            io.recycle(std::mem::take(&mut self.partial));
-        }
         self.queue(io, out);
+        let done = match &self.stage {
+            Stage::Handshake(e) => !e.common().is_handshaking(),
+            _ => false,
+        };
         let fail = match result {
-            Ok(_) if self.partial.len() > E::PARTIAL_MAX => Some(Fail::Tls(
+            // What a handshake not complete yet may hold (after it, what is left is records).
+            Ok(_) if !done && self.partial.len() > E::PARTIAL_MAX => Some(Fail::Tls(
                 rustls::Error::General("record or handshake message too large".into()),
             )),
             Ok(_) => None,
@@ -297,15 +307,13 @@ where
             self.conn.kick(io, side);
             return Err(f);
         }
-        let done = match &self.stage {
-            Stage::Handshake(e) => !e.common().is_handshaking(),
-            _ => false,
-        };
         if self.state == State::Handshaking && done {
             self.state = State::Open;
-            if let Err(e) = self.hand_over() {
+            // What came after the record that completed the handshake (data, a KeyUpdate, a
+            // session ticket) is the records layer's.
+            if let Err(e) = self.hand_over().and_then(|()| self.open_left(&mut plain)) {
                 io.recycle(plain);
-                self.fail(io);
+                self.fail_with_alert(io, &e);
                 self.conn.kick(io, side);
                 return Err(e);
             }
@@ -318,6 +326,10 @@ where
                     return Err(e);
                 }
             }
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            // Idle between records: hold no buffer.
+            io.recycle(std::mem::take(&mut self.partial));
         }
         self.kick(io, side);
         if plain.is_empty() {
@@ -372,7 +384,13 @@ where
             } = self
         {
             let mut out = io.scratch();
-            let r = drive(&mut **engine, partial, &mut Vec::new(), &mut out);
+            let r = drive(
+                &mut **engine,
+                partial,
+                &mut self.shown,
+                &mut Vec::new(),
+                &mut out,
+            );
             self.started = true;
             self.queue(io, out);
             match r {
@@ -392,6 +410,37 @@ where
             self.queue(io, out);
         }
         self.conn.kick(io, side);
+    }
+
+    /// The socket is about to close with nothing in flight: end the TLS stream with
+    /// close_notify (RFC 8446 §6.1), as nginx does, so the peer can tell a complete close from
+    /// a truncated one — unless one went already, or bytes queued for the peer were dropped
+    /// (then it must not look complete), or the connection is not open. Written straight to
+    /// the socket without waiting: a 24-byte record that any socket buffer not full takes.
+    pub fn farewell(&mut self, io: &mut impl Sys) {
+        let mut out = io.scratch();
+        if self.close_notify_now(&mut out) {
+            io.send_now(self.conn.fd, &out);
+        }
+        io.recycle(out);
+    }
+
+    /// The close_notify a socket about to close sends (see `farewell`), appended to `out`;
+    /// false when there is none to send.
+    pub fn close_notify_now(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.state != State::Open
+            || self.notified
+            || self.conn.torn
+            || self.conn.pending() > 0
+            || self.conn.shut != crate::reactor::Shut::Open
+        {
+            return false;
+        }
+        let Stage::Records(r) = &mut self.stage else {
+            return false;
+        };
+        self.notified = true;
+        r.close_notify(out).is_ok()
     }
 
     /// Give back what the connection holds besides its socket (on close).
@@ -420,6 +469,27 @@ where
         };
         let r = (*e).into_records().map_err(Fail::Tls)?;
         self.stage = Stage::Records(Box::new(r));
+        self.shown = 0;
+        Ok(())
+    }
+
+    /// Open the whole records left in `partial` when the handshake completed; their plaintext
+    /// is appended to `plain`.
+    fn open_left(&mut self, plain: &mut Vec<u8>) -> Result<(), Fail> {
+        let Tls {
+            stage: Stage::Records(r),
+            partial,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        if partial.is_empty() {
+            return Ok(());
+        }
+        let (n, used) = r.open(partial).map_err(Fail::Tls)?;
+        plain.extend_from_slice(&partial[..n]);
+        partial.drain(..used);
         Ok(())
     }
 
@@ -475,8 +545,9 @@ where
             }
             Err(e) => {
                 io.release(c);
-                self.fail(io);
-                return Err(Fail::Tls(e));
+                let e = Fail::Tls(e);
+                self.fail_with_alert(io, &e);
+                return Err(e);
             }
         };
         if self.partial.is_empty() && self.partial.capacity() > 0 {
@@ -493,6 +564,22 @@ where
             let c = io.put(out);
             self.conn.push(c);
         }
+    }
+
+    /// The records failed: a fatal alert says why (RFC 8446 §6.2; none for an alert the peer
+    /// sent), then nothing more is read or encrypted.
+    fn fail_with_alert(&mut self, io: &mut impl Sys, e: &Fail) {
+        if let (Stage::Records(r), Fail::Tls(e)) = (&mut self.stage, e)
+            && let Some(description) = records::alert_for(e)
+        {
+            let mut out = io.scratch();
+            if r.alert(description, &mut out).is_ok() {
+                self.queue(io, out);
+            } else {
+                io.recycle(out);
+            }
+        }
+        self.fail(io);
     }
 
     /// Nothing more is read or encrypted (the alert, if any, is already queued: `drive`).
@@ -522,17 +609,23 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     }
 }
 
-/// Run rustls's handshake over `buf` until it needs more bytes or is done: plaintext that came
-/// with the handshake (a request after the client's Finished) is appended to `plain`, records
-/// to send to `out`. Returns the bytes of `buf` consumed (the rest is a record not complete
-/// yet, kept by the caller for the next call).
+/// Run rustls's handshake over `buf` until it needs more bytes or is done: records to send
+/// are appended to `out`. Returns the bytes of `buf` consumed; the rest — a record not complete
+/// yet, or the records after the one that completed the handshake — is kept by the caller (for
+/// the next call, or for ringway's own record layer).
 ///
-/// rustls may keep positions into `buf` between calls (a handshake message spanning records),
-/// so every call passes what the previous one left (never an empty slice in its place). On an
-/// error, the alert rustls queued is encoded into `out` before the error is returned.
+/// rustls is shown one whole record more at a time, never past the record that completes the
+/// handshake: a KeyUpdate (or data) the peer sent in the same write as its Finished is then
+/// read by ringway's records, which answer it, and not by rustls, which would switch its
+/// sending key for a KeyUpdate of its own it never gets to send once the secrets are handed
+/// over. `shown` is how much of `buf` rustls has been shown and not discarded (a handshake
+/// message spanning records); it is carried to the next call, whose `buf` starts where this
+/// one's consumed bytes end, so rustls never sees less than it saw. On an error, the alert
+/// rustls queued is encoded into `out` before the error is returned.
 pub(crate) fn drive<E: Engine>(
     engine: &mut E,
     buf: &mut [u8],
+    shown: &mut usize,
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<usize, rustls::Error> {
@@ -540,11 +633,12 @@ pub(crate) fn drive<E: Engine>(
     // rustls's unbuffered state machine asserts on some sequences of calls; a peer must not be
     // able to reach one and take the worker down, so a panic in it fails this connection only.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let r = turns(engine, buf, &mut off, plain, out);
+        let r = turns(engine, buf, &mut off, shown, plain, out);
         if r.is_err() {
             // The fatal alert rustls queued with the error is the next thing it hands out.
             // Only that: calling on would read the bad bytes again.
-            let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..]);
+            let end = (off + *shown).min(buf.len());
+            let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..end]);
             if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
                 encode(&mut e, out);
                 off += discard;
@@ -578,21 +672,39 @@ fn encode<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, out: &mut Vec<u8>
     }
 }
 
+/// Where the TLS record that starts at `at` in `buf` ends, when it is there whole. A header no
+/// record can have (a content type or version that is not TLS's, a length past the largest
+/// ciphertext) is shown to rustls at once, which refuses it, rather than waited for.
+fn record_end(buf: &[u8], at: usize) -> Option<usize> {
+    let h = buf.get(at..at + 5)?;
+    let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+    if !(20..=24).contains(&h[0]) || h[1] != 3 || len > (1 << 14) + 2048 {
+        return Some(buf.len());
+    }
+    let end = at + 5 + len;
+    (end <= buf.len()).then_some(end)
+}
+
 fn turns<E: Engine>(
     engine: &mut E,
     buf: &mut [u8],
     off: &mut usize,
+    shown: &mut usize,
     plain: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), rustls::Error> {
-    // Each turn either consumes bytes, produces some, or ends; rustls's states are finite
-    // between two, but a bound keeps a bug from spinning the worker.
+    // rustls sees `buf[off..limit]`: what it saw before, then one more whole record each time
+    // it has done all it can with that.
+    let mut limit = (*off + *shown).min(buf.len());
+    // Each turn either consumes bytes, produces some, shows one more record, or ends; rustls's
+    // states are finite between two, but a bound keeps a bug from spinning the worker.
     for _ in 0..10_000 {
-        let UnbufferedStatus { discard, state } = engine.process(&mut buf[*off..]);
+        let UnbufferedStatus { discard, state } = engine.process(&mut buf[*off..limit]);
         let state = match state {
             Ok(s) => s,
             Err(e) => {
                 *off += discard;
+                *shown = limit.saturating_sub(*off);
                 return Err(e);
             }
         };
@@ -610,6 +722,7 @@ fn turns<E: Engine>(
                 }
                 if let Some(e) = failed {
                     *off += discard;
+                    *shown = limit.saturating_sub(*off);
                     return Err(e);
                 }
                 false
@@ -626,11 +739,24 @@ fn turns<E: Engine>(
             // The handshake is done: the records are ringway's from here (`hand_over`).
             ConnectionState::WriteTraffic(_) => true,
             ConnectionState::PeerClosed => false,
-            // BlockedHandshake, Closed; early data is not enabled.
+            // All that can be done with what was shown: show the next whole record, if any.
+            ConnectionState::BlockedHandshake => {
+                let at = *off + discard;
+                match record_end(buf, limit.max(at)) {
+                    Some(end) => {
+                        *off = at;
+                        limit = end;
+                        continue;
+                    }
+                    None => true,
+                }
+            }
+            // Closed; early data is not enabled.
             _ => true,
         };
         *off += discard;
         if done {
+            *shown = limit.saturating_sub(*off);
             return Ok(());
         }
     }

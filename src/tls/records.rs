@@ -75,22 +75,47 @@ impl Dir {
     }
 }
 
-/// What only one end can be sent after the handshake: a client stores session tickets.
-pub trait PostHandshake {
+/// What the record layer needs of the handshake's state once it is over: the next traffic
+/// secrets on a key update, and what only one end can be sent (a client stores session
+/// tickets). rustls's `KernelConnection` in the proxy; a stand-in with fixed secrets in the
+/// fuzz target and the differential tests' own checks.
+pub trait Kernel {
+    fn protocol_version(&self) -> rustls::ProtocolVersion;
+    fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite>;
+    fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error>;
+    fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error>;
     fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error>;
 }
 
-impl PostHandshake for KernelConnection<rustls::client::ClientConnectionData> {
-    fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
-        self.handle_new_session_ticket(payload)
-    }
+/// rustls's post-handshake state, for either end.
+macro_rules! kernel {
+    ($data:ty, $ticket:expr) => {
+        impl Kernel for KernelConnection<$data> {
+            fn protocol_version(&self) -> rustls::ProtocolVersion {
+                KernelConnection::protocol_version(self)
+            }
+            fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+                Some(KernelConnection::negotiated_cipher_suite(self))
+            }
+            fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+                KernelConnection::update_tx_secret(self)
+            }
+            fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+                KernelConnection::update_rx_secret(self)
+            }
+            fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
+                let ticket: fn(&mut Self, &[u8]) -> Result<(), Error> = $ticket;
+                ticket(self, payload)
+            }
+        }
+    };
 }
 
-impl PostHandshake for KernelConnection<rustls::server::ServerConnectionData> {
-    fn new_session_ticket(&mut self, _payload: &[u8]) -> Result<(), Error> {
-        Err(Error::General("a client sent a session ticket".into()))
-    }
-}
+kernel!(rustls::client::ClientConnectionData, |k, p| k
+    .handle_new_session_ticket(p));
+kernel!(rustls::server::ServerConnectionData, |_, _| Err(
+    Error::General("a client sent a session ticket".into())
+));
 
 /// The record format in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,9 +129,14 @@ enum Form {
 /// (as rustls does), below AES-GCM's limit.
 const TLS12_RECORDS_MAX: u64 = 1 << 24;
 
+/// KeyUpdates accepted in a row without application data between them (rustls's and
+/// BoringSSL's bound): past it the connection ends with an unexpected_message alert, so a peer
+/// cannot make us derive keys without end.
+pub const KEY_UPDATES_MAX: u8 = 32;
+
 /// A connection's records once the handshake is done.
-pub struct Records<D> {
-    kernel: KernelConnection<D>,
+pub struct Records<K> {
+    kernel: K,
     form: Form,
     tx: Dir,
     rx: Dir,
@@ -116,16 +146,24 @@ pub struct Records<D> {
     /// (RFC 8446 §4.6.3), once however many requests came, so a peer that asks and never
     /// reads cannot make us queue anything.
     update_owed: bool,
+    /// KeyUpdates still accepted before the next application data record.
+    key_updates_left: u8,
 }
 
-impl<D> Records<D>
-where
-    KernelConnection<D>: PostHandshake,
-{
-    pub fn new(
-        secrets: ExtractedSecrets,
-        kernel: KernelConnection<D>,
-    ) -> Result<Records<D>, Error> {
+/// The alert that ends a connection whose records failed with `e` (RFC 8446 §6.2), `None`
+/// when the peer ended it with an alert of its own.
+pub fn alert_for(e: &Error) -> Option<u8> {
+    Some(match e {
+        Error::AlertReceived(_) => return None,
+        Error::DecryptError => 20,      // bad_record_mac
+        Error::InvalidMessage(_) => 50, // decode_error
+        Error::EncryptError => 80,      // internal_error
+        _ => 10,                        // unexpected_message
+    })
+}
+
+impl<K: Kernel> Records<K> {
+    pub fn new(secrets: ExtractedSecrets, kernel: K) -> Result<Records<K>, Error> {
         let form = match (kernel.protocol_version(), &secrets.tx.1) {
             (rustls::ProtocolVersion::TLSv1_3, _) => Form::Tls13,
             (
@@ -142,7 +180,17 @@ where
             rx: Dir::new(secrets.rx)?,
             peer_closed: false,
             update_owed: false,
+            key_updates_left: KEY_UPDATES_MAX,
         })
+    }
+
+    /// Records on given secrets (a stand-in kernel: the fuzz target, the tests).
+    pub fn from_secrets(
+        tx: (u64, ConnectionTrafficSecrets),
+        rx: (u64, ConnectionTrafficSecrets),
+        kernel: K,
+    ) -> Result<Records<K>, Error> {
+        Records::new(ExtractedSecrets { tx, rx }, kernel)
     }
 
     /// TLS 1.2's additional data: sequence number, type, version, plaintext length.
@@ -208,7 +256,7 @@ where
         }
     }
 
-    pub fn kernel(&self) -> &KernelConnection<D> {
+    pub fn kernel(&self) -> &K {
         &self.kernel
     }
 
@@ -238,6 +286,7 @@ where
             }
             match kind {
                 APPLICATION_DATA => {
+                    self.key_updates_left = KEY_UPDATES_MAX;
                     buf.copy_within(start..start + n, w);
                     w += n;
                 }
@@ -284,6 +333,12 @@ where
             let (body, next) = rest.split_at(len);
             match kind {
                 KEY_UPDATE if body.len() == 1 && body[0] <= 1 => {
+                    self.key_updates_left =
+                        self.key_updates_left
+                            .checked_sub(1)
+                            .ok_or(Error::PeerMisbehaved(
+                                rustls::PeerMisbehaved::TooManyKeyUpdateRequests,
+                            ))?;
                     self.rx = Dir::new(self.kernel.update_rx_secret()?)?;
                     if body[0] == 1 {
                         self.update_owed = true;
@@ -324,6 +379,19 @@ where
     /// A close_notify alert, appended to `out`.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         self.seal_record(ALERT, &[1, 0], out)
+    }
+
+    /// A fatal alert `description`, appended to `out` (the last thing sent).
+    pub fn alert(&mut self, description: u8, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.seal_record(ALERT, &[2, description], out)
+    }
+
+    /// Move to the next sending key now, telling the peer (not asking it to).
+    pub fn update_keys(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.form != Form::Tls13 {
+            return Err(Error::General("no key update before TLS 1.3".into()));
+        }
+        self.update_tx(out)
     }
 
     fn seal_record(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
@@ -388,7 +456,7 @@ mod tests {
     /// ringway's server side, handshaken in memory; then the server's records are ringway's.
     fn pair() -> (
         rustls::ClientConnection,
-        Records<rustls::server::ServerConnectionData>,
+        Records<KernelConnection<rustls::server::ServerConnectionData>>,
     ) {
         pair_with(&rustls::version::TLS13, None)
     }
@@ -399,7 +467,7 @@ mod tests {
         suite: Option<rustls::SupportedCipherSuite>,
     ) -> (
         rustls::ClientConnection,
-        Records<rustls::server::ServerConnectionData>,
+        Records<KernelConnection<rustls::server::ServerConnectionData>>,
     ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -434,11 +502,18 @@ mod tests {
         .unwrap();
         let mut server = UnbufferedServerConnection::new(Arc::new(sc)).unwrap();
         let mut pending = Vec::new();
+        let mut shown = 0;
         for _ in 0..10 {
             client.write_tls(&mut pending).unwrap();
             let mut out = Vec::new();
-            let used =
-                crate::tls::drive(&mut server, &mut pending, &mut Vec::new(), &mut out).unwrap();
+            let used = crate::tls::drive(
+                &mut server,
+                &mut pending,
+                &mut shown,
+                &mut Vec::new(),
+                &mut out,
+            )
+            .unwrap();
             pending.drain(..used);
             client.read_tls(&mut &out[..]).unwrap();
             client.process_new_packets().unwrap();
@@ -594,7 +669,7 @@ mod tests {
         );
     }
 
-    fn garbage(mut server: Records<rustls::server::ServerConnectionData>) {
+    fn garbage(mut server: Records<KernelConnection<rustls::server::ServerConnectionData>>) {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..2000 {
             seed ^= seed << 13;

@@ -118,11 +118,30 @@ impl Transport {
     /// Close a retired socket once nothing is in flight (see [`Conn::close_when_done`]);
     /// unless `keep_queue`, what the transport holds is given back.
     pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+        if self.fd >= 0 && self.retiring && self.ops == 0 && cancels == 0 {
+            on_tls!(self, t => t.farewell(io), _c => {});
+        }
         let closed = self.conn_mut().close_when_done(io, cancels, keep_queue);
         if closed && !keep_queue {
             self.release_tls(io);
         }
         closed
+    }
+
+    /// Close an idle connection that has nothing in flight (the keepalive pool's), a TLS one
+    /// with close_notify first (see `Tls::farewell`).
+    pub fn close_idle(mut self) {
+        let mut out = Vec::new();
+        let notify = on_tls!(&mut self, t => t.close_notify_now(&mut out), _c => false);
+        if notify {
+            use nix::sys::socket::MsgFlags;
+            let _ = nix::sys::socket::send(
+                self.fd,
+                &out,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            );
+        }
+        let _ = nix::unistd::close(self.fd);
     }
 
     /// Whether the connection could carry another exchange: plain, or TLS at rest (open,

@@ -40,6 +40,7 @@ pub struct Kept {
     pub served: u32,
 }
 
+#[cfg(test)]
 fn close(fd: RawFd) {
     let _ = nix::unistd::close(fd);
 }
@@ -68,7 +69,7 @@ impl Pool {
     ) {
         let cap = u.keepalive;
         if cap == 0 {
-            close(conn.fd);
+            conn.close_idle();
             return;
         }
         let full = self
@@ -78,7 +79,7 @@ impl Pool {
             .nth(cap as usize - 1)
             .is_some();
         if full && let Some(oldest) = self.idle.iter().position(|i| *i.upstream == *u.name) {
-            close(self.idle.remove(oldest).conn.fd);
+            self.idle.remove(oldest).conn.close_idle();
         }
         self.idle.push(Idle {
             upstream: u.name.as_str().into(),
@@ -104,20 +105,21 @@ impl Pool {
                     served: idle.served,
                 });
             }
-            close(idle.conn.fd);
+            idle.conn.close_idle();
         }
         None
     }
 
     /// Close the connections idle past their `keepalive_timeout`.
     pub fn prune(&mut self, now_ms: u64) {
-        self.idle.retain(|i| {
-            let keep = i.expires_ms > now_ms;
-            if !keep {
-                close(i.conn.fd);
+        let mut i = 0;
+        while i < self.idle.len() {
+            if self.idle[i].expires_ms > now_ms {
+                i += 1;
+            } else {
+                self.idle.remove(i).conn.close_idle();
             }
-            keep
-        });
+        }
     }
 
     /// Idle connections kept now.
@@ -133,7 +135,7 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         for i in self.idle.drain(..) {
-            close(i.conn.fd);
+            i.conn.close_idle();
         }
     }
 }
