@@ -1,10 +1,10 @@
 #!/bin/sh
 # Coverage-guided fuzzing with AFL++ on stable Rust (cargo-afl), over the targets of
-# tests/fuzz.rs: request head, response head, chunked body, frame tracker, config.
+# tests/fuzz.rs: request head, response head, chunked body, frame tracker, TLS records, config.
 #   scripts/fuzz-afl.sh [SECONDS]      (default 600)
 # Installs cargo-afl when missing (it builds AFL++ for this toolchain). Crashes land in
 # fuzz-afl/out/default/crashes/: the first byte picks the target (0 request head, 1 response
-# head, 2 chunked, 3 frames, 4 config); save the rest as tests/fuzz-corpus/<target>/crash-NAME
+# head, 2 chunked, 3 frames, 4 TLS records, 5 config); save the rest as tests/fuzz-corpus/<target>/crash-NAME
 # so that `cargo test` replays it for ever.
 set -eu
 cd "$(dirname "$0")/../fuzz-afl"
@@ -22,9 +22,12 @@ seeds = {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n"],
     2: [b"5\r\nhello\r\n1a;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n"],
     3: [bytes([0x81, 0x85, 1, 2, 3, 4]) + b"hello" + bytes([0x82, 126, 0, 200]) + b"x" * 200],
-    4: [(root / "examples/ringway.toml").read_bytes()],
+    4: [bytes([4, 3, 0, 5]) + b"hello" + bytes([3, 1, 1, 0, 3]) + b"abc" + bytes([1, 2, 1, 0]),
+        bytes([0, 9, 23, 3, 3, 0, 17]) + bytes(range(17))],
+    5: [(root / "examples/ringway.toml").read_bytes()],
 }
-names = {0: "request-head", 1: "response-head", 2: "chunked", 3: "frame-tracker", 4: "config"}
+names = {0: "request-head", 1: "response-head", 2: "chunked", 3: "frame-tracker",
+         4: "tls-records", 5: "config"}
 n = 0
 for k, vs in seeds.items():
     corpus = root / "tests/fuzz-corpus" / names[k]

@@ -6,6 +6,10 @@
 //!   alone; the rewritten head parses again with the same framing;
 //! - chunked bodies and WebSocket frames: the same answer whatever the split into reads;
 //! - config: never a panic; an error points into the file.
+//! - TLS records (the receive path of ringway's record layer, `tls::records`): never a panic;
+//!   records sealed by a peer (of every content type, any payload, key updates included) open
+//!   the same whatever the split into reads, as do raw bytes; the plaintext of what opens is
+//!   what the peer sealed as application data; a failure is a failure at any split.
 
 use crate::config::Config;
 use crate::http::{
@@ -191,5 +195,132 @@ pub fn config(input: &[u8]) {
             assert!(e.line <= lines + 1, "line {} of {lines}: {e}", e.line);
             assert!(e.to_string().starts_with("fuzz.toml:"), "{e}");
         }
+    }
+}
+
+/// The record layer's receive path. The first byte picks the record format (TLS 1.3 or 1.2,
+/// ChaCha20-Poly1305 or AES-256-GCM) and whether the rest is raw ciphertext or a script of
+/// records a peer seals: `[type, length, payload…]` repeated (a type of 0 means application
+/// data, 1 an alert, 2 a handshake message, 3 a KeyUpdate — real sealing with the peer's
+/// current keys, so the receiver's checks past decryption are reached). The second byte seeds
+/// the cuts.
+pub fn tls_records(input: &[u8]) {
+    use crate::tls::records::{Records, StandIn};
+    let Some((&mode, rest)) = input.split_first() else {
+        return;
+    };
+    let Some((&cut_seed, body)) = rest.split_first() else {
+        return;
+    };
+    let tls13 = mode & 1 == 0;
+    let chacha = mode & 2 == 0;
+    let a = ([7u8; 32], [1u8; 12]);
+    let b = ([9u8; 32], [2u8; 12]);
+    let version = if tls13 {
+        rustls::ProtocolVersion::TLSv1_3
+    } else {
+        rustls::ProtocolVersion::TLSv1_2
+    };
+    let make = |tx: ([u8; 32], [u8; 12]), rx: ([u8; 32], [u8; 12])| {
+        let k = StandIn {
+            version,
+            chacha,
+            tx,
+            rx,
+        };
+        let (t, r) = (k.secrets(tx), k.secrets(rx));
+        Records::from_secrets(t, r, k).expect("records on fixed secrets")
+    };
+    // The wire: the input itself, or the records a peer seals from the script.
+    let mut expected = Vec::new();
+    let wire = if mode & 4 == 0 {
+        body.to_vec()
+    } else {
+        let mut peer = make(a, b);
+        let mut wire = Vec::new();
+        let mut s = body;
+        while let [kind, len, tail @ ..] = s {
+            let n = usize::from(*len).min(tail.len());
+            let (payload, next) = tail.split_at(n);
+            s = next;
+            let r = match kind % 4 {
+                0 => {
+                    expected.extend_from_slice(payload);
+                    peer.seal(payload, &mut wire)
+                }
+                1 => peer.seal_raw(21, payload, &mut wire),
+                2 => peer.seal_raw(22, payload, &mut wire),
+                _ if tls13 => {
+                    // A KeyUpdate the peer sends and moves to: the receiver must follow.
+                    let request = payload.first().copied().unwrap_or(0) & 1;
+                    peer.seal_raw(22, &[24, 0, 0, 1, request], &mut wire)
+                        .and_then(|()| peer.rotate_tx())
+                }
+                _ => {
+                    if *kind == 23 {
+                        expected.extend_from_slice(payload);
+                    }
+                    peer.seal_raw(*kind, payload, &mut wire)
+                }
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        wire
+    };
+    // Read whole, then cut at places the second byte chooses.
+    let read = |cuts: &[usize]| -> (Result<(), String>, Vec<u8>, bool) {
+        let mut rx = make(b, a);
+        let mut pending = Vec::new();
+        let mut plain = Vec::new();
+        let mut start = 0;
+        for &c in cuts.iter().chain(std::iter::once(&wire.len())) {
+            let c = c.clamp(start, wire.len());
+            pending.extend_from_slice(&wire[start..c]);
+            start = c;
+            match rx.open(&mut pending) {
+                Ok((n, used)) => {
+                    assert!(n <= used && used <= pending.len(), "open: {n} {used}");
+                    plain.extend_from_slice(&pending[..n]);
+                    pending.drain(..used);
+                }
+                Err(e) => return (Err(format!("{e:?}")), plain, rx.peer_closed()),
+            }
+        }
+        assert!(
+            pending.len() < 5 + crate::tls::records::CIPHER_MAX,
+            "more than a record left unread"
+        );
+        (Ok(()), plain, rx.peer_closed())
+    };
+    let whole = read(&[]);
+    let mut cuts: Vec<usize> = (0..usize::from(cut_seed % 8))
+        .map(|i| (usize::from(cut_seed) * 31 + i * 977) % (wire.len() + 1))
+        .collect();
+    cuts.sort_unstable();
+    let split = read(&cuts);
+    assert_eq!(
+        whole.0.is_ok(),
+        split.0.is_ok(),
+        "whole: {:?}, split: {:?}",
+        whole.0,
+        split.0
+    );
+    match &whole.0 {
+        Ok(()) => {
+            assert_eq!(whole.1, split.1, "the split changed the plaintext");
+            assert_eq!(whole.2, split.2, "the split changed close_notify");
+            if mode & 4 != 0 && !whole.2 {
+                assert_eq!(whole.1, expected, "the plaintext is what the peer sealed");
+            }
+        }
+        Err(_) => assert!(
+            expected.starts_with(&split.1) || mode & 4 == 0,
+            "plaintext before a failure is not what the peer sealed"
+        ),
+    }
+    if mode & 4 != 0 && whole.0.is_ok() && !whole.2 {
+        assert!(expected.starts_with(&whole.1));
     }
 }

@@ -236,3 +236,27 @@ upgrade = ["websocket"]
 fn fuzz_config_loader() {
     run("config", &[CONFIG.as_bytes()], fuzzing::config);
 }
+
+#[test]
+fn fuzz_tls_records() {
+    // Scripts a peer seals (mode bit 4): data, a KeyUpdate asking for ours, more data, an
+    // alert (close_notify), data after it; in each record format.
+    let script: &[u8] = &[
+        0, 5, b'h', b'e', b'l', b'l', b'o', 3, 1, 1, 0, 3, b'a', b'b', b'c', 2, 5, 4, 0, 0, 1, 9,
+        1, 2, 1, 0, 0, 2, b'z', b'z',
+    ];
+    let mut seeds: Vec<Vec<u8>> = Vec::new();
+    for mode in [4u8, 5, 6, 7] {
+        for cut in [0u8, 3, 77] {
+            seeds.push([&[mode, cut][..], script].concat());
+        }
+    }
+    // Raw bytes (mode bit 4 clear): record headers with odd lengths and types.
+    seeds.push(vec![
+        0, 9, 23, 3, 3, 0, 17, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+    ]);
+    seeds.push(vec![1, 200, 21, 3, 3, 0x40, 0x01]);
+    seeds.push(vec![2, 1, 22, 3, 1, 0, 0]);
+    let seed_refs: Vec<&[u8]> = seeds.iter().map(|s| s.as_slice()).collect();
+    run("tls-records", &seed_refs, fuzzing::tls_records);
+}

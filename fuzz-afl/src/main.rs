@@ -10,11 +10,12 @@ fn main() {
         };
         // Reads cut at a third and two thirds (the mutation fuzzer tries random cuts).
         let cuts = [input.len() / 3, input.len() * 2 / 3];
-        match which % 5 {
+        match which % 6 {
             0 => fuzzing::request_head(input),
             1 => fuzzing::response_head(input),
             2 => fuzzing::chunked(input, &cuts),
             3 => fuzzing::frames(input, &cuts),
+            4 => fuzzing::tls_records(input),
             _ => fuzzing::config(input),
         }
     });

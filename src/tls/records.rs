@@ -129,6 +129,64 @@ enum Form {
 /// (as rustls does), below AES-GCM's limit.
 const TLS12_RECORDS_MAX: u64 = 1 << 24;
 
+/// A kernel with secrets of its own instead of a handshake's: for the receive path's fuzz
+/// target (`ringway::fuzzing::tls_records`) and tests. A key update moves a direction's
+/// ChaCha20 or AES-256-GCM key and IV to a hash of them, so two stand-ins started on mirrored
+/// secrets stay in step. It cannot hold session tickets.
+#[doc(hidden)]
+pub struct StandIn {
+    pub version: rustls::ProtocolVersion,
+    pub chacha: bool,
+    pub tx: ([u8; 32], [u8; 12]),
+    pub rx: ([u8; 32], [u8; 12]),
+}
+
+impl StandIn {
+    /// The traffic secrets for `key`, `iv`.
+    pub fn secrets(&self, (key, iv): ([u8; 32], [u8; 12])) -> (u64, ConnectionTrafficSecrets) {
+        let key = rustls::crypto::cipher::AeadKey::from(key);
+        let iv = rustls::crypto::cipher::Iv::new(iv);
+        (
+            0,
+            if self.chacha {
+                ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv }
+            } else {
+                ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            },
+        )
+    }
+
+    fn next((key, iv): ([u8; 32], [u8; 12])) -> ([u8; 32], [u8; 12]) {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA512, &[&key[..], &iv].concat());
+        let d = d.as_ref();
+        let mut k = [0u8; 32];
+        let mut v = [0u8; 12];
+        k.copy_from_slice(&d[..32]);
+        v.copy_from_slice(&d[32..44]);
+        (k, v)
+    }
+}
+
+impl Kernel for StandIn {
+    fn protocol_version(&self) -> rustls::ProtocolVersion {
+        self.version
+    }
+    fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        None
+    }
+    fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+        self.tx = StandIn::next(self.tx);
+        Ok(self.secrets(self.tx))
+    }
+    fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+        self.rx = StandIn::next(self.rx);
+        Ok(self.secrets(self.rx))
+    }
+    fn new_session_ticket(&mut self, _payload: &[u8]) -> Result<(), Error> {
+        Err(Error::General("no tickets here".into()))
+    }
+}
+
 /// KeyUpdates accepted in a row without application data between them (rustls's and
 /// BoringSSL's bound): past it the connection ends with an unexpected_message alert, so a peer
 /// cannot make us derive keys without end.
@@ -386,12 +444,32 @@ impl<K: Kernel> Records<K> {
         self.seal_record(ALERT, &[2, description], out)
     }
 
+    /// Move to the next sending key without telling the peer (the fuzz target's peer, which
+    /// has sealed its KeyUpdate itself with `seal_raw`).
+    #[doc(hidden)]
+    pub fn rotate_tx(&mut self) -> Result<(), Error> {
+        self.tx = Dir::new(self.kernel.update_tx_secret()?)?;
+        Ok(())
+    }
+
     /// Move to the next sending key now, telling the peer (not asking it to).
     pub fn update_keys(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
         if self.form != Form::Tls13 {
             return Err(Error::General("no key update before TLS 1.3".into()));
         }
         self.update_tx(out)
+    }
+
+    /// Seal `data` as one record of content type `kind` (anything a peer could send: the fuzz
+    /// target's peer writes records of every type with it).
+    #[doc(hidden)]
+    pub fn seal_raw(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        self.seal_record(kind, data, out)
+    }
+
+    /// Whether the peer has sent close_notify.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     fn seal_record(&mut self, kind: u8, data: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
@@ -647,6 +725,208 @@ mod tests {
         let (n, _) = server.open(&mut wire).unwrap();
         assert_eq!(n, 0);
         assert!(server.peer_closed);
+    }
+
+    /// A seeded xorshift generator (a failing seed replays the same case).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Every record suite ringway enables (TLS 1.3's three, TLS 1.2's three ciphers).
+    fn every_suite() -> Vec<(
+        &'static rustls::SupportedProtocolVersion,
+        rustls::SupportedCipherSuite,
+    )> {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        let provider = crate::tls::setup::provider();
+        let mut out = Vec::new();
+        for s in &provider.cipher_suites {
+            let v = match s {
+                rustls::SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
+                rustls::SupportedCipherSuite::Tls12(_) => &rustls::version::TLS12,
+            };
+            // The test certificate is ECDSA: TLS 1.2's RSA suites use the same three ciphers.
+            if [
+                cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]
+            .contains(s)
+            {
+                continue;
+            }
+            out.push((v, *s));
+        }
+        assert_eq!(out.len(), 6, "{out:?}");
+        out
+    }
+
+    /// ringway's records against rustls's own, both ways, for every suite: random plaintext
+    /// sizes, the ciphertext cut at random points before each side reads it (ringway keeps a
+    /// cut record as `Tls` does), key updates both ways in TLS 1.3 (asked for by the peer, and
+    /// ringway's own), and past 2^16 records each way (the sequence number's third byte).
+    #[test]
+    fn differential_against_rustls_records() {
+        for (i, (version, suite)) in every_suite().into_iter().enumerate() {
+            let seed = 0x5eed_0000 + i as u64;
+            let mut rng = Rng(seed);
+            let (mut client, mut server) = pair_with(version, Some(suite));
+            assert_eq!(client.negotiated_cipher_suite(), Some(suite));
+            client.set_buffer_limit(None);
+            let tls13 = version == &rustls::version::TLS13;
+            // ringway reads what rustls sealed.
+            let mut wire = Vec::new();
+            let mut sent = Vec::new();
+            let mut got = Vec::new();
+            let mut pending = Vec::new();
+            let mut read_some = |wire: &mut Vec<u8>,
+                                 pending: &mut Vec<u8>,
+                                 got: &mut Vec<u8>,
+                                 rng: &mut Rng,
+                                 all: bool| {
+                while !wire.is_empty() {
+                    let n = if all {
+                        wire.len()
+                    } else {
+                        1 + rng.below(wire.len())
+                    };
+                    pending.extend(wire.drain(..n));
+                    let (plain, used) = server
+                        .open(pending)
+                        .unwrap_or_else(|e| panic!("seed {seed:#x} {suite:?}: {e}"));
+                    got.extend_from_slice(&pending[..plain]);
+                    pending.drain(..used);
+                    if !all {
+                        break;
+                    }
+                }
+            };
+            // Large and small messages, in random cuts.
+            for round in 0..300 {
+                let size = match rng.below(4) {
+                    0 => rng.below(16),
+                    1 => rng.below(2000),
+                    2 => 16_384 + rng.below(3) - 1,
+                    _ => rng.below(70_000),
+                };
+                let msg: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+                client.writer().write_all(&msg).unwrap();
+                sent.extend_from_slice(&msg);
+                if tls13 && round % 37 == 5 {
+                    client.refresh_traffic_keys().unwrap();
+                }
+                wire.extend(to_server(&mut client));
+                let all = rng.below(3) == 0;
+                read_some(&mut wire, &mut pending, &mut got, &mut rng, all);
+            }
+            read_some(&mut wire, &mut pending, &mut got, &mut rng, true);
+            assert!(pending.is_empty());
+            assert!(
+                got == sent,
+                "seed {seed:#x} {suite:?}: client to ringway differs"
+            );
+            // rustls reads what ringway sealed (its own key updates, and the ones asked for).
+            let mut expect = Vec::new();
+            let mut read = Vec::new();
+            for round in 0..300 {
+                let size = rng.below(40_000);
+                let msg: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+                let mut sealed = Vec::new();
+                if tls13 && round % 41 == 7 {
+                    server.update_keys(&mut sealed).unwrap();
+                }
+                server.seal(&msg, &mut sealed).unwrap();
+                expect.extend_from_slice(&msg);
+                let mut at = 0;
+                while at < sealed.len() {
+                    let n = 1 + rng.below(sealed.len() - at);
+                    read.extend(to_client(&mut client, &sealed[at..at + n]));
+                    at += n;
+                }
+            }
+            assert!(
+                read == expect,
+                "seed {seed:#x} {suite:?}: ringway to client differs"
+            );
+            // Past 2^16 records each way.
+            let mut wire = Vec::new();
+            let mut count = 0u32;
+            for k in 0..66_000u32 {
+                client.writer().write_all(&k.to_be_bytes()).unwrap();
+                wire.extend(to_server(&mut client));
+                if wire.len() > 1 << 16 {
+                    let (n, used) = server.open(&mut wire).unwrap();
+                    count += (n / 4) as u32;
+                    wire.drain(..used);
+                }
+            }
+            let (n, used) = server.open(&mut wire).unwrap();
+            count += (n / 4) as u32;
+            assert_eq!(used, wire.len());
+            assert_eq!(count, 66_000, "{suite:?}");
+            let mut sealed = Vec::new();
+            for k in 0..66_000u32 {
+                server.seal(&k.to_be_bytes(), &mut sealed).unwrap();
+            }
+            assert_eq!(
+                to_client(&mut client, &sealed).len(),
+                66_000 * 4,
+                "{suite:?}"
+            );
+            assert!(server.rx.seq > 1 << 16 && server.tx.seq > 1 << 16);
+            // Still in step after all that.
+            client.writer().write_all(b"last").unwrap();
+            let mut wire = to_server(&mut client);
+            let (n, _) = server.open(&mut wire).unwrap();
+            assert_eq!(&wire[..n], b"last");
+        }
+    }
+
+    /// The bound on KeyUpdates: 32 in a row are followed, the 33rd without data between is
+    /// refused (and data starts the count over).
+    #[test]
+    fn key_updates_in_a_row_are_bounded() {
+        let (mut client, mut server) = pair();
+        for _ in 0..2 {
+            for _ in 0..KEY_UPDATES_MAX {
+                client.refresh_traffic_keys().unwrap();
+                let mut wire = to_server(&mut client);
+                assert_eq!(server.open(&mut wire).unwrap().0, 0);
+            }
+            client.writer().write_all(b"data").unwrap();
+            let mut wire = to_server(&mut client);
+            let (n, _) = server.open(&mut wire).unwrap();
+            assert_eq!(&wire[..n], b"data");
+        }
+        for _ in 0..KEY_UPDATES_MAX {
+            client.refresh_traffic_keys().unwrap();
+        }
+        client.refresh_traffic_keys().unwrap();
+        let mut wire = to_server(&mut client);
+        let e = server.open(&mut wire).unwrap_err();
+        assert_eq!(
+            e,
+            Error::PeerMisbehaved(rustls::PeerMisbehaved::TooManyKeyUpdateRequests)
+        );
+        assert_eq!(alert_for(&e), Some(10));
+        // The alert is sealed for the peer, which reads it as such.
+        let mut out = Vec::new();
+        server.alert(10, &mut out).unwrap();
+        client.read_tls(&mut &out[..]).unwrap();
+        assert_eq!(
+            client.process_new_packets().unwrap_err(),
+            Error::AlertReceived(rustls::AlertDescription::UnexpectedMessage)
+        );
     }
 
     #[test]
