@@ -1,12 +1,60 @@
 #!/bin/sh
-# The test command: installs what the tests need beside Rust (h11, the reference HTTP/1.1
-# parser of tests/differential.rs; prometheus-client, the Prometheus text and OpenMetrics
-# parsers tests/metrics.rs reads /metrics with) and runs every test.
-set -eu
+# The test command (the README's; `.ci/run` calls it on a clean clone).
+#
+# 1. Installs the real peers the tests talk to, where it can (as root, with apt): openssl
+#    (s_client), Chromium (tests/browser.rs opens wss:// in it), nginx (tests/upstreams.rs checks
+#    that ringway's hash and ip_hash pick the server nginx picks), prometheus (promtool checks
+#    /metrics), haproxy (tests/proxy_protocol.rs puts it in front as an L4 balancer), systemd
+#    (systemd-socket-activate, tests/upgrade.rs); and from PyPI h11 (tests/differential.rs's
+#    reference parser) and prometheus-client (tests/metrics.rs's exposition parsers).
+# 2. Runs every test (`cargo test --locked`, with any arguments given here).
+# 3. Ends with a summary naming every test that skipped because a peer was missing, and why:
+#    a green run says what it did not check.
+set -u
 cd "$(dirname "$0")/.."
+
+missing=""
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/sbin/nginx ] || missing="$missing nginx"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
+[ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing$missing" >&2
+        if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $missing; }; then
+            echo "test.sh: could not install$missing: the tests that need them say so below" >&2
+        fi
+    else
+        echo "test.sh: not root with apt-get: not installing$missing; the tests that need them are named at the end" >&2
+    fi
+fi
 for m in h11:h11 prometheus_client:prometheus-client; do
     if ! python3 -c "import ${m%%:*}" 2>/dev/null; then
-        python3 -m pip install --quiet "${m#*:}" || python3 -m pip install --quiet --break-system-packages "${m#*:}"
+        python3 -m pip install --quiet "${m#*:}" 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages "${m#*:}" \
+            || echo "test.sh: could not install ${m#*:} from PyPI" >&2
     fi
 done
-exec cargo test --locked "$@"
+
+skips=$(mktemp "${TMPDIR:-/tmp}/ringway-skips.XXXXXX")
+trap 'rm -f "$skips"' EXIT
+export RINGWAY_SKIP_LOG="$skips"
+status=0
+cargo test --locked "$@" || status=$?
+
+echo
+if [ -s "$skips" ]; then
+    n=$(sort -u "$skips" | wc -l)
+    echo "==== test.sh: $n test(s) SKIPPED: this run did not check what they are for:"
+    sort -u "$skips" | sed 's/^/  /'
+else
+    echo "==== test.sh: no test skipped: every test ran against its real peers"
+fi
+if [ "$status" -eq 0 ]; then
+    echo "==== test.sh: all tests passed"
+else
+    echo "==== test.sh: tests FAILED (cargo test exit status $status)"
+fi
+exit "$status"

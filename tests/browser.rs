@@ -72,7 +72,9 @@ fn chromium_echoes_over_wss_through_ringway() {
     }
     if !std::path::Path::new(CHROMIUM).exists() {
         // .ci/run installs it; a developer machine without it says so.
-        eprintln!("SKIPPED: {CHROMIUM} is not installed (apt-get install chromium)");
+        skip(&format!(
+            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
+        ));
         return;
     }
     let st = stack_mode(Mode::Tls, "browser", "", "", "");

@@ -54,7 +54,9 @@ fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
 /// installed; `.ci/run` installs it).
 fn promtool(args: &[&str], input: &str) {
     if Command::new("promtool").arg("--version").output().is_err() {
-        eprintln!("SKIPPED promtool: not installed (apt-get install prometheus; .ci/run does)");
+        skip(
+            "promtool is not installed (apt-get install prometheus; scripts/test.sh does as root)",
+        );
         return;
     }
     let mut p = Command::new("promtool")

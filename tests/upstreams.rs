@@ -126,7 +126,9 @@ fn hash_and_ip_hash_pick_the_server_nginx_picks() {
         return;
     }
     if !std::path::Path::new(NGINX).exists() {
-        eprintln!("SKIPPED: {NGINX} is not installed (apt-get install nginx; .ci/run does)");
+        skip(&format!(
+            "{NGINX} is not installed (apt-get install nginx; scripts/test.sh does as root)"
+        ));
         return;
     }
     let dir = scratch("nginx-hash");
