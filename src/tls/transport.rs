@@ -117,8 +117,19 @@ impl Transport {
 
     /// Close a retired socket once nothing is in flight (see [`Conn::close_when_done`]);
     /// unless `keep_queue`, what the transport holds is given back.
+    #[inline]
     pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
-        if self.fd >= 0 && self.retiring && self.ops == 0 && cancels == 0 {
+        // Called after every event of a session: the common case (not closing) is one test,
+        // inlined; the rest is out of line.
+        if !self.retiring {
+            return false;
+        }
+        self.close_retired(io, cancels, keep_queue)
+    }
+
+    #[inline(never)]
+    fn close_retired(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+        if self.fd >= 0 && self.ops == 0 && cancels == 0 {
             on_tls!(self, t => t.farewell(io), _c => {});
         }
         let closed = self.conn_mut().close_when_done(io, cancels, keep_queue);
