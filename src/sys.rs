@@ -203,3 +203,53 @@ mod tests {
         assert!(source_addresses("::1/64", 0).is_err());
     }
 }
+
+/// The bytes of a regular file of at most `max` bytes. Opened without blocking
+/// (`O_NONBLOCK`, `O_NOCTTY`), so a FIFO, a device or a terminal named by mistake is refused at
+/// once instead of hanging `check`, `run` or `reload` in `open`.
+pub fn read_bounded_bytes(path: &std::path::Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("not a regular file ({})", file_kind(&meta)));
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "file is {} bytes, larger than {max} bytes: not a configuration",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("file grew past {max} bytes while being read"));
+    }
+    Ok(bytes)
+}
+
+/// What kind of file a non-regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
+}

@@ -59,7 +59,7 @@ pub fn client_config_from(ca: Option<&Path>) -> Result<rustls::ClientConfig, Str
     let roots = match ca {
         None => None,
         Some(p) => {
-            let pem = crate::config::read_bounded_bytes(p, crate::config::defaults::FILE_MAX)
+            let pem = crate::sys::read_bounded_bytes(p, 16 << 20)
                 .map_err(|e| format!("{}: {e}", p.display()))?;
             Some(certs_from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?)
         }
