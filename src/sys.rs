@@ -182,28 +182,6 @@ pub fn source_addresses(s: &str, min_prefix: u32) -> Result<Vec<IpAddr>, String>
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_blocks() {
-        let s = source_addresses("127.0.0.0/30", 16).unwrap();
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0], "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(source_addresses("127.0.0.0/16", 16).unwrap().len(), 65534);
-        assert_eq!(source_addresses("127.0.0.9/32", 16).unwrap().len(), 1);
-        assert_eq!(source_addresses("::1", 16).unwrap().len(), 1);
-        assert!(source_addresses("127.0.0.0/33", 0).is_err());
-        assert!(
-            source_addresses("127.0.0.0/8", 16)
-                .unwrap_err()
-                .contains("16 to 32")
-        );
-        assert!(source_addresses("::1/64", 0).is_err());
-    }
-}
-
 /// The bytes of a regular file of at most `max` bytes. Opened without blocking
 /// (`O_NONBLOCK`, `O_NOCTTY`), so a FIFO, a device or a terminal named by mistake is refused at
 /// once instead of hanging `check`, `run` or `reload` in `open`.
@@ -251,5 +229,27 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
         "a block device"
     } else {
         "not a file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_blocks() {
+        let s = source_addresses("127.0.0.0/30", 16).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(source_addresses("127.0.0.0/16", 16).unwrap().len(), 65534);
+        assert_eq!(source_addresses("127.0.0.9/32", 16).unwrap().len(), 1);
+        assert_eq!(source_addresses("::1", 16).unwrap().len(), 1);
+        assert!(source_addresses("127.0.0.0/33", 0).is_err());
+        assert!(
+            source_addresses("127.0.0.0/8", 16)
+                .unwrap_err()
+                .contains("16 to 32")
+        );
+        assert!(source_addresses("::1/64", 0).is_err());
     }
 }
