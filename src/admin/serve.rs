@@ -210,7 +210,7 @@ pub(super) fn start(
                 .slots
                 .keys()
                 .into_iter()
-                .filter_map(|k| r.slots.get_any_mut(k).map(|(_, c)| c.sock.fd))
+                .filter_map(|k| r.slots.get_any_mut(k).map(|(_, c)| c.sock.fd()))
                 .filter(|fd| *fd >= 0)
                 .collect();
             // The ring cancels and drains what is in flight as it drops; then the sockets close.
@@ -419,7 +419,7 @@ impl Client {
                 // Re-armed by settle (ENOBUFS) or our own cancel.
                 libc::ENOBUFS | libc::ECANCELED => {}
                 // EOF or an error: nothing more will come.
-                _ => self.sock.eof = true,
+                _ => self.sock.mark_eof(),
             }
             return;
         }
@@ -457,7 +457,7 @@ impl Client {
     /// After any event: send, half-close, keep reading (to drop what comes) or close. True
     /// when the client is gone (its slot may be freed).
     fn settle(&mut self, sys: &mut RingSys<'_>) -> bool {
-        if self.sock.eof && matches!(self.phase, Phase::Reading | Phase::Lingering) {
+        if self.sock.eof() && matches!(self.phase, Phase::Reading | Phase::Lingering) {
             self.closing = true;
         }
         if self.closing {
@@ -466,13 +466,13 @@ impl Client {
         }
         self.sock.kick(sys, Side::Down);
         if self.phase == Phase::Answering && self.sock.flushed() {
-            sys.shutdown(self.sock.fd);
+            sys.shutdown(self.sock.fd());
             self.phase = Phase::Lingering;
             self.deadline_ms = sys.now_ms + LINGER.as_millis() as u64;
         }
         self.cancels += self
             .sock
-            .sync_recv(sys, Side::Down, !self.sock.eof, UNCAPPED);
+            .sync_recv(sys, Side::Down, !self.sock.eof(), UNCAPPED);
         false
     }
 }

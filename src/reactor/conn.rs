@@ -36,35 +36,166 @@ pub enum Shut {
     Done,
 }
 
+/// One socket's state. Its fields are private: owners read them through the accessors below
+/// and change them only through the methods that keep them consistent (the count of ops in
+/// flight decides when the fd may close, so nothing outside this file may edit it).
 #[derive(Debug)]
 pub struct Conn {
-    pub fd: RawFd,
+    fd: RawFd,
     /// Ops in flight on `fd` (a multishot recv counts once until its last completion).
-    pub ops: u8,
-    pub recv: Recv,
+    ops: u8,
+    recv: Recv,
     /// The peer has sent FIN: nothing more will be read.
-    pub eof: bool,
+    eof: bool,
     /// The recv stopped on ENOBUFS; waiting for buffers.
-    pub parked: bool,
-    pub shut: Shut,
+    parked: bool,
+    shut: Shut,
     /// Being closed: no new ops; fd closed when `ops` reaches 0.
-    pub retiring: bool,
+    retiring: bool,
     /// The socket is connected and may be sent on.
-    pub ready: bool,
+    ready: bool,
     /// Retiring to be kept open (handed back by `detach_when_done`), not closed.
-    pub keep: bool,
+    keep: bool,
     /// Requests this connection has carried (for its owner's keepalive limit).
-    pub uses: u16,
-    pub sending: Option<Chunk>,
+    uses: u16,
+    sending: Option<Chunk>,
     /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
-    pub hup: Recv,
+    hup: Recv,
     queue: Queue,
     /// When the send in flight was submitted or last made progress (ms).
-    pub send_since_ms: u64,
+    send_since_ms: u64,
     /// Bytes queued for this socket were dropped unsent (a send cut short, a queue released):
     /// the peer did not get the whole stream, so nothing may claim it did (no TLS
     /// close_notify after it).
-    pub torn: bool,
+    torn: bool,
+}
+
+/// Reading a connection's state.
+impl Conn {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+    /// Ops in flight.
+    pub fn ops(&self) -> u8 {
+        self.ops
+    }
+    pub fn recv_state(&self) -> Recv {
+        self.recv
+    }
+    /// The peer sent FIN (or the connection is treated as if it had).
+    pub fn eof(&self) -> bool {
+        self.eof
+    }
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+    pub fn shut(&self) -> Shut {
+        self.shut
+    }
+    pub fn retiring(&self) -> bool {
+        self.retiring
+    }
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+    /// To be handed back (not closed) once retired.
+    pub fn keep(&self) -> bool {
+        self.keep
+    }
+    pub fn uses(&self) -> u16 {
+        self.uses
+    }
+    /// The chunk being sent, if any.
+    pub fn sending(&self) -> Option<Chunk> {
+        self.sending
+    }
+    pub fn send_since_ms(&self) -> u64 {
+        self.send_since_ms
+    }
+    pub fn torn(&self) -> bool {
+        self.torn
+    }
+}
+
+/// Changing a connection's state, each change in one place.
+impl Conn {
+    /// Nothing more will be read (FIN seen, or the owner stops reading for good).
+    pub fn mark_eof(&mut self) {
+        self.eof = true;
+    }
+
+    /// The recv stopped on ENOBUFS: true when it was not parked already (the owner then puts
+    /// it on the wait list for buffers).
+    pub fn park(&mut self) -> bool {
+        let newly = self.open() && !self.parked;
+        self.parked |= newly;
+        newly
+    }
+
+    /// Buffers are back.
+    pub fn unpark(&mut self) {
+        self.parked = false;
+    }
+
+    /// A connect was submitted on this socket: not ready to send until it completes, and
+    /// one op in flight.
+    pub fn connect_started(&mut self) {
+        debug_assert!(self.ops == 0, "connect on a busy socket");
+        self.ready = false;
+        self.ops = 1;
+    }
+
+    /// Not ready to send (a socket whose connect is still to be submitted).
+    pub fn mark_unready(&mut self) {
+        self.ready = false;
+    }
+
+    /// Handed back by its owner after being retired (the keepalive pool): usable again.
+    pub fn handed_back(&mut self) {
+        self.retiring = false;
+        self.keep = false;
+    }
+
+    /// The connect submitted with `connect_started` completed.
+    pub fn connect_done(&mut self) {
+        self.op_done();
+    }
+
+    /// The socket is connected (or was taken ready from a pool): sends may start.
+    pub fn mark_ready(&mut self) {
+        self.ready = true;
+    }
+
+    /// Shut the write side once what is queued has gone (no-op when already shut).
+    pub fn shut_after_flush(&mut self) {
+        if self.shut == Shut::Open {
+            self.shut = Shut::Pending;
+        }
+    }
+
+    /// Whether this connection, once retired, is handed back (keepalive) instead of closed.
+    pub fn set_keep(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    /// Requests it has carried.
+    pub fn set_uses(&mut self, uses: u16) {
+        self.uses = uses;
+    }
+
+    /// One op of this socket completed for good. Checked: a count that would go below zero is
+    /// a bug (asserted in debug builds) and stays at zero rather than wrap, which would keep
+    /// the fd open for ever.
+    fn op_done(&mut self) {
+        debug_assert!(self.ops > 0, "an op completed that was not counted");
+        self.ops = self.ops.saturating_sub(1);
+    }
+
+    /// One more op in flight (at most a handful per socket: recv, send, hang-up watch, connect).
+    fn op_started(&mut self) {
+        debug_assert!(self.ops < u8::MAX, "ops in flight overflow");
+        self.ops = self.ops.saturating_add(1);
+    }
 }
 
 impl Conn {
@@ -135,7 +266,7 @@ impl Conn {
     /// A recv completion arrived: a multishot recv without `more` has ended.
     pub fn recv_ended(&mut self, more: bool) {
         if !more {
-            self.ops -= 1;
+            self.op_done();
             self.recv = Recv::Off;
         }
     }
@@ -149,7 +280,7 @@ impl Conn {
         if let Some(c) = self.pop() {
             self.sending = Some(c);
             self.send_since_ms = io.now_ms();
-            self.ops += 1;
+            self.op_started();
             io.send(self.fd, side, c);
         } else if self.shut == Shut::Pending {
             self.shut = Shut::Done;
@@ -160,7 +291,7 @@ impl Conn {
     /// A send completed with `res`. A short send resubmits the rest before anything else;
     /// `dropping` (the owner is closing) releases the chunk whatever happened.
     pub fn on_sent(&mut self, io: &mut impl Sys, side: Side, res: i32, dropping: bool) -> Sent {
-        self.ops -= 1;
+        self.op_done();
         let mut c = self.sending.take().expect("send completion without a send");
         io.sent(c);
         if res < 0 || dropping || self.retiring {
@@ -179,7 +310,7 @@ impl Conn {
             c.len -= res as u32;
             self.send_since_ms = io.now_ms();
             self.sending = Some(c);
-            self.ops += 1;
+            self.op_started();
             io.send(self.fd, side, c);
         } else {
             io.release(c);
@@ -194,7 +325,7 @@ impl Conn {
         match (want, self.recv) {
             (true, Recv::Off) => {
                 self.recv = Recv::On;
-                self.ops += 1;
+                self.op_started();
                 io.recv(self.fd, side, buffers);
                 0
             }
@@ -213,7 +344,7 @@ impl Conn {
         match (want, self.hup) {
             (true, Recv::Off) => {
                 self.hup = Recv::On;
-                self.ops += 1;
+                self.op_started();
                 io.watch_hangup(self.fd, side);
                 0
             }
@@ -228,7 +359,7 @@ impl Conn {
 
     /// The hang-up watch completed.
     pub fn watch_ended(&mut self) {
-        self.ops -= 1;
+        self.op_done();
         self.hup = Recv::Off;
     }
 

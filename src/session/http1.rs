@@ -278,7 +278,7 @@ impl Session {
         let Phase::Connecting(x) = &mut self.phase else {
             return Next::Continue;
         };
-        if self.up.fd >= 0 {
+        if self.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
             if let Some(c) = x.connect() {
                 c.waiting = true;
@@ -336,7 +336,8 @@ impl Session {
                     let c = io.put(v);
                     self.up.push(io, c);
                 }
-                self.up.uses = u16::try_from(kept.served + 1).unwrap_or(u16::MAX);
+                self.up
+                    .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
                 self.count_peer(ui, i);
                 self.upstream_ready(io);
                 return Next::Continue;
@@ -352,7 +353,7 @@ impl Session {
                     let addr = u.peers[i].addr;
                     // proxy_protocol = "v2": the client and what it connected to, first.
                     let preface = u.proxy_protocol.then(|| {
-                        let dst = crate::sys::local_of(self.down.fd).unwrap_or(self.client);
+                        let dst = crate::sys::local_of(self.down.fd()).unwrap_or(self.client);
                         crate::http::proxy::v2_header(self.client, dst)
                     });
                     let r = self.up.reset_fd(io, fd, tls, preface);
@@ -362,8 +363,8 @@ impl Session {
                         let c = io.put(v);
                         self.up.push(io, c);
                     }
-                    self.up.ops = 1;
-                    self.up.uses = 1;
+                    self.up.connect_started();
+                    self.up.set_uses(1);
                     self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
                     return match r {
@@ -607,7 +608,7 @@ impl Session {
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive
                 && !t.until_close()
-                && !self.down.eof
+                && !self.down.eof()
                 && !env.draining
                 && self.listen.keepalive_timeout_ms > 0
                 && self.served.saturating_add(1) < self.listen.keepalive_requests;
@@ -646,15 +647,16 @@ impl Session {
         // the connection, nothing else on it.
         if let Phase::Proxy(x) = &self.phase {
             let u = &self.cfg.upstreams[usize::from(x.req.upstream)];
-            self.up.keep = u.keepalive > 0
+            let keep = u.keepalive > 0
                 && x.req.up_keep
                 && !x.req.upgrade
                 && matches!(x.upward, Upward::Hold(_))
                 && self.up.flushed()
-                && !self.up.eof
+                && !self.up.eof()
                 && self.up.at_rest()
-                && u32::from(self.up.uses) < u.keepalive_requests
+                && u32::from(self.up.uses()) < u.keepalive_requests
                 && !env.draining;
+            self.up.set_keep(keep);
         }
         self.retire(Side::Up, io);
         let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
@@ -665,7 +667,7 @@ impl Session {
         let keep = x.req.keep_alive
             && matches!(x.upward, Upward::Hold(_))
             && self.up.flushed()
-            && !self.down.eof
+            && !self.down.eof()
             && !env.draining;
         let stash = match x.upward {
             Upward::Hold(stash) if keep => stash,

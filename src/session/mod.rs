@@ -225,7 +225,7 @@ impl Session {
 
     /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
     pub fn finished(&self) -> bool {
-        self.phase.is_closing() && self.down.fd < 0 && self.up.fd < 0 && self.cancels == 0
+        self.phase.is_closing() && self.down.fd() < 0 && self.up.fd() < 0 && self.cancels == 0
     }
 
     /// The configuration this session was accepted under.
@@ -282,9 +282,7 @@ impl Session {
             match -res {
                 libc::ECANCELED => {}
                 libc::ENOBUFS => {
-                    let p = self.conn(side);
-                    if p.open() && !p.parked {
-                        p.parked = true;
+                    if self.conn(side).park() {
                         io.park(side);
                     }
                 }
@@ -309,8 +307,8 @@ impl Session {
 
     /// The upstream connect completed.
     pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.up.ops -= 1;
-        if self.up.retiring {
+        self.up.connect_done();
+        if self.up.retiring() {
             return self.after(io, env);
         }
         let Phase::Connecting(x) = &mut self.phase else {
@@ -357,7 +355,7 @@ impl Session {
     /// The upstream connection is open (connected, or taken from the keepalive pool): the
     /// request goes up, the response head is awaited.
     fn upstream_ready(&mut self, io: &mut impl Io) {
-        self.up.ready = true;
+        self.up.mark_ready();
         self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
             Phase::Connecting(mut x) => {
                 x.downward = Downward::Head(Vec::new());
@@ -374,9 +372,9 @@ impl Session {
     pub fn on_hangup(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let p = self.conn(side);
         p.watch_ended();
-        let retiring = p.retiring;
+        let retiring = p.retiring();
         if res > 0 && !retiring && !self.phase.is_closing() {
-            self.conn(side).eof = true;
+            self.conn(side).mark_eof();
             self.close(End::ClientClosed, io);
         }
         self.after(io, env)
@@ -390,7 +388,7 @@ impl Session {
 
     /// Buffers are back: re-arm a recv parked on ENOBUFS.
     pub fn unpark(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.conn(side).parked = false;
+        self.conn(side).unpark();
         self.after(io, env)
     }
 
@@ -449,8 +447,8 @@ impl Session {
         };
         let send = [&self.down, &self.up]
             .iter()
-            .filter(|p| p.sending.is_some() && !self.phase.is_closing())
-            .map(|p| p.send_since_ms + self.send_ms())
+            .filter(|p| p.sending().is_some() && !self.phase.is_closing())
+            .map(|p| p.send_since_ms() + self.send_ms())
             .min();
         [phase, send, self.body_deadline()]
             .into_iter()
@@ -468,7 +466,7 @@ impl Session {
     fn body_deadline(&self) -> Option<u64> {
         match &self.phase {
             Phase::Connecting(x) | Phase::Proxy(x)
-                if matches!(x.upward, Upward::Body(_)) && self.down.recv == Recv::On =>
+                if matches!(x.upward, Upward::Body(_)) && self.down.recv_state() == Recv::On =>
             {
                 Some(self.last_down_ms + u64::from(x.req.body_ms))
             }
@@ -488,7 +486,7 @@ impl Session {
         let send_ms = self.send_ms();
         let stuck = [&self.down, &self.up]
             .iter()
-            .any(|p| p.sending.is_some() && p.send_since_ms + send_ms <= now);
+            .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
             Next::Close(End::SendTimeout)
         } else if self.phase.is_tunnel() {
@@ -535,10 +533,10 @@ impl Session {
 
     /// Bytes received on `side`, through its transport to the protocol.
     fn on_data(&mut self, side: Side, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if self.phase.is_closing() || self.conn(side).retiring {
+        if self.phase.is_closing() || self.conn(side).retiring() {
             // Bytes after a whole response: that connection is not clean to reuse.
             if side == Side::Up {
-                self.up.keep = false;
+                self.up.set_keep(false);
             }
             io.release(c);
             return Next::Continue;
@@ -636,16 +634,14 @@ impl Session {
     // ---- endings -------------------------------------------------------------------------
 
     fn on_eof(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if self.phase.is_closing() || self.conn(side).retiring {
+        if self.phase.is_closing() || self.conn(side).retiring() {
             return Next::Continue;
         }
-        self.conn(side).eof = true;
+        self.conn(side).mark_eof();
         if self.phase.is_tunnel() {
             // Pass the half-close on once what is queued has gone out.
             let to = self.conn(side.peer());
-            if to.shut == Shut::Open {
-                to.shut = Shut::Pending;
-            }
+            to.shut_after_flush();
             to.kick(io, side.peer());
             return Next::Continue;
         }
@@ -721,7 +717,7 @@ impl Session {
     fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
         req.status = status;
         self.end.get_or_insert(end);
-        let linger = if self.down.eof {
+        let linger = if self.down.eof() {
             Linger::No
         } else {
             Linger::AfterFlush
@@ -781,11 +777,11 @@ impl Session {
             && *linger != Linger::On
             && self.down.flushed()
         {
-            if *linger == Linger::AfterFlush && !self.down.eof && self.down.open() {
+            if *linger == Linger::AfterFlush && !self.down.eof() && self.down.open() {
                 *linger = Linger::On;
                 self.phase_ms = io.now_ms();
                 // Half-close behind what is queued (a TLS close_notify goes first).
-                self.down.shut = Shut::Pending;
+                self.down.shut_after_flush();
                 self.down.kick(io, Side::Down);
             } else {
                 let end = self.end.unwrap_or(End::Done);
@@ -793,8 +789,8 @@ impl Session {
             }
         }
         if self.phase.is_tunnel()
-            && self.down.eof
-            && self.up.eof
+            && self.down.eof()
+            && self.up.eof()
             && self.down.flushed()
             && self.up.flushed()
         {
@@ -804,15 +800,15 @@ impl Session {
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
         self.down.close_when_done(io, cancels, false);
-        if self.up.keep {
-            let uses = self.up.uses;
+        if self.up.keep() {
+            let uses = self.up.uses();
             if let Some(conn) = self.up.detach_when_done(io, cancels, keep) {
                 self.pool_upstream(conn, uses, io, env);
             }
         } else if self.up.close_when_done(io, cancels, keep) {
             self.uncount_peer();
         }
-        if waiting && self.up.fd < 0 {
+        if waiting && self.up.fd() < 0 {
             let next = self.connect_next(io, env);
             self.apply(next, io);
         }
@@ -864,7 +860,7 @@ impl Session {
             Some((up, peer)) => env
                 .pool
                 .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
-            None => io.close(conn.fd),
+            None => io.close(conn.fd()),
         }
         self.uncount_peer();
     }
@@ -889,7 +885,7 @@ impl Session {
             Side::Down => (&self.down, &self.up),
             Side::Up => (&self.up, &self.down),
         };
-        if !p.open() || !p.ready || p.eof || p.parked || self.phase.is_closing() {
+        if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
             return false;
         }
         // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
@@ -921,7 +917,7 @@ impl Session {
         let body = matches!(&self.phase, Phase::Connecting(x) | Phase::Proxy(x) if matches!(x.upward, Upward::Body(_)));
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side, pool_low);
-            if want && side == Side::Down && self.down.recv == Recv::Off && body {
+            if want && side == Side::Down && self.down.recv_state() == Recv::Off && body {
                 // The body clock runs only while we read: it restarts when reading resumes.
                 self.last_down_ms = io.now_ms();
             }
@@ -940,9 +936,9 @@ impl Session {
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
         let watch = matches!(self.phase, Phase::Connecting(_) | Phase::Proxy(_))
-            && self.down.recv == Recv::Off
+            && self.down.recv_state() == Recv::Off
             && self.down.open()
-            && !self.down.eof;
+            && !self.down.eof();
         let n = self.down.sync_watch(io, Side::Down, watch);
         self.cancels += n;
     }

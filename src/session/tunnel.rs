@@ -294,7 +294,7 @@ impl Session {
     /// is not a WebSocket frame stream (nothing can be put into it).
     fn inject(&mut self, side: Side, kind: Inject, wait: bool, io: &mut impl Io) -> bool {
         let now = io.now_ms();
-        let open = self.conn(side.peer()).shut == Shut::Open;
+        let open = self.conn(side.peer()).shut() == Shut::Open;
         let Phase::Tunnel { frames, req } = &mut self.phase else {
             return false;
         };
@@ -354,9 +354,7 @@ impl Session {
     fn shut_both(&mut self, io: &mut impl Io) {
         for side in [Side::Down, Side::Up] {
             let p = self.conn(side);
-            if p.shut == Shut::Open {
-                p.shut = Shut::Pending;
-            }
+            p.shut_after_flush();
             p.kick(io, side);
         }
         if let Phase::Tunnel { req, .. } = &mut self.phase {
@@ -421,8 +419,8 @@ impl Session {
         for side in [Side::Up, Side::Down] {
             self.inject(side, Inject::GoingAway, false, io);
         }
-        self.down.eof = true;
-        self.up.eof = true;
+        self.down.mark_eof();
+        self.up.mark_eof();
         self.shut_both(io);
         Next::Continue
     }

@@ -375,7 +375,7 @@ where
     pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
         if E::CLIENT
             && !self.started
-            && self.conn.ready
+            && self.conn.ready()
             && self.conn.open()
             && let Tls {
                 stage: Stage::Handshake(engine),
@@ -398,7 +398,7 @@ where
                 Err(_) => self.fail(io),
             }
         }
-        if self.conn.shut == crate::reactor::Shut::Pending
+        if self.conn.shut() == crate::reactor::Shut::Pending
             && self.state == State::Open
             && !self.notified
         {
@@ -420,7 +420,7 @@ where
     pub fn farewell(&mut self, io: &mut impl Sys) {
         let mut out = io.scratch();
         if self.close_notify_now(&mut out) {
-            io.send_now(self.conn.fd, &out);
+            io.send_now(self.conn.fd(), &out);
         }
         io.recycle(out);
     }
@@ -430,9 +430,9 @@ where
     pub fn close_notify_now(&mut self, out: &mut Vec<u8>) -> bool {
         if self.state != State::Open
             || self.notified
-            || self.conn.torn
+            || self.conn.torn()
             || self.conn.pending() > 0
-            || self.conn.shut != crate::reactor::Shut::Open
+            || self.conn.shut() != crate::reactor::Shut::Open
         {
             return false;
         }

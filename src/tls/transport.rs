@@ -109,7 +109,7 @@ impl Transport {
 
     /// Stop using the socket (see [`Conn::retire`]); without one, what waited goes nowhere.
     pub fn retire(&mut self, io: &mut impl Sys, side: Side) -> u8 {
-        if self.fd < 0 {
+        if self.fd() < 0 {
             self.release_tls(io);
         }
         self.conn_mut().retire(io, side)
@@ -121,7 +121,7 @@ impl Transport {
     pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
         // Called after every event of a session: the common case (not closing) is one test,
         // inlined; the rest is out of line.
-        if !self.retiring {
+        if !self.retiring() {
             return false;
         }
         self.close_retired(io, cancels, keep_queue)
@@ -129,7 +129,7 @@ impl Transport {
 
     #[inline(never)]
     fn close_retired(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
-        if self.fd >= 0 && self.ops == 0 && cancels == 0 {
+        if self.fd() >= 0 && self.ops() == 0 && cancels == 0 {
             on_tls!(self, t => t.farewell(io), _c => {});
         }
         let closed = self.conn_mut().close_when_done(io, cancels, keep_queue);
@@ -147,12 +147,12 @@ impl Transport {
         if notify {
             use nix::sys::socket::MsgFlags;
             let _ = nix::sys::socket::send(
-                self.fd,
+                self.fd(),
                 &out,
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             );
         }
-        let _ = nix::unistd::close(self.fd);
+        let _ = nix::unistd::close(self.fd());
     }
 
     /// Whether the connection could carry another exchange: plain, or TLS at rest (open,
@@ -170,14 +170,13 @@ impl Transport {
         cancels: u8,
         keep_queue: bool,
     ) -> Option<Transport> {
-        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
+        if self.fd() < 0 || !self.retiring() || self.ops() > 0 || cancels > 0 {
             return None;
         }
         let waiting = self.take_waiting(io);
         let mut out = std::mem::replace(self, Transport::plain(-1));
-        out.retiring = false;
-        out.keep = false;
-        self.ready = false;
+        out.conn_mut().handed_back();
+        self.conn_mut().mark_unready();
         for c in waiting {
             if keep_queue {
                 self.conn_mut().push(c);
@@ -240,12 +239,12 @@ impl Transport {
                 Err(e) => {
                     waiting.into_iter().for_each(|c| io.release(c));
                     *self = Transport::plain(fd);
-                    self.ready = false;
+                    self.conn_mut().mark_unready();
                     return Err(e);
                 }
             },
         };
-        self.ready = false;
+        self.conn_mut().mark_unready();
         if let Some(p) = preface {
             let c = io.put(p);
             self.conn_mut().push(c);

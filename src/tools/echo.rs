@@ -181,7 +181,7 @@ impl EchoCore {
         }
         for k in r.slots.keys() {
             if let Some((_, c)) = r.slots.get_any_mut(k) {
-                let _ = nix::unistd::close(c.sock.fd);
+                let _ = nix::unistd::close(c.sock.fd());
             }
         }
         Ok(())
@@ -516,11 +516,12 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
                 )
             })
             .collect();
-        let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let peer =
+            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
+                .map(|a| a.to_string())
+                .unwrap_or_default();
         let local =
-            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd)
+            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
                 .map(|a| a.to_string())
                 .unwrap_or_default();
         serde_json::json!({ "method": method, "path": path, "peer": peer, "local": local, "headers": hs })

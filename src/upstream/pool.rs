@@ -99,7 +99,7 @@ impl Pool {
             .rposition(|i| i.addr == addr && &*i.upstream == upstream)
         {
             let idle = self.idle.remove(i);
-            if idle.expires_ms > now_ms && alive(idle.conn.fd) {
+            if idle.expires_ms > now_ms && alive(idle.conn.fd()) {
                 return Some(Kept {
                     conn: idle.conn,
                     served: idle.served,
@@ -178,7 +178,7 @@ mod tests {
         p.put(&u, addr_a, Transport::plain(a), 3, 0);
         p.put(&u, addr_b, Transport::plain(b), 1, 0);
         let kept = p.take("u", addr_b, 10).unwrap();
-        assert_eq!((kept.conn.fd, kept.served), (b, 1));
+        assert_eq!((kept.conn.fd(), kept.served), (b, 1));
         close(b);
         // The backend closed a: found dead, closed, not handed out.
         drop(server_a);

@@ -29,7 +29,7 @@ impl BenchWorker {
         let Some((_, c, mut sys)) = self.r.split(slot, Some(generation)) else {
             return;
         };
-        c.sock.ops -= 1;
+        c.sock.connect_done();
         if c.phase != Phase::Connecting {
             return;
         }
@@ -39,7 +39,7 @@ impl BenchWorker {
             return self.fail(slot, generation, format!("connect:{}", errno(-res)));
         }
         c.phase = Phase::Handshake;
-        c.sock.ready = true;
+        c.sock.mark_ready();
         c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
         let len = self.r.ring.heap.len(self.handshake) as u32;
         self.send_heap(slot, generation, self.handshake, len);
@@ -132,7 +132,7 @@ impl BenchWorker {
         self.on_bytes(slot, generation, &data);
         self.scratch = data;
         if let Some(c) = self.r.slots.get_mut(slot, generation)
-            && c.sock.recv == Recv::Off
+            && c.sock.recv_state() == Recv::Off
             && c.phase != Phase::Dead
             && cq.res > 0
         {

@@ -303,8 +303,7 @@ impl BenchWorker {
             },
         };
         // Connecting: not ready to send, the connect counts as an op (cancelled on a kill).
-        sock.ready = false;
-        sock.ops = 1;
+        sock.connect_started();
         let (slot, generation) = self.r.slots.insert(|_, _| BConn {
             sock,
             cancels: 0,
