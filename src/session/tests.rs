@@ -1117,8 +1117,10 @@ fn lifecycle_anchors_point_at_what_they_name() {
         other => format!("src/session/{other}"),
     };
     let mut checked = 0;
-    for line in doc.lines() {
-        let mut rest = line;
+    // The whole text as one line: a name and its anchor may sit on either side of a line break.
+    let joined = doc.lines().collect::<Vec<_>>().join(" ");
+    {
+        let mut rest = joined.as_str();
         while let Some(at) = rest.find(".rs:") {
             let start = rest[..at]
                 .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '/'))
