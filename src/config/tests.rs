@@ -215,7 +215,10 @@ fn upstream_policy_errors_name_the_field() {
     )
     .unwrap();
     let l = &c.servers[0].locations[0];
-    assert_eq!((l.next_upstream.when, l.next_upstream.tries), (0, 2));
+    assert_eq!(
+        (l.next_upstream.when, l.next_upstream.tries),
+        (crate::config::upstream::Failures::NONE, 2)
+    );
 }
 
 #[test]

@@ -259,24 +259,85 @@ fn health_check(
 /// `proxy_next_upstream`, `_tries`, `_timeout`), per location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextUpstream {
-    /// `NEXT_*` bits.
-    pub when: u8,
+    /// The failures that send a request on to the next server.
+    pub when: Failures,
     /// Most servers tried per request (0: no limit but the number of servers).
     pub tries: u32,
     /// How long after the request arrived a next server may still be tried (zero: no limit).
     pub timeout: Duration,
 }
 
-pub const NEXT_ERROR: u8 = 1;
-pub const NEXT_TIMEOUT: u8 = 2;
-pub const NEXT_502: u8 = 4;
-pub const NEXT_503: u8 = 8;
-pub const NEXT_504: u8 = 16;
+/// How a server can fail a request (nginx's `proxy_next_upstream` conditions, and a response
+/// that cannot be used, which counts against the server but is never tried again elsewhere).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connect refused or reset, or the connection failed before a response head.
+    Error,
+    /// Connect or response head timed out.
+    Timeout,
+    Http502,
+    Http503,
+    Http504,
+    /// A response head that cannot be used (malformed, too large).
+    Invalid,
+}
+
+impl Failure {
+    /// Every condition `next_upstream` can name, with its name.
+    pub const NAMED: [(Failure, &'static str); 5] = [
+        (Failure::Error, "error"),
+        (Failure::Timeout, "timeout"),
+        (Failure::Http502, "http_502"),
+        (Failure::Http503, "http_503"),
+        (Failure::Http504, "http_504"),
+    ];
+
+    /// The failure an upstream's response status is, when `next_upstream` can name it.
+    pub fn of_status(status: u16) -> Option<Failure> {
+        match status {
+            502 => Some(Failure::Http502),
+            503 => Some(Failure::Http503),
+            504 => Some(Failure::Http504),
+            _ => None,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Failure::Error => 1,
+            Failure::Timeout => 2,
+            Failure::Http502 => 4,
+            Failure::Http503 => 8,
+            Failure::Http504 => 16,
+            Failure::Invalid => 0,
+        }
+    }
+}
+
+/// A set of failures (`next_upstream`'s conditions). `Invalid` is never in one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failures(u8);
+
+impl Failures {
+    pub const NONE: Failures = Failures(0);
+
+    pub fn with(self, f: Failure) -> Failures {
+        Failures(self.0 | f.bit())
+    }
+
+    pub fn contains(self, f: Failure) -> bool {
+        self.0 & f.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
 
 impl Default for NextUpstream {
     fn default() -> NextUpstream {
         NextUpstream {
-            when: NEXT_ERROR | NEXT_TIMEOUT,
+            when: Failures::NONE.with(Failure::Error).with(Failure::Timeout),
             tries: 0,
             timeout: Duration::ZERO,
         }
@@ -284,38 +345,21 @@ impl Default for NextUpstream {
 }
 
 impl NextUpstream {
-    pub fn on(&self, bit: u8) -> bool {
-        self.when & bit != 0
+    pub fn on(&self, f: Failure) -> bool {
+        self.when.contains(f)
     }
 
     /// The conditions as written (`check`).
     pub fn names(&self) -> String {
-        let all = [
-            (NEXT_ERROR, "error"),
-            (NEXT_TIMEOUT, "timeout"),
-            (NEXT_502, "http_502"),
-            (NEXT_503, "http_503"),
-            (NEXT_504, "http_504"),
-        ];
-        let on: Vec<&str> = all
+        let on: Vec<&str> = Failure::NAMED
             .iter()
-            .filter(|(b, _)| self.on(*b))
+            .filter(|(f, _)| self.on(*f))
             .map(|(_, n)| *n)
             .collect();
         if on.is_empty() {
             "off".into()
         } else {
             on.join(",")
-        }
-    }
-
-    /// The bit for an upstream's response status, if `next_upstream` can name it.
-    pub fn status_bit(status: u16) -> u8 {
-        match status {
-            502 => NEXT_502,
-            503 => NEXT_503,
-            504 => NEXT_504,
-            _ => 0,
         }
     }
 }
@@ -345,7 +389,7 @@ struct Shared {
     /// `clock_ms` (+1, so 0 is "never") of the last failure or of the last try after
     /// `fail_timeout` (nginx's `checked`).
     checked: AtomicU64,
-    /// `HEALTH_*`.
+    /// `Health`, as its `u8`.
     health: AtomicU8,
     /// Connections attempted, failures counted, health checks passed and failed.
     requests: AtomicU64,
@@ -354,10 +398,15 @@ struct Shared {
     checks_failed: AtomicU64,
 }
 
-/// No active health check, or it passes.
-pub const HEALTH_UP: u8 = 0;
-/// `fall` checks in a row failed (until `rise` pass).
-pub const HEALTH_DOWN: u8 = 1;
+/// What the active health checks say of a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// No active health check, or it passes.
+    Up = 0,
+    /// `fall` checks in a row failed (until `rise` pass).
+    Down = 1,
+}
 
 /// What a server is, for `/status` and `/metrics`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,12 +453,15 @@ impl PeerState {
         self.0.fails.load(Ordering::Relaxed)
     }
 
-    pub fn health(&self) -> u8 {
-        self.0.health.load(Ordering::Relaxed)
+    pub fn health(&self) -> Health {
+        match self.0.health.load(Ordering::Relaxed) {
+            0 => Health::Up,
+            _ => Health::Down,
+        }
     }
 
-    pub fn set_health(&self, h: u8) {
-        self.0.health.store(h, Ordering::Relaxed);
+    pub fn set_health(&self, h: Health) {
+        self.0.health.store(h as u8, Ordering::Relaxed);
     }
 
     /// Connections attempted, failures, health checks passed, health checks failed.
@@ -461,7 +513,7 @@ impl Peer {
     /// Whether a new connection may go to it at `now`.
     pub fn usable(&self, now: u64) -> bool {
         !self.down
-            && self.state.health() == HEALTH_UP
+            && self.state.health() == Health::Up
             && !self.failed(now)
             && (self.max_conns == 0 || self.state.active() < self.max_conns)
     }
@@ -494,7 +546,7 @@ impl Peer {
     }
 
     pub fn status(&self, now: u64) -> PeerStatus {
-        if self.down || self.state.health() != HEALTH_UP {
+        if self.down || self.state.health() != Health::Up {
             PeerStatus::Down
         } else if self.failed(now) {
             PeerStatus::Failed
@@ -620,17 +672,17 @@ impl NextUpstream {
     ) -> Result<NextUpstream, ConfigError> {
         let mut n = NextUpstream::default();
         if let Some(list) = when {
-            n.when = 0;
+            n.when = Failures::NONE;
             let off = list.get_ref().iter().any(|w| w.get_ref() == "off");
             for (i, w) in list.get_ref().iter().enumerate() {
-                let bit = match w.get_ref().as_str() {
-                    "error" => NEXT_ERROR,
-                    "timeout" => NEXT_TIMEOUT,
-                    "http_502" => NEXT_502,
-                    "http_503" => NEXT_503,
-                    "http_504" => NEXT_504,
-                    "off" => 0,
-                    other => {
+                let named = Failure::NAMED
+                    .iter()
+                    .find(|(_, name)| name == w.get_ref())
+                    .map(|(f, _)| *f);
+                let failure = match (named, w.get_ref().as_str()) {
+                    (Some(f), _) => Some(f),
+                    (None, "off") => None,
+                    (None, other) => {
                         return Err(cx.err(
                             w.span(),
                             format!("{lf}.next_upstream[{i}]"),
@@ -638,14 +690,16 @@ impl NextUpstream {
                         ));
                     }
                 };
-                if off && bit != 0 {
-                    return Err(cx.err(
-                        w.span(),
-                        format!("{lf}.next_upstream[{i}]"),
-                        "\"off\" cannot be combined with other conditions",
-                    ));
+                if let Some(f) = failure {
+                    if off {
+                        return Err(cx.err(
+                            w.span(),
+                            format!("{lf}.next_upstream[{i}]"),
+                            "\"off\" cannot be combined with other conditions",
+                        ));
+                    }
+                    n.when = n.when.with(f);
                 }
-                n.when |= bit;
             }
         }
         if let Some(t) = tries {

@@ -67,14 +67,14 @@ impl fmt::Display for End {
             End::UpstreamClosed => write!(f, "upstream-closed"),
             End::ClientError(e) => write!(f, "client-error:{}", errno_name(*e)),
             End::UpstreamError(e) => write!(f, "upstream-error:{}", errno_name(*e)),
-            End::BadRequest(why) => write!(f, "bad-request:{}", why.replace(' ', "-")),
+            End::BadRequest(why) => write!(f, "bad-request:{}", Dashed(why)),
             End::HeadTooLarge => write!(f, "head-too-large"),
             End::UriTooLong => write!(f, "uri-too-long"),
             End::BodyTimeout => write!(f, "body-timeout"),
             End::KeepaliveTimeout => write!(f, "keepalive-timeout"),
             End::NoRoute => write!(f, "no-route"),
             End::NoUpstream => write!(f, "no-upstream"),
-            End::BadResponse(why) => write!(f, "bad-response:{}", why.replace(' ', "-")),
+            End::BadResponse(why) => write!(f, "bad-response:{}", Dashed(why)),
             End::UpstreamTimeout => write!(f, "upstream-timeout"),
             End::HeaderTimeout => write!(f, "header-timeout"),
             End::IdleTimeout => write!(f, "idle-timeout"),
@@ -88,6 +88,22 @@ impl fmt::Display for End {
             End::HeartbeatTimeout(Side::Up) => write!(f, "heartbeat-timeout:upstream"),
             End::Drained => write!(f, "drained"),
         }
+    }
+}
+
+/// A reason with its spaces written as dashes (one word in the log's `end=` field), without
+/// allocating.
+struct Dashed(&'static str);
+
+impl fmt::Display for Dashed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, word) in self.0.split(' ').enumerate() {
+            if i > 0 {
+                f.write_str("-")?;
+            }
+            f.write_str(word)?;
+        }
+        Ok(())
     }
 }
 
@@ -259,5 +275,9 @@ mod tests {
             Some(libc::ETIMEDOUT)
         );
         assert_eq!(End::NoRoute.side(), None);
+        assert_eq!(
+            End::BadResponse("101 before the request body was complete").to_string(),
+            "bad-response:101-before-the-request-body-was-complete"
+        );
     }
 }

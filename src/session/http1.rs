@@ -10,9 +10,8 @@ use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, Observed, RESPONSE_HEAD_MAX,
 };
 use super::{Linger, Session};
-use crate::config::NextUpstream;
 use crate::config::clock_ms;
-use crate::config::upstream::{NEXT_ERROR, NEXT_TIMEOUT};
+use crate::config::upstream::Failure;
 use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
 use crate::upstream::{Affinity, KeyInput, Pick, Tried};
 use crate::uring::{Chunk, Side};
@@ -152,7 +151,7 @@ impl Session {
             _ => "",
         };
         let host = req.host.as_deref().unwrap_or("-");
-        let text = format!("{}\n{}\n{}\n{}", req.method, host, req.path, upgrade).into();
+        let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
         let mut r = Box::new(Req {
             upgrade: !upgrade.is_empty(),
             keep_alive: req.keep_alive,
@@ -243,7 +242,7 @@ impl Session {
         if let Some(a) = r.attempt.as_deref_mut()
             && req.body == BodyKind::None
             && idempotent
-            && a.next_when != 0
+            && !a.next_when.is_empty()
             && a.next_tries != 1
             && (servers > 1 || cfg.upstreams[loc.upstream].keepalive > 0)
         {
@@ -301,7 +300,7 @@ impl Session {
         let spent = (a.next_tries > 0 && a.count >= a.next_tries)
             || (a.next_ms > 0 && a.count > 0 && now >= started_ms + u64::from(a.next_ms));
         let gave_up = |a: &Attempt| match a.last_fail {
-            NEXT_TIMEOUT => Next::Respond(504, End::UpstreamTimeout),
+            Some(Failure::Timeout) => Next::Respond(504, End::UpstreamTimeout),
             _ => Next::Respond(502, End::NoUpstream),
         };
         if spent {
@@ -383,16 +382,15 @@ impl Session {
         }
     }
 
-    /// The server in use failed before its answer reached the client (`kind`: a `NEXT_*`
-    /// bit): count it against the server, and say whether the location lets the request go
-    /// on to the next server.
-    pub(super) fn server_failed(&mut self, kind: u8) -> bool {
+    /// The server in use failed before its answer reached the client: count it against the
+    /// server, and say whether the location lets the request go on to the next server.
+    pub(super) fn server_failed(&mut self, kind: Failure) -> bool {
         let Some(r) = self.phase.req_mut() else {
             return false;
         };
         let retry = r.attempt.as_deref_mut().is_some_and(|a| {
-            a.last_fail = kind;
-            a.next_when & kind != 0
+            a.last_fail = Some(kind);
+            a.next_when.contains(kind)
         });
         if let Some(p) = self.peer()
             && p.failure(clock_ms())
@@ -411,7 +409,12 @@ impl Session {
     /// The server in use failed after the request went up, before anything of its answer
     /// reached the client: counted against it; the request goes to the next server when the
     /// location allows it and it can be sent again (then `Continue`), else `answer`.
-    pub(super) fn upstream_failed(&mut self, kind: u8, answer: Next, io: &mut impl Io) -> Next {
+    pub(super) fn upstream_failed(
+        &mut self,
+        kind: Failure,
+        answer: Next,
+        io: &mut impl Io,
+    ) -> Next {
         if self.retry_next(kind, io) {
             Next::Continue
         } else {
@@ -420,7 +423,7 @@ impl Session {
     }
 
     /// See [`Session::upstream_failed`]; true when the request goes to the next server.
-    pub(super) fn retry_next(&mut self, kind: u8, io: &mut impl Io) -> bool {
+    pub(super) fn retry_next(&mut self, kind: Failure, io: &mut impl Io) -> bool {
         // A kept connection the server closed (or reset) before answering: not the server's
         // failure; the request goes again, to the same server if it is picked, on a fresh or
         // another kept connection (each kept one is tried once).
@@ -428,7 +431,7 @@ impl Session {
         if let Phase::Proxy(x) = &mut self.phase
             && let Some(a) = x.req.attempt.as_mut()
             && std::mem::take(&mut a.cached)
-            && kind == NEXT_ERROR
+            && kind == Failure::Error
         {
             a.tried.unmark(usize::from(x.req.peer));
             a.count = a.count.saturating_sub(1);
@@ -502,10 +505,14 @@ impl Session {
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
                     let answer = Next::Respond(502, End::BadResponse("response head too large"));
-                    return self.upstream_failed(0, answer, io);
+                    return self.upstream_failed(Failure::Invalid, answer, io);
                 }
                 Err(HeadError::Invalid(why)) => {
-                    return self.upstream_failed(0, Next::Respond(502, End::BadResponse(why)), io);
+                    return self.upstream_failed(
+                        Failure::Invalid,
+                        Next::Respond(502, End::BadResponse(why)),
+                        io,
+                    );
                 }
             };
             if (100..200).contains(&resp.status) && resp.status != 101 {
@@ -523,11 +530,12 @@ impl Session {
                 self.send_to(Side::Down, c, io);
                 continue;
             }
-            let bit = NextUpstream::status_bit(resp.status);
-            if bit != 0 && r.attempt.as_ref().is_some_and(|a| a.next_when & bit != 0) {
+            let named = Failure::of_status(resp.status)
+                .filter(|f| r.attempt.as_ref().is_some_and(|a| a.next_when.contains(*f)));
+            if let Some(f) = named {
                 // A 502/503/504 that next_upstream names: a failure of this server; the next
                 // one gets the request if it can, else this answer goes to the client.
-                if self.retry_next(bit, io) {
+                if self.retry_next(f, io) {
                     return Next::Continue;
                 }
             } else {
@@ -702,7 +710,11 @@ impl Session {
                 } else {
                     "upstream closed inside the response head"
                 };
-                self.upstream_failed(NEXT_ERROR, Next::Respond(502, End::BadResponse(why)), io)
+                self.upstream_failed(
+                    Failure::Error,
+                    Next::Respond(502, End::BadResponse(why)),
+                    io,
+                )
             }
             Downward::Body(_) => Next::Close(End::UpstreamClosed),
             Downward::Connect(_) => Next::Continue,

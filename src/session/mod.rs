@@ -21,7 +21,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::upstream::{NEXT_ERROR, NEXT_TIMEOUT};
+use crate::config::upstream::Failure;
 use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
@@ -70,14 +70,18 @@ pub struct Env<'a> {
 }
 
 /// What a handler decided. Inside the session: go on, answer with our own status and close,
-/// or close. From the session's public handlers to the worker only `Continue` and `Close`
-/// come back, and `Close` then means that closing is complete: no fd open, no op in flight,
-/// the slot may be freed (the worker's end-of-session point).
+/// end after what the client's transport has queued (a TLS alert: no HTTP answer can go), or
+/// close. From the session's public handlers to the worker only `Continue` and `Close` come
+/// back, and `Close` then means that closing is complete: no fd open, no op in flight, the
+/// slot may be freed (the worker's end-of-session point).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Next {
     Continue,
     Respond(u16, End),
+    /// The client's transport failed and queued its last words (an alert): flush them, then
+    /// close, with no answer of ours (status 0 in the log).
+    Fail(End),
     Close(End),
 }
 
@@ -328,7 +332,11 @@ impl Session {
             };
             let peer = self.peer_addr();
             tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
-            let kind = if timed_out { NEXT_TIMEOUT } else { NEXT_ERROR };
+            let kind = if timed_out {
+                Failure::Timeout
+            } else {
+                Failure::Error
+            };
             if self.server_failed(kind) {
                 // Close it through retire/close_when_done (after any cancel aimed at it is
                 // back), then the next server is tried, keeping the queued request.
@@ -516,9 +524,11 @@ impl Session {
                     io.cancel(Side::Up, Op::Connect);
                     Next::Continue
                 }
-                Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => {
-                    self.upstream_failed(NEXT_TIMEOUT, Next::Respond(504, End::UpstreamTimeout), io)
-                }
+                Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
+                    Failure::Timeout,
+                    Next::Respond(504, End::UpstreamTimeout),
+                    io,
+                ),
                 Phase::Proxy(_) => Next::Close(End::IdleTimeout),
                 Phase::Tunnel { .. } => unreachable!("tunnel_timer"),
                 Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
@@ -555,13 +565,13 @@ impl Session {
                     Side::Down => {
                         tracing::info!(target: "tls", "{}: TLS failed: {e}", self.client);
                         // No HTTP answer: the alert is on its way.
-                        Next::Respond(0, End::ClientTls(why))
+                        Next::Fail(End::ClientTls(why))
                     }
                     Side::Up => {
                         let peer = self.peer_addr();
                         tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
                         self.upstream_failed(
-                            NEXT_ERROR,
+                            Failure::Error,
                             Next::Respond(502, End::UpstreamTls(why)),
                             io,
                         )
@@ -676,7 +686,7 @@ impl Session {
         let waiting_head =
             matches!(&self.phase, Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)));
         if side == Side::Up && waiting_head {
-            self.upstream_failed(NEXT_ERROR, Next::Respond(502, end), io)
+            self.upstream_failed(Failure::Error, Next::Respond(502, end), io)
         } else {
             Next::Close(end)
         }
@@ -687,6 +697,8 @@ impl Session {
         match next {
             Next::Continue => {}
             Next::Respond(status, end) => self.respond(status, end, io),
+            // Status 0: no answer of ours (the log says 0), only the transport's alert.
+            Next::Fail(end) => self.respond(0, end, io),
             Next::Close(end) => self.close(end, io),
         }
     }
@@ -712,8 +724,9 @@ impl Session {
         self.answer(req, status, end, io);
     }
 
-    /// Send our own `status` for `req` and close after it, lingering while the client may
-    /// still be sending, so the answer is not lost to a reset (nginx's lingering close).
+    /// Send our own `status` for `req` (0: none, for `Next::Fail`) and close after it,
+    /// lingering while the client may still be sending, so the answer is not lost to a reset
+    /// (nginx's lingering close).
     fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
         req.status = status;
         self.end.get_or_insert(end);
@@ -724,6 +737,11 @@ impl Session {
         };
         self.phase = Phase::Respond { req, linger };
         self.retire(Side::Up, io);
+        if status == 0 {
+            // `Next::Fail`: no answer of ours, only what the transport queued.
+            self.down.kick(io, Side::Down);
+            return;
+        }
         self.send_built(Side::Down, io, |out| {
             out.extend_from_slice(&match end {
                 End::PlainHttp => {

@@ -97,13 +97,13 @@ pub(super) struct Attempt {
     pub affinity: Affinity,
     /// Servers tried so far.
     pub count: u16,
-    /// The location's `next_upstream`: conditions (`NEXT_*` bits), most tries (0: no limit),
-    /// how long after the request's start a next server may still be tried (0: no limit).
-    pub next_when: u8,
+    /// The location's `next_upstream`: conditions, most tries (0: no limit), how long after
+    /// the request's start a next server may still be tried (0: no limit).
+    pub next_when: crate::config::upstream::Failures,
     pub next_tries: u16,
     pub next_ms: u32,
-    /// The last failure's kind (`NEXT_*`), for the answer when no server is left.
-    pub last_fail: u8,
+    /// The last failure, for the answer when no server is left.
+    pub last_fail: Option<crate::config::upstream::Failure>,
     /// The connection in use came from the keepalive pool (its failure before an answer is
     /// the pool's, not the server's: the request goes again on a fresh connection).
     pub cached: bool,
@@ -188,10 +188,9 @@ pub(super) enum Linger {
 /// Per-request state, boxed so an idle session stays small.
 #[derive(Debug)]
 pub(super) struct Req {
-    /// `METHOD\nHOST\nPATH\nUPGRADE` in one allocation (none of them can contain a newline:
-    /// httparse refuses one in a request line or a header value);
-    /// UPGRADE is the protocol list the client asked for, empty when this is not an upgrade.
-    pub text: Box<str>,
+    /// The request's method, Host, target and upgrade protocols, for the log and the 101
+    /// check: one allocation.
+    pub text: ReqText,
     /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1).
     pub upgrade: bool,
     pub keep_alive: bool,
@@ -236,35 +235,77 @@ pub(super) fn ms32(d: Duration) -> u32 {
     d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
-impl Req {
-    fn part(&self, i: usize) -> &str {
-        self.text.split('\n').nth(i).unwrap_or("-")
+/// A request's method, Host, target and the protocols it asked to upgrade to, in one
+/// allocation: three `u16` ends (where the method, the Host and the target stop), then the four
+/// texts end to end (the upgrade protocols run to the end). Sixteen bytes in `Req`, which a
+/// tunnel keeps for as long as it lives.
+#[derive(Debug)]
+pub(super) struct ReqText(Box<[u8]>);
+
+const ENDS: usize = 6;
+
+impl ReqText {
+    /// The four parts; each is cut to 16 KiB (a head is at most that much: nothing is lost).
+    pub fn new(method: &str, host: &str, path: &str, upgrade: &str) -> ReqText {
+        let cap = |s: &str| {
+            let mut n = s.len().min(16 * 1024);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            n
+        };
+        let parts = [method, host, path, upgrade];
+        let mut all = Vec::with_capacity(ENDS + parts.iter().map(|p| cap(p)).sum::<usize>());
+        all.extend_from_slice(&[0; ENDS]);
+        for (i, p) in parts.iter().enumerate() {
+            all.extend_from_slice(&p.as_bytes()[..cap(p)]);
+            if i < 3 {
+                let end = (all.len() - ENDS) as u16;
+                all[2 * i..2 * i + 2].copy_from_slice(&end.to_le_bytes());
+            }
+        }
+        ReqText(all.into_boxed_slice())
     }
 
+    fn part(&self, i: usize) -> &str {
+        let end_of = |k: usize| usize::from(u16::from_le_bytes([self.0[2 * k], self.0[2 * k + 1]]));
+        let text = &self.0[ENDS..];
+        let start = if i == 0 { 0 } else { end_of(i - 1) };
+        let end = if i < 3 { end_of(i) } else { text.len() };
+        // Cut at char boundaries from `&str`s: always UTF-8.
+        std::str::from_utf8(&text[start..end]).unwrap_or("-")
+    }
+}
+
+impl Req {
     pub fn method(&self) -> &str {
-        self.part(0)
+        self.text.part(0)
     }
 
     pub fn host(&self) -> &str {
-        self.part(1)
+        self.text.part(1)
     }
 
     pub fn path(&self) -> &str {
-        self.part(2)
+        self.text.part(2)
     }
 
     /// The protocols the client asked to upgrade to ("" when not an upgrade).
     pub fn upgrade_proto(&self) -> &str {
-        self.text.split('\n').nth(3).unwrap_or("")
+        self.text.part(3)
     }
 
     /// A request whose head could not be parsed (logged with `-` fields).
     pub fn unparsed(started_ms: u64, bytes_in: u64) -> Box<Req> {
-        Box::new(Req::new("-\n-\n-\n".into(), started_ms, bytes_in))
+        Box::new(Req::new(
+            ReqText::new("-", "-", "-", ""),
+            started_ms,
+            bytes_in,
+        ))
     }
 
     /// A request with nothing decided yet but its text, start and head bytes.
-    pub fn new(text: Box<str>, started_ms: u64, bytes_in: u64) -> Req {
+    pub fn new(text: ReqText, started_ms: u64, bytes_in: u64) -> Req {
         Req {
             text,
             upgrade: false,
@@ -328,5 +369,28 @@ impl Phase {
 
     pub fn is_tunnel(&self) -> bool {
         matches!(self, Phase::Tunnel { .. })
+    }
+}
+
+#[cfg(test)]
+mod req_text_tests {
+    use super::*;
+
+    #[test]
+    fn the_four_parts_come_back_as_given() {
+        for (m, h, p, u) in [
+            ("GET", "ws.example.com", "/chat?x=1", "websocket"),
+            ("-", "-", "-", ""),
+            ("", "", "", ""),
+            ("POST", "ünïcode.example", "/ä/ö", ""),
+        ] {
+            let t = ReqText::new(m, h, p, u);
+            assert_eq!([t.part(0), t.part(1), t.part(2), t.part(3)], [m, h, p, u]);
+        }
+        // Each part is cut to 16 KiB at a character boundary.
+        let long = "é".repeat(10_000);
+        let t = ReqText::new("GET", &long, "/", "");
+        assert!(t.part(1).len() <= 16 * 1024 && long.starts_with(t.part(1)));
+        assert_eq!(t.part(2), "/");
     }
 }

@@ -412,7 +412,7 @@ impl Sim {
                     self.io.logs.push(text);
                 }
             }
-            Next::Respond(..) => panic!("Respond leaked out of the session"),
+            Next::Respond(..) | Next::Fail(_) => panic!("{next:?} leaked out of the session"),
         }
     }
 

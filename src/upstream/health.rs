@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::upstream::{HEALTH_DOWN, HEALTH_UP};
+use crate::config::upstream::Health;
 use crate::config::{Config, HealthCheck};
 use crate::live::Live;
 
@@ -136,8 +136,8 @@ impl Checker {
         // A server whose checks were removed is no longer held down by them.
         for u in cfg.upstreams.iter().filter(|u| u.health_check.is_none()) {
             for p in &u.peers {
-                if p.state.health() == HEALTH_DOWN {
-                    p.state.set_health(HEALTH_UP);
+                if p.state.health() == Health::Down {
+                    p.state.set_health(Health::Up);
                     tracing::warn!(target: "health", "upstream {:?} server {} is up: its health check was removed", u.name, p.addr);
                 }
             }
@@ -255,16 +255,16 @@ impl Checker {
             Outcome::Pass => {
                 t.passes += 1;
                 t.fails = 0;
-                if state.health() == HEALTH_DOWN && t.passes >= h.rise {
-                    state.set_health(HEALTH_UP);
+                if state.health() == Health::Down && t.passes >= h.rise {
+                    state.set_health(Health::Up);
                     tracing::warn!(target: "health", "upstream {:?} server {} is up: {} check(s) in a row passed", u.name, p.addr, t.passes);
                 }
             }
             Outcome::Fail(why) => {
                 t.fails += 1;
                 t.passes = 0;
-                if state.health() == HEALTH_UP && t.fails >= h.fall {
-                    state.set_health(HEALTH_DOWN);
+                if state.health() == Health::Up && t.fails >= h.fall {
+                    state.set_health(Health::Down);
                     tracing::warn!(target: "health", "upstream {:?} server {} is down: {} check(s) in a row failed, the last: {why}", u.name, p.addr, t.fails);
                 }
             }
