@@ -36,6 +36,26 @@ impl Live {
     }
 }
 
+/// Why a reload was refused (the configuration in force stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load (its file:line:col: field: message).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A new listen address cannot be listened on (a port in use).
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// A new listening socket cannot be kept for a binary upgrade.
+    #[error("keeping {addr}: {source}")]
+    Keep {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 /// A message from the main thread to a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Msg {

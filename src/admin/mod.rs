@@ -36,7 +36,7 @@ pub struct AdminState {
 }
 
 /// A configuration reload, as the admin endpoint calls it.
-pub type Reload = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub type Reload = Arc<dyn Fn() -> Result<String, crate::live::ReloadError> + Send + Sync>;
 
 impl AdminState {
     pub fn new(

@@ -124,7 +124,7 @@ impl TokenCache {
     }
 }
 
-type ReloadDone = ((u32, u32), Result<String, String>);
+type ReloadDone = ((u32, u32), Result<String, crate::live::ReloadError>);
 
 /// What deciding on a request needs: the reports, the policy, the token, the reload queue.
 struct Desk {

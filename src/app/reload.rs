@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
-use crate::live::{Inbox, Live, Msg};
+use crate::live::{Inbox, Live, Msg, ReloadError};
 
 pub struct Reloader {
     path: PathBuf,
@@ -20,7 +20,7 @@ pub struct Reloader {
     /// The listening sockets a binary upgrade would hand over: kept up to date.
     offer: Arc<super::upgrade::Offer>,
     /// One reload at a time (a signal and `ringway reload` may come together).
-    lock: Mutex<u64>,
+    lock: Mutex<()>,
 }
 
 impl Reloader {
@@ -37,16 +37,16 @@ impl Reloader {
             inboxes,
             backlog,
             offer,
-            lock: Mutex::new(0),
+            lock: Mutex::new(()),
         }
     }
 
     /// Reload; a one-line summary (and warnings) when the new configuration is in force, the
     /// reason when the old one stays.
-    pub fn reload(&self) -> Result<String, String> {
-        let mut count = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn reload(&self) -> Result<String, ReloadError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.live.config();
-        let mut new = Config::load(&self.path).map_err(|e| e.to_string())?;
+        let mut new = Config::load(&self.path)?;
         let added: Vec<SocketAddr> = new
             .listeners
             .iter()
@@ -64,7 +64,7 @@ impl Reloader {
             let mut mine = Vec::new();
             for a in &added {
                 let s = crate::sys::listen_socket(*a, self.backlog)
-                    .map_err(|e| format!("listening on {a}: {e}"))?;
+                    .map_err(|source| ReloadError::Listen { addr: *a, source })?;
                 mine.push((*a, s));
             }
             sockets.push(mine);
@@ -73,7 +73,10 @@ impl Reloader {
             let mut held = self.offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
             held.retain(|(a, _)| new.listeners.contains(a));
             for (a, s) in sockets.iter().flatten() {
-                held.push((*a, s.try_clone().map_err(|e| format!("keeping {a}: {e}"))?));
+                let kept = s
+                    .try_clone()
+                    .map_err(|source| ReloadError::Keep { addr: *a, source })?;
+                held.push((*a, kept));
             }
         }
         new.carry_from(&old);
@@ -92,7 +95,6 @@ impl Reloader {
             inbox.give_sockets(mine);
             inbox.send(Msg::Config);
         }
-        *count += 1;
         Ok(std::iter::once(summary)
             .chain(warnings.into_iter().map(|w| format!("warning: {w}")))
             .collect::<Vec<_>>()

@@ -18,7 +18,8 @@ use toml::Spanned;
 pub use units::{fmt_duration, parse_duration, parse_size};
 
 /// A configuration error: where, which field, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{col}: {}{message}", FieldPrefix(field))]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
@@ -29,25 +30,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
+/// `FIELD: `, or nothing for an error without a field.
+struct FieldPrefix<'a>(&'a str);
+
+impl fmt::Display for FieldPrefix<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.col, self.message
-            )
+        if self.0.is_empty() {
+            Ok(())
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}: {}",
-                self.file, self.line, self.col, self.field, self.message
-            )
+            write!(f, "{}: ", self.0)
         }
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 pub mod admin;
 pub mod limits;

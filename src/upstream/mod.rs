@@ -32,12 +32,13 @@ impl Balancers {
         b
     }
 
-    /// The balancers for `cfg` (made on first use).
+    /// The balancers for `cfg` (made on first use). The configuration in force is the newest
+    /// set, looked at first: one comparison on almost every connect.
     pub fn of(&mut self, cfg: &Arc<Config>) -> &mut [Balancer] {
         let i = match self
             .sets
             .iter()
-            .position(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(cfg)))
+            .rposition(|(c, _)| std::ptr::eq(c.as_ptr(), Arc::as_ptr(cfg)))
         {
             Some(i) => i,
             None => {
