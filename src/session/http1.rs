@@ -192,7 +192,7 @@ impl Session {
             return Next::Continue;
         };
         loc.stats.routed();
-        let delay_ms = match take_limits(cfg, loc, self.client.ip(), &mut self.limited) {
+        let delay_ms = match take_limits(cfg, loc, self.client.ip(), &mut self.links.limited) {
             Ok(ms) => ms,
             Err(status) => {
                 loc.stats.limited();
@@ -255,8 +255,8 @@ impl Session {
         });
         let head = io.put(out);
         // The head goes first: nothing can be queued toward an upstream not yet chosen.
-        debug_assert!(self.up.flushed());
-        self.up.push(io, head);
+        debug_assert!(self.links.up.flushed());
+        self.links.up.push(io, head);
         self.phase_ms = now;
         if delay_ms > 0 {
             // limit_req without nodelay: the request waits its turn (its timer is the
@@ -277,7 +277,7 @@ impl Session {
         let Phase::Connecting(x) = &mut self.phase else {
             return Next::Continue;
         };
-        if self.up.fd() >= 0 {
+        if self.links.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
             if let Some(c) = x.connect() {
                 c.waiting = true;
@@ -327,15 +327,16 @@ impl Session {
                 && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
             {
                 // An idle connection to this server: the request goes up on it at once.
-                self.up.adopt(io, kept.conn);
+                self.links.up.adopt(io, kept.conn);
                 a.cached = true;
                 if let (true, Some(head)) = (resend, &a.resend) {
                     let mut v = io.scratch();
                     v.extend_from_slice(head);
                     let c = io.put(v);
-                    self.up.push(io, c);
+                    self.links.up.push(io, c);
                 }
-                self.up
+                self.links
+                    .up
                     .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
                 self.count_peer(ui, i);
                 self.upstream_ready(io);
@@ -352,18 +353,18 @@ impl Session {
                     let addr = u.peers[i].addr;
                     // proxy_protocol = "v2": the client and what it connected to, first.
                     let preface = u.proxy_protocol.then(|| {
-                        let dst = crate::sys::local_of(self.down.fd()).unwrap_or(self.client);
+                        let dst = crate::sys::local_of(self.links.down.fd()).unwrap_or(self.client);
                         crate::http::proxy::v2_header(self.client, dst)
                     });
-                    let r = self.up.reset_fd(io, fd, tls, preface);
+                    let r = self.links.up.reset_fd(io, fd, tls, preface);
                     if let (true, Some(head)) = (resend, &a.resend) {
                         let mut v = io.scratch();
                         v.extend_from_slice(head);
                         let c = io.put(v);
-                        self.up.push(io, c);
+                        self.links.up.push(io, c);
                     }
-                    self.up.connect_started();
-                    self.up.set_uses(1);
+                    self.links.up.connect_started();
+                    self.links.up.set_uses(1);
                     self.count_peer(ui, i);
                     self.phase_ms = io.now_ms();
                     return match r {
@@ -616,7 +617,7 @@ impl Session {
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive
                 && !t.until_close()
-                && !self.down.eof()
+                && !self.links.down.eof()
                 && !env.draining
                 && self.listen.keepalive_timeout_ms > 0
                 && self.served.saturating_add(1) < self.listen.keepalive_requests;
@@ -659,12 +660,12 @@ impl Session {
                 && x.req.up_keep
                 && !x.req.upgrade
                 && matches!(x.upward, Upward::Hold(_))
-                && self.up.flushed()
-                && !self.up.eof()
-                && self.up.at_rest()
-                && u32::from(self.up.uses()) < u.keepalive_requests
+                && self.links.up.flushed()
+                && !self.links.up.eof()
+                && self.links.up.at_rest()
+                && u32::from(self.links.up.uses()) < u.keepalive_requests
                 && !env.draining;
-            self.up.set_keep(keep);
+            self.links.up.set_keep(keep);
         }
         self.retire(Side::Up, io);
         let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
@@ -674,8 +675,8 @@ impl Session {
         // answer before it has read the body) and nothing else is pending.
         let keep = x.req.keep_alive
             && matches!(x.upward, Upward::Hold(_))
-            && self.up.flushed()
-            && !self.down.eof()
+            && self.links.up.flushed()
+            && !self.links.down.eof()
             && !env.draining;
         let stash = match x.upward {
             Upward::Hold(stash) if keep => stash,
@@ -749,7 +750,7 @@ impl Session {
             bytes_out: r.bytes_out,
             end,
             tunnel: r.tunnel,
-            tls: self.down.tls_info(),
+            tls: self.links.down.tls_info(),
         })
     }
 }

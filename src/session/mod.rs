@@ -2,16 +2,18 @@
 //!
 //! `Request → Connecting → Proxy (response head, then HTTP relay) | Tunnel → Respond → Closing`.
 //!
-//! Three layers, each in its own file: the socket of each connection ([`crate::reactor::Conn`]),
+//! Four layers, each in its own file: the socket of each connection ([`crate::reactor::Conn`]),
 //! the transport over it that gives plaintext in and takes plaintext out ([`Transport`], in the
-//! `tls` room), and
-//! the HTTP/1 protocol ([`http1`]) with the phases it moves through ([`phase`]). Handlers
+//! `tls` room), the session's links ([`links`]: its connections, the cancels in flight for them
+//! and what they hold), and the HTTP/1 protocol ([`http1`]) with the phases it moves through
+//! ([`phase`]). Handlers
 //! decide; they never touch the ring. Every effect goes through [`Io`], which the worker
 //! implements over its ring and the tests implement with a recording fake. Every handler
 //! returns a [`Next`]. See `LIFECYCLE.md` beside this file for the phases and invariants.
 
 mod end;
 mod http1;
+mod links;
 mod phase;
 mod proxy;
 mod tunnel;
@@ -26,8 +28,9 @@ use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
-use crate::uring::{Chunk, Op, Side, Src};
+use crate::uring::{Chunk, Side, Src};
 pub use end::{AccessLog, End};
+use links::Links;
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
 
 /// Largest response head accepted from an upstream.
@@ -154,12 +157,8 @@ impl Listen {
 /// them.
 #[derive(Debug)]
 pub struct Session {
-    /// The client connection.
-    pub down: Transport,
-    /// The upstream connection (fd -1 between attempts).
-    pub up: Transport,
-    /// Cancel ops in flight for this session.
-    pub cancels: u8,
+    /// The client connection and the upstream connection, and the cancels in flight for them.
+    links: Links,
     phase: Phase,
     /// The configuration this session was accepted under (a reload cannot change it).
     cfg: Arc<Config>,
@@ -172,11 +171,6 @@ pub struct Session {
     end: Option<End>,
     /// Requests answered on this connection.
     served: u32,
-    /// The server (upstream, peer) the upstream socket is counted against in its `active`
-    /// gauge while it is open; `NO_PEER` in both when none.
-    counted: [u16; 2],
-    /// The `limit_conn` zone (index + 1) this connection is counted in; 0: none.
-    limited: u16,
 }
 
 impl Session {
@@ -193,9 +187,7 @@ impl Session {
             _ => Transport::plain(fd),
         };
         Session {
-            down,
-            up: Transport::plain(-1),
-            cancels: 0,
+            links: Links::new(down),
             phase: Phase::Request { head: Vec::new() },
             cfg,
             listen,
@@ -205,8 +197,6 @@ impl Session {
             last_down_ms: now_ms,
             end: None,
             served: 0,
-            counted: [phase::NO_PEER; 2],
-            limited: 0,
         }
     }
 
@@ -229,7 +219,7 @@ impl Session {
 
     /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
     pub fn finished(&self) -> bool {
-        self.phase.is_closing() && self.down.fd() < 0 && self.up.fd() < 0 && self.cancels == 0
+        self.phase.is_closing() && self.links.all_closed()
     }
 
     /// The configuration this session was accepted under.
@@ -243,10 +233,7 @@ impl Session {
     }
 
     fn conn(&mut self, side: Side) -> &mut Transport {
-        match side {
-            Side::Down => &mut self.down,
-            Side::Up => &mut self.up,
-        }
+        self.links.get_mut(side)
     }
 
     // ---- events -------------------------------------------------------------------------
@@ -311,8 +298,8 @@ impl Session {
 
     /// The upstream connect completed.
     pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.up.connect_done();
-        if self.up.retiring() {
+        self.links.up.connect_done();
+        if self.links.up.retiring() {
             return self.after(io, env);
         }
         let Phase::Connecting(x) = &mut self.phase else {
@@ -363,7 +350,7 @@ impl Session {
     /// The upstream connection is open (connected, or taken from the keepalive pool): the
     /// request goes up, the response head is awaited.
     fn upstream_ready(&mut self, io: &mut impl Io) {
-        self.up.mark_ready();
+        self.links.up.mark_ready();
         self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
             Phase::Connecting(mut x) => {
                 x.downward = Downward::Head(Vec::new());
@@ -372,7 +359,7 @@ impl Session {
             other => other,
         };
         self.last_up_ms = io.now_ms();
-        self.up.kick(io, Side::Up);
+        self.links.up.kick(io, Side::Up);
     }
 
     /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an
@@ -390,7 +377,7 @@ impl Session {
 
     /// A cancel completion.
     pub fn on_cancel(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.cancels -= 1;
+        self.links.cancel_done();
         self.after(io, env)
     }
 
@@ -453,7 +440,7 @@ impl Session {
             } => Some(self.phase_ms + LINGER_MS),
             Phase::Respond { .. } | Phase::Closing(_) => None,
         };
-        let send = [&self.down, &self.up]
+        let send = [&self.links.down, &self.links.up]
             .iter()
             .filter(|p| p.sending().is_some() && !self.phase.is_closing())
             .map(|p| p.send_since_ms() + self.send_ms())
@@ -474,7 +461,8 @@ impl Session {
     fn body_deadline(&self) -> Option<u64> {
         match &self.phase {
             Phase::Connecting(x) | Phase::Proxy(x)
-                if matches!(x.upward, Upward::Body(_)) && self.down.recv_state() == Recv::On =>
+                if matches!(x.upward, Upward::Body(_))
+                    && self.links.down.recv_state() == Recv::On =>
             {
                 Some(self.last_down_ms + u64::from(x.req.body_ms))
             }
@@ -492,7 +480,7 @@ impl Session {
             return Next::Continue;
         }
         let send_ms = self.send_ms();
-        let stuck = [&self.down, &self.up]
+        let stuck = [&self.links.down, &self.links.up]
             .iter()
             .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
@@ -520,8 +508,7 @@ impl Session {
                     if let Some(c) = x.connect() {
                         c.timed_out = true;
                     }
-                    self.cancels += 1;
-                    io.cancel(Side::Up, Op::Connect);
+                    self.links.cancel_connect(io);
                     Next::Continue
                 }
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
@@ -546,7 +533,7 @@ impl Session {
         if self.phase.is_closing() || self.conn(side).retiring() {
             // Bytes after a whole response: that connection is not clean to reuse.
             if side == Side::Up {
-                self.up.set_keep(false);
+                self.links.up.set_keep(false);
             }
             io.release(c);
             return Next::Continue;
@@ -628,9 +615,7 @@ impl Session {
 
     /// Queue plaintext on `to` and start sending it.
     fn send_to(&mut self, to: Side, c: Chunk, io: &mut impl Io) {
-        let t = self.conn(to);
-        t.push(io, c);
-        t.kick(io, to);
+        self.links.send(to, c, io);
     }
 
     /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
@@ -650,9 +635,7 @@ impl Session {
         self.conn(side).mark_eof();
         if self.phase.is_tunnel() {
             // Pass the half-close on once what is queued has gone out.
-            let to = self.conn(side.peer());
-            to.shut_after_flush();
-            to.kick(io, side.peer());
+            self.links.half_close(side.peer(), io);
             return Next::Continue;
         }
         match side {
@@ -730,7 +713,7 @@ impl Session {
     fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
         req.status = status;
         self.end.get_or_insert(end);
-        let linger = if self.down.eof() {
+        let linger = if self.links.down.eof() {
             Linger::No
         } else {
             Linger::AfterFlush
@@ -739,7 +722,7 @@ impl Session {
         self.retire(Side::Up, io);
         if status == 0 {
             // `Next::Fail`: no answer of ours, only what the transport queued.
-            self.down.kick(io, Side::Down);
+            self.links.down.kick(io, Side::Down);
             return;
         }
         self.send_built(Side::Down, io, |out| {
@@ -774,8 +757,7 @@ impl Session {
 
     /// Stop using one connection: cancel its ops; it closes when they are all back.
     fn retire(&mut self, side: Side, io: &mut impl Io) {
-        let n = self.conn(side).retire(io, side);
-        self.cancels += n;
+        self.links.retire(side, io);
     }
 
     /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
@@ -785,48 +767,47 @@ impl Session {
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
         // opening was answered where it happened: the phase is Respond by now.)
         if !matches!(self.phase, Phase::Respond { .. } | Phase::Closing(_)) {
-            if self.down.failed() {
+            if self.links.down.failed() {
                 self.close(End::ClientTls("seal"), io);
-            } else if self.up.failed() {
+            } else if self.links.up.failed() {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
         if let Phase::Respond { linger, .. } = &mut self.phase
             && *linger != Linger::On
-            && self.down.flushed()
+            && self.links.down.flushed()
         {
-            if *linger == Linger::AfterFlush && !self.down.eof() && self.down.open() {
+            if *linger == Linger::AfterFlush && !self.links.down.eof() && self.links.down.open() {
                 *linger = Linger::On;
                 self.phase_ms = io.now_ms();
                 // Half-close behind what is queued (a TLS close_notify goes first).
-                self.down.shut_after_flush();
-                self.down.kick(io, Side::Down);
+                self.links.down.shut_after_flush();
+                self.links.down.kick(io, Side::Down);
             } else {
                 let end = self.end.unwrap_or(End::Done);
                 self.close(end, io);
             }
         }
         if self.phase.is_tunnel()
-            && self.down.eof()
-            && self.up.eof()
-            && self.down.flushed()
-            && self.up.flushed()
+            && self.links.down.eof()
+            && self.links.up.eof()
+            && self.links.down.flushed()
+            && self.links.up.flushed()
         {
             self.close(End::Done, io);
         }
-        let cancels = self.cancels;
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
-        self.down.close_when_done(io, cancels, false);
-        if self.up.keep() {
-            let uses = self.up.uses();
-            if let Some(conn) = self.up.detach_when_done(io, cancels, keep) {
+        self.links.close_down_when_done(io);
+        if self.links.up.keep() {
+            let uses = self.links.up.uses();
+            if let Some(conn) = self.links.detach_up_when_done(io, keep) {
                 self.pool_upstream(conn, uses, io, env);
             }
-        } else if self.up.close_when_done(io, cancels, keep) {
+        } else if self.links.close_up_when_done(io, keep) {
             self.uncount_peer();
         }
-        if waiting && self.up.fd() < 0 {
+        if waiting && self.links.up.fd() < 0 {
             let next = self.connect_next(io, env);
             self.apply(next, io);
         }
@@ -848,7 +829,7 @@ impl Session {
     /// Give back the `limit_conn` slot this connection holds (the worker calls it once, at the
     /// session's end; it is idempotent).
     pub fn release_limit(&mut self) {
-        let z = std::mem::take(&mut self.limited);
+        let z = std::mem::take(&mut self.links.limited);
         if let Some(zone) = z
             .checked_sub(1)
             .and_then(|z| self.cfg.conn_zones.get(usize::from(z)))
@@ -861,12 +842,12 @@ impl Session {
     /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
     fn count_peer(&mut self, upstream: usize, peer: usize) {
         self.cfg.upstreams[upstream].peers[peer].state.add();
-        self.counted = [upstream as u16, peer as u16];
+        self.links.counted = [upstream as u16, peer as u16];
     }
 
     /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
     fn pool_upstream(&mut self, conn: Transport, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
-        let [u, p] = self.counted;
+        let [u, p] = self.links.counted;
         match self
             .cfg
             .upstreams
@@ -885,7 +866,7 @@ impl Session {
 
     /// The upstream socket closed: uncount it.
     fn uncount_peer(&mut self) {
-        let [u, p] = std::mem::replace(&mut self.counted, [phase::NO_PEER; 2]);
+        let [u, p] = std::mem::replace(&mut self.links.counted, [phase::NO_PEER; 2]);
         if let Some(peer) = self
             .cfg
             .upstreams
@@ -899,10 +880,7 @@ impl Session {
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
     /// is at its floor.
     fn want_recv(&self, side: Side, pool_low: bool) -> bool {
-        let (p, peer) = match side {
-            Side::Down => (&self.down, &self.up),
-            Side::Up => (&self.up, &self.down),
-        };
+        let (p, peer) = (self.links.get(side), self.links.get(side.peer()));
         if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
             return false;
         }
@@ -935,7 +913,7 @@ impl Session {
         let body = matches!(&self.phase, Phase::Connecting(x) | Phase::Proxy(x) if matches!(x.upward, Upward::Body(_)));
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side, pool_low);
-            if want && side == Side::Down && self.down.recv_state() == Recv::Off && body {
+            if want && side == Side::Down && self.links.down.recv_state() == Recv::Off && body {
                 // The body clock runs only while we read: it restarts when reading resumes.
                 self.last_down_ms = io.now_ms();
             }
@@ -947,18 +925,16 @@ impl Session {
             } else {
                 QUEUE.saturating_sub(waiting).max(1) as u32
             };
-            let n = self.conn(side).sync_recv(io, side, want, buffers);
-            self.cancels += n;
+            self.links.sync_recv(side, io, want, buffers);
         }
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
         let watch = matches!(self.phase, Phase::Connecting(_) | Phase::Proxy(_))
-            && self.down.recv_state() == Recv::Off
-            && self.down.open()
-            && !self.down.eof();
-        let n = self.down.sync_watch(io, Side::Down, watch);
-        self.cancels += n;
+            && self.links.down.recv_state() == Recv::Off
+            && self.links.down.open()
+            && !self.links.down.eof();
+        self.links.sync_watch(Side::Down, io, watch);
     }
 }
 

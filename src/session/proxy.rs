@@ -49,7 +49,7 @@ impl Session {
         if self.cfg.listener_proxy[usize::from(self.listen.index)].is_some() {
             return; // the PROXY header said who the client is
         }
-        let Some(peer) = crate::sys::peer_of(self.down.fd()) else {
+        let Some(peer) = crate::sys::peer_of(self.links.down.fd()) else {
             return;
         };
         let mut client = peer;

@@ -353,9 +353,7 @@ impl Session {
     /// peers have closed theirs (within `CLOSE_WAIT_MS`).
     fn shut_both(&mut self, io: &mut impl Io) {
         for side in [Side::Down, Side::Up] {
-            let p = self.conn(side);
-            p.shut_after_flush();
-            p.kick(io, side);
+            self.links.half_close(side, io);
         }
         if let Phase::Tunnel { req, .. } = &mut self.phase {
             let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
@@ -419,8 +417,8 @@ impl Session {
         for side in [Side::Up, Side::Down] {
             self.inject(side, Inject::GoingAway, false, io);
         }
-        self.down.mark_eof();
-        self.up.mark_eof();
+        self.links.down.mark_eof();
+        self.links.up.mark_eof();
         self.shut_both(io);
         Next::Continue
     }
