@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use super::phase::{Attempt, Connect, Downward, Exchange, Phase, Req, Upward, ms32};
+use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, Observed, RESPONSE_HEAD_MAX,
 };
@@ -13,7 +13,8 @@ use super::{Linger, Session};
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
-use crate::upstream::{Affinity, KeyInput, Pick, Tried};
+use crate::upstream::KeyInput;
+use crate::upstream::attempt::{self, Attempt, GaveUp};
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
@@ -168,14 +169,7 @@ impl Session {
                     uri: &req.path,
                     head: &buf[..req.head_len],
                 };
-                Box::new(Attempt {
-                    tried: Tried::new(u.peers.len()),
-                    affinity: Affinity::new(&u.balance, &input, &mut Vec::new()),
-                    next_when: l.next_upstream.when,
-                    next_tries: l.next_upstream.tries.min(u32::from(u16::MAX)) as u16,
-                    next_ms: ms32(l.next_upstream.timeout),
-                    ..Attempt::default()
-                })
+                Box::new(Attempt::new(u, &l.next_upstream, &input))
             }),
             connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
             read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
@@ -236,17 +230,9 @@ impl Session {
         };
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
-        let idempotent =
-            ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"].contains(&req.method.as_str());
-        let servers = cfg.upstreams[loc.upstream].peers.len();
-        if let Some(a) = r.attempt.as_deref_mut()
-            && req.body == BodyKind::None
-            && idempotent
-            && !a.next_when.is_empty()
-            && a.next_tries != 1
-            && (servers > 1 || cfg.upstreams[loc.upstream].keepalive > 0)
-        {
-            a.resend = Some(out.as_slice().into());
+        if let Some(a) = r.attempt.as_deref_mut() {
+            let body = req.body != BodyKind::None;
+            a.keep_for_resend(&out, &req.method, body, &cfg.upstreams[loc.upstream]);
         }
         self.phase = Phase::Connecting(Exchange {
             req: r,
@@ -294,47 +280,36 @@ impl Session {
         let Some(a) = x.req.attempt.as_deref_mut() else {
             return Next::Respond(502, End::NoUpstream);
         };
-        let now = io.now_ms();
+        let gave_up = |a: &Attempt| match a.gave_up() {
+            GaveUp::Timeout => Next::Respond(504, End::UpstreamTimeout),
+            GaveUp::NoUpstream => Next::Respond(502, End::NoUpstream),
+        };
         // A request that failed on a server goes to the next only within next_upstream's
         // tries and time.
-        let spent = (a.next_tries > 0 && a.count >= a.next_tries)
-            || (a.next_ms > 0 && a.count > 0 && now >= started_ms + u64::from(a.next_ms));
-        let gave_up = |a: &Attempt| match a.last_fail {
-            Some(Failure::Timeout) => Next::Respond(504, End::UpstreamTimeout),
-            _ => Next::Respond(502, End::NoUpstream),
-        };
-        if spent {
+        if a.spent(started_ms, io.now_ms()) {
             return gave_up(a);
         }
         let rr = &mut env.balancers.of(&self.cfg)[ui];
         loop {
-            let pick = Pick {
-                tried: &a.tried,
-                now: clock_ms(),
-                client: self.client.ip(),
-                affinity: &mut a.affinity,
-            };
-            let Some(i) = rr.pick(u, pick) else {
-                if a.count == 0 {
+            let Some(i) = a.pick(rr, u, self.client.ip(), clock_ms()) else {
+                if a.count() == 0 {
                     tracing::warn!(target: "upstream", "no live server in upstream {:?}", u.name);
                 }
                 return gave_up(a);
             };
-            a.count += 1;
-            a.tried.mark(i);
             x.req.peer = i as u16;
             if u.keepalive > 0
                 && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
             {
-                // An idle connection to this server: the request goes up on it at once.
+                // An idle connection to this server: the request goes up on it at once (the
+                // head again, after a server failed once it had it).
                 self.links.up.adopt(io, kept.conn);
-                a.cached = true;
-                if let (true, Some(head)) = (resend, &a.resend) {
-                    let mut v = io.scratch();
-                    v.extend_from_slice(head);
-                    let c = io.put(v);
-                    self.links.up.push(io, c);
-                }
+                a.set_cached(true);
+                push_copy(
+                    &mut self.links.up,
+                    resend.then(|| a.resend_head()).flatten(),
+                    io,
+                );
                 self.links
                     .up
                     .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
@@ -342,7 +317,7 @@ impl Session {
                 self.upstream_ready(io);
                 return Next::Continue;
             }
-            a.cached = false;
+            a.set_cached(false);
             let source = rr.next_source(u);
             match io.connect(u.peers[i].addr, source) {
                 Ok(fd) => {
@@ -357,12 +332,11 @@ impl Session {
                         crate::http::proxy::v2_header(self.client, dst)
                     });
                     let r = self.links.up.reset_fd(io, fd, tls, preface);
-                    if let (true, Some(head)) = (resend, &a.resend) {
-                        let mut v = io.scratch();
-                        v.extend_from_slice(head);
-                        let c = io.put(v);
-                        self.links.up.push(io, c);
-                    }
+                    push_copy(
+                        &mut self.links.up,
+                        resend.then(|| a.resend_head()).flatten(),
+                        io,
+                    );
                     self.links.up.connect_started();
                     self.links.up.set_uses(1);
                     self.count_peer(ui, i);
@@ -389,20 +363,9 @@ impl Session {
         let Some(r) = self.phase.req_mut() else {
             return false;
         };
-        let retry = r.attempt.as_deref_mut().is_some_and(|a| {
-            a.last_fail = Some(kind);
-            a.next_when.contains(kind)
-        });
-        if let Some(p) = self.peer()
-            && p.failure(clock_ms())
-        {
-            tracing::warn!(
-                target: "upstream",
-                "server {} taken out for {} after {} failure(s)",
-                p.addr,
-                crate::config::fmt_duration(p.fail_timeout),
-                p.max_fails
-            );
+        let retry = r.attempt.as_deref_mut().is_some_and(|a| a.failed(kind));
+        if let Some(p) = self.peer() {
+            attempt::count_failure(p, clock_ms());
         }
         retry
     }
@@ -426,23 +389,26 @@ impl Session {
     /// See [`Session::upstream_failed`]; true when the request goes to the next server.
     pub(super) fn retry_next(&mut self, kind: Failure, io: &mut impl Io) -> bool {
         // A kept connection the server closed (or reset) before answering: not the server's
-        // failure; the request goes again, to the same server if it is picked, on a fresh or
-        // another kept connection (each kept one is tried once).
-        let mut cached = false;
-        if let Phase::Proxy(x) = &mut self.phase
-            && let Some(a) = x.req.attempt.as_mut()
-            && std::mem::take(&mut a.cached)
-            && kind == Failure::Error
-        {
-            a.tried.unmark(usize::from(x.req.peer));
-            a.count = a.count.saturating_sub(1);
-            cached = true;
-        }
-        let retry = cached || self.server_failed(kind);
+        // failure (the attempt undoes its pick); the request goes again.
+        let pooled = match &mut self.phase {
+            Phase::Proxy(x) => {
+                let peer = usize::from(x.req.peer);
+                x.req
+                    .attempt
+                    .as_mut()
+                    .is_some_and(|a| a.pool_failed(peer, kind))
+            }
+            _ => false,
+        };
+        let retry = pooled || self.server_failed(kind);
         let Phase::Proxy(x) = &mut self.phase else {
             return false;
         };
-        let resend = x.req.attempt.as_ref().is_some_and(|a| a.resend.is_some());
+        let resend = x
+            .req
+            .attempt
+            .as_ref()
+            .is_some_and(|a| a.resend_head().is_some());
         if !retry || !resend || x.req.responded {
             return false;
         }
@@ -469,10 +435,8 @@ impl Session {
             return;
         };
         r.attempt = None;
-        if let Some(p) = self.peer()
-            && p.success()
-        {
-            tracing::info!(target: "upstream", "server {} answers again", p.addr);
+        if let Some(p) = self.peer() {
+            attempt::count_success(p);
         }
     }
 
@@ -531,8 +495,7 @@ impl Session {
                 self.send_to(Side::Down, c, io);
                 continue;
             }
-            let named = Failure::of_status(resp.status)
-                .filter(|f| r.attempt.as_ref().is_some_and(|a| a.next_when.contains(*f)));
+            let named = r.attempt.as_ref().and_then(|a| a.names_status(resp.status));
             if let Some(f) = named {
                 // A 502/503/504 that next_upstream names: a failure of this server; the next
                 // one gets the request if it can, else this answer goes to the client.
@@ -793,5 +756,15 @@ fn take_limits(
                 crate::limits::Verdict::Refuse => Err(lr.status),
             }
         }
+    }
+}
+
+/// Queue a copy of `head` (the request head kept to send again), if any, on `up`.
+fn push_copy(up: &mut super::Transport, head: Option<&[u8]>, io: &mut impl Io) {
+    if let Some(head) = head {
+        let mut v = io.scratch();
+        v.extend_from_slice(head);
+        let c = io.put(v);
+        up.push(io, c);
     }
 }

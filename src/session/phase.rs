@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::http::BodyTracker;
-use crate::upstream::{Affinity, Tried};
+use crate::upstream::attempt::Attempt;
 use crate::ws::FrameTracker;
 
 /// Where a session stands, with what that phase owns.
@@ -85,32 +85,6 @@ pub(super) struct Exchange {
     pub upward: Upward,
     /// What bytes from the upstream are now.
     pub downward: Downward,
-}
-
-/// What choosing a server for one request and going on to the next needs; boxed in the
-/// request from routing until a server answered, so a tunnel does not carry it.
-#[derive(Debug, Default)]
-pub(super) struct Attempt {
-    /// Servers tried.
-    pub tried: Tried,
-    /// The hash balancers' state, kept across retries.
-    pub affinity: Affinity,
-    /// Servers tried so far.
-    pub count: u16,
-    /// The location's `next_upstream`: conditions, most tries (0: no limit), how long after
-    /// the request's start a next server may still be tried (0: no limit).
-    pub next_when: crate::config::upstream::Failures,
-    pub next_tries: u16,
-    pub next_ms: u32,
-    /// The last failure, for the answer when no server is left.
-    pub last_fail: Option<crate::config::upstream::Failure>,
-    /// The connection in use came from the keepalive pool (its failure before an answer is
-    /// the pool's, not the server's: the request goes again on a fresh connection).
-    pub cached: bool,
-    /// The request head as sent upstream, kept while the request may still go to another
-    /// server after it went up (no body, an idempotent method, `next_upstream` on, more than
-    /// one server).
-    pub resend: Option<Box<[u8]>>,
 }
 
 /// Bytes from the client during an exchange.

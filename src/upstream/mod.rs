@@ -2,6 +2,7 @@
 //! hash (plain or consistent) over the usable primary servers, the backup servers only when
 //! no primary can be used for this request.
 
+pub mod attempt;
 mod hash;
 pub mod health;
 pub mod pool;
