@@ -158,3 +158,37 @@ fn escaped_slashes_and_trailing_dots_do_not_escape_limits() {
     assert_eq!(get("127.0.0.23", "b.example.", "/health"), 200);
     assert_eq!(get("127.0.0.23", "b.example", "/health"), 429);
 }
+
+/// `max_frame_size`: frames up to it pass both ways; a larger one from the client ends the
+/// tunnel with Close 1009 to the client (tungstenite reads it) and 1001 to the upstream; a
+/// larger one from the upstream ends it with Close 1001 to the client. Logged with its side.
+#[test]
+fn max_frame_size_ends_a_tunnel_with_1009() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack("max-frame", "max_frame_size = \"1k\"", "", "");
+    let read_close = |ws: &mut Ws| -> Option<u16> {
+        loop {
+            match ws.read() {
+                Ok(tungstenite::Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(e) => panic!("no Close frame: {e}"),
+            }
+        }
+    };
+    // From the client.
+    let mut ws = st.ws("/ws/");
+    ws_echo(&mut ws, vec![1; 1024]);
+    ws.send(tungstenite::Message::binary(vec![2u8; 1025]))
+        .unwrap();
+    assert_eq!(read_close(&mut ws), Some(1009));
+    st.proxy.wait_log("ws end=frame-too-large\n", 10);
+    // From the upstream: /push sends 64 KiB frames.
+    let mut ws = st.ws("/push?bytes=100000");
+    assert_eq!(read_close(&mut ws), Some(1001));
+    st.proxy.wait_log("end=frame-too-large:upstream", 10);
+    // Other tunnels go on.
+    let mut ws = st.ws("/ws/");
+    ws_echo(&mut ws, b"still fine".to_vec());
+}

@@ -143,6 +143,8 @@ pub struct Location {
     pub limit_req: Option<limits::LimitReq>,
     /// Pings toward idle tunnel peers.
     pub heartbeat: Option<Heartbeat>,
+    /// The largest WebSocket frame payload a tunnel passes, either way (bytes).
+    pub max_frame_size: Option<u64>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
 }
@@ -730,6 +732,9 @@ impl Config {
                     n.tries,
                     fmt_duration(n.timeout)
                 );
+                if let Some(max) = l.max_frame_size {
+                    let _ = writeln!(o, "    max_frame_size={max}B");
+                }
                 if let Some(c) = l.limit_conn {
                     let _ = writeln!(
                         o,

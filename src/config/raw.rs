@@ -204,4 +204,5 @@ pub struct Location {
     pub limit_conn: Option<Spanned<LimitConn>>,
     pub limit_req: Option<Spanned<LimitReq>>,
     pub heartbeat: Option<Spanned<Heartbeat>>,
+    pub max_frame_size: Option<Spanned<toml::Value>>,
 }

@@ -309,6 +309,16 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                     None => None,
                     Some(h) => Some(heartbeat(cx, &lf, h.get_ref())?),
                 },
+                max_frame_size: match &l.max_frame_size {
+                    None => None,
+                    Some(v) => {
+                        let field = format!("{lf}.max_frame_size");
+                        match cx.size(&l.max_frame_size, &field, 0)? {
+                            0 => return Err(cx.err(v.span(), field, "must be more than 0")),
+                            n => Some(n),
+                        }
+                    }
+                },
                 stats: LocationStats::default(),
             });
         }

@@ -57,6 +57,8 @@ pub enum End {
     HeartbeatTimeout(Side),
     /// Shutdown: the proxy's Close went to the client and the close handshake completed.
     Drained,
+    /// A WebSocket frame over the location's `max_frame_size` came from that side.
+    FrameTooLarge(Side),
 }
 
 impl fmt::Display for End {
@@ -87,6 +89,8 @@ impl fmt::Display for End {
             End::HeartbeatTimeout(Side::Down) => write!(f, "heartbeat-timeout"),
             End::HeartbeatTimeout(Side::Up) => write!(f, "heartbeat-timeout:upstream"),
             End::Drained => write!(f, "drained"),
+            End::FrameTooLarge(Side::Down) => write!(f, "frame-too-large"),
+            End::FrameTooLarge(Side::Up) => write!(f, "frame-too-large:upstream"),
         }
     }
 }
@@ -150,7 +154,7 @@ impl End {
         match self {
             End::ClientClosed | End::ClientError(_) => Some(Side::Down),
             End::UpstreamClosed | End::UpstreamError(_) => Some(Side::Up),
-            End::HeartbeatTimeout(side) => Some(*side),
+            End::HeartbeatTimeout(side) | End::FrameTooLarge(side) => Some(*side),
             _ => None,
         }
     }
@@ -194,10 +198,11 @@ impl End {
         "limited",
         "heartbeat-timeout",
         "drained",
+        "frame-too-large",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 24;
+    pub const KINDS: usize = 25;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -226,6 +231,7 @@ impl End {
             End::Limited => 21,
             End::HeartbeatTimeout(_) => 22,
             End::Drained => 23,
+            End::FrameTooLarge(_) => 24,
         }
     }
 }
@@ -261,6 +267,7 @@ mod tests {
             End::Limited,
             End::HeartbeatTimeout(Side::Up),
             End::Drained,
+            End::FrameTooLarge(Side::Down),
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

@@ -158,10 +158,15 @@ impl Session {
             keep_alive: req.keep_alive,
             is_head: req.is_head(),
             upstream: route.map_or(0, |l| l.upstream as u16),
-            ctl: route
-                .and_then(|l| l.heartbeat.as_ref())
-                .filter(|_| !upgrade.is_empty())
-                .map(|hb| Box::new(super::phase::Control::new(Some(hb)))),
+            // A tunnel's control: its heartbeats and its filters, only when it has either.
+            ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
+                let filter = super::filter::for_location(l);
+                (l.heartbeat.is_some() || filter.is_some()).then(|| {
+                    let mut k = super::phase::Control::new(l.heartbeat.as_ref());
+                    k.filter = filter;
+                    Box::new(k)
+                })
+            }),
             attempt: route.map(|l| {
                 let u = &cfg.upstreams[l.upstream];
                 let input = KeyInput {

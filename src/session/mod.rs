@@ -12,6 +12,7 @@
 //! returns a [`Next`]. See `LIFECYCLE.md` beside this file for the phases and invariants.
 
 mod end;
+mod filter;
 mod http1;
 mod links;
 mod phase;

@@ -60,6 +60,9 @@ pub(super) struct Control {
     pub closed_ms: u64,
     /// The client's Close reply has passed up: the close handshake is complete.
     pub replied: bool,
+    /// The location's policy at frame boundaries (`filter.rs`), if any: while there is one,
+    /// every frame's header is shown to it before the frame goes on.
+    pub filter: Option<Box<dyn super::filter::FrameFilter>>,
 }
 
 /// `Control::op` before the slow path has seen the frame's header.
@@ -75,6 +78,8 @@ pub(super) enum Inject {
     Drain,
     /// Close 1001 to a peer whose other side stopped answering heartbeats.
     GoingAway,
+    /// A Close a filter asked for (`filter::Verdict::Close`).
+    Close(u16, &'static str),
 }
 
 /// A request on its way: from the parsed head to the end of the response.

@@ -1226,3 +1226,112 @@ fn the_tunnel_knows_where_frames_end_in_any_split() {
         assert!(sim.io.wire[idx(Side::Down)].ends_with(&down), "seed {seed}");
     }
 }
+
+/// The tunnel's filter hook: a policy of the test's own (a toy that lets N frames from the
+/// client through, then ends the tunnel), plugged in as a `FrameFilter` without a line of the
+/// tunnel changing: every frame before it goes on byte-exact whatever the split, the refused
+/// frame and everything after it do not, each side gets its Close, and the tunnel ends with
+/// the filter's reason.
+#[test]
+fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
+    use super::filter::{FrameFilter, Verdict};
+    use crate::ws::{self, FrameHeader, opcode};
+
+    #[derive(Debug)]
+    struct Toy {
+        left: u32,
+        seen: std::rc::Rc<std::cell::Cell<u32>>,
+    }
+    impl FrameFilter for Toy {
+        fn frame(&mut self, from: Side, _h: &FrameHeader, _now: u64) -> Verdict {
+            self.seen.set(self.seen.get() + 1);
+            if from == Side::Up || self.left > 0 {
+                self.left = self.left.saturating_sub(u32::from(from == Side::Down));
+                return Verdict::Pass;
+            }
+            Verdict::Close {
+                offender: 1008,
+                other: 1001,
+                reason: "toy",
+                end: End::FrameTooLarge(from),
+            }
+        }
+    }
+
+    for seed in 1..60u64 {
+        let mut sim = Sim::new(seed);
+        sim.deliver(Side::Down, UPGRADE);
+        sim.run(true);
+        sim.deliver(Side::Up, SWITCH);
+        sim.run(true);
+        let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+        let Phase::Tunnel { req, .. } = &mut sim.s.phase else {
+            panic!("seed {seed}: not a tunnel");
+        };
+        let mut k = super::phase::Control::new(None);
+        k.filter = Some(Box::new(Toy {
+            left: 3,
+            seen: seen.clone(),
+        }));
+        req.ctl = Some(Box::new(k));
+        // Three frames pass (in random pieces), the fourth is refused with what follows it.
+        let mut passed = Vec::new();
+        for i in 0..3u8 {
+            passed.extend(ws::frame(
+                opcode::TEXT,
+                &vec![b'a' + i; 10 + usize::from(i) * 200],
+                Some([1, 2, 3, 4]),
+            ));
+        }
+        let mut all = passed.clone();
+        all.extend(ws::frame(opcode::BINARY, &[9; 50], Some([1, 2, 3, 4])));
+        all.extend(ws::frame(opcode::TEXT, b"after", Some([1, 2, 3, 4])));
+        let before = sim.io.wire[idx(Side::Up)].len();
+        let mut at = 0;
+        for _ in 0..10_000 {
+            if at == all.len() || sim.s.stage() != Stage::Tunnel {
+                break;
+            }
+            if sim.io.recv_armed[idx(Side::Down)] {
+                let n = (1 + sim.rand(300) as usize).min(all.len() - at);
+                sim.deliver(Side::Down, &all[at..at + n]);
+                at += n;
+            }
+            sim.run(true);
+        }
+        // The upstream got the three frames, then a masked Close 1001, nothing else.
+        let up = sim.io.wire[idx(Side::Up)][before..].to_vec();
+        assert!(
+            up.starts_with(&passed),
+            "seed {seed}: the passed frames, byte-exact"
+        );
+        let rest = &up[passed.len()..];
+        let h = ws::parse_header(rest).unwrap().unwrap();
+        assert_eq!(h.opcode, opcode::CLOSE, "seed {seed}");
+        let mut payload = rest[h.header_len..h.header_len + h.len as usize].to_vec();
+        ws::apply_mask(&mut payload, h.mask.expect("masked toward the upstream"), 0);
+        assert_eq!(&payload[..2], &1001u16.to_be_bytes(), "seed {seed}");
+        assert_eq!(
+            rest.len(),
+            h.header_len + h.len as usize,
+            "seed {seed}: nothing after"
+        );
+        // The client got its Close 1008 (the stream toward it was at a boundary).
+        let down = &sim.io.wire[idx(Side::Down)];
+        let close = ws::frame(opcode::CLOSE, &ws::close_payload(1008, "toy"), None);
+        assert!(down.ends_with(&close), "seed {seed}");
+        assert_eq!(
+            seen.get(),
+            4,
+            "seed {seed}: shown every frame up to the refused one"
+        );
+        // Both sides were shut once their Closes went out: the session has ended by itself.
+        sim.run(true);
+        sim.assert_clean();
+        assert_eq!(
+            sim.io.logs,
+            vec!["GET /ws/chat 101 frame-too-large"],
+            "seed {seed}"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use super::filter::Verdict;
 use super::phase::{Control, Inject, NO_OP, Phase, ms32};
 use super::{End, Io, Next, Session, Shut};
 use crate::config::Heartbeat;
@@ -72,6 +73,7 @@ impl Control {
         self.want[i] != Inject::None
             || self.expect[i] != 0
             || self.gathering[i]
+            || self.filter.is_some()
             || self.closed[1 - i]
             || (side == Side::Down && self.closed[0])
     }
@@ -149,6 +151,7 @@ impl Control {
             }
             Inject::Drain => (opcode::CLOSE, ws::close_payload(drain.0, drain.1)),
             Inject::GoingAway => (opcode::CLOSE, ws::close_payload(1001, "heartbeat timeout")),
+            Inject::Close(code, reason) => (opcode::CLOSE, ws::close_payload(code, reason)),
         };
         if op == opcode::CLOSE {
             self.closed[j] = true;
@@ -178,8 +181,11 @@ fn ours(frame: &[u8], tag: u64) -> Option<bool> {
 }
 
 /// The slow path over `data` from `side`: copy what goes on into `out`, frame by frame; put
-/// the waiting frame at the first boundary; hold a Pong until it is known to be ours (then
-/// drop it); note the client's Close reply; drop what follows a Close of ours.
+/// the waiting frame at the first boundary; show each frame's header to the filter, if any,
+/// before the frame goes on; hold a Pong until it is known to be ours (then drop it); note the
+/// client's Close reply; drop what follows a Close of ours. A filter that ends the tunnel: its
+/// Close toward the other side goes where the refused frame would have, nothing of the frame
+/// or after it goes on, and the verdict is returned.
 fn pass(
     t: &mut FrameTracker,
     k: &mut Control,
@@ -188,7 +194,7 @@ fn pass(
     out: &mut Vec<u8>,
     now: u64,
     drain: (u16, &str),
-) {
+) -> Option<Verdict> {
     let i = from(side);
     loop {
         if k.want[i] != Inject::None && t.at_boundary() && !t.lost() {
@@ -196,14 +202,15 @@ fn pass(
         }
         if data.is_empty() || k.closed[1 - i] {
             // What follows a Close of ours toward the other side is not sent.
-            return;
+            return None;
         }
         if t.lost() {
             out.extend_from_slice(data);
-            return;
+            return None;
         }
-        if t.at_boundary() && k.expect[i] != 0 {
-            // A frame starts: held until its header says whether it can be our Pong.
+        if t.at_boundary() && (k.expect[i] != 0 || k.filter.is_some()) {
+            // A frame starts: held until its header is whole (the filter's verdict, whether it
+            // can be our Pong).
             k.gathering[i] = true;
         }
         let mut mine = k.gathering[i];
@@ -216,13 +223,22 @@ fn pass(
                     k.stop_gathering(i, Some(out));
                 }
                 out.extend_from_slice(data);
-                return;
+                return None;
             }
         };
         let bytes = &data[..s.used];
         if let Piece::Header(h) = s.piece {
             k.op[i] = h.opcode;
-            if mine && h.opcode != opcode::PONG {
+            let verdict = k.filter.as_mut().map(|f| f.frame(side, &h, now));
+            if let Some(v @ Verdict::Close { other, reason, .. }) = verdict {
+                // Refused: what was held of its header is dropped, the other side's Close
+                // goes here, at this boundary, and nothing more of this stream goes on.
+                k.stop_gathering(i, None);
+                k.want[i] = Inject::Close(other, reason);
+                k.put(side, now, drain, out);
+                return Some(v);
+            }
+            if mine && (h.opcode != opcode::PONG || k.expect[i] == 0) {
                 k.stop_gathering(i, Some(out));
                 mine = false;
             }
@@ -267,7 +283,7 @@ impl Session {
                 let mut out = io.scratch();
                 let rt = &self.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
-                pass(t, k, side, io.data_of(c), &mut out, now, drain);
+                let verdict = pass(t, k, side, io.data_of(c), &mut out, now, drain);
                 let replied = !replied && k.replied;
                 io.release(c);
                 if out.is_empty() {
@@ -279,6 +295,15 @@ impl Session {
                 if replied {
                     self.end.get_or_insert(End::Drained);
                     self.shut_both(io);
+                }
+                if let Some(Verdict::Close {
+                    offender,
+                    reason,
+                    end,
+                    ..
+                }) = verdict
+                {
+                    self.refused(side, offender, reason, end, io);
                 }
             }
             _ => {
@@ -403,6 +428,25 @@ impl Session {
             }
         }
         Next::Continue
+    }
+
+    /// A filter refused a frame from `offender` (the other side's Close is on its way): the
+    /// offender gets a Close with `code` where its stream stands at a frame boundary now, and
+    /// the tunnel ends once that is flushed.
+    fn refused(
+        &mut self,
+        offender: Side,
+        code: u16,
+        reason: &'static str,
+        end: End,
+        io: &mut impl Io,
+    ) {
+        tracing::debug!("{}: {end} ({reason})", self.client);
+        self.end.get_or_insert(end);
+        self.inject(offender.peer(), Inject::Close(code, reason), false, io);
+        self.links.down.mark_eof();
+        self.links.up.mark_eof();
+        self.shut_both(io);
     }
 
     /// `silent` did not answer a ping within `heartbeat.timeout`: both sides get a Close 1001
