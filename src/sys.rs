@@ -66,20 +66,6 @@ pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i
     Ok(sock.into_raw_fd())
 }
 
-/// A non-blocking TCP socket whose connect to `to` has started (for the health checker's
-/// poll loop): done or failed once it polls writable.
-pub fn tcp_socket_nonblocking(to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
-    let sock = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_nonblocking(true)?;
-    let _ = sock.set_tcp_nodelay(true);
-    match sock.connect(&to.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(sock.into())
-}
-
 /// Take an fd returned by an accept completion: TCP_NODELAY set, and the peer's address.
 pub fn accepted(fd: RawFd) -> (RawFd, SocketAddr) {
     use std::os::fd::IntoRawFd;

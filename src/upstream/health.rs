@@ -5,14 +5,15 @@
 //! The result is an atomic in the server's shared state, which the workers read when they
 //! choose. Established tunnels are never touched. Transitions are logged once each.
 //!
-//! Sockets are non-blocking and driven by one `poll(2)`, at most `IN_FLIGHT` at once, each
-//! under the check's `timeout`, so a thousand servers, some of them black holes, cost one
-//! thread and a few hundred descriptors at most.
+//! The probes run on a reactor of their own — the same io_uring event loop as the workers' and
+//! the admin endpoint's: a connect, the request (through the same transport as the workers'
+//! upstream connections, so TLS is ringway's own records over rustls's handshake), the answer
+//! into pool buffers, a deadline on the timer wheel. At most `IN_FLIGHT` at once, each under
+//! the check's `timeout`, so a thousand servers, some of them black holes, cost one thread and
+//! a few hundred descriptors at most.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ use std::time::{Duration, Instant};
 use crate::config::upstream::Health;
 use crate::config::{Config, HealthCheck};
 use crate::live::Live;
+use crate::reactor::{Handler, Reactor, RingSys, Sent, Sys};
+use crate::tls::{Fail, Transport};
+use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED};
 
 /// Probes in flight at once (the rest wait for the next turn).
 pub const IN_FLIGHT: usize = 256;
@@ -36,8 +40,40 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ringway-health".into())
-        .spawn(move || Checker::default().run(&live, &stop))
+        .spawn(move || {
+            // The ring is made on the thread that uses it (SINGLE_ISSUER).
+            let ring = match Ring::new(RingConfig {
+                sq_entries: 512,
+                buffers: 256,
+                buf_size: 4096,
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("health checks cannot run: setting up io_uring: {e}");
+                    return;
+                }
+            };
+            let mut r = Reactor::new(ring, IN_FLIGHT, TICK_MS, 256);
+            let mut checker = Checker::default();
+            if let Err(e) = checker.run(&mut r, &live, &stop) {
+                tracing::error!("health checks stopped: {e}");
+            }
+            let fds: Vec<i32> = r
+                .slots
+                .keys()
+                .into_iter()
+                .filter_map(|k| r.slots.get_any_mut(k).map(|(_, p)| p.conn.fd()))
+                .filter(|fd| *fd >= 0)
+                .collect();
+            // The ring cancels and drains what is in flight as it drops; then the sockets close.
+            drop(r);
+            for fd in fds {
+                let _ = nix::unistd::close(fd);
+            }
+        })
 }
+
+const TICK_MS: u64 = 50;
 
 /// One server's record between probes.
 #[derive(Clone, Copy)]
@@ -54,25 +90,29 @@ struct Checker {
     cfg: Option<Arc<Config>>,
     /// Per upstream, per server of `cfg` (empty for an upstream without checks).
     tracks: Vec<Vec<Track>>,
-    probes: Vec<Probe>,
     /// When a probe is next due (`start_due` has nothing to do before).
     earliest: Option<Instant>,
+    /// Probes whose outcome is known and whose socket has closed: recorded after the turn.
+    done: Vec<(Arc<Config>, (usize, usize), Outcome)>,
 }
 
-/// One probe in flight.
+/// One probe in flight: a reactor slot.
 struct Probe {
     /// The configuration it was started under and the server in it.
     cfg: Arc<Config>,
     at: (usize, usize),
-    sock: std::net::TcpStream,
-    tls: Option<rustls::ClientConnection>,
-    connected: bool,
-    /// What is left to send (plain).
-    out: Vec<u8>,
+    conn: Transport,
+    cancels: u8,
+    /// A check without a request: connecting is the whole check.
+    connect_only: bool,
     answer: Vec<u8>,
-    deadline: Instant,
+    /// When it fails for want of an answer (reactor ms), and its timer entry.
+    deadline_ms: u64,
+    /// Decided: the socket is being closed.
+    outcome: Option<Outcome>,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     Pending,
     Pass,
@@ -80,16 +120,25 @@ enum Outcome {
 }
 
 impl Checker {
-    fn run(mut self, live: &Live, stop: &AtomicBool) {
+    fn run(
+        &mut self,
+        r: &mut Reactor<Probe>,
+        live: &Live,
+        stop: &AtomicBool,
+    ) -> std::io::Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let cfg = live.config();
             if !self.cfg.as_ref().is_some_and(|c| Arc::ptr_eq(c, &cfg)) {
                 self.follow(cfg);
             }
-            self.start_due();
+            self.start_due(r);
             let wait = self.next_wake().min(Duration::from_millis(200));
-            self.poll(wait);
+            r.turn(self, wait)?;
+            for (cfg, at, o) in std::mem::take(&mut self.done) {
+                self.finish(&cfg, at, o);
+            }
         }
+        Ok(())
     }
 
     /// A configuration came into force: tracks for its servers, carried over by upstream name
@@ -148,7 +197,7 @@ impl Checker {
     }
 
     /// Start the probes that are due.
-    fn start_due(&mut self) {
+    fn start_due(&mut self, r: &mut Reactor<Probe>) {
         let now = Instant::now();
         if self.earliest.is_none_or(|e| e > now) {
             return;
@@ -163,16 +212,15 @@ impl Checker {
                 if t.busy {
                     continue;
                 }
-                if t.next > now || self.probes.len() >= IN_FLIGHT {
+                if t.next > now || r.slots.len() >= IN_FLIGHT {
                     earliest = Some(earliest.map_or(t.next, |e| e.min(t.next)));
                     continue;
                 }
                 t.busy = true;
                 t.next = (t.next + h.interval).max(now);
                 let target = SocketAddr::new(p.addr.ip(), h.port.unwrap_or(p.addr.port()));
-                match Probe::start(&cfg, (ui, pi), target) {
-                    Ok(probe) => self.probes.push(probe),
-                    Err(why) => failed.push(((ui, pi), why)),
+                if let Err(why) = Probe::start(r, &cfg, (ui, pi), target) {
+                    failed.push(((ui, pi), why));
                 }
             }
         }
@@ -182,58 +230,12 @@ impl Checker {
         }
     }
 
+    /// How long until a probe is due (probes in flight wake the loop themselves).
     fn next_wake(&self) -> Duration {
         let now = Instant::now();
-        let deadlines = self.probes.iter().map(|p| p.deadline);
-        self.earliest
-            .into_iter()
-            .chain(deadlines)
-            .min()
-            .map_or(Duration::from_millis(200), |t| {
-                t.saturating_duration_since(now)
-            })
-    }
-
-    fn poll(&mut self, wait: Duration) {
-        use nix::poll::{PollFd, PollTimeout, poll};
-        let mut fds: Vec<PollFd<'_>> = self
-            .probes
-            .iter()
-            .map(|p| PollFd::new(p.sock.as_fd(), p.interest()))
-            .collect();
-        let ms =
-            PollTimeout::try_from(wait.as_millis().min(1000) as u32).unwrap_or(PollTimeout::ZERO);
-        if fds.is_empty() {
-            std::thread::sleep(wait);
-        } else {
-            let _ = poll(&mut fds, ms);
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        drop(fds);
-        let now = Instant::now();
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.probes.len());
-        for (p, &r) in self.probes.iter_mut().zip(&ready) {
-            let o = if r { p.progress() } else { Outcome::Pending };
-            outcomes.push(match o {
-                Outcome::Pending if now >= p.deadline => Outcome::Fail(format!(
-                    "no answer within {}",
-                    crate::config::fmt_duration(p.check().timeout)
-                )),
-                o => o,
-            });
-        }
-        // From the end, so each swap_remove brings in a probe already looked at.
-        for i in (0..outcomes.len()).rev() {
-            let o = std::mem::replace(&mut outcomes[i], Outcome::Pending);
-            if matches!(o, Outcome::Pending) {
-                continue;
-            }
-            let p = self.probes.swap_remove(i);
-            self.finish(&p.cfg, p.at, o);
-        }
+        self.earliest.map_or(Duration::from_millis(200), |t| {
+            t.saturating_duration_since(now)
+        })
     }
 
     /// Record a probe's result on server `at` of `cfg`; log the transitions.
@@ -274,36 +276,67 @@ impl Checker {
 }
 
 impl Probe {
-    fn start(cfg: &Arc<Config>, at: (usize, usize), target: SocketAddr) -> Result<Probe, String> {
+    /// Connect to `target` for server `at` of `cfg`, the request queued behind the connect (a
+    /// PROXY header first when the upstream wants one, below TLS).
+    fn start(
+        r: &mut Reactor<Probe>,
+        cfg: &Arc<Config>,
+        at: (usize, usize),
+        target: SocketAddr,
+    ) -> Result<(), String> {
         let u = &cfg.upstreams[at.0];
         let h = u.health_check.as_ref().ok_or("no health_check")?;
-        let sock =
-            crate::sys::tcp_socket_nonblocking(target).map_err(|e| format!("socket: {e}"))?;
-        let tls = match &u.tls {
-            None => None,
-            Some(t) => {
-                let mut c =
-                    rustls::ClientConnection::new(t.config.clone(), t.name_for(target.ip()))
-                        .map_err(|e| format!("TLS: {e}"))?;
-                if let Some(r) = &h.request {
-                    let _ = c.writer().write_all(r);
-                }
-                Some(c)
-            }
-        };
-        Ok(Probe {
+        let now = r.now_ms();
+        let deadline_ms = now + h.timeout.as_millis() as u64;
+        let (slot, generation) = r.slots.insert(|_, _| Probe {
             cfg: cfg.clone(),
             at,
-            out: match (&tls, &h.request) {
-                (None, Some(r)) => r.clone(),
-                _ => Vec::new(),
-            },
-            sock,
-            tls,
-            connected: false,
+            conn: Transport::plain(-1),
+            cancels: 0,
+            connect_only: h.request.is_none(),
             answer: Vec::new(),
-            deadline: Instant::now() + h.timeout,
-        })
+            deadline_ms,
+            outcome: None,
+        });
+        r.wheel.insert((slot, generation), deadline_ms);
+        let Some((_, p, mut sys)) = r.split(slot, Some(generation)) else {
+            return Err("no slot".into());
+        };
+        let started = (|| {
+            let fd = sys
+                .connect(target, None)
+                .map_err(|e| format!("socket: {}", crate::sys::errno_name(e)))?;
+            let tls = u
+                .tls
+                .as_ref()
+                .map(|t| (t.config.clone(), t.name_for(target.ip())));
+            // The server wants a PROXY header on every connection: a LOCAL one (a check of the
+            // proxy's own, no client).
+            let preface = u.proxy_protocol.then(crate::http::proxy::v2_local);
+            let r = p.conn.reset_fd(&mut sys, fd, tls, preface);
+            p.conn.connect_started();
+            r.map_err(|e| format!("TLS: {e}"))?;
+            if let Some(req) = &h.request {
+                let mut v = sys.scratch();
+                v.extend_from_slice(req);
+                let c = sys.put(v);
+                p.conn.push(&mut sys, c);
+            }
+            Ok(())
+        })();
+        if let Err(why) = started {
+            p.outcome = Some(Outcome::Fail(why));
+        }
+        let gone = p.settle(&mut sys);
+        if gone {
+            let p = r.slots.remove(slot);
+            r.wheel.remove((slot, generation), deadline_ms);
+            // Nothing was in flight: a socket that could not be made.
+            if let Some(Outcome::Fail(why)) = p.outcome {
+                return Err(why);
+            }
+        }
+        Ok(())
     }
 
     /// The check this probe runs.
@@ -314,117 +347,141 @@ impl Probe {
             .expect("a probe is started only for an upstream with checks")
     }
 
-    fn interest(&self) -> nix::poll::PollFlags {
-        use nix::poll::PollFlags;
-        let write = !self.connected
-            || !self.out.is_empty()
-            || self.tls.as_ref().is_some_and(|t| t.wants_write());
-        if write {
-            PollFlags::POLLOUT | PollFlags::POLLIN
-        } else {
-            PollFlags::POLLIN
+    /// Decide, once.
+    fn decide(&mut self, o: Outcome) {
+        if self.outcome.is_none() && o != Outcome::Pending {
+            self.outcome = Some(o);
         }
     }
 
-    /// Move on as far as the socket allows.
-    fn progress(&mut self) -> Outcome {
-        let check = self.cfg.upstreams[self.at.0]
-            .health_check
-            .as_ref()
-            .expect("a probe is started only for an upstream with checks");
-        if !self.connected {
-            match self.sock.take_error() {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => return Outcome::Fail(format!("connect: {e}")),
-            }
-            match self.sock.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Outcome::Pending,
-                Err(e) => return Outcome::Fail(format!("connect: {e}")),
-            }
-            if check.request.is_none() {
-                return Outcome::Pass;
-            }
-            if self.cfg.upstreams[self.at.0].proxy_protocol {
-                // The server wants a PROXY header on every connection: a LOCAL one (a check
-                // of the proxy's own, no client). 16 bytes on a fresh socket: written whole.
-                let local = crate::http::proxy::v2_local();
-                if let Err(e) = self.sock.write_all(&local) {
-                    return Outcome::Fail(format!("send: {e}"));
-                }
-            }
+    fn on_connect(&mut self, sys: &mut RingSys<'_>, res: i32) {
+        self.conn.connect_done();
+        if self.conn.retiring() {
+            return;
         }
-        if let Some(t) = &mut self.tls {
-            loop {
-                if let Err(e) = flush_tls(t, &mut self.sock) {
-                    return Outcome::Fail(format!("send: {e}"));
-                }
-                match t.read_tls(&mut self.sock) {
-                    Ok(0) => return judge(&self.answer, check, true),
-                    Ok(_) => {
-                        if let Err(e) = t.process_new_packets() {
-                            return Outcome::Fail(format!("TLS: {e}"));
-                        }
-                        match read_answer(&mut t.reader(), &mut self.answer, check) {
-                            Outcome::Pending => {}
-                            o => return o,
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // A handshake message may want an answer before more comes.
-                        return match flush_tls(t, &mut self.sock) {
-                            Ok(()) => Outcome::Pending,
-                            Err(e) => Outcome::Fail(format!("send: {e}")),
-                        };
-                    }
-                    Err(e) => return Outcome::Fail(format!("receive: {e}")),
-                }
-            }
+        if res < 0 {
+            let why = if res == -libc::ECANCELED {
+                "connect: timed out".to_string()
+            } else {
+                format!("connect: {}", crate::sys::errno_name(-res))
+            };
+            return self.decide(Outcome::Fail(why));
         }
-        while !self.out.is_empty() {
-            match self.sock.write(&self.out) {
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
-                Err(e) => return Outcome::Fail(format!("send: {e}")),
-            }
+        self.conn.mark_ready();
+        if self.connect_only {
+            return self.decide(Outcome::Pass);
         }
-        read_answer(&mut self.sock, &mut self.answer, check)
+        self.conn.kick(sys, Side::Up);
+    }
+
+    fn on_recv(&mut self, sys: &mut RingSys<'_>, c: Cqe) {
+        self.conn.recv_ended(c.more());
+        if c.res <= 0 {
+            sys.ring.pool.release_of(&c);
+            match -c.res {
+                libc::ENOBUFS | libc::ECANCELED => {}
+                0 => {
+                    self.conn.mark_eof();
+                    let o = judge(&self.answer, self.check(), true);
+                    self.decide(o);
+                }
+                e => self.decide(Outcome::Fail(format!(
+                    "receive: {}",
+                    crate::sys::errno_name(e)
+                ))),
+            }
+            return;
+        }
+        let chunk = Chunk {
+            src: Src::Pool(c.buf_id().expect("recv data has a buffer")),
+            off: 0,
+            len: c.res as u32,
+        };
+        if self.outcome.is_some() {
+            return sys.release(chunk);
+        }
+        match self.conn.received(sys, Side::Up, chunk) {
+            Ok(None) => {}
+            Ok(Some(plain)) => {
+                let room = (ANSWER_MAX + 2).saturating_sub(self.answer.len());
+                let data = sys.data_of(plain);
+                self.answer.extend_from_slice(&data[..data.len().min(room)]);
+                sys.release(plain);
+                let o = judge(&self.answer, self.check(), false);
+                self.decide(o);
+            }
+            Err(Fail::Tls(e)) => self.decide(Outcome::Fail(format!("TLS: {e}"))),
+            Err(Fail::PlainHttp) => self.decide(Outcome::Fail("TLS: plain HTTP".into())),
+        }
+    }
+
+    /// After any event: send, keep the recv armed, or close once decided. True when the
+    /// socket is closed (the slot may go, the outcome be recorded).
+    fn settle(&mut self, sys: &mut RingSys<'_>) -> bool {
+        if self.outcome.is_some() {
+            self.cancels += self.conn.retire(sys, Side::Up);
+            return self.conn.close_when_done(sys, self.cancels, false) || self.conn.fd() < 0;
+        }
+        self.conn.kick(sys, Side::Up);
+        let want = self.conn.ready() && !self.conn.eof();
+        self.cancels += self.conn.sync_recv(sys, Side::Up, want, UNCAPPED);
+        false
     }
 }
 
-/// Write what TLS has to send, as far as the socket takes it.
-fn flush_tls(
-    t: &mut rustls::ClientConnection,
-    sock: &mut std::net::TcpStream,
-) -> std::io::Result<()> {
-    while t.wants_write() {
-        match t.write_tls(sock) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+impl Checker {
+    /// Run `f` on a live probe with a `Sys` over the ring, then settle it; a probe that is done
+    /// leaves its slot and its outcome for `run` to record.
+    fn with(
+        &mut self,
+        r: &mut Reactor<Probe>,
+        slot: u32,
+        generation: u32,
+        f: impl FnOnce(&mut Probe, &mut RingSys<'_>),
+    ) {
+        let Some((_, p, mut sys)) = r.split(slot, Some(generation)) else {
+            return;
+        };
+        f(p, &mut sys);
+        if p.settle(&mut sys) {
+            let p = r.slots.remove(slot);
+            r.wheel.remove((slot, generation), p.deadline_ms);
+            let o = p.outcome.unwrap_or(Outcome::Fail("closed".into()));
+            self.done.push((p.cfg, p.at, o));
         }
     }
-    Ok(())
 }
 
-/// Read what `r` has into `answer` and judge it: `Pending` when nothing more can be read now
-/// and the status line is not there yet.
-fn read_answer(r: &mut impl Read, answer: &mut Vec<u8>, check: &HealthCheck) -> Outcome {
-    let mut buf = [0u8; 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return judge(answer, check, true),
-            Ok(n) => {
-                answer.extend_from_slice(&buf[..n]);
-                if let o @ (Outcome::Pass | Outcome::Fail(_)) = judge(answer, check, false) {
-                    return o;
+impl Handler<Probe> for Checker {
+    fn on_core(&mut self, _: &mut Reactor<Probe>, _: Cqe) {}
+
+    fn on_slot(&mut self, r: &mut Reactor<Probe>, c: Cqe) {
+        let (slot, generation) = (c.ud.slot(), c.ud.generation());
+        self.with(r, slot, generation, |p, sys| match c.ud.op() {
+            Some(Op::Connect) => p.on_connect(sys, c.res),
+            Some(Op::Recv) => p.on_recv(sys, c),
+            Some(Op::Send) => {
+                let closing = p.outcome.is_some();
+                if let Sent::Failed(e) = p.conn.on_sent(sys, Side::Up, c.res, closing) {
+                    p.decide(Outcome::Fail(format!(
+                        "send: {}",
+                        crate::sys::errno_name(e)
+                    )));
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Outcome::Pending,
-            Err(_) => return judge(answer, check, true),
-        }
+            Some(Op::Cancel) => p.cancels = p.cancels.saturating_sub(1),
+            _ => {}
+        });
+    }
+
+    fn on_timer(&mut self, r: &mut Reactor<Probe>, slot: u32, generation: u32, _due: u64) {
+        self.with(r, slot, generation, |p, _| {
+            let why = format!(
+                "no answer within {}",
+                crate::config::fmt_duration(p.check().timeout)
+            );
+            p.decide(Outcome::Fail(why));
+        });
     }
 }
 
