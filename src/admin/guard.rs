@@ -61,59 +61,42 @@ fn refuse(status: u16, why: impl Into<String>) -> Refusal {
 /// The parts of a request head the guard looks at.
 #[derive(Debug, Default)]
 pub struct Request<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
+    pub method: String,
+    pub path: String,
     /// HTTP/1.x minor version.
     pub minor: u8,
     pub host: Option<&'a [u8]>,
-    /// More than one `Host` header.
-    pub hosts: usize,
     pub origin: bool,
     pub content_type: Option<&'a [u8]>,
     pub authorization: Option<&'a [u8]>,
     pub openmetrics: bool,
 }
 
-/// Header lines read at most (a longer head is 431 before it gets here).
-pub const HEADERS_MAX: usize = 64;
-
-/// Parse a complete head (ending in an empty line). `Err` for anything httparse refuses.
-pub fn parse<'h>(
-    head: &'h [u8],
-    storage: &'h mut [httparse::Header<'h>; HEADERS_MAX],
-) -> Result<Request<'h>, &'static str> {
-    let mut req = httparse::Request::new(storage);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err("incomplete request head"),
-        Err(httparse::Error::TooManyHeaders) => return Err("too many header lines"),
-        Err(_) => return Err("malformed request head"),
-    }
-    let mut out = Request {
-        method: req.method.unwrap_or(""),
-        path: req.path.unwrap_or(""),
-        minor: req.version.unwrap_or(0),
-        ..Request::default()
+/// Read a complete head (ending in an empty line) with the proxy's own HTTP/1 parser, which
+/// refuses what it refuses from any client: a malformed head, more than one Host, HTTP/1.1
+/// without Host, ambiguous framing. `Err` says why (a 400).
+pub fn parse(head: &[u8]) -> Result<Request<'_>, &'static str> {
+    let req = match crate::http::parse_request(head, &crate::http::HeadLimits::flat(head.len())) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err("incomplete request head"),
+        Err(crate::http::HeadError::Invalid(why)) => return Err(why),
+        Err(_) => return Err("request head too large"),
     };
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
-            out.hosts += 1;
-            out.host = Some(h.value.trim_ascii());
-        } else if name.eq_ignore_ascii_case("origin") {
-            out.origin = true;
-        } else if name.eq_ignore_ascii_case("content-type") {
-            out.content_type = Some(h.value.trim_ascii());
-        } else if name.eq_ignore_ascii_case("authorization") {
-            out.authorization = Some(h.value.trim_ascii());
-        } else if name.eq_ignore_ascii_case("accept") {
-            out.openmetrics |= h
-                .value
-                .windows(b"application/openmetrics-text".len())
-                .any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"));
-        }
-    }
-    Ok(out)
+    let head = &head[..req.head_len];
+    let first = |name| crate::http::header_values(head, name).next();
+    Ok(Request {
+        host: first("host"),
+        origin: first("origin").is_some(),
+        content_type: first("content-type"),
+        authorization: first("authorization"),
+        openmetrics: crate::http::header_values(head, "accept").any(|v| {
+            v.windows(b"application/openmetrics-text".len())
+                .any(|w| w.eq_ignore_ascii_case(b"application/openmetrics-text"))
+        }),
+        method: req.method,
+        path: req.path,
+        minor: req.version_minor,
+    })
 }
 
 /// Whether `host` (a `Host` header value) names this endpoint, reached at `local`.
@@ -167,10 +150,9 @@ pub fn check(
     policy: &Admin,
     token: Option<&Token>,
 ) -> Result<Endpoint, Refusal> {
-    match (req.host, req.hosts) {
-        (_, n) if n > 1 => return Err(refuse(400, "more than one Host header")),
-        (None, _) if req.minor >= 1 => return Err(refuse(400, "HTTP/1.1 without Host")),
-        (Some(h), _) if !host_allowed(h, local, &policy.server_name) => {
+    // (More than one Host, or HTTP/1.1 without one, is refused by the parser: 400.)
+    match req.host {
+        Some(h) if !host_allowed(h, local, &policy.server_name) => {
             return Err(refuse(
                 403,
                 format!(
@@ -182,7 +164,7 @@ pub fn check(
         _ => {}
     }
     let path = req.path.split('?').next().unwrap_or("");
-    let read = matches!(req.method, "GET" | "HEAD");
+    let read = matches!(req.method.as_str(), "GET" | "HEAD");
     let endpoint = match path {
         "/healthz" if read => Endpoint::Read(Read::Healthz),
         "/status" if read => Endpoint::Read(Read::Status),
@@ -276,8 +258,7 @@ mod tests {
 
     fn ask(head: &str, local: &str, listen: &str, token: bool) -> Result<Endpoint, u16> {
         let (p, t) = policy(listen, token);
-        let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let req = parse(head.as_bytes(), &mut storage).map_err(|_| 400u16)?;
+        let req = parse(head.as_bytes()).map_err(|_| 400u16)?;
         check(&req, local.parse().unwrap(), &p, t.as_ref()).map_err(|r| r.status)
     }
 

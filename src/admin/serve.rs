@@ -331,8 +331,7 @@ impl Desk {
     fn request(&mut self, c: &mut Client, sys: &mut RingSys<'_>) {
         let cfg = self.state.live.config();
         let policy = cfg.admin.as_ref().unwrap_or(&self.policy);
-        let mut storage = [httparse::EMPTY_HEADER; guard::HEADERS_MAX];
-        let req = match guard::parse(&c.head, &mut storage) {
+        let req = match guard::parse(&c.head) {
             Ok(req) => req,
             Err(why) => {
                 return c.answer(

@@ -229,12 +229,14 @@ fn post_reload(
     s.write_all(&req)?;
     let mut out = Vec::new();
     s.take(1 << 20).read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    match crate::http::parse_response(&out, out.len(), false) {
+        Ok(Some(r)) => Ok((
+            r.status,
+            String::from_utf8_lossy(&out[r.head_len..]).into_owned(),
+        )),
+        _ => Err(std::io::Error::other(format!(
+            "not an HTTP answer: {:?}",
+            String::from_utf8_lossy(&out[..out.len().min(200)])
+        ))),
+    }
 }

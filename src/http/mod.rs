@@ -448,6 +448,23 @@ pub fn header_values<'a>(head: &'a [u8], name: &'a str) -> impl Iterator<Item = 
     })
 }
 
+/// A response's status from its first line alone, for a client that needs nothing else (the
+/// health checker): `Ok(None)` while the line is not complete, `Err` with the line (cut to 80
+/// bytes) when it is not `HTTP/1.x NNN …`.
+pub fn status_line(buf: &[u8]) -> Result<Option<u16>, String> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = String::from_utf8_lossy(&buf[..end.min(80)]);
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next()) {
+        (Some(v), Some(s)) if v.starts_with("HTTP/1.") && s.len() == 3 => {
+            s.parse::<u16>().map(Some).map_err(|_| line.to_string())
+        }
+        _ => Err(line.to_string()),
+    }
+}
+
 /// What the proxy adds to a request on its way upstream.
 pub struct Forwarded<'a> {
     /// The request is forwarded as an upgrade (`Upgrade` kept, `Connection: upgrade`);

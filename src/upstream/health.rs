@@ -487,25 +487,15 @@ impl Handler<Probe> for Checker {
 
 /// Decide on the status line of `a` once it is there (`closed`: nothing more will come).
 fn judge(a: &[u8], check: &HealthCheck, closed: bool) -> Outcome {
-    let Some(end) = a.windows(2).position(|w| w == b"\r\n") else {
-        if closed {
-            return Outcome::Fail("closed without a status line".into());
+    match crate::http::status_line(a) {
+        Ok(None) if closed => Outcome::Fail("closed without a status line".into()),
+        Ok(None) if a.len() > ANSWER_MAX => {
+            Outcome::Fail("no status line in the first 4096 bytes".into())
         }
-        if a.len() > ANSWER_MAX {
-            return Outcome::Fail("no status line in the first 4096 bytes".into());
-        }
-        return Outcome::Pending;
-    };
-    let line = String::from_utf8_lossy(&a[..end.min(80)]);
-    let mut parts = line.splitn(3, ' ');
-    let status = match (parts.next(), parts.next()) {
-        (Some(v), Some(s)) if v.starts_with("HTTP/1.") && s.len() == 3 => s.parse::<u16>().ok(),
-        _ => None,
-    };
-    match status {
-        Some(s) if check.passes(s) => Outcome::Pass,
-        Some(s) => Outcome::Fail(format!("status {s}")),
-        None => Outcome::Fail(format!("not an HTTP status line: {line:?}")),
+        Ok(None) => Outcome::Pending,
+        Ok(Some(s)) if check.passes(s) => Outcome::Pass,
+        Ok(Some(s)) => Outcome::Fail(format!("status {s}")),
+        Err(line) => Outcome::Fail(format!("not an HTTP status line: {line:?}")),
     }
 }
 
