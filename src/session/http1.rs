@@ -113,9 +113,10 @@ impl Session {
     // ---- request ---------------------------------------------------------------------------
 
     pub(super) fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        let Phase::Request { head: buf } = &self.phase else {
+        let Phase::Request { head } = &mut self.phase else {
             return Next::Continue;
         };
+        let buf = &*head;
         let req = match http::parse_request(buf, &self.listen.limits()) {
             Ok(None) => return Next::Continue,
             Ok(Some(r)) => r,
@@ -123,10 +124,9 @@ impl Session {
             Err(HeadError::UriTooLong) => return Next::Respond(414, End::UriTooLong),
             Err(HeadError::Invalid(why)) => return Next::Respond(400, End::BadRequest(why)),
         };
-        let Phase::Request { head: buf } = std::mem::replace(&mut self.phase, Phase::Closing(None))
-        else {
-            unreachable!()
-        };
+        // The head is complete: it leaves the phase with the request.
+        let buf = std::mem::take(head);
+        self.phase = Phase::Closing(None);
         let now = io.now_ms();
         if let Some(si) = self
             .cfg
@@ -423,10 +423,10 @@ impl Session {
             resend: true,
             delayed: false,
         });
-        let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
-            unreachable!()
+        self.phase = match self.phase.take() {
+            Phase::Proxy(x) => Phase::Connecting(x),
+            other => other,
         };
-        self.phase = Phase::Connecting(x);
         self.phase_ms = io.now_ms();
         // The socket closes (after what is in flight on it is back), then connect_next.
         self.retire(Side::Up, io);
@@ -510,11 +510,12 @@ impl Session {
             } else {
                 self.server_answered();
             }
+            // (Still proxying, still at the head: neither call above changes the phase.)
             let Phase::Proxy(x) = &mut self.phase else {
-                unreachable!("still proxying")
+                return Next::Continue;
             };
             let (Downward::Head(buf), r) = (&mut x.downward, &mut x.req) else {
-                unreachable!("still reading the head")
+                return Next::Continue;
             };
             let buf = std::mem::take(buf);
             r.status = resp.status;
@@ -556,19 +557,25 @@ impl Session {
                 io.observe(Observed::TunnelOpened(
                     io.now_ms().saturating_sub(r.started_ms),
                 ));
-                let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None))
-                else {
-                    unreachable!()
-                };
-                let Upward::Hold(held) = x.upward else {
-                    unreachable!()
+                let (req, held) = match self.phase.take() {
+                    Phase::Proxy(Exchange {
+                        req,
+                        upward: Upward::Hold(held),
+                        ..
+                    }) => (req, held),
+                    other => {
+                        // Checked above: a 101 comes only while the client's bytes are held.
+                        self.phase = other;
+                        io.recycle(out);
+                        return Next::Respond(502, End::BadResponse("101 out of place"));
+                    }
                 };
                 // The tunnel's first bytes each way: what the client sent after its request,
                 // and what the upstream sent after its 101.
                 let mut frames = [FrameTracker::default(); 2];
                 frames[0].track(&held);
                 frames[1].track(&buf[resp.head_len..]);
-                self.phase = Phase::Tunnel { req: x.req, frames };
+                self.phase = Phase::Tunnel { req, frames };
                 let c = io.put(out);
                 self.send_to(Side::Down, c, io);
                 // What the client sent after its request is the start of the tunnel.
@@ -636,8 +643,12 @@ impl Session {
             self.links.up.set_keep(keep);
         }
         self.retire(Side::Up, io);
-        let Phase::Proxy(x) = std::mem::replace(&mut self.phase, Phase::Closing(None)) else {
-            unreachable!("a response completes while proxying")
+        let x = match self.phase.take() {
+            Phase::Proxy(x) => x,
+            other => {
+                self.phase = other;
+                return Next::Continue;
+            }
         };
         // Reuse the client connection only when the request went up whole (the upstream may
         // answer before it has read the body) and nothing else is pending.

@@ -352,7 +352,7 @@ impl Session {
     /// request goes up, the response head is awaited.
     fn upstream_ready(&mut self, io: &mut impl Io) {
         self.links.up.mark_ready();
-        self.phase = match std::mem::replace(&mut self.phase, Phase::Closing(None)) {
+        self.phase = match self.phase.take() {
             Phase::Connecting(mut x) => {
                 x.downward = Downward::Head(Vec::new());
                 Phase::Proxy(x)
@@ -518,7 +518,8 @@ impl Session {
                     io,
                 ),
                 Phase::Proxy(_) => Next::Close(End::IdleTimeout),
-                Phase::Tunnel { .. } => unreachable!("tunnel_timer"),
+                // Handled above (`tunnel_timer`).
+                Phase::Tunnel { .. } => Next::Continue,
                 Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
                 Phase::Closing(_) => Next::Continue,
             }

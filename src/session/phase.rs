@@ -313,6 +313,12 @@ impl Req {
 }
 
 impl Phase {
+    /// Take the phase out, leaving `Closing(None)` in its place for the caller to replace: a
+    /// transition is then one total `match` on the value, with no arm that cannot happen.
+    pub fn take(&mut self) -> Phase {
+        std::mem::replace(self, Phase::Closing(None))
+    }
+
     /// The request this phase carries, if any.
     pub fn req(&self) -> Option<&Req> {
         match self {

@@ -262,7 +262,11 @@ where
             ..
         } = self;
         let Stage::Handshake(engine) = stage else {
-            unreachable!("records are handled above")
+            // Records are handled above; `Gone` only lives inside `hand_over`.
+            io.release(c);
+            io.recycle(plain);
+            io.recycle(out);
+            return Ok(None);
         };
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
@@ -460,13 +464,14 @@ where
 
     /// The handshake is done: note how it went, and take the records over from rustls.
     fn hand_over(&mut self) -> Result<(), Fail> {
-        let Stage::Handshake(e) = &self.stage else {
-            return Ok(());
+        let e = match std::mem::replace(&mut self.stage, Stage::Gone) {
+            Stage::Handshake(e) => e,
+            other => {
+                self.stage = other;
+                return Ok(());
+            }
         };
         self.resumed = e.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-        let Stage::Handshake(e) = std::mem::replace(&mut self.stage, Stage::Gone) else {
-            unreachable!()
-        };
         let r = (*e).into_records().map_err(Fail::Tls)?;
         self.stage = Stage::Records(Box::new(r));
         self.shown = 0;
@@ -498,27 +503,26 @@ where
     fn received_records(&mut self, io: &mut impl Sys, c: Chunk) -> Result<Option<Chunk>, Fail> {
         let Tls { stage, partial, .. } = self;
         let Stage::Records(r) = stage else {
-            unreachable!("called for records only")
+            // Called for records only.
+            io.release(c);
+            return Ok(None);
         };
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                r.open(buf).map(|(p, u)| (p, u, true))
+                r.open(buf).map(|(p, u)| (p, u, Some(bid)))
             }
             _ => {
                 if partial.is_empty() {
                     *partial = io.scratch();
                 }
                 partial.extend_from_slice(io.data_of(c));
-                r.open(partial).map(|(p, u)| (p, u, false))
+                r.open(partial).map(|(p, u)| (p, u, None))
             }
         };
         let plain = match result {
-            Ok((n, used, true)) => {
+            Ok((n, used, Some(bid))) => {
                 // In the pool buffer: keep the cut record, hand the plaintext on in place.
-                let Src::Pool(bid) = c.src else {
-                    unreachable!()
-                };
                 if used < c.len as usize {
                     let mut keep = io.scratch();
                     keep.extend_from_slice(&io.data(bid, c.off + c.len)[c.off as usize + used..]);
@@ -531,7 +535,7 @@ where
                     None
                 }
             }
-            Ok((n, used, false)) => {
+            Ok((n, used, None)) => {
                 io.release(c);
                 let p = if n > 0 {
                     let mut v = io.scratch();
