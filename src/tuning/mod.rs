@@ -213,16 +213,20 @@ fn lim(v: Option<u64>) -> String {
     }
 }
 
-/// The table: every decision, from state and needs alone.
-pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut row = |setting: &str,
-                   current: String,
-                   needed: String,
-                   status: Status,
-                   why: String,
-                   fix: Option<(&str, String)>| {
-        out.push(Finding {
+/// The table being built.
+struct Rows(Vec<Finding>);
+
+impl Rows {
+    fn add(
+        &mut self,
+        setting: &str,
+        current: String,
+        needed: String,
+        status: Status,
+        why: String,
+        fix: Option<(&str, String)>,
+    ) {
+        self.0.push(Finding {
             setting: setting.into(),
             current,
             needed,
@@ -230,11 +234,32 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             why,
             fix: fix.map(|(k, v)| (k.to_string(), v)),
         });
-    };
+    }
+}
 
+/// The table: every decision, from state and needs alone, a section at a time.
+pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
+    let mut rows = Rows(Vec::new());
+    // io_uring first: without it nothing else matters.
+    for section in [
+        io_uring,
+        descriptors,
+        accept_queues,
+        conntrack,
+        time_wait,
+        drain,
+        ports,
+    ] {
+        section(&mut rows, s, n);
+    }
+    rows.0
+}
+
+/// io_uring itself and the switch that disables it.
+fn io_uring(rows: &mut Rows, s: &State, _: &Needs) {
     // io_uring first: without it nothing else matters.
     match &s.io_uring {
-        Ok(mode) => row(
+        Ok(mode) => rows.add(
             "io_uring",
             if mode.is_empty() {
                 "usable".into()
@@ -246,7 +271,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "io_uring_setup, buffer rings and every opcode ringway uses work".into(),
             None,
         ),
-        Err(why) => row(
+        Err(why) => rows.add(
             "io_uring",
             "unusable".into(),
             "usable".into(),
@@ -256,7 +281,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         ),
     }
     match &s.io_uring_disabled {
-        Ok(v) if v == "0" => row(
+        Ok(v) if v == "0" => rows.add(
             "kernel.io_uring_disabled",
             v.clone(),
             "0".into(),
@@ -264,7 +289,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "io_uring allowed for every process".into(),
             None,
         ),
-        Ok(v) if v == "1" => row(
+        Ok(v) if v == "1" => rows.add(
             "kernel.io_uring_disabled",
             v.clone(),
             "0".into(),
@@ -272,7 +297,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "io_uring only for members of kernel.io_uring_group".into(),
             Some(("kernel/io_uring_disabled", "0".into())),
         ),
-        Ok(v) => row(
+        Ok(v) => rows.add(
             "kernel.io_uring_disabled",
             v.clone(),
             "0".into(),
@@ -280,7 +305,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "io_uring is disabled for everyone".into(),
             Some(("kernel/io_uring_disabled", "0".into())),
         ),
-        Err(e) => row(
+        Err(e) => rows.add(
             "kernel.io_uring_disabled",
             format!("({e})"),
             "0".into(),
@@ -289,7 +314,10 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
 
+/// Descriptors: the process's limits and the system's ceilings.
+fn descriptors(rows: &mut Rows, s: &State, n: &Needs) {
     // File descriptors.
     let want_nofile = n.fds.max(NOFILE_RECOMMENDED);
     let nr_open = num(&s.nr_open);
@@ -326,7 +354,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                     ),
                 )
             };
-            row(
+            rows.add(
                 "RLIMIT_NOFILE (soft/hard)",
                 format!("{}/{}", lim(Some(soft)), lim(Some(hard))),
                 format!(">= {}", n.fds),
@@ -335,7 +363,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 None,
             );
         }
-        _ => row(
+        _ => rows.add(
             "RLIMIT_NOFILE (soft/hard)",
             "?".into(),
             format!(">= {}", n.fds),
@@ -345,7 +373,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         ),
     }
     match nr_open {
-        Some(v) if v >= want_nofile => row(
+        Some(v) if v >= want_nofile => rows.add(
             "fs.nr_open",
             v.to_string(),
             format!(">= {want_nofile}"),
@@ -353,7 +381,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "per-process descriptor ceiling".into(),
             None,
         ),
-        Some(v) if v >= n.fds => row(
+        Some(v) if v >= n.fds => rows.add(
             "fs.nr_open",
             v.to_string(),
             format!(">= {want_nofile}"),
@@ -364,7 +392,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             ),
             Some(("fs/nr_open", want_nofile.to_string())),
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "fs.nr_open",
             v.to_string(),
             format!(">= {}", n.fds),
@@ -372,7 +400,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "no process can hold this many descriptors".into(),
             Some(("fs/nr_open", want_nofile.to_string())),
         ),
-        None => row(
+        None => rows.add(
             "fs.nr_open",
             show(&s.nr_open),
             format!(">= {}", n.fds),
@@ -382,7 +410,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         ),
     }
     match num(&s.file_max) {
-        Some(v) if v >= n.fds * 2 => row(
+        Some(v) if v >= n.fds * 2 => rows.add(
             "fs.file-max",
             v.to_string(),
             format!(">= {}", n.fds * 2),
@@ -390,7 +418,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "system-wide descriptors, with room for the rest of the host".into(),
             None,
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "fs.file-max",
             v.to_string(),
             format!(">= {}", n.fds * 2),
@@ -402,7 +430,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "system-wide descriptor limit is close to or below what ringway alone needs".into(),
             Some(("fs/file-max", (n.fds * 2).max(1_048_576).to_string())),
         ),
-        None => row(
+        None => rows.add(
             "fs.file-max",
             show(&s.file_max),
             format!(">= {}", n.fds * 2),
@@ -411,7 +439,10 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
 
+/// Accept queues: the listen backlog and the device queue.
+fn accept_queues(rows: &mut Rows, s: &State, n: &Needs) {
     // Accept queues.
     let rec_backlog = u64::from(n.backlog);
     for (name, key, reading, why) in [
@@ -429,7 +460,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         ),
     ] {
         match num(reading) {
-            Some(v) if v >= rec_backlog => row(
+            Some(v) if v >= rec_backlog => rows.add(
                 name,
                 v.to_string(),
                 format!(">= {rec_backlog}"),
@@ -437,7 +468,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 format!("ringway asks for a backlog of {rec_backlog}"),
                 None,
             ),
-            Some(v) => row(
+            Some(v) => rows.add(
                 name,
                 v.to_string(),
                 format!(">= {rec_backlog}"),
@@ -445,7 +476,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 why.into(),
                 Some((key, rec_backlog.to_string())),
             ),
-            None => row(
+            None => rows.add(
                 name,
                 show(reading),
                 format!(">= {rec_backlog}"),
@@ -456,7 +487,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         }
     }
     match num(&s.netdev_backlog) {
-        Some(v) if v >= 16384 => row(
+        Some(v) if v >= 16384 => rows.add(
             "net.core.netdev_max_backlog",
             v.to_string(),
             ">= 16384".into(),
@@ -464,7 +495,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "packets queued per CPU before the stack".into(),
             None,
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "net.core.netdev_max_backlog",
             v.to_string(),
             ">= 16384".into(),
@@ -472,7 +503,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "packets are dropped under connection bursts".into(),
             Some(("net/core/netdev_max_backlog", "65535".into())),
         ),
-        None => row(
+        None => rows.add(
             "net.core.netdev_max_backlog",
             show(&s.netdev_backlog),
             ">= 16384".into(),
@@ -481,11 +512,14 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
 
+/// Connection tracking: two tracked flows per proxied session.
+fn conntrack(rows: &mut Rows, s: &State, n: &Needs) {
     // Connection tracking: every proxied session is two tracked flows (client and upstream).
     let flows = n.connections * 2;
     match (&s.conntrack_max, num(&s.conntrack_max)) {
-        (Err(e), _) if e == "not present" => row(
+        (Err(e), _) if e == "not present" => rows.add(
             "net.netfilter.nf_conntrack_max",
             "(not loaded)".into(),
             format!(">= {flows}"),
@@ -493,7 +527,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "no connection tracking on this host".into(),
             None,
         ),
-        (_, Some(v)) if v >= flows + flows / 4 => row(
+        (_, Some(v)) if v >= flows + flows / 4 => rows.add(
             "net.netfilter.nf_conntrack_max",
             v.to_string(),
             format!(">= {flows}"),
@@ -507,7 +541,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             } else {
                 Status::Fail
             };
-            row(
+            rows.add(
                 "net.netfilter.nf_conntrack_max",
                 v.to_string(),
                 format!(">= {flows}"),
@@ -522,7 +556,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 )),
             )
         }
-        (r, None) => row(
+        (r, None) => rows.add(
             "net.netfilter.nf_conntrack_max",
             show(r),
             format!(">= {flows}"),
@@ -531,10 +565,13 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
 
+/// TIME_WAIT reuse (the FIN timeout follows the drain check).
+fn time_wait(rows: &mut Rows, s: &State, _: &Needs) {
     // TIME_WAIT and FIN handling.
     match num(&s.tw_reuse) {
-        Some(1) => row(
+        Some(1) => rows.add(
             "net.ipv4.tcp_tw_reuse",
             "1".into(),
             "1".into(),
@@ -542,7 +579,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "TIME_WAIT ports reused for new upstream connections".into(),
             None,
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "net.ipv4.tcp_tw_reuse",
             v.to_string(),
             "1".into(),
@@ -550,7 +587,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "upstream connections churn through TIME_WAIT ports (2 = loopback only)".into(),
             Some(("net/ipv4/tcp_tw_reuse", "1".into())),
         ),
-        None => row(
+        None => rows.add(
             "net.ipv4.tcp_tw_reuse",
             show(&s.tw_reuse),
             "1".into(),
@@ -559,10 +596,14 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
+
+/// Drain and reload (accept queues migrated), and the FIN timeout.
+fn drain(rows: &mut Rows, s: &State, _: &Needs) {
     // Drain and reload: a listener leaving its SO_REUSEPORT group resets what waits in its
     // accept queue unless the kernel migrates it to another member (Linux 5.14+).
     match num(&s.migrate_req) {
-        Some(1) => row(
+        Some(1) => rows.add(
             "net.ipv4.tcp_migrate_req",
             "1".into(),
             "1".into(),
@@ -570,7 +611,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "queued connections move to another listener when one stops".into(),
             None,
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "net.ipv4.tcp_migrate_req",
             v.to_string(),
             "1".into(),
@@ -580,7 +621,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 .into(),
             Some(("net/ipv4/tcp_migrate_req", "1".into())),
         ),
-        None => row(
+        None => rows.add(
             "net.ipv4.tcp_migrate_req",
             show(&s.migrate_req),
             "1".into(),
@@ -590,7 +631,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         ),
     }
     match num(&s.fin_timeout) {
-        Some(v) if v <= 15 => row(
+        Some(v) if v <= 15 => rows.add(
             "net.ipv4.tcp_fin_timeout",
             v.to_string(),
             "<= 15".into(),
@@ -598,7 +639,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "FIN_WAIT_2 sockets released quickly".into(),
             None,
         ),
-        Some(v) => row(
+        Some(v) => rows.add(
             "net.ipv4.tcp_fin_timeout",
             v.to_string(),
             "<= 15".into(),
@@ -606,7 +647,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             "closed connections hold memory and ports longer".into(),
             Some(("net/ipv4/tcp_fin_timeout", "15".into())),
         ),
-        None => row(
+        None => rows.add(
             "net.ipv4.tcp_fin_timeout",
             show(&s.fin_timeout),
             "<= 15".into(),
@@ -615,7 +656,10 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
+}
 
+/// Ephemeral ports toward each upstream server.
+fn ports(rows: &mut Rows, s: &State, n: &Needs) {
     // Ephemeral ports toward each upstream server.
     let range = s.port_range.as_ref().ok().and_then(|r| {
         let mut it = r.split_whitespace().filter_map(|x| x.parse::<u64>().ok());
@@ -630,7 +674,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 } else {
                     Status::Warn
                 };
-                row(
+                rows.add(
                     "net.ipv4.ip_local_port_range",
                     format!("{lo} {hi}"),
                     "(per upstream)".into(),
@@ -674,7 +718,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 } else {
                     None
                 };
-                row(
+                rows.add(
                     &format!("ephemeral ports → upstream {name}"),
                     format!("{lo} {hi}"),
                     format!("{per_server} per server"),
@@ -684,7 +728,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
                 );
             }
         }
-        _ => row(
+        _ => rows.add(
             "net.ipv4.ip_local_port_range",
             show(&s.port_range),
             "a range".into(),
@@ -693,7 +737,6 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
             None,
         ),
     }
-    out
 }
 
 /// The worst status in the table.
