@@ -4,7 +4,107 @@
 use super::*;
 
 pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigError> {
-    let rt = &raw.runtime;
+    let runtime = runtime(cx, &raw.runtime)?;
+    let zones = limits::zones(cx, &raw)?;
+    let mut upstreams = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    for (ui, u) in raw.upstream.iter().enumerate() {
+        let u = u.get_ref();
+        let up = upstream::resolve(cx, ui, u)?;
+        if by_name.insert(up.name.clone(), ui).is_some() {
+            return Err(cx.err(
+                u.name.span(),
+                format!("upstream[{ui}].name"),
+                format!("duplicate upstream name {:?}", up.name),
+            ));
+        }
+        upstreams.push(up);
+    }
+
+    let mut warnings = Vec::new();
+    let admin = admin::resolve(cx, &raw.admin, &mut warnings)?;
+    let mut listeners: Vec<SocketAddr> = Vec::new();
+    let mut servers = Vec::new();
+    let mut server_tls = Vec::new();
+    let mut listen_proxy = Vec::new();
+    if raw.server.is_empty() {
+        return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
+    }
+    for (si, s) in raw.server.iter().enumerate() {
+        let (server, certs, proxy_protocol) = server(
+            cx,
+            si,
+            s.get_ref(),
+            &mut listeners,
+            &by_name,
+            &zones,
+            &mut warnings,
+        )?;
+        listen_proxy.push((
+            server.listen.clone(),
+            proxy_protocol,
+            s.get_ref().listen.span(),
+        ));
+        server_tls.push(certs);
+        servers.push(server);
+    }
+    let mut listener_proxy = Vec::new();
+    for (li, addr) in listeners.iter().enumerate() {
+        let on: Vec<usize> = (0..servers.len())
+            .filter(|&si| servers[si].listen.contains(&li))
+            .collect();
+        let wants: Vec<bool> = on.iter().map(|&si| listen_proxy[si].1).collect();
+        if wants.iter().any(|w| *w) && !wants.iter().all(|w| *w) {
+            let si = on[wants.iter().position(|w| !*w).unwrap_or(0)];
+            return Err(cx.err(
+                listen_proxy[si].2.clone(),
+                format!("server[{si}].proxy_protocol"),
+                format!(
+                    "{addr} is shared with a server that has proxy_protocol = true: every server \
+                     on one address must agree"
+                ),
+            ));
+        }
+        listener_proxy.push(wants.first().copied().unwrap_or(false).then(|| {
+            on.iter()
+                .flat_map(|&si| servers[si].trusted_proxies.iter().copied())
+                .collect::<std::sync::Arc<[Cidr]>>()
+        }));
+    }
+    let mut listener_tls = Vec::new();
+    for (li, addr) in listeners.iter().enumerate() {
+        let on: Vec<tls::OnAddress<'_>> = servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.listen.contains(&li))
+            .map(|(si, s)| tls::OnAddress {
+                index: si,
+                names: &s.names,
+                certs: server_tls[si].as_ref(),
+                strict_sni: raw.server[si].get_ref().strict_sni.unwrap_or(false),
+                listen_span: raw.server[si].get_ref().listen.span(),
+            })
+            .collect();
+        listener_tls.push(tls::listener(cx, *addr, &on)?);
+    }
+    Ok(Config {
+        source: cx.file.to_string(),
+        runtime,
+        tuning_apply: raw.tuning.apply.unwrap_or(false),
+        admin,
+        listeners,
+        listener_tls,
+        listener_proxy,
+        servers,
+        upstreams,
+        conn_zones: zones.0,
+        req_zones: zones.1.into_iter().map(|(z, _)| z).collect(),
+        warnings,
+    })
+}
+
+/// `[runtime]`.
+fn runtime(cx: &Ctx<'_>, rt: &raw::Runtime) -> Result<Runtime, ConfigError> {
     let workers = match &rt.workers {
         None => available_cpus(),
         Some(w) => match w.get_ref() {
@@ -75,7 +175,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         ));
     }
     let (drain_code, drain_reason) = drain_close(cx, rt.drain_close.as_ref())?;
-    let runtime = Runtime {
+    Ok(Runtime {
         workers,
         max_connections,
         shutdown_grace,
@@ -92,351 +192,322 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             }
             Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
         },
+    })
+}
+
+/// One `[[server]]` (`si` its index): its listen addresses are added to `listeners` (each
+/// distinct address once); its certificates and whether it takes the PROXY protocol come back
+/// beside it.
+fn server(
+    cx: &Ctx<'_>,
+    si: usize,
+    s: &raw::Server,
+    listeners: &mut Vec<SocketAddr>,
+    by_name: &HashMap<String, usize>,
+    zones: &limits::Zones,
+    warnings: &mut Vec<String>,
+) -> Result<(Server, Option<tls::ServerCerts>, bool), ConfigError> {
+    let f = format!("server[{si}]");
+    if s.listen.get_ref().is_empty() {
+        return Err(cx.err(
+            s.listen.span(),
+            format!("{f}.listen"),
+            "needs at least one address",
+        ));
+    }
+    let listen = listen_addrs(cx, &f, s, listeners)?;
+    let names = server_names(cx, &f, s)?;
+    let header_timeout = cx.timeout(
+        &s.header_timeout,
+        &format!("{f}.header_timeout"),
+        defaults::HEADER_TIMEOUT,
+    )?;
+    let line_limit = |v: &Option<Spanned<toml::Value>>, name: &str, default: u32| {
+        let field = format!("{f}.{name}");
+        let n = cx.size(v, &field, u64::from(default))?;
+        if !(256..=1 << 20).contains(&n) {
+            let span = v.as_ref().map_or(0..0, |h| h.span());
+            return Err(cx.err(span, field, "must be between 256 and 1m"));
+        }
+        Ok(n as u32)
     };
-
-    let (conn_zones, req_zones) = limits::zones(cx, &raw)?;
-    let mut upstreams = Vec::new();
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    for (ui, u) in raw.upstream.iter().enumerate() {
-        let u = u.get_ref();
-        let up = upstream::resolve(cx, ui, u)?;
-        if by_name.insert(up.name.clone(), ui).is_some() {
+    let request_line_max = line_limit(
+        &s.request_line_max,
+        "request_line_max",
+        defaults::REQUEST_LINE_MAX,
+    )?;
+    let header_line_max = line_limit(
+        &s.header_line_max,
+        "header_line_max",
+        defaults::HEADER_LINE_MAX,
+    )?;
+    let keepalive_timeout = cx.duration(
+        &s.keepalive_timeout,
+        &format!("{f}.keepalive_timeout"),
+        defaults::KEEPALIVE_TIMEOUT,
+    )?;
+    let keepalive_requests = match &s.keepalive_requests {
+        None => defaults::KEEPALIVE_REQUESTS,
+        Some(n) if (1..=i64::from(u32::MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
             return Err(cx.err(
-                u.name.span(),
-                format!("upstream[{ui}].name"),
-                format!("duplicate upstream name {:?}", up.name),
+                n.span(),
+                format!("{f}.keepalive_requests"),
+                "must be 1 or more",
             ));
         }
-        upstreams.push(up);
+    };
+    let header_max = cx.size(
+        &s.header_max,
+        &format!("{f}.header_max"),
+        u64::from(defaults::HEADER_MAX),
+    )?;
+    if !(1024..=1 << 20).contains(&header_max) {
+        let span = s.header_max.as_ref().map_or(0..0, |h| h.span());
+        return Err(cx.err(span, format!("{f}.header_max"), "must be between 1k and 1m"));
     }
+    let mut locations = Vec::new();
+    for (li, l) in s.location.iter().enumerate() {
+        let lf = format!("{f}.location[{li}]");
+        let loc = location(cx, &lf, l.get_ref(), &locations, by_name, zones)?;
+        locations.push(loc);
+    }
+    if locations.is_empty() {
+        return Err(cx.err(
+            0..0,
+            format!("{f}.location"),
+            "a server needs at least one [[server.location]]",
+        ));
+    }
+    locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
+    let tls = match &s.tls {
+        None => None,
+        Some(t) => Some(tls::load_server(cx, &f, t, warnings)?),
+    };
+    let (trusted_proxies, real_ip_header, proxy_protocol) = real_ip(cx, &f, s)?;
+    let server = Server {
+        trusted_proxies,
+        real_ip_header,
+        listen,
+        names,
+        header_timeout,
+        header_max: header_max as u32,
+        request_line_max,
+        header_line_max,
+        keepalive_timeout,
+        keepalive_requests,
+        locations,
+    };
+    Ok((server, tls, proxy_protocol))
+}
 
-    let mut warnings = Vec::new();
-    let admin = admin::resolve(cx, &raw.admin, &mut warnings)?;
-    let mut listeners: Vec<SocketAddr> = Vec::new();
-    let mut servers = Vec::new();
-    let mut server_tls = Vec::new();
-    let mut listen_proxy = Vec::new();
-    if raw.server.is_empty() {
-        return Err(cx.err(0..0, "server", "at least one [[server]] is needed"));
-    }
-    for (si, s) in raw.server.iter().enumerate() {
-        let s = s.get_ref();
-        let f = format!("server[{si}]");
-        if s.listen.get_ref().is_empty() {
+/// A server's `listen` addresses, as indices into `listeners` (each distinct address once).
+fn listen_addrs(
+    cx: &Ctx<'_>,
+    f: &str,
+    s: &raw::Server,
+    listeners: &mut Vec<SocketAddr>,
+) -> Result<Vec<usize>, ConfigError> {
+    let mut listen = Vec::new();
+    for (li, l) in s.listen.get_ref().iter().enumerate() {
+        let addr = parse_addr(l.get_ref())
+            .map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
+        if addr.port() == 0 {
             return Err(cx.err(
-                s.listen.span(),
-                format!("{f}.listen"),
-                "needs at least one address",
+                l.span(),
+                format!("{f}.listen[{li}]"),
+                "port 0 is not allowed: each worker would listen on a different random port",
             ));
         }
-        let mut listen = Vec::new();
-        for (li, l) in s.listen.get_ref().iter().enumerate() {
-            let addr = parse_addr(l.get_ref())
-                .map_err(|m| cx.err(l.span(), format!("{f}.listen[{li}]"), m))?;
-            if addr.port() == 0 {
-                return Err(cx.err(
-                    l.span(),
-                    format!("{f}.listen[{li}]"),
-                    "port 0 is not allowed: each worker would listen on a different random port",
-                ));
-            }
-            let idx = match listeners.iter().position(|a| *a == addr) {
-                Some(i) => i,
-                None => {
-                    listeners.push(addr);
-                    listeners.len() - 1
-                }
-            };
-            listen.push(idx);
-        }
-        let mut names = Vec::new();
-        for (ni, n) in s.server_name.iter().enumerate() {
-            let name = n.get_ref().trim().to_ascii_lowercase();
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':')
-            {
-                return Err(cx.err(
-                    n.span(),
-                    format!("{f}.server_name[{ni}]"),
-                    format!("invalid server name {:?}", n.get_ref()),
-                ));
-            }
-            names.push(name);
-        }
-        let header_timeout = cx.timeout(
-            &s.header_timeout,
-            &format!("{f}.header_timeout"),
-            defaults::HEADER_TIMEOUT,
-        )?;
-        let line_limit = |v: &Option<Spanned<toml::Value>>, name: &str, default: u32| {
-            let field = format!("{f}.{name}");
-            let n = cx.size(v, &field, u64::from(default))?;
-            if !(256..=1 << 20).contains(&n) {
-                let span = v.as_ref().map_or(0..0, |h| h.span());
-                return Err(cx.err(span, field, "must be between 256 and 1m"));
-            }
-            Ok(n as u32)
-        };
-        let request_line_max = line_limit(
-            &s.request_line_max,
-            "request_line_max",
-            defaults::REQUEST_LINE_MAX,
-        )?;
-        let header_line_max = line_limit(
-            &s.header_line_max,
-            "header_line_max",
-            defaults::HEADER_LINE_MAX,
-        )?;
-        let keepalive_timeout = cx.duration(
-            &s.keepalive_timeout,
-            &format!("{f}.keepalive_timeout"),
-            defaults::KEEPALIVE_TIMEOUT,
-        )?;
-        let keepalive_requests = match &s.keepalive_requests {
-            None => defaults::KEEPALIVE_REQUESTS,
-            Some(n) if (1..=i64::from(u32::MAX)).contains(n.get_ref()) => *n.get_ref() as u32,
-            Some(n) => {
-                return Err(cx.err(
-                    n.span(),
-                    format!("{f}.keepalive_requests"),
-                    "must be 1 or more",
-                ));
+        let idx = match listeners.iter().position(|a| *a == addr) {
+            Some(i) => i,
+            None => {
+                listeners.push(addr);
+                listeners.len() - 1
             }
         };
-        let header_max = cx.size(
-            &s.header_max,
-            &format!("{f}.header_max"),
-            u64::from(defaults::HEADER_MAX),
-        )?;
-        if !(1024..=1 << 20).contains(&header_max) {
-            let span = s.header_max.as_ref().map_or(0..0, |h| h.span());
-            return Err(cx.err(span, format!("{f}.header_max"), "must be between 1k and 1m"));
-        }
-        let mut locations = Vec::new();
-        for (li, l) in s.location.iter().enumerate() {
-            let l = l.get_ref();
-            let lf = format!("{f}.location[{li}]");
-            let path = l.path.get_ref().clone();
-            if !path.starts_with('/') {
-                return Err(cx.err(
-                    l.path.span(),
-                    format!("{lf}.path"),
-                    format!("path {path:?} must start with '/'"),
-                ));
-            }
-            if locations.iter().any(|x: &Location| x.path == path) {
-                return Err(cx.err(
-                    l.path.span(),
-                    format!("{lf}.path"),
-                    format!("duplicate location {path:?}"),
-                ));
-            }
-            let name = l.upstream.get_ref();
-            let upstream = *by_name.get(name).ok_or_else(|| {
-                let mut known: Vec<&str> = by_name.keys().map(|s| s.as_str()).collect();
-                known.sort();
-                cx.err(
-                    l.upstream.span(),
-                    format!("{lf}.upstream"),
-                    format!(
-                        "unknown upstream {name:?} (defined: {})",
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                )
-            })?;
-            let upgrade = match &l.upgrade {
-                None => vec!["websocket".to_string()],
-                Some(list) => {
-                    let mut out = Vec::new();
-                    for (pi, p) in list.get_ref().iter().enumerate() {
-                        let v = p.get_ref().trim().to_ascii_lowercase();
-                        if v.is_empty()
-                            || !v.bytes().all(|b| {
-                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-                            })
-                        {
-                            return Err(cx.err(
-                                p.span(),
-                                format!("{lf}.upgrade[{pi}]"),
-                                format!(
-                                    "invalid protocol name {:?} (a token such as \"websocket\")",
-                                    p.get_ref()
-                                ),
-                            ));
-                        }
-                        out.push(v);
-                    }
-                    out
-                }
-            };
-            locations.push(Location {
-                path,
-                upstream,
-                connect_timeout: cx.timeout(
-                    &l.connect_timeout,
-                    &format!("{lf}.connect_timeout"),
-                    defaults::CONNECT_TIMEOUT,
-                )?,
-                read_timeout: cx.timeout(
-                    &l.read_timeout,
-                    &format!("{lf}.read_timeout"),
-                    defaults::READ_TIMEOUT,
-                )?,
-                send_timeout: cx.timeout(
-                    &l.send_timeout,
-                    &format!("{lf}.send_timeout"),
-                    defaults::SEND_TIMEOUT,
-                )?,
-                body_timeout: cx.timeout(
-                    &l.body_timeout,
-                    &format!("{lf}.body_timeout"),
-                    defaults::BODY_TIMEOUT,
-                )?,
-                upgrade,
-                next_upstream: upstream::next_upstream(cx, &lf, l)?,
-                limit_conn: match &l.limit_conn {
-                    None => None,
-                    Some(x) => Some(limits::limit_conn(cx, &lf, x, &conn_zones)?),
-                },
-                limit_req: match &l.limit_req {
-                    None => None,
-                    Some(x) => Some(limits::limit_req(cx, &lf, x, &req_zones)?),
-                },
-                heartbeat: match &l.heartbeat {
-                    None => None,
-                    Some(h) => Some(heartbeat(cx, &lf, h.get_ref())?),
-                },
-                max_frame_size: match &l.max_frame_size {
-                    None => None,
-                    Some(v) => {
-                        let field = format!("{lf}.max_frame_size");
-                        match cx.size(&l.max_frame_size, &field, 0)? {
-                            0 => return Err(cx.err(v.span(), field, "must be more than 0")),
-                            n => Some(n),
-                        }
-                    }
-                },
-                stats: LocationStats::default(),
-            });
-        }
-        if locations.is_empty() {
+        listen.push(idx);
+    }
+    Ok(listen)
+}
+
+/// A server's `server_name`s, lower case.
+fn server_names(cx: &Ctx<'_>, f: &str, s: &raw::Server) -> Result<Vec<String>, ConfigError> {
+    let mut names = Vec::new();
+    for (ni, n) in s.server_name.iter().enumerate() {
+        let name = n.get_ref().trim().to_ascii_lowercase();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/' || c == ':') {
             return Err(cx.err(
-                0..0,
-                format!("{f}.location"),
-                "a server needs at least one [[server.location]]",
+                n.span(),
+                format!("{f}.server_name[{ni}]"),
+                format!("invalid server name {:?}", n.get_ref()),
             ));
         }
-        locations.sort_by_key(|l| std::cmp::Reverse(l.path.len()));
-        server_tls.push(match &s.tls {
-            None => None,
-            Some(t) => Some(tls::load_server(cx, &f, t, &mut warnings)?),
-        });
-        let mut trusted_proxies = Vec::new();
-        for (ti, t) in s.trusted_proxies.iter().enumerate() {
-            trusted_proxies.push(
-                Cidr::parse(t.get_ref())
-                    .map_err(|m| cx.err(t.span(), format!("{f}.trusted_proxies[{ti}]"), m))?,
-            );
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Whose word about the client counts: `trusted_proxies`, `real_ip_header`, `proxy_protocol`.
+fn real_ip(
+    cx: &Ctx<'_>,
+    f: &str,
+    s: &raw::Server,
+) -> Result<(Vec<Cidr>, Option<String>, bool), ConfigError> {
+    let mut trusted_proxies = Vec::new();
+    for (ti, t) in s.trusted_proxies.iter().enumerate() {
+        trusted_proxies.push(
+            Cidr::parse(t.get_ref())
+                .map_err(|m| cx.err(t.span(), format!("{f}.trusted_proxies[{ti}]"), m))?,
+        );
+    }
+    let real_ip_header = match &s.real_ip_header {
+        None => None,
+        Some(h) => {
+            let v = h.get_ref().trim().to_ascii_lowercase();
+            if v != "x-forwarded-for" && v != "x-real-ip" {
+                return Err(cx.err(
+                    h.span(),
+                    format!("{f}.real_ip_header"),
+                    "expected \"X-Forwarded-For\" or \"X-Real-IP\" (for the PROXY protocol, set proxy_protocol = true)",
+                ));
+            }
+            Some(v)
         }
-        let real_ip_header = match &s.real_ip_header {
-            None => None,
-            Some(h) => {
-                let v = h.get_ref().trim().to_ascii_lowercase();
-                if v != "x-forwarded-for" && v != "x-real-ip" {
+    };
+    let proxy_protocol = s.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+    if (proxy_protocol || real_ip_header.is_some()) && trusted_proxies.is_empty() {
+        let span = s
+            .proxy_protocol
+            .as_ref()
+            .map(|p| p.span())
+            .or(s.real_ip_header.as_ref().map(|h| h.span()))
+            .unwrap_or(0..0);
+        return Err(cx.err(
+            span,
+            format!("{f}.trusted_proxies"),
+            "needed with proxy_protocol or real_ip_header: the addresses of the balancers \
+             whose word about the client is taken (nginx's set_real_ip_from)",
+        ));
+    }
+    Ok((trusted_proxies, real_ip_header, proxy_protocol))
+}
+
+/// One `[[server.location]]` (`lf` names it in errors); `taken`: the server's locations so far.
+fn location(
+    cx: &Ctx<'_>,
+    lf: &str,
+    l: &raw::Location,
+    taken: &[Location],
+    by_name: &HashMap<String, usize>,
+    zones: &limits::Zones,
+) -> Result<Location, ConfigError> {
+    let (conn_zones, req_zones) = zones;
+    let path = l.path.get_ref().clone();
+    if !path.starts_with('/') {
+        return Err(cx.err(
+            l.path.span(),
+            format!("{lf}.path"),
+            format!("path {path:?} must start with '/'"),
+        ));
+    }
+    if taken.iter().any(|x: &Location| x.path == path) {
+        return Err(cx.err(
+            l.path.span(),
+            format!("{lf}.path"),
+            format!("duplicate location {path:?}"),
+        ));
+    }
+    let name = l.upstream.get_ref();
+    let upstream = *by_name.get(name).ok_or_else(|| {
+        let mut known: Vec<&str> = by_name.keys().map(|s| s.as_str()).collect();
+        known.sort();
+        cx.err(
+            l.upstream.span(),
+            format!("{lf}.upstream"),
+            format!(
+                "unknown upstream {name:?} (defined: {})",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+    })?;
+    let upgrade = match &l.upgrade {
+        None => vec!["websocket".to_string()],
+        Some(list) => {
+            let mut out = Vec::new();
+            for (pi, p) in list.get_ref().iter().enumerate() {
+                let v = p.get_ref().trim().to_ascii_lowercase();
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                {
                     return Err(cx.err(
-                        h.span(),
-                        format!("{f}.real_ip_header"),
-                        "expected \"X-Forwarded-For\" or \"X-Real-IP\" (for the PROXY protocol, set proxy_protocol = true)",
+                        p.span(),
+                        format!("{lf}.upgrade[{pi}]"),
+                        format!(
+                            "invalid protocol name {:?} (a token such as \"websocket\")",
+                            p.get_ref()
+                        ),
                     ));
                 }
-                Some(v)
+                out.push(v);
             }
-        };
-        let proxy_protocol = s.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
-        if (proxy_protocol || real_ip_header.is_some()) && trusted_proxies.is_empty() {
-            let span = s
-                .proxy_protocol
-                .as_ref()
-                .map(|p| p.span())
-                .or(s.real_ip_header.as_ref().map(|h| h.span()))
-                .unwrap_or(0..0);
-            return Err(cx.err(
-                span,
-                format!("{f}.trusted_proxies"),
-                "needed with proxy_protocol or real_ip_header: the addresses of the balancers \
-                 whose word about the client is taken (nginx's set_real_ip_from)",
-            ));
+            out
         }
-        listen_proxy.push((listen.clone(), proxy_protocol, s.listen.span()));
-        servers.push(Server {
-            trusted_proxies,
-            real_ip_header,
-            listen,
-            names,
-            header_timeout,
-            header_max: header_max as u32,
-            request_line_max,
-            header_line_max,
-            keepalive_timeout,
-            keepalive_requests,
-            locations,
-        });
-    }
-    let mut listener_proxy = Vec::new();
-    for (li, addr) in listeners.iter().enumerate() {
-        let on: Vec<usize> = (0..servers.len())
-            .filter(|&si| servers[si].listen.contains(&li))
-            .collect();
-        let wants: Vec<bool> = on.iter().map(|&si| listen_proxy[si].1).collect();
-        if wants.iter().any(|w| *w) && !wants.iter().all(|w| *w) {
-            let si = on[wants.iter().position(|w| !*w).unwrap_or(0)];
-            return Err(cx.err(
-                listen_proxy[si].2.clone(),
-                format!("server[{si}].proxy_protocol"),
-                format!(
-                    "{addr} is shared with a server that has proxy_protocol = true: every server \
-                     on one address must agree"
-                ),
-            ));
-        }
-        listener_proxy.push(wants.first().copied().unwrap_or(false).then(|| {
-            on.iter()
-                .flat_map(|&si| servers[si].trusted_proxies.iter().copied())
-                .collect::<std::sync::Arc<[Cidr]>>()
-        }));
-    }
-    let mut listener_tls = Vec::new();
-    for (li, addr) in listeners.iter().enumerate() {
-        let on: Vec<tls::OnAddress<'_>> = servers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.listen.contains(&li))
-            .map(|(si, s)| tls::OnAddress {
-                index: si,
-                names: &s.names,
-                certs: server_tls[si].as_ref(),
-                strict_sni: raw.server[si].get_ref().strict_sni.unwrap_or(false),
-                listen_span: raw.server[si].get_ref().listen.span(),
-            })
-            .collect();
-        listener_tls.push(tls::listener(cx, *addr, &on)?);
-    }
-    Ok(Config {
-        source: cx.file.to_string(),
-        runtime,
-        tuning_apply: raw.tuning.apply.unwrap_or(false),
-        admin,
-        listeners,
-        listener_tls,
-        listener_proxy,
-        servers,
-        upstreams,
-        conn_zones,
-        req_zones: req_zones.into_iter().map(|(z, _)| z).collect(),
-        warnings,
+    };
+    Ok(Location {
+        path,
+        upstream,
+        connect_timeout: cx.timeout(
+            &l.connect_timeout,
+            &format!("{lf}.connect_timeout"),
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        read_timeout: cx.timeout(
+            &l.read_timeout,
+            &format!("{lf}.read_timeout"),
+            defaults::READ_TIMEOUT,
+        )?,
+        send_timeout: cx.timeout(
+            &l.send_timeout,
+            &format!("{lf}.send_timeout"),
+            defaults::SEND_TIMEOUT,
+        )?,
+        body_timeout: cx.timeout(
+            &l.body_timeout,
+            &format!("{lf}.body_timeout"),
+            defaults::BODY_TIMEOUT,
+        )?,
+        upgrade,
+        next_upstream: upstream::next_upstream(cx, lf, l)?,
+        limit_conn: match &l.limit_conn {
+            None => None,
+            Some(x) => Some(limits::limit_conn(cx, lf, x, conn_zones)?),
+        },
+        limit_req: match &l.limit_req {
+            None => None,
+            Some(x) => Some(limits::limit_req(cx, lf, x, req_zones)?),
+        },
+        heartbeat: match &l.heartbeat {
+            None => None,
+            Some(h) => Some(heartbeat(cx, lf, h.get_ref())?),
+        },
+        max_frame_size: match &l.max_frame_size {
+            None => None,
+            Some(v) => {
+                let field = format!("{lf}.max_frame_size");
+                match cx.size(&l.max_frame_size, &field, 0)? {
+                    0 => return Err(cx.err(v.span(), field, "must be more than 0")),
+                    n => Some(n),
+                }
+            }
+        },
+        stats: LocationStats::default(),
     })
 }
 
