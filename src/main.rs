@@ -211,7 +211,7 @@ fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
 
 /// Run the load generator; exit 0 when nothing failed, 1 when something did.
 fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    use ringway::tools::bench::{BenchTls, Mode, Opts, Target, parse_source, run};
+    use ringway_bench::{BenchTls, Mode, Opts, Target, parse_source, run};
     if a.count.is_some() && !matches!(a.mode, BenchMode::Connect) {
         anyhow::bail!(
             "--count is the number of handshakes in connect mode; throughput and idle open \
@@ -303,7 +303,7 @@ fn main() -> ExitCode {
                 if connections == 0 || idle == 0 {
                     anyhow::bail!("--connections and --idle must be at least 1");
                 }
-                ringway::tools::demo::demo(ringway::tools::demo::DemoOpts {
+                ringway_demo::demo(ringway_demo::DemoOpts {
                     duration: duration_arg("duration", &duration)?,
                     no_load,
                     connections,
@@ -322,7 +322,7 @@ fn main() -> ExitCode {
             file,
             output,
             force,
-        } => return ringway::app::import_nginx(&file, output.as_deref(), force),
+        } => return ringway_nginx::command(&file, output.as_deref(), force),
         Command::Reload { config } => return ringway::app::reload(&config),
         Command::Run { config, upgrade } => {
             init_logging();
@@ -364,7 +364,7 @@ fn main() -> ExitCode {
             health_file,
         } => {
             init_logging();
-            workers_arg(&workers).and_then(|w| ringway::tools::echo::run(&listen, w, health_file))
+            workers_arg(&workers).and_then(|w| ringway_echo::run(&listen, w, health_file))
         }
     };
     match result {

@@ -1,9 +1,10 @@
-//! `docs/configuration.md` lists every key of the configuration schema (`src/config/raw.rs`,
-//! the structs serde reads the file into), as `section.key` paths, and no key the schema lacks.
+//! `docs/configuration.md` lists every key of the configuration schema
+//! (`crates/proxy/src/config/raw.rs`, the structs serde reads the file into), as `section.key`
+//! paths, and no key the schema lacks.
 
 use std::collections::{BTreeSet, HashMap};
 
-const RAW: &str = include_str!("../src/config/raw.rs");
+const RAW: &str = include_str!("../crates/proxy/src/config/raw.rs");
 const DOC: &str = include_str!("../docs/configuration.md");
 
 /// Struct name → its fields (serde name, type text), from the schema's source.

@@ -89,7 +89,7 @@ fn check(toml: &Path) -> String {
 /// Every directive of `file` (and what it includes) is named by its file:line in the output
 /// or in a warning, but for the blocks that only hold others and a map's entries.
 fn nothing_silent(file: &Path, toml: &str, printed: &str) {
-    fn walk(list: &[ringway::tools::nginx::Directive], all: &str, missing: &mut Vec<String>) {
+    fn walk(list: &[ringway_nginx::Directive], all: &str, missing: &mut Vec<String>) {
         for d in list {
             let at = d.at.to_string();
             let container = matches!(d.name.as_str(), "http" | "events");
@@ -114,7 +114,7 @@ fn nothing_silent(file: &Path, toml: &str, printed: &str) {
             }
         }
     }
-    let list = ringway::tools::nginx::directives(file).unwrap();
+    let list = ringway_nginx::directives(file).unwrap();
     let all = format!("{toml}\n{printed}\n");
     let mut missing = Vec::new();
     walk(&list, &all, &mut missing);
@@ -518,7 +518,7 @@ fn mangled_nginx_files_never_panic_the_importer() {
         }
         let text: String = t.into_iter().collect();
         std::fs::write(&file, &text).unwrap();
-        match ringway::tools::nginx::import(&file) {
+        match ringway_nginx::import(&file) {
             Ok(out) => {
                 ok += 1;
                 // What it writes is TOML (it may not check: a mangled address, say).

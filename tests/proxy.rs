@@ -203,7 +203,7 @@ fn http_relay(mode: Mode) {
         assert!(
             body.iter()
                 .enumerate()
-                .all(|(i, &b)| b == ringway::tools::echo::pattern(i as u64)),
+                .all(|(i, &b)| b == ringway_echo::pattern(i as u64)),
             "{path} corrupted"
         );
     }
@@ -381,34 +381,34 @@ fn slow_readers(mode: Mode) {
     let base = st.proxy.rss_kib();
     const TOTAL: u64 = 24 << 20;
     let listen = st.listen;
-    let readers: Vec<_> =
-        (0..4)
-            .map(|_| {
-                std::thread::spawn(move || {
-                    let mut ws = ws_connect_mode(listen, &format!("/push?bytes={TOTAL}"), mode);
-                    let mut got = 0u64;
-                    let mut n = 0u32;
-                    while got < TOTAL {
-                        match ws.read().unwrap() {
-                            Message::Binary(b) => {
-                                assert!(
-                                    b.iter().enumerate().all(|(i, &x)| x
-                                        == ringway::tools::echo::pattern(got + i as u64)),
-                                    "push corrupted at {got}"
-                                );
-                                got += b.len() as u64;
-                            }
-                            other => panic!("unexpected {other:?}"),
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ws = ws_connect_mode(listen, &format!("/push?bytes={TOTAL}"), mode);
+                let mut got = 0u64;
+                let mut n = 0u32;
+                while got < TOTAL {
+                    match ws.read().unwrap() {
+                        Message::Binary(b) => {
+                            assert!(
+                                b.iter()
+                                    .enumerate()
+                                    .all(|(i, &x)| x == ringway_echo::pattern(got + i as u64)),
+                                "push corrupted at {got}"
+                            );
+                            got += b.len() as u64;
                         }
-                        n += 1;
-                        if n.is_multiple_of(8) && got < TOTAL / 2 {
-                            std::thread::sleep(Duration::from_millis(5)); // a slow reader
-                        }
+                        other => panic!("unexpected {other:?}"),
                     }
-                    got
-                })
+                    n += 1;
+                    if n.is_multiple_of(8) && got < TOTAL / 2 {
+                        std::thread::sleep(Duration::from_millis(5)); // a slow reader
+                    }
+                }
+                got
             })
-            .collect();
+        })
+        .collect();
     let mut peak = 0;
     while !readers.iter().all(|r| r.is_finished()) {
         peak = peak.max(st.proxy.rss_kib());

@@ -15,7 +15,6 @@ pub mod reactor;
 pub mod session;
 pub mod sys;
 pub mod tls;
-pub mod tools;
 pub mod tuning;
 pub mod upstream;
 #[allow(unsafe_code)]

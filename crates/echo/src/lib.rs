@@ -24,10 +24,10 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::Socket;
 
-use crate::http::{BodyKind, BodyTracker};
-use crate::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
-use crate::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
-use crate::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
+use ringway::http::{BodyKind, BodyTracker};
+use ringway::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
+use ringway::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
+use ringway::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
 
 /// Bytes per generated piece of a large response or push.
 const PIECE: usize = 64 * 1024;
@@ -100,11 +100,11 @@ pub fn run(
     if let Some(f) = health_file {
         let _ = HEALTH_FILE.set(f);
     }
-    if let Err(why) = crate::uring::probe() {
+    if let Err(why) = ringway::uring::probe() {
         anyhow::bail!("{why}");
     }
-    crate::sys::raise_nofile(u64::MAX);
-    let signals = crate::sys::block_signals();
+    ringway::sys::raise_nofile(u64::MAX);
+    let signals = ringway::sys::block_signals();
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -112,7 +112,8 @@ pub fn run(
         let mut listeners = Vec::new();
         for a in listen {
             listeners.push(
-                crate::sys::listen_socket(*a, 4096).with_context(|| format!("listening on {a}"))?,
+                ringway::sys::listen_socket(*a, 4096)
+                    .with_context(|| format!("listening on {a}"))?,
             );
         }
         let (stop, ready) = (stop.clone(), ready_tx.clone());
@@ -206,7 +207,7 @@ impl EchoCore {
 
 impl Handler<Client> for EchoCore {
     fn on_core(&mut self, r: &mut Reactor<Client>, c: Cqe) {
-        if c.ud.op() != Some(Op::Accept) || c.ud.slot() == crate::uring::SLOT_CORE {
+        if c.ud.op() != Some(Op::Accept) || c.ud.slot() == ringway::uring::SLOT_CORE {
             return;
         }
         let li = c.ud.slot() as usize;
@@ -214,7 +215,7 @@ impl Handler<Client> for EchoCore {
             r.ring.accept_multi(self.listeners[li].as_raw_fd(), c.ud);
         }
         if c.res >= 0 {
-            let (fd, _) = crate::sys::accepted(c.res);
+            let (fd, _) = ringway::sys::accepted(c.res);
             let (slot, _) = r.slots.insert(|_, _| Client {
                 sock: Conn::new(fd),
                 cancels: 0,
@@ -324,7 +325,7 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
         || matches!(client.mode, Mode::Drop);
     client.cancels += client
         .sock
-        .sync_recv(sys, Side::Down, !paused, crate::uring::UNCAPPED);
+        .sync_recv(sys, Side::Down, !paused, ringway::uring::UNCAPPED);
     false
 }
 
@@ -345,7 +346,7 @@ fn feed(conn: &mut Client, data: &mut [u8], out: &mut Vec<u8>) {
                         return;
                     }
                     Ok(None) | Err(()) => {
-                        out.extend_from_slice(&crate::http::error_response(400));
+                        out.extend_from_slice(&ringway::http::error_response(400));
                         conn.mode = Mode::Drop;
                         conn.close_after_flush = true;
                         return;

@@ -118,8 +118,8 @@ impl BenchWorker {
             Err(e) => {
                 self.scratch = data;
                 let why = match e {
-                    crate::tls::Fail::Tls(e) => format!("tls:{e}"),
-                    crate::tls::Fail::PlainHttp => "tls:plain".to_string(),
+                    ringway::tls::Fail::Tls(e) => format!("tls:{e}"),
+                    ringway::tls::Fail::PlainHttp => "tls:plain".to_string(),
                 };
                 if c.phase == Phase::Handshake {
                     return self.fail(slot, generation, why);

@@ -5,6 +5,7 @@
 //! recognised; everything else gets a warning with its file and line saying what ringway does
 //! instead. Nothing is dropped without one.
 
+mod command;
 mod notes;
 mod parse;
 mod server;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+pub use command::{command, write_new};
 use notes::note;
 pub use parse::{Directive, ParseError, Where, read as directives};
 use toml_out::{Table, V};
@@ -65,12 +67,12 @@ fn err(at: &Where, m: impl std::fmt::Display) -> ParseError {
 /// nginx's time (`30s`, `7d`, `1h 30m`, `500ms`; a bare number is seconds) in milliseconds:
 /// ringway's durations are written the same way.
 pub fn nginx_time(s: &str) -> Result<u64, String> {
-    crate::config::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    ringway::config::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds as ringway writes a duration back: "7d", "30s", "1500ms".
 fn dur(ms: u64) -> V {
-    V::S(crate::config::fmt_duration(
+    V::S(ringway::config::fmt_duration(
         std::time::Duration::from_millis(ms),
     ))
 }
@@ -306,7 +308,7 @@ impl Translator {
                                 d.at
                             ),
                         );
-                        workers = Some((crate::config::available_cpus(), "auto".into()));
+                        workers = Some((ringway::config::available_cpus(), "auto".into()));
                     } else {
                         let n = self.int(d, &a[0])?.max(1);
                         self.runtime
@@ -438,7 +440,7 @@ impl Translator {
                 name = Some(n.to_string());
                 t.set("name", V::S(n.into()), "");
                 if !sz.is_empty() {
-                    let b = crate::config::parse_size(sz).map_err(|e| err(&d.at, e))?;
+                    let b = ringway::config::parse_size(sz).map_err(|e| err(&d.at, e))?;
                     t.set("size", size(b), "");
                 }
             } else if let Some(r) = w.strip_prefix("rate=")
@@ -572,7 +574,7 @@ impl Translator {
             "large_client_header_buffers" => {
                 let a = self.args(d, 2..=2)?;
                 let n = self.int(d, &a[0])? as u64;
-                let sz = crate::config::parse_size(&a[1]).map_err(|e| err(&d.at, e))?;
+                let sz = ringway::config::parse_size(&a[1]).map_err(|e| err(&d.at, e))?;
                 inh.header_buffers = Some((n, sz, at));
             }
             "keepalive_timeout" => {
@@ -770,9 +772,9 @@ mod tests {
         assert_eq!(nginx_time("500ms").unwrap(), 500);
         assert_eq!(nginx_time("60").unwrap(), 60_000);
         assert!(nginx_time("5x").is_err());
-        assert_eq!(crate::config::parse_size("10m").unwrap(), 10 << 20);
-        assert_eq!(crate::config::parse_size("8k").unwrap(), 8192);
-        assert!(crate::config::parse_size("k").is_err());
+        assert_eq!(ringway::config::parse_size("10m").unwrap(), 10 << 20);
+        assert_eq!(ringway::config::parse_size("8k").unwrap(), 8192);
+        assert!(ringway::config::parse_size("k").is_err());
         assert!(matches!(dur(86_400_000), V::S(s) if s == "1d"));
         assert!(matches!(dur(1500), V::S(s) if s == "1500ms"));
     }
