@@ -548,6 +548,7 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
     }
 }
 
+pub mod command;
 mod completions;
 mod worker;
 

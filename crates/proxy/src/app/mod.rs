@@ -31,6 +31,22 @@ pub fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// A `--workers` argument: "auto" (one per core) or a number >= 1.
+pub fn workers_arg(s: &str) -> anyhow::Result<usize> {
+    if s == "auto" {
+        return Ok(crate::config::available_cpus());
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => anyhow::bail!("--workers: expected \"auto\" or a number >= 1, got {s:?}"),
+    }
+}
+
+/// A duration argument (`--name`), written as in the configuration ("10s", "500ms").
+pub fn duration_arg(name: &str, s: &str) -> anyhow::Result<std::time::Duration> {
+    crate::config::parse_duration(s).map_err(|e| anyhow::anyhow!("--{name}: {e}"))
+}
+
 /// `ringway run`: exit 1 on a configuration error, 2 when the proxy cannot run.
 pub fn run(path: &Path, upgrade: bool) -> ExitCode {
     let cfg = match Config::load(path) {
