@@ -144,21 +144,19 @@ impl BenchWorker {
         let c = self.r.slots.get_mut(slot, generation).expect("live");
         if c.phase == Phase::Handshake {
             c.head.extend_from_slice(data);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            let n = match resp.parse(&c.head) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) if c.head.len() < 16384 => return,
-                _ => return self.fail(slot, generation, "handshake:malformed response".into()),
+            // The proxy's own codec reads the 101 (the handshake's answer has no body).
+            let n = match ringway::http::parse_response(&c.head, 16384, true) {
+                Ok(Some(r)) if r.status == 101 => r.head_len,
+                Ok(Some(r)) => {
+                    return self.fail(slot, generation, format!("handshake:HTTP {}", r.status));
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    return self.fail(slot, generation, "handshake:malformed response".into());
+                }
             };
-            let status = resp.code.unwrap_or(0);
-            if status != 101 {
-                return self.fail(slot, generation, format!("handshake:HTTP {status}"));
-            }
-            let accept_ok = resp.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("sec-websocket-accept")
-                    && h.value == self.accept_key.as_bytes()
-            });
+            let accept_ok = ringway::http::header_values(&c.head[..n], "sec-websocket-accept")
+                .any(|v| v == self.accept_key.as_bytes());
             if !accept_ok {
                 return self.fail(
                     slot,

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::Socket;
 
-use ringway::http::{BodyKind, BodyTracker};
+use ringway::http::{self, BodyKind, BodyTracker};
 use ringway::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
 use ringway::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
 use ringway::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
@@ -486,35 +486,30 @@ fn wants_headers(path: &str) -> bool {
 
 /// Handle a request head; `Ok(Some(head_len))` when complete.
 fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Option<usize>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+    // The proxy's own codec (its smuggling and Host rules included): what it would refuse
+    // from a client, the echo refuses too.
+    let req = match http::parse_request(buf, &http::HeadLimits::flat(HEAD_MAX)) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
         Err(_) => return Err(()),
     };
-    let method = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("/");
-    let get = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let close = get("connection").is_some_and(|v| {
-        v.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    });
-    conn.keep_alive = req.version == Some(1) && !close;
+    let n = req.head_len;
+    let head = &buf[..n];
+    let method = req.method.as_str();
+    let path = req.path.as_str();
+    let get = |name: &'static str| http::header_values(head, name).next();
+    conn.keep_alive = req.version_minor == 1 && req.keep_alive;
     let json = || {
-        let hs: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
+        let hs: Vec<(String, String)> = head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let colon = line.iter().position(|&b| b == b':')?;
+                Some((
+                    String::from_utf8_lossy(&line[..colon]).into_owned(),
+                    String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned(),
+                ))
             })
             .collect();
         let peer =
@@ -607,21 +602,24 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         );
         conn.produce = Some((Gen::Chunked, 0, total));
     } else if method == "POST" && path == "/echo" {
-        let chunked = get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case(b"chunked"));
-        let kind = if chunked {
-            out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n").as_bytes());
-            BodyKind::Chunked
-        } else {
-            let len: u64 = get("content-length")
-                .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
-                .unwrap_or(0);
-            out.extend_from_slice(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: {conn_hdr}\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            BodyKind::Length(len)
+        let kind = match req.body {
+            BodyKind::Chunked => {
+                out.extend_from_slice(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: {conn_hdr}\r\n\r\n").as_bytes());
+                BodyKind::Chunked
+            }
+            kind => {
+                let len = match kind {
+                    BodyKind::Length(n) => n,
+                    _ => 0,
+                };
+                out.extend_from_slice(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: {conn_hdr}\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                BodyKind::Length(len)
+            }
         };
         let t = BodyTracker::new(kind);
         if !t.done() {

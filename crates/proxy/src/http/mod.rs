@@ -436,8 +436,8 @@ pub fn normalize_path(target: &str) -> Result<std::borrow::Cow<'_, str>, HeadErr
     Ok(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
-/// The values of header `name` (any case) in a head that parsed with [`parse_request`], in
-/// order, without surrounding blanks.
+/// The values of header `name` (any case) in a head that parsed with [`parse_request`] or
+/// [`parse_response`], in order, without surrounding blanks.
 pub fn header_values<'a>(head: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
     head.split(|&b| b == b'\n').skip(1).filter_map(move |line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
