@@ -29,10 +29,10 @@ impl Session {
         let now = io.now_ms();
         match &mut self.phase {
             Phase::Request { head } => {
-                if head.is_empty() && self.served > 0 {
+                if head.is_empty() && self.cx.served > 0 {
                     // The next request on a kept-alive connection: its header clock starts
                     // with its first byte, as in nginx.
-                    self.phase_ms = now;
+                    self.cx.phase_ms = now;
                 }
                 head.extend_from_slice(io.data_of(c));
                 io.release(c);
@@ -117,7 +117,7 @@ impl Session {
             return Next::Continue;
         };
         let buf = &*head;
-        let req = match http::parse_request(buf, &self.listen.limits()) {
+        let req = match http::parse_request(buf, &self.cx.listen.limits()) {
             Ok(None) => return Next::Continue,
             Ok(Some(r)) => r,
             Err(HeadError::TooLarge) => return Next::Respond(431, End::HeadTooLarge),
@@ -129,16 +129,17 @@ impl Session {
         self.phase = Phase::Closing(None);
         let now = io.now_ms();
         if let Some(si) = self
+            .cx
             .cfg
-            .find_server(usize::from(self.listen.index), req.host_name())
+            .find_server(usize::from(self.cx.listen.index), req.host_name())
         {
             self.real_ip(si, &buf[..req.head_len]);
         }
-        let cfg = &*self.cfg;
+        let cfg = &*self.cx.cfg;
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
         let route = norm.as_ref().ok().and_then(|path| {
-            let s = cfg.find_server(usize::from(self.listen.index), req.host_name())?;
+            let s = cfg.find_server(usize::from(self.cx.listen.index), req.host_name())?;
             Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
         });
         // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
@@ -170,7 +171,7 @@ impl Session {
             attempt: route.map(|l| {
                 let u = &cfg.upstreams[l.upstream];
                 let input = KeyInput {
-                    client: self.client.ip(),
+                    client: self.cx.client.ip(),
                     uri: &req.path,
                     head: &buf[..req.head_len],
                 };
@@ -178,9 +179,9 @@ impl Session {
             }),
             connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
             read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
-            send_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
-            body_ms: route.map_or(self.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
-            ..Req::new(text, self.phase_ms, buf.len() as u64)
+            send_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
+            body_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
+            ..Req::new(text, self.cx.phase_ms, buf.len() as u64)
         });
         if let Err(HeadError::Invalid(why)) = norm {
             self.answer(r, 400, End::BadRequest(why), io);
@@ -191,7 +192,8 @@ impl Session {
             return Next::Continue;
         };
         loc.stats.routed();
-        let delay_ms = match take_limits(cfg, loc, self.client.ip(), &mut self.links.limited) {
+        let delay_ms = match take_limits(cfg, loc, self.cx.client.ip(), &mut self.cx.links.limited)
+        {
             Ok(ms) => ms,
             Err(status) => {
                 loc.stats.limited();
@@ -203,8 +205,8 @@ impl Session {
         out.reserve(req.head_len + 256);
         let fwd = http::Forwarded {
             upgrade: r.upgrade,
-            client_ip: self.client.ip(),
-            proto: if self.listen.tls { "https" } else { "http" },
+            client_ip: self.cx.client.ip(),
+            proto: if self.cx.listen.tls { "https" } else { "http" },
             default_host: &cfg.upstreams[loc.upstream].name,
             keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
         };
@@ -246,9 +248,9 @@ impl Session {
         });
         let head = io.put(out);
         // The head goes first: nothing can be queued toward an upstream not yet chosen.
-        debug_assert!(self.links.up.flushed());
-        self.links.up.push(io, head);
-        self.phase_ms = now;
+        debug_assert!(self.cx.links.up.flushed());
+        self.cx.links.up.push(io, head);
+        self.cx.phase_ms = now;
         if delay_ms > 0 {
             // limit_req without nodelay: the request waits its turn (its timer is the
             // connect deadline until then).
@@ -257,7 +259,7 @@ impl Session {
             {
                 c.delayed = true;
             }
-            self.phase_ms = now + delay_ms;
+            self.cx.phase_ms = now + delay_ms;
             return Next::Continue;
         }
         self.connect_next(io, env)
@@ -268,7 +270,7 @@ impl Session {
         let Phase::Connecting(x) = &mut self.phase else {
             return Next::Continue;
         };
-        if self.links.up.fd() >= 0 {
+        if self.cx.links.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
             if let Some(c) = x.connect() {
                 c.waiting = true;
@@ -281,7 +283,7 @@ impl Session {
         });
         let started_ms = x.req.started_ms;
         let ui = usize::from(x.req.upstream);
-        let u = &self.cfg.upstreams[ui];
+        let u = &self.cx.cfg.upstreams[ui];
         let Some(a) = x.req.attempt.as_deref_mut() else {
             return Next::Respond(502, End::NoUpstream);
         };
@@ -294,9 +296,9 @@ impl Session {
         if a.spent(started_ms, io.now_ms()) {
             return gave_up(a);
         }
-        let rr = &mut env.balancers.of(&self.cfg)[ui];
+        let rr = &mut env.balancers.of(&self.cx.cfg)[ui];
         loop {
-            let Some(i) = a.pick(rr, u, self.client.ip(), clock_ms()) else {
+            let Some(i) = a.pick(rr, u, self.cx.client.ip(), clock_ms()) else {
                 if a.count() == 0 {
                     tracing::warn!(target: "upstream", "no live server in upstream {:?}", u.name);
                 }
@@ -308,14 +310,15 @@ impl Session {
             {
                 // An idle connection to this server: the request goes up on it at once (the
                 // head again, after a server failed once it had it).
-                self.links.up.adopt(io, kept.conn);
+                self.cx.links.up.adopt(io, kept.conn);
                 a.set_cached(true);
                 push_copy(
-                    &mut self.links.up,
+                    &mut self.cx.links.up,
                     resend.then(|| a.resend_head()).flatten(),
                     io,
                 );
-                self.links
+                self.cx
+                    .links
                     .up
                     .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
                 self.count_peer(ui, i);
@@ -333,19 +336,20 @@ impl Session {
                     let addr = u.peers[i].addr;
                     // proxy_protocol = "v2": the client and what it connected to, first.
                     let preface = u.proxy_protocol.then(|| {
-                        let dst = crate::sys::local_of(self.links.down.fd()).unwrap_or(self.client);
-                        crate::http::proxy::v2_header(self.client, dst)
+                        let dst =
+                            crate::sys::local_of(self.cx.links.down.fd()).unwrap_or(self.cx.client);
+                        crate::http::proxy::v2_header(self.cx.client, dst)
                     });
-                    let r = self.links.up.reset_fd(io, fd, tls, preface);
+                    let r = self.cx.links.up.reset_fd(io, fd, tls, preface);
                     push_copy(
-                        &mut self.links.up,
+                        &mut self.cx.links.up,
                         resend.then(|| a.resend_head()).flatten(),
                         io,
                     );
-                    self.links.up.connect_started();
-                    self.links.up.set_uses(1);
+                    self.cx.links.up.connect_started();
+                    self.cx.links.up.set_uses(1);
                     self.count_peer(ui, i);
-                    self.phase_ms = io.now_ms();
+                    self.cx.phase_ms = io.now_ms();
                     return match r {
                         Ok(()) => Next::Continue,
                         // The socket (its connect in flight) closes through the answer's retire.
@@ -427,7 +431,7 @@ impl Session {
             Phase::Proxy(x) => Phase::Connecting(x),
             other => other,
         };
-        self.phase_ms = io.now_ms();
+        self.cx.phase_ms = io.now_ms();
         // The socket closes (after what is in flight on it is back), then connect_next.
         self.retire(Side::Up, io);
         true
@@ -448,7 +452,8 @@ impl Session {
     /// The server the request in progress went to, if one was chosen.
     fn peer(&self) -> Option<&crate::config::Peer> {
         let r = self.phase.req()?;
-        self.cfg
+        self.cx
+            .cfg
             .upstreams
             .get(usize::from(r.upstream))?
             .peers
@@ -592,10 +597,10 @@ impl Session {
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive
                 && !t.until_close()
-                && !self.links.down.eof()
+                && !self.cx.links.down.eof()
                 && !env.draining
-                && self.listen.keepalive_timeout_ms > 0
-                && self.served.saturating_add(1) < self.listen.keepalive_requests;
+                && self.cx.listen.keepalive_timeout_ms > 0
+                && self.cx.served.saturating_add(1) < self.cx.listen.keepalive_requests;
             r.keep_alive = keep;
             let conn = if keep {
                 ClientConnection::KeepAlive
@@ -630,17 +635,17 @@ impl Session {
         // whole and clean: the request sent whole, the response whole and not ending with
         // the connection, nothing else on it.
         if let Phase::Proxy(x) = &self.phase {
-            let u = &self.cfg.upstreams[usize::from(x.req.upstream)];
+            let u = &self.cx.cfg.upstreams[usize::from(x.req.upstream)];
             let keep = u.keepalive > 0
                 && x.req.up_keep
                 && !x.req.upgrade
                 && matches!(x.upward, Upward::Hold(_))
-                && self.links.up.flushed()
-                && !self.links.up.eof()
-                && self.links.up.at_rest()
-                && u32::from(self.links.up.uses()) < u.keepalive_requests
+                && self.cx.links.up.flushed()
+                && !self.cx.links.up.eof()
+                && self.cx.links.up.at_rest()
+                && u32::from(self.cx.links.up.uses()) < u.keepalive_requests
                 && !env.draining;
-            self.links.up.set_keep(keep);
+            self.cx.links.up.set_keep(keep);
         }
         self.retire(Side::Up, io);
         let x = match self.phase.take() {
@@ -654,8 +659,8 @@ impl Session {
         // answer before it has read the body) and nothing else is pending.
         let keep = x.req.keep_alive
             && matches!(x.upward, Upward::Hold(_))
-            && self.links.up.flushed()
-            && !self.links.down.eof()
+            && self.cx.links.up.flushed()
+            && !self.cx.links.down.eof()
             && !env.draining;
         let stash = match x.upward {
             Upward::Hold(stash) if keep => stash,
@@ -664,13 +669,13 @@ impl Session {
                     req: x.req,
                     linger: Linger::No,
                 };
-                self.end.get_or_insert(End::Done);
+                self.cx.end.get_or_insert(End::Done);
                 return Next::Continue;
             }
         };
-        self.served = self.served.saturating_add(1);
+        self.cx.served = self.cx.served.saturating_add(1);
         self.phase = Phase::Request { head: stash };
-        self.phase_ms = io.now_ms();
+        self.cx.phase_ms = io.now_ms();
         self.try_request(io, env)
     }
 
@@ -718,7 +723,7 @@ impl Session {
     pub fn access_log(&self, end: End, now_ms: u64) -> Option<AccessLog<'_>> {
         let r = self.phase.req().filter(|r| !r.logged)?;
         Some(AccessLog {
-            client: self.client,
+            client: self.cx.client,
             method: r.method(),
             host: r.host(),
             path: r.path(),
@@ -729,7 +734,7 @@ impl Session {
             bytes_out: r.bytes_out,
             end,
             tunnel: r.tunnel,
-            tls: self.links.down.tls_info(),
+            tls: self.cx.links.down.tls_info(),
         })
     }
 }

@@ -71,59 +71,63 @@ impl Links {
     }
 
     /// Stop using the connection on `side`: cancel its ops; it closes once they are back.
-    pub fn retire(&mut self, side: Side, io: &mut impl Io) {
+    pub fn retire(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
         let n = self.get_mut(side).retire(io, side);
         self.cancels_sent(n);
     }
 
     /// Cancel the upstream connect in flight (its timeout).
-    pub fn cancel_connect(&mut self, io: &mut impl Io) {
+    pub fn cancel_connect(&mut self, io: &mut (impl Io + ?Sized)) {
         self.cancels_sent(1);
         io.cancel(Side::Up, Op::Connect);
     }
 
     /// Keep a recv of up to `buffers` pool buffers armed on `side` exactly while `want`.
-    pub fn sync_recv(&mut self, side: Side, io: &mut impl Io, want: bool, buffers: u32) {
+    pub fn sync_recv(&mut self, side: Side, io: &mut (impl Io + ?Sized), want: bool, buffers: u32) {
         let n = self.get_mut(side).sync_recv(io, side, want, buffers);
         self.cancels_sent(n);
     }
 
     /// Keep the hang-up watch armed on `side` exactly while `want`.
-    pub fn sync_watch(&mut self, side: Side, io: &mut impl Io, want: bool) {
+    pub fn sync_watch(&mut self, side: Side, io: &mut (impl Io + ?Sized), want: bool) {
         let n = self.get_mut(side).sync_watch(io, side, want);
         self.cancels_sent(n);
     }
 
     /// Queue plaintext on `to` and start sending it.
-    pub fn send(&mut self, to: Side, c: crate::uring::Chunk, io: &mut impl Io) {
+    pub fn send(&mut self, to: Side, c: crate::uring::Chunk, io: &mut (impl Io + ?Sized)) {
         let t = self.get_mut(to);
         t.push(io, c);
         t.kick(io, to);
     }
 
     /// Pass a half-close on to `side`: its write side shuts once what is queued has gone.
-    pub fn half_close(&mut self, side: Side, io: &mut impl Io) {
+    pub fn half_close(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
         let t = self.get_mut(side);
         t.shut_after_flush();
         t.kick(io, side);
     }
 
     /// Close the client connection once it is retired and nothing of it is in flight.
-    pub fn close_down_when_done(&mut self, io: &mut impl Io) {
+    pub fn close_down_when_done(&mut self, io: &mut (impl Io + ?Sized)) {
         let cancels = self.cancels;
         self.down.close_when_done(io, cancels, false);
     }
 
     /// Close the upstream connection once it is retired and nothing of it is in flight
     /// (`keep_queue`: what waits for it stays, for the next attempt); true when it closed.
-    pub fn close_up_when_done(&mut self, io: &mut impl Io, keep_queue: bool) -> bool {
+    pub fn close_up_when_done(&mut self, io: &mut (impl Io + ?Sized), keep_queue: bool) -> bool {
         let cancels = self.cancels;
         self.up.close_when_done(io, cancels, keep_queue)
     }
 
     /// The upstream connection itself, retired to be kept (the keepalive pool), once nothing
     /// of it is in flight.
-    pub fn detach_up_when_done(&mut self, io: &mut impl Io, keep_queue: bool) -> Option<Transport> {
+    pub fn detach_up_when_done(
+        &mut self,
+        io: &mut (impl Io + ?Sized),
+        keep_queue: bool,
+    ) -> Option<Transport> {
         let cancels = self.cancels;
         self.up.detach_when_done(io, cancels, keep_queue)
     }

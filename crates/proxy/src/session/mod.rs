@@ -154,13 +154,20 @@ impl Listen {
     }
 }
 
-/// A session: client connection, upstream connection, and the phase of the exchange between
-/// them.
+/// A session: its connections and what it knows of them ([`Cx`]), and the protocol that
+/// runs over them now ([`Phase`]).
 #[derive(Debug)]
 pub struct Session {
+    cx: Cx,
+    phase: Phase,
+}
+
+/// What a session is besides its protocol: its connections, the configuration and listener it
+/// was accepted under, its clocks and its end. Every protocol works through it.
+#[derive(Debug)]
+pub struct Cx {
     /// The client connection and the upstream connection, and the cancels in flight for them.
     links: Links,
-    phase: Phase,
     /// The configuration this session was accepted under (a reload cannot change it).
     cfg: Arc<Config>,
     listen: Listen,
@@ -188,16 +195,18 @@ impl Session {
             _ => Transport::plain(fd),
         };
         Session {
-            links: Links::new(down),
+            cx: Cx {
+                links: Links::new(down),
+                cfg,
+                listen,
+                client,
+                phase_ms: now_ms,
+                last_up_ms: now_ms,
+                last_down_ms: now_ms,
+                end: None,
+                served: 0,
+            },
             phase: Phase::Request { head: Vec::new() },
-            cfg,
-            listen,
-            client,
-            phase_ms: now_ms,
-            last_up_ms: now_ms,
-            last_down_ms: now_ms,
-            end: None,
-            served: 0,
         }
     }
 
@@ -220,21 +229,21 @@ impl Session {
 
     /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
     pub fn finished(&self) -> bool {
-        self.phase.is_closing() && self.links.all_closed()
+        self.phase.is_closing() && self.cx.links.all_closed()
     }
 
     /// The configuration this session was accepted under.
     pub fn config(&self) -> &Config {
-        &self.cfg
+        &self.cx.cfg
     }
 
     /// Why it ended (once closing).
     pub fn end(&self) -> Option<End> {
-        self.end
+        self.cx.end
     }
 
     fn conn(&mut self, side: Side) -> &mut Transport {
-        self.links.get_mut(side)
+        self.cx.links.get_mut(side)
     }
 
     // ---- events -------------------------------------------------------------------------
@@ -299,8 +308,8 @@ impl Session {
 
     /// The upstream connect completed.
     pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.links.up.connect_done();
-        if self.links.up.retiring() {
+        self.cx.links.up.connect_done();
+        if self.cx.links.up.retiring() {
             return self.after(io, env);
         }
         let Phase::Connecting(x) = &mut self.phase else {
@@ -308,7 +317,7 @@ impl Session {
         };
         if res == 0 && !x.connect_timed_out() {
             io.observe(Observed::Connected(
-                io.now_ms().saturating_sub(self.phase_ms),
+                io.now_ms().saturating_sub(self.cx.phase_ms),
             ));
             self.upstream_ready(io);
         } else {
@@ -351,7 +360,7 @@ impl Session {
     /// The upstream connection is open (connected, or taken from the keepalive pool): the
     /// request goes up, the response head is awaited.
     fn upstream_ready(&mut self, io: &mut impl Io) {
-        self.links.up.mark_ready();
+        self.cx.links.up.mark_ready();
         self.phase = match self.phase.take() {
             Phase::Connecting(mut x) => {
                 x.downward = Downward::Head(Vec::new());
@@ -359,8 +368,8 @@ impl Session {
             }
             other => other,
         };
-        self.last_up_ms = io.now_ms();
-        self.links.up.kick(io, Side::Up);
+        self.cx.last_up_ms = io.now_ms();
+        self.cx.links.up.kick(io, Side::Up);
     }
 
     /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an
@@ -378,7 +387,7 @@ impl Session {
 
     /// A cancel completion.
     pub fn on_cancel(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.links.cancel_done();
+        self.cx.links.cancel_done();
         self.after(io, env)
     }
 
@@ -412,7 +421,7 @@ impl Session {
         u64::from(
             self.phase
                 .req()
-                .map_or(self.listen.header_timeout_ms, |r| r.send_ms),
+                .map_or(self.cx.listen.header_timeout_ms, |r| r.send_ms),
         )
     }
 
@@ -421,27 +430,27 @@ impl Session {
         let ms = u64::from;
         let phase = match &self.phase {
             Phase::Request { .. } if self.idle_keepalive() => {
-                Some(self.phase_ms + ms(self.listen.keepalive_timeout_ms))
+                Some(self.cx.phase_ms + ms(self.cx.listen.keepalive_timeout_ms))
             }
-            Phase::Request { .. } => Some(self.phase_ms + ms(self.listen.header_timeout_ms)),
-            Phase::Connecting(x) if x.delayed() => Some(self.phase_ms),
+            Phase::Request { .. } => Some(self.cx.phase_ms + ms(self.cx.listen.header_timeout_ms)),
+            Phase::Connecting(x) if x.delayed() => Some(self.cx.phase_ms),
             Phase::Connecting(x) if !x.connect_timed_out() => {
-                Some(self.phase_ms + ms(x.req.connect_ms))
+                Some(self.cx.phase_ms + ms(x.req.connect_ms))
             }
             Phase::Connecting(_) => None,
-            Phase::Proxy(x) => Some(self.last_up_ms + ms(x.req.read_ms)),
+            Phase::Proxy(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
             Phase::Tunnel { req, .. } => {
-                let idle = self.last_up_ms.max(self.last_down_ms) + ms(req.read_ms);
+                let idle = self.cx.last_up_ms.max(self.cx.last_down_ms) + ms(req.read_ms);
                 Some(req.ctl.as_ref().map_or(idle, |k| {
-                    idle.min(k.due([self.last_down_ms, self.last_up_ms]))
+                    idle.min(k.due([self.cx.last_down_ms, self.cx.last_up_ms]))
                 }))
             }
             Phase::Respond {
                 linger: Linger::On, ..
-            } => Some(self.phase_ms + LINGER_MS),
+            } => Some(self.cx.phase_ms + LINGER_MS),
             Phase::Respond { .. } | Phase::Closing(_) => None,
         };
-        let send = [&self.links.down, &self.links.up]
+        let send = [&self.cx.links.down, &self.cx.links.up]
             .iter()
             .filter(|p| p.sending().is_some() && !self.phase.is_closing())
             .map(|p| p.send_since_ms() + self.send_ms())
@@ -454,7 +463,7 @@ impl Session {
 
     /// Waiting for the first byte of the next request on a kept-alive connection.
     fn idle_keepalive(&self) -> bool {
-        self.served > 0 && matches!(&self.phase, Phase::Request { head } if head.is_empty())
+        self.cx.served > 0 && matches!(&self.phase, Phase::Request { head } if head.is_empty())
     }
 
     /// When a request body that stopped arriving gets its 408: only while the proxy is
@@ -463,9 +472,9 @@ impl Session {
         match &self.phase {
             Phase::Connecting(x) | Phase::Proxy(x)
                 if matches!(x.upward, Upward::Body(_))
-                    && self.links.down.recv_state() == Recv::On =>
+                    && self.cx.links.down.recv_state() == Recv::On =>
             {
-                Some(self.last_down_ms + u64::from(x.req.body_ms))
+                Some(self.cx.last_down_ms + u64::from(x.req.body_ms))
             }
             _ => None,
         }
@@ -481,7 +490,7 @@ impl Session {
             return Next::Continue;
         }
         let send_ms = self.send_ms();
-        let stuck = [&self.links.down, &self.links.up]
+        let stuck = [&self.cx.links.down, &self.cx.links.up]
             .iter()
             .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
@@ -500,7 +509,7 @@ impl Session {
                     if let Some(c) = x.connect() {
                         c.delayed = false;
                     }
-                    self.phase_ms = now;
+                    self.cx.phase_ms = now;
                     let next = self.connect_next(io, env);
                     self.apply(next, io);
                     return self.after(io, env);
@@ -509,7 +518,7 @@ impl Session {
                     if let Some(c) = x.connect() {
                         c.timed_out = true;
                     }
-                    self.links.cancel_connect(io);
+                    self.cx.links.cancel_connect(io);
                     Next::Continue
                 }
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
@@ -520,7 +529,7 @@ impl Session {
                 Phase::Proxy(_) => Next::Close(End::IdleTimeout),
                 // Handled above (`tunnel_timer`).
                 Phase::Tunnel { .. } => Next::Continue,
-                Phase::Respond { .. } => Next::Close(self.end.unwrap_or(End::Done)),
+                Phase::Respond { .. } => Next::Close(self.cx.end.unwrap_or(End::Done)),
                 Phase::Closing(_) => Next::Continue,
             }
         };
@@ -535,12 +544,12 @@ impl Session {
         if self.phase.is_closing() || self.conn(side).retiring() {
             // Bytes after a whole response: that connection is not clean to reuse.
             if side == Side::Up {
-                self.links.up.set_keep(false);
+                self.cx.links.up.set_keep(false);
             }
             io.release(c);
             return Next::Continue;
         }
-        if side == Side::Down && self.listen.proxy_header {
+        if side == Side::Down && self.cx.listen.proxy_header {
             // Below TLS: the balancer's PROXY header comes before anything of the client's.
             return self.proxy_header(c, io, env);
         }
@@ -552,7 +561,7 @@ impl Session {
                 let why = end::tls_reason(&e);
                 return match side {
                     Side::Down => {
-                        tracing::info!(target: "tls", "{}: TLS failed: {e}", self.client);
+                        tracing::info!(target: "tls", "{}: TLS failed: {e}", self.cx.client);
                         // No HTTP answer: the alert is on its way.
                         Next::Fail(End::ClientTls(why))
                     }
@@ -577,11 +586,11 @@ impl Session {
         }
         match side {
             Side::Down => {
-                self.last_down_ms = now;
+                self.cx.last_down_ms = now;
                 self.on_client_bytes(c, io, env)
             }
             Side::Up => {
-                self.last_up_ms = now;
+                self.cx.last_up_ms = now;
                 self.on_upstream_bytes(c, io, env)
             }
         }
@@ -617,7 +626,7 @@ impl Session {
 
     /// Queue plaintext on `to` and start sending it.
     fn send_to(&mut self, to: Side, c: Chunk, io: &mut impl Io) {
-        self.links.send(to, c, io);
+        self.cx.links.send(to, c, io);
     }
 
     /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
@@ -637,7 +646,7 @@ impl Session {
         self.conn(side).mark_eof();
         if self.phase.is_tunnel() {
             // Pass the half-close on once what is queued has gone out.
-            self.links.half_close(side.peer(), io);
+            self.cx.links.half_close(side.peer(), io);
             return Next::Continue;
         }
         match side {
@@ -645,7 +654,7 @@ impl Session {
                 // Lingering after our answer: the client has finished; close.
                 Phase::Respond {
                     linger: Linger::On, ..
-                } => Next::Close(self.end.unwrap_or(End::Done)),
+                } => Next::Close(self.cx.end.unwrap_or(End::Done)),
                 // Our own answer is on its way: send it, then close.
                 Phase::Respond { .. } => Next::Continue,
                 // A head cut short, or nothing more can be delivered to a client that has
@@ -697,7 +706,7 @@ impl Session {
             return self.close(end, io);
         }
         let now = io.now_ms();
-        let started = self.phase_ms.min(now);
+        let started = self.cx.phase_ms.min(now);
         let bytes_in = match &self.phase {
             Phase::Request { head } => head.len() as u64,
             _ => 0,
@@ -714,8 +723,8 @@ impl Session {
     /// (nginx's lingering close).
     fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
         req.status = status;
-        self.end.get_or_insert(end);
-        let linger = if self.links.down.eof() {
+        self.cx.end.get_or_insert(end);
+        let linger = if self.cx.links.down.eof() {
             Linger::No
         } else {
             Linger::AfterFlush
@@ -724,7 +733,7 @@ impl Session {
         self.retire(Side::Up, io);
         if status == 0 {
             // `Next::Fail`: no answer of ours, only what the transport queued.
-            self.links.down.kick(io, Side::Down);
+            self.cx.links.down.kick(io, Side::Down);
             return;
         }
         self.send_built(Side::Down, io, |out| {
@@ -745,13 +754,13 @@ impl Session {
             // A connection that sent part of a head, or never completed its first one, gets a
             // log line; an idle keep-alive connection closing does not (as in nginx).
             Phase::Request { head }
-                if !head.is_empty() || (end == End::HeaderTimeout && self.served == 0) =>
+                if !head.is_empty() || (end == End::HeaderTimeout && self.cx.served == 0) =>
             {
-                Some(Req::unparsed(self.phase_ms, head.len() as u64))
+                Some(Req::unparsed(self.cx.phase_ms, head.len() as u64))
             }
             _ => self.phase.take_req(),
         };
-        self.end.get_or_insert(end);
+        self.cx.end.get_or_insert(end);
         self.phase = Phase::Closing(req);
         self.retire(Side::Down, io);
         self.retire(Side::Up, io);
@@ -759,7 +768,7 @@ impl Session {
 
     /// Stop using one connection: cancel its ops; it closes when they are all back.
     fn retire(&mut self, side: Side, io: &mut impl Io) {
-        self.links.retire(side, io);
+        self.cx.links.retire(side, io);
     }
 
     /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
@@ -769,53 +778,56 @@ impl Session {
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
         // opening was answered where it happened: the phase is Respond by now.)
         if !matches!(self.phase, Phase::Respond { .. } | Phase::Closing(_)) {
-            if self.links.down.failed() {
+            if self.cx.links.down.failed() {
                 self.close(End::ClientTls("seal"), io);
-            } else if self.links.up.failed() {
+            } else if self.cx.links.up.failed() {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
         if let Phase::Respond { linger, .. } = &mut self.phase
             && *linger != Linger::On
-            && self.links.down.flushed()
+            && self.cx.links.down.flushed()
         {
-            if *linger == Linger::AfterFlush && !self.links.down.eof() && self.links.down.open() {
+            if *linger == Linger::AfterFlush
+                && !self.cx.links.down.eof()
+                && self.cx.links.down.open()
+            {
                 *linger = Linger::On;
-                self.phase_ms = io.now_ms();
+                self.cx.phase_ms = io.now_ms();
                 // Half-close behind what is queued (a TLS close_notify goes first).
-                self.links.down.shut_after_flush();
-                self.links.down.kick(io, Side::Down);
+                self.cx.links.down.shut_after_flush();
+                self.cx.links.down.kick(io, Side::Down);
             } else {
-                let end = self.end.unwrap_or(End::Done);
+                let end = self.cx.end.unwrap_or(End::Done);
                 self.close(end, io);
             }
         }
         if self.phase.is_tunnel()
-            && self.links.down.eof()
-            && self.links.up.eof()
-            && self.links.down.flushed()
-            && self.links.up.flushed()
+            && self.cx.links.down.eof()
+            && self.cx.links.up.eof()
+            && self.cx.links.down.flushed()
+            && self.cx.links.up.flushed()
         {
             self.close(End::Done, io);
         }
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
-        self.links.close_down_when_done(io);
-        if self.links.up.keep() {
-            let uses = self.links.up.uses();
-            if let Some(conn) = self.links.detach_up_when_done(io, keep) {
+        self.cx.links.close_down_when_done(io);
+        if self.cx.links.up.keep() {
+            let uses = self.cx.links.up.uses();
+            if let Some(conn) = self.cx.links.detach_up_when_done(io, keep) {
                 self.pool_upstream(conn, uses, io, env);
             }
-        } else if self.links.close_up_when_done(io, keep) {
+        } else if self.cx.links.close_up_when_done(io, keep) {
             self.uncount_peer();
         }
-        if waiting && self.links.up.fd() < 0 {
+        if waiting && self.cx.links.up.fd() < 0 {
             let next = self.connect_next(io, env);
             self.apply(next, io);
         }
         if self.phase.is_closing() {
             return match self.finished() {
-                true => Next::Close(self.end.unwrap_or(End::Done)),
+                true => Next::Close(self.cx.end.unwrap_or(End::Done)),
                 false => Next::Continue,
             };
         }
@@ -831,26 +843,27 @@ impl Session {
     /// Give back the `limit_conn` slot this connection holds (the worker calls it once, at the
     /// session's end; it is idempotent).
     pub fn release_limit(&mut self) {
-        let z = std::mem::take(&mut self.links.limited);
+        let z = std::mem::take(&mut self.cx.links.limited);
         if let Some(zone) = z
             .checked_sub(1)
-            .and_then(|z| self.cfg.conn_zones.get(usize::from(z)))
+            .and_then(|z| self.cx.cfg.conn_zones.get(usize::from(z)))
         {
             zone.table
-                .give_back(crate::limits::key_of(self.client.ip()));
+                .give_back(crate::limits::key_of(self.cx.client.ip()));
         }
     }
 
     /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
     fn count_peer(&mut self, upstream: usize, peer: usize) {
-        self.cfg.upstreams[upstream].peers[peer].state.add();
-        self.links.counted = [upstream as u16, peer as u16];
+        self.cx.cfg.upstreams[upstream].peers[peer].state.add();
+        self.cx.links.counted = [upstream as u16, peer as u16];
     }
 
     /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
     fn pool_upstream(&mut self, conn: Transport, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
-        let [u, p] = self.links.counted;
+        let [u, p] = self.cx.links.counted;
         match self
+            .cx
             .cfg
             .upstreams
             .get(usize::from(u))
@@ -868,8 +881,9 @@ impl Session {
 
     /// The upstream socket closed: uncount it.
     fn uncount_peer(&mut self) {
-        let [u, p] = std::mem::replace(&mut self.links.counted, [phase::NO_PEER; 2]);
+        let [u, p] = std::mem::replace(&mut self.cx.links.counted, [phase::NO_PEER; 2]);
         if let Some(peer) = self
+            .cx
             .cfg
             .upstreams
             .get(usize::from(u))
@@ -882,7 +896,7 @@ impl Session {
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
     /// is at its floor.
     fn want_recv(&self, side: Side, pool_low: bool) -> bool {
-        let (p, peer) = (self.links.get(side), self.links.get(side.peer()));
+        let (p, peer) = (self.cx.links.get(side), self.cx.links.get(side.peer()));
         if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
             return false;
         }
@@ -896,7 +910,7 @@ impl Session {
             (Phase::Request { .. }, Side::Down) => true,
             (Phase::Connecting(x) | Phase::Proxy(x), Side::Down) => match &x.upward {
                 Upward::Body(_) => room,
-                Upward::Hold(stash) => stash.len() < self.listen.header_max as usize,
+                Upward::Hold(stash) => stash.len() < self.cx.listen.header_max as usize,
             },
             (Phase::Proxy(x), Side::Up) => match x.downward {
                 Downward::Head(_) => true,
@@ -915,9 +929,9 @@ impl Session {
         let body = matches!(&self.phase, Phase::Connecting(x) | Phase::Proxy(x) if matches!(x.upward, Upward::Body(_)));
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side, pool_low);
-            if want && side == Side::Down && self.links.down.recv_state() == Recv::Off && body {
+            if want && side == Side::Down && self.cx.links.down.recv_state() == Recv::Off && body {
                 // The body clock runs only while we read: it restarts when reading resumes.
-                self.last_down_ms = io.now_ms();
+                self.cx.last_down_ms = io.now_ms();
             }
             // What this direction may still take: the budget less what waits toward the peer;
             // one at a time below the pool's floor.
@@ -927,16 +941,16 @@ impl Session {
             } else {
                 QUEUE.saturating_sub(waiting).max(1) as u32
             };
-            self.links.sync_recv(side, io, want, buffers);
+            self.cx.links.sync_recv(side, io, want, buffers);
         }
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
         let watch = matches!(self.phase, Phase::Connecting(_) | Phase::Proxy(_))
-            && self.links.down.recv_state() == Recv::Off
-            && self.links.down.open()
-            && !self.links.down.eof();
-        self.links.sync_watch(Side::Down, io, watch);
+            && self.cx.links.down.recv_state() == Recv::Off
+            && self.cx.links.down.open()
+            && !self.cx.links.down.eof();
+        self.cx.links.sync_watch(Side::Down, io, watch);
     }
 }
 

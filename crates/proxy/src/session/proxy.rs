@@ -25,9 +25,9 @@ impl Session {
             Err(why) => return Next::Close(End::BadRequest(why)),
         };
         if let Some(src) = h.source {
-            self.client = src;
+            self.cx.client = src;
         }
-        self.listen.proxy_header = false;
+        self.cx.listen.proxy_header = false;
         let rest = head.split_off(h.len);
         head.clear();
         if rest.is_empty() {
@@ -42,14 +42,14 @@ impl Session {
     /// a usable header, it is the peer. A connection from a front end carries many clients'
     /// requests: the limit_conn slot held for the previous one is given back when it changes.
     pub(super) fn real_ip(&mut self, si: usize, head: &[u8]) {
-        let s = &self.cfg.servers[si];
+        let s = &self.cx.cfg.servers[si];
         let Some(name) = &s.real_ip_header else {
             return;
         };
-        if self.cfg.listener_proxy[usize::from(self.listen.index)].is_some() {
+        if self.cx.cfg.listener_proxy[usize::from(self.cx.listen.index)].is_some() {
             return; // the PROXY header said who the client is
         }
-        let Some(peer) = crate::sys::peer_of(self.links.down.fd()) else {
+        let Some(peer) = crate::sys::peer_of(self.cx.links.down.fd()) else {
             return;
         };
         let mut client = peer;
@@ -62,9 +62,9 @@ impl Session {
         {
             client = std::net::SocketAddr::new(ip, peer.port());
         }
-        if client != self.client {
+        if client != self.cx.client {
             self.release_limit();
-            self.client = client;
+            self.cx.client = client;
         }
     }
 }

@@ -281,7 +281,7 @@ impl Session {
             Some(k) if k.busy(side) => {
                 let replied = k.replied;
                 let mut out = io.scratch();
-                let rt = &self.cfg.runtime;
+                let rt = &self.cx.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
                 let verdict = pass(t, k, side, io.data_of(c), &mut out, now, drain);
                 let replied = !replied && k.replied;
@@ -293,7 +293,7 @@ impl Session {
                     self.forward(side, c, io);
                 }
                 if replied {
-                    self.end.get_or_insert(End::Drained);
+                    self.cx.end.get_or_insert(End::Drained);
                     self.shut_both(io);
                 }
                 if let Some(Verdict::Close {
@@ -340,7 +340,7 @@ impl Session {
         }
         k.want[i] = kind;
         let mut out = io.scratch();
-        let rt = &self.cfg.runtime;
+        let rt = &self.cx.cfg.runtime;
         k.put(
             side,
             now,
@@ -369,7 +369,7 @@ impl Session {
             return;
         }
         if !self.inject(Side::Up, Inject::Drain, true, io) {
-            self.end.get_or_insert(End::Shutdown);
+            self.cx.end.get_or_insert(End::Shutdown);
             self.shut_both(io);
         }
     }
@@ -378,7 +378,7 @@ impl Session {
     /// peers have closed theirs (within `CLOSE_WAIT_MS`).
     fn shut_both(&mut self, io: &mut impl Io) {
         for side in [Side::Down, Side::Up] {
-            self.links.half_close(side, io);
+            self.cx.links.half_close(side, io);
         }
         if let Phase::Tunnel { req, .. } = &mut self.phase {
             let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
@@ -391,7 +391,7 @@ impl Session {
     /// The timer fired for a tunnel: idle past `read_timeout`, a heartbeat due or unanswered,
     /// or the Close wait over.
     pub(super) fn tunnel_timer(&mut self, now: u64, io: &mut impl Io) -> Next {
-        let last = [self.last_down_ms, self.last_up_ms];
+        let last = [self.cx.last_down_ms, self.cx.last_up_ms];
         let Phase::Tunnel { req, .. } = &mut self.phase else {
             return Next::Continue;
         };
@@ -441,11 +441,11 @@ impl Session {
         end: End,
         io: &mut impl Io,
     ) {
-        tracing::debug!("{}: {end} ({reason})", self.client);
-        self.end.get_or_insert(end);
+        tracing::debug!("{}: {end} ({reason})", self.cx.client);
+        self.cx.end.get_or_insert(end);
         self.inject(offender.peer(), Inject::Close(code, reason), false, io);
-        self.links.down.mark_eof();
-        self.links.up.mark_eof();
+        self.cx.links.down.mark_eof();
+        self.cx.links.up.mark_eof();
         self.shut_both(io);
     }
 
@@ -455,14 +455,14 @@ impl Session {
     fn heartbeat_lost(&mut self, silent: Side, io: &mut impl Io) -> Next {
         tracing::debug!(
             "{}: heartbeat unanswered by the {silent:?} side",
-            self.client
+            self.cx.client
         );
-        self.end.get_or_insert(End::HeartbeatTimeout(silent));
+        self.cx.end.get_or_insert(End::HeartbeatTimeout(silent));
         for side in [Side::Up, Side::Down] {
             self.inject(side, Inject::GoingAway, false, io);
         }
-        self.links.down.mark_eof();
-        self.links.up.mark_eof();
+        self.cx.links.down.mark_eof();
+        self.cx.links.up.mark_eof();
         self.shut_both(io);
         Next::Continue
     }
