@@ -273,7 +273,7 @@ impl Conn {
 
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
-    pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
         if self.sending.is_some() || !self.open() || !self.ready {
             return;
         }
@@ -290,7 +290,13 @@ impl Conn {
 
     /// A send completed with `res`. A short send resubmits the rest before anything else;
     /// `dropping` (the owner is closing) releases the chunk whatever happened.
-    pub fn on_sent(&mut self, io: &mut impl Sys, side: Side, res: i32, dropping: bool) -> Sent {
+    pub fn on_sent(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        side: Side,
+        res: i32,
+        dropping: bool,
+    ) -> Sent {
         self.op_done();
         let mut c = self.sending.take().expect("send completion without a send");
         io.sent(c);
@@ -321,7 +327,13 @@ impl Conn {
 
     /// Arm a recv of up to `buffers` pool buffers when `want` and none is armed; cancel the
     /// armed one when not `want`. Returns the cancels submitted (0 or 1).
-    pub fn sync_recv(&mut self, io: &mut impl Sys, side: Side, want: bool, buffers: u32) -> u8 {
+    pub fn sync_recv(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        side: Side,
+        want: bool,
+        buffers: u32,
+    ) -> u8 {
         match (want, self.recv) {
             (true, Recv::Off) => {
                 self.recv = Recv::On;
@@ -340,7 +352,7 @@ impl Conn {
 
     /// Keep a hang-up watch (a poll for POLLRDHUP) armed exactly while `want`. Returns the
     /// cancels submitted (0 or 1).
-    pub fn sync_watch(&mut self, io: &mut impl Sys, side: Side, want: bool) -> u8 {
+    pub fn sync_watch(&mut self, io: &mut (impl Sys + ?Sized), side: Side, want: bool) -> u8 {
         match (want, self.hup) {
             (true, Recv::Off) => {
                 self.hup = Recv::On;
@@ -367,7 +379,7 @@ impl Conn {
     /// shutdown in flight completes on its own); the fd closes in [`Conn::close_when_done`]
     /// once they are all back. Without a socket (between upstream attempts), what waited for
     /// one goes nowhere. Returns the cancels submitted.
-    pub fn retire(&mut self, io: &mut impl Sys, side: Side) -> u8 {
+    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), side: Side) -> u8 {
         if self.fd < 0 {
             self.release_queue(io);
             return 0;
@@ -403,7 +415,12 @@ impl Conn {
     /// flight, so no cancel can still be looking for an op of this fd when a new socket takes
     /// its number. The queue is released unless `keep_queue` (a request waiting for the next
     /// upstream attempt). Returns whether it closed.
-    pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+    pub fn close_when_done(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        cancels: u8,
+        keep_queue: bool,
+    ) -> bool {
         if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
             return false;
         }
@@ -416,7 +433,7 @@ impl Conn {
         true
     }
 
-    fn release_queue(&mut self, io: &mut impl Sys) {
+    fn release_queue(&mut self, io: &mut (impl Sys + ?Sized)) {
         while let Some(c) = self.queue.pop() {
             self.torn = true;
             io.release(c);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::{
-    AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Next, Observed, RESPONSE_HEAD_MAX,
+    AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
 };
 use super::{Linger, Session};
 use crate::config::clock_ms;
@@ -25,7 +25,7 @@ impl Session {
         c: Chunk,
         io: &mut impl Io,
         env: &mut Env<'_>,
-    ) -> Next {
+    ) -> Step {
         let now = io.now_ms();
         match &mut self.phase {
             Phase::Request { head } => {
@@ -45,11 +45,11 @@ impl Session {
                             x.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
                         }
                         self.forward_prefix(Side::Down, c, n, io);
-                        Next::Continue
+                        Step::Continue
                     }
                     Err(e) => {
                         io.release(c);
-                        Next::Respond(400, End::BadRequest(e.0))
+                        Step::Respond(400, End::BadRequest(e.0))
                     }
                 },
                 Upward::Hold(stash) => {
@@ -57,14 +57,15 @@ impl Session {
                     // the recv already armed may bring (QUEUE buffers) lands past it.
                     stash.extend_from_slice(io.data_of(c));
                     io.release(c);
-                    Next::Continue
+                    Step::Continue
                 }
             },
             Phase::Tunnel { .. } => self.tunnel_bytes(Side::Down, c, io),
-            // Our answer is going out: what the client still sends is dropped.
-            Phase::Respond { .. } | Phase::Closing(_) => {
+            // Our answer is going out: what the client still sends is dropped. (A protocol
+            // added as a type has had its bytes in `on_data`.)
+            Phase::Respond { .. } | Phase::Closing(_) | Phase::Other(_) => {
                 io.release(c);
-                Next::Continue
+                Step::Continue
             }
         }
     }
@@ -75,7 +76,7 @@ impl Session {
         c: Chunk,
         io: &mut impl Io,
         env: &mut Env<'_>,
-    ) -> Next {
+    ) -> Step {
         match &mut self.phase {
             Phase::Proxy(x) => match &mut x.downward {
                 Downward::Head(v) => {
@@ -90,39 +91,39 @@ impl Session {
                         if done {
                             return self.response_done(io, env);
                         }
-                        Next::Continue
+                        Step::Continue
                     }
                     Err(e) => {
                         io.release(c);
-                        Next::Close(End::BadResponse(e.0))
+                        Step::Close(End::BadResponse(e.0))
                     }
                 },
                 Downward::Connect(_) => {
                     io.release(c);
-                    Next::Continue
+                    Step::Continue
                 }
             },
             Phase::Tunnel { .. } => self.tunnel_bytes(Side::Up, c, io),
             _ => {
                 io.release(c);
-                Next::Continue
+                Step::Continue
             }
         }
     }
 
     // ---- request ---------------------------------------------------------------------------
 
-    pub(super) fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    pub(super) fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         let Phase::Request { head } = &mut self.phase else {
-            return Next::Continue;
+            return Step::Continue;
         };
         let buf = &*head;
         let req = match http::parse_request(buf, &self.cx.listen.limits()) {
-            Ok(None) => return Next::Continue,
+            Ok(None) => return Step::Continue,
             Ok(Some(r)) => r,
-            Err(HeadError::TooLarge) => return Next::Respond(431, End::HeadTooLarge),
-            Err(HeadError::UriTooLong) => return Next::Respond(414, End::UriTooLong),
-            Err(HeadError::Invalid(why)) => return Next::Respond(400, End::BadRequest(why)),
+            Err(HeadError::TooLarge) => return Step::Respond(431, End::HeadTooLarge),
+            Err(HeadError::UriTooLong) => return Step::Respond(414, End::UriTooLong),
+            Err(HeadError::Invalid(why)) => return Step::Respond(400, End::BadRequest(why)),
         };
         // The head is complete: it leaves the phase with the request.
         let buf = std::mem::take(head);
@@ -185,11 +186,11 @@ impl Session {
         });
         if let Err(HeadError::Invalid(why)) = norm {
             self.answer(r, 400, End::BadRequest(why), io);
-            return Next::Continue;
+            return Step::Continue;
         }
         let Some(loc) = route else {
             self.answer(r, 404, End::NoRoute, io);
-            return Next::Continue;
+            return Step::Continue;
         };
         loc.stats.routed();
         let delay_ms = match take_limits(cfg, loc, self.cx.client.ip(), &mut self.cx.links.limited)
@@ -198,7 +199,7 @@ impl Session {
             Err(status) => {
                 loc.stats.limited();
                 self.answer(r, status, End::Limited, io);
-                return Next::Continue;
+                return Step::Continue;
             }
         };
         let mut out = io.scratch();
@@ -214,7 +215,7 @@ impl Session {
             http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
         {
             self.answer(r, 400, End::BadRequest(why), io);
-            return Next::Continue;
+            return Step::Continue;
         }
         // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
         // until the 101 arrives (then it is tunnel data), otherwise as the next request —
@@ -232,7 +233,7 @@ impl Session {
             }
             Err(e) => {
                 self.answer(r, 400, End::BadRequest(e.0), io);
-                return Next::Continue;
+                return Step::Continue;
             }
         };
         // Kept to send again to the next server if this one fails after the request went up
@@ -260,22 +261,22 @@ impl Session {
                 c.delayed = true;
             }
             self.cx.phase_ms = now + delay_ms;
-            return Next::Continue;
+            return Step::Continue;
         }
         self.connect_next(io, env)
     }
 
     /// Pick the next server not yet tried and start connecting; 502 when none is left.
-    pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         let Phase::Connecting(x) = &mut self.phase else {
-            return Next::Continue;
+            return Step::Continue;
         };
         if self.cx.links.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
             if let Some(c) = x.connect() {
                 c.waiting = true;
             }
-            return Next::Continue;
+            return Step::Continue;
         }
         let resend = x.connect().is_some_and(|c| {
             c.waiting = false;
@@ -285,11 +286,11 @@ impl Session {
         let ui = usize::from(x.req.upstream);
         let u = &self.cx.cfg.upstreams[ui];
         let Some(a) = x.req.attempt.as_deref_mut() else {
-            return Next::Respond(502, End::NoUpstream);
+            return Step::Respond(502, End::NoUpstream);
         };
         let gave_up = |a: &Attempt| match a.gave_up() {
-            GaveUp::Timeout => Next::Respond(504, End::UpstreamTimeout),
-            GaveUp::NoUpstream => Next::Respond(502, End::NoUpstream),
+            GaveUp::Timeout => Step::Respond(504, End::UpstreamTimeout),
+            GaveUp::NoUpstream => Step::Respond(502, End::NoUpstream),
         };
         // A request that failed on a server goes to the next only within next_upstream's
         // tries and time.
@@ -321,9 +322,9 @@ impl Session {
                     .links
                     .up
                     .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
-                self.count_peer(ui, i);
+                self.cx.count_peer(ui, i);
                 self.upstream_ready(io);
-                return Next::Continue;
+                return Step::Continue;
             }
             a.set_cached(false);
             let source = rr.next_source(u);
@@ -348,14 +349,14 @@ impl Session {
                     );
                     self.cx.links.up.connect_started();
                     self.cx.links.up.set_uses(1);
-                    self.count_peer(ui, i);
+                    self.cx.count_peer(ui, i);
                     self.cx.phase_ms = io.now_ms();
                     return match r {
-                        Ok(()) => Next::Continue,
+                        Ok(()) => Step::Continue,
                         // The socket (its connect in flight) closes through the answer's retire.
                         Err(e) => {
                             tracing::warn!(target: "upstream", "TLS toward {addr} failed: {e}");
-                            Next::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
+                            Step::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
                         }
                     };
                 }
@@ -385,11 +386,11 @@ impl Session {
     pub(super) fn upstream_failed(
         &mut self,
         kind: Failure,
-        answer: Next,
+        answer: Step,
         io: &mut impl Io,
-    ) -> Next {
+    ) -> Step {
         if self.retry_next(kind, io) {
-            Next::Continue
+            Step::Continue
         } else {
             answer
         }
@@ -433,7 +434,7 @@ impl Session {
         };
         self.cx.phase_ms = io.now_ms();
         // The socket closes (after what is in flight on it is back), then connect_next.
-        self.retire(Side::Up, io);
+        self.cx.retire(Side::Up, io);
         true
     }
 
@@ -466,26 +467,26 @@ impl Session {
 
     // ---- response --------------------------------------------------------------------------
 
-    fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         loop {
             let Phase::Proxy(x) = &mut self.phase else {
-                return Next::Continue;
+                return Step::Continue;
             };
             let Downward::Head(buf) = &mut x.downward else {
-                return Next::Continue;
+                return Step::Continue;
             };
             let r = &mut x.req;
             let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
-                Ok(None) => return Next::Continue,
+                Ok(None) => return Step::Continue,
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
-                    let answer = Next::Respond(502, End::BadResponse("response head too large"));
+                    let answer = Step::Respond(502, End::BadResponse("response head too large"));
                     return self.upstream_failed(Failure::Invalid, answer, io);
                 }
                 Err(HeadError::Invalid(why)) => {
                     return self.upstream_failed(
                         Failure::Invalid,
-                        Next::Respond(502, End::BadResponse(why)),
+                        Step::Respond(502, End::BadResponse(why)),
                         io,
                     );
                 }
@@ -497,12 +498,12 @@ impl Session {
                 let head_len = u16::try_from(resp.head_len).unwrap_or(u16::MAX);
                 r.interim_bytes = r.interim_bytes.saturating_add(head_len);
                 if r.interim > INTERIM_MAX || u32::from(r.interim_bytes) > INTERIM_BYTES_MAX {
-                    return Next::Respond(502, End::BadResponse("too many interim responses"));
+                    return Step::Respond(502, End::BadResponse("too many interim responses"));
                 }
                 r.responded = true;
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
                 let c = io.put(info);
-                self.send_to(Side::Down, c, io);
+                self.cx.send_to(Side::Down, c, io);
                 continue;
             }
             let named = r.attempt.as_ref().and_then(|a| a.names_status(resp.status));
@@ -510,17 +511,17 @@ impl Session {
                 // A 502/503/504 that next_upstream names: a failure of this server; the next
                 // one gets the request if it can, else this answer goes to the client.
                 if self.retry_next(f, io) {
-                    return Next::Continue;
+                    return Step::Continue;
                 }
             } else {
                 self.server_answered();
             }
             // (Still proxying, still at the head: neither call above changes the phase.)
             let Phase::Proxy(x) = &mut self.phase else {
-                return Next::Continue;
+                return Step::Continue;
             };
             let (Downward::Head(buf), r) = (&mut x.downward, &mut x.req) else {
-                return Next::Continue;
+                return Step::Continue;
             };
             let buf = std::mem::take(buf);
             r.status = resp.status;
@@ -529,7 +530,7 @@ impl Session {
             out.reserve(resp.head_len + 64);
             if resp.status == 101 {
                 if !r.upgrade {
-                    return Next::Respond(
+                    return Step::Respond(
                         502,
                         End::BadResponse("101 to a request that did not ask to upgrade"),
                     );
@@ -539,13 +540,13 @@ impl Session {
                     .as_deref()
                     .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
                 {
-                    return Next::Respond(
+                    return Step::Respond(
                         502,
                         End::BadResponse("101 without the protocol the client asked for"),
                     );
                 }
                 if !matches!(x.upward, Upward::Hold(_)) {
-                    return Next::Respond(
+                    return Step::Respond(
                         502,
                         End::BadResponse("101 before the request body was complete"),
                     );
@@ -572,7 +573,7 @@ impl Session {
                         // Checked above: a 101 comes only while the client's bytes are held.
                         self.phase = other;
                         io.recycle(out);
-                        return Next::Respond(502, End::BadResponse("101 out of place"));
+                        return Step::Respond(502, End::BadResponse("101 out of place"));
                     }
                 };
                 // The tunnel's first bytes each way: what the client sent after its request,
@@ -582,17 +583,17 @@ impl Session {
                 frames[1].track(&buf[resp.head_len..]);
                 self.phase = Phase::Tunnel { req, frames };
                 let c = io.put(out);
-                self.send_to(Side::Down, c, io);
+                self.cx.send_to(Side::Down, c, io);
                 // What the client sent after its request is the start of the tunnel.
                 if !held.is_empty() {
                     let c = io.put(held);
-                    self.send_to(Side::Up, c, io);
+                    self.cx.send_to(Side::Up, c, io);
                 }
                 if env.draining {
                     // Shutdown began while this upgrade was on its way: it is told at once.
                     self.drain_close(io);
                 }
-                return Next::Continue;
+                return Step::Continue;
             }
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive
@@ -613,23 +614,23 @@ impl Session {
                 Ok(n) => out.extend_from_slice(&rest[..n]),
                 Err(e) => {
                     io.recycle(out);
-                    return Next::Close(End::BadResponse(e.0));
+                    return Step::Close(End::BadResponse(e.0));
                 }
             }
             let done = t.done();
             x.downward = Downward::Body(t);
             r.responded = true;
             let c = io.put(out);
-            self.send_to(Side::Down, c, io);
+            self.cx.send_to(Side::Down, c, io);
             if done {
                 return self.response_done(io, env);
             }
-            return Next::Continue;
+            return Step::Continue;
         }
     }
 
     /// The response body is complete (or the upstream closed a close-delimited one).
-    fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         self.log_request(End::Done, io);
         // The upstream connection goes to the keepalive pool when the exchange on it is
         // whole and clean: the request sent whole, the response whole and not ending with
@@ -647,12 +648,12 @@ impl Session {
                 && !env.draining;
             self.cx.links.up.set_keep(keep);
         }
-        self.retire(Side::Up, io);
+        self.cx.retire(Side::Up, io);
         let x = match self.phase.take() {
             Phase::Proxy(x) => x,
             other => {
                 self.phase = other;
-                return Next::Continue;
+                return Step::Continue;
             }
         };
         // Reuse the client connection only when the request went up whole (the upstream may
@@ -665,12 +666,11 @@ impl Session {
         let stash = match x.upward {
             Upward::Hold(stash) if keep => stash,
             _ => {
-                self.phase = Phase::Respond {
+                self.cx.end.get_or_insert(End::Done);
+                return Step::Become(Phase::Respond {
                     req: x.req,
                     linger: Linger::No,
-                };
-                self.cx.end.get_or_insert(End::Done);
-                return Next::Continue;
+                });
             }
         };
         self.cx.served = self.cx.served.saturating_add(1);
@@ -680,9 +680,9 @@ impl Session {
     }
 
     /// The upstream closed (outside a tunnel).
-    pub(super) fn upstream_eof(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    pub(super) fn upstream_eof(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         let Phase::Proxy(x) = &mut self.phase else {
-            return Next::Continue;
+            return Step::Continue;
         };
         match &x.downward {
             Downward::Body(t) if t.until_close() => {
@@ -697,12 +697,12 @@ impl Session {
                 };
                 self.upstream_failed(
                     Failure::Error,
-                    Next::Respond(502, End::BadResponse(why)),
+                    Step::Respond(502, End::BadResponse(why)),
                     io,
                 )
             }
-            Downward::Body(_) => Next::Close(End::UpstreamClosed),
-            Downward::Connect(_) => Next::Continue,
+            Downward::Body(_) => Step::Close(End::UpstreamClosed),
+            Downward::Connect(_) => Step::Continue,
         }
     }
 

@@ -5,17 +5,20 @@
 //! Four layers, each in its own file: the socket of each connection ([`crate::reactor::Conn`]),
 //! the transport over it that gives plaintext in and takes plaintext out ([`Transport`], in the
 //! `tls` room), the session's links ([`links`]: its connections, the cancels in flight for them
-//! and what they hold), and the HTTP/1 protocol ([`http1`]) with the phases it moves through
-//! ([`phase`]). Handlers
-//! decide; they never touch the ring. Every effect goes through [`Io`], which the worker
-//! implements over its ring and the tests implement with a recording fake. Every handler
-//! returns a [`Next`]. See `LIFECYCLE.md` beside this file for the phases and invariants.
+//! and what they hold), and the protocol over them: HTTP/1 ([`http1`]) with the phases it moves
+//! through ([`phase`]), or a protocol added as a type behind the interface in [`protocol`]. What
+//! a session is besides its protocol is one value, [`Cx`], beside the phase. Handlers decide;
+//! they never touch the ring. Every effect goes through [`Io`], which the worker implements
+//! over its ring and the tests implement with a recording fake. A protocol answers each event
+//! with a `Step`; the worker gets a [`Next`]. See `LIFECYCLE.md` beside this file for the phases
+//! and invariants.
 
 mod end;
 mod filter;
 mod http1;
 mod links;
 mod phase;
+mod protocol;
 mod proxy;
 mod tunnel;
 
@@ -33,6 +36,7 @@ use crate::uring::{Chunk, Side, Src};
 pub use end::{AccessLog, End};
 use links::Links;
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
+use protocol::Step;
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
@@ -73,19 +77,13 @@ pub struct Env<'a> {
     pub pool: &'a mut crate::upstream::pool::Pool,
 }
 
-/// What a handler decided. Inside the session: go on, answer with our own status and close,
-/// end after what the client's transport has queued (a TLS alert: no HTTP answer can go), or
-/// close. From the session's public handlers to the worker only `Continue` and `Close` come
-/// back, and `Close` then means that closing is complete: no fd open, no op in flight, the
-/// slot may be freed (the worker's end-of-session point).
+/// What a session tells the worker after an event: go on, or `Close`, which means that
+/// closing is complete: no fd open, no op in flight, the slot may be freed (the worker's
+/// end-of-session point). (Inside the session, protocols answer with a [`protocol::Step`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub enum Next {
     Continue,
-    Respond(u16, End),
-    /// The client's transport failed and queued its last words (an alert): flush them, then
-    /// close, with no answer of ours (status 0 in the log).
-    Fail(End),
     Close(End),
 }
 
@@ -104,6 +102,8 @@ pub enum Stage {
     Respond,
     /// Cancelling ops and closing sockets.
     Closing,
+    /// Running a protocol added as a type (`protocol.rs`), by its name.
+    Other(&'static str),
 }
 
 /// Settings fixed for a session when it is accepted (from its listener's default server).
@@ -181,6 +181,75 @@ pub struct Cx {
     served: u32,
 }
 
+impl Cx {
+    /// Queue plaintext on `to` and start sending it.
+    pub(super) fn send_to(&mut self, to: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
+        self.links.send(to, c, io);
+    }
+
+    /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
+    pub(super) fn send_built(
+        &mut self,
+        to: Side,
+        io: &mut (impl Io + ?Sized),
+        f: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let mut out = io.scratch();
+        f(&mut out);
+        let c = io.put(out);
+        self.send_to(to, c, io);
+    }
+
+    /// Stop using one connection: cancel its ops; it closes when they are all back.
+    pub(super) fn retire(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
+        self.links.retire(side, io);
+    }
+
+    /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
+    pub(super) fn count_peer(&mut self, upstream: usize, peer: usize) {
+        self.cfg.upstreams[upstream].peers[peer].state.add();
+        self.links.counted = [upstream as u16, peer as u16];
+    }
+
+    /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
+    pub(super) fn pool_upstream(
+        &mut self,
+        conn: Transport,
+        uses: u16,
+        io: &mut (impl Io + ?Sized),
+        env: &mut Env<'_>,
+    ) {
+        let [u, p] = self.links.counted;
+        match self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
+            // A connection that began with a client's PROXY header is that client's only.
+            .filter(|(up, _)| !up.proxy_protocol)
+        {
+            Some((up, peer)) => env
+                .pool
+                .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
+            None => io.close(conn.fd()),
+        }
+        self.uncount_peer();
+    }
+
+    /// The upstream socket closed: uncount it.
+    pub(super) fn uncount_peer(&mut self) {
+        let [u, p] = std::mem::replace(&mut self.links.counted, [phase::NO_PEER; 2]);
+        if let Some(peer) = self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|x| x.peers.get(usize::from(p)))
+        {
+            peer.state.sub();
+        }
+    }
+}
+
 impl Session {
     /// A session for a freshly accepted client socket.
     pub fn new(
@@ -189,6 +258,26 @@ impl Session {
         listen: Listen,
         cfg: Arc<Config>,
         now_ms: u64,
+    ) -> Session {
+        Session::with(
+            fd,
+            client,
+            listen,
+            cfg,
+            now_ms,
+            Phase::Request { head: Vec::new() },
+        )
+    }
+
+    /// A session for a freshly accepted client socket that begins with `phase` (`start` runs
+    /// it).
+    fn with(
+        fd: RawFd,
+        client: SocketAddr,
+        listen: Listen,
+        cfg: Arc<Config>,
+        now_ms: u64,
+        phase: Phase,
     ) -> Session {
         let down = match cfg.listener_tls.get(usize::from(listen.index)) {
             Some(Some(t)) => Transport::server(fd, &t.config),
@@ -206,13 +295,23 @@ impl Session {
                 end: None,
                 served: 0,
             },
-            phase: Phase::Request { head: Vec::new() },
+            phase,
         }
     }
 
-    /// Start: arm the client recv.
+    /// Start: the first protocol begins; arm the client recv.
     pub fn start(&mut self, io: &mut impl Io) {
+        let next = self.started(io);
+        self.apply(next, io);
         self.sync_recv(io);
+    }
+
+    /// The session has just become what its phase is: a protocol added as a type starts.
+    fn started(&mut self, io: &mut impl Io) -> Step {
+        match &mut self.phase {
+            Phase::Other(p) => p.start(&mut self.cx, io),
+            _ => Step::Continue,
+        }
     }
 
     /// The phase, as a tag.
@@ -224,6 +323,7 @@ impl Session {
             Phase::Tunnel { .. } => Stage::Tunnel,
             Phase::Respond { .. } => Stage::Respond,
             Phase::Closing(_) => Stage::Closing,
+            Phase::Other(ref p) => Stage::Other(p.name()),
         }
     }
 
@@ -347,11 +447,11 @@ impl Session {
                         delayed: false,
                     };
                 }
-                self.retire(Side::Up, io);
+                self.cx.retire(Side::Up, io);
             } else if timed_out {
-                self.apply(Next::Respond(504, End::UpstreamTimeout), io);
+                self.apply(Step::Respond(504, End::UpstreamTimeout), io);
             } else {
-                self.apply(Next::Respond(502, End::UpstreamError(-res)), io);
+                self.apply(Step::Respond(502, End::UpstreamError(-res)), io);
             }
         }
         self.after(io, env)
@@ -404,6 +504,9 @@ impl Session {
     pub fn drain(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         if self.idle_keepalive() {
             self.close(End::Shutdown, io);
+        } else if let Phase::Other(p) = &mut self.phase {
+            let step = p.drain(&mut self.cx, io);
+            self.apply(step, io);
         }
         self.after(io, env)
     }
@@ -449,6 +552,7 @@ impl Session {
                 linger: Linger::On, ..
             } => Some(self.cx.phase_ms + LINGER_MS),
             Phase::Respond { .. } | Phase::Closing(_) => None,
+            Phase::Other(p) => p.deadline(&self.cx),
         };
         let send = [&self.cx.links.down, &self.cx.links.up]
             .iter()
@@ -494,16 +598,16 @@ impl Session {
             .iter()
             .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
-            Next::Close(End::SendTimeout)
+            Step::Close(End::SendTimeout)
         } else if self.phase.is_tunnel() {
             self.tunnel_timer(now, io)
         } else if self.body_deadline().is_some_and(|b| b <= now) {
-            Next::Respond(408, End::BodyTimeout)
+            Step::Respond(408, End::BodyTimeout)
         } else {
             let idle = self.idle_keepalive();
             match &mut self.phase {
-                Phase::Request { .. } if idle => Next::Close(End::KeepaliveTimeout),
-                Phase::Request { .. } => Next::Close(End::HeaderTimeout),
+                Phase::Request { .. } if idle => Step::Close(End::KeepaliveTimeout),
+                Phase::Request { .. } => Step::Close(End::HeaderTimeout),
                 Phase::Connecting(x) if x.delayed() => {
                     // limit_req's delay is over: now connect.
                     if let Some(c) = x.connect() {
@@ -519,18 +623,19 @@ impl Session {
                         c.timed_out = true;
                     }
                     self.cx.links.cancel_connect(io);
-                    Next::Continue
+                    Step::Continue
                 }
                 Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
                     Failure::Timeout,
-                    Next::Respond(504, End::UpstreamTimeout),
+                    Step::Respond(504, End::UpstreamTimeout),
                     io,
                 ),
-                Phase::Proxy(_) => Next::Close(End::IdleTimeout),
+                Phase::Proxy(_) => Step::Close(End::IdleTimeout),
                 // Handled above (`tunnel_timer`).
-                Phase::Tunnel { .. } => Next::Continue,
-                Phase::Respond { .. } => Next::Close(self.cx.end.unwrap_or(End::Done)),
-                Phase::Closing(_) => Next::Continue,
+                Phase::Tunnel { .. } => Step::Continue,
+                Phase::Respond { .. } => Step::Close(self.cx.end.unwrap_or(End::Done)),
+                Phase::Closing(_) => Step::Continue,
+                Phase::Other(p) => p.timer(&mut self.cx, now, io),
             }
         };
         self.apply(next, io);
@@ -540,14 +645,14 @@ impl Session {
     // ---- bytes ---------------------------------------------------------------------------
 
     /// Bytes received on `side`, through its transport to the protocol.
-    fn on_data(&mut self, side: Side, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    fn on_data(&mut self, side: Side, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         if self.phase.is_closing() || self.conn(side).retiring() {
             // Bytes after a whole response: that connection is not clean to reuse.
             if side == Side::Up {
                 self.cx.links.up.set_keep(false);
             }
             io.release(c);
-            return Next::Continue;
+            return Step::Continue;
         }
         if side == Side::Down && self.cx.listen.proxy_header {
             // Below TLS: the balancer's PROXY header comes before anything of the client's.
@@ -555,22 +660,22 @@ impl Session {
         }
         let c = match self.conn(side).received(io, side, c) {
             Ok(Some(c)) => c,
-            Ok(None) => return Next::Continue,
-            Err(crate::tls::Fail::PlainHttp) => return Next::Respond(400, End::PlainHttp),
+            Ok(None) => return Step::Continue,
+            Err(crate::tls::Fail::PlainHttp) => return Step::Respond(400, End::PlainHttp),
             Err(crate::tls::Fail::Tls(e)) => {
                 let why = end::tls_reason(&e);
                 return match side {
                     Side::Down => {
                         tracing::info!(target: "tls", "{}: TLS failed: {e}", self.cx.client);
                         // No HTTP answer: the alert is on its way.
-                        Next::Fail(End::ClientTls(why))
+                        Step::Fail(End::ClientTls(why))
                     }
                     Side::Up => {
                         let peer = self.peer_addr();
                         tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
                         self.upstream_failed(
                             Failure::Error,
-                            Next::Respond(502, End::UpstreamTls(why)),
+                            Step::Respond(502, End::UpstreamTls(why)),
                             io,
                         )
                     }
@@ -585,14 +690,13 @@ impl Session {
             }
         }
         match side {
-            Side::Down => {
-                self.cx.last_down_ms = now;
-                self.on_client_bytes(c, io, env)
-            }
-            Side::Up => {
-                self.cx.last_up_ms = now;
-                self.on_upstream_bytes(c, io, env)
-            }
+            Side::Down => self.cx.last_down_ms = now,
+            Side::Up => self.cx.last_up_ms = now,
+        }
+        match (&mut self.phase, side) {
+            (Phase::Other(p), _) => p.bytes(&mut self.cx, side, c, io, env),
+            (_, Side::Down) => self.on_client_bytes(c, io, env),
+            (_, Side::Up) => self.on_upstream_bytes(c, io, env),
         }
     }
 
@@ -621,79 +725,71 @@ impl Session {
         {
             r.responded = true;
         }
-        self.send_to(to, c, io);
-    }
-
-    /// Queue plaintext on `to` and start sending it.
-    fn send_to(&mut self, to: Side, c: Chunk, io: &mut impl Io) {
-        self.cx.links.send(to, c, io);
-    }
-
-    /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
-    fn send_built(&mut self, to: Side, io: &mut impl Io, f: impl FnOnce(&mut Vec<u8>)) {
-        let mut out = io.scratch();
-        f(&mut out);
-        let c = io.put(out);
-        self.send_to(to, c, io);
+        self.cx.send_to(to, c, io);
     }
 
     // ---- endings -------------------------------------------------------------------------
 
-    fn on_eof(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    fn on_eof(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         if self.phase.is_closing() || self.conn(side).retiring() {
-            return Next::Continue;
+            return Step::Continue;
         }
         self.conn(side).mark_eof();
         if self.phase.is_tunnel() {
             // Pass the half-close on once what is queued has gone out.
             self.cx.links.half_close(side.peer(), io);
-            return Next::Continue;
+            return Step::Continue;
+        }
+        if let Phase::Other(p) = &mut self.phase {
+            return p.eof(&mut self.cx, side, io);
         }
         match side {
             Side::Down => match &self.phase {
                 // Lingering after our answer: the client has finished; close.
                 Phase::Respond {
                     linger: Linger::On, ..
-                } => Next::Close(self.cx.end.unwrap_or(End::Done)),
+                } => Step::Close(self.cx.end.unwrap_or(End::Done)),
                 // Our own answer is on its way: send it, then close.
-                Phase::Respond { .. } => Next::Continue,
+                Phase::Respond { .. } => Step::Continue,
                 // A head cut short, or nothing more can be delivered to a client that has
                 // gone: the upstream side ends now (nginx's `proxy_ignore_client_abort off`),
                 // whether it is still connecting, waiting for the head or relaying a body.
-                _ => Next::Close(End::ClientClosed),
+                _ => Step::Close(End::ClientClosed),
             },
             Side::Up => self.upstream_eof(io, env),
         }
     }
 
-    fn on_error(&mut self, side: Side, errno: i32, io: &mut impl Io) -> Next {
+    fn on_error(&mut self, side: Side, errno: i32, io: &mut impl Io) -> Step {
         if self.phase.is_closing() {
-            return Next::Continue;
+            return Step::Continue;
         }
-        let normal = matches!(errno, libc::ECONNRESET | libc::EPIPE);
-        let end = match (side, normal) {
-            (Side::Down, true) => End::ClientClosed,
-            (Side::Down, false) => End::ClientError(errno),
-            (Side::Up, true) => End::UpstreamClosed,
-            (Side::Up, false) => End::UpstreamError(errno),
-        };
+        if let Phase::Other(p) = &mut self.phase {
+            return p.error(&mut self.cx, side, errno, io);
+        }
+        let end = protocol::end_of_error(side, errno);
         let waiting_head =
             matches!(&self.phase, Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)));
         if side == Side::Up && waiting_head {
-            self.upstream_failed(Failure::Error, Next::Respond(502, end), io)
+            self.upstream_failed(Failure::Error, Step::Respond(502, end), io)
         } else {
-            Next::Close(end)
+            Step::Close(end)
         }
     }
 
-    /// Carry out what a handler decided.
-    fn apply(&mut self, next: Next, io: &mut impl Io) {
-        match next {
-            Next::Continue => {}
-            Next::Respond(status, end) => self.respond(status, end, io),
+    /// Carry out what a protocol decided.
+    fn apply(&mut self, step: Step, io: &mut impl Io) {
+        match step {
+            Step::Continue => {}
+            Step::Become(phase) => {
+                self.phase = phase;
+                let first = self.started(io);
+                self.apply(first, io);
+            }
+            Step::Respond(status, end) => self.respond(status, end, io),
             // Status 0: no answer of ours (the log says 0), only the transport's alert.
-            Next::Fail(end) => self.respond(0, end, io),
-            Next::Close(end) => self.close(end, io),
+            Step::Fail(end) => self.respond(0, end, io),
+            Step::Close(end) => self.close(end, io),
         }
     }
 
@@ -718,7 +814,7 @@ impl Session {
         self.answer(req, status, end, io);
     }
 
-    /// Send our own `status` for `req` (0: none, for `Next::Fail`) and close after it,
+    /// Send our own `status` for `req` (0: none, for `Step::Fail`) and close after it,
     /// lingering while the client may still be sending, so the answer is not lost to a reset
     /// (nginx's lingering close).
     fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
@@ -730,13 +826,13 @@ impl Session {
             Linger::AfterFlush
         };
         self.phase = Phase::Respond { req, linger };
-        self.retire(Side::Up, io);
+        self.cx.retire(Side::Up, io);
         if status == 0 {
-            // `Next::Fail`: no answer of ours, only what the transport queued.
+            // `Step::Fail`: no answer of ours, only what the transport queued.
             self.cx.links.down.kick(io, Side::Down);
             return;
         }
-        self.send_built(Side::Down, io, |out| {
+        self.cx.send_built(Side::Down, io, |out| {
             out.extend_from_slice(&match end {
                 End::PlainHttp => {
                     crate::http::error_page(status, "The plain HTTP request was sent to HTTPS port")
@@ -762,13 +858,8 @@ impl Session {
         };
         self.cx.end.get_or_insert(end);
         self.phase = Phase::Closing(req);
-        self.retire(Side::Down, io);
-        self.retire(Side::Up, io);
-    }
-
-    /// Stop using one connection: cancel its ops; it closes when they are all back.
-    fn retire(&mut self, side: Side, io: &mut impl Io) {
-        self.cx.links.retire(side, io);
+        self.cx.retire(Side::Down, io);
+        self.cx.retire(Side::Up, io);
     }
 
     /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
@@ -810,16 +901,21 @@ impl Session {
         {
             self.close(End::Done, io);
         }
+        // A protocol added as a type reconciles here, before the links do.
+        if let Phase::Other(p) = &mut self.phase {
+            let step = p.settle(&mut self.cx, io);
+            self.apply(step, io);
+        }
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
         self.cx.links.close_down_when_done(io);
         if self.cx.links.up.keep() {
             let uses = self.cx.links.up.uses();
             if let Some(conn) = self.cx.links.detach_up_when_done(io, keep) {
-                self.pool_upstream(conn, uses, io, env);
+                self.cx.pool_upstream(conn, uses, io, env);
             }
         } else if self.cx.links.close_up_when_done(io, keep) {
-            self.uncount_peer();
+            self.cx.uncount_peer();
         }
         if waiting && self.cx.links.up.fd() < 0 {
             let next = self.connect_next(io, env);
@@ -853,46 +949,6 @@ impl Session {
         }
     }
 
-    /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
-    fn count_peer(&mut self, upstream: usize, peer: usize) {
-        self.cx.cfg.upstreams[upstream].peers[peer].state.add();
-        self.cx.links.counted = [upstream as u16, peer as u16];
-    }
-
-    /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
-    fn pool_upstream(&mut self, conn: Transport, uses: u16, io: &mut impl Io, env: &mut Env<'_>) {
-        let [u, p] = self.cx.links.counted;
-        match self
-            .cx
-            .cfg
-            .upstreams
-            .get(usize::from(u))
-            .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
-            // A connection that began with a client's PROXY header is that client's only.
-            .filter(|(up, _)| !up.proxy_protocol)
-        {
-            Some((up, peer)) => env
-                .pool
-                .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
-            None => io.close(conn.fd()),
-        }
-        self.uncount_peer();
-    }
-
-    /// The upstream socket closed: uncount it.
-    fn uncount_peer(&mut self) {
-        let [u, p] = std::mem::replace(&mut self.cx.links.counted, [phase::NO_PEER; 2]);
-        if let Some(peer) = self
-            .cx
-            .cfg
-            .upstreams
-            .get(usize::from(u))
-            .and_then(|x| x.peers.get(usize::from(p)))
-        {
-            peer.state.sub();
-        }
-    }
-
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
     /// is at its floor.
     fn want_recv(&self, side: Side, pool_low: bool) -> bool {
@@ -920,6 +976,7 @@ impl Session {
             (Phase::Tunnel { .. }, _) => room,
             // Read and drop what the client still sends while lingering.
             (Phase::Respond { linger, .. }, Side::Down) => *linger == Linger::On,
+            (Phase::Other(p), side) => p.wants(&self.cx, side, room),
             _ => false,
         }
     }

@@ -4,25 +4,25 @@
 //! the log.
 
 use super::phase::Phase;
-use super::{End, Env, Io, Next, Session};
+use super::{End, Env, Io, Session, Step};
 use crate::http::proxy::{self, V2_MAX};
 use crate::uring::{Chunk, Side};
 
 impl Session {
     /// Raw bytes from the client while its PROXY header is still to come.
-    pub(super) fn proxy_header(&mut self, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    pub(super) fn proxy_header(&mut self, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         let Phase::Request { head } = &mut self.phase else {
             io.release(c);
-            return Next::Continue;
+            return Step::Continue;
         };
         head.extend_from_slice(io.data_of(c));
         io.release(c);
         let h = match proxy::parse(head) {
             Ok(Some(h)) => h,
-            Ok(None) if head.len() < V2_MAX => return Next::Continue,
-            Ok(None) => return Next::Close(End::BadRequest("PROXY header too long")),
+            Ok(None) if head.len() < V2_MAX => return Step::Continue,
+            Ok(None) => return Step::Close(End::BadRequest("PROXY header too long")),
             // No answer: the peer is a balancer that broke the protocol (nginx closes too).
-            Err(why) => return Next::Close(End::BadRequest(why)),
+            Err(why) => return Step::Close(End::BadRequest(why)),
         };
         if let Some(src) = h.source {
             self.cx.client = src;
@@ -31,7 +31,7 @@ impl Session {
         let rest = head.split_off(h.len);
         head.clear();
         if rest.is_empty() {
-            return Next::Continue;
+            return Step::Continue;
         }
         let c = io.put(rest);
         self.on_data(Side::Down, c, io, env)

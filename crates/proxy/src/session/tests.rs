@@ -258,6 +258,11 @@ next_upstream_timeout = "1s"
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with(seed, Phase::Request { head: Vec::new() })
+    }
+
+    /// A session that begins with `phase` (a protocol of the test's own, say).
+    fn with(seed: u64, phase: Phase) -> Sim {
         let cfg = std::sync::Arc::new(Config::parse("t.toml", CFG).unwrap());
         let balancers = Balancers::new(&cfg);
         let mut io = Fake {
@@ -276,7 +281,8 @@ impl Sim {
             tls: false,
             proxy_header: false,
         };
-        let mut s = Session::new(CLIENT_FD, "10.1.2.3:5555".parse().unwrap(), listen, cfg, 0);
+        let client = "10.1.2.3:5555".parse().unwrap();
+        let mut s = Session::with(CLIENT_FD, client, listen, cfg, 0, phase);
         s.start(&mut io);
         Sim {
             s,
@@ -412,7 +418,6 @@ impl Sim {
                     self.io.logs.push(text);
                 }
             }
-            Next::Respond(..) | Next::Fail(_) => panic!("{next:?} leaked out of the session"),
         }
     }
 
@@ -1334,4 +1339,89 @@ fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
             "seed {seed}"
         );
     }
+}
+
+/// A protocol added as a type, the way HTTP/2 will be: it answers whatever the client sends
+/// with a fixed response and ends once that is sent, or ends the session when the client says
+/// nothing for a second. Nothing in `Links`, the reactor or the worker knows it.
+#[derive(Debug, Default)]
+struct Fixed {
+    answered: bool,
+}
+
+const FIXED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nhi\n";
+
+impl super::protocol::Protocol for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _from: Side,
+        c: Chunk,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> super::protocol::Step {
+        io.release(c);
+        if !std::mem::replace(&mut self.answered, true) {
+            cx.send_built(Side::Down, io, |out| out.extend_from_slice(FIXED));
+        }
+        super::protocol::Step::Continue
+    }
+
+    fn wants(&self, _cx: &Cx, side: Side, _room: bool) -> bool {
+        side == Side::Down && !self.answered
+    }
+
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        (!self.answered).then_some(cx.phase_ms + 1000)
+    }
+
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        _cx: &mut Cx,
+        _now: u64,
+        _io: &mut I,
+    ) -> super::protocol::Step {
+        super::protocol::Step::Close(End::HeaderTimeout)
+    }
+
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I) -> super::protocol::Step {
+        if self.answered && cx.links.get(Side::Down).flushed() {
+            super::protocol::Step::Close(End::Done)
+        } else {
+            super::protocol::Step::Continue
+        }
+    }
+}
+
+#[test]
+fn a_protocol_added_as_a_type_runs_on_the_same_links() {
+    for seed in 1..200 {
+        let mut sim = Sim::with(seed, Phase::Other(Box::new(Fixed::default())));
+        assert_eq!(sim.s.stage(), Stage::Other("fixed"));
+        // Whatever the client sends, in any split; completions in random order, sends short.
+        let hello = b"hello, fixed protocol";
+        let cut = 1 + sim.rand(hello.len() as u64 - 1) as usize;
+        sim.deliver(Side::Down, &hello[..cut]);
+        sim.run(true);
+        if sim.io.recv_armed[0] {
+            sim.deliver(Side::Down, &hello[cut..]);
+        }
+        sim.run(true);
+        assert_eq!(sim.io.wire[0], FIXED, "seed {seed}");
+        sim.assert_clean();
+    }
+    // Its timer: a client that says nothing is closed at the protocol's deadline.
+    let mut sim = Sim::with(7, Phase::Other(Box::new(Fixed::default())));
+    assert_eq!(sim.s.deadline(), Some(1000));
+    sim.timer(999);
+    assert!(!sim.ended);
+    sim.timer(1000);
+    sim.run(true);
+    assert!(sim.io.wire[0].is_empty());
+    assert_eq!(sim.s.end(), Some(End::HeaderTimeout));
+    sim.assert_clean();
 }

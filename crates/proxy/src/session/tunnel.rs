@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use super::filter::Verdict;
 use super::phase::{Control, Inject, NO_OP, Phase, ms32};
-use super::{End, Io, Next, Session, Shut};
+use super::{End, Io, Session, Shut, Step};
 use crate::config::Heartbeat;
 use crate::uring::{Chunk, Side};
 use crate::ws::{self, FrameTracker, Piece, opcode};
@@ -270,11 +270,11 @@ fn pass(
 
 impl Session {
     /// Bytes from `side` in a tunnel, on to the other side.
-    pub(super) fn tunnel_bytes(&mut self, side: Side, c: Chunk, io: &mut impl Io) -> Next {
+    pub(super) fn tunnel_bytes(&mut self, side: Side, c: Chunk, io: &mut impl Io) -> Step {
         let now = io.now_ms();
         let Phase::Tunnel { frames, req } = &mut self.phase else {
             io.release(c);
-            return Next::Continue;
+            return Step::Continue;
         };
         let t = &mut frames[from(side)];
         match req.ctl.as_deref_mut() {
@@ -311,7 +311,7 @@ impl Session {
                 self.forward(side, c, io);
             }
         }
-        Next::Continue
+        Step::Continue
     }
 
     /// Put `kind` into the stream from `side` (toward its peer): now if that stream stands at
@@ -351,7 +351,7 @@ impl Session {
             io.recycle(out);
         } else {
             let c = io.put(out);
-            self.send_to(side.peer(), c, io);
+            self.cx.send_to(side.peer(), c, io);
         }
         true
     }
@@ -359,7 +359,7 @@ impl Session {
     /// Shutdown reached this tunnel (at its time in `drain_spread`): its client gets the Close of `runtime.drain_close` at the
     /// next frame boundary; its reply goes up and the session ends. A tunnel that is not a
     /// WebSocket stream is told the only way it can be: both sides are shut (FIN).
-    pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut super::Env<'_>) -> Next {
+    pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut super::Env<'_>) -> super::Next {
         self.drain_close(io);
         self.after(io, env)
     }
@@ -390,19 +390,19 @@ impl Session {
 
     /// The timer fired for a tunnel: idle past `read_timeout`, a heartbeat due or unanswered,
     /// or the Close wait over.
-    pub(super) fn tunnel_timer(&mut self, now: u64, io: &mut impl Io) -> Next {
+    pub(super) fn tunnel_timer(&mut self, now: u64, io: &mut impl Io) -> Step {
         let last = [self.cx.last_down_ms, self.cx.last_up_ms];
         let Phase::Tunnel { req, .. } = &mut self.phase else {
-            return Next::Continue;
+            return Step::Continue;
         };
         if now >= last[0].max(last[1]) + u64::from(req.read_ms) {
-            return Next::Close(End::IdleTimeout);
+            return Step::Close(End::IdleTimeout);
         }
         let Some(k) = req.ctl.as_deref_mut() else {
-            return Next::Continue;
+            return Step::Continue;
         };
         if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
-            return Next::Close(if k.replied {
+            return Step::Close(if k.replied {
                 End::Drained
             } else {
                 End::Shutdown
@@ -427,7 +427,7 @@ impl Session {
                 }
             }
         }
-        Next::Continue
+        Step::Continue
     }
 
     /// A filter refused a frame from `offender` (the other side's Close is on its way): the
@@ -452,7 +452,7 @@ impl Session {
     /// `silent` did not answer a ping within `heartbeat.timeout`: both sides get a Close 1001
     /// where their stream stands at a frame boundary now, and the session ends once that is
     /// flushed (a peer that does not read is ended by `send_timeout`).
-    fn heartbeat_lost(&mut self, silent: Side, io: &mut impl Io) -> Next {
+    fn heartbeat_lost(&mut self, silent: Side, io: &mut impl Io) -> Step {
         tracing::debug!(
             "{}: heartbeat unanswered by the {silent:?} side",
             self.cx.client
@@ -464,6 +464,6 @@ impl Session {
         self.cx.links.down.mark_eof();
         self.cx.links.up.mark_eof();
         self.shut_both(io);
-        Next::Continue
+        Step::Continue
     }
 }

@@ -211,7 +211,7 @@ where
     /// Handshake records produced on the way are sent at once.
     pub fn received(
         &mut self,
-        io: &mut impl Sys,
+        io: &mut (impl Sys + ?Sized),
         side: Side,
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
@@ -346,7 +346,7 @@ where
 
     /// Queue plaintext: sealed now when the handshake is complete (the records are ringway's
     /// from then on), else held until it is.
-    pub fn push(&mut self, io: &mut impl Sys, c: Chunk) -> Result<(), Fail> {
+    pub fn push(&mut self, io: &mut (impl Sys + ?Sized), c: Chunk) -> Result<(), Fail> {
         match self.state {
             State::Raw => self.conn.push(c),
             State::Failed => io.release(c),
@@ -376,7 +376,7 @@ where
     /// Start sending: a client's hello once connected; a close_notify queued behind the last
     /// data when a half-close is pending (nothing more is pushed then); then the socket's
     /// queue.
-    pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
         if E::CLIENT
             && !self.started
             && self.conn.ready()
@@ -421,7 +421,7 @@ where
     /// a truncated one — unless one went already, or bytes queued for the peer were dropped
     /// (then it must not look complete), or the connection is not open. Written straight to
     /// the socket without waiting: a 24-byte record that any socket buffer not full takes.
-    pub fn farewell(&mut self, io: &mut impl Sys) {
+    pub fn farewell(&mut self, io: &mut (impl Sys + ?Sized)) {
         let mut out = io.scratch();
         if self.close_notify_now(&mut out) {
             io.send_now(self.conn.fd(), &out);
@@ -448,7 +448,7 @@ where
     }
 
     /// Give back what the connection holds besides its socket (on close).
-    pub fn release(&mut self, io: &mut impl Sys) {
+    pub fn release(&mut self, io: &mut (impl Sys + ?Sized)) {
         for c in self.held.drain(..) {
             io.release(c);
         }
@@ -500,7 +500,11 @@ where
 
     /// Records after a TLS 1.3 handshake: decrypted where they arrived; the plaintext is the
     /// front of the same pool buffer (or of the kept partial record, for one that was cut).
-    fn received_records(&mut self, io: &mut impl Sys, c: Chunk) -> Result<Option<Chunk>, Fail> {
+    fn received_records(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        c: Chunk,
+    ) -> Result<Option<Chunk>, Fail> {
         let Tls { stage, partial, .. } = self;
         let Stage::Records(r) = stage else {
             // Called for records only.
@@ -561,7 +565,7 @@ where
         Ok(plain)
     }
 
-    fn queue(&mut self, io: &mut impl Sys, out: Vec<u8>) {
+    fn queue(&mut self, io: &mut (impl Sys + ?Sized), out: Vec<u8>) {
         if out.is_empty() {
             io.recycle(out);
         } else {
@@ -572,7 +576,7 @@ where
 
     /// The records failed: a fatal alert says why (RFC 8446 §6.2; none for an alert the peer
     /// sent), then nothing more is read or encrypted.
-    fn fail_with_alert(&mut self, io: &mut impl Sys, e: &Fail) {
+    fn fail_with_alert(&mut self, io: &mut (impl Sys + ?Sized), e: &Fail) {
         if let (Stage::Records(r), Fail::Tls(e)) = (&mut self.stage, e)
             && let Some(description) = records::alert_for(e)
         {
@@ -587,7 +591,7 @@ where
     }
 
     /// Nothing more is read or encrypted (the alert, if any, is already queued: `drive`).
-    fn fail(&mut self, io: &mut impl Sys) {
+    fn fail(&mut self, io: &mut (impl Sys + ?Sized)) {
         self.state = State::Failed;
         for c in self.held.drain(..) {
             io.release(c);

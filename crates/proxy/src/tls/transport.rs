@@ -68,7 +68,7 @@ impl Transport {
     /// it yet, the transport kept or consumed them).
     pub fn received(
         &mut self,
-        io: &mut impl Sys,
+        io: &mut (impl Sys + ?Sized),
         side: Side,
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
@@ -77,7 +77,7 @@ impl Transport {
 
     /// Queue plaintext for sending. A TLS connection that failed drops it, and says so in
     /// [`Transport::failed`].
-    pub fn push(&mut self, io: &mut impl Sys, c: Chunk) {
+    pub fn push(&mut self, io: &mut (impl Sys + ?Sized), c: Chunk) {
         let r = on_tls!(self, t => t.push(io, c), conn => {
             conn.push(c);
             Ok(())
@@ -88,12 +88,18 @@ impl Transport {
     }
 
     /// Start sending what is queued, if nothing is in flight.
-    pub fn kick(&mut self, io: &mut impl Sys, side: Side) {
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
         on_tls!(self, t => t.kick(io, side), conn => conn.kick(io, side))
     }
 
     /// A send completed.
-    pub fn on_sent(&mut self, io: &mut impl Sys, side: Side, res: i32, dropping: bool) -> Sent {
+    pub fn on_sent(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        side: Side,
+        res: i32,
+        dropping: bool,
+    ) -> Sent {
         self.conn_mut().on_sent(io, side, res, dropping)
     }
 
@@ -108,7 +114,7 @@ impl Transport {
     }
 
     /// Stop using the socket (see [`Conn::retire`]); without one, what waited goes nowhere.
-    pub fn retire(&mut self, io: &mut impl Sys, side: Side) -> u8 {
+    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), side: Side) -> u8 {
         if self.fd() < 0 {
             self.release_tls(io);
         }
@@ -118,7 +124,12 @@ impl Transport {
     /// Close a retired socket once nothing is in flight (see [`Conn::close_when_done`]);
     /// unless `keep_queue`, what the transport holds is given back.
     #[inline]
-    pub fn close_when_done(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+    pub fn close_when_done(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        cancels: u8,
+        keep_queue: bool,
+    ) -> bool {
         // Called after every event of a session: the common case (not closing) is one test,
         // inlined; the rest is out of line.
         if !self.retiring() {
@@ -128,7 +139,12 @@ impl Transport {
     }
 
     #[inline(never)]
-    fn close_retired(&mut self, io: &mut impl Sys, cancels: u8, keep_queue: bool) -> bool {
+    fn close_retired(
+        &mut self,
+        io: &mut (impl Sys + ?Sized),
+        cancels: u8,
+        keep_queue: bool,
+    ) -> bool {
         if self.fd() >= 0 && self.ops() == 0 && cancels == 0 {
             on_tls!(self, t => t.farewell(io), _c => {});
         }
@@ -166,7 +182,7 @@ impl Transport {
     /// next connection (`keep_queue`) stays here, on a transport without a socket.
     pub fn detach_when_done(
         &mut self,
-        io: &mut impl Sys,
+        io: &mut (impl Sys + ?Sized),
         cancels: u8,
         keep_queue: bool,
     ) -> Option<Transport> {
@@ -189,7 +205,7 @@ impl Transport {
 
     /// Take a kept connection (from the keepalive pool) in place of this socketless one; the
     /// plaintext waiting here goes on it.
-    pub fn adopt(&mut self, io: &mut impl Sys, kept: Transport) {
+    pub fn adopt(&mut self, io: &mut (impl Sys + ?Sized), kept: Transport) {
         let waiting = self.take_waiting(io);
         *self = kept;
         for c in waiting {
@@ -199,7 +215,7 @@ impl Transport {
 
     /// The plaintext not sent yet: held back by a TLS handshake, or in a plain socket's queue
     /// (what a TLS socket has queued is ciphertext for that connection only: released).
-    fn take_waiting(&mut self, io: &mut impl Sys) -> Vec<Chunk> {
+    fn take_waiting(&mut self, io: &mut (impl Sys + ?Sized)) -> Vec<Chunk> {
         let mut waiting = Vec::new();
         match self {
             Transport::Plain(conn) => {
@@ -221,7 +237,7 @@ impl Transport {
     /// as it is, below any TLS (a PROXY protocol header).
     pub fn reset_fd(
         &mut self,
-        io: &mut impl Sys,
+        io: &mut (impl Sys + ?Sized),
         fd: RawFd,
         tls: Option<(
             Arc<rustls::ClientConfig>,
@@ -265,7 +281,7 @@ impl Transport {
         on_tls!(self, t => Some(t.info()), _c => None)
     }
 
-    fn release_tls(&mut self, io: &mut impl Sys) {
+    fn release_tls(&mut self, io: &mut (impl Sys + ?Sized)) {
         on_tls!(self, t => t.release(io), _c => {})
     }
 

@@ -1,0 +1,167 @@
+//! The interface a protocol run by a session implements: what it does with bytes from a
+//! connection, the end of a stream, an error and its timer, when it wants its timer and what it
+//! wants to read; each answer is a [`Step`]. A protocol works through the session's [`Cx`]
+//! (its links, configuration, clocks and end) and the worker's [`Io`]; it never touches a
+//! socket, the ring or the worker.
+//!
+//! A protocol is added as a type: it implements [`Protocol`], and a session runs it as
+//! `Phase::Other` (boxed, called through [`Erased`]) from a `Step::Become` or from
+//! `Session::with`. Nothing in `Links`, the reactor or the worker changes for it.
+
+use std::fmt::Debug;
+
+use super::phase::Phase;
+use super::{Cx, End, Env, Io};
+use crate::uring::{Chunk, Side};
+
+/// What a protocol decided.
+#[derive(Debug)]
+#[must_use]
+pub(super) enum Step {
+    /// Go on.
+    Continue,
+    /// The session runs another protocol from now on (its `start` runs at once).
+    Become(Phase),
+    /// Answer the client with our own `status` (if nothing went to it yet), then close.
+    Respond(u16, End),
+    /// The client's transport failed and queued its last words: flush them, then close.
+    Fail(End),
+    /// Close both connections now.
+    Close(End),
+}
+
+/// The end of a session whose connection `side` failed with `errno`.
+pub(super) fn end_of_error(side: Side, errno: i32) -> End {
+    let normal = matches!(errno, libc::ECONNRESET | libc::EPIPE);
+    match (side, normal) {
+        (Side::Down, true) => End::ClientClosed,
+        (Side::Down, false) => End::ClientError(errno),
+        (Side::Up, true) => End::UpstreamClosed,
+        (Side::Up, false) => End::UpstreamError(errno),
+    }
+}
+
+/// A protocol a session can run. Generic over the worker's `Io`, so the built-in protocols
+/// are called without indirection; [`Erased`] is the same interface for a boxed one.
+pub(super) trait Protocol: Debug {
+    /// Its name, for the session's stage and the logs.
+    fn name(&self) -> &'static str;
+
+    /// The session has just become this protocol.
+    fn start<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+        Step::Continue
+    }
+
+    /// Plaintext `c` arrived from `from` (the buffer is the protocol's: forward it, or give
+    /// it back with `io.release`).
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step;
+
+    /// The stream from `from` ended (FIN, or the transport's end of stream).
+    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, _io: &mut I) -> Step {
+        Step::Close(match from {
+            Side::Down => End::ClientClosed,
+            Side::Up => End::UpstreamClosed,
+        })
+    }
+
+    /// The connection `from` failed with `errno`.
+    fn error<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, errno: i32, _io: &mut I) -> Step {
+        Step::Close(end_of_error(from, errno))
+    }
+
+    /// Its deadline (from `deadline`) has come.
+    fn timer<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _now: u64, _io: &mut I) -> Step {
+        Step::Continue
+    }
+
+    /// The earliest time (ms) its timer must fire if nothing arrives before; None: no timer.
+    /// (Sends that make no progress are timed by the session for every protocol.)
+    fn deadline(&self, _cx: &Cx) -> Option<u64> {
+        None
+    }
+
+    /// Whether connection `side` should be read now. `room`: fewer than the direction's
+    /// budget of chunks wait toward the other side (what a protocol that forwards obeys).
+    fn wants(&self, _cx: &Cx, side: Side, room: bool) -> bool {
+        side == Side::Down && room
+    }
+
+    /// After every event, once the links have settled (sends completed, sockets closed): the
+    /// place to notice what only the links show, such as an answer fully sent.
+    fn settle<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+        Step::Continue
+    }
+
+    /// The worker began draining (shutdown): finish what is in progress, or end now.
+    fn drain<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+        Step::Continue
+    }
+}
+
+/// [`Protocol`] for a boxed protocol, over `dyn Io`: every protocol type is one.
+pub(super) trait Erased: Debug {
+    fn name(&self) -> &'static str;
+    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn bytes(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut dyn Io,
+        env: &mut Env<'_>,
+    ) -> Step;
+    fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step;
+    fn error(&mut self, cx: &mut Cx, from: Side, errno: i32, io: &mut dyn Io) -> Step;
+    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io) -> Step;
+    fn deadline(&self, cx: &Cx) -> Option<u64>;
+    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool;
+    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+}
+
+impl<P: Protocol> Erased for P {
+    fn name(&self) -> &'static str {
+        Protocol::name(self)
+    }
+    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
+        Protocol::start(self, cx, io)
+    }
+    fn bytes(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut dyn Io,
+        env: &mut Env<'_>,
+    ) -> Step {
+        Protocol::bytes(self, cx, from, c, io, env)
+    }
+    fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step {
+        Protocol::eof(self, cx, from, io)
+    }
+    fn error(&mut self, cx: &mut Cx, from: Side, errno: i32, io: &mut dyn Io) -> Step {
+        Protocol::error(self, cx, from, errno, io)
+    }
+    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io) -> Step {
+        Protocol::timer(self, cx, now, io)
+    }
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        Protocol::deadline(self, cx)
+    }
+    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
+        Protocol::wants(self, cx, side, room)
+    }
+    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
+        Protocol::settle(self, cx, io)
+    }
+    fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
+        Protocol::drain(self, cx, io)
+    }
+}
