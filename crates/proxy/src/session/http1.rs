@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
+use super::tunnel::Tunnel;
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
 };
@@ -60,10 +61,9 @@ impl Session {
                     Step::Continue
                 }
             },
-            Phase::Tunnel { .. } => self.tunnel_bytes(Side::Down, c, io),
             // Our answer is going out: what the client still sends is dropped. (A protocol
-            // added as a type has had its bytes in `on_data`.)
-            Phase::Respond { .. } | Phase::Closing(_) | Phase::Other(_) => {
+            // type, a tunnel among them, has had its bytes in `on_data`.)
+            Phase::Respond { .. } | Phase::Closing(_) | Phase::Tunnel(_) | Phase::Other(_) => {
                 io.release(c);
                 Step::Continue
             }
@@ -103,7 +103,6 @@ impl Session {
                     Step::Continue
                 }
             },
-            Phase::Tunnel { .. } => self.tunnel_bytes(Side::Up, c, io),
             _ => {
                 io.release(c);
                 Step::Continue
@@ -581,7 +580,7 @@ impl Session {
                 let mut frames = [FrameTracker::default(); 2];
                 frames[0].track(&held);
                 frames[1].track(&buf[resp.head_len..]);
-                self.phase = Phase::Tunnel { req, frames };
+                let mut tunnel = Tunnel { req, frames };
                 let c = io.put(out);
                 self.cx.send_to(Side::Down, c, io);
                 // What the client sent after its request is the start of the tunnel.
@@ -591,9 +590,9 @@ impl Session {
                 }
                 if env.draining {
                     // Shutdown began while this upgrade was on its way: it is told at once.
-                    self.drain_close(io);
+                    tunnel.drain_close(&mut self.cx, io);
                 }
-                return Step::Continue;
+                return Step::Become(Phase::Tunnel(tunnel));
             }
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive

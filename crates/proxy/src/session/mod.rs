@@ -36,7 +36,7 @@ use crate::uring::{Chunk, Side, Src};
 pub use end::{AccessLog, End};
 use links::Links;
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
-use protocol::Step;
+use protocol::{Protocol, Step};
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
@@ -182,6 +182,15 @@ pub struct Cx {
 }
 
 impl Cx {
+    /// Bytes received from `from`, on to its peer (given back if the peer is closed).
+    pub(super) fn pass_on(&mut self, from: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
+        if self.links.get(from.peer()).open() {
+            self.send_to(from.peer(), c, io);
+        } else {
+            io.release(c);
+        }
+    }
+
     /// Queue plaintext on `to` and start sending it.
     pub(super) fn send_to(&mut self, to: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
         self.links.send(to, c, io);
@@ -320,7 +329,7 @@ impl Session {
             Phase::Request { .. } => Stage::Request,
             Phase::Connecting(_) => Stage::Connecting,
             Phase::Proxy(_) => Stage::Proxy,
-            Phase::Tunnel { .. } => Stage::Tunnel,
+            Phase::Tunnel(_) => Stage::Tunnel,
             Phase::Respond { .. } => Stage::Respond,
             Phase::Closing(_) => Stage::Closing,
             Phase::Other(ref p) => Stage::Other(p.name()),
@@ -511,6 +520,19 @@ impl Session {
         self.after(io, env)
     }
 
+    /// Shutdown reached this session at its time in `drain_spread`: a tunnel's client gets
+    /// the Close of `runtime.drain_close` at the next frame boundary, its reply goes up and the
+    /// session ends (a stream that is not WebSocket: both sides are shut).
+    pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let step = match &mut self.phase {
+            Phase::Tunnel(t) => Protocol::farewell(t, &mut self.cx, io),
+            Phase::Other(p) => p.farewell(&mut self.cx, io),
+            _ => Step::Continue,
+        };
+        self.apply(step, io);
+        self.after(io, env)
+    }
+
     /// The worker is stopping: close now.
     pub fn shutdown(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         self.close(End::Shutdown, io);
@@ -542,12 +564,7 @@ impl Session {
             }
             Phase::Connecting(_) => None,
             Phase::Proxy(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
-            Phase::Tunnel { req, .. } => {
-                let idle = self.cx.last_up_ms.max(self.cx.last_down_ms) + ms(req.read_ms);
-                Some(req.ctl.as_ref().map_or(idle, |k| {
-                    idle.min(k.due([self.cx.last_down_ms, self.cx.last_up_ms]))
-                }))
-            }
+            Phase::Tunnel(t) => Protocol::deadline(t, &self.cx),
             Phase::Respond {
                 linger: Linger::On, ..
             } => Some(self.cx.phase_ms + LINGER_MS),
@@ -599,8 +616,6 @@ impl Session {
             .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
             Step::Close(End::SendTimeout)
-        } else if self.phase.is_tunnel() {
-            self.tunnel_timer(now, io)
         } else if self.body_deadline().is_some_and(|b| b <= now) {
             Step::Respond(408, End::BodyTimeout)
         } else {
@@ -631,8 +646,7 @@ impl Session {
                     io,
                 ),
                 Phase::Proxy(_) => Step::Close(End::IdleTimeout),
-                // Handled above (`tunnel_timer`).
-                Phase::Tunnel { .. } => Step::Continue,
+                Phase::Tunnel(t) => Protocol::timer(t, &mut self.cx, now, io),
                 Phase::Respond { .. } => Step::Close(self.cx.end.unwrap_or(End::Done)),
                 Phase::Closing(_) => Step::Continue,
                 Phase::Other(p) => p.timer(&mut self.cx, now, io),
@@ -694,6 +708,7 @@ impl Session {
             Side::Up => self.cx.last_up_ms = now,
         }
         match (&mut self.phase, side) {
+            (Phase::Tunnel(t), _) => Protocol::bytes(t, &mut self.cx, side, c, io, env),
             (Phase::Other(p), _) => p.bytes(&mut self.cx, side, c, io, env),
             (_, Side::Down) => self.on_client_bytes(c, io, env),
             (_, Side::Up) => self.on_upstream_bytes(c, io, env),
@@ -735,13 +750,10 @@ impl Session {
             return Step::Continue;
         }
         self.conn(side).mark_eof();
-        if self.phase.is_tunnel() {
-            // Pass the half-close on once what is queued has gone out.
-            self.cx.links.half_close(side.peer(), io);
-            return Step::Continue;
-        }
-        if let Phase::Other(p) = &mut self.phase {
-            return p.eof(&mut self.cx, side, io);
+        match &mut self.phase {
+            Phase::Tunnel(t) => return Protocol::eof(t, &mut self.cx, side, io),
+            Phase::Other(p) => return p.eof(&mut self.cx, side, io),
+            _ => {}
         }
         match side {
             Side::Down => match &self.phase {
@@ -893,19 +905,13 @@ impl Session {
                 self.close(end, io);
             }
         }
-        if self.phase.is_tunnel()
-            && self.cx.links.down.eof()
-            && self.cx.links.up.eof()
-            && self.cx.links.down.flushed()
-            && self.cx.links.up.flushed()
-        {
-            self.close(End::Done, io);
-        }
-        // A protocol added as a type reconciles here, before the links do.
-        if let Phase::Other(p) = &mut self.phase {
-            let step = p.settle(&mut self.cx, io);
-            self.apply(step, io);
-        }
+        // A protocol type reconciles here, before the links do.
+        let step = match &mut self.phase {
+            Phase::Tunnel(t) => Protocol::settle(t, &mut self.cx, io),
+            Phase::Other(p) => p.settle(&mut self.cx, io),
+            _ => Step::Continue,
+        };
+        self.apply(step, io);
         let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
         let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
         self.cx.links.close_down_when_done(io);
@@ -973,7 +979,7 @@ impl Session {
                 Downward::Body(_) => room,
                 Downward::Connect(_) => false,
             },
-            (Phase::Tunnel { .. }, _) => room,
+            (Phase::Tunnel(t), side) => Protocol::wants(t, &self.cx, side, room),
             // Read and drop what the client still sends while lingering.
             (Phase::Respond { linger, .. }, Side::Down) => *linger == Linger::On,
             (Phase::Other(p), side) => p.wants(&self.cx, side, room),

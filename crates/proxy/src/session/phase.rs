@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::http::BodyTracker;
 use crate::upstream::attempt::Attempt;
-use crate::ws::FrameTracker;
 
 /// Where a session stands, with what that phase owns.
 #[derive(Debug)]
@@ -18,13 +17,8 @@ pub(super) enum Phase {
     Connecting(Exchange),
     /// Connected: the request going up, the response head or body coming down.
     Proxy(Exchange),
-    /// A 101 turned the request into a tunnel: bytes flow both ways untouched, and a frame
-    /// tracker per direction (client to upstream, then upstream to client) knows where
-    /// WebSocket frames end, for what will be put between them (pings, Close on drain).
-    Tunnel {
-        req: Box<Req>,
-        frames: [FrameTracker; 2],
-    },
+    /// A 101 turned the request into a tunnel (`tunnel.rs`, a protocol type).
+    Tunnel(super::tunnel::Tunnel),
     /// Sending our own answer (an error page, or the end of a response that does not keep
     /// the connection), then closing, after a lingering close when `linger` says so.
     Respond { req: Box<Req>, linger: Linger },
@@ -42,7 +36,7 @@ pub(super) enum Phase {
 }
 
 /// What a tunnel does besides forwarding (see `tunnel.rs`). Arrays are indexed by the side a
-/// stream comes *from* (0: the client, 1: the upstream), as `Phase::Tunnel::frames` is.
+/// stream comes *from* (0: the client, 1: the upstream), as `Tunnel::frames` is.
 #[derive(Debug, Default)]
 pub(super) struct Control {
     /// Ping a side after this many ms of silence from it (0: never), indexed by that side.
@@ -333,7 +327,9 @@ impl Phase {
         match self {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
-            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
+                Some(r)
+            }
             Phase::Closing(r) => r.as_deref(),
         }
     }
@@ -342,7 +338,9 @@ impl Phase {
         match self {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
-            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
+                Some(r)
+            }
             Phase::Closing(r) => r.as_deref_mut(),
         }
     }
@@ -352,17 +350,15 @@ impl Phase {
         match std::mem::replace(self, Phase::Closing(None)) {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
-            Phase::Tunnel { req: r, .. } | Phase::Respond { req: r, .. } => Some(r),
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
+                Some(r)
+            }
             Phase::Closing(r) => r,
         }
     }
 
     pub fn is_closing(&self) -> bool {
         matches!(self, Phase::Closing(_))
-    }
-
-    pub fn is_tunnel(&self) -> bool {
-        matches!(self, Phase::Tunnel { .. })
     }
 }
 

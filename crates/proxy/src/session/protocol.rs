@@ -103,6 +103,12 @@ pub(super) trait Protocol: Debug {
     fn drain<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
         Step::Continue
     }
+
+    /// The drain spread reached this session, which carries long-lived streams (a tunnel):
+    /// tell its peers to go (a WebSocket Close at a frame boundary), and end once they have.
+    fn farewell<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+        Step::Continue
+    }
 }
 
 /// [`Protocol`] for a boxed protocol, over `dyn Io`: every protocol type is one.
@@ -124,6 +130,7 @@ pub(super) trait Erased: Debug {
     fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool;
     fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
 }
 
 impl<P: Protocol> Erased for P {
@@ -163,5 +170,8 @@ impl<P: Protocol> Erased for P {
     }
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
         Protocol::drain(self, cx, io)
+    }
+    fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
+        Protocol::farewell(self, cx, io)
     }
 }

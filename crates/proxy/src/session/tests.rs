@@ -1208,7 +1208,7 @@ fn the_tunnel_knows_where_frames_end_in_any_split() {
                 "seed {seed}: the tunnel stopped reading"
             );
         }
-        let Phase::Tunnel { frames, .. } = &sim.s.phase else {
+        let Phase::Tunnel(super::tunnel::Tunnel { frames, .. }) = &sim.s.phase else {
             panic!("seed {seed}: not a tunnel: {:?}", sim.s.stage());
         };
         assert!(
@@ -1221,7 +1221,7 @@ fn the_tunnel_knows_where_frames_end_in_any_split() {
             sim.deliver(side, &bytes[bytes.len() - 1..]);
             sim.run(true);
         }
-        let Phase::Tunnel { frames, .. } = &sim.s.phase else {
+        let Phase::Tunnel(super::tunnel::Tunnel { frames, .. }) = &sim.s.phase else {
             panic!("seed {seed}: not a tunnel");
         };
         assert!(frames[0].at_boundary() && !frames[0].lost(), "seed {seed}");
@@ -1270,7 +1270,7 @@ fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
         sim.deliver(Side::Up, SWITCH);
         sim.run(true);
         let seen = std::rc::Rc::new(std::cell::Cell::new(0));
-        let Phase::Tunnel { req, .. } = &mut sim.s.phase else {
+        let Phase::Tunnel(super::tunnel::Tunnel { req, .. }) = &mut sim.s.phase else {
             panic!("seed {seed}: not a tunnel");
         };
         let mut k = super::phase::Control::new(None);

@@ -12,8 +12,9 @@
 use std::hash::{BuildHasher, Hasher};
 
 use super::filter::Verdict;
-use super::phase::{Control, Inject, NO_OP, Phase, ms32};
-use super::{End, Io, Session, Shut, Step};
+use super::phase::{Control, Inject, NO_OP, Req, ms32};
+use super::protocol::{Protocol, Step};
+use super::{Cx, End, Env, Io, Shut};
 use crate::config::Heartbeat;
 use crate::uring::{Chunk, Side};
 use crate::ws::{self, FrameTracker, Piece, opcode};
@@ -22,7 +23,7 @@ use crate::ws::{self, FrameTracker, Piece, opcode};
 /// close handshake, before the connection is closed anyway.
 pub const CLOSE_WAIT_MS: u64 = 10_000;
 
-/// The index of the stream coming from `side` (as `Phase::Tunnel::frames`).
+/// The index of the stream coming from `side` (as `Tunnel::frames`).
 fn from(side: Side) -> usize {
     match side {
         Side::Down => 0,
@@ -268,20 +269,36 @@ fn pass(
     }
 }
 
-impl Session {
-    /// Bytes from `side` in a tunnel, on to the other side.
-    pub(super) fn tunnel_bytes(&mut self, side: Side, c: Chunk, io: &mut impl Io) -> Step {
+/// A 101 turned the request into a tunnel: bytes flow both ways untouched, and a frame
+/// tracker per direction (client to upstream, then upstream to client) knows where WebSocket
+/// frames end, for what will be put between them (pings, Close on drain, a filter's Close).
+#[derive(Debug)]
+pub(super) struct Tunnel {
+    pub req: Box<Req>,
+    pub frames: [FrameTracker; 2],
+}
+
+impl Protocol for Tunnel {
+    fn name(&self) -> &'static str {
+        "tunnel"
+    }
+
+    /// Bytes from `side`, on to the other side.
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        c: Chunk,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
         let now = io.now_ms();
-        let Phase::Tunnel { frames, req } = &mut self.phase else {
-            io.release(c);
-            return Step::Continue;
-        };
-        let t = &mut frames[from(side)];
-        match req.ctl.as_deref_mut() {
+        let t = &mut self.frames[from(side)];
+        match self.req.ctl.as_deref_mut() {
             Some(k) if k.busy(side) => {
                 let replied = k.replied;
                 let mut out = io.scratch();
-                let rt = &self.cx.cfg.runtime;
+                let rt = &cx.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
                 let verdict = pass(t, k, side, io.data_of(c), &mut out, now, drain);
                 let replied = !replied && k.replied;
@@ -290,11 +307,11 @@ impl Session {
                     io.recycle(out);
                 } else {
                     let c = io.put(out);
-                    self.forward(side, c, io);
+                    cx.pass_on(side, c, io);
                 }
                 if replied {
-                    self.cx.end.get_or_insert(End::Drained);
-                    self.shut_both(io);
+                    cx.end.get_or_insert(End::Drained);
+                    self.shut_both(cx, io);
                 }
                 if let Some(Verdict::Close {
                     offender,
@@ -303,102 +320,31 @@ impl Session {
                     ..
                 }) = verdict
                 {
-                    self.refused(side, offender, reason, end, io);
+                    self.refused(cx, side, offender, reason, end, io);
                 }
             }
             _ => {
                 t.track(io.data_of(c));
-                self.forward(side, c, io);
+                cx.pass_on(side, c, io);
             }
         }
         Step::Continue
     }
 
-    /// Put `kind` into the stream from `side` (toward its peer): now if that stream stands at
-    /// a frame boundary, else at its next one (`wait`) or not at all. False when the stream
-    /// is not a WebSocket frame stream (nothing can be put into it).
-    fn inject(&mut self, side: Side, kind: Inject, wait: bool, io: &mut impl Io) -> bool {
-        let now = io.now_ms();
-        let open = self.conn(side.peer()).shut() == Shut::Open;
-        let Phase::Tunnel { frames, req } = &mut self.phase else {
-            return false;
-        };
-        let t = &frames[from(side)];
-        if t.lost() || !open {
-            return false;
-        }
-        let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
-        let i = from(side);
-        if kind == Inject::Ping && k.want[i] != Inject::None {
-            return true; // a Close waits there: no ping before it
-        }
-        if !t.at_boundary() {
-            if wait {
-                k.want[i] = kind;
-            }
-            return true;
-        }
-        k.want[i] = kind;
-        let mut out = io.scratch();
-        let rt = &self.cx.cfg.runtime;
-        k.put(
-            side,
-            now,
-            (rt.drain_code, rt.drain_reason.as_str()),
-            &mut out,
-        );
-        if out.is_empty() {
-            io.recycle(out);
-        } else {
-            let c = io.put(out);
-            self.cx.send_to(side.peer(), c, io);
-        }
-        true
+    /// The stream from `from` ended: the half-close is passed on once what is queued has gone
+    /// out (the tunnel ends when both have, `settle`).
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
+        cx.links.half_close(from.peer(), io);
+        Step::Continue
     }
 
-    /// Shutdown reached this tunnel (at its time in `drain_spread`): its client gets the Close of `runtime.drain_close` at the
-    /// next frame boundary; its reply goes up and the session ends. A tunnel that is not a
-    /// WebSocket stream is told the only way it can be: both sides are shut (FIN).
-    pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut super::Env<'_>) -> super::Next {
-        self.drain_close(io);
-        self.after(io, env)
-    }
-
-    pub(super) fn drain_close(&mut self, io: &mut impl Io) {
-        if !self.phase.is_tunnel() {
-            return;
-        }
-        if !self.inject(Side::Up, Inject::Drain, true, io) {
-            self.cx.end.get_or_insert(End::Shutdown);
-            self.shut_both(io);
-        }
-    }
-
-    /// Both write sides are shut once what is queued has gone; the session ends when both
-    /// peers have closed theirs (within `CLOSE_WAIT_MS`).
-    fn shut_both(&mut self, io: &mut impl Io) {
-        for side in [Side::Down, Side::Up] {
-            self.cx.links.half_close(side, io);
-        }
-        if let Phase::Tunnel { req, .. } = &mut self.phase {
-            let k = req.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
-            if k.closed_ms == 0 {
-                k.closed_ms = io.now_ms().max(1);
-            }
-        }
-    }
-
-    /// The timer fired for a tunnel: idle past `read_timeout`, a heartbeat due or unanswered,
-    /// or the Close wait over.
-    pub(super) fn tunnel_timer(&mut self, now: u64, io: &mut impl Io) -> Step {
-        let last = [self.cx.last_down_ms, self.cx.last_up_ms];
-        let Phase::Tunnel { req, .. } = &mut self.phase else {
-            return Step::Continue;
-        };
-        if now >= last[0].max(last[1]) + u64::from(req.read_ms) {
+    /// Idle past `read_timeout`, a heartbeat due or unanswered, or the Close wait over.
+    fn timer<I: Io + ?Sized>(&mut self, cx: &mut Cx, now: u64, io: &mut I) -> Step {
+        let last = [cx.last_down_ms, cx.last_up_ms];
+        if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
         }
-        let Some(k) = req.ctl.as_deref_mut() else {
+        let Some(k) = self.req.ctl.as_deref_mut() else {
             return Step::Continue;
         };
         if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
@@ -411,59 +357,166 @@ impl Session {
         let mut ping = [false; 2];
         for (j, due) in ping.iter_mut().enumerate() {
             match k.beat(j, last) {
-                Some((at, true)) if now >= at => return self.heartbeat_lost(side_of(j), io),
+                Some((at, true)) if now >= at => return self.heartbeat_lost(cx, side_of(j), io),
                 Some((at, false)) => *due = now >= at,
                 _ => {}
             }
         }
         for (j, due) in ping.into_iter().enumerate() {
             // The ping to side j goes into the stream from the other side.
-            if due && !self.inject(side_of(1 - j), Inject::Ping, true, io) {
+            if due
+                && !self.inject(cx, side_of(1 - j), Inject::Ping, true, io)
+                && let Some(k) = self.req.ctl.as_deref_mut()
+            {
                 // Not a WebSocket stream: no heartbeat for it.
-                if let Phase::Tunnel { req, .. } = &mut self.phase
-                    && let Some(k) = req.ctl.as_deref_mut()
-                {
-                    k.every[j] = 0;
-                }
+                k.every[j] = 0;
             }
         }
         Step::Continue
     }
 
+    /// Idle past `read_timeout`, or the next heartbeat.
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        let idle = cx.last_up_ms.max(cx.last_down_ms) + u64::from(self.req.read_ms);
+        Some(
+            self.req
+                .ctl
+                .as_ref()
+                .map_or(idle, |k| idle.min(k.due([cx.last_down_ms, cx.last_up_ms]))),
+        )
+    }
+
+    /// Both ways, within the direction's budget.
+    fn wants(&self, _cx: &Cx, _side: Side, room: bool) -> bool {
+        room
+    }
+
+    /// Both sides have ended their streams and what was queued toward them has gone: done.
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I) -> Step {
+        let l = &cx.links;
+        if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
+            Step::Close(End::Done)
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// Shutdown reached this tunnel (at its time in `drain_spread`): its client gets the Close
+    /// of `runtime.drain_close` at the next frame boundary; its reply goes up and the session
+    /// ends. A tunnel that is not a WebSocket stream is told the only way it can be: both
+    /// sides are shut (FIN).
+    fn farewell<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        self.drain_close(cx, io);
+        Step::Continue
+    }
+}
+
+impl Tunnel {
+    /// The Close of `runtime.drain_close` toward the client at the next frame boundary (or,
+    /// in a stream that is not WebSocket, FIN both ways).
+    pub(super) fn drain_close<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
+        if !self.inject(cx, Side::Up, Inject::Drain, true, io) {
+            cx.end.get_or_insert(End::Shutdown);
+            self.shut_both(cx, io);
+        }
+    }
+
+    /// Put `kind` into the stream from `side` (toward its peer): now if that stream stands at
+    /// a frame boundary, else at its next one (`wait`) or not at all. False when the stream
+    /// is not a WebSocket frame stream (nothing can be put into it).
+    fn inject<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        kind: Inject,
+        wait: bool,
+        io: &mut I,
+    ) -> bool {
+        let now = io.now_ms();
+        let open = cx.links.get(side.peer()).shut() == Shut::Open;
+        let t = &self.frames[from(side)];
+        if t.lost() || !open {
+            return false;
+        }
+        let k = self
+            .req
+            .ctl
+            .get_or_insert_with(|| Box::new(Control::new(None)));
+        let i = from(side);
+        if kind == Inject::Ping && k.want[i] != Inject::None {
+            return true; // a Close waits there: no ping before it
+        }
+        if !t.at_boundary() {
+            if wait {
+                k.want[i] = kind;
+            }
+            return true;
+        }
+        k.want[i] = kind;
+        let mut out = io.scratch();
+        let rt = &cx.cfg.runtime;
+        k.put(
+            side,
+            now,
+            (rt.drain_code, rt.drain_reason.as_str()),
+            &mut out,
+        );
+        if out.is_empty() {
+            io.recycle(out);
+        } else {
+            let c = io.put(out);
+            cx.send_to(side.peer(), c, io);
+        }
+        true
+    }
+
+    /// Both write sides are shut once what is queued has gone; the session ends when both
+    /// peers have closed theirs (within `CLOSE_WAIT_MS`).
+    fn shut_both<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
+        for side in [Side::Down, Side::Up] {
+            cx.links.half_close(side, io);
+        }
+        let k = self
+            .req
+            .ctl
+            .get_or_insert_with(|| Box::new(Control::new(None)));
+        if k.closed_ms == 0 {
+            k.closed_ms = io.now_ms().max(1);
+        }
+    }
+
     /// A filter refused a frame from `offender` (the other side's Close is on its way): the
     /// offender gets a Close with `code` where its stream stands at a frame boundary now, and
     /// the tunnel ends once that is flushed.
-    fn refused(
+    fn refused<I: Io + ?Sized>(
         &mut self,
+        cx: &mut Cx,
         offender: Side,
         code: u16,
         reason: &'static str,
         end: End,
-        io: &mut impl Io,
+        io: &mut I,
     ) {
-        tracing::debug!("{}: {end} ({reason})", self.cx.client);
-        self.cx.end.get_or_insert(end);
-        self.inject(offender.peer(), Inject::Close(code, reason), false, io);
-        self.cx.links.down.mark_eof();
-        self.cx.links.up.mark_eof();
-        self.shut_both(io);
+        tracing::debug!("{}: {end} ({reason})", cx.client);
+        cx.end.get_or_insert(end);
+        self.inject(cx, offender.peer(), Inject::Close(code, reason), false, io);
+        cx.links.down.mark_eof();
+        cx.links.up.mark_eof();
+        self.shut_both(cx, io);
     }
 
     /// `silent` did not answer a ping within `heartbeat.timeout`: both sides get a Close 1001
     /// where their stream stands at a frame boundary now, and the session ends once that is
     /// flushed (a peer that does not read is ended by `send_timeout`).
-    fn heartbeat_lost(&mut self, silent: Side, io: &mut impl Io) -> Step {
-        tracing::debug!(
-            "{}: heartbeat unanswered by the {silent:?} side",
-            self.cx.client
-        );
-        self.cx.end.get_or_insert(End::HeartbeatTimeout(silent));
+    fn heartbeat_lost<I: Io + ?Sized>(&mut self, cx: &mut Cx, silent: Side, io: &mut I) -> Step {
+        tracing::debug!("{}: heartbeat unanswered by the {silent:?} side", cx.client);
+        cx.end.get_or_insert(End::HeartbeatTimeout(silent));
         for side in [Side::Up, Side::Down] {
-            self.inject(side, Inject::GoingAway, false, io);
+            self.inject(cx, side, Inject::GoingAway, false, io);
         }
-        self.cx.links.down.mark_eof();
-        self.cx.links.up.mark_eof();
-        self.shut_both(io);
+        cx.links.down.mark_eof();
+        cx.links.up.mark_eof();
+        self.shut_both(cx, io);
         Step::Continue
     }
 }
