@@ -5,12 +5,14 @@
 
 use std::net::SocketAddr;
 
+use super::Session;
+use super::answer::Answer;
+use super::phase::Linger;
 use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
 use super::tunnel::Tunnel;
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
 };
-use super::{Linger, Session};
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
@@ -666,10 +668,10 @@ impl Session {
             Upward::Hold(stash) if keep => stash,
             _ => {
                 self.cx.end.get_or_insert(End::Done);
-                return Step::Become(Phase::Respond {
+                return Step::Become(Phase::Respond(Answer {
                     req: x.req,
                     linger: Linger::No,
-                });
+                }));
             }
         };
         self.cx.served = self.cx.served.saturating_add(1);

@@ -13,6 +13,7 @@
 //! with a `Step`; the worker gets a [`Next`]. See `LIFECYCLE.md` beside this file for the phases
 //! and invariants.
 
+mod answer;
 mod end;
 mod filter;
 mod http1;
@@ -33,6 +34,7 @@ pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, Side, Src};
+use answer::Answer;
 pub use end::{AccessLog, End};
 use links::Links;
 use phase::{Downward, Linger, Phase, Req, Upward, ms32};
@@ -330,7 +332,7 @@ impl Session {
             Phase::Connecting(_) => Stage::Connecting,
             Phase::Proxy(_) => Stage::Proxy,
             Phase::Tunnel(_) => Stage::Tunnel,
-            Phase::Respond { .. } => Stage::Respond,
+            Phase::Respond(_) => Stage::Respond,
             Phase::Closing(_) => Stage::Closing,
             Phase::Other(ref p) => Stage::Other(p.name()),
         }
@@ -565,10 +567,8 @@ impl Session {
             Phase::Connecting(_) => None,
             Phase::Proxy(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
             Phase::Tunnel(t) => Protocol::deadline(t, &self.cx),
-            Phase::Respond {
-                linger: Linger::On, ..
-            } => Some(self.cx.phase_ms + LINGER_MS),
-            Phase::Respond { .. } | Phase::Closing(_) => None,
+            Phase::Respond(a) => Protocol::deadline(a, &self.cx),
+            Phase::Closing(_) => None,
             Phase::Other(p) => p.deadline(&self.cx),
         };
         let send = [&self.cx.links.down, &self.cx.links.up]
@@ -647,7 +647,7 @@ impl Session {
                 ),
                 Phase::Proxy(_) => Step::Close(End::IdleTimeout),
                 Phase::Tunnel(t) => Protocol::timer(t, &mut self.cx, now, io),
-                Phase::Respond { .. } => Step::Close(self.cx.end.unwrap_or(End::Done)),
+                Phase::Respond(a) => Protocol::timer(a, &mut self.cx, now, io),
                 Phase::Closing(_) => Step::Continue,
                 Phase::Other(p) => p.timer(&mut self.cx, now, io),
             }
@@ -709,6 +709,7 @@ impl Session {
         }
         match (&mut self.phase, side) {
             (Phase::Tunnel(t), _) => Protocol::bytes(t, &mut self.cx, side, c, io, env),
+            (Phase::Respond(a), _) => Protocol::bytes(a, &mut self.cx, side, c, io, env),
             (Phase::Other(p), _) => p.bytes(&mut self.cx, side, c, io, env),
             (_, Side::Down) => self.on_client_bytes(c, io, env),
             (_, Side::Up) => self.on_upstream_bytes(c, io, env),
@@ -752,22 +753,15 @@ impl Session {
         self.conn(side).mark_eof();
         match &mut self.phase {
             Phase::Tunnel(t) => return Protocol::eof(t, &mut self.cx, side, io),
+            Phase::Respond(a) => return Protocol::eof(a, &mut self.cx, side, io),
             Phase::Other(p) => return p.eof(&mut self.cx, side, io),
             _ => {}
         }
         match side {
-            Side::Down => match &self.phase {
-                // Lingering after our answer: the client has finished; close.
-                Phase::Respond {
-                    linger: Linger::On, ..
-                } => Step::Close(self.cx.end.unwrap_or(End::Done)),
-                // Our own answer is on its way: send it, then close.
-                Phase::Respond { .. } => Step::Continue,
-                // A head cut short, or nothing more can be delivered to a client that has
-                // gone: the upstream side ends now (nginx's `proxy_ignore_client_abort off`),
-                // whether it is still connecting, waiting for the head or relaying a body.
-                _ => Step::Close(End::ClientClosed),
-            },
+            // A head cut short, or nothing more can be delivered to a client that has gone:
+            // the upstream side ends now (nginx's `proxy_ignore_client_abort off`), whether it
+            // is still connecting, waiting for the head or relaying a body.
+            Side::Down => Step::Close(End::ClientClosed),
             Side::Up => self.upstream_eof(io, env),
         }
     }
@@ -837,7 +831,7 @@ impl Session {
         } else {
             Linger::AfterFlush
         };
-        self.phase = Phase::Respond { req, linger };
+        self.phase = Phase::Respond(Answer { req, linger });
         self.cx.retire(Side::Up, io);
         if status == 0 {
             // `Step::Fail`: no answer of ours, only what the transport queued.
@@ -880,34 +874,17 @@ impl Session {
         // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
         // opening was answered where it happened: the phase is Respond by now.)
-        if !matches!(self.phase, Phase::Respond { .. } | Phase::Closing(_)) {
+        if !matches!(self.phase, Phase::Respond(_) | Phase::Closing(_)) {
             if self.cx.links.down.failed() {
                 self.close(End::ClientTls("seal"), io);
             } else if self.cx.links.up.failed() {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
-        if let Phase::Respond { linger, .. } = &mut self.phase
-            && *linger != Linger::On
-            && self.cx.links.down.flushed()
-        {
-            if *linger == Linger::AfterFlush
-                && !self.cx.links.down.eof()
-                && self.cx.links.down.open()
-            {
-                *linger = Linger::On;
-                self.cx.phase_ms = io.now_ms();
-                // Half-close behind what is queued (a TLS close_notify goes first).
-                self.cx.links.down.shut_after_flush();
-                self.cx.links.down.kick(io, Side::Down);
-            } else {
-                let end = self.cx.end.unwrap_or(End::Done);
-                self.close(end, io);
-            }
-        }
         // A protocol type reconciles here, before the links do.
         let step = match &mut self.phase {
             Phase::Tunnel(t) => Protocol::settle(t, &mut self.cx, io),
+            Phase::Respond(a) => Protocol::settle(a, &mut self.cx, io),
             Phase::Other(p) => p.settle(&mut self.cx, io),
             _ => Step::Continue,
         };
@@ -981,7 +958,7 @@ impl Session {
             },
             (Phase::Tunnel(t), side) => Protocol::wants(t, &self.cx, side, room),
             // Read and drop what the client still sends while lingering.
-            (Phase::Respond { linger, .. }, Side::Down) => *linger == Linger::On,
+            (Phase::Respond(a), side) => Protocol::wants(a, &self.cx, side, room),
             (Phase::Other(p), side) => p.wants(&self.cx, side, room),
             _ => false,
         }

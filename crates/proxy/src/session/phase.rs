@@ -20,8 +20,8 @@ pub(super) enum Phase {
     /// A 101 turned the request into a tunnel (`tunnel.rs`, a protocol type).
     Tunnel(super::tunnel::Tunnel),
     /// Sending our own answer (an error page, or the end of a response that does not keep
-    /// the connection), then closing, after a lingering close when `linger` says so.
-    Respond { req: Box<Req>, linger: Linger },
+    /// the connection), then closing, after a lingering close (`answer.rs`, a protocol type).
+    Respond(super::answer::Answer),
     /// Cancelling ops and closing sockets; the request to log when the session ends, if any.
     Closing(Option<Box<Req>>),
     /// A protocol added as a type (`protocol.rs`), called through its interface.
@@ -327,9 +327,8 @@ impl Phase {
         match self {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
-                Some(r)
-            }
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
+            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r.as_deref(),
         }
     }
@@ -338,9 +337,8 @@ impl Phase {
         match self {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
-                Some(r)
-            }
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
+            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r.as_deref_mut(),
         }
     }
@@ -350,9 +348,8 @@ impl Phase {
         match std::mem::replace(self, Phase::Closing(None)) {
             Phase::Request { .. } | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. }) | Phase::Respond { req: r, .. } => {
-                Some(r)
-            }
+            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
+            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r,
         }
     }
