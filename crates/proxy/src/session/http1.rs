@@ -3,8 +3,6 @@
 //! chunks from the transports and hands plaintext chunks back; it returns a [`Next`] instead
 //! of acting on errors itself.
 
-use std::net::SocketAddr;
-
 use super::Session;
 use super::answer::Answer;
 use super::phase::Linger;
@@ -17,7 +15,7 @@ use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
 use crate::upstream::KeyInput;
-use crate::upstream::attempt::{self, Attempt, GaveUp};
+use crate::upstream::attempt::Attempt;
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
@@ -266,207 +264,6 @@ impl Session {
         }
         self.connect_next(io, env)
     }
-
-    /// Pick the next server not yet tried and start connecting; 502 when none is left.
-    pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Connecting(x) = &mut self.phase else {
-            return Step::Continue;
-        };
-        if self.cx.links.up.fd() >= 0 {
-            // The previous request's upstream socket is still closing.
-            if let Some(c) = x.connect() {
-                c.waiting = true;
-            }
-            return Step::Continue;
-        }
-        let resend = x.connect().is_some_and(|c| {
-            c.waiting = false;
-            std::mem::take(&mut c.resend)
-        });
-        let started_ms = x.req.started_ms;
-        let ui = usize::from(x.req.upstream);
-        let u = &self.cx.cfg.upstreams[ui];
-        let Some(a) = x.req.attempt.as_deref_mut() else {
-            return Step::Respond(502, End::NoUpstream);
-        };
-        let gave_up = |a: &Attempt| match a.gave_up() {
-            GaveUp::Timeout => Step::Respond(504, End::UpstreamTimeout),
-            GaveUp::NoUpstream => Step::Respond(502, End::NoUpstream),
-        };
-        // A request that failed on a server goes to the next only within next_upstream's
-        // tries and time.
-        if a.spent(started_ms, io.now_ms()) {
-            return gave_up(a);
-        }
-        let rr = &mut env.balancers.of(&self.cx.cfg)[ui];
-        loop {
-            let Some(i) = a.pick(rr, u, self.cx.client.ip(), clock_ms()) else {
-                if a.count() == 0 {
-                    tracing::warn!(target: "upstream", "no live server in upstream {:?}", u.name);
-                }
-                return gave_up(a);
-            };
-            x.req.peer = i as u16;
-            if u.keepalive > 0
-                && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
-            {
-                // An idle connection to this server: the request goes up on it at once (the
-                // head again, after a server failed once it had it).
-                self.cx.links.up.adopt(io, kept.conn);
-                a.set_cached(true);
-                push_copy(
-                    &mut self.cx.links.up,
-                    resend.then(|| a.resend_head()).flatten(),
-                    io,
-                );
-                self.cx
-                    .links
-                    .up
-                    .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
-                self.cx.count_peer(ui, i);
-                self.upstream_ready(io);
-                return Step::Continue;
-            }
-            a.set_cached(false);
-            let source = rr.next_source(u);
-            match io.connect(u.peers[i].addr, source) {
-                Ok(fd) => {
-                    let tls = u
-                        .tls
-                        .as_ref()
-                        .map(|t| (t.config.clone(), t.name_for(u.peers[i].addr.ip())));
-                    let addr = u.peers[i].addr;
-                    // proxy_protocol = "v2": the client and what it connected to, first.
-                    let preface = u.proxy_protocol.then(|| {
-                        let dst =
-                            crate::sys::local_of(self.cx.links.down.fd()).unwrap_or(self.cx.client);
-                        crate::http::proxy::v2_header(self.cx.client, dst)
-                    });
-                    let r = self.cx.links.up.reset_fd(io, fd, tls, preface);
-                    push_copy(
-                        &mut self.cx.links.up,
-                        resend.then(|| a.resend_head()).flatten(),
-                        io,
-                    );
-                    self.cx.links.up.connect_started();
-                    self.cx.links.up.set_uses(1);
-                    self.cx.count_peer(ui, i);
-                    self.cx.phase_ms = io.now_ms();
-                    return match r {
-                        Ok(()) => Step::Continue,
-                        // The socket (its connect in flight) closes through the answer's retire.
-                        Err(e) => {
-                            tracing::warn!(target: "upstream", "TLS toward {addr} failed: {e}");
-                            Step::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
-                        }
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, crate::sys::errno_name(e));
-                }
-            }
-        }
-    }
-
-    /// The server in use failed before its answer reached the client: count it against the
-    /// server, and say whether the location lets the request go on to the next server.
-    pub(super) fn server_failed(&mut self, kind: Failure) -> bool {
-        let Some(r) = self.phase.req_mut() else {
-            return false;
-        };
-        let retry = r.attempt.as_deref_mut().is_some_and(|a| a.failed(kind));
-        if let Some(p) = self.peer() {
-            attempt::count_failure(p, clock_ms());
-        }
-        retry
-    }
-
-    /// The server in use failed after the request went up, before anything of its answer
-    /// reached the client: counted against it; the request goes to the next server when the
-    /// location allows it and it can be sent again (then `Continue`), else `answer`.
-    pub(super) fn upstream_failed(
-        &mut self,
-        kind: Failure,
-        answer: Step,
-        io: &mut impl Io,
-    ) -> Step {
-        if self.retry_next(kind, io) {
-            Step::Continue
-        } else {
-            answer
-        }
-    }
-
-    /// See [`Session::upstream_failed`]; true when the request goes to the next server.
-    pub(super) fn retry_next(&mut self, kind: Failure, io: &mut impl Io) -> bool {
-        // A kept connection the server closed (or reset) before answering: not the server's
-        // failure (the attempt undoes its pick); the request goes again.
-        let pooled = match &mut self.phase {
-            Phase::Proxy(x) => {
-                let peer = usize::from(x.req.peer);
-                x.req
-                    .attempt
-                    .as_mut()
-                    .is_some_and(|a| a.pool_failed(peer, kind))
-            }
-            _ => false,
-        };
-        let retry = pooled || self.server_failed(kind);
-        let Phase::Proxy(x) = &mut self.phase else {
-            return false;
-        };
-        let resend = x
-            .req
-            .attempt
-            .as_ref()
-            .is_some_and(|a| a.resend_head().is_some());
-        if !retry || !resend || x.req.responded {
-            return false;
-        }
-        x.downward = Downward::Connect(Connect {
-            timed_out: false,
-            waiting: true,
-            resend: true,
-            delayed: false,
-        });
-        self.phase = match self.phase.take() {
-            Phase::Proxy(x) => Phase::Connecting(x),
-            other => other,
-        };
-        self.cx.phase_ms = io.now_ms();
-        // The socket closes (after what is in flight on it is back), then connect_next.
-        self.cx.retire(Side::Up, io);
-        true
-    }
-
-    /// The server in use answered: what failures it had are forgotten, and the request will
-    /// not go to another server.
-    pub(super) fn server_answered(&mut self) {
-        let Some(r) = self.phase.req_mut() else {
-            return;
-        };
-        r.attempt = None;
-        if let Some(p) = self.peer() {
-            attempt::count_success(p);
-        }
-    }
-
-    /// The server the request in progress went to, if one was chosen.
-    fn peer(&self) -> Option<&crate::config::Peer> {
-        let r = self.phase.req()?;
-        self.cx
-            .cfg
-            .upstreams
-            .get(usize::from(r.upstream))?
-            .peers
-            .get(usize::from(r.peer))
-    }
-
-    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer().map(|p| p.addr)
-    }
-
-    // ---- response --------------------------------------------------------------------------
 
     fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         loop {
@@ -778,15 +575,5 @@ fn take_limits(
                 crate::limits::Verdict::Refuse => Err(lr.status),
             }
         }
-    }
-}
-
-/// Queue a copy of `head` (the request head kept to send again), if any, on `up`.
-fn push_copy(up: &mut super::Transport, head: Option<&[u8]>, io: &mut impl Io) {
-    if let Some(head) = head {
-        let mut v = io.scratch();
-        v.extend_from_slice(head);
-        let c = io.put(v);
-        up.push(io, c);
     }
 }

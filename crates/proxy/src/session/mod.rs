@@ -14,6 +14,8 @@
 //! and invariants.
 
 mod answer;
+mod connect;
+mod cx;
 mod end;
 mod filter;
 mod http1;
@@ -29,15 +31,16 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::config::upstream::Failure;
-use crate::http::HeadLimits;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, Side, Src};
 use answer::Answer;
+use cx::Cx;
+pub use cx::Listen;
 pub use end::{AccessLog, End};
 use links::Links;
-use phase::{Downward, Linger, Phase, Req, Upward, ms32};
+use phase::{Downward, Linger, Phase, Req, Upward};
 use protocol::{Protocol, Step};
 
 /// Largest response head accepted from an upstream.
@@ -108,157 +111,12 @@ pub enum Stage {
     Other(&'static str),
 }
 
-/// Settings fixed for a session when it is accepted (from its listener's default server).
-#[derive(Clone, Copy, Debug)]
-pub struct Listen {
-    pub index: u16,
-    pub header_timeout_ms: u32,
-    pub header_max: u32,
-    pub request_line_max: u32,
-    pub header_line_max: u32,
-    /// How long an idle keep-alive connection waits for its next request; 0: no keep-alive.
-    pub keepalive_timeout_ms: u32,
-    /// Requests served on one connection before it is closed.
-    pub keepalive_requests: u32,
-    /// `X-Forwarded-Proto` value.
-    pub tls: bool,
-    /// The connection starts with a PROXY protocol header (still to be read while set).
-    pub proxy_header: bool,
-}
-
-impl Listen {
-    /// The settings of `server` for sessions accepted on listener `index`.
-    pub fn of(
-        index: usize,
-        server: &crate::config::Server,
-        tls: bool,
-        proxy_header: bool,
-    ) -> Listen {
-        Listen {
-            index: index as u16,
-            header_timeout_ms: ms32(server.header_timeout),
-            header_max: server.header_max,
-            request_line_max: server.request_line_max,
-            header_line_max: server.header_line_max,
-            keepalive_timeout_ms: ms32(server.keepalive_timeout),
-            keepalive_requests: server.keepalive_requests,
-            tls,
-            proxy_header,
-        }
-    }
-
-    fn limits(&self) -> HeadLimits {
-        HeadLimits {
-            head_max: self.header_max as usize,
-            request_line_max: self.request_line_max as usize,
-            header_line_max: self.header_line_max as usize,
-        }
-    }
-}
-
 /// A session: its connections and what it knows of them ([`Cx`]), and the protocol that
 /// runs over them now ([`Phase`]).
 #[derive(Debug)]
 pub struct Session {
     cx: Cx,
     phase: Phase,
-}
-
-/// What a session is besides its protocol: its connections, the configuration and listener it
-/// was accepted under, its clocks and its end. Every protocol works through it.
-#[derive(Debug)]
-pub struct Cx {
-    /// The client connection and the upstream connection, and the cancels in flight for them.
-    links: Links,
-    /// The configuration this session was accepted under (a reload cannot change it).
-    cfg: Arc<Config>,
-    listen: Listen,
-    client: SocketAddr,
-    /// When the current phase's clock started (head read, connect, linger).
-    phase_ms: u64,
-    last_up_ms: u64,
-    last_down_ms: u64,
-    end: Option<End>,
-    /// Requests answered on this connection.
-    served: u32,
-}
-
-impl Cx {
-    /// Bytes received from `from`, on to its peer (given back if the peer is closed).
-    pub(super) fn pass_on(&mut self, from: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
-        if self.links.get(from.peer()).open() {
-            self.send_to(from.peer(), c, io);
-        } else {
-            io.release(c);
-        }
-    }
-
-    /// Queue plaintext on `to` and start sending it.
-    pub(super) fn send_to(&mut self, to: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
-        self.links.send(to, c, io);
-    }
-
-    /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
-    pub(super) fn send_built(
-        &mut self,
-        to: Side,
-        io: &mut (impl Io + ?Sized),
-        f: impl FnOnce(&mut Vec<u8>),
-    ) {
-        let mut out = io.scratch();
-        f(&mut out);
-        let c = io.put(out);
-        self.send_to(to, c, io);
-    }
-
-    /// Stop using one connection: cancel its ops; it closes when they are all back.
-    pub(super) fn retire(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
-        self.links.retire(side, io);
-    }
-
-    /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
-    pub(super) fn count_peer(&mut self, upstream: usize, peer: usize) {
-        self.cfg.upstreams[upstream].peers[peer].state.add();
-        self.links.counted = [upstream as u16, peer as u16];
-    }
-
-    /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
-    pub(super) fn pool_upstream(
-        &mut self,
-        conn: Transport,
-        uses: u16,
-        io: &mut (impl Io + ?Sized),
-        env: &mut Env<'_>,
-    ) {
-        let [u, p] = self.links.counted;
-        match self
-            .cfg
-            .upstreams
-            .get(usize::from(u))
-            .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
-            // A connection that began with a client's PROXY header is that client's only.
-            .filter(|(up, _)| !up.proxy_protocol)
-        {
-            Some((up, peer)) => env
-                .pool
-                .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
-            None => io.close(conn.fd()),
-        }
-        self.uncount_peer();
-    }
-
-    /// The upstream socket closed: uncount it.
-    pub(super) fn uncount_peer(&mut self) {
-        let [u, p] = std::mem::replace(&mut self.links.counted, [phase::NO_PEER; 2]);
-        if let Some(peer) = self
-            .cfg
-            .upstreams
-            .get(usize::from(u))
-            .and_then(|x| x.peers.get(usize::from(p)))
-        {
-            peer.state.sub();
-        }
-    }
 }
 
 impl Session {
@@ -415,72 +273,6 @@ impl Session {
             self.apply(next, io);
         }
         self.after(io, env)
-    }
-
-    /// The upstream connect completed.
-    pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.cx.links.up.connect_done();
-        if self.cx.links.up.retiring() {
-            return self.after(io, env);
-        }
-        let Phase::Connecting(x) = &mut self.phase else {
-            return self.after(io, env);
-        };
-        if res == 0 && !x.connect_timed_out() {
-            io.observe(Observed::Connected(
-                io.now_ms().saturating_sub(self.cx.phase_ms),
-            ));
-            self.upstream_ready(io);
-        } else {
-            let timed_out = x.connect_timed_out();
-            let why = if timed_out {
-                "connect timeout".to_string()
-            } else {
-                crate::sys::errno_name(-res)
-            };
-            let peer = self.peer_addr();
-            tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
-            let kind = if timed_out {
-                Failure::Timeout
-            } else {
-                Failure::Error
-            };
-            if self.server_failed(kind) {
-                // Close it through retire/close_when_done (after any cancel aimed at it is
-                // back), then the next server is tried, keeping the queued request.
-                if let Phase::Connecting(x) = &mut self.phase
-                    && let Some(c) = x.connect()
-                {
-                    *c = phase::Connect {
-                        timed_out: false,
-                        waiting: true,
-                        resend: false,
-                        delayed: false,
-                    };
-                }
-                self.cx.retire(Side::Up, io);
-            } else if timed_out {
-                self.apply(Step::Respond(504, End::UpstreamTimeout), io);
-            } else {
-                self.apply(Step::Respond(502, End::UpstreamError(-res)), io);
-            }
-        }
-        self.after(io, env)
-    }
-
-    /// The upstream connection is open (connected, or taken from the keepalive pool): the
-    /// request goes up, the response head is awaited.
-    fn upstream_ready(&mut self, io: &mut impl Io) {
-        self.cx.links.up.mark_ready();
-        self.phase = match self.phase.take() {
-            Phase::Connecting(mut x) => {
-                x.downward = Downward::Head(Vec::new());
-                Phase::Proxy(x)
-            }
-            other => other,
-        };
-        self.cx.last_up_ms = io.now_ms();
-        self.cx.links.up.kick(io, Side::Up);
     }
 
     /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an

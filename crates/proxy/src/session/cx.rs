@@ -1,0 +1,159 @@
+//! What a session is besides its protocol ([`Cx`]): its links, the configuration and
+//! listener settings it was accepted under ([`Listen`]), its clocks and its end, and the
+//! effects every protocol shares (sending, forwarding, retiring a connection, counting the
+//! upstream socket against its server, handing an idle one to the keepalive pool).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::links::Links;
+use super::phase::{self, ms32};
+use super::{End, Env, Io, Transport};
+use crate::config::Config;
+use crate::http::HeadLimits;
+use crate::uring::{Chunk, Side};
+
+/// Settings fixed for a session when it is accepted (from its listener's default server).
+#[derive(Clone, Copy, Debug)]
+pub struct Listen {
+    pub index: u16,
+    pub header_timeout_ms: u32,
+    pub header_max: u32,
+    pub request_line_max: u32,
+    pub header_line_max: u32,
+    /// How long an idle keep-alive connection waits for its next request; 0: no keep-alive.
+    pub keepalive_timeout_ms: u32,
+    /// Requests served on one connection before it is closed.
+    pub keepalive_requests: u32,
+    /// `X-Forwarded-Proto` value.
+    pub tls: bool,
+    /// The connection starts with a PROXY protocol header (still to be read while set).
+    pub proxy_header: bool,
+}
+
+impl Listen {
+    /// The settings of `server` for sessions accepted on listener `index`.
+    pub fn of(
+        index: usize,
+        server: &crate::config::Server,
+        tls: bool,
+        proxy_header: bool,
+    ) -> Listen {
+        Listen {
+            index: index as u16,
+            header_timeout_ms: ms32(server.header_timeout),
+            header_max: server.header_max,
+            request_line_max: server.request_line_max,
+            header_line_max: server.header_line_max,
+            keepalive_timeout_ms: ms32(server.keepalive_timeout),
+            keepalive_requests: server.keepalive_requests,
+            tls,
+            proxy_header,
+        }
+    }
+
+    pub(super) fn limits(&self) -> HeadLimits {
+        HeadLimits {
+            head_max: self.header_max as usize,
+            request_line_max: self.request_line_max as usize,
+            header_line_max: self.header_line_max as usize,
+        }
+    }
+}
+
+/// What a session is besides its protocol: its connections, the configuration and listener it
+/// was accepted under, its clocks and its end. Every protocol works through it.
+#[derive(Debug)]
+pub struct Cx {
+    /// The client connection and the upstream connection, and the cancels in flight for them.
+    pub(super) links: Links,
+    /// The configuration this session was accepted under (a reload cannot change it).
+    pub(super) cfg: Arc<Config>,
+    pub(super) listen: Listen,
+    pub(super) client: SocketAddr,
+    /// When the current phase's clock started (head read, connect, linger).
+    pub(super) phase_ms: u64,
+    pub(super) last_up_ms: u64,
+    pub(super) last_down_ms: u64,
+    pub(super) end: Option<End>,
+    /// Requests answered on this connection.
+    pub(super) served: u32,
+}
+
+impl Cx {
+    /// Bytes received from `from`, on to its peer (given back if the peer is closed).
+    pub(super) fn pass_on(&mut self, from: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
+        if self.links.get(from.peer()).open() {
+            self.send_to(from.peer(), c, io);
+        } else {
+            io.release(c);
+        }
+    }
+
+    /// Queue plaintext on `to` and start sending it.
+    pub(super) fn send_to(&mut self, to: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
+        self.links.send(to, c, io);
+    }
+
+    /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
+    pub(super) fn send_built(
+        &mut self,
+        to: Side,
+        io: &mut (impl Io + ?Sized),
+        f: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let mut out = io.scratch();
+        f(&mut out);
+        let c = io.put(out);
+        self.send_to(to, c, io);
+    }
+
+    /// Stop using one connection: cancel its ops; it closes when they are all back.
+    pub(super) fn retire(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
+        self.links.retire(side, io);
+    }
+
+    /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
+    pub(super) fn count_peer(&mut self, upstream: usize, peer: usize) {
+        self.cfg.upstreams[upstream].peers[peer].state.add();
+        self.links.counted = [upstream as u16, peer as u16];
+    }
+
+    /// The upstream socket, idle after a whole response, goes to the worker's keepalive pool.
+    pub(super) fn pool_upstream(
+        &mut self,
+        conn: Transport,
+        uses: u16,
+        io: &mut (impl Io + ?Sized),
+        env: &mut Env<'_>,
+    ) {
+        let [u, p] = self.links.counted;
+        match self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|up| Some((up, up.peers.get(usize::from(p))?)))
+            // A connection that began with a client's PROXY header is that client's only.
+            .filter(|(up, _)| !up.proxy_protocol)
+        {
+            Some((up, peer)) => env
+                .pool
+                .put(up, peer.addr, conn, u32::from(uses), io.now_ms()),
+            None => io.close(conn.fd()),
+        }
+        self.uncount_peer();
+    }
+
+    /// The upstream socket closed: uncount it.
+    pub(super) fn uncount_peer(&mut self) {
+        let [u, p] = std::mem::replace(&mut self.links.counted, [phase::NO_PEER; 2]);
+        if let Some(peer) = self
+            .cfg
+            .upstreams
+            .get(usize::from(u))
+            .and_then(|x| x.peers.get(usize::from(p)))
+        {
+            peer.state.sub();
+        }
+    }
+}
