@@ -300,6 +300,16 @@ impl<T> Reactor<T> {
         Ok(())
     }
 
+    /// A turn with nothing in flight (no slot): sleep `wait`, then read the clock. The same
+    /// wait as `turn`'s, but one every tool sees as blocking: valgrind, which runs one thread
+    /// at a time, does not see a wait inside io_uring_enter as one, so an idle ring's wait
+    /// would hold the process's other threads.
+    pub fn rest(&mut self, wait: Duration) {
+        debug_assert!(self.slots.is_empty(), "rest with ops in flight");
+        std::thread::sleep(wait);
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
+    }
+
     /// The first half of a turn, for a loop that dispatches itself (the load generator, whose
     /// clock runs in microseconds): submit and wait up to `wait`, then copy out a batch of
     /// completions. Hand the batch back with `give_back` once dispatched.

@@ -133,6 +133,11 @@ impl Checker {
             }
             self.start_due(r);
             let wait = self.next_wake().min(Duration::from_millis(200));
+            if r.slots.is_empty() && self.tracks.iter().all(Vec::is_empty) {
+                // Nothing to check and no probe in flight.
+                r.rest(wait);
+                continue;
+            }
             r.turn(self, wait)?;
             for (cfg, at, o) in std::mem::take(&mut self.done) {
                 self.finish(&cfg, at, o);
