@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +43,10 @@ def wait_port(port, timeout=60):
 
 def bench(*args):
     r = subprocess.run([BIN, "bench", *args, "--json", "--quiet"], capture_output=True, text=True, timeout=300)
-    return json.loads(r.stdout)
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"ringway bench {' '.join(args)} failed: {r.stderr.strip()}") from None
 
 
 def measure(binary, work, port, tls, loads):
@@ -112,6 +116,12 @@ def main():
     args = ap.parse_args()
     builds = [(b.partition("=")[0], os.path.abspath(b.partition("=")[2])) for b in args.build]
     work = tempfile.mkdtemp(prefix="ringway-instr-")
+    # The load generator and the echo backend run from a copy: a build during the run cannot
+    # change them under it.
+    global BIN
+    tool = os.path.join(work, "ringway-tool")
+    shutil.copy2(BIN, tool)
+    BIN = tool
     echo = subprocess.Popen([BIN, "echo", "--workers", "1", "--listen", BACKEND], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     secs = f"{args.messages_secs}s"
     plain = [

@@ -11,6 +11,7 @@ use super::tunnel::Tunnel;
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
 };
+use crate::config::Location;
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
@@ -152,37 +153,7 @@ impl Session {
             }
             _ => "",
         };
-        let host = req.host.as_deref().unwrap_or("-");
-        let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
-        let mut r = Box::new(Req {
-            upgrade: !upgrade.is_empty(),
-            keep_alive: req.keep_alive,
-            is_head: req.is_head(),
-            upstream: route.map_or(0, |l| l.upstream as u16),
-            // A tunnel's control: its heartbeats and its filters, only when it has either.
-            ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
-                let filter = super::filter::for_location(l);
-                (l.heartbeat.is_some() || filter.is_some()).then(|| {
-                    let mut k = super::phase::Control::new(l.heartbeat.as_ref());
-                    k.filter = filter;
-                    Box::new(k)
-                })
-            }),
-            attempt: route.map(|l| {
-                let u = &cfg.upstreams[l.upstream];
-                let input = KeyInput {
-                    client: self.cx.client.ip(),
-                    uri: &req.path,
-                    head: &buf[..req.head_len],
-                };
-                Box::new(Attempt::new(u, &l.next_upstream, &input))
-            }),
-            connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
-            read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
-            send_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
-            body_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
-            ..Req::new(text, self.cx.phase_ms, buf.len() as u64)
-        });
+        let mut r = self.new_req(&req, route, upgrade, &buf);
         if let Err(HeadError::Invalid(why)) = norm {
             self.answer(r, 400, End::BadRequest(why), io);
             return Step::Continue;
@@ -201,37 +172,10 @@ impl Session {
                 return Step::Continue;
             }
         };
-        let mut out = io.scratch();
-        out.reserve(req.head_len + 256);
-        let fwd = http::Forwarded {
-            upgrade: r.upgrade,
-            client_ip: self.cx.client.ip(),
-            proto: if self.cx.listen.tls { "https" } else { "http" },
-            default_host: &cfg.upstreams[loc.upstream].name,
-            keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
-        };
-        if let Err(HeadError::Invalid(why)) =
-            http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
-        {
-            self.answer(r, 400, End::BadRequest(why), io);
-            return Step::Continue;
-        }
-        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
-        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
-        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
-        let extra = &buf[req.head_len..];
-        let mut t = BodyTracker::new(req.body);
-        let upward = match t.feed(extra) {
-            Ok(n) => {
-                out.extend_from_slice(&extra[..n]);
-                if t.done() {
-                    Upward::Hold(extra[n..].to_vec())
-                } else {
-                    Upward::Body(t)
-                }
-            }
-            Err(e) => {
-                self.answer(r, 400, End::BadRequest(e.0), io);
+        let (out, upward) = match self.request_up(&req, &buf, &r, loc, io) {
+            Ok(up) => up,
+            Err(why) => {
+                self.answer(r, 400, End::BadRequest(why), io);
                 return Step::Continue;
             }
         };
@@ -263,6 +207,98 @@ impl Session {
             return Step::Continue;
         }
         self.connect_next(io, env)
+    }
+
+    /// The record of a request whose head `req` (in `buf`) was routed to `route`, asking to
+    /// upgrade to `upgrade` ("" when it may not).
+    fn new_req(
+        &self,
+        req: &http::Request,
+        route: Option<&Location>,
+        upgrade: &str,
+        buf: &[u8],
+    ) -> Box<Req> {
+        let cfg = &*self.cx.cfg;
+        let host = req.host.as_deref().unwrap_or("-");
+        let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
+        Box::new(Req {
+            upgrade: !upgrade.is_empty(),
+            keep_alive: req.keep_alive,
+            is_head: req.is_head(),
+            upstream: route.map_or(0, |l| l.upstream as u16),
+            // A tunnel's control: its heartbeats and its filters, only when it has either.
+            ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
+                let filter = super::filter::for_location(l);
+                (l.heartbeat.is_some() || filter.is_some()).then(|| {
+                    let mut k = super::phase::Control::new(l.heartbeat.as_ref());
+                    k.filter = filter;
+                    Box::new(k)
+                })
+            }),
+            attempt: route.map(|l| {
+                let u = &cfg.upstreams[l.upstream];
+                let input = KeyInput {
+                    client: self.cx.client.ip(),
+                    uri: &req.path,
+                    head: &buf[..req.head_len],
+                };
+                Box::new(Attempt::new(u, &l.next_upstream, &input))
+            }),
+            connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
+            read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
+            send_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
+            body_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
+            ..Req::new(text, self.cx.phase_ms, buf.len() as u64)
+        })
+    }
+
+    /// The head of `req` (in `buf`) rewritten for `loc`'s upstream, with what of the body came
+    /// with it, and what the client's next bytes are (body, or held); the reason it is a bad
+    /// request when it is one.
+    fn request_up(
+        &self,
+        req: &http::Request,
+        buf: &[u8],
+        r: &Req,
+        loc: &Location,
+        io: &mut impl Io,
+    ) -> Result<(Vec<u8>, Upward), &'static str> {
+        let cfg = &*self.cx.cfg;
+        let mut out = io.scratch();
+        out.reserve(req.head_len + 256);
+        let fwd = http::Forwarded {
+            upgrade: r.upgrade,
+            client_ip: self.cx.client.ip(),
+            proto: if self.cx.listen.tls { "https" } else { "http" },
+            default_host: &cfg.upstreams[loc.upstream].name,
+            keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
+        };
+        if let Err(HeadError::Invalid(why)) =
+            http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+        {
+            io.recycle(out);
+            return Err(why);
+        }
+        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
+        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
+        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
+        let extra = &buf[req.head_len..];
+        let mut t = BodyTracker::new(req.body);
+        let upward = match t.feed(extra) {
+            Ok(n) => {
+                out.extend_from_slice(&extra[..n]);
+                if t.done() {
+                    Upward::Hold(extra[n..].to_vec())
+                } else {
+                    Upward::Body(t)
+                }
+            }
+            Err(e) => {
+                io.recycle(out);
+                return Err(e.0);
+            }
+        };
+        Ok((out, upward))
     }
 
     fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
@@ -327,71 +363,7 @@ impl Session {
             let mut out = io.scratch();
             out.reserve(resp.head_len + 64);
             if resp.status == 101 {
-                if !r.upgrade {
-                    return Step::Respond(
-                        502,
-                        End::BadResponse("101 to a request that did not ask to upgrade"),
-                    );
-                }
-                if !resp
-                    .upgrade
-                    .as_deref()
-                    .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
-                {
-                    return Step::Respond(
-                        502,
-                        End::BadResponse("101 without the protocol the client asked for"),
-                    );
-                }
-                if !matches!(x.upward, Upward::Hold(_)) {
-                    return Step::Respond(
-                        502,
-                        End::BadResponse("101 before the request body was complete"),
-                    );
-                }
-                let _ = http::rewrite_response(
-                    &buf[..resp.head_len],
-                    ClientConnection::Upgrade,
-                    false,
-                    &mut out,
-                );
-                out.extend_from_slice(&buf[resp.head_len..]);
-                r.tunnel = true;
-                r.responded = true;
-                io.observe(Observed::TunnelOpened(
-                    io.now_ms().saturating_sub(r.started_ms),
-                ));
-                let (req, held) = match self.phase.take() {
-                    Phase::Proxy(Exchange {
-                        req,
-                        upward: Upward::Hold(held),
-                        ..
-                    }) => (req, held),
-                    other => {
-                        // Checked above: a 101 comes only while the client's bytes are held.
-                        self.phase = other;
-                        io.recycle(out);
-                        return Step::Respond(502, End::BadResponse("101 out of place"));
-                    }
-                };
-                // The tunnel's first bytes each way: what the client sent after its request,
-                // and what the upstream sent after its 101.
-                let mut frames = [FrameTracker::default(); 2];
-                frames[0].track(&held);
-                frames[1].track(&buf[resp.head_len..]);
-                let mut tunnel = Tunnel { req, frames };
-                let c = io.put(out);
-                self.cx.send_to(Side::Down, c, io);
-                // What the client sent after its request is the start of the tunnel.
-                if !held.is_empty() {
-                    let c = io.put(held);
-                    self.cx.send_to(Side::Up, c, io);
-                }
-                if env.draining {
-                    // Shutdown began while this upgrade was on its way: it is told at once.
-                    tunnel.drain_close(&mut self.cx, io);
-                }
-                return Step::Become(Phase::Tunnel(tunnel));
+                return self.upgraded(&resp, buf, out, io, env);
             }
             let mut t = BodyTracker::new(resp.body);
             let keep = r.keep_alive
@@ -425,6 +397,89 @@ impl Session {
             }
             return Step::Continue;
         }
+    }
+
+    /// A 101 to the request: checked (asked for, naming the protocol asked for, the request
+    /// whole), passed on, and the exchange becomes a tunnel; the bytes after each head are its
+    /// first bytes.
+    fn upgraded(
+        &mut self,
+        resp: &http::Response,
+        buf: Vec<u8>,
+        mut out: Vec<u8>,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) -> Step {
+        let Phase::Proxy(x) = &mut self.phase else {
+            io.recycle(out);
+            return Step::Continue;
+        };
+        let r = &mut x.req;
+        if !r.upgrade {
+            return Step::Respond(
+                502,
+                End::BadResponse("101 to a request that did not ask to upgrade"),
+            );
+        }
+        if !resp
+            .upgrade
+            .as_deref()
+            .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
+        {
+            return Step::Respond(
+                502,
+                End::BadResponse("101 without the protocol the client asked for"),
+            );
+        }
+        if !matches!(x.upward, Upward::Hold(_)) {
+            return Step::Respond(
+                502,
+                End::BadResponse("101 before the request body was complete"),
+            );
+        }
+        let _ = http::rewrite_response(
+            &buf[..resp.head_len],
+            ClientConnection::Upgrade,
+            false,
+            &mut out,
+        );
+        out.extend_from_slice(&buf[resp.head_len..]);
+        r.tunnel = true;
+        r.responded = true;
+        io.observe(Observed::TunnelOpened(
+            io.now_ms().saturating_sub(r.started_ms),
+        ));
+        let (req, held) = match self.phase.take() {
+            Phase::Proxy(Exchange {
+                req,
+                upward: Upward::Hold(held),
+                ..
+            }) => (req, held),
+            other => {
+                // Checked above: a 101 comes only while the client's bytes are held.
+                self.phase = other;
+                io.recycle(out);
+                return Step::Respond(502, End::BadResponse("101 out of place"));
+            }
+        };
+        // The tunnel's first bytes each way: what the client sent after its request,
+        // and what the upstream sent after its 101.
+        let mut frames = [FrameTracker::default(); 2];
+        frames[0].track(&held);
+        frames[1].track(&buf[resp.head_len..]);
+        let mut tunnel = Tunnel { req, frames };
+        let c = io.put(out);
+        self.cx.send_to(Side::Down, c, io);
+        // What the client sent after its request is the start of the tunnel.
+        if !held.is_empty() {
+            let c = io.put(held);
+            self.cx.send_to(Side::Up, c, io);
+        }
+        if env.draining {
+            // Shutdown began while this upgrade was on its way: it is told at once.
+            tunnel.drain_close(&mut self.cx, io);
+        }
+        Step::Become(Phase::Tunnel(tunnel))
     }
 
     /// The response body is complete (or the upstream closed a close-delimited one).
