@@ -2,10 +2,14 @@
 //! (`weight`, `backup`, `down`, `max_conns`, `max_fails`, `fail_timeout`), and the state every
 //! worker shares about each of them (connections, passive failures, health).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-
 use super::*;
+
+mod health;
+mod state;
+
+use health::health_check;
+pub use health::{Expect, HealthCheck};
+pub use state::{Health, PeerState, PeerStatus, clock_ms};
 
 /// Most ketama points one consistent-hash upstream may have (160 per unit of weight, as
 /// nginx): 1,024 servers of weight 12 fit; past it the configuration is refused rather than
@@ -86,173 +90,6 @@ pub enum KeyPart {
     Cookie(String),
     /// `$arg_NAME`.
     Arg(String),
-}
-
-/// `health_check`: probes each server of the upstream every `interval` from a thread of the
-/// main process; `fall` failures in a row take it out, `rise` passes bring it back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub interval: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    pub timeout: Duration,
-    /// What is sent (`type = "http"`); `None`: `type = "tcp"`, a connect is the check.
-    pub request: Option<Vec<u8>>,
-    /// Statuses that pass: a class (`2` for "2xx") or an exact status.
-    pub expect: Vec<Expect>,
-    /// Check this port instead of each server's own.
-    pub port: Option<u16>,
-}
-
-/// One `expect` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    Class(u16),
-    Status(u16),
-}
-
-impl Expect {
-    /// As written: `2xx` or `204`.
-    pub fn name(&self) -> String {
-        match self {
-            Expect::Class(c) => format!("{c}xx"),
-            Expect::Status(s) => s.to_string(),
-        }
-    }
-}
-
-impl HealthCheck {
-    /// Whether an answer with `status` passes.
-    pub fn passes(&self, status: u16) -> bool {
-        self.expect.iter().any(|e| match *e {
-            Expect::Class(c) => status / 100 == c,
-            Expect::Status(s) => status == s,
-        })
-    }
-}
-
-fn health_check(
-    cx: &Ctx<'_>,
-    f: &str,
-    h: &Spanned<raw::HealthCheck>,
-) -> Result<HealthCheck, ConfigError> {
-    let f = format!("{f}.health_check");
-    let h = h.get_ref();
-    let count = |v: &Option<Spanned<i64>>, name: &str, default: u32| match v {
-        None => Ok(default),
-        Some(n) if (1..=1000).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
-        Some(n) => Err(cx.err(n.span(), format!("{f}.{name}"), "must be from 1 to 1000")),
-    };
-    let interval = cx.timeout(
-        &h.interval,
-        &format!("{f}.interval"),
-        Duration::from_secs(5),
-    )?;
-    if interval < Duration::from_millis(100) {
-        let span = h.interval.as_ref().map_or(0..0, |s| s.span());
-        return Err(cx.err(span, format!("{f}.interval"), "must be at least 100ms"));
-    }
-    let timeout = cx.timeout(&h.timeout, &format!("{f}.timeout"), Duration::from_secs(1))?;
-    if timeout > interval {
-        let span = h.timeout.as_ref().map_or(0..0, |s| s.span());
-        return Err(cx.err(
-            span,
-            format!("{f}.timeout"),
-            "must not be longer than the interval",
-        ));
-    }
-    let http = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
-        None | Some("http") => true,
-        Some("tcp") => false,
-        Some(other) => {
-            let span = h.kind.as_ref().map_or(0..0, |s| s.span());
-            return Err(cx.err(
-                span,
-                format!("{f}.type"),
-                format!("unknown type {other:?}; expected \"http\" or \"tcp\""),
-            ));
-        }
-    };
-    let request = match (&h.request, http) {
-        (Some(r), false) => {
-            return Err(cx.err(
-                r.span(),
-                format!("{f}.request"),
-                "a tcp check sends nothing; use type = \"http\"",
-            ));
-        }
-        (_, false) => None,
-        (None, true) => Some(b"GET / HTTP/1.0\r\n\r\n".to_vec()),
-        (Some(r), true) => {
-            let text = r.get_ref();
-            let line = text.split("\r\n").next().unwrap_or("");
-            let parts: Vec<&str> = line.split(' ').collect();
-            if parts.len() != 3 || !parts[2].starts_with("HTTP/1.") || !text.ends_with("\r\n\r\n") {
-                return Err(cx.err(
-                    r.span(),
-                    format!("{f}.request"),
-                    "expected a whole HTTP/1 request such as \"GET /health HTTP/1.0\\r\\n\\r\\n\" (request line, headers, and the empty line)",
-                ));
-            }
-            if text.len() > 4096 {
-                return Err(cx.err(r.span(), format!("{f}.request"), "longer than 4096 bytes"));
-            }
-            Some(text.as_bytes().to_vec())
-        }
-    };
-    let expect = match &h.expect {
-        None => vec![Expect::Class(2), Expect::Class(3)],
-        Some(list) => {
-            let mut out = Vec::new();
-            for (i, e) in list.get_ref().iter().enumerate() {
-                let t = e.get_ref().to_ascii_lowercase();
-                let b = t.as_bytes();
-                let x = match b {
-                    [c @ b'1'..=b'5', b'x', b'x'] => Expect::Class(u16::from(c - b'0')),
-                    [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => {
-                        Expect::Status(t.parse().unwrap_or(0))
-                    }
-                    _ => {
-                        return Err(cx.err(
-                            e.span(),
-                            format!("{f}.expect[{i}]"),
-                            format!("{:?} is not a status class such as \"2xx\" or a status such as \"204\"", e.get_ref()),
-                        ));
-                    }
-                };
-                out.push(x);
-            }
-            if out.is_empty() {
-                return Err(cx.err(
-                    list.span(),
-                    format!("{f}.expect"),
-                    "needs at least one status",
-                ));
-            }
-            if !http {
-                return Err(cx.err(
-                    list.span(),
-                    format!("{f}.expect"),
-                    "a tcp check reads no status",
-                ));
-            }
-            out
-        }
-    };
-    let port = match &h.port {
-        None => None,
-        Some(p) if (1..=65535).contains(p.get_ref()) => Some(*p.get_ref() as u16),
-        Some(p) => return Err(cx.err(p.span(), format!("{f}.port"), "must be from 1 to 65535")),
-    };
-    Ok(HealthCheck {
-        interval,
-        rise: count(&h.rise, "rise", 2)?,
-        fall: count(&h.fall, "fall", 3)?,
-        timeout,
-        request,
-        expect,
-        port,
-    })
 }
 
 /// What counts as a failure of a server and is tried on the next one (nginx's
@@ -360,200 +197,6 @@ impl NextUpstream {
             "off".into()
         } else {
             on.join(",")
-        }
-    }
-}
-
-/// Milliseconds on a clock every thread of the process shares (for passive failures, which
-/// every worker reads and writes).
-pub fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
-/// A server's shared state: relaxed atomics, written by the workers (connections, passive
-/// failures) and the health checker (health), read by everyone choosing and reporting. Runtime
-/// state: it takes no part in comparing configurations, and a clone shares it.
-#[derive(Clone, Default)]
-pub struct PeerState(Arc<Shared>);
-
-#[derive(Default)]
-struct Shared {
-    /// Connections open to the server now.
-    active: AtomicU32,
-    /// Failures since the last success (nginx's `fails`).
-    fails: AtomicU32,
-    /// `clock_ms` (+1, so 0 is "never") of the last failure or of the last try after
-    /// `fail_timeout` (nginx's `checked`).
-    checked: AtomicU64,
-    /// `Health`, as its `u8`.
-    health: AtomicU8,
-    /// Connections attempted, failures counted, health checks passed and failed.
-    requests: AtomicU64,
-    failures: AtomicU64,
-    checks_ok: AtomicU64,
-    checks_failed: AtomicU64,
-}
-
-/// What the active health checks say of a server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Health {
-    /// No active health check, or it passes.
-    Up = 0,
-    /// `fall` checks in a row failed (until `rise` pass).
-    Down = 1,
-}
-
-/// What a server is, for `/status` and `/metrics`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerStatus {
-    Up,
-    /// Marked `down`, or its health check fails.
-    Down,
-    /// Taken out by passive failures for `fail_timeout`.
-    Failed,
-    /// A backup, up, waiting for every primary to fail.
-    Backup,
-}
-
-impl PeerStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            PeerStatus::Up => "up",
-            PeerStatus::Down => "down",
-            PeerStatus::Failed => "failed",
-            PeerStatus::Backup => "backup",
-        }
-    }
-}
-
-fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
-}
-
-impl PeerState {
-    pub fn active(&self) -> u32 {
-        self.0.active.load(Ordering::Relaxed)
-    }
-
-    pub fn add(&self) {
-        self.0.active.fetch_add(1, Ordering::Relaxed);
-        self.0.requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn sub(&self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn fails(&self) -> u32 {
-        self.0.fails.load(Ordering::Relaxed)
-    }
-
-    pub fn health(&self) -> Health {
-        match self.0.health.load(Ordering::Relaxed) {
-            0 => Health::Up,
-            _ => Health::Down,
-        }
-    }
-
-    pub fn set_health(&self, h: Health) {
-        self.0.health.store(h as u8, Ordering::Relaxed);
-    }
-
-    /// Connections attempted, failures, health checks passed, health checks failed.
-    pub fn counts(&self) -> [u64; 4] {
-        let s = &self.0;
-        [
-            load(&s.requests),
-            load(&s.failures),
-            load(&s.checks_ok),
-            load(&s.checks_failed),
-        ]
-    }
-
-    pub fn check_done(&self, ok: bool) {
-        let c = if ok {
-            &self.0.checks_ok
-        } else {
-            &self.0.checks_failed
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl PartialEq for PeerState {
-    fn eq(&self, _: &PeerState) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for PeerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.active())
-    }
-}
-
-impl Peer {
-    fn fail_ms(&self) -> u64 {
-        self.fail_timeout.as_millis() as u64
-    }
-
-    /// Taken out by passive failures at `now` (nginx: `fails >= max_fails` and the last
-    /// failure or try less than `fail_timeout` ago).
-    pub fn failed(&self, now: u64) -> bool {
-        self.max_fails > 0
-            && self.state.fails() >= self.max_fails
-            && now < self.state.0.checked.load(Ordering::Relaxed) + self.fail_ms()
-    }
-
-    /// Whether a new connection may go to it at `now`.
-    pub fn usable(&self, now: u64) -> bool {
-        !self.down
-            && self.state.health() == Health::Up
-            && !self.failed(now)
-            && (self.max_conns == 0 || self.state.active() < self.max_conns)
-    }
-
-    /// It was picked at `now`: when it is out of failures' reach again, this is the one try
-    /// per `fail_timeout` that says whether it is back (nginx sets `checked`).
-    pub fn picked(&self, now: u64) {
-        if self.max_fails > 0 && self.state.fails() >= self.max_fails {
-            self.state.0.checked.store(now + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// A failure at `now`; true when it took the server out (the moment to log it).
-    pub fn failure(&self, now: u64) -> bool {
-        let s = &self.state.0;
-        s.failures.fetch_add(1, Ordering::Relaxed);
-        s.checked.store(now + 1, Ordering::Relaxed);
-        let fails = s.fails.fetch_add(1, Ordering::Relaxed) + 1;
-        self.max_fails > 0 && fails == self.max_fails
-    }
-
-    /// A success: its failures are forgotten; true when it had been taken out.
-    pub fn success(&self) -> bool {
-        let s = &self.state.0;
-        if s.fails.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        let was = s.fails.swap(0, Ordering::Relaxed);
-        self.max_fails > 0 && was >= self.max_fails
-    }
-
-    pub fn status(&self, now: u64) -> PeerStatus {
-        if self.down || self.state.health() != Health::Up {
-            PeerStatus::Down
-        } else if self.failed(now) {
-            PeerStatus::Failed
-        } else if self.backup {
-            PeerStatus::Backup
-        } else {
-            PeerStatus::Up
         }
     }
 }
@@ -783,9 +426,74 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
     if name.is_empty() {
         return Err(cx.err(u.name.span(), format!("{f}.name"), "must not be empty"));
     }
+    let mut balance = balance(cx, &f, u)?;
+    let peers = peers(cx, &f, u, &mut balance)?;
+    let source = source(cx, &f, u, &peers)?;
+    let tls = match &u.tls {
+        None => None,
+        Some(t) => Some(tls::upstream(cx, &f, t)?),
+    };
+    let health_check = match &u.health_check {
+        None => None,
+        Some(h) => Some(health_check(cx, &f, h)?),
+    };
+    let keepalive = match &u.keepalive {
+        None => 0,
+        Some(k) if (0..=10_000).contains(k.get_ref()) => *k.get_ref() as u32,
+        Some(k) => {
+            return Err(cx.err(
+                k.span(),
+                format!("{f}.keepalive"),
+                "must be from 0 to 10000",
+            ));
+        }
+    };
+    let keepalive_timeout = cx.timeout(
+        &u.keepalive_timeout,
+        &format!("{f}.keepalive_timeout"),
+        Duration::from_secs(60),
+    )?;
+    let keepalive_requests = match &u.keepalive_requests {
+        None => 1000,
+        Some(k) if (1..=65535).contains(k.get_ref()) => *k.get_ref() as u32,
+        Some(k) => {
+            return Err(cx.err(
+                k.span(),
+                format!("{f}.keepalive_requests"),
+                "must be from 1 to 65535",
+            ));
+        }
+    };
+    let proxy_protocol = match &u.proxy_protocol {
+        None => false,
+        Some(v) if v.get_ref() == "v2" => true,
+        Some(v) => {
+            return Err(cx.err(
+                v.span(),
+                format!("{f}.proxy_protocol"),
+                "expected \"v2\" (the binary PROXY protocol header before each connection's bytes)",
+            ));
+        }
+    };
+    Ok(Upstream {
+        name,
+        balance,
+        peers,
+        source,
+        tls,
+        health_check,
+        keepalive,
+        keepalive_timeout,
+        keepalive_requests,
+        proxy_protocol,
+    })
+}
+
+/// `balance` and `hash` of upstream field `f`.
+fn balance(cx: &Ctx<'_>, f: &str, u: &raw::Upstream) -> Result<Balance, ConfigError> {
     let balance_span = u.balance.as_ref().map_or(0..0, |b| b.span());
     let named = u.balance.as_ref().map(|b| b.get_ref().as_str());
-    let mut balance = match (named, &u.hash) {
+    Ok(match (named, &u.hash) {
         (None | Some("round_robin"), None) => Balance::RoundRobin,
         (Some("least_conn"), None) => Balance::LeastConn,
         (Some("ip_hash"), None) => Balance::IpHash,
@@ -821,7 +529,17 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
                 format!("unknown balance {other:?}; expected \"round_robin\", \"least_conn\", \"ip_hash\" or \"hash\""),
             ));
         }
-    };
+    })
+}
+
+/// The servers of upstream field `f` (a name may resolve to several), checked against its
+/// `balance`, whose consistent-hash points they fill in.
+fn peers(
+    cx: &Ctx<'_>,
+    f: &str,
+    u: &raw::Upstream,
+    balance: &mut Balance,
+) -> Result<Vec<Peer>, ConfigError> {
     if u.servers.get_ref().is_empty() {
         return Err(cx.err(
             u.servers.span(),
@@ -910,7 +628,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             "needs at least one server that is not a backup",
         ));
     }
-    if let Balance::Hash(h) = &mut balance
+    if let Balance::Hash(h) = balance
         && h.consistent
     {
         let n: usize = peers.iter().map(|p| p.weight as usize * 160).sum();
@@ -923,7 +641,17 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
         }
         h.points = ketama(&peers);
     }
-    let source = match &u.source {
+    Ok(peers)
+}
+
+/// The source addresses of upstream field `f`, of the same IP family as its `peers`.
+fn source(
+    cx: &Ctx<'_>,
+    f: &str,
+    u: &raw::Upstream,
+    peers: &[Peer],
+) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    Ok(match &u.source {
         None => Vec::new(),
         Some(v) => {
             let field = format!("{f}.source");
@@ -961,64 +689,6 @@ pub(super) fn resolve(cx: &Ctx<'_>, ui: usize, u: &raw::Upstream) -> Result<Upst
             }
             out
         }
-    };
-    let tls = match &u.tls {
-        None => None,
-        Some(t) => Some(tls::upstream(cx, &f, t)?),
-    };
-    let health_check = match &u.health_check {
-        None => None,
-        Some(h) => Some(health_check(cx, &f, h)?),
-    };
-    let keepalive = match &u.keepalive {
-        None => 0,
-        Some(k) if (0..=10_000).contains(k.get_ref()) => *k.get_ref() as u32,
-        Some(k) => {
-            return Err(cx.err(
-                k.span(),
-                format!("{f}.keepalive"),
-                "must be from 0 to 10000",
-            ));
-        }
-    };
-    let keepalive_timeout = cx.timeout(
-        &u.keepalive_timeout,
-        &format!("{f}.keepalive_timeout"),
-        Duration::from_secs(60),
-    )?;
-    let keepalive_requests = match &u.keepalive_requests {
-        None => 1000,
-        Some(k) if (1..=65535).contains(k.get_ref()) => *k.get_ref() as u32,
-        Some(k) => {
-            return Err(cx.err(
-                k.span(),
-                format!("{f}.keepalive_requests"),
-                "must be from 1 to 65535",
-            ));
-        }
-    };
-    let proxy_protocol = match &u.proxy_protocol {
-        None => false,
-        Some(v) if v.get_ref() == "v2" => true,
-        Some(v) => {
-            return Err(cx.err(
-                v.span(),
-                format!("{f}.proxy_protocol"),
-                "expected \"v2\" (the binary PROXY protocol header before each connection's bytes)",
-            ));
-        }
-    };
-    Ok(Upstream {
-        name,
-        balance,
-        peers,
-        source,
-        tls,
-        health_check,
-        keepalive,
-        keepalive_timeout,
-        keepalive_requests,
-        proxy_protocol,
     })
 }
 
