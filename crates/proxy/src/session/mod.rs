@@ -576,19 +576,25 @@ impl Session {
     }
 
     /// Carry out what a protocol decided.
+    #[inline]
     fn apply(&mut self, step: Step, io: &mut impl Io) {
         match step {
             Step::Continue => {}
-            Step::Become(phase) => {
-                self.phase = phase;
-                let first = self.started(io);
-                self.apply(first, io);
-            }
+            Step::Become(phase) => self.enter(phase, io),
             Step::Respond(status, end) => self.respond(status, end, io),
             // Status 0: no answer of ours (the log says 0), only the transport's alert.
             Step::Fail(end) => self.respond(0, end, io),
             Step::Close(end) => self.close(end, io),
         }
+    }
+
+    /// The session runs `phase` from now on (a protocol added as a type starts at once). Out of
+    /// line: a transition is rare beside the events that carry bytes.
+    #[inline(never)]
+    fn enter(&mut self, phase: Phase, io: &mut impl Io) {
+        self.phase = phase;
+        let first = self.started(io);
+        self.apply(first, io);
     }
 
     /// Answer with our own response and close after it (if nothing was sent yet; else close).
