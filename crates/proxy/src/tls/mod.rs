@@ -16,15 +16,20 @@
 //!
 //! The room knows sockets and buffers (`reactor`, `uring`), nothing of HTTP or sessions.
 
+mod drive;
+mod hello;
 pub mod records;
 pub mod setup;
 pub mod transport;
+
+pub(crate) use drive::drive;
+pub use hello::{Hello, peek_hello};
 
 pub use transport::Transport;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::unbuffered::UnbufferedStatus;
 
 use crate::reactor::{Conn, Sys};
 use crate::uring::{Chunk, Side, Src};
@@ -226,32 +231,13 @@ where
         if matches!(self.stage, Stage::Records(_)) {
             return self.received_records(io, c);
         }
-        if !E::CLIENT && self.state == State::Handshaking && self.partial.is_empty() {
-            let data = io.data_of(c);
-            // A TLS record starts with its content type (22, handshake); a letter is a
-            // request line: plain HTTP sent to a TLS port.
-            if data.first().is_some_and(|b| b.is_ascii_uppercase()) {
-                self.state = State::Raw;
-                io.release(c);
-                return Err(Fail::PlainHttp);
-            }
-            if let Some(hello) = peek_hello(data) {
-                if hello.old_only {
-                    // Only TLS 1.0/1.1 offered: a protocol_version alert (rustls would say
-                    // handshake_failure), in a record of the version the client spoke.
-                    let alert = [21, 3, 1, 0, 2, 2, 70];
-                    let mut out = io.scratch();
-                    out.extend_from_slice(&alert);
-                    io.release(c);
-                    self.state = State::Failed;
-                    self.queue(io, out);
-                    self.conn.kick(io, side);
-                    return Err(Fail::Tls(rustls::Error::PeerIncompatible(
-                        rustls::PeerIncompatible::Tls12NotOffered,
-                    )));
-                }
-                self.sni = hello.sni.map(Into::into);
-            }
+        if !E::CLIENT
+            && self.state == State::Handshaking
+            && self.partial.is_empty()
+            && let Some(f) = self.first_flight(io, side, c)
+        {
+            io.release(c);
+            return Err(f);
         }
         let mut plain = io.scratch();
         let mut out = io.scratch();
@@ -311,25 +297,13 @@ where
             self.conn.kick(io, side);
             return Err(f);
         }
-        if self.state == State::Handshaking && done {
-            self.state = State::Open;
-            // What came after the record that completed the handshake (data, a KeyUpdate, a
-            // session ticket) is the records layer's.
-            if let Err(e) = self.hand_over().and_then(|()| self.open_left(&mut plain)) {
-                io.recycle(plain);
-                self.fail_with_alert(io, &e);
-                self.conn.kick(io, side);
-                return Err(e);
-            }
-            let mut held = std::mem::take(&mut self.held).into_iter();
-            while let Some(c) = held.next() {
-                if let Err(e) = self.push(io, c) {
-                    held.for_each(|c| io.release(c));
-                    io.recycle(plain);
-                    self.conn.kick(io, side);
-                    return Err(e);
-                }
-            }
+        if self.state == State::Handshaking
+            && done
+            && let Err(e) = self.opened(io, &mut plain)
+        {
+            io.recycle(plain);
+            self.conn.kick(io, side);
+            return Err(e);
         }
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             // Idle between records: hold no buffer.
@@ -342,6 +316,57 @@ where
         } else {
             Ok(Some(io.put(plain)))
         }
+    }
+
+    /// A server's first bytes, before rustls sees them: plain HTTP sent to a TLS port, or a
+    /// ClientHello offering only TLS 1.0/1.1 (refused here with the alert its version
+    /// understands); its SNI noted. The failure, if any (the caller gives `c` back).
+    fn first_flight(&mut self, io: &mut (impl Sys + ?Sized), side: Side, c: Chunk) -> Option<Fail> {
+        let data = io.data_of(c);
+        // A TLS record starts with its content type (22, handshake); a letter is a
+        // request line: plain HTTP sent to a TLS port.
+        if data.first().is_some_and(|b| b.is_ascii_uppercase()) {
+            self.state = State::Raw;
+            return Some(Fail::PlainHttp);
+        }
+        if let Some(hello) = peek_hello(data) {
+            if hello.old_only {
+                // Only TLS 1.0/1.1 offered: a protocol_version alert (rustls would say
+                // handshake_failure), in a record of the version the client spoke.
+                let alert = [21, 3, 1, 0, 2, 2, 70];
+                let mut out = io.scratch();
+                out.extend_from_slice(&alert);
+                self.state = State::Failed;
+                self.queue(io, out);
+                self.conn.kick(io, side);
+                return Some(Fail::Tls(rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::Tls12NotOffered,
+                )));
+            }
+            self.sni = hello.sni.map(Into::into);
+        }
+        None
+    }
+
+    /// The handshake has just completed: the records are ringway's from here (what came after
+    /// the record that completed it is opened into `plain`), and the plaintext held meanwhile
+    /// is sealed and queued.
+    fn opened(&mut self, io: &mut (impl Sys + ?Sized), plain: &mut Vec<u8>) -> Result<(), Fail> {
+        self.state = State::Open;
+        // What came after the record that completed the handshake (data, a KeyUpdate, a
+        // session ticket) is the records layer's.
+        if let Err(e) = self.hand_over().and_then(|()| self.open_left(plain)) {
+            self.fail_with_alert(io, &e);
+            return Err(e);
+        }
+        let mut held = std::mem::take(&mut self.held).into_iter();
+        while let Some(c) = held.next() {
+            if let Err(e) = self.push(io, c) {
+                held.for_each(|c| io.release(c));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Queue plaintext: sealed now when the handshake is complete (the records are ringway's
@@ -614,257 +639,6 @@ fn version_name(v: rustls::ProtocolVersion) -> &'static str {
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
         _ => "TLS",
-    }
-}
-
-/// Run rustls's handshake over `buf` until it needs more bytes or is done: records to send
-/// are appended to `out`. Returns the bytes of `buf` consumed; the rest — a record not complete
-/// yet, or the records after the one that completed the handshake — is kept by the caller (for
-/// the next call, or for ringway's own record layer).
-///
-/// rustls is shown one whole record more at a time, never past the record that completes the
-/// handshake: a KeyUpdate (or data) the peer sent in the same write as its Finished is then
-/// read by ringway's records, which answer it, and not by rustls, which would switch its
-/// sending key for a KeyUpdate of its own it never gets to send once the secrets are handed
-/// over. `shown` is how much of `buf` rustls has been shown and not discarded (a handshake
-/// message spanning records); it is carried to the next call, whose `buf` starts where this
-/// one's consumed bytes end, so rustls never sees less than it saw. On an error, the alert
-/// rustls queued is encoded into `out` before the error is returned.
-pub(crate) fn drive<E: Engine>(
-    engine: &mut E,
-    buf: &mut [u8],
-    shown: &mut usize,
-    plain: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<usize, rustls::Error> {
-    let mut off = 0;
-    // rustls's unbuffered state machine asserts on some sequences of calls; a peer must not be
-    // able to reach one and take the worker down, so a panic in it fails this connection only.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let r = turns(engine, buf, &mut off, shown, plain, out);
-        if r.is_err() {
-            // The fatal alert rustls queued with the error is the next thing it hands out.
-            // Only that: calling on would read the bad bytes again.
-            let end = (off + *shown).min(buf.len());
-            let UnbufferedStatus { discard, state } = engine.process(&mut buf[off..end]);
-            if let Ok(ConnectionState::EncodeTlsData(mut e)) = state {
-                encode(&mut e, out);
-                off += discard;
-            }
-        }
-        r
-    }));
-    match r {
-        Ok(r) => r.map(|()| off),
-        Err(_) => Err(rustls::Error::General("TLS state machine failed".into())),
-    }
-}
-
-/// Handshake bytes rustls has ready, appended to `out`.
-fn encode<D>(e: &mut rustls::unbuffered::EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
-    let start = out.len();
-    let mut size = 1024;
-    loop {
-        out.resize(start + size, 0);
-        match e.encode(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return;
-            }
-            Err(EncodeError::InsufficientSize(s)) => size = s.required_size,
-            Err(_) => {
-                out.truncate(start);
-                return;
-            }
-        }
-    }
-}
-
-/// Where the TLS record that starts at `at` in `buf` ends, when it is there whole. A header no
-/// record can have (a content type or version that is not TLS's, a length past the largest
-/// ciphertext) is shown to rustls at once, which refuses it, rather than waited for.
-fn record_end(buf: &[u8], at: usize) -> Option<usize> {
-    let h = buf.get(at..at + 5)?;
-    let len = usize::from(u16::from_be_bytes([h[3], h[4]]));
-    if !(20..=24).contains(&h[0]) || h[1] != 3 || len > (1 << 14) + 2048 {
-        return Some(buf.len());
-    }
-    let end = at + 5 + len;
-    (end <= buf.len()).then_some(end)
-}
-
-fn turns<E: Engine>(
-    engine: &mut E,
-    buf: &mut [u8],
-    off: &mut usize,
-    shown: &mut usize,
-    plain: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> Result<(), rustls::Error> {
-    // rustls sees `buf[off..limit]`: what it saw before, then one more whole record each time
-    // it has done all it can with that.
-    let mut limit = (*off + *shown).min(buf.len());
-    // Each turn either consumes bytes, produces some, shows one more record, or ends; rustls's
-    // states are finite between two, but a bound keeps a bug from spinning the worker.
-    for _ in 0..10_000 {
-        let UnbufferedStatus { discard, state } = engine.process(&mut buf[*off..limit]);
-        let state = match state {
-            Ok(s) => s,
-            Err(e) => {
-                *off += discard;
-                *shown = limit.saturating_sub(*off);
-                return Err(e);
-            }
-        };
-        let done = match state {
-            ConnectionState::ReadTraffic(mut r) => {
-                let mut failed = None;
-                while let Some(rec) = r.next_record() {
-                    match rec {
-                        Ok(rec) => plain.extend_from_slice(rec.payload),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    *off += discard;
-                    *shown = limit.saturating_sub(*off);
-                    return Err(e);
-                }
-                false
-            }
-            ConnectionState::EncodeTlsData(mut e) => {
-                encode(&mut e, out);
-                false
-            }
-            // What was encoded is in `out`, which the caller queues on the socket.
-            ConnectionState::TransmitTlsData(t) => {
-                t.done();
-                false
-            }
-            // The handshake is done: the records are ringway's from here (`hand_over`).
-            ConnectionState::WriteTraffic(_) => true,
-            ConnectionState::PeerClosed => false,
-            // All that can be done with what was shown: show the next whole record, if any.
-            ConnectionState::BlockedHandshake => {
-                let at = *off + discard;
-                match record_end(buf, limit.max(at)) {
-                    Some(end) => {
-                        *off = at;
-                        limit = end;
-                        continue;
-                    }
-                    None => true,
-                }
-            }
-            // Closed; early data is not enabled.
-            _ => true,
-        };
-        *off += discard;
-        if done {
-            *shown = limit.saturating_sub(*off);
-            return Ok(());
-        }
-    }
-    Err(rustls::Error::General(
-        "TLS state machine did not settle".into(),
-    ))
-}
-
-/// What ringway reads itself from a ClientHello.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Hello<'a> {
-    /// The server name asked for (for the access log: rustls reads it again for itself).
-    pub sni: Option<&'a str>,
-    /// Only TLS 1.0 or 1.1 offered (legacy version below 1.2, no supported_versions).
-    pub old_only: bool,
-}
-
-/// A ClientHello at the start of `data` (its first record), if it is there whole; anything
-/// unexpected is `None` and left to rustls.
-pub fn peek_hello(data: &[u8]) -> Option<Hello<'_>> {
-    let mut r = Reader(data);
-    // Record: type 22, version, length.
-    if r.u8()? != 22 {
-        return None;
-    }
-    r.take(2)?;
-    let n = r.u16()? as usize;
-    let mut rec = Reader(r.take(n)?);
-    // Handshake: type 1 (ClientHello), 24-bit length.
-    if rec.u8()? != 1 {
-        return None;
-    }
-    let len = (rec.u8()? as usize) << 16 | rec.u16()? as usize;
-    let mut h = Reader(rec.take(len)?);
-    let legacy = h.u16()?;
-    h.take(32)?; // random
-    let n = h.u8()? as usize;
-    h.take(n)?; // session id
-    let n = h.u16()? as usize;
-    h.take(n)?; // cipher suites
-    let n = h.u8()? as usize;
-    h.take(n)?; // compression
-    let mut hello = Hello {
-        sni: None,
-        old_only: legacy < 0x0303,
-    };
-    // Extensions are optional in a TLS 1.0 hello.
-    let n = match h.u16() {
-        Some(n) => n as usize,
-        None => return Some(hello),
-    };
-    let mut ext = Reader(h.take(n)?);
-    while !ext.0.is_empty() {
-        let kind = ext.u16()?;
-        let n = ext.u16()? as usize;
-        let body = ext.take(n)?;
-        match kind {
-            0 => hello.sni = server_name(body),
-            43 => hello.old_only = false,
-            _ => {}
-        }
-    }
-    Some(hello)
-}
-
-/// The host name in a server_name extension.
-fn server_name(body: &[u8]) -> Option<&str> {
-    let mut b = Reader(body);
-    let n = b.u16()? as usize;
-    let mut list = Reader(b.take(n)?);
-    while !list.0.is_empty() {
-        let t = list.u8()?;
-        let n = list.u16()? as usize;
-        let name = list.take(n)?;
-        if t == 0 {
-            return std::str::from_utf8(name)
-                .ok()
-                .filter(|s| s.bytes().all(|c| c.is_ascii_graphic()));
-        }
-    }
-    None
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        let b = self.take(2)?;
-        Some(u16::from_be_bytes([b[0], b[1]]))
     }
 }
 
