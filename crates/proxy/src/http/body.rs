@@ -115,51 +115,8 @@ impl BodyTracker {
             State::Chunked(mut c) => {
                 let mut i = 0;
                 while i < data.len() {
-                    let b = data[i];
-                    c = match c {
-                        Chunk::Size { digits, value } => match hex(b) {
-                            Some(d) => {
-                                if digits >= 15 {
-                                    return Err(BodyError("chunk size too large"));
-                                }
-                                Chunk::Size {
-                                    digits: digits + 1,
-                                    value: value << 4 | u64::from(d),
-                                }
-                            }
-                            None if digits == 0 => return Err(BodyError("chunk size missing")),
-                            None if b == b'\r' => Chunk::SizeLf { value },
-                            // Extensions run to the end of the line. Whitespace after the
-                            // size may only end the line: `5 ;ext` is read differently by
-                            // different parsers (h11 refuses it), so it is refused here.
-                            None if b == b';' => Chunk::Ext { value },
-                            None if b == b' ' || b == b'\t' => Chunk::SizeWs { value },
-                            None => return Err(BodyError("invalid chunk size")),
-                        },
-                        Chunk::SizeWs { value } => match b {
-                            b' ' | b'\t' => Chunk::SizeWs { value },
-                            b'\r' => Chunk::SizeLf { value },
-                            _ => return Err(BodyError("invalid chunk size")),
-                        },
-                        Chunk::Ext { value } => {
-                            if b == b'\r' {
-                                Chunk::SizeLf { value }
-                            } else if field_byte(b) {
-                                Chunk::Ext { value }
-                            } else {
-                                return Err(BodyError("control byte in chunk extension"));
-                            }
-                        }
-                        Chunk::SizeLf { value } => {
-                            if b != b'\n' {
-                                return Err(BodyError("expected LF after chunk size"));
-                            }
-                            if value == 0 {
-                                Chunk::TrailerStart
-                            } else {
-                                Chunk::Data(value)
-                            }
-                        }
+                    match c {
+                        // Data is taken as a run, not a byte at a time.
                         Chunk::Data(left) => {
                             let take = ((data.len() - i) as u64).min(left);
                             i += take as usize;
@@ -171,68 +128,122 @@ impl BodyTracker {
                             };
                             continue;
                         }
-                        Chunk::DataCr => {
-                            if b != b'\r' {
-                                return Err(BodyError("expected CRLF after chunk data"));
-                            }
-                            Chunk::DataLf
-                        }
-                        Chunk::DataLf => {
-                            if b != b'\n' {
-                                return Err(BodyError("expected CRLF after chunk data"));
-                            }
-                            Chunk::Size {
-                                digits: 0,
-                                value: 0,
-                            }
-                        }
-                        Chunk::TrailerStart => {
-                            if b == b'\r' {
-                                Chunk::FinalLf
-                            } else if token_byte(b) {
-                                Chunk::TrailerName
-                            } else {
-                                return Err(BodyError("invalid trailer field"));
-                            }
-                        }
-                        Chunk::TrailerName => {
-                            if b == b':' {
-                                Chunk::TrailerLine
-                            } else if token_byte(b) {
-                                Chunk::TrailerName
-                            } else {
-                                return Err(BodyError("invalid trailer field"));
-                            }
-                        }
-                        Chunk::TrailerLine => {
-                            if b == b'\r' {
-                                Chunk::TrailerLineLf
-                            } else if field_byte(b) {
-                                Chunk::TrailerLine
-                            } else {
-                                return Err(BodyError("control byte in trailer"));
-                            }
-                        }
-                        Chunk::TrailerLineLf => {
-                            if b != b'\n' {
-                                return Err(BodyError("expected LF in trailer"));
-                            }
-                            Chunk::TrailerStart
-                        }
                         Chunk::FinalLf => {
-                            if b != b'\n' {
+                            if data[i] != b'\n' {
                                 return Err(BodyError("expected LF after last chunk"));
                             }
                             self.state = State::Done;
                             return Ok(i + 1);
                         }
-                    };
+                        _ => c = c.after(data[i])?,
+                    }
                     i += 1;
                 }
                 self.state = State::Chunked(c);
                 Ok(data.len())
             }
         }
+    }
+}
+
+impl Chunk {
+    /// Where the chunked framing stands after byte `b` (in a size line, an extension, the CRLF
+    /// after data, a trailer); `Data` and `FinalLf` are `feed`'s.
+    fn after(self, b: u8) -> Result<Chunk, BodyError> {
+        Ok(match self {
+            Chunk::Size { digits, value } => match hex(b) {
+                Some(d) => {
+                    if digits >= 15 {
+                        return Err(BodyError("chunk size too large"));
+                    }
+                    Chunk::Size {
+                        digits: digits + 1,
+                        value: value << 4 | u64::from(d),
+                    }
+                }
+                None if digits == 0 => return Err(BodyError("chunk size missing")),
+                None if b == b'\r' => Chunk::SizeLf { value },
+                // Extensions run to the end of the line. Whitespace after the
+                // size may only end the line: `5 ;ext` is read differently by
+                // different parsers (h11 refuses it), so it is refused here.
+                None if b == b';' => Chunk::Ext { value },
+                None if b == b' ' || b == b'\t' => Chunk::SizeWs { value },
+                None => return Err(BodyError("invalid chunk size")),
+            },
+            Chunk::SizeWs { value } => match b {
+                b' ' | b'\t' => Chunk::SizeWs { value },
+                b'\r' => Chunk::SizeLf { value },
+                _ => return Err(BodyError("invalid chunk size")),
+            },
+            Chunk::Ext { value } => {
+                if b == b'\r' {
+                    Chunk::SizeLf { value }
+                } else if field_byte(b) {
+                    Chunk::Ext { value }
+                } else {
+                    return Err(BodyError("control byte in chunk extension"));
+                }
+            }
+            Chunk::SizeLf { value } => {
+                if b != b'\n' {
+                    return Err(BodyError("expected LF after chunk size"));
+                }
+                if value == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data(value)
+                }
+            }
+            Chunk::DataCr => {
+                if b != b'\r' {
+                    return Err(BodyError("expected CRLF after chunk data"));
+                }
+                Chunk::DataLf
+            }
+            Chunk::DataLf => {
+                if b != b'\n' {
+                    return Err(BodyError("expected CRLF after chunk data"));
+                }
+                Chunk::Size {
+                    digits: 0,
+                    value: 0,
+                }
+            }
+            Chunk::TrailerStart => {
+                if b == b'\r' {
+                    Chunk::FinalLf
+                } else if token_byte(b) {
+                    Chunk::TrailerName
+                } else {
+                    return Err(BodyError("invalid trailer field"));
+                }
+            }
+            Chunk::TrailerName => {
+                if b == b':' {
+                    Chunk::TrailerLine
+                } else if token_byte(b) {
+                    Chunk::TrailerName
+                } else {
+                    return Err(BodyError("invalid trailer field"));
+                }
+            }
+            Chunk::TrailerLine => {
+                if b == b'\r' {
+                    Chunk::TrailerLineLf
+                } else if field_byte(b) {
+                    Chunk::TrailerLine
+                } else {
+                    return Err(BodyError("control byte in trailer"));
+                }
+            }
+            Chunk::TrailerLineLf => {
+                if b != b'\n' {
+                    return Err(BodyError("expected LF in trailer"));
+                }
+                Chunk::TrailerStart
+            }
+            Chunk::Data(_) | Chunk::FinalLf => self,
+        })
     }
 }
 
