@@ -22,21 +22,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     }
     let cfg = Arc::new(cfg);
     let workers = cfg.runtime.workers;
-    let needs = tuning::Needs::new(u64::from(cfg.runtime.max_connections), Some(&cfg));
-    let want_fds = needs.fds;
-    super::preflight::at_start(&cfg, &needs);
-    let nofile = crate::sys::raise_nofile(want_fds);
-    let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
-    let max_connections = if fit < cfg.runtime.max_connections {
-        tracing::warn!(
-            "RLIMIT_NOFILE is {nofile}: room for {fit} sessions, not max_connections = {}; capping at {fit} \
-             (raise LimitNOFILE / `ulimit -n` to {want_fds}; see `ringway preflight`)",
-            cfg.runtime.max_connections
-        );
-        fit
-    } else {
-        cfg.runtime.max_connections
-    };
+    let (max_connections, nofile) = capacity(&cfg);
     let per_worker = (max_connections as usize).div_ceil(workers).max(1);
     if let Some(sock) = &cfg.runtime.upgrade_socket
         && !upgrade
@@ -46,18 +32,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         super::upgrade::check_path(sock)?;
     }
     let signals = crate::sys::block_signals();
-    let (inherited, handover) = if upgrade {
-        let Some(sock) = &cfg.runtime.upgrade_socket else {
-            anyhow::bail!(
-                "--upgrade needs runtime.upgrade_socket in {} (the socket the running ringway serves)",
-                path.display()
-            );
-        };
-        let (i, h) = super::upgrade::take_over(sock)?;
-        (i, Some(h))
-    } else {
-        (super::upgrade::from_systemd()?, None)
-    };
+    let (inherited, handover) = inherit(&cfg, path, upgrade)?;
     if inherited.activated {
         tracing::info!("socket activation: listening on the sockets systemd passed (LISTEN_FDS)");
     }
@@ -70,6 +45,146 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         sockets: Default::default(),
     });
     let live = Live::new(cfg.clone());
+    let Workers {
+        handles,
+        metrics: all_metrics,
+        inboxes,
+    } = spawn_workers(&cfg, &live, &inherited, &offer, per_worker)?;
+    drop(inherited);
+    let handed_by = match handover {
+        Some(h) => {
+            let old = h.ready();
+            tracing::info!(
+                "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
+            );
+            Some(old)
+        }
+        None => None,
+    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    let reloader = Arc::new(super::reload::Reloader::new(
+        path.to_path_buf(),
+        live.clone(),
+        inboxes.clone(),
+        tuning::LISTEN_BACKLOG as i32,
+        offer.clone(),
+    ));
+    let admin_stop = start_admin(
+        &cfg,
+        &all_metrics,
+        &live,
+        &stopping,
+        max_connections,
+        &reloader,
+    )?;
+    crate::upstream::health::spawn(live.clone(), stopping.clone())
+        .context("spawning the health checker")?;
+    let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",
+        env!("CARGO_PKG_VERSION"),
+        listen.join(", ")
+    );
+    // Signals go to a thread of their own, so a second SIGTERM still lands while the workers
+    // drain (the main thread is joining them).
+    let grace = cfg.runtime.shutdown_grace;
+    let (spread, drain_code) = (cfg.runtime.drain_spread, cfg.runtime.drain_code);
+    let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
+    let tell = Arc::new(tell);
+    if let Some(old) = handed_by {
+        nudge_while_old_lives(old, grace, tell.clone())?;
+    }
+    if let Some(sock) = &cfg.runtime.upgrade_socket {
+        let (tell, stopping) = (tell.clone(), stopping.clone());
+        super::upgrade::serve(sock, offer, move || {
+            stopping.store(true, Ordering::Relaxed);
+            tell(Msg::Handover);
+            if let Some(a) = &admin_stop {
+                a.stop();
+            }
+        })?;
+    }
+    spawn_signals(
+        signals,
+        stopping,
+        reloader,
+        tell,
+        (grace, spread, drain_code),
+    )?;
+    for h in handles {
+        match h.join() {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("a worker thread panicked"),
+        }
+    }
+    let accepted: u64 = all_metrics
+        .iter()
+        .map(|s| s.accepted.load(Ordering::Relaxed))
+        .sum();
+    tracing::info!("stopped after {accepted} connections");
+    Ok(())
+}
+
+/// How many sessions fit: `max_connections`, capped by what RLIMIT_NOFILE (raised as far as
+/// it goes) leaves room for; and that limit.
+fn capacity(cfg: &Config) -> (u32, u64) {
+    let needs = tuning::Needs::new(u64::from(cfg.runtime.max_connections), Some(cfg));
+    let want_fds = needs.fds;
+    super::preflight::at_start(cfg, &needs);
+    let nofile = crate::sys::raise_nofile(want_fds);
+    let fit = (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_SESSION) as u32;
+    let max_connections = if fit < cfg.runtime.max_connections {
+        tracing::warn!(
+            "RLIMIT_NOFILE is {nofile}: room for {fit} sessions, not max_connections = {}; capping at {fit} \
+             (raise LimitNOFILE / `ulimit -n` to {want_fds}; see `ringway preflight`)",
+            cfg.runtime.max_connections
+        );
+        fit
+    } else {
+        cfg.runtime.max_connections
+    };
+    (max_connections, nofile)
+}
+
+/// The listening sockets handed over: from the ringway serving `runtime.upgrade_socket`
+/// (`upgrade`), or from systemd's socket activation.
+fn inherit(
+    cfg: &Config,
+    path: &std::path::Path,
+    upgrade: bool,
+) -> anyhow::Result<(super::upgrade::Inherited, Option<super::upgrade::Handover>)> {
+    Ok(if upgrade {
+        let Some(sock) = &cfg.runtime.upgrade_socket else {
+            anyhow::bail!(
+                "--upgrade needs runtime.upgrade_socket in {} (the socket the running ringway serves)",
+                path.display()
+            );
+        };
+        let (i, h) = super::upgrade::take_over(sock)?;
+        (i, Some(h))
+    } else {
+        (super::upgrade::from_systemd()?, None)
+    })
+}
+
+/// The workers' threads, their metrics and their inboxes.
+struct Workers {
+    handles: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    metrics: Vec<Arc<WorkerMetrics>>,
+    inboxes: Vec<Arc<Inbox>>,
+}
+
+/// One worker per configured core, each on its listening sockets (inherited ones shared out);
+/// returns once every worker has started, or the first one's failure (the others are told to
+/// close).
+fn spawn_workers(
+    cfg: &Arc<Config>,
+    live: &Arc<Live>,
+    inherited: &super::upgrade::Inherited,
+    offer: &super::upgrade::Offer,
+    per_worker: usize,
+) -> anyhow::Result<Workers> {
+    let workers = cfg.runtime.workers;
     let cpus = crate::config::available_cpus();
     let mut handles = Vec::new();
     let mut all_metrics = Vec::new();
@@ -90,7 +205,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             metrics,
             activated: inherited.activated,
         };
-        let sockets = Worker::listen(&cfg, spec.backlog, |a| inherited.share(a, id, workers))?;
+        let sockets = Worker::listen(cfg, spec.backlog, |a| inherited.share(a, id, workers))?;
         {
             let mut held = offer.sockets.lock().unwrap_or_else(|e| e.into_inner());
             for (a, s) in &sockets {
@@ -121,29 +236,26 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             return Err(e);
         }
     }
-    drop(inherited);
-    let handed_by = match handover {
-        Some(h) => {
-            let old = h.ready();
-            tracing::info!(
-                "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
-            );
-            Some(old)
-        }
-        None => None,
-    };
-    let stopping = Arc::new(AtomicBool::new(false));
-    let reloader = Arc::new(super::reload::Reloader::new(
-        path.to_path_buf(),
-        live.clone(),
-        inboxes.clone(),
-        tuning::LISTEN_BACKLOG as i32,
-        offer.clone(),
-    ));
+    Ok(Workers {
+        handles,
+        metrics: all_metrics,
+        inboxes,
+    })
+}
+
+/// The admin endpoint, when configured: its stopper.
+fn start_admin(
+    cfg: &Config,
+    all_metrics: &[Arc<WorkerMetrics>],
+    live: &Arc<Live>,
+    stopping: &Arc<AtomicBool>,
+    max_connections: u32,
+    reloader: &Arc<super::reload::Reloader>,
+) -> anyhow::Result<Option<crate::admin::AdminStop>> {
     let mut admin_stop = None;
     if let Some(admin) = &cfg.admin {
         let mut state = crate::admin::AdminState::new(
-            all_metrics.clone(),
+            all_metrics.to_vec(),
             live.clone(),
             stopping.clone(),
             u64::from(max_connections),
@@ -161,49 +273,45 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         };
         tracing::info!("admin endpoint on http://{bound} (/healthz /status /metrics; {guard})");
     }
-    crate::upstream::health::spawn(live.clone(), stopping.clone())
-        .context("spawning the health checker")?;
-    let listen: Vec<String> = cfg.listeners.iter().map(|a| a.to_string()).collect();
-    tracing::info!(
-        "ringway {} listening on {} with {workers} worker(s), {per_worker} sessions each, RLIMIT_NOFILE {nofile}",
-        env!("CARGO_PKG_VERSION"),
-        listen.join(", ")
-    );
-    // Signals go to a thread of their own, so a second SIGTERM still lands while the workers
-    // drain (the main thread is joining them).
-    let grace = cfg.runtime.shutdown_grace;
-    let (spread, drain_code) = (cfg.runtime.drain_spread, cfg.runtime.drain_code);
-    let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
-    let tell = Arc::new(tell);
-    if let Some(old) = handed_by {
-        // While the old process winds down, a wake-up for a connection queued on a shared
-        // socket may go to its accept as that is cancelled: fresh accepts pick such a
-        // connection up (every 100 ms, and once after it is gone).
-        let tell = tell.clone();
-        let until = std::time::Instant::now() + grace + std::time::Duration::from_secs(30);
-        std::thread::Builder::new()
-            .name("ringway-handover".into())
-            .spawn(move || {
-                let pid = nix::unistd::Pid::from_raw(old as i32);
-                while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < until
-                {
-                    tell(Msg::Nudge);
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
+    Ok(admin_stop)
+}
+
+/// While the old process of a binary upgrade winds down, a wake-up for a connection queued on
+/// a shared socket may go to its accept as that is cancelled: fresh accepts pick such a
+/// connection up (every 100 ms, and once after it is gone).
+fn nudge_while_old_lives(
+    old: u32,
+    grace: std::time::Duration,
+    tell: Arc<dyn Fn(Msg) + Send + Sync>,
+) -> anyhow::Result<()> {
+    // While the old process winds down, a wake-up for a connection queued on a shared
+    // socket may go to its accept as that is cancelled: fresh accepts pick such a
+    // connection up (every 100 ms, and once after it is gone).
+    let until = std::time::Instant::now() + grace + std::time::Duration::from_secs(30);
+    std::thread::Builder::new()
+        .name("ringway-handover".into())
+        .spawn(move || {
+            let pid = nix::unistd::Pid::from_raw(old as i32);
+            while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < until {
                 tell(Msg::Nudge);
-            })
-            .context("spawning the handover thread")?;
-    }
-    if let Some(sock) = &cfg.runtime.upgrade_socket {
-        let (tell, stopping) = (tell.clone(), stopping.clone());
-        super::upgrade::serve(sock, offer, move || {
-            stopping.store(true, Ordering::Relaxed);
-            tell(Msg::Handover);
-            if let Some(a) = &admin_stop {
-                a.stop();
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-        })?;
-    }
+            tell(Msg::Nudge);
+        })
+        .context("spawning the handover thread")?;
+    Ok(())
+}
+
+/// Signals go to a thread of their own, so a second SIGTERM still lands while the workers
+/// drain (the main thread is joining them): SIGHUP reloads; SIGTERM or SIGINT drains (told to
+/// every worker), and again closes everything.
+fn spawn_signals(
+    signals: nix::sys::signal::SigSet,
+    stopping: Arc<AtomicBool>,
+    reloader: Arc<super::reload::Reloader>,
+    tell: Arc<dyn Fn(Msg) + Send + Sync>,
+    (grace, spread, drain_code): (std::time::Duration, std::time::Duration, u16),
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("ringway-signals".into())
         .spawn(move || {
@@ -243,16 +351,5 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             }
         })
         .context("spawning the signal thread")?;
-    for h in handles {
-        match h.join() {
-            Ok(r) => r?,
-            Err(_) => anyhow::bail!("a worker thread panicked"),
-        }
-    }
-    let accepted: u64 = all_metrics
-        .iter()
-        .map(|s| s.accepted.load(Ordering::Relaxed))
-        .sum();
-    tracing::info!("stopped after {accepted} connections");
     Ok(())
 }
