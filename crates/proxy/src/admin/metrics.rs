@@ -125,8 +125,36 @@ impl Sources {
 
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        use MetricType::{Counter, Gauge};
+        use MetricType::Gauge;
         let e = &mut enc;
+        self.sessions(e)?;
+        self.durations(e)?;
+        self.per_worker(
+            e,
+            "buffer_pool_buffers",
+            "Receive buffers in the worker's pool.",
+            Gauge,
+            |w| get(&w.pool_buffers),
+        )?;
+        self.per_worker(
+            e,
+            "buffer_pool_in_use",
+            "Receive buffers held now (by the kernel or waiting to be sent).",
+            Gauge,
+            |w| get(&w.pool_in_use),
+        )?;
+        self.upstreams(e)?;
+        self.locations(e)?;
+        let d = e.encode_descriptor("up", "1 while serving, 0 while stopping.", None, Gauge)?;
+        ConstGauge::new(i64::from(!self.stopping.load(Ordering::Relaxed))).encode(d)?;
+        Ok(())
+    }
+}
+
+impl Sources {
+    /// Sessions: open, accepted, refused, limited, how they ended; bytes received.
+    fn sessions(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
         self.per_worker(
             e,
             "sessions_active",
@@ -201,6 +229,11 @@ impl Collector for Sources {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// How long sessions, handshakes, upstream connects and tunnels took.
+    fn durations(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         self.histogram(
             e,
             "session_duration",
@@ -225,21 +258,12 @@ impl Collector for Sources {
             "WebSocket tunnels, from the upgrade request to the end.",
             |w| &w.tunnel_lifetime,
         )?;
-        self.per_worker(
-            e,
-            "buffer_pool_buffers",
-            "Receive buffers in the worker's pool.",
-            Gauge,
-            |w| get(&w.pool_buffers),
-        )?;
-        self.per_worker(
-            e,
-            "buffer_pool_in_use",
-            "Receive buffers held now (by the kernel or waiting to be sent).",
-            Gauge,
-            |w| get(&w.pool_in_use),
-        )?;
-        self.upstreams(e)?;
+        Ok(())
+    }
+
+    /// Requests per location and what limit_conn zones count.
+    fn locations(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::Gauge;
         let cfg = self.live.config();
         let counts = [
             (
@@ -278,8 +302,6 @@ impl Collector for Sources {
                 ConstGauge::new(z.table.keys() as i64).encode(d.encode_family(&labels)?)?;
             }
         }
-        let d = e.encode_descriptor("up", "1 while serving, 0 while stopping.", None, Gauge)?;
-        ConstGauge::new(i64::from(!self.stopping.load(Ordering::Relaxed))).encode(d)?;
         Ok(())
     }
 }
