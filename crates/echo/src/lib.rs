@@ -495,76 +495,117 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
     };
     let n = req.head_len;
     let head = &buf[..n];
-    let method = req.method.as_str();
-    let path = req.path.as_str();
-    let get = |name: &'static str| http::header_values(head, name).next();
     conn.keep_alive = req.version_minor == 1 && req.keep_alive;
-    let json = || {
-        let hs: Vec<(String, String)> = head
-            .split(|&b| b == b'\n')
-            .skip(1)
-            .filter_map(|line| {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let colon = line.iter().position(|&b| b == b':')?;
-                Some((
-                    String::from_utf8_lossy(&line[..colon]).into_owned(),
-                    String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned(),
-                ))
-            })
-            .collect();
-        let peer =
-            nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-        let local =
-            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-        serde_json::json!({ "method": method, "path": path, "peer": peer, "local": local, "headers": hs })
-            .to_string()
-    };
-    let upgrade = get("upgrade").is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+    let upgrade = http::header_values(head, "upgrade")
+        .next()
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
     if upgrade {
-        let Some(key) = get("sec-websocket-key") else {
-            return Err(());
-        };
-        let mut resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-            ws::accept_key(key.trim_ascii())
-        );
-        if let Some(p) = get("sec-websocket-protocol") {
-            let first =
-                String::from_utf8_lossy(p.split(|&b| b == b',').next().unwrap_or(b"").trim_ascii())
-                    .into_owned();
-            resp.push_str(&format!("Sec-WebSocket-Protocol: {first}\r\n"));
-        }
-        if get("sec-websocket-extensions")
-            .is_some_and(|v| String::from_utf8_lossy(v).contains("permessage-deflate"))
-        {
-            resp.push_str("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n");
-        }
-        resp.push_str("\r\n");
-        out.extend_from_slice(resp.as_bytes());
-        if wants_headers(path) {
-            out.extend(ws::frame(opcode::TEXT, json().as_bytes(), None));
-        }
-        if let Some(q) = path.strip_prefix("/push?bytes=") {
-            let total: u64 = q.parse().map_err(|_| ())?;
-            conn.produce = Some((Gen::Frames, 0, total));
-        }
-        let mut w = Box::<WsEcho>::default();
-        if let Some(code) = path.strip_prefix("/close/") {
-            let code: u16 = code.parse().map_err(|_| ())?;
-            out.extend(ws::frame(
-                opcode::CLOSE,
-                &ws::close_payload(code, "server closing"),
-                None,
-            ));
-            w.close_sent = true;
-        }
-        conn.mode = Mode::Ws(w);
+        upgrade_to_websocket(conn, &req, head, out)?;
         return Ok(Some(n));
     }
+    if answer(conn, &req, head, out)? {
+        // Reading the body to echo it.
+        return Ok(Some(n));
+    }
+    if !conn.keep_alive && conn.produce.is_none() {
+        conn.close_after_flush = true;
+        conn.mode = Mode::Drop;
+    } else {
+        conn.mode = Mode::Head(Vec::new());
+    }
+    Ok(Some(n))
+}
+
+/// The request as JSON: method, path, both socket addresses, the headers as sent.
+fn request_json(conn: &Client, req: &http::Request, head: &[u8]) -> String {
+    let (method, path) = (req.method.as_str(), req.path.as_str());
+    let hs: Vec<(String, String)> = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some((
+                String::from_utf8_lossy(&line[..colon]).into_owned(),
+                String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned(),
+            ))
+        })
+        .collect();
+    let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let local = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(conn.sock.fd())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    serde_json::json!({ "method": method, "path": path, "peer": peer, "local": local, "headers": hs })
+        .to_string()
+}
+
+/// A WebSocket upgrade: the 101 (the first subprotocol offered; permessage-deflate named when
+/// offered, though nothing is compressed), then what the path asks for: the request as JSON
+/// (`/headers`), bytes pushed (`/push?bytes=N`), an immediate Close (`/close/CODE`).
+fn upgrade_to_websocket(
+    conn: &mut Client,
+    req: &http::Request,
+    head: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let path = req.path.as_str();
+    let get = |name: &'static str| http::header_values(head, name).next();
+    let Some(key) = get("sec-websocket-key") else {
+        return Err(());
+    };
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+        ws::accept_key(key.trim_ascii())
+    );
+    if let Some(p) = get("sec-websocket-protocol") {
+        let first =
+            String::from_utf8_lossy(p.split(|&b| b == b',').next().unwrap_or(b"").trim_ascii())
+                .into_owned();
+        resp.push_str(&format!("Sec-WebSocket-Protocol: {first}\r\n"));
+    }
+    if get("sec-websocket-extensions")
+        .is_some_and(|v| String::from_utf8_lossy(v).contains("permessage-deflate"))
+    {
+        resp.push_str("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n");
+    }
+    resp.push_str("\r\n");
+    out.extend_from_slice(resp.as_bytes());
+    if wants_headers(path) {
+        out.extend(ws::frame(
+            opcode::TEXT,
+            request_json(conn, req, head).as_bytes(),
+            None,
+        ));
+    }
+    if let Some(q) = path.strip_prefix("/push?bytes=") {
+        let total: u64 = q.parse().map_err(|_| ())?;
+        conn.produce = Some((Gen::Frames, 0, total));
+    }
+    let mut w = Box::<WsEcho>::default();
+    if let Some(code) = path.strip_prefix("/close/") {
+        let code: u16 = code.parse().map_err(|_| ())?;
+        out.extend(ws::frame(
+            opcode::CLOSE,
+            &ws::close_payload(code, "server closing"),
+            None,
+        ));
+        w.close_sent = true;
+    }
+    conn.mode = Mode::Ws(w);
+    Ok(())
+}
+
+/// A plain HTTP request: `/health`, `/headers`, `/bytes/N`, `/chunked/N`, `POST /echo`, else
+/// 404. True while the body is to be read and echoed.
+fn answer(
+    conn: &mut Client,
+    req: &http::Request,
+    head: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, ()> {
+    let (method, path) = (req.method.as_str(), req.path.as_str());
     let conn_hdr = if conn.keep_alive {
         "keep-alive"
     } else {
@@ -588,7 +629,12 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
             simple("200 OK", "text/plain", b"ok\n", out);
         }
     } else if method == "GET" && wants_headers(path) {
-        simple("200 OK", "application/json", json().as_bytes(), out);
+        simple(
+            "200 OK",
+            "application/json",
+            request_json(conn, req, head).as_bytes(),
+            out,
+        );
     } else if let (Some(num), "GET") = (path.strip_prefix("/bytes/"), method) {
         let total: u64 = num.parse().map_err(|_| ())?;
         out.extend_from_slice(
@@ -624,16 +670,10 @@ fn http_request(conn: &mut Client, buf: &[u8], out: &mut Vec<u8>) -> Result<Opti
         let t = BodyTracker::new(kind);
         if !t.done() {
             conn.mode = Mode::Body(t);
-            return Ok(Some(n));
+            return Ok(true);
         }
     } else {
         simple("404 Not Found", "text/plain", b"not found\n", out);
     }
-    if !conn.keep_alive && conn.produce.is_none() {
-        conn.close_after_flush = true;
-        conn.mode = Mode::Drop;
-    } else {
-        conn.mode = Mode::Head(Vec::new());
-    }
-    Ok(Some(n))
+    Ok(false)
 }
