@@ -305,6 +305,36 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
     let workers = opts.workers.clamp(1, conns_in_use);
     let shared = Arc::new(Shared::default());
     let start = Instant::now();
+    let handles = spawn_workers(&opts, workers, &shared, start)?;
+    let seconds = coordinate(&opts, &shared, start, conns_in_use, workers);
+    let mut parts = Vec::new();
+    for h in handles {
+        parts.push(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("bench worker panicked"))??,
+        );
+    }
+    let report = report(&opts, workers, seconds, &parts);
+    if report.established == 0 {
+        let why = report
+            .errors
+            .iter()
+            .max_by_key(|(_, v)| **v)
+            .map(|(k, v)| format!("{k} ({v} of {})", report.failed))
+            .unwrap_or_else(|| "no connection completed".into());
+        bail!("no connection to {} succeeded: {why}", report.target);
+    }
+    Ok(report)
+}
+
+/// The load's worker threads, each with its share of the connections, the count, the rate
+/// and the source addresses, on a ring of its own.
+fn spawn_workers(
+    opts: &Opts,
+    workers: usize,
+    shared: &Arc<Shared>,
+    start: Instant,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<Part>>>> {
     let mut handles = Vec::new();
     for w in 0..workers {
         let share = |n: usize| n / workers + usize::from(w < n % workers);
@@ -335,14 +365,11 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
                 })?,
         );
     }
-    let seconds = coordinate(&opts, &shared, start, conns_in_use, workers);
-    let mut parts = Vec::new();
-    for h in handles {
-        parts.push(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("bench worker panicked"))??,
-        );
-    }
+    Ok(handles)
+}
+
+/// The workers' parts summed into the run's report.
+fn report(opts: &Opts, workers: usize, seconds: f64, parts: &[Part]) -> Report {
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds");
     let mut errors = BTreeMap::new();
@@ -353,7 +380,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
     let (mut messages, mut bytes, mut established, mut failed, mut alive) = (0, 0, 0, 0, 0);
     let (mut hb_sent, mut hb_echoed, mut hb_lost, mut closed_clean) = (0, 0, 0, 0);
     let (mut tls_resumed, mut tls_full) = (0, 0);
-    for p in &parts {
+    for p in parts {
         hist.add(&p.hist).expect("same bounds");
         messages += p.messages;
         bytes += p.bytes;
@@ -377,7 +404,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
             planned - established - failed,
         );
     }
-    let report = Report {
+    Report {
         mode: match opts.mode {
             Mode::Throughput => "throughput",
             Mode::Connect => "connect",
@@ -421,17 +448,7 @@ pub fn run(opts: Opts) -> anyhow::Result<Report> {
         tls_resumed,
         tls_full,
         errors,
-    };
-    if established == 0 {
-        let why = report
-            .errors
-            .iter()
-            .max_by_key(|(_, v)| **v)
-            .map(|(k, v)| format!("{k} ({v} of {failed})"))
-            .unwrap_or_else(|| "no connection completed".into());
-        bail!("no connection to {} succeeded: {why}", report.target);
     }
-    Ok(report)
 }
 
 /// Drive the phases; return the measured seconds.
