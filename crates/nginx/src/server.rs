@@ -32,28 +32,7 @@ impl Translator {
                 }
                 "server_name" => {
                     names_at = Some(e.at.clone());
-                    for n in &e.args {
-                        if n == "_" || n.is_empty() || n == "\"\"" {
-                            continue;
-                        } else if n.starts_with('~') {
-                            self.warn(
-                                e,
-                                format!(
-                                    "regular-expression names ({n}) are not supported: left out"
-                                ),
-                            );
-                        } else if let Some(domain) = n.strip_prefix('.') {
-                            names.push(V::S(domain.to_ascii_lowercase()));
-                            names.push(V::S(format!("*{n}").to_ascii_lowercase()));
-                        } else if n.ends_with(".*") {
-                            self.warn(
-                                e,
-                                format!("trailing wildcards ({n}) are not supported: left out"),
-                            );
-                        } else {
-                            names.push(V::S(n.to_ascii_lowercase()));
-                        }
-                    }
+                    self.server_names(e, &mut names);
                 }
                 _ => self.common(e, &mut inh)?,
             }
@@ -68,6 +47,98 @@ impl Translator {
         let ssl_on = block
             .iter()
             .any(|e| e.name == "ssl" && e.args.first().map(String::as_str) == Some("on"));
+        let Split {
+            plain,
+            tls,
+            proxy_protocol,
+            default_server,
+            listen_at,
+        } = self.split_listens(&listens, ssl_on);
+        let mut locations = Vec::new();
+        for e in block.iter().filter(|e| e.name == "location") {
+            self.location(e, "", &inh, &mut locations)?;
+        }
+        if locations.is_empty() {
+            self.warn(
+                d,
+                "a server without a proxy_pass location: not imported (ringway proxies; it serves nothing itself)",
+            );
+            return Ok(());
+        }
+        let mut base = Table::default();
+        if let Some(pat) = &proxy_protocol {
+            base.set(
+                "proxy_protocol",
+                V::B(true),
+                format!("{pat}: listen … proxy_protocol"),
+            );
+        }
+        self.real_ip(d, &inh, proxy_protocol.is_some(), &mut base);
+        if !names.is_empty() {
+            base.set(
+                "server_name",
+                V::L(names),
+                names_at
+                    .map(|a| format!("{a}: server_name"))
+                    .unwrap_or_default(),
+            );
+        }
+        server_timeouts(&inh, &mut base);
+        for (addrs, is_tls) in [(plain, false), (tls, true)] {
+            if addrs.is_empty() {
+                continue;
+            }
+            let mut t = Table::default();
+            let k = usize::from(is_tls);
+            t.set(
+                "listen",
+                V::L(addrs),
+                format!("{}: server; listen {}", d.at, listen_at[k].join(", ")),
+            );
+            t.rows.extend(base.rows.iter().cloned());
+            if is_tls {
+                let (tls_v, tls_note) = self.server_tls(d, &inh)?;
+                t.set("tls", tls_v, tls_note);
+            }
+            self.servers.push(Server {
+                at: d.at.clone(),
+                table: t,
+                locations: locations.clone(),
+                default_server: default_server[k],
+            });
+        }
+        Ok(())
+    }
+
+    /// `server_name`'s names as ringway takes them (`.example.com` is the name and its
+    /// subdomains; regular expressions and trailing wildcards are left out, with a warning).
+    fn server_names(&mut self, e: &Directive, names: &mut Vec<V>) {
+        for n in &e.args {
+            if n == "_" || n.is_empty() || n == "\"\"" {
+                continue;
+            } else if n.starts_with('~') {
+                self.warn(
+                    e,
+                    format!("regular-expression names ({n}) are not supported: left out"),
+                );
+            } else if let Some(domain) = n.strip_prefix('.') {
+                names.push(V::S(domain.to_ascii_lowercase()));
+                names.push(V::S(format!("*{n}").to_ascii_lowercase()));
+            } else if n.ends_with(".*") {
+                self.warn(
+                    e,
+                    format!("trailing wildcards ({n}) are not supported: left out"),
+                );
+            } else {
+                names.push(V::S(n.to_ascii_lowercase()));
+            }
+        }
+    }
+
+    /// The block's `listen`s, split by kind: one ringway server per kind, since nginx may put
+    /// `listen 80` and `listen 443 ssl` in one block and ringway's tls belongs to all of a
+    /// server's addresses.
+    fn split_listens(&mut self, listens: &[(String, Vec<String>, Where)], ssl_on: bool) -> Split {
         // One ringway server per kind of listener: nginx may put `listen 80` and `listen 443
         // ssl` in one block; ringway's tls belongs to all of a server's addresses.
         let mut plain: Vec<V> = Vec::new();
@@ -75,7 +146,7 @@ impl Translator {
         let mut proxy_protocol = None;
         let mut default_server = [false; 2];
         let mut listen_at: [Vec<String>; 2] = [Vec::new(), Vec::new()];
-        for (addr, params, at) in &listens {
+        for (addr, params, at) in listens {
             let mut is_tls = ssl_on;
             for p in params {
                 let (k, _) = p.split_once('=').unwrap_or((p, ""));
@@ -110,25 +181,17 @@ impl Translator {
             listen_at[usize::from(is_tls)].push(at.to_string());
             if is_tls { &mut tls } else { &mut plain }.push(V::S(addr.clone()));
         }
-        let mut locations = Vec::new();
-        for e in block.iter().filter(|e| e.name == "location") {
-            self.location(e, "", &inh, &mut locations)?;
+        Split {
+            plain,
+            tls,
+            proxy_protocol,
+            default_server,
+            listen_at,
         }
-        if locations.is_empty() {
-            self.warn(
-                d,
-                "a server without a proxy_pass location: not imported (ringway proxies; it serves nothing itself)",
-            );
-            return Ok(());
-        }
-        let mut base = Table::default();
-        if let Some(pat) = &proxy_protocol {
-            base.set(
-                "proxy_protocol",
-                V::B(true),
-                format!("{pat}: listen … proxy_protocol"),
-            );
-        }
+    }
+
+    /// `set_real_ip_from` and `real_ip_header` as `trusted_proxies` and `real_ip_header`.
+    fn real_ip(&mut self, d: &Directive, inh: &Inherit, proxy_protocol: bool, base: &mut Table) {
         match &inh.set_real_ip_from {
             Some(list) if !list.is_empty() => {
                 let v = list
@@ -145,7 +208,7 @@ impl Translator {
                         .join(", "),
                 );
             }
-            _ if proxy_protocol.is_some() || inh.real_ip_header.is_some() => {
+            _ if proxy_protocol || inh.real_ip_header.is_some() => {
                 base.set(
                     "trusted_proxies",
                     V::L(vec![V::S("0.0.0.0/0".into()), V::S("::/0".into())]),
@@ -163,7 +226,7 @@ impl Translator {
                 "x-forwarded-for" => base.set("real_ip_header", V::S("X-Forwarded-For".into()), format!("{}: real_ip_header", h.at)),
                 "x-real-ip" => base.set("real_ip_header", V::S("X-Real-IP".into()), format!("{}: real_ip_header", h.at)),
                 "proxy_protocol" => {
-                    if proxy_protocol.is_none() {
+                    if !proxy_protocol {
                         self.warn(h, "real_ip_header proxy_protocol without listen … proxy_protocol: no PROXY header to take it from");
                     } else {
                         self.recognised.push(format!(
@@ -175,67 +238,6 @@ impl Translator {
                 _ => self.warn(h, "ringway takes the client address from X-Forwarded-For or X-Real-IP (or the PROXY header)"),
             }
         }
-        if !names.is_empty() {
-            base.set(
-                "server_name",
-                V::L(names),
-                names_at
-                    .map(|a| format!("{a}: server_name"))
-                    .unwrap_or_default(),
-            );
-        }
-        base.set_from(
-            "header_timeout",
-            &inh.header_timeout,
-            "client_header_timeout",
-            dur,
-        );
-        if let Some((n, sz, at)) = &inh.header_buffers {
-            let (n, sz) = (*n, *sz);
-            base.set(
-                "header_max",
-                size(n * sz),
-                format!("{at}: large_client_header_buffers: number x size"),
-            );
-            base.set("request_line_max", size(sz), "");
-            base.set("header_line_max", size(sz), "");
-        }
-        base.set_from(
-            "keepalive_timeout",
-            &inh.keepalive_timeout,
-            "keepalive_timeout",
-            dur,
-        );
-        base.set_from(
-            "keepalive_requests",
-            &inh.keepalive_requests,
-            "keepalive_requests",
-            V::I,
-        );
-        for (addrs, is_tls) in [(plain, false), (tls, true)] {
-            if addrs.is_empty() {
-                continue;
-            }
-            let mut t = Table::default();
-            let k = usize::from(is_tls);
-            t.set(
-                "listen",
-                V::L(addrs),
-                format!("{}: server; listen {}", d.at, listen_at[k].join(", ")),
-            );
-            t.rows.extend(base.rows.iter().cloned());
-            if is_tls {
-                let (tls_v, tls_note) = self.server_tls(d, &inh)?;
-                t.set("tls", tls_v, tls_note);
-            }
-            self.servers.push(Server {
-                at: d.at.clone(),
-                table: t,
-                locations: locations.clone(),
-                default_server: default_server[k],
-            });
-        }
-        Ok(())
     }
 
     /// The server's `tls` and where it came from.
@@ -329,41 +331,9 @@ impl Translator {
         outer: &Inherit,
         out: &mut Vec<(Where, Table)>,
     ) -> Result<(), ParseError> {
-        let a = self.args(d, 1..=2)?;
-        let path = match (a[0].as_str(), a.get(1)) {
-            ("=", Some(p)) => {
-                self.warn(
-                    d,
-                    "an exact match (=) is imported as a prefix: longer paths under it match too",
-                );
-                p.clone()
-            }
-            ("^~", Some(p)) => p.clone(),
-            ("~" | "~*", Some(_)) => {
-                self.warn(d, "regular-expression locations are not supported: left out (its requests go to the longest matching prefix)");
-                return Ok(());
-            }
-            ("@", _) | (_, None) if a[0].starts_with('@') => {
-                self.warn(d, "named locations (error_page / try_files targets) have no meaning in ringway: left out");
-                return Ok(());
-            }
-            (p, None) => p.to_string(),
-            (m, Some(_)) => return Err(err(&d.at, format!("location: unknown modifier {m:?}"))),
+        let Some(path) = self.location_path(d, outer_path)? else {
+            return Ok(());
         };
-        if !path.starts_with('/') {
-            return Err(err(
-                &d.at,
-                format!("location: {path:?} does not start with /"),
-            ));
-        }
-        if !outer_path.is_empty() && !path.starts_with(outer_path) {
-            self.warn(
-                d,
-                format!(
-                    "nested location {path} is outside {outer_path}: imported as its own prefix"
-                ),
-            );
-        }
         let mut inh = outer.inner();
         let mut pass = None;
         let block = d.block.as_deref().unwrap_or_default();
@@ -404,6 +374,67 @@ impl Translator {
             V::S(upstream),
             format!("{}: proxy_pass", pass.at),
         );
+        let read_ms = self.location_timeouts(&inh, &mut t);
+        self.location_limits(&inh, &mut t)?;
+        self.headers(d, &inh, &mut t);
+        if read_ms >= 120_000 {
+            t.comments.push(format!(
+                "read_timeout {} closes a silent WebSocket; behind NAT or a balancer with a shorter idle timer, add:\n# heartbeat = {{ interval = \"25s\", timeout = \"10s\" }}   # ringway pings quiet clients itself",
+                ringway::config::fmt_duration(std::time::Duration::from_millis(read_ms))
+            ));
+        }
+        out.push((d.at.clone(), t));
+        Ok(())
+    }
+
+    /// The prefix a `location` matches (exact matches imported as prefixes; regular
+    /// expressions and named locations left out: None), checked to start with `/`.
+    fn location_path(
+        &mut self,
+        d: &Directive,
+        outer_path: &str,
+    ) -> Result<Option<String>, ParseError> {
+        let a = self.args(d, 1..=2)?;
+        let path = match (a[0].as_str(), a.get(1)) {
+            ("=", Some(p)) => {
+                self.warn(
+                    d,
+                    "an exact match (=) is imported as a prefix: longer paths under it match too",
+                );
+                p.clone()
+            }
+            ("^~", Some(p)) => p.clone(),
+            ("~" | "~*", Some(_)) => {
+                self.warn(d, "regular-expression locations are not supported: left out (its requests go to the longest matching prefix)");
+                return Ok(None);
+            }
+            ("@", _) | (_, None) if a[0].starts_with('@') => {
+                self.warn(d, "named locations (error_page / try_files targets) have no meaning in ringway: left out");
+                return Ok(None);
+            }
+            (p, None) => p.to_string(),
+            (m, Some(_)) => return Err(err(&d.at, format!("location: unknown modifier {m:?}"))),
+        };
+        if !path.starts_with('/') {
+            return Err(err(
+                &d.at,
+                format!("location: {path:?} does not start with /"),
+            ));
+        }
+        if !outer_path.is_empty() && !path.starts_with(outer_path) {
+            self.warn(
+                d,
+                format!(
+                    "nested location {path} is outside {outer_path}: imported as its own prefix"
+                ),
+            );
+        }
+        Ok(Some(path))
+    }
+
+    /// The location's timeouts (nginx's 60 s written out where ringway's default differs) and
+    /// proxy_next_upstream; the read timeout in ms.
+    fn location_timeouts(&mut self, inh: &Inherit, t: &mut Table) -> u64 {
         // nginx's defaults where ringway's differ (connect 60s, read 60s, send 60s).
         let timeout = |v: &Option<(u64, Where)>, nginx: &str| match v {
             Some((ms, at)) => (dur(*ms), format!("{at}: {nginx}")),
@@ -449,8 +480,13 @@ impl Translator {
             "proxy_next_upstream_timeout",
             dur,
         );
+        read_ms
+    }
+
+    /// The location's limit_conn and limit_req.
+    fn location_limits(&mut self, inh: &Inherit, t: &mut Table) -> Result<(), ParseError> {
         self.limit(
-            &mut t,
+            t,
             "limit_conn",
             &inh.limit_conn,
             &inh.limit_conn_status,
@@ -461,7 +497,7 @@ impl Translator {
                 ])
             },
         )?;
-        self.limit(&mut t, "limit_req", &inh.limit_req, &inh.limit_req_status, |me, l| {
+        self.limit(t, "limit_req", &inh.limit_req, &inh.limit_req_status, |me, l| {
             let mut lt = Vec::new();
             for w in &l.args {
                 let (k, v) = w.split_once('=').unwrap_or((w, ""));
@@ -475,14 +511,6 @@ impl Translator {
             }
             Ok(lt)
         })?;
-        self.headers(d, &inh, &mut t);
-        if read_ms >= 120_000 {
-            t.comments.push(format!(
-                "read_timeout {} closes a silent WebSocket; behind NAT or a balancer with a shorter idle timer, add:\n# heartbeat = {{ interval = \"25s\", timeout = \"10s\" }}   # ringway pings quiet clients itself",
-                ringway::config::fmt_duration(std::time::Duration::from_millis(read_ms))
-            ));
-        }
-        out.push((d.at.clone(), t));
         Ok(())
     }
 
@@ -602,4 +630,49 @@ impl Translator {
             );
         }
     }
+}
+
+/// The server's header limits and keep-alive, from nginx's client_header_timeout,
+/// large_client_header_buffers, keepalive_timeout and keepalive_requests.
+fn server_timeouts(inh: &Inherit, base: &mut Table) {
+    base.set_from(
+        "header_timeout",
+        &inh.header_timeout,
+        "client_header_timeout",
+        dur,
+    );
+    if let Some((n, sz, at)) = &inh.header_buffers {
+        let (n, sz) = (*n, *sz);
+        base.set(
+            "header_max",
+            size(n * sz),
+            format!("{at}: large_client_header_buffers: number x size"),
+        );
+        base.set("request_line_max", size(sz), "");
+        base.set("header_line_max", size(sz), "");
+    }
+    base.set_from(
+        "keepalive_timeout",
+        &inh.keepalive_timeout,
+        "keepalive_timeout",
+        dur,
+    );
+    base.set_from(
+        "keepalive_requests",
+        &inh.keepalive_requests,
+        "keepalive_requests",
+        V::I,
+    );
+}
+
+/// A server block's listen addresses by kind (plain, TLS), with what their parameters said.
+struct Split {
+    plain: Vec<V>,
+    tls: Vec<V>,
+    /// Where `listen … proxy_protocol` was.
+    proxy_protocol: Option<Where>,
+    /// A `default_server` among the plain, the TLS addresses.
+    default_server: [bool; 2],
+    /// Where each kind's listens were.
+    listen_at: [Vec<String>; 2],
 }
