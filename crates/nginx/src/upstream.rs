@@ -40,16 +40,7 @@ impl Translator {
                     format!("{}: least_conn", e.at),
                 ),
                 "hash" => {
-                    let a = self.args(e, 1..=2)?;
-                    let mut h = Table::default();
-                    h.set("key", V::S(a[0].clone()), "");
-                    if a.get(1).map(String::as_str) == Some("consistent") {
-                        h.set("consistent", V::B(true), "");
-                    } else if a.len() == 2 {
-                        return Err(err(&e.at, format!("hash: unexpected {:?}", a[1])));
-                    }
-                    t.set("balance", V::S("hash".into()), format!("{}: hash", e.at));
-                    t.set("hash", h.inline(), "");
+                    self.hash(e, &mut t)?;
                     hashed = true;
                 }
                 "random" => self.warn(
@@ -77,61 +68,11 @@ impl Translator {
                 }
                 "check" => {
                     health_at = Some(e.at.clone());
-                    for w in &e.args {
-                        let (k, v) = w.split_once('=').unwrap_or((w, ""));
-                        let ms = |v: &str| {
-                            v.parse::<u64>().map_err(|_| {
-                                err(&e.at, format!("check: invalid {k}={v:?} (milliseconds)"))
-                            })
-                        };
-                        match k {
-                            "interval" => health.set("interval", dur(ms(v)?), ""),
-                            "timeout" => health.set("timeout", dur(ms(v)?), ""),
-                            "rise" | "fall" => health.set(k, V::I(self.int(e, v)?), ""),
-                            "port" => health.set("port", V::I(self.int(e, v)?), ""),
-                            "type" => match v {
-                                "http" | "tcp" => health.set("type", V::S(v.into()), ""),
-                                _ => {
-                                    self.warn(e, format!("check type={v}: ringway checks by tcp (a connect) or http; tcp is used"));
-                                    health.set("type", V::S("tcp".into()), "");
-                                }
-                            },
-                            "default_down" => {
-                                if v == "false" {
-                                    self.warn(e, "default_down=false: ringway starts servers as up and takes them out after fall failures; this is what it does");
-                                }
-                            }
-                            _ => self
-                                .warn(e, format!("check {k}: not a ringway health check setting")),
-                        }
-                    }
+                    self.check(e, &mut health)?;
                 }
-                "check_http_send" => {
-                    let a = self.args(e, 1..=1)?;
-                    // The check module sends the string as it is; a request written with bare
-                    // newlines (or whose \r\n escapes were lost) becomes a proper one.
-                    let mut r = a[0].replace("\r\n", "\n").replace('\n', "\r\n");
-                    if !r.ends_with("\r\n\r\n") {
-                        r = format!("{}\r\n\r\n", r.trim_end_matches("\r\n"));
-                    }
-                    health.set("request", V::S(r), "");
-                    health_more.push(format!("{}: check_http_send", e.at));
-                }
-                "check_http_expect_alive" => {
-                    let mut list = Vec::new();
-                    for w in &e.args {
-                        match w.strip_prefix("http_") {
-                            Some(c @ ("2xx" | "3xx" | "4xx" | "5xx")) => list.push(V::S(c.into())),
-                            _ => {
-                                return Err(err(
-                                    &e.at,
-                                    format!("check_http_expect_alive: unexpected {w:?}"),
-                                ));
-                            }
-                        }
-                    }
-                    health.set("expect", V::L(list), "");
-                    health_more.push(format!("{}: check_http_expect_alive", e.at));
+                "check_http_send" | "check_http_expect_alive" => {
+                    self.check_http(e, &mut health)?;
+                    health_more.push(format!("{}: {}", e.at, e.name));
                 }
                 "check_keepalive_requests" | "check_fastcgi_param" => self.warn(
                     e,
@@ -178,6 +119,82 @@ impl Translator {
             source: None,
             tls: None,
         });
+        Ok(())
+    }
+
+    /// `hash KEY [consistent]` as `balance = "hash"` and its `hash` table.
+    fn hash(&mut self, e: &Directive, t: &mut Table) -> Result<(), ParseError> {
+        let a = self.args(e, 1..=2)?;
+        let mut h = Table::default();
+        h.set("key", V::S(a[0].clone()), "");
+        if a.get(1).map(String::as_str) == Some("consistent") {
+            h.set("consistent", V::B(true), "");
+        } else if a.len() == 2 {
+            return Err(err(&e.at, format!("hash: unexpected {:?}", a[1])));
+        }
+        t.set("balance", V::S("hash".into()), format!("{}: hash", e.at));
+        t.set("hash", h.inline(), "");
+        Ok(())
+    }
+
+    /// nginx_upstream_check_module's `check` as ringway's health check settings.
+    fn check(&mut self, e: &Directive, health: &mut Table) -> Result<(), ParseError> {
+        for w in &e.args {
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            let ms = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| err(&e.at, format!("check: invalid {k}={v:?} (milliseconds)")))
+            };
+            match k {
+                "interval" => health.set("interval", dur(ms(v)?), ""),
+                "timeout" => health.set("timeout", dur(ms(v)?), ""),
+                "rise" | "fall" => health.set(k, V::I(self.int(e, v)?), ""),
+                "port" => health.set("port", V::I(self.int(e, v)?), ""),
+                "type" => match v {
+                    "http" | "tcp" => health.set("type", V::S(v.into()), ""),
+                    _ => {
+                        self.warn(e, format!("check type={v}: ringway checks by tcp (a connect) or http; tcp is used"));
+                        health.set("type", V::S("tcp".into()), "");
+                    }
+                },
+                "default_down" => {
+                    if v == "false" {
+                        self.warn(e, "default_down=false: ringway starts servers as up and takes them out after fall failures; this is what it does");
+                    }
+                }
+                _ => self.warn(e, format!("check {k}: not a ringway health check setting")),
+            }
+        }
+        Ok(())
+    }
+
+    /// `check_http_send` (the request, made a whole one) and `check_http_expect_alive` (the
+    /// status classes that pass).
+    fn check_http(&mut self, e: &Directive, health: &mut Table) -> Result<(), ParseError> {
+        if e.name == "check_http_send" {
+            let a = self.args(e, 1..=1)?;
+            // The check module sends the string as it is; a request written with bare
+            // newlines (or whose \r\n escapes were lost) becomes a proper one.
+            let mut r = a[0].replace("\r\n", "\n").replace('\n', "\r\n");
+            if !r.ends_with("\r\n\r\n") {
+                r = format!("{}\r\n\r\n", r.trim_end_matches("\r\n"));
+            }
+            health.set("request", V::S(r), "");
+            return Ok(());
+        }
+        let mut list = Vec::new();
+        for w in &e.args {
+            match w.strip_prefix("http_") {
+                Some(c @ ("2xx" | "3xx" | "4xx" | "5xx")) => list.push(V::S(c.into())),
+                _ => {
+                    return Err(err(
+                        &e.at,
+                        format!("check_http_expect_alive: unexpected {w:?}"),
+                    ));
+                }
+            }
+        }
+        health.set("expect", V::L(list), "");
         Ok(())
     }
 
