@@ -480,6 +480,9 @@ impl Translator {
 
     /// Directives valid at http, server and location level.
     fn common(&mut self, d: &Directive, inh: &mut Inherit) -> Result<(), ParseError> {
+        if self.tls_common(d, inh)? || self.client_common(d, inh)? {
+            return Ok(());
+        }
         let at = d.at.clone();
         match d.name.as_str() {
             "proxy_connect_timeout" => inh.connect = Some((self.time(d)?, at)),
@@ -529,16 +532,6 @@ impl Translator {
                 self.args(d, 1..=2)?;
                 inh.bind = Some(d.clone());
             }
-            "proxy_ssl_verify" => inh.ssl_verify = Some(self.on_off(d)?),
-            "proxy_ssl_trusted_certificate" => {
-                let a = self.args(d, 1..=1)?;
-                inh.ssl_ca = Some(self.path(&a[0]));
-            }
-            "proxy_ssl_name" => {
-                let a = self.args(d, 1..=1)?;
-                inh.ssl_name = Some(a[0].clone());
-            }
-            "proxy_ssl_server_name" => inh.ssl_server_name = Some(self.on_off(d)?),
             "proxy_http_version" => {
                 let a = self.args(d, 1..=1)?;
                 if a[0] != "1.1" {
@@ -553,6 +546,34 @@ impl Translator {
                     ));
                 }
             }
+            "proxy_buffering" | "proxy_request_buffering"
+                if d.args.first().map(String::as_str) == Some("off") =>
+            {
+                self.warn(d, "what ringway always does (it never buffers, in either direction): nothing to write");
+            }
+            "proxy_cache" if d.args.first().map(String::as_str) == Some("off") => {
+                self.warn(d, "ringway caches nothing: nothing to write");
+            }
+            _ => self.other(d),
+        }
+        Ok(())
+    }
+
+    /// The TLS directives of any level (certificates, protocols, the proxy_ssl_* of upstream
+    /// TLS): whether `d` was one.
+    fn tls_common(&mut self, d: &Directive, inh: &mut Inherit) -> Result<bool, ParseError> {
+        let at = d.at.clone();
+        match d.name.as_str() {
+            "proxy_ssl_verify" => inh.ssl_verify = Some(self.on_off(d)?),
+            "proxy_ssl_trusted_certificate" => {
+                let a = self.args(d, 1..=1)?;
+                inh.ssl_ca = Some(self.path(&a[0]));
+            }
+            "proxy_ssl_name" => {
+                let a = self.args(d, 1..=1)?;
+                inh.ssl_name = Some(a[0].clone());
+            }
+            "proxy_ssl_server_name" => inh.ssl_server_name = Some(self.on_off(d)?),
             "ssl_certificate" | "ssl_certificate_key" => {
                 let a = self.args(d, 1..=1)?;
                 if a[0].contains('$') || a[0].starts_with("data:") {
@@ -570,6 +591,19 @@ impl Translator {
                 self.args(d, 1..=6)?;
                 inh.protocols = Some(d.clone());
             }
+            "ssl" => {
+                self.warn(d, "`ssl on` is written as `listen … ssl` in ringway's terms: this server's listen addresses are taken as TLS");
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The client-side directives of any level (header limits, keep-alive, real IP): whether
+    /// `d` was one.
+    fn client_common(&mut self, d: &Directive, inh: &mut Inherit) -> Result<bool, ParseError> {
+        let at = d.at.clone();
+        match d.name.as_str() {
             "client_header_timeout" => inh.header_timeout = Some((self.time(d)?, at)),
             "large_client_header_buffers" => {
                 let a = self.args(d, 2..=2)?;
@@ -605,20 +639,9 @@ impl Translator {
                     d.clone(),
                 );
             }
-            "proxy_buffering" | "proxy_request_buffering"
-                if d.args.first().map(String::as_str) == Some("off") =>
-            {
-                self.warn(d, "what ringway always does (it never buffers, in either direction): nothing to write");
-            }
-            "proxy_cache" if d.args.first().map(String::as_str) == Some("off") => {
-                self.warn(d, "ringway caches nothing: nothing to write");
-            }
-            "ssl" => {
-                self.warn(d, "`ssl on` is written as `listen … ssl` in ringway's terms: this server's listen addresses are taken as TLS");
-            }
-            _ => self.other(d),
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 
     fn emit(&mut self, path: &Path) -> String {

@@ -329,6 +329,14 @@ impl Translator {
             },
         };
         let name = self.upstreams[ui].name.clone();
+        self.proxy_bind(inh, ui);
+        self.upstream_tls(d, inh, ui, tls, host);
+        Ok(Some(name))
+    }
+
+    /// `proxy_bind` (a fixed local address) as upstream `ui`'s `source`.
+    fn proxy_bind(&mut self, inh: &Inherit, ui: usize) {
+        let name = self.upstreams[ui].name.clone();
         if let Some(b) = &inh.bind {
             let src = b.args[0].clone();
             if src == "off" {
@@ -345,6 +353,12 @@ impl Translator {
                 }
             }
         }
+    }
+
+    /// Upstream `ui`'s `tls` when `proxy_pass https://host` reaches it: verify, ca and the
+    /// name sent and verified (nginx's proxy_ssl_*).
+    fn upstream_tls(&mut self, d: &Directive, inh: &Inherit, ui: usize, tls: bool, host: &str) {
+        let name = self.upstreams[ui].name.clone();
         if tls {
             let mut t = Table::default();
             let verify = inh.ssl_verify.unwrap_or(false);
@@ -382,6 +396,5 @@ impl Translator {
         } else if self.upstreams[ui].tls.is_some() {
             self.warn(d, format!("upstream {name} is reached over https:// by another location; ringway's TLS is per upstream"));
         }
-        Ok(Some(name))
     }
 }
