@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Every heap byte is counted: `/status` shows `heap_bytes`, the exact figure memory tests use.
 #[global_allocator]
-static HEAP: ringway::uring::counting::Counting = ringway::uring::counting::Counting;
+static HEAP: ringway_proxy::uring::counting::Counting = ringway_proxy::uring::counting::Counting;
 
 #[derive(Parser)]
 #[command(
@@ -142,7 +142,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => return ringway::app::check(&config),
+        Command::Check { config } => return ringway_proxy::app::check(&config),
         Command::Demo {
             duration,
             no_load,
@@ -154,7 +154,7 @@ fn main() -> ExitCode {
                     anyhow::bail!("--connections and --idle must be at least 1");
                 }
                 ringway_demo::demo(ringway_demo::DemoOpts {
-                    duration: ringway::app::duration_arg("duration", &duration)?,
+                    duration: ringway_proxy::app::duration_arg("duration", &duration)?,
                     no_load,
                     connections,
                     idle,
@@ -173,10 +173,10 @@ fn main() -> ExitCode {
             output,
             force,
         } => return ringway_nginx::command(&file, output.as_deref(), force),
-        Command::Reload { config } => return ringway::app::reload(&config),
+        Command::Reload { config } => return ringway_proxy::app::reload(&config),
         Command::Run { config, upgrade } => {
             init_logging();
-            return ringway::app::run(&config, upgrade);
+            return ringway_proxy::app::run(&config, upgrade);
         }
         Command::Bench(a) => {
             return match ringway_bench::command::bench(*a) {
@@ -194,7 +194,7 @@ fn main() -> ExitCode {
             json,
             root,
         } => {
-            return match ringway::app::preflight::command(
+            return match ringway_proxy::app::preflight::command(
                 config.as_deref(),
                 connections,
                 apply,
@@ -214,7 +214,7 @@ fn main() -> ExitCode {
             health_file,
         } => {
             init_logging();
-            ringway::app::workers_arg(&workers)
+            ringway_proxy::app::workers_arg(&workers)
                 .and_then(|w| ringway_echo::run(&listen, w, health_file))
         }
     };

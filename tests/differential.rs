@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::Rng;
-use ringway::http::{
+use ringway_proxy::http::{
     BodyKind, BodyTracker, Forwarded, HeadLimits, parse_request, rewrite_request, upgrade_allowed,
 };
 

@@ -89,7 +89,7 @@ fn sigterm_sends_every_tunnel_one_close_spread_over_the_window() {
     if !uring_ok() {
         return;
     }
-    ringway::sys::raise_nofile(8 * CLIENTS as u64);
+    ringway_proxy::sys::raise_nofile(8 * CLIENTS as u64);
     let dir = scratch("drain-1000");
     let (backend, seen) = recording_backend();
     let listen = free_addr();

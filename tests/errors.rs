@@ -210,7 +210,11 @@ fn upstream_mid_close(mode: Mode) {
             got.extend_from_slice(&buf[..n]);
         }
         let mut resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n".to_vec();
-        resp.extend(ringway::ws::frame(ringway::ws::opcode::TEXT, b"bye", None));
+        resp.extend(ringway_proxy::ws::frame(
+            ringway_proxy::ws::opcode::TEXT,
+            b"bye",
+            None,
+        ));
         s.write_all(&resp).unwrap();
     });
     let listen = free_addr();
@@ -270,7 +274,7 @@ fn half_close(mode: Mode) {
     let p = proxy(&config(listen, &[baddr], "", &tls, ""), listen, &dir);
     let mut ws = RawWs::connect_mode(listen, "/", "", mode);
     assert!(ws.head.starts_with("HTTP/1.1 101"));
-    ws.send_frame(true, 0, ringway::ws::opcode::BINARY, b"last words");
+    ws.send_frame(true, 0, ringway_proxy::ws::opcode::BINARY, b"last words");
     ws.s.shutdown(std::net::Shutdown::Write).unwrap();
     // The backend only answers once the FIN reached it; the answer still comes back, then
     // the backend's FIN.

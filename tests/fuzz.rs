@@ -16,7 +16,7 @@ use std::path::Path;
 
 use common::Rng;
 
-use ringway::fuzzing;
+use ringway_proxy::fuzzing;
 
 fn iters() -> usize {
     std::env::var("RINGWAY_FUZZ_ITERS")
@@ -189,7 +189,7 @@ fn fuzz_frame_tracker() {
         (8, 2, false),
         (2, 70_000, false),
     ] {
-        seeds.push(ringway::ws::frame(
+        seeds.push(ringway_proxy::ws::frame(
             op,
             &vec![b'x'; len],
             mask.then_some([1, 2, 3, 4]),

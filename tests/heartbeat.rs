@@ -187,12 +187,12 @@ fn silent_client(mode: Mode) {
         .unwrap();
     let (_, _, op, payload) = ws.read_frame();
     let ping_at = t.elapsed();
-    assert_eq!(op, ringway::ws::opcode::PING);
+    assert_eq!(op, ringway_proxy::ws::opcode::PING);
     assert!(payload.starts_with(b"ringway "), "{payload:?}");
     // Not answered: a Close 1001, then the end of the connection.
     let (_, _, op, payload) = ws.read_frame();
     let closed_at = t.elapsed();
-    assert_eq!(op, ringway::ws::opcode::CLOSE);
+    assert_eq!(op, ringway_proxy::ws::opcode::CLOSE);
     assert_eq!(&payload[..2], &1001u16.to_be_bytes());
     let mut rest = Vec::new();
     let _ = ws.s.read_to_end(&mut rest);
@@ -207,17 +207,17 @@ fn silent_client(mode: Mode) {
     let mut ws = st.raw_ws("/hb/", "");
     for _ in 0..3 {
         let (_, _, op, payload) = ws.read_frame();
-        assert_eq!(op, ringway::ws::opcode::PING);
-        ws.send_frame(true, 0, ringway::ws::opcode::PONG, &payload);
+        assert_eq!(op, ringway_proxy::ws::opcode::PING);
+        ws.send_frame(true, 0, ringway_proxy::ws::opcode::PONG, &payload);
     }
-    ws.send_frame(true, 0, ringway::ws::opcode::TEXT, b"still here");
+    ws.send_frame(true, 0, ringway_proxy::ws::opcode::TEXT, b"still here");
     loop {
         let (_, _, op, payload) = ws.read_frame();
-        if op == ringway::ws::opcode::TEXT {
+        if op == ringway_proxy::ws::opcode::TEXT {
             assert_eq!(payload, b"still here");
             break;
         }
-        assert_eq!(op, ringway::ws::opcode::PING);
+        assert_eq!(op, ringway_proxy::ws::opcode::PING);
     }
 }
 
@@ -260,14 +260,14 @@ fn tap(target: SocketAddr) -> (SocketAddr, Frames) {
                         acc.drain(..i + 4);
                         head_done = true;
                     }
-                    while let Ok(Some(h)) = ringway::ws::parse_header(&acc) {
+                    while let Ok(Some(h)) = ringway_proxy::ws::parse_header(&acc) {
                         let total = h.header_len + h.len as usize;
                         if acc.len() < total {
                             break;
                         }
                         let mut p = acc[h.header_len..total].to_vec();
                         let mask = h.mask.expect("frames toward an upstream are masked");
-                        ringway::ws::apply_mask(&mut p, mask, 0);
+                        ringway_proxy::ws::apply_mask(&mut p, mask, 0);
                         seen.lock().unwrap().push((h.opcode, p));
                         acc.drain(..total);
                     }
@@ -419,11 +419,11 @@ fn a_client_silent_mid_frame_is_closed_without_a_ping() {
     // The header of a 1 MiB binary frame and its first ten bytes; then nothing.
     let mut out = Vec::new();
     let mask = [1, 2, 3, 4];
-    ringway::ws::write_header(
+    ringway_proxy::ws::write_header(
         &mut out,
         true,
         0,
-        ringway::ws::opcode::BINARY,
+        ringway_proxy::ws::opcode::BINARY,
         Some(mask),
         1 << 20,
     );
@@ -448,7 +448,7 @@ fn a_client_silent_mid_frame_is_closed_without_a_ping() {
     );
     assert!(closed < Duration::from_secs(15), "held for {closed:?}");
     // What came back is the mirrored frame's start, nothing injected into it.
-    let h = ringway::ws::parse_header(&got).unwrap().unwrap();
+    let h = ringway_proxy::ws::parse_header(&got).unwrap().unwrap();
     assert_eq!(h.len, 1 << 20);
     assert_eq!(got.len(), h.header_len + 10);
     st.proxy.wait_log("end=heartbeat-timeout", 10);

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ringway::config::Config;
-use ringway::live::{Inbox, Live, Msg};
-use ringway::metrics::WorkerMetrics;
-use ringway::worker::{Worker, WorkerSpec};
+use ringway_proxy::config::Config;
+use ringway_proxy::live::{Inbox, Live, Msg};
+use ringway_proxy::metrics::WorkerMetrics;
+use ringway_proxy::worker::{Worker, WorkerSpec};
 
 /// One keep-alive HTTP exchange on an open connection: the status and whether the body came.
 fn get(s: &mut TcpStream, path: &str) -> u16 {

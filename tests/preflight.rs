@@ -80,7 +80,7 @@ fn json_matches_proc_and_exit_code_matches_status() {
         format!("{}/{}", l[0], l[1])
     );
     let uring = get("io_uring")["status"].as_str().unwrap();
-    assert_eq!(uring == "ok", ringway::uring::probe().is_ok());
+    assert_eq!(uring == "ok", ringway_proxy::uring::probe().is_ok());
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn deploy_and_tuning_files_are_valid() {
         toml.replace(TOKEN_PATH, token.to_str().unwrap()),
     )
     .unwrap();
-    let cfg = ringway::config::Config::load(&dir.join("ringway.toml"))
+    let cfg = ringway_proxy::config::Config::load(&dir.join("ringway.toml"))
         .expect("the ConfigMap's ringway.toml");
     let _ = std::fs::remove_dir_all(&dir);
     // The admin endpoint listens for probes and Prometheus, and a token guards it.
@@ -251,8 +251,8 @@ fn deploy_and_tuning_files_are_valid() {
             .map(|l| l[k.len() + 1..].to_string())
             .unwrap_or_default()
     };
-    let stop = ringway::config::parse_duration(&val("TimeoutStopSec")).unwrap();
-    assert!(stop > ringway::config::defaults::SHUTDOWN_GRACE);
+    let stop = ringway_proxy::config::parse_duration(&val("TimeoutStopSec")).unwrap();
+    assert!(stop > ringway_proxy::config::defaults::SHUTDOWN_GRACE);
     assert_eq!(val("KillSignal"), "SIGTERM");
     assert!(val("LimitNOFILE").parse::<u64>().unwrap() >= 200_000);
     assert!(unit.contains("ExecStartPre=/usr/local/bin/ringway preflight"));

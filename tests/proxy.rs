@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use ringway::ws::opcode;
+use ringway_proxy::ws::opcode;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -289,7 +289,7 @@ fn frames_pings_closes(mode: Mode) {
     // Empty ping, then a client close with code and reason: the same Close comes back.
     ws.send_frame(true, 0, opcode::PING, b"");
     assert_eq!(ws.read_frame(), (true, 0, opcode::PONG, vec![]));
-    let close = ringway::ws::close_payload(4001, "client bye");
+    let close = ringway_proxy::ws::close_payload(4001, "client bye");
     ws.send_frame(true, 0, opcode::CLOSE, &close);
     assert_eq!(ws.read_frame(), (true, 0, opcode::CLOSE, close));
     let mut rest = Vec::new();

@@ -66,7 +66,7 @@ fn proxy_protocol_listener_takes_v1_and_v2_from_trusted_balancers_only() {
     assert_eq!(header(&v, "X-Forwarded-For"), Some("203.0.113.7"));
     // v2, in one write with the request, from 127.0.0.2 (also trusted), IPv6 client.
     let mut s = from("127.0.0.2", st.listen);
-    let mut b = ringway::http::proxy::v2_header(
+    let mut b = ringway_proxy::http::proxy::v2_header(
         "[2001:db8::9]:5555".parse().unwrap(),
         "[2001:db8::1]:443".parse().unwrap(),
     );
@@ -76,7 +76,7 @@ fn proxy_protocol_listener_takes_v1_and_v2_from_trusted_balancers_only() {
     assert_eq!(header(&v, "X-Real-IP"), Some("2001:db8::9"));
     // A LOCAL header (the balancer's own check): the connection's address stands.
     let mut s = from("127.0.0.1", st.listen);
-    let mut b = ringway::http::proxy::v2_local();
+    let mut b = ringway_proxy::http::proxy::v2_local();
     b.extend_from_slice(GET);
     s.write_all(&b).unwrap();
     assert_eq!(header(&headers_of(&mut s), "X-Real-IP"), Some("127.0.0.1"));
@@ -371,7 +371,7 @@ fn a_stalled_or_oversized_proxy_header_is_bounded() {
     // v1 cut short and never finished: closed by header_timeout (read timeout here is 10 s).
     let stalled = ends(b"PROXY TCP4 192.0.2.1 ");
     // v2 announcing 65,535 bytes of addresses: past the 2,064-byte bound, closed at once.
-    let mut big = ringway::http::proxy::V2_SIG.to_vec();
+    let mut big = ringway_proxy::http::proxy::V2_SIG.to_vec();
     big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
     let oversized = ends(&big);
     // v1 without its CRLF past 107 bytes.

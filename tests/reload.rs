@@ -61,7 +61,7 @@ fn a_thousand_tunnels_chat_through_ten_reloads() {
     if !uring_ok() {
         return;
     }
-    ringway::sys::raise_nofile(8 * CLIENTS as u64);
+    ringway_proxy::sys::raise_nofile(8 * CLIENTS as u64);
     let dir = scratch("reload");
     let (a, b) = (free_addr(), free_addr());
     let _echo = echo(&[a, b], &dir);

@@ -115,7 +115,7 @@ fn a_key_update_flood_ends_with_an_alert() {
     c.until_finished_pending();
     c.flush();
     for _ in 0..2 {
-        for _ in 0..ringway::tls::records::KEY_UPDATES_MAX {
+        for _ in 0..ringway_proxy::tls::records::KEY_UPDATES_MAX {
             c.tls.refresh_traffic_keys().unwrap();
             c.flush();
         }
@@ -128,7 +128,7 @@ fn a_key_update_flood_ends_with_an_alert() {
     let mut c = Client::connect(st.listen);
     c.until_finished_pending();
     c.flush();
-    for _ in 0..=ringway::tls::records::KEY_UPDATES_MAX {
+    for _ in 0..=ringway_proxy::tls::records::KEY_UPDATES_MAX {
         c.tls.refresh_traffic_keys().unwrap();
         c.flush();
     }
@@ -203,16 +203,16 @@ fn connections_end_with_close_notify() {
     let _ = c.read_until(b"\r\n\r\n").unwrap();
     // The upstream's Close; the client answers it, and the proxy closes.
     let mut close = Vec::new();
-    ringway::ws::write_header(
+    ringway_proxy::ws::write_header(
         &mut close,
         true,
         0,
-        ringway::ws::opcode::CLOSE,
+        ringway_proxy::ws::opcode::CLOSE,
         Some([1, 2, 3, 4]),
         2,
     );
     let mut payload = 1000u16.to_be_bytes();
-    ringway::ws::apply_mask(&mut payload, [1, 2, 3, 4], 0);
+    ringway_proxy::ws::apply_mask(&mut payload, [1, 2, 3, 4], 0);
     close.extend_from_slice(&payload);
     c.tls.writer().write_all(&close).unwrap();
     c.flush();

@@ -1,7 +1,7 @@
 //! AFL++ harness (`scripts/fuzz-afl.sh`): the first input byte picks the target, the rest is
-//! the input; the checks are `ringway::fuzzing`'s, the same as `tests/fuzz.rs` runs.
+//! the input; the checks are `ringway_proxy::fuzzing`'s, the same as `tests/fuzz.rs` runs.
 
-use ringway::fuzzing;
+use ringway_proxy::fuzzing;
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -33,7 +33,7 @@ pub fn skip(why: &str) {
 
 /// io_uring may be unavailable (seccomp, `kernel.io_uring_disabled`): then skip, loudly.
 pub fn uring_ok() -> bool {
-    match ringway::uring::probe() {
+    match ringway_proxy::uring::probe() {
         Ok(_) => true,
         Err(why) => {
             skip(&format!("io_uring unavailable: {why}"));
@@ -600,10 +600,17 @@ impl RawWs {
     pub fn send_frame(&mut self, fin: bool, rsv: u8, opcode: u8, payload: &[u8]) {
         let mut out = Vec::new();
         let mask = [0x12, 0x34, 0x56, 0x78];
-        ringway::ws::write_header(&mut out, fin, rsv, opcode, Some(mask), payload.len() as u64);
+        ringway_proxy::ws::write_header(
+            &mut out,
+            fin,
+            rsv,
+            opcode,
+            Some(mask),
+            payload.len() as u64,
+        );
         let start = out.len();
         out.extend_from_slice(payload);
-        ringway::ws::apply_mask(&mut out[start..], mask, 0);
+        ringway_proxy::ws::apply_mask(&mut out[start..], mask, 0);
         self.s.write_all(&out).unwrap();
     }
 
@@ -611,7 +618,7 @@ impl RawWs {
     pub fn read_frame(&mut self) -> (bool, u8, u8, Vec<u8>) {
         let mut tmp = vec![0u8; 65536];
         loop {
-            if let Some(h) = ringway::ws::parse_header(&self.buf).unwrap() {
+            if let Some(h) = ringway_proxy::ws::parse_header(&self.buf).unwrap() {
                 let total = h.header_len + h.len as usize;
                 if self.buf.len() >= total {
                     assert!(h.mask.is_none(), "server frames must not be masked");

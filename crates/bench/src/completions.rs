@@ -118,8 +118,8 @@ impl BenchWorker {
             Err(e) => {
                 self.scratch = data;
                 let why = match e {
-                    ringway::tls::Fail::Tls(e) => format!("tls:{e}"),
-                    ringway::tls::Fail::PlainHttp => "tls:plain".to_string(),
+                    ringway_proxy::tls::Fail::Tls(e) => format!("tls:{e}"),
+                    ringway_proxy::tls::Fail::PlainHttp => "tls:plain".to_string(),
                 };
                 if c.phase == Phase::Handshake {
                     return self.fail(slot, generation, why);
@@ -145,7 +145,7 @@ impl BenchWorker {
         if c.phase == Phase::Handshake {
             c.head.extend_from_slice(data);
             // The proxy's own codec reads the 101 (the handshake's answer has no body).
-            let n = match ringway::http::parse_response(&c.head, 16384, true) {
+            let n = match ringway_proxy::http::parse_response(&c.head, 16384, true) {
                 Ok(Some(r)) if r.status == 101 => r.head_len,
                 Ok(Some(r)) => {
                     return self.fail(slot, generation, format!("handshake:HTTP {}", r.status));
@@ -155,8 +155,9 @@ impl BenchWorker {
                     return self.fail(slot, generation, "handshake:malformed response".into());
                 }
             };
-            let accept_ok = ringway::http::header_values(&c.head[..n], "sec-websocket-accept")
-                .any(|v| v == self.accept_key.as_bytes());
+            let accept_ok =
+                ringway_proxy::http::header_values(&c.head[..n], "sec-websocket-accept")
+                    .any(|v| v == self.accept_key.as_bytes());
             if !accept_ok {
                 return self.fail(
                     slot,

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 
-use ringway::reactor::{Reactor, Recv, Sent, Sys};
-use ringway::tls::Transport;
-use ringway::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
-use ringway::ws::{self, FrameTracker, opcode};
+use ringway_proxy::reactor::{Reactor, Recv, Sent, Sys};
+use ringway_proxy::tls::Transport;
+use ringway_proxy::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
+use ringway_proxy::ws::{self, FrameTracker, opcode};
 
 /// What to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Target {
 /// Source addresses from a CIDR such as `127.0.0.0/16` (network and broadcast skipped when the
 /// block has more than two addresses), or one address.
 pub fn parse_source(s: &str) -> anyhow::Result<Vec<IpAddr>> {
-    ringway::sys::source_addresses(s, 12).map_err(|m| anyhow::anyhow!("--source: {m}"))
+    ringway_proxy::sys::source_addresses(s, 12).map_err(|m| anyhow::anyhow!("--source: {m}"))
 }
 
 /// Everything a run needs.
@@ -123,7 +123,7 @@ impl BenchTls {
         target: &Target,
         resume: bool,
     ) -> anyhow::Result<BenchTls> {
-        let mut config = ringway::tls::setup::client_config_from(ca)
+        let mut config = ringway_proxy::tls::setup::client_config_from(ca)
             .map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
         if !resume {
             config.resumption = rustls::client::Resumption::disabled();
@@ -279,7 +279,7 @@ impl Report {
 /// Raise RLIMIT_NOFILE for `conns` sockets, or explain what to raise.
 fn ensure_fds(conns: usize) -> anyhow::Result<()> {
     let want = conns as u64 + 64;
-    let got = ringway::sys::raise_nofile(want);
+    let got = ringway_proxy::sys::raise_nofile(want);
     if got < want {
         bail!(
             "{conns} connections need {want} file descriptors but RLIMIT_NOFILE allows {got}: \
@@ -291,7 +291,7 @@ fn ensure_fds(conns: usize) -> anyhow::Result<()> {
 
 /// Run a benchmark and return its report.
 pub fn run(opts: Opts) -> anyhow::Result<Report> {
-    if let Err(why) = ringway::uring::probe() {
+    if let Err(why) = ringway_proxy::uring::probe() {
         bail!("{why}");
     }
     let conns_in_use = match opts.mode {

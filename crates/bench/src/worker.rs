@@ -245,7 +245,7 @@ pub(super) fn ud(slot: u32, generation: u32, op: Op) -> UserData {
 
 /// The errno's short name, for error kinds.
 pub(super) fn errno(e: i32) -> String {
-    ringway::sys::errno_name(e)
+    ringway_proxy::sys::errno_name(e)
 }
 
 impl BenchWorker {
@@ -289,7 +289,7 @@ impl BenchWorker {
             self.src_next += 1;
             self.plan.source[(self.src_next - 1) % self.plan.source.len()]
         });
-        let fd = ringway::sys::connect_socket(target, source)
+        let fd = ringway_proxy::sys::connect_socket(target, source)
             .map_err(|e| format!("socket:{}", errno(e)))?;
         let now = self.now_us;
         let mut sock = match &self.opts.tls {

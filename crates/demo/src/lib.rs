@@ -149,7 +149,7 @@ impl Drop for Kids {
 }
 
 pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
-    if let Err(why) = ringway::uring::probe() {
+    if let Err(why) = ringway_proxy::uring::probe() {
         bail!("{why}");
     }
     let dir = std::env::temp_dir().join(format!("ringway-demo-{}", std::process::id()));
@@ -159,7 +159,7 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
     // Split across workers by SO_REUSEPORT's hash: a quarter more for the unevenness.
     let sessions = (o.connections.max(o.idle) * 5 / 4 + 100).max(5000);
     std::fs::write(&cfg_path, config([e0, e1], listen, admin, sessions))?;
-    ringway::config::Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ringway_proxy::config::Config::load(&cfg_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (echo_log, proxy_log) = (dir.join("echo.log"), dir.join("ringway.log"));
     let e0s = e0.to_string();
     let e1s = e1.to_string();
@@ -179,7 +179,7 @@ pub fn demo(o: DemoOpts) -> anyhow::Result<ExitCode> {
         wait_port(a, &mut kids.proxy, &proxy_log).context("the proxy did not start")?;
     }
     // From here a Ctrl-C waits for us (the load ends first) and drains the proxy.
-    let signals = ringway::sys::block_signals();
+    let signals = ringway_proxy::sys::block_signals();
     let proxy_pid = kids.proxy.id();
     println!("ringway demo");
     println!(
@@ -267,7 +267,7 @@ fn load(o: &DemoOpts, listen: SocketAddr, proxy_pid: u32, dir: &Path) -> anyhow:
         hold: Duration::ZERO,
         interval: Duration::from_secs(25),
         source: Vec::new(),
-        workers: ringway::config::available_cpus(),
+        workers: ringway_proxy::config::available_cpus(),
         timeout: Duration::from_secs(10),
         ready_file: None,
         progress: true,

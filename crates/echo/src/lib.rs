@@ -24,10 +24,10 @@ use std::time::Duration;
 use anyhow::Context;
 use socket2::Socket;
 
-use ringway::http::{self, BodyKind, BodyTracker};
-use ringway::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
-use ringway::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
-use ringway::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
+use ringway_proxy::http::{self, BodyKind, BodyTracker};
+use ringway_proxy::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
+use ringway_proxy::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
+use ringway_proxy::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
 
 /// Bytes per generated piece of a large response or push.
 const PIECE: usize = 64 * 1024;
@@ -100,11 +100,11 @@ pub fn run(
     if let Some(f) = health_file {
         let _ = HEALTH_FILE.set(f);
     }
-    if let Err(why) = ringway::uring::probe() {
+    if let Err(why) = ringway_proxy::uring::probe() {
         anyhow::bail!("{why}");
     }
-    ringway::sys::raise_nofile(u64::MAX);
-    let signals = ringway::sys::block_signals();
+    ringway_proxy::sys::raise_nofile(u64::MAX);
+    let signals = ringway_proxy::sys::block_signals();
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -112,7 +112,7 @@ pub fn run(
         let mut listeners = Vec::new();
         for a in listen {
             listeners.push(
-                ringway::sys::listen_socket(*a, 4096)
+                ringway_proxy::sys::listen_socket(*a, 4096)
                     .with_context(|| format!("listening on {a}"))?,
             );
         }
@@ -207,7 +207,7 @@ impl EchoCore {
 
 impl Handler<Client> for EchoCore {
     fn on_core(&mut self, r: &mut Reactor<Client>, c: Cqe) {
-        if c.ud.op() != Some(Op::Accept) || c.ud.slot() == ringway::uring::SLOT_CORE {
+        if c.ud.op() != Some(Op::Accept) || c.ud.slot() == ringway_proxy::uring::SLOT_CORE {
             return;
         }
         let li = c.ud.slot() as usize;
@@ -215,7 +215,7 @@ impl Handler<Client> for EchoCore {
             r.ring.accept_multi(self.listeners[li].as_raw_fd(), c.ud);
         }
         if c.res >= 0 {
-            let (fd, _) = ringway::sys::accepted(c.res);
+            let (fd, _) = ringway_proxy::sys::accepted(c.res);
             let (slot, _) = r.slots.insert(|_, _| Client {
                 sock: Conn::new(fd),
                 cancels: 0,
@@ -323,9 +323,10 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
     let paused = client.sock.pending() >= OUT_MAX
         || client.produce.is_some()
         || matches!(client.mode, Mode::Drop);
-    client.cancels += client
-        .sock
-        .sync_recv(sys, Side::Down, !paused, ringway::uring::UNCAPPED);
+    client.cancels +=
+        client
+            .sock
+            .sync_recv(sys, Side::Down, !paused, ringway_proxy::uring::UNCAPPED);
     false
 }
 
@@ -346,7 +347,7 @@ fn feed(conn: &mut Client, data: &mut [u8], out: &mut Vec<u8>) {
                         return;
                     }
                     Ok(None) | Err(()) => {
-                        out.extend_from_slice(&ringway::http::error_response(400));
+                        out.extend_from_slice(&ringway_proxy::http::error_response(400));
                         conn.mode = Mode::Drop;
                         conn.close_after_flush = true;
                         return;

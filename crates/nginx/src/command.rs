@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use ringway::config::Config;
+use ringway_proxy::config::Config;
 
 /// `ringway import-nginx`: translate, write, then check the result as `ringway check` would.
 /// Exit 0 when it checks, 1 on an nginx syntax error or a result that does not check (it is

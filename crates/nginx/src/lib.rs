@@ -67,12 +67,13 @@ fn err(at: &Where, m: impl std::fmt::Display) -> ParseError {
 /// nginx's time (`30s`, `7d`, `1h 30m`, `500ms`; a bare number is seconds) in milliseconds:
 /// ringway's durations are written the same way.
 pub fn nginx_time(s: &str) -> Result<u64, String> {
-    ringway::config::parse_duration(s).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    ringway_proxy::config::parse_duration(s)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Milliseconds as ringway writes a duration back: "7d", "30s", "1500ms".
 fn dur(ms: u64) -> V {
-    V::S(ringway::config::fmt_duration(
+    V::S(ringway_proxy::config::fmt_duration(
         std::time::Duration::from_millis(ms),
     ))
 }
@@ -308,7 +309,7 @@ impl Translator {
                                 d.at
                             ),
                         );
-                        workers = Some((ringway::config::available_cpus(), "auto".into()));
+                        workers = Some((ringway_proxy::config::available_cpus(), "auto".into()));
                     } else {
                         let n = self.int(d, &a[0])?.max(1);
                         self.runtime
@@ -440,7 +441,7 @@ impl Translator {
                 name = Some(n.to_string());
                 t.set("name", V::S(n.into()), "");
                 if !sz.is_empty() {
-                    let b = ringway::config::parse_size(sz).map_err(|e| err(&d.at, e))?;
+                    let b = ringway_proxy::config::parse_size(sz).map_err(|e| err(&d.at, e))?;
                     t.set("size", size(b), "");
                 }
             } else if let Some(r) = w.strip_prefix("rate=")
@@ -608,7 +609,7 @@ impl Translator {
             "large_client_header_buffers" => {
                 let a = self.args(d, 2..=2)?;
                 let n = self.int(d, &a[0])? as u64;
-                let sz = ringway::config::parse_size(&a[1]).map_err(|e| err(&d.at, e))?;
+                let sz = ringway_proxy::config::parse_size(&a[1]).map_err(|e| err(&d.at, e))?;
                 inh.header_buffers = Some((n, sz, at));
             }
             "keepalive_timeout" => {
@@ -795,9 +796,9 @@ mod tests {
         assert_eq!(nginx_time("500ms").unwrap(), 500);
         assert_eq!(nginx_time("60").unwrap(), 60_000);
         assert!(nginx_time("5x").is_err());
-        assert_eq!(ringway::config::parse_size("10m").unwrap(), 10 << 20);
-        assert_eq!(ringway::config::parse_size("8k").unwrap(), 8192);
-        assert!(ringway::config::parse_size("k").is_err());
+        assert_eq!(ringway_proxy::config::parse_size("10m").unwrap(), 10 << 20);
+        assert_eq!(ringway_proxy::config::parse_size("8k").unwrap(), 8192);
+        assert!(ringway_proxy::config::parse_size("k").is_err());
         assert!(matches!(dur(86_400_000), V::S(s) if s == "1d"));
         assert!(matches!(dur(1500), V::S(s) if s == "1500ms"));
     }

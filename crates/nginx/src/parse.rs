@@ -70,7 +70,7 @@ fn file(
 ) -> Result<Vec<Directive>, ParseError> {
     let name: std::rc::Rc<str> = path.display().to_string().into();
     let left = TOTAL_MAX - read.bytes;
-    let text = ringway::config::read_bounded(path, FILE_MAX.min(left)).map_err(|e| {
+    let text = ringway_proxy::config::read_bounded(path, FILE_MAX.min(left)).map_err(|e| {
         if left < FILE_MAX {
             ParseError(format!(
                 "{name}: {e}: with it the files included come to more than {} MiB",

@@ -380,7 +380,7 @@ impl Translator {
         if read_ms >= 120_000 {
             t.comments.push(format!(
                 "read_timeout {} closes a silent WebSocket; behind NAT or a balancer with a shorter idle timer, add:\n# heartbeat = {{ interval = \"25s\", timeout = \"10s\" }}   # ringway pings quiet clients itself",
-                ringway::config::fmt_duration(std::time::Duration::from_millis(read_ms))
+                ringway_proxy::config::fmt_duration(std::time::Duration::from_millis(read_ms))
             ));
         }
         out.push((d.at.clone(), t));

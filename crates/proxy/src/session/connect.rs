@@ -5,7 +5,8 @@
 
 use std::net::SocketAddr;
 
-use super::phase::{self, Connect, Downward, Phase};
+use super::Phase;
+use super::phase::{self, Connect, Downward};
 use super::{End, Env, Io, Next, Observed, Session, Step};
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;

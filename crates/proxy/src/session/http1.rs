@@ -3,10 +3,11 @@
 //! chunks from the transports and hands plaintext chunks back; it returns a [`Next`] instead
 //! of acting on errors itself.
 
+use super::Phase;
 use super::Session;
 use super::answer::Answer;
 use super::phase::Linger;
-use super::phase::{Connect, Downward, Exchange, Phase, Req, Upward, ms32};
+use super::phase::{Connect, Downward, Exchange, Req, Upward, ms32};
 use super::tunnel::Tunnel;
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,

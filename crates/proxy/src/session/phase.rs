@@ -1,39 +1,11 @@
-//! The phases of a session, each owning the data that exists only while it lasts, and the
-//! per-request record. A phase changes by replacing the whole value (`mem::replace`), so no
-//! data of a phase can outlive it or be read in another.
+//! What the phases of a session own (`Phase` is in `mod.rs`): the per-request record, an
+//! HTTP/1 exchange's state each way, a tunnel's heartbeats and Close frames, the lingering
+//! close.
 
 use std::time::Duration;
 
 use crate::http::BodyTracker;
 use crate::upstream::attempt::Attempt;
-
-/// Where a session stands, with what that phase owns.
-#[derive(Debug)]
-pub(super) enum Phase {
-    /// Reading (and parsing) a request head: the bytes of it so far (on a kept-alive
-    /// connection, starting with what the client pipelined after the previous request).
-    Request { head: Vec<u8> },
-    /// Connecting to an upstream server (or waiting for the previous socket to close).
-    Connecting(Exchange),
-    /// Connected: the request going up, the response head or body coming down.
-    Proxy(Exchange),
-    /// A 101 turned the request into a tunnel (`tunnel.rs`, a protocol type).
-    Tunnel(super::tunnel::Tunnel),
-    /// Sending our own answer (an error page, or the end of a response that does not keep
-    /// the connection), then closing, after a lingering close (`answer.rs`, a protocol type).
-    Respond(super::answer::Answer),
-    /// Cancelling ops and closing sockets; the request to log when the session ends, if any.
-    Closing(Option<Box<Req>>),
-    /// A protocol added as a type (`protocol.rs`), called through its interface.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the seam for protocols added as types: the session tests' toy protocol runs on it today"
-        )
-    )]
-    Other(Box<dyn super::protocol::Erased>),
-}
 
 /// What a tunnel does besides forwarding (see `tunnel.rs`). Arrays are indexed by the side a
 /// stream comes *from* (0: the client, 1: the upstream), as `Tunnel::frames` is.
@@ -312,50 +284,6 @@ impl Req {
             bytes_in,
             bytes_out: 0,
         }
-    }
-}
-
-impl Phase {
-    /// Take the phase out, leaving `Closing(None)` in its place for the caller to replace: a
-    /// transition is then one total `match` on the value, with no arm that cannot happen.
-    pub fn take(&mut self) -> Phase {
-        std::mem::replace(self, Phase::Closing(None))
-    }
-
-    /// The request this phase carries, if any.
-    pub fn req(&self) -> Option<&Req> {
-        match self {
-            Phase::Request { .. } | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
-            Phase::Closing(r) => r.as_deref(),
-        }
-    }
-
-    pub fn req_mut(&mut self) -> Option<&mut Req> {
-        match self {
-            Phase::Request { .. } | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
-            Phase::Closing(r) => r.as_deref_mut(),
-        }
-    }
-
-    /// Take the request out, leaving the phase as `Closing(None)`.
-    pub fn take_req(&mut self) -> Option<Box<Req>> {
-        match std::mem::replace(self, Phase::Closing(None)) {
-            Phase::Request { .. } | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
-            Phase::Tunnel(super::tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(super::answer::Answer { req: r, .. }) => Some(r),
-            Phase::Closing(r) => r,
-        }
-    }
-
-    pub fn is_closing(&self) -> bool {
-        matches!(self, Phase::Closing(_))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::fmt::Debug;
 
-use super::phase::Phase;
+use super::Phase;
 use super::{Cx, End, Env, Io};
 use crate::uring::{Chunk, Side};
 

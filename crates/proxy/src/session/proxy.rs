@@ -3,7 +3,7 @@
 //! address found is the client for `X-Real-IP`, `X-Forwarded-For`, `ip_hash`, the limits and
 //! the log.
 
-use super::phase::Phase;
+use super::Phase;
 use super::{End, Env, Io, Session, Step};
 use crate::http::proxy::{self, V2_MAX};
 use crate::uring::{Chunk, Side};

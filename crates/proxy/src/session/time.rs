@@ -1,0 +1,122 @@
+//! A session's clock: the deadline it wants (the phase's own, a send making no progress, a
+//! request body that stopped arriving) and what happens when the timer wheel fires for it.
+
+use super::phase::{Downward, Upward};
+use super::protocol::{Protocol, Step};
+use super::{End, Env, Io, Next, Phase, Recv, Session};
+use crate::config::upstream::Failure;
+
+impl Session {
+    /// How long a send may make no progress.
+    pub(super) fn send_ms(&self) -> u64 {
+        u64::from(
+            self.phase
+                .req()
+                .map_or(self.cx.listen.header_timeout_ms, |r| r.send_ms),
+        )
+    }
+
+    /// The earliest time something must happen if nothing arrives before.
+    pub fn deadline(&self) -> Option<u64> {
+        let ms = u64::from;
+        let phase = match &self.phase {
+            Phase::Request { .. } if self.idle_keepalive() => {
+                Some(self.cx.phase_ms + ms(self.cx.listen.keepalive_timeout_ms))
+            }
+            Phase::Request { .. } => Some(self.cx.phase_ms + ms(self.cx.listen.header_timeout_ms)),
+            Phase::Connecting(x) if x.delayed() => Some(self.cx.phase_ms),
+            Phase::Connecting(x) if !x.connect_timed_out() => {
+                Some(self.cx.phase_ms + ms(x.req.connect_ms))
+            }
+            Phase::Connecting(_) => None,
+            Phase::Proxy(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
+            Phase::Tunnel(t) => Protocol::deadline(t, &self.cx),
+            Phase::Respond(a) => Protocol::deadline(a, &self.cx),
+            Phase::Closing(_) => None,
+            Phase::Other(p) => p.deadline(&self.cx),
+        };
+        let send = [&self.cx.links.down, &self.cx.links.up]
+            .iter()
+            .filter(|p| p.sending().is_some() && !self.phase.is_closing())
+            .map(|p| p.send_since_ms() + self.send_ms())
+            .min();
+        [phase, send, self.body_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Waiting for the first byte of the next request on a kept-alive connection.
+    pub(super) fn idle_keepalive(&self) -> bool {
+        self.cx.served > 0 && matches!(&self.phase, Phase::Request { head } if head.is_empty())
+    }
+
+    /// When a request body that stopped arriving gets its 408: only while the proxy is
+    /// reading it (a body held back because the upstream is slow is not the client's fault).
+    pub(super) fn body_deadline(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Connecting(x) | Phase::Proxy(x)
+                if matches!(x.upward, Upward::Body(_))
+                    && self.cx.links.down.recv_state() == Recv::On =>
+            {
+                Some(self.cx.last_down_ms + u64::from(x.req.body_ms))
+            }
+            _ => None,
+        }
+    }
+
+    /// The timer wheel fired for this session.
+    pub fn on_timer(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let now = io.now_ms();
+        let Some(d) = self.deadline() else {
+            return Next::Continue;
+        };
+        if now < d {
+            return Next::Continue;
+        }
+        let send_ms = self.send_ms();
+        let stuck = [&self.cx.links.down, &self.cx.links.up]
+            .iter()
+            .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
+        let next = if stuck {
+            Step::Close(End::SendTimeout)
+        } else if self.body_deadline().is_some_and(|b| b <= now) {
+            Step::Respond(408, End::BodyTimeout)
+        } else {
+            let idle = self.idle_keepalive();
+            match &mut self.phase {
+                Phase::Request { .. } if idle => Step::Close(End::KeepaliveTimeout),
+                Phase::Request { .. } => Step::Close(End::HeaderTimeout),
+                Phase::Connecting(x) if x.delayed() => {
+                    // limit_req's delay is over: now connect.
+                    if let Some(c) = x.connect() {
+                        c.delayed = false;
+                    }
+                    self.cx.phase_ms = now;
+                    let next = self.connect_next(io, env);
+                    self.apply(next, io);
+                    return self.after(io, env);
+                }
+                Phase::Connecting(x) => {
+                    if let Some(c) = x.connect() {
+                        c.timed_out = true;
+                    }
+                    self.cx.links.cancel_connect(io);
+                    Step::Continue
+                }
+                Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
+                    Failure::Timeout,
+                    Step::Respond(504, End::UpstreamTimeout),
+                    io,
+                ),
+                Phase::Proxy(_) => Step::Close(End::IdleTimeout),
+                Phase::Tunnel(t) => Protocol::timer(t, &mut self.cx, now, io),
+                Phase::Respond(a) => Protocol::timer(a, &mut self.cx, now, io),
+                Phase::Closing(_) => Step::Continue,
+                Phase::Other(p) => p.timer(&mut self.cx, now, io),
+            }
+        };
+        self.apply(next, io);
+        self.after(io, env)
+    }
+}
