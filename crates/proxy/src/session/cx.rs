@@ -156,4 +156,47 @@ impl Cx {
             peer.state.sub();
         }
     }
+
+    /// Give back the `limit_conn` slot this connection holds (idempotent).
+    pub(super) fn release_limit(&mut self) {
+        let z = std::mem::take(&mut self.links.limited);
+        if let Some(zone) = z
+            .checked_sub(1)
+            .and_then(|z| self.cfg.conn_zones.get(usize::from(z)))
+        {
+            zone.table
+                .give_back(crate::limits::key_of(self.client.ip()));
+        }
+    }
+
+    /// `real_ip_header` of the server `si`: from a trusted peer, the client is the header's
+    /// last address (nginx's default, `real_ip_recursive off`); from any other peer, or without
+    /// a usable header, it is the peer. A connection from a front end carries many clients'
+    /// requests: the limit_conn slot held for the previous one is given back when it changes.
+    pub(super) fn real_ip(&mut self, si: usize, head: &[u8]) {
+        let s = &self.cfg.servers[si];
+        let Some(name) = &s.real_ip_header else {
+            return;
+        };
+        if self.cfg.listener_proxy[usize::from(self.listen.index)].is_some() {
+            return; // the PROXY header said who the client is
+        }
+        let Some(peer) = crate::sys::peer_of(self.links.down.fd()) else {
+            return;
+        };
+        let mut client = peer;
+        if crate::config::trusted(&s.trusted_proxies, peer.ip())
+            && let Some(v) = crate::http::header_values(head, name).last()
+            && let Some(last) = std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+            && let Ok(ip) = last.trim().parse::<std::net::IpAddr>()
+        {
+            client = std::net::SocketAddr::new(ip, peer.port());
+        }
+        if client != self.client {
+            self.release_limit();
+            self.client = client;
+        }
+    }
 }

@@ -7,40 +7,29 @@ use super::Phase;
 use super::Session;
 use super::answer::Answer;
 use super::phase::Linger;
-use super::phase::{Connect, Downward, Exchange, Req, Upward, ms32};
+use super::phase::{Downward, Exchange, Upward};
+use super::request::Request;
 use super::tunnel::Tunnel;
 use super::{
     AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
 };
-use crate::config::Location;
-use crate::config::clock_ms;
 use crate::config::upstream::Failure;
-use crate::http::{self, BodyKind, BodyTracker, ClientConnection, HeadError};
-use crate::upstream::KeyInput;
-use crate::upstream::attempt::Attempt;
+use crate::http::{self, BodyTracker, ClientConnection, HeadError};
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
 impl Session {
-    /// Plaintext from the client.
-    pub(super) fn on_client_bytes(
-        &mut self,
-        c: Chunk,
-        io: &mut impl Io,
-        env: &mut Env<'_>,
-    ) -> Step {
-        let now = io.now_ms();
+    /// The request head in the phase, parsed as far as it goes (`Request::parse`).
+    pub(super) fn parse_request(&mut self, io: &mut impl Io) -> Step {
         match &mut self.phase {
-            Phase::Request { head } => {
-                if head.is_empty() && self.cx.served > 0 {
-                    // The next request on a kept-alive connection: its header clock starts
-                    // with its first byte, as in nginx.
-                    self.cx.phase_ms = now;
-                }
-                head.extend_from_slice(io.data_of(c));
-                io.release(c);
-                self.try_request(io, env)
-            }
+            Phase::Request(r) => r.parse(&mut self.cx, io),
+            _ => Step::Continue,
+        }
+    }
+
+    /// Plaintext from the client.
+    pub(super) fn on_client_bytes(&mut self, c: Chunk, io: &mut impl Io) -> Step {
+        match &mut self.phase {
             Phase::Connecting(x) | Phase::Proxy(x) => match &mut x.upward {
                 Upward::Body(t) => match t.feed(io.data_of(c)) {
                     Ok(n) => {
@@ -65,7 +54,11 @@ impl Session {
             },
             // Our answer is going out: what the client still sends is dropped. (A protocol
             // type, a tunnel among them, has had its bytes in `on_data`.)
-            Phase::Respond { .. } | Phase::Closing(_) | Phase::Tunnel(_) | Phase::Other(_) => {
+            Phase::Request(_)
+            | Phase::Respond { .. }
+            | Phase::Closing(_)
+            | Phase::Tunnel(_)
+            | Phase::Other(_) => {
                 io.release(c);
                 Step::Continue
             }
@@ -110,196 +103,6 @@ impl Session {
                 Step::Continue
             }
         }
-    }
-
-    // ---- request ---------------------------------------------------------------------------
-
-    pub(super) fn try_request(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Request { head } = &mut self.phase else {
-            return Step::Continue;
-        };
-        let buf = &*head;
-        let req = match http::parse_request(buf, &self.cx.listen.limits()) {
-            Ok(None) => return Step::Continue,
-            Ok(Some(r)) => r,
-            Err(HeadError::TooLarge) => return Step::Respond(431, End::HeadTooLarge),
-            Err(HeadError::UriTooLong) => return Step::Respond(414, End::UriTooLong),
-            Err(HeadError::Invalid(why)) => return Step::Respond(400, End::BadRequest(why)),
-        };
-        // The head is complete: it leaves the phase with the request.
-        let buf = std::mem::take(head);
-        self.phase = Phase::Closing(None);
-        let now = io.now_ms();
-        if let Some(si) = self
-            .cx
-            .cfg
-            .find_server(usize::from(self.cx.listen.index), req.host_name())
-        {
-            self.real_ip(si, &buf[..req.head_len]);
-        }
-        let cfg = &*self.cx.cfg;
-        // Locations match the normalised path; the request goes up as the client sent it.
-        let norm = http::normalize_path(&req.path);
-        let route = norm.as_ref().ok().and_then(|path| {
-            let s = cfg.find_server(usize::from(self.cx.listen.index), req.host_name())?;
-            Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
-        });
-        // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
-        // any other Upgrade is dropped and the request proxied as plain HTTP.
-        let upgrade = match (&req.upgrade, route) {
-            (Some(v), Some(l))
-                if req.version_minor == 1 && http::upgrade_allowed(v, &l.upgrade) =>
-            {
-                v.as_str()
-            }
-            _ => "",
-        };
-        let mut r = self.new_req(&req, route, upgrade, &buf);
-        if let Err(HeadError::Invalid(why)) = norm {
-            self.answer(r, 400, End::BadRequest(why), io);
-            return Step::Continue;
-        }
-        let Some(loc) = route else {
-            self.answer(r, 404, End::NoRoute, io);
-            return Step::Continue;
-        };
-        loc.stats.routed();
-        let delay_ms = match take_limits(cfg, loc, self.cx.client.ip(), &mut self.cx.links.limited)
-        {
-            Ok(ms) => ms,
-            Err(status) => {
-                loc.stats.limited();
-                self.answer(r, status, End::Limited, io);
-                return Step::Continue;
-            }
-        };
-        let (out, upward) = match self.request_up(&req, &buf, &r, loc, io) {
-            Ok(up) => up,
-            Err(why) => {
-                self.answer(r, 400, End::BadRequest(why), io);
-                return Step::Continue;
-            }
-        };
-        // Kept to send again to the next server if this one fails after the request went up
-        // (nginx does not resend a non-idempotent request; a body is not kept).
-        if let Some(a) = r.attempt.as_deref_mut() {
-            let body = req.body != BodyKind::None;
-            a.keep_for_resend(&out, &req.method, body, &cfg.upstreams[loc.upstream]);
-        }
-        self.phase = Phase::Connecting(Exchange {
-            req: r,
-            upward,
-            downward: Downward::Connect(Connect::default()),
-        });
-        let head = io.put(out);
-        // The head goes first: nothing can be queued toward an upstream not yet chosen.
-        debug_assert!(self.cx.links.up.flushed());
-        self.cx.links.up.push(io, head);
-        self.cx.phase_ms = now;
-        if delay_ms > 0 {
-            // limit_req without nodelay: the request waits its turn (its timer is the
-            // connect deadline until then).
-            if let Phase::Connecting(x) = &mut self.phase
-                && let Some(c) = x.connect()
-            {
-                c.delayed = true;
-            }
-            self.cx.phase_ms = now + delay_ms;
-            return Step::Continue;
-        }
-        self.connect_next(io, env)
-    }
-
-    /// The record of a request whose head `req` (in `buf`) was routed to `route`, asking to
-    /// upgrade to `upgrade` ("" when it may not).
-    fn new_req(
-        &self,
-        req: &http::Request,
-        route: Option<&Location>,
-        upgrade: &str,
-        buf: &[u8],
-    ) -> Box<Req> {
-        let cfg = &*self.cx.cfg;
-        let host = req.host.as_deref().unwrap_or("-");
-        let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
-        Box::new(Req {
-            upgrade: !upgrade.is_empty(),
-            keep_alive: req.keep_alive,
-            is_head: req.is_head(),
-            upstream: route.map_or(0, |l| l.upstream as u16),
-            // A tunnel's control: its heartbeats and its filters, only when it has either.
-            ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
-                let filter = super::filter::for_location(l);
-                (l.heartbeat.is_some() || filter.is_some()).then(|| {
-                    let mut k = super::phase::Control::new(l.heartbeat.as_ref());
-                    k.filter = filter;
-                    Box::new(k)
-                })
-            }),
-            attempt: route.map(|l| {
-                let u = &cfg.upstreams[l.upstream];
-                let input = KeyInput {
-                    client: self.cx.client.ip(),
-                    uri: &req.path,
-                    head: &buf[..req.head_len],
-                };
-                Box::new(Attempt::new(u, &l.next_upstream, &input))
-            }),
-            connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
-            read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
-            send_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
-            body_ms: route.map_or(self.cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
-            ..Req::new(text, self.cx.phase_ms, buf.len() as u64)
-        })
-    }
-
-    /// The head of `req` (in `buf`) rewritten for `loc`'s upstream, with what of the body came
-    /// with it, and what the client's next bytes are (body, or held); the reason it is a bad
-    /// request when it is one.
-    fn request_up(
-        &self,
-        req: &http::Request,
-        buf: &[u8],
-        r: &Req,
-        loc: &Location,
-        io: &mut impl Io,
-    ) -> Result<(Vec<u8>, Upward), &'static str> {
-        let cfg = &*self.cx.cfg;
-        let mut out = io.scratch();
-        out.reserve(req.head_len + 256);
-        let fwd = http::Forwarded {
-            upgrade: r.upgrade,
-            client_ip: self.cx.client.ip(),
-            proto: if self.cx.listen.tls { "https" } else { "http" },
-            default_host: &cfg.upstreams[loc.upstream].name,
-            keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
-        };
-        if let Err(HeadError::Invalid(why)) =
-            http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
-        {
-            io.recycle(out);
-            return Err(why);
-        }
-        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
-        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
-        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
-        let extra = &buf[req.head_len..];
-        let mut t = BodyTracker::new(req.body);
-        let upward = match t.feed(extra) {
-            Ok(n) => {
-                out.extend_from_slice(&extra[..n]);
-                if t.done() {
-                    Upward::Hold(extra[n..].to_vec())
-                } else {
-                    Upward::Body(t)
-                }
-            }
-            Err(e) => {
-                io.recycle(out);
-                return Err(e.0);
-            }
-        };
-        Ok((out, upward))
     }
 
     fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
@@ -528,9 +331,10 @@ impl Session {
             }
         };
         self.cx.served = self.cx.served.saturating_add(1);
-        self.phase = Phase::Request { head: stash };
+        self.phase = Phase::Request(Request { head: stash });
         self.cx.phase_ms = io.now_ms();
-        self.try_request(io, env)
+        // What the client pipelined may be the next request, whole.
+        self.parse_request(io)
     }
 
     /// The upstream closed (outside a tunnel).
@@ -590,46 +394,5 @@ impl Session {
             tunnel: r.tunnel,
             tls: self.cx.links.down.tls_info(),
         })
-    }
-}
-
-/// The location's limits for a request from `ip`: `Ok(delay in ms)` (0: go now), or
-/// `Err(status)` when refused. A connection holds at most one `limit_conn` slot (`held`:
-/// zone + 1), from its first limited request until it ends; a request for another zone
-/// trades it.
-fn take_limits(
-    cfg: &crate::config::Config,
-    loc: &crate::config::Location,
-    ip: std::net::IpAddr,
-    held: &mut u16,
-) -> Result<u64, u16> {
-    let key = crate::limits::key_of(ip);
-    if let Some(lc) = loc.limit_conn
-        && usize::from(*held) != lc.zone + 1
-    {
-        match cfg.conn_zones[lc.zone].table.take(key, lc.max) {
-            crate::limits::Taken::Yes => {
-                if let Some(old) = held.checked_sub(1) {
-                    cfg.conn_zones[usize::from(old)].table.give_back(key);
-                }
-                *held = lc.zone as u16 + 1;
-            }
-            crate::limits::Taken::Over => return Err(lc.status),
-            crate::limits::Taken::Full => {
-                tracing::warn!(target: "limits", "limit_conn_zone {:?} is full ({} addresses): refusing new addresses", cfg.conn_zones[lc.zone].name, cfg.conn_zones[lc.zone].table.capacity());
-                return Err(lc.status);
-            }
-        }
-    }
-    match loc.limit_req {
-        None => Ok(0),
-        Some(lr) => {
-            let z = &cfg.req_zones[lr.zone].table;
-            match z.check(key, clock_ms(), lr.rate_milli, lr.burst, lr.nodelay) {
-                crate::limits::Verdict::Pass => Ok(0),
-                crate::limits::Verdict::Delay(ms) => Ok(ms),
-                crate::limits::Verdict::Refuse => Err(lr.status),
-            }
-        }
     }
 }

@@ -23,6 +23,7 @@ mod links;
 mod phase;
 mod protocol;
 mod proxy;
+mod request;
 mod time;
 mod tunnel;
 
@@ -43,6 +44,7 @@ pub use end::{AccessLog, End};
 use links::Links;
 use phase::{Downward, Exchange, Linger, Req, Upward};
 use protocol::{Protocol, Step};
+use request::Request;
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
@@ -115,9 +117,8 @@ pub enum Stage {
 /// Where a session stands, with what that phase owns.
 #[derive(Debug)]
 enum Phase {
-    /// Reading (and parsing) a request head: the bytes of it so far (on a kept-alive
-    /// connection, starting with what the client pipelined after the previous request).
-    Request { head: Vec<u8> },
+    /// Reading (and parsing) a request head (`request.rs`, a protocol type).
+    Request(Request),
     /// Connecting to an upstream server (or waiting for the previous socket to close).
     Connecting(Exchange),
     /// Connected: the request going up, the response head or body coming down.
@@ -150,7 +151,7 @@ impl Phase {
     /// The request this phase carries, if any.
     pub fn req(&self) -> Option<&Req> {
         match self {
-            Phase::Request { .. } | Phase::Other(_) => None,
+            Phase::Request(_) | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
@@ -160,7 +161,7 @@ impl Phase {
 
     pub fn req_mut(&mut self) -> Option<&mut Req> {
         match self {
-            Phase::Request { .. } | Phase::Other(_) => None,
+            Phase::Request(_) | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
@@ -171,7 +172,7 @@ impl Phase {
     /// Take the request out, leaving the phase as `Closing(None)`.
     pub fn take_req(&mut self) -> Option<Box<Req>> {
         match std::mem::replace(self, Phase::Closing(None)) {
-            Phase::Request { .. } | Phase::Other(_) => None,
+            Phase::Request(_) | Phase::Other(_) => None,
             Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
@@ -207,7 +208,7 @@ impl Session {
             listen,
             cfg,
             now_ms,
-            Phase::Request { head: Vec::new() },
+            Phase::Request(Request::default()),
         )
     }
 
@@ -259,7 +260,7 @@ impl Session {
     /// The phase, as a tag.
     pub fn stage(&self) -> Stage {
         match self.phase {
-            Phase::Request { .. } => Stage::Request,
+            Phase::Request(_) => Stage::Request,
             Phase::Connecting(_) => Stage::Connecting,
             Phase::Proxy(_) => Stage::Proxy,
             Phase::Tunnel(_) => Stage::Tunnel,
@@ -378,12 +379,12 @@ impl Session {
     /// is answered and its connection then closed (`env.draining`); a tunnel gets its Close
     /// at its time in the drain spread.
     pub fn drain(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if self.idle_keepalive() {
-            self.close(End::Shutdown, io);
-        } else if let Phase::Other(p) = &mut self.phase {
-            let step = p.drain(&mut self.cx, io);
-            self.apply(step, io);
-        }
+        let step = match &mut self.phase {
+            Phase::Request(r) => Protocol::drain(r, &mut self.cx, io),
+            Phase::Other(p) => p.drain(&mut self.cx, io),
+            _ => Step::Continue,
+        };
+        self.apply(step, io);
         self.after(io, env)
     }
 
@@ -458,10 +459,11 @@ impl Session {
             Side::Up => self.cx.last_up_ms = now,
         }
         match (&mut self.phase, side) {
+            (Phase::Request(r), _) => Protocol::bytes(r, &mut self.cx, side, c, io, env),
             (Phase::Tunnel(t), _) => Protocol::bytes(t, &mut self.cx, side, c, io, env),
             (Phase::Respond(a), _) => Protocol::bytes(a, &mut self.cx, side, c, io, env),
             (Phase::Other(p), _) => p.bytes(&mut self.cx, side, c, io, env),
-            (_, Side::Down) => self.on_client_bytes(c, io, env),
+            (_, Side::Down) => self.on_client_bytes(c, io),
             (_, Side::Up) => self.on_upstream_bytes(c, io, env),
         }
     }
@@ -502,6 +504,7 @@ impl Session {
         }
         self.conn(side).mark_eof();
         match &mut self.phase {
+            Phase::Request(r) => return Protocol::eof(r, &mut self.cx, side, io),
             Phase::Tunnel(t) => return Protocol::eof(t, &mut self.cx, side, io),
             Phase::Respond(a) => return Protocol::eof(a, &mut self.cx, side, io),
             Phase::Other(p) => return p.eof(&mut self.cx, side, io),
@@ -540,6 +543,7 @@ impl Session {
             Step::Continue => {}
             Step::Become(phase) => self.enter(phase, io),
             Step::Respond(status, end) => self.respond(status, end, io),
+            Step::Answer(req, status, end) => self.answer(req, status, end, io),
             // Status 0: no answer of ours (the log says 0), only the transport's alert.
             Step::Fail(end) => self.respond(0, end, io),
             Step::Close(end) => self.close(end, io),
@@ -566,7 +570,7 @@ impl Session {
         let now = io.now_ms();
         let started = self.cx.phase_ms.min(now);
         let bytes_in = match &self.phase {
-            Phase::Request { head } => head.len() as u64,
+            Phase::Request(r) => r.head.len() as u64,
             _ => 0,
         };
         let req = self
@@ -611,10 +615,10 @@ impl Session {
             Phase::Closing(_) => return,
             // A connection that sent part of a head, or never completed its first one, gets a
             // log line; an idle keep-alive connection closing does not (as in nginx).
-            Phase::Request { head }
-                if !head.is_empty() || (end == End::HeaderTimeout && self.cx.served == 0) =>
+            Phase::Request(r)
+                if !r.head.is_empty() || (end == End::HeaderTimeout && self.cx.served == 0) =>
             {
-                Some(Req::unparsed(self.cx.phase_ms, head.len() as u64))
+                Some(Req::unparsed(self.cx.phase_ms, r.head.len() as u64))
             }
             _ => self.phase.take_req(),
         };
@@ -678,14 +682,7 @@ impl Session {
     /// Give back the `limit_conn` slot this connection holds (the worker calls it once, at the
     /// session's end; it is idempotent).
     pub fn release_limit(&mut self) {
-        let z = std::mem::take(&mut self.cx.links.limited);
-        if let Some(zone) = z
-            .checked_sub(1)
-            .and_then(|z| self.cx.cfg.conn_zones.get(usize::from(z)))
-        {
-            zone.table
-                .give_back(crate::limits::key_of(self.cx.client.ip()));
-        }
+        self.cx.release_limit();
     }
 
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
@@ -702,7 +699,7 @@ impl Session {
         // drained everything (making progress) reads on.
         let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
         match (&self.phase, side) {
-            (Phase::Request { .. }, Side::Down) => true,
+            (Phase::Request(r), side) => Protocol::wants(r, &self.cx, side, room),
             (Phase::Connecting(x) | Phase::Proxy(x), Side::Down) => match &x.upward {
                 Upward::Body(_) => room,
                 Upward::Hold(stash) => stash.len() < self.cx.listen.header_max as usize,

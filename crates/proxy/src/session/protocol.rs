@@ -11,6 +11,7 @@
 use std::fmt::Debug;
 
 use super::Phase;
+use super::phase::Req;
 use super::{Cx, End, Env, Io};
 use crate::uring::{Chunk, Side};
 
@@ -24,6 +25,8 @@ pub(super) enum Step {
     Become(Phase),
     /// Answer the client with our own `status` (if nothing went to it yet), then close.
     Respond(u16, End),
+    /// The same, for this request (one the phase does not hold yet: just parsed).
+    Answer(Box<Req>, u16, End),
     /// The client's transport failed and queued its last words: flush them, then close.
     Fail(End),
     /// Close both connections now.

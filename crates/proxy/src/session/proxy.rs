@@ -4,6 +4,7 @@
 //! the log.
 
 use super::Phase;
+use super::request::Request;
 use super::{End, Env, Io, Session, Step};
 use crate::http::proxy::{self, V2_MAX};
 use crate::uring::{Chunk, Side};
@@ -11,7 +12,7 @@ use crate::uring::{Chunk, Side};
 impl Session {
     /// Raw bytes from the client while its PROXY header is still to come.
     pub(super) fn proxy_header(&mut self, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Request { head } = &mut self.phase else {
+        let Phase::Request(Request { head }) = &mut self.phase else {
             io.release(c);
             return Step::Continue;
         };
@@ -35,36 +36,5 @@ impl Session {
         }
         let c = io.put(rest);
         self.on_data(Side::Down, c, io, env)
-    }
-
-    /// `real_ip_header` of the server `si`: from a trusted peer, the client is the header's
-    /// last address (nginx's default, `real_ip_recursive off`); from any other peer, or without
-    /// a usable header, it is the peer. A connection from a front end carries many clients'
-    /// requests: the limit_conn slot held for the previous one is given back when it changes.
-    pub(super) fn real_ip(&mut self, si: usize, head: &[u8]) {
-        let s = &self.cx.cfg.servers[si];
-        let Some(name) = &s.real_ip_header else {
-            return;
-        };
-        if self.cx.cfg.listener_proxy[usize::from(self.cx.listen.index)].is_some() {
-            return; // the PROXY header said who the client is
-        }
-        let Some(peer) = crate::sys::peer_of(self.cx.links.down.fd()) else {
-            return;
-        };
-        let mut client = peer;
-        if crate::config::trusted(&s.trusted_proxies, peer.ip())
-            && let Some(v) = crate::http::header_values(head, name).last()
-            && let Some(last) = std::str::from_utf8(v)
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-            && let Ok(ip) = last.trim().parse::<std::net::IpAddr>()
-        {
-            client = std::net::SocketAddr::new(ip, peer.port());
-        }
-        if client != self.cx.client {
-            self.release_limit();
-            self.cx.client = client;
-        }
     }
 }

@@ -258,7 +258,7 @@ next_upstream_timeout = "1s"
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        Sim::with(seed, Phase::Request { head: Vec::new() })
+        Sim::with(seed, Phase::Request(Request::default()))
     }
 
     /// A session that begins with `phase` (a protocol of the test's own, say).

@@ -20,10 +20,7 @@ impl Session {
     pub fn deadline(&self) -> Option<u64> {
         let ms = u64::from;
         let phase = match &self.phase {
-            Phase::Request { .. } if self.idle_keepalive() => {
-                Some(self.cx.phase_ms + ms(self.cx.listen.keepalive_timeout_ms))
-            }
-            Phase::Request { .. } => Some(self.cx.phase_ms + ms(self.cx.listen.header_timeout_ms)),
+            Phase::Request(r) => Protocol::deadline(r, &self.cx),
             Phase::Connecting(x) if x.delayed() => Some(self.cx.phase_ms),
             Phase::Connecting(x) if !x.connect_timed_out() => {
                 Some(self.cx.phase_ms + ms(x.req.connect_ms))
@@ -44,11 +41,6 @@ impl Session {
             .into_iter()
             .flatten()
             .min()
-    }
-
-    /// Waiting for the first byte of the next request on a kept-alive connection.
-    pub(super) fn idle_keepalive(&self) -> bool {
-        self.cx.served > 0 && matches!(&self.phase, Phase::Request { head } if head.is_empty())
     }
 
     /// When a request body that stopped arriving gets its 408: only while the proxy is
@@ -83,10 +75,8 @@ impl Session {
         } else if self.body_deadline().is_some_and(|b| b <= now) {
             Step::Respond(408, End::BodyTimeout)
         } else {
-            let idle = self.idle_keepalive();
             match &mut self.phase {
-                Phase::Request { .. } if idle => Step::Close(End::KeepaliveTimeout),
-                Phase::Request { .. } => Step::Close(End::HeaderTimeout),
+                Phase::Request(r) => Protocol::timer(r, &mut self.cx, now, io),
                 Phase::Connecting(x) if x.delayed() => {
                     // limit_req's delay is over: now connect.
                     if let Some(c) = x.connect() {

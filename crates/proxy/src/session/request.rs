@@ -1,0 +1,314 @@
+//! The HTTP/1 request head, read and parsed as it arrives (on a kept-alive connection,
+//! starting with what the client pipelined): a protocol type. Once whole, it is routed (the
+//! server by Host, the location by the normalised path, the limits), rewritten for the
+//! upstream, and the session becomes the exchange that connects; or it is answered here
+//! (400, 404, 414, 431, 503). An idle kept-alive connection waits here for its next request.
+
+use super::phase::{Connect, Downward, Exchange, Req, Upward, ms32};
+use super::protocol::{Protocol, Step};
+use super::{Cx, End, Env, Io, Phase};
+use crate::config::{Location, clock_ms};
+use crate::http::{self, BodyKind, BodyTracker, HeadError};
+use crate::upstream::KeyInput;
+use crate::upstream::attempt::Attempt;
+use crate::uring::{Chunk, Side};
+
+/// A request head being read: its bytes so far.
+#[derive(Debug, Default)]
+pub(super) struct Request {
+    pub head: Vec<u8>,
+}
+
+impl Protocol for Request {
+    fn name(&self) -> &'static str {
+        "request"
+    }
+
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
+        if from == Side::Up {
+            // Nothing is expected from an upstream between requests.
+            io.release(c);
+            return Step::Continue;
+        }
+        if self.idle(cx) {
+            // The next request on a kept-alive connection: its header clock starts with its
+            // first byte, as in nginx.
+            cx.phase_ms = io.now_ms();
+        }
+        self.head.extend_from_slice(io.data_of(c));
+        io.release(c);
+        self.parse(cx, io)
+    }
+
+    /// A head cut short, or a client gone between requests.
+    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, _io: &mut I) -> Step {
+        match from {
+            Side::Down => Step::Close(End::ClientClosed),
+            Side::Up => Step::Continue,
+        }
+    }
+
+    fn timer<I: Io + ?Sized>(&mut self, cx: &mut Cx, _now: u64, _io: &mut I) -> Step {
+        Step::Close(if self.idle(cx) {
+            End::KeepaliveTimeout
+        } else {
+            End::HeaderTimeout
+        })
+    }
+
+    /// `keepalive_timeout` while idle between requests, else `header_timeout` for the head.
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        let ms = if self.idle(cx) {
+            cx.listen.keepalive_timeout_ms
+        } else {
+            cx.listen.header_timeout_ms
+        };
+        Some(cx.phase_ms + u64::from(ms))
+    }
+
+    fn wants(&self, _cx: &Cx, side: Side, _room: bool) -> bool {
+        side == Side::Down
+    }
+
+    /// An idle kept-alive connection closes at once; a head on its way (or the first of a
+    /// connection just accepted) is answered, and the connection then closed.
+    fn drain<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I) -> Step {
+        if self.idle(cx) {
+            Step::Close(End::Shutdown)
+        } else {
+            Step::Continue
+        }
+    }
+}
+
+impl Request {
+    /// Waiting for the first byte of the next request on a kept-alive connection.
+    pub(super) fn idle(&self, cx: &Cx) -> bool {
+        cx.served > 0 && self.head.is_empty()
+    }
+
+    /// Parse the head so far; once it is whole, route it (the location, the limits), rewrite
+    /// it for the upstream and become the exchange that connects (`Connecting`: the connect
+    /// starts once the previous upstream socket, if any, has closed), or answer it ourselves.
+    pub(super) fn parse<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        let head = &mut self.head;
+        let buf = &*head;
+        let req = match http::parse_request(buf, &cx.listen.limits()) {
+            Ok(None) => return Step::Continue,
+            Ok(Some(r)) => r,
+            Err(HeadError::TooLarge) => return Step::Respond(431, End::HeadTooLarge),
+            Err(HeadError::UriTooLong) => return Step::Respond(414, End::UriTooLong),
+            Err(HeadError::Invalid(why)) => return Step::Respond(400, End::BadRequest(why)),
+        };
+        // The head is complete: it leaves the phase with the request.
+        let buf = std::mem::take(head);
+        let now = io.now_ms();
+        if let Some(si) = cx
+            .cfg
+            .find_server(usize::from(cx.listen.index), req.host_name())
+        {
+            cx.real_ip(si, &buf[..req.head_len]);
+        }
+        let cfg = &*cx.cfg;
+        // Locations match the normalised path; the request goes up as the client sent it.
+        let norm = http::normalize_path(&req.path);
+        let route = norm.as_ref().ok().and_then(|path| {
+            let s = cfg.find_server(usize::from(cx.listen.index), req.host_name())?;
+            Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
+        });
+        // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
+        // any other Upgrade is dropped and the request proxied as plain HTTP.
+        let upgrade = match (&req.upgrade, route) {
+            (Some(v), Some(l))
+                if req.version_minor == 1 && http::upgrade_allowed(v, &l.upgrade) =>
+            {
+                v.as_str()
+            }
+            _ => "",
+        };
+        let mut r = new_req(cx, &req, route, upgrade, &buf);
+        if let Err(HeadError::Invalid(why)) = norm {
+            return Step::Answer(r, 400, End::BadRequest(why));
+        }
+        let Some(loc) = route else {
+            return Step::Answer(r, 404, End::NoRoute);
+        };
+        loc.stats.routed();
+        let delay_ms = match take_limits(cfg, loc, cx.client.ip(), &mut cx.links.limited) {
+            Ok(ms) => ms,
+            Err(status) => {
+                loc.stats.limited();
+                return Step::Answer(r, status, End::Limited);
+            }
+        };
+        let (out, upward) = match request_up(cx, &req, &buf, &r, loc, io) {
+            Ok(up) => up,
+            Err(why) => {
+                return Step::Answer(r, 400, End::BadRequest(why));
+            }
+        };
+        // Kept to send again to the next server if this one fails after the request went up
+        // (nginx does not resend a non-idempotent request; a body is not kept).
+        if let Some(a) = r.attempt.as_deref_mut() {
+            let body = req.body != BodyKind::None;
+            a.keep_for_resend(&out, &req.method, body, &cfg.upstreams[loc.upstream]);
+        }
+        let head = io.put(out);
+        // The head goes first: nothing can be queued toward an upstream not yet chosen.
+        debug_assert!(cx.links.up.flushed());
+        cx.links.up.push(io, head);
+        // limit_req without nodelay: the request waits its turn (its timer is the connect
+        // deadline until then); otherwise the connect starts as soon as no previous upstream
+        // socket is closing (`Session::after`).
+        cx.phase_ms = now + delay_ms;
+        Step::Become(Phase::Connecting(Exchange {
+            req: r,
+            upward,
+            downward: Downward::Connect(Connect {
+                waiting: delay_ms == 0,
+                delayed: delay_ms > 0,
+                ..Connect::default()
+            }),
+        }))
+    }
+}
+
+/// The record of a request whose head `req` (in `buf`) was routed to `route`, asking to
+/// upgrade to `upgrade` ("" when it may not).
+fn new_req(
+    cx: &Cx,
+    req: &http::Request,
+    route: Option<&Location>,
+    upgrade: &str,
+    buf: &[u8],
+) -> Box<Req> {
+    let cfg = &*cx.cfg;
+    let host = req.host.as_deref().unwrap_or("-");
+    let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
+    Box::new(Req {
+        upgrade: !upgrade.is_empty(),
+        keep_alive: req.keep_alive,
+        is_head: req.is_head(),
+        upstream: route.map_or(0, |l| l.upstream as u16),
+        // A tunnel's control: its heartbeats and its filters, only when it has either.
+        ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
+            let filter = super::filter::for_location(l);
+            (l.heartbeat.is_some() || filter.is_some()).then(|| {
+                let mut k = super::phase::Control::new(l.heartbeat.as_ref());
+                k.filter = filter;
+                Box::new(k)
+            })
+        }),
+        attempt: route.map(|l| {
+            let u = &cfg.upstreams[l.upstream];
+            let input = KeyInput {
+                client: cx.client.ip(),
+                uri: &req.path,
+                head: &buf[..req.head_len],
+            };
+            Box::new(Attempt::new(u, &l.next_upstream, &input))
+        }),
+        connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
+        read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
+        send_ms: route.map_or(cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
+        body_ms: route.map_or(cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
+        ..Req::new(text, cx.phase_ms, buf.len() as u64)
+    })
+}
+
+/// The head of `req` (in `buf`) rewritten for `loc`'s upstream, with what of the body came
+/// with it, and what the client's next bytes are (body, or held); the reason it is a bad
+/// request when it is one.
+fn request_up(
+    cx: &Cx,
+    req: &http::Request,
+    buf: &[u8],
+    r: &Req,
+    loc: &Location,
+    io: &mut (impl Io + ?Sized),
+) -> Result<(Vec<u8>, Upward), &'static str> {
+    let cfg = &*cx.cfg;
+    let mut out = io.scratch();
+    out.reserve(req.head_len + 256);
+    let fwd = http::Forwarded {
+        upgrade: r.upgrade,
+        client_ip: cx.client.ip(),
+        proto: if cx.listen.tls { "https" } else { "http" },
+        default_host: &cfg.upstreams[loc.upstream].name,
+        keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
+    };
+    if let Err(HeadError::Invalid(why)) =
+        http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+    {
+        io.recycle(out);
+        return Err(why);
+    }
+    // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
+    // until the 101 arrives (then it is tunnel data), otherwise as the next request —
+    // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
+    let extra = &buf[req.head_len..];
+    let mut t = BodyTracker::new(req.body);
+    let upward = match t.feed(extra) {
+        Ok(n) => {
+            out.extend_from_slice(&extra[..n]);
+            if t.done() {
+                Upward::Hold(extra[n..].to_vec())
+            } else {
+                Upward::Body(t)
+            }
+        }
+        Err(e) => {
+            io.recycle(out);
+            return Err(e.0);
+        }
+    };
+    Ok((out, upward))
+}
+
+/// The location's limits for a request from `ip`: `Ok(delay in ms)` (0: go now), or
+/// `Err(status)` when refused. A connection holds at most one `limit_conn` slot (`held`:
+/// zone + 1), from its first limited request until it ends; a request for another zone
+/// trades it.
+fn take_limits(
+    cfg: &crate::config::Config,
+    loc: &crate::config::Location,
+    ip: std::net::IpAddr,
+    held: &mut u16,
+) -> Result<u64, u16> {
+    let key = crate::limits::key_of(ip);
+    if let Some(lc) = loc.limit_conn
+        && usize::from(*held) != lc.zone + 1
+    {
+        match cfg.conn_zones[lc.zone].table.take(key, lc.max) {
+            crate::limits::Taken::Yes => {
+                if let Some(old) = held.checked_sub(1) {
+                    cfg.conn_zones[usize::from(old)].table.give_back(key);
+                }
+                *held = lc.zone as u16 + 1;
+            }
+            crate::limits::Taken::Over => return Err(lc.status),
+            crate::limits::Taken::Full => {
+                tracing::warn!(target: "limits", "limit_conn_zone {:?} is full ({} addresses): refusing new addresses", cfg.conn_zones[lc.zone].name, cfg.conn_zones[lc.zone].table.capacity());
+                return Err(lc.status);
+            }
+        }
+    }
+    match loc.limit_req {
+        None => Ok(0),
+        Some(lr) => {
+            let z = &cfg.req_zones[lr.zone].table;
+            match z.check(key, clock_ms(), lr.rate_milli, lr.burst, lr.nodelay) {
+                crate::limits::Verdict::Pass => Ok(0),
+                crate::limits::Verdict::Delay(ms) => Ok(ms),
+                crate::limits::Verdict::Refuse => Err(lr.status),
+            }
+        }
+    }
+}
