@@ -20,9 +20,12 @@ impl Session {
         if self.cx.links.up.retiring() {
             return self.after(io, env);
         }
-        let Phase::Connecting(x) = &mut self.phase else {
+        let Phase::Exchange(x) = &mut self.phase else {
             return self.after(io, env);
         };
+        if !x.connecting() {
+            return self.after(io, env);
+        }
         if res == 0 && !x.connect_timed_out() {
             io.observe(Observed::Connected(
                 io.now_ms().saturating_sub(self.cx.phase_ms),
@@ -45,7 +48,7 @@ impl Session {
             if self.server_failed(kind) {
                 // Close it through retire/close_when_done (after any cancel aimed at it is
                 // back), then the next server is tried, keeping the queued request.
-                if let Phase::Connecting(x) = &mut self.phase
+                if let Phase::Exchange(x) = &mut self.phase
                     && let Some(c) = x.connect()
                 {
                     *c = phase::Connect {
@@ -69,22 +72,23 @@ impl Session {
     /// request goes up, the response head is awaited.
     fn upstream_ready(&mut self, io: &mut impl Io) {
         self.cx.links.up.mark_ready();
-        self.phase = match self.phase.take() {
-            Phase::Connecting(mut x) => {
-                x.downward = Downward::Head(Vec::new());
-                Phase::Proxy(x)
-            }
-            other => other,
-        };
+        if let Phase::Exchange(x) = &mut self.phase
+            && x.connecting()
+        {
+            x.downward = Downward::Head(Vec::new());
+        }
         self.cx.last_up_ms = io.now_ms();
         self.cx.links.up.kick(io, Side::Up);
     }
 
     /// Pick the next server not yet tried and start connecting; 502 when none is left.
     pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Connecting(x) = &mut self.phase else {
+        let Phase::Exchange(x) = &mut self.phase else {
             return Step::Continue;
         };
+        if !x.connecting() {
+            return Step::Continue;
+        }
         if self.cx.links.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
             if let Some(c) = x.connect() {
@@ -215,7 +219,7 @@ impl Session {
         // A kept connection the server closed (or reset) before answering: not the server's
         // failure (the attempt undoes its pick); the request goes again.
         let pooled = match &mut self.phase {
-            Phase::Proxy(x) => {
+            Phase::Exchange(x) if !x.connecting() => {
                 let peer = usize::from(x.req.peer);
                 x.req
                     .attempt
@@ -225,9 +229,12 @@ impl Session {
             _ => false,
         };
         let retry = pooled || self.server_failed(kind);
-        let Phase::Proxy(x) = &mut self.phase else {
+        let Phase::Exchange(x) = &mut self.phase else {
             return false;
         };
+        if x.connecting() {
+            return false;
+        }
         let resend = x
             .req
             .attempt
@@ -242,10 +249,6 @@ impl Session {
             resend: true,
             delayed: false,
         });
-        self.phase = match self.phase.take() {
-            Phase::Proxy(x) => Phase::Connecting(x),
-            other => other,
-        };
         self.cx.phase_ms = io.now_ms();
         // The socket closes (after what is in flight on it is back), then connect_next.
         self.cx.retire(Side::Up, io);

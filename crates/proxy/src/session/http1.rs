@@ -30,7 +30,7 @@ impl Session {
     /// Plaintext from the client.
     pub(super) fn on_client_bytes(&mut self, c: Chunk, io: &mut impl Io) -> Step {
         match &mut self.phase {
-            Phase::Connecting(x) | Phase::Proxy(x) => match &mut x.upward {
+            Phase::Exchange(x) => match &mut x.upward {
                 Upward::Body(t) => match t.feed(io.data_of(c)) {
                     Ok(n) => {
                         if t.done() {
@@ -73,7 +73,7 @@ impl Session {
         env: &mut Env<'_>,
     ) -> Step {
         match &mut self.phase {
-            Phase::Proxy(x) => match &mut x.downward {
+            Phase::Exchange(x) => match &mut x.downward {
                 Downward::Head(v) => {
                     v.extend_from_slice(io.data_of(c));
                     io.release(c);
@@ -107,7 +107,7 @@ impl Session {
 
     fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
         loop {
-            let Phase::Proxy(x) = &mut self.phase else {
+            let Phase::Exchange(x) = &mut self.phase else {
                 return Step::Continue;
             };
             let Downward::Head(buf) = &mut x.downward else {
@@ -155,7 +155,7 @@ impl Session {
                 self.server_answered();
             }
             // (Still proxying, still at the head: neither call above changes the phase.)
-            let Phase::Proxy(x) = &mut self.phase else {
+            let Phase::Exchange(x) = &mut self.phase else {
                 return Step::Continue;
             };
             let (Downward::Head(buf), r) = (&mut x.downward, &mut x.req) else {
@@ -214,7 +214,7 @@ impl Session {
         io: &mut impl Io,
         env: &mut Env<'_>,
     ) -> Step {
-        let Phase::Proxy(x) = &mut self.phase else {
+        let Phase::Exchange(x) = &mut self.phase else {
             io.recycle(out);
             return Step::Continue;
         };
@@ -254,7 +254,7 @@ impl Session {
             io.now_ms().saturating_sub(r.started_ms),
         ));
         let (req, held) = match self.phase.take() {
-            Phase::Proxy(Exchange {
+            Phase::Exchange(Exchange {
                 req,
                 upward: Upward::Hold(held),
                 ..
@@ -292,7 +292,7 @@ impl Session {
         // The upstream connection goes to the keepalive pool when the exchange on it is
         // whole and clean: the request sent whole, the response whole and not ending with
         // the connection, nothing else on it.
-        if let Phase::Proxy(x) = &self.phase {
+        if let Phase::Exchange(x) = &self.phase {
             let u = &self.cx.cfg.upstreams[usize::from(x.req.upstream)];
             let keep = u.keepalive > 0
                 && x.req.up_keep
@@ -307,7 +307,7 @@ impl Session {
         }
         self.cx.retire(Side::Up, io);
         let x = match self.phase.take() {
-            Phase::Proxy(x) => x,
+            Phase::Exchange(x) => x,
             other => {
                 self.phase = other;
                 return Step::Continue;
@@ -339,7 +339,7 @@ impl Session {
 
     /// The upstream closed (outside a tunnel).
     pub(super) fn upstream_eof(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Proxy(x) = &mut self.phase else {
+        let Phase::Exchange(x) = &mut self.phase else {
             return Step::Continue;
         };
         match &x.downward {

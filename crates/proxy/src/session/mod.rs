@@ -119,10 +119,9 @@ pub enum Stage {
 enum Phase {
     /// Reading (and parsing) a request head (`request.rs`, a protocol type).
     Request(Request),
-    /// Connecting to an upstream server (or waiting for the previous socket to close).
-    Connecting(Exchange),
-    /// Connected: the request going up, the response head or body coming down.
-    Proxy(Exchange),
+    /// A request on its way: connecting to an upstream server (or waiting for the previous
+    /// socket to close), then the request going up, the response head or body coming down.
+    Exchange(Exchange),
     /// A 101 turned the request into a tunnel (`tunnel.rs`, a protocol type).
     Tunnel(tunnel::Tunnel),
     /// Sending our own answer (an error page, or the end of a response that does not keep
@@ -152,7 +151,7 @@ impl Phase {
     pub fn req(&self) -> Option<&Req> {
         match self {
             Phase::Request(_) | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(&x.req),
+            Phase::Exchange(x) => Some(&x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r.as_deref(),
@@ -162,7 +161,7 @@ impl Phase {
     pub fn req_mut(&mut self) -> Option<&mut Req> {
         match self {
             Phase::Request(_) | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(&mut x.req),
+            Phase::Exchange(x) => Some(&mut x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r.as_deref_mut(),
@@ -173,7 +172,7 @@ impl Phase {
     pub fn take_req(&mut self) -> Option<Box<Req>> {
         match std::mem::replace(self, Phase::Closing(None)) {
             Phase::Request(_) | Phase::Other(_) => None,
-            Phase::Connecting(x) | Phase::Proxy(x) => Some(x.req),
+            Phase::Exchange(x) => Some(x.req),
             Phase::Tunnel(tunnel::Tunnel { req: r, .. })
             | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
             Phase::Closing(r) => r,
@@ -261,8 +260,8 @@ impl Session {
     pub fn stage(&self) -> Stage {
         match self.phase {
             Phase::Request(_) => Stage::Request,
-            Phase::Connecting(_) => Stage::Connecting,
-            Phase::Proxy(_) => Stage::Proxy,
+            Phase::Exchange(ref x) if x.connecting() => Stage::Connecting,
+            Phase::Exchange(_) => Stage::Proxy,
             Phase::Tunnel(_) => Stage::Tunnel,
             Phase::Respond(_) => Stage::Respond,
             Phase::Closing(_) => Stage::Closing,
@@ -483,7 +482,8 @@ impl Session {
     fn forward(&mut self, from: Side, c: Chunk, io: &mut impl Io) {
         let to = from.peer();
         // Toward an upstream still being connected (or reconnected), bytes wait in the queue.
-        let connecting = to == Side::Up && matches!(self.phase, Phase::Connecting(_));
+        let connecting =
+            to == Side::Up && matches!(&self.phase, Phase::Exchange(x) if x.connecting());
         if !connecting && !self.conn(to).open() {
             io.release(c);
             return;
@@ -527,8 +527,7 @@ impl Session {
             return p.error(&mut self.cx, side, errno, io);
         }
         let end = protocol::end_of_error(side, errno);
-        let waiting_head =
-            matches!(&self.phase, Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)));
+        let waiting_head = matches!(&self.phase, Phase::Exchange(x) if x.awaiting_head());
         if side == Side::Up && waiting_head {
             self.upstream_failed(Failure::Error, Step::Respond(502, end), io)
         } else {
@@ -649,8 +648,8 @@ impl Session {
             _ => Step::Continue,
         };
         self.apply(step, io);
-        let waiting = matches!(&self.phase, Phase::Connecting(x) if x.connect_waiting());
-        let keep = matches!(&self.phase, Phase::Connecting(x) if x.keeps_queue());
+        let waiting = matches!(&self.phase, Phase::Exchange(x) if x.connect_waiting());
+        let keep = matches!(&self.phase, Phase::Exchange(x) if x.keeps_queue());
         self.cx.links.close_down_when_done(io);
         if self.cx.links.up.keep() {
             let uses = self.cx.links.up.uses();
@@ -700,11 +699,11 @@ impl Session {
         let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
         match (&self.phase, side) {
             (Phase::Request(r), side) => Protocol::wants(r, &self.cx, side, room),
-            (Phase::Connecting(x) | Phase::Proxy(x), Side::Down) => match &x.upward {
+            (Phase::Exchange(x), Side::Down) => match &x.upward {
                 Upward::Body(_) => room,
                 Upward::Hold(stash) => stash.len() < self.cx.listen.header_max as usize,
             },
-            (Phase::Proxy(x), Side::Up) => match x.downward {
+            (Phase::Exchange(x), Side::Up) => match x.downward {
                 Downward::Head(_) => true,
                 Downward::Body(_) => room,
                 Downward::Connect(_) => false,
@@ -719,7 +718,7 @@ impl Session {
 
     fn sync_recv(&mut self, io: &mut impl Io) {
         let pool_low = io.pool_low();
-        let body = matches!(&self.phase, Phase::Connecting(x) | Phase::Proxy(x) if matches!(x.upward, Upward::Body(_)));
+        let body = matches!(&self.phase, Phase::Exchange(x) if matches!(x.upward, Upward::Body(_)));
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side, pool_low);
             if want && side == Side::Down && self.cx.links.down.recv_state() == Recv::Off && body {
@@ -739,7 +738,7 @@ impl Session {
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
-        let watch = matches!(self.phase, Phase::Connecting(_) | Phase::Proxy(_))
+        let watch = matches!(self.phase, Phase::Exchange(_))
             && self.cx.links.down.recv_state() == Recv::Off
             && self.cx.links.down.open()
             && !self.cx.links.down.eof();

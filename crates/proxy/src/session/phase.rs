@@ -101,6 +101,16 @@ pub(super) struct Connect {
 }
 
 impl Exchange {
+    /// Still connecting (or waiting to): nothing has come from an upstream for it yet.
+    pub fn connecting(&self) -> bool {
+        matches!(self.downward, Downward::Connect(_))
+    }
+
+    /// Waiting for the response head.
+    pub fn awaiting_head(&self) -> bool {
+        matches!(self.downward, Downward::Head(_))
+    }
+
     /// The connect attempt, while there is one.
     pub fn connect(&mut self) -> Option<&mut Connect> {
         match &mut self.downward {

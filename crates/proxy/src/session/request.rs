@@ -168,7 +168,7 @@ impl Request {
         // deadline until then); otherwise the connect starts as soon as no previous upstream
         // socket is closing (`Session::after`).
         cx.phase_ms = now + delay_ms;
-        Step::Become(Phase::Connecting(Exchange {
+        Step::Become(Phase::Exchange(Exchange {
             req: r,
             upward,
             downward: Downward::Connect(Connect {

@@ -1,7 +1,7 @@
 //! A session's clock: the deadline it wants (the phase's own, a send making no progress, a
 //! request body that stopped arriving) and what happens when the timer wheel fires for it.
 
-use super::phase::{Downward, Upward};
+use super::phase::Upward;
 use super::protocol::{Protocol, Step};
 use super::{End, Env, Io, Next, Phase, Recv, Session};
 use crate::config::upstream::Failure;
@@ -21,12 +21,12 @@ impl Session {
         let ms = u64::from;
         let phase = match &self.phase {
             Phase::Request(r) => Protocol::deadline(r, &self.cx),
-            Phase::Connecting(x) if x.delayed() => Some(self.cx.phase_ms),
-            Phase::Connecting(x) if !x.connect_timed_out() => {
+            Phase::Exchange(x) if x.delayed() => Some(self.cx.phase_ms),
+            Phase::Exchange(x) if x.connecting() && !x.connect_timed_out() => {
                 Some(self.cx.phase_ms + ms(x.req.connect_ms))
             }
-            Phase::Connecting(_) => None,
-            Phase::Proxy(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
+            Phase::Exchange(x) if x.connecting() => None,
+            Phase::Exchange(x) => Some(self.cx.last_up_ms + ms(x.req.read_ms)),
             Phase::Tunnel(t) => Protocol::deadline(t, &self.cx),
             Phase::Respond(a) => Protocol::deadline(a, &self.cx),
             Phase::Closing(_) => None,
@@ -47,7 +47,7 @@ impl Session {
     /// reading it (a body held back because the upstream is slow is not the client's fault).
     pub(super) fn body_deadline(&self) -> Option<u64> {
         match &self.phase {
-            Phase::Connecting(x) | Phase::Proxy(x)
+            Phase::Exchange(x)
                 if matches!(x.upward, Upward::Body(_))
                     && self.cx.links.down.recv_state() == Recv::On =>
             {
@@ -77,7 +77,7 @@ impl Session {
         } else {
             match &mut self.phase {
                 Phase::Request(r) => Protocol::timer(r, &mut self.cx, now, io),
-                Phase::Connecting(x) if x.delayed() => {
+                Phase::Exchange(x) if x.delayed() => {
                     // limit_req's delay is over: now connect.
                     if let Some(c) = x.connect() {
                         c.delayed = false;
@@ -87,19 +87,19 @@ impl Session {
                     self.apply(next, io);
                     return self.after(io, env);
                 }
-                Phase::Connecting(x) => {
+                Phase::Exchange(x) if x.connecting() => {
                     if let Some(c) = x.connect() {
                         c.timed_out = true;
                     }
                     self.cx.links.cancel_connect(io);
                     Step::Continue
                 }
-                Phase::Proxy(x) if matches!(x.downward, Downward::Head(_)) => self.upstream_failed(
+                Phase::Exchange(x) if x.awaiting_head() => self.upstream_failed(
                     Failure::Timeout,
                     Step::Respond(504, End::UpstreamTimeout),
                     io,
                 ),
-                Phase::Proxy(_) => Step::Close(End::IdleTimeout),
+                Phase::Exchange(_) => Step::Close(End::IdleTimeout),
                 Phase::Tunnel(t) => Protocol::timer(t, &mut self.cx, now, io),
                 Phase::Respond(a) => Protocol::timer(a, &mut self.cx, now, io),
                 Phase::Closing(_) => Step::Continue,
