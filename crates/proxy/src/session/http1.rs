@@ -19,14 +19,6 @@ use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
 impl Session {
-    /// The request head in the phase, parsed as far as it goes (`Request::parse`).
-    pub(super) fn parse_request(&mut self, io: &mut impl Io) -> Step {
-        match &mut self.phase {
-            Phase::Request(r) => r.parse(&mut self.cx, io),
-            _ => Step::Continue,
-        }
-    }
-
     /// Plaintext from the client.
     pub(super) fn on_client_bytes(&mut self, c: Chunk, io: &mut impl Io) -> Step {
         match &mut self.phase {
@@ -331,10 +323,9 @@ impl Session {
             }
         };
         self.cx.served = self.cx.served.saturating_add(1);
-        self.phase = Phase::Request(Request { head: stash });
         self.cx.phase_ms = io.now_ms();
-        // What the client pipelined may be the next request, whole.
-        self.parse_request(io)
+        // What the client pipelined may be the next request, whole (`Request::start`).
+        Step::Become(Phase::Request(Request { head: stash }))
     }
 
     /// The upstream closed (outside a tunnel).

@@ -248,9 +248,11 @@ impl Session {
         self.sync_recv(io);
     }
 
-    /// The session has just become what its phase is: a protocol added as a type starts.
+    /// The session has just become what its phase is: its protocol starts (a request head
+    /// begun with bytes already parses them; a protocol added as a type does what it does).
     fn started(&mut self, io: &mut impl Io) -> Step {
         match &mut self.phase {
+            Phase::Request(r) => Protocol::start(r, &mut self.cx, io),
             Phase::Other(p) => p.start(&mut self.cx, io),
             _ => Step::Continue,
         }

@@ -24,6 +24,16 @@ impl Protocol for Request {
         "request"
     }
 
+    /// Begun with bytes already (what a kept-alive client pipelined, or what another protocol
+    /// read before handing the connection over): they may be a whole head.
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        if self.head.is_empty() {
+            Step::Continue
+        } else {
+            self.parse(cx, io)
+        }
+    }
+
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,

@@ -1425,3 +1425,63 @@ fn a_protocol_added_as_a_type_runs_on_the_same_links() {
     assert_eq!(sim.s.end(), Some(End::HeaderTimeout));
     sim.assert_clean();
 }
+
+/// A protocol added as a type that reads the client's first bytes and hands the connection to
+/// HTTP/1 with them (as a protocol sniffing a preface would): `Step::Become` from an added
+/// protocol to a built-in one.
+#[derive(Debug, Default)]
+struct Sniff;
+
+impl super::protocol::Protocol for Sniff {
+    fn name(&self) -> &'static str {
+        "sniff"
+    }
+
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        _cx: &mut Cx,
+        _from: Side,
+        c: Chunk,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> super::protocol::Step {
+        let head = io.data_of(c).to_vec();
+        io.release(c);
+        super::protocol::Step::Become(Phase::Request(Request { head }))
+    }
+}
+
+#[test]
+fn an_added_protocol_hands_the_connection_to_http1() {
+    for seed in 1..100 {
+        let mut sim = Sim::with(seed, Phase::Other(Box::new(Sniff)));
+        assert_eq!(sim.s.stage(), Stage::Other("sniff"));
+        // The first piece goes to the added protocol, the rest to the request head it became.
+        let cut = 1 + sim.rand(UPGRADE.len() as u64 - 1) as usize;
+        sim.deliver(Side::Down, &UPGRADE[..cut]);
+        assert_ne!(sim.s.stage(), Stage::Other("sniff"), "seed {seed}");
+        if cut < UPGRADE.len() {
+            assert_eq!(sim.s.stage(), Stage::Request);
+            sim.deliver(Side::Down, &UPGRADE[cut..]);
+        }
+        sim.run(true);
+        assert_eq!(sim.s.stage(), Stage::Proxy, "seed {seed}");
+        assert!(
+            sim.wire(Side::Up)
+                .starts_with("GET /ws/chat HTTP/1.1\r\nHost: h\r\n")
+        );
+        sim.deliver(Side::Up, SWITCH);
+        sim.run(true);
+        assert_eq!(sim.s.stage(), Stage::Tunnel);
+        assert!(
+            sim.wire(Side::Down)
+                .starts_with("HTTP/1.1 101 Switching Protocols\r\n")
+        );
+        sim.eof(Side::Down);
+        sim.run(true);
+        sim.eof(Side::Up);
+        sim.run(true);
+        sim.assert_clean();
+        assert_eq!(sim.io.logs, vec!["GET /ws/chat 101 done"], "seed {seed}");
+    }
+}
