@@ -102,6 +102,34 @@ fn limit_req_refuses_past_the_burst_and_delays_within_it() {
     assert!(got.iter().all(|g| g.0 == 101), "{got:?}");
 }
 
+/// Requests pipelined on one kept-alive connection, the later ones held back by limit_req
+/// (burst, no nodelay) while the previous request's upstream socket is still closing, all go
+/// up once their delay is over, and are answered in order: the head waiting for its turn is
+/// not lost when that socket closes.
+#[test]
+fn pipelined_requests_delayed_by_limit_req_are_all_answered() {
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("limit-req-pipelined");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let cfg = config(
+        listen,
+        backend,
+        "[[limit_req_zone]]\nname = \"p\"\nsize = \"1m\"\nrate = \"10r/s\"",
+        "[[server.location]]\npath = \"/slow/\"\nupstream = \"u\"\nlimit_req = { zone = \"p\", burst = 5 }",
+    );
+    let _p = proxy(&cfg, listen, &dir);
+    let three = b"GET /slow/a HTTP/1.1\r\nHost: h\r\n\r\n\
+                  GET /slow/b HTTP/1.1\r\nHost: h\r\n\r\n\
+                  GET /slow/c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let out = raw_exchange(listen, three, 10);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
+}
+
 /// A location's limits hold for every spelling of its path: `/lr%2fx` is `/lr/x` (nginx
 /// decodes `%2F` before matching locations), so it counts in `/lr/`'s limit_req instead of
 /// escaping to `/`; and a Host with a trailing dot selects its server (`b.example.` is

@@ -131,10 +131,10 @@ impl Exchange {
         matches!(self.downward, Downward::Connect(c) if c.waiting)
     }
 
-    /// The request waits (in the upstream's queue) for the next socket; false when it is
-    /// sent again from `resend`.
+    /// The request waits (in the upstream's queue) for the next socket — for the previous one
+    /// to close, or for limit_req's delay to pass; false when it is sent again from `resend`.
     pub fn keeps_queue(&self) -> bool {
-        matches!(self.downward, Downward::Connect(c) if c.waiting && !c.resend)
+        matches!(self.downward, Downward::Connect(c) if (c.waiting || c.delayed) && !c.resend)
     }
 }
 

@@ -263,7 +263,12 @@ impl Sim {
 
     /// A session that begins with `phase` (a protocol of the test's own, say).
     fn with(seed: u64, phase: Phase) -> Sim {
-        let cfg = std::sync::Arc::new(Config::parse("t.toml", CFG).unwrap());
+        Sim::with_config(seed, CFG, phase)
+    }
+
+    /// A session under configuration `text`, beginning with `phase`.
+    fn with_config(seed: u64, text: &str, phase: Phase) -> Sim {
+        let cfg = std::sync::Arc::new(Config::parse("t.toml", text).unwrap());
         let balancers = Balancers::new(&cfg);
         let mut io = Fake {
             next_fd: CLIENT_FD,
@@ -779,6 +784,51 @@ fn keep_alive_runs_pipelined_requests_in_order() {
     sim.run(false);
     sim.assert_clean();
     assert_eq!(sim.io.logs, vec!["POST /a 200 done", "GET /b 200 done"]);
+}
+
+/// The next request on a kept-alive connection, held back by limit_req (burst, no nodelay)
+/// while the previous request's upstream socket is still closing, still goes up once its delay
+/// is over: the head waiting in the upstream queue is kept when that socket closes.
+#[test]
+fn a_delayed_pipelined_request_keeps_its_head_while_the_previous_socket_closes() {
+    let text = format!(
+        "{CFG}[[limit_req_zone]]\nname = \"z\"\nrate = \"1r/s\"\n[[server.location]]\npath = \"/lr/\"\nupstream = \"b\"\nlimit_req = {{ zone = \"z\", burst = 5 }}\n"
+    );
+    let mut sim = Sim::with_config(9, &text, Phase::Request(Request::default()));
+    let two = b"GET /lr/a HTTP/1.1\r\nHost: h\r\n\r\nGET /lr/b HTTP/1.1\r\nHost: h\r\n\r\n";
+    sim.deliver(Side::Down, two);
+    sim.run(false);
+    assert!(sim.wire(Side::Up).contains("GET /lr/a HTTP/1.1"));
+    sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nA!");
+    sim.run(false);
+    // The second request waits out its delay (1 r/s: a second), then goes up.
+    assert!(!sim.wire(Side::Up).contains("GET /lr/b"));
+    let due = sim
+        .s
+        .deadline()
+        .expect("the delayed request has a deadline");
+    assert!((900..=1000).contains(&due), "delayed until {due}");
+    sim.timer(due);
+    sim.run(false);
+    assert!(
+        sim.wire(Side::Up).contains("GET /lr/b HTTP/1.1"),
+        "{}",
+        sim.wire(Side::Up)
+    );
+    sim.deliver(Side::Up, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nB!");
+    sim.run(false);
+    assert!(
+        sim.wire(Side::Down).ends_with("B!"),
+        "{}",
+        sim.wire(Side::Down)
+    );
+    sim.eof(Side::Down);
+    sim.run(false);
+    sim.assert_clean();
+    assert_eq!(
+        sim.io.logs,
+        vec!["GET /lr/a 200 done", "GET /lr/b 200 done"]
+    );
 }
 
 impl Sim {
