@@ -537,9 +537,19 @@ impl Session {
         }
     }
 
-    /// Carry out what a protocol decided.
-    #[inline]
+    /// Carry out what a protocol decided. Nearly every event decides to go on: that is tested
+    /// where the step is made, and the rest is carried out out of line (`Step` holds a whole
+    /// phase, for `Become`, and moving it where nothing is to be done cost instructions on
+    /// every event).
+    #[inline(always)]
     fn apply(&mut self, step: Step, io: &mut impl Io) {
+        if !matches!(step, Step::Continue) {
+            self.carry_out(step, io);
+        }
+    }
+
+    #[inline(never)]
+    fn carry_out(&mut self, step: Step, io: &mut impl Io) {
         match step {
             Step::Continue => {}
             Step::Become(phase) => self.enter(phase, io),
@@ -551,9 +561,7 @@ impl Session {
         }
     }
 
-    /// The session runs `phase` from now on (a protocol added as a type starts at once). Out of
-    /// line: a transition is rare beside the events that carry bytes.
-    #[inline(never)]
+    /// The session runs `phase` from now on (its protocol starts at once).
     fn enter(&mut self, phase: Phase, io: &mut impl Io) {
         self.phase = phase;
         let first = self.started(io);
