@@ -4,9 +4,11 @@
 //! (its links, configuration, clocks and end) and the worker's [`Io`]; it never touches a
 //! socket, the ring or the worker.
 //!
-//! A protocol is added as a type: it implements [`Protocol`], and a session runs it as
-//! `Phase::Other` (boxed, called through [`Erased`]) from a `Step::Become` or from
-//! `Session::with`. Nothing in `Links`, the reactor or the worker changes for it.
+//! The request head (`request.rs`), the tunnel (`tunnel.rs`) and our own answer (`answer.rs`)
+//! are protocol types with a `Phase` variant each, called without indirection. A protocol added
+//! later is a type too: it implements [`Protocol`], and a session runs it as `Phase::Other`
+//! (boxed, called through [`Erased`]) from a `Step::Become` or from `Session::with`. Nothing in
+//! `Links`, the reactor or the worker changes for it.
 
 use std::fmt::Debug;
 
