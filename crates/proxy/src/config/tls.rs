@@ -408,7 +408,7 @@ pub(super) fn listener(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(sni));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // The records are ringway's own once the handshake is done (tls/records.rs).
+    // The records are ringway's own once the handshake is done (tls/records/).
     config.enable_secret_extraction = true;
     if let Some(t) = ticketer() {
         config.ticketer = t;

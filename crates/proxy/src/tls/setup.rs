@@ -49,7 +49,7 @@ pub fn client_config(
             .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    // The records are ringway's own once the handshake is done (tls/records.rs).
+    // The records are ringway's own once the handshake is done (tls/records/).
     config.enable_secret_extraction = true;
     Ok(config)
 }
