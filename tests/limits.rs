@@ -17,22 +17,29 @@ fn config(listen: SocketAddr, backend: SocketAddr, zones: &str, location: &str) 
     )
 }
 
+/// The echo backend, and the proxy in front of it with `zones` and `location` (settings of the
+/// `/` location, then any locations after it); `None` where io_uring cannot run.
+fn limited(name: &str, zones: &str, location: &str) -> Option<(Proc, Proc, SocketAddr)> {
+    if !uring_ok() {
+        return None;
+    }
+    let dir = scratch(name);
+    let backend = free_addr();
+    let echo = echo(&[backend], &dir);
+    let listen = free_addr();
+    let p = proxy(&config(listen, backend, zones, location), listen, &dir);
+    Some((p, echo, listen))
+}
+
 #[test]
 fn limit_conn_counts_each_address_across_workers_and_gives_back_on_close() {
-    if !uring_ok() {
-        return;
-    }
-    let dir = scratch("limit-conn");
-    let backend = free_addr();
-    let _echo = echo(&[backend], &dir);
-    let listen = free_addr();
-    let cfg = config(
-        listen,
-        backend,
+    let Some((p, _echo, listen)) = limited(
+        "limit-conn",
         "[[limit_conn_zone]]\nname = \"perip\"\nkey = \"$binary_remote_addr\"\nsize = \"1m\"",
         "limit_conn = { zone = \"perip\", max = 20 }\n[[server.location]]\npath = \"/strict/\"\nupstream = \"u\"\nlimit_conn = { zone = \"perip\", max = 1, status = 429 }",
-    );
-    let p = proxy(&cfg, listen, &dir);
+    ) else {
+        return;
+    };
     // Twenty tunnels from one address (both workers accept them); the 21st is refused.
     let mut held: Vec<Stream> = (0..20)
         .map(|i| {
@@ -64,20 +71,13 @@ fn limit_conn_counts_each_address_across_workers_and_gives_back_on_close() {
 
 #[test]
 fn limit_req_refuses_past_the_burst_and_delays_within_it() {
-    if !uring_ok() {
-        return;
-    }
-    let dir = scratch("limit-req");
-    let backend = free_addr();
-    let _echo = echo(&[backend], &dir);
-    let listen = free_addr();
-    let cfg = config(
-        listen,
-        backend,
+    let Some((_p, _echo, listen)) = limited(
+        "limit-req",
         "[[limit_req_zone]]\nname = \"hs\"\nsize = \"1m\"\nrate = \"1r/s\"",
         "limit_req = { zone = \"hs\", burst = 3, nodelay = true, status = 429 }\n[[server.location]]\npath = \"/slow/\"\nupstream = \"u\"\nlimit_req = { zone = \"hs\", rate = \"10r/s\", burst = 2 }",
-    );
-    let _p = proxy(&cfg, listen, &dir);
+    ) else {
+        return;
+    };
     // 1r/s, burst 3, nodelay: four handshakes at once pass, the fifth is refused.
     let statuses: Vec<u16> = (0..5)
         .map(|_| handshake_from(listen, "127.0.0.7", "/").0)
@@ -108,20 +108,13 @@ fn limit_req_refuses_past_the_burst_and_delays_within_it() {
 /// not lost when that socket closes.
 #[test]
 fn pipelined_requests_delayed_by_limit_req_are_all_answered() {
-    if !uring_ok() {
-        return;
-    }
-    let dir = scratch("limit-req-pipelined");
-    let backend = free_addr();
-    let _echo = echo(&[backend], &dir);
-    let listen = free_addr();
-    let cfg = config(
-        listen,
-        backend,
+    let Some((_p, _echo, listen)) = limited(
+        "limit-req-pipelined",
         "[[limit_req_zone]]\nname = \"p\"\nsize = \"1m\"\nrate = \"10r/s\"",
         "[[server.location]]\npath = \"/slow/\"\nupstream = \"u\"\nlimit_req = { zone = \"p\", burst = 5 }",
-    );
-    let _p = proxy(&cfg, listen, &dir);
+    ) else {
+        return;
+    };
     let three = b"GET /slow/a HTTP/1.1\r\nHost: h\r\n\r\n\
                   GET /slow/b HTTP/1.1\r\nHost: h\r\n\r\n\
                   GET /slow/c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
