@@ -557,8 +557,8 @@ impl Core {
         });
         self.spec.metrics.accepted.fetch_add(1, Ordering::Relaxed);
         self.spec.metrics.active.fetch_add(1, Ordering::Relaxed);
-        self.with_session(r, key, |s, io, _| {
-            s.start(io);
+        self.with_session(r, key, |s, io, env| {
+            s.start(io, env);
             Next::Continue
         });
     }
@@ -692,6 +692,10 @@ impl Io for WorkerIo<'_> {
             Observed::Connected(ms) => self.metrics.connect.observe_ms(ms),
             Observed::TunnelOpened(ms) => self.metrics.tunnel_opened(ms),
         }
+    }
+
+    fn as_dyn(&mut self) -> &mut dyn Io {
+        self
     }
 
     fn log(&mut self, l: &AccessLog<'_>) {

@@ -43,7 +43,13 @@ impl Protocol for Answer {
     }
 
     /// The lingering close is over.
-    fn timer<I: Io + ?Sized>(&mut self, cx: &mut Cx, _now: u64, _io: &mut I) -> Step {
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _now: u64,
+        _io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
         Step::Close(cx.end.unwrap_or(End::Done))
     }
 
@@ -58,7 +64,7 @@ impl Protocol for Answer {
 
     /// The answer is flushed: linger (write side shut behind it, a TLS close_notify first)
     /// while the client may still be sending, or close.
-    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
         let down = &mut cx.links.down;
         if self.linger == Linger::On || !down.flushed() {
             return Step::Continue;

@@ -3,107 +3,87 @@
 //! request tried again on the next server as `next_upstream` allows (`upstream::attempt`
 //! chooses), or answered with 502 / 504.
 
-use std::net::SocketAddr;
-
-use super::Phase;
-use super::phase::{self, Connect, Downward};
-use super::{End, Env, Io, Next, Observed, Session, Step};
+use super::phase::{Connect, Downward, Exchange, Req};
+use super::{Cx, End, Env, Io, Observed, Step};
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::upstream::attempt::{self, Attempt, GaveUp};
 use crate::uring::Side;
 
-impl Session {
-    /// The upstream connect completed.
-    pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.cx.links.up.connect_done();
-        if self.cx.links.up.retiring() {
-            return self.after(io, env);
+impl Exchange {
+    /// The upstream connect completed (`res`: 0, or an errno negated).
+    pub(super) fn on_connect<I: Io + ?Sized>(&mut self, cx: &mut Cx, res: i32, io: &mut I) -> Step {
+        if !self.connecting() {
+            return Step::Continue;
         }
-        let Phase::Exchange(x) = &mut self.phase else {
-            return self.after(io, env);
-        };
-        if !x.connecting() {
-            return self.after(io, env);
+        let timed_out = self.connect_timed_out();
+        if res == 0 && !timed_out {
+            io.observe(Observed::Connected(io.now_ms().saturating_sub(cx.phase_ms)));
+            self.upstream_ready(cx, io);
+            return Step::Continue;
         }
-        if res == 0 && !x.connect_timed_out() {
-            io.observe(Observed::Connected(
-                io.now_ms().saturating_sub(self.cx.phase_ms),
-            ));
-            self.upstream_ready(io);
+        let why = if timed_out {
+            "connect timeout".to_string()
         } else {
-            let timed_out = x.connect_timed_out();
-            let why = if timed_out {
-                "connect timeout".to_string()
-            } else {
-                crate::sys::errno_name(-res)
-            };
-            let peer = self.peer_addr();
-            tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
-            let kind = if timed_out {
-                Failure::Timeout
-            } else {
-                Failure::Error
-            };
-            if self.server_failed(kind) {
-                // Close it through retire/close_when_done (after any cancel aimed at it is
-                // back), then the next server is tried, keeping the queued request.
-                if let Phase::Exchange(x) = &mut self.phase
-                    && let Some(c) = x.connect()
-                {
-                    *c = phase::Connect {
-                        timed_out: false,
-                        waiting: true,
-                        resend: false,
-                        delayed: false,
-                    };
-                }
-                self.cx.retire(Side::Up, io);
-            } else if timed_out {
-                self.apply(Step::Respond(504, End::UpstreamTimeout), io);
-            } else {
-                self.apply(Step::Respond(502, End::UpstreamError(-res)), io);
+            crate::sys::errno_name(-res)
+        };
+        let peer = peer_of(cx, &self.req).map(|p| p.addr);
+        tracing::warn!(target: "upstream", "connect to {} failed: {why}", peer.map_or("-".into(), |p| p.to_string()));
+        let kind = if timed_out {
+            Failure::Timeout
+        } else {
+            Failure::Error
+        };
+        if self.server_failed(cx, kind) {
+            // Close it through retire/close_when_done (after any cancel aimed at it is
+            // back), then the next server is tried (`settle`), keeping the queued request.
+            if let Some(c) = self.connect() {
+                *c = Connect {
+                    waiting: true,
+                    ..Connect::default()
+                };
             }
+            cx.retire(Side::Up, io);
+            Step::Continue
+        } else if timed_out {
+            Step::Respond(504, End::UpstreamTimeout)
+        } else {
+            Step::Respond(502, End::UpstreamError(-res))
         }
-        self.after(io, env)
     }
 
     /// The upstream connection is open (connected, or taken from the keepalive pool): the
     /// request goes up, the response head is awaited.
-    fn upstream_ready(&mut self, io: &mut impl Io) {
-        self.cx.links.up.mark_ready();
-        if let Phase::Exchange(x) = &mut self.phase
-            && x.connecting()
-        {
-            x.downward = Downward::Head(Vec::new());
+    fn upstream_ready<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
+        cx.links.up.mark_ready();
+        if self.connecting() {
+            self.downward = Downward::Head(Vec::new());
         }
-        self.cx.last_up_ms = io.now_ms();
-        self.cx.links.up.kick(io, Side::Up);
+        cx.last_up_ms = io.now_ms();
+        cx.links.up.kick(io, Side::Up);
     }
 
     /// Pick the next server not yet tried and start connecting; 502 when none is left.
-    pub(super) fn connect_next(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Exchange(x) = &mut self.phase else {
+    pub(super) fn connect_next<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        let Some(c) = self.connect() else {
             return Step::Continue;
         };
-        if !x.connecting() {
-            return Step::Continue;
-        }
-        if self.cx.links.up.fd() >= 0 {
+        if cx.links.up.fd() >= 0 {
             // The previous request's upstream socket is still closing.
-            if let Some(c) = x.connect() {
-                c.waiting = true;
-            }
+            c.waiting = true;
             return Step::Continue;
         }
-        let resend = x.connect().is_some_and(|c| {
-            c.waiting = false;
-            std::mem::take(&mut c.resend)
-        });
-        let started_ms = x.req.started_ms;
-        let ui = usize::from(x.req.upstream);
-        let u = &self.cx.cfg.upstreams[ui];
-        let Some(a) = x.req.attempt.as_deref_mut() else {
+        c.waiting = false;
+        let resend = std::mem::take(&mut c.resend);
+        let started_ms = self.req.started_ms;
+        let ui = usize::from(self.req.upstream);
+        let u = &cx.cfg.upstreams[ui];
+        let Some(a) = self.req.attempt.as_deref_mut() else {
             return Step::Respond(502, End::NoUpstream);
         };
         let gave_up = |a: &Attempt| match a.gave_up() {
@@ -115,84 +95,82 @@ impl Session {
         if a.spent(started_ms, io.now_ms()) {
             return gave_up(a);
         }
-        let rr = &mut env.balancers.of(&self.cx.cfg)[ui];
+        let rr = &mut env.balancers.of(&cx.cfg)[ui];
         loop {
-            let Some(i) = a.pick(rr, u, self.cx.client.ip(), clock_ms()) else {
+            let Some(i) = a.pick(rr, u, cx.client.ip(), clock_ms()) else {
                 if a.count() == 0 {
                     tracing::warn!(target: "upstream", "no live server in upstream {:?}", u.name);
                 }
                 return gave_up(a);
             };
-            x.req.peer = i as u16;
+            self.req.peer = i as u16;
             if u.keepalive > 0
                 && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
             {
                 // An idle connection to this server: the request goes up on it at once (the
                 // head again, after a server failed once it had it).
-                self.cx.links.up.adopt(io, kept.conn);
+                cx.links.up.adopt(io, kept.conn);
                 a.set_cached(true);
                 push_copy(
-                    &mut self.cx.links.up,
+                    &mut cx.links.up,
                     resend.then(|| a.resend_head()).flatten(),
                     io,
                 );
-                self.cx
-                    .links
-                    .up
-                    .set_uses(u16::try_from(kept.served + 1).unwrap_or(u16::MAX));
-                self.cx.count_peer(ui, i);
-                self.upstream_ready(io);
+                let uses = u16::try_from(kept.served + 1).unwrap_or(u16::MAX);
+                cx.links.up.set_uses(uses);
+                cx.count_peer(ui, i);
+                self.upstream_ready(cx, io);
                 return Step::Continue;
             }
             a.set_cached(false);
             let source = rr.next_source(u);
-            match io.connect(u.peers[i].addr, source) {
-                Ok(fd) => {
-                    let tls = u
-                        .tls
-                        .as_ref()
-                        .map(|t| (t.config.clone(), t.name_for(u.peers[i].addr.ip())));
-                    let addr = u.peers[i].addr;
-                    // proxy_protocol = "v2": the client and what it connected to, first.
-                    let preface = u.proxy_protocol.then(|| {
-                        let dst =
-                            crate::sys::local_of(self.cx.links.down.fd()).unwrap_or(self.cx.client);
-                        crate::http::proxy::v2_header(self.cx.client, dst)
-                    });
-                    let r = self.cx.links.up.reset_fd(io, fd, tls, preface);
-                    push_copy(
-                        &mut self.cx.links.up,
-                        resend.then(|| a.resend_head()).flatten(),
-                        io,
-                    );
-                    self.cx.links.up.connect_started();
-                    self.cx.links.up.set_uses(1);
-                    self.cx.count_peer(ui, i);
-                    self.cx.phase_ms = io.now_ms();
-                    return match r {
-                        Ok(()) => Step::Continue,
-                        // The socket (its connect in flight) closes through the answer's retire.
-                        Err(e) => {
-                            tracing::warn!(target: "upstream", "TLS toward {addr} failed: {e}");
-                            Step::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
-                        }
-                    };
-                }
+            let addr = u.peers[i].addr;
+            let fd = match io.connect(addr, source) {
+                Ok(fd) => fd,
                 Err(e) => {
-                    tracing::warn!(target: "upstream", "socket for {} failed: {}", u.peers[i].addr, crate::sys::errno_name(e));
+                    tracing::warn!(target: "upstream", "socket for {addr} failed: {}", crate::sys::errno_name(e));
+                    continue;
                 }
-            }
+            };
+            let tls = u
+                .tls
+                .as_ref()
+                .map(|t| (t.config.clone(), t.name_for(addr.ip())));
+            // proxy_protocol = "v2": the client and what it connected to, first.
+            let preface = u.proxy_protocol.then(|| {
+                let dst = crate::sys::local_of(cx.links.down.fd()).unwrap_or(cx.client);
+                crate::http::proxy::v2_header(cx.client, dst)
+            });
+            let r = cx.links.up.reset_fd(io, fd, tls, preface);
+            push_copy(
+                &mut cx.links.up,
+                resend.then(|| a.resend_head()).flatten(),
+                io,
+            );
+            cx.links.up.connect_started();
+            cx.links.up.set_uses(1);
+            cx.count_peer(ui, i);
+            cx.phase_ms = io.now_ms();
+            return match r {
+                Ok(()) => Step::Continue,
+                // The socket (its connect in flight) closes through the answer's retire.
+                Err(e) => {
+                    tracing::warn!(target: "upstream", "TLS toward {addr} failed: {e}");
+                    Step::Respond(502, End::UpstreamTls(super::end::tls_reason(&e)))
+                }
+            };
         }
     }
 
     /// The server in use failed before its answer reached the client: count it against the
     /// server, and say whether the location lets the request go on to the next server.
-    pub(super) fn server_failed(&mut self, kind: Failure) -> bool {
-        let Some(r) = self.phase.req_mut() else {
-            return false;
-        };
-        let retry = r.attempt.as_deref_mut().is_some_and(|a| a.failed(kind));
-        if let Some(p) = self.peer() {
+    fn server_failed(&mut self, cx: &Cx, kind: Failure) -> bool {
+        let retry = self
+            .req
+            .attempt
+            .as_deref_mut()
+            .is_some_and(|a| a.failed(kind));
+        if let Some(p) = peer_of(cx, &self.req) {
             attempt::count_failure(p, clock_ms());
         }
         retry
@@ -201,92 +179,80 @@ impl Session {
     /// The server in use failed after the request went up, before anything of its answer
     /// reached the client: counted against it; the request goes to the next server when the
     /// location allows it and it can be sent again (then `Continue`), else `answer`.
-    pub(super) fn upstream_failed(
+    pub(super) fn upstream_failed<I: Io + ?Sized>(
         &mut self,
+        cx: &mut Cx,
         kind: Failure,
         answer: Step,
-        io: &mut impl Io,
+        io: &mut I,
     ) -> Step {
-        if self.retry_next(kind, io) {
+        if self.retry_next(cx, kind, io) {
             Step::Continue
         } else {
             answer
         }
     }
 
-    /// See [`Session::upstream_failed`]; true when the request goes to the next server.
-    pub(super) fn retry_next(&mut self, kind: Failure, io: &mut impl Io) -> bool {
+    /// See [`Exchange::upstream_failed`]; true when the request goes to the next server.
+    pub(super) fn retry_next<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        kind: Failure,
+        io: &mut I,
+    ) -> bool {
         // A kept connection the server closed (or reset) before answering: not the server's
         // failure (the attempt undoes its pick); the request goes again.
-        let pooled = match &mut self.phase {
-            Phase::Exchange(x) if !x.connecting() => {
-                let peer = usize::from(x.req.peer);
-                x.req
-                    .attempt
-                    .as_mut()
-                    .is_some_and(|a| a.pool_failed(peer, kind))
-            }
-            _ => false,
+        let pooled = !self.connecting() && {
+            let peer = usize::from(self.req.peer);
+            self.req
+                .attempt
+                .as_mut()
+                .is_some_and(|a| a.pool_failed(peer, kind))
         };
-        let retry = pooled || self.server_failed(kind);
-        let Phase::Exchange(x) = &mut self.phase else {
-            return false;
-        };
-        if x.connecting() {
+        let retry = pooled || self.server_failed(cx, kind);
+        if self.connecting() {
             return false;
         }
-        let resend = x
+        let resend = self
             .req
             .attempt
             .as_ref()
             .is_some_and(|a| a.resend_head().is_some());
-        if !retry || !resend || x.req.responded {
+        if !retry || !resend || self.req.responded {
             return false;
         }
-        x.downward = Downward::Connect(Connect {
-            timed_out: false,
+        self.downward = Downward::Connect(Connect {
             waiting: true,
             resend: true,
-            delayed: false,
+            ..Connect::default()
         });
-        self.cx.phase_ms = io.now_ms();
+        cx.phase_ms = io.now_ms();
         // The socket closes (after what is in flight on it is back), then connect_next.
-        self.cx.retire(Side::Up, io);
+        cx.retire(Side::Up, io);
         true
     }
 
     /// The server in use answered: what failures it had are forgotten, and the request will
     /// not go to another server.
-    pub(super) fn server_answered(&mut self) {
-        let Some(r) = self.phase.req_mut() else {
-            return;
-        };
-        r.attempt = None;
-        if let Some(p) = self.peer() {
+    pub(super) fn server_answered(&mut self, cx: &Cx) {
+        self.req.attempt = None;
+        if let Some(p) = peer_of(cx, &self.req) {
             attempt::count_success(p);
         }
     }
+}
 
-    /// The server the request in progress went to, if one was chosen.
-    fn peer(&self) -> Option<&crate::config::Peer> {
-        let r = self.phase.req()?;
-        self.cx
-            .cfg
-            .upstreams
-            .get(usize::from(r.upstream))?
-            .peers
-            .get(usize::from(r.peer))
-    }
-
-    pub(super) fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer().map(|p| p.addr)
-    }
-
-    // ---- response --------------------------------------------------------------------------
+/// The server request `r` went to, if one was chosen.
+pub(super) fn peer_of<'a>(cx: &'a Cx, r: &Req) -> Option<&'a crate::config::Peer> {
+    cx.cfg
+        .upstreams
+        .get(usize::from(r.upstream))?
+        .peers
+        .get(usize::from(r.peer))
 }
 
 /// Queue a copy of `head` (the request head kept to send again), if any, on `up`.
-fn push_copy(up: &mut super::Transport, head: Option<&[u8]>, io: &mut impl Io) {
+fn push_copy<I: Io + ?Sized>(up: &mut super::Transport, head: Option<&[u8]>, io: &mut I) {
     if let Some(head) = head {
         let mut v = io.scratch();
         v.extend_from_slice(head);

@@ -1,93 +1,255 @@
-//! The HTTP/1 protocol of a session: request heads (parsed, routed, rewritten), bodies,
-//! response heads, keep-alive, the upgrade to a tunnel, and the access log. It sees plaintext
-//! chunks from the transports and hands plaintext chunks back; it returns a [`Next`] instead
-//! of acting on errors itself.
+//! The HTTP/1 exchange, a protocol type: from a routed request to the end of its response —
+//! the request body going up, the response head (interim responses passed on), its body
+//! coming down, keep-alive, the upgrade to a tunnel, and the access log. The upstream side
+//! (connecting, a server's failure, retries) is in `connect.rs`. It sees plaintext chunks
+//! from the transports and hands plaintext chunks back; what it decides is a [`Step`].
 
 use super::Phase;
-use super::Session;
 use super::answer::Answer;
-use super::phase::Linger;
-use super::phase::{Downward, Exchange, Upward};
+use super::phase::{Downward, Exchange, Linger, Req, Upward};
+use super::protocol::Protocol;
 use super::request::Request;
 use super::tunnel::Tunnel;
 use super::{
-    AccessLog, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Step,
+    AccessLog, Cx, End, Env, INTERIM_BYTES_MAX, INTERIM_MAX, Io, Observed, RESPONSE_HEAD_MAX, Recv,
+    Step,
 };
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
 use crate::uring::{Chunk, Side};
 use crate::ws::FrameTracker;
 
-impl Session {
-    /// Plaintext from the client.
-    pub(super) fn on_client_bytes(&mut self, c: Chunk, io: &mut impl Io) -> Step {
-        match &mut self.phase {
-            Phase::Exchange(x) => match &mut x.upward {
-                Upward::Body(t) => match t.feed(io.data_of(c)) {
-                    Ok(n) => {
-                        if t.done() {
-                            x.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
-                        }
-                        self.forward_prefix(Side::Down, c, n, io);
-                        Step::Continue
+impl Protocol for Exchange {
+    fn name(&self) -> &'static str {
+        "http1"
+    }
+
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        match from {
+            Side::Down => self.client_bytes(cx, c, io),
+            Side::Up => self.upstream_bytes(cx, c, io, env),
+        }
+    }
+
+    /// A head cut short, or nothing more can be delivered to a client that has gone: the
+    /// upstream side ends now (nginx's `proxy_ignore_client_abort off`), whether it is still
+    /// connecting, waiting for the head or relaying a body.
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
+        match from {
+            Side::Down => Step::Close(End::ClientClosed),
+            Side::Up => self.upstream_eof(cx, io),
+        }
+    }
+
+    /// An upstream that fails before its answer is whole is a failed server (the request may
+    /// go to the next one); anything else ends the session.
+    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut I) -> Step {
+        if from == Side::Up && (self.awaiting_head() || matches!(end, End::UpstreamTls(_))) {
+            self.upstream_failed(cx, Failure::Error, Step::Respond(502, end), io)
+        } else {
+            Step::Close(end)
+        }
+    }
+
+    fn connected<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _side: Side,
+        res: i32,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
+        self.on_connect(cx, res, io)
+    }
+
+    /// The request body stopped arriving (408), limit_req's delay is over (connect now), the
+    /// connect took too long (cancelled: its completion tries the next server), or the
+    /// upstream is silent past `read_timeout` (504 before the head, else the end).
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        now: u64,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        if self.body_deadline(cx).is_some_and(|b| b <= now) {
+            return Step::Respond(408, End::BodyTimeout);
+        }
+        if let Some(c) = self.connect() {
+            if c.delayed {
+                c.delayed = false;
+                cx.phase_ms = now;
+                return self.connect_next(cx, io, env);
+            }
+            c.timed_out = true;
+            cx.links.cancel_connect(io);
+            return Step::Continue;
+        }
+        if self.awaiting_head() {
+            return self.upstream_failed(
+                cx,
+                Failure::Timeout,
+                Step::Respond(504, End::UpstreamTimeout),
+                io,
+            );
+        }
+        Step::Close(End::IdleTimeout)
+    }
+
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        let ms = u64::from;
+        let phase = match self.downward {
+            Downward::Connect(c) if c.delayed => Some(cx.phase_ms),
+            Downward::Connect(c) if !c.timed_out => Some(cx.phase_ms + ms(self.req.connect_ms)),
+            Downward::Connect(_) => None,
+            _ => Some(cx.last_up_ms + ms(self.req.read_ms)),
+        };
+        match self.body_deadline(cx) {
+            Some(b) => Some(phase.map_or(b, |p| p.min(b))),
+            None => phase,
+        }
+    }
+
+    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
+        match side {
+            Side::Down => match &self.upward {
+                Upward::Body(_) => room,
+                Upward::Hold(stash) => stash.len() < cx.listen.header_max as usize,
+            },
+            Side::Up => match self.downward {
+                Downward::Head(_) => true,
+                Downward::Body(_) => room,
+                _ => false,
+            },
+        }
+    }
+
+    /// The body clock runs only while the body is read: it restarts when reading resumes.
+    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
+        if side == Side::Down && matches!(self.upward, Upward::Body(_)) {
+            cx.last_down_ms = now;
+        }
+    }
+
+    fn watches_client(&self) -> bool {
+        true
+    }
+
+    /// The request waits (in the upstream's queue) for the next socket — for the previous one
+    /// to close, or for limit_req's delay to pass; not when it is sent again from `resend`.
+    fn keeps_queue(&self) -> bool {
+        matches!(self.downward, Downward::Connect(c) if (c.waiting || c.delayed) && !c.resend)
+    }
+
+    /// A connect that waited for the previous upstream socket to close starts once it has.
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        if self.connect_waiting() && cx.links.up.fd() < 0 {
+            self.connect_next(cx, io, env)
+        } else {
+            Step::Continue
+        }
+    }
+
+    /// Upgraded: the request becomes a tunnel, whose first bytes each way are what the client
+    /// sent after its request and what the upstream sent after its 101. A whole response: the
+    /// next request (what the client pipelined may be it), or the end of the connection.
+    fn finish<I: Io + ?Sized>(self, cx: &mut Cx, io: &mut I) -> Phase {
+        let Exchange {
+            req,
+            upward,
+            downward,
+        } = self;
+        let held = match upward {
+            Upward::Hold(held) => held,
+            Upward::Body(_) => Vec::new(),
+        };
+        match downward {
+            Downward::Upgraded(rest) => {
+                let mut frames = [FrameTracker::default(); 2];
+                frames[0].track(&held);
+                frames[1].track(&rest);
+                if !held.is_empty() {
+                    let c = io.put(held);
+                    cx.send_to(Side::Up, c, io);
+                }
+                Phase::Tunnel(Tunnel { req, frames })
+            }
+            Downward::Over { again: true } => {
+                cx.served = cx.served.saturating_add(1);
+                cx.phase_ms = io.now_ms();
+                Phase::Request(Request { head: held })
+            }
+            _ => {
+                cx.end.get_or_insert(End::Done);
+                Phase::Respond(Answer {
+                    req,
+                    linger: Linger::No,
+                })
+            }
+        }
+    }
+}
+
+impl Exchange {
+    /// Plaintext from the client: the request body, then what follows it, held.
+    fn client_bytes<I: Io + ?Sized>(&mut self, cx: &mut Cx, c: Chunk, io: &mut I) -> Step {
+        match &mut self.upward {
+            Upward::Body(t) => match t.feed(io.data_of(c)) {
+                Ok(n) => {
+                    if t.done() {
+                        self.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
                     }
-                    Err(e) => {
-                        io.release(c);
-                        Step::Respond(400, End::BadRequest(e.0))
-                    }
-                },
-                Upward::Hold(stash) => {
-                    // Never dropped: `want_recv` stops reading at the bound, so at most what
-                    // the recv already armed may bring (QUEUE buffers) lands past it.
-                    stash.extend_from_slice(io.data_of(c));
-                    io.release(c);
+                    self.forward_prefix(cx, Side::Down, c, n, io);
                     Step::Continue
                 }
+                Err(e) => {
+                    io.release(c);
+                    Step::Respond(400, End::BadRequest(e.0))
+                }
             },
-            // Our answer is going out: what the client still sends is dropped. (A protocol
-            // type, a tunnel among them, has had its bytes in `on_data`.)
-            Phase::Request(_)
-            | Phase::Respond { .. }
-            | Phase::Closing(_)
-            | Phase::Tunnel(_)
-            | Phase::Other(_) => {
+            Upward::Hold(stash) => {
+                // Never dropped: `wants` stops reading at the bound, so at most what the recv
+                // already armed may bring (QUEUE buffers) lands past it.
+                stash.extend_from_slice(io.data_of(c));
                 io.release(c);
                 Step::Continue
             }
         }
     }
 
-    /// Plaintext from the upstream.
-    pub(super) fn on_upstream_bytes(
+    /// Plaintext from the upstream: the response head, then its body.
+    fn upstream_bytes<I: Io + ?Sized>(
         &mut self,
+        cx: &mut Cx,
         c: Chunk,
-        io: &mut impl Io,
+        io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        match &mut self.phase {
-            Phase::Exchange(x) => match &mut x.downward {
-                Downward::Head(v) => {
-                    v.extend_from_slice(io.data_of(c));
-                    io.release(c);
-                    self.try_response(io, env)
-                }
-                Downward::Body(t) => match t.feed(io.data_of(c)) {
-                    Ok(n) => {
-                        let done = t.done();
-                        self.forward_prefix(Side::Up, c, n, io);
-                        if done {
-                            return self.response_done(io, env);
-                        }
-                        Step::Continue
+        match &mut self.downward {
+            Downward::Head(v) => {
+                v.extend_from_slice(io.data_of(c));
+                io.release(c);
+                self.try_response(cx, io, env)
+            }
+            Downward::Body(t) => match t.feed(io.data_of(c)) {
+                Ok(n) => {
+                    let done = t.done();
+                    self.forward_prefix(cx, Side::Up, c, n, io);
+                    if done {
+                        return self.response_done(cx, io, env.draining);
                     }
-                    Err(e) => {
-                        io.release(c);
-                        Step::Close(End::BadResponse(e.0))
-                    }
-                },
-                Downward::Connect(_) => {
-                    io.release(c);
                     Step::Continue
+                }
+                Err(e) => {
+                    io.release(c);
+                    Step::Close(End::BadResponse(e.0))
                 }
             },
             _ => {
@@ -97,28 +259,52 @@ impl Session {
         }
     }
 
-    fn try_response(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
+    /// Forward the first `n` bytes of `c` (the part that belongs to the current message), or
+    /// give the buffer back when none does.
+    fn forward_prefix<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        n: usize,
+        io: &mut I,
+    ) {
+        if n == 0 {
+            io.release(c);
+            return;
+        }
+        let c = Chunk { len: n as u32, ..c };
+        let to = from.peer();
+        // Toward an upstream still being connected (or reconnected), bytes wait in the queue.
+        let connecting = to == Side::Up && self.connecting();
+        if !connecting && !cx.links.get(to).open() {
+            io.release(c);
+            return;
+        }
+        if to == Side::Down {
+            self.req.responded = true;
+        }
+        cx.send_to(to, c, io);
+    }
+
+    /// The response head gathered so far: parse it (interim responses passed on), and act on
+    /// the final one.
+    fn try_response<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
         loop {
-            let Phase::Exchange(x) = &mut self.phase else {
+            let Downward::Head(buf) = &mut self.downward else {
                 return Step::Continue;
             };
-            let Downward::Head(buf) = &mut x.downward else {
-                return Step::Continue;
-            };
-            let r = &mut x.req;
+            let r = &mut self.req;
             let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
                 Ok(None) => return Step::Continue,
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
                     let answer = Step::Respond(502, End::BadResponse("response head too large"));
-                    return self.upstream_failed(Failure::Invalid, answer, io);
+                    return self.upstream_failed(cx, Failure::Invalid, answer, io);
                 }
                 Err(HeadError::Invalid(why)) => {
-                    return self.upstream_failed(
-                        Failure::Invalid,
-                        Step::Respond(502, End::BadResponse(why)),
-                        io,
-                    );
+                    let answer = Step::Respond(502, End::BadResponse(why));
+                    return self.upstream_failed(cx, Failure::Invalid, answer, io);
                 }
             };
             if (100..200).contains(&resp.status) && resp.status != 101 {
@@ -133,105 +319,104 @@ impl Session {
                 r.responded = true;
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
                 let c = io.put(info);
-                self.cx.send_to(Side::Down, c, io);
+                cx.send_to(Side::Down, c, io);
                 continue;
             }
             let named = r.attempt.as_ref().and_then(|a| a.names_status(resp.status));
             if let Some(f) = named {
                 // A 502/503/504 that next_upstream names: a failure of this server; the next
                 // one gets the request if it can, else this answer goes to the client.
-                if self.retry_next(f, io) {
+                if self.retry_next(cx, f, io) {
                     return Step::Continue;
                 }
             } else {
-                self.server_answered();
+                self.server_answered(cx);
             }
-            // (Still proxying, still at the head: neither call above changes the phase.)
-            let Phase::Exchange(x) = &mut self.phase else {
-                return Step::Continue;
-            };
-            let (Downward::Head(buf), r) = (&mut x.downward, &mut x.req) else {
-                return Step::Continue;
-            };
-            let buf = std::mem::take(buf);
-            r.status = resp.status;
-            r.up_keep = resp.keep_alive;
-            let mut out = io.scratch();
-            out.reserve(resp.head_len + 64);
-            if resp.status == 101 {
-                return self.upgraded(&resp, buf, out, io, env);
-            }
-            let mut t = BodyTracker::new(resp.body);
-            let keep = r.keep_alive
-                && !t.until_close()
-                && !self.cx.links.down.eof()
-                && !env.draining
-                && self.cx.listen.keepalive_timeout_ms > 0
-                && self.cx.served.saturating_add(1) < self.cx.listen.keepalive_requests;
-            r.keep_alive = keep;
-            let conn = if keep {
-                ClientConnection::KeepAlive
-            } else {
-                ClientConnection::Close
-            };
-            let _ = http::rewrite_response(&buf[..resp.head_len], conn, resp.drop_length, &mut out);
-            let rest = &buf[resp.head_len..];
-            match t.feed(rest) {
-                Ok(n) => out.extend_from_slice(&rest[..n]),
-                Err(e) => {
-                    io.recycle(out);
-                    return Step::Close(End::BadResponse(e.0));
-                }
-            }
-            let done = t.done();
-            x.downward = Downward::Body(t);
-            r.responded = true;
-            let c = io.put(out);
-            self.cx.send_to(Side::Down, c, io);
-            if done {
-                return self.response_done(io, env);
-            }
-            return Step::Continue;
+            return self.final_head(cx, &resp, io, env);
         }
     }
 
-    /// A 101 to the request: checked (asked for, naming the protocol asked for, the request
-    /// whole), passed on, and the exchange becomes a tunnel; the bytes after each head are its
-    /// first bytes.
-    fn upgraded(
+    /// The final response head, parsed: passed on rewritten (or the exchange upgrades), its
+    /// body to follow.
+    fn final_head<I: Io + ?Sized>(
         &mut self,
+        cx: &mut Cx,
         resp: &http::Response,
-        buf: Vec<u8>,
-        mut out: Vec<u8>,
-        io: &mut impl Io,
+        io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        let Phase::Exchange(x) = &mut self.phase else {
-            io.recycle(out);
+        let Downward::Head(buf) = &mut self.downward else {
             return Step::Continue;
         };
-        let r = &mut x.req;
-        if !r.upgrade {
-            return Step::Respond(
-                502,
-                End::BadResponse("101 to a request that did not ask to upgrade"),
-            );
+        let buf = std::mem::take(buf);
+        let r = &mut self.req;
+        r.status = resp.status;
+        r.up_keep = resp.keep_alive;
+        let mut out = io.scratch();
+        out.reserve(resp.head_len + 64);
+        if resp.status == 101 {
+            return self.upgraded(cx, resp, buf, out, io);
         }
-        if !resp
+        let mut t = BodyTracker::new(resp.body);
+        let keep = r.keep_alive
+            && !t.until_close()
+            && !cx.links.down.eof()
+            && !env.draining
+            && cx.listen.keepalive_timeout_ms > 0
+            && cx.served.saturating_add(1) < cx.listen.keepalive_requests;
+        r.keep_alive = keep;
+        let conn = if keep {
+            ClientConnection::KeepAlive
+        } else {
+            ClientConnection::Close
+        };
+        let _ = http::rewrite_response(&buf[..resp.head_len], conn, resp.drop_length, &mut out);
+        let rest = &buf[resp.head_len..];
+        match t.feed(rest) {
+            Ok(n) => out.extend_from_slice(&rest[..n]),
+            Err(e) => {
+                io.recycle(out);
+                return Step::Close(End::BadResponse(e.0));
+            }
+        }
+        let done = t.done();
+        self.downward = Downward::Body(t);
+        r.responded = true;
+        let c = io.put(out);
+        cx.send_to(Side::Down, c, io);
+        if done {
+            return self.response_done(cx, io, env.draining);
+        }
+        Step::Continue
+    }
+
+    /// A 101 to the request: checked (asked for, naming the protocol asked for, the request
+    /// whole) and passed on; the exchange then finishes into a tunnel.
+    fn upgraded<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        resp: &http::Response,
+        mut buf: Vec<u8>,
+        mut out: Vec<u8>,
+        io: &mut I,
+    ) -> Step {
+        let r = &mut self.req;
+        let why = if !r.upgrade {
+            Some("101 to a request that did not ask to upgrade")
+        } else if !resp
             .upgrade
             .as_deref()
             .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
         {
-            return Step::Respond(
-                502,
-                End::BadResponse("101 without the protocol the client asked for"),
-            );
-        }
-        if !matches!(x.upward, Upward::Hold(_)) {
-            return Step::Respond(
-                502,
-                End::BadResponse("101 before the request body was complete"),
-            );
+            Some("101 without the protocol the client asked for")
+        } else if !matches!(self.upward, Upward::Hold(_)) {
+            Some("101 before the request body was complete")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            io.recycle(out);
+            return Step::Respond(502, End::BadResponse(why));
         }
         let _ = http::rewrite_response(
             &buf[..resp.head_len],
@@ -245,98 +430,49 @@ impl Session {
         io.observe(Observed::TunnelOpened(
             io.now_ms().saturating_sub(r.started_ms),
         ));
-        let (req, held) = match self.phase.take() {
-            Phase::Exchange(Exchange {
-                req,
-                upward: Upward::Hold(held),
-                ..
-            }) => (req, held),
-            other => {
-                // Checked above: a 101 comes only while the client's bytes are held.
-                self.phase = other;
-                io.recycle(out);
-                return Step::Respond(502, End::BadResponse("101 out of place"));
-            }
-        };
-        // The tunnel's first bytes each way: what the client sent after its request,
-        // and what the upstream sent after its 101.
-        let mut frames = [FrameTracker::default(); 2];
-        frames[0].track(&held);
-        frames[1].track(&buf[resp.head_len..]);
-        let mut tunnel = Tunnel { req, frames };
         let c = io.put(out);
-        self.cx.send_to(Side::Down, c, io);
-        // What the client sent after its request is the start of the tunnel.
-        if !held.is_empty() {
-            let c = io.put(held);
-            self.cx.send_to(Side::Up, c, io);
-        }
-        if env.draining {
-            // Shutdown began while this upgrade was on its way: it is told at once.
-            tunnel.drain_close(&mut self.cx, io);
-        }
-        Step::Become(Phase::Tunnel(tunnel))
+        cx.send_to(Side::Down, c, io);
+        // What the upstream sent after its 101 went with it; the tunnel's tracker starts on it.
+        buf.drain(..resp.head_len);
+        self.downward = Downward::Upgraded(buf);
+        Step::Finish
     }
 
     /// The response body is complete (or the upstream closed a close-delimited one).
-    fn response_done(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        self.log_request(End::Done, io);
+    fn response_done<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, draining: bool) -> Step {
+        self.log_request(cx, End::Done, io);
         // The upstream connection goes to the keepalive pool when the exchange on it is
         // whole and clean: the request sent whole, the response whole and not ending with
         // the connection, nothing else on it.
-        if let Phase::Exchange(x) = &self.phase {
-            let u = &self.cx.cfg.upstreams[usize::from(x.req.upstream)];
-            let keep = u.keepalive > 0
-                && x.req.up_keep
-                && !x.req.upgrade
-                && matches!(x.upward, Upward::Hold(_))
-                && self.cx.links.up.flushed()
-                && !self.cx.links.up.eof()
-                && self.cx.links.up.at_rest()
-                && u32::from(self.cx.links.up.uses()) < u.keepalive_requests
-                && !env.draining;
-            self.cx.links.up.set_keep(keep);
-        }
-        self.cx.retire(Side::Up, io);
-        let x = match self.phase.take() {
-            Phase::Exchange(x) => x,
-            other => {
-                self.phase = other;
-                return Step::Continue;
-            }
-        };
+        let whole = matches!(self.upward, Upward::Hold(_));
+        let (up, r) = (&cx.links.up, &self.req);
+        let u = &cx.cfg.upstreams[usize::from(r.upstream)];
+        let pool = u.keepalive > 0
+            && r.up_keep
+            && !r.upgrade
+            && whole
+            && up.flushed()
+            && !up.eof()
+            && up.at_rest()
+            && u32::from(up.uses()) < u.keepalive_requests
+            && !draining;
+        cx.links.up.set_keep(pool);
+        cx.retire(Side::Up, io);
         // Reuse the client connection only when the request went up whole (the upstream may
         // answer before it has read the body) and nothing else is pending.
-        let keep = x.req.keep_alive
-            && matches!(x.upward, Upward::Hold(_))
-            && self.cx.links.up.flushed()
-            && !self.cx.links.down.eof()
-            && !env.draining;
-        let stash = match x.upward {
-            Upward::Hold(stash) if keep => stash,
-            _ => {
-                self.cx.end.get_or_insert(End::Done);
-                return Step::Become(Phase::Respond(Answer {
-                    req: x.req,
-                    linger: Linger::No,
-                }));
-            }
-        };
-        self.cx.served = self.cx.served.saturating_add(1);
-        self.cx.phase_ms = io.now_ms();
-        // What the client pipelined may be the next request, whole (`Request::start`).
-        Step::Become(Phase::Request(Request { head: stash }))
+        let again =
+            r.keep_alive && whole && cx.links.up.flushed() && !cx.links.down.eof() && !draining;
+        self.downward = Downward::Over { again };
+        Step::Finish
     }
 
-    /// The upstream closed (outside a tunnel).
-    pub(super) fn upstream_eof(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Exchange(x) = &mut self.phase else {
-            return Step::Continue;
-        };
-        match &x.downward {
+    /// The upstream closed.
+    fn upstream_eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        match &self.downward {
             Downward::Body(t) if t.until_close() => {
-                x.req.keep_alive = false;
-                self.response_done(io, env)
+                self.req.keep_alive = false;
+                // Neither connection is kept, draining or not.
+                self.response_done(cx, io, false)
             }
             Downward::Head(v) => {
                 let why = if v.is_empty() {
@@ -345,45 +481,57 @@ impl Session {
                     "upstream closed inside the response head"
                 };
                 self.upstream_failed(
+                    cx,
                     Failure::Error,
                     Step::Respond(502, End::BadResponse(why)),
                     io,
                 )
             }
             Downward::Body(_) => Step::Close(End::UpstreamClosed),
-            Downward::Connect(_) => Step::Continue,
+            _ => Step::Continue,
         }
+    }
+
+    /// When a request body that stopped arriving gets its 408: only while the proxy is
+    /// reading it (a body held back because the upstream is slow is not the client's fault).
+    fn body_deadline(&self, cx: &Cx) -> Option<u64> {
+        let reading =
+            matches!(self.upward, Upward::Body(_)) && cx.links.down.recv_state() == Recv::On;
+        reading.then(|| cx.last_down_ms + u64::from(self.req.body_ms))
     }
 
     /// Log the request in progress (once).
-    fn log_request(&mut self, end: End, io: &mut impl Io) {
+    fn log_request<I: Io + ?Sized>(&mut self, cx: &Cx, end: End, io: &mut I) {
         let now = io.now_ms();
-        if let Some(line) = self.access_log(end, now) {
+        if let Some(line) = access_line(cx, &self.req, end, now) {
             io.log(&line);
         }
-        if let Some(r) = self.phase.req_mut() {
-            r.logged = true;
-        }
+        self.req.logged = true;
     }
+}
 
-    /// The access-log line of the request this session still owes one for, if any: the
-    /// worker writes it at the end of the session; kept-alive requests are logged as each
-    /// response completes.
-    pub fn access_log(&self, end: End, now_ms: u64) -> Option<AccessLog<'_>> {
-        let r = self.phase.req().filter(|r| !r.logged)?;
-        Some(AccessLog {
-            client: self.cx.client,
-            method: r.method(),
-            host: r.host(),
-            path: r.path(),
-            upstream: self.peer_addr(),
-            status: r.status,
-            duration_ms: now_ms.saturating_sub(r.started_ms),
-            bytes_in: r.bytes_in,
-            bytes_out: r.bytes_out,
-            end,
-            tunnel: r.tunnel,
-            tls: self.cx.links.down.tls_info(),
-        })
+/// The access-log line of request `r`, if it still owes one.
+pub(super) fn access_line<'a>(
+    cx: &'a Cx,
+    r: &'a Req,
+    end: End,
+    now_ms: u64,
+) -> Option<AccessLog<'a>> {
+    if r.logged {
+        return None;
     }
+    Some(AccessLog {
+        client: cx.client,
+        method: r.method(),
+        host: r.host(),
+        path: r.path(),
+        upstream: super::connect::peer_of(cx, r).map(|p| p.addr),
+        status: r.status,
+        duration_ms: now_ms.saturating_sub(r.started_ms),
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        end,
+        tunnel: r.tunnel,
+        tls: cx.links.down.tls_info(),
+    })
 }

@@ -13,6 +13,21 @@
 //! with a `Step`; the worker gets a [`Next`]. See `LIFECYCLE.md` beside this file for the phases
 //! and invariants.
 
+/// Call the protocol `$phase` runs as `$p` (the built-in ones directly, one added as a type
+/// through its box); `$closing` is the answer while closing, when none runs.
+macro_rules! run {
+    ($phase:expr, $p:ident => $call:expr, $closing:expr) => {
+        match $phase {
+            Phase::Request($p) => $call,
+            Phase::Exchange($p) => $call,
+            Phase::Tunnel($p) => $call,
+            Phase::Respond($p) => $call,
+            Phase::Other($p) => $call,
+            Phase::Closing(_) => $closing,
+        }
+    };
+}
+
 mod answer;
 mod connect;
 mod cx;
@@ -32,7 +47,6 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::config::upstream::Failure;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
@@ -42,7 +56,7 @@ use cx::Cx;
 pub use cx::Listen;
 pub use end::{AccessLog, End};
 use links::Links;
-use phase::{Downward, Exchange, Linger, Req, Upward};
+use phase::{Exchange, Linger, Req};
 use protocol::{Protocol, Step};
 use request::Request;
 
@@ -63,6 +77,8 @@ pub trait Io: Sys {
     fn log(&mut self, line: &AccessLog);
     /// Something worth a metric happened.
     fn observe(&mut self, what: Observed);
+    /// The same, as `dyn Io` (for a protocol added as a type, which is called through a box).
+    fn as_dyn(&mut self) -> &mut dyn Io;
 }
 
 /// What a session tells the worker's metrics, as it happens.
@@ -242,20 +258,16 @@ impl Session {
     }
 
     /// Start: the first protocol begins; arm the client recv.
-    pub fn start(&mut self, io: &mut impl Io) {
-        let next = self.started(io);
-        self.apply(next, io);
+    pub fn start(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        let next = self.started(io, env);
+        self.apply(next, io, env);
         self.sync_recv(io);
     }
 
     /// The session has just become what its phase is: its protocol starts (a request head
     /// begun with bytes already parses them; a protocol added as a type does what it does).
-    fn started(&mut self, io: &mut impl Io) -> Step {
-        match &mut self.phase {
-            Phase::Request(r) => Protocol::start(r, &mut self.cx, io),
-            Phase::Other(p) => p.start(&mut self.cx, io),
-            _ => Step::Continue,
-        }
+    fn started(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Step {
+        run!(&mut self.phase, p => Protocol::start(p, &mut self.cx, io, env), Step::Continue)
     }
 
     /// The phase, as a tag.
@@ -311,7 +323,7 @@ impl Session {
                 len: res as u32,
             };
             let next = self.on_data(side, c, io, env);
-            self.apply(next, io);
+            self.apply(next, io, env);
         } else if let Some(bid) = bid {
             // A buffer with no data: just give it back.
             io.release(Chunk {
@@ -321,8 +333,8 @@ impl Session {
             });
         }
         if res == 0 {
-            let next = self.on_eof(side, io, env);
-            self.apply(next, io);
+            let next = self.on_eof(side, io);
+            self.apply(next, io, env);
         } else if res < 0 {
             match -res {
                 libc::ECANCELED => {}
@@ -332,8 +344,8 @@ impl Session {
                     }
                 }
                 e => {
-                    let next = self.on_error(side, e, io);
-                    self.apply(next, io);
+                    let next = self.on_error(side, protocol::end_of_error(side, e), io);
+                    self.apply(next, io, env);
                 }
             }
         }
@@ -344,8 +356,18 @@ impl Session {
     pub fn on_send(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let closing = self.phase.is_closing();
         if let crate::reactor::Sent::Failed(e) = self.conn(side).on_sent(io, side, res, closing) {
-            let next = self.on_error(side, e, io);
-            self.apply(next, io);
+            let next = self.on_error(side, protocol::end_of_error(side, e), io);
+            self.apply(next, io, env);
+        }
+        self.after(io, env)
+    }
+
+    /// The upstream connect completed.
+    pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        self.cx.links.up.connect_done();
+        if !self.cx.links.up.retiring() {
+            let next = run!(&mut self.phase, p => Protocol::connected(p, &mut self.cx, Side::Up, res, io, env), Step::Continue);
+            self.apply(next, io, env);
         }
         self.after(io, env)
     }
@@ -380,12 +402,8 @@ impl Session {
     /// is answered and its connection then closed (`env.draining`); a tunnel gets its Close
     /// at its time in the drain spread.
     pub fn drain(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        let step = match &mut self.phase {
-            Phase::Request(r) => Protocol::drain(r, &mut self.cx, io),
-            Phase::Other(p) => p.drain(&mut self.cx, io),
-            _ => Step::Continue,
-        };
-        self.apply(step, io);
+        let step = run!(&mut self.phase, p => Protocol::drain(p, &mut self.cx, io), Step::Continue);
+        self.apply(step, io, env);
         self.after(io, env)
     }
 
@@ -393,12 +411,9 @@ impl Session {
     /// the Close of `runtime.drain_close` at the next frame boundary, its reply goes up and the
     /// session ends (a stream that is not WebSocket: both sides are shut).
     pub fn drain_tunnel(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        let step = match &mut self.phase {
-            Phase::Tunnel(t) => Protocol::farewell(t, &mut self.cx, io),
-            Phase::Other(p) => p.farewell(&mut self.cx, io),
-            _ => Step::Continue,
-        };
-        self.apply(step, io);
+        let step =
+            run!(&mut self.phase, p => Protocol::farewell(p, &mut self.cx, io), Step::Continue);
+        self.apply(step, io, env);
         self.after(io, env)
     }
 
@@ -428,25 +443,7 @@ impl Session {
             Ok(Some(c)) => c,
             Ok(None) => return Step::Continue,
             Err(crate::tls::Fail::PlainHttp) => return Step::Respond(400, End::PlainHttp),
-            Err(crate::tls::Fail::Tls(e)) => {
-                let why = end::tls_reason(&e);
-                return match side {
-                    Side::Down => {
-                        tracing::info!(target: "tls", "{}: TLS failed: {e}", self.cx.client);
-                        // No HTTP answer: the alert is on its way.
-                        Step::Fail(End::ClientTls(why))
-                    }
-                    Side::Up => {
-                        let peer = self.peer_addr();
-                        tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.to_string()));
-                        self.upstream_failed(
-                            Failure::Error,
-                            Step::Respond(502, End::UpstreamTls(why)),
-                            io,
-                        )
-                    }
-                };
-            }
+            Err(crate::tls::Fail::Tls(e)) => return self.tls_failed(side, &e, io),
         };
         let now = io.now_ms();
         if let Some(r) = self.phase.req_mut() {
@@ -459,82 +456,42 @@ impl Session {
             Side::Down => self.cx.last_down_ms = now,
             Side::Up => self.cx.last_up_ms = now,
         }
-        match (&mut self.phase, side) {
-            (Phase::Request(r), _) => Protocol::bytes(r, &mut self.cx, side, c, io, env),
-            (Phase::Tunnel(t), _) => Protocol::bytes(t, &mut self.cx, side, c, io, env),
-            (Phase::Respond(a), _) => Protocol::bytes(a, &mut self.cx, side, c, io, env),
-            (Phase::Other(p), _) => p.bytes(&mut self.cx, side, c, io, env),
-            (_, Side::Down) => self.on_client_bytes(c, io),
-            (_, Side::Up) => self.on_upstream_bytes(c, io, env),
-        }
+        run!(&mut self.phase, p => Protocol::bytes(p, &mut self.cx, side, c, io, env), {
+            io.release(c);
+            Step::Continue
+        })
     }
 
-    /// Forward the first `n` bytes of `c` (the part that belongs to the current message), or
-    /// give the buffer back when none does.
-    fn forward_prefix(&mut self, from: Side, c: Chunk, n: usize, io: &mut impl Io) {
-        if n > 0 {
-            self.forward(from, Chunk { len: n as u32, ..c }, io);
-        } else {
-            io.release(c);
+    /// The transport of `side` failed (its alert, if any, is queued).
+    #[inline(never)]
+    fn tls_failed(&mut self, side: Side, e: &rustls::Error, io: &mut impl Io) -> Step {
+        let why = end::tls_reason(e);
+        match side {
+            Side::Down => {
+                tracing::info!(target: "tls", "{}: TLS failed: {e}", self.cx.client);
+                // No HTTP answer: the alert is on its way.
+                Step::Fail(End::ClientTls(why))
+            }
+            Side::Up => {
+                let peer = self.phase.req().and_then(|r| connect::peer_of(&self.cx, r));
+                tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.addr.to_string()));
+                self.on_error(Side::Up, End::UpstreamTls(why), io)
+            }
         }
-    }
-
-    /// Queue `c`, received on `from`, for sending on the other side: zero-copy, the same
-    /// buffer goes out.
-    fn forward(&mut self, from: Side, c: Chunk, io: &mut impl Io) {
-        let to = from.peer();
-        // Toward an upstream still being connected (or reconnected), bytes wait in the queue.
-        let connecting =
-            to == Side::Up && matches!(&self.phase, Phase::Exchange(x) if x.connecting());
-        if !connecting && !self.conn(to).open() {
-            io.release(c);
-            return;
-        }
-        if to == Side::Down
-            && let Some(r) = self.phase.req_mut()
-        {
-            r.responded = true;
-        }
-        self.cx.send_to(to, c, io);
     }
 
     // ---- endings -------------------------------------------------------------------------
 
-    fn on_eof(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Step {
+    fn on_eof(&mut self, side: Side, io: &mut impl Io) -> Step {
         if self.phase.is_closing() || self.conn(side).retiring() {
             return Step::Continue;
         }
         self.conn(side).mark_eof();
-        match &mut self.phase {
-            Phase::Request(r) => return Protocol::eof(r, &mut self.cx, side, io),
-            Phase::Tunnel(t) => return Protocol::eof(t, &mut self.cx, side, io),
-            Phase::Respond(a) => return Protocol::eof(a, &mut self.cx, side, io),
-            Phase::Other(p) => return p.eof(&mut self.cx, side, io),
-            _ => {}
-        }
-        match side {
-            // A head cut short, or nothing more can be delivered to a client that has gone:
-            // the upstream side ends now (nginx's `proxy_ignore_client_abort off`), whether it
-            // is still connecting, waiting for the head or relaying a body.
-            Side::Down => Step::Close(End::ClientClosed),
-            Side::Up => self.upstream_eof(io, env),
-        }
+        run!(&mut self.phase, p => Protocol::eof(p, &mut self.cx, side, io), Step::Continue)
     }
 
-    fn on_error(&mut self, side: Side, errno: i32, io: &mut impl Io) -> Step {
-        if self.phase.is_closing() {
-            return Step::Continue;
-        }
-        if let Phase::Other(p) = &mut self.phase {
-            return p.error(&mut self.cx, side, errno, io);
-        }
-        let end = protocol::end_of_error(side, errno);
-        let waiting_head = matches!(&self.phase, Phase::Exchange(x) if x.awaiting_head());
-        if side == Side::Up && waiting_head {
-            self.upstream_failed(Failure::Error, Step::Respond(502, end), io)
-        } else {
-            Step::Close(end)
-        }
+    fn on_error(&mut self, side: Side, end: End, io: &mut impl Io) -> Step {
+        run!(&mut self.phase, p => Protocol::error(p, &mut self.cx, side, end, io), Step::Continue)
     }
 
     /// Carry out what a protocol decided. Nearly every event decides to go on: that is tested
@@ -542,30 +499,40 @@ impl Session {
     /// phase, for `Become`, and moving it where nothing is to be done cost instructions on
     /// every event).
     #[inline(always)]
-    fn apply(&mut self, step: Step, io: &mut impl Io) {
+    fn apply(&mut self, step: Step, io: &mut impl Io, env: &mut Env<'_>) {
         if !matches!(step, Step::Continue) {
-            self.carry_out(step, io);
+            self.carry_out(step, io, env);
         }
     }
 
     #[inline(never)]
-    fn carry_out(&mut self, step: Step, io: &mut impl Io) {
+    fn carry_out(&mut self, step: Step, io: &mut impl Io, env: &mut Env<'_>) {
         match step {
             Step::Continue => {}
-            Step::Become(phase) => self.enter(phase, io),
+            Step::Become(phase) => self.enter(phase, io, env),
             Step::Respond(status, end) => self.respond(status, end, io),
             Step::Answer(req, status, end) => self.answer(req, status, end, io),
             // Status 0: no answer of ours (the log says 0), only the transport's alert.
             Step::Fail(end) => self.respond(0, end, io),
             Step::Close(end) => self.close(end, io),
+            Step::Finish => {
+                let next = run!(self.phase.take(), p => Protocol::finish(p, &mut self.cx, io), Phase::Closing(None));
+                match next {
+                    Phase::Closing(req) => {
+                        let end = self.cx.end.unwrap_or(End::Done);
+                        self.shut(req, end, io);
+                    }
+                    next => self.enter(next, io, env),
+                }
+            }
         }
     }
 
     /// The session runs `phase` from now on (its protocol starts at once).
-    fn enter(&mut self, phase: Phase, io: &mut impl Io) {
+    fn enter(&mut self, phase: Phase, io: &mut impl Io, env: &mut Env<'_>) {
         self.phase = phase;
-        let first = self.started(io);
-        self.apply(first, io);
+        let first = self.started(io, env);
+        self.apply(first, io, env);
     }
 
     /// Answer with our own response and close after it (if nothing was sent yet; else close).
@@ -631,14 +598,21 @@ impl Session {
             }
             _ => self.phase.take_req(),
         };
+        self.shut(req, end, io);
+    }
+
+    /// The session is closing (with `req` to log at its end, if any): both connections are
+    /// retired.
+    fn shut(&mut self, req: Option<Box<Req>>, end: End, io: &mut impl Io) {
         self.cx.end.get_or_insert(end);
         self.phase = Phase::Closing(req);
         self.cx.retire(Side::Down, io);
         self.cx.retire(Side::Up, io);
     }
 
-    /// Bookkeeping after every event: close retired sockets, keep recvs armed or stopped,
-    /// finish a flush-then-close, start a waiting connect; `Close` once closing is complete.
+    /// Bookkeeping after every event: the protocol settles (an answer sent, a connect that
+    /// waited), retired sockets close, recvs are kept armed or stopped; `Close` once closing
+    /// is complete.
     fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
@@ -650,28 +624,13 @@ impl Session {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
-        // A protocol type reconciles here, before the links do.
-        let step = match &mut self.phase {
-            Phase::Tunnel(t) => Protocol::settle(t, &mut self.cx, io),
-            Phase::Respond(a) => Protocol::settle(a, &mut self.cx, io),
-            Phase::Other(p) => p.settle(&mut self.cx, io),
-            _ => Step::Continue,
-        };
-        self.apply(step, io);
-        let waiting = matches!(&self.phase, Phase::Exchange(x) if x.connect_waiting());
-        let keep = matches!(&self.phase, Phase::Exchange(x) if x.keeps_queue());
-        self.cx.links.close_down_when_done(io);
-        if self.cx.links.up.keep() {
-            let uses = self.cx.links.up.uses();
-            if let Some(conn) = self.cx.links.detach_up_when_done(io, keep) {
-                self.cx.pool_upstream(conn, uses, io, env);
-            }
-        } else if self.cx.links.close_up_when_done(io, keep) {
-            self.cx.uncount_peer();
-        }
-        if waiting && self.cx.links.up.fd() < 0 {
-            let next = self.connect_next(io, env);
-            self.apply(next, io);
+        self.close_retired(io, env);
+        let step =
+            run!(&mut self.phase, p => Protocol::settle(p, &mut self.cx, io, env), Step::Continue);
+        if !matches!(step, Step::Continue) {
+            self.carry_out(step, io, env);
+            // What the step retired may close now.
+            self.close_retired(io, env);
         }
         if self.phase.is_closing() {
             return match self.finished() {
@@ -683,6 +642,21 @@ impl Session {
         Next::Continue
     }
 
+    /// Close (or hand to the keepalive pool) the sockets that are retired and have nothing in
+    /// flight.
+    fn close_retired(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
+        let keep = run!(&self.phase, p => Protocol::keeps_queue(p), false);
+        self.cx.links.close_down_when_done(io);
+        if self.cx.links.up.keep() {
+            let uses = self.cx.links.up.uses();
+            if let Some(conn) = self.cx.links.detach_up_when_done(io, keep) {
+                self.cx.pool_upstream(conn, uses, io, env);
+            }
+        } else if self.cx.links.close_up_when_done(io, keep) {
+            self.cx.uncount_peer();
+        }
+    }
+
     /// When the tunnel this session carries began (its upgrade request), if it carries one.
     pub fn tunnel_since(&self) -> Option<u64> {
         self.phase.req().filter(|r| r.tunnel).map(|r| r.started_ms)
@@ -692,6 +666,13 @@ impl Session {
     /// session's end; it is idempotent).
     pub fn release_limit(&mut self) {
         self.cx.release_limit();
+    }
+
+    /// The access-log line of the request this session still owes one for, if any: the
+    /// worker writes it at the end of the session; kept-alive requests are logged as each
+    /// response completes.
+    pub fn access_log(&self, end: End, now_ms: u64) -> Option<AccessLog<'_>> {
+        http1::access_line(&self.cx, self.phase.req()?, end, now_ms)
     }
 
     /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
@@ -707,33 +688,16 @@ impl Session {
         // previous bytes have not left yet (a slow or stalled reader) waits; one that has
         // drained everything (making progress) reads on.
         let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
-        match (&self.phase, side) {
-            (Phase::Request(r), side) => Protocol::wants(r, &self.cx, side, room),
-            (Phase::Exchange(x), Side::Down) => match &x.upward {
-                Upward::Body(_) => room,
-                Upward::Hold(stash) => stash.len() < self.cx.listen.header_max as usize,
-            },
-            (Phase::Exchange(x), Side::Up) => match x.downward {
-                Downward::Head(_) => true,
-                Downward::Body(_) => room,
-                Downward::Connect(_) => false,
-            },
-            (Phase::Tunnel(t), side) => Protocol::wants(t, &self.cx, side, room),
-            // Read and drop what the client still sends while lingering.
-            (Phase::Respond(a), side) => Protocol::wants(a, &self.cx, side, room),
-            (Phase::Other(p), side) => p.wants(&self.cx, side, room),
-            _ => false,
-        }
+        run!(&self.phase, p => Protocol::wants(p, &self.cx, side, room), false)
     }
 
     fn sync_recv(&mut self, io: &mut impl Io) {
         let pool_low = io.pool_low();
-        let body = matches!(&self.phase, Phase::Exchange(x) if matches!(x.upward, Upward::Body(_)));
         for side in [Side::Down, Side::Up] {
             let want = self.want_recv(side, pool_low);
-            if want && side == Side::Down && self.cx.links.down.recv_state() == Recv::Off && body {
-                // The body clock runs only while we read: it restarts when reading resumes.
-                self.cx.last_down_ms = io.now_ms();
+            if want && self.cx.links.get(side).recv_state() == Recv::Off {
+                let now = io.now_ms();
+                run!(&mut self.phase, p => Protocol::resumed(p, &mut self.cx, side, now), ());
             }
             // What this direction may still take: the budget less what waits toward the peer;
             // one at a time below the pool's floor.
@@ -748,7 +712,7 @@ impl Session {
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
-        let watch = matches!(self.phase, Phase::Exchange(_))
+        let watch = run!(&self.phase, p => Protocol::watches_client(p), false)
             && self.cx.links.down.recv_state() == Recv::Off
             && self.cx.links.down.open()
             && !self.cx.links.down.eof();

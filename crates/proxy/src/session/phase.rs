@@ -84,6 +84,14 @@ pub(super) enum Downward {
     Connect(Connect),
     Head(Vec<u8>),
     Body(BodyTracker),
+    /// The 101 went to the client: what the upstream sent after it (already passed on with
+    /// it), for the tunnel's frame tracker; the exchange finishes into a tunnel.
+    Upgraded(Vec<u8>),
+    /// The response is whole: the exchange finishes into the next request (`again`: the
+    /// connection is kept), or into the end of the connection.
+    Over {
+        again: bool,
+    },
 }
 
 /// Where a connect attempt stands.
@@ -123,18 +131,8 @@ impl Exchange {
         matches!(self.downward, Downward::Connect(c) if c.timed_out)
     }
 
-    pub fn delayed(&self) -> bool {
-        matches!(self.downward, Downward::Connect(c) if c.delayed)
-    }
-
     pub fn connect_waiting(&self) -> bool {
         matches!(self.downward, Downward::Connect(c) if c.waiting)
-    }
-
-    /// The request waits (in the upstream's queue) for the next socket — for the previous one
-    /// to close, or for limit_req's delay to pass; false when it is sent again from `resend`.
-    pub fn keeps_queue(&self) -> bool {
-        matches!(self.downward, Downward::Connect(c) if (c.waiting || c.delayed) && !c.resend)
     }
 }
 

@@ -33,6 +33,9 @@ pub(super) enum Step {
     Fail(End),
     /// Close both connections now.
     Close(End),
+    /// This protocol is through: the session takes it by value, and runs what its
+    /// [`Protocol::finish`] makes of it (what it owns moves on, as a request into its tunnel).
+    Finish,
 }
 
 /// The end of a session whose connection `side` failed with `errno`.
@@ -53,7 +56,7 @@ pub(super) trait Protocol: Debug {
     fn name(&self) -> &'static str;
 
     /// The session has just become this protocol.
-    fn start<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+    fn start<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I, _env: &mut Env<'_>) -> Step {
         Step::Continue
     }
 
@@ -76,13 +79,32 @@ pub(super) trait Protocol: Debug {
         })
     }
 
-    /// The connection `from` failed with `errno`.
-    fn error<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, errno: i32, _io: &mut I) -> Step {
-        Step::Close(end_of_error(from, errno))
+    /// The connection `from` failed, which ends the session with `end` (an errno, as
+    /// [`end_of_error`] names it, or its transport's TLS).
+    fn error<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _from: Side, end: End, _io: &mut I) -> Step {
+        Step::Close(end)
+    }
+
+    /// The connect of connection `side` completed with `res` (0, or an errno negated).
+    fn connected<I: Io + ?Sized>(
+        &mut self,
+        _cx: &mut Cx,
+        _side: Side,
+        _res: i32,
+        _io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
+        Step::Continue
     }
 
     /// Its deadline (from `deadline`) has come.
-    fn timer<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _now: u64, _io: &mut I) -> Step {
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        _cx: &mut Cx,
+        _now: u64,
+        _io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
         Step::Continue
     }
 
@@ -98,10 +120,34 @@ pub(super) trait Protocol: Debug {
         side == Side::Down && room
     }
 
+    /// Reading `side` resumes after a pause (its clock may restart).
+    fn resumed(&mut self, _cx: &mut Cx, _side: Side, _now: u64) {}
+
+    /// While the client connection is not read, watch it for a hang-up (a request waiting for
+    /// its answer: a client that has gone ends it at once).
+    fn watches_client(&self) -> bool {
+        false
+    }
+
+    /// What is queued toward the upstream connection stays when it closes, for the next one.
+    fn keeps_queue(&self) -> bool {
+        false
+    }
+
     /// After every event, once the links have settled (sends completed, sockets closed): the
-    /// place to notice what only the links show, such as an answer fully sent.
-    fn settle<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+    /// place to notice what only the links show, such as an answer fully sent or a previous
+    /// socket closed.
+    fn settle<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I, _env: &mut Env<'_>) -> Step {
         Step::Continue
+    }
+
+    /// It answered [`Step::Finish`]: what the session runs next, made of what it owns.
+    /// (`Closing` closes the session.)
+    fn finish<I: Io + ?Sized>(self, _cx: &mut Cx, _io: &mut I) -> Phase
+    where
+        Self: Sized,
+    {
+        Phase::Closing(None)
     }
 
     /// The worker began draining (shutdown): finish what is in progress, or end now.
@@ -119,7 +165,7 @@ pub(super) trait Protocol: Debug {
 /// [`Protocol`] for a boxed protocol, over `dyn Io`: every protocol type is one.
 pub(super) trait Erased: Debug {
     fn name(&self) -> &'static str;
-    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
     fn bytes(
         &mut self,
         cx: &mut Cx,
@@ -129,11 +175,23 @@ pub(super) trait Erased: Debug {
         env: &mut Env<'_>,
     ) -> Step;
     fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step;
-    fn error(&mut self, cx: &mut Cx, from: Side, errno: i32, io: &mut dyn Io) -> Step;
-    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io) -> Step;
+    fn error(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut dyn Io) -> Step;
+    fn connected(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        res: i32,
+        io: &mut dyn Io,
+        env: &mut Env<'_>,
+    ) -> Step;
+    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
     fn deadline(&self, cx: &Cx) -> Option<u64>;
     fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool;
-    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64);
+    fn watches_client(&self) -> bool;
+    fn keeps_queue(&self) -> bool;
+    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
+    fn finish(self: Box<Self>, cx: &mut Cx, io: &mut dyn Io) -> Phase;
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
     fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
 }
@@ -142,8 +200,8 @@ impl<P: Protocol> Erased for P {
     fn name(&self) -> &'static str {
         Protocol::name(self)
     }
-    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
-        Protocol::start(self, cx, io)
+    fn start(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
+        Protocol::start(self, cx, io, env)
     }
     fn bytes(
         &mut self,
@@ -158,11 +216,21 @@ impl<P: Protocol> Erased for P {
     fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step {
         Protocol::eof(self, cx, from, io)
     }
-    fn error(&mut self, cx: &mut Cx, from: Side, errno: i32, io: &mut dyn Io) -> Step {
-        Protocol::error(self, cx, from, errno, io)
+    fn error(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut dyn Io) -> Step {
+        Protocol::error(self, cx, from, end, io)
     }
-    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io) -> Step {
-        Protocol::timer(self, cx, now, io)
+    fn connected(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        res: i32,
+        io: &mut dyn Io,
+        env: &mut Env<'_>,
+    ) -> Step {
+        Protocol::connected(self, cx, side, res, io, env)
+    }
+    fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
+        Protocol::timer(self, cx, now, io, env)
     }
     fn deadline(&self, cx: &Cx) -> Option<u64> {
         Protocol::deadline(self, cx)
@@ -170,13 +238,98 @@ impl<P: Protocol> Erased for P {
     fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
         Protocol::wants(self, cx, side, room)
     }
-    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
-        Protocol::settle(self, cx, io)
+    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
+        Protocol::resumed(self, cx, side, now)
+    }
+    fn watches_client(&self) -> bool {
+        Protocol::watches_client(self)
+    }
+    fn keeps_queue(&self) -> bool {
+        Protocol::keeps_queue(self)
+    }
+    fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
+        Protocol::settle(self, cx, io, env)
+    }
+    fn finish(self: Box<Self>, cx: &mut Cx, io: &mut dyn Io) -> Phase {
+        Protocol::finish(*self, cx, io)
     }
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
         Protocol::drain(self, cx, io)
     }
     fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
         Protocol::farewell(self, cx, io)
+    }
+}
+
+/// A protocol added as a type, boxed, is run like the built-in ones (`Phase::Other`): through
+/// [`Erased`], over the worker's `Io` as `dyn Io`.
+impl Protocol for Box<dyn Erased> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        (**self).start(cx, io.as_dyn(), env)
+    }
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: Side,
+        c: Chunk,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        (**self).bytes(cx, from, c, io.as_dyn(), env)
+    }
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
+        (**self).eof(cx, from, io.as_dyn())
+    }
+    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut I) -> Step {
+        (**self).error(cx, from, end, io.as_dyn())
+    }
+    fn connected<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        res: i32,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        (**self).connected(cx, side, res, io.as_dyn(), env)
+    }
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        now: u64,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        (**self).timer(cx, now, io.as_dyn(), env)
+    }
+    fn deadline(&self, cx: &Cx) -> Option<u64> {
+        (**self).deadline(cx)
+    }
+    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
+        (**self).wants(cx, side, room)
+    }
+    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
+        (**self).resumed(cx, side, now)
+    }
+    fn watches_client(&self) -> bool {
+        (**self).watches_client()
+    }
+    fn keeps_queue(&self) -> bool {
+        (**self).keeps_queue()
+    }
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        (**self).settle(cx, io.as_dyn(), env)
+    }
+    fn drain<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        (**self).drain(cx, io.as_dyn())
+    }
+    fn farewell<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        (**self).farewell(cx, io.as_dyn())
+    }
+    fn finish<I: Io + ?Sized>(self, cx: &mut Cx, io: &mut I) -> Phase {
+        <dyn Erased as Erased>::finish(self, cx, io.as_dyn())
     }
 }

@@ -26,7 +26,7 @@ impl Protocol for Request {
 
     /// Begun with bytes already (what a kept-alive client pipelined, or what another protocol
     /// read before handing the connection over): they may be a whole head.
-    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
         if self.head.is_empty() {
             Step::Continue
         } else {
@@ -65,7 +65,13 @@ impl Protocol for Request {
         }
     }
 
-    fn timer<I: Io + ?Sized>(&mut self, cx: &mut Cx, _now: u64, _io: &mut I) -> Step {
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _now: u64,
+        _io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
         Step::Close(if self.idle(cx) {
             End::KeepaliveTimeout
         } else {

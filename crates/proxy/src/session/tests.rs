@@ -198,6 +198,10 @@ impl Io for Fake {
         self.logs
             .push(format!("{} {} {} {}", l.method, l.path, l.status, l.end));
     }
+    fn as_dyn(&mut self) -> &mut dyn Io {
+        self
+    }
+
     fn observe(&mut self, what: super::Observed) {
         self.observed.push(what);
     }
@@ -287,9 +291,8 @@ impl Sim {
             proxy_header: false,
         };
         let client = "10.1.2.3:5555".parse().unwrap();
-        let mut s = Session::with(CLIENT_FD, client, listen, cfg, 0, phase);
-        s.start(&mut io);
-        Sim {
+        let s = Session::with(CLIENT_FD, client, listen, cfg, 0, phase);
+        let mut sim = Sim {
             s,
             io,
             balancers,
@@ -300,7 +303,10 @@ impl Sim {
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407)
                 | 1,
-        }
+        };
+        let mut env = env_of!(sim);
+        sim.s.start(&mut sim.io, &mut env);
+        sim
     }
 
     fn rand(&mut self, n: u64) -> u64 {
@@ -1434,11 +1440,17 @@ impl super::protocol::Protocol for Fixed {
         _cx: &mut Cx,
         _now: u64,
         _io: &mut I,
+        _env: &mut Env<'_>,
     ) -> super::protocol::Step {
         super::protocol::Step::Close(End::HeaderTimeout)
     }
 
-    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I) -> super::protocol::Step {
+    fn settle<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> super::protocol::Step {
         if self.answered && cx.links.get(Side::Down).flushed() {
             super::protocol::Step::Close(End::Done)
         } else {
@@ -1534,4 +1546,21 @@ fn an_added_protocol_hands_the_connection_to_http1() {
         sim.assert_clean();
         assert_eq!(sim.io.logs, vec!["GET /ws/chat 101 done"], "seed {seed}");
     }
+}
+#[test]
+fn zz_sizes() {
+    use super::phase::*;
+    eprintln!(
+        "Phase {} Exchange {} Upward {} Downward {} Tunnel {} Req {} Session {} Step {} Links {} Cx {}",
+        std::mem::size_of::<Phase>(),
+        std::mem::size_of::<Exchange>(),
+        std::mem::size_of::<Upward>(),
+        std::mem::size_of::<Downward>(),
+        std::mem::size_of::<super::tunnel::Tunnel>(),
+        std::mem::size_of::<Req>(),
+        std::mem::size_of::<Session>(),
+        std::mem::size_of::<super::protocol::Step>(),
+        std::mem::size_of::<Links>(),
+        std::mem::size_of::<Cx>()
+    );
 }

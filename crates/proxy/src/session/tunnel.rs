@@ -283,6 +283,15 @@ impl Protocol for Tunnel {
         "tunnel"
     }
 
+    /// A tunnel that opens while the worker drains (its upgrade was on its way when shutdown
+    /// began) is told at once.
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        if env.draining {
+            self.drain_close(cx, io);
+        }
+        Step::Continue
+    }
+
     /// Bytes from `side`, on to the other side.
     fn bytes<I: Io + ?Sized>(
         &mut self,
@@ -339,7 +348,13 @@ impl Protocol for Tunnel {
     }
 
     /// Idle past `read_timeout`, a heartbeat due or unanswered, or the Close wait over.
-    fn timer<I: Io + ?Sized>(&mut self, cx: &mut Cx, now: u64, io: &mut I) -> Step {
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        now: u64,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
         let last = [cx.last_down_ms, cx.last_up_ms];
         if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
@@ -392,7 +407,7 @@ impl Protocol for Tunnel {
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
-    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I) -> Step {
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I, _env: &mut Env<'_>) -> Step {
         let l = &cx.links;
         if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
             Step::Close(End::Done)
