@@ -1547,20 +1547,3 @@ fn an_added_protocol_hands_the_connection_to_http1() {
         assert_eq!(sim.io.logs, vec!["GET /ws/chat 101 done"], "seed {seed}");
     }
 }
-#[test]
-fn zz_sizes() {
-    use super::phase::*;
-    eprintln!(
-        "Phase {} Exchange {} Upward {} Downward {} Tunnel {} Req {} Session {} Step {} Links {} Cx {}",
-        std::mem::size_of::<Phase>(),
-        std::mem::size_of::<Exchange>(),
-        std::mem::size_of::<Upward>(),
-        std::mem::size_of::<Downward>(),
-        std::mem::size_of::<super::tunnel::Tunnel>(),
-        std::mem::size_of::<Req>(),
-        std::mem::size_of::<Session>(),
-        std::mem::size_of::<super::protocol::Step>(),
-        std::mem::size_of::<Links>(),
-        std::mem::size_of::<Cx>()
-    );
-}
