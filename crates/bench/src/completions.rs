@@ -40,7 +40,7 @@ impl BenchWorker {
         }
         c.phase = Phase::Handshake;
         c.sock.mark_ready();
-        c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
+        c.cancels += c.sock.sync_recv(&mut sys, ConnId::CLIENT, true, UNCAPPED);
         let len = self.r.ring.heap.len(self.handshake) as u32;
         self.send_heap(slot, generation, self.handshake, len);
     }
@@ -50,7 +50,7 @@ impl BenchWorker {
             return;
         };
         let dead = c.phase == Phase::Dead;
-        if let Sent::Failed(e) = c.sock.on_sent(&mut sys, Side::Down, res, dead) {
+        if let Sent::Failed(e) = c.sock.on_sent(&mut sys, ConnId::CLIENT, res, dead) {
             c.errored = true;
             self.error(format!("send:{}", errno(e)));
             self.kill(slot, Some(generation));
@@ -109,7 +109,7 @@ impl BenchWorker {
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
         let (_, c, mut sys) = self.r.split(slot, Some(generation)).expect("live");
-        match c.sock.received(&mut sys, Side::Down, chunk) {
+        match c.sock.received(&mut sys, ConnId::CLIENT, chunk) {
             Ok(Some(plain)) => {
                 data.extend_from_slice(sys.data_of(plain));
                 sys.release(plain);

@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 
 use ringway_proxy::reactor::{Reactor, Recv, Sent, Sys};
 use ringway_proxy::tls::Transport;
-use ringway_proxy::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED, UserData};
+use ringway_proxy::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, Src, UNCAPPED, UserData};
 use ringway_proxy::ws::{self, FrameTracker, opcode};
 
 /// What to run.

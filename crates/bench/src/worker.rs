@@ -240,7 +240,7 @@ impl BenchWorker {
 }
 
 pub(super) fn ud(slot: u32, generation: u32, op: Op) -> UserData {
-    UserData::new(slot, generation, op, Side::Down)
+    UserData::new(slot, generation, op, ConnId::CLIENT)
 }
 
 /// The errno's short name, for error kinds.
@@ -374,7 +374,7 @@ impl BenchWorker {
             if let Some((_, c, mut sys)) = self.r.split(slot, Some(generation))
                 && c.phase != Phase::Dead
             {
-                c.cancels += c.sock.sync_recv(&mut sys, Side::Down, true, UNCAPPED);
+                c.cancels += c.sock.sync_recv(&mut sys, ConnId::CLIENT, true, UNCAPPED);
             }
         }
     }
@@ -491,7 +491,7 @@ impl BenchWorker {
         }
         if c.phase != Phase::Dead {
             c.phase = Phase::Dead;
-            c.cancels += c.sock.retire(&mut sys, Side::Down);
+            c.cancels += c.sock.retire(&mut sys, ConnId::CLIENT);
         }
         self.reap_conn(slot, g);
     }
@@ -512,7 +512,7 @@ impl BenchWorker {
         match self.r.split(slot, Some(generation)) {
             Some((_, c, mut sys)) if c.phase != Phase::Dead => {
                 c.sock.push(&mut sys, ch);
-                c.sock.kick(&mut sys, Side::Down);
+                c.sock.kick(&mut sys, ConnId::CLIENT);
             }
             Some((_, _, mut sys)) => sys.release(ch),
             // Gone: the chunk is a shared frame, or a Pong nothing else names.

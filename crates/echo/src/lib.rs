@@ -26,7 +26,7 @@ use socket2::Socket;
 
 use ringway_proxy::http::{self, BodyKind, BodyTracker};
 use ringway_proxy::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
-use ringway_proxy::uring::{Cqe, Op, Ring, RingConfig, Side, UserData};
+use ringway_proxy::uring::{ConnId, Cqe, Op, Ring, RingConfig, UserData};
 use ringway_proxy::ws::{self, FrameHeader, FrameTracker, Piece, opcode};
 
 /// Bytes per generated piece of a large response or push.
@@ -174,7 +174,7 @@ impl EchoCore {
         for (i, l) in self.listeners.iter().enumerate() {
             r.ring.accept_multi(
                 l.as_raw_fd(),
-                UserData::new(i as u32, 0, Op::Accept, Side::Down),
+                UserData::new(i as u32, 0, Op::Accept, ConnId::CLIENT),
             );
         }
         while !stop.load(Ordering::Relaxed) {
@@ -235,7 +235,7 @@ impl Handler<Client> for EchoCore {
             Some(Op::Recv) => on_recv(client, sys, c),
             Some(Op::Send) => {
                 let closing = client.closing;
-                if let Sent::Failed(_) = client.sock.on_sent(sys, Side::Down, c.res, closing) {
+                if let Sent::Failed(_) = client.sock.on_sent(sys, ConnId::CLIENT, c.res, closing) {
                     client.closing = true;
                 }
             }
@@ -315,10 +315,10 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
         client.closing = true;
     }
     if client.closing {
-        client.cancels += client.sock.retire(sys, Side::Down);
+        client.cancels += client.sock.retire(sys, ConnId::CLIENT);
         return client.sock.close_when_done(sys, client.cancels, false);
     }
-    client.sock.kick(sys, Side::Down);
+    client.sock.kick(sys, ConnId::CLIENT);
     // Backpressure: no recv while what we owe the client has not drained.
     let paused = client.sock.pending() >= OUT_MAX
         || client.produce.is_some()
@@ -326,7 +326,7 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
     client.cancels +=
         client
             .sock
-            .sync_recv(sys, Side::Down, !paused, ringway_proxy::uring::UNCAPPED);
+            .sync_recv(sys, ConnId::CLIENT, !paused, ringway_proxy::uring::UNCAPPED);
     false
 }
 

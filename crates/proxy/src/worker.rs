@@ -16,7 +16,7 @@ use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Reactor, RingSys, Sys};
 use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session, Stage};
 use crate::upstream::Balancers;
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, SLOT_CORE, Side};
+use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
 
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 50;
@@ -86,18 +86,6 @@ struct Listener {
     leaving: bool,
 }
 
-/// The session settings of listener `i` of `cfg`.
-fn listen_of(cfg: &Config, i: usize) -> Listen {
-    let server = cfg
-        .servers
-        .iter()
-        .find(|s| s.listen.contains(&i))
-        .expect("every listener belongs to a server");
-    let tls = cfg.listener_tls.get(i).is_some_and(Option::is_some);
-    let proxy = cfg.listener_proxy.get(i).is_some_and(Option::is_some);
-    Listen::of(i, server, tls, proxy)
-}
-
 fn pin(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();
     if set.set(cpu).is_ok() {
@@ -151,7 +139,7 @@ impl Worker {
                 Some(Listener {
                     sock,
                     addr,
-                    listen: listen_of(&cfg, i),
+                    listen: cfg.listen[i],
                     leaving: false,
                 })
             })
@@ -225,8 +213,8 @@ impl Worker {
             m.pool_in_use
                 .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
-            while let Some((slot, _, side)) = r.next_unparked(8) {
-                core.with_session(r, slot, |s, io, env| s.unpark(side, io, env));
+            while let Some((slot, _, id)) = r.next_unparked(8) {
+                core.with_session(r, slot, |s, io, env| s.unpark(id, io, env));
             }
             if core.accept_paused
                 && r.slots.len() < core.spec.max_sessions
@@ -241,7 +229,7 @@ impl Worker {
 
 impl Core {
     fn arm_inbox(&mut self, r: &mut Reactor<Slot>) {
-        let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Inbox, Side::Down);
+        let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Inbox, ConnId::CLIENT);
         r.ring.poll_in(self.spec.inbox.fd(), ud);
     }
 
@@ -269,10 +257,18 @@ impl Core {
                     // Cancelled, each accept ends and `accept` arms a fresh one.
                     for (i, l) in self.listeners.iter().enumerate() {
                         if l.as_ref().is_some_and(|l| !l.leaving) {
-                            let target =
-                                crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down);
-                            let ud =
-                                crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+                            let target = crate::uring::UserData::new(
+                                i as u32,
+                                0,
+                                Op::Accept,
+                                ConnId::CLIENT,
+                            );
+                            let ud = crate::uring::UserData::new(
+                                SLOT_CORE,
+                                0,
+                                Op::Cancel,
+                                ConnId::CLIENT,
+                            );
                             r.ring.cancel_op(target, ud);
                         }
                     }
@@ -303,7 +299,7 @@ impl Core {
         if let Some(Some(l)) = self.listeners.get(i) {
             r.ring.accept_multi(
                 l.sock.as_raw_fd(),
-                crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down),
+                crate::uring::UserData::new(i as u32, 0, Op::Accept, ConnId::CLIENT),
             );
         }
     }
@@ -321,7 +317,7 @@ impl Core {
             }
         }
         for (i, addr) in cfg.listeners.iter().enumerate() {
-            let listen = listen_of(&cfg, i);
+            let listen = cfg.listen[i];
             if let Some(l) = self
                 .listeners
                 .iter_mut()
@@ -367,8 +363,8 @@ impl Core {
                 *slot = None;
             } else if keep_open {
                 l.leaving = true;
-                let target = crate::uring::UserData::new(i as u32, 0, Op::Accept, Side::Down);
-                let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+                let target = crate::uring::UserData::new(i as u32, 0, Op::Accept, ConnId::CLIENT);
+                let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, ConnId::CLIENT);
                 r.ring.cancel_op(target, ud);
             } else {
                 // What already waits in the accept queue would be reset by the shutdown: it
@@ -576,14 +572,14 @@ impl Handler<Slot> for Core {
     }
 
     fn on_slot(&mut self, r: &mut Reactor<Slot>, c: Cqe) {
-        let (slot, side) = (c.ud.slot(), c.ud.side());
+        let (slot, id) = (c.ud.slot(), c.ud.conn());
         let Some(op) = c.ud.op() else { return };
         self.with_session(r, slot, |s, io, env| match op {
-            Op::Recv => s.on_recv(side, c.res, c.more(), c.buf_id(), io, env),
-            Op::Send => s.on_send(side, c.res, io, env),
-            Op::Connect => s.on_connect(c.res, io, env),
+            Op::Recv => s.on_recv(id, c.res, c.more(), c.buf_id(), io, env),
+            Op::Send => s.on_send(id, c.res, io, env),
+            Op::Connect => s.on_connect(id, c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
-            Op::Hangup => s.on_hangup(side, c.res, io, env),
+            Op::Hangup => s.on_hangup(id, c.res, io, env),
             Op::Accept | Op::Inbox => Next::Continue,
         });
     }
@@ -654,23 +650,28 @@ impl Sys for WorkerIo<'_> {
     fn sent(&mut self, c: Chunk) {
         self.sys.sent(c)
     }
-    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
-        self.sys.recv(fd, side, buffers)
+    fn recv(&mut self, fd: RawFd, id: ConnId, buffers: u32) {
+        self.sys.recv(fd, id, buffers)
     }
     fn pool_low(&self) -> bool {
         self.sys.pool_low()
     }
-    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
-        self.sys.watch_hangup(fd, side)
+    fn watch_hangup(&mut self, fd: RawFd, id: ConnId) {
+        self.sys.watch_hangup(fd, id)
     }
-    fn cancel(&mut self, side: Side, op: Op) {
-        self.sys.cancel(side, op)
+    fn cancel(&mut self, id: ConnId, op: Op) {
+        self.sys.cancel(id, op)
     }
-    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
-        self.sys.send(fd, side, c)
+    fn send(&mut self, fd: RawFd, id: ConnId, c: Chunk) {
+        self.sys.send(fd, id, c)
     }
-    fn connect(&mut self, addr: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i32> {
-        self.sys.connect(addr, source)
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        id: ConnId,
+    ) -> Result<RawFd, i32> {
+        self.sys.connect(addr, source, id)
     }
     fn shutdown(&mut self, fd: RawFd) {
         self.sys.shutdown(fd)
@@ -681,8 +682,8 @@ impl Sys for WorkerIo<'_> {
     fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool {
         self.sys.send_now(fd, bytes)
     }
-    fn park(&mut self, side: Side) {
-        self.sys.park(side)
+    fn park(&mut self, id: ConnId) {
+        self.sys.park(id)
     }
 }
 

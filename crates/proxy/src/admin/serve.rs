@@ -30,7 +30,7 @@ use super::AdminState;
 use super::guard::{self, Endpoint};
 use crate::config::admin::{Admin, Token};
 use crate::reactor::{Conn, Handler, Reactor, RingSys, Sent, Sys};
-use crate::uring::{Cqe, Op, Ring, RingConfig, Side, UNCAPPED, UserData};
+use crate::uring::{ConnId, Cqe, Op, Ring, RingConfig, UNCAPPED, UserData};
 
 /// Admin connections served at once (see the module's bounds).
 pub const CONNECTIONS_MAX: usize = 256;
@@ -225,12 +225,12 @@ pub(super) fn start(
 }
 
 fn accept_ud() -> UserData {
-    UserData::new(0, 0, Op::Accept, Side::Down)
+    UserData::new(0, 0, Op::Accept, ConnId::CLIENT)
 }
 
 /// The poll on the reload thread's eventfd.
 fn wake_ud() -> UserData {
-    UserData::new(crate::uring::SLOT_CORE, 0, Op::Inbox, Side::Down)
+    UserData::new(crate::uring::SLOT_CORE, 0, Op::Inbox, ConnId::CLIENT)
 }
 
 /// Run `f` on a live client with a `Sys` over the ring, then settle it; free its slot when it
@@ -460,10 +460,10 @@ impl Client {
             self.closing = true;
         }
         if self.closing {
-            self.cancels += self.sock.retire(sys, Side::Down);
+            self.cancels += self.sock.retire(sys, ConnId::CLIENT);
             return self.sock.close_when_done(sys, self.cancels, false);
         }
-        self.sock.kick(sys, Side::Down);
+        self.sock.kick(sys, ConnId::CLIENT);
         if self.phase == Phase::Answering && self.sock.flushed() {
             sys.shutdown(self.sock.fd());
             self.phase = Phase::Lingering;
@@ -471,7 +471,7 @@ impl Client {
         }
         self.cancels += self
             .sock
-            .sync_recv(sys, Side::Down, !self.sock.eof(), UNCAPPED);
+            .sync_recv(sys, ConnId::CLIENT, !self.sock.eof(), UNCAPPED);
         false
     }
 }
@@ -534,7 +534,9 @@ impl Handler<Client> for AdminLoop {
                 }
                 Some(Op::Send) => {
                     let closing = client.closing;
-                    if let Sent::Failed(_) = client.sock.on_sent(sys, Side::Down, c.res, closing) {
+                    if let Sent::Failed(_) =
+                        client.sock.on_sent(sys, ConnId::CLIENT, c.res, closing)
+                    {
                         client.closing = true;
                     }
                 }

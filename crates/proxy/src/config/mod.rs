@@ -281,6 +281,8 @@ pub struct Config {
     /// Per listener: connections start with a PROXY protocol header, accepted only from these
     /// addresses (its servers' `trusted_proxies`); `None`: no header.
     pub listener_proxy: Vec<Option<std::sync::Arc<[Cidr]>>>,
+    /// What sessions accepted on each listener are accepted with, by listener index.
+    pub listen: Vec<Listen>,
     pub servers: Vec<Server>,
     pub upstreams: Vec<Upstream>,
     /// `[[limit_conn_zone]]`s, shared by every worker.
@@ -289,6 +291,56 @@ pub struct Config {
     pub req_zones: Vec<limits::Zone<crate::limits::ReqZone>>,
     /// What `check` and `run` print as warnings (an expired certificate).
     pub warnings: Vec<String>,
+}
+
+/// What a listener's sessions are accepted with (from its default server: the first that
+/// listens on it), resolved once per configuration; a session names it by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub index: u16,
+    pub header_timeout_ms: u32,
+    pub header_max: u32,
+    pub request_line_max: u32,
+    pub header_line_max: u32,
+    /// How long an idle keep-alive connection waits for its next request; 0: no keep-alive.
+    pub keepalive_timeout_ms: u32,
+    /// Requests served on one connection before it is closed.
+    pub keepalive_requests: u32,
+    /// `X-Forwarded-Proto` value.
+    pub tls: bool,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_header: bool,
+}
+
+impl Listen {
+    /// The settings of `server` for sessions accepted on listener `index`.
+    pub fn of(index: usize, server: &Server, tls: bool, proxy_header: bool) -> Listen {
+        Listen {
+            index: index as u16,
+            header_timeout_ms: ms32(server.header_timeout),
+            header_max: server.header_max,
+            request_line_max: server.request_line_max,
+            header_line_max: server.header_line_max,
+            keepalive_timeout_ms: ms32(server.keepalive_timeout),
+            keepalive_requests: server.keepalive_requests,
+            tls,
+            proxy_header,
+        }
+    }
+
+    /// The bounds of a request head.
+    pub fn limits(&self) -> crate::http::HeadLimits {
+        crate::http::HeadLimits {
+            head_max: self.header_max as usize,
+            request_line_max: self.request_line_max as usize,
+            header_line_max: self.header_line_max as usize,
+        }
+    }
+}
+
+/// Milliseconds of `d`, saturating at `u32::MAX` (49 days).
+fn ms32(d: Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
 /// Defaults: the safe production values for long-lived WebSockets, not nginx's 60 s.

@@ -87,6 +87,16 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             .collect();
         listener_tls.push(tls::listener(cx, *addr, &on)?);
     }
+    let listen = (0..listeners.len())
+        .map(|li| {
+            let server = servers
+                .iter()
+                .find(|s| s.listen.contains(&li))
+                .expect("every listener belongs to a server");
+            let tls = listener_tls[li].is_some();
+            Listen::of(li, server, tls, listener_proxy[li].is_some())
+        })
+        .collect();
     Ok(Config {
         source: cx.file.to_string(),
         runtime,
@@ -95,6 +105,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         listeners,
         listener_tls,
         listener_proxy,
+        listen,
         servers,
         upstreams,
         conn_zones: zones.0,

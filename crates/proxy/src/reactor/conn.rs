@@ -7,10 +7,10 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use super::Sys;
-use crate::uring::{Chunk, Op, Side};
+use crate::uring::{Chunk, ConnId, Op};
 
 /// Chunks that may wait to be sent on one socket (plus the one in flight). At this many, the
-/// source side's recv is cancelled: backpressure instead of unbounded buffering. The limit is
+/// source id's recv is cancelled: backpressure instead of unbounded buffering. The limit is
 /// soft: completions already posted before the cancel lands are still queued (bounded by the
 /// worker's buffer ring).
 pub const QUEUE: usize = 4;
@@ -26,11 +26,11 @@ pub enum Recv {
     Cancelling,
 }
 
-/// Half-close of the write side.
+/// Half-close of the write id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shut {
     Open,
-    /// Shut down the write side once the queue is empty.
+    /// Shut down the write id once the queue is empty.
     Pending,
     /// `shutdown(SHUT_WR)` submitted or done.
     Done,
@@ -166,7 +166,7 @@ impl Conn {
         self.ready = true;
     }
 
-    /// Shut the write side once what is queued has gone (no-op when already shut).
+    /// Shut the write id once what is queued has gone (no-op when already shut).
     pub fn shut_after_flush(&mut self) {
         if self.shut == Shut::Open {
             self.shut = Shut::Pending;
@@ -273,7 +273,7 @@ impl Conn {
 
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
-    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
         if self.sending.is_some() || !self.open() || !self.ready {
             return;
         }
@@ -281,7 +281,7 @@ impl Conn {
             self.sending = Some(c);
             self.send_since_ms = io.now_ms();
             self.op_started();
-            io.send(self.fd, side, c);
+            io.send(self.fd, id, c);
         } else if self.shut == Shut::Pending {
             self.shut = Shut::Done;
             io.shutdown(self.fd);
@@ -293,7 +293,7 @@ impl Conn {
     pub fn on_sent(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        side: Side,
+        id: ConnId,
         res: i32,
         dropping: bool,
     ) -> Sent {
@@ -317,10 +317,10 @@ impl Conn {
             self.send_since_ms = io.now_ms();
             self.sending = Some(c);
             self.op_started();
-            io.send(self.fd, side, c);
+            io.send(self.fd, id, c);
         } else {
             io.release(c);
-            self.kick(io, side);
+            self.kick(io, id);
         }
         Sent::Ok
     }
@@ -330,7 +330,7 @@ impl Conn {
     pub fn sync_recv(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        side: Side,
+        id: ConnId,
         want: bool,
         buffers: u32,
     ) -> u8 {
@@ -338,12 +338,12 @@ impl Conn {
             (true, Recv::Off) => {
                 self.recv = Recv::On;
                 self.op_started();
-                io.recv(self.fd, side, buffers);
+                io.recv(self.fd, id, buffers);
                 0
             }
             (false, Recv::On) if self.open() && !self.eof => {
                 self.recv = Recv::Cancelling;
-                io.cancel(side, Op::Recv);
+                io.cancel(id, Op::Recv);
                 1
             }
             _ => 0,
@@ -352,17 +352,17 @@ impl Conn {
 
     /// Keep a hang-up watch (a poll for POLLRDHUP) armed exactly while `want`. Returns the
     /// cancels submitted (0 or 1).
-    pub fn sync_watch(&mut self, io: &mut (impl Sys + ?Sized), side: Side, want: bool) -> u8 {
+    pub fn sync_watch(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId, want: bool) -> u8 {
         match (want, self.hup) {
             (true, Recv::Off) => {
                 self.hup = Recv::On;
                 self.op_started();
-                io.watch_hangup(self.fd, side);
+                io.watch_hangup(self.fd, id);
                 0
             }
             (false, Recv::On) if self.open() => {
                 self.hup = Recv::Cancelling;
-                io.cancel(side, Op::Hangup);
+                io.cancel(id, Op::Hangup);
                 1
             }
             _ => 0,
@@ -379,7 +379,7 @@ impl Conn {
     /// shutdown in flight completes on its own); the fd closes in [`Conn::close_when_done`]
     /// once they are all back. Without a socket (between upstream attempts), what waited for
     /// one goes nowhere. Returns the cancels submitted.
-    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), side: Side) -> u8 {
+    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) -> u8 {
         if self.fd < 0 {
             self.release_queue(io);
             return 0;
@@ -406,7 +406,7 @@ impl Conn {
         let mut n = 0;
         for op in ops.into_iter().flatten() {
             n += 1;
-            io.cancel(side, op);
+            io.cancel(id, op);
         }
         n
     }

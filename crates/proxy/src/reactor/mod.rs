@@ -19,7 +19,7 @@ pub use conn::{Conn, QUEUE, Recv, Sent, Shut};
 
 use crate::uring::slots::Slots;
 use crate::uring::timer::TimerWheel;
-use crate::uring::{Chunk, Cqe, Op, Ring, SLOT_CORE, Side, Src, UserData};
+use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, SLOT_CORE, Src, UserData};
 
 /// Effects on the sockets of one slot. Implemented by [`RingSys`] over a ring, and by the
 /// session simulation's fake.
@@ -52,19 +52,23 @@ pub trait Sys {
     fn sent(&mut self, c: Chunk);
     /// Arm a recv on `fd` that brings about `buffers` pool buffers and then ends (its last
     /// completion without `more`): see `Ring::recv_capped`.
-    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32);
+    fn recv(&mut self, fd: RawFd, id: ConnId, buffers: u32);
     /// The buffer pool is down to its floor: only connections that are making progress may
     /// take more.
     fn pool_low(&self) -> bool;
     /// Arm a one-shot poll that completes when the peer of `fd` hangs up.
-    fn watch_hangup(&mut self, fd: RawFd, side: Side);
-    /// Cancel the op `op` in flight on `side`.
-    fn cancel(&mut self, side: Side, op: Op);
-    fn send(&mut self, fd: RawFd, side: Side, c: Chunk);
+    fn watch_hangup(&mut self, fd: RawFd, id: ConnId);
+    /// Cancel the op `op` in flight on `id`.
+    fn cancel(&mut self, id: ConnId, op: Op);
+    fn send(&mut self, fd: RawFd, id: ConnId, c: Chunk);
     /// Create a socket (bound to `source` when given) and start connecting it; the errno when
     /// the socket cannot be made or bound.
-    fn connect(&mut self, addr: SocketAddr, source: Option<std::net::IpAddr>)
-    -> Result<RawFd, i32>;
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
+        id: ConnId,
+    ) -> Result<RawFd, i32>;
     /// `shutdown(SHUT_WR)` on `fd`, now. A plain syscall, not an SQE: it only queues a FIN,
     /// and io_uring always hands IORING_OP_SHUTDOWN to an io-wq thread (REQ_F_FORCE_ASYNC),
     /// which cost a thread wake-up and ~20% of the proxy's CPU per closed WebSocket.
@@ -77,11 +81,11 @@ pub trait Sys {
     /// comes after it.
     fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool;
     /// Put the slot on the wait list for buffers (its recv hit ENOBUFS).
-    fn park(&mut self, side: Side);
+    fn park(&mut self, id: ConnId);
 }
 
 /// The pool's floor, as a fraction of it (1/4): below it only connections making progress
-/// (nothing waiting toward the other side) and new heads get buffers, so stalled connections
+/// (nothing waiting toward the other id) and new heads get buffers, so stalled connections
 /// alone cannot empty the pool (`session/LIFECYCLE.md`, "Buffer budget").
 pub const POOL_FLOOR_DIV: u32 = 4;
 
@@ -91,12 +95,12 @@ pub struct RingSys<'a> {
     pub slot: u32,
     pub generation: u32,
     pub now_ms: u64,
-    pub parked: &'a mut VecDeque<(u32, u32, Side)>,
+    pub parked: &'a mut VecDeque<(u32, u32, ConnId)>,
 }
 
 impl RingSys<'_> {
-    fn ud(&self, op: Op, side: Side) -> UserData {
-        UserData::new(self.slot, self.generation, op, side)
+    fn ud(&self, op: Op, id: ConnId) -> UserData {
+        UserData::new(self.slot, self.generation, op, id)
     }
 }
 
@@ -145,13 +149,13 @@ impl Sys for RingSys<'_> {
         self.ring.send_done(c);
     }
 
-    fn recv(&mut self, fd: RawFd, side: Side, buffers: u32) {
-        let ud = self.ud(Op::Recv, side);
+    fn recv(&mut self, fd: RawFd, id: ConnId, buffers: u32) {
+        let ud = self.ud(Op::Recv, id);
         self.ring.recv_capped(fd, ud, buffers);
     }
 
-    fn watch_hangup(&mut self, fd: RawFd, side: Side) {
-        let ud = self.ud(Op::Hangup, side);
+    fn watch_hangup(&mut self, fd: RawFd, id: ConnId) {
+        let ud = self.ud(Op::Hangup, id);
         self.ring.poll_hangup(fd, ud);
     }
 
@@ -159,13 +163,13 @@ impl Sys for RingSys<'_> {
         self.ring.pool.free() <= self.ring.pool.count() / POOL_FLOOR_DIV
     }
 
-    fn cancel(&mut self, side: Side, op: Op) {
-        let (target, ud) = (self.ud(op, side), self.ud(Op::Cancel, side));
+    fn cancel(&mut self, id: ConnId, op: Op) {
+        let (target, ud) = (self.ud(op, id), self.ud(Op::Cancel, id));
         self.ring.cancel_op(target, ud);
     }
 
-    fn send(&mut self, fd: RawFd, side: Side, c: Chunk) {
-        let ud = self.ud(Op::Send, side);
+    fn send(&mut self, fd: RawFd, id: ConnId, c: Chunk) {
+        let ud = self.ud(Op::Send, id);
         self.ring.send(fd, c, ud);
     }
 
@@ -173,9 +177,10 @@ impl Sys for RingSys<'_> {
         &mut self,
         addr: SocketAddr,
         source: Option<std::net::IpAddr>,
+        id: ConnId,
     ) -> Result<RawFd, i32> {
         let fd = crate::sys::connect_socket(addr, source)?;
-        let ud = self.ud(Op::Connect, side_of_connect());
+        let ud = self.ud(Op::Connect, id);
         self.ring.connect(fd, addr, ud);
         Ok(fd)
     }
@@ -195,14 +200,9 @@ impl Sys for RingSys<'_> {
             .is_ok_and(|n| n == bytes.len())
     }
 
-    fn park(&mut self, side: Side) {
-        self.parked.push_back((self.slot, self.generation, side));
+    fn park(&mut self, id: ConnId) {
+        self.parked.push_back((self.slot, self.generation, id));
     }
-}
-
-/// Outgoing connections are the slot's `Up` side.
-fn side_of_connect() -> Side {
-    Side::Up
 }
 
 /// What a loop owner does with the completions and timers the reactor hands it.
@@ -225,7 +225,7 @@ pub struct Reactor<T> {
     pub slots: Slots<T>,
     pub wheel: TimerWheel,
     /// Slots whose recv stopped on an empty buffer ring, re-armed as buffers return.
-    pub parked: VecDeque<(u32, u32, Side)>,
+    pub parked: VecDeque<(u32, u32, ConnId)>,
     epoch: Instant,
     now_ms: u64,
     cqes: Vec<Cqe>,
@@ -352,11 +352,11 @@ impl<T> Reactor<T> {
     }
 
     /// Slots parked on ENOBUFS, taken while buffers last (at least `min_free` available).
-    pub fn next_unparked(&mut self, min_free: u32) -> Option<(u32, u32, Side)> {
+    pub fn next_unparked(&mut self, min_free: u32) -> Option<(u32, u32, ConnId)> {
         while self.ring.pool.available() >= min_free {
-            let (slot, generation, side) = self.parked.pop_front()?;
+            let (slot, generation, id) = self.parked.pop_front()?;
             if self.slots.get_mut(slot, generation).is_some() {
-                return Some((slot, generation, side));
+                return Some((slot, generation, id));
             }
         }
         None

@@ -3,10 +3,11 @@
 //! so the answer is not lost to a reset (nginx's lingering close). A protocol type: the
 //! session runs it as `Phase::Respond`.
 
+use super::Side;
 use super::phase::{Linger, Req};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, LINGER_MS};
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 
 /// The answer going out, and the request it answers (its status for the log).
 #[derive(Debug)]
@@ -24,7 +25,7 @@ impl Protocol for Answer {
     fn bytes<I: Io + ?Sized>(
         &mut self,
         _cx: &mut Cx,
-        _from: Side,
+        _from: ConnId,
         c: Chunk,
         io: &mut I,
         _env: &mut Env<'_>,
@@ -35,8 +36,8 @@ impl Protocol for Answer {
 
     /// Lingering: the client has finished, close. Otherwise the answer is still on its way:
     /// it is sent, then the connection closes.
-    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, _io: &mut I) -> Step {
-        match (from, self.linger) {
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, _io: &mut I) -> Step {
+        match (Side::of(from), self.linger) {
             (Side::Down, Linger::On) => Step::Close(cx.end.unwrap_or(End::Done)),
             _ => Step::Continue,
         }
@@ -58,8 +59,8 @@ impl Protocol for Answer {
     }
 
     /// Only while lingering, to read and drop what the client still sends.
-    fn wants(&self, _cx: &Cx, side: Side, _room: bool) -> bool {
-        side == Side::Down && self.linger == Linger::On
+    fn wants(&self, _cx: &Cx, id: ConnId, _room: bool) -> bool {
+        id == ConnId::CLIENT && self.linger == Linger::On
     }
 
     /// The answer is flushed: linger (write side shut behind it, a TLS close_notify first)
@@ -73,7 +74,7 @@ impl Protocol for Answer {
             self.linger = Linger::On;
             cx.phase_ms = io.now_ms();
             down.shut_after_flush();
-            down.kick(io, Side::Down);
+            down.kick(io, ConnId::CLIENT);
             Step::Continue
         } else {
             Step::Close(cx.end.unwrap_or(End::Done))

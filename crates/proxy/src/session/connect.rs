@@ -3,12 +3,13 @@
 //! request tried again on the next server as `next_upstream` allows (`upstream::attempt`
 //! chooses), or answered with 502 / 504.
 
+use super::Side;
 use super::phase::{Connect, Downward, Exchange, Req};
 use super::{Cx, End, Env, Io, Observed, Step};
 use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::upstream::attempt::{self, Attempt, GaveUp};
-use crate::uring::Side;
+use crate::uring::ConnId;
 
 impl Exchange {
     /// The upstream connect completed (`res`: 0, or an errno negated).
@@ -60,7 +61,7 @@ impl Exchange {
             self.downward = Downward::Head(Vec::new());
         }
         cx.last_up_ms = io.now_ms();
-        cx.links.up.kick(io, Side::Up);
+        cx.links.up.kick(io, ConnId::UPSTREAM);
     }
 
     /// Pick the next server not yet tried and start connecting; 502 when none is left.
@@ -125,7 +126,7 @@ impl Exchange {
             a.set_cached(false);
             let source = rr.next_source(u);
             let addr = u.peers[i].addr;
-            let fd = match io.connect(addr, source) {
+            let fd = match io.connect(addr, source, ConnId::UPSTREAM) {
                 Ok(fd) => fd,
                 Err(e) => {
                     tracing::warn!(target: "upstream", "socket for {addr} failed: {}", crate::sys::errno_name(e));

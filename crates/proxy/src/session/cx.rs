@@ -6,60 +6,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::Side;
 use super::links::Links;
-use super::phase::{self, ms32};
+use super::phase;
 use super::{End, Env, Io, Transport};
-use crate::config::Config;
-use crate::http::HeadLimits;
-use crate::uring::{Chunk, Side};
-
-/// Settings fixed for a session when it is accepted (from its listener's default server).
-#[derive(Clone, Copy, Debug)]
-pub struct Listen {
-    pub index: u16,
-    pub header_timeout_ms: u32,
-    pub header_max: u32,
-    pub request_line_max: u32,
-    pub header_line_max: u32,
-    /// How long an idle keep-alive connection waits for its next request; 0: no keep-alive.
-    pub keepalive_timeout_ms: u32,
-    /// Requests served on one connection before it is closed.
-    pub keepalive_requests: u32,
-    /// `X-Forwarded-Proto` value.
-    pub tls: bool,
-    /// The connection starts with a PROXY protocol header (still to be read while set).
-    pub proxy_header: bool,
-}
-
-impl Listen {
-    /// The settings of `server` for sessions accepted on listener `index`.
-    pub fn of(
-        index: usize,
-        server: &crate::config::Server,
-        tls: bool,
-        proxy_header: bool,
-    ) -> Listen {
-        Listen {
-            index: index as u16,
-            header_timeout_ms: ms32(server.header_timeout),
-            header_max: server.header_max,
-            request_line_max: server.request_line_max,
-            header_line_max: server.header_line_max,
-            keepalive_timeout_ms: ms32(server.keepalive_timeout),
-            keepalive_requests: server.keepalive_requests,
-            tls,
-            proxy_header,
-        }
-    }
-
-    pub(super) fn limits(&self) -> HeadLimits {
-        HeadLimits {
-            head_max: self.header_max as usize,
-            request_line_max: self.request_line_max as usize,
-            header_line_max: self.header_line_max as usize,
-        }
-    }
-}
+use crate::config::{Config, Listen};
+use crate::uring::{Chunk, ConnId};
 
 /// What a session is besides its protocol: its connections, the configuration and listener it
 /// was accepted under, its clocks and its end. Every protocol works through it.
@@ -69,7 +21,10 @@ pub struct Cx {
     pub(super) links: Links,
     /// The configuration this session was accepted under (a reload cannot change it).
     pub(super) cfg: Arc<Config>,
-    pub(super) listen: Listen,
+    /// The listener it was accepted on (its settings: [`Cx::listen`]).
+    pub(super) listener: u16,
+    /// The connection starts with a PROXY protocol header, still to be read.
+    pub(super) proxy_header: bool,
     pub(super) client: SocketAddr,
     /// When the current phase's clock started (head read, connect, linger).
     pub(super) phase_ms: u64,
@@ -81,6 +36,13 @@ pub struct Cx {
 }
 
 impl Cx {
+    /// The settings of the listener this session was accepted on (from the configuration it
+    /// was accepted under, which it keeps: a reload cannot change them).
+    #[inline]
+    pub(super) fn listen(&self) -> &Listen {
+        &self.cfg.listen[usize::from(self.listener)]
+    }
+
     /// Bytes received from `from`, on to its peer (given back if the peer is closed).
     pub(super) fn pass_on(&mut self, from: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
         if self.links.get(from.peer()).open() {
@@ -91,14 +53,14 @@ impl Cx {
     }
 
     /// Queue plaintext on `to` and start sending it.
-    pub(super) fn send_to(&mut self, to: Side, c: Chunk, io: &mut (impl Io + ?Sized)) {
+    pub(super) fn send_to(&mut self, to: impl Into<ConnId>, c: Chunk, io: &mut (impl Io + ?Sized)) {
         self.links.send(to, c, io);
     }
 
     /// Build bytes with `f` in a recycled buffer, queue them on `to` and start sending.
     pub(super) fn send_built(
         &mut self,
-        to: Side,
+        to: impl Into<ConnId>,
         io: &mut (impl Io + ?Sized),
         f: impl FnOnce(&mut Vec<u8>),
     ) {
@@ -109,8 +71,8 @@ impl Cx {
     }
 
     /// Stop using one connection: cancel its ops; it closes when they are all back.
-    pub(super) fn retire(&mut self, side: Side, io: &mut (impl Io + ?Sized)) {
-        self.links.retire(side, io);
+    pub(super) fn retire(&mut self, id: impl Into<ConnId>, io: &mut (impl Io + ?Sized)) {
+        self.links.retire(id, io);
     }
 
     /// The upstream socket is open to server `peer` of upstream `upstream`: count it.
@@ -178,7 +140,7 @@ impl Cx {
         let Some(name) = &s.real_ip_header else {
             return;
         };
-        if self.cfg.listener_proxy[usize::from(self.listen.index)].is_some() {
+        if self.cfg.listener_proxy[usize::from(self.listener)].is_some() {
             return; // the PROXY header said who the client is
         }
         let Some(peer) = crate::sys::peer_of(self.links.down.fd()) else {

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use super::Side;
 use crate::sys::errno_name;
-use crate::uring::Side;
 
 /// Why a request or session ended (the access log's last field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

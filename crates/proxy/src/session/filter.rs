@@ -11,8 +11,8 @@
 use std::fmt;
 
 use super::End;
+use super::Side;
 use crate::config::Location;
-use crate::uring::Side;
 use crate::ws::FrameHeader;
 
 /// A policy over the frames of one tunnel.

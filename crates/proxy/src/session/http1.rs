@@ -5,6 +5,7 @@
 //! from the transports and hands plaintext chunks back; what it decides is a [`Step`].
 
 use super::Phase;
+use super::Side;
 use super::answer::Answer;
 use super::phase::{Downward, Exchange, Linger, Req, Upward};
 use super::protocol::Protocol;
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 use crate::ws::FrameTracker;
 
 impl Protocol for Exchange {
@@ -27,12 +28,12 @@ impl Protocol for Exchange {
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        match from {
+        match Side::of(from) {
             Side::Down => self.client_bytes(cx, c, io),
             Side::Up => self.upstream_bytes(cx, c, io, env),
         }
@@ -41,8 +42,8 @@ impl Protocol for Exchange {
     /// A head cut short, or nothing more can be delivered to a client that has gone: the
     /// upstream side ends now (nginx's `proxy_ignore_client_abort off`), whether it is still
     /// connecting, waiting for the head or relaying a body.
-    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
-        match from {
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
+        match Side::of(from) {
             Side::Down => Step::Close(End::ClientClosed),
             Side::Up => self.upstream_eof(cx, io),
         }
@@ -50,8 +51,10 @@ impl Protocol for Exchange {
 
     /// An upstream that fails before its answer is whole is a failed server (the request may
     /// go to the next one); anything else ends the session.
-    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut I) -> Step {
-        if from == Side::Up && (self.awaiting_head() || matches!(end, End::UpstreamTls(_))) {
+    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut I) -> Step {
+        if Side::of(from) == Side::Up
+            && (self.awaiting_head() || matches!(end, End::UpstreamTls(_)))
+        {
             self.upstream_failed(cx, Failure::Error, Step::Respond(502, end), io)
         } else {
             Step::Close(end)
@@ -61,7 +64,7 @@ impl Protocol for Exchange {
     fn connected<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        _side: Side,
+        _id: ConnId,
         res: i32,
         io: &mut I,
         _env: &mut Env<'_>,
@@ -89,7 +92,7 @@ impl Protocol for Exchange {
                 return self.connect_next(cx, io, env);
             }
             c.timed_out = true;
-            cx.links.cancel_connect(io);
+            cx.links.cancel_connect(Side::Up, io);
             return Step::Continue;
         }
         if self.awaiting_head() {
@@ -117,11 +120,11 @@ impl Protocol for Exchange {
         }
     }
 
-    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
-        match side {
+    fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
+        match Side::of(id) {
             Side::Down => match &self.upward {
                 Upward::Body(_) => room,
-                Upward::Hold(stash) => stash.len() < cx.listen.header_max as usize,
+                Upward::Hold(stash) => stash.len() < cx.listen().header_max as usize,
             },
             Side::Up => match self.downward {
                 Downward::Head(_) => true,
@@ -132,8 +135,8 @@ impl Protocol for Exchange {
     }
 
     /// The body clock runs only while the body is read: it restarts when reading resumes.
-    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
-        if side == Side::Down && matches!(self.upward, Upward::Body(_)) {
+    fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64) {
+        if id == ConnId::CLIENT && matches!(self.upward, Upward::Body(_)) {
             cx.last_down_ms = now;
         }
     }
@@ -362,8 +365,8 @@ impl Exchange {
             && !t.until_close()
             && !cx.links.down.eof()
             && !env.draining
-            && cx.listen.keepalive_timeout_ms > 0
-            && cx.served.saturating_add(1) < cx.listen.keepalive_requests;
+            && cx.listen().keepalive_timeout_ms > 0
+            && cx.served.saturating_add(1) < cx.listen().keepalive_requests;
         r.keep_alive = keep;
         let conn = if keep {
             ClientConnection::KeepAlive

@@ -1,6 +1,7 @@
-//! The session state machine: one client connection and (at most) one upstream connection.
+//! The session: one client connection, its upstream connections (one for HTTP/1; a protocol
+//! may keep more, each by its `ConnId`), and the protocol that runs over them.
 //!
-//! `Request → Connecting → Proxy (response head, then HTTP relay) | Tunnel → Respond → Closing`.
+//! HTTP/1: `Request → Exchange (connecting, then proxying) → Tunnel | Respond | Request → Closing`.
 //!
 //! Four layers, each in its own file: the socket of each connection ([`crate::reactor::Conn`]),
 //! the transport over it that gives plaintext in and takes plaintext out ([`Transport`], in the
@@ -47,15 +48,16 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::config::Config;
+pub use crate::config::Listen;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
-use crate::uring::{Chunk, Side, Src};
+use crate::uring::{Chunk, ConnId, Src};
 use answer::Answer;
 use cx::Cx;
-pub use cx::Listen;
 pub use end::{AccessLog, End};
 use links::Links;
+pub use links::Side;
 use phase::{Exchange, Linger, Req};
 use protocol::{Protocol, Step};
 use request::Request;
@@ -245,7 +247,8 @@ impl Session {
             cx: Cx {
                 links: Links::new(down),
                 cfg,
-                listen,
+                listener: listen.index,
+                proxy_header: listen.proxy_header,
                 client,
                 phase_ms: now_ms,
                 last_up_ms: now_ms,
@@ -298,23 +301,23 @@ impl Session {
         self.cx.end
     }
 
-    fn conn(&mut self, side: Side) -> &mut Transport {
-        self.cx.links.get_mut(side)
+    fn conn(&mut self, id: ConnId) -> &mut Transport {
+        self.cx.links.get_mut(id)
     }
 
     // ---- events -------------------------------------------------------------------------
 
-    /// A recv completion. `bid` is the pool buffer when `res > 0`.
+    /// A recv completion on connection `id`. `bid` is the pool buffer when `res > 0`.
     pub fn on_recv(
         &mut self,
-        side: Side,
+        id: ConnId,
         res: i32,
         more: bool,
         bid: Option<u16>,
         io: &mut impl Io,
         env: &mut Env<'_>,
     ) -> Next {
-        self.conn(side).recv_ended(more);
+        self.conn(id).recv_ended(more);
         if res > 0 {
             let bid = bid.expect("recv with data carries a buffer");
             let c = Chunk {
@@ -322,7 +325,7 @@ impl Session {
                 off: 0,
                 len: res as u32,
             };
-            let next = self.on_data(side, c, io, env);
+            let next = self.on_data(id, c, io, env);
             self.apply(next, io, env);
         } else if let Some(bid) = bid {
             // A buffer with no data: just give it back.
@@ -333,18 +336,18 @@ impl Session {
             });
         }
         if res == 0 {
-            let next = self.on_eof(side, io);
+            let next = self.on_eof(id, io);
             self.apply(next, io, env);
         } else if res < 0 {
             match -res {
                 libc::ECANCELED => {}
                 libc::ENOBUFS => {
-                    if self.conn(side).park() {
-                        io.park(side);
+                    if self.conn(id).park() {
+                        io.park(id);
                     }
                 }
                 e => {
-                    let next = self.on_error(side, protocol::end_of_error(side, e), io);
+                    let next = self.on_error(id, protocol::end_of_error(Side::of(id), e), io);
                     self.apply(next, io, env);
                 }
             }
@@ -352,21 +355,27 @@ impl Session {
         self.after(io, env)
     }
 
-    /// A send completion.
-    pub fn on_send(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    /// A send completion on connection `id`.
+    pub fn on_send(&mut self, id: ConnId, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let closing = self.phase.is_closing();
-        if let crate::reactor::Sent::Failed(e) = self.conn(side).on_sent(io, side, res, closing) {
-            let next = self.on_error(side, protocol::end_of_error(side, e), io);
+        if let crate::reactor::Sent::Failed(e) = self.conn(id).on_sent(io, id, res, closing) {
+            let next = self.on_error(id, protocol::end_of_error(Side::of(id), e), io);
             self.apply(next, io, env);
         }
         self.after(io, env)
     }
 
-    /// The upstream connect completed.
-    pub fn on_connect(&mut self, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.cx.links.up.connect_done();
-        if !self.cx.links.up.retiring() {
-            let next = run!(&mut self.phase, p => Protocol::connected(p, &mut self.cx, Side::Up, res, io, env), Step::Continue);
+    /// The connect of connection `id` completed.
+    pub fn on_connect(
+        &mut self,
+        id: ConnId,
+        res: i32,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) -> Next {
+        self.conn(id).connect_done();
+        if !self.conn(id).retiring() {
+            let next = run!(&mut self.phase, p => Protocol::connected(p, &mut self.cx, id, res, io, env), Step::Continue);
             self.apply(next, io, env);
         }
         self.after(io, env)
@@ -374,12 +383,12 @@ impl Session {
 
     /// The hang-up watch completed: `res` holds the poll events (the client hung up), or an
     /// errno (cancelled).
-    pub fn on_hangup(&mut self, side: Side, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        let p = self.conn(side);
+    pub fn on_hangup(&mut self, id: ConnId, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let p = self.conn(id);
         p.watch_ended();
         let retiring = p.retiring();
         if res > 0 && !retiring && !self.phase.is_closing() {
-            self.conn(side).mark_eof();
+            self.conn(id).mark_eof();
             self.close(End::ClientClosed, io);
         }
         self.after(io, env)
@@ -392,8 +401,8 @@ impl Session {
     }
 
     /// Buffers are back: re-arm a recv parked on ENOBUFS.
-    pub fn unpark(&mut self, side: Side, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        self.conn(side).unpark();
+    pub fn unpark(&mut self, id: ConnId, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        self.conn(id).unpark();
         self.after(io, env)
     }
 
@@ -425,25 +434,26 @@ impl Session {
 
     // ---- bytes ---------------------------------------------------------------------------
 
-    /// Bytes received on `side`, through its transport to the protocol.
-    fn on_data(&mut self, side: Side, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        if self.phase.is_closing() || self.conn(side).retiring() {
+    /// Bytes received on connection `id`, through its transport to the protocol.
+    fn on_data(&mut self, id: ConnId, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
+        let side = Side::of(id);
+        if self.phase.is_closing() || self.conn(id).retiring() {
             // Bytes after a whole response: that connection is not clean to reuse.
             if side == Side::Up {
-                self.cx.links.up.set_keep(false);
+                self.conn(id).set_keep(false);
             }
             io.release(c);
             return Step::Continue;
         }
-        if side == Side::Down && self.cx.listen.proxy_header {
+        if side == Side::Down && self.cx.proxy_header {
             // Below TLS: the balancer's PROXY header comes before anything of the client's.
             return self.proxy_header(c, io, env);
         }
-        let c = match self.conn(side).received(io, side, c) {
+        let c = match self.conn(id).received(io, id, c) {
             Ok(Some(c)) => c,
             Ok(None) => return Step::Continue,
             Err(crate::tls::Fail::PlainHttp) => return Step::Respond(400, End::PlainHttp),
-            Err(crate::tls::Fail::Tls(e)) => return self.tls_failed(side, &e, io),
+            Err(crate::tls::Fail::Tls(e)) => return self.tls_failed(id, &e, io),
         };
         let now = io.now_ms();
         if let Some(r) = self.phase.req_mut() {
@@ -456,17 +466,17 @@ impl Session {
             Side::Down => self.cx.last_down_ms = now,
             Side::Up => self.cx.last_up_ms = now,
         }
-        run!(&mut self.phase, p => Protocol::bytes(p, &mut self.cx, side, c, io, env), {
+        run!(&mut self.phase, p => Protocol::bytes(p, &mut self.cx, id, c, io, env), {
             io.release(c);
             Step::Continue
         })
     }
 
-    /// The transport of `side` failed (its alert, if any, is queued).
+    /// The transport of connection `id` failed (its alert, if any, is queued).
     #[inline(never)]
-    fn tls_failed(&mut self, side: Side, e: &rustls::Error, io: &mut impl Io) -> Step {
+    fn tls_failed(&mut self, id: ConnId, e: &rustls::Error, io: &mut impl Io) -> Step {
         let why = end::tls_reason(e);
-        match side {
+        match Side::of(id) {
             Side::Down => {
                 tracing::info!(target: "tls", "{}: TLS failed: {e}", self.cx.client);
                 // No HTTP answer: the alert is on its way.
@@ -475,23 +485,23 @@ impl Session {
             Side::Up => {
                 let peer = self.phase.req().and_then(|r| connect::peer_of(&self.cx, r));
                 tracing::warn!(target: "upstream", "TLS with {} failed: {e}", peer.map_or("-".into(), |p| p.addr.to_string()));
-                self.on_error(Side::Up, End::UpstreamTls(why), io)
+                self.on_error(id, End::UpstreamTls(why), io)
             }
         }
     }
 
     // ---- endings -------------------------------------------------------------------------
 
-    fn on_eof(&mut self, side: Side, io: &mut impl Io) -> Step {
-        if self.phase.is_closing() || self.conn(side).retiring() {
+    fn on_eof(&mut self, id: ConnId, io: &mut impl Io) -> Step {
+        if self.phase.is_closing() || self.conn(id).retiring() {
             return Step::Continue;
         }
-        self.conn(side).mark_eof();
-        run!(&mut self.phase, p => Protocol::eof(p, &mut self.cx, side, io), Step::Continue)
+        self.conn(id).mark_eof();
+        run!(&mut self.phase, p => Protocol::eof(p, &mut self.cx, id, io), Step::Continue)
     }
 
-    fn on_error(&mut self, side: Side, end: End, io: &mut impl Io) -> Step {
-        run!(&mut self.phase, p => Protocol::error(p, &mut self.cx, side, end, io), Step::Continue)
+    fn on_error(&mut self, id: ConnId, end: End, io: &mut impl Io) -> Step {
+        run!(&mut self.phase, p => Protocol::error(p, &mut self.cx, id, end, io), Step::Continue)
     }
 
     /// Carry out what a protocol decided. Nearly every event decides to go on: that is tested
@@ -568,10 +578,10 @@ impl Session {
             Linger::AfterFlush
         };
         self.phase = Phase::Respond(Answer { req, linger });
-        self.cx.retire(Side::Up, io);
+        self.cx.links.retire_upstreams(io);
         if status == 0 {
             // `Step::Fail`: no answer of ours, only what the transport queued.
-            self.cx.links.down.kick(io, Side::Down);
+            self.cx.links.down.kick(io, ConnId::CLIENT);
             return;
         }
         self.cx.send_built(Side::Down, io, |out| {
@@ -606,8 +616,7 @@ impl Session {
     fn shut(&mut self, req: Option<Box<Req>>, end: End, io: &mut impl Io) {
         self.cx.end.get_or_insert(end);
         self.phase = Phase::Closing(req);
-        self.cx.retire(Side::Down, io);
-        self.cx.retire(Side::Up, io);
+        self.cx.links.retire_all(io);
     }
 
     /// Bookkeeping after every event: the protocol settles (an answer sent, a connect that
@@ -620,7 +629,7 @@ impl Session {
         if !matches!(self.phase, Phase::Respond(_) | Phase::Closing(_)) {
             if self.cx.links.down.failed() {
                 self.close(End::ClientTls("seal"), io);
-            } else if self.cx.links.up.failed() {
+            } else if self.cx.links.any_upstream(Transport::failed) {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
@@ -655,6 +664,7 @@ impl Session {
         } else if self.cx.links.close_up_when_done(io, keep) {
             self.cx.uncount_peer();
         }
+        self.cx.links.close_more_when_done(io);
     }
 
     /// When the tunnel this session carries began (its upgrade request), if it carries one.
@@ -675,10 +685,14 @@ impl Session {
         http1::access_line(&self.cx, self.phase.req()?, end, now_ms)
     }
 
-    /// Whether `side` should have a recv armed right now. `pool_low`: the worker's buffer pool
-    /// is at its floor.
-    fn want_recv(&self, side: Side, pool_low: bool) -> bool {
-        let (p, peer) = (self.cx.links.get(side), self.cx.links.get(side.peer()));
+    /// Whether connection `id` should have a recv armed right now. `pool_low`: the worker's
+    /// buffer pool is at its floor.
+    #[inline(always)]
+    fn want_recv(&self, id: ConnId, pool_low: bool) -> bool {
+        let (p, peer) = (
+            self.cx.links.get(id),
+            self.cx.links.get(Side::of(id).peer()),
+        );
         if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
             return false;
         }
@@ -688,26 +702,15 @@ impl Session {
         // previous bytes have not left yet (a slow or stalled reader) waits; one that has
         // drained everything (making progress) reads on.
         let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
-        run!(&self.phase, p => Protocol::wants(p, &self.cx, side, room), false)
+        run!(&self.phase, p => Protocol::wants(p, &self.cx, id, room), false)
     }
 
     fn sync_recv(&mut self, io: &mut impl Io) {
         let pool_low = io.pool_low();
-        for side in [Side::Down, Side::Up] {
-            let want = self.want_recv(side, pool_low);
-            if want && self.cx.links.get(side).recv_state() == Recv::Off {
-                let now = io.now_ms();
-                run!(&mut self.phase, p => Protocol::resumed(p, &mut self.cx, side, now), ());
-            }
-            // What this direction may still take: the budget less what waits toward the peer;
-            // one at a time below the pool's floor.
-            let waiting = self.conn(side.peer()).pending();
-            let buffers = if pool_low {
-                1
-            } else {
-                QUEUE.saturating_sub(waiting).max(1) as u32
-            };
-            self.cx.links.sync_recv(side, io, want, buffers);
+        self.sync_recv_of(ConnId::CLIENT, pool_low, io);
+        self.sync_recv_of(ConnId::UPSTREAM, pool_low, io);
+        for id in self.cx.links.more_ids() {
+            self.sync_recv_of(id, pool_low, io);
         }
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
@@ -717,6 +720,26 @@ impl Session {
             && self.cx.links.down.open()
             && !self.cx.links.down.eof();
         self.cx.links.sync_watch(Side::Down, io, watch);
+    }
+
+    /// Keep a recv armed on connection `id` exactly while it should read, for what is left of
+    /// its direction's budget.
+    #[inline(always)]
+    fn sync_recv_of(&mut self, id: ConnId, pool_low: bool, io: &mut impl Io) {
+        let want = self.want_recv(id, pool_low);
+        if want && self.cx.links.get(id).recv_state() == Recv::Off {
+            let now = io.now_ms();
+            run!(&mut self.phase, p => Protocol::resumed(p, &mut self.cx, id, now), ());
+        }
+        // What this direction may still take: the budget less what waits toward the peer;
+        // one at a time below the pool's floor.
+        let waiting = self.cx.links.get(Side::of(id).peer()).pending();
+        let buffers = if pool_low {
+            1
+        } else {
+            QUEUE.saturating_sub(waiting).max(1) as u32
+        };
+        self.cx.links.sync_recv(id, io, want, buffers);
     }
 }
 

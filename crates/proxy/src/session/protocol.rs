@@ -13,9 +13,10 @@
 use std::fmt::Debug;
 
 use super::Phase;
+use super::Side;
 use super::phase::Req;
 use super::{Cx, End, Env, Io};
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 
 /// What a protocol decided.
 #[derive(Debug)]
@@ -65,15 +66,15 @@ pub(super) trait Protocol: Debug {
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step;
 
     /// The stream from `from` ended (FIN, or the transport's end of stream).
-    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, _io: &mut I) -> Step {
-        Step::Close(match from {
+    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: ConnId, _io: &mut I) -> Step {
+        Step::Close(match Side::of(from) {
             Side::Down => End::ClientClosed,
             Side::Up => End::UpstreamClosed,
         })
@@ -81,15 +82,21 @@ pub(super) trait Protocol: Debug {
 
     /// The connection `from` failed, which ends the session with `end` (an errno, as
     /// [`end_of_error`] names it, or its transport's TLS).
-    fn error<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _from: Side, end: End, _io: &mut I) -> Step {
+    fn error<I: Io + ?Sized>(
+        &mut self,
+        _cx: &mut Cx,
+        _from: ConnId,
+        end: End,
+        _io: &mut I,
+    ) -> Step {
         Step::Close(end)
     }
 
-    /// The connect of connection `side` completed with `res` (0, or an errno negated).
+    /// The connect of connection `id` completed with `res` (0, or an errno negated).
     fn connected<I: Io + ?Sized>(
         &mut self,
         _cx: &mut Cx,
-        _side: Side,
+        _id: ConnId,
         _res: i32,
         _io: &mut I,
         _env: &mut Env<'_>,
@@ -114,14 +121,14 @@ pub(super) trait Protocol: Debug {
         None
     }
 
-    /// Whether connection `side` should be read now. `room`: fewer than the direction's
+    /// Whether connection `id` should be read now. `room`: fewer than the direction's
     /// budget of chunks wait toward the other side (what a protocol that forwards obeys).
-    fn wants(&self, _cx: &Cx, side: Side, room: bool) -> bool {
-        side == Side::Down && room
+    fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
+        id == ConnId::CLIENT && room
     }
 
-    /// Reading `side` resumes after a pause (its clock may restart).
-    fn resumed(&mut self, _cx: &mut Cx, _side: Side, _now: u64) {}
+    /// Reading connection `id` resumes after a pause (its clock may restart).
+    fn resumed(&mut self, _cx: &mut Cx, _id: ConnId, _now: u64) {}
 
     /// While the client connection is not read, watch it for a hang-up (a request waiting for
     /// its answer: a client that has gone ends it at once).
@@ -169,25 +176,25 @@ pub(super) trait Erased: Debug {
     fn bytes(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut dyn Io,
         env: &mut Env<'_>,
     ) -> Step;
-    fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step;
-    fn error(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut dyn Io) -> Step;
+    fn eof(&mut self, cx: &mut Cx, from: ConnId, io: &mut dyn Io) -> Step;
+    fn error(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut dyn Io) -> Step;
     fn connected(
         &mut self,
         cx: &mut Cx,
-        side: Side,
+        id: ConnId,
         res: i32,
         io: &mut dyn Io,
         env: &mut Env<'_>,
     ) -> Step;
     fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
     fn deadline(&self, cx: &Cx) -> Option<u64>;
-    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool;
-    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64);
+    fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool;
+    fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64);
     fn watches_client(&self) -> bool;
     fn keeps_queue(&self) -> bool;
     fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
@@ -206,28 +213,28 @@ impl<P: Protocol> Erased for P {
     fn bytes(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut dyn Io,
         env: &mut Env<'_>,
     ) -> Step {
         Protocol::bytes(self, cx, from, c, io, env)
     }
-    fn eof(&mut self, cx: &mut Cx, from: Side, io: &mut dyn Io) -> Step {
+    fn eof(&mut self, cx: &mut Cx, from: ConnId, io: &mut dyn Io) -> Step {
         Protocol::eof(self, cx, from, io)
     }
-    fn error(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut dyn Io) -> Step {
+    fn error(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut dyn Io) -> Step {
         Protocol::error(self, cx, from, end, io)
     }
     fn connected(
         &mut self,
         cx: &mut Cx,
-        side: Side,
+        id: ConnId,
         res: i32,
         io: &mut dyn Io,
         env: &mut Env<'_>,
     ) -> Step {
-        Protocol::connected(self, cx, side, res, io, env)
+        Protocol::connected(self, cx, id, res, io, env)
     }
     fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
         Protocol::timer(self, cx, now, io, env)
@@ -235,11 +242,11 @@ impl<P: Protocol> Erased for P {
     fn deadline(&self, cx: &Cx) -> Option<u64> {
         Protocol::deadline(self, cx)
     }
-    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
-        Protocol::wants(self, cx, side, room)
+    fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
+        Protocol::wants(self, cx, id, room)
     }
-    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
-        Protocol::resumed(self, cx, side, now)
+    fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64) {
+        Protocol::resumed(self, cx, id, now)
     }
     fn watches_client(&self) -> bool {
         Protocol::watches_client(self)
@@ -273,28 +280,28 @@ impl Protocol for Box<dyn Erased> {
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
         (**self).bytes(cx, from, c, io.as_dyn(), env)
     }
-    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
         (**self).eof(cx, from, io.as_dyn())
     }
-    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, end: End, io: &mut I) -> Step {
+    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut I) -> Step {
         (**self).error(cx, from, end, io.as_dyn())
     }
     fn connected<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        side: Side,
+        id: ConnId,
         res: i32,
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        (**self).connected(cx, side, res, io.as_dyn(), env)
+        (**self).connected(cx, id, res, io.as_dyn(), env)
     }
     fn timer<I: Io + ?Sized>(
         &mut self,
@@ -308,11 +315,11 @@ impl Protocol for Box<dyn Erased> {
     fn deadline(&self, cx: &Cx) -> Option<u64> {
         (**self).deadline(cx)
     }
-    fn wants(&self, cx: &Cx, side: Side, room: bool) -> bool {
-        (**self).wants(cx, side, room)
+    fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
+        (**self).wants(cx, id, room)
     }
-    fn resumed(&mut self, cx: &mut Cx, side: Side, now: u64) {
-        (**self).resumed(cx, side, now)
+    fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64) {
+        (**self).resumed(cx, id, now)
     }
     fn watches_client(&self) -> bool {
         (**self).watches_client()

@@ -7,7 +7,8 @@ use super::Phase;
 use super::request::Request;
 use super::{End, Env, Io, Session, Step};
 use crate::http::proxy::{self, V2_MAX};
-use crate::uring::{Chunk, Side};
+
+use crate::uring::{Chunk, ConnId};
 
 impl Session {
     /// Raw bytes from the client while its PROXY header is still to come.
@@ -28,13 +29,13 @@ impl Session {
         if let Some(src) = h.source {
             self.cx.client = src;
         }
-        self.cx.listen.proxy_header = false;
+        self.cx.proxy_header = false;
         let rest = head.split_off(h.len);
         head.clear();
         if rest.is_empty() {
             return Step::Continue;
         }
         let c = io.put(rest);
-        self.on_data(Side::Down, c, io, env)
+        self.on_data(ConnId::CLIENT, c, io, env)
     }
 }

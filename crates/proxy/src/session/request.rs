@@ -4,6 +4,7 @@
 //! upstream, and the session becomes the exchange that connects; or it is answered here
 //! (400, 404, 414, 431, 503). An idle kept-alive connection waits here for its next request.
 
+use super::Side;
 use super::phase::{Connect, Downward, Exchange, Req, Upward, ms32};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Phase};
@@ -11,7 +12,7 @@ use crate::config::{Location, clock_ms};
 use crate::http::{self, BodyKind, BodyTracker, HeadError};
 use crate::upstream::KeyInput;
 use crate::upstream::attempt::Attempt;
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 
 /// A request head being read: its bytes so far.
 #[derive(Debug, Default)]
@@ -37,12 +38,12 @@ impl Protocol for Request {
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        from: Side,
+        from: ConnId,
         c: Chunk,
         io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
-        if from == Side::Up {
+        if from != ConnId::CLIENT {
             // Nothing is expected from an upstream between requests.
             io.release(c);
             return Step::Continue;
@@ -58,8 +59,8 @@ impl Protocol for Request {
     }
 
     /// A head cut short, or a client gone between requests.
-    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: Side, _io: &mut I) -> Step {
-        match from {
+    fn eof<I: Io + ?Sized>(&mut self, _cx: &mut Cx, from: ConnId, _io: &mut I) -> Step {
+        match Side::of(from) {
             Side::Down => Step::Close(End::ClientClosed),
             Side::Up => Step::Continue,
         }
@@ -82,15 +83,15 @@ impl Protocol for Request {
     /// `keepalive_timeout` while idle between requests, else `header_timeout` for the head.
     fn deadline(&self, cx: &Cx) -> Option<u64> {
         let ms = if self.idle(cx) {
-            cx.listen.keepalive_timeout_ms
+            cx.listen().keepalive_timeout_ms
         } else {
-            cx.listen.header_timeout_ms
+            cx.listen().header_timeout_ms
         };
         Some(cx.phase_ms + u64::from(ms))
     }
 
-    fn wants(&self, _cx: &Cx, side: Side, _room: bool) -> bool {
-        side == Side::Down
+    fn wants(&self, _cx: &Cx, id: ConnId, _room: bool) -> bool {
+        id == ConnId::CLIENT
     }
 
     /// An idle kept-alive connection closes at once; a head on its way (or the first of a
@@ -116,7 +117,7 @@ impl Request {
     pub(super) fn parse<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
         let head = &mut self.head;
         let buf = &*head;
-        let req = match http::parse_request(buf, &cx.listen.limits()) {
+        let req = match http::parse_request(buf, &cx.listen().limits()) {
             Ok(None) => return Step::Continue,
             Ok(Some(r)) => r,
             Err(HeadError::TooLarge) => return Step::Respond(431, End::HeadTooLarge),
@@ -128,7 +129,7 @@ impl Request {
         let now = io.now_ms();
         if let Some(si) = cx
             .cfg
-            .find_server(usize::from(cx.listen.index), req.host_name())
+            .find_server(usize::from(cx.listen().index), req.host_name())
         {
             cx.real_ip(si, &buf[..req.head_len]);
         }
@@ -136,7 +137,7 @@ impl Request {
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
         let route = norm.as_ref().ok().and_then(|path| {
-            let s = cfg.find_server(usize::from(cx.listen.index), req.host_name())?;
+            let s = cfg.find_server(usize::from(cx.listen().index), req.host_name())?;
             Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
         });
         // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
@@ -233,8 +234,8 @@ fn new_req(
         }),
         connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
         read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
-        send_ms: route.map_or(cx.listen.header_timeout_ms, |l| ms32(l.send_timeout)),
-        body_ms: route.map_or(cx.listen.header_timeout_ms, |l| ms32(l.body_timeout)),
+        send_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.send_timeout)),
+        body_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.body_timeout)),
         ..Req::new(text, cx.phase_ms, buf.len() as u64)
     })
 }
@@ -256,7 +257,7 @@ fn request_up(
     let fwd = http::Forwarded {
         upgrade: r.upgrade,
         client_ip: cx.client.ip(),
-        proto: if cx.listen.tls { "https" } else { "http" },
+        proto: if cx.listen().tls { "https" } else { "http" },
         default_host: &cfg.upstreams[loc.upstream].name,
         keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
     };

@@ -10,18 +10,22 @@ impl Session {
         u64::from(
             self.phase
                 .req()
-                .map_or(self.cx.listen.header_timeout_ms, |r| r.send_ms),
+                .map_or(self.cx.listen().header_timeout_ms, |r| r.send_ms),
         )
     }
 
     /// The earliest time something must happen if nothing arrives before.
     pub fn deadline(&self) -> Option<u64> {
         let phase = run!(&self.phase, p => Protocol::deadline(p, &self.cx), None);
-        let send = [&self.cx.links.down, &self.cx.links.up]
-            .iter()
-            .filter(|p| p.sending().is_some() && !self.phase.is_closing())
-            .map(|p| p.send_since_ms() + self.send_ms())
-            .min();
+        let send = match self.phase.is_closing() {
+            true => None,
+            false => {
+                let send_ms = self.send_ms();
+                self.cx
+                    .links
+                    .earliest(|p| p.sending().map(|_| p.send_since_ms() + send_ms))
+            }
+        };
         match (phase, send) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -38,8 +42,9 @@ impl Session {
             return Next::Continue;
         }
         let send_ms = self.send_ms();
-        let stuck = [&self.cx.links.down, &self.cx.links.up]
-            .iter()
+        let stuck = self
+            .cx
+            .links
             .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
         let next = if stuck {
             Step::Close(End::SendTimeout)

@@ -11,12 +11,13 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+use super::Side;
 use super::filter::Verdict;
 use super::phase::{Control, Inject, NO_OP, Req, ms32};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Shut};
 use crate::config::Heartbeat;
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 use crate::ws::{self, FrameTracker, Piece, opcode};
 
 /// How long the client has to answer the proxy's Close, and both sides to close after the
@@ -292,15 +293,16 @@ impl Protocol for Tunnel {
         Step::Continue
     }
 
-    /// Bytes from `side`, on to the other side.
+    /// Bytes from connection `id`, on to the other side.
     fn bytes<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
-        side: Side,
+        id: ConnId,
         c: Chunk,
         io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
+        let side = Side::of(id);
         let now = io.now_ms();
         let t = &mut self.frames[from(side)];
         match self.req.ctl.as_deref_mut() {
@@ -342,8 +344,8 @@ impl Protocol for Tunnel {
 
     /// The stream from `from` ended: the half-close is passed on once what is queued has gone
     /// out (the tunnel ends when both have, `settle`).
-    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: Side, io: &mut I) -> Step {
-        cx.links.half_close(from.peer(), io);
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
+        cx.links.half_close(Side::of(from).peer(), io);
         Step::Continue
     }
 
@@ -402,7 +404,7 @@ impl Protocol for Tunnel {
     }
 
     /// Both ways, within the direction's budget.
-    fn wants(&self, _cx: &Cx, _side: Side, room: bool) -> bool {
+    fn wants(&self, _cx: &Cx, _id: ConnId, room: bool) -> bool {
         room
     }
 

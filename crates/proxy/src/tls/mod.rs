@@ -32,7 +32,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::UnbufferedStatus;
 
 use crate::reactor::{Conn, Sys};
-use crate::uring::{Chunk, Side, Src};
+use crate::uring::{Chunk, ConnId, Src};
 use records::Records;
 use rustls::kernel::KernelConnection;
 
@@ -217,7 +217,7 @@ where
     pub fn received(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        side: Side,
+        id: ConnId,
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
         match self.state {
@@ -234,7 +234,7 @@ where
         if !E::CLIENT
             && self.state == State::Handshaking
             && self.partial.is_empty()
-            && let Some(f) = self.first_flight(io, side, c)
+            && let Some(f) = self.first_flight(io, id, c)
         {
             io.release(c);
             return Err(f);
@@ -294,7 +294,7 @@ where
         if let Some(f) = fail {
             io.recycle(plain);
             self.fail(io);
-            self.conn.kick(io, side);
+            self.conn.kick(io, id);
             return Err(f);
         }
         if self.state == State::Handshaking
@@ -302,14 +302,14 @@ where
             && let Err(e) = self.opened(io, &mut plain)
         {
             io.recycle(plain);
-            self.conn.kick(io, side);
+            self.conn.kick(io, id);
             return Err(e);
         }
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             // Idle between records: hold no buffer.
             io.recycle(std::mem::take(&mut self.partial));
         }
-        self.kick(io, side);
+        self.kick(io, id);
         if plain.is_empty() {
             io.recycle(plain);
             Ok(None)
@@ -321,7 +321,7 @@ where
     /// A server's first bytes, before rustls sees them: plain HTTP sent to a TLS port, or a
     /// ClientHello offering only TLS 1.0/1.1 (refused here with the alert its version
     /// understands); its SNI noted. The failure, if any (the caller gives `c` back).
-    fn first_flight(&mut self, io: &mut (impl Sys + ?Sized), side: Side, c: Chunk) -> Option<Fail> {
+    fn first_flight(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId, c: Chunk) -> Option<Fail> {
         let data = io.data_of(c);
         // A TLS record starts with its content type (22, handshake); a letter is a
         // request line: plain HTTP sent to a TLS port.
@@ -338,7 +338,7 @@ where
                 out.extend_from_slice(&alert);
                 self.state = State::Failed;
                 self.queue(io, out);
-                self.conn.kick(io, side);
+                self.conn.kick(io, id);
                 return Some(Fail::Tls(rustls::Error::PeerIncompatible(
                     rustls::PeerIncompatible::Tls12NotOffered,
                 )));
@@ -401,7 +401,7 @@ where
     /// Start sending: a client's hello once connected; a close_notify queued behind the last
     /// data when a half-close is pending (nothing more is pushed then); then the socket's
     /// queue.
-    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
         if E::CLIENT
             && !self.started
             && self.conn.ready()
@@ -438,7 +438,7 @@ where
             }
             self.queue(io, out);
         }
-        self.conn.kick(io, side);
+        self.conn.kick(io, id);
     }
 
     /// The socket is about to close with nothing in flight: end the TLS stream with

@@ -19,7 +19,7 @@ use rustls::server::UnbufferedServerConnection;
 
 use super::{Fail, Info, Tls};
 use crate::reactor::{Conn, Sent, Sys};
-use crate::uring::{Chunk, Side};
+use crate::uring::{Chunk, ConnId};
 
 #[derive(Debug)]
 pub enum Transport {
@@ -69,10 +69,10 @@ impl Transport {
     pub fn received(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        side: Side,
+        id: ConnId,
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
-        on_tls!(self, t => t.received(io, side, c), _c => Ok(Some(c)))
+        on_tls!(self, t => t.received(io, id, c), _c => Ok(Some(c)))
     }
 
     /// Queue plaintext for sending. A TLS connection that failed drops it, and says so in
@@ -88,19 +88,19 @@ impl Transport {
     }
 
     /// Start sending what is queued, if nothing is in flight.
-    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), side: Side) {
-        on_tls!(self, t => t.kick(io, side), conn => conn.kick(io, side))
+    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
+        on_tls!(self, t => t.kick(io, id), conn => conn.kick(io, id))
     }
 
     /// A send completed.
     pub fn on_sent(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        side: Side,
+        id: ConnId,
         res: i32,
         dropping: bool,
     ) -> Sent {
-        self.conn_mut().on_sent(io, side, res, dropping)
+        self.conn_mut().on_sent(io, id, res, dropping)
     }
 
     /// Chunks waiting to be sent (with plaintext a TLS handshake holds back).
@@ -114,11 +114,11 @@ impl Transport {
     }
 
     /// Stop using the socket (see [`Conn::retire`]); without one, what waited goes nowhere.
-    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), side: Side) -> u8 {
+    pub fn retire(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) -> u8 {
         if self.fd() < 0 {
             self.release_tls(io);
         }
-        self.conn_mut().retire(io, side)
+        self.conn_mut().retire(io, id)
     }
 
     /// Close a retired socket once nothing is in flight (see [`Conn::close_when_done`]);

@@ -23,7 +23,7 @@ use crate::config::{Config, HealthCheck};
 use crate::live::Live;
 use crate::reactor::{Handler, Reactor, RingSys, Sent, Sys};
 use crate::tls::{Fail, Transport};
-use crate::uring::{Chunk, Cqe, Op, Ring, RingConfig, Side, Src, UNCAPPED};
+use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, Src, UNCAPPED};
 
 /// Probes in flight at once (the rest wait for the next turn).
 pub const IN_FLIGHT: usize = 256;
@@ -309,7 +309,7 @@ impl Probe {
         };
         let started = (|| {
             let fd = sys
-                .connect(target, None)
+                .connect(target, None, ConnId::UPSTREAM)
                 .map_err(|e| format!("socket: {}", crate::sys::errno_name(e)))?;
             let tls = u
                 .tls
@@ -376,7 +376,7 @@ impl Probe {
         if self.connect_only {
             return self.decide(Outcome::Pass);
         }
-        self.conn.kick(sys, Side::Up);
+        self.conn.kick(sys, ConnId::UPSTREAM);
     }
 
     fn on_recv(&mut self, sys: &mut RingSys<'_>, c: Cqe) {
@@ -405,7 +405,7 @@ impl Probe {
         if self.outcome.is_some() {
             return sys.release(chunk);
         }
-        match self.conn.received(sys, Side::Up, chunk) {
+        match self.conn.received(sys, ConnId::UPSTREAM, chunk) {
             Ok(None) => {}
             Ok(Some(plain)) => {
                 let room = (ANSWER_MAX + 2).saturating_sub(self.answer.len());
@@ -424,12 +424,12 @@ impl Probe {
     /// socket is closed (the slot may go, the outcome be recorded).
     fn settle(&mut self, sys: &mut RingSys<'_>) -> bool {
         if self.outcome.is_some() {
-            self.cancels += self.conn.retire(sys, Side::Up);
+            self.cancels += self.conn.retire(sys, ConnId::UPSTREAM);
             return self.conn.close_when_done(sys, self.cancels, false) || self.conn.fd() < 0;
         }
-        self.conn.kick(sys, Side::Up);
+        self.conn.kick(sys, ConnId::UPSTREAM);
         let want = self.conn.ready() && !self.conn.eof();
-        self.cancels += self.conn.sync_recv(sys, Side::Up, want, UNCAPPED);
+        self.cancels += self.conn.sync_recv(sys, ConnId::UPSTREAM, want, UNCAPPED);
         false
     }
 }
@@ -467,7 +467,7 @@ impl Handler<Probe> for Checker {
             Some(Op::Recv) => p.on_recv(sys, c),
             Some(Op::Send) => {
                 let closing = p.outcome.is_some();
-                if let Sent::Failed(e) = p.conn.on_sent(sys, Side::Up, c.res, closing) {
+                if let Sent::Failed(e) = p.conn.on_sent(sys, ConnId::UPSTREAM, c.res, closing) {
                     p.decide(Outcome::Fail(format!(
                         "send: {}",
                         crate::sys::errno_name(e)

@@ -24,9 +24,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 pub use pool::{BufPool, HeapStore};
 use pool::{BufState, HeapData, HeapEntry};
 pub use probe::probe;
-pub use user_data::{
-    CONN_MAX, ConnId, GENERATION_MAX, Op, SLOT_CORE, Side, UserData, next_generation,
-};
+pub use user_data::{CONN_MAX, ConnId, GENERATION_MAX, Op, SLOT_CORE, UserData, next_generation};
 
 /// `recv_capped` with this many buffers: a multishot recv without a cap, armed until it ends
 /// (ENOBUFS, EOF, an error or a cancel).
@@ -193,7 +191,7 @@ impl Ring {
         if (&b).write_all(b"x").is_err() {
             return false;
         }
-        let ud = UserData::new(SLOT_CORE, 0, Op::Recv, Side::Down);
+        let ud = UserData::new(SLOT_CORE, 0, Op::Recv, ConnId::CLIENT);
         let e = opcode::RecvMulti::new(Fd(a.as_raw_fd()), BGID)
             .build()
             .user_data(ud.0);
@@ -207,7 +205,7 @@ impl Ring {
         if first.is_none_or(|c| c.more()) {
             // Still armed (the cap was ignored): cancel it and wait for its last completion
             // before the socket closes.
-            let cancel = UserData::new(SLOT_CORE, 0, Op::Cancel, Side::Down);
+            let cancel = UserData::new(SLOT_CORE, 0, Op::Cancel, ConnId::CLIENT);
             self.cancel_op(ud, cancel);
             self.await_op(ud, |c| !c.more());
         }

@@ -30,7 +30,7 @@ fn capped_recv_brings_exactly_its_buffers() {
     let (s, _) = l.accept().unwrap();
     c.write_all(&[7u8; 60_000]).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    let ud = UserData::new(9, 1, Op::Recv, Side::Up);
+    let ud = UserData::new(9, 1, Op::Recv, ConnId::UPSTREAM);
     r.recv_capped(s.as_raw_fd(), ud, 3);
     let want = if r.recv_cap() { 3 } else { 1 };
     let mut out = Vec::with_capacity(16);
@@ -61,7 +61,7 @@ fn recv_into_pool_and_send_back() {
     let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
     let (s, _) = l.accept().unwrap();
     c.write_all(b"hello ring").unwrap();
-    let ud = UserData::new(7, 3, Op::Recv, Side::Down);
+    let ud = UserData::new(7, 3, Op::Recv, ConnId::CLIENT);
     r.recv_multi(s.as_raw_fd(), ud);
     let mut out = Vec::with_capacity(16);
     let (bid, n) = loop {
@@ -80,7 +80,7 @@ fn recv_into_pool_and_send_back() {
         off: 6,
         len: n - 6,
     };
-    let sud = UserData::new(7, 3, Op::Send, Side::Down);
+    let sud = UserData::new(7, 3, Op::Send, ConnId::CLIENT);
     r.send(s.as_raw_fd(), chunk, sud);
     loop {
         r.submit_and_wait(Duration::from_millis(100)).unwrap();

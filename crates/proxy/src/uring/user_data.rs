@@ -2,7 +2,7 @@
 //! slot's connections.
 //!
 //! Layout: `| slot: u32 | generation: u24 | conn: 4 bits | op: 4 bits |`. `conn` 0 is a
-//! session's client connection and 1 its upstream connection ([`Side`]); up to
+//! session's client connection and 1.. its upstream connections ([`ConnId`]); up to
 //! [`CONN_MAX`] connections of one slot are told apart, so that one client connection can own
 //! several upstream streams (HTTP/2) without a slot each. One place encodes and
 //! decodes it, so a late completion for a reused slab slot is recognised by its generation and
@@ -43,15 +43,6 @@ impl Op {
     }
 }
 
-/// Which socket of a session an op runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// The client connection (downstream).
-    Down,
-    /// The backend connection (upstream).
-    Up,
-}
-
 /// Which connection of a slot an op belongs to (0: the client's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnId(pub u8);
@@ -59,23 +50,11 @@ pub struct ConnId(pub u8);
 /// Largest connection index in one slot.
 pub const CONN_MAX: u8 = 15;
 
-impl From<Side> for ConnId {
-    fn from(s: Side) -> ConnId {
-        match s {
-            Side::Down => ConnId(0),
-            Side::Up => ConnId(1),
-        }
-    }
-}
-
-impl Side {
-    /// The other side: where bytes received on `self` are sent.
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Down => Side::Up,
-            Side::Up => Side::Down,
-        }
-    }
+impl ConnId {
+    /// A session's client connection (and the one connection of an admin slot).
+    pub const CLIENT: ConnId = ConnId(0);
+    /// A slot's first outgoing connection: a session's upstream, a health check's socket.
+    pub const UPSTREAM: ConnId = ConnId(1);
 }
 
 /// Largest generation value; generations wrap to 0 after it.
@@ -90,9 +69,9 @@ pub struct UserData(pub u64);
 
 impl UserData {
     /// Encode. `generation` must be at most [`GENERATION_MAX`].
-    pub fn new(slot: u32, generation: u32, op: Op, conn: impl Into<ConnId>) -> UserData {
+    pub fn new(slot: u32, generation: u32, op: Op, conn: ConnId) -> UserData {
         debug_assert!(generation <= GENERATION_MAX);
-        let ConnId(conn) = conn.into();
+        let ConnId(conn) = conn;
         debug_assert!(conn <= CONN_MAX);
         UserData(
             (u64::from(slot) << 32)
@@ -113,15 +92,6 @@ impl UserData {
     /// Which connection of the slot.
     pub fn conn(self) -> ConnId {
         ConnId(((self.0 >> 4) & 0xf) as u8)
-    }
-
-    /// The side of a two-connection session: the client (conn 0) or its upstream.
-    pub fn side(self) -> Side {
-        if self.conn().0 == 0 {
-            Side::Down
-        } else {
-            Side::Up
-        }
     }
 
     /// The op kind, or `None` for a word we never encoded (counted as corrupt by callers).
@@ -152,13 +122,6 @@ mod tests {
                     Op::Hangup,
                     Op::Inbox,
                 ] {
-                    for side in [Side::Down, Side::Up] {
-                        let ud = UserData::new(slot, generation, op, side);
-                        assert_eq!(ud.slot(), slot);
-                        assert_eq!(ud.generation(), generation);
-                        assert_eq!(ud.op(), Some(op));
-                        assert_eq!(ud.side(), side);
-                    }
                     for conn in 0..=CONN_MAX {
                         let ud = UserData::new(slot, generation, op, ConnId(conn));
                         assert_eq!(ud.conn(), ConnId(conn));
