@@ -72,33 +72,42 @@ pub struct Conn {
 
 /// Reading a connection's state.
 impl Conn {
+    #[inline]
     pub fn fd(&self) -> RawFd {
         self.fd
     }
     /// Ops in flight.
+    #[inline]
     pub fn ops(&self) -> u8 {
         self.ops
     }
+    #[inline]
     pub fn recv_state(&self) -> Recv {
         self.recv
     }
     /// The peer sent FIN (or the connection is treated as if it had).
+    #[inline]
     pub fn eof(&self) -> bool {
         self.eof
     }
+    #[inline]
     pub fn parked(&self) -> bool {
         self.parked
     }
+    #[inline]
     pub fn shut(&self) -> Shut {
         self.shut
     }
+    #[inline]
     pub fn retiring(&self) -> bool {
         self.retiring
     }
+    #[inline]
     pub fn ready(&self) -> bool {
         self.ready
     }
     /// To be handed back (not closed) once retired.
+    #[inline]
     pub fn keep(&self) -> bool {
         self.keep
     }
@@ -106,9 +115,11 @@ impl Conn {
         self.uses
     }
     /// The chunk being sent, if any.
+    #[inline]
     pub fn sending(&self) -> Option<Chunk> {
         self.sending
     }
+    #[inline]
     pub fn send_since_ms(&self) -> u64 {
         self.send_since_ms
     }
@@ -220,11 +231,13 @@ impl Conn {
     }
 
     /// Chunks queued or in flight.
+    #[inline]
     pub fn pending(&self) -> usize {
         self.queue.len() + usize::from(self.sending.is_some())
     }
 
     /// Nothing queued, nothing in flight.
+    #[inline]
     pub fn flushed(&self) -> bool {
         self.pending() == 0
     }
@@ -246,6 +259,7 @@ impl Conn {
     }
 
     /// Whether the fd is open and usable for new ops.
+    #[inline]
     pub fn open(&self) -> bool {
         self.fd >= 0 && !self.retiring
     }
@@ -453,6 +467,7 @@ struct Queue {
 }
 
 impl Queue {
+    #[inline]
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.spill.as_ref().map_or(0, |s| s.len())
     }

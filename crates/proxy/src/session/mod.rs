@@ -685,14 +685,11 @@ impl Session {
         http1::access_line(&self.cx, self.phase.req()?, end, now_ms)
     }
 
-    /// Whether connection `id` should have a recv armed right now. `pool_low`: the worker's
-    /// buffer pool is at its floor.
+    /// Whether connection `id` should have a recv armed right now, given `waiting`, the chunks
+    /// that wait toward the other side. `pool_low`: the worker's buffer pool is at its floor.
     #[inline(always)]
-    fn want_recv(&self, id: ConnId, pool_low: bool) -> bool {
-        let (p, peer) = (
-            self.cx.links.get(id),
-            self.cx.links.get(Side::of(id).peer()),
-        );
+    fn want_recv(&self, id: ConnId, waiting: usize, pool_low: bool) -> bool {
+        let p = self.cx.links.get(id);
         if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
             return false;
         }
@@ -701,7 +698,7 @@ impl Session {
         // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
         // previous bytes have not left yet (a slow or stalled reader) waits; one that has
         // drained everything (making progress) reads on.
-        let room = peer.pending() < QUEUE && (peer.pending() == 0 || !pool_low);
+        let room = waiting < QUEUE && (waiting == 0 || !pool_low);
         run!(&self.phase, p => Protocol::wants(p, &self.cx, id, room), false)
     }
 
@@ -726,14 +723,14 @@ impl Session {
     /// its direction's budget.
     #[inline(always)]
     fn sync_recv_of(&mut self, id: ConnId, pool_low: bool, io: &mut impl Io) {
-        let want = self.want_recv(id, pool_low);
+        let waiting = self.cx.links.get(Side::of(id).peer()).pending();
+        let want = self.want_recv(id, waiting, pool_low);
         if want && self.cx.links.get(id).recv_state() == Recv::Off {
             let now = io.now_ms();
             run!(&mut self.phase, p => Protocol::resumed(p, &mut self.cx, id, now), ());
         }
         // What this direction may still take: the budget less what waits toward the peer;
         // one at a time below the pool's floor.
-        let waiting = self.cx.links.get(Side::of(id).peer()).pending();
         let buffers = if pool_low {
             1
         } else {

@@ -7,24 +7,24 @@ use super::{End, Env, Io, Next, Phase, Session};
 impl Session {
     /// How long a send may make no progress.
     pub(super) fn send_ms(&self) -> u64 {
-        u64::from(
-            self.phase
-                .req()
-                .map_or(self.cx.listen().header_timeout_ms, |r| r.send_ms),
-        )
+        u64::from(match self.phase.req() {
+            Some(r) => r.send_ms,
+            None => self.cx.listen().header_timeout_ms,
+        })
     }
 
     /// The earliest time something must happen if nothing arrives before.
     pub fn deadline(&self) -> Option<u64> {
         let phase = run!(&self.phase, p => Protocol::deadline(p, &self.cx), None);
+        // A send making no progress: the oldest one in flight, timed by the request's
+        // send_timeout (looked up only when something is being sent).
         let send = match self.phase.is_closing() {
             true => None,
-            false => {
-                let send_ms = self.send_ms();
-                self.cx
-                    .links
-                    .earliest(|p| p.sending().map(|_| p.send_since_ms() + send_ms))
-            }
+            false => self
+                .cx
+                .links
+                .earliest(|p| p.sending().map(|_| p.send_since_ms()))
+                .map(|since| since + self.send_ms()),
         };
         match (phase, send) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -104,11 +104,13 @@ impl Transport {
     }
 
     /// Chunks waiting to be sent (with plaintext a TLS handshake holds back).
+    #[inline]
     pub fn pending(&self) -> usize {
         on_tls!(self, t => t.pending(), conn => conn.pending())
     }
 
     /// Nothing waiting, nothing in flight.
+    #[inline]
     pub fn flushed(&self) -> bool {
         self.pending() == 0
     }
@@ -272,6 +274,7 @@ impl Transport {
     }
 
     /// TLS failed on this connection (a record could not be sealed or opened).
+    #[inline]
     pub fn failed(&self) -> bool {
         on_tls!(self, t => t.failed(), _c => false)
     }
@@ -285,6 +288,7 @@ impl Transport {
         on_tls!(self, t => t.release(io), _c => {})
     }
 
+    #[inline]
     fn conn_mut(&mut self) -> &mut Conn {
         on_tls!(self, t => &mut t.conn, conn => conn)
     }
@@ -294,12 +298,14 @@ impl Transport {
 impl Deref for Transport {
     type Target = Conn;
 
+    #[inline]
     fn deref(&self) -> &Conn {
         on_tls!(self, t => &t.conn, conn => conn)
     }
 }
 
 impl DerefMut for Transport {
+    #[inline]
     fn deref_mut(&mut self) -> &mut Conn {
         self.conn_mut()
     }
