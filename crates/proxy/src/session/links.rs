@@ -186,7 +186,11 @@ impl Links {
     pub fn all_closed(&self) -> bool {
         self.cancels == 0 && !self.any(|t| t.fd() >= 0)
     }
+    #[inline]
     fn cancels_sent(&mut self, n: u8) {
+        if n == 0 {
+            return;
+        }
         debug_assert!(self.cancels.checked_add(n).is_some(), "cancels overflow");
         self.cancels = self.cancels.saturating_add(n);
     }

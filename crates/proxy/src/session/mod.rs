@@ -690,7 +690,8 @@ impl Session {
     #[inline(always)]
     fn want_recv(&self, id: ConnId, waiting: usize, pool_low: bool) -> bool {
         let p = self.cx.links.get(id);
-        if !p.open() || !p.ready() || p.eof() || p.parked() || self.phase.is_closing() {
+        // (Never called while closing: `after` returns before.)
+        if !p.open() || !p.ready() || p.eof() || p.parked() {
             return false;
         }
         // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
@@ -712,10 +713,11 @@ impl Session {
         // While the client's bytes are held back (its hold is full, or its body waits for a
         // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
         // the response: a poll for POLLRDHUP watches for it meanwhile.
-        let watch = run!(&self.phase, p => Protocol::watches_client(p), false)
-            && self.cx.links.down.recv_state() == Recv::Off
-            && self.cx.links.down.open()
-            && !self.cx.links.down.eof();
+        let down = &self.cx.links.down;
+        let watch = down.recv_state() == Recv::Off
+            && down.open()
+            && !down.eof()
+            && run!(&self.phase, p => Protocol::watches_client(p), false);
         self.cx.links.sync_watch(Side::Down, io, watch);
     }
 
