@@ -15,6 +15,9 @@ rounds is reported, with the ratio to the first build:
 - with --tls: the same per 64 B wss message and per full TLS 1.3 handshake;
 - user-space KiB per idle proxied WebSocket (--idle N connections, 0 to skip).
 
+With --aa the first build is measured a second time as a build of its own: its ratio to the
+first is the run's noise floor (an A/A comparison), printed beside the others.
+
 Uses scripts/bench.py's machinery (processes stopped by PID, loads bounded in time).
 """
 import argparse
@@ -90,12 +93,16 @@ def main():
     ap.add_argument("--handshakes", type=int, default=4000)
     ap.add_argument("--idle", type=int, default=5000, help="idle WebSockets held per round (0: skip)")
     ap.add_argument("--tls", action="store_true", help="also the wss rows")
+    ap.add_argument("--aa", action="store_true",
+                    help="measure the first build twice, as two builds: its ratio is the run's noise floor")
     args = ap.parse_args()
     args.proxy_cpu, args.load_cpu = 0, 1
     builds = []
     for b in args.build:
         name, _, binary = b.partition("=")
         builds.append((name, os.path.abspath(binary)))
+    if args.aa:
+        builds.append((builds[0][0] + "-again", builds[0][1]))
     bench.tune()
     work = tempfile.mkdtemp(prefix="ringway-ab-")
     load = bench.Load(args, work)
@@ -129,6 +136,9 @@ def main():
               + " | ".join(f"{x:.3f}" for x in ratios) + " |")
     print()
     print("Builds: " + "; ".join(f"{n} = {b}" for n, b in builds))
+    if args.aa:
+        print(f"Noise floor: `{first}-again ÷ {first}` is one binary measured as two builds in the same "
+              "run; a ratio of another build no further from 1 than it is not a change.")
 
 
 if __name__ == "__main__":
