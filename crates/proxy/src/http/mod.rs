@@ -4,7 +4,6 @@
 pub mod body;
 pub mod proxy;
 
-use std::io::Write;
 use std::net::IpAddr;
 
 pub use body::{BodyError, BodyKind, BodyTracker};
@@ -159,20 +158,28 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Whether `name` is listed in any `Connection` header (and so hop-by-hop for this message).
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| is(h.name, "connection"))
-        .any(|h| {
-            h.value.split(|&b| b == b',').any(|t| {
-                let t = t.trim_ascii();
-                !t.eq_ignore_ascii_case(b"upgrade")
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-                    && t.eq_ignore_ascii_case(name.as_bytes())
-            })
-        })
+/// The header names the `Connection` headers list besides `upgrade`, `close` and
+/// `keep-alive` (hop-by-hop for this message). Found once per head: usually there are none,
+/// and nothing is allocated.
+fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    let mut tokens = Vec::new();
+    for h in headers.iter().filter(|h| is(h.name, "connection")) {
+        for t in h.value.split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if !t.eq_ignore_ascii_case(b"upgrade")
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+            {
+                tokens.push(t);
+            }
+        }
+    }
+    tokens
+}
+
+/// Whether `name` is among the `Connection` headers' `tokens` ([`connection_tokens`]).
+fn named_by_connection(tokens: &[&[u8]], name: &str) -> bool {
+    tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The body length. Repeated values (`5, 5`, or two headers) must be the same text: `017` beside
@@ -235,7 +242,8 @@ const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// Whether a `Connection` header names a framing header.
 fn connection_names_framing(headers: &[httparse::Header<'_>]) -> bool {
-    FRAMING.iter().any(|f| named_by_connection(headers, f))
+    let tokens = connection_tokens(headers);
+    !tokens.is_empty() && FRAMING.iter().any(|f| named_by_connection(&tokens, f))
 }
 
 /// Check every line of a (maybe partial) request head against the line limits.
@@ -503,12 +511,11 @@ pub fn rewrite_request(
         (false, true) => b"keep-alive",
         (false, false) => b"close",
     };
-    let _ = write!(
-        out,
-        "{} {} HTTP/1.1\r\n",
-        req.method.unwrap_or("GET"),
-        req.path.unwrap_or("/")
-    );
+    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let tokens = connection_tokens(hs);
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -541,7 +548,7 @@ pub fn rewrite_request(
             if upgrade {
                 header(out, n, h.value);
             }
-        } else if hop_by_hop(n) || named_by_connection(hs, n) {
+        } else if hop_by_hop(n) || named_by_connection(&tokens, n) {
             // dropped
         } else if is(n, "x-real-ip") {
             if !did_real {
@@ -661,18 +668,24 @@ pub fn rewrite_response(
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed response head")),
     }
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        resp.code.unwrap_or(502),
-        resp.reason.unwrap_or("")
-    );
+    let code = resp.code.unwrap_or(502);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
     let value: &[u8] = match conn {
         ClientConnection::Upgrade => b"upgrade",
         ClientConnection::KeepAlive => b"keep-alive",
         ClientConnection::Close => b"close",
     };
     let hs = &*resp.headers;
+    let tokens = connection_tokens(hs);
     let mut did_conn = false;
     for h in hs {
         let n = h.name;
@@ -690,7 +703,7 @@ pub fn rewrite_response(
         } else if drop_length && is(n, "content-length") {
             false
         } else {
-            !hop_by_hop(n) && !named_by_connection(hs, n)
+            !hop_by_hop(n) && !named_by_connection(&tokens, n)
         };
         if keep {
             out.extend_from_slice(n.as_bytes());
