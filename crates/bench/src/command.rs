@@ -99,6 +99,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
             a.sni.as_deref(),
             &target,
             !a.no_resume,
+            a.connections,
         )?),
     };
     let opts = Opts {

@@ -116,18 +116,22 @@ impl std::fmt::Debug for BenchTls {
 impl BenchTls {
     /// `ca`: verify the server against it; `None`: accept any certificate (`--insecure`).
     /// `sni`: the name asked for and verified (default: the target's address, no SNI).
-    /// `resume`: offer session resumption (tickets, session IDs) after the first handshake.
+    /// `resume`: offer session resumption (tickets, session IDs) after the first handshake,
+    /// with tickets kept for `in_flight` handshakes at once.
     pub fn new(
         ca: Option<&std::path::Path>,
         sni: Option<&str>,
         target: &Target,
         resume: bool,
+        in_flight: usize,
     ) -> anyhow::Result<BenchTls> {
         let mut config = ringway_proxy::tls::setup::client_config_from(ca)
             .map_err(|e| anyhow::anyhow!("--ca: {e}"))?;
-        if !resume {
-            config.resumption = rustls::client::Resumption::disabled();
-        }
+        config.resumption = if resume {
+            rustls::client::Resumption::store(Arc::new(tickets::Tickets::new(in_flight)))
+        } else {
+            rustls::client::Resumption::disabled()
+        };
         let name = match sni {
             Some(n) => rustls::pki_types::ServerName::try_from(n.to_string())
                 .map_err(|_| anyhow::anyhow!("--sni {n:?} is not a server name"))?,
@@ -567,6 +571,7 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
 
 pub mod command;
 mod completions;
+mod tickets;
 mod worker;
 
 use worker::{BenchWorker, Plan};

@@ -179,7 +179,9 @@ fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
 
 /// Whether `name` is among the `Connection` headers' `tokens` ([`connection_tokens`]).
 fn named_by_connection(tokens: &[&[u8]], name: &str) -> bool {
-    tokens.iter().any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    tokens
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// The body length. Repeated values (`5, 5`, or two headers) must be the same text: `017` beside
