@@ -1,5 +1,5 @@
 //! Microbenchmarks of the pieces on the proxy's hot paths, so that a user-space regression
-//! shows at the function that caused it (`cargo bench -p ringway-proxy`; `scripts/bench.sh
+//! shows at the function that caused it (`cargo bench --bench hot`; `scripts/bench.sh
 //! --against OLD` measures the whole proxy). Each input is what the proxy sees in the
 //! benchmarks of BENCHMARKS.md: a browser's WebSocket upgrade, a 101, 64-byte masked frames.
 
@@ -8,12 +8,12 @@ use std::net::IpAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use ringway::config::Config;
-use ringway::http::{self, ClientConnection, Forwarded, HeadLimits};
-use ringway::upstream::KeyInput;
-use ringway::upstream::attempt::Attempt;
-use ringway::uring::timer::TimerWheel;
-use ringway::ws::FrameTracker;
+use ringway_proxy::config::Config;
+use ringway_proxy::http::{self, ClientConnection, Forwarded, HeadLimits};
+use ringway_proxy::upstream::KeyInput;
+use ringway_proxy::upstream::attempt::Attempt;
+use ringway_proxy::uring::timer::TimerWheel;
+use ringway_proxy::ws::FrameTracker;
 
 /// A browser's upgrade request, as Chromium sends it.
 const UPGRADE: &[u8] = b"GET /ws/chat?room=42 HTTP/1.1\r\n\
@@ -187,7 +187,7 @@ upstream = "hash"
 /// A request's choice of server, as `connect_next` makes it: the attempt, then the pick.
 fn balancer(c: &mut Criterion) {
     let cfg = std::sync::Arc::new(Config::parse("bench.toml", UPSTREAMS).unwrap());
-    let mut balancers = ringway::upstream::Balancers::new(&cfg);
+    let mut balancers = ringway_proxy::upstream::Balancers::new(&cfg);
     let input = KeyInput {
         client: IpAddr::from([10, 1, 2, 3]),
         uri: "/ws/chat",
