@@ -9,10 +9,19 @@ use crate::{BenchTls, Mode, Opts, Target, parse_source, run};
 pub enum BenchMode {
     /// C connections echoing S-byte messages (closed loop, or open loop with --rate).
     Throughput,
-    /// N full handshakes (each then closed cleanly) at concurrency C.
+    /// N full handshakes (each then closed as --close says) at concurrency C.
     Connect,
     /// N connections opened at --rate/s and held with heartbeats.
     Idle,
+}
+
+/// How `connect` ends each connection after its 101.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum CloseArg {
+    /// A WebSocket close handshake: a Close frame, its echo, then the socket closed.
+    Websocket,
+    /// The socket closed at once, with no Close frame (as a client that just goes away).
+    Tcp,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +50,9 @@ pub struct BenchArgs {
     /// Handshakes in total (connect mode only) [default: 10000].
     #[arg(short = 'n', long)]
     count: Option<usize>,
+    /// connect: how each connection ends after its 101.
+    #[arg(long, value_enum, default_value = "websocket")]
+    close: CloseArg,
     /// Message size in bytes (throughput).
     #[arg(short, long, default_value_t = 64)]
     size: usize,
@@ -112,6 +124,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         target: target.clone(),
         connections: a.connections,
         count: a.count.unwrap_or(10_000),
+        close_frame: matches!(a.close, CloseArg::Websocket),
         size: a.size,
         duration: ringway_proxy::app::duration_arg("duration", &a.duration)?,
         warmup: ringway_proxy::app::duration_arg("warmup", &a.warmup)?,

@@ -254,6 +254,10 @@ impl BenchWorker {
             }
         }
         match self.opts.mode {
+            Mode::Connect if !self.opts.close_frame => {
+                let _ = self.hist.record(now.saturating_sub(started).max(1));
+                self.kill(slot, Some(generation));
+            }
             Mode::Connect => {
                 let _ = self.hist.record(now.saturating_sub(started).max(1));
                 c.phase = Phase::Closing;

@@ -84,6 +84,9 @@ pub struct Opts {
     pub target: Target,
     pub connections: usize,
     pub count: usize,
+    /// connect: end each connection with a WebSocket close handshake (else: close the socket
+    /// right after the 101).
+    pub close_frame: bool,
     pub size: usize,
     pub duration: Duration,
     pub warmup: Duration,

@@ -260,6 +260,7 @@ fn load(o: &DemoOpts, listen: SocketAddr, proxy_pid: u32, dir: &Path) -> anyhow:
         target: target.clone(),
         connections: o.connections,
         count: 0,
+        close_frame: true,
         size: 64,
         duration: o.duration,
         warmup: Duration::from_secs(1),
