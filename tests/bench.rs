@@ -77,6 +77,16 @@ fn each_mode_counts_what_it_did() {
     assert_eq!(v["closed_clean"], 300);
     assert_eq!(v["latency_us"]["count"], 300);
 
+    // Closed at TCP level right after each 101: no Close frame, so none closed cleanly.
+    let (code, v, err) = bench(&[
+        "connect", "--target", &target, "-c", "20", "-n", "300", "--close", "tcp",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["established"], 300);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["closed_clean"], 0);
+    assert_eq!(v["latency_us"]["count"], 300);
+
     let ready = dir.join("ready");
     let (code, v, err) = bench(&[
         "idle",
