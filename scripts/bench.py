@@ -801,8 +801,16 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                "sending a small heartbeat every few seconds) minus the same at rest, divided by N. Runs past "
                f"~{PER_PROCESS:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
                "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
+    # The sections after the table (each change's own measurements, "## …") are kept: a run
+    # rewrites the table, not the record of how the figures got there.
+    kept = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        i = old.find("\n## ")
+        if i != -1:
+            kept = "\n" + old[i + 1:]
     with open(path, "w") as f:
-        f.write("\n".join(out))
+        f.write("\n".join(out) + kept)
 
 
 if __name__ == "__main__":
