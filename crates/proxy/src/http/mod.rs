@@ -158,30 +158,35 @@ fn hop_by_hop(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// The header names the `Connection` headers list besides `upgrade`, `close` and
-/// `keep-alive` (hop-by-hop for this message). Found once per head: usually there are none,
-/// and nothing is allocated.
-fn connection_tokens<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
-    let mut tokens = Vec::new();
-    for h in headers.iter().filter(|h| is(h.name, "connection")) {
-        for t in h.value.split(|&b| b == b',') {
-            let t = t.trim_ascii();
-            if !t.eq_ignore_ascii_case(b"upgrade")
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-            {
-                tokens.push(t);
-            }
-        }
-    }
-    tokens
+/// Whether a `Connection` header's token other than `upgrade`, `close` or `keep-alive` is
+/// `name` (`Some(name)`), or any such token at all (`None`): such a token names a header that
+/// is hop-by-hop for this message.
+fn connection_token(headers: &[httparse::Header<'_>], name: Option<&str>) -> bool {
+    headers
+        .iter()
+        .filter(|h| is(h.name, "connection"))
+        .any(|h| {
+            h.value.split(|&b| b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && name.is_none_or(|n| t.eq_ignore_ascii_case(n.as_bytes()))
+            })
+        })
 }
 
-/// Whether `name` is among the `Connection` headers' `tokens` ([`connection_tokens`]).
-fn named_by_connection(tokens: &[&[u8]], name: &str) -> bool {
-    tokens
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+/// Headers a `Connection` header names besides the usual tokens. Asked once per head: a head
+/// rewritten header by header asks [`named_by_connection`] for each only when there are some
+/// (a browser's `Connection: Upgrade` has none), without building anything.
+fn connection_names_any(headers: &[httparse::Header<'_>]) -> bool {
+    connection_token(headers, None)
+}
+
+/// Whether `name` is listed in any `Connection` header (and so hop-by-hop for this message).
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
+    connection_token(headers, Some(name))
 }
 
 /// The body length. Repeated values (`5, 5`, or two headers) must be the same text: `017` beside
@@ -244,8 +249,7 @@ const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// Whether a `Connection` header names a framing header.
 fn connection_names_framing(headers: &[httparse::Header<'_>]) -> bool {
-    let tokens = connection_tokens(headers);
-    !tokens.is_empty() && FRAMING.iter().any(|f| named_by_connection(&tokens, f))
+    connection_names_any(headers) && FRAMING.iter().any(|f| named_by_connection(headers, f))
 }
 
 /// Check every line of a (maybe partial) request head against the line limits.
@@ -517,7 +521,7 @@ pub fn rewrite_request(
     out.push(b' ');
     out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let tokens = connection_tokens(hs);
+    let named = connection_names_any(hs);
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -550,7 +554,7 @@ pub fn rewrite_request(
             if upgrade {
                 header(out, n, h.value);
             }
-        } else if hop_by_hop(n) || named_by_connection(&tokens, n) {
+        } else if hop_by_hop(n) || (named && named_by_connection(hs, n)) {
             // dropped
         } else if is(n, "x-real-ip") {
             if !did_real {
@@ -687,7 +691,7 @@ pub fn rewrite_response(
         ClientConnection::Close => b"close",
     };
     let hs = &*resp.headers;
-    let tokens = connection_tokens(hs);
+    let named = connection_names_any(hs);
     let mut did_conn = false;
     for h in hs {
         let n = h.name;
@@ -705,7 +709,7 @@ pub fn rewrite_response(
         } else if drop_length && is(n, "content-length") {
             false
         } else {
-            !hop_by_hop(n) && !named_by_connection(&tokens, n)
+            !hop_by_hop(n) && !(named && named_by_connection(hs, n))
         };
         if keep {
             out.extend_from_slice(n.as_bytes());

@@ -312,3 +312,34 @@ fn error_pages_are_complete() {
     assert_eq!(p.status, 502);
     assert_eq!(p.body, BodyKind::Length((r.len() - p.head_len) as u64));
 }
+
+#[test]
+fn headers_a_connection_header_names_are_dropped_from_responses_too_and_empty_tokens_name_none() {
+    // A response: the header its Connection names goes, the rest stays, the status line is
+    // written back as it came.
+    let resp = b"HTTP/1.1 404 Not Found\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n";
+    let mut out = Vec::new();
+    rewrite_response(resp, ClientConnection::KeepAlive, false, &mut out).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert_eq!(
+        s,
+        "HTTP/1.1 404 Not Found\r\nConnection: keep-alive\r\nX-End: 2\r\nContent-Length: 0\r\n\r\n"
+    );
+    // A request whose Connection header is thousands of empty list elements: nothing is named,
+    // nothing is dropped for it, and nothing is built per element.
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade{}\r\nUpgrade: websocket\r\nX-Keep: 1\r\n\r\n",
+        ",".repeat(8000)
+    );
+    let r = parse_request(req.as_bytes(), &HeadLimits::flat(16384))
+        .unwrap()
+        .unwrap();
+    assert!(r.upgrade.is_some());
+    let mut out = Vec::new();
+    rewrite_request(req.as_bytes(), &fwd(), &mut out).unwrap();
+    let s = String::from_utf8(out).unwrap();
+    assert!(
+        s.contains("\r\nX-Keep: 1\r\n") && s.contains("\r\nConnection: upgrade\r\n"),
+        "{s}"
+    );
+}
