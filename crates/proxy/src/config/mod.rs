@@ -338,8 +338,9 @@ impl Listen {
     }
 }
 
-/// Milliseconds of `d`, saturating at `u32::MAX` (49 days).
-fn ms32(d: Duration) -> u32 {
+/// Milliseconds of a configured duration, as sessions and requests keep it: saturating at
+/// `u32::MAX` (49 days).
+pub fn ms32(d: Duration) -> u32 {
     d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 

@@ -161,7 +161,8 @@ impl Links {
 
     /// A connection for another upstream socket: one that is closed with nothing in flight
     /// (from 2), or a new one; None past [`CONN_MAX`]. Give it its socket with
-    /// `Transport::reset_fd` after `Io::connect` with this id.
+    /// `Transport::reset_fd` after `Io::connect` with this id before asking for another: until
+    /// it has one, it is the closed connection the next call finds.
     #[cfg_attr(
         not(test),
         expect(

@@ -2,8 +2,6 @@
 //! HTTP/1 exchange's state each way, a tunnel's heartbeats and Close frames, the lingering
 //! close.
 
-use std::time::Duration;
-
 use crate::http::BodyTracker;
 use crate::upstream::attempt::Attempt;
 
@@ -192,10 +190,7 @@ pub(super) struct Req {
 /// `Req::peer` before a server is chosen.
 pub(super) const NO_PEER: u16 = u16::MAX;
 
-/// Milliseconds of a configured duration, as stored per request (capped at ~49 days).
-pub(super) fn ms32(d: Duration) -> u32 {
-    d.as_millis().min(u128::from(u32::MAX)) as u32
-}
+pub(super) use crate::config::ms32;
 
 /// A request's method, Host, target and the protocols it asked to upgrade to, in one
 /// allocation: three `u16` ends (where the method, the Host and the target stop), then the four
