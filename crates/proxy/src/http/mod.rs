@@ -709,7 +709,7 @@ pub fn rewrite_response(
         } else if drop_length && is(n, "content-length") {
             false
         } else {
-            !hop_by_hop(n) && !(named && named_by_connection(hs, n))
+            !(hop_by_hop(n) || (named && named_by_connection(hs, n)))
         };
         if keep {
             out.extend_from_slice(n.as_bytes());
