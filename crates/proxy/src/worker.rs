@@ -436,6 +436,7 @@ impl Core {
         slot: u32,
         f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
     ) {
+        let now_ms = r.now_ms();
         let Some((generation, entry, sys)) = r.split(slot, None) else {
             return;
         };
@@ -458,7 +459,11 @@ impl Core {
         // later, which the wheel learns lazily when the entry fires): replace the entry, so a
         // session has one at most and a storm leaves none behind.
         let old = entry.timer_at;
-        let Some(d) = entry.session.deadline().filter(|&d| old == 0 || d < old) else {
+        let Some(d) = entry
+            .session
+            .deadline(now_ms)
+            .filter(|&d| old == 0 || d < old)
+        else {
             return;
         };
         entry.timer_at = d;

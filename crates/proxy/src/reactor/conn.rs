@@ -42,32 +42,54 @@ pub enum Shut {
 #[derive(Debug)]
 pub struct Conn {
     fd: RawFd,
+    /// When the send in flight was submitted or last made progress: the low 32 bits of the
+    /// worker's millisecond clock (`send_since_ms` rebuilds the whole time from the clock now;
+    /// a send is timed out long before it is 2^32 ms, 49 days, old).
+    send_since: u32,
     /// Ops in flight on `fd` (a multishot recv counts once until its last completion).
     ops: u8,
     recv: Recv,
-    /// The peer has sent FIN: nothing more will be read.
-    eof: bool,
-    /// The recv stopped on ENOBUFS; waiting for buffers.
-    parked: bool,
     shut: Shut,
-    /// Being closed: no new ops; fd closed when `ops` reaches 0.
-    retiring: bool,
-    /// The socket is connected and may be sent on.
-    ready: bool,
-    /// Retiring to be kept open (handed back by `detach_when_done`), not closed.
-    keep: bool,
+    /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
+    hup: Recv,
+    /// The yes/no state below (`EOF` … `TORN`), one bit each: a connection is in every
+    /// session twice, so its size is memory per connection.
+    flags: u8,
     /// Requests this connection has carried (for its owner's keepalive limit).
     uses: u16,
     sending: Option<Chunk>,
-    /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
-    hup: Recv,
     queue: Queue,
-    /// When the send in flight was submitted or last made progress (ms).
-    send_since_ms: u64,
-    /// Bytes queued for this socket were dropped unsent (a send cut short, a queue released):
-    /// the peer did not get the whole stream, so nothing may claim it did (no TLS
-    /// close_notify after it).
-    torn: bool,
+}
+
+/// The peer has sent FIN: nothing more will be read.
+const EOF: u8 = 1;
+/// The recv stopped on ENOBUFS; waiting for buffers.
+const PARKED: u8 = 1 << 1;
+/// Being closed: no new ops; fd closed when `ops` reaches 0.
+const RETIRING: u8 = 1 << 2;
+/// The socket is connected and may be sent on.
+const READY: u8 = 1 << 3;
+/// Retiring to be kept open (handed back by `detach_when_done`), not closed.
+const KEEP: u8 = 1 << 4;
+/// Bytes queued for this socket were dropped unsent (a send cut short, a queue released): the
+/// peer did not get the whole stream, so nothing may claim it did (no TLS close_notify after
+/// it).
+const TORN: u8 = 1 << 5;
+
+impl Conn {
+    #[inline(always)]
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
 }
 
 /// Reading a connection's state.
@@ -88,11 +110,11 @@ impl Conn {
     /// The peer sent FIN (or the connection is treated as if it had).
     #[inline]
     pub fn eof(&self) -> bool {
-        self.eof
+        self.has(EOF)
     }
     #[inline]
     pub fn parked(&self) -> bool {
-        self.parked
+        self.has(PARKED)
     }
     #[inline]
     pub fn shut(&self) -> Shut {
@@ -100,16 +122,16 @@ impl Conn {
     }
     #[inline]
     pub fn retiring(&self) -> bool {
-        self.retiring
+        self.has(RETIRING)
     }
     #[inline]
     pub fn ready(&self) -> bool {
-        self.ready
+        self.has(READY)
     }
     /// To be handed back (not closed) once retired.
     #[inline]
     pub fn keep(&self) -> bool {
-        self.keep
+        self.has(KEEP)
     }
     pub fn uses(&self) -> u16 {
         self.uses
@@ -119,12 +141,13 @@ impl Conn {
     pub fn sending(&self) -> Option<Chunk> {
         self.sending
     }
+    /// When the send in flight started or last made progress, given the clock now.
     #[inline]
-    pub fn send_since_ms(&self) -> u64 {
-        self.send_since_ms
+    pub fn send_since_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(u64::from((now_ms as u32).wrapping_sub(self.send_since)))
     }
     pub fn torn(&self) -> bool {
-        self.torn
+        self.has(TORN)
     }
 }
 
@@ -132,39 +155,41 @@ impl Conn {
 impl Conn {
     /// Nothing more will be read (FIN seen, or the owner stops reading for good).
     pub fn mark_eof(&mut self) {
-        self.eof = true;
+        self.set(EOF, true);
     }
 
     /// The recv stopped on ENOBUFS: true when it was not parked already (the owner then puts
     /// it on the wait list for buffers).
     pub fn park(&mut self) -> bool {
-        let newly = self.open() && !self.parked;
-        self.parked |= newly;
+        let newly = self.open() && !self.has(PARKED);
+        if newly {
+            self.set(PARKED, true);
+        }
         newly
     }
 
     /// Buffers are back.
     pub fn unpark(&mut self) {
-        self.parked = false;
+        self.set(PARKED, false);
     }
 
     /// A connect was submitted on this socket: not ready to send until it completes, and
     /// one op in flight.
     pub fn connect_started(&mut self) {
         debug_assert!(self.ops == 0, "connect on a busy socket");
-        self.ready = false;
+        self.set(READY, false);
         self.ops = 1;
     }
 
     /// Not ready to send (a socket whose connect is still to be submitted).
     pub fn mark_unready(&mut self) {
-        self.ready = false;
+        self.set(READY, false);
     }
 
     /// Handed back by its owner after being retired (the keepalive pool): usable again.
     pub fn handed_back(&mut self) {
-        self.retiring = false;
-        self.keep = false;
+        self.set(RETIRING, false);
+        self.set(KEEP, false);
     }
 
     /// The connect submitted with `connect_started` completed.
@@ -174,7 +199,7 @@ impl Conn {
 
     /// The socket is connected (or was taken ready from a pool): sends may start.
     pub fn mark_ready(&mut self) {
-        self.ready = true;
+        self.set(READY, true);
     }
 
     /// Shut the write id once what is queued has gone (no-op when already shut).
@@ -186,7 +211,7 @@ impl Conn {
 
     /// Whether this connection, once retired, is handed back (keepalive) instead of closed.
     pub fn set_keep(&mut self, keep: bool) {
-        self.keep = keep;
+        self.set(KEEP, keep);
     }
 
     /// Requests it has carried.
@@ -213,20 +238,15 @@ impl Conn {
     pub fn new(fd: RawFd) -> Conn {
         Conn {
             fd,
+            send_since: 0,
             ops: 0,
             recv: Recv::Off,
-            eof: false,
-            parked: false,
             shut: Shut::Open,
-            retiring: false,
-            ready: fd >= 0,
-            keep: false,
+            hup: Recv::Off,
+            flags: if fd >= 0 { READY } else { 0 },
             uses: 0,
             sending: None,
-            hup: Recv::Off,
             queue: Queue::default(),
-            send_since_ms: 0,
-            torn: false,
         }
     }
 
@@ -254,14 +274,14 @@ impl Conn {
     pub fn reset_fd(&mut self, fd: RawFd) {
         let queue = std::mem::take(&mut self.queue);
         *self = Conn::new(fd);
-        self.ready = false;
+        self.set(READY, false);
         self.queue = queue;
     }
 
     /// Whether the fd is open and usable for new ops.
     #[inline]
     pub fn open(&self) -> bool {
-        self.fd >= 0 && !self.retiring
+        self.fd >= 0 && !self.has(RETIRING)
     }
 }
 
@@ -288,12 +308,12 @@ impl Conn {
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        if self.sending.is_some() || !self.open() || !self.ready {
+        if self.sending.is_some() || !self.open() || !self.has(READY) {
             return;
         }
         if let Some(c) = self.pop() {
             self.sending = Some(c);
-            self.send_since_ms = io.now_ms();
+            self.send_since = io.now_ms() as u32;
             self.op_started();
             io.send(self.fd, id, c);
         } else if self.shut == Shut::Pending {
@@ -314,9 +334,9 @@ impl Conn {
         self.op_done();
         let mut c = self.sending.take().expect("send completion without a send");
         io.sent(c);
-        if res < 0 || dropping || self.retiring {
+        if res < 0 || dropping || self.has(RETIRING) {
             if res < 0 || (res as u32) < c.len {
-                self.torn = true;
+                self.set(TORN, true);
             }
             io.release(c);
             return if res < 0 && !dropping && res != -libc::ECANCELED {
@@ -328,7 +348,7 @@ impl Conn {
         if (res as u32) < c.len {
             c.off += res as u32;
             c.len -= res as u32;
-            self.send_since_ms = io.now_ms();
+            self.send_since = io.now_ms() as u32;
             self.sending = Some(c);
             self.op_started();
             io.send(self.fd, id, c);
@@ -355,7 +375,7 @@ impl Conn {
                 io.recv(self.fd, id, buffers);
                 0
             }
-            (false, Recv::On) if self.open() && !self.eof => {
+            (false, Recv::On) if self.open() && !self.has(EOF) => {
                 self.recv = Recv::Cancelling;
                 io.cancel(id, Op::Recv);
                 1
@@ -398,10 +418,10 @@ impl Conn {
             self.release_queue(io);
             return 0;
         }
-        if self.retiring {
+        if self.has(RETIRING) {
             return 0;
         }
-        self.retiring = true;
+        self.set(RETIRING, true);
         let mut ops = [None; 4];
         if self.recv == Recv::On {
             self.recv = Recv::Cancelling;
@@ -414,7 +434,7 @@ impl Conn {
             self.hup = Recv::Cancelling;
             ops[2] = Some(Op::Hangup);
         }
-        if !self.ready && self.ops > 0 {
+        if !self.has(READY) && self.ops > 0 {
             ops[3] = Some(Op::Connect);
         }
         let mut n = 0;
@@ -435,7 +455,7 @@ impl Conn {
         cancels: u8,
         keep_queue: bool,
     ) -> bool {
-        if self.fd < 0 || !self.retiring || self.ops > 0 || cancels > 0 {
+        if self.fd < 0 || !self.has(RETIRING) || self.ops > 0 || cancels > 0 {
             return false;
         }
         if !keep_queue {
@@ -443,13 +463,13 @@ impl Conn {
         }
         io.close(self.fd);
         self.reset_fd(-1);
-        self.retiring = false;
+        self.set(RETIRING, false);
         true
     }
 
     fn release_queue(&mut self, io: &mut (impl Sys + ?Sized)) {
         while let Some(c) = self.queue.pop() {
-            self.torn = true;
+            self.set(TORN, true);
             io.release(c);
         }
     }
@@ -537,5 +557,23 @@ mod tests {
             p.queue.spill.is_none(),
             "an empty queue holds no heap memory"
         );
+    }
+
+    #[test]
+    fn a_send_keeps_its_start_across_the_clocks_32_bit_wrap() {
+        let mut p = Conn::new(3);
+        // Started 100 ms before the low 32 bits of the clock wrap, read 150 ms later.
+        let start = (1u64 << 32) - 100 + (7u64 << 32);
+        p.send_since = start as u32;
+        assert_eq!(p.send_since_ms(start), start);
+        assert_eq!(p.send_since_ms(start + 150), start);
+        // A send three days old, far from any wrap.
+        let start = 3 * 86_400_000 + 12_345;
+        p.send_since = start as u32;
+        assert_eq!(p.send_since_ms(start + 3 * 86_400_000), start);
+        // Early in the clock's life nothing underflows.
+        p.send_since = 5;
+        assert_eq!(p.send_since_ms(5), 5);
+        assert_eq!(p.send_since_ms(9), 5);
     }
 }

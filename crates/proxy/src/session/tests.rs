@@ -644,7 +644,7 @@ fn silent_upstream_gets_504_and_silent_client_is_closed() {
     let mut sim = Sim::new(5);
     sim.deliver(Side::Down, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n");
     sim.run(false);
-    assert_eq!(sim.s.deadline(), Some(5000));
+    assert_eq!(sim.s.deadline(sim.io.now), Some(5000));
     sim.timer(4999);
     assert_eq!(sim.s.stage(), Stage::Proxy);
     // next_upstream's default "timeout": the request goes again to the other server...
@@ -652,7 +652,7 @@ fn silent_upstream_gets_504_and_silent_client_is_closed() {
     sim.run(false);
     assert_eq!(sim.s.stage(), Stage::Proxy);
     assert_eq!(sim.wire(Side::Up).matches("GET /x HTTP/1.1\r\n").count(), 2);
-    assert_eq!(sim.s.deadline(), Some(10_000));
+    assert_eq!(sim.s.deadline(sim.io.now), Some(10_000));
     // ... and when that one is silent too, the client gets the 504.
     sim.timer(10_000);
     sim.run(false);
@@ -813,7 +813,7 @@ fn a_delayed_pipelined_request_keeps_its_head_while_the_previous_socket_closes()
     assert!(!sim.wire(Side::Up).contains("GET /lr/b"));
     let due = sim
         .s
-        .deadline()
+        .deadline(sim.io.now)
         .expect("the delayed request has a deadline");
     assert!((900..=1000).contains(&due), "delayed until {due}");
     sim.timer(due);
@@ -1483,7 +1483,7 @@ fn a_protocol_added_as_a_type_runs_on_the_same_links() {
     }
     // Its timer: a client that says nothing is closed at the protocol's deadline.
     let mut sim = Sim::with(7, Phase::Other(Box::new(Fixed::default())));
-    assert_eq!(sim.s.deadline(), Some(1000));
+    assert_eq!(sim.s.deadline(sim.io.now), Some(1000));
     sim.timer(999);
     assert!(!sim.ended);
     sim.timer(1000);

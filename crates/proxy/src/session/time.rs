@@ -13,8 +13,9 @@ impl Session {
         })
     }
 
-    /// The earliest time something must happen if nothing arrives before.
-    pub fn deadline(&self) -> Option<u64> {
+    /// The earliest time something must happen if nothing arrives before (`now_ms`: the
+    /// clock now).
+    pub fn deadline(&self, now_ms: u64) -> Option<u64> {
         let phase = run!(&self.phase, p => Protocol::deadline(p, &self.cx), None);
         // A send making no progress: the oldest one in flight, timed by the request's
         // send_timeout (looked up only when something is being sent).
@@ -23,7 +24,7 @@ impl Session {
             false => self
                 .cx
                 .links
-                .earliest(|p| p.sending().map(|_| p.send_since_ms()))
+                .earliest(|p| p.sending().map(|_| p.send_since_ms(now_ms)))
                 .map(|since| since + self.send_ms()),
         };
         match (phase, send) {
@@ -35,7 +36,7 @@ impl Session {
     /// The timer wheel fired for this session.
     pub fn on_timer(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let now = io.now_ms();
-        let Some(d) = self.deadline() else {
+        let Some(d) = self.deadline(now) else {
             return Next::Continue;
         };
         if now < d {
@@ -45,7 +46,7 @@ impl Session {
         let stuck = self
             .cx
             .links
-            .any(|p| p.sending().is_some() && p.send_since_ms() + send_ms <= now);
+            .any(|p| p.sending().is_some() && p.send_since_ms(now) + send_ms <= now);
         let next = if stuck {
             Step::Close(End::SendTimeout)
         } else {

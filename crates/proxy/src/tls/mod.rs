@@ -122,7 +122,6 @@ enum State {
 
 /// A TLS connection over a reactor [`Conn`].
 pub struct Tls<E: Engine> {
-    pub conn: Conn,
     stage: Stage<E>,
     state: State,
     /// Ciphertext received but not processed yet (a record cut by the end of a buffer).
@@ -144,7 +143,6 @@ pub struct Tls<E: Engine> {
 impl<E: Engine> std::fmt::Debug for Tls<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls")
-            .field("conn", &self.conn)
             .field("state", &self.state)
             .field("partial", &self.partial.len())
             .field("held", &self.held.len())
@@ -156,9 +154,8 @@ impl<E: Engine> Tls<E>
 where
     KernelConnection<E::Data>: records::Kernel,
 {
-    pub fn new(conn: Conn, engine: E) -> Tls<E> {
+    pub fn new(engine: E) -> Tls<E> {
         Tls {
-            conn,
             stage: Stage::Handshake(Box::new(engine)),
             state: State::Handshaking,
             partial: Vec::new(),
@@ -187,8 +184,8 @@ where
     }
 
     /// Chunks waiting: plaintext held for the handshake plus what is queued on the socket.
-    pub fn pending(&self) -> usize {
-        self.held.len() + self.conn.pending()
+    pub fn pending(&self, conn: &Conn) -> usize {
+        self.held.len() + conn.pending()
     }
 
     /// Negotiated version, cipher suite and requested server name, once known.
@@ -216,6 +213,7 @@ where
     /// Handshake records produced on the way are sent at once.
     pub fn received(
         &mut self,
+        conn: &mut Conn,
         io: &mut (impl Sys + ?Sized),
         id: ConnId,
         c: Chunk,
@@ -229,12 +227,12 @@ where
             State::Handshaking | State::Open => {}
         }
         if matches!(self.stage, Stage::Records(_)) {
-            return self.received_records(io, c);
+            return self.received_records(conn, io, c);
         }
         if !E::CLIENT
             && self.state == State::Handshaking
             && self.partial.is_empty()
-            && let Some(f) = self.first_flight(io, id, c)
+            && let Some(f) = self.first_flight(conn, io, id, c)
         {
             io.release(c);
             return Err(f);
@@ -278,7 +276,7 @@ where
             }
         };
         io.release(c);
-        self.queue(io, out);
+        self.queue(conn, io, out);
         let done = match &self.stage {
             Stage::Handshake(e) => !e.common().is_handshaking(),
             _ => false,
@@ -294,22 +292,22 @@ where
         if let Some(f) = fail {
             io.recycle(plain);
             self.fail(io);
-            self.conn.kick(io, id);
+            conn.kick(io, id);
             return Err(f);
         }
         if self.state == State::Handshaking
             && done
-            && let Err(e) = self.opened(io, &mut plain)
+            && let Err(e) = self.opened(conn, io, &mut plain)
         {
             io.recycle(plain);
-            self.conn.kick(io, id);
+            conn.kick(io, id);
             return Err(e);
         }
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             // Idle between records: hold no buffer.
             io.recycle(std::mem::take(&mut self.partial));
         }
-        self.kick(io, id);
+        self.kick(conn, io, id);
         if plain.is_empty() {
             io.recycle(plain);
             Ok(None)
@@ -321,7 +319,13 @@ where
     /// A server's first bytes, before rustls sees them: plain HTTP sent to a TLS port, or a
     /// ClientHello offering only TLS 1.0/1.1 (refused here with the alert its version
     /// understands); its SNI noted. The failure, if any (the caller gives `c` back).
-    fn first_flight(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId, c: Chunk) -> Option<Fail> {
+    fn first_flight(
+        &mut self,
+        conn: &mut Conn,
+        io: &mut (impl Sys + ?Sized),
+        id: ConnId,
+        c: Chunk,
+    ) -> Option<Fail> {
         let data = io.data_of(c);
         // A TLS record starts with its content type (22, handshake); a letter is a
         // request line: plain HTTP sent to a TLS port.
@@ -337,8 +341,8 @@ where
                 let mut out = io.scratch();
                 out.extend_from_slice(&alert);
                 self.state = State::Failed;
-                self.queue(io, out);
-                self.conn.kick(io, id);
+                self.queue(conn, io, out);
+                conn.kick(io, id);
                 return Some(Fail::Tls(rustls::Error::PeerIncompatible(
                     rustls::PeerIncompatible::Tls12NotOffered,
                 )));
@@ -351,17 +355,22 @@ where
     /// The handshake has just completed: the records are ringway's from here (what came after
     /// the record that completed it is opened into `plain`), and the plaintext held meanwhile
     /// is sealed and queued.
-    fn opened(&mut self, io: &mut (impl Sys + ?Sized), plain: &mut Vec<u8>) -> Result<(), Fail> {
+    fn opened(
+        &mut self,
+        conn: &mut Conn,
+        io: &mut (impl Sys + ?Sized),
+        plain: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
         self.state = State::Open;
         // What came after the record that completed the handshake (data, a KeyUpdate, a
         // session ticket) is the records layer's.
         if let Err(e) = self.hand_over().and_then(|()| self.open_left(plain)) {
-            self.fail_with_alert(io, &e);
+            self.fail_with_alert(conn, io, &e);
             return Err(e);
         }
         let mut held = std::mem::take(&mut self.held).into_iter();
         while let Some(c) = held.next() {
-            if let Err(e) = self.push(io, c) {
+            if let Err(e) = self.push(conn, io, c) {
                 held.for_each(|c| io.release(c));
                 return Err(e);
             }
@@ -371,16 +380,21 @@ where
 
     /// Queue plaintext: sealed now when the handshake is complete (the records are ringway's
     /// from then on), else held until it is.
-    pub fn push(&mut self, io: &mut (impl Sys + ?Sized), c: Chunk) -> Result<(), Fail> {
+    pub fn push(
+        &mut self,
+        conn: &mut Conn,
+        io: &mut (impl Sys + ?Sized),
+        c: Chunk,
+    ) -> Result<(), Fail> {
         match self.state {
-            State::Raw => self.conn.push(c),
+            State::Raw => conn.push(c),
             State::Failed => io.release(c),
             State::Handshaking => self.held.push(c),
             // A connection being retired sends nothing more: plaintext pushed now (the next
             // request of a kept-alive client, while the previous upstream connection closes)
             // waits, unsealed, for the next connection (`take_held`), not sealed under keys
             // that are going away.
-            State::Open if !self.conn.open() => self.held.push(c),
+            State::Open if !conn.open() => self.held.push(c),
             State::Open => {
                 let mut out = io.scratch();
                 let r = match &mut self.stage {
@@ -388,7 +402,7 @@ where
                     _ => Err(rustls::Error::General("no record layer".into())),
                 };
                 io.release(c);
-                self.queue(io, out);
+                self.queue(conn, io, out);
                 if let Err(e) = r {
                     self.fail(io);
                     return Err(Fail::Tls(e));
@@ -401,11 +415,11 @@ where
     /// Start sending: a client's hello once connected; a close_notify queued behind the last
     /// data when a half-close is pending (nothing more is pushed then); then the socket's
     /// queue.
-    pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
+    pub fn kick(&mut self, conn: &mut Conn, io: &mut (impl Sys + ?Sized), id: ConnId) {
         if E::CLIENT
             && !self.started
-            && self.conn.ready()
-            && self.conn.open()
+            && conn.ready()
+            && conn.open()
             && let Tls {
                 stage: Stage::Handshake(engine),
                 partial,
@@ -421,13 +435,13 @@ where
                 &mut out,
             );
             self.started = true;
-            self.queue(io, out);
+            self.queue(conn, io, out);
             match r {
                 Ok(used) => drop(self.partial.drain(..used)),
                 Err(_) => self.fail(io),
             }
         }
-        if self.conn.shut() == crate::reactor::Shut::Pending
+        if conn.shut() == crate::reactor::Shut::Pending
             && self.state == State::Open
             && !self.notified
         {
@@ -436,9 +450,9 @@ where
             if let Stage::Records(r) = &mut self.stage {
                 let _ = r.close_notify(&mut out);
             }
-            self.queue(io, out);
+            self.queue(conn, io, out);
         }
-        self.conn.kick(io, id);
+        conn.kick(io, id);
     }
 
     /// The socket is about to close with nothing in flight: end the TLS stream with
@@ -446,22 +460,22 @@ where
     /// a truncated one — unless one went already, or bytes queued for the peer were dropped
     /// (then it must not look complete), or the connection is not open. Written straight to
     /// the socket without waiting: a 24-byte record that any socket buffer not full takes.
-    pub fn farewell(&mut self, io: &mut (impl Sys + ?Sized)) {
+    pub fn farewell(&mut self, conn: &Conn, io: &mut (impl Sys + ?Sized)) {
         let mut out = io.scratch();
-        if self.close_notify_now(&mut out) {
-            io.send_now(self.conn.fd(), &out);
+        if self.close_notify_now(conn, &mut out) {
+            io.send_now(conn.fd(), &out);
         }
         io.recycle(out);
     }
 
     /// The close_notify a socket about to close sends (see `farewell`), appended to `out`;
     /// false when there is none to send.
-    pub fn close_notify_now(&mut self, out: &mut Vec<u8>) -> bool {
+    pub fn close_notify_now(&mut self, conn: &Conn, out: &mut Vec<u8>) -> bool {
         if self.state != State::Open
             || self.notified
-            || self.conn.torn()
-            || self.conn.pending() > 0
-            || self.conn.shut() != crate::reactor::Shut::Open
+            || conn.torn()
+            || conn.pending() > 0
+            || conn.shut() != crate::reactor::Shut::Open
         {
             return false;
         }
@@ -527,6 +541,7 @@ where
     /// front of the same pool buffer (or of the kept partial record, for one that was cut).
     fn received_records(
         &mut self,
+        conn: &mut Conn,
         io: &mut (impl Sys + ?Sized),
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
@@ -579,7 +594,7 @@ where
             Err(e) => {
                 io.release(c);
                 let e = Fail::Tls(e);
-                self.fail_with_alert(io, &e);
+                self.fail_with_alert(conn, io, &e);
                 return Err(e);
             }
         };
@@ -590,24 +605,24 @@ where
         Ok(plain)
     }
 
-    fn queue(&mut self, io: &mut (impl Sys + ?Sized), out: Vec<u8>) {
+    fn queue(&mut self, conn: &mut Conn, io: &mut (impl Sys + ?Sized), out: Vec<u8>) {
         if out.is_empty() {
             io.recycle(out);
         } else {
             let c = io.put(out);
-            self.conn.push(c);
+            conn.push(c);
         }
     }
 
     /// The records failed: a fatal alert says why (RFC 8446 §6.2; none for an alert the peer
     /// sent), then nothing more is read or encrypted.
-    fn fail_with_alert(&mut self, io: &mut (impl Sys + ?Sized), e: &Fail) {
+    fn fail_with_alert(&mut self, conn: &mut Conn, io: &mut (impl Sys + ?Sized), e: &Fail) {
         if let (Stage::Records(r), Fail::Tls(e)) = (&mut self.stage, e)
             && let Some(description) = records::alert_for(e)
         {
             let mut out = io.scratch();
             if r.alert(description, &mut out).is_ok() {
-                self.queue(io, out);
+                self.queue(conn, io, out);
             } else {
                 io.recycle(out);
             }

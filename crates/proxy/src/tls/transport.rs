@@ -21,37 +21,66 @@ use super::{Fail, Info, Tls};
 use crate::reactor::{Conn, Sent, Sys};
 use crate::uring::{Chunk, ConnId};
 
+/// The socket is a field of its own, the same for every transport, so that reading or
+/// changing its state (the most frequent thing the session does) is a field access, not a
+/// match: a TLS connection keeps its records state beside it, in one box.
 #[derive(Debug)]
-pub enum Transport {
-    /// Plaintext TCP.
-    Plain(Conn),
-    /// TLS, ringway the server.
-    Server(Box<Tls<UnbufferedServerConnection>>),
-    /// TLS, ringway the client (toward an upstream).
-    Client(Box<Tls<UnbufferedClientConnection>>),
+pub struct Transport {
+    conn: Conn,
+    /// `None`: plaintext TCP.
+    tls: Option<Box<Secure>>,
 }
 
-/// `$e` on the TLS connection, whichever end it is; `$p` on a plain one.
+/// The TLS state of a connection, whichever end ringway is.
+#[derive(Debug)]
+enum Secure {
+    /// ringway the server (a client of ringway on a TLS listener).
+    Server(Tls<UnbufferedServerConnection>),
+    /// ringway the client (toward an upstream).
+    Client(Tls<UnbufferedClientConnection>),
+}
+
+/// `$e` on the TLS connection `$t` (its socket as `$c`), whichever end it is; `$p` on a
+/// plain one.
 macro_rules! on_tls {
-    ($self:expr, $t:ident => $e:expr, $c:ident => $p:expr) => {
-        match $self {
-            Transport::Plain($c) => $p,
-            Transport::Server($t) => $e,
-            Transport::Client($t) => $e,
+    ($self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {{
+        let Transport { conn: $c, tls } = $self;
+        match tls.as_deref_mut() {
+            None => $p,
+            Some(Secure::Server($t)) => $e,
+            Some(Secure::Client($t)) => $e,
         }
-    };
+    }};
+}
+
+/// As `on_tls!`, read-only.
+macro_rules! on_tls_ref {
+    ($self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {{
+        let Transport { conn: $c, tls } = $self;
+        match tls.as_deref() {
+            None => $p,
+            Some(Secure::Server($t)) => $e,
+            Some(Secure::Client($t)) => $e,
+        }
+    }};
 }
 
 impl Transport {
     pub fn plain(fd: RawFd) -> Transport {
-        Transport::Plain(Conn::new(fd))
+        Transport {
+            conn: Conn::new(fd),
+            tls: None,
+        }
     }
 
     /// A client accepted on a TLS listener.
     pub fn server(fd: RawFd, config: &Arc<rustls::ServerConfig>) -> Transport {
         let engine = UnbufferedServerConnection::new(config.clone())
             .expect("a connection was made from this configuration when it was resolved");
-        Transport::Server(Box::new(Tls::new(Conn::new(fd), engine)))
+        Transport {
+            conn: Conn::new(fd),
+            tls: Some(Box::new(Secure::Server(Tls::new(engine)))),
+        }
     }
 
     /// A TLS client on `fd` (an upstream, or the load generator's connection).
@@ -61,7 +90,10 @@ impl Transport {
         name: rustls::pki_types::ServerName<'static>,
     ) -> Result<Transport, rustls::Error> {
         let engine = UnbufferedClientConnection::new(config, name)?;
-        Ok(Transport::Client(Box::new(Tls::new(Conn::new(fd), engine))))
+        Ok(Transport {
+            conn: Conn::new(fd),
+            tls: Some(Box::new(Secure::Client(Tls::new(engine)))),
+        })
     }
 
     /// Bytes received on the socket, as plaintext for the protocol (`Ok(None)`: nothing for
@@ -72,13 +104,13 @@ impl Transport {
         id: ConnId,
         c: Chunk,
     ) -> Result<Option<Chunk>, Fail> {
-        on_tls!(self, t => t.received(io, id, c), _c => Ok(Some(c)))
+        on_tls!(self, t, conn => t.received(conn, io, id, c), Ok(Some(c)))
     }
 
     /// Queue plaintext for sending. A TLS connection that failed drops it, and says so in
     /// [`Transport::failed`].
     pub fn push(&mut self, io: &mut (impl Sys + ?Sized), c: Chunk) {
-        let r = on_tls!(self, t => t.push(io, c), conn => {
+        let r = on_tls!(self, t, conn => t.push(conn, io, c), {
             conn.push(c);
             Ok(())
         });
@@ -89,7 +121,7 @@ impl Transport {
 
     /// Start sending what is queued, if nothing is in flight.
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        on_tls!(self, t => t.kick(io, id), conn => conn.kick(io, id))
+        on_tls!(self, t, conn => t.kick(conn, io, id), conn.kick(io, id))
     }
 
     /// A send completed.
@@ -100,13 +132,13 @@ impl Transport {
         res: i32,
         dropping: bool,
     ) -> Sent {
-        self.conn_mut().on_sent(io, id, res, dropping)
+        self.conn.on_sent(io, id, res, dropping)
     }
 
     /// Chunks waiting to be sent (with plaintext a TLS handshake holds back).
     #[inline]
     pub fn pending(&self) -> usize {
-        on_tls!(self, t => t.pending(), conn => conn.pending())
+        on_tls_ref!(self, t, conn => t.pending(conn), conn.pending())
     }
 
     /// Nothing waiting, nothing in flight.
@@ -148,7 +180,7 @@ impl Transport {
         keep_queue: bool,
     ) -> bool {
         if self.fd() >= 0 && self.ops() == 0 && cancels == 0 {
-            on_tls!(self, t => t.farewell(io), _c => {});
+            on_tls!(self, t, conn => t.farewell(conn, io), {});
         }
         let closed = self.conn_mut().close_when_done(io, cancels, keep_queue);
         if closed && !keep_queue {
@@ -161,7 +193,7 @@ impl Transport {
     /// with close_notify first (see `Tls::farewell`).
     pub fn close_idle(mut self) {
         let mut out = Vec::new();
-        let notify = on_tls!(&mut self, t => t.close_notify_now(&mut out), _c => false);
+        let notify = on_tls!(&mut self, t, conn => t.close_notify_now(conn, &mut out), false);
         if notify {
             use nix::sys::socket::MsgFlags;
             let _ = nix::sys::socket::send(
@@ -176,7 +208,7 @@ impl Transport {
     /// Whether the connection could carry another exchange: plain, or TLS at rest (open,
     /// nothing held or half-received, no close_notify sent).
     pub fn at_rest(&self) -> bool {
-        on_tls!(self, t => t.at_rest(), _c => true)
+        on_tls_ref!(self, t, _c => t.at_rest(), true)
     }
 
     /// The connection itself, kept open for the upstream keepalive pool, once nothing of it
@@ -219,16 +251,12 @@ impl Transport {
     /// (what a TLS socket has queued is ciphertext for that connection only: released).
     fn take_waiting(&mut self, io: &mut (impl Sys + ?Sized)) -> Vec<Chunk> {
         let mut waiting = Vec::new();
-        match self {
-            Transport::Plain(conn) => {
-                while let Some(c) = conn.pop() {
-                    waiting.push(c);
-                }
+        on_tls!(self, t, conn => waiting = t.take_held(), {
+            while let Some(c) = conn.pop() {
+                waiting.push(c);
             }
-            Transport::Server(t) => waiting = t.take_held(),
-            Transport::Client(t) => waiting = t.take_held(),
-        }
-        while let Some(c) = self.conn_mut().pop() {
+        });
+        while let Some(c) = self.conn.pop() {
             io.release(c);
         }
         waiting
@@ -276,21 +304,21 @@ impl Transport {
     /// TLS failed on this connection (a record could not be sealed or opened).
     #[inline]
     pub fn failed(&self) -> bool {
-        on_tls!(self, t => t.failed(), _c => false)
+        on_tls_ref!(self, t, _c => t.failed(), false)
     }
 
     /// The negotiated TLS parameters (for the access log); `None` on a plain connection.
     pub fn tls_info(&self) -> Option<Info<'_>> {
-        on_tls!(self, t => Some(t.info()), _c => None)
+        on_tls_ref!(self, t, _c => Some(t.info()), None)
     }
 
     fn release_tls(&mut self, io: &mut (impl Sys + ?Sized)) {
-        on_tls!(self, t => t.release(io), _c => {})
+        on_tls!(self, t, _c => t.release(io), {})
     }
 
     #[inline]
     fn conn_mut(&mut self) -> &mut Conn {
-        on_tls!(self, t => &mut t.conn, conn => conn)
+        &mut self.conn
     }
 }
 
@@ -300,7 +328,7 @@ impl Deref for Transport {
 
     #[inline]
     fn deref(&self) -> &Conn {
-        on_tls!(self, t => &t.conn, conn => conn)
+        &self.conn
     }
 }
 
