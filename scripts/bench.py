@@ -446,9 +446,27 @@ def tls_rows(load, kind, work, args, cert, secs, repeats, hs_count):
     return res
 
 
+def kernel_kib():
+    """Kernel memory the host's sockets can be charged for, in KiB: every slab cache's objects
+    (/proc/slabinfo, root only) and TCP's socket-buffer pages (/proc/net/sockstat). None
+    where it cannot be read."""
+    try:
+        with open("/proc/slabinfo") as f:
+            lines = f.readlines()[2:]
+        slab = sum(int(p[2]) * int(p[3]) for p in (l.split() for l in lines)) / 1024
+        with open("/proc/net/sockstat") as f:
+            tcp = next(l for l in f if l.startswith("TCP:")).split()
+        return slab, int(tcp[tcp.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def idle(load, proxy, n, hold, interval="5s", rate=5000):
-    """Hold n idle WebSockets with heartbeats; RSS per connection from the proxy's /proc."""
+    """Hold n idle WebSockets with heartbeats; RSS per connection from the proxy's /proc; the
+    kernel's slab and socket-buffer memory per connection from the host's (every socket of the
+    run is on this host: the client's, the proxy's two and the backend's)."""
     rest = rss_kib(proxy.pids())
+    k_rest = kernel_kib()
     per = 18000  # connections per load-generator process (one descriptor each)
     procs, readies = [], []
     for i in range((n + per - 1) // per):
@@ -469,6 +487,7 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
         time.sleep(0.2)
     time.sleep(1.0)
     holding = rss_kib(proxy.pids())
+    k_holding = kernel_kib()
     results = []
     for p in procs:
         out, err = p.communicate(timeout=limit + 600)
@@ -491,6 +510,8 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
         "rss_rest_kib": rest,
         "rss_holding_kib": holding,
         "kib_per_conn": (holding - rest) / est if est else float("nan"),
+        "kernel_slab_kib_per_conn": (k_holding[0] - k_rest[0]) / est if est and k_rest and k_holding else None,
+        "kernel_tcp_kib_per_conn": (k_holding[1] - k_rest[1]) / est if est and k_rest and k_holding else None,
         "errors": errors,
     }
 
@@ -709,6 +730,8 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("proxy CPU-µs per handshake (incl. upstream connect, close)", ("connect", "cpu_us_per_handshake"), 0),
         (f"user-space KiB per idle proxied WebSocket at {small_idle:,}", (f"idle{small_idle}", "kib_per_conn"), 2),
         (f"  established / alive at end / heartbeats lost", None, None),
+        ("  kernel slab KiB per idle WebSocket, whole host (client, proxy and backend sockets)", (f"idle{small_idle}", "kernel_slab_kib_per_conn"), 2),
+        ("  kernel socket-buffer KiB per idle WebSocket, whole host", (f"idle{small_idle}", "kernel_tcp_kib_per_conn"), 2),
     ]
     if large_idle:
         rows += [
@@ -798,7 +821,10 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
     out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
                "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
                "memory is VmRSS summed over the proxy's processes while holding N idle WebSockets (each "
-               "sending a small heartbeat every few seconds) minus the same at rest, divided by N. Runs past "
+               "sending a small heartbeat every few seconds) minus the same at rest, divided by N; the kernel's "
+               "share is the growth of every slab cache (`/proc/slabinfo`) and of TCP's socket-buffer pages "
+               "(`/proc/net/sockstat`) over the same hold, divided by N — for the whole host, where each "
+               "proxied WebSocket is four sockets (the client's, the proxy's two, the backend's). Runs past "
                f"~{PER_PROCESS:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
                "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
     # The sections after the table (each change's own measurements, "## …") are kept: a run

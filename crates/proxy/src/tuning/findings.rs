@@ -1,8 +1,11 @@
-//! The preflight table, a section at a time: io_uring, descriptors, accept queues,
-//! conntrack, TIME_WAIT, drain, ports. Every decision is made from the state read and the
+//! The preflight table, a section at a time: io_uring, descriptors, socket memory, accept
+//! queues, conntrack, TIME_WAIT, drain, ports. Every decision is made from the state read and the
 //! needs alone, so the table is the same for the same host and configuration.
 
 use super::*;
+
+mod memory;
+pub use memory::KERNEL_BYTES_PER_SOCKET;
 
 /// The table being built.
 struct Rows(Vec<Finding>);
@@ -37,6 +40,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         nofile,
         nr_open,
         file_max,
+        memory::socket_memory,
         accept_queues,
         conntrack,
         time_wait,

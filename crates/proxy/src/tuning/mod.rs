@@ -43,6 +43,15 @@ pub struct State {
     pub io_uring_disabled: Reading,
     /// `net.netfilter.nf_conntrack_max`; absent when connection tracking is not loaded.
     pub conntrack_max: Reading,
+    /// `net.ipv4.tcp_mem` (pages: low, pressure, high), `tcp_rmem` and `tcp_wmem` (bytes:
+    /// min, default, max).
+    pub tcp_mem: Reading,
+    pub tcp_rmem: Reading,
+    pub tcp_wmem: Reading,
+    /// `MemTotal` of /proc/meminfo, in bytes.
+    pub mem_total: Option<u64>,
+    /// The kernel's page size (the unit of `tcp_mem`).
+    pub page_size: u64,
     /// Effective user id 0.
     pub root: bool,
     /// CAP_SYS_RESOURCE in the effective set (needed to raise a hard limit).
@@ -188,10 +197,31 @@ pub fn read_state(root: &Path) -> State {
         port_range: sys("net/ipv4/ip_local_port_range"),
         io_uring_disabled: sys("kernel/io_uring_disabled"),
         conntrack_max: sys("net/netfilter/nf_conntrack_max"),
+        tcp_mem: sys("net/ipv4/tcp_mem"),
+        tcp_rmem: sys("net/ipv4/tcp_rmem"),
+        tcp_wmem: sys("net/ipv4/tcp_wmem"),
+        mem_total: std::fs::read_to_string(root.join("proc/meminfo"))
+            .ok()
+            .and_then(|m| {
+                let l = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = l.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            }),
+        page_size: page_size(),
         root: root_user,
         cap_sys_resource: cap,
         io_uring: Ok(String::new()),
     }
+}
+
+/// The page size of the running kernel (4 KiB when it cannot be asked).
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(4096)
 }
 
 fn num(r: &Reading) -> Option<u64> {
@@ -352,7 +382,7 @@ pub struct Report<'a> {
 }
 
 mod findings;
-pub use findings::findings;
+pub use findings::{KERNEL_BYTES_PER_SOCKET, findings};
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,10 @@ fn tree(over: &[(&str, Option<&str>)]) -> Tree {
         ("proc/sys/net/ipv4/ip_local_port_range".into(), "1024\t65535\n".into()),
         ("proc/sys/kernel/io_uring_disabled".into(), "0\n".into()),
         ("proc/sys/net/netfilter/nf_conntrack_max".into(), "4194304\n".into()),
+        ("proc/sys/net/ipv4/tcp_mem".into(), "1572864\t2097152\t3145728\n".into()),
+        ("proc/sys/net/ipv4/tcp_rmem".into(), "4096\t131072\t6291456\n".into()),
+        ("proc/sys/net/ipv4/tcp_wmem".into(), "4096\t16384\t4194304\n".into()),
+        ("proc/meminfo".into(), "MemTotal:       65536000 kB\nMemFree:        1000 kB\n".into()),
     ];
     for (k, v) in over {
         files.retain(|(f, _)| f != k);
@@ -334,4 +338,71 @@ fn apply_writes_fixes_as_root_and_only_says_so_otherwise() {
         .find(|a| a.setting == "net.ipv4.tcp_fin_timeout")
         .unwrap();
     assert!(!fin.done && !fin.note.is_empty(), "{fin:?}");
+}
+
+#[test]
+fn socket_memory_is_sized_for_the_connections_planned() {
+    let t = tree(&[]);
+    let page = read_state(&t.0).page_size;
+    // 500,000 connections are a million sockets: a page each before pressure.
+    let f = run(&t, 500_000);
+    let m = row(&f, "net.ipv4.tcp_mem");
+    assert_eq!(m.status, Status::Ok, "{m:?}");
+    assert_eq!(m.needed, ">= 750000 1000000 1500000");
+    // Twice as many: tcp_mem warns, and its fix raises each value to at least what is needed,
+    // never lowering one.
+    let t = tree(&[(
+        "proc/sys/net/ipv4/tcp_mem",
+        Some("200000 2097152 9000000\n"),
+    )]);
+    let f = run(&t, 1_500_000);
+    let m = row(&f, "net.ipv4.tcp_mem");
+    assert_eq!(m.status, Status::Warn);
+    assert!(m.why.contains("3000000 sockets"), "{}", m.why);
+    assert_eq!(
+        m.fix,
+        Some(("net/ipv4/tcp_mem".into(), "2250000 3000000 9000000".into()))
+    );
+    // The per-socket minimum must let pressure shrink a socket to one page.
+    let t = tree(&[("proc/sys/net/ipv4/tcp_rmem", Some("65536 131072 6291456\n"))]);
+    let f = run(&t, 100_000);
+    let r = row(&f, "net.ipv4.tcp_rmem");
+    assert_eq!(r.status, Status::Warn);
+    assert_eq!(
+        r.fix,
+        Some(("net/ipv4/tcp_rmem".into(), format!("{page} 131072 6291456")))
+    );
+    assert_eq!(row(&f, "net.ipv4.tcp_wmem").status, Status::Ok);
+    // What one stalled client pins, and how many reach pressure (6 MiB + 4 MiB each).
+    let w = &row(&f, "net.ipv4.tcp_wmem").why;
+    assert!(w.contains("10240 KiB"), "{w}");
+    let fit = 2_097_152 * page / (10 * 1024 * 1024);
+    assert!(w.contains(&format!("so {fit} stalled")), "{w}");
+    // Unreadable: a warning that says so.
+    let t = tree(&[("proc/sys/net/ipv4/tcp_mem", None)]);
+    let m = run(&t, 1000);
+    assert_eq!(row(&m, "net.ipv4.tcp_mem").status, Status::Warn);
+    assert_eq!(row(&m, "net.ipv4.tcp_mem").why, "could not read it");
+}
+
+#[test]
+fn the_host_must_have_the_kernel_memory_its_sockets_take() {
+    let need = |conns: u64| {
+        let sockets = conns * FDS_PER_SESSION;
+        sockets * KERNEL_BYTES_PER_SOCKET + sockets * read_state(&tree(&[]).0).page_size
+    };
+    let meminfo = |bytes: u64| format!("MemTotal: {} kB\n", bytes / 1024);
+    let k = "kernel memory for sockets";
+    // Twice what the sockets take: ok; between once and twice: warn; below: fail.
+    let t = tree(&[("proc/meminfo", Some(&meminfo(need(1_000_000) * 2 + 4096)))]);
+    assert_eq!(row(&run(&t, 1_000_000), k).status, Status::Ok);
+    let t = tree(&[("proc/meminfo", Some(&meminfo(need(1_000_000) * 3 / 2)))]);
+    assert_eq!(row(&run(&t, 1_000_000), k).status, Status::Warn);
+    let t = tree(&[("proc/meminfo", Some(&meminfo(need(1_000_000) / 2)))]);
+    let f = run(&t, 1_000_000);
+    assert_eq!(row(&f, k).status, Status::Fail);
+    assert!(row(&f, k).why.contains("plan fewer connections"));
+    assert_eq!(worst(&f), Status::Fail);
+    let t = tree(&[("proc/meminfo", None)]);
+    assert_eq!(row(&run(&t, 1000), k).status, Status::Warn);
 }
