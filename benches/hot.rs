@@ -2,11 +2,14 @@
 //! shows at the function that caused it (`cargo bench --bench hot`; `scripts/bench.sh
 //! --against OLD` measures the whole proxy). Each input is what the proxy sees in the
 //! benchmarks of BENCHMARKS.md: a browser's WebSocket upgrade, a 101, 64-byte masked frames.
+//! The pieces: head parse and rewrite, frame tracking, the timer wheel, the balancer's pick,
+//! TLS record seal and open, and a tunnel's own work per echoed message (a session driven by
+//! its events, `support/rig.rs`). `cargo test` runs each once.
 
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 use ringway_proxy::config::Config;
 use ringway_proxy::http::{self, ClientConnection, Forwarded, HeadLimits};
@@ -14,6 +17,9 @@ use ringway_proxy::upstream::KeyInput;
 use ringway_proxy::upstream::attempt::Attempt;
 use ringway_proxy::uring::timer::TimerWheel;
 use ringway_proxy::ws::FrameTracker;
+
+#[path = "support/rig.rs"]
+mod rig;
 
 /// A browser's upgrade request, as Chromium sends it.
 const UPGRADE: &[u8] = b"GET /ws/chat?room=42 HTTP/1.1\r\n\
@@ -209,5 +215,80 @@ fn balancer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, heads, frame_tracker, timer_wheel, balancer);
+/// The proxy's own work for one echoed message of a WebSocket (64 B each way): four events of a
+/// session in its tunnel — the client's frame arrives, its send upstream completes, the echo
+/// arrives, its send to the client completes — with the ring and the kernel left out.
+fn tunnel(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tunnel");
+    g.throughput(Throughput::Elements(1));
+    for size in [64, 4096] {
+        let up = frames(1, size);
+        // The echo: the same frame, unmasked, as a server sends it.
+        let mut down = frames(1, size);
+        down[1] &= 0x7f;
+        down.drain(if size < 126 { 2..6 } else { 4..8 });
+        let mut t = rig::Tunnel::open(UPGRADE, SWITCHING);
+        g.bench_function(format!("one echoed message of {size} B (4 events)"), |b| {
+            b.iter(|| t.round_trip(black_box(&up), black_box(&down)))
+        });
+    }
+    g.finish();
+}
+
+/// TLS 1.3 records as the proxy seals and opens them (AES-256-GCM, the first suite offered),
+/// in place where it receives.
+fn records(c: &mut Criterion) {
+    use ringway_proxy::tls::records::{Records, StandIn};
+    let a = ([7u8; 32], [1u8; 12]);
+    let b = ([9u8; 32], [2u8; 12]);
+    let make = |tx, rx| {
+        let k = StandIn {
+            version: rustls::ProtocolVersion::TLSv1_3,
+            chacha: false,
+            tx,
+            rx,
+        };
+        let (t, r) = (k.secrets(tx), k.secrets(rx));
+        Records::from_secrets(t, r, k).expect("records on fixed secrets")
+    };
+    let mut g = c.benchmark_group("tls records");
+    g.throughput(Throughput::Elements(1));
+    for size in [64, 4096] {
+        let plain = vec![0x5au8; size];
+        let mut sealer = make(a, b);
+        let mut out = Vec::with_capacity(size + 64);
+        g.bench_function(format!("seal {size} B"), |bch| {
+            bch.iter(|| {
+                out.clear();
+                sealer.seal(black_box(&plain), &mut out).unwrap();
+            })
+        });
+        // Opening decrypts in place: each record is sealed (in step with the opener's
+        // sequence numbers) outside the measured part, and opened inside it.
+        let mut opener = make(b, a);
+        let mut peer = make(a, b);
+        g.bench_function(format!("open {size} B"), |bch| {
+            bch.iter_batched(
+                || {
+                    let mut sealed = Vec::with_capacity(size + 64);
+                    peer.seal(&plain, &mut sealed).unwrap();
+                    sealed
+                },
+                |mut record| black_box(opener.open(&mut record).unwrap()),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    heads,
+    frame_tracker,
+    timer_wheel,
+    balancer,
+    tunnel,
+    records
+);
 criterion_main!(benches);
