@@ -621,7 +621,9 @@ impl Session {
 
     /// Bookkeeping after every event: the protocol settles (an answer sent, a connect that
     /// waited), retired sockets close, recvs are kept armed or stopped; `Close` once closing
-    /// is complete.
+    /// is complete. The protocol is looked up once for the settling and once for the recvs:
+    /// what it answers in between (whether it keeps a queue, wants a connection read, watches
+    /// the client) is compiled in for each built-in protocol.
     fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
@@ -633,9 +635,11 @@ impl Session {
                 self.close(End::UpstreamTls("seal"), io);
             }
         }
-        self.close_retired(io, env);
-        let step =
-            run!(&mut self.phase, p => Protocol::settle(p, &mut self.cx, io, env), Step::Continue);
+        let cx = &mut self.cx;
+        let step = run!(&mut self.phase, p => settled(p, cx, io, env), {
+            close_retired(false, cx, io, env);
+            Step::Continue
+        });
         if !matches!(step, Step::Continue) {
             self.carry_out(step, io, env);
             // What the step retired may close now.
@@ -655,16 +659,7 @@ impl Session {
     /// flight.
     fn close_retired(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
         let keep = run!(&self.phase, p => Protocol::keeps_queue(p), false);
-        self.cx.links.close_down_when_done(io);
-        if self.cx.links.up.keep() {
-            let uses = self.cx.links.up.uses();
-            if let Some(conn) = self.cx.links.detach_up_when_done(io, keep) {
-                self.cx.pool_upstream(conn, uses, io, env);
-            }
-        } else if self.cx.links.close_up_when_done(io, keep) {
-            self.cx.uncount_peer();
-        }
-        self.cx.links.close_more_when_done(io);
+        close_retired(keep, &mut self.cx, io, env);
     }
 
     /// When the tunnel this session carries began (its upgrade request), if it carries one.
@@ -685,61 +680,88 @@ impl Session {
         http1::access_line(&self.cx, self.phase.req()?, end, now_ms)
     }
 
-    /// Whether connection `id` should have a recv armed right now, given `waiting`, the chunks
-    /// that wait toward the other side. `pool_low`: the worker's buffer pool is at its floor.
-    #[inline(always)]
-    fn want_recv(&self, id: ConnId, waiting: usize, pool_low: bool) -> bool {
-        let p = self.cx.links.get(id);
-        // (Never called while closing: `after` returns before.)
-        if !p.open() || !p.ready() || p.eof() || p.parked() {
-            return false;
-        }
-        // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
-        // toward the other side, and capped at what is left of the budget (`sync_recv`), so a
-        // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
-        // previous bytes have not left yet (a slow or stalled reader) waits; one that has
-        // drained everything (making progress) reads on.
-        let room = waiting < QUEUE && (waiting == 0 || !pool_low);
-        run!(&self.phase, p => Protocol::wants(p, &self.cx, id, room), false)
-    }
-
     fn sync_recv(&mut self, io: &mut impl Io) {
-        let pool_low = io.pool_low();
-        self.sync_recv_of(ConnId::CLIENT, pool_low, io);
-        self.sync_recv_of(ConnId::UPSTREAM, pool_low, io);
-        for id in self.cx.links.more_ids() {
-            self.sync_recv_of(id, pool_low, io);
-        }
-        // While the client's bytes are held back (its hold is full, or its body waits for a
-        // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
-        // the response: a poll for POLLRDHUP watches for it meanwhile.
-        let down = &self.cx.links.down;
-        let watch = down.recv_state() == Recv::Off
-            && down.open()
-            && !down.eof()
-            && run!(&self.phase, p => Protocol::watches_client(p), false);
-        self.cx.links.sync_watch(Side::Down, io, watch);
+        let cx = &mut self.cx;
+        run!(&mut self.phase, p => sync_recv(p, cx, io), ());
     }
+}
 
-    /// Keep a recv armed on connection `id` exactly while it should read, for what is left of
-    /// its direction's budget.
-    #[inline(always)]
-    fn sync_recv_of(&mut self, id: ConnId, pool_low: bool, io: &mut impl Io) {
-        let waiting = self.cx.links.get(Side::of(id).peer()).pending();
-        let want = self.want_recv(id, waiting, pool_low);
-        if want && self.cx.links.get(id).recv_state() == Recv::Off {
-            let now = io.now_ms();
-            run!(&mut self.phase, p => Protocol::resumed(p, &mut self.cx, id, now), ());
+/// Retired sockets close (see `close_retired`), then protocol `p` settles.
+#[inline(always)]
+fn settled<P: Protocol, I: Io>(p: &mut P, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+    close_retired(p.keeps_queue(), cx, io, env);
+    p.settle(cx, io, env)
+}
+
+/// Close (or hand to the keepalive pool) the sockets that are retired and have nothing in
+/// flight; `keep`: what waits for the upstream stays, for the next attempt.
+#[inline(always)]
+fn close_retired(keep: bool, cx: &mut Cx, io: &mut impl Io, env: &mut Env<'_>) {
+    cx.links.close_down_when_done(io);
+    if cx.links.up.keep() {
+        let uses = cx.links.up.uses();
+        if let Some(conn) = cx.links.detach_up_when_done(io, keep) {
+            cx.pool_upstream(conn, uses, io, env);
         }
-        // What this direction may still take: the budget less what waits toward the peer;
-        // one at a time below the pool's floor.
-        let buffers = if pool_low {
-            1
-        } else {
-            QUEUE.saturating_sub(waiting).max(1) as u32
-        };
-        self.cx.links.sync_recv(id, io, want, buffers);
+    } else if cx.links.close_up_when_done(io, keep) {
+        cx.uncount_peer();
     }
+    cx.links.close_more_when_done(io);
+}
+
+/// Keep a recv armed on every connection exactly while protocol `p` should read it (see
+/// `sync_recv_of`), and the client's hang-up watch while it is not read.
+#[inline(always)]
+fn sync_recv<P: Protocol>(p: &mut P, cx: &mut Cx, io: &mut impl Io) {
+    let pool_low = io.pool_low();
+    sync_recv_of(p, cx, ConnId::CLIENT, pool_low, io);
+    sync_recv_of(p, cx, ConnId::UPSTREAM, pool_low, io);
+    for id in cx.links.more_ids() {
+        sync_recv_of(p, cx, id, pool_low, io);
+    }
+    // While the client's bytes are held back (its hold is full, or its body waits for a
+    // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
+    // the response: a poll for POLLRDHUP watches for it meanwhile.
+    let down = &cx.links.down;
+    let watch = down.recv_state() == Recv::Off && down.open() && !down.eof() && p.watches_client();
+    cx.links.sync_watch(Side::Down, io, watch);
+}
+
+/// Whether connection `id` should have a recv armed right now, given `waiting`, the chunks
+/// that wait toward the other side. `pool_low`: the worker's buffer pool is at its floor.
+#[inline(always)]
+fn want_recv<P: Protocol>(p: &P, cx: &Cx, id: ConnId, waiting: usize, pool_low: bool) -> bool {
+    let c = cx.links.get(id);
+    // (Never called while closing: `after` returns before.)
+    if !c.open() || !c.ready() || c.eof() || c.parked() {
+        return false;
+    }
+    // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
+    // toward the other side, and capped at what is left of the budget (`sync_recv`), so a
+    // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
+    // previous bytes have not left yet (a slow or stalled reader) waits; one that has
+    // drained everything (making progress) reads on.
+    let room = waiting < QUEUE && (waiting == 0 || !pool_low);
+    p.wants(cx, id, room)
+}
+
+/// Keep a recv armed on connection `id` exactly while it should read, for what is left of
+/// its direction's budget.
+#[inline(always)]
+fn sync_recv_of<P: Protocol>(p: &mut P, cx: &mut Cx, id: ConnId, pool_low: bool, io: &mut impl Io) {
+    let waiting = cx.links.get(Side::of(id).peer()).pending();
+    let want = want_recv(p, cx, id, waiting, pool_low);
+    if want && cx.links.get(id).recv_state() == Recv::Off {
+        p.resumed(cx, id, io.now_ms());
+    }
+    // What this direction may still take: the budget less what waits toward the peer; one
+    // at a time below the pool's floor.
+    let buffers = if pool_low {
+        1
+    } else {
+        QUEUE.saturating_sub(waiting).max(1) as u32
+    };
+    cx.links.sync_recv(id, io, want, buffers);
 }
 
 #[cfg(test)]
