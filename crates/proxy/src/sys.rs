@@ -32,7 +32,8 @@ pub fn errno_of(e: &std::io::Error) -> i32 {
 }
 
 /// A listening socket opened with SO_REUSEPORT, so each worker (and each process on the same
-/// port) gets its own accept queue and the kernel spreads connections.
+/// port) gets its own accept queue and the kernel spreads connections; with TCP_NODELAY (see
+/// [`listening`]).
 pub fn listen_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -42,7 +43,15 @@ pub fn listen_socket(addr: SocketAddr, backlog: i32) -> std::io::Result<Socket> 
     }
     s.bind(&addr.into())?;
     s.listen(backlog)?;
+    listening(&s);
     Ok(s)
+}
+
+/// Ready a listening socket, ours or handed over (by an older ringway, or systemd): TCP_NODELAY
+/// on it, which Linux copies into every connection it accepts, so an accept costs no
+/// setsockopt of its own.
+pub fn listening(s: &Socket) {
+    let _ = s.set_tcp_nodelay(true);
 }
 
 /// A TCP socket for connecting to `to` (TCP_NODELAY), bound to `source` when given. The port
@@ -66,11 +75,11 @@ pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i
     Ok(sock.into_raw_fd())
 }
 
-/// Take an fd returned by an accept completion: TCP_NODELAY set, and the peer's address.
+/// Take an fd returned by an accept completion, with the peer's address. (TCP_NODELAY came
+/// with it from the listening socket: [`listening`].)
 pub fn accepted(fd: RawFd) -> (RawFd, SocketAddr) {
     use std::os::fd::IntoRawFd;
     let sock = crate::uring::socket_from_accepted(fd);
-    let _ = sock.set_tcp_nodelay(true);
     let peer = sock
         .peer_addr()
         .ok()
@@ -221,6 +230,25 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The accept path sets no TCP_NODELAY of its own: it relies on Linux copying the
+    /// listening socket's into each accepted connection.
+    #[test]
+    fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let l = listen_socket("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.tcp_nodelay().unwrap(), "the accepted socket has TCP_NODELAY");
+        // And without it on the listener, it would not: the test can tell.
+        let plain = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        plain.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        plain.listen(16).unwrap();
+        let addr = plain.local_addr().unwrap().as_socket().unwrap();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        let (a, _) = plain.accept().unwrap();
+        assert!(!a.tcp_nodelay().unwrap());
+    }
 
     #[test]
     fn source_blocks() {

@@ -107,6 +107,7 @@ impl Worker {
         let mut out = Vec::new();
         for addr in &cfg.listeners {
             let mine = handed(*addr)?;
+            mine.iter().for_each(crate::sys::listening);
             if mine.is_empty() {
                 let s = crate::sys::listen_socket(*addr, backlog)
                     .with_context(|| format!("listening on {addr}"))?;
