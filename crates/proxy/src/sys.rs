@@ -239,10 +239,15 @@ mod tests {
         let addr = l.local_addr().unwrap().as_socket().unwrap();
         let _c = std::net::TcpStream::connect(addr).unwrap();
         let (a, _) = l.accept().unwrap();
-        assert!(a.tcp_nodelay().unwrap(), "the accepted socket has TCP_NODELAY");
+        assert!(
+            a.tcp_nodelay().unwrap(),
+            "the accepted socket has TCP_NODELAY"
+        );
         // And without it on the listener, it would not: the test can tell.
         let plain = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-        plain.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        plain
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         plain.listen(16).unwrap();
         let addr = plain.local_addr().unwrap().as_socket().unwrap();
         let _c = std::net::TcpStream::connect(addr).unwrap();

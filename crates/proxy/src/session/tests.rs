@@ -541,6 +541,12 @@ fn websocket_session_from_head_to_close() {
     assert!(sim.io.shut[idx(Side::Up)], "half-close not passed on");
     assert_eq!(sim.s.stage(), Stage::Tunnel);
     sim.eof(Side::Up);
+    // The second FIN ends both streams: the close that follows sends the client its FIN, with
+    // no shutdown of its own first.
+    assert!(
+        !sim.io.shut[idx(Side::Down)],
+        "a shutdown right before the close"
+    );
     sim.run(false);
     sim.assert_clean();
     assert_eq!(sim.io.logs, vec!["GET /ws/chat 101 done"]);

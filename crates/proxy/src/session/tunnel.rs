@@ -345,7 +345,15 @@ impl Protocol for Tunnel {
     /// The stream from `from` ended: the half-close is passed on once what is queued has gone
     /// out (the tunnel ends when both have, `settle`).
     fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
-        cx.links.half_close(Side::of(from).peer(), io);
+        let peer = Side::of(from).peer();
+        let l = &cx.links;
+        // The peer ended its stream already and nothing waits either way: the session closes
+        // now, and closing the socket sends the peer its FIN (TLS: its close_notify first), so
+        // a shutdown before it would be one more syscall for the same bytes on the wire.
+        if l.get(peer).eof() && l.get(peer).flushed() && l.get(from).flushed() {
+            return Step::Close(End::Done);
+        }
+        cx.links.half_close(peer, io);
         Step::Continue
     }
 
