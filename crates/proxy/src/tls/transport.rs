@@ -41,28 +41,22 @@ enum Secure {
 }
 
 /// `$e` on the TLS connection `$t` (its socket as `$c`), whichever end it is; `$p` on a
-/// plain one.
+/// plain one. `ref` first: read-only.
 macro_rules! on_tls {
-    ($self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {{
+    (ref $self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {
+        on_tls!(@as_deref, $self, $t, $c => $e, $p)
+    };
+    (@$how:ident, $self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {{
         let Transport { conn: $c, tls } = $self;
-        match tls.as_deref_mut() {
+        match tls.$how() {
             None => $p,
             Some(Secure::Server($t)) => $e,
             Some(Secure::Client($t)) => $e,
         }
     }};
-}
-
-/// As `on_tls!`, read-only.
-macro_rules! on_tls_ref {
-    ($self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {{
-        let Transport { conn: $c, tls } = $self;
-        match tls.as_deref() {
-            None => $p,
-            Some(Secure::Server($t)) => $e,
-            Some(Secure::Client($t)) => $e,
-        }
-    }};
+    ($self:expr, $t:ident, $c:ident => $e:expr, $p:expr) => {
+        on_tls!(@as_deref_mut, $self, $t, $c => $e, $p)
+    };
 }
 
 impl Transport {
@@ -138,7 +132,7 @@ impl Transport {
     /// Chunks waiting to be sent (with plaintext a TLS handshake holds back).
     #[inline]
     pub fn pending(&self) -> usize {
-        on_tls_ref!(self, t, conn => t.pending(conn), conn.pending())
+        on_tls!(ref self, t, conn => t.pending(conn), conn.pending())
     }
 
     /// Nothing waiting, nothing in flight.
@@ -208,7 +202,7 @@ impl Transport {
     /// Whether the connection could carry another exchange: plain, or TLS at rest (open,
     /// nothing held or half-received, no close_notify sent).
     pub fn at_rest(&self) -> bool {
-        on_tls_ref!(self, t, _c => t.at_rest(), true)
+        on_tls!(ref self, t, _c => t.at_rest(), true)
     }
 
     /// The connection itself, kept open for the upstream keepalive pool, once nothing of it
@@ -304,12 +298,12 @@ impl Transport {
     /// TLS failed on this connection (a record could not be sealed or opened).
     #[inline]
     pub fn failed(&self) -> bool {
-        on_tls_ref!(self, t, _c => t.failed(), false)
+        on_tls!(ref self, t, _c => t.failed(), false)
     }
 
     /// The negotiated TLS parameters (for the access log); `None` on a plain connection.
     pub fn tls_info(&self) -> Option<Info<'_>> {
-        on_tls_ref!(self, t, _c => Some(t.info()), None)
+        on_tls!(ref self, t, _c => Some(t.info()), None)
     }
 
     fn release_tls(&mut self, io: &mut (impl Sys + ?Sized)) {
