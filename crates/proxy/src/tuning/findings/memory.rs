@@ -27,11 +27,20 @@ fn gib(bytes: u64) -> String {
 /// has the memory.
 pub(super) fn socket_memory(rows: &mut Rows, s: &State, n: &Needs) {
     let sockets = n.connections * FDS_PER_SESSION;
-    let page = s.page_size.max(1);
     // One page per socket before pressure, with the kernel's own ratios around it (its
     // default tcp_mem is 3/4, 1 and 3/2 of one figure).
     let need = [sockets * 3 / 4, sockets, sockets * 3 / 2];
-    let shown = |v: [u64; 3]| format!("{} {} {}", v[0], v[1], v[2]);
+    tcp_mem(rows, s, sockets, need);
+    buffers(rows, s, sockets);
+    host(rows, s, sockets, need[1] * s.page_size.max(1));
+}
+
+fn shown(v: [u64; 3]) -> String {
+    format!("{} {} {}", v[0], v[1], v[2])
+}
+
+/// `tcp_mem` against a page per socket.
+fn tcp_mem(rows: &mut Rows, s: &State, sockets: u64, need: [u64; 3]) {
     let mem = triple(&s.tcp_mem);
     match mem {
         Some(cur) if cur[1] >= need[1] && cur[2] >= need[2] => rows.add(
@@ -67,9 +76,13 @@ pub(super) fn socket_memory(rows: &mut Rows, s: &State, n: &Needs) {
             None,
         ),
     }
-    // Per-socket buffers: pressure cuts every socket back to the minimum, which must be small
-    // for pressure to free anything; the maximum is what one stalled peer can pin.
-    let (rmem, wmem) = (triple(&s.tcp_rmem), triple(&s.tcp_wmem));
+}
+
+/// Per-socket buffers: pressure cuts every socket back to the minimum, which must be small for
+/// pressure to free anything; the maximum is what one stalled peer can pin.
+fn buffers(rows: &mut Rows, s: &State, sockets: u64) {
+    let page = s.page_size.max(1);
+    let (mem, rmem, wmem) = (triple(&s.tcp_mem), triple(&s.tcp_rmem), triple(&s.tcp_wmem));
     let stalled = match (mem, rmem, wmem) {
         (Some(m), Some(r), Some(w)) => {
             // A stalled client: its socket's send buffer fills to the wmem maximum, and the
@@ -121,9 +134,12 @@ pub(super) fn socket_memory(rows: &mut Rows, s: &State, n: &Needs) {
             ),
         }
     }
-    // The host: slab for every socket, plus the socket buffers up to the pressure value.
+}
+
+/// Whether the host has the memory: slab for every socket, plus `buffers`, the socket buffers
+/// up to the pressure value.
+fn host(rows: &mut Rows, s: &State, sockets: u64, buffers: u64) {
     let slab = sockets * KERNEL_BYTES_PER_SOCKET;
-    let buffers = need[1] * page;
     let want = slab + buffers;
     let (status, why) = match s.mem_total {
         Some(total) if total >= want * 2 => (
