@@ -133,8 +133,11 @@ class Proxy:
     """One proxy under test: `instances` processes (or nginx workers) on one port."""
 
     def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None,
-                 upstream_extra="", port=None):
+                 upstream_extra="", port=None, splice=False):
         self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
+        # HAProxy only: a layer-4 proxy with `option splice-request` and `splice-response`
+        # (kernel splicing for bulk flows; scripts/bulk.py).
+        self.splice = splice
         # ringway only: more lines for the [[upstream]] block (scripts/bench_policy.py: balance).
         self.upstream_extra = upstream_extra
         # wss: the same ECDSA P-256 certificate for every proxy, TLS 1.3 only (see TlsCert).
@@ -246,19 +249,23 @@ http {{
             self.procs.append(start(["nginx", "-p", d, "-e", "stderr", "-c", path, "-g", "daemon off;"], cpu=self.cpu, out=errlog))
         elif self.kind == "haproxy":
             servers = "\n".join(f"    server s{i} {b}" for i, b in enumerate(BACKENDS))
+            # Splicing: HAProxy splices a WebSocket's bytes only as a TCP proxy (in HTTP mode a
+            # tunnel is not spliced, and `splice-auto` did not splice these flows: strace showed
+            # recvfrom/sendto), so that variant runs at layer 4; each pipe takes two descriptors:
+            # room for 256 within RLIMIT_NOFILE.
+            mode = ("    mode tcp\n    option splice-request\n    option splice-response" if self.splice else
+                    "    mode http\n    timeout tunnel 3600s\n    timeout http-request 10s\n    option forwardfor")
             cfg = f"""global
-    maxconn {CAP_PROCESS}
+    maxconn {CAP_PROCESS - 512 if self.splice else CAP_PROCESS}
     nbthread {self.workers}
+{"    maxpipes 256" if self.splice else ""}
     log stderr format raw local0 emerg
 
 defaults
-    mode http
     timeout connect 30s
     timeout client 3600s
     timeout server 3600s
-    timeout tunnel 3600s
-    timeout http-request 10s
-    option forwardfor
+{mode}
 
 frontend ws
     bind 127.0.0.1:{self.port}{f" ssl crt {t.pem} ssl-min-ver TLSv1.3" if t else ""}
