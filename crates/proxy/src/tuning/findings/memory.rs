@@ -1,17 +1,20 @@
 //! Socket memory: what the connections planned cost the kernel, and the `tcp_mem`,
 //! `tcp_rmem` and `tcp_wmem` that hold them.
 //!
-//! Measured on Linux 6.x (BENCHMARKS.md, "What an idle connection costs the kernel"): an idle
-//! socket holds no socket-buffer pages at all (heartbeats are read as they come), but its
-//! slab objects — the TCP socket, its inode, file and dentry — are about 3.7 KiB, twice per
-//! proxied connection. Socket-buffer pages are what bursts cost: a socket holding anything
-//! queued charges at least one page to `tcp_mem`, so a message to every connection at once (a
-//! broadcast, a heartbeat round, a reconnect storm) needs a page per socket.
+//! Measured on Linux 6.x (BENCHMARKS.md, issue 23's second steps): an idle socket holds no
+//! socket-buffer pages at all (heartbeats are read as they come), but its slab objects — the
+//! TCP socket (2,368 B), its inode (832), file (192) and dentries, plus the event machinery
+//! around it — grow the kernel's slab by about 4.4 KiB, twice per proxied connection (the whole
+//! slab's growth over 10,000 idle proxied WebSockets, four sockets each on that host, was 17.7
+//! KiB per WebSocket with ringway, 17.5 with nginx, 17.0 with HAProxy). Socket-buffer pages are
+//! what bursts cost: a socket holding anything queued charges at least one page to `tcp_mem`,
+//! so a message to every connection at once (a broadcast, a heartbeat round, a reconnect
+//! storm) needs a page per socket.
 
 use super::*;
 
-/// Slab bytes of one idle TCP socket (tcp_sock, socket inode, file, dentry), measured.
-pub const KERNEL_BYTES_PER_SOCKET: u64 = 3_750;
+/// Slab bytes of one idle TCP socket with what the kernel keeps around it, measured.
+pub const KERNEL_BYTES_PER_SOCKET: u64 = 4_400;
 
 /// Three numbers of a sysctl (`tcp_mem`, `tcp_rmem`, `tcp_wmem`).
 fn triple(r: &Reading) -> Option<[u64; 3]> {
