@@ -364,7 +364,12 @@ def median_run(fn, key, repeats):
     for _ in range(repeats):
         settle()
         runs.append(fn())
-    runs.sort(key=lambda r: r[key])
+    return median_of(runs, key)
+
+
+def median_of(runs, key):
+    """The run with the median `key`."""
+    runs = sorted(runs, key=lambda r: r[key])
     best = dict(runs[len(runs) // 2])
     best["runs"] = len(runs)
     return best
@@ -626,28 +631,45 @@ def main():
     try:
         load.start_backends(1)
         for kind in targets:
-            log(f"== {kind}")
-            res = results[kind] = {}
-            p = Proxy(kind, work, cpu=args.proxy_cpu)
-            p.start()
-            try:
-                res["tp64"] = median_run(lambda: throughput(load, p, 64, secs), "msgs_per_sec", repeats)
-                if kind == "direct":
-                    no_proxy_cpu(res["tp64"])
-                log(f"   64 B: {res['tp64']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp64']['cpu_us_per_msg'], 2)} CPU-µs/msg")
-                res["tp4k"] = median_run(lambda: throughput(load, p, 4096, secs), "msgs_per_sec", repeats)
-                if kind == "direct":
-                    no_proxy_cpu(res["tp4k"])
-                log(f"   4 KiB: {res['tp4k']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp4k']['cpu_us_per_msg'], 2)} CPU-µs/msg")
-                res["open_loop"] = median_run(lambda: open_loop(load, p, secs), "p99_us", repeats)
-                log(f"   open loop 5000/s: p99 {res['open_loop']['p99_us']} µs")
+            results[kind] = {}
+        # The CPU rows, interleaved: every proxy runs at once (each on its own port, idle while
+        # another is measured), and each load goes through them in turn, the order reversed
+        # every repeat, so that a change in the machine's speed over the run falls on all of
+        # them alike instead of on whichever was measured then.
+        procs = {kind: Proxy(kind, work, cpu=args.proxy_cpu) for kind in targets}
+        try:
+            for p in procs.values():
+                p.start()
+            runs = {kind: {"tp64": [], "tp4k": [], "open_loop": []} for kind in targets}
+            for r in range(repeats):
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for key, fn in [("tp64", lambda p: throughput(load, p, 64, secs)),
+                                ("tp4k", lambda p: throughput(load, p, 4096, secs)),
+                                ("open_loop", lambda p: open_loop(load, p, secs))]:
+                    for kind in order:
+                        settle()
+                        runs[kind][key].append(fn(procs[kind]))
+            for kind in targets:
+                res = results[kind]
+                for key, by in [("tp64", "msgs_per_sec"), ("tp4k", "msgs_per_sec"), ("open_loop", "p99_us")]:
+                    res[key] = median_of(runs[kind][key], by)
+                    if kind == "direct":
+                        no_proxy_cpu(res[key])
+                log(f"== {kind}: 64 B {res['tp64']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp64']['cpu_us_per_msg'], 2)} CPU-µs/msg; "
+                    f"4 KiB {res['tp4k']['msgs_per_sec']:.0f} msg/s, {fmt(res['tp4k']['cpu_us_per_msg'], 2)} CPU-µs/msg; "
+                    f"open loop p99 {res['open_loop']['p99_us']} µs")
+            for kind in targets:
                 settle()
-                res["connect"] = handshakes(load, p, hs_count)
+                res = results[kind]
+                res["connect"] = handshakes(load, procs[kind], hs_count)
                 if kind == "direct":
                     no_proxy_cpu(res["connect"])
-                log(f"   handshakes: {res['connect']['per_sec']:.0f}/s, {fmt(res['connect']['cpu_us_per_handshake'])} CPU-µs each")
-            finally:
+                log(f"== {kind}: handshakes {res['connect']['per_sec']:.0f}/s, {fmt(res['connect']['cpu_us_per_handshake'])} CPU-µs each")
+        finally:
+            for p in procs.values():
                 p.stop()
+        for kind in targets:
+            res = results[kind]
             if kind != "direct" and not args.no_tls:
                 log(f"== {kind} wss")
                 res["tls"] = tls_rows(load, kind, work, args, cert, secs, repeats, 2000 if args.quick else 5000)
@@ -776,7 +798,8 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                f"RLIMIT_NOFILE {meta['rlimit_nofile']}  \nProxies: {meta['nginx']}; {meta['haproxy']}  \n"
                f"Sysctls during the run: {sysctl_text}  \n"
                + (f"ringway before: {meta['baseline']}, measured in the same run.  \n" if meta.get("baseline") else "")
-               + f"Run length: {secs}s per throughput load ({'median of 3 runs' if not meta['quick'] else 'one run'}), {hs_count:,} handshakes; whole run {meta['seconds']}s.\n")
+               + f"Run length: {secs}s per throughput load ({'median of 3 runs' if not meta['quick'] else 'one run'}), {hs_count:,} handshakes; whole run {meta['seconds']}s. "
+               + "The throughput, open-loop and handshake rows are interleaved: every proxy runs at once and each load goes through them in turn, so a change in the machine's speed during the run falls on all of them alike.\n")
     head = "| figure | " + " | ".join(names[c] for c in cols) + " | ringway ÷ nginx | ringway ÷ HAProxy |" + \
         "".join(" ringway ÷ before |" for _ in extra)
     out.append(head)
