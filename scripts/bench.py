@@ -358,6 +358,30 @@ def settle(limit=2000, timeout=90):
         time.sleep(0.5)
 
 
+def interleaved(args, kinds, prefix, measure, proxy=lambda kind, work, cpu: Proxy(kind, work, cpu=cpu)):
+    """The side scripts' rounds (handshake_close.py, bulk.py): tune, start the backends, then
+    `args.rounds` rounds, each starting every proxy of `kinds` in turn (the order reversed
+    every other round) and calling `measure(load, kind, proxy, round)` on it; everything
+    stopped by PID at the end, whatever happened."""
+    args.proxy_cpu, args.load_cpu = 0, 1
+    tune()
+    work = tempfile.mkdtemp(prefix=prefix)
+    load = Load(args, work)
+    load.start_backends()
+    try:
+        for rnd in range(args.rounds):
+            for kind in kinds if rnd % 2 == 0 else list(reversed(kinds)):
+                p = proxy(kind, work, args.proxy_cpu)
+                p.start()
+                try:
+                    measure(load, kind, p, rnd)
+                finally:
+                    p.stop()
+    finally:
+        load.stop_backends()
+        stop_all()
+
+
 def median_run(fn, key, repeats):
     """Run fn() `repeats` times (after settling) and keep the run with the median `key`."""
     runs = []

@@ -19,7 +19,6 @@ import importlib.util
 import os
 import statistics
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("bench", os.path.join(HERE, "bench.py"))
@@ -39,39 +38,29 @@ def main():
     ap.add_argument("--secs", type=int, default=4)
     ap.add_argument("--connections", type=int, default=10)
     args = ap.parse_args()
-    args.proxy_cpu, args.load_cpu = 0, 1
-    bench.tune()
-    work = tempfile.mkdtemp(prefix="ringway-bulk-")
-    load = bench.Load(args, work)
-    load.start_backends()
     cpu = {(k, s): [] for k in KINDS for s in SIZES}
     user = {(k, s): [] for k in KINDS for s in SIZES}
     rate = {(k, s): [] for k in KINDS for s in SIZES}
-    try:
-        for rnd in range(args.rounds):
-            kinds = KINDS if rnd % 2 == 0 else list(reversed(KINDS))
-            for kind in kinds:
-                p = bench.Proxy(kind.split("-")[0], work, cpu=args.proxy_cpu, splice=kind.endswith("splice"))
-                p.start()
-                try:
-                    for size in SIZES:
-                        bench.settle()
-                        r = bench.throughput(load, p, size, args.secs, conns=args.connections)
-                        if r["errors"]:
-                            raise RuntimeError(f"{kind} {size} B: {r['errors']}")
-                        mib = size / (1024 * 1024)
-                        # Per message the proxy moves `size` bytes each way.
-                        cpu[(kind, size)].append(r["cpu_us_per_msg"] / mib)
-                        user[(kind, size)].append(r["user_us_per_msg"] / mib)
-                        rate[(kind, size)].append(r["msgs_per_sec"] * mib)
-                        bench.log(f"round {rnd + 1}/{args.rounds} {kind} {size} B: "
-                                  f"{cpu[(kind, size)][-1]:.0f} CPU-µs/MiB ({user[(kind, size)][-1]:.0f} user), "
-                                  f"{rate[(kind, size)][-1]:.0f} MiB/s")
-                finally:
-                    p.stop()
-    finally:
-        load.stop_backends()
-        bench.stop_all()
+
+    def measure(load, kind, p, rnd):
+        for size in SIZES:
+            bench.settle()
+            r = bench.throughput(load, p, size, args.secs, conns=args.connections)
+            if r["errors"]:
+                raise RuntimeError(f"{kind} {size} B: {r['errors']}")
+            mib = size / (1024 * 1024)
+            # Per message the proxy moves `size` bytes each way.
+            cpu[(kind, size)].append(r["cpu_us_per_msg"] / mib)
+            user[(kind, size)].append(r["user_us_per_msg"] / mib)
+            rate[(kind, size)].append(r["msgs_per_sec"] * mib)
+            bench.log(f"round {rnd + 1}/{args.rounds} {kind} {size} B: "
+                      f"{cpu[(kind, size)][-1]:.0f} CPU-µs/MiB ({user[(kind, size)][-1]:.0f} user), "
+                      f"{rate[(kind, size)][-1]:.0f} MiB/s")
+
+    # "haproxy-splice": HAProxy again, as a layer-4 proxy that splices.
+    bench.interleaved(args, KINDS, "ringway-bulk-", measure,
+                      proxy=lambda kind, work, cpu: bench.Proxy(kind.split("-")[0], work, cpu=cpu,
+                                                                splice=kind.endswith("splice")))
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}
     c, u, m = med(cpu), med(user), med(rate)
     print(f"| per MiB echoed, {args.connections} connections (median of {args.rounds}) | "

@@ -18,7 +18,6 @@ import importlib.util
 import os
 import statistics
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("bench", os.path.join(HERE, "bench.py"))
@@ -34,34 +33,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--count", type=int, default=4000, help="handshakes per measurement")
     args = ap.parse_args()
-    args.proxy_cpu, args.load_cpu = 0, 1
-    bench.tune()
-    work = tempfile.mkdtemp(prefix="ringway-hs-close-")
-    load = bench.Load(args, work)
-    load.start_backends()
     cpu = {(k, c): [] for k in KINDS for c in CLOSES}
     user = {(k, c): [] for k in KINDS for c in CLOSES}
-    try:
-        for rnd in range(args.rounds):
-            kinds = KINDS if rnd % 2 == 0 else list(reversed(KINDS))
-            for kind in kinds:
-                p = bench.Proxy(kind, work, cpu=args.proxy_cpu)
-                p.start()
-                try:
-                    for close in CLOSES:
-                        bench.settle()
-                        h = bench.handshakes(load, p, args.count, ["--close", close])
-                        if h["established"] < args.count:
-                            raise RuntimeError(f"{kind} --close {close}: {h['established']} of {args.count}")
-                        cpu[(kind, close)].append(h["cpu_us_per_handshake"])
-                        user[(kind, close)].append(h["user_us_per_handshake"])
-                        bench.log(f"round {rnd + 1}/{args.rounds} {kind} --close {close}: "
-                                  f"{h['cpu_us_per_handshake']:.1f} CPU-µs ({h['user_us_per_handshake']:.1f} user)")
-                finally:
-                    p.stop()
-    finally:
-        load.stop_backends()
-        bench.stop_all()
+
+    def measure(load, kind, p, rnd):
+        for close in CLOSES:
+            bench.settle()
+            h = bench.handshakes(load, p, args.count, ["--close", close])
+            if h["established"] < args.count:
+                raise RuntimeError(f"{kind} --close {close}: {h['established']} of {args.count}")
+            cpu[(kind, close)].append(h["cpu_us_per_handshake"])
+            user[(kind, close)].append(h["user_us_per_handshake"])
+            bench.log(f"round {rnd + 1}/{args.rounds} {kind} --close {close}: "
+                      f"{h['cpu_us_per_handshake']:.1f} CPU-µs ({h['user_us_per_handshake']:.1f} user)")
+
+    bench.interleaved(args, KINDS, "ringway-hs-close-", measure)
     med = {k: statistics.median(v) for k, v in cpu.items()}
     med_user = {k: statistics.median(v) for k, v in user.items()}
     print(f"| proxy CPU-µs per plain handshake (median of {args.rounds}) | "
