@@ -339,9 +339,10 @@ impl Listen {
 }
 
 /// Milliseconds of a configured duration, as sessions and requests keep it: saturating at
-/// `u32::MAX` (49 days).
+/// `i32::MAX` (24 days), the span a session's 32-bit clock stamps reach
+/// (`uring::timer::Stamp`).
 pub fn ms32(d: Duration) -> u32 {
-    d.as_millis().min(u128::from(u32::MAX)) as u32
+    d.as_millis().min(i32::MAX as u128) as u32
 }
 
 /// Defaults: the safe production values for long-lived WebSockets, not nginx's 60 s.

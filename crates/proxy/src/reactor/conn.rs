@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
 use super::Sys;
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId, Op};
 
 /// Chunks that may wait to be sent on one socket (plus the one in flight). At this many, the
@@ -42,10 +43,9 @@ pub enum Shut {
 #[derive(Debug)]
 pub struct Conn {
     fd: RawFd,
-    /// When the send in flight was submitted or last made progress: the low 32 bits of the
-    /// worker's millisecond clock (`send_since_ms` rebuilds the whole time from the clock now;
-    /// a send is timed out long before it is 2^32 ms, 49 days, old).
-    send_since: u32,
+    /// When the send in flight was submitted or last made progress (`send_since_ms` rebuilds
+    /// the whole time from the clock now; a send is timed out before its stamp could wrap).
+    send_since: Stamp,
     /// Ops in flight on `fd` (a multishot recv counts once until its last completion).
     ops: u8,
     recv: Recv,
@@ -57,7 +57,8 @@ pub struct Conn {
     flags: u8,
     /// Requests this connection has carried (for its owner's keepalive limit).
     uses: u16,
-    sending: Option<Chunk>,
+    /// What waits to be sent, oldest first; while `SENDING`, its first chunk is the send in
+    /// flight (one chunk slot, not two: a connection is in every session twice).
     queue: Queue,
 }
 
@@ -75,6 +76,8 @@ const KEEP: u8 = 1 << 4;
 /// peer did not get the whole stream, so nothing may claim it did (no TLS close_notify after
 /// it).
 const TORN: u8 = 1 << 5;
+/// A send is in flight: it is the queue's first chunk.
+const SENDING: u8 = 1 << 6;
 
 impl Conn {
     #[inline(always)]
@@ -139,12 +142,16 @@ impl Conn {
     /// The chunk being sent, if any.
     #[inline]
     pub fn sending(&self) -> Option<Chunk> {
-        self.sending
+        if self.has(SENDING) {
+            self.queue.first
+        } else {
+            None
+        }
     }
     /// When the send in flight started or last made progress, given the clock now.
     #[inline]
     pub fn send_since_ms(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(u64::from((now_ms as u32).wrapping_sub(self.send_since)))
+        self.send_since.at(now_ms)
     }
     pub fn torn(&self) -> bool {
         self.has(TORN)
@@ -238,14 +245,13 @@ impl Conn {
     pub fn new(fd: RawFd) -> Conn {
         Conn {
             fd,
-            send_since: 0,
+            send_since: Stamp::default(),
             ops: 0,
             recv: Recv::Off,
             shut: Shut::Open,
             hup: Recv::Off,
             flags: if fd >= 0 { READY } else { 0 },
             uses: 0,
-            sending: None,
             queue: Queue::default(),
         }
     }
@@ -253,7 +259,7 @@ impl Conn {
     /// Chunks queued or in flight.
     #[inline]
     pub fn pending(&self) -> usize {
-        self.queue.len() + usize::from(self.sending.is_some())
+        self.queue.len()
     }
 
     /// Nothing queued, nothing in flight.
@@ -266,12 +272,16 @@ impl Conn {
         self.queue.push(c);
     }
 
+    /// Take the oldest chunk waiting (never one in flight: only once the socket's ops are back).
     pub fn pop(&mut self) -> Option<Chunk> {
+        debug_assert!(!self.has(SENDING), "popping a chunk still being sent");
         self.queue.pop()
     }
 
-    /// Replace the fd (a new upstream attempt) keeping the queue.
+    /// Replace the fd (a new upstream attempt) keeping the queue (nothing is in flight: the
+    /// old fd's ops are all back).
     pub fn reset_fd(&mut self, fd: RawFd) {
+        debug_assert!(!self.has(SENDING), "a new fd under a send in flight");
         let queue = std::mem::take(&mut self.queue);
         *self = Conn::new(fd);
         self.set(READY, false);
@@ -308,12 +318,12 @@ impl Conn {
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        if self.sending.is_some() || !self.open() || !self.has(READY) {
+        if self.has(SENDING) || !self.open() || !self.has(READY) {
             return;
         }
-        if let Some(c) = self.pop() {
-            self.sending = Some(c);
-            self.send_since = io.now_ms() as u32;
+        if let Some(c) = self.queue.first {
+            self.set(SENDING, true);
+            self.send_since = Stamp::new(io.now_ms());
             self.op_started();
             io.send(self.fd, id, c);
         } else if self.shut == Shut::Pending {
@@ -332,9 +342,13 @@ impl Conn {
         dropping: bool,
     ) -> Sent {
         self.op_done();
-        let mut c = self.sending.take().expect("send completion without a send");
+        let mut c = match self.queue.first {
+            Some(c) if self.has(SENDING) => c,
+            _ => unreachable!("send completion without a send"),
+        };
         io.sent(c);
         if res < 0 || dropping || self.has(RETIRING) {
+            self.sent_whole();
             if res < 0 || (res as u32) < c.len {
                 self.set(TORN, true);
             }
@@ -348,11 +362,12 @@ impl Conn {
         if (res as u32) < c.len {
             c.off += res as u32;
             c.len -= res as u32;
-            self.send_since = io.now_ms() as u32;
-            self.sending = Some(c);
+            self.send_since = Stamp::new(io.now_ms());
+            self.queue.first = Some(c);
             self.op_started();
             io.send(self.fd, id, c);
         } else {
+            self.sent_whole();
             io.release(c);
             self.kick(io, id);
         }
@@ -427,7 +442,7 @@ impl Conn {
             self.recv = Recv::Cancelling;
             ops[0] = Some(Op::Recv);
         }
-        if self.sending.is_some() {
+        if self.has(SENDING) {
             ops[1] = Some(Op::Send);
         }
         if self.hup == Recv::On {
@@ -465,6 +480,12 @@ impl Conn {
         self.reset_fd(-1);
         self.set(RETIRING, false);
         true
+    }
+
+    /// The send in flight is over (gone, or dropped): its chunk leaves the queue.
+    fn sent_whole(&mut self) {
+        self.set(SENDING, false);
+        self.queue.pop();
     }
 
     fn release_queue(&mut self, io: &mut (impl Sys + ?Sized)) {
@@ -564,15 +585,15 @@ mod tests {
         let mut p = Conn::new(3);
         // Started 100 ms before the low 32 bits of the clock wrap, read 150 ms later.
         let start = (1u64 << 32) - 100 + (7u64 << 32);
-        p.send_since = start as u32;
+        p.send_since = Stamp::new(start);
         assert_eq!(p.send_since_ms(start), start);
         assert_eq!(p.send_since_ms(start + 150), start);
         // A send three days old, far from any wrap.
         let start = 3 * 86_400_000 + 12_345;
-        p.send_since = start as u32;
+        p.send_since = Stamp::new(start);
         assert_eq!(p.send_since_ms(start + 3 * 86_400_000), start);
         // Early in the clock's life nothing underflows.
-        p.send_since = 5;
+        p.send_since = Stamp::new(5);
         assert_eq!(p.send_since_ms(5), 5);
         assert_eq!(p.send_since_ms(9), 5);
     }

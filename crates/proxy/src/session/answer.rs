@@ -7,6 +7,7 @@ use super::Side;
 use super::phase::{Linger, Req};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, LINGER_MS};
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 
 /// The answer going out, and the request it answers (its status for the log).
@@ -54,8 +55,8 @@ impl Protocol for Answer {
         Step::Close(cx.end.unwrap_or(End::Done))
     }
 
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
-        (self.linger == Linger::On).then_some(cx.phase_ms + LINGER_MS)
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        (self.linger == Linger::On).then_some(cx.phase_ms.at(now) + LINGER_MS)
     }
 
     /// Only while lingering, to read and drop what the client still sends.
@@ -72,7 +73,7 @@ impl Protocol for Answer {
         }
         if self.linger == Linger::AfterFlush && !down.eof() && down.open() {
             self.linger = Linger::On;
-            cx.phase_ms = io.now_ms();
+            cx.phase_ms = Stamp::new(io.now_ms());
             down.shut_after_flush();
             down.kick(io, ConnId::CLIENT);
             Step::Continue

@@ -10,6 +10,7 @@ use crate::config::clock_ms;
 use crate::config::upstream::Failure;
 use crate::upstream::attempt::{self, Attempt, GaveUp};
 use crate::uring::ConnId;
+use crate::uring::timer::Stamp;
 
 impl Exchange {
     /// The upstream connect completed (`res`: 0, or an errno negated).
@@ -19,7 +20,8 @@ impl Exchange {
         }
         let timed_out = self.connect_timed_out();
         if res == 0 && !timed_out {
-            io.observe(Observed::Connected(io.now_ms().saturating_sub(cx.phase_ms)));
+            let now = io.now_ms();
+            io.observe(Observed::Connected(now.saturating_sub(cx.phase_ms.at(now))));
             self.upstream_ready(cx, io);
             return Step::Continue;
         }
@@ -60,7 +62,7 @@ impl Exchange {
         if self.connecting() {
             self.downward = Downward::Head(Vec::new());
         }
-        cx.last_up_ms = io.now_ms();
+        cx.last_up_ms = Stamp::new(io.now_ms());
         cx.links.up.kick(io, ConnId::UPSTREAM);
     }
 
@@ -139,8 +141,8 @@ impl Exchange {
                 .map(|t| (t.config.clone(), t.name_for(addr.ip())));
             // proxy_protocol = "v2": the client and what it connected to, first.
             let preface = u.proxy_protocol.then(|| {
-                let dst = crate::sys::local_of(cx.links.down.fd()).unwrap_or(cx.client);
-                crate::http::proxy::v2_header(cx.client, dst)
+                let dst = crate::sys::local_of(cx.links.down.fd()).unwrap_or(cx.client.addr());
+                crate::http::proxy::v2_header(cx.client.addr(), dst)
             });
             let r = cx.links.up.reset_fd(io, fd, tls, preface);
             push_copy(
@@ -151,7 +153,7 @@ impl Exchange {
             cx.links.up.connect_started();
             cx.links.up.set_uses(1);
             cx.count_peer(ui, i);
-            cx.phase_ms = io.now_ms();
+            cx.phase_ms = Stamp::new(io.now_ms());
             return match r {
                 Ok(()) => Step::Continue,
                 // The socket (its connect in flight) closes through the answer's retire.
@@ -227,7 +229,7 @@ impl Exchange {
             resend: true,
             ..Connect::default()
         });
-        cx.phase_ms = io.now_ms();
+        cx.phase_ms = Stamp::new(io.now_ms());
         // The socket closes (after what is in flight on it is back), then connect_next.
         cx.retire(Side::Up, io);
         true

@@ -3,7 +3,7 @@
 //! effects every protocol shares (sending, forwarding, retiring a connection, counting the
 //! upstream socket against its server, handing an idle one to the keepalive pool).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::Side;
@@ -11,7 +11,43 @@ use super::links::Links;
 use super::phase;
 use super::{End, Env, Io, Transport};
 use crate::config::{Config, Listen};
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
+
+/// The client's address as a session keeps it: 20 bytes, not a `SocketAddr`'s 32 (an IPv6
+/// flow label and scope id are not kept: nothing the proxy does with the address uses them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    ip: IpAddr,
+    port: u16,
+}
+
+impl Peer {
+    #[inline]
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    #[inline]
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(a: SocketAddr) -> Peer {
+        Peer {
+            ip: a.ip(),
+            port: a.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr().fmt(f)
+    }
+}
 
 /// What a session is besides its protocol: its connections, the configuration and listener it
 /// was accepted under, its clocks and its end. Every protocol works through it.
@@ -25,11 +61,12 @@ pub struct Cx {
     pub(super) listener: u16,
     /// The connection starts with a PROXY protocol header, still to be read.
     pub(super) proxy_header: bool,
-    pub(super) client: SocketAddr,
-    /// When the current phase's clock started (head read, connect, linger).
-    pub(super) phase_ms: u64,
-    pub(super) last_up_ms: u64,
-    pub(super) last_down_ms: u64,
+    pub(super) client: Peer,
+    /// When the current phase's clock started (head read, connect, linger); it may lie ahead
+    /// (a request delayed by `limit_req`). 32-bit stamps: `at(now)` gives the time.
+    pub(super) phase_ms: Stamp,
+    pub(super) last_up_ms: Stamp,
+    pub(super) last_down_ms: Stamp,
     pub(super) end: Option<End>,
     /// Requests answered on this connection.
     pub(super) served: u32,
@@ -156,6 +193,7 @@ impl Cx {
         {
             client = std::net::SocketAddr::new(ip, peer.port());
         }
+        let client = Peer::from(client);
         if client != self.client {
             self.release_limit();
             self.client = client;

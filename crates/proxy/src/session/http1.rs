@@ -7,7 +7,7 @@
 use super::Phase;
 use super::Side;
 use super::answer::Answer;
-use super::phase::{Downward, Exchange, Linger, Req, Upward};
+use super::phase::{Downward, Exchange, Linger, Req, ReqText, Upward};
 use super::protocol::Protocol;
 use super::request::Request;
 use super::tunnel::Tunnel;
@@ -17,6 +17,7 @@ use super::{
 };
 use crate::config::upstream::Failure;
 use crate::http::{self, BodyTracker, ClientConnection, HeadError};
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 use crate::ws::FrameTracker;
 
@@ -82,13 +83,13 @@ impl Protocol for Exchange {
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        if self.body_deadline(cx).is_some_and(|b| b <= now) {
+        if self.body_deadline(cx, now).is_some_and(|b| b <= now) {
             return Step::Respond(408, End::BodyTimeout);
         }
         if let Some(c) = self.connect() {
             if c.delayed {
                 c.delayed = false;
-                cx.phase_ms = now;
+                cx.phase_ms = Stamp::new(now);
                 return self.connect_next(cx, io, env);
             }
             c.timed_out = true;
@@ -106,15 +107,17 @@ impl Protocol for Exchange {
         Step::Close(End::IdleTimeout)
     }
 
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let ms = u64::from;
         let phase = match self.downward {
-            Downward::Connect(c) if c.delayed => Some(cx.phase_ms),
-            Downward::Connect(c) if !c.timed_out => Some(cx.phase_ms + ms(self.req.connect_ms)),
+            Downward::Connect(c) if c.delayed => Some(cx.phase_ms.at(now)),
+            Downward::Connect(c) if !c.timed_out => {
+                Some(cx.phase_ms.at(now) + ms(self.req.connect_ms))
+            }
             Downward::Connect(_) => None,
-            _ => Some(cx.last_up_ms + ms(self.req.read_ms)),
+            _ => Some(cx.last_up_ms.at(now) + ms(self.req.read_ms)),
         };
-        match self.body_deadline(cx) {
+        match self.body_deadline(cx, now) {
             Some(b) => Some(phase.map_or(b, |p| p.min(b))),
             None => phase,
         }
@@ -137,7 +140,7 @@ impl Protocol for Exchange {
     /// The body clock runs only while the body is read: it restarts when reading resumes.
     fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64) {
         if id == ConnId::CLIENT && matches!(self.upward, Upward::Body(_)) {
-            cx.last_down_ms = now;
+            cx.last_down_ms = Stamp::new(now);
         }
     }
 
@@ -175,6 +178,12 @@ impl Protocol for Exchange {
         };
         match downward {
             Downward::Upgraded(rest) => {
+                let mut req = req;
+                // Without an access log the request's text is never read again: a tunnel
+                // does not keep it (its allocation is a quarter of an idle tunnel's memory).
+                if !cx.cfg.runtime.access_log {
+                    req.text = ReqText::none();
+                }
                 let mut frames = [FrameTracker::default(); 2];
                 frames[0].track(&held);
                 frames[1].track(&rest);
@@ -186,7 +195,7 @@ impl Protocol for Exchange {
             }
             Downward::Over { again: true } => {
                 cx.served = cx.served.saturating_add(1);
-                cx.phase_ms = io.now_ms();
+                cx.phase_ms = Stamp::new(io.now_ms());
                 Phase::Request(Request { head: held })
             }
             _ => {
@@ -497,10 +506,10 @@ impl Exchange {
 
     /// When a request body that stopped arriving gets its 408: only while the proxy is
     /// reading it (a body held back because the upstream is slow is not the client's fault).
-    fn body_deadline(&self, cx: &Cx) -> Option<u64> {
+    fn body_deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let reading =
             matches!(self.upward, Upward::Body(_)) && cx.links.down.recv_state() == Recv::On;
-        reading.then(|| cx.last_down_ms + u64::from(self.req.body_ms))
+        reading.then(|| cx.last_down_ms.at(now) + u64::from(self.req.body_ms))
     }
 
     /// Log the request in progress (once).
@@ -524,7 +533,7 @@ pub(super) fn access_line<'a>(
         return None;
     }
     Some(AccessLog {
-        client: cx.client,
+        client: cx.client.addr(),
         method: r.method(),
         host: r.host(),
         path: r.path(),

@@ -52,6 +52,7 @@ pub use crate::config::Listen;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::upstream::Balancers;
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId, Src};
 use answer::Answer;
 use cx::Cx;
@@ -249,10 +250,10 @@ impl Session {
                 cfg,
                 listener: listen.index,
                 proxy_header: listen.proxy_header,
-                client,
-                phase_ms: now_ms,
-                last_up_ms: now_ms,
-                last_down_ms: now_ms,
+                client: client.into(),
+                phase_ms: Stamp::new(now_ms),
+                last_up_ms: Stamp::new(now_ms),
+                last_down_ms: Stamp::new(now_ms),
                 end: None,
                 served: 0,
             },
@@ -463,8 +464,8 @@ impl Session {
             }
         }
         match side {
-            Side::Down => self.cx.last_down_ms = now,
-            Side::Up => self.cx.last_up_ms = now,
+            Side::Down => self.cx.last_down_ms = Stamp::new(now),
+            Side::Up => self.cx.last_up_ms = Stamp::new(now),
         }
         run!(&mut self.phase, p => Protocol::bytes(p, &mut self.cx, id, c, io, env), {
             io.release(c);
@@ -554,7 +555,7 @@ impl Session {
             return self.close(end, io);
         }
         let now = io.now_ms();
-        let started = self.cx.phase_ms.min(now);
+        let started = self.cx.phase_ms.at(now).min(now);
         let bytes_in = match &self.phase {
             Phase::Request(r) => r.head.len() as u64,
             _ => 0,
@@ -604,7 +605,10 @@ impl Session {
             Phase::Request(r)
                 if !r.head.is_empty() || (end == End::HeaderTimeout && self.cx.served == 0) =>
             {
-                Some(Req::unparsed(self.cx.phase_ms, r.head.len() as u64))
+                Some(Req::unparsed(
+                    self.cx.phase_ms.at(io.now_ms()),
+                    r.head.len() as u64,
+                ))
             }
             _ => self.phase.take_req(),
         };

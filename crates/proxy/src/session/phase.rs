@@ -224,7 +224,15 @@ impl ReqText {
         ReqText(all.into_boxed_slice())
     }
 
+    /// No text (no allocation): every part reads as `-`.
+    pub fn none() -> ReqText {
+        ReqText(Box::default())
+    }
+
     fn part(&self, i: usize) -> &str {
+        if self.0.len() < ENDS {
+            return "-";
+        }
         let end_of = |k: usize| usize::from(u16::from_le_bytes([self.0[2 * k], self.0[2 * k + 1]]));
         let text = &self.0[ENDS..];
         let start = if i == 0 { 0 } else { end_of(i - 1) };

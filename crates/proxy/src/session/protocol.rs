@@ -117,7 +117,7 @@ pub(super) trait Protocol: Debug {
 
     /// The earliest time (ms) its timer must fire if nothing arrives before; None: no timer.
     /// (Sends that make no progress are timed by the session for every protocol.)
-    fn deadline(&self, _cx: &Cx) -> Option<u64> {
+    fn deadline(&self, _cx: &Cx, _now: u64) -> Option<u64> {
         None
     }
 
@@ -192,7 +192,7 @@ pub(super) trait Erased: Debug {
         env: &mut Env<'_>,
     ) -> Step;
     fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
-    fn deadline(&self, cx: &Cx) -> Option<u64>;
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64>;
     fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool;
     fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64);
     fn watches_client(&self) -> bool;
@@ -239,8 +239,8 @@ impl<P: Protocol> Erased for P {
     fn timer(&mut self, cx: &mut Cx, now: u64, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
         Protocol::timer(self, cx, now, io, env)
     }
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
-        Protocol::deadline(self, cx)
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        Protocol::deadline(self, cx, now)
     }
     fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
         Protocol::wants(self, cx, id, room)
@@ -312,8 +312,8 @@ impl Protocol for Box<dyn Erased> {
     ) -> Step {
         (**self).timer(cx, now, io.as_dyn(), env)
     }
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
-        (**self).deadline(cx)
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        (**self).deadline(cx, now)
     }
     fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
         (**self).wants(cx, id, room)

@@ -27,7 +27,7 @@ impl Session {
             Err(why) => return Step::Close(End::BadRequest(why)),
         };
         if let Some(src) = h.source {
-            self.cx.client = src;
+            self.cx.client = src.into();
         }
         self.cx.proxy_header = false;
         let rest = head.split_off(h.len);

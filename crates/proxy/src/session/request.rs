@@ -12,6 +12,7 @@ use crate::config::{Location, clock_ms};
 use crate::http::{self, BodyKind, BodyTracker, HeadError};
 use crate::upstream::KeyInput;
 use crate::upstream::attempt::Attempt;
+use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 
 /// A request head being read: its bytes so far.
@@ -51,7 +52,7 @@ impl Protocol for Request {
         if self.idle(cx) {
             // The next request on a kept-alive connection: its header clock starts with its
             // first byte, as in nginx.
-            cx.phase_ms = io.now_ms();
+            cx.phase_ms = Stamp::new(io.now_ms());
         }
         self.head.extend_from_slice(io.data_of(c));
         io.release(c);
@@ -81,13 +82,13 @@ impl Protocol for Request {
     }
 
     /// `keepalive_timeout` while idle between requests, else `header_timeout` for the head.
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let ms = if self.idle(cx) {
             cx.listen().keepalive_timeout_ms
         } else {
             cx.listen().header_timeout_ms
         };
-        Some(cx.phase_ms + u64::from(ms))
+        Some(cx.phase_ms.at(now) + u64::from(ms))
     }
 
     fn wants(&self, _cx: &Cx, id: ConnId, _room: bool) -> bool {
@@ -150,7 +151,7 @@ impl Request {
             }
             _ => "",
         };
-        let mut r = new_req(cx, &req, route, upgrade, &buf);
+        let mut r = new_req(cx, &req, route, upgrade, &buf, now);
         if let Err(HeadError::Invalid(why)) = norm {
             return Step::Answer(r, 400, End::BadRequest(why));
         }
@@ -184,7 +185,7 @@ impl Request {
         // limit_req without nodelay: the request waits its turn (its timer is the connect
         // deadline until then); otherwise the connect starts as soon as no previous upstream
         // socket is closing (`Session::after`).
-        cx.phase_ms = now + delay_ms;
+        cx.phase_ms = Stamp::new(now + delay_ms);
         Step::Become(Phase::Exchange(Exchange {
             req: r,
             upward,
@@ -198,13 +199,14 @@ impl Request {
 }
 
 /// The record of a request whose head `req` (in `buf`) was routed to `route`, asking to
-/// upgrade to `upgrade` ("" when it may not).
+/// upgrade to `upgrade` ("" when it may not); `now`: the clock.
 fn new_req(
     cx: &Cx,
     req: &http::Request,
     route: Option<&Location>,
     upgrade: &str,
     buf: &[u8],
+    now: u64,
 ) -> Box<Req> {
     let cfg = &*cx.cfg;
     let host = req.host.as_deref().unwrap_or("-");
@@ -236,7 +238,7 @@ fn new_req(
         read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
         send_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.send_timeout)),
         body_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.body_timeout)),
-        ..Req::new(text, cx.phase_ms, buf.len() as u64)
+        ..Req::new(text, cx.phase_ms.at(now), buf.len() as u64)
     })
 }
 

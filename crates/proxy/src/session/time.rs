@@ -16,7 +16,7 @@ impl Session {
     /// The earliest time something must happen if nothing arrives before (`now_ms`: the
     /// clock now).
     pub fn deadline(&self, now_ms: u64) -> Option<u64> {
-        let phase = run!(&self.phase, p => Protocol::deadline(p, &self.cx), None);
+        let phase = run!(&self.phase, p => Protocol::deadline(p, &self.cx, now_ms), None);
         // A send making no progress: the oldest one in flight, timed by the request's
         // send_timeout (looked up only when something is being sent).
         let send = match self.phase.is_closing() {

@@ -365,7 +365,7 @@ impl Protocol for Tunnel {
         io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
-        let last = [cx.last_down_ms, cx.last_up_ms];
+        let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
         if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
         }
@@ -401,13 +401,14 @@ impl Protocol for Tunnel {
     }
 
     /// Idle past `read_timeout`, or the next heartbeat.
-    fn deadline(&self, cx: &Cx) -> Option<u64> {
-        let idle = cx.last_up_ms.max(cx.last_down_ms) + u64::from(self.req.read_ms);
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
+        let idle = last[0].max(last[1]) + u64::from(self.req.read_ms);
         Some(
             self.req
                 .ctl
                 .as_ref()
-                .map_or(idle, |k| idle.min(k.due([cx.last_down_ms, cx.last_up_ms]))),
+                .map_or(idle, |k| idle.min(k.due(last))),
         )
     }
 

@@ -6,7 +6,9 @@ use slab::Slab;
 use super::user_data::next_generation;
 
 pub struct Slots<T> {
-    slab: Slab<(u32, T)>,
+    slab: Slab<T>,
+    /// Each slot's generation: the live entry's while it is occupied, the next one's while it
+    /// is vacant (kept beside the slab, not in each entry: an entry is memory per session).
     generations: Vec<u32>,
 }
 
@@ -14,7 +16,7 @@ impl<T> Slots<T> {
     pub fn with_capacity(n: usize) -> Slots<T> {
         Slots {
             slab: Slab::with_capacity(n),
-            generations: Vec::new(),
+            generations: Vec::with_capacity(n),
         }
     }
 
@@ -25,27 +27,31 @@ impl<T> Slots<T> {
             self.generations.resize(key + 1, 0);
         }
         let generation = self.generations[key];
-        self.slab.insert((generation, f(key as u32, generation)));
+        self.slab.insert(f(key as u32, generation));
         (key as u32, generation)
     }
 
     /// The entry at `slot` if it is still the same incarnation.
+    #[inline]
     pub fn get_mut(&mut self, slot: u32, generation: u32) -> Option<&mut T> {
-        match self.slab.get_mut(slot as usize) {
-            Some((g, t)) if *g == generation => Some(t),
+        match self.generations.get(slot as usize) {
+            Some(&g) if g == generation => self.slab.get_mut(slot as usize),
             _ => None,
         }
     }
 
     /// The live entry at `slot`, with its generation.
+    #[inline]
     pub fn get_any_mut(&mut self, slot: u32) -> Option<(u32, &mut T)> {
-        self.slab.get_mut(slot as usize).map(|(g, t)| (*g, t))
+        let t = self.slab.get_mut(slot as usize)?;
+        Some((self.generations[slot as usize], t))
     }
 
     /// Free `slot`; its next incarnation gets a new generation.
     pub fn remove(&mut self, slot: u32) -> T {
-        let (g, t) = self.slab.remove(slot as usize);
-        self.generations[slot as usize] = next_generation(g);
+        let t = self.slab.remove(slot as usize);
+        let g = &mut self.generations[slot as usize];
+        *g = next_generation(*g);
         t
     }
 
@@ -77,5 +83,11 @@ mod tests {
         assert_ne!(g, g2);
         assert!(s.get_mut(k, g).is_none());
         assert_eq!(s.get_mut(k2, g2), Some(&mut "b"));
+        assert_eq!(s.get_any_mut(k2), Some((g2, &mut "b")));
+        // A vacant slot answers to no generation, not even the one its next entry will get.
+        s.remove(k2);
+        let next = next_generation(g2);
+        assert!(s.get_mut(k2, next).is_none() && s.get_any_mut(k2).is_none());
+        assert!(s.get_mut(99, 0).is_none());
     }
 }

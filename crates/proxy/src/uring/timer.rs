@@ -7,6 +7,28 @@
 //! away it removes its current entry ([`TimerWheel::remove`]), so a storm of short sessions
 //! does not leave an hour's worth of dead entries behind; slot lists shrink when they empty.
 
+/// A time on a worker's millisecond clock kept in 32 bits (the low bits of the clock), for
+/// what every connection keeps: [`Stamp::at`] rebuilds the whole time from the clock now. It is
+/// exact while the time is within 2^31 ms (24 days) of now, before or after: every timeout is
+/// at most that long (`config::ms32`), so a stamp is always read before it could be mistaken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp(u32);
+
+impl Stamp {
+    /// The stamp of time `ms`.
+    #[inline]
+    pub fn new(ms: u64) -> Stamp {
+        Stamp(ms as u32)
+    }
+
+    /// The whole time, given the clock now.
+    #[inline]
+    pub fn at(self, now_ms: u64) -> u64 {
+        let ahead = self.0.wrapping_sub(now_ms as u32) as i32;
+        now_ms.saturating_add_signed(i64::from(ahead))
+    }
+}
+
 /// A timer key: slab slot and generation of the session that set it.
 pub type TimerKey = (u32, u32);
 
@@ -112,6 +134,24 @@ fn shrink(slot: &mut Vec<(TimerKey, u64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_comes_back_whole_before_and_after_now_and_across_the_wrap() {
+        // Around the wrap of the low 32 bits, 100 ms before it and 150 ms after.
+        let wrap = (7u64 << 32) + (1u64 << 32);
+        for (at, now) in [(wrap - 100, wrap + 150), (wrap + 150, wrap - 100)] {
+            assert_eq!(Stamp::new(at).at(now), at);
+        }
+        // 24 days either way (the longest timeout, `config::ms32`), far from the wrap.
+        let day = 86_400_000u64;
+        let now = 40 * day + 12_345;
+        for at in [now - 24 * day, now + 24 * day, now] {
+            assert_eq!(Stamp::new(at).at(now), at);
+        }
+        // Early in the clock's life, a stamp from before a late start does not underflow.
+        assert_eq!(Stamp::new(5).at(9), 5);
+        assert_eq!(Stamp::new(u64::from(u32::MAX)).at(3), 0);
+    }
 
     #[test]
     fn fires_at_due_time_not_before() {
