@@ -181,6 +181,7 @@ impl Worker {
         core.arm_accepts(r);
         core.arm_inbox(r);
         let mut close_began: Option<Instant> = None;
+        let mut chores_ms = 0;
         loop {
             let grace = core.cfg.runtime.shutdown_grace;
             if close_began.is_none()
@@ -205,14 +206,19 @@ impl Worker {
             }
             r.turn(core, Duration::from_millis(TICK_MS))?;
             core.drain_due(r);
-            core.pool.prune(r.now_ms());
-            let m = &core.spec.metrics;
-            m.stale_cqes.store(r.stale, Ordering::Relaxed);
-            let pool = &r.ring.pool;
-            m.pool_buffers
-                .store(u64::from(pool.count()), Ordering::Relaxed);
-            m.pool_in_use
-                .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
+            // Once per tick, not per turn (a busy turn may carry one completion): expire idle
+            // keepalive connections, publish the gauges the admin endpoint reads.
+            if r.now_ms() >= chores_ms {
+                chores_ms = r.now_ms() + TICK_MS;
+                core.pool.prune(r.now_ms());
+                let m = &core.spec.metrics;
+                m.stale_cqes.store(r.stale, Ordering::Relaxed);
+                let pool = &r.ring.pool;
+                m.pool_buffers
+                    .store(u64::from(pool.count()), Ordering::Relaxed);
+                m.pool_in_use
+                    .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
+            }
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
             while let Some((slot, _, id)) = r.next_unparked(8) {
                 core.with_session(r, slot, |s, io, env| s.unpark(id, io, env));

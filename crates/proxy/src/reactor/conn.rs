@@ -131,6 +131,12 @@ impl Conn {
     pub fn ready(&self) -> bool {
         self.has(READY)
     }
+    /// Open, connected, not at EOF and not waiting for buffers: a recv may be armed (one
+    /// test of the flags; it runs for both sockets after every event).
+    #[inline]
+    pub fn readable(&self) -> bool {
+        self.flags & (RETIRING | READY | EOF | PARKED) == READY && self.fd >= 0
+    }
     /// To be handed back (not closed) once retired.
     #[inline]
     pub fn keep(&self) -> bool {
@@ -148,10 +154,11 @@ impl Conn {
             None
         }
     }
-    /// When the send in flight started or last made progress, given the clock now.
+    /// When the send in flight started or last made progress, given the clock now (None: no
+    /// send in flight).
     #[inline]
-    pub fn send_since_ms(&self, now_ms: u64) -> u64 {
-        self.send_since.at(now_ms)
+    pub fn send_since_ms(&self, now_ms: u64) -> Option<u64> {
+        self.has(SENDING).then(|| self.send_since.at(now_ms))
     }
     pub fn torn(&self) -> bool {
         self.has(TORN)
@@ -318,7 +325,8 @@ impl Conn {
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        if self.has(SENDING) || !self.open() || !self.has(READY) {
+        // Not sending, not retiring, ready, with a socket: one test of the flags.
+        if self.flags & (SENDING | RETIRING | READY) != READY || self.fd < 0 {
             return;
         }
         if let Some(c) = self.queue.first {
@@ -581,20 +589,31 @@ mod tests {
     }
 
     #[test]
-    fn a_send_keeps_its_start_across_the_clocks_32_bit_wrap() {
+    fn readable_is_open_ready_not_eof_not_parked_for_every_state() {
+        for fd in [-1, 3] {
+            for flags in 0..=u8::MAX >> 1 {
+                let mut p = Conn::new(fd);
+                p.flags = flags;
+                let want = p.open() && p.ready() && !p.eof() && !p.parked();
+                assert_eq!(p.readable(), want, "fd {fd} flags {flags:#b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_send_has_a_start_only_while_in_flight_and_keeps_it_across_the_clocks_wrap() {
         let mut p = Conn::new(3);
         // Started 100 ms before the low 32 bits of the clock wrap, read 150 ms later.
         let start = (1u64 << 32) - 100 + (7u64 << 32);
         p.send_since = Stamp::new(start);
-        assert_eq!(p.send_since_ms(start), start);
-        assert_eq!(p.send_since_ms(start + 150), start);
-        // A send three days old, far from any wrap.
-        let start = 3 * 86_400_000 + 12_345;
-        p.send_since = Stamp::new(start);
-        assert_eq!(p.send_since_ms(start + 3 * 86_400_000), start);
-        // Early in the clock's life nothing underflows.
-        p.send_since = Stamp::new(5);
-        assert_eq!(p.send_since_ms(5), 5);
-        assert_eq!(p.send_since_ms(9), 5);
+        assert_eq!(p.send_since_ms(start + 150), None, "nothing in flight");
+        p.push(c(1));
+        p.set(SENDING, true);
+        assert_eq!(p.send_since_ms(start), Some(start));
+        assert_eq!(p.send_since_ms(start + 150), Some(start));
+        assert_eq!(p.sending(), Some(c(1)));
+        // The send is over: no start, and the chunk left the queue.
+        p.sent_whole();
+        assert_eq!((p.send_since_ms(start + 150), p.pending()), (None, 0));
     }
 }

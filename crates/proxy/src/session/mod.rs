@@ -737,7 +737,7 @@ fn sync_recv<P: Protocol>(p: &mut P, cx: &mut Cx, io: &mut impl Io) {
 fn want_recv<P: Protocol>(p: &P, cx: &Cx, id: ConnId, waiting: usize, pool_low: bool) -> bool {
     let c = cx.links.get(id);
     // (Never called while closing: `after` returns before.)
-    if !c.open() || !c.ready() || c.eof() || c.parked() {
+    if !c.readable() {
         return false;
     }
     // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait

@@ -24,7 +24,7 @@ impl Session {
             false => self
                 .cx
                 .links
-                .earliest(|p| p.sending().map(|_| p.send_since_ms(now_ms)))
+                .earliest(|p| p.send_since_ms(now_ms))
                 .map(|since| since + self.send_ms()),
         };
         match (phase, send) {
@@ -46,7 +46,7 @@ impl Session {
         let stuck = self
             .cx
             .links
-            .any(|p| p.sending().is_some() && p.send_since_ms(now) + send_ms <= now);
+            .any(|p| p.send_since_ms(now).is_some_and(|s| s + send_ms <= now));
         let next = if stuck {
             Step::Close(End::SendTimeout)
         } else {

@@ -43,8 +43,8 @@ impl<T> Slots<T> {
     /// The live entry at `slot`, with its generation.
     #[inline]
     pub fn get_any_mut(&mut self, slot: u32) -> Option<(u32, &mut T)> {
-        let t = self.slab.get_mut(slot as usize)?;
-        Some((self.generations[slot as usize], t))
+        let g = *self.generations.get(slot as usize)?;
+        Some((g, self.slab.get_mut(slot as usize)?))
     }
 
     /// Free `slot`; its next incarnation gets a new generation.

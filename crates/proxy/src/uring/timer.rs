@@ -24,8 +24,11 @@ impl Stamp {
     /// The whole time, given the clock now.
     #[inline]
     pub fn at(self, now_ms: u64) -> u64 {
-        let ahead = self.0.wrapping_sub(now_ms as u32) as i32;
-        now_ms.saturating_add_signed(i64::from(ahead))
+        // Branch-free (it is read after every event): the signed distance from now, added to
+        // now; before the clock's start reads as its start. (The clock counts ms from a
+        // worker's start: it never nears 2^63.)
+        let ahead = i64::from(self.0.wrapping_sub(now_ms as u32) as i32);
+        (now_ms as i64).wrapping_add(ahead).max(0) as u64
     }
 }
 
@@ -37,6 +40,8 @@ pub struct TimerWheel {
     slots: Vec<Vec<(TimerKey, u64)>>,
     /// Last tick processed.
     tick: u64,
+    /// Where the next tick begins (ms): `advance` before it has nothing to do.
+    next_ms: u64,
     len: usize,
 }
 
@@ -48,6 +53,7 @@ impl TimerWheel {
             tick_ms,
             slots: (0..slots).map(|_| Vec::new()).collect(),
             tick: now_ms / tick_ms,
+            next_ms: (now_ms / tick_ms + 1) * tick_ms,
             len: 0,
         }
     }
@@ -92,10 +98,10 @@ impl TimerWheel {
     /// Move time to `now_ms`; append every key whose due time has passed to `fired`, with the
     /// due time it was inserted with.
     pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<(TimerKey, u64)>) {
-        let now_tick = now_ms / self.tick_ms;
-        if now_tick <= self.tick {
+        if now_ms < self.next_ms {
             return;
         }
+        let now_tick = now_ms / self.tick_ms;
         let n = self.slots.len() as u64;
         let steps = (now_tick - self.tick).min(n);
         for i in 1..=steps {
@@ -114,6 +120,12 @@ impl TimerWheel {
             shrink(slot);
         }
         self.tick = now_tick;
+        self.next_ms = (now_tick + 1) * self.tick_ms;
+    }
+
+    /// Milliseconds from `now_ms` to the start of the next tick (at least 1).
+    pub fn until_next_tick(&self, now_ms: u64) -> u64 {
+        self.next_ms.saturating_sub(now_ms).max(1)
     }
 }
 
