@@ -110,6 +110,11 @@ impl Conn {
     pub fn recv_state(&self) -> Recv {
         self.recv
     }
+    /// The hang-up watch's state.
+    #[inline]
+    pub fn hup_state(&self) -> Recv {
+        self.hup
+    }
     /// The peer sent FIN (or the connection is treated as if it had).
     #[inline]
     pub fn eof(&self) -> bool {

@@ -728,7 +728,9 @@ fn sync_recv<P: Protocol>(p: &mut P, cx: &mut Cx, io: &mut impl Io) {
     // the response: a poll for POLLRDHUP watches for it meanwhile.
     let down = &cx.links.down;
     let watch = down.recv_state() == Recv::Off && down.open() && !down.eof() && p.watches_client();
-    cx.links.sync_watch(Side::Down, io, watch);
+    if watch || down.hup_state() == Recv::On {
+        cx.links.sync_watch(Side::Down, io, watch);
+    }
 }
 
 /// Whether connection `id` should have a recv armed right now, given `waiting`, the chunks
@@ -755,8 +757,12 @@ fn want_recv<P: Protocol>(p: &P, cx: &Cx, id: ConnId, waiting: usize, pool_low: 
 fn sync_recv_of<P: Protocol>(p: &mut P, cx: &mut Cx, id: ConnId, pool_low: bool, io: &mut impl Io) {
     let waiting = cx.links.get(Side::of(id).peer()).pending();
     let want = want_recv(p, cx, id, waiting, pool_low);
-    if want && cx.links.get(id).recv_state() == Recv::Off {
-        p.resumed(cx, id, io.now_ms());
+    // Only arming a recv that is off, or cancelling one that is on, changes anything: the
+    // steady state (reading, and still wanting to) ends here.
+    match (want, cx.links.get(id).recv_state()) {
+        (true, Recv::Off) => p.resumed(cx, id, io.now_ms()),
+        (false, Recv::On) => {}
+        _ => return,
     }
     // What this direction may still take: the budget less what waits toward the peer; one
     // at a time below the pool's floor.
