@@ -338,6 +338,9 @@ impl Listen {
     }
 }
 
+/// The longest timeout a configuration may set (`Ctx::time_limit`).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
+
 /// Milliseconds of a configured duration, as sessions and requests keep it: saturating at
 /// `i32::MAX` (24 days), the span a session's 32-bit clock stamps reach
 /// (`uring::timer::Stamp`).
@@ -426,10 +429,30 @@ impl Ctx<'_> {
         field: &str,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
-        let d = self.duration(v, field, default)?;
+        let d = self.time_limit(v, field, default)?;
         if d.is_zero() {
             let span = v.as_ref().map_or(0..0, |s| s.span());
             return Err(self.err(span, field, "must be more than zero"));
+        }
+        Ok(d)
+    }
+
+    /// A duration a session times itself by: at most [`MAX_TIMEOUT`] (its clocks are 32-bit
+    /// stamps, exact within 24 days).
+    fn time_limit(
+        &self,
+        v: &Option<Spanned<toml::Value>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(v, field, default)?;
+        if d > MAX_TIMEOUT {
+            let span = v.as_ref().map_or(0..0, |s| s.span());
+            return Err(self.err(
+                span,
+                field,
+                "at most 24 days (\"24d\"): a session keeps its clocks in 32 bits",
+            ));
         }
         Ok(d)
     }

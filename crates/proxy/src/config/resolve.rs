@@ -252,7 +252,7 @@ fn server(
         "header_line_max",
         defaults::HEADER_LINE_MAX,
     )?;
-    let keepalive_timeout = cx.duration(
+    let keepalive_timeout = cx.time_limit(
         &s.keepalive_timeout,
         &format!("{f}.keepalive_timeout"),
         defaults::KEEPALIVE_TIMEOUT,

@@ -447,3 +447,23 @@ fn proxy_protocol_and_real_ip_are_read_and_checked() {
     let e = Config::parse("t.toml", &two).unwrap_err().to_string();
     assert!(e.contains("must agree"), "{e}");
 }
+
+#[test]
+fn a_timeout_longer_than_24_days_is_an_error_naming_the_field() {
+    let with = |t: &str| GOOD.replace("read_timeout = \"7d\"", &format!("read_timeout = \"{t}\""));
+    assert!(Config::parse("t.toml", &with("24d")).is_ok());
+    let e = err(&with("25d")).to_string();
+    assert!(
+        e.contains("t.toml:25:16: server[0].location[1].read_timeout") && e.contains("at most 24 days"),
+        "{e}"
+    );
+    let e = err(&format!("{GOOD}\n").replace(
+        "[[server]]\nlisten = [\"127.0.0.1:8080\"]",
+        "[[server]]\nlisten = [\"127.0.0.1:8080\"]\nkeepalive_timeout = \"30d\"",
+    ))
+    .to_string();
+    assert!(
+        e.contains("keepalive_timeout") && e.contains("at most 24 days"),
+        "{e}"
+    );
+}
