@@ -248,6 +248,20 @@ fn every_playbook_config_imports_and_checks() {
     check(&dir.join("s10.toml"));
 }
 
+/// nginx takes any timeout; ringway's longest is 24 days (its sessions keep 32-bit clocks): a
+/// longer one imports as 24 days with a warning naming the line, and the result checks.
+#[test]
+fn a_timeout_longer_than_ringways_longest_imports_as_24_days_with_a_warning() {
+    let dir = scratch("import-long-timeout");
+    let text = s2().replace("proxy_read_timeout 3600s;", "proxy_read_timeout 365d;");
+    let (toml, printed) = imported(&dir, "nginx.conf", &text);
+    assert!(toml.contains("read_timeout = \"24d\""), "{toml}");
+    assert!(
+        printed.contains("nginx.conf:19: `proxy_read_timeout 365d`: longer than ringway's longest timeout: imported as 24d"),
+        "{printed}"
+    );
+}
+
 #[test]
 fn the_imported_section_2_proxies_a_websocket() {
     if !uring_ok() {

@@ -12,10 +12,10 @@ impl Translator {
         }
         let at = d.at.clone();
         match d.name.as_str() {
-            "proxy_connect_timeout" => inh.connect = Some((self.time(d)?, at)),
-            "proxy_read_timeout" => inh.read = Some((self.time(d)?, at)),
-            "proxy_send_timeout" => inh.send = Some((self.time(d)?, at)),
-            "client_body_timeout" => inh.body = Some((self.time(d)?, at)),
+            "proxy_connect_timeout" => inh.connect = Some((self.timeout(d)?, at)),
+            "proxy_read_timeout" => inh.read = Some((self.timeout(d)?, at)),
+            "proxy_send_timeout" => inh.send = Some((self.timeout(d)?, at)),
+            "client_body_timeout" => inh.body = Some((self.timeout(d)?, at)),
             "send_timeout" => {
                 self.time(d)?;
                 self.warn(
@@ -54,7 +54,7 @@ impl Translator {
             "proxy_next_upstream_tries" => {
                 inh.next_tries = Some((self.one_int(d)?, at));
             }
-            "proxy_next_upstream_timeout" => inh.next_timeout = Some((self.time(d)?, at)),
+            "proxy_next_upstream_timeout" => inh.next_timeout = Some((self.timeout(d)?, at)),
             "proxy_bind" => {
                 self.args(d, 1..=2)?;
                 inh.bind = Some(d.clone());
@@ -131,7 +131,7 @@ impl Translator {
     fn client_common(&mut self, d: &Directive, inh: &mut Inherit) -> Result<bool, ParseError> {
         let at = d.at.clone();
         match d.name.as_str() {
-            "client_header_timeout" => inh.header_timeout = Some((self.time(d)?, at)),
+            "client_header_timeout" => inh.header_timeout = Some((self.timeout(d)?, at)),
             "large_client_header_buffers" => {
                 let a = self.args(d, 2..=2)?;
                 let n = self.int(d, &a[0])? as u64;
@@ -142,6 +142,7 @@ impl Translator {
                 let a = self.args(d, 1..=2)?;
                 let ms =
                     nginx_time(&a[0]).map_err(|e| err(&d.at, format!("keepalive_timeout: {e}")))?;
+                let ms = self.at_most_max(d, ms);
                 if a.len() == 2 {
                     self.warn(
                         d,

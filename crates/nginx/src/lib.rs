@@ -244,6 +244,22 @@ impl Translator {
         nginx_time(&a[0]).map_err(|e| err(&d.at, format!("{}: {e}", d.name)))
     }
 
+    /// A timeout ringway keeps, from `d`'s argument (see `at_most_max`).
+    fn timeout(&mut self, d: &Directive) -> Result<u64, ParseError> {
+        let ms = self.time(d)?;
+        Ok(self.at_most_max(d, ms))
+    }
+
+    /// `ms` from directive `d`, at most ringway's longest timeout (24 days, which a config may
+    /// not exceed), with a warning when it was longer.
+    fn at_most_max(&mut self, d: &Directive, ms: u64) -> u64 {
+        let max = ringway_proxy::config::MAX_TIMEOUT.as_millis() as u64;
+        if ms > max {
+            self.warn(d, "longer than ringway's longest timeout: imported as 24d");
+        }
+        ms.min(max)
+    }
+
     /// The directive's one argument, a number.
     fn one_int(&self, d: &Directive) -> Result<i64, ParseError> {
         let a = self.args(d, 1..=1)?;

@@ -454,7 +454,8 @@ fn a_timeout_longer_than_24_days_is_an_error_naming_the_field() {
     assert!(Config::parse("t.toml", &with("24d")).is_ok());
     let e = err(&with("25d")).to_string();
     assert!(
-        e.contains("t.toml:25:16: server[0].location[1].read_timeout") && e.contains("at most 24 days"),
+        e.contains("t.toml:25:16: server[0].location[1].read_timeout")
+            && e.contains("at most 24 days"),
         "{e}"
     );
     let e = err(&format!("{GOOD}\n").replace(
