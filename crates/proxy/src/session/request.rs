@@ -160,7 +160,9 @@ impl Request {
         };
         loc.stats.routed();
         let delay_ms = match take_limits(cfg, loc, cx.client.ip(), &mut cx.links.limited) {
-            Ok(ms) => ms,
+            // At most the longest timeout: the phase's clock is a 32-bit stamp, exact within
+            // 24 days (a 1r/m rate with a burst of 100,000 could ask for 70).
+            Ok(ms) => ms.min(crate::config::MAX_TIMEOUT.as_millis() as u64),
             Err(status) => {
                 loc.stats.limited();
                 return Step::Answer(r, status, End::Limited);
