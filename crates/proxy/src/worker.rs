@@ -466,11 +466,7 @@ impl Core {
         // later, which the wheel learns lazily when the entry fires): replace the entry, so a
         // session has one at most and a storm leaves none behind.
         let old = entry.timer_at;
-        let Some(d) = entry
-            .session
-            .deadline(now_ms)
-            .filter(|&d| old == 0 || d < old)
-        else {
+        let Some(d) = entry.session.reschedule(old, now_ms) else {
             return;
         };
         entry.timer_at = d;

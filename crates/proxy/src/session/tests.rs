@@ -237,6 +237,9 @@ struct Sim {
     rng: u64,
     /// The end-of-session point ran.
     ended: bool,
+    /// Where the worker's timer for the session is (0: none), moved as the worker moves it
+    /// (`Session::reschedule`) after every event.
+    timer_at: u64,
 }
 
 const CFG: &str = r#"
@@ -296,6 +299,7 @@ impl Sim {
             draining: false,
             pool: Default::default(),
             ended: false,
+            timer_at: 0,
             rng: seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407)
@@ -420,7 +424,22 @@ impl Sim {
     /// write the access log it still owes (once: a second end is a bug).
     fn settle(&mut self, next: Next) {
         match next {
-            Next::Continue => {}
+            Next::Continue => {
+                // The worker's timer: never after the deadline, whether `reschedule`
+                // computed it or skipped it.
+                let now = self.io.now;
+                if let Some(d) = self.s.reschedule(self.timer_at, now) {
+                    self.timer_at = d;
+                }
+                if let Some(d) = self.s.deadline(now) {
+                    assert!(
+                        self.timer_at <= d,
+                        "timer at {} after the deadline {d} (now {now}, stage {:?})",
+                        self.timer_at,
+                        self.s.stage()
+                    );
+                }
+            }
             Next::Close(end) => {
                 assert!(self.s.finished(), "Close before closing completed");
                 assert!(!self.ended, "the session ended twice");
@@ -448,6 +467,7 @@ impl Sim {
         if self.ended {
             return; // the worker's slot is gone: no timer fires for it
         }
+        self.timer_at = 0; // the worker takes the entry out before the session sees it
         let mut env = env_of!(self);
         let next = self.s.on_timer(&mut self.io, &mut env);
         self.settle(next);
@@ -576,6 +596,37 @@ fn a_tunnel_without_an_access_log_keeps_no_request_text() {
             "access_log = {log}"
         );
     }
+}
+
+/// The worker's timer follows a tunnel's deadline down when a send starts and its
+/// `send_timeout` is shorter than the idle timeout (what `reschedule` may not skip).
+#[test]
+fn a_send_that_starts_in_a_tunnel_moves_its_timer_earlier() {
+    let cfg = CFG.replacen(
+        "path = \"/ws/\"\nupstream = \"b\"\n",
+        "path = \"/ws/\"\nupstream = \"b\"\nread_timeout = \"60s\"\nsend_timeout = \"1s\"\n",
+        1,
+    );
+    let mut sim = Sim::with_config(1, &cfg, Phase::Request(Request::default()));
+    sim.deliver(Side::Down, UPGRADE);
+    sim.run(false);
+    sim.deliver(Side::Up, SWITCH);
+    sim.run(false);
+    assert_eq!(sim.s.stage(), Stage::Tunnel);
+    // The 101's send set the timer at 1 s; it fires, finds the send done, and goes to the
+    // idle deadline.
+    assert_eq!(sim.timer_at, 1_000, "the 101's send");
+    sim.timer(1_000);
+    assert_eq!(
+        sim.timer_at, 60_000,
+        "idle: read_timeout from the last bytes"
+    );
+    sim.io.now = 5_000;
+    sim.deliver(Side::Down, b"\x81\x02hi");
+    assert_eq!(
+        sim.timer_at, 6_000,
+        "the send to the upstream, timed by send_timeout"
+    );
 }
 
 #[test]

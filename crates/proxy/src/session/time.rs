@@ -33,6 +33,27 @@ impl Session {
         }
     }
 
+    /// Where the worker's timer for this session must move after an event, given where it is
+    /// (`timer_at`; 0: not scheduled): to the deadline, when that comes before it. None: leave
+    /// it (a later deadline is learnt when the timer fires and finds it early).
+    ///
+    /// A tunnel with no heartbeat, filter or Close of ours skips the computation when nothing
+    /// the event can have done moves its deadline before the mark: its idle clock only moves
+    /// later, and a send it started now is timed from now by `send_timeout`. (Its timer mark
+    /// is never after its deadline; a session test checks that after every event.)
+    #[inline]
+    pub fn reschedule(&self, timer_at: u64, now_ms: u64) -> Option<u64> {
+        if timer_at != 0
+            && let Phase::Tunnel(t) = &self.phase
+            && t.req.ctl.is_none()
+            && timer_at <= now_ms + u64::from(t.req.send_ms)
+        {
+            return None;
+        }
+        self.deadline(now_ms)
+            .filter(|&d| timer_at == 0 || d < timer_at)
+    }
+
     /// The timer wheel fired for this session.
     pub fn on_timer(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         let now = io.now_ms();
