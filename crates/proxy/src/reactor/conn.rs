@@ -150,15 +150,6 @@ impl Conn {
     pub fn uses(&self) -> u16 {
         self.uses
     }
-    /// The chunk being sent, if any.
-    #[inline]
-    pub fn sending(&self) -> Option<Chunk> {
-        if self.has(SENDING) {
-            self.queue.first
-        } else {
-            None
-        }
-    }
     /// When the send in flight started or last made progress, given the clock now (None: no
     /// send in flight).
     #[inline]
@@ -616,7 +607,11 @@ mod tests {
         p.set(SENDING, true);
         assert_eq!(p.send_since_ms(start), Some(start));
         assert_eq!(p.send_since_ms(start + 150), Some(start));
-        assert_eq!(p.sending(), Some(c(1)));
+        assert_eq!(
+            (p.queue.first, p.pending()),
+            (Some(c(1)), 1),
+            "in flight, and pending"
+        );
         // The send is over: no start, and the chunk left the queue.
         p.sent_whole();
         assert_eq!((p.send_since_ms(start + 150), p.pending()), (None, 0));
