@@ -181,7 +181,6 @@ impl Worker {
         core.arm_accepts(r);
         core.arm_inbox(r);
         let mut close_began: Option<Instant> = None;
-        let mut chores_ms = 0;
         loop {
             let grace = core.cfg.runtime.shutdown_grace;
             if close_began.is_none()
@@ -204,12 +203,11 @@ impl Worker {
             if close_began.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
                 return Ok(());
             }
-            r.turn(core, Duration::from_millis(TICK_MS))?;
+            let ticked = r.turn(core, Duration::from_millis(TICK_MS))?;
             core.drain_due(r);
             // Once per tick, not per turn (a busy turn may carry one completion): expire idle
             // keepalive connections, publish the gauges the admin endpoint reads.
-            if r.now_ms() >= chores_ms {
-                chores_ms = r.now_ms() + TICK_MS;
+            if ticked {
                 core.pool.prune(r.now_ms());
                 let m = &core.spec.metrics;
                 m.stale_cqes.store(r.stale, Ordering::Relaxed);

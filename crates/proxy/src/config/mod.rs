@@ -338,14 +338,16 @@ impl Listen {
     }
 }
 
-/// The longest timeout a configuration may set (`Ctx::time_limit`).
+/// The longest timeout a configuration may set (`Ctx::time_limit`): less than 2^31 ms, so a
+/// 32-bit clock stamp (`uring::timer::Stamp`) reads any deadline it sets exactly.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 86_400);
+const _: () = assert!(MAX_TIMEOUT.as_millis() < 1 << 31);
 
-/// Milliseconds of a configured duration, as sessions and requests keep it: saturating at
-/// `i32::MAX` (24 days), the span a session's 32-bit clock stamps reach
-/// (`uring::timer::Stamp`).
+/// Milliseconds of a configured duration, as sessions and requests keep it: at most
+/// [`MAX_TIMEOUT`] (the configuration refuses longer), within the span a session's 32-bit
+/// clock stamps reach (`uring::timer::Stamp`).
 pub fn ms32(d: Duration) -> u32 {
-    d.as_millis().min(i32::MAX as u128) as u32
+    d.min(MAX_TIMEOUT).as_millis() as u32
 }
 
 /// Defaults: the safe production values for long-lived WebSockets, not nginx's 60 s.

@@ -279,8 +279,9 @@ impl<T> Reactor<T> {
     }
 
     /// One turn: submit and wait up to `wait` (or the next tick, whichever is first), copy out
-    /// a batch of completions, dispatch them, fire due timers, top up the buffer ring.
-    pub fn turn(&mut self, h: &mut impl Handler<T>, wait: Duration) -> std::io::Result<()> {
+    /// a batch of completions, dispatch them, fire due timers, top up the buffer ring. Returns
+    /// whether a tick of the timer wheel passed (for chores done once per tick).
+    pub fn turn(&mut self, h: &mut impl Handler<T>, wait: Duration) -> std::io::Result<bool> {
         let next_tick = Duration::from_millis(self.wheel.until_next_tick(self.now_ms));
         let cqes = self.wait(wait.min(next_tick))?;
         for &c in &cqes {
@@ -289,7 +290,7 @@ impl<T> Reactor<T> {
         self.give_back(cqes);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
-        self.wheel.advance(self.now_ms, &mut fired);
+        let ticked = self.wheel.advance(self.now_ms, &mut fired);
         for &((slot, generation), due) in &fired {
             if self.slots.get_mut(slot, generation).is_some() {
                 h.on_timer(self, slot, generation, due);
@@ -297,7 +298,7 @@ impl<T> Reactor<T> {
         }
         self.fired = fired;
         self.ring.pool.grow_if_low();
-        Ok(())
+        Ok(ticked)
     }
 
     /// A turn with nothing in flight (no slot): sleep `wait`, then read the clock. The same

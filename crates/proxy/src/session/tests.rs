@@ -310,6 +310,17 @@ impl Sim {
         sim
     }
 
+    /// A session under configuration `text` whose WebSocket upgrade went through: a tunnel.
+    fn tunnel(text: &str) -> Sim {
+        let mut sim = Sim::with_config(1, text, Phase::Request(Request::default()));
+        sim.deliver(Side::Down, UPGRADE);
+        sim.run(false);
+        sim.deliver(Side::Up, SWITCH);
+        sim.run(false);
+        assert_eq!(sim.s.stage(), Stage::Tunnel);
+        sim
+    }
+
     fn rand(&mut self, n: u64) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -577,13 +588,7 @@ fn websocket_session_from_head_to_close() {
 #[test]
 fn a_tunnel_without_an_access_log_keeps_no_request_text() {
     for log in [false, true] {
-        let cfg = format!("[runtime]\naccess_log = {log}\n{CFG}");
-        let mut sim = Sim::with_config(1, &cfg, Phase::Request(Request::default()));
-        sim.deliver(Side::Down, UPGRADE);
-        sim.run(false);
-        sim.deliver(Side::Up, SWITCH);
-        sim.run(false);
-        assert_eq!(sim.s.stage(), Stage::Tunnel);
+        let mut sim = Sim::tunnel(&format!("[runtime]\naccess_log = {log}\n{CFG}"));
         let text = sim.s.phase.req().map(|r| (r.method(), r.path()));
         let want = if log { ("GET", "/ws/chat") } else { ("-", "-") };
         assert_eq!(text, Some(want), "access_log = {log}");
@@ -607,12 +612,7 @@ fn a_send_that_starts_in_a_tunnel_moves_its_timer_earlier() {
         "path = \"/ws/\"\nupstream = \"b\"\nread_timeout = \"60s\"\nsend_timeout = \"1s\"\n",
         1,
     );
-    let mut sim = Sim::with_config(1, &cfg, Phase::Request(Request::default()));
-    sim.deliver(Side::Down, UPGRADE);
-    sim.run(false);
-    sim.deliver(Side::Up, SWITCH);
-    sim.run(false);
-    assert_eq!(sim.s.stage(), Stage::Tunnel);
+    let mut sim = Sim::tunnel(&cfg);
     // The 101's send set the timer at 1 s; it fires, finds the send done, and goes to the
     // idle deadline.
     assert_eq!(sim.timer_at, 1_000, "the 101's send");

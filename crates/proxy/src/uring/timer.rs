@@ -96,10 +96,10 @@ impl TimerWheel {
     }
 
     /// Move time to `now_ms`; append every key whose due time has passed to `fired`, with the
-    /// due time it was inserted with.
-    pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<(TimerKey, u64)>) {
+    /// due time it was inserted with. Returns whether a tick passed.
+    pub fn advance(&mut self, now_ms: u64, fired: &mut Vec<(TimerKey, u64)>) -> bool {
         if now_ms < self.next_ms {
-            return;
+            return false;
         }
         let now_tick = now_ms / self.tick_ms;
         let n = self.slots.len() as u64;
@@ -121,6 +121,7 @@ impl TimerWheel {
         }
         self.tick = now_tick;
         self.next_ms = (now_tick + 1) * self.tick_ms;
+        true
     }
 
     /// Milliseconds from `now_ms` to the start of the next tick (at least 1).
@@ -171,9 +172,11 @@ mod tests {
         w.insert((1, 0), 1055);
         w.insert((2, 0), 1500); // beyond one rotation: stays until its round comes
         let mut f = Vec::new();
-        w.advance(1050, &mut f);
+        assert!(w.advance(1050, &mut f), "ticks passed");
         assert!(f.is_empty());
-        w.advance(1060, &mut f);
+        assert!(!w.advance(1059, &mut f), "still in the tick of 1050");
+        assert_eq!(w.until_next_tick(1059), 1);
+        assert!(w.advance(1060, &mut f));
         assert_eq!(f, vec![((1, 0), 1055)]);
         f.clear();
         for t in (1070..1500).step_by(10) {
