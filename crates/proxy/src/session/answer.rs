@@ -6,7 +6,7 @@
 use super::Side;
 use super::phase::{Linger, Req};
 use super::protocol::{Protocol, Step};
-use super::{Cx, End, Env, Io, LINGER_MS};
+use super::{Cx, Env, Io, LINGER_MS};
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 
@@ -39,7 +39,7 @@ impl Protocol for Answer {
     /// it is sent, then the connection closes.
     fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, _io: &mut I) -> Step {
         match (Side::of(from), self.linger) {
-            (Side::Down, Linger::On) => Step::Close(cx.end.unwrap_or(End::Done)),
+            (Side::Down, Linger::On) => Step::Close(cx.ended()),
             _ => Step::Continue,
         }
     }
@@ -52,7 +52,7 @@ impl Protocol for Answer {
         _io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
-        Step::Close(cx.end.unwrap_or(End::Done))
+        Step::Close(cx.ended())
     }
 
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
@@ -78,7 +78,7 @@ impl Protocol for Answer {
             down.kick(io, ConnId::CLIENT);
             Step::Continue
         } else {
-            Step::Close(cx.end.unwrap_or(End::Done))
+            Step::Close(cx.ended())
         }
     }
 }

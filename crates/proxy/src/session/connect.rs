@@ -86,7 +86,7 @@ impl Exchange {
         let started_ms = self.req.started_ms;
         let ui = usize::from(self.req.upstream);
         let u = &cx.cfg.upstreams[ui];
-        let Some(a) = self.req.attempt.as_deref_mut() else {
+        let Some(a) = self.terms.attempt.as_mut() else {
             return Step::Respond(502, End::NoUpstream);
         };
         let gave_up = |a: &Attempt| match a.gave_up() {
@@ -168,11 +168,7 @@ impl Exchange {
     /// The server in use failed before its answer reached the client: count it against the
     /// server, and say whether the location lets the request go on to the next server.
     fn server_failed(&mut self, cx: &Cx, kind: Failure) -> bool {
-        let retry = self
-            .req
-            .attempt
-            .as_deref_mut()
-            .is_some_and(|a| a.failed(kind));
+        let retry = self.terms.attempt.as_mut().is_some_and(|a| a.failed(kind));
         if let Some(p) = peer_of(cx, &self.req) {
             attempt::count_failure(p, clock_ms());
         }
@@ -207,7 +203,7 @@ impl Exchange {
         // failure (the attempt undoes its pick); the request goes again.
         let pooled = !self.connecting() && {
             let peer = usize::from(self.req.peer);
-            self.req
+            self.terms
                 .attempt
                 .as_mut()
                 .is_some_and(|a| a.pool_failed(peer, kind))
@@ -217,7 +213,7 @@ impl Exchange {
             return false;
         }
         let resend = self
-            .req
+            .terms
             .attempt
             .as_ref()
             .is_some_and(|a| a.resend_head().is_some());
@@ -238,7 +234,7 @@ impl Exchange {
     /// The server in use answered: what failures it had are forgotten, and the request will
     /// not go to another server.
     pub(super) fn server_answered(&mut self, cx: &Cx) {
-        self.req.attempt = None;
+        self.terms.attempt = None;
         if let Some(p) = peer_of(cx, &self.req) {
             attempt::count_success(p);
         }

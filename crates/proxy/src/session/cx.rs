@@ -67,12 +67,25 @@ pub struct Cx {
     pub(super) phase_ms: Stamp,
     pub(super) last_up_ms: Stamp,
     pub(super) last_down_ms: Stamp,
-    pub(super) end: Option<End>,
+    /// Why the session ends, once that is decided (the first reason given is kept). Boxed:
+    /// it is decided as a session closes, and 16 bytes of every idle session are worth more
+    /// than an allocation per close.
+    pub(super) end: Option<Box<End>>,
     /// Requests answered on this connection.
     pub(super) served: u32,
 }
 
 impl Cx {
+    /// Record why the session ends, unless a reason is recorded already.
+    pub(super) fn end_with(&mut self, end: End) {
+        self.end.get_or_insert_with(|| Box::new(end));
+    }
+
+    /// Why the session ends: the reason recorded, else `Done`.
+    pub(super) fn ended(&self) -> End {
+        self.end.as_deref().copied().unwrap_or(End::Done)
+    }
+
     /// The settings of the listener this session was accepted on (from the configuration it
     /// was accepted under, which it keeps: a reload cannot change them).
     #[inline]

@@ -7,7 +7,7 @@
 use super::Phase;
 use super::Side;
 use super::answer::Answer;
-use super::phase::{Downward, Exchange, Linger, Req, ReqText, Upward};
+use super::phase::{Downward, Exchange, Linger, Req, ReqText, Terms, Upward};
 use super::protocol::Protocol;
 use super::request::Request;
 use super::tunnel::Tunnel;
@@ -112,7 +112,7 @@ impl Protocol for Exchange {
         let phase = match self.downward {
             Downward::Connect(c) if c.delayed => Some(cx.phase_ms.at(now)),
             Downward::Connect(c) if !c.timed_out => {
-                Some(cx.phase_ms.at(now) + ms(self.req.connect_ms))
+                Some(cx.phase_ms.at(now) + ms(self.terms.connect_ms))
             }
             Downward::Connect(_) => None,
             _ => Some(cx.last_up_ms.at(now) + ms(self.req.read_ms)),
@@ -125,7 +125,7 @@ impl Protocol for Exchange {
 
     fn wants(&self, cx: &Cx, id: ConnId, room: bool) -> bool {
         match Side::of(id) {
-            Side::Down => match &self.upward {
+            Side::Down => match &self.terms.upward {
                 Upward::Body(_) => room,
                 Upward::Hold(stash) => stash.len() < cx.listen().header_max as usize,
             },
@@ -139,7 +139,7 @@ impl Protocol for Exchange {
 
     /// The body clock runs only while the body is read: it restarts when reading resumes.
     fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64) {
-        if id == ConnId::CLIENT && matches!(self.upward, Upward::Body(_)) {
+        if id == ConnId::CLIENT && matches!(self.terms.upward, Upward::Body(_)) {
             cx.last_down_ms = Stamp::new(now);
         }
     }
@@ -169,9 +169,10 @@ impl Protocol for Exchange {
     fn finish<I: Io + ?Sized>(self, cx: &mut Cx, io: &mut I) -> Phase {
         let Exchange {
             req,
-            upward,
+            terms,
             downward,
         } = self;
+        let Terms { upward, ctl, .. } = *terms;
         let held = match upward {
             Upward::Hold(held) => held,
             Upward::Body(_) => Vec::new(),
@@ -191,7 +192,7 @@ impl Protocol for Exchange {
                     let c = io.put(held);
                     cx.send_to(Side::Up, c, io);
                 }
-                Phase::Tunnel(Tunnel { req, frames })
+                Phase::Tunnel(Tunnel { req, ctl, frames })
             }
             Downward::Over { again: true } => {
                 cx.served = cx.served.saturating_add(1);
@@ -199,7 +200,7 @@ impl Protocol for Exchange {
                 Phase::Request(Request { head: held })
             }
             _ => {
-                cx.end.get_or_insert(End::Done);
+                cx.end_with(End::Done);
                 Phase::Respond(Answer {
                     req,
                     linger: Linger::No,
@@ -212,11 +213,11 @@ impl Protocol for Exchange {
 impl Exchange {
     /// Plaintext from the client: the request body, then what follows it, held.
     fn client_bytes<I: Io + ?Sized>(&mut self, cx: &mut Cx, c: Chunk, io: &mut I) -> Step {
-        match &mut self.upward {
+        match &mut self.terms.upward {
             Upward::Body(t) => match t.feed(io.data_of(c)) {
                 Ok(n) => {
                     if t.done() {
-                        self.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
+                        self.terms.upward = Upward::Hold(io.data_of(c)[n..].to_vec());
                     }
                     self.forward_prefix(cx, Side::Down, c, n, io);
                     Step::Continue
@@ -306,8 +307,8 @@ impl Exchange {
             let Downward::Head(buf) = &mut self.downward else {
                 return Step::Continue;
             };
-            let r = &mut self.req;
-            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, r.is_head) {
+            let t = &mut self.terms;
+            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, t.is_head) {
                 Ok(None) => return Step::Continue,
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
@@ -322,19 +323,19 @@ impl Exchange {
             if (100..200).contains(&resp.status) && resp.status != 101 {
                 // 100 Continue and friends: pass on as they are, then read the real head;
                 // bounded in number and bytes per request.
-                r.interim += 1;
+                t.interim += 1;
                 let head_len = u16::try_from(resp.head_len).unwrap_or(u16::MAX);
-                r.interim_bytes = r.interim_bytes.saturating_add(head_len);
-                if r.interim > INTERIM_MAX || u32::from(r.interim_bytes) > INTERIM_BYTES_MAX {
+                t.interim_bytes = t.interim_bytes.saturating_add(head_len);
+                if t.interim > INTERIM_MAX || u32::from(t.interim_bytes) > INTERIM_BYTES_MAX {
                     return Step::Respond(502, End::BadResponse("too many interim responses"));
                 }
-                r.responded = true;
+                self.req.responded = true;
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
                 let c = io.put(info);
                 cx.send_to(Side::Down, c, io);
                 continue;
             }
-            let named = r.attempt.as_ref().and_then(|a| a.names_status(resp.status));
+            let named = t.attempt.as_ref().and_then(|a| a.names_status(resp.status));
             if let Some(f) = named {
                 // A 502/503/504 that next_upstream names: a failure of this server; the next
                 // one gets the request if it can, else this answer goes to the client.
@@ -361,22 +362,21 @@ impl Exchange {
             return Step::Continue;
         };
         let buf = std::mem::take(buf);
-        let r = &mut self.req;
-        r.status = resp.status;
-        r.up_keep = resp.keep_alive;
+        self.terms.up_keep = resp.keep_alive;
         let mut out = io.scratch();
         out.reserve(resp.head_len + 64);
         if resp.status == 101 {
             return self.upgraded(cx, resp, buf, out, io);
         }
+        self.req.status = resp.status;
         let mut t = BodyTracker::new(resp.body);
-        let keep = r.keep_alive
+        let keep = self.terms.keep_alive
             && !t.until_close()
             && !cx.links.down.eof()
             && !env.draining
             && cx.listen().keepalive_timeout_ms > 0
             && cx.served.saturating_add(1) < cx.listen().keepalive_requests;
-        r.keep_alive = keep;
+        self.terms.keep_alive = keep;
         let conn = if keep {
             ClientConnection::KeepAlive
         } else {
@@ -393,7 +393,7 @@ impl Exchange {
         }
         let done = t.done();
         self.downward = Downward::Body(t);
-        r.responded = true;
+        self.req.responded = true;
         let c = io.put(out);
         cx.send_to(Side::Down, c, io);
         if done {
@@ -413,7 +413,7 @@ impl Exchange {
         io: &mut I,
     ) -> Step {
         let r = &mut self.req;
-        let why = if !r.upgrade {
+        let why = if !self.terms.upgrade {
             Some("101 to a request that did not ask to upgrade")
         } else if !resp
             .upgrade
@@ -421,7 +421,7 @@ impl Exchange {
             .is_some_and(|v| http::upgrade_matches(v, r.upgrade_proto()))
         {
             Some("101 without the protocol the client asked for")
-        } else if !matches!(self.upward, Upward::Hold(_)) {
+        } else if !matches!(self.terms.upward, Upward::Hold(_)) {
             Some("101 before the request body was complete")
         } else {
             None
@@ -437,7 +437,8 @@ impl Exchange {
             &mut out,
         );
         out.extend_from_slice(&buf[resp.head_len..]);
-        r.tunnel = true;
+        // Status 101 says the request is a tunnel: it is set only once the 101 passed.
+        r.status = 101;
         r.responded = true;
         io.observe(Observed::TunnelOpened(
             io.now_ms().saturating_sub(r.started_ms),
@@ -446,7 +447,7 @@ impl Exchange {
         cx.send_to(Side::Down, c, io);
         // What the upstream sent after its 101 went with it; the tunnel's tracker starts on it.
         buf.drain(..resp.head_len);
-        self.downward = Downward::Upgraded(buf);
+        self.downward = Downward::Upgraded(buf.into_boxed_slice());
         Step::Finish
     }
 
@@ -456,12 +457,12 @@ impl Exchange {
         // The upstream connection goes to the keepalive pool when the exchange on it is
         // whole and clean: the request sent whole, the response whole and not ending with
         // the connection, nothing else on it.
-        let whole = matches!(self.upward, Upward::Hold(_));
-        let (up, r) = (&cx.links.up, &self.req);
+        let whole = matches!(self.terms.upward, Upward::Hold(_));
+        let (up, r, t) = (&cx.links.up, &self.req, &self.terms);
         let u = &cx.cfg.upstreams[usize::from(r.upstream)];
         let pool = u.keepalive > 0
-            && r.up_keep
-            && !r.upgrade
+            && t.up_keep
+            && !t.upgrade
             && whole
             && up.flushed()
             && !up.eof()
@@ -473,7 +474,7 @@ impl Exchange {
         // Reuse the client connection only when the request went up whole (the upstream may
         // answer before it has read the body) and nothing else is pending.
         let again =
-            r.keep_alive && whole && cx.links.up.flushed() && !cx.links.down.eof() && !draining;
+            t.keep_alive && whole && cx.links.up.flushed() && !cx.links.down.eof() && !draining;
         self.downward = Downward::Over { again };
         Step::Finish
     }
@@ -482,7 +483,7 @@ impl Exchange {
     fn upstream_eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
         match &self.downward {
             Downward::Body(t) if t.until_close() => {
-                self.req.keep_alive = false;
+                self.terms.keep_alive = false;
                 // Neither connection is kept, draining or not.
                 self.response_done(cx, io, false)
             }
@@ -508,8 +509,8 @@ impl Exchange {
     /// reading it (a body held back because the upstream is slow is not the client's fault).
     fn body_deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let reading =
-            matches!(self.upward, Upward::Body(_)) && cx.links.down.recv_state() == Recv::On;
-        reading.then(|| cx.last_down_ms.at(now) + u64::from(self.req.body_ms))
+            matches!(self.terms.upward, Upward::Body(_)) && cx.links.down.recv_state() == Recv::On;
+        reading.then(|| cx.last_down_ms.at(now) + u64::from(self.terms.body_ms))
     }
 
     /// Log the request in progress (once).
@@ -543,7 +544,7 @@ pub(super) fn access_line<'a>(
         bytes_in: r.bytes_in,
         bytes_out: r.bytes_out,
         end,
-        tunnel: r.tunnel,
+        tunnel: r.tunnel(),
         tls: cx.links.down.tls_info(),
     })
 }

@@ -5,7 +5,7 @@
 //! (400, 404, 414, 431, 503). An idle kept-alive connection waits here for its next request.
 
 use super::Side;
-use super::phase::{Connect, Downward, Exchange, Req, Upward, ms32};
+use super::phase::{Connect, Downward, Exchange, Req, Terms, Upward, ms32};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Phase};
 use crate::config::{Location, clock_ms};
@@ -151,7 +151,7 @@ impl Request {
             }
             _ => "",
         };
-        let mut r = new_req(cx, &req, route, upgrade, &buf, now);
+        let r = new_req(cx, &req, route, upgrade, &buf, now);
         if let Err(HeadError::Invalid(why)) = norm {
             return Step::Answer(r, 400, End::BadRequest(why));
         }
@@ -168,15 +168,16 @@ impl Request {
                 return Step::Answer(r, status, End::Limited);
             }
         };
-        let (out, upward) = match request_up(cx, &req, &buf, &r, loc, io) {
+        let (out, upward) = match request_up(cx, &req, &buf, !upgrade.is_empty(), loc, io) {
             Ok(up) => up,
             Err(why) => {
                 return Step::Answer(r, 400, End::BadRequest(why));
             }
         };
+        let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward);
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
-        if let Some(a) = r.attempt.as_deref_mut() {
+        if let Some(a) = terms.attempt.as_mut() {
             let body = req.body != BodyKind::None;
             a.keep_for_resend(&out, &req.method, body, &cfg.upstreams[loc.upstream]);
         }
@@ -190,7 +191,7 @@ impl Request {
         cx.phase_ms = Stamp::new(now + delay_ms);
         Step::Become(Phase::Exchange(Exchange {
             req: r,
-            upward,
+            terms,
             downward: Downward::Connect(Connect {
                 waiting: delay_ms == 0,
                 delayed: delay_ms > 0,
@@ -210,37 +211,55 @@ fn new_req(
     buf: &[u8],
     now: u64,
 ) -> Box<Req> {
-    let cfg = &*cx.cfg;
     let host = req.host.as_deref().unwrap_or("-");
     let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
     Box::new(Req {
+        upstream: route.map_or(0, |l| l.upstream as u16),
+        read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
+        send_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.send_timeout)),
+        ..Req::new(text, cx.phase_ms.at(now), buf.len() as u64)
+    })
+}
+
+/// What the exchange of request `req` (in `buf`), routed to `loc` and asking to upgrade to
+/// `upgrade` ("" when it may not), needs besides its record; `upward`: what the client's
+/// next bytes are.
+fn new_terms(
+    cx: &Cx,
+    req: &http::Request,
+    loc: &Location,
+    upgrade: &str,
+    buf: &[u8],
+    upward: Upward,
+) -> Box<Terms> {
+    let u = &cx.cfg.upstreams[loc.upstream];
+    let input = KeyInput {
+        client: cx.client.ip(),
+        uri: &req.path,
+        head: &buf[..req.head_len],
+    };
+    Box::new(Terms {
+        attempt: Some(Attempt::new(u, &loc.next_upstream, &input)),
+        // A tunnel's control: its heartbeats and its filters, only when it has either.
+        ctl: (!upgrade.is_empty())
+            .then(|| {
+                let filter = super::filter::for_location(loc);
+                (loc.heartbeat.is_some() || filter.is_some()).then(|| {
+                    let mut k = super::phase::Control::new(loc.heartbeat.as_ref());
+                    k.filter = filter;
+                    Box::new(k)
+                })
+            })
+            .flatten(),
+        connect_ms: ms32(loc.connect_timeout),
+        body_ms: ms32(loc.body_timeout),
+        interim: 0,
+        interim_bytes: 0,
         upgrade: !upgrade.is_empty(),
         keep_alive: req.keep_alive,
         is_head: req.is_head(),
-        upstream: route.map_or(0, |l| l.upstream as u16),
-        // A tunnel's control: its heartbeats and its filters, only when it has either.
-        ctl: route.filter(|_| !upgrade.is_empty()).and_then(|l| {
-            let filter = super::filter::for_location(l);
-            (l.heartbeat.is_some() || filter.is_some()).then(|| {
-                let mut k = super::phase::Control::new(l.heartbeat.as_ref());
-                k.filter = filter;
-                Box::new(k)
-            })
-        }),
-        attempt: route.map(|l| {
-            let u = &cfg.upstreams[l.upstream];
-            let input = KeyInput {
-                client: cx.client.ip(),
-                uri: &req.path,
-                head: &buf[..req.head_len],
-            };
-            Box::new(Attempt::new(u, &l.next_upstream, &input))
-        }),
-        connect_ms: route.map_or(0, |l| ms32(l.connect_timeout)),
-        read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
-        send_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.send_timeout)),
-        body_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.body_timeout)),
-        ..Req::new(text, cx.phase_ms.at(now), buf.len() as u64)
+        up_keep: false,
+        upward,
     })
 }
 
@@ -251,7 +270,7 @@ fn request_up(
     cx: &Cx,
     req: &http::Request,
     buf: &[u8],
-    r: &Req,
+    upgrade: bool,
     loc: &Location,
     io: &mut (impl Io + ?Sized),
 ) -> Result<(Vec<u8>, Upward), &'static str> {
@@ -259,7 +278,7 @@ fn request_up(
     let mut out = io.scratch();
     out.reserve(req.head_len + 256);
     let fwd = http::Forwarded {
-        upgrade: r.upgrade,
+        upgrade,
         client_ip: cx.client.ip(),
         proto: if cx.listen().tls { "https" } else { "http" },
         default_host: &cfg.upstreams[loc.upstream].name,

@@ -45,7 +45,7 @@ impl Session {
     pub fn reschedule(&self, timer_at: u64, now_ms: u64) -> Option<u64> {
         if timer_at != 0
             && let Phase::Tunnel(t) = &self.phase
-            && t.req.ctl.is_none()
+            && t.ctl.is_none()
             && timer_at <= now_ms + u64::from(t.req.send_ms)
         {
             return None;

@@ -276,6 +276,9 @@ fn pass(
 #[derive(Debug)]
 pub(super) struct Tunnel {
     pub req: Box<Req>,
+    /// Heartbeats, filters and the proxy's own Close: only tunnels that ping, filter or are
+    /// being closed by the proxy carry one (made at the 101, or at a drain).
+    pub ctl: Option<Box<Control>>,
     pub frames: [FrameTracker; 2],
 }
 
@@ -305,7 +308,7 @@ impl Protocol for Tunnel {
         let side = Side::of(id);
         let now = io.now_ms();
         let t = &mut self.frames[from(side)];
-        match self.req.ctl.as_deref_mut() {
+        match self.ctl.as_deref_mut() {
             Some(k) if k.busy(side) => {
                 let replied = k.replied;
                 let mut out = io.scratch();
@@ -321,7 +324,7 @@ impl Protocol for Tunnel {
                     cx.pass_on(side, c, io);
                 }
                 if replied {
-                    cx.end.get_or_insert(End::Drained);
+                    cx.end_with(End::Drained);
                     self.shut_both(cx, io);
                 }
                 if let Some(Verdict::Close {
@@ -369,7 +372,7 @@ impl Protocol for Tunnel {
         if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
         }
-        let Some(k) = self.req.ctl.as_deref_mut() else {
+        let Some(k) = self.ctl.as_deref_mut() else {
             return Step::Continue;
         };
         if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
@@ -391,7 +394,7 @@ impl Protocol for Tunnel {
             // The ping to side j goes into the stream from the other side.
             if due
                 && !self.inject(cx, side_of(1 - j), Inject::Ping, true, io)
-                && let Some(k) = self.req.ctl.as_deref_mut()
+                && let Some(k) = self.ctl.as_deref_mut()
             {
                 // Not a WebSocket stream: no heartbeat for it.
                 k.every[j] = 0;
@@ -404,12 +407,7 @@ impl Protocol for Tunnel {
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
         let idle = last[0].max(last[1]) + u64::from(self.req.read_ms);
-        Some(
-            self.req
-                .ctl
-                .as_ref()
-                .map_or(idle, |k| idle.min(k.due(last))),
-        )
+        Some(self.ctl.as_ref().map_or(idle, |k| idle.min(k.due(last))))
     }
 
     /// Both ways, within the direction's budget.
@@ -442,7 +440,7 @@ impl Tunnel {
     /// in a stream that is not WebSocket, FIN both ways).
     pub(super) fn drain_close<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
         if !self.inject(cx, Side::Up, Inject::Drain, true, io) {
-            cx.end.get_or_insert(End::Shutdown);
+            cx.end_with(End::Shutdown);
             self.shut_both(cx, io);
         }
     }
@@ -464,10 +462,7 @@ impl Tunnel {
         if t.lost() || !open {
             return false;
         }
-        let k = self
-            .req
-            .ctl
-            .get_or_insert_with(|| Box::new(Control::new(None)));
+        let k = self.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
         let i = from(side);
         if kind == Inject::Ping && k.want[i] != Inject::None {
             return true; // a Close waits there: no ping before it
@@ -502,10 +497,7 @@ impl Tunnel {
         for side in [Side::Down, Side::Up] {
             cx.links.half_close(side, io);
         }
-        let k = self
-            .req
-            .ctl
-            .get_or_insert_with(|| Box::new(Control::new(None)));
+        let k = self.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
         if k.closed_ms == 0 {
             k.closed_ms = io.now_ms().max(1);
         }
@@ -524,7 +516,7 @@ impl Tunnel {
         io: &mut I,
     ) {
         tracing::debug!("{}: {end} ({reason})", cx.client);
-        cx.end.get_or_insert(end);
+        cx.end_with(end);
         self.inject(cx, offender.peer(), Inject::Close(code, reason), false, io);
         cx.links.down.mark_eof();
         cx.links.up.mark_eof();
@@ -536,7 +528,7 @@ impl Tunnel {
     /// flushed (a peer that does not read is ended by `send_timeout`).
     fn heartbeat_lost<I: Io + ?Sized>(&mut self, cx: &mut Cx, silent: Side, io: &mut I) -> Step {
         tracing::debug!("{}: heartbeat unanswered by the {silent:?} side", cx.client);
-        cx.end.get_or_insert(End::HeartbeatTimeout(silent));
+        cx.end_with(End::HeartbeatTimeout(silent));
         for side in [Side::Up, Side::Down] {
             self.inject(cx, side, Inject::GoingAway, false, io);
         }

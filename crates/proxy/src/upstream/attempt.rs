@@ -11,8 +11,8 @@ use super::{Balancer, Pick, Tried};
 use crate::config::upstream::{Failure, Failures, NextUpstream};
 use crate::config::{Peer, Upstream};
 
-/// What choosing a server for one request and going on to the next needs; boxed in the
-/// request from routing until a server answered, so a tunnel does not carry it.
+/// What choosing a server for one request and going on to the next needs; in the exchange's
+/// boxed terms from routing until a server answered, so a tunnel does not carry it.
 #[derive(Debug, Default)]
 pub struct Attempt {
     /// Servers tried.

@@ -170,15 +170,16 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// Tracks frames in one byte stream: header bytes are gathered and decoded, payload bytes are
-/// only counted. It never copies payload and never rewrites anything, and it is small (24
+/// only counted. It never copies payload and never rewrites anything, and it is small (15
 /// bytes), so the proxy runs one per direction of every tunnel to know where frames end (so a
 /// Ping or Close can be put between two frames). The echo backend and the load generator step
 /// through the same pieces to unmask, echo and check payload.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FrameTracker {
-    /// Payload bytes of the current frame still to come.
-    left: u64,
-    hdr: [u8; MAX_HEADER],
+    /// While a header is being gathered (`have` > 0): its bytes so far. Otherwise: in its
+    /// first 8 bytes, the payload bytes of the current frame still to come (native order). A
+    /// stream is never doing both, so the two share the bytes (a tunnel keeps two trackers).
+    buf: [u8; MAX_HEADER],
     /// Header bytes gathered; `LOST` once the stream broke RFC 6455 (tracking stops).
     have: u8,
 }
@@ -207,9 +208,22 @@ pub struct Step {
 }
 
 impl FrameTracker {
+    /// Payload bytes of the current frame still to come (0 while a header is gathered).
+    #[inline(always)]
+    fn left(&self) -> u64 {
+        let mut b = [0; 8];
+        b.copy_from_slice(&self.buf[..8]);
+        u64::from_ne_bytes(b)
+    }
+
+    #[inline(always)]
+    fn set_left(&mut self, n: u64) {
+        self.buf[..8].copy_from_slice(&n.to_ne_bytes());
+    }
+
     /// At a frame boundary: nothing of a frame is pending, so a new frame may be inserted here.
     pub fn at_boundary(&self) -> bool {
-        self.have == 0 && self.left == 0
+        self.have == 0 && self.left() == 0
     }
 
     /// The stream broke RFC 6455 somewhere: frame boundaries are unknown from there on.
@@ -219,22 +233,20 @@ impl FrameTracker {
 
     /// Take the next piece from the front of `data` (not empty).
     pub fn step(&mut self, data: &[u8]) -> Result<Step, FrameError> {
-        if self.left > 0 {
-            let used = (data.len() as u64).min(self.left);
-            self.left -= used;
-            return Ok(Step {
-                piece: Piece::Payload,
-                used: used as usize,
-                end: self.left == 0,
-            });
-        }
-        if self.lost() {
-            return Err(FrameError("frame stream already broken"));
-        }
         if self.have == 0 {
+            let left = self.left();
+            if left > 0 {
+                let used = (data.len() as u64).min(left);
+                self.set_left(left - used);
+                return Ok(Step {
+                    piece: Piece::Payload,
+                    used: used as usize,
+                    end: left == used,
+                });
+            }
             // The usual case: a whole header at the front of `data`, parsed where it lies.
             if let Some(h) = parse_header(data)? {
-                self.left = h.len;
+                self.set_left(h.len);
                 return Ok(Step {
                     piece: Piece::Header(h),
                     used: h.header_len,
@@ -242,10 +254,13 @@ impl FrameTracker {
                 });
             }
         }
+        if self.lost() {
+            return Err(FrameError("frame stream already broken"));
+        }
         let have = usize::from(self.have);
         let take = (MAX_HEADER - have).min(data.len());
-        self.hdr[have..have + take].copy_from_slice(&data[..take]);
-        match parse_header(&self.hdr[..have + take])? {
+        self.buf[have..have + take].copy_from_slice(&data[..take]);
+        match parse_header(&self.buf[..have + take])? {
             None => {
                 self.have += take as u8;
                 Ok(Step {
@@ -256,7 +271,7 @@ impl FrameTracker {
             }
             Some(h) => {
                 self.have = 0;
-                self.left = h.len;
+                self.set_left(h.len);
                 Ok(Step {
                     piece: Piece::Header(h),
                     used: h.header_len - have,
@@ -282,7 +297,6 @@ impl FrameTracker {
     pub fn track(&mut self, data: &[u8]) {
         if !self.lost() && self.feed(data).is_err() {
             self.have = LOST;
-            self.left = 0;
         }
     }
 }
@@ -371,7 +385,7 @@ mod tests {
         let mut t = FrameTracker::default();
         t.feed(&stream[..20]).unwrap();
         assert!(
-            std::mem::size_of::<FrameTracker>() <= 24,
+            std::mem::size_of::<FrameTracker>() <= 15,
             "small enough for every tunnel"
         );
         assert!(!t.at_boundary());
