@@ -73,7 +73,7 @@ pub trait Sys {
     /// and io_uring always hands IORING_OP_SHUTDOWN to an io-wq thread (REQ_F_FORCE_ASYNC),
     /// which cost a thread wake-up and ~20% of the proxy's CPU per closed WebSocket.
     fn shutdown(&mut self, fd: RawFd);
-    /// Close an fd that has no op in flight.
+    /// Close an fd that has no op in flight (through the ring: an SQE, not a syscall).
     fn close(&mut self, fd: RawFd);
     /// Write `bytes` on `fd` now, without waiting (`MSG_DONTWAIT`): whether all of them went.
     /// Only for a socket with nothing in flight, about to close (a TLS close_notify, which
@@ -191,7 +191,7 @@ impl Sys for RingSys<'_> {
     }
 
     fn close(&mut self, fd: RawFd) {
-        let _ = nix::unistd::close(fd);
+        self.ring.close(fd);
     }
 
     fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool {
@@ -337,6 +337,10 @@ impl<T> Reactor<T> {
     /// (and maybe reused) has its buffer released and is counted: it means a close did not wait
     /// for all its ops, a bug (asserted in debug builds).
     pub fn is_live(&mut self, c: &Cqe) -> bool {
+        if c.ud.slot() == SLOT_CORE {
+            // The core slot's own (a socket's close, whose slot may be gone): no slot's.
+            return false;
+        }
         if c.ud.op().is_none() {
             self.stale += 1;
             return false;

@@ -26,6 +26,8 @@ pub enum Op {
     Hangup = 6,
     /// A poll on the worker's inbox (an eventfd the main thread writes), on `SLOT_CORE`.
     Inbox = 7,
+    /// A socket's close, on `SLOT_CORE` (the slot it belonged to may be reused by then).
+    Close = 8,
 }
 
 impl Op {
@@ -38,6 +40,7 @@ impl Op {
             5 => Op::Cancel,
             6 => Op::Hangup,
             7 => Op::Inbox,
+            8 => Op::Close,
             _ => return None,
         })
     }
@@ -121,6 +124,7 @@ mod tests {
                     Op::Cancel,
                     Op::Hangup,
                     Op::Inbox,
+                    Op::Close,
                 ] {
                     for conn in 0..=CONN_MAX {
                         let ud = UserData::new(slot, generation, op, ConnId(conn));
