@@ -294,7 +294,33 @@ impl FrameTracker {
 
     /// Follow `data` passing by in a tunnel, never failing: bytes that break RFC 6455 (or a
     /// tunnel that is not WebSocket at all) mark the stream lost, and it is not tracked on.
-    pub fn track(&mut self, data: &[u8]) {
+    pub fn track(&mut self, mut data: &[u8]) {
+        // The usual case: headers whole where they lie, each payload skipped in one step
+        // (what `feed` does, without a `Step` per piece: this runs on every chunk a tunnel
+        // forwards).
+        while self.have == 0 {
+            let left = self.left();
+            if left >= data.len() as u64 {
+                self.set_left(left - data.len() as u64);
+                return;
+            }
+            data = &data[left as usize..];
+            match parse_header(data) {
+                Ok(Some(h)) => {
+                    self.set_left(h.len);
+                    data = &data[h.header_len..];
+                }
+                Ok(None) => {
+                    // A header cut short: gathered by `step`, from a boundary.
+                    self.set_left(0);
+                    break;
+                }
+                Err(_) => {
+                    self.have = LOST;
+                    return;
+                }
+            }
+        }
         if !self.lost() && self.feed(data).is_err() {
             self.have = LOST;
         }
@@ -361,6 +387,40 @@ mod tests {
         apply_mask(a, [9, 8, 7, 6], 0);
         apply_mask(b, [9, 8, 7, 6], 7);
         assert_eq!(d, orig);
+    }
+
+    #[test]
+    fn track_agrees_with_feed_in_any_split() {
+        // Whole frames, a frame of every length form, and a stream that breaks (reserved
+        // opcode) after them: `track`'s fast path and `feed` step for step must agree on
+        // where the stream stands after every piece.
+        let mut stream = Vec::new();
+        for (i, len) in [0usize, 3, 125, 126, 300, 65536, 70000].iter().enumerate() {
+            let mask = (i % 2 == 0).then_some([9, 8, 7, 6]);
+            stream.extend(frame(opcode::BINARY, &vec![i as u8; *len], mask));
+        }
+        let whole = stream.len();
+        stream.extend_from_slice(b"\x83\x00tail");
+        for step in [1, 2, 5, 13, 14, 15, 127, 1000, 4096, whole, stream.len()] {
+            let (mut a, mut b) = (FrameTracker::default(), FrameTracker::default());
+            let (mut at, mut failed) = (0, false);
+            for piece in stream.chunks(step) {
+                a.track(piece);
+                failed = failed || b.feed(piece).is_err();
+                at += piece.len();
+                assert_eq!(a.lost(), failed, "step {step} at {at}");
+                if !failed {
+                    // (A header's opcode is judged with its second byte.)
+                    assert!(
+                        at <= whole + 1,
+                        "step {step} at {at}: the break went unseen"
+                    );
+                    assert_eq!(a.at_boundary(), b.at_boundary(), "step {step} at {at}");
+                    assert_eq!(a.left(), b.left(), "step {step} at {at}");
+                }
+            }
+            assert!(a.lost(), "step {step}");
+        }
     }
 
     #[test]
