@@ -528,18 +528,22 @@ pub fn rewrite_request(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
-    let ip = fwd.client_ip.to_string();
-    let xff = {
-        let mut v: Vec<u8> = Vec::new();
+    let mut ip_buf = [0; IP_TEXT_MAX];
+    let ip = ip_text(fwd.client_ip, &mut ip_buf);
+    // `X-Forwarded-For`: what came (every such header, in order), then the client; written
+    // where the first one stood, or at the end.
+    let xff = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
         for h in hs.iter().filter(|h| is(h.name, "x-forwarded-for")) {
             let t = h.value.trim_ascii();
             if !t.is_empty() {
-                v.extend_from_slice(t);
-                v.extend_from_slice(b", ");
+                out.extend_from_slice(t);
+                out.extend_from_slice(b", ");
             }
         }
-        v.extend_from_slice(ip.as_bytes());
-        v
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"\r\n");
     };
     let (mut did_conn, mut did_real, mut did_xff, mut did_proto, mut did_host) =
         (false, false, false, false, false);
@@ -558,12 +562,12 @@ pub fn rewrite_request(
             // dropped
         } else if is(n, "x-real-ip") {
             if !did_real {
-                header(out, n, ip.as_bytes());
+                header(out, n, ip);
                 did_real = true;
             }
         } else if is(n, "x-forwarded-for") {
             if !did_xff {
-                header(out, n, &xff);
+                xff(out, n);
                 did_xff = true;
             }
         } else if is(n, "x-forwarded-proto") {
@@ -585,16 +589,52 @@ pub fn rewrite_request(
         header(out, "Connection", connection);
     }
     if !did_real {
-        header(out, "X-Real-IP", ip.as_bytes());
+        header(out, "X-Real-IP", ip);
     }
     if !did_xff {
-        header(out, "X-Forwarded-For", &xff);
+        xff(out, "X-Forwarded-For");
     }
     if !did_proto {
         header(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     Ok(())
+}
+
+/// The longest text of an IP address (an IPv6 address with an IPv4 tail).
+const IP_TEXT_MAX: usize = 45;
+
+/// `ip` as text, in `buf`: an IPv4 address written digit by digit (once per proxied request,
+/// where `to_string` cost a formatter and an allocation), an IPv6 one by its `Display`.
+fn ip_text(ip: IpAddr, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
+    let mut n = 0;
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+        }
+        IpAddr::V6(v6) => {
+            let mut w = &mut buf[..];
+            // Fits: `IP_TEXT_MAX` is the longest an IPv6 address is written.
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{v6}"));
+            n = IP_TEXT_MAX - w.len();
+        }
+    }
+    &buf[..n]
 }
 
 /// Parse a response head. `head_request`: the request was HEAD (no body follows).

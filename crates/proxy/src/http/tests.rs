@@ -343,3 +343,34 @@ fn headers_a_connection_header_names_are_dropped_from_responses_too_and_empty_to
         "{s}"
     );
 }
+
+#[test]
+fn ip_text_writes_what_display_writes() {
+    let mut seen = Vec::new();
+    for a in 0..=255u8 {
+        let b = a.wrapping_mul(7);
+        seen.push(IpAddr::from([a, b, a / 3, 255 - a]));
+    }
+    for s in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.7",
+        "1.20.100.0",
+        "::",
+        "::1",
+        "2001:db8::8a2e:370:7334",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "::ffff:255.255.255.255",
+        "fe80::1:2:3:4",
+    ] {
+        seen.push(s.parse().unwrap());
+    }
+    for ip in seen {
+        let mut buf = [0; super::IP_TEXT_MAX];
+        assert_eq!(
+            super::ip_text(ip, &mut buf),
+            ip.to_string().as_bytes(),
+            "{ip}"
+        );
+    }
+}
