@@ -161,6 +161,19 @@ struct Shared {
     failed: AtomicU64,
     messages: AtomicU64,
     done: AtomicU64,
+    /// Worker threads that have returned or panicked. A worker runs until told to stop, so
+    /// one that ends before that failed: the coordinator stops waiting for it (a connect run
+    /// would otherwise wait out its hour) and the join reports why.
+    ended: AtomicU64,
+}
+
+/// Counts its worker thread in `Shared::ended` however the thread ends (a panic included).
+struct Ended(Arc<Shared>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A worker's result.
@@ -362,6 +375,7 @@ fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("bench-w{w}"))
                 .spawn(move || -> anyhow::Result<Part> {
+                    let _ended = Ended(shared.clone());
                     let ring = Ring::new(RingConfig {
                         sq_entries: 2048,
                         buffers: 4096,
@@ -522,7 +536,10 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
         }
     };
     if opts.mode == Mode::Connect {
-        while shared.done.load(Ordering::Relaxed) < workers as u64 && start.elapsed() < open_limit {
+        while shared.done.load(Ordering::Relaxed) < workers as u64
+            && shared.ended.load(Ordering::Relaxed) == 0
+            && start.elapsed() < open_limit
+        {
             tick(&mut last_progress, "connect");
         }
         let secs = start.elapsed().as_secs_f64();
@@ -531,6 +548,7 @@ fn coordinate(opts: &Opts, shared: &Shared, start: Instant, conns: usize, worker
     }
     // Open everything.
     while shared.established.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < total
+        && shared.ended.load(Ordering::Relaxed) == 0
         && start.elapsed() < open_limit
     {
         tick(&mut last_progress, "opening");

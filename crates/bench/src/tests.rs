@@ -45,3 +45,43 @@ fn the_frames_it_sends_are_masked_and_decode() {
     ws::apply_mask(&mut p, h.mask.unwrap(), 0);
     assert_eq!(p, payload);
 }
+
+#[test]
+fn a_worker_that_ends_early_ends_the_wait_for_it() {
+    // A connect run waits (up to an hour) for every worker to report its share done; a worker
+    // thread that returned an error or panicked never reports, so its end ends the wait.
+    let opts = Opts {
+        mode: Mode::Connect,
+        target: Target::parse("ws://127.0.0.1:9/").unwrap(),
+        connections: 1,
+        count: 10,
+        close_frame: true,
+        size: 64,
+        duration: Duration::from_secs(1),
+        warmup: Duration::ZERO,
+        rate: 0.0,
+        hold: Duration::ZERO,
+        interval: Duration::from_secs(1),
+        source: Vec::new(),
+        workers: 2,
+        timeout: Duration::from_secs(1),
+        ready_file: None,
+        progress: false,
+        tls: None,
+    };
+    let shared = Arc::new(Shared::default());
+    let worker = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let _ended = Ended(shared);
+            panic!("a worker's bug");
+        })
+    };
+    assert!(worker.join().is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(coordinate(&opts, &shared, Instant::now(), 1, 2));
+    });
+    // Without the end counted it would wait out `open_limit` (an hour).
+    assert!(rx.recv_timeout(Duration::from_secs(30)).is_ok());
+}
