@@ -289,7 +289,7 @@ impl BenchWorker {
             self.src_next += 1;
             self.plan.source[(self.src_next - 1) % self.plan.source.len()]
         });
-        let fd = ringway_proxy::sys::connect_socket(target, source)
+        let fd = ringway_proxy::sys::connect_socket(target, source, true)
             .map_err(|e| format!("socket:{}", errno(e)))?;
         let now = self.now_us;
         let mut sock = match &self.opts.tls {

@@ -54,11 +54,12 @@ pub fn listening(s: &Socket) {
     let _ = s.set_tcp_nodelay(true);
 }
 
-/// A TCP socket for connecting to `to` (TCP_NODELAY), bound to `source` when given. The port
+/// A TCP socket for connecting to `to` (with TCP_NODELAY when `nodelay`: else the caller sets
+/// it), bound to `source` when given. The port
 /// is left to connect, per destination (IP_BIND_ADDRESS_NO_PORT), instead of bind reserving
 /// one across every destination: what lets one source address carry more than the ephemeral
 /// range of connections. The errno when the socket cannot be made or bound.
-pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i32> {
+pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> Result<RawFd, i32> {
     use std::os::fd::IntoRawFd;
     let sock = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| errno_of(&e))?;
@@ -71,7 +72,9 @@ pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>) -> Result<RawFd, i
         sock.bind(&SocketAddr::new(src, 0).into())
             .map_err(|e| errno_of(&e))?;
     }
-    let _ = sock.set_tcp_nodelay(true);
+    if nodelay {
+        let _ = sock.set_tcp_nodelay(true);
+    }
     Ok(sock.into_raw_fd())
 }
 

@@ -577,8 +577,8 @@ impl Handler<Slot> for Core {
         match c.ud.op() {
             Some(Op::Accept) if c.ud.slot() != SLOT_CORE => self.accept(r, c),
             Some(Op::Inbox) if c.ud.slot() == SLOT_CORE => self.on_inbox(r),
-            Some(Op::Close) if c.res < 0 => {
-                tracing::debug!("close: {}", crate::sys::errno_name(-c.res));
+            Some(Op::Close | Op::SockOpt) if c.res < 0 => {
+                tracing::debug!("{:?}: {}", c.ud.op(), crate::sys::errno_name(-c.res));
             }
             _ => {}
         }
@@ -593,7 +593,7 @@ impl Handler<Slot> for Core {
             Op::Connect => s.on_connect(id, c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
             Op::Hangup => s.on_hangup(id, c.res, io, env),
-            Op::Accept | Op::Inbox | Op::Close => Next::Continue,
+            Op::Accept | Op::Inbox | Op::Close | Op::SockOpt => Next::Continue,
         });
     }
 

@@ -179,7 +179,11 @@ impl Sys for RingSys<'_> {
         source: Option<std::net::IpAddr>,
         id: ConnId,
     ) -> Result<RawFd, i32> {
-        let fd = crate::sys::connect_socket(addr, source)?;
+        let by_ring = self.ring.sockopt_cmd();
+        let fd = crate::sys::connect_socket(addr, source, !by_ring)?;
+        if by_ring {
+            self.ring.set_nodelay(fd);
+        }
         let ud = self.ud(Op::Connect, id);
         self.ring.connect(fd, addr, ud);
         Ok(fd)

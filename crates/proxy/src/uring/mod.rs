@@ -104,6 +104,8 @@ pub struct Ring {
     pub heap: HeapStore,
     /// The kernel ends a multishot recv after a byte limit (`sqe->optlen`, Linux 6.17+).
     recv_cap: bool,
+    /// The kernel runs a socket's setsockopt as an `IORING_OP_URING_CMD` (Linux 6.7+).
+    sockopt_cmd: bool,
     /// Heap ids of the addresses of connects in flight, by their `user_data`.
     connecting: std::collections::HashMap<u64, u32>,
 }
@@ -111,6 +113,29 @@ pub struct Ring {
 /// Byte offset of `optlen` in the kernel's `struct io_uring_sqe` (a union with `file_index`
 /// and `splice_fd_in`), which the io-uring crate's `RecvMulti` does not expose.
 const SQE_OPTLEN: usize = 44;
+
+/// `SOCKET_URING_OP_SETSOCKOPT` (`linux/io_uring.h`): `IORING_OP_URING_CMD`'s setsockopt.
+const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
+
+/// The value `TCP_NODELAY` is set to through the ring: a static, since the kernel reads it
+/// when it runs the op.
+static ONE: libc::c_int = 1;
+
+/// An SQE that sets `TCP_NODELAY` on `fd`: the level and the option's name in `sqe->addr`'s
+/// two halves, a pointer to the value in `sqe->optval` (the first bytes of the command area),
+/// its length in `sqe->optlen`.
+fn nodelay_sqe(fd: RawFd, ud: UserData) -> squeue::Entry {
+    let level_name =
+        u64::from(libc::IPPROTO_TCP as u32) | (u64::from(libc::TCP_NODELAY as u32) << 32);
+    let mut cmd = [0u8; 16];
+    cmd[..8].copy_from_slice(&(std::ptr::addr_of!(ONE) as u64).to_ne_bytes());
+    let e = opcode::UringCmd16::new(Fd(fd), SOCKET_URING_OP_SETSOCKOPT)
+        .addr(Some(level_name))
+        .cmd(cmd)
+        .build()
+        .user_data(ud.0);
+    with_optlen(e, std::mem::size_of::<libc::c_int>() as u32)
+}
 
 /// `e` with `sqe->optlen` set.
 fn with_optlen(e: squeue::Entry, optlen: u32) -> squeue::Entry {
@@ -175,9 +200,11 @@ impl Ring {
             pool,
             heap: HeapStore::default(),
             recv_cap: false,
+            sockopt_cmd: false,
             connecting: std::collections::HashMap::new(),
         };
         ring.recv_cap = ring.probe_recv_cap();
+        ring.sockopt_cmd = ring.probe_sockopt_cmd();
         Ok(ring)
     }
 
@@ -233,6 +260,39 @@ impl Ring {
             }
         }
         false
+    }
+
+    /// Whether this kernel sets a socket option through the ring: `TCP_NODELAY` set that way
+    /// on a fresh socket must complete with 0 and read back as set.
+    fn probe_sockopt_cmd(&mut self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        else {
+            return false;
+        };
+        let ud = UserData::new(SLOT_CORE, 0, Op::SockOpt, ConnId::CLIENT);
+        self.push(nodelay_sqe(sock.as_raw_fd(), ud));
+        let mut res = None;
+        self.await_op(ud, |c| {
+            res = Some(c.res);
+            true
+        });
+        res == Some(0) && sock.tcp_nodelay().unwrap_or(false)
+    }
+
+    /// Whether [`Ring::set_nodelay`] can be used here (else a socket gets `TCP_NODELAY` by
+    /// a syscall as it is made).
+    pub fn sockopt_cmd(&self) -> bool {
+        self.sockopt_cmd
+    }
+
+    /// Set `TCP_NODELAY` on a socket just made, through the ring (where [`Ring::sockopt_cmd`]):
+    /// its completion, on `SLOT_CORE` (`Op::SockOpt`), says only whether it failed. It is set
+    /// before anything is sent on the socket: SQEs run in the order submitted, and sends wait
+    /// for the connect's completion.
+    pub fn set_nodelay(&mut self, fd: RawFd) {
+        let ud = UserData::new(SLOT_CORE, 0, Op::SockOpt, ConnId::CLIENT);
+        self.push(nodelay_sqe(fd, ud));
     }
 
     /// Whether multishot recvs here stop at a byte cap ([`Ring::recv_capped`]).

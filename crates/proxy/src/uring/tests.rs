@@ -134,3 +134,47 @@ fn probe_leaves_the_callers_timed_reads_alone() {
     }
     assert_eq!(interrupted, 0, "timed reads interrupted after probe()");
 }
+
+#[test]
+fn nodelay_through_the_ring_is_set_before_the_connect_completes() {
+    let Some(mut r) = ring() else { return };
+    eprintln!("setsockopt through the ring supported: {}", r.sockopt_cmd());
+    if !r.sockopt_cmd() {
+        // This kernel cannot: `connect_socket` sets it by a syscall (checked below too).
+        let fd = crate::sys::connect_socket("127.0.0.1:9".parse().unwrap(), None, true).unwrap();
+        let s = super::socket_from_accepted(fd);
+        assert!(s.tcp_nodelay().unwrap());
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let fd = crate::sys::connect_socket(to, None, false).unwrap();
+    let s = super::socket_from_accepted(fd);
+    assert!(!s.tcp_nodelay().unwrap(), "a bare socket starts without it");
+    // As the reactor does: the option's SQE, then the connect's, in one submission.
+    r.set_nodelay(fd);
+    let ud = UserData::new(7, 1, Op::Connect, ConnId::UPSTREAM);
+    r.connect(fd, to, ud);
+    let mut cqes = Vec::with_capacity(8);
+    let mut seen = (None, None);
+    for _ in 0..50 {
+        r.submit_and_wait(Duration::from_millis(100)).unwrap();
+        r.reap(&mut cqes);
+        for c in &cqes {
+            match c.ud.op() {
+                Some(Op::SockOpt) => seen.0 = Some(c.res),
+                Some(Op::Connect) => {
+                    // By the connect's completion the option is in place.
+                    assert!(s.tcp_nodelay().unwrap());
+                    seen.1 = Some(c.res);
+                }
+                _ => {}
+            }
+        }
+        if seen.0.is_some() && seen.1.is_some() {
+            break;
+        }
+    }
+    assert_eq!(seen, (Some(0), Some(0)));
+    assert!(s.tcp_nodelay().unwrap());
+}

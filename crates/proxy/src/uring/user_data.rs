@@ -28,6 +28,8 @@ pub enum Op {
     Inbox = 7,
     /// A socket's close, on `SLOT_CORE` (the slot it belonged to may be reused by then).
     Close = 8,
+    /// A socket option set through the ring, on `SLOT_CORE`.
+    SockOpt = 9,
 }
 
 impl Op {
@@ -41,6 +43,7 @@ impl Op {
             6 => Op::Hangup,
             7 => Op::Inbox,
             8 => Op::Close,
+            9 => Op::SockOpt,
             _ => return None,
         })
     }
@@ -125,6 +128,7 @@ mod tests {
                     Op::Hangup,
                     Op::Inbox,
                     Op::Close,
+                    Op::SockOpt,
                 ] {
                     for conn in 0..=CONN_MAX {
                         let ud = UserData::new(slot, generation, op, ConnId(conn));
