@@ -349,7 +349,7 @@ fn ip_text_writes_what_display_writes() {
     let mut seen = Vec::new();
     for a in 0..=255u8 {
         let b = a.wrapping_mul(7);
-        seen.push(IpAddr::from([a, b, a / 3, 255 - a]));
+        seen.push(std::net::IpAddr::from([a, b, a / 3, 255 - a]));
     }
     for s in [
         "0.0.0.0",
@@ -366,9 +366,9 @@ fn ip_text_writes_what_display_writes() {
         seen.push(s.parse().unwrap());
     }
     for ip in seen {
-        let mut buf = [0; super::IP_TEXT_MAX];
+        let mut buf = [0; super::rewrite::IP_TEXT_MAX];
         assert_eq!(
-            super::ip_text(ip, &mut buf),
+            super::rewrite::ip_text(ip, &mut buf),
             ip.to_string().as_bytes(),
             "{ip}"
         );
