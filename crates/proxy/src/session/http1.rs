@@ -308,7 +308,7 @@ impl Exchange {
                 return Step::Continue;
             };
             let t = &mut self.terms;
-            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, t.is_head) {
+            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, self.req.is_head()) {
                 Ok(None) => return Step::Continue,
                 Ok(Some(resp)) => resp,
                 Err(HeadError::TooLarge | HeadError::UriTooLong) => {
@@ -413,7 +413,7 @@ impl Exchange {
         io: &mut I,
     ) -> Step {
         let r = &mut self.req;
-        let why = if !self.terms.upgrade {
+        let why = if !r.upgrading() {
             Some("101 to a request that did not ask to upgrade")
         } else if !resp
             .upgrade
@@ -462,7 +462,7 @@ impl Exchange {
         let u = &cx.cfg.upstreams[usize::from(r.upstream)];
         let pool = u.keepalive > 0
             && t.up_keep
-            && !t.upgrade
+            && !r.upgrading()
             && whole
             && up.flushed()
             && !up.eof()

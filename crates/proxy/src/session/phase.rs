@@ -188,10 +188,7 @@ pub(super) struct Terms {
     /// Interim (1xx) responses passed on, and their bytes.
     pub interim: u8,
     pub interim_bytes: u16,
-    /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1).
-    pub upgrade: bool,
     pub keep_alive: bool,
-    pub is_head: bool,
     /// The upstream's response leaves its connection open (for the keepalive pool).
     pub up_keep: bool,
     /// What bytes from the client are now.
@@ -241,15 +238,23 @@ impl ReqText {
     }
 
     fn part(&self, i: usize) -> &str {
+        match self.bytes(i) {
+            // Cut at char boundaries from `&str`s: always UTF-8.
+            Some(b) => std::str::from_utf8(b).unwrap_or("-"),
+            None => "-",
+        }
+    }
+
+    /// Part `i` as bytes (no UTF-8 check, for a comparison); `None` without text.
+    fn bytes(&self, i: usize) -> Option<&[u8]> {
         if self.0.len() < ENDS {
-            return "-";
+            return None;
         }
         let end_of = |k: usize| usize::from(u16::from_le_bytes([self.0[2 * k], self.0[2 * k + 1]]));
         let text = &self.0[ENDS..];
         let start = if i == 0 { 0 } else { end_of(i - 1) };
         let end = if i < 3 { end_of(i) } else { text.len() };
-        // Cut at char boundaries from `&str`s: always UTF-8.
-        std::str::from_utf8(&text[start..end]).unwrap_or("-")
+        Some(&text[start..end])
     }
 }
 
@@ -269,6 +274,17 @@ impl Req {
     /// The protocols the client asked to upgrade to ("" when not an upgrade).
     pub fn upgrade_proto(&self) -> &str {
         self.text.part(3)
+    }
+
+    /// Forwarded as an upgrade (an allowed protocol, HTTP/1.1: the text keeps the protocols
+    /// only then). Read from the text, which an exchange always has.
+    pub fn upgrading(&self) -> bool {
+        self.text.bytes(3).is_some_and(|p| !p.is_empty())
+    }
+
+    /// A HEAD request (its response has no body). Read from the text, as `upgrading`.
+    pub fn is_head(&self) -> bool {
+        self.text.bytes(0) == Some(b"HEAD")
     }
 
     /// A request whose head could not be parsed (logged with `-` fields).

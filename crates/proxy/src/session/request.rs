@@ -255,9 +255,7 @@ fn new_terms(
         body_ms: ms32(loc.body_timeout),
         interim: 0,
         interim_bytes: 0,
-        upgrade: !upgrade.is_empty(),
         keep_alive: req.keep_alive,
-        is_head: req.is_head(),
         up_keep: false,
         upward,
     })
