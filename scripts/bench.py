@@ -20,6 +20,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -497,10 +498,12 @@ def kernel_kib():
         return None
 
 
-def idle(load, proxy, n, hold, interval="5s", rate=5000):
+def idle(load, proxy, n, hold, interval="5s", rate=5000, during=None):
     """Hold n idle WebSockets with heartbeats; RSS per connection from the proxy's /proc; the
     kernel's slab and socket-buffer memory per connection from the host's (every socket of the
-    run is on this host: the client's, the proxy's two and the backend's)."""
+    run is on this host: the client's, the proxy's two and the backend's). `during(procs)`, if
+    given, runs once all are open, while they are held (the load generators' processes are
+    passed), and what it returns is kept as the result's "during"."""
     rest = rss_kib(proxy.pids())
     k_rest = kernel_kib()
     per = 18000  # connections per load-generator process (one descriptor each)
@@ -524,6 +527,7 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
     time.sleep(1.0)
     holding = rss_kib(proxy.pids())
     k_holding = kernel_kib()
+    seen = during(procs) if during else None
     results = []
     for p in procs:
         out, err = p.communicate(timeout=limit + 600)
@@ -548,11 +552,17 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000):
         "kib_per_conn": (holding - rest) / est if est else float("nan"),
         "kernel_slab_kib_per_conn": (k_holding[0] - k_rest[0]) / est if est and k_rest and k_holding else None,
         "kernel_tcp_kib_per_conn": (k_holding[1] - k_rest[1]) / est if est and k_rest and k_holding else None,
+        # Heartbeat round trips while held, in µs: each load generator's own percentiles (the
+        # worst process's p99 bounds the p99 of all of them together).
+        "heartbeat_rtt_p50_us": statistics.median(r["latency_us"]["p50"] for r in results) if results and all("latency_us" in r for r in results) else None,
+        "heartbeat_rtt_p99_us_worst": max(r["latency_us"]["p99"] for r in results) if results and all("latency_us" in r for r in results) else None,
+        "heartbeat_rtt_max_us": max(r["latency_us"]["max"] for r in results) if results and all("latency_us" in r for r in results) else None,
+        "during": seen,
         "errors": errors,
     }
 
 
-def idle_run(load, kind, work, args, n, hold, interval, rate=5000, upstream_source=False):
+def idle_run(load, kind, work, args, n, hold, interval, rate=5000, upstream_source=False, during=None):
     """Start enough proxy processes and backends for n idle WebSockets, hold them, report."""
     settle()
     inst = max(1, -(-n // PER_PROCESS))
@@ -561,7 +571,7 @@ def idle_run(load, kind, work, args, n, hold, interval, rate=5000, upstream_sour
     load.start_backends(extra_backends)
     q.start()
     try:
-        r = idle(load, q, n, hold=hold, interval=interval, rate=rate)
+        r = idle(load, q, n, hold=hold, interval=interval, rate=rate, during=(lambda procs: during(q, procs)) if during else None)
         r["processes"] = inst
         log(f"   idle {n}: {r['established']} established, {r['alive_at_end']} alive, {r['kib_per_conn']:.2f} KiB/conn, {r['heartbeats_lost']} heartbeats lost ({inst} proxy processes)")
         return r

@@ -292,9 +292,11 @@ impl BenchWorker {
                     return; // a message we did not ask for (e.g. a server greeting)
                 };
                 self.shared.messages.fetch_add(1, Ordering::Relaxed);
+                // Throughput: the measured window only. Idle: heartbeat round trips while all
+                // are held (not while the others are still opening).
                 let record = match self.opts.mode {
-                    Mode::Throughput => phase == MEASURE,
-                    _ => true,
+                    Mode::Throughput | Mode::Idle => phase == MEASURE,
+                    Mode::Connect => true,
                 };
                 if record {
                     let _ = self.hist.record(now.saturating_sub(sent).max(1));

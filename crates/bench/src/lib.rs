@@ -9,7 +9,8 @@
 //!   handshakes/s and handshake latency percentiles.
 //! - `idle`: N connections opened at `--rate` per second, held for H seconds while each sends a
 //!   `{"type":"ping"}` heartbeat every P seconds; established / alive at the end / errors and
-//!   heartbeat round trips. `--ready-file` is written when all are open (for memory probes).
+//!   heartbeat round trips while all are held. `--ready-file` is written when all are open
+//!   (for memory probes).
 //!
 //! Each socket can bind a source address from `--source CIDR` with IP_BIND_ADDRESS_NO_PORT, so
 //! hundreds of thousands of connections are not limited by one address's ephemeral ports.

@@ -202,10 +202,17 @@ impl BenchWorker {
                 reported = true;
                 self.shared.done.fetch_add(1, Ordering::Relaxed);
             }
-            let wait = match self.sched.peek() {
-                Some(std::cmp::Reverse((at, _, _))) => {
-                    Duration::from_micros(at.saturating_sub(self.now_us)).min(tick)
-                }
+            // Wake for the next timed send, and in idle mode for the next connection to open
+            // at --rate (the wheel's tick alone capped opening at a few per tick).
+            let next_open = (self.opts.mode == Mode::Idle
+                && self.plan.rate > 0.0
+                && !stopping
+                && self.started < self.to_open()
+                && self.connecting < Self::CONNECTING_MAX)
+            .then_some(self.next_open_us);
+            let first = self.sched.peek().map(|std::cmp::Reverse((at, _, _))| *at);
+            let wait = match first.into_iter().chain(next_open).min() {
+                Some(at) => Duration::from_micros(at.saturating_sub(self.now_us)).min(tick),
                 None => tick,
             };
             let cqes = self.r.wait(wait)?;
@@ -251,17 +258,19 @@ pub(super) fn errno(e: i32) -> String {
 impl BenchWorker {
     /// Start connections as the mode allows: all at once (bounded connects in flight), at a
     /// rate (idle), or keeping C in flight until N are done (connect).
+    /// Handshakes in flight at most per worker.
+    const CONNECTING_MAX: usize = 512;
+
     pub(super) fn open_more(&mut self) {
         if self.phase() == STOP {
             return;
         }
-        const CONNECTING_MAX: usize = 512;
         let interval_us = if self.opts.mode == Mode::Idle && self.plan.rate > 0.0 {
             (1e6 / self.plan.rate) as u64
         } else {
             0
         };
-        while self.started < self.to_open() && self.connecting < CONNECTING_MAX {
+        while self.started < self.to_open() && self.connecting < Self::CONNECTING_MAX {
             if self.opts.mode == Mode::Connect && self.r.slots.len() >= self.plan.conns.max(1) {
                 break;
             }
