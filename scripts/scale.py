@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,11 +36,41 @@ bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
 
+def our_groups():
+    """This script's processes by role, from their command lines: proxy, load generators, echo
+    backends; and the host's init (on this VM an agent that walks every process's descriptors)."""
+    groups = {"proxy": [], "load": [], "echo": [], "pid1": [1]}
+    for pid in bench.descendants(os.getpid()):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline").read().split("\0")
+        except OSError:
+            continue
+        if len(cmd) > 2 and cmd[1] == "run":
+            groups["proxy"].append(pid)
+        elif len(cmd) > 2 and cmd[1] == "bench":
+            groups["load"].append(pid)
+        elif len(cmd) > 1 and cmd[1] == "echo":
+            groups["echo"].append(pid)
+    return groups
+
+
+def established_now():
+    """TCP sockets in use in this network namespace (/proc/net/sockstat)."""
+    with open("/proc/net/sockstat") as f:
+        tcp = next(l for l in f if l.startswith("TCP:")).split()
+    return int(tcp[tcp.index("inuse") + 1])
+
+
 def proc_stat():
-    """The machine's CPU ticks: (user+nice, system, irq+softirq, idle+iowait)."""
+    """Each CPU's ticks and the machine's ("cpu"): (user+nice, system, irq+softirq, idle+iowait)."""
+    out = {}
     with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:8]]
-    return v[0] + v[1], v[2], v[5] + v[6], v[3] + v[4]
+        for line in f:
+            if line.startswith("cpu"):
+                name, *v = line.split()
+                v = [int(x) for x in v[:7]]
+                out[name] = (v[0] + v[1], v[2], v[5] + v[6], v[3] + v[4])
+    return out
 
 
 def groups_now(groups):
@@ -120,15 +151,34 @@ def main():
     ap.add_argument("--netns", action="store_true",
                     help="run everything in a network namespace of its own (unshare --net, loopback up), "
                          "out of sight of host agents that read the socket table")
-    ap.add_argument("--proxy-cpu", type=int, default=0)
-    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--ehash", type=int, default=None,
+                    help="with --netns: the namespace's own TCP established-hash buckets "
+                         "(net.ipv4.tcp_child_ehash_entries; default: a power of two >= 4 sockets per connection)")
+    ap.add_argument("--proxy-cpu", type=int, default=0, help="CPU for the proxies (-1: not pinned)")
+    ap.add_argument("--load-cpu", type=int, default=1, help="CPU for the load generators and backends (-1: not pinned)")
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args = ap.parse_args()
+    args.proxy_cpu = None if args.proxy_cpu < 0 else args.proxy_cpu
+    args.load_cpu = None if args.load_cpu < 0 else args.load_cpu
     if args.netns and os.environ.get("RINGWAY_SCALE_NETNS") != "1":
         # Re-run this script in a new network namespace; its sysctls (port range, backlog) are
         # the namespace's own, so bench.tune() runs again inside.
+        # A namespace can have an established-socket hash of its own, sized for the run (the
+        # host's is sized at boot); the setting applies to namespaces created after it is set.
         env = dict(os.environ, RINGWAY_SCALE_NETNS="1")
-        sys.exit(subprocess.run(["unshare", "--net", "--", sys.executable] + sys.argv, env=env).returncode)
+        knob = "/proc/sys/net/ipv4/tcp_child_ehash_entries"
+        want = args.ehash or 1 << (4 * args.connections - 1).bit_length()
+        old = open(knob).read().strip() if os.path.exists(knob) else None
+        if old is not None:
+            with open(knob, "w") as f:
+                f.write(str(min(want, 1 << 24)))
+        try:
+            rc = subprocess.run(["unshare", "--net", "--", sys.executable] + sys.argv, env=env).returncode
+        finally:
+            if old is not None:
+                with open(knob, "w") as f:
+                    f.write(old)
+        sys.exit(rc)
     if args.netns:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     work = tempfile.mkdtemp(prefix="ringway-scale-")
@@ -138,14 +188,12 @@ def main():
     load = bench.Load(args, work)
     tick = os.sysconf("SC_CLK_TCK")
 
-    def during(proxy, procs):
-        groups = {"proxy": proxy.pids(), "load": [p.pid for p in procs],
-                  "echo": [p.pid for p in load.echos],
-                  # the host's init (on this VM an agent that reads the socket table)
-                  "pid1": [1]}
+    def sample(label):
+        """CPU of the machine and of each group for --window seconds (perf alongside)."""
+        groups = our_groups()
         owner = owners(groups)
         perf = None
-        data = os.path.join(work, "perf.data")
+        data = os.path.join(work, f"perf-{label}.data")
         if args.perf:
             perf = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-o", data, "--", "sleep", str(args.window)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -153,30 +201,44 @@ def main():
         time.sleep(args.window)
         m1, g1, t1 = proc_stat(), groups_now(groups), time.time()
         secs = t1 - t0
-        machine = dict(zip(["user", "system", "irq_softirq", "idle"], [(b - a) / tick / secs for a, b in zip(m0, m1)]))
+        machine = {("machine" if cpu == "cpu" else cpu): dict(zip(["user", "system", "irq_softirq", "idle"],
+                                                                [(b - a) / tick / secs for a, b in zip(m0[cpu], m1[cpu])]))
+                   for cpu in m0}
         per_group = {name: {"user": (g1[name][0] - g0[name][0]) / tick / secs,
                             "system": (g1[name][1] - g0[name][1]) / tick / secs} for name in groups}
         res = {"seconds": round(secs, 1), "machine_cores": machine, "group_cores": per_group,
-               "processes": {k: len(v) for k, v in groups.items()}}
+               "processes": {k: len(v) for k, v in groups.items()}, "tcp_established": established_now()}
         if perf:
             perf.wait(timeout=args.window + 120)
-        if args.queues:
-            res["queues"] = queues(proxy.port)
+        if args.queues and label == "held":
+            res["queues"] = queues(bench.PORTS["ringway"])
         if perf:
             res["perf"] = perf_summary(data, owner)
         return res
+
+    ramp = {}
+
+    def sample_ramp():
+        # Half-way through opening (at --rate), while connections are still being opened.
+        time.sleep(args.connections / args.rate / 2)
+        ramp.update(sample("ramp"))
+
+    threading.Thread(target=sample_ramp, daemon=True).start()
 
     t = time.time()
     init0 = bench.cpu_ticks([1])
     try:
         load.start_backends(1)
         r = bench.idle_run(load, "ringway", work, args, args.connections, hold=args.hold, interval=args.interval,
-                           rate=args.rate, upstream_source=True, during=during)
+                           rate=args.rate, upstream_source=True,
+                           during=lambda proxy, procs: sample("held"))
+        r["ramp"] = ramp
     finally:
         bench.stop_all()
     init1 = bench.cpu_ticks([1])
     r["pid1_cpu_seconds_whole_run"] = {"user": (init1[0] - init0[0]) / tick, "system": (init1[1] - init0[1]) / tick}
     r["sysctl_changes"] = changed
+    r["tcp_ehash_entries"] = open("/proc/sys/net/ipv4/tcp_ehash_entries").read().strip() if os.path.exists("/proc/sys/net/ipv4/tcp_ehash_entries") else None
     r["command"] = "python3 scripts/scale.py " + " ".join(sys.argv[1:])
     r["seconds"] = round(time.time() - t)
     text = json.dumps(r, indent=1)

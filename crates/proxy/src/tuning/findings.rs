@@ -43,6 +43,7 @@ pub fn findings(s: &State, n: &Needs) -> Vec<Finding> {
         memory::socket_memory,
         accept_queues,
         conntrack,
+        ehash,
         time_wait,
         drain,
         ports,
@@ -368,6 +369,55 @@ fn conntrack(rows: &mut Rows, s: &State, n: &Needs) {
             format!(">= {flows}"),
             Status::Warn,
             "could not read it".into(),
+            None,
+        ),
+    }
+}
+
+/// TCP's established-socket hash: every segment received looks its socket up there. Its size
+/// is fixed at boot (`thash_entries=`), from the host's memory, not from what it will hold.
+fn ehash(rows: &mut Rows, s: &State, n: &Needs) {
+    const SETTING: &str = "TCP established hash (boot: thash_entries)";
+    let sockets = n.connections * FDS_PER_SESSION;
+    let needed = format!(">= {} buckets", sockets / 2);
+    let buckets = s
+        .ehash
+        .as_ref()
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(i64::unsigned_abs);
+    match buckets {
+        None => rows.add(
+            SETTING,
+            show(&s.ehash),
+            needed,
+            Status::Ok,
+            "this kernel does not show the table's size (Linux < 6.1); the boot log does: \
+             `dmesg | grep 'TCP established hash'`"
+                .into(),
+            None,
+        ),
+        Some(b) if b.saturating_mul(2) >= sockets => rows.add(
+            SETTING,
+            b.to_string(),
+            needed,
+            Status::Ok,
+            format!("{sockets} sockets (two per session) in {b} buckets: lookups stay short"),
+            None,
+        ),
+        Some(b) => rows.add(
+            SETTING,
+            b.to_string(),
+            needed,
+            Status::Warn,
+            format!(
+                "{sockets} sockets (two per session; more if clients or backends run on this \
+                 host) in {b} buckets: every received segment walks a chain of ~{} sockets. \
+                 Sized at boot from memory, not settable at run time: boot with \
+                 thash_entries={}",
+                sockets.div_ceil(b.max(1)),
+                sockets.next_power_of_two()
+            ),
             None,
         ),
     }

@@ -48,6 +48,9 @@ pub struct State {
     pub tcp_mem: Reading,
     pub tcp_rmem: Reading,
     pub tcp_wmem: Reading,
+    /// `net.ipv4.tcp_ehash_entries` (Linux 6.1+): buckets of TCP's established-socket hash,
+    /// negative when the namespace shares the host's.
+    pub ehash: Reading,
     /// `MemTotal` of /proc/meminfo, in bytes.
     pub mem_total: Option<u64>,
     /// The kernel's page size (the unit of `tcp_mem`).
@@ -200,6 +203,7 @@ pub fn read_state(root: &Path) -> State {
         tcp_mem: sys("net/ipv4/tcp_mem"),
         tcp_rmem: sys("net/ipv4/tcp_rmem"),
         tcp_wmem: sys("net/ipv4/tcp_wmem"),
+        ehash: sys("net/ipv4/tcp_ehash_entries"),
         mem_total: std::fs::read_to_string(root.join("proc/meminfo"))
             .ok()
             .and_then(|m| {

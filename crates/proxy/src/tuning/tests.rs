@@ -36,6 +36,7 @@ fn tree(over: &[(&str, Option<&str>)]) -> Tree {
         ("proc/sys/net/ipv4/tcp_mem".into(), "1572864\t2097152\t3145728\n".into()),
         ("proc/sys/net/ipv4/tcp_rmem".into(), "4096\t131072\t6291456\n".into()),
         ("proc/sys/net/ipv4/tcp_wmem".into(), "4096\t16384\t4194304\n".into()),
+        ("proc/sys/net/ipv4/tcp_ehash_entries".into(), "524288\n".into()),
         ("proc/meminfo".into(), "MemTotal:       65536000 kB\nMemFree:        1000 kB\n".into()),
     ];
     for (k, v) in over {
@@ -165,6 +166,32 @@ fn network_settings_too_low_and_just_enough() {
     assert_eq!(row(&f, "net.ipv4.tcp_tw_reuse").status, Status::Warn);
     assert_eq!(row(&f, "net.ipv4.tcp_fin_timeout").status, Status::Warn);
     assert_eq!(worst(&f), Status::Warn, "warnings alone do not fail");
+}
+
+#[test]
+fn established_hash_is_judged_by_the_sockets_planned() {
+    const EHASH: &str = "TCP established hash (boot: thash_entries)";
+    // This machine's: 262,144 buckets (sized at boot from 24 GiB).
+    let t = tree(&[("proc/sys/net/ipv4/tcp_ehash_entries", Some("262144\n"))]);
+    let r = run(&t, 250_000);
+    assert_eq!(row(&r, EHASH).status, Status::Ok, "{:?}", row(&r, EHASH));
+    let f = run(&t, 500_000);
+    let r = row(&f, EHASH);
+    assert_eq!(r.status, Status::Warn);
+    assert_eq!(r.current, "262144");
+    // Not a sysctl: the boot parameter is named, nothing is written.
+    assert!(r.why.contains("thash_entries=1048576"), "{}", r.why);
+    assert!(r.why.contains("~4 sockets"), "{}", r.why);
+    assert_eq!(r.fix, None);
+    // A namespace sharing the host's table shows it negated.
+    let t = tree(&[("proc/sys/net/ipv4/tcp_ehash_entries", Some("-262144\n"))]);
+    assert_eq!(row(&run(&t, 500_000), EHASH).current, "262144");
+    // Older kernels do not show it: no judgement, and where to look.
+    let t = tree(&[("proc/sys/net/ipv4/tcp_ehash_entries", None)]);
+    let f = run(&t, 500_000);
+    let r = row(&f, EHASH);
+    assert_eq!(r.status, Status::Ok);
+    assert!(r.why.contains("dmesg"), "{}", r.why);
 }
 
 #[test]
