@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""The scale run on its own (issue 23): hold N idle proxied WebSockets through ringway with
-heartbeats, and say where the machine's time goes while they are held.
+"""The scale run on its own (issue 23): hold N idle proxied WebSockets through one proxy with
+heartbeats, and say where the machine's time goes while they are held. `scripts/bench.sh`'s
+largest idle runs are this script.
 
-    python3 scripts/scale.py [--connections 500000] [--rate 2000] [--interval 30s] [--hold 60s]
-                             [--window 20] [--perf] [--out FILE.json]
+    python3 scripts/scale.py [--proxy ringway] [--connections 500000] [--rate 2000]
+                             [--interval 30s] [--hold 60s] [--window 20] [--perf] [--queues]
+                             [--netns] [--proxy-cpu 0 --load-cpu 1] [--out FILE.json]
 
 The set-up is `scripts/bench.sh`'s largest idle run (its machinery: benchmark sysctls, several
 proxy processes on one port, 8,000 sessions each, upstream sockets bound over 127.3.0.0/16,
 several echo backends, load generators of 18,000 connections each, every process stopped by
-PID). Proxies run on CPU 0, the load generators and the echo backends on CPU 1.
+PID). Proxies run on CPU 0, the load generators and the echo backends on CPU 1, unless
+`--proxy-cpu -1 --load-cpu -1` leaves the placing to the scheduler. `--netns` runs everything
+in a network namespace of its own with an established-socket hash sized for the run (see
+tuning/99-ringway.conf: the host's is sized at boot).
 
 While everything is held, for `--window` seconds: the machine's CPU from /proc/stat (user,
 system, softirq, idle) and each group's (proxy, load generators, echo backends) from their
@@ -141,6 +146,7 @@ def queues(proxy_port, backend_port=9000):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--proxy", default="ringway", choices=["ringway", "nginx", "haproxy"])
     ap.add_argument("--connections", type=int, default=500000)
     ap.add_argument("--rate", type=int, default=2000, help="connections opened per second, all load generators together")
     ap.add_argument("--interval", default="30s", help="heartbeat period per connection")
@@ -211,7 +217,7 @@ def main():
         if perf:
             perf.wait(timeout=args.window + 120)
         if args.queues and label == "held":
-            res["queues"] = queues(bench.PORTS["ringway"])
+            res["queues"] = queues(bench.PORTS[args.proxy])
         if perf:
             res["perf"] = perf_summary(data, owner)
         return res
@@ -229,8 +235,8 @@ def main():
     init0 = bench.cpu_ticks([1])
     try:
         load.start_backends(1)
-        r = bench.idle_run(load, "ringway", work, args, args.connections, hold=args.hold, interval=args.interval,
-                           rate=args.rate, upstream_source=True,
+        r = bench.idle_run(load, args.proxy, work, args, args.connections, hold=args.hold, interval=args.interval,
+                           rate=args.rate, upstream_source=args.proxy == "ringway",
                            during=lambda proxy, procs: sample("held"))
         r["ramp"] = ramp
     finally:
