@@ -1,8 +1,9 @@
 #!/bin/sh
 # ringway vs nginx vs HAProxy vs direct, side by side, written to BENCHMARKS.md.
 #   scripts/bench.sh --quick     # about 4 minutes
-#   scripts/bench.sh             # the full run (idle 100k for all; largest idle run: ringway
-#                                # 300k, nginx and HAProxy 200k; wss rows), under 30 minutes
+#   scripts/bench.sh             # the full run (idle 100k for all; largest idle run, in a
+#                                # network namespace of its own (scripts/scale.py): ringway
+#                                # 500k, nginx and HAProxy 200k; wss rows), about 30 minutes
 #   scripts/bench.sh --against OLD [--rounds N]
 #                                # this build beside the ringway binary OLD, about 15 minutes:
 #                                # user-space instructions per message and per handshake
