@@ -115,6 +115,12 @@ fn each_mode_counts_what_it_did() {
         sent >= 200 && echoed + 200 >= sent,
         "sent {sent} echoed {echoed}"
     );
+    // Round trips are those of heartbeats echoed while all 200 were held: some, not all.
+    let timed = v["latency_us"]["count"].as_u64().unwrap();
+    assert!(
+        timed > 0 && timed <= echoed,
+        "timed {timed} echoed {echoed}"
+    );
     assert_eq!(std::fs::read_to_string(&ready).unwrap().trim(), "200");
 }
 

@@ -209,7 +209,7 @@ impl BenchWorker {
                 && !stopping
                 && self.started < self.to_open()
                 && self.connecting < Self::CONNECTING_MAX)
-            .then_some(self.next_open_us);
+                .then_some(self.next_open_us);
             let first = self.sched.peek().map(|std::cmp::Reverse((at, _, _))| *at);
             let wait = match first.into_iter().chain(next_open).min() {
                 Some(at) => Duration::from_micros(at.saturating_sub(self.now_us)).min(tick),
