@@ -256,11 +256,11 @@ pub(super) fn errno(e: i32) -> String {
 }
 
 impl BenchWorker {
-    /// Start connections as the mode allows: all at once (bounded connects in flight), at a
-    /// rate (idle), or keeping C in flight until N are done (connect).
     /// Handshakes in flight at most per worker.
     const CONNECTING_MAX: usize = 512;
 
+    /// Start connections as the mode allows: all at once (bounded connects in flight), at a
+    /// rate (idle), or keeping C in flight until N are done (connect).
     pub(super) fn open_more(&mut self) {
         if self.phase() == STOP {
             return;

@@ -392,9 +392,18 @@ fn ehash(rows: &mut Rows, s: &State, n: &Needs) {
             show(&s.ehash),
             needed,
             Status::Ok,
-            "this kernel does not show the table's size (Linux < 6.1); the boot log does: \
-             `dmesg | grep 'TCP established hash'`"
-                .into(),
+            match &s.ehash {
+                Err(e) if e == "not present" => {
+                    "this kernel does not show the table's size (Linux < 6.1); the boot log \
+                     does: `dmesg | grep 'TCP established hash'`"
+                        .to_string()
+                }
+                r => format!(
+                    "could not read net.ipv4.tcp_ehash_entries ({}); the boot log shows the \
+                     size: `dmesg | grep 'TCP established hash'`",
+                    show(r)
+                ),
+            },
             None,
         ),
         Some(b) if b.saturating_mul(2) >= sockets => rows.add(
