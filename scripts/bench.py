@@ -591,7 +591,12 @@ def scale_run(kind, n, rate, work):
     cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale.py"), "--netns",
            "--proxy", kind, "--connections", str(n), "--rate", str(rate), "--interval", "25s", "--hold", "30s",
            "--window", "10", "--proxy-cpu", "-1", "--load-cpu", "-1", "--out", out]
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=n / rate + 900)
+    p = start(cmd)  # stopped by PID with SIGTERM on the way out, like every process here
+    try:
+        p.wait(timeout=n / rate + 900)
+    except subprocess.TimeoutExpired:
+        log(f"   scale.py for {kind} ran past its time; stopped")
+    stop(p, wait=120)
     try:
         with open(out) as f:
             return json.load(f)

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -179,7 +180,14 @@ def main():
             with open(knob, "w") as f:
                 f.write(str(min(want, 1 << 24)))
         try:
-            rc = subprocess.run(["unshare", "--net", "--", sys.executable] + sys.argv, env=env).returncode
+            inner = subprocess.Popen(["unshare", "--net", "--", sys.executable] + sys.argv, env=env)
+            try:
+                rc = inner.wait()
+            except KeyboardInterrupt:
+                # Stopped (Ctrl-C, SIGTERM): the run inside stops what it started.
+                inner.terminate()
+                inner.wait(timeout=120)
+                raise
         finally:
             if old is not None:
                 with open(knob, "w") as f:
@@ -255,4 +263,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM (a timeout, bench.py stopping it) cleans up like Ctrl-C: every process started is
+    # stopped by PID (bench.stop_all in main's finally).
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
