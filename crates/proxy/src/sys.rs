@@ -55,10 +55,10 @@ pub fn listening(s: &Socket) {
 }
 
 /// A TCP socket for connecting to `to` (with TCP_NODELAY when `nodelay`: else the caller sets
-/// it), bound to `source` when given. The port
-/// is left to connect, per destination (IP_BIND_ADDRESS_NO_PORT), instead of bind reserving
-/// one across every destination: what lets one source address carry more than the ephemeral
-/// range of connections. The errno when the socket cannot be made or bound.
+/// it), bound to `source` when given. The port is left to connect, per destination
+/// (IP_BIND_ADDRESS_NO_PORT), instead of bind reserving one across every destination: what
+/// lets one source address carry more than the ephemeral range of connections. The errno when
+/// the socket cannot be made or bound.
 pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> Result<RawFd, i32> {
     use std::os::fd::IntoRawFd;
     let sock = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))

@@ -545,12 +545,6 @@ impl Ring {
         self.connecting.insert(ud.0, id);
     }
 
-    /// Cancel the op(s) submitted with `target`.
-    ///
-    /// Always by `user_data`, never by fd: the kernel finds a `user_data` in its hash of pending
-    /// polls, but a cancel by fd scans every pending request of the ring. Closing N connections
-    /// by fd is then O(N²): at 500k connections (several processes of ~9k) closing stalled
-    /// for minutes; by `user_data` it is immediate.
     /// Close `fd`, which has no op in flight, through the ring: its completion (on
     /// `SLOT_CORE`, `Op::Close`) says only whether it failed. One SQE in the turn's batch
     /// instead of a `close(2)` of its own (two per proxied handshake). The fd number stays
@@ -560,6 +554,12 @@ impl Ring {
         self.push(opcode::Close::new(Fd(fd)).build().user_data(ud.0));
     }
 
+    /// Cancel the op(s) submitted with `target`.
+    ///
+    /// Always by `user_data`, never by fd: the kernel finds a `user_data` in its hash of pending
+    /// polls, but a cancel by fd scans every pending request of the ring. Closing N connections
+    /// by fd is then O(N²): at 500k connections (several processes of ~9k) closing stalled
+    /// for minutes; by `user_data` it is immediate.
     pub fn cancel_op(&mut self, target: UserData, ud: UserData) {
         let e = opcode::AsyncCancel2::new(CancelBuilder::user_data(target.0).all())
             .build()
