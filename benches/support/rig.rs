@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use ringway_proxy::config::Config;
-use ringway_proxy::reactor::Sys;
+use ringway_proxy::reactor::{Pipe, Sys};
 use ringway_proxy::session::{AccessLog, Env, Io, Next, Observed, Session};
 use ringway_proxy::upstream::Balancers;
 use ringway_proxy::upstream::pool::Pool;
@@ -101,6 +101,19 @@ impl Sys for Effects {
         true
     }
     fn park(&mut self, _id: ConnId) {}
+    // The rig's messages are far below `runtime.splice_min`, and it has no pipes: a tunnel
+    // here never splices.
+    fn watch_ready(&mut self, _fd: RawFd, _id: ConnId, _write: bool) {}
+    fn splice(&mut self, _from: RawFd, _to: RawFd, _len: u32) -> Result<u32, i32> {
+        Err(38) // ENOSYS
+    }
+    fn pipe(&mut self) -> Option<Pipe> {
+        None
+    }
+    fn pipe_back(&mut self, _p: Pipe) {}
+    fn nonblocking(&mut self, _fd: RawFd) -> bool {
+        true
+    }
 }
 
 impl Io for Effects {

@@ -84,6 +84,8 @@ pub struct WorkerMetrics {
     /// Bytes from clients and from upstreams, counted when each request ends.
     pub bytes_from_client: AtomicU64,
     pub bytes_from_upstream: AtomicU64,
+    /// Bytes of tunnels that went by splice(2), as they go.
+    pub bytes_spliced: AtomicU64,
     /// Provided buffers of the worker's pool, and how many are held now (set once a tick).
     pub pool_buffers: AtomicU64,
     pub pool_in_use: AtomicU64,
@@ -109,6 +111,7 @@ impl Default for WorkerMetrics {
             tunnels: AtomicU64::new(0),
             bytes_from_client: AtomicU64::new(0),
             bytes_from_upstream: AtomicU64::new(0),
+            bytes_spliced: AtomicU64::new(0),
             pool_buffers: AtomicU64::new(0),
             pool_in_use: AtomicU64::new(0),
             ended: [const { AtomicU64::new(0) }; End::KINDS],
@@ -136,6 +139,11 @@ impl WorkerMetrics {
     pub fn request_done(&self, from_client: u64, from_upstream: u64) {
         bump(&self.bytes_from_client, from_client);
         bump(&self.bytes_from_upstream, from_upstream);
+    }
+
+    /// `n` bytes of a tunnel went by splice(2).
+    pub fn spliced(&self, n: u32) {
+        bump(&self.bytes_spliced, u64::from(n));
     }
 
     /// A 101 went to the client `ms` after its request began.

@@ -13,7 +13,7 @@ use socket2::Socket;
 use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
-use crate::reactor::{Handler, Reactor, RingSys, Sys};
+use crate::reactor::{Handler, Pipe, Reactor, RingSys, Sys};
 use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session, Stage};
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
@@ -593,6 +593,8 @@ impl Handler<Slot> for Core {
             Op::Connect => s.on_connect(id, c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
             Op::Hangup => s.on_hangup(id, c.res, io, env),
+            Op::Readable => s.on_ready(id, false, io, env),
+            Op::Writable => s.on_ready(id, true, io, env),
             Op::Accept | Op::Inbox | Op::Close | Op::SockOpt => Next::Continue,
         });
     }
@@ -698,6 +700,21 @@ impl Sys for WorkerIo<'_> {
     fn park(&mut self, id: ConnId) {
         self.sys.park(id)
     }
+    fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool) {
+        self.sys.watch_ready(fd, id, write)
+    }
+    fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
+        self.sys.splice(from, to, len)
+    }
+    fn pipe(&mut self) -> Option<Pipe> {
+        self.sys.pipe()
+    }
+    fn pipe_back(&mut self, p: Pipe) {
+        self.sys.pipe_back(p)
+    }
+    fn nonblocking(&mut self, fd: RawFd) -> bool {
+        self.sys.nonblocking(fd)
+    }
 }
 
 impl Io for WorkerIo<'_> {
@@ -705,6 +722,7 @@ impl Io for WorkerIo<'_> {
         match what {
             Observed::Connected(ms) => self.metrics.connect.observe_ms(ms),
             Observed::TunnelOpened(ms) => self.metrics.tunnel_opened(ms),
+            Observed::Spliced(n) => self.metrics.spliced(n),
         }
     }
 

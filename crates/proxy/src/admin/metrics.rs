@@ -229,6 +229,18 @@ impl Sources {
                 }
             }
         }
+        {
+            let mut d = e.encode_descriptor(
+                "spliced",
+                "Bytes of tunnels moved by splice(2), socket to pipe to socket, as they go.",
+                Some(&Unit::Bytes),
+                Counter,
+            )?;
+            for (i, w) in self.workers.iter().enumerate() {
+                let labels: Labels = vec![("worker", i.to_string())];
+                ConstCounter::new(get(&w.bytes_spliced)).encode(d.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 

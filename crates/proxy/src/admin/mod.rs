@@ -159,6 +159,7 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                         "limited": w.ended(crate::session::End::Limited.index()),
                         "bytes_from_client": get(&w.bytes_from_client),
                         "bytes_from_upstream": get(&w.bytes_from_upstream),
+                        "bytes_spliced": get(&w.bytes_spliced),
                         "buffer_pool": { "buffers": get(&w.pool_buffers), "in_use": get(&w.pool_in_use) },
                     })
                 })

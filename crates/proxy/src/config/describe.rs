@@ -12,7 +12,7 @@ impl Config {
         let r = &self.runtime;
         let _ = writeln!(
             o,
-            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={}",
+            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={} splice_min={}",
             r.workers,
             r.max_connections,
             fmt_duration(r.shutdown_grace),
@@ -21,7 +21,11 @@ impl Config {
             r.drain_reason,
             r.buffers,
             r.buffer_size,
-            r.access_log
+            r.access_log,
+            match r.splice_min {
+                0 => "off".to_string(),
+                n => format!("{n}B"),
+            }
         );
         for z in &self.conn_zones {
             let _ = writeln!(

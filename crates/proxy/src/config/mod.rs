@@ -79,6 +79,9 @@ pub struct Runtime {
     pub drain_reason: String,
     /// Where a new binary asks for the listening sockets (`ringway run --upgrade`).
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// A plain tunnel splices a frame's payload (socket → pipe → socket) when at least this
+    /// much of it is still to come; 0: never.
+    pub splice_min: u64,
 }
 
 /// A location's heartbeat: ping a peer that has sent nothing for `interval`; close it when it
@@ -372,6 +375,8 @@ pub mod defaults {
     /// is for the close handshakes and for clients that answer late.
     pub const DRAIN_SPREAD_DIV: u32 = 2;
     pub const DRAIN_CODE: u16 = 1012;
+    /// `runtime.splice_min` unless set (see `docs/design-notes.md`, "Splice for bulk frames").
+    pub const SPLICE_MIN: u64 = 64 * 1024;
     pub const DRAIN_REASON: &str = "service restart";
     /// `heartbeat.timeout` unless set.
     pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);

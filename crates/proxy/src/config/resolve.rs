@@ -186,7 +186,9 @@ fn runtime(cx: &Ctx<'_>, rt: &raw::Runtime) -> Result<Runtime, ConfigError> {
         ));
     }
     let (drain_code, drain_reason) = drain_close(cx, rt.drain_close.as_ref())?;
+    let splice_min = cx.size(&rt.splice_min, "runtime.splice_min", defaults::SPLICE_MIN)?;
     Ok(Runtime {
+        splice_min,
         workers,
         max_connections,
         shutdown_grace,

@@ -52,6 +52,8 @@ pub struct Conn {
     shut: Shut,
     /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
     hup: Recv,
+    /// The readiness polls of a splice (`READABLE`, `WRITABLE`) armed on this socket.
+    polls: u8,
     /// The yes/no state below (`EOF` … `TORN`), one bit each: a connection is in every
     /// session twice, so its size is memory per connection.
     flags: u8,
@@ -78,6 +80,17 @@ const KEEP: u8 = 1 << 4;
 const TORN: u8 = 1 << 5;
 /// A send is in flight: it is the queue's first chunk.
 const SENDING: u8 = 1 << 6;
+/// The socket is non-blocking (made so for splice(2), which would wait on a blocking one).
+const NONBLOCK: u8 = 1 << 7;
+
+/// `Conn::polls`: a poll for POLLIN is armed (the socket a tunnel splices from).
+const READABLE: u8 = 1;
+/// `Conn::polls`: a poll for POLLOUT is armed (the socket a tunnel splices into).
+const WRITABLE: u8 = 1 << 1;
+
+fn poll_bit(write: bool) -> u8 {
+    if write { WRITABLE } else { READABLE }
+}
 
 impl Conn {
     #[inline(always)]
@@ -253,6 +266,7 @@ impl Conn {
             recv: Recv::Off,
             shut: Shut::Open,
             hup: Recv::Off,
+            polls: 0,
             flags: if fd >= 0 { READY } else { 0 },
             uses: 0,
             queue: Queue::default(),
@@ -428,6 +442,43 @@ impl Conn {
         self.hup = Recv::Off;
     }
 
+    /// Whether the readiness poll for writing (`write`) or reading is armed.
+    #[inline]
+    pub fn ready_armed(&self, write: bool) -> bool {
+        self.polls & poll_bit(write) != 0
+    }
+
+    /// Arm a one-shot poll for the socket being writable (`write`) or readable, unless it is
+    /// armed already or the socket is going away.
+    pub fn watch_ready(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId, write: bool) {
+        if self.ready_armed(write) || !self.open() {
+            return;
+        }
+        self.polls |= poll_bit(write);
+        self.op_started();
+        io.watch_ready(self.fd, id, write);
+    }
+
+    /// The readiness poll for writing (`write`) or reading completed.
+    pub fn ready_ended(&mut self, write: bool) {
+        debug_assert!(self.ready_armed(write), "a readiness poll that was not armed");
+        if self.ready_armed(write) {
+            self.polls &= !poll_bit(write);
+            self.op_done();
+        }
+    }
+
+    /// Make the socket non-blocking (once), for splice(2); false when that failed.
+    pub fn make_nonblocking(&mut self, io: &mut (impl Sys + ?Sized)) -> bool {
+        if !self.has(NONBLOCK) {
+            if !self.open() || !io.nonblocking(self.fd) {
+                return false;
+            }
+            self.set(NONBLOCK, true);
+        }
+        true
+    }
+
     /// Stop using the socket: cancel exactly the ops in flight, by their user_data (a
     /// shutdown in flight completes on its own); the fd closes in [`Conn::close_when_done`]
     /// once they are all back. Without a socket (between upstream attempts), what waited for
@@ -441,7 +492,7 @@ impl Conn {
             return 0;
         }
         self.set(RETIRING, true);
-        let mut ops = [None; 4];
+        let mut ops = [None; 6];
         if self.recv == Recv::On {
             self.recv = Recv::Cancelling;
             ops[0] = Some(Op::Recv);
@@ -455,6 +506,12 @@ impl Conn {
         }
         if !self.has(READY) && self.ops > 0 {
             ops[3] = Some(Op::Connect);
+        }
+        if self.ready_armed(false) {
+            ops[4] = Some(Op::Readable);
+        }
+        if self.ready_armed(true) {
+            ops[5] = Some(Op::Writable);
         }
         let mut n = 0;
         for op in ops.into_iter().flatten() {
@@ -587,7 +644,7 @@ mod tests {
     #[test]
     fn readable_is_open_ready_not_eof_not_parked_for_every_state() {
         for fd in [-1, 3] {
-            for flags in 0..=u8::MAX >> 1 {
+            for flags in 0..=u8::MAX {
                 let mut p = Conn::new(fd);
                 p.flags = flags;
                 let want = p.open() && p.ready() && !p.eof() && !p.parked();

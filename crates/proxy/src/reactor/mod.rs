@@ -9,6 +9,7 @@
 //! configuration.
 
 pub mod conn;
+pub mod pipe;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use conn::{Conn, QUEUE, Recv, Sent, Shut};
+pub use pipe::{Pipe, Pipes};
 
 use crate::uring::slots::Slots;
 use crate::uring::timer::TimerWheel;
@@ -82,6 +84,21 @@ pub trait Sys {
     fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool;
     /// Put the slot on the wait list for buffers (its recv hit ENOBUFS).
     fn park(&mut self, id: ConnId);
+    /// Arm a one-shot poll that completes when `fd` can be written (`write`) or read: a socket
+    /// a tunnel splices into whose send buffer was full, or one it splices from that had
+    /// nothing.
+    fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool);
+    /// Move up to `len` bytes from `from` to `to` with splice(2), now and without waiting
+    /// (both are non-blocking; one is a pipe): how many moved (0 from a socket: its FIN), or
+    /// the errno (`EAGAIN`: nothing can move now). A plain syscall, not an SQE: io_uring hands
+    /// every splice to an io-wq thread (`REQ_F_FORCE_ASYNC`).
+    fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32>;
+    /// A pipe to splice through (None: none may be open now; forward through buffers).
+    fn pipe(&mut self) -> Option<Pipe>;
+    /// Give back a pipe that holds nothing, for the next splice.
+    fn pipe_back(&mut self, p: Pipe);
+    /// Make socket `fd` non-blocking (for splice(2)); false when that failed.
+    fn nonblocking(&mut self, fd: RawFd) -> bool;
 }
 
 /// The pool's floor, as a fraction of it (1/4): below it only connections making progress
@@ -96,6 +113,7 @@ pub struct RingSys<'a> {
     pub generation: u32,
     pub now_ms: u64,
     pub parked: &'a mut VecDeque<(u32, u32, ConnId)>,
+    pub pipes: &'a mut Pipes,
 }
 
 impl RingSys<'_> {
@@ -207,6 +225,32 @@ impl Sys for RingSys<'_> {
     fn park(&mut self, id: ConnId) {
         self.parked.push_back((self.slot, self.generation, id));
     }
+
+    fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool) {
+        if write {
+            let ud = self.ud(Op::Writable, id);
+            self.ring.poll_out(fd, ud);
+        } else {
+            let ud = self.ud(Op::Readable, id);
+            self.ring.poll_in(fd, ud);
+        }
+    }
+
+    fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
+        crate::uring::splice(from, to, len)
+    }
+
+    fn pipe(&mut self) -> Option<Pipe> {
+        self.pipes.take()
+    }
+
+    fn pipe_back(&mut self, p: Pipe) {
+        self.pipes.give_back(p);
+    }
+
+    fn nonblocking(&mut self, fd: RawFd) -> bool {
+        crate::uring::set_nonblocking(fd)
+    }
 }
 
 /// What a loop owner does with the completions and timers the reactor hands it.
@@ -230,6 +274,8 @@ pub struct Reactor<T> {
     pub wheel: TimerWheel,
     /// Slots whose recv stopped on an empty buffer ring, re-armed as buffers return.
     pub parked: VecDeque<(u32, u32, ConnId)>,
+    /// Empty pipes kept for the next splice.
+    pub pipes: Pipes,
     /// `monotonic_ms()` when the reactor started: its clock counts from there.
     epoch_ms: u64,
     now_ms: u64,
@@ -248,6 +294,7 @@ impl<T> Reactor<T> {
             slots: Slots::with_capacity(capacity),
             wheel: TimerWheel::new(tick_ms, wheel_slots, 0),
             parked: VecDeque::new(),
+            pipes: Pipes::default(),
             epoch_ms: monotonic_ms(),
             now_ms: 0,
             cqes: Vec::with_capacity(CQE_BATCH),
@@ -273,6 +320,7 @@ impl<T> Reactor<T> {
             generation: g,
             now_ms: self.now_ms,
             parked: &mut self.parked,
+            pipes: &mut self.pipes,
         };
         Some((g, value, sys))
     }

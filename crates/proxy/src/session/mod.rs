@@ -91,6 +91,8 @@ pub enum Observed {
     Connected(u64),
     /// A 101 went to the client this many milliseconds after its request began.
     TunnelOpened(u64),
+    /// This many bytes of a tunnel went by splice(2), socket to pipe.
+    Spliced(u32),
 }
 
 /// What a handler needs from the worker besides I/O: its balancers and whether it drains.
@@ -396,6 +398,15 @@ impl Session {
             self.conn(id).mark_eof();
             self.close(End::ClientClosed, io);
         }
+        self.after(io, env)
+    }
+
+    /// A readiness poll of a splice completed (`write`: the socket can take more; else it has
+    /// more to read, or its peer hung up): the tunnel's splice goes on (in `after`, as it
+    /// settles). `res`, the poll's events or an errno, is not looked at: the next splice(2)
+    /// says what the socket's state is.
+    pub fn on_ready(&mut self, id: ConnId, write: bool, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        self.conn(id).ready_ended(write);
         self.after(io, env)
     }
 

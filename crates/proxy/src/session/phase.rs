@@ -36,6 +36,8 @@ pub(super) struct Control {
     /// The location's policy at frame boundaries (`filter.rs`), if any: while there is one,
     /// every frame's header is shown to it before the frame goes on.
     pub filter: Option<Box<dyn super::filter::FrameFilter>>,
+    /// The splice of a bulk frame's payload from a side, while there is one (`splice.rs`).
+    pub splice: [Option<Box<super::tunnel::splice::Splice>>; 2],
 }
 
 /// `Control::op` before the slow path has seen the frame's header.

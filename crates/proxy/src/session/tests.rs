@@ -21,7 +21,12 @@ enum Ev {
     SendCancelled(ConnId),
     Connect(ConnId, i32),
     Cancel,
+    /// A readiness poll of a splice completes (`true`: for writing), with this result.
+    Ready(ConnId, bool, i32),
 }
+
+/// What a simulated pipe holds at most.
+const PIPE_CAP: usize = 64 * 1024;
 
 /// Connections a simulated session may have: the client, the first upstream, two more.
 const CONNS: usize = 4;
@@ -56,6 +61,27 @@ struct Fake {
     low: bool,
     /// A hang-up watch is armed on the side.
     hup_armed: [bool; CONNS],
+    /// Bytes waiting in a connection's socket that nothing has read yet: splice(2) reads
+    /// them, and `Sim::step` hands them to an armed recv.
+    inbox: [Vec<u8>; CONNS],
+    /// The peer of a connection ended its stream once its inbox is read.
+    inbox_eof: [bool; CONNS],
+    /// A connection's socket takes nothing more (its peer does not read).
+    full: [bool; CONNS],
+    /// Readiness polls armed: [for reading, for writing] per connection.
+    ready_armed: [[bool; 2]; CONNS],
+    /// Simulated pipes by number (ends -10 - 2n and -11 - 2n), with what each holds.
+    pipes: HashMap<i32, Vec<u8>>,
+    next_pipe: i32,
+    /// Pipes handed out and not given back.
+    pipes_out: usize,
+    /// No more pipes than this at once (None: any number).
+    pipe_limit: Option<usize>,
+}
+
+/// The number of the simulated pipe an end belongs to.
+fn pipe_of(fd: RawFd) -> i32 {
+    (-10 - fd) / 2
 }
 
 fn idx(id: impl Into<ConnId>) -> usize {
@@ -130,6 +156,12 @@ impl Sys for Fake {
                     self.pending.push(Ev::Hangup(side, -libc::ECANCELED));
                 }
             }
+            Op::Readable | Op::Writable => {
+                let write = op == Op::Writable;
+                if std::mem::take(&mut self.ready_armed[idx(side)][usize::from(write)]) {
+                    self.pending.push(Ev::Ready(side, write, -libc::ECANCELED));
+                }
+            }
             Op::Connect => {
                 if self.connecting[idx(side)].take().is_some() {
                     if let Some(i) = self
@@ -197,6 +229,96 @@ impl Sys for Fake {
     }
     fn park(&mut self, side: ConnId) {
         self.parked.push(side);
+    }
+    fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool) {
+        assert!(self.open_fds.contains(&fd), "poll on a closed fd");
+        assert_eq!(self.conn_of_fd(fd), id, "poll on another connection's fd");
+        let armed = &mut self.ready_armed[idx(id)][usize::from(write)];
+        assert!(!*armed, "two readiness polls for the same thing on {id:?}");
+        *armed = true;
+    }
+    fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
+        assert!(len > 0, "a splice of nothing");
+        if from < 0 {
+            // Pipe to socket.
+            assert!(self.open_fds.contains(&to), "splice into a closed fd");
+            let id = self.conn_of_fd(to);
+            assert!(
+                !self.sending[idx(id)].is_some(),
+                "a splice into {id:?} under a send in flight"
+            );
+            if self.full[idx(id)] {
+                return Err(libc::EAGAIN);
+            }
+            let pipe = self.pipes.get_mut(&pipe_of(from)).expect("a live pipe");
+            let n = pipe.len().min(len as usize);
+            assert!(n > 0, "a splice from an empty pipe");
+            self.wire[idx(id)].extend(pipe.drain(..n));
+            return Ok(n as u32);
+        }
+        // Socket to pipe.
+        assert!(self.open_fds.contains(&from), "splice from a closed fd");
+        let id = self.conn_of_fd(from);
+        assert!(!self.recv_armed[idx(id)], "a splice from {id:?} under an armed recv");
+        let inbox = &mut self.inbox[idx(id)];
+        if inbox.is_empty() {
+            return if self.inbox_eof[idx(id)] {
+                Ok(0)
+            } else {
+                Err(libc::EAGAIN)
+            };
+        }
+        let pipe = self.pipes.get_mut(&pipe_of(to)).expect("a live pipe");
+        let n = (PIPE_CAP - pipe.len()).min(inbox.len()).min(len as usize);
+        if n == 0 {
+            return Err(libc::EAGAIN);
+        }
+        pipe.extend(inbox.drain(..n));
+        Ok(n as u32)
+    }
+    fn pipe(&mut self) -> Option<crate::reactor::Pipe> {
+        if self.pipe_limit.is_some_and(|l| self.pipes_out >= l) {
+            return None;
+        }
+        let n = self.next_pipe;
+        self.next_pipe += 1;
+        self.pipes.insert(n, Vec::new());
+        self.pipes_out += 1;
+        Some(crate::reactor::Pipe::detached(-10 - 2 * n, -11 - 2 * n))
+    }
+    fn pipe_back(&mut self, p: crate::reactor::Pipe) {
+        let held = self.pipes.remove(&pipe_of(p.read_end())).expect("a live pipe");
+        assert!(held.is_empty(), "a pipe given back with {} bytes in it", held.len());
+        self.pipes_out -= 1;
+    }
+    fn nonblocking(&mut self, fd: RawFd) -> bool {
+        assert!(self.open_fds.contains(&fd), "fcntl on a closed fd");
+        true
+    }
+}
+
+impl Fake {
+    fn conn_of_fd(&self, fd: RawFd) -> ConnId {
+        if fd == CLIENT_FD {
+            ConnId::CLIENT
+        } else {
+            self.conn_of[&fd]
+        }
+    }
+
+    /// Readiness polls whose condition holds now complete.
+    fn poll_ready(&mut self) {
+        for i in 0..CONNS {
+            let id = ConnId(i as u8);
+            if self.ready_armed[i][0] && (!self.inbox[i].is_empty() || self.inbox_eof[i]) {
+                self.ready_armed[i][0] = false;
+                self.pending.push(Ev::Ready(id, false, libc::POLLIN as i32));
+            }
+            if self.ready_armed[i][1] && !self.full[i] {
+                self.ready_armed[i][1] = false;
+                self.pending.push(Ev::Ready(id, true, libc::POLLOUT as i32));
+            }
+        }
     }
 }
 
@@ -365,8 +487,22 @@ impl Sim {
         self.settle(next);
     }
 
-    /// Complete one pending op (a random one when `random`); sends may complete short.
+    /// Complete one pending op (a random one when `random`); sends may complete short. Bytes
+    /// waiting in a socket (`Fake::inbox`) go to its armed recv first, a buffer at a time.
     fn step(&mut self, random: bool) -> bool {
+        for i in 0..CONNS {
+            if self.io.recv_armed[i] && !self.io.inbox[i].is_empty() {
+                let n = self.io.inbox[i].len().min(16 * 1024);
+                let bytes: Vec<u8> = self.io.inbox[i].drain(..n).collect();
+                self.deliver(ConnId(i as u8), &bytes);
+                return true;
+            }
+            if self.io.recv_armed[i] && self.io.inbox_eof[i] && !self.ended {
+                self.eof(ConnId(i as u8));
+                return true;
+            }
+        }
+        self.io.poll_ready();
         if self.io.pending.is_empty() {
             return false;
         }
@@ -412,6 +548,7 @@ impl Sim {
             }
             Ev::Cancel => self.s.on_cancel(&mut self.io, &mut env),
             Ev::Hangup(side, res) => self.s.on_hangup(side, res, &mut self.io, &mut env),
+            Ev::Ready(side, write, _res) => self.s.on_ready(side, write, &mut self.io, &mut env),
         };
         self.settle(next);
         true
@@ -1313,12 +1450,21 @@ fn lifecycle_anchors_point_at_what_they_name() {
 }
 
 /// The tunnel follows WebSocket frames each way, whatever the reads' splits: at the end of a
-/// frame it is at a boundary, inside one it is not, and the bytes pass unchanged.
+/// frame it is at a boundary, inside one it is not, and the bytes pass unchanged. The same
+/// with the 70,000-byte frame's payload spliced (odd seeds: `splice_min` 1k, so the
+/// 3,000-byte frame is spliced too) or not at all (even seeds: off): while a direction
+/// splices, its bytes wait in the socket for splice(2) instead of going to a recv.
 #[test]
 fn the_tunnel_knows_where_frames_end_in_any_split() {
     use crate::ws::{self, opcode};
     for seed in 1..200u64 {
-        let mut sim = Sim::new(seed);
+        let runtime = if seed % 2 == 1 {
+            "[runtime]\nsplice_min = \"1k\"\n"
+        } else {
+            "[runtime]\nsplice_min = 0\n"
+        };
+        let cfg = format!("{runtime}{CFG}");
+        let mut sim = Sim::with_config(seed, &cfg, Phase::Request(Request::default()));
         sim.deliver(Side::Down, UPGRADE);
         sim.run(true);
         // The upstream's first frame comes in the 101's read.
@@ -1348,6 +1494,9 @@ fn the_tunnel_knows_where_frames_end_in_any_split() {
                 if sim.io.recv_armed[idx(side)] {
                     sim.deliver(side, &bytes[at..at + n]);
                     at += n;
+                } else if sim.io.inbox[idx(side)].is_empty() {
+                    sim.io.inbox[idx(side)].extend_from_slice(&bytes[at..at + n]);
+                    at += n;
                 }
                 sim.run(true);
             }
@@ -1366,9 +1515,29 @@ fn the_tunnel_knows_where_frames_end_in_any_split() {
         );
         for (side, bytes) in [(Side::Down, &up), (Side::Up, &down)] {
             sim.run(true);
-            assert!(sim.io.recv_armed[idx(side)], "seed {seed}: no recv armed");
-            sim.deliver(side, &bytes[bytes.len() - 1..]);
+            if sim.io.recv_armed[idx(side)] {
+                sim.deliver(side, &bytes[bytes.len() - 1..]);
+            } else {
+                assert!(seed % 2 == 1, "seed {seed}: no recv armed, and no splice");
+                sim.io.inbox[idx(side)].push(bytes[bytes.len() - 1]);
+            }
             sim.run(true);
+        }
+        assert!(sim.io.inbox.iter().all(|b| b.is_empty()), "seed {seed}");
+        assert_eq!(sim.io.pipes_out, 0, "seed {seed}: every pipe back");
+        let spliced: u64 = sim
+            .io
+            .observed
+            .iter()
+            .map(|o| match o {
+                super::Observed::Spliced(n) => u64::from(*n),
+                _ => 0,
+            })
+            .sum();
+        if seed % 2 == 1 {
+            assert!(spliced > 0, "seed {seed}: nothing spliced");
+        } else {
+            assert_eq!(spliced, 0, "seed {seed}: spliced with splice_min = 0");
         }
         let Phase::Tunnel(super::tunnel::Tunnel { frames, .. }) = &sim.s.phase else {
             panic!("seed {seed}: not a tunnel");
@@ -1787,4 +1956,130 @@ fn a_protocol_added_as_a_type_keeps_several_upstream_connections() {
         // Every socket closed, the extra one included, with nothing in flight on any.
         sim.assert_clean();
     }
+}
+
+/// A tunnel under `splice_min = 1k` (and `send_timeout` 30 s), its upgrade through.
+fn splicing_tunnel() -> Sim {
+    let cfg = format!("[runtime]\nsplice_min = \"1k\"\n{CFG}");
+    let cfg = cfg.replace(
+        "path = \"/ws/\"\nupstream = \"b\"",
+        "path = \"/ws/\"\nupstream = \"b\"\nsend_timeout = \"30s\"",
+    );
+    Sim::tunnel(&cfg)
+}
+
+fn spliced_bytes(sim: &Sim) -> u64 {
+    sim.io
+        .observed
+        .iter()
+        .map(|o| match o {
+            super::Observed::Spliced(n) => u64::from(*n),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A bulk frame from the upstream is spliced after what was queued before it; the proxy's
+/// drain Close waits for the frame's end (its last bytes in the pipe), then goes; the
+/// client's reply ends the tunnel with nothing lost, and the pipe went back empty.
+#[test]
+fn a_spliced_frame_keeps_its_place_and_a_close_waits_for_its_end() {
+    use crate::ws::{self, opcode};
+    let mut sim = splicing_tunnel();
+    let big = ws::frame(opcode::BINARY, &vec![7u8; 200_000], None);
+    let mut stream = ws::frame(opcode::TEXT, b"before", None);
+    stream.extend_from_slice(&big);
+    stream.extend(ws::frame(opcode::TEXT, b"after", None));
+    // The first read brings the small frame and the big one's header: the rest waits in
+    // the socket, for splice(2).
+    sim.deliver(Side::Up, &stream[..3000]);
+    sim.io.inbox[idx(Side::Up)].extend_from_slice(&stream[3000..]);
+    // Shutdown reaches the tunnel while the frame is in flight: its Close waits.
+    let mut env = env_of!(sim);
+    let next = sim.s.drain_tunnel(&mut sim.io, &mut env);
+    sim.settle(next);
+    sim.run(true);
+    assert!(spliced_bytes(&sim) >= 190_000, "spliced {}", spliced_bytes(&sim));
+    assert_eq!(sim.io.pipes_out, 0, "the pipe went back");
+    let wire = &sim.io.wire[idx(Side::Down)];
+    let head = SWITCH.len();
+    let close = ws::frame(opcode::CLOSE, &ws::close_payload(1012, "service restart"), None);
+    // Everything the upstream sent up to the end of the spliced frame, in order, then our
+    // Close at that boundary, and nothing after it (the frame that followed is not sent).
+    assert!(wire[head..].starts_with(&stream[..stream.len() - 7]));
+    assert_eq!(&wire[head + stream.len() - 7..], &close[..]);
+    // The client answers the Close: the tunnel ends.
+    sim.deliver(Side::Down, &ws::frame(opcode::CLOSE, &[3, 0xf4], Some([1, 2, 3, 4])));
+    sim.run(true);
+    sim.eof(Side::Down);
+    sim.run(true);
+    sim.eof(Side::Up);
+    sim.run(true);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::Drained));
+}
+
+/// A client that stops reading while a frame is spliced toward it: the pipe's bytes wait,
+/// nothing more is read from the upstream, and `send_timeout` ends the tunnel as it ends a
+/// send that makes no progress.
+#[test]
+fn a_splice_into_a_peer_that_does_not_read_is_timed_out() {
+    use crate::ws::{self, opcode};
+    let mut sim = splicing_tunnel();
+    sim.io.full[idx(Side::Down)] = true;
+    let big = ws::frame(opcode::BINARY, &vec![1u8; 500_000], None);
+    sim.deliver(Side::Up, &big[..2000]);
+    sim.run(true);
+    sim.io.inbox[idx(Side::Up)].extend_from_slice(&big[2000..]);
+    sim.run(true);
+    // The pipe fills and waits for the client; the rest waits in the upstream's socket,
+    // not read through buffers meanwhile.
+    assert!(sim.io.inbox[idx(Side::Up)].len() >= big.len() - 2000 - PIPE_CAP);
+    assert!(!sim.io.recv_armed[idx(Side::Up)]);
+    assert!(sim.io.ready_armed[idx(Side::Down)][1], "waiting for the client to read");
+    sim.timer(sim.io.now + 10_000);
+    assert_eq!(sim.s.stage(), Stage::Tunnel, "not before send_timeout");
+    sim.timer(sim.io.now + 31_000);
+    sim.run(true);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::SendTimeout));
+}
+
+/// The upstream ends its stream in the middle of a spliced frame: what it sent reaches the
+/// client before the FIN, and the tunnel ends when the client ends its side too.
+#[test]
+fn a_fin_during_a_splice_goes_after_the_spliced_bytes() {
+    use crate::ws::{self, opcode};
+    let mut sim = splicing_tunnel();
+    let big = ws::frame(opcode::BINARY, &vec![9u8; 100_000], None);
+    sim.deliver(Side::Up, &big[..1500]);
+    sim.io.inbox[idx(Side::Up)].extend_from_slice(&big[1500..80_000]);
+    sim.io.inbox_eof[idx(Side::Up)] = true;
+    sim.run(true);
+    assert_eq!(
+        &sim.io.wire[idx(Side::Down)][SWITCH.len()..],
+        &big[..80_000],
+        "every byte before the FIN"
+    );
+    assert!(sim.io.shut[idx(Side::Down)], "the FIN passed on");
+    sim.eof(Side::Down);
+    sim.run(true);
+    sim.assert_clean();
+    assert_eq!(sim.s.end(), Some(End::Done));
+}
+
+/// With no pipe to be had (the process's pipes are all in use), a bulk frame goes through
+/// buffers as before.
+#[test]
+fn without_a_pipe_a_bulk_frame_goes_through_buffers() {
+    use crate::ws::{self, opcode};
+    let mut sim = splicing_tunnel();
+    sim.io.pipe_limit = Some(0);
+    let big = ws::frame(opcode::BINARY, &vec![3u8; 100_000], Some([1, 2, 3, 4]));
+    sim.deliver(Side::Down, &big[..1000]);
+    sim.io.inbox[idx(Side::Down)].extend_from_slice(&big[1000..]);
+    sim.run(true);
+    assert_eq!(spliced_bytes(&sim), 0);
+    assert!(sim.io.wire[idx(Side::Up)].ends_with(&big));
+    assert!(sim.io.recv_armed[idx(Side::Down)]);
 }

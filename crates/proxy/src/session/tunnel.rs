@@ -9,6 +9,8 @@
 //! are stepped through frame by frame and copied (a few hundred bytes around a ping, or the
 //! rest of a tunnel that is being closed).
 
+pub(in crate::session) mod splice;
+
 use std::hash::{BuildHasher, Hasher};
 
 use super::Side;
@@ -340,6 +342,9 @@ impl Protocol for Tunnel {
             _ => {
                 t.track(io.data_of(c));
                 cx.pass_on(side, c, io);
+                if self.frames[from(side)].payload_left() > 0 {
+                    self.maybe_splice(cx, side, io);
+                }
             }
         }
         Step::Continue
@@ -375,6 +380,10 @@ impl Protocol for Tunnel {
         let Some(k) = self.ctl.as_deref_mut() else {
             return Step::Continue;
         };
+        if now >= k.splice_stalled(self.req.send_ms) {
+            // Spliced bytes wait for a peer that takes nothing, as a send would.
+            return Step::Close(End::SendTimeout);
+        }
         if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
             return Step::Close(if k.replied {
                 End::Drained
@@ -407,16 +416,27 @@ impl Protocol for Tunnel {
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
         let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
         let idle = last[0].max(last[1]) + u64::from(self.req.read_ms);
-        Some(self.ctl.as_ref().map_or(idle, |k| idle.min(k.due(last))))
+        Some(self.ctl.as_ref().map_or(idle, |k| {
+            idle.min(k.due(last))
+                .min(k.splice_stalled(self.req.send_ms))
+        }))
     }
 
-    /// Both ways, within the direction's budget.
-    fn wants(&self, _cx: &Cx, _id: ConnId, room: bool) -> bool {
-        room
+    /// Both ways, within the direction's budget; a direction that splices is not read
+    /// through buffers.
+    fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
+        room && !self.splicing(Side::of(id))
     }
 
-    /// Both sides have ended their streams and what was queued toward them has gone: done.
-    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, _io: &mut I, _env: &mut Env<'_>) -> Step {
+    /// What a splice can move now moves (`splice.rs`); both sides have ended their streams
+    /// and what was queued toward them has gone: done.
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
+        if self.ctl.as_ref().is_some_and(|k| k.splices()) {
+            let step = self.pump(cx, io);
+            if !matches!(step, Step::Continue) {
+                return step;
+            }
+        }
         let l = &cx.links;
         if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
             Step::Close(End::Done)
@@ -467,7 +487,8 @@ impl Tunnel {
         if kind == Inject::Ping && k.want[i] != Inject::None {
             return true; // a Close waits there: no ping before it
         }
-        if !t.at_boundary() {
+        if !t.at_boundary() || k.splice[i].is_some() {
+            // Mid-frame, or the frame's end still in a splice's pipe: at the next boundary.
             if wait {
                 k.want[i] = kind;
             }

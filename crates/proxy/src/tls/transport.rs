@@ -295,6 +295,12 @@ impl Transport {
         Ok(())
     }
 
+    /// Plaintext TCP: its bytes on the wire are the stream's (what may be spliced).
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        self.tls.is_none()
+    }
+
     /// TLS failed on this connection (a record could not be sealed or opened).
     #[inline]
     pub fn failed(&self) -> bool {

@@ -452,9 +452,19 @@ impl Ring {
         self.push(e);
     }
 
-    /// Arm a one-shot poll that completes when `fd` is readable (an eventfd inbox).
+    /// Arm a one-shot poll that completes when `fd` is readable (an eventfd inbox, a socket
+    /// a tunnel splices from).
     pub fn poll_in(&mut self, fd: RawFd, ud: UserData) {
         let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(ud.0);
+        self.push(e);
+    }
+
+    /// Arm a one-shot poll that completes when `fd` can be written (a socket a tunnel splices
+    /// into, whose send buffer was full).
+    pub fn poll_out(&mut self, fd: RawFd, ud: UserData) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLOUT as u32)
             .build()
             .user_data(ud.0);
         self.push(e);
@@ -623,3 +633,39 @@ pub fn socket_from_handed(fd: RawFd) -> socket2::Socket {
 
 #[cfg(test)]
 mod tests;
+
+/// A descriptor its owner (a session's connection, a worker's pipe) keeps open for as long
+/// as the call it is lent to runs.
+fn lent(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only called with a descriptor its owner holds open across the one syscall the
+    // borrow is used for (`splice`, `set_nonblocking` below): a session's socket is closed
+    // only once it is retired with nothing in flight, and a pipe only when it is dropped.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// splice(2) up to `len` bytes from `from` to `to` (one of them a pipe), without waiting:
+/// how many moved, or the errno.
+pub fn splice(from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
+    use nix::fcntl::SpliceFFlags;
+    nix::fcntl::splice(
+        lent(from),
+        None,
+        lent(to),
+        None,
+        len as usize,
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+    )
+    .map(|n| n as u32)
+    .map_err(|e| e as i32)
+}
+
+/// Make `fd` non-blocking (`O_NONBLOCK`): whether it worked.
+pub fn set_nonblocking(fd: RawFd) -> bool {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    fcntl(lent(fd), FcntlArg::F_GETFL)
+        .and_then(|f| {
+            let flags = OFlag::from_bits_truncate(f) | OFlag::O_NONBLOCK;
+            fcntl(lent(fd), FcntlArg::F_SETFL(flags))
+        })
+        .is_ok()
+}

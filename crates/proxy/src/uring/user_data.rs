@@ -30,6 +30,10 @@ pub enum Op {
     Close = 8,
     /// A socket option set through the ring, on `SLOT_CORE`.
     SockOpt = 9,
+    /// A one-shot poll for `POLLIN` on a socket a tunnel splices from (its recv is off).
+    Readable = 10,
+    /// A one-shot poll for `POLLOUT` on a socket a tunnel splices into (its pipe waits).
+    Writable = 11,
 }
 
 impl Op {
@@ -44,6 +48,8 @@ impl Op {
             7 => Op::Inbox,
             8 => Op::Close,
             9 => Op::SockOpt,
+            10 => Op::Readable,
+            11 => Op::Writable,
             _ => return None,
         })
     }
@@ -129,6 +135,8 @@ mod tests {
                     Op::Inbox,
                     Op::Close,
                     Op::SockOpt,
+                    Op::Readable,
+                    Op::Writable,
                 ] {
                     for conn in 0..=CONN_MAX {
                         let ud = UserData::new(slot, generation, op, ConnId(conn));

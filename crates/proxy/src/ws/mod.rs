@@ -221,6 +221,23 @@ impl FrameTracker {
         self.buf[..8].copy_from_slice(&n.to_ne_bytes());
     }
 
+    /// Payload bytes of the current frame still to come: 0 at a boundary, while a header is
+    /// gathered, and in a stream that is lost.
+    #[inline(always)]
+    pub fn payload_left(&self) -> u64 {
+        if self.have == 0 { self.left() } else { 0 }
+    }
+
+    /// `n` bytes of the current frame's payload went by without being looked at (spliced):
+    /// at most [`FrameTracker::payload_left`].
+    pub fn skip(&mut self, n: u64) {
+        let left = self.payload_left();
+        debug_assert!(n <= left, "skipped past the frame's payload");
+        if self.have == 0 {
+            self.set_left(left - n.min(left));
+        }
+    }
+
     /// At a frame boundary: nothing of a frame is pending, so a new frame may be inserted here.
     pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.left() == 0
@@ -449,5 +466,30 @@ mod tests {
             "small enough for every tunnel"
         );
         assert!(!t.at_boundary());
+    }
+    #[test]
+    fn skipped_payload_is_tracked_as_if_it_had_gone_by() {
+        let mut stream = frame(opcode::BINARY, &vec![7; 70000], None);
+        stream.extend(frame(opcode::TEXT, b"after", None));
+        for cut in [10, 20, 100] {
+            let mut t = FrameTracker::default();
+            t.track(&stream[..cut]);
+            let left = t.payload_left();
+            assert_eq!(left as usize, stream.len() - cut - 7, "cut {cut}");
+            // Part of it skipped, the rest tracked, then the next frame.
+            t.skip(left / 2);
+            assert_eq!(t.payload_left(), left - left / 2);
+            t.track(&stream[cut + (left / 2) as usize..stream.len() - 7]);
+            assert!(t.at_boundary(), "cut {cut}");
+            assert_eq!(t.feed(&stream[stream.len() - 7..]).unwrap(), 1);
+        }
+        // A header half gathered, or a lost stream, has no payload to skip.
+        let mut t = FrameTracker::default();
+        t.track(&stream[..1]);
+        assert_eq!(t.payload_left(), 0);
+        let mut t = FrameTracker::default();
+        t.track(&[0x0f, 0x00]);
+        assert!(t.lost());
+        assert_eq!(t.payload_left(), 0);
     }
 }
