@@ -137,13 +137,15 @@ class Proxy:
     """One proxy under test: `instances` processes (or nginx workers) on one port."""
 
     def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None,
-                 upstream_extra="", port=None, splice=False):
+                 upstream_extra="", port=None, splice=False, runtime_extra=""):
         self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
         # HAProxy only: a layer-4 proxy with `option splice-request` and `splice-response`
         # (kernel splicing for bulk flows; scripts/bulk.py).
         self.splice = splice
-        # ringway only: more lines for the [[upstream]] block (scripts/bench_policy.py: balance).
+        # ringway only: more lines for the [[upstream]] block (scripts/bench_policy.py: balance),
+        # and for [runtime] (scripts/bulk.py: splice_min).
         self.upstream_extra = upstream_extra
+        self.runtime_extra = runtime_extra
         # wss: the same ECDSA P-256 certificate for every proxy, TLS 1.3 only (see TlsCert).
         self.tls = tls
         # ringway only: bind upstream sockets over a /16 of local addresses (the `source`
@@ -180,6 +182,7 @@ workers = {self.workers}
 max_connections = {CAP_PROCESS}
 access_log = false
 shutdown_grace = "2s"
+{self.runtime_extra}
 
 [[upstream]]
 name = "echo"

@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""CPU per byte for large WebSocket messages in ringway, nginx and HAProxy (issue 23: the
-baseline a splice path for bulk flows would have to beat):
+"""CPU per byte for large WebSocket messages in ringway (splicing bulk frames, and through
+buffers only), nginx and HAProxy (as an HTTP proxy, and as a layer-4 proxy that splices):
 
     python3 scripts/bulk.py [--rounds 3] [--secs 4] [--connections 10]
+                            [--sizes 4k,16k,64k,256k,1m] [--splice-min 64k]
 
-Closed-loop echo of 64 KiB and 1 MiB binary messages over `--connections` connections,
-through each proxy in turn (one worker / one process on CPU 0; the load generator and the
-echo backend on CPU 1). Reported per proxy and size, the median over the rounds: proxy
-CPU-µs per MiB echoed (both directions, user-space on its own beside it) and MiB/s. ringway
-forwards each received buffer as it is (a copy into the pool buffer by the kernel's recv, a
-copy out by its send); splice would move pages instead. Uses scripts/bench.py's machinery
-(processes stopped by PID, loads bounded in time). HAProxy runs twice, the second time
-as a layer-4 proxy with `option splice-request` and `splice-response` (HTTP mode does not splice a WebSocket tunnel):
-what splicing is worth on this kernel.
+Closed-loop echo of binary messages of each size over `--connections` connections, through
+each proxy in turn (one worker / one process on CPU 0; the load generator and the echo
+backend on CPU 1). Reported per proxy and size, the median over the rounds: proxy CPU-µs per
+MiB echoed (both directions, user-space on its own beside it) and MiB/s.
+
+`ringway` splices a frame's payload (socket → pipe → socket, no copy through user space)
+when at least `--splice-min` of it is still to come after the read that brought its header
+(`runtime.splice_min`; without the option, ringway's default); `ringway-buffers` is the same
+build with `splice_min = 0`: every byte through the buffer pool (a copy in by the kernel's
+recv, a copy out by its send). `haproxy-splice` is HAProxy as a layer-4 proxy with `option
+splice-request` and `splice-response` (in HTTP mode HAProxy does not splice a WebSocket
+tunnel). Uses scripts/bench.py's machinery (processes stopped by PID, loads bounded in time).
 """
 import argparse
 import importlib.util
@@ -25,11 +29,17 @@ spec = importlib.util.spec_from_file_location("bench", os.path.join(HERE, "bench
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 
-# HAProxy twice: as in scripts/bench.py, and as a layer-4 proxy with `option splice-request` and `splice-response`,
-# which splices bulk flows through a pipe in the kernel (in HTTP mode HAProxy does not splice
-# a WebSocket tunnel): what splicing is worth on this kernel.
-KINDS = ["ringway", "nginx", "haproxy", "haproxy-splice"]
-SIZES = [64 * 1024, 1024 * 1024]
+KINDS = ["ringway", "ringway-buffers", "nginx", "haproxy", "haproxy-splice"]
+
+
+def size_of(text):
+    t = text.strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    return int(t.rstrip("km")) * mult
+
+
+def name_of(size):
+    return f"{size // 1024} KiB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MiB"
 
 
 def main():
@@ -37,13 +47,21 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--secs", type=int, default=4)
     ap.add_argument("--connections", type=int, default=10)
+    ap.add_argument("--sizes", default="64k,1m", help="message sizes, comma-separated (k, m suffixes)")
+    ap.add_argument("--splice-min", default=None, help="`runtime.splice_min` for `ringway` (default: ringway's)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="which of " + ", ".join(KINDS))
     args = ap.parse_args()
-    cpu = {(k, s): [] for k in KINDS for s in SIZES}
-    user = {(k, s): [] for k in KINDS for s in SIZES}
-    rate = {(k, s): [] for k in KINDS for s in SIZES}
+    sizes = [size_of(s) for s in args.sizes.split(",")]
+    kinds = [k for k in args.kinds.split(",") if k]
+    for k in kinds:
+        if k not in KINDS:
+            ap.error(f"unknown kind {k}")
+    cpu = {(k, s): [] for k in kinds for s in sizes}
+    user = {(k, s): [] for k in kinds for s in sizes}
+    rate = {(k, s): [] for k in kinds for s in sizes}
 
     def measure(load, kind, p, rnd):
-        for size in SIZES:
+        for size in sizes:
             bench.settle()
             r = bench.throughput(load, p, size, args.secs, conns=args.connections)
             if r["errors"]:
@@ -57,22 +75,32 @@ def main():
                       f"{cpu[(kind, size)][-1]:.0f} CPU-µs/MiB ({user[(kind, size)][-1]:.0f} user), "
                       f"{rate[(kind, size)][-1]:.0f} MiB/s")
 
-    # "haproxy-splice": HAProxy again, as a layer-4 proxy that splices.
-    bench.interleaved(args, KINDS, "ringway-bulk-", measure,
-                      proxy=lambda kind, work, cpu: bench.Proxy(kind.split("-")[0], work, cpu=cpu,
-                                                                splice=kind.endswith("splice")))
+    def proxy(kind, work, cpu):
+        runtime = ""
+        if kind == "ringway-buffers":
+            runtime = "splice_min = 0"
+        elif kind == "ringway" and args.splice_min is not None:
+            runtime = f'splice_min = "{args.splice_min}"'
+        return bench.Proxy(kind.split("-")[0], work, cpu=cpu, splice=kind == "haproxy-splice",
+                           runtime_extra=runtime)
+
+    bench.interleaved(args, kinds, "ringway-bulk-", measure, proxy=proxy)
     med = lambda d: {k: statistics.median(v) for k, v in d.items()}
     c, u, m = med(cpu), med(user), med(rate)
+    ratios = [(a, b) for a, b in [("ringway", "ringway-buffers"), ("ringway", "nginx"),
+                                  ("ringway", "haproxy"), ("ringway", "haproxy-splice")]
+              if a in kinds and b in kinds]
+    print(f"Command: `python3 scripts/bulk.py {' '.join(sys.argv[1:])}`\n")
     print(f"| per MiB echoed, {args.connections} connections (median of {args.rounds}) | "
-          + " | ".join(KINDS) + " | ringway ÷ nginx | ringway ÷ HAProxy | ringway ÷ HAProxy splicing |")
-    print("|---" * (len(KINDS) + 4) + "|")
-    for size in SIZES:
-        name = f"{size // 1024} KiB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MiB"
-        vals = [c[(k, size)] for k in KINDS]
-        print(f"| proxy CPU-µs, {name} messages | " + " | ".join(f"{v:.0f}" for v in vals)
-              + f" | {vals[0] / vals[1]:.2f} | {vals[0] / vals[2]:.2f} | {vals[0] / vals[3]:.2f} |")
-        print(f"|   of which user-space | " + " | ".join(f"{u[(k, size)]:.0f}" for k in KINDS) + " | | | |")
-        print(f"|   MiB/s | " + " | ".join(f"{m[(k, size)]:.0f}" for k in KINDS) + " | | | |")
+          + " | ".join(kinds) + "".join(f" | {a} ÷ {b}" for a, b in ratios) + " |")
+    print("|---" * (len(kinds) + len(ratios) + 1) + "|")
+    blank = " |" * len(ratios)
+    for size in sizes:
+        vals = {k: c[(k, size)] for k in kinds}
+        print(f"| proxy CPU-µs, {name_of(size)} messages | " + " | ".join(f"{vals[k]:.0f}" for k in kinds)
+              + "".join(f" | {vals[a] / vals[b]:.2f}" for a, b in ratios) + " |")
+        print("|   of which user-space | " + " | ".join(f"{u[(k, size)]:.0f}" for k in kinds) + blank)
+        print("|   MiB/s | " + " | ".join(f"{m[(k, size)]:.0f}" for k in kinds) + blank)
 
 
 if __name__ == "__main__":

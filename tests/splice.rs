@@ -41,11 +41,18 @@ fn bulk_messages_are_spliced_whole_between_small_ones() {
     for (i, &size) in sizes.iter().enumerate() {
         ws_echo(&mut ws, pattern(size, i as u8));
     }
-    let bulk: u64 = sizes.iter().filter(|&&s| s >= 64 << 10).map(|&s| s as u64).sum();
+    let bulk: u64 = sizes
+        .iter()
+        .filter(|&&s| s >= 64 << 10)
+        .map(|&s| s as u64)
+        .sum();
     let n = spliced(admin);
     // Both ways, less what came in the read that had each frame's header.
     assert!(n >= bulk, "spliced {n} of {} bulk bytes each way", bulk);
-    assert!(n <= 2 * bulk + 1000, "spliced {n}: more than the bulk frames");
+    assert!(
+        n <= 2 * bulk + 1000,
+        "spliced {n}: more than the bulk frames"
+    );
     ws.close(None).unwrap();
     drop(ws);
     let log = st.proxy.wait_log("ws end=", 10);

@@ -52,7 +52,8 @@ pub struct Conn {
     shut: Shut,
     /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
     hup: Recv,
-    /// The readiness polls of a splice (`READABLE`, `WRITABLE`) armed on this socket.
+    /// The readiness polls of a splice (`READABLE`, `WRITABLE`) armed on this socket, and
+    /// whether it is non-blocking (`NONBLOCK`).
     polls: u8,
     /// The yes/no state below (`EOF` … `TORN`), one bit each: a connection is in every
     /// session twice, so its size is memory per connection.
@@ -80,13 +81,17 @@ const KEEP: u8 = 1 << 4;
 const TORN: u8 = 1 << 5;
 /// A send is in flight: it is the queue's first chunk.
 const SENDING: u8 = 1 << 6;
-/// The socket is non-blocking (made so for splice(2), which would wait on a blocking one).
-const NONBLOCK: u8 = 1 << 7;
+/// A splice reads this socket: it is not read through buffers meanwhile (one of the flags
+/// `readable` tests, so the per-event question costs nothing more).
+const SPLICED: u8 = 1 << 7;
 
 /// `Conn::polls`: a poll for POLLIN is armed (the socket a tunnel splices from).
 const READABLE: u8 = 1;
 /// `Conn::polls`: a poll for POLLOUT is armed (the socket a tunnel splices into).
 const WRITABLE: u8 = 1 << 1;
+/// `Conn::polls`: the socket is non-blocking (made so for splice(2), which would wait on a
+/// blocking one).
+const NONBLOCK: u8 = 1 << 2;
 
 fn poll_bit(write: bool) -> u8 {
     if write { WRITABLE } else { READABLE }
@@ -149,11 +154,16 @@ impl Conn {
     pub fn ready(&self) -> bool {
         self.has(READY)
     }
-    /// Open, connected, not at EOF and not waiting for buffers: a recv may be armed (one
-    /// test of the flags; it runs for both sockets after every event).
+    /// Open, connected, not at EOF, not waiting for buffers and not spliced from: a recv may
+    /// be armed (one test of the flags; it runs for both sockets after every event).
     #[inline]
     pub fn readable(&self) -> bool {
-        self.flags & (RETIRING | READY | EOF | PARKED) == READY && self.fd >= 0
+        self.flags & (RETIRING | READY | EOF | PARKED | SPLICED) == READY && self.fd >= 0
+    }
+    /// A splice reads this socket (see [`Conn::set_spliced`]).
+    #[inline]
+    pub fn spliced(&self) -> bool {
+        self.has(SPLICED)
     }
     /// To be handed back (not closed) once retired.
     #[inline]
@@ -461,7 +471,10 @@ impl Conn {
 
     /// The readiness poll for writing (`write`) or reading completed.
     pub fn ready_ended(&mut self, write: bool) {
-        debug_assert!(self.ready_armed(write), "a readiness poll that was not armed");
+        debug_assert!(
+            self.ready_armed(write),
+            "a readiness poll that was not armed"
+        );
         if self.ready_armed(write) {
             self.polls &= !poll_bit(write);
             self.op_done();
@@ -470,13 +483,19 @@ impl Conn {
 
     /// Make the socket non-blocking (once), for splice(2); false when that failed.
     pub fn make_nonblocking(&mut self, io: &mut (impl Sys + ?Sized)) -> bool {
-        if !self.has(NONBLOCK) {
+        if self.polls & NONBLOCK == 0 {
             if !self.open() || !io.nonblocking(self.fd) {
                 return false;
             }
-            self.set(NONBLOCK, true);
+            self.polls |= NONBLOCK;
         }
         true
+    }
+
+    /// A splice reads this socket from now on (`on`), or no longer: while it does, the socket
+    /// is not `readable` (no recv is armed; an armed one is cancelled).
+    pub fn set_spliced(&mut self, on: bool) {
+        self.set(SPLICED, on);
     }
 
     /// Stop using the socket: cancel exactly the ops in flight, by their user_data (a
@@ -642,12 +661,12 @@ mod tests {
     }
 
     #[test]
-    fn readable_is_open_ready_not_eof_not_parked_for_every_state() {
+    fn readable_is_open_ready_not_eof_not_parked_not_spliced_for_every_state() {
         for fd in [-1, 3] {
             for flags in 0..=u8::MAX {
                 let mut p = Conn::new(fd);
                 p.flags = flags;
-                let want = p.open() && p.ready() && !p.eof() && !p.parked();
+                let want = p.open() && p.ready() && !p.eof() && !p.parked() && !p.spliced();
                 assert_eq!(p.readable(), want, "fd {fd} flags {flags:#b}");
             }
         }

@@ -7,9 +7,10 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Pipes open at once in a process. Each is two descriptors and pins at most its capacity
-/// (64 KiB by default) of socket pages while a direction splices through it.
-pub const PIPES_MAX: u32 = 256;
+/// Pipes open at once in a process. Each is two descriptors (kept aside in
+/// `tuning::FDS_RESERVED`, so sessions never lack one for a pipe) and pins at most its
+/// capacity (64 KiB by default) of socket pages while a direction splices through it.
+pub const PIPES_MAX: u32 = 64;
 
 /// Empty pipes a worker keeps for the next splice.
 const KEPT_MAX: usize = 16;
@@ -111,6 +112,10 @@ mod tests {
         assert!(r >= 0 && w >= 0 && r != w);
         pipes.give_back(a);
         let b = pipes.take().expect("the kept pipe");
-        assert_eq!((b.read_end(), b.write_end()), (r, w), "reused, not made anew");
+        assert_eq!(
+            (b.read_end(), b.write_end()),
+            (r, w),
+            "reused, not made anew"
+        );
     }
 }

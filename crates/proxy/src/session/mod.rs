@@ -405,7 +405,13 @@ impl Session {
     /// more to read, or its peer hung up): the tunnel's splice goes on (in `after`, as it
     /// settles). `res`, the poll's events or an errno, is not looked at: the next splice(2)
     /// says what the socket's state is.
-    pub fn on_ready(&mut self, id: ConnId, write: bool, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+    pub fn on_ready(
+        &mut self,
+        id: ConnId,
+        write: bool,
+        io: &mut impl Io,
+        env: &mut Env<'_>,
+    ) -> Next {
         self.conn(id).ready_ended(write);
         self.after(io, env)
     }

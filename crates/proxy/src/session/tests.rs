@@ -259,7 +259,10 @@ impl Sys for Fake {
         // Socket to pipe.
         assert!(self.open_fds.contains(&from), "splice from a closed fd");
         let id = self.conn_of_fd(from);
-        assert!(!self.recv_armed[idx(id)], "a splice from {id:?} under an armed recv");
+        assert!(
+            !self.recv_armed[idx(id)],
+            "a splice from {id:?} under an armed recv"
+        );
         let inbox = &mut self.inbox[idx(id)];
         if inbox.is_empty() {
             return if self.inbox_eof[idx(id)] {
@@ -287,8 +290,15 @@ impl Sys for Fake {
         Some(crate::reactor::Pipe::detached(-10 - 2 * n, -11 - 2 * n))
     }
     fn pipe_back(&mut self, p: crate::reactor::Pipe) {
-        let held = self.pipes.remove(&pipe_of(p.read_end())).expect("a live pipe");
-        assert!(held.is_empty(), "a pipe given back with {} bytes in it", held.len());
+        let held = self
+            .pipes
+            .remove(&pipe_of(p.read_end()))
+            .expect("a live pipe");
+        assert!(
+            held.is_empty(),
+            "a pipe given back with {} bytes in it",
+            held.len()
+        );
         self.pipes_out -= 1;
     }
     fn nonblocking(&mut self, fd: RawFd) -> bool {
@@ -1999,17 +2009,28 @@ fn a_spliced_frame_keeps_its_place_and_a_close_waits_for_its_end() {
     let next = sim.s.drain_tunnel(&mut sim.io, &mut env);
     sim.settle(next);
     sim.run(true);
-    assert!(spliced_bytes(&sim) >= 190_000, "spliced {}", spliced_bytes(&sim));
+    assert!(
+        spliced_bytes(&sim) >= 190_000,
+        "spliced {}",
+        spliced_bytes(&sim)
+    );
     assert_eq!(sim.io.pipes_out, 0, "the pipe went back");
     let wire = &sim.io.wire[idx(Side::Down)];
     let head = SWITCH.len();
-    let close = ws::frame(opcode::CLOSE, &ws::close_payload(1012, "service restart"), None);
+    let close = ws::frame(
+        opcode::CLOSE,
+        &ws::close_payload(1012, "service restart"),
+        None,
+    );
     // Everything the upstream sent up to the end of the spliced frame, in order, then our
     // Close at that boundary, and nothing after it (the frame that followed is not sent).
     assert!(wire[head..].starts_with(&stream[..stream.len() - 7]));
     assert_eq!(&wire[head + stream.len() - 7..], &close[..]);
     // The client answers the Close: the tunnel ends.
-    sim.deliver(Side::Down, &ws::frame(opcode::CLOSE, &[3, 0xf4], Some([1, 2, 3, 4])));
+    sim.deliver(
+        Side::Down,
+        &ws::frame(opcode::CLOSE, &[3, 0xf4], Some([1, 2, 3, 4])),
+    );
     sim.run(true);
     sim.eof(Side::Down);
     sim.run(true);
@@ -2036,7 +2057,10 @@ fn a_splice_into_a_peer_that_does_not_read_is_timed_out() {
     // not read through buffers meanwhile.
     assert!(sim.io.inbox[idx(Side::Up)].len() >= big.len() - 2000 - PIPE_CAP);
     assert!(!sim.io.recv_armed[idx(Side::Up)]);
-    assert!(sim.io.ready_armed[idx(Side::Down)][1], "waiting for the client to read");
+    assert!(
+        sim.io.ready_armed[idx(Side::Down)][1],
+        "waiting for the client to read"
+    );
     sim.timer(sim.io.now + 10_000);
     assert_eq!(sim.s.stage(), Stage::Tunnel, "not before send_timeout");
     sim.timer(sim.io.now + 31_000);

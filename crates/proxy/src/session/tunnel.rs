@@ -422,10 +422,10 @@ impl Protocol for Tunnel {
         }))
     }
 
-    /// Both ways, within the direction's budget; a direction that splices is not read
-    /// through buffers.
-    fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
-        room && !self.splicing(Side::of(id))
+    /// Both ways, within the direction's budget. (A direction that splices is not read
+    /// through buffers: its source is not `readable` meanwhile, `Conn::set_spliced`.)
+    fn wants(&self, _cx: &Cx, _id: ConnId, room: bool) -> bool {
+        room
     }
 
     /// What a splice can move now moves (`splice.rs`); both sides have ended their streams

@@ -4,7 +4,7 @@
 //!
 //! When a frame's header has gone by on the fast path and at least `runtime.splice_min` of its
 //! payload is still to come, the direction takes a pipe and stops reading its source through
-//! buffers (`Tunnel::wants` says no, so the recv is cancelled). Once the recv is off and what
+//! buffers (its socket is marked spliced, `Conn::set_spliced`, so its recv is cancelled). Once the recv is off and what
 //! was queued toward the peer has gone, `pump` moves the rest of the payload with splice(2):
 //! source → pipe, pipe → peer, waiting on one-shot readiness polls through the ring where the
 //! source is empty or the peer full. The frame tracker counts the spliced bytes as payload
@@ -91,7 +91,10 @@ impl Tunnel {
 
     /// Bytes from `side` went on by the fast path: when the frame they end in still has
     /// `runtime.splice_min` of payload to come, and both connections are plain and open, the
-    /// rest of it is spliced.
+    /// rest of it is spliced. (Out of line: a tunnel of small messages never gets here, and
+    /// its per-event path stays as it was.)
+    #[cold]
+    #[inline(never)]
     pub(super) fn maybe_splice<I: Io + ?Sized>(&mut self, cx: &mut Cx, side: Side, io: &mut I) {
         let min = cx.cfg.runtime.splice_min;
         if min == 0 || self.frames[from(side)].payload_left() < min || self.splicing(side) {
@@ -112,6 +115,7 @@ impl Tunnel {
             return;
         }
         let Some(pipe) = io.pipe() else { return };
+        cx.links.get_mut(side).set_spliced(true);
         let k = self.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
         k.splice[from(side)] = Some(Box::new(Splice {
             pipe,
@@ -123,6 +127,7 @@ impl Tunnel {
 
     /// Move what can move now in each spliced direction (after every event, as the tunnel
     /// settles).
+    #[inline(never)]
     pub(super) fn pump<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
         for i in 0..2 {
             if self.splicing(side_of(i)) {
@@ -139,7 +144,11 @@ impl Tunnel {
         let (i, dst) = (from(src), src.peer());
         let now = io.now_ms();
         let t = &mut self.frames[i];
-        let Some(sp) = self.ctl.as_deref_mut().and_then(|k| k.splice[i].as_deref_mut()) else {
+        let Some(sp) = self
+            .ctl
+            .as_deref_mut()
+            .and_then(|k| k.splice[i].as_deref_mut())
+        else {
             return Step::Continue;
         };
         let mut failed = None;
@@ -238,6 +247,7 @@ impl Tunnel {
         };
         let Splice { pipe, eof, .. } = *sp;
         io.pipe_back(pipe);
+        cx.links.get_mut(src).set_spliced(false);
         let kind = std::mem::take(&mut k.want[i]);
         if kind != Inject::None {
             self.inject(cx, src, kind, true, io);
