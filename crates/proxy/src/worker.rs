@@ -593,8 +593,7 @@ impl Handler<Slot> for Core {
             Op::Connect => s.on_connect(id, c.res, io, env),
             Op::Cancel => s.on_cancel(io, env),
             Op::Hangup => s.on_hangup(id, c.res, io, env),
-            Op::Readable => s.on_ready(id, false, io, env),
-            Op::Writable => s.on_ready(id, true, io, env),
+            Op::Readable | Op::Writable => s.on_ready(id, op == Op::Writable, io, env),
             Op::Accept | Op::Inbox | Op::Close | Op::SockOpt => Next::Continue,
         });
     }

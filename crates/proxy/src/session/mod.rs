@@ -404,7 +404,9 @@ impl Session {
     /// A readiness poll of a splice completed (`write`: the socket can take more; else it has
     /// more to read, or its peer hung up): the tunnel's splice goes on (in `after`, as it
     /// settles). `res`, the poll's events or an errno, is not looked at: the next splice(2)
-    /// says what the socket's state is.
+    /// says what the socket's state is. (Out of line: only a splice waits on readiness, and
+    /// the worker's dispatch of the per-message completions stays as it was.)
+    #[inline(never)]
     pub fn on_ready(
         &mut self,
         id: ConnId,

@@ -244,7 +244,7 @@ impl Sys for Fake {
             assert!(self.open_fds.contains(&to), "splice into a closed fd");
             let id = self.conn_of_fd(to);
             assert!(
-                !self.sending[idx(id)].is_some(),
+                self.sending[idx(id)].is_none(),
                 "a splice into {id:?} under a send in flight"
             );
             if self.full[idx(id)] {
