@@ -9,15 +9,14 @@
 //! configuration.
 
 pub mod conn;
-pub mod pipe;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+pub use crate::uring::pipe::Pipe;
 pub use conn::{Conn, QUEUE, Recv, Sent, Shut};
-pub use pipe::{Pipe, Pipes};
 
 use crate::uring::slots::Slots;
 use crate::uring::timer::TimerWheel;
@@ -113,7 +112,6 @@ pub struct RingSys<'a> {
     pub generation: u32,
     pub now_ms: u64,
     pub parked: &'a mut VecDeque<(u32, u32, ConnId)>,
-    pub pipes: &'a mut Pipes,
 }
 
 impl RingSys<'_> {
@@ -241,11 +239,11 @@ impl Sys for RingSys<'_> {
     }
 
     fn pipe(&mut self) -> Option<Pipe> {
-        self.pipes.take()
+        self.ring.pipes.take()
     }
 
     fn pipe_back(&mut self, p: Pipe) {
-        self.pipes.give_back(p);
+        self.ring.pipes.give_back(p);
     }
 
     fn nonblocking(&mut self, fd: RawFd) -> bool {
@@ -274,8 +272,6 @@ pub struct Reactor<T> {
     pub wheel: TimerWheel,
     /// Slots whose recv stopped on an empty buffer ring, re-armed as buffers return.
     pub parked: VecDeque<(u32, u32, ConnId)>,
-    /// Empty pipes kept for the next splice.
-    pub pipes: Pipes,
     /// `monotonic_ms()` when the reactor started: its clock counts from there.
     epoch_ms: u64,
     now_ms: u64,
@@ -294,7 +290,6 @@ impl<T> Reactor<T> {
             slots: Slots::with_capacity(capacity),
             wheel: TimerWheel::new(tick_ms, wheel_slots, 0),
             parked: VecDeque::new(),
-            pipes: Pipes::default(),
             epoch_ms: monotonic_ms(),
             now_ms: 0,
             cqes: Vec::with_capacity(CQE_BATCH),
@@ -320,7 +315,6 @@ impl<T> Reactor<T> {
             generation: g,
             now_ms: self.now_ms,
             parked: &mut self.parked,
-            pipes: &mut self.pipes,
         };
         Some((g, value, sys))
     }

@@ -340,9 +340,9 @@ impl Protocol for Tunnel {
                 }
             }
             _ => {
-                t.track(io.data_of(c));
+                let left = t.track(io.data_of(c));
                 cx.pass_on(side, c, io);
-                if self.frames[from(side)].payload_left() > 0 {
+                if left > 0 {
                     self.maybe_splice(cx, side, io);
                 }
             }
@@ -428,18 +428,15 @@ impl Protocol for Tunnel {
         room
     }
 
-    /// What a splice can move now moves (`splice.rs`); both sides have ended their streams
-    /// and what was queued toward them has gone: done.
+    /// Both sides have ended their streams and what was queued toward them has gone: done.
+    /// Else what a splice can move now moves (`splice.rs`: only a tunnel with a `Control`
+    /// can be splicing, and it is looked at out of line).
     fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
-        if self.ctl.as_ref().is_some_and(|k| k.splices()) {
-            let step = self.pump(cx, io);
-            if !matches!(step, Step::Continue) {
-                return step;
-            }
-        }
         let l = &cx.links;
         if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
             Step::Close(End::Done)
+        } else if self.ctl.is_some() {
+            self.settle_splices(cx, io)
         } else {
             Step::Continue
         }

@@ -14,8 +14,8 @@ use crate::config::Config;
 /// Descriptors a proxied session holds: the client socket and the upstream socket.
 pub const FDS_PER_SESSION: u64 = 2;
 /// Descriptors kept aside for listeners, rings, logs and the like, and the pipes of splicing
-/// tunnels (two per pipe, [`crate::reactor::pipe::PIPES_MAX`] at most).
-pub const FDS_RESERVED: u64 = 64 + 2 * crate::reactor::pipe::PIPES_MAX as u64;
+/// tunnels (two per pipe, [`crate::uring::pipe::PIPES_MAX`] at most).
+pub const FDS_RESERVED: u64 = 64 + 2 * crate::uring::pipe::PIPES_MAX as u64;
 /// The listen backlog ringway asks for (the kernel caps it at net.core.somaxconn).
 pub const LISTEN_BACKLOG: u32 = 65535;
 /// The playbook's worker_rlimit_nofile.

@@ -6,6 +6,7 @@
 //! handed back to the kernel before that SQE's completion has been reaped (asserted).
 
 pub mod counting;
+pub mod pipe;
 mod pool;
 mod probe;
 pub mod slots;
@@ -102,6 +103,8 @@ pub struct Ring {
     pub pool: BufPool,
     /// Heap bytes and addresses named by SQEs.
     pub heap: HeapStore,
+    /// Empty pipes kept for the next splice (a tunnel's bulk frames).
+    pub pipes: pipe::Pipes,
     /// The kernel ends a multishot recv after a byte limit (`sqe->optlen`, Linux 6.17+).
     recv_cap: bool,
     /// The kernel runs a socket's setsockopt as an `IORING_OP_URING_CMD` (Linux 6.7+).
@@ -199,6 +202,7 @@ impl Ring {
             mode,
             pool,
             heap: HeapStore::default(),
+            pipes: pipe::Pipes::default(),
             recv_cap: false,
             sockopt_cmd: false,
             connecting: std::collections::HashMap::new(),

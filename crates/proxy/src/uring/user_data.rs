@@ -36,22 +36,30 @@ pub enum Op {
     Writable = 11,
 }
 
+/// Every 4-bit op value, decoded: one load per completion, whatever the number of ops.
+const OPS: [Option<Op>; 16] = [
+    None,
+    Some(Op::Accept),
+    Some(Op::Recv),
+    Some(Op::Send),
+    Some(Op::Connect),
+    Some(Op::Cancel),
+    Some(Op::Hangup),
+    Some(Op::Inbox),
+    Some(Op::Close),
+    Some(Op::SockOpt),
+    Some(Op::Readable),
+    Some(Op::Writable),
+    None,
+    None,
+    None,
+    None,
+];
+
 impl Op {
+    #[inline]
     fn from_u8(v: u8) -> Option<Op> {
-        Some(match v {
-            1 => Op::Accept,
-            2 => Op::Recv,
-            3 => Op::Send,
-            4 => Op::Connect,
-            5 => Op::Cancel,
-            6 => Op::Hangup,
-            7 => Op::Inbox,
-            8 => Op::Close,
-            9 => Op::SockOpt,
-            10 => Op::Readable,
-            11 => Op::Writable,
-            _ => return None,
-        })
+        OPS[usize::from(v & 0xf)]
     }
 }
 
@@ -120,6 +128,16 @@ pub fn next_generation(g: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_decoding_table_holds_each_op_at_its_value() {
+        for (i, op) in OPS.iter().enumerate() {
+            if let Some(op) = op {
+                assert_eq!(*op as usize, i, "{op:?}");
+            }
+        }
+        assert_eq!(OPS.iter().flatten().count(), 11, "every op decodes");
+    }
 
     #[test]
     fn round_trip_edges() {

@@ -311,15 +311,17 @@ impl FrameTracker {
 
     /// Follow `data` passing by in a tunnel, never failing: bytes that break RFC 6455 (or a
     /// tunnel that is not WebSocket at all) mark the stream lost, and it is not tracked on.
-    pub fn track(&mut self, mut data: &[u8]) {
+    /// Returns [`FrameTracker::payload_left`] after it (what a splice could take).
+    pub fn track(&mut self, mut data: &[u8]) -> u64 {
         // The usual case: headers whole where they lie, each payload skipped in one step
         // (what `feed` does, without a `Step` per piece: this runs on every chunk a tunnel
         // forwards).
         while self.have == 0 {
             let left = self.left();
             if left >= data.len() as u64 {
-                self.set_left(left - data.len() as u64);
-                return;
+                let left = left - data.len() as u64;
+                self.set_left(left);
+                return left;
             }
             data = &data[left as usize..];
             match parse_header(data) {
@@ -334,13 +336,14 @@ impl FrameTracker {
                 }
                 Err(_) => {
                     self.have = LOST;
-                    return;
+                    return 0;
                 }
             }
         }
         if !self.lost() && self.feed(data).is_err() {
             self.have = LOST;
         }
+        self.payload_left()
     }
 }
 

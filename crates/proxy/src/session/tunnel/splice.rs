@@ -125,10 +125,28 @@ impl Tunnel {
         }));
     }
 
+    /// `settle` of a tunnel with a `Control`: the splices move, and a tunnel whose streams
+    /// have both ended by then (a FIN read by a splice, passed on) is done.
+    #[inline(never)]
+    pub(super) fn settle_splices<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        if !self.ctl.as_ref().is_some_and(|k| k.splices()) {
+            return Step::Continue;
+        }
+        let step = self.pump(cx, io);
+        if !matches!(step, Step::Continue) {
+            return step;
+        }
+        let l = &cx.links;
+        if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
+            Step::Close(super::super::End::Done)
+        } else {
+            Step::Continue
+        }
+    }
+
     /// Move what can move now in each spliced direction (after every event, as the tunnel
     /// settles).
-    #[inline(never)]
-    pub(super) fn pump<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+    fn pump<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
         for i in 0..2 {
             if self.splicing(side_of(i)) {
                 let step = self.pump_one(cx, side_of(i), io);
