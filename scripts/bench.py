@@ -589,11 +589,14 @@ def idle_run(load, kind, work, args, n, hold, interval, rate=5000, upstream_sour
 
 
 def scale_run(kind, n, rate, work):
-    """The largest idle run: scripts/scale.py in a network namespace, nothing pinned."""
+    """The largest idle run: scripts/scale.py in a network namespace, nothing pinned, with the
+    issue's 30 s heartbeats held for 60 s (two heartbeats per connection while measured; at
+    25 s the machine had no idle moment left at 500,000: BENCHMARKS.md, issue 23's fifth
+    steps, run 7)."""
     out = os.path.join(work, f"scale-{kind}.json")
     cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale.py"), "--netns",
-           "--proxy", kind, "--connections", str(n), "--rate", str(rate), "--interval", "25s", "--hold", "30s",
-           "--window", "10", "--proxy-cpu", "-1", "--load-cpu", "-1", "--out", out]
+           "--proxy", kind, "--connections", str(n), "--rate", str(rate), "--interval", "30s", "--hold", "60s",
+           "--window", "20", "--proxy-cpu", "-1", "--load-cpu", "-1", "--out", out]
     p = start(cmd)  # stopped by PID with SIGTERM on the way out, like every process here
     try:
         p.wait(timeout=n / rate + 900)

@@ -127,7 +127,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         out.append("The largest idle runs are `scripts/scale.py`: each proxy in a network namespace of its own "
                    "whose TCP established-socket hash is sized for the run (the host's is sized at boot: 262,144 "
                    "buckets here, and at ~2M sockets its lookups took 12 % of the machine), with its own echo "
-                   "backends and load generators (heartbeats every 25 s, held 30 s), and no process pinned. "
+                   "backends and load generators (heartbeats every 30 s, held 60 s), and no process pinned. "
                    "ringway binds its upstream sockets over 127.3.0.0/16 (`source`, nginx's proxy_bind), as a "
                    "deployment of that size must; without it, past ~200k sessions toward 8 backend addresses the "
                    "kernel's free-port search per connect saturates the proxy core. The nginx and HAProxy runs do "
