@@ -124,3 +124,77 @@ fn splicing_off_and_tls_go_through_buffers() {
         ws.close(None).unwrap();
     }
 }
+
+/// Pipes the proxy process has open now.
+fn pipes_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A crowd of clients that each open a huge frame and then go quiet hold a pipe each, but
+/// never more than the process's 64 (128 descriptors): past them, frames go through buffers,
+/// and a tunnel that comes after them still echoes megabytes, whole. When the crowd goes, its
+/// pipes go back or are closed.
+#[test]
+fn pipes_held_by_stalled_frames_are_bounded_and_others_go_on() {
+    use std::io::Write;
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack("splicehold", "", "", &runtime("\"16k\"", admin));
+    let pid = st.proxy.pid();
+    let before = pipes_of(pid);
+    let mut crowd = Vec::new();
+    for _ in 0..90 {
+        let mut ws = st.raw_ws("/ws/", "");
+        let mut out = Vec::new();
+        ringway_proxy::ws::write_header(
+            &mut out,
+            true,
+            0,
+            ringway_proxy::ws::opcode::BINARY,
+            Some([1, 2, 3, 4]),
+            1 << 30,
+        );
+        out.extend_from_slice(&vec![0x5a; 40_000]);
+        ws.s.write_all(&out).unwrap();
+        crowd.push(ws);
+    }
+    let t = std::time::Instant::now();
+    while spliced(admin) == 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(spliced(admin) > 0, "the crowd's frames were not spliced");
+    let held = pipes_of(pid) - before;
+    assert!(
+        held <= 2 * 64,
+        "{held} pipe descriptors open: more than 64 pipes"
+    );
+    // Someone else's bulk messages still go, whole (through buffers if no pipe is left).
+    let mut ws = st.ws("/ws/");
+    for i in 0..3u8 {
+        ws_echo(&mut ws, pattern(3 << 20, i));
+    }
+    ws.close(None).unwrap();
+    drop(ws);
+    drop(crowd);
+    // The crowd's tunnels end; their pipes go back to the workers (16 kept each) or close.
+    let t = std::time::Instant::now();
+    while pipes_of(pid) > before + 2 * 2 * 16 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pipes_of(pid) <= before + 2 * 2 * 16,
+        "{} pipe descriptors left open after the tunnels ended",
+        pipes_of(pid) - before
+    );
+}
