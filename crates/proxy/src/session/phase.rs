@@ -37,7 +37,20 @@ pub(super) struct Control {
     /// every frame's header is shown to it before the frame goes on.
     pub filter: Option<Box<dyn super::filter::FrameFilter>>,
     /// The splice of a bulk frame's payload from a side, while there is one (`splice.rs`).
-    pub splice: [Option<Box<super::tunnel::splice::Splice>>; 2],
+    pub splice: [Option<Box<Splice>>; 2],
+}
+
+/// One direction's splice of a frame's payload (`tunnel/splice.rs` moves it).
+#[derive(Debug)]
+pub(super) struct Splice {
+    pub pipe: crate::reactor::Pipe,
+    /// Bytes in the pipe, not yet on their way to the peer.
+    pub held: u32,
+    /// The source ended its stream (a splice read 0): passed on once the pipe is empty.
+    pub eof: bool,
+    /// When the pipe's bytes last found the peer's socket full (0: they did not), for
+    /// `send_timeout`.
+    pub stalled_ms: u64,
 }
 
 /// `Control::op` before the slow path has seen the frame's header.

@@ -9,7 +9,7 @@
 //! are stepped through frame by frame and copied (a few hundred bytes around a ping, or the
 //! rest of a tunnel that is being closed).
 
-pub(in crate::session) mod splice;
+mod splice;
 
 use std::hash::{BuildHasher, Hasher};
 

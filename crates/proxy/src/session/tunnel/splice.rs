@@ -17,10 +17,11 @@
 //! bytes: the source is not read through buffers, and a frame to put into the stream waits
 //! for the boundary after the splice (`Tunnel::inject`).
 
+use super::super::phase::Splice;
 use super::super::protocol::{Protocol, end_of_error};
 use super::super::{Cx, Io, Side, Step};
 use super::{Control, Inject, Tunnel, from, side_of};
-use crate::reactor::{Pipe, Recv, Shut};
+use crate::reactor::{Recv, Shut};
 use crate::uring::timer::Stamp;
 
 /// splice(2) calls per direction and event, at most: past them the direction waits for its
@@ -30,19 +31,6 @@ const ROUNDS: u32 = 16;
 
 /// Bytes asked of one splice from the source (the pipe takes what fits).
 const SPLICE_LEN: u64 = 1 << 20;
-
-/// One direction's splice.
-#[derive(Debug)]
-pub(in crate::session) struct Splice {
-    pipe: Pipe,
-    /// Bytes in the pipe, not yet on their way to the peer.
-    held: u32,
-    /// The source ended its stream (a splice read 0): passed on once the pipe is empty.
-    eof: bool,
-    /// When the pipe's bytes last found the peer's socket full (0: they did not), for
-    /// `send_timeout`.
-    stalled_ms: u64,
-}
 
 impl Control {
     /// Whether any direction splices.
