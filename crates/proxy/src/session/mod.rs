@@ -29,6 +29,7 @@ macro_rules! run {
     };
 }
 
+mod after;
 mod answer;
 mod connect;
 mod cx;
@@ -54,6 +55,7 @@ pub use crate::tls::Transport;
 use crate::upstream::Balancers;
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId, Src};
+use after::{close_retired, settled, sync_recv};
 use answer::Answer;
 use cx::Cx;
 pub use end::{AccessLog, End};
@@ -714,90 +716,6 @@ impl Session {
         let cx = &mut self.cx;
         run!(&mut self.phase, p => sync_recv(p, cx, io), ());
     }
-}
-
-/// Retired sockets close (see `close_retired`), then protocol `p` settles.
-#[inline(always)]
-fn settled<P: Protocol, I: Io>(p: &mut P, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
-    close_retired(p.keeps_queue(), cx, io, env);
-    p.settle(cx, io, env)
-}
-
-/// Close (or hand to the keepalive pool) the sockets that are retired and have nothing in
-/// flight; `keep`: what waits for the upstream stays, for the next attempt.
-#[inline(always)]
-fn close_retired(keep: bool, cx: &mut Cx, io: &mut impl Io, env: &mut Env<'_>) {
-    cx.links.close_down_when_done(io);
-    if cx.links.up.keep() {
-        let uses = cx.links.up.uses();
-        if let Some(conn) = cx.links.detach_up_when_done(io, keep) {
-            cx.pool_upstream(conn, uses, io, env);
-        }
-    } else if cx.links.close_up_when_done(io, keep) {
-        cx.uncount_peer();
-    }
-    cx.links.close_more_when_done(io);
-}
-
-/// Keep a recv armed on every connection exactly while protocol `p` should read it (see
-/// `sync_recv_of`), and the client's hang-up watch while it is not read.
-#[inline(always)]
-fn sync_recv<P: Protocol>(p: &mut P, cx: &mut Cx, io: &mut impl Io) {
-    let pool_low = io.pool_low();
-    sync_recv_of(p, cx, ConnId::CLIENT, pool_low, io);
-    sync_recv_of(p, cx, ConnId::UPSTREAM, pool_low, io);
-    for id in cx.links.more_ids() {
-        sync_recv_of(p, cx, id, pool_low, io);
-    }
-    // While the client's bytes are held back (its hold is full, or its body waits for a
-    // slow upstream) nothing reads its socket, so its FIN or reset would go unseen until
-    // the response: a poll for POLLRDHUP watches for it meanwhile.
-    let down = &cx.links.down;
-    let watch = down.recv_state() == Recv::Off && down.open() && !down.eof() && p.watches_client();
-    if watch || down.hup_state() == Recv::On {
-        cx.links.sync_watch(Side::Down, io, watch);
-    }
-}
-
-/// Whether connection `id` should have a recv armed right now, given `waiting`, the chunks
-/// that wait toward the other side. `pool_low`: the worker's buffer pool is at its floor.
-#[inline(always)]
-fn want_recv<P: Protocol>(p: &P, cx: &Cx, id: ConnId, waiting: usize, pool_low: bool) -> bool {
-    let c = cx.links.get(id);
-    // (Never called while closing: `after` returns before.)
-    if !c.readable() {
-        return false;
-    }
-    // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
-    // toward the other side, and capped at what is left of the budget (`sync_recv`), so a
-    // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
-    // previous bytes have not left yet (a slow or stalled reader) waits; one that has
-    // drained everything (making progress) reads on.
-    let room = waiting < QUEUE && (waiting == 0 || !pool_low);
-    p.wants(cx, id, room)
-}
-
-/// Keep a recv armed on connection `id` exactly while it should read, for what is left of
-/// its direction's budget.
-#[inline(always)]
-fn sync_recv_of<P: Protocol>(p: &mut P, cx: &mut Cx, id: ConnId, pool_low: bool, io: &mut impl Io) {
-    let waiting = cx.links.get(Side::of(id).peer()).pending();
-    let want = want_recv(p, cx, id, waiting, pool_low);
-    // Only arming a recv that is off, or cancelling one that is on, changes anything: the
-    // steady state (reading, and still wanting to) ends here.
-    match (want, cx.links.get(id).recv_state()) {
-        (true, Recv::Off) => p.resumed(cx, id, io.now_ms()),
-        (false, Recv::On) => {}
-        _ => return,
-    }
-    // What this direction may still take: the budget less what waits toward the peer; one
-    // at a time below the pool's floor.
-    let buffers = if pool_low {
-        1
-    } else {
-        QUEUE.saturating_sub(waiting).max(1) as u32
-    };
-    cx.links.sync_recv(id, io, want, buffers);
 }
 
 #[cfg(test)]
