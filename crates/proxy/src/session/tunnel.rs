@@ -272,6 +272,13 @@ fn pass(
     }
 }
 
+/// Both sides have ended their streams and what was queued toward them has gone.
+#[inline(always)]
+fn both_ended(cx: &Cx) -> bool {
+    let l = &cx.links;
+    l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed()
+}
+
 /// A 101 turned the request into a tunnel: bytes flow both ways untouched, and a frame
 /// tracker per direction (client to upstream, then upstream to client) knows where WebSocket
 /// frames end, for what will be put between them (pings, Close on drain, a filter's Close).
@@ -432,8 +439,7 @@ impl Protocol for Tunnel {
     /// Else what a splice can move now moves (`splice.rs`: only a tunnel with a `Control`
     /// can be splicing, and it is looked at out of line).
     fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
-        let l = &cx.links;
-        if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
+        if both_ended(cx) {
             Step::Close(End::Done)
         } else if self.ctl.is_some() {
             self.settle_splices(cx, io)

@@ -29,6 +29,11 @@ impl Pipe {
     /// A new non-blocking pipe, unless [`PIPES_MAX`] are open or none can be made (out of
     /// descriptors: the tunnel forwards through buffers instead).
     fn new() -> Option<Pipe> {
+        // A plain load first: while every pipe is taken, each bulk chunk of every tunnel asks
+        // again, and that must not be a read-modify-write shared across the workers' cores.
+        if LIVE.load(Ordering::Relaxed) >= PIPES_MAX {
+            return None;
+        }
         if LIVE.fetch_add(1, Ordering::Relaxed) >= PIPES_MAX {
             LIVE.fetch_sub(1, Ordering::Relaxed);
             return None;

@@ -20,7 +20,7 @@
 use super::super::phase::Splice;
 use super::super::protocol::{Protocol, end_of_error};
 use super::super::{Cx, Io, Side, Step};
-use super::{Control, Inject, Tunnel, from, side_of};
+use super::{Control, Inject, Tunnel, both_ended, from, side_of};
 use crate::reactor::{Recv, Shut};
 use crate::uring::timer::Stamp;
 
@@ -124,8 +124,7 @@ impl Tunnel {
         if !matches!(step, Step::Continue) {
             return step;
         }
-        let l = &cx.links;
-        if l.down.eof() && l.up.eof() && l.down.flushed() && l.up.flushed() {
+        if both_ended(cx) {
             Step::Close(super::super::End::Done)
         } else {
             Step::Continue
@@ -157,6 +156,7 @@ impl Tunnel {
         else {
             return Step::Continue;
         };
+        debug_assert!(cx.links.get(src).spliced(), "a splice whose source is read");
         let mut failed = None;
         for round in 1..=ROUNDS {
             let mut moved = false;
