@@ -7,6 +7,8 @@ pub mod app;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod h2;
+
 pub mod http;
 pub mod limits;
 pub mod live;
