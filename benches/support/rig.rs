@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ringway_proxy::config::Config;
 use ringway_proxy::reactor::{Pipe, Sys};
-use ringway_proxy::session::{AccessLog, Env, Io, Next, Observed, Session};
+use ringway_proxy::session::{AccessLog, Env, Inner, Io, Next, Observed, Session};
 use ringway_proxy::upstream::Balancers;
 use ringway_proxy::upstream::pool::Pool;
 use ringway_proxy::uring::{Chunk, ConnId, Op, Src};
@@ -114,6 +114,9 @@ impl Sys for Effects {
     fn nonblocking(&mut self, _fd: RawFd) -> bool {
         true
     }
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
+        Err(24) // EMFILE: the rig runs HTTP/1 only.
+    }
 }
 
 impl Io for Effects {
@@ -130,6 +133,7 @@ pub struct Tunnel {
     fx: Effects,
     balancers: Balancers,
     pool: Pool,
+    inner: Vec<Inner>,
 }
 
 const CFG: &str = r#"
@@ -144,11 +148,12 @@ upstream = "echo"
 "#;
 
 /// The worker's environment for one event.
-fn env<'a>(balancers: &'a mut Balancers, pool: &'a mut Pool) -> Env<'a> {
+fn env<'a>(balancers: &'a mut Balancers, pool: &'a mut Pool, inner: &'a mut Vec<Inner>) -> Env<'a> {
     Env {
         balancers,
         draining: false,
         pool,
+        inner,
     }
 }
 
@@ -163,11 +168,15 @@ impl Tunnel {
             fx: Effects::default(),
             balancers: Balancers::new(&cfg),
             pool: Pool::default(),
+            inner: Vec::new(),
         };
-        t.s.start(&mut t.fx, &mut env(&mut t.balancers, &mut t.pool));
+        t.s.start(
+            &mut t.fx,
+            &mut env(&mut t.balancers, &mut t.pool, &mut t.inner),
+        );
         t.deliver(ConnId::CLIENT, request);
         assert!(t.fx.connecting, "the request did not connect upstream");
-        let mut env = env(&mut t.balancers, &mut t.pool);
+        let mut env = env(&mut t.balancers, &mut t.pool, &mut t.inner);
         let next = t.s.on_connect(ConnId::UPSTREAM, 0, &mut t.fx, &mut env);
         assert_eq!(next, Next::Continue);
         t.complete_send(ConnId::UPSTREAM);
@@ -190,7 +199,7 @@ impl Tunnel {
             }
         };
         self.fx.bufs[usize::from(bid)][..bytes.len()].copy_from_slice(bytes);
-        let mut env = env(&mut self.balancers, &mut self.pool);
+        let mut env = env(&mut self.balancers, &mut self.pool, &mut self.inner);
         let next = self.s.on_recv(
             id,
             bytes.len() as i32,
@@ -207,7 +216,7 @@ impl Tunnel {
         let c = self.fx.sending[usize::from(id.0)]
             .take()
             .expect("a send in flight");
-        let mut env = env(&mut self.balancers, &mut self.pool);
+        let mut env = env(&mut self.balancers, &mut self.pool, &mut self.inner);
         let next = self.s.on_send(id, c.len as i32, &mut self.fx, &mut env);
         assert_eq!(next, Next::Continue);
     }

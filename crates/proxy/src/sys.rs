@@ -78,6 +78,21 @@ pub fn connect_socket(to: SocketAddr, source: Option<IpAddr>, nodelay: bool) -> 
     Ok(sock.into_raw_fd())
 }
 
+/// A connected pair of local stream sockets (close-on-exec): an HTTP/2 stream's way into the
+/// inner HTTP/1 session that carries it. The errno when none can be made.
+pub fn socketpair() -> Result<(RawFd, RawFd), i32> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+    use std::os::fd::IntoRawFd;
+    let (a, b) = nix::sys::socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| e as i32)?;
+    Ok((a.into_raw_fd(), b.into_raw_fd()))
+}
+
 /// Take an fd returned by an accept completion, with the peer's address. (TCP_NODELAY came
 /// with it from the listening socket: [`listening`].)
 pub fn accepted(fd: RawFd) -> (RawFd, SocketAddr) {

@@ -72,6 +72,8 @@ struct Core {
     /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
     /// over `runtime.drain_spread` from the start of the drain).
     drain_queue: std::collections::VecDeque<(u32, Instant)>,
+    /// Inner sessions (HTTP/2 streams) a session asked for, started after its event.
+    inner: Vec<crate::session::Inner>,
 }
 
 /// One listening socket of this worker.
@@ -165,6 +167,7 @@ impl Worker {
                 drain_began: None,
                 close_now: false,
                 drain_queue: Default::default(),
+                inner: Vec::new(),
                 spec,
             },
         })
@@ -455,23 +458,27 @@ impl Core {
             balancers: &mut self.balancers,
             draining: self.drain_began.is_some(),
             pool: &mut self.pool,
+            inner: &mut self.inner,
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
-            return self.end_session(r, slot, generation, end);
+            self.end_session(r, slot, generation, end);
+        } else {
+            // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
+            // later, which the wheel learns lazily when the entry fires): replace the entry,
+            // so a session has one at most and a storm leaves none behind.
+            let old = entry.timer_at;
+            if let Some(d) = entry.session.reschedule(old, now_ms) {
+                entry.timer_at = d;
+                if old != 0 {
+                    r.wheel.remove((slot, generation), old);
+                }
+                r.wheel.insert((slot, generation), d);
+            }
         }
-        // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
-        // later, which the wheel learns lazily when the entry fires): replace the entry, so a
-        // session has one at most and a storm leaves none behind.
-        let old = entry.timer_at;
-        let Some(d) = entry.session.reschedule(old, now_ms) else {
-            return;
-        };
-        entry.timer_at = d;
-        if old != 0 {
-            r.wheel.remove((slot, generation), old);
+        if !self.inner.is_empty() {
+            self.start_inner(r);
         }
-        r.wheel.insert((slot, generation), d);
     }
 
     /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
@@ -534,6 +541,29 @@ impl Core {
             return;
         };
         self.serve(r, c.res, listen);
+    }
+
+    /// The inner sessions asked for (HTTP/2 streams): each starts like an accepted
+    /// connection's, or, over the session cap, its socket closes (the stream is answered 502).
+    fn start_inner(&mut self, r: &mut Reactor<Slot>) {
+        while let Some(i) = self.inner.pop() {
+            if r.slots.len() >= self.spec.max_sessions {
+                self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                let _ = nix::unistd::close(i.fd);
+                continue;
+            }
+            let now = r.now_ms();
+            let (key, _) = r.slots.insert(|_, _| Slot {
+                session: Session::inner(i, now),
+                timer_at: 0,
+                accepted_ms: now,
+            });
+            self.spec.metrics.active.fetch_add(1, Ordering::Relaxed);
+            self.with_session(r, key, |s, io, env| {
+                s.start(io, env);
+                Next::Continue
+            });
+        }
     }
 
     /// A connection accepted on a listener with settings `listen`: a session for it (or
@@ -713,6 +743,9 @@ impl Sys for WorkerIo<'_> {
     }
     fn nonblocking(&mut self, fd: RawFd) -> bool {
         self.sys.nonblocking(fd)
+    }
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
+        self.sys.socketpair()
     }
 }
 

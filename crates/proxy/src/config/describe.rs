@@ -83,6 +83,13 @@ impl Config {
                 fmt_duration(s.keepalive_timeout),
                 s.keepalive_requests
             );
+            if let Some(h) = s.http2 {
+                let _ = writeln!(
+                    o,
+                    "  http2 websocket={} max_concurrent_streams={}",
+                    h.websocket, h.max_streams
+                );
+            }
             if !s.trusted_proxies.is_empty() {
                 let blocks: Vec<String> = s
                     .trusted_proxies

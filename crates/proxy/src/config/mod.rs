@@ -212,7 +212,24 @@ pub struct Server {
     /// nginx's `real_ip_header X-Forwarded-For` (or X-Real-IP): from a trusted proxy, the
     /// client is the header's last address.
     pub real_ip_header: Option<String>,
+    /// HTTP/2 on its listeners (`http2 = true`), if on.
+    pub http2: Option<Http2>,
 }
+
+/// A server's HTTP/2 (`http2 = true`): ALPN `h2` on TLS listeners, the client preface on plain
+/// ones (h2c with prior knowledge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2 {
+    /// WebSockets over HTTP/2 (RFC 8441's extended CONNECT): `http2_websocket`.
+    pub websocket: bool,
+    /// Streams open at once on one connection: `http2_max_concurrent_streams`.
+    pub max_streams: u8,
+}
+
+/// The most streams one HTTP/2 connection may have open at once: each is an inner HTTP/1
+/// session on a connection of its own, and a session tells at most `CONN_MAX` connections
+/// apart (one is the client's, one the first upstream's).
+pub const HTTP2_STREAMS_MAX: u8 = crate::uring::CONN_MAX - 1;
 
 /// An address block (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,11 +330,19 @@ pub struct Listen {
     pub tls: bool,
     /// Connections start with a PROXY protocol header.
     pub proxy_header: bool,
+    /// HTTP/2 on this listener (from its servers), if on.
+    pub http2: Option<Http2>,
 }
 
 impl Listen {
     /// The settings of `server` for sessions accepted on listener `index`.
-    pub fn of(index: usize, server: &Server, tls: bool, proxy_header: bool) -> Listen {
+    pub fn of(
+        index: usize,
+        server: &Server,
+        tls: bool,
+        proxy_header: bool,
+        http2: Option<Http2>,
+    ) -> Listen {
         Listen {
             index: index as u16,
             header_timeout_ms: ms32(server.header_timeout),
@@ -328,6 +353,7 @@ impl Listen {
             keepalive_requests: server.keepalive_requests,
             tls,
             proxy_header,
+            http2,
         }
     }
 

@@ -185,6 +185,9 @@ pub struct Server {
     pub keepalive_requests: Option<Spanned<i64>>,
     pub tls: Option<Spanned<Tls>>,
     pub strict_sni: Option<bool>,
+    pub http2: Option<Spanned<bool>>,
+    pub http2_websocket: Option<Spanned<bool>>,
+    pub http2_max_concurrent_streams: Option<Spanned<i64>>,
     #[serde(default)]
     pub location: Vec<Spanned<Location>>,
 }

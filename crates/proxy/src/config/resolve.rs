@@ -82,6 +82,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                 names: &s.names,
                 certs: server_tls[si].as_ref(),
                 strict_sni: raw.server[si].get_ref().strict_sni.unwrap_or(false),
+                http2: s.http2.is_some(),
                 listen_span: raw.server[si].get_ref().listen.span(),
             })
             .collect();
@@ -94,7 +95,14 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
                 .find(|s| s.listen.contains(&li))
                 .expect("every listener belongs to a server");
             let tls = listener_tls[li].is_some();
-            Listen::of(li, server, tls, listener_proxy[li].is_some())
+            // HTTP/2 is a property of the connection, before any Host is known: the listener
+            // speaks it when any of its servers asks (nginx's `http2 on` is the same), with
+            // the settings of the first that does.
+            let http2 = servers
+                .iter()
+                .filter(|s| s.listen.contains(&li))
+                .find_map(|s| s.http2);
+            Listen::of(li, server, tls, listener_proxy[li].is_some(), http2)
         })
         .collect();
     Ok(Config {
@@ -298,7 +306,9 @@ fn server(
         Some(t) => Some(tls::load_server(cx, &f, t, warnings)?),
     };
     let (trusted_proxies, real_ip_header, proxy_protocol) = real_ip(cx, &f, s)?;
+    let http2 = http2(cx, &f, s)?;
     let server = Server {
+        http2,
         trusted_proxies,
         real_ip_header,
         listen,
@@ -312,6 +322,43 @@ fn server(
         locations,
     };
     Ok((server, tls, proxy_protocol))
+}
+
+/// A server's `http2`, `http2_websocket` and `http2_max_concurrent_streams`.
+fn http2(cx: &Ctx<'_>, f: &str, s: &raw::Server) -> Result<Option<Http2>, ConfigError> {
+    let on = s.http2.as_ref().is_some_and(|h| *h.get_ref());
+    if !on {
+        for (key, span) in [
+            (
+                "http2_websocket",
+                s.http2_websocket.as_ref().map(|v| v.span()),
+            ),
+            (
+                "http2_max_concurrent_streams",
+                s.http2_max_concurrent_streams.as_ref().map(|v| v.span()),
+            ),
+        ] {
+            if let Some(span) = span {
+                return Err(cx.err(span, format!("{f}.{key}"), "needs http2 = true"));
+            }
+        }
+        return Ok(None);
+    }
+    let max_streams = match &s.http2_max_concurrent_streams {
+        None => HTTP2_STREAMS_MAX,
+        Some(n) if (1..=i64::from(HTTP2_STREAMS_MAX)).contains(n.get_ref()) => *n.get_ref() as u8,
+        Some(n) => {
+            return Err(cx.err(
+                n.span(),
+                format!("{f}.http2_max_concurrent_streams"),
+                format!("must be between 1 and {HTTP2_STREAMS_MAX}"),
+            ));
+        }
+    };
+    Ok(Some(Http2 {
+        websocket: s.http2_websocket.as_ref().is_none_or(|w| *w.get_ref()),
+        max_streams,
+    }))
 }
 
 /// A server's `listen` addresses, as indices into `listeners` (each distinct address once).

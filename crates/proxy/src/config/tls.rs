@@ -352,6 +352,8 @@ pub(super) struct OnAddress<'a> {
     pub certs: Option<&'a ServerCerts>,
     pub strict_sni: bool,
     pub listen_span: std::ops::Range<usize>,
+    /// The server has `http2 = true`: ALPN offers `h2` on this address.
+    pub http2: bool,
 }
 
 /// The TLS of the listen address `addr` from the servers on it: `None` when none has TLS; an
@@ -407,7 +409,11 @@ pub(super) fn listener(
         })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(sni));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if on.iter().any(|s| s.http2) {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     // The records are ringway's own once the handshake is done (tls/records/).
     config.enable_secret_extraction = true;
     if let Some(t) = ticketer() {

@@ -208,6 +208,11 @@ impl Connection {
         &mut self.out
     }
 
+    /// The client's preface and first SETTINGS have come.
+    pub fn started(&self) -> bool {
+        self.settings_seen
+    }
+
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.streams.len()

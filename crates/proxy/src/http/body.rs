@@ -98,12 +98,28 @@ impl BodyTracker {
     }
 
     /// Feed bytes; returns how many of them belong to this body (all of them until it is done).
+    #[inline]
     pub fn feed(&mut self, data: &[u8]) -> Result<usize, BodyError> {
+        self.feed_payload(data, |_| {})
+    }
+
+    /// [`BodyTracker::feed`], showing `payload` each run of the body's content: what a
+    /// chunked body carries without its framing (an HTTP/2 stream's DATA).
+    #[inline]
+    pub fn feed_payload(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(&[u8]),
+    ) -> Result<usize, BodyError> {
         match self.state {
             State::Done => Ok(0),
-            State::UntilClose => Ok(data.len()),
+            State::UntilClose => {
+                payload(data);
+                Ok(data.len())
+            }
             State::Length(left) => {
                 let take = (data.len() as u64).min(left);
+                payload(&data[..take as usize]);
                 let left = left - take;
                 self.state = if left == 0 {
                     State::Done
@@ -119,6 +135,7 @@ impl BodyTracker {
                         // Data is taken as a run, not a byte at a time.
                         Chunk::Data(left) => {
                             let take = ((data.len() - i) as u64).min(left);
+                            payload(&data[i..i + take as usize]);
                             i += take as usize;
                             let left = left - take;
                             c = if left == 0 {
@@ -285,6 +302,29 @@ mod tests {
         );
         assert!(BodyTracker::new(BodyKind::Length(0)).done());
         assert!(BodyTracker::new(BodyKind::None).done());
+    }
+
+    #[test]
+    fn the_payload_of_a_chunked_body_comes_without_its_framing_in_every_split() {
+        let body =
+            b"5 \r\nhello\r\n1a;name=v\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\nnext";
+        for step in 1..body.len() {
+            let mut t = BodyTracker::new(BodyKind::Chunked);
+            let mut got = Vec::new();
+            let mut used = 0;
+            for piece in body.chunks(step) {
+                used += t.feed_payload(piece, |p| got.extend_from_slice(p)).unwrap();
+            }
+            assert_eq!(got, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            assert_eq!(used, body.len() - 4);
+        }
+        let mut t = BodyTracker::new(BodyKind::Length(3));
+        let mut got = Vec::new();
+        assert_eq!(
+            t.feed_payload(b"abcdef", |p| got.extend_from_slice(p)),
+            Ok(3)
+        );
+        assert_eq!(got, b"abc");
     }
 
     #[test]

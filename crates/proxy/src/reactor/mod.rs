@@ -98,6 +98,8 @@ pub trait Sys {
     fn pipe_back(&mut self, p: Pipe);
     /// Make socket `fd` non-blocking (for splice(2)); false when that failed.
     fn nonblocking(&mut self, fd: RawFd) -> bool;
+    /// A connected pair of local stream sockets, or the errno.
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32>;
 }
 
 /// The pool's floor, as a fraction of it (1/4): below it only connections making progress
@@ -248,6 +250,10 @@ impl Sys for RingSys<'_> {
 
     fn nonblocking(&mut self, fd: RawFd) -> bool {
         crate::uring::set_nonblocking(fd)
+    }
+
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
+        crate::sys::socketpair()
     }
 }
 

@@ -163,13 +163,6 @@ impl Links {
     /// (from 2), or a new one; None past [`CONN_MAX`]. Give it its socket with
     /// `Transport::reset_fd` after `Io::connect` with this id before asking for another: until
     /// it has one, it is the closed connection the next call finds.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the seam for protocols with several upstream connections: the session tests' fan-out protocol uses it today"
-        )
-    )]
     pub fn add(&mut self) -> Option<ConnId> {
         let more = self.more.get_or_insert_with(Default::default);
         if let Some(i) = more.iter().position(|t| t.fd() < 0 && t.ops() == 0) {

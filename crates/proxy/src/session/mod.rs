@@ -35,6 +35,7 @@ mod connect;
 mod cx;
 mod end;
 mod filter;
+mod h2;
 mod http1;
 mod links;
 mod phase;
@@ -106,6 +107,19 @@ pub struct Env<'a> {
     pub draining: bool,
     /// The worker's idle upstream connections (keepalive).
     pub pool: &'a mut crate::upstream::pool::Pool,
+    /// Sessions to start beside this one once its event is handled (an HTTP/2 stream's).
+    pub inner: &'a mut Vec<Inner>,
+}
+
+/// A session a protocol asks the worker to start beside its own: the inner HTTP/1 session that
+/// carries one HTTP/2 stream, over its end of a socket pair, for the same client, under the
+/// same configuration and listener (its `X-Forwarded-Proto`, its servers).
+#[derive(Debug)]
+pub struct Inner {
+    pub fd: RawFd,
+    pub client: SocketAddr,
+    pub listen: Listen,
+    pub cfg: Arc<Config>,
 }
 
 /// What a session tells the worker after an event: go on, or `Close`, which means that
@@ -156,14 +170,8 @@ enum Phase {
     Respond(answer::Answer),
     /// Cancelling ops and closing sockets; the request to log when the session ends, if any.
     Closing(Option<Box<Req>>),
-    /// A protocol added as a type (`protocol.rs`), called through its interface.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the seam for protocols added as types: the session tests' toy protocol runs on it today"
-        )
-    )]
+    /// A protocol added as a type (`protocol.rs`), called through its interface: HTTP/2
+    /// (`h2.rs`), and the session tests' toy protocols.
     Other(Box<dyn protocol::Erased>),
 }
 
@@ -252,6 +260,36 @@ impl Session {
             Some(Some(t)) => Transport::server(fd, &t.config),
             _ => Transport::plain(fd),
         };
+        Session::over(down, client, listen, cfg, now_ms, phase)
+    }
+
+    /// The inner HTTP/1 session of an HTTP/2 stream (`Inner`): plaintext on its socket, no
+    /// PROXY header, no HTTP/2 of its own.
+    pub fn inner(i: Inner, now_ms: u64) -> Session {
+        let listen = Listen {
+            proxy_header: false,
+            http2: None,
+            ..i.listen
+        };
+        let down = Transport::plain(i.fd);
+        Session::over(
+            down,
+            i.client,
+            listen,
+            i.cfg,
+            now_ms,
+            Phase::Request(Request::default()),
+        )
+    }
+
+    fn over(
+        down: Transport,
+        client: SocketAddr,
+        listen: Listen,
+        cfg: Arc<Config>,
+        now_ms: u64,
+        phase: Phase,
+    ) -> Session {
         Session {
             cx: Cx {
                 links: Links::new(down),

@@ -141,6 +141,13 @@ pub(super) trait Protocol: Debug {
         false
     }
 
+    /// Whether a send to an upstream connection that makes no progress ends the session (at
+    /// the request's `send_timeout`). HTTP/2's connections past the client's lead to inner
+    /// sessions, which time their own upstreams: only the client's sends are timed there.
+    fn times_upstream_sends(&self) -> bool {
+        true
+    }
+
     /// After every event, once the links have settled (sends completed, sockets closed): the
     /// place to notice what only the links show, such as an answer fully sent or a previous
     /// socket closed.
@@ -197,6 +204,7 @@ pub(super) trait Erased: Debug {
     fn resumed(&mut self, cx: &mut Cx, id: ConnId, now: u64);
     fn watches_client(&self) -> bool;
     fn keeps_queue(&self) -> bool;
+    fn times_upstream_sends(&self) -> bool;
     fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step;
     fn finish(self: Box<Self>, cx: &mut Cx, io: &mut dyn Io) -> Phase;
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
@@ -253,6 +261,9 @@ impl<P: Protocol> Erased for P {
     }
     fn keeps_queue(&self) -> bool {
         Protocol::keeps_queue(self)
+    }
+    fn times_upstream_sends(&self) -> bool {
+        Protocol::times_upstream_sends(self)
     }
     fn settle(&mut self, cx: &mut Cx, io: &mut dyn Io, env: &mut Env<'_>) -> Step {
         Protocol::settle(self, cx, io, env)
@@ -326,6 +337,9 @@ impl Protocol for Box<dyn Erased> {
     }
     fn keeps_queue(&self) -> bool {
         (**self).keeps_queue()
+    }
+    fn times_upstream_sends(&self) -> bool {
+        (**self).times_upstream_sends()
     }
     fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
         (**self).settle(cx, io.as_dyn(), env)

@@ -56,6 +56,12 @@ impl Protocol for Request {
         }
         self.head.extend_from_slice(io.data_of(c));
         io.release(c);
+        if cx.served == 0
+            && cx.listen().http2.is_some()
+            && let Some(step) = self.http2(cx, io)
+        {
+            return step;
+        }
         self.parse(cx, io)
     }
 
@@ -107,6 +113,28 @@ impl Protocol for Request {
 }
 
 impl Request {
+    /// On a listener with `http2`, the connection's first bytes: HTTP/2 when TLS chose it
+    /// (ALPN `h2`), or, on a plain listener, when they are the client preface (h2c with prior
+    /// knowledge); then the session becomes the HTTP/2 connection, which reads them again.
+    /// None: HTTP/1.
+    #[cold]
+    fn http2<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Option<Step> {
+        let alpn = cx.links.down.tls_info().is_some_and(|i| i.h2);
+        if !alpn {
+            let preface = crate::h2::frame::PREFACE;
+            let n = self.head.len().min(preface.len());
+            if !cx.links.down.is_plain() || self.head[..n] != preface[..n] {
+                return None;
+            }
+            if n < preface.len() {
+                return Some(Step::Continue);
+            }
+        }
+        let first = std::mem::take(&mut self.head);
+        let h2 = super::h2::H2::new(cx, first, io.now_ms());
+        Some(Step::Become(Phase::Other(Box::new(h2))))
+    }
+
     /// Waiting for the first byte of the next request on a kept-alive connection.
     pub(super) fn idle(&self, cx: &Cx) -> bool {
         cx.served > 0 && self.head.is_empty()

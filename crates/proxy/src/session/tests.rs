@@ -305,6 +305,10 @@ impl Sys for Fake {
         assert!(self.open_fds.contains(&fd), "fcntl on a closed fd");
         true
     }
+    // The simulation runs HTTP/1 sessions only: none asks for a socket pair.
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
+        Err(libc::EMFILE)
+    }
 }
 
 impl Fake {
@@ -353,6 +357,7 @@ macro_rules! env_of {
             balancers: &mut $sim.balancers,
             draining: $sim.draining,
             pool: &mut $sim.pool,
+            inner: &mut $sim.inner,
         }
     };
 }
@@ -366,6 +371,8 @@ struct Sim {
     balancers: Balancers,
     draining: bool,
     pool: crate::upstream::pool::Pool,
+    /// Inner sessions asked for (none: the simulation runs HTTP/1).
+    inner: Vec<super::Inner>,
     rng: u64,
     /// The end-of-session point ran.
     ended: bool,
@@ -430,6 +437,7 @@ impl Sim {
             balancers,
             draining: false,
             pool: Default::default(),
+            inner: Vec::new(),
             ended: false,
             timer_at: 0,
             rng: seed

@@ -2,7 +2,7 @@
 //! progress) and what happens when the timer wheel fires for it.
 
 use super::protocol::{Protocol, Step};
-use super::{End, Env, Io, Next, Phase, Session};
+use super::{End, Env, Io, Next, Phase, Session, Transport};
 
 impl Session {
     /// How long a send may make no progress.
@@ -21,6 +21,12 @@ impl Session {
         // send_timeout (looked up only when something is being sent).
         let send = match self.phase.is_closing() {
             true => None,
+            false if self.client_sends_only() => self
+                .cx
+                .links
+                .down
+                .send_since_ms(now_ms)
+                .map(|since| since + self.send_ms()),
             false => self
                 .cx
                 .links
@@ -31,6 +37,12 @@ impl Session {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Only the client's sends are timed (a protocol whose other connections time their own:
+    /// HTTP/2's inner sessions). Looked up only for a protocol added as a type.
+    fn client_sends_only(&self) -> bool {
+        matches!(&self.phase, Phase::Other(p) if !p.times_upstream_sends())
     }
 
     /// Where the worker's timer for this session must move after an event, given where it is
@@ -64,10 +76,11 @@ impl Session {
             return Next::Continue;
         }
         let send_ms = self.send_ms();
-        let stuck = self
-            .cx
-            .links
-            .any(|p| p.send_since_ms(now).is_some_and(|s| s + send_ms <= now));
+        let stuck_at = |p: &Transport| p.send_since_ms(now).is_some_and(|s| s + send_ms <= now);
+        let stuck = match self.client_sends_only() {
+            true => stuck_at(&self.cx.links.down),
+            false => self.cx.links.any(stuck_at),
+        };
         let next = if stuck {
             Step::Close(End::SendTimeout)
         } else {

@@ -138,6 +138,8 @@ pub struct Tls<E: Engine> {
     sni: Option<Box<str>>,
     /// The handshake resumed a session (kept for the log once rustls has handed over).
     resumed: bool,
+    /// ALPN chose `h2` (kept, as `resumed` is, past the hand-over).
+    h2: bool,
 }
 
 impl<E: Engine> std::fmt::Debug for Tls<E> {
@@ -165,6 +167,7 @@ where
             notified: false,
             sni: None,
             resumed: false,
+            h2: false,
         }
     }
 
@@ -206,6 +209,7 @@ where
             cipher: suite.and_then(|s| s.suite().as_str()),
             sni: self.sni.as_deref(),
             resumed: self.resumed,
+            h2: self.h2,
         }
     }
 
@@ -511,6 +515,7 @@ where
             }
         };
         self.resumed = e.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        self.h2 = e.common().alpn_protocol() == Some(b"h2");
         let r = (*e).into_records().map_err(Fail::Tls)?;
         self.stage = Stage::Records(Box::new(r));
         self.shown = 0;
@@ -647,6 +652,8 @@ pub struct Info<'a> {
     pub sni: Option<&'a str>,
     /// The handshake resumed an earlier session.
     pub resumed: bool,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
 }
 
 fn version_name(v: rustls::ProtocolVersion) -> &'static str {

@@ -1,0 +1,738 @@
+//! HTTP/2 toward the client, a protocol type (run as `Phase::Other`): the connection's frames
+//! through [`crate::h2::Connection`], and each stream carried by an inner HTTP/1 session of the
+//! same worker over a socket pair. A stream's request goes to its inner session as an HTTP/1.1
+//! request (an extended CONNECT for `websocket` as an `Upgrade: websocket` GET); the inner
+//! session does everything an HTTP/1 client connection gets — routing, limits, balancing,
+//! retries, the keepalive pool, `X-Forwarded-*`, the tunnel's heartbeats and Close frames, the
+//! access log — and its HTTP/1.1 response comes back as the stream's HEADERS and DATA (a 101
+//! as a 200, the stream then carrying the tunnel's bytes).
+//!
+//! Bounds: streams at once (`http2_max_concurrent_streams`, at most 14: each takes one of the
+//! session's connection ids); per stream, what the client may send ahead (the stream window,
+//! given back once its bytes have gone into the socket pair) and what waits for the client's
+//! window (one read of the inner session's answer: its socket is not read again until that
+//! has gone); toward the client, nothing is read from it while `QUEUE` chunks wait for it.
+
+use std::os::fd::RawFd;
+
+use super::protocol::{Protocol, Step};
+use super::{Cx, End, Env, Inner, Io, QUEUE, RESPONSE_HEAD_MAX};
+use crate::h2::fields::{FieldList, Request as H2Request};
+use crate::h2::{Code, Connection, Handler, Settings};
+use crate::http::{self, BodyKind, BodyTracker, HeadError};
+use crate::uring::{Chunk, ConnId};
+
+/// The window each stream starts with (what a client may send one stream ahead of its inner
+/// session).
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// An HTTP/2 connection and its streams.
+pub(super) struct H2 {
+    conn: Box<Connection>,
+    streams: Vec<Stream>,
+    /// Bytes the session read before it knew it was HTTP/2 (the preface and what followed).
+    first: Vec<u8>,
+    /// When the connection last became idle (no stream), for `keepalive_timeout`; None while
+    /// a stream is open.
+    idle_since: Option<u64>,
+    /// Streams taken on this connection (for `keepalive_requests`).
+    taken: u32,
+    /// A key for the next generated `Sec-WebSocket-Key`.
+    key_seed: u64,
+}
+
+impl std::fmt::Debug for H2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2")
+            .field("streams", &self.streams.len())
+            .finish()
+    }
+}
+
+/// One stream and the inner session carrying it.
+#[derive(Debug)]
+struct Stream {
+    id: u32,
+    /// This side's end of the socket pair.
+    link: ConnId,
+    /// How the request's body goes to the inner session.
+    body: Body,
+    /// HEAD: the answer has no body whatever its head says.
+    head: bool,
+    resp: Resp,
+    /// Answer bytes waiting for the client's window; `held_end`: the stream ends after them.
+    held: Vec<u8>,
+    held_end: bool,
+    /// DATA bytes queued toward the inner session, given back once they have left.
+    credit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    /// No body, or one of a known length: its bytes go as they are.
+    Plain,
+    /// A body without a length: chunked toward the inner session.
+    Chunked,
+    /// A WebSocket's bytes after the 101.
+    Tunnel,
+    /// The client's half has ended.
+    Ended,
+}
+
+#[derive(Debug)]
+enum Resp {
+    /// Our own answer, with no inner session (sent as the event ends, by `settle`).
+    Own(u16),
+    /// The answer's head, gathering (a tunnel's 101 becomes the stream's 200).
+    Head {
+        buf: Vec<u8>,
+        tunnel: bool,
+    },
+    Body(BodyTracker),
+    Tunnel,
+}
+
+impl H2 {
+    /// The connection of a client that chose HTTP/2, with what it sent so far.
+    pub(super) fn new(cx: &Cx, first: Vec<u8>, now: u64) -> H2 {
+        let h = cx.listen().http2.unwrap_or(crate::config::Http2 {
+            websocket: true,
+            max_streams: crate::config::HTTP2_STREAMS_MAX,
+        });
+        let settings = Settings {
+            max_streams: u32::from(h.max_streams),
+            window: STREAM_WINDOW,
+            max_header_list: cx.listen().header_max,
+            connect_protocol: h.websocket,
+        };
+        H2 {
+            conn: Box::new(Connection::new(settings)),
+            streams: Vec::new(),
+            first,
+            idle_since: Some(now),
+            taken: 0,
+            key_seed: now ^ (u64::from(cx.client.addr().port()) << 32) ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn by_link(&self, link: ConnId) -> Option<usize> {
+        self.streams.iter().position(|s| s.link == link)
+    }
+
+    /// Bytes from the client, through the connection's state machine.
+    fn client_bytes(
+        &mut self,
+        cx: &mut Cx,
+        data: &[u8],
+        io: &mut (impl Io + ?Sized),
+        env: &mut Env<'_>,
+    ) -> Step {
+        let now = io.now_ms();
+        let mut ev = Events {
+            streams: &mut self.streams,
+            cx,
+            io,
+            inner: env.inner,
+            taken: &mut self.taken,
+            key_seed: &mut self.key_seed,
+        };
+        let r = self.conn.received(data, now, &mut ev);
+        if !self.streams.is_empty() {
+            self.idle_since = None;
+        }
+        match r {
+            Ok(()) => Step::Continue,
+            Err(code) => {
+                self.flush(cx, io);
+                Step::Fail(End::BadRequest(code.name()))
+            }
+        }
+    }
+
+    /// What the connection wrote, on to the client.
+    fn flush(&mut self, cx: &mut Cx, io: &mut (impl Io + ?Sized)) {
+        let out = self.conn.out();
+        if out.is_empty() || !cx.links.down.open() {
+            out.clear();
+            return;
+        }
+        let mut v = io.scratch();
+        std::mem::swap(&mut v, out);
+        let c = io.put(v);
+        cx.send_to(ConnId::CLIENT, c, io);
+    }
+
+    /// The inner session's answer for stream `i`: its head (translated), its body (as DATA).
+    fn answer_bytes(&mut self, cx: &mut Cx, i: usize, data: &[u8], io: &mut (impl Io + ?Sized)) {
+        {
+            let s = &mut self.streams[i];
+            match &mut s.resp {
+                Resp::Own(_) => {}
+                Resp::Head { buf, tunnel } => {
+                    let tunnel = *tunnel;
+                    buf.extend_from_slice(data);
+                    let parsed = http::parse_response(buf, RESPONSE_HEAD_MAX, s.head);
+                    let r = match parsed {
+                        Ok(None) => return,
+                        Ok(Some(r)) => r,
+                        Err(HeadError::TooLarge | HeadError::UriTooLong)
+                        | Err(HeadError::Invalid(_)) => {
+                            self.fail_stream(cx, i, io);
+                            return;
+                        }
+                    };
+                    let head = std::mem::take(buf);
+                    let rest = head[r.head_len..].to_vec();
+                    let upgraded = tunnel && r.status == 101;
+                    let status = if upgraded { 200 } else { r.status };
+                    if r.status == 101 && !tunnel {
+                        self.fail_stream(cx, i, io);
+                        return;
+                    }
+                    let fields = response_fields(&head[..r.head_len], r.drop_length, upgraded);
+                    let list: Vec<(&[u8], &[u8])> =
+                        fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+                    let id = s.id;
+                    if (100..200).contains(&r.status) && !upgraded {
+                        // An interim answer: passed on, and the final one is still to come
+                        // (the inner session passes at most `INTERIM_MAX` of them).
+                        self.conn.respond(id, status, &list, false);
+                        s.resp = Resp::Head {
+                            buf: Vec::new(),
+                            tunnel,
+                        };
+                        if !rest.is_empty() {
+                            self.answer_bytes(cx, i, &rest, io);
+                        }
+                        return;
+                    }
+                    let body = if upgraded {
+                        BodyKind::UntilClose
+                    } else {
+                        r.body
+                    };
+                    let end = body == BodyKind::None || body == BodyKind::Length(0);
+                    self.conn.respond(id, status, &list, end);
+                    if end {
+                        self.stream_done(cx, i, io);
+                        return;
+                    }
+                    s.resp = if upgraded {
+                        Resp::Tunnel
+                    } else {
+                        Resp::Body(BodyTracker::new(body))
+                    };
+                    if !rest.is_empty() {
+                        self.answer_bytes(cx, i, &rest, io);
+                    }
+                }
+                Resp::Tunnel => self.send_data(cx, i, data, false, io),
+                Resp::Body(t) => {
+                    let mut payload = io.scratch();
+                    let fed = t.feed_payload(data, |p| payload.extend_from_slice(p));
+                    let end = t.done();
+                    match fed {
+                        Ok(_) => self.send_data(cx, i, &payload, end, io),
+                        Err(_) => self.fail_stream(cx, i, io),
+                    }
+                    io.recycle(payload);
+                }
+            }
+        }
+    }
+
+    /// Answer bytes toward the client, as far as its windows allow; the rest is held.
+    fn send_data(
+        &mut self,
+        cx: &mut Cx,
+        i: usize,
+        bytes: &[u8],
+        end: bool,
+        io: &mut (impl Io + ?Sized),
+    ) {
+        let s = &mut self.streams[i];
+        if !s.held.is_empty() || s.held_end {
+            s.held.extend_from_slice(bytes);
+            s.held_end |= end;
+            return;
+        }
+        let n = self.conn.send_data(s.id, bytes, end);
+        if n < bytes.len() {
+            s.held.extend_from_slice(&bytes[n..]);
+            s.held_end = end;
+        } else if end {
+            self.stream_done(cx, i, io);
+        }
+    }
+
+    /// Held bytes go as the windows opened.
+    fn send_held(&mut self, cx: &mut Cx, io: &mut (impl Io + ?Sized)) {
+        let mut i = 0;
+        while i < self.streams.len() {
+            let s = &mut self.streams[i];
+            if s.held.is_empty() && !s.held_end {
+                i += 1;
+                continue;
+            }
+            let n = self.conn.send_data(s.id, &s.held, s.held_end);
+            s.held.drain(..n);
+            if s.held.is_empty() && s.held_end {
+                self.stream_done(cx, i, io);
+                continue;
+            }
+            if s.held.is_empty() {
+                s.held = Vec::new();
+            }
+            i += 1;
+        }
+    }
+
+    /// The stream's answer is whole: its inner session is let go.
+    fn stream_done(&mut self, cx: &mut Cx, i: usize, io: &mut (impl Io + ?Sized)) {
+        let s = self.streams.swap_remove(i);
+        cx.retire(s.link, io);
+    }
+
+    /// The inner session's answer cannot be read (or ended early): 502 if nothing went to the
+    /// client yet, else the stream is reset.
+    fn fail_stream(&mut self, cx: &mut Cx, i: usize, io: &mut (impl Io + ?Sized)) {
+        let id = self.streams[i].id;
+        if matches!(self.streams[i].resp, Resp::Head { .. } | Resp::Own(_)) {
+            self.conn
+                .respond(id, 502, &[(b"content-length", b"0")], true);
+        }
+        self.conn.reset(id, Code::Internal);
+        self.stream_done(cx, i, io);
+    }
+}
+
+/// An HTTP/1 response head's fields as HTTP/2 fields: names lowercased, the connection-specific
+/// ones dropped (RFC 9113 §8.2.2), `content-length` dropped when the body is chunked as well;
+/// for a 101 that opened a WebSocket, its handshake fields too (RFC 8441 §5).
+fn response_fields(head: &[u8], drop_length: bool, upgraded: bool) -> FieldList {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Response::new(&mut headers);
+    if r.parse(head).is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for h in r.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        let drop = matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade"
+        ) || (drop_length && name == "content-length")
+            || (upgraded
+                && name.starts_with("sec-websocket-")
+                && name != "sec-websocket-protocol"
+                && name != "sec-websocket-extensions");
+        if !drop {
+            out.push((name.into_bytes(), h.value.to_vec()));
+        }
+    }
+    out
+}
+
+/// What the connection's state machine reports, acted on.
+struct Events<'a, I: Io + ?Sized> {
+    streams: &'a mut Vec<Stream>,
+    cx: &'a mut Cx,
+    io: &'a mut I,
+    inner: &'a mut Vec<Inner>,
+    taken: &'a mut u32,
+    key_seed: &'a mut u64,
+}
+
+impl<I: Io + ?Sized> Events<'_, I> {
+    fn find(&self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+
+    fn send(&mut self, link: ConnId, f: impl FnOnce(&mut Vec<u8>)) {
+        self.cx.send_built(link, self.io, f);
+    }
+
+    /// A pseudo-random `Sec-WebSocket-Key` (a nonce: RFC 6455 asks for no more).
+    fn ws_key(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        for half in bytes.chunks_mut(8) {
+            *self.key_seed = self.key_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = *self.key_seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            half.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
+
+/// Writes the HTTP/1.1 request for an HTTP/2 request: the request line, `Host` from
+/// `:authority`, the fields (cookies joined, RFC 9113 §8.2.3), the body's framing; an extended
+/// CONNECT for `websocket` as the GET of an upgrade with a generated key.
+fn request_head(out: &mut Vec<u8>, req: &H2Request, end: bool, ws_key: Option<&str>) -> Body {
+    let method: &[u8] = if ws_key.is_some() {
+        b"GET"
+    } else {
+        &req.method
+    };
+    out.extend_from_slice(method);
+    out.push(b' ');
+    out.extend_from_slice(req.path.as_deref().unwrap_or(b"/"));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = req.authority.as_deref().or_else(|| req.field(b"host"));
+    if let Some(h) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h);
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut cookies = 0;
+    for (n, v) in &req.fields {
+        match &n[..] {
+            b"host" => continue,
+            b"cookie" => {
+                out.extend_from_slice(if cookies == 0 { b"cookie: " } else { b"; " });
+                out.extend_from_slice(v);
+                cookies += 1;
+                continue;
+            }
+            b"sec-websocket-key" | b"sec-websocket-version" if ws_key.is_some() => continue,
+            _ => {}
+        }
+        if cookies > 0 {
+            out.extend_from_slice(b"\r\n");
+            cookies = 0;
+        }
+        out.extend_from_slice(n);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"\r\n");
+    }
+    let body = if let Some(key) = ws_key {
+        out.extend_from_slice(b"upgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: ");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Body::Tunnel
+    } else if end {
+        if req.content_length.is_none() && matches!(&req.method[..], b"POST" | b"PUT" | b"PATCH") {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Body::Ended
+    } else if req.content_length.is_some() {
+        Body::Plain
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Body::Chunked
+    };
+    out.extend_from_slice(b"\r\n");
+    body
+}
+
+impl<I: Io + ?Sized> Handler for Events<'_, I> {
+    fn request(&mut self, id: u32, req: H2Request, end: bool) {
+        let ws = req.is_extended_connect();
+        if req.method == b"CONNECT" && !ws {
+            // A plain CONNECT asks for a forward proxy, which ringway is not.
+            self.streams.push(Stream::answered(id, 405));
+            return;
+        }
+        if ws && req.protocol.as_deref() != Some(b"websocket") {
+            self.streams.push(Stream::answered(id, 501));
+            return;
+        }
+        let Some(link) = self.cx.links.add() else {
+            self.streams.push(Stream::answered(id, 503));
+            return;
+        };
+        let (ours, theirs): (RawFd, RawFd) = match self.io.socketpair() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "http2: no socket pair for a stream: {}",
+                    crate::sys::errno_name(e)
+                );
+                self.streams.push(Stream::answered(id, 503));
+                return;
+            }
+        };
+        let t = self.cx.links.get_mut(link);
+        // A plain transport cannot fail to take a socket.
+        let _ = t.reset_fd(self.io, ours, None, None);
+        t.mark_ready();
+        self.inner.push(Inner {
+            fd: theirs,
+            client: self.cx.client.addr(),
+            listen: *self.cx.listen(),
+            cfg: self.cx.cfg.clone(),
+        });
+        *self.taken += 1;
+        let key = ws.then(|| self.ws_key());
+        let mut body = Body::Ended;
+        self.send(link, |out| {
+            body = request_head(out, &req, end, key.as_deref())
+        });
+        self.streams.push(Stream {
+            id,
+            link,
+            body,
+            head: req.method == b"HEAD",
+            resp: Resp::Head {
+                buf: Vec::new(),
+                tunnel: ws,
+            },
+            held: Vec::new(),
+            held_end: false,
+            credit: 0,
+        });
+    }
+
+    fn data(&mut self, id: u32, bytes: &[u8], end: bool) {
+        let Some(i) = self.find(id) else { return };
+        let s = &mut self.streams[i];
+        if s.link == NO_LINK {
+            return;
+        }
+        let (link, body) = (s.link, s.body);
+        s.credit += bytes.len();
+        if end && body != Body::Tunnel {
+            s.body = Body::Ended;
+        }
+        match body {
+            Body::Ended => {}
+            Body::Plain | Body::Tunnel => {
+                if !bytes.is_empty() {
+                    self.send(link, |out| out.extend_from_slice(bytes));
+                }
+                if end && body == Body::Tunnel {
+                    self.streams[i].body = Body::Ended;
+                    self.cx.links.half_close(link, self.io);
+                }
+            }
+            Body::Chunked => self.send(link, |out| {
+                if !bytes.is_empty() {
+                    out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                    out.extend_from_slice(bytes);
+                    out.extend_from_slice(b"\r\n");
+                }
+                if end {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }),
+        }
+    }
+
+    fn trailers(&mut self, id: u32, fields: FieldList) {
+        let Some(i) = self.find(id) else { return };
+        let s = &mut self.streams[i];
+        let (link, body) = (s.link, s.body);
+        s.body = Body::Ended;
+        if body == Body::Chunked {
+            self.send(link, |out| {
+                out.extend_from_slice(b"0\r\n");
+                for (n, v) in &fields {
+                    out.extend_from_slice(n);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(v);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+            });
+        } else if body == Body::Tunnel {
+            self.cx.links.half_close(link, self.io);
+        }
+    }
+
+    fn reset(&mut self, id: u32, _code: Code) {
+        if let Some(i) = self.find(id) {
+            let s = self.streams.swap_remove(i);
+            if s.link != NO_LINK {
+                self.cx.retire(s.link, self.io);
+            }
+        }
+    }
+
+    fn writable(&mut self, _id: u32) {
+        // Held bytes are sent once the event is handled (`settle`).
+    }
+}
+
+/// The link of a stream answered here, which has no inner session.
+const NO_LINK: ConnId = ConnId(0);
+
+impl Stream {
+    /// A stream answered with our own `status` (`settle` sends it).
+    fn answered(id: u32, status: u16) -> Stream {
+        Stream {
+            id,
+            link: NO_LINK,
+            body: Body::Ended,
+            head: false,
+            resp: Resp::Own(status),
+            held: Vec::new(),
+            held_end: false,
+            credit: 0,
+        }
+    }
+}
+
+impl Protocol for H2 {
+    fn name(&self) -> &'static str {
+        "http2"
+    }
+
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        let first = std::mem::take(&mut self.first);
+        let step = self.client_bytes(cx, &first, io, env);
+        self.flush(cx, io);
+        step
+    }
+
+    fn bytes<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        from: ConnId,
+        c: Chunk,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
+        // The bytes leave the pool buffer at once (into a recycled one): what the frames
+        // carry is copied on anyway, and the buffer goes back to the ring.
+        let mut data = io.scratch();
+        data.extend_from_slice(io.data_of(c));
+        io.release(c);
+        let step = if from == ConnId::CLIENT {
+            self.client_bytes(cx, &data, io, env)
+        } else {
+            if let Some(i) = self.by_link(from) {
+                self.answer_bytes(cx, i, &data, io);
+            }
+            Step::Continue
+        };
+        io.recycle(data);
+        step
+    }
+
+    /// The client left: every stream ends with it. An inner session ended: its stream's
+    /// answer ends there (a body read until close), or is cut short.
+    fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
+        if from == ConnId::CLIENT {
+            return Step::Close(End::ClientClosed);
+        }
+        if let Some(i) = self.by_link(from) {
+            let until_close = match &self.streams[i].resp {
+                Resp::Tunnel => true,
+                Resp::Body(t) => t.until_close(),
+                Resp::Head { .. } | Resp::Own(_) => false,
+            };
+            if until_close {
+                self.send_data(cx, i, &[], true, io);
+            } else {
+                self.fail_stream(cx, i, io);
+            }
+        }
+        Step::Continue
+    }
+
+    fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut I) -> Step {
+        if from == ConnId::CLIENT {
+            return Step::Close(end);
+        }
+        if let Some(i) = self.by_link(from) {
+            self.fail_stream(cx, i, io);
+        }
+        Step::Continue
+    }
+
+    /// The preface is late (`header_timeout`), or the connection has been idle, with no
+    /// stream, past `keepalive_timeout`.
+    fn timer<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        _now: u64,
+        io: &mut I,
+        _env: &mut Env<'_>,
+    ) -> Step {
+        if !self.conn.started() {
+            return Step::Close(End::HeaderTimeout);
+        }
+        self.conn.goaway(Code::NoError);
+        self.flush(cx, io);
+        Step::Close(End::KeepaliveTimeout)
+    }
+
+    fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        if !self.conn.started() {
+            return Some(cx.phase_ms.at(now) + u64::from(cx.listen().header_timeout_ms));
+        }
+        self.idle_since
+            .map(|t| t + u64::from(cx.listen().keepalive_timeout_ms))
+    }
+
+    fn wants(&self, cx: &Cx, id: ConnId, _room: bool) -> bool {
+        let room = cx.links.down.pending() < QUEUE;
+        if id == ConnId::CLIENT {
+            return room;
+        }
+        room && self
+            .by_link(id)
+            .is_some_and(|i| self.streams[i].held.is_empty() && !self.streams[i].held_end)
+    }
+
+    fn times_upstream_sends(&self) -> bool {
+        false
+    }
+
+    /// After every event: our own answers, held bytes the windows now allow, credit for what
+    /// went to the inner sessions, the connection's frames on to the client; the idle clock;
+    /// the end once a drain's GOAWAY has no stream left.
+    fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
+        let mut i = 0;
+        while i < self.streams.len() {
+            let s = &self.streams[i];
+            if let Resp::Own(status) = s.resp {
+                let id = s.id;
+                self.conn
+                    .respond(id, status, &[(b"content-length", b"0")], true);
+                self.streams.swap_remove(i);
+                continue;
+            }
+            if s.credit > 0 && cx.links.get(s.link).pending() == 0 {
+                let (id, n) = (s.id, s.credit);
+                self.streams[i].credit = 0;
+                self.conn.consumed(id, n);
+            }
+            i += 1;
+        }
+        self.send_held(cx, io);
+        if env.draining || self.taken >= cx.listen().keepalive_requests {
+            self.conn.goaway(Code::NoError);
+        }
+        self.flush(cx, io);
+        if self.streams.is_empty() {
+            if self.conn.finished() && cx.links.down.flushed() {
+                return Step::Close(if env.draining {
+                    End::Shutdown
+                } else {
+                    End::Done
+                });
+            }
+            // Idle from the last stream's end: keepalive_timeout runs from now.
+            self.idle_since.get_or_insert(io.now_ms());
+        }
+        Step::Continue
+    }
+
+    /// A drain: GOAWAY now; open streams go on (their inner sessions drain as any session
+    /// does: a tunnel's Close frame at a frame boundary), the connection ends with the last.
+    fn drain<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        self.conn.goaway(Code::NoError);
+        self.flush(cx, io);
+        if self.streams.is_empty() {
+            return Step::Close(End::Shutdown);
+        }
+        Step::Continue
+    }
+}
