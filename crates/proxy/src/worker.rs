@@ -789,9 +789,10 @@ fn write_access_log(l: &AccessLog<'_>) {
     };
     tracing::info!(
         target: "access",
-        "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}end={}{tls}",
+        "{} \"{} {}\" host={} status={} upstream={} {}ms in={} out={} {}{}end={}{tls}",
         l.client, escape_log(l.method), escape_log(l.path), escape_log(l.host), status, upstream,
-        l.duration_ms, l.bytes_in, l.bytes_out, if l.tunnel { "ws " } else { "" }, l.end
+        l.duration_ms, l.bytes_in, l.bytes_out, if l.tunnel { "ws " } else { "" },
+        if l.h2 { "h2 " } else { "" }, l.end
     );
 }
 #[cfg(test)]

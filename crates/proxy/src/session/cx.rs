@@ -61,6 +61,8 @@ pub struct Cx {
     pub(super) listener: u16,
     /// The connection starts with a PROXY protocol header, still to be read.
     pub(super) proxy_header: bool,
+    /// The inner session of an HTTP/2 stream (`Session::inner`): its client is a stream.
+    pub(super) h2_stream: bool,
     pub(super) client: Peer,
     /// When the current phase's clock started (head read, connect, linger); it may lie ahead
     /// (a request delayed by `limit_req`). 32-bit stamps: `at(now)` gives the time.

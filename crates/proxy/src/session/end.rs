@@ -127,6 +127,8 @@ pub struct AccessLog<'a> {
     pub bytes_out: u64,
     pub end: End,
     pub tunnel: bool,
+    /// The request came as an HTTP/2 stream.
+    pub h2: bool,
     /// The client connection's TLS (version, cipher, SNI), on a TLS listener.
     pub tls: Option<crate::tls::Info<'a>>,
 }

@@ -545,6 +545,7 @@ pub(super) fn access_line<'a>(
         bytes_out: r.bytes_out,
         end,
         tunnel: r.tunnel(),
+        h2: cx.h2_stream,
         tls: cx.links.down.tls_info(),
     })
 }

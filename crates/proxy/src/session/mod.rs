@@ -272,14 +272,10 @@ impl Session {
             ..i.listen
         };
         let down = Transport::plain(i.fd);
-        Session::over(
-            down,
-            i.client,
-            listen,
-            i.cfg,
-            now_ms,
-            Phase::Request(Request::default()),
-        )
+        let phase = Phase::Request(Request::default());
+        let mut s = Session::over(down, i.client, listen, i.cfg, now_ms, phase);
+        s.cx.h2_stream = true;
+        s
     }
 
     fn over(
@@ -296,6 +292,7 @@ impl Session {
                 cfg,
                 listener: listen.index,
                 proxy_header: listen.proxy_header,
+                h2_stream: false,
                 client: client.into(),
                 phase_ms: Stamp::new(now_ms),
                 last_up_ms: Stamp::new(now_ms),
