@@ -5,8 +5,10 @@
 #    (s_client), Chromium (tests/browser.rs opens wss:// in it), nginx (tests/upstreams.rs checks
 #    that ringway's hash and ip_hash pick the server nginx picks), prometheus (promtool checks
 #    /metrics), haproxy (tests/proxy_protocol.rs puts it in front as an L4 balancer), systemd
-#    (systemd-socket-activate, tests/upgrade.rs); and from PyPI h11 (tests/differential.rs's
-#    reference parser) and prometheus-client (tests/metrics.rs's exposition parsers).
+#    (systemd-socket-activate, tests/upgrade.rs), nghttp2-client (nghttp and h2load) and curl
+#    (tests/http2.rs); and from PyPI h11 (tests/differential.rs's reference parser),
+#    prometheus-client (tests/metrics.rs's exposition parsers) and h2 (tests/http2.rs's
+#    WebSocket and hostile HTTP/2 clients, tests/h2/).
 # 2. Runs every test (`cargo test --locked`, with any arguments given here).
 # 3. Ends with a summary naming every test that skipped because a peer was missing, and why:
 #    a green run says what it did not check.
@@ -20,6 +22,8 @@ command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
+command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing$missing" >&2
@@ -30,7 +34,7 @@ if [ -n "$missing" ]; then
         echo "test.sh: not root with apt-get: not installing$missing; the tests that need them are named at the end" >&2
     fi
 fi
-for m in h11:h11 prometheus_client:prometheus-client; do
+for m in h11:h11 prometheus_client:prometheus-client h2:h2; do
     if ! python3 -c "import ${m%%:*}" 2>/dev/null; then
         python3 -m pip install --quiet "${m#*:}" 2>/dev/null \
             || python3 -m pip install --quiet --break-system-packages "${m#*:}" \

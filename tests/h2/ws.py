@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """A WebSocket over HTTP/2 (RFC 8441) through ringway, with Python's h2 as the client.
 
-Usage: ws.py HOST PORT [--tls] [--messages N] [--size BYTES] [--streams K]
+Usage: ws.py HOST PORT [--tls] [--messages N] [--size BYTES] [--streams K] [--path P]
+             [--hold SECS] [--settings-only]
 
 Opens one HTTP/2 connection, K extended CONNECT streams (:protocol websocket) on it, sends N
-masked binary messages of BYTES on each (interleaved), and checks every echo. Prints one JSON
-line: what the server's SETTINGS said, each stream's status and the echoes that came back.
+masked binary messages of BYTES on each (interleaved), and checks every echo; then closes each
+WebSocket (Close 1000), or with --hold keeps them open for SECS, answering the server's pings
+and noting its Close frames and GOAWAY. Prints one JSON line: what the server's SETTINGS said,
+each stream's status, the echoes that came back, the pings and Close codes seen.
 """
 import json
 import os
@@ -18,6 +21,22 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+
+
+def graceful_goaway(self, frame):
+    """Python's h2 ends the connection at any GOAWAY; RFC 9113 §6.8 lets the streams up to
+    its last stream id go on (browsers do), which is what a drain is tested for."""
+    if frame.error_code != 0:
+        return ORIGINAL_GOAWAY(self, frame)
+    ev = h2.events.ConnectionTerminated()
+    ev.error_code = frame.error_code
+    ev.last_stream_id = frame.last_stream_id
+    ev.additional_data = frame.additional_data or None
+    return [], [ev]
+
+
+ORIGINAL_GOAWAY = h2.connection.H2Connection._receive_goaway_frame
+h2.connection.H2Connection._receive_goaway_frame = graceful_goaway
 
 
 def ws_frame(payload, opcode=0x2):
@@ -63,6 +82,8 @@ def main():
     def arg(name, default):
         return int(sys.argv[sys.argv.index(name) + 1]) if name in sys.argv else default
     messages, size, streams = arg("--messages", 3), arg("--size", 100), arg("--streams", 1)
+    hold = arg("--hold", 0)
+    path = sys.argv[sys.argv.index("--path") + 1] if "--path" in sys.argv else "/ws/h2"
     sock = socket.create_connection((host, port), timeout=10)
     if tls:
         ctx = ssl.create_default_context()
@@ -86,14 +107,17 @@ def main():
                 settings = {int(k): v.new_value for k, v in ev.changed_settings.items()}
         sock.sendall(conn.data_to_send())
     result["connect_protocol"] = settings.get(8, 0)
+    if "--settings-only" in sys.argv:
+        print(json.dumps(result))
+        return
     ids = []
     for _ in range(streams):
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
-                                (":scheme", "https" if tls else "http"), (":path", "/ws/h2"),
+                                (":scheme", "https" if tls else "http"), (":path", path),
                                 (":authority", "localhost"), ("sec-websocket-version", "13")])
         ids.append(sid)
-        result["streams"][sid] = {"status": None, "echoes": 0, "bytes": 0}
+        result["streams"][sid] = {"status": None, "echoes": 0, "bytes": 0, "pings": 0}
     sock.sendall(conn.data_to_send())
     bufs = {sid: b"" for sid in ids}
     sent = {sid: [] for sid in ids}
@@ -114,8 +138,16 @@ def main():
             if not out[sid] and sid in ending and sid not in done:
                 conn.end_stream(sid)
                 ending.discard(sid)
-    while len(done) < len(ids):
-        data = sock.recv(65536)
+    import time
+    deadline = time.time() + (hold if hold else 30)
+    sock.settimeout(1)
+    while len(done) < len(ids) and time.time() < deadline:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
         if not data:
             break
         for ev in conn.receive_data(data):
@@ -142,10 +174,16 @@ def main():
                         assert payload == want, "echo differs"
                         r["echoes"] += 1
                         r["bytes"] += len(payload)
-                        if r["echoes"] == messages:
+                        if r["echoes"] == messages and not hold:
                             out[sid] += ws_frame(struct.pack("!H", 1000), 0x8)
+                    elif op == 0x9:
+                        r["pings"] += 1
+                        out[sid] += ws_frame(payload, 0xA)
                     elif op == 0x8:
                         r["closed"] = True
+                        r["close_code"] = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                        if hold:
+                            out[sid] += ws_frame(payload[:2], 0x8)
                         ending.add(sid)
             elif isinstance(ev, h2.events.StreamEnded):
                 done.add(ev.stream_id)
@@ -154,7 +192,9 @@ def main():
                 done.add(ev.stream_id)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 result["goaway"] = int(ev.error_code)
-                done.update(ids)
+                result["goaway_last"] = ev.last_stream_id
+                if ev.error_code != 0 or not hold:
+                    done.update(ids)
         push()
         sock.sendall(conn.data_to_send())
     print(json.dumps(result))

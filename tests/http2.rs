@@ -1,0 +1,422 @@
+//! HTTP/2 toward clients (`http2 = true`), against real peers: curl, nghttp and h2load
+//! (Debian's nghttp2-client) for requests and load, Python's h2 for WebSockets over HTTP/2
+//! (RFC 8441) and for hostile frames (`tests/h2/*.py`).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const H2_SERVER: &str = "http2 = true";
+
+/// Whether `cmd` runs here; a test that needs it says so when it does not.
+fn have(cmd: &str, args: &[&str]) -> bool {
+    let ok = Command::new(cmd)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(&format!(
+            "{cmd} is missing (scripts/test.sh installs nghttp2-client and curl as root, and h2 from PyPI)"
+        ));
+    }
+    ok
+}
+
+fn python_h2() -> bool {
+    have("python3", &["-c", "import h2, hpack, hyperframe"])
+}
+
+fn script(name: &str) -> String {
+    format!("{}/tests/h2/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a script of tests/h2 and parses the JSON line it prints.
+fn run_py(name: &str, args: &[String]) -> serde_json::Value {
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg("python3")
+        .arg(script(name))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{name} {args:?}: {e}\nstdout: {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn https(st: &Stack, path: &str) -> String {
+    format!("https://localhost:{}{path}", st.listen.port())
+}
+
+#[test]
+fn requests_over_h2_from_curl_nghttp_and_h2load_and_http1_on_the_same_listener() {
+    if !uring_ok() || !have("curl", &["--version"]) || !have("nghttp", &["--version"]) {
+        return;
+    }
+    let st = stack_mode(Mode::Tls, "h2-requests", "", H2_SERVER, "");
+    let ca = pki().ca.to_str().unwrap().to_string();
+    // ALPN chose h2; the inner session added X-Forwarded-Proto https.
+    let (body, err) = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "-w",
+        "\n%{http_version}",
+        &https(&st, "/headers"),
+    ]);
+    assert!(body.ends_with("\n2"), "{body}\n{err}");
+    assert!(body.contains("[\"X-Forwarded-Proto\",\"https\"]"), "{body}");
+    // HTTP/1.1 clients on the same listener are served as before.
+    let (body, _) = curl(&[
+        "--http1.1",
+        "--cacert",
+        &ca,
+        "-w",
+        "\n%{http_version}",
+        &https(&st, "/headers"),
+    ]);
+    assert!(body.ends_with("\n1.1"), "{body}");
+    // Bodies both ways: with a length, and without one (chunked toward the upstream).
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let file = st.dir.join("body.bin");
+    std::fs::write(&file, &data).unwrap();
+    let got = st.dir.join("got.bin");
+    let with_length = format!("@{}", file.display());
+    let (_, err) = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--data-binary",
+        &with_length,
+        "-o",
+        got.to_str().unwrap(),
+        &https(&st, "/echo"),
+    ]);
+    assert_eq!(std::fs::read(&got).unwrap(), data, "{err}");
+    std::fs::remove_file(&got).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -sS --http2 --cacert {ca} -X POST -H 'Transfer-Encoding:' -T - -o {} {} < {}",
+            got.display(),
+            https(&st, "/echo"),
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        data,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // HEAD: the head of the GET (the echo backend answers HEAD with its 404), no body.
+    let (head, err) = curl(&["--http2", "--cacert", &ca, "-I", &https(&st, "/headers")]);
+    assert!(head.starts_with("HTTP/2 404"), "{head}");
+    assert!(head.contains("content-length: 10"), "{head}");
+    assert!(err.is_empty(), "{err}");
+    // nghttp: this side's SETTINGS announce RFC 8441 and the stream limit.
+    let out = Command::new("nghttp")
+        .args(["-nv", &https(&st, "/headers")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SETTINGS_ENABLE_CONNECT_PROTOCOL(0x08):1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):14"),
+        "{text}"
+    );
+    assert!(text.contains(":status: 200"), "{text}");
+    // h2load: 2,000 requests over 10 connections, 10 streams each at once, all answered.
+    if have("h2load", &["--version"]) {
+        let out = Command::new("h2load")
+            .args([
+                "-n",
+                "2000",
+                "-c",
+                "10",
+                "-m",
+                "10",
+                &https(&st, "/headers"),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("2000 succeeded, 0 failed, 0 errored"),
+            "{text}"
+        );
+        assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    }
+    // Every request was logged by its inner session, marked h2.
+    st.proxy.wait_log("\"POST /echo\"", 10);
+    let log = st.proxy.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"POST /echo\"") && l.contains(" h2 ")),
+        "{log}"
+    );
+}
+
+#[test]
+fn h2c_with_prior_knowledge_on_a_plain_listener() {
+    if !uring_ok() || !have("curl", &["--version"]) {
+        return;
+    }
+    let st = stack("h2c", "", H2_SERVER, "");
+    let url = format!("http://127.0.0.1:{}/headers", st.listen.port());
+    let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
+    assert!(body.ends_with("\n2"), "{body}\n{err}");
+    assert!(body.contains("[\"X-Forwarded-Proto\",\"http\"]"), "{body}");
+    let (body, _) = curl(&["--http1.1", "-w", "\n%{http_version}", &url]);
+    assert!(body.ends_with("\n1.1"), "{body}");
+    // Without http2, the preface is no request: 400, as before.
+    let plain = stack("h2c-off", "", "", "");
+    let resp = raw_exchange(plain.listen, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 5);
+    assert_eq!(status_of(&resp), 400);
+}
+
+#[test]
+fn websockets_over_h2_are_extended_connects_with_everything_a_tunnel_has() {
+    if !uring_ok() || !python_h2() {
+        return;
+    }
+    let heartbeat =
+        "heartbeat = { interval = \"1s\", timeout = \"5s\" }\nupgrade = [\"websocket\"]";
+    let st = stack_mode(Mode::Tls, "h2-ws", heartbeat, H2_SERVER, "");
+    let port = st.listen.port().to_string();
+    // Five WebSockets on one connection, small and large messages (past the stream window).
+    for size in ["10", "70000"] {
+        let r = run_py(
+            "ws.py",
+            &[
+                "127.0.0.1".into(),
+                port.clone(),
+                "--tls".into(),
+                "--streams".into(),
+                "5".into(),
+                "--messages".into(),
+                "20".into(),
+                "--size".into(),
+                size.into(),
+            ],
+        );
+        assert_eq!(r["connect_protocol"], 1, "{r}");
+        let streams = r["streams"].as_object().unwrap();
+        assert_eq!(streams.len(), 5, "{r}");
+        for (id, s) in streams {
+            assert_eq!(s["status"], 200, "stream {id}: {r}");
+            assert_eq!(s["echoes"], 20, "stream {id}: {r}");
+            assert_eq!(s["close_code"], 1000, "stream {id}: {r}");
+        }
+    }
+    // Held open: the location's heartbeat pings reach the client inside its stream, and
+    // its pongs keep the tunnel alive past the heartbeat timeout.
+    let r = run_py(
+        "ws.py",
+        &[
+            "127.0.0.1".into(),
+            port.clone(),
+            "--tls".into(),
+            "--streams".into(),
+            "2".into(),
+            "--messages".into(),
+            "1".into(),
+            "--hold".into(),
+            "4".into(),
+        ],
+    );
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert!(s["pings"].as_u64().unwrap() >= 2, "stream {id}: {r}");
+        assert!(s.get("close_code").is_none(), "stream {id}: {r}");
+    }
+    // The access log: each WebSocket is a 101 of an inner session, marked ws and h2, from
+    // the address and port of the HTTP/2 connection (several lines share one port).
+    st.proxy.wait_log("\"GET /ws/h2\"", 10);
+    let log = st.proxy.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"GET /ws/h2\""))
+        .collect();
+    assert!(lines.len() >= 12, "{log}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("status=101") && l.contains(" ws h2 ")),
+        "{log}"
+    );
+    let client = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("127.0.0.1:"))
+            .map(str::to_string)
+    };
+    let first = client(lines[0]);
+    assert!(
+        lines.iter().filter(|l| client(l) == first).count() >= 5,
+        "{log}"
+    );
+}
+
+#[test]
+fn http2_websocket_false_keeps_http2_and_turns_rfc_8441_off() {
+    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
+        return;
+    }
+    let st = stack("h2-no-ws", "", "http2 = true\nhttp2_websocket = false", "");
+    let r = run_py(
+        "ws.py",
+        &[
+            "127.0.0.1".into(),
+            st.listen.port().to_string(),
+            "--settings-only".into(),
+        ],
+    );
+    assert_eq!(r["connect_protocol"], 0, "{r}");
+    let url = format!("http://127.0.0.1:{}/headers", st.listen.port());
+    let (body, _) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
+    assert!(body.ends_with("\n2"), "{body}");
+    // A :protocol sent anyway is a malformed request: that stream is reset.
+    let r = run_py(
+        "hostile.py",
+        &[
+            "127.0.0.1".into(),
+            st.listen.port().to_string(),
+            "extended_connect".into(),
+        ],
+    );
+    assert_eq!(r["rst"]["1"], 1, "{r}");
+    assert_eq!(r["goaway"], serde_json::Value::Null, "{r}");
+}
+
+#[test]
+fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
+    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
+        return;
+    }
+    let st = stack("h2-hostile", "", H2_SERVER, "");
+    let port = st.listen.port().to_string();
+    let url = format!("http://127.0.0.1:{port}/headers");
+    // (case, GOAWAY code expected; None: the connection stays)
+    let cases: [(&str, Option<u64>); 16] = [
+        ("rapid_reset", Some(0xb)),
+        ("continuation_flood", Some(0xb)),
+        ("continuation_bytes", Some(0xb)),
+        ("ping_flood", Some(0xb)),
+        ("settings_flood", Some(0xb)),
+        ("priority_flood", Some(0xb)),
+        ("empty_data_flood", Some(0xb)),
+        ("reset_closed_stream_flood", Some(0xb)),
+        ("window_update_on_idle_stream", Some(0x1)),
+        ("data_on_stream_0", Some(0x1)),
+        ("headers_on_even_stream", Some(0x1)),
+        ("window_overflow", Some(0x3)),
+        ("oversized_frame", Some(0x6)),
+        ("hpack_bomb", None),
+        ("too_many_streams", None),
+        ("malformed_request", None),
+    ];
+    for (case, goaway) in cases {
+        let r = run_py(
+            "hostile.py",
+            &["127.0.0.1".into(), port.clone(), case.into()],
+        );
+        assert_eq!(r["goaway"].as_u64(), goaway, "{case}: {r}");
+        match case {
+            "hpack_bomb" => {
+                assert_eq!(r["status"]["1"], 200, "{r}");
+                assert_eq!(r["status"]["3"], 431, "{r}");
+            }
+            "too_many_streams" => {
+                // 14 taken, the rest refused.
+                let refused = r["rst"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                    .filter(|c| *c == 7)
+                    .count();
+                assert_eq!(refused, 40 - 14, "{r}");
+            }
+            "malformed_request" => {
+                assert_eq!(r["rst"]["1"], 1, "{r}");
+                assert_eq!(r["status"]["3"], 200, "{r}");
+            }
+            _ => assert_eq!(r["closed"], true, "{case}: {r}"),
+        }
+        // Every other connection goes on.
+        let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
+        assert!(body.ends_with("\n2"), "after {case}: {body}\n{err}");
+    }
+    // A client whose windows are 0 gets nothing until it opens them; then the whole answer.
+    let r = run_py(
+        "hostile.py",
+        &["127.0.0.1".into(), port.clone(), "zero_window".into()],
+    );
+    assert_eq!(r["data_before_window"], 0, "{r}");
+    assert!(r["data"].as_u64().unwrap() > 100, "{r}");
+    // No stream is left behind in the proxy: its inner sessions all ended.
+    std::thread::sleep(Duration::from_millis(500));
+    let log = st.proxy.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
+    if !uring_ok() || !python_h2() {
+        return;
+    }
+    let runtime = "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"";
+    let mut st = stack("h2-drain", "upgrade = [\"websocket\"]", H2_SERVER, runtime);
+    let port = st.listen.port().to_string();
+    let child = std::thread::spawn(move || {
+        run_py(
+            "ws.py",
+            &[
+                "127.0.0.1".into(),
+                port,
+                "--streams".into(),
+                "3".into(),
+                "--messages".into(),
+                "2".into(),
+                "--hold".into(),
+                "6".into(),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGTERM).unwrap();
+    let r = child.join().unwrap();
+    // GOAWAY NO_ERROR naming the last stream taken; each WebSocket then got the drain's
+    // Close (1012 by default) at a frame boundary, and answered it.
+    assert_eq!(r["goaway"], 0, "{r}");
+    assert_eq!(r["goaway_last"], 5, "{r}");
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert_eq!(s["echoes"], 2, "stream {id}: {r}");
+        assert_eq!(s["close_code"], 1012, "stream {id}: {r}");
+    }
+    let status = wait_exit(&mut st.proxy, 15);
+    assert!(status.success(), "{status:?}\n{}", st.proxy.log_text());
+}
