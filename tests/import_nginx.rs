@@ -189,19 +189,22 @@ fn every_playbook_config_imports_and_checks() {
         "protocols = [\"TLSv1.2\", \"TLSv1.3\"]",
         "read_timeout = \"1d\"",
         "limit_conn = { zone = \"ws_conn\", max = 1000 }",
+        "http2 = true",
         "[[limit_conn_zone]]",
         "size = \"10m\"",
     ] {
         assert!(toml.contains(want), "{want} missing:\n{toml}");
     }
     for want in [
-        "s4.conf:15: listen … http2: ringway offers HTTP/1.1 only",
         "$connection_upgrade is not defined in this configuration",
         "ip_hash with a backup server: nginx -t refuses this combination",
         "outside http { }",
     ] {
         assert!(printed.contains(want), "{want} missing:\n{printed}");
     }
+    // `listen 443 ssl http2` is HTTP/2 on that server, without a warning.
+    assert!(toml.contains("s4.conf:15: listen … http2"), "{toml}");
+    assert!(!printed.contains("http2"), "{printed}");
     let described = check(&dir.join("s4.toml"));
     assert!(
         described.contains("balance=ip_hash") && described.contains("health_check"),
@@ -739,4 +742,20 @@ fn output_never_follows_a_link() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn http2_on_and_its_stream_limit_import_as_server_keys() {
+    let dir = scratch("import-http2");
+    let conf = "events {}\nhttp {\n  upstream app { server 127.0.0.1:8080; }\n  server {\n    listen 8443;\n    http2 on;\n    http2_max_concurrent_streams 128;\n    location / { proxy_pass http://app; }\n  }\n  server {\n    listen 8444;\n    http2 off;\n    location / { proxy_pass http://app; }\n  }\n}\n";
+    let (toml, printed) = imported(&dir, "h2.conf", conf);
+    assert_eq!(toml.matches("http2 = true").count(), 1, "{toml}");
+    assert!(toml.contains("h2.conf:6: http2 on"), "{toml}");
+    // nginx's 128 is more than ringway takes on one connection: its most, with a warning.
+    assert!(toml.contains("http2_max_concurrent_streams = 14"), "{toml}");
+    assert!(
+        printed.contains("h2.conf:7: `http2_max_concurrent_streams 128`: ringway takes at most 14"),
+        "{printed}"
+    );
+    check(&dir.join("h2.toml"));
 }

@@ -149,10 +149,6 @@ const NOTES: &[(&[&str], &str)] = &[
     ),
     (
         &[
-            "http2",
-            "http2_max_concurrent_streams",
-            "http2_recv_buffer_size",
-            "http2_idle_timeout",
             "http3",
             "quic_retry",
             "add_header",
@@ -167,6 +163,14 @@ const NOTES: &[(&[&str], &str)] = &[
             "sub_filter",
         ],
         "ringway speaks HTTP/1.1 and passes responses unchanged but for hop-by-hop headers",
+    ),
+    (
+        &["http2_recv_buffer_size", "http2_idle_timeout"],
+        "ringway's HTTP/2 sizes its own buffers (a 64 KiB window per stream); an idle HTTP/2 connection closes at keepalive_timeout",
+    ),
+    (
+        &["http2", "http2_max_concurrent_streams"],
+        "ringway's http2 and http2_max_concurrent_streams are server keys: write them in each server block (or `listen … http2`); here they are left out",
     ),
     (
         &[

@@ -15,9 +15,35 @@ impl Translator {
         let mut listens: Vec<(String, Vec<String>, Where)> = Vec::new();
         let mut names: Vec<V> = Vec::new();
         let mut names_at = None;
+        // `http2 on;` (nginx 1.25.1+): every address of the block; and its stream limit.
+        let mut http2_on = None;
+        let mut http2_streams = None;
         for e in block {
             match e.name.as_str() {
                 "location" => {}
+                "http2" => {
+                    let a = self.args(e, 1..=1)?;
+                    if a[0] != "on" {
+                        self.recognised.push(format!(
+                            "{}: http2 {}: HTTP/1.1 only, ringway's default",
+                            e.at, a[0]
+                        ));
+                    }
+                    http2_on = Some((a[0] == "on", e.at.clone()));
+                }
+                "http2_max_concurrent_streams" => {
+                    let a = self.args(e, 1..=1)?;
+                    match a[0].parse::<u32>() {
+                        Ok(n) if n >= 1 => {
+                            let max = u32::from(ringway_proxy::config::HTTP2_STREAMS_MAX);
+                            if n > max {
+                                self.warn(e, format!("ringway takes at most {max} streams at once on one connection: {max}"));
+                            }
+                            http2_streams = Some((n.min(max), e.at.clone()));
+                        }
+                        _ => self.warn(e, "not a number of streams: left out"),
+                    }
+                }
                 "listen" => {
                     let a = self.args(e, 1..=16)?;
                     if a[0].starts_with("unix:") {
@@ -53,6 +79,7 @@ impl Translator {
             proxy_protocol,
             default_server,
             listen_at,
+            http2_at,
         } = self.split_listens(&listens, ssl_on);
         let mut locations = Vec::new();
         for e in block.iter().filter(|e| e.name == "location") {
@@ -100,6 +127,21 @@ impl Translator {
                 let (tls_v, tls_note) = self.server_tls(d, &inh)?;
                 t.set("tls", tls_v, tls_note);
             }
+            let http2 = match (&http2_on, &http2_at[k]) {
+                (Some((on, at)), _) => on.then(|| format!("{at}: http2 on")),
+                (None, Some(at)) => Some(format!("{at}: listen … http2")),
+                (None, None) => None,
+            };
+            if let Some(note) = http2 {
+                t.set("http2", V::B(true), note);
+                if let Some((n, at)) = &http2_streams {
+                    t.set(
+                        "http2_max_concurrent_streams",
+                        V::I(i64::from(*n)),
+                        format!("{at}: http2_max_concurrent_streams"),
+                    );
+                }
+            }
             self.servers.push(Server {
                 at: d.at.clone(),
                 table: t,
@@ -146,6 +188,7 @@ impl Translator {
         let mut proxy_protocol = None;
         let mut default_server = [false; 2];
         let mut listen_at: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+        let mut http2_at: [Option<String>; 2] = [None, None];
         for (addr, params, at) in listens {
             let mut is_tls = ssl_on;
             for p in params {
@@ -155,9 +198,9 @@ impl Translator {
                     "default_server" | "default" => {}
                     "proxy_protocol" => proxy_protocol = Some(at.clone()),
                     "reuseport" => {}
-                    "http2" => self.warnings.push(format!(
-                        "{at}: listen … http2: ringway offers HTTP/1.1 only (ALPN http/1.1); browsers open WebSockets over HTTP/1.1"
-                    )),
+                    // The block's server speaks HTTP/2 on this kind of address (ALPN h2 on
+                    // TLS, h2c with prior knowledge on plain ones), as nginx does.
+                    "http2" => {}
                     "quic" | "http3" => self.warnings.push(format!(
                         "{at}: listen … {k}: ringway does not speak QUIC; this address is left out"
                     )),
@@ -171,6 +214,9 @@ impl Translator {
             }
             if params.iter().any(|p| p == "quic" || p == "http3") {
                 continue;
+            }
+            if params.iter().any(|p| p == "http2") {
+                http2_at[usize::from(is_tls)].get_or_insert_with(|| at.to_string());
             }
             if params
                 .iter()
@@ -187,6 +233,7 @@ impl Translator {
             proxy_protocol,
             default_server,
             listen_at,
+            http2_at,
         }
     }
 
@@ -675,4 +722,6 @@ struct Split {
     default_server: [bool; 2],
     /// Where each kind's listens were.
     listen_at: [Vec<String>; 2],
+    /// Where a listen of each kind said `http2`.
+    http2_at: [Option<String>; 2],
 }
