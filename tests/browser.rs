@@ -164,3 +164,152 @@ fn chromium_echoes_over_wss_through_ringway() {
         "{log}"
     );
 }
+
+/// The page of the HTTP/2 test: served by ringway over HTTP/2 from a backend of the test's
+/// own, it opens a WebSocket to its own origin (Chromium then uses an extended CONNECT on
+/// the page's connection, RFC 8441) and reports through the same origin.
+const H2_PAGE: &str = r#"<!doctype html>
+<html><head><title>ringway h2 test</title></head><body><script>
+const sizes = [0, 125, 65536, 300000];
+let i = 0, ok = 0;
+function payload(n, seed) {
+  const a = new Uint8Array(n);
+  for (let k = 0; k < n; k++) a[k] = (k * 13 + seed) & 255;
+  return a;
+}
+function done(text) {
+  fetch("/report?result=" + encodeURIComponent(text + " ok=" + ok));
+}
+const ws = new WebSocket("wss://" + location.host + "/ws/h2-browser");
+ws.binaryType = "arraybuffer";
+ws.onopen = () => ws.send(payload(sizes[0], 0));
+ws.onmessage = (e) => {
+  const got = new Uint8Array(e.data), want = payload(sizes[i], i);
+  let same = got.length === want.length;
+  for (let k = 0; same && k < got.length; k++) same = got[k] === want[k];
+  if (same) ok++;
+  i++;
+  if (i < sizes.length) ws.send(payload(sizes[i], i));
+  else { ws.close(1000, "bye"); done("done"); }
+};
+ws.onerror = () => done("error");
+</script></body></html>"#;
+
+#[test]
+fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection() {
+    if !uring_ok() {
+        return;
+    }
+    if !std::path::Path::new(CHROMIUM).exists() {
+        skip(&format!(
+            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
+        ));
+        return;
+    }
+    let dir = scratch("browser-h2");
+    let backends = vec![free_addr()];
+    let _echo = echo(&backends, &dir);
+    // The page and the report: a small HTTP/1.1 server of the test's own, behind ringway.
+    let web = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web_addr = web.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for conn in web.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut h = String::new();
+            while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (ctype, body) = if let Some(q) = path.strip_prefix("/report?result=") {
+                let _ = tx.send(q.to_string());
+                ("text/plain", String::new())
+            } else if path == "/" {
+                ("text/html", H2_PAGE.to_string())
+            } else {
+                ("text/plain", "not found".to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let listen = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n\n[[upstream]]\nname = \"web\"\nservers = [{{ addr = \"{web_addr}\" }}]\n\n[[upstream]]\nname = \"ws\"\nservers = [{{ addr = \"{}\" }}]\n\n[[server]]\nlisten = [\"{listen}\"]\nhttp2 = true\n{}\n\n[[server.location]]\npath = \"/\"\nupstream = \"web\"\n\n[[server.location]]\npath = \"/ws/\"\nupstream = \"ws\"\nupgrade = [\"websocket\"]\n",
+        backends[0],
+        tls_line()
+    );
+    let proxy = proxy(&cfg, listen, &dir);
+    let profile = dir.join("chromium-profile");
+    let mut chromium = Proc {
+        child: Command::new(CHROMIUM)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!(
+                "--ignore-certificate-errors-spki-list={}",
+                spki_hash(&pki().cert)
+            ))
+            .arg(format!("https://localhost:{}/", listen.port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("chromium.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap(),
+        log: dir.join("chromium.log"),
+    };
+    let result = rx.recv_timeout(Duration::from_secs(60));
+    let _ = chromium.child.kill();
+    let result = result.unwrap_or_else(|_| {
+        panic!(
+            "no report from the page within 60 s\nchromium:\n{}\nproxy:\n{}",
+            chromium.log_text(),
+            proxy.log_text()
+        )
+    });
+    let result = result.replace("%20", " ").replace("%3D", "=");
+    assert_eq!(result, "done ok=4", "{}", proxy.log_text());
+    // On the server side: the page and the WebSocket came as streams (h2) of one connection —
+    // the same client address and port — and the WebSocket as an extended CONNECT that the
+    // inner session turned into a 101 (ws).
+    proxy.wait_log("\"GET /ws/h2-browser\"", 10);
+    let log = proxy.log_text();
+    let client_of = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| {
+                assert!(l.contains(" h2 "), "not over HTTP/2: {l}");
+                l.split_whitespace()
+                    .find(|w| w.starts_with("127.0.0.1:"))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{log}"))
+    };
+    let page = client_of("\"GET /\" host=localhost");
+    let ws = client_of("\"GET /ws/h2-browser\"");
+    assert_eq!(page, ws, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("\"GET /ws/h2-browser\"")
+            && l.contains("status=101")
+            && l.contains(" ws h2 ")),
+        "{log}"
+    );
+}
