@@ -207,6 +207,11 @@ impl Worker {
                 return Ok(());
             }
             let ticked = r.turn(core, Duration::from_millis(TICK_MS))?;
+            // The inner sessions of HTTP/2 streams opened during the turn (not per event: the
+            // per-message path stays as it was).
+            if !core.inner.is_empty() {
+                core.start_inner(r);
+            }
             core.drain_due(r);
             // Once per tick, not per turn (a busy turn may carry one completion): expire idle
             // keepalive connections, publish the gauges the admin endpoint reads.
@@ -462,23 +467,20 @@ impl Core {
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
-            self.end_session(r, slot, generation, end);
-        } else {
-            // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
-            // later, which the wheel learns lazily when the entry fires): replace the entry,
-            // so a session has one at most and a storm leaves none behind.
-            let old = entry.timer_at;
-            if let Some(d) = entry.session.reschedule(old, now_ms) {
-                entry.timer_at = d;
-                if old != 0 {
-                    r.wheel.remove((slot, generation), old);
-                }
-                r.wheel.insert((slot, generation), d);
-            }
+            return self.end_session(r, slot, generation, end);
         }
-        if !self.inner.is_empty() {
-            self.start_inner(r);
+        // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
+        // later, which the wheel learns lazily when the entry fires): replace the entry, so a
+        // session has one at most and a storm leaves none behind.
+        let old = entry.timer_at;
+        let Some(d) = entry.session.reschedule(old, now_ms) else {
+            return;
+        };
+        entry.timer_at = d;
+        if old != 0 {
+            r.wheel.remove((slot, generation), old);
         }
+        r.wheel.insert((slot, generation), d);
     }
 
     /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
@@ -543,8 +545,8 @@ impl Core {
         self.serve(r, c.res, listen);
     }
 
-    /// The inner sessions asked for (HTTP/2 streams): each starts like an accepted
-    /// connection's, or, over the session cap, its socket closes (the stream is answered 502).
+    /// The inner sessions asked for (HTTP/2 streams), after the turn that asked: each starts
+    /// like an accepted connection's, or, over the session cap, its socket closes (the stream is answered 502).
     fn start_inner(&mut self, r: &mut Reactor<Slot>) {
         while let Some(i) = self.inner.pop() {
             if r.slots.len() >= self.spec.max_sessions {
