@@ -216,6 +216,11 @@ fn check_field(n: &[u8], v: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A token byte of any case (a method).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || is_name_byte(b)
+}
+
 fn is_name_byte(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*'
         | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
@@ -256,6 +261,28 @@ fn check_request(req: &Request, method: bool, connect_protocol: bool) -> Result<
     }
     if req.scheme.as_ref().is_none_or(|s| s.is_empty()) {
         return Err(":scheme missing");
+    }
+    if !req.method.iter().all(|&b| is_token_byte(b)) || req.method.is_empty() {
+        return Err(":method not a token");
+    }
+    if req.scheme.as_ref().is_some_and(|s| {
+        !s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    }) {
+        return Err(":scheme not a scheme");
+    }
+    // What becomes an HTTP/1.1 request line and Host must not carry a space or a control byte
+    // (a request line split in two past the proxy: h2-to-h1 desync).
+    let visible = |v: &[u8]| v.iter().all(|&b| (0x21..0x7f).contains(&b));
+    if req
+        .path
+        .as_ref()
+        .is_some_and(|p| !visible(p) || !(p.starts_with(b"/") || p == b"*"))
+    {
+        return Err(":path not an origin-form target");
+    }
+    if req.authority.as_ref().is_some_and(|a| !visible(a)) {
+        return Err(":authority with a space or a control byte");
     }
     match &req.path {
         None => Err(":path missing"),
@@ -496,6 +523,35 @@ mod tests {
                     .chain([(":protocol", "websocket")])
                     .collect(),
                 ":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":path", "/a b HTTP/1.1"),
+                ],
+                ":path not an origin-form target",
+            ),
+            (
+                vec![(":method", "GET"), (":scheme", "https"), (":path", "a")],
+                ":path not an origin-form target",
+            ),
+            (
+                vec![(":method", "G T"), (":scheme", "https"), (":path", "/")],
+                ":method not a token",
+            ),
+            (
+                vec![(":method", "GET"), (":scheme", "ht tp"), (":path", "/")],
+                ":scheme not a scheme",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":path", "/"),
+                    (":authority", "a b"),
+                ],
+                ":authority with a space or a control byte",
             ),
         ];
         for (fields, why) in cases {

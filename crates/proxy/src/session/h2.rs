@@ -185,7 +185,12 @@ impl H2 {
                     let rest = head[r.head_len..].to_vec();
                     let upgraded = tunnel && r.status == 101;
                     let status = if upgraded { 200 } else { r.status };
-                    if r.status == 101 && !tunnel {
+                    // A 101 answers only an upgrade; an upgrade answered 2xx without one was not
+                    // taken, and a 2xx would tell the client its WebSocket is open (RFC 8441
+                    // §5): both are the upstream's fault, answered 502.
+                    if (r.status == 101 && !tunnel)
+                        || (tunnel && !upgraded && (200..300).contains(&r.status))
+                    {
                         self.fail_stream(cx, i, io);
                         return;
                     }
