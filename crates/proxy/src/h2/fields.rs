@@ -1,8 +1,8 @@
-//! Header blocks: a request's decoded (HPACK through `loona-hpack`) and checked as RFC 9113
+//! Header blocks: a request's decoded (HPACK, `hpack.rs`) and checked as RFC 9113
 //! §8 asks; a response's encoded without the dynamic table, so the encoder holds no state and
 //! whatever table size the peer allows is respected.
 
-use loona_hpack::Decoder;
+use super::hpack::{Decoder, STATIC};
 
 /// Regular fields, in order, names lowercase.
 pub type FieldList = Vec<(Vec<u8>, Vec<u8>)>;
@@ -51,7 +51,7 @@ pub enum Refusal {
 
 /// The HPACK decoder of one connection, with its bounds.
 pub struct Fields {
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     /// `SETTINGS_MAX_HEADER_LIST_SIZE` as announced (name + value + 32 per field).
     max_list: usize,
 }
@@ -70,9 +70,10 @@ const CONNECTION_SPECIFIC: [&[u8]; 5] = [
 
 impl Fields {
     pub fn new(max_list: usize) -> Fields {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
-        Fields { decoder, max_list }
+        Fields {
+            decoder: Decoder::new(TABLE_SIZE),
+            max_list,
+        }
     }
 
     /// Decodes a request's header block. `connect_protocol`: whether this side announced
@@ -87,7 +88,7 @@ impl Fields {
             method: false,
         };
         let max = self.max_list;
-        let decoded = self.decoder.decode_with_cb(block, |n, v| {
+        let decoded = self.decoder.decode(block, |n, v| {
             if st.error.is_some() {
                 return;
             }
@@ -96,7 +97,7 @@ impl Fields {
                 st.error = Some(Refusal::TooLarge);
                 return;
             }
-            if let Err(e) = st.request_field(&mut req, &n, &v) {
+            if let Err(e) = st.request_field(&mut req, n, v) {
                 st.error = Some(Refusal::Malformed(e));
             }
         });
@@ -116,7 +117,7 @@ impl Fields {
         let mut size = 0usize;
         let mut error = None;
         let max = self.max_list;
-        let decoded = self.decoder.decode_with_cb(block, |n, v| {
+        let decoded = self.decoder.decode(block, |n, v| {
             if error.is_some() {
                 return;
             }
@@ -125,10 +126,10 @@ impl Fields {
                 error = Some(Refusal::TooLarge);
             } else if n.first() == Some(&b':') {
                 error = Some(Refusal::Malformed("a pseudo-header in trailers"));
-            } else if let Err(e) = check_field(&n, &v) {
+            } else if let Err(e) = check_field(n, v) {
                 error = Some(Refusal::Malformed(e));
             } else {
-                out.push((n.into_owned(), v.into_owned()));
+                out.push((n.to_vec(), v.to_vec()));
             }
         });
         if decoded.is_err() {
@@ -294,71 +295,6 @@ fn check_request(req: &Request, method: bool, connect_protocol: bool) -> Result<
     }
 }
 
-/// The names of HPACK's static table (RFC 7541 Appendix A), index 1 first.
-const STATIC_NAMES: [&[u8]; 61] = [
-    b":authority",
-    b":method",
-    b":method",
-    b":path",
-    b":path",
-    b":scheme",
-    b":scheme",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b":status",
-    b"accept-charset",
-    b"accept-encoding",
-    b"accept-language",
-    b"accept-ranges",
-    b"accept",
-    b"access-control-allow-origin",
-    b"age",
-    b"allow",
-    b"authorization",
-    b"cache-control",
-    b"content-disposition",
-    b"content-encoding",
-    b"content-language",
-    b"content-length",
-    b"content-location",
-    b"content-range",
-    b"content-type",
-    b"cookie",
-    b"date",
-    b"etag",
-    b"expect",
-    b"expires",
-    b"from",
-    b"host",
-    b"if-match",
-    b"if-modified-since",
-    b"if-none-match",
-    b"if-range",
-    b"if-unmodified-since",
-    b"last-modified",
-    b"link",
-    b"location",
-    b"max-forwards",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"range",
-    b"referer",
-    b"refresh",
-    b"retry-after",
-    b"server",
-    b"set-cookie",
-    b"strict-transport-security",
-    b"transfer-encoding",
-    b"user-agent",
-    b"vary",
-    b"via",
-    b"www-authenticate",
-];
-
 /// The `:status` values the static table holds whole (index, status).
 const STATIC_STATUS: [(u8, u16); 7] = [
     (8, 200),
@@ -394,7 +330,7 @@ fn string(out: &mut Vec<u8>, s: &[u8]) {
 /// Appends one field as a literal without indexing (RFC 7541 §6.2.2), its name indexed when
 /// the static table has it.
 pub fn encode_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    match STATIC_NAMES.iter().position(|n| *n == name) {
+    match STATIC.iter().position(|(n, _)| *n == name) {
         Some(i) => integer(out, 0, 4, i + 1),
         None => {
             out.push(0);
@@ -640,16 +576,22 @@ mod tests {
         encode_status(&mut out, 101);
         encode_field(&mut out, b"content-type", b"text/plain");
         encode_field(&mut out, b"x-long", "y".repeat(300).as_bytes());
-        let got = Decoder::new().decode(&out).unwrap();
+        // Decoded by the reference (loona-hpack) and by this side's decoder.
+        let got = loona_hpack::Decoder::new().decode(&out).unwrap();
+        let mut ours = Vec::new();
+        Decoder::new(TABLE_SIZE)
+            .decode(&out, |n, v| ours.push((n.to_vec(), v.to_vec())))
+            .unwrap();
+        assert_eq!(ours, got);
         assert_eq!(got[0], (b":status".to_vec(), b"200".to_vec()));
         assert_eq!(got[1], (b":status".to_vec(), b"101".to_vec()));
         assert_eq!(got[2], (b"content-type".to_vec(), b"text/plain".to_vec()));
         assert_eq!(got[3].1.len(), 300);
-        for (i, n) in STATIC_NAMES.iter().enumerate() {
+        for (i, (n, _)) in STATIC.iter().enumerate() {
             let mut one = Vec::new();
             encode_field(&mut one, n, b"v");
             assert_eq!(
-                Decoder::new().decode(&one).unwrap()[0].0,
+                loona_hpack::Decoder::new().decode(&one).unwrap()[0].0,
                 n.to_vec(),
                 "static index {}",
                 i + 1

@@ -1,5 +1,5 @@
 //! HTTP/2 (RFC 9113) on the server side, with RFC 8441's extended CONNECT: the frames
-//! (`frame.rs`), header blocks (`fields.rs`: HPACK decoding through `loona-hpack`, the request
+//! (`frame.rs`), HPACK decoding (`hpack.rs`), header blocks (`fields.rs`: the request
 //! checks of §8, a stateless response encoder) and one connection's state machine
 //! (`conn.rs`: streams, flow control, the bounds on what a peer may make this side hold or
 //! do). Pure: bytes in, events to a [`Handler`] and bytes out; no socket, no clock of its own.
@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod fields;
 pub mod frame;
+pub mod hpack;
 
 pub use conn::{Connection, Handler, Settings};
 pub use fields::Request;

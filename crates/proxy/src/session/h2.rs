@@ -39,6 +39,10 @@ pub(super) struct H2 {
     taken: u32,
     /// A key for the next generated `Sec-WebSocket-Key`.
     key_seed: u64,
+    /// Links whose inner session answered its request whole and waits for the next one
+    /// (HTTP/1.1 keep-alive between the two): the next stream takes one before making a new
+    /// socket pair.
+    idle_links: Vec<ConnId>,
 }
 
 impl std::fmt::Debug for H2 {
@@ -65,6 +69,9 @@ struct Stream {
     held_end: bool,
     /// DATA bytes queued toward the inner session, given back once they have left.
     credit: usize,
+    /// The inner session's answer keeps its connection (HTTP/1.1 keep-alive): once the
+    /// stream is done both ways, its link may carry the next stream.
+    keep: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +118,7 @@ impl H2 {
             first,
             idle_since: Some(now),
             taken: 0,
+            idle_links: Vec::new(),
             key_seed: now ^ (u64::from(cx.client.addr().port()) << 32) ^ 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -135,6 +143,7 @@ impl H2 {
             inner: env.inner,
             taken: &mut self.taken,
             key_seed: &mut self.key_seed,
+            idle_links: &mut self.idle_links,
         };
         let r = self.conn.received(data, now, &mut ev);
         if !self.streams.is_empty() {
@@ -211,6 +220,7 @@ impl H2 {
                         }
                         return;
                     }
+                    s.keep = r.keep_alive && !upgraded;
                     let body = if upgraded {
                         BodyKind::UntilClose
                     } else {
@@ -292,10 +302,28 @@ impl H2 {
         }
     }
 
-    /// The stream's answer is whole: its inner session is let go.
+    /// The stream's answer is whole: its link waits for the next stream when its inner
+    /// session keeps the connection and the request went whole; else it is let go.
     fn stream_done(&mut self, cx: &mut Cx, i: usize, io: &mut (impl Io + ?Sized)) {
         let s = self.streams.swap_remove(i);
-        cx.retire(s.link, io);
+        let link = cx.links.get(s.link);
+        if s.keep && s.body == Body::Ended && link.open() && !link.eof() {
+            self.idle_links.push(s.link);
+        } else {
+            cx.retire(s.link, io);
+        }
+    }
+
+    /// An idle link's inner session closed or said something unasked: it is let go.
+    fn drop_idle(&mut self, cx: &mut Cx, link: ConnId, io: &mut (impl Io + ?Sized)) -> bool {
+        match self.idle_links.iter().position(|&l| l == link) {
+            Some(k) => {
+                self.idle_links.swap_remove(k);
+                cx.retire(link, io);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The inner session's answer cannot be read (or ended early): 502 if nothing went to the
@@ -307,6 +335,7 @@ impl H2 {
                 .respond(id, 502, &[(b"content-length", b"0")], true);
         }
         self.conn.reset(id, Code::Internal);
+        self.streams[i].keep = false;
         self.stream_done(cx, i, io);
     }
 }
@@ -346,6 +375,7 @@ struct Events<'a, I: Io + ?Sized> {
     inner: &'a mut Vec<Inner>,
     taken: &'a mut u32,
     key_seed: &'a mut u64,
+    idle_links: &'a mut Vec<ConnId>,
 }
 
 impl<I: Io + ?Sized> Events<'_, I> {
@@ -355,6 +385,33 @@ impl<I: Io + ?Sized> Events<'_, I> {
 
     fn send(&mut self, link: ConnId, f: impl FnOnce(&mut Vec<u8>)) {
         self.cx.send_built(link, self.io, f);
+    }
+
+    /// A new link: a connection of the session over one end of a socket pair, the other end
+    /// for an inner session the worker starts after this turn.
+    fn new_link(&mut self) -> Option<ConnId> {
+        let link = self.cx.links.add()?;
+        let (ours, theirs): (RawFd, RawFd) = match self.io.socketpair() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "http2: no socket pair for a stream: {}",
+                    crate::sys::errno_name(e)
+                );
+                return None;
+            }
+        };
+        let t = self.cx.links.get_mut(link);
+        // A plain transport cannot fail to take a socket.
+        let _ = t.reset_fd(self.io, ours, None, None);
+        t.mark_ready();
+        self.inner.push(Inner {
+            fd: theirs,
+            client: self.cx.client.addr(),
+            listen: *self.cx.listen(),
+            cfg: self.cx.cfg.clone(),
+        });
+        Some(link)
     }
 
     /// A pseudo-random `Sec-WebSocket-Key` (a nonce: RFC 6455 asks for no more).
@@ -448,31 +505,16 @@ impl<I: Io + ?Sized> Handler for Events<'_, I> {
             self.streams.push(Stream::answered(id, 501));
             return;
         }
-        let Some(link) = self.cx.links.add() else {
-            self.streams.push(Stream::answered(id, 503));
-            return;
+        let link = match self.idle_links.pop() {
+            Some(link) => link,
+            None => match self.new_link() {
+                Some(link) => link,
+                None => {
+                    self.streams.push(Stream::answered(id, 503));
+                    return;
+                }
+            },
         };
-        let (ours, theirs): (RawFd, RawFd) = match self.io.socketpair() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(
-                    "http2: no socket pair for a stream: {}",
-                    crate::sys::errno_name(e)
-                );
-                self.streams.push(Stream::answered(id, 503));
-                return;
-            }
-        };
-        let t = self.cx.links.get_mut(link);
-        // A plain transport cannot fail to take a socket.
-        let _ = t.reset_fd(self.io, ours, None, None);
-        t.mark_ready();
-        self.inner.push(Inner {
-            fd: theirs,
-            client: self.cx.client.addr(),
-            listen: *self.cx.listen(),
-            cfg: self.cx.cfg.clone(),
-        });
         *self.taken += 1;
         let key = ws.then(|| self.ws_key());
         let mut body = Body::Ended;
@@ -491,6 +533,7 @@ impl<I: Io + ?Sized> Handler for Events<'_, I> {
             held: Vec::new(),
             held_end: false,
             credit: 0,
+            keep: false,
         });
     }
 
@@ -579,6 +622,7 @@ impl Stream {
             held: Vec::new(),
             held_end: false,
             credit: 0,
+            keep: false,
         }
     }
 }
@@ -611,8 +655,11 @@ impl Protocol for H2 {
         let step = if from == ConnId::CLIENT {
             self.client_bytes(cx, &data, io, env)
         } else {
-            if let Some(i) = self.by_link(from) {
-                self.answer_bytes(cx, i, &data, io);
+            match self.by_link(from) {
+                Some(i) => self.answer_bytes(cx, i, &data, io),
+                None => {
+                    self.drop_idle(cx, from, io);
+                }
             }
             Step::Continue
         };
@@ -625,6 +672,9 @@ impl Protocol for H2 {
     fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
         if from == ConnId::CLIENT {
             return Step::Close(End::ClientClosed);
+        }
+        if self.drop_idle(cx, from, io) {
+            return Step::Continue;
         }
         if let Some(i) = self.by_link(from) {
             let until_close = match &self.streams[i].resp {
@@ -644,6 +694,9 @@ impl Protocol for H2 {
     fn error<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, end: End, io: &mut I) -> Step {
         if from == ConnId::CLIENT {
             return Step::Close(end);
+        }
+        if self.drop_idle(cx, from, io) {
+            return Step::Continue;
         }
         if let Some(i) = self.by_link(from) {
             self.fail_stream(cx, i, io);
@@ -681,9 +734,11 @@ impl Protocol for H2 {
         if id == ConnId::CLIENT {
             return room;
         }
-        room && self
-            .by_link(id)
-            .is_some_and(|i| self.streams[i].held.is_empty() && !self.streams[i].held_end)
+        // An idle link is read too: its inner session's end is noticed at once.
+        room && (self.idle_links.contains(&id)
+            || self
+                .by_link(id)
+                .is_some_and(|i| self.streams[i].held.is_empty() && !self.streams[i].held_end))
     }
 
     fn times_upstream_sends(&self) -> bool {

@@ -269,6 +269,9 @@ impl Session {
         let listen = Listen {
             proxy_header: false,
             http2: None,
+            // Between requests the HTTP/2 session keeps the link or lets it go (its own
+            // keepalive_timeout and drain): the inner session does not time it out.
+            keepalive_timeout_ms: crate::config::ms32(crate::config::MAX_TIMEOUT),
             ..i.listen
         };
         let down = Transport::plain(i.fd);
