@@ -74,10 +74,13 @@ pub(super) const STATIC: [(&[u8], &[u8]); 61] = [
     (b"www-authenticate", b""),
 ];
 
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
 /// One connection's decoder.
 pub struct Decoder {
     /// Newest first.
-    table: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    table: VecDeque<Entry>,
     /// Bytes the table holds (each entry: name + value + 32).
     size: usize,
     /// What the peer last set with a size update (at most `limit`).
@@ -240,7 +243,7 @@ fn string(b: &mut &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    fn all(d: &mut Decoder, b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    fn all(d: &mut Decoder, b: &[u8]) -> Result<crate::h2::fields::FieldList, Error> {
         let mut v = Vec::new();
         d.decode(b, |n, val| v.push((n.to_vec(), val.to_vec())))?;
         Ok(v)
