@@ -65,23 +65,11 @@ fn spki_hash(cert: &std::path::Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn chromium_echoes_over_wss_through_ringway() {
-    if !uring_ok() {
-        return;
-    }
-    if !std::path::Path::new(CHROMIUM).exists() {
-        // .ci/run installs it; a developer machine without it says so.
-        skip(&format!(
-            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
-        ));
-        return;
-    }
-    let st = stack_mode(Mode::Tls, "browser", "", "", "");
-    // The page and the report come from a small server of the test's own.
+/// A small HTTP/1.1 server of the test's own: `/` answers `page`, `/report?result=…` sends the
+/// result to the returned channel.
+fn web_server(page: String) -> (std::net::SocketAddr, mpsc::Receiver<String>) {
     let web = TcpListener::bind("127.0.0.1:0").unwrap();
     let web_addr = web.local_addr().unwrap();
-    let page = PAGE.replace("PROXY_PORT", &st.listen.port().to_string());
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for conn in web.incoming() {
@@ -112,8 +100,13 @@ fn chromium_echoes_over_wss_through_ringway() {
             );
         }
     });
-    let profile = st.dir.join("chromium-profile");
-    let mut chromium = Proc {
+    (web_addr, rx)
+}
+
+/// Headless Chromium on `url`, trusting the test certificate, with a profile in `dir`.
+fn chromium(dir: &std::path::Path, url: &str) -> Proc {
+    let profile = dir.join("chromium-profile");
+    Proc {
         child: Command::new(CHROMIUM)
             .args([
                 "--headless",
@@ -131,15 +124,34 @@ fn chromium_echoes_over_wss_through_ringway() {
                 "--ignore-certificate-errors-spki-list={}",
                 spki_hash(&pki().cert)
             ))
-            .arg(format!("http://{web_addr}/"))
+            .arg(url)
             .stdout(Stdio::null())
             .stderr(Stdio::from(
-                std::fs::File::create(st.dir.join("chromium.log")).unwrap(),
+                std::fs::File::create(dir.join("chromium.log")).unwrap(),
             ))
             .spawn()
             .unwrap(),
-        log: st.dir.join("chromium.log"),
-    };
+        log: dir.join("chromium.log"),
+    }
+}
+
+#[test]
+fn chromium_echoes_over_wss_through_ringway() {
+    if !uring_ok() {
+        return;
+    }
+    if !std::path::Path::new(CHROMIUM).exists() {
+        // .ci/run installs it; a developer machine without it says so.
+        skip(&format!(
+            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
+        ));
+        return;
+    }
+    let st = stack_mode(Mode::Tls, "browser", "", "", "");
+    // The page and the report come from a small server of the test's own.
+    let page = PAGE.replace("PROXY_PORT", &st.listen.port().to_string());
+    let (web_addr, rx) = web_server(page);
+    let mut chromium = chromium(&st.dir, &format!("http://{web_addr}/"));
     let result = rx.recv_timeout(Duration::from_secs(60));
     let _ = chromium.child.kill();
     let result = result.unwrap_or_else(|_| {
@@ -210,37 +222,7 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
     let backends = vec![free_addr()];
     let _echo = echo(&backends, &dir);
     // The page and the report: a small HTTP/1.1 server of the test's own, behind ringway.
-    let web = TcpListener::bind("127.0.0.1:0").unwrap();
-    let web_addr = web.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for conn in web.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut line = String::new();
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut h = String::new();
-            while r.read_line(&mut h).is_ok_and(|n| n > 2) {
-                h.clear();
-            }
-            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (ctype, body) = if let Some(q) = path.strip_prefix("/report?result=") {
-                let _ = tx.send(q.to_string());
-                ("text/plain", String::new())
-            } else if path == "/" {
-                ("text/html", H2_PAGE.to_string())
-            } else {
-                ("text/plain", "not found".to_string())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let (web_addr, rx) = web_server(H2_PAGE.to_string());
     let listen = free_addr();
     let cfg = format!(
         "[runtime]\nworkers = 1\n\n[[upstream]]\nname = \"web\"\nservers = [{{ addr = \"{web_addr}\" }}]\n\n[[upstream]]\nname = \"ws\"\nservers = [{{ addr = \"{}\" }}]\n\n[[server]]\nlisten = [\"{listen}\"]\nhttp2 = true\n{}\n\n[[server.location]]\npath = \"/\"\nupstream = \"web\"\n\n[[server.location]]\npath = \"/ws/\"\nupstream = \"ws\"\nupgrade = [\"websocket\"]\n",
@@ -248,34 +230,7 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
         tls_line()
     );
     let proxy = proxy(&cfg, listen, &dir);
-    let profile = dir.join("chromium-profile");
-    let mut chromium = Proc {
-        child: Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!(
-                "--ignore-certificate-errors-spki-list={}",
-                spki_hash(&pki().cert)
-            ))
-            .arg(format!("https://localhost:{}/", listen.port()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("chromium.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
-        log: dir.join("chromium.log"),
-    };
+    let mut chromium = chromium(&dir, &format!("https://localhost:{}/", listen.port()));
     let result = rx.recv_timeout(Duration::from_secs(60));
     let _ = chromium.child.kill();
     let result = result.unwrap_or_else(|_| {

@@ -377,6 +377,15 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
     );
     assert_eq!(r["data_before_window"], 0, "{r}");
     assert!(r["data"].as_u64().unwrap() > 100, "{r}");
+    // One slow stream does not stall another on its connection: stream 3, given room, is
+    // answered whole while stream 1 (window 0) waits.
+    let r = run_py(
+        "hostile.py",
+        &["127.0.0.1".into(), port.clone(), "slow_stream".into()],
+    );
+    assert!(r["data_by_stream"]["3"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["ended"], serde_json::json!([3]), "{r}");
+    assert!(r["data_by_stream"].get("1").is_none(), "{r}");
     // No stream is left behind in the proxy: its inner sessions all ended.
     std::thread::sleep(Duration::from_millis(500));
     let log = st.proxy.log_text();

@@ -100,6 +100,12 @@ def main():
         send(HeadersFrame(1, enc.encode([(":method", "CONNECT"), (":protocol", "websocket"),
                                          (":scheme", "http"), (":path", "/ws/"),
                                          (":authority", "localhost")]), flags=["END_HEADERS"]))
+    elif case == "slow_stream":
+        # Two streams, windows of 0: only stream 3 is given room; its answer comes whole while
+        # stream 1's waits (one slow stream does not stall the others).
+        out[:] = PREFACE + SettingsFrame(0, settings={4: 0}).serialize()
+        send(HeadersFrame(1, get_block(enc), flags=["END_HEADERS", "END_STREAM"]))
+        send(HeadersFrame(3, get_block(enc), flags=["END_HEADERS", "END_STREAM"]))
     elif case == "zero_window":
         # Stream windows of 0: the answer waits; a WINDOW_UPDATE later lets it through.
         out[:] = PREFACE + SettingsFrame(0, settings={4: 0}).serialize()
@@ -125,6 +131,11 @@ def main():
                 opened = True
                 result["data_before_window"] = result["data"]
                 s.sendall(WindowUpdateFrame(1, window_increment=1 << 20).serialize())
+            if case == "slow_stream" and not opened:
+                opened = True
+                s.sendall(WindowUpdateFrame(3, window_increment=1 << 20).serialize())
+            elif case == "slow_stream" and opened:
+                deadline = 0
             continue
         except OSError:
             result["closed"] = True
@@ -154,6 +165,10 @@ def main():
                     result["hpack_error"] = str(e)
             elif isinstance(f, DataFrame):
                 result["data"] += len(f.data)
+                per = result.setdefault("data_by_stream", {})
+                per[f.stream_id] = per.get(f.stream_id, 0) + len(f.data)
+                if "END_STREAM" in f.flags:
+                    result.setdefault("ended", []).append(f.stream_id)
                 if case == "zero_window" and "END_STREAM" in f.flags:
                     deadline = 0
     print(json.dumps(result))
