@@ -429,3 +429,59 @@ fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
     let status = wait_exit(&mut st.proxy, 15);
     assert!(status.success(), "{status:?}\n{}", st.proxy.log_text());
 }
+
+#[test]
+fn interim_answers_and_an_upstreams_trailers_reach_the_http2_client() {
+    if !uring_ok() || !have("nghttp", &["--version"]) {
+        return;
+    }
+    // An upstream of the test's own: 103 Early Hints, then a chunked 200 with a trailer.
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_addr = up.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in up.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+            }
+            let _ = conn.write_all(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nConnection: close\r\n\r\n\
+                  5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n",
+            );
+        }
+    });
+    let dir = scratch("h2-trailers");
+    let listen = free_addr();
+    let proxy = proxy(&config(listen, &[up_addr], "", H2_SERVER, ""), listen, &dir);
+    let out = Command::new("nghttp")
+        .args(["-v", &format!("http://127.0.0.1:{}/t", listen.port())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let statuses: Vec<&str> = text.lines().filter(|l| l.contains(":status:")).collect();
+    assert_eq!(statuses.len(), 2, "{text}\n{}", proxy.log_text());
+    assert!(
+        statuses[0].contains("103") && statuses[1].contains("200"),
+        "{text}"
+    );
+    assert!(text.contains("link: </style.css>; rel=preload"), "{text}");
+    // The body de-chunked into DATA, then the trailer as a HEADERS that ends the stream.
+    assert!(text.contains("hello world"), "{text}");
+    let trailer_at = text
+        .find("x-checksum: abc123")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(text[..trailer_at].contains("recv DATA"), "{text}");
+    let after = &text[trailer_at..];
+    assert!(
+        after.contains("recv HEADERS frame") && after.contains("END_STREAM | END_HEADERS"),
+        "{text}"
+    );
+    assert!(!after.contains("recv DATA"), "{text}");
+}

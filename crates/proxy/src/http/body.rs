@@ -109,7 +109,19 @@ impl BodyTracker {
     pub fn feed_payload(
         &mut self,
         data: &[u8],
+        payload: impl FnMut(&[u8]),
+    ) -> Result<usize, BodyError> {
+        self.feed_parts(data, payload, |_| {})
+    }
+
+    /// [`BodyTracker::feed_payload`], showing `trailer` the bytes of a chunked body's trailer
+    /// fields as they go by (each line with its CRLF; an HTTP/2 stream's trailers).
+    #[inline]
+    pub fn feed_parts(
+        &mut self,
+        data: &[u8],
         mut payload: impl FnMut(&[u8]),
+        mut trailer: impl FnMut(&[u8]),
     ) -> Result<usize, BodyError> {
         match self.state {
             State::Done => Ok(0),
@@ -152,7 +164,17 @@ impl BodyTracker {
                             self.state = State::Done;
                             return Ok(i + 1);
                         }
-                        _ => c = c.after(data[i])?,
+                        _ => {
+                            let before = c;
+                            c = c.after(data[i])?;
+                            if matches!(
+                                c,
+                                Chunk::TrailerName | Chunk::TrailerLine | Chunk::TrailerLineLf
+                            ) || before == Chunk::TrailerLineLf
+                            {
+                                trailer(&data[i..i + 1]);
+                            }
+                        }
                     }
                     i += 1;
                 }
@@ -318,6 +340,12 @@ mod tests {
             assert_eq!(got, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
             assert_eq!(used, body.len() - 4);
         }
+        // The trailer fields, line by line, as they went by.
+        let mut t = BodyTracker::new(BodyKind::Chunked);
+        let mut trailers = Vec::new();
+        t.feed_parts(body, |_| {}, |b| trailers.extend_from_slice(b))
+            .unwrap();
+        assert_eq!(trailers, b"X-T: 1\r\n");
         let mut t = BodyTracker::new(BodyKind::Length(3));
         let mut got = Vec::new();
         assert_eq!(

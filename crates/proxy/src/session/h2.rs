@@ -72,6 +72,10 @@ struct Stream {
     /// The inner session's answer keeps its connection (HTTP/1.1 keep-alive): once the
     /// stream is done both ways, its link may carry the next stream.
     keep: bool,
+    /// A chunked answer's trailer lines as they came, then as fields once the body ended:
+    /// they end the stream (a HEADERS with END_STREAM) after the last DATA.
+    trailer_text: Vec<u8>,
+    trailers: Option<FieldList>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,11 +248,21 @@ impl H2 {
                 Resp::Tunnel => self.send_data(cx, i, data, false, io),
                 Resp::Body(t) => {
                     let mut payload = io.scratch();
-                    let fed = t.feed_payload(data, |p| payload.extend_from_slice(p));
+                    let text = &mut s.trailer_text;
+                    let fed = t.feed_parts(
+                        data,
+                        |p| payload.extend_from_slice(p),
+                        |b| text.extend_from_slice(b),
+                    );
                     let end = t.done();
+                    // A chunked answer's trailer fields, bounded as a head is.
+                    let too_long = s.trailer_text.len() > cx.listen().header_max as usize;
+                    if end && !s.trailer_text.is_empty() {
+                        s.trailers = Some(trailer_fields(&s.trailer_text));
+                    }
                     match fed {
-                        Ok(_) => self.send_data(cx, i, &payload, end, io),
-                        Err(_) => self.fail_stream(cx, i, io),
+                        Ok(_) if !too_long => self.send_data(cx, i, &payload, end, io),
+                        _ => self.fail_stream(cx, i, io),
                     }
                     io.recycle(payload);
                 }
@@ -271,12 +285,14 @@ impl H2 {
             s.held_end |= end;
             return;
         }
-        let n = self.conn.send_data(s.id, bytes, end);
+        let n = self
+            .conn
+            .send_data(s.id, bytes, end && s.trailers.is_none());
         if n < bytes.len() {
             s.held.extend_from_slice(&bytes[n..]);
             s.held_end = end;
         } else if end {
-            self.stream_done(cx, i, io);
+            self.end_stream(cx, i, io);
         }
     }
 
@@ -289,10 +305,12 @@ impl H2 {
                 i += 1;
                 continue;
             }
-            let n = self.conn.send_data(s.id, &s.held, s.held_end);
+            let n = self
+                .conn
+                .send_data(s.id, &s.held, s.held_end && s.trailers.is_none());
             s.held.drain(..n);
             if s.held.is_empty() && s.held_end {
-                self.stream_done(cx, i, io);
+                self.end_stream(cx, i, io);
                 continue;
             }
             if s.held.is_empty() {
@@ -300,6 +318,16 @@ impl H2 {
             }
             i += 1;
         }
+    }
+
+    /// The answer's body has gone: its trailers end the stream when it has some (else its
+    /// last DATA did), and the stream is done.
+    fn end_stream(&mut self, cx: &mut Cx, i: usize, io: &mut (impl Io + ?Sized)) {
+        if let Some(t) = self.streams[i].trailers.take() {
+            let list: Vec<(&[u8], &[u8])> = t.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+            self.conn.send_trailers(self.streams[i].id, &list);
+        }
+        self.stream_done(cx, i, io);
     }
 
     /// The stream's answer is whole: its link waits for the next stream when its inner
@@ -362,6 +390,35 @@ fn response_fields(head: &[u8], drop_length: bool, upgraded: bool) -> FieldList 
                 && name != "sec-websocket-extensions");
         if !drop {
             out.push((name.into_bytes(), h.value.to_vec()));
+        }
+    }
+    out
+}
+
+/// A chunked answer's trailer lines as HTTP/2 fields: names lowercased; the fields HTTP/2
+/// forbids, and any that would not be a field, left out.
+fn trailer_fields(text: &[u8]) -> FieldList {
+    let mut out = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].to_ascii_lowercase();
+        let value = line[colon + 1..].trim_ascii();
+        let forbidden = matches!(
+            &name[..],
+            b"connection"
+                | b"keep-alive"
+                | b"proxy-connection"
+                | b"transfer-encoding"
+                | b"upgrade"
+                | b"content-length"
+                | b"host"
+                | b"te"
+        );
+        if !name.is_empty() && !forbidden {
+            out.push((name, value.to_vec()));
         }
     }
     out
@@ -534,6 +591,8 @@ impl<I: Io + ?Sized> Handler for Events<'_, I> {
             held_end: false,
             credit: 0,
             keep: false,
+            trailer_text: Vec::new(),
+            trailers: None,
         });
     }
 
@@ -623,6 +682,8 @@ impl Stream {
             held_end: false,
             credit: 0,
             keep: false,
+            trailer_text: Vec::new(),
+            trailers: None,
         }
     }
 }
