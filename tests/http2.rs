@@ -147,7 +147,7 @@ fn requests_over_h2_from_curl_nghttp_and_h2load_and_http1_on_the_same_listener()
         "{text}"
     );
     assert!(
-        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):14"),
+        text.contains("SETTINGS_MAX_CONCURRENT_STREAMS(0x03):100"),
         "{text}"
     );
     assert!(text.contains(":status: 200"), "{text}");
@@ -234,6 +234,29 @@ fn websockets_over_h2_are_extended_connects_with_everything_a_tunnel_has() {
             assert_eq!(s["close_code"], 1000, "stream {id}: {r}");
         }
     }
+    // Sixty WebSockets at once on one connection (a browser's tabs of one origin share it).
+    let r = run_py(
+        "ws.py",
+        &[
+            "127.0.0.1".into(),
+            port.clone(),
+            "--tls".into(),
+            "--streams".into(),
+            "60".into(),
+            "--messages".into(),
+            "5".into(),
+            "--size".into(),
+            "100".into(),
+        ],
+    );
+    let streams = r["streams"].as_object().unwrap();
+    assert_eq!(streams.len(), 60, "{r}");
+    assert!(
+        streams
+            .values()
+            .all(|s| s["status"] == 200 && s["echoes"] == 5),
+        "{r}"
+    );
     // Held open: the location's heartbeat pings reach the client inside its stream, and
     // its pongs keep the tunnel alive past the heartbeat timeout.
     let r = run_py(
@@ -317,7 +340,12 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
     if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
         return;
     }
-    let st = stack("h2-hostile", "", H2_SERVER, "");
+    let st = stack(
+        "h2-hostile",
+        "",
+        "http2 = true\nhttp2_max_concurrent_streams = 20",
+        "",
+    );
     let port = st.listen.port().to_string();
     let url = format!("http://127.0.0.1:{port}/headers");
     // (case, GOAWAY code expected; None: the connection stays)
@@ -351,14 +379,14 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
                 assert_eq!(r["status"]["3"], 431, "{r}");
             }
             "too_many_streams" => {
-                // 14 taken, the rest refused.
+                // 20 taken (the server's limit here), the rest refused.
                 let refused = r["rst"]
                     .as_object()
                     .unwrap()
                     .values()
                     .filter(|c| *c == 7)
                     .count();
-                assert_eq!(refused, 40 - 14, "{r}");
+                assert_eq!(refused, 40 - 20, "{r}");
             }
             "malformed_request" => {
                 assert_eq!(r["rst"]["1"], 1, "{r}");

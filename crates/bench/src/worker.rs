@@ -510,7 +510,7 @@ impl BenchWorker {
         let Some((_, c, mut sys)) = self.r.split(slot, Some(generation)) else {
             return;
         };
-        if c.phase == Phase::Dead && c.sock.close_when_done(&mut sys, c.cancels, false) {
+        if c.phase == Phase::Dead && c.sock.close_when_done(&mut sys, c.cancels.into(), false) {
             self.r.slots.remove(slot);
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
         }

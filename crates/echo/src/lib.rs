@@ -316,7 +316,9 @@ fn settle(client: &mut Client, sys: &mut RingSys<'_>) -> bool {
     }
     if client.closing {
         client.cancels += client.sock.retire(sys, ConnId::CLIENT);
-        return client.sock.close_when_done(sys, client.cancels, false);
+        return client
+            .sock
+            .close_when_done(sys, client.cancels.into(), false);
     }
     client.sock.kick(sys, ConnId::CLIENT);
     // Backpressure: no recv while what we owe the client has not drained.

@@ -461,7 +461,7 @@ impl Client {
         }
         if self.closing {
             self.cancels += self.sock.retire(sys, ConnId::CLIENT);
-            return self.sock.close_when_done(sys, self.cancels, false);
+            return self.sock.close_when_done(sys, self.cancels.into(), false);
         }
         self.sock.kick(sys, ConnId::CLIENT);
         if self.phase == Phase::Answering && self.sock.flushed() {

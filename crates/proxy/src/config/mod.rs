@@ -226,10 +226,11 @@ pub struct Http2 {
     pub max_streams: u8,
 }
 
-/// The most streams one HTTP/2 connection may have open at once: each is an inner HTTP/1
-/// session on a connection of its own, and a session tells at most `CONN_MAX` connections
-/// apart (one is the client's, one the first upstream's).
-pub const HTTP2_STREAMS_MAX: u8 = crate::uring::CONN_MAX - 1;
+/// The most streams one HTTP/2 connection may have open at once (nginx's default): each is an
+/// inner HTTP/1 session on a connection of its own (a session tells `CONN_MAX` + 1 apart).
+pub const HTTP2_STREAMS_MAX: u8 = 128;
+/// Streams at once when `http2_max_concurrent_streams` is not set (HAProxy's default).
+pub const HTTP2_STREAMS_DEFAULT: u8 = 100;
 
 /// An address block (`10.0.0.0/8`, `2001:db8::/32`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -345,7 +345,7 @@ fn http2(cx: &Ctx<'_>, f: &str, s: &raw::Server) -> Result<Option<Http2>, Config
         return Ok(None);
     }
     let max_streams = match &s.http2_max_concurrent_streams {
-        None => HTTP2_STREAMS_MAX,
+        None => HTTP2_STREAMS_DEFAULT,
         Some(n) if (1..=i64::from(HTTP2_STREAMS_MAX)).contains(n.get_ref()) => *n.get_ref() as u8,
         Some(n) => {
             return Err(cx.err(

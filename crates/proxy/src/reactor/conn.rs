@@ -547,7 +547,7 @@ impl Conn {
     pub fn close_when_done(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        cancels: u8,
+        cancels: u16,
         keep_queue: bool,
     ) -> bool {
         if self.fd < 0 || !self.has(RETIRING) || self.ops > 0 || cancels > 0 {

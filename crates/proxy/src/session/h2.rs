@@ -7,7 +7,7 @@
 //! access log — and its HTTP/1.1 response comes back as the stream's HEADERS and DATA (a 101
 //! as a 200, the stream then carrying the tunnel's bytes).
 //!
-//! Bounds: streams at once (`http2_max_concurrent_streams`, at most 14: each takes one of the
+//! Bounds: streams at once (`http2_max_concurrent_streams`, at most 128: each takes one of the
 //! session's connection ids); per stream, what the client may send ahead (the stream window,
 //! given back once its bytes have gone into the socket pair) and what waits for the client's
 //! window (one read of the inner session's answer: its socket is not read again until that
@@ -108,7 +108,7 @@ impl H2 {
     pub(super) fn new(cx: &Cx, first: Vec<u8>, now: u64) -> H2 {
         let h = cx.listen().http2.unwrap_or(crate::config::Http2 {
             websocket: true,
-            max_streams: crate::config::HTTP2_STREAMS_MAX,
+            max_streams: crate::config::HTTP2_STREAMS_DEFAULT,
         });
         let settings = Settings {
             max_streams: u32::from(h.max_streams),

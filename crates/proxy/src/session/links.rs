@@ -64,7 +64,7 @@ pub struct Links {
     #[allow(clippy::box_collection)]
     more: Option<Box<Vec<Transport>>>,
     /// Cancels in flight for the session's sockets.
-    cancels: u8,
+    cancels: u16,
     /// The server (upstream, peer) the first upstream socket is counted against in its
     /// `active` gauge while it is open; `NO_PEER` in both when none.
     pub counted: [u16; 2],
@@ -88,13 +88,13 @@ impl Links {
     /// The ids of the session's connections.
     pub fn ids(&self) -> impl Iterator<Item = ConnId> + use<> {
         let n = 2 + self.more.as_ref().map_or(0, |m| m.len());
-        (0..n as u8).map(ConnId)
+        (0..n).map(|i| ConnId(i as u8))
     }
 
     /// The ids past the first two (none for a session that never added a connection).
     pub fn more_ids(&self) -> impl Iterator<Item = ConnId> + use<> {
         let n = self.more.as_ref().map_or(0, |m| m.len());
-        (2..2 + n as u8).map(ConnId)
+        (2..2 + n).map(|i| ConnId(i as u8))
     }
 
     /// Whether `f` holds for any connection. (Called after every event: the two inline
@@ -185,6 +185,7 @@ impl Links {
         if n == 0 {
             return;
         }
+        let n = u16::from(n);
         debug_assert!(self.cancels.checked_add(n).is_some(), "cancels overflow");
         self.cancels = self.cancels.saturating_add(n);
     }

@@ -155,7 +155,7 @@ impl Transport {
     pub fn close_when_done(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        cancels: u8,
+        cancels: u16,
         keep_queue: bool,
     ) -> bool {
         // Called after every event of a session: the common case (not closing) is one test,
@@ -170,7 +170,7 @@ impl Transport {
     fn close_retired(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        cancels: u8,
+        cancels: u16,
         keep_queue: bool,
     ) -> bool {
         if self.fd() >= 0 && self.ops() == 0 && cancels == 0 {
@@ -211,7 +211,7 @@ impl Transport {
     pub fn detach_when_done(
         &mut self,
         io: &mut (impl Sys + ?Sized),
-        cancels: u8,
+        cancels: u16,
         keep_queue: bool,
     ) -> Option<Transport> {
         if self.fd() < 0 || !self.retiring() || self.ops() > 0 || cancels > 0 {

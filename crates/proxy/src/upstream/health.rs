@@ -425,7 +425,8 @@ impl Probe {
     fn settle(&mut self, sys: &mut RingSys<'_>) -> bool {
         if self.outcome.is_some() {
             self.cancels += self.conn.retire(sys, ConnId::UPSTREAM);
-            return self.conn.close_when_done(sys, self.cancels, false) || self.conn.fd() < 0;
+            return self.conn.close_when_done(sys, self.cancels.into(), false)
+                || self.conn.fd() < 0;
         }
         self.conn.kick(sys, ConnId::UPSTREAM);
         let want = self.conn.ready() && !self.conn.eof();

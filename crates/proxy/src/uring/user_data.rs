@@ -1,7 +1,7 @@
 //! The SQE `user_data` word: which slot, which incarnation of it, which op on which of the
 //! slot's connections.
 //!
-//! Layout: `| slot: u32 | generation: u24 | conn: 4 bits | op: 4 bits |`. `conn` 0 is a
+//! Layout: `| slot: u32 | generation: u20 | conn: u8 | op: 4 bits |`. `conn` 0 is a
 //! session's client connection and 1.. its upstream connections ([`ConnId`]); up to
 //! [`CONN_MAX`] connections of one slot are told apart, so that one client connection can own
 //! several upstream streams (HTTP/2) without a slot each. One place encodes and
@@ -67,8 +67,8 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnId(pub u8);
 
-/// Largest connection index in one slot.
-pub const CONN_MAX: u8 = 15;
+/// Largest connection index in one slot (an HTTP/2 connection's streams each take one).
+pub const CONN_MAX: u8 = u8::MAX;
 
 impl ConnId {
     /// A session's client connection (and the one connection of an admin slot).
@@ -77,8 +77,9 @@ impl ConnId {
     pub const UPSTREAM: ConnId = ConnId(1);
 }
 
-/// Largest generation value; generations wrap to 0 after it.
-pub const GENERATION_MAX: u32 = (1 << 24) - 1;
+/// Largest generation value; generations wrap to 0 after it (a slot reused a million times
+/// while a completion of its first incarnation is still on its way).
+pub const GENERATION_MAX: u32 = (1 << 20) - 1;
 
 /// Slot value for core-owned ops that belong to no session (listeners use their index).
 pub const SLOT_CORE: u32 = u32::MAX;
@@ -92,11 +93,10 @@ impl UserData {
     pub fn new(slot: u32, generation: u32, op: Op, conn: ConnId) -> UserData {
         debug_assert!(generation <= GENERATION_MAX);
         let ConnId(conn) = conn;
-        debug_assert!(conn <= CONN_MAX);
         UserData(
             (u64::from(slot) << 32)
-                | (u64::from(generation & GENERATION_MAX) << 8)
-                | (u64::from(conn & CONN_MAX) << 4)
+                | (u64::from(generation & GENERATION_MAX) << 12)
+                | (u64::from(conn) << 4)
                 | op as u64,
         )
     }
@@ -106,12 +106,12 @@ impl UserData {
     }
 
     pub fn generation(self) -> u32 {
-        ((self.0 >> 8) as u32) & GENERATION_MAX
+        ((self.0 >> 12) as u32) & GENERATION_MAX
     }
 
     /// Which connection of the slot.
     pub fn conn(self) -> ConnId {
-        ConnId(((self.0 >> 4) & 0xf) as u8)
+        ConnId(((self.0 >> 4) & 0xff) as u8)
     }
 
     /// The op kind, or `None` for a word we never encoded (counted as corrupt by callers).
@@ -120,7 +120,7 @@ impl UserData {
     }
 }
 
-/// The next generation after `g`, wrapping inside 24 bits.
+/// The next generation after `g`, wrapping inside 20 bits.
 pub fn next_generation(g: u32) -> u32 {
     if g >= GENERATION_MAX { 0 } else { g + 1 }
 }
