@@ -137,8 +137,9 @@ def main():
             elif case == "slow_stream" and opened:
                 deadline = 0
             continue
-        except OSError:
+        except OSError as e:
             result["closed"] = True
+            result["recv_error"] = str(e)
             break
         if not chunk:
             result["closed"] = True

@@ -487,7 +487,7 @@ impl Protocol for H2 {
         }
         self.conn.goaway(Code::NoError);
         self.flush(cx, io);
-        Step::Close(End::KeepaliveTimeout)
+        Step::Linger(End::KeepaliveTimeout)
     }
 
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
@@ -541,8 +541,10 @@ impl Protocol for H2 {
         }
         self.flush(cx, io);
         if self.streams.is_empty() {
-            if self.conn.finished() && cx.links.down.flushed() {
-                return Step::Close(if env.draining {
+            if self.conn.finished() {
+                // What the client still sends after the GOAWAY is read and dropped: a close
+                // with unread bytes would be a reset, and the GOAWAY lost with it.
+                return Step::Linger(if env.draining {
                     End::Shutdown
                 } else {
                     End::Done
@@ -560,7 +562,7 @@ impl Protocol for H2 {
         self.conn.goaway(Code::NoError);
         self.flush(cx, io);
         if self.streams.is_empty() {
-            return Step::Close(End::Shutdown);
+            return Step::Linger(End::Shutdown);
         }
         Step::Continue
     }

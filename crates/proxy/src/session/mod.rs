@@ -589,6 +589,11 @@ impl Session {
             // Status 0: no answer of ours (the log says 0), only the transport's alert.
             Step::Fail(end) => self.respond(0, end, io),
             Step::Close(end) => self.close(end, io),
+            Step::Linger(end) => {
+                let mut req = Req::unparsed(io.now_ms(), 0);
+                req.logged = true;
+                self.answer(req, 0, end, io);
+            }
             Step::Finish => {
                 let next = run!(self.phase.take(), p => Protocol::finish(p, &mut self.cx, io), Phase::Closing(None));
                 match next {

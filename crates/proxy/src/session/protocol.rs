@@ -34,6 +34,10 @@ pub(super) enum Step {
     Fail(End),
     /// Close both connections now.
     Close(End),
+    /// Close once what is queued toward the client has gone, lingering while it may still be
+    /// sending (so a reset does not take our last words with it), with no request of its own
+    /// to log: an HTTP/2 connection's end after its GOAWAY.
+    Linger(End),
     /// This protocol is through: the session takes it by value, and runs what its
     /// [`Protocol::finish`] makes of it (what it owns moves on, as a request into its tunnel).
     Finish,

@@ -5,11 +5,13 @@ use super::protocol::{Protocol, Step};
 use super::{End, Env, Io, Next, Phase, Session, Transport};
 
 impl Session {
-    /// How long a send may make no progress.
+    /// How long a send may make no progress: the request's `send_timeout`, or, for a
+    /// request never routed (an answer of our own to an unparsed head, an HTTP/2 connection's
+    /// lingering end) and between requests, the listener's `header_timeout`.
     pub(super) fn send_ms(&self) -> u64 {
         u64::from(match self.phase.req() {
-            Some(r) => r.send_ms,
-            None => self.cx.listen().header_timeout_ms,
+            Some(r) if r.send_ms > 0 => r.send_ms,
+            _ => self.cx.listen().header_timeout_ms,
         })
     }
 
