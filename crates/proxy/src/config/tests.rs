@@ -468,3 +468,45 @@ fn a_timeout_longer_than_24_days_is_an_error_naming_the_field() {
         "{e}"
     );
 }
+
+#[test]
+fn http2_keys_resolve_per_listener_with_their_bounds() {
+    let base = "[[upstream]]\nname = \"u\"\nservers = [{ addr = \"127.0.0.1:9\" }]\n\n[[server]]\nlisten = [\"127.0.0.1:8080\"]\nKEYS\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n\n[[server]]\nlisten = [\"127.0.0.1:8081\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n";
+    let with = |keys: &str| base.replace("KEYS", keys);
+    let c = Config::parse("t.toml", &with("http2 = true")).unwrap();
+    // On the address of the server that asks, with the defaults; not on the other.
+    assert_eq!(
+        c.listen[0].http2,
+        Some(Http2 {
+            websocket: true,
+            max_streams: HTTP2_STREAMS_DEFAULT
+        })
+    );
+    assert_eq!(c.listen[1].http2, None);
+    assert!(
+        c.describe()
+            .contains("http2 websocket=true max_concurrent_streams=100")
+    );
+    let c = Config::parse(
+        "t.toml",
+        &with("http2 = true\nhttp2_websocket = false\nhttp2_max_concurrent_streams = 128"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.listen[0].http2,
+        Some(Http2 {
+            websocket: false,
+            max_streams: 128
+        })
+    );
+    let e = err(&with("http2_websocket = false"));
+    assert_eq!(
+        (e.field.as_str(), e.message.as_str()),
+        ("server[0].http2_websocket", "needs http2 = true")
+    );
+    let e = err(&with("http2 = true\nhttp2_max_concurrent_streams = 129"));
+    assert_eq!(e.field, "server[0].http2_max_concurrent_streams");
+    assert_eq!(e.message, "must be between 1 and 128");
+    let e = err(&with("http2 = true\nhttp2_max_concurrent_streams = 0"));
+    assert_eq!(e.field, "server[0].http2_max_concurrent_streams");
+}
