@@ -213,16 +213,6 @@ impl Connection {
         self.settings_seen
     }
 
-    /// Streams open now.
-    pub fn open_streams(&self) -> usize {
-        self.streams.len()
-    }
-
-    /// The connection error that ended this connection (its GOAWAY is in `out`).
-    pub fn dead(&self) -> Option<Code> {
-        self.dead
-    }
-
     /// Whether the connection has nothing more to do: GOAWAY sent or received, no stream left.
     pub fn finished(&self) -> bool {
         self.dead.is_some()
