@@ -49,6 +49,8 @@ pub(super) struct H2 {
     /// (HTTP/1.1 keep-alive between the two): the next stream takes one before making a new
     /// socket pair.
     idle_links: Vec<ConnId>,
+    /// The links `wants` reads (a bit per connection id), set as each event settles.
+    readable: [u64; 4],
 }
 
 impl std::fmt::Debug for H2 {
@@ -129,7 +131,24 @@ impl H2 {
             idle_since: Some(now),
             taken: 0,
             idle_links: Vec::new(),
+            readable: [0; 4],
             key_seed: now ^ (u64::from(cx.client.addr().port()) << 32) ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// Which links may be read, for `wants` (asked once per link after every event: one pass
+    /// here instead of a search per link): a stream's while nothing of its answer waits for
+    /// the client's window, and an idle one, so that its inner session's end is noticed at
+    /// once.
+    fn mark_readable(&mut self) {
+        self.readable = [0; 4];
+        let links = self
+            .streams
+            .iter()
+            .filter(|s| s.held.is_empty() && !s.held_end && s.link != NO_LINK)
+            .map(|s| s.link);
+        for ConnId(l) in links.chain(self.idle_links.iter().copied()) {
+            self.readable[usize::from(l / 64)] |= 1 << (l % 64);
         }
     }
 
@@ -503,11 +522,7 @@ impl Protocol for H2 {
         if id == ConnId::CLIENT {
             return room;
         }
-        // An idle link is read too: its inner session's end is noticed at once.
-        room && (self.idle_links.contains(&id)
-            || self
-                .by_link(id)
-                .is_some_and(|i| self.streams[i].held.is_empty() && !self.streams[i].held_end))
+        room && self.readable[usize::from(id.0 / 64)] & (1 << (id.0 % 64)) != 0
     }
 
     fn times_upstream_sends(&self) -> bool {
@@ -553,6 +568,7 @@ impl Protocol for H2 {
             // Idle from the last stream's end: keepalive_timeout runs from now.
             self.idle_since.get_or_insert(io.now_ms());
         }
+        self.mark_readable();
         Step::Continue
     }
 
