@@ -207,7 +207,14 @@ fn websockets_over_h2_are_extended_connects_with_everything_a_tunnel_has() {
     }
     let heartbeat =
         "heartbeat = { interval = \"1s\", timeout = \"5s\" }\nupgrade = [\"websocket\"]";
-    let st = stack_mode(Mode::Tls, "h2-ws", heartbeat, H2_SERVER, "");
+    let admin = free_addr();
+    let st = stack_mode(
+        Mode::Tls,
+        "h2-ws",
+        heartbeat,
+        H2_SERVER,
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
     let port = st.listen.port().to_string();
     // Five WebSockets on one connection, small and large messages (past the stream window).
     for size in ["10", "70000"] {
@@ -259,20 +266,36 @@ fn websockets_over_h2_are_extended_connects_with_everything_a_tunnel_has() {
     );
     // Held open: the location's heartbeat pings reach the client inside its stream, and
     // its pongs keep the tunnel alive past the heartbeat timeout.
-    let r = run_py(
-        "ws.py",
-        &[
-            "127.0.0.1".into(),
-            port.clone(),
-            "--tls".into(),
-            "--streams".into(),
-            "2".into(),
-            "--messages".into(),
-            "1".into(),
-            "--hold".into(),
-            "4".into(),
-        ],
-    );
+    let args: Vec<String> = [
+        "127.0.0.1",
+        &port,
+        "--tls",
+        "--streams",
+        "2",
+        "--messages",
+        "1",
+        "--hold",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec();
+    let held = std::thread::spawn(move || run_py("ws.py", &args));
+    // Meanwhile /metrics counts them as any tunnel, and says how they are carried: one
+    // HTTP/2 connection, two inner sessions, one client connection.
+    let t = std::time::Instant::now();
+    loop {
+        let m = parse_metrics(&scrape(admin, "").1, "classic");
+        let now = |k: &str| total(&m, &format!("ringway_{k}{{"));
+        if now("tunnels_active") == 2.0 {
+            assert_eq!(now("http2_connections_active"), 1.0, "{m:?}");
+            assert_eq!(now("http2_stream_sessions_active"), 2.0, "{m:?}");
+            assert_eq!(now("sessions_active"), 1.0, "{m:?}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "{m:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = held.join().unwrap();
     for (id, s) in r["streams"].as_object().unwrap() {
         assert!(s["pings"].as_u64().unwrap() >= 2, "stream {id}: {r}");
         assert!(s.get("close_code").is_none(), "stream {id}: {r}");
@@ -340,13 +363,14 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
     if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
         return;
     }
+    let admin = free_addr();
     let st = stack(
         "h2-hostile",
         "",
         // keepalive_requests far off: the floods meet the glitch bucket, not the GOAWAY
         // after 1,000 streams (both end the connection; the test names which).
         "http2 = true\nhttp2_max_concurrent_streams = 20\nkeepalive_requests = 100000",
-        "",
+        &format!("[admin]\nlisten = \"{admin}\""),
     );
     let port = st.listen.port().to_string();
     let url = format!("http://127.0.0.1:{port}/headers");
@@ -416,8 +440,37 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
     assert!(r["data_by_stream"]["3"].as_u64().unwrap() > 100, "{r}");
     assert_eq!(r["ended"], serde_json::json!([3]), "{r}");
     assert!(r["data_by_stream"].get("1").is_none(), "{r}");
-    // No stream is left behind in the proxy: its inner sessions all ended.
-    std::thread::sleep(Duration::from_millis(500));
+    // No stream is left behind in the proxy: once every connection has gone, no HTTP/2
+    // connection, inner session or client session is open; and /metrics tells what happened,
+    // in a form promtool accepts.
+    let t = std::time::Instant::now();
+    let m = loop {
+        let (_, classic) = scrape(admin, "");
+        let m = parse_metrics(&classic, "classic");
+        let open = total(&m, "ringway_http2_connections_active{")
+            + total(&m, "ringway_http2_stream_sessions_active{")
+            + total(&m, "ringway_sessions_active{");
+        if open == 0.0 {
+            promtool(&["check", "metrics"], &classic);
+            break m;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{classic}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let goaways = |code: &str| total(&m, &format!("ringway_http2_goaways_sent_total{{code={code},"));
+    assert_eq!(goaways("ENHANCE_YOUR_CALM"), 8.0, "the eight floods");
+    assert_eq!(goaways("PROTOCOL_ERROR"), 3.0);
+    assert_eq!(goaways("FLOW_CONTROL_ERROR"), 1.0);
+    assert_eq!(goaways("FRAME_SIZE_ERROR"), 1.0);
+    let resets = |side: &str, code: &str| {
+        total(&m, &format!("ringway_http2_resets_{side}_total{{code={code},"))
+    };
+    assert!(resets("sent", "REFUSED_STREAM") >= 20.0, "too_many_streams");
+    assert!(resets("sent", "PROTOCOL_ERROR") >= 1.0, "malformed_request");
+    assert!(resets("received", "CANCEL") >= 1.0, "rapid_reset");
+    // 18 scripted connections and 16 curls (the floods' streams count too).
+    assert!(total(&m, "ringway_http2_connections_total{") >= 34.0);
+    assert!(total(&m, "ringway_http2_streams_total{") >= 16.0 + 20.0);
     let log = st.proxy.log_text();
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -4,85 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-
 use common::*;
-
-/// Samples by `name{sorted labels}`, through prometheus_client's parser for `format`
-/// ("classic" or "openmetrics").
-fn parse(text: &str, format: &str) -> HashMap<String, f64> {
-    let module = match format {
-        "classic" => "prometheus_client.parser",
-        _ => "prometheus_client.openmetrics.parser",
-    };
-    let script = format!(
-        "import sys, json\nfrom {module} import text_string_to_metric_families as p\nout = {{}}\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        out[s.name + '{{' + ','.join(k + '=' + v for k, v in sorted(s.labels.items())) + '}}'] = s.value\nprint(json.dumps(out))\n"
-    );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the {format} parser refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
-    let out = admin_request(admin, "GET", "/metrics", accept);
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
-}
-
-/// `promtool ARGS` with `input` on stdin must succeed (skipped, saying so, where promtool is not
-/// installed; `.ci/run` installs it).
-fn promtool(args: &[&str], input: &str) {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        skip(
-            "promtool is not installed (apt-get install prometheus; scripts/test.sh does as root)",
-        );
-        return;
-    }
-    let mut p = Command::new("promtool")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The sum of every sample whose key starts with `prefix`.
-fn total(m: &HashMap<String, f64>, prefix: &str) -> f64 {
-    m.iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum()
-}
 
 #[test]
 fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
@@ -99,7 +21,7 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
         ),
     );
     let (_, before) = scrape(admin, "");
-    let b = parse(&before, "classic");
+    let b = parse_metrics(&before, "classic");
     // Traffic: ten tunnels echoing, five plain requests, one refused by limit_conn.
     let mut tunnels: Vec<Ws> = (0..10).map(|_| st.ws("/")).collect();
     for ws in &mut tunnels {
@@ -125,7 +47,7 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     let t = std::time::Instant::now();
     let (head, classic) = loop {
         let (head, classic) = scrape(admin, "");
-        if total(&parse(&classic, "classic"), "ringway_tunnels_active{") == 10.0 {
+        if total(&parse_metrics(&classic, "classic"), "ringway_tunnels_active{") == 10.0 {
             break (head, classic);
         }
         assert!(
@@ -138,7 +60,7 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
         head.contains("Content-Type: text/plain; version=0.0.4"),
         "{head}"
     );
-    let m = parse(&classic, "classic");
+    let m = parse_metrics(&classic, "classic");
 
     // promtool lints what Prometheus would scrape.
     promtool(&["check", "metrics"], &classic);
@@ -149,7 +71,7 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     );
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(om.ends_with("# EOF\n"));
-    let o = parse(&om, "openmetrics");
+    let o = parse_metrics(&om, "openmetrics");
     assert!(
         (total(&o, "ringway_tunnels_active{") - total(&m, "ringway_tunnels_active{")).abs() < 0.5
     );
@@ -230,7 +152,7 @@ fn the_grafana_dashboard_queries_only_metrics_ringway_exposes() {
     ws_echo(&mut ws, vec![1; 100]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (_, text) = scrape(admin, "");
-    let names: std::collections::HashSet<String> = parse(&text, "classic")
+    let names: std::collections::HashSet<String> = parse_metrics(&text, "classic")
         .keys()
         .map(|k| k.split('{').next().unwrap().to_string())
         .collect();

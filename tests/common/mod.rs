@@ -1032,3 +1032,76 @@ impl ConnectLoop {
         std::mem::take(&mut *self.failed.lock().unwrap())
     }
 }
+
+/// Samples by `name{sorted labels}`, through prometheus_client's parser for `format`
+/// ("classic" or "openmetrics").
+pub fn parse_metrics(text: &str, format: &str) -> std::collections::HashMap<String, f64> {
+    let module = match format {
+        "classic" => "prometheus_client.parser",
+        _ => "prometheus_client.openmetrics.parser",
+    };
+    let script = format!(
+        "import sys, json\nfrom {module} import text_string_to_metric_families as p\nout = {{}}\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        out[s.name + '{{' + ','.join(k + '=' + v for k, v in sorted(s.labels.items())) + '}}'] = s.value\nprint(json.dumps(out))\n"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {format} parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn scrape(admin: SocketAddr, accept: &str) -> (String, String) {
+    let out = admin_request(admin, "GET", "/metrics", accept);
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// `promtool ARGS` with `input` on stdin must succeed (skipped, saying so, where promtool is not
+/// installed; `.ci/run` installs it).
+pub fn promtool(args: &[&str], input: &str) {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        skip(
+            "promtool is not installed (apt-get install prometheus; scripts/test.sh does as root)",
+        );
+        return;
+    }
+    let mut p = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The sum of every sample whose key starts with `prefix`.
+pub fn total(m: &std::collections::HashMap<String, f64>, prefix: &str) -> f64 {
+    m.iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}

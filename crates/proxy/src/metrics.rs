@@ -99,6 +99,56 @@ pub struct WorkerMetrics {
     pub connect: Histogram,
     /// Tunnels, from the upgrade request to the session's end.
     pub tunnel_lifetime: Histogram,
+    /// HTTP/2 toward clients: its connections, their streams, the inner sessions carrying them.
+    pub h2: Http2Metrics,
+}
+
+/// HTTP/2 connections and what their peers and this side did on them.
+#[derive(Debug, Default)]
+pub struct Http2Metrics {
+    /// Client connections that spoke HTTP/2.
+    pub connections: AtomicU64,
+    /// Of them, open now.
+    pub active: AtomicU64,
+    /// Streams taken (requests and extended CONNECTs handed on).
+    pub streams: AtomicU64,
+    /// Inner sessions (one per stream in flight, and idle ones kept for the next) open now.
+    pub stream_sessions: AtomicU64,
+    /// RST_STREAM frames sent and received, by error code.
+    pub resets_sent: [AtomicU64; 14],
+    pub resets_received: [AtomicU64; 14],
+    /// GOAWAY frames sent, by error code.
+    pub goaways: [AtomicU64; 14],
+}
+
+impl Http2Metrics {
+    /// `n` RST_STREAM frames with `code`, sent by this side or received.
+    pub fn resets(&self, sent: bool, code: crate::h2::Code, n: u32) {
+        let a = if sent {
+            &self.resets_sent
+        } else {
+            &self.resets_received
+        };
+        bump(&a[code as usize], u64::from(n));
+    }
+
+    pub fn goaway(&self, code: crate::h2::Code) {
+        bump(&self.goaways[code as usize], 1);
+    }
+
+    pub fn streams(&self, n: u32) {
+        bump(&self.streams, u64::from(n));
+    }
+
+    pub fn opened(&self) {
+        bump(&self.connections, 1);
+        bump(&self.active, 1);
+    }
+
+    pub fn closed(&self) {
+        self.active
+            .store(get(&self.active).saturating_sub(1), Ordering::Relaxed);
+    }
 }
 
 impl Default for WorkerMetrics {
@@ -119,15 +169,21 @@ impl Default for WorkerMetrics {
             handshake: Histogram::new(&WAIT_BOUNDS),
             connect: Histogram::new(&WAIT_BOUNDS),
             tunnel_lifetime: Histogram::new(&LIFETIME_BOUNDS),
+            h2: Http2Metrics::default(),
         }
     }
 }
 
 impl WorkerMetrics {
-    /// A session ended after `duration_ms`.
+    /// A client connection's session ended after `duration_ms`.
     pub fn session_ended(&self, end: End, duration_ms: u64) {
-        bump(&self.ended[end.index()], 1);
+        self.count_end(end);
         self.session_duration.observe_ms(duration_ms);
+    }
+
+    /// A session ended (a client connection's, or an HTTP/2 stream's inner session).
+    pub fn count_end(&self, end: End) {
+        bump(&self.ended[end.index()], 1);
     }
 
     /// Sessions ended with `end`'s kind.

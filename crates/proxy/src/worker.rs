@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Pipe, Reactor, RingSys, Sys};
-use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Session, Stage};
+use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Role, Session, Stage};
 use crate::upstream::Balancers;
 use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
 
@@ -507,7 +507,18 @@ impl Core {
         if let Some(since) = s.tunnel_since() {
             m.tunnel_closed(r.now_ms().saturating_sub(since));
         }
-        m.session_ended(end, r.now_ms().saturating_sub(entry.accepted_ms));
+        let lasted = r.now_ms().saturating_sub(entry.accepted_ms);
+        match s.role() {
+            // An HTTP/2 stream's inner session: its end is counted, it is not a connection.
+            Role::Stream => {
+                m.count_end(end);
+                m.h2.stream_sessions.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            Role::Http2 => m.h2.closed(),
+            Role::Connection => {}
+        }
+        m.session_ended(end, lasted);
         m.active.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -564,7 +575,8 @@ impl Core {
                 timer_at: 0,
                 accepted_ms: now,
             });
-            self.spec.metrics.active.fetch_add(1, Ordering::Relaxed);
+            let h2 = &self.spec.metrics.h2;
+            h2.stream_sessions.fetch_add(1, Ordering::Relaxed);
             self.with_session(r, key, |s, io, env| {
                 s.start(io, env);
                 Next::Continue
@@ -742,6 +754,10 @@ impl Io for WorkerIo<'_> {
             Observed::Connected(ms) => self.metrics.connect.observe_ms(ms),
             Observed::TunnelOpened(ms) => self.metrics.tunnel_opened(ms),
             Observed::Spliced(n) => self.metrics.spliced(n),
+            Observed::Http2Opened => self.metrics.h2.opened(),
+            Observed::Http2Streams(n) => self.metrics.h2.streams(n),
+            Observed::Http2Resets { sent, code, n } => self.metrics.h2.resets(sent, code, n),
+            Observed::Http2Goaway(code) => self.metrics.h2.goaway(code),
         }
     }
 

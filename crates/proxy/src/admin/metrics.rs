@@ -128,6 +128,7 @@ impl Collector for Sources {
         use MetricType::Gauge;
         let e = &mut enc;
         self.sessions(e)?;
+        self.http2(e)?;
         self.durations(e)?;
         self.per_worker(
             e,
@@ -200,7 +201,7 @@ impl Sources {
         {
             let mut d = e.encode_descriptor(
                 "sessions_ended",
-                "Sessions ended, by how they ended.",
+                "Sessions ended (client connections, and HTTP/2 streams' inner sessions), by how they ended.",
                 None,
                 Counter,
             )?;
@@ -239,6 +240,68 @@ impl Sources {
             for (i, w) in self.workers.iter().enumerate() {
                 let labels: Labels = vec![("worker", i.to_string())];
                 ConstCounter::new(get(&w.bytes_spliced)).encode(d.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// HTTP/2 toward clients: connections, streams, the inner sessions carrying them, the
+    /// RST_STREAM and GOAWAY frames by error code.
+    fn http2(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        self.per_worker(
+            e,
+            "http2_connections",
+            "Client connections that spoke HTTP/2.",
+            Counter,
+            |w| get(&w.h2.connections),
+        )?;
+        self.per_worker(
+            e,
+            "http2_connections_active",
+            "HTTP/2 client connections open now.",
+            Gauge,
+            |w| get(&w.h2.active),
+        )?;
+        self.per_worker(
+            e,
+            "http2_streams",
+            "HTTP/2 streams taken (requests and WebSocket CONNECTs).",
+            Counter,
+            |w| get(&w.h2.streams),
+        )?;
+        self.per_worker(
+            e,
+            "http2_stream_sessions_active",
+            "Inner sessions carrying HTTP/2 streams open now (in use, or kept for the next).",
+            Gauge,
+            |w| get(&w.h2.stream_sessions),
+        )?;
+        let frames: [(&str, &str, fn(&WorkerMetrics) -> &[AtomicU64; 14]); 3] = [
+            (
+                "http2_resets_sent",
+                "RST_STREAM frames sent to clients, by error code.",
+                |w| &w.h2.resets_sent,
+            ),
+            (
+                "http2_resets_received",
+                "RST_STREAM frames clients sent for open streams, by error code.",
+                |w| &w.h2.resets_received,
+            ),
+            (
+                "http2_goaways_sent",
+                "GOAWAY frames sent to clients, by error code.",
+                |w| &w.h2.goaways,
+            ),
+        ];
+        for (name, help, counts) in frames {
+            let mut d = e.encode_descriptor(name, help, None, Counter)?;
+            for (i, w) in self.workers.iter().enumerate() {
+                for (c, n) in counts(w).iter().enumerate() {
+                    let code = crate::h2::Code::from_u32(c as u32).name();
+                    let labels: Labels = vec![("worker", i.to_string()), ("code", code.into())];
+                    ConstCounter::new(get(n)).encode(d.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())

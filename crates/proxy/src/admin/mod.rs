@@ -161,6 +161,7 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                         "bytes_from_upstream": get(&w.bytes_from_upstream),
                         "bytes_spliced": get(&w.bytes_spliced),
                         "buffer_pool": { "buffers": get(&w.pool_buffers), "in_use": get(&w.pool_in_use) },
+                        "http2": { "connections": get(&w.h2.active), "stream_sessions": get(&w.h2.stream_sessions) },
                     })
                 })
                 .collect();
@@ -174,6 +175,12 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                 "active": sum(st, |w| get(&w.active)),
                 "tunnels": sum(st, |w| get(&w.tunnels)),
                 "accepted": sum(st, |w| get(&w.accepted)),
+                // Client connections that speak HTTP/2 (among `active`), and the inner sessions
+                // carrying their streams (not among `active`; they take session slots).
+                "http2": {
+                    "connections": sum(st, |w| get(&w.h2.active)),
+                    "stream_sessions": sum(st, |w| get(&w.h2.stream_sessions)),
+                },
                 "workers": workers,
                 "upstreams": upstreams(&st.live),
                 "limit_conn_zones": st.live.config().conn_zones.iter().map(|z| serde_json::json!({

@@ -72,6 +72,19 @@ const CONN_WINDOW: u32 = 1 << 20;
 /// This side's (and every peer's first) frame size.
 const MAX_FRAME: u32 = frame::MIN_MAX_FRAME;
 
+/// What happened on the connection since its owner last took the tally (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Streams taken (requests handed to the owner).
+    pub streams: u32,
+    /// RST_STREAM frames this side sent, by error code.
+    pub resets_sent: [u32; 14],
+    /// RST_STREAM frames the peer sent for streams still open, by error code.
+    pub resets_received: [u32; 14],
+    /// The GOAWAY this side sent, if it sent it since.
+    pub goaway: Option<Code>,
+}
+
 /// One open (or half-closed) stream.
 struct Stream {
     id: u32,
@@ -148,6 +161,7 @@ pub struct Connection {
     dead: Option<Code>,
     glitches: u32,
     glitch_ms: u64,
+    tally: Tally,
     out: Vec<u8>,
 }
 
@@ -194,6 +208,7 @@ impl Connection {
             dead: None,
             glitches: 0,
             glitch_ms: 0,
+            tally: Tally::default(),
             out,
         }
     }
@@ -244,6 +259,7 @@ impl Connection {
     fn fail(&mut self, code: Code) -> Code {
         if self.dead.is_none() {
             frame::goaway(&mut self.out, self.last_stream, code);
+            self.tally.goaway = Some(code);
             self.dead = Some(code);
             self.goaway = Some(self.last_stream);
         }
@@ -495,6 +511,7 @@ impl Connection {
                 }
                 if let Some(i) = self.index(head.stream) {
                     self.streams.swap_remove(i);
+                    self.tally.resets_received[code as usize] += 1;
                     h.reset(head.stream, code);
                 }
                 Ok(())
@@ -647,11 +664,23 @@ impl Connection {
 
     /// Resets a stream for an error found reading it.
     fn stream_error(&mut self, StreamError(id, code): StreamError, h: &mut impl Handler) {
-        frame::rst(&mut self.out, id, code);
+        self.rst(id, code);
         if let Some(i) = self.index(id) {
             self.streams.swap_remove(i);
             h.reset(id, code);
         }
+    }
+
+    /// Writes a RST_STREAM, counted.
+    fn rst(&mut self, id: u32, code: Code) {
+        frame::rst(&mut self.out, id, code);
+        self.tally.resets_sent[code as usize] += 1;
+    }
+
+    /// What happened since the last call (for the owner's metrics), and a fresh tally.
+    pub fn take_tally(&mut self) -> Option<Tally> {
+        let t = std::mem::take(&mut self.tally);
+        (t != Tally::default()).then_some(t)
     }
 
     /// Counts a glitch; past the bucket, a connection error.

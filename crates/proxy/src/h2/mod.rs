@@ -9,6 +9,6 @@ pub mod fields;
 pub mod frame;
 pub mod hpack;
 
-pub use conn::{Connection, Handler, Settings};
+pub use conn::{Connection, Handler, Settings, Tally};
 pub use fields::Request;
 pub use frame::Code;

@@ -49,6 +49,17 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// What a session's client is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A client connection (HTTP/1, or not yet known).
+    Connection,
+    /// A client connection that chose HTTP/2.
+    Http2,
+    /// The inner session of an HTTP/2 stream: its client is the stream.
+    Stream,
+}
+
 /// What a session is besides its protocol: its connections, the configuration and listener it
 /// was accepted under, its clocks and its end. Every protocol works through it.
 #[derive(Debug)]
@@ -61,8 +72,9 @@ pub struct Cx {
     pub(super) listener: u16,
     /// The connection starts with a PROXY protocol header, still to be read.
     pub(super) proxy_header: bool,
-    /// The inner session of an HTTP/2 stream (`Session::inner`): its client is a stream.
-    pub(super) h2_stream: bool,
+    /// What the client is: a connection (HTTP/1, or HTTP/2 once it chose it), or an HTTP/2
+    /// stream (`Session::inner`).
+    pub(super) role: Role,
     pub(super) client: Peer,
     /// When the current phase's clock started (head read, connect, linger); it may lie ahead
     /// (a request delayed by `limit_req`). 32-bit stamps: `at(now)` gives the time.

@@ -16,7 +16,7 @@
 use std::os::fd::RawFd;
 
 use super::protocol::{Protocol, Step};
-use super::{Cx, End, Env, Inner, Io, QUEUE, RESPONSE_HEAD_MAX};
+use super::{Cx, End, Env, Inner, Io, Observed, QUEUE, RESPONSE_HEAD_MAX};
 use crate::h2::fields::{FieldList, Request as H2Request};
 use crate::h2::{Code, Connection, Handler, Settings};
 use crate::http::{self, BodyKind, BodyTracker, HeadError};
@@ -187,8 +187,30 @@ impl H2 {
         }
     }
 
-    /// What the connection wrote, on to the client.
+    /// What the connection did since the last time, for the metrics.
+    fn report(&mut self, io: &mut (impl Io + ?Sized)) {
+        let Some(t) = self.conn.take_tally() else {
+            return;
+        };
+        if t.streams > 0 {
+            io.observe(Observed::Http2Streams(t.streams));
+        }
+        for (sent, counts) in [(true, t.resets_sent), (false, t.resets_received)] {
+            for (code, n) in counts.into_iter().enumerate() {
+                if n > 0 {
+                    let code = Code::from_u32(code as u32);
+                    io.observe(Observed::Http2Resets { sent, code, n });
+                }
+            }
+        }
+        if let Some(code) = t.goaway {
+            io.observe(Observed::Http2Goaway(code));
+        }
+    }
+
+    /// What the connection wrote, on to the client (and what it did, to the metrics).
     fn flush(&mut self, cx: &mut Cx, io: &mut (impl Io + ?Sized)) {
+        self.report(io);
         let out = self.conn.out();
         if out.is_empty() || !cx.links.down.open() {
             out.clear();

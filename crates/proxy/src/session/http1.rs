@@ -545,7 +545,7 @@ pub(super) fn access_line<'a>(
         bytes_out: r.bytes_out,
         end,
         tunnel: r.tunnel(),
-        h2: cx.h2_stream,
+        h2: cx.role == super::cx::Role::Stream,
         tls: cx.links.down.tls_info(),
     })
 }

@@ -59,6 +59,7 @@ use crate::uring::{Chunk, ConnId, Src};
 use after::{close_retired, settled, sync_recv};
 use answer::Answer;
 use cx::Cx;
+pub use cx::Role;
 pub use end::{AccessLog, End};
 use links::Links;
 pub use links::Side;
@@ -96,6 +97,18 @@ pub enum Observed {
     TunnelOpened(u64),
     /// This many bytes of a tunnel went by splice(2), socket to pipe.
     Spliced(u32),
+    /// A client connection began speaking HTTP/2.
+    Http2Opened,
+    /// An HTTP/2 connection took this many streams.
+    Http2Streams(u32),
+    /// `n` RST_STREAM frames with `code`, sent by this side (`sent`) or by the client.
+    Http2Resets {
+        sent: bool,
+        code: crate::h2::Code,
+        n: u32,
+    },
+    /// This side sent a GOAWAY with this code.
+    Http2Goaway(crate::h2::Code),
 }
 
 /// What a handler needs from the worker besides I/O: its balancers and whether it drains.
@@ -277,7 +290,7 @@ impl Session {
         let down = Transport::plain(i.fd);
         let phase = Phase::Request(Request::default());
         let mut s = Session::over(down, i.client, listen, i.cfg, now_ms, phase);
-        s.cx.h2_stream = true;
+        s.cx.role = Role::Stream;
         s
     }
 
@@ -295,7 +308,7 @@ impl Session {
                 cfg,
                 listener: listen.index,
                 proxy_header: listen.proxy_header,
-                h2_stream: false,
+                role: Role::Connection,
                 client: client.into(),
                 phase_ms: Stamp::new(now_ms),
                 last_up_ms: Stamp::new(now_ms),
@@ -336,6 +349,11 @@ impl Session {
     /// Closing is complete: no fd open, no op in flight. The worker frees the slot.
     pub fn finished(&self) -> bool {
         self.phase.is_closing() && self.cx.links.all_closed()
+    }
+
+    /// What its client is (an HTTP/2 stream's inner session is not a client connection).
+    pub fn role(&self) -> Role {
+        self.cx.role
     }
 
     /// The configuration this session was accepted under.

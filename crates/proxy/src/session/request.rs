@@ -132,6 +132,8 @@ impl Request {
         }
         let first = std::mem::take(&mut self.head);
         let h2 = super::h2::H2::new(cx, first, io.now_ms());
+        cx.role = super::Role::Http2;
+        io.observe(super::Observed::Http2Opened);
         Some(Step::Become(Phase::Other(Box::new(h2))))
     }
 

@@ -173,11 +173,11 @@ impl Connection {
             Err(Refusal::Compression) => Err(Code::Compression),
             _ if refused => {
                 self.glitch(now_ms)?;
-                frame::rst(&mut self.out, id, Code::RefusedStream);
+                self.rst(id, Code::RefusedStream);
                 Ok(())
             }
             Err(Refusal::Malformed(_)) => {
-                frame::rst(&mut self.out, id, Code::Protocol);
+                self.rst(id, Code::Protocol);
                 Ok(())
             }
             Err(Refusal::TooLarge) => {
@@ -186,7 +186,7 @@ impl Connection {
             }
             Ok(req) => {
                 if end && req.content_length.is_some_and(|l| l > 0) {
-                    frame::rst(&mut self.out, id, Code::Protocol);
+                    self.rst(id, Code::Protocol);
                     return Ok(());
                 }
                 self.streams.push(Stream {
@@ -200,6 +200,7 @@ impl Connection {
                     content_length: req.content_length,
                     received: 0,
                 });
+                self.tally.streams += 1;
                 h.request(id, req, end);
                 Ok(())
             }
@@ -213,7 +214,7 @@ impl Connection {
         fields::encode_field(&mut block, b"content-length", b"0");
         frame::headers(&mut self.out, id, &block, true, self.peer_max_frame);
         if !end {
-            frame::rst(&mut self.out, id, Code::NoError);
+            self.rst(id, Code::NoError);
         }
     }
 }

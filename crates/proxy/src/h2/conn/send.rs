@@ -105,7 +105,7 @@ impl Connection {
     fn finish_local(&mut self, id: u32) {
         if let Some(i) = self.index(id) {
             if !self.streams[i].remote_done {
-                frame::rst(&mut self.out, id, Code::NoError);
+                self.rst(id, Code::NoError);
             }
             self.streams.swap_remove(i);
         }
@@ -115,7 +115,7 @@ impl Connection {
     pub fn reset(&mut self, id: u32, code: Code) {
         if let Some(i) = self.index(id) {
             self.streams.swap_remove(i);
-            frame::rst(&mut self.out, id, code);
+            self.rst(id, code);
         }
     }
 
@@ -124,6 +124,7 @@ impl Connection {
     pub fn goaway(&mut self, code: Code) {
         if self.goaway.is_none() && self.dead.is_none() {
             frame::goaway(&mut self.out, self.last_stream, code);
+            self.tally.goaway = Some(code);
             self.goaway = Some(self.last_stream);
         }
     }
