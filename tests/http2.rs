@@ -457,13 +457,21 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
         assert!(t.elapsed() < Duration::from_secs(10), "{classic}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let goaways = |code: &str| total(&m, &format!("ringway_http2_goaways_sent_total{{code={code},"));
+    let goaways = |code: &str| {
+        total(
+            &m,
+            &format!("ringway_http2_goaways_sent_total{{code={code},"),
+        )
+    };
     assert_eq!(goaways("ENHANCE_YOUR_CALM"), 8.0, "the eight floods");
     assert_eq!(goaways("PROTOCOL_ERROR"), 3.0);
     assert_eq!(goaways("FLOW_CONTROL_ERROR"), 1.0);
     assert_eq!(goaways("FRAME_SIZE_ERROR"), 1.0);
     let resets = |side: &str, code: &str| {
-        total(&m, &format!("ringway_http2_resets_{side}_total{{code={code},"))
+        total(
+            &m,
+            &format!("ringway_http2_resets_{side}_total{{code={code},"),
+        )
     };
     assert!(resets("sent", "REFUSED_STREAM") >= 20.0, "too_many_streams");
     assert!(resets("sent", "PROTOCOL_ERROR") >= 1.0, "malformed_request");
@@ -567,4 +575,111 @@ fn interim_answers_and_an_upstreams_trailers_reach_the_http2_client() {
         "{text}"
     );
     assert!(!after.contains("recv DATA"), "{text}");
+}
+
+#[test]
+fn a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
+    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
+        return;
+    }
+    let dir = scratch("h2-upgrade");
+    let backend = free_addr();
+    let _echo = echo(&[backend], &dir);
+    let (listen, admin) = (free_addr(), free_addr());
+    let sock = dir.join("upgrade.sock");
+    let cfg = config(
+        listen,
+        &[backend],
+        "upgrade = [\"websocket\"]",
+        H2_SERVER,
+        &format!(
+            "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
+            sock.display()
+        ),
+    );
+    let mut old = proxy(&cfg, listen, &dir);
+    let port = listen.port().to_string();
+    let held = std::thread::spawn(move || {
+        run_py(
+            "ws.py",
+            &[
+                "127.0.0.1".into(),
+                port,
+                "--streams".into(),
+                "3".into(),
+                "--messages".into(),
+                "2".into(),
+                "--hold".into(),
+                "8".into(),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let path = dir.join("ringway.toml");
+    let new = spawn(
+        &["run", "--config", path.to_str().unwrap(), "--upgrade"],
+        &dir,
+        "proxy-new",
+    );
+    new.wait_log("upgrade: serving on the listening sockets of pid", 20);
+    // The old process's HTTP/2 connection is drained as a SIGTERM drains it: GOAWAY NO_ERROR
+    // with its last stream, each WebSocket stream's Close 1012 at a frame boundary.
+    let r = held.join().unwrap();
+    assert_eq!(r["goaway"], 0, "{r}");
+    assert_eq!(r["goaway_last"], 5, "{r}");
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert_eq!(s["echoes"], 2, "stream {id}: {r}");
+        assert_eq!(s["close_code"], 1012, "stream {id}: {r}");
+    }
+    let status = wait_exit(&mut old, 20);
+    assert!(status.success(), "{status:?}\n{}", old.log_text());
+    // The new process speaks HTTP/2 on the same port.
+    let url = format!("http://{listen}/headers");
+    let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
+    assert!(body.ends_with("\n2"), "{body}\n{err}");
+    let pid = admin_status(admin)["pid"].as_u64();
+    assert_eq!(pid, Some(u64::from(new.pid())));
+}
+
+#[test]
+fn a_reload_sends_goaway_and_open_websocket_streams_go_on() {
+    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
+        return;
+    }
+    let st = stack("h2-reload", "upgrade = [\"websocket\"]", H2_SERVER, "");
+    let port = st.listen.port().to_string();
+    let held = std::thread::spawn(move || {
+        run_py(
+            "ws.py",
+            &[
+                "127.0.0.1".into(),
+                port,
+                "--streams".into(),
+                "3".into(),
+                "--messages".into(),
+                "2".into(),
+                "--hold".into(),
+                "8".into(),
+                "--after-goaway".into(),
+            ],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGHUP).unwrap();
+    st.proxy.wait_log("configuration reloaded", 10);
+    // GOAWAY NO_ERROR (the client's next requests come on a new connection, under the new
+    // configuration); the three WebSockets go on: two more echoes each after the GOAWAY,
+    // then the client's Close 1000 answered.
+    let r = held.join().unwrap();
+    assert_eq!(r["goaway"], 0, "{r}");
+    assert_eq!(r["goaway_last"], 5, "{r}");
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert_eq!(s["echoes"], 4, "stream {id}: {r}");
+        assert_eq!(s["close_code"], 1000, "stream {id}: {r}");
+    }
+    let url = format!("http://{}/headers", st.listen);
+    let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
+    assert!(body.ends_with("\n2"), "{body}\n{err}");
+    let log = st.proxy.log_text();
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -47,7 +47,11 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     let t = std::time::Instant::now();
     let (head, classic) = loop {
         let (head, classic) = scrape(admin, "");
-        if total(&parse_metrics(&classic, "classic"), "ringway_tunnels_active{") == 10.0 {
+        if total(
+            &parse_metrics(&classic, "classic"),
+            "ringway_tunnels_active{",
+        ) == 10.0
+        {
             break (head, classic);
         }
         assert!(

@@ -2,12 +2,14 @@
 """A WebSocket over HTTP/2 (RFC 8441) through ringway, with Python's h2 as the client.
 
 Usage: ws.py HOST PORT [--tls] [--messages N] [--size BYTES] [--streams K] [--path P]
-             [--hold SECS] [--settings-only]
+             [--hold SECS] [--settings-only] [--after-goaway]
 
 Opens one HTTP/2 connection, K extended CONNECT streams (:protocol websocket) on it, sends N
 masked binary messages of BYTES on each (interleaved), and checks every echo; then closes each
 WebSocket (Close 1000), or with --hold keeps them open for SECS, answering the server's pings
-and noting its Close frames and GOAWAY. Prints one JSON line: what the server's SETTINGS said,
+and noting its Close frames and GOAWAY (with --after-goaway, a graceful GOAWAY is answered by
+N more messages on each open stream, each echo checked, then Close 1000: streams a GOAWAY left
+open must go on). Prints one JSON line: what the server's SETTINGS said,
 each stream's status, the echoes that came back, the pings and Close codes seen.
 """
 import json
@@ -140,6 +142,8 @@ def main():
                 ending.discard(sid)
     import time
     deadline = time.time() + (hold if hold else 30)
+    after_goaway = "--after-goaway" in sys.argv
+    late = False
     sock.settimeout(1)
     while len(done) < len(ids) and time.time() < deadline:
         try:
@@ -174,7 +178,7 @@ def main():
                         assert payload == want, "echo differs"
                         r["echoes"] += 1
                         r["bytes"] += len(payload)
-                        if r["echoes"] == messages and not hold:
+                        if r["echoes"] == messages * (2 if late else 1) and (not hold or late):
                             out[sid] += ws_frame(struct.pack("!H", 1000), 0x8)
                     elif op == 0x9:
                         r["pings"] += 1
@@ -195,6 +199,14 @@ def main():
                 result["goaway_last"] = ev.last_stream_id
                 if ev.error_code != 0 or not hold:
                     done.update(ids)
+                elif after_goaway and not late:
+                    late = True
+                    deadline = time.time() + 30
+                    for sid in opened - done:
+                        for i in range(messages):
+                            payload = os.urandom(size)
+                            sent[sid].append(payload)
+                            out[sid] += ws_frame(payload)
         push()
         sock.sendall(conn.data_to_send())
     print(json.dumps(result))

@@ -299,6 +299,15 @@ impl Core {
                     if self.drain_began.is_none() {
                         self.relisten(r, sockets);
                     }
+                    // HTTP/2 connections take no more streams under the old configuration.
+                    for k in r.slots.keys() {
+                        if r.slots
+                            .get_any_mut(k)
+                            .is_some_and(|(_, e)| e.session.role() == Role::Http2)
+                        {
+                            self.with_session(r, k, |s, io, env| s.reloaded(io, env));
+                        }
+                    }
                 }
             }
         }

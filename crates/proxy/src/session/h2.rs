@@ -594,6 +594,15 @@ impl Protocol for H2 {
         Step::Continue
     }
 
+    /// A reload: GOAWAY now, so that the client's next requests come on a new connection
+    /// under the new configuration; open streams (WebSockets too) go on under the old one,
+    /// and the connection ends with its last (`settle`).
+    fn reloaded<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        self.conn.goaway(Code::NoError);
+        self.flush(cx, io);
+        Step::Continue
+    }
+
     /// A drain: GOAWAY now; open streams go on (their inner sessions drain as any session
     /// does: a tunnel's Close frame at a frame boundary), the connection ends with the last.
     fn drain<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {

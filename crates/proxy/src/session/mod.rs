@@ -508,6 +508,15 @@ impl Session {
         self.after(io, env)
     }
 
+    /// A reload put a new configuration in force (this session keeps the one it was accepted
+    /// under): an HTTP/2 connection sends GOAWAY, its open streams go on.
+    pub fn reloaded(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        let step =
+            run!(&mut self.phase, p => Protocol::reloaded(p, &mut self.cx, io), Step::Continue);
+        self.apply(step, io, env);
+        self.after(io, env)
+    }
+
     /// The worker is stopping: close now.
     pub fn shutdown(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         self.close(End::Shutdown, io);

@@ -178,6 +178,13 @@ pub(super) trait Protocol: Debug {
     fn farewell<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
         Step::Continue
     }
+
+    /// A reload put a new configuration in force: a connection that would take more requests
+    /// under the old one (HTTP/2) says it takes no more, so that its client's next requests
+    /// come on a new connection, under the new configuration.
+    fn reloaded<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
+        Step::Continue
+    }
 }
 
 /// [`Protocol`] for a boxed protocol, over `dyn Io`: every protocol type is one.
@@ -213,6 +220,7 @@ pub(super) trait Erased: Debug {
     fn finish(self: Box<Self>, cx: &mut Cx, io: &mut dyn Io) -> Phase;
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
     fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn reloaded(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
 }
 
 impl<P: Protocol> Erased for P {
@@ -280,6 +288,9 @@ impl<P: Protocol> Erased for P {
     }
     fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
         Protocol::farewell(self, cx, io)
+    }
+    fn reloaded(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
+        Protocol::reloaded(self, cx, io)
     }
 }
 
@@ -353,6 +364,9 @@ impl Protocol for Box<dyn Erased> {
     }
     fn farewell<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
         (**self).farewell(cx, io.as_dyn())
+    }
+    fn reloaded<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+        (**self).reloaded(cx, io.as_dyn())
     }
     fn finish<I: Io + ?Sized>(self, cx: &mut Cx, io: &mut I) -> Phase {
         <dyn Erased as Erased>::finish(self, cx, io.as_dyn())
