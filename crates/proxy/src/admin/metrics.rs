@@ -83,6 +83,9 @@ fn get(a: &AtomicU64) -> u64 {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Counters by HTTP/2 error code, of one worker.
+type CodeCounts = fn(&WorkerMetrics) -> &[AtomicU64; 14];
+
 impl Sources {
     fn per_worker(
         &self,
@@ -277,7 +280,7 @@ impl Sources {
             Gauge,
             |w| get(&w.h2.stream_sessions),
         )?;
-        let frames: [(&str, &str, fn(&WorkerMetrics) -> &[AtomicU64; 14]); 3] = [
+        let frames: [(&str, &str, CodeCounts); 3] = [
             (
                 "http2_resets_sent",
                 "RST_STREAM frames sent to clients, by error code.",
