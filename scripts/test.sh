@@ -5,7 +5,8 @@
 #    (s_client), Chromium (tests/browser.rs opens wss:// in it), nginx (tests/upstreams.rs checks
 #    that ringway's hash and ip_hash pick the server nginx picks), prometheus (promtool checks
 #    /metrics), haproxy (tests/proxy_protocol.rs puts it in front as an L4 balancer), systemd
-#    (systemd-socket-activate, tests/upgrade.rs), nghttp2-client (nghttp and h2load) and curl
+#    (systemd-socket-activate, tests/upgrade.rs), nghttp2-client (nghttp and h2load), nghttp2-server
+#    (nghttpd: tests/http2.rs compares its answers to invalid frames with ringway's) and curl
 #    (tests/http2.rs); and from PyPI h11 (tests/differential.rs's reference parser),
 #    prometheus-client (tests/metrics.rs's exposition parsers) and h2 (tests/http2.rs's
 #    WebSocket and hostile HTTP/2 clients, tests/h2/).
@@ -23,6 +24,7 @@ command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v systemd-socket-activate >/dev/null 2>&1 || missing="$missing systemd"
 command -v h2load >/dev/null 2>&1 || missing="$missing nghttp2-client"
+[ -x /usr/sbin/nghttpd ] || missing="$missing nghttp2-server"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

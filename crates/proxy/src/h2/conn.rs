@@ -67,6 +67,11 @@ pub const MAX_CONTINUATIONS: u32 = 16;
 pub const GLITCH_BURST: u32 = 1_000;
 /// Glitches per second the bucket drains.
 pub const GLITCH_RATE: u32 = 100;
+/// Stream ids this side reset that are remembered, so that frames already on their way on
+/// them are ignored.
+const RECENT_RESETS: usize = 16;
+/// Ranges of skipped stream ids remembered.
+const SKIPPED_MAX: usize = 8;
 /// The connection's receive window, given back as bytes arrive.
 const CONN_WINDOW: u32 = 1 << 20;
 /// This side's (and every peer's first) frame size.
@@ -134,6 +139,8 @@ struct Block {
     frames: u32,
     /// A HEADERS whose priority named its own stream: decoded, then refused (§5.3.1).
     self_dependent: bool,
+    /// Decoded only to keep HPACK in step (a stream this side reset), then dropped.
+    ignore: bool,
 }
 
 /// The server side of one HTTP/2 connection.
@@ -161,6 +168,14 @@ pub struct Connection {
     dead: Option<Code>,
     glitches: u32,
     glitch_ms: u64,
+    /// Stream ids this side reset last (RST_STREAM sent, whatever its code): what the peer
+    /// had already sent on them when the reset reached it is ignored (RFC 9113 §5.1).
+    recent_resets: [u32; RECENT_RESETS],
+    recent_at: usize,
+    /// Ranges of stream ids the peer skipped (implicitly closed, never opened), the latest
+    /// `SKIPPED_MAX`: a HEADERS on one is an unexpected stream id (§5.1.1), not a closed
+    /// stream's.
+    skipped: Vec<(u32, u32)>,
     tally: Tally,
     out: Vec<u8>,
 }
@@ -208,6 +223,9 @@ impl Connection {
             dead: None,
             glitches: 0,
             glitch_ms: 0,
+            recent_resets: [0; RECENT_RESETS],
+            recent_at: 0,
+            skipped: Vec::new(),
             tally: Tally::default(),
             out,
         }
@@ -400,16 +418,27 @@ impl Connection {
         if len == 0 && !end {
             self.glitch(now_ms)?;
         }
-        let error = match self.stream_mut(head.stream) {
+        let error = match self.index(head.stream) {
+            // Sent before the peer knew this side had reset the stream: dropped.
+            None if self.reset_lately(head.stream) => {
+                self.glitch(now_ms)?;
+                self.read = self.skip(len);
+                return Ok(());
+            }
             None => {
                 self.glitch(now_ms)?;
                 Some(Code::StreamClosed)
             }
-            Some(s) if s.remote_done => Some(Code::StreamClosed),
-            Some(s) if i64::from(len) > s.recv_window => Some(Code::FlowControl),
-            Some(s) => {
-                s.recv_window -= i64::from(len);
-                None
+            Some(i) => {
+                let s = &mut self.streams[i];
+                if s.remote_done {
+                    Some(Code::StreamClosed)
+                } else if i64::from(len) > s.recv_window {
+                    Some(Code::FlowControl)
+                } else {
+                    s.recv_window -= i64::from(len);
+                    None
+                }
             }
         };
         if let Some(code) = error {
@@ -671,10 +700,33 @@ impl Connection {
         }
     }
 
-    /// Writes a RST_STREAM, counted.
+    /// Writes a RST_STREAM, counted and remembered.
     fn rst(&mut self, id: u32, code: Code) {
         frame::rst(&mut self.out, id, code);
         self.tally.resets_sent[code as usize] += 1;
+        self.recent_resets[self.recent_at] = id;
+        self.recent_at = (self.recent_at + 1) % RECENT_RESETS;
+    }
+
+    /// This side reset stream `id` lately: frames the peer sent before it knew are ignored.
+    fn reset_lately(&self, id: u32) -> bool {
+        self.recent_resets.contains(&id)
+    }
+
+    /// The peer opens stream `id` (above every stream it used): ids it skipped are noted.
+    fn opened(&mut self, id: u32) {
+        if id > self.last_stream.saturating_add(2) {
+            if self.skipped.len() == SKIPPED_MAX {
+                self.skipped.remove(0);
+            }
+            self.skipped.push((self.last_stream + 2, id - 2));
+        }
+        self.last_stream = id;
+    }
+
+    /// Stream `id` was skipped by the peer, never opened (as far as is remembered).
+    fn was_skipped(&self, id: u32) -> bool {
+        self.skipped.iter().any(|&(a, b)| (a..=b).contains(&id))
     }
 
     /// What happened since the last call (for the owner's metrics), and a fresh tally.

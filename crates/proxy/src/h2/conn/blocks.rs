@@ -38,20 +38,26 @@ impl Connection {
         }
         let fragment = &p[..p.len() - pad];
         if id <= self.last_stream {
-            match self.stream_mut(id) {
+            match self.index(id).map(|i| self.streams[i].remote_done) {
                 // Trailers on an open stream.
-                Some(s) if !s.remote_done => {}
-                Some(_) => {
+                Some(false) => {}
+                Some(true) => {
                     // Decode anyway: HPACK's table must stay in step.
-                    self.gather(head, fragment, now_ms, h)?;
-                    return Ok(());
+                    return self.gather(head, fragment, false, now_ms, h);
                 }
+                // A stream this side reset: the block was on its way (trailers, most
+                // likely); decoded for HPACK's sake, then dropped.
+                None if self.reset_lately(id) => {
+                    self.glitch(now_ms)?;
+                    return self.gather(head, fragment, true, now_ms, h);
+                }
+                None if self.was_skipped(id) => return Err(Code::Protocol),
                 None => return Err(Code::StreamClosed),
             }
         } else {
-            self.last_stream = id;
+            self.opened(id);
         }
-        self.gather(head, fragment, now_ms, h)?;
+        self.gather(head, fragment, false, now_ms, h)?;
         if let Some(b) = self.block.as_mut() {
             b.self_dependent = self_dependent;
         } else if self_dependent {
@@ -65,6 +71,7 @@ impl Connection {
         &mut self,
         head: Head,
         fragment: &[u8],
+        ignore: bool,
         now_ms: u64,
         h: &mut impl Handler,
     ) -> Result<(), Code> {
@@ -75,6 +82,7 @@ impl Connection {
             end_stream: head.has(flag::END_STREAM),
             frames: 0,
             self_dependent: false,
+            ignore,
         });
         if head.has(flag::END_HEADERS) {
             return self.block_done(now_ms, h);
@@ -111,13 +119,21 @@ impl Connection {
             stream: id,
             end_stream,
             self_dependent,
+            ignore,
             ..
         }) = self.block.take()
         else {
             return Err(Code::Internal);
         };
         let block = std::mem::take(&mut self.block_bytes);
-        let r = self.block_for(id, end_stream, &block, now_ms, h);
+        let r = if ignore {
+            self.fields
+                .trailers(&block)
+                .map(drop)
+                .map_err(|_| Code::Compression)
+        } else {
+            self.block_for(id, end_stream, &block, now_ms, h)
+        };
         if self_dependent && r.is_ok() {
             self.stream_error(StreamError(id, Code::Protocol), h);
         }

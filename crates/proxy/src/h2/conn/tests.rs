@@ -561,6 +561,55 @@ fn frames_on_a_stream_break_the_rules_reset_only_that_stream() {
 }
 
 #[test]
+fn frames_on_closed_streams_get_the_answer_their_history_calls_for() {
+    let post = |id| raw(kind::HEADERS, flag::END_HEADERS, id, &post_block(None));
+    let get = |id| {
+        raw(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            id,
+            &get_block("/"),
+        )
+    };
+    // A stream this side reset: what the peer had already sent on it (DATA, and trailers
+    // that add to HPACK's table) is dropped, and the connection goes on in step.
+    let (mut c, mut r) = open(Settings::default());
+    c.received(&post(1), 0, &mut r).unwrap();
+    c.reset(1, Code::Cancel);
+    frames(c.out());
+    let mut trailers = Vec::new();
+    trailers.extend_from_slice(&[0x40, 5]);
+    trailers.extend_from_slice(b"x-seq");
+    trailers.extend_from_slice(&[1, b'7']);
+    let mut late = raw(kind::DATA, 0, 1, b"late");
+    late.extend(raw(
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &trailers,
+    ));
+    c.received(&late, 0, &mut r).unwrap();
+    assert!(frames(c.out()).is_empty(), "ignored without a word");
+    let mut b = get_block("/");
+    b.push(0x80 | 62);
+    c.received(&raw(kind::HEADERS, flag::END_HEADERS, 3, &b), 0, &mut r)
+        .unwrap();
+    assert_eq!(r.requests[1].1.field(b"x-seq"), Some(&b"7"[..]));
+    assert!(r.data.is_empty());
+    // A stream id the peer skipped was never opened: HEADERS on it is an unexpected stream
+    // id (RFC 9113 §5.1.1).
+    let (mut c, mut r) = open(Settings::default());
+    c.received(&get(5), 0, &mut r).unwrap();
+    assert_eq!(c.received(&get(3), 0, &mut r), Err(Code::Protocol));
+    // A stream that was opened and has closed (the peer reset it): STREAM_CLOSED (§5.1).
+    let (mut c, mut r) = open(Settings::default());
+    c.received(&post(1), 0, &mut r).unwrap();
+    c.received(&raw(kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]), 0, &mut r)
+        .unwrap();
+    assert_eq!(c.received(&get(1), 0, &mut r), Err(Code::StreamClosed));
+}
+
+#[test]
 fn streams_past_the_limit_are_refused_and_hpack_stays_in_step() {
     let (mut c, mut r) = open(Settings {
         max_streams: 2,
