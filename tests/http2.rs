@@ -7,63 +7,8 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use common::h2::*;
 use common::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
-const H2_SERVER: &str = "http2 = true";
-
-/// Whether `cmd` runs here; a test that needs it says so when it does not.
-fn have(cmd: &str, args: &[&str]) -> bool {
-    let ok = Command::new(cmd)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        skip(&format!(
-            "{cmd} is missing (scripts/test.sh installs nghttp2-client and curl as root, and h2 from PyPI)"
-        ));
-    }
-    ok
-}
-
-fn python_h2() -> bool {
-    have("python3", &["-c", "import h2, hpack, hyperframe"])
-}
-
-fn script(name: &str) -> String {
-    format!("{}/tests/h2/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs a script of tests/h2 and parses the JSON line it prints.
-fn run_py(name: &str, args: &[String]) -> serde_json::Value {
-    let out = Command::new("timeout")
-        .arg("60")
-        .arg("python3")
-        .arg(script(name))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{name} {args:?}: {e}\nstdout: {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn curl(args: &[&str]) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 fn https(st: &Stack, path: &str) -> String {
     format!("https://localhost:{}{path}", st.listen.port())
@@ -484,44 +429,6 @@ fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
 }
 
 #[test]
-fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
-    if !uring_ok() || !python_h2() {
-        return;
-    }
-    let runtime = "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"";
-    let mut st = stack("h2-drain", "upgrade = [\"websocket\"]", H2_SERVER, runtime);
-    let port = st.listen.port().to_string();
-    let child = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "6".into(),
-            ],
-        )
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGTERM).unwrap();
-    let r = child.join().unwrap();
-    // GOAWAY NO_ERROR naming the last stream taken; each WebSocket then got the drain's
-    // Close (1012 by default) at a frame boundary, and answered it.
-    assert_eq!(r["goaway"], 0, "{r}");
-    assert_eq!(r["goaway_last"], 5, "{r}");
-    for (id, s) in r["streams"].as_object().unwrap() {
-        assert_eq!(s["echoes"], 2, "stream {id}: {r}");
-        assert_eq!(s["close_code"], 1012, "stream {id}: {r}");
-    }
-    let status = wait_exit(&mut st.proxy, 15);
-    assert!(status.success(), "{status:?}\n{}", st.proxy.log_text());
-}
-
-#[test]
 fn interim_answers_and_an_upstreams_trailers_reach_the_http2_client() {
     if !uring_ok() || !have("nghttp", &["--version"]) {
         return;
@@ -575,113 +482,6 @@ fn interim_answers_and_an_upstreams_trailers_reach_the_http2_client() {
         "{text}"
     );
     assert!(!after.contains("recv DATA"), "{text}");
-}
-
-#[test]
-fn a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
-    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
-        return;
-    }
-    let dir = scratch("h2-upgrade");
-    let backend = free_addr();
-    let _echo = echo(&[backend], &dir);
-    let (listen, admin) = (free_addr(), free_addr());
-    let sock = dir.join("upgrade.sock");
-    let cfg = config(
-        listen,
-        &[backend],
-        "upgrade = [\"websocket\"]",
-        H2_SERVER,
-        &format!(
-            "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
-            sock.display()
-        ),
-    );
-    let mut old = proxy(&cfg, listen, &dir);
-    let port = listen.port().to_string();
-    let held = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "8".into(),
-            ],
-        )
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    let path = dir.join("ringway.toml");
-    let new = spawn(
-        &["run", "--config", path.to_str().unwrap(), "--upgrade"],
-        &dir,
-        "proxy-new",
-    );
-    new.wait_log("upgrade: serving on the listening sockets of pid", 20);
-    // The old process's HTTP/2 connection is drained as a SIGTERM drains it: GOAWAY NO_ERROR
-    // with its last stream, each WebSocket stream's Close 1012 at a frame boundary.
-    let r = held.join().unwrap();
-    assert_eq!(r["goaway"], 0, "{r}");
-    assert_eq!(r["goaway_last"], 5, "{r}");
-    for (id, s) in r["streams"].as_object().unwrap() {
-        assert_eq!(s["echoes"], 2, "stream {id}: {r}");
-        assert_eq!(s["close_code"], 1012, "stream {id}: {r}");
-    }
-    let status = wait_exit(&mut old, 20);
-    assert!(status.success(), "{status:?}\n{}", old.log_text());
-    // The new process speaks HTTP/2 on the same port.
-    let url = format!("http://{listen}/headers");
-    let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
-    assert!(body.ends_with("\n2"), "{body}\n{err}");
-    let pid = admin_status(admin)["pid"].as_u64();
-    assert_eq!(pid, Some(u64::from(new.pid())));
-}
-
-#[test]
-fn a_reload_sends_goaway_and_open_websocket_streams_go_on() {
-    if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
-        return;
-    }
-    let st = stack("h2-reload", "upgrade = [\"websocket\"]", H2_SERVER, "");
-    let port = st.listen.port().to_string();
-    let held = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "8".into(),
-                "--after-goaway".into(),
-            ],
-        )
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGHUP).unwrap();
-    st.proxy.wait_log("configuration reloaded", 10);
-    // GOAWAY NO_ERROR (the client's next requests come on a new connection, under the new
-    // configuration); the three WebSockets go on: two more echoes each after the GOAWAY,
-    // then the client's Close 1000 answered.
-    let r = held.join().unwrap();
-    assert_eq!(r["goaway"], 0, "{r}");
-    assert_eq!(r["goaway_last"], 5, "{r}");
-    for (id, s) in r["streams"].as_object().unwrap() {
-        assert_eq!(s["echoes"], 4, "stream {id}: {r}");
-        assert_eq!(s["close_code"], 1000, "stream {id}: {r}");
-    }
-    let url = format!("http://{}/headers", st.listen);
-    let (body, err) = curl(&["--http2-prior-knowledge", "-w", "\n%{http_version}", &url]);
-    assert!(body.ends_with("\n2"), "{body}\n{err}");
-    let log = st.proxy.log_text();
-    assert!(!log.contains("panicked"), "{log}");
 }
 
 /// RFC 9113's answer to each case of tests/h2/conform.py, as ringway gives it. Where the RFC

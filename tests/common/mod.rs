@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod h2;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringway");
 
 /// A test that cannot check what it is for (a real peer missing): says so on stderr, and
