@@ -304,6 +304,24 @@ fn http2_websocket_false_keeps_http2_and_turns_rfc_8441_off() {
 }
 
 #[test]
+fn keepalive_requests_bounds_the_streams_of_one_connection() {
+    if !uring_ok() || !python_h2() {
+        return;
+    }
+    let st = stack("h2-budget", "", "http2 = true\nkeepalive_requests = 50", "");
+    let port = st.listen.port().to_string();
+    // One request after the other: the 50th is answered, with a GOAWAY NO_ERROR naming it
+    // (stream 99); the client opens no more on this connection.
+    let r = run_py(
+        "hostile.py",
+        &["127.0.0.1".into(), port, "sequential_streams".into()],
+    );
+    assert_eq!(r["answered"], 50, "{r}");
+    assert_eq!(r["goaway"], 0, "{r}");
+    assert_eq!(r["goaway_last"], 99, "{r}");
+}
+
+#[test]
 fn hostile_clients_get_rfc_9113s_answers_and_other_connections_go_on() {
     if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
         return;
@@ -488,13 +506,15 @@ fn interim_answers_and_an_upstreams_trailers_reach_the_http2_client() {
 /// lets a server choose (a stream error may be treated as a connection error, §5.4.1; a
 /// frame on a closed stream may be either, §5.1), the choice is ringway's and the reason is
 /// in `DIFFERENT_FROM_NGHTTPD`.
-const CONFORMANCE: [(&str, &str); 50] = [
+const CONFORMANCE: [(&str, &str); 52] = [
     ("data_on_idle_stream", "goaway:PROTOCOL_ERROR"),
     ("rst_on_idle_stream", "goaway:PROTOCOL_ERROR"),
     ("window_update_on_idle_stream", "goaway:PROTOCOL_ERROR"),
     ("continuation_without_headers", "goaway:PROTOCOL_ERROR"),
     ("headers_on_even_stream", "goaway:PROTOCOL_ERROR"),
     ("headers_on_a_lower_stream", "goaway:PROTOCOL_ERROR"),
+    ("the_highest_stream_id", "status:200"),
+    ("a_stream_after_the_highest_id", "goaway:PROTOCOL_ERROR"),
     ("priority_on_idle_stream_then_request", "status:200"),
     ("second_headers_without_end_stream", "rst:PROTOCOL_ERROR"),
     ("data_after_end_stream", "rst:STREAM_CLOSED"),
@@ -561,7 +581,7 @@ const CONFORMANCE: [(&str, &str); 50] = [
 
 /// Cases where nghttpd (nghttp2 1.52) answers otherwise: (case, nghttpd's answer, why
 /// ringway's stands). Both answers conform where RFC 9113 lets a server choose.
-const DIFFERENT_FROM_NGHTTPD: [(&str, &str, &str); 5] = [
+const DIFFERENT_FROM_NGHTTPD: [(&str, &str, &str); 6] = [
     (
         "data_after_end_stream",
         "goaway:STREAM_CLOSED",
@@ -589,6 +609,11 @@ const DIFFERENT_FROM_NGHTTPD: [(&str, &str, &str); 5] = [
         "nothing",
         "§5.1.1: an unexpected stream id MUST be a connection error PROTOCOL_ERROR; nghttpd \
          ignores the HEADERS",
+    ),
+    (
+        "a_stream_after_the_highest_id",
+        "nothing",
+        "the same: stream 1 after stream 2^31-1 is an id the client skipped",
     ),
 ];
 

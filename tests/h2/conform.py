@@ -56,6 +56,8 @@ def case_frames(case, enc):
         "continuation_without_headers": lambda: ([ContinuationFrame(1, request(enc), flags=["END_HEADERS"]).serialize()], 1),
         "headers_on_even_stream": lambda: ([get(2)], 2),
         "headers_on_a_lower_stream": lambda: ([get(5), get(3)], 3),
+        "the_highest_stream_id": lambda: ([get(2**31 - 1)], 2**31 - 1),
+        "a_stream_after_the_highest_id": lambda: ([get(2**31 - 1), get(1)], 1),
         "priority_on_idle_stream_then_request": lambda: ([PriorityFrame(1, depends_on=0, stream_weight=16).serialize(), get(1)], 1),
         # Open and half-closed streams.
         "second_headers_without_end_stream": lambda: ([post(1), H(1, enc.encode([("x-t", "1")]), flags=["END_HEADERS"]).serialize()], 1),
@@ -180,6 +182,7 @@ def main():
 
 ALL = ["data_on_idle_stream", "rst_on_idle_stream", "window_update_on_idle_stream",
        "continuation_without_headers", "headers_on_even_stream", "headers_on_a_lower_stream",
+       "the_highest_stream_id", "a_stream_after_the_highest_id",
        "priority_on_idle_stream_then_request", "second_headers_without_end_stream",
        "data_after_end_stream", "content_length_larger_than_data",
        "content_length_smaller_than_data",

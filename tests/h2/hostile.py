@@ -24,6 +24,43 @@ def get_block(enc, path="/headers", extra=()):
                        (":authority", "localhost")] + list(extra))
 
 
+def sequential(s, enc, hello, n):
+    """Up to N requests one after the other on one connection, each answered before the next
+    goes, until the server's GOAWAY: how many were answered, and the GOAWAY."""
+    s.sendall(hello)
+    dec = hpack.Decoder()
+    result = {"answered": 0, "goaway": None, "goaway_last": None}
+    buf = b""
+    s.settimeout(5)
+    for i in range(n):
+        if result["goaway"] is not None:
+            break
+        sid = 2 * i + 1
+        s.sendall(HeadersFrame(sid, get_block(enc), flags=["END_HEADERS", "END_STREAM"]).serialize())
+        done = False
+        while not done and (result["goaway"] is None or sid <= result["goaway_last"]):
+            chunk = s.recv(65536)
+            if not chunk:
+                result["closed"] = True
+                return result
+            buf += chunk
+            while len(buf) >= 9:
+                f, length = Frame.parse_frame_header(memoryview(buf[:9]))
+                if len(buf) < 9 + length:
+                    break
+                f.parse_body(memoryview(buf[9:9 + length]))
+                buf = buf[9 + length:]
+                if isinstance(f, GoAwayFrame):
+                    result["goaway"] = f.error_code
+                    result["goaway_last"] = f.last_stream_id
+                elif isinstance(f, HeadersFrame):
+                    dec.decode(f.data)
+                if f.stream_id == sid and "END_STREAM" in getattr(f, "flags", ()):
+                    result["answered"] += 1
+                    done = True
+    return result
+
+
 def main():
     host, port, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     s = socket.create_connection((host, port), timeout=10)
@@ -106,6 +143,9 @@ def main():
         out[:] = PREFACE + SettingsFrame(0, settings={4: 0}).serialize()
         send(HeadersFrame(1, get_block(enc), flags=["END_HEADERS", "END_STREAM"]))
         send(HeadersFrame(3, get_block(enc), flags=["END_HEADERS", "END_STREAM"]))
+    elif case == "sequential_streams":
+        print(json.dumps(sequential(s, enc, bytes(out), 80)))
+        return
     elif case == "zero_window":
         # Stream windows of 0: the answer waits; a WINDOW_UPDATE later lets it through.
         out[:] = PREFACE + SettingsFrame(0, settings={4: 0}).serialize()

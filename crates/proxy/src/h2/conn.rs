@@ -600,11 +600,17 @@ impl Connection {
 
     /// The peer opens stream `id` (above every stream it used): ids it skipped are noted.
     fn opened(&mut self, id: u32) {
-        if id > self.last_stream.saturating_add(2) {
+        // The id the peer would have used next (client ids are odd, from 1).
+        let next = if self.last_stream == 0 {
+            1
+        } else {
+            self.last_stream + 2
+        };
+        if id > next {
             if self.skipped.len() == SKIPPED_MAX {
                 self.skipped.remove(0);
             }
-            self.skipped.push((self.last_stream + 2, id - 2));
+            self.skipped.push((next, id - 2));
         }
         self.last_stream = id;
     }

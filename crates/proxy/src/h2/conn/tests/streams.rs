@@ -133,6 +133,9 @@ fn frames_on_closed_streams_get_the_answer_their_history_calls_for() {
     let (mut c, mut r) = open(Settings::default());
     c.received(&get(5), 0, &mut r).unwrap();
     assert_eq!(c.received(&get(3), 0, &mut r), Err(Code::Protocol));
+    let (mut c, mut r) = open(Settings::default());
+    c.received(&get(0x7fff_ffff), 0, &mut r).unwrap();
+    assert_eq!(c.received(&get(1), 0, &mut r), Err(Code::Protocol));
     // A stream that was opened and has closed (the peer reset it): STREAM_CLOSED (§5.1).
     let (mut c, mut r) = open(Settings::default());
     c.received(&post(1), 0, &mut r).unwrap();
