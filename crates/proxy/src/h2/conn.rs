@@ -241,6 +241,11 @@ impl Connection {
         &mut self.out
     }
 
+    /// Bytes written and not yet drained by the owner.
+    pub fn pending_out(&self) -> usize {
+        self.out.len()
+    }
+
     /// The client's preface and first SETTINGS have come.
     pub fn started(&self) -> bool {
         self.settings_seen
