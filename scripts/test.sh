@@ -6,7 +6,7 @@
 #    that ringway's hash and ip_hash pick the server nginx picks), prometheus (promtool checks
 #    /metrics), haproxy (tests/proxy_protocol.rs puts it in front as an L4 balancer), systemd
 #    (systemd-socket-activate, tests/upgrade.rs), nghttp2-client (nghttp and h2load), nghttp2-server
-#    (nghttpd: tests/http2.rs compares its answers to invalid frames with ringway's) and curl
+#    (nghttpd: tests/http2_conformance.rs compares its answers to invalid frames with ringway's) and curl
 #    (tests/http2.rs); and from PyPI h11 (tests/differential.rs's reference parser),
 #    prometheus-client (tests/metrics.rs's exposition parsers) and h2 (tests/http2.rs's
 #    WebSocket and hostile HTTP/2 clients, tests/h2/).
