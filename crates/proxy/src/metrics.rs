@@ -86,6 +86,8 @@ pub struct WorkerMetrics {
     pub bytes_from_upstream: AtomicU64,
     /// Bytes of tunnels that went by splice(2), as they go.
     pub bytes_spliced: AtomicU64,
+    /// Client WebSocket frames a `message_rate` delayed.
+    pub messages_delayed: AtomicU64,
     /// Provided buffers of the worker's pool, and how many are held now (set once a tick).
     pub pool_buffers: AtomicU64,
     pub pool_in_use: AtomicU64,
@@ -162,6 +164,7 @@ impl Default for WorkerMetrics {
             bytes_from_client: AtomicU64::new(0),
             bytes_from_upstream: AtomicU64::new(0),
             bytes_spliced: AtomicU64::new(0),
+            messages_delayed: AtomicU64::new(0),
             pool_buffers: AtomicU64::new(0),
             pool_in_use: AtomicU64::new(0),
             ended: [const { AtomicU64::new(0) }; End::KINDS],
@@ -195,6 +198,11 @@ impl WorkerMetrics {
     pub fn request_done(&self, from_client: u64, from_upstream: u64) {
         bump(&self.bytes_from_client, from_client);
         bump(&self.bytes_from_upstream, from_upstream);
+    }
+
+    /// A `message_rate` delayed a client's frame.
+    pub fn message_delayed(&self) {
+        bump(&self.messages_delayed, 1);
     }
 
     /// `n` bytes of a tunnel went by splice(2).

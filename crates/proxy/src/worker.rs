@@ -767,6 +767,7 @@ impl Io for WorkerIo<'_> {
             Observed::Http2Streams(n) => self.metrics.h2.streams(n),
             Observed::Http2Resets { sent, code, n } => self.metrics.h2.resets(sent, code, n),
             Observed::Http2Goaway(code) => self.metrics.h2.goaway(code),
+            Observed::MessageDelayed => self.metrics.message_delayed(),
         }
     }
 

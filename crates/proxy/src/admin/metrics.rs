@@ -196,6 +196,13 @@ impl Sources {
         )?;
         self.per_worker(
             e,
+            "messages_delayed",
+            "Client WebSocket frames a location's message_rate delayed (the client not read meanwhile).",
+            Counter,
+            |w| get(&w.messages_delayed),
+        )?;
+        self.per_worker(
+            e,
             "stale_completions",
             "Completions for freed sessions (should stay 0).",
             Counter,

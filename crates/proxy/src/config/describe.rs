@@ -129,6 +129,22 @@ impl Config {
         if let Some(max) = l.max_frame_size {
             let _ = writeln!(o, "    max_frame_size={max}B");
         }
+        if let Some(max) = l.max_message_size {
+            let _ = writeln!(o, "    max_message_size={max}B");
+        }
+        if let Some(r) = &l.message_rate {
+            let _ = writeln!(
+                o,
+                "    message_rate rate={}r/s burst={} nodelay={} per={}",
+                r.rate_milli as f64 / 1000.0,
+                r.burst,
+                r.nodelay,
+                r.zone.as_ref().map_or("tunnel".to_string(), |z| format!(
+                    "address in zone {:?}",
+                    z.name
+                ))
+            );
+        }
         if let Some(c) = l.limit_conn {
             let _ = writeln!(
                 o,

@@ -50,6 +50,18 @@ pub struct LimitReq {
     pub status: u16,
 }
 
+/// `message_rate` of a location: nginx's leaky bucket over the WebSocket messages a client
+/// sends through a tunnel, per tunnel, or per client address in a zone across its tunnels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRate {
+    /// A `[[limit_req_zone]]` shared by the client address's tunnels; None: per tunnel.
+    pub zone: Option<Zone<ReqZone>>,
+    /// Messages per 1000 s.
+    pub rate_milli: u64,
+    pub burst: u32,
+    pub nodelay: bool,
+}
+
 /// nginx's rate: `10r/s` or `30r/m`, in requests per 1000 s.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let bad = || {
@@ -259,17 +271,61 @@ pub(super) fn limit_req(
             ));
         }
     };
-    let burst = match &l.burst {
-        None => 0,
-        Some(b) if (0..=100_000).contains(b.get_ref()) => *b.get_ref() as u32,
-        Some(b) => return Err(cx.err(b.span(), format!("{f}.burst"), "must be from 0 to 100000")),
-    };
+    let burst = burst_of(cx, &f, &l.burst)?;
     Ok(LimitReq {
         zone,
         rate_milli,
         burst,
         nodelay: l.nodelay.unwrap_or(false),
         status: status(cx, &f, &l.status)?,
+    })
+}
+
+fn burst_of(cx: &Ctx<'_>, f: &str, b: &Option<Spanned<i64>>) -> Result<u32, ConfigError> {
+    match b {
+        None => Ok(0),
+        Some(b) if (0..=100_000).contains(b.get_ref()) => Ok(*b.get_ref() as u32),
+        Some(b) => Err(cx.err(b.span(), format!("{f}.burst"), "must be from 0 to 100000")),
+    }
+}
+
+pub(super) fn message_rate(
+    cx: &Ctx<'_>,
+    lf: &str,
+    l: &Spanned<raw::MessageRate>,
+    zones: &[(Zone<ReqZone>, Option<u64>)],
+) -> Result<MessageRate, ConfigError> {
+    let f = format!("{lf}.message_rate");
+    let span = l.span();
+    let l = l.get_ref();
+    let zone = match &l.zone {
+        None => None,
+        Some(z) => Some(find(
+            cx,
+            &f,
+            "limit_req_zone",
+            zones.iter().map(|z| z.0.name.as_str()),
+            z,
+        )?),
+    };
+    let rate_milli = match (&l.rate, zone.and_then(|z| zones[z].1)) {
+        (Some(r), _) => {
+            parse_rate(r.get_ref()).map_err(|m| cx.err(r.span(), format!("{f}.rate"), m))?
+        }
+        (None, Some(r)) => r,
+        (None, None) => {
+            return Err(cx.err(
+                span,
+                format!("{f}.rate"),
+                "needs a rate (here, or on its limit_req_zone), such as \"20r/s\"",
+            ));
+        }
+    };
+    Ok(MessageRate {
+        zone: zone.map(|z| zones[z].0.clone()),
+        rate_milli,
+        burst: burst_of(cx, &f, &l.burst)?,
+        nodelay: l.nodelay.unwrap_or(false),
     })
 }
 

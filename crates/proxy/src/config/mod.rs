@@ -148,6 +148,11 @@ pub struct Location {
     pub heartbeat: Option<Heartbeat>,
     /// The largest WebSocket frame payload a tunnel passes, either way (bytes).
     pub max_frame_size: Option<u64>,
+    /// The largest WebSocket message (its fragments' payloads summed) a tunnel passes, either
+    /// way (bytes).
+    pub max_message_size: Option<u64>,
+    /// The client's messages through a tunnel over time.
+    pub message_rate: Option<limits::MessageRate>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
 }

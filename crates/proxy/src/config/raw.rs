@@ -209,4 +209,16 @@ pub struct Location {
     pub limit_req: Option<Spanned<LimitReq>>,
     pub heartbeat: Option<Spanned<Heartbeat>>,
     pub max_frame_size: Option<Spanned<toml::Value>>,
+    pub max_message_size: Option<Spanned<toml::Value>>,
+    pub message_rate: Option<Spanned<MessageRate>>,
+}
+
+/// `message_rate = { rate, burst, nodelay, zone }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageRate {
+    pub rate: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
+    pub nodelay: Option<bool>,
+    pub zone: Option<Spanned<String>>,
 }

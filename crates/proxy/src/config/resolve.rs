@@ -557,18 +557,33 @@ fn location(
             None => None,
             Some(h) => Some(heartbeat(cx, lf, h.get_ref())?),
         },
-        max_frame_size: match &l.max_frame_size {
+        max_frame_size: positive_size(cx, &l.max_frame_size, &format!("{lf}.max_frame_size"))?,
+        max_message_size: positive_size(
+            cx,
+            &l.max_message_size,
+            &format!("{lf}.max_message_size"),
+        )?,
+        message_rate: match &l.message_rate {
             None => None,
-            Some(v) => {
-                let field = format!("{lf}.max_frame_size");
-                match cx.size(&l.max_frame_size, &field, 0)? {
-                    0 => return Err(cx.err(v.span(), field, "must be more than 0")),
-                    n => Some(n),
-                }
-            }
+            Some(x) => Some(limits::message_rate(cx, lf, x, req_zones)?),
         },
         stats: LocationStats::default(),
     })
+}
+
+/// An optional size that, when given, is more than 0.
+fn positive_size(
+    cx: &Ctx<'_>,
+    v: &Option<toml::Spanned<toml::Value>>,
+    field: &str,
+) -> Result<Option<u64>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(s) => match cx.size(v, field, 0)? {
+            0 => Err(cx.err(s.span(), field.to_string(), "must be more than 0")),
+            n => Ok(Some(n)),
+        },
+    }
 }
 
 /// `drain_close = { code, reason }`: a code an endpoint may send (RFC 6455 7.4: 1000-1003,

@@ -310,6 +310,52 @@ fn limit_errors_name_the_field() {
 }
 
 #[test]
+fn message_policy_keys_resolve_and_their_errors_name_the_field() {
+    let zones = "[[limit_req_zone]]\nname = \"msgs\"\nsize = \"1m\"\nrate = \"30r/m\"\n";
+    let with = |loc: &str| {
+        format!(
+            "{zones}{}",
+            GOOD.replace("path = \"/ws/\"", &format!("path = \"/ws/\"\n{loc}"))
+        )
+    };
+    let c = Config::parse(
+        "t.toml",
+        &with("max_message_size = \"1m\"\nmessage_rate = { rate = \"20r/s\", burst = 40 }"),
+    )
+    .unwrap();
+    let l = &c.servers[0].locations[0];
+    assert_eq!(l.max_message_size, Some(1 << 20));
+    let r = l.message_rate.as_ref().unwrap();
+    assert_eq!((r.rate_milli, r.burst, r.nodelay), (20_000, 40, false));
+    assert!(r.zone.is_none());
+    // A zone: its rate unless one is given; the address's bucket is the zone's.
+    let c = Config::parse(
+        "t.toml",
+        &with("message_rate = { zone = \"msgs\", nodelay = true }"),
+    )
+    .unwrap();
+    let r = c.servers[0].locations[0].message_rate.clone().unwrap();
+    assert_eq!((r.rate_milli, r.burst, r.nodelay), (500, 0, true));
+    assert_eq!(r.zone.unwrap().name, "msgs");
+    let e = err(&with("max_message_size = 0"));
+    assert_eq!(e.field, "server[0].location[1].max_message_size");
+    let e = err(&with("message_rate = { burst = 5 }"));
+    assert_eq!(e.field, "server[0].location[1].message_rate.rate");
+    assert!(e.message.contains("needs a rate"), "{e}");
+    let e = err(&with("message_rate = { rate = \"20r/h\" }"));
+    assert_eq!(e.field, "server[0].location[1].message_rate.rate");
+    let e = err(&with("message_rate = { rate = \"20r/s\", burst = -1 }"));
+    assert_eq!(e.field, "server[0].location[1].message_rate.burst");
+    let e = err(&with("message_rate = { zone = \"nope\" }"));
+    assert_eq!(e.field, "server[0].location[1].message_rate.zone");
+    assert!(e.message.contains("(defined: msgs)"), "{e}");
+    let e = err(&with(
+        "message_rate = { rate = \"20r/s\", action = \"drop\" }",
+    ));
+    assert!(e.message.contains("action"), "{e}");
+}
+
+#[test]
 fn keepalive_settings_and_errors() {
     let with = |extra: &str| GOOD.replace("name = \"ws\"", &format!("name = \"ws\"\n{extra}"));
     let c = Config::parse(

@@ -148,11 +148,42 @@ impl std::fmt::Debug for ReqZone {
     }
 }
 
+/// nginx's leaky bucket of one key (a zone's address, or one tunnel's messages).
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub struct Bucket {
     /// Requests in the bucket, in thousandths.
     excess: u64,
     last_ms: u64,
+}
+
+impl Bucket {
+    /// A bucket for a key's first request (nginx: excess 0; that request passes).
+    pub fn first(now_ms: u64) -> Bucket {
+        Bucket {
+            excess: 0,
+            last_ms: now_ms,
+        }
+    }
+
+    /// One more request at `now_ms` (rate in requests per 1000 s, `burst` requests of room):
+    /// nginx's `excess = max(0, excess - rate * elapsed + 1)`, refused past the burst (a
+    /// refused request does not fill the bucket), delayed by `excess / rate` unless `nodelay`.
+    pub fn take(&mut self, now_ms: u64, rate: u64, burst: u32, nodelay: bool) -> Verdict {
+        let rate = rate.max(1);
+        let drained = rate.saturating_mul(now_ms.saturating_sub(self.last_ms)) / 1000;
+        let excess = (self.excess + 1000).saturating_sub(drained);
+        if excess > u64::from(burst) * 1000 {
+            return Verdict::Refuse;
+        }
+        self.excess = excess;
+        self.last_ms = now_ms;
+        if nodelay || excess == 0 {
+            Verdict::Pass
+        } else {
+            // nginx's delay: the bucket's excess leaking out at `rate`.
+            Verdict::Delay(excess * 1000 / rate)
+        }
+    }
 }
 
 /// What the leaky bucket says about one request.
@@ -190,28 +221,10 @@ impl ReqZone {
         }
         let Some(b) = s.get_mut(&key) else {
             // A new key starts with an empty bucket (nginx: excess 0).
-            s.insert(
-                key,
-                Bucket {
-                    excess: 0,
-                    last_ms: now_ms,
-                },
-            );
+            s.insert(key, Bucket::first(now_ms));
             return Verdict::Pass;
         };
-        let drained = rate.saturating_mul(now_ms.saturating_sub(b.last_ms)) / 1000;
-        let excess = (b.excess + 1000).saturating_sub(drained);
-        if excess > u64::from(burst) * 1000 {
-            return Verdict::Refuse;
-        }
-        b.excess = excess;
-        b.last_ms = now_ms;
-        if nodelay || excess == 0 {
-            Verdict::Pass
-        } else {
-            // nginx's delay: the bucket's excess leaking out at `rate`.
-            Verdict::Delay(excess * 1000 / rate)
-        }
+        b.take(now_ms, rate, burst, nodelay)
     }
 
     pub fn capacity(&self) -> usize {

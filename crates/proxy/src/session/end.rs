@@ -59,6 +59,13 @@ pub enum End {
     Drained,
     /// A WebSocket frame over the location's `max_frame_size` came from that side.
     FrameTooLarge(Side),
+    /// A side sent a WebSocket message over the location's `max_message_size`.
+    MessageTooLarge(Side),
+    /// The client's messages went past the location's `message_rate` and its burst.
+    MessageRate,
+    /// A side's stream broke RFC 6455 in a tunnel whose location has a message policy (which
+    /// could not be applied to it any more).
+    BadFrame(Side),
 }
 
 impl fmt::Display for End {
@@ -91,6 +98,11 @@ impl fmt::Display for End {
             End::Drained => write!(f, "drained"),
             End::FrameTooLarge(Side::Down) => write!(f, "frame-too-large"),
             End::FrameTooLarge(Side::Up) => write!(f, "frame-too-large:upstream"),
+            End::MessageTooLarge(Side::Down) => write!(f, "message-too-large"),
+            End::MessageTooLarge(Side::Up) => write!(f, "message-too-large:upstream"),
+            End::MessageRate => write!(f, "message-rate"),
+            End::BadFrame(Side::Down) => write!(f, "bad-frame"),
+            End::BadFrame(Side::Up) => write!(f, "bad-frame:upstream"),
         }
     }
 }
@@ -156,7 +168,11 @@ impl End {
         match self {
             End::ClientClosed | End::ClientError(_) => Some(Side::Down),
             End::UpstreamClosed | End::UpstreamError(_) => Some(Side::Up),
-            End::HeartbeatTimeout(side) | End::FrameTooLarge(side) => Some(*side),
+            End::HeartbeatTimeout(side)
+            | End::FrameTooLarge(side)
+            | End::MessageTooLarge(side)
+            | End::BadFrame(side) => Some(*side),
+            End::MessageRate => Some(Side::Down),
             _ => None,
         }
     }
@@ -201,10 +217,13 @@ impl End {
         "heartbeat-timeout",
         "drained",
         "frame-too-large",
+        "message-too-large",
+        "message-rate",
+        "bad-frame",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 25;
+    pub const KINDS: usize = 28;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -234,6 +253,9 @@ impl End {
             End::HeartbeatTimeout(_) => 22,
             End::Drained => 23,
             End::FrameTooLarge(_) => 24,
+            End::MessageTooLarge(_) => 25,
+            End::MessageRate => 26,
+            End::BadFrame(_) => 27,
         }
     }
 }
@@ -270,6 +292,9 @@ mod tests {
             End::HeartbeatTimeout(Side::Up),
             End::Drained,
             End::FrameTooLarge(Side::Down),
+            End::MessageTooLarge(Side::Up),
+            End::MessageRate,
+            End::BadFrame(Side::Down),
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

@@ -109,6 +109,8 @@ pub enum Observed {
     },
     /// This side sent a GOAWAY with this code.
     Http2Goaway(crate::h2::Code),
+    /// A location's `message_rate` delayed a client's WebSocket frame.
+    MessageDelayed,
 }
 
 /// What a handler needs from the worker besides I/O: its balancers and whether it drains.

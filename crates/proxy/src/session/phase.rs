@@ -38,6 +38,18 @@ pub(super) struct Control {
     pub filter: Option<Box<dyn super::filter::FrameFilter>>,
     /// The splice of a bulk frame's payload from a side, while there is one (`splice.rs`).
     pub splice: [Option<Box<Splice>>; 2],
+    /// A filter delayed a frame from a side: its bytes from that frame on, and until when;
+    /// the side is not read meanwhile.
+    pub paused: [Option<Box<Paused>>; 2],
+    /// The next frame header from a side is a delayed one coming back: the filters judged it.
+    pub judged: [bool; 2],
+}
+
+/// What waits of a stream a filter delayed (`filter::Verdict::Delay`).
+#[derive(Debug)]
+pub(super) struct Paused {
+    pub until: u64,
+    pub bytes: Vec<u8>,
 }
 
 /// One direction's splice of a frame's payload (`tunnel/splice.rs` moves it).

@@ -273,7 +273,7 @@ fn new_terms(
         // A tunnel's control: its heartbeats and its filters, only when it has either.
         ctl: (!upgrade.is_empty())
             .then(|| {
-                let filter = super::filter::for_location(loc);
+                let filter = super::filter::for_location(loc, cx.client.ip());
                 (loc.heartbeat.is_some() || filter.is_some()).then(|| {
                     let mut k = super::phase::Control::new(loc.heartbeat.as_ref());
                     k.filter = filter;

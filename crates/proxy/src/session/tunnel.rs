@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use super::Side;
 use super::filter::Verdict;
-use super::phase::{Control, Inject, NO_OP, Req, ms32};
+use super::phase::{Control, Inject, NO_OP, Paused, Req, ms32};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Shut};
 use crate::config::Heartbeat;
@@ -220,6 +220,20 @@ fn pass(
         let mut mine = k.gathering[i];
         let s = match t.step(data) {
             Ok(s) => s,
+            Err(e) if k.filter.is_some() => {
+                // A stream under a message policy that breaks RFC 6455 could not be held to
+                // it any more: the tunnel ends (Close 1002 toward the side that broke it).
+                tracing::debug!("{side:?} stream is not RFC 6455 ({})", e.0);
+                k.stop_gathering(i, None);
+                k.want[i] = Inject::Close(1001, "protocol error");
+                k.put(side, now, drain, out);
+                return Some(Verdict::Close {
+                    offender: 1002,
+                    other: 1001,
+                    reason: "protocol error",
+                    end: End::BadFrame(side),
+                });
+            }
             Err(_) => {
                 // Not RFC 6455 from here on: pass everything as it is, track no more.
                 t.track(data);
@@ -233,14 +247,37 @@ fn pass(
         let bytes = &data[..s.used];
         if let Piece::Header(h) = s.piece {
             k.op[i] = h.opcode;
-            let verdict = k.filter.as_mut().map(|f| f.frame(side, &h, now));
-            if let Some(v @ Verdict::Close { other, reason, .. }) = verdict {
-                // Refused: what was held of its header is dropped, the other side's Close
-                // goes here, at this boundary, and nothing more of this stream goes on.
-                k.stop_gathering(i, None);
-                k.want[i] = Inject::Close(other, reason);
-                k.put(side, now, drain, out);
-                return Some(v);
+            let verdict = if std::mem::take(&mut k.judged[i]) {
+                None
+            } else {
+                k.filter.as_mut().map(|f| f.frame(side, &h, now))
+            };
+            match verdict {
+                Some(v @ Verdict::Close { other, reason, .. }) => {
+                    // Refused: what was held of its header is dropped, the other side's Close
+                    // goes here, at this boundary, and nothing more of this stream goes on.
+                    k.stop_gathering(i, None);
+                    k.want[i] = Inject::Close(other, reason);
+                    k.put(side, now, drain, out);
+                    return Some(v);
+                }
+                Some(v @ Verdict::Delay { until }) => {
+                    // Delayed: the frame, from its first header byte, and what follows it
+                    // wait (the tracker back at the boundary before it); it comes back
+                    // judged.
+                    let mut bytes = Vec::new();
+                    if let Some(p) = k.pong.as_mut() {
+                        bytes.append(&mut p[i]);
+                    }
+                    bytes.extend_from_slice(data);
+                    k.stop_gathering(i, None);
+                    *t = FrameTracker::default();
+                    k.op[i] = NO_OP;
+                    k.judged[i] = true;
+                    k.paused[i] = Some(Box::new(Paused { until, bytes }));
+                    return Some(v);
+                }
+                _ => {}
             }
             if mine && (h.opcode != opcode::PONG || k.expect[i] == 0) {
                 k.stop_gathering(i, Some(out));
@@ -315,36 +352,24 @@ impl Protocol for Tunnel {
         _env: &mut Env<'_>,
     ) -> Step {
         let side = Side::of(id);
-        let now = io.now_ms();
         let t = &mut self.frames[from(side)];
         match self.ctl.as_deref_mut() {
             Some(k) if k.busy(side) => {
+                if let Some(p) = k.paused[from(side)].as_mut() {
+                    // A frame from this side waits (a filter's delay): what was on its way
+                    // when reading stopped waits behind it.
+                    p.bytes.extend_from_slice(io.data_of(c));
+                    io.release(c);
+                    return Step::Continue;
+                }
                 let replied = k.replied;
                 let mut out = io.scratch();
                 let rt = &cx.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
-                let verdict = pass(t, k, side, io.data_of(c), &mut out, now, drain);
+                let verdict = pass(t, k, side, io.data_of(c), &mut out, io.now_ms(), drain);
                 let replied = !replied && k.replied;
                 io.release(c);
-                if out.is_empty() {
-                    io.recycle(out);
-                } else {
-                    let c = io.put(out);
-                    cx.pass_on(side, c, io);
-                }
-                if replied {
-                    cx.end_with(End::Drained);
-                    self.shut_both(cx, io);
-                }
-                if let Some(Verdict::Close {
-                    offender,
-                    reason,
-                    end,
-                    ..
-                }) = verdict
-                {
-                    self.refused(cx, side, offender, reason, end, io);
-                }
+                self.passed(cx, side, out, replied, verdict, io);
             }
             _ => {
                 let left = t.track(io.data_of(c));
@@ -380,7 +405,8 @@ impl Protocol for Tunnel {
         io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
-        let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
+        self.resume_paused(cx, now, io);
+        let last = self.heard(cx, now);
         if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
         }
@@ -421,18 +447,24 @@ impl Protocol for Tunnel {
 
     /// Idle past `read_timeout`, or the next heartbeat.
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
-        let last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
+        let last = self.heard(cx, now);
         let idle = last[0].max(last[1]) + u64::from(self.req.read_ms);
         Some(self.ctl.as_ref().map_or(idle, |k| {
+            let paused = k.paused.iter().flatten().map(|p| p.until).min();
             idle.min(k.due(last))
                 .min(k.splice_stalled(self.req.send_ms))
+                .min(paused.unwrap_or(u64::MAX))
         }))
     }
 
-    /// Both ways, within the direction's budget. (A direction that splices is not read
-    /// through buffers: its source is not `readable` meanwhile, `Conn::set_spliced`.)
-    fn wants(&self, _cx: &Cx, _id: ConnId, room: bool) -> bool {
-        room
+    /// Both ways, within the direction's budget, but a side whose frame a filter delayed.
+    /// (A direction that splices is not read through buffers: its source is not `readable`
+    /// meanwhile, `Conn::set_spliced`.)
+    fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
+        room && self
+            .ctl
+            .as_ref()
+            .is_none_or(|k| k.paused[from(Side::of(id))].is_none())
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
@@ -459,6 +491,86 @@ impl Protocol for Tunnel {
 }
 
 impl Tunnel {
+    /// What the slow path made of bytes from `side`: `out` on to the other side; the end of
+    /// the close handshake (`replied`); a filter's Close. (A filter's delay needs nothing
+    /// more: the side is not read until its time, `wants`, `deadline`.)
+    fn passed<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        side: Side,
+        out: Vec<u8>,
+        replied: bool,
+        verdict: Option<Verdict>,
+        io: &mut I,
+    ) {
+        if out.is_empty() {
+            io.recycle(out);
+        } else {
+            let c = io.put(out);
+            cx.pass_on(side, c, io);
+        }
+        if replied {
+            cx.end_with(End::Drained);
+            self.shut_both(cx, io);
+        }
+        if let Some(Verdict::Delay { .. }) = verdict {
+            io.observe(super::Observed::MessageDelayed);
+        }
+        if let Some(Verdict::Close {
+            offender,
+            reason,
+            end,
+            ..
+        }) = verdict
+        {
+            self.refused(cx, side, offender, reason, end, io);
+        }
+    }
+
+    /// Frames a filter delayed whose time has come go on (and what waited behind them, as
+    /// far as the filters let it).
+    fn resume_paused<I: Io + ?Sized>(&mut self, cx: &mut Cx, now: u64, io: &mut I) {
+        let Some(k) = self.ctl.as_deref_mut() else {
+            return;
+        };
+        for i in 0..2 {
+            if k.paused[i].as_ref().is_none_or(|p| now < p.until) {
+                continue;
+            }
+            let Some(p) = k.paused[i].take() else {
+                continue;
+            };
+            let side = side_of(i);
+            // Its bytes were read before the pause: the side was heard from.
+            match side {
+                Side::Down => cx.last_down_ms = crate::uring::timer::Stamp::new(now),
+                Side::Up => cx.last_up_ms = crate::uring::timer::Stamp::new(now),
+            }
+            let replied = k.replied;
+            let mut out = io.scratch();
+            let rt = &cx.cfg.runtime;
+            let drain = (rt.drain_code, rt.drain_reason.as_str());
+            let verdict = pass(&mut self.frames[i], k, side, &p.bytes, &mut out, now, drain);
+            let replied = !replied && k.replied;
+            self.passed(cx, side, out, replied, verdict, io);
+            return self.resume_paused(cx, now, io);
+        }
+    }
+
+    /// When each side was last heard from; a side a filter has paused counts as heard from
+    /// now (it is not read by our choice: no heartbeat or idle timeout for that).
+    fn heard(&self, cx: &Cx, now: u64) -> [u64; 2] {
+        let mut last = [cx.last_down_ms.at(now), cx.last_up_ms.at(now)];
+        if let Some(k) = self.ctl.as_deref() {
+            for (i, l) in last.iter_mut().enumerate() {
+                if k.paused[i].is_some() {
+                    *l = now;
+                }
+            }
+        }
+        last
+    }
+
     /// The Close of `runtime.drain_close` toward the client at the next frame boundary (or,
     /// in a stream that is not WebSocket, FIN both ways).
     pub(super) fn drain_close<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
