@@ -70,6 +70,26 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Tell some of the running proxy's WebSocket tunnels to reconnect (the drain's Close, 1012
+    /// by default, at a frame boundary), spread evenly over a window: after a scale-out, so that
+    /// the new instances get their share. The proxy is found through the file's [admin] listen.
+    #[command(
+        after_help = "Examples:\n  ringway rebalance --config /etc/ringway/ringway.toml --shed 0.25 --over 60s\n  ringway rebalance --config /etc/ringway/ringway.toml --keep 10000"
+    )]
+    Rebalance {
+        /// The configuration file the proxy runs with.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// This fraction of the tunnels (0 < F <= 1).
+        #[arg(long, conflicts_with = "keep", required_unless_present = "keep")]
+        shed: Option<f64>,
+        /// Down to this many tunnels.
+        #[arg(long)]
+        keep: Option<u64>,
+        /// The window the Close frames are spread over (default: runtime.drain_spread).
+        #[arg(long)]
+        over: Option<String>,
+    },
     /// Translate an nginx configuration (following include) into ringway TOML: what maps onto
     /// a key is written with the nginx line it came from; anything else is a warning naming
     /// its file and line and what ringway does instead. The result is checked as `ringway
@@ -174,6 +194,22 @@ fn main() -> ExitCode {
             force,
         } => return ringway_nginx::command(&file, output.as_deref(), force),
         Command::Reload { config } => return ringway_proxy::app::reload(&config),
+        Command::Rebalance {
+            config,
+            shed,
+            keep,
+            over,
+        } => {
+            let mut query = match (shed, keep) {
+                (Some(f), _) => format!("shed={f}"),
+                (None, Some(n)) => format!("keep={n}"),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            if let Some(o) = over {
+                query.push_str(&format!("&over={o}"));
+            }
+            return ringway_proxy::app::rebalance(&config, &query);
+        }
         Command::Run { config, upgrade } => {
             init_logging();
             return ringway_proxy::app::run(&config, upgrade);

@@ -68,6 +68,12 @@ pub enum Msg {
     /// A new process took the listening sockets over (a binary upgrade): stop accepting
     /// without closing them for it, then drain as on `Drain`.
     Handover,
+    /// A rebalance: tell `count` of this worker's tunnels to reconnect (the drain's Close, each
+    /// at its time spread evenly over `over`).
+    Shed {
+        count: u64,
+        over: std::time::Duration,
+    },
     /// Re-arm every accept (sent while the process this one took the sockets from winds
     /// down): a wake-up for a queued connection may have gone to its accept as it was being
     /// cancelled (accept wake-ups are exclusive); a fresh accept takes what waits at once.
@@ -153,5 +159,84 @@ mod tests {
         assert_eq!(nix::poll::poll(&mut fds, 0u16).unwrap(), 1, "readable");
         assert_eq!(i.take(), vec![Msg::Drain, Msg::CloseNow]);
         assert!(i.take().is_empty());
+    }
+}
+
+/// A rebalance (`POST /rebalance`, `ringway rebalance`): how many tunnels to tell to
+/// reconnect, and over how long.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shed {
+    pub what: ShedWhat,
+    pub over: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ShedWhat {
+    /// This fraction (0 < f ≤ 1) of the process's tunnels.
+    Fraction(f64),
+    /// Down to this many tunnels in the process.
+    Keep(u64),
+}
+
+/// How many tunnels each worker sheds, given how many each holds: a fraction of each, or the
+/// excess over `Keep` shared in proportion to what each holds (the remainder to those that
+/// hold most).
+pub fn shed_plan(tunnels: &[u64], what: ShedWhat) -> Vec<u64> {
+    match what {
+        ShedWhat::Fraction(f) => tunnels
+            .iter()
+            .map(|&t| ((t as f64) * f.clamp(0.0, 1.0)).round() as u64)
+            .collect(),
+        ShedWhat::Keep(keep) => {
+            let total: u64 = tunnels.iter().sum();
+            let excess = total.saturating_sub(keep);
+            if excess == 0 {
+                return vec![0; tunnels.len()];
+            }
+            let mut plan: Vec<u64> = tunnels.iter().map(|&t| excess * t / total).collect();
+            let mut left = excess - plan.iter().sum::<u64>();
+            let mut order: Vec<usize> = (0..tunnels.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(tunnels[i] - plan[i]));
+            for i in order.into_iter().cycle().take(tunnels.len() * 2) {
+                if left == 0 {
+                    break;
+                }
+                if plan[i] < tunnels[i] {
+                    plan[i] += 1;
+                    left -= 1;
+                }
+            }
+            plan
+        }
+    }
+}
+
+#[cfg(test)]
+mod shed_tests {
+    use super::*;
+
+    #[test]
+    fn a_fraction_of_each_worker_or_the_excess_over_a_count_in_proportion() {
+        assert_eq!(shed_plan(&[10, 30], ShedWhat::Fraction(0.5)), [5, 15]);
+        assert_eq!(shed_plan(&[3, 0], ShedWhat::Fraction(1.0)), [3, 0]);
+        assert_eq!(shed_plan(&[10, 30], ShedWhat::Keep(20)), [5, 15]);
+        assert_eq!(
+            shed_plan(&[10, 31], ShedWhat::Keep(20)).iter().sum::<u64>(),
+            21
+        );
+        assert_eq!(
+            shed_plan(&[1, 1, 1], ShedWhat::Keep(1)).iter().sum::<u64>(),
+            2
+        );
+        assert_eq!(shed_plan(&[10, 30], ShedWhat::Keep(100)), [0, 0]);
+        assert_eq!(shed_plan(&[0, 0], ShedWhat::Keep(0)), [0, 0]);
+        for (t, k) in [([7u64, 2, 9], 5u64), ([1, 0, 0], 0), ([5, 5, 5], 14)] {
+            let p = shed_plan(&t, ShedWhat::Keep(k));
+            assert!(p.iter().zip(t).all(|(p, t)| *p <= t), "{p:?} of {t:?}");
+            assert_eq!(
+                p.iter().sum::<u64>(),
+                t.iter().sum::<u64>().saturating_sub(k)
+            );
+        }
     }
 }

@@ -76,6 +76,8 @@ struct Core {
     /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
     /// over `runtime.drain_spread` from the start of the drain).
     drain_queue: std::collections::VecDeque<(u32, Instant)>,
+    /// Tunnels a rebalance sheds, each with its generation and its time, earliest first.
+    shed_queue: std::collections::VecDeque<(u32, u32, Instant)>,
     /// Inner sessions (HTTP/2 streams) a session asked for, started after its event.
     inner: Vec<crate::session::Inner>,
 }
@@ -171,6 +173,7 @@ impl Worker {
                 drain_began: None,
                 close_now: false,
                 drain_queue: Default::default(),
+                shed_queue: Default::default(),
                 inner: Vec::new(),
                 spec,
             },
@@ -291,6 +294,7 @@ impl Core {
                     }
                 }
                 Msg::Nudge => {}
+                Msg::Shed { count, over } => self.shed(r, count, over),
                 Msg::Config => {
                     self.cfg = self.spec.live.config();
                     self.balancers.of(&self.cfg);
@@ -438,13 +442,52 @@ impl Core {
             .collect();
     }
 
-    /// Send the Close of every tunnel whose time in the drain spread has come.
+    /// A rebalance: `count` of this worker's tunnels (the first found) are told to reconnect,
+    /// spread evenly over `over` as a drain spreads its Close frames; with those already
+    /// waiting from an earlier rebalance, in time order.
+    fn shed(&mut self, r: &mut Reactor<Slot>, count: u64, over: Duration) {
+        let now = Instant::now();
+        let waiting: std::collections::HashSet<u32> =
+            self.shed_queue.iter().map(|&(k, _, _)| k).collect();
+        let mut tunnels = Vec::new();
+        for k in r.slots.keys() {
+            if tunnels.len() as u64 >= count {
+                break;
+            }
+            if let Some((g, e)) = r.slots.get_any_mut(k)
+                && e.session.stage() == Stage::Tunnel
+                && !waiting.contains(&k)
+            {
+                tunnels.push((k, g));
+            }
+        }
+        let n = tunnels.len().max(1) as u32;
+        let mut all: Vec<(u32, u32, Instant)> = self.shed_queue.drain(..).collect();
+        all.extend(
+            tunnels
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, g))| (k, g, now + over * (2 * i as u32 + 1) / (2 * n))),
+        );
+        all.sort_by_key(|&(_, _, at)| at);
+        self.shed_queue = all.into();
+    }
+
+    /// Send the Close of every tunnel whose time in the drain spread (or a rebalance's) has
+    /// come.
     fn drain_due(&mut self, r: &mut Reactor<Slot>) {
         // Every turn comes here: the clock is read only while tunnels wait for their time.
-        if self.drain_queue.is_empty() {
+        if self.drain_queue.is_empty() && self.shed_queue.is_empty() {
             return;
         }
         let now = Instant::now();
+        while let Some(&(k, g, at)) = self.shed_queue.front() {
+            if at > now {
+                break;
+            }
+            self.shed_queue.pop_front();
+            self.with_session_of(r, k, Some(g), |s, io, env| s.shed(io, env));
+        }
         while let Some(&(k, at)) = self.drain_queue.front() {
             if at > now {
                 break;
@@ -462,8 +505,20 @@ impl Core {
         slot: u32,
         f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
     ) {
+        self.with_session_of(r, slot, None, f);
+    }
+
+    /// The same, for the session in `slot` only while it has generation `of` (when given).
+    #[inline(always)]
+    fn with_session_of(
+        &mut self,
+        r: &mut Reactor<Slot>,
+        slot: u32,
+        of: Option<u32>,
+        f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
+    ) {
         let now_ms = r.now_ms();
-        let Some((generation, entry, sys)) = r.split(slot, None) else {
+        let Some((generation, entry, sys)) = r.split(slot, of) else {
             return;
         };
         let access_log = entry.session.config().runtime.access_log;

@@ -31,6 +31,8 @@ pub enum Endpoint {
     Read(Read),
     /// `POST /reload`.
     Reload,
+    /// `POST /rebalance?shed=FRACTION|keep=COUNT[&over=DURATION]`.
+    Rebalance,
 }
 
 /// The reports.
@@ -172,10 +174,11 @@ pub fn check(
             openmetrics: req.openmetrics,
         }),
         "/reload" if req.method == "POST" => Endpoint::Reload,
+        "/rebalance" if req.method == "POST" => Endpoint::Rebalance,
         "/healthz" | "/status" | "/metrics" => {
             return Err(refuse(405, "only GET and HEAD here"));
         }
-        "/reload" => return Err(refuse(405, "only POST here")),
+        "/reload" | "/rebalance" => return Err(refuse(405, "only POST here")),
         _ => return Err(refuse(404, "not found: try /healthz, /status or /metrics")),
     };
     if req.method == "POST" {
@@ -208,15 +211,52 @@ pub fn check(
                 ));
             }
         }
-        None if endpoint == Endpoint::Reload && !policy.loopback() => {
+        None if req.method == "POST" && !policy.loopback() => {
             return Err(refuse(
                 403,
-                "POST /reload needs admin.token_file on an admin listener that is not loopback",
+                format!(
+                    "POST {path} needs admin.token_file on an admin listener that is not loopback"
+                ),
             ));
         }
         None => {}
     }
     Ok(endpoint)
+}
+
+/// What `POST /rebalance?…` asks: `shed=F` (a fraction, 0 < F ≤ 1, of the tunnels) or
+/// `keep=N` (down to N tunnels), and `over=DURATION` (the spread; `default_over` unless given).
+pub fn rebalance_of(
+    path: &str,
+    default_over: std::time::Duration,
+) -> Result<crate::live::Shed, String> {
+    use crate::live::{Shed, ShedWhat};
+    let usage = "expected /rebalance?shed=FRACTION (0 < FRACTION <= 1) or ?keep=COUNT, and \
+                 optionally &over=DURATION (such as 30s)";
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let (mut what, mut over) = (None, default_over);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "shed" if what.is_none() => match v.parse::<f64>() {
+                Ok(f) if f > 0.0 && f <= 1.0 => what = Some(ShedWhat::Fraction(f)),
+                _ => return Err(format!("shed={v:?}: {usage}")),
+            },
+            "keep" if what.is_none() => match v.parse::<u64>() {
+                Ok(n) => what = Some(ShedWhat::Keep(n)),
+                _ => return Err(format!("keep={v:?}: {usage}")),
+            },
+            "over" => {
+                over = crate::config::parse_duration(v).map_err(|e| format!("over={v:?}: {e}"))?
+            }
+            _ => return Err(format!("{pair:?}: {usage}")),
+        }
+    }
+    let what = what.ok_or_else(|| usage.to_string())?;
+    if over > std::time::Duration::from_secs(24 * 3600) {
+        return Err(format!("over={over:?}: at most 24h"));
+    }
+    Ok(Shed { what, over })
 }
 
 /// The credentials of `Authorization: Bearer CREDENTIALS` (the scheme in any case).
@@ -424,5 +464,39 @@ mod tests {
             ),
             Ok(STATUS)
         );
+    }
+
+    #[test]
+    fn rebalance_asks_a_fraction_or_a_count_and_a_window() {
+        use crate::live::{Shed, ShedWhat};
+        use std::time::Duration;
+        let over = Duration::from_secs(5);
+        assert_eq!(
+            rebalance_of("/rebalance?shed=0.25&over=1m", over),
+            Ok(Shed {
+                what: ShedWhat::Fraction(0.25),
+                over: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(
+            rebalance_of("/rebalance?keep=100", over),
+            Ok(Shed {
+                what: ShedWhat::Keep(100),
+                over
+            })
+        );
+        for bad in [
+            "/rebalance",
+            "/rebalance?shed=0",
+            "/rebalance?shed=1.5",
+            "/rebalance?shed=x",
+            "/rebalance?keep=-1",
+            "/rebalance?shed=0.5&keep=3",
+            "/rebalance?shed=0.5&over=soon",
+            "/rebalance?shed=0.5&over=2d",
+            "/rebalance?shed=0.5&what=1",
+        ] {
+            assert!(rebalance_of(bad, over).is_err(), "{bad}");
+        }
     }
 }

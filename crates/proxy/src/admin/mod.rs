@@ -33,10 +33,15 @@ pub struct AdminState {
     /// `POST /reload` (what `ringway reload` calls): reload the configuration file; the summary
     /// or why the configuration in force stays. Run on a thread of its own, never on the loop.
     pub reload: Option<Reload>,
+    /// `POST /rebalance` (what `ringway rebalance` calls): tell tunnels to reconnect.
+    pub rebalance: Option<Rebalance>,
 }
 
 /// A configuration reload, as the admin endpoint calls it.
 pub type Reload = Arc<dyn Fn() -> Result<String, crate::live::ReloadError> + Send + Sync>;
+
+/// A rebalance, as the admin endpoint calls it: the workers are told; what was asked of them.
+pub type Rebalance = Arc<dyn Fn(crate::live::Shed) -> String + Send + Sync>;
 
 impl AdminState {
     pub fn new(
@@ -58,6 +63,7 @@ impl AdminState {
             max_sessions,
             metrics,
             reload: None,
+            rebalance: None,
         }
     }
 }

@@ -346,7 +346,11 @@ impl Desk {
             Err(refusal) => {
                 let extra: &[&str] = match refusal.status {
                     401 => &["WWW-Authenticate: Bearer realm=\"ringway admin\""],
-                    405 if req.path.starts_with("/reload") => &["Allow: POST"],
+                    405 if req.path.starts_with("/reload")
+                        || req.path.starts_with("/rebalance") =>
+                    {
+                        &["Allow: POST"]
+                    }
                     405 => &["Allow: GET, HEAD"],
                     _ => &[],
                 };
@@ -368,6 +372,25 @@ impl Desk {
             Ok(Endpoint::Read(read)) => {
                 let (status, ctype, body) = super::report(read, &self.state);
                 c.answer(sys, response(status, ctype, &body, head_only, &[]));
+            }
+            Ok(Endpoint::Rebalance) => {
+                let (status, body) = if self.state.stopping.load(Ordering::Relaxed) {
+                    (503, "stopping: not rebalancing\n".to_string())
+                } else {
+                    match (
+                        &self.state.rebalance,
+                        guard::rebalance_of(&req.path, cfg.runtime.drain_spread),
+                    ) {
+                        (None, _) => (404, "not found\n".to_string()),
+                        (_, Err(why)) => (400, format!("{why}\n")),
+                        (Some(f), Ok(shed)) => {
+                            let said = f(shed);
+                            tracing::info!("admin: rebalance: {said}");
+                            (200, format!("{said}\n"))
+                        }
+                    }
+                };
+                c.answer(sys, response(status, "text/plain", &body, head_only, &[]));
             }
             Ok(Endpoint::Reload) => {
                 let refused = if self.state.stopping.load(Ordering::Relaxed) {

@@ -89,18 +89,45 @@ pub fn reload(path: &Path) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    let to = admin_address(&admin);
-    match post_reload(to, admin.token.as_ref()) {
+    ask_admin(&admin, "/reload", "reload")
+}
+
+/// `ringway rebalance`: ask the running proxy (through its admin endpoint, `POST
+/// /rebalance?QUERY`) to shed tunnels, and print what it answered. Exit 0 when it is under
+/// way.
+pub fn rebalance(path: &Path, query: &str) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some(admin) = cfg.admin else {
+        eprintln!(
+            "ringway: {} has no [admin] listen: `ringway rebalance` asks the running proxy through it",
+            path.display()
+        );
+        return ExitCode::from(1);
+    };
+    ask_admin(&admin, &format!("/rebalance?{query}"), "rebalance")
+}
+
+/// `POST target` to the admin endpoint; its body printed (to stderr, with `what` and the
+/// status, when refused).
+fn ask_admin(admin: &crate::config::admin::Admin, target: &str, what: &str) -> ExitCode {
+    let to = admin_address(admin);
+    match post_admin(to, admin.token.as_ref(), target) {
         Ok((200, body)) => {
             print!("{body}");
             ExitCode::SUCCESS
         }
         Ok((status, body)) => {
-            eprint!("ringway: reload refused ({status}): {body}");
+            eprint!("ringway: {what} refused ({status}): {body}");
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("ringway: asking the proxy on {to} to reload: {e}");
+            eprintln!("ringway: asking the proxy on {to} to {what}: {e}");
             ExitCode::from(1)
         }
     }
@@ -119,18 +146,19 @@ pub fn admin_address(admin: &crate::config::admin::Admin) -> std::net::SocketAdd
     to
 }
 
-/// `POST /reload` to the admin endpoint at `to` (with the bearer token when there is one): its
+/// `POST target` to the admin endpoint at `to` (with the bearer token when there is one): its
 /// status and body.
-fn post_reload(
+fn post_admin(
     to: std::net::SocketAddr,
     token: Option<&crate::config::admin::Token>,
+    target: &str,
 ) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5))?;
     // The reload runs behind any already queued: give it the time the endpoint gives it.
     s.set_read_timeout(Some(std::time::Duration::from_secs(150)))?;
     let mut req =
-        format!("POST /reload HTTP/1.1\r\nHost: {to}\r\nContent-Length: 0\r\n").into_bytes();
+        format!("POST {target} HTTP/1.1\r\nHost: {to}\r\nContent-Length: 0\r\n").into_bytes();
     if let Some(t) = token {
         req.extend_from_slice(b"Authorization: Bearer ");
         req.extend_from_slice(t.as_bytes());

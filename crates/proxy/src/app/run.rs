@@ -7,7 +7,7 @@ use anyhow::Context;
 use nix::sys::signal::Signal;
 
 use crate::config::Config;
-use crate::live::{Inbox, Live, Msg};
+use crate::live::{Inbox, Live, Msg, Shed};
 use crate::metrics::WorkerMetrics;
 use crate::worker::{Worker, WorkerSpec};
 
@@ -75,7 +75,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         &live,
         &stopping,
         max_connections,
-        &reloader,
+        (&reloader, &inboxes),
     )?;
     crate::upstream::health::spawn(live.clone(), stopping.clone())
         .context("spawning the health checker")?;
@@ -250,7 +250,7 @@ fn start_admin(
     live: &Arc<Live>,
     stopping: &Arc<AtomicBool>,
     max_connections: u32,
-    reloader: &Arc<super::reload::Reloader>,
+    (reloader, inboxes): (&Arc<super::reload::Reloader>, &[Arc<Inbox>]),
 ) -> anyhow::Result<Option<crate::admin::AdminStop>> {
     let mut admin_stop = None;
     if let Some(admin) = &cfg.admin {
@@ -262,6 +262,8 @@ fn start_admin(
         );
         let r = reloader.clone();
         state.reload = Some(Arc::new(move || r.reload()));
+        let (inboxes, metrics) = (inboxes.to_vec(), all_metrics.to_vec());
+        state.rebalance = Some(Arc::new(move |shed| rebalance(&inboxes, &metrics, shed)));
         let addr = admin.listen;
         let (bound, stop) = crate::admin::spawn(admin.clone(), state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
@@ -300,6 +302,31 @@ fn nudge_while_old_lives(
         })
         .context("spawning the handover thread")?;
     Ok(())
+}
+
+/// A rebalance: each worker is told how many of its tunnels to shed (from the tunnels it
+/// holds now); what was asked, as a line.
+fn rebalance(inboxes: &[Arc<Inbox>], metrics: &[Arc<WorkerMetrics>], shed: Shed) -> String {
+    let tunnels: Vec<u64> = metrics
+        .iter()
+        .map(|m| m.tunnels.load(Ordering::Relaxed))
+        .collect();
+    let plan = crate::live::shed_plan(&tunnels, shed.what);
+    for (inbox, &count) in inboxes.iter().zip(&plan) {
+        if count > 0 {
+            inbox.send(Msg::Shed {
+                count,
+                over: shed.over,
+            });
+        }
+    }
+    format!(
+        "shedding {} of {} tunnels over {} (per worker: {:?})",
+        plan.iter().sum::<u64>(),
+        tunnels.iter().sum::<u64>(),
+        crate::config::fmt_duration(shed.over),
+        plan
+    )
 }
 
 /// Signals go to a thread of their own, so a second SIGTERM still lands while the workers

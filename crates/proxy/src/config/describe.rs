@@ -129,6 +129,14 @@ impl Config {
         if let Some(max) = l.max_frame_size {
             let _ = writeln!(o, "    max_frame_size={max}B");
         }
+        if let Some((max, jitter)) = l.max_lifetime {
+            let _ = writeln!(
+                o,
+                "    max_lifetime={} jitter={}",
+                fmt_duration(max),
+                fmt_duration(jitter)
+            );
+        }
         if let Some(max) = l.max_message_size {
             let _ = writeln!(o, "    max_message_size={max}B");
         }

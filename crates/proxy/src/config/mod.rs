@@ -153,6 +153,9 @@ pub struct Location {
     pub max_message_size: Option<u64>,
     /// The client's messages through a tunnel over time.
     pub message_rate: Option<limits::MessageRate>,
+    /// How long a tunnel may last: `(max, jitter)`; each tunnel's is `max` less a random part
+    /// of `jitter`, and at its end the client gets the drain's Close (reconnect).
+    pub max_lifetime: Option<(Duration, Duration)>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
 }

@@ -211,6 +211,8 @@ pub struct Location {
     pub max_frame_size: Option<Spanned<toml::Value>>,
     pub max_message_size: Option<Spanned<toml::Value>>,
     pub message_rate: Option<Spanned<MessageRate>>,
+    pub max_lifetime: Option<Spanned<toml::Value>>,
+    pub lifetime_jitter: Option<Spanned<toml::Value>>,
 }
 
 /// `message_rate = { rate, burst, nodelay, zone }`.

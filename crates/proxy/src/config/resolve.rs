@@ -567,8 +567,35 @@ fn location(
             None => None,
             Some(x) => Some(limits::message_rate(cx, lf, x, req_zones)?),
         },
+        max_lifetime: max_lifetime(cx, lf, l)?,
         stats: LocationStats::default(),
     })
+}
+
+/// `max_lifetime` and its `lifetime_jitter` (a tenth of it unless given, at most all of it).
+fn max_lifetime(
+    cx: &Ctx<'_>,
+    lf: &str,
+    l: &raw::Location,
+) -> Result<Option<(Duration, Duration)>, ConfigError> {
+    let jf = format!("{lf}.lifetime_jitter");
+    let Some(m) = &l.max_lifetime else {
+        if let Some(j) = &l.lifetime_jitter {
+            return Err(cx.err(j.span(), jf, "needs max_lifetime"));
+        }
+        return Ok(None);
+    };
+    let max = cx.timeout(
+        &l.max_lifetime,
+        &format!("{lf}.max_lifetime"),
+        Duration::ZERO,
+    )?;
+    let jitter = cx.duration(&l.lifetime_jitter, &jf, max / 10)?;
+    if jitter > max {
+        let span = l.lifetime_jitter.as_ref().map_or(m.span(), |j| j.span());
+        return Err(cx.err(span, jf, "must not be more than max_lifetime"));
+    }
+    Ok(Some((max, jitter)))
 }
 
 /// An optional size that, when given, is more than 0.

@@ -356,6 +356,33 @@ fn message_policy_keys_resolve_and_their_errors_name_the_field() {
 }
 
 #[test]
+fn max_lifetime_and_its_jitter() {
+    let with = |loc: &str| GOOD.replace("path = \"/ws/\"", &format!("path = \"/ws/\"\n{loc}"));
+    let c = Config::parse("t.toml", &with("max_lifetime = \"24h\"")).unwrap();
+    let d = |s| Duration::from_secs(s);
+    assert_eq!(
+        c.servers[0].locations[0].max_lifetime,
+        Some((d(86_400), d(8_640)))
+    );
+    let c = Config::parse(
+        "t.toml",
+        &with("max_lifetime = \"1h\"\nlifetime_jitter = \"1h\""),
+    )
+    .unwrap();
+    assert_eq!(
+        c.servers[0].locations[0].max_lifetime,
+        Some((d(3600), d(3600)))
+    );
+    let e = err(&with("lifetime_jitter = \"1m\""));
+    assert_eq!(e.field, "server[0].location[1].lifetime_jitter");
+    assert!(e.message.contains("needs max_lifetime"), "{e}");
+    let e = err(&with("max_lifetime = \"1h\"\nlifetime_jitter = \"2h\""));
+    assert_eq!(e.field, "server[0].location[1].lifetime_jitter");
+    let e = err(&with("max_lifetime = \"0s\""));
+    assert_eq!(e.field, "server[0].location[1].max_lifetime");
+}
+
+#[test]
 fn keepalive_settings_and_errors() {
     let with = |extra: &str| GOOD.replace("name = \"ws\"", &format!("name = \"ws\"\n{extra}"));
     let c = Config::parse(

@@ -66,6 +66,10 @@ pub enum End {
     /// A side's stream broke RFC 6455 in a tunnel whose location has a message policy (which
     /// could not be applied to it any more).
     BadFrame(Side),
+    /// The tunnel reached its location's `max_lifetime` (its client told to reconnect).
+    Lifetime,
+    /// The tunnel was shed by a rebalance (its client told to reconnect elsewhere).
+    Shed,
 }
 
 impl fmt::Display for End {
@@ -103,6 +107,8 @@ impl fmt::Display for End {
             End::MessageRate => write!(f, "message-rate"),
             End::BadFrame(Side::Down) => write!(f, "bad-frame"),
             End::BadFrame(Side::Up) => write!(f, "bad-frame:upstream"),
+            End::Lifetime => write!(f, "lifetime"),
+            End::Shed => write!(f, "shed"),
         }
     }
 }
@@ -220,10 +226,12 @@ impl End {
         "message-too-large",
         "message-rate",
         "bad-frame",
+        "lifetime",
+        "shed",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 28;
+    pub const KINDS: usize = 30;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -256,6 +264,8 @@ impl End {
             End::MessageTooLarge(_) => 25,
             End::MessageRate => 26,
             End::BadFrame(_) => 27,
+            End::Lifetime => 28,
+            End::Shed => 29,
         }
     }
 }
@@ -295,6 +305,8 @@ mod tests {
             End::MessageTooLarge(Side::Up),
             End::MessageRate,
             End::BadFrame(Side::Down),
+            End::Lifetime,
+            End::Shed,
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

@@ -519,6 +519,15 @@ impl Session {
         self.after(io, env)
     }
 
+    /// A rebalance shed this session: a tunnel's client gets the drain's Close at the next
+    /// frame boundary (reconnect, elsewhere), and the session ends once it has answered.
+    pub fn shed(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        if self.stage() == Stage::Tunnel {
+            self.cx.end_with(End::Shed);
+        }
+        self.drain_tunnel(io, env)
+    }
+
     /// The worker is stopping: close now.
     pub fn shutdown(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         self.close(End::Shutdown, io);

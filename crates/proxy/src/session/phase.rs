@@ -43,6 +43,8 @@ pub(super) struct Control {
     pub paused: [Option<Box<Paused>>; 2],
     /// The next frame header from a side is a delayed one coming back: the filters judged it.
     pub judged: [bool; 2],
+    /// When the tunnel's `max_lifetime` ends (worker clock, ms; 0: it has none, or it came).
+    pub expires: u64,
 }
 
 /// What waits of a stream a filter delayed (`filter::Verdict::Delay`).

@@ -204,7 +204,7 @@ impl Request {
                 return Step::Answer(r, 400, End::BadRequest(why));
             }
         };
-        let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward);
+        let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward, now);
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
         if let Some(a) = terms.attempt.as_mut() {
@@ -251,6 +251,23 @@ fn new_req(
     })
 }
 
+/// A tunnel's lifetime: `max` less a part of `jitter` drawn from the client's port and the
+/// clock (hashed with the process's random keys), so that tunnels opened together do not end
+/// together.
+fn lifetime_ms(max: std::time::Duration, jitter: std::time::Duration, port: u16, now: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static KEYS: std::collections::hash_map::RandomState = Default::default();
+    }
+    let jitter = jitter.as_millis() as u64;
+    let draw = KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write_u64(now ^ (u64::from(port) << 48));
+        h.finish()
+    });
+    (max.as_millis() as u64).saturating_sub(draw % (jitter + 1))
+}
+
 /// What the exchange of request `req` (in `buf`), routed to `loc` and asking to upgrade to
 /// `upgrade` ("" when it may not), needs besides its record; `upward`: what the client's
 /// next bytes are.
@@ -261,6 +278,7 @@ fn new_terms(
     upgrade: &str,
     buf: &[u8],
     upward: Upward,
+    now: u64,
 ) -> Box<Terms> {
     let u = &cx.cfg.upstreams[loc.upstream];
     let input = KeyInput {
@@ -274,9 +292,13 @@ fn new_terms(
         ctl: (!upgrade.is_empty())
             .then(|| {
                 let filter = super::filter::for_location(loc, cx.client.ip());
-                (loc.heartbeat.is_some() || filter.is_some()).then(|| {
+                let lives = loc.max_lifetime.is_some();
+                (loc.heartbeat.is_some() || filter.is_some() || lives).then(|| {
                     let mut k = super::phase::Control::new(loc.heartbeat.as_ref());
                     k.filter = filter;
+                    if let Some((max, jitter)) = loc.max_lifetime {
+                        k.expires = now + lifetime_ms(max, jitter, cx.client.addr().port(), now);
+                    }
                     Box::new(k)
                 })
             })

@@ -417,6 +417,14 @@ impl Protocol for Tunnel {
             // Spliced bytes wait for a peer that takes nothing, as a send would.
             return Step::Close(End::SendTimeout);
         }
+        if k.expires != 0 && now >= k.expires {
+            // Its `max_lifetime` came: the client is told to reconnect (the drain's Close,
+            // at a frame boundary), and the tunnel ends once it has answered.
+            k.expires = 0;
+            cx.end_with(End::Lifetime);
+            self.drain_close(cx, io);
+            return Step::Continue;
+        }
         if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
             return Step::Close(if k.replied {
                 End::Drained
@@ -447,24 +455,30 @@ impl Protocol for Tunnel {
 
     /// Idle past `read_timeout`, or the next heartbeat.
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
+        let Some(k) = self.ctl.as_deref() else {
+            let idle = cx.last_down_ms.at(now).max(cx.last_up_ms.at(now));
+            return Some(idle + u64::from(self.req.read_ms));
+        };
         let last = self.heard(cx, now);
         let idle = last[0].max(last[1]) + u64::from(self.req.read_ms);
-        Some(self.ctl.as_ref().map_or(idle, |k| {
-            let paused = k.paused.iter().flatten().map(|p| p.until).min();
+        let paused = k.paused.iter().flatten().map(|p| p.until).min();
+        let expires = if k.expires == 0 { u64::MAX } else { k.expires };
+        Some(
             idle.min(k.due(last))
                 .min(k.splice_stalled(self.req.send_ms))
                 .min(paused.unwrap_or(u64::MAX))
-        }))
+                .min(expires),
+        )
     }
 
     /// Both ways, within the direction's budget, but a side whose frame a filter delayed.
     /// (A direction that splices is not read through buffers: its source is not `readable`
     /// meanwhile, `Conn::set_spliced`.)
     fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
-        room && self
-            .ctl
-            .as_ref()
-            .is_none_or(|k| k.paused[from(Side::of(id))].is_none())
+        match self.ctl.as_deref() {
+            None => room,
+            Some(k) => room && k.paused[from(Side::of(id))].is_none(),
+        }
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
