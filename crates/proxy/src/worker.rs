@@ -75,9 +75,7 @@ struct Core {
     close_now: bool,
     /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
     /// over `runtime.drain_spread` from the start of the drain).
-    drain_queue: std::collections::VecDeque<(u32, Instant)>,
-    /// Tunnels a rebalance sheds, each with its generation and its time, earliest first.
-    shed_queue: std::collections::VecDeque<(u32, u32, Instant)>,
+    drain_queue: std::collections::VecDeque<Farewell>,
     /// Inner sessions (HTTP/2 streams) a session asked for, started after its event.
     inner: Vec<crate::session::Inner>,
 }
@@ -173,7 +171,6 @@ impl Worker {
                 drain_began: None,
                 close_now: false,
                 drain_queue: Default::default(),
-                shed_queue: Default::default(),
                 inner: Vec::new(),
                 spec,
             },
@@ -245,6 +242,37 @@ impl Worker {
             }
         }
     }
+}
+
+/// A tunnel to be told to reconnect at its time in a drain's spread (or a rebalance's):
+/// its slot, while it still has this generation.
+#[derive(Clone, Copy, Debug)]
+struct Farewell {
+    slot: u32,
+    generation: u32,
+    at: Instant,
+    /// A rebalance's (`end=shed`), not a drain's.
+    shed: bool,
+}
+
+/// `tunnels` told one by one over `over` from `now`: the window cut in n equal parts, tunnel i
+/// told in the middle of part i, so reconnects arrive evenly.
+fn spread_over(
+    tunnels: Vec<(u32, u32)>,
+    now: Instant,
+    over: Duration,
+    shed: bool,
+) -> impl Iterator<Item = Farewell> {
+    let n = tunnels.len().max(1) as u32;
+    tunnels
+        .into_iter()
+        .enumerate()
+        .map(move |(i, (slot, generation))| Farewell {
+            slot,
+            generation,
+            at: now + over * (2 * i as u32 + 1) / (2 * n),
+            shed,
+        })
 }
 
 impl Core {
@@ -424,22 +452,16 @@ impl Core {
         let mut tunnels = Vec::new();
         for k in r.slots.keys() {
             self.with_session(r, k, |s, io, env| s.drain(io, env));
-            if r.slots
-                .get_any_mut(k)
-                .is_some_and(|(_, e)| e.session.stage() == Stage::Tunnel)
+            if let Some((g, e)) = r.slots.get_any_mut(k)
+                && e.session.stage() == Stage::Tunnel
             {
-                tunnels.push(k);
+                tunnels.push((k, g));
             }
         }
         // The spread cut in n equal slots, tunnel i told in the middle of slot i: reconnects
-        // arrive evenly over it.
+        // arrive evenly over it. (Whatever a rebalance had queued is part of it now.)
         let spread = self.cfg.runtime.drain_spread;
-        let n = tunnels.len().max(1) as u32;
-        self.drain_queue = tunnels
-            .into_iter()
-            .enumerate()
-            .map(|(i, k)| (k, now + spread * (2 * i as u32 + 1) / (2 * n)))
-            .collect();
+        self.drain_queue = spread_over(tunnels, now, spread, false).collect();
     }
 
     /// A rebalance: `count` of this worker's tunnels (the first found) are told to reconnect,
@@ -448,7 +470,7 @@ impl Core {
     fn shed(&mut self, r: &mut Reactor<Slot>, count: u64, over: Duration) {
         let now = Instant::now();
         let waiting: std::collections::HashSet<u32> =
-            self.shed_queue.iter().map(|&(k, _, _)| k).collect();
+            self.drain_queue.iter().map(|f| f.slot).collect();
         let mut tunnels = Vec::new();
         for k in r.slots.keys() {
             if tunnels.len() as u64 >= count {
@@ -461,39 +483,31 @@ impl Core {
                 tunnels.push((k, g));
             }
         }
-        let n = tunnels.len().max(1) as u32;
-        let mut all: Vec<(u32, u32, Instant)> = self.shed_queue.drain(..).collect();
-        all.extend(
-            tunnels
-                .into_iter()
-                .enumerate()
-                .map(|(i, (k, g))| (k, g, now + over * (2 * i as u32 + 1) / (2 * n))),
-        );
-        all.sort_by_key(|&(_, _, at)| at);
-        self.shed_queue = all.into();
+        let mut all: Vec<Farewell> = self.drain_queue.drain(..).collect();
+        all.extend(spread_over(tunnels, now, over, true));
+        all.sort_by_key(|f| f.at);
+        self.drain_queue = all.into();
     }
 
     /// Send the Close of every tunnel whose time in the drain spread (or a rebalance's) has
     /// come.
     fn drain_due(&mut self, r: &mut Reactor<Slot>) {
         // Every turn comes here: the clock is read only while tunnels wait for their time.
-        if self.drain_queue.is_empty() && self.shed_queue.is_empty() {
+        if self.drain_queue.is_empty() {
             return;
         }
         let now = Instant::now();
-        while let Some(&(k, g, at)) = self.shed_queue.front() {
-            if at > now {
-                break;
-            }
-            self.shed_queue.pop_front();
-            self.with_session_of(r, k, Some(g), |s, io, env| s.shed(io, env));
-        }
-        while let Some(&(k, at)) = self.drain_queue.front() {
-            if at > now {
+        while let Some(&f) = self.drain_queue.front() {
+            if f.at > now {
                 break;
             }
             self.drain_queue.pop_front();
-            self.with_session(r, k, |s, io, env| s.drain_tunnel(io, env));
+            let g = Some(f.generation);
+            if f.shed {
+                self.with_session_of(r, f.slot, g, |s, io, env| s.shed(io, env));
+            } else {
+                self.with_session_of(r, f.slot, g, |s, io, env| s.drain_tunnel(io, env));
+            }
         }
     }
 

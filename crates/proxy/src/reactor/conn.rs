@@ -498,6 +498,13 @@ impl Conn {
         self.set(SPLICED, on);
     }
 
+    /// A tunnel's filter holds this socket's bytes back (a delayed frame), or no longer: while
+    /// it does, the socket is not `readable`, as while spliced from (the same flag: a tunnel
+    /// under a filter never splices).
+    pub fn set_held(&mut self, on: bool) {
+        self.set(SPLICED, on);
+    }
+
     /// Stop using the socket: cancel exactly the ops in flight, by their user_data (a
     /// shutdown in flight completes on its own); the fd closes in [`Conn::close_when_done`]
     /// once they are all back. Without a socket (between upstream attempts), what waited for

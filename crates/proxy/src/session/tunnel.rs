@@ -471,14 +471,11 @@ impl Protocol for Tunnel {
         )
     }
 
-    /// Both ways, within the direction's budget, but a side whose frame a filter delayed.
-    /// (A direction that splices is not read through buffers: its source is not `readable`
-    /// meanwhile, `Conn::set_spliced`.)
-    fn wants(&self, _cx: &Cx, id: ConnId, room: bool) -> bool {
-        match self.ctl.as_deref() {
-            None => room,
-            Some(k) => room && k.paused[from(Side::of(id))].is_none(),
-        }
+    /// Both ways, within the direction's budget. (A direction that splices is not read
+    /// through buffers, nor one whose frame a filter delayed: its source is not `readable`
+    /// meanwhile, `Conn::set_spliced`, `Conn::set_held`.)
+    fn wants(&self, _cx: &Cx, _id: ConnId, room: bool) -> bool {
+        room
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
@@ -528,6 +525,8 @@ impl Tunnel {
             self.shut_both(cx, io);
         }
         if let Some(Verdict::Delay { .. }) = verdict {
+            // Not read until the frame's time (`resume_paused`).
+            cx.links.get_mut(side).set_held(true);
             io.observe(super::Observed::MessageDelayed);
         }
         if let Some(Verdict::Close {
@@ -555,6 +554,7 @@ impl Tunnel {
                 continue;
             };
             let side = side_of(i);
+            cx.links.get_mut(side).set_held(false);
             // Its bytes were read before the pause: the side was heard from.
             match side {
                 Side::Down => cx.last_down_ms = crate::uring::timer::Stamp::new(now),
