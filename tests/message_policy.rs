@@ -257,6 +257,33 @@ fn message_rate_delays_messages_within_the_burst_by_not_reading_the_client() {
 }
 
 #[test]
+fn the_end_of_a_clients_stream_waits_behind_its_delayed_messages() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack(
+        "msg-rate-eof",
+        "message_rate = { rate = \"100r/s\", burst = 100 }",
+        "",
+        "",
+    );
+    let mut s = tunnel(&st, "127.0.0.1");
+    let mut out = Vec::new();
+    for i in 0..40u8 {
+        out.extend(frame(true, 0x2, &[i; 50]));
+    }
+    s.write_all(&out).unwrap();
+    // The client's FIN right behind them: it reaches the upstream only after the last of
+    // them, so every one is echoed.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let seen = read_until(&mut s, 40);
+    assert_eq!(seen.data.len(), 40, "{:?}", seen.close);
+    for (i, d) in seen.data.iter().enumerate() {
+        assert_eq!(d, &vec![i as u8; 50]);
+    }
+}
+
+#[test]
 fn pings_past_the_burst_end_the_tunnel_they_are_never_delayed() {
     if !uring_ok() {
         return;

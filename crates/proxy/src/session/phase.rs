@@ -52,6 +52,8 @@ pub(super) struct Control {
 pub(super) struct Paused {
     pub until: u64,
     pub bytes: Vec<u8>,
+    /// The side ended its stream behind them: passed on after them.
+    pub eof: bool,
 }
 
 /// One direction's splice of a frame's payload (`tunnel/splice.rs` moves it).

@@ -274,7 +274,11 @@ fn pass(
                     *t = FrameTracker::default();
                     k.op[i] = NO_OP;
                     k.judged[i] = true;
-                    k.paused[i] = Some(Box::new(Paused { until, bytes }));
+                    k.paused[i] = Some(Box::new(Paused {
+                        until,
+                        bytes,
+                        eof: false,
+                    }));
                     return Some(v);
                 }
                 _ => {}
@@ -385,6 +389,11 @@ impl Protocol for Tunnel {
     /// The stream from `from` ended: the half-close is passed on once what is queued has gone
     /// out (the tunnel ends when both have, `settle`).
     fn eof<I: Io + ?Sized>(&mut self, cx: &mut Cx, from: ConnId, io: &mut I) -> Step {
+        if let Some(p) = self.paused_mut(Side::of(from)) {
+            // Bytes a filter delayed are still to go: the end follows them.
+            p.eof = true;
+            return Step::Continue;
+        }
         let peer = Side::of(from).peer();
         let l = &cx.links;
         // The peer ended its stream already and nothing waits either way: the session closes
@@ -405,7 +414,9 @@ impl Protocol for Tunnel {
         io: &mut I,
         _env: &mut Env<'_>,
     ) -> Step {
-        self.resume_paused(cx, now, io);
+        if let Some(step) = self.resume_paused(cx, now, io) {
+            return step;
+        }
         let last = self.heard(cx, now);
         if now >= last[0].max(last[1]) + u64::from(self.req.read_ms) {
             return Step::Close(End::IdleTimeout);
@@ -482,7 +493,7 @@ impl Protocol for Tunnel {
     /// Else what a splice can move now moves (`splice.rs`: only a tunnel with a `Control`
     /// can be splicing, and it is looked at out of line).
     fn settle<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
-        if both_ended(cx) {
+        if both_ended(cx) && !self.holds() {
             Step::Close(End::Done)
         } else if self.ctl.is_some() {
             self.settle_splices(cx, io)
@@ -540,12 +551,22 @@ impl Tunnel {
         }
     }
 
+    /// What a filter delayed from `side`, if anything.
+    fn paused_mut(&mut self, side: Side) -> Option<&mut Paused> {
+        self.ctl.as_deref_mut()?.paused[from(side)].as_deref_mut()
+    }
+
+    /// A filter holds bytes of either side.
+    fn holds(&self) -> bool {
+        self.ctl
+            .as_deref()
+            .is_some_and(|k| k.paused.iter().any(Option::is_some))
+    }
+
     /// Frames a filter delayed whose time has come go on (and what waited behind them, as
-    /// far as the filters let it).
-    fn resume_paused<I: Io + ?Sized>(&mut self, cx: &mut Cx, now: u64, io: &mut I) {
-        let Some(k) = self.ctl.as_deref_mut() else {
-            return;
-        };
+    /// far as the filters let it; then the side's end, if it came meanwhile).
+    fn resume_paused<I: Io + ?Sized>(&mut self, cx: &mut Cx, now: u64, io: &mut I) -> Option<Step> {
+        let k = self.ctl.as_deref_mut()?;
         for i in 0..2 {
             if k.paused[i].as_ref().is_none_or(|p| now < p.until) {
                 continue;
@@ -567,8 +588,24 @@ impl Tunnel {
             let verdict = pass(&mut self.frames[i], k, side, &p.bytes, &mut out, now, drain);
             let replied = !replied && k.replied;
             self.passed(cx, side, out, replied, verdict, io);
+            if p.eof {
+                match self.paused_mut(side) {
+                    // Delayed again: the end stays behind what waits.
+                    Some(again) => again.eof = true,
+                    None => {
+                        let id = match side {
+                            Side::Down => ConnId::CLIENT,
+                            Side::Up => ConnId::UPSTREAM,
+                        };
+                        if let step @ Step::Close(_) = self.eof(cx, id, io) {
+                            return Some(step);
+                        }
+                    }
+                }
+            }
             return self.resume_paused(cx, now, io);
         }
+        None
     }
 
     /// When each side was last heard from; a side a filter has paused counts as heard from
