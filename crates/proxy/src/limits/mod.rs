@@ -177,11 +177,11 @@ impl Bucket {
         }
         self.excess = excess;
         self.last_ms = now_ms;
-        if nodelay || excess == 0 {
-            Verdict::Pass
-        } else {
-            // nginx's delay: the bucket's excess leaking out at `rate`.
-            Verdict::Delay(excess * 1000 / rate)
+        // nginx's delay: the bucket's excess leaking out at `rate` (under a millisecond: none).
+        match excess * 1000 / rate {
+            0 => Verdict::Pass,
+            _ if nodelay => Verdict::Pass,
+            ms => Verdict::Delay(ms),
         }
     }
 }
@@ -235,6 +235,18 @@ impl ReqZone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delay_under_a_millisecond_is_none() {
+        // 1,000,000 a second: the second request in the same millisecond is a microsecond
+        // early, which is no delay at all.
+        let mut b = Bucket::first(0);
+        assert_eq!(b.take(0, 1_000_000_000, 10, false), Verdict::Pass);
+        // 10 a second: the second in the same millisecond waits 100 ms.
+        let mut b = Bucket::first(0);
+        assert_eq!(b.take(0, 10_000, 10, false), Verdict::Delay(100));
+        assert_eq!(b.take(0, 10_000, 10, true), Verdict::Pass);
+    }
 
     #[test]
     fn connections_are_counted_per_key_and_given_back() {
