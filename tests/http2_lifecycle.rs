@@ -11,6 +11,32 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// Three WebSockets on one HTTP/2 connection (Python's h2, `tests/h2/ws.py`) that echo two
+/// messages each and are held open `hold` seconds (`after_goaway`: a graceful GOAWAY is
+/// answered by two more messages each and a Close 1000), on a thread of their own.
+fn three_held(
+    port: String,
+    hold: &str,
+    after_goaway: bool,
+) -> std::thread::JoinHandle<serde_json::Value> {
+    let mut args: Vec<String> = [
+        "127.0.0.1",
+        &port,
+        "--streams",
+        "3",
+        "--messages",
+        "2",
+        "--hold",
+        hold,
+    ]
+    .map(String::from)
+    .to_vec();
+    if after_goaway {
+        args.push("--after-goaway".into());
+    }
+    std::thread::spawn(move || run_py("ws.py", &args))
+}
+
 #[test]
 fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
     if !uring_ok() || !python_h2() {
@@ -19,21 +45,7 @@ fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
     let runtime = "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"";
     let mut st = stack("h2-drain", "upgrade = [\"websocket\"]", H2_SERVER, runtime);
     let port = st.listen.port().to_string();
-    let child = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "6".into(),
-            ],
-        )
-    });
+    let child = three_held(port, "6", false);
     std::thread::sleep(Duration::from_millis(1500));
     kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGTERM).unwrap();
     let r = child.join().unwrap();
@@ -71,21 +83,7 @@ fn a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
     );
     let mut old = proxy(&cfg, listen, &dir);
     let port = listen.port().to_string();
-    let held = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "8".into(),
-            ],
-        )
-    });
+    let held = three_held(port, "8", false);
     std::thread::sleep(Duration::from_millis(1500));
     let path = dir.join("ringway.toml");
     let new = spawn(
@@ -120,22 +118,7 @@ fn a_reload_sends_goaway_and_open_websocket_streams_go_on() {
     }
     let st = stack("h2-reload", "upgrade = [\"websocket\"]", H2_SERVER, "");
     let port = st.listen.port().to_string();
-    let held = std::thread::spawn(move || {
-        run_py(
-            "ws.py",
-            &[
-                "127.0.0.1".into(),
-                port,
-                "--streams".into(),
-                "3".into(),
-                "--messages".into(),
-                "2".into(),
-                "--hold".into(),
-                "8".into(),
-                "--after-goaway".into(),
-            ],
-        )
-    });
+    let held = three_held(port, "8", true);
     std::thread::sleep(Duration::from_millis(1500));
     kill(Pid::from_raw(st.proxy.pid() as i32), Signal::SIGHUP).unwrap();
     st.proxy.wait_log("configuration reloaded", 10);

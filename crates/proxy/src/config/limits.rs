@@ -258,19 +258,7 @@ pub(super) fn limit_req(
         zones.iter().map(|z| z.0.name.as_str()),
         &l.zone,
     )?;
-    let rate_milli = match (&l.rate, zones[zone].1) {
-        (Some(r), _) => {
-            parse_rate(r.get_ref()).map_err(|m| cx.err(r.span(), format!("{f}.rate"), m))?
-        }
-        (None, Some(r)) => r,
-        (None, None) => {
-            return Err(cx.err(
-                span,
-                format!("{f}.rate"),
-                "needs a rate (here or on the limit_req_zone), such as \"10r/s\"",
-            ));
-        }
-    };
+    let rate_milli = rate_of(cx, &f, span, &l.rate, zones[zone].1)?;
     let burst = burst_of(cx, &f, &l.burst)?;
     Ok(LimitReq {
         zone,
@@ -279,6 +267,27 @@ pub(super) fn limit_req(
         nodelay: l.nodelay.unwrap_or(false),
         status: status(cx, &f, &l.status)?,
     })
+}
+
+/// The rate given here, else the zone's (`zone_rate`), else an error at `span`.
+fn rate_of(
+    cx: &Ctx<'_>,
+    f: &str,
+    span: std::ops::Range<usize>,
+    rate: &Option<Spanned<String>>,
+    zone_rate: Option<u64>,
+) -> Result<u64, ConfigError> {
+    match (rate, zone_rate) {
+        (Some(r), _) => {
+            parse_rate(r.get_ref()).map_err(|m| cx.err(r.span(), format!("{f}.rate"), m))
+        }
+        (None, Some(r)) => Ok(r),
+        (None, None) => Err(cx.err(
+            span,
+            format!("{f}.rate"),
+            "needs a rate (here, or on its limit_req_zone), such as \"10r/s\"",
+        )),
+    }
 }
 
 fn burst_of(cx: &Ctx<'_>, f: &str, b: &Option<Spanned<i64>>) -> Result<u32, ConfigError> {
@@ -308,19 +317,7 @@ pub(super) fn message_rate(
             z,
         )?),
     };
-    let rate_milli = match (&l.rate, zone.and_then(|z| zones[z].1)) {
-        (Some(r), _) => {
-            parse_rate(r.get_ref()).map_err(|m| cx.err(r.span(), format!("{f}.rate"), m))?
-        }
-        (None, Some(r)) => r,
-        (None, None) => {
-            return Err(cx.err(
-                span,
-                format!("{f}.rate"),
-                "needs a rate (here, or on its limit_req_zone), such as \"20r/s\"",
-            ));
-        }
-    };
+    let rate_milli = rate_of(cx, &f, span, &l.rate, zone.and_then(|z| zones[z].1))?;
     Ok(MessageRate {
         zone: zone.map(|z| zones[z].0.clone()),
         rate_milli,
