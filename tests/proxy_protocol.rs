@@ -227,24 +227,18 @@ fn haproxy_send_proxy_v2_in_front_of_two_instances_and_a_drain_refuses_nothing()
     let dir = scratch("pp-haproxy");
     let backend = free_addr();
     let _echo = echo(&[backend], &dir);
-    let mut rings = Vec::new();
-    let mut addrs = Vec::new();
-    for i in 0..2 {
-        let (listen, admin) = (free_addr(), free_addr());
-        let d = dir.join(format!("r{i}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let cfg = config(
-            listen,
-            &[backend],
-            "",
-            "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
-            &format!(
-                "shutdown_grace = \"20s\"\ndrain_spread = \"2s\"\n[admin]\nlisten = \"{admin}\""
-            ),
-        );
-        rings.push(proxy(&cfg, listen, &d));
-        addrs.push((listen, admin));
-    }
+    let all = instances(
+        &dir,
+        2,
+        &[backend],
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]",
+        "shutdown_grace = \"20s\"\ndrain_spread = \"2s\"",
+    );
+    let mut rings: Vec<Proc> = all
+        .iter()
+        .map(|i| proxy(&i.cfg, i.listen, &i.dir))
+        .collect();
+    let addrs: Vec<_> = all.iter().map(|i| (i.listen, i.admin)).collect();
     let front = free_addr();
     let hcfg = format!(
         "global\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch 1\n\

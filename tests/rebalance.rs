@@ -216,26 +216,12 @@ fn behind_haproxy_a_third_instance_gets_its_share_once_the_others_shed() {
     let dir = scratch("rebalance-haproxy");
     let backend = free_addr();
     let _echo = echo(&[backend], &dir);
-    let mut addrs = Vec::new();
-    let mut configs = Vec::new();
-    for i in 0..3 {
-        let (listen, admin) = (free_addr(), free_addr());
-        let d = dir.join(format!("r{i}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let cfg = config(
-            listen,
-            &[backend],
-            "",
-            "",
-            &format!("drain_spread = \"1s\"\n[admin]\nlisten = \"{admin}\""),
-        );
-        configs.push((cfg, d));
-        addrs.push((listen, admin));
-    }
-    let mut rings = Vec::new();
-    for i in 0..2 {
-        rings.push(proxy(&configs[i].0, addrs[i].0, &configs[i].1));
-    }
+    let all = instances(&dir, 3, &[backend], "", "drain_spread = \"1s\"");
+    let addrs: Vec<_> = all.iter().map(|i| (i.listen, i.admin)).collect();
+    let mut rings: Vec<Proc> = all[..2]
+        .iter()
+        .map(|i| proxy(&i.cfg, i.listen, &i.dir))
+        .collect();
     let front = free_addr();
     let servers: String = addrs
         .iter()
@@ -274,14 +260,13 @@ fn behind_haproxy_a_third_instance_gets_its_share_once_the_others_shed() {
     }
     let before = [tunnels(0), tunnels(1)];
     // A third instance joins; HAProxy finds it up (its /healthz).
-    rings.push(proxy(&configs[2].0, addrs[2].0, &configs[2].1));
+    rings.push(proxy(&all[2].cfg, all[2].listen, &all[2].dir));
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(tunnels(2), 0, "tunnels stay where they are until told");
     // The first two shed a third of theirs each; the clients reconnect through HAProxy,
     // whose leastconn sends them to the newcomer.
-    for (i, (cfg, d)) in configs.iter().take(2).enumerate() {
-        let path = d.join("ringway.toml");
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), *cfg);
+    for (i, inst) in all.iter().take(2).enumerate() {
+        let path = inst.dir.join("ringway.toml");
         let (code, out) = ringway(&[
             "rebalance",
             "--config",

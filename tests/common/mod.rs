@@ -192,6 +192,46 @@ pub fn config(
     )
 }
 
+/// One of several ringway instances in front of the same backends (see [`instances`]).
+pub struct Instance {
+    pub cfg: String,
+    pub dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// `n` instances' configurations, each with its own listen and admin address and directory
+/// under `dir` (`r0`, `r1`, …), `extra_server` in its server and `runtime` (before its
+/// `[admin]`) in its `[runtime]`; none started.
+pub fn instances(
+    dir: &std::path::Path,
+    n: usize,
+    backends: &[SocketAddr],
+    extra_server: &str,
+    runtime: &str,
+) -> Vec<Instance> {
+    (0..n)
+        .map(|i| {
+            let (listen, admin) = (free_addr(), free_addr());
+            let d = dir.join(format!("r{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let cfg = config(
+                listen,
+                backends,
+                "",
+                extra_server,
+                &format!("{runtime}\n[admin]\nlisten = \"{admin}\""),
+            );
+            Instance {
+                cfg,
+                dir: d,
+                listen,
+                admin,
+            }
+        })
+        .collect()
+}
+
 /// Start the proxy on a config text.
 pub fn proxy(cfg: &str, listen: SocketAddr, dir: &std::path::Path) -> Proc {
     let path = dir.join("ringway.toml");

@@ -24,6 +24,19 @@ def get_block(enc, path="/headers", extra=()):
                        (":authority", "localhost")] + list(extra))
 
 
+def whole_frames(buf):
+    """The whole frames at the front of buf, parsed, and what is left of it."""
+    frames = []
+    while len(buf) >= 9:
+        f, length = Frame.parse_frame_header(memoryview(buf[:9]))
+        if len(buf) < 9 + length:
+            break
+        f.parse_body(memoryview(buf[9:9 + length]))
+        buf = buf[9 + length:]
+        frames.append(f)
+    return frames, buf
+
+
 def sequential(s, enc, hello, n):
     """Up to N requests one after the other on one connection, each answered before the next
     goes, until the server's GOAWAY: how many were answered, and the GOAWAY."""
@@ -44,12 +57,8 @@ def sequential(s, enc, hello, n):
                 result["closed"] = True
                 return result
             buf += chunk
-            while len(buf) >= 9:
-                f, length = Frame.parse_frame_header(memoryview(buf[:9]))
-                if len(buf) < 9 + length:
-                    break
-                f.parse_body(memoryview(buf[9:9 + length]))
-                buf = buf[9 + length:]
+            frames, buf = whole_frames(buf)
+            for f in frames:
                 if isinstance(f, GoAwayFrame):
                     result["goaway"] = f.error_code
                     result["goaway_last"] = f.last_stream_id
@@ -185,12 +194,8 @@ def main():
             result["closed"] = True
             break
         buf += chunk
-        while len(buf) >= 9:
-            f, length = Frame.parse_frame_header(memoryview(buf[:9]))
-            if len(buf) < 9 + length:
-                break
-            f.parse_body(memoryview(buf[9:9 + length]))
-            buf = buf[9 + length:]
+        frames, buf = whole_frames(buf)
+        for f in frames:
             if isinstance(f, GoAwayFrame):
                 result["goaway"] = f.error_code
                 result["goaway_last"] = f.last_stream_id
