@@ -53,14 +53,15 @@ use crate::config::Config;
 pub use crate::config::Listen;
 pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
-use crate::upstream::Balancers;
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId, Src};
 use after::{close_retired, settled, sync_recv};
+mod env;
 use answer::Answer;
 use cx::Cx;
 pub use cx::Role;
 pub use end::{AccessLog, End};
+pub use env::{Env, Inner, Io, Observed};
 use links::Links;
 pub use links::Side;
 use phase::{Exchange, Linger, Req};
@@ -76,66 +77,6 @@ pub const INTERIM_MAX: u8 = 8;
 pub const INTERIM_BYTES_MAX: u32 = 16 * 1024;
 /// How long a lingering close waits for the client to finish sending (nginx: lingering_timeout).
 pub const LINGER_MS: u64 = 2000;
-
-/// Effects a handler asks for: the socket effects of [`Sys`], the access log, and what the
-/// worker's metrics record.
-pub trait Io: Sys {
-    /// Emit an access-log line.
-    fn log(&mut self, line: &AccessLog);
-    /// Something worth a metric happened.
-    fn observe(&mut self, what: Observed);
-    /// The same, as `dyn Io` (for a protocol added as a type, which is called through a box).
-    fn as_dyn(&mut self) -> &mut dyn Io;
-}
-
-/// What a session tells the worker's metrics, as it happens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Observed {
-    /// An upstream connect completed after this many milliseconds.
-    Connected(u64),
-    /// A 101 went to the client this many milliseconds after its request began.
-    TunnelOpened(u64),
-    /// This many bytes of a tunnel went by splice(2), socket to pipe.
-    Spliced(u32),
-    /// A client connection began speaking HTTP/2.
-    Http2Opened,
-    /// An HTTP/2 connection took this many streams.
-    Http2Streams(u32),
-    /// `n` RST_STREAM frames with `code`, sent by this side (`sent`) or by the client.
-    Http2Resets {
-        sent: bool,
-        code: crate::h2::Code,
-        n: u32,
-    },
-    /// This side sent a GOAWAY with this code.
-    Http2Goaway(crate::h2::Code),
-    /// A location's `message_rate` delayed a client's WebSocket frame.
-    MessageDelayed,
-}
-
-/// What a handler needs from the worker besides I/O: its balancers and whether it drains.
-pub struct Env<'a> {
-    /// The worker's balancers, per configuration in use.
-    pub balancers: &'a mut Balancers,
-    /// The worker is draining (shutdown began): answer what is in progress, then close
-    /// instead of keeping the client connection alive.
-    pub draining: bool,
-    /// The worker's idle upstream connections (keepalive).
-    pub pool: &'a mut crate::upstream::pool::Pool,
-    /// Sessions to start beside this one once its event is handled (an HTTP/2 stream's).
-    pub inner: &'a mut Vec<Inner>,
-}
-
-/// A session a protocol asks the worker to start beside its own: the inner HTTP/1 session that
-/// carries one HTTP/2 stream, over its end of a socket pair, for the same client, under the
-/// same configuration and listener (its `X-Forwarded-Proto`, its servers).
-#[derive(Debug)]
-pub struct Inner {
-    pub fd: RawFd,
-    pub client: SocketAddr,
-    pub listen: Listen,
-    pub cfg: Arc<Config>,
-}
 
 /// What a session tells the worker after an event: go on, or `Close`, which means that
 /// closing is complete: no fd open, no op in flight, the slot may be freed (the worker's

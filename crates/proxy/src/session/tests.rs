@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use super::*;
+use crate::upstream::Balancers;
 use crate::config::Config;
 use crate::uring::{Chunk, ConnId, Src};
 
