@@ -73,8 +73,9 @@ struct Core {
     drain_began: Option<Instant>,
     /// The main thread said close everything now.
     close_now: bool,
-    /// Tunnels still to be sent their Close on shutdown, and when each is due (spread evenly
-    /// over `runtime.drain_spread` from the start of the drain).
+    /// Tunnels still to be sent their Close on shutdown or by a rebalance, and when each is due
+    /// (spread evenly over `runtime.drain_spread` from the start of the drain, or over the
+    /// rebalance's window), earliest first.
     drain_queue: std::collections::VecDeque<Farewell>,
     /// Inner sessions (HTTP/2 streams) a session asked for, started after its event.
     inner: Vec<crate::session::Inner>,

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use super::*;
-use crate::upstream::Balancers;
 use crate::config::Config;
+use crate::upstream::Balancers;
 use crate::uring::{Chunk, ConnId, Src};
 
 use super::Side;
