@@ -178,37 +178,32 @@ pub enum ShedWhat {
     Keep(u64),
 }
 
-/// How many tunnels each worker sheds, given how many each holds: a fraction of each, or the
-/// excess over `Keep` shared in proportion to what each holds (the remainder to those that
-/// hold most).
+/// How many tunnels each worker sheds, given how many each holds: a fraction of all of them
+/// (rounded once, for the process), or the excess over `Keep`; shared in proportion to what
+/// each worker holds (the remainder to those that hold most).
 pub fn shed_plan(tunnels: &[u64], what: ShedWhat) -> Vec<u64> {
-    match what {
-        ShedWhat::Fraction(f) => tunnels
-            .iter()
-            .map(|&t| ((t as f64) * f.clamp(0.0, 1.0)).round() as u64)
-            .collect(),
-        ShedWhat::Keep(keep) => {
-            let total: u64 = tunnels.iter().sum();
-            let excess = total.saturating_sub(keep);
-            if excess == 0 {
-                return vec![0; tunnels.len()];
-            }
-            let mut plan: Vec<u64> = tunnels.iter().map(|&t| excess * t / total).collect();
-            let mut left = excess - plan.iter().sum::<u64>();
-            let mut order: Vec<usize> = (0..tunnels.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(tunnels[i] - plan[i]));
-            for i in order.into_iter().cycle().take(tunnels.len() * 2) {
-                if left == 0 {
-                    break;
-                }
-                if plan[i] < tunnels[i] {
-                    plan[i] += 1;
-                    left -= 1;
-                }
-            }
-            plan
+    let total: u64 = tunnels.iter().sum();
+    let shed = match what {
+        ShedWhat::Fraction(f) => (((total as f64) * f.clamp(0.0, 1.0)).round() as u64).min(total),
+        ShedWhat::Keep(keep) => total.saturating_sub(keep),
+    };
+    if shed == 0 {
+        return vec![0; tunnels.len()];
+    }
+    let mut plan: Vec<u64> = tunnels.iter().map(|&t| shed * t / total).collect();
+    let mut left = shed - plan.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..tunnels.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tunnels[i] - plan[i]));
+    for i in order.into_iter().cycle().take(tunnels.len() * 2) {
+        if left == 0 {
+            break;
+        }
+        if plan[i] < tunnels[i] {
+            plan[i] += 1;
+            left -= 1;
         }
     }
+    plan
 }
 
 #[cfg(test)]
@@ -218,6 +213,8 @@ mod shed_tests {
     #[test]
     fn a_fraction_of_each_worker_or_the_excess_over_a_count_in_proportion() {
         assert_eq!(shed_plan(&[10, 30], ShedWhat::Fraction(0.5)), [5, 15]);
+        // Rounded once for the process: 11 and 9 tunnels, half is 10 (not 6 + 5).
+        assert_eq!(shed_plan(&[11, 9], ShedWhat::Fraction(0.5)).iter().sum::<u64>(), 10);
         assert_eq!(shed_plan(&[3, 0], ShedWhat::Fraction(1.0)), [3, 0]);
         assert_eq!(shed_plan(&[10, 30], ShedWhat::Keep(20)), [5, 15]);
         assert_eq!(
