@@ -214,7 +214,12 @@ mod shed_tests {
     fn a_fraction_of_each_worker_or_the_excess_over_a_count_in_proportion() {
         assert_eq!(shed_plan(&[10, 30], ShedWhat::Fraction(0.5)), [5, 15]);
         // Rounded once for the process: 11 and 9 tunnels, half is 10 (not 6 + 5).
-        assert_eq!(shed_plan(&[11, 9], ShedWhat::Fraction(0.5)).iter().sum::<u64>(), 10);
+        assert_eq!(
+            shed_plan(&[11, 9], ShedWhat::Fraction(0.5))
+                .iter()
+                .sum::<u64>(),
+            10
+        );
         assert_eq!(shed_plan(&[3, 0], ShedWhat::Fraction(1.0)), [3, 0]);
         assert_eq!(shed_plan(&[10, 30], ShedWhat::Keep(20)), [5, 15]);
         assert_eq!(
