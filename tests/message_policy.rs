@@ -206,17 +206,17 @@ fn message_rate_with_nodelay_closes_past_the_burst_with_1008() {
     }
     let st = stack(
         "msg-rate-close",
-        "message_rate = { rate = \"10r/s\", burst = 5, nodelay = true }",
+        "message_rate = { rate = \"2r/s\", burst = 5, nodelay = true }",
         "",
         "",
     );
     let mut s = tunnel(&st, "127.0.0.1");
     let messages: Vec<Vec<u8>> = (0..20u8).map(|i| frame(true, 0x2, &[i; 10])).collect();
-    // The first, and the burst of 5 (plus one a second the rate drains meanwhile), then
+    // The first, and the burst of 5 (plus two a second the rate drains meanwhile), then
     // Close 1008.
     let (passed, close) = one_by_one(&mut s, &messages);
     assert_eq!(close, Some(1008));
-    assert!((6..12).contains(&passed), "{passed}");
+    assert!((6..=10).contains(&passed), "{passed}");
     st.proxy.wait_log("ws end=message-rate\n", 10);
     let mut ws = st.ws("/ws/");
     ws_echo(&mut ws, b"other tunnels go on".to_vec());
@@ -230,26 +230,27 @@ fn message_rate_delays_messages_within_the_burst_by_not_reading_the_client() {
     let admin = free_addr();
     let st = stack(
         "msg-rate-delay",
-        "message_rate = { rate = \"100r/s\", burst = 100 }",
+        "message_rate = { rate = \"20r/s\", burst = 100 }",
         "",
         &format!("[admin]\nlisten = \"{admin}\""),
     );
     let mut s = tunnel(&st, "127.0.0.1");
     let mut out = Vec::new();
-    for i in 0..60u8 {
+    for i in 0..30u8 {
         out.extend(frame(true, 0x2, &[i; 100]));
     }
     s.write_all(&out).unwrap();
-    // Every message comes back, in order, none refused: the ones over the rate waited.
-    let seen = read_until(&mut s, 60);
+    // Every message comes back, in order, none refused: the ones over the rate waited (each
+    // its 50 ms; one whose wait ran late by a turn may find the bucket drained and pass).
+    let seen = read_until(&mut s, 30);
     assert_eq!(seen.close, None);
-    assert_eq!(seen.data.len(), 60);
+    assert_eq!(seen.data.len(), 30);
     for (i, d) in seen.data.iter().enumerate() {
         assert_eq!(d, &vec![i as u8; 100]);
     }
     let m = parse_metrics(&scrape(admin, "").1, "classic");
     let delayed = total(&m, "ringway_messages_delayed_total{");
-    assert!(delayed >= 30.0, "{delayed} of 59 delayed");
+    assert!(delayed >= 10.0, "{delayed} of 29 delayed");
     // The tunnel goes on, and closes cleanly.
     s.write_all(&frame(true, 0x8, &1000u16.to_be_bytes()))
         .unwrap();
