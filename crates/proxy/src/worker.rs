@@ -2,7 +2,7 @@
 //! and its sessions. The reactor runs the loop and hands completions here; this room accepts,
 //! runs session handlers with an `Io` over the ring, and is the one end-of-session point.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,16 +13,20 @@ use socket2::Socket;
 use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
-use crate::reactor::{Handler, Pipe, Reactor, RingSys, Sys};
-use crate::session::{AccessLog, End, Env, Io, Listen, Next, Observed, Role, Session, Stage};
+use crate::reactor::{Handler, Reactor};
+use crate::session::{End, Env, Listen, Next, Role, Session};
 use crate::upstream::Balancers;
-use crate::uring::{Chunk, ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
+use crate::uring::{ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
 
 /// Timer wheel resolution.
 pub const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
 
+mod drain;
+mod io;
 mod log;
+use drain::Farewell;
+use io::WorkerIo;
 pub use log::escape_log;
 use log::write_access_log;
 
@@ -245,37 +249,6 @@ impl Worker {
     }
 }
 
-/// A tunnel to be told to reconnect at its time in a drain's spread (or a rebalance's):
-/// its slot, while it still has this generation.
-#[derive(Clone, Copy, Debug)]
-struct Farewell {
-    slot: u32,
-    generation: u32,
-    at: Instant,
-    /// A rebalance's (`end=shed`), not a drain's.
-    shed: bool,
-}
-
-/// `tunnels` told one by one over `over` from `now`: the window cut in n equal parts, tunnel i
-/// told in the middle of part i, so reconnects arrive evenly.
-fn spread_over(
-    tunnels: Vec<(u32, u32)>,
-    now: Instant,
-    over: Duration,
-    shed: bool,
-) -> impl Iterator<Item = Farewell> {
-    let n = tunnels.len().max(1) as u32;
-    tunnels
-        .into_iter()
-        .enumerate()
-        .map(move |(i, (slot, generation))| Farewell {
-            slot,
-            generation,
-            at: now + over * (2 * i as u32 + 1) / (2 * n),
-            shed,
-        })
-}
-
 impl Core {
     fn arm_inbox(&mut self, r: &mut Reactor<Slot>) {
         let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Inbox, ConnId::CLIENT);
@@ -400,114 +373,6 @@ impl Core {
                     "worker {}: no socket for the new listener {addr}",
                     self.spec.id
                 );
-            }
-        }
-    }
-
-    /// Stop accepting and tell every session. `shutdown(SHUT_RD)` stops each listener at once:
-    /// it leaves its SO_REUSEPORT group (new connections go to the other processes on the
-    /// port; with `net.ipv4.tcp_migrate_req` so do the queued ones) and its multishot accept
-    /// ends with EINVAL. Closing the fd alone would not do either: the pending accept holds a
-    /// reference to the socket. On a handover (`hand_over`), and for sockets systemd holds,
-    /// the socket must live on for the other holder: the accept is cancelled instead and the
-    /// descriptor closed once its last completion is in.
-    fn begin_drain(&mut self, r: &mut Reactor<Slot>, hand_over: bool) {
-        self.drain_began = Some(Instant::now());
-        let keep_open = hand_over || self.spec.activated;
-        let mut queued = Vec::new();
-        for (i, slot) in self.listeners.iter_mut().enumerate() {
-            let Some(l) = slot else { continue };
-            if keep_open && self.accept_paused {
-                // No accept in flight (over max_sessions): the descriptor closes now.
-                *slot = None;
-            } else if keep_open {
-                l.leaving = true;
-                let target = crate::uring::UserData::new(i as u32, 0, Op::Accept, ConnId::CLIENT);
-                let ud = crate::uring::UserData::new(SLOT_CORE, 0, Op::Cancel, ConnId::CLIENT);
-                r.ring.cancel_op(target, ud);
-            } else {
-                // What already waits in the accept queue would be reset by the shutdown: it
-                // is taken first (the socket is this worker's alone; non-blocking from now on,
-                // so the sweep stops at an empty queue), then served like any connection
-                // accepted during a drain. At most a backlog's worth: connections arriving
-                // as fast as they are taken do not hold the sweep (or `queued`) without end.
-                let _ = l.sock.set_nonblocking(true);
-                let listen = l.listen;
-                for _ in 0..self.spec.backlog.max(1) {
-                    let Ok(fd) = nix::sys::socket::accept4(
-                        &l.sock,
-                        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-                    ) else {
-                        break;
-                    };
-                    queued.push((std::os::fd::IntoRawFd::into_raw_fd(fd), listen));
-                }
-                let _ = l.sock.shutdown(std::net::Shutdown::Read);
-                *slot = None;
-            }
-        }
-        for (fd, listen) in queued {
-            self.serve(r, fd, listen);
-        }
-        let now = Instant::now();
-        let mut tunnels = Vec::new();
-        for k in r.slots.keys() {
-            self.with_session(r, k, |s, io, env| s.drain(io, env));
-            if let Some((g, e)) = r.slots.get_any_mut(k)
-                && e.session.stage() == Stage::Tunnel
-            {
-                tunnels.push((k, g));
-            }
-        }
-        // The spread cut in n equal slots, tunnel i told in the middle of slot i: reconnects
-        // arrive evenly over it. (Whatever a rebalance had queued is part of it now.)
-        let spread = self.cfg.runtime.drain_spread;
-        self.drain_queue = spread_over(tunnels, now, spread, false).collect();
-    }
-
-    /// A rebalance: `count` of this worker's tunnels (the first found) are told to reconnect,
-    /// spread evenly over `over` as a drain spreads its Close frames; with those already
-    /// waiting from an earlier rebalance, in time order.
-    fn shed(&mut self, r: &mut Reactor<Slot>, count: u64, over: Duration) {
-        let now = Instant::now();
-        let waiting: std::collections::HashSet<u32> =
-            self.drain_queue.iter().map(|f| f.slot).collect();
-        let mut tunnels = Vec::new();
-        for k in r.slots.keys() {
-            if tunnels.len() as u64 >= count {
-                break;
-            }
-            if let Some((g, e)) = r.slots.get_any_mut(k)
-                && e.session.stage() == Stage::Tunnel
-                && !waiting.contains(&k)
-            {
-                tunnels.push((k, g));
-            }
-        }
-        let mut all: Vec<Farewell> = self.drain_queue.drain(..).collect();
-        all.extend(spread_over(tunnels, now, over, true));
-        all.sort_by_key(|f| f.at);
-        self.drain_queue = all.into();
-    }
-
-    /// Send the Close of every tunnel whose time in the drain spread (or a rebalance's) has
-    /// come.
-    fn drain_due(&mut self, r: &mut Reactor<Slot>) {
-        // Every turn comes here: the clock is read only while tunnels wait for their time.
-        if self.drain_queue.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        while let Some(&f) = self.drain_queue.front() {
-            if f.at > now {
-                break;
-            }
-            self.drain_queue.pop_front();
-            let g = Some(f.generation);
-            if f.shed {
-                self.with_session_of(r, f.slot, g, |s, io, env| s.shed(io, env));
-            } else {
-                self.with_session_of(r, f.slot, g, |s, io, env| s.drain_tunnel(io, env));
             }
         }
     }
@@ -734,121 +599,5 @@ impl Handler<Slot> for Core {
         }
         entry.timer_at = 0;
         self.with_session(r, slot, |s, io, env| s.on_timer(io, env));
-    }
-}
-
-/// The session's `Io` over the ring: the reactor's socket effects, plus the access log.
-struct WorkerIo<'a> {
-    sys: RingSys<'a>,
-    access_log: bool,
-    metrics: &'a WorkerMetrics,
-}
-
-impl Sys for WorkerIo<'_> {
-    fn now_ms(&self) -> u64 {
-        self.sys.now_ms()
-    }
-    fn data(&self, bid: u16, len: u32) -> &[u8] {
-        self.sys.data(bid, len)
-    }
-    fn data_mut(&mut self, bid: u16, len: u32) -> &mut [u8] {
-        self.sys.data_mut(bid, len)
-    }
-    fn heap(&self, id: u32) -> &[u8] {
-        self.sys.heap(id)
-    }
-    fn recycle(&mut self, v: Vec<u8>) {
-        self.sys.recycle(v)
-    }
-    fn scratch(&mut self) -> Vec<u8> {
-        self.sys.scratch()
-    }
-    fn put(&mut self, bytes: Vec<u8>) -> Chunk {
-        self.sys.put(bytes)
-    }
-    fn release(&mut self, c: Chunk) {
-        self.sys.release(c)
-    }
-    fn sent(&mut self, c: Chunk) {
-        self.sys.sent(c)
-    }
-    fn recv(&mut self, fd: RawFd, id: ConnId, buffers: u32) {
-        self.sys.recv(fd, id, buffers)
-    }
-    fn pool_low(&self) -> bool {
-        self.sys.pool_low()
-    }
-    fn watch_hangup(&mut self, fd: RawFd, id: ConnId) {
-        self.sys.watch_hangup(fd, id)
-    }
-    fn cancel(&mut self, id: ConnId, op: Op) {
-        self.sys.cancel(id, op)
-    }
-    fn send(&mut self, fd: RawFd, id: ConnId, c: Chunk) {
-        self.sys.send(fd, id, c)
-    }
-    fn connect(
-        &mut self,
-        addr: SocketAddr,
-        source: Option<IpAddr>,
-        id: ConnId,
-    ) -> Result<RawFd, i32> {
-        self.sys.connect(addr, source, id)
-    }
-    fn shutdown(&mut self, fd: RawFd) {
-        self.sys.shutdown(fd)
-    }
-    fn close(&mut self, fd: RawFd) {
-        self.sys.close(fd)
-    }
-    fn send_now(&mut self, fd: RawFd, bytes: &[u8]) -> bool {
-        self.sys.send_now(fd, bytes)
-    }
-    fn park(&mut self, id: ConnId) {
-        self.sys.park(id)
-    }
-    fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool) {
-        self.sys.watch_ready(fd, id, write)
-    }
-    fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
-        self.sys.splice(from, to, len)
-    }
-    fn pipe(&mut self) -> Option<Pipe> {
-        self.sys.pipe()
-    }
-    fn pipe_back(&mut self, p: Pipe) {
-        self.sys.pipe_back(p)
-    }
-    fn nonblocking(&mut self, fd: RawFd) -> bool {
-        self.sys.nonblocking(fd)
-    }
-    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
-        self.sys.socketpair()
-    }
-}
-
-impl Io for WorkerIo<'_> {
-    fn observe(&mut self, what: Observed) {
-        match what {
-            Observed::Connected(ms) => self.metrics.connect.observe_ms(ms),
-            Observed::TunnelOpened(ms) => self.metrics.tunnel_opened(ms),
-            Observed::Spliced(n) => self.metrics.spliced(n),
-            Observed::Http2Opened => self.metrics.h2.opened(),
-            Observed::Http2Streams(n) => self.metrics.h2.streams(n),
-            Observed::Http2Resets { sent, code, n } => self.metrics.h2.resets(sent, code, n),
-            Observed::Http2Goaway(code) => self.metrics.h2.goaway(code),
-            Observed::MessageDelayed => self.metrics.message_delayed(),
-        }
-    }
-
-    fn as_dyn(&mut self) -> &mut dyn Io {
-        self
-    }
-
-    fn log(&mut self, l: &AccessLog<'_>) {
-        self.metrics.request_done(l.bytes_in, l.bytes_out);
-        if self.access_log {
-            write_access_log(l);
-        }
     }
 }
