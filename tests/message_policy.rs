@@ -285,6 +285,47 @@ fn the_end_of_a_clients_stream_waits_behind_its_delayed_messages() {
 }
 
 #[test]
+fn a_delayed_flooder_is_held_in_its_own_socket_not_in_the_proxy() {
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack(
+        "msg-rate-bound",
+        "message_rate = { rate = \"10r/s\", burst = 100000 }",
+        "",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let heap = || admin_status(admin)["heap_bytes"].as_u64().unwrap();
+    let mut s = tunnel(&st, "127.0.0.1");
+    // Let the tunnel settle, then measure what the process holds.
+    s.write_all(&frame(true, 0x2, b"first")).unwrap();
+    assert_eq!(read_until(&mut s, 1).data.len(), 1);
+    let before = heap();
+    // 32 MiB of small messages: far past what 10 a second lets through, well within the
+    // burst, so none is refused and each waits its turn.
+    let one = frame(true, 0x2, &[7; 100]);
+    let mut out = Vec::with_capacity(32 << 20);
+    while out.len() < 32 << 20 {
+        out.extend_from_slice(&one);
+    }
+    let w = write_all_behind(&s, out);
+    std::thread::sleep(Duration::from_secs(2));
+    let held = heap().saturating_sub(before);
+    // What waits in the proxy is what it had read when it stopped reading (a receive and the
+    // ones already on their way, each at most a pool buffer); the rest waits in the client's
+    // socket, and the writer is still blocked.
+    assert!(held < 1 << 20, "{held} bytes held for one delayed client");
+    assert!(!w.is_finished(), "the flooder was not slowed down");
+    // Other tunnels go on meanwhile.
+    let mut ws = st.ws("/ws/");
+    ws_echo(&mut ws, b"unaffected".to_vec());
+    // The flooder gives up: its writer sees the socket shut.
+    let _ = s.tcp().shutdown(std::net::Shutdown::Both);
+    w.join().unwrap();
+}
+
+#[test]
 fn pings_past_the_burst_end_the_tunnel_they_are_never_delayed() {
     if !uring_ok() {
         return;

@@ -81,9 +81,10 @@ const KEEP: u8 = 1 << 4;
 const TORN: u8 = 1 << 5;
 /// A send is in flight: it is the queue's first chunk.
 const SENDING: u8 = 1 << 6;
-/// A splice reads this socket: it is not read through buffers meanwhile (one of the flags
-/// `readable` tests, so the per-event question costs nothing more).
-const SPLICED: u8 = 1 << 7;
+/// Not read through buffers for now: a splice reads this socket, or a tunnel's filter holds
+/// its bytes back (one of the flags `readable` tests, so the per-event question costs nothing
+/// more).
+const UNREAD: u8 = 1 << 7;
 
 /// `Conn::polls`: a poll for POLLIN is armed (the socket a tunnel splices from).
 const READABLE: u8 = 1;
@@ -158,12 +159,12 @@ impl Conn {
     /// be armed (one test of the flags; it runs for both sockets after every event).
     #[inline]
     pub fn readable(&self) -> bool {
-        self.flags & (RETIRING | READY | EOF | PARKED | SPLICED) == READY && self.fd >= 0
+        self.flags & (RETIRING | READY | EOF | PARKED | UNREAD) == READY && self.fd >= 0
     }
     /// A splice reads this socket (see [`Conn::set_spliced`]).
     #[inline]
     pub fn spliced(&self) -> bool {
-        self.has(SPLICED)
+        self.has(UNREAD)
     }
     /// To be handed back (not closed) once retired.
     #[inline]
@@ -495,14 +496,14 @@ impl Conn {
     /// A splice reads this socket from now on (`on`), or no longer: while it does, the socket
     /// is not `readable` (no recv is armed; an armed one is cancelled).
     pub fn set_spliced(&mut self, on: bool) {
-        self.set(SPLICED, on);
+        self.set(UNREAD, on);
     }
 
     /// A tunnel's filter holds this socket's bytes back (a delayed frame), or no longer: while
-    /// it does, the socket is not `readable`, as while spliced from (the same flag: a tunnel
-    /// under a filter never splices).
+    /// it does, the socket is not `readable`, as while spliced from (a tunnel under a filter
+    /// never splices, so the two never share the flag).
     pub fn set_held(&mut self, on: bool) {
-        self.set(SPLICED, on);
+        self.set(UNREAD, on);
     }
 
     /// Stop using the socket: cancel exactly the ops in flight, by their user_data (a
