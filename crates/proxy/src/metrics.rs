@@ -224,9 +224,181 @@ impl WorkerMetrics {
     }
 }
 
+/// Upper bounds (bytes) of the buckets of WebSocket message sizes (+Inf after the last).
+pub const MESSAGE_BOUNDS: [u64; 10] = [
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262_144,
+    1 << 20,
+    4 << 20,
+    16 << 20,
+];
+
+/// The bucket of a message of `size` bytes: bounds grow fourfold from 64 (a `leading_zeros`,
+/// no search: this runs once per message).
+#[inline(always)]
+pub fn message_bucket(size: u64) -> usize {
+    if size <= 64 {
+        return 0;
+    }
+    // ceil(log2(size)) is 7 for 65..=128, 8 for 129..=256, ...
+    let bits = 64 - (size - 1).leading_zeros() as usize;
+    ((bits - 5) / 2).min(MESSAGE_BOUNDS.len())
+}
+
+/// Close codes counted one by one (1000..=1015), then 3000..=3999, 4000..=4999, and any other
+/// (not a valid code on the wire).
+pub const CLOSE_SLOTS: usize = 19;
+
+/// The slot of Close code `code` (1005: the Close had no code, RFC 6455 7.1.5).
+pub fn close_slot(code: u16) -> usize {
+    match code {
+        1000..=1015 => usize::from(code - 1000),
+        3000..=3999 => 16,
+        4000..=4999 => 17,
+        _ => 18,
+    }
+}
+
+/// The label of close slot `i`.
+pub fn close_slot_name(i: usize) -> String {
+    match i {
+        0..=15 => (1000 + i).to_string(),
+        16 => "3xxx".into(),
+        17 => "4xxx".into(),
+        _ => "invalid".into(),
+    }
+}
+
+/// Which Close frames a [`MessageRow`] counts: received from the client, from the upstream;
+/// sent by the proxy itself (its drain, a heartbeat's or a policy's Close) to the client, to
+/// the upstream.
+pub const CLOSE_WAYS: [(&str, &str); 4] = [
+    ("client", "received"),
+    ("upstream", "received"),
+    ("client", "sent"),
+    ("upstream", "sent"),
+];
+
+/// What one worker saw of the WebSocket messages through one location's tunnels. Written by
+/// that worker alone, per message, with a relaxed load and store (no read-modify-write, no
+/// line shared with another worker: a row is a cache line aligned allocation of its own).
+/// Arrays of two are indexed by the side a message came from (0: the client, 1: the
+/// upstream).
+#[repr(align(64))]
+#[derive(Debug, Default)]
+pub struct MessageRow {
+    pub messages: [AtomicU64; 2],
+    /// Payload bytes of data frames.
+    pub bytes: [AtomicU64; 2],
+    /// Messages per size bucket (`MESSAGE_BOUNDS`, +Inf last), not cumulative.
+    pub sizes: [[AtomicU64; MESSAGE_BOUNDS.len() + 1]; 2],
+    /// Close frames per `CLOSE_WAYS` and code slot.
+    pub closes: [[AtomicU64; CLOSE_SLOTS]; 4],
+    /// Tunnels ended, per kind of end.
+    pub ended: [AtomicU64; End::KINDS],
+}
+
+impl MessageRow {
+    /// A data frame with `len` payload bytes came from side `i`.
+    #[inline(always)]
+    pub fn frame(&self, i: usize, len: u64) {
+        bump(&self.bytes[i], len);
+    }
+
+    /// A message of `size` payload bytes (its fragments summed) came from side `i`.
+    #[inline(always)]
+    pub fn message(&self, i: usize, size: u64) {
+        bump(&self.messages[i], 1);
+        bump(&self.sizes[i][message_bucket(size)], 1);
+    }
+
+    /// A Close frame went `way` (`CLOSE_WAYS`) with `code`.
+    pub fn close(&self, way: usize, code: u16) {
+        bump(&self.closes[way][close_slot(code)], 1);
+    }
+
+    /// A tunnel ended with `end`.
+    pub fn ended(&self, end: End) {
+        bump(&self.ended[end.index()], 1);
+    }
+
+    /// Sums of rows: one location's across workers.
+    pub fn sum<'a>(rows: impl Iterator<Item = &'a MessageRow>) -> MessageTotals {
+        let mut t = MessageTotals::default();
+        for r in rows {
+            for i in 0..2 {
+                t.messages[i] += get(&r.messages[i]);
+                t.bytes[i] += get(&r.bytes[i]);
+                for (b, a) in r.sizes[i].iter().enumerate() {
+                    t.sizes[i][b] += get(a);
+                }
+            }
+            for (w, way) in r.closes.iter().enumerate() {
+                for (c, a) in way.iter().enumerate() {
+                    t.closes[w][c] += get(a);
+                }
+            }
+            for (k, a) in r.ended.iter().enumerate() {
+                t.ended[k] += get(a);
+            }
+        }
+        t
+    }
+}
+
+/// A location's [`MessageRow`]s summed (plain numbers, for rendering).
+#[derive(Debug, Default, PartialEq)]
+pub struct MessageTotals {
+    pub messages: [u64; 2],
+    pub bytes: [u64; 2],
+    pub sizes: [[u64; MESSAGE_BOUNDS.len() + 1]; 2],
+    pub closes: [[u64; CLOSE_SLOTS]; 4],
+    pub ended: [u64; End::KINDS],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_sizes_find_their_buckets() {
+        for (size, want) in [
+            (0, 0),
+            (64, 0),
+            (65, 1),
+            (256, 1),
+            (257, 2),
+            (1024, 2),
+            (4096, 3),
+            (4097, 4),
+            (16 << 20, 9),
+            ((16 << 20) + 1, 10),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(message_bucket(size), want, "{size} bytes");
+        }
+        // Each bucket's bound is the largest size it takes.
+        for (b, bound) in MESSAGE_BOUNDS.iter().enumerate() {
+            assert_eq!(message_bucket(*bound), b);
+            assert_eq!(message_bucket(bound + 1), b + 1);
+        }
+    }
+
+    #[test]
+    fn close_codes_find_their_slots() {
+        assert_eq!(close_slot_name(close_slot(1000)), "1000");
+        assert_eq!(close_slot_name(close_slot(1015)), "1015");
+        assert_eq!(close_slot_name(close_slot(4001)), "4xxx");
+        assert_eq!(close_slot_name(close_slot(3999)), "3xxx");
+        assert_eq!(close_slot_name(close_slot(999)), "invalid");
+        assert_eq!(close_slot_name(close_slot(2000)), "invalid");
+        assert!((0..CLOSE_SLOTS).all(|i| i == close_slot(1000 + i as u16) || i >= 16));
+    }
 
     #[test]
     fn ends_and_durations_are_counted() {

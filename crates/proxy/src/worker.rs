@@ -406,6 +406,7 @@ impl Core {
             sys,
             access_log,
             metrics: &self.spec.metrics,
+            worker: self.spec.id,
         };
         let mut env = Env {
             balancers: &mut self.balancers,
@@ -451,6 +452,7 @@ impl Core {
         if let Some(since) = s.tunnel_since() {
             m.tunnel_closed(r.now_ms().saturating_sub(since));
         }
+        s.count_tunnel_end(end);
         let lasted = r.now_ms().saturating_sub(entry.accepted_ms);
         match s.role() {
             // An HTTP/2 stream's inner session: its end is counted, it is not a connection.

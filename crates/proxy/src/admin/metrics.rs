@@ -149,6 +149,7 @@ impl Collector for Sources {
         )?;
         self.upstreams(e)?;
         self.locations(e)?;
+        self.messages(e)?;
         let d = e.encode_descriptor("up", "1 while serving, 0 while stopping.", None, Gauge)?;
         ConstGauge::new(i64::from(!self.stopping.load(Ordering::Relaxed))).encode(d)?;
         Ok(())
@@ -392,6 +393,120 @@ impl Sources {
 }
 
 impl Sources {
+    /// What each location's tunnels carried, summed over the workers' rows: messages and
+    /// payload bytes by the side they came from, message sizes, the Close frames each side
+    /// sent and those the proxy sent on its own, how the tunnels ended. Closes and ends are
+    /// written where they are not zero.
+    fn messages(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        use crate::metrics::{CLOSE_WAYS, MESSAGE_BOUNDS, close_slot_name};
+        use MetricType::Counter;
+        const FROM: [&str; 2] = ["client", "upstream"];
+        let cfg = self.live.config();
+        let mut locs = Vec::new();
+        for s in &cfg.servers {
+            let server_name = s.names.first().map_or("_", String::as_str);
+            for l in &s.locations {
+                let labels: Labels = vec![
+                    ("server_name", server_name.to_string()),
+                    ("location", l.path.clone()),
+                ];
+                locs.push((labels, l.stats.messages()));
+            }
+        }
+        let with = |labels: &Labels, more: &[(&'static str, String)]| {
+            let mut l = labels.clone();
+            l.extend_from_slice(more);
+            l
+        };
+        let counts = [
+            (
+                "location_messages",
+                "WebSocket messages through each location's tunnels, by the side they came from.",
+                0,
+            ),
+            (
+                "location_message_bytes",
+                "Payload bytes of WebSocket data frames through each location's tunnels.",
+                1,
+            ),
+        ];
+        for (name, help, k) in counts {
+            let mut d = e.encode_descriptor(name, help, None, Counter)?;
+            for (labels, t) in &locs {
+                for (i, from) in FROM.iter().enumerate() {
+                    let n = if k == 0 { t.messages[i] } else { t.bytes[i] };
+                    let l = with(labels, &[("from", from.to_string())]);
+                    ConstCounter::new(n).encode(d.encode_family(&l)?)?;
+                }
+            }
+        }
+        {
+            let mut d = e.encode_descriptor(
+                "location_message_size",
+                "WebSocket message sizes (payload, fragments summed) through each location's tunnels.",
+                Some(&Unit::Bytes),
+                MetricType::Histogram,
+            )?;
+            for (labels, t) in &locs {
+                for (i, from) in FROM.iter().enumerate() {
+                    let buckets: Vec<(f64, u64)> = t.sizes[i]
+                        .iter()
+                        .enumerate()
+                        .map(|(b, n)| {
+                            (
+                                MESSAGE_BOUNDS.get(b).map_or(f64::INFINITY, |x| *x as f64),
+                                *n,
+                            )
+                        })
+                        .collect();
+                    let l = with(labels, &[("from", from.to_string())]);
+                    d.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                        t.bytes[i] as f64,
+                        t.messages[i],
+                        &buckets,
+                        None,
+                    )?;
+                }
+            }
+        }
+        {
+            let mut d = e.encode_descriptor(
+                "location_closes",
+                "WebSocket Close frames in each location's tunnels: received from a side, or sent to it by the proxy on its own; by code (3xxx, 4xxx: application codes).",
+                None,
+                Counter,
+            )?;
+            for (labels, t) in &locs {
+                for (w, (side, way)) in CLOSE_WAYS.iter().enumerate() {
+                    for (c, n) in t.closes[w].iter().enumerate().filter(|(_, n)| **n > 0) {
+                        let l = with(
+                            labels,
+                            &[
+                                ("side", side.to_string()),
+                                ("way", way.to_string()),
+                                ("code", close_slot_name(c)),
+                            ],
+                        );
+                        ConstCounter::new(*n).encode(d.encode_family(&l)?)?;
+                    }
+                }
+            }
+        }
+        let mut d = e.encode_descriptor(
+            "location_tunnels_ended",
+            "WebSocket tunnels of each location that ended, by how they ended.",
+            None,
+            Counter,
+        )?;
+        for (labels, t) in &locs {
+            for (k, n) in t.ended.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let l = with(labels, &[("end", End::KIND_NAMES[k].to_string())]);
+                ConstCounter::new(*n).encode(d.encode_family(&l)?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn upstreams(&self, e: &mut DescriptorEncoder<'_>) -> fmt::Result {
         let cfg = self.live.config();
         let now = crate::config::clock_ms();

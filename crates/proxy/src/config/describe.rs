@@ -12,7 +12,7 @@ impl Config {
         let r = &self.runtime;
         let _ = writeln!(
             o,
-            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={} splice_min={}",
+            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={} access_log_open={} splice_min={}",
             r.workers,
             r.max_connections,
             fmt_duration(r.shutdown_grace),
@@ -22,6 +22,7 @@ impl Config {
             r.buffers,
             r.buffer_size,
             r.access_log,
+            r.access_log_open,
             match r.splice_min {
                 0 => "off".to_string(),
                 n => format!("{n}B"),

@@ -72,6 +72,9 @@ pub struct Runtime {
     pub buffers: u16,
     /// One line per request / WebSocket session on stderr (nginx's `access_log`).
     pub access_log: bool,
+    /// A line also when a tunnel opens (after its 101), so one that lasts for days is seen
+    /// the day it opens.
+    pub access_log_open: bool,
     /// On shutdown, the Close frames to tunnels' clients are spread evenly over this window.
     pub drain_spread: Duration,
     /// The Close frame's code and reason on shutdown (1012 "service restart" by default).
@@ -160,26 +163,57 @@ pub struct Location {
     pub stats: LocationStats,
 }
 
-/// A location's counters, shared by every worker (relaxed atomics; runtime state: it takes no
-/// part in comparing configurations, and a clone shares it).
-#[derive(Clone, Default)]
-pub struct LocationStats(std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>);
+/// A location's counters (runtime state: it takes no part in comparing configurations, and a
+/// clone shares it): requests routed and limited, across workers (relaxed atomics, once per
+/// request); and per worker, what its tunnels' messages were (`MessageRow`, per message).
+#[derive(Clone)]
+pub struct LocationStats(std::sync::Arc<LocationShared>);
+
+struct LocationShared {
+    requests: [std::sync::atomic::AtomicU64; 2],
+    /// One row per worker, each its own allocation.
+    rows: Box<[std::sync::Arc<crate::metrics::MessageRow>]>,
+}
+
+impl Default for LocationStats {
+    fn default() -> LocationStats {
+        LocationStats::new(1)
+    }
+}
 
 impl LocationStats {
+    /// Counters for a process of `workers` workers.
+    pub fn new(workers: usize) -> LocationStats {
+        LocationStats(std::sync::Arc::new(LocationShared {
+            requests: Default::default(),
+            rows: (0..workers.max(1)).map(|_| Default::default()).collect(),
+        }))
+    }
+
     /// A request was routed here.
     pub fn routed(&self) {
-        self.0[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.requests[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A request here was refused by limit_conn or limit_req.
     pub fn limited(&self) {
-        self.0[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.requests[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests routed, requests limited.
     pub fn counts(&self) -> [u64; 2] {
-        let get = |i: usize| self.0[i].load(std::sync::atomic::Ordering::Relaxed);
+        let get = |i: usize| self.0.requests[i].load(std::sync::atomic::Ordering::Relaxed);
         [get(0), get(1)]
+    }
+
+    /// Worker `w`'s row of message counters.
+    pub fn row(&self, w: usize) -> std::sync::Arc<crate::metrics::MessageRow> {
+        self.0.rows[w % self.0.rows.len()].clone()
+    }
+
+    /// Every worker's rows summed.
+    pub fn messages(&self) -> crate::metrics::MessageTotals {
+        crate::metrics::MessageRow::sum(self.0.rows.iter().map(|r| &**r))
     }
 }
 
@@ -684,6 +718,31 @@ impl Config {
     }
 
     /// The location of `server` with the longest prefix of `path`.
+    /// The location numbered `id` counting across servers in order (`location_id`).
+    pub fn location_by_id(&self, id: u16) -> Option<&Location> {
+        if id == u16::MAX {
+            return None;
+        }
+        let mut id = usize::from(id);
+        for s in &self.servers {
+            if id < s.locations.len() {
+                return s.locations.get(id);
+            }
+            id -= s.locations.len();
+        }
+        None
+    }
+
+    /// The number of location `loc` of server `server`, counting across servers in order
+    /// (`u16::MAX`, which names none, past 65,535 locations).
+    pub fn location_id(&self, server: usize, loc: usize) -> u16 {
+        let before: usize = self.servers[..server]
+            .iter()
+            .map(|s| s.locations.len())
+            .sum();
+        u16::try_from(before + loc).unwrap_or(u16::MAX)
+    }
+
     pub fn find_location(&self, server: usize, path: &[u8]) -> Option<usize> {
         self.servers[server]
             .locations
@@ -726,7 +785,9 @@ impl Config {
                 continue;
             };
             for l in &mut s.locations {
-                if let Some(ol) = os.locations.iter().find(|o| o.path == l.path) {
+                if let Some(ol) = os.locations.iter().find(|o| o.path == l.path)
+                    && ol.stats.0.rows.len() == l.stats.0.rows.len()
+                {
                     l.stats = ol.stats.clone();
                 }
             }

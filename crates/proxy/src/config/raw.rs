@@ -29,6 +29,7 @@ pub struct Runtime {
     pub buffer_size: Option<Spanned<toml::Value>>,
     pub buffers: Option<Spanned<i64>>,
     pub access_log: Option<bool>,
+    pub access_log_open: Option<bool>,
     pub drain_spread: Option<Spanned<toml::Value>>,
     pub drain_close: Option<Spanned<DrainClose>>,
     pub upgrade_socket: Option<Spanned<String>>,

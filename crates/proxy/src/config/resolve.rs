@@ -105,6 +105,9 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
             Listen::of(li, server, tls, listener_proxy[li].is_some(), http2)
         })
         .collect();
+    for l in servers.iter_mut().flat_map(|s| s.locations.iter_mut()) {
+        l.stats = LocationStats::new(runtime.workers);
+    }
     Ok(Config {
         source: cx.file.to_string(),
         runtime,
@@ -203,6 +206,7 @@ fn runtime(cx: &Ctx<'_>, rt: &raw::Runtime) -> Result<Runtime, ConfigError> {
         buffer_size: buffer_size as u32,
         buffers,
         access_log: rt.access_log.unwrap_or(true),
+        access_log_open: rt.access_log_open.unwrap_or(false),
         drain_spread,
         drain_code,
         drain_reason,

@@ -81,23 +81,37 @@ pub struct Cx {
     pub(super) phase_ms: Stamp,
     pub(super) last_up_ms: Stamp,
     pub(super) last_down_ms: Stamp,
-    /// Why the session ends, once that is decided (the first reason given is kept). Boxed:
-    /// it is decided as a session closes, and 16 bytes of every idle session are worth more
-    /// than an allocation per close.
-    pub(super) end: Option<Box<End>>,
+    /// What its last log line says besides its request (why it ended; a tunnel's record of
+    /// its messages), made when first needed: 8 bytes of every idle session, one allocation
+    /// at a tunnel's first message or at the close.
+    pub(super) notes: Option<Box<Notes>>,
     /// Requests answered on this connection.
     pub(super) served: u32,
+}
+
+/// What a session's last log line says besides its request.
+#[derive(Debug, Default)]
+pub(super) struct Notes {
+    /// Why the session ends, once that is decided (the first reason given is kept).
+    pub end: Option<End>,
+    /// A tunnel's record of its messages (`tunnel/seen.rs`), from its first data or Close
+    /// frame.
+    pub seen: Option<super::tunnel::Seen>,
 }
 
 impl Cx {
     /// Record why the session ends, unless a reason is recorded already.
     pub(super) fn end_with(&mut self, end: End) {
-        self.end.get_or_insert_with(|| Box::new(end));
+        let n = self.notes.get_or_insert_with(Default::default);
+        n.end.get_or_insert(end);
     }
 
     /// Why the session ends: the reason recorded, else `Done`.
     pub(super) fn ended(&self) -> End {
-        self.end.as_deref().copied().unwrap_or(End::Done)
+        self.notes
+            .as_deref()
+            .and_then(|n| n.end)
+            .unwrap_or(End::Done)
     }
 
     /// The settings of the listener this session was accepted on (from the configuration it

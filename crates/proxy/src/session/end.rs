@@ -149,6 +149,17 @@ pub struct AccessLog<'a> {
     pub h2: bool,
     /// The client connection's TLS (version, cipher, SNI), on a TLS listener.
     pub tls: Option<crate::tls::Info<'a>>,
+    /// A tunnel's messages, at its end.
+    pub messages: Option<TunnelLog>,
+}
+
+/// What a tunnel's log line says of its messages: how many each way (from the client, from
+/// the upstream), the Close frame each side sent, who closed first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelLog {
+    pub messages: [u64; 2],
+    pub close: [Option<super::tunnel::CloseSeen>; 2],
+    pub closer: &'static str,
 }
 
 /// A short reason for a TLS failure (the log's `end=client-tls:REASON`).

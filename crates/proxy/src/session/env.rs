@@ -18,6 +18,13 @@ pub trait Io: Sys {
     fn log(&mut self, line: &AccessLog);
     /// Something worth a metric happened.
     fn observe(&mut self, what: Observed);
+    /// The line of a tunnel's opening (after its 101), where the configuration asks for one
+    /// (`runtime.access_log_open`).
+    fn log_open(&mut self, _line: &AccessLog) {}
+    /// The worker's number (which row of per-worker counters is its own).
+    fn worker(&self) -> usize {
+        0
+    }
     /// The same, as `dyn Io` (for a protocol added as a type, which is called through a box).
     fn as_dyn(&mut self) -> &mut dyn Io;
 }

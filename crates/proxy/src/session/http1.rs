@@ -172,7 +172,9 @@ impl Protocol for Exchange {
             terms,
             downward,
         } = self;
-        let Terms { upward, ctl, .. } = *terms;
+        let Terms {
+            upward, ctl, loc, ..
+        } = *terms;
         let held = match upward {
             Upward::Hold(held) => held,
             Upward::Body(_) => Vec::new(),
@@ -185,14 +187,18 @@ impl Protocol for Exchange {
                 if !cx.cfg.runtime.access_log {
                     req.text = ReqText::none();
                 }
-                let mut frames = [FrameTracker::default(); 2];
-                frames[0].track(&held);
-                frames[1].track(&rest);
+                let mut tunnel = Tunnel {
+                    req,
+                    ctl,
+                    frames: [FrameTracker::default(); 2],
+                    loc,
+                };
+                tunnel.first_bytes(cx, [&held, &rest], io);
                 if !held.is_empty() {
                     let c = io.put(held);
                     cx.send_to(Side::Up, c, io);
                 }
-                Phase::Tunnel(Tunnel { req, ctl, frames })
+                Phase::Tunnel(tunnel)
             }
             Downward::Over { again: true } => {
                 cx.served = cx.served.saturating_add(1);
@@ -443,6 +449,13 @@ impl Exchange {
         io.observe(Observed::TunnelOpened(
             io.now_ms().saturating_sub(r.started_ms),
         ));
+        let rt = &cx.cfg.runtime;
+        if rt.access_log && rt.access_log_open {
+            // A tunnel that lives for days is in the log the day it opens.
+            if let Some(line) = access_line(cx, r, None, End::Done, io.now_ms()) {
+                io.log_open(&line);
+            }
+        }
         let c = io.put(out);
         cx.send_to(Side::Down, c, io);
         // What the upstream sent after its 101 went with it; the tunnel's tracker starts on it.
@@ -516,17 +529,18 @@ impl Exchange {
     /// Log the request in progress (once).
     fn log_request<I: Io + ?Sized>(&mut self, cx: &Cx, end: End, io: &mut I) {
         let now = io.now_ms();
-        if let Some(line) = access_line(cx, &self.req, end, now) {
+        if let Some(line) = access_line(cx, &self.req, None, end, now) {
             io.log(&line);
         }
         self.req.logged = true;
     }
 }
 
-/// The access-log line of request `r`, if it still owes one.
+/// The access-log line of request `r`, if it still owes one (a tunnel's with what it `seen`).
 pub(super) fn access_line<'a>(
     cx: &'a Cx,
     r: &'a Req,
+    seen: Option<&super::tunnel::Seen>,
     end: End,
     now_ms: u64,
 ) -> Option<AccessLog<'a>> {
@@ -547,5 +561,10 @@ pub(super) fn access_line<'a>(
         tunnel: r.tunnel(),
         h2: cx.role == super::cx::Role::Stream,
         tls: cx.links.down.tls_info(),
+        messages: seen.map(|s| super::end::TunnelLog {
+            messages: s.messages(),
+            close: [s.close_of(0), s.close_of(1)],
+            closer: s.closer().name(),
+        }),
     })
 }

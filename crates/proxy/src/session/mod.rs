@@ -60,13 +60,14 @@ mod env;
 use answer::Answer;
 use cx::Cx;
 pub use cx::Role;
-pub use end::{AccessLog, End};
+pub use end::{AccessLog, End, TunnelLog};
 pub use env::{Env, Inner, Io, Observed};
 use links::Links;
 pub use links::Side;
 use phase::{Exchange, Linger, Req};
 use protocol::{Protocol, Step};
 use request::Request;
+pub use tunnel::CloseSeen;
 
 /// Largest response head accepted from an upstream.
 pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
@@ -256,7 +257,7 @@ impl Session {
                 phase_ms: Stamp::new(now_ms),
                 last_up_ms: Stamp::new(now_ms),
                 last_down_ms: Stamp::new(now_ms),
-                end: None,
+                notes: None,
                 served: 0,
             },
             phase,
@@ -306,7 +307,7 @@ impl Session {
 
     /// Why it ended (once closing).
     pub fn end(&self) -> Option<End> {
-        self.cx.end.as_deref().copied()
+        self.cx.notes.as_deref().and_then(|n| n.end)
     }
 
     fn conn(&mut self, id: ConnId) -> &mut Transport {
@@ -645,6 +646,11 @@ impl Session {
     /// Close both sockets: cancel what is in flight; the fds close when the last completion
     /// has arrived.
     fn close(&mut self, end: End, io: &mut impl Io) {
+        if let Phase::Tunnel(t) = &self.phase {
+            // A tunnel's record of its messages stays for its log line and its location's
+            // counters at the session's end, with the Closes the proxy sent.
+            t.note_end(&mut self.cx, io);
+        }
         let req = match &self.phase {
             Phase::Closing(_) => return,
             // A connection that sent part of a head, or never completed its first one, gets a
@@ -731,7 +737,16 @@ impl Session {
     /// worker writes it at the end of the session; kept-alive requests are logged as each
     /// response completes.
     pub fn access_log(&self, end: End, now_ms: u64) -> Option<AccessLog<'_>> {
-        http1::access_line(&self.cx, self.phase.req()?, end, now_ms)
+        let seen = self.cx.notes.as_deref().and_then(|n| n.seen.as_ref());
+        http1::access_line(&self.cx, self.phase.req()?, seen, end, now_ms)
+    }
+
+    /// The session ended with `end`: if it carried a tunnel, the tunnel's Closes and end are
+    /// counted for its location.
+    pub fn count_tunnel_end(&self, end: End) {
+        if let Some(seen) = self.cx.notes.as_deref().and_then(|n| n.seen.as_ref()) {
+            seen.publish(end);
+        }
     }
 
     fn sync_recv(&mut self, io: &mut impl Io) {

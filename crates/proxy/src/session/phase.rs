@@ -45,6 +45,9 @@ pub(super) struct Control {
     pub judged: [bool; 2],
     /// When the tunnel's `max_lifetime` ends (worker clock, ms; 0: it has none, or it came).
     pub expires: u64,
+    /// The code of the Close of ours that went toward a side (0: none), for the tunnel's
+    /// record (`tunnel/seen.rs`).
+    pub sent: [u16; 2],
 }
 
 /// What waits of a stream a filter delayed (`filter::Verdict::Delay`).
@@ -224,6 +227,8 @@ pub(super) struct Terms {
     pub up_keep: bool,
     /// What bytes from the client are now.
     pub upward: Upward,
+    /// The location's number (`Config::location_id`), for the tunnel's message counters.
+    pub loc: u16,
 }
 
 /// `Req::peer` before a server is chosen.

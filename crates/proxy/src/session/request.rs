@@ -167,10 +167,12 @@ impl Request {
         let cfg = &*cx.cfg;
         // Locations match the normalised path; the request goes up as the client sent it.
         let norm = http::normalize_path(&req.path);
-        let route = norm.as_ref().ok().and_then(|path| {
+        let found = norm.as_ref().ok().and_then(|path| {
             let s = cfg.find_server(usize::from(cx.listen().index), req.host_name())?;
-            Some(&cfg.servers[s].locations[cfg.find_location(s, path.as_bytes())?])
+            let l = cfg.find_location(s, path.as_bytes())?;
+            Some((&cfg.servers[s].locations[l], cfg.location_id(s, l)))
         });
+        let route = found.map(|(l, _)| l);
         // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
         // any other Upgrade is dropped and the request proxied as plain HTTP.
         let upgrade = match (&req.upgrade, route) {
@@ -205,6 +207,7 @@ impl Request {
             }
         };
         let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward, now);
+        terms.loc = found.map_or(u16::MAX, |(_, id)| id);
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
         if let Some(a) = terms.attempt.as_mut() {
@@ -310,6 +313,7 @@ fn new_terms(
         keep_alive: req.keep_alive,
         up_keep: false,
         upward,
+        loc: u16::MAX,
     })
 }
 

@@ -9,6 +9,7 @@
 //! are stepped through frame by frame and copied (a few hundred bytes around a ping, or the
 //! rest of a tunnel that is being closed).
 
+pub mod seen;
 mod splice;
 
 use std::hash::{BuildHasher, Hasher};
@@ -16,8 +17,13 @@ use std::hash::{BuildHasher, Hasher};
 use super::Side;
 use super::filter::Verdict;
 use super::phase::{Control, Inject, NO_OP, Paused, Req, ms32};
+pub use seen::CloseSeen;
+pub(super) use seen::Seen;
+
+use super::cx::Notes;
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Shut};
+use crate::config::Config;
 use crate::config::Heartbeat;
 use crate::uring::{Chunk, ConnId};
 use crate::ws::{self, FrameTracker, Piece, opcode};
@@ -145,20 +151,25 @@ impl Control {
         if self.closed[j] {
             return;
         }
-        let (op, payload) = match kind {
+        let (code, reason) = match kind {
             Inject::None => return,
             Inject::Ping => {
                 let tag = now.max(1);
                 self.pinged[j] = tag;
                 self.expect[j] = tag;
-                (opcode::PING, ping_payload(tag))
+                (0, "")
             }
-            Inject::Drain => (opcode::CLOSE, ws::close_payload(drain.0, drain.1)),
-            Inject::GoingAway => (opcode::CLOSE, ws::close_payload(1001, "heartbeat timeout")),
-            Inject::Close(code, reason) => (opcode::CLOSE, ws::close_payload(code, reason)),
+            Inject::Drain => drain,
+            Inject::GoingAway => (1001, "heartbeat timeout"),
+            Inject::Close(code, reason) => (code, reason),
+        };
+        let (op, payload) = match code {
+            0 => (opcode::PING, ping_payload(now.max(1))),
+            _ => (opcode::CLOSE, ws::close_payload(code, reason)),
         };
         if op == opcode::CLOSE {
             self.closed[j] = true;
+            self.sent[j] = code;
             if toward == Side::Down {
                 self.closed_ms = now.max(1);
             }
@@ -190,9 +201,11 @@ fn ours(frame: &[u8], tag: u64) -> Option<bool> {
 /// client's Close reply; drop what follows a Close of ours. A filter that ends the tunnel: its
 /// Close toward the other side goes where the refused frame would have, nothing of the frame
 /// or after it goes on, and the verdict is returned.
+#[allow(clippy::too_many_arguments)]
 fn pass(
     t: &mut FrameTracker,
     k: &mut Control,
+    w: &mut Watch<'_>,
     side: Side,
     mut data: &[u8],
     out: &mut Vec<u8>,
@@ -281,7 +294,7 @@ fn pass(
                     }));
                     return Some(v);
                 }
-                _ => {}
+                _ => w.frame(i, &h, &data[s.used..], k.closed.contains(&true)),
             }
             if mine && (h.opcode != opcode::PONG || k.expect[i] == 0) {
                 k.stop_gathering(i, Some(out));
@@ -313,6 +326,64 @@ fn pass(
     }
 }
 
+/// A record of messages counted on worker `worker`'s row of location `loc`'s counters.
+fn make_seen(cfg: &Config, loc: u16, worker: usize) -> Seen {
+    let row = cfg.location_by_id(loc);
+    Seen::new(row.map_or_else(Default::default, |l| l.stats.row(worker)))
+}
+
+/// A tunnel's record of its messages (in the session's notes), with what it takes to make it
+/// at the first frame that counts: the configuration (its location's counters) and the
+/// worker (its row of them).
+pub(super) struct Watch<'a> {
+    notes: &'a mut Option<Box<Notes>>,
+    cfg: &'a Config,
+    loc: u16,
+    worker: usize,
+}
+
+impl<'a> Watch<'a> {
+    #[inline(always)]
+    pub(super) fn new<I: Io + ?Sized>(
+        notes: &'a mut Option<Box<Notes>>,
+        cfg: &'a Config,
+        loc: u16,
+        io: &I,
+    ) -> Watch<'a> {
+        Watch {
+            notes,
+            cfg,
+            loc,
+            worker: io.worker(),
+        }
+    }
+
+    /// The record, made now if there is none.
+    fn get(&mut self) -> &mut Seen {
+        let (cfg, loc, worker) = (self.cfg, self.loc, self.worker);
+        let n = self.notes.get_or_insert_with(Default::default);
+        n.seen.get_or_insert_with(|| make_seen(cfg, loc, worker))
+    }
+
+    /// A frame header from side `i` (`Seen::frame`): pings and pongs make no record.
+    #[inline(always)]
+    fn frame(&mut self, i: usize, h: &ws::FrameHeader, rest: &[u8], proxy_closed: bool) {
+        if h.opcode != opcode::PING && h.opcode != opcode::PONG {
+            self.get().frame(i, h, rest, proxy_closed);
+        }
+    }
+
+    /// The next bytes from side `i`: the rest of its cut Close frame, if it sent one.
+    #[inline(always)]
+    fn more(&mut self, i: usize, data: &[u8]) {
+        if let Some(s) = self.notes.as_deref_mut().and_then(|n| n.seen.as_mut())
+            && s.wants_more(i)
+        {
+            s.more(i, data);
+        }
+    }
+}
+
 /// Both sides have ended their streams and what was queued toward them has gone.
 #[inline(always)]
 fn both_ended(cx: &Cx) -> bool {
@@ -330,6 +401,9 @@ pub(super) struct Tunnel {
     /// being closed by the proxy carry one (made at the 101, or at a drain).
     pub ctl: Option<Box<Control>>,
     pub frames: [FrameTracker; 2],
+    /// Its location's number (`Config::location_id`): where its messages are counted (its
+    /// record of them is in the session's `Notes`).
+    pub loc: u16,
 }
 
 impl Protocol for Tunnel {
@@ -370,13 +444,20 @@ impl Protocol for Tunnel {
                 let mut out = io.scratch();
                 let rt = &cx.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
-                let verdict = pass(t, k, side, io.data_of(c), &mut out, io.now_ms(), drain);
+                let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+                let data = io.data_of(c);
+                w.more(from(side), data);
+                let verdict = pass(t, k, &mut w, side, data, &mut out, io.now_ms(), drain);
                 let replied = !replied && k.replied;
                 io.release(c);
                 self.passed(cx, side, out, replied, verdict, io);
             }
             _ => {
-                let left = t.track(io.data_of(c));
+                let i = from(side);
+                let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+                let data = io.data_of(c);
+                w.more(i, data);
+                let left = t.track_with(data, |h, rest| w.frame(i, h, rest, false));
                 cx.pass_on(side, c, io);
                 if left > 0 {
                     self.maybe_splice(cx, side, io);
@@ -513,6 +594,25 @@ impl Protocol for Tunnel {
 }
 
 impl Tunnel {
+    /// The tunnel's first bytes from each side (what came after the request, after the 101),
+    /// tracked as they go on.
+    pub(super) fn first_bytes<I: Io + ?Sized>(&mut self, cx: &mut Cx, data: [&[u8]; 2], io: &I) {
+        let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+        for (i, d) in data.into_iter().enumerate() {
+            self.frames[i].track_with(d, |h, rest| w.frame(i, h, rest, false));
+        }
+    }
+
+    /// The tunnel is closing: its record of its messages is made if no message made it (its
+    /// end is counted for its location all the same), with the Closes the proxy sent.
+    pub(super) fn note_end<I: Io + ?Sized>(&self, cx: &mut Cx, io: &I) {
+        let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+        let seen = w.get();
+        if let Some(k) = self.ctl.as_deref() {
+            seen.proxy_sent(k.sent);
+        }
+    }
+
     /// What the slow path made of bytes from `side`: `out` on to the other side; the end of
     /// the close handshake (`replied`); a filter's Close. (A filter's delay needs nothing
     /// more: the side is not read until its time, `wants`, `deadline`.)
@@ -585,7 +685,9 @@ impl Tunnel {
             let mut out = io.scratch();
             let rt = &cx.cfg.runtime;
             let drain = (rt.drain_code, rt.drain_reason.as_str());
-            let verdict = pass(&mut self.frames[i], k, side, &p.bytes, &mut out, now, drain);
+            let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+            let t = &mut self.frames[i];
+            let verdict = pass(t, k, &mut w, side, &p.bytes, &mut out, now, drain);
             let replied = !replied && k.replied;
             self.passed(cx, side, out, replied, verdict, io);
             if p.eof {

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 
-use super::log::write_access_log;
+use super::log::{write_access_log, write_open_log};
 use crate::metrics::WorkerMetrics;
 use crate::reactor::{Pipe, RingSys, Sys};
 use crate::session::{AccessLog, Io, Observed};
@@ -15,6 +15,8 @@ pub(super) struct WorkerIo<'a> {
     pub(super) sys: RingSys<'a>,
     pub(super) access_log: bool,
     pub(super) metrics: &'a WorkerMetrics,
+    /// The worker's number.
+    pub(super) worker: usize,
 }
 
 impl Sys for WorkerIo<'_> {
@@ -116,6 +118,14 @@ impl Io for WorkerIo<'_> {
 
     fn as_dyn(&mut self) -> &mut dyn Io {
         self
+    }
+
+    fn log_open(&mut self, l: &AccessLog<'_>) {
+        write_open_log(l);
+    }
+
+    fn worker(&self) -> usize {
+        self.worker
     }
 
     fn log(&mut self, l: &AccessLog<'_>) {

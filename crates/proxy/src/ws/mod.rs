@@ -312,7 +312,14 @@ impl FrameTracker {
     /// Follow `data` passing by in a tunnel, never failing: bytes that break RFC 6455 (or a
     /// tunnel that is not WebSocket at all) mark the stream lost, and it is not tracked on.
     /// Returns [`FrameTracker::payload_left`] after it (what a splice could take).
-    pub fn track(&mut self, mut data: &[u8]) -> u64 {
+    pub fn track(&mut self, data: &[u8]) -> u64 {
+        self.track_with(data, |_, _| {})
+    }
+
+    /// [`FrameTracker::track`], showing `on` each frame header that completes in `data`, with
+    /// the bytes that follow it in `data` (its payload, or the start of it, and maybe more).
+    #[inline(always)]
+    pub fn track_with(&mut self, mut data: &[u8], mut on: impl FnMut(&FrameHeader, &[u8])) -> u64 {
         // The usual case: headers whole where they lie, each payload skipped in one step
         // (what `feed` does, without a `Step` per piece: this runs on every chunk a tunnel
         // forwards).
@@ -328,6 +335,7 @@ impl FrameTracker {
                 Ok(Some(h)) => {
                     self.set_left(h.len);
                     data = &data[h.header_len..];
+                    on(&h, data);
                 }
                 Ok(None) => {
                     // A header cut short: gathered by `step`, from a boundary.
@@ -340,8 +348,16 @@ impl FrameTracker {
                 }
             }
         }
-        if !self.lost() && self.feed(data).is_err() {
-            self.have = LOST;
+        while !self.lost() && !data.is_empty() {
+            match self.step(data) {
+                Ok(s) => {
+                    data = &data[s.used..];
+                    if let Piece::Header(h) = s.piece {
+                        on(&h, data);
+                    }
+                }
+                Err(_) => self.have = LOST,
+            }
         }
         self.payload_left()
     }
