@@ -49,8 +49,9 @@ def bench(*args):
         raise RuntimeError(f"ringway bench {' '.join(args)} failed: {r.stderr.strip()}") from None
 
 
-def measure(binary, work, port, tls, loads):
-    """{load name: instructions per unit} for one build."""
+def measure(binary, work, port, tls, loads, keep=None, label=""):
+    """{load name: instructions per unit} for one build (each load's callgrind dump copied to
+    `keep`, when given, as cg-LABEL-LOAD.out: `callgrind_annotate` shows it per function)."""
     cfg = os.path.join(work, f"ringway-{port}.toml")
     tls_line = ""
     if tls:
@@ -97,6 +98,9 @@ upstream = "echo"
                         if line.startswith("summary:"):
                             total = int(line.split()[1])
             n = r[unit]
+            if keep:
+                for path in new:
+                    shutil.copy(path, os.path.join(keep, f"cg-{label}-{name}.out"))
             res[name] = total / n if total and n else float("nan")
             print(f"  {os.path.basename(binary)} {name}: {total} instructions / {n} = {res[name]:.0f}", file=sys.stderr)
     finally:
@@ -113,6 +117,8 @@ def main():
     ap.add_argument("--messages-secs", type=int, default=4)
     ap.add_argument("--handshakes", type=int, default=600)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="keep each load's callgrind dump in DIR")
+    ap.add_argument("--only", help="run only these loads (comma-separated names, e.g. msg_64)")
     args = ap.parse_args()
     builds = [(b.partition("=")[0], os.path.abspath(b.partition("=")[2])) for b in args.build]
     work = tempfile.mkdtemp(prefix="ringway-instr-")
@@ -145,14 +151,20 @@ def main():
                         "-nodes", "-keyout", key, "-out", crt, "-days", "7", "-subj", "/CN=127.0.0.1",
                         "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
         cert = (crt, key)
+    if args.only:
+        wanted = args.only.split(",")
+        plain = [l for l in plain if l[0] in wanted]
+        tls_loads = [l for l in tls_loads if l[0] in wanted]
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     results = {}
     try:
         time.sleep(0.5)
         for i, (name, binary) in enumerate(builds):
-            results[name] = measure(binary, work, 7300 + i, None, plain)
+            results[name] = measure(binary, work, 7300 + i, None, plain, args.keep, name)
             if cert:
                 try:
-                    results[name].update(measure(binary, work, 7400 + i, cert, tls_loads))
+                    results[name].update(measure(binary, work, 7400 + i, cert, tls_loads, args.keep, name))
                 except RuntimeError as e:
                     # A build from before TLS existed.
                     print(f"  {name}: no TLS figures ({e})", file=sys.stderr)

@@ -292,10 +292,10 @@ pub const CLOSE_WAYS: [(&str, &str); 4] = [
 #[repr(align(64))]
 #[derive(Debug, Default)]
 pub struct MessageRow {
-    pub messages: [AtomicU64; 2],
     /// Payload bytes of data frames.
     pub bytes: [AtomicU64; 2],
-    /// Messages per size bucket (`MESSAGE_BOUNDS`, +Inf last), not cumulative.
+    /// Messages per size bucket (`MESSAGE_BOUNDS`, +Inf last), not cumulative: their sum is
+    /// the messages (one counter less to write per message).
     pub sizes: [[AtomicU64; MESSAGE_BOUNDS.len() + 1]; 2],
     /// Close frames per `CLOSE_WAYS` and code slot.
     pub closes: [[AtomicU64; CLOSE_SLOTS]; 4],
@@ -313,7 +313,6 @@ impl MessageRow {
     /// A message of `size` payload bytes (its fragments summed) came from side `i`.
     #[inline(always)]
     pub fn message(&self, i: usize, size: u64) {
-        bump(&self.messages[i], 1);
         bump(&self.sizes[i][message_bucket(size)], 1);
     }
 
@@ -332,10 +331,10 @@ impl MessageRow {
         let mut t = MessageTotals::default();
         for r in rows {
             for i in 0..2 {
-                t.messages[i] += get(&r.messages[i]);
                 t.bytes[i] += get(&r.bytes[i]);
                 for (b, a) in r.sizes[i].iter().enumerate() {
                     t.sizes[i][b] += get(a);
+                    t.messages[i] += get(a);
                 }
             }
             for (w, way) in r.closes.iter().enumerate() {

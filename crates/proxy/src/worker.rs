@@ -452,7 +452,7 @@ impl Core {
         if let Some(since) = s.tunnel_since() {
             m.tunnel_closed(r.now_ms().saturating_sub(since));
         }
-        s.count_tunnel_end(end);
+        s.count_tunnel_end(end, self.spec.id);
         let lasted = r.now_ms().saturating_sub(entry.accepted_ms);
         match s.role() {
             // An HTTP/2 stream's inner session: its end is counted, it is not a connection.

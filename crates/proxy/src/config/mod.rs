@@ -354,6 +354,29 @@ pub struct Config {
     pub req_zones: Vec<limits::Zone<crate::limits::ReqZone>>,
     /// What `check` and `run` print as warnings (an expired certificate).
     pub warnings: Vec<String>,
+    /// Every location's per-worker message counters in one table, for a tunnel to reach its
+    /// own in a few loads per message (`message_row`).
+    pub message_rows: MessageRows,
+}
+
+/// The `MessageRow`s of every location (`Config::location_id` order), `workers` per location;
+/// runtime state, as `LocationStats` (it takes no part in comparing configurations).
+#[derive(Clone, Default)]
+pub struct MessageRows {
+    rows: Box<[std::sync::Arc<crate::metrics::MessageRow>]>,
+    workers: usize,
+}
+
+impl PartialEq for MessageRows {
+    fn eq(&self, _: &MessageRows) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for MessageRows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageRows({})", self.rows.len())
+    }
 }
 
 /// What a listener's sessions are accepted with (from its default server: the first that
@@ -718,6 +741,30 @@ impl Config {
     }
 
     /// The location of `server` with the longest prefix of `path`.
+    /// Worker `worker`'s row of the message counters of location `loc` (`location_id`).
+    #[inline(always)]
+    pub fn message_row(&self, loc: u16, worker: usize) -> Option<&crate::metrics::MessageRow> {
+        let r = &self.message_rows;
+        if worker >= r.workers {
+            return None;
+        }
+        r.rows
+            .get(usize::from(loc) * r.workers + worker)
+            .map(|r| &**r)
+    }
+
+    /// `message_rows` made from the locations' counters (after they are made or carried).
+    pub fn index_message_rows(&mut self) {
+        let workers = self.runtime.workers.max(1);
+        let rows = self
+            .servers
+            .iter()
+            .flat_map(|s| &s.locations)
+            .flat_map(|l| (0..workers).map(|w| l.stats.row(w)))
+            .collect();
+        self.message_rows = MessageRows { rows, workers };
+    }
+
     /// The location numbered `id` counting across servers in order (`location_id`).
     pub fn location_by_id(&self, id: u16) -> Option<&Location> {
         if id == u16::MAX {
@@ -792,6 +839,7 @@ impl Config {
                 }
             }
         }
+        self.index_message_rows();
     }
 
     /// What a reload cannot change in a running process (it needs a restart), as warnings.

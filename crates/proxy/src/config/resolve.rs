@@ -108,7 +108,7 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
     for l in servers.iter_mut().flat_map(|s| s.locations.iter_mut()) {
         l.stats = LocationStats::new(runtime.workers);
     }
-    Ok(Config {
+    let mut cfg = Config {
         source: cx.file.to_string(),
         runtime,
         tuning_apply: raw.tuning.apply.unwrap_or(false),
@@ -122,7 +122,10 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         conn_zones: zones.0,
         req_zones: zones.1.into_iter().map(|(z, _)| z).collect(),
         warnings,
-    })
+        message_rows: Default::default(),
+    };
+    cfg.index_message_rows();
+    Ok(cfg)
 }
 
 /// `[runtime]`.

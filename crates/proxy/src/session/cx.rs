@@ -94,8 +94,8 @@ pub struct Cx {
 pub(super) struct Notes {
     /// Why the session ends, once that is decided (the first reason given is kept).
     pub end: Option<End>,
-    /// A tunnel's record of its messages (`tunnel/seen.rs`), from its first data or Close
-    /// frame.
+    /// What is rare in a tunnel's record of its messages (`tunnel/seen.rs`), from its first
+    /// fragment or Close, or its end.
     pub seen: Option<super::tunnel::Seen>,
 }
 

@@ -149,17 +149,31 @@ pub struct AccessLog<'a> {
     pub h2: bool,
     /// The client connection's TLS (version, cipher, SNI), on a TLS listener.
     pub tls: Option<crate::tls::Info<'a>>,
-    /// A tunnel's messages, at its end.
-    pub messages: Option<TunnelLog>,
+    /// A tunnel's record of its messages, at its end.
+    pub messages: Option<TunnelLog<'a>>,
 }
 
 /// What a tunnel's log line says of its messages: how many each way (from the client, from
-/// the upstream), the Close frame each side sent, who closed first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TunnelLog {
-    pub messages: [u64; 2],
-    pub close: [Option<super::tunnel::CloseSeen>; 2],
-    pub closer: &'static str,
+/// the upstream), the Close frame each side sent, who closed first. Read from the tunnel's
+/// record when the line is written (nothing is decoded when the access log is off).
+#[derive(Clone, Copy, Debug)]
+pub struct TunnelLog<'a>(pub(super) &'a super::tunnel::Seen);
+
+impl TunnelLog<'_> {
+    /// Messages from the client, from the upstream.
+    pub fn messages(&self) -> [u64; 2] {
+        self.0.messages()
+    }
+
+    /// The Close the client (0) or the upstream (1) sent, if one came.
+    pub fn close(&self, i: usize) -> Option<super::tunnel::CloseSeen> {
+        self.0.close_of(i)
+    }
+
+    /// Who sent the first Close: `client`, `upstream`, `proxy` or `-`.
+    pub fn closer(&self) -> &'static str {
+        self.0.closer().name()
+    }
 }
 
 /// A short reason for a TLS failure (the log's `end=client-tls:REASON`).

@@ -192,6 +192,7 @@ impl Protocol for Exchange {
                     ctl,
                     frames: [FrameTracker::default(); 2],
                     loc,
+                    msgs: [0; 2],
                 };
                 tunnel.first_bytes(cx, [&held, &rest], io);
                 if !held.is_empty() {
@@ -540,7 +541,7 @@ impl Exchange {
 pub(super) fn access_line<'a>(
     cx: &'a Cx,
     r: &'a Req,
-    seen: Option<&super::tunnel::Seen>,
+    seen: Option<&'a super::tunnel::Seen>,
     end: End,
     now_ms: u64,
 ) -> Option<AccessLog<'a>> {
@@ -561,10 +562,6 @@ pub(super) fn access_line<'a>(
         tunnel: r.tunnel(),
         h2: cx.role == super::cx::Role::Stream,
         tls: cx.links.down.tls_info(),
-        messages: seen.map(|s| super::end::TunnelLog {
-            messages: s.messages(),
-            close: [s.close_of(0), s.close_of(1)],
-            closer: s.closer().name(),
-        }),
+        messages: seen.map(super::end::TunnelLog),
     })
 }

@@ -646,7 +646,7 @@ impl Session {
     /// Close both sockets: cancel what is in flight; the fds close when the last completion
     /// has arrived.
     fn close(&mut self, end: End, io: &mut impl Io) {
-        if let Phase::Tunnel(t) = &self.phase {
+        if let Phase::Tunnel(t) = &mut self.phase {
             // A tunnel's record of its messages stays for its log line and its location's
             // counters at the session's end, with the Closes the proxy sent.
             t.note_end(&mut self.cx, io);
@@ -742,10 +742,12 @@ impl Session {
     }
 
     /// The session ended with `end`: if it carried a tunnel, the tunnel's Closes and end are
-    /// counted for its location.
-    pub fn count_tunnel_end(&self, end: End) {
-        if let Some(seen) = self.cx.notes.as_deref().and_then(|n| n.seen.as_ref()) {
-            seen.publish(end);
+    /// counted for its location (on worker `worker`'s row).
+    pub fn count_tunnel_end(&self, end: End, worker: usize) {
+        if let Some(seen) = self.cx.notes.as_deref().and_then(|n| n.seen.as_ref())
+            && let Some(row) = self.cx.cfg.message_row(seen.loc(), worker)
+        {
+            seen.publish(row, end);
         }
     }
 

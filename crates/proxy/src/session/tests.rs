@@ -1399,8 +1399,11 @@ fn an_idle_session_stays_small() {
     // 224: the reason a session ends is boxed (decided as it closes); the exchange boxes
     // what only it needs, and the tunnel, now the largest phase, keeps 15-byte frame
     // trackers and its control itself (the phase's tag is a byte of its own: 56).
+    // 232: the tunnel counts its messages each way (two 32-bit counters, 8 bytes in every
+    // session, where a record on the heap at a tunnel's first message was 80 bytes in every
+    // tunnel that carried one; what is rare goes to the session's notes).
     assert!(
-        std::mem::size_of::<Session>() <= 224,
+        std::mem::size_of::<Session>() <= 232,
         "Session grew to {} bytes",
         std::mem::size_of::<Session>()
     );

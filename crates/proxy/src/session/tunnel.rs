@@ -25,6 +25,7 @@ use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Shut};
 use crate::config::Config;
 use crate::config::Heartbeat;
+use crate::metrics::MessageRow;
 use crate::uring::{Chunk, ConnId};
 use crate::ws::{self, FrameTracker, Piece, opcode};
 
@@ -326,57 +327,85 @@ fn pass(
     }
 }
 
-/// A record of messages counted on worker `worker`'s row of location `loc`'s counters.
-fn make_seen(cfg: &Config, loc: u16, worker: usize) -> Seen {
-    let row = cfg.location_by_id(loc);
-    Seen::new(row.map_or_else(Default::default, |l| l.stats.row(worker)))
-}
-
-/// A tunnel's record of its messages (in the session's notes), with what it takes to make it
-/// at the first frame that counts: the configuration (its location's counters) and the
-/// worker (its row of them).
+/// A tunnel's message counters (its own, and the worker's row of its location's) and the
+/// session's notes (where what is rare goes).
 pub(super) struct Watch<'a> {
+    msgs: &'a mut [u32; 2],
     notes: &'a mut Option<Box<Notes>>,
-    cfg: &'a Config,
-    loc: u16,
-    worker: usize,
+    row: Option<&'a MessageRow>,
 }
 
 impl<'a> Watch<'a> {
     #[inline(always)]
     pub(super) fn new<I: Io + ?Sized>(
+        msgs: &'a mut [u32; 2],
         notes: &'a mut Option<Box<Notes>>,
         cfg: &'a Config,
         loc: u16,
         io: &I,
     ) -> Watch<'a> {
         Watch {
+            msgs,
             notes,
-            cfg,
-            loc,
-            worker: io.worker(),
+            row: cfg.message_row(loc, io.worker()),
         }
     }
 
-    /// The record, made now if there is none.
-    fn get(&mut self) -> &mut Seen {
-        let (cfg, loc, worker) = (self.cfg, self.loc, self.worker);
+    /// The rare part of the record, made now if there is none.
+    fn seen(&mut self) -> &mut Seen {
         let n = self.notes.get_or_insert_with(Default::default);
-        n.seen.get_or_insert_with(|| make_seen(cfg, loc, worker))
+        n.seen.get_or_insert_with(Default::default)
     }
 
-    /// A frame header from side `i` (`Seen::frame`): pings and pongs make no record.
+    /// A frame header from side `i`, followed in the same bytes by `rest`; `proxy_closed`: a
+    /// Close of the proxy's own went to either side before it. A whole message is counted
+    /// here; pings and pongs are not messages; the rest is rare.
     #[inline(always)]
     fn frame(&mut self, i: usize, h: &ws::FrameHeader, rest: &[u8], proxy_closed: bool) {
-        if h.opcode != opcode::PING && h.opcode != opcode::PONG {
-            self.get().frame(i, h, rest, proxy_closed);
+        if h.fin && h.opcode != opcode::CONTINUATION && h.opcode < opcode::CLOSE {
+            self.message(i, h.len, h.len);
+        } else if h.opcode < opcode::PING {
+            self.rare(i, h, rest, proxy_closed);
         }
     }
 
-    /// The next bytes from side `i`: the rest of its cut Close frame, if it sent one.
+    /// A message of `size` payload bytes from side `i` ended with a frame of `len`.
     #[inline(always)]
-    fn more(&mut self, i: usize, data: &[u8]) {
-        if let Some(s) = self.notes.as_deref_mut().and_then(|n| n.seen.as_mut())
+    fn message(&mut self, i: usize, len: u64, size: u64) {
+        let m = &mut self.msgs[i];
+        *m = m.wrapping_add(1);
+        if *m == 0 {
+            self.seen().wrapped(i);
+        }
+        if let Some(row) = self.row {
+            row.frame(i, len);
+            row.message(i, size);
+        }
+    }
+
+    /// A fragment, or a Close.
+    #[cold]
+    fn rare(&mut self, i: usize, h: &ws::FrameHeader, rest: &[u8], proxy_closed: bool) {
+        if h.opcode == opcode::CLOSE {
+            self.seen().close_frame(i, h, rest, proxy_closed);
+            return;
+        }
+        match self.seen().fragment(i, h) {
+            Some(size) => self.message(i, h.len, size),
+            None => {
+                if let Some(row) = self.row {
+                    row.frame(i, h.len);
+                }
+            }
+        }
+    }
+
+    /// The next bytes from side `i`, where its tracker `t` stands before them: the rest of
+    /// its cut Close frame, if it sent one (only inside a frame is there any to look for).
+    #[inline(always)]
+    fn more(&mut self, i: usize, t: &FrameTracker, data: &[u8]) {
+        if t.payload_left() > 0
+            && let Some(s) = self.notes.as_deref_mut().and_then(|n| n.seen.as_mut())
             && s.wants_more(i)
         {
             s.more(i, data);
@@ -401,9 +430,11 @@ pub(super) struct Tunnel {
     /// being closed by the proxy carry one (made at the 101, or at a drain).
     pub ctl: Option<Box<Control>>,
     pub frames: [FrameTracker; 2],
-    /// Its location's number (`Config::location_id`): where its messages are counted (its
-    /// record of them is in the session's `Notes`).
+    /// Its location's number (`Config::location_id`): where its messages are counted.
     pub loc: u16,
+    /// Messages from each side so far (the rest of its record is in the session's notes,
+    /// `seen.rs`).
+    pub msgs: [u32; 2],
 }
 
 impl Protocol for Tunnel {
@@ -444,9 +475,9 @@ impl Protocol for Tunnel {
                 let mut out = io.scratch();
                 let rt = &cx.cfg.runtime;
                 let drain = (rt.drain_code, rt.drain_reason.as_str());
-                let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+                let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
                 let data = io.data_of(c);
-                w.more(from(side), data);
+                w.more(from(side), t, data);
                 let verdict = pass(t, k, &mut w, side, data, &mut out, io.now_ms(), drain);
                 let replied = !replied && k.replied;
                 io.release(c);
@@ -454,9 +485,9 @@ impl Protocol for Tunnel {
             }
             _ => {
                 let i = from(side);
-                let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+                let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
                 let data = io.data_of(c);
-                w.more(i, data);
+                w.more(i, t, data);
                 let left = t.track_with(data, |h, rest| w.frame(i, h, rest, false));
                 cx.pass_on(side, c, io);
                 if left > 0 {
@@ -597,20 +628,20 @@ impl Tunnel {
     /// The tunnel's first bytes from each side (what came after the request, after the 101),
     /// tracked as they go on.
     pub(super) fn first_bytes<I: Io + ?Sized>(&mut self, cx: &mut Cx, data: [&[u8]; 2], io: &I) {
-        let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+        let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
         for (i, d) in data.into_iter().enumerate() {
             self.frames[i].track_with(d, |h, rest| w.frame(i, h, rest, false));
         }
     }
 
-    /// The tunnel is closing: its record of its messages is made if no message made it (its
-    /// end is counted for its location all the same), with the Closes the proxy sent.
-    pub(super) fn note_end<I: Io + ?Sized>(&self, cx: &mut Cx, io: &I) {
-        let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
-        let seen = w.get();
-        if let Some(k) = self.ctl.as_deref() {
-            seen.proxy_sent(k.sent);
-        }
+    /// The tunnel is closing: its record of its messages is made whole (its counters, the
+    /// Closes the proxy sent, where its end is counted: every tunnel's end is counted for its
+    /// location).
+    pub(super) fn note_end<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &I) {
+        let sent = self.ctl.as_deref().map_or([0; 2], |k| k.sent);
+        let msgs = self.msgs;
+        let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
+        w.seen().finish(msgs, sent, self.loc);
     }
 
     /// What the slow path made of bytes from `side`: `out` on to the other side; the end of
@@ -685,7 +716,7 @@ impl Tunnel {
             let mut out = io.scratch();
             let rt = &cx.cfg.runtime;
             let drain = (rt.drain_code, rt.drain_reason.as_str());
-            let mut w = Watch::new(&mut cx.notes, &cx.cfg, self.loc, io);
+            let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
             let t = &mut self.frames[i];
             let verdict = pass(t, k, &mut w, side, &p.bytes, &mut out, now, drain);
             let replied = !replied && k.replied;

@@ -69,19 +69,20 @@ fn write_line(l: &AccessLog<'_>, open: bool) {
 
 /// A tunnel's fields: ` msgs=IN/OUT close_client=CODE[:REASON] close_upstream=... closer=WHO`
 /// (`-` where a side sent no Close; the reason escaped as any field from the network).
-fn messages_fields(t: &TunnelLog) -> String {
-    let close = |c: &Option<CloseSeen>| match c {
+fn messages_fields(t: &TunnelLog<'_>) -> String {
+    let close = |c: Option<CloseSeen>| match c {
         None => "-".to_string(),
         Some(c) if c.reason.is_empty() => c.code.to_string(),
         Some(c) => format!("{}:{}", c.code, escape_log(&c.reason)),
     };
+    let m = t.messages();
     format!(
         " msgs={}/{} close_client={} close_upstream={} closer={}",
-        t.messages[0],
-        t.messages[1],
-        close(&t.close[0]),
-        close(&t.close[1]),
-        t.closer
+        m[0],
+        m[1],
+        close(t.close(0)),
+        close(t.close(1)),
+        t.closer()
     )
 }
 #[cfg(test)]

@@ -1,16 +1,16 @@
 //! What a tunnel saw of its WebSocket messages. Each message is counted as its last frame's
 //! header goes by (the frame trackers find every header anyway): on the worker's row of its
-//! location's counters (`metrics::MessageRow`, for `/metrics`), and here, for the access-log
-//! line at the tunnel's end (messages each way, the Close each side sent, who closed first).
+//! location's counters (`metrics::MessageRow`, for `/metrics`), and in the tunnel, for the
+//! access-log line at its end (messages each way, the Close each side sent, who closed first).
 //!
-//! The record is made at the tunnel's first data or Close frame, or at its end if none came
-//! (in the session's `Notes`, which an idle session keeps only a pointer for).
-
-use std::sync::Arc;
+//! The common case costs no memory: a whole message (one frame) is counted in the tunnel's two
+//! 32-bit counters. What is rare — a fragmented message in progress, a Close, a counter that
+//! wrapped — is kept in a [`Seen`] in the session's notes, made when first needed (or at the
+//! tunnel's end, which every tunnel's record reaches), in one allocation with them.
 
 use super::super::End;
 use crate::metrics::MessageRow;
-use crate::ws::{self, FrameHeader, opcode};
+use crate::ws::{self, FrameHeader};
 
 /// Who sent a tunnel's first Close frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,30 +34,50 @@ impl Closer {
     }
 }
 
-/// A tunnel's record of its messages. Arrays of two are indexed by the side a frame came
-/// from (0: the client, 1: the upstream).
+/// What is rare in a tunnel's record of its messages. Arrays of two are indexed by the side a
+/// frame came from (0: the client, 1: the upstream).
 #[derive(Debug)]
 pub struct Seen {
-    row: Arc<MessageRow>,
+    /// Payload bytes of the message in progress from each side, its fragments so far.
+    part: [u64; 2],
+    /// How many times each side's 32-bit message counter (in the tunnel) wrapped.
+    wraps: [u32; 2],
+    /// Messages from each side, once the tunnel ends (`finish`).
     messages: [u64; 2],
-    /// Payload bytes of the message in progress from each side, its fragments so far
-    /// (saturating: a message past 4 GiB is past the histogram's last bound anyway).
-    part: [u32; 2],
     /// The Close codes the proxy sent on its own to each side (0: none).
     sent: [u16; 2],
     first: Closer,
     /// Bit `i`: side `i`'s Close frame is cut, its payload's rest comes in its next bytes.
     cut: u8,
-    closes: Option<Box<Closes>>,
-}
-
-/// The Close frame each side sent (its first): its payload as it came (masked from the
-/// client), gathered to its length.
-#[derive(Debug, Default)]
-struct Closes {
-    payload: [Option<Vec<u8>>; 2],
+    /// The Close frame each side sent (its first): its payload as it came (masked from the
+    /// client), `have` bytes of its `len` so far (`NO_CLOSE`: none came).
+    payload: [[u8; 125]; 2],
+    have: [u8; 2],
     len: [u8; 2],
     mask: [Option<[u8; 4]>; 2],
+    /// The tunnel's location (`Config::location_id`): where its Closes and end are counted.
+    loc: u16,
+}
+
+/// `Seen::len` of a side that sent no Close.
+const NO_CLOSE: u8 = u8::MAX;
+
+impl Default for Seen {
+    fn default() -> Seen {
+        Seen {
+            part: [0; 2],
+            wraps: [0; 2],
+            messages: [0; 2],
+            sent: [0; 2],
+            first: Closer::Nobody,
+            cut: 0,
+            payload: [[0; 125]; 2],
+            have: [0; 2],
+            len: [NO_CLOSE; 2],
+            mask: [None; 2],
+            loc: u16::MAX,
+        }
+    }
 }
 
 /// A Close frame's code and reason, as logged.
@@ -69,50 +89,33 @@ pub struct CloseSeen {
 }
 
 impl Seen {
-    pub fn new(row: Arc<MessageRow>) -> Seen {
-        Seen {
-            row,
-            messages: [0; 2],
-            part: [0; 2],
-            sent: [0; 2],
-            first: Closer::Nobody,
-            cut: 0,
-            closes: None,
+    /// Side `i`'s message counter wrapped.
+    pub fn wrapped(&mut self, i: usize) {
+        self.wraps[i] += 1;
+    }
+
+    /// A data frame from side `i` that is not a whole message (a fragment, or the first of
+    /// several); the message's size once its last fragment comes.
+    pub fn fragment(&mut self, i: usize, h: &FrameHeader) -> Option<u64> {
+        let size = if h.opcode == ws::opcode::CONTINUATION {
+            self.part[i].saturating_add(h.len)
+        } else {
+            h.len
+        };
+        if h.fin {
+            self.part[i] = 0;
+            Some(size)
+        } else {
+            self.part[i] = size;
+            None
         }
     }
 
-    /// A frame header from side `i` went by, followed in the same bytes by `rest` (its
-    /// payload, or the start of it, and maybe more); `proxy_closed`: a Close of the proxy's own
-    /// went to either side before it.
-    #[inline(always)]
-    pub fn frame(&mut self, i: usize, h: &FrameHeader, rest: &[u8], proxy_closed: bool) {
-        match h.opcode {
-            opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => {
-                self.row.frame(i, h.len);
-                let size = if h.opcode == opcode::CONTINUATION {
-                    u64::from(self.part[i]) + h.len
-                } else {
-                    h.len
-                };
-                if h.fin {
-                    self.messages[i] += 1;
-                    self.row.message(i, size);
-                    self.part[i] = 0;
-                } else {
-                    self.part[i] = size.min(u64::from(u32::MAX)) as u32;
-                }
-            }
-            opcode::CLOSE => self.close_frame(i, h, rest, proxy_closed),
-            _ => {}
-        }
-    }
-
-    /// Side `i`'s first Close frame: its payload is kept (what of it `rest` holds; the rest
-    /// from the side's next bytes, `more`).
-    #[cold]
-    fn close_frame(&mut self, i: usize, h: &FrameHeader, rest: &[u8], proxy_closed: bool) {
-        let c = self.closes.get_or_insert_with(Default::default);
-        if c.payload[i].is_some() {
+    /// Side `i`'s Close frame (its first is kept: what of its payload `rest` holds, the rest
+    /// from the side's next bytes, `more`); `proxy_closed`: a Close of the proxy's own went
+    /// to either side before it.
+    pub fn close_frame(&mut self, i: usize, h: &FrameHeader, rest: &[u8], proxy_closed: bool) {
+        if self.len[i] != NO_CLOSE {
             return;
         }
         if self.first == Closer::Nobody {
@@ -124,13 +127,9 @@ impl Seen {
         }
         // A control frame's payload is at most 125 bytes (the tracker holds it to that).
         let len = h.len.min(125) as usize;
-        let have = rest.len().min(len);
-        c.payload[i] = Some(rest[..have].to_vec());
-        c.len[i] = len as u8;
-        c.mask[i] = h.mask;
-        if have < len {
-            self.cut |= 1 << i;
-        }
+        self.len[i] = len as u8;
+        self.mask[i] = h.mask;
+        self.more(i, rest);
     }
 
     /// Side `i`'s Close frame is cut: the rest of its payload starts its next bytes.
@@ -139,43 +138,47 @@ impl Seen {
         self.cut & (1 << i) != 0
     }
 
-    /// `data`, the next bytes from side `i`, continue its cut Close frame.
-    #[cold]
+    /// `data` continues side `i`'s Close frame (its payload so far is cut short).
     pub fn more(&mut self, i: usize, data: &[u8]) {
-        let Some(c) = self.closes.as_deref_mut() else {
-            return;
-        };
-        if let Some(p) = c.payload[i].as_mut() {
-            let take = (usize::from(c.len[i]) - p.len()).min(data.len());
-            p.extend_from_slice(&data[..take]);
-            if p.len() == usize::from(c.len[i]) {
-                self.cut &= !(1 << i);
-            }
+        let (have, len) = (usize::from(self.have[i]), usize::from(self.len[i]));
+        let take = (len - have).min(data.len());
+        self.payload[i][have..have + take].copy_from_slice(&data[..take]);
+        self.have[i] = (have + take) as u8;
+        if have + take < len {
+            self.cut |= 1 << i;
+        } else {
+            self.cut &= !(1 << i);
         }
     }
 
-    /// The Close frame side `i` sent, if one came.
+    /// The code of side `i`'s Close, if it sent one: 1005 without one, or when the frame ended
+    /// before its code's two bytes (a peer that sent one byte), as RFC 6455 says.
+    pub fn close_code(&self, i: usize) -> Option<u16> {
+        if self.len[i] == NO_CLOSE {
+            return None;
+        }
+        if self.have[i] < 2 {
+            return Some(1005);
+        }
+        let (p, m) = (&self.payload[i], self.mask[i].unwrap_or_default());
+        Some(u16::from_be_bytes([p[0] ^ m[0], p[1] ^ m[1]]))
+    }
+
+    /// The Close frame side `i` sent, if one came (its reason unmasked, made text).
     pub fn close_of(&self, i: usize) -> Option<CloseSeen> {
-        let c = self.closes.as_deref()?;
-        let mut p = c.payload[i].clone()?;
-        if let Some(m) = c.mask[i] {
+        let code = self.close_code(i)?;
+        let n = usize::from(self.have[i]);
+        let mut p = self.payload[i][..n].to_vec();
+        if let Some(m) = self.mask[i] {
             ws::apply_mask(&mut p, m, 0);
         }
-        Some(match p.len() {
-            // No code; or the frame ended before its code's two bytes (cut, or a peer that
-            // sent one byte): as RFC 6455 says of a Close without one.
-            0 | 1 => CloseSeen {
-                code: 1005,
-                reason: String::new(),
-            },
-            _ => CloseSeen {
-                code: u16::from_be_bytes([p[0], p[1]]),
-                reason: String::from_utf8_lossy(&p[2..]).into_owned(),
-            },
+        Some(CloseSeen {
+            code,
+            reason: String::from_utf8_lossy(p.get(2..).unwrap_or_default()).into_owned(),
         })
     }
 
-    /// Messages from each side.
+    /// Messages from each side (once the tunnel ended).
     pub fn messages(&self) -> [u64; 2] {
         self.messages
     }
@@ -185,69 +188,69 @@ impl Seen {
         self.first
     }
 
-    /// The tunnel is ending: the Closes the proxy sent on its own, by code toward each side
-    /// (`Control`'s record); if no side closed before, the proxy was first.
-    pub fn proxy_sent(&mut self, sent: [u16; 2]) {
+    /// The tunnel is ending: its message counters (`msgs`, each of which wrapped `wraps`
+    /// times), the Closes the proxy sent on its own by code toward each side (if no side
+    /// closed before, the proxy was first), and its location.
+    pub fn finish(&mut self, msgs: [u32; 2], sent: [u16; 2], loc: u16) {
+        for (i, m) in msgs.into_iter().enumerate() {
+            self.messages[i] = u64::from(self.wraps[i]) << 32 | u64::from(m);
+        }
         self.sent = sent;
         if self.first == Closer::Nobody && sent.iter().any(|c| *c != 0) {
             self.first = Closer::Proxy;
         }
+        self.loc = loc;
     }
 
-    /// The tunnel ended with `end`: its Closes and its end are counted for its location.
-    pub fn publish(&self, end: End) {
+    /// The tunnel's location (`Config::location_id`).
+    pub fn loc(&self) -> u16 {
+        self.loc
+    }
+
+    /// The tunnel ended with `end`: its Closes and its end are counted on `row` (the worker's
+    /// row of its location's counters).
+    pub fn publish(&self, row: &MessageRow, end: End) {
         for i in 0..2 {
-            if let Some(c) = self.close_of(i) {
-                self.row.close(i, c.code);
+            if let Some(code) = self.close_code(i) {
+                row.close(i, code);
             }
             if self.sent[i] != 0 {
-                self.row.close(2 + i, self.sent[i]);
+                row.close(2 + i, self.sent[i]);
             }
         }
-        self.row.ended(end);
+        row.ended(end);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::{frame, parse_header};
+    use crate::ws::{frame, opcode, parse_header};
 
     fn header(bytes: &[u8]) -> FrameHeader {
         parse_header(bytes).unwrap().unwrap()
     }
 
     #[test]
-    fn messages_are_counted_at_their_last_fragment() {
-        let row = Arc::new(MessageRow::default());
-        let mut s = Seen::new(row.clone());
-        let mut first = crate::ws::frame(opcode::TEXT, &[0; 100], None);
+    fn a_fragmented_message_is_sized_at_its_last_fragment() {
+        let mut s = Seen::default();
+        let mut first = frame(opcode::TEXT, &[0; 100], None);
         first[0] &= 0x7f; // not FIN
-        let mut next = crate::ws::frame(opcode::CONTINUATION, &[0; 200], None);
+        let mut next = frame(opcode::CONTINUATION, &[0; 200], None);
         next[0] &= 0x7f;
-        let last = crate::ws::frame(opcode::CONTINUATION, &[0; 50], None);
-        for f in [&first, &next, &last] {
-            s.frame(1, &header(f), &[], false);
-        }
-        s.frame(0, &header(&frame(opcode::PING, b"x", None)), &[], false);
-        s.frame(
-            0,
-            &header(&frame(opcode::BINARY, &[1; 10], None)),
-            &[],
-            false,
-        );
-        assert_eq!(s.messages(), [1, 1]);
-        let t = MessageRow::sum(std::iter::once(&*row));
-        assert_eq!(t.messages, [1, 1]);
-        assert_eq!(t.bytes, [10, 350]);
-        assert_eq!(t.sizes[1][crate::metrics::message_bucket(350)], 1);
-        assert_eq!(t.sizes[0][0], 1);
+        let last = frame(opcode::CONTINUATION, &[0; 50], None);
+        assert_eq!(s.fragment(1, &header(&first)), None);
+        assert_eq!(s.fragment(1, &header(&next)), None);
+        assert_eq!(s.fragment(1, &header(&last)), Some(350));
+        s.wrapped(0);
+        s.finish([7, 2], [0; 2], 0);
+        assert_eq!(s.messages(), [(1 << 32) + 7, 2]);
     }
 
     #[test]
     fn a_close_cut_across_reads_is_gathered_and_unmasked() {
-        let row = Arc::new(MessageRow::default());
-        let mut s = Seen::new(row.clone());
+        let row = MessageRow::default();
+        let mut s = Seen::default();
         let f = frame(
             opcode::CLOSE,
             &ws::close_payload(4001, "bye now"),
@@ -255,7 +258,7 @@ mod tests {
         );
         let h = header(&f);
         let payload = &f[h.header_len..];
-        s.frame(0, &h, &payload[..1], false);
+        s.close_frame(0, &h, &payload[..1], false);
         assert!(s.wants_more(0));
         s.more(0, &payload[1..]);
         assert!(!s.wants_more(0));
@@ -268,12 +271,12 @@ mod tests {
         );
         assert_eq!(s.closer(), Closer::Client);
         // The upstream's reply: not first; an empty Close is 1005.
-        s.frame(1, &header(&frame(opcode::CLOSE, b"", None)), &[], false);
+        s.close_frame(1, &header(&frame(opcode::CLOSE, b"", None)), &[], false);
         assert_eq!(s.close_of(1).unwrap().code, 1005);
-        s.proxy_sent([0, 1001]);
+        s.finish([0; 2], [0, 1001], 0);
         assert_eq!(s.closer(), Closer::Client);
-        s.publish(End::Done);
-        let t = MessageRow::sum(std::iter::once(&*row));
+        s.publish(&row, End::Done);
+        let t = MessageRow::sum(std::iter::once(&row));
         assert_eq!(t.closes[0][crate::metrics::close_slot(4001)], 1);
         assert_eq!(t.closes[1][5], 1, "1005");
         assert_eq!(t.closes[3][1], 1, "1001 sent to the upstream");
@@ -282,16 +285,12 @@ mod tests {
 
     #[test]
     fn the_proxy_is_first_when_its_close_went_before() {
-        let mut s = Seen::new(Arc::default());
-        s.frame(
-            0,
-            &header(&frame(opcode::CLOSE, b"\x03\xe8", None)),
-            b"\x03\xe8",
-            true,
-        );
+        let mut s = Seen::default();
+        let f = frame(opcode::CLOSE, b"\x03\xe8", None);
+        s.close_frame(0, &header(&f), b"\x03\xe8", true);
         assert_eq!(s.closer(), Closer::Proxy);
-        let mut s = Seen::new(Arc::default());
-        s.proxy_sent([1012, 0]);
+        let mut s = Seen::default();
+        s.finish([0; 2], [1012, 0], 0);
         assert_eq!(s.closer(), Closer::Proxy);
         assert_eq!(s.close_of(0), None);
     }
