@@ -260,6 +260,18 @@ fn websockets_over_h2_are_extended_connects_with_everything_a_tunnel_has() {
             .all(|l| l.contains("status=101") && l.contains(" ws h2 ")),
         "{log}"
     );
+    // Each of the 60 streams echoed five messages: its line counts them, and the location's
+    // counters have them all.
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(" msgs=5/5 ")).count(),
+        60,
+        "{log}"
+    );
+    let m = parse_metrics(&scrape(admin, "").1, "classic");
+    assert!(
+        total(&m, "ringway_location_messages_total{from=client") >= 301.0,
+        "{m:?}"
+    );
     let client = |l: &str| {
         l.split_whitespace()
             .find(|w| w.starts_with("127.0.0.1:"))
