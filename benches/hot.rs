@@ -70,6 +70,9 @@ fn heads(c: &mut Criterion) {
         proto: "http",
         default_host: "chat",
         keepalive: false,
+        target: None,
+        set: &[],
+        no_body: false,
     };
     let mut out = Vec::with_capacity(1024);
     g.bench_function("rewrite_request (upgrade)", |b| {

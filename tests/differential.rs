@@ -243,6 +243,9 @@ fn ringway_view(stream: &[u8]) -> View {
             proto: "http",
             default_host: "backend",
             keepalive: false,
+            target: None,
+            set: &[],
+            no_body: false,
         };
         if rewrite_request(&buf[..req.head_len], &fwd, &mut out).is_err() {
             v.stop = "error";

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ringway_proxy::config::Config;
 use ringway_proxy::reactor::{Pipe, Sys};
-use ringway_proxy::session::{AccessLog, Env, Inner, Io, Next, Observed, Session};
+use ringway_proxy::session::{AccessLog, AuthCache, Env, Inner, Io, Next, Observed, Session};
 use ringway_proxy::upstream::Balancers;
 use ringway_proxy::upstream::pool::Pool;
 use ringway_proxy::uring::{Chunk, ConnId, Op, Src};
@@ -134,6 +134,7 @@ pub struct Tunnel {
     balancers: Balancers,
     pool: Pool,
     inner: Vec<Inner>,
+    auth: AuthCache,
 }
 
 const CFG: &str = r#"
@@ -148,12 +149,18 @@ upstream = "echo"
 "#;
 
 /// The worker's environment for one event.
-fn env<'a>(balancers: &'a mut Balancers, pool: &'a mut Pool, inner: &'a mut Vec<Inner>) -> Env<'a> {
+fn env<'a>(
+    balancers: &'a mut Balancers,
+    pool: &'a mut Pool,
+    inner: &'a mut Vec<Inner>,
+    auth: &'a mut AuthCache,
+) -> Env<'a> {
     Env {
         balancers,
         draining: false,
         pool,
         inner,
+        auth,
     }
 }
 
@@ -169,14 +176,15 @@ impl Tunnel {
             balancers: Balancers::new(&cfg),
             pool: Pool::default(),
             inner: Vec::new(),
+            auth: AuthCache::default(),
         };
         t.s.start(
             &mut t.fx,
-            &mut env(&mut t.balancers, &mut t.pool, &mut t.inner),
+            &mut env(&mut t.balancers, &mut t.pool, &mut t.inner, &mut t.auth),
         );
         t.deliver(ConnId::CLIENT, request);
         assert!(t.fx.connecting, "the request did not connect upstream");
-        let mut env = env(&mut t.balancers, &mut t.pool, &mut t.inner);
+        let mut env = env(&mut t.balancers, &mut t.pool, &mut t.inner, &mut t.auth);
         let next = t.s.on_connect(ConnId::UPSTREAM, 0, &mut t.fx, &mut env);
         assert_eq!(next, Next::Continue);
         t.complete_send(ConnId::UPSTREAM);
@@ -199,7 +207,12 @@ impl Tunnel {
             }
         };
         self.fx.bufs[usize::from(bid)][..bytes.len()].copy_from_slice(bytes);
-        let mut env = env(&mut self.balancers, &mut self.pool, &mut self.inner);
+        let mut env = env(
+            &mut self.balancers,
+            &mut self.pool,
+            &mut self.inner,
+            &mut self.auth,
+        );
         let next = self.s.on_recv(
             id,
             bytes.len() as i32,
@@ -216,7 +229,12 @@ impl Tunnel {
         let c = self.fx.sending[usize::from(id.0)]
             .take()
             .expect("a send in flight");
-        let mut env = env(&mut self.balancers, &mut self.pool, &mut self.inner);
+        let mut env = env(
+            &mut self.balancers,
+            &mut self.pool,
+            &mut self.inner,
+            &mut self.auth,
+        );
         let next = self.s.on_send(id, c.len as i32, &mut self.fx, &mut env);
         assert_eq!(next, Next::Continue);
     }

@@ -66,6 +66,9 @@ pub fn request_head(input: &[u8]) {
             proto: "http",
             default_host: "backend",
             keepalive: false,
+            target: None,
+            set: &[],
+            no_body: false,
         };
         rewrite_request(&input[..req.head_len], &fwd, &mut out).expect("rewrite");
         let up = parse_request(&out, &HeadLimits::flat(1 << 20))

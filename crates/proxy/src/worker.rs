@@ -68,6 +68,8 @@ struct Core {
     balancers: Balancers,
     /// Idle upstream connections (keepalive), for this worker's sessions.
     pool: crate::upstream::pool::Pool,
+    /// Kept `auth_request` answers.
+    auth: crate::session::AuthCache,
     /// Listening sockets by accept slot (the slot is in the accept's user_data); a listener
     /// a reload removed leaves `None`, so no slot ever names another socket.
     listeners: Vec<Option<Listener>>,
@@ -170,6 +172,7 @@ impl Worker {
             core: Core {
                 balancers: Balancers::new(&cfg),
                 pool: Default::default(),
+                auth: Default::default(),
                 cfg,
                 listeners,
                 accept_paused: false,
@@ -413,6 +416,7 @@ impl Core {
             draining: self.drain_began.is_some(),
             pool: &mut self.pool,
             inner: &mut self.inner,
+            auth: &mut self.auth,
         };
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {

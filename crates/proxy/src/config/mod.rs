@@ -44,6 +44,7 @@ impl fmt::Display for FieldPrefix<'_> {
 }
 
 pub mod admin;
+pub mod auth;
 pub mod limits;
 mod raw;
 mod resolve;
@@ -159,6 +160,8 @@ pub struct Location {
     /// How long a tunnel may last: `(max, jitter)`; each tunnel's is `max` less a random part
     /// of `jitter`, and at its end the client gets the drain's Close (reconnect).
     pub max_lifetime: Option<(Duration, Duration)>,
+    /// A subrequest that must allow each request before it is proxied.
+    pub auth_request: Option<auth::AuthRequest>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
 }

@@ -214,6 +214,18 @@ pub struct Location {
     pub message_rate: Option<Spanned<MessageRate>>,
     pub max_lifetime: Option<Spanned<toml::Value>>,
     pub lifetime_jitter: Option<Spanned<toml::Value>>,
+    pub auth_request: Option<Spanned<AuthRequest>>,
+}
+
+/// `auth_request = { upstream, uri, timeout, set, cache }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRequest {
+    pub upstream: Spanned<String>,
+    pub uri: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<toml::Value>>,
+    pub set: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub cache: Option<Spanned<toml::Value>>,
 }
 
 /// `message_rate = { rate, burst, nodelay, zone }`.

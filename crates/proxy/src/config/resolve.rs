@@ -575,6 +575,10 @@ fn location(
             Some(x) => Some(limits::message_rate(cx, lf, x, req_zones)?),
         },
         max_lifetime: max_lifetime(cx, lf, l)?,
+        auth_request: match &l.auth_request {
+            None => None,
+            Some(a) => Some(super::auth::auth_request(cx, lf, a, by_name)?),
+        },
         stats: LocationStats::default(),
     })
 }

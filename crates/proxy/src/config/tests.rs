@@ -583,3 +583,47 @@ fn http2_keys_resolve_per_listener_with_their_bounds() {
     let e = err(&with("http2 = true\nhttp2_max_concurrent_streams = 0"));
     assert_eq!(e.field, "server[0].http2_max_concurrent_streams");
 }
+
+#[test]
+fn auth_request_names_its_upstream_target_headers_and_cache() {
+    let with = |loc: &str| GOOD.replace("path = \"/ws/\"", &format!("path = \"/ws/\"\n{loc}"));
+    let c = Config::parse(
+        "t.toml",
+        &with("auth_request = { upstream = \"ws\", uri = \"/auth\", set = { \"X-User\" = \"X-Auth-User\" }, cache = \"30s\" }"),
+    )
+    .unwrap();
+    let a = c.servers[0].locations[0].auth_request.clone().unwrap();
+    assert_eq!(a.uri.as_deref(), Some("/auth"));
+    assert_eq!(a.set, [("X-User".to_string(), "X-Auth-User".to_string())]);
+    assert_eq!(a.cache, Some(Duration::from_secs(30)));
+    assert_eq!(a.timeout, crate::config::auth::TIMEOUT);
+    let f = "server[0].location[1].auth_request";
+    let e = err(&with("auth_request = { upstream = \"nope\" }"));
+    assert_eq!(e.field, format!("{f}.upstream"));
+    assert!(e.message.contains("unknown upstream"), "{e}");
+    let e = err(&with(
+        "auth_request = { upstream = \"ws\", uri = \"auth\" }",
+    ));
+    assert_eq!(e.field, format!("{f}.uri"));
+    let e = err(&with(
+        "auth_request = { upstream = \"ws\", uri = \"/a b\" }",
+    ));
+    assert_eq!(e.field, format!("{f}.uri"));
+    let e = err(&with(
+        "auth_request = { upstream = \"ws\", set = { \"X User\" = \"Y\" } }",
+    ));
+    assert_eq!(e.field, format!("{f}.set.X User"));
+    let e = err(&with(
+        "auth_request = { upstream = \"ws\", set = { \"Host\" = \"Y\" } }",
+    ));
+    assert!(e.message.contains("cannot be set"), "{e}");
+    let e = err(&with(
+        "auth_request = { upstream = \"ws\", timeout = \"0s\" }",
+    ));
+    assert_eq!(e.field, format!("{f}.timeout"));
+    let text = with("auth_request = { upstream = \"ws\", cach = \"1s\" }");
+    let e = err(&text);
+    assert!(e.message.contains("cach"), "{e}");
+    let line = text.lines().position(|l| l.contains("cach =")).unwrap() + 1;
+    assert_eq!(e.line, line, "{e}");
+}

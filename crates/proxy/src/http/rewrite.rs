@@ -21,6 +21,14 @@ pub struct Forwarded<'a> {
     /// Not an upgrade, and the upstream keeps connections: `Connection: keep-alive` instead
     /// of `close`.
     pub keepalive: bool,
+    /// The request target to send instead of the client's (an `auth_request` subrequest's).
+    pub target: Option<&'a str>,
+    /// Headers the proxy sets: the client's own of these names are dropped, and each is
+    /// written with its value when it has one (`auth_request`'s `set`, the subrequest's
+    /// `X-Original-URI`).
+    pub set: &'a [(&'a str, Option<&'a [u8]>)],
+    /// The request goes without its body (a subrequest): its framing headers are dropped.
+    pub no_body: bool,
 }
 
 /// Write the request head to send upstream into `out`: HTTP/1.1, hop-by-hop headers dropped,
@@ -47,7 +55,7 @@ pub fn rewrite_request(
     };
     out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("/").as_bytes());
+    out.extend_from_slice(fwd.target.or(req.path).unwrap_or("/").as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = connection_names_any(hs);
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
@@ -86,7 +94,14 @@ pub fn rewrite_request(
             if upgrade {
                 header(out, n, h.value);
             }
-        } else if hop_by_hop(n) || (named && named_by_connection(hs, n)) {
+        } else if hop_by_hop(n)
+            || (named && named_by_connection(hs, n))
+            || fwd.set.iter().any(|(s, _)| is(n, s))
+            || (fwd.no_body
+                && ["content-length", "transfer-encoding", "expect"]
+                    .iter()
+                    .any(|b| is(n, b)))
+        {
             // dropped
         } else if is(n, "x-real-ip") {
             if !did_real {
@@ -124,6 +139,11 @@ pub fn rewrite_request(
     }
     if !did_proto {
         header(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
+    }
+    for (name, value) in fwd.set {
+        if let Some(v) = value {
+            header(out, name, v);
+        }
     }
     out.extend_from_slice(b"\r\n");
     Ok(())

@@ -9,6 +9,9 @@ fn fwd() -> Forwarded<'static> {
         proto: "http",
         default_host: "backend",
         keepalive: false,
+        target: None,
+        set: &[],
+        no_body: false,
     }
 }
 
@@ -373,4 +376,38 @@ fn ip_text_writes_what_display_writes() {
             "{ip}"
         );
     }
+}
+
+#[test]
+fn a_subrequest_asks_for_its_own_target_without_body_and_sets_what_it_names() {
+    let head = b"POST /chat?token=x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-User: mallory\r\nAuthorization: Bearer t\r\nExpect: 100-continue\r\n\r\n";
+    let set: [(&str, Option<&[u8]>); 2] =
+        [("X-Original-URI", Some(b"/chat?token=x")), ("X-User", None)];
+    let f = Forwarded {
+        upgrade: false,
+        target: Some("/auth"),
+        set: &set,
+        no_body: true,
+        ..fwd()
+    };
+    let mut out = Vec::new();
+    rewrite_request(head, &f, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("POST /auth HTTP/1.1\r\n"), "{text}");
+    assert!(text.contains("X-Original-URI: /chat?token=x\r\n"), "{text}");
+    assert!(text.contains("Authorization: Bearer t\r\n"), "{text}");
+    for gone in ["Content-Length", "Expect", "X-User", "mallory"] {
+        assert!(!text.contains(gone), "{gone}: {text}");
+    }
+    // The proxied request: a set header with its value replaces the client's.
+    let set: [(&str, Option<&[u8]>); 1] = [("x-user", Some(b"alice"))];
+    let f = Forwarded { set: &set, ..fwd() };
+    let mut out = Vec::new();
+    rewrite_request(head, &f, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.contains("x-user: alice\r\n") && !text.contains("mallory"),
+        "{text}"
+    );
+    assert!(text.contains("Content-Length: 5\r\n"), "{text}");
 }

@@ -70,6 +70,11 @@ pub enum End {
     Lifetime,
     /// The tunnel was shed by a rebalance (its client told to reconnect elsewhere).
     Shed,
+    /// The location's `auth_request` answered 401 or 403, which went to the client.
+    AuthDenied,
+    /// The location's `auth_request` could not say (no server, a timeout, an answer other
+    /// than 2xx, 401, 403): 500, as nginx answers.
+    AuthFailed(&'static str),
 }
 
 impl fmt::Display for End {
@@ -109,6 +114,8 @@ impl fmt::Display for End {
             End::BadFrame(Side::Up) => write!(f, "bad-frame:upstream"),
             End::Lifetime => write!(f, "lifetime"),
             End::Shed => write!(f, "shed"),
+            End::AuthDenied => write!(f, "auth-denied"),
+            End::AuthFailed(why) => write!(f, "auth-failed:{why}"),
         }
     }
 }
@@ -253,10 +260,12 @@ impl End {
         "bad-frame",
         "lifetime",
         "shed",
+        "auth-denied",
+        "auth-failed",
     ];
 
     /// Every kind, in the order of [`End::index`] (for per-kind counters).
-    pub const KINDS: usize = 30;
+    pub const KINDS: usize = 32;
 
     /// A dense index per kind, below [`End::KINDS`].
     pub fn index(&self) -> usize {
@@ -291,6 +300,8 @@ impl End {
             End::BadFrame(_) => 27,
             End::Lifetime => 28,
             End::Shed => 29,
+            End::AuthDenied => 30,
+            End::AuthFailed(_) => 31,
         }
     }
 }
@@ -332,6 +343,8 @@ mod tests {
             End::BadFrame(Side::Down),
             End::Lifetime,
             End::Shed,
+            End::AuthDenied,
+            End::AuthFailed("timeout"),
         ];
         assert_eq!(all.len(), End::KINDS);
         for (i, e) in all.iter().enumerate() {

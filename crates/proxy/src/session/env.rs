@@ -65,6 +65,8 @@ pub struct Env<'a> {
     pub pool: &'a mut crate::upstream::pool::Pool,
     /// Sessions to start beside this one once its event is handled (an HTTP/2 stream's).
     pub inner: &'a mut Vec<Inner>,
+    /// The worker's kept `auth_request` answers.
+    pub auth: &'a mut super::auth::Cache,
 }
 
 /// A session a protocol asks the worker to start beside its own: the inner HTTP/1 session that

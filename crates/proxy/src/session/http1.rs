@@ -204,7 +204,19 @@ impl Protocol for Exchange {
             Downward::Over { again: true } => {
                 cx.served = cx.served.saturating_add(1);
                 cx.phase_ms = Stamp::new(io.now_ms());
-                Phase::Request(Request { head: held })
+                Phase::Request(Request {
+                    head: held,
+                    granted: None,
+                })
+            }
+            Downward::Authorized(allowed) => {
+                // The client's head again, with what it sent meanwhile, allowed.
+                let (mut head, granted) = *allowed;
+                head.extend_from_slice(&held);
+                Phase::Request(Request {
+                    head,
+                    granted: Some(Box::new(granted)),
+                })
             }
             _ => {
                 cx.end_with(End::Done);
@@ -351,6 +363,9 @@ impl Exchange {
                 }
             } else {
                 self.server_answered(cx);
+            }
+            if self.terms.auth.is_some() {
+                return self.auth_answer(cx, &resp, io, env);
             }
             return self.final_head(cx, &resp, io, env);
         }

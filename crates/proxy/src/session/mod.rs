@@ -31,6 +31,7 @@ macro_rules! run {
 
 mod after;
 mod answer;
+mod auth;
 mod connect;
 mod cx;
 mod end;
@@ -58,6 +59,7 @@ use crate::uring::{Chunk, ConnId, Src};
 use after::{close_retired, settled, sync_recv};
 mod env;
 use answer::Answer;
+pub use auth::Cache as AuthCache;
 use cx::Cx;
 pub use cx::Role;
 pub use end::{AccessLog, End, TunnelLog};
@@ -599,6 +601,14 @@ impl Session {
         if self.phase.is_closing() {
             return;
         }
+        // An `auth_request` subrequest that fails (its servers down, a timeout, a bad answer)
+        // is 500 to the client, as in nginx; the log says why.
+        let (status, end) = match &self.phase {
+            Phase::Exchange(x) if x.terms.auth.is_some() && status >= 500 => {
+                (500, auth::failed(end))
+            }
+            _ => (status, end),
+        };
         if self.phase.req().is_some_and(|r| r.responded) {
             return self.close(end, io);
         }

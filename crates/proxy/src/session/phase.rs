@@ -124,6 +124,9 @@ pub(super) enum Downward {
     Over {
         again: bool,
     },
+    /// An `auth_request` subrequest allowed the request (its head and what followed, and what
+    /// the answer gave it): the exchange finishes into that request, parsed again.
+    Authorized(Box<(Vec<u8>, super::auth::Granted)>),
 }
 
 /// Where a connect attempt stands.
@@ -229,6 +232,8 @@ pub(super) struct Terms {
     pub upward: Upward,
     /// The location's number (`Config::location_id`), for the tunnel's message counters.
     pub loc: u16,
+    /// This exchange is an `auth_request` subrequest: the request it asks about.
+    pub auth: Option<Box<super::auth::Pending>>,
 }
 
 /// `Req::peer` before a server is chosen.

@@ -13,7 +13,7 @@ use crate::uring::{Chunk, ConnId};
 impl Session {
     /// Raw bytes from the client while its PROXY header is still to come.
     pub(super) fn proxy_header(&mut self, c: Chunk, io: &mut impl Io, env: &mut Env<'_>) -> Step {
-        let Phase::Request(Request { head }) = &mut self.phase else {
+        let Phase::Request(Request { head, .. }) = &mut self.phase else {
             io.release(c);
             return Step::Continue;
         };

@@ -15,10 +15,12 @@ use crate::upstream::attempt::Attempt;
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 
-/// A request head being read: its bytes so far.
+/// A request head being read: its bytes so far; `granted`: the head is one an `auth_request`
+/// allowed, parsed again (its limits were taken the first time).
 #[derive(Debug, Default)]
 pub(super) struct Request {
     pub head: Vec<u8>,
+    pub granted: Option<Box<super::auth::Granted>>,
 }
 
 impl Protocol for Request {
@@ -28,11 +30,11 @@ impl Protocol for Request {
 
     /// Begun with bytes already (what a kept-alive client pipelined, or what another protocol
     /// read before handing the connection over): they may be a whole head.
-    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, _env: &mut Env<'_>) -> Step {
+    fn start<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
         if self.head.is_empty() {
             Step::Continue
         } else {
-            self.parse(cx, io)
+            self.parse(cx, io, env)
         }
     }
 
@@ -42,7 +44,7 @@ impl Protocol for Request {
         from: ConnId,
         c: Chunk,
         io: &mut I,
-        _env: &mut Env<'_>,
+        env: &mut Env<'_>,
     ) -> Step {
         if from != ConnId::CLIENT {
             // Nothing is expected from an upstream between requests.
@@ -62,7 +64,7 @@ impl Protocol for Request {
         {
             return step;
         }
-        self.parse(cx, io)
+        self.parse(cx, io, env)
     }
 
     /// A head cut short, or a client gone between requests.
@@ -145,7 +147,12 @@ impl Request {
     /// Parse the head so far; once it is whole, route it (the location, the limits), rewrite
     /// it for the upstream and become the exchange that connects (`Connecting`: the connect
     /// starts once the previous upstream socket, if any, has closed), or answer it ourselves.
-    pub(super) fn parse<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) -> Step {
+    pub(super) fn parse<I: Io + ?Sized>(
+        &mut self,
+        cx: &mut Cx,
+        io: &mut I,
+        env: &mut Env<'_>,
+    ) -> Step {
         let head = &mut self.head;
         let buf = &*head;
         let req = match http::parse_request(buf, &cx.listen().limits()) {
@@ -170,9 +177,9 @@ impl Request {
         let found = norm.as_ref().ok().and_then(|path| {
             let s = cfg.find_server(usize::from(cx.listen().index), req.host_name())?;
             let l = cfg.find_location(s, path.as_bytes())?;
-            Some((&cfg.servers[s].locations[l], cfg.location_id(s, l)))
+            Some((s, l))
         });
-        let route = found.map(|(l, _)| l);
+        let route = found.map(|(s, l)| &cfg.servers[s].locations[l]);
         // Only an allowed protocol (websocket by default), and never on HTTP/1.0, is tunnelled;
         // any other Upgrade is dropped and the request proxied as plain HTTP.
         let upgrade = match (&req.upgrade, route) {
@@ -183,31 +190,76 @@ impl Request {
             }
             _ => "",
         };
-        let r = new_req(cx, &req, route, upgrade, &buf, now);
+        let mut r = new_req(cx, &req, route, upgrade, &buf, now);
         if let Err(HeadError::Invalid(why)) = norm {
             return Step::Answer(r, 400, End::BadRequest(why));
         }
         let Some(loc) = route else {
             return Step::Answer(r, 404, End::NoRoute);
         };
-        loc.stats.routed();
-        let delay_ms = match take_limits(cfg, loc, cx.client.ip(), &mut cx.links.limited) {
-            // At most the longest timeout: the phase's clock is a 32-bit stamp, exact within
-            // 24 days (a 1r/m rate with a burst of 100,000 could ask for 70).
-            Ok(ms) => ms.min(crate::config::MAX_TIMEOUT.as_millis() as u64),
-            Err(status) => {
-                loc.stats.limited();
-                return Step::Answer(r, status, End::Limited);
+        let granted = self.granted.take();
+        let delay_ms = if granted.is_some() {
+            // Counted and limited when it was first routed.
+            0
+        } else {
+            loc.stats.routed();
+            match take_limits(cfg, loc, cx.client.ip(), &mut cx.links.limited) {
+                // At most the longest timeout: the phase's clock is a 32-bit stamp, exact
+                // within 24 days (a 1r/m rate with a burst of 100,000 could ask for 70).
+                Ok(ms) => ms.min(crate::config::MAX_TIMEOUT.as_millis() as u64),
+                Err(status) => {
+                    loc.stats.limited();
+                    return Step::Answer(r, status, End::Limited);
+                }
             }
         };
-        let (out, upward) = match request_up(cx, &req, &buf, !upgrade.is_empty(), loc, io) {
+        let (si, li) = found.unwrap_or_default();
+        let id = cfg.location_id(si, li);
+        let (granted, buf) = match granted {
+            Some(g) => (Some(*g), buf),
+            None if loc.auth_request.is_some() => {
+                // Asked first (or a kept answer): the configuration is held by this session
+                // meanwhile, as it is by `cx`.
+                let held = cx.cfg.clone();
+                let Some(a) = &held.servers[si].locations[li].auth_request else {
+                    return Step::Answer(r, 500, End::AuthFailed("error"));
+                };
+                match super::auth::ask(cx, &req, buf, r, a, id, delay_ms, io, env) {
+                    Ok((g, buf, back)) => {
+                        r = back;
+                        (Some(g), buf)
+                    }
+                    Err(step) => return step,
+                }
+            }
+            None => (None, buf),
+        };
+        let cfg = &*cx.cfg;
+        let loc = &cfg.servers[si].locations[li];
+        if let Some(g) = &granted {
+            // The request began before its subrequest.
+            r.started_ms = g.started_ms;
+        }
+        let set: Vec<(&str, Option<&[u8]>)> = match (&loc.auth_request, &granted) {
+            (Some(a), Some(g)) => a
+                .set
+                .iter()
+                .zip(&g.values)
+                .map(|((name, _), v)| (name.as_str(), v.as_deref()))
+                .collect(),
+            // A location's `set` headers never come from the client.
+            (Some(a), None) => a.set.iter().map(|(n, _)| (n.as_str(), None)).collect(),
+            _ => Vec::new(),
+        };
+        let up = request_up(cx, &req, &buf, !upgrade.is_empty(), loc, &set, io);
+        let (out, upward) = match up {
             Ok(up) => up,
             Err(why) => {
                 return Step::Answer(r, 400, End::BadRequest(why));
             }
         };
         let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward, now);
-        terms.loc = found.map_or(u16::MAX, |(_, id)| id);
+        terms.loc = id;
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
         if let Some(a) = terms.attempt.as_mut() {
@@ -314,6 +366,7 @@ fn new_terms(
         up_keep: false,
         upward,
         loc: u16::MAX,
+        auth: None,
     })
 }
 
@@ -326,6 +379,7 @@ fn request_up(
     buf: &[u8],
     upgrade: bool,
     loc: &Location,
+    set: &[(&str, Option<&[u8]>)],
     io: &mut (impl Io + ?Sized),
 ) -> Result<(Vec<u8>, Upward), &'static str> {
     let cfg = &*cx.cfg;
@@ -337,6 +391,9 @@ fn request_up(
         proto: if cx.listen().tls { "https" } else { "http" },
         default_host: &cfg.upstreams[loc.upstream].name,
         keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
+        target: None,
+        set,
+        no_body: false,
     };
     if let Err(HeadError::Invalid(why)) =
         http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)

@@ -359,6 +359,7 @@ macro_rules! env_of {
             draining: $sim.draining,
             pool: &mut $sim.pool,
             inner: &mut $sim.inner,
+            auth: &mut $sim.auth,
         }
     };
 }
@@ -372,6 +373,7 @@ struct Sim {
     balancers: Balancers,
     draining: bool,
     pool: crate::upstream::pool::Pool,
+    auth: super::auth::Cache,
     /// Inner sessions asked for (none: the simulation runs HTTP/1).
     inner: Vec<super::Inner>,
     rng: u64,
@@ -438,6 +440,7 @@ impl Sim {
             balancers,
             draining: false,
             pool: Default::default(),
+            auth: Default::default(),
             inner: Vec::new(),
             ended: false,
             timer_at: 0,
@@ -1793,7 +1796,10 @@ impl super::protocol::Protocol for Sniff {
     ) -> super::protocol::Step {
         let head = io.data_of(c).to_vec();
         io.release(c);
-        super::protocol::Step::Become(Phase::Request(Request { head }))
+        super::protocol::Step::Become(Phase::Request(Request {
+            head,
+            granted: None,
+        }))
     }
 }
 
