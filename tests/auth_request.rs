@@ -259,6 +259,25 @@ fn an_auth_service_that_is_down_or_slow_is_500_and_the_proxy_goes_on() {
         upgrade(&st, "/", &[("Authorization", "Bearer alice")]).0,
         101
     );
+    // An answer head past the bound: 500 (bad-answer), nothing held of it. An answer with a
+    // body: allowed (the body is not read; that connection is not kept).
+    assert_eq!(
+        upgrade(&st, "/", &[("Authorization", "Bearer huge")]).0,
+        500
+    );
+    st.proxy.wait_log("end=auth-failed:bad-answer", 10);
+    for _ in 0..3 {
+        let (status, ws) = upgrade(&st, "/headers", &[("Authorization", "Bearer talker")]);
+        assert_eq!(status, 101);
+        assert_eq!(
+            values(&upstream_headers(&mut ws.unwrap()), "x-user"),
+            ["talker"]
+        );
+    }
+    assert_eq!(
+        upgrade(&st, "/", &[("Authorization", "Bearer alice")]).0,
+        101
+    );
 }
 
 #[test]

@@ -763,3 +763,31 @@ fn http2_on_and_its_stream_limit_import_as_server_keys() {
     );
     check(&dir.join("h2.toml"));
 }
+
+/// nginx's auth_request with its internal location and auth_request_set: one `auth_request`
+/// table in the location that asks (the internal location is not imported: clients must not
+/// reach it), and a location whose target is missing is left out, not imported open.
+#[test]
+fn auth_request_and_its_internal_location_become_one_table() {
+    let dir = scratch("import-auth");
+    let text = "http {\n    upstream chat { server 127.0.0.1:9001; }\n    upstream auth_backend { server 127.0.0.1:9002; keepalive 16; }\n    server {\n        listen 127.0.0.1:18093;\n        location /ws/ {\n            auth_request /auth;\n            auth_request_set $user $upstream_http_x_user;\n            proxy_set_header X-User $user;\n            proxy_set_header Host $host;\n            proxy_pass http://chat;\n        }\n        location = /auth {\n            internal;\n            proxy_pass http://auth_backend/verify;\n            proxy_pass_request_body off;\n            proxy_set_header Content-Length \"\";\n            proxy_set_header X-Original-URI $request_uri;\n        }\n        location /open/ {\n            auth_request /nowhere;\n            proxy_set_header Host $host;\n            proxy_pass http://chat;\n        }\n    }\n}\n";
+    let (toml, printed) = imported(&dir, "nginx.conf", text);
+    assert!(
+        toml.contains("auth_request = { upstream = \"auth_backend\", uri = \"/verify\", set = { \"X-User\" = \"x-user\" } }"),
+        "{toml}"
+    );
+    assert!(!toml.contains("path = \"/auth\""), "{toml}");
+    assert!(!toml.contains("path = \"/open/\""), "{toml}");
+    assert!(
+        printed.contains("nginx.conf:13: `location = /auth`: internal"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "nginx.conf:20: `location /open/`: auth_request /nowhere: no location /nowhere"
+        ),
+        "{printed}"
+    );
+    let checked = check(&dir.join("nginx.toml"));
+    assert!(checked.contains("configuration OK"), "{checked}");
+}

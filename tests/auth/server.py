@@ -1,7 +1,8 @@
 """An auth service for tests/auth_request.rs, as a user would write one behind nginx's
 auth_request: it finds the client's token (Bearer header, `token` cookie, `token` query
 parameter of X-Original-URI, or a `token.NAME` WebSocket subprotocol) and answers 200 with
-X-Auth-User for alice and bob, 403 for eve, 502 for "broken", after 3 s for "slow", else 401.
+X-Auth-User for alice and bob, 403 for eve, 502 for "broken", after 3 s for "slow", an
+answer head of 250 KB for "huge", a 100 KB body for "talker" (allowed), else 401.
 Each request it gets is appended to LOG as a JSON line.
 
     python3 server.py PORT LOG
@@ -53,6 +54,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             }) + "\n")
         if token == "slow":
             time.sleep(3)
+        if token == "huge":
+            # An answer head past any proxy's bound.
+            self.send_response(200)
+            for i in range(2000):
+                self.send_header(f"X-Filler-{i}", "x" * 60)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if token == "talker":
+            # Allowed, with a body (the connection is not kept after it).
+            body = b"x" * 100000
+            self.send_response(200)
+            self.send_header("X-Auth-User", token)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         status = {"alice": 200, "bob": 200, "eve": 403, "broken": 502}.get(token, 401)
         self.send_response(status)
         if status == 200:

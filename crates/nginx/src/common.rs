@@ -78,6 +78,19 @@ impl Translator {
             {
                 self.warn(d, "what ringway always does (it never buffers, in either direction): nothing to write");
             }
+            "auth_request" => {
+                self.args(d, 1..=1)?;
+                inh.auth_request = Some(d.clone());
+            }
+            "auth_request_set" => {
+                self.args(d, 2..=2)?;
+                list_push(
+                    &mut inh.auth_set,
+                    &mut inh.here,
+                    "auth_request_set",
+                    d.clone(),
+                );
+            }
             "proxy_cache" if d.args.first().map(String::as_str) == Some("off") => {
                 self.warn(d, "ringway caches nothing: nothing to write");
             }

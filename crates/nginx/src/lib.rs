@@ -5,6 +5,7 @@
 //! recognised; everything else gets a warning with its file and line saying what ringway does
 //! instead. Nothing is dropped without one.
 
+mod auth;
 mod command;
 mod common;
 mod notes;
@@ -45,6 +46,8 @@ pub fn import(path: &Path) -> Result<Import, ParseError> {
         upstreams: Vec::new(),
         servers: Vec::new(),
         maps: HashMap::new(),
+        auth_targets: HashMap::new(),
+        auth_vars: Vec::new(),
     };
     t.main(&list)?;
     // In file order; warnings about the whole file last.
@@ -121,6 +124,8 @@ struct Inherit {
     keepalive_requests: Option<(i64, Where)>,
     real_ip_header: Option<Directive>,
     set_real_ip_from: Option<Vec<Directive>>,
+    auth_request: Option<Directive>,
+    auth_set: Option<Vec<Directive>>,
     /// The list directives set at the level being read (the first replaces the outer list).
     here: Vec<&'static str>,
 }
@@ -164,6 +169,11 @@ struct Translator {
     /// `map $http_upgrade $var { default upgrade; '' close; }`: the variables that are
     /// ringway's Connection rule.
     maps: HashMap<String, bool>,
+    /// The server being read: its locations with a proxy_pass, by path (`auth_request`'s
+    /// targets).
+    auth_targets: HashMap<String, Directive>,
+    /// The location being read: the variables its `auth_request_set` fills.
+    auth_vars: Vec<String>,
 }
 
 impl Translator {

@@ -192,7 +192,6 @@ const NOTES: &[(&[&str], &str)] = &[
             "deny",
             "auth_basic",
             "auth_basic_user_file",
-            "auth_request",
             "satisfy",
             "limit_except",
             "valid_referers",

@@ -82,6 +82,7 @@ impl Translator {
             http2_at,
         } = self.split_listens(&listens, ssl_on);
         let mut locations = Vec::new();
+        self.auth_targets(block);
         for e in block.iter().filter(|e| e.name == "location") {
             self.location(e, "", &inh, &mut locations)?;
         }
@@ -378,12 +379,16 @@ impl Translator {
         outer: &Inherit,
         out: &mut Vec<(Where, Table)>,
     ) -> Result<(), ParseError> {
+        let block = d.block.as_deref().unwrap_or_default();
+        if block.iter().any(|e| e.name == "internal") {
+            self.warn(d, "internal: clients cannot reach it, so it is not imported as a location; a location whose auth_request names it carries its proxy_pass (ringway's subrequest goes without a body and with X-Original-URI and X-Original-Method of its own)");
+            return Ok(());
+        }
         let Some(path) = self.location_path(d, outer_path)? else {
             return Ok(());
         };
         let mut inh = outer.inner();
         let mut pass = None;
-        let block = d.block.as_deref().unwrap_or_default();
         for e in block {
             match e.name.as_str() {
                 "location" => {}
@@ -423,6 +428,9 @@ impl Translator {
         );
         let read_ms = self.location_timeouts(&inh, &mut t);
         self.location_limits(&inh, &mut t)?;
+        if self.auth_request(d, &inh, &mut t)?.is_err() {
+            return Ok(());
+        }
         self.headers(d, &inh, &mut t);
         if read_ms >= 120_000 {
             t.comments.push(format!(
@@ -600,6 +608,11 @@ impl Translator {
             let name = h.args[0].to_ascii_lowercase();
             let v = h.args[1].as_str();
             let var = v.strip_prefix('$').unwrap_or("");
+            if self.auth_vars.iter().any(|a| a == var) {
+                // What the auth answer gave: written as auth_request's `set`.
+                seen.push(name);
+                continue;
+            }
             let verdict: Result<(), String> = match name.as_str() {
                 "upgrade" if v == "$http_upgrade" => Ok(()),
                 "connection" if self.maps.get(var) == Some(&true) => Ok(()),

@@ -154,6 +154,22 @@ impl Config {
                 ))
             );
         }
+        if let Some(a) = &l.auth_request {
+            let set: Vec<String> = a
+                .set
+                .iter()
+                .map(|(to, from)| format!("{to}<-{from}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "    auth_request upstream={:?} uri={} timeout={} set=[{}] cache={}",
+                self.upstreams[a.upstream].name,
+                a.uri.as_deref().unwrap_or("(the request's)"),
+                fmt_duration(a.timeout),
+                set.join(", "),
+                a.cache.map_or("off".to_string(), fmt_duration)
+            );
+        }
         if let Some(c) = l.limit_conn {
             let _ = writeln!(
                 o,

@@ -224,6 +224,10 @@ pub const CACHE_ENTRIES: usize = 10_000;
 /// Credentials longer than this are asked about every time (not cached).
 pub const KEY_MAX: usize = 2048;
 
+/// An answer is kept only when its credentials and the values it gives come to at most this
+/// many bytes: a worker's cache holds at most `CACHE_ENTRIES × ENTRY_MAX` (40 MB) of them.
+pub const ENTRY_MAX: usize = 4096;
+
 /// A cached answer's key: the location's number and the request's credentials.
 type Key = (u16, Box<[u8]>);
 
@@ -249,6 +253,13 @@ impl Cache {
 
     /// Keep `v` for `key` at `loc` until `until` (ms), room allowing.
     pub fn put(&mut self, loc: u16, key: Box<[u8]>, until: u64, now: u64, v: Verdict) {
+        let given = match &v {
+            Verdict::Allow(values) => values.iter().flatten().map(Vec::len).sum(),
+            Verdict::Deny(_) => 0,
+        };
+        if key.len() + given > ENTRY_MAX {
+            return;
+        }
         if self.map.len() >= CACHE_ENTRIES {
             self.map.retain(|_, (u, _)| *u > now);
             if self.map.len() >= CACHE_ENTRIES {
@@ -333,6 +344,10 @@ mod tests {
         // Once they expire, new ones are taken again.
         c.put(0, b"new".as_slice().into(), 5000, 2000, Verdict::Deny(403));
         assert_eq!(c.len(), 1);
+        // An answer that gives more than an entry may hold is not kept.
+        let big = Verdict::Allow(vec![Some(vec![b'x'; ENTRY_MAX])]);
+        c.put(0, b"big".as_slice().into(), 5000, 2000, big);
+        assert_eq!(c.get(0, b"big", 2000), None);
     }
 
     #[test]
