@@ -109,10 +109,13 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
     assert_eq!(servers, st.backends.len());
     assert!(total(&m, "ringway_buffer_pool_buffers{") > 0.0);
     assert_eq!(total(&m, "ringway_up{"), 1.0);
-    // Base units: every histogram is in seconds, every byte count in bytes.
+    // Base units: every histogram is in seconds or bytes, every byte count in bytes.
     for k in m.keys() {
         if k.ends_with("_bucket") || k.contains("_bucket{") {
-            assert!(k.contains("_seconds_bucket"), "{k}");
+            assert!(
+                k.contains("_seconds_bucket") || k.contains("_bytes_bucket"),
+                "{k}"
+            );
         }
     }
     drop(tunnels);
@@ -154,8 +157,21 @@ fn the_grafana_dashboard_queries_only_metrics_ringway_exposes() {
     let _p = proxy(&cfg, listen, &dir);
     let mut ws = ws_connect(listen, "/");
     ws_echo(&mut ws, vec![1; 100]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let (_, text) = scrape(admin, "");
+    // A tunnel that closed with a Close each way (its location's closes and ends are written
+    // once there are some).
+    let mut done = ws_connect(listen, "/");
+    done.close(None).unwrap();
+    while done.read().is_ok() {}
+    drop(done);
+    let t = std::time::Instant::now();
+    let text = loop {
+        let (_, text) = scrape(admin, "");
+        if text.contains("ringway_location_tunnels_ended_total{") {
+            break text;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let names: std::collections::HashSet<String> = parse_metrics(&text, "classic")
         .keys()
         .map(|k| k.split('{').next().unwrap().to_string())
