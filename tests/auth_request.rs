@@ -278,6 +278,18 @@ fn an_auth_service_that_is_down_or_slow_is_500_and_the_proxy_goes_on() {
         upgrade(&st, "/", &[("Authorization", "Bearer alice")]).0,
         101
     );
+    // An interim answer (103) from the auth service does not reach the client: its first
+    // response is the 101.
+    let mut s = st.connect();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer early\r\n{WS_REQ}\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    assert_eq!(status_of(&head), 101, "{}", String::from_utf8_lossy(&head));
 }
 
 #[test]

@@ -2,7 +2,8 @@
 auth_request: it finds the client's token (Bearer header, `token` cookie, `token` query
 parameter of X-Original-URI, or a `token.NAME` WebSocket subprotocol) and answers 200 with
 X-Auth-User for alice and bob, 403 for eve, 502 for "broken", after 3 s for "slow", an
-answer head of 250 KB for "huge", a 100 KB body for "talker" (allowed), else 401.
+answer head of 250 KB for "huge", a 100 KB body for "talker" (allowed), a 103 before
+alice's answer for "early", else 401.
 Each request it gets is appended to LOG as a JSON line.
 
     python3 server.py PORT LOG
@@ -62,6 +63,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if token == "early":
+            # Early hints before the answer: the client must not see them.
+            self.send_response_only(103)
+            self.send_header("Link", "</style.css>; rel=preload")
+            self.end_headers()
+            self.wfile.flush()
+            token = "alice"
         if token == "talker":
             # Allowed, with a body (the connection is not kept after it).
             body = b"x" * 100000

@@ -348,8 +348,12 @@ impl Exchange {
                 if t.interim > INTERIM_MAX || u32::from(t.interim_bytes) > INTERIM_BYTES_MAX {
                     return Step::Respond(502, End::BadResponse("too many interim responses"));
                 }
-                self.req.responded = true;
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
+                if t.auth.is_some() {
+                    // An auth service's interim answer is its own business: not the client's.
+                    continue;
+                }
+                self.req.responded = true;
                 let c = io.put(info);
                 cx.send_to(Side::Down, c, io);
                 continue;
