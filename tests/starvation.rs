@@ -86,9 +86,11 @@ fn stalled_readers_cannot_starve_the_pool() {
         "500 stalled readers: worst echo or health round trip {worst:?}, proxy RSS +{rss_growth_kib} KiB"
     );
     // A liveness bound, not a speed figure: a starved pool stalls these for ever (the reads
-    // above would time out at 30 s); a slow shared machine stays far below 5 s.
+    // above would time out at 30 s). A loaded shared machine has stretched one round trip to
+    // 5.9–7.5 s late in the full suite (a TCP retransmission backing off on loopback: 0.2 s
+    // doubled five times is 6.2 s), never alone; 15 s is past that and far from for ever.
     assert!(
-        worst < Duration::from_secs(5),
+        worst < Duration::from_secs(15),
         "a round trip stalled for {worst:?}"
     );
     // The budget: 4 buffers of 16 KiB per stalled direction is 32 MiB for 500; the pool's
