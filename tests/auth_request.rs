@@ -93,6 +93,21 @@ fn upgrade(st: &Stack, path: &str, headers: &[(&str, &str)]) -> (u16, Option<Ws>
     }
 }
 
+/// An upgrade to `/ws` written by hand with `extra` header lines: the first response head
+/// that comes back (for what no client library sends, or reads, as such).
+fn raw_upgrade(st: &Stack, extra: &str) -> Vec<u8> {
+    let mut s = st.connect();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\n{WS_REQ}{extra}\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+        head.push(b[0]);
+    }
+    head
+}
+
 /// The headers the echo backend got with the upgrade (its first message on `/headers`).
 fn upstream_headers(ws: &mut Ws) -> Vec<(String, String)> {
     let m = ws.read().unwrap().into_text().unwrap();
@@ -150,19 +165,8 @@ fn a_token_in_any_place_a_client_can_put_it_lets_the_upgrade_through_and_names_t
         values(&upstream_headers(&mut ws.unwrap()), "x-user"),
         ["alice"]
     );
-    let mut s = st.connect();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\n{WS_REQ}Sec-WebSocket-Protocol: token.bob, chat\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
+    let head = raw_upgrade(&st, "Sec-WebSocket-Protocol: token.bob, chat\r\n");
     assert_eq!(status_of(&head), 101, "{}", String::from_utf8_lossy(&head));
-    drop(s);
     // Messages flow once allowed.
     let (_, ws) = upgrade(&st, "/", &[("Authorization", "Bearer alice")]);
     let mut ws = ws.unwrap();
@@ -280,15 +284,7 @@ fn an_auth_service_that_is_down_or_slow_is_500_and_the_proxy_goes_on() {
     );
     // An interim answer (103) from the auth service does not reach the client: its first
     // response is the 101.
-    let mut s = st.connect();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let req = format!("GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer early\r\n{WS_REQ}\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
-        head.push(b[0]);
-    }
+    let head = raw_upgrade(&st, "Authorization: Bearer early\r\n");
     assert_eq!(status_of(&head), 101, "{}", String::from_utf8_lossy(&head));
 }
 
