@@ -48,9 +48,11 @@ pub mod auth;
 pub mod limits;
 mod raw;
 mod resolve;
+mod stats;
 pub mod tls;
 pub mod upstream;
 
+pub use stats::{LocationStats, MessageRows};
 pub use tls::{ListenerTls, UpstreamTls};
 pub use upstream::{
     Balance, HashKey, HealthCheck, KeyPart, NextUpstream, Peer, PeerState, PeerStatus, clock_ms,
@@ -164,72 +166,6 @@ pub struct Location {
     pub auth_request: Option<auth::AuthRequest>,
     /// Requests routed here and refused by its limits, across workers (for `/metrics`).
     pub stats: LocationStats,
-}
-
-/// A location's counters (runtime state: it takes no part in comparing configurations, and a
-/// clone shares it): requests routed and limited, across workers (relaxed atomics, once per
-/// request); and per worker, what its tunnels' messages were (`MessageRow`, per message).
-#[derive(Clone)]
-pub struct LocationStats(std::sync::Arc<LocationShared>);
-
-struct LocationShared {
-    requests: [std::sync::atomic::AtomicU64; 2],
-    /// One row per worker, each its own allocation.
-    rows: Box<[std::sync::Arc<crate::metrics::MessageRow>]>,
-}
-
-impl Default for LocationStats {
-    fn default() -> LocationStats {
-        LocationStats::new(1)
-    }
-}
-
-impl LocationStats {
-    /// Counters for a process of `workers` workers.
-    pub fn new(workers: usize) -> LocationStats {
-        LocationStats(std::sync::Arc::new(LocationShared {
-            requests: Default::default(),
-            rows: (0..workers.max(1)).map(|_| Default::default()).collect(),
-        }))
-    }
-
-    /// A request was routed here.
-    pub fn routed(&self) {
-        self.0.requests[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// A request here was refused by limit_conn or limit_req.
-    pub fn limited(&self) {
-        self.0.requests[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Requests routed, requests limited.
-    pub fn counts(&self) -> [u64; 2] {
-        let get = |i: usize| self.0.requests[i].load(std::sync::atomic::Ordering::Relaxed);
-        [get(0), get(1)]
-    }
-
-    /// Worker `w`'s row of message counters.
-    pub fn row(&self, w: usize) -> std::sync::Arc<crate::metrics::MessageRow> {
-        self.0.rows[w % self.0.rows.len()].clone()
-    }
-
-    /// Every worker's rows summed.
-    pub fn messages(&self) -> crate::metrics::MessageTotals {
-        crate::metrics::MessageRow::sum(self.0.rows.iter().map(|r| &**r))
-    }
-}
-
-impl PartialEq for LocationStats {
-    fn eq(&self, _: &LocationStats) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for LocationStats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.counts())
-    }
 }
 
 /// A virtual server: listen addresses, names, locations.
@@ -360,26 +296,6 @@ pub struct Config {
     /// Every location's per-worker message counters in one table, for a tunnel to reach its
     /// own in a few loads per message (`message_row`).
     pub message_rows: MessageRows,
-}
-
-/// The `MessageRow`s of every location (`Config::location_id` order), `workers` per location;
-/// runtime state, as `LocationStats` (it takes no part in comparing configurations).
-#[derive(Clone, Default)]
-pub struct MessageRows {
-    rows: Box<[std::sync::Arc<crate::metrics::MessageRow>]>,
-    workers: usize,
-}
-
-impl PartialEq for MessageRows {
-    fn eq(&self, _: &MessageRows) -> bool {
-        true
-    }
-}
-
-impl fmt::Debug for MessageRows {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageRows({})", self.rows.len())
-    }
 }
 
 /// What a listener's sessions are accepted with (from its default server: the first that
@@ -743,29 +659,16 @@ impl Config {
         match_name(on(), host).or_else(|| on().next().map(|(i, _)| i))
     }
 
-    /// The location of `server` with the longest prefix of `path`.
     /// Worker `worker`'s row of the message counters of location `loc` (`location_id`).
     #[inline(always)]
     pub fn message_row(&self, loc: u16, worker: usize) -> Option<&crate::metrics::MessageRow> {
-        let r = &self.message_rows;
-        if worker >= r.workers {
-            return None;
-        }
-        r.rows
-            .get(usize::from(loc) * r.workers + worker)
-            .map(|r| &**r)
+        self.message_rows.get(loc, worker)
     }
 
     /// `message_rows` made from the locations' counters (after they are made or carried).
     pub fn index_message_rows(&mut self) {
-        let workers = self.runtime.workers.max(1);
-        let rows = self
-            .servers
-            .iter()
-            .flat_map(|s| &s.locations)
-            .flat_map(|l| (0..workers).map(|w| l.stats.row(w)))
-            .collect();
-        self.message_rows = MessageRows { rows, workers };
+        let locations = self.servers.iter().flat_map(|s| &s.locations);
+        self.message_rows = MessageRows::of(locations, self.runtime.workers);
     }
 
     /// The location numbered `id` counting across servers in order (`location_id`).
@@ -793,6 +696,7 @@ impl Config {
         u16::try_from(before + loc).unwrap_or(u16::MAX)
     }
 
+    /// The location of `server` with the longest prefix of `path`.
     pub fn find_location(&self, server: usize, path: &[u8]) -> Option<usize> {
         self.servers[server]
             .locations
@@ -836,7 +740,7 @@ impl Config {
             };
             for l in &mut s.locations {
                 if let Some(ol) = os.locations.iter().find(|o| o.path == l.path)
-                    && ol.stats.0.rows.len() == l.stats.0.rows.len()
+                    && ol.stats.workers() == l.stats.workers()
                 {
                     l.stats = ol.stats.clone();
                 }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use super::Side;
-use super::phase::{Connect, Downward, Exchange, Req, Terms, Upward, ms32};
+use super::phase::{Downward, Exchange, Req, Terms, Upward, ms32};
 use super::{Cx, End, Env, Io, Phase, Step};
 use crate::config::auth::AuthRequest;
 use crate::config::upstream::NextUpstream;
@@ -112,15 +112,9 @@ pub(super) fn ask<I: Io + ?Sized>(
     cx.links.up.push(io, c);
     // limit_req's delay, if any, comes before the subrequest (as it would before the request).
     cx.phase_ms = Stamp::new(now + delay_ms);
-    Err(Step::Become(Phase::Exchange(Exchange {
-        req: r,
-        terms,
-        downward: Downward::Connect(Connect {
-            waiting: delay_ms == 0,
-            delayed: delay_ms > 0,
-            ..Connect::default()
-        }),
-    })))
+    Err(Step::Become(Phase::Exchange(Exchange::to_connect(
+        r, terms, delay_ms,
+    ))))
 }
 
 impl Exchange {

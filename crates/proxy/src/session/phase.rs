@@ -144,6 +144,21 @@ pub(super) struct Connect {
 }
 
 impl Exchange {
+    /// The exchange of `req` whose head is queued toward the upstream: its connect starts after
+    /// limit_req's `delay_ms` (the phase's clock is set to it), else as soon as no previous
+    /// upstream socket is closing (`Session::after`).
+    pub(super) fn to_connect(req: Box<Req>, terms: Box<Terms>, delay_ms: u64) -> Exchange {
+        Exchange {
+            req,
+            terms,
+            downward: Downward::Connect(Connect {
+                waiting: delay_ms == 0,
+                delayed: delay_ms > 0,
+                ..Connect::default()
+            }),
+        }
+    }
+
     /// Still connecting (or waiting to): nothing has come from an upstream for it yet.
     pub fn connecting(&self) -> bool {
         matches!(self.downward, Downward::Connect(_))

@@ -5,7 +5,7 @@
 //! (400, 404, 414, 431, 503). An idle kept-alive connection waits here for its next request.
 
 use super::Side;
-use super::phase::{Connect, Downward, Exchange, Req, Terms, Upward, ms32};
+use super::phase::{Exchange, Req, Terms, Upward, ms32};
 use super::protocol::{Protocol, Step};
 use super::{Cx, End, Env, Io, Phase};
 use crate::config::{Location, clock_ms};
@@ -274,15 +274,7 @@ impl Request {
         // deadline until then); otherwise the connect starts as soon as no previous upstream
         // socket is closing (`Session::after`).
         cx.phase_ms = Stamp::new(now + delay_ms);
-        Step::Become(Phase::Exchange(Exchange {
-            req: r,
-            terms,
-            downward: Downward::Connect(Connect {
-                waiting: delay_ms == 0,
-                delayed: delay_ms > 0,
-                ..Connect::default()
-            }),
-        }))
+        Step::Become(Phase::Exchange(Exchange::to_connect(r, terms, delay_ms)))
     }
 }
 

@@ -8,9 +8,11 @@
 //! wrapped — is kept in a [`Seen`] in the session's notes, made when first needed (or at the
 //! tunnel's end, which every tunnel's record reaches), in one allocation with them.
 
-use super::super::End;
+use super::super::cx::Notes;
+use super::super::{End, Io};
+use crate::config::Config;
 use crate::metrics::MessageRow;
-use crate::ws::{self, FrameHeader};
+use crate::ws::{self, FrameHeader, FrameTracker, opcode};
 
 /// Who sent a tunnel's first Close frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,6 +221,92 @@ impl Seen {
             }
         }
         row.ended(end);
+    }
+}
+
+/// A tunnel's message counters (its own, and the worker's row of its location's) and the
+/// session's notes (where what is rare goes).
+pub(in crate::session) struct Watch<'a> {
+    msgs: &'a mut [u32; 2],
+    notes: &'a mut Option<Box<Notes>>,
+    row: Option<&'a MessageRow>,
+}
+
+impl<'a> Watch<'a> {
+    #[inline(always)]
+    pub(super) fn new<I: Io + ?Sized>(
+        msgs: &'a mut [u32; 2],
+        notes: &'a mut Option<Box<Notes>>,
+        cfg: &'a Config,
+        loc: u16,
+        io: &I,
+    ) -> Watch<'a> {
+        Watch {
+            msgs,
+            notes,
+            row: cfg.message_row(loc, io.worker()),
+        }
+    }
+
+    /// The rare part of the record, made now if there is none.
+    pub(super) fn seen(&mut self) -> &mut Seen {
+        let n = self.notes.get_or_insert_with(Default::default);
+        n.seen.get_or_insert_with(Default::default)
+    }
+
+    /// A frame header from side `i`, followed in the same bytes by `rest`; `proxy_closed`: a
+    /// Close of the proxy's own went to either side before it. A whole message is counted
+    /// here; pings and pongs are not messages; the rest is rare.
+    #[inline(always)]
+    pub(super) fn frame(&mut self, i: usize, h: &FrameHeader, rest: &[u8], proxy_closed: bool) {
+        if h.fin && h.opcode != opcode::CONTINUATION && h.opcode < opcode::CLOSE {
+            self.message(i, h.len, h.len);
+        } else if h.opcode < opcode::PING {
+            self.rare(i, h, rest, proxy_closed);
+        }
+    }
+
+    /// A message of `size` payload bytes from side `i` ended with a frame of `len`.
+    #[inline(always)]
+    fn message(&mut self, i: usize, len: u64, size: u64) {
+        let m = &mut self.msgs[i];
+        *m = m.wrapping_add(1);
+        if *m == 0 {
+            self.seen().wrapped(i);
+        }
+        if let Some(row) = self.row {
+            row.frame(i, len);
+            row.message(i, size);
+        }
+    }
+
+    /// A fragment, or a Close.
+    #[cold]
+    fn rare(&mut self, i: usize, h: &FrameHeader, rest: &[u8], proxy_closed: bool) {
+        if h.opcode == opcode::CLOSE {
+            self.seen().close_frame(i, h, rest, proxy_closed);
+            return;
+        }
+        match self.seen().fragment(i, h) {
+            Some(size) => self.message(i, h.len, size),
+            None => {
+                if let Some(row) = self.row {
+                    row.frame(i, h.len);
+                }
+            }
+        }
+    }
+
+    /// The next bytes from side `i`, where its tracker `t` stands before them: the rest of
+    /// its cut Close frame, if it sent one (only inside a frame is there any to look for).
+    #[inline(always)]
+    pub(super) fn more(&mut self, i: usize, t: &FrameTracker, data: &[u8]) {
+        if t.payload_left() > 0
+            && let Some(s) = self.notes.as_deref_mut().and_then(|n| n.seen.as_mut())
+            && s.wants_more(i)
+        {
+            s.more(i, data);
+        }
     }
 }
 
