@@ -44,10 +44,27 @@ pub fn uring_ok() -> bool {
     }
 }
 
-/// A port free right now on 127.0.0.1.
+/// A port free right now on 127.0.0.1, and never handed out before in this test process.
+///
+/// The kernel may give a port it gave a moment ago once its socket is closed, and the tests in
+/// one binary run in parallel. ringway and the echo bind with SO_REUSEPORT, so two tests given
+/// the same port would share it silently, each getting about half of the other's connections
+/// (a CI run's admin probe reached another test's echo backend, which answered and kept the
+/// connection open). So each port is handed out once per process.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static GIVEN: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
+        std::sync::Mutex::new(None);
+    // Ports refused here are held until one is found, so the kernel does not offer them again.
+    let mut held = Vec::new();
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_default().insert(addr.port()) {
+            return addr;
+        }
+        held.push(l);
+    }
 }
 
 /// A loopback address where connects are refused: bound but not listening, and held, so that
