@@ -399,7 +399,12 @@ impl Protocol for Tunnel {
                 let mut w = Watch::new(&mut self.msgs, &mut cx.notes, &cx.cfg, self.loc, io);
                 let data = io.data_of(c);
                 w.more(i, t, data);
-                let left = t.track_with(data, |h, rest| w.frame(i, h, rest, false));
+                // Inlined: per frame, a call would also make the header go through memory.
+                let left = t.track_with(
+                    data,
+                    #[inline(always)]
+                    |h, rest| w.frame(i, h, rest, false),
+                );
                 cx.pass_on(side, c, io);
                 if left > 0 {
                     self.maybe_splice(cx, side, io);

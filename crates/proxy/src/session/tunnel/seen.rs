@@ -262,7 +262,10 @@ impl<'a> Watch<'a> {
         if h.fin && h.opcode != opcode::CONTINUATION && h.opcode < opcode::CLOSE {
             self.message(i, h.len, h.len);
         } else if h.opcode < opcode::PING {
-            self.rare(i, h, rest, proxy_closed);
+            // A copy made here, on the rare path: the header the tracker parsed then needs
+            // no place in memory on the usual one (where it lives in registers).
+            let h = *h;
+            self.rare(i, &h, rest, proxy_closed);
         }
     }
 
