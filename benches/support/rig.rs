@@ -8,9 +8,8 @@ use std::sync::Arc;
 
 use ringway_proxy::config::Config;
 use ringway_proxy::reactor::{Pipe, Sys};
-use ringway_proxy::session::{AccessLog, AuthCache, Env, Inner, Io, Next, Observed, Session};
+use ringway_proxy::session::{AccessLog, Env, Io, Kit, Next, Observed, Session};
 use ringway_proxy::upstream::Balancers;
-use ringway_proxy::upstream::pool::Pool;
 use ringway_proxy::uring::{Chunk, ConnId, Op, Src};
 
 const CONNS: usize = 2;
@@ -131,10 +130,7 @@ impl Io for Effects {
 pub struct Tunnel {
     s: Session,
     fx: Effects,
-    balancers: Balancers,
-    pool: Pool,
-    inner: Vec<Inner>,
-    auth: AuthCache,
+    kit: Kit,
 }
 
 const CFG: &str = r#"
@@ -148,22 +144,6 @@ path = "/"
 upstream = "echo"
 "#;
 
-/// The worker's environment for one event.
-fn env<'a>(
-    balancers: &'a mut Balancers,
-    pool: &'a mut Pool,
-    inner: &'a mut Vec<Inner>,
-    auth: &'a mut AuthCache,
-) -> Env<'a> {
-    Env {
-        balancers,
-        draining: false,
-        pool,
-        inner,
-        auth,
-    }
-}
-
 impl Tunnel {
     /// A session taken through `request` and the backend's `response` (a 101) by its events.
     pub fn open(request: &[u8], response: &[u8]) -> Tunnel {
@@ -173,18 +153,12 @@ impl Tunnel {
         let mut t = Tunnel {
             s,
             fx: Effects::default(),
-            balancers: Balancers::new(&cfg),
-            pool: Pool::default(),
-            inner: Vec::new(),
-            auth: AuthCache::default(),
+            kit: Kit::new(Balancers::new(&cfg)),
         };
-        t.s.start(
-            &mut t.fx,
-            &mut env(&mut t.balancers, &mut t.pool, &mut t.inner, &mut t.auth),
-        );
+        t.s.start(&mut t.fx, &mut Env::new(&mut t.kit, false));
         t.deliver(ConnId::CLIENT, request);
         assert!(t.fx.connecting, "the request did not connect upstream");
-        let mut env = env(&mut t.balancers, &mut t.pool, &mut t.inner, &mut t.auth);
+        let mut env = Env::new(&mut t.kit, false);
         let next = t.s.on_connect(ConnId::UPSTREAM, 0, &mut t.fx, &mut env);
         assert_eq!(next, Next::Continue);
         t.complete_send(ConnId::UPSTREAM);
@@ -207,12 +181,7 @@ impl Tunnel {
             }
         };
         self.fx.bufs[usize::from(bid)][..bytes.len()].copy_from_slice(bytes);
-        let mut env = env(
-            &mut self.balancers,
-            &mut self.pool,
-            &mut self.inner,
-            &mut self.auth,
-        );
+        let mut env = Env::new(&mut self.kit, false);
         let next = self.s.on_recv(
             id,
             bytes.len() as i32,
@@ -229,12 +198,7 @@ impl Tunnel {
         let c = self.fx.sending[usize::from(id.0)]
             .take()
             .expect("a send in flight");
-        let mut env = env(
-            &mut self.balancers,
-            &mut self.pool,
-            &mut self.inner,
-            &mut self.auth,
-        );
+        let mut env = Env::new(&mut self.kit, false);
         let next = self.s.on_send(id, c.len as i32, &mut self.fx, &mut env);
         assert_eq!(next, Next::Continue);
     }

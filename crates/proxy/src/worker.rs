@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::live::{Inbox, Live, Msg};
 use crate::metrics::WorkerMetrics;
 use crate::reactor::{Handler, Reactor};
-use crate::session::{End, Env, Listen, Next, Role, Session};
+use crate::session::{End, Env, Kit, Listen, Next, Role, Session};
 use crate::upstream::Balancers;
 use crate::uring::{ConnId, Cqe, Op, Ring, RingConfig, SLOT_CORE};
 
@@ -65,11 +65,9 @@ struct Core {
     spec: WorkerSpec,
     /// The configuration new sessions are accepted under.
     cfg: Arc<Config>,
-    balancers: Balancers,
-    /// Idle upstream connections (keepalive), for this worker's sessions.
-    pool: crate::upstream::pool::Pool,
-    /// Kept `auth_request` answers.
-    auth: crate::session::AuthCache,
+    /// Balancers, idle upstream connections (keepalive), inner sessions (HTTP/2 streams) a
+    /// session asked for (started after its event), kept `auth_request` answers.
+    kit: Kit,
     /// Listening sockets by accept slot (the slot is in the accept's user_data); a listener
     /// a reload removed leaves `None`, so no slot ever names another socket.
     listeners: Vec<Option<Listener>>,
@@ -83,8 +81,6 @@ struct Core {
     /// (spread evenly over `runtime.drain_spread` from the start of the drain, or over the
     /// rebalance's window), earliest first.
     drain_queue: std::collections::VecDeque<Farewell>,
-    /// Inner sessions (HTTP/2 streams) a session asked for, started after its event.
-    inner: Vec<crate::session::Inner>,
 }
 
 /// One listening socket of this worker.
@@ -170,16 +166,13 @@ impl Worker {
         Ok(Worker {
             reactor: Reactor::new(ring, spec.max_sessions.min(1 << 16), TICK_MS, WHEEL_SLOTS),
             core: Core {
-                balancers: Balancers::new(&cfg),
-                pool: Default::default(),
-                auth: Default::default(),
+                kit: Kit::new(Balancers::new(&cfg)),
                 cfg,
                 listeners,
                 accept_paused: false,
                 drain_began: None,
                 close_now: false,
                 drain_queue: Default::default(),
-                inner: Vec::new(),
                 spec,
             },
         })
@@ -221,14 +214,14 @@ impl Worker {
             let ticked = r.turn(core, Duration::from_millis(TICK_MS))?;
             // The inner sessions of HTTP/2 streams opened during the turn (not per event: the
             // per-message path stays as it was).
-            if !core.inner.is_empty() {
+            if !core.kit.inner.is_empty() {
                 core.start_inner(r);
             }
             core.drain_due(r);
             // Once per tick, not per turn (a busy turn may carry one completion): expire idle
             // keepalive connections, publish the gauges the admin endpoint reads.
             if ticked {
-                core.pool.prune(r.now_ms());
+                core.kit.pool.prune(r.now_ms());
                 let m = &core.spec.metrics;
                 m.stale_cqes.store(r.stale, Ordering::Relaxed);
                 let pool = &r.ring.pool;
@@ -302,8 +295,8 @@ impl Core {
                 Msg::Shed { count, over } => self.shed(r, count, over),
                 Msg::Config => {
                     self.cfg = self.spec.live.config();
-                    self.balancers.of(&self.cfg);
-                    self.balancers.prune();
+                    self.kit.balancers.of(&self.cfg);
+                    self.kit.balancers.prune();
                     let sockets = self.spec.inbox.take_sockets();
                     if self.drain_began.is_none() {
                         self.relisten(r, sockets);
@@ -404,20 +397,12 @@ impl Core {
         let Some((generation, entry, sys)) = r.split(slot, of) else {
             return;
         };
-        let access_log = entry.session.config().runtime.access_log;
         let mut io = WorkerIo {
             sys,
-            access_log,
             metrics: &self.spec.metrics,
             worker: self.spec.id,
         };
-        let mut env = Env {
-            balancers: &mut self.balancers,
-            draining: self.drain_began.is_some(),
-            pool: &mut self.pool,
-            inner: &mut self.inner,
-            auth: &mut self.auth,
-        };
+        let mut env = Env::new(&mut self.kit, self.drain_began.is_some());
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
             return self.end_session(r, slot, generation, end);
@@ -449,7 +434,7 @@ impl Core {
         let m = &self.spec.metrics;
         if let Some(line) = s.access_log(end, r.now_ms()) {
             m.request_done(line.bytes_in, line.bytes_out);
-            if s.config().runtime.access_log {
+            if line.write {
                 write_access_log(&line);
             }
         }
@@ -513,7 +498,7 @@ impl Core {
     /// The inner sessions asked for (HTTP/2 streams), after the turn that asked: each starts
     /// like an accepted connection's, or, over the session cap, its socket closes (the stream is answered 502).
     fn start_inner(&mut self, r: &mut Reactor<Slot>) {
-        while let Some(i) = self.inner.pop() {
+        while let Some(i) = self.kit.inner.pop() {
             if r.slots.len() >= self.spec.max_sessions {
                 self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
                 let _ = nix::unistd::close(i.fd);

@@ -98,7 +98,8 @@ impl Exchange {
         if a.spent(started_ms, io.now_ms()) {
             return gave_up(a);
         }
-        let rr = &mut env.balancers.of(&cx.cfg)[ui];
+        let kit = &mut **env;
+        let rr = &mut kit.balancers.of(&cx.cfg)[ui];
         loop {
             let Some(i) = a.pick(rr, u, cx.client.ip(), clock_ms()) else {
                 if a.count() == 0 {
@@ -108,7 +109,7 @@ impl Exchange {
             };
             self.req.peer = i as u16;
             if u.keepalive > 0
-                && let Some(kept) = env.pool.take(&u.name, u.peers[i].addr, io.now_ms())
+                && let Some(kept) = kit.pool.take(&u.name, u.peers[i].addr, io.now_ms())
             {
                 // An idle connection to this server: the request goes up on it at once (the
                 // head again, after a server failed once it had it).

@@ -158,6 +158,8 @@ pub struct AccessLog<'a> {
     pub tls: Option<crate::tls::Info<'a>>,
     /// A tunnel's record of its messages, at its end.
     pub messages: Option<TunnelLog<'a>>,
+    /// The line is written (`runtime.access_log`; it is counted either way).
+    pub write: bool,
 }
 
 /// What a tunnel's log line says of its messages: how many each way (from the client, from

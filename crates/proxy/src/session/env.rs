@@ -54,19 +54,56 @@ pub enum Observed {
     MessageDelayed,
 }
 
-/// What a handler needs from the worker besides I/O: its balancers and whether it drains.
+/// What a handler needs from the worker besides I/O: its balancers, pool, inner sessions and
+/// auth answers (the worker's [`Kit`], reached through one pointer: an `Env` is made for every
+/// event, so it stays two words) and whether it drains.
 pub struct Env<'a> {
-    /// The worker's balancers, per configuration in use.
-    pub balancers: &'a mut Balancers,
     /// The worker is draining (shutdown began): answer what is in progress, then close
     /// instead of keeping the client connection alive.
     pub draining: bool,
+    kit: &'a mut Kit,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(kit: &'a mut Kit, draining: bool) -> Env<'a> {
+        Env { draining, kit }
+    }
+}
+
+impl std::ops::Deref for Env<'_> {
+    type Target = Kit;
+    fn deref(&self) -> &Kit {
+        self.kit
+    }
+}
+
+impl std::ops::DerefMut for Env<'_> {
+    fn deref_mut(&mut self) -> &mut Kit {
+        self.kit
+    }
+}
+
+/// What a worker keeps for its sessions' handlers.
+pub struct Kit {
+    /// The worker's balancers, per configuration in use.
+    pub balancers: Balancers,
     /// The worker's idle upstream connections (keepalive).
-    pub pool: &'a mut crate::upstream::pool::Pool,
+    pub pool: crate::upstream::pool::Pool,
     /// Sessions to start beside this one once its event is handled (an HTTP/2 stream's).
-    pub inner: &'a mut Vec<Inner>,
+    pub inner: Vec<Inner>,
     /// The worker's kept `auth_request` answers.
-    pub auth: &'a mut super::auth::Cache,
+    pub auth: super::auth::Cache,
+}
+
+impl Kit {
+    pub fn new(balancers: Balancers) -> Kit {
+        Kit {
+            balancers,
+            pool: Default::default(),
+            inner: Vec::new(),
+            auth: Default::default(),
+        }
+    }
 }
 
 /// A session a protocol asks the worker to start beside its own: the inner HTTP/1 session that

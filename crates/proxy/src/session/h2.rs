@@ -173,7 +173,7 @@ impl H2 {
             streams: &mut self.streams,
             cx,
             io,
-            inner: env.inner,
+            inner: &mut env.inner,
             taken: &mut self.taken,
             key_seed: &mut self.key_seed,
             idle_links: &mut self.idle_links,

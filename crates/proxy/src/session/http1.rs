@@ -582,5 +582,6 @@ pub(super) fn access_line<'a>(
         h2: cx.role == super::cx::Role::Stream,
         tls: cx.links.down.tls_info(),
         messages: seen.map(super::end::TunnelLog),
+        write: cx.cfg.runtime.access_log,
     })
 }

@@ -63,7 +63,7 @@ pub use auth::Cache as AuthCache;
 use cx::Cx;
 pub use cx::Role;
 pub use end::{AccessLog, End, TunnelLog};
-pub use env::{Env, Inner, Io, Observed};
+pub use env::{Env, Inner, Io, Kit, Observed};
 use links::Links;
 pub use links::Side;
 use phase::{Exchange, Linger, Req};

@@ -354,13 +354,7 @@ impl Io for Fake {
 /// The `Env` over a `Sim`'s fields (a macro: it borrows fields, not the whole `Sim`).
 macro_rules! env_of {
     ($sim:expr) => {
-        Env {
-            balancers: &mut $sim.balancers,
-            draining: $sim.draining,
-            pool: &mut $sim.pool,
-            inner: &mut $sim.inner,
-            auth: &mut $sim.auth,
-        }
+        Env::new(&mut $sim.kit, $sim.draining)
     };
 }
 
@@ -370,12 +364,10 @@ const CLIENT_FD: RawFd = 100;
 struct Sim {
     s: Session,
     io: Fake,
-    balancers: Balancers,
+    /// The worker's balancers, pool, auth answers and inner sessions asked for (none: the
+    /// simulation runs HTTP/1).
+    kit: super::Kit,
     draining: bool,
-    pool: crate::upstream::pool::Pool,
-    auth: super::auth::Cache,
-    /// Inner sessions asked for (none: the simulation runs HTTP/1).
-    inner: Vec<super::Inner>,
     rng: u64,
     /// The end-of-session point ran.
     ended: bool,
@@ -437,11 +429,8 @@ impl Sim {
         let mut sim = Sim {
             s,
             io,
-            balancers,
+            kit: super::Kit::new(balancers),
             draining: false,
-            pool: Default::default(),
-            auth: Default::default(),
-            inner: Vec::new(),
             ended: false,
             timer_at: 0,
             rng: seed

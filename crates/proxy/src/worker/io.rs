@@ -13,7 +13,6 @@ use crate::uring::{Chunk, ConnId, Op};
 /// The session's `Io` over the ring: the reactor's socket effects, plus the access log.
 pub(super) struct WorkerIo<'a> {
     pub(super) sys: RingSys<'a>,
-    pub(super) access_log: bool,
     pub(super) metrics: &'a WorkerMetrics,
     /// The worker's number.
     pub(super) worker: usize,
@@ -130,7 +129,7 @@ impl Io for WorkerIo<'_> {
 
     fn log(&mut self, l: &AccessLog<'_>) {
         self.metrics.request_done(l.bytes_in, l.bytes_out);
-        if self.access_log {
+        if l.write {
             write_access_log(l);
         }
     }
