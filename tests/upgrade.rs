@@ -38,7 +38,7 @@ fn binary_upgrade_refuses_nothing_and_drains_the_old_process() {
         "",
         "",
         &format!(
-            "shutdown_grace = \"20s\"\ndrain_spread = \"2s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
+            "shutdown_grace = \"20s\"\ndrain_spread = \"2s\"\nupgrade_tunnels = false\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
             sock.display()
         ),
     );

@@ -74,6 +74,9 @@ pub enum Msg {
         count: u64,
         over: std::time::Duration,
     },
+    /// Tunnels handed over by the process this one took over from are waiting
+    /// (`Inbox::take_adopted`): take them.
+    Adopt,
     /// Re-arm every accept (sent while the process this one took the sockets from winds
     /// down): a wake-up for a queued connection may have gone to its accept as it was being
     /// cancelled (accept wake-ups are exclusive); a fresh accept takes what waits at once.
@@ -87,6 +90,11 @@ pub struct Inbox {
     /// Listening sockets the main thread opened for this worker on a reload (taken with
     /// `Msg::Config`).
     sockets: Mutex<Vec<(std::net::SocketAddr, socket2::Socket)>>,
+    /// On an upgrade that keeps tunnels: where the worker sends its tunnels (taken with
+    /// `Msg::Handover`).
+    handoff: Mutex<Option<std::sync::mpsc::Sender<crate::session::Departure>>>,
+    /// Tunnels to take over (taken with `Msg::Adopt`).
+    adopted: Mutex<Vec<crate::session::Handed>>,
 }
 
 impl Inbox {
@@ -100,6 +108,8 @@ impl Inbox {
             event: event.into(),
             queue: Mutex::new(VecDeque::new()),
             sockets: Mutex::new(Vec::new()),
+            handoff: Mutex::new(None),
+            adopted: Mutex::new(Vec::new()),
         }))
     }
 
@@ -128,6 +138,32 @@ impl Inbox {
     /// The sockets handed over, if any.
     pub fn take_sockets(&self) -> Vec<(std::net::SocketAddr, socket2::Socket)> {
         std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Where to send the tunnels on the coming `Msg::Handover`.
+    pub fn give_handoff(&self, to: std::sync::mpsc::Sender<crate::session::Departure>) {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
+    }
+
+    /// Where to send the tunnels, if they are to be handed over.
+    pub fn take_handoff(&self) -> Option<std::sync::mpsc::Sender<crate::session::Departure>> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Tunnels to take over (before `Msg::Adopt`).
+    pub fn give_adopted(&self, mut t: Vec<crate::session::Handed>) {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&mut t);
+    }
+
+    /// The tunnels to take over.
+    pub fn take_adopted(&self) -> Vec<crate::session::Handed> {
+        std::mem::take(&mut *self.adopted.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Every message waiting, oldest first (and the wake-up consumed).

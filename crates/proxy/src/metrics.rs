@@ -88,6 +88,10 @@ pub struct WorkerMetrics {
     pub bytes_spliced: AtomicU64,
     /// Client WebSocket frames a `message_rate` delayed.
     pub messages_delayed: AtomicU64,
+    /// Tunnels handed to the process that took over in an upgrade, and taken over from the
+    /// process this one took over from.
+    pub tunnels_handed_over: AtomicU64,
+    pub tunnels_taken_over: AtomicU64,
     /// Provided buffers of the worker's pool, and how many are held now (set once a tick).
     pub pool_buffers: AtomicU64,
     pub pool_in_use: AtomicU64,
@@ -165,6 +169,8 @@ impl Default for WorkerMetrics {
             bytes_from_upstream: AtomicU64::new(0),
             bytes_spliced: AtomicU64::new(0),
             messages_delayed: AtomicU64::new(0),
+            tunnels_handed_over: AtomicU64::new(0),
+            tunnels_taken_over: AtomicU64::new(0),
             pool_buffers: AtomicU64::new(0),
             pool_in_use: AtomicU64::new(0),
             ended: [const { AtomicU64::new(0) }; End::KINDS],
@@ -214,6 +220,19 @@ impl WorkerMetrics {
     pub fn tunnel_opened(&self, ms: u64) {
         self.handshake.observe_ms(ms);
         bump(&self.tunnels, 1);
+    }
+
+    /// A tunnel went to the process that took over (an upgrade that keeps tunnels).
+    pub fn tunnel_left(&self) {
+        self.tunnels
+            .store(get(&self.tunnels).saturating_sub(1), Ordering::Relaxed);
+        bump(&self.tunnels_handed_over, 1);
+    }
+
+    /// A tunnel came from the process this one took over from.
+    pub fn tunnel_taken(&self) {
+        bump(&self.tunnels, 1);
+        bump(&self.tunnels_taken_over, 1);
     }
 
     /// A tunnel ended `ms` after its request began.

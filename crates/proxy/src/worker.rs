@@ -23,9 +23,11 @@ pub const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
 
 mod drain;
+mod handoff;
 mod io;
 mod log;
 use drain::Farewell;
+pub use handoff::HANDOFF_WAIT;
 use io::WorkerIo;
 pub use log::escape_log;
 use log::write_access_log;
@@ -81,6 +83,8 @@ struct Core {
     /// (spread evenly over `runtime.drain_spread` from the start of the drain, or over the
     /// rebalance's window), earliest first.
     drain_queue: std::collections::VecDeque<Farewell>,
+    /// Tunnels on their way to the process that takes over (an upgrade that keeps them).
+    handing: Option<handoff::Handing>,
 }
 
 /// One listening socket of this worker.
@@ -173,6 +177,7 @@ impl Worker {
                 drain_began: None,
                 close_now: false,
                 drain_queue: Default::default(),
+                handing: None,
                 spec,
             },
         })
@@ -218,6 +223,9 @@ impl Worker {
                 core.start_inner(r);
             }
             core.drain_due(r);
+            if core.handing.is_some() {
+                core.hand_off_due(r);
+            }
             // Once per tick, not per turn (a busy turn may carry one completion): expire idle
             // keepalive connections, publish the gauges the admin endpoint reads.
             if ticked {
@@ -257,17 +265,22 @@ impl Core {
             match m {
                 Msg::Drain => {
                     if self.drain_began.is_none() {
-                        self.begin_drain(r, false);
+                        self.begin_drain(r, false, None);
                     }
                 }
                 Msg::Handover => {
+                    let to = self.spec.inbox.take_handoff();
                     if self.drain_began.is_none() {
-                        self.begin_drain(r, true);
+                        self.begin_drain(r, true, to);
                     }
+                }
+                Msg::Adopt => {
+                    let tunnels = self.spec.inbox.take_adopted();
+                    self.adopt(r, tunnels);
                 }
                 Msg::CloseNow => {
                     if self.drain_began.is_none() {
-                        self.begin_drain(r, false);
+                        self.begin_drain(r, false, None);
                     }
                     self.close_now = true;
                 }

@@ -3,6 +3,7 @@
 //! table). (`import-nginx` is the ringway-nginx crate's.)
 //! `main.rs` only parses the command line and dispatches here or to the tools.
 
+pub mod handover;
 pub mod preflight;
 pub mod reload;
 pub mod run;

@@ -53,7 +53,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     drop(inherited);
     let handed_by = match handover {
         Some(h) => {
-            let old = h.ready();
+            let old = h.ready(inboxes.clone(), cfg.runtime.upgrade_tunnels);
             tracing::info!(
                 "upgrade: serving on the listening sockets of pid {old}, which drains and exits"
             );
@@ -89,6 +89,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     // drain (the main thread is joining them).
     let grace = cfg.runtime.shutdown_grace;
     let (spread, drain_code) = (cfg.runtime.drain_spread, cfg.runtime.drain_code);
+    let inboxes_for_handoff = inboxes.clone();
     let tell = move |m: Msg| inboxes.iter().for_each(|i| i.send(m));
     let tell = Arc::new(tell);
     if let Some(old) = handed_by {
@@ -96,8 +97,14 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     }
     if let Some(sock) = &cfg.runtime.upgrade_socket {
         let (tell, stopping) = (tell.clone(), stopping.clone());
-        super::upgrade::serve(sock, offer, move || {
+        let inboxes = inboxes_for_handoff;
+        super::upgrade::serve(sock, offer, workers, move |tunnels_to| {
             stopping.store(true, Ordering::Relaxed);
+            if let Some(to) = tunnels_to {
+                for i in &inboxes {
+                    i.give_handoff(to.clone());
+                }
+            }
             tell(Msg::Handover);
             if let Some(a) = &admin_stop {
                 a.stop();

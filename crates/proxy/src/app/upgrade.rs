@@ -180,21 +180,62 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// The workers serve: tell the old process, which says it drains. From here on this
-    /// process serves whatever the old one answers (at worst both accept on the sockets).
-    pub fn ready(mut self) -> u32 {
-        let sent = self.conn.write_all(b"ready\n");
+    /// The workers serve: tell the old process, and offer to take its tunnels over
+    /// (`handover.rs`); it says it drains, and whether its tunnels come. They are taken in on a
+    /// thread of their own, spread over `inboxes`. From here on this process serves whatever
+    /// the old one answers (at worst both accept on the sockets).
+    pub fn ready(mut self, inboxes: Vec<Arc<crate::live::Inbox>>, tunnels: bool) -> u32 {
+        let offer = match tunnels {
+            true => format!("ready\ntunnels {}\n", super::handover::version()),
+            false => "ready\nno tunnels\n".to_string(),
+        };
+        let sent = self.conn.write_all(offer.as_bytes());
         let _ = self.conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let mut answer = String::new();
-        let _ = (&mut self.conn).take(64).read_to_string(&mut answer);
+        let answer = read_line(&mut self.conn, 128);
         if sent.is_err() || !answer.starts_with("draining ") {
             tracing::warn!(
                 "upgrade: pid {} did not confirm it drains (answered {answer:?}); serving anyway",
                 self.pid
             );
+            return self.pid;
         }
-        self.pid
+        let pid = self.pid;
+        if answer
+            .trim_end()
+            .ends_with(&format!(" tunnels {}", super::handover::version()))
+        {
+            let conn = self.conn;
+            let spawned = std::thread::Builder::new()
+                .name("ringway-takeover".into())
+                .spawn(move || match super::handover::receive(conn, &inboxes) {
+                    Ok(n) => tracing::info!("upgrade: took over {n} tunnel(s) from pid {pid}"),
+                    Err(e) => tracing::error!(
+                        "upgrade: taking tunnels over from pid {pid} stopped: {e:#}; those it \
+                         still held stay there and get its drain's Close"
+                    ),
+                });
+            if let Err(e) = spawned {
+                tracing::error!("upgrade: no thread to take tunnels over: {e}");
+            }
+        } else {
+            tracing::info!("upgrade: pid {pid} keeps its tunnels and drains them");
+        }
+        pid
     }
+}
+
+/// One line from `c` (at most `max` bytes, without its newline; what came if it ends first).
+fn read_line(c: &mut UnixStream, max: usize) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < max {
+        match c.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
 }
 
 /// The old process's side: the sockets it would hand over (one descriptor per worker and
@@ -206,10 +247,15 @@ pub struct Offer {
 /// Serve `path`: hand the sockets of `offer` to the process that asks, and when it is ready
 /// call `hand_over` (stop accepting, drain) and say so. One upgrade at a time; a new process
 /// that fails before `ready` changes nothing here.
+///
+/// A new process that offers to take the tunnels over in a version this one writes
+/// (`handover.rs`) gets them: `hand_over` is given where the workers send them, and this
+/// thread carries them to the new process (`workers` say when they are through).
 pub fn serve(
     path: &Path,
     offer: Arc<Offer>,
-    hand_over: impl Fn() + Send + 'static,
+    workers: usize,
+    hand_over: impl Fn(Option<std::sync::mpsc::Sender<crate::session::Departure>>) + Send + 'static,
 ) -> anyhow::Result<()> {
     let l = bind_private(path)
         .with_context(|| format!("runtime.upgrade_socket: listening on {}", path.display()))?;
@@ -219,7 +265,29 @@ pub fn serve(
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
                 match hand(c, &offer) {
-                    Ok(Some(mut c)) => {
+                    Ok(Some((mut c, tunnels))) => {
+                        let peer = nix::sys::socket::getsockopt(
+                            &c,
+                            nix::sys::socket::sockopt::PeerCredentials,
+                        )
+                        .map_or(0, |p| p.pid());
+                        if tunnels {
+                            tracing::info!(
+                                "upgrade: the new process is ready; handing over: not \
+                                 accepting, handing the tunnels to it (those that cannot go \
+                                 are drained), then exiting"
+                            );
+                            let (tx, rx) = std::sync::mpsc::channel();
+                            let _ = writeln!(
+                                c,
+                                "draining {} tunnels {}",
+                                std::process::id(),
+                                crate::session::HANDOFF_VERSION
+                            );
+                            hand_over(Some(tx));
+                            super::handover::send(c, rx, workers, peer);
+                            return;
+                        }
                         tracing::info!(
                             "upgrade: the new process is ready; handing over: not accepting, \
                              draining the tunnels, then exiting"
@@ -228,7 +296,7 @@ pub fn serve(
                         // within a millisecond.
                         let _ = writeln!(c, "draining {}", std::process::id());
                         drop(c);
-                        hand_over();
+                        hand_over(None);
                         // The new process listens on the upgrade socket from now on.
                         return;
                     }
@@ -306,8 +374,9 @@ fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     bound
 }
 
-/// One upgrade attempt: send the sockets, wait for `ready`. `Some` when the new process is.
-fn hand(mut c: UnixStream, offer: &Offer) -> anyhow::Result<Option<UnixStream>> {
+/// One upgrade attempt: send the sockets, wait for `ready`. `Some` when the new process is,
+/// with whether it takes the tunnels over in this process's version.
+fn hand(mut c: UnixStream, offer: &Offer) -> anyhow::Result<Option<(UnixStream, bool)>> {
     let (peer, uid) =
         match nix::sys::socket::getsockopt(&c, nix::sys::socket::sockopt::PeerCredentials) {
             Ok(p) => (p.pid(), p.uid()),
@@ -340,7 +409,13 @@ fn hand(mut c: UnixStream, offer: &Offer) -> anyhow::Result<Option<UnixStream>> 
     c.set_read_timeout(Some(READY_WAIT))?;
     let mut line = [0u8; 6];
     match c.read_exact(&mut line) {
-        Ok(()) if &line == b"ready\n" => Ok(Some(c)),
+        Ok(()) if &line == b"ready\n" => {
+            // A ringway from before tunnels moved says nothing more: a short wait.
+            c.set_read_timeout(Some(Duration::from_millis(300)))?;
+            let tunnels = super::handover::agreed(&read_line(&mut c, 64));
+            c.set_read_timeout(None)?;
+            Ok(Some((c, tunnels)))
+        }
         _ => bail!("pid {peer} did not become ready"),
     }
 }

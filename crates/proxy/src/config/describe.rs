@@ -12,7 +12,7 @@ impl Config {
         let r = &self.runtime;
         let _ = writeln!(
             o,
-            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={} access_log_open={} splice_min={}",
+            "runtime: workers={} max_connections={} shutdown_grace={} drain_spread={} drain_close={} {:?} buffers={}x{}B access_log={} access_log_open={} splice_min={} upgrade_tunnels={}",
             r.workers,
             r.max_connections,
             fmt_duration(r.shutdown_grace),
@@ -26,7 +26,8 @@ impl Config {
             match r.splice_min {
                 0 => "off".to_string(),
                 n => format!("{n}B"),
-            }
+            },
+            r.upgrade_tunnels
         );
         for z in &self.conn_zones {
             let _ = writeln!(

@@ -85,6 +85,9 @@ pub struct Runtime {
     pub drain_reason: String,
     /// Where a new binary asks for the listening sockets (`ringway run --upgrade`).
     pub upgrade_socket: Option<std::path::PathBuf>,
+    /// On `ringway run --upgrade`, take the old process's tunnels over (those the handover
+    /// covers) instead of letting it drain them.
+    pub upgrade_tunnels: bool,
     /// A plain tunnel splices a frame's payload (socket → pipe → socket) when at least this
     /// much of it is still to come; 0: never.
     pub splice_min: u64,

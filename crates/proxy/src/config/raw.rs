@@ -33,6 +33,7 @@ pub struct Runtime {
     pub drain_spread: Option<Spanned<toml::Value>>,
     pub drain_close: Option<Spanned<DrainClose>>,
     pub upgrade_socket: Option<Spanned<String>>,
+    pub upgrade_tunnels: Option<bool>,
     pub splice_min: Option<Spanned<toml::Value>>,
 }
 

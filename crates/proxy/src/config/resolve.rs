@@ -220,6 +220,7 @@ fn runtime(cx: &Ctx<'_>, rt: &raw::Runtime) -> Result<Runtime, ConfigError> {
             }
             Some(p) => Some(std::path::PathBuf::from(p.get_ref())),
         },
+        upgrade_tunnels: rt.upgrade_tunnels.unwrap_or(true),
     })
 }
 

@@ -190,6 +190,11 @@ impl Links {
         self.cancels = self.cancels.saturating_add(n);
     }
 
+    /// Cancels in flight.
+    pub fn cancels(&self) -> u16 {
+        self.cancels
+    }
+
     /// A cancel completed.
     pub fn cancel_done(&mut self) {
         debug_assert!(self.cancels > 0, "a cancel completed that was not counted");

@@ -183,6 +183,12 @@ impl Transport {
         closed
     }
 
+    /// The socket belongs to someone else now (a tunnel handed to a new process): it is
+    /// forgotten, never closed from here. Nothing may be in flight on it.
+    pub fn forget_fd(&mut self) {
+        self.conn_mut().reset_fd(-1);
+    }
+
     /// Close an idle connection that has nothing in flight (the keepalive pool's), a TLS one
     /// with close_notify first (see `Tls::farewell`).
     pub fn close_idle(mut self) {

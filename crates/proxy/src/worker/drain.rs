@@ -48,7 +48,15 @@ impl Core {
     /// reference to the socket. On a handover (`hand_over`), and for sockets systemd holds,
     /// the socket must live on for the other holder: the accept is cancelled instead and the
     /// descriptor closed once its last completion is in.
-    pub(super) fn begin_drain(&mut self, r: &mut Reactor<Slot>, hand_over: bool) {
+    ///
+    /// With `tunnels_to` (an upgrade that keeps tunnels), the tunnels that can go to the new
+    /// process are handed over instead (`handoff.rs`); only the rest get the drain's Close.
+    pub(super) fn begin_drain(
+        &mut self,
+        r: &mut Reactor<Slot>,
+        hand_over: bool,
+        tunnels_to: Option<std::sync::mpsc::Sender<crate::session::Departure>>,
+    ) {
         self.drain_began = Some(Instant::now());
         let keep_open = hand_over || self.spec.activated;
         let mut queued = Vec::new();
@@ -95,6 +103,9 @@ impl Core {
             {
                 tunnels.push((k, g));
             }
+        }
+        if let Some(to) = tunnels_to {
+            tunnels = self.hand_off(r, to, tunnels);
         }
         // The spread cut in n equal slots, tunnel i told in the middle of slot i: reconnects
         // arrive evenly over it. (Whatever a rebalance had queued is part of it now.)

@@ -221,6 +221,28 @@ impl FrameTracker {
         self.buf[..8].copy_from_slice(&n.to_ne_bytes());
     }
 
+    /// Bytes of [`FrameTracker::to_bytes`].
+    pub const BYTES: usize = MAX_HEADER + 1;
+
+    /// The tracker's state as bytes (a tunnel handed to another process carries it).
+    pub fn to_bytes(&self) -> [u8; Self::BYTES] {
+        let mut out = [0; Self::BYTES];
+        out[..MAX_HEADER].copy_from_slice(&self.buf);
+        out[MAX_HEADER] = self.have;
+        out
+    }
+
+    /// A tracker from [`FrameTracker::to_bytes`]; None if they cannot be one.
+    pub fn from_bytes(b: [u8; Self::BYTES]) -> Option<FrameTracker> {
+        let have = b[MAX_HEADER];
+        if have as usize >= MAX_HEADER && have != LOST {
+            return None;
+        }
+        let mut buf = [0; MAX_HEADER];
+        buf.copy_from_slice(&b[..MAX_HEADER]);
+        Some(FrameTracker { buf, have })
+    }
+
     /// Payload bytes of the current frame still to come: 0 at a boundary, while a header is
     /// gathered, and in a stream that is lost.
     #[inline(always)]

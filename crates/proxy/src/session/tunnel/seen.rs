@@ -91,6 +91,26 @@ pub struct CloseSeen {
 }
 
 impl Seen {
+    /// What a tunnel handed to another process carries of this record: the fragments so far
+    /// of the message in progress from each side, and how often each side's counter wrapped.
+    pub fn progress(&self) -> ([u64; 2], [u32; 2]) {
+        (self.part, self.wraps)
+    }
+
+    /// The record of a tunnel taken over from another process (`progress` there).
+    pub fn resumed(part: [u64; 2], wraps: [u32; 2]) -> Seen {
+        Seen {
+            part,
+            wraps,
+            ..Seen::default()
+        }
+    }
+
+    /// A Close frame went by, or the proxy sent one: the tunnel is closing.
+    pub fn closing(&self) -> bool {
+        self.len != [NO_CLOSE; 2] || self.sent != [0; 2] || self.first != Closer::Nobody
+    }
+
     /// Side `i`'s message counter wrapped.
     pub fn wrapped(&mut self, i: usize) {
         self.wraps[i] += 1;

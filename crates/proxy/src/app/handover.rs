@@ -1,0 +1,280 @@
+//! Tunnels carried from the old process to the new one in a binary upgrade, on the upgrade
+//! socket's connection, after the listening sockets (`upgrade.rs`); what moves with each is in
+//! `session/handoff.rs`.
+//!
+//! The new process says `ready\n`, then `tunnels V\n` (the description version it reads). An
+//! old process that reads the same version answers `draining PID tunnels V\n` and sends the
+//! tunnels its workers hand it, in batches; one that does not (another version, or a ringway
+//! from before this) answers `draining PID\n` and drains its tunnels with the Close 1012 as
+//! before. A batch is a 16-byte header — `RWT1`, the number of tunnels (0: the last batch),
+//! the length of what follows, 0 — sent with the tunnels' descriptors (two each, client then
+//! upstream, SCM_RIGHTS), then each tunnel's description behind its 32-bit length.
+//!
+//! Bounds: at most [`BATCH`] tunnels (64 descriptors) and [`DESC_MAX`] bytes of description
+//! each per batch; the old process hands over for at most `HANDOFF_WAIT` plus [`SEND_WAIT`],
+//! then ends the stream; the new one waits at most [`SEND_WAIT`] between batches. A tunnel the
+//! new process cannot take gets its Close there (`session::refuse_handed`); a batch the
+//! new process does not take (it died) is closed the same way by the old one.
+
+use std::collections::BTreeMap;
+use std::io::{IoSlice, IoSliceMut, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::live::{Inbox, Msg};
+use crate::session::{DESC_MAX, Departure, HANDOFF_VERSION, Handed, refuse_handed};
+
+/// Tunnels per batch.
+pub const BATCH: usize = 32;
+/// How long either side waits on the other while tunnels move.
+pub const SEND_WAIT: Duration = Duration::from_secs(5);
+/// How long a batch may wait for more tunnels before it goes.
+const GATHER: Duration = Duration::from_millis(5);
+const MAGIC: &[u8; 4] = b"RWT1";
+
+/// The version this process reads (`RINGWAY_HANDOVER_VERSION` overrides it: a test's stand-in
+/// for a binary with another description format).
+pub fn version() -> u32 {
+    std::env::var("RINGWAY_HANDOVER_VERSION")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(HANDOFF_VERSION)
+}
+
+/// What the old process learned from the new one's `tunnels V` line: whether they move.
+pub fn agreed(line: &str) -> bool {
+    line.strip_prefix("tunnels ")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        == Some(HANDOFF_VERSION)
+}
+
+/// The old process's side: send what `workers` workers hand over on `conn` until each says it
+/// is through (or the time is up), then the last batch.
+pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i32) {
+    let until = Instant::now() + crate::worker::HANDOFF_WAIT + SEND_WAIT;
+    let _ = conn.set_write_timeout(Some(SEND_WAIT));
+    let mut batch: Vec<Handed> = Vec::new();
+    let (mut done, mut moved, mut lost) = (0, 0u64, 0u64);
+    let mut stayed: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut broken = false;
+    let mut flush = |batch: &mut Vec<Handed>, broken: &mut bool| {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        if !*broken && let Err(e) = send_batch(&conn, batch) {
+            tracing::error!("upgrade: pid {peer} took no more tunnels ({e:#}): closing the rest");
+            *broken = true;
+        }
+        if *broken {
+            lost += n;
+            for t in batch.drain(..) {
+                refuse_handed(t, "the new process is gone");
+            }
+        } else {
+            for t in batch.drain(..) {
+                for fd in t.fds {
+                    let _ = nix::unistd::close(fd);
+                }
+            }
+        }
+    };
+    while done < workers {
+        let now = Instant::now();
+        if now >= until {
+            tracing::warn!("upgrade: the workers took too long handing tunnels over: ending");
+            break;
+        }
+        let wait = if batch.is_empty() {
+            until - now
+        } else {
+            GATHER
+        };
+        match from.recv_timeout(wait) {
+            Ok(Departure::Tunnel(t)) => {
+                batch.push(t);
+                if batch.len() >= BATCH {
+                    flush(&mut batch, &mut broken);
+                }
+            }
+            Ok(Departure::Done {
+                moved: m,
+                stayed: s,
+                ..
+            }) => {
+                done += 1;
+                moved += m;
+                for (k, v) in s {
+                    *stayed.entry(k).or_default() += v;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => flush(&mut batch, &mut broken),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    flush(&mut batch, &mut broken);
+    if !broken {
+        let _ = send_header(&conn, 0, 0, &[]);
+    }
+    drop(from);
+    let stayed_n: u64 = stayed.values().sum();
+    let why: Vec<String> = stayed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    tracing::info!(
+        "upgrade: handed {} tunnel(s) to pid {peer}; {stayed_n} stay here and get the drain's Close{}",
+        moved - lost,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join(", "))
+        }
+    );
+    if lost > 0 {
+        tracing::error!("upgrade: {lost} tunnel(s) were closed: pid {peer} did not take them");
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+fn send_header(conn: &UnixStream, n: usize, len: usize, fds: &[RawFd]) -> anyhow::Result<()> {
+    let mut h = [0u8; 16];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..8].copy_from_slice(&(n as u32).to_le_bytes());
+    h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    let iov = [IoSlice::new(&h)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    let sent = sendmsg::<()>(conn.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .context("sending a batch's header")?;
+    if sent != h.len() {
+        bail!("a batch's header went out cut short");
+    }
+    Ok(())
+}
+
+fn send_batch(conn: &UnixStream, batch: &[Handed]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let fds: Vec<RawFd> = batch.iter().flat_map(|t| t.fds).collect();
+    let mut body = Vec::new();
+    for t in batch {
+        body.extend_from_slice(&(t.desc.len() as u32).to_le_bytes());
+        body.extend_from_slice(&t.desc);
+    }
+    send_header(conn, batch.len(), body.len(), &fds)?;
+    (&*conn)
+        .write_all(&body)
+        .context("sending a batch's descriptions")
+}
+
+/// The new process's side: take the tunnels the old one sends on `conn`, spread over the
+/// workers' `inboxes` in turn. Returns how many were taken in; each worker decides on its own
+/// (`Msg::Adopt`).
+pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<u64> {
+    conn.set_read_timeout(Some(SEND_WAIT))?;
+    let mut next = 0usize;
+    let mut total = 0u64;
+    loop {
+        let (n, len, fds) = receive_header(&conn)?;
+        if n == 0 {
+            for fd in fds {
+                let _ = nix::unistd::close(fd);
+            }
+            return Ok(total);
+        }
+        let mut body = vec![0u8; len];
+        if let Err(e) = conn.read_exact(&mut body) {
+            for fd in fds {
+                let _ = nix::unistd::close(fd);
+            }
+            bail!("reading a batch's descriptions: {e}");
+        }
+        let mut rest = &body[..];
+        let mut tunnels = Vec::with_capacity(n);
+        for pair in fds.chunks(2) {
+            let desc = take_desc(&mut rest);
+            let fds = [pair[0], pair[1]];
+            match desc {
+                Some(d) => tunnels.push(Handed {
+                    fds,
+                    desc: d.to_vec(),
+                }),
+                None => refuse_handed(
+                    Handed {
+                        fds,
+                        desc: Vec::new(),
+                    },
+                    "a batch cut short",
+                ),
+            }
+        }
+        total += tunnels.len() as u64;
+        // Round robin, a batch's tunnels spread one by one.
+        let mut per: Vec<Vec<Handed>> = (0..inboxes.len()).map(|_| Vec::new()).collect();
+        for t in tunnels {
+            per[next % inboxes.len()].push(t);
+            next += 1;
+        }
+        for (inbox, mine) in inboxes.iter().zip(per) {
+            if !mine.is_empty() {
+                inbox.give_adopted(mine);
+                inbox.send(Msg::Adopt);
+            }
+        }
+    }
+}
+
+fn take_desc<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    if rest.len() < 4 {
+        return None;
+    }
+    let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+    if n > DESC_MAX || rest.len() < 4 + n {
+        return None;
+    }
+    let d = &rest[4..4 + n];
+    *rest = &rest[4 + n..];
+    Some(d)
+}
+
+/// A batch's header and its descriptors (checked: a count of tunnels within [`BATCH`], two
+/// descriptors each, a length within bounds).
+fn receive_header(conn: &UnixStream) -> anyhow::Result<(usize, usize, Vec<RawFd>)> {
+    let mut h = [0u8; 16];
+    let mut fds = Vec::new();
+    let got = {
+        let mut iov = [IoSliceMut::new(&mut h)];
+        let mut space = nix::cmsg_space!([RawFd; 2 * BATCH]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_WAITALL,
+        )
+        .context("receiving a batch of tunnels")?;
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(v) = c {
+                fds.extend(v);
+            }
+        }
+        msg.bytes
+    };
+    let bad = |fds: &[RawFd], why: &str| {
+        for fd in fds {
+            let _ = nix::unistd::close(*fd);
+        }
+        anyhow::anyhow!("a batch of tunnels: {why}")
+    };
+    if got != h.len() || &h[..4] != MAGIC {
+        return Err(bad(&fds, "not a batch header"));
+    }
+    let n = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
+    if n > BATCH || len > BATCH * (DESC_MAX + 4) || fds.len() != 2 * n {
+        return Err(bad(&fds, "out of bounds"));
+    }
+    Ok((n, len, fds))
+}

@@ -1,0 +1,566 @@
+//! A tunnel handed to the process that takes over in a binary upgrade, and taken over there
+//! (`app/handover.rs` carries it between the two): its two sockets and a versioned description
+//! of everything else, so that neither the client nor the backend sees anything happen.
+//!
+//! **Quiescing** (the old process): the tunnel stops reading both sockets (`Conn::set_held`, as
+//! a filter's delay does, so the recvs are cancelled by the usual bookkeeping). What was read
+//! before the cancels landed goes on as always, tracked; bytes that arrive after stay in the
+//! kernel's socket buffers for the new process. The tunnel is ready to go once nothing is in
+//! flight on either socket and nothing waits to be sent ([`Session::handoff_ready`]): every
+//! byte read has been passed on whole and the frame trackers stand exactly where the streams
+//! do. Then its description is written ([`Session::export`]) and its slot freed without
+//! closing the sockets.
+//!
+//! **Taking over** (the new process): [`Session::adopt`] builds the tunnel again under the new
+//! configuration (its location found by server names and path, its upstream server by name and
+//! address), with its clocks moved to the new process's (ages, not times, cross over), its
+//! limit_conn slot taken again and its heartbeats, filters and lifetime as the location has
+//! them; then its receives are armed like any tunnel's.
+//!
+//! What version 1 does not cover, so such a tunnel is not handed over but gets the drain's
+//! Close as before: TLS on either side (its record state), an HTTP/2 stream, a tunnel that is
+//! closing (a Close frame or a FIN went by) or that splices, whose filter holds a frame back,
+//! or that waits to put a frame of the proxy's own into a stream.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::cx::Role;
+use super::phase::{Control, Inject, NO_PEER, Req, ReqText};
+use super::tunnel::{Seen, Tunnel};
+use super::{Env, Io, Next, Phase, Recv, Session, Shut, Transport};
+use crate::config::Config;
+use crate::uring::timer::Stamp;
+use crate::ws::FrameTracker;
+
+/// The description's version. A new process that speaks another one is handed no tunnel: the
+/// old process drains them as before.
+pub const VERSION: u32 = 1;
+
+/// The largest description of one tunnel (its request text is at most 3 × 16 KiB).
+pub const DESC_MAX: usize = 64 * 1024;
+
+/// A tunnel on its way to the new process: its client and upstream sockets (open; whoever
+/// holds this closes them once they are sent, or if they cannot be) and its description.
+#[derive(Debug)]
+pub struct Handed {
+    pub fds: [RawFd; 2],
+    pub desc: Vec<u8>,
+}
+
+/// What a worker of the old process sends the thread that talks to the new one.
+#[derive(Debug)]
+pub enum Departure {
+    /// A tunnel at rest, to go.
+    Tunnel(Handed),
+    /// This worker is through: how many tunnels went, and how many stayed (and got the drain's
+    /// Close), by why.
+    Done {
+        worker: usize,
+        moved: u64,
+        stayed: std::collections::BTreeMap<&'static str, u64>,
+    },
+}
+
+/// A tunnel handed over that is not taken (see [`refuse`]).
+pub fn refuse_handed(t: Handed, why: &str) {
+    refuse(t.fds, &t.desc, why);
+}
+
+impl Session {
+    /// Begin handing this session's tunnel over: stop reading both sockets. `Err` names why it
+    /// cannot be (a word for the log's count); nothing changed then.
+    pub fn hand_off(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Result<Next, &'static str> {
+        let Phase::Tunnel(t) = &self.phase else {
+            return Err("not-a-tunnel");
+        };
+        if self.cx.role != Role::Connection || self.cx.links.more_ids().next().is_some() {
+            return Err("http2");
+        }
+        let l = &self.cx.links;
+        if !l.down.is_plain() || !l.up.is_plain() {
+            return Err("tls");
+        }
+        quiet(t, self)?;
+        self.cx.links.down.set_held(true);
+        self.cx.links.up.set_held(true);
+        // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
+        Ok(self.after(io, env))
+    }
+
+    /// A tunnel being handed over could not be (it took too long, or something began that the
+    /// description does not cover): it reads again, and gets the drain's Close now.
+    pub fn hand_off_failed(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        if matches!(self.phase, Phase::Tunnel(_)) {
+            self.cx.links.down.set_held(false);
+            self.cx.links.up.set_held(false);
+        }
+        self.drain_tunnel(io, env)
+    }
+
+    /// Whether the tunnel being handed over has come to rest: nothing in flight on either
+    /// socket, nothing waiting to be sent, and still nothing the description cannot carry.
+    /// `Err` when it can no longer be handed over.
+    pub fn handoff_ready(&self) -> Result<bool, &'static str> {
+        let Phase::Tunnel(t) = &self.phase else {
+            return Err("closing");
+        };
+        quiet(t, self)?;
+        let l = &self.cx.links;
+        let rest = |c: &Transport| {
+            c.recv_state() == Recv::Off && c.hup_state() == Recv::Off && c.ops() == 0 && c.flushed()
+        };
+        Ok(l.cancels() == 0 && rest(&l.down) && rest(&l.up))
+    }
+
+    /// The tunnel, at rest (`handoff_ready`), leaves this process: its sockets (not closed) and
+    /// its description. The server gauge and the limit_conn slot it held are given back here
+    /// (the new process takes them again).
+    pub fn export(mut self, now: u64) -> Handed {
+        let fds = [self.cx.links.down.fd(), self.cx.links.up.fd()];
+        let desc = self.describe(now);
+        self.cx.uncount_peer();
+        self.cx.release_limit();
+        // The sockets are the new process's now: nothing here may close them.
+        self.cx.links.down.forget_fd();
+        self.cx.links.up.forget_fd();
+        Handed { fds, desc }
+    }
+
+    fn describe(&self, now: u64) -> Vec<u8> {
+        let Phase::Tunnel(t) = &self.phase else {
+            unreachable!("export of a session that is not a tunnel");
+        };
+        let cx = &self.cx;
+        let cfg = &cx.cfg;
+        let mut w = W(Vec::with_capacity(256));
+        w.u32(VERSION);
+        w.str(&cx.client.addr().to_string());
+        w.str(
+            &cfg.listeners
+                .get(usize::from(cx.listener))
+                .map_or(String::new(), |a| a.to_string()),
+        );
+        // Where it is: its server's names and its location's path.
+        let (names, path) = place_of(cfg, t.loc).unwrap_or_default();
+        w.str(&names.join(" "));
+        w.str(&path);
+        let r = &t.req;
+        let u = cfg.upstreams.get(usize::from(r.upstream));
+        w.str(u.map_or("", |u| u.name.as_str()));
+        let peer = u.and_then(|u| u.peers.get(usize::from(r.peer)));
+        w.str(&peer.map_or(String::new(), |p| p.addr.to_string()));
+        for s in [r.method(), r.host(), r.path(), r.upgrade_proto()] {
+            w.str(s);
+        }
+        w.u64(now.saturating_sub(r.started_ms));
+        w.u64(r.bytes_in);
+        w.u64(r.bytes_out);
+        w.u32(r.read_ms);
+        w.u32(r.send_ms);
+        w.u64(now.saturating_sub(cx.last_down_ms.at(now)));
+        w.u64(now.saturating_sub(cx.last_up_ms.at(now)));
+        w.u32(cx.served);
+        for f in &t.frames {
+            w.0.extend_from_slice(&f.to_bytes());
+        }
+        let (part, wraps) = cx
+            .notes
+            .as_deref()
+            .and_then(|n| n.seen.as_ref())
+            .map_or(([0; 2], [0; 2]), Seen::progress);
+        for i in 0..2 {
+            w.u32(t.msgs[i]);
+            w.u32(wraps[i]);
+            w.u64(part[i]);
+        }
+        match t.ctl.as_deref() {
+            None => w.u8(0),
+            Some(k) => {
+                w.u8(1);
+                for i in 0..2 {
+                    w.u64(if k.pinged[i] == 0 {
+                        0
+                    } else {
+                        now.saturating_sub(k.pinged[i]).max(1)
+                    });
+                    w.u64(k.expect[i]);
+                }
+                w.u64(if k.expires == 0 {
+                    0
+                } else {
+                    k.expires.saturating_sub(now).max(1)
+                });
+            }
+        }
+        w.0
+    }
+
+    /// A tunnel handed over by the old process: `fds` (client, upstream) and its description,
+    /// under configuration `cfg`, at `now` on this worker's clock. `Err` says why it cannot be
+    /// taken (the sockets are then the caller's to close).
+    pub fn adopt(
+        cfg: &Arc<Config>,
+        fds: [RawFd; 2],
+        desc: &[u8],
+        now: u64,
+    ) -> Result<Session, String> {
+        let Desc {
+            client,
+            listener,
+            names,
+            path,
+            upstream,
+            peer,
+            text,
+            age,
+            bytes_in,
+            bytes_out,
+            read_ms,
+            send_ms,
+            down_age,
+            up_age,
+            served,
+            frames,
+            msgs,
+            wraps,
+            part,
+            ctl,
+        } = Desc::parse(desc)?;
+        // Its place in this configuration.
+        let (si, li) = find_place(cfg, names, path)
+            .ok_or_else(|| format!("no location {path:?} of server {names:?} here"))?;
+        let loc = &cfg.servers[si].locations[li];
+        let listen_at = listener
+            .parse::<SocketAddr>()
+            .ok()
+            .and_then(|a| cfg.listeners.iter().position(|l| *l == a))
+            .or_else(|| cfg.servers[si].listen.first().copied())
+            .unwrap_or(0);
+        let listen = *cfg.listen.get(listen_at).ok_or("no listener")?;
+        let mut req = Box::new(Req::new(
+            ReqText::new(text[0], text[1], text[2], text[3]),
+            now.saturating_sub(age),
+            bytes_in,
+        ));
+        req.bytes_out = bytes_out;
+        req.read_ms = read_ms;
+        req.send_ms = send_ms;
+        req.status = 101;
+        req.responded = true;
+        let ui = loc.upstream;
+        let u = &cfg.upstreams[ui];
+        req.upstream = ui as u16;
+        req.peer = if u.name == upstream {
+            u.peers
+                .iter()
+                .position(|p| p.addr.to_string() == peer)
+                .map_or(NO_PEER, |i| i as u16)
+        } else {
+            NO_PEER
+        };
+        if !cfg.runtime.access_log {
+            req.text = ReqText::none();
+        }
+        let ctl = match ctl {
+            None => None,
+            Some((pinged, expect, expires)) => {
+                let mut k = Control::new(loc.heartbeat.as_ref());
+                k.filter = super::filter::for_location(loc, client.ip());
+                for i in 0..2 {
+                    k.pinged[i] = if pinged[i] == 0 {
+                        0
+                    } else {
+                        now.saturating_sub(pinged[i]).max(1)
+                    };
+                    k.expect[i] = expect[i];
+                }
+                if expires != 0 {
+                    k.expires = now + expires;
+                }
+                Some(Box::new(k))
+            }
+        };
+        let tunnel = Tunnel {
+            req,
+            ctl,
+            frames,
+            loc: cfg.location_id(si, li),
+            msgs,
+        };
+        let mut s = Session::over(
+            Transport::plain(fds[0]),
+            client,
+            listen,
+            cfg.clone(),
+            now,
+            Phase::Tunnel(tunnel),
+        );
+        s.cx.proxy_header = false;
+        s.cx.links.up = Transport::plain(fds[1]);
+        s.cx.last_down_ms = Stamp::new(now.saturating_sub(down_age));
+        s.cx.last_up_ms = Stamp::new(now.saturating_sub(up_age));
+        s.cx.served = served;
+        if part != [0; 2] || wraps != [0; 2] {
+            let n = s.cx.notes.get_or_insert_with(Default::default);
+            n.seen = Some(Seen::resumed(part, wraps));
+        }
+        if let Phase::Tunnel(t) = &s.phase
+            && t.req.peer != NO_PEER
+        {
+            let peer = usize::from(t.req.peer);
+            s.cx.count_peer(ui, peer);
+        }
+        if let Some(lc) = loc.limit_conn {
+            // An established tunnel is counted, never refused: its client is connected.
+            let key = crate::limits::key_of(client.ip());
+            if cfg.conn_zones[lc.zone].table.take(key, u32::MAX) == crate::limits::Taken::Yes {
+                s.cx.links.limited = lc.zone as u16 + 1;
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// A description, read.
+struct Desc<'a> {
+    client: SocketAddr,
+    listener: &'a str,
+    names: &'a str,
+    path: &'a str,
+    upstream: &'a str,
+    peer: &'a str,
+    text: [&'a str; 4],
+    age: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    read_ms: u32,
+    send_ms: u32,
+    down_age: u64,
+    up_age: u64,
+    served: u32,
+    frames: [FrameTracker; 2],
+    msgs: [u32; 2],
+    wraps: [u32; 2],
+    part: [u64; 2],
+    /// Ages of the pings out to each side, their tags, and what is left of the lifetime.
+    ctl: Option<([u64; 2], [u64; 2], u64)>,
+}
+
+impl<'a> Desc<'a> {
+    /// Read what `Session::describe` wrote; every field is checked.
+    fn parse(desc: &'a [u8]) -> Result<Desc<'a>, String> {
+        let mut r = R(desc);
+        let version = r.u32()?;
+        if version != VERSION {
+            return Err(format!("description version {version}, not {VERSION}"));
+        }
+        let client = r.str()?.parse().map_err(|_| "a bad client address")?;
+        let (listener, names, path) = (r.str()?, r.str()?, r.str()?);
+        let (upstream, peer) = (r.str()?, r.str()?);
+        let text = [r.str()?, r.str()?, r.str()?, r.str()?];
+        let (age, bytes_in, bytes_out) = (r.u64()?, r.u64()?, r.u64()?);
+        let (read_ms, send_ms) = (r.u32()?, r.u32()?);
+        let (down_age, up_age) = (r.u64()?, r.u64()?);
+        let served = r.u32()?;
+        let mut frames = [FrameTracker::default(); 2];
+        for f in frames.iter_mut() {
+            let b = r.take(FrameTracker::BYTES)?.try_into().expect("sized");
+            *f = FrameTracker::from_bytes(b).ok_or("a bad frame tracker")?;
+        }
+        let (mut msgs, mut wraps, mut part) = ([0u32; 2], [0u32; 2], [0u64; 2]);
+        for i in 0..2 {
+            msgs[i] = r.u32()?;
+            wraps[i] = r.u32()?;
+            part[i] = r.u64()?;
+        }
+        let ctl = match r.u8()? {
+            0 => None,
+            1 => {
+                let (mut pinged, mut expect) = ([0u64; 2], [0u64; 2]);
+                for i in 0..2 {
+                    pinged[i] = r.u64()?;
+                    expect[i] = r.u64()?;
+                }
+                Some((pinged, expect, r.u64()?))
+            }
+            _ => return Err("a bad control marker".into()),
+        };
+        if !r.0.is_empty() {
+            return Err("bytes after the description".into());
+        }
+        Ok(Desc {
+            client,
+            listener,
+            names,
+            path,
+            upstream,
+            peer,
+            text,
+            age,
+            bytes_in,
+            bytes_out,
+            read_ms,
+            send_ms,
+            down_age,
+            up_age,
+            served,
+            frames,
+            msgs,
+            wraps,
+            part,
+            ctl,
+        })
+    }
+}
+
+/// What the description cannot carry, if anything.
+fn quiet(t: &Tunnel, s: &Session) -> Result<(), &'static str> {
+    let l = &s.cx.links;
+    for c in [&l.down, &l.up] {
+        // (A splice shows in the control, below: the socket's own flag is also the hold's.)
+        if c.fd() < 0 || c.retiring() || c.eof() || c.shut() != Shut::Open {
+            return Err("closing");
+        }
+    }
+    if t.frames.iter().any(FrameTracker::lost) {
+        return Err("not-quiet");
+    }
+    if let Some(seen) = s.cx.notes.as_deref().and_then(|n| n.seen.as_ref())
+        && seen.closing()
+    {
+        return Err("closing");
+    }
+    if let Some(k) = t.ctl.as_deref()
+        && (k.want != [Inject::None; 2]
+            || k.gathering != [false; 2]
+            || k.closed != [false; 2]
+            || k.closed_ms != 0
+            || k.splice.iter().any(Option::is_some)
+            || k.paused.iter().any(Option::is_some)
+            || k.judged != [false; 2])
+    {
+        return Err("busy");
+    }
+    Ok(())
+}
+
+/// The names of the server and the path of the location numbered `id`.
+fn place_of(cfg: &Config, id: u16) -> Option<(Vec<String>, String)> {
+    let mut id = usize::from(id);
+    for s in &cfg.servers {
+        if id < s.locations.len() {
+            return Some((s.names.clone(), s.locations[id].path.clone()));
+        }
+        id -= s.locations.len();
+    }
+    None
+}
+
+/// The server with these names (space-separated) and its location with this path.
+fn find_place(cfg: &Config, names: &str, path: &str) -> Option<(usize, usize)> {
+    let want: Vec<&str> = names.split(' ').filter(|n| !n.is_empty()).collect();
+    cfg.servers.iter().enumerate().find_map(|(si, s)| {
+        let same = s.names.len() == want.len() && s.names.iter().zip(&want).all(|(a, b)| a == b);
+        if !same {
+            return None;
+        }
+        let li = s.locations.iter().position(|l| l.path == path)?;
+        Some((si, li))
+    })
+}
+
+/// A description being written: little-endian numbers, strings with a 32-bit length.
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// A description being read; every read is checked (it crossed a process boundary).
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("the description is cut short".into());
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn str(&mut self) -> Result<&'a str, String> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| "a string that is not UTF-8".into())
+    }
+}
+
+/// A tunnel handed over that cannot be taken (`why`): each side gets the Close it would get
+/// from a drain — 1012 to the client, 1001 to the upstream — where its stream stands at a
+/// frame boundary (sent at once, without waiting: a socket at rest has room for six bytes),
+/// then both sockets close. A description that cannot be read at all says nothing of the
+/// boundaries: the sockets just close.
+pub fn refuse(fds: [RawFd; 2], desc: &[u8], why: &str) {
+    tracing::warn!("upgrade: a tunnel handed over is not taken ({why}): closing it");
+    if let Ok(Desc { frames, .. }) = Desc::parse(desc) {
+        // Toward the client goes what the upstream's stream carries, and the other way.
+        let closes = [
+            (fds[0], &frames[1], crate::ws::close_payload(1012, ""), None),
+            (
+                fds[1],
+                &frames[0],
+                crate::ws::close_payload(1001, ""),
+                Some(rand_mask()),
+            ),
+        ];
+        for (fd, t, payload, mask) in closes {
+            if t.at_boundary() && !t.lost() {
+                let f = crate::ws::frame(crate::ws::opcode::CLOSE, &payload, mask);
+                let _ = nix::sys::socket::send(
+                    fd,
+                    &f,
+                    nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                        | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                );
+            }
+        }
+    }
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// A mask for a frame toward the upstream (RFC 6455 wants it unpredictable; a Close carries
+/// nothing secret).
+fn rand_mask() -> [u8; 4] {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    t.to_le_bytes()
+}

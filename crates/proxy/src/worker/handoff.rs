@@ -1,0 +1,162 @@
+//! A worker's part in an upgrade that keeps its tunnels (`session/handoff.rs` says what moves,
+//! `app/handover.rs` carries it). In the old process: on `Msg::Handover` with a way to the new
+//! one, the worker's tunnels stop reading, each goes once it is at rest (within
+//! [`HANDOFF_WAIT`]); one that cannot go gets the drain's Close as before. In the new process:
+//! `Msg::Adopt` brings tunnels to take over.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use super::{Core, Slot};
+use crate::reactor::Reactor;
+use crate::session::{Departure as Out, Handed, Next, Session, Stage};
+
+/// How long a worker's tunnels may take to come to rest; those still busy then stay here and
+/// get the drain's Close.
+pub const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// A worker's tunnels on their way out.
+pub(super) struct Handing {
+    to: Sender<Out>,
+    /// Tunnels coming to rest: slot and generation.
+    slots: Vec<(u32, u32)>,
+    began: Instant,
+    moved: u64,
+    stayed: BTreeMap<&'static str, u64>,
+}
+
+impl Core {
+    /// The upgrade hands tunnels over: every tunnel of this worker that can go stops reading;
+    /// the rest are returned, for the drain's spread.
+    pub(super) fn hand_off(
+        &mut self,
+        r: &mut Reactor<Slot>,
+        to: Sender<Out>,
+        tunnels: Vec<(u32, u32)>,
+    ) -> Vec<(u32, u32)> {
+        let mut h = Handing {
+            to,
+            slots: Vec::new(),
+            began: Instant::now(),
+            moved: 0,
+            stayed: BTreeMap::new(),
+        };
+        let mut rest = Vec::new();
+        for (slot, generation) in tunnels {
+            let mut result = Err("not-a-tunnel");
+            self.with_session_of(r, slot, Some(generation), |s, io, env| {
+                match s.hand_off(io, env) {
+                    Ok(next) => {
+                        result = Ok(());
+                        next
+                    }
+                    Err(why) => {
+                        result = Err(why);
+                        Next::Continue
+                    }
+                }
+            });
+            match result {
+                Ok(()) => h.slots.push((slot, generation)),
+                Err(why) => {
+                    *h.stayed.entry(why).or_default() += 1;
+                    rest.push((slot, generation));
+                }
+            }
+        }
+        self.handing = Some(h);
+        rest
+    }
+
+    /// After every turn while tunnels are on their way out: those at rest go, those that can
+    /// no longer go (or took too long) get the drain's Close; once none is left, the worker
+    /// says it is through.
+    pub(super) fn hand_off_due(&mut self, r: &mut Reactor<Slot>) {
+        let Some(mut h) = self.handing.take() else {
+            return;
+        };
+        let late = h.began.elapsed() >= HANDOFF_WAIT;
+        let mut waiting = Vec::new();
+        for (slot, generation) in std::mem::take(&mut h.slots) {
+            let ready = match r.slots.get_mut(slot, generation) {
+                // It ended meanwhile (its client went): nothing to hand over.
+                None => continue,
+                Some(e) if e.session.stage() != Stage::Tunnel => Err("closing"),
+                Some(e) => e.session.handoff_ready(),
+            };
+            match ready {
+                Ok(true) => {
+                    let entry = r.slots.remove(slot);
+                    if entry.timer_at != 0 {
+                        r.wheel.remove((slot, generation), entry.timer_at);
+                    }
+                    let m = &self.spec.metrics;
+                    m.tunnel_left();
+                    m.active.fetch_sub(1, Ordering::Relaxed);
+                    let handed = entry.session.export(r.now_ms());
+                    if let Err(e) = h.to.send(Out::Tunnel(handed)) {
+                        // The thread that carries them is gone: the tunnel is lost; say so.
+                        let Out::Tunnel(t) = e.0 else { unreachable!() };
+                        crate::session::refuse_handed(t, "the upgrade ended");
+                    }
+                    h.moved += 1;
+                }
+                Ok(false) if !late => waiting.push((slot, generation)),
+                Ok(false) | Err(_) => {
+                    let why = match ready {
+                        Err(why) => why,
+                        _ => "timeout",
+                    };
+                    *h.stayed.entry(why).or_default() += 1;
+                    self.with_session_of(r, slot, Some(generation), |s, io, env| {
+                        s.hand_off_failed(io, env)
+                    });
+                }
+            }
+        }
+        if waiting.is_empty() {
+            let _ = h.to.send(Out::Done {
+                worker: self.spec.id,
+                moved: h.moved,
+                stayed: h.stayed,
+            });
+            return;
+        }
+        h.slots = waiting;
+        self.handing = Some(h);
+    }
+
+    /// Tunnels handed over by the old process, to take over here (or refuse: over this
+    /// worker's session cap, or not possible under this configuration).
+    pub(super) fn adopt(&mut self, r: &mut Reactor<Slot>, tunnels: Vec<Handed>) {
+        for t in tunnels {
+            if r.slots.len() >= self.spec.max_sessions {
+                self.spec.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                crate::session::refuse_handed(t, "this worker is at max_connections");
+                continue;
+            }
+            let now = r.now_ms();
+            let s = match Session::adopt(&self.cfg, t.fds, &t.desc, now) {
+                Ok(s) => s,
+                Err(why) => {
+                    crate::session::refuse_handed(t, &why);
+                    continue;
+                }
+            };
+            let (key, _) = r.slots.insert(|_, _| Slot {
+                session: s,
+                timer_at: 0,
+                accepted_ms: now,
+            });
+            let m = &self.spec.metrics;
+            m.active.fetch_add(1, Ordering::Relaxed);
+            m.tunnel_taken();
+            self.with_session(r, key, |s, io, env| {
+                s.start(io, env);
+                Next::Continue
+            });
+        }
+    }
+}
