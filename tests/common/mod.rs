@@ -143,10 +143,16 @@ impl Drop for Proc {
 }
 
 pub fn spawn(args: &[&str], dir: &std::path::Path, name: &str) -> Proc {
+    spawn_env(args, &[], dir, name)
+}
+
+/// [`spawn`] with environment variables set.
+pub fn spawn_env(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path, name: &str) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).unwrap();
     let child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(f)
         .spawn()

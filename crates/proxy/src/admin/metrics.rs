@@ -204,6 +204,20 @@ impl Sources {
         )?;
         self.per_worker(
             e,
+            "tunnels_handed_over",
+            "Tunnels handed to the process that took over in a binary upgrade (ringway run --upgrade).",
+            Counter,
+            |w| get(&w.tunnels_handed_over),
+        )?;
+        self.per_worker(
+            e,
+            "tunnels_taken_over",
+            "Tunnels taken over from the process this one replaced in a binary upgrade.",
+            Counter,
+            |w| get(&w.tunnels_taken_over),
+        )?;
+        self.per_worker(
+            e,
             "stale_completions",
             "Completions for freed sessions (should stay 0).",
             Counter,

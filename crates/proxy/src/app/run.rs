@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::signal::Signal;
@@ -95,10 +96,12 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
     if let Some(old) = handed_by {
         nudge_while_old_lives(old, grace, tell.clone())?;
     }
+    // Set while tunnels are carried to a new process: this one does not exit before that ends.
+    let carrying = Arc::new(AtomicBool::new(false));
     if let Some(sock) = &cfg.runtime.upgrade_socket {
         let (tell, stopping) = (tell.clone(), stopping.clone());
         let inboxes = inboxes_for_handoff;
-        super::upgrade::serve(sock, offer, workers, move |tunnels_to| {
+        super::upgrade::serve(sock, offer, workers, carrying.clone(), move |tunnels_to| {
             stopping.store(true, Ordering::Relaxed);
             if let Some(to) = tunnels_to {
                 for i in &inboxes {
@@ -123,6 +126,11 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
             Ok(r) => r?,
             Err(_) => anyhow::bail!("a worker thread panicked"),
         }
+    }
+    // The workers are through; the tunnels they handed over may still be on their way.
+    let bound = Instant::now() + crate::worker::HANDOFF_WAIT + super::handover::SEND_WAIT;
+    while carrying.load(Ordering::Acquire) && Instant::now() < bound {
+        std::thread::sleep(Duration::from_millis(5));
     }
     let accepted: u64 = all_metrics
         .iter()

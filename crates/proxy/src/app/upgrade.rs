@@ -250,11 +250,13 @@ pub struct Offer {
 ///
 /// A new process that offers to take the tunnels over in a version this one writes
 /// (`handover.rs`) gets them: `hand_over` is given where the workers send them, and this
-/// thread carries them to the new process (`workers` say when they are through).
+/// thread carries them to the new process (`workers` say when they are through), with
+/// `carrying` set meanwhile.
 pub fn serve(
     path: &Path,
     offer: Arc<Offer>,
     workers: usize,
+    carrying: Arc<std::sync::atomic::AtomicBool>,
     hand_over: impl Fn(Option<std::sync::mpsc::Sender<crate::session::Departure>>) + Send + 'static,
 ) -> anyhow::Result<()> {
     let l = bind_private(path)
@@ -284,8 +286,10 @@ pub fn serve(
                                 std::process::id(),
                                 crate::session::HANDOFF_VERSION
                             );
+                            carrying.store(true, std::sync::atomic::Ordering::Release);
                             hand_over(Some(tx));
                             super::handover::send(c, rx, workers, peer);
+                            carrying.store(false, std::sync::atomic::Ordering::Release);
                             return;
                         }
                         tracing::info!(
