@@ -60,7 +60,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let until = Instant::now() + crate::worker::HANDOFF_WAIT + SEND_WAIT;
     let _ = conn.set_write_timeout(Some(SEND_WAIT));
     let mut batch: Vec<Handed> = Vec::new();
-    let (mut done, mut moved, mut lost) = (0, 0u64, 0u64);
+    let (mut done, mut moved, mut lost, mut waiting) = (0, 0u64, 0u64, 0u64);
     let mut stayed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut broken = false;
     let mut flush = |batch: &mut Vec<Handed>, broken: &mut bool| {
@@ -105,11 +105,13 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
             }
             Ok(Departure::Done {
                 moved: m,
+                waiting: w,
                 stayed: s,
                 ..
             }) => {
                 done += 1;
                 moved += m;
+                waiting += w;
                 for (k, v) in s {
                     *stayed.entry(k).or_default() += v;
                 }
@@ -126,7 +128,8 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let stayed_n: u64 = stayed.values().sum();
     let why: Vec<String> = stayed.iter().map(|(k, v)| format!("{k} {v}")).collect();
     tracing::info!(
-        "upgrade: handed {} tunnel(s) to pid {peer}; {stayed_n} stay here and get the drain's Close{}",
+        "upgrade: handed {} tunnel(s) to pid {peer} ({waiting} bytes waiting to be sent went with \
+         them); {stayed_n} stay here and get the drain's Close{}",
         moved - lost,
         if why.is_empty() {
             String::new()

@@ -73,7 +73,9 @@ const PARKED: u8 = 1 << 1;
 const RETIRING: u8 = 1 << 2;
 /// The socket is connected and may be sent on.
 const READY: u8 = 1 << 3;
-/// Retiring to be kept open (handed back by `detach_when_done`), not closed.
+/// Retiring to be kept open (handed back by `detach_when_done`), not closed. Set without
+/// `RETIRING`: sends are held (`hold_sends`: the socket is being handed to another process,
+/// with what waits to be sent on it).
 const KEEP: u8 = 1 << 4;
 /// Bytes queued for this socket were dropped unsent (a send cut short, a queue released): the
 /// peer did not get the whole stream, so nothing may claim it did (no TLS close_notify after
@@ -346,8 +348,9 @@ impl Conn {
     /// Start the next send if none is in flight; pass a pending half-close on once the queue
     /// is empty.
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        // Not sending, not retiring, ready, with a socket: one test of the flags.
-        if self.flags & (SENDING | RETIRING | READY) != READY || self.fd < 0 {
+        // Not sending, not retiring, sends not held, ready, with a socket: one test of the
+        // flags.
+        if self.flags & (SENDING | RETIRING | READY | KEEP) != READY || self.fd < 0 {
             return;
         }
         if let Some(c) = self.queue.first {
@@ -376,6 +379,9 @@ impl Conn {
             _ => unreachable!("send completion without a send"),
         };
         io.sent(c);
+        if self.has(KEEP) && !self.has(RETIRING) && !dropping {
+            return self.sent_held(io, c, res);
+        }
         if res < 0 || dropping || self.has(RETIRING) {
             self.sent_whole();
             if res < 0 || (res as u32) < c.len {
@@ -568,6 +574,56 @@ impl Conn {
         self.reset_fd(-1);
         self.set(RETIRING, false);
         true
+    }
+
+    /// A send completed while sends are held (`hold_sends`): what it sent leaves the queue,
+    /// what it did not (cancelled, or cut short) stays first in it, and nothing more starts.
+    #[cold]
+    fn sent_held(&mut self, io: &mut (impl Sys + ?Sized), mut c: Chunk, res: i32) -> Sent {
+        self.set(SENDING, false);
+        if res < 0 && res != -libc::ECANCELED {
+            return Sent::Failed(-res);
+        }
+        let n = res.max(0) as u32;
+        if n >= c.len {
+            self.queue.pop();
+            io.release(c);
+        } else {
+            c.off += n;
+            c.len -= n;
+            self.queue.first = Some(c);
+        }
+        Sent::Ok
+    }
+
+    /// Hold the sends on this socket (it is being handed to another process with what waits
+    /// on it): none starts from now on, and the one in flight is cancelled. Returns the
+    /// cancels submitted (0 or 1).
+    pub fn hold_sends(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) -> u8 {
+        self.set(KEEP, true);
+        if self.has(SENDING) {
+            io.cancel(id, Op::Send);
+            return 1;
+        }
+        0
+    }
+
+    /// Sends go on again (a hand-over that did not happen).
+    pub fn release_sends(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
+        if !self.has(RETIRING) {
+            self.set(KEEP, false);
+            self.kick(io, id);
+        }
+    }
+
+    /// Every chunk waiting (none may be in flight), oldest first.
+    pub fn take_queue(&mut self) -> Vec<Chunk> {
+        debug_assert!(!self.has(SENDING), "taking a queue with a send in flight");
+        let mut out = Vec::with_capacity(self.queue.len());
+        while let Some(c) = self.queue.pop() {
+            out.push(c);
+        }
+        out
     }
 
     /// The send in flight is over (gone, or dropped): its chunk leaves the queue.

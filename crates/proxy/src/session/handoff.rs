@@ -31,6 +31,7 @@ use super::phase::{Control, Inject, NO_PEER, Req, ReqText};
 use super::tunnel::{Seen, Tunnel};
 use super::{Env, Io, Next, Phase, Recv, Session, Shut, Transport};
 use crate::config::Config;
+use crate::uring::ConnId;
 use crate::uring::timer::Stamp;
 use crate::ws::FrameTracker;
 
@@ -38,8 +39,13 @@ use crate::ws::FrameTracker;
 /// old process drains them as before.
 pub const VERSION: u32 = 1;
 
-/// The largest description of one tunnel (its request text is at most 3 × 16 KiB).
-pub const DESC_MAX: usize = 64 * 1024;
+/// The most a tunnel carries of what waits to be sent toward one side (a direction holds about
+/// four pool buffers); a tunnel with more stays and is drained.
+pub const UNSENT_MAX: usize = 256 * 1024;
+
+/// The largest description of one tunnel (its request text is at most 3 × 16 KiB, and what
+/// waits to be sent either way).
+pub const DESC_MAX: usize = 64 * 1024 + 2 * UNSENT_MAX;
 
 /// A tunnel on its way to the new process: its client and upstream sockets (open; whoever
 /// holds this closes them once they are sent, or if they cannot be) and its description.
@@ -59,6 +65,8 @@ pub enum Departure {
     Done {
         worker: usize,
         moved: u64,
+        /// Bytes that waited to be sent in the tunnels that went, and went with them.
+        waiting: u64,
         stayed: std::collections::BTreeMap<&'static str, u64>,
     },
 }
@@ -85,6 +93,9 @@ impl Session {
         quiet(t, self)?;
         self.cx.links.down.set_held(true);
         self.cx.links.up.set_held(true);
+        // What waits to be sent goes with the tunnel: a send in flight toward a peer that
+        // does not read could take any time.
+        self.cx.links.hold_sends(io);
         // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
         Ok(self.after(io, env))
     }
@@ -95,12 +106,14 @@ impl Session {
         if matches!(self.phase, Phase::Tunnel(_)) {
             self.cx.links.down.set_held(false);
             self.cx.links.up.set_held(false);
+            self.cx.links.release_sends(io);
         }
         self.drain_tunnel(io, env)
     }
 
     /// Whether the tunnel being handed over has come to rest: nothing in flight on either
-    /// socket, nothing waiting to be sent, and still nothing the description cannot carry.
+    /// socket (what waits to be sent goes with it), and still nothing the description cannot
+    /// carry.
     /// `Err` when it can no longer be handed over.
     pub fn handoff_ready(&self) -> Result<bool, &'static str> {
         let Phase::Tunnel(t) = &self.phase else {
@@ -109,17 +122,48 @@ impl Session {
         quiet(t, self)?;
         let l = &self.cx.links;
         let rest = |c: &Transport| {
-            c.recv_state() == Recv::Off && c.hup_state() == Recv::Off && c.ops() == 0 && c.flushed()
+            c.recv_state() == Recv::Off && c.hup_state() == Recv::Off && c.ops() == 0
         };
         Ok(l.cancels() == 0 && rest(&l.down) && rest(&l.up))
     }
 
-    /// The tunnel, at rest (`handoff_ready`), leaves this process: its sockets (not closed) and
-    /// its description. The server gauge and the limit_conn slot it held are given back here
-    /// (the new process takes them again).
-    pub fn export(mut self, now: u64) -> Handed {
+    /// What waits to be sent toward each side (client, upstream) of a tunnel at rest, taken
+    /// out to go with it; `Err` (and nothing taken) past [`UNSENT_MAX`] either way.
+    pub fn take_unsent(&mut self, io: &mut impl Io) -> Result<[Vec<u8>; 2], &'static str> {
+        let ids = [ConnId::CLIENT, ConnId::UPSTREAM];
+        let queues = ids.map(|id| self.cx.links.get_mut(id).take_queue());
+        let too_much = queues
+            .iter()
+            .any(|q| q.iter().map(|c| c.len as usize).sum::<usize>() > UNSENT_MAX);
+        if too_much {
+            for (id, q) in ids.into_iter().zip(queues) {
+                let conn = self.cx.links.get_mut(id);
+                for c in q {
+                    crate::reactor::Conn::push(conn, c);
+                }
+            }
+            return Err("busy");
+        }
+        Ok(queues.map(|q| {
+            let mut out = Vec::with_capacity(q.iter().map(|c| c.len as usize).sum());
+            for c in q {
+                out.extend_from_slice(io.data_of(c));
+                io.release(c);
+            }
+            out
+        }))
+    }
+
+    /// The tunnel, at rest (`handoff_ready`) with its `unsent` bytes taken out, leaves this
+    /// process: its sockets (not closed) and its description. The server gauge and the
+    /// limit_conn slot it held are given back here (the new process takes them again).
+    pub fn export(mut self, now: u64, unsent: [Vec<u8>; 2]) -> Handed {
         let fds = [self.cx.links.down.fd(), self.cx.links.up.fd()];
-        let desc = self.describe(now);
+        let mut desc = self.describe(now);
+        for u in &unsent {
+            desc.extend_from_slice(&(u.len() as u32).to_le_bytes());
+            desc.extend_from_slice(u);
+        }
         self.cx.uncount_peer();
         self.cx.release_limit();
         // The sockets are the new process's now: nothing here may close them.
@@ -198,14 +242,15 @@ impl Session {
     }
 
     /// A tunnel handed over by the old process: `fds` (client, upstream) and its description,
-    /// under configuration `cfg`, at `now` on this worker's clock. `Err` says why it cannot be
-    /// taken (the sockets are then the caller's to close).
+    /// under configuration `cfg`, at `now` on this worker's clock, with what waits to be sent
+    /// toward each side (for [`Session::resume`]). `Err` says why it cannot be taken (the
+    /// sockets are then the caller's to close).
     pub fn adopt(
         cfg: &Arc<Config>,
         fds: [RawFd; 2],
         desc: &[u8],
         now: u64,
-    ) -> Result<Session, String> {
+    ) -> Result<(Session, [Vec<u8>; 2]), String> {
         let Desc {
             client,
             listener,
@@ -227,6 +272,7 @@ impl Session {
             wraps,
             part,
             ctl,
+            unsent,
         } = Desc::parse(desc)?;
         // Its place in this configuration.
         let (si, li) = find_place(cfg, names, path)
@@ -319,7 +365,19 @@ impl Session {
                 s.cx.links.limited = lc.zone as u16 + 1;
             }
         }
-        Ok(s)
+        Ok((s, unsent.map(<[u8]>::to_vec)))
+    }
+
+    /// A tunnel just taken over (`adopt`) starts here: what waited to be sent goes first,
+    /// then it reads both sides like any tunnel.
+    pub fn resume(&mut self, unsent: [Vec<u8>; 2], io: &mut impl Io, env: &mut Env<'_>) {
+        for (bytes, id) in unsent.into_iter().zip([ConnId::CLIENT, ConnId::UPSTREAM]) {
+            if !bytes.is_empty() {
+                let c = io.put(bytes);
+                self.cx.send_to(id, c, io);
+            }
+        }
+        self.start(io, env);
     }
 }
 
@@ -346,6 +404,8 @@ struct Desc<'a> {
     part: [u64; 2],
     /// Ages of the pings out to each side, their tags, and what is left of the lifetime.
     ctl: Option<([u64; 2], [u64; 2], u64)>,
+    /// What waits to be sent toward the client and toward the upstream.
+    unsent: [&'a [u8]; 2],
 }
 
 impl<'a> Desc<'a> {
@@ -387,6 +447,14 @@ impl<'a> Desc<'a> {
             }
             _ => return Err("a bad control marker".into()),
         };
+        let mut unsent: [&[u8]; 2] = [&[], &[]];
+        for u in unsent.iter_mut() {
+            let n = r.u32()? as usize;
+            if n > UNSENT_MAX {
+                return Err("too much waiting to be sent".into());
+            }
+            *u = r.take(n)?;
+        }
         if !r.0.is_empty() {
             return Err("bytes after the description".into());
         }
@@ -411,6 +479,7 @@ impl<'a> Desc<'a> {
             wraps,
             part,
             ctl,
+            unsent,
         })
     }
 }

@@ -190,6 +190,21 @@ impl Links {
         self.cancels = self.cancels.saturating_add(n);
     }
 
+    /// Hold the sends on the client and upstream sockets (`Conn::hold_sends`).
+    pub fn hold_sends(&mut self, io: &mut (impl Io + ?Sized)) {
+        for id in [ConnId::CLIENT, ConnId::UPSTREAM] {
+            let n = self.get_mut(id).hold_sends(io, id);
+            self.cancels_sent(n);
+        }
+    }
+
+    /// Let them go on again.
+    pub fn release_sends(&mut self, io: &mut (impl Io + ?Sized)) {
+        for id in [ConnId::CLIENT, ConnId::UPSTREAM] {
+            self.get_mut(id).release_sends(io, id);
+        }
+    }
+
     /// Cancels in flight.
     pub fn cancels(&self) -> u16 {
         self.cancels

@@ -24,6 +24,7 @@ pub(super) struct Handing {
     slots: Vec<(u32, u32)>,
     began: Instant,
     moved: u64,
+    waiting: u64,
     stayed: BTreeMap<&'static str, u64>,
 }
 
@@ -41,6 +42,7 @@ impl Core {
             slots: Vec::new(),
             began: Instant::now(),
             moved: 0,
+            waiting: 0,
             stayed: BTreeMap::new(),
         };
         let mut rest = Vec::new();
@@ -88,6 +90,22 @@ impl Core {
             };
             match ready {
                 Ok(true) => {
+                    let mut unsent = Err("closing");
+                    self.with_session_of(r, slot, Some(generation), |s, io, _| {
+                        unsent = s.take_unsent(io);
+                        Next::Continue
+                    });
+                    let unsent = match unsent {
+                        Ok(u) => u,
+                        Err(why) => {
+                            *h.stayed.entry(why).or_default() += 1;
+                            self.with_session_of(r, slot, Some(generation), |s, io, env| {
+                                s.hand_off_failed(io, env)
+                            });
+                            continue;
+                        }
+                    };
+                    h.waiting += unsent.iter().map(|u| u.len() as u64).sum::<u64>();
                     let entry = r.slots.remove(slot);
                     if entry.timer_at != 0 {
                         r.wheel.remove((slot, generation), entry.timer_at);
@@ -95,7 +113,7 @@ impl Core {
                     let m = &self.spec.metrics;
                     m.tunnel_left();
                     m.active.fetch_sub(1, Ordering::Relaxed);
-                    let handed = entry.session.export(r.now_ms());
+                    let handed = entry.session.export(r.now_ms(), unsent);
                     if let Err(e) = h.to.send(Out::Tunnel(handed)) {
                         // The thread that carries them is gone: the tunnel is lost; say so.
                         let Out::Tunnel(t) = e.0 else { unreachable!() };
@@ -120,6 +138,7 @@ impl Core {
             let _ = h.to.send(Out::Done {
                 worker: self.spec.id,
                 moved: h.moved,
+                waiting: h.waiting,
                 stayed: h.stayed,
             });
             return;
@@ -138,7 +157,7 @@ impl Core {
                 continue;
             }
             let now = r.now_ms();
-            let s = match Session::adopt(&self.cfg, t.fds, &t.desc, now) {
+            let (s, unsent) = match Session::adopt(&self.cfg, t.fds, &t.desc, now) {
                 Ok(s) => s,
                 Err(why) => {
                     crate::session::refuse_handed(t, &why);
@@ -154,7 +173,7 @@ impl Core {
             m.active.fetch_add(1, Ordering::Relaxed);
             m.tunnel_taken();
             self.with_session(r, key, |s, io, env| {
-                s.start(io, env);
+                s.resume(unsent, io, env);
                 Next::Continue
             });
         }
