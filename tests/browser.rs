@@ -192,19 +192,24 @@ function payload(n, seed) {
 function done(text) {
   fetch("/report?result=" + encodeURIComponent(text + " ok=" + ok));
 }
-const ws = new WebSocket("wss://" + location.host + "/ws/h2-browser");
-ws.binaryType = "arraybuffer";
-ws.onopen = () => ws.send(payload(sizes[0], 0));
-ws.onmessage = (e) => {
-  const got = new Uint8Array(e.data), want = payload(sizes[i], i);
-  let same = got.length === want.length;
-  for (let k = 0; same && k < got.length; k++) same = got[k] === want[k];
-  if (same) ok++;
-  i++;
-  if (i < sizes.length) ws.send(payload(sizes[i], i));
-  else { ws.close(1000, "bye"); done("done"); }
-};
-ws.onerror = () => done("error");
+// Once the page is whole and one more request has gone over its connection: Chromium takes a
+// WebSocket over HTTP/2 only on a session that has settled (opened while the page itself was
+// still arriving, it went over a new HTTP/1.1 connection 2 runs in ~10).
+window.addEventListener("load", () => fetch("/").then(() => {
+  const ws = new WebSocket("wss://" + location.host + "/ws/h2-browser");
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(payload(sizes[0], 0));
+  ws.onmessage = (e) => {
+    const got = new Uint8Array(e.data), want = payload(sizes[i], i);
+    let same = got.length === want.length;
+    for (let k = 0; same && k < got.length; k++) same = got[k] === want[k];
+    if (same) ok++;
+    i++;
+    if (i < sizes.length) ws.send(payload(sizes[i], i));
+    else { ws.close(1000, "bye"); done("done"); }
+  };
+  ws.onerror = () => done("error");
+}));
 </script></body></html>"#;
 
 #[test]
@@ -242,8 +247,8 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
     });
     let result = result.replace("%20", " ").replace("%3D", "=");
     assert_eq!(result, "done ok=4", "{}", proxy.log_text());
-    // On the server side: the page and the WebSocket came as streams (h2) of one connection —
-    // the same client address and port — and the WebSocket as an extended CONNECT that the
+    // On the server side: the WebSocket came as a stream (h2) of a connection that
+    // also carried a request of the page (the same client address and port), as an extended CONNECT that the
     // inner session turned into a 101 (ws).
     proxy.wait_log("\"GET /ws/h2-browser\"", 10);
     let log = proxy.log_text();
@@ -258,9 +263,15 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
             })
             .unwrap_or_else(|| panic!("no line with {needle}:\n{log}"))
     };
-    let page = client_of("\"GET /\" host=localhost");
+    client_of("\"GET /\" host=localhost");
     let ws = client_of("\"GET /ws/h2-browser\"");
-    assert_eq!(page, ws, "{log}");
+    // Chromium may open a second HTTP/2 connection for the page's own requests after the
+    // navigation's (seen 1 run in ~8): the WebSocket shares one with a request of the page.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"GET /\" host=localhost") && l.contains(&format!("{ws} "))),
+        "{log}"
+    );
     assert!(
         log.lines().any(|l| l.contains("\"GET /ws/h2-browser\"")
             && l.contains("status=101")

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""How long a binary upgrade that keeps the tunnels takes, and the pause one tunnel sees.
+
+    python3 scripts/handover_bench.py [--tunnels 9000] [--rounds 3] [--probes 20]
+
+Starts `ringway echo` and `ringway run` (release build, one config with runtime.upgrade_socket),
+opens --tunnels idle WebSocket tunnels through the proxy plus --probes tunnels that echo a
+message in a closed loop, then runs `ringway run --upgrade` --rounds times. Reported per round,
+from the processes' own logs: the handover (from the old process learning the new one is ready
+to its "handed N tunnel(s)"), and the whole upgrade as a user sees it (from starting the new
+process to its "took over N tunnel(s)"); per probe round trip: the median before the upgrade
+and the longest across it (the pause a tunnel sees). At the end every tunnel is checked: still
+open, and echoing.
+
+One process holds about 9,900 proxied sessions under this machine's RLIMIT_NOFILE of 20,000,
+so one upgrade moves at most that many; the figures are also given per 10,000 tunnels, scaled.
+"""
+import argparse
+import base64
+import os
+import re
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "ringway")
+STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:(\d\d\.\d+))Z")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc, timeout=20):
+    t = time.time()
+    while time.time() - t < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never listened")
+
+
+def upgrade(port, src="127.0.0.1"):
+    s = socket.socket()
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        f"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(4096)
+        if not d:
+            raise RuntimeError("closed during the handshake")
+        buf += d
+    if b" 101 " not in buf.split(b"\r\n")[0]:
+        raise RuntimeError(buf[:80])
+    return s
+
+
+def frame(payload):
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x82, 0x80 | len(payload)]) + mask + body
+
+
+def read_frame(s):
+    h = b""
+    while len(h) < 2:
+        d = s.recv(2 - len(h))
+        if not d:
+            raise RuntimeError("EOF")
+        h += d
+    n = h[1] & 0x7F
+    p = b""
+    while len(p) < n:
+        d = s.recv(n - len(p))
+        if not d:
+            raise RuntimeError("EOF")
+        p += d
+    return h[0] & 0x0F, p
+
+
+def echo_once(s, msg):
+    s.sendall(frame(msg))
+    op, p = read_frame(s)
+    if op != 2 or p != msg:
+        raise RuntimeError(f"bad echo: op {op}, {p[:20]!r}")
+
+
+class Probe(threading.Thread):
+    """A tunnel that echoes in a closed loop, recording each round trip's end time and length."""
+
+    def __init__(self, port, i):
+        super().__init__(daemon=True)
+        self.s = upgrade(port)
+        self.s.settimeout(30)
+        self.i = i
+        self.trips = []
+        self.stop = False
+        self.error = None
+
+    def run(self):
+        n = 0
+        try:
+            while not self.stop:
+                msg = struct.pack(">IQ", self.i, n)
+                t = time.monotonic()
+                echo_once(self.s, msg)
+                self.trips.append((time.monotonic(), time.monotonic() - t))
+                n += 1
+                time.sleep(0.002)
+        except Exception as e:  # noqa: BLE001 (reported)
+            self.error = repr(e)
+
+
+def log_time(path, needle):
+    """Seconds (within the minute, with the minute's carry) of the first line with `needle`."""
+    for line in open(path, errors="replace"):
+        if needle in line:
+            m = STAMP.search(line)
+            if m:
+                hh, mm = m.group(1)[11:13], m.group(1)[14:16]
+                return int(hh) * 3600 + int(mm) * 60 + float(m.group(2))
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tunnels", type=int, default=9000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--probes", type=int, default=20)
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="ringway-handover-")
+    port, backend = free_port(), free_port()
+    sock = os.path.join(work, "upgrade.sock")
+    cfg = os.path.join(work, "ringway.toml")
+    with open(cfg, "w") as f:
+        f.write(
+            f"""[runtime]
+workers = 2
+max_connections = {a.tunnels + a.probes + 200}
+access_log = false
+upgrade_socket = "{sock}"
+shutdown_grace = "30s"
+[[upstream]]
+name = "b"
+servers = [{{ addr = "127.0.0.1:{backend}" }}]
+[[server]]
+listen = ["127.0.0.1:{port}"]
+[[server.location]]
+path = "/"
+upstream = "b"
+read_timeout = "600s"
+"""
+        )
+    procs = []
+
+    def start(args, name):
+        log = open(os.path.join(work, name + ".log"), "w")
+        p = subprocess.Popen([BIN, *args], stdout=subprocess.DEVNULL, stderr=log)
+        procs.append(p)
+        return p
+
+    try:
+        echo = start(["echo", "--workers", "1", "--listen", f"127.0.0.1:{backend}"], "echo")
+        wait_port(backend, echo)
+        old = start(["run", "--config", cfg], "proxy-0")
+        wait_port(port, old)
+        t = time.time()
+        idle = [upgrade(port) for _ in range(a.tunnels)]
+        opened = time.time() - t
+        probes = [Probe(port, i) for i in range(a.probes)]
+        for p in probes:
+            p.start()
+        time.sleep(1.0)
+        print(f"{a.tunnels} idle tunnels opened in {opened:.1f}s, {a.probes} probes echoing", flush=True)
+        rows = []
+        for r in range(1, a.rounds + 1):
+            mark = time.monotonic()
+            t0 = time.time()
+            new = start(["run", "--config", cfg, "--upgrade"], f"proxy-{r}")
+            old_log = os.path.join(work, f"proxy-{r - 1}.log")
+            new_log = os.path.join(work, f"proxy-{r}.log")
+            deadline = time.time() + 60
+            while time.time() < deadline and old.poll() is None:
+                time.sleep(0.02)
+            if old.poll() is None:
+                raise RuntimeError(f"round {r}: the old process did not exit")
+            ready = log_time(old_log, "the new process is ready")
+            handed = log_time(old_log, "tunnel(s) to pid")
+            took = log_time(new_log, "took over")
+            started = t0 % 86400
+            line = open(old_log).read()
+            m = re.search(r"handed (\d+) tunnel\(s\).*?; (\d+) stay", line)
+            moved, stayed = (int(m.group(1)), int(m.group(2))) if m else (0, -1)
+            time.sleep(0.5)
+            after = time.monotonic()
+            before = [d for p in probes for (e, d) in p.trips if e < mark]
+            across = [d for p in probes for (e, d) in p.trips if mark <= e <= after]
+            rows.append(
+                {
+                    "round": r,
+                    "moved": moved,
+                    "stayed": stayed,
+                    "handover_ms": (handed - ready) * 1000 if handed and ready else None,
+                    "upgrade_ms": (took - started) * 1000 if took else None,
+                    "rtt_p50_ms": statistics.median(before[-2000:]) * 1000 if before else None,
+                    "pause_ms": max(across) * 1000 if across else None,
+                }
+            )
+            print(rows[-1], flush=True)
+            old = new
+        for p in probes:
+            p.stop = True
+        for p in probes:
+            p.join(5)
+        errors = [p.error for p in probes if p.error]
+        # Every idle tunnel is still open and echoes.
+        bad = 0
+        for i, s in enumerate(idle):
+            try:
+                s.settimeout(10)
+                echo_once(s, struct.pack(">I", i))
+            except Exception:  # noqa: BLE001 (counted)
+                bad += 1
+        print(f"after {a.rounds} upgrades: {len(idle) - bad} of {len(idle)} idle tunnels echo; probe errors: {errors[:3]}")
+        print()
+        print("| round | tunnels moved | stayed | handover (old process), ms | upgrade as run, ms | "
+              "per 10,000 tunnels, ms | probe round trip p50, ms | longest round trip across it, ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for x in rows:
+            per = x["handover_ms"] * 10000 / max(x["moved"], 1) if x["handover_ms"] else None
+            fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            print(f"| {x['round']} | {x['moved']} | {x['stayed']} | {fmt(x['handover_ms'])} | "
+                  f"{fmt(x['upgrade_ms'])} | {fmt(per)} | {fmt(x['rtt_p50_ms'])} | {fmt(x['pause_ms'])} |")
+        if bad or errors:
+            sys.exit(1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
