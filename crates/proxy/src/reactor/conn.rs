@@ -379,10 +379,11 @@ impl Conn {
             _ => unreachable!("send completion without a send"),
         };
         io.sent(c);
-        if self.has(KEEP) && !self.has(RETIRING) && !dropping {
-            return self.sent_held(io, c, res);
-        }
-        if res < 0 || dropping || self.has(RETIRING) {
+        // One test of the flags for the usual case (neither retiring nor holding sends).
+        if res < 0 || dropping || self.flags & (RETIRING | KEEP) != 0 {
+            if self.has(KEEP) && !self.has(RETIRING) && !dropping {
+                return self.sent_held(io, c, res);
+            }
             self.sent_whole();
             if res < 0 || (res as u32) < c.len {
                 self.set(TORN, true);

@@ -31,6 +31,8 @@ pub(super) struct Handing {
 impl Core {
     /// The upgrade hands tunnels over: every tunnel of this worker that can go stops reading;
     /// the rest are returned, for the drain's spread.
+    #[cold]
+    #[inline(never)]
     pub(super) fn hand_off(
         &mut self,
         r: &mut Reactor<Slot>,
@@ -74,7 +76,10 @@ impl Core {
 
     /// After every turn while tunnels are on their way out: those at rest go, those that can
     /// no longer go (or took too long) get the drain's Close; once none is left, the worker
-    /// says it is through.
+    /// says it is through. (Out of line: the worker's loop asks for it after every turn, and
+    /// only an upgrade comes here.)
+    #[cold]
+    #[inline(never)]
     pub(super) fn hand_off_due(&mut self, r: &mut Reactor<Slot>) {
         let Some(mut h) = self.handing.take() else {
             return;
@@ -149,6 +154,8 @@ impl Core {
 
     /// Tunnels handed over by the old process, to take over here (or refuse: over this
     /// worker's session cap, or not possible under this configuration).
+    #[cold]
+    #[inline(never)]
     pub(super) fn adopt(&mut self, r: &mut Reactor<Slot>, tunnels: Vec<Handed>) {
         for t in tunnels {
             if r.slots.len() >= self.spec.max_sessions {
