@@ -172,7 +172,7 @@ impl Session {
         Handed { fds, desc }
     }
 
-    fn describe(&self, now: u64) -> Vec<u8> {
+    pub(super) fn describe(&self, now: u64) -> Vec<u8> {
         let Phase::Tunnel(t) = &self.phase else {
             unreachable!("export of a session that is not a tunnel");
         };
@@ -323,7 +323,7 @@ impl Session {
                     k.expect[i] = expect[i];
                 }
                 if expires != 0 {
-                    k.expires = now + expires;
+                    k.expires = now.saturating_add(expires);
                 }
                 Some(Box::new(k))
             }
@@ -632,4 +632,146 @@ fn rand_mask() -> [u8; 4] {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     t.to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[[upstream]]
+name = "b"
+servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
+[[server]]
+listen = ["127.0.0.1:8080"]
+server_name = ["chat.example"]
+[[server.location]]
+path = "/"
+upstream = "b"
+[[server.location]]
+path = "/ws/"
+upstream = "b"
+heartbeat = { interval = "20s", timeout = "5s" }
+"#;
+
+    /// A description as an old process writes it: a tunnel of `/ws/` on server `chat.example`
+    /// to the second server, mid-frame toward the upstream, with bytes waiting both ways.
+    fn written() -> Vec<u8> {
+        let mut w = W(Vec::new());
+        w.u32(VERSION);
+        for s in [
+            "10.0.0.7:5555",
+            "127.0.0.1:8080",
+            "chat.example",
+            "/ws/",
+            "b",
+            "127.0.0.1:9002",
+            "GET",
+            "chat.example",
+            "/ws/room?x=1",
+            "websocket",
+        ] {
+            w.str(s);
+        }
+        for v in [5_000u64, 1_234, 5_678] {
+            w.u64(v);
+        }
+        w.u32(60_000);
+        w.u32(60_000);
+        w.u64(10);
+        w.u64(20);
+        w.u32(1);
+        let mut mid = FrameTracker::default();
+        mid.track(
+            &crate::ws::frame(crate::ws::opcode::BINARY, &[7; 300], Some([1, 2, 3, 4]))[..100],
+        );
+        for t in [mid, FrameTracker::default()] {
+            w.0.extend_from_slice(&t.to_bytes());
+        }
+        for (m, wraps, part) in [(17u32, 0u32, 100u64), (16, 1, 0)] {
+            w.u32(m);
+            w.u32(wraps);
+            w.u64(part);
+        }
+        w.u8(1);
+        for (ping, tag) in [(0u64, 0u64), (300, 42)] {
+            w.u64(ping);
+            w.u64(tag);
+        }
+        w.u64(0);
+        for u in [&b"to the client"[..], b"to the upstream"] {
+            w.u32(u.len() as u32);
+            w.0.extend_from_slice(u);
+        }
+        w.0
+    }
+
+    fn config() -> Arc<Config> {
+        Arc::new(Config::parse("t.toml", CFG).unwrap())
+    }
+
+    #[test]
+    fn a_description_is_taken_over_and_written_again_the_same() {
+        let cfg = config();
+        let d = written();
+        let (s, unsent) = Session::adopt(&cfg, [-1, -1], &d, 100_000).unwrap();
+        assert_eq!(
+            unsent,
+            [b"to the client".to_vec(), b"to the upstream".to_vec()]
+        );
+        let Phase::Tunnel(t) = &s.phase else {
+            panic!("not a tunnel")
+        };
+        assert_eq!(t.req.path(), "/ws/room?x=1");
+        assert_eq!(t.req.peer, 1, "the upstream server found by its address");
+        assert_eq!(t.msgs, [17, 16]);
+        assert_eq!(t.frames[0].payload_left(), 300 - (100 - 8));
+        let k = t.ctl.as_deref().expect("the location's heartbeat");
+        assert_eq!(k.expect, [0, 42]);
+        assert_eq!(k.pinged[1], 100_000 - 300);
+        // Written again by this process: the same bytes (clocks are ages).
+        let mut again = s.describe(100_000);
+        for u in &unsent {
+            again.extend_from_slice(&(u.len() as u32).to_le_bytes());
+            again.extend_from_slice(u);
+        }
+        assert_eq!(again, d);
+    }
+
+    #[test]
+    fn a_broken_description_is_refused_never_a_panic() {
+        let cfg = config();
+        let d = written();
+        for n in 0..d.len() {
+            assert!(
+                Session::adopt(&cfg, [-1, -1], &d[..n], 1_000).is_err(),
+                "cut at {n}"
+            );
+        }
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut bad = d.clone();
+            let at = (rng % bad.len() as u64) as usize;
+            bad[at] ^= (rng >> 32) as u8 | 1;
+            // Anything but a panic: a field that still reads is taken.
+            let _ = Session::adopt(&cfg, [-1, -1], &bad, 1_000);
+        }
+        // Another version, or a location this configuration does not have: refused.
+        let mut other = d.clone();
+        other[0] = 2;
+        assert!(
+            Session::adopt(&cfg, [-1, -1], &other, 1_000)
+                .unwrap_err()
+                .contains("version")
+        );
+        let gone = Arc::new(Config::parse("t.toml", &CFG.replace("/ws/", "/chat/")).unwrap());
+        assert!(
+            Session::adopt(&gone, [-1, -1], &d, 1_000)
+                .unwrap_err()
+                .contains("no location")
+        );
+    }
 }
