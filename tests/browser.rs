@@ -279,3 +279,99 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
         "{log}"
     );
 }
+
+/// The page of the upgrade test: a WebSocket through ringway that sends a numbered message every
+/// 20 ms for 4 s and checks each echo, then closes and reports (to the test's own server, not
+/// through ringway) how many came back right, how many did not, and whether the socket closed
+/// before the page closed it.
+const UPGRADE_PAGE: &str = r#"<!doctype html>
+<html><head><title>ringway upgrade test</title></head><body><script>
+let sent = 0, ok = 0, bad = 0, closed = 0, mine = false;
+const ws = new WebSocket("ws://127.0.0.1:PROXY_PORT/ws/upgrade");
+ws.onopen = () => {
+  const t = setInterval(() => { sent++; ws.send("m" + sent); }, 20);
+  setTimeout(() => {
+    clearInterval(t);
+    setTimeout(() => {
+      mine = true;
+      ws.close(1000, "bye");
+      fetch("/report?result=" + encodeURIComponent(
+        "sent=" + sent + " ok=" + ok + " bad=" + bad + " closed=" + closed));
+    }, 300);
+  }, 4000);
+};
+ws.onmessage = (e) => { if (e.data === "m" + (ok + bad + 1)) ok++; else bad++; };
+ws.onclose = () => { if (!mine) closed++; };
+</script></body></html>"#;
+
+/// A browser's WebSocket lives through `ringway run --upgrade`: its tunnel moves to the new
+/// process mid-conversation, and every message it sends comes back, in order, with no close.
+#[test]
+fn chromium_keeps_its_websocket_across_an_upgrade() {
+    if !uring_ok() {
+        return;
+    }
+    if !std::path::Path::new(CHROMIUM).exists() {
+        skip(&format!(
+            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
+        ));
+        return;
+    }
+    let dir = scratch("browser-upgrade");
+    let backends = vec![free_addr()];
+    let _echo = echo(&backends, &dir);
+    let (listen, admin) = (free_addr(), free_addr());
+    let sock = dir.join("upgrade.sock");
+    let cfg = config(
+        listen,
+        &backends,
+        "",
+        "",
+        &format!(
+            "upgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
+            sock.display()
+        ),
+    );
+    let mut old = proxy(&cfg, listen, &dir);
+    let page = UPGRADE_PAGE.replace("PROXY_PORT", &listen.port().to_string());
+    let (web_addr, rx) = web_server(page);
+    let mut chromium = chromium(&dir, &format!("http://{web_addr}/"));
+    // Once the page's WebSocket is open and talking, upgrade.
+    let t = std::time::Instant::now();
+    while admin_status(admin)["tunnels"].as_u64() != Some(1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the page's WebSocket never opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let path = dir.join("ringway.toml");
+    let new = spawn(
+        &["run", "--config", path.to_str().unwrap(), "--upgrade"],
+        &dir,
+        "proxy-1",
+    );
+    new.wait_log("took over 1 tunnel(s) from pid", 20);
+    assert!(wait_exit(&mut old, 30).success());
+    let result = rx.recv_timeout(Duration::from_secs(60));
+    let _ = chromium.child.kill();
+    let result = result
+        .unwrap_or_else(|_| panic!("no report from the page within 60 s\n{}", new.log_text()))
+        .replace("%20", " ")
+        .replace("%3D", "=");
+    let field = |k: &str| -> u64 {
+        result
+            .split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{result}"))
+    };
+    assert_eq!((field("bad"), field("closed")), (0, 0), "{result}");
+    assert!(
+        field("sent") > 100 && field("ok") == field("sent"),
+        "{result}"
+    );
+    // The tunnel ended in the new process, its line counting what it carried in both.
+    new.wait_log("\"GET /ws/upgrade\"", 10);
+}

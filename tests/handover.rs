@@ -367,6 +367,30 @@ fn another_description_version_drains_every_tunnel() {
     }
 }
 
+/// The new process cannot take a tunnel (its configuration has no such location): the tunnel
+/// is not dropped in silence — the client gets the drain's Close 1012 from the new process.
+#[test]
+fn a_tunnel_the_new_process_cannot_take_gets_its_close() {
+    if !uring_ok() {
+        return;
+    }
+    let mut rig = rig("handover-refused", "", "");
+    let mut c = ws_connect(rig.listen, "/ws/");
+    c.send(Message::text("x")).unwrap();
+    assert!(matches!(c.read().unwrap(), Message::Text(_)));
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    std::fs::write(&rig.cfg, text.replace("path = \"/\"", "path = \"/api/\"")).unwrap();
+    rig.upgrade(1, &[]);
+    rig.proxy.wait_log("is not taken (no location", 10);
+    c.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match c.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1012),
+        other => panic!("expected a Close 1012, got {other:?}"),
+    }
+}
+
 /// TLS tunnels are not handed over yet (their record state is not in the description): they
 /// get the drain's Close 1012 from the old process, and the old process says why.
 #[test]
