@@ -24,6 +24,11 @@ struct Rig {
 }
 
 fn rig(name: &str, extra_server: &str, runtime: &str) -> Rig {
+    rig_env(name, extra_server, runtime, &[])
+}
+
+/// The same, the first proxy process started with `env`.
+fn rig_env(name: &str, extra_server: &str, runtime: &str, env: &[(&str, &str)]) -> Rig {
     let dir = scratch(name);
     let backend = free_addr();
     let echo = echo(&[backend], &dir);
@@ -39,7 +44,15 @@ fn rig(name: &str, extra_server: &str, runtime: &str) -> Rig {
             sock.display()
         ),
     );
-    let proxy = proxy(&text, listen, &dir);
+    let path = dir.join("ringway.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut proxy = spawn_env(
+        &["run", "--config", path.to_str().unwrap()],
+        env,
+        &dir,
+        "proxy",
+    );
+    wait_port(listen, &mut proxy);
     Rig {
         cfg: dir.join("ringway.toml"),
         dir,
@@ -339,6 +352,67 @@ fn a_slow_reader_moves_with_what_waits_for_it() {
     }
     sending.join().unwrap();
     ws.close(1000);
+}
+
+/// The old process dies in the middle of handing its tunnels over (SIGKILL while its batches
+/// go out, stretched by a test knob to 20 ms apart): the new process goes on serving the
+/// listeners and every tunnel it took over; the rest died with the old process, and their
+/// clients see the connection end (none is left hanging).
+#[test]
+fn an_old_process_that_dies_midway_leaves_the_new_one_serving() {
+    if !uring_ok() {
+        return;
+    }
+    let mut rig = rig_env(
+        "handover-killed",
+        "",
+        "",
+        &[("RINGWAY_HANDOVER_PAUSE_MS", "20")],
+    );
+    let mut clients: Vec<Ws> = (0..1500).map(|_| ws_connect(rig.listen, "/ws/")).collect();
+    wait_active(rig.admin, 1500);
+    let new = spawn(
+        &["run", "--config", rig.cfg.to_str().unwrap(), "--upgrade"],
+        &rig.dir,
+        "proxy-1",
+    );
+    new.wait_log("upgrade: serving on the listening sockets of pid", 20);
+    // 1,500 tunnels are 47 batches, about a second at this pace: midway.
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(rig.proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = wait_exit(&mut rig.proxy, 10);
+    drop(std::mem::replace(&mut rig.proxy, new));
+    std::thread::sleep(Duration::from_millis(500));
+    // Every client learns where it stands: its tunnel echoes, or it has ended.
+    let (mut alive, mut ended) = (0, 0);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let m = format!("after {i}");
+        match c.send(Message::text(m.clone())).and_then(|_| c.read()) {
+            Ok(Message::Text(t)) if t.as_str() == m => alive += 1,
+            Ok(other) => panic!("client {i}: {other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                panic!("client {i} hangs")
+            }
+            Err(_) => ended += 1,
+        }
+    }
+    let taken = metric(rig.admin, "ringway_tunnels_taken_over_total");
+    eprintln!("{alive} tunnels alive, {ended} ended; the new process took over {taken}");
+    assert_eq!(alive as u64, taken, "every tunnel taken over is served");
+    assert!(
+        alive > 0 && ended > 0,
+        "the old process died midway: {alive} / {ended}"
+    );
+    // And it serves new connections.
+    let mut fresh = ws_connect(rig.listen, "/ws/");
+    fresh.send(Message::text("new")).unwrap();
+    assert!(matches!(fresh.read().unwrap(), Message::Text(_)));
 }
 
 /// A new process that reads another description version takes no tunnel: the old one drains

@@ -47,6 +47,15 @@ pub fn version() -> u32 {
         .unwrap_or(HANDOFF_VERSION)
 }
 
+/// A pause after each batch sent (`RINGWAY_HANDOVER_PAUSE_MS`, a test knob: it stretches the
+/// hand-over so a test can end the old process in the middle of it). None by default.
+fn pause() -> Option<Duration> {
+    std::env::var("RINGWAY_HANDOVER_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_millis)
+}
+
 /// What the old process learned from the new one's `tunnels V` line: whether they move.
 pub fn agreed(line: &str) -> bool {
     line.strip_prefix("tunnels ")
@@ -63,6 +72,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let (mut done, mut moved, mut lost, mut waiting) = (0, 0u64, 0u64, 0u64);
     let mut stayed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut broken = false;
+    let pause = pause();
     let mut flush = |batch: &mut Vec<Handed>, broken: &mut bool| {
         if batch.is_empty() {
             return;
@@ -83,6 +93,9 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
                     let _ = nix::unistd::close(fd);
                 }
             }
+        }
+        if let Some(p) = pause {
+            std::thread::sleep(p);
         }
     };
     while done < workers {
