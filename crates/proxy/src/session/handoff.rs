@@ -251,34 +251,13 @@ impl Session {
         desc: &[u8],
         now: u64,
     ) -> Result<(Session, [Vec<u8>; 2]), String> {
-        let Desc {
-            client,
-            listener,
-            names,
-            path,
-            upstream,
-            peer,
-            text,
-            age,
-            bytes_in,
-            bytes_out,
-            read_ms,
-            send_ms,
-            down_age,
-            up_age,
-            served,
-            frames,
-            msgs,
-            wraps,
-            part,
-            ctl,
-            unsent,
-        } = Desc::parse(desc)?;
+        let d = Desc::parse(desc)?;
         // Its place in this configuration.
-        let (si, li) = find_place(cfg, names, path)
-            .ok_or_else(|| format!("no location {path:?} of server {names:?} here"))?;
+        let (si, li) = find_place(cfg, d.names, d.path)
+            .ok_or_else(|| format!("no location {:?} of server {:?} here", d.path, d.names))?;
         let loc = &cfg.servers[si].locations[li];
-        let listen_at = listener
+        let listen_at = d
+            .listener
             .parse::<SocketAddr>()
             .ok()
             .and_then(|a| cfg.listeners.iter().position(|l| *l == a))
@@ -286,22 +265,22 @@ impl Session {
             .unwrap_or(0);
         let listen = *cfg.listen.get(listen_at).ok_or("no listener")?;
         let mut req = Box::new(Req::new(
-            ReqText::new(text[0], text[1], text[2], text[3]),
-            now.saturating_sub(age),
-            bytes_in,
+            ReqText::new(d.text[0], d.text[1], d.text[2], d.text[3]),
+            now.saturating_sub(d.age),
+            d.bytes_in,
         ));
-        req.bytes_out = bytes_out;
-        req.read_ms = read_ms;
-        req.send_ms = send_ms;
+        req.bytes_out = d.bytes_out;
+        req.read_ms = d.read_ms;
+        req.send_ms = d.send_ms;
         req.status = 101;
         req.responded = true;
         let ui = loc.upstream;
         let u = &cfg.upstreams[ui];
         req.upstream = ui as u16;
-        req.peer = if u.name == upstream {
+        req.peer = if u.name == d.upstream {
             u.peers
                 .iter()
-                .position(|p| p.addr.to_string() == peer)
+                .position(|p| p.addr.to_string() == d.peer)
                 .map_or(NO_PEER, |i| i as u16)
         } else {
             NO_PEER
@@ -309,11 +288,11 @@ impl Session {
         if !cfg.runtime.access_log {
             req.text = ReqText::none();
         }
-        let ctl = match ctl {
+        let ctl = match d.ctl {
             None => None,
             Some((pinged, expect, expires)) => {
                 let mut k = Control::new(loc.heartbeat.as_ref());
-                k.filter = super::filter::for_location(loc, client.ip());
+                k.filter = super::filter::for_location(loc, d.client.ip());
                 for i in 0..2 {
                     k.pinged[i] = if pinged[i] == 0 {
                         0
@@ -331,13 +310,13 @@ impl Session {
         let tunnel = Tunnel {
             req,
             ctl,
-            frames,
+            frames: d.frames,
             loc: cfg.location_id(si, li),
-            msgs,
+            msgs: d.msgs,
         };
         let mut s = Session::over(
             Transport::plain(fds[0]),
-            client,
+            d.client,
             listen,
             cfg.clone(),
             now,
@@ -345,12 +324,12 @@ impl Session {
         );
         s.cx.proxy_header = false;
         s.cx.links.up = Transport::plain(fds[1]);
-        s.cx.last_down_ms = Stamp::new(now.saturating_sub(down_age));
-        s.cx.last_up_ms = Stamp::new(now.saturating_sub(up_age));
-        s.cx.served = served;
-        if part != [0; 2] || wraps != [0; 2] {
+        s.cx.last_down_ms = Stamp::new(now.saturating_sub(d.down_age));
+        s.cx.last_up_ms = Stamp::new(now.saturating_sub(d.up_age));
+        s.cx.served = d.served;
+        if d.part != [0; 2] || d.wraps != [0; 2] {
             let n = s.cx.notes.get_or_insert_with(Default::default);
-            n.seen = Some(Seen::resumed(part, wraps));
+            n.seen = Some(Seen::resumed(d.part, d.wraps));
         }
         if let Phase::Tunnel(t) = &s.phase
             && t.req.peer != NO_PEER
@@ -360,12 +339,12 @@ impl Session {
         }
         if let Some(lc) = loc.limit_conn {
             // An established tunnel is counted, never refused: its client is connected.
-            let key = crate::limits::key_of(client.ip());
+            let key = crate::limits::key_of(d.client.ip());
             if cfg.conn_zones[lc.zone].table.take(key, u32::MAX) == crate::limits::Taken::Yes {
                 s.cx.links.limited = lc.zone as u16 + 1;
             }
         }
-        Ok((s, unsent.map(<[u8]>::to_vec)))
+        Ok((s, d.unsent.map(<[u8]>::to_vec)))
     }
 
     /// A tunnel just taken over (`adopt`) starts here: what waited to be sent goes first,
