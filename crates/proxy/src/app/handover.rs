@@ -11,8 +11,8 @@
 //! upstream, SCM_RIGHTS), then each tunnel's description behind its 32-bit length.
 //!
 //! Bounds: at most [`BATCH`] tunnels (64 descriptors) and [`DESC_MAX`] bytes of description
-//! each per batch; the old process hands over for at most `HANDOFF_WAIT` plus [`SEND_WAIT`],
-//! then ends the stream; the new one waits at most [`SEND_WAIT`] between batches. A tunnel the
+//! each per batch; the old process ends the stream once no tunnel came from its workers for
+//! `HANDOFF_WAIT` plus [`SEND_WAIT`]; the new one waits at most [`SEND_WAIT`] between batches. A tunnel the
 //! new process cannot take gets its Close there (`session::refuse_handed`); a batch the
 //! new process does not take (it died) is closed the same way by the old one.
 
@@ -66,7 +66,9 @@ pub fn agreed(line: &str) -> bool {
 /// The old process's side: send what `workers` workers hand over on `conn` until each says it
 /// is through (or the time is up), then the last batch.
 pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i32) {
-    let until = Instant::now() + crate::worker::HANDOFF_WAIT + SEND_WAIT;
+    // Bounded by progress: the workers send tunnels in waves; none for this long ends it.
+    let patience = crate::worker::HANDOFF_WAIT + SEND_WAIT;
+    let mut until = Instant::now() + patience;
     let _ = conn.set_write_timeout(Some(SEND_WAIT));
     let mut batch: Vec<Handed> = Vec::new();
     let (mut done, mut moved, mut lost, mut waiting) = (0, 0u64, 0u64, 0u64);
@@ -111,6 +113,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
         };
         match from.recv_timeout(wait) {
             Ok(Departure::Tunnel(t)) => {
+                until = Instant::now() + patience;
                 batch.push(t);
                 if batch.len() >= BATCH {
                     flush(&mut batch, &mut broken);

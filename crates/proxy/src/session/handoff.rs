@@ -80,6 +80,18 @@ impl Session {
     /// Begin handing this session's tunnel over: stop reading both sockets. `Err` names why it
     /// cannot be (a word for the log's count); nothing changed then.
     pub fn hand_off(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Result<Next, &'static str> {
+        self.can_hand_off()?;
+        self.cx.links.down.set_held(true);
+        self.cx.links.up.set_held(true);
+        // What waits to be sent goes with the tunnel: a send in flight toward a peer that
+        // does not read could take any time.
+        self.cx.links.hold_sends(io);
+        // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
+        Ok(self.after(io, env))
+    }
+
+    /// Whether this session's tunnel can be handed over now; `Err` names why not.
+    pub fn can_hand_off(&self) -> Result<(), &'static str> {
         let Phase::Tunnel(t) = &self.phase else {
             return Err("not-a-tunnel");
         };
@@ -90,14 +102,7 @@ impl Session {
         if !l.down.is_plain() || !l.up.is_plain() {
             return Err("tls");
         }
-        quiet(t, self)?;
-        self.cx.links.down.set_held(true);
-        self.cx.links.up.set_held(true);
-        // What waits to be sent goes with the tunnel: a send in flight toward a peer that
-        // does not read could take any time.
-        self.cx.links.hold_sends(io);
-        // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
-        Ok(self.after(io, env))
+        quiet(t, self)
     }
 
     /// A tunnel being handed over could not be (it took too long, or something began that the

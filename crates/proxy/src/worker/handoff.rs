@@ -1,10 +1,10 @@
 //! A worker's part in an upgrade that keeps its tunnels (`session/handoff.rs` says what moves,
 //! `app/handover.rs` carries it). In the old process: on `Msg::Handover` with a way to the new
-//! one, the worker's tunnels stop reading, each goes once it is at rest (within
-//! [`HANDOFF_WAIT`]); one that cannot go gets the drain's Close as before. In the new process:
+//! one, the worker's tunnels stop reading in waves of [`WAVE`], each goes once it is at rest
+//! (within [`HANDOFF_WAIT`]); one that cannot go gets the drain's Close as before. In the new process:
 //! `Msg::Adopt` brings tunnels to take over.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -13,24 +13,29 @@ use super::{Core, Slot};
 use crate::reactor::Reactor;
 use crate::session::{Departure as Out, Handed, Next, Session, Stage};
 
-/// How long a worker's tunnels may take to come to rest; those still busy then stay here and
-/// get the drain's Close.
+/// How long a tunnel may take to come to rest once its reads and sends are held; one still
+/// busy then stays here and gets the drain's Close.
 pub const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
+/// Tunnels of a worker held at once. The others run on meanwhile: the pause a tunnel sees is
+/// the time one wave takes, not the whole hand-over's.
+const WAVE: usize = 256;
 
 /// A worker's tunnels on their way out.
 pub(super) struct Handing {
     to: Sender<Out>,
-    /// Tunnels coming to rest: slot and generation.
-    slots: Vec<(u32, u32)>,
-    began: Instant,
+    /// Tunnels still to go, not held yet: slot and generation.
+    queue: VecDeque<(u32, u32)>,
+    /// Tunnels held, coming to rest: slot, generation, and when they were held.
+    slots: Vec<(u32, u32, Instant)>,
     moved: u64,
     waiting: u64,
     stayed: BTreeMap<&'static str, u64>,
 }
 
 impl Core {
-    /// The upgrade hands tunnels over: every tunnel of this worker that can go stops reading;
-    /// the rest are returned, for the drain's spread.
+    /// The upgrade hands tunnels over: the tunnels of this worker that can go are queued to go
+    /// in waves (the first held at once); the rest are returned, for the drain's spread.
     #[cold]
     #[inline(never)]
     pub(super) fn hand_off(
@@ -41,15 +46,38 @@ impl Core {
     ) -> Vec<(u32, u32)> {
         let mut h = Handing {
             to,
+            queue: VecDeque::new(),
             slots: Vec::new(),
-            began: Instant::now(),
             moved: 0,
             waiting: 0,
             stayed: BTreeMap::new(),
         };
         let mut rest = Vec::new();
         for (slot, generation) in tunnels {
-            let mut result = Err("not-a-tunnel");
+            let can = match r.slots.get_mut(slot, generation) {
+                Some(e) => e.session.can_hand_off(),
+                None => continue,
+            };
+            match can {
+                Ok(()) => h.queue.push_back((slot, generation)),
+                Err(why) => {
+                    *h.stayed.entry(why).or_default() += 1;
+                    rest.push((slot, generation));
+                }
+            }
+        }
+        self.next_wave(r, &mut h);
+        self.handing = Some(h);
+        rest
+    }
+
+    /// Hold tunnels from the queue until a wave's worth are held (one that can no longer go
+    /// gets the drain's Close now).
+    fn next_wave(&mut self, r: &mut Reactor<Slot>, h: &mut Handing) {
+        while h.slots.len() < WAVE
+            && let Some((slot, generation)) = h.queue.pop_front()
+        {
+            let mut result = Err("closing");
             self.with_session_of(r, slot, Some(generation), |s, io, env| {
                 match s.hand_off(io, env) {
                     Ok(next) => {
@@ -58,20 +86,15 @@ impl Core {
                     }
                     Err(why) => {
                         result = Err(why);
-                        Next::Continue
+                        s.drain_tunnel(io, env)
                     }
                 }
             });
             match result {
-                Ok(()) => h.slots.push((slot, generation)),
-                Err(why) => {
-                    *h.stayed.entry(why).or_default() += 1;
-                    rest.push((slot, generation));
-                }
+                Ok(()) => h.slots.push((slot, generation, Instant::now())),
+                Err(why) => *h.stayed.entry(why).or_default() += 1,
             }
         }
-        self.handing = Some(h);
-        rest
     }
 
     /// After every turn while tunnels are on their way out: those at rest go, those that can
@@ -84,9 +107,9 @@ impl Core {
         let Some(mut h) = self.handing.take() else {
             return;
         };
-        let late = h.began.elapsed() >= HANDOFF_WAIT;
         let mut waiting = Vec::new();
-        for (slot, generation) in std::mem::take(&mut h.slots) {
+        for (slot, generation, held) in std::mem::take(&mut h.slots) {
+            let late = held.elapsed() >= HANDOFF_WAIT;
             let ready = match r.slots.get_mut(slot, generation) {
                 // It ended meanwhile (its client went): nothing to hand over.
                 None => continue,
@@ -126,7 +149,7 @@ impl Core {
                     }
                     h.moved += 1;
                 }
-                Ok(false) if !late => waiting.push((slot, generation)),
+                Ok(false) if !late => waiting.push((slot, generation, held)),
                 Ok(false) | Err(_) => {
                     let why = match ready {
                         Err(why) => why,
@@ -139,7 +162,9 @@ impl Core {
                 }
             }
         }
-        if waiting.is_empty() {
+        h.slots = waiting;
+        self.next_wave(r, &mut h);
+        if h.slots.is_empty() {
             let _ = h.to.send(Out::Done {
                 worker: self.spec.id,
                 moved: h.moved,
@@ -148,7 +173,6 @@ impl Core {
             });
             return;
         }
-        h.slots = waiting;
         self.handing = Some(h);
     }
 
