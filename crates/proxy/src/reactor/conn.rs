@@ -609,6 +609,14 @@ impl Conn {
         0
     }
 
+    /// Sends are no longer held (the socket is being retired: closed, never kept; a held
+    /// socket must not look like one kept for the keepalive pool).
+    pub fn unhold(&mut self) {
+        if !self.has(RETIRING) {
+            self.set(KEEP, false);
+        }
+    }
+
     /// Sends go on again (a hand-over that did not happen).
     pub fn release_sends(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
         if !self.has(RETIRING) {

@@ -731,6 +731,49 @@ fn websocket_session_from_head_to_close() {
     assert_eq!(sim.io.logs, vec!["GET /ws/chat 101 done"]);
 }
 
+/// A tunnel being handed over (reads and sends held) whose client resets meanwhile closes like
+/// any tunnel: its upstream socket is closed, not taken for the keepalive pool (a held socket
+/// carries the flag a pooled one does), and nothing leaks.
+#[test]
+fn a_tunnel_that_fails_while_it_is_handed_over_closes_cleanly() {
+    let mut sim = Sim::tunnel(&CFG.replace(
+        "servers = [{ addr = \"127.0.0.1:9001\" }, { addr = \"127.0.0.1:9002\" }]",
+        "servers = [{ addr = \"127.0.0.1:9001\" }, { addr = \"127.0.0.1:9002\" }]\nkeepalive = 8",
+    ));
+    // A send toward the client is in flight when the hand-over begins.
+    sim.deliver(
+        Side::Up,
+        &crate::ws::frame(crate::ws::opcode::TEXT, b"hi", None),
+    );
+    assert!(sim.io.sending[0].is_some());
+    let mut env = env_of!(sim);
+    let next = sim
+        .s
+        .hand_off(&mut sim.io, &mut env)
+        .expect("a plain tunnel goes");
+    sim.settle(next);
+    assert_eq!(sim.s.handoff_ready(), Ok(false));
+    // Before its cancel lands, the send fails: the client reset the connection.
+    let at = sim
+        .io
+        .pending
+        .iter()
+        .position(|e| *e == Ev::SendCancelled(ConnId::CLIENT));
+    sim.io.pending.remove(at.expect("the send's cancel"));
+    sim.io.sending[0] = None;
+    let mut env = env_of!(sim);
+    let next = sim
+        .s
+        .on_send(ConnId::CLIENT, -libc::ECONNRESET, &mut sim.io, &mut env);
+    sim.settle(next);
+    sim.run(false);
+    assert!(
+        sim.kit.pool.is_empty(),
+        "a tunnel's upstream socket is never pooled"
+    );
+    sim.assert_clean();
+}
+
 /// Without an access log a tunnel keeps no request text (an idle tunnel's memory), yet its
 /// end still counts its bytes; with one, the line names the request.
 #[test]
