@@ -24,11 +24,22 @@ struct Rig {
 }
 
 fn rig(name: &str, extra_server: &str, runtime: &str) -> Rig {
-    rig_env(name, extra_server, runtime, &[])
+    rig_full(name, "", extra_server, runtime, &[])
 }
 
 /// The same, the first proxy process started with `env`.
 fn rig_env(name: &str, extra_server: &str, runtime: &str, env: &[(&str, &str)]) -> Rig {
+    rig_full(name, "", extra_server, runtime, env)
+}
+
+/// The same, with `extra_location` in the location.
+fn rig_full(
+    name: &str,
+    extra_location: &str,
+    extra_server: &str,
+    runtime: &str,
+    env: &[(&str, &str)],
+) -> Rig {
     let dir = scratch(name);
     let backend = free_addr();
     let echo = echo(&[backend], &dir);
@@ -37,7 +48,7 @@ fn rig_env(name: &str, extra_server: &str, runtime: &str, env: &[(&str, &str)]) 
     let text = config(
         listen,
         &[backend],
-        "",
+        extra_location,
         extra_server,
         &format!(
             "shutdown_grace = \"20s\"\ndrain_spread = \"1s\"\nupgrade_socket = \"{}\"\n{runtime}\n[admin]\nlisten = \"{admin}\"",
@@ -413,6 +424,67 @@ fn an_old_process_that_dies_midway_leaves_the_new_one_serving() {
     let mut fresh = ws_connect(rig.listen, "/ws/");
     fresh.send(Message::text("new")).unwrap();
     assert!(matches!(fresh.read().unwrap(), Message::Text(_)));
+}
+
+/// A tunnel taken over is the new process's own: its location's heartbeat pings the client
+/// from there, the client's Pongs are taken as answers (the tunnel outlives the heartbeat's
+/// timeout many times over), and it still echoes.
+#[test]
+fn a_tunnel_taken_over_gets_the_new_process_heartbeats() {
+    if !uring_ok() {
+        return;
+    }
+    let mut rig = rig_full(
+        "handover-heartbeat",
+        "heartbeat = { interval = \"300ms\", timeout = \"500ms\" }",
+        "",
+        "",
+        &[],
+    );
+    let mut ws = ws_connect(rig.listen, "/ws/");
+    ws.send(Message::text("before")).unwrap();
+    assert!(matches!(ws.read().unwrap(), Message::Text(_)));
+    rig.upgrade(1, &[]);
+    rig.proxy.wait_log("took over 1 tunnel(s) from pid", 10);
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (mut pings, t) = (0, Instant::now());
+    while t.elapsed() < Duration::from_secs(3) {
+        match ws.read() {
+            Ok(Message::Ping(_)) => {
+                pings += 1;
+                // tungstenite queues the Pong; it goes with the next flush.
+                let _ = ws.flush();
+            }
+            Ok(Message::Close(f)) => panic!("closed: {f:?}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let _ = ws.flush();
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(pings >= 3, "pings from the new process: {pings}");
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    ws.send(Message::text("after")).unwrap();
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => {
+                assert_eq!(t.as_str(), "after");
+                break;
+            }
+            Message::Ping(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// A new process that reads another description version takes no tunnel: the old one drains
