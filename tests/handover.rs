@@ -241,6 +241,10 @@ fn tunnels_live_through_three_upgrades() {
             n as u64,
             "round {round}"
         );
+        assert_eq!(
+            admin_status(rig.admin)["upgrade"]["tunnels_taken_over"].as_u64(),
+            Some(n as u64)
+        );
         std::thread::sleep(Duration::from_millis(400));
     }
     stop.store(true, Ordering::Relaxed);

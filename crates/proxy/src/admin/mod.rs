@@ -187,6 +187,12 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                     "connections": sum(st, |w| get(&w.h2.active)),
                     "stream_sessions": sum(st, |w| get(&w.h2.stream_sessions)),
                 },
+                // Tunnels moved by a binary upgrade: handed to the process that took over
+                // (while this one winds down), and taken over from the one before.
+                "upgrade": {
+                    "tunnels_handed_over": sum(st, |w| get(&w.tunnels_handed_over)),
+                    "tunnels_taken_over": sum(st, |w| get(&w.tunnels_taken_over)),
+                },
                 "workers": workers,
                 "upstreams": upstreams(&st.live),
                 "limit_conn_zones": st.live.config().conn_zones.iter().map(|z| serde_json::json!({
