@@ -52,10 +52,11 @@ pub struct Conn {
     shut: Shut,
     /// The hang-up watch (a poll for POLLRDHUP) on this socket, armed while it is not read.
     hup: Recv,
-    /// The readiness polls of a splice (`READABLE`, `WRITABLE`) armed on this socket, and
-    /// whether it is non-blocking (`NONBLOCK`).
+    /// The readiness polls of a splice (`READABLE`, `WRITABLE`) armed on this socket, whether
+    /// it is non-blocking (`NONBLOCK`), and whether its stream was torn (`TORN`): the rare
+    /// states, beside the flags tested on every event.
     polls: u8,
-    /// The yes/no state below (`EOF` … `TORN`), one bit each: a connection is in every
+    /// The yes/no state below (`EOF` … `UNREAD`), one bit each: a connection is in every
     /// session twice, so its size is memory per connection.
     flags: u8,
     /// Requests this connection has carried (for its owner's keepalive limit).
@@ -73,14 +74,11 @@ const PARKED: u8 = 1 << 1;
 const RETIRING: u8 = 1 << 2;
 /// The socket is connected and may be sent on.
 const READY: u8 = 1 << 3;
-/// Retiring to be kept open (handed back by `detach_when_done`), not closed. Set without
-/// `RETIRING`: sends are held (`hold_sends`: the socket is being handed to another process,
-/// with what waits to be sent on it).
+/// Retiring to be kept open (handed back by `detach_when_done`), not closed.
 const KEEP: u8 = 1 << 4;
-/// Bytes queued for this socket were dropped unsent (a send cut short, a queue released): the
-/// peer did not get the whole stream, so nothing may claim it did (no TLS close_notify after
-/// it).
-const TORN: u8 = 1 << 5;
+/// Sends are held (`hold_sends`): the socket is being handed to another process, with what
+/// waits to be sent on it. No send starts; the one in flight keeps what it did not send.
+const HELD: u8 = 1 << 5;
 /// A send is in flight: it is the queue's first chunk.
 const SENDING: u8 = 1 << 6;
 /// Not read through buffers for now: a splice reads this socket, or a tunnel's filter holds
@@ -92,6 +90,10 @@ const UNREAD: u8 = 1 << 7;
 const READABLE: u8 = 1;
 /// `Conn::polls`: a poll for POLLOUT is armed (the socket a tunnel splices into).
 const WRITABLE: u8 = 1 << 1;
+/// `Conn::polls`: bytes queued for this socket were dropped unsent (a send cut short, a queue
+/// released): the peer did not get the whole stream, so nothing may claim it did (no TLS
+/// close_notify after it). Rare, so kept here, beside the splice's bits.
+const TORN: u8 = 1 << 3;
 /// `Conn::polls`: the socket is non-blocking (made so for splice(2), which would wait on a
 /// blocking one).
 const NONBLOCK: u8 = 1 << 2;
@@ -183,7 +185,7 @@ impl Conn {
         self.has(SENDING).then(|| self.send_since.at(now_ms))
     }
     pub fn torn(&self) -> bool {
-        self.has(TORN)
+        self.polls & TORN != 0
     }
 }
 
@@ -350,7 +352,7 @@ impl Conn {
     pub fn kick(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
         // Not sending, not retiring, sends not held, ready, with a socket: one test of the
         // flags.
-        if self.flags & (SENDING | RETIRING | READY | KEEP) != READY || self.fd < 0 {
+        if self.flags & (SENDING | RETIRING | READY | HELD) != READY || self.fd < 0 {
             return;
         }
         if let Some(c) = self.queue.first {
@@ -380,13 +382,13 @@ impl Conn {
         };
         io.sent(c);
         // One test of the flags for the usual case (neither retiring nor holding sends).
-        if res < 0 || dropping || self.flags & (RETIRING | KEEP) != 0 {
-            if self.has(KEEP) && !self.has(RETIRING) && !dropping {
+        if res < 0 || dropping || self.flags & (RETIRING | HELD) != 0 {
+            if self.has(HELD) && !self.has(RETIRING) && !dropping {
                 return self.sent_held(io, c, res);
             }
             self.sent_whole();
             if res < 0 || (res as u32) < c.len {
-                self.set(TORN, true);
+                self.polls |= TORN;
             }
             io.release(c);
             return if res < 0 && !dropping && res != -libc::ECANCELED {
@@ -601,7 +603,7 @@ impl Conn {
     /// on it): none starts from now on, and the one in flight is cancelled. Returns the
     /// cancels submitted (0 or 1).
     pub fn hold_sends(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) -> u8 {
-        self.set(KEEP, true);
+        self.set(HELD, true);
         if self.has(SENDING) {
             io.cancel(id, Op::Send);
             return 1;
@@ -609,20 +611,10 @@ impl Conn {
         0
     }
 
-    /// Sends are no longer held (the socket is being retired: closed, never kept; a held
-    /// socket must not look like one kept for the keepalive pool).
-    pub fn unhold(&mut self) {
-        if !self.has(RETIRING) {
-            self.set(KEEP, false);
-        }
-    }
-
     /// Sends go on again (a hand-over that did not happen).
     pub fn release_sends(&mut self, io: &mut (impl Sys + ?Sized), id: ConnId) {
-        if !self.has(RETIRING) {
-            self.set(KEEP, false);
-            self.kick(io, id);
-        }
+        self.set(HELD, false);
+        self.kick(io, id);
     }
 
     /// Every chunk waiting (none may be in flight), oldest first.
@@ -643,7 +635,7 @@ impl Conn {
 
     fn release_queue(&mut self, io: &mut (impl Sys + ?Sized)) {
         while let Some(c) = self.queue.pop() {
-            self.set(TORN, true);
+            self.polls |= TORN;
             io.release(c);
         }
     }

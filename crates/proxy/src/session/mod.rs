@@ -685,10 +685,6 @@ impl Session {
     fn shut(&mut self, req: Option<Box<Req>>, end: End, io: &mut impl Io) {
         self.cx.end_with(end);
         self.phase = Phase::Closing(req);
-        // A tunnel being handed over that closes instead: its held sockets close, whatever
-        // the hold made them look like (`Conn::unhold`).
-        self.cx.links.down.unhold();
-        self.cx.links.up.unhold();
         self.cx.links.retire_all(io);
     }
 

@@ -732,8 +732,8 @@ fn websocket_session_from_head_to_close() {
 }
 
 /// A tunnel being handed over (reads and sends held) whose client resets meanwhile closes like
-/// any tunnel: its upstream socket is closed, not taken for the keepalive pool (a held socket
-/// carries the flag a pooled one does), and nothing leaks.
+/// any tunnel: its upstream socket is closed, not taken for the keepalive pool (holding sends
+/// once borrowed the pool's flag), and nothing leaks.
 #[test]
 fn a_tunnel_that_fails_while_it_is_handed_over_closes_cleanly() {
     let mut sim = Sim::tunnel(&CFG.replace(
