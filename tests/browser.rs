@@ -135,16 +135,24 @@ fn chromium(dir: &std::path::Path, url: &str) -> Proc {
     }
 }
 
-#[test]
-fn chromium_echoes_over_wss_through_ringway() {
+/// io_uring works and Chromium is installed (`.ci/run` installs it; a developer machine
+/// without it says so, and the test is named among the skipped).
+fn runnable() -> bool {
     if !uring_ok() {
-        return;
+        return false;
     }
     if !std::path::Path::new(CHROMIUM).exists() {
-        // .ci/run installs it; a developer machine without it says so.
         skip(&format!(
             "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
         ));
+        return false;
+    }
+    true
+}
+
+#[test]
+fn chromium_echoes_over_wss_through_ringway() {
+    if !runnable() {
         return;
     }
     let st = stack_mode(Mode::Tls, "browser", "", "", "");
@@ -214,13 +222,7 @@ window.addEventListener("load", () => fetch("/").then(() => {
 
 #[test]
 fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection() {
-    if !uring_ok() {
-        return;
-    }
-    if !std::path::Path::new(CHROMIUM).exists() {
-        skip(&format!(
-            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
-        ));
+    if !runnable() {
         return;
     }
     let dir = scratch("browser-h2");
@@ -308,13 +310,7 @@ ws.onclose = () => { if (!mine) closed++; };
 /// process mid-conversation, and every message it sends comes back, in order, with no close.
 #[test]
 fn chromium_keeps_its_websocket_across_an_upgrade() {
-    if !uring_ok() {
-        return;
-    }
-    if !std::path::Path::new(CHROMIUM).exists() {
-        skip(&format!(
-            "{CHROMIUM} is not installed (apt-get install chromium; scripts/test.sh does as root)"
-        ));
+    if !runnable() {
         return;
     }
     let dir = scratch("browser-upgrade");

@@ -507,13 +507,7 @@ fn another_description_version_drains_every_tunnel() {
     rig.upgrade(1, &[("RINGWAY_HANDOVER_VERSION", "99")]);
     rig.proxy.wait_log("keeps its tunnels and drains them", 10);
     for c in clients.iter_mut() {
-        c.get_ref()
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        match c.read() {
-            Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1012),
-            other => panic!("expected the drain's Close 1012, got {other:?}"),
-        }
+        expect_drain_close(c);
     }
 }
 
@@ -532,13 +526,7 @@ fn a_tunnel_the_new_process_cannot_take_gets_its_close() {
     std::fs::write(&rig.cfg, text.replace("path = \"/\"", "path = \"/api/\"")).unwrap();
     rig.upgrade(1, &[]);
     rig.proxy.wait_log("is not taken (no location", 10);
-    c.get_ref()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    match c.read() {
-        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1012),
-        other => panic!("expected a Close 1012, got {other:?}"),
-    }
+    expect_drain_close(&mut c);
 }
 
 /// TLS tunnels are not handed over yet (their record state is not in the description): they
@@ -554,6 +542,16 @@ fn tls_tunnels_stay_and_are_drained() {
     assert!(matches!(c.read().unwrap(), Message::Text(_)));
     let old_log = rig.proxy.log.clone();
     rig.upgrade(1, &[]);
+    expect_drain_close(&mut c);
+    let text = std::fs::read_to_string(old_log).unwrap();
+    assert!(
+        text.contains("1 stay here and get the drain's Close (tls 1)"),
+        "{text}"
+    );
+}
+
+/// The next frame on `c`, within 10 s, is the drain's Close (1012).
+fn expect_drain_close(c: &mut Ws) {
     c.get_ref()
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -561,11 +559,6 @@ fn tls_tunnels_stay_and_are_drained() {
         Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1012),
         other => panic!("expected the drain's Close 1012, got {other:?}"),
     }
-    let text = std::fs::read_to_string(old_log).unwrap();
-    assert!(
-        text.contains("1 stay here and get the drain's Close (tls 1)"),
-        "{text}"
-    );
 }
 
 /// A client's side of a WebSocket, frame by frame.

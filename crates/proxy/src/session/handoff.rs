@@ -63,7 +63,6 @@ pub enum Departure {
     /// This worker is through: how many tunnels went, and how many stayed (and got the drain's
     /// Close), by why.
     Done {
-        worker: usize,
         moved: u64,
         /// Bytes that waited to be sent in the tunnels that went, and went with them.
         waiting: u64,
@@ -589,7 +588,8 @@ pub fn refuse(fds: [RawFd; 2], desc: &[u8], why: &str) {
                 fds[1],
                 &frames[0],
                 crate::ws::close_payload(1001, ""),
-                Some(rand_mask()),
+                // Masked as the tunnel masks its own frames (random keys, `mask_for`).
+                Some(super::tunnel::mask_for(fds[1] as u64)),
             ),
         ];
         for (fd, t, payload, mask) in closes {
@@ -607,15 +607,6 @@ pub fn refuse(fds: [RawFd; 2], desc: &[u8], why: &str) {
     for fd in fds {
         let _ = nix::unistd::close(fd);
     }
-}
-
-/// A mask for a frame toward the upstream (RFC 6455 wants it unpredictable; a Close carries
-/// nothing secret).
-fn rand_mask() -> [u8; 4] {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    t.to_le_bytes()
 }
 
 #[cfg(test)]

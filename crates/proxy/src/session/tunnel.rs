@@ -49,7 +49,7 @@ fn ping_payload(tag: u64) -> Vec<u8> {
 
 /// A mask for a frame toward the upstream (RFC 6455 5.3: unpredictable): the tag hashed with
 /// the process's random hash keys.
-fn mask_for(tag: u64) -> [u8; 4] {
+pub(super) fn mask_for(tag: u64) -> [u8; 4] {
     thread_local! {
         static KEYS: std::collections::hash_map::RandomState = Default::default();
     }

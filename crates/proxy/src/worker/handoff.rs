@@ -166,7 +166,6 @@ impl Core {
         self.next_wave(r, &mut h);
         if h.slots.is_empty() {
             let _ = h.to.send(Out::Done {
-                worker: self.spec.id,
                 moved: h.moved,
                 waiting: h.waiting,
                 stayed: h.stayed,
