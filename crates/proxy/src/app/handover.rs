@@ -297,3 +297,74 @@ fn receive_header(conn: &UnixStream) -> anyhow::Result<(usize, usize, Vec<RawFd>
     }
     Ok((n, len, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn header(n: u32, len: u32) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(MAGIC);
+        h[4..8].copy_from_slice(&n.to_le_bytes());
+        h[8..12].copy_from_slice(&len.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_batch_out_of_bounds_is_refused_and_its_descriptors_closed() {
+        let inbox = Inbox::new().unwrap();
+        // More tunnels than a batch holds.
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(&header(BATCH as u32 + 1, 0)).unwrap();
+        let e = receive(b, std::slice::from_ref(&inbox)).unwrap_err();
+        assert!(e.to_string().contains("out of bounds"), "{e}");
+        // A description length past the bound.
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(&header(1, u32::MAX)).unwrap();
+        assert!(receive(b, std::slice::from_ref(&inbox)).is_err());
+        // Two tunnels announced, one descriptor sent: refused, and the one that came is closed.
+        let (a, b) = UnixStream::pair().unwrap();
+        let (x, mut y) = UnixStream::pair().unwrap();
+        send_header(&a, 2, 0, &[x.as_raw_fd()]).unwrap();
+        assert!(receive(b, std::slice::from_ref(&inbox)).is_err());
+        // With our own copy gone too, the other end sees the socket closed.
+        drop(x);
+        y.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            y.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "the descriptor received was closed"
+        );
+        // Not a batch at all.
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        assert!(receive(b, std::slice::from_ref(&inbox)).is_err());
+        assert!(inbox.take_adopted().is_empty());
+    }
+
+    #[test]
+    fn the_last_batch_ends_the_stream_and_a_cut_description_gets_refused() {
+        let inbox = Inbox::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        // One tunnel whose description is cut short (its length says more than came):
+        // refused (its sockets closed), then the last batch.
+        let (x, mut xe) = UnixStream::pair().unwrap();
+        let (y, _y) = UnixStream::pair().unwrap();
+        let body = 100u32.to_le_bytes();
+        send_header(&a, 1, body.len(), &[x.as_raw_fd(), y.as_raw_fd()]).unwrap();
+        (&a).write_all(&body).unwrap();
+        send_header(&a, 0, 0, &[]).unwrap();
+        assert_eq!(receive(b, std::slice::from_ref(&inbox)).unwrap(), 0);
+        assert!(inbox.take_adopted().is_empty());
+        drop(x);
+        xe.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            xe.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "the refused tunnel's socket closed"
+        );
+    }
+}

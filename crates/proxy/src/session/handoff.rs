@@ -734,6 +734,13 @@ heartbeat = { interval = "20s", timeout = "5s" }
             // Anything but a panic: a field that still reads is taken.
             let _ = Session::adopt(&cfg, [-1, -1], &bad, 1_000);
         }
+        // More waiting to be sent than a tunnel may carry: refused, whatever follows.
+        let mut big = d[..d.len() - (4 + 13 + 4 + 15)].to_vec();
+        big.extend_from_slice(&(UNSENT_MAX as u32 + 1).to_le_bytes());
+        big.resize(big.len() + UNSENT_MAX + 1, 0);
+        big.extend_from_slice(&0u32.to_le_bytes());
+        let e = Session::adopt(&cfg, [-1, -1], &big, 1_000).unwrap_err();
+        assert!(e.contains("too much waiting"), "{e}");
         // Another version, or a location this configuration does not have: refused.
         let mut other = d.clone();
         other[0] = 2;
