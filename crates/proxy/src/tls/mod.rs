@@ -33,7 +33,7 @@ use rustls::unbuffered::UnbufferedStatus;
 
 use crate::reactor::{Conn, Sys};
 use crate::uring::{Chunk, ConnId, Src};
-use records::Records;
+use records::{Keys, Records};
 use rustls::kernel::KernelConnection;
 
 /// The two ends rustls plays: a server (clients of ringway) or a client (TLS upstreams).
@@ -42,8 +42,12 @@ pub trait Engine: Sized {
     fn process<'c, 'i>(&'c mut self, buf: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn common(&self) -> &rustls::CommonState;
     /// The handshake is done: the secrets and rustls's post-handshake state, for ringway's
-    /// own record layer.
-    fn into_records(self) -> Result<Records<KernelConnection<Self::Data>>, rustls::Error>;
+    /// own record layer, with the secrets [`records::Capture`] caught, if any, kept to be
+    /// carried.
+    fn into_records(
+        self,
+        captured: Option<&records::Captured>,
+    ) -> Result<Records<Keys<Self::Data>>, rustls::Error>;
     /// Whether this end speaks first (a client sends its hello as soon as it is connected).
     const CLIENT: bool;
     /// The most this end holds of a handshake not complete yet (a handshake message may span
@@ -67,9 +71,13 @@ macro_rules! engine {
             fn common(&self) -> &rustls::CommonState {
                 self
             }
-            fn into_records(self) -> Result<Records<KernelConnection<Self::Data>>, rustls::Error> {
+            fn into_records(
+                self,
+                captured: Option<&records::Captured>,
+            ) -> Result<Records<Keys<Self::Data>>, rustls::Error> {
                 let (secrets, kernel) = self.dangerous_into_kernel_connection()?;
-                Records::new(secrets, kernel)
+                let keys = Keys::new(&secrets, kernel, captured, $client);
+                Records::new(secrets, keys)
             }
         }
     };
@@ -95,7 +103,7 @@ engine!(
 /// Who runs the records: rustls during the handshake, ringway once it is done.
 enum Stage<E: Engine> {
     Handshake(Box<E>),
-    Records(Box<Records<KernelConnection<E::Data>>>),
+    Records(Box<Records<Keys<E::Data>>>),
     /// Between the two (only while handing over).
     Gone,
 }
@@ -140,6 +148,9 @@ pub struct Tls<E: Engine> {
     resumed: bool,
     /// ALPN chose `h2` (kept, as `resumed` is, past the hand-over).
     h2: bool,
+    /// The secrets caught during the handshake for the records to carry (`records::Capture`,
+    /// set on the configuration of a process that hands tunnels over).
+    captured: Option<Box<records::Captured>>,
 }
 
 impl<E: Engine> std::fmt::Debug for Tls<E> {
@@ -168,7 +179,79 @@ where
             sni: None,
             resumed: false,
             h2: false,
+            captured: None,
         }
+    }
+
+    /// Whether this connection's TLS can go on in another process as it stands (a tunnel
+    /// handed over in a binary upgrade): open, its keys carried, nothing held back for a
+    /// handshake, no close_notify either way, not HTTP/2.
+    pub fn carriable(&self) -> bool {
+        self.state == State::Open
+            && self.held.is_empty()
+            && !self.notified
+            && !self.h2
+            && matches!(&self.stage, Stage::Records(r) if r.kernel().carried() && !r.peer_closed())
+    }
+
+    /// What another process needs to go on with this connection's TLS ([`Tls::import`]): the
+    /// records' keys and sequence numbers, the start of a record received but not complete,
+    /// how the handshake went. `None` unless [`Tls::carriable`].
+    pub fn export(&self) -> Option<Vec<u8>> {
+        let Stage::Records(r) = &self.stage else {
+            return None;
+        };
+        if !self.carriable() {
+            return None;
+        }
+        let state = r.export()?;
+        let sni = self.sni.as_deref().unwrap_or("").as_bytes();
+        let mut out = Vec::with_capacity(1 + state.len() + 3 + sni.len() + 4 + self.partial.len());
+        out.push(u8::from(E::CLIENT));
+        out.extend_from_slice(&state);
+        out.push(u8::from(self.resumed));
+        out.extend_from_slice(&(sni.len() as u16).to_le_bytes());
+        out.extend_from_slice(sni);
+        out.extend_from_slice(&(self.partial.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.partial);
+        Some(out)
+    }
+
+    /// The TLS of a connection another process exported ([`Tls::export`]), for this end;
+    /// every field is checked.
+    pub fn import(b: &[u8]) -> Result<Tls<E>, String> {
+        let cut = || "a TLS state cut short".to_string();
+        let (&end, b) = b.split_first().ok_or_else(cut)?;
+        if end != u8::from(E::CLIENT) {
+            return Err("a TLS state of the other end".into());
+        }
+        let (state, b) = b.split_at_checked(records::STATE_BYTES).ok_or_else(cut)?;
+        let records = Records::import(state)?;
+        let (&resumed, b) = b.split_first().ok_or_else(cut)?;
+        let (n, b) = b.split_at_checked(2).ok_or_else(cut)?;
+        let (sni, b) = b
+            .split_at_checked(usize::from(u16::from_le_bytes([n[0], n[1]])))
+            .ok_or_else(cut)?;
+        let sni = std::str::from_utf8(sni).map_err(|_| "a server name not UTF-8")?;
+        let (n, b) = b.split_at_checked(4).ok_or_else(cut)?;
+        let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+        // What the records keep of a received record is less than one whole record.
+        if n > 5 + records::CIPHER_MAX || n != b.len() || resumed > 1 {
+            return Err("a bad TLS state".into());
+        }
+        Ok(Tls {
+            stage: Stage::Records(Box::new(records)),
+            state: State::Open,
+            partial: b.to_vec(),
+            shown: 0,
+            held: Vec::new(),
+            started: true,
+            notified: false,
+            sni: (!sni.is_empty()).then(|| sni.into()),
+            resumed: resumed == 1,
+            h2: false,
+            captured: None,
+        })
     }
 
     /// TLS failed on this connection: nothing more is read or sealed.
@@ -199,8 +282,8 @@ where
                 e.common().negotiated_cipher_suite(),
             ),
             Stage::Records(r) => (
-                Some(r.kernel().protocol_version()),
-                Some(r.kernel().negotiated_cipher_suite()),
+                Some(records::Kernel::protocol_version(r.kernel())),
+                records::Kernel::negotiated_cipher_suite(r.kernel()),
             ),
             Stage::Gone => (None, None),
         };
@@ -247,6 +330,7 @@ where
             stage,
             partial,
             shown,
+            captured,
             ..
         } = self;
         let Stage::Handshake(engine) = stage else {
@@ -259,7 +343,9 @@ where
         let result = match c.src {
             Src::Pool(bid) if partial.is_empty() => {
                 let buf = &mut io.data_mut(bid, c.off + c.len)[c.off as usize..];
-                let r = drive(&mut **engine, buf, shown, &mut plain, &mut out);
+                let r = records::capturing(captured, || {
+                    drive(&mut **engine, buf, shown, &mut plain, &mut out)
+                });
                 if let Ok(used) = r
                     && used < buf.len()
                 {
@@ -272,7 +358,9 @@ where
                     *partial = io.scratch();
                 }
                 partial.extend_from_slice(io.data_of(c));
-                let r = drive(&mut **engine, partial, shown, &mut plain, &mut out);
+                let r = records::capturing(captured, || {
+                    drive(&mut **engine, partial, shown, &mut plain, &mut out)
+                });
                 if let Ok(used) = r {
                     partial.drain(..used);
                 }
@@ -427,17 +515,15 @@ where
             && let Tls {
                 stage: Stage::Handshake(engine),
                 partial,
+                shown,
+                captured,
                 ..
             } = self
         {
             let mut out = io.scratch();
-            let r = drive(
-                &mut **engine,
-                partial,
-                &mut self.shown,
-                &mut Vec::new(),
-                &mut out,
-            );
+            let r = records::capturing(captured, || {
+                drive(&mut **engine, partial, shown, &mut Vec::new(), &mut out)
+            });
             self.started = true;
             self.queue(conn, io, out);
             match r {
@@ -516,7 +602,8 @@ where
         };
         self.resumed = e.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         self.h2 = e.common().alpn_protocol() == Some(b"h2");
-        let r = (*e).into_records().map_err(Fail::Tls)?;
+        let captured = self.captured.take();
+        let r = (*e).into_records(captured.as_deref()).map_err(Fail::Tls)?;
         self.stage = Stage::Records(Box::new(r));
         self.shown = 0;
         Ok(())

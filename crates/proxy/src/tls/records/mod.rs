@@ -14,6 +14,10 @@
 //! nonce after the header (ringway sends the IV XOR the sequence number there, as rustls
 //! does), ChaCha20-Poly1305 uses the IV XOR the sequence number; no key updates.
 
+mod carried;
+
+pub use carried::{Capture, Captured, Keys, STATE_BYTES, capturing};
+
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::kernel::KernelConnection;
 use rustls::{ConnectionTrafficSecrets, Error, ExtractedSecrets};
@@ -41,8 +45,35 @@ struct Dir {
     seq: u64,
 }
 
-impl Dir {
-    fn new((seq, s): (u64, ConnectionTrafficSecrets)) -> Result<Dir, Error> {
+/// One direction's traffic keys as the record layer takes them: its AEAD, key and IV.
+pub struct Traffic {
+    alg: &'static aead::Algorithm,
+    key: [u8; 32],
+    key_len: u8,
+    iv: [u8; 12],
+}
+
+impl Traffic {
+    /// `key` (16 or 32 bytes, as `alg` wants) and a 12-byte `iv`.
+    pub fn new(alg: &'static aead::Algorithm, key: &[u8], iv: &[u8]) -> Result<Traffic, Error> {
+        if key.len() != alg.key_len() || key.len() > 32 {
+            return Err(Error::General("bad traffic key".into()));
+        }
+        let iv = iv
+            .try_into()
+            .map_err(|_| Error::General("bad traffic IV".into()))?;
+        let mut k = [0u8; 32];
+        k[..key.len()].copy_from_slice(key);
+        Ok(Traffic {
+            alg,
+            key: k,
+            key_len: key.len() as u8,
+            iv,
+        })
+    }
+
+    /// The keys rustls hands over.
+    pub fn of(s: &ConnectionTrafficSecrets) -> Result<Traffic, Error> {
         let (alg, key, iv) = match s {
             ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&aead::AES_128_GCM, key, iv),
             ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&aead::AES_256_GCM, key, iv),
@@ -51,15 +82,24 @@ impl Dir {
             }
             _ => return Err(Error::General("unsupported record cipher".into())),
         };
-        let key = UnboundKey::new(alg, key.as_ref())
+        Traffic::new(alg, key.as_ref(), iv.as_ref())
+    }
+
+    /// Whether `self` and `other` are the same keys.
+    pub fn same(&self, other: &Traffic) -> bool {
+        self.alg == other.alg
+            && self.key[..usize::from(self.key_len)] == other.key[..usize::from(other.key_len)]
+            && self.iv == other.iv
+    }
+}
+
+impl Dir {
+    fn new((seq, t): (u64, Traffic)) -> Result<Dir, Error> {
+        let key = UnboundKey::new(t.alg, &t.key[..usize::from(t.key_len)])
             .map_err(|_| Error::General("bad traffic key".into()))?;
-        let iv = iv
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::General("bad traffic IV".into()))?;
         Ok(Dir {
             key: LessSafeKey::new(key),
-            iv,
+            iv: t.iv,
             seq,
         })
     }
@@ -82,8 +122,8 @@ impl Dir {
 pub trait Kernel {
     fn protocol_version(&self) -> rustls::ProtocolVersion;
     fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite>;
-    fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error>;
-    fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error>;
+    fn update_tx_secret(&mut self) -> Result<(u64, Traffic), Error>;
+    fn update_rx_secret(&mut self) -> Result<(u64, Traffic), Error>;
     fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error>;
 }
 
@@ -97,11 +137,13 @@ macro_rules! kernel {
             fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
                 Some(KernelConnection::negotiated_cipher_suite(self))
             }
-            fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
-                KernelConnection::update_tx_secret(self)
+            fn update_tx_secret(&mut self) -> Result<(u64, Traffic), Error> {
+                let (seq, s) = KernelConnection::update_tx_secret(self)?;
+                Ok((seq, Traffic::of(&s)?))
             }
-            fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
-                KernelConnection::update_rx_secret(self)
+            fn update_rx_secret(&mut self) -> Result<(u64, Traffic), Error> {
+                let (seq, s) = KernelConnection::update_rx_secret(self)?;
+                Ok((seq, Traffic::of(&s)?))
             }
             fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
                 let ticket: fn(&mut Self, &[u8]) -> Result<(), Error> = $ticket;
@@ -174,13 +216,13 @@ impl Kernel for StandIn {
     fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
         None
     }
-    fn update_tx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+    fn update_tx_secret(&mut self) -> Result<(u64, Traffic), Error> {
         self.tx = StandIn::next(self.tx);
-        Ok(self.secrets(self.tx))
+        Ok((0, Traffic::of(&self.secrets(self.tx).1)?))
     }
-    fn update_rx_secret(&mut self) -> Result<(u64, ConnectionTrafficSecrets), Error> {
+    fn update_rx_secret(&mut self) -> Result<(u64, Traffic), Error> {
         self.rx = StandIn::next(self.rx);
-        Ok(self.secrets(self.rx))
+        Ok((0, Traffic::of(&self.secrets(self.rx).1)?))
     }
     fn new_session_ticket(&mut self, _payload: &[u8]) -> Result<(), Error> {
         Err(Error::General("no tickets here".into()))
@@ -234,8 +276,8 @@ impl<K: Kernel> Records<K> {
         Ok(Records {
             kernel,
             form,
-            tx: Dir::new(secrets.tx)?,
-            rx: Dir::new(secrets.rx)?,
+            tx: Dir::new((secrets.tx.0, Traffic::of(&secrets.tx.1)?))?,
+            rx: Dir::new((secrets.rx.0, Traffic::of(&secrets.rx.1)?))?,
             peer_closed: false,
             update_owed: false,
             key_updates_left: KEY_UPDATES_MAX,

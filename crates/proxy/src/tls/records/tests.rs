@@ -13,18 +13,31 @@ use crate::tls::Engine;
 /// ringway's server side, handshaken in memory; then the server's records are ringway's.
 fn pair() -> (
     rustls::ClientConnection,
-    Records<KernelConnection<rustls::server::ServerConnectionData>>,
+    Records<Keys<rustls::server::ServerConnectionData>>,
 ) {
     pair_with(&rustls::version::TLS13, None)
 }
 
-/// As `pair`, for one protocol version and (for the client) one cipher suite.
+/// As `pair_with`, without or with the server's secrets caught to be carried.
 fn pair_with(
     version: &'static rustls::SupportedProtocolVersion,
     suite: Option<rustls::SupportedCipherSuite>,
 ) -> (
     rustls::ClientConnection,
-    Records<KernelConnection<rustls::server::ServerConnectionData>>,
+    Records<Keys<rustls::server::ServerConnectionData>>,
+) {
+    pair_capturing(version, suite, false)
+}
+
+/// As `pair`, for one protocol version and (for the client) one cipher suite; with
+/// `capture`, the server's configuration has the key log that catches its secrets.
+fn pair_capturing(
+    version: &'static rustls::SupportedProtocolVersion,
+    suite: Option<rustls::SupportedCipherSuite>,
+    capture: bool,
+) -> (
+    rustls::ClientConnection,
+    Records<Keys<rustls::server::ServerConnectionData>>,
 ) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -45,6 +58,9 @@ fn pair_with(
         .with_single_cert(vec![der.clone()], kd)
         .unwrap();
     sc.enable_secret_extraction = true;
+    if capture {
+        sc.key_log = Arc::new(Capture);
+    }
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
     let cc = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
@@ -60,16 +76,19 @@ fn pair_with(
     let mut server = UnbufferedServerConnection::new(Arc::new(sc)).unwrap();
     let mut pending = Vec::new();
     let mut shown = 0;
+    let mut captured = None;
     for _ in 0..10 {
         client.write_tls(&mut pending).unwrap();
         let mut out = Vec::new();
-        let used = crate::tls::drive(
-            &mut server,
-            &mut pending,
-            &mut shown,
-            &mut Vec::new(),
-            &mut out,
-        )
+        let used = capturing(&mut captured, || {
+            crate::tls::drive(
+                &mut server,
+                &mut pending,
+                &mut shown,
+                &mut Vec::new(),
+                &mut out,
+            )
+        })
         .unwrap();
         pending.drain(..used);
         client.read_tls(&mut &out[..]).unwrap();
@@ -79,7 +98,8 @@ fn pair_with(
         }
     }
     assert!(pending.is_empty());
-    (client, server.into_records().unwrap())
+    assert_eq!(captured.is_some(), capture);
+    (client, server.into_records(captured.as_deref()).unwrap())
 }
 
 fn to_server(client: &mut rustls::ClientConnection) -> Vec<u8> {
@@ -428,7 +448,7 @@ fn garbage_records_are_refused_without_panic() {
     );
 }
 
-fn garbage(mut server: Records<KernelConnection<rustls::server::ServerConnectionData>>) {
+fn garbage(mut server: Records<Keys<rustls::server::ServerConnectionData>>) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..2000 {
         seed ^= seed << 13;
@@ -442,5 +462,74 @@ fn garbage(mut server: Records<KernelConnection<rustls::server::ServerConnection
             buf[2] = 3;
         }
         let _ = server.open(&mut buf);
+    }
+}
+
+/// Records carried to another process go on there: for every suite, a server whose secrets
+/// were caught exports its records mid-stream (after a key update each way in TLS 1.3), and
+/// records imported from that export talk on with the same rustls client, both ways, through
+/// key updates the client asks for and ringway's own — so ringway's key schedule derives what
+/// rustls derives. Every byte flip of an export is refused or taken, never a panic.
+#[test]
+fn carried_records_go_on_in_another_process() {
+    for (version, suite) in every_suite() {
+        let tls13 = matches!(suite, rustls::SupportedCipherSuite::Tls13(_));
+        let (mut client, mut server) = pair_capturing(version, Some(suite), true);
+        assert!(server.kernel().carried(), "{suite:?}");
+        let (_, plain) = pair_with(version, Some(suite));
+        assert!(!plain.kernel().carried(), "nothing caught, nothing carried");
+        assert!(plain.export().is_none());
+        let mut talk = |client: &mut rustls::ClientConnection,
+                        server: &mut Records<Keys<rustls::server::ServerConnectionData>>,
+                        tag: u8| {
+            client.writer().write_all(&[tag; 3000]).unwrap();
+            let mut wire = to_server(client);
+            let (n, used) = server
+                .open(&mut wire)
+                .unwrap_or_else(|e| panic!("{suite:?} {tag}: {e:?}"));
+            assert_eq!((n, used), (3000, wire.len()), "{suite:?} {tag}");
+            assert!(wire[..n].iter().all(|&b| b == tag));
+            let mut sealed = Vec::new();
+            server.seal(&[tag ^ 0xff; 2000], &mut sealed).unwrap();
+            let got = to_client(client, &sealed);
+            assert!(
+                got.len() == 2000 && got.iter().all(|&b| b == tag ^ 0xff),
+                "{suite:?}"
+            );
+        };
+        talk(&mut client, &mut server, 1);
+        if tls13 {
+            client.refresh_traffic_keys().unwrap();
+            talk(&mut client, &mut server, 2);
+        }
+        let state = server.export().expect("carried");
+        drop(server);
+        let mut moved =
+            Records::<Keys<rustls::server::ServerConnectionData>>::import(&state).unwrap();
+        talk(&mut client, &mut moved, 3);
+        if tls13 {
+            client.refresh_traffic_keys().unwrap();
+            talk(&mut client, &mut moved, 4);
+            let mut out = Vec::new();
+            moved.update_keys(&mut out).unwrap();
+            assert!(to_client(&mut client, &out).is_empty());
+            talk(&mut client, &mut moved, 5);
+            // Moved again, after updates on both sides.
+            let again = moved.export().unwrap();
+            moved = Records::import(&again).unwrap();
+            talk(&mut client, &mut moved, 6);
+        }
+        let mut rng = Rng(0xc0ffee);
+        for _ in 0..2000 {
+            let mut b = state.to_vec();
+            let at = rng.below(b.len());
+            b[at] ^= 1 << rng.below(8);
+            let _ = Records::<Keys<rustls::server::ServerConnectionData>>::import(&b);
+        }
+        for n in 0..state.len() {
+            assert!(
+                Records::<Keys<rustls::server::ServerConnectionData>>::import(&state[..n]).is_err()
+            );
+        }
     }
 }

@@ -1,0 +1,449 @@
+//! Record keys that can leave the process: a TLS connection handed to the process that takes
+//! over in a binary upgrade keeps its records going there (`session/handoff.rs`).
+//!
+//! rustls keeps a TLS 1.3 connection's traffic secrets inside its `KernelConnection` (a key
+//! update derives the next ones from them), which cannot be rebuilt elsewhere, and the record
+//! layer's keys (`LessSafeKey`) do not give their bytes back. So, where the configuration asks
+//! for it (`runtime.upgrade_tunnels`), a connection keeps [`Carried`]: TLS 1.3's current traffic
+//! secrets, caught as rustls derives them through its `KeyLog` hook ([`Capture`]), with
+//! ringway's own key schedule for key updates (RFC 8446 §7.2–7.3); TLS 1.2's keys and IVs as
+//! rustls hands them over (it has no key updates). The secrets caught are checked against the
+//! keys rustls hands over before they are kept: a connection whose secrets do not derive its
+//! keys carries nothing, and stays when the process goes.
+
+use std::cell::RefCell;
+
+use aws_lc_rs::{aead, hkdf};
+use rustls::kernel::KernelConnection;
+use rustls::{Error, ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
+
+use super::{Kernel, Records, Traffic};
+
+/// The longest traffic secret (SHA-384's output).
+const SECRET_MAX: usize = 48;
+
+/// rustls's key log, set on the configurations of a process that hands tunnels over: it
+/// passes the secrets of the connection being driven on this thread to [`capturing`]'s slot,
+/// and logs nothing anywhere.
+#[derive(Debug)]
+pub struct Capture;
+
+/// What [`Capture`] caught of one connection's handshake.
+#[derive(Debug, Default, Clone)]
+pub struct Captured {
+    client: Option<Secret>,
+    server: Option<Secret>,
+    /// A TLS 1.2 master secret went by: the keys rustls hands over are to be kept.
+    tls12: bool,
+}
+
+thread_local! {
+    /// The slot of the connection being driven on this thread, while it is.
+    static SINK: RefCell<Option<Captured>> = const { RefCell::new(None) };
+}
+
+impl rustls::KeyLog for Capture {
+    fn will_log(&self, label: &str) -> bool {
+        matches!(
+            label,
+            "CLIENT_TRAFFIC_SECRET_0" | "SERVER_TRAFFIC_SECRET_0" | "CLIENT_RANDOM"
+        )
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        SINK.with(|s| {
+            let mut s = s.borrow_mut();
+            let Some(c) = s.as_mut() else { return };
+            match label {
+                "CLIENT_TRAFFIC_SECRET_0" => c.client = Secret::new(secret, &[0; 12]),
+                "SERVER_TRAFFIC_SECRET_0" => c.server = Secret::new(secret, &[0; 12]),
+                "CLIENT_RANDOM" => c.tls12 = true,
+                _ => {}
+            }
+        });
+    }
+}
+
+/// Run `f` (a call into rustls's handshake) with what [`Capture`] logs meanwhile going to
+/// `slot`. Nothing is kept when nothing was logged.
+pub fn capturing<R>(slot: &mut Option<Box<Captured>>, f: impl FnOnce() -> R) -> R {
+    let before = slot.take().map(|b| *b).unwrap_or_default();
+    SINK.with(|s| *s.borrow_mut() = Some(before));
+    let r = f();
+    let got = SINK.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    if got.client.is_some() || got.server.is_some() || got.tls12 {
+        *slot = Some(Box::new(got));
+    }
+    r
+}
+
+/// A traffic secret (TLS 1.3) or a key and IV (TLS 1.2).
+#[derive(Clone, Copy, Debug)]
+struct Secret {
+    len: u8,
+    bytes: [u8; SECRET_MAX],
+    iv: [u8; 12],
+}
+
+impl Secret {
+    fn new(bytes: &[u8], iv: &[u8]) -> Option<Secret> {
+        if bytes.len() > SECRET_MAX || iv.len() != 12 {
+            return None;
+        }
+        let mut s = Secret {
+            len: bytes.len() as u8,
+            bytes: [0; SECRET_MAX],
+            iv: [0; 12],
+        };
+        s.bytes[..bytes.len()].copy_from_slice(bytes);
+        s.iv.copy_from_slice(iv);
+        Some(s)
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// What a cipher suite means to the records: TLS 1.3 or 1.2, its AEAD, and (1.3) its hash.
+struct Params {
+    tls13: bool,
+    aead: &'static aead::Algorithm,
+    hash: hkdf::Algorithm,
+}
+
+fn params(suite: u16) -> Option<Params> {
+    let (tls13, aead, hash) = match suite {
+        0x1301 => (true, &aead::AES_128_GCM, hkdf::HKDF_SHA256),
+        0x1302 => (true, &aead::AES_256_GCM, hkdf::HKDF_SHA384),
+        0x1303 => (true, &aead::CHACHA20_POLY1305, hkdf::HKDF_SHA256),
+        0xc02b | 0xc02f => (false, &aead::AES_128_GCM, hkdf::HKDF_SHA256),
+        0xc02c | 0xc030 => (false, &aead::AES_256_GCM, hkdf::HKDF_SHA384),
+        0xcca9 | 0xcca8 => (false, &aead::CHACHA20_POLY1305, hkdf::HKDF_SHA256),
+        _ => return None,
+    };
+    Some(Params { tls13, aead, hash })
+}
+
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label(secret, label, "", len) (RFC 8446 §7.1) into `out`.
+fn expand_label(hash: hkdf::Algorithm, secret: &[u8], label: &[u8], out: &mut [u8]) {
+    let prk = hkdf::Prk::new_less_safe(hash, secret);
+    let len = (out.len() as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let info: [&[u8]; 5] = [&len, &label_len, b"tls13 ", label, &[0]];
+    prk.expand(&info, Len(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .expect("HKDF-Expand within its bounds");
+}
+
+/// A connection's record keys, carried.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    suite: u16,
+    tx: Secret,
+    rx: Secret,
+}
+
+impl Carried {
+    fn params(&self) -> Params {
+        params(self.suite).expect("checked when made")
+    }
+
+    /// The keys of `s`: derived from its traffic secret (TLS 1.3), or themselves (1.2).
+    fn traffic(&self, s: &Secret) -> Traffic {
+        let p = self.params();
+        if !p.tls13 {
+            return Traffic::new(p.aead, s.get(), &s.iv).expect("checked when made");
+        }
+        let mut key = [0u8; 32];
+        let key = &mut key[..p.aead.key_len()];
+        let mut iv = [0u8; 12];
+        expand_label(p.hash, s.get(), b"key", key);
+        expand_label(p.hash, s.get(), b"iv", &mut iv);
+        Traffic::new(p.aead, key, &iv).expect("sized for the suite")
+    }
+
+    /// The next traffic secret after `s` (RFC 8446 §7.2).
+    fn next(&self, s: &Secret) -> Secret {
+        let p = self.params();
+        let mut n = *s;
+        expand_label(
+            p.hash,
+            s.get(),
+            b"traffic upd",
+            &mut n.bytes[..usize::from(s.len)],
+        );
+        n
+    }
+
+    /// The carried keys of a connection whose handshake just ended (`client`: ringway is the
+    /// client), from what was `captured` and what rustls handed over; `None` when they do not
+    /// agree, or nothing was captured.
+    fn of(
+        captured: &Captured,
+        secrets: &ExtractedSecrets,
+        version: ProtocolVersion,
+        suite: SupportedCipherSuite,
+        client: bool,
+    ) -> Option<Carried> {
+        let id = u16::from(suite.suite());
+        let p = params(id)?;
+        let c = match version {
+            ProtocolVersion::TLSv1_3 if p.tls13 => {
+                let (tx, rx) = if client {
+                    (captured.client?, captured.server?)
+                } else {
+                    (captured.server?, captured.client?)
+                };
+                if usize::from(tx.len) != hkdf::KeyType::len(&p.hash)
+                    || usize::from(rx.len) != hkdf::KeyType::len(&p.hash)
+                {
+                    return None;
+                }
+                Carried { suite: id, tx, rx }
+            }
+            ProtocolVersion::TLSv1_2 if !p.tls13 && captured.tls12 => {
+                let raw = |s: &rustls::ConnectionTrafficSecrets| -> Option<Secret> {
+                    let (key, iv): (&[u8], &[u8]) = match s {
+                        rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+                        | rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+                        | rustls::ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                            (key.as_ref(), iv.as_ref())
+                        }
+                        _ => return None,
+                    };
+                    Secret::new(key, iv)
+                };
+                Carried {
+                    suite: id,
+                    tx: raw(&secrets.tx.1)?,
+                    rx: raw(&secrets.rx.1)?,
+                }
+            }
+            _ => return None,
+        };
+        // A TLS 1.2 key must fit the suite's AEAD (`traffic` relies on it), and what the
+        // secrets derive must be what rustls derived.
+        let fits = |s: &Secret| p.tls13 || Traffic::new(p.aead, s.get(), &s.iv).is_ok();
+        let agree = |s: &Secret, theirs: &rustls::ConnectionTrafficSecrets| {
+            fits(s) && Traffic::of(theirs).is_ok_and(|t| t.same(&c.traffic(s)))
+        };
+        (agree(&c.tx, &secrets.tx.1) && agree(&c.rx, &secrets.rx.1)).then_some(c)
+    }
+}
+
+/// A connection's post-handshake keys: rustls's state (for session tickets a client is sent,
+/// and key updates when nothing is carried), carried secrets (key updates, hand-over), or
+/// both. At least one is there.
+pub struct Keys<D> {
+    rustls: Option<KernelConnection<D>>,
+    carried: Option<Box<Carried>>,
+}
+
+impl<D> Keys<D>
+where
+    KernelConnection<D>: Kernel,
+{
+    /// The keys of a connection whose handshake just ended: with carried secrets where they
+    /// were captured and agree with rustls's (a server then needs nothing more of rustls: it
+    /// is never sent a session ticket).
+    pub fn new(
+        secrets: &ExtractedSecrets,
+        kernel: KernelConnection<D>,
+        captured: Option<&Captured>,
+        client: bool,
+    ) -> Keys<D> {
+        let carried = captured.and_then(|c| {
+            let suite = Kernel::negotiated_cipher_suite(&kernel)?;
+            Carried::of(c, secrets, Kernel::protocol_version(&kernel), suite, client)
+        });
+        Keys {
+            rustls: (client || carried.is_none()).then_some(kernel),
+            carried: carried.map(Box::new),
+        }
+    }
+
+    /// Whether the keys can leave the process.
+    pub fn carried(&self) -> bool {
+        self.carried.is_some()
+    }
+}
+
+impl<D> Kernel for Keys<D>
+where
+    KernelConnection<D>: Kernel,
+{
+    fn protocol_version(&self) -> ProtocolVersion {
+        match (&self.carried, &self.rustls) {
+            (Some(c), _) if c.params().tls13 => ProtocolVersion::TLSv1_3,
+            (Some(_), _) => ProtocolVersion::TLSv1_2,
+            (None, Some(k)) => Kernel::protocol_version(k),
+            (None, None) => ProtocolVersion::Unknown(0),
+        }
+    }
+    fn negotiated_cipher_suite(&self) -> Option<SupportedCipherSuite> {
+        match (&self.carried, &self.rustls) {
+            (Some(c), _) => crate::tls::setup::provider()
+                .cipher_suites
+                .iter()
+                .copied()
+                .find(|s| u16::from(s.suite()) == c.suite),
+            (None, Some(k)) => Kernel::negotiated_cipher_suite(k),
+            (None, None) => None,
+        }
+    }
+    fn update_tx_secret(&mut self) -> Result<(u64, Traffic), Error> {
+        match (&mut self.carried, &mut self.rustls) {
+            (Some(c), _) if c.params().tls13 => {
+                c.tx = c.next(&c.tx);
+                Ok((0, c.traffic(&c.tx)))
+            }
+            (None, Some(k)) => Kernel::update_tx_secret(k),
+            _ => Err(Error::General("no key update before TLS 1.3".into())),
+        }
+    }
+    fn update_rx_secret(&mut self) -> Result<(u64, Traffic), Error> {
+        match (&mut self.carried, &mut self.rustls) {
+            (Some(c), _) if c.params().tls13 => {
+                c.rx = c.next(&c.rx);
+                Ok((0, c.traffic(&c.rx)))
+            }
+            (None, Some(k)) => Kernel::update_rx_secret(k),
+            _ => Err(Error::General("no key update before TLS 1.3".into())),
+        }
+    }
+    fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
+        match &mut self.rustls {
+            Some(k) => Kernel::new_session_ticket(k, payload),
+            // A connection taken over from another process stores no ticket (its session
+            // cache stayed there); the ticket is only not kept.
+            None => Ok(()),
+        }
+    }
+}
+
+/// The bytes of the records' state that [`Records::import`] reads.
+pub const STATE_BYTES: usize = 2 + 2 * (1 + SECRET_MAX + 12 + 8) + 2;
+
+impl<D> Records<Keys<D>>
+where
+    KernelConnection<D>: Kernel,
+{
+    /// The records' state, to go with the connection to another process: `None` when its keys
+    /// are not carried, or it cannot go on elsewhere (the peer closed).
+    pub fn export(&self) -> Option<[u8; STATE_BYTES]> {
+        let c = self.kernel.carried.as_deref()?;
+        if self.peer_closed {
+            return None;
+        }
+        let mut out = [0u8; STATE_BYTES];
+        out[..2].copy_from_slice(&c.suite.to_le_bytes());
+        let mut at = 2;
+        for (s, seq) in [(&c.tx, self.tx.seq), (&c.rx, self.rx.seq)] {
+            out[at] = s.len;
+            out[at + 1..at + 1 + SECRET_MAX].copy_from_slice(&s.bytes);
+            at += 1 + SECRET_MAX;
+            out[at..at + 12].copy_from_slice(&s.iv);
+            out[at + 12..at + 20].copy_from_slice(&seq.to_le_bytes());
+            at += 20;
+        }
+        out[at] = u8::from(self.update_owed);
+        out[at + 1] = self.key_updates_left;
+        Some(out)
+    }
+
+    /// Records from what [`Records::export`] wrote in another process; every field checked.
+    pub fn import(b: &[u8]) -> Result<Records<Keys<D>>, String> {
+        let b: &[u8; STATE_BYTES] = b.try_into().map_err(|_| "a record state of a bad size")?;
+        let suite = u16::from_le_bytes([b[0], b[1]]);
+        let p = params(suite).ok_or_else(|| format!("cipher suite {suite:#06x} unknown"))?;
+        let mut at = 2;
+        let mut dirs = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let len = usize::from(b[at]);
+            let want = if p.tls13 {
+                hkdf::KeyType::len(&p.hash)
+            } else {
+                p.aead.key_len()
+            };
+            if len != want {
+                return Err("a secret of a bad length".into());
+            }
+            let s = Secret::new(&b[at + 1..at + 1 + len], &b[at + 1 + SECRET_MAX..][..12])
+                .ok_or("a bad secret")?;
+            at += 1 + SECRET_MAX + 12;
+            let seq = u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+            at += 8;
+            dirs.push((s, seq));
+        }
+        let (update_owed, left) = (b[at], b[at + 1]);
+        if update_owed > 1 || left > super::KEY_UPDATES_MAX || (update_owed == 1 && !p.tls13) {
+            return Err("a bad key update state".into());
+        }
+        let c = Carried {
+            suite,
+            tx: dirs[0].0,
+            rx: dirs[1].0,
+        };
+        let form = if p.tls13 {
+            super::Form::Tls13
+        } else if *p.aead == aead::CHACHA20_POLY1305 {
+            super::Form::Tls12ChaCha
+        } else {
+            super::Form::Tls12Gcm
+        };
+        let (tx, rx) = (c.traffic(&c.tx), c.traffic(&c.rx));
+        let bad = |e: Error| e.to_string();
+        Ok(Records {
+            form,
+            tx: super::Dir::new((dirs[0].1, tx)).map_err(bad)?,
+            rx: super::Dir::new((dirs[1].1, rx)).map_err(bad)?,
+            kernel: Keys {
+                rustls: None,
+                carried: Some(Box::new(c)),
+            },
+            peer_closed: false,
+            update_owed: update_owed == 1,
+            key_updates_left: left,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// RFC 8448 §3 (a simple 1-RTT handshake): the server's application traffic secret and
+    /// the write key and IV derived from it.
+    #[test]
+    fn the_key_schedule_meets_rfc_8448() {
+        let secret = hex(
+            "a1 1a f9 f0 55 31 f8 56 ad 47 11 6b 45 a9 50 32 82 04 b4 f4 4b fb 6b 3a 4b 4f 1f 3f cb 63 16 43",
+        );
+        let mut key = [0u8; 16];
+        let mut iv = [0u8; 12];
+        expand_label(hkdf::HKDF_SHA256, &secret, b"key", &mut key);
+        expand_label(hkdf::HKDF_SHA256, &secret, b"iv", &mut iv);
+        assert_eq!(
+            key.to_vec(),
+            hex("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")
+        );
+        assert_eq!(iv.to_vec(), hex("cf 78 2b 88 dd 83 54 9a ad f1 e9 84"));
+    }
+}
