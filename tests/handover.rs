@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -120,20 +120,61 @@ fn message_of(i: u32, seq: u64, len: usize) -> Vec<u8> {
 struct Talk {
     sent: u64,
     echoed: u64,
+    /// TLS key updates this client asked for (and saw answered: the echoes after them).
+    key_updates: u32,
     error: Option<String>,
+}
+
+/// How a talker reaches the proxy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Plain,
+    Tls13,
+    Tls12,
 }
 
 /// Client `i`: sends checksummed, numbered binary messages without waiting for their echoes
 /// (so some are always in flight), and checks every echo against what it sent, in order,
-/// until `stop`; then closes and expects the close handshake to complete.
-fn talker(i: u32, addr: SocketAddr, stop: Arc<AtomicBool>) -> Talk {
+/// until `stop`; then closes and expects the close handshake to complete. Over TLS 1.3 it
+/// moves to new keys, and asks the proxy to, each time `round` moves (after each upgrade).
+fn talker(
+    i: u32,
+    addr: SocketAddr,
+    kind: Kind,
+    stop: Arc<AtomicBool>,
+    round: Arc<AtomicUsize>,
+) -> Talk {
     let mut t = Talk::default();
-    let mut ws = ws_connect(addr, "/ws/");
+    let mut ws = match kind {
+        Kind::Plain => ws_connect(addr, "/ws/"),
+        Kind::Tls13 => ws_connect_mode(addr, "/ws/", Mode::Tls),
+        Kind::Tls12 => ws_connect_tls_with(addr, "/ws/", pki().client12.clone()),
+    };
+    if let Stream::Tls(s) = ws.get_ref() {
+        let want = if kind == Kind::Tls12 {
+            rustls::ProtocolVersion::TLSv1_2
+        } else {
+            rustls::ProtocolVersion::TLSv1_3
+        };
+        assert_eq!(s.conn.protocol_version(), Some(want));
+    }
     ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(5)))
+        .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
     let t0 = Instant::now();
+    let mut seen = round.load(Ordering::Relaxed);
     loop {
+        let now = round.load(Ordering::Relaxed);
+        if now != seen && kind == Kind::Tls13 {
+            seen = now;
+            if let Stream::Tls(s) = ws.get_mut()
+                && let Err(e) = s.conn.refresh_traffic_keys()
+            {
+                t.error = Some(format!("key update: {e}"));
+                return t;
+            }
+            t.key_updates += 1;
+        }
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping && t.sent < t.echoed + 8 {
             t.sent += 1;
@@ -208,34 +249,55 @@ fn metric(admin: SocketAddr, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// 200 tunnels chat with numbered, checksummed messages in both directions through three
-/// upgrades in a row: none is closed, no message is lost, duplicated, altered or reordered,
-/// and each new process says it took them all over (and counts them in `/metrics`).
+/// 1,000 tunnels — 500 `ws://`, 250 `wss://` over TLS 1.3 and 250 over TLS 1.2 — chat with
+/// numbered, checksummed messages in both directions through three upgrades in a row: none
+/// is closed, no message is lost, duplicated, altered or reordered, each TLS 1.3 client moves
+/// to new keys after each upgrade (asking the proxy to move too) and talks on, and each new
+/// process says it took them all over (and counts them in `/metrics`).
 #[test]
 fn tunnels_live_through_three_upgrades() {
     if !uring_ok() {
         return;
     }
-    let mut rig = rig("handover-chat", "", "");
+    let tls_listen = free_addr();
+    let second = format!(
+        "\n[[server]]\nlisten = [\"{tls_listen}\"]\n{}\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n",
+        tls_line()
+    );
+    let mut rig = rig_full("handover-chat", &second, "", "", &[]);
+    wait_port(tls_listen, &mut rig.proxy);
     let stop = Arc::new(AtomicBool::new(false));
-    let n = 200;
+    let round = Arc::new(AtomicUsize::new(0));
+    let n = 1000;
+    let kind = |i: u32| match i % 4 {
+        0 | 2 => Kind::Plain,
+        1 => Kind::Tls13,
+        _ => Kind::Tls12,
+    };
     let talkers: Vec<_> = (0..n)
         .map(|i| {
-            let (addr, stop) = (rig.listen, stop.clone());
+            let (stop, round) = (stop.clone(), round.clone());
+            let addr = if kind(i) == Kind::Plain {
+                rig.listen
+            } else {
+                tls_listen
+            };
             std::thread::Builder::new()
                 .stack_size(256 << 10)
-                .spawn(move || talker(i, addr, stop))
+                .spawn(move || talker(i, addr, kind(i), stop, round))
                 .unwrap()
         })
         .collect();
-    wait_active(rig.admin, n as u64);
+    wait_active_within(rig.admin, n as u64, 60);
     std::thread::sleep(Duration::from_millis(300));
-    for round in 1..=3 {
-        rig.upgrade(round, &[]);
+    for r in 1..=3 {
+        rig.upgrade(r, &[]);
+        round.store(r, Ordering::Relaxed);
+        let round = r;
         rig.proxy
             .wait_log(&format!("took over {n} tunnel(s) from pid"), 10);
         // The new process serves the tunnels: it counts them, and they go on.
-        wait_active(rig.admin, n as u64);
+        wait_active_within(rig.admin, n as u64, 30);
         assert_eq!(
             metric(rig.admin, "ringway_tunnels_taken_over_total"),
             n as u64,
@@ -261,6 +323,14 @@ fn tunnels_live_through_three_upgrades() {
         talks.iter().all(|t| t.echoed > 20),
         "every tunnel carried messages across the upgrades ({echoed} in all)"
     );
+    for (i, t) in talks.iter().enumerate() {
+        if kind(i as u32) == Kind::Tls13 {
+            assert_eq!(
+                t.key_updates, 3,
+                "talker {i}: a key update after each upgrade"
+            );
+        }
+    }
     // Each tunnel's log line, at its end in the last process, counts what it carried in all
     // four processes.
     let log = rig.proxy.wait_log("msgs=", 10);

@@ -375,14 +375,39 @@ pub fn ws_connect_from(
     mode: Mode,
     from: Option<std::net::IpAddr>,
 ) -> Ws {
-    let stream = connect_from(addr, from, mode);
+    ws_over(connect_from(addr, from, mode), addr, path)
+}
+
+/// A WebSocket client over TLS with client configuration `config` (SNI `localhost`).
+pub fn ws_connect_tls_with(
+    addr: SocketAddr,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Ws {
+    let s = tcp_from(addr, None).unwrap();
+    let _ = s.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let c = rustls::ClientConnection::new(config, name).unwrap();
+    ws_over(
+        Stream::Tls(Box::new(rustls::StreamOwned::new(c, s))),
+        addr,
+        path,
+    )
+}
+
+/// The WebSocket handshake over `stream` (connected to `addr`), toward `path`.
+pub fn ws_over(stream: Stream, addr: SocketAddr, path: &str) -> Ws {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let cfg = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(64 << 20))
         .max_frame_size(Some(64 << 20));
-    let scheme = if mode == Mode::Tls { "wss" } else { "ws" };
+    let scheme = if matches!(stream, Stream::Tls(_)) {
+        "wss"
+    } else {
+        "ws"
+    };
     let (ws, resp) = tungstenite::client::client_with_config(
         format!("{scheme}://localhost:{}{path}", addr.port()),
         stream,
@@ -517,6 +542,8 @@ pub struct Pki {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client: std::sync::Arc<rustls::ClientConfig>,
+    /// The same, offering TLS 1.2 only.
+    pub client12: std::sync::Arc<rustls::ClientConfig>,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
@@ -570,19 +597,22 @@ pub fn pki() -> &'static Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
         let cert = params.signed_by(&key, &issuer).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
         let p = Pki {
             ca: dir.join("ca.pem"),
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
-            client: {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.der().clone()).unwrap();
-                std::sync::Arc::new(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(roots)
-                        .with_no_client_auth(),
-                )
-            },
+            client: std::sync::Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots.clone())
+                    .with_no_client_auth(),
+            ),
+            client12: std::sync::Arc::new(
+                rustls::ClientConfig::builder_with_protocol_versions(&[&rustls::version::TLS12])
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            ),
             dir,
             issuer,
         };
@@ -969,6 +999,11 @@ pub fn chatters(
 /// Wait until the proxy reports `n` active sessions (short connections of the test itself end
 /// within moments), failing after 5 s.
 pub fn wait_active(admin: SocketAddr, n: u64) {
+    wait_active_within(admin, n, 5)
+}
+
+/// The same, failing after `secs`.
+pub fn wait_active_within(admin: SocketAddr, n: u64, secs: u64) {
     let t = Instant::now();
     loop {
         let now = active(admin);
@@ -976,7 +1011,7 @@ pub fn wait_active(admin: SocketAddr, n: u64) {
             return;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < Duration::from_secs(secs),
             "{now} sessions active, expected {n}"
         );
         std::thread::sleep(Duration::from_millis(20));

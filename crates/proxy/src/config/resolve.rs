@@ -125,6 +125,9 @@ pub(super) fn resolve(cx: &Ctx<'_>, raw: raw::File) -> Result<Config, ConfigErro
         message_rows: Default::default(),
     };
     cfg.index_message_rows();
+    if cfg.runtime.upgrade_tunnels {
+        tls::carry_keys(&mut cfg);
+    }
     Ok(cfg)
 }
 

@@ -495,5 +495,24 @@ pub(super) fn upstream(
     })
 }
 
+/// A configuration that hands its tunnels over in a binary upgrade (`runtime.upgrade_tunnels`)
+/// keeps what a TLS connection's records need to go on in another process: every TLS
+/// configuration, toward clients and toward upstreams, gets the key log that catches a
+/// handshake's secrets for its own connection (`tls::records::Capture`; it writes nothing
+/// anywhere).
+pub(super) fn carry_keys(cfg: &mut super::Config) {
+    let capture = || -> Arc<dyn rustls::KeyLog> { Arc::new(crate::tls::records::Capture) };
+    for t in cfg.listener_tls.iter_mut().flatten() {
+        let mut c = (*t.config).clone();
+        c.key_log = capture();
+        t.config = Arc::new(c);
+    }
+    for t in cfg.upstreams.iter_mut().filter_map(|u| u.tls.as_mut()) {
+        let mut c = (*t.config).clone();
+        c.key_log = capture();
+        t.config = Arc::new(c);
+    }
+}
+
 /// Debian's bundle of the system's trusted CAs.
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";

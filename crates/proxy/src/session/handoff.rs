@@ -37,15 +37,15 @@ use crate::ws::FrameTracker;
 
 /// The description's version. A new process that speaks another one is handed no tunnel: the
 /// old process drains them as before.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The most a tunnel carries of what waits to be sent toward one side (a direction holds about
 /// four pool buffers); a tunnel with more stays and is drained.
 pub const UNSENT_MAX: usize = 256 * 1024;
 
-/// The largest description of one tunnel (its request text is at most 3 × 16 KiB, and what
-/// waits to be sent either way).
-pub const DESC_MAX: usize = 64 * 1024 + 2 * UNSENT_MAX;
+/// The largest description of one tunnel (its request text is at most 3 × 16 KiB, what waits
+/// to be sent either way, and each side's TLS state).
+pub const DESC_MAX: usize = 64 * 1024 + 2 * UNSENT_MAX + 2 * crate::tls::CARRIED_MAX;
 
 /// A tunnel on its way to the new process: its client and upstream sockets (open; whoever
 /// holds this closes them once they are sent, or if they cannot be) and its description.
@@ -96,10 +96,6 @@ impl Session {
         };
         if self.cx.role != Role::Connection || self.cx.links.more_ids().next().is_some() {
             return Err("http2");
-        }
-        let l = &self.cx.links;
-        if !l.down.is_plain() || !l.up.is_plain() {
-            return Err("tls");
         }
         quiet(t, self)
     }
@@ -242,6 +238,19 @@ impl Session {
                 });
             }
         }
+        // Each side's TLS state (client side, upstream side). A side whose TLS cannot be
+        // carried (`quiet` rules that out first) gets a marker the new process refuses.
+        for c in [&cx.links.down, &cx.links.up] {
+            match c.carry() {
+                Ok(None) => w.u8(0),
+                Ok(Some(b)) => {
+                    w.u8(1);
+                    w.u32(b.len() as u32);
+                    w.0.extend_from_slice(&b);
+                }
+                Err(_) => w.u8(u8::MAX),
+            }
+        }
         w.0
     }
 
@@ -318,8 +327,10 @@ impl Session {
             loc: cfg.location_id(si, li),
             msgs: d.msgs,
         };
+        let down = Transport::carried(fds[0], d.tls[0])?;
+        let up = Transport::carried(fds[1], d.tls[1])?;
         let mut s = Session::over(
-            Transport::plain(fds[0]),
+            down,
             d.client,
             listen,
             cfg.clone(),
@@ -327,7 +338,7 @@ impl Session {
             Phase::Tunnel(tunnel),
         );
         s.cx.proxy_header = false;
-        s.cx.links.up = Transport::plain(fds[1]);
+        s.cx.links.up = up;
         s.cx.last_down_ms = Stamp::new(now.saturating_sub(d.down_age));
         s.cx.last_up_ms = Stamp::new(now.saturating_sub(d.up_age));
         s.cx.served = d.served;
@@ -351,13 +362,16 @@ impl Session {
         Ok((s, d.unsent.map(<[u8]>::to_vec)))
     }
 
-    /// A tunnel just taken over (`adopt`) starts here: what waited to be sent goes first,
-    /// then it reads both sides like any tunnel.
+    /// A tunnel just taken over (`adopt`) starts here: what waited to be sent goes first, as
+    /// it is (on a TLS connection, records already sealed), then it reads both sides like any
+    /// tunnel.
     pub fn resume(&mut self, unsent: [Vec<u8>; 2], io: &mut impl Io, env: &mut Env<'_>) {
         for (bytes, id) in unsent.into_iter().zip([ConnId::CLIENT, ConnId::UPSTREAM]) {
             if !bytes.is_empty() {
                 let c = io.put(bytes);
-                self.cx.send_to(id, c, io);
+                let t = self.cx.links.get_mut(id);
+                crate::reactor::Conn::push(t, c);
+                t.kick(io, id);
             }
         }
         self.start(io, env);
@@ -389,6 +403,8 @@ struct Desc<'a> {
     ctl: Option<([u64; 2], [u64; 2], u64)>,
     /// What waits to be sent toward the client and toward the upstream.
     unsent: [&'a [u8]; 2],
+    /// The TLS state of the client's connection and of the upstream's, where they have TLS.
+    tls: [Option<&'a [u8]>; 2],
 }
 
 impl<'a> Desc<'a> {
@@ -430,6 +446,25 @@ impl<'a> Desc<'a> {
             }
             _ => return Err("a bad control marker".into()),
         };
+        let mut tls: [Option<&[u8]>; 2] = [None, None];
+        for (i, t) in tls.iter_mut().enumerate() {
+            *t = match r.u8()? {
+                0 => None,
+                1 => {
+                    let n = r.u32()? as usize;
+                    if n > crate::tls::CARRIED_MAX {
+                        return Err("a TLS state too large".into());
+                    }
+                    let b = r.take(n)?;
+                    // The client's side is ringway the server; the upstream's, the client.
+                    if b.first() != Some(&(i as u8)) {
+                        return Err("a TLS state of the wrong end".into());
+                    }
+                    Some(b)
+                }
+                _ => return Err("a TLS state that could not be carried".into()),
+            };
+        }
         let mut unsent: [&[u8]; 2] = [&[], &[]];
         for u in unsent.iter_mut() {
             let n = r.u32()? as usize;
@@ -463,6 +498,7 @@ impl<'a> Desc<'a> {
             part,
             ctl,
             unsent,
+            tls,
         })
     }
 }
@@ -474,6 +510,11 @@ fn quiet(t: &Tunnel, s: &Session) -> Result<(), &'static str> {
         // (A splice shows in the control, below: the socket's own flag is also the hold's.)
         if c.fd() < 0 || c.retiring() || c.eof() || c.shut() != Shut::Open {
             return Err("closing");
+        }
+        // TLS whose records' keys were not kept (`runtime.upgrade_tunnels` was off at its
+        // handshake), or that is not open for records both ways.
+        if !c.can_carry() {
+            return Err("tls");
         }
     }
     if t.frames.iter().any(FrameTracker::lost) {
@@ -573,34 +614,54 @@ impl<'a> R<'a> {
     }
 }
 
-/// A tunnel handed over that cannot be taken (`why`): each side gets the Close it would get
-/// from a drain — 1012 to the client, 1001 to the upstream — where its stream stands at a
-/// frame boundary (sent at once, without waiting: a socket at rest has room for six bytes),
-/// then both sockets close. A description that cannot be read at all says nothing of the
-/// boundaries: the sockets just close.
+/// A tunnel handed over that cannot be taken (`why`): each side is sent what waited for it,
+/// then the Close it would get from a drain — 1012 to the client, 1001 to the upstream — where
+/// its stream stands at a frame boundary, sealed in a record and followed by close_notify on a
+/// TLS connection (sent at once, without waiting: a socket at rest has room for a few bytes;
+/// what does not go whole is followed by nothing), then both sockets close. A description
+/// that cannot be read at all says nothing of the boundaries: the sockets just close.
 pub fn refuse(fds: [RawFd; 2], desc: &[u8], why: &str) {
     tracing::warn!("upgrade: a tunnel handed over is not taken ({why}): closing it");
-    if let Ok(Desc { frames, .. }) = Desc::parse(desc) {
+    if let Ok(d) = Desc::parse(desc) {
         // Toward the client goes what the upstream's stream carries, and the other way.
-        let closes = [
-            (fds[0], &frames[1], crate::ws::close_payload(1012, ""), None),
+        let sides = [
+            (0, &d.frames[1], crate::ws::close_payload(1012, ""), None),
             (
-                fds[1],
-                &frames[0],
+                1,
+                &d.frames[0],
                 crate::ws::close_payload(1001, ""),
                 // Masked as the tunnel masks its own frames (random keys, `mask_for`).
                 Some(super::tunnel::mask_for(fds[1] as u64)),
             ),
         ];
-        for (fd, t, payload, mask) in closes {
-            if t.at_boundary() && !t.lost() {
-                let f = crate::ws::frame(crate::ws::opcode::CLOSE, &payload, mask);
-                let _ = nix::sys::socket::send(
-                    fd,
-                    &f,
+        for (i, t, payload, mask) in sides {
+            let send = |bytes: &[u8]| {
+                let sent = nix::sys::socket::send(
+                    fds[i],
+                    bytes,
                     nix::sys::socket::MsgFlags::MSG_DONTWAIT
                         | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
                 );
+                sent == Ok(bytes.len())
+            };
+            if !d.unsent[i].is_empty() && !send(d.unsent[i]) {
+                continue;
+            }
+            let close = if t.at_boundary() && !t.lost() {
+                crate::ws::frame(crate::ws::opcode::CLOSE, &payload, mask)
+            } else {
+                Vec::new()
+            };
+            match d.tls[i] {
+                None if !close.is_empty() => {
+                    send(&close);
+                }
+                None => {}
+                Some(state) => {
+                    if let Some(sealed) = crate::tls::seal_carried(state, &close) {
+                        send(&sealed);
+                    }
+                }
             }
         }
     }
@@ -632,6 +693,33 @@ heartbeat = { interval = "20s", timeout = "5s" }
     /// A description as an old process writes it: a tunnel of `/ws/` on server `chat.example`
     /// to the second server, mid-frame toward the upstream, with bytes waiting both ways.
     fn written() -> Vec<u8> {
+        written_with([None, None])
+    }
+
+    /// A TLS state as `Tls::export` writes it, for end `end` (0: ringway the server): TLS 1.3
+    /// AES-128-GCM, a record received in part.
+    fn tls_state(end: u8) -> Vec<u8> {
+        let mut b = vec![end];
+        b.extend_from_slice(&0x1301u16.to_le_bytes());
+        for seq in [5u64, 9] {
+            b.push(32);
+            let mut secret = [0u8; 48];
+            secret[..32].fill(seq as u8);
+            b.extend_from_slice(&secret);
+            b.extend_from_slice(&[0; 12]);
+            b.extend_from_slice(&seq.to_le_bytes());
+        }
+        b.extend_from_slice(&[0, 32, 1]);
+        b.extend_from_slice(&12u16.to_le_bytes());
+        b.extend_from_slice(b"chat.example");
+        let partial = [23u8, 3, 3, 0, 40, 1, 2];
+        b.extend_from_slice(&(partial.len() as u32).to_le_bytes());
+        b.extend_from_slice(&partial);
+        b
+    }
+
+    /// As `written`, with these TLS states on the client's and the upstream's side.
+    fn written_with(tls: [Option<Vec<u8>>; 2]) -> Vec<u8> {
         let mut w = W(Vec::new());
         w.u32(VERSION);
         for s in [
@@ -674,6 +762,16 @@ heartbeat = { interval = "20s", timeout = "5s" }
             w.u64(tag);
         }
         w.u64(0);
+        for t in &tls {
+            match t {
+                None => w.u8(0),
+                Some(b) => {
+                    w.u8(1);
+                    w.u32(b.len() as u32);
+                    w.0.extend_from_slice(b);
+                }
+            }
+        }
         for u in [&b"to the client"[..], b"to the upstream"] {
             w.u32(u.len() as u32);
             w.0.extend_from_slice(u);
@@ -743,7 +841,7 @@ heartbeat = { interval = "20s", timeout = "5s" }
         assert!(e.contains("too much waiting"), "{e}");
         // Another version, or a location this configuration does not have: refused.
         let mut other = d.clone();
-        other[0] = 2;
+        other[0] = VERSION as u8 + 1;
         assert!(
             Session::adopt(&cfg, [-1, -1], &other, 1_000)
                 .unwrap_err()
@@ -755,5 +853,50 @@ heartbeat = { interval = "20s", timeout = "5s" }
                 .unwrap_err()
                 .contains("no location")
         );
+    }
+
+    #[test]
+    fn a_tls_tunnel_is_taken_over_and_written_again_the_same() {
+        let cfg = config();
+        let d = written_with([Some(tls_state(0)), Some(tls_state(1))]);
+        let (s, unsent) = Session::adopt(&cfg, [-1, -1], &d, 100_000).unwrap();
+        assert!(!s.cx.links.down.is_plain() && !s.cx.links.up.is_plain());
+        assert_eq!(
+            s.cx.links
+                .down
+                .tls_info()
+                .map(|i| (i.version, i.sni, i.resumed)),
+            Some((Some("TLSv1.3"), Some("chat.example"), true))
+        );
+        let mut again = s.describe(100_000);
+        for u in &unsent {
+            again.extend_from_slice(&(u.len() as u32).to_le_bytes());
+            again.extend_from_slice(u);
+        }
+        assert_eq!(
+            again, d,
+            "the records' state, cut record and name carried as they were"
+        );
+        // Each side's state must be of its own end.
+        let swapped = written_with([Some(tls_state(1)), None]);
+        assert!(
+            Session::adopt(&cfg, [-1, -1], &swapped, 1_000)
+                .unwrap_err()
+                .contains("wrong end")
+        );
+        // Every cut and 20,000 byte flips: refused or taken, never a panic.
+        for n in 0..d.len() {
+            assert!(Session::adopt(&cfg, [-1, -1], &d[..n], 1_000).is_err());
+        }
+        let mut rng = 0x2545f4914f6cdd1du64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut bad = d.clone();
+            let at = (rng % bad.len() as u64) as usize;
+            bad[at] ^= (rng >> 32) as u8 | 1;
+            let _ = Session::adopt(&cfg, [-1, -1], &bad, 1_000);
+        }
     }
 }

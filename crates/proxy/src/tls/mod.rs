@@ -100,6 +100,14 @@ engine!(
     64 * 1024 + 16 * 1024 + 1024
 );
 
+/// The longest server name a TLS state carries (a DNS name is at most 253 bytes).
+const SNI_MAX: usize = 255;
+
+/// The most [`Tls::export`] writes: which end, the records' state, how the handshake went, the
+/// server name, and a record received but not complete.
+pub const CARRIED_MAX: usize =
+    1 + records::STATE_BYTES + 1 + 2 + SNI_MAX + 4 + 5 + records::CIPHER_MAX;
+
 /// Who runs the records: rustls during the handshake, ringway once it is done.
 enum Stage<E: Engine> {
     Handshake(Box<E>),
@@ -205,7 +213,13 @@ where
             return None;
         }
         let state = r.export()?;
-        let sni = self.sni.as_deref().unwrap_or("").as_bytes();
+        // (A server name is a DNS name: at most 253 bytes; a longer one is not logged there.)
+        let sni = self
+            .sni
+            .as_deref()
+            .filter(|s| s.len() <= SNI_MAX)
+            .unwrap_or("")
+            .as_bytes();
         let mut out = Vec::with_capacity(1 + state.len() + 3 + sni.len() + 4 + self.partial.len());
         out.push(u8::from(E::CLIENT));
         out.extend_from_slice(&state);
@@ -232,7 +246,10 @@ where
         let (sni, b) = b
             .split_at_checked(usize::from(u16::from_le_bytes([n[0], n[1]])))
             .ok_or_else(cut)?;
-        let sni = std::str::from_utf8(sni).map_err(|_| "a server name not UTF-8")?;
+        let sni = std::str::from_utf8(sni)
+            .ok()
+            .filter(|s| s.len() <= SNI_MAX)
+            .ok_or("a bad server name")?;
         let (n, b) = b.split_at_checked(4).ok_or_else(cut)?;
         let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
         // What the records keep of a received record is less than one whole record.
@@ -729,6 +746,20 @@ where
             io.release(c);
         }
     }
+}
+
+/// What to send on a TLS connection handed over by another process and not taken: `plain`
+/// (may be empty) sealed under the records' state that [`Tls::export`] wrote in `carried`, then
+/// close_notify. `None` when the state cannot be read.
+pub fn seal_carried(carried: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
+    let state = carried.get(1..1 + records::STATE_BYTES)?;
+    let mut r = Records::<Keys<rustls::server::ServerConnectionData>>::import(state).ok()?;
+    let mut out = Vec::new();
+    if !plain.is_empty() {
+        r.seal(plain, &mut out).ok()?;
+    }
+    r.close_notify(&mut out).ok()?;
+    Some(out)
 }
 
 /// Negotiated TLS parameters, for the access log.

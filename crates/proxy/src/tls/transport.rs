@@ -189,6 +189,36 @@ impl Transport {
         self.conn_mut().reset_fd(-1);
     }
 
+    /// Whether the connection can go on in another process as it stands (a tunnel handed
+    /// over in a binary upgrade): plain TCP, or TLS whose records can be carried.
+    pub fn can_carry(&self) -> bool {
+        on_tls!(ref self, t, _c => t.carriable(), true)
+    }
+
+    /// What another process needs to go on with this connection besides its socket: `Ok(None)`
+    /// for plain TCP, the TLS state ([`Tls::export`]) otherwise; `Err` when it cannot be
+    /// carried.
+    pub fn carry(&self) -> Result<Option<Vec<u8>>, &'static str> {
+        on_tls!(ref self, t, _c => t.export().map(Some).ok_or("tls"), Ok(None))
+    }
+
+    /// A connection another process handed over: its socket, and what [`Transport::carry`]
+    /// wrote there (its TLS state, if any; which end ringway is comes with it).
+    pub fn carried(fd: RawFd, tls: Option<&[u8]>) -> Result<Transport, String> {
+        let tls = match tls {
+            None => None,
+            Some(b) => Some(Box::new(match b.first() {
+                Some(0) => Secure::Server(Tls::import(b)?),
+                Some(1) => Secure::Client(Tls::import(b)?),
+                _ => return Err("a bad TLS state".into()),
+            })),
+        };
+        Ok(Transport {
+            conn: Conn::new(fd),
+            tls,
+        })
+    }
+
     /// Close an idle connection that has nothing in flight (the keepalive pool's), a TLS one
     /// with close_notify first (see `Tls::farewell`).
     pub fn close_idle(mut self) {
