@@ -289,7 +289,7 @@ fn chromium_loads_a_page_over_h2_and_opens_its_websocket_on_the_same_connection(
 const UPGRADE_PAGE: &str = r#"<!doctype html>
 <html><head><title>ringway upgrade test</title></head><body><script>
 let sent = 0, ok = 0, bad = 0, closed = 0, mine = false;
-const ws = new WebSocket("ws://127.0.0.1:PROXY_PORT/ws/upgrade");
+const ws = new WebSocket("SCHEME://HOST:PROXY_PORT/ws/upgrade");
 ws.onopen = () => {
   const t = setInterval(() => { sent++; ws.send("m" + sent); }, 20);
   setTimeout(() => {
@@ -310,10 +310,26 @@ ws.onclose = () => { if (!mine) closed++; };
 /// process mid-conversation, and every message it sends comes back, in order, with no close.
 #[test]
 fn chromium_keeps_its_websocket_across_an_upgrade() {
-    if !runnable() {
-        return;
+    if runnable() {
+        keeps_its_websocket_across_an_upgrade(Mode::Plain);
     }
-    let dir = scratch("browser-upgrade");
+}
+
+/// The same over `wss://` (TLS 1.3): the TLS connection's records go on in the new process.
+#[test]
+fn chromium_keeps_its_wss_websocket_across_an_upgrade() {
+    if runnable() {
+        keeps_its_websocket_across_an_upgrade(Mode::Tls);
+    }
+}
+
+fn keeps_its_websocket_across_an_upgrade(mode: Mode) {
+    let tls = mode == Mode::Tls;
+    let dir = scratch(if tls {
+        "browser-upgrade-wss"
+    } else {
+        "browser-upgrade"
+    });
     let backends = vec![free_addr()];
     let _echo = echo(&backends, &dir);
     let (listen, admin) = (free_addr(), free_addr());
@@ -322,14 +338,17 @@ fn chromium_keeps_its_websocket_across_an_upgrade() {
         listen,
         &backends,
         "",
-        "",
+        &if tls { tls_line() } else { String::new() },
         &format!(
             "upgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
             sock.display()
         ),
     );
     let mut old = proxy(&cfg, listen, &dir);
-    let page = UPGRADE_PAGE.replace("PROXY_PORT", &listen.port().to_string());
+    let page = UPGRADE_PAGE
+        .replace("PROXY_PORT", &listen.port().to_string())
+        .replace("SCHEME", if tls { "wss" } else { "ws" })
+        .replace("HOST", if tls { "localhost" } else { "127.0.0.1" });
     let (web_addr, rx) = web_server(page);
     let mut chromium = chromium(&dir, &format!("http://{web_addr}/"));
     // Once the page's WebSocket is open and talking, upgrade.
@@ -369,5 +388,12 @@ fn chromium_keeps_its_websocket_across_an_upgrade() {
         "{result}"
     );
     // The tunnel ended in the new process, its line counting what it carried in both.
-    new.wait_log("\"GET /ws/upgrade\"", 10);
+    let log = new.wait_log("\"GET /ws/upgrade\"", 10);
+    if tls {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"GET /ws/upgrade\"") && l.contains("tls=TLSv1.3")),
+            "{log}"
+        );
+    }
 }
