@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How long a binary upgrade that keeps the tunnels takes, and the pause one tunnel sees.
 
-    python3 scripts/handover_bench.py [--tunnels 9000] [--rounds 3] [--probes 20]
+    python3 scripts/handover_bench.py [--tunnels 9000] [--rounds 3] [--probes 20] [--tls]
 
 Starts `ringway echo` and `ringway run` (release build, one config with runtime.upgrade_socket),
 opens --tunnels idle WebSocket tunnels through the proxy plus --probes tunnels that echo a
@@ -14,6 +14,10 @@ open, and echoing.
 
 One process holds about 9,900 proxied sessions under this machine's RLIMIT_NOFILE of 20,000,
 so one upgrade moves at most that many; the figures are also given per 10,000 tunnels, scaled.
+
+With --tls the proxy's listener has TLS (a self-signed ECDSA P-256 certificate made with
+`openssl`) and every tunnel is `wss://` (Python's ssl: TLS 1.3), so each one moves with its
+record state.
 """
 import argparse
 import base64
@@ -22,6 +26,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -56,10 +61,15 @@ def wait_port(port, proc, timeout=20):
     raise RuntimeError(f"port {port} never listened")
 
 
+TLS = None  # an ssl.SSLContext with --tls
+
+
 def upgrade(port, src="127.0.0.1"):
     s = socket.socket()
     s.bind((src, 0))
     s.connect(("127.0.0.1", port))
+    if TLS is not None:
+        s = TLS.wrap_socket(s, server_hostname="localhost")
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         f"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -148,8 +158,24 @@ def main():
     ap.add_argument("--tunnels", type=int, default=9000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=20)
+    ap.add_argument("--tls", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ringway-handover-")
+    tls_line = ""
+    if a.tls:
+        global TLS
+        cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost"],
+            check=True, capture_output=True,
+        )
+        TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        TLS.check_hostname = False
+        TLS.verify_mode = ssl.CERT_NONE
+        tls_line = f'tls = {{ cert = "{cert}", key = "{key}" }}\n'
+
     port, backend = free_port(), free_port()
     sock = os.path.join(work, "upgrade.sock")
     cfg = os.path.join(work, "ringway.toml")
@@ -166,7 +192,7 @@ name = "b"
 servers = [{{ addr = "127.0.0.1:{backend}" }}]
 [[server]]
 listen = ["127.0.0.1:{port}"]
-[[server.location]]
+{tls_line}[[server.location]]
 path = "/"
 upstream = "b"
 read_timeout = "600s"

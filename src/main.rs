@@ -51,8 +51,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// Binary upgrade: take the listening sockets over from the ringway serving the
-        /// configuration's runtime.upgrade_socket, and its plain ws:// tunnels with them
-        /// (runtime.upgrade_tunnels); it then drains what stays (TLS tunnels among them) and exits.
+        /// configuration's runtime.upgrade_socket, and its ws:// and wss:// tunnels with them
+        /// (runtime.upgrade_tunnels); it then drains what stays (HTTP/2 streams among them) and
+        /// exits.
         #[arg(long)]
         upgrade: bool,
     },

@@ -17,10 +17,17 @@
 //! limit_conn slot taken again and its heartbeats, filters and lifetime as the location has
 //! them; then its receives are armed like any tunnel's.
 //!
-//! What version 1 does not cover, so such a tunnel is not handed over but gets the drain's
-//! Close as before: TLS on either side (its record state), an HTTP/2 stream, a tunnel that is
-//! closing (a Close frame or a FIN went by) or that splices, whose filter holds a frame back,
-//! or that waits to put a frame of the proxy's own into a stream.
+//! **TLS** (version 2): a TLS side's records go on in the new process with the same keys and
+//! sequence numbers (`Transport::carry`, `tls/records/carried.rs`): what waits to be sent is
+//! records already sealed and goes as it is; a record received in part goes with the tunnel and
+//! is completed by the bytes still in the socket; TLS 1.3 key updates after the move are
+//! derived by ringway's own key schedule. A connection keeps what this needs only when its
+//! handshake ran under `runtime.upgrade_tunnels`.
+//!
+//! What version 2 does not cover, so such a tunnel is not handed over but gets the drain's
+//! Close as before: TLS whose keys were not kept, an HTTP/2 stream, a tunnel that is closing (a
+//! Close frame, a FIN or a close_notify went by) or that splices, whose filter holds a frame
+//! back, or that waits to put a frame of the proxy's own into a stream.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
