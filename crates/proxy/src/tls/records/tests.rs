@@ -479,9 +479,9 @@ fn carried_records_go_on_in_another_process() {
         let (_, plain) = pair_with(version, Some(suite));
         assert!(!plain.kernel().carried(), "nothing caught, nothing carried");
         assert!(plain.export().is_none());
-        let mut talk = |client: &mut rustls::ClientConnection,
-                        server: &mut Records<Keys<rustls::server::ServerConnectionData>>,
-                        tag: u8| {
+        let talk = |client: &mut rustls::ClientConnection,
+                    server: &mut Records<Keys<rustls::server::ServerConnectionData>>,
+                    tag: u8| {
             client.writer().write_all(&[tag; 3000]).unwrap();
             let mut wire = to_server(client);
             let (n, used) = server
