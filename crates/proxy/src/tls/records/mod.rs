@@ -85,7 +85,8 @@ impl Traffic {
         Traffic::new(alg, key.as_ref(), iv.as_ref())
     }
 
-    /// Whether `self` and `other` are the same keys.
+    /// Whether `self` and `other` are the same keys (tests).
+    #[cfg(test)]
     pub fn same(&self, other: &Traffic) -> bool {
         self.alg == other.alg
             && self.key[..usize::from(self.key_len)] == other.key[..usize::from(other.key_len)]

@@ -39,6 +39,21 @@ fn pair_capturing(
     rustls::ClientConnection,
     Records<Keys<rustls::server::ServerConnectionData>>,
 ) {
+    let (client, server, captured) = handshake(version, suite, capture);
+    (client, server.into_records(captured.as_deref()).unwrap())
+}
+
+/// The handshake of `pair_capturing`, the server's records not taken over yet: the client, the
+/// server, and what its key log caught.
+fn handshake(
+    version: &'static rustls::SupportedProtocolVersion,
+    suite: Option<rustls::SupportedCipherSuite>,
+    capture: bool,
+) -> (
+    rustls::ClientConnection,
+    UnbufferedServerConnection,
+    Option<Box<Captured>>,
+) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
         .unwrap()
@@ -99,7 +114,7 @@ fn pair_capturing(
     }
     assert!(pending.is_empty());
     assert_eq!(captured.is_some(), capture);
-    (client, server.into_records(captured.as_deref()).unwrap())
+    (client, server, captured)
 }
 
 fn to_server(client: &mut rustls::ClientConnection) -> Vec<u8> {
@@ -531,5 +546,35 @@ fn carried_records_go_on_in_another_process() {
                 Records::<Keys<rustls::server::ServerConnectionData>>::import(&state[..n]).is_err()
             );
         }
+    }
+}
+
+/// The secrets the key log catches derive exactly the keys rustls hands over, for every suite
+/// (the handshake does not check it: see `Carried::of`).
+#[test]
+fn caught_secrets_derive_the_keys_rustls_derives() {
+    for (version, suite) in every_suite() {
+        let (_client, server, captured) = handshake(version, Some(suite), true);
+        let (secrets, kernel) = server.dangerous_into_kernel_connection().unwrap();
+        let c = carried::Carried::of(
+            captured.as_deref().unwrap(),
+            &secrets,
+            kernel.protocol_version(),
+            kernel.negotiated_cipher_suite(),
+            false,
+        )
+        .expect("carried");
+        assert!(c.agrees(&secrets), "{suite:?}");
+        // The other end's view (ringway the client) swaps them: they do not agree.
+        let swapped = carried::Carried::of(
+            captured.as_deref().unwrap(),
+            &secrets,
+            kernel.protocol_version(),
+            kernel.negotiated_cipher_suite(),
+            true,
+        )
+        .expect("carried");
+        let tls13 = matches!(suite, rustls::SupportedCipherSuite::Tls13(_));
+        assert_eq!(swapped.agrees(&secrets), !tls13, "{suite:?}");
     }
 }
