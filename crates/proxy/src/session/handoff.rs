@@ -713,7 +713,10 @@ heartbeat = { interval = "20s", timeout = "5s" }
             let mut secret = [0u8; 48];
             secret[..32].fill(seq as u8);
             b.extend_from_slice(&secret);
-            b.extend_from_slice(&[0; 12]);
+            let mut key = [0u8; 32];
+            key[..16].fill(seq as u8 + 1);
+            b.extend_from_slice(&key);
+            b.extend_from_slice(&[seq as u8 + 2; 12]);
             b.extend_from_slice(&seq.to_le_bytes());
         }
         b.extend_from_slice(&[0, 32, 1]);

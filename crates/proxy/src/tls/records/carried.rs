@@ -55,8 +55,8 @@ impl rustls::KeyLog for Capture {
             let mut s = s.borrow_mut();
             let Some(c) = s.as_mut() else { return };
             match label {
-                "CLIENT_TRAFFIC_SECRET_0" => c.client = Secret::new(secret, &[0; 12]),
-                "SERVER_TRAFFIC_SECRET_0" => c.server = Secret::new(secret, &[0; 12]),
+                "CLIENT_TRAFFIC_SECRET_0" => c.client = Secret::new(secret),
+                "SERVER_TRAFFIC_SECRET_0" => c.server = Secret::new(secret),
                 "CLIENT_RANDOM" => c.tls12 = true,
                 _ => {}
             }
@@ -77,31 +77,72 @@ pub fn capturing<R>(slot: &mut Option<Box<Captured>>, f: impl FnOnce() -> R) -> 
     r
 }
 
-/// A traffic secret (TLS 1.3) or a key and IV (TLS 1.2).
+/// A traffic secret as the key log gives it.
 #[derive(Clone, Copy, Debug)]
 struct Secret {
     len: u8,
     bytes: [u8; SECRET_MAX],
-    iv: [u8; 12],
 }
 
 impl Secret {
-    fn new(bytes: &[u8], iv: &[u8]) -> Option<Secret> {
-        if bytes.len() > SECRET_MAX || iv.len() != 12 {
+    fn new(bytes: &[u8]) -> Option<Secret> {
+        if bytes.len() > SECRET_MAX {
             return None;
         }
         let mut s = Secret {
             len: bytes.len() as u8,
             bytes: [0; SECRET_MAX],
-            iv: [0; 12],
         };
         s.bytes[..bytes.len()].copy_from_slice(bytes);
-        s.iv.copy_from_slice(iv);
         Some(s)
     }
 
     fn get(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// One direction, carried: its key and IV as the records use them, and (TLS 1.3) the traffic
+/// secret they were derived from, for the next key update. The key is kept beside its secret
+/// so that a connection taken over needs no key derivation (four HKDF expansions, ~55,000
+/// instructions per connection, made the new process the bottleneck of a hand-over).
+#[derive(Clone, Copy, Debug)]
+struct Side {
+    secret: Secret,
+    key: [u8; 32],
+    iv: [u8; 12],
+}
+
+impl Side {
+    /// `secret` (empty for TLS 1.2) and the keys rustls handed over, if they fit `aead`.
+    fn new(
+        secret: Secret,
+        theirs: &rustls::ConnectionTrafficSecrets,
+        aead: &'static aead::Algorithm,
+    ) -> Option<Side> {
+        let (key, iv): (&[u8], &[u8]) = match theirs {
+            rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+            | rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+            | rustls::ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (key.as_ref(), iv.as_ref())
+            }
+            _ => return None,
+        };
+        Side::of(secret, key, iv, aead)
+    }
+
+    fn of(secret: Secret, key: &[u8], iv: &[u8], aead: &'static aead::Algorithm) -> Option<Side> {
+        if key.len() != aead.key_len() || iv.len() != 12 {
+            return None;
+        }
+        let mut s = Side {
+            secret,
+            key: [0; 32],
+            iv: [0; 12],
+        };
+        s.key[..key.len()].copy_from_slice(key);
+        s.iv.copy_from_slice(iv);
+        Some(s)
     }
 }
 
@@ -148,8 +189,8 @@ fn expand_label(hash: hkdf::Algorithm, secret: &[u8], label: &[u8], out: &mut [u
 #[derive(Clone, Debug)]
 pub struct Carried {
     suite: u16,
-    tx: Secret,
-    rx: Secret,
+    tx: Side,
+    rx: Side,
 }
 
 impl Carried {
@@ -157,36 +198,38 @@ impl Carried {
         params(self.suite).expect("checked when made")
     }
 
-    /// The keys of `s`: derived from its traffic secret (TLS 1.3), or themselves (1.2).
-    fn traffic(&self, s: &Secret) -> Traffic {
+    /// The keys of `s`, for the records.
+    fn traffic(&self, s: &Side) -> Traffic {
         let p = self.params();
-        if !p.tls13 {
-            return Traffic::new(p.aead, s.get(), &s.iv).expect("checked when made");
-        }
-        let mut key = [0u8; 32];
-        let key = &mut key[..p.aead.key_len()];
-        let mut iv = [0u8; 12];
-        expand_label(p.hash, s.get(), b"key", key);
-        expand_label(p.hash, s.get(), b"iv", &mut iv);
-        Traffic::new(p.aead, key, &iv).expect("sized for the suite")
+        Traffic::new(p.aead, &s.key[..p.aead.key_len()], &s.iv).expect("checked when made")
     }
 
-    /// The next traffic secret after `s` (RFC 8446 §7.2).
-    fn next(&self, s: &Secret) -> Secret {
+    /// The key and IV a TLS 1.3 traffic secret derives (RFC 8446 §7.3).
+    fn derive(&self, secret: Secret) -> Side {
         let p = self.params();
-        let mut n = *s;
+        let mut key = [0u8; 32];
+        let mut iv = [0u8; 12];
+        expand_label(p.hash, secret.get(), b"key", &mut key[..p.aead.key_len()]);
+        expand_label(p.hash, secret.get(), b"iv", &mut iv);
+        Side { secret, key, iv }
+    }
+
+    /// The next traffic secret after `s`, and its keys (RFC 8446 §7.2).
+    fn next(&self, s: &Side) -> Side {
+        let p = self.params();
+        let mut n = s.secret;
         expand_label(
             p.hash,
-            s.get(),
+            s.secret.get(),
             b"traffic upd",
-            &mut n.bytes[..usize::from(s.len)],
+            &mut n.bytes[..usize::from(s.secret.len)],
         );
-        n
+        self.derive(n)
     }
 
     /// The carried keys of a connection whose handshake just ended (`client`: ringway is the
-    /// client), from what was `captured` and what rustls handed over; `None` when they do not
-    /// agree, or nothing was captured.
+    /// client), from what was `captured` and what rustls handed over; `None` when nothing was
+    /// captured, or what was does not fit the suite.
     pub(super) fn of(
         captured: &Captured,
         secrets: &ExtractedSecrets,
@@ -196,54 +239,46 @@ impl Carried {
     ) -> Option<Carried> {
         let id = u16::from(suite.suite());
         let p = params(id)?;
-        let c = match version {
+        let (tx, rx) = match version {
             ProtocolVersion::TLSv1_3 if p.tls13 => {
                 let (tx, rx) = if client {
                     (captured.client?, captured.server?)
                 } else {
                     (captured.server?, captured.client?)
                 };
-                if usize::from(tx.len) != hkdf::KeyType::len(&p.hash)
-                    || usize::from(rx.len) != hkdf::KeyType::len(&p.hash)
-                {
+                let hash = hkdf::KeyType::len(&p.hash);
+                if usize::from(tx.len) != hash || usize::from(rx.len) != hash {
                     return None;
                 }
-                Carried { suite: id, tx, rx }
+                (tx, rx)
             }
             ProtocolVersion::TLSv1_2 if !p.tls13 && captured.tls12 => {
-                let raw = |s: &rustls::ConnectionTrafficSecrets| -> Option<Secret> {
-                    let (key, iv): (&[u8], &[u8]) = match s {
-                        rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-                        | rustls::ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-                        | rustls::ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-                            (key.as_ref(), iv.as_ref())
-                        }
-                        _ => return None,
-                    };
-                    Secret::new(key, iv)
-                };
-                Carried {
-                    suite: id,
-                    tx: raw(&secrets.tx.1)?,
-                    rx: raw(&secrets.rx.1)?,
-                }
+                let none = Secret::new(&[]).expect("empty");
+                (none, none)
             }
             _ => return None,
         };
-        // A TLS 1.2 key must fit the suite's AEAD (`traffic` relies on it). That TLS 1.3's
-        // secrets derive the keys rustls derived is not checked here: four HKDF expansions
-        // cost 4 % of a full handshake's instructions, and the secrets come from this
-        // connection's own handshake by construction (`capturing`); the records tests check the
-        // derivation against rustls's for every suite (`Carried::agrees`).
-        let fits = |s: &Secret| p.tls13 || Traffic::new(p.aead, s.get(), &s.iv).is_ok();
-        (fits(&c.tx) && fits(&c.rx)).then_some(c)
+        // That TLS 1.3's secrets derive the keys rustls handed over is not checked here: four
+        // HKDF expansions cost 4 % of a full handshake's instructions, and the secrets come
+        // from this connection's own handshake by construction (`capturing`); the records
+        // tests hold the derivation to rustls's for every suite (`Carried::agrees`).
+        Some(Carried {
+            suite: id,
+            tx: Side::new(tx, &secrets.tx.1, p.aead)?,
+            rx: Side::new(rx, &secrets.rx.1, p.aead)?,
+        })
     }
 
-    /// Whether these carried keys derive the keys rustls handed over (tests).
+    /// Whether the secrets carried derive the keys rustls handed over (tests).
     #[cfg(test)]
     pub(super) fn agrees(&self, secrets: &ExtractedSecrets) -> bool {
-        let agree = |s: &Secret, theirs: &rustls::ConnectionTrafficSecrets| {
-            Traffic::of(theirs).is_ok_and(|t| t.same(&self.traffic(s)))
+        let agree = |s: &Side, theirs: &rustls::ConnectionTrafficSecrets| {
+            let derived = if self.params().tls13 {
+                self.derive(s.secret)
+            } else {
+                *s
+            };
+            Traffic::of(theirs).is_ok_and(|t| t.same(&self.traffic(&derived)))
         };
         agree(&self.tx, &secrets.tx.1) && agree(&self.rx, &secrets.rx.1)
     }
@@ -339,8 +374,10 @@ where
     }
 }
 
-/// The bytes of the records' state that [`Records::import`] reads.
-pub const STATE_BYTES: usize = 2 + 2 * (1 + SECRET_MAX + 12 + 8) + 2;
+/// The bytes of the records' state that [`Records::import`] reads: the suite; each
+/// direction's secret (its length, then 48 bytes), key (32), IV (12) and sequence number; a key
+/// update owed, and KeyUpdates still accepted.
+pub const STATE_BYTES: usize = 2 + 2 * (1 + SECRET_MAX + 32 + 12 + 8) + 2;
 
 impl<D> Records<Keys<D>>
 where
@@ -357,12 +394,12 @@ where
         out[..2].copy_from_slice(&c.suite.to_le_bytes());
         let mut at = 2;
         for (s, seq) in [(&c.tx, self.tx.seq), (&c.rx, self.rx.seq)] {
-            out[at] = s.len;
-            out[at + 1..at + 1 + SECRET_MAX].copy_from_slice(&s.bytes);
-            at += 1 + SECRET_MAX;
-            out[at..at + 12].copy_from_slice(&s.iv);
-            out[at + 12..at + 20].copy_from_slice(&seq.to_le_bytes());
-            at += 20;
+            out[at] = s.secret.len;
+            at += 1;
+            for part in [&s.secret.bytes[..], &s.key, &s.iv, &seq.to_le_bytes()] {
+                out[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
         }
         out[at] = u8::from(self.update_owed);
         out[at + 1] = self.key_updates_left;
@@ -374,24 +411,28 @@ where
         let b: &[u8; STATE_BYTES] = b.try_into().map_err(|_| "a record state of a bad size")?;
         let suite = u16::from_le_bytes([b[0], b[1]]);
         let p = params(suite).ok_or_else(|| format!("cipher suite {suite:#06x} unknown"))?;
+        let want = if p.tls13 {
+            hkdf::KeyType::len(&p.hash)
+        } else {
+            0
+        };
         let mut at = 2;
         let mut dirs = Vec::with_capacity(2);
         for _ in 0..2 {
             let len = usize::from(b[at]);
-            let want = if p.tls13 {
-                hkdf::KeyType::len(&p.hash)
-            } else {
-                p.aead.key_len()
-            };
+            at += 1;
             if len != want {
                 return Err("a secret of a bad length".into());
             }
-            let s = Secret::new(&b[at + 1..at + 1 + len], &b[at + 1 + SECRET_MAX..][..12])
-                .ok_or("a bad secret")?;
-            at += 1 + SECRET_MAX + 12;
+            let secret = Secret::new(&b[at..at + len]).ok_or("a bad secret")?;
+            at += SECRET_MAX;
+            let key = &b[at..at + p.aead.key_len()];
+            at += 32;
+            let side = Side::of(secret, key, &b[at..at + 12], p.aead).ok_or("a bad key")?;
+            at += 12;
             let seq = u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
             at += 8;
-            dirs.push((s, seq));
+            dirs.push((side, seq));
         }
         let (update_owed, left) = (b[at], b[at + 1]);
         if update_owed > 1 || left > super::KEY_UPDATES_MAX || (update_owed == 1 && !p.tls13) {
