@@ -288,7 +288,8 @@ impl Carried {
 /// and key updates when nothing is carried), carried secrets (key updates, hand-over), or
 /// both. At least one is there.
 pub struct Keys<D> {
-    rustls: Option<KernelConnection<D>>,
+    /// Boxed: 560 bytes inline, which a server end that carries its keys does without.
+    rustls: Option<Box<KernelConnection<D>>>,
     carried: Option<Box<Carried>>,
 }
 
@@ -310,7 +311,7 @@ where
             Carried::of(c, secrets, Kernel::protocol_version(&kernel), suite, client)
         });
         Keys {
-            rustls: (client || carried.is_none()).then_some(kernel),
+            rustls: (client || carried.is_none()).then(|| Box::new(kernel)),
             carried: carried.map(Box::new),
         }
     }
@@ -329,7 +330,7 @@ where
         match (&self.carried, &self.rustls) {
             (Some(c), _) if c.params().tls13 => ProtocolVersion::TLSv1_3,
             (Some(_), _) => ProtocolVersion::TLSv1_2,
-            (None, Some(k)) => Kernel::protocol_version(k),
+            (None, Some(k)) => Kernel::protocol_version(&**k),
             (None, None) => ProtocolVersion::Unknown(0),
         }
     }
@@ -340,7 +341,7 @@ where
                 .iter()
                 .copied()
                 .find(|s| u16::from(s.suite()) == c.suite),
-            (None, Some(k)) => Kernel::negotiated_cipher_suite(k),
+            (None, Some(k)) => Kernel::negotiated_cipher_suite(&**k),
             (None, None) => None,
         }
     }
@@ -350,7 +351,7 @@ where
                 c.tx = c.next(&c.tx);
                 Ok((0, c.traffic(&c.tx)))
             }
-            (None, Some(k)) => Kernel::update_tx_secret(k),
+            (None, Some(k)) => Kernel::update_tx_secret(&mut **k),
             _ => Err(Error::General("no key update before TLS 1.3".into())),
         }
     }
@@ -360,13 +361,13 @@ where
                 c.rx = c.next(&c.rx);
                 Ok((0, c.traffic(&c.rx)))
             }
-            (None, Some(k)) => Kernel::update_rx_secret(k),
+            (None, Some(k)) => Kernel::update_rx_secret(&mut **k),
             _ => Err(Error::General("no key update before TLS 1.3".into())),
         }
     }
     fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
         match &mut self.rustls {
-            Some(k) => Kernel::new_session_ticket(k, payload),
+            Some(k) => Kernel::new_session_ticket(&mut **k, payload),
             // A connection taken over from another process stores no ticket (its session
             // cache stayed there); the ticket is only not kept.
             None => Ok(()),
