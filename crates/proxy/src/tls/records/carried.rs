@@ -320,6 +320,12 @@ where
     pub fn carried(&self) -> bool {
         self.carried.is_some()
     }
+
+    /// Whether rustls's post-handshake state is kept (tests).
+    #[cfg(test)]
+    pub(super) fn holds_rustls(&self) -> bool {
+        self.rustls.is_some()
+    }
 }
 
 impl<D> Kernel for Keys<D>

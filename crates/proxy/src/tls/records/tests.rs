@@ -491,8 +491,16 @@ fn carried_records_go_on_in_another_process() {
         let tls13 = matches!(suite, rustls::SupportedCipherSuite::Tls13(_));
         let (mut client, mut server) = pair_capturing(version, Some(suite), true);
         assert!(server.kernel().carried(), "{suite:?}");
+        // A server end that carries its keys needs nothing of rustls (its 560 bytes stay
+        // out of every connection); one that does not keeps it, boxed.
+        assert!(!server.kernel().holds_rustls());
         let (_, plain) = pair_with(version, Some(suite));
         assert!(!plain.kernel().carried(), "nothing caught, nothing carried");
+        assert!(plain.kernel().holds_rustls());
+        assert!(
+            std::mem::size_of::<Records<Keys<rustls::server::ServerConnectionData>>>() <= 128,
+            "rustls's state is boxed, not in every connection's records"
+        );
         assert!(plain.export().is_none());
         let talk = |client: &mut rustls::ClientConnection,
                     server: &mut Records<Keys<rustls::server::ServerConnectionData>>,
