@@ -781,3 +781,63 @@ fn ws_frame_masked(fin: bool, op: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> 
     f.extend(payload.iter().enumerate().map(|(k, b)| b ^ mask[k % 4]));
     f
 }
+
+/// A `wss://` tunnel the new process cannot take (its configuration has no such location):
+/// its client gets the drain's Close 1012 from the new process, sealed under the tunnel's own
+/// TLS records, and then close_notify: the client's TLS reads both, and sees a clean end.
+#[test]
+fn a_wss_tunnel_the_new_process_cannot_take_gets_its_close_over_tls() {
+    if !uring_ok() {
+        return;
+    }
+    let mut rig = rig("handover-refused-tls", &tls_line(), "");
+    let mut c = ws_connect_mode(rig.listen, "/ws/", Mode::Tls);
+    c.send(Message::text("x")).unwrap();
+    assert!(matches!(c.read().unwrap(), Message::Text(_)));
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    std::fs::write(&rig.cfg, text.replace("path = \"/\"", "path = \"/api/\"")).unwrap();
+    rig.upgrade(1, &[]);
+    rig.proxy.wait_log("is not taken (no location", 10);
+    expect_drain_close(&mut c);
+    // After the Close, the TLS stream ends with close_notify (a truncated stream would be an
+    // error here, not the end).
+    let Stream::Tls(t) = c.get_mut() else {
+        unreachable!("a TLS stream")
+    };
+    let mut rest = Vec::new();
+    let n = t.read_to_end(&mut rest);
+    assert!(n.is_ok(), "the TLS stream ended with close_notify: {n:?}");
+}
+
+/// A TLS connection whose handshake ran while `runtime.upgrade_tunnels` was off kept no record
+/// keys: when a later upgrade (with it on) takes the tunnels, that one stays in the old process
+/// and gets the drain's Close, and the old process says why.
+#[test]
+fn a_tls_tunnel_made_without_kept_keys_stays_and_is_drained() {
+    if !uring_ok() {
+        return;
+    }
+    let mut rig = rig(
+        "handover-tls-unkept",
+        &tls_line(),
+        "upgrade_tunnels = false",
+    );
+    let mut c = ws_connect_mode(rig.listen, "/ws/", Mode::Tls);
+    c.send(Message::text("x")).unwrap();
+    assert!(matches!(c.read().unwrap(), Message::Text(_)));
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    std::fs::write(
+        &rig.cfg,
+        text.replace("upgrade_tunnels = false", "upgrade_tunnels = true"),
+    )
+    .unwrap();
+    let old_log = rig.proxy.log.clone();
+    rig.upgrade(1, &[]);
+    expect_drain_close(&mut c);
+    let text = std::fs::read_to_string(old_log).unwrap();
+    assert!(
+        text.contains("handed 0 tunnel(s)")
+            && text.contains("1 stay here and get the drain's Close (tls 1)"),
+        "{text}"
+    );
+}
