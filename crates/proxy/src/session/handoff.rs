@@ -536,7 +536,7 @@ fn quiet(t: &Tunnel, s: &Session) -> Result<(), &'static str> {
         && (k.want != [Inject::None; 2]
             || k.gathering != [false; 2]
             || k.closed != [false; 2]
-            || k.closed_ms != 0
+            || k.close_by != 0
             || k.splice.iter().any(Option::is_some)
             || k.paused.iter().any(Option::is_some)
             || k.judged != [false; 2])

@@ -29,8 +29,10 @@ pub(super) struct Control {
     pub pong: Option<Box<[Vec<u8>; 2]>>,
     /// A Close of ours went toward a side (nothing more goes to it).
     pub closed: [bool; 2],
-    /// When the Close toward the client went out (0: not yet).
-    pub closed_ms: u64,
+    /// When the tunnel ends if its peers have not both closed by then: `CLOSE_WAIT_MS` after a
+    /// Close of ours went toward the client, sooner after a policy refused a frame (0: no
+    /// close under way).
+    pub close_by: u64,
     /// The client's Close reply has passed up: the close handshake is complete.
     pub replied: bool,
     /// The location's policy at frame boundaries (`filter.rs`), if any: while there is one,

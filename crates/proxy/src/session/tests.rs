@@ -1705,8 +1705,34 @@ fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
             4,
             "seed {seed}: shown every frame up to the refused one"
         );
-        // Both sides were shut once their Closes went out: the session has ended by itself.
+        // Both sides were shut once their Closes went out. The offender is still read (what
+        // it sends is dropped: closing it with bytes unread would reset it, and the reset
+        // would take its Close with it) until it closes, or `LINGER_MS` at most.
         sim.run(true);
+        assert_eq!(sim.s.stage(), Stage::Tunnel, "seed {seed}: lingering");
+        assert!(
+            sim.io.recv_armed[idx(Side::Down)],
+            "seed {seed}: the offender read"
+        );
+        let up_before = sim.io.wire[idx(Side::Up)].len();
+        sim.deliver(
+            Side::Down,
+            &ws::frame(opcode::TEXT, b"still talking", Some([1, 2, 3, 4])),
+        );
+        sim.run(true);
+        assert_eq!(
+            sim.io.wire[idx(Side::Up)].len(),
+            up_before,
+            "seed {seed}: dropped"
+        );
+        if seed % 2 == 0 {
+            sim.eof(Side::Down);
+            sim.run(true);
+        } else {
+            let at = sim.io.now + super::LINGER_MS;
+            sim.timer(at);
+            sim.run(true);
+        }
         sim.assert_clean();
         assert_eq!(
             sim.io.logs,

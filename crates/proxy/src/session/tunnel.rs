@@ -116,9 +116,9 @@ impl Control {
     /// The earliest time a heartbeat or the Close wait needs attention (`u64::MAX`: never).
     /// `last`: when each side last sent something.
     pub(super) fn due(&self, last: [u64; 2]) -> u64 {
-        let close = match self.closed_ms {
+        let close = match self.close_by {
             0 => u64::MAX,
-            t => t + CLOSE_WAIT_MS,
+            t => t,
         };
         (0..2)
             .filter_map(|j| self.beat(j, last))
@@ -168,8 +168,8 @@ impl Control {
         if op == opcode::CLOSE {
             self.closed[j] = true;
             self.sent[j] = code;
-            if toward == Side::Down {
-                self.closed_ms = now.max(1);
+            if toward == Side::Down && self.close_by == 0 {
+                self.close_by = now + CLOSE_WAIT_MS;
             }
         }
         let mask = (toward == Side::Up).then(|| mask_for(now ^ u64::from(op) << 56));
@@ -464,7 +464,7 @@ impl Protocol for Tunnel {
             self.drain_close(cx, io);
             return Step::Continue;
         }
-        if k.closed_ms != 0 && now >= k.closed_ms + CLOSE_WAIT_MS {
+        if k.close_by != 0 && now >= k.close_by {
             return Step::Close(if k.replied {
                 End::Drained
             } else {
@@ -734,14 +734,17 @@ impl Tunnel {
             cx.links.half_close(side, io);
         }
         let k = self.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
-        if k.closed_ms == 0 {
-            k.closed_ms = io.now_ms().max(1);
+        if k.close_by == 0 {
+            k.close_by = io.now_ms() + CLOSE_WAIT_MS;
         }
     }
 
     /// A filter refused a frame from `offender` (the other side's Close is on its way): the
     /// offender gets a Close with `code` where its stream stands at a frame boundary now, and
-    /// the tunnel ends once that is flushed.
+    /// the tunnel ends once both peers have closed (within `LINGER_MS`). The offender is
+    /// still read meanwhile, and what it sends dropped (nginx's lingering close): a socket
+    /// closed with bytes unread sends a reset, and the kernel then discards what it had not
+    /// yet sent of ours, the Close among it. The other side is not read again.
     fn refused<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
@@ -754,9 +757,12 @@ impl Tunnel {
         tracing::debug!("{}: {end} ({reason})", cx.client);
         cx.end_with(end);
         self.inject(cx, offender.peer(), Inject::Close(code, reason), false, io);
-        cx.links.down.mark_eof();
-        cx.links.up.mark_eof();
+        cx.links.get_mut(offender.peer()).mark_eof();
         self.shut_both(cx, io);
+        // (An offender that does not close is not waited for long: nginx's lingering close.)
+        if let Some(k) = self.ctl.as_deref_mut() {
+            k.close_by = k.close_by.min(io.now_ms() + super::LINGER_MS);
+        }
     }
 
     /// `silent` did not answer a ping within `heartbeat.timeout`: both sides get a Close 1001

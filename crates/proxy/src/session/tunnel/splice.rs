@@ -62,7 +62,7 @@ impl Control {
             && !self.gathering.iter().any(|g| *g)
             && self.pong.is_none()
             && self.closed == [false; 2]
-            && self.closed_ms == 0
+            && self.close_by == 0
             && self.filter.is_none()
             && !self.splices()
     }
