@@ -67,12 +67,16 @@ impl rustls::KeyLog for Capture {
 /// Run `f` (a call into rustls's handshake) with what [`Capture`] logs meanwhile going to
 /// `slot`. Nothing is kept when nothing was logged.
 pub fn capturing<R>(slot: &mut Option<Box<Captured>>, f: impl FnOnce() -> R) -> R {
-    let before = slot.take().map(|b| *b).unwrap_or_default();
+    let before = slot.as_deref().cloned().unwrap_or_default();
     SINK.with(|s| *s.borrow_mut() = Some(before));
     let r = f();
     let got = SINK.with(|s| s.borrow_mut().take()).unwrap_or_default();
     if got.client.is_some() || got.server.is_some() || got.tls12 {
-        *slot = Some(Box::new(got));
+        // (One allocation per handshake, kept until the records take the secrets.)
+        match slot {
+            Some(b) => **b = got,
+            None => *slot = Some(Box::new(got)),
+        }
     }
     r
 }
@@ -328,6 +332,26 @@ where
     }
 }
 
+impl<D> Keys<D>
+where
+    KernelConnection<D>: Kernel,
+{
+    /// The next keys of one direction (`tx`: ours) after a key update: from the carried
+    /// secret when there is one (TLS 1.3), else rustls's.
+    fn update(&mut self, tx: bool) -> Result<(u64, Traffic), Error> {
+        match (&mut self.carried, &mut self.rustls) {
+            (Some(c), _) if c.params().tls13 => {
+                let next = c.next(if tx { &c.tx } else { &c.rx });
+                *(if tx { &mut c.tx } else { &mut c.rx }) = next;
+                Ok((0, c.traffic(&next)))
+            }
+            (None, Some(k)) if tx => Kernel::update_tx_secret(&mut **k),
+            (None, Some(k)) => Kernel::update_rx_secret(&mut **k),
+            _ => Err(Error::General("no key update before TLS 1.3".into())),
+        }
+    }
+}
+
 impl<D> Kernel for Keys<D>
 where
     KernelConnection<D>: Kernel,
@@ -352,24 +376,10 @@ where
         }
     }
     fn update_tx_secret(&mut self) -> Result<(u64, Traffic), Error> {
-        match (&mut self.carried, &mut self.rustls) {
-            (Some(c), _) if c.params().tls13 => {
-                c.tx = c.next(&c.tx);
-                Ok((0, c.traffic(&c.tx)))
-            }
-            (None, Some(k)) => Kernel::update_tx_secret(&mut **k),
-            _ => Err(Error::General("no key update before TLS 1.3".into())),
-        }
+        self.update(true)
     }
     fn update_rx_secret(&mut self) -> Result<(u64, Traffic), Error> {
-        match (&mut self.carried, &mut self.rustls) {
-            (Some(c), _) if c.params().tls13 => {
-                c.rx = c.next(&c.rx);
-                Ok((0, c.traffic(&c.rx)))
-            }
-            (None, Some(k)) => Kernel::update_rx_secret(&mut **k),
-            _ => Err(Error::General("no key update before TLS 1.3".into())),
-        }
+        self.update(false)
     }
     fn new_session_ticket(&mut self, payload: &[u8]) -> Result<(), Error> {
         match &mut self.rustls {
