@@ -21,5 +21,6 @@ pub mod tuning;
 pub mod upstream;
 #[allow(unsafe_code)]
 pub mod uring;
+pub mod wire;
 pub mod worker;
 pub mod ws;

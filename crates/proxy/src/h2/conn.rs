@@ -696,6 +696,7 @@ fn dependency(p: &[u8]) -> u32 {
 }
 
 mod blocks;
+mod carry;
 mod control;
 mod send;
 

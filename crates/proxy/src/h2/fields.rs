@@ -76,6 +76,19 @@ impl Fields {
         }
     }
 
+    /// The decoder's table, for a binary upgrade (`Decoder::export`).
+    pub fn export(&self, w: &mut crate::wire::W) {
+        self.decoder.export(w);
+    }
+
+    /// Fields with a carried decoder table (`Decoder::import`).
+    pub fn import(max_list: usize, r: &mut crate::wire::R<'_>) -> Result<Fields, String> {
+        Ok(Fields {
+            decoder: Decoder::import(TABLE_SIZE, r)?,
+            max_list,
+        })
+    }
+
     /// Decodes a request's header block. `connect_protocol`: whether this side announced
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`. On `Refusal::TooLarge` or `Malformed` the decoder's
     /// state is still in step with the peer's (the whole block was decoded).

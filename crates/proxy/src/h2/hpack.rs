@@ -161,6 +161,37 @@ impl Decoder {
         Ok(())
     }
 
+    /// The dynamic table, for the process that takes the connection over (a binary upgrade):
+    /// the size the peer set, then each entry, oldest first.
+    pub fn export(&self, w: &mut crate::wire::W) {
+        w.u32(self.max as u32);
+        w.u32(self.table.len() as u32);
+        for (n, v) in self.table.iter().rev() {
+            w.bytes(n);
+            w.bytes(v);
+        }
+    }
+
+    /// A decoder with what [`Decoder::export`] wrote, under this side's `limit`; an entry
+    /// list that would not fit the table as the peer set it is refused.
+    pub fn import(limit: usize, r: &mut crate::wire::R<'_>) -> Result<Decoder, String> {
+        let max = r.u32()? as usize;
+        if max > limit {
+            return Err("an HPACK table larger than allowed".into());
+        }
+        let mut d = Decoder::new(limit);
+        d.max = max;
+        let n = r.u32()? as usize;
+        for _ in 0..n {
+            let (name, value) = (r.bytes(max)?, r.bytes(max)?);
+            if d.size + name.len() + value.len() + 32 > max {
+                return Err("HPACK entries past the table's size".into());
+            }
+            d.insert(name, value);
+        }
+        Ok(d)
+    }
+
     fn entry(&self, i: usize) -> Result<(&[u8], &[u8]), Error> {
         match i {
             0 => Err(Error("index 0")),

@@ -40,6 +40,7 @@ use super::{Env, Io, Next, Phase, Recv, Session, Shut, Transport};
 use crate::config::Config;
 use crate::uring::ConnId;
 use crate::uring::timer::Stamp;
+use crate::wire::{R, W};
 use crate::ws::FrameTracker;
 
 /// The description's version. A new process that speaks another one is handed no tunnel: the
@@ -570,56 +571,6 @@ fn find_place(cfg: &Config, names: &str, path: &str) -> Option<(usize, usize)> {
         let li = s.locations.iter().position(|l| l.path == path)?;
         Some((si, li))
     })
-}
-
-/// A description being written: little-endian numbers, strings with a 32-bit length.
-struct W(Vec<u8>);
-
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn str(&mut self, s: &str) {
-        self.u32(s.len() as u32);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-}
-
-/// A description being read; every read is checked (it crossed a process boundary).
-struct R<'a>(&'a [u8]);
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.0.len() < n {
-            return Err("the description is cut short".into());
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn str(&mut self) -> Result<&'a str, String> {
-        let n = self.u32()? as usize;
-        std::str::from_utf8(self.take(n)?).map_err(|_| "a string that is not UTF-8".into())
-    }
 }
 
 /// A tunnel handed over that cannot be taken (`why`): each side is sent what waited for it,

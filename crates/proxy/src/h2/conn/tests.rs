@@ -661,4 +661,5 @@ fn random_frames_never_panic() {
     }
 }
 
+mod carry;
 mod streams;
