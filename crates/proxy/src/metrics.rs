@@ -151,6 +151,11 @@ impl Http2Metrics {
         bump(&self.active, 1);
     }
 
+    /// A connection came from the process this one took over from.
+    pub fn taken(&self) {
+        bump(&self.active, 1);
+    }
+
     pub fn closed(&self) {
         self.active
             .store(get(&self.active).saturating_sub(1), Ordering::Relaxed);

@@ -85,6 +85,9 @@ struct Core {
     drain_queue: std::collections::VecDeque<Farewell>,
     /// Tunnels on their way to the process that takes over (an upgrade that keeps them).
     handing: Option<handoff::Handing>,
+    /// The inner sessions of HTTP/2 streams, by slot: their generation and the descriptor of
+    /// the HTTP/2 connection's end of their socket pair (an upgrade hands them over with it).
+    stream_peers: std::collections::HashMap<u32, (u32, RawFd)>,
 }
 
 /// One listening socket of this worker.
@@ -178,6 +181,7 @@ impl Worker {
                 close_now: false,
                 drain_queue: Default::default(),
                 handing: None,
+                stream_peers: Default::default(),
                 spec,
             },
         })
@@ -459,6 +463,7 @@ impl Core {
         match s.role() {
             // An HTTP/2 stream's inner session: its end is counted, it is not a connection.
             Role::Stream => {
+                self.stream_peers.remove(&slot);
                 m.count_end(end);
                 m.h2.stream_sessions.fetch_sub(1, Ordering::Relaxed);
                 return;
@@ -518,11 +523,13 @@ impl Core {
                 continue;
             }
             let now = r.now_ms();
-            let (key, _) = r.slots.insert(|_, _| Slot {
+            let peer = i.peer;
+            let (key, generation) = r.slots.insert(|_, _| Slot {
                 session: Session::inner(i, now),
                 timer_at: 0,
                 accepted_ms: now,
             });
+            self.stream_peers.insert(key, (generation, peer));
             let h2 = &self.spec.metrics.h2;
             h2.stream_sessions.fetch_add(1, Ordering::Relaxed);
             self.with_session(r, key, |s, io, env| {

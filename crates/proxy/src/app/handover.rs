@@ -6,12 +6,16 @@
 //! old process that reads the same version answers `draining PID tunnels V\n` and sends the
 //! tunnels its workers hand it, in batches; one that does not (another version, or a ringway
 //! from before this) answers `draining PID\n` and drains its tunnels with the Close 1012 as
-//! before. A batch is a 16-byte header — `RWT1`, the number of tunnels (0: the last batch),
-//! the length of what follows, 0 — sent with the tunnels' descriptors (two each, client then
-//! upstream, SCM_RIGHTS), then each tunnel's description behind its 32-bit length.
+//! before. A batch is a 16-byte header — `RWT2`, the number of tunnels (0: the last batch),
+//! the length of what follows, the number of descriptors — sent with the tunnels'
+//! descriptors (SCM_RIGHTS: a tunnel's client then upstream; an HTTP/2 connection's client,
+//! its streams' socket pairs, then the sockets of each stream's tunnel that goes with it),
+//! then for each: its descriptors' count, its description behind its 32-bit length, and the
+//! streams that go with it (their count, then each one's place among the pairs, descriptors'
+//! count and description).
 //!
-//! Bounds: at most [`BATCH`] tunnels (64 descriptors) and [`DESC_MAX`] bytes of description
-//! each per batch; the old process ends the stream once no tunnel came from its workers for
+//! Bounds: at most [`BATCH`] tunnels, [`FDS_MAX`] descriptors and [`DESC_MAX`] bytes of
+//! description each per batch; the old process ends the stream once no tunnel came from its workers for
 //! `HANDOFF_WAIT` plus [`SEND_WAIT`]; the new one waits at most [`SEND_WAIT`] between batches. A tunnel the
 //! new process cannot take gets its Close there (`session::refuse_handed`); a batch the
 //! new process does not take (it died) is closed the same way by the old one.
@@ -32,11 +36,14 @@ use crate::session::{DESC_MAX, Departure, HANDOFF_VERSION, Handed, refuse_handed
 
 /// Tunnels per batch.
 pub const BATCH: usize = 32;
+/// Descriptors per batch (the kernel takes at most 253 in one message); an HTTP/2 connection
+/// with its streams goes in one batch, so it holds at most this many.
+pub const FDS_MAX: usize = 250;
 /// How long either side waits on the other while tunnels move.
 pub const SEND_WAIT: Duration = Duration::from_secs(5);
 /// How long a batch may wait for more tunnels before it goes.
 const GATHER: Duration = Duration::from_millis(5);
-const MAGIC: &[u8; 4] = b"RWT1";
+const MAGIC: &[u8; 4] = b"RWT2";
 
 /// The version this process reads (`RINGWAY_HANDOVER_VERSION` overrides it: a test's stand-in
 /// for a binary with another description format).
@@ -91,7 +98,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
             }
         } else {
             for t in batch.drain(..) {
-                for fd in t.fds {
+                for fd in t.all_fds() {
                     let _ = nix::unistd::close(fd);
                 }
             }
@@ -114,6 +121,10 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
         match from.recv_timeout(wait) {
             Ok(Departure::Tunnel(t)) => {
                 until = Instant::now() + patience;
+                let fds = |b: &[Handed]| b.iter().map(|t| t.all_fds().count()).sum::<usize>();
+                if fds(&batch) + t.all_fds().count() > FDS_MAX {
+                    flush(&mut batch, &mut broken);
+                }
                 batch.push(t);
                 if batch.len() >= BATCH {
                     flush(&mut batch, &mut broken);
@@ -164,6 +175,7 @@ fn send_header(conn: &UnixStream, n: usize, len: usize, fds: &[RawFd]) -> anyhow
     h[..4].copy_from_slice(MAGIC);
     h[4..8].copy_from_slice(&(n as u32).to_le_bytes());
     h[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&(fds.len() as u32).to_le_bytes());
     let iov = [IoSlice::new(&h)];
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
@@ -175,13 +187,24 @@ fn send_header(conn: &UnixStream, n: usize, len: usize, fds: &[RawFd]) -> anyhow
     Ok(())
 }
 
+/// One tunnel's part of a batch's body: its descriptors' count and description.
+fn put_one(body: &mut Vec<u8>, t: &Handed) {
+    body.extend_from_slice(&(t.fds.len() as u32).to_le_bytes());
+    body.extend_from_slice(&(t.desc.len() as u32).to_le_bytes());
+    body.extend_from_slice(&t.desc);
+}
+
 fn send_batch(conn: &UnixStream, batch: &[Handed]) -> anyhow::Result<()> {
     use std::io::Write;
-    let fds: Vec<RawFd> = batch.iter().flat_map(|t| t.fds).collect();
+    let fds: Vec<RawFd> = batch.iter().flat_map(Handed::all_fds).collect();
     let mut body = Vec::new();
     for t in batch {
-        body.extend_from_slice(&(t.desc.len() as u32).to_le_bytes());
-        body.extend_from_slice(&t.desc);
+        put_one(&mut body, t);
+        body.extend_from_slice(&(t.streams.len() as u32).to_le_bytes());
+        for (i, s) in &t.streams {
+            body.extend_from_slice(&i.to_le_bytes());
+            put_one(&mut body, s);
+        }
     }
     send_header(conn, batch.len(), body.len(), &fds)?;
     (&*conn)
@@ -189,13 +212,21 @@ fn send_batch(conn: &UnixStream, batch: &[Handed]) -> anyhow::Result<()> {
         .context("sending a batch's descriptions")
 }
 
+/// What the new process took in: tunnels (an HTTP/2 stream's among them), and HTTP/2
+/// connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    pub tunnels: u64,
+    pub http2: u64,
+}
+
 /// The new process's side: take the tunnels the old one sends on `conn`, spread over the
-/// workers' `inboxes` in turn. Returns how many were taken in; each worker decides on its own
-/// (`Msg::Adopt`).
-pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<u64> {
+/// workers' `inboxes` in turn (an HTTP/2 connection with its streams to one worker). Returns
+/// how many were taken in; each worker decides on its own (`Msg::Adopt`).
+pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<Received> {
     conn.set_read_timeout(Some(SEND_WAIT))?;
     let mut next = 0usize;
-    let mut total = 0u64;
+    let mut total = Received::default();
     loop {
         let (n, len, fds) = receive_header(&conn)?;
         if n == 0 {
@@ -211,26 +242,25 @@ pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<u
             }
             bail!("reading a batch's descriptions: {e}");
         }
-        let mut rest = &body[..];
-        let mut tunnels = Vec::with_capacity(n);
-        for pair in fds.chunks(2) {
-            let desc = take_desc(&mut rest);
-            let fds = [pair[0], pair[1]];
-            match desc {
-                Some(d) => tunnels.push(Handed {
-                    fds,
-                    desc: d.to_vec(),
-                }),
-                None => refuse_handed(
-                    Handed {
-                        fds,
-                        desc: Vec::new(),
-                    },
-                    "a batch cut short",
-                ),
+        let tunnels = match take_batch(&body, n, &fds) {
+            Some(t) => t,
+            None => {
+                // Nothing of it can be trusted: its sockets close.
+                for fd in fds {
+                    let _ = nix::unistd::close(fd);
+                }
+                tracing::warn!("upgrade: a batch of tunnels that does not add up: closed");
+                continue;
+            }
+        };
+        for t in &tunnels {
+            if !crate::session::describes_http2(&t.desc) {
+                total.tunnels += 1;
+            } else {
+                total.http2 += 1;
+                total.tunnels += t.streams.len() as u64;
             }
         }
-        total += tunnels.len() as u64;
         // Round robin, a batch's tunnels spread one by one.
         let mut per: Vec<Vec<Handed>> = (0..inboxes.len()).map(|_| Vec::new()).collect();
         for t in tunnels {
@@ -246,27 +276,49 @@ pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<u
     }
 }
 
-fn take_desc<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
-    if rest.len() < 4 {
-        return None;
+/// A batch's `n` tunnels from its body, each with its share of `fds`; None when the body and
+/// the descriptors do not add up (every count is checked against what is left).
+fn take_batch(body: &[u8], n: usize, fds: &[RawFd]) -> Option<Vec<Handed>> {
+    let mut r = crate::wire::R(body);
+    let mut fds = fds;
+    let mut one = |r: &mut crate::wire::R<'_>| -> Option<Handed> {
+        let k = r.u32().ok()? as usize;
+        let desc = r.bytes(DESC_MAX).ok()?;
+        if k > fds.len() {
+            return None;
+        }
+        let (mine, rest) = fds.split_at(k);
+        fds = rest;
+        Some(Handed {
+            fds: mine.to_vec(),
+            desc: desc.to_vec(),
+            streams: Vec::new(),
+        })
+    };
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut t = one(&mut r)?;
+        let m = r.u32().ok()? as usize;
+        if m > FDS_MAX {
+            return None;
+        }
+        for _ in 0..m {
+            let i = r.u32().ok()?;
+            t.streams.push((i, one(&mut r)?));
+        }
+        out.push(t);
     }
-    let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-    if n > DESC_MAX || rest.len() < 4 + n {
-        return None;
-    }
-    let d = &rest[4..4 + n];
-    *rest = &rest[4 + n..];
-    Some(d)
+    (r.done() && fds.is_empty()).then_some(out)
 }
 
-/// A batch's header and its descriptors (checked: a count of tunnels within [`BATCH`], two
-/// descriptors each, a length within bounds).
+/// A batch's header and its descriptors (checked: a count of tunnels within [`BATCH`], the
+/// descriptors announced, a length within bounds).
 fn receive_header(conn: &UnixStream) -> anyhow::Result<(usize, usize, Vec<RawFd>)> {
     let mut h = [0u8; 16];
     let mut fds = Vec::new();
     let got = {
         let mut iov = [IoSliceMut::new(&mut h)];
-        let mut space = nix::cmsg_space!([RawFd; 2 * BATCH]);
+        let mut space = nix::cmsg_space!([RawFd; FDS_MAX]);
         let msg = recvmsg::<()>(
             conn.as_raw_fd(),
             &mut iov,
@@ -292,7 +344,8 @@ fn receive_header(conn: &UnixStream) -> anyhow::Result<(usize, usize, Vec<RawFd>
     }
     let n = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) as usize;
     let len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) as usize;
-    if n > BATCH || len > BATCH * (DESC_MAX + 4) || fds.len() != 2 * n {
+    let nfds = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes")) as usize;
+    if n > BATCH || len > BATCH * (DESC_MAX + 4) + FDS_MAX * 16 || fds.len() != nfds {
         return Err(bad(&fds, "out of bounds"));
     }
     Ok((n, len, fds))
@@ -326,7 +379,18 @@ mod tests {
         // Two tunnels announced, one descriptor sent: refused, and the one that came is closed.
         let (a, b) = UnixStream::pair().unwrap();
         let (x, mut y) = UnixStream::pair().unwrap();
-        send_header(&a, 2, 0, &[x.as_raw_fd()]).unwrap();
+        let mut h = header(2, 0);
+        h[12..16].copy_from_slice(&2u32.to_le_bytes());
+        let fd = [x.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fd)];
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&h)],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
         assert!(receive(b, std::slice::from_ref(&inbox)).is_err());
         // With our own copy gone too, the other end sees the socket closed.
         drop(x);
@@ -345,6 +409,73 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_connection_goes_whole_with_its_streams_and_a_batch_that_does_not_add_up_is_closed()
+    {
+        // One HTTP/2 connection with two stream pairs, one stream's tunnel going with it.
+        let socks: Vec<(UnixStream, UnixStream)> =
+            (0..5).map(|_| UnixStream::pair().unwrap()).collect();
+        let fd = |i: usize| socks[i].0.as_raw_fd();
+        let t = Handed {
+            fds: vec![fd(0), fd(1), fd(2)],
+            desc: {
+                let mut d = crate::session::HANDOFF_VERSION.to_le_bytes().to_vec();
+                d.push(2);
+                d
+            },
+            streams: vec![(
+                1,
+                Handed {
+                    fds: vec![fd(3), fd(4)],
+                    desc: b"stream".to_vec(),
+                    streams: Vec::new(),
+                },
+            )],
+        };
+        let inbox = Inbox::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        send_batch(&a, std::slice::from_ref(&t)).unwrap();
+        send_header(&a, 0, 0, &[]).unwrap();
+        assert_eq!(
+            receive(b, std::slice::from_ref(&inbox)).unwrap(),
+            Received {
+                tunnels: 1,
+                http2: 1
+            }
+        );
+        let got = inbox.take_adopted();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].fds.len(), 3);
+        assert!(crate::session::describes_http2(&got[0].desc));
+        assert_eq!(got[0].streams.len(), 1);
+        let (place, s) = &got[0].streams[0];
+        assert_eq!((*place, s.fds.len(), &s.desc[..]), (1, 2, &b"stream"[..]));
+        // The descriptors arrive in order: the stream's first is socket 3's.
+        (&socks[3].1).write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        let n = nix::sys::socket::recv(s.fds[0], &mut one, MsgFlags::empty()).unwrap();
+        assert_eq!(&one[..n], b"x");
+        for t in got {
+            for fd in t.all_fds() {
+                let _ = nix::unistd::close(fd);
+            }
+        }
+        // A body whose counts do not add up to the descriptors sent: all of them closed.
+        let mut body = Vec::new();
+        put_one(
+            &mut body,
+            &Handed {
+                fds: vec![0; 3],
+                desc: Vec::new(),
+                streams: Vec::new(),
+            },
+        );
+        body.extend_from_slice(&0u32.to_le_bytes());
+        assert!(take_batch(&body, 1, &[fd(0), fd(1)]).is_none());
+        assert!(take_batch(&body, 1, &[fd(0), fd(1), fd(2)]).is_some());
+        assert!(take_batch(&body, 2, &[fd(0), fd(1), fd(2)]).is_none());
+    }
+
+    #[test]
     fn the_last_batch_ends_the_stream_and_a_cut_description_gets_refused() {
         let inbox = Inbox::new().unwrap();
         let (a, b) = UnixStream::pair().unwrap();
@@ -356,7 +487,10 @@ mod tests {
         send_header(&a, 1, body.len(), &[x.as_raw_fd(), y.as_raw_fd()]).unwrap();
         (&a).write_all(&body).unwrap();
         send_header(&a, 0, 0, &[]).unwrap();
-        assert_eq!(receive(b, std::slice::from_ref(&inbox)).unwrap(), 0);
+        assert_eq!(
+            receive(b, std::slice::from_ref(&inbox)).unwrap(),
+            Received::default()
+        );
         assert!(inbox.take_adopted().is_empty());
         drop(x);
         xe.set_read_timeout(Some(std::time::Duration::from_secs(5)))

@@ -208,7 +208,14 @@ impl Handover {
             let spawned = std::thread::Builder::new()
                 .name("ringway-takeover".into())
                 .spawn(move || match super::handover::receive(conn, &inboxes) {
-                    Ok(n) => tracing::info!("upgrade: took over {n} tunnel(s) from pid {pid}"),
+                    Ok(n) if n.http2 == 0 => {
+                        tracing::info!("upgrade: took over {} tunnel(s) from pid {pid}", n.tunnels)
+                    }
+                    Ok(n) => tracing::info!(
+                        "upgrade: took over {} tunnel(s) from pid {pid} ({} HTTP/2 connection(s) with them)",
+                        n.tunnels,
+                        n.http2
+                    ),
                     Err(e) => tracing::error!(
                         "upgrade: taking tunnels over from pid {pid} stopped: {e:#}; those it \
                          still held stay there and get its drain's Close"

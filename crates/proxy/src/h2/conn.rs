@@ -231,6 +231,11 @@ impl Connection {
         }
     }
 
+    /// What this side announces.
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
     /// The largest header block (HEADERS and its CONTINUATIONs) this side gathers.
     pub fn max_block(&self) -> usize {
         self.settings.max_header_list as usize + 16_384

@@ -112,6 +112,9 @@ impl Kit {
 #[derive(Debug)]
 pub struct Inner {
     pub fd: RawFd,
+    /// The other end of its socket pair, the HTTP/2 connection's (what ties the two together
+    /// when a binary upgrade hands them over).
+    pub peer: RawFd,
     pub client: SocketAddr,
     pub listen: Listen,
     pub cfg: Arc<Config>,

@@ -23,6 +23,7 @@ use crate::http::{self, BodyKind, BodyTracker, HeadError};
 use crate::uring::{Chunk, ConnId};
 
 mod events;
+mod handoff;
 mod translate;
 
 use events::Events;
@@ -55,6 +56,9 @@ pub(super) struct H2 {
     idle_links: Vec<ConnId>,
     /// The links `wants` reads (a bit per connection id), set as each event settles.
     readable: [u64; 4],
+    /// Being handed to the process that takes over (a binary upgrade): the drain does not
+    /// tell the client to go.
+    holding: bool,
 }
 
 impl std::fmt::Debug for H2 {
@@ -136,6 +140,7 @@ impl H2 {
             taken: 0,
             idle_links: Vec::new(),
             readable: [0; 4],
+            holding: false,
             key_seed: now ^ (u64::from(cx.client.addr().port()) << 32) ^ 0x9e37_79b9_7f4a_7c15,
         }
     }
@@ -588,7 +593,7 @@ impl Protocol for H2 {
             i += 1;
         }
         self.send_held(cx, io);
-        if env.draining || self.taken >= cx.listen().keepalive_requests {
+        if (env.draining && !self.holding) || self.taken >= cx.listen().keepalive_requests {
             self.conn.goaway(Code::NoError);
         }
         if self.streams.is_empty() && self.conn.finished() {
@@ -620,6 +625,14 @@ impl Protocol for H2 {
         self.conn.goaway(Code::NoError);
         self.flush(cx, io);
         Step::Continue
+    }
+
+    fn carrier(&self) -> Option<&dyn crate::session::handoff::Carrier> {
+        Some(self)
+    }
+
+    fn carrier_mut(&mut self) -> Option<&mut dyn crate::session::handoff::Carrier> {
+        Some(self)
     }
 
     /// A drain: GOAWAY now; open streams go on (their inner sessions drain as any session

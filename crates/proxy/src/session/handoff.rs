@@ -45,7 +45,7 @@ use crate::ws::FrameTracker;
 
 /// The description's version. A new process that speaks another one is handed no tunnel: the
 /// old process drains them as before.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The most a tunnel carries of what waits to be sent toward one side (a direction holds about
 /// four pool buffers); a tunnel with more stays and is drained.
@@ -55,12 +55,60 @@ pub const UNSENT_MAX: usize = 256 * 1024;
 /// to be sent either way, and each side's TLS state).
 pub const DESC_MAX: usize = 64 * 1024 + 2 * UNSENT_MAX + 2 * crate::tls::CARRIED_MAX;
 
-/// A tunnel on its way to the new process: its client and upstream sockets (open; whoever
-/// holds this closes them once they are sent, or if they cannot be) and its description.
-#[derive(Debug)]
+/// A tunnel on its way to the new process: its sockets (open; whoever holds this closes them
+/// once they are sent, or if they cannot be) and its description. A tunnel's sockets are its
+/// client's and its upstream's; an HTTP/2 connection's are its client's, then the socket pair
+/// of each of its streams, and the inner sessions of those streams go with it (`streams`:
+/// the stream's place among the pairs, and the tunnel).
+#[derive(Debug, Default)]
 pub struct Handed {
-    pub fds: [RawFd; 2],
+    pub fds: Vec<RawFd>,
     pub desc: Vec<u8>,
+    pub streams: Vec<(u32, Handed)>,
+}
+
+impl Handed {
+    /// Every socket it holds, its streams' too.
+    pub fn all_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.fds
+            .iter()
+            .copied()
+            .chain(self.streams.iter().flat_map(|(_, t)| t.fds.iter().copied()))
+    }
+}
+
+/// What a description is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A tunnel of a client connection.
+    Tunnel = 0,
+    /// A tunnel of an HTTP/2 stream (its inner session; its client socket is the stream's
+    /// socket pair).
+    Stream = 1,
+    /// An HTTP/2 connection (`session/h2/handoff.rs`).
+    Http2 = 2,
+}
+
+/// Whether a description is of an HTTP/2 connection (for the count the new process logs).
+pub fn describes_http2(desc: &[u8]) -> bool {
+    desc.len() > 4 && desc[..4] == VERSION.to_le_bytes() && desc[4] == Kind::Http2 as u8
+}
+
+/// A protocol that is handed over as a whole connection besides the tunnel (HTTP/2's): what
+/// `Session` asks of it, through [`super::protocol::Protocol::carrier`].
+pub(super) trait Carrier {
+    /// Whether it can go now; `Err` names why not.
+    fn carriable(&self, cx: &super::Cx) -> Result<(), &'static str>;
+    /// Stop reading every connection that goes with it (what was read goes on as always).
+    fn hold(&mut self, cx: &mut super::Cx, io: &mut dyn Io);
+    /// Read again (a hand-over that did not happen).
+    fn release(&mut self, cx: &mut super::Cx);
+    /// The connections that go with it, the client's first.
+    fn carried_ids(&self) -> Vec<ConnId>;
+    /// What it has written and not yet queued, onto the queues (sealed on TLS).
+    fn flush_out(&mut self, cx: &mut super::Cx, io: &mut dyn Io);
+    /// Its state, at `now`.
+    fn describe(&self, w: &mut W, now: u64);
 }
 
 /// What a worker of the old process sends the thread that talks to the new one.
@@ -78,73 +126,137 @@ pub enum Departure {
     },
 }
 
-/// A tunnel handed over that is not taken (see [`refuse`]).
+/// A tunnel handed over that is not taken (see [`refuse`]); an HTTP/2 connection's streams
+/// first.
 pub fn refuse_handed(t: Handed, why: &str) {
-    refuse(t.fds, &t.desc, why);
+    for (_, s) in t.streams {
+        refuse(&s.fds, &s.desc, why);
+    }
+    refuse(&t.fds, &t.desc, why);
 }
 
 impl Session {
-    /// Begin handing this session's tunnel over: stop reading both sockets. `Err` names why it
-    /// cannot be (a word for the log's count); nothing changed then.
+    /// Begin handing this session over: stop reading its sockets. `Err` names why it cannot
+    /// be (a word for the log's count); nothing changed then.
     pub fn hand_off(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Result<Next, &'static str> {
         self.can_hand_off()?;
-        self.cx.links.down.set_held(true);
-        self.cx.links.up.set_held(true);
-        // What waits to be sent goes with the tunnel: a send in flight toward a peer that
-        // does not read could take any time.
+        match &mut self.phase {
+            Phase::Other(p) => {
+                let c = p.carrier_mut().ok_or("not-a-tunnel")?;
+                c.hold(&mut self.cx, io.as_dyn());
+            }
+            _ => {
+                self.cx.links.down.set_held(true);
+                self.cx.links.up.set_held(true);
+            }
+        }
+        // What waits to be sent goes with it: a send in flight toward a peer that does not
+        // read could take any time.
         self.cx.links.hold_sends(io);
         // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
         Ok(self.after(io, env))
     }
 
-    /// Whether this session's tunnel can be handed over now; `Err` names why not.
+    /// Whether this session can be handed over now; `Err` names why not.
     pub fn can_hand_off(&self) -> Result<(), &'static str> {
-        let Phase::Tunnel(t) = &self.phase else {
-            return Err("not-a-tunnel");
-        };
-        if self.cx.role != Role::Connection || self.cx.links.more_ids().next().is_some() {
-            return Err("http2");
+        match (&self.phase, self.cx.role) {
+            (Phase::Tunnel(t), Role::Connection | Role::Stream) => {
+                if self.cx.links.more_ids().next().is_some() {
+                    return Err("not-a-tunnel");
+                }
+                quiet(t, self)
+            }
+            (Phase::Other(p), Role::Http2) => {
+                let c = p.carrier().ok_or("not-a-tunnel")?;
+                open_to_carry(&self.cx.links.down)?;
+                c.carriable(&self.cx)
+            }
+            _ => Err("not-a-tunnel"),
         }
-        quiet(t, self)
     }
 
-    /// A tunnel being handed over could not be (it took too long, or something began that the
-    /// description does not cover): it reads again, and gets the drain's Close now.
+    /// A session being handed over could not be (it took too long, or something began that
+    /// the description does not cover): it reads again, and gets the drain's Close now (an
+    /// HTTP/2 connection: the drain's GOAWAY).
     pub fn hand_off_failed(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if matches!(self.phase, Phase::Tunnel(_)) {
-            self.cx.links.down.set_held(false);
-            self.cx.links.up.set_held(false);
-            self.cx.links.release_sends(io);
+        match &mut self.phase {
+            Phase::Tunnel(_) => {
+                self.cx.links.down.set_held(false);
+                self.cx.links.up.set_held(false);
+                self.cx.links.release_sends(io);
+            }
+            Phase::Other(p) => {
+                if let Some(c) = p.carrier_mut() {
+                    c.release(&mut self.cx);
+                    self.cx.links.release_sends(io);
+                    return self.drain(io, env);
+                }
+            }
+            _ => {}
         }
         self.drain_tunnel(io, env)
     }
 
-    /// Whether the tunnel being handed over has come to rest: nothing in flight on either
-    /// socket (what waits to be sent goes with it), and still nothing the description cannot
-    /// carry.
-    /// `Err` when it can no longer be handed over.
+    /// The connections that go with this session: a tunnel's client and upstream, an HTTP/2
+    /// connection's client and stream links.
+    fn carried_ids(&self) -> Vec<ConnId> {
+        match &self.phase {
+            Phase::Other(p) => p.carrier().map_or_else(Vec::new, |c| c.carried_ids()),
+            _ => vec![ConnId::CLIENT, ConnId::UPSTREAM],
+        }
+    }
+
+    /// The sockets that would go with this session (`carried_ids`), in order.
+    pub fn carried_fds(&self) -> Vec<RawFd> {
+        self.carried_ids()
+            .into_iter()
+            .map(|id| self.cx.links.get(id).fd())
+            .collect()
+    }
+
+    /// Whether the session being handed over has come to rest: nothing in flight on any
+    /// socket (what waits to be sent goes with it), every socket that does not go closed, and
+    /// still nothing the description cannot carry. `Err` when it can no longer be handed over.
     pub fn handoff_ready(&self) -> Result<bool, &'static str> {
-        let Phase::Tunnel(t) = &self.phase else {
-            return Err("closing");
-        };
-        quiet(t, self)?;
+        match &self.phase {
+            Phase::Tunnel(t) => quiet(t, self)?,
+            Phase::Other(_) => self.can_hand_off().map_err(|e| match e {
+                "not-a-tunnel" => "closing",
+                e => e,
+            })?,
+            _ => return Err("closing"),
+        }
         let l = &self.cx.links;
+        let ids = self.carried_ids();
         let rest = |c: &Transport| {
             c.recv_state() == Recv::Off && c.hup_state() == Recv::Off && c.ops() == 0
         };
-        Ok(l.cancels() == 0 && rest(&l.down) && rest(&l.up))
+        let others_closed = l
+            .ids()
+            .filter(|id| !ids.contains(id))
+            .all(|id| l.get(id).fd() < 0 && l.get(id).ops() == 0);
+        Ok(l.cancels() == 0 && others_closed && ids.iter().all(|&id| rest(l.get(id))))
     }
 
-    /// What waits to be sent toward each side (client, upstream) of a tunnel at rest, taken
-    /// out to go with it; `Err` (and nothing taken) past [`UNSENT_MAX`] either way.
-    pub fn take_unsent(&mut self, io: &mut impl Io) -> Result<[Vec<u8>; 2], &'static str> {
-        let ids = [ConnId::CLIENT, ConnId::UPSTREAM];
-        let queues = ids.map(|id| self.cx.links.get_mut(id).take_queue());
+    /// What waits to be sent toward each connection that goes (`carried_ids`' order) of a
+    /// session at rest, taken out to go with it; `Err` (and nothing taken) past [`UNSENT_MAX`]
+    /// toward any.
+    pub fn take_unsent(&mut self, io: &mut impl Io) -> Result<Vec<Vec<u8>>, &'static str> {
+        if let Phase::Other(p) = &mut self.phase
+            && let Some(c) = p.carrier_mut()
+        {
+            c.flush_out(&mut self.cx, io.as_dyn());
+        }
+        let ids = self.carried_ids();
+        let queues: Vec<_> = ids
+            .iter()
+            .map(|&id| self.cx.links.get_mut(id).take_queue())
+            .collect();
         let too_much = queues
             .iter()
             .any(|q| q.iter().map(|c| c.len as usize).sum::<usize>() > UNSENT_MAX);
         if too_much {
-            for (id, q) in ids.into_iter().zip(queues) {
+            for (&id, q) in ids.iter().zip(queues) {
                 let conn = self.cx.links.get_mut(id);
                 for c in q {
                     crate::reactor::Conn::push(conn, c);
@@ -152,45 +264,73 @@ impl Session {
             }
             return Err("busy");
         }
-        Ok(queues.map(|q| {
-            let mut out = Vec::with_capacity(q.iter().map(|c| c.len as usize).sum());
-            for c in q {
-                out.extend_from_slice(io.data_of(c));
-                io.release(c);
-            }
-            out
-        }))
+        Ok(queues
+            .into_iter()
+            .map(|q| {
+                let mut out = Vec::with_capacity(q.iter().map(|c| c.len as usize).sum());
+                for c in q {
+                    out.extend_from_slice(io.data_of(c));
+                    io.release(c);
+                }
+                out
+            })
+            .collect())
     }
 
-    /// The tunnel, at rest (`handoff_ready`) with its `unsent` bytes taken out, leaves this
+    /// The session, at rest (`handoff_ready`) with its `unsent` bytes taken out, leaves this
     /// process: its sockets (not closed) and its description. The server gauge and the
     /// limit_conn slot it held are given back here (the new process takes them again).
-    pub fn export(mut self, now: u64, unsent: [Vec<u8>; 2]) -> Handed {
-        let fds = [self.cx.links.down.fd(), self.cx.links.up.fd()];
+    pub fn export(mut self, now: u64, unsent: Vec<Vec<u8>>) -> Handed {
+        let ids = self.carried_ids();
+        let fds = ids.iter().map(|&id| self.cx.links.get(id).fd()).collect();
         let desc = self.describe(now, &unsent);
         self.cx.uncount_peer();
         self.cx.release_limit();
         // The sockets are the new process's now: nothing here may close them.
-        self.cx.links.down.forget_fd();
-        self.cx.links.up.forget_fd();
-        Handed { fds, desc }
+        for id in ids {
+            self.cx.links.get_mut(id).forget_fd();
+        }
+        Handed {
+            fds,
+            desc,
+            streams: Vec::new(),
+        }
     }
 
     /// The description of this tunnel at `now`, with what waits to be sent toward each side.
-    pub(super) fn describe(&self, now: u64, unsent: &[Vec<u8>; 2]) -> Vec<u8> {
-        let Phase::Tunnel(t) = &self.phase else {
-            unreachable!("export of a session that is not a tunnel");
-        };
+    pub(super) fn describe(&self, now: u64, unsent: &[Vec<u8>]) -> Vec<u8> {
         let cx = &self.cx;
         let cfg = &cx.cfg;
         let mut w = W(Vec::with_capacity(256));
         w.u32(VERSION);
+        let kind = match (&self.phase, cx.role) {
+            (Phase::Other(_), _) => Kind::Http2,
+            (_, Role::Stream) => Kind::Stream,
+            _ => Kind::Tunnel,
+        };
+        w.u8(kind as u8);
         w.str(&cx.client.addr().to_string());
         w.str(
             &cfg.listeners
                 .get(usize::from(cx.listener))
                 .map_or(String::new(), |a| a.to_string()),
         );
+        let t = match &self.phase {
+            Phase::Tunnel(t) => t,
+            Phase::Other(p) => {
+                let c = p
+                    .carrier()
+                    .expect("export of a session that cannot be carried");
+                tls_state(&mut w, &cx.links.down);
+                w.u32(unsent.len() as u32);
+                for u in unsent {
+                    w.bytes(u);
+                }
+                c.describe(&mut w, now);
+                return w.0;
+            }
+            _ => unreachable!("export of a session that is not a tunnel"),
+        };
         // Where it is: its server's names and its location's path.
         let (names, path) = place_of(cfg, t.loc).unwrap_or_default();
         w.str(&names.join(" "));
@@ -243,22 +383,12 @@ impl Session {
                 });
             }
         }
-        // Each side's TLS state (client side, upstream side). A side whose TLS cannot be
-        // carried (`quiet` rules that out first) gets a marker the new process refuses.
+        // Each side's TLS state (client side, upstream side).
         for c in [&cx.links.down, &cx.links.up] {
-            match c.carry() {
-                Ok(None) => w.u8(0),
-                Ok(Some(b)) => {
-                    w.u8(1);
-                    w.u32(b.len() as u32);
-                    w.0.extend_from_slice(&b);
-                }
-                Err(_) => w.u8(u8::MAX),
-            }
+            tls_state(&mut w, c);
         }
         for u in unsent {
-            w.u32(u.len() as u32);
-            w.0.extend_from_slice(u);
+            w.bytes(u);
         }
         w.0
     }
@@ -269,11 +399,17 @@ impl Session {
     /// sockets are then the caller's to close).
     pub fn adopt(
         cfg: &Arc<Config>,
-        fds: [RawFd; 2],
+        fds: &[RawFd],
         desc: &[u8],
         now: u64,
-    ) -> Result<(Session, [Vec<u8>; 2]), String> {
-        let d = Desc::parse(desc)?;
+    ) -> Result<(Session, Vec<Vec<u8>>), String> {
+        let d = match Desc::parse(desc)? {
+            Parsed::Tunnel(d) => d,
+            Parsed::Http2(h) => return Session::adopt_http2(cfg, fds, h, now),
+        };
+        let &[down_fd, up_fd] = fds else {
+            return Err(format!("a tunnel with {} sockets", fds.len()));
+        };
         // Its place in this configuration.
         let (si, li) = find_place(cfg, d.names, d.path)
             .ok_or_else(|| format!("no location {:?} of server {:?} here", d.path, d.names))?;
@@ -336,8 +472,8 @@ impl Session {
             loc: cfg.location_id(si, li),
             msgs: d.msgs,
         };
-        let down = Transport::carried(fds[0], d.tls[0])?;
-        let up = Transport::carried(fds[1], d.tls[1])?;
+        let down = Transport::carried(down_fd, d.tls[0])?;
+        let up = Transport::carried(up_fd, d.tls[1])?;
         let mut s = Session::over(
             down,
             d.client,
@@ -347,6 +483,9 @@ impl Session {
             Phase::Tunnel(tunnel),
         );
         s.cx.proxy_header = false;
+        if d.stream {
+            s.cx.role = Role::Stream;
+        }
         s.cx.links.up = up;
         s.cx.last_down_ms = Stamp::new(now.saturating_sub(d.down_age));
         s.cx.last_up_ms = Stamp::new(now.saturating_sub(d.up_age));
@@ -368,14 +507,62 @@ impl Session {
                 s.cx.links.limited = lc.zone as u16 + 1;
             }
         }
-        Ok((s, d.unsent.map(<[u8]>::to_vec)))
+        Ok((s, d.unsent.iter().map(|u| u.to_vec()).collect()))
+    }
+
+    /// An HTTP/2 connection handed over (`adopt`): its client's socket and TLS, its streams'
+    /// socket pairs, its state.
+    fn adopt_http2(
+        cfg: &Arc<Config>,
+        fds: &[RawFd],
+        d: H2Desc<'_>,
+        now: u64,
+    ) -> Result<(Session, Vec<Vec<u8>>), String> {
+        let listen_at = d
+            .listener
+            .parse::<SocketAddr>()
+            .ok()
+            .and_then(|a| cfg.listeners.iter().position(|l| *l == a))
+            .ok_or_else(|| format!("no listener {} here", d.listener))?;
+        let listen = *cfg.listen.get(listen_at).ok_or("no listener")?;
+        if listen.http2.is_none() {
+            return Err(format!("HTTP/2 is off on {} here", d.listener));
+        }
+        let (&client_fd, link_fds) = fds.split_first().ok_or("no socket")?;
+        if d.unsent.len() != fds.len() {
+            return Err("what waits to be sent does not match the sockets".into());
+        }
+        let down = Transport::carried(client_fd, d.tls)?;
+        let mut s = Session::over(
+            down,
+            d.client,
+            listen,
+            cfg.clone(),
+            now,
+            Phase::Closing(None),
+        );
+        s.cx.proxy_header = false;
+        s.cx.role = Role::Http2;
+        let mut links = Vec::with_capacity(link_fds.len());
+        for &fd in link_fds {
+            let t = Transport::carried(fd, None)?;
+            links.push(s.cx.links.adopt_more(t).ok_or("too many streams")?);
+        }
+        let mut r = R(d.state);
+        let h = super::h2::H2::adopt(&s.cx, &mut r, &links, now)?;
+        if !r.done() {
+            return Err("bytes after the description".into());
+        }
+        s.phase = Phase::Other(Box::new(h));
+        Ok((s, d.unsent.iter().map(|u| u.to_vec()).collect()))
     }
 
     /// A tunnel just taken over (`adopt`) starts here: what waited to be sent goes first, as
     /// it is (on a TLS connection, records already sealed), then it reads both sides like any
     /// tunnel.
-    pub fn resume(&mut self, unsent: [Vec<u8>; 2], io: &mut impl Io, env: &mut Env<'_>) {
-        for (bytes, id) in unsent.into_iter().zip([ConnId::CLIENT, ConnId::UPSTREAM]) {
+    pub fn resume(&mut self, unsent: Vec<Vec<u8>>, io: &mut impl Io, env: &mut Env<'_>) {
+        let ids = self.carried_ids();
+        for (bytes, id) in unsent.into_iter().zip(ids) {
             if !bytes.is_empty() {
                 let c = io.put(bytes);
                 let t = self.cx.links.get_mut(id);
@@ -388,7 +575,25 @@ impl Session {
 }
 
 /// A description, read.
+enum Parsed<'a> {
+    Tunnel(Box<Desc<'a>>),
+    Http2(H2Desc<'a>),
+}
+
+/// An HTTP/2 connection's description, read (its state is read by `H2::adopt`).
+struct H2Desc<'a> {
+    client: SocketAddr,
+    listener: &'a str,
+    tls: Option<&'a [u8]>,
+    /// What waits to be sent toward the client, then toward each stream's socket pair.
+    unsent: Vec<&'a [u8]>,
+    state: &'a [u8],
+}
+
+/// A tunnel's description, read.
 struct Desc<'a> {
+    /// The inner session of an HTTP/2 stream.
+    stream: bool,
     client: SocketAddr,
     listener: &'a str,
     names: &'a str,
@@ -418,14 +623,42 @@ struct Desc<'a> {
 
 impl<'a> Desc<'a> {
     /// Read what `Session::describe` wrote; every field is checked.
-    fn parse(desc: &'a [u8]) -> Result<Desc<'a>, String> {
+    fn parse(desc: &'a [u8]) -> Result<Parsed<'a>, String> {
         let mut r = R(desc);
         let version = r.u32()?;
         if version != VERSION {
             return Err(format!("description version {version}, not {VERSION}"));
         }
+        let kind = r.u8()?;
         let client = r.str()?.parse().map_err(|_| "a bad client address")?;
-        let (listener, names, path) = (r.str()?, r.str()?, r.str()?);
+        let listener = r.str()?;
+        let stream = match kind {
+            k if k == Kind::Tunnel as u8 => false,
+            k if k == Kind::Stream as u8 => true,
+            k if k == Kind::Http2 as u8 => {
+                let tls = read_tls(&mut r, 0)?;
+                let n = r.u32()? as usize;
+                if n > 1 + usize::from(crate::uring::CONN_MAX) {
+                    return Err("more streams than a session holds".into());
+                }
+                let mut unsent = Vec::with_capacity(n);
+                for _ in 0..n {
+                    unsent.push(
+                        r.bytes(UNSENT_MAX)
+                            .map_err(|_| "too much waiting to be sent")?,
+                    );
+                }
+                return Ok(Parsed::Http2(H2Desc {
+                    client,
+                    listener,
+                    tls,
+                    unsent,
+                    state: r.0,
+                }));
+            }
+            _ => return Err(format!("a description of kind {kind}")),
+        };
+        let (names, path) = (r.str()?, r.str()?);
         let (upstream, peer) = (r.str()?, r.str()?);
         let text = [r.str()?, r.str()?, r.str()?, r.str()?];
         let (age, bytes_in, bytes_out) = (r.u64()?, r.u64()?, r.u64()?);
@@ -455,37 +688,18 @@ impl<'a> Desc<'a> {
             }
             _ => return Err("a bad control marker".into()),
         };
-        let mut tls: [Option<&[u8]>; 2] = [None, None];
-        for (i, t) in tls.iter_mut().enumerate() {
-            *t = match r.u8()? {
-                0 => None,
-                1 => {
-                    let n = r.u32()? as usize;
-                    if n > crate::tls::CARRIED_MAX {
-                        return Err("a TLS state too large".into());
-                    }
-                    let b = r.take(n)?;
-                    // The client's side is ringway the server; the upstream's, the client.
-                    if b.first() != Some(&(i as u8)) {
-                        return Err("a TLS state of the wrong end".into());
-                    }
-                    Some(b)
-                }
-                _ => return Err("a TLS state that could not be carried".into()),
-            };
-        }
+        let tls = [read_tls(&mut r, 0)?, read_tls(&mut r, 1)?];
         let mut unsent: [&[u8]; 2] = [&[], &[]];
         for u in unsent.iter_mut() {
-            let n = r.u32()? as usize;
-            if n > UNSENT_MAX {
-                return Err("too much waiting to be sent".into());
-            }
-            *u = r.take(n)?;
+            *u = r
+                .bytes(UNSENT_MAX)
+                .map_err(|_| "too much waiting to be sent")?;
         }
         if !r.0.is_empty() {
             return Err("bytes after the description".into());
         }
-        Ok(Desc {
+        Ok(Parsed::Tunnel(Box::new(Desc {
+            stream,
             client,
             listener,
             names,
@@ -508,23 +722,60 @@ impl<'a> Desc<'a> {
             ctl,
             unsent,
             tls,
-        })
+        })))
     }
+}
+
+/// A connection's TLS state in a description. One whose TLS cannot be carried (`quiet`
+/// rules that out first) gets a marker the new process refuses.
+fn tls_state(w: &mut W, c: &Transport) {
+    match c.carry() {
+        Ok(None) => w.u8(0),
+        Ok(Some(b)) => {
+            w.u8(1);
+            w.bytes(&b);
+        }
+        Err(_) => w.u8(u8::MAX),
+    }
+}
+
+/// A TLS state as [`tls_state`] wrote it, of the end ringway is on `side` (0: the server, on a
+/// client's connection; 1: the client, on an upstream's).
+fn read_tls<'a>(r: &mut R<'a>, side: u8) -> Result<Option<&'a [u8]>, String> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => {
+            let b = r
+                .bytes(crate::tls::CARRIED_MAX)
+                .map_err(|_| "a TLS state too large")?;
+            if b.first() != Some(&side) {
+                return Err("a TLS state of the wrong end".into());
+            }
+            Ok(Some(b))
+        }
+        _ => Err("a TLS state that could not be carried".into()),
+    }
+}
+
+/// Whether a connection can be carried as it stands (open both ways, its TLS carriable).
+fn open_to_carry(c: &Transport) -> Result<(), &'static str> {
+    // (A splice shows in the tunnel's control: the socket's own flag is also the hold's.)
+    if c.fd() < 0 || c.retiring() || c.eof() || c.shut() != Shut::Open {
+        return Err("closing");
+    }
+    // TLS whose records' keys were not kept (`runtime.upgrade_tunnels` was off at its
+    // handshake), or that is not open for records both ways.
+    if !c.can_carry() {
+        return Err("tls");
+    }
+    Ok(())
 }
 
 /// What the description cannot carry, if anything.
 fn quiet(t: &Tunnel, s: &Session) -> Result<(), &'static str> {
     let l = &s.cx.links;
     for c in [&l.down, &l.up] {
-        // (A splice shows in the control, below: the socket's own flag is also the hold's.)
-        if c.fd() < 0 || c.retiring() || c.eof() || c.shut() != Shut::Open {
-            return Err("closing");
-        }
-        // TLS whose records' keys were not kept (`runtime.upgrade_tunnels` was off at its
-        // handshake), or that is not open for records both ways.
-        if !c.can_carry() {
-            return Err("tls");
-        }
+        open_to_carry(c)?;
     }
     if t.frames.iter().any(FrameTracker::lost) {
         return Err("not-quiet");
@@ -573,58 +824,76 @@ fn find_place(cfg: &Config, names: &str, path: &str) -> Option<(usize, usize)> {
     })
 }
 
-/// A tunnel handed over that cannot be taken (`why`): each side is sent what waited for it,
-/// then the Close it would get from a drain — 1012 to the client, 1001 to the upstream — where
-/// its stream stands at a frame boundary, sealed in a record and followed by close_notify on a
-/// TLS connection (sent at once, without waiting: a socket at rest has room for a few bytes;
-/// what does not go whole is followed by nothing), then both sockets close. A description
-/// that cannot be read at all says nothing of the boundaries: the sockets just close.
-pub fn refuse(fds: [RawFd; 2], desc: &[u8], why: &str) {
+/// A session handed over that cannot be taken (`why`). A tunnel: each side is sent what
+/// waited for it, then the Close it would get from a drain — 1012 to the client, 1001 to the
+/// upstream — where its stream stands at a frame boundary, sealed in a record and followed by
+/// close_notify on a TLS connection (sent at once, without waiting: a socket at rest has room
+/// for a few bytes; what does not go whole is followed by nothing), then both sockets close.
+/// An HTTP/2 connection: its client is sent what waited, then a GOAWAY (NO_ERROR) the same
+/// way, and its sockets close (its streams' sessions, refused with it, have had their Close
+/// sent into their socket pairs, which nothing reads any more). A description that cannot be
+/// read at all says nothing of the boundaries: the sockets just close.
+pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
     tracing::warn!("upgrade: a tunnel handed over is not taken ({why}): closing it");
-    if let Ok(d) = Desc::parse(desc) {
-        // Toward the client goes what the upstream's stream carries, and the other way.
-        let sides = [
-            (0, &d.frames[1], crate::ws::close_payload(1012, ""), None),
-            (
-                1,
-                &d.frames[0],
-                crate::ws::close_payload(1001, ""),
-                // Masked as the tunnel masks its own frames (random keys, `mask_for`).
-                Some(super::tunnel::mask_for(fds[1] as u64)),
-            ),
-        ];
-        for (i, t, payload, mask) in sides {
-            let send = |bytes: &[u8]| {
-                let sent = nix::sys::socket::send(
-                    fds[i],
-                    bytes,
-                    nix::sys::socket::MsgFlags::MSG_DONTWAIT
-                        | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-                );
-                sent == Ok(bytes.len())
-            };
-            if !d.unsent[i].is_empty() && !send(d.unsent[i]) {
-                continue;
-            }
-            let close = if t.at_boundary() && !t.lost() {
-                crate::ws::frame(crate::ws::opcode::CLOSE, &payload, mask)
-            } else {
-                Vec::new()
-            };
-            match d.tls[i] {
-                None if !close.is_empty() => {
-                    send(&close);
+    let send = |fd: RawFd, bytes: &[u8]| {
+        let sent = nix::sys::socket::send(
+            fd,
+            bytes,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        );
+        sent == Ok(bytes.len())
+    };
+    let sealed = |tls: Option<&[u8]>, plain: &[u8]| match tls {
+        None if plain.is_empty() => None,
+        None => Some(plain.to_vec()),
+        Some(state) => crate::tls::seal_carried(state, plain),
+    };
+    match Desc::parse(desc) {
+        Ok(Parsed::Tunnel(d)) if fds.len() == 2 => {
+            // Toward the client goes what the upstream's stream carries, and the other way.
+            let sides = [
+                (0, &d.frames[1], crate::ws::close_payload(1012, ""), None),
+                (
+                    1,
+                    &d.frames[0],
+                    crate::ws::close_payload(1001, ""),
+                    // Masked as the tunnel masks its own frames (random keys, `mask_for`).
+                    Some(super::tunnel::mask_for(fds[1] as u64)),
+                ),
+            ];
+            for (i, t, payload, mask) in sides {
+                if !d.unsent[i].is_empty() && !send(fds[i], d.unsent[i]) {
+                    continue;
                 }
-                None => {}
-                Some(state) => {
-                    if let Some(sealed) = crate::tls::seal_carried(state, &close) {
-                        send(&sealed);
-                    }
+                let close = if t.at_boundary() && !t.lost() {
+                    crate::ws::frame(crate::ws::opcode::CLOSE, &payload, mask)
+                } else {
+                    Vec::new()
+                };
+                if let Some(b) = sealed(d.tls[i], &close) {
+                    send(fds[i], &b);
                 }
             }
         }
+        Ok(Parsed::Http2(h))
+            if !fds.is_empty()
+                && h.unsent
+                    .first()
+                    .is_none_or(|u| u.is_empty() || send(fds[0], u)) =>
+        {
+            let mut goaway = Vec::new();
+            crate::h2::frame::goaway(
+                &mut goaway,
+                crate::h2::frame::MAX_WINDOW,
+                crate::h2::Code::NoError,
+            );
+            if let Some(b) = sealed(h.tls, &goaway) {
+                send(fds[0], &b);
+            }
+        }
+        _ => {}
     }
-    for fd in fds {
+    for &fd in fds {
         let _ = nix::unistd::close(fd);
     }
 }

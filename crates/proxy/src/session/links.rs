@@ -176,6 +176,13 @@ impl Links {
         Some(ConnId(id as u8))
     }
 
+    /// A connection for a socket another process handed over (past the first two).
+    pub fn adopt_more(&mut self, t: Transport) -> Option<ConnId> {
+        let id = self.add()?;
+        *self.get_mut(id) = t;
+        Some(id)
+    }
+
     /// No socket open and nothing in flight: the session's slot may be freed.
     pub fn all_closed(&self) -> bool {
         self.cancels == 0 && !self.any(|t| t.fd() >= 0)
@@ -190,9 +197,9 @@ impl Links {
         self.cancels = self.cancels.saturating_add(n);
     }
 
-    /// Hold the sends on the client and upstream sockets (`Conn::hold_sends`).
+    /// Hold the sends on every socket (`Conn::hold_sends`).
     pub fn hold_sends(&mut self, io: &mut (impl Io + ?Sized)) {
-        for id in [ConnId::CLIENT, ConnId::UPSTREAM] {
+        for id in self.ids() {
             let n = self.get_mut(id).hold_sends(io, id);
             self.cancels_sent(n);
         }
@@ -200,7 +207,7 @@ impl Links {
 
     /// Let them go on again.
     pub fn release_sends(&mut self, io: &mut (impl Io + ?Sized)) {
-        for id in [ConnId::CLIENT, ConnId::UPSTREAM] {
+        for id in self.ids() {
             self.get_mut(id).release_sends(io, id);
         }
     }

@@ -65,7 +65,9 @@ use cx::Cx;
 pub use cx::Role;
 pub use end::{AccessLog, End, TunnelLog};
 pub use env::{Env, Inner, Io, Kit, Observed};
-pub use handoff::{DESC_MAX, Departure, Handed, VERSION as HANDOFF_VERSION, refuse_handed};
+pub use handoff::{
+    DESC_MAX, Departure, Handed, VERSION as HANDOFF_VERSION, describes_http2, refuse_handed,
+};
 use links::Links;
 pub use links::Side;
 use phase::{Exchange, Linger, Req};

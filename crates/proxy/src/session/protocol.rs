@@ -14,6 +14,7 @@ use std::fmt::Debug;
 
 use super::Phase;
 use super::Side;
+use super::handoff::Carrier;
 use super::phase::Req;
 use super::{Cx, End, Env, Io};
 use crate::uring::{Chunk, ConnId};
@@ -185,6 +186,15 @@ pub(super) trait Protocol: Debug {
     fn reloaded<I: Io + ?Sized>(&mut self, _cx: &mut Cx, _io: &mut I) -> Step {
         Step::Continue
     }
+
+    /// How a binary upgrade hands it over whole, if it can be (`session/handoff.rs`).
+    fn carrier(&self) -> Option<&dyn Carrier> {
+        None
+    }
+
+    fn carrier_mut(&mut self) -> Option<&mut dyn Carrier> {
+        None
+    }
 }
 
 /// [`Protocol`] for a boxed protocol, over `dyn Io`: every protocol type is one.
@@ -221,6 +231,8 @@ pub(super) trait Erased: Debug {
     fn drain(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
     fn farewell(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
     fn reloaded(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step;
+    fn carrier(&self) -> Option<&dyn Carrier>;
+    fn carrier_mut(&mut self) -> Option<&mut dyn Carrier>;
 }
 
 impl<P: Protocol> Erased for P {
@@ -291,6 +303,12 @@ impl<P: Protocol> Erased for P {
     }
     fn reloaded(&mut self, cx: &mut Cx, io: &mut dyn Io) -> Step {
         Protocol::reloaded(self, cx, io)
+    }
+    fn carrier(&self) -> Option<&dyn Carrier> {
+        Protocol::carrier(self)
+    }
+    fn carrier_mut(&mut self) -> Option<&mut dyn Carrier> {
+        Protocol::carrier_mut(self)
     }
 }
 
@@ -370,5 +388,11 @@ impl Protocol for Box<dyn Erased> {
     }
     fn finish<I: Io + ?Sized>(self, cx: &mut Cx, io: &mut I) -> Phase {
         <dyn Erased as Erased>::finish(self, cx, io.as_dyn())
+    }
+    fn carrier(&self) -> Option<&dyn Carrier> {
+        (**self).carrier()
+    }
+    fn carrier_mut(&mut self) -> Option<&mut dyn Carrier> {
+        (**self).carrier_mut()
     }
 }

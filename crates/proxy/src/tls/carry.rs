@@ -27,7 +27,6 @@ where
         self.state == State::Open
             && self.held.is_empty()
             && !self.notified
-            && !self.h2
             && matches!(&self.stage, Stage::Records(r) if r.kernel().carried() && !r.peer_closed())
     }
 
@@ -52,7 +51,8 @@ where
         let mut out = Vec::with_capacity(1 + state.len() + 3 + sni.len() + 4 + self.partial.len());
         out.push(u8::from(E::CLIENT));
         out.extend_from_slice(&state);
-        out.push(u8::from(self.resumed));
+        // How the handshake went: resumed (bit 0), ALPN chose h2 (bit 1).
+        out.push(u8::from(self.resumed) | u8::from(self.h2) << 1);
         out.extend_from_slice(&(sni.len() as u16).to_le_bytes());
         out.extend_from_slice(sni);
         out.extend_from_slice(&(self.partial.len() as u32).to_le_bytes());
@@ -70,7 +70,7 @@ where
         }
         let (state, b) = b.split_at_checked(records::STATE_BYTES).ok_or_else(cut)?;
         let records = Records::import(state)?;
-        let (&resumed, b) = b.split_first().ok_or_else(cut)?;
+        let (&how, b) = b.split_first().ok_or_else(cut)?;
         let (n, b) = b.split_at_checked(2).ok_or_else(cut)?;
         let (sni, b) = b
             .split_at_checked(usize::from(u16::from_le_bytes([n[0], n[1]])))
@@ -82,7 +82,7 @@ where
         let (n, b) = b.split_at_checked(4).ok_or_else(cut)?;
         let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
         // What the records keep of a received record is less than one whole record.
-        if n > 5 + records::CIPHER_MAX || n != b.len() || resumed > 1 {
+        if n > 5 + records::CIPHER_MAX || n != b.len() || how > 3 {
             return Err("a bad TLS state".into());
         }
         Ok(Tls {
@@ -94,8 +94,8 @@ where
             started: true,
             notified: false,
             sni: (!sni.is_empty()).then(|| sni.into()),
-            resumed: resumed == 1,
-            h2: false,
+            resumed: how & 1 != 0,
+            h2: how & 2 != 0,
             captured: None,
         })
     }

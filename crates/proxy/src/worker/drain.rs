@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Core, Slot};
 use crate::reactor::Reactor;
-use crate::session::Stage;
+use crate::session::{Role, Stage};
 use crate::uring::{ConnId, Op, SLOT_CORE};
 
 /// A tunnel to be told to reconnect at its time in a drain's spread (or a rebalance's):
@@ -96,7 +96,16 @@ impl Core {
         }
         let now = Instant::now();
         let mut tunnels = Vec::new();
+        // HTTP/2 connections are not told to go (no GOAWAY) before the hand-over decides.
+        let mut conns = Vec::new();
         for k in r.slots.keys() {
+            if tunnels_to.is_some()
+                && let Some((g, e)) = r.slots.get_any_mut(k)
+                && e.session.role() == Role::Http2
+            {
+                conns.push((k, g));
+                continue;
+            }
             self.with_session(r, k, |s, io, env| s.drain(io, env));
             if let Some((g, e)) = r.slots.get_any_mut(k)
                 && e.session.stage() == Stage::Tunnel
@@ -105,7 +114,7 @@ impl Core {
             }
         }
         if let Some(to) = tunnels_to {
-            tunnels = self.hand_off(r, to, tunnels);
+            tunnels = self.hand_off(r, to, tunnels, conns);
         }
         // The spread cut in n equal slots, tunnel i told in the middle of slot i: reconnects
         // arrive evenly over it. (Whatever a rebalance had queued is part of it now.)

@@ -10,17 +10,14 @@ use super::*;
 use crate::wire::{R, W};
 
 impl Connection {
-    /// Whether the connection can be carried now: it has started, has not failed, and has
-    /// nothing of its own waiting to be written. `Err` names why not.
+    /// Whether the connection can be carried now: it has started and has not failed. (What
+    /// it has written must be drained before [`Connection::export`].) `Err` names why not.
     pub fn carriable(&self) -> Result<(), &'static str> {
         if !self.settings_seen || matches!(self.read, Read::Preface(_)) {
             return Err("http2-starting");
         }
         if self.dead.is_some() {
             return Err("closing");
-        }
-        if !self.out.is_empty() {
-            return Err("busy");
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ impl<I: Io + ?Sized> Events<'_, I> {
         t.mark_ready();
         self.inner.push(Inner {
             fd: theirs,
+            peer: ours,
             client: self.cx.client.addr(),
             listen: *self.cx.listen(),
             cfg: self.cx.cfg.clone(),

@@ -52,6 +52,7 @@ fn tls_state(end: u8) -> Vec<u8> {
 fn written_with(tls: [Option<Vec<u8>>; 2]) -> Vec<u8> {
     let mut w = W(Vec::new());
     w.u32(VERSION);
+    w.u8(Kind::Tunnel as u8);
     for s in [
         "10.0.0.7:5555",
         "127.0.0.1:8080",
@@ -115,7 +116,7 @@ fn config() -> Arc<Config> {
 fn a_description_is_taken_over_and_written_again_the_same() {
     let cfg = config();
     let d = written();
-    let (s, unsent) = Session::adopt(&cfg, [-1, -1], &d, 100_000).unwrap();
+    let (s, unsent) = Session::adopt(&cfg, &[-1, -1], &d, 100_000).unwrap();
     assert_eq!(
         unsent,
         [b"to the client".to_vec(), b"to the upstream".to_vec()]
@@ -141,7 +142,7 @@ fn a_broken_description_is_refused_never_a_panic() {
     let d = written();
     for n in 0..d.len() {
         assert!(
-            Session::adopt(&cfg, [-1, -1], &d[..n], 1_000).is_err(),
+            Session::adopt(&cfg, &[-1, -1], &d[..n], 1_000).is_err(),
             "cut at {n}"
         );
     }
@@ -154,26 +155,26 @@ fn a_broken_description_is_refused_never_a_panic() {
         let at = (rng % bad.len() as u64) as usize;
         bad[at] ^= (rng >> 32) as u8 | 1;
         // Anything but a panic: a field that still reads is taken.
-        let _ = Session::adopt(&cfg, [-1, -1], &bad, 1_000);
+        let _ = Session::adopt(&cfg, &[-1, -1], &bad, 1_000);
     }
     // More waiting to be sent than a tunnel may carry: refused, whatever follows.
     let mut big = d[..d.len() - (4 + 13 + 4 + 15)].to_vec();
     big.extend_from_slice(&(UNSENT_MAX as u32 + 1).to_le_bytes());
     big.resize(big.len() + UNSENT_MAX + 1, 0);
     big.extend_from_slice(&0u32.to_le_bytes());
-    let e = Session::adopt(&cfg, [-1, -1], &big, 1_000).unwrap_err();
+    let e = Session::adopt(&cfg, &[-1, -1], &big, 1_000).unwrap_err();
     assert!(e.contains("too much waiting"), "{e}");
     // Another version, or a location this configuration does not have: refused.
     let mut other = d.clone();
     other[0] = VERSION as u8 + 1;
     assert!(
-        Session::adopt(&cfg, [-1, -1], &other, 1_000)
+        Session::adopt(&cfg, &[-1, -1], &other, 1_000)
             .unwrap_err()
             .contains("version")
     );
     let gone = Arc::new(Config::parse("t.toml", &CFG.replace("/ws/", "/chat/")).unwrap());
     assert!(
-        Session::adopt(&gone, [-1, -1], &d, 1_000)
+        Session::adopt(&gone, &[-1, -1], &d, 1_000)
             .unwrap_err()
             .contains("no location")
     );
@@ -183,7 +184,7 @@ fn a_broken_description_is_refused_never_a_panic() {
 fn a_tls_tunnel_is_taken_over_and_written_again_the_same() {
     let cfg = config();
     let d = written_with([Some(tls_state(0)), Some(tls_state(1))]);
-    let (s, unsent) = Session::adopt(&cfg, [-1, -1], &d, 100_000).unwrap();
+    let (s, unsent) = Session::adopt(&cfg, &[-1, -1], &d, 100_000).unwrap();
     assert!(!s.cx.links.down.is_plain() && !s.cx.links.up.is_plain());
     assert_eq!(
         s.cx.links
@@ -200,13 +201,13 @@ fn a_tls_tunnel_is_taken_over_and_written_again_the_same() {
     // Each side's state must be of its own end.
     let swapped = written_with([Some(tls_state(1)), None]);
     assert!(
-        Session::adopt(&cfg, [-1, -1], &swapped, 1_000)
+        Session::adopt(&cfg, &[-1, -1], &swapped, 1_000)
             .unwrap_err()
             .contains("wrong end")
     );
     // Every cut and 20,000 byte flips: refused or taken, never a panic.
     for n in 0..d.len() {
-        assert!(Session::adopt(&cfg, [-1, -1], &d[..n], 1_000).is_err());
+        assert!(Session::adopt(&cfg, &[-1, -1], &d[..n], 1_000).is_err());
     }
     let mut rng = 0x2545f4914f6cdd1du64;
     for _ in 0..20_000 {
@@ -216,6 +217,6 @@ fn a_tls_tunnel_is_taken_over_and_written_again_the_same() {
         let mut bad = d.clone();
         let at = (rng % bad.len() as u64) as usize;
         bad[at] ^= (rng >> 32) as u8 | 1;
-        let _ = Session::adopt(&cfg, [-1, -1], &bad, 1_000);
+        let _ = Session::adopt(&cfg, &[-1, -1], &bad, 1_000);
     }
 }
