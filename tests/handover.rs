@@ -849,6 +849,17 @@ fn h2_chat(
     tls: bool,
     streams: u32,
 ) -> std::thread::JoinHandle<serde_json::Value> {
+    h2_chat_with(addr, dir, tls, streams, &[])
+}
+
+/// The same, with more of its options.
+fn h2_chat_with(
+    addr: SocketAddr,
+    dir: PathBuf,
+    tls: bool,
+    streams: u32,
+    more: &[&str],
+) -> std::thread::JoinHandle<serde_json::Value> {
     std::fs::create_dir_all(&dir).unwrap();
     let mut args = vec![
         addr.ip().to_string(),
@@ -864,6 +875,7 @@ fn h2_chat(
     if tls {
         args.push("--tls".into());
     }
+    args.extend(more.iter().map(|s| s.to_string()));
     std::thread::spawn(move || common::h2::run_py("chat.py", &args))
 }
 
@@ -965,4 +977,93 @@ fn http2_websockets_live_through_three_upgrades() {
             assert!(s["echoed"].as_u64().unwrap() > 20, "stream {id}: {r}");
         }
     }
+}
+
+/// A rig whose plain server and a second one over TLS speak HTTP/2 (h2c and ALPN h2); the TLS
+/// one's address.
+fn h2_rig(name: &str) -> (Rig, SocketAddr) {
+    let tls_listen = free_addr();
+    let extra = format!(
+        "http2 = true\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n\n[[server]]\nlisten = [\"{tls_listen}\"]\n{}\nhttp2 = true\n",
+        tls_line()
+    );
+    let mut rig = rig_full(name, "", &extra, "", &[], &|t| t);
+    wait_port(tls_listen, &mut rig.proxy);
+    (rig, tls_listen)
+}
+
+fn wait_ready(dir: &std::path::Path) {
+    let t0 = Instant::now();
+    while !dir.join("ready").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "chat client not ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP/2 connection with a request in flight (a POST whose body goes on) is not handed
+/// over: it stays in the old process and is drained there as before. Its client gets the
+/// GOAWAY, its WebSockets the Close 1012 (the old process says why they stayed), and its
+/// request is answered once its body ends.
+#[test]
+fn an_http2_connection_with_a_request_in_flight_stays_and_is_drained() {
+    if !uring_ok() || !common::h2::python_h2() {
+        return;
+    }
+    let (mut rig, tls_listen) = h2_rig("handover-h2-busy");
+    let dir = rig.dir.join("chat");
+    let client = h2_chat_with(tls_listen, dir.clone(), true, 3, &["--pending-post"]);
+    wait_ready(&dir);
+    std::thread::sleep(Duration::from_millis(300));
+    rig.upgrade(1, &[]);
+    let old = std::fs::read_to_string(rig.dir.join("proxy.log")).unwrap();
+    assert!(
+        old.contains("get the drain's Close (http2 3, http2-request 1)"),
+        "{old}"
+    );
+    let r = client.join().unwrap();
+    let unexpected: Vec<&str> = r["unexpected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert!(unexpected.contains(&"GOAWAY 0"), "{r}");
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert_eq!(s["close_code"], 1012, "stream {id}: {r}");
+        // Messages in flight when the drain's Close came are not echoed (as in any drain).
+        assert!(s["echoed"].as_u64() > Some(0), "stream {id}: {r}");
+        assert!(
+            unexpected.contains(&format!("stream {id}: a Close 1012 it did not ask for").as_str()),
+            "{r}"
+        );
+    }
+    assert_eq!(unexpected.len(), 4, "{r}");
+    assert_eq!(r["post"]["status"], 200, "{r}");
+    assert_eq!(r["post"]["done"], true, "{r}");
+}
+
+/// The new process cannot take an HTTP/2 connection (its configuration turned HTTP/2 off on
+/// that listener): the connection is not dropped in silence — its client is sent a GOAWAY
+/// from the new process before its socket closes.
+#[test]
+fn an_http2_connection_the_new_process_cannot_take_gets_a_goaway() {
+    if !uring_ok() || !common::h2::python_h2() {
+        return;
+    }
+    let (mut rig, tls_listen) = h2_rig("handover-h2-refused");
+    let dir = rig.dir.join("chat");
+    let client = h2_chat(tls_listen, dir.clone(), true, 2);
+    wait_ready(&dir);
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    std::fs::write(&rig.cfg, text.replace("http2 = true", "http2 = false")).unwrap();
+    rig.upgrade(1, &[]);
+    rig.proxy.wait_log("is not taken (HTTP/2 is off on", 10);
+    let r = client.join().unwrap();
+    let unexpected = r["unexpected"].as_array().unwrap();
+    // The GOAWAY came, and was read whole (sealed under the connection's records), whatever
+    // the client's own sends met after it.
+    assert!(unexpected.contains(&serde_json::json!("GOAWAY 0")), "{r}");
 }

@@ -3,6 +3,7 @@
 h2 as the client: what a binary upgrade that keeps tunnels is tested with.
 
 Usage: chat.py HOST PORT DIR [--tls] [--streams K] [--inflight W] [--seconds LIMIT]
+               [--pending-post]
 
 Opens one HTTP/2 connection (TLS with ALPN h2, or h2c with prior knowledge) and K extended
 CONNECT streams (:protocol websocket) on it. Each stream keeps W numbered, checksummed binary
@@ -12,7 +13,10 @@ Once every stream has its 200 it writes DIR/ready; every 100 ms it writes DIR/pr
 echoes so far, as JSON). When DIR/stop appears (or after LIMIT seconds) each stream sends
 Close 1000 and waits for the server's; then it prints one JSON line: per stream what was sent
 and echoed, its Close code, and anything unexpected (a GOAWAY, a reset, a Close it did not
-ask for, an error).
+ask for, an error). After a graceful GOAWAY the streams go on (RFC 9113 §6.8).
+
+--pending-post: once the WebSockets are open, a POST whose body never ends is sent on the same
+connection (an HTTP request in flight); a GOAWAY ends its body, and its answer ends it.
 """
 import json
 import os
@@ -26,6 +30,22 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+
+
+def graceful_goaway(self, frame):
+    """Python's h2 ends the connection at any GOAWAY; RFC 9113 §6.8 lets the streams up to
+    its last stream id go on (browsers do): what a drain is seen with."""
+    if frame.error_code != 0:
+        return ORIGINAL_GOAWAY(self, frame)
+    ev = h2.events.ConnectionTerminated()
+    ev.error_code = frame.error_code
+    ev.last_stream_id = frame.last_stream_id
+    ev.additional_data = frame.additional_data or None
+    return [], [ev]
+
+
+ORIGINAL_GOAWAY = h2.connection.H2Connection._receive_goaway_frame
+h2.connection.H2Connection._receive_goaway_frame = graceful_goaway
 
 
 def fnv(b):
@@ -121,8 +141,11 @@ def main():
     result = {"unexpected": []}
     started = time.time()
     ready = False
+    post, post_ended = None, False
     stopping = False
     last_progress = 0.0
+
+    broken = [False]
 
     def unexpected(what):
         if len(result["unexpected"]) < 50:
@@ -145,8 +168,13 @@ def main():
                 conn.send_data(sid, s["out"][:n])
                 s["out"] = s["out"][n:]
         data = conn.data_to_send()
-        if data:
-            sock.sendall(data)
+        if data and not broken[0]:
+            try:
+                sock.sendall(data)
+            except (OSError, ssl.SSLError) as e:
+                # What the server sent before it went is still read.
+                broken[0] = True
+                unexpected("send: %s" % e)
 
     sock.settimeout(0.05)
     while not all(st[s]["done"] for s in ids):
@@ -164,7 +192,7 @@ def main():
         if now - last_progress > 0.1:
             last_progress = now
             write(os.path.join(dirpath, "progress"),
-                  json.dumps({str(s): st[s]["echoed"] for s in ids}))
+                  json.dumps({str(s): st[s]["echoed"] for s in ids if not st[s].get("post")}))
         try:
             data = sock.recv(1 << 20)
         except socket.timeout:
@@ -180,7 +208,9 @@ def main():
             if isinstance(ev, h2.events.ResponseReceived):
                 s = st[ev.stream_id]
                 s["status"] = int(dict(ev.headers)[":status"])
-                if s["status"] == 200:
+                if s.get("post"):
+                    pass
+                elif s["status"] == 200:
                     s["open"] = True
                     top_up(ev.stream_id)
                 else:
@@ -188,10 +218,23 @@ def main():
                     s["done"] = True
                 if not ready and all(st[x]["open"] or st[x]["done"] for x in ids):
                     ready = True
+                    if "--pending-post" in sys.argv:
+                        post = conn.get_next_available_stream_id()
+                        conn.send_headers(post, [(":method", "POST"), (":path", "/echo"),
+                                                 (":scheme", "https" if tls else "http"),
+                                                 (":authority", "localhost")])
+                        conn.send_data(post, b"a body that goes on")
+                        ids.append(post)
+                        st[post] = {"index": 99, "status": None, "sent": 0, "echoed": 0,
+                                    "pings": 0, "buf": b"", "out": b"", "open": False,
+                                    "closing": False, "done": False, "post": True}
                     write(os.path.join(dirpath, "ready"), "1")
             elif isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 s = st[ev.stream_id]
+                if s.get("post"):
+                    s["bytes"] = s.get("bytes", 0) + len(ev.data)
+                    continue
                 s["buf"] += ev.data
                 frames, s["buf"] = parse_frames(s["buf"])
                 for op, payload in frames:
@@ -225,8 +268,12 @@ def main():
                 s["done"] = True
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 unexpected("GOAWAY %d" % int(ev.error_code))
-                for s in ids:
-                    st[s]["done"] = True
+                if int(ev.error_code) != 0:
+                    for s in ids:
+                        st[s]["done"] = True
+                elif post is not None and not post_ended:
+                    post_ended = True
+                    conn.send_data(post, b"the end", end_stream=True)
         # A stream whose Close went both ways ends its half too.
         for sid in ids:
             s = st[sid]
@@ -240,7 +287,11 @@ def main():
         push()
     result["streams"] = {str(s): {"status": st[s]["status"], "sent": st[s]["sent"],
                                   "echoed": st[s]["echoed"], "pings": st[s]["pings"],
-                                  "close_code": st[s].get("close_code")} for s in ids}
+                                  "close_code": st[s].get("close_code")}
+                         for s in ids if not st[s].get("post")}
+    if post is not None:
+        result["post"] = {"status": st[post]["status"], "bytes": st[post].get("bytes", 0),
+                          "done": st[post]["done"]}
     print(json.dumps(result))
 
 

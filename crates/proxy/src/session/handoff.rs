@@ -893,6 +893,19 @@ pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
         }
         _ => {}
     }
+    // The client's side ends after what was sent, and what it had sent is read first (a
+    // close with bytes unread would be a reset, which can discard our last words at the
+    // client): at once, without waiting.
+    if let Some(&fd) = fds.first() {
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+        let mut sink = [0u8; 16 * 1024];
+        for _ in 0..64 {
+            match nix::sys::socket::recv(fd, &mut sink, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
     for &fd in fds {
         let _ = nix::unistd::close(fd);
     }
