@@ -18,6 +18,11 @@ so one upgrade moves at most that many; the figures are also given per 10,000 tu
 With --tls the proxy's listener has TLS (a self-signed ECDSA P-256 certificate made with
 `openssl`) and every tunnel is `wss://` (Python's ssl: TLS 1.3), so each one moves with its
 record state.
+
+With --h2 S every tunnel is a WebSocket over HTTP/2 (RFC 8441, Python's h2 as the client; h2c,
+or ALPN h2 with --tls): the idle ones S streams to a connection, each probe a connection of its
+own. Each connection moves with the inner sessions of its streams; a stream holds three
+descriptors in the proxy (its socket pair and its upstream), so keep --tunnels under ~6,000.
 """
 import argparse
 import base64
@@ -116,13 +121,78 @@ def echo_once(s, msg):
         raise RuntimeError(f"bad echo: op {op}, {p[:20]!r}")
 
 
+class H2Ws:
+    """One HTTP/2 connection carrying WebSockets (extended CONNECT), driven synchronously."""
+
+    def __init__(self, port, streams):
+        import h2.config
+        import h2.connection
+        import h2.events
+        self.ev = h2.events
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        if TLS is not None:
+            s = TLS.wrap_socket(s, server_hostname="localhost")
+        self.s = s
+        self.c = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.c.initiate_connection()
+        self.c.increment_flow_control_window(1 << 24)
+        self.ids = []
+        for _ in range(streams):
+            sid = self.c.get_next_available_stream_id()
+            self.c.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                                      (":scheme", "https" if TLS else "http"), (":path", "/ws/"),
+                                      (":authority", "localhost"), ("sec-websocket-version", "13")])
+            self.ids.append(sid)
+        self.flush()
+        self.bufs = {sid: b"" for sid in self.ids}
+        opened = set()
+        while len(opened) < streams:
+            for e in self.read():
+                if isinstance(e, self.ev.ResponseReceived):
+                    if dict(e.headers)[":status"] != "200":
+                        raise RuntimeError(f"stream {e.stream_id}: {dict(e.headers)[':status']}")
+                    opened.add(e.stream_id)
+
+    def flush(self):
+        d = self.c.data_to_send()
+        if d:
+            self.s.sendall(d)
+
+    def read(self):
+        d = self.s.recv(65536)
+        if not d:
+            raise RuntimeError("EOF")
+        evs = self.c.receive_data(d)
+        for e in evs:
+            if isinstance(e, self.ev.DataReceived):
+                self.c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                self.bufs[e.stream_id] += e.data
+            elif isinstance(e, (self.ev.StreamReset, self.ev.ConnectionTerminated, self.ev.StreamEnded)):
+                raise RuntimeError(f"{type(e).__name__} on {getattr(e, 'stream_id', 0)}")
+        self.flush()
+        return evs
+
+    def echo(self, sid, msg):
+        self.c.send_data(sid, frame(msg))
+        self.flush()
+        want = 2 + len(msg)
+        while len(self.bufs[sid]) < want:
+            self.read()
+        got, self.bufs[sid] = self.bufs[sid][:want], self.bufs[sid][want:]
+        if got[0] & 0x0F != 2 or got[2:] != msg:
+            raise RuntimeError(f"bad echo on stream {sid}")
+
+
 class Probe(threading.Thread):
     """A tunnel that echoes in a closed loop, recording each round trip's end time and length."""
 
-    def __init__(self, port, i):
+    def __init__(self, port, i, h2=False):
         super().__init__(daemon=True)
-        self.s = upgrade(port)
-        self.s.settimeout(30)
+        self.h2 = H2Ws(port, 1) if h2 else None
+        self.s = None if h2 else upgrade(port)
+        if self.s is not None:
+            self.s.settimeout(30)
         self.i = i
         self.trips = []
         self.stop = False
@@ -134,12 +204,15 @@ class Probe(threading.Thread):
             while not self.stop:
                 msg = struct.pack(">IQ", self.i, n)
                 t = time.monotonic()
-                echo_once(self.s, msg)
+                if self.h2 is not None:
+                    self.h2.echo(self.h2.ids[0], msg)
+                else:
+                    echo_once(self.s, msg)
                 self.trips.append((time.monotonic(), time.monotonic() - t))
                 n += 1
                 time.sleep(0.002)
         except Exception as e:  # noqa: BLE001 (reported)
-            self.error = repr(e)
+            self.error = f"{repr(e)} at {time.monotonic():.3f}"
 
 
 def log_time(path, needle):
@@ -159,6 +232,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--h2", type=int, default=0, metavar="S",
+                    help="WebSockets over HTTP/2, S idle ones to a connection")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ringway-handover-")
     tls_line = ""
@@ -183,7 +258,7 @@ def main():
         f.write(
             f"""[runtime]
 workers = 2
-max_connections = {a.tunnels + a.probes + 200}
+max_connections = {(2 if a.h2 else 1) * (a.tunnels + a.probes) + 200}
 access_log = false
 upgrade_socket = "{sock}"
 shutdown_grace = "30s"
@@ -192,7 +267,8 @@ name = "b"
 servers = [{{ addr = "127.0.0.1:{backend}" }}]
 [[server]]
 listen = ["127.0.0.1:{port}"]
-{tls_line}[[server.location]]
+{tls_line}{"http2 = true" if a.h2 else ""}
+[[server.location]]
 path = "/"
 upstream = "b"
 read_timeout = "600s"
@@ -212,9 +288,15 @@ read_timeout = "600s"
         old = start(["run", "--config", cfg], "proxy-0")
         wait_port(port, old)
         t = time.time()
-        idle = [upgrade(port) for _ in range(a.tunnels)]
+        if a.h2:
+            if TLS is not None:
+                TLS.set_alpn_protocols(["h2"])
+            conns = [H2Ws(port, min(a.h2, a.tunnels - k)) for k in range(0, a.tunnels, a.h2)]
+            idle = [(c, sid) for c in conns for sid in c.ids]
+        else:
+            idle = [upgrade(port) for _ in range(a.tunnels)]
         opened = time.time() - t
-        probes = [Probe(port, i) for i in range(a.probes)]
+        probes = [Probe(port, i, a.h2 > 0) for i in range(a.probes)]
         for p in probes:
             p.start()
         time.sleep(1.0)
@@ -222,6 +304,7 @@ read_timeout = "600s"
         rows = []
         for r in range(1, a.rounds + 1):
             mark = time.monotonic()
+            print(f"round {r} starts at {mark:.3f}", flush=True)
             t0 = time.time()
             new = start(["run", "--config", cfg, "--upgrade"], f"proxy-{r}")
             old_log = os.path.join(work, f"proxy-{r - 1}.log")
@@ -264,6 +347,9 @@ read_timeout = "600s"
         bad = 0
         for i, s in enumerate(idle):
             try:
+                if a.h2:
+                    s[0].echo(s[1], struct.pack(">I", i))
+                    continue
                 s.settimeout(10)
                 echo_once(s, struct.pack(">I", i))
             except Exception:  # noqa: BLE001 (counted)

@@ -32,7 +32,9 @@ use anyhow::{Context, bail};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::live::{Inbox, Msg};
-use crate::session::{DESC_MAX, Departure, HANDOFF_VERSION, Handed, refuse_handed};
+use crate::session::{
+    DESC_MAX, Departure, HANDOFF_VERSION, Handed, describes_http2, refuse_handed,
+};
 
 /// Tunnels per batch.
 pub const BATCH: usize = 32;
@@ -78,7 +80,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let mut until = Instant::now() + patience;
     let _ = conn.set_write_timeout(Some(SEND_WAIT));
     let mut batch: Vec<Handed> = Vec::new();
-    let (mut done, mut moved, mut lost, mut waiting) = (0, 0u64, 0u64, 0u64);
+    let (mut done, mut moved, mut lost, mut waiting, mut http2) = (0, 0u64, 0u64, 0u64, 0u64);
     let mut stayed: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut broken = false;
     let pause = pause();
@@ -86,7 +88,11 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
         if batch.is_empty() {
             return;
         }
-        let n = batch.len() as u64;
+        // The tunnels in it (an HTTP/2 connection's streams; the connection is not one).
+        let n: u64 = batch
+            .iter()
+            .map(|t| (t.streams.len() + usize::from(!describes_http2(&t.desc))) as u64)
+            .sum();
         if !*broken && let Err(e) = send_batch(&conn, batch) {
             tracing::error!("upgrade: pid {peer} took no more tunnels ({e:#}): closing the rest");
             *broken = true;
@@ -132,12 +138,14 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
             }
             Ok(Departure::Done {
                 moved: m,
+                http2: h,
                 waiting: w,
                 stayed: s,
                 ..
             }) => {
                 done += 1;
                 moved += m;
+                http2 += h;
                 waiting += w;
                 for (k, v) in s {
                     *stayed.entry(k).or_default() += v;
@@ -155,9 +163,14 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let stayed_n: u64 = stayed.values().sum();
     let why: Vec<String> = stayed.iter().map(|(k, v)| format!("{k} {v}")).collect();
     tracing::info!(
-        "upgrade: handed {} tunnel(s) to pid {peer} ({waiting} bytes waiting to be sent went with \
-         them); {stayed_n} stay here and get the drain's Close{}",
-        moved - lost,
+        "upgrade: handed {} tunnel(s) to pid {peer} ({}{waiting} bytes waiting to be sent went \
+         with them); {stayed_n} stay here and get the drain's Close{}",
+        moved.saturating_sub(lost),
+        if http2 > 0 {
+            format!("{http2} HTTP/2 connection(s) carrying some; ")
+        } else {
+            String::new()
+        },
         if why.is_empty() {
             String::new()
         } else {

@@ -56,8 +56,8 @@ pub(super) struct H2 {
     idle_links: Vec<ConnId>,
     /// The links `wants` reads (a bit per connection id), set as each event settles.
     readable: [u64; 4],
-    /// Being handed to the process that takes over (a binary upgrade): the drain does not
-    /// tell the client to go.
+    /// Queued to be handed to the process that takes over, or being handed (a binary
+    /// upgrade): the drain does not tell the client to go.
     holding: bool,
 }
 

@@ -99,6 +99,8 @@ pub fn describes_http2(desc: &[u8]) -> bool {
 pub(super) trait Carrier {
     /// Whether it can go now; `Err` names why not.
     fn carriable(&self, cx: &super::Cx) -> Result<(), &'static str>;
+    /// It is queued to go: until it goes or cannot, the drain does not tell its client to go.
+    fn going(&mut self);
     /// Stop reading every connection that goes with it (what was read goes on as always).
     fn hold(&mut self, cx: &mut super::Cx, io: &mut dyn Io);
     /// Read again (a hand-over that did not happen).
@@ -120,6 +122,8 @@ pub enum Departure {
     /// Close), by why.
     Done {
         moved: u64,
+        /// HTTP/2 connections that went (carrying some of the tunnels that went).
+        http2: u64,
         /// Bytes that waited to be sent in the tunnels that went, and went with them.
         waiting: u64,
         stayed: std::collections::BTreeMap<&'static str, u64>,
@@ -155,6 +159,16 @@ impl Session {
         self.cx.links.hold_sends(io);
         // The recvs and the hang-up watch are cancelled by the usual bookkeeping.
         Ok(self.after(io, env))
+    }
+
+    /// This session is queued to be handed over (the worker holds a wave at a time): an
+    /// HTTP/2 connection does not send the drain's GOAWAY meanwhile.
+    pub fn going(&mut self) {
+        if let Phase::Other(p) = &mut self.phase
+            && let Some(c) = p.carrier_mut()
+        {
+            c.going();
+        }
     }
 
     /// Whether this session can be handed over now; `Err` names why not.

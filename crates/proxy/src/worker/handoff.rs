@@ -40,6 +40,7 @@ pub(super) struct Handing {
     /// Units held, coming to rest, and when they were held.
     held: Vec<(Unit, Instant)>,
     moved: u64,
+    http2: u64,
     waiting: u64,
     stayed: BTreeMap<&'static str, u64>,
 }
@@ -69,6 +70,7 @@ impl Core {
             queue: VecDeque::new(),
             held: Vec::new(),
             moved: 0,
+            http2: 0,
             waiting: 0,
             stayed: BTreeMap::new(),
         };
@@ -87,6 +89,8 @@ impl Core {
                 self.with_session_of(r, slot, Some(generation), |s, io, env| s.drain(io, env));
                 continue;
             }
+            // Until its wave, it runs on as it is (no GOAWAY).
+            e.session.going();
             let fds = e.session.carried_fds();
             for (place, fd) in fds.iter().skip(1).enumerate() {
                 pairs.insert(*fd, (units.len(), place as u32));
@@ -246,7 +250,11 @@ impl Core {
                 m.active.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        h.moved += 1;
+        if entry.session.role() == Role::Http2 {
+            h.http2 += 1;
+        } else {
+            h.moved += 1;
+        }
         Ok(entry.session.export(r.now_ms(), unsent))
     }
 
@@ -337,6 +345,7 @@ impl Core {
         if h.held.is_empty() {
             let _ = h.to.send(Out::Done {
                 moved: h.moved,
+                http2: h.http2,
                 waiting: h.waiting,
                 stayed: h.stayed,
             });

@@ -34,6 +34,10 @@ impl Carrier for H2 {
         Ok(())
     }
 
+    fn going(&mut self) {
+        self.holding = true;
+    }
+
     fn hold(&mut self, cx: &mut Cx, io: &mut dyn Io) {
         self.holding = true;
         // Links kept for a next stream go: their inner sessions end (a socket pair's end).
