@@ -51,9 +51,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// Binary upgrade: take the listening sockets over from the ringway serving the
-        /// configuration's runtime.upgrade_socket, and its ws:// and wss:// tunnels with them
-        /// (runtime.upgrade_tunnels); it then drains what stays (HTTP/2 streams among them) and
-        /// exits.
+        /// configuration's runtime.upgrade_socket, and its ws:// and wss:// tunnels with them,
+        /// over HTTP/1.1 and HTTP/2 (runtime.upgrade_tunnels); it then drains what stays (an
+        /// HTTP/2 connection with a request in flight, among others) and exits.
         #[arg(long)]
         upgrade: bool,
     },

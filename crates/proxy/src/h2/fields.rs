@@ -76,6 +76,11 @@ impl Fields {
         }
     }
 
+    /// What the decoder's table holds (RFC 7541's size: each entry's name, value and 32).
+    pub fn table_bytes(&self) -> usize {
+        self.decoder.size()
+    }
+
     /// The decoder's table, for a binary upgrade (`Decoder::export`).
     pub fn export(&self, w: &mut crate::wire::W) {
         self.decoder.export(w);

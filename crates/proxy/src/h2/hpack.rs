@@ -161,6 +161,11 @@ impl Decoder {
         Ok(())
     }
 
+    /// What the dynamic table holds (each entry's name, value and 32).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// The dynamic table, for the process that takes the connection over (a binary upgrade):
     /// the size the peer set, then each entry, oldest first.
     pub fn export(&self, w: &mut crate::wire::W) {

@@ -24,10 +24,16 @@
 //! derived by ringway's own key schedule. A connection keeps what this needs only when its
 //! handshake ran under `runtime.upgrade_tunnels`.
 //!
-//! What version 2 does not cover, so such a tunnel is not handed over but gets the drain's
-//! Close as before: TLS whose keys were not kept, an HTTP/2 stream, a tunnel that is closing (a
-//! Close frame, a FIN or a close_notify went by) or that splices, whose filter holds a frame
-//! back, or that waits to put a frame of the proxy's own into a stream.
+//! **HTTP/2** (version 3): a connection goes whole, with the inner sessions of its WebSocket
+//! streams (`session/h2/handoff.rs`): its client socket and TLS, its streams' socket pairs,
+//! and its state (`h2::Connection::export`). A stream's tunnel is described as any tunnel,
+//! marked as a stream's; it goes only with its connection.
+//!
+//! What version 3 does not cover, so such a tunnel is not handed over but gets the drain's
+//! Close as before: TLS whose keys were not kept, an HTTP/2 connection with a request in flight
+//! (or a stream half-closed), a tunnel that is closing (a Close frame, a FIN or a close_notify
+//! went by) or that splices, whose filter holds a frame back, or that waits to put a frame of
+//! the proxy's own into a stream.
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -51,9 +57,18 @@ pub const VERSION: u32 = 3;
 /// four pool buffers); a tunnel with more stays and is drained.
 pub const UNSENT_MAX: usize = 256 * 1024;
 
-/// The largest description of one tunnel (its request text is at most 3 × 16 KiB, what waits
-/// to be sent either way, and each side's TLS state).
-pub const DESC_MAX: usize = 64 * 1024 + 2 * UNSENT_MAX + 2 * crate::tls::CARRIED_MAX;
+/// The most an HTTP/2 connection's state may take in its description (the HPACK table, a
+/// frame and a header block gathered in part, its streams); one with more stays and is drained.
+pub const STATE_MAX: usize = 128 * 1024;
+
+/// What waits for the clients' windows on an HTTP/2 connection's streams, together, that its
+/// description carries; a connection with more stays and is drained.
+pub const HELD_MAX: usize = 256 * 1024;
+
+/// The largest description of one tunnel (its request text is at most 3 × 16 KiB, or an HTTP/2
+/// connection's state; what waits to be sent, at most `2 × UNSENT_MAX` in all; answer bytes held
+/// on HTTP/2 streams; the TLS state of each side).
+pub const DESC_MAX: usize = STATE_MAX + 2 * UNSENT_MAX + HELD_MAX + 2 * crate::tls::CARRIED_MAX;
 
 /// A tunnel on its way to the new process: its sockets (open; whoever holds this closes them
 /// once they are sent, or if they cannot be) and its description. A tunnel's sockets are its
@@ -254,7 +269,7 @@ impl Session {
 
     /// What waits to be sent toward each connection that goes (`carried_ids`' order) of a
     /// session at rest, taken out to go with it; `Err` (and nothing taken) past [`UNSENT_MAX`]
-    /// toward any.
+    /// toward any, or twice that in all.
     pub fn take_unsent(&mut self, io: &mut impl Io) -> Result<Vec<Vec<u8>>, &'static str> {
         if let Phase::Other(p) = &mut self.phase
             && let Some(c) = p.carrier_mut()
@@ -266,9 +281,12 @@ impl Session {
             .iter()
             .map(|&id| self.cx.links.get_mut(id).take_queue())
             .collect();
-        let too_much = queues
+        let lens: Vec<usize> = queues
             .iter()
-            .any(|q| q.iter().map(|c| c.len as usize).sum::<usize>() > UNSENT_MAX);
+            .map(|q| q.iter().map(|c| c.len as usize).sum())
+            .collect();
+        let too_much =
+            lens.iter().any(|&n| n > UNSENT_MAX) || lens.iter().sum::<usize>() > 2 * UNSENT_MAX;
         if too_much {
             for (&id, q) in ids.iter().zip(queues) {
                 let conn = self.cx.links.get_mut(id);

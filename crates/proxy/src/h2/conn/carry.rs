@@ -22,6 +22,12 @@ impl Connection {
         Ok(())
     }
 
+    /// About what [`Connection::export`] writes past its fixed fields: a frame and a header
+    /// block gathered in part, the HPACK table.
+    pub fn carried_bytes(&self) -> usize {
+        self.buf.len() + self.block_bytes.len() + self.fields.table_bytes()
+    }
+
     /// The state, at `now_ms` on this process's clock (the glitch bucket's time goes as an
     /// age). The caller checked [`Connection::carriable`].
     pub fn export(&self, w: &mut W, now_ms: u64) {

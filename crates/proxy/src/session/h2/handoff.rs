@@ -11,15 +11,19 @@ use super::*;
 use crate::session::handoff::Carrier;
 use crate::wire::{R, W};
 
-/// Bytes held for a stream's window that a description carries (one read of the inner
-/// session's answer, gathered past a window that stayed shut).
-const HELD_MAX: usize = 256 * 1024;
+use crate::session::handoff::{HELD_MAX, STATE_MAX};
 
 impl Carrier for H2 {
     fn carriable(&self, cx: &Cx) -> Result<(), &'static str> {
         self.conn.carriable()?;
         if !self.first.is_empty() {
             return Err("http2-starting");
+        }
+        // Within what a description carries (its bounds, not the connection's: a client that
+        // keeps its windows shut, or a header block being gathered, keeps it here).
+        let held: usize = self.streams.iter().map(|s| s.held.len()).sum();
+        if held > HELD_MAX || self.conn.carried_bytes() > STATE_MAX / 2 {
+            return Err("busy");
         }
         for s in &self.streams {
             let link = (s.link != NO_LINK).then(|| cx.links.get(s.link));
