@@ -1045,9 +1045,9 @@ fn an_http2_connection_with_a_request_in_flight_stays_and_is_drained() {
     assert_eq!(r["post"]["done"], true, "{r}");
 }
 
-/// The new process cannot take an HTTP/2 connection (its configuration turned HTTP/2 off on
-/// that listener): the connection is not dropped in silence — its client is sent a GOAWAY
-/// from the new process before its socket closes.
+/// The new process cannot take an HTTP/2 connection (its workers are at their session cap):
+/// the connection is not dropped in silence — its client is sent a GOAWAY from the new
+/// process, sealed under its TLS records, before its socket closes.
 #[test]
 fn an_http2_connection_the_new_process_cannot_take_gets_a_goaway() {
     if !uring_ok() || !common::h2::python_h2() {
@@ -1058,12 +1058,52 @@ fn an_http2_connection_the_new_process_cannot_take_gets_a_goaway() {
     let client = h2_chat(tls_listen, dir.clone(), true, 2);
     wait_ready(&dir);
     let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(&rig.cfg, text.replace("http2 = true", "http2 = false")).unwrap();
+    std::fs::write(
+        &rig.cfg,
+        text.replace("max_connections = 5000", "max_connections = 2"),
+    )
+    .unwrap();
     rig.upgrade(1, &[]);
-    rig.proxy.wait_log("is not taken (HTTP/2 is off on", 10);
+    rig.proxy
+        .wait_log("is not taken (this worker is at max_connections)", 10);
     let r = client.join().unwrap();
     let unexpected = r["unexpected"].as_array().unwrap();
     // The GOAWAY came, and was read whole (sealed under the connection's records), whatever
     // the client's own sends met after it.
     assert!(unexpected.contains(&serde_json::json!("GOAWAY 0")), "{r}");
+}
+
+/// The new process's configuration turned HTTP/2 off on the listener: the connection is taken
+/// over as a reload keeps it — told GOAWAY (no new streams), its WebSockets going on until
+/// their clients close them, none lost.
+#[test]
+fn an_http2_connection_under_a_configuration_without_http2_goes_on_as_after_a_reload() {
+    if !uring_ok() || !common::h2::python_h2() {
+        return;
+    }
+    let (mut rig, tls_listen) = h2_rig("handover-h2-off");
+    let dir = rig.dir.join("chat");
+    let client = h2_chat(tls_listen, dir.clone(), true, 2);
+    wait_ready(&dir);
+    let text = std::fs::read_to_string(&rig.cfg).unwrap();
+    std::fs::write(&rig.cfg, text.replace("http2 = true", "http2 = false")).unwrap();
+    let before = h2_progress(&dir);
+    rig.upgrade(1, &[]);
+    rig.proxy.wait_log("(1 HTTP/2 connection(s) with them)", 10);
+    let t = Instant::now();
+    while !h2_progress(&dir)
+        .iter()
+        .zip(&before)
+        .all(|(n, b)| *n >= b + 5)
+    {
+        assert!(t.elapsed() < Duration::from_secs(15), "the streams stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(dir.join("stop"), "1").unwrap();
+    let r = client.join().unwrap();
+    assert_eq!(r["unexpected"], serde_json::json!(["GOAWAY 0"]), "{r}");
+    for (id, s) in r["streams"].as_object().unwrap() {
+        assert_eq!(s["close_code"], 1000, "stream {id}: {r}");
+        assert_eq!(s["sent"], s["echoed"], "stream {id}: {r}");
+    }
 }

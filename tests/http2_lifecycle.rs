@@ -61,8 +61,11 @@ fn a_drain_sends_goaway_and_websocket_streams_get_their_close_frames() {
     assert!(status.success(), "{status:?}\n{}", st.proxy.log_text());
 }
 
+/// With `runtime.upgrade_tunnels = false` a binary upgrade hands over only the listeners, and
+/// HTTP/2 connections are drained as on SIGTERM. (With it on, the default, they move:
+/// tests/handover.rs.)
 #[test]
-fn a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
+fn with_upgrade_tunnels_off_a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
     if !uring_ok() || !python_h2() || !have("curl", &["--version"]) {
         return;
     }
@@ -77,7 +80,7 @@ fn a_binary_upgrade_drains_http2_connections_as_sigterm_does() {
         "upgrade = [\"websocket\"]",
         H2_SERVER,
         &format!(
-            "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"",
+            "shutdown_grace = \"10s\"\ndrain_spread = \"1s\"\nupgrade_socket = \"{}\"\nupgrade_tunnels = false\n[admin]\nlisten = \"{admin}\"",
             sock.display()
         ),
     );

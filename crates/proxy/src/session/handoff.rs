@@ -550,16 +550,15 @@ impl Session {
         d: H2Desc<'_>,
         now: u64,
     ) -> Result<(Session, Vec<Vec<u8>>), String> {
-        let listen_at = d
+        // Under a configuration that no longer has its listener, or HTTP/2 on it, it is taken
+        // as a reload keeps it: its streams go on, and it is told to take no more (GOAWAY).
+        let at = d
             .listener
             .parse::<SocketAddr>()
             .ok()
-            .and_then(|a| cfg.listeners.iter().position(|l| *l == a))
-            .ok_or_else(|| format!("no listener {} here", d.listener))?;
-        let listen = *cfg.listen.get(listen_at).ok_or("no listener")?;
-        if listen.http2.is_none() {
-            return Err(format!("HTTP/2 is off on {} here", d.listener));
-        }
+            .and_then(|a| cfg.listeners.iter().position(|l| *l == a));
+        let listen = *cfg.listen.get(at.unwrap_or(0)).ok_or("no listener")?;
+        let no_more = at.is_none() || listen.http2.is_none();
         let (&client_fd, link_fds) = fds.split_first().ok_or("no socket")?;
         if d.unsent.len() != fds.len() {
             return Err("what waits to be sent does not match the sockets".into());
@@ -581,7 +580,7 @@ impl Session {
             links.push(s.cx.links.adopt_more(t).ok_or("too many streams")?);
         }
         let mut r = R(d.state);
-        let h = super::h2::H2::adopt(&s.cx, &mut r, &links, now)?;
+        let h = super::h2::H2::adopt(&s.cx, &mut r, &links, now, no_more)?;
         if !r.done() {
             return Err("bytes after the description".into());
         }

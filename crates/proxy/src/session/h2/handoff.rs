@@ -89,12 +89,15 @@ impl Carrier for H2 {
 impl H2 {
     /// An HTTP/2 connection handed over: this side's settings as the listener `cx` was
     /// accepted on has them, the state `describe` wrote, and its streams' links (`links[i]`
-    /// carries stream `i`), at `now` on this process's clock.
+    /// carries stream `i`), at `now` on this process's clock. `no_more`: the configuration
+    /// here does not take it on (its listener, or HTTP/2 on it, is gone): it is told GOAWAY, as
+    /// a reload tells it, and its streams go on.
     pub(in crate::session) fn adopt(
         cx: &Cx,
         r: &mut R<'_>,
         links: &[ConnId],
         now: u64,
+        no_more: bool,
     ) -> Result<H2, String> {
         let mut h = H2::new(cx, Vec::new(), now);
         let settings = h.conn.settings();
@@ -129,6 +132,9 @@ impl H2 {
                 trailer_text: Vec::new(),
                 trailers: None,
             });
+        }
+        if no_more {
+            h.conn.goaway(Code::NoError);
         }
         h.mark_readable();
         Ok(h)
