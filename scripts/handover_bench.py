@@ -232,6 +232,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=20)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--probes-first", action="store_true",
+                    help="open the probes before the idle tunnels (they go in the first waves)")
     ap.add_argument("--h2", type=int, default=0, metavar="S",
                     help="WebSockets over HTTP/2, S idle ones to a connection")
     a = ap.parse_args()
@@ -288,15 +290,16 @@ read_timeout = "600s"
         old = start(["run", "--config", cfg], "proxy-0")
         wait_port(port, old)
         t = time.time()
+        if a.h2 and TLS is not None:
+            TLS.set_alpn_protocols(["h2"])
+        early = [Probe(port, i, a.h2 > 0) for i in range(a.probes)] if a.probes_first else []
         if a.h2:
-            if TLS is not None:
-                TLS.set_alpn_protocols(["h2"])
             conns = [H2Ws(port, min(a.h2, a.tunnels - k)) for k in range(0, a.tunnels, a.h2)]
             idle = [(c, sid) for c in conns for sid in c.ids]
         else:
             idle = [upgrade(port) for _ in range(a.tunnels)]
         opened = time.time() - t
-        probes = [Probe(port, i, a.h2 > 0) for i in range(a.probes)]
+        probes = early or [Probe(port, i, a.h2 > 0) for i in range(a.probes)]
         for p in probes:
             p.start()
         time.sleep(1.0)

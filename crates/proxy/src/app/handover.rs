@@ -12,7 +12,8 @@
 //! its streams' socket pairs, then the sockets of each stream's tunnel that goes with it),
 //! then for each: its descriptors' count, its description behind its 32-bit length, and the
 //! streams that go with it (their count, then each one's place among the pairs, descriptors'
-//! count and description).
+//! count and description). The new process answers each batch with one byte once it has it;
+//! the next batch waits for it.
 //!
 //! Bounds: at most [`BATCH`] tunnels, [`FDS_MAX`] descriptors and [`DESC_MAX`] bytes of
 //! description each per batch; the old process ends the stream once no tunnel came from its workers for
@@ -21,7 +22,7 @@
 //! new process does not take (it died) is closed the same way by the old one.
 
 use std::collections::BTreeMap;
-use std::io::{IoSlice, IoSliceMut, Read};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub const SEND_WAIT: Duration = Duration::from_secs(5);
 /// How long a batch may wait for more tunnels before it goes.
 const GATHER: Duration = Duration::from_millis(5);
 const MAGIC: &[u8; 4] = b"RWT2";
+/// What the new process answers each batch with, once it has it.
+const ACK: &[u8; 1] = b"k";
 
 /// The version this process reads (`RINGWAY_HANDOVER_VERSION` overrides it: a test's stand-in
 /// for a binary with another description format).
@@ -79,6 +82,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
     let patience = crate::worker::HANDOFF_WAIT + SEND_WAIT;
     let mut until = Instant::now() + patience;
     let _ = conn.set_write_timeout(Some(SEND_WAIT));
+    let _ = conn.set_read_timeout(Some(SEND_WAIT));
     let mut batch: Vec<Handed> = Vec::new();
     let (mut done, mut moved, mut lost, mut waiting, mut http2) = (0, 0u64, 0u64, 0u64, 0u64);
     let mut stayed: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -93,7 +97,7 @@ pub fn send(conn: UnixStream, from: Receiver<Departure>, workers: usize, peer: i
             .iter()
             .map(|t| (t.streams.len() + usize::from(!describes_http2(&t.desc))) as u64)
             .sum();
-        if !*broken && let Err(e) = send_batch(&conn, batch) {
+        if !*broken && let Err(e) = send_batch(&conn, batch).and_then(|()| acked(&conn)) {
             tracing::error!("upgrade: pid {peer} took no more tunnels ({e:#}): closing the rest");
             *broken = true;
         }
@@ -207,6 +211,23 @@ fn put_one(body: &mut Vec<u8>, t: &Handed) {
     body.extend_from_slice(&t.desc);
 }
 
+/// The new process's word that it has taken a batch in (its descriptors received). A batch
+/// goes only once the one before was taken: with batches sent back to back, descriptors of
+/// Unix sockets (HTTP/2 streams' socket pairs) piled up in flight and a send waited 15–36 ms
+/// in the kernel now and then (5,000 streams; Linux makes a sender with many Unix sockets in
+/// flight wait for its garbage collector of them). With one batch in flight none waits, and
+/// the round trip costs ~50 µs a batch.
+fn acked(conn: &UnixStream) -> anyhow::Result<()> {
+    let mut ack = [0u8; 1];
+    (&*conn)
+        .read_exact(&mut ack)
+        .context("waiting for the new process to take a batch")?;
+    if ack != *ACK {
+        bail!("the new process answered a batch with {ack:?}");
+    }
+    Ok(())
+}
+
 fn send_batch(conn: &UnixStream, batch: &[Handed]) -> anyhow::Result<()> {
     use std::io::Write;
     let fds: Vec<RawFd> = batch.iter().flat_map(Handed::all_fds).collect();
@@ -255,6 +276,9 @@ pub fn receive(mut conn: UnixStream, inboxes: &[Arc<Inbox>]) -> anyhow::Result<R
             }
             bail!("reading a batch's descriptions: {e}");
         }
+        // Taken in: the old process sends the next. (If it cannot hear it, it is gone, and the
+        // next header says so.)
+        let _ = (&conn).write_all(ACK);
         let tunnels = match take_batch(&body, n, &fds) {
             Some(t) => t,
             None => {
