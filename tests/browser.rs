@@ -397,3 +397,105 @@ fn keeps_its_websocket_across_an_upgrade(mode: Mode) {
         );
     }
 }
+
+/// The page of the HTTP/2 upgrade test, served through ringway over HTTP/2: once the page has
+/// settled (Chromium takes a WebSocket over HTTP/2 only on a session that has), a WebSocket on
+/// the same connection (RFC 8441) sends a numbered message every 20 ms for 4 s and checks each
+/// echo, then closes and reports through ringway, on the same connection.
+const H2_UPGRADE_PAGE: &str = r#"<!doctype html>
+<html><head><title>ringway h2 upgrade test</title></head><body><script>
+let sent = 0, ok = 0, bad = 0, closed = 0, mine = false;
+window.addEventListener("load", () => fetch("/").then(() => {
+  const ws = new WebSocket("wss://" + location.host + "/ws/upgrade");
+  ws.onopen = () => {
+    const t = setInterval(() => { sent++; ws.send("m" + sent); }, 20);
+    setTimeout(() => {
+      clearInterval(t);
+      setTimeout(() => {
+        mine = true;
+        ws.close(1000, "bye");
+        fetch("/report?result=" + encodeURIComponent(
+          "sent=" + sent + " ok=" + ok + " bad=" + bad + " closed=" + closed));
+      }, 300);
+    }, 4000);
+  };
+  ws.onmessage = (e) => { if (e.data === "m" + (ok + bad + 1)) ok++; else bad++; };
+  ws.onclose = () => { if (!mine) closed++; };
+}));
+</script></body></html>"#;
+
+/// A browser's WebSocket over HTTP/2 lives through `ringway run --upgrade`: the page and its
+/// WebSocket share one HTTP/2 connection over TLS, which moves to the new process whole with
+/// the WebSocket's stream mid-conversation; every message comes back, in order, with no close,
+/// and the page's report after it goes over the same connection, now the new process's.
+#[test]
+fn chromium_keeps_its_websocket_over_http2_across_an_upgrade() {
+    if !runnable() {
+        return;
+    }
+    let dir = scratch("browser-upgrade-h2");
+    let backends = vec![free_addr()];
+    let _echo = echo(&backends, &dir);
+    let (web_addr, rx) = web_server(H2_UPGRADE_PAGE.to_string());
+    let (listen, admin) = (free_addr(), free_addr());
+    let sock = dir.join("upgrade.sock");
+    let cfg = format!(
+        "[runtime]\nworkers = 1\nupgrade_socket = \"{}\"\n[admin]\nlisten = \"{admin}\"\n\n[[upstream]]\nname = \"web\"\nservers = [{{ addr = \"{web_addr}\" }}]\n\n[[upstream]]\nname = \"ws\"\nservers = [{{ addr = \"{}\" }}]\n\n[[server]]\nlisten = [\"{listen}\"]\nhttp2 = true\n{}\n\n[[server.location]]\npath = \"/\"\nupstream = \"web\"\n\n[[server.location]]\npath = \"/ws/\"\nupstream = \"ws\"\nupgrade = [\"websocket\"]\n",
+        sock.display(),
+        backends[0],
+        tls_line()
+    );
+    let mut old = proxy(&cfg, listen, &dir);
+    let mut chromium = chromium(&dir, &format!("https://localhost:{}/", listen.port()));
+    let t = std::time::Instant::now();
+    while admin_status(admin)["tunnels"].as_u64() != Some(1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the page's WebSocket never opened\n{}",
+            old.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let path = dir.join("ringway.toml");
+    let new = spawn(
+        &["run", "--config", path.to_str().unwrap(), "--upgrade"],
+        &dir,
+        "proxy-1",
+    );
+    new.wait_log("took over 1 tunnel(s) from pid", 20);
+    assert!(wait_exit(&mut old, 30).success());
+    let result = rx.recv_timeout(Duration::from_secs(60));
+    let _ = chromium.child.kill();
+    let result = result
+        .unwrap_or_else(|_| panic!("no report from the page within 60 s\n{}", new.log_text()))
+        .replace("%20", " ")
+        .replace("%3D", "=");
+    let field = |k: &str| -> u64 {
+        result
+            .split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{result}"))
+    };
+    assert_eq!((field("bad"), field("closed")), (0, 0), "{result}");
+    assert!(
+        field("sent") > 100 && field("ok") == field("sent"),
+        "{result}"
+    );
+    // The WebSocket was a stream of an HTTP/2 connection, and ended in the new process; the
+    // report came over the connection the new process took over (its first request there).
+    let log = new.wait_log("\"GET /ws/upgrade\"", 10);
+    assert!(
+        log.lines().any(|l| l.contains("\"GET /ws/upgrade\"")
+            && l.contains("status=101")
+            && l.contains(" ws h2 ")),
+        "{log}"
+    );
+    let log = new.wait_log("\"GET /report?result=", 10);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"GET /report?result=") && l.contains(" h2 ")),
+        "{log}"
+    );
+}
