@@ -351,42 +351,8 @@ fn keeps_its_websocket_across_an_upgrade(mode: Mode) {
         .replace("HOST", if tls { "localhost" } else { "127.0.0.1" });
     let (web_addr, rx) = web_server(page);
     let mut chromium = chromium(&dir, &format!("http://{web_addr}/"));
-    // Once the page's WebSocket is open and talking, upgrade.
-    let t = std::time::Instant::now();
-    while admin_status(admin)["tunnels"].as_u64() != Some(1) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the page's WebSocket never opened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1000));
-    let path = dir.join("ringway.toml");
-    let new = spawn(
-        &["run", "--config", path.to_str().unwrap(), "--upgrade"],
-        &dir,
-        "proxy-1",
-    );
-    new.wait_log("took over 1 tunnel(s) from pid", 20);
-    assert!(wait_exit(&mut old, 30).success());
-    let result = rx.recv_timeout(Duration::from_secs(60));
-    let _ = chromium.child.kill();
-    let result = result
-        .unwrap_or_else(|_| panic!("no report from the page within 60 s\n{}", new.log_text()))
-        .replace("%20", " ")
-        .replace("%3D", "=");
-    let field = |k: &str| -> u64 {
-        result
-            .split(' ')
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{result}"))
-    };
-    assert_eq!((field("bad"), field("closed")), (0, 0), "{result}");
-    assert!(
-        field("sent") > 100 && field("ok") == field("sent"),
-        "{result}"
-    );
+    let new = upgrade_while_talking(admin, &mut old, &dir);
+    talked_through(&rx, &mut chromium, &new);
     // The tunnel ended in the new process, its line counting what it carried in both.
     let log = new.wait_log("\"GET /ws/upgrade\"", 10);
     if tls {
@@ -447,6 +413,33 @@ fn chromium_keeps_its_websocket_over_http2_across_an_upgrade() {
     );
     let mut old = proxy(&cfg, listen, &dir);
     let mut chromium = chromium(&dir, &format!("https://localhost:{}/", listen.port()));
+    let new = upgrade_while_talking(admin, &mut old, &dir);
+    talked_through(&rx, &mut chromium, &new);
+    // The WebSocket was a stream of an HTTP/2 connection, and ended in the new process; the
+    // report came over the connection the new process took over (its first request there).
+    let log = new.wait_log("\"GET /ws/upgrade\"", 10);
+    assert!(
+        log.lines().any(|l| l.contains("\"GET /ws/upgrade\"")
+            && l.contains("status=101")
+            && l.contains(" ws h2 ")),
+        "{log}"
+    );
+    let log = new.wait_log("\"GET /report?result=", 10);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"GET /report?result=") && l.contains(" h2 ")),
+        "{log}"
+    );
+}
+
+/// Once the page's WebSocket is open (the proxy counts one tunnel) and has talked for a second,
+/// `ringway run --upgrade` in `dir`: the new process, once it took the tunnel over and the old
+/// one exited.
+fn upgrade_while_talking(
+    admin: std::net::SocketAddr,
+    old: &mut Proc,
+    dir: &std::path::Path,
+) -> Proc {
     let t = std::time::Instant::now();
     while admin_status(admin)["tunnels"].as_u64() != Some(1) {
         assert!(
@@ -460,11 +453,17 @@ fn chromium_keeps_its_websocket_over_http2_across_an_upgrade() {
     let path = dir.join("ringway.toml");
     let new = spawn(
         &["run", "--config", path.to_str().unwrap(), "--upgrade"],
-        &dir,
+        dir,
         "proxy-1",
     );
     new.wait_log("took over 1 tunnel(s) from pid", 20);
-    assert!(wait_exit(&mut old, 30).success());
+    assert!(wait_exit(old, 30).success());
+    new
+}
+
+/// The upgrade page's report: every message it sent came back, in order, and its WebSocket
+/// never closed before it closed it.
+fn talked_through(rx: &mpsc::Receiver<String>, chromium: &mut Proc, new: &Proc) {
     let result = rx.recv_timeout(Duration::from_secs(60));
     let _ = chromium.child.kill();
     let result = result
@@ -482,20 +481,5 @@ fn chromium_keeps_its_websocket_over_http2_across_an_upgrade() {
     assert!(
         field("sent") > 100 && field("ok") == field("sent"),
         "{result}"
-    );
-    // The WebSocket was a stream of an HTTP/2 connection, and ended in the new process; the
-    // report came over the connection the new process took over (its first request there).
-    let log = new.wait_log("\"GET /ws/upgrade\"", 10);
-    assert!(
-        log.lines().any(|l| l.contains("\"GET /ws/upgrade\"")
-            && l.contains("status=101")
-            && l.contains(" ws h2 ")),
-        "{log}"
-    );
-    let log = new.wait_log("\"GET /report?result=", 10);
-    assert!(
-        log.lines()
-            .any(|l| l.contains("\"GET /report?result=") && l.contains(" h2 ")),
-        "{log}"
     );
 }

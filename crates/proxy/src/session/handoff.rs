@@ -506,18 +506,20 @@ impl Session {
         };
         let down = Transport::carried(down_fd, d.tls[0])?;
         let up = Transport::carried(up_fd, d.tls[1])?;
-        let mut s = Session::over(
+        let role = if d.stream {
+            Role::Stream
+        } else {
+            Role::Connection
+        };
+        let mut s = Session::taken_over(
             down,
             d.client,
             listen,
-            cfg.clone(),
+            cfg,
             now,
             Phase::Tunnel(tunnel),
+            role,
         );
-        s.cx.proxy_header = false;
-        if d.stream {
-            s.cx.role = Role::Stream;
-        }
         s.cx.links.up = up;
         s.cx.last_down_ms = Stamp::new(now.saturating_sub(d.down_age));
         s.cx.last_up_ms = Stamp::new(now.saturating_sub(d.up_age));
@@ -542,6 +544,22 @@ impl Session {
         Ok((s, d.unsent.iter().map(|u| u.to_vec()).collect()))
     }
 
+    /// A session over a connection another process handed over: no PROXY header comes on it.
+    fn taken_over(
+        down: Transport,
+        client: SocketAddr,
+        listen: super::Listen,
+        cfg: &Arc<Config>,
+        now: u64,
+        phase: Phase,
+        role: Role,
+    ) -> Session {
+        let mut s = Session::over(down, client, listen, cfg.clone(), now, phase);
+        s.cx.proxy_header = false;
+        s.cx.role = role;
+        s
+    }
+
     /// An HTTP/2 connection handed over (`adopt`): its client's socket and TLS, its streams'
     /// socket pairs, its state.
     fn adopt_http2(
@@ -564,16 +582,9 @@ impl Session {
             return Err("what waits to be sent does not match the sockets".into());
         }
         let down = Transport::carried(client_fd, d.tls)?;
-        let mut s = Session::over(
-            down,
-            d.client,
-            listen,
-            cfg.clone(),
-            now,
-            Phase::Closing(None),
-        );
-        s.cx.proxy_header = false;
-        s.cx.role = Role::Http2;
+        // (Its phase is set once its links are in place.)
+        let phase = Phase::Closing(None);
+        let mut s = Session::taken_over(down, d.client, listen, cfg, now, phase, Role::Http2);
         let mut links = Vec::with_capacity(link_fds.len());
         for &fd in link_fds {
             let t = Transport::carried(fd, None)?;

@@ -151,6 +151,7 @@ impl Core {
         {
             let (slot, generation) = u.lead;
             if let Err(why) = self.hold(r, slot, generation) {
+                // (`hold` has given the lead its Close already.)
                 h.stayed(why);
                 for (_, slot, generation) in u.streams {
                     h.stayed(why);
@@ -200,6 +201,18 @@ impl Core {
         self.with_session_of(r, slot, Some(generation), |s, io, env| {
             s.hand_off_failed(io, env)
         });
+    }
+
+    /// A unit whose lead cannot go (`why`): it and its streams stay, each with the drain's
+    /// Close (the lead an HTTP/2 connection: its GOAWAY).
+    fn fail_unit(&mut self, r: &mut Reactor<Slot>, h: &mut Handing, u: Unit, why: &'static str) {
+        let (slot, generation) = u.lead;
+        h.stayed(why);
+        self.fail(r, slot, generation);
+        for (_, s, g) in u.streams {
+            h.stayed(why);
+            self.fail(r, s, g);
+        }
     }
 
     /// Where a held session stands: gone (None: it ended meanwhile), at rest, or no longer
@@ -279,12 +292,7 @@ impl Core {
                 Some(other) => other,
             };
             if let Err(why) = lead {
-                h.stayed(why);
-                self.fail(r, slot, generation);
-                for (_, s, g) in u.streams {
-                    h.stayed(why);
-                    self.fail(r, s, g);
-                }
+                self.fail_unit(r, &mut h, u, why);
                 continue;
             }
             // Its streams: those that ended drop out, those that can no longer go stay.
@@ -316,12 +324,7 @@ impl Core {
             let mut handed = match self.export(r, slot, generation, &mut h) {
                 Ok(t) => t,
                 Err(why) => {
-                    h.stayed(why);
-                    self.fail(r, slot, generation);
-                    for (_, s, g) in u.streams {
-                        h.stayed(why);
-                        self.fail(r, s, g);
-                    }
+                    self.fail_unit(r, &mut h, u, why);
                     continue;
                 }
             };
