@@ -34,14 +34,12 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use crate::live::{Inbox, Msg};
 use crate::session::{
-    DESC_MAX, Departure, HANDOFF_VERSION, Handed, describes_http2, refuse_handed,
+    DESC_MAX, Departure, FDS_MAX, HANDOFF_VERSION, Handed, describes_http2, refuse_handed,
 };
 
 /// Tunnels per batch.
 pub const BATCH: usize = 32;
-/// Descriptors per batch (the kernel takes at most 253 in one message); an HTTP/2 connection
-/// with its streams goes in one batch, so it holds at most this many.
-pub const FDS_MAX: usize = 250;
+
 /// How long either side waits on the other while tunnels move.
 pub const SEND_WAIT: Duration = Duration::from_secs(5);
 /// How long a batch may wait for more tunnels before it goes.

@@ -33,6 +33,15 @@ use translate::{response_fields, trailer_fields};
 /// go anyway; the inner sessions are not read past it.
 const OUT_GATHER: usize = 64 * 1024;
 
+/// The most an HTTP/2 connection's state may take in a binary upgrade's description (the
+/// HPACK table, a frame and a header block gathered in part, its streams); one with more stays
+/// and is drained.
+pub(super) const STATE_MAX: usize = 128 * 1024;
+
+/// What waits for the clients' windows on an HTTP/2 connection's streams, together, that its
+/// description carries; a connection with more stays and is drained.
+pub(super) const HELD_MAX: usize = 256 * 1024;
+
 /// The window each stream starts with (what a client may send one stream ahead of its inner
 /// session).
 const STREAM_WINDOW: u32 = 64 * 1024;
@@ -627,11 +636,11 @@ impl Protocol for H2 {
         Step::Continue
     }
 
-    fn carrier(&self) -> Option<&dyn crate::session::handoff::Carrier> {
+    fn carrier(&self) -> Option<&dyn super::protocol::Carrier> {
         Some(self)
     }
 
-    fn carrier_mut(&mut self) -> Option<&mut dyn crate::session::handoff::Carrier> {
+    fn carrier_mut(&mut self) -> Option<&mut dyn super::protocol::Carrier> {
         Some(self)
     }
 

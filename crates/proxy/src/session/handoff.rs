@@ -57,18 +57,15 @@ pub const VERSION: u32 = 3;
 /// four pool buffers); a tunnel with more stays and is drained.
 pub const UNSENT_MAX: usize = 256 * 1024;
 
-/// The most an HTTP/2 connection's state may take in its description (the HPACK table, a
-/// frame and a header block gathered in part, its streams); one with more stays and is drained.
-pub const STATE_MAX: usize = 128 * 1024;
-
-/// What waits for the clients' windows on an HTTP/2 connection's streams, together, that its
-/// description carries; a connection with more stays and is drained.
-pub const HELD_MAX: usize = 256 * 1024;
-
 /// The largest description of one tunnel (its request text is at most 3 × 16 KiB, or an HTTP/2
 /// connection's state; what waits to be sent, at most `2 × UNSENT_MAX` in all; answer bytes held
 /// on HTTP/2 streams; the TLS state of each side).
-pub const DESC_MAX: usize = STATE_MAX + 2 * UNSENT_MAX + HELD_MAX + 2 * crate::tls::CARRIED_MAX;
+pub const DESC_MAX: usize =
+    super::h2::STATE_MAX + 2 * UNSENT_MAX + super::h2::HELD_MAX + 2 * crate::tls::CARRIED_MAX;
+
+/// Descriptors per batch (the kernel takes at most 253 in one message); an HTTP/2 connection
+/// with its streams goes in one batch, so it holds at most this many.
+pub const FDS_MAX: usize = 250;
 
 /// A tunnel on its way to the new process: its sockets (open; whoever holds this closes them
 /// once they are sent, or if they cannot be) and its description. A tunnel's sockets are its
@@ -107,25 +104,6 @@ enum Kind {
 /// Whether a description is of an HTTP/2 connection (for the count the new process logs).
 pub fn describes_http2(desc: &[u8]) -> bool {
     desc.len() > 4 && desc[..4] == VERSION.to_le_bytes() && desc[4] == Kind::Http2 as u8
-}
-
-/// A protocol that is handed over as a whole connection besides the tunnel (HTTP/2's): what
-/// `Session` asks of it, through [`super::protocol::Protocol::carrier`].
-pub(super) trait Carrier {
-    /// Whether it can go now; `Err` names why not.
-    fn carriable(&self, cx: &super::Cx) -> Result<(), &'static str>;
-    /// It is queued to go: until it goes or cannot, the drain does not tell its client to go.
-    fn going(&mut self);
-    /// Stop reading every connection that goes with it (what was read goes on as always).
-    fn hold(&mut self, cx: &mut super::Cx, io: &mut dyn Io);
-    /// Read again (a hand-over that did not happen).
-    fn release(&mut self, cx: &mut super::Cx);
-    /// The connections that go with it, the client's first.
-    fn carried_ids(&self) -> Vec<ConnId>;
-    /// What it has written and not yet queued, onto the queues (sealed on TLS).
-    fn flush_out(&mut self, cx: &mut super::Cx, io: &mut dyn Io);
-    /// Its state, at `now`.
-    fn describe(&self, w: &mut W, now: u64);
 }
 
 /// What a worker of the old process sends the thread that talks to the new one.

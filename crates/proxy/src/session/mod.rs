@@ -66,7 +66,8 @@ pub use cx::Role;
 pub use end::{AccessLog, End, TunnelLog};
 pub use env::{Env, Inner, Io, Kit, Observed};
 pub use handoff::{
-    DESC_MAX, Departure, Handed, VERSION as HANDOFF_VERSION, describes_http2, refuse_handed,
+    DESC_MAX, Departure, FDS_MAX, Handed, VERSION as HANDOFF_VERSION, describes_http2,
+    refuse_handed,
 };
 use links::Links;
 pub use links::Side;

@@ -14,7 +14,6 @@ use std::fmt::Debug;
 
 use super::Phase;
 use super::Side;
-use super::handoff::Carrier;
 use super::phase::Req;
 use super::{Cx, End, Env, Io};
 use crate::uring::{Chunk, ConnId};
@@ -395,4 +394,24 @@ impl Protocol for Box<dyn Erased> {
     fn carrier_mut(&mut self) -> Option<&mut dyn Carrier> {
         (**self).carrier_mut()
     }
+}
+
+/// A protocol that a binary upgrade hands over as a whole connection besides the tunnel
+/// (HTTP/2's): what `Session`'s hand-over (`handoff.rs`) asks of it, through
+/// [`Protocol::carrier`].
+pub(super) trait Carrier {
+    /// Whether it can go now; `Err` names why not.
+    fn carriable(&self, cx: &Cx) -> Result<(), &'static str>;
+    /// It is queued to go: until it goes or cannot, the drain does not tell its client to go.
+    fn going(&mut self);
+    /// Stop reading every connection that goes with it (what was read goes on as always).
+    fn hold(&mut self, cx: &mut Cx, io: &mut dyn Io);
+    /// Read again (a hand-over that did not happen).
+    fn release(&mut self, cx: &mut Cx);
+    /// The connections that go with it, the client's first.
+    fn carried_ids(&self) -> Vec<ConnId>;
+    /// What it has written and not yet queued, onto the queues (sealed on TLS).
+    fn flush_out(&mut self, cx: &mut Cx, io: &mut dyn Io);
+    /// Its state, at `now`.
+    fn describe(&self, w: &mut crate::wire::W, now: u64);
 }

@@ -126,7 +126,7 @@ impl Core {
                 .filter(|(g, _)| *g == generation)
                 .and_then(|(_, fd)| pairs.get(fd));
             match with {
-                Some(&(u, place)) if fds_of[u] + 2 <= crate::app::handover::FDS_MAX => {
+                Some(&(u, place)) if fds_of[u] + 2 <= crate::session::FDS_MAX => {
                     fds_of[u] += 2;
                     units[u].streams.push((place, slot, generation));
                 }

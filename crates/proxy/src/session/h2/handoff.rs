@@ -8,10 +8,8 @@
 //! before.
 
 use super::*;
-use crate::session::handoff::Carrier;
+use crate::session::protocol::Carrier;
 use crate::wire::{R, W};
-
-use crate::session::handoff::{HELD_MAX, STATE_MAX};
 
 impl Carrier for H2 {
     fn carriable(&self, cx: &Cx) -> Result<(), &'static str> {
