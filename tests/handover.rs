@@ -1107,3 +1107,128 @@ fn an_http2_connection_under_a_configuration_without_http2_goes_on_as_after_a_re
         assert_eq!(s["sent"], s["echoed"], "stream {id}: {r}");
     }
 }
+
+/// A minimal HTTP/2 client over rustls (ALPN h2) carrying one WebSocket (extended CONNECT) on
+/// stream 1: what lets a test ask for a TLS 1.3 key update on an HTTP/2 connection, which
+/// Python's ssl cannot.
+struct H2Tls {
+    s: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// The WebSocket's bytes from the server, not yet read as frames.
+    ws: Vec<u8>,
+}
+
+impl H2Tls {
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).unwrap();
+    }
+
+    fn open(addr: SocketAddr) -> H2Tls {
+        use ringway_proxy::h2::frame::{PREFACE, kind};
+        let mut config = (*pki().client).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let c = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut h = H2Tls {
+            s: rustls::StreamOwned::new(c, tcp),
+            ws: Vec::new(),
+        };
+        h.s.write_all(PREFACE).unwrap();
+        h.frame(kind::SETTINGS, 0, 0, &[]);
+        h.frame(kind::WINDOW_UPDATE, 0, 0, &(1u32 << 24).to_be_bytes());
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "CONNECT"),
+            (":protocol", "websocket"),
+            (":scheme", "https"),
+            (":path", "/ws/"),
+            (":authority", "localhost"),
+            ("sec-websocket-version", "13"),
+        ] {
+            ringway_proxy::h2::fields::encode_field(&mut block, n.as_bytes(), v.as_bytes());
+        }
+        h.frame(kind::HEADERS, 0x4, 1, &block);
+        // The answer: a 200 (`:status` 200 is static index 8).
+        loop {
+            let (kind, _, stream, payload) = h.read_frame();
+            if kind == ringway_proxy::h2::frame::kind::HEADERS && stream == 1 {
+                assert_eq!(payload.first(), Some(&0x88), "not a 200: {payload:?}");
+                assert_eq!(h.s.conn.alpn_protocol(), Some(&b"h2"[..]));
+                return h;
+            }
+        }
+    }
+
+    /// The next frame from the server; SETTINGS are acknowledged, DATA on stream 1 kept (and
+    /// its credit given back), a GOAWAY or a reset fails the test.
+    fn read_frame(&mut self) -> (u8, u8, u32, Vec<u8>) {
+        use ringway_proxy::h2::frame::kind;
+        let mut head = [0u8; 9];
+        self.s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (k, flags) = (head[3], head[4]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload).unwrap();
+        match k {
+            kind::SETTINGS if flags & 1 == 0 => self.frame(kind::SETTINGS, 1, 0, &[]),
+            kind::DATA if stream == 1 && len > 0 => {
+                self.ws.extend_from_slice(&payload);
+                let n = (len as u32).to_be_bytes();
+                self.frame(kind::WINDOW_UPDATE, 0, 1, &n);
+                self.frame(kind::WINDOW_UPDATE, 0, 0, &n);
+            }
+            kind::GOAWAY | kind::RST_STREAM => panic!("frame {k} from the server: {payload:?}"),
+            _ => {}
+        }
+        (k, flags, stream, payload)
+    }
+
+    /// One message out and its echo back.
+    fn echo(&mut self, msg: &[u8]) {
+        let f = ws_frame_masked(true, 2, msg, [7, 1, 9, 3]);
+        self.frame(ringway_proxy::h2::frame::kind::DATA, 0, 1, &f);
+        let want = 2 + msg.len();
+        while self.ws.len() < want {
+            self.read_frame();
+        }
+        let got: Vec<u8> = self.ws.drain(..want).collect();
+        assert_eq!((got[0], &got[2..]), (0x82, msg), "the echo");
+    }
+}
+
+/// An HTTP/2 connection over TLS 1.3 moves, and a TLS key update after the move works: the
+/// client moves to new keys and asks the proxy to (KeyUpdate, update_requested) after each of
+/// two upgrades, and its WebSocket stream echoes on under the new keys.
+#[test]
+fn a_tls_key_update_on_an_http2_connection_after_the_move_works() {
+    if !uring_ok() {
+        return;
+    }
+    let (mut rig, tls_listen) = h2_rig("handover-h2-keyupdate");
+    let mut c = H2Tls::open(tls_listen);
+    assert_eq!(
+        c.s.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let mut n = 0u32;
+    let mut talk = |c: &mut H2Tls, k: u32| {
+        for _ in 0..k {
+            n += 1;
+            c.echo(format!("message {n}").as_bytes());
+        }
+    };
+    talk(&mut c, 20);
+    for r in 1..=2 {
+        rig.upgrade(r, &[]);
+        rig.proxy.wait_log("(1 HTTP/2 connection(s) with them)", 10);
+        talk(&mut c, 10);
+        c.s.conn.refresh_traffic_keys().unwrap();
+        talk(&mut c, 20);
+    }
+}
