@@ -1,5 +1,9 @@
 //! The description written and read back, broken descriptions refused, TLS states carried.
 use super::*;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::wire::W;
 
 const CFG: &str = r#"
 [[upstream]]
