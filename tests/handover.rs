@@ -1232,3 +1232,40 @@ fn a_tls_key_update_on_an_http2_connection_after_the_move_works() {
         talk(&mut c, 20);
     }
 }
+
+/// A client that reads nothing makes the proxy hold its streams' answers for its windows (one
+/// read of each stream's inner session: 16 such streams moved here); past what a description
+/// carries (`HELD_MAX`, 256 KiB for the connection: 40 streams), the connection is not
+/// handed over but stays and is drained: its client gets the GOAWAY, the old process says why
+/// (`busy`), and ends it at its `shutdown_grace`.
+#[test]
+fn an_http2_connection_holding_more_than_a_description_carries_stays_and_is_drained() {
+    if !uring_ok() || !common::h2::python_h2() {
+        return;
+    }
+    let tls_listen = free_addr();
+    let extra = format!(
+        "http2 = true\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n\n[[server]]\nlisten = [\"{tls_listen}\"]\n{}\nhttp2 = true\n",
+        tls_line()
+    );
+    let mut rig = rig_full("handover-h2-held", "", &extra, "", &[], &|t| {
+        t.replace("shutdown_grace = \"20s\"", "shutdown_grace = \"2s\"")
+    });
+    wait_port(tls_listen, &mut rig.proxy);
+    let dir = rig.dir.join("chat");
+    let client = h2_chat_with(tls_listen, dir.clone(), true, 40, &["--shut-window"]);
+    wait_ready(&dir);
+    // The echoes pile up in the proxy, held for windows that never open.
+    std::thread::sleep(Duration::from_millis(1000));
+    rig.upgrade(1, &[]);
+    let old = std::fs::read_to_string(rig.dir.join("proxy.log")).unwrap();
+    let line = old
+        .lines()
+        .find(|l| l.contains("stay here and get the drain's Close"))
+        .unwrap_or_else(|| panic!("{old}"));
+    assert!(line.contains("busy 1"), "{line}");
+    assert!(line.contains("handed 0 tunnel(s)"), "{line}");
+    let r = client.join().unwrap();
+    let unexpected = r["unexpected"].as_array().unwrap();
+    assert!(unexpected.contains(&serde_json::json!("GOAWAY 0")), "{r}");
+}

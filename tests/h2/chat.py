@@ -3,7 +3,7 @@
 h2 as the client: what a binary upgrade that keeps tunnels is tested with.
 
 Usage: chat.py HOST PORT DIR [--tls] [--streams K] [--inflight W] [--seconds LIMIT]
-               [--pending-post]
+               [--pending-post] [--shut-window]
 
 Opens one HTTP/2 connection (TLS with ALPN h2, or h2c with prior knowledge) and K extended
 CONNECT streams (:protocol websocket) on it. Each stream keeps W numbered, checksummed binary
@@ -14,6 +14,8 @@ echoes so far, as JSON). When DIR/stop appears (or after LIMIT seconds) each str
 Close 1000 and waits for the server's; then it prints one JSON line: per stream what was sent
 and echoed, its Close code, and anything unexpected (a GOAWAY, a reset, a Close it did not
 ask for, an error). After a graceful GOAWAY the streams go on (RFC 9113 §6.8).
+
+--shut-window: the client's stream windows are 0 (a reader that takes nothing).
 
 --pending-post: once the WebSockets are open, a POST whose body never ends is sent on the same
 connection (an HTTP request in flight); a GOAWAY ends its body, and its answer ends it.
@@ -30,6 +32,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 
 from wsframes import parse_frames, ws_frame
 
@@ -75,6 +78,10 @@ def main():
     conn.initiate_connection()
     # A large connection window, so streams do not wait on each other.
     conn.increment_flow_control_window(1 << 24)
+    if "--shut-window" in sys.argv:
+        # A reader that takes nothing: every stream's window is 0, so the server holds what
+        # it would send.
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
     sock.sendall(conn.data_to_send())
     ids = []
     st = {}
