@@ -1,7 +1,7 @@
 //! An HTTP/2 connection handed to the process that takes over in a binary upgrade
 //! (`session/handoff.rs` says what moves and how): it goes when every stream it carries is a
 //! WebSocket (or it carries none), with its client socket (and TLS records), the socket pairs
-//! of its streams (each inner session goes on its own, as a tunnel), and its state: the
+//! of its streams (each stream's inner session goes with it, as a tunnel), and its state: the
 //! connection's ([`Connection::export`]: the reader, HPACK, windows) and each stream's link,
 //! credit and answer bytes held for the client's window. A stream with a request in flight, a
 //! tunnel half-closed or with trailers to come keeps it here: it gets the drain's GOAWAY as
