@@ -77,6 +77,13 @@ fn rig_full(
 }
 
 impl Rig {
+    /// The configuration file with `from` replaced by `to` (for the next process).
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.cfg).unwrap();
+        assert!(text.contains(from), "{from:?} not in the configuration");
+        std::fs::write(&self.cfg, text.replace(from, to)).unwrap();
+    }
+
     /// `ringway run --upgrade` (with `env`): the new process, once the old one has exited.
     fn upgrade(&mut self, round: usize, env: &[(&str, &str)]) {
         let new = spawn_env(
@@ -606,8 +613,7 @@ fn a_tunnel_the_new_process_cannot_take_gets_its_close() {
     let mut c = ws_connect(rig.listen, "/ws/");
     c.send(Message::text("x")).unwrap();
     assert!(matches!(c.read().unwrap(), Message::Text(_)));
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(&rig.cfg, text.replace("path = \"/\"", "path = \"/api/\"")).unwrap();
+    rig.edit_config("path = \"/\"", "path = \"/api/\"");
     rig.upgrade(1, &[]);
     rig.proxy.wait_log("is not taken (no location", 10);
     expect_drain_close(&mut c);
@@ -794,8 +800,7 @@ fn a_wss_tunnel_the_new_process_cannot_take_gets_its_close_over_tls() {
     let mut c = ws_connect_mode(rig.listen, "/ws/", Mode::Tls);
     c.send(Message::text("x")).unwrap();
     assert!(matches!(c.read().unwrap(), Message::Text(_)));
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(&rig.cfg, text.replace("path = \"/\"", "path = \"/api/\"")).unwrap();
+    rig.edit_config("path = \"/\"", "path = \"/api/\"");
     rig.upgrade(1, &[]);
     rig.proxy.wait_log("is not taken (no location", 10);
     expect_drain_close(&mut c);
@@ -825,12 +830,7 @@ fn a_tls_tunnel_made_without_kept_keys_stays_and_is_drained() {
     let mut c = ws_connect_mode(rig.listen, "/ws/", Mode::Tls);
     c.send(Message::text("x")).unwrap();
     assert!(matches!(c.read().unwrap(), Message::Text(_)));
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(
-        &rig.cfg,
-        text.replace("upgrade_tunnels = false", "upgrade_tunnels = true"),
-    )
-    .unwrap();
+    rig.edit_config("upgrade_tunnels = false", "upgrade_tunnels = true");
     let old_log = rig.proxy.log.clone();
     rig.upgrade(1, &[]);
     expect_drain_close(&mut c);
@@ -979,17 +979,32 @@ fn http2_websockets_live_through_three_upgrades() {
     }
 }
 
-/// A rig whose plain server and a second one over TLS speak HTTP/2 (h2c and ALPN h2); the TLS
-/// one's address.
-fn h2_rig(name: &str) -> (Rig, SocketAddr) {
+/// A rig whose plain server and a second one over TLS speak HTTP/2 (h2c and ALPN h2), its
+/// configuration's text passed through `tweak`; the TLS one's address.
+fn h2_rig(name: &str, tweak: &dyn Fn(String) -> String) -> (Rig, SocketAddr) {
     let tls_listen = free_addr();
     let extra = format!(
         "http2 = true\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n\n[[server]]\nlisten = [\"{tls_listen}\"]\n{}\nhttp2 = true\n",
         tls_line()
     );
-    let mut rig = rig_full(name, "", &extra, "", &[], &|t| t);
+    let mut rig = rig_full(name, "", &extra, "", &[], tweak);
     wait_port(tls_listen, &mut rig.proxy);
     (rig, tls_listen)
+}
+
+/// An HTTP/2 rig (`h2_rig`) with one chat client over TLS (`streams` WebSockets, `more` of its
+/// options) whose WebSockets are all open: the rig, the client's directory and the client.
+fn h2_rig_chatting(
+    name: &str,
+    tweak: &dyn Fn(String) -> String,
+    streams: u32,
+    more: &[&str],
+) -> (Rig, PathBuf, std::thread::JoinHandle<serde_json::Value>) {
+    let (rig, tls_listen) = h2_rig(name, tweak);
+    let dir = rig.dir.join("chat");
+    let client = h2_chat_with(tls_listen, dir.clone(), true, streams, more);
+    wait_ready(&dir);
+    (rig, dir, client)
 }
 
 fn wait_ready(dir: &std::path::Path) {
@@ -1012,10 +1027,8 @@ fn an_http2_connection_with_a_request_in_flight_stays_and_is_drained() {
     if !uring_ok() || !common::h2::python_h2() {
         return;
     }
-    let (mut rig, tls_listen) = h2_rig("handover-h2-busy");
-    let dir = rig.dir.join("chat");
-    let client = h2_chat_with(tls_listen, dir.clone(), true, 3, &["--pending-post"]);
-    wait_ready(&dir);
+    let (mut rig, _dir, client) =
+        h2_rig_chatting("handover-h2-busy", &|t| t, 3, &["--pending-post"]);
     std::thread::sleep(Duration::from_millis(300));
     rig.upgrade(1, &[]);
     let old = std::fs::read_to_string(rig.dir.join("proxy.log")).unwrap();
@@ -1053,16 +1066,8 @@ fn an_http2_connection_the_new_process_cannot_take_gets_a_goaway() {
     if !uring_ok() || !common::h2::python_h2() {
         return;
     }
-    let (mut rig, tls_listen) = h2_rig("handover-h2-refused");
-    let dir = rig.dir.join("chat");
-    let client = h2_chat(tls_listen, dir.clone(), true, 2);
-    wait_ready(&dir);
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(
-        &rig.cfg,
-        text.replace("max_connections = 5000", "max_connections = 2"),
-    )
-    .unwrap();
+    let (mut rig, _dir, client) = h2_rig_chatting("handover-h2-refused", &|t| t, 2, &[]);
+    rig.edit_config("max_connections = 5000", "max_connections = 2");
     rig.upgrade(1, &[]);
     rig.proxy
         .wait_log("is not taken (this worker is at max_connections)", 10);
@@ -1081,12 +1086,8 @@ fn an_http2_connection_under_a_configuration_without_http2_goes_on_as_after_a_re
     if !uring_ok() || !common::h2::python_h2() {
         return;
     }
-    let (mut rig, tls_listen) = h2_rig("handover-h2-off");
-    let dir = rig.dir.join("chat");
-    let client = h2_chat(tls_listen, dir.clone(), true, 2);
-    wait_ready(&dir);
-    let text = std::fs::read_to_string(&rig.cfg).unwrap();
-    std::fs::write(&rig.cfg, text.replace("http2 = true", "http2 = false")).unwrap();
+    let (mut rig, dir, client) = h2_rig_chatting("handover-h2-off", &|t| t, 2, &[]);
+    rig.edit_config("http2 = true", "http2 = false");
     let before = h2_progress(&dir);
     rig.upgrade(1, &[]);
     rig.proxy.wait_log("(1 HTTP/2 connection(s) with them)", 10);
@@ -1210,7 +1211,7 @@ fn a_tls_key_update_on_an_http2_connection_after_the_move_works() {
     if !uring_ok() {
         return;
     }
-    let (mut rig, tls_listen) = h2_rig("handover-h2-keyupdate");
+    let (mut rig, tls_listen) = h2_rig("handover-h2-keyupdate", &|t| t);
     let mut c = H2Tls::open(tls_listen);
     assert_eq!(
         c.s.conn.protocol_version(),
@@ -1243,18 +1244,9 @@ fn an_http2_connection_holding_more_than_a_description_carries_stays_and_is_drai
     if !uring_ok() || !common::h2::python_h2() {
         return;
     }
-    let tls_listen = free_addr();
-    let extra = format!(
-        "http2 = true\n[[server.location]]\npath = \"/\"\nupstream = \"backend\"\n\n[[server]]\nlisten = [\"{tls_listen}\"]\n{}\nhttp2 = true\n",
-        tls_line()
-    );
-    let mut rig = rig_full("handover-h2-held", "", &extra, "", &[], &|t| {
-        t.replace("shutdown_grace = \"20s\"", "shutdown_grace = \"2s\"")
-    });
-    wait_port(tls_listen, &mut rig.proxy);
-    let dir = rig.dir.join("chat");
-    let client = h2_chat_with(tls_listen, dir.clone(), true, 40, &["--shut-window"]);
-    wait_ready(&dir);
+    let grace = |t: String| t.replace("shutdown_grace = \"20s\"", "shutdown_grace = \"2s\"");
+    let (mut rig, _dir, client) =
+        h2_rig_chatting("handover-h2-held", &grace, 40, &["--shut-window"]);
     // The echoes pile up in the proxy, held for windows that never open.
     std::thread::sleep(Duration::from_millis(1000));
     rig.upgrade(1, &[]);
