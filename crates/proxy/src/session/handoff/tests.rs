@@ -144,23 +144,7 @@ fn a_description_is_taken_over_and_written_again_the_same() {
 fn a_broken_description_is_refused_never_a_panic() {
     let cfg = config();
     let d = written();
-    for n in 0..d.len() {
-        assert!(
-            Session::adopt(&cfg, &[-1, -1], &d[..n], 1_000).is_err(),
-            "cut at {n}"
-        );
-    }
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    for _ in 0..20_000 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let mut bad = d.clone();
-        let at = (rng % bad.len() as u64) as usize;
-        bad[at] ^= (rng >> 32) as u8 | 1;
-        // Anything but a panic: a field that still reads is taken.
-        let _ = Session::adopt(&cfg, &[-1, -1], &bad, 1_000);
-    }
+    cut_and_flipped(&cfg, &d, 0x9e3779b97f4a7c15);
     // More waiting to be sent than a tunnel may carry: refused, whatever follows.
     let mut big = d[..d.len() - (4 + 13 + 4 + 15)].to_vec();
     big.extend_from_slice(&(UNSENT_MAX as u32 + 1).to_le_bytes());
@@ -210,17 +194,26 @@ fn a_tls_tunnel_is_taken_over_and_written_again_the_same() {
             .contains("wrong end")
     );
     // Every cut and 20,000 byte flips: refused or taken, never a panic.
+    cut_and_flipped(&cfg, &d, 0x2545f4914f6cdd1d);
+}
+
+/// Description `d` cut at every byte is refused, and with 20,000 single bytes changed (from
+/// `seed`) is refused or taken, never a panic (a field that still reads is taken).
+fn cut_and_flipped(cfg: &Arc<Config>, d: &[u8], seed: u64) {
     for n in 0..d.len() {
-        assert!(Session::adopt(&cfg, &[-1, -1], &d[..n], 1_000).is_err());
+        assert!(
+            Session::adopt(cfg, &[-1, -1], &d[..n], 1_000).is_err(),
+            "cut at {n}"
+        );
     }
-    let mut rng = 0x2545f4914f6cdd1du64;
+    let mut rng = seed;
     for _ in 0..20_000 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let mut bad = d.clone();
+        let mut bad = d.to_vec();
         let at = (rng % bad.len() as u64) as usize;
         bad[at] ^= (rng >> 32) as u8 | 1;
-        let _ = Session::adopt(&cfg, &[-1, -1], &bad, 1_000);
+        let _ = Session::adopt(cfg, &[-1, -1], &bad, 1_000);
     }
 }
