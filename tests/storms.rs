@@ -63,3 +63,86 @@ fn memory_returns_after_storms() {
         "RSS grew storm after storm: {rss:?} KiB"
     );
 }
+
+/// Receive buffers come back after a burst: the pool puts buffers in circulation as the load
+/// needs them, and once the load is gone, those it no longer needs leave circulation and
+/// their pages go back to the system (`buffer_pool.circulating` in `/status`: an exact count;
+/// the kernel writes every buffer in circulation, so each is resident). The load after it is
+/// served as before, growing the pool again.
+#[test]
+fn receive_buffers_return_after_a_burst() {
+    if !uring_ok() {
+        return;
+    }
+    let admin = free_addr();
+    let st = stack(
+        "buffers",
+        "",
+        "",
+        &format!("access_log = false\n[admin]\nlisten = \"{admin}\""),
+    );
+    let target = format!("ws://{}/ws/", st.listen);
+    // Both workers' buffers in circulation.
+    let circulating = || {
+        let s = admin_status(admin);
+        let w = s["workers"].as_array().unwrap();
+        w.iter()
+            .map(|w| w["buffer_pool"]["circulating"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    for round in 0..2 {
+        // The burst: 200 connections echoing 64 KiB messages.
+        let (code, text) = ringway(&[
+            "bench",
+            "throughput",
+            "--target",
+            &target,
+            "-c",
+            "200",
+            "--size",
+            "65536",
+            "-d",
+            "2s",
+            "--json",
+            "--quiet",
+        ]);
+        assert_eq!(code, Some(0), "round {round}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(v["messages"].as_u64().unwrap() > 0, "{text}");
+        assert_eq!(v["errors"].as_object().map_or(0, |e| e.len()), 0, "{text}");
+        let peak = circulating();
+        // Each worker starts with 64 in circulation.
+        assert!(
+            peak >= 3 * 64,
+            "round {round}: the burst took only {peak} buffers"
+        );
+        // Quiet: 16 connections echoing small messages for 3 s (both workers get some). Buffers
+        // leave circulation as they come back from the kernel, so it takes a little traffic to
+        // cycle them; with none, they stay in the ring, resident, until traffic comes.
+        let t = Instant::now();
+        let (code, text) = ringway(&[
+            "bench",
+            "throughput",
+            "--target",
+            &target,
+            "-c",
+            "16",
+            "--size",
+            "64",
+            "-d",
+            "3s",
+            "--json",
+            "--quiet",
+        ]);
+        assert_eq!(code, Some(0), "round {round}: {text}");
+        let now = circulating();
+        eprintln!(
+            "round {round}: {peak} buffers in circulation after the burst, {now} after {:?} of a quiet load",
+            t.elapsed()
+        );
+        assert!(
+            now <= 2 * 64,
+            "round {round}: still {now} buffers in circulation (peak {peak})"
+        );
+    }
+}

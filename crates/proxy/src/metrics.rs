@@ -92,9 +92,11 @@ pub struct WorkerMetrics {
     /// process this one took over from.
     pub tunnels_handed_over: AtomicU64,
     pub tunnels_taken_over: AtomicU64,
-    /// Provided buffers of the worker's pool, and how many are held now (set once a tick).
+    /// Provided buffers of the worker's pool, how many are held now, and how many are in
+    /// circulation (resident; set once a tick).
     pub pool_buffers: AtomicU64,
     pub pool_in_use: AtomicU64,
+    pub pool_circulating: AtomicU64,
     /// Sessions ended, per kind of end (`End::index`).
     ended: [AtomicU64; End::KINDS],
     /// How long client connections lasted.
@@ -178,6 +180,7 @@ impl Default for WorkerMetrics {
             tunnels_taken_over: AtomicU64::new(0),
             pool_buffers: AtomicU64::new(0),
             pool_in_use: AtomicU64::new(0),
+            pool_circulating: AtomicU64::new(0),
             ended: [const { AtomicU64::new(0) }; End::KINDS],
             session_duration: Histogram::new(&LIFETIME_BOUNDS),
             handshake: Histogram::new(&WAIT_BOUNDS),

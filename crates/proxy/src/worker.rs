@@ -241,6 +241,8 @@ impl Worker {
                     .store(u64::from(pool.count()), Ordering::Relaxed);
                 m.pool_in_use
                     .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
+                m.pool_circulating
+                    .store(u64::from(pool.circulating()), Ordering::Relaxed);
             }
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
             while let Some((slot, _, id)) = r.next_unparked(8) {

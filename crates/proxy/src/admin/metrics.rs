@@ -147,6 +147,13 @@ impl Collector for Sources {
             Gauge,
             |w| get(&w.pool_in_use),
         )?;
+        self.per_worker(
+            e,
+            "buffer_pool_circulating",
+            "Receive buffers in circulation (resident); the pool's other buffers hold no memory.",
+            Gauge,
+            |w| get(&w.pool_circulating),
+        )?;
         self.upstreams(e)?;
         self.locations(e)?;
         self.messages(e)?;

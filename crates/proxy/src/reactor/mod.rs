@@ -350,6 +350,9 @@ impl<T> Reactor<T> {
         }
         self.fired = fired;
         self.ring.pool.grow_if_low();
+        if ticked {
+            self.ring.pool.settle(self.now_ms);
+        }
         Ok(ticked)
     }
 

@@ -18,6 +18,9 @@ pub(super) enum BufState {
     Held,
     /// Named by a send in flight; the kernel reads it until the send completes.
     Sending,
+    /// Kept out of circulation after a burst (`BufPool::settle`): nobody reads or writes it,
+    /// and its pages are given back to the system.
+    Parked,
 }
 
 /// The provided-buffer ring (`IORING_REGISTER_PBUF_RING`): fixed memory allocated once, buffers
@@ -37,10 +40,26 @@ pub struct BufPool {
     /// every buffer in circulation gets touched: circulating only as many as the load needs
     /// keeps the resident set at the peak demand instead of the whole pool.
     pub(super) provided: u32,
+    /// Buffers taken out of circulation once a burst has passed, last parked last; the first
+    /// `advised` have had their pages given back (`madvise(MADV_DONTNEED)`). Growth takes
+    /// them back before it touches a fresh one.
+    pub(super) parked: Vec<u16>,
+    pub(super) advised: usize,
+    /// Buffers still to keep out of the ring as they come back (`release`).
+    pub(super) trim: u32,
+    /// The fewest buffers the ring held since `since_ms`: what the load left unused.
+    pub(super) low: u32,
+    pub(super) since_ms: u64,
 }
 
-/// Buffers put in circulation at start and at each growth step.
+/// Buffers put in circulation at start and at each growth step; the pool grows when fewer
+/// than half a step are left in the ring.
 const POOL_STEP: u32 = 64;
+/// How long the ring must keep buffers unused before they leave circulation, and how many
+/// stay in the ring unused even then: above the growth threshold, so a trim does not make the
+/// next turn grow again.
+const TRIM_WINDOW_MS: u64 = 500;
+pub(super) const TRIM_KEEP: u32 = POOL_STEP / 2 + 8;
 pub(super) fn mmap_anon(bytes: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: an anonymous private mapping of `bytes` bytes; no existing memory is touched and
     // the result is checked for MAP_FAILED before use.
@@ -90,26 +109,90 @@ impl BufPool {
             state: vec![BufState::Held; usize::from(count)],
             in_ring: 0,
             provided: 0,
+            parked: Vec::new(),
+            advised: 0,
+            trim: 0,
+            low: 0,
+            since_ms: 0,
         })
     }
 
-    /// Put more never-used buffers in circulation when few are left in the ring. Call once per
-    /// event-loop turn; returns how many were added.
+    /// Put more buffers in circulation when few are left in the ring: parked ones first, then
+    /// never-used ones. Call once per event-loop turn; returns how many were added.
     pub fn grow_if_low(&mut self) -> u32 {
-        if self.in_ring >= POOL_STEP / 2 || self.provided >= self.count() {
+        if self.in_ring >= POOL_STEP / 2 {
             return 0;
         }
-        let n = POOL_STEP.min(self.count() - self.provided);
-        for bid in self.provided..self.provided + n {
-            self.release(bid as u16);
+        // The load came back: nothing more leaves circulation.
+        self.trim = 0;
+        let mut n = 0;
+        while n < POOL_STEP {
+            let bid = match self.parked.pop() {
+                Some(bid) => bid,
+                None if self.provided < self.count() => {
+                    self.provided += 1;
+                    (self.provided - 1) as u16
+                }
+                None => break,
+            };
+            self.state[usize::from(bid)] = BufState::Held;
+            self.offer(bid);
+            n += 1;
         }
-        self.provided += n;
+        self.advised = self.advised.min(self.parked.len());
         n
     }
 
-    /// Buffers in circulation (touched at least once).
+    /// Once per timer tick: when the ring kept more than `TRIM_KEEP` buffers unused for a
+    /// whole window, that many more than the load needs leave circulation as they come back,
+    /// and the pages of those that left are given back. The kernel takes buffers round-robin,
+    /// so every buffer in circulation stays resident; without this, a burst's peak would stay
+    /// the pool's resident set for good.
+    pub fn settle(&mut self, now_ms: u64) {
+        if now_ms < self.since_ms + TRIM_WINDOW_MS {
+            return;
+        }
+        self.trim = self.low.saturating_sub(TRIM_KEEP);
+        self.low = self.in_ring;
+        self.since_ms = now_ms;
+        self.give_back_parked();
+    }
+
+    /// Give the pages of newly parked buffers back to the system (a run of neighbours at once).
+    fn give_back_parked(&mut self) {
+        let fresh = &mut self.parked[self.advised..];
+        fresh.sort_unstable();
+        let size = self.buf_size as usize;
+        let mut i = 0;
+        while i < fresh.len() {
+            let mut j = i + 1;
+            while j < fresh.len() && fresh[j] == fresh[j - 1] + 1 {
+                j += 1;
+            }
+            // SAFETY: buffers fresh[i..j] are parked: out of the ring, named by no recv or send
+            // in flight, read by nobody; the range lies inside the data mapping. Their pages
+            // read back as zeros when a buffer is used again, and nothing depends on what they
+            // held.
+            unsafe {
+                libc::madvise(
+                    self.data.as_ptr().add(usize::from(fresh[i]) * size).cast(),
+                    (j - i) * size,
+                    libc::MADV_DONTNEED,
+                );
+            }
+            i = j;
+        }
+        self.advised = self.parked.len();
+    }
+
+    /// Buffers touched at least once.
     pub fn provided(&self) -> u32 {
         self.provided
+    }
+
+    /// Buffers in circulation: touched at least once and not parked.
+    pub fn circulating(&self) -> u32 {
+        self.provided - self.parked.len() as u32
     }
 
     /// Size of every buffer in bytes.
@@ -122,9 +205,9 @@ impl BufPool {
         self.in_ring
     }
 
-    /// Buffers not held by anyone: in the ring, or never put in circulation yet.
+    /// Buffers not held by anyone: in the ring, parked, or never put in circulation yet.
     pub fn free(&self) -> u32 {
-        self.in_ring + (self.count() - self.provided)
+        self.in_ring + self.parked.len() as u32 + (self.count() - self.provided)
     }
 
     /// Number of buffers in the pool.
@@ -149,7 +232,8 @@ impl BufPool {
         }
     }
 
-    /// Give buffer `bid` back to the kernel. It must be held by us and not named by a send.
+    /// Give buffer `bid` back to the kernel, or park it while a trim is under way. It must be
+    /// held by us and not named by a send.
     pub fn release(&mut self, bid: u16) {
         let i = usize::from(bid);
         assert_eq!(
@@ -157,6 +241,18 @@ impl BufPool {
             BufState::Held,
             "release of buffer {bid} in wrong state"
         );
+        if self.trim > 0 {
+            self.trim -= 1;
+            self.state[i] = BufState::Parked;
+            self.parked.push(bid);
+            return;
+        }
+        self.offer(bid);
+    }
+
+    /// Put held buffer `bid` at the ring's tail.
+    fn offer(&mut self, bid: u16) {
+        let i = usize::from(bid);
         let slot = usize::from(self.tail & self.mask);
         // SAFETY: `slot` < count, inside the ring mapping. The kernel only reads entries between
         // its head and our published tail; this slot is past the tail until we publish below.
@@ -182,6 +278,7 @@ impl BufPool {
         );
         self.state[i] = BufState::Held;
         self.in_ring -= 1;
+        self.low = self.low.min(self.in_ring);
     }
 
     /// The first `len` bytes of a held buffer.
@@ -384,6 +481,11 @@ impl BufPool {
             state: Vec::new(),
             in_ring: 0,
             provided: 0,
+            parked: Vec::new(),
+            advised: 0,
+            trim: 0,
+            low: 0,
+            since_ms: 0,
         }
     }
 }

@@ -178,3 +178,112 @@ fn nodelay_through_the_ring_is_set_before_the_connect_completes() {
     assert_eq!(seen, (Some(0), Some(0)));
     assert!(s.tcp_nodelay().unwrap());
 }
+
+/// The kernel's side of a provided-buffer ring, for tests of the pool alone: take the buffer
+/// at the ring's head and write into it, as a recv would.
+fn kernel_take(p: &mut BufPool, head: &mut u16) -> u16 {
+    assert!(p.available() > 0, "ring empty");
+    // SAFETY: the entry at the head is one the pool published (available > 0), inside the
+    // ring mapping.
+    let e = unsafe { &*p.ring.as_ptr().add(usize::from(*head & p.mask)) };
+    let bid = e.bid();
+    *head = head.wrapping_add(1);
+    p.take(bid);
+    p.bytes_mut(bid, 1)[0] = 0xA5;
+    bid
+}
+
+/// Pages of buffer `bid` resident now (mincore).
+fn resident_pages(p: &BufPool, bid: u16) -> usize {
+    let size = p.buf_size() as usize;
+    let mut v = vec![0u8; size.div_ceil(4096)];
+    // SAFETY: the range is inside the pool's data mapping, page-aligned (the mapping is, and
+    // buffers are 4096 bytes here); `v` has one byte per page.
+    let rc = unsafe {
+        libc::mincore(
+            p.data.as_ptr().add(usize::from(bid) * size).cast(),
+            size,
+            v.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    v.iter().filter(|&&b| b & 1 == 1).count()
+}
+
+/// After a burst, the pool keeps in circulation what the load still needs and gives back the
+/// memory of the rest; when the load comes back, parked buffers return before fresh ones, and
+/// no buffer in the ring or held by anyone is ever parked.
+#[test]
+fn a_burst_s_buffers_leave_circulation_and_their_memory_is_given_back() {
+    let mut p = BufPool::new(1024, 4096).unwrap();
+    let mut head = 0u16;
+    let mut now = 0;
+    p.grow_if_low();
+    assert_eq!(p.circulating(), 64);
+    // A burst: 300 buffers held at once (the pool grows as the ring runs low, once a turn).
+    let mut held = Vec::new();
+    while held.len() < 300 {
+        for _ in 0..20 {
+            held.push(kernel_take(&mut p, &mut head));
+        }
+        p.grow_if_low();
+    }
+    let peak = p.circulating();
+    assert!(peak >= 300 + 32, "{peak}");
+    for bid in held.drain(..) {
+        p.release(bid);
+    }
+    // A quiet load: at most 4 buffers held at a time, for six windows (buffers leave
+    // circulation only as they come back: 400 a second here).
+    for _ in 0..300 {
+        now += 10;
+        for _ in 0..4 {
+            held.push(kernel_take(&mut p, &mut head));
+        }
+        for bid in held.drain(..) {
+            p.release(bid);
+        }
+        p.grow_if_low();
+        p.settle(now);
+    }
+    let quiet = p.circulating();
+    assert!(
+        (TRIM_KEEP..=TRIM_KEEP + 8).contains(&quiet),
+        "{quiet} in circulation, peak {peak}"
+    );
+    assert_eq!(p.parked.len() as u32, peak - quiet);
+    assert_eq!(p.free(), p.count(), "nothing held, nothing lost");
+    // Parked buffers hold no memory; the ones in circulation do.
+    for &bid in &p.parked {
+        assert_eq!(p.state[usize::from(bid)], BufState::Parked);
+        assert_eq!(resident_pages(&p, bid), 0, "parked buffer {bid}");
+    }
+    let in_ring: Vec<u16> = (0..p.count() as u16)
+        .filter(|&b| p.state[usize::from(b)] == BufState::InRing)
+        .collect();
+    assert_eq!(in_ring.len() as u32, quiet);
+    assert!(in_ring.iter().all(|&b| resident_pages(&p, b) == 1));
+    // The load comes back: parked buffers go back into circulation before any fresh one, and
+    // read as zeros (their old bytes were given back with their pages).
+    let provided = p.provided();
+    while held.len() < 200 {
+        for _ in 0..20 {
+            let bid = kernel_take(&mut p, &mut head);
+            assert_eq!(p.bytes(bid, 2)[1], 0);
+            held.push(bid);
+        }
+        p.grow_if_low();
+        now += 10;
+        p.settle(now);
+    }
+    assert_eq!(
+        p.provided(),
+        provided,
+        "no fresh buffer while parked ones last"
+    );
+    assert!(p.circulating() >= 200 + 32);
+    for bid in held.drain(..) {
+        p.release(bid);
+    }
+    assert_eq!(p.free(), p.count());
+}
