@@ -16,15 +16,9 @@ fn memory_returns_after_storms() {
     if !uring_ok() {
         return;
     }
-    let admin = free_addr();
     // connect_timeout shorter than header_timeout (as in examples/ringway.toml): every session's
     // deadline moves earlier once, which once left a dead timer entry behind per session.
-    let st = stack(
-        "storms",
-        "connect_timeout = \"5s\"",
-        "",
-        &format!("access_log = false\n[admin]\nlisten = \"{admin}\""),
-    );
+    let (st, admin) = stack_with_admin("storms", "connect_timeout = \"5s\"");
     let target = format!("ws://{}/ws/", st.listen);
     let (mut heap, mut rss) = (Vec::new(), Vec::new());
     for storm in 0..5 {
@@ -74,13 +68,7 @@ fn receive_buffers_return_after_a_burst() {
     if !uring_ok() {
         return;
     }
-    let admin = free_addr();
-    let st = stack(
-        "buffers",
-        "",
-        "",
-        &format!("access_log = false\n[admin]\nlisten = \"{admin}\""),
-    );
+    let (st, admin) = stack_with_admin("buffers", "");
     let target = format!("ws://{}/ws/", st.listen);
     // Both workers' buffers in circulation.
     let circulating = || {
@@ -92,24 +80,7 @@ fn receive_buffers_return_after_a_burst() {
     };
     for round in 0..2 {
         // The burst: 200 connections echoing 64 KiB messages.
-        let (code, text) = ringway(&[
-            "bench",
-            "throughput",
-            "--target",
-            &target,
-            "-c",
-            "200",
-            "--size",
-            "65536",
-            "-d",
-            "2s",
-            "--json",
-            "--quiet",
-        ]);
-        assert_eq!(code, Some(0), "round {round}: {text}");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert!(v["messages"].as_u64().unwrap() > 0, "{text}");
-        assert_eq!(v["errors"].as_object().map_or(0, |e| e.len()), 0, "{text}");
+        echo_load(&target, "200", "65536", "2s");
         let peak = circulating();
         // Each worker starts with 64 in circulation.
         assert!(
@@ -120,21 +91,7 @@ fn receive_buffers_return_after_a_burst() {
         // leave circulation as they come back from the kernel, so it takes a little traffic to
         // cycle them; with none, they stay in the ring, resident, until traffic comes.
         let t = Instant::now();
-        let (code, text) = ringway(&[
-            "bench",
-            "throughput",
-            "--target",
-            &target,
-            "-c",
-            "16",
-            "--size",
-            "64",
-            "-d",
-            "3s",
-            "--json",
-            "--quiet",
-        ]);
-        assert_eq!(code, Some(0), "round {round}: {text}");
+        echo_load(&target, "16", "64", "3s");
         let now = circulating();
         eprintln!(
             "round {round}: {peak} buffers in circulation after the burst, {now} after {:?} of a quiet load",
@@ -145,4 +102,40 @@ fn receive_buffers_return_after_a_burst() {
             "round {round}: still {now} buffers in circulation (peak {peak})"
         );
     }
+}
+
+/// A stack whose proxy has the admin endpoint (`/status`) and no access log, `location` in its
+/// location.
+fn stack_with_admin(name: &str, location: &str) -> (Stack, std::net::SocketAddr) {
+    let admin = free_addr();
+    let st = stack(
+        name,
+        location,
+        "",
+        &format!("access_log = false\n[admin]\nlisten = \"{admin}\""),
+    );
+    (st, admin)
+}
+
+/// `ringway bench throughput`: `c` connections echoing `size`-byte messages for `d`. Every
+/// message comes back, with no error.
+fn echo_load(target: &str, c: &str, size: &str, d: &str) {
+    let (code, text) = ringway(&[
+        "bench",
+        "throughput",
+        "--target",
+        target,
+        "-c",
+        c,
+        "--size",
+        size,
+        "-d",
+        d,
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(v["messages"].as_u64().unwrap() > 0, "{text}");
+    assert_eq!(v["errors"].as_object().map_or(0, |e| e.len()), 0, "{text}");
 }
