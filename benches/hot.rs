@@ -3,7 +3,7 @@
 //! --against OLD` measures the whole proxy). Each input is what the proxy sees in the
 //! benchmarks of BENCHMARKS.md: a browser's WebSocket upgrade, a 101, 64-byte masked frames.
 //! The pieces: head parse and rewrite, frame tracking, the timer wheel, the balancer's pick,
-//! TLS record seal and open, and a tunnel's own work per echoed message (a session driven by
+//! TLS record seal and open, the TLS 1.3 key schedule, and a tunnel's own work per echoed message (a session driven by
 //! its events, `support/rig.rs`). `cargo test` runs each once.
 
 use std::hint::black_box;
@@ -285,6 +285,50 @@ fn records(c: &mut Criterion) {
     g.finish();
 }
 
+/// The HKDF a full TLS 1.3 handshake runs on the server (TLS_AES_256_GCM_SHA384): extract the
+/// early and handshake secrets, derive each direction's traffic secret, key, IV and Finished
+/// key, and the Finished MAC. The provider's (keyed once per secret) beside aws-lc-rs's own.
+fn key_schedule(c: &mut Criterion) {
+    use rustls::SupportedCipherSuite;
+    use rustls::crypto::tls13::Hkdf;
+    let sha384 = |p: &rustls::crypto::CryptoProvider| -> &'static dyn Hkdf {
+        p.cipher_suites
+            .iter()
+            .find_map(|s| match s {
+                SupportedCipherSuite::Tls13(t)
+                    if t.common.suite == rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 =>
+                {
+                    Some(t.hkdf_provider)
+                }
+                _ => None,
+            })
+            .expect("TLS13_AES_256_GCM_SHA384")
+    };
+    let ours = sha384(&ringway_proxy::tls::setup::provider());
+    let theirs = sha384(&rustls::crypto::aws_lc_rs::default_provider());
+    let secret = [7u8; 48];
+    let schedule = |h: &dyn Hkdf| {
+        let early = h.extract_from_zero_ikm(None);
+        let derived = early.expand_block(&[b"derived"]);
+        let hs = h.extract_from_secret(Some(derived.as_ref()), &secret);
+        for label in [&b"c hs traffic"[..], b"s hs traffic"] {
+            let traffic = hs.expand_block(&[label]);
+            let x = h.expander_for_okm(&traffic);
+            let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+            x.expand_slice(&[b"key"], &mut key).unwrap();
+            x.expand_slice(&[b"iv"], &mut iv).unwrap();
+            let finished = x.expand_block(&[b"finished"]);
+            black_box(h.hmac_sign(&finished, b"transcript hash"));
+        }
+    };
+    let mut g = c.benchmark_group("tls 1.3 key schedule (SHA-384)");
+    g.bench_function("ringway's provider (HMAC keyed once)", |b| {
+        b.iter(|| schedule(ours))
+    });
+    g.bench_function("aws-lc-rs's HKDF", |b| b.iter(|| schedule(theirs)));
+    g.finish();
+}
+
 criterion_group!(
     benches,
     heads,
@@ -292,6 +336,7 @@ criterion_group!(
     timer_wheel,
     balancer,
     tunnel,
-    records
+    records,
+    key_schedule
 );
 criterion_main!(benches);
