@@ -6,7 +6,7 @@
 use super::Side;
 use super::phase::{Linger, Req};
 use super::protocol::{Protocol, Step};
-use super::{Cx, Env, Io, LINGER_MS};
+use super::{Cx, Env, Io, linger_end};
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId};
 
@@ -56,7 +56,8 @@ impl Protocol for Answer {
     }
 
     fn deadline(&self, cx: &Cx, now: u64) -> Option<u64> {
-        (self.linger == Linger::On).then_some(cx.phase_ms.at(now) + LINGER_MS)
+        (self.linger == Linger::On)
+            .then(|| linger_end(cx.phase_ms.at(now), cx.last_down_ms.at(now)))
     }
 
     /// Only while lingering, to read and drop what the client still sends.

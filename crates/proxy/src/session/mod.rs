@@ -83,8 +83,20 @@ pub const RESPONSE_HEAD_MAX: usize = 64 * 1024;
 pub const INTERIM_MAX: u8 = 8;
 /// Bytes of interim responses passed on per request.
 pub const INTERIM_BYTES_MAX: u32 = 16 * 1024;
-/// How long a lingering close waits for the client to finish sending (nginx: lingering_timeout).
+/// How long a lingering close waits for the client to send more (nginx: lingering_timeout),
+/// and how long it lasts at most however much the client sends (nginx: lingering_time).
 pub const LINGER_MS: u64 = 2000;
+pub const LINGER_TIME_MS: u64 = 30_000;
+
+/// When a lingering close that began at `began` ends, the peer it reads and drops having last
+/// sent something at `last`: `LINGER_MS` after that (or after it began), and `LINGER_TIME_MS`
+/// after it began at the latest. A peer still sending when it ends is closed with bytes unread,
+/// so it gets a reset, and the kernel throws away what it had not yet sent of ours: a peer that
+/// keeps sending but reads slowly (a loaded client) keeps its answer as long as it sends, up
+/// to the bound.
+pub(crate) fn linger_end(began: u64, last: u64) -> u64 {
+    (began.max(last) + LINGER_MS).min(began + LINGER_TIME_MS)
+}
 
 /// What a session tells the worker after an event: go on, or `Close`, which means that
 /// closing is complete: no fd open, no op in flight, the slot may be freed (the worker's

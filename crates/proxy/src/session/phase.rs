@@ -50,6 +50,11 @@ pub(super) struct Control {
     /// The code of the Close of ours that went toward a side (0: none), for the tunnel's
     /// record (`tunnel/seen.rs`).
     pub sent: [u16; 2],
+    /// A lingering close after a refused frame (`Tunnel::refused`): the side it reads and
+    /// drops (its index + 1; 0: none), and when it began. It ends when that side closes, or as
+    /// `super::linger_end` says (then instead of `close_by`).
+    pub lingering: u8,
+    pub linger_began: u64,
 }
 
 /// What waits of a stream a filter delayed (`filter::Verdict::Delay`).

@@ -1725,13 +1725,43 @@ fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
             up_before,
             "seed {seed}: dropped"
         );
-        if seed % 2 == 0 {
-            sim.eof(Side::Down);
-            sim.run(true);
-        } else {
-            let at = sim.io.now + super::LINGER_MS;
-            sim.timer(at);
-            sim.run(true);
+        match seed % 4 {
+            0 | 2 => {
+                sim.eof(Side::Down);
+                sim.run(true);
+            }
+            1 => {
+                let at = sim.io.now + super::LINGER_MS;
+                sim.timer(at);
+                sim.run(true);
+            }
+            _ => {
+                // It keeps sending, each time within `LINGER_MS` of the last (a loaded client
+                // still pushing what it had, its Close not read yet): the linger goes on while
+                // it does, and ends `LINGER_TIME_MS` after the refusal at the latest.
+                let began = sim.io.now;
+                let step = super::LINGER_MS - 500;
+                let mut t = began;
+                while t + step < began + super::LINGER_TIME_MS {
+                    t += step;
+                    sim.timer(t);
+                    assert_eq!(
+                        sim.s.stage(),
+                        Stage::Tunnel,
+                        "seed {seed}: lingering at {t}"
+                    );
+                    sim.deliver(
+                        Side::Down,
+                        &ws::frame(opcode::TEXT, b"more", Some([1, 2, 3, 4])),
+                    );
+                    sim.run(true);
+                }
+                assert_eq!(sim.io.wire[idx(Side::Up)].len(), up_before, "seed {seed}");
+                sim.timer(began + super::LINGER_TIME_MS - 1);
+                assert_eq!(sim.s.stage(), Stage::Tunnel, "seed {seed}: not yet");
+                sim.timer(began + super::LINGER_TIME_MS);
+                sim.run(true);
+            }
         }
         sim.assert_clean();
         assert_eq!(
@@ -1739,6 +1769,85 @@ fn a_filter_at_frame_boundaries_passes_then_ends_the_tunnel() {
             vec!["GET /ws/chat 101 frame-too-large"],
             "seed {seed}"
         );
+    }
+
+    // The stream toward the client is mid-frame when its frame is refused: its Close waits
+    // for the frame under way to end. Until then the upstream is still read and the client's
+    // stream stays open (shut now, it would end before the Close; a loaded client then saw a
+    // bare FIN, `tests/message_policy.rs`); then the rest of the frame, the Close, nothing else.
+    for seed in 1..40u64 {
+        let mut sim = Sim::new(seed);
+        sim.deliver(Side::Down, UPGRADE);
+        sim.run(true);
+        sim.deliver(Side::Up, SWITCH);
+        sim.run(true);
+        let Phase::Tunnel(super::tunnel::Tunnel { ctl, .. }) = &mut sim.s.phase else {
+            panic!("seed {seed}: not a tunnel");
+        };
+        let mut k = super::phase::Control::new(None);
+        k.filter = Some(Box::new(Toy {
+            left: 0,
+            seen: std::rc::Rc::new(std::cell::Cell::new(0)),
+        }));
+        *ctl = Some(Box::new(k));
+        let echo = ws::frame(opcode::TEXT, &[b'e'; 100], None);
+        let down_before = sim.io.wire[idx(Side::Down)].len();
+        sim.deliver(Side::Up, &echo[..40]);
+        sim.run(true);
+        sim.deliver(
+            Side::Down,
+            &ws::frame(opcode::BINARY, &[9; 50], Some([1, 2, 3, 4])),
+        );
+        sim.run(true);
+        assert_eq!(sim.s.stage(), Stage::Tunnel, "seed {seed}");
+        assert_eq!(
+            &sim.io.wire[idx(Side::Down)][down_before..],
+            &echo[..40],
+            "seed {seed}: no Close in the middle of a frame"
+        );
+        assert!(
+            !sim.io.shut[idx(Side::Down)],
+            "seed {seed}: the client's stream stays open for its Close"
+        );
+        assert!(
+            sim.io.recv_armed[idx(Side::Up)],
+            "seed {seed}: the upstream is still read"
+        );
+        let mut rest = echo[40..].to_vec();
+        rest.extend(ws::frame(opcode::TEXT, b"after", None));
+        sim.deliver(Side::Up, &rest);
+        sim.run(true);
+        let mut want = echo.clone();
+        want.extend(ws::frame(
+            opcode::CLOSE,
+            &ws::close_payload(1008, "toy"),
+            None,
+        ));
+        assert_eq!(
+            &sim.io.wire[idx(Side::Down)][down_before..],
+            &want[..],
+            "seed {seed}: the frame's end, the Close, nothing after"
+        );
+        assert!(
+            sim.io.shut[idx(Side::Down)],
+            "seed {seed}: shut behind its Close"
+        );
+        // What the upstream sends after it goes nowhere.
+        if sim.io.recv_armed[idx(Side::Up)] {
+            sim.deliver(Side::Up, &ws::frame(opcode::TEXT, b"later", None));
+            sim.run(true);
+        }
+        assert_eq!(
+            &sim.io.wire[idx(Side::Down)][down_before..],
+            &want[..],
+            "seed {seed}: nothing after the Close"
+        );
+        sim.eof(Side::Down);
+        sim.run(true);
+        let end = sim.io.now + super::LINGER_TIME_MS;
+        sim.timer(end);
+        sim.run(true);
+        sim.assert_clean();
     }
 }
 

@@ -116,14 +116,21 @@ impl Control {
     /// The earliest time a heartbeat or the Close wait needs attention (`u64::MAX`: never).
     /// `last`: when each side last sent something.
     pub(super) fn due(&self, last: [u64; 2]) -> u64 {
-        let close = match self.close_by {
-            0 => u64::MAX,
-            t => t,
-        };
+        let close = self.close_at(last);
         (0..2)
             .filter_map(|j| self.beat(j, last))
             .map(|(at, _)| at)
             .fold(close, u64::min)
+    }
+
+    /// When the Close wait ends (`u64::MAX`: none under way): `close_by`, or for a lingering
+    /// close, when `linger_end` says, given when the side it reads last sent something.
+    fn close_at(&self, last: [u64; 2]) -> u64 {
+        match (self.lingering, self.close_by) {
+            (0, 0) => u64::MAX,
+            (0, t) => t,
+            (i, _) => super::linger_end(self.linger_began, last[usize::from(i - 1)]),
+        }
     }
 
     /// The frame gathered from stream `i` is decided: its bytes go to `out` (or are dropped);
@@ -464,7 +471,7 @@ impl Protocol for Tunnel {
             self.drain_close(cx, io);
             return Step::Continue;
         }
-        if k.close_by != 0 && now >= k.close_by {
+        if now >= k.close_at(last) {
             return Step::Close(if k.replied {
                 End::Drained
             } else {
@@ -578,9 +585,10 @@ impl Tunnel {
             let c = io.put(out);
             cx.pass_on(side, c, io);
         }
+        self.close_went(cx, side, io);
         if replied {
             cx.end_with(End::Drained);
-            self.shut_both(cx, io);
+            self.shut_both(cx, io, None);
         }
         if let Some(Verdict::Delay { .. }) = verdict {
             // Not read until the frame's time (`resume_paused`).
@@ -595,6 +603,26 @@ impl Tunnel {
         }) = verdict
         {
             self.refused(cx, side, offender, reason, end, io);
+        }
+    }
+
+    /// A refused frame's Close that waited for a frame boundary in the stream from `side`
+    /// (`refused`) has gone with these bytes: that side is not read again, and the offender's
+    /// write side is shut behind its Close.
+    fn close_went<I: Io + ?Sized>(&mut self, cx: &mut Cx, side: Side, io: &mut I) {
+        let Some(k) = self.ctl.as_deref() else {
+            return;
+        };
+        if k.lingering == 0 {
+            return;
+        }
+        let offender = side_of(usize::from(k.lingering - 1));
+        if side == offender.peer()
+            && k.closed[from(offender)]
+            && cx.links.get(offender).shut() == Shut::Open
+        {
+            cx.links.get_mut(side).mark_eof();
+            cx.links.half_close(offender, io);
         }
     }
 
@@ -676,7 +704,7 @@ impl Tunnel {
     pub(super) fn drain_close<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
         if !self.inject(cx, Side::Up, Inject::Drain, true, io) {
             cx.end_with(End::Shutdown);
-            self.shut_both(cx, io);
+            self.shut_both(cx, io, None);
         }
     }
 
@@ -727,11 +755,14 @@ impl Tunnel {
         true
     }
 
-    /// Both write sides are shut once what is queued has gone; the session ends when both
+    /// Both write sides are shut once what is queued has gone (but `keep`'s, when given: a
+    /// Close of ours still waits for a frame boundary toward it); the session ends when both
     /// peers have closed theirs (within `CLOSE_WAIT_MS`).
-    fn shut_both<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I) {
+    fn shut_both<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, keep: Option<Side>) {
         for side in [Side::Down, Side::Up] {
-            cx.links.half_close(side, io);
+            if keep != Some(side) {
+                cx.links.half_close(side, io);
+            }
         }
         let k = self.ctl.get_or_insert_with(|| Box::new(Control::new(None)));
         if k.close_by == 0 {
@@ -740,11 +771,13 @@ impl Tunnel {
     }
 
     /// A filter refused a frame from `offender` (the other side's Close is on its way): the
-    /// offender gets a Close with `code` where its stream stands at a frame boundary now, and
-    /// the tunnel ends once both peers have closed (within `LINGER_MS`). The offender is
-    /// still read meanwhile, and what it sends dropped (nginx's lingering close): a socket
-    /// closed with bytes unread sends a reset, and the kernel then discards what it had not
-    /// yet sent of ours, the Close among it. The other side is not read again.
+    /// offender gets a Close with `code` where the stream toward it stands at a frame
+    /// boundary, now or once the frame under way has passed (`close_went`), and the tunnel
+    /// ends once both peers have closed (`linger_end`: within `LINGER_MS` of the offender's
+    /// last bytes, `LINGER_TIME_MS` in all). The offender is still read meanwhile, and what it
+    /// sends dropped (nginx's lingering close): a socket closed with bytes unread sends a
+    /// reset, and the kernel then discards what it had not yet sent of ours, the Close among
+    /// it. The other side is not read again once the offender's Close has gone.
     fn refused<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
@@ -756,12 +789,24 @@ impl Tunnel {
     ) {
         tracing::debug!("{}: {end} ({reason})", cx.client);
         cx.end_with(end);
-        self.inject(cx, offender.peer(), Inject::Close(code, reason), false, io);
-        cx.links.get_mut(offender.peer()).mark_eof();
-        self.shut_both(cx, io);
-        // (An offender that does not close is not waited for long: nginx's lingering close.)
+        // The offender's Close goes where the stream toward it stands at a frame boundary: now,
+        // or, mid-frame, once the frame under way has passed. Until then the other side is
+        // still read and the offender's write side stays open (`close_went`): shut now, it
+        // would end the stream before the Close.
+        self.inject(cx, offender.peer(), Inject::Close(code, reason), true, io);
+        let waits = self
+            .ctl
+            .as_deref()
+            .is_some_and(|k| k.want[from(offender.peer())] != Inject::None);
+        if !waits {
+            cx.links.get_mut(offender.peer()).mark_eof();
+        }
+        self.shut_both(cx, io, waits.then_some(offender));
+        // An offender that does not close is not waited for long (nginx's lingering close):
+        // `LINGER_MS` after it last sent something, `LINGER_TIME_MS` in all.
         if let Some(k) = self.ctl.as_deref_mut() {
-            k.close_by = k.close_by.min(io.now_ms() + super::LINGER_MS);
+            k.lingering = from(offender) as u8 + 1;
+            k.linger_began = io.now_ms();
         }
     }
 
@@ -776,7 +821,7 @@ impl Tunnel {
         }
         cx.links.down.mark_eof();
         cx.links.up.mark_eof();
-        self.shut_both(cx, io);
+        self.shut_both(cx, io, None);
         Step::Continue
     }
 }
