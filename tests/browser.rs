@@ -290,7 +290,12 @@ const UPGRADE_PAGE: &str = r#"<!doctype html>
 <html><head><title>ringway upgrade test</title></head><body><script>
 let sent = 0, ok = 0, bad = 0, closed = 0, mine = false;
 const ws = new WebSocket("SCHEME://HOST:PROXY_PORT/ws/upgrade");
-ws.onopen = () => {
+CHAT
+</script></body></html>"#;
+
+/// What both upgrade pages do with their WebSocket `ws` once it is made: a numbered message
+/// every 20 ms for 4 s, each echo checked, then the close and the report.
+const UPGRADE_CHAT: &str = r#"ws.onopen = () => {
   const t = setInterval(() => { sent++; ws.send("m" + sent); }, 20);
   setTimeout(() => {
     clearInterval(t);
@@ -303,8 +308,7 @@ ws.onopen = () => {
   }, 4000);
 };
 ws.onmessage = (e) => { if (e.data === "m" + (ok + bad + 1)) ok++; else bad++; };
-ws.onclose = () => { if (!mine) closed++; };
-</script></body></html>"#;
+ws.onclose = () => { if (!mine) closed++; };"#;
 
 /// A browser's WebSocket lives through `ringway run --upgrade`: its tunnel moves to the new
 /// process mid-conversation, and every message it sends comes back, in order, with no close.
@@ -346,6 +350,7 @@ fn keeps_its_websocket_across_an_upgrade(mode: Mode) {
     );
     let mut old = proxy(&cfg, listen, &dir);
     let page = UPGRADE_PAGE
+        .replace("CHAT", UPGRADE_CHAT)
         .replace("PROXY_PORT", &listen.port().to_string())
         .replace("SCHEME", if tls { "wss" } else { "ws" })
         .replace("HOST", if tls { "localhost" } else { "127.0.0.1" });
@@ -373,20 +378,7 @@ const H2_UPGRADE_PAGE: &str = r#"<!doctype html>
 let sent = 0, ok = 0, bad = 0, closed = 0, mine = false;
 window.addEventListener("load", () => fetch("/").then(() => {
   const ws = new WebSocket("wss://" + location.host + "/ws/upgrade");
-  ws.onopen = () => {
-    const t = setInterval(() => { sent++; ws.send("m" + sent); }, 20);
-    setTimeout(() => {
-      clearInterval(t);
-      setTimeout(() => {
-        mine = true;
-        ws.close(1000, "bye");
-        fetch("/report?result=" + encodeURIComponent(
-          "sent=" + sent + " ok=" + ok + " bad=" + bad + " closed=" + closed));
-      }, 300);
-    }, 4000);
-  };
-  ws.onmessage = (e) => { if (e.data === "m" + (ok + bad + 1)) ok++; else bad++; };
-  ws.onclose = () => { if (!mine) closed++; };
+CHAT
 }));
 </script></body></html>"#;
 
@@ -402,7 +394,7 @@ fn chromium_keeps_its_websocket_over_http2_across_an_upgrade() {
     let dir = scratch("browser-upgrade-h2");
     let backends = vec![free_addr()];
     let _echo = echo(&backends, &dir);
-    let (web_addr, rx) = web_server(H2_UPGRADE_PAGE.to_string());
+    let (web_addr, rx) = web_server(H2_UPGRADE_PAGE.replace("CHAT", UPGRADE_CHAT));
     let (listen, admin) = (free_addr(), free_addr());
     let sock = dir.join("upgrade.sock");
     let cfg = format!(
