@@ -58,6 +58,42 @@ fn memory_returns_after_storms() {
     );
 }
 
+/// What an idle tunnel holds on the proxy's heap, exactly (`heap_bytes` in `/status`, the
+/// counting allocator): its request record lives in the session (the slab, allocated up front)
+/// and its timer entry in the wheel's array indexed by slot, so a held tunnel adds no
+/// allocation of its own; what remains is the wheel's array growing with the slots in use
+/// (16 bytes each, up to twice that while its capacity doubles). With the record and the timer
+/// entry on the heap it was 83 bytes per tunnel.
+#[test]
+fn an_idle_tunnel_holds_no_heap_of_its_own() {
+    if !uring_ok() {
+        return;
+    }
+    let (st, admin) = stack_with_admin("idle-heap", "");
+    let heap = || admin_status(admin)["heap_bytes"].as_u64().unwrap() as i64;
+    // One-time allocations first (the first upstream connect, the first frames).
+    let mut warm: Vec<Ws> = (0..10).map(|_| st.ws("/ws/")).collect();
+    for ws in &mut warm {
+        ws_echo(ws, b"warm".to_vec());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = heap();
+    const N: i64 = 1000;
+    let mut held: Vec<Ws> = (0..N).map(|_| st.ws("/ws/")).collect();
+    for ws in &mut held {
+        ws_echo(ws, b"hello".to_vec());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(active(admin), (N + 10) as u64);
+    let per = (heap() - before) as f64 / N as f64;
+    eprintln!("live heap per idle tunnel: {per:.1} bytes");
+    assert!(per <= 40.0, "an idle tunnel holds {per:.1} bytes of heap");
+    // They are tunnels that still work.
+    for ws in held.iter_mut().step_by(100) {
+        ws_echo(ws, b"again".to_vec());
+    }
+}
+
 /// Receive buffers come back after a burst: the pool puts buffers in circulation as the load
 /// needs them, and once the load is gone, those it no longer needs leave circulation and
 /// their pages go back to the system (`buffer_pool.circulating` in `/status`: an exact count;

@@ -13,7 +13,7 @@ use crate::uring::{Chunk, ConnId};
 /// The answer going out, and the request it answers (its status for the log).
 #[derive(Debug)]
 pub(super) struct Answer {
-    pub req: Box<Req>,
+    pub req: Req,
     pub linger: Linger,
 }
 

@@ -33,13 +33,13 @@ pub(super) fn ask<I: Io + ?Sized>(
     cx: &mut Cx,
     req: &http::Request,
     buf: Vec<u8>,
-    mut r: Box<Req>,
+    mut r: Req,
     a: &AuthRequest,
     loc: u16,
     delay_ms: u64,
     io: &mut I,
     env: &mut Env<'_>,
-) -> Result<(Granted, Vec<u8>, Box<Req>), Step> {
+) -> Result<(Granted, Vec<u8>, Req), Step> {
     let now = io.now_ms();
     let head = &buf[..req.head_len];
     let key = a.cache.and_then(|_| credentials(head, &req.path));

@@ -181,9 +181,11 @@ impl Protocol for Exchange {
         };
         match downward {
             Downward::Upgraded(rest) => {
+                // The tunnel keeps the record in itself: no allocation of its own for as
+                // long as it lives.
                 let mut req = req;
                 // Without an access log the request's text is never read again: a tunnel
-                // does not keep it (its allocation is a quarter of an idle tunnel's memory).
+                // does not keep it.
                 if !cx.cfg.runtime.access_log {
                     req.text = ReqText::none();
                 }

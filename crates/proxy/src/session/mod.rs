@@ -145,7 +145,7 @@ enum Phase {
     /// the connection), then closing, after a lingering close (`answer.rs`, a protocol type).
     Respond(answer::Answer),
     /// Cancelling ops and closing sockets; the request to log when the session ends, if any.
-    Closing(Option<Box<Req>>),
+    Closing(Option<Req>),
     /// A protocol added as a type (`protocol.rs`), called through its interface: HTTP/2
     /// (`h2.rs`), and the session tests' toy protocols.
     Other(Box<dyn protocol::Erased>),
@@ -163,9 +163,9 @@ impl Phase {
         match self {
             Phase::Request(_) | Phase::Other(_) => None,
             Phase::Exchange(x) => Some(&x.req),
-            Phase::Tunnel(tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
-            Phase::Closing(r) => r.as_deref(),
+            Phase::Tunnel(t) => Some(&t.req),
+            Phase::Respond(a) => Some(&a.req),
+            Phase::Closing(r) => r.as_ref(),
         }
     }
 
@@ -173,19 +173,19 @@ impl Phase {
         match self {
             Phase::Request(_) | Phase::Other(_) => None,
             Phase::Exchange(x) => Some(&mut x.req),
-            Phase::Tunnel(tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
-            Phase::Closing(r) => r.as_deref_mut(),
+            Phase::Tunnel(t) => Some(&mut t.req),
+            Phase::Respond(a) => Some(&mut a.req),
+            Phase::Closing(r) => r.as_mut(),
         }
     }
 
     /// Take the request out, leaving the phase as `Closing(None)`.
-    pub fn take_req(&mut self) -> Option<Box<Req>> {
+    pub fn take_req(&mut self) -> Option<Req> {
         match std::mem::replace(self, Phase::Closing(None)) {
             Phase::Request(_) | Phase::Other(_) => None,
             Phase::Exchange(x) => Some(x.req),
-            Phase::Tunnel(tunnel::Tunnel { req: r, .. })
-            | Phase::Respond(answer::Answer { req: r, .. }) => Some(r),
+            Phase::Tunnel(t) => Some(t.req),
+            Phase::Respond(a) => Some(a.req),
             Phase::Closing(r) => r,
         }
     }
@@ -645,7 +645,7 @@ impl Session {
     /// Send our own `status` for `req` (0: none, for `Step::Fail`) and close after it,
     /// lingering while the client may still be sending, so the answer is not lost to a reset
     /// (nginx's lingering close).
-    fn answer(&mut self, mut req: Box<Req>, status: u16, end: End, io: &mut impl Io) {
+    fn answer(&mut self, mut req: Req, status: u16, end: End, io: &mut impl Io) {
         req.status = status;
         self.cx.end_with(end);
         let linger = if self.cx.links.down.eof() {
@@ -697,7 +697,7 @@ impl Session {
 
     /// The session is closing (with `req` to log at its end, if any): both connections are
     /// retired.
-    fn shut(&mut self, req: Option<Box<Req>>, end: End, io: &mut impl Io) {
+    fn shut(&mut self, req: Option<Req>, end: End, io: &mut impl Io) {
         self.cx.end_with(end);
         self.phase = Phase::Closing(req);
         self.cx.links.retire_all(io);

@@ -99,7 +99,7 @@ pub(super) enum Inject {
 /// A request on its way: from the parsed head to the end of the response.
 #[derive(Debug)]
 pub(super) struct Exchange {
-    pub req: Box<Req>,
+    pub req: Req,
     pub terms: Box<Terms>,
     /// What bytes from the upstream are now.
     pub downward: Downward,
@@ -154,7 +154,7 @@ impl Exchange {
     /// The exchange of `req` whose head is queued toward the upstream: its connect starts after
     /// limit_req's `delay_ms` (the phase's clock is set to it), else as soon as no previous
     /// upstream socket is closing (`Session::after`).
-    pub(super) fn to_connect(req: Box<Req>, terms: Box<Terms>, delay_ms: u64) -> Exchange {
+    pub(super) fn to_connect(req: Req, terms: Box<Terms>, delay_ms: u64) -> Exchange {
         Exchange {
             req,
             terms,
@@ -204,9 +204,10 @@ pub(super) enum Linger {
     On,
 }
 
-/// Per-request state, boxed so an idle session stays small: what a request keeps for as long
-/// as it lives, a tunnel included (its log line, its server, its timeouts). 56 bytes, a 64-byte
-/// allocation; what only the exchange needs is in [`Terms`].
+/// Per-request state: what a request keeps for as long as it lives, a tunnel included (its
+/// log line, its server, its timeouts). 56 bytes: boxed in an exchange (a 64-byte allocation),
+/// in the tunnel itself once the 101 has passed (an idle tunnel then holds no allocation for
+/// it); what only the exchange needs is in [`Terms`].
 #[derive(Debug)]
 pub(super) struct Req {
     /// The request's method, Host, target and upgrade protocols, for the log and the 101
@@ -351,12 +352,8 @@ impl Req {
     }
 
     /// A request whose head could not be parsed (logged with `-` fields).
-    pub fn unparsed(started_ms: u64, bytes_in: u64) -> Box<Req> {
-        Box::new(Req::new(
-            ReqText::new("-", "-", "-", ""),
-            started_ms,
-            bytes_in,
-        ))
+    pub fn unparsed(started_ms: u64, bytes_in: u64) -> Req {
+        Req::new(ReqText::new("-", "-", "-", ""), started_ms, bytes_in)
     }
 
     /// A request with nothing decided yet but its text, start and head bytes.

@@ -29,7 +29,7 @@ pub(super) enum Step {
     /// Answer the client with our own `status` (if nothing went to it yet), then close.
     Respond(u16, End),
     /// The same, for this request (one the phase does not hold yet: just parsed).
-    Answer(Box<Req>, u16, End),
+    Answer(Req, u16, End),
     /// The client's transport failed and queued its last words: flush them, then close.
     Fail(End),
     /// Close both connections now.

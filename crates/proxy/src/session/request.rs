@@ -287,15 +287,15 @@ fn new_req(
     upgrade: &str,
     buf: &[u8],
     now: u64,
-) -> Box<Req> {
+) -> Req {
     let host = req.host.as_deref().unwrap_or("-");
     let text = super::phase::ReqText::new(&req.method, host, &req.path, upgrade);
-    Box::new(Req {
+    Req {
         upstream: route.map_or(0, |l| l.upstream as u16),
         read_ms: route.map_or(0, |l| ms32(l.read_timeout)),
         send_ms: route.map_or(cx.listen().header_timeout_ms, |l| ms32(l.send_timeout)),
         ..Req::new(text, cx.phase_ms.at(now), buf.len() as u64)
-    })
+    }
 }
 
 /// A tunnel's lifetime: `max` less a part of `jitter` drawn from the client's port and the

@@ -1438,7 +1438,7 @@ fn an_idle_session_stays_small() {
     // session, where a record on the heap at a tunnel's first message was 80 bytes in every
     // tunnel that carried one; what is rare goes to the session's notes).
     assert!(
-        std::mem::size_of::<Session>() <= 232,
+        std::mem::size_of::<Session>() <= 280,
         "Session grew to {} bytes",
         std::mem::size_of::<Session>()
     );

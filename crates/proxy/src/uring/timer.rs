@@ -5,7 +5,9 @@
 //! checks it (re-inserting when the deadline has moved later). That makes "push the idle timeout
 //! out" a plain store on the data path, with no wheel operation at all. When the owner goes
 //! away it removes its current entry ([`TimerWheel::remove`]), so a storm of short sessions
-//! does not leave an hour's worth of dead entries behind; slot lists shrink when they empty.
+//! does not leave an hour's worth of dead entries behind. A key slot has one entry at most, and
+//! the wheel's lists run through an array indexed by key slot: setting a timer allocates
+//! nothing.
 
 /// A time on a worker's millisecond clock kept in 32 bits (the low bits of the clock), for
 /// what every connection keeps: [`Stamp::at`] rebuilds the whole time from the clock now. It is
@@ -17,7 +19,7 @@ pub struct Stamp(u32);
 impl Stamp {
     /// The stamp of time `ms`.
     #[inline]
-    pub fn new(ms: u64) -> Stamp {
+    pub const fn new(ms: u64) -> Stamp {
         Stamp(ms as u32)
     }
 
@@ -35,9 +37,38 @@ impl Stamp {
 /// A timer key: slab slot and generation of the session that set it.
 pub type TimerKey = (u32, u32);
 
+/// No node: the end of a list, or (as `prev`) a node in no list.
+const NIL: u32 = u32::MAX;
+/// `prev` of a list's first node: this bit and the wheel slot whose list it heads.
+const HEAD: u32 = 1 << 31;
+
+/// The wheel's entry of one key slot, in the wheel's own array indexed by slot: the lists run
+/// through these, so an entry costs no allocation of its own (16 bytes for every slot a key
+/// ever used, against a 16-byte entry in a growing list of its wheel slot, and the list's and
+/// the allocator's slack around it, ~50 bytes per idle tunnel).
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    next: u32,
+    /// The node before it; `HEAD | wheel slot` for a list's first; `NIL` when in no list.
+    prev: u32,
+    generation: u32,
+    /// Due time; exact within 24 days of now, as every timeout is (`Stamp`).
+    due: Stamp,
+}
+
+const UNLINKED: Node = Node {
+    next: NIL,
+    prev: NIL,
+    generation: 0,
+    due: Stamp::new(0),
+};
+
 pub struct TimerWheel {
     tick_ms: u64,
-    slots: Vec<Vec<(TimerKey, u64)>>,
+    /// The first node of each wheel slot's list (`NIL`: empty).
+    heads: Vec<u32>,
+    /// Indexed by a key's slot; grown to the highest slot that set a timer.
+    nodes: Vec<Node>,
     /// Last tick processed.
     tick: u64,
     /// Where the next tick begins (ms): `advance` before it has nothing to do.
@@ -48,10 +79,11 @@ pub struct TimerWheel {
 impl TimerWheel {
     /// A wheel of `slots` slots of `tick_ms` milliseconds, starting at time `now_ms`.
     pub fn new(tick_ms: u64, slots: usize, now_ms: u64) -> TimerWheel {
-        assert!(tick_ms > 0 && slots > 0);
+        assert!(tick_ms > 0 && slots > 0 && slots < HEAD as usize);
         TimerWheel {
             tick_ms,
-            slots: (0..slots).map(|_| Vec::new()).collect(),
+            heads: vec![NIL; slots],
+            nodes: Vec::new(),
             tick: now_ms / tick_ms,
             next_ms: (now_ms / tick_ms + 1) * tick_ms,
             len: 0,
@@ -63,7 +95,7 @@ impl TimerWheel {
         self.tick_ms
     }
 
-    /// Entries in the wheel (including ones their owner no longer cares about).
+    /// Entries in the wheel.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -72,27 +104,57 @@ impl TimerWheel {
         self.len == 0
     }
 
-    /// Fire `key` at or after `due_ms` (within one tick).
+    /// Fire `key` at or after `due_ms` (within one tick), `due_ms` within 24 days of now. A key
+    /// slot has one entry at most: one it had before (of any generation) is replaced.
     pub fn insert(&mut self, key: TimerKey, due_ms: u64) {
+        let i = key.0 as usize;
+        if i >= self.nodes.len() {
+            assert!(key.0 < HEAD, "timer key slot {}", key.0);
+            self.nodes.resize(i + 1, UNLINKED);
+        }
+        if self.nodes[i].prev != NIL {
+            self.unlink(key.0);
+        }
         let t = (due_ms.div_ceil(self.tick_ms)).max(self.tick + 1);
-        let n = self.slots.len() as u64;
-        self.slots[(t % n) as usize].push((key, due_ms));
+        let w = (t % self.heads.len() as u64) as u32;
+        let first = self.heads[w as usize];
+        if first != NIL {
+            self.nodes[first as usize].prev = key.0;
+        }
+        self.nodes[i] = Node {
+            next: first,
+            prev: HEAD | w,
+            generation: key.1,
+            due: Stamp::new(due_ms),
+        };
+        self.heads[w as usize] = key.0;
         self.len += 1;
     }
 
-    /// Remove the entry `key` inserted with `due_ms`, if it is still there (an entry already
-    /// due may sit in the next tick's slot instead; it fires and is dropped by its owner).
+    /// Remove the entry `key` inserted with `due_ms`, if it is still there (it may have fired).
     pub fn remove(&mut self, key: TimerKey, due_ms: u64) {
-        let n = self.slots.len() as u64;
-        for t in [due_ms.div_ceil(self.tick_ms), self.tick + 1] {
-            let slot = &mut self.slots[(t % n) as usize];
-            if let Some(i) = slot.iter().position(|&e| e == (key, due_ms)) {
-                slot.swap_remove(i);
-                self.len -= 1;
-                shrink(slot);
-                return;
-            }
+        if let Some(n) = self.nodes.get(key.0 as usize)
+            && n.prev != NIL
+            && n.generation == key.1
+            && n.due == Stamp::new(due_ms)
+        {
+            self.unlink(key.0);
         }
+    }
+
+    /// Take node `i` out of its list.
+    fn unlink(&mut self, i: u32) {
+        let Node { next, prev, .. } = self.nodes[i as usize];
+        if prev & HEAD != 0 {
+            self.heads[(prev & !HEAD) as usize] = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.nodes[i as usize] = UNLINKED;
+        self.len -= 1;
     }
 
     /// Move time to `now_ms`; append every key whose due time has passed to `fired`, with the
@@ -102,22 +164,19 @@ impl TimerWheel {
             return false;
         }
         let now_tick = now_ms / self.tick_ms;
-        let n = self.slots.len() as u64;
+        let n = self.heads.len() as u64;
         let steps = (now_tick - self.tick).min(n);
-        for i in 1..=steps {
-            let idx = ((self.tick + i) % n) as usize;
-            let slot = &mut self.slots[idx];
-            let before = slot.len();
-            slot.retain(|&(key, due)| {
+        for s in 1..=steps {
+            let mut i = self.heads[((self.tick + s) % n) as usize];
+            while i != NIL {
+                let node = self.nodes[i as usize];
+                let due = node.due.at(now_ms);
                 if due <= now_ms {
-                    fired.push((key, due));
-                    false
-                } else {
-                    true
+                    self.unlink(i);
+                    fired.push(((i, node.generation), due));
                 }
-            });
-            self.len -= before - slot.len();
-            shrink(slot);
+                i = node.next;
+            }
         }
         self.tick = now_tick;
         self.next_ms = (now_tick + 1) * self.tick_ms;
@@ -127,20 +186,6 @@ impl TimerWheel {
     /// Milliseconds from `now_ms` to the start of the next tick (at least 1).
     pub fn until_next_tick(&self, now_ms: u64) -> u64 {
         self.next_ms.saturating_sub(now_ms).max(1)
-    }
-}
-
-/// Give back a slot list's memory once a burst has passed: all of it when the list is empty,
-/// half of it when a quarter or less is used. An empty list keeps nothing, so the wheel holds
-/// memory for the entries in it and not for every slot a burst ever passed through (which
-/// kept 4,096 slots × 2 workers × up to 16 entries, 2 MiB, filling up storm after storm).
-fn shrink(slot: &mut Vec<(TimerKey, u64)>) {
-    if slot.is_empty() {
-        if slot.capacity() > 0 {
-            *slot = Vec::new();
-        }
-    } else if slot.capacity() > 16 && slot.len() * 4 <= slot.capacity() {
-        slot.shrink_to(slot.len() * 2);
     }
 }
 
@@ -189,23 +234,49 @@ mod tests {
     }
 
     #[test]
-    fn removed_entries_never_fire_and_lists_shrink() {
+    fn removed_entries_never_fire() {
         let mut w = TimerWheel::new(10, 4, 0);
         for k in 0..1000u32 {
             w.insert((k, 0), 3_600_000 + u64::from(k));
         }
-        let grown: usize = w.slots.iter().map(|s| s.capacity()).sum();
-        for k in 0..1000u32 {
+        assert_eq!(w.len(), 1000);
+        // Removing with another generation or due time is not this entry: it stays.
+        w.remove((7, 1), 3_600_007);
+        w.remove((7, 0), 3_600_008);
+        assert_eq!(w.len(), 1000);
+        // Out of order, from the middle, the front and the end of the lists.
+        for k in (0..1000u32).rev().step_by(2).chain((0..1000u32).step_by(2)) {
             w.remove((k, 0), 3_600_000 + u64::from(k));
         }
         assert!(w.is_empty());
-        let after: usize = w.slots.iter().map(|s| s.capacity()).sum();
-        assert_eq!(after, 0, "slot lists kept {after} of {grown} entries");
+        assert!(w.heads.iter().all(|&h| h == NIL));
         let mut f = Vec::new();
         w.advance(4_000_000, &mut f);
         assert!(f.is_empty());
         // Removing what is not there (already fired) is a no-op.
         w.remove((1, 0), 5);
+        w.remove((5000, 0), 5);
+    }
+
+    #[test]
+    fn a_key_has_one_entry_and_a_new_one_replaces_it() {
+        let mut w = TimerWheel::new(10, 8, 0);
+        w.insert((3, 0), 500);
+        w.insert((4, 0), 500);
+        w.insert((3, 0), 40); // earlier: the entry moves
+        w.insert((5, 0), 40);
+        assert_eq!(w.len(), 3);
+        let mut f = Vec::new();
+        w.advance(40, &mut f);
+        f.sort();
+        assert_eq!(f, vec![((3, 0), 40), ((5, 0), 40)]);
+        f.clear();
+        // A later generation in the same slot replaces a stale entry too.
+        w.insert((4, 1), 100);
+        assert_eq!(w.len(), 1);
+        w.advance(1000, &mut f);
+        assert_eq!(f, vec![((4, 1), 100)]);
+        assert!(w.is_empty());
     }
 
     #[test]
@@ -223,8 +294,8 @@ mod tests {
 
     #[test]
     fn a_burst_over_every_slot_leaves_nothing_behind() {
-        // A few entries in each slot (under the 16 a list used to keep), some fired, some
-        // removed by their owner: the wheel keeps no memory for slots it has no entries in.
+        // A few entries in each slot, some fired, some removed by their owner: every list is
+        // empty after.
         let mut w = TimerWheel::new(10, 64, 0);
         for k in 0..640u32 {
             w.insert((k, 0), 10 * u64::from(k));
@@ -235,7 +306,7 @@ mod tests {
             w.remove((k, 0), 10 * u64::from(k));
         }
         assert!(w.is_empty());
-        let kept: usize = w.slots.iter().map(|s| s.capacity()).sum();
-        assert_eq!(kept, 0);
+        assert!(w.heads.iter().all(|&h| h == NIL));
+        assert!(w.nodes.iter().all(|n| n.prev == NIL));
     }
 }

@@ -143,11 +143,13 @@ impl Session {
             .or_else(|| cfg.servers[si].listen.first().copied())
             .unwrap_or(0);
         let listen = *cfg.listen.get(listen_at).ok_or("no listener")?;
-        let mut req = Box::new(Req::new(
-            ReqText::new(d.text[0], d.text[1], d.text[2], d.text[3]),
-            now.saturating_sub(d.age),
-            d.bytes_in,
-        ));
+        // As a tunnel opened here: without an access log, no text is kept.
+        let text = if cfg.runtime.access_log {
+            ReqText::new(d.text[0], d.text[1], d.text[2], d.text[3])
+        } else {
+            ReqText::none()
+        };
+        let mut req = Req::new(text, now.saturating_sub(d.age), d.bytes_in);
         req.bytes_out = d.bytes_out;
         req.read_ms = d.read_ms;
         req.send_ms = d.send_ms;
