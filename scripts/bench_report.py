@@ -52,6 +52,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         rows += [
             (f"user-space KiB per idle proxied WebSocket at {large_idle:,}", (f"idle{large_idle}", "kib_per_conn"), 2),
             (f"  established / alive at end / heartbeats lost ", None, None),
+            ("  the same counted as VmRSS summed over the processes (a shared page once per process)", (f"idle{large_idle}", "rss_kib_per_conn"), 2),
         ]
     rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
     if any("tls" in results.get(c, {}) for c in cols):
@@ -142,8 +143,11 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                    "just before.\n")
     out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
                "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
-               "memory is VmRSS summed over the proxy's processes while holding N idle WebSockets (each "
-               "sending a small heartbeat every few seconds) minus the same at rest, divided by N; the kernel's "
+               "memory is the proxy's share of physical memory (PSS from `/proc/PID/smaps_rollup`, summed over its "
+               "processes: a page n processes map counts 1/n in each, so the binary's code pages, shared by every "
+               "process, count once and not once per process as a sum of VmRSS would) while holding N idle "
+               "WebSockets (each sending a small heartbeat every few seconds) minus the same at rest, divided by N; "
+               "the kernel's "
                "share is the growth of every slab cache (`/proc/slabinfo`) and of TCP's socket-buffer pages "
                "(`/proc/net/sockstat`) over the same hold, divided by N — for the whole host, where each "
                "proxied WebSocket is four sockets (the client's, the proxy's two, the backend's). Runs past "
