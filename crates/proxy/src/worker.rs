@@ -432,16 +432,12 @@ impl Core {
             return self.end_session(r, slot, generation, end);
         }
         // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
-        // later, which the wheel learns lazily when the entry fires): replace the entry, so a
-        // session has one at most and a storm leaves none behind.
-        let old = entry.timer_at;
-        let Some(d) = entry.session.reschedule(old, now_ms) else {
+        // later, which the wheel learns lazily when the entry fires): the new entry replaces
+        // the old one (`insert`), so a session has one at most and a storm leaves none behind.
+        let Some(d) = entry.session.reschedule(entry.timer_at, now_ms) else {
             return;
         };
         entry.timer_at = d;
-        if old != 0 {
-            r.wheel.remove((slot, generation), old);
-        }
         r.wheel.insert((slot, generation), d);
     }
 

@@ -251,8 +251,8 @@ fn with(
         r.wheel.remove((slot, g), armed);
         r.slots.remove(slot);
     } else if deadline < armed {
-        // A later deadline is handled when the entry fires; an earlier one moves the entry.
-        r.wheel.remove((slot, g), armed);
+        // A later deadline is handled when the entry fires; an earlier one moves the entry
+        // (`insert` replaces it).
         r.wheel.insert((slot, g), deadline);
         c_armed(r, slot, g, deadline);
     }

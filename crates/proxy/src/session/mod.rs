@@ -127,8 +127,8 @@ pub enum Stage {
     Other(&'static str),
 }
 
-/// Where a session stands, with what that phase owns. The largest phase is a tunnel's (48
-/// bytes). The tag is a byte of its own (`repr(u8)`): left to itself, the compiler kept it in
+/// Where a session stands, with what that phase owns. The largest phase is a tunnel's (104
+/// bytes, its request record included). The tag is a byte of its own (`repr(u8)`): left to itself, the compiler kept it in
 /// the spare values of a `Vec`'s capacity inside the exchange, and decoding that on every
 /// event cost ~135 instructions per echoed message (callgrind).
 #[derive(Debug)]

@@ -344,8 +344,9 @@ fn both_ended(cx: &Cx) -> bool {
 /// frames end, for what will be put between them (pings, Close on drain, a filter's Close).
 #[derive(Debug)]
 pub(super) struct Tunnel {
-    /// The request's record, in the tunnel itself (an idle tunnel then holds no heap record:
-    /// a 64-byte allocation and the allocator's slack around it, against 48 bytes here).
+    /// The request's record, in the tunnel itself: an idle tunnel then holds no heap record
+    /// (a 64-byte allocation and the allocator's slack around it, where the session grew 48
+    /// bytes).
     pub req: Req,
     /// Heartbeats, filters and the proxy's own Close: only tunnels that ping, filter or are
     /// being closed by the proxy carry one (made at the 101, or at a drain).

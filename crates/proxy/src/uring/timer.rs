@@ -107,6 +107,12 @@ impl TimerWheel {
     /// Fire `key` at or after `due_ms` (within one tick), `due_ms` within 24 days of now. A key
     /// slot has one entry at most: one it had before (of any generation) is replaced.
     pub fn insert(&mut self, key: TimerKey, due_ms: u64) {
+        // The due time is kept as a `Stamp`: it must be within 24 days of the wheel's time.
+        debug_assert!(
+            due_ms.abs_diff(self.tick * self.tick_ms) < 1 << 31,
+            "timer due {due_ms} too far from {}",
+            self.tick * self.tick_ms
+        );
         let i = key.0 as usize;
         if i >= self.nodes.len() {
             assert!(key.0 < HEAD, "timer key slot {}", key.0);
@@ -256,6 +262,19 @@ mod tests {
         // Removing what is not there (already fired) is a no-op.
         w.remove((1, 0), 5);
         w.remove((5000, 0), 5);
+        // Storm after storm over the same keys: the wheel's memory is bounded by the highest
+        // key slot (the owner's slab), not by how many entries ever passed through it.
+        for round in 0..20u64 {
+            for k in 0..1000u32 {
+                w.insert((k, 0), 4_000_000 + round * 1000 + u64::from(k));
+            }
+            for k in 0..1000u32 {
+                w.remove((k, 0), 4_000_000 + round * 1000 + u64::from(k));
+            }
+        }
+        assert!(w.is_empty());
+        assert_eq!(w.nodes.len(), 1000);
+        assert!(w.nodes.capacity() <= 2048, "{}", w.nodes.capacity());
     }
 
     #[test]
