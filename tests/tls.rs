@@ -247,6 +247,85 @@ fn sessions_resume_on_any_worker() {
     }
 }
 
+/// The cipher suite in an `s_client` transcript.
+fn cipher(out: &str) -> &str {
+    out.lines()
+        .find_map(|l| l.split_once("Cipher is ").map(|(_, c)| c.trim()))
+        .unwrap_or("")
+}
+
+/// The server chooses AES-128-GCM among the suites a client offers, whatever its order, unless
+/// the client lists ChaCha20-Poly1305 first (it has no AES hardware): then it gets that. A
+/// client offering only AES-256 still gets it; sessions resume under either choice.
+#[test]
+fn the_server_prefers_aes_128_unless_the_client_puts_chacha_first() {
+    if !uring_ok() {
+        return;
+    }
+    let st = stack_mode(Mode::Tls, "suites", "", "", "");
+    let ca = pki().ca.display().to_string();
+    let base = ["-servername", "localhost", "-CAfile", ca.as_str()];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let out = s_client(st.listen, &args, REQUEST);
+        assert!(out.contains("HTTP/1.1 200"), "{extra:?}: {out}");
+        out
+    };
+    let v13 = |suites: &str| run(&["-tls1_3", "-ciphersuites", suites]);
+    // OpenSSL's own order puts AES-256 first.
+    assert_eq!(cipher(&run(&["-tls1_3"])), "TLS_AES_128_GCM_SHA256");
+    assert_eq!(
+        cipher(&v13("TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256")),
+        "TLS_AES_128_GCM_SHA256"
+    );
+    assert_eq!(
+        cipher(&v13("TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")),
+        "TLS_CHACHA20_POLY1305_SHA256"
+    );
+    assert_eq!(
+        cipher(&v13("TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    assert_eq!(
+        cipher(&v13("TLS_AES_256_GCM_SHA384")),
+        "TLS_AES_256_GCM_SHA384"
+    );
+    // TLS 1.2 alike.
+    let v12 = |suites: &str| run(&["-tls1_2", "-cipher", suites]);
+    assert_eq!(
+        cipher(&v12(
+            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256"
+        )),
+        "ECDHE-ECDSA-AES128-GCM-SHA256"
+    );
+    assert_eq!(
+        cipher(&v12(
+            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256"
+        )),
+        "ECDHE-ECDSA-CHACHA20-POLY1305"
+    );
+    // Sessions resume under the choice they were made with: a client that keeps its order
+    // gets the same suite again (rustls resumes a session only under its own suite).
+    for (suites, chosen) in [
+        (
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ),
+        (
+            "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        let sess = st.dir.join("session.pem");
+        let sess = sess.to_str().unwrap();
+        run(&["-tls1_3", "-ciphersuites", suites, "-sess_out", sess]);
+        let out = run(&["-tls1_3", "-ciphersuites", suites, "-sess_in", sess]);
+        assert!(out.contains("Reused, TLS"), "{suites}: {out}");
+        assert_eq!(cipher(&out), chosen);
+    }
+}
+
 #[test]
 fn bad_input_on_a_tls_port_ends_that_connection_only() {
     if !uring_ok() {

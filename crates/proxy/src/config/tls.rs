@@ -37,12 +37,42 @@ fn session_cache() -> Arc<dyn rustls::server::StoresServerSessions> {
         .clone()
 }
 
-/// The TLS of one listen address: one rustls configuration whose certificate resolver picks
-/// among the servers on that address by SNI.
+/// The TLS of one listen address: a rustls configuration whose certificate resolver picks
+/// among the servers on that address by SNI, in two variants that differ only in whose order
+/// of cipher suites decides.
 #[derive(Clone)]
 pub struct ListenerTls {
+    /// ringway's order: AES-128-GCM first ([`server_provider`]).
     pub config: Arc<rustls::ServerConfig>,
+    /// The client's order, for a client that lists ChaCha20-Poly1305 first (one without AES
+    /// hardware: `tls::prefers_chacha`).
+    pub by_client: Arc<rustls::ServerConfig>,
     desc: String,
+}
+
+/// The provider a TLS listener serves with: the suites ordered AES-128-GCM first, then
+/// AES-256-GCM, then ChaCha20-Poly1305, in each protocol version; the server chooses by that
+/// order, unless the client lists ChaCha20 first. What it saves and why it is as strong:
+/// `docs/design-notes.md`, "The cipher suite a server chooses".
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
+    P.get_or_init(|| {
+        let mut p = (*provider()).clone();
+        p.cipher_suites.sort_by_key(|s| {
+            use rustls::CipherSuite as C;
+            match s.suite() {
+                C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+                C::TLS13_AES_256_GCM_SHA384
+                | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+                | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+                _ => 2,
+            }
+        });
+        Arc::new(p)
+    })
+    .clone()
 }
 
 impl PartialEq for ListenerTls {
@@ -398,7 +428,7 @@ pub(super) fn listener(
             .collect(),
         strict: on.iter().any(|s| s.strict_sni),
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(&first_certs.versions)
         .map_err(|e| {
             cx.err(
@@ -420,6 +450,8 @@ pub(super) fn listener(
         config.ticketer = t;
     }
     config.session_storage = session_cache();
+    let by_client = Arc::new(config.clone());
+    config.ignore_client_order = true;
     let desc = format!(
         "{addr} strict_sni={} {}",
         on.iter().any(|s| s.strict_sni),
@@ -437,7 +469,11 @@ pub(super) fn listener(
             e.to_string(),
         )
     })?;
-    Ok(Some(ListenerTls { config, desc }))
+    Ok(Some(ListenerTls {
+        config,
+        by_client,
+        desc,
+    }))
 }
 
 /// Resolve an upstream's `tls = { ca, verify, sni }`.
@@ -503,9 +539,11 @@ pub(super) fn upstream(
 pub(super) fn carry_keys(cfg: &mut super::Config) {
     let capture = || -> Arc<dyn rustls::KeyLog> { Arc::new(crate::tls::records::Capture) };
     for t in cfg.listener_tls.iter_mut().flatten() {
-        let mut c = (*t.config).clone();
-        c.key_log = capture();
-        t.config = Arc::new(c);
+        for config in [&mut t.config, &mut t.by_client] {
+            let mut c = (**config).clone();
+            c.key_log = capture();
+            *config = Arc::new(c);
+        }
     }
     for t in cfg.upstreams.iter_mut().filter_map(|u| u.tls.as_mut()) {
         let mut c = (*t.config).clone();

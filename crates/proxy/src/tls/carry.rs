@@ -97,6 +97,7 @@ where
             resumed: how & 1 != 0,
             h2: how & 2 != 0,
             captured: None,
+            by_client: None,
         })
     }
 }

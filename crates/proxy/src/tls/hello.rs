@@ -1,6 +1,7 @@
 //! What ringway reads itself from a ClientHello before rustls sees it: the server name (for
-//! the access log) and whether only TLS 1.0/1.1 is offered (refused with the alert that
-//! version understands).
+//! the access log), whether only TLS 1.0/1.1 is offered (refused with the alert that
+//! version understands), and whether the client puts ChaCha20-Poly1305 first (it then gets
+//! it, where ringway would choose AES-128-GCM: `config/tls.rs`).
 
 /// What ringway reads itself from a ClientHello.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +58,40 @@ pub fn peek_hello(data: &[u8]) -> Option<Hello<'_>> {
         }
     }
     Some(hello)
+}
+
+/// Whether the first cipher suite a ClientHello lists (GREASE values skipped) is a
+/// ChaCha20-Poly1305 one: a client that says so has no AES hardware, and gets its choice.
+/// Read from the start of `data` alone, so a hello whose record is cut (a post-quantum key
+/// share makes it longer than a segment) is read as well: the suites come in its first ~80
+/// bytes. Anything unexpected is `false`.
+pub fn prefers_chacha(data: &[u8]) -> bool {
+    let first = || -> Option<u16> {
+        let mut r = Reader(data);
+        // Record (type 22, version, length), handshake (type 1, 24-bit length).
+        if r.u8()? != 22 {
+            return None;
+        }
+        r.take(4)?;
+        if r.u8()? != 1 {
+            return None;
+        }
+        r.take(3)?;
+        r.take(2 + 32)?; // legacy version, random
+        let n = r.u8()? as usize;
+        r.take(n)?; // session id
+        let n = r.u16()? as usize;
+        let mut suites = Reader(r.0.get(..n.min(r.0.len()))?);
+        loop {
+            let s = suites.u16()?;
+            // GREASE (RFC 8701): 0x?A?A with both bytes equal.
+            if s & 0x0f0f != 0x0a0a || s >> 8 != s & 0xff {
+                return Some(s);
+            }
+        }
+    };
+    // TLS_CHACHA20_POLY1305_SHA256, and TLS 1.2's ECDHE_RSA and ECDHE_ECDSA ones.
+    matches!(first(), Some(0x1303 | 0xcca8 | 0xcca9))
 }
 
 /// The host name in a server_name extension.

@@ -25,9 +25,11 @@ pub mod transport;
 
 pub use carry::{CARRIED_MAX, seal_carried};
 pub(crate) use drive::drive;
-pub use hello::{Hello, peek_hello};
+pub use hello::{Hello, peek_hello, prefers_chacha};
 
 pub use transport::Transport;
+
+use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::server::UnbufferedServerConnection;
@@ -50,6 +52,10 @@ pub trait Engine: Sized {
         self,
         captured: Option<&records::Captured>,
     ) -> Result<Records<Keys<Self::Data>>, rustls::Error>;
+    /// A fresh server connection under `config` (`None` for a client end): a server's
+    /// connection is made again under its listener's other configuration when the client's
+    /// hello asks for ChaCha20 (`Tls::first_flight`).
+    fn serving(config: Arc<rustls::ServerConfig>) -> Option<Self>;
     /// Whether this end speaks first (a client sends its hello as soon as it is connected).
     const CLIENT: bool;
     /// The most this end holds of a handshake not complete yet (a handshake message may span
@@ -59,11 +65,14 @@ pub trait Engine: Sized {
 
 /// The two ends implement the engine alike; only their types and who speaks first differ.
 macro_rules! engine {
-    ($conn:ty, $data:ty, $client:expr, $partial_max:expr) => {
+    ($conn:ty, $data:ty, $client:expr, $partial_max:expr, $serving:expr) => {
         impl Engine for $conn {
             type Data = $data;
             const CLIENT: bool = $client;
             const PARTIAL_MAX: usize = $partial_max;
+            fn serving(config: Arc<rustls::ServerConfig>) -> Option<Self> {
+                $serving(config)
+            }
             fn process<'c, 'i>(
                 &'c mut self,
                 buf: &'i mut [u8],
@@ -93,13 +102,15 @@ engine!(
     UnbufferedServerConnection,
     rustls::server::ServerConnectionData,
     false,
-    32 * 1024
+    32 * 1024,
+    |c| UnbufferedServerConnection::new(c).ok()
 );
 engine!(
     UnbufferedClientConnection,
     rustls::client::ClientConnectionData,
     true,
-    64 * 1024 + 16 * 1024 + 1024
+    64 * 1024 + 16 * 1024 + 1024,
+    |_| None
 );
 
 /// Who runs the records: rustls during the handshake, ringway once it is done.
@@ -153,6 +164,10 @@ pub struct Tls<E: Engine> {
     /// The secrets caught during the handshake for the records to carry (`records::Capture`,
     /// set on the configuration of a process that hands tunnels over).
     captured: Option<Box<records::Captured>>,
+    /// A server's other configuration, which follows the client's order of cipher suites
+    /// (its own prefers AES-128-GCM): used if the client's hello lists ChaCha20 first, and
+    /// let go at the first bytes.
+    by_client: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<E: Engine> std::fmt::Debug for Tls<E> {
@@ -182,6 +197,16 @@ where
             resumed: false,
             h2: false,
             captured: None,
+            by_client: None,
+        }
+    }
+
+    /// A server connection that goes over to `by_client` if the client's hello lists
+    /// ChaCha20 first.
+    pub fn serving(engine: E, by_client: Arc<rustls::ServerConfig>) -> Tls<E> {
+        Tls {
+            by_client: Some(by_client),
+            ..Tls::new(engine)
         }
     }
 
@@ -371,6 +396,14 @@ where
                 )));
             }
             self.sni = hello.sni.map(Into::into);
+        }
+        // Nothing has reached rustls yet: a client without AES hardware (ChaCha20 first) gets
+        // a connection under the configuration that follows its order.
+        if let Some(by_client) = self.by_client.take()
+            && prefers_chacha(data)
+            && let Some(engine) = E::serving(by_client)
+        {
+            self.stage = Stage::Handshake(Box::new(engine));
         }
         None
     }

@@ -68,12 +68,15 @@ impl Transport {
     }
 
     /// A client accepted on a TLS listener.
-    pub fn server(fd: RawFd, config: &Arc<rustls::ServerConfig>) -> Transport {
-        let engine = UnbufferedServerConnection::new(config.clone())
+    pub fn server(fd: RawFd, tls: &crate::config::ListenerTls) -> Transport {
+        let engine = UnbufferedServerConnection::new(tls.config.clone())
             .expect("a connection was made from this configuration when it was resolved");
         Transport {
             conn: Conn::new(fd),
-            tls: Some(Box::new(Secure::Server(Tls::new(engine)))),
+            tls: Some(Box::new(Secure::Server(Tls::serving(
+                engine,
+                tls.by_client.clone(),
+            )))),
         }
     }
 
