@@ -152,8 +152,11 @@ class Proxy:
     """One proxy under test: `instances` processes (or nginx workers) on one port."""
 
     def __init__(self, kind, workdir, instances=1, workers=1, cpu=0, upstream_source=False, tls=None,
-                 upstream_extra="", port=None, splice=False, runtime_extra=""):
+                 upstream_extra="", port=None, splice=False, runtime_extra="", prefer_aes128=False):
         self.kind, self.dir, self.instances, self.workers, self.cpu = kind, workdir, instances, workers, cpu
+        # nginx and HAProxy only: choose TLS_AES_128_GCM_SHA256 among the suites a client offers
+        # (server preference), as ringway does by default; the like-for-like wss handshake row.
+        self.prefer_aes128 = prefer_aes128
         # HAProxy only: a layer-4 proxy with `option splice-request` and `splice-response`
         # (kernel splicing for bulk flows; scripts/bulk.py).
         self.splice = splice
@@ -248,6 +251,7 @@ http {{
     server {{
         listen 127.0.0.1:{self.port} reuseport backlog=65535{' ssl' if t else ''};
         {f"ssl_certificate {t.cert}; ssl_certificate_key {t.key}; ssl_protocols TLSv1.3; ssl_session_cache shared:SSL:20m; ssl_session_tickets on;" if t else ""}
+        {f"ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites {AES128_FIRST};" if t and self.prefer_aes128 else ""}
         location / {{
             proxy_pass http://websocket_backend;
             proxy_http_version 1.1;
@@ -290,7 +294,7 @@ defaults
 {mode}
 
 frontend ws
-    bind 127.0.0.1:{self.port}{f" ssl crt {t.pem} ssl-min-ver TLSv1.3" if t else ""}
+    bind 127.0.0.1:{self.port}{f" ssl crt {t.pem} ssl-min-ver TLSv1.3" if t else ""}{f" ciphersuites {AES128_FIRST}" if t and self.prefer_aes128 else ""}
     default_backend echo
 
 backend echo
@@ -468,15 +472,42 @@ def handshakes(load, proxy, count, extra=()):
             "tls_full": r.get("tls_full", 0), "tls_resumed": r.get("tls_resumed", 0), "cpu_ticks": u + s, "established": r["established"]}
 
 
+# TLS 1.3 suites, AES-128-GCM first: what nginx and HAProxy are told to prefer in the
+# like-for-like row (ringway chooses it by default).
+AES128_FIRST = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+# The load generator's (rustls's) order, for asking a proxy which suite it chooses.
+RUSTLS_ORDER = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def chosen_suite(port):
+    """The TLS 1.3 suite a proxy chooses for the load generator's offer (rustls's order, asked
+    by `openssl s_client`); None if it could not be asked."""
+    try:
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3",
+                            "-ciphersuites", RUSTLS_ORDER], input="", capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in r.stdout.splitlines():
+        if "Cipher is " in line:
+            return line.split("Cipher is ", 1)[1].strip()
+    return None
+
+
 def tls_rows(load, kind, work, args, cert, secs, repeats, hs_count):
     """The wss rows: the proxy terminates TLS 1.3 with the same ECDSA P-256 certificate."""
     res = {}
     p = Proxy(kind, work, cpu=args.proxy_cpu, tls=cert)
     p.start()
     try:
+        res["suite"] = chosen_suite(p.port)
         settle()
         res["full"] = handshakes(load, p, hs_count, ["--no-resume"])
-        log(f"   wss full handshakes: {res['full']['per_sec']:.0f}/s, {fmt(res['full']['cpu_us_per_handshake'])} CPU-µs each")
+        log(f"   wss full handshakes ({res['suite']}): {res['full']['per_sec']:.0f}/s, {fmt(res['full']['cpu_us_per_handshake'])} CPU-µs each")
+        if kind == "ringway":
+            # ringway chooses AES-128-GCM already: the like-for-like row is the same proxy
+            # measured again.
+            settle()
+            res["full_aes128"] = handshakes(load, p, hs_count, ["--no-resume"])
         settle()
         mixed = handshakes(load, p, hs_count)
         # Resumption on: a few handshakes are still full (a ticket is used once); the resumed
@@ -493,6 +524,17 @@ def tls_rows(load, kind, work, args, cert, secs, repeats, hs_count):
         log(f"   wss open loop 5000/s: p99 {res['open_loop']['p99_us']} µs")
     finally:
         p.stop()
+    if kind in ("nginx", "haproxy"):
+        a = Proxy(kind, work, cpu=args.proxy_cpu, tls=cert, prefer_aes128=True)
+        a.start()
+        try:
+            settle()
+            res["full_aes128"] = handshakes(load, a, hs_count, ["--no-resume"])
+            res["full_aes128"]["suite"] = chosen_suite(a.port)
+        finally:
+            a.stop()
+    if "full_aes128" in res:
+        log(f"   wss full handshakes, AES-128-GCM chosen: {fmt(res['full_aes128']['cpu_us_per_handshake'])} CPU-µs each")
     settle()
     q = Proxy(kind, work, instances=max(1, -(-10000 // PER_PROCESS)), cpu=args.proxy_cpu, tls=cert)
     q.start()

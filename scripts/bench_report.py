@@ -8,6 +8,8 @@ def fmt(v, digits=0):
         return "—"
     if isinstance(v, float):
         return f"{v:,.{digits}f}"
+    if isinstance(v, str):
+        return v
     return f"{v:,}"
 
 
@@ -27,7 +29,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
 
     def ratio(t, *keys):
         r, o = get("ringway", *keys), get(t, *keys)
-        if not r or not o:
+        if not r or not o or isinstance(r, str):
             return "—"
         return f"{r / o:.2f}"
 
@@ -58,7 +60,9 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
     if any("tls" in results.get(c, {}) for c in cols):
         rows += [
             ("**wss://** (TLS 1.3, the same ECDSA P-256 certificate): full handshakes/s", ("tls", "full", "per_sec"), 0),
+            ("  suite each proxy chooses for the load generator's offer (rustls's order: AES-256-GCM first)", ("tls", "suite"), 0),
             ("  proxy CPU-µs per full TLS handshake (incl. upstream connect, close)", ("tls", "full", "cpu_us_per_handshake"), 0),
+            ("  the same with every proxy choosing TLS_AES_128_GCM_SHA256 (nginx, HAProxy told to prefer it)", ("tls", "full_aes128", "cpu_us_per_handshake"), 0),
             ("  proxy CPU-µs per resumed TLS handshake", ("tls", "resumed", "cpu_us_per_resumed"), 0),
             ("  resumed of all handshakes with resumption on", ("tls", "resumed", "tls_resumed"), 0),
             ("  proxy CPU-µs per echoed wss msg, 64 B", ("tls", "tp64", "cpu_us_per_msg"), 2),
@@ -140,7 +144,12 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                    "`ringway bench` with a `wss://` target (rustls, aws-lc-rs). Full handshakes: `--no-resume`. "
                    "Resumed: resumption on, where a few handshakes are still full (a TLS 1.3 ticket is used once); "
                    "the CPU of the resumed ones is what is left after the full ones at the full rate measured "
-                   "just before.\n")
+                   "just before. Each proxy chooses a suite from the load generator's offer (rustls's order, "
+                   "AES-256-GCM first) by its own default: nginx follows the client's order, HAProxy its own "
+                   "(OpenSSL's, AES-256-GCM first), ringway chooses AES-128-GCM. The like-for-like row has nginx "
+                   "(`ssl_prefer_server_ciphers on`, `ssl_conf_command Ciphersuites`) and HAProxy (`ciphersuites` "
+                   "on the bind line) told to choose AES-128-GCM first too, started afresh, and ringway measured "
+                   "a second time.\n")
     out.append("How each figure is measured: CPU is utime+stime of every process of the proxy (from "
                "`/proc/PID/stat`) over the whole load, divided by the messages (or handshakes) it completed; "
                "memory is the proxy's share of physical memory (PSS from `/proc/PID/smaps_rollup`, summed over its "
