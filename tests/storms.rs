@@ -118,7 +118,7 @@ fn receive_buffers_return_after_a_burst() {
         // The burst: 200 connections echoing 64 KiB messages.
         echo_load(&target, "200", "65536", "2s");
         let peak = circulating();
-        // Each worker starts with 64 in circulation.
+        // Each worker starts with 48 in circulation.
         assert!(
             peak >= 3 * 64,
             "round {round}: the burst took only {peak} buffers"

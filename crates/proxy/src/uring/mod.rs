@@ -23,7 +23,7 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
 #[cfg(test)]
-use pool::TRIM_KEEP;
+use pool::{GROW_TO, TRIM_KEEP};
 pub use pool::{BufPool, HeapStore};
 use pool::{BufState, HeapData, HeapEntry};
 pub use probe::probe;

@@ -52,14 +52,18 @@ pub struct BufPool {
     pub(super) since_ms: u64,
 }
 
-/// Buffers put in circulation at start and at each growth step; the pool grows when fewer
-/// than half a step are left in the ring.
-const POOL_STEP: u32 = 64;
+/// The pool grows when fewer than this many buffers are left in the ring.
+const GROW_BELOW: u32 = 32;
 /// How long the ring must keep buffers unused before they leave circulation, and how many
 /// stay in the ring unused even then: above the growth threshold, so a trim does not make the
 /// next turn grow again.
 const TRIM_WINDOW_MS: u64 = 500;
-pub(super) const TRIM_KEEP: u32 = POOL_STEP / 2 + 8;
+pub(super) const TRIM_KEEP: u32 = GROW_BELOW + 8;
+/// A growth fills the ring up to this many (at start too), and no further: a load whose
+/// bursts vary (heartbeats due together) then keeps at most 8 more in circulation than the
+/// trim leaves. Growing by a fixed step of 64 overshot by up to 64: 67–120 buffers in
+/// circulation for bursts of ~15, where 55–63 do (`docs/design-notes.md`).
+pub(super) const GROW_TO: u32 = TRIM_KEEP + 8;
 pub(super) fn mmap_anon(bytes: usize) -> io::Result<NonNull<u8>> {
     // SAFETY: an anonymous private mapping of `bytes` bytes; no existing memory is touched and
     // the result is checked for MAP_FAILED before use.
@@ -120,13 +124,13 @@ impl BufPool {
     /// Put more buffers in circulation when few are left in the ring: parked ones first, then
     /// never-used ones. Call once per event-loop turn; returns how many were added.
     pub fn grow_if_low(&mut self) -> u32 {
-        if self.in_ring >= POOL_STEP / 2 {
+        if self.in_ring >= GROW_BELOW {
             return 0;
         }
         // The load came back: nothing more leaves circulation.
         self.trim = 0;
         let mut n = 0;
-        while n < POOL_STEP {
+        while self.in_ring < GROW_TO {
             let bid = match self.parked.pop() {
                 Some(bid) => bid,
                 None if self.provided < self.count() => {
