@@ -22,10 +22,10 @@ use std::time::Duration;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 
-#[cfg(test)]
-use pool::{GROW_TO, TRIM_KEEP};
 pub use pool::{BufPool, HeapStore};
 use pool::{BufState, HeapData, HeapEntry};
+#[cfg(test)]
+use pool::{GROW_TO, TRIM_KEEP};
 pub use probe::probe;
 pub use user_data::{CONN_MAX, ConnId, GENERATION_MAX, Op, SLOT_CORE, UserData, next_generation};
 
