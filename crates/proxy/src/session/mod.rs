@@ -233,7 +233,7 @@ impl Session {
         phase: Phase,
     ) -> Session {
         let down = match cfg.listener_tls.get(usize::from(listen.index)) {
-            Some(Some(t)) => Transport::server(fd, t),
+            Some(Some(t)) => Transport::server(fd, &t.config, &t.by_client),
             _ => Transport::plain(fd),
         };
         Session::over(down, client, listen, cfg, now_ms, phase)

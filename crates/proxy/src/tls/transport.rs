@@ -67,15 +67,20 @@ impl Transport {
         }
     }
 
-    /// A client accepted on a TLS listener.
-    pub fn server(fd: RawFd, tls: &crate::config::ListenerTls) -> Transport {
-        let engine = UnbufferedServerConnection::new(tls.config.clone())
+    /// A client accepted on a TLS listener: under `config`, or `by_client` (the same but for
+    /// following the client's order of suites) if its hello lists ChaCha20 first.
+    pub fn server(
+        fd: RawFd,
+        config: &Arc<rustls::ServerConfig>,
+        by_client: &Arc<rustls::ServerConfig>,
+    ) -> Transport {
+        let engine = UnbufferedServerConnection::new(config.clone())
             .expect("a connection was made from this configuration when it was resolved");
         Transport {
             conn: Conn::new(fd),
             tls: Some(Box::new(Secure::Server(Tls::serving(
                 engine,
-                tls.by_client.clone(),
+                by_client.clone(),
             )))),
         }
     }
