@@ -205,9 +205,9 @@ pub(super) enum Linger {
 }
 
 /// Per-request state: what a request keeps for as long as it lives, a tunnel included (its
-/// log line, its server, its timeouts). 56 bytes: boxed in an exchange (a 64-byte allocation),
-/// in the tunnel itself once the 101 has passed (an idle tunnel then holds no allocation for
-/// it); what only the exchange needs is in [`Terms`].
+/// log line, its server, its timeouts). 56 bytes, inline in every phase that has a request
+/// (an idle tunnel holds no allocation for it); what only the exchange needs is in [`Terms`],
+/// boxed.
 #[derive(Debug)]
 pub(super) struct Req {
     /// The request's method, Host, target and upgrade protocols, for the log and the 101

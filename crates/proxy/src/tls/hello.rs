@@ -81,7 +81,7 @@ pub fn prefers_chacha(data: &[u8]) -> bool {
         let n = r.u8()? as usize;
         r.take(n)?; // session id
         let n = r.u16()? as usize;
-        let mut suites = Reader(r.0.get(..n.min(r.0.len()))?);
+        let mut suites = Reader(&r.0[..n.min(r.0.len())]);
         loop {
             let s = suites.u16()?;
             // GREASE (RFC 8701): 0x?A?A with both bytes equal.
