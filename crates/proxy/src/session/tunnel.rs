@@ -342,21 +342,25 @@ fn both_ended(cx: &Cx) -> bool {
 /// A 101 turned the request into a tunnel: bytes flow both ways untouched, and a frame
 /// tracker per direction (client to upstream, then upstream to client) knows where WebSocket
 /// frames end, for what will be put between them (pings, Close on drain, a filter's Close).
+/// Laid out in the order written (`repr(C)`), its request record last: the record's `bool`s
+/// are then the tunnel's last bytes, past every other phase's, so the phase keeps its tag in
+/// their spare values (`Phase`: 8 bytes less in every session).
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Tunnel {
+    /// Heartbeats, filters and the proxy's own Close: only tunnels that ping, filter or are
+    /// being closed by the proxy carry one (made at the 101, or at a drain).
+    pub ctl: Option<Box<Control>>,
+    /// Messages from each side so far (the rest of its record is in the session's notes,
+    /// `seen.rs`).
+    pub msgs: [u32; 2],
+    pub frames: [FrameTracker; 2],
+    /// Its location's number (`Config::location_id`): where its messages are counted.
+    pub loc: u16,
     /// The request's record, in the tunnel itself: an idle tunnel then holds no heap record
     /// (a 64-byte allocation and the allocator's slack around it, where the session grew 48
     /// bytes).
     pub req: Req,
-    /// Heartbeats, filters and the proxy's own Close: only tunnels that ping, filter or are
-    /// being closed by the proxy carry one (made at the 101, or at a drain).
-    pub ctl: Option<Box<Control>>,
-    pub frames: [FrameTracker; 2],
-    /// Its location's number (`Config::location_id`): where its messages are counted.
-    pub loc: u16,
-    /// Messages from each side so far (the rest of its record is in the session's notes,
-    /// `seen.rs`).
-    pub msgs: [u32; 2],
 }
 
 impl Protocol for Tunnel {
