@@ -108,6 +108,11 @@ fn metrics_pass_promtool_and_prometheus_parsers_and_move_with_traffic() {
         .count();
     assert_eq!(servers, st.backends.len());
     assert!(total(&m, "ringway_buffer_pool_buffers{") > 0.0);
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("ringway_buffer_pool_waits_total{")),
+        "{m:?}"
+    );
     assert_eq!(total(&m, "ringway_up{"), 1.0);
     // Base units: every histogram is in seconds or bytes, every byte count in bytes.
     for k in m.keys() {

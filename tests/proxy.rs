@@ -375,13 +375,26 @@ plain_and_tls!(
 );
 
 fn slow_readers(mode: Mode) {
-    // A tiny buffer ring (16 buffers per worker) so four pushes at once also run the
-    // ENOBUFS park/unpark path.
-    let st = stack_mode(mode, "slow", "", "", "buffers = 16\nbuffer_size = \"16k\"");
+    // A tiny buffer ring (16 buffers per worker) so ten pushes at once also run the
+    // ENOBUFS park/unpark path (counted: `buffer_pool.waits`, checked below). Without splice:
+    // the pushes' frames are large enough to be spliced, which holds no buffer
+    // (`tests/splice.rs` has its own slow readers).
+    let admin = free_addr();
+    let st = stack_mode(
+        mode,
+        "slow",
+        "",
+        "",
+        &format!(
+            "buffers = 16\nbuffer_size = \"16k\"\nsplice_min = 0\n[admin]\nlisten = \"{admin}\""
+        ),
+    );
     let base = st.proxy.rss_kib();
-    const TOTAL: u64 = 24 << 20;
+    // Ten pushes: one of the two workers has at least five, whose queues toward their slow
+    // readers (4 buffers each, `QUEUE`) and recvs can hold more than its 16 buffers.
+    const TOTAL: u64 = 8 << 20;
     let listen = st.listen;
-    let readers: Vec<_> = (0..4)
+    let readers: Vec<_> = (0..10)
         .map(|_| {
             std::thread::spawn(move || {
                 let mut ws = ws_connect_mode(listen, &format!("/push?bytes={TOTAL}"), mode);
@@ -417,10 +430,37 @@ fn slow_readers(mode: Mode) {
     for r in readers {
         assert_eq!(r.join().unwrap(), TOTAL);
     }
-    // 96 MiB went through; the proxy held no more than its buffers and bookkeeping.
+    // 80 MiB went through; the proxy held no more than its buffers and bookkeeping.
     assert!(
         peak < base + 16 * 1024,
         "proxy RSS grew from {base} KiB to {peak} KiB"
+    );
+    // Recvs did find the ring empty and waited (the path this test is for), and the count
+    // says so: published once a tick. Over TLS the pushed bytes are sealed into records of
+    // their own as they arrive, and their buffers go back at once: nothing waits there.
+    if mode == Mode::Tls {
+        return;
+    }
+    let waits = || {
+        let s = String::from_utf8(admin_get(admin, "/status")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&s[s.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+        v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["buffer_pool"]["waits"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    let t = std::time::Instant::now();
+    let mut n = waits();
+    while n == 0 && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+        n = waits();
+    }
+    assert!(
+        n > 0,
+        "no recv waited for a buffer with 16 of them and ten pushes"
     );
 }
 

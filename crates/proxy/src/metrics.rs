@@ -97,6 +97,8 @@ pub struct WorkerMetrics {
     pub pool_buffers: AtomicU64,
     pub pool_in_use: AtomicU64,
     pub pool_circulating: AtomicU64,
+    /// Recvs that found no buffer in the ring and waited for one (set once a tick).
+    pub pool_waits: AtomicU64,
     /// Sessions ended, per kind of end (`End::index`).
     ended: [AtomicU64; End::KINDS],
     /// How long client connections lasted.
@@ -181,6 +183,7 @@ impl Default for WorkerMetrics {
             pool_buffers: AtomicU64::new(0),
             pool_in_use: AtomicU64::new(0),
             pool_circulating: AtomicU64::new(0),
+            pool_waits: AtomicU64::new(0),
             ended: [const { AtomicU64::new(0) }; End::KINDS],
             session_duration: Histogram::new(&LIFETIME_BOUNDS),
             handshake: Histogram::new(&WAIT_BOUNDS),

@@ -128,7 +128,7 @@ impl Sources {
 
 impl Collector for Sources {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        use MetricType::Gauge;
+        use MetricType::{Counter, Gauge};
         let e = &mut enc;
         self.sessions(e)?;
         self.http2(e)?;
@@ -153,6 +153,13 @@ impl Collector for Sources {
             "Receive buffers in circulation (resident); the pool's other buffers hold no memory.",
             Gauge,
             |w| get(&w.pool_circulating),
+        )?;
+        self.per_worker(
+            e,
+            "buffer_pool_waits",
+            "Recvs that found no receive buffer ready and waited for one to come back (each a re-armed recv).",
+            Counter,
+            |w| get(&w.pool_waits),
         )?;
         self.upstreams(e)?;
         self.locations(e)?;

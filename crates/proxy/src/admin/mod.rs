@@ -166,7 +166,7 @@ fn report(r: guard::Read, st: &AdminState) -> (u16, &'static str, String) {
                         "bytes_from_client": get(&w.bytes_from_client),
                         "bytes_from_upstream": get(&w.bytes_from_upstream),
                         "bytes_spliced": get(&w.bytes_spliced),
-                        "buffer_pool": { "buffers": get(&w.pool_buffers), "in_use": get(&w.pool_in_use), "circulating": get(&w.pool_circulating) },
+                        "buffer_pool": { "buffers": get(&w.pool_buffers), "in_use": get(&w.pool_in_use), "circulating": get(&w.pool_circulating), "waits": get(&w.pool_waits) },
                         "http2": { "connections": get(&w.h2.active), "stream_sessions": get(&w.h2.stream_sessions) },
                     })
                 })

@@ -50,6 +50,8 @@ pub struct BufPool {
     /// The fewest buffers the ring held since `since_ms`: what the load left unused.
     pub(super) low: u32,
     pub(super) since_ms: u64,
+    /// Recvs that found the ring empty and waited for a buffer to come back (ever).
+    pub waits: u64,
 }
 
 /// The pool grows when fewer than this many buffers are left in the ring.
@@ -118,6 +120,7 @@ impl BufPool {
             trim: 0,
             low: 0,
             since_ms: 0,
+            waits: 0,
         })
     }
 
@@ -490,6 +493,7 @@ impl BufPool {
             trim: 0,
             low: 0,
             since_ms: 0,
+            waits: 0,
         }
     }
 }
