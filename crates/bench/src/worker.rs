@@ -72,7 +72,7 @@ pub(super) struct BenchWorker {
     pub(super) tls_resumed: u64,
     pub(super) tls_full: u64,
     pub(super) src_next: usize,
-    pub(super) fired: Vec<((u32, u32), u64)>,
+    pub(super) fired: Vec<(u32, u64)>,
     pub(super) next_open_us: u64,
     pub(super) alive_at_stop: u64,
     pub(super) hb_lost: u64,
@@ -360,7 +360,7 @@ impl BenchWorker {
         let d_ms = d.div_ceil(1000);
         if c.timer_at == 0 || d_ms < c.timer_at {
             c.timer_at = d_ms;
-            self.r.wheel.insert((slot, generation), d_ms);
+            self.r.wheel.insert(slot, d_ms);
         }
     }
 
@@ -368,8 +368,10 @@ impl BenchWorker {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.r.wheel.advance(self.now_us / 1000, &mut fired);
-        for &((slot, generation), due) in &fired {
-            let Some(c) = self.r.slots.get_mut(slot, generation) else {
+        for &(slot, due) in &fired {
+            // The slot's occupant now; an entry a closed connection left is not its (its
+            // mark differs: `timer_at` is 0 or its own entry's, which replaced the old one).
+            let Some((generation, c)) = self.r.slots.get_any_mut(slot) else {
                 continue;
             };
             if c.timer_at != due {

@@ -419,7 +419,7 @@ impl Core {
         f: impl FnOnce(&mut Session, &mut WorkerIo<'_>, &mut Env<'_>) -> Next,
     ) {
         let now_ms = r.now_ms();
-        let Some((generation, entry, sys)) = r.split(slot, of) else {
+        let Some((_, entry, sys)) = r.split(slot, of) else {
             return;
         };
         let mut io = WorkerIo {
@@ -430,7 +430,7 @@ impl Core {
         let mut env = Env::new(&mut self.kit, self.drain_began.is_some());
         let next = f(&mut entry.session, &mut io, &mut env);
         if let Next::Close(end) = next {
-            return self.end_session(r, slot, generation, end);
+            return self.end_session(r, slot, end);
         }
         // The deadline moved earlier (a stage change, not traffic: traffic only pushes it
         // later, which the wheel learns lazily when the entry fires): the new entry replaces
@@ -439,18 +439,18 @@ impl Core {
             return;
         };
         entry.timer_at = d;
-        r.wheel.insert((slot, generation), d);
+        r.wheel.insert(slot, d);
     }
 
     /// The one place a session ends: its closing is complete (no fd, no op in flight). Writes
     /// the access log it still owes, releases its timer, its slot and its counters.
-    fn end_session(&mut self, r: &mut Reactor<Slot>, slot: u32, generation: u32, end: End) {
+    fn end_session(&mut self, r: &mut Reactor<Slot>, slot: u32, end: End) {
         let mut entry = r.slots.remove(slot);
         entry.session.release_limit();
         let s = &entry.session;
         debug_assert!(s.finished());
         if entry.timer_at != 0 {
-            r.wheel.remove((slot, generation), entry.timer_at);
+            r.wheel.remove(slot, entry.timer_at);
         }
         let m = &self.spec.metrics;
         if let Some(line) = s.access_log(end, r.now_ms()) {

@@ -248,12 +248,12 @@ fn with(
     let gone = c.settle(&mut sys);
     let (deadline, armed) = (c.deadline_ms, c.armed_ms);
     if gone {
-        r.wheel.remove((slot, g), armed);
+        r.wheel.remove(slot, armed);
         r.slots.remove(slot);
     } else if deadline < armed {
         // A later deadline is handled when the entry fires; an earlier one moves the entry
         // (`insert` replaces it).
-        r.wheel.insert((slot, g), deadline);
+        r.wheel.insert(slot, deadline);
         c_armed(r, slot, g, deadline);
     }
 }
@@ -538,7 +538,7 @@ impl Handler<Client> for AdminLoop {
             deadline_ms: deadline,
             armed_ms: deadline,
         });
-        r.wheel.insert((slot, generation), deadline);
+        r.wheel.insert(slot, deadline);
         with(r, slot, Some(generation), |_, _| {});
     }
 
@@ -580,7 +580,7 @@ impl Handler<Client> for AdminLoop {
         }
         if c.deadline_ms > now {
             c.armed_ms = c.deadline_ms;
-            r.wheel.insert((slot, generation), c.deadline_ms);
+            r.wheel.insert(slot, c.deadline_ms);
             return;
         }
         let phase = c.phase;
@@ -602,7 +602,7 @@ impl Handler<Client> for AdminLoop {
             && c.armed_ms == due
         {
             c.armed_ms = c.deadline_ms;
-            r.wheel.insert((slot, generation), c.deadline_ms);
+            r.wheel.insert(slot, c.deadline_ms);
         }
     }
 }

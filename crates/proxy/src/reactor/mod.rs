@@ -265,7 +265,8 @@ pub trait Handler<T> {
     /// A completion that belongs to no slot: accepts (slot = listener index) and the ring's
     /// own ops.
     fn on_core(&mut self, r: &mut Reactor<T>, c: Cqe);
-    /// A timer of a live slot fired at `due`.
+    /// A timer of a live slot fired at `due` (its owner checks `due` against its own mark:
+    /// the wheel keeps no generation).
     fn on_timer(&mut self, r: &mut Reactor<T>, slot: u32, generation: u32, due: u64);
 }
 
@@ -283,7 +284,7 @@ pub struct Reactor<T> {
     epoch_ms: u64,
     now_ms: u64,
     cqes: Vec<Cqe>,
-    fired: Vec<((u32, u32), u64)>,
+    fired: Vec<(u32, u64)>,
     /// Completions for slots that were already freed (a close that did not wait for all its
     /// ops): a bug, asserted in debug builds and counted in release.
     pub stale: u64,
@@ -344,8 +345,10 @@ impl<T> Reactor<T> {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         let ticked = self.wheel.advance(self.now_ms, &mut fired);
-        for &((slot, generation), due) in &fired {
-            if self.slots.get_mut(slot, generation).is_some() {
+        for &(slot, due) in &fired {
+            // The slot's occupant now: the one that set the entry (an owner removes its entry
+            // when it goes), and it checks `due` against its own mark.
+            if let Some((generation, _)) = self.slots.get_any_mut(slot) {
                 h.on_timer(self, slot, generation, due);
             }
         }

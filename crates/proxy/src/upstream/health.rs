@@ -303,7 +303,7 @@ impl Probe {
             deadline_ms,
             outcome: None,
         });
-        r.wheel.insert((slot, generation), deadline_ms);
+        r.wheel.insert(slot, deadline_ms);
         let Some((_, p, mut sys)) = r.split(slot, Some(generation)) else {
             return Err("no slot".into());
         };
@@ -335,7 +335,7 @@ impl Probe {
         let gone = p.settle(&mut sys);
         if gone {
             let p = r.slots.remove(slot);
-            r.wheel.remove((slot, generation), deadline_ms);
+            r.wheel.remove(slot, deadline_ms);
             // Nothing was in flight: a socket that could not be made.
             if let Some(Outcome::Fail(why)) = p.outcome {
                 return Err(why);
@@ -451,7 +451,7 @@ impl Checker {
         f(p, &mut sys);
         if p.settle(&mut sys) {
             let p = r.slots.remove(slot);
-            r.wheel.remove((slot, generation), p.deadline_ms);
+            r.wheel.remove(slot, p.deadline_ms);
             let o = p.outcome.unwrap_or(Outcome::Fail("closed".into()));
             self.done.push((p.cfg, p.at, o));
         }
@@ -480,7 +480,14 @@ impl Handler<Probe> for Checker {
         });
     }
 
-    fn on_timer(&mut self, r: &mut Reactor<Probe>, slot: u32, generation: u32, _due: u64) {
+    fn on_timer(&mut self, r: &mut Reactor<Probe>, slot: u32, generation: u32, due: u64) {
+        // Only this probe's own deadline (the wheel keeps no generation).
+        if r.slots
+            .get_mut(slot, generation)
+            .is_none_or(|p| p.deadline_ms != due)
+        {
+            return;
+        }
         self.with(r, slot, generation, |p, _| {
             let why = format!(
                 "no answer within {}",

@@ -1,13 +1,15 @@
 //! A hashed timer wheel, one per worker.
 //!
-//! Entries are `(slot, generation)` keys with an absolute due time in milliseconds. Entries are
+//! Entries are keyed by slot, with an absolute due time in milliseconds. Entries are
 //! never removed early: the owner keeps its current deadline itself and, when an entry fires,
 //! checks it (re-inserting when the deadline has moved later). That makes "push the idle timeout
 //! out" a plain store on the data path, with no wheel operation at all. When the owner goes
 //! away it removes its current entry ([`TimerWheel::remove`]), so a storm of short sessions
 //! does not leave an hour's worth of dead entries behind. A key slot has one entry at most, and
 //! the wheel's lists run through an array indexed by key slot: setting a timer allocates
-//! nothing.
+//! nothing. The wheel keeps no generation: an entry belongs to the slot's occupant of the
+//! moment (its owner removes it when it goes), and the owner checks the due time it is handed
+//! against its own mark, so an entry that outlived its owner would not be taken for another's.
 
 /// A time on a worker's millisecond clock kept in 32 bits (the low bits of the clock), for
 /// what every connection keeps: [`Stamp::at`] rebuilds the whole time from the clock now. It is
@@ -34,8 +36,8 @@ impl Stamp {
     }
 }
 
-/// A timer key: slab slot and generation of the session that set it.
-pub type TimerKey = (u32, u32);
+/// A timer key: the slab slot of the owner that set it.
+pub type TimerKey = u32;
 
 /// No node: the end of a list, or (as `prev`) a node in no list.
 const NIL: u32 = u32::MAX;
@@ -43,15 +45,15 @@ const NIL: u32 = u32::MAX;
 const HEAD: u32 = 1 << 31;
 
 /// The wheel's entry of one key slot, in the wheel's own array indexed by slot: the lists run
-/// through these, so an entry costs no allocation of its own (16 bytes for every slot a key
+/// through these, so an entry costs no allocation of its own (12 bytes for every slot a key
 /// ever used, against a 16-byte entry in a growing list of its wheel slot, and the list's and
-/// the allocator's slack around it, ~50 bytes per idle tunnel).
+/// the allocator's slack around it, ~50 bytes per idle tunnel). It keeps no generation (the
+/// slot's is kept beside the slab): one was 4 bytes more for every held connection.
 #[derive(Clone, Copy, Debug)]
 struct Node {
     next: u32,
     /// The node before it; `HEAD | wheel slot` for a list's first; `NIL` when in no list.
     prev: u32,
-    generation: u32,
     /// Due time; exact within 24 days of now, as every timeout is (`Stamp`).
     due: Stamp,
 }
@@ -59,7 +61,6 @@ struct Node {
 const UNLINKED: Node = Node {
     next: NIL,
     prev: NIL,
-    generation: 0,
     due: Stamp::new(0),
 };
 
@@ -105,7 +106,7 @@ impl TimerWheel {
     }
 
     /// Fire `key` at or after `due_ms` (within one tick), `due_ms` within 24 days of now. A key
-    /// slot has one entry at most: one it had before (of any generation) is replaced.
+    /// slot has one entry at most: one it had before (its owner's, or a gone owner's) is replaced.
     pub fn insert(&mut self, key: TimerKey, due_ms: u64) {
         // The due time is kept as a `Stamp`: it must be within 24 days of the wheel's time.
         debug_assert!(
@@ -113,38 +114,36 @@ impl TimerWheel {
             "timer due {due_ms} too far from {}",
             self.tick * self.tick_ms
         );
-        let i = key.0 as usize;
+        let i = key as usize;
         if i >= self.nodes.len() {
-            assert!(key.0 < HEAD, "timer key slot {}", key.0);
+            assert!(key < HEAD, "timer key slot {key}");
             self.nodes.resize(i + 1, UNLINKED);
         }
         if self.nodes[i].prev != NIL {
-            self.unlink(key.0);
+            self.unlink(key);
         }
         let t = (due_ms.div_ceil(self.tick_ms)).max(self.tick + 1);
         let w = (t % self.heads.len() as u64) as u32;
         let first = self.heads[w as usize];
         if first != NIL {
-            self.nodes[first as usize].prev = key.0;
+            self.nodes[first as usize].prev = key;
         }
         self.nodes[i] = Node {
             next: first,
             prev: HEAD | w,
-            generation: key.1,
             due: Stamp::new(due_ms),
         };
-        self.heads[w as usize] = key.0;
+        self.heads[w as usize] = key;
         self.len += 1;
     }
 
     /// Remove the entry `key` inserted with `due_ms`, if it is still there (it may have fired).
     pub fn remove(&mut self, key: TimerKey, due_ms: u64) {
-        if let Some(n) = self.nodes.get(key.0 as usize)
+        if let Some(n) = self.nodes.get(key as usize)
             && n.prev != NIL
-            && n.generation == key.1
             && n.due == Stamp::new(due_ms)
         {
-            self.unlink(key.0);
+            self.unlink(key);
         }
     }
 
@@ -179,7 +178,7 @@ impl TimerWheel {
                 let due = node.due.at(now_ms);
                 if due <= now_ms {
                     self.unlink(i);
-                    fired.push(((i, node.generation), due));
+                    fired.push((i, due));
                 }
                 i = node.next;
             }
@@ -220,22 +219,22 @@ mod tests {
     #[test]
     fn fires_at_due_time_not_before() {
         let mut w = TimerWheel::new(10, 8, 1000);
-        w.insert((1, 0), 1055);
-        w.insert((2, 0), 1500); // beyond one rotation: stays until its round comes
+        w.insert(1, 1055);
+        w.insert(2, 1500); // beyond one rotation: stays until its round comes
         let mut f = Vec::new();
         assert!(w.advance(1050, &mut f), "ticks passed");
         assert!(f.is_empty());
         assert!(!w.advance(1059, &mut f), "still in the tick of 1050");
         assert_eq!(w.until_next_tick(1059), 1);
         assert!(w.advance(1060, &mut f));
-        assert_eq!(f, vec![((1, 0), 1055)]);
+        assert_eq!(f, vec![(1, 1055)]);
         f.clear();
         for t in (1070..1500).step_by(10) {
             w.advance(t, &mut f);
             assert!(f.is_empty(), "fired early at {t}");
         }
         w.advance(1500, &mut f);
-        assert_eq!(f, vec![((2, 0), 1500)]);
+        assert_eq!(f, vec![(2, 1500)]);
         assert!(w.is_empty());
     }
 
@@ -243,16 +242,15 @@ mod tests {
     fn removed_entries_never_fire() {
         let mut w = TimerWheel::new(10, 4, 0);
         for k in 0..1000u32 {
-            w.insert((k, 0), 3_600_000 + u64::from(k));
+            w.insert(k, 3_600_000 + u64::from(k));
         }
         assert_eq!(w.len(), 1000);
-        // Removing with another generation or due time is not this entry: it stays.
-        w.remove((7, 1), 3_600_007);
-        w.remove((7, 0), 3_600_008);
+        // Removing with another due time is not this entry: it stays.
+        w.remove(7, 3_600_008);
         assert_eq!(w.len(), 1000);
         // Out of order, from the middle, the front and the end of the lists.
         for k in (0..1000u32).rev().step_by(2).chain((0..1000u32).step_by(2)) {
-            w.remove((k, 0), 3_600_000 + u64::from(k));
+            w.remove(k, 3_600_000 + u64::from(k));
         }
         assert!(w.is_empty());
         assert!(w.heads.iter().all(|&h| h == NIL));
@@ -260,16 +258,16 @@ mod tests {
         w.advance(4_000_000, &mut f);
         assert!(f.is_empty());
         // Removing what is not there (already fired) is a no-op.
-        w.remove((1, 0), 5);
-        w.remove((5000, 0), 5);
+        w.remove(1, 5);
+        w.remove(5000, 5);
         // Storm after storm over the same keys: the wheel's memory is bounded by the highest
         // key slot (the owner's slab), not by how many entries ever passed through it.
         for round in 0..20u64 {
             for k in 0..1000u32 {
-                w.insert((k, 0), 4_000_000 + round * 1000 + u64::from(k));
+                w.insert(k, 4_000_000 + round * 1000 + u64::from(k));
             }
             for k in 0..1000u32 {
-                w.remove((k, 0), 4_000_000 + round * 1000 + u64::from(k));
+                w.remove(k, 4_000_000 + round * 1000 + u64::from(k));
             }
         }
         assert!(w.is_empty());
@@ -280,30 +278,30 @@ mod tests {
     #[test]
     fn a_key_has_one_entry_and_a_new_one_replaces_it() {
         let mut w = TimerWheel::new(10, 8, 0);
-        w.insert((3, 0), 500);
-        w.insert((4, 0), 500);
-        w.insert((3, 0), 40); // earlier: the entry moves
-        w.insert((5, 0), 40);
+        w.insert(3, 500);
+        w.insert(4, 500);
+        w.insert(3, 40); // earlier: the entry moves
+        w.insert(5, 40);
         assert_eq!(w.len(), 3);
         let mut f = Vec::new();
         w.advance(40, &mut f);
         f.sort();
-        assert_eq!(f, vec![((3, 0), 40), ((5, 0), 40)]);
+        assert_eq!(f, vec![(3, 40), (5, 40)]);
         f.clear();
-        // A later generation in the same slot replaces a stale entry too.
-        w.insert((4, 1), 100);
+        // A later owner of the same slot replaces a stale entry too.
+        w.insert(4, 100);
         assert_eq!(w.len(), 1);
         w.advance(1000, &mut f);
-        assert_eq!(f, vec![((4, 1), 100)]);
+        assert_eq!(f, vec![(4, 100)]);
         assert!(w.is_empty());
     }
 
     #[test]
     fn past_due_fires_next_tick_and_big_jumps_visit_all() {
         let mut w = TimerWheel::new(10, 4, 0);
-        w.insert((1, 1), 0);
+        w.insert(1, 0);
         for k in 0..20u32 {
-            w.insert((k + 10, 0), u64::from(k) * 7);
+            w.insert(k + 10, u64::from(k) * 7);
         }
         let mut f = Vec::new();
         w.advance(10_000, &mut f);
@@ -317,12 +315,12 @@ mod tests {
         // empty after.
         let mut w = TimerWheel::new(10, 64, 0);
         for k in 0..640u32 {
-            w.insert((k, 0), 10 * u64::from(k));
+            w.insert(k, 10 * u64::from(k));
         }
         let mut f = Vec::new();
         w.advance(3200, &mut f);
         for k in 320..640u32 {
-            w.remove((k, 0), 10 * u64::from(k));
+            w.remove(k, 10 * u64::from(k));
         }
         assert!(w.is_empty());
         assert!(w.heads.iter().all(|&h| h == NIL));

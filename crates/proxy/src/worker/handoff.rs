@@ -245,7 +245,7 @@ impl Core {
         h.waiting += unsent.iter().map(|u| u.len() as u64).sum::<u64>();
         let entry = r.slots.remove(slot);
         if entry.timer_at != 0 {
-            r.wheel.remove((slot, generation), entry.timer_at);
+            r.wheel.remove(slot, entry.timer_at);
         }
         let m = &self.spec.metrics;
         match entry.session.role() {
