@@ -151,15 +151,15 @@ fn timer_wheel(c: &mut Criterion) {
     let mut due = vec![0u64; SESSIONS as usize];
     for s in 0..SESSIONS {
         due[s as usize] = 3_600_000 + u64::from(s);
-        w.insert((s, 0), due[s as usize]);
+        w.insert(s, due[s as usize]);
     }
     let mut s = 0u32;
     g.bench_function("move one deadline (10k sessions)", |b| {
         b.iter(|| {
             let i = s as usize;
-            w.remove((s, 0), due[i]);
+            w.remove(s, due[i]);
             due[i] += 1;
-            w.insert((s, 0), due[i]);
+            w.insert(s, due[i]);
             s = (s + 1) % SESSIONS;
         })
     });
