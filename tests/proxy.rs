@@ -442,10 +442,7 @@ fn slow_readers(mode: Mode) {
         return;
     }
     let waits = || {
-        let s = String::from_utf8(admin_get(admin, "/status")).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&s[s.find("\r\n\r\n").unwrap() + 4..]).unwrap();
-        v["workers"]
+        admin_status(admin)["workers"]
             .as_array()
             .unwrap()
             .iter()

@@ -248,7 +248,7 @@ impl Worker {
                     .store(u64::from(pool.count() - pool.free()), Ordering::Relaxed);
                 m.pool_circulating
                     .store(u64::from(pool.circulating()), Ordering::Relaxed);
-                m.pool_waits.store(pool.waits, Ordering::Relaxed);
+                m.pool_waits.store(pool.waits(), Ordering::Relaxed);
             }
             // Re-arm sessions whose recv stopped on an empty buffer ring, while buffers last.
             while let Some((slot, _, id)) = r.next_unparked(8) {

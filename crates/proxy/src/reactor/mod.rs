@@ -223,7 +223,7 @@ impl Sys for RingSys<'_> {
     }
 
     fn park(&mut self, id: ConnId) {
-        self.ring.pool.waits += 1;
+        self.ring.pool.waited();
         self.parked.push_back((self.slot, self.generation, id));
     }
 

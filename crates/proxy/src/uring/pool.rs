@@ -51,7 +51,7 @@ pub struct BufPool {
     pub(super) low: u32,
     pub(super) since_ms: u64,
     /// Recvs that found the ring empty and waited for a buffer to come back (ever).
-    pub waits: u64,
+    pub(super) waits: u64,
 }
 
 /// The pool grows when fewer than this many buffers are left in the ring.
@@ -200,6 +200,16 @@ impl BufPool {
     /// Buffers in circulation: touched at least once and not parked.
     pub fn circulating(&self) -> u32 {
         self.provided - self.parked.len() as u32
+    }
+
+    /// A recv found the ring empty and waits for a buffer to come back.
+    pub fn waited(&mut self) {
+        self.waits += 1;
+    }
+
+    /// Recvs that found the ring empty and waited, since the pool was made.
+    pub fn waits(&self) -> u64 {
+        self.waits
     }
 
     /// Size of every buffer in bytes.
