@@ -515,6 +515,49 @@ fn health_checks_take_a_server_out_and_bring_it_back_while_its_tunnels_echo() {
     assert!(s["health_checks_passed"].as_u64().unwrap() >= 2, "{s}");
 }
 
+#[test]
+fn a_health_check_that_gets_no_answer_fails_at_its_timeout() {
+    // A backend whose health port accepts and then says nothing (a hung process): each probe
+    // is failed by its timer at `timeout`, and the server goes down, named why.
+    if !uring_ok() {
+        return;
+    }
+    let dir = scratch("health-mute");
+    let a = free_addr();
+    let _echo = echo(&[a], &dir);
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hport = mute.local_addr().unwrap().port();
+    let held = Arc::new(AtomicU32::new(0));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        for s in mute.incoming().flatten() {
+            h.fetch_add(1, Ordering::Relaxed);
+            keep.push(s); // never read, never answered, never closed
+        }
+    });
+    let listen = free_addr();
+    let admin = free_addr();
+    let cfg = format!(
+        "[runtime]\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+         [[upstream]]\nname = \"u\"\n{}\n\
+         health_check = {{ interval = \"500ms\", fall = 2, timeout = \"300ms\", request = \"GET /health HTTP/1.0\\r\\n\\r\\n\", port = {hport} }}\n\
+         [[server]]\nlisten = [\"{listen}\"]\n[[server.location]]\npath = \"/\"\nupstream = \"u\"\n",
+        servers_toml(&[(a, "")])
+    );
+    let proxy = proxy(&cfg, listen, &dir);
+    let took = until_state(admin, a, "down");
+    eprintln!("health: down {took:?} after start with a mute health port (interval 500ms, timeout 300ms, fall 2)");
+    assert!(held.load(Ordering::Relaxed) >= 2, "probes connected");
+    let log = proxy.log_text();
+    let down = format!(
+        "upstream \"u\" server {a} is down: 2 check(s) in a row failed, the last: no answer within 300ms"
+    );
+    assert!(log.contains(&down), "{log}");
+    let s = server_status(admin, a);
+    assert!(s["health_checks_failed"].as_u64().unwrap() >= 2, "{s}");
+}
+
 /// The upstream address ringway's request came from (the echo's `"peer"`).
 fn peer_of(addr: SocketAddr, path: &str) -> String {
     let out = raw_exchange(
