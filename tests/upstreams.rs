@@ -547,7 +547,9 @@ fn a_health_check_that_gets_no_answer_fails_at_its_timeout() {
     );
     let proxy = proxy(&cfg, listen, &dir);
     let took = until_state(admin, a, "down");
-    eprintln!("health: down {took:?} after start with a mute health port (interval 500ms, timeout 300ms, fall 2)");
+    eprintln!(
+        "health: down {took:?} after start with a mute health port (interval 500ms, timeout 300ms, fall 2)"
+    );
     assert!(held.load(Ordering::Relaxed) >= 2, "probes connected");
     let log = proxy.log_text();
     let down = format!(
