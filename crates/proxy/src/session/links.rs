@@ -97,6 +97,27 @@ impl Links {
         (2..2 + n).map(|i| ConnId(i as u8))
     }
 
+    /// A send on `id` (the client's or the first upstream's) has just gone whole, and what
+    /// `after` looks at is as it was before it: both connections are plain and being read,
+    /// nothing waits toward `id`, and the connection whose bytes go to `id` has its recv
+    /// armed. A send completion changes only its own connection's queue, so this is what
+    /// would let the peer's recv change (its budget grew) or a close happen (a flush): with
+    /// it, `after` would ask for nothing (`LIFECYCLE.md`, "A quiet send"). Only the first
+    /// two connections, and neither over TLS (a record may wait to be sealed behind a send).
+    #[inline]
+    pub fn quiet_send(&self, id: ConnId) -> bool {
+        let (to, from) = match id {
+            ConnId::CLIENT => (&self.down, &self.up),
+            ConnId::UPSTREAM => (&self.up, &self.down),
+            _ => return false,
+        };
+        to.quiet()
+            && from.readable()
+            && from.recv_state() == super::Recv::On
+            && to.is_plain()
+            && from.is_plain()
+    }
+
     /// Whether `f` holds for any connection. (Called after every event: the two inline
     /// connections are looked at directly, the rest only when there are any.)
     #[inline]

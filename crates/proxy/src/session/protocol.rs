@@ -152,6 +152,15 @@ pub(super) trait Protocol: Debug {
         true
     }
 
+    /// Whether the send on `id` that has just gone whole leaves nothing for the bookkeeping
+    /// after the event (`Session::after`) to do: then it is not run (`LIFECYCLE.md`, "A
+    /// quiet send"). Only a protocol whose `settle` and `wants` cannot change with a send
+    /// answers yes, and only when the links say so; false (the default) is always right. A
+    /// boxed protocol always gets the bookkeeping.
+    fn quiet_send(&self, _cx: &Cx, _id: ConnId) -> bool {
+        false
+    }
+
     /// After every event, once the links have settled (sends completed, sockets closed): the
     /// place to notice what only the links show, such as an answer fully sent or a previous
     /// socket closed.

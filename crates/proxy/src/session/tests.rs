@@ -78,6 +78,12 @@ struct Fake {
     pipes_out: usize,
     /// No more pipes than this at once (None: any number).
     pipe_limit: Option<usize>,
+    /// Effects asked for so far (every call that arms, cancels, sends, connects, closes,
+    /// releases or splices): what `Sim::settle` compares to see that a handler left the
+    /// session reconciled.
+    effects: u64,
+    /// The last of them.
+    last_effect: &'static str,
 }
 
 /// The number of the simulated pipe an end belongs to.
@@ -107,6 +113,7 @@ impl Sys for Fake {
     }
     fn recycle(&mut self, _v: Vec<u8>) {}
     fn put(&mut self, bytes: Vec<u8>) -> Chunk {
+        self.fx("put");
         let id = self.next_heap;
         self.next_heap += 1;
         let len = bytes.len() as u32;
@@ -118,6 +125,7 @@ impl Sys for Fake {
         }
     }
     fn release(&mut self, c: Chunk) {
+        self.fx("release");
         match c.src {
             Src::Pool(b) => assert!(self.bufs.remove(&b).is_some(), "double release of {b}"),
             Src::Heap(h) => assert!(self.heap.remove(&h).is_some(), "double free of {h}"),
@@ -125,6 +133,7 @@ impl Sys for Fake {
     }
     fn sent(&mut self, _c: Chunk) {}
     fn recv(&mut self, fd: RawFd, side: ConnId, buffers: u32) {
+        self.fx("recv");
         assert!(self.open_fds.contains(&fd), "recv on closed fd");
         assert!(!self.recv_armed[idx(side)], "two recvs on {side:?}");
         assert!(buffers >= 1);
@@ -135,11 +144,13 @@ impl Sys for Fake {
         self.low
     }
     fn watch_hangup(&mut self, fd: RawFd, side: ConnId) {
+        self.fx("watch_hangup");
         assert!(self.open_fds.contains(&fd), "watch on closed fd");
         assert!(!self.hup_armed[idx(side)], "two watches on {side:?}");
         self.hup_armed[idx(side)] = true;
     }
     fn cancel(&mut self, side: ConnId, op: crate::uring::Op) {
+        self.fx("cancel");
         use crate::uring::Op;
         match op {
             Op::Recv => {
@@ -181,6 +192,7 @@ impl Sys for Fake {
     }
 
     fn send(&mut self, fd: RawFd, side: ConnId, c: Chunk) {
+        self.fx("send");
         assert!(self.open_fds.contains(&fd));
         assert!(
             self.sending[idx(side)].is_none(),
@@ -208,6 +220,7 @@ impl Sys for Fake {
         Ok(self.next_fd)
     }
     fn shutdown(&mut self, fd: RawFd) {
+        self.fx("shutdown");
         assert!(self.open_fds.contains(&fd), "shutdown of a closed fd");
         let id = if fd == CLIENT_FD {
             ConnId::CLIENT
@@ -217,10 +230,12 @@ impl Sys for Fake {
         self.shut[idx(id)] = true;
     }
     fn send_now(&mut self, fd: RawFd, _bytes: &[u8]) -> bool {
+        self.fx("send_now");
         assert!(self.open_fds.contains(&fd), "send_now on a closed fd");
         true
     }
     fn close(&mut self, fd: RawFd) {
+        self.fx("close");
         let i = self
             .open_fds
             .iter()
@@ -229,9 +244,11 @@ impl Sys for Fake {
         self.open_fds.remove(i);
     }
     fn park(&mut self, side: ConnId) {
+        self.fx("park");
         self.parked.push(side);
     }
     fn watch_ready(&mut self, fd: RawFd, id: ConnId, write: bool) {
+        self.fx("watch_ready");
         assert!(self.open_fds.contains(&fd), "poll on a closed fd");
         assert_eq!(self.conn_of_fd(fd), id, "poll on another connection's fd");
         let armed = &mut self.ready_armed[idx(id)][usize::from(write)];
@@ -239,6 +256,50 @@ impl Sys for Fake {
         *armed = true;
     }
     fn splice(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
+        let moved = self.splice_bytes(from, to, len);
+        // A splice that finds nothing to move (EAGAIN) changes nothing.
+        if moved.is_ok() {
+            self.fx("splice");
+        }
+        moved
+    }
+    fn pipe(&mut self) -> Option<crate::reactor::Pipe> {
+        self.fx("pipe");
+        if self.pipe_limit.is_some_and(|l| self.pipes_out >= l) {
+            return None;
+        }
+        let n = self.next_pipe;
+        self.next_pipe += 1;
+        self.pipes.insert(n, Vec::new());
+        self.pipes_out += 1;
+        Some(crate::reactor::Pipe::detached(-10 - 2 * n, -11 - 2 * n))
+    }
+    fn pipe_back(&mut self, p: crate::reactor::Pipe) {
+        self.fx("pipe_back");
+        let held = self
+            .pipes
+            .remove(&pipe_of(p.read_end()))
+            .expect("a live pipe");
+        assert!(
+            held.is_empty(),
+            "a pipe given back with {} bytes in it",
+            held.len()
+        );
+        self.pipes_out -= 1;
+    }
+    fn nonblocking(&mut self, fd: RawFd) -> bool {
+        assert!(self.open_fds.contains(&fd), "fcntl on a closed fd");
+        true
+    }
+    // The simulation runs HTTP/1 sessions only: none asks for a socket pair.
+    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
+        Err(libc::EMFILE)
+    }
+}
+
+impl Fake {
+    /// What splice(2) would do with the simulated sockets and pipes.
+    fn splice_bytes(&mut self, from: RawFd, to: RawFd, len: u32) -> Result<u32, i32> {
         assert!(len > 0, "a splice of nothing");
         if from < 0 {
             // Pipe to socket.
@@ -280,39 +341,13 @@ impl Sys for Fake {
         pipe.extend(inbox.drain(..n));
         Ok(n as u32)
     }
-    fn pipe(&mut self) -> Option<crate::reactor::Pipe> {
-        if self.pipe_limit.is_some_and(|l| self.pipes_out >= l) {
-            return None;
-        }
-        let n = self.next_pipe;
-        self.next_pipe += 1;
-        self.pipes.insert(n, Vec::new());
-        self.pipes_out += 1;
-        Some(crate::reactor::Pipe::detached(-10 - 2 * n, -11 - 2 * n))
-    }
-    fn pipe_back(&mut self, p: crate::reactor::Pipe) {
-        let held = self
-            .pipes
-            .remove(&pipe_of(p.read_end()))
-            .expect("a live pipe");
-        assert!(
-            held.is_empty(),
-            "a pipe given back with {} bytes in it",
-            held.len()
-        );
-        self.pipes_out -= 1;
-    }
-    fn nonblocking(&mut self, fd: RawFd) -> bool {
-        assert!(self.open_fds.contains(&fd), "fcntl on a closed fd");
-        true
-    }
-    // The simulation runs HTTP/1 sessions only: none asks for a socket pair.
-    fn socketpair(&mut self) -> Result<(RawFd, RawFd), i32> {
-        Err(libc::EMFILE)
-    }
-}
 
-impl Fake {
+    /// One more effect, `what` (the `Sys` call).
+    fn fx(&mut self, what: &'static str) {
+        self.effects += 1;
+        self.last_effect = what;
+    }
+
     fn conn_of_fd(&self, fd: RawFd) -> ConnId {
         if fd == CLIENT_FD {
             ConnId::CLIENT
@@ -584,6 +619,24 @@ impl Sim {
     fn settle(&mut self, next: Next) {
         match next {
             Next::Continue => {
+                // Every handler leaves the session reconciled, including one that skipped
+                // the bookkeeping after its event (a quiet send, `LIFECYCLE.md`): running
+                // it again now asks for nothing.
+                let before = self.io.effects;
+                let mut env = env_of!(self);
+                let again = self.s.after(&mut self.io, &mut env);
+                assert_eq!(
+                    again,
+                    Next::Continue,
+                    "the bookkeeping again ended the session"
+                );
+                assert_eq!(
+                    self.io.effects,
+                    before,
+                    "the bookkeeping again asked for more ({}, stage {:?})",
+                    self.io.last_effect,
+                    self.s.stage()
+                );
                 // The worker's timer: never after the deadline, whether `reschedule`
                 // computed it or skipped it.
                 let now = self.io.now;
@@ -1005,6 +1058,50 @@ fn below_the_pool_floor_only_sessions_making_progress_read() {
     }
     assert_eq!(sim.held(), QUEUE);
     assert!(!sim.io.recv_armed[idx(Side::Up)]);
+}
+
+/// A send completion that goes whole on a tunnel skips the bookkeeping only when it would ask
+/// for nothing (a quiet send, `LIFECYCLE.md`): the side whose bytes went was being read, and
+/// nothing more waits. Each case below is one the shortcut must not take; `Sim::settle` runs
+/// the bookkeeping again after every event and fails if it asks for anything.
+#[test]
+fn a_send_that_frees_the_budget_of_a_side_not_read_is_not_quiet() {
+    let mut sim = Sim::tunnel(CFG);
+    // Below the pool's floor, a chunk waiting toward the client stops the upstream's recv.
+    sim.io.low = true;
+    sim.deliver(Side::Up, b"one");
+    assert!(!sim.io.recv_armed[idx(Side::Up)]);
+    // The cancel comes back before the send does: the recv is off, not being cancelled.
+    sim.io.pending.sort_by_key(|e| matches!(e, Ev::Send(_)));
+    while !matches!(sim.io.pending.first(), Some(Ev::Send(_))) {
+        sim.step(false);
+    }
+    assert_eq!(sim.s.cx.links.up.recv_state(), Recv::Off);
+    // The send goes whole: nothing waits toward the client, so the upstream is read again.
+    sim.step(false);
+    assert!(
+        sim.io.recv_armed[idx(Side::Up)],
+        "the upstream's recv was not armed again"
+    );
+}
+
+#[test]
+fn a_send_with_more_behind_it_is_not_quiet() {
+    let mut sim = Sim::tunnel(CFG);
+    // Two chunks toward the client: one sent, one waiting.
+    sim.deliver(Side::Up, b"one");
+    sim.deliver(Side::Up, b"two");
+    assert!(sim.io.recv_armed[idx(Side::Up)]);
+    // The pool falls below its floor meanwhile (other sessions took buffers).
+    sim.io.low = true;
+    // The first send goes whole and the second starts: one chunk still waits toward a client
+    // that has not taken it, so the upstream stops being read.
+    assert!(matches!(sim.io.pending.first(), Some(Ev::Send(c)) if *c == ConnId::CLIENT));
+    sim.step(false);
+    assert_eq!(sim.s.cx.links.down.pending(), 1);
+    assert_ne!(sim.s.cx.links.up.recv_state(), Recv::On);
+    sim.run(false);
+    assert_eq!(sim.wire(Side::Down).matches("onetwo").count(), 1);
 }
 
 #[test]

@@ -532,6 +532,14 @@ impl Protocol for Tunnel {
         room
     }
 
+    /// A tunnel with nothing of its own (no heartbeat, filter, Close of ours or splice: no
+    /// `Control`) settles only when both sides have ended, and reads while there is room:
+    /// a whole send between two connections being read changes neither.
+    #[inline]
+    fn quiet_send(&self, cx: &Cx, id: ConnId) -> bool {
+        self.ctl.is_none() && cx.links.quiet_send(id)
+    }
+
     /// Both sides have ended their streams and what was queued toward them has gone: done.
     /// Else what a splice can move now moves (`splice.rs`: only a tunnel with a `Control`
     /// can be splicing, and it is looked at out of line).
