@@ -165,15 +165,6 @@ impl Conn {
     pub fn readable(&self) -> bool {
         self.flags & (RETIRING | READY | EOF | PARKED | UNREAD) == READY && self.fd >= 0
     }
-    /// Readable (see `readable`), with nothing waiting or in flight toward it and its sends
-    /// not held: quiet, as a send completion that went whole leaves a tunnel's connection in
-    /// its steady state (one test of the flags, and the queue's first place).
-    #[inline]
-    pub fn quiet(&self) -> bool {
-        self.flags & (RETIRING | READY | EOF | PARKED | UNREAD | HELD | SENDING) == READY
-            && self.fd >= 0
-            && self.queue.first.is_none()
-    }
     /// A splice reads this socket (see [`Conn::set_spliced`]).
     #[inline]
     pub fn spliced(&self) -> bool {

@@ -9,7 +9,7 @@
 //! completion that was never counted is a bug (asserted in debug builds), and the count never
 //! wraps, which would free the session's slot while the kernel still holds an op.
 
-use super::{Io, Transport};
+use super::{Io, QUEUE, Recv, Transport};
 use crate::uring::{CONN_MAX, Chunk, ConnId, Op};
 
 /// The two connections of a one-to-one exchange (an HTTP/1 request, its tunnel) by name:
@@ -97,25 +97,27 @@ impl Links {
         (2..2 + n).map(|i| ConnId(i as u8))
     }
 
-    /// A send on `id` (the client's or the first upstream's) has just gone whole, and what
-    /// `after` looks at is as it was before it: both connections are plain and being read,
-    /// nothing waits toward `id`, and the connection whose bytes go to `id` has its recv
-    /// armed. A send completion changes only its own connection's queue, so this is what
-    /// would let the peer's recv change (its budget grew) or a close happen (a flush): with
-    /// it, `after` would ask for nothing (`LIFECYCLE.md`, "A quiet send"). Only the first
-    /// two connections, and neither over TLS (a record may wait to be sealed behind a send).
+    /// The steady state of two connections that forward to each other: both plain and being
+    /// read (their recvs armed, neither at its end, retiring, parked or spliced), the client's
+    /// hang-up watch not armed, no connection past the first two, and each direction within
+    /// what it may read now (`pool_low`: the worker's buffer pool is at its floor, where only a
+    /// direction with nothing waiting toward its peer reads on). In it, the bookkeeping after
+    /// an event would ask for nothing: no socket to close, no recv to arm or cancel, no watch
+    /// (`LIFECYCLE.md`, invariant 14; the same test as `sync_recv`'s, asked of both at once).
     #[inline]
-    pub fn quiet_send(&self, id: ConnId) -> bool {
-        let (to, from) = match id {
-            ConnId::CLIENT => (&self.down, &self.up),
-            ConnId::UPSTREAM => (&self.up, &self.down),
-            _ => return false,
+    pub fn steady(&self, pool_low: bool) -> bool {
+        let reads = |c: &Transport, waiting: usize| {
+            c.readable()
+                && c.recv_state() == Recv::On
+                && waiting < QUEUE
+                && (waiting == 0 || !pool_low)
         };
-        to.quiet()
-            && from.readable()
-            && from.recv_state() == super::Recv::On
-            && to.is_plain()
-            && from.is_plain()
+        self.more.is_none()
+            && reads(&self.down, self.up.pending())
+            && reads(&self.up, self.down.pending())
+            && self.down.hup_state() != Recv::On
+            && self.down.is_plain()
+            && self.up.is_plain()
     }
 
     /// Whether `f` holds for any connection. (Called after every event: the two inline

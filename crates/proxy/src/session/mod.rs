@@ -386,21 +386,12 @@ impl Session {
         self.after(io, env)
     }
 
-    /// A send completion on connection `id`. One that leaves nothing for the bookkeeping to
-    /// do (a quiet send: `LIFECYCLE.md`) ends here; the session tests run the bookkeeping
-    /// again after every event and check that it asks for nothing.
+    /// A send completion on connection `id`.
     pub fn on_send(&mut self, id: ConnId, res: i32, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        use crate::reactor::Sent;
         let closing = self.phase.is_closing();
-        match self.conn(id).on_sent(io, id, res, closing) {
-            Sent::Failed(e) => {
-                let next = self.on_error(id, protocol::end_of_error(Side::of(id), e), io);
-                self.apply(next, io, env);
-            }
-            Sent::Ok if run!(&self.phase, p => p.quiet_send(&self.cx, id), false) => {
-                return Next::Continue;
-            }
-            Sent::Ok | Sent::Dropped => {}
+        if let crate::reactor::Sent::Failed(e) = self.conn(id).on_sent(io, id, res, closing) {
+            let next = self.on_error(id, protocol::end_of_error(Side::of(id), e), io);
+            self.apply(next, io, env);
         }
         self.after(io, env)
     }
@@ -719,8 +710,20 @@ impl Session {
     /// waited), retired sockets close, recvs are kept armed or stopped; `Close` once closing
     /// is complete. The protocol is looked up once for the settling and once for the recvs:
     /// what it answers in between (whether it keeps a queue, wants a connection read, watches
-    /// the client) is compiled in for each built-in protocol.
+    /// the client) is compiled in for each built-in protocol. A protocol in its steady state
+    /// (a plain tunnel reading both ways, most of its events) needs none of it: one test of
+    /// its links says so (`Protocol::steady`; `LIFECYCLE.md`, invariant 14).
+    #[inline(always)]
     fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
+        if run!(&self.phase, p => p.steady(&self.cx, io), false) {
+            return Next::Continue;
+        }
+        self.reconcile(io, env)
+    }
+
+    /// The bookkeeping itself (see `after`): what the session tests run again after every
+    /// event, to check that it would ask for nothing.
+    fn reconcile(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
         // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
         // nothing more, so the session ends now rather than at read_timeout. (A failure while
         // opening was answered where it happened: the phase is Respond by now.)

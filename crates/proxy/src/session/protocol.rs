@@ -152,12 +152,12 @@ pub(super) trait Protocol: Debug {
         true
     }
 
-    /// Whether the send on `id` that has just gone whole leaves nothing for the bookkeeping
-    /// after the event (`Session::after`) to do: then it is not run (`LIFECYCLE.md`, "A
-    /// quiet send"). Only a protocol whose `settle` and `wants` cannot change with a send
-    /// answers yes, and only when the links say so; false (the default) is always right. A
-    /// boxed protocol always gets the bookkeeping.
-    fn quiet_send(&self, _cx: &Cx, _id: ConnId) -> bool {
+    /// Whether the session is in a state where the bookkeeping after an event
+    /// (`Session::after`) would ask for nothing: then it is not run (`LIFECYCLE.md`, invariant
+    /// 14). Only a protocol whose `settle`, `wants` and `watches_client` are answered by the
+    /// links' steady state says yes; false (the default) is always right. A boxed protocol
+    /// always gets the bookkeeping.
+    fn steady<I: Io + ?Sized>(&self, _cx: &Cx, _io: &I) -> bool {
         false
     }
 

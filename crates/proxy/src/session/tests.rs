@@ -620,11 +620,11 @@ impl Sim {
         match next {
             Next::Continue => {
                 // Every handler leaves the session reconciled, including one that skipped
-                // the bookkeeping after its event (a quiet send, `LIFECYCLE.md`): running
+                // the bookkeeping after its event (a steady state, `LIFECYCLE.md`): running
                 // it again now asks for nothing.
                 let before = self.io.effects;
                 let mut env = env_of!(self);
-                let again = self.s.after(&mut self.io, &mut env);
+                let again = self.s.reconcile(&mut self.io, &mut env);
                 assert_eq!(
                     again,
                     Next::Continue,
@@ -1060,12 +1060,12 @@ fn below_the_pool_floor_only_sessions_making_progress_read() {
     assert!(!sim.io.recv_armed[idx(Side::Up)]);
 }
 
-/// A send completion that goes whole on a tunnel skips the bookkeeping only when it would ask
-/// for nothing (a quiet send, `LIFECYCLE.md`): the side whose bytes went was being read, and
-/// nothing more waits. Each case below is one the shortcut must not take; `Sim::settle` runs
-/// the bookkeeping again after every event and fails if it asks for anything.
+/// A tunnel skips the bookkeeping after an event only in its steady state, where it would ask
+/// for nothing (`LIFECYCLE.md`, invariant 14). Each case below is one that looks steady and is
+/// not; `Sim::settle` runs the bookkeeping again after every event and fails if it asks for
+/// anything.
 #[test]
-fn a_send_that_frees_the_budget_of_a_side_not_read_is_not_quiet() {
+fn a_send_that_frees_the_budget_of_a_side_not_read_is_not_steady() {
     let mut sim = Sim::tunnel(CFG);
     // Below the pool's floor, a chunk waiting toward the client stops the upstream's recv.
     sim.io.low = true;
@@ -1086,7 +1086,7 @@ fn a_send_that_frees_the_budget_of_a_side_not_read_is_not_quiet() {
 }
 
 #[test]
-fn a_send_with_more_behind_it_is_not_quiet() {
+fn a_send_with_more_behind_it_below_the_pool_floor_is_not_steady() {
     let mut sim = Sim::tunnel(CFG);
     // Two chunks toward the client: one sent, one waiting.
     sim.deliver(Side::Up, b"one");

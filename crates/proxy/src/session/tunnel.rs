@@ -533,11 +533,11 @@ impl Protocol for Tunnel {
     }
 
     /// A tunnel with nothing of its own (no heartbeat, filter, Close of ours or splice: no
-    /// `Control`) settles only when both sides have ended, and reads while there is room:
-    /// a whole send between two connections being read changes neither.
+    /// `Control`) settles only once a side has ended, reads while there is room and watches
+    /// nothing: the links' steady state says all of it.
     #[inline]
-    fn quiet_send(&self, cx: &Cx, id: ConnId) -> bool {
-        self.ctl.is_none() && cx.links.quiet_send(id)
+    fn steady<I: Io + ?Sized>(&self, cx: &Cx, io: &I) -> bool {
+        self.ctl.is_none() && cx.links.steady(io.pool_low())
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
