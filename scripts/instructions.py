@@ -12,7 +12,9 @@ the speed under valgrind — and the counters are dumped (`callgrind_control -d`
 instructions per 64 B and per 4 KiB echoed message, per 64 B message at 100 connections (the
 load `scripts/bench.sh` puts on the proxy, where a loop turn carries many completions and its
 fixed cost is shared; under valgrind the batching is not the native run's, so this figure
-compares builds, not loads), per plain WebSocket handshake (accept,
+compares builds, not loads; the proxy runs on CPU 0 and everything else on CPU 1, without
+which the batching, and this figure, changed from one build to the next), per plain WebSocket
+handshake (accept,
 parse, upstream connect, 101, close), and with --tls per wss message and per full TLS 1.3
 handshake. The load generator and the echo backend are the current build's, outside valgrind.
 """
@@ -45,7 +47,7 @@ def wait_port(port, timeout=60):
 
 
 def bench(*args):
-    r = subprocess.run([BIN, "bench", *args, "--json", "--quiet"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["taskset", "-c", "1", BIN, "bench", *args, "--json", "--quiet"], capture_output=True, text=True, timeout=300)
     try:
         return json.loads(r.stdout)
     except json.JSONDecodeError:
@@ -79,7 +81,7 @@ path = "/"
 upstream = "echo"
 """)
     out = os.path.join(work, f"cg-{port}.%p.out")
-    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", "--config", cfg],
+    p = subprocess.Popen(["taskset", "-c", "0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", "--config", cfg],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = {}
     try:
@@ -131,7 +133,7 @@ def main():
     tool = os.path.join(work, "ringway-tool")
     shutil.copy2(BIN, tool)
     BIN = tool
-    echo = subprocess.Popen([BIN, "echo", "--workers", "1", "--listen", BACKEND], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    echo = subprocess.Popen(["taskset", "-c", "1", BIN, "echo", "--workers", "1", "--listen", BACKEND], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     secs = f"{args.messages_secs}s"
     plain = [
         ("msg_64", ["throughput", "-c", "1", "-s", "64", "-d", "1s", "--warmup", "0s"],
@@ -165,6 +167,11 @@ def main():
     results = {}
     try:
         time.sleep(0.5)
+        # Warm the echo backend first (its buffers come into circulation as it needs them):
+        # else the first build measured meets a slower backend, smaller batches per loop
+        # turn at 100 connections, and more instructions per message than the builds after.
+        bench("throughput", "-c", "100", "-s", "64", "-d", "3s", "--warmup", "0s",
+              "--target", f"ws://{BACKEND}/ws/")
         for i, (name, binary) in enumerate(builds):
             results[name] = measure(binary, work, 7300 + i, None, plain, args.keep, name)
             if cert:
