@@ -32,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "ringway")
 BACKEND = "127.0.1.1:9000"
+HEARTBEAT = False
 
 
 def wait_port(port, timeout=60):
@@ -59,6 +60,8 @@ def measure(binary, work, port, tls, loads, keep=None, label=""):
     `keep`, when given, as cg-LABEL-LOAD.out: `callgrind_annotate` shows it per function)."""
     cfg = os.path.join(work, f"ringway-{port}.toml")
     tls_line = ""
+    # Heartbeats that never fire during the loads (a tunnel then carries their state).
+    heartbeat_line = 'heartbeat = { interval = "300s", timeout = "10s" }' if HEARTBEAT else ""
     if tls:
         tls_line = f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}", protocols = ["TLSv1.3"] }}'
     with open(cfg, "w") as f:
@@ -79,6 +82,7 @@ listen = ["127.0.0.1:{port}"]
 [[server.location]]
 path = "/"
 upstream = "echo"
+{heartbeat_line}
 """)
     out = os.path.join(work, f"cg-{port}.%p.out")
     p = subprocess.Popen(["taskset", "-c", "0", "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "run", "--config", cfg],
@@ -122,10 +126,14 @@ def main():
     ap.add_argument("--messages-secs", type=int, default=4)
     ap.add_argument("--handshakes", type=int, default=600)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--heartbeat", action="store_true",
+                    help="the location has a heartbeat (one that does not fire during the loads)")
     ap.add_argument("--keep", metavar="DIR", help="keep each load's callgrind dump in DIR")
     ap.add_argument("--only", help="run only these loads (comma-separated names, e.g. msg_64)")
     args = ap.parse_args()
     builds = [(b.partition("=")[0], os.path.abspath(b.partition("=")[2])) for b in args.build]
+    global HEARTBEAT
+    HEARTBEAT = args.heartbeat
     work = tempfile.mkdtemp(prefix="ringway-instr-")
     # The load generator and the echo backend run from a copy: a build during the run cannot
     # change them under it.

@@ -1085,6 +1085,69 @@ fn a_send_that_frees_the_budget_of_a_side_not_read_is_not_steady() {
     );
 }
 
+/// A tunnel with heartbeats (a `Control`) takes the steady state's shortcut too: traffic both
+/// ways in random pieces, then silence, pings and the heartbeat's timeout, with the bookkeeping
+/// run again after every event (`Sim::settle`) finding nothing to do.
+#[test]
+fn a_tunnel_with_heartbeats_stays_reconciled_through_traffic_pings_and_its_timeout() {
+    use crate::ws::{self, opcode};
+    let cfg = CFG.replace(
+        "path = \"/ws/\"\nupstream = \"b\"\n",
+        "path = \"/ws/\"\nupstream = \"b\"\nheartbeat = { interval = \"1s\", timeout = \"3s\", upstream_interval = \"1s\" }\n",
+    );
+    assert_ne!(cfg, CFG, "the heartbeat went into the configuration");
+    for seed in 1..40u64 {
+        let mut sim = Sim::tunnel(&cfg);
+        sim.rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut now = sim.io.now;
+        for step in 0..80 {
+            now += 250;
+            if sim.timer_at != 0 && sim.timer_at <= now {
+                sim.timer(now);
+            } else {
+                sim.io.now = now;
+            }
+            if sim.ended {
+                break;
+            }
+            // Two seconds of traffic in random pieces, then silence.
+            if step < 8 {
+                for side in [Side::Down, Side::Up] {
+                    if !sim.io.recv_armed[idx(side)] {
+                        continue;
+                    }
+                    let mask = (side == Side::Down).then_some([7, 7, 7, 7]);
+                    let f = ws::frame(opcode::BINARY, &[b'm'; 40], mask);
+                    let n = 1 + sim.rand(f.len() as u64) as usize;
+                    sim.deliver(side, &f[..n]);
+                    if n == f.len() {
+                        continue;
+                    }
+                    if sim.io.recv_armed[idx(side)] {
+                        sim.deliver(side, &f[n..]);
+                    } else {
+                        sim.io.inbox[idx(side)].extend_from_slice(&f[n..]);
+                    }
+                }
+            }
+            sim.run(true);
+        }
+        assert!(sim.ended, "seed {seed}: the silent tunnel was not closed");
+        // Either side, both silent, may be the first whose timeout comes.
+        let end = sim.s.end().map(|e| e.to_string()).unwrap_or_default();
+        assert!(end.starts_with("heartbeat-timeout"), "seed {seed}: {end}");
+        let pings: usize = [Side::Down, Side::Up]
+            .iter()
+            .map(|&side| {
+                let w = &sim.io.wire[idx(side)];
+                w.iter().filter(|&&b| b == 0x80 | opcode::PING).count()
+            })
+            .sum();
+        assert!(pings > 0, "seed {seed}: no ping went out");
+        sim.assert_clean();
+    }
+}
+
 #[test]
 fn a_send_with_more_behind_it_below_the_pool_floor_is_not_steady() {
     let mut sim = Sim::tunnel(CFG);

@@ -532,12 +532,14 @@ impl Protocol for Tunnel {
         room
     }
 
-    /// A tunnel with nothing of its own (no heartbeat, filter, Close of ours or splice: no
-    /// `Control`) settles only once a side has ended, reads while there is room and watches
-    /// nothing: the links' steady state says all of it.
+    /// A tunnel that is not splicing settles only once a side has ended (with a `Control`,
+    /// what it settles besides is its splices), reads while there is room and watches
+    /// nothing: the links' steady state says all of it. (Heartbeats, filters and Closes of
+    /// ours act on bytes and timers, not in the bookkeeping; a filter holding a side back
+    /// makes it unread, and so not steady.)
     #[inline]
     fn steady<I: Io + ?Sized>(&self, cx: &Cx, io: &I) -> bool {
-        self.ctl.is_none() && cx.links.steady(io.pool_low())
+        self.ctl.as_ref().is_none_or(|k| !k.splices()) && cx.links.steady(io.pool_low())
     }
 
     /// Both sides have ended their streams and what was queued toward them has gone: done.
