@@ -207,6 +207,7 @@ impl Sys for Fake {
         _source: Option<std::net::IpAddr>,
         id: ConnId,
     ) -> Result<RawFd, i32> {
+        self.fx("connect");
         self.next_fd += 1;
         self.open_fds.push(self.next_fd);
         self.conn_of.insert(self.next_fd, id);
@@ -288,6 +289,7 @@ impl Sys for Fake {
         self.pipes_out -= 1;
     }
     fn nonblocking(&mut self, fd: RawFd) -> bool {
+        self.fx("nonblocking");
         assert!(self.open_fds.contains(&fd), "fcntl on a closed fd");
         true
     }
