@@ -57,7 +57,6 @@ pub use crate::reactor::{QUEUE, Recv, Shut, Sys};
 pub use crate::tls::Transport;
 use crate::uring::timer::Stamp;
 use crate::uring::{Chunk, ConnId, Src};
-use after::{close_retired, settled, sync_recv};
 mod env;
 use answer::Answer;
 pub use auth::Cache as AuthCache;
@@ -706,61 +705,6 @@ impl Session {
         self.cx.links.retire_all(io);
     }
 
-    /// Bookkeeping after every event: the protocol settles (an answer sent, a connect that
-    /// waited), retired sockets close, recvs are kept armed or stopped; `Close` once closing
-    /// is complete. The protocol is looked up once for the settling and once for the recvs:
-    /// what it answers in between (whether it keeps a queue, wants a connection read, watches
-    /// the client) is compiled in for each built-in protocol. A protocol in its steady state
-    /// (a plain tunnel reading both ways, most of its events) needs none of it: one test of
-    /// its links says so (`Protocol::steady`; `LIFECYCLE.md`, invariant 14).
-    #[inline(always)]
-    fn after(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        if run!(&self.phase, p => p.steady(&self.cx, io), false) {
-            return Next::Continue;
-        }
-        self.reconcile(io, env)
-    }
-
-    /// The bookkeeping itself (see `after`): what the session tests run again after every
-    /// event, to check that it would ask for nothing.
-    fn reconcile(&mut self, io: &mut impl Io, env: &mut Env<'_>) -> Next {
-        // Sealing failed on a connection (TLS 1.2 past its records per key): it can carry
-        // nothing more, so the session ends now rather than at read_timeout. (A failure while
-        // opening was answered where it happened: the phase is Respond by now.)
-        if !matches!(self.phase, Phase::Respond(_) | Phase::Closing(_)) {
-            if self.cx.links.down.failed() {
-                self.close(End::ClientTls("seal"), io);
-            } else if self.cx.links.any_upstream(Transport::failed) {
-                self.close(End::UpstreamTls("seal"), io);
-            }
-        }
-        let cx = &mut self.cx;
-        let step = run!(&mut self.phase, p => settled(p, cx, io, env), {
-            close_retired(false, cx, io, env);
-            Step::Continue
-        });
-        if !matches!(step, Step::Continue) {
-            self.carry_out(step, io, env);
-            // What the step retired may close now.
-            self.close_retired(io, env);
-        }
-        if self.phase.is_closing() {
-            return match self.finished() {
-                true => Next::Close(self.cx.ended()),
-                false => Next::Continue,
-            };
-        }
-        self.sync_recv(io);
-        Next::Continue
-    }
-
-    /// Close (or hand to the keepalive pool) the sockets that are retired and have nothing in
-    /// flight.
-    fn close_retired(&mut self, io: &mut impl Io, env: &mut Env<'_>) {
-        let keep = run!(&self.phase, p => Protocol::keeps_queue(p), false);
-        close_retired(keep, &mut self.cx, io, env);
-    }
-
     /// When the tunnel this session carries began (its upgrade request), if it carries one.
     pub fn tunnel_since(&self) -> Option<u64> {
         self.phase
@@ -791,11 +735,6 @@ impl Session {
         {
             seen.publish(row, end);
         }
-    }
-
-    fn sync_recv(&mut self, io: &mut impl Io) {
-        let cx = &mut self.cx;
-        run!(&mut self.phase, p => sync_recv(p, cx, io), ());
     }
 }
 
