@@ -130,13 +130,18 @@ fn want_recv<P: Protocol>(p: &P, cx: &Cx, id: ConnId, waiting: usize, pool_low: 
     if !c.readable() {
         return false;
     }
-    // The per-direction budget: a recv is armed only while fewer than QUEUE chunks wait
-    // toward the other side, and capped at what is left of the budget (`sync_recv`), so a
-    // direction holds at most QUEUE pool buffers. Below the pool's floor, a direction whose
-    // previous bytes have not left yet (a slow or stalled reader) waits; one that has
-    // drained everything (making progress) reads on.
-    let room = waiting < QUEUE && (waiting == 0 || !pool_low);
-    p.wants(cx, id, room)
+    p.wants(cx, id, room(waiting, pool_low))
+}
+
+/// Whether a direction with `waiting` chunks toward the other side has room to read more (what
+/// `want_recv` and the links' steady state both ask). The per-direction budget: a recv is
+/// armed only while fewer than QUEUE chunks wait toward the other side, and capped at what is
+/// left of the budget (`sync_recv`), so a direction holds at most QUEUE pool buffers. Below the
+/// pool's floor (`pool_low`), a direction whose previous bytes have not left yet (a slow or
+/// stalled reader) waits; one that has drained everything (making progress) reads on.
+#[inline(always)]
+pub(super) fn room(waiting: usize, pool_low: bool) -> bool {
+    waiting < QUEUE && (waiting == 0 || !pool_low)
 }
 
 /// Keep a recv armed on connection `id` exactly while it should read, for what is left of

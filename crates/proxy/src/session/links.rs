@@ -9,7 +9,7 @@
 //! completion that was never counted is a bug (asserted in debug builds), and the count never
 //! wraps, which would free the session's slot while the kernel still holds an op.
 
-use super::{Io, QUEUE, Recv, Transport};
+use super::{Io, Recv, Transport};
 use crate::uring::{CONN_MAX, Chunk, ConnId, Op};
 
 /// The two connections of a one-to-one exchange (an HTTP/1 request, its tunnel) by name:
@@ -100,17 +100,14 @@ impl Links {
     /// The steady state of two connections that forward to each other: both plain and being
     /// read (their recvs armed, neither at its end, retiring, parked or spliced), the client's
     /// hang-up watch not armed, no connection past the first two, and each direction within
-    /// what it may read now (`pool_low`: the worker's buffer pool is at its floor, where only a
-    /// direction with nothing waiting toward its peer reads on). In it, the bookkeeping after
+    /// what it may read now (`after::room`, the budget `sync_recv` keeps; `pool_low`: the
+    /// worker's buffer pool is at its floor). In it, the bookkeeping after
     /// an event would ask for nothing: no socket to close, no recv to arm or cancel, no watch
     /// (`LIFECYCLE.md`, invariant 14; the same test as `sync_recv`'s, asked of both at once).
     #[inline]
     pub fn steady(&self, pool_low: bool) -> bool {
         let reads = |c: &Transport, waiting: usize| {
-            c.readable()
-                && c.recv_state() == Recv::On
-                && waiting < QUEUE
-                && (waiting == 0 || !pool_low)
+            c.readable() && c.recv_state() == Recv::On && super::after::room(waiting, pool_low)
         };
         self.more.is_none()
             && reads(&self.down, self.up.pending())
