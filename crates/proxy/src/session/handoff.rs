@@ -348,6 +348,7 @@ fn quiet(t: &Tunnel, s: &Session) -> Result<(), &'static str> {
 }
 
 mod desc;
+mod linger;
 mod refuse;
 
 pub use desc::describes_http2;

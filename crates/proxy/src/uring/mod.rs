@@ -628,12 +628,15 @@ pub fn socket_from_accepted(fd: RawFd) -> socket2::Socket {
 }
 
 /// Take ownership of a descriptor this process was handed: listening sockets received over a
-/// Unix socket (SCM_RIGHTS, a binary upgrade) or inherited from systemd (`LISTEN_FDS`).
+/// Unix socket (SCM_RIGHTS, a binary upgrade) or inherited from systemd (`LISTEN_FDS`), or a
+/// session's socket handed over and refused (its session gave it up when it was exported).
 pub fn socket_from_handed(fd: RawFd) -> socket2::Socket {
     use std::os::fd::FromRawFd;
     // SAFETY: the kernel installed `fd` in this process for us (SCM_RIGHTS gives fresh
-    // descriptors; systemd's LISTEN_FDS are ours by contract, checked against LISTEN_PID) and
-    // nothing else in the process owns it; the Socket closes it on drop.
+    // descriptors; systemd's LISTEN_FDS are ours by contract, checked against LISTEN_PID), or
+    // an exported session let go of it (`Handed` owns its descriptors until they are closed
+    // or given up here), and nothing else in the process owns it; the Socket closes it on
+    // drop.
     unsafe { socket2::Socket::from_raw_fd(fd) }
 }
 

@@ -1,6 +1,7 @@
 //! A session handed over that is not taken: its peers are told, as a drain would tell them.
 
 use super::desc::{Desc, Parsed};
+use super::linger::linger;
 use super::*;
 
 /// A tunnel handed over that is not taken (see [`refuse`]); an HTTP/2 connection's streams
@@ -16,11 +17,14 @@ pub fn refuse_handed(t: Handed, why: &str) {
 /// waited for it, then the Close it would get from a drain — 1012 to the client, 1001 to the
 /// upstream — where its stream stands at a frame boundary, sealed in a record and followed by
 /// close_notify on a TLS connection (sent at once, without waiting: a socket at rest has room
-/// for a few bytes; what does not go whole is followed by nothing), then both sockets close.
+/// for a few bytes; what does not go whole is followed by nothing), then both sockets close
+/// after a lingering close (`linger.rs`).
 /// An HTTP/2 connection: its client is sent what waited, then a GOAWAY (NO_ERROR) the same
-/// way, and its sockets close (its streams' sessions, refused with it, have had their Close
-/// sent into their socket pairs, which nothing reads any more). A description that cannot be
-/// read at all says nothing of the boundaries: the sockets just close.
+/// way, and its socket closes after a lingering close, its other sockets at once (its
+/// streams' sessions, refused with it, have had their Close sent into their socket pairs,
+/// which nothing reads any more). A description that cannot be read at all says nothing of
+/// the boundaries: nothing is sent, and the sockets close (the first, the client's, after a
+/// lingering close too).
 pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
     tracing::warn!("upgrade: a tunnel handed over is not taken ({why}): closing it");
     let send = |fd: RawFd, bytes: &[u8]| {
@@ -81,20 +85,19 @@ pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
         }
         _ => {}
     }
-    // The client's side ends after what was sent, and what it had sent is read first (a
-    // close with bytes unread would be a reset, which can discard our last words at the
-    // client): at once, without waiting.
-    if let Some(&fd) = fds.first() {
-        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
-        let mut sink = [0u8; 16 * 1024];
-        for _ in 0..64 {
-            match nix::sys::socket::recv(fd, &mut sink, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
-                Ok(n) if n > 0 => {}
-                _ => break,
-            }
+    // The sockets that were sent last words end after them with a lingering close: what
+    // their peers still send is read and dropped for a while (a close with bytes unread, or
+    // arriving after it, would be a reset, which can discard the last words at the peer).
+    // The others (an HTTP/2 connection's ends of its streams' socket pairs) close at once.
+    let spoke = match Desc::parse(desc) {
+        Ok(Parsed::Tunnel(_)) => 2,
+        _ => 1,
+    };
+    for (i, &fd) in fds.iter().enumerate() {
+        if i < spoke {
+            linger(fd);
+        } else {
+            let _ = nix::unistd::close(fd);
         }
-    }
-    for &fd in fds {
-        let _ = nix::unistd::close(fd);
     }
 }

@@ -217,3 +217,28 @@ fn cut_and_flipped(cfg: &Arc<Config>, d: &[u8], seed: u64) {
         let _ = Session::adopt(cfg, &[-1, -1], &bad, 1_000);
     }
 }
+
+/// A refused socket's last words reach a peer that goes on sending after them: the socket
+/// lingers (reads and drops) instead of closing into a reset, and ends when the peer does.
+/// Closed at once, the peer's second write would fail with a reset, as a TLS client's does
+/// before it reads the GOAWAY waiting in its receive queue.
+#[test]
+fn a_refused_socket_lingers_so_a_peer_still_sending_reads_its_last_words() {
+    use std::io::{Read, Write};
+    use std::os::fd::IntoRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut ours, _) = l.accept().unwrap();
+    ours.write_all(b"goodbye").unwrap();
+    linger::linger(ours.into_raw_fd());
+    // The peer had not read yet and goes on sending, twice, well after the refusal.
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        peer.write_all(&chunk)
+            .expect("a lingering socket reads what its peer sends, with no reset");
+    }
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"goodbye", "the last words, then the end");
+}
