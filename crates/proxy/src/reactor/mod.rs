@@ -404,7 +404,7 @@ impl<T> Reactor<T> {
             self.stale += 1;
             return false;
         }
-        if self.slots.get_mut(c.ud.slot(), c.ud.generation()).is_some() {
+        if self.slots.is_current(c.ud.slot(), c.ud.generation()) {
             return true;
         }
         self.ring.pool.release_of(c);

@@ -40,6 +40,13 @@ impl<T> Slots<T> {
         }
     }
 
+    /// Whether `slot` holds incarnation `generation` (a vacant slot's generation is already
+    /// the next one's, so this alone says the entry is there).
+    #[inline]
+    pub fn is_current(&self, slot: u32, generation: u32) -> bool {
+        self.generations.get(slot as usize) == Some(&generation)
+    }
+
     /// The live entry at `slot`, with its generation.
     #[inline]
     pub fn get_any_mut(&mut self, slot: u32) -> Option<(u32, &mut T)> {
