@@ -20,8 +20,11 @@ use socket2::Socket;
 
 use crate::session::{LINGER_MS, LINGER_TIME_MS};
 
-/// Sockets lingering at once; past that a refused socket closes at once.
-const MAX: usize = 16_384;
+/// Sockets lingering at once; past that a refused socket closes at once, as before. Each
+/// holds a descriptor for up to `LINGER_TIME_MS`, and a refusal can come in a burst (a
+/// worker at `max_connections` refuses what it is handed): the bound keeps the descriptors
+/// the new process needs for its own sessions out of the lingering sockets' reach.
+const MAX: usize = 1024;
 
 /// How long the thread waits before it looks for sockets handed to it while others linger.
 const TICK: Duration = Duration::from_millis(50);
