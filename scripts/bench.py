@@ -786,6 +786,23 @@ def main():
                 if kind == "direct":
                     no_proxy_cpu(res["connect"])
                 log(f"== {kind}: handshakes {res['connect']['per_sec']:.0f}/s, {fmt(res['connect']['cpu_us_per_handshake'])} CPU-µs each")
+            # Where the CPU goes (scripts/kernel_share.py): one more round of each under perf,
+            # its samples sorted into the kernel's network stack and socket files (what any
+            # proxy on kernel TCP spends) and the proxy's own (user space, io_uring, syscalls).
+            if shutil.which("perf") and os.geteuid() == 0 and args.proxy_cpu == 0:
+                import kernel_share
+                for kind in [t for t in targets if t != "direct"]:
+                    res = results[kind]
+                    settle()
+                    res["share64"] = kernel_share.sample(load, procs[kind], os.path.join(work, "perf.data"), 64, secs)
+                    settle()
+                    res["share_hs"] = kernel_share.sample(load, procs[kind], os.path.join(work, "perf.data"),
+                                                          handshakes=hs_count // 2)
+                    log(f"== {kind} under perf: per 64 B msg {res['share64']['cpu']:.2f} CPU-µs, of which shared "
+                        f"{res['share64']['shared']:.2f}, own {res['share64']['own']:.2f}; per handshake "
+                        f"{res['share_hs']['cpu']:.1f}, shared {res['share_hs']['shared']:.1f}, own {res['share_hs']['own']:.1f}")
+            else:
+                log("== not run: where the CPU goes (needs perf and root, and the proxy pinned to CPU 0)")
         finally:
             for p in procs.values():
                 p.stop()

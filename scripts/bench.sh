@@ -23,6 +23,12 @@ if ! command -v nginx >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; t
         exit 2
     fi
 fi
+# perf sorts a round of each proxy's CPU by kernel symbol (scripts/kernel_share.py); without
+# it those rows say "not run".
+if ! command -v perf >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null 2>&1 \
+        || echo "bench.sh: linux-perf could not be installed: the rows of where the CPU goes are left out" >&2
+fi
 if [ "${1:-}" = "--against" ]; then
     old=${2:?"--against needs the baseline ringway binary"}
     shift 2

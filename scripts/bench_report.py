@@ -38,6 +38,9 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("  p50 / p99 latency µs", None, None),
         ("proxy CPU-µs per echoed msg, 64 B (= CPU-s per million)", ("tp64", "cpu_us_per_msg"), 2),
         ("  of which user-space", ("tp64", "user_us_per_msg"), 2),
+        ("  a round under perf: CPU-µs per msg", ("share64", "cpu"), 2),
+        ("    of which the kernel's network stack and socket files (any proxy on kernel TCP)", ("share64", "shared"), 2),
+        ("    of which the proxy's own (user space, io_uring, syscalls)", ("share64", "own"), 2),
         ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
         ("proxy CPU-µs per echoed msg, 4 KiB (= CPU-s per million)", ("tp4k", "cpu_us_per_msg"), 2),
         ("  of which user-space", ("tp4k", "user_us_per_msg"), 2),
@@ -45,6 +48,9 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("  p99 µs", ("open_loop", "p99_us"), 0),
         ("handshakes/s (concurrency 50, each closed cleanly)", ("connect", "per_sec"), 0),
         ("proxy CPU-µs per handshake (incl. upstream connect, close)", ("connect", "cpu_us_per_handshake"), 0),
+        ("  a round under perf: CPU-µs per handshake", ("share_hs", "cpu"), 1),
+        ("    of which the kernel's network stack and socket files (any proxy on kernel TCP)", ("share_hs", "shared"), 1),
+        ("    of which the proxy's own (user space, io_uring, syscalls)", ("share_hs", "own"), 1),
         (f"user-space KiB per idle proxied WebSocket at {small_idle:,}", (f"idle{small_idle}", "kib_per_conn"), 2),
         (f"  established / alive at end / heartbeats lost", None, None),
         ("  kernel slab KiB per idle WebSocket, whole host (client, proxy and backend sockets)", (f"idle{small_idle}", "kernel_slab_kib_per_conn"), 2),
@@ -161,7 +167,12 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
                "(`/proc/net/sockstat`) over the same hold, divided by N — for the whole host, where each "
                "proxied WebSocket is four sockets (the client's, the proxy's two, the backend's). Runs past "
                f"~{per_process:,} connections use several processes of each proxy on one port (SO_REUSEPORT; nginx: "
-               "that many workers), because RLIMIT_NOFILE is capped at 20,000 here.\n")
+               "that many workers), because RLIMIT_NOFILE is capped at 20,000 here. The rows \"a round under "
+               "perf\" are one more round of each proxy with `perf record` sampling its CPU, each sample sorted by "
+               "kernel symbol (`scripts/kernel_share.py`, which says where the categories' edges are): the kernel's "
+               "network stack (TCP/IP over loopback, skbs, copies) and the sockets' files (made and freed per "
+               "handshake), which any proxy on kernel TCP spends, and the proxy's own: user space, io_uring and "
+               "syscalls (entry, descriptors, epoll); wake-ups and the rest of the kernel are in neither.\n")
     # The sections after the table (each change's own measurements, "## …") are kept: a run
     # rewrites the table, not the record of how the figures got there.
     kept = ""

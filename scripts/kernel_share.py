@@ -39,7 +39,6 @@ import signal
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, cpu_ticks, interleaved, us_per  # noqa: E402
 
 CATEGORIES = [
     ("io_uring", r"^(__)?io_|io_uring"),
@@ -94,6 +93,43 @@ def profile(data, pids):
     return {c: v / total for c, v in shares.items()}
 
 
+def sample(load, proxy, data, size=64, secs=6, handshakes=0):
+    """One measured load on `proxy` (a `bench.Proxy`, started) with CPU 0 sampled throughout:
+    its CPU-µs per message (or handshake when `handshakes`), messages (handshakes) per second,
+    and the CPU-µs of each category; `shared` is the network stack and the socket files (what
+    any proxy on kernel TCP spends), `own` user space, io_uring and syscalls."""
+    from bench import cpu_ticks, us_per
+    target = proxy.target()
+    if handshakes:
+        args_ = ["-c", "50", "-n", str(handshakes)]
+        load.bench("connect", target, ["-c", "50", "-n", str(max(handshakes // 10, 100))])
+    else:
+        args_ = ["-c", "100", "-s", str(size), "-d", f"{secs}s", "--warmup", "0s"]
+        load.bench("throughput", target, ["-c", "100", "-s", str(size), "-d", "2s", "--warmup", "0s"])
+    pids = proxy.pids()
+    u0, s0 = cpu_ticks(pids)
+    rec = subprocess.Popen(["perf", "record", "-q", "-C", "0", "-o", data],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = load.bench("connect" if handshakes else "throughput", target, args_)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=120)
+    u1, s1 = cpu_ticks(proxy.pids())
+    n = r["established"] if handshakes else r["messages"]
+    cpu = us_per(u1 + s1 - u0 - s0, n)
+    shares = profile(data, pids)
+    try:
+        os.unlink(data)
+    except OSError:
+        pass
+    res = {"cpu": cpu, "rate": r["handshakes_per_sec"] if handshakes else r["messages_per_sec"],
+           **{c: shares[c] * cpu for c in ORDER}}
+    res["shared"] = res["network stack"] + res["socket files"]
+    res["own"] = res["user space"] + res["io_uring"] + res["syscalls"]
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -103,6 +139,7 @@ def main():
                     help="per handshake instead: N handshakes per round, 50 at a time")
     ap.add_argument("--only", default="ringway,nginx,haproxy")
     args = ap.parse_args()
+    from bench import interleaved
     if subprocess.run(["perf", "--version"], capture_output=True).returncode != 0:
         sys.exit("kernel_share.py: perf is not installed (Debian: linux-perf)")
     kinds = args.only.split(",")
@@ -111,32 +148,10 @@ def main():
     unit = "handshake" if args.handshakes else "msg"
 
     def measure(load, kind, proxy, rnd):
-        target = proxy.target()
-        if args.handshakes:
-            args_ = ["-c", "50", "-n", str(args.handshakes)]
-            load.bench("connect", target, ["-c", "50", "-n", str(max(args.handshakes // 10, 100))])
-        else:
-            args_ = ["-c", "100", "-s", str(args.size), "-d", f"{args.secs}s", "--warmup", "0s"]
-            load.bench("throughput", target, ["-c", "100", "-s", str(args.size), "-d", "2s", "--warmup", "0s"])
-        # CPU 0 sampled for the whole measured load.
-        data = os.path.join(work, f"{kind}-{rnd}.data")
-        pids = proxy.pids()
-        u0, s0 = cpu_ticks(pids)
-        rec = subprocess.Popen(["perf", "record", "-q", "-C", "0", "-o", data],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            r = load.bench("connect" if args.handshakes else "throughput", target, args_)
-        finally:
-            rec.send_signal(signal.SIGINT)
-            rec.wait(timeout=120)
-        u1, s1 = cpu_ticks(proxy.pids())
-        n = r["established"] if args.handshakes else r["messages"]
-        cpu = us_per(u1 + s1 - u0 - s0, n)
-        rate = r["handshakes_per_sec"] if args.handshakes else r["messages_per_sec"]
-        shares = profile(data, pids)
-        per[kind].append({"cpu": cpu, "rate": rate, **{c: shares[c] * cpu for c in ORDER}})
-        print(f"round {rnd} {kind}: {rate:.0f} {unit}/s, {cpu:.2f} CPU-µs per {unit}, "
-              + ", ".join(f"{c} {shares[c] * cpu:.2f}" for c in ORDER), flush=True)
+        res = sample(load, proxy, os.path.join(work, f"{kind}-{rnd}.data"), args.size, args.secs, args.handshakes)
+        per[kind].append(res)
+        print(f"round {rnd} {kind}: {res['rate']:.0f} {unit}/s, {res['cpu']:.2f} CPU-µs per {unit}, "
+              + ", ".join(f"{c} {res[c]:.2f}" for c in ORDER), flush=True)
 
     interleaved(args, kinds, "ringway-kshare-", measure)
     # Each proxy's round with the median total, whole (its parts add up to it).
