@@ -29,6 +29,9 @@ const MAX: usize = 1024;
 /// How long the thread waits before it looks for sockets handed to it while others linger.
 const TICK: Duration = Duration::from_millis(50);
 
+/// Buffers read from one socket each time it is found readable.
+const READS: usize = 64;
+
 static TO: Mutex<Option<Sender<Socket>>> = Mutex::new(None);
 
 /// Shut the write side of `fd` (a refused session's socket, handed to this process and
@@ -101,24 +104,24 @@ fn run(rx: Receiver<Socket>) {
             .iter()
             .map(|h| PollFd::new(h.fd.as_fd(), PollFlags::POLLIN))
             .collect();
-        let ready = poll(
+        // An error (EINTR) leaves every `revents` empty: nothing is read this time round.
+        let _ = poll(
             &mut fds,
             PollTimeout::try_from(wait.as_millis() as i32).unwrap_or(PollTimeout::ZERO),
-        )
-        .unwrap_or(0);
+        );
         let readable: Vec<bool> = fds
             .iter()
-            .map(|p| ready > 0 && p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
         let now = Instant::now();
-        let mut i = 0;
+        let mut readable = readable.into_iter();
         held.retain_mut(|h| {
-            let r = readable[i];
-            i += 1;
-            if r {
-                // Read what is there; the peer's end (or an error) ends the linger.
-                loop {
+            if readable.next() == Some(true) {
+                // Read what is there, at most `READS` buffers a wake: a peer that sends as fast
+                // as it is read cannot keep the thread on its socket past its own time, or
+                // from the others. Its end (or an error) ends the linger.
+                for _ in 0..READS {
                     match recv(h.fd.as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
                         Ok(0) => return false,
                         Ok(_) => h.last = now,

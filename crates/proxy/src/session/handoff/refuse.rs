@@ -40,8 +40,11 @@ pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
         None => Some(plain.to_vec()),
         Some(state) => crate::tls::seal_carried(state, plain),
     };
+    // How many of `fds` were sent last words: the client's socket, and a tunnel's upstream.
+    let mut spoke = 1;
     match Desc::parse(desc) {
         Ok(Parsed::Tunnel(d)) if fds.len() == 2 => {
+            spoke = 2;
             // Toward the client goes what the upstream's stream carries, and the other way.
             let sides = [
                 (0, &d.frames[1], crate::ws::close_payload(1012, ""), None),
@@ -89,10 +92,6 @@ pub fn refuse(fds: &[RawFd], desc: &[u8], why: &str) {
     // their peers still send is read and dropped for a while (a close with bytes unread, or
     // arriving after it, would be a reset, which can discard the last words at the peer).
     // The others (an HTTP/2 connection's ends of its streams' socket pairs) close at once.
-    let spoke = match Desc::parse(desc) {
-        Ok(Parsed::Tunnel(_)) => 2,
-        _ => 1,
-    };
     for (i, &fd) in fds.iter().enumerate() {
         if i < spoke {
             linger(fd);

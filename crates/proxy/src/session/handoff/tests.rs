@@ -242,3 +242,35 @@ fn a_refused_socket_lingers_so_a_peer_still_sending_reads_its_last_words() {
     peer.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"goodbye", "the last words, then the end");
 }
+
+/// The linger is bounded in time: a peer that stays open and says nothing is closed on
+/// `LINGER_MS` after the linger began; its writes after that meet a reset. (Without the
+/// bound, both writes would go through.)
+#[test]
+fn a_lingering_socket_whose_peer_falls_quiet_closes_after_the_quiet_time() {
+    use std::io::{Read, Write};
+    use std::os::fd::IntoRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    linger::linger(ours.into_raw_fd());
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).unwrap();
+    assert!(got.is_empty(), "the write side was shut at once");
+    std::thread::sleep(std::time::Duration::from_millis(
+        crate::session::LINGER_MS + 1500,
+    ));
+    // The first write is answered with a reset by a closed socket; the second fails on it.
+    let wrote = (0..2)
+        .map(|_| {
+            let w = peer.write_all(b"late");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            w
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        wrote.iter().any(Result::is_err),
+        "the socket was closed after {} ms of quiet: {wrote:?}",
+        crate::session::LINGER_MS
+    );
+}
