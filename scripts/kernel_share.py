@@ -80,7 +80,8 @@ ORDER = ["network stack", "wake-ups", "io_uring", "syscalls", "socket files", "o
 
 
 def profile(data, pids):
-    """{category: share of the proxy's samples} from a perf.data of CPU 0."""
+    """{category: share of the proxy's samples} from a perf.data of CPU 0; None when it holds
+    no sample of the proxy's."""
     out = subprocess.run(["perf", "report", "-q", "-i", data, "--pid", ",".join(map(str, pids)),
                           "--sort", "dso,sym", "--percentage", "relative"],
                          capture_output=True, text=True).stdout
@@ -89,8 +90,64 @@ def profile(data, pids):
         m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(\S+)", line)
         if m:
             shares[category(m.group(2), m.group(4))] += float(m.group(1)) / 100
-    total = sum(shares.values()) or 1.0
+    total = sum(shares.values())
+    if total <= 0:
+        return None
     return {c: v / total for c, v in shares.items()}
+
+
+class Recorder:
+    """`perf record` of CPU 0, sampling only between entering and `pause` (or leaving): perf
+    starts with its events off and turns them on through its control FIFO, and entering waits
+    for its acknowledgement. Without that, perf's own start-up (a few hundred ms) fell inside
+    the measured load, and a short one (a quick run's handshakes) could end before the first
+    sample."""
+
+    def __init__(self, data):
+        self.data = data
+        self.dir = tempfile.mkdtemp(prefix="ringway-perfctl-")
+        self.ctl, self.ack = os.path.join(self.dir, "ctl"), os.path.join(self.dir, "ack")
+        os.mkfifo(self.ctl)
+        os.mkfifo(self.ack)
+        self.proc = None
+
+    def command(self, what):
+        self.ctl_f.write(what + "\n")
+        self.ctl_f.flush()
+        # perf answers "ack\n" and a NUL (a C string's end), which the next answer starts with.
+        got = self.ack_f.readline().strip("\x00 \n")
+        if got != "ack":
+            raise RuntimeError(f"perf record did not acknowledge {what!r} (got {got!r})")
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["perf", "record", "-q", "-C", "0", "-D", "-1",
+                                      "--control", f"fifo:{self.ctl},{self.ack}", "-o", self.data],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # perf opens both FIFOs; opening ours blocks until it has (or fails if perf died).
+        self.ctl_f = open(self.ctl, "w")
+        self.ack_f = open(self.ack, "r")
+        self.command("enable")
+        self.on = True
+        return self
+
+    def pause(self):
+        if self.on:
+            self.command("disable")
+            self.on = False
+
+    def __exit__(self, *exc):
+        try:
+            if exc[0] is None:
+                self.pause()
+        finally:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=120)
+            for f in (self.ctl_f, self.ack_f):
+                f.close()
+            for f in (self.ctl, self.ack):
+                os.unlink(f)
+            os.rmdir(self.dir)
+        return False
 
 
 def sample(load, proxy, data, size=64, secs=6, handshakes=0):
@@ -107,15 +164,11 @@ def sample(load, proxy, data, size=64, secs=6, handshakes=0):
         args_ = ["-c", "100", "-s", str(size), "-d", f"{secs}s", "--warmup", "0s"]
         load.bench("throughput", target, ["-c", "100", "-s", str(size), "-d", "2s", "--warmup", "0s"])
     pids = proxy.pids()
-    u0, s0 = cpu_ticks(pids)
-    rec = subprocess.Popen(["perf", "record", "-q", "-C", "0", "-o", data],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with Recorder(data) as rec:
+        u0, s0 = cpu_ticks(pids)
         r = load.bench("connect" if handshakes else "throughput", target, args_)
-    finally:
-        rec.send_signal(signal.SIGINT)
-        rec.wait(timeout=120)
-    u1, s1 = cpu_ticks(proxy.pids())
+        u1, s1 = cpu_ticks(proxy.pids())
+        rec.pause()
     n = r["established"] if handshakes else r["messages"]
     cpu = us_per(u1 + s1 - u0 - s0, n)
     shares = profile(data, pids)
@@ -123,6 +176,10 @@ def sample(load, proxy, data, size=64, secs=6, handshakes=0):
         os.unlink(data)
     except OSError:
         pass
+    if shares is None:
+        # No sample of the proxy's: nothing to sort, and no figure to print for it.
+        return {"cpu": cpu, "rate": r["handshakes_per_sec"] if handshakes else r["messages_per_sec"],
+                **{c: None for c in ORDER}, "shared": None, "own": None}
     res = {"cpu": cpu, "rate": r["handshakes_per_sec"] if handshakes else r["messages_per_sec"],
            **{c: shares[c] * cpu for c in ORDER}}
     res["shared"] = res["network stack"] + res["socket files"]
@@ -149,6 +206,9 @@ def main():
 
     def measure(load, kind, proxy, rnd):
         res = sample(load, proxy, os.path.join(work, f"{kind}-{rnd}.data"), args.size, args.secs, args.handshakes)
+        if res["shared"] is None:
+            print(f"round {rnd} {kind}: no sample of the proxy's in perf's record; round left out", flush=True)
+            return
         per[kind].append(res)
         print(f"round {rnd} {kind}: {res['rate']:.0f} {unit}/s, {res['cpu']:.2f} CPU-µs per {unit}, "
               + ", ".join(f"{c} {res[c]:.2f}" for c in ORDER), flush=True)
