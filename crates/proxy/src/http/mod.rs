@@ -7,7 +7,9 @@ pub mod proxy;
 mod rewrite;
 
 pub use body::{BodyError, BodyKind, BodyTracker};
-pub use rewrite::{ClientConnection, Forwarded, rewrite_request, rewrite_response};
+pub use rewrite::{
+    ClientConnection, Forwarded, rewrite_request, rewrite_request_parsed, rewrite_response,
+};
 
 /// Most headers a head may carry; more is answered with 431.
 pub const MAX_HEADERS: usize = 100;
@@ -291,10 +293,45 @@ fn partial<T>(buf: &[u8], max: usize) -> Result<Option<T>, HeadError> {
 /// `lim.request_line_max` is [`HeadError::UriTooLong`], a header line past
 /// `lim.header_line_max` is [`HeadError::TooLarge`].
 pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, HeadError> {
+    let mut headers = Headers::new();
+    Ok(parse_request_in(buf, lim, &mut headers)?.map(|(r, _)| r))
+}
+
+/// Room for a head's headers as httparse finds them: filled by a parse, borrowed by what reads
+/// the head after it (the rewrite), so that a head is parsed once.
+pub struct Headers<'b>([std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS]);
+
+impl<'b> Headers<'b> {
+    pub fn new() -> Headers<'b> {
+        Headers([const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS])
+    }
+}
+
+impl Default for Headers<'_> {
+    fn default() -> Self {
+        Headers::new()
+    }
+}
+
+/// A whole request head as httparse read it: what [`rewrite_request_parsed`] writes upstream
+/// from, borrowing the head.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestLines<'h, 'b> {
+    pub method: &'b str,
+    pub target: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// [`parse_request`], with the head's request line and headers as parsed (in `headers`) beside
+/// what the proxy needs to know of it.
+pub fn parse_request_in<'h, 'b>(
+    buf: &'b [u8],
+    lim: &HeadLimits,
+    headers: &'h mut Headers<'b>,
+) -> Result<Option<(Request, RequestLines<'h, 'b>)>, HeadError> {
     let max = lim.head_max;
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let parsed = req.parse(buf);
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = req.parse_with_uninit_headers(buf, &mut headers.0);
     let scanned = match parsed {
         Ok(httparse::Status::Complete(n)) => &buf[..n],
         _ => buf,
@@ -318,7 +355,8 @@ pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, He
     if head_len > max {
         return Err(HeadError::TooLarge);
     }
-    let method = req.method.unwrap_or("").to_string();
+    let method_text = req.method.unwrap_or("");
+    let method = method_text.to_string();
     let path = req.path.unwrap_or("");
     if !(path.starts_with('/') || path == "*") {
         // Absolute-form targets (proxy requests) are not routed.
@@ -362,16 +400,24 @@ pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, He
         (None, Some(n)) => BodyKind::Length(n),
         (None, None) => BodyKind::None,
     };
-    Ok(Some(Request {
-        head_len,
-        method,
-        path: path.to_string(),
-        host,
-        version_minor,
-        upgrade,
-        keep_alive,
-        body,
-    }))
+    let lines = RequestLines {
+        method: method_text,
+        target: path,
+        headers: req.headers,
+    };
+    Ok(Some((
+        Request {
+            head_len,
+            method,
+            path: path.to_string(),
+            host,
+            version_minor,
+            upgrade,
+            keep_alive,
+            body,
+        },
+        lines,
+    )))
 }
 
 /// The `Upgrade` headers' values joined, if any is non-empty.

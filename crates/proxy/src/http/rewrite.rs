@@ -5,7 +5,10 @@
 
 use std::net::IpAddr;
 
-use super::{HeadError, MAX_HEADERS, connection_names_any, hop_by_hop, is, named_by_connection};
+use super::{
+    HeadError, Headers, MAX_HEADERS, RequestLines, connection_names_any, hop_by_hop, is,
+    named_by_connection,
+};
 
 /// What the proxy adds to a request on its way upstream.
 pub struct Forwarded<'a> {
@@ -40,22 +43,33 @@ pub fn rewrite_request(
     fwd: &Forwarded<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    let mut headers = Headers::new();
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers.0) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
-    let hs = &*req.headers;
+    let lines = RequestLines {
+        method: req.method.unwrap_or("GET"),
+        target: req.path.unwrap_or("/"),
+        headers: req.headers,
+    };
+    rewrite_request_parsed(&lines, fwd, out);
+    Ok(())
+}
+
+/// [`rewrite_request`] of a head [`parse_request_in`] has already parsed into `req`.
+pub fn rewrite_request_parsed(req: &RequestLines<'_, '_>, fwd: &Forwarded<'_>, out: &mut Vec<u8>) {
+    let hs = req.headers;
     let upgrade = fwd.upgrade;
     let connection: &[u8] = match (upgrade, fwd.keepalive) {
         (true, _) => b"upgrade",
         (false, true) => b"keep-alive",
         (false, false) => b"close",
     };
-    out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
+    out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(fwd.target.or(req.path).unwrap_or("/").as_bytes());
+    out.extend_from_slice(fwd.target.unwrap_or(req.target).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = connection_names_any(hs);
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
@@ -146,7 +160,6 @@ pub fn rewrite_request(
         }
     }
     out.extend_from_slice(b"\r\n");
-    Ok(())
 }
 
 /// The longest text of an IP address (an IPv6 address with an IPv4 tail).

@@ -153,17 +153,23 @@ impl Request {
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        let head = &mut self.head;
-        let buf = &*head;
-        let req = match http::parse_request(buf, &cx.listen().limits()) {
-            Ok(None) => return Step::Continue,
+        // Parsed out of the phase: a whole head leaves it with the request (its headers, as
+        // parsed, go on to the rewrite); anything else puts it back.
+        let buf = std::mem::take(&mut self.head);
+        let mut headers = http::Headers::new();
+        let (req, lines) = match http::parse_request_in(&buf, &cx.listen().limits(), &mut headers) {
             Ok(Some(r)) => r,
-            Err(HeadError::TooLarge) => return Step::Respond(431, End::HeadTooLarge),
-            Err(HeadError::UriTooLong) => return Step::Respond(414, End::UriTooLong),
-            Err(HeadError::Invalid(why)) => return Step::Respond(400, End::BadRequest(why)),
+            other => {
+                let step = match other {
+                    Ok(_) => Step::Continue,
+                    Err(HeadError::TooLarge) => Step::Respond(431, End::HeadTooLarge),
+                    Err(HeadError::UriTooLong) => Step::Respond(414, End::UriTooLong),
+                    Err(HeadError::Invalid(why)) => Step::Respond(400, End::BadRequest(why)),
+                };
+                self.head = buf;
+                return step;
+            }
         };
-        // The head is complete: it leaves the phase with the request.
-        let buf = std::mem::take(head);
         let now = io.now_ms();
         if let Some(si) = cx
             .cfg
@@ -190,7 +196,7 @@ impl Request {
             }
             _ => "",
         };
-        let mut r = new_req(cx, &req, route, upgrade, &buf, now);
+        let r = new_req(cx, &req, route, upgrade, &buf, now);
         if let Err(HeadError::Invalid(why)) = norm {
             return Step::Answer(r, 400, End::BadRequest(why));
         }
@@ -215,25 +221,70 @@ impl Request {
         };
         let (si, li) = found.unwrap_or_default();
         let id = cfg.location_id(si, li);
-        let (granted, buf) = match granted {
-            Some(g) => (Some(*g), buf),
+        let routed = Routed {
+            req: &req,
+            si,
+            li,
+            id,
+            upgrade,
+            delay_ms,
+            now,
+        };
+        match granted {
+            Some(g) => routed.go_up(cx, &buf, Some(&lines), r, Some(*g), io),
             None if loc.auth_request.is_some() => {
                 // Asked first (or a kept answer): the configuration is held by this session
-                // meanwhile, as it is by `cx`.
+                // meanwhile, as it is by `cx`. The head goes to the subrequest; when a kept
+                // answer brings it straight back, it is parsed again for the rewrite.
                 let held = cx.cfg.clone();
                 let Some(a) = &held.servers[si].locations[li].auth_request else {
                     return Step::Answer(r, 500, End::AuthFailed("error"));
                 };
                 match super::auth::ask(cx, &req, buf, r, a, id, delay_ms, io, env) {
-                    Ok((g, buf, back)) => {
-                        r = back;
-                        (Some(g), buf)
-                    }
-                    Err(step) => return step,
+                    Ok((g, buf, back)) => routed.go_up(cx, &buf, None, back, Some(g), io),
+                    Err(step) => step,
                 }
             }
-            None => (None, buf),
-        };
+            None => routed.go_up(cx, &buf, Some(&lines), r, None, io),
+        }
+    }
+}
+
+/// A whole request head, routed: to location `li` of server `si` (`id` the location's), asking
+/// to upgrade to `upgrade` ("" when it may not), to go after `delay_ms` (`limit_req`); `now`:
+/// the clock when it was parsed.
+struct Routed<'a> {
+    req: &'a http::Request,
+    si: usize,
+    li: usize,
+    id: u16,
+    upgrade: &'a str,
+    delay_ms: u64,
+    now: u64,
+}
+
+impl Routed<'_> {
+    /// Rewritten for the upstream (from `lines`, the head as parsed, or parsed again when
+    /// `None`) and queued toward it: the exchange that connects. `granted`: what an
+    /// `auth_request` allowed, if one was asked.
+    fn go_up<I: Io + ?Sized>(
+        &self,
+        cx: &mut Cx,
+        buf: &[u8],
+        lines: Option<&http::RequestLines<'_, '_>>,
+        mut r: Req,
+        granted: Option<super::auth::Granted>,
+        io: &mut I,
+    ) -> Step {
+        let Routed {
+            req,
+            si,
+            li,
+            id,
+            upgrade,
+            delay_ms,
+            now,
+        } = *self;
         let cfg = &*cx.cfg;
         let loc = &cfg.servers[si].locations[li];
         if let Some(g) = &granted {
@@ -251,14 +302,14 @@ impl Request {
             (Some(a), None) => a.set.iter().map(|(n, _)| (n.as_str(), None)).collect(),
             _ => Vec::new(),
         };
-        let up = request_up(cx, &req, &buf, !upgrade.is_empty(), loc, &set, io);
+        let up = request_up(cx, req, buf, lines, !upgrade.is_empty(), loc, &set, io);
         let (out, upward) = match up {
             Ok(up) => up,
             Err(why) => {
                 return Step::Answer(r, 400, End::BadRequest(why));
             }
         };
-        let mut terms = new_terms(cx, &req, loc, upgrade, &buf, upward, now);
+        let mut terms = new_terms(cx, req, loc, upgrade, buf, upward, now);
         terms.loc = id;
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
@@ -365,10 +416,12 @@ fn new_terms(
 /// The head of `req` (in `buf`) rewritten for `loc`'s upstream, with what of the body came
 /// with it, and what the client's next bytes are (body, or held); the reason it is a bad
 /// request when it is one.
+#[allow(clippy::too_many_arguments)]
 fn request_up(
     cx: &Cx,
     req: &http::Request,
     buf: &[u8],
+    lines: Option<&http::RequestLines<'_, '_>>,
     upgrade: bool,
     loc: &Location,
     set: &[(&str, Option<&[u8]>)],
@@ -387,11 +440,16 @@ fn request_up(
         set,
         no_body: false,
     };
-    if let Err(HeadError::Invalid(why)) =
-        http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
-    {
-        io.recycle(out);
-        return Err(why);
+    match lines {
+        Some(lines) => http::rewrite_request_parsed(lines, &fwd, &mut out),
+        None => {
+            if let Err(HeadError::Invalid(why)) =
+                http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+            {
+                io.recycle(out);
+                return Err(why);
+            }
+        }
     }
     // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
     // until the 101 arrives (then it is tunnel data), otherwise as the next request —
