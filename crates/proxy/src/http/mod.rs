@@ -9,6 +9,7 @@ mod rewrite;
 pub use body::{BodyError, BodyKind, BodyTracker};
 pub use rewrite::{
     ClientConnection, Forwarded, rewrite_request, rewrite_request_parsed, rewrite_response,
+    rewrite_response_parsed,
 };
 
 /// Most headers a head may carry; more is answered with 431.
@@ -299,11 +300,11 @@ pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, He
 
 /// Room for a head's headers as httparse finds them: filled by a parse, borrowed by what reads
 /// the head after it (the rewrite), so that a head is parsed once.
-pub struct Headers<'b>([std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS]);
+pub struct Headers<'b>([httparse::Header<'b>; MAX_HEADERS]);
 
 impl<'b> Headers<'b> {
     pub fn new() -> Headers<'b> {
-        Headers([const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS])
+        Headers([httparse::EMPTY_HEADER; MAX_HEADERS])
     }
 }
 
@@ -330,8 +331,8 @@ pub fn parse_request_in<'h, 'b>(
     headers: &'h mut Headers<'b>,
 ) -> Result<Option<(Request, RequestLines<'h, 'b>)>, HeadError> {
     let max = lim.head_max;
-    let mut req = httparse::Request::new(&mut []);
-    let parsed = req.parse_with_uninit_headers(buf, &mut headers.0);
+    let mut req = httparse::Request::new(&mut headers.0);
+    let parsed = req.parse(buf);
     let scanned = match parsed {
         Ok(httparse::Status::Complete(n)) => &buf[..n],
         _ => buf,
@@ -532,8 +533,28 @@ pub fn parse_response(
     max: usize,
     head_request: bool,
 ) -> Result<Option<Response>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+    let mut headers = Headers::new();
+    Ok(parse_response_in(buf, max, head_request, &mut headers)?.map(|(r, _)| r))
+}
+
+/// A whole response head as httparse read it: what [`rewrite_response_parsed`] writes toward
+/// the client from, borrowing the head.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseLines<'h, 'b> {
+    pub code: u16,
+    pub reason: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// [`parse_response`], with the head's status line and headers as parsed (in `headers`)
+/// beside what the proxy needs to know of it.
+pub fn parse_response_in<'h, 'b>(
+    buf: &'b [u8],
+    max: usize,
+    head_request: bool,
+    headers: &'h mut Headers<'b>,
+) -> Result<Option<(Response, ResponseLines<'h, 'b>)>, HeadError> {
+    let mut resp = httparse::Response::new(&mut headers.0);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return partial(buf, max),
@@ -548,7 +569,7 @@ pub fn parse_response(
         // `000` parses as a number, but no client can read it back as a status line.
         return Err(HeadError::Invalid("invalid status code"));
     }
-    let hs = &*resp.headers;
+    let hs: &'h [httparse::Header<'b>] = resp.headers;
     if connection_names_framing(hs) {
         return Err(HeadError::Invalid("Connection names a framing header"));
     }
@@ -564,20 +585,25 @@ pub fn parse_response(
             (None, None) => BodyKind::UntilClose,
         }
     };
-    let close = hs.iter().any(|h| {
-        is(h.name, "connection")
-            && String::from_utf8_lossy(h.value)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("close"))
-    });
-    Ok(Some(Response {
-        head_len,
-        status,
-        keep_alive: resp.version == Some(1) && !close && body != BodyKind::UntilClose,
-        body,
-        upgrade: upgrade_value(hs),
-        drop_length: te.is_some() && cl.is_some(),
-    }))
+    let close = hs
+        .iter()
+        .any(|h| is(h.name, "connection") && has_token(h.value, "close"));
+    let lines = ResponseLines {
+        code: status,
+        reason: resp.reason.unwrap_or(""),
+        headers: hs,
+    };
+    Ok(Some((
+        Response {
+            head_len,
+            status,
+            keep_alive: resp.version == Some(1) && !close && body != BodyKind::UntilClose,
+            body,
+            upgrade: upgrade_value(hs),
+            drop_length: te.is_some() && cl.is_some(),
+        },
+        lines,
+    )))
 }
 
 /// Reason phrase for the statuses the proxy itself answers with.

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use super::{
-    HeadError, Headers, MAX_HEADERS, RequestLines, connection_names_any, hop_by_hop, is,
+    HeadError, Headers, RequestLines, ResponseLines, connection_names_any, hop_by_hop, is,
     named_by_connection,
 };
 
@@ -44,8 +44,8 @@ pub fn rewrite_request(
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
     let mut headers = Headers::new();
-    let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(head, &mut headers.0) {
+    let mut req = httparse::Request::new(&mut headers.0);
+    match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
@@ -215,13 +215,29 @@ pub fn rewrite_response(
     drop_length: bool,
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
+    let mut headers = Headers::new();
+    let mut resp = httparse::Response::new(&mut headers.0);
     match resp.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed response head")),
     }
-    let code = resp.code.unwrap_or(502);
+    let lines = ResponseLines {
+        code: resp.code.unwrap_or(502),
+        reason: resp.reason.unwrap_or(""),
+        headers: resp.headers,
+    };
+    rewrite_response_parsed(&lines, conn, drop_length, out);
+    Ok(())
+}
+
+/// [`rewrite_response`] of a head [`parse_response_in`] has already parsed into `resp`.
+pub fn rewrite_response_parsed(
+    resp: &ResponseLines<'_, '_>,
+    conn: ClientConnection,
+    drop_length: bool,
+    out: &mut Vec<u8>,
+) {
+    let code = resp.code;
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse takes exactly three digits.
     out.extend_from_slice(&[
@@ -230,14 +246,14 @@ pub fn rewrite_response(
         b'0' + (code % 10) as u8,
         b' ',
     ]);
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let value: &[u8] = match conn {
         ClientConnection::Upgrade => b"upgrade",
         ClientConnection::KeepAlive => b"keep-alive",
         ClientConnection::Close => b"close",
     };
-    let hs = &*resp.headers;
+    let hs = resp.headers;
     let named = connection_names_any(hs);
     let mut did_conn = false;
     for h in hs {
@@ -271,5 +287,4 @@ pub fn rewrite_response(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(())
 }

@@ -325,22 +325,34 @@ impl Exchange {
     /// the final one.
     fn try_response<I: Io + ?Sized>(&mut self, cx: &mut Cx, io: &mut I, env: &mut Env<'_>) -> Step {
         loop {
-            let Downward::Head(buf) = &mut self.downward else {
+            let Downward::Head(head) = &mut self.downward else {
                 return Step::Continue;
             };
-            let t = &mut self.terms;
-            let resp = match http::parse_response(buf, RESPONSE_HEAD_MAX, self.req.is_head()) {
-                Ok(None) => return Step::Continue,
-                Ok(Some(resp)) => resp,
-                Err(HeadError::TooLarge | HeadError::UriTooLong) => {
-                    let answer = Step::Respond(502, End::BadResponse("response head too large"));
-                    return self.upstream_failed(cx, Failure::Invalid, answer, io);
-                }
-                Err(HeadError::Invalid(why)) => {
+            // Parsed out of the phase (its headers, as parsed, go on to the rewrite); put back
+            // for anything but the final head.
+            let mut buf = std::mem::take(head);
+            let mut headers = http::Headers::new();
+            let parsed =
+                http::parse_response_in(&buf, RESPONSE_HEAD_MAX, self.req.is_head(), &mut headers);
+            let (resp, lines) = match parsed {
+                Ok(Some(r)) => r,
+                other => {
+                    let why = match other {
+                        Ok(_) => None,
+                        Err(HeadError::TooLarge | HeadError::UriTooLong) => {
+                            Some("response head too large")
+                        }
+                        Err(HeadError::Invalid(why)) => Some(why),
+                    };
+                    self.downward = Downward::Head(buf);
+                    let Some(why) = why else {
+                        return Step::Continue;
+                    };
                     let answer = Step::Respond(502, End::BadResponse(why));
                     return self.upstream_failed(cx, Failure::Invalid, answer, io);
                 }
             };
+            let t = &mut self.terms;
             if (100..200).contains(&resp.status) && resp.status != 101 {
                 // 100 Continue and friends: pass on as they are, then read the real head;
                 // bounded in number and bytes per request.
@@ -351,6 +363,7 @@ impl Exchange {
                     return Step::Respond(502, End::BadResponse("too many interim responses"));
                 }
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
+                self.downward = Downward::Head(buf);
                 if t.auth.is_some() {
                     // An auth service's interim answer is its own business: not the client's.
                     continue;
@@ -371,30 +384,31 @@ impl Exchange {
                 self.server_answered(cx);
             }
             if self.terms.auth.is_some() {
+                if let Downward::Head(head) = &mut self.downward {
+                    *head = buf;
+                }
                 return self.auth_answer(cx, &resp, io, env);
             }
-            return self.final_head(cx, &resp, io, env);
+            return self.final_head(cx, &resp, &lines, &buf, io, env);
         }
     }
 
-    /// The final response head, parsed: passed on rewritten (or the exchange upgrades), its
-    /// body to follow.
+    /// The final response head, parsed (`lines`, in `buf`): passed on rewritten (or the
+    /// exchange upgrades), its body to follow.
     fn final_head<I: Io + ?Sized>(
         &mut self,
         cx: &mut Cx,
         resp: &http::Response,
+        lines: &http::ResponseLines<'_, '_>,
+        buf: &[u8],
         io: &mut I,
         env: &mut Env<'_>,
     ) -> Step {
-        let Downward::Head(buf) = &mut self.downward else {
-            return Step::Continue;
-        };
-        let buf = std::mem::take(buf);
         self.terms.up_keep = resp.keep_alive;
         let mut out = io.scratch();
         out.reserve(resp.head_len + 64);
         if resp.status == 101 {
-            return self.upgraded(cx, resp, buf, out, io);
+            return self.upgraded(cx, resp, lines, buf, out, io);
         }
         self.req.status = resp.status;
         let mut t = BodyTracker::new(resp.body);
@@ -410,7 +424,7 @@ impl Exchange {
         } else {
             ClientConnection::Close
         };
-        let _ = http::rewrite_response(&buf[..resp.head_len], conn, resp.drop_length, &mut out);
+        http::rewrite_response_parsed(lines, conn, resp.drop_length, &mut out);
         let rest = &buf[resp.head_len..];
         match t.feed(rest) {
             Ok(n) => out.extend_from_slice(&rest[..n]),
@@ -436,7 +450,8 @@ impl Exchange {
         &mut self,
         cx: &mut Cx,
         resp: &http::Response,
-        mut buf: Vec<u8>,
+        lines: &http::ResponseLines<'_, '_>,
+        buf: &[u8],
         mut out: Vec<u8>,
         io: &mut I,
     ) -> Step {
@@ -458,12 +473,7 @@ impl Exchange {
             io.recycle(out);
             return Step::Respond(502, End::BadResponse(why));
         }
-        let _ = http::rewrite_response(
-            &buf[..resp.head_len],
-            ClientConnection::Upgrade,
-            false,
-            &mut out,
-        );
+        http::rewrite_response_parsed(lines, ClientConnection::Upgrade, false, &mut out);
         out.extend_from_slice(&buf[resp.head_len..]);
         // Status 101 says the request is a tunnel: it is set only once the 101 passed.
         r.status = 101;
@@ -481,8 +491,7 @@ impl Exchange {
         let c = io.put(out);
         cx.send_to(Side::Down, c, io);
         // What the upstream sent after its 101 went with it; the tunnel's tracker starts on it.
-        buf.drain(..resp.head_len);
-        self.downward = Downward::Upgraded(buf.into_boxed_slice());
+        self.downward = Downward::Upgraded(buf[resp.head_len..].into());
         Step::Finish
     }
 
