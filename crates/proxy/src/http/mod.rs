@@ -300,11 +300,31 @@ pub fn parse_request(buf: &[u8], lim: &HeadLimits) -> Result<Option<Request>, He
 
 /// Room for a head's headers as httparse finds them: filled by a parse, borrowed by what reads
 /// the head after it (the rewrite), so that a head is parsed once.
-pub struct Headers<'b>([httparse::Header<'b>; MAX_HEADERS]);
+/// Left uninitialised: httparse writes what it finds, and filling 100 empty headers first
+/// cost more than the parse of a short head's request line.
+pub struct Headers<'b>([std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS]);
 
 impl<'b> Headers<'b> {
     pub fn new() -> Headers<'b> {
-        Headers([httparse::EMPTY_HEADER; MAX_HEADERS])
+        Headers([const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS])
+    }
+
+    /// Parse a request head into `req`, with this as the room for its headers.
+    fn request<'h>(
+        &'h mut self,
+        req: &mut httparse::Request<'h, 'b>,
+        buf: &'b [u8],
+    ) -> httparse::Result<usize> {
+        req.parse_with_uninit_headers(buf, &mut self.0)
+    }
+
+    /// Parse a response head into `resp`, with this as the room for its headers.
+    fn response<'h>(
+        &'h mut self,
+        resp: &mut httparse::Response<'h, 'b>,
+        buf: &'b [u8],
+    ) -> httparse::Result<usize> {
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(resp, buf, &mut self.0)
     }
 }
 
@@ -331,8 +351,8 @@ pub fn parse_request_in<'h, 'b>(
     headers: &'h mut Headers<'b>,
 ) -> Result<Option<(Request, RequestLines<'h, 'b>)>, HeadError> {
     let max = lim.head_max;
-    let mut req = httparse::Request::new(&mut headers.0);
-    let parsed = req.parse(buf);
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = headers.request(&mut req, buf);
     let scanned = match parsed {
         Ok(httparse::Status::Complete(n)) => &buf[..n],
         _ => buf,
@@ -554,8 +574,8 @@ pub fn parse_response_in<'h, 'b>(
     head_request: bool,
     headers: &'h mut Headers<'b>,
 ) -> Result<Option<(Response, ResponseLines<'h, 'b>)>, HeadError> {
-    let mut resp = httparse::Response::new(&mut headers.0);
-    let head_len = match resp.parse(buf) {
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match headers.response(&mut resp, buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return partial(buf, max),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),

@@ -44,8 +44,8 @@ pub fn rewrite_request(
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
     let mut headers = Headers::new();
-    let mut req = httparse::Request::new(&mut headers.0);
-    match req.parse(head) {
+    let mut req = httparse::Request::new(&mut []);
+    match headers.request(&mut req, head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
@@ -216,8 +216,8 @@ pub fn rewrite_response(
     out: &mut Vec<u8>,
 ) -> Result<(), HeadError> {
     let mut headers = Headers::new();
-    let mut resp = httparse::Response::new(&mut headers.0);
-    match resp.parse(head) {
+    let mut resp = httparse::Response::new(&mut []);
+    match headers.response(&mut resp, head) {
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed response head")),
     }
