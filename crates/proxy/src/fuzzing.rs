@@ -71,6 +71,17 @@ pub fn request_head(input: &[u8]) {
             no_body: false,
         };
         rewrite_request(&input[..req.head_len], &fwd, &mut out).expect("rewrite");
+        // What the session writes: from the first parse's headers, not the bytes again.
+        let mut headers = crate::http::Headers::new();
+        let (_, lines) = crate::http::parse_request_in(input, &lim, &mut headers)
+            .expect("parsed once")
+            .expect("complete once");
+        let mut session = Vec::new();
+        crate::http::rewrite_request_parsed(&lines, &fwd, &mut session);
+        assert_eq!(
+            session, out,
+            "rewritten from the parse, not as from the bytes"
+        );
         let up = parse_request(&out, &HeadLimits::flat(1 << 20))
             .unwrap_or_else(|e| {
                 panic!(
@@ -101,6 +112,17 @@ pub fn response_head(input: &[u8]) {
             let mut out = Vec::new();
             rewrite_response(&input[..resp.head_len], conn, resp.drop_length, &mut out)
                 .expect("rewrite");
+            let mut headers = crate::http::Headers::new();
+            let (_, lines) =
+                crate::http::parse_response_in(input, 4096, head_request, &mut headers)
+                    .expect("parsed once")
+                    .expect("complete once");
+            let mut session = Vec::new();
+            crate::http::rewrite_response_parsed(&lines, conn, resp.drop_length, &mut session);
+            assert_eq!(
+                session, out,
+                "rewritten from the parse, not as from the bytes"
+            );
             let back = parse_response(&out, 1 << 20, head_request)
                 .unwrap_or_else(|e| panic!("rewritten head refused: {e:?}"))
                 .expect("rewritten head complete");

@@ -252,8 +252,8 @@ fn chunked(headers: &[httparse::Header<'_>]) -> Result<Option<bool>, HeadError> 
 const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// Whether a `Connection` header names a framing header.
-fn connection_names_framing(headers: &[httparse::Header<'_>]) -> bool {
-    connection_names_any(headers) && FRAMING.iter().any(|f| named_by_connection(headers, f))
+fn connection_names_framing(headers: &[httparse::Header<'_>], named: bool) -> bool {
+    named && FRAMING.iter().any(|f| named_by_connection(headers, f))
 }
 
 /// Check every line of a (maybe partial) request head against the line limits.
@@ -341,6 +341,8 @@ pub struct RequestLines<'h, 'b> {
     pub method: &'b str,
     pub target: &'b str,
     pub headers: &'h [httparse::Header<'b>],
+    /// A `Connection` header names other headers (hop-by-hop for this message).
+    pub named: bool,
 }
 
 /// [`parse_request`], with the head's request line and headers as parsed (in `headers`) beside
@@ -406,7 +408,8 @@ pub fn parse_request_in<'h, 'b>(
     } else {
         conn("keep-alive")
     };
-    if connection_names_framing(hs) {
+    let named = connection_names_any(hs);
+    if connection_names_framing(hs, named) {
         return Err(HeadError::Invalid("Connection names a framing header"));
     }
     let cl = content_length(hs)?;
@@ -425,6 +428,7 @@ pub fn parse_request_in<'h, 'b>(
         method: method_text,
         target: path,
         headers: req.headers,
+        named,
     };
     Ok(Some((
         Request {
@@ -564,6 +568,8 @@ pub struct ResponseLines<'h, 'b> {
     pub code: u16,
     pub reason: &'b str,
     pub headers: &'h [httparse::Header<'b>],
+    /// A `Connection` header names other headers (hop-by-hop for this message).
+    pub named: bool,
 }
 
 /// [`parse_response`], with the head's status line and headers as parsed (in `headers`)
@@ -590,7 +596,8 @@ pub fn parse_response_in<'h, 'b>(
         return Err(HeadError::Invalid("invalid status code"));
     }
     let hs: &'h [httparse::Header<'b>] = resp.headers;
-    if connection_names_framing(hs) {
+    let named = connection_names_any(hs);
+    if connection_names_framing(hs, named) {
         return Err(HeadError::Invalid("Connection names a framing header"));
     }
     let te = chunked(hs)?;
@@ -612,6 +619,7 @@ pub fn parse_response_in<'h, 'b>(
         code: status,
         reason: resp.reason.unwrap_or(""),
         headers: hs,
+        named,
     };
     Ok(Some((
         Response {

@@ -53,6 +53,7 @@ pub fn rewrite_request(
         method: req.method.unwrap_or("GET"),
         target: req.path.unwrap_or("/"),
         headers: req.headers,
+        named: connection_names_any(req.headers),
     };
     rewrite_request_parsed(&lines, fwd, out);
     Ok(())
@@ -71,7 +72,7 @@ pub fn rewrite_request_parsed(req: &RequestLines<'_, '_>, fwd: &Forwarded<'_>, o
     out.push(b' ');
     out.extend_from_slice(fwd.target.unwrap_or(req.target).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let named = connection_names_any(hs);
+    let named = req.named;
     let header = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -225,6 +226,7 @@ pub fn rewrite_response(
         code: resp.code.unwrap_or(502),
         reason: resp.reason.unwrap_or(""),
         headers: resp.headers,
+        named: connection_names_any(resp.headers),
     };
     rewrite_response_parsed(&lines, conn, drop_length, out);
     Ok(())
@@ -254,7 +256,7 @@ pub fn rewrite_response_parsed(
         ClientConnection::Close => b"close",
     };
     let hs = resp.headers;
-    let named = connection_names_any(hs);
+    let named = resp.named;
     let mut did_conn = false;
     for h in hs {
         let n = h.name;
