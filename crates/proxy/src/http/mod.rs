@@ -276,8 +276,12 @@ fn check_lines(buf: &[u8], lim: &HeadLimits) -> Result<(), HeadError> {
     Ok(())
 }
 
+/// `b` as text, each invalid sequence replaced; valid text (the usual) copied as it is.
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 /// An incomplete head: wait for more, unless it is already at the limit.
@@ -447,17 +451,22 @@ pub fn parse_request_in<'h, 'b>(
 
 /// The `Upgrade` headers' values joined, if any is non-empty.
 fn upgrade_value(hs: &[httparse::Header<'_>]) -> Option<String> {
-    let mut v = String::new();
+    let mut v: Option<String> = None;
     for h in hs.iter().filter(|h| is(h.name, "upgrade")) {
         let t = h.value.trim_ascii();
-        if !t.is_empty() {
-            if !v.is_empty() {
+        if t.is_empty() {
+            continue;
+        }
+        match &mut v {
+            // The usual one header: one allocation of its size.
+            None => v = Some(lossy(t)),
+            Some(v) => {
                 v.push_str(", ");
+                v.push_str(&String::from_utf8_lossy(t));
             }
-            v.push_str(&String::from_utf8_lossy(t));
         }
     }
-    (!v.is_empty()).then_some(v)
+    v
 }
 
 /// The path a location is matched against, as nginx computes it: the query cut off, every

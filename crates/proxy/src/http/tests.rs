@@ -470,3 +470,17 @@ fn a_head_rewritten_from_its_parse_is_the_head_rewritten_from_its_bytes() {
         }
     }
 }
+
+#[test]
+fn upgrade_headers_are_joined_in_order_and_invalid_text_is_replaced() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nUpgrade:  \r\nUpgrade: h2c\xff\r\nConnection: upgrade\r\n\r\n";
+    let r = parse_request(head, &HeadLimits::flat(16384))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some("websocket, h2c\u{fffd}"));
+    let one = b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade:  websocket \r\n\r\n";
+    let r = parse_request(one, &HeadLimits::flat(16384))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.upgrade.as_deref(), Some("websocket"));
+}
