@@ -81,6 +81,16 @@ fn heads(c: &mut Criterion) {
             http::rewrite_request(black_box(UPGRADE), &fwd, &mut out).unwrap();
         })
     });
+    g.bench_function("request head parsed once and rewritten (the session's path)", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut headers = http::Headers::new();
+            let (_, lines) = http::parse_request_in(black_box(UPGRADE), &lim, &mut headers)
+                .unwrap()
+                .unwrap();
+            http::rewrite_request_parsed(&lines, &fwd, &mut out);
+        })
+    });
     g.bench_function("parse_response (101)", |b| {
         b.iter(|| {
             http::parse_response(black_box(SWITCHING), 64 * 1024, false)
@@ -98,6 +108,22 @@ fn heads(c: &mut Criterion) {
                 &mut out,
             )
             .unwrap();
+        })
+    });
+    g.bench_function("101 parsed once and rewritten (the session's path)", |b| {
+        b.iter(|| {
+            out.clear();
+            let mut headers = http::Headers::new();
+            let (resp, lines) =
+                http::parse_response_in(black_box(SWITCHING), 64 * 1024, false, &mut headers)
+                    .unwrap()
+                    .unwrap();
+            http::rewrite_response_parsed(
+                &lines,
+                ClientConnection::Upgrade,
+                resp.drop_length,
+                &mut out,
+            );
         })
     });
     g.finish();
