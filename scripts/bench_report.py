@@ -53,6 +53,9 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("    of which the proxy's own (user space, io_uring, syscalls)", ("share_hs", "own"), 1),
         (f"user-space KiB per idle proxied WebSocket at {small_idle:,}", (f"idle{small_idle}", "kib_per_conn"), 2),
         (f"  established / alive at end / heartbeats lost", None, None),
+        # How busy the machine was while the memory was read: a heartbeat arriving while the
+        # proxy waits for the CPU holds a receive buffer until it runs.
+        ("  heartbeat round trip while held, µs: p99 (the worst load generator's)", (f"idle{small_idle}", "heartbeat_rtt_p99_us_worst"), 0),
         ("  kernel slab KiB per idle WebSocket, whole host (client, proxy and backend sockets)", (f"idle{small_idle}", "kernel_slab_kib_per_conn"), 2),
         ("  kernel socket-buffer KiB per idle WebSocket, whole host", (f"idle{small_idle}", "kernel_tcp_kib_per_conn"), 2),
     ]
@@ -60,6 +63,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         rows += [
             (f"user-space KiB per idle proxied WebSocket at {large_idle:,}", (f"idle{large_idle}", "kib_per_conn"), 2),
             (f"  established / alive at end / heartbeats lost ", None, None),
+            ("  heartbeat round trip while held, µs: p99 (the worst load generator's) ", (f"idle{large_idle}", "heartbeat_rtt_p99_us_worst"), 0),
             ("  the same counted as VmRSS summed over the processes (a shared page once per process)", (f"idle{large_idle}", "rss_kib_per_conn"), 2),
         ]
     rows += [("throughput 64 B, all cores, msg/s (200 conns)", ("tp64_allcores", "msgs_per_sec"), 0)]
