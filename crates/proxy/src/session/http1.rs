@@ -360,6 +360,7 @@ impl Exchange {
                 let head_len = u16::try_from(resp.head_len).unwrap_or(u16::MAX);
                 t.interim_bytes = t.interim_bytes.saturating_add(head_len);
                 if t.interim > INTERIM_MAX || u32::from(t.interim_bytes) > INTERIM_BYTES_MAX {
+                    self.downward = Downward::Head(buf);
                     return Step::Respond(502, End::BadResponse("too many interim responses"));
                 }
                 let info: Vec<u8> = buf.drain(..resp.head_len).collect();
