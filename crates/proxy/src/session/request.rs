@@ -276,17 +276,9 @@ impl Routed<'_> {
         granted: Option<super::auth::Granted>,
         io: &mut I,
     ) -> Step {
-        let Routed {
-            req,
-            si,
-            li,
-            id,
-            upgrade,
-            delay_ms,
-            now,
-        } = *self;
+        let (req, upgrade, now) = (self.req, self.upgrade, self.now);
         let cfg = &*cx.cfg;
-        let loc = &cfg.servers[si].locations[li];
+        let loc = &cfg.servers[self.si].locations[self.li];
         if let Some(g) = &granted {
             // The request began before its subrequest.
             r.started_ms = g.started_ms;
@@ -310,7 +302,7 @@ impl Routed<'_> {
             }
         };
         let mut terms = new_terms(cx, req, loc, upgrade, buf, upward, now);
-        terms.loc = id;
+        terms.loc = self.id;
         // Kept to send again to the next server if this one fails after the request went up
         // (nginx does not resend a non-idempotent request; a body is not kept).
         if let Some(a) = terms.attempt.as_mut() {
@@ -324,8 +316,12 @@ impl Routed<'_> {
         // limit_req without nodelay: the request waits its turn (its timer is the connect
         // deadline until then); otherwise the connect starts as soon as no previous upstream
         // socket is closing (`Session::after`).
-        cx.phase_ms = Stamp::new(now + delay_ms);
-        Step::Become(Phase::Exchange(Exchange::to_connect(r, terms, delay_ms)))
+        cx.phase_ms = Stamp::new(now + self.delay_ms);
+        Step::Become(Phase::Exchange(Exchange::to_connect(
+            r,
+            terms,
+            self.delay_ms,
+        )))
     }
 }
 
