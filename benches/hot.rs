@@ -81,16 +81,19 @@ fn heads(c: &mut Criterion) {
             http::rewrite_request(black_box(UPGRADE), &fwd, &mut out).unwrap();
         })
     });
-    g.bench_function("request head parsed once and rewritten (the session's path)", |b| {
-        b.iter(|| {
-            out.clear();
-            let mut headers = http::Headers::new();
-            let (_, lines) = http::parse_request_in(black_box(UPGRADE), &lim, &mut headers)
-                .unwrap()
-                .unwrap();
-            http::rewrite_request_parsed(&lines, &fwd, &mut out);
-        })
-    });
+    g.bench_function(
+        "request head parsed once and rewritten (the session's path)",
+        |b| {
+            b.iter(|| {
+                out.clear();
+                let mut headers = http::Headers::new();
+                let (_, lines) = http::parse_request_in(black_box(UPGRADE), &lim, &mut headers)
+                    .unwrap()
+                    .unwrap();
+                http::rewrite_request_parsed(&lines, &fwd, &mut out);
+            })
+        },
+    );
     g.bench_function("parse_response (101)", |b| {
         b.iter(|| {
             http::parse_response(black_box(SWITCHING), 64 * 1024, false)
