@@ -349,6 +349,19 @@ pub struct RequestLines<'h, 'b> {
     pub named: bool,
 }
 
+impl<'h, 'b> RequestLines<'h, 'b> {
+    /// The lines of a request httparse has parsed whole; `named`: what
+    /// [`connection_names_any`] says of its headers.
+    fn of(req: httparse::Request<'h, 'b>, named: bool) -> RequestLines<'h, 'b> {
+        RequestLines {
+            method: req.method.unwrap_or(""),
+            target: req.path.unwrap_or(""),
+            headers: req.headers,
+            named,
+        }
+    }
+}
+
 /// [`parse_request`], with the head's request line and headers as parsed (in `headers`) beside
 /// what the proxy needs to know of it.
 pub fn parse_request_in<'h, 'b>(
@@ -382,8 +395,7 @@ pub fn parse_request_in<'h, 'b>(
     if head_len > max {
         return Err(HeadError::TooLarge);
     }
-    let method_text = req.method.unwrap_or("");
-    let method = method_text.to_string();
+    let method = req.method.unwrap_or("").to_string();
     let path = req.path.unwrap_or("");
     if !(path.starts_with('/') || path == "*") {
         // Absolute-form targets (proxy requests) are not routed.
@@ -428,24 +440,19 @@ pub fn parse_request_in<'h, 'b>(
         (None, Some(n)) => BodyKind::Length(n),
         (None, None) => BodyKind::None,
     };
-    let lines = RequestLines {
-        method: method_text,
-        target: path,
-        headers: req.headers,
-        named,
-    };
+    let path = path.to_string();
     Ok(Some((
         Request {
             head_len,
             method,
-            path: path.to_string(),
+            path,
             host,
             version_minor,
             upgrade,
             keep_alive,
             body,
         },
-        lines,
+        RequestLines::of(req, named),
     )))
 }
 
@@ -581,6 +588,19 @@ pub struct ResponseLines<'h, 'b> {
     pub named: bool,
 }
 
+impl<'h, 'b> ResponseLines<'h, 'b> {
+    /// The lines of a response httparse has parsed whole; `named`: what
+    /// [`connection_names_any`] says of its headers.
+    fn of(resp: httparse::Response<'h, 'b>, named: bool) -> ResponseLines<'h, 'b> {
+        ResponseLines {
+            code: resp.code.unwrap_or(0),
+            reason: resp.reason.unwrap_or(""),
+            headers: resp.headers,
+            named,
+        }
+    }
+}
+
 /// [`parse_response`], with the head's status line and headers as parsed (in `headers`)
 /// beside what the proxy needs to know of it.
 pub fn parse_response_in<'h, 'b>(
@@ -604,7 +624,7 @@ pub fn parse_response_in<'h, 'b>(
         // `000` parses as a number, but no client can read it back as a status line.
         return Err(HeadError::Invalid("invalid status code"));
     }
-    let hs: &'h [httparse::Header<'b>] = resp.headers;
+    let hs = &*resp.headers;
     let named = connection_names_any(hs);
     if connection_names_framing(hs, named) {
         return Err(HeadError::Invalid("Connection names a framing header"));
@@ -624,23 +644,15 @@ pub fn parse_response_in<'h, 'b>(
     let close = hs
         .iter()
         .any(|h| is(h.name, "connection") && has_token(h.value, "close"));
-    let lines = ResponseLines {
-        code: status,
-        reason: resp.reason.unwrap_or(""),
-        headers: hs,
-        named,
+    let response = Response {
+        head_len,
+        status,
+        keep_alive: resp.version == Some(1) && !close && body != BodyKind::UntilClose,
+        body,
+        upgrade: upgrade_value(hs),
+        drop_length: te.is_some() && cl.is_some(),
     };
-    Ok(Some((
-        Response {
-            head_len,
-            status,
-            keep_alive: resp.version == Some(1) && !close && body != BodyKind::UntilClose,
-            body,
-            upgrade: upgrade_value(hs),
-            drop_length: te.is_some() && cl.is_some(),
-        },
-        lines,
-    )))
+    Ok(Some((response, ResponseLines::of(resp, named))))
 }
 
 /// Reason phrase for the statuses the proxy itself answers with.

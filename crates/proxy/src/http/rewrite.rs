@@ -49,13 +49,8 @@ pub fn rewrite_request(
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed request head")),
     }
-    let lines = RequestLines {
-        method: req.method.unwrap_or("GET"),
-        target: req.path.unwrap_or("/"),
-        headers: req.headers,
-        named: connection_names_any(req.headers),
-    };
-    rewrite_request_parsed(&lines, fwd, out);
+    let named = connection_names_any(req.headers);
+    rewrite_request_parsed(&RequestLines::of(req, named), fwd, out);
     Ok(())
 }
 
@@ -222,13 +217,8 @@ pub fn rewrite_response(
         Ok(httparse::Status::Complete(_)) => {}
         _ => return Err(HeadError::Invalid("malformed response head")),
     }
-    let lines = ResponseLines {
-        code: resp.code.unwrap_or(502),
-        reason: resp.reason.unwrap_or(""),
-        headers: resp.headers,
-        named: connection_names_any(resp.headers),
-    };
-    rewrite_response_parsed(&lines, conn, drop_length, out);
+    let named = connection_names_any(resp.headers);
+    rewrite_response_parsed(&ResponseLines::of(resp, named), conn, drop_length, out);
     Ok(())
 }
 

@@ -294,7 +294,7 @@ impl Routed<'_> {
             (Some(a), None) => a.set.iter().map(|(n, _)| (n.as_str(), None)).collect(),
             _ => Vec::new(),
         };
-        let up = request_up(cx, req, buf, lines, !upgrade.is_empty(), loc, &set, io);
+        let up = self.request_up(cx, buf, lines, loc, &set, io);
         let (out, upward) = match up {
             Ok(up) => up,
             Err(why) => {
@@ -322,6 +322,65 @@ impl Routed<'_> {
             terms,
             self.delay_ms,
         )))
+    }
+
+    /// The head (in `buf`) rewritten for `loc`'s upstream, with what of the body came
+    /// with it, and what the client's next bytes are (body, or held); the reason it is a bad
+    /// request when it is one.
+    fn request_up(
+        &self,
+        cx: &Cx,
+        buf: &[u8],
+        lines: Option<&http::RequestLines<'_, '_>>,
+        loc: &Location,
+        set: &[(&str, Option<&[u8]>)],
+        io: &mut (impl Io + ?Sized),
+    ) -> Result<(Vec<u8>, Upward), &'static str> {
+        let (req, upgrade) = (self.req, !self.upgrade.is_empty());
+        let cfg = &*cx.cfg;
+        let mut out = io.scratch();
+        out.reserve(req.head_len + 256);
+        let fwd = http::Forwarded {
+            upgrade,
+            client_ip: cx.client.ip(),
+            proto: if cx.listen().tls { "https" } else { "http" },
+            default_host: &cfg.upstreams[loc.upstream].name,
+            keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
+            target: None,
+            set,
+            no_body: false,
+        };
+        match lines {
+            Some(lines) => http::rewrite_request_parsed(lines, &fwd, &mut out),
+            None => {
+                if let Err(HeadError::Invalid(why)) =
+                    http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
+                {
+                    io.recycle(out);
+                    return Err(why);
+                }
+            }
+        }
+        // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
+        // until the 101 arrives (then it is tunnel data), otherwise as the next request —
+        // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
+        let extra = &buf[req.head_len..];
+        let mut t = BodyTracker::new(req.body);
+        let upward = match t.feed(extra) {
+            Ok(n) => {
+                out.extend_from_slice(&extra[..n]);
+                if t.done() {
+                    Upward::Hold(extra[n..].to_vec())
+                } else {
+                    Upward::Body(t)
+                }
+            }
+            Err(e) => {
+                io.recycle(out);
+                return Err(e.0);
+            }
+        };
+        Ok((out, upward))
     }
 }
 
@@ -407,66 +466,6 @@ fn new_terms(
         loc: u16::MAX,
         auth: None,
     })
-}
-
-/// The head of `req` (in `buf`) rewritten for `loc`'s upstream, with what of the body came
-/// with it, and what the client's next bytes are (body, or held); the reason it is a bad
-/// request when it is one.
-#[allow(clippy::too_many_arguments)]
-fn request_up(
-    cx: &Cx,
-    req: &http::Request,
-    buf: &[u8],
-    lines: Option<&http::RequestLines<'_, '_>>,
-    upgrade: bool,
-    loc: &Location,
-    set: &[(&str, Option<&[u8]>)],
-    io: &mut (impl Io + ?Sized),
-) -> Result<(Vec<u8>, Upward), &'static str> {
-    let cfg = &*cx.cfg;
-    let mut out = io.scratch();
-    out.reserve(req.head_len + 256);
-    let fwd = http::Forwarded {
-        upgrade,
-        client_ip: cx.client.ip(),
-        proto: if cx.listen().tls { "https" } else { "http" },
-        default_host: &cfg.upstreams[loc.upstream].name,
-        keepalive: cfg.upstreams[loc.upstream].keepalive > 0,
-        target: None,
-        set,
-        no_body: false,
-    };
-    match lines {
-        Some(lines) => http::rewrite_request_parsed(lines, &fwd, &mut out),
-        None => {
-            if let Err(HeadError::Invalid(why)) =
-                http::rewrite_request(&buf[..req.head_len], &fwd, &mut out)
-            {
-                io.recycle(out);
-                return Err(why);
-            }
-        }
-    }
-    // The body (if any) goes up as it comes; whatever follows it is held — for an upgrade
-    // until the 101 arrives (then it is tunnel data), otherwise as the next request —
-    // so no byte reaches the upstream that ringway has not parsed, routed and rewritten.
-    let extra = &buf[req.head_len..];
-    let mut t = BodyTracker::new(req.body);
-    let upward = match t.feed(extra) {
-        Ok(n) => {
-            out.extend_from_slice(&extra[..n]);
-            if t.done() {
-                Upward::Hold(extra[n..].to_vec())
-            } else {
-                Upward::Body(t)
-            }
-        }
-        Err(e) => {
-            io.recycle(out);
-            return Err(e.0);
-        }
-    };
-    Ok((out, upward))
 }
 
 /// The location's limits for a request from `ip`: `Ok(delay in ms)` (0: go now), or
