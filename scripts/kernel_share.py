@@ -33,10 +33,12 @@ them.
 import argparse
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
-import signal
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,22 +113,38 @@ class Recorder:
         os.mkfifo(self.ack)
         self.proc = None
 
-    def command(self, what):
-        self.ctl_f.write(what + "\n")
-        self.ctl_f.flush()
+    def command(self, what, timeout=30):
+        """Send `what` and wait for perf's acknowledgement, at most `timeout` seconds."""
+        os.write(self.ctl_fd, (what + "\n").encode())
+        deadline = time.time() + timeout
+        got = b""
         # perf answers "ack\n" and a NUL (a C string's end), which the next answer starts with.
-        got = self.ack_f.readline().strip("\x00 \n")
-        if got != "ack":
+        while b"\n" not in got:
+            left = deadline - time.time()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"perf record did not acknowledge {what!r} "
+                                   f"({'it exited' if self.proc.poll() is not None else 'timed out'})")
+            ready, _, _ = select.select([self.ack_fd], [], [], min(left, 0.5))
+            if ready:
+                got += os.read(self.ack_fd, 64)
+        if got.strip(b"\x00 \n") != b"ack":
             raise RuntimeError(f"perf record did not acknowledge {what!r} (got {got!r})")
 
     def __enter__(self):
+        # Both FIFOs opened read-write here: an open never waits for the other end, so a perf
+        # that fails to start cannot hold this script (the acknowledgement is waited for with
+        # a deadline).
+        self.ctl_fd = os.open(self.ctl, os.O_RDWR)
+        self.ack_fd = os.open(self.ack, os.O_RDWR)
         self.proc = subprocess.Popen(["perf", "record", "-q", "-C", "0", "-D", "-1",
                                       "--control", f"fifo:{self.ctl},{self.ack}", "-o", self.data],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # perf opens both FIFOs; opening ours blocks until it has (or fails if perf died).
-        self.ctl_f = open(self.ctl, "w")
-        self.ack_f = open(self.ack, "r")
-        self.command("enable")
+        self.on = False
+        try:
+            self.command("enable")
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
         self.on = True
         return self
 
@@ -140,10 +158,15 @@ class Recorder:
             if exc[0] is None:
                 self.pause()
         finally:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(timeout=120)
-            for f in (self.ctl_f, self.ack_f):
-                f.close()
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            for fd in (self.ctl_fd, self.ack_fd):
+                os.close(fd)
             for f in (self.ctl, self.ack):
                 os.unlink(f)
             os.rmdir(self.dir)
