@@ -333,10 +333,17 @@ class Load:
     def __init__(self, args, workdir):
         self.args, self.dir = args, workdir
         self.echos = []
+        # The load generator and the echo backends run from a copy of BIN: a proxy's PSS counts
+        # its binary's resident text divided among every process that maps the same file, so
+        # load generators started from BIN itself lowered ringway's PSS as they started (40
+        # bytes per idle connection measured at 20,000; ~54 at 10,000 and ~5 at 100,000 by the
+        # same arithmetic), and not nginx's or HAProxy's (docs/design-notes.md).
+        self.bin = os.path.join(workdir, "ringway-load")
+        shutil.copy2(BIN, self.bin)
 
     def start_backends(self, n=1):
         for _ in range(n):
-            cmd = [BIN, "echo", "--workers", "1"]
+            cmd = [self.bin, "echo", "--workers", "1"]
             for b in BACKENDS:
                 cmd += ["--listen", b]
             self.echos.append(start(cmd, cpu=self.args.load_cpu))
@@ -350,7 +357,7 @@ class Load:
         self.echos = []
 
     def bench(self, mode, target, extra, source="127.2.0.0/16", timeout=600, cpu="load", workers=1):
-        cmd = [BIN, "bench", mode, "--target", target, "--json", "--quiet", "--workers", str(workers), "--source", source] + extra
+        cmd = [self.bin, "bench", mode, "--target", target, "--json", "--quiet", "--workers", str(workers), "--source", source] + extra
         if target.startswith("wss://"):
             cmd += ["--insecure"]
         cpu = self.args.load_cpu if cpu == "load" else cpu
@@ -577,7 +584,7 @@ def idle(load, proxy, n, hold, interval="5s", rate=5000, during=None):
         if os.path.exists(ready):
             os.remove(ready)
         readies.append(ready)
-        cmd = [BIN, "bench", "idle", "--target", proxy.target()] + (["--insecure"] if proxy.tls else []) + ["--json", "--quiet", "--workers", "1",
+        cmd = [load.bin, "bench", "idle", "--target", proxy.target()] + (["--insecure"] if proxy.tls else []) + ["--json", "--quiet", "--workers", "1",
                "-c", str(k), "--rate", str(max(1, rate // max(1, (n + per - 1) // per))), "--hold", hold,
                "--interval", interval, "--timeout", "20s", "--source", f"127.{10 + i}.0.0/16", "--ready-file", ready]
         if shutil.which("taskset") and load.args.load_cpu is not None:
