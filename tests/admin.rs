@@ -296,3 +296,51 @@ fn healthz_answers_while_hundreds_of_idle_connections_hold_the_port() {
     assert_eq!(status_of(&admin_get(admin, "/healthz")), 200);
     drop(st);
 }
+
+/// The admin endpoint's socket is bound before the proxy's listeners: a port already taken
+/// stops the start with an error naming the endpoint and the address, and the proxy's own port
+/// was never opened (before, the workers listened first and the process served for a moment
+/// before it failed; and a client that reached the proxy's port could find the admin port
+/// still closed).
+#[test]
+fn an_admin_port_taken_stops_the_start_before_the_proxy_listens() {
+    // A plain listener without SO_REUSEPORT: ringway's bind on the same address fails.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    let dir = scratch("admin-taken");
+    let listen = free_addr();
+    let path = dir.join("ringway.toml");
+    std::fs::write(
+        &path,
+        config(
+            listen,
+            &[free_addr()],
+            "",
+            "",
+            &format!("[admin]\nlisten = \"{admin}\""),
+        ),
+    )
+    .unwrap();
+    // Watch the proxy's port while the process starts and fails.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let w = watching.clone();
+    let watcher = std::thread::spawn(move || {
+        let mut reached = 0;
+        while w.load(std::sync::atomic::Ordering::Relaxed) {
+            if TcpStream::connect_timeout(&listen, Duration::from_millis(50)).is_ok() {
+                reached += 1;
+            }
+        }
+        reached
+    });
+    let (code, text) = ringway(&["run", "--config", path.to_str().unwrap()]);
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let reached = watcher.join().unwrap();
+    assert_ne!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("admin endpoint on {admin}")) && text.contains("in use"),
+        "{text}"
+    );
+    assert_eq!(reached, 0, "the proxy's port accepted connections: {text}");
+    drop(taken);
+}

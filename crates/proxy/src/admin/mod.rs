@@ -82,15 +82,23 @@ impl AdminStop {
     }
 }
 
-/// Start serving on `policy.listen`; returns the bound address (port 0 picks one). The socket
-/// is SO_REUSEPORT, as the proxy's are: during a binary upgrade both processes hold the port.
-/// The policy in force is read from the live configuration at each request (a reload changes
-/// the token file or the names); the listen address changes only on restart.
+/// Bind the endpoint's listening socket on `policy.listen`. The socket is SO_REUSEPORT, as the
+/// proxy's are: during a binary upgrade both processes hold the port. Bound before the workers
+/// listen, so that a client that reaches the proxy's port finds this one too (a connection
+/// waits in the backlog until [`spawn`] serves it), and a port taken stops the start before
+/// any connection is accepted.
+pub fn bind(policy: &crate::config::admin::Admin) -> std::io::Result<std::net::TcpListener> {
+    Ok(crate::sys::listen_socket(policy.listen, 128)?.into())
+}
+
+/// Start serving on `l` (from [`bind`]); returns the bound address (port 0 picks one). The
+/// policy in force is read from the live configuration at each request (a reload changes the
+/// token file or the names); the listen address changes only on restart.
 pub fn spawn(
+    l: std::net::TcpListener,
     policy: crate::config::admin::Admin,
     state: AdminState,
 ) -> std::io::Result<(SocketAddr, AdminStop)> {
-    let l: std::net::TcpListener = crate::sys::listen_socket(policy.listen, 128)?.into();
     let local = l.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = AdminStop {

@@ -46,6 +46,12 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         sockets: Default::default(),
     });
     let live = Live::new(cfg.clone());
+    let admin_listener = match &cfg.admin {
+        Some(a) => {
+            Some(crate::admin::bind(a).with_context(|| format!("admin endpoint on {}", a.listen))?)
+        }
+        None => None,
+    };
     let Workers {
         handles,
         metrics: all_metrics,
@@ -71,6 +77,7 @@ pub fn run(cfg: Config, path: &std::path::Path, upgrade: bool) -> anyhow::Result
         offer.clone(),
     ));
     let admin_stop = start_admin(
+        admin_listener,
         &cfg,
         &all_metrics,
         &live,
@@ -260,6 +267,7 @@ fn spawn_workers(
 
 /// The admin endpoint, when configured: its stopper.
 fn start_admin(
+    listener: Option<std::net::TcpListener>,
     cfg: &Config,
     all_metrics: &[Arc<WorkerMetrics>],
     live: &Arc<Live>,
@@ -268,7 +276,7 @@ fn start_admin(
     (reloader, inboxes): (&Arc<super::reload::Reloader>, &[Arc<Inbox>]),
 ) -> anyhow::Result<Option<crate::admin::AdminStop>> {
     let mut admin_stop = None;
-    if let Some(admin) = &cfg.admin {
+    if let (Some(admin), Some(listener)) = (&cfg.admin, listener) {
         let mut state = crate::admin::AdminState::new(
             all_metrics.to_vec(),
             live.clone(),
@@ -280,7 +288,7 @@ fn start_admin(
         let (inboxes, metrics) = (inboxes.to_vec(), all_metrics.to_vec());
         state.rebalance = Some(Arc::new(move |shed| rebalance(&inboxes, &metrics, shed)));
         let addr = admin.listen;
-        let (bound, stop) = crate::admin::spawn(admin.clone(), state)
+        let (bound, stop) = crate::admin::spawn(listener, admin.clone(), state)
             .with_context(|| format!("admin endpoint on {addr}"))?;
         admin_stop = Some(stop);
         let guard = match (&admin.token, admin.loopback()) {
