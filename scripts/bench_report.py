@@ -41,6 +41,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("  a round under perf: CPU-µs per msg", ("share64", "cpu"), 2),
         ("    of which the kernel's network stack and socket files (any proxy on kernel TCP)", ("share64", "shared"), 2),
         ("    of which the proxy's own (user space, io_uring, syscalls)", ("share64", "own"), 2),
+        ("      of which user space from perf's samples (4,000 a second; the user-space row above is /proc's 10 ms ticks)", ("share64", "user space"), 2),
         ("throughput 4 KiB, msg/s", ("tp4k", "msgs_per_sec"), 0),
         ("proxy CPU-µs per echoed msg, 4 KiB (= CPU-s per million)", ("tp4k", "cpu_us_per_msg"), 2),
         ("  of which user-space", ("tp4k", "user_us_per_msg"), 2),
@@ -51,6 +52,7 @@ def write_markdown(path, meta, results, targets, small_idle, large_idle, secs, h
         ("  a round under perf: CPU-µs per handshake", ("share_hs", "cpu"), 1),
         ("    of which the kernel's network stack and socket files (any proxy on kernel TCP)", ("share_hs", "shared"), 1),
         ("    of which the proxy's own (user space, io_uring, syscalls)", ("share_hs", "own"), 1),
+        ("      of which user space", ("share_hs", "user space"), 1),
         (f"user-space KiB per idle proxied WebSocket at {small_idle:,}", (f"idle{small_idle}", "kib_per_conn"), 2),
         (f"  established / alive at end / heartbeats lost", None, None),
         # How busy the machine was while the memory was read: a heartbeat arriving while the
