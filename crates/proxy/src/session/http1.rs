@@ -385,9 +385,8 @@ impl Exchange {
                 self.server_answered(cx);
             }
             if self.terms.auth.is_some() {
-                if let Downward::Head(head) = &mut self.downward {
-                    *head = buf;
-                }
+                // The auth answer reads its head from the phase.
+                self.downward = Downward::Head(buf);
                 return self.auth_answer(cx, &resp, io, env);
             }
             return self.final_head(cx, &resp, &lines, &buf, io, env);
