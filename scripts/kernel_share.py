@@ -199,12 +199,11 @@ def sample(load, proxy, data, size=64, secs=6, handshakes=0):
         os.unlink(data)
     except OSError:
         pass
+    rate = r["handshakes_per_sec"] if handshakes else r["messages_per_sec"]
     if shares is None:
         # No sample of the proxy's: nothing to sort, and no figure to print for it.
-        return {"cpu": cpu, "rate": r["handshakes_per_sec"] if handshakes else r["messages_per_sec"],
-                **{c: None for c in ORDER}, "shared": None, "own": None}
-    res = {"cpu": cpu, "rate": r["handshakes_per_sec"] if handshakes else r["messages_per_sec"],
-           **{c: shares[c] * cpu for c in ORDER}}
+        return {"cpu": cpu, "rate": rate, **{c: None for c in ORDER}, "shared": None, "own": None}
+    res = {"cpu": cpu, "rate": rate, **{c: shares[c] * cpu for c in ORDER}}
     res["shared"] = res["network stack"] + res["socket files"]
     res["own"] = res["user space"] + res["io_uring"] + res["syscalls"]
     return res
